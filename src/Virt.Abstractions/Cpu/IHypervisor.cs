@@ -1,0 +1,54 @@
+namespace Virt.Cpu;
+
+/// <summary>A CPU backend: KVM, the Windows Hypervisor Platform, or the interpreter.</summary>
+public interface IHypervisor
+{
+    /// <summary>A short name such as <c>kvm</c>, <c>whp</c> or <c>interpreter</c>.</summary>
+    string Name { get; }
+
+    /// <summary>Whether the backend can run on this host now, and if not, why and what to do.</summary>
+    HypervisorAvailability GetAvailability();
+
+    /// <summary>Creates a partition with <paramref name="memory"/> mapped in.</summary>
+    /// <exception cref="HypervisorException">The backend refused.</exception>
+    IPartition CreatePartition(Memory.IGuestMemory memory, PartitionOptions options);
+}
+
+/// <summary>Whether a backend is usable here.</summary>
+/// <param name="IsAvailable">Whether it can create partitions.</param>
+/// <param name="Reason">When not available: why, and what to do about it. When available: a short description.</param>
+public sealed record HypervisorAvailability(bool IsAvailable, string Reason)
+{
+    /// <summary>An available backend.</summary>
+    public static HypervisorAvailability Available(string description) => new(true, description);
+
+    /// <summary>An unavailable backend with the reason.</summary>
+    public static HypervisorAvailability Unavailable(string reason) => new(false, reason);
+}
+
+/// <summary>A hypervisor call failed. Carries the operation (ioctl or API function) and the OS error code.</summary>
+public sealed class HypervisorException : Exception
+{
+    /// <summary>Creates the exception.</summary>
+    public HypervisorException(string operation, int errorCode, string message)
+        : base($"{operation} failed: {message} (error {errorCode})")
+    {
+        Operation = operation;
+        ErrorCode = errorCode;
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public HypervisorException() { }
+
+    /// <summary>Creates the exception.</summary>
+    public HypervisorException(string message) : base(message) { }
+
+    /// <summary>Creates the exception.</summary>
+    public HypervisorException(string message, Exception innerException) : base(message, innerException) { }
+
+    /// <summary>The failed operation, e.g. <c>KVM_CREATE_VM</c> or <c>WHvCreatePartition</c>.</summary>
+    public string Operation { get; } = "";
+
+    /// <summary>errno on Linux, HRESULT on Windows.</summary>
+    public int ErrorCode { get; }
+}

@@ -1,0 +1,65 @@
+namespace Virt.Cpu;
+
+/// <summary>
+/// A virtual processor. <see cref="Run"/> and the register methods are called from the vCPU's own
+/// thread; <see cref="RequestExit"/> may be called from any thread.
+/// </summary>
+public interface IVirtualCpu : IDisposable
+{
+    /// <summary>The vCPU's index in its partition (0 is the boot processor).</summary>
+    int Index { get; }
+
+    /// <summary>
+    /// Runs the guest until it exits. For a port-I/O or MMIO read exit, fill <see cref="ExitData"/>
+    /// before calling <see cref="Run"/> again: the backend completes the guest's instruction with it.
+    /// </summary>
+    VcpuExit Run();
+
+    /// <summary>
+    /// The data bytes of the last port-I/O or MMIO exit (<see cref="VcpuExit.DataLength"/> bytes).
+    /// Valid until the next <see cref="Run"/>; empty after other exits.
+    /// </summary>
+    Span<byte> ExitData { get; }
+
+    /// <summary>
+    /// Makes the current or next <see cref="Run"/> return <see cref="VcpuExitReason.Interrupted"/> soon.
+    /// Thread-safe; a request made while the vCPU is not running is kept until the next <see cref="Run"/>.
+    /// </summary>
+    void RequestExit();
+
+    /// <summary>Reads the general registers.</summary>
+    GeneralRegisters GetGeneralRegisters();
+
+    /// <summary>Writes the general registers.</summary>
+    void SetGeneralRegisters(in GeneralRegisters registers);
+
+    /// <summary>Reads the segment, descriptor-table and control registers.</summary>
+    SpecialRegisters GetSpecialRegisters();
+
+    /// <summary>Writes the segment, descriptor-table and control registers.</summary>
+    void SetSpecialRegisters(in SpecialRegisters registers);
+
+    /// <summary>Reads the x87/SSE state.</summary>
+    FpuState GetFpuState();
+
+    /// <summary>Writes the x87/SSE state.</summary>
+    void SetFpuState(in FpuState state);
+
+    /// <summary>Reads the MSRs named in <paramref name="entries"/> (their <c>Index</c>) and fills in the values.</summary>
+    /// <exception cref="ArgumentException">An index is not in <see cref="IPartition.SupportedMsrs"/>.</exception>
+    void GetMsrs(Span<MsrEntry> entries);
+
+    /// <summary>Writes MSRs.</summary>
+    /// <exception cref="ArgumentException">An index is not in <see cref="IPartition.SupportedMsrs"/>.</exception>
+    void SetMsrs(ReadOnlySpan<MsrEntry> entries);
+
+    /// <summary>Sets the CPUID leaves the guest sees.</summary>
+    void SetCpuid(IReadOnlyList<CpuidEntry> entries);
+
+    /// <summary>
+    /// Queues an external interrupt with <paramref name="vector"/> for delivery when the guest can take it
+    /// (IF set, no interrupt shadow). For partitions without an interrupt controller.
+    /// </summary>
+    /// <returns><see langword="false"/> when the backend cannot queue one now (one is already pending).</returns>
+    bool TryInjectInterrupt(byte vector);
+}

@@ -1,0 +1,588 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+
+namespace Virt.Memory;
+
+/// <summary>
+/// Guest physical memory: RAM and ROM regions backed by anonymous host mappings, with holes between
+/// them. Thread-safe for concurrent access; <see cref="Dispose"/> must not race with accesses
+/// (stop the vCPUs and devices first).
+/// </summary>
+public sealed class GuestMemory : IGuestMemory, IDisposable
+{
+    /// <summary>The page size used for alignment, dirty tracking and write watches.</summary>
+    public const ulong PageSize = 4096;
+
+    /// <summary>log2 of <see cref="PageSize"/>.</summary>
+    public const int PageShift = 12;
+
+    private readonly Region[] _regions;
+    private readonly GuestMemoryRegionInfo[] _infos;
+    private IGuestWriteWatcher? _watcher;
+    private int _disposed;
+
+    private GuestMemory(Region[] regions)
+    {
+        _regions = regions;
+        _infos = [.. regions.Select(r => new GuestMemoryRegionInfo(new GuestAddress(r.Start), r.Size, r.IsReadOnly, r.Host))];
+        TotalSize = regions.Aggregate(0UL, (sum, r) => sum + r.Size);
+    }
+
+    /// <summary>Creates guest memory with one RAM region of <paramref name="size"/> bytes at address 0.</summary>
+    /// <exception cref="ArgumentException">The size is zero or not a multiple of 4 KiB.</exception>
+    /// <exception cref="GuestMemoryException">The host refused the mapping.</exception>
+    public static GuestMemory CreateRam(ulong size) => Create(GuestMemoryRegionSpec.Ram(GuestAddress.Zero, size));
+
+    /// <summary>Creates guest memory with the given regions.</summary>
+    /// <exception cref="ArgumentException">
+    /// No regions, a start or size not a multiple of 4 KiB, a zero size, a region past 2^52 (the
+    /// architectural physical-address limit), or overlapping regions.
+    /// </exception>
+    /// <exception cref="GuestMemoryException">The host refused a mapping.</exception>
+    public static GuestMemory Create(params GuestMemoryRegionSpec[] specs)
+    {
+        ArgumentNullException.ThrowIfNull(specs);
+        if (specs.Length == 0)
+        {
+            throw new ArgumentException("Guest memory needs at least one region.", nameof(specs));
+        }
+
+        var sorted = specs.OrderBy(s => s.Start.Value).ToArray();
+        const ulong maxPhysical = 1UL << 52;
+        for (int i = 0; i < sorted.Length; i++)
+        {
+            var s = sorted[i];
+            if (s.Size == 0)
+            {
+                throw new ArgumentException($"Region at {s.Start} has size 0; give every region a size of at least 4 KiB.", nameof(specs));
+            }
+
+            if (s.Start.Value % PageSize != 0 || s.Size % PageSize != 0)
+            {
+                throw new ArgumentException($"Region at {s.Start} of size 0x{s.Size:x}: start and size must be multiples of 4 KiB (0x1000).", nameof(specs));
+            }
+
+            if (s.Size > maxPhysical || s.Start.Value > maxPhysical - s.Size)
+            {
+                throw new ArgumentException($"Region at {s.Start} of size 0x{s.Size:x} ends beyond the 52-bit physical address space.", nameof(specs));
+            }
+
+            if (i > 0 && sorted[i - 1].Start.Value + sorted[i - 1].Size > s.Start.Value)
+            {
+                throw new ArgumentException($"Regions at {sorted[i - 1].Start} (size 0x{sorted[i - 1].Size:x}) and {s.Start} overlap; move one of them.", nameof(specs));
+            }
+        }
+
+        var regions = new List<Region>(sorted.Length);
+        try
+        {
+            foreach (var s in sorted)
+            {
+                regions.Add(new Region(s.Start.Value, s.Size, s.IsReadOnly, MapAnonymous(s.Size)));
+            }
+        }
+        catch
+        {
+            foreach (var r in regions)
+            {
+                Unmap(r.Host, r.Size);
+            }
+
+            throw;
+        }
+
+        return new GuestMemory([.. regions]);
+    }
+
+    /// <inheritdoc />
+    public IReadOnlyList<GuestMemoryRegionInfo> Regions => _infos;
+
+    /// <inheritdoc />
+    public ulong TotalSize { get; }
+
+    /// <summary>Whether <see cref="Dispose"/> has run.</summary>
+    public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+
+    /// <inheritdoc />
+    public bool Contains(GuestAddress address, ulong length) => TryResolve(address.Value, length, out _, out _);
+
+    /// <summary>Whether <paramref name="address"/> is in a ROM region.</summary>
+    public bool IsReadOnly(GuestAddress address) => FindRegion(address.Value) is int i && _regions[i].IsReadOnly;
+
+    /// <inheritdoc />
+    public void Read(GuestAddress address, Span<byte> destination)
+    {
+        if (!TryRead(address, destination))
+        {
+            throw Fail(address, (ulong)destination.Length, false);
+        }
+    }
+
+    /// <inheritdoc />
+    public void Write(GuestAddress address, ReadOnlySpan<byte> source)
+    {
+        if (!TryWrite(address, source))
+        {
+            throw Fail(address, (ulong)source.Length, true);
+        }
+    }
+
+    /// <inheritdoc />
+    public bool TryRead(GuestAddress address, Span<byte> destination)
+    {
+        ThrowIfDisposed();
+        ulong addr = address.Value;
+        int done = 0;
+        while (done < destination.Length)
+        {
+            if (!TryResolveChunk(addr, (ulong)(destination.Length - done), out var region, out ulong chunk))
+            {
+                return false;
+            }
+
+            Host(region, addr, (int)chunk).CopyTo(destination[done..]);
+            done += (int)chunk;
+            addr += chunk;
+        }
+
+        return true;
+    }
+
+    /// <inheritdoc />
+    public bool TryWrite(GuestAddress address, ReadOnlySpan<byte> source)
+    {
+        ThrowIfDisposed();
+        if (!CanWrite(address.Value, (ulong)source.Length))
+        {
+            return false;
+        }
+
+        ulong addr = address.Value;
+        int done = 0;
+        while (done < source.Length)
+        {
+            TryResolveChunk(addr, (ulong)(source.Length - done), out var region, out ulong chunk);
+            source.Slice(done, (int)chunk).CopyTo(Host(region, addr, (int)chunk));
+            region.MarkWritten(addr - region.Start, chunk, this);
+            done += (int)chunk;
+            addr += chunk;
+        }
+
+        return true;
+    }
+
+    /// <inheritdoc />
+    public T Read<T>(GuestAddress address) where T : unmanaged
+    {
+        Unsafe.SkipInit(out T value);
+        Read(address, MemoryMarshal.AsBytes(new Span<T>(ref value)));
+        return value;
+    }
+
+    /// <inheritdoc />
+    public void Write<T>(GuestAddress address, T value) where T : unmanaged =>
+        Write(address, MemoryMarshal.AsBytes(new ReadOnlySpan<T>(in value)));
+
+    /// <inheritdoc />
+    public Span<byte> GetSpan(GuestAddress address, int length, bool forWrite)
+    {
+        if (!TryGetSpan(address, length, forWrite, out var span))
+        {
+            throw Fail(address, (ulong)Math.Max(length, 0), forWrite, "the range is not inside one region");
+        }
+
+        return span;
+    }
+
+    /// <inheritdoc />
+    public bool TryGetSpan(GuestAddress address, int length, bool forWrite, out Span<byte> span)
+    {
+        ThrowIfDisposed();
+        span = default;
+        if (length < 0 || !TryResolve(address.Value, (ulong)length, out int index, out bool single) || !single)
+        {
+            return false;
+        }
+
+        var region = _regions[index];
+        if (forWrite)
+        {
+            if (region.IsReadOnly)
+            {
+                return false;
+            }
+
+            region.MarkWritten(address.Value - region.Start, (ulong)length, this);
+        }
+
+        span = Host(region, address.Value, length);
+        return true;
+    }
+
+    /// <summary>
+    /// Copies <paramref name="image"/> into a ROM (or RAM) region at <paramref name="address"/>. The host
+    /// may write ROM; the guest may not.
+    /// </summary>
+    /// <exception cref="GuestMemoryException">The range is not guest memory.</exception>
+    public void LoadRom(GuestAddress address, ReadOnlySpan<byte> image)
+    {
+        ThrowIfDisposed();
+        ulong addr = address.Value;
+        int done = 0;
+        while (done < image.Length)
+        {
+            if (!TryResolveChunk(addr, (ulong)(image.Length - done), out var region, out ulong chunk))
+            {
+                throw Fail(new GuestAddress(addr), (ulong)(image.Length - done), true, "the range is not guest memory");
+            }
+
+            image.Slice(done, (int)chunk).CopyTo(Host(region, addr, (int)chunk));
+            region.MarkWritten(addr - region.Start, chunk, this);
+            done += (int)chunk;
+            addr += chunk;
+        }
+    }
+
+    /// <summary>
+    /// The host pointer for <paramref name="address"/> and how many bytes follow it in the same region, or
+    /// <see langword="false"/> outside guest memory. For backends that access guest memory directly.
+    /// </summary>
+    public bool TryGetHostPointer(GuestAddress address, out nint pointer, out ulong available, out bool isReadOnly)
+    {
+        pointer = 0;
+        available = 0;
+        isReadOnly = false;
+        if (FindRegion(address.Value) is not int i)
+        {
+            return false;
+        }
+
+        var r = _regions[i];
+        ulong offset = address.Value - r.Start;
+        pointer = r.Host + (nint)offset;
+        available = r.Size - offset;
+        isReadOnly = r.IsReadOnly;
+        return true;
+    }
+
+    /// <summary>Index of the region holding <paramref name="address"/>, or <see langword="null"/> in a hole.</summary>
+    public int? FindRegion(ulong address)
+    {
+        var regions = _regions;
+        int lo = 0, hi = regions.Length - 1;
+        while (lo <= hi)
+        {
+            int mid = (lo + hi) >>> 1;
+            var r = regions[mid];
+            if (address < r.Start)
+            {
+                hi = mid - 1;
+            }
+            else if (address - r.Start >= r.Size)
+            {
+                lo = mid + 1;
+            }
+            else
+            {
+                return mid;
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// Copies into <paramref name="bitmap"/> (one bit per page, 64 pages per element) the pages of region
+    /// <paramref name="regionIndex"/> written through this object since the last call, and clears them.
+    /// Writes that a hypervisor performs for the guest are not seen here: ask the partition's dirty log.
+    /// </summary>
+    public void CollectDirtyPages(int regionIndex, Span<ulong> bitmap)
+    {
+        var r = _regions[regionIndex];
+        if (bitmap.Length < r.Dirty.Length)
+        {
+            throw new ArgumentException($"The bitmap needs {r.Dirty.Length} elements for region {regionIndex}.", nameof(bitmap));
+        }
+
+        for (int i = 0; i < r.Dirty.Length; i++)
+        {
+            bitmap[i] = Interlocked.Exchange(ref r.Dirty[i], 0);
+        }
+    }
+
+    /// <summary>Number of <see cref="ulong"/> elements of a dirty bitmap for region <paramref name="regionIndex"/>.</summary>
+    public int DirtyBitmapLength(int regionIndex) => _regions[regionIndex].Dirty.Length;
+
+    /// <summary>
+    /// Sets the object told when a watched page is written through this object (not by the guest under a
+    /// hypervisor). An interpreter uses it to drop code it decoded from that page.
+    /// </summary>
+    public void SetWriteWatcher(IGuestWriteWatcher? watcher) => _watcher = watcher;
+
+    /// <summary>Watches the page holding <paramref name="address"/>: the next write to it calls the watcher once.</summary>
+    /// <returns><see langword="false"/> when the address is not guest memory.</returns>
+    public bool WatchPage(GuestAddress address)
+    {
+        if (FindRegion(address.Value) is not int i)
+        {
+            return false;
+        }
+
+        var r = _regions[i];
+        ulong page = (address.Value - r.Start) >> PageShift;
+        Interlocked.Or(ref r.Watched[page >> 6], 1UL << (int)(page & 63));
+        Volatile.Write(ref r.AnyWatched, true);
+        return true;
+    }
+
+    /// <summary>Whether the page holding <paramref name="address"/> is watched.</summary>
+    public bool IsPageWatched(GuestAddress address)
+    {
+        if (FindRegion(address.Value) is not int i)
+        {
+            return false;
+        }
+
+        var r = _regions[i];
+        ulong page = (address.Value - r.Start) >> PageShift;
+        return (Volatile.Read(ref r.Watched[page >> 6]) & (1UL << (int)(page & 63))) != 0;
+    }
+
+    /// <summary>Unmaps every region exactly once. Later accesses throw <see cref="ObjectDisposedException"/>.</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        foreach (var r in _regions)
+        {
+            Unmap(r.Host, r.Size);
+        }
+    }
+
+    internal void NotifyWatched(ulong pageAddress) => _watcher?.OnWatchedPageWritten(new GuestAddress(pageAddress));
+
+    private bool CanWrite(ulong addr, ulong length)
+    {
+        while (length > 0)
+        {
+            if (!TryResolveChunk(addr, length, out var region, out ulong chunk) || region.IsReadOnly)
+            {
+                return false;
+            }
+
+            addr += chunk;
+            length -= chunk;
+        }
+
+        return true;
+    }
+
+    // Resolves the largest chunk starting at addr that lies in one region, up to length bytes.
+    private bool TryResolveChunk(ulong addr, ulong length, out Region region, out ulong chunk)
+    {
+        region = null!;
+        chunk = 0;
+        if (FindRegion(addr) is not int i)
+        {
+            return false;
+        }
+
+        region = _regions[i];
+        chunk = Math.Min(length, region.Size - (addr - region.Start));
+        return true;
+    }
+
+    // Whether [addr, addr+length) is guest memory; single says it lies in one region.
+    private bool TryResolve(ulong addr, ulong length, out int index, out bool single)
+    {
+        single = false;
+        index = -1;
+        if (FindRegion(addr) is not int i)
+        {
+            return false;
+        }
+
+        index = i;
+        var r = _regions[i];
+        ulong room = r.Size - (addr - r.Start);
+        if (length <= room)
+        {
+            single = true;
+            return true;
+        }
+
+        // Continue through physically contiguous regions only.
+        ulong remaining = length - room;
+        for (int j = i + 1; j < _regions.Length && remaining > 0; j++)
+        {
+            if (_regions[j].Start != _regions[j - 1].Start + _regions[j - 1].Size)
+            {
+                return false;
+            }
+
+            remaining -= Math.Min(remaining, _regions[j].Size);
+        }
+
+        return remaining == 0;
+    }
+
+    private static unsafe Span<byte> Host(Region region, ulong addr, int length)
+    {
+        // SAFETY: callers resolved [addr, addr+length) inside region, whose mapping lives until Dispose.
+        return new Span<byte>((void*)(region.Host + (nint)(addr - region.Start)), length);
+    }
+
+    private GuestMemoryException Fail(GuestAddress address, ulong length, bool write, string? reason = null)
+    {
+        if (reason is null)
+        {
+            if (FindRegion(address.Value) is int i)
+            {
+                reason = write && _regions[i].IsReadOnly ? "the region is read-only (ROM)" : "the range runs past the end of its region into a hole";
+                if (write && !_regions[i].IsReadOnly && !CanWrite(address.Value, length))
+                {
+                    reason = "the range runs into a hole or a read-only region";
+                }
+            }
+            else
+            {
+                reason = "the address is not in any guest memory region";
+            }
+        }
+
+        return new GuestMemoryException(address, length, reason);
+    }
+
+    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+
+    private static nint MapAnonymous(ulong size)
+    {
+        if (OperatingSystem.IsWindows())
+        {
+            nint p = Interop.Kernel32.VirtualAlloc(0, (nuint)size, Interop.Kernel32.MEM_RESERVE | Interop.Kernel32.MEM_COMMIT, Interop.Kernel32.PAGE_READWRITE);
+            if (p == 0)
+            {
+                throw new GuestMemoryException($"VirtualAlloc of {size} bytes for guest memory failed (error {Marshal.GetLastPInvokeError()}).");
+            }
+
+            return p;
+        }
+
+        nint addr = Interop.Libc.Mmap(0, (nuint)size, Interop.Libc.PROT_READ | Interop.Libc.PROT_WRITE,
+            Interop.Libc.MAP_PRIVATE | Interop.Libc.MAP_ANONYMOUS | Interop.Libc.MAP_NORESERVE, -1, 0);
+        if (addr == -1)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new GuestMemoryException($"mmap of {size} bytes for guest memory failed: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno}). Use a smaller memory size or raise the process's address-space limit.");
+        }
+
+        return addr;
+    }
+
+    private static void Unmap(nint host, ulong size)
+    {
+        if (OperatingSystem.IsWindows())
+        {
+            Interop.Kernel32.VirtualFree(host, 0, Interop.Kernel32.MEM_RELEASE);
+        }
+        else
+        {
+            Interop.Libc.Munmap(host, (nuint)size);
+        }
+    }
+
+    /// <summary>
+    /// Returns the pages of <paramref name="address"/>..+<paramref name="length"/> to the host (they read as
+    /// zero afterwards). Both ends are rounded to whole pages inside the range.
+    /// </summary>
+    public void DiscardPages(GuestAddress address, ulong length)
+    {
+        ThrowIfDisposed();
+        if (!TryResolve(address.Value, length, out int i, out bool single) || !single)
+        {
+            throw Fail(address, length, true, "the range is not inside one region");
+        }
+
+        var r = _regions[i];
+        ulong start = (address.Value - r.Start + PageSize - 1) & ~(PageSize - 1);
+        ulong end = (address.Value - r.Start + length) & ~(PageSize - 1);
+        if (end <= start)
+        {
+            return;
+        }
+
+        if (OperatingSystem.IsWindows())
+        {
+            unsafe
+            {
+                // SAFETY: [start, end) lies in region r's live mapping.
+                new Span<byte>((void*)(r.Host + (nint)start), checked((int)(end - start))).Clear();
+            }
+        }
+        else
+        {
+            Interop.Libc.Madvise(r.Host + (nint)start, (nuint)(end - start), Interop.Libc.MADV_DONTNEED);
+        }
+
+        r.MarkWritten(start, end - start, this);
+    }
+
+    private sealed class Region
+    {
+        public readonly ulong Start;
+        public readonly ulong Size;
+        public readonly bool IsReadOnly;
+        public readonly nint Host;
+        public readonly ulong[] Dirty;
+        public readonly ulong[] Watched;
+        public bool AnyWatched;
+
+        public Region(ulong start, ulong size, bool isReadOnly, nint host)
+        {
+            Start = start;
+            Size = size;
+            IsReadOnly = isReadOnly;
+            Host = host;
+            ulong pages = size >> PageShift;
+            Dirty = new ulong[(pages + 63) / 64];
+            Watched = new ulong[(pages + 63) / 64];
+        }
+
+        public void MarkWritten(ulong offset, ulong length, GuestMemory owner)
+        {
+            if (length == 0)
+            {
+                return;
+            }
+
+            ulong first = offset >> PageShift;
+            ulong last = (offset + length - 1) >> PageShift;
+            bool watched = Volatile.Read(ref AnyWatched);
+            for (ulong p = first; p <= last; p++)
+            {
+                ulong bit = 1UL << (int)(p & 63);
+                ref ulong word = ref Dirty[p >> 6];
+                if ((Volatile.Read(ref word) & bit) == 0)
+                {
+                    Interlocked.Or(ref word, bit);
+                }
+
+                if (watched && (Volatile.Read(ref Watched[p >> 6]) & bit) != 0)
+                {
+                    Interlocked.And(ref Watched[p >> 6], ~bit);
+                    owner.NotifyWatched(Start + (p << PageShift));
+                }
+            }
+        }
+    }
+}
+
+/// <summary>Told when a watched guest page is written through <see cref="GuestMemory"/>.</summary>
+public interface IGuestWriteWatcher
+{
+    /// <summary>The page at <paramref name="pageAddress"/> (4 KiB aligned) was written; its watch is cleared.</summary>
+    void OnWatchedPageWritten(GuestAddress pageAddress);
+}
