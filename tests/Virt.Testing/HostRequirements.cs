@@ -36,6 +36,15 @@ public static class HostRequirements
         }
     }
 
+    /// <summary>Skips when KVM is missing, even under <c>VIRT_REQUIRE_KVM=1</c> (for tests that only use KVM incidentally).</summary>
+    public static void RequireKvmOrSkip()
+    {
+        if (KvmUnavailableReason() is { } reason)
+        {
+            Assert.Skip($"Skipped: {reason}");
+        }
+    }
+
     /// <summary>Call first in a test that needs KVM.</summary>
     public static void RequireKvm()
     {

@@ -1,0 +1,202 @@
+using Microsoft.Extensions.Logging;
+using Virt.Cpu;
+
+namespace Virt;
+
+public sealed partial class VirtualMachine
+{
+    private void VcpuThread(int index)
+    {
+        var vcpu = _vcpus[index];
+        bool halted = false;
+        try
+        {
+            while (!_stopRequested)
+            {
+                if (_pauseRequested)
+                {
+                    Park();
+                    continue;
+                }
+
+                var exit = vcpu.Run();
+                switch (exit.Reason)
+                {
+                    case VcpuExitReason.PortIo:
+                        DispatchPortIo(vcpu, exit);
+                        break;
+                    case VcpuExitReason.Mmio:
+                        DispatchMmio(vcpu, exit);
+                        break;
+                    case VcpuExitReason.Interrupted:
+                        break;
+                    case VcpuExitReason.Halt:
+                        // Without an interrupt controller nothing can wake a halted vCPU: it is done.
+                        halted = true;
+                        return;
+                    default:
+                        RequestStop(Translate(index, exit));
+                        return;
+                }
+            }
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            LogVcpuFailed(_logger, e, _config.Name, index);
+            RequestStop(new VirtualMachineExit
+            {
+                Reason = StopReason.HostError,
+                VcpuIndex = index,
+                Exception = e,
+                Description = $"vCPU {index} failed on the host: {e.Message}",
+            });
+        }
+        finally
+        {
+            ThreadDone(index, halted);
+        }
+    }
+
+    private void DispatchPortIo(IVirtualCpu vcpu, in VcpuExit exit)
+    {
+        var data = vcpu.ExitData;
+        int size = exit.Size;
+        int count = Math.Max(exit.Count, 1);
+        if (size <= 0 || data.Length < size * count)
+        {
+            return;
+        }
+
+        for (int i = 0; i < count; i++)
+        {
+            var slice = data.Slice(i * size, size);
+            if (exit.IsWrite)
+            {
+                _ports.Write(exit.Port, slice);
+            }
+            else
+            {
+                _ports.Read(exit.Port, slice);
+            }
+        }
+    }
+
+    private void DispatchMmio(IVirtualCpu vcpu, in VcpuExit exit)
+    {
+        var data = vcpu.ExitData;
+        if (data.Length < exit.Size)
+        {
+            return;
+        }
+
+        var slice = data[..exit.Size];
+        if (exit.IsWrite)
+        {
+            _mmio.Write(exit.Address, slice);
+        }
+        else
+        {
+            _mmio.Read(exit.Address, slice);
+        }
+    }
+
+    private static VirtualMachineExit Translate(int index, in VcpuExit exit) => exit.Reason switch
+    {
+        VcpuExitReason.Shutdown => new VirtualMachineExit
+        {
+            Reason = StopReason.Shutdown,
+            VcpuIndex = index,
+            Fault = exit.Fault,
+            Description = $"vCPU {index} shut down (triple fault){(exit.Fault is null ? "" : ": " + exit.Fault)}",
+        },
+        VcpuExitReason.SystemEvent when exit.SystemEvent == SystemEventKind.Reset => new VirtualMachineExit
+        {
+            Reason = StopReason.Reset, VcpuIndex = index, Description = $"vCPU {index} reset the machine",
+        },
+        VcpuExitReason.SystemEvent when exit.SystemEvent == SystemEventKind.Shutdown => new VirtualMachineExit
+        {
+            Reason = StopReason.PowerOff, VcpuIndex = index, Description = $"vCPU {index} powered the machine off",
+        },
+        VcpuExitReason.BudgetExhausted => new VirtualMachineExit
+        {
+            Reason = StopReason.InstructionLimit, VcpuIndex = index, Description = $"vCPU {index} used up its instruction budget",
+        },
+        _ => new VirtualMachineExit
+        {
+            Reason = StopReason.GuestFault,
+            VcpuIndex = index,
+            Fault = exit.Fault,
+            Description = $"vCPU {index} stopped: {exit}",
+        },
+    };
+
+    private void Park()
+    {
+        lock (_sync)
+        {
+            if (!_pauseRequested || _stopRequested)
+            {
+                return;
+            }
+
+            _parkedThreads++;
+            CheckAllParked();
+        }
+
+        _resume.Wait();
+        lock (_sync)
+        {
+            _parkedThreads--;
+        }
+    }
+
+    // Under _sync: completes a pending pause when every live vCPU thread is parked.
+    private void CheckAllParked()
+    {
+        if (_pauseRequested && _allParked is { } tcs && _parkedThreads >= _liveThreads)
+        {
+            tcs.TrySetResult();
+        }
+    }
+
+    private void ThreadDone(int index, bool halted)
+    {
+        VirtualMachineExit? finalExit = null;
+        lock (_sync)
+        {
+            _liveThreads--;
+            if (halted && _liveThreads > 0)
+            {
+                LogVcpuHalted(_logger, _config.Name, index);
+            }
+
+            CheckAllParked();
+            if (_liveThreads == 0)
+            {
+                finalExit = _pendingExit ?? new VirtualMachineExit
+                {
+                    Reason = StopReason.Halted,
+                    VcpuIndex = index,
+                    Description = _vcpus.Length == 1 ? "the vCPU halted" : "every vCPU halted",
+                };
+                _pendingExit = finalExit;
+            }
+        }
+
+        if (finalExit is not null)
+        {
+            SetState(VirtualMachineState.Stopped);
+            LogStopped(_logger, _config.Name, finalExit.Description);
+            _exit.TrySetResult(finalExit);
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "VM {Name}: vCPU {Index} failed")]
+    private static partial void LogVcpuFailed(ILogger logger, Exception exception, string name, int index);
+
+    [LoggerMessage(Level = LogLevel.Debug, Message = "VM {Name}: vCPU {Index} halted")]
+    private static partial void LogVcpuHalted(ILogger logger, string name, int index);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "VM {Name} stopped: {Description}")]
+    private static partial void LogStopped(ILogger logger, string name, string description);
+}

@@ -1,0 +1,308 @@
+using Microsoft.Extensions.Logging;
+using Virt.Boot;
+using Virt.Cpu;
+using Virt.Devices;
+
+namespace Virt;
+
+/// <summary>
+/// An immutable fluent builder for a <see cref="VirtualMachine"/>. Every <c>With*</c> method returns a new
+/// builder; the original is unchanged, so a configured builder can serve as a template.
+/// <see cref="Build"/> validates the whole configuration and creates the machine.
+/// </summary>
+/// <example>
+/// <code>
+/// await using var vm = VirtualMachine.CreateBuilder()
+///     .WithMemoryMiB(64)
+///     .WithFlatBinary(code, new GuestAddress(0x100000))
+///     .WithEntryPoint(new GuestAddress(0x100000), StartMode.Long64)
+///     .WithSerialConsole(Console.OpenStandardOutput())
+///     .WithDebugExit()
+///     .Build();
+/// var exit = await vm.RunAsync(cancellationToken);
+/// </code>
+/// </example>
+public sealed class VirtualMachineBuilder
+{
+    /// <summary>The default I/O port of the debug-exit device.</summary>
+    public const ushort DefaultDebugExitPort = 0x501;
+
+    /// <summary>The largest guest memory this builder accepts: 1 TiB.</summary>
+    public const ulong MaxMemorySize = 1UL << 40;
+
+    /// <summary>The most vCPUs this builder accepts.</summary>
+    public const int MaxVcpuCount = 256;
+
+    private readonly VirtualMachineConfiguration _config;
+
+    /// <summary>Creates a builder with the defaults: 64 MiB, one vCPU, <see cref="BackendKind.Auto"/>, long-mode start.</summary>
+    public VirtualMachineBuilder()
+        : this(new VirtualMachineConfiguration())
+    {
+    }
+
+    private VirtualMachineBuilder(VirtualMachineConfiguration config) => _config = config;
+
+    internal VirtualMachineConfiguration Configuration => _config;
+
+    /// <summary>Names the VM (used in logs and thread names).</summary>
+    public VirtualMachineBuilder WithName(string name)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        return new(_config with { Name = name });
+    }
+
+    /// <summary>Sets the guest RAM size in bytes (a multiple of 4 KiB). RAM starts at guest address 0.</summary>
+    public VirtualMachineBuilder WithMemory(ulong bytes) => new(_config with { MemorySize = bytes });
+
+    /// <summary>Sets the guest RAM size in MiB.</summary>
+    public VirtualMachineBuilder WithMemoryMiB(int mebibytes) => new(_config with { MemorySize = mebibytes <= 0 ? 0 : (ulong)mebibytes << 20 });
+
+    /// <summary>Sets the number of vCPUs. Every vCPU starts at the entry point with the registers of <see cref="WithRegisters"/>, except that RDI holds the vCPU index so the guest can tell them apart.</summary>
+    public VirtualMachineBuilder WithVcpus(int count) => new(_config with { VcpuCount = count });
+
+    /// <summary>Chooses the CPU backend.</summary>
+    public VirtualMachineBuilder WithBackend(BackendKind backend) => new(_config with { Backend = backend, CustomBackend = null });
+
+    /// <summary>Uses a specific backend instance (for custom or preconfigured backends).</summary>
+    public VirtualMachineBuilder WithBackend(IHypervisor backend)
+    {
+        ArgumentNullException.ThrowIfNull(backend);
+        return new(_config with { CustomBackend = backend });
+    }
+
+    /// <summary>Shortcut for <see cref="WithBackend(BackendKind)"/> with <see cref="BackendKind.Kvm"/>.</summary>
+    public VirtualMachineBuilder WithKvm() => WithBackend(BackendKind.Kvm);
+
+    /// <summary>Shortcut for <see cref="WithBackend(BackendKind)"/> with <see cref="BackendKind.Interpreter"/>.</summary>
+    public VirtualMachineBuilder WithInterpreter() => WithBackend(BackendKind.Interpreter);
+
+    /// <summary>Attaches a 16550A UART at COM1 (port 0x3F8, IRQ 4) whose output goes to <paramref name="output"/>.</summary>
+    /// <param name="output">Receives every byte the guest transmits.</param>
+    /// <param name="input">Optional: bytes read from it are delivered to the guest's receiver.</param>
+    public VirtualMachineBuilder WithSerialConsole(Stream output, Stream? input = null)
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        return new(_config with { SerialOutput = output, SerialInput = input });
+    }
+
+    /// <summary>Attaches a 16550A UART at COM1 whose output is decoded as UTF-8 and written to <paramref name="output"/>.</summary>
+    public VirtualMachineBuilder WithSerialConsole(TextWriter output)
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        return WithSerialConsole(new TextWriterStream(output));
+    }
+
+    /// <summary>
+    /// Adds the debug-exit device: a byte the guest writes to <paramref name="port"/> stops the VM with
+    /// <see cref="StopReason.DebugExit"/> and that byte as <see cref="VirtualMachineExit.ExitCode"/>.
+    /// </summary>
+    public VirtualMachineBuilder WithDebugExit(ushort port = DefaultDebugExitPort) => new(_config with { DebugExitPort = port });
+
+    /// <summary>Copies a flat binary into guest memory at <paramref name="address"/> when the VM is built.</summary>
+    public VirtualMachineBuilder WithFlatBinary(ReadOnlyMemory<byte> image, GuestAddress address) =>
+        new(_config with { Images = _config.Images.Add(new FlatImage(image, address)) });
+
+    /// <summary>Reads a flat binary from <paramref name="path"/> and loads it at <paramref name="address"/>.</summary>
+    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    public VirtualMachineBuilder WithFlatBinaryFile(string path, GuestAddress address)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        if (!File.Exists(path))
+        {
+            throw new FileNotFoundException($"The flat binary '{path}' does not exist; check the path.", path);
+        }
+
+        return WithFlatBinary(File.ReadAllBytes(path), address);
+    }
+
+    /// <summary>
+    /// Sets where the boot vCPU starts and in which mode. For <see cref="StartMode.Real"/> the entry must be
+    /// below 1 MiB and is split into CS:IP. For protected and long mode the VM builds a GDT, TSS and (long
+    /// mode) identity page tables for the first 4 GiB in low memory (0x500-0xEFFF); keep images clear of it.
+    /// </summary>
+    public VirtualMachineBuilder WithEntryPoint(GuestAddress entry, StartMode mode = StartMode.Long64) =>
+        new(_config with { EntryPoint = entry, StartMode = mode });
+
+    /// <summary>Sets the initial general registers of every vCPU (RIP is overridden by the entry point, RFLAGS bit 1 is forced).</summary>
+    public VirtualMachineBuilder WithRegisters(GeneralRegisters registers) => new(_config with { InitialRegisters = registers });
+
+    /// <summary>Adds a port-I/O device at <c>[start, start + length)</c>.</summary>
+    public VirtualMachineBuilder WithPortIoDevice(ushort start, ushort length, IPortIoDevice device, string name)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        return new(_config with { PortDevices = _config.PortDevices.Add(new PortDeviceRegistration(start, length, device, name)) });
+    }
+
+    /// <summary>Adds an MMIO device at <c>[start, start + length)</c>; the range must not overlap guest RAM.</summary>
+    public VirtualMachineBuilder WithMmioDevice(GuestAddress start, ulong length, IMmioDevice device, string name)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        return new(_config with { MmioDevices = _config.MmioDevices.Add(new MmioDeviceRegistration(start, length, device, name)) });
+    }
+
+    /// <summary>Hides a CPUID feature from the guest (on top of what the backend cannot honour).</summary>
+    public VirtualMachineBuilder WithoutCpuidFeature(CpuidFeature feature) =>
+        new(_config with { MaskedCpuidFeatures = _config.MaskedCpuidFeatures.Add(feature) });
+
+    /// <summary>
+    /// Stops each vCPU after exactly <paramref name="instructions"/> instructions with
+    /// <see cref="StopReason.InstructionLimit"/>. Only backends that count instructions (the interpreter) support it.
+    /// </summary>
+    public VirtualMachineBuilder WithInstructionBudget(long instructions) => new(_config with { InstructionBudget = instructions });
+
+    /// <summary>Logs lifecycle events and device faults to <paramref name="loggerFactory"/>.</summary>
+    public VirtualMachineBuilder WithLogging(ILoggerFactory loggerFactory)
+    {
+        ArgumentNullException.ThrowIfNull(loggerFactory);
+        return new(_config with { LoggerFactory = loggerFactory });
+    }
+
+    /// <summary>
+    /// Validates the configuration, chooses the backend, allocates guest memory, creates the partition and
+    /// vCPUs and loads the images. The VM is then <see cref="VirtualMachineState.Created"/>.
+    /// </summary>
+    /// <exception cref="ArgumentException">A setting is invalid; the message says which and what to change.</exception>
+    /// <exception cref="InvalidOperationException">The chosen backend is not available here; the message says why.</exception>
+    public VirtualMachine Build()
+    {
+        Validate(_config);
+        var selection = BackendSelector.Select(_config.Backend, _config.CustomBackend);
+        if (_config.InstructionBudget is not null && selection.Backend.Name is "kvm" or "whp")
+        {
+            throw new InvalidOperationException(
+                $"An instruction budget needs a backend that counts instructions, but {selection.Backend.Name} was chosen. Use WithInterpreter(), or drop WithInstructionBudget and use a time limit.");
+        }
+
+        return VirtualMachine.Create(_config, selection);
+    }
+
+    private static void Validate(VirtualMachineConfiguration c)
+    {
+        if (c.MemorySize == 0)
+        {
+            throw new ArgumentException("Memory size is 0. Give the VM memory with WithMemory(bytes) or WithMemoryMiB(n), e.g. WithMemoryMiB(64).");
+        }
+
+        if (c.MemorySize % 4096 != 0)
+        {
+            throw new ArgumentException($"Memory size {c.MemorySize} is not a multiple of 4 KiB (4096). Round it, e.g. to {(c.MemorySize + 4095) / 4096 * 4096}.");
+        }
+
+        if (c.MemorySize > MaxMemorySize)
+        {
+            throw new ArgumentException($"Memory size {c.MemorySize} exceeds the maximum of 1 TiB.");
+        }
+
+        if (c.VcpuCount < 1 || c.VcpuCount > MaxVcpuCount)
+        {
+            throw new ArgumentException($"vCPU count {c.VcpuCount} is out of range; use WithVcpus(n) with 1 <= n <= {MaxVcpuCount}.");
+        }
+
+        if (c.EntryPoint is null && c.Images.Count > 0)
+        {
+            throw new ArgumentException("Images are loaded but no entry point is set. Call WithEntryPoint(address, mode).");
+        }
+
+        if (c.EntryPoint is { } entry)
+        {
+            if (entry.Value >= c.MemorySize)
+            {
+                throw new ArgumentException($"The entry point {entry} is outside guest RAM (0x0-0x{c.MemorySize - 1:x}). Load the code inside RAM or give the VM more memory.");
+            }
+
+            if (c.StartMode == StartMode.Real && entry.Value >= 0x100000)
+            {
+                throw new ArgumentException($"The entry point {entry} cannot be reached in real mode (it must be below 1 MiB). Move the code or start in protected or long mode.");
+            }
+
+            if (c.StartMode != StartMode.Real && c.MemorySize < 0x10000)
+            {
+                throw new ArgumentException("Protected and long mode starts need at least 64 KiB of RAM for the GDT, TSS and page tables.");
+            }
+        }
+
+        foreach (var image in c.Images)
+        {
+            if (image.Address.Value > c.MemorySize || (ulong)image.Bytes.Length > c.MemorySize - image.Address.Value)
+            {
+                throw new ArgumentException($"The image of {image.Bytes.Length} bytes at {image.Address} does not fit in guest RAM of 0x{c.MemorySize:x} bytes. Load it lower or give the VM more memory.");
+            }
+
+            if (c.StartMode != StartMode.Real && image.Address.Value < 0xF000 && image.Address.Value + (ulong)image.Bytes.Length > 0x500)
+            {
+                throw new ArgumentException($"The image at {image.Address} overlaps the GDT/TSS/page tables the VM builds at 0x500-0xEFFF. Load it at 0xF000 or above (e.g. 0x100000).");
+            }
+        }
+
+        if (c.InstructionBudget is < 0)
+        {
+            throw new ArgumentException("The instruction budget must not be negative.");
+        }
+
+        ValidatePortRanges(c);
+        ValidateMmioRanges(c);
+    }
+
+    private static void ValidatePortRanges(VirtualMachineConfiguration c)
+    {
+        var ranges = new List<(int Start, int End, string Name)>();
+        if (c.SerialOutput is not null)
+        {
+            ranges.Add((0x3F8, 0x400, "serial console (COM1)"));
+        }
+
+        if (c.DebugExitPort is { } p)
+        {
+            ranges.Add((p, p + 1, "debug-exit"));
+        }
+
+        foreach (var d in c.PortDevices)
+        {
+            if (d.Length == 0 || d.Start + d.Length > 0x10000)
+            {
+                throw new ArgumentException($"Port device '{d.Name}' at 0x{d.Start:x} with length {d.Length} is outside the 64 Ki port space or empty.");
+            }
+
+            ranges.Add((d.Start, d.Start + d.Length, d.Name));
+        }
+
+        CheckOverlaps(ranges.Select(r => ((ulong)r.Start, (ulong)r.End, r.Name)), "ports");
+    }
+
+    private static void ValidateMmioRanges(VirtualMachineConfiguration c)
+    {
+        var ranges = new List<(ulong Start, ulong End, string Name)>();
+        foreach (var d in c.MmioDevices)
+        {
+            if (d.Length == 0 || d.Start.Value + d.Length < d.Start.Value)
+            {
+                throw new ArgumentException($"MMIO device '{d.Name}' at {d.Start} has an empty or wrapping range.");
+            }
+
+            if (d.Start.Value < c.MemorySize)
+            {
+                throw new ArgumentException($"MMIO device '{d.Name}' at {d.Start} overlaps guest RAM (0x0-0x{c.MemorySize - 1:x}). Place it above RAM, e.g. at 0xD0000000.");
+            }
+
+            ranges.Add((d.Start.Value, d.Start.Value + d.Length, d.Name));
+        }
+
+        CheckOverlaps(ranges, "MMIO addresses");
+    }
+
+    private static void CheckOverlaps(IEnumerable<(ulong Start, ulong End, string Name)> ranges, string what)
+    {
+        var sorted = ranges.OrderBy(r => r.Start).ToList();
+        for (int i = 1; i < sorted.Count; i++)
+        {
+            if (sorted[i].Start < sorted[i - 1].End)
+            {
+                throw new ArgumentException(
+                    $"Devices '{sorted[i - 1].Name}' (0x{sorted[i - 1].Start:x}-0x{sorted[i - 1].End - 1:x}) and '{sorted[i].Name}' (0x{sorted[i].Start:x}-0x{sorted[i].End - 1:x}) overlap in {what}. Move one of them.");
+            }
+        }
+    }
+}
