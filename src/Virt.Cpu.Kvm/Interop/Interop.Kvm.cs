@@ -1,0 +1,119 @@
+namespace Virt.Cpu.Kvm;
+
+internal static partial class Interop
+{
+    /// <summary>KVM ABI constants from <c>linux/kvm.h</c> and <c>asm/kvm.h</c> (x86-64).</summary>
+    internal static partial class Kvm
+    {
+        /// <summary>The only stable KVM API version.</summary>
+        internal const int ApiVersion = 12;
+
+        /// <summary>The ioctl type byte of every KVM ioctl (<c>KVMIO</c>).</summary>
+        internal const uint KVMIO = 0xAE;
+
+        // _IOC direction bits (asm-generic/ioctl.h).
+        private const uint IocNone = 0;
+        private const uint IocWrite = 1;
+        private const uint IocRead = 2;
+
+        internal static nuint IO(uint nr) => Ioc(IocNone, nr, 0);
+
+        internal static nuint IOR(uint nr, int size) => Ioc(IocRead, nr, size);
+
+        internal static nuint IOW(uint nr, int size) => Ioc(IocWrite, nr, size);
+
+        internal static nuint IOWR(uint nr, int size) => Ioc(IocRead | IocWrite, nr, size);
+
+        // asm-generic/ioctl.h: dir in bits 30-31, size in 16-29, type in 8-15, number in 0-7.
+        private static nuint Ioc(uint dir, uint nr, int size) => (nuint)((dir << 30) | ((uint)size << 16) | (KVMIO << 8) | nr);
+
+        // System ioctls (on /dev/kvm).
+        internal static readonly nuint KVM_GET_API_VERSION = IO(0x00);
+        internal static readonly nuint KVM_CREATE_VM = IO(0x01);
+        internal static readonly nuint KVM_GET_MSR_INDEX_LIST = IOWR(0x02, sizeof(uint));
+        internal static readonly nuint KVM_CHECK_EXTENSION = IO(0x03);
+        internal static readonly nuint KVM_GET_VCPU_MMAP_SIZE = IO(0x04);
+        internal static readonly nuint KVM_GET_SUPPORTED_CPUID = IOWR(0x05, 8);
+
+        // VM ioctls.
+        internal static readonly nuint KVM_CREATE_VCPU = IO(0x41);
+        internal static readonly nuint KVM_GET_DIRTY_LOG = IOW(0x42, KvmDirtyLog.Size);
+        internal static readonly nuint KVM_SET_USER_MEMORY_REGION = IOW(0x46, KvmUserspaceMemoryRegion.Size);
+        internal static readonly nuint KVM_SET_TSS_ADDR = IO(0x47);
+        internal static readonly nuint KVM_SET_IDENTITY_MAP_ADDR = IOW(0x48, sizeof(ulong));
+        internal static readonly nuint KVM_CREATE_IRQCHIP = IO(0x60);
+        internal static readonly nuint KVM_IRQ_LINE = IOW(0x61, KvmIrqLevel.Size);
+        internal static readonly nuint KVM_CREATE_PIT2 = IOW(0x77, KvmPitConfig.Size);
+
+        // vCPU ioctls.
+        internal static readonly nuint KVM_RUN = IO(0x80);
+        internal static readonly nuint KVM_GET_REGS = IOR(0x81, KvmRegsSize);
+        internal static readonly nuint KVM_SET_REGS = IOW(0x82, KvmRegsSize);
+        internal static readonly nuint KVM_GET_SREGS = IOR(0x83, KvmSregs.Size);
+        internal static readonly nuint KVM_SET_SREGS = IOW(0x84, KvmSregs.Size);
+        internal static readonly nuint KVM_TRANSLATE = IOWR(0x85, 24);
+        internal static readonly nuint KVM_INTERRUPT = IOW(0x86, sizeof(uint));
+        internal static readonly nuint KVM_GET_MSRS = IOWR(0x88, 8);
+        internal static readonly nuint KVM_SET_MSRS = IOW(0x89, 8);
+        internal static readonly nuint KVM_SET_SIGNAL_MASK = IOW(0x8b, sizeof(uint));
+        internal static readonly nuint KVM_GET_FPU = IOR(0x8c, KvmFpu.Size);
+        internal static readonly nuint KVM_SET_FPU = IOW(0x8d, KvmFpu.Size);
+        internal static readonly nuint KVM_SET_CPUID2 = IOW(0x90, 8);
+        internal static readonly nuint KVM_GET_CPUID2 = IOWR(0x91, 8);
+
+        /// <summary><c>sizeof(struct kvm_regs)</c>: 18 registers of 8 bytes, the layout of <see cref="GeneralRegisters"/>.</summary>
+        internal const int KvmRegsSize = 144;
+
+        // Capabilities (KVM_CHECK_EXTENSION arguments).
+        internal const int KVM_CAP_IRQCHIP = 0;
+        internal const int KVM_CAP_USER_MEMORY = 3;
+        internal const int KVM_CAP_SET_TSS_ADDR = 4;
+        internal const int KVM_CAP_EXT_CPUID = 7;
+        internal const int KVM_CAP_NR_VCPUS = 9;
+        internal const int KVM_CAP_NR_MEMSLOTS = 10;
+        internal const int KVM_CAP_PIT2 = 33;
+        internal const int KVM_CAP_SET_IDENTITY_MAP_ADDR = 37;
+        internal const int KVM_CAP_MAX_VCPUS = 66;
+        internal const int KVM_CAP_READONLY_MEM = 81;
+        internal const int KVM_CAP_IMMEDIATE_EXIT = 136;
+
+        // Exit reasons (kvm_run.exit_reason).
+        internal const uint KVM_EXIT_UNKNOWN = 0;
+        internal const uint KVM_EXIT_EXCEPTION = 1;
+        internal const uint KVM_EXIT_IO = 2;
+        internal const uint KVM_EXIT_HYPERCALL = 3;
+        internal const uint KVM_EXIT_DEBUG = 4;
+        internal const uint KVM_EXIT_HLT = 5;
+        internal const uint KVM_EXIT_MMIO = 6;
+        internal const uint KVM_EXIT_IRQ_WINDOW_OPEN = 7;
+        internal const uint KVM_EXIT_SHUTDOWN = 8;
+        internal const uint KVM_EXIT_FAIL_ENTRY = 9;
+        internal const uint KVM_EXIT_INTR = 10;
+        internal const uint KVM_EXIT_INTERNAL_ERROR = 17;
+        internal const uint KVM_EXIT_SYSTEM_EVENT = 24;
+
+        /// <summary>kvm_run.io.direction for <c>OUT</c>.</summary>
+        internal const byte KVM_EXIT_IO_OUT = 1;
+
+        // kvm_run.system_event.type.
+        internal const uint KVM_SYSTEM_EVENT_SHUTDOWN = 1;
+        internal const uint KVM_SYSTEM_EVENT_RESET = 2;
+        internal const uint KVM_SYSTEM_EVENT_CRASH = 3;
+
+        // kvm_run.internal.suberror.
+        internal const uint KVM_INTERNAL_ERROR_EMULATION = 1;
+        internal const uint KVM_INTERNAL_ERROR_SIMUL_EX = 2;
+        internal const uint KVM_INTERNAL_ERROR_DELIVERY_EV = 3;
+        internal const uint KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON = 4;
+
+        // Memory slot flags.
+        internal const uint KVM_MEM_LOG_DIRTY_PAGES = 1;
+        internal const uint KVM_MEM_READONLY = 2;
+
+        /// <summary>kvm_cpuid_entry2.flags: the sub-leaf index is significant.</summary>
+        internal const uint KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1;
+
+        /// <summary>Interrupt vectors KVM_INTERRUPT accepts (0-255).</summary>
+        internal const int KVM_NR_INTERRUPTS = 256;
+    }
+}

@@ -1,0 +1,59 @@
+using static Virt.Cpu.Kvm.Interop.Kvm;
+
+namespace Virt.Cpu.Kvm;
+
+/// <summary>What <c>/dev/kvm</c> reports about this host. Constant for the life of the process, so read once.</summary>
+internal sealed class KvmHostInfo
+{
+    private static readonly Lock s_lock = new();
+    private static KvmHostInfo? s_instance;
+
+    private KvmHostInfo(KvmSystemHandle kvm)
+    {
+        VcpuMmapSize = KvmIoctls.GetVcpuMmapSize(kvm);
+        SupportedCpuid = KvmIoctls.GetSupportedCpuid(kvm);
+        SupportedMsrs = KvmIoctls.GetMsrIndexList(kvm);
+        MsrSet = [.. SupportedMsrs];
+        HasReadOnlyMemory = KvmIoctls.CheckExtension(kvm, KVM_CAP_READONLY_MEM) > 0;
+        HasIrqchip = KvmIoctls.CheckExtension(kvm, KVM_CAP_IRQCHIP) > 0;
+        HasPit2 = KvmIoctls.CheckExtension(kvm, KVM_CAP_PIT2) > 0;
+        HasSetTssAddr = KvmIoctls.CheckExtension(kvm, KVM_CAP_SET_TSS_ADDR) > 0;
+        HasSetIdentityMapAddr = KvmIoctls.CheckExtension(kvm, KVM_CAP_SET_IDENTITY_MAP_ADDR) > 0;
+        int slots = KvmIoctls.CheckExtension(kvm, KVM_CAP_NR_MEMSLOTS);
+        MemorySlots = slots > 0 ? slots : 32; // the documented minimum when the capability is absent
+        int max = KvmIoctls.CheckExtension(kvm, KVM_CAP_MAX_VCPUS);
+        int recommended = KvmIoctls.CheckExtension(kvm, KVM_CAP_NR_VCPUS);
+        MaxVcpus = max > 0 ? max : recommended > 0 ? recommended : 4;
+    }
+
+    internal int VcpuMmapSize { get; }
+
+    internal CpuidEntry[] SupportedCpuid { get; }
+
+    internal uint[] SupportedMsrs { get; }
+
+    internal HashSet<uint> MsrSet { get; }
+
+    internal bool HasReadOnlyMemory { get; }
+
+    internal bool HasIrqchip { get; }
+
+    internal bool HasPit2 { get; }
+
+    internal bool HasSetTssAddr { get; }
+
+    internal bool HasSetIdentityMapAddr { get; }
+
+    internal int MemorySlots { get; }
+
+    internal int MaxVcpus { get; }
+
+    /// <summary>The host information, read through <paramref name="kvm"/> on first use.</summary>
+    internal static KvmHostInfo Get(KvmSystemHandle kvm)
+    {
+        lock (s_lock)
+        {
+            return s_instance ??= new KvmHostInfo(kvm);
+        }
+    }
+}

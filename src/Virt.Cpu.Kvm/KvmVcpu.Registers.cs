@@ -1,0 +1,214 @@
+using static Virt.Cpu.Kvm.Interop.Kvm;
+
+namespace Virt.Cpu.Kvm;
+
+internal sealed unsafe partial class KvmVcpu
+{
+    /// <summary>Most MSRs transferred in one call.</summary>
+    private const int MaxMsrsPerCall = 4096;
+
+    /// <inheritdoc />
+    public GeneralRegisters GetGeneralRegisters()
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        return KvmIoctls.GetRegs(_handle);
+    }
+
+    /// <inheritdoc />
+    public void SetGeneralRegisters(in GeneralRegisters registers)
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        KvmIoctls.SetRegs(_handle, registers);
+    }
+
+    /// <inheritdoc />
+    public SpecialRegisters GetSpecialRegisters()
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        return FromKvm(KvmIoctls.GetSregs(_handle));
+    }
+
+    /// <inheritdoc />
+    public void SetSpecialRegisters(in SpecialRegisters registers)
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        // Read first so that KVM's pending-interrupt bitmap, which SpecialRegisters does not carry, is kept.
+        var k = KvmIoctls.GetSregs(_handle);
+        ToKvm(registers, ref k);
+        KvmIoctls.SetSregs(_handle, k);
+    }
+
+    /// <inheritdoc />
+    public FpuState GetFpuState()
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        var k = KvmIoctls.GetFpu(_handle);
+        var s = new FpuState
+        {
+            ControlWord = k.Fcw,
+            StatusWord = k.Fsw,
+            AbridgedTagWord = k.Ftwx,
+            LastOpcode = k.LastOpcode,
+            LastInstructionPointer = k.LastIp,
+            LastDataPointer = k.LastDp,
+            Mxcsr = k.Mxcsr,
+        };
+        // SAFETY: both fixed buffers are exactly as long as the inline arrays they are copied into.
+        new ReadOnlySpan<byte>(k.Fpr, 128).CopyTo(s.Registers);
+        new ReadOnlySpan<byte>(k.Xmm, 256).CopyTo(s.Xmm);
+        return s;
+    }
+
+    /// <inheritdoc />
+    public void SetFpuState(in FpuState state)
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        var k = new KvmFpu
+        {
+            Fcw = state.ControlWord,
+            Fsw = state.StatusWord,
+            Ftwx = state.AbridgedTagWord,
+            LastOpcode = state.LastOpcode,
+            LastIp = state.LastInstructionPointer,
+            LastDp = state.LastDataPointer,
+            Mxcsr = state.Mxcsr,
+        };
+        // SAFETY: both fixed buffers are exactly as long as the inline arrays copied from them.
+        ((ReadOnlySpan<byte>)state.Registers).CopyTo(new Span<byte>(k.Fpr, 128));
+        ((ReadOnlySpan<byte>)state.Xmm).CopyTo(new Span<byte>(k.Xmm, 256));
+        KvmIoctls.SetFpu(_handle, k);
+    }
+
+    /// <inheritdoc />
+    public void GetMsrs(Span<MsrEntry> entries)
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        var k = ToKvmMsrs(entries);
+        int n = KvmIoctls.TransferMsrs(_handle, k, set: false);
+        if (n < k.Length)
+        {
+            throw new HypervisorException(nameof(KVM_GET_MSRS), 0, $"KVM could not read MSR 0x{k[n].Index:x}");
+        }
+
+        for (int i = 0; i < entries.Length; i++)
+        {
+            entries[i] = new MsrEntry(k[i].Index, k[i].Data);
+        }
+    }
+
+    /// <inheritdoc />
+    public void SetMsrs(ReadOnlySpan<MsrEntry> entries)
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        var k = ToKvmMsrs(entries);
+        int n = KvmIoctls.TransferMsrs(_handle, k, set: true);
+        if (n < k.Length)
+        {
+            throw new HypervisorException(nameof(KVM_SET_MSRS), 0, $"KVM refused value 0x{k[n].Data:x} for MSR 0x{k[n].Index:x}");
+        }
+    }
+
+    /// <inheritdoc />
+    public void SetCpuid(IReadOnlyList<CpuidEntry> entries)
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        ArgumentNullException.ThrowIfNull(entries);
+        KvmIoctls.SetCpuid2(_handle, entries);
+    }
+
+    private KvmMsrEntry[] ToKvmMsrs(ReadOnlySpan<MsrEntry> entries)
+    {
+        if (entries.Length > MaxMsrsPerCall)
+        {
+            throw new ArgumentException($"At most {MaxMsrsPerCall} MSRs per call; {entries.Length} were given.", nameof(entries));
+        }
+
+        var supported = _partition.Host.MsrSet;
+        var k = new KvmMsrEntry[entries.Length];
+        for (int i = 0; i < entries.Length; i++)
+        {
+            if (!supported.Contains(entries[i].Index))
+            {
+                throw new ArgumentException($"MSR 0x{entries[i].Index:x} is not in KVM's MSR list for this host (IPartition.SupportedMsrs); it cannot be read or written.", nameof(entries));
+            }
+
+            k[i] = new KvmMsrEntry { Index = entries[i].Index, Data = entries[i].Value };
+        }
+
+        return k;
+    }
+
+    internal static SpecialRegisters FromKvm(in KvmSregs k) => new()
+    {
+        Cs = FromKvm(k.Cs),
+        Ds = FromKvm(k.Ds),
+        Es = FromKvm(k.Es),
+        Fs = FromKvm(k.Fs),
+        Gs = FromKvm(k.Gs),
+        Ss = FromKvm(k.Ss),
+        Tr = FromKvm(k.Tr),
+        Ldt = FromKvm(k.Ldt),
+        Gdt = new DescriptorTable { Base = k.Gdt.Base, Limit = k.Gdt.Limit },
+        Idt = new DescriptorTable { Base = k.Idt.Base, Limit = k.Idt.Limit },
+        Cr0 = k.Cr0,
+        Cr2 = k.Cr2,
+        Cr3 = k.Cr3,
+        Cr4 = k.Cr4,
+        Cr8 = k.Cr8,
+        Efer = k.Efer,
+        ApicBase = k.ApicBase,
+    };
+
+    internal static void ToKvm(in SpecialRegisters s, ref KvmSregs k)
+    {
+        k.Cs = ToKvm(s.Cs);
+        k.Ds = ToKvm(s.Ds);
+        k.Es = ToKvm(s.Es);
+        k.Fs = ToKvm(s.Fs);
+        k.Gs = ToKvm(s.Gs);
+        k.Ss = ToKvm(s.Ss);
+        k.Tr = ToKvm(s.Tr);
+        k.Ldt = ToKvm(s.Ldt);
+        k.Gdt = new KvmDtable { Base = s.Gdt.Base, Limit = s.Gdt.Limit };
+        k.Idt = new KvmDtable { Base = s.Idt.Base, Limit = s.Idt.Limit };
+        k.Cr0 = s.Cr0;
+        k.Cr2 = s.Cr2;
+        k.Cr3 = s.Cr3;
+        k.Cr4 = s.Cr4;
+        k.Cr8 = s.Cr8;
+        k.Efer = s.Efer;
+        k.ApicBase = s.ApicBase;
+    }
+
+    private static SegmentRegister FromKvm(in KvmSegment k) => new()
+    {
+        Base = k.Base,
+        Limit = k.Limit,
+        Selector = k.Selector,
+        Type = k.Type,
+        Present = k.Present != 0,
+        Dpl = k.Dpl,
+        DefaultBig = k.Db != 0,
+        IsCodeOrData = k.S != 0,
+        Long = k.L != 0,
+        Granularity = k.G != 0,
+        Available = k.Avl != 0,
+        Unusable = k.Unusable != 0,
+    };
+
+    private static KvmSegment ToKvm(in SegmentRegister s) => new()
+    {
+        Base = s.Base,
+        Limit = s.Limit,
+        Selector = s.Selector,
+        Type = s.Type,
+        Present = s.Present ? (byte)1 : (byte)0,
+        Dpl = s.Dpl,
+        Db = s.DefaultBig ? (byte)1 : (byte)0,
+        S = s.IsCodeOrData ? (byte)1 : (byte)0,
+        L = s.Long ? (byte)1 : (byte)0,
+        G = s.Granularity ? (byte)1 : (byte)0,
+        Avl = s.Available ? (byte)1 : (byte)0,
+        Unusable = s.Unusable ? (byte)1 : (byte)0,
+    };
+}
