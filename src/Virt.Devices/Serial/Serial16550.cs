@@ -24,6 +24,7 @@ public sealed class Serial16550 : IPortIoDevice
 {
     private static readonly byte[] TriggerLevels = [1, 4, 8, 14];
 
+    /// <summary>MSR lines outside loopback: a peer that is present (DCD), ready (DSR) and clear to send (CTS).</summary>
     private const byte DefaultModemLines = R.MsrDataCarrierDetect | R.MsrDataSetReady | R.MsrClearToSend;
 
     private readonly Lock _lock = new();
@@ -47,15 +48,30 @@ public sealed class Serial16550 : IPortIoDevice
     private long _overruns;
     private long _outputErrors;
 
+    /// <summary>Standard I/O base of COM1.</summary>
+    public const ushort Com1Port = R.Com1Port;
+
+    /// <summary>Standard ISA interrupt (IRQ) of COM1.</summary>
+    public const int Com1Irq = R.Com1Irq;
+
+    /// <summary>Standard I/O base of COM2.</summary>
+    public const ushort Com2Port = R.Com2Port;
+
+    /// <summary>Standard ISA interrupt (IRQ) of COM2.</summary>
+    public const int Com2Irq = R.Com2Irq;
+
+    /// <summary>Number of ports to register the UART with.</summary>
+    public const ushort PortCount = R.PortCount;
+
     /// <summary>Creates a UART in its power-on state.</summary>
-    /// <param name="output">Where transmitted bytes go (use <see cref="Stream.Null"/> to discard them). Flushed after each line feed.</param>
     /// <param name="interrupt">The UART's interrupt line, or <see langword="null"/> when interrupts are not wired.</param>
-    public Serial16550(Stream output, IInterruptLine? interrupt = null)
-        : this(output, interrupt, Serial16550State.PowerOn)
+    /// <param name="output">Where transmitted bytes go (use <see cref="Stream.Null"/> to discard them). Flushed after each line feed.</param>
+    public Serial16550(IInterruptLine? interrupt, Stream output)
+        : this(interrupt, output, Serial16550State.PowerOn)
     {
     }
 
-    private Serial16550(Stream output, IInterruptLine? interrupt, in Serial16550State state)
+    private Serial16550(IInterruptLine? interrupt, Stream output, in Serial16550State state)
     {
         ArgumentNullException.ThrowIfNull(output);
         _output = output;
@@ -64,17 +80,17 @@ public sealed class Serial16550 : IPortIoDevice
     }
 
     /// <summary>Creates a UART whose output is decoded as UTF-8 and written to <paramref name="writer"/>.</summary>
-    public static Serial16550 ForTextWriter(TextWriter writer, IInterruptLine? interrupt = null)
+    public static Serial16550 ForTextWriter(IInterruptLine? interrupt, TextWriter writer)
     {
         ArgumentNullException.ThrowIfNull(writer);
-        return new Serial16550(new TextWriterOutputStream(writer), interrupt);
+        return new Serial16550(interrupt, new TextWriterOutputStream(writer));
     }
 
     /// <summary>Creates a UART from a snapshot taken with <see cref="GetState"/>, and drives its interrupt line to match.</summary>
     /// <exception cref="ArgumentException">The state is inconsistent (e.g. more bytes in the FIFO than it holds).</exception>
-    public static Serial16550 FromState(in Serial16550State state, Stream output, IInterruptLine? interrupt = null)
+    public static Serial16550 FromState(in Serial16550State state, IInterruptLine? interrupt, Stream output)
     {
-        var uart = new Serial16550(output, interrupt, state);
+        var uart = new Serial16550(interrupt, output, state);
         lock (uart._lock)
         {
             uart._lineHigh = !uart.PendingInterruptIsNone();
