@@ -1,0 +1,129 @@
+using Virt.Memory;
+
+namespace Virt.Devices.Virtio;
+
+/// <summary>
+/// One validated descriptor chain taken from a <see cref="Virtqueue"/>: device-readable buffers first, then
+/// device-writable ones, each already checked to lie inside guest RAM. Read and write it as two byte streams.
+/// </summary>
+public sealed class DescriptorChain
+{
+    private readonly IGuestMemory _memory;
+    private Segment[] _segments = new Segment[4];
+    private int _count;
+    private int _firstWritable = -1;
+
+    internal DescriptorChain(Virtqueue queue, IGuestMemory memory, ushort head)
+    {
+        Queue = queue;
+        _memory = memory;
+        Head = head;
+    }
+
+    /// <summary>The queue the chain came from.</summary>
+    public Virtqueue Queue { get; }
+
+    /// <summary>Index of the chain's first descriptor (the id reported in the used ring).</summary>
+    public ushort Head { get; }
+
+    /// <summary>Total bytes of the device-readable buffers.</summary>
+    public long ReadableLength { get; private set; }
+
+    /// <summary>Total bytes of the device-writable buffers.</summary>
+    public long WritableLength { get; private set; }
+
+    /// <summary>Number of descriptors (buffers) in the chain, indirect ones included.</summary>
+    public int DescriptorCount => _count;
+
+    internal void Add(GuestAddress address, uint length, bool writable)
+    {
+        if (_count == _segments.Length)
+        {
+            Array.Resize(ref _segments, _count * 2);
+        }
+
+        if (writable && _firstWritable < 0)
+        {
+            _firstWritable = _count;
+        }
+
+        _segments[_count++] = new Segment(address.Value, length);
+        if (writable)
+        {
+            WritableLength += length;
+        }
+        else
+        {
+            ReadableLength += length;
+        }
+    }
+
+    /// <summary>
+    /// Copies device-readable bytes starting <paramref name="offset"/> bytes into the readable part into
+    /// <paramref name="destination"/>. Returns how many bytes were copied (fewer at the end of the readable part).
+    /// </summary>
+    public int Read(long offset, Span<byte> destination)
+    {
+        int readableEnd = _firstWritable < 0 ? _count : _firstWritable;
+        int done = 0;
+        long skip = offset;
+        for (int i = 0; i < readableEnd && done < destination.Length; i++)
+        {
+            var s = _segments[i];
+            if (skip >= s.Length)
+            {
+                skip -= s.Length;
+                continue;
+            }
+
+            int n = (int)Math.Min(s.Length - skip, destination.Length - done);
+            if (!_memory.TryRead(new GuestAddress(s.Address + (ulong)skip), destination.Slice(done, n)))
+            {
+                return done;
+            }
+
+            done += n;
+            skip = 0;
+        }
+
+        return done;
+    }
+
+    /// <summary>
+    /// Copies <paramref name="source"/> into the device-writable buffers starting <paramref name="offset"/> bytes
+    /// into the writable part. Returns how many bytes were written (fewer at the end of the writable part, or
+    /// when a buffer turned out not to be writable RAM).
+    /// </summary>
+    public int Write(long offset, ReadOnlySpan<byte> source)
+    {
+        if (_firstWritable < 0)
+        {
+            return 0;
+        }
+
+        int done = 0;
+        long skip = offset;
+        for (int i = _firstWritable; i < _count && done < source.Length; i++)
+        {
+            var s = _segments[i];
+            if (skip >= s.Length)
+            {
+                skip -= s.Length;
+                continue;
+            }
+
+            int n = (int)Math.Min(s.Length - skip, source.Length - done);
+            if (!_memory.TryWrite(new GuestAddress(s.Address + (ulong)skip), source.Slice(done, n)))
+            {
+                return done;
+            }
+
+            done += n;
+            skip = 0;
+        }
+
+        return done;
+    }
+
+    private readonly record struct Segment(ulong Address, uint Length);
+}

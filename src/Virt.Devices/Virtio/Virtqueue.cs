@@ -1,0 +1,543 @@
+using System.Buffers.Binary;
+using Virt.Memory;
+
+namespace Virt.Devices.Virtio;
+
+/// <summary>
+/// The device side of one split virtqueue (virtio 1.2, section 2.7). Every value read from guest memory is
+/// validated; a malformed queue is reported once through the owner's error sink, after which the queue
+/// refuses to hand out or complete buffers until the device is reset.
+/// </summary>
+/// <remarks>
+/// Thread-safe: a device may pop on one thread and complete on another. The queue never touches memory
+/// outside the rings it validated at activation and the descriptor buffers it validated while parsing.
+/// </remarks>
+public sealed class Virtqueue
+{
+    /// <summary>Descriptor flag: the chain continues at <c>next</c>.</summary>
+    internal const ushort DescFlagNext = 1;
+    /// <summary>Descriptor flag: the buffer is device-writable.</summary>
+    internal const ushort DescFlagWrite = 2;
+    /// <summary>Descriptor flag: the buffer is a table of descriptors.</summary>
+    internal const ushort DescFlagIndirect = 4;
+    /// <summary>Available-ring flag: the driver does not want interrupts (ignored with EVENT_IDX).</summary>
+    internal const ushort AvailFlagNoInterrupt = 1;
+    /// <summary>Size of one descriptor in bytes.</summary>
+    internal const int DescriptorSize = 16;
+    /// <summary>Largest queue size the split format allows.</summary>
+    public const int MaxQueueSize = 32768;
+
+    private readonly Lock _sync = new();
+    private readonly IGuestMemory _memory;
+    private readonly Action<string> _onError;
+    private readonly bool _eventIdx;
+    private readonly bool _indirect;
+    private readonly ulong _desc;
+    private readonly ulong _avail;
+    private readonly ulong _used;
+    private readonly int[] _visited;
+    private readonly int[] _visitedIndirect;
+    private int _stamp;
+    private ushort _nextAvail;
+    private ushort _nextUsed;
+    private ushort _lastSignalledUsed;
+    private bool _broken;
+    private string? _pendingError;
+    private bool _active;
+
+    internal Virtqueue(int index, ushort size, GuestAddress desc, GuestAddress avail, GuestAddress used, IGuestMemory memory,
+        bool eventIdx, bool indirect, bool ready, Action<string> onError)
+    {
+        Index = index;
+        Size = size;
+        _desc = desc.Value;
+        _avail = avail.Value;
+        _used = used.Value;
+        _memory = memory;
+        _eventIdx = eventIdx;
+        _indirect = indirect;
+        _onError = onError;
+        _active = ready;
+        IsReady = ready;
+        _visited = ready ? new int[size] : [];
+        _visitedIndirect = ready ? new int[size] : [];
+    }
+
+    /// <summary>The queue's index within its device.</summary>
+    public int Index { get; }
+
+    /// <summary>The number of descriptors (a power of two), as the driver set it.</summary>
+    public ushort Size { get; }
+
+    /// <summary>Whether the driver enabled the queue before starting the device.</summary>
+    public bool IsReady { get; }
+
+    /// <summary>Whether the queue found a malformed structure and stopped.</summary>
+    public bool IsBroken
+    {
+        get
+        {
+            lock (_sync)
+            {
+                return _broken;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Checks a queue layout the driver configured: size a power of two no larger than <paramref name="maxSize"/>,
+    /// rings aligned and entirely in guest memory. Returns why it is invalid, or <see langword="null"/>.
+    /// </summary>
+    internal static string? Validate(int index, ushort size, ushort maxSize, GuestAddress desc, GuestAddress avail, GuestAddress used, IGuestMemory memory)
+    {
+        if (size == 0 || (size & (size - 1)) != 0 || size > maxSize)
+        {
+            return $"queue {index}: size {size} is not a power of two between 1 and {maxSize}";
+        }
+
+        if (!desc.IsAligned(16) || !avail.IsAligned(2) || !used.IsAligned(4))
+        {
+            return $"queue {index}: ring addresses are misaligned (descriptors {desc}, available {avail}, used {used})";
+        }
+
+        if (!InRam(memory, desc.Value, (ulong)size * DescriptorSize))
+        {
+            return $"queue {index}: descriptor table at {desc} of {size} entries is not inside guest RAM";
+        }
+
+        if (!InRam(memory, avail.Value, 6 + (2UL * size)))
+        {
+            return $"queue {index}: available ring at {avail} is not inside guest RAM";
+        }
+
+        if (!InRam(memory, used.Value, 6 + (8UL * size)))
+        {
+            return $"queue {index}: used ring at {used} is not inside guest RAM";
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// Takes the next available descriptor chain, parsed and validated. Returns <see langword="false"/> when the
+    /// driver has made nothing new available, when the queue is not ready, or when the queue is malformed
+    /// (then the device is put into the needs-reset state and the reason logged).
+    /// </summary>
+    public bool TryPop([System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out DescriptorChain? chain)
+    {
+        bool popped;
+        lock (_sync)
+        {
+            popped = TryPopLocked(out chain);
+        }
+
+        ReportPendingError();
+        return popped;
+    }
+
+    private bool TryPopLocked(out DescriptorChain? chain)
+    {
+        chain = null;
+        {
+            if (!_active || _broken)
+            {
+                return false;
+            }
+
+            if (!TryReadU16(_avail + 2, out ushort availIdx))
+            {
+                return false;
+            }
+
+            if (availIdx == _nextAvail && _eventIdx)
+            {
+                // Ask to be notified when the driver adds the next buffer, then look again: the driver may have
+                // added one between our read and this write.
+                if (!TryWriteU16(_used + 4 + (8UL * Size), _nextAvail))
+                {
+                    return false;
+                }
+
+                Interlocked.MemoryBarrier();
+                if (!TryReadU16(_avail + 2, out availIdx))
+                {
+                    return false;
+                }
+            }
+
+            ushort pending = (ushort)(availIdx - _nextAvail);
+            if (pending == 0)
+            {
+                return false;
+            }
+
+            if (pending > Size)
+            {
+                Break($"available index {availIdx} is {pending} entries ahead of the device's {_nextAvail}, more than the queue size {Size}");
+                return false;
+            }
+
+            // The ring entry must be read after the index that published it.
+            Interlocked.MemoryBarrier();
+            if (!TryReadU16(_avail + 4 + (2UL * (uint)(_nextAvail % Size)), out ushort head))
+            {
+                return false;
+            }
+
+            var parsed = new DescriptorChain(this, _memory, head);
+            if (ParseChain(head, parsed) is { } error)
+            {
+                Break(error);
+                return false;
+            }
+
+            _nextAvail++;
+            chain = parsed;
+            return true;
+        }
+    }
+
+    /// <summary>
+    /// Gives the last <paramref name="count"/> popped chains back to the available ring, for a device that took
+    /// buffers and then found it cannot use them (e.g. a received frame that does not fit).
+    /// </summary>
+    public void Rewind(int count)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(count);
+        lock (_sync)
+        {
+            _nextAvail = (ushort)(_nextAvail - count);
+        }
+    }
+
+    /// <summary>
+    /// Returns a chain to the driver through the used ring with the number of bytes the device wrote into it.
+    /// Does nothing when the queue was reset or broke since the chain was popped.
+    /// </summary>
+    public void AddUsed(DescriptorChain chain, uint bytesWritten)
+    {
+        ArgumentNullException.ThrowIfNull(chain);
+        lock (_sync)
+        {
+            AddUsedLocked(chain, bytesWritten);
+        }
+
+        ReportPendingError();
+    }
+
+    private void AddUsedLocked(DescriptorChain chain, uint bytesWritten)
+    {
+        {
+            if (!_active || _broken || !ReferenceEquals(chain.Queue, this))
+            {
+                return;
+            }
+
+            ulong entry = _used + 4 + (8UL * (uint)(_nextUsed % Size));
+            Span<byte> element = stackalloc byte[8];
+            BinaryPrimitives.WriteUInt32LittleEndian(element, chain.Head);
+            BinaryPrimitives.WriteUInt32LittleEndian(element[4..], (uint)Math.Min(bytesWritten, chain.WritableLength));
+            if (!_memory.TryWrite(new GuestAddress(entry), element))
+            {
+                Break($"used ring entry at 0x{entry:x} is not writable guest RAM");
+                return;
+            }
+
+            _nextUsed++;
+
+            // The entry must be visible before the index that publishes it.
+            Interlocked.MemoryBarrier();
+            TryWriteU16(_used + 2, _nextUsed);
+        }
+    }
+
+    /// <summary>
+    /// Whether the driver wants an interrupt for the buffers used since the last call
+    /// (used_event with EVENT_IDX, otherwise the NO_INTERRUPT flag; virtio 1.2, section 2.7.10).
+    /// </summary>
+    internal bool NeedsInterrupt()
+    {
+        bool needed;
+        lock (_sync)
+        {
+            needed = NeedsInterruptLocked();
+        }
+
+        ReportPendingError();
+        return needed;
+    }
+
+    private bool NeedsInterruptLocked()
+    {
+        {
+            if (!_active || _broken)
+            {
+                return false;
+            }
+
+            ushort old = _lastSignalledUsed;
+            ushort now = _nextUsed;
+            if (old == now)
+            {
+                return false;
+            }
+
+            _lastSignalledUsed = now;
+            Interlocked.MemoryBarrier();
+            if (_eventIdx)
+            {
+                if (!TryReadU16(_avail + 4 + (2UL * Size), out ushort usedEvent))
+                {
+                    return false;
+                }
+
+                return (ushort)(now - usedEvent - 1) < (ushort)(now - old);
+            }
+
+            return TryReadU16(_avail, out ushort flags) && (flags & AvailFlagNoInterrupt) == 0;
+        }
+    }
+
+    /// <summary>Stops the queue: later pops return nothing and completions of earlier pops are dropped.</summary>
+    internal void Deactivate()
+    {
+        lock (_sync)
+        {
+            _active = false;
+        }
+    }
+
+    private void Break(string reason)
+    {
+        if (_broken)
+        {
+            return;
+        }
+
+        _broken = true;
+        _pendingError = $"queue {Index}: {reason}";
+    }
+
+    // The error sink takes the transport's lock; calling it outside this queue's lock keeps lock order one-way.
+    private void ReportPendingError()
+    {
+        string? error;
+        lock (_sync)
+        {
+            error = _pendingError;
+            _pendingError = null;
+        }
+
+        if (error is not null)
+        {
+            _onError(error);
+        }
+    }
+
+    private static bool InRam(IGuestMemory memory, ulong address, ulong length) =>
+        address + length >= address && memory.Contains(new GuestAddress(address), length);
+
+    private bool TryReadU16(ulong address, out ushort value)
+    {
+        Span<byte> b = stackalloc byte[2];
+        if (!_memory.TryRead(new GuestAddress(address), b))
+        {
+            value = 0;
+            Break($"ring field at 0x{address:x} is not readable guest memory");
+            return false;
+        }
+
+        value = BinaryPrimitives.ReadUInt16LittleEndian(b);
+        return true;
+    }
+
+    private bool TryWriteU16(ulong address, ushort value)
+    {
+        Span<byte> b = stackalloc byte[2];
+        BinaryPrimitives.WriteUInt16LittleEndian(b, value);
+        if (!_memory.TryWrite(new GuestAddress(address), b))
+        {
+            Break($"ring field at 0x{address:x} is not writable guest RAM");
+            return false;
+        }
+
+        return true;
+    }
+
+    private bool TryReadDescriptor(ulong address, out ulong addr, out uint len, out ushort flags, out ushort next)
+    {
+        Span<byte> d = stackalloc byte[DescriptorSize];
+        if (!_memory.TryRead(new GuestAddress(address), d))
+        {
+            addr = 0;
+            len = 0;
+            flags = 0;
+            next = 0;
+            return false;
+        }
+
+        addr = BinaryPrimitives.ReadUInt64LittleEndian(d);
+        len = BinaryPrimitives.ReadUInt32LittleEndian(d[8..]);
+        flags = BinaryPrimitives.ReadUInt16LittleEndian(d[12..]);
+        next = BinaryPrimitives.ReadUInt16LittleEndian(d[14..]);
+        return true;
+    }
+
+    /// <summary>Walks the chain at <paramref name="head"/> into <paramref name="chain"/>; returns why it is malformed, or null.</summary>
+    private string? ParseChain(ushort head, DescriptorChain chain)
+    {
+        if (head >= Size)
+        {
+            return $"head descriptor index {head} is outside the queue of {Size}";
+        }
+
+        _stamp++;
+        if (_stamp == int.MaxValue)
+        {
+            Array.Clear(_visited);
+            Array.Clear(_visitedIndirect);
+            _stamp = 1;
+        }
+
+        int total = 0;
+        bool sawWritable = false;
+        ushort index = head;
+        while (true)
+        {
+            if (_visited[index] == _stamp)
+            {
+                return $"descriptor chain starting at {head} loops back to descriptor {index}";
+            }
+
+            _visited[index] = _stamp;
+            if (!TryReadDescriptor(_desc + ((ulong)index * DescriptorSize), out ulong addr, out uint len, out ushort flags, out ushort next))
+            {
+                return $"descriptor {index} is not readable guest memory";
+            }
+
+            if ((flags & DescFlagIndirect) != 0)
+            {
+                if (!_indirect)
+                {
+                    return $"descriptor {index} is indirect but VIRTIO_F_INDIRECT_DESC was not negotiated";
+                }
+
+                if ((flags & DescFlagNext) != 0)
+                {
+                    return $"descriptor {index} sets both INDIRECT and NEXT";
+                }
+
+                return ParseIndirect(head, addr, len, chain, ref total, ref sawWritable);
+            }
+
+            if (++total > Size)
+            {
+                return $"descriptor chain starting at {head} is longer than the queue size {Size}";
+            }
+
+            if (AddSegment(chain, index, addr, len, flags, ref sawWritable) is { } segmentError)
+            {
+                return segmentError;
+            }
+
+            if ((flags & DescFlagNext) == 0)
+            {
+                return null;
+            }
+
+            if (next >= Size)
+            {
+                return $"descriptor {index} points at next descriptor {next}, outside the queue of {Size}";
+            }
+
+            index = next;
+        }
+    }
+
+    private string? ParseIndirect(ushort head, ulong table, uint tableLength, DescriptorChain chain, ref int total, ref bool sawWritable)
+    {
+        if (tableLength == 0 || tableLength % DescriptorSize != 0)
+        {
+            return $"indirect table of chain {head} has length {tableLength}, not a non-zero multiple of {DescriptorSize}";
+        }
+
+        uint count = tableLength / DescriptorSize;
+        if (count > Size)
+        {
+            return $"indirect table of chain {head} has {count} descriptors, more than the queue size {Size}";
+        }
+
+        if (!InRam(_memory, table, tableLength))
+        {
+            return $"indirect table of chain {head} at 0x{table:x} (+{tableLength}) is not inside guest RAM";
+        }
+
+        uint index = 0;
+        while (true)
+        {
+            if (_visitedIndirect[index] == _stamp)
+            {
+                return $"indirect table of chain {head} loops back to entry {index}";
+            }
+
+            _visitedIndirect[index] = _stamp;
+            if (!TryReadDescriptor(table + ((ulong)index * DescriptorSize), out ulong addr, out uint len, out ushort flags, out ushort next))
+            {
+                return $"indirect descriptor {index} of chain {head} is not readable guest memory";
+            }
+
+            if ((flags & DescFlagIndirect) != 0)
+            {
+                return $"indirect table of chain {head} contains another indirect descriptor at entry {index}";
+            }
+
+            if (++total > Size)
+            {
+                return $"descriptor chain starting at {head} is longer than the queue size {Size}";
+            }
+
+            if (AddSegment(chain, (ushort)index, addr, len, flags, ref sawWritable) is { } segmentError)
+            {
+                return segmentError;
+            }
+
+            if ((flags & DescFlagNext) == 0)
+            {
+                return null;
+            }
+
+            if (next >= count)
+            {
+                return $"indirect descriptor {index} of chain {head} points at entry {next}, outside its table of {count}";
+            }
+
+            index = next;
+        }
+    }
+
+    private string? AddSegment(DescriptorChain chain, ushort index, ulong addr, uint len, ushort flags, ref bool sawWritable)
+    {
+        bool writable = (flags & DescFlagWrite) != 0;
+        if (writable)
+        {
+            sawWritable = true;
+        }
+        else if (sawWritable)
+        {
+            return $"descriptor {index} is device-readable but follows a device-writable one";
+        }
+
+        if (addr + len < addr)
+        {
+            return $"descriptor {index}: address 0x{addr:x} plus length {len} wraps past 2^64";
+        }
+
+        if (len != 0 && !_memory.Contains(new GuestAddress(addr), len))
+        {
+            return $"descriptor {index}: buffer at 0x{addr:x} (+{len}) is not inside guest RAM";
+        }
+
+        chain.Add(new GuestAddress(addr), len, writable);
+        return null;
+    }
+}

@@ -1,0 +1,141 @@
+using Microsoft.Win32.SafeHandles;
+
+namespace Virt.Storage;
+
+/// <summary>
+/// A disk whose bytes are a raw image file, byte for byte. Holes in a sparse file read as zeroes, and discards
+/// punch holes back where the file system can. <see cref="FlushAsync"/> reaches the disk (<c>fsync</c>).
+/// </summary>
+/// <remarks>
+/// The file is locked while open: exclusively for a writable disk, shared for a read-only one, so a second VM
+/// that opens the same image for writing gets <see cref="DiskImageError.InUse"/> instead of corrupting it.
+/// </remarks>
+public sealed class RawFileBlockBackend : IBlockBackend
+{
+    private readonly SafeFileHandle _handle;
+    private bool _punchUnsupported;
+
+    private RawFileBlockBackend(SafeFileHandle handle, string path, long capacity, bool readOnly)
+    {
+        _handle = handle;
+        Path = path;
+        Capacity = capacity;
+        IsReadOnly = readOnly;
+    }
+
+    /// <summary>The image file.</summary>
+    public string Path { get; }
+
+    /// <inheritdoc />
+    public long Capacity { get; }
+
+    /// <inheritdoc />
+    public bool IsReadOnly { get; }
+
+    /// <summary>Opens the raw image at <paramref name="path"/>; its size must be a multiple of 512.</summary>
+    /// <exception cref="DiskImageException">The file is missing, in use, or not a multiple of 512 bytes long.</exception>
+    public static RawFileBlockBackend Open(string path, bool readOnly = false)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        var handle = DiskImage.OpenLocked(path, readOnly);
+        try
+        {
+            long length = RandomAccess.GetLength(handle);
+            if (length <= 0 || length % DiskImage.SectorSize != 0)
+            {
+                throw new DiskImageException(path, DiskImageError.InvalidFormat,
+                    $"The image '{path}' is {length} bytes long, which is not a positive multiple of {DiskImage.SectorSize}. Resize it (e.g. truncate -s) to whole sectors.");
+            }
+
+            return new RawFileBlockBackend(handle, path, length, readOnly);
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    /// <inheritdoc />
+    public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        BlockRange.Check(offset, buffer.Length, Capacity);
+        int done = 0;
+        while (done < buffer.Length)
+        {
+            int n = await RandomAccess.ReadAsync(_handle, buffer[done..], offset + done, cancellationToken).ConfigureAwait(false);
+            if (n == 0)
+            {
+                // The file shrank under us; what is not there reads as zeroes, like a hole.
+                buffer.Span[done..].Clear();
+                return;
+            }
+
+            done += n;
+        }
+    }
+
+    /// <inheritdoc />
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        BlockRange.CheckWritable(IsReadOnly);
+        BlockRange.Check(offset, buffer.Length, Capacity);
+        return RandomAccess.WriteAsync(_handle, buffer, offset, cancellationToken);
+    }
+
+    /// <inheritdoc />
+    public ValueTask FlushAsync(CancellationToken cancellationToken = default)
+    {
+        if (!IsReadOnly)
+        {
+            RandomAccess.FlushToDisk(_handle);
+        }
+
+        return ValueTask.CompletedTask;
+    }
+
+    /// <inheritdoc />
+    public ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken = default) =>
+        WriteZeroesAsync(offset, length, cancellationToken);
+
+    /// <inheritdoc />
+    public async ValueTask WriteZeroesAsync(long offset, long length, CancellationToken cancellationToken = default)
+    {
+        BlockRange.CheckWritable(IsReadOnly);
+        BlockRange.Check(offset, length, Capacity);
+        if (length == 0)
+        {
+            return;
+        }
+
+        if (TryPunchHole(_handle, offset, length, ref _punchUnsupported))
+        {
+            return;
+        }
+
+        await DiskImage.WriteZeroesAsync(_handle, offset, length, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <inheritdoc />
+    public ValueTask DisposeAsync()
+    {
+        _handle.Dispose();
+        return ValueTask.CompletedTask;
+    }
+
+    internal static bool TryPunchHole(SafeFileHandle handle, long offset, long length, ref bool unsupported)
+    {
+        if (unsupported || !OperatingSystem.IsLinux())
+        {
+            return false;
+        }
+
+        if (Interop.Libc.Fallocate(handle, Interop.Libc.FALLOC_FL_PUNCH_HOLE | Interop.Libc.FALLOC_FL_KEEP_SIZE, offset, length) == 0)
+        {
+            return true;
+        }
+
+        unsupported = true;
+        return false;
+    }
+}

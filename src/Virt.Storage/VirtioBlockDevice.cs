@@ -1,0 +1,388 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Text;
+using Microsoft.Extensions.Logging;
+using Virt.Devices.Virtio;
+
+namespace Virt.Storage;
+
+/// <summary>Settings of a <see cref="VirtioBlockDevice"/>.</summary>
+public sealed record VirtioBlockOptions
+{
+    /// <summary>Presents the disk read-only even if the backend is writable.</summary>
+    public bool ReadOnly { get; init; }
+
+    /// <summary>The disk's serial number as the guest reads it with GET_ID (at most 20 ASCII bytes).</summary>
+    public string Serial { get; init; } = "virt-disk";
+
+    /// <summary>Queue size offered to the driver (a power of two, 4 to 32768).</summary>
+    public ushort QueueSize { get; init; } = 256;
+
+    /// <summary>Bandwidth limit in bytes per second for reads and writes together; null for none.</summary>
+    public long? BytesPerSecond { get; init; }
+
+    /// <summary>Request limit in operations per second; null for none.</summary>
+    public long? OperationsPerSecond { get; init; }
+}
+
+/// <summary>
+/// A virtio-blk device (virtio 1.2, section 5.2) over an <see cref="IBlockBackend"/>: IN, OUT, FLUSH, GET_ID,
+/// DISCARD and WRITE_ZEROES. Requests are served off the vCPU thread, in order; a request completes (used ring
+/// and interrupt) once the backend finished it, so a completed FLUSH means every earlier write is durable.
+/// </summary>
+/// <remarks>Wrap it in a <see cref="VirtioMmioTransport"/> to give it to a VM.</remarks>
+public sealed class VirtioBlockDevice : IVirtioDevice
+{
+    internal const ulong FeatureSegMax = 1UL << 2;
+    internal const ulong FeatureReadOnly = 1UL << 5;
+    internal const ulong FeatureBlockSize = 1UL << 6;
+    internal const ulong FeatureFlush = 1UL << 9;
+    internal const ulong FeatureDiscard = 1UL << 13;
+    internal const ulong FeatureWriteZeroes = 1UL << 14;
+
+    internal const uint RequestIn = 0;
+    internal const uint RequestOut = 1;
+    internal const uint RequestFlush = 4;
+    internal const uint RequestGetId = 8;
+    internal const uint RequestDiscard = 11;
+    internal const uint RequestWriteZeroes = 13;
+
+    internal const byte StatusOk = 0;
+    internal const byte StatusIoError = 1;
+    internal const byte StatusUnsupported = 2;
+
+    /// <summary>Size of the request header: type, reserved, sector.</summary>
+    internal const int HeaderSize = 16;
+    /// <summary>Size of one discard / write-zeroes segment: sector, sector count, flags.</summary>
+    internal const int SegmentSize = 16;
+    /// <summary>Length of the GET_ID answer.</summary>
+    internal const int IdLength = 20;
+    /// <summary>Write-zeroes segment flag: the device may deallocate the range.</summary>
+    private const uint SegmentFlagUnmap = 1;
+    /// <summary>Largest discard / write-zeroes range in sectors (2 GiB).</summary>
+    private const uint MaxZeroSectors = 1u << 22;
+    /// <summary>Bytes moved between the backend and guest memory per step of a large request.</summary>
+    private const int ChunkSize = 1 << 20;
+
+    private readonly IBlockBackend _backend;
+    private readonly byte[] _config;
+    private readonly byte[] _id = new byte[IdLength];
+    private readonly TokenBucket? _bytes;
+    private readonly TokenBucket? _ops;
+    private readonly QueueWorker _worker;
+    private VirtioDeviceContext? _context;
+
+    /// <summary>Creates the device over <paramref name="backend"/>.</summary>
+    /// <exception cref="ArgumentException">The options are invalid (queue size, serial).</exception>
+    public VirtioBlockDevice(IBlockBackend backend, VirtioBlockOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(backend);
+        options ??= new VirtioBlockOptions();
+        if (options.QueueSize < 4 || (options.QueueSize & (options.QueueSize - 1)) != 0)
+        {
+            throw new ArgumentException($"QueueSize {options.QueueSize} must be a power of two of at least 4.", nameof(options));
+        }
+
+        byte[] serial = Encoding.ASCII.GetBytes(options.Serial ?? string.Empty);
+        if (serial.Length > IdLength)
+        {
+            throw new ArgumentException($"Serial '{options.Serial}' is longer than {IdLength} ASCII characters.", nameof(options));
+        }
+
+        serial.CopyTo(_id, 0);
+        _backend = backend;
+        IsReadOnly = options.ReadOnly || backend.IsReadOnly;
+        _bytes = options.BytesPerSecond is long b ? new TokenBucket(b) : null;
+        _ops = options.OperationsPerSecond is long o ? new TokenBucket(o) : null;
+        _worker = new QueueWorker(DrainAsync, e => _context?.Fail($"internal error serving a request: {e.Message}"));
+        QueueMaxSizes = [options.QueueSize];
+        DeviceFeatures = FeatureSegMax | FeatureBlockSize | FeatureFlush | (IsReadOnly ? FeatureReadOnly : FeatureDiscard | FeatureWriteZeroes);
+        _config = BuildConfig(backend.Capacity, options.QueueSize);
+    }
+
+    /// <summary>Whether the guest sees the disk read-only.</summary>
+    public bool IsReadOnly { get; }
+
+    /// <summary>The backend.</summary>
+    public IBlockBackend Backend => _backend;
+
+    /// <inheritdoc />
+    public VirtioDeviceType DeviceType => VirtioDeviceType.Block;
+
+    /// <inheritdoc />
+    public ulong DeviceFeatures { get; }
+
+    /// <inheritdoc />
+    public IReadOnlyList<ushort> QueueMaxSizes { get; }
+
+    /// <inheritdoc />
+    public int ConfigSize => _config.Length;
+
+    /// <summary>Whether requests are being served right now (for tests and orderly shutdown).</summary>
+    internal bool IsBusy => _worker.IsBusy;
+
+    /// <inheritdoc />
+    public void ReadConfig(int offset, Span<byte> data) => _config.AsSpan(offset, data.Length).CopyTo(data);
+
+    /// <inheritdoc />
+    public void WriteConfig(int offset, ReadOnlySpan<byte> data)
+    {
+        // Only the writeback byte is writable, and only with CONFIG_WCE, which is not offered.
+    }
+
+    /// <inheritdoc />
+    public void Activate(VirtioDeviceContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        Volatile.Write(ref _context, context);
+        _worker.Kick();
+    }
+
+    /// <inheritdoc />
+    public void QueueNotified(int queueIndex) => _worker.Kick();
+
+    /// <inheritdoc />
+    public void Reset() => Volatile.Write(ref _context, null);
+
+    private static byte[] BuildConfig(long capacity, ushort queueSize)
+    {
+        var c = new byte[60];
+        BinaryPrimitives.WriteUInt64LittleEndian(c.AsSpan(0), (ulong)(capacity / DiskImage.SectorSize));
+        BinaryPrimitives.WriteUInt32LittleEndian(c.AsSpan(12), (uint)(queueSize - 2));              // seg_max: header and status take two
+        BinaryPrimitives.WriteUInt32LittleEndian(c.AsSpan(20), DiskImage.SectorSize);                // blk_size
+        BinaryPrimitives.WriteUInt32LittleEndian(c.AsSpan(36), MaxZeroSectors);                      // max_discard_sectors
+        BinaryPrimitives.WriteUInt32LittleEndian(c.AsSpan(40), 1);                                   // max_discard_seg
+        BinaryPrimitives.WriteUInt32LittleEndian(c.AsSpan(44), 1);                                   // discard_sector_alignment
+        BinaryPrimitives.WriteUInt32LittleEndian(c.AsSpan(48), MaxZeroSectors);                      // max_write_zeroes_sectors
+        BinaryPrimitives.WriteUInt32LittleEndian(c.AsSpan(52), 1);                                   // max_write_zeroes_seg
+        c[56] = 1;                                                                                   // write_zeroes_may_unmap
+        return c;
+    }
+
+    private async Task DrainAsync()
+    {
+        var context = Volatile.Read(ref _context);
+        if (context is null)
+        {
+            return;
+        }
+
+        var queue = context.Queues[0];
+        var token = context.Stopping;
+        while (!token.IsCancellationRequested && queue.TryPop(out var chain))
+        {
+            uint written = await ServeAsync(context, chain, token).ConfigureAwait(false);
+            if (written == uint.MaxValue)
+            {
+                return;
+            }
+
+            queue.AddUsed(chain, written);
+            context.SignalUsed(queue);
+        }
+    }
+
+    /// <summary>Serves one request; returns the bytes written into the chain, or uint.MaxValue when the chain was rejected.</summary>
+    private async ValueTask<uint> ServeAsync(VirtioDeviceContext context, DescriptorChain chain, CancellationToken token)
+    {
+        if (chain.ReadableLength < HeaderSize || chain.WritableLength < 1)
+        {
+            // No header, or no device-writable byte for the status: answering would mean writing into a
+            // buffer the driver marked read-only.
+            context.Fail($"block request {chain.Head} has {chain.ReadableLength} readable and {chain.WritableLength} writable bytes; it needs a {HeaderSize}-byte header and a writable status byte");
+            return uint.MaxValue;
+        }
+
+        Span<byte> header = stackalloc byte[HeaderSize];
+        chain.Read(0, header);
+        uint type = BinaryPrimitives.ReadUInt32LittleEndian(header);
+        ulong sector = BinaryPrimitives.ReadUInt64LittleEndian(header[8..]);
+        long statusOffset = chain.WritableLength - 1;
+        long dataWritten = 0;
+        byte status;
+        try
+        {
+            switch (type)
+            {
+                case RequestIn:
+                    (status, dataWritten) = await ReadAsync(chain, sector, statusOffset, token).ConfigureAwait(false);
+                    break;
+                case RequestOut:
+                    status = await WriteAsync(chain, sector, token).ConfigureAwait(false);
+                    break;
+                case RequestFlush:
+                    await ThrottleAsync(0, token).ConfigureAwait(false);
+                    await _backend.FlushAsync(token).ConfigureAwait(false);
+                    status = StatusOk;
+                    break;
+                case RequestGetId:
+                    dataWritten = chain.Write(0, _id.AsSpan(0, (int)Math.Min(IdLength, statusOffset)));
+                    status = StatusOk;
+                    break;
+                case RequestDiscard:
+                case RequestWriteZeroes:
+                    status = await ZeroAsync(chain, type, token).ConfigureAwait(false);
+                    break;
+                default:
+                    status = StatusUnsupported;
+                    break;
+            }
+        }
+        catch (OperationCanceledException) when (token.IsCancellationRequested)
+        {
+            return uint.MaxValue;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException or ArgumentException or ObjectDisposedException)
+        {
+            VirtioLog.HostIoFailed(context.Logger, VirtioDeviceType.Block, e.Message);
+            status = StatusIoError;
+        }
+
+        chain.Write(statusOffset, [status]);
+        return (uint)(dataWritten + 1);
+    }
+
+    private bool InBounds(ulong sector, long length)
+    {
+        ulong sectors = (ulong)(_backend.Capacity / DiskImage.SectorSize);
+        ulong count = (ulong)length / DiskImage.SectorSize;
+        return length % DiskImage.SectorSize == 0 && sector <= sectors && count <= sectors - sector;
+    }
+
+    private async ValueTask<(byte Status, long Written)> ReadAsync(DescriptorChain chain, ulong sector, long length, CancellationToken token)
+    {
+        if (!InBounds(sector, length))
+        {
+            return (StatusIoError, 0);
+        }
+
+        await ThrottleAsync(length, token).ConfigureAwait(false);
+        long offset = (long)sector * DiskImage.SectorSize;
+        byte[] buffer = ArrayPool<byte>.Shared.Rent((int)Math.Min(ChunkSize, Math.Max(length, 1)));
+        try
+        {
+            long done = 0;
+            while (done < length)
+            {
+                int n = (int)Math.Min(buffer.Length, length - done);
+                await _backend.ReadAsync(offset + done, buffer.AsMemory(0, n), token).ConfigureAwait(false);
+                if (chain.Write(done, buffer.AsSpan(0, n)) != n)
+                {
+                    return (StatusIoError, done);
+                }
+
+                done += n;
+            }
+
+            return (StatusOk, done);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    private async ValueTask<byte> WriteAsync(DescriptorChain chain, ulong sector, CancellationToken token)
+    {
+        long length = chain.ReadableLength - HeaderSize;
+        if (IsReadOnly)
+        {
+            return StatusIoError;
+        }
+
+        if (!InBounds(sector, length))
+        {
+            return StatusIoError;
+        }
+
+        await ThrottleAsync(length, token).ConfigureAwait(false);
+        long offset = (long)sector * DiskImage.SectorSize;
+        byte[] buffer = ArrayPool<byte>.Shared.Rent((int)Math.Min(ChunkSize, Math.Max(length, 1)));
+        try
+        {
+            long done = 0;
+            while (done < length)
+            {
+                int n = (int)Math.Min(buffer.Length, length - done);
+                if (chain.Read(HeaderSize + done, buffer.AsSpan(0, n)) != n)
+                {
+                    return StatusIoError;
+                }
+
+                await _backend.WriteAsync(offset + done, buffer.AsMemory(0, n), token).ConfigureAwait(false);
+                done += n;
+            }
+
+            return StatusOk;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    private async ValueTask<byte> ZeroAsync(DescriptorChain chain, uint type, CancellationToken token)
+    {
+        if (IsReadOnly)
+        {
+            return StatusIoError;
+        }
+
+        long payload = chain.ReadableLength - HeaderSize;
+        if (payload != SegmentSize)
+        {
+            // max_discard_seg and max_write_zeroes_seg are 1.
+            return StatusUnsupported;
+        }
+
+        var segment = new byte[SegmentSize];
+        chain.Read(HeaderSize, segment);
+        ulong sector = BinaryPrimitives.ReadUInt64LittleEndian(segment);
+        uint count = BinaryPrimitives.ReadUInt32LittleEndian(segment.AsSpan(8));
+        uint flags = BinaryPrimitives.ReadUInt32LittleEndian(segment.AsSpan(12));
+        uint allowedFlags = type == RequestWriteZeroes ? SegmentFlagUnmap : 0;
+        if ((flags & ~allowedFlags) != 0)
+        {
+            return StatusUnsupported;
+        }
+
+        long length = (long)count * DiskImage.SectorSize;
+        if (count > MaxZeroSectors || !InBounds(sector, length))
+        {
+            return StatusIoError;
+        }
+
+        await ThrottleAsync(0, token).ConfigureAwait(false);
+        long offset = (long)sector * DiskImage.SectorSize;
+        if (type == RequestDiscard)
+        {
+            await _backend.DiscardAsync(offset, length, token).ConfigureAwait(false);
+        }
+        else
+        {
+            await _backend.WriteZeroesAsync(offset, length, token).ConfigureAwait(false);
+        }
+
+        return StatusOk;
+    }
+
+    private async ValueTask ThrottleAsync(long bytes, CancellationToken token)
+    {
+        var wait = TimeSpan.Zero;
+        if (_ops is not null)
+        {
+            wait = _ops.Consume(1);
+        }
+
+        if (_bytes is not null && bytes > 0)
+        {
+            var w = _bytes.Consume(bytes);
+            wait = w > wait ? w : wait;
+        }
+
+        if (wait > TimeSpan.Zero)
+        {
+            await Task.Delay(wait, token).ConfigureAwait(false);
+        }
+    }
+}

@@ -1,0 +1,92 @@
+using System.Buffers.Binary;
+using Virt.Devices.Virtio;
+using Virt.Memory;
+using Virt.Testing.Virtio;
+
+namespace Virt.Storage.Tests;
+
+/// <summary>A virtio-blk device over a backend, behind a transport, driven by the mock driver.</summary>
+internal sealed class BlockRig : IDisposable
+{
+    public BlockRig(IBlockBackend backend, VirtioBlockOptions? options = null, ulong features = ulong.MaxValue)
+    {
+        Ram = GuestMemory.CreateRam(0x400000);
+        Memory = new CheckedGuestMemory(Ram);
+        Device = new VirtioBlockDevice(backend, options);
+        Transport = new VirtioMmioTransport(Device, Memory, Irq, Logger);
+        Driver = new MockVirtioDriver(Transport, Memory, new GuestAddress(0x1000), new GuestAddress(0x40000));
+        Features = Driver.Initialize(features, 64);
+    }
+
+    public GuestMemory Ram { get; }
+    public CheckedGuestMemory Memory { get; }
+    public VirtioBlockDevice Device { get; }
+    public RecordingInterruptLine Irq { get; } = new();
+    public ListLogger Logger { get; } = new();
+    public VirtioMmioTransport Transport { get; }
+    public MockVirtioDriver Driver { get; }
+    public ulong Features { get; }
+    public MockSplitQueue Queue => Driver.Queues[0];
+    public bool NeedsReset => (Driver.Status & (uint)VirtioDeviceStatus.DeviceNeedsReset) != 0;
+
+    /// <summary>Submits one request and waits for it; returns the status byte and the used length.</summary>
+    public (byte Status, uint UsedLength) Request(uint type, ulong sector, byte[]? writeData = null, int readLength = 0, byte[]? readInto = null)
+    {
+        Driver.ResetAllocations();
+        var header = Driver.Allocate(16);
+        var h = new byte[16];
+        BinaryPrimitives.WriteUInt32LittleEndian(h, type);
+        BinaryPrimitives.WriteUInt64LittleEndian(h.AsSpan(8), sector);
+        Memory.Write(header, h);
+        var buffers = new List<(GuestAddress, uint, bool)> { (header, 16, false) };
+        if (writeData is not null)
+        {
+            var data = Driver.Allocate((uint)writeData.Length);
+            Memory.Write(data, writeData);
+            buffers.Add((data, (uint)writeData.Length, false));
+        }
+
+        GuestAddress readAt = default;
+        if (readLength > 0)
+        {
+            readAt = Driver.Allocate((uint)readLength);
+            Memory.Write(readAt, new byte[readLength]);
+            buffers.Add((readAt, (uint)readLength, true));
+        }
+
+        var status = Driver.Allocate(1);
+        Memory.Write(status, (byte)0xff);
+        buffers.Add((status, 1, true));
+        Queue.AddChain([.. buffers]);
+        Driver.Notify(0);
+        var used = Queue.WaitUsed();
+        if (readInto is not null)
+        {
+            Memory.Read(readAt, readInto);
+        }
+
+        return (Memory.Read<byte>(status), used.Length);
+    }
+
+    public void Dispose() => Ram.Dispose();
+}
+
+internal sealed class TempDir : IDisposable
+{
+    public TempDir() => System.IO.Directory.CreateDirectory(Path);
+
+    public string Path { get; } = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "virt-storage-" + Guid.NewGuid().ToString("N"));
+
+    public string File(string name) => System.IO.Path.Combine(Path, name);
+
+    public void Dispose()
+    {
+        try
+        {
+            System.IO.Directory.Delete(Path, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+}

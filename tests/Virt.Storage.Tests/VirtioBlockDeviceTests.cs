@@ -1,0 +1,269 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using Virt.Testing.Virtio;
+using Xunit;
+
+namespace Virt.Storage.Tests;
+
+public sealed class VirtioBlockDeviceTests
+{
+    private const uint In = 0, Out = 1, Flush = 4, GetId = 8, Discard = 11, WriteZeroes = 13;
+
+    public static TheoryData<string> Backends => ["memory", "raw", "overlay"];
+
+    private static async Task<(IBlockBackend Backend, TempDir Dir)> OpenAsync(string kind, long size = 1 << 20)
+    {
+        var dir = new TempDir();
+        IBlockBackend backend;
+        switch (kind)
+        {
+            case "memory":
+                backend = new MemoryBlockBackend(size);
+                break;
+            case "raw":
+                DiskImage.CreateRaw(dir.File("disk.img"), size);
+                backend = DiskImage.OpenRaw(dir.File("disk.img"));
+                break;
+            default:
+                DiskImage.CreateRaw(dir.File("base.img"), size);
+                await using (var b = DiskImage.OpenRaw(dir.File("base.img")))
+                {
+                    await b.WriteAsync(0, RandomNumberGenerator.GetBytes(4096), TestContext.Current.CancellationToken);
+                }
+
+                DiskImage.CreateOverlay(dir.File("overlay.img"), dir.File("base.img"));
+                backend = DiskImage.OpenOverlay(dir.File("overlay.img"));
+                break;
+        }
+
+        return (backend, dir);
+    }
+
+    [Theory]
+    [MemberData(nameof(Backends))]
+    public async Task Write_then_read_round_trips_through_the_device(string kind)
+    {
+        var (backend, dir) = await OpenAsync(kind);
+        using var _ = dir;
+        await using var __ = backend;
+        using var rig = new BlockRig(backend);
+        byte[] data = RandomNumberGenerator.GetBytes(3 * 512);
+
+        var (status, _) = rig.Request(Out, 7, writeData: data);
+        Assert.Equal(0, status);
+        var back = new byte[data.Length];
+        var (readStatus, used) = rig.Request(In, 7, readLength: data.Length, readInto: back);
+
+        Assert.Equal(0, readStatus);
+        Assert.Equal((uint)data.Length + 1, used);
+        Assert.Equal(data, back);
+        Assert.Equal(0, rig.Memory.Violations);
+    }
+
+    [Fact]
+    public async Task Read_past_the_last_sector_fails_with_ioerr()
+    {
+        await using var backend = new MemoryBlockBackend(64 * 1024);
+        using var rig = new BlockRig(backend);
+        Assert.Equal(1, rig.Request(In, 127, readLength: 1024).Status);
+        Assert.Equal(1, rig.Request(In, ulong.MaxValue, readLength: 512).Status);
+        Assert.Equal(0, rig.Request(In, 127, readLength: 512).Status);
+    }
+
+    [Fact]
+    public async Task Read_of_a_partial_sector_fails_with_ioerr()
+    {
+        await using var backend = new MemoryBlockBackend(64 * 1024);
+        using var rig = new BlockRig(backend);
+        Assert.Equal(1, rig.Request(In, 0, readLength: 100).Status);
+    }
+
+    [Fact]
+    public async Task Read_only_disk_rejects_writes_with_ioerr_and_advertises_ro()
+    {
+        await using var backend = new MemoryBlockBackend(64 * 1024);
+        using var rig = new BlockRig(backend, new VirtioBlockOptions { ReadOnly = true });
+
+        Assert.NotEqual(0UL, rig.Features & (1UL << 5));
+        Assert.Equal(1, rig.Request(Out, 0, writeData: Filled(512, 0x5A)).Status);
+        Assert.Equal(0, backend.Contents[0]);
+    }
+
+    [Fact]
+    public async Task Write_to_a_read_only_backend_fails_with_ioerr()
+    {
+        await using var backend = new MemoryBlockBackend(64 * 1024, readOnly: true);
+        using var rig = new BlockRig(backend);
+        Assert.True(rig.Device.IsReadOnly);
+        Assert.Equal(1, rig.Request(Out, 0, writeData: Filled(512, 1)).Status);
+        Assert.Equal(1, rig.Request(WriteZeroes, 0, writeData: Segment(0, 1, 0)).Status);
+    }
+
+    [Fact]
+    public async Task Flush_completes_ok()
+    {
+        await using var backend = new MemoryBlockBackend(64 * 1024);
+        using var rig = new BlockRig(backend);
+        Assert.Equal(0, rig.Request(Flush, 0).Status);
+    }
+
+    [Fact]
+    public async Task Get_id_returns_the_serial()
+    {
+        await using var backend = new MemoryBlockBackend(64 * 1024);
+        using var rig = new BlockRig(backend, new VirtioBlockOptions { Serial = "disk-42" });
+        var id = new byte[20];
+        var (status, used) = rig.Request(GetId, 0, readLength: 20, readInto: id);
+        Assert.Equal(0, status);
+        Assert.Equal(21u, used);
+        Assert.Equal("disk-42", System.Text.Encoding.ASCII.GetString(id).TrimEnd('\0'));
+    }
+
+    [Fact]
+    public async Task Unknown_request_type_answers_unsupported()
+    {
+        await using var backend = new MemoryBlockBackend(64 * 1024);
+        using var rig = new BlockRig(backend);
+        Assert.Equal(2, rig.Request(99, 0).Status);
+    }
+
+    [Theory]
+    [InlineData(Discard)]
+    [InlineData(WriteZeroes)]
+    public async Task Discard_and_write_zeroes_clear_the_range(uint type)
+    {
+        await using var backend = new MemoryBlockBackend(64 * 1024);
+        await backend.WriteAsync(0, Filled(4096, 0x77), TestContext.Current.CancellationToken);
+        using var rig = new BlockRig(backend);
+
+        Assert.Equal(0, rig.Request(type, 2, writeData: Segment(2, 4, 0)).Status);
+
+        Assert.All(backend.Contents.Slice(1024, 2048).ToArray(), b => Assert.Equal(0, b));
+        Assert.Equal(0x77, backend.Contents[1023]);
+        Assert.Equal(0x77, backend.Contents[3072]);
+    }
+
+    [Fact]
+    public async Task Discard_with_unmap_flag_is_unsupported_and_out_of_range_is_ioerr()
+    {
+        await using var backend = new MemoryBlockBackend(64 * 1024);
+        using var rig = new BlockRig(backend);
+        Assert.Equal(2, rig.Request(Discard, 0, writeData: Segment(0, 1, 1)).Status);
+        Assert.Equal(1, rig.Request(WriteZeroes, 0, writeData: Segment(127, 2, 0)).Status);
+    }
+
+    [Fact]
+    public async Task Request_without_writable_status_byte_is_rejected_without_writing()
+    {
+        await using var backend = new MemoryBlockBackend(64 * 1024);
+        await backend.WriteAsync(0, Filled(512, 0x33), TestContext.Current.CancellationToken);
+        using var rig = new BlockRig(backend);
+        var header = rig.Driver.Allocate(16);
+        var data = rig.Driver.Allocate(512);
+        var status = rig.Driver.Allocate(1);
+        rig.Memory.Write(header, new byte[16]);
+        rig.Memory.Write(data, new byte[512]);
+        rig.Memory.Write(status, (byte)0xEE);
+        rig.Queue.AddChain((header, 16, false), (data, 512, false), (status, 1, false));
+        rig.Driver.Notify(0);
+
+        SpinWait.SpinUntil(() => rig.NeedsReset, TimeSpan.FromSeconds(10));
+        Assert.True(rig.NeedsReset);
+        Assert.Equal(0xEE, rig.Memory.Read<byte>(status));
+        var back = new byte[512];
+        rig.Memory.Read(data, back);
+        Assert.All(back, b => Assert.Equal(0, b));
+        Assert.Equal(0, rig.Queue.UsedIndex);
+    }
+
+    [Fact]
+    public async Task Config_space_reports_capacity_in_sectors_and_seg_max()
+    {
+        await using var backend = new MemoryBlockBackend(1 << 20);
+        using var rig = new BlockRig(backend);
+        Assert.Equal(2048UL, BinaryPrimitives.ReadUInt64LittleEndian(rig.Driver.ReadConfig(0, 8)));
+        Assert.Equal(254u, BinaryPrimitives.ReadUInt32LittleEndian(rig.Driver.ReadConfig(12, 4)));
+        Assert.Equal(512u, BinaryPrimitives.ReadUInt32LittleEndian(rig.Driver.ReadConfig(20, 4)));
+    }
+
+    [Fact]
+    public async Task Request_spread_over_many_small_descriptors_is_reassembled()
+    {
+        await using var backend = new MemoryBlockBackend(64 * 1024);
+        byte[] data = RandomNumberGenerator.GetBytes(1024);
+        await backend.WriteAsync(1024, data, TestContext.Current.CancellationToken);
+        using var rig = new BlockRig(backend);
+        var h = new byte[16];
+        h[8] = 2;
+        var parts = new List<(GuestAddress, uint, bool)>();
+        for (int i = 0; i < 16; i++)
+        {
+            var a = rig.Driver.Allocate(1);
+            rig.Memory.Write(a, h[i]);
+            parts.Add((a, 1, false));
+        }
+
+        var buffers = new List<GuestAddress>();
+        for (int i = 0; i < 8; i++)
+        {
+            var a = rig.Driver.Allocate(128);
+            buffers.Add(a);
+            parts.Add((a, 128, true));
+        }
+
+        var st = rig.Driver.Allocate(1);
+        parts.Add((st, 1, true));
+        rig.Queue.AddChain([.. parts]);
+        rig.Driver.Notify(0);
+        rig.Queue.WaitUsed();
+
+        Assert.Equal(0, rig.Memory.Read<byte>(st));
+        var back = new byte[1024];
+        for (int i = 0; i < 8; i++)
+        {
+            rig.Memory.Read(buffers[i], back.AsSpan(i * 128, 128));
+        }
+
+        Assert.Equal(data, back);
+    }
+
+    [Fact]
+    public async Task Completion_raises_the_used_buffer_interrupt()
+    {
+        await using var backend = new MemoryBlockBackend(64 * 1024);
+        using var rig = new BlockRig(backend);
+        rig.Request(Flush, 0);
+        SpinWait.SpinUntil(() => rig.Irq.RaiseCount > 0, TimeSpan.FromSeconds(10));
+        Assert.True(rig.Irq.RaiseCount > 0);
+        Assert.Equal(1u, rig.Driver.AcknowledgeInterrupts() & 1);
+    }
+
+    [Fact]
+    public async Task Rate_limiter_lets_requests_through()
+    {
+        await using var backend = new MemoryBlockBackend(64 * 1024);
+        using var rig = new BlockRig(backend, new VirtioBlockOptions { BytesPerSecond = 1 << 20, OperationsPerSecond = 1000 });
+        for (int i = 0; i < 5; i++)
+        {
+            Assert.Equal(0, rig.Request(Out, (ulong)i, writeData: Filled(4096, (byte)i)).Status);
+        }
+
+        Assert.Equal(4, backend.Contents[4 * 512]);
+    }
+
+    internal static byte[] Filled(int length, byte value)
+    {
+        var b = new byte[length];
+        Array.Fill(b, value);
+        return b;
+    }
+
+    private static byte[] Segment(ulong sector, uint count, uint flags)
+    {
+        var s = new byte[16];
+        BinaryPrimitives.WriteUInt64LittleEndian(s, sector);
+        BinaryPrimitives.WriteUInt32LittleEndian(s.AsSpan(8), count);
+        BinaryPrimitives.WriteUInt32LittleEndian(s.AsSpan(12), flags);
+        return s;
+    }
+}
