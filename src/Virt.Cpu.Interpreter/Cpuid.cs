@@ -1,0 +1,84 @@
+using System.Text;
+
+namespace Virt.Cpu.Interpreter;
+
+/// <summary>The CPUID leaves the interpreter reports: only features it implements.</summary>
+internal static class Cpuid
+{
+    /// <summary>Physical address bits reported in leaf 0x80000008 and enforced by the page walker.</summary>
+    public const int PhysicalAddressBits = 40;
+
+    /// <summary>Linear address bits (4-level paging).</summary>
+    public const int LinearAddressBits = 48;
+
+    // Leaf 1 EDX.
+    private const uint Fpu = 1u << 0, Pse = 1u << 3, Tsc = 1u << 4, Msr = 1u << 5, Pae = 1u << 6, Cx8 = 1u << 8,
+        Pge = 1u << 13, Cmov = 1u << 15, Pat = 1u << 16, Clfsh = 1u << 19, Fxsr = 1u << 24, Sse = 1u << 25, Sse2 = 1u << 26;
+
+    // Leaf 1 ECX.
+    private const uint Cx16 = 1u << 13, Popcnt = 1u << 23, HypervisorBit = 1u << 31;
+
+    // Leaf 7 EBX.
+    private const uint Bmi1 = 1u << 3;
+
+    // Leaf 0x80000001 ECX / EDX.
+    private const uint LahfLm = 1u << 0, Abm = 1u << 5;
+    private const uint Syscall = 1u << 11, Nx = 1u << 20, Page1G = 1u << 26, Rdtscp = 1u << 27, LongMode = 1u << 29;
+
+    public static IReadOnlyList<CpuidEntry> Build(IReadOnlyList<CpuidFeature> masked)
+    {
+        var vendor = Encoding.ASCII.GetBytes("GenuineIntel");
+        uint V(int i) => BitConverter.ToUInt32(vendor, i);
+        var brand = Encoding.ASCII.GetBytes("Virt.Sdk x86-64 interpreter".PadRight(48, '\0'));
+        uint B(int i) => BitConverter.ToUInt32(brand, i);
+
+        var list = new List<CpuidEntry>
+        {
+            new(0, 0, 0, 7, V(0), V(8), V(4)),
+            // Family 6, model 0x3A, stepping 9; CLFLUSH line 8 qwords, 1 logical processor.
+            new(1, 0, 0, 0x000306A9, 0x00010800, Cx16 | Popcnt | HypervisorBit,
+                Pse | Tsc | Msr | Pae | Cx8 | Pge | Cmov | Pat | Clfsh),
+            new(7, 0, CpuidEntry.SignificantIndex, 0, Bmi1, 0, 0),
+            new(0x80000000, 0, 0, 0x80000008, 0, 0, 0),
+            new(0x80000001, 0, 0, 0, 0, LahfLm | Abm, Syscall | Nx | Page1G | Rdtscp | LongMode),
+            new(0x80000002, 0, 0, B(0), B(4), B(8), B(12)),
+            new(0x80000003, 0, 0, B(16), B(20), B(24), B(28)),
+            new(0x80000004, 0, 0, B(32), B(36), B(40), B(44)),
+            new(0x80000008, 0, 0, (uint)(PhysicalAddressBits | (LinearAddressBits << 8)), 0, 0, 0),
+        };
+
+        foreach (var f in masked)
+        {
+            for (int i = 0; i < list.Count; i++)
+            {
+                var e = list[i];
+                if (e.Function != f.Function || (e.Index != f.Index && (e.Flags & CpuidEntry.SignificantIndex) != 0))
+                {
+                    continue;
+                }
+
+                uint clear = ~(1u << f.Bit);
+                list[i] = f.Register switch
+                {
+                    CpuidRegister.Eax => e with { Eax = e.Eax & clear },
+                    CpuidRegister.Ebx => e with { Ebx = e.Ebx & clear },
+                    CpuidRegister.Ecx => e with { Ecx = e.Ecx & clear },
+                    _ => e with { Edx = e.Edx & clear },
+                };
+            }
+        }
+
+        return list.AsReadOnly();
+    }
+}
+
+/// <summary>The MSRs the interpreter implements.</summary>
+internal static class Msrs
+{
+    public static readonly IReadOnlyList<uint> Supported = new[]
+    {
+        MsrIndex.Tsc, MsrIndex.ApicBase, MsrIndex.SysenterCs, MsrIndex.SysenterEsp, MsrIndex.SysenterEip,
+        MsrIndex.MiscEnable, MsrIndex.Pat, MsrIndex.Efer, MsrIndex.Star, MsrIndex.Lstar, MsrIndex.Cstar,
+        MsrIndex.Fmask, MsrIndex.FsBase, MsrIndex.GsBase, MsrIndex.KernelGsBase, MsrIndex.TscAux,
+    }.AsReadOnly();
+}

@@ -1,0 +1,177 @@
+using Virt.Memory;
+
+namespace Virt.Cpu.Interpreter;
+
+/// <summary>A partition of the interpreter: guest memory, vCPUs, CPUID/MSR lists and the dirty-page log.</summary>
+internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWriteWatcher
+{
+    private readonly List<InterpreterVcpu> _vcpus = [];
+    private readonly object _lock = new();
+    private readonly ulong[][] _dirty;
+    private bool _disposed;
+
+    public InterpreterPartition(InterpreterHypervisor hypervisor, IGuestMemory memory, PartitionOptions options)
+    {
+        Hypervisor = hypervisor;
+        Memory = memory;
+        Options = options;
+        InterpreterOptions = hypervisor.Options;
+        var regions = memory.Regions;
+        Regions = new PhysRegion[regions.Count];
+        _dirty = new ulong[regions.Count][];
+        for (int i = 0; i < regions.Count; i++)
+        {
+            var r = regions[i];
+            Regions[i] = new PhysRegion(r.Start.Value, r.Size, r.HostAddress, r.IsReadOnly);
+            _dirty[i] = new ulong[(int)(((r.Size >> 12) + 63) / 64)];
+        }
+
+        SupportedCpuid = Cpuid.Build(options.MaskedCpuidFeatures);
+        if (memory is GuestMemory gm)
+        {
+            gm.SetWriteWatcher(this);
+        }
+    }
+
+    public IHypervisor Hypervisor { get; }
+
+    public IGuestMemory Memory { get; }
+
+    public PartitionOptions Options { get; }
+
+    public InterpreterOptions InterpreterOptions { get; }
+
+    /// <summary>Guest RAM/ROM regions with their host mappings, sorted by address.</summary>
+    public PhysRegion[] Regions { get; }
+
+    public IReadOnlyList<CpuidEntry> SupportedCpuid { get; }
+
+    public IReadOnlyList<uint> SupportedMsrs { get; } = Msrs.Supported;
+
+    public bool HasInterruptController => false;
+
+    public IVirtualCpu CreateVcpu(int index)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(index);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(index, Options.VcpuCount);
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_vcpus.Exists(v => v.Index == index && !v.IsDisposed))
+            {
+                throw new InvalidOperationException($"vCPU {index} already exists in this partition.");
+            }
+
+            var vcpu = new InterpreterVcpu(this, index);
+            _vcpus.Add(vcpu);
+            return vcpu;
+        }
+    }
+
+    public void SetInterruptLine(uint gsi, bool level) =>
+        throw new InvalidOperationException("The interpreter partition has no interrupt controller; use IVirtualCpu.TryInjectInterrupt.");
+
+    /// <summary>Records a guest write to page <paramref name="pageInRegion"/> of region <paramref name="region"/>.</summary>
+    public void MarkDirty(int region, ulong pageInRegion)
+    {
+        ref ulong word = ref _dirty[region][(int)(pageInRegion >> 6)];
+        ulong bit = 1UL << (int)(pageInRegion & 63);
+        if ((Volatile.Read(ref word) & bit) == 0)
+        {
+            Interlocked.Or(ref word, bit);
+        }
+    }
+
+    public void CollectDirtyPages(int regionIndex, Span<ulong> bitmap)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(regionIndex);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(regionIndex, _dirty.Length);
+        var d = _dirty[regionIndex];
+        if (bitmap.Length < d.Length)
+        {
+            throw new ArgumentException($"The bitmap needs {d.Length} elements for region {regionIndex}.", nameof(bitmap));
+        }
+
+        Span<ulong> host = d.Length <= 512 ? stackalloc ulong[d.Length] : new ulong[d.Length];
+        host.Clear();
+        if (Memory is GuestMemory gm)
+        {
+            gm.CollectDirtyPages(regionIndex, host);
+        }
+
+        for (int i = 0; i < d.Length; i++)
+        {
+            bitmap[i] = Interlocked.Exchange(ref d[i], 0) | host[i];
+        }
+
+        // Pages the guest writes through cached write translations are marked when the translation is
+        // made, so the vCPUs must make them again to see later writes.
+        lock (_lock)
+        {
+            foreach (var v in _vcpus)
+            {
+                v.RequestWriteTlbFlush();
+            }
+        }
+    }
+
+    public void OnWatchedPageWritten(GuestAddress pageAddress)
+    {
+        lock (_lock)
+        {
+            foreach (var v in _vcpus)
+            {
+                v.NotifyCodePageWritten(pageAddress.Value);
+            }
+        }
+    }
+
+    /// <summary>Tells every vCPU except <paramref name="writer"/> that code on a page was overwritten by the guest.</summary>
+    public void BroadcastCodeWrite(InterpreterVcpu writer, ulong page)
+    {
+        if (Options.VcpuCount == 1)
+        {
+            return;
+        }
+
+        lock (_lock)
+        {
+            foreach (var v in _vcpus)
+            {
+                if (v != writer)
+                {
+                    v.NotifyCodePageWritten(page);
+                }
+            }
+        }
+    }
+
+    internal void Remove(InterpreterVcpu vcpu)
+    {
+        lock (_lock)
+        {
+            _vcpus.Remove(vcpu);
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
+        }
+
+        if (Memory is GuestMemory gm)
+        {
+            gm.SetWriteWatcher(null);
+        }
+    }
+}
+
+/// <summary>One guest physical region and its host mapping.</summary>
+internal readonly record struct PhysRegion(ulong Start, ulong Size, nint Host, bool IsReadOnly);

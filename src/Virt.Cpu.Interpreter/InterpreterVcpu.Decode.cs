@@ -1,0 +1,247 @@
+using System.Collections.Concurrent;
+using System.Runtime.InteropServices;
+using Iced.Intel;
+using Virt.Memory;
+
+namespace Virt.Cpu.Interpreter;
+
+/// <summary>Operand kinds of a decoded instruction.</summary>
+internal static class OpKindX
+{
+    public const byte None = 0, Reg = 1, Mem = 2, Imm = 3;
+}
+
+/// <summary>Prefix bits of a decoded instruction.</summary>
+internal static class Pfx
+{
+    public const byte Rep = 1, Repne = 2, Lock = 4;
+}
+
+/// <summary>One pre-decoded instruction: everything the executor needs, with no further decoding.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct Op
+{
+    public H H;
+    public byte Size;
+    public byte Sub;
+    public byte R0, R1, R2;
+    public byte K0, K1, K2;
+    public byte Base, Index, Scale, Seg;
+    public byte AddrSize;
+    public byte Len;
+    public byte Size2;
+    public byte Pfx;
+    public long Disp;
+    public ulong Imm;
+    public ulong Next;
+    public ulong Target;
+    public int Slot;
+}
+
+/// <summary>A run of decoded instructions that starts at one guest address and lies in one page.</summary>
+internal sealed class Block
+{
+    public Op[] Ops = [];
+    public Instruction[] Instrs = [];
+    public int Count;
+    public ulong Lin;
+    public ulong PhysPage;
+    public int ModeKey;
+    public bool Valid = true;
+    public bool Cacheable = true;
+}
+
+/// <summary>Decoding guest code into cached blocks.</summary>
+internal sealed unsafe partial class InterpreterVcpu
+{
+    private const int MaxBlockInstructions = 64;
+    private const int L1Bits = 12;
+    private const int L1Mask = (1 << L1Bits) - 1;
+
+    private readonly Block?[] _l1 = new Block?[1 << L1Bits];
+    private readonly Dictionary<ulong, Block> _l2 = [];
+    private readonly Dictionary<ulong, List<Block>> _codePages = [];
+    private readonly ConcurrentQueue<ulong> _remoteCodeWrites = new();
+    private volatile bool _remoteCodeWritePending;
+    private readonly byte[] _fetch = new byte[4096 + 16];
+    private readonly Instruction[] _decodeTmp = new Instruction[MaxBlockInstructions];
+    private bool _stop;
+
+    private void FlushBlockLookup() => Array.Clear(_l1);
+
+    /// <summary>Called from any thread: a watched code page was written by the host or another vCPU.</summary>
+    internal void NotifyCodePageWritten(ulong pageAddress)
+    {
+        _remoteCodeWrites.Enqueue(pageAddress >> 12);
+        _remoteCodeWritePending = true;
+    }
+
+    private void DrainRemoteCodeWrites()
+    {
+        _remoteCodeWritePending = false;
+        while (_remoteCodeWrites.TryDequeue(out ulong page))
+        {
+            InvalidateCodePage(page);
+        }
+    }
+
+    private void InvalidateCodePage(ulong page)
+    {
+        if (_codePages.Remove(page, out var list))
+        {
+            foreach (var b in list)
+            {
+                b.Valid = false;
+                ulong key = b.PhysPage + (b.Lin & 0xFFF) | ((ulong)b.ModeKey << 56);
+                if (_l2.TryGetValue(key, out var cur) && cur == b)
+                {
+                    _l2.Remove(key);
+                }
+            }
+
+            _stop = true;
+        }
+    }
+
+    private int ModeKey => _bitness | (int)(_userKey << 7);
+
+    private Block GetBlock()
+    {
+        ulong lin = _bitness == 64 ? _rip : (_segBase[SegCs] + _rip) & 0xFFFFFFFF;
+        int h = (int)(lin ^ (lin >> L1Bits)) & L1Mask;
+        var b = _l1[h];
+        if (b != null && b.Lin == lin && b.Valid && b.ModeKey == ModeKey)
+        {
+            return b;
+        }
+
+        return GetBlockSlow(lin, h);
+    }
+
+    private Block GetBlockSlow(ulong lin, int h)
+    {
+        if (_remoteCodeWritePending)
+        {
+            DrainRemoteCodeWrites();
+        }
+
+        CheckCanonical(lin);
+        ulong phys = Translate(lin, AccExec, _cpl == 3);
+        int mode = ModeKey;
+        ulong key = phys | ((ulong)mode << 56);
+        if (_l2.TryGetValue(key, out var b) && b.Valid && b.Lin == lin)
+        {
+            _l1[h] = b;
+            return b;
+        }
+
+        b = Decode(lin, phys);
+        if (b.Cacheable)
+        {
+            _l2[key] = b;
+            _l1[h] = b;
+            ulong page = phys >> 12;
+            if (!_codePages.TryGetValue(page, out var list))
+            {
+                list = [];
+                _codePages[page] = list;
+                FlushWriteTlbForPhysPage(page << 12);
+                if (_partition.Memory is GuestMemory gm)
+                {
+                    gm.WatchPage(new GuestAddress(page << 12));
+                }
+            }
+
+            list.Add(b);
+        }
+
+        return b;
+    }
+
+    private Block Decode(ulong lin, ulong phys)
+    {
+        nint host = HostPage(phys & ~0xFFFUL);
+        if (host == 0)
+        {
+            // Executing from MMIO or outside RAM: nothing sensible to fetch.
+            throw Fault(Vectors.UD, 0);
+        }
+
+        int off = (int)(phys & 0xFFF);
+        int avail = 4096 - off;
+        new ReadOnlySpan<byte>((void*)(host + off), avail).CopyTo(_fetch);
+        var reader = new ByteArrayCodeReader(_fetch, 0, avail);
+        var decoder = Iced.Intel.Decoder.Create(_bitness, reader, lin, DecoderOptions.None);
+        int n = 0;
+        bool cacheable = true;
+        while (n < MaxBlockInstructions)
+        {
+            ulong ip = decoder.IP;
+            decoder.Decode(out var ins);
+            if (ins.Code == Code.INVALID && decoder.LastError == DecoderError.NoMoreBytes)
+            {
+                if (n > 0)
+                {
+                    break;
+                }
+
+                // The first instruction crosses into the next page: fetch its tail and do not cache.
+                ulong nextLin = (lin | 0xFFF) + 1;
+                if (_bitness != 64)
+                {
+                    nextLin &= 0xFFFFFFFF;
+                }
+
+                ulong nextPhys = Translate(nextLin, AccExec, _cpl == 3);
+                nint host2 = HostPage(nextPhys & ~0xFFFUL);
+                if (host2 == 0)
+                {
+                    throw Fault(Vectors.UD, 0);
+                }
+
+                new ReadOnlySpan<byte>((void*)host2, 16).CopyTo(_fetch.AsSpan(avail));
+                reader = new ByteArrayCodeReader(_fetch, 0, avail + 16);
+                decoder = Iced.Intel.Decoder.Create(_bitness, reader, lin, DecoderOptions.None);
+                decoder.Decode(out ins);
+                cacheable = false;
+                _decodeTmp[n++] = ins;
+                break;
+            }
+
+            _decodeTmp[n++] = ins;
+            if (EndsBlock(in ins) || ip + (ulong)ins.Length - lin >= (ulong)avail)
+            {
+                break;
+            }
+        }
+
+        var block = new Block
+        {
+            Count = n,
+            Lin = lin,
+            PhysPage = phys & ~0xFFFUL,
+            ModeKey = ModeKey,
+            Cacheable = cacheable,
+            Ops = new Op[n],
+            Instrs = new Instruction[n],
+        };
+        for (int i = 0; i < n; i++)
+        {
+            block.Instrs[i] = _decodeTmp[i];
+            block.Ops[i] = Translator.Translate(in _decodeTmp[i], _bitness);
+            block.Ops[i].Slot = i;
+        }
+
+        return block;
+    }
+
+    private static bool EndsBlock(in Instruction ins)
+    {
+        if (ins.FlowControl != FlowControl.Next)
+        {
+            return true;
+        }
+
+        return Translator.IsSystem(ins.Mnemonic);
+    }
+}

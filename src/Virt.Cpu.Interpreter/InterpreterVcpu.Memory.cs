@@ -1,0 +1,717 @@
+using System.Runtime.CompilerServices;
+
+namespace Virt.Cpu.Interpreter;
+
+/// <summary>A cached linear-to-host translation of one 4 KiB page.</summary>
+internal struct TlbEntry
+{
+    /// <summary>(linear page number &lt;&lt; 1) | user bit; <see cref="ulong.MaxValue"/> when empty.</summary>
+    public ulong Tag;
+    /// <summary>Host address of the page's first byte.</summary>
+    public nint Host;
+    /// <summary>Guest physical address of the page.</summary>
+    public ulong Phys;
+}
+
+/// <summary>Thrown to stop the current instruction when it needs the host (MMIO); the instruction restarts.</summary>
+internal sealed class ExitSignal : Exception
+{
+    public ExitSignal()
+    {
+    }
+
+    public ExitSignal(string message) : base(message)
+    {
+    }
+
+    public ExitSignal(string message, Exception inner) : base(message, inner)
+    {
+    }
+}
+
+/// <summary>Guest memory access: software TLB, page walks, physical RAM and MMIO.</summary>
+internal sealed unsafe partial class InterpreterVcpu
+{
+    private const int TlbBits = 8;
+    private const int TlbSize = 1 << TlbBits;
+    private const ulong TlbMask = TlbSize - 1;
+    private const int MmioLogSize = 8;
+
+    // Page-table entry bits.
+    private const ulong PteP = 1, PteRw = 2, PteUs = 4, PteA = 0x20, PteD = 0x40, PtePs = 0x80;
+    private const ulong PteNx = 1UL << 63;
+
+    // #PF error code bits.
+    private const uint PfP = 1, PfW = 2, PfU = 4, PfRsvd = 8, PfI = 16;
+
+    private const int AccRead = 0, AccWrite = 1, AccExec = 2;
+
+    private readonly PhysRegion[] _regions;
+    private readonly TlbEntry[] _rtlb = new TlbEntry[TlbSize];
+    private readonly TlbEntry[] _wtlb = new TlbEntry[TlbSize];
+    private readonly ExitSignal _exitSignal = new();
+    private ulong _userKey;
+
+    private readonly ulong[] _mmioAddr = new ulong[MmioLogSize];
+    private readonly ulong[] _mmioData = new ulong[MmioLogSize];
+    private readonly int[] _mmioSize = new int[MmioLogSize];
+    private readonly bool[] _mmioWrite = new bool[MmioLogSize];
+    private int _mmioCount, _mmioPos;
+
+    private static readonly ulong PhysAddrMask = ((1UL << Cpuid.PhysicalAddressBits) - 1) & ~0xFFFUL;
+
+    private void InitTlb()
+    {
+        FlushTlb();
+    }
+
+    /// <summary>Drops every cached translation and every linear-address block lookup.</summary>
+    internal void FlushTlb()
+    {
+        for (int i = 0; i < TlbSize; i++)
+        {
+            _rtlb[i].Tag = ulong.MaxValue;
+            _wtlb[i].Tag = ulong.MaxValue;
+        }
+
+        FlushBlockLookup();
+    }
+
+    private void FlushWriteTlb()
+    {
+        for (int i = 0; i < TlbSize; i++)
+        {
+            _wtlb[i].Tag = ulong.MaxValue;
+        }
+    }
+
+    private void FlushTlbPage(ulong lin)
+    {
+        int i = (int)((lin >> 12) & TlbMask);
+        _rtlb[i].Tag = ulong.MaxValue;
+        _wtlb[i].Tag = ulong.MaxValue;
+        FlushBlockLookup();
+    }
+
+    private void FlushWriteTlbForPhysPage(ulong physPage)
+    {
+        for (int i = 0; i < TlbSize; i++)
+        {
+            if (_wtlb[i].Phys == physPage)
+            {
+                _wtlb[i].Tag = ulong.MaxValue;
+            }
+        }
+    }
+
+    // ---- Fast paths -------------------------------------------------------------------------------
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal byte Read8(ulong lin)
+    {
+        ref TlbEntry e = ref _rtlb[(int)((lin >> 12) & TlbMask)];
+        if (e.Tag == (((lin >> 11) & ~1UL) | _userKey))
+        {
+            // SAFETY: the TLB entry maps a whole 4 KiB RAM page and the offset is below 4096.
+            return *(byte*)(e.Host + (nint)(lin & 0xFFF));
+        }
+
+        return (byte)ReadSlow(lin, 1);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong Read(ulong lin, int size)
+    {
+        ref TlbEntry e = ref _rtlb[(int)((lin >> 12) & TlbMask)];
+        if (e.Tag == (((lin >> 11) & ~1UL) | _userKey) && (lin & 0xFFF) <= (ulong)(4096 - size))
+        {
+            // SAFETY: the TLB entry maps a whole 4 KiB RAM page and the access ends inside it.
+            byte* p = (byte*)(e.Host + (nint)(lin & 0xFFF));
+            return size switch
+            {
+                1 => *p,
+                2 => Unsafe.ReadUnaligned<ushort>(p),
+                4 => Unsafe.ReadUnaligned<uint>(p),
+                _ => Unsafe.ReadUnaligned<ulong>(p),
+            };
+        }
+
+        return ReadSlow(lin, size);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void Write(ulong lin, int size, ulong value)
+    {
+        ref TlbEntry e = ref _wtlb[(int)((lin >> 12) & TlbMask)];
+        if (e.Tag == (((lin >> 11) & ~1UL) | _userKey) && (lin & 0xFFF) <= (ulong)(4096 - size))
+        {
+            // SAFETY: the write TLB entry maps a whole writable 4 KiB RAM page without cached code; the access ends inside it.
+            byte* p = (byte*)(e.Host + (nint)(lin & 0xFFF));
+            switch (size)
+            {
+                case 1: *p = (byte)value; break;
+                case 2: Unsafe.WriteUnaligned(p, (ushort)value); break;
+                case 4: Unsafe.WriteUnaligned(p, (uint)value); break;
+                default: Unsafe.WriteUnaligned(p, value); break;
+            }
+
+            return;
+        }
+
+        WriteSlow(lin, size, value);
+    }
+
+    /// <summary>Host pointer for a write of <paramref name="size"/> bytes at <paramref name="lin"/>, or null when the slow path is needed.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private byte* WritePtr(ulong lin, int size)
+    {
+        ref TlbEntry e = ref _wtlb[(int)((lin >> 12) & TlbMask)];
+        if (e.Tag == (((lin >> 11) & ~1UL) | _userKey) && (lin & 0xFFF) <= (ulong)(4096 - size))
+        {
+            return (byte*)(e.Host + (nint)(lin & 0xFFF));
+        }
+
+        return null;
+    }
+
+    /// <summary>Checks that a write of <paramref name="size"/> bytes at <paramref name="lin"/> would not fault, without writing.</summary>
+    internal void ProbeWrite(ulong lin, int size)
+    {
+        if (WritePtr(lin, size) != null)
+        {
+            return;
+        }
+
+        CheckCanonical(lin);
+        Translate(lin, AccWrite, _cpl == 3);
+        if ((lin & 0xFFF) + (ulong)size > 4096)
+        {
+            Translate((lin | 0xFFF) + 1, AccWrite, _cpl == 3);
+        }
+    }
+
+    // ---- Slow paths -------------------------------------------------------------------------------
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private ulong ReadSlow(ulong lin, int size)
+    {
+        CheckCanonical(lin);
+        bool user = _cpl == 3;
+        if ((lin & 0xFFF) + (ulong)size > 4096)
+        {
+            // Both pages must be accessible before anything is read.
+            ulong p0 = Translate(lin, AccRead, user);
+            ulong next = (lin | 0xFFF) + 1;
+            if (_bitness != 64)
+            {
+                next &= 0xFFFFFFFF;
+            }
+
+            ulong p1 = Translate(next, AccRead, user);
+            int first = (int)(4096 - (lin & 0xFFF));
+            ulong lo = ReadPhys(p0, first);
+            ulong hi = ReadPhys(p1, size - first);
+            return lo | (hi << (first * 8));
+        }
+
+        ulong phys = Translate(lin, AccRead, user);
+        int region = FindRegion(phys);
+        if (region < 0)
+        {
+            return Mmio(phys, size, false, 0);
+        }
+
+        ref readonly PhysRegion r = ref _regions[region];
+        nint host = r.Host + (nint)((phys & ~0xFFFUL) - r.Start);
+        ref TlbEntry e = ref _rtlb[(int)((lin >> 12) & TlbMask)];
+        e.Tag = ((lin >> 11) & ~1UL) | _userKey;
+        e.Host = host;
+        e.Phys = phys & ~0xFFFUL;
+        return LoadHost((byte*)(host + (nint)(lin & 0xFFF)), size);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void WriteSlow(ulong lin, int size, ulong value)
+    {
+        if (_writeTlbFlushRequested)
+        {
+            _writeTlbFlushRequested = false;
+            FlushWriteTlb();
+        }
+
+        CheckCanonical(lin);
+        bool user = _cpl == 3;
+        if ((lin & 0xFFF) + (ulong)size > 4096)
+        {
+            ulong p0 = Translate(lin, AccWrite, user);
+            ulong next = (lin | 0xFFF) + 1;
+            if (_bitness != 64)
+            {
+                next &= 0xFFFFFFFF;
+            }
+
+            ulong p1 = Translate(next, AccWrite, user);
+            int first = (int)(4096 - (lin & 0xFFF));
+            WritePhys(p0, first, value);
+            WritePhys(p1, size - first, value >> (first * 8));
+            return;
+        }
+
+        ulong phys = Translate(lin, AccWrite, user);
+        int region = FindRegion(phys);
+        if (region < 0 || _regions[region].IsReadOnly)
+        {
+            Mmio(phys, size, true, value);
+            return;
+        }
+
+        ulong page = phys & ~0xFFFUL;
+        ref readonly PhysRegion r = ref _regions[region];
+        nint host = r.Host + (nint)(page - r.Start);
+        _partition.MarkDirty(region, (page - r.Start) >> 12);
+        if (_codePages.ContainsKey(page >> 12))
+        {
+            InvalidateCodePage(page >> 12);
+            _partition.BroadcastCodeWrite(this, page);
+        }
+        else
+        {
+            ref TlbEntry e = ref _wtlb[(int)((lin >> 12) & TlbMask)];
+            e.Tag = ((lin >> 11) & ~1UL) | _userKey;
+            e.Host = host;
+            e.Phys = page;
+        }
+
+        StoreHost((byte*)(host + (nint)(lin & 0xFFF)), size, value);
+    }
+
+    private static ulong LoadHost(byte* p, int size) => size switch
+    {
+        1 => *p,
+        2 => Unsafe.ReadUnaligned<ushort>(p),
+        4 => Unsafe.ReadUnaligned<uint>(p),
+        8 => Unsafe.ReadUnaligned<ulong>(p),
+        _ => LoadBytes(p, size),
+    };
+
+    private static ulong LoadBytes(byte* p, int size)
+    {
+        ulong v = 0;
+        for (int i = 0; i < size; i++)
+        {
+            v |= (ulong)p[i] << (i * 8);
+        }
+
+        return v;
+    }
+
+    private static void StoreHost(byte* p, int size, ulong value)
+    {
+        switch (size)
+        {
+            case 1: *p = (byte)value; break;
+            case 2: Unsafe.WriteUnaligned(p, (ushort)value); break;
+            case 4: Unsafe.WriteUnaligned(p, (uint)value); break;
+            case 8: Unsafe.WriteUnaligned(p, value); break;
+            default:
+                for (int i = 0; i < size; i++)
+                {
+                    p[i] = (byte)(value >> (i * 8));
+                }
+
+                break;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void CheckCanonical(ulong lin)
+    {
+        if (_bitness == 64 && (ulong)(((long)lin << 16) >> 16) != lin)
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+    }
+
+    /// <summary>Index of the RAM/ROM region holding <paramref name="phys"/>, or -1.</summary>
+    internal int FindRegion(ulong phys)
+    {
+        var regions = _regions;
+        for (int i = 0; i < regions.Length; i++)
+        {
+            if (phys - regions[i].Start < regions[i].Size)
+            {
+                return i;
+            }
+        }
+
+        return -1;
+    }
+
+    /// <summary>Reads guest physical memory (within one page). Non-RAM goes to MMIO.</summary>
+    internal ulong ReadPhys(ulong phys, int size)
+    {
+        int region = FindRegion(phys);
+        if (region < 0)
+        {
+            return Mmio(phys, size, false, 0);
+        }
+
+        ref readonly PhysRegion r = ref _regions[region];
+        if (phys - r.Start + (ulong)size > r.Size)
+        {
+            return Mmio(phys, size, false, 0);
+        }
+
+        // SAFETY: phys..phys+size lies inside the region's host mapping (checked above).
+        return LoadHost((byte*)(r.Host + (nint)(phys - r.Start)), size);
+    }
+
+    /// <summary>Writes guest physical memory (within one page), keeping the code cache and dirty log coherent.</summary>
+    internal void WritePhys(ulong phys, int size, ulong value)
+    {
+        int region = FindRegion(phys);
+        if (region < 0 || _regions[region].IsReadOnly || phys - _regions[region].Start + (ulong)size > _regions[region].Size)
+        {
+            Mmio(phys, size, true, value);
+            return;
+        }
+
+        ref readonly PhysRegion r = ref _regions[region];
+        ulong page = phys >> 12;
+        _partition.MarkDirty(region, (phys - r.Start) >> 12);
+        if (_codePages.ContainsKey(page))
+        {
+            InvalidateCodePage(page);
+            _partition.BroadcastCodeWrite(this, page << 12);
+        }
+
+        // SAFETY: phys..phys+size lies inside the writable region's host mapping (checked above).
+        StoreHost((byte*)(r.Host + (nint)(phys - r.Start)), size, value);
+    }
+
+    /// <summary>Host pointer to a RAM page for instruction fetch, or 0.</summary>
+    private nint HostPage(ulong physPage)
+    {
+        int region = FindRegion(physPage);
+        if (region < 0 || physPage - _regions[region].Start + 4096 > _regions[region].Size)
+        {
+            return 0;
+        }
+
+        return _regions[region].Host + (nint)(physPage - _regions[region].Start);
+    }
+
+    /// <summary>An MMIO access: replays the access log of a restarted instruction, or exits to the host.</summary>
+    private ulong Mmio(ulong phys, int size, bool isWrite, ulong value)
+    {
+        if (_mmioPos < _mmioCount)
+        {
+            int i = _mmioPos++;
+            if (_mmioAddr[i] == phys && _mmioSize[i] == size && _mmioWrite[i] == isWrite)
+            {
+                return isWrite ? 0 : _mmioData[i];
+            }
+
+            // The restarted instruction took a different path (the guest changed memory meanwhile): start over.
+            _mmioCount = _mmioPos = 0;
+        }
+
+        if (_mmioCount == MmioLogSize)
+        {
+            _mmioCount = _mmioPos = 0;
+            throw Fault(Vectors.GP, 0);
+        }
+
+        int n = _mmioCount++;
+        _mmioPos = _mmioCount;
+        _mmioAddr[n] = phys;
+        _mmioSize[n] = size;
+        _mmioWrite[n] = isWrite;
+        _mmioData[n] = value;
+        _exit = VcpuExit.Mmio(new GuestAddress(phys), size, isWrite);
+        _hasExit = true;
+        _exitDataLength = size;
+        var data = _exitBuffer.AsSpan(0, size);
+        for (int b = 0; b < size; b++)
+        {
+            data[b] = isWrite ? (byte)(value >> (b * 8)) : (byte)0;
+        }
+
+        _pendingIo = new PendingIo { Kind = isWrite ? PendingIoKind.MmioWrite : PendingIoKind.MmioRead, Size = size };
+        throw _exitSignal;
+    }
+
+    // ---- Page walk --------------------------------------------------------------------------------
+
+    /// <summary>Translates a linear address, setting accessed/dirty bits, or throws #PF.</summary>
+    internal ulong Translate(ulong lin, int access, bool user)
+    {
+        if ((_cr0 & Cr0Pg) == 0)
+        {
+            return lin & 0xFFFFFFFF;
+        }
+
+        if ((_efer & EferLma) != 0)
+        {
+            return Walk64(lin, access, user);
+        }
+
+        return (_cr4 & Cr4Pae) != 0 ? WalkPae(lin, access, user) : Walk32(lin, access, user);
+    }
+
+    private ulong Walk64(ulong lin, int access, bool user)
+    {
+        bool nxe = (_efer & EferNxe) != 0;
+        ulong rsvdHigh = ~((1UL << Cpuid.PhysicalAddressBits) - 1) & ~PteNx & 0x000F_FFFF_FFFF_F000UL;
+        ulong rsvdNx = nxe ? 0 : PteNx;
+        ulong table = _cr3 & PhysAddrMask;
+        ulong allowed = PteRw | PteUs;
+        bool nx = false;
+        Span<ulong> entryAddr = stackalloc ulong[4];
+        Span<ulong> entries = stackalloc ulong[4];
+        int level = 0;
+        ulong pageSize = 0;
+        for (int shift = 39; ; shift -= 9, level++)
+        {
+            ulong ea = table + (((lin >> shift) & 511) * 8);
+            ulong e = ReadPhysForWalk(ea);
+            entryAddr[level] = ea;
+            entries[level] = e;
+            if ((e & PteP) == 0)
+            {
+                throw PageFault(lin, access, user, 0);
+            }
+
+            ulong rsvd = rsvdHigh | rsvdNx;
+            if (shift == 39)
+            {
+                rsvd |= PtePs;
+            }
+            else if (shift == 30 && (e & PtePs) != 0)
+            {
+                rsvd |= 0x3FFFE000UL;
+            }
+            else if (shift == 21 && (e & PtePs) != 0)
+            {
+                rsvd |= 0x1FE000UL;
+            }
+
+            if ((e & rsvd) != 0)
+            {
+                throw PageFault(lin, access, user, PfRsvd | PfP);
+            }
+
+            allowed &= e;
+            nx |= (e & PteNx) != 0 && nxe;
+            if (shift == 12 || (e & PtePs) != 0)
+            {
+                pageSize = 1UL << shift;
+                break;
+            }
+
+            table = e & PhysAddrMask;
+        }
+
+        CheckRights(lin, access, user, allowed, nx);
+        SetAccessedDirty(entryAddr[..(level + 1)], entries[..(level + 1)], access == AccWrite);
+        ulong leaf = entries[level];
+        ulong baseAddr = leaf & PhysAddrMask & ~(pageSize - 1);
+        return baseAddr | (lin & (pageSize - 1));
+    }
+
+    private ulong WalkPae(ulong lin, int access, bool user)
+    {
+        bool nxe = (_efer & EferNxe) != 0;
+        ulong rsvdNx = nxe ? 0 : PteNx;
+        ulong rsvdHigh = ~((1UL << Cpuid.PhysicalAddressBits) - 1) & ~PteNx & 0x000F_FFFF_FFFF_F000UL;
+        ulong pdpte = ReadPhysForWalk((_cr3 & 0xFFFFFFE0) + (((lin >> 30) & 3) * 8));
+        if ((pdpte & PteP) == 0)
+        {
+            throw PageFault(lin, access, user, 0);
+        }
+
+        ulong allowed = PteRw | PteUs;
+        bool nx = false;
+        Span<ulong> entryAddr = stackalloc ulong[2];
+        Span<ulong> entries = stackalloc ulong[2];
+        ulong table = pdpte & PhysAddrMask;
+        int level = 0;
+        ulong pageSize = 0;
+        for (int shift = 21; ; shift -= 9, level++)
+        {
+            ulong ea = table + (((lin >> shift) & 511) * 8);
+            ulong e = ReadPhysForWalk(ea);
+            entryAddr[level] = ea;
+            entries[level] = e;
+            if ((e & PteP) == 0)
+            {
+                throw PageFault(lin, access, user, 0);
+            }
+
+            ulong rsvd = rsvdHigh | rsvdNx | (shift == 21 && (e & PtePs) != 0 ? 0x1FE000UL : 0);
+            if ((e & rsvd) != 0)
+            {
+                throw PageFault(lin, access, user, PfRsvd | PfP);
+            }
+
+            allowed &= e;
+            nx |= (e & PteNx) != 0 && nxe;
+            if (shift == 12 || (e & PtePs) != 0)
+            {
+                pageSize = 1UL << shift;
+                break;
+            }
+
+            table = e & PhysAddrMask;
+        }
+
+        CheckRights(lin, access, user, allowed, nx);
+        SetAccessedDirty(entryAddr[..(level + 1)], entries[..(level + 1)], access == AccWrite);
+        return (entries[level] & PhysAddrMask & ~(pageSize - 1)) | (lin & (pageSize - 1));
+    }
+
+    private ulong Walk32(ulong lin, int access, bool user)
+    {
+        lin &= 0xFFFFFFFF;
+        ulong pdeAddr = (_cr3 & 0xFFFFF000) + (((lin >> 22) & 1023) * 4);
+        ulong pde = ReadPhysForWalk32(pdeAddr);
+        if ((pde & PteP) == 0)
+        {
+            throw PageFault(lin, access, user, 0);
+        }
+
+        Span<ulong> entryAddr = stackalloc ulong[2];
+        Span<ulong> entries = stackalloc ulong[2];
+        entryAddr[0] = pdeAddr;
+        entries[0] = pde;
+        if ((pde & PtePs) != 0 && (_cr4 & Cr4Pse) != 0)
+        {
+            CheckRights(lin, access, user, pde, false);
+            SetAccessedDirty32(entryAddr[..1], entries[..1], access == AccWrite);
+            return (pde & 0xFFC00000) | (lin & 0x3FFFFF);
+        }
+
+        ulong pteAddr = (pde & 0xFFFFF000) + (((lin >> 12) & 1023) * 4);
+        ulong pte = ReadPhysForWalk32(pteAddr);
+        if ((pte & PteP) == 0)
+        {
+            throw PageFault(lin, access, user, 0);
+        }
+
+        entryAddr[1] = pteAddr;
+        entries[1] = pte;
+        CheckRights(lin, access, user, pde & pte, false);
+        SetAccessedDirty32(entryAddr, entries, access == AccWrite);
+        return (pte & 0xFFFFF000) | (lin & 0xFFF);
+    }
+
+    private void CheckRights(ulong lin, int access, bool user, ulong allowed, bool nx)
+    {
+        bool ok = access switch
+        {
+            AccWrite => user ? (allowed & (PteRw | PteUs)) == (PteRw | PteUs) : ((allowed & PteRw) != 0 || (_cr0 & Cr0Wp) == 0),
+            AccExec => !nx && (!user || (allowed & PteUs) != 0),
+            _ => !user || (allowed & PteUs) != 0,
+        };
+        if (!ok)
+        {
+            throw PageFault(lin, access, user, PfP);
+        }
+    }
+
+    private void SetAccessedDirty(Span<ulong> addrs, Span<ulong> entries, bool write)
+    {
+        for (int i = 0; i < addrs.Length; i++)
+        {
+            ulong e = entries[i];
+            ulong want = e | PteA;
+            if (write && i == addrs.Length - 1)
+            {
+                want |= PteD;
+            }
+
+            if (want != e)
+            {
+                WritePhysForWalk(addrs[i], want, 8);
+            }
+        }
+    }
+
+    private void SetAccessedDirty32(Span<ulong> addrs, Span<ulong> entries, bool write)
+    {
+        for (int i = 0; i < addrs.Length; i++)
+        {
+            ulong e = entries[i];
+            ulong want = e | PteA;
+            if (write && i == addrs.Length - 1)
+            {
+                want |= PteD;
+            }
+
+            if (want != e)
+            {
+                WritePhysForWalk(addrs[i], want, 4);
+            }
+        }
+    }
+
+    private ulong ReadPhysForWalk(ulong addr)
+    {
+        int region = FindRegion(addr);
+        if (region < 0 || addr - _regions[region].Start + 8 > _regions[region].Size)
+        {
+            // Page tables outside RAM read as not present.
+            return 0;
+        }
+
+        // SAFETY: addr..addr+8 lies inside the region's host mapping (checked above).
+        return Unsafe.ReadUnaligned<ulong>((byte*)(_regions[region].Host + (nint)(addr - _regions[region].Start)));
+    }
+
+    private ulong ReadPhysForWalk32(ulong addr)
+    {
+        int region = FindRegion(addr);
+        if (region < 0 || addr - _regions[region].Start + 4 > _regions[region].Size)
+        {
+            return 0;
+        }
+
+        // SAFETY: addr..addr+4 lies inside the region's host mapping (checked above).
+        return Unsafe.ReadUnaligned<uint>((byte*)(_regions[region].Host + (nint)(addr - _regions[region].Start)));
+    }
+
+    private void WritePhysForWalk(ulong addr, ulong value, int size)
+    {
+        int region = FindRegion(addr);
+        if (region < 0 || _regions[region].IsReadOnly)
+        {
+            return;
+        }
+
+        WritePhys(addr, size, value);
+    }
+
+    private GuestFault PageFault(ulong lin, int access, bool user, uint code)
+    {
+        if (access == AccWrite)
+        {
+            code |= PfW;
+        }
+
+        if (user)
+        {
+            code |= PfU;
+        }
+
+        if (access == AccExec && (_efer & EferNxe) != 0)
+        {
+            code |= PfI;
+        }
+
+        _faultCr2 = lin;
+        return Fault(Vectors.PF, code);
+    }
+
+    /// <summary>Invalidates the MMIO replay log after an instruction completed.</summary>
+    private void ClearMmioLog() => _mmioCount = _mmioPos = 0;
+}

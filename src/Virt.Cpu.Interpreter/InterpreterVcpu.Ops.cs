@@ -1,0 +1,1101 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using Iced.Intel;
+
+namespace Virt.Cpu.Interpreter;
+
+/// <summary>Handlers for the less frequent instructions.</summary>
+internal sealed partial class InterpreterVcpu
+{
+    /// <summary>Maximum iterations of a REP string instruction per step, so that exits and budgets stay responsive.</summary>
+    private const int RepChunk = 16384;
+
+    // ---- Stack ------------------------------------------------------------------------------------
+
+    private int StackAddrSize => _bitness == 64 ? 8 : _seg[SegSs].DefaultBig ? 4 : 2;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void Push(ulong v, int size)
+    {
+        if (_bitness == 64)
+        {
+            ulong sp = Gpr(4) - (ulong)size;
+            Write(sp, size, v);
+            Gpr(4) = sp;
+            return;
+        }
+
+        PushLegacy(v, size);
+    }
+
+    private void PushLegacy(ulong v, int size)
+    {
+        if (_seg[SegSs].DefaultBig)
+        {
+            uint sp = (uint)Gpr(4) - (uint)size;
+            Write((_segBase[SegSs] + sp) & 0xFFFFFFFF, size, v);
+            Gpr(4) = (Gpr(4) & ~0xFFFFFFFFUL) | sp;
+        }
+        else
+        {
+            ushort sp = (ushort)((ushort)Gpr(4) - size);
+            Write((_segBase[SegSs] + sp) & 0xFFFFFFFF, size, v);
+            Gpr(4) = (Gpr(4) & ~0xFFFFUL) | sp;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong Pop(int size)
+    {
+        if (_bitness == 64)
+        {
+            ulong sp = Gpr(4);
+            ulong v = Read(sp, size);
+            Gpr(4) = sp + (ulong)size;
+            return v;
+        }
+
+        ulong v2 = PeekLegacy(0, size);
+        AdjustSp(size);
+        return v2;
+    }
+
+    /// <summary>Reads the stack at SP + <paramref name="offset"/> without popping.</summary>
+    private ulong Peek(ulong offset, int size) =>
+        _bitness == 64 ? Read(Gpr(4) + offset, size) : PeekLegacy(offset, size);
+
+    private ulong PeekLegacy(ulong offset, int size)
+    {
+        ulong sp = _seg[SegSs].DefaultBig ? (uint)(Gpr(4) + offset) : (ushort)(Gpr(4) + offset);
+        return Read((_segBase[SegSs] + sp) & 0xFFFFFFFF, size);
+    }
+
+    private void AdjustSp(long delta)
+    {
+        switch (StackAddrSize)
+        {
+            case 8: Gpr(4) += (ulong)delta; break;
+            case 4: Gpr(4) = (Gpr(4) & ~0xFFFFFFFFUL) | (uint)(Gpr(4) + (ulong)delta); break;
+            default: Gpr(4) = (Gpr(4) & ~0xFFFFUL) | (ushort)(Gpr(4) + (ulong)delta); break;
+        }
+    }
+
+    private void ExecPop(ref Op op)
+    {
+        int size = op.Size;
+        ulong v = Peek(0, size);
+        if (op.K0 == OpKindX.Reg)
+        {
+            AdjustSp(size);
+            SetReg(op.R0, size, v);
+        }
+        else
+        {
+            // POP m computes its address with the incremented stack pointer.
+            ulong oldSp = Gpr(4);
+            AdjustSp(size);
+            try
+            {
+                Write(Ea(ref op), size, v);
+            }
+            catch
+            {
+                Gpr(4) = oldSp;
+                throw;
+            }
+        }
+    }
+
+    // ---- Strings ----------------------------------------------------------------------------------
+
+    private ulong StrReg(int r, int addrSize) => addrSize switch { 8 => Gpr(r), 4 => (uint)Gpr(r), _ => (ushort)Gpr(r) };
+
+    private void StrAdvance(int r, int addrSize, long delta)
+    {
+        switch (addrSize)
+        {
+            case 8: Gpr(r) += (ulong)delta; break;
+            case 4: Gpr(r) = (uint)(Gpr(r) + (ulong)delta); break;
+            default: Gpr(r) = (Gpr(r) & ~0xFFFFUL) | (ushort)(Gpr(r) + (ulong)delta); break;
+        }
+    }
+
+    private ulong StrLin(int seg, ulong offset) => _bitness == 64 ? _segBase[seg] + offset : (_segBase[seg] + offset) & 0xFFFFFFFF;
+
+    /// <summary>One step of a string instruction. Returns false when a REP form must continue.</summary>
+    private bool ExecString(ref Op op)
+    {
+        int size = op.Size;
+        int asz = op.AddrSize;
+        long delta = (_flags & DF) != 0 ? -size : size;
+        bool rep = (op.Pfx & (Pfx.Rep | Pfx.Repne)) != 0;
+        if (!rep)
+        {
+            StringOnce(ref op, size, asz, delta);
+            return true;
+        }
+
+        for (int k = 0; k < RepChunk; k++)
+        {
+            ulong count = StrReg(1, asz);
+            if (count == 0)
+            {
+                return true;
+            }
+
+            StringOnce(ref op, size, asz, delta);
+            StrAdvance(1, asz, -1);
+            if (op.H is H.Cmps or H.Scas)
+            {
+                bool zf = Cond(4);
+                if ((op.Pfx & Pfx.Repne) != 0 ? zf : !zf)
+                {
+                    return true;
+                }
+            }
+        }
+
+        return StrReg(1, asz) == 0;
+    }
+
+    private void StringOnce(ref Op op, int size, int asz, long delta)
+    {
+        switch (op.H)
+        {
+            case H.Movs:
+            {
+                ulong v = Read(StrLin(op.Seg, StrReg(6, asz)), size);
+                Write(StrLin(SegEs, StrReg(7, asz)), size, v);
+                StrAdvance(6, asz, delta);
+                StrAdvance(7, asz, delta);
+                break;
+            }
+
+            case H.Stos:
+                Write(StrLin(SegEs, StrReg(7, asz)), size, GetReg(0, size));
+                StrAdvance(7, asz, delta);
+                break;
+            case H.Lods:
+                SetReg(0, size, Read(StrLin(op.Seg, StrReg(6, asz)), size));
+                StrAdvance(6, asz, delta);
+                break;
+            case H.Cmps:
+            {
+                ulong a = Read(StrLin(op.Seg, StrReg(6, asz)), size);
+                ulong b = Read(StrLin(SegEs, StrReg(7, asz)), size);
+                AluOp(Translator.AluCmp, a, b, size);
+                StrAdvance(6, asz, delta);
+                StrAdvance(7, asz, delta);
+                break;
+            }
+
+            default:
+            {
+                ulong b = Read(StrLin(SegEs, StrReg(7, asz)), size);
+                AluOp(Translator.AluCmp, GetReg(0, size), b, size);
+                StrAdvance(7, asz, delta);
+                break;
+            }
+        }
+    }
+
+    // ---- Everything else --------------------------------------------------------------------------
+
+    private ulong ExecComplex(ref Op op, in Instruction ins)
+    {
+        ulong next = op.Next;
+        switch (op.H)
+        {
+            case H.Neg:
+            {
+                ulong a = ReadOp0(ref op, out ulong ea);
+                ulong r = (0 - a) & Mask(op.Size);
+                WriteOp0(ref op, ea, r);
+                SetLazy(LzSub, 0, a, r, op.Size);
+                break;
+            }
+
+            case H.Not:
+            {
+                ulong a = ReadOp0(ref op, out ulong ea);
+                WriteOp0(ref op, ea, ~a & Mask(op.Size));
+                break;
+            }
+
+            case H.Xchg:
+                ExecXchg(ref op);
+                break;
+            case H.Cmpxchg:
+                ExecCmpxchg(ref op);
+                break;
+            case H.Xadd:
+            {
+                ulong a = ReadOp0(ref op, out ulong ea);
+                ulong b = GetReg(op.R1, op.Size);
+                ulong r = AluOp(Translator.AluAdd, a, b, op.Size);
+                WriteOp0(ref op, ea, r);
+                SetReg(op.R1, op.Size, a);
+                break;
+            }
+
+            case H.Bswap:
+                if (op.Size == 8)
+                {
+                    Gpr(op.R0) = BinaryPrimitivesReverse(Gpr(op.R0));
+                }
+                else if (op.Size == 4)
+                {
+                    SetReg(op.R0, 4, System.Buffers.Binary.BinaryPrimitives.ReverseEndianness((uint)Gpr(op.R0)));
+                }
+                else
+                {
+                    SetReg(op.R0, 2, 0); // BSWAP of a 16-bit register: undefined; zero as on Intel hardware
+                }
+
+                break;
+            case H.Pushf:
+                if ((_flags & VM) != 0 && (_flags & IoplMask) != IoplMask)
+                {
+                    throw Fault(Vectors.GP, 0);
+                }
+
+                Push(GetRflags() & 0xFCFFFF & Mask(op.Size), op.Size);
+                break;
+            case H.Popf:
+                ExecPopf(op.Size);
+                break;
+            case H.Enter:
+                ExecEnter(ref op);
+                break;
+            case H.Leave:
+            {
+                int ss = StackAddrSize;
+                ulong bp = StrReg(5, ss);
+                ulong v = _bitness == 64 ? Read(bp, op.Size) : Read((_segBase[SegSs] + bp) & 0xFFFFFFFF, op.Size);
+                SetReg(4, ss == 2 ? 2 : ss, bp + (ulong)op.Size);
+                SetReg(5, op.Size, v);
+                break;
+            }
+
+            case H.Cbw:
+                SetReg(0, op.Size, (ulong)SignExtend(GetReg(0, op.Size / 2), op.Size / 2) & Mask(op.Size));
+                break;
+            case H.Cwd:
+                SetReg(2, op.Size, (GetReg(0, op.Size) & SignBit(op.Size)) != 0 ? Mask(op.Size) : 0);
+                break;
+            case H.Lahf:
+                SetReg(16, 1, GetRflags() & 0xD7 | Fixed1);
+                break;
+            case H.Sahf:
+                Materialize();
+                _flags = (_flags & ~0xD5UL) | (GetReg(16, 1) & 0xD5);
+                break;
+            case H.FlagOp:
+                Materialize();
+                switch (op.Sub)
+                {
+                    case 0: _flags &= ~CF; break;
+                    case 1: _flags |= CF; break;
+                    case 2: _flags ^= CF; break;
+                    case 3: _flags &= ~DF; break;
+                    default: _flags |= DF; break;
+                }
+
+                break;
+            case H.Cli:
+                if (!IoplAllows())
+                {
+                    throw Fault(Vectors.GP, 0);
+                }
+
+                _flags &= ~IF;
+                break;
+            case H.Sti:
+                if (!IoplAllows())
+                {
+                    throw Fault(Vectors.GP, 0);
+                }
+
+                if ((_flags & IF) == 0)
+                {
+                    _interruptShadow = true;
+                }
+
+                _flags |= IF;
+                _stop = true;
+                break;
+            case H.Mul:
+            case H.Imul1:
+            case H.Div:
+            case H.Idiv:
+                ExecMulDiv(ref op);
+                break;
+            case H.Imul2:
+                ExecImul2(ref op);
+                break;
+            case H.Shift:
+                ExecShift(ref op);
+                break;
+            case H.Shld:
+            case H.Shrd:
+                ExecShiftDouble(ref op);
+                break;
+            case H.Bt:
+                ExecBt(ref op);
+                break;
+            case H.Bsf:
+            case H.Bsr:
+            case H.Tzcnt:
+            case H.Lzcnt:
+            case H.Popcnt:
+                ExecBitCount(ref op);
+                break;
+            case H.Andn:
+            case H.Bextr:
+            case H.Blsi:
+            case H.Blsmsk:
+            case H.Blsr:
+                ExecBmi(ref op);
+                break;
+            case H.Xlat:
+            {
+                ulong off = (StrReg(3, op.AddrSize) + GetReg(0, 1)) & Mask(op.AddrSize);
+                SetReg(0, 1, Read(StrLin(op.Seg, off), 1));
+                break;
+            }
+
+            case H.Cmpxchg8b:
+            case H.Cmpxchg16b:
+                ExecCmpxchgWide(ref op);
+                break;
+            case H.Clflush:
+                Read(Ea(ref op), 1);
+                break;
+            case H.Wait:
+                if ((_cr0 & (Cr0Mp | Cr0Ts)) == (Cr0Mp | Cr0Ts))
+                {
+                    throw Fault(Vectors.NM, 0);
+                }
+
+                break;
+            case H.Sse:
+                ExecSse(ref op, in ins);
+                break;
+            case H.X87:
+                ExecX87(ref op, in ins);
+                break;
+            case H.Invalid:
+                throw Fault(Vectors.UD, 0);
+            default:
+                return ExecSystem(ref op, in ins);
+        }
+
+        return next;
+    }
+
+    private static ulong BinaryPrimitivesReverse(ulong v) => System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(v);
+
+    private bool IoplAllows()
+    {
+        if ((_cr0 & Cr0Pe) == 0)
+        {
+            return true;
+        }
+
+        return _cpl <= (int)((_flags & IoplMask) >> 12);
+    }
+
+    private void ExecXchg(ref Op op)
+    {
+        int size = op.Size;
+        if (op.K0 == OpKindX.Reg && op.K1 == OpKindX.Reg)
+        {
+            ulong a = GetReg(op.R0, size);
+            ulong b = GetReg(op.R1, size);
+            SetReg(op.R0, size, b);
+            SetReg(op.R1, size, a);
+            return;
+        }
+
+        // One operand is memory (Iced puts it first).
+        ulong ea = Ea(ref op);
+        int reg = op.K0 == OpKindX.Reg ? op.R0 : op.R1;
+        ulong m = Read(ea, size);
+        Write(ea, size, GetReg(reg, size));
+        SetReg(reg, size, m);
+    }
+
+    private void ExecCmpxchg(ref Op op)
+    {
+        int size = op.Size;
+        ulong acc = GetReg(0, size);
+        ulong ea = 0;
+        ulong dest;
+        if (op.K0 == OpKindX.Reg)
+        {
+            dest = GetReg(op.R0, size);
+        }
+        else
+        {
+            ea = Ea(ref op);
+            dest = Read(ea, size);
+            ProbeWrite(ea, size);
+        }
+
+        AluOp(Translator.AluCmp, acc, dest, size);
+        if (acc == dest)
+        {
+            WriteOp0(ref op, ea, GetReg(op.R1, size));
+        }
+        else
+        {
+            // The destination is written back unchanged (a locked read-modify-write on hardware).
+            if (op.K0 == OpKindX.Mem)
+            {
+                Write(ea, size, dest);
+            }
+
+            SetReg(0, size, dest);
+        }
+    }
+
+    private void ExecCmpxchgWide(ref Op op)
+    {
+        ulong ea = Ea(ref op);
+        if (op.H == H.Cmpxchg16b)
+        {
+            if ((ea & 15) != 0)
+            {
+                throw Fault(Vectors.GP, 0);
+            }
+
+            ulong lo = Read(ea, 8), hi = Read(ea + 8, 8);
+            ProbeWrite(ea, 16);
+            Materialize();
+            if (lo == Gpr(0) && hi == Gpr(2))
+            {
+                Write(ea, 8, Gpr(3));
+                Write(ea + 8, 8, Gpr(1));
+                _flags |= ZF;
+            }
+            else
+            {
+                Write(ea, 8, lo);
+                Write(ea + 8, 8, hi);
+                Gpr(0) = lo;
+                Gpr(2) = hi;
+                _flags &= ~ZF;
+            }
+        }
+        else
+        {
+            ulong m = Read(ea, 8);
+            ProbeWrite(ea, 8);
+            Materialize();
+            ulong cmp = ((ulong)(uint)Gpr(2) << 32) | (uint)Gpr(0);
+            if (m == cmp)
+            {
+                Write(ea, 8, ((ulong)(uint)Gpr(1) << 32) | (uint)Gpr(3));
+                _flags |= ZF;
+            }
+            else
+            {
+                Write(ea, 8, m);
+                SetReg(0, 4, (uint)m);
+                SetReg(2, 4, m >> 32);
+                _flags &= ~ZF;
+            }
+        }
+    }
+
+    private void ExecPopf(int size)
+    {
+        ulong v = Peek(0, size);
+        if ((_flags & VM) != 0 && (_flags & IoplMask) != IoplMask)
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
+        AdjustSp(size);
+        Materialize();
+        ulong changeable = CF | PF | AF | ZF | SF | TF | DF | OF | NT | AC | ID;
+        if ((_cr0 & Cr0Pe) == 0 || _cpl == 0)
+        {
+            changeable |= IoplMask | IF;
+        }
+        else if (_cpl <= (int)((_flags & IoplMask) >> 12))
+        {
+            changeable |= IF;
+        }
+
+        if (size == 2)
+        {
+            changeable &= 0xFFFF;
+        }
+
+        bool wasIf = (_flags & IF) != 0;
+        _flags = (_flags & ~changeable) | (v & changeable) | Fixed1;
+        if (!wasIf && (_flags & IF) != 0)
+        {
+            _interruptShadow = false;
+        }
+
+        _stop = true;
+    }
+
+    private void ExecEnter(ref Op op)
+    {
+        int size = op.Size;
+        ulong alloc = op.Imm;
+        int level = (int)(op.Target & 31);
+        int ss = StackAddrSize;
+        ulong bp = GetReg(5, size);
+        Push(bp, size);
+        ulong frame = StrReg(4, ss);
+        for (int l = 1; l < level; l++)
+        {
+            ulong ebp = StrReg(5, ss) - (ulong)(l * size);
+            ulong v = _bitness == 64 ? Read(ebp & Mask(ss), size) : Read((_segBase[SegSs] + (ebp & Mask(ss))) & 0xFFFFFFFF, size);
+            Push(v, size);
+        }
+
+        if (level > 0)
+        {
+            Push(frame, size);
+        }
+
+        ulong newSp = StrReg(4, ss) - alloc;
+        // Touch the new top of stack so a fault leaves no partial frame (hardware checks the final RSP).
+        ulong lin = _bitness == 64 ? newSp : (_segBase[SegSs] + (newSp & Mask(ss))) & 0xFFFFFFFF;
+        if (alloc != 0)
+        {
+            ProbeWrite(lin, 1);
+        }
+
+        SetReg(5, size, frame);
+        SetReg(4, ss, newSp);
+    }
+
+    private void ExecMulDiv(ref Op op)
+    {
+        int size = op.Size;
+        ulong src = ReadOp0(ref op, out _);
+        switch (op.H)
+        {
+            case H.Mul:
+            {
+                ulong lo, hi;
+                if (size == 8)
+                {
+                    hi = Math.BigMul(Gpr(0), src, out lo);
+                }
+                else
+                {
+                    ulong p = GetReg(0, size) * src;
+                    lo = p & Mask(size);
+                    hi = (p >> (size * 8)) & Mask(size);
+                }
+
+                StoreMulResult(size, lo, hi);
+                SetArith(Szp(lo, size, hi != 0 ? CF | OF : 0));
+                break;
+            }
+
+            case H.Imul1:
+            {
+                ulong lo, hi;
+                bool overflow;
+                if (size == 8)
+                {
+                    long h = Math.BigMul((long)Gpr(0), (long)src, out long l);
+                    lo = (ulong)l;
+                    hi = (ulong)h;
+                    overflow = h != (l >> 63);
+                }
+                else
+                {
+                    long p = SignExtend(GetReg(0, size), size) * SignExtend(src, size);
+                    lo = (ulong)p & Mask(size);
+                    hi = ((ulong)p >> (size * 8)) & Mask(size);
+                    overflow = p != SignExtend(lo, size);
+                }
+
+                StoreMulResult(size, lo, hi);
+                SetArith(Szp(lo, size, overflow ? CF | OF : 0));
+                break;
+            }
+
+            case H.Div:
+            {
+                if (src == 0)
+                {
+                    throw Fault(Vectors.DE, 0);
+                }
+
+                if (size == 8)
+                {
+                    UInt128 n = ((UInt128)Gpr(2) << 64) | Gpr(0);
+                    UInt128 q = n / src;
+                    if (q > ulong.MaxValue)
+                    {
+                        throw Fault(Vectors.DE, 0);
+                    }
+
+                    Gpr(0) = (ulong)q;
+                    Gpr(2) = (ulong)(n % src);
+                }
+                else
+                {
+                    ulong n = size == 1 ? GetReg(0, 2) : (GetReg(2, size) << (size * 8)) | GetReg(0, size);
+                    ulong q = n / src;
+                    if (q > Mask(size))
+                    {
+                        throw Fault(Vectors.DE, 0);
+                    }
+
+                    StoreDivResult(size, q, n % src);
+                }
+
+                break;
+            }
+
+            default:
+            {
+                if (src == 0)
+                {
+                    throw Fault(Vectors.DE, 0);
+                }
+
+                if (size == 8)
+                {
+                    Int128 n = (Int128)(((UInt128)Gpr(2) << 64) | Gpr(0));
+                    Int128 d = (long)src;
+                    if (n == Int128.MinValue && d == -1)
+                    {
+                        throw Fault(Vectors.DE, 0);
+                    }
+
+                    Int128 q = n / d;
+                    if (q > long.MaxValue || q < long.MinValue)
+                    {
+                        throw Fault(Vectors.DE, 0);
+                    }
+
+                    Gpr(0) = (ulong)(long)q;
+                    Gpr(2) = (ulong)(long)(n % d);
+                }
+                else
+                {
+                    long n = size == 1 ? (short)GetReg(0, 2) : SignExtend((GetReg(2, size) << (size * 8)) | GetReg(0, size), size * 2);
+                    long d = SignExtend(src, size);
+                    long q = n / d;
+                    long max = (long)(SignBit(size) - 1);
+                    if (q > max || q < -max - 1)
+                    {
+                        throw Fault(Vectors.DE, 0);
+                    }
+
+                    StoreDivResult(size, (ulong)q & Mask(size), (ulong)(n % d) & Mask(size));
+                }
+
+                break;
+            }
+        }
+    }
+
+    private void StoreMulResult(int size, ulong lo, ulong hi)
+    {
+        if (size == 1)
+        {
+            SetReg(0, 2, lo | (hi << 8));
+        }
+        else
+        {
+            SetReg(0, size, lo);
+            SetReg(2, size, hi);
+        }
+    }
+
+    private void StoreDivResult(int size, ulong q, ulong r)
+    {
+        if (size == 1)
+        {
+            SetReg(0, 1, q);
+            SetReg(16, 1, r);
+        }
+        else
+        {
+            SetReg(0, size, q);
+            SetReg(2, size, r);
+        }
+    }
+
+    private void ExecImul2(ref Op op)
+    {
+        int size = op.Size;
+        ulong a, b;
+        if (op.Size2 == 0xFF)
+        {
+            // IMUL r, r/m, imm
+            a = ReadOp1(ref op, size);
+            b = op.Imm;
+        }
+        else
+        {
+            a = GetReg(op.R0, size);
+            b = ReadOp1(ref op, size);
+        }
+
+        ulong lo;
+        bool overflow;
+        if (size == 8)
+        {
+            long h = Math.BigMul((long)a, (long)b, out long l);
+            lo = (ulong)l;
+            overflow = h != (l >> 63);
+        }
+        else
+        {
+            long p = SignExtend(a, size) * SignExtend(b, size);
+            lo = (ulong)p & Mask(size);
+            overflow = p != SignExtend(lo, size);
+        }
+
+        SetReg(op.R0, size, lo);
+        SetArith(Szp(lo, size, overflow ? CF | OF : 0));
+    }
+
+    private void ExecShift(ref Op op)
+    {
+        int size = op.Size;
+        int bits = size * 8;
+        ulong mask = Mask(size);
+        ulong sign = SignBit(size);
+        int count = (int)((op.K1 == OpKindX.Reg ? Gpr(1) : op.Imm) & (size == 8 ? 0x3FUL : 0x1FUL));
+        ulong a = ReadOp0(ref op, out ulong ea);
+        if (count == 0)
+        {
+            // No flags change; a 32-bit register destination is still written (upper half cleared).
+            if (op.K0 == OpKindX.Reg && size == 4)
+            {
+                SetReg(op.R0, 4, a);
+            }
+
+            return;
+        }
+
+        ulong r;
+        ulong f = GetRflags() & ArithFlags;
+        ulong cf;
+        switch (op.Sub)
+        {
+            case 0: // ROL
+            {
+                int c = count % bits;
+                r = c == 0 ? a : ((a << c) | (a >> (bits - c))) & mask;
+                cf = r & 1;
+                bool of = ((r & sign) != 0) ^ (cf != 0);
+                f = (f & ~(CF | OF)) | cf | (of ? OF : 0);
+                break;
+            }
+
+            case 1: // ROR
+            {
+                int c = count % bits;
+                r = c == 0 ? a : ((a >> c) | (a << (bits - c))) & mask;
+                cf = (r & sign) != 0 ? 1UL : 0;
+                bool of = ((r & sign) != 0) ^ ((r & (sign >> 1)) != 0);
+                f = (f & ~(CF | OF)) | cf | (of ? OF : 0);
+                break;
+            }
+
+            case 2: // RCL
+            {
+                int c = size == 1 ? count % 9 : size == 2 ? count % 17 : count;
+                r = a;
+                cf = f & CF;
+                for (int k = 0; k < c; k++)
+                {
+                    ulong top = (r & sign) != 0 ? 1UL : 0;
+                    r = ((r << 1) | cf) & mask;
+                    cf = top;
+                }
+
+                if (c == 0)
+                {
+                    WriteOp0(ref op, ea, r);
+                    return;
+                }
+
+                bool of = ((r & sign) != 0) ^ (cf != 0);
+                f = (f & ~(CF | OF)) | cf | (of ? OF : 0);
+                break;
+            }
+
+            case 3: // RCR
+            {
+                int c = size == 1 ? count % 9 : size == 2 ? count % 17 : count;
+                r = a;
+                cf = f & CF;
+                bool of = ((a & sign) != 0) ^ (cf != 0);
+                for (int k = 0; k < c; k++)
+                {
+                    ulong low = r & 1;
+                    r = (r >> 1) | (cf != 0 ? sign : 0);
+                    cf = low;
+                }
+
+                if (c == 0)
+                {
+                    WriteOp0(ref op, ea, r);
+                    return;
+                }
+
+                f = (f & ~(CF | OF)) | cf | (of ? OF : 0);
+                break;
+            }
+
+            case 4: // SHL
+            case 6: // SAL
+            {
+                r = count >= 64 ? 0 : (a << count) & mask;
+                cf = count > bits ? 0 : (a >> (bits - count)) & 1;
+                bool of = ((r & sign) != 0) ^ (cf != 0);
+                f = Szp(r, size, cf | (of ? OF : 0));
+                break;
+            }
+
+            case 5: // SHR
+            {
+                r = count >= 64 ? 0 : a >> count;
+                cf = count > bits ? 0 : (a >> (count - 1)) & 1;
+                f = Szp(r, size, cf | ((a & sign) != 0 ? OF : 0));
+                break;
+            }
+
+            default: // SAR
+            {
+                long sa = SignExtend(a, size);
+                int c = Math.Min(count, 63);
+                r = (ulong)(sa >> c) & mask;
+                cf = (ulong)(sa >> Math.Min(count - 1, 63)) & 1;
+                f = Szp(r, size, cf);
+                break;
+            }
+        }
+
+        WriteOp0(ref op, ea, r);
+        SetArith(f);
+    }
+
+    private void ExecShiftDouble(ref Op op)
+    {
+        int size = op.Size;
+        int bits = size * 8;
+        ulong mask = Mask(size);
+        ulong sign = SignBit(size);
+        int count = (int)((op.Sub == 1 ? Gpr(1) : op.Imm) & (size == 8 ? 0x3FUL : 0x1FUL));
+        ulong a = ReadOp0(ref op, out ulong ea);
+        ulong b = GetReg(op.R1, size);
+        if (count == 0)
+        {
+            if (op.K0 == OpKindX.Reg && size == 4)
+            {
+                SetReg(op.R0, 4, a);
+            }
+
+            return;
+        }
+
+        ulong r, cf;
+        if (size == 2)
+        {
+            // 16-bit operands shift the 32-bit (or, past 16, 48-bit) concatenation, as Intel hardware does.
+            if (op.H == H.Shld)
+            {
+                ulong wide = (a << 32) | (b << 16) | a;
+                r = (wide << count >> 32) & mask;
+                cf = (wide >> (48 - count)) & 1;
+            }
+            else
+            {
+                ulong wide = a | (b << 16) | (a << 32);
+                r = (wide >> count) & mask;
+                cf = (wide >> (count - 1)) & 1;
+            }
+        }
+        else if (op.H == H.Shld)
+        {
+            r = ((a << count) | (b >> (bits - count))) & mask;
+            cf = (a >> (bits - count)) & 1;
+        }
+        else
+        {
+            r = ((a >> count) | (b << (bits - count))) & mask;
+            cf = (a >> (count - 1)) & 1;
+        }
+
+        bool of = ((r ^ a) & sign) != 0;
+        WriteOp0(ref op, ea, r);
+        SetArith(Szp(r, size, cf | (of ? OF : 0)));
+    }
+
+    private void ExecBt(ref Op op)
+    {
+        int size = op.Size;
+        int bits = size * 8;
+        ulong ea = 0;
+        ulong a;
+        int bit;
+        if (op.K1 == OpKindX.Imm)
+        {
+            bit = (int)(op.Imm & (ulong)(bits - 1));
+            a = ReadOp0(ref op, out ea);
+        }
+        else
+        {
+            ulong off = GetReg(op.R1, size);
+            if (op.K0 == OpKindX.Reg)
+            {
+                bit = (int)(off & (ulong)(bits - 1));
+                a = GetReg(op.R0, size);
+            }
+            else
+            {
+                // Register bit offsets address a bit string: signed, beyond the operand.
+                long soff = SignExtend(off, size);
+                long unit = soff >> (size == 8 ? 6 : size == 4 ? 5 : 4);
+                ea = Ea(ref op) + (ulong)(unit * size);
+                if (_bitness != 64)
+                {
+                    ea &= 0xFFFFFFFF;
+                }
+
+                bit = (int)(soff & (bits - 1));
+                a = Read(ea, size);
+            }
+        }
+
+        Materialize();
+        ulong cf = (a >> bit) & 1;
+        _flags = (_flags & ~CF) | cf;
+        if (op.Sub == 0)
+        {
+            return;
+        }
+
+        ulong r = op.Sub switch
+        {
+            1 => a | (1UL << bit),
+            2 => a & ~(1UL << bit),
+            _ => a ^ (1UL << bit),
+        };
+        WriteOp0(ref op, ea, r);
+    }
+
+    private void ExecBitCount(ref Op op)
+    {
+        int size = op.Size;
+        ulong src = ReadOp1(ref op, size);
+        int bits = size * 8;
+        Materialize();
+        switch (op.H)
+        {
+            case H.Bsf:
+            case H.Bsr:
+                if (src == 0)
+                {
+                    _flags |= ZF;
+                    if (size == 4)
+                    {
+                        SetReg(op.R0, 4, GetReg(op.R0, 4));
+                    }
+
+                    return;
+                }
+
+                _flags &= ~ZF;
+                SetReg(op.R0, size, (ulong)(op.H == H.Bsf ? BitOperations.TrailingZeroCount(src) : 63 - BitOperations.LeadingZeroCount(src)));
+                return;
+            case H.Tzcnt:
+            {
+                ulong r = src == 0 ? (ulong)bits : (ulong)BitOperations.TrailingZeroCount(src);
+                SetReg(op.R0, size, r);
+                _flags = (_flags & ~(CF | ZF)) | (src == 0 ? CF : 0) | (r == 0 ? ZF : 0);
+                return;
+            }
+
+            case H.Lzcnt:
+            {
+                ulong r = (ulong)(BitOperations.LeadingZeroCount(src) - (64 - bits));
+                SetReg(op.R0, size, r);
+                _flags = (_flags & ~(CF | ZF)) | (src == 0 ? CF : 0) | (r == 0 ? ZF : 0);
+                return;
+            }
+
+            default:
+            {
+                ulong r = (ulong)BitOperations.PopCount(src);
+                SetReg(op.R0, size, r);
+                _flags = (_flags & ~ArithFlags) | (src == 0 ? ZF : 0);
+                return;
+            }
+        }
+    }
+
+    private void ExecBmi(ref Op op)
+    {
+        int size = op.Size;
+        ulong mask = Mask(size);
+        ulong r;
+        ulong f;
+        switch (op.H)
+        {
+            case H.Andn:
+            {
+                ulong a = GetReg(op.R1, size);
+                ulong b = ReadThird(ref op, size);
+                r = ~a & b & mask;
+                f = Szp(r, size, 0) & ~PF;
+                break;
+            }
+
+            case H.Bextr:
+            {
+                ulong src = ReadOp1(ref op, size);
+                ulong ctl = GetReg(op.R2, size);
+                int start = (int)(ctl & 0xFF), len = (int)((ctl >> 8) & 0xFF);
+                r = start >= 64 ? 0 : src >> start;
+                if (len < 64)
+                {
+                    r &= (1UL << len) - 1;
+                }
+
+                r &= mask;
+                f = r == 0 ? ZF : 0;
+                break;
+            }
+
+            default:
+            {
+                ulong src = ReadOp1(ref op, size);
+                r = op.H switch
+                {
+                    H.Blsi => (0 - src) & src,
+                    H.Blsmsk => (src - 1) ^ src,
+                    _ => (src - 1) & src,
+                } & mask;
+                ulong cf = op.H == H.Blsr || op.H == H.Blsmsk ? (src == 0 ? CF : 0) : (src != 0 ? CF : 0);
+                f = (Szp(r, size, cf) & ~PF) & (op.H == H.Blsmsk ? ~ZF : ~0UL);
+                break;
+            }
+        }
+
+        SetReg(op.R0, size, r);
+        Materialize();
+        _flags = (_flags & ~ArithFlags) | f;
+    }
+
+    private ulong ReadThird(ref Op op, int size) =>
+        op.K2 == OpKindX.Mem ? Read(Ea(ref op), size) : GetReg(op.R2, size);
+}

@@ -1,0 +1,523 @@
+namespace Virt.Cpu.Interpreter;
+
+/// <summary>The run loop and exception delivery.</summary>
+internal sealed partial class InterpreterVcpu
+{
+    private readonly GuestFault _fault = new();
+    private ulong _faultCr2;
+    private bool _inBlock;
+
+    /// <summary>Prepares the reusable fault object for <paramref name="vector"/>.</summary>
+    internal GuestFault Fault(int vector, uint errorCode)
+    {
+        _fault.Vector = vector;
+        _fault.ErrorCode = errorCode;
+        return _fault;
+    }
+
+    public VcpuExit Run()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        bool replay = false;
+        if (_pendingIo.Kind != PendingIoKind.None)
+        {
+            var kind = _pendingIo.Kind;
+            try
+            {
+                CompletePendingIo();
+            }
+            catch (GuestFault f)
+            {
+                RaiseException(f.Vector, f.ErrorCode);
+            }
+            catch (ExitSignal)
+            {
+                return TakeExit();
+            }
+
+            replay = kind is PendingIoKind.MmioRead or PendingIoKind.MmioWrite;
+            if (replay)
+            {
+                _mmioPos = 0;
+            }
+        }
+
+        _hasExit = false;
+        _exitDataLength = 0;
+        while (true)
+        {
+            if (_exitRequested)
+            {
+                _exitRequested = false;
+                return VcpuExit.Simple(VcpuExitReason.Interrupted);
+            }
+
+            if (_retired >= _budgetEnd)
+            {
+                return VcpuExit.Simple(VcpuExitReason.BudgetExhausted);
+            }
+
+            if (_remoteCodeWritePending)
+            {
+                DrainRemoteCodeWrites();
+            }
+
+            if (_writeTlbFlushRequested)
+            {
+                _writeTlbFlushRequested = false;
+                FlushWriteTlb();
+            }
+
+            if (_pendingIrq >= 0 && (_flags & IF) != 0 && !_interruptShadow && !replay)
+            {
+                int v = _pendingIrq;
+                _pendingIrq = -1;
+                DeliverExternal(v);
+                if (_hasExit)
+                {
+                    return TakeExit();
+                }
+            }
+
+            bool single = replay || _interruptShadow || _trace != null;
+            _inBlock = false;
+            try
+            {
+                var b = GetBlock();
+                long left = _budgetEnd - _retired;
+                int n = b.Count;
+                if (single)
+                {
+                    n = 1;
+                }
+
+                if (left < n)
+                {
+                    n = (int)left;
+                }
+
+                _trace?.Invoke(Index, _rip);
+                _inBlock = true;
+                _retired += ExecuteBlock(b, n);
+                _inBlock = false;
+            }
+            catch (GuestFault f)
+            {
+                RestartFaultingInstruction();
+                if (replay)
+                {
+                    ClearMmioLog();
+                    replay = false;
+                }
+
+                RaiseException(f.Vector, f.ErrorCode);
+            }
+            catch (ExitSignal)
+            {
+                RestartFaultingInstruction();
+                return TakeExit();
+            }
+
+            if (replay)
+            {
+                ClearMmioLog();
+                replay = false;
+            }
+
+            if (single)
+            {
+                _interruptShadow = false;
+            }
+
+            if (_hasExit)
+            {
+                return TakeExit();
+            }
+        }
+    }
+
+    private VcpuExit TakeExit()
+    {
+        _hasExit = false;
+        return _exit;
+    }
+
+    /// <summary>After a fault inside a block: RIP back to the faulting instruction, earlier ones retired.</summary>
+    private void RestartFaultingInstruction()
+    {
+        if (!_inBlock)
+        {
+            return;
+        }
+
+        _inBlock = false;
+        var b = _lastBlock;
+        if (b == null)
+        {
+            return;
+        }
+
+        ref Op op = ref b.Ops[_opIndex];
+        _rip = op.Next - op.Len;
+        _retired += _opIndex;
+    }
+
+    private void DeliverExternal(int vector)
+    {
+        try
+        {
+            Deliver(vector, false, 0, software: false);
+        }
+        catch (GuestFault f)
+        {
+            RaiseException(f.Vector, f.ErrorCode);
+        }
+        catch (ExitSignal)
+        {
+            // Interrupt delivery through MMIO-backed tables: treat as a failure of the guest.
+            SetExit(VcpuExit.Failure(VcpuExitReason.InternalError, Describe("interrupt delivery touched MMIO", (ulong)vector)));
+        }
+    }
+
+    /// <summary>Delivers an exception, escalating to #DF and to a triple-fault shutdown as the hardware does.</summary>
+    private void RaiseException(int vector, uint errorCode)
+    {
+        int first = -1;
+        for (int depth = 0; depth < 4; depth++)
+        {
+            try
+            {
+                if (vector == Vectors.PF)
+                {
+                    _cr2 = _faultCr2;
+                }
+
+                Deliver(vector, Vectors.HasErrorCode(vector), errorCode, software: false);
+                return;
+            }
+            catch (GuestFault f)
+            {
+                if (vector == Vectors.DF)
+                {
+                    break;
+                }
+
+                bool doubleFault = (Vectors.IsContributory(vector) && Vectors.IsContributory(f.Vector))
+                    || (vector == Vectors.PF && (f.Vector == Vectors.PF || Vectors.IsContributory(f.Vector)));
+                first = vector;
+                if (doubleFault)
+                {
+                    vector = Vectors.DF;
+                    errorCode = 0;
+                }
+                else
+                {
+                    vector = f.Vector;
+                    errorCode = f.ErrorCode;
+                }
+            }
+            catch (ExitSignal)
+            {
+                break;
+            }
+        }
+
+        _ = first;
+        SetExit(VcpuExit.Failure(VcpuExitReason.Shutdown, Describe("triple fault", (ulong)vector)));
+    }
+
+    private VcpuFault Describe(string what, ulong code)
+    {
+        var bytes = new byte[15];
+        int got = 0;
+        try
+        {
+            ulong lin = _bitness == 64 ? _rip : (_segBase[SegCs] + _rip) & 0xFFFFFFFF;
+            for (; got < 15; got++)
+            {
+                ulong phys = Translate(lin + (ulong)got, AccRead, false);
+                int r = FindRegion(phys);
+                if (r < 0)
+                {
+                    break;
+                }
+
+                bytes[got] = (byte)ReadPhys(phys, 1);
+            }
+        }
+        catch (GuestFault)
+        {
+        }
+
+        return new VcpuFault(what, code, _rip, bytes.AsMemory(0, got), GetGeneralRegisters());
+    }
+
+    /// <summary>Delivers interrupt or exception <paramref name="vector"/> through the IVT or IDT. RIP is the return address.</summary>
+    private void Deliver(int vector, bool hasError, uint error, bool software)
+    {
+        if ((_cr0 & Cr0Pe) == 0)
+        {
+            DeliverReal(vector);
+        }
+        else if ((_efer & EferLma) != 0)
+        {
+            DeliverLong(vector, hasError, error, software);
+        }
+        else
+        {
+            DeliverProtected(vector, hasError, error, software);
+        }
+
+        _lzOp = LzNone;
+        _stop = true;
+    }
+
+    private void DeliverReal(int vector)
+    {
+        ulong entry = _idt.Base + (ulong)(vector * 4);
+        if ((ulong)(vector * 4) + 3 > _idt.Limit)
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
+        ulong ip = ReadSystem(entry, 2);
+        ushort cs = (ushort)ReadSystem(entry + 2, 2);
+        Push(GetRflags() & 0xFFFF, 2);
+        Push(_seg[SegCs].Selector, 2);
+        Push(_rip & 0xFFFF, 2);
+        _flags &= ~(IF | TF | AC | RF);
+        var c = _seg[SegCs];
+        c.Selector = cs;
+        c.Base = (ulong)cs << 4;
+        SetCs(c);
+        _rip = ip;
+    }
+
+    private static uint IdtError(int vector, bool software) => (uint)((vector << 3) | 2 | (software ? 0 : 1));
+
+    private void DeliverLong(int vector, bool hasError, uint error, bool software)
+    {
+        ulong off = (ulong)(vector * 16);
+        if (off + 15 > _idt.Limit)
+        {
+            throw Fault(Vectors.GP, IdtError(vector, software));
+        }
+
+        ulong lo = ReadSystem(_idt.Base + off, 8);
+        ulong hi = ReadSystem(_idt.Base + off + 8, 8);
+        int type = (int)((lo >> 40) & 0xF);
+        int dpl = (int)((lo >> 45) & 3);
+        if (type != 0xE && type != 0xF)
+        {
+            throw Fault(Vectors.GP, IdtError(vector, software));
+        }
+
+        if (software && dpl < _cpl)
+        {
+            throw Fault(Vectors.GP, IdtError(vector, software));
+        }
+
+        if (((lo >> 47) & 1) == 0)
+        {
+            throw Fault(Vectors.NP, IdtError(vector, software));
+        }
+
+        ushort sel = (ushort)(lo >> 16);
+        ulong target = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF0000) | (hi << 32);
+        int ist = (int)((lo >> 32) & 7);
+        if ((sel & 0xFFFC) == 0)
+        {
+            throw Fault(Vectors.GP, software ? 0u : 1u);
+        }
+
+        var cs = ParseDescriptor(ReadDescriptor(sel), sel);
+        if (!cs.IsCodeOrData || (cs.Type & 8) == 0 || !cs.Long || cs.DefaultBig || cs.Dpl > _cpl)
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC) | (software ? 0u : 1u));
+        }
+
+        if (!cs.Present)
+        {
+            throw Fault(Vectors.NP, (uint)(sel & 0xFFFC) | (software ? 0u : 1u));
+        }
+
+        if (!IsCanonical(target))
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
+        int newCpl = (cs.Type & 4) != 0 ? _cpl : cs.Dpl;
+        ulong rsp = Gpr(4);
+        bool privChange = newCpl < _cpl;
+        if (ist != 0)
+        {
+            rsp = ReadSystem(_tr.Base + 0x24 + (ulong)((ist - 1) * 8), 8);
+        }
+        else if (privChange)
+        {
+            rsp = ReadSystem(_tr.Base + 4 + (ulong)(newCpl * 8), 8);
+        }
+
+        if (!IsCanonical(rsp))
+        {
+            throw Fault(Vectors.SS, 0);
+        }
+
+        rsp &= ~15UL;
+        ulong flags = GetRflags();
+        Span<ulong> frame = [_seg[SegSs].Selector, Gpr(4), flags, _seg[SegCs].Selector, _rip, error];
+        int words = hasError ? 6 : 5;
+        bool user = newCpl == 3;
+        ulong top = rsp - (ulong)(words * 8);
+
+        // Check the whole frame first so that a fault leaves no partial frame.
+        Translate(top, AccWrite, user);
+        Translate(rsp - 8, AccWrite, user);
+        for (int k = 0; k < words; k++)
+        {
+            ulong a = rsp - (ulong)((k + 1) * 8);
+            WritePhys(Translate(a, AccWrite, user), 8, frame[k]);
+        }
+
+        if (privChange)
+        {
+            _seg[SegSs] = new SegmentRegister { Selector = (ushort)newCpl, Unusable = true, Dpl = (byte)newCpl, DefaultBig = true };
+        }
+
+        cs.Selector = (ushort)((sel & 0xFFFC) | newCpl);
+        cs.Type |= 1;
+        Gpr(4) = top;
+        _flags = flags & ~(TF | NT | RF | VM);
+        if (type == 0xE)
+        {
+            _flags &= ~IF;
+        }
+
+        SetCs(cs);
+        _rip = target;
+    }
+
+    private void DeliverProtected(int vector, bool hasError, uint error, bool software)
+    {
+        ulong off = (ulong)(vector * 8);
+        if (off + 7 > _idt.Limit)
+        {
+            throw Fault(Vectors.GP, IdtError(vector, software));
+        }
+
+        ulong g = ReadSystem(_idt.Base + off, 8);
+        int type = (int)((g >> 40) & 0xF);
+        int dpl = (int)((g >> 45) & 3);
+        if (type is not (0x6 or 0x7 or 0xE or 0xF))
+        {
+            throw Fault(Vectors.GP, IdtError(vector, software));
+        }
+
+        if (software && dpl < _cpl)
+        {
+            throw Fault(Vectors.GP, IdtError(vector, software));
+        }
+
+        if (((g >> 47) & 1) == 0)
+        {
+            throw Fault(Vectors.NP, IdtError(vector, software));
+        }
+
+        if ((_flags & VM) != 0)
+        {
+            throw Fault(Vectors.GP, 0); // virtual-8086 interrupts: not implemented
+        }
+
+        bool gate32 = (type & 8) != 0;
+        int size = gate32 ? 4 : 2;
+        ushort sel = (ushort)(g >> 16);
+        ulong target = (g & 0xFFFF) | (gate32 ? (g >> 32) & 0xFFFF0000 : 0);
+        if ((sel & 0xFFFC) == 0)
+        {
+            throw Fault(Vectors.GP, software ? 0u : 1u);
+        }
+
+        var cs = ParseDescriptor(ReadDescriptor(sel), sel);
+        if (!cs.IsCodeOrData || (cs.Type & 8) == 0 || cs.Dpl > _cpl)
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        if (!cs.Present)
+        {
+            throw Fault(Vectors.NP, (uint)(sel & 0xFFFC));
+        }
+
+        int newCpl = (cs.Type & 4) != 0 ? _cpl : cs.Dpl;
+        ulong flags = GetRflags();
+        ushort oldSs = _seg[SegSs].Selector;
+        ulong oldSp = Gpr(4);
+        ushort oldCs = _seg[SegCs].Selector;
+        var savedSs = _seg[SegSs];
+        int savedCpl = _cpl;
+        if (newCpl < _cpl)
+        {
+            // Inner stack from the 32-bit TSS.
+            ulong esp = ReadSystem(_tr.Base + 4 + (ulong)(newCpl * 8), 4);
+            ushort ss = (ushort)ReadSystem(_tr.Base + 8 + (ulong)(newCpl * 8), 2);
+            var ssd = ParseDescriptor(ReadDescriptor(ss, Vectors.TS), ss);
+            if ((ss & 3) != newCpl || ssd.Dpl != newCpl || !ssd.IsCodeOrData || (ssd.Type & 0xA) != 2)
+            {
+                throw Fault(Vectors.TS, (uint)(ss & 0xFFFC));
+            }
+
+            if (!ssd.Present)
+            {
+                throw Fault(Vectors.SS, (uint)(ss & 0xFFFC));
+            }
+
+            _seg[SegSs] = ssd;
+            _segBase[SegSs] = ssd.Base;
+            _cpl = newCpl;
+            Gpr(4) = ssd.DefaultBig ? esp : (Gpr(4) & ~0xFFFFUL) | (ushort)esp;
+            try
+            {
+                Push(oldSs, size);
+                Push(oldSp, size);
+            }
+            catch
+            {
+                _seg[SegSs] = savedSs;
+                _segBase[SegSs] = savedSs.Base;
+                _cpl = savedCpl;
+                Gpr(4) = oldSp;
+                throw;
+            }
+        }
+
+        try
+        {
+            Push(flags, size);
+            Push(oldCs, size);
+            Push(_rip, size);
+            if (hasError)
+            {
+                Push(error, size);
+            }
+        }
+        catch
+        {
+            _seg[SegSs] = savedSs;
+            _segBase[SegSs] = savedSs.Base;
+            _cpl = savedCpl;
+            Gpr(4) = oldSp;
+            throw;
+        }
+
+        cs.Selector = (ushort)((sel & 0xFFFC) | newCpl);
+        cs.Type |= 1;
+        _flags = flags & ~(TF | NT | RF | VM);
+        if ((type & 1) == 0)
+        {
+            _flags &= ~IF;
+        }
+
+        SetCs(cs);
+        _rip = target;
+    }
+}

@@ -1,0 +1,1390 @@
+using Iced.Intel;
+
+namespace Virt.Cpu.Interpreter;
+
+/// <summary>Privileged instructions, segment loads, control transfers between privilege levels, and port I/O.</summary>
+internal sealed partial class InterpreterVcpu
+{
+    private readonly ulong[] _dr = new ulong[8];
+
+    private void RequireCpl0()
+    {
+        if ((_cr0 & Cr0Pe) != 0 && _cpl != 0)
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+    }
+
+    private ulong ExecSystem(ref Op op, in Instruction ins)
+    {
+        ulong next = op.Next;
+        switch (op.H)
+        {
+            case H.In:
+            case H.Out:
+                return ExecPortIo(ref op);
+            case H.Ins:
+            case H.Outs:
+                return ExecStringIo(ref op);
+            case H.Hlt:
+                RequireCpl0();
+                SetExit(VcpuExit.Simple(VcpuExitReason.Halt));
+                break;
+            case H.Cpuid:
+                ExecCpuid();
+                break;
+            case H.Rdtsc:
+            case H.Rdtscp:
+            {
+                if ((_cr4 & Cr4Tsd) != 0 && _cpl != 0 && (_cr0 & Cr0Pe) != 0)
+                {
+                    throw Fault(Vectors.GP, 0);
+                }
+
+                ulong tsc = ReadTsc();
+                SetReg(0, 4, (uint)tsc);
+                SetReg(2, 4, tsc >> 32);
+                if (op.H == H.Rdtscp)
+                {
+                    SetReg(1, 4, (uint)_tscAux);
+                }
+
+                break;
+            }
+
+            case H.Rdpmc:
+                throw Fault(Vectors.GP, 0);
+            case H.Int:
+                if ((_flags & VM) != 0 && (_flags & IoplMask) != IoplMask)
+                {
+                    throw Fault(Vectors.GP, 0);
+                }
+
+                _rip = next;
+                Deliver((int)op.Imm, false, 0, software: true);
+                return _rip;
+            case H.Int3:
+                _rip = next;
+                Deliver(Vectors.BP, false, 0, software: true);
+                return _rip;
+            case H.Into:
+                if (_bitness == 64)
+                {
+                    throw Fault(Vectors.UD, 0);
+                }
+
+                if (Cond(0))
+                {
+                    _rip = next;
+                    Deliver(Vectors.OF, false, 0, software: true);
+                    return _rip;
+                }
+
+                break;
+            case H.Int1:
+                _rip = next;
+                Deliver(Vectors.DB, false, 0, software: false);
+                return _rip;
+            case H.Iret:
+                ExecIret(op.Size);
+                _stop = true;
+                return _rip;
+            case H.Syscall:
+                ExecSyscall(next);
+                _stop = true;
+                return _rip;
+            case H.Sysret:
+                ExecSysret(op.Size);
+                _stop = true;
+                return _rip;
+            case H.Sysenter:
+            case H.Sysexit:
+                throw Fault(Vectors.UD, 0);
+            case H.Swapgs:
+                if (_bitness != 64)
+                {
+                    throw Fault(Vectors.UD, 0);
+                }
+
+                RequireCpl0();
+                (_seg[SegGs].Base, _kernelGsBase) = (_kernelGsBase, _seg[SegGs].Base);
+                _segBase[SegGs] = _seg[SegGs].Base;
+                break;
+            case H.Rdmsr:
+            {
+                RequireCpl0();
+                if (!TryReadMsr((uint)Gpr(1), out ulong v))
+                {
+                    throw Fault(Vectors.GP, 0);
+                }
+
+                SetReg(0, 4, (uint)v);
+                SetReg(2, 4, v >> 32);
+                break;
+            }
+
+            case H.Wrmsr:
+                RequireCpl0();
+                if (!TryWriteMsr((uint)Gpr(1), ((ulong)(uint)Gpr(2) << 32) | (uint)Gpr(0), fromGuest: true))
+                {
+                    throw Fault(Vectors.GP, 0);
+                }
+
+                _stop = true;
+                break;
+            case H.MovToCr:
+                RequireCpl0();
+                WriteCr(op.Sub, GetReg(op.R1, op.Size));
+                _stop = true;
+                break;
+            case H.MovFromCr:
+            {
+                RequireCpl0();
+                ulong v = op.Sub switch
+                {
+                    0 => _cr0,
+                    2 => _cr2,
+                    3 => _cr3,
+                    4 => _cr4,
+                    8 => _cr8,
+                    _ => throw Fault(Vectors.UD, 0),
+                };
+                SetReg(op.R0, _bitness == 64 ? 8 : 4, v);
+                break;
+            }
+
+            case H.MovToDr:
+                RequireCpl0();
+                _dr[op.Sub & 7] = GetReg(op.R1, op.Size);
+                break;
+            case H.MovFromDr:
+                RequireCpl0();
+                SetReg(op.R0, _bitness == 64 ? 8 : 4, (op.Sub & 7) switch { 6 => _dr[6] | 0xFFFF0FF0, 7 => _dr[7] | 0x400, var d => _dr[d] });
+                break;
+            case H.Lgdt:
+            case H.Lidt:
+            {
+                RequireCpl0();
+                ulong ea = Ea(ref op);
+                ushort limit = (ushort)Read(ea, 2);
+                ulong bas = _bitness == 64 ? Read(ea + 2, 8) : Read(ea + 2, 4) & (op.Size == 2 ? 0xFFFFFFUL : 0xFFFFFFFFUL);
+                var t = new DescriptorTable { Base = bas, Limit = limit };
+                if (op.H == H.Lgdt)
+                {
+                    _gdt = t;
+                }
+                else
+                {
+                    _idt = t;
+                }
+
+                break;
+            }
+
+            case H.Sgdt:
+            case H.Sidt:
+            {
+                var t = op.H == H.Sgdt ? _gdt : _idt;
+                ulong ea = Ea(ref op);
+                ProbeWrite(ea, _bitness == 64 ? 10 : 6);
+                Write(ea, 2, t.Limit);
+                if (_bitness == 64)
+                {
+                    Write(ea + 2, 8, t.Base);
+                }
+                else
+                {
+                    Write(ea + 2, 4, t.Base & 0xFFFFFFFF);
+                }
+
+                break;
+            }
+
+            case H.Ltr:
+                RequireProtected();
+                RequireCpl0();
+                LoadTr((ushort)ReadOp0(ref op, out _));
+                break;
+            case H.Lldt:
+                RequireProtected();
+                RequireCpl0();
+                LoadLdt((ushort)ReadOp0(ref op, out _));
+                break;
+            case H.Str:
+            case H.Sldt:
+            {
+                RequireProtected();
+                ushort sel = op.H == H.Str ? _tr.Selector : _ldt.Selector;
+                if (op.K0 == OpKindX.Reg)
+                {
+                    SetReg(op.R0, op.Size, sel);
+                }
+                else
+                {
+                    Write(Ea(ref op), 2, sel);
+                }
+
+                break;
+            }
+
+            case H.Invlpg:
+                RequireCpl0();
+                FlushTlbPage(Ea(ref op));
+                _stop = true;
+                break;
+            case H.Clts:
+                RequireCpl0();
+                if (op.Sub == 0)
+                {
+                    _cr0 &= ~Cr0Ts;
+                }
+
+                break;
+            case H.Smsw:
+                if (op.K0 == OpKindX.Reg)
+                {
+                    SetReg(op.R0, op.Size, _cr0 & Mask(op.Size));
+                }
+                else
+                {
+                    Write(Ea(ref op), 2, _cr0 & 0xFFFF);
+                }
+
+                break;
+            case H.Lmsw:
+            {
+                RequireCpl0();
+                ulong v = ReadOp0(ref op, out _) & 0xF;
+                WriteCr(0, (_cr0 & ~0xEUL) | v | (_cr0 & Cr0Pe));
+                _stop = true;
+                break;
+            }
+
+            case H.MovToSreg:
+            {
+                if (op.Sub == SegCs)
+                {
+                    throw Fault(Vectors.UD, 0);
+                }
+
+                ushort sel = (ushort)ReadOp1(ref op, 2);
+                LoadDataSegment(op.Sub, sel);
+                if (op.Sub == SegSs)
+                {
+                    _interruptShadow = true;
+                }
+
+                _stop = true;
+                break;
+            }
+
+            case H.MovFromSreg:
+            {
+                ushort sel = _seg[op.Sub].Selector;
+                if (op.K0 == OpKindX.Reg)
+                {
+                    SetReg(op.R0, op.Size, sel);
+                }
+                else
+                {
+                    Write(Ea(ref op), 2, sel);
+                }
+
+                break;
+            }
+
+            case H.PushSeg:
+                Push(_seg[op.Sub].Selector, op.Size);
+                break;
+            case H.PopSeg:
+            {
+                ushort sel = (ushort)Peek(0, op.Size);
+                LoadDataSegment(op.Sub, sel);
+                AdjustSp(op.Size);
+                if (op.Sub == SegSs)
+                {
+                    _interruptShadow = true;
+                }
+
+                _stop = true;
+                break;
+            }
+
+            case H.Lar:
+            case H.Lsl:
+            case H.Verr:
+            case H.Verw:
+                ExecSegmentQuery(ref op);
+                break;
+            case H.JmpFar:
+            case H.CallFar:
+                ExecFarTransfer(ref op, next);
+                _stop = true;
+                return _rip;
+            case H.RetFar:
+                ExecRetFar(ref op);
+                _stop = true;
+                return _rip;
+            default:
+                throw Fault(Vectors.UD, 0);
+        }
+
+        return next;
+    }
+
+    private void RequireProtected()
+    {
+        if ((_cr0 & Cr0Pe) == 0 || (_flags & VM) != 0)
+        {
+            throw Fault(Vectors.UD, 0);
+        }
+    }
+
+    private void SetExit(VcpuExit exit)
+    {
+        _exit = exit;
+        _hasExit = true;
+        _stop = true;
+    }
+
+    private ulong ReadTsc()
+    {
+        long ticks = System.Diagnostics.Stopwatch.GetTimestamp() - _tscStart;
+        UInt128 scaled = (UInt128)(ulong)ticks * (ulong)_tscFrequency / (ulong)System.Diagnostics.Stopwatch.Frequency;
+        return (ulong)scaled + (ulong)_tscOffset;
+    }
+
+    private void ExecCpuid()
+    {
+        uint leaf = (uint)Gpr(0), sub = (uint)Gpr(1);
+        CpuidEntry? found = null;
+        foreach (var e in _cpuid)
+        {
+            if (e.Function == leaf && ((e.Flags & CpuidEntry.SignificantIndex) == 0 || e.Index == sub))
+            {
+                found = e;
+                break;
+            }
+        }
+
+        var r = found ?? default;
+        uint ebx = r.Ebx;
+        if (leaf == 1)
+        {
+            ebx = (ebx & 0x00FFFFFF) | ((uint)Index << 24);
+        }
+
+        SetReg(0, 4, r.Eax);
+        SetReg(3, 4, ebx);
+        SetReg(1, 4, r.Ecx);
+        SetReg(2, 4, r.Edx);
+    }
+
+    // ---- Control registers and MSRs ---------------------------------------------------------------
+
+    private void WriteCr(int cr, ulong v)
+    {
+        switch (cr)
+        {
+            case 0:
+            {
+                if (_bitness == 64 && (v >> 32) != 0)
+                {
+                    throw Fault(Vectors.GP, 0);
+                }
+
+                v = (v & 0xFFFFFFFF) | Cr0Et;
+                if ((v & Cr0Pg) != 0 && (v & Cr0Pe) == 0)
+                {
+                    throw Fault(Vectors.GP, 0);
+                }
+
+                ulong old = _cr0;
+                if ((v & Cr0Pg) != 0 && (old & Cr0Pg) == 0 && (_efer & EferLme) != 0)
+                {
+                    if ((_cr4 & Cr4Pae) == 0)
+                    {
+                        throw Fault(Vectors.GP, 0);
+                    }
+
+                    _efer |= EferLma;
+                }
+                else if ((v & Cr0Pg) == 0 && (old & Cr0Pg) != 0)
+                {
+                    if (_bitness == 64)
+                    {
+                        throw Fault(Vectors.GP, 0);
+                    }
+
+                    _efer &= ~EferLma;
+                }
+
+                _cr0 = v;
+                if (((old ^ v) & (Cr0Pg | Cr0Pe | Cr0Wp)) != 0)
+                {
+                    FlushTlb();
+                }
+
+                UpdateMode();
+                break;
+            }
+
+            case 2:
+                _cr2 = v;
+                break;
+            case 3:
+                _cr3 = v;
+                FlushTlb();
+                break;
+            case 4:
+            {
+                const ulong allowed = Cr4Pse | Cr4Pae | Cr4Pge | Cr4OsFxsr | Cr4OsXmmExcpt | Cr4Tsd | (1UL << 3) | (1UL << 8);
+                if ((v & ~allowed) != 0 || ((_efer & EferLma) != 0 && (v & Cr4Pae) == 0))
+                {
+                    throw Fault(Vectors.GP, 0);
+                }
+
+                _cr4 = v;
+                FlushTlb();
+                break;
+            }
+
+            case 8:
+                if (v > 15)
+                {
+                    throw Fault(Vectors.GP, 0);
+                }
+
+                _cr8 = v;
+                break;
+            default:
+                throw Fault(Vectors.UD, 0);
+        }
+    }
+
+    private bool TryReadMsr(uint index, out ulong v)
+    {
+        v = index switch
+        {
+            MsrIndex.Tsc => ReadTsc(),
+            MsrIndex.ApicBase => _apicBase,
+            MsrIndex.SysenterCs => _sysenterCs,
+            MsrIndex.SysenterEsp => _sysenterEsp,
+            MsrIndex.SysenterEip => _sysenterEip,
+            MsrIndex.MiscEnable => _miscEnable,
+            MsrIndex.Pat => _pat,
+            MsrIndex.Efer => _efer,
+            MsrIndex.Star => _star,
+            MsrIndex.Lstar => _lstar,
+            MsrIndex.Cstar => _cstar,
+            MsrIndex.Fmask => _fmask,
+            MsrIndex.FsBase => _seg[SegFs].Base,
+            MsrIndex.GsBase => _seg[SegGs].Base,
+            MsrIndex.KernelGsBase => _kernelGsBase,
+            MsrIndex.TscAux => _tscAux,
+            _ => ulong.MaxValue,
+        };
+        return v != ulong.MaxValue || index is MsrIndex.Star or MsrIndex.Lstar or MsrIndex.Cstar or MsrIndex.Fmask
+            or MsrIndex.FsBase or MsrIndex.GsBase or MsrIndex.KernelGsBase or MsrIndex.Pat or MsrIndex.MiscEnable;
+    }
+
+    private static bool IsCanonical(ulong v) => (ulong)(((long)v << 16) >> 16) == v;
+
+    private bool TryWriteMsr(uint index, ulong v, bool fromGuest)
+    {
+        switch (index)
+        {
+            case MsrIndex.Tsc:
+                _tscOffset = (long)(v - (ReadTsc() - (ulong)_tscOffset));
+                return true;
+            case MsrIndex.ApicBase: _apicBase = v; return true;
+            case MsrIndex.SysenterCs: _sysenterCs = v; return true;
+            case MsrIndex.SysenterEsp: _sysenterEsp = v; return true;
+            case MsrIndex.SysenterEip: _sysenterEip = v; return true;
+            case MsrIndex.MiscEnable: _miscEnable = v; return true;
+            case MsrIndex.Pat: _pat = v; return true;
+            case MsrIndex.Efer:
+            {
+                const ulong allowed = EferSce | EferLme | EferLma | EferNxe;
+                if ((v & ~allowed) != 0)
+                {
+                    return false;
+                }
+
+                if (fromGuest)
+                {
+                    // LMA is read-only for the guest; LME cannot change while paging is on.
+                    v = (v & ~EferLma) | (_efer & EferLma);
+                    if ((_cr0 & Cr0Pg) != 0 && ((v ^ _efer) & EferLme) != 0)
+                    {
+                        return false;
+                    }
+                }
+
+                _efer = v;
+                UpdateMode();
+                FlushTlb();
+                return true;
+            }
+
+            case MsrIndex.Star: _star = v; return true;
+            case MsrIndex.Lstar:
+            case MsrIndex.Cstar:
+                if (!IsCanonical(v))
+                {
+                    return false;
+                }
+
+                if (index == MsrIndex.Lstar)
+                {
+                    _lstar = v;
+                }
+                else
+                {
+                    _cstar = v;
+                }
+
+                return true;
+            case MsrIndex.Fmask: _fmask = v & 0xFFFFFFFF; return true;
+            case MsrIndex.FsBase:
+            case MsrIndex.GsBase:
+            case MsrIndex.KernelGsBase:
+                if (!IsCanonical(v))
+                {
+                    return false;
+                }
+
+                if (index == MsrIndex.FsBase)
+                {
+                    _seg[SegFs].Base = v;
+                    _segBase[SegFs] = v;
+                }
+                else if (index == MsrIndex.GsBase)
+                {
+                    _seg[SegGs].Base = v;
+                    _segBase[SegGs] = v;
+                }
+                else
+                {
+                    _kernelGsBase = v;
+                }
+
+                return true;
+            case MsrIndex.TscAux: _tscAux = v & 0xFFFFFFFF; return true;
+            default:
+                return false;
+        }
+    }
+
+    // ---- Descriptors and segments -----------------------------------------------------------------
+
+    /// <summary>Reads guest memory as a supervisor (descriptor tables, TSS): no U/S check.</summary>
+    private ulong ReadSystem(ulong lin, int size)
+    {
+        if (_bitness != 64)
+        {
+            lin &= 0xFFFFFFFF;
+        }
+
+        if ((lin & 0xFFF) + (ulong)size > 4096)
+        {
+            ulong lo = ReadSystem(lin, 1);
+            for (int i = 1; i < size; i++)
+            {
+                lo |= ReadSystem(lin + (ulong)i, 1) << (i * 8);
+            }
+
+            return lo;
+        }
+
+        return ReadPhys(Translate(lin, AccRead, false), size);
+    }
+
+    private void WriteSystem(ulong lin, int size, ulong v)
+    {
+        if (_bitness != 64)
+        {
+            lin &= 0xFFFFFFFF;
+        }
+
+        WritePhys(Translate(lin, AccWrite, false), size, v);
+    }
+
+    /// <summary>Reads the 8-byte descriptor for <paramref name="sel"/> from the GDT or LDT, or #GP(selector).</summary>
+    private ulong ReadDescriptor(ushort sel, int vector = Vectors.GP)
+    {
+        ulong tableBase;
+        uint limit;
+        if ((sel & 4) != 0)
+        {
+            if (_ldt.Unusable || !_ldt.Present)
+            {
+                throw Fault(vector, (uint)(sel & 0xFFFC));
+            }
+
+            tableBase = _ldt.Base;
+            limit = _ldt.Limit;
+        }
+        else
+        {
+            tableBase = _gdt.Base;
+            limit = _gdt.Limit;
+        }
+
+        ulong off = (ulong)(sel & 0xFFF8);
+        if (off + 7 > limit)
+        {
+            throw Fault(vector, (uint)(sel & 0xFFFC));
+        }
+
+        return ReadSystem(tableBase + off, 8);
+    }
+
+    private static SegmentRegister ParseDescriptor(ulong d, ushort sel)
+    {
+        uint limit = (uint)((d & 0xFFFF) | ((d >> 32) & 0xF0000));
+        bool g = ((d >> 55) & 1) != 0;
+        if (g)
+        {
+            limit = (limit << 12) | 0xFFF;
+        }
+
+        return new SegmentRegister
+        {
+            Base = ((d >> 16) & 0xFFFFFF) | (((d >> 56) & 0xFF) << 24),
+            Limit = limit,
+            Selector = sel,
+            Type = (byte)((d >> 40) & 0xF),
+            IsCodeOrData = ((d >> 44) & 1) != 0,
+            Dpl = (byte)((d >> 45) & 3),
+            Present = ((d >> 47) & 1) != 0,
+            Available = ((d >> 52) & 1) != 0,
+            Long = ((d >> 53) & 1) != 0,
+            DefaultBig = ((d >> 54) & 1) != 0,
+            Granularity = g,
+        };
+    }
+
+    private void LoadDataSegment(int seg, ushort sel)
+    {
+        if ((_cr0 & Cr0Pe) == 0 || (_flags & VM) != 0)
+        {
+            _seg[seg].Selector = sel;
+            _seg[seg].Base = (ulong)sel << 4;
+            _segBase[seg] = _bitness == 64 && seg < SegFs ? 0 : (ulong)sel << 4;
+            return;
+        }
+
+        int rpl = sel & 3;
+        if ((sel & 0xFFFC) == 0)
+        {
+            if (seg == SegSs && !(_bitness == 64 && _cpl != 3 && rpl == _cpl))
+            {
+                throw Fault(Vectors.GP, 0);
+            }
+
+            _seg[seg] = new SegmentRegister { Selector = sel, Unusable = true, Dpl = (byte)_cpl };
+            if (seg == SegSs)
+            {
+                _seg[seg].DefaultBig = true;
+            }
+
+            if (seg >= SegFs)
+            {
+                _segBase[seg] = 0;
+            }
+            else
+            {
+                _segBase[seg] = 0;
+            }
+
+            return;
+        }
+
+        var s = ParseDescriptor(ReadDescriptor(sel), sel);
+        bool code = (s.Type & 8) != 0;
+        bool writable = !code && (s.Type & 2) != 0;
+        bool readable = !code || (s.Type & 2) != 0;
+        bool conforming = code && (s.Type & 4) != 0;
+        if (!s.IsCodeOrData)
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        if (seg == SegSs)
+        {
+            if (rpl != _cpl || s.Dpl != _cpl || !writable)
+            {
+                throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+            }
+
+            if (!s.Present)
+            {
+                throw Fault(Vectors.SS, (uint)(sel & 0xFFFC));
+            }
+        }
+        else
+        {
+            if (!readable || (!conforming && (s.Dpl < _cpl || s.Dpl < rpl)))
+            {
+                throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+            }
+
+            if (!s.Present)
+            {
+                throw Fault(Vectors.NP, (uint)(sel & 0xFFFC));
+            }
+        }
+
+        s.Type |= 1;
+        _seg[seg] = s;
+        _segBase[seg] = _bitness == 64 && seg < SegFs ? 0 : s.Base;
+    }
+
+    private void LoadTr(ushort sel)
+    {
+        if ((sel & 0xFFFC) == 0 || (sel & 4) != 0)
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        ulong d = ReadDescriptor(sel);
+        var s = ParseDescriptor(d, sel);
+        if (s.IsCodeOrData || (s.Type != 1 && s.Type != 9))
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        if (!s.Present)
+        {
+            throw Fault(Vectors.NP, (uint)(sel & 0xFFFC));
+        }
+
+        if ((_efer & EferLma) != 0)
+        {
+            s.Base |= ReadSystem(_gdt.Base + (ulong)(sel & 0xFFF8) + 8, 4) << 32;
+        }
+
+        // Mark busy in the descriptor and in the register.
+        WriteSystem(_gdt.Base + (ulong)(sel & 0xFFF8) + 5, 1, (d >> 40 & 0xFF) | 2);
+        s.Type |= 2;
+        _tr = s;
+    }
+
+    private void LoadLdt(ushort sel)
+    {
+        if ((sel & 0xFFFC) == 0)
+        {
+            _ldt = new SegmentRegister { Selector = sel, Unusable = true };
+            return;
+        }
+
+        if ((sel & 4) != 0)
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        ulong d = ReadDescriptor(sel);
+        var s = ParseDescriptor(d, sel);
+        if (s.IsCodeOrData || s.Type != 2)
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        if (!s.Present)
+        {
+            throw Fault(Vectors.NP, (uint)(sel & 0xFFFC));
+        }
+
+        if ((_efer & EferLma) != 0)
+        {
+            s.Base |= ReadSystem(_gdt.Base + (ulong)(sel & 0xFFF8) + 8, 4) << 32;
+        }
+
+        _ldt = s;
+    }
+
+    /// <summary>Loads CS for a far transfer to a code segment (no gates), checking privilege.</summary>
+    private SegmentRegister CheckCodeSegment(ushort sel, int newCpl)
+    {
+        if ((sel & 0xFFFC) == 0)
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
+        var s = ParseDescriptor(ReadDescriptor(sel), sel);
+        if (!s.IsCodeOrData || (s.Type & 8) == 0)
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        bool conforming = (s.Type & 4) != 0;
+        if (conforming ? s.Dpl > newCpl : s.Dpl != newCpl)
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        if (!s.Present)
+        {
+            throw Fault(Vectors.NP, (uint)(sel & 0xFFFC));
+        }
+
+        if (s.Long && s.DefaultBig)
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        s.Selector = (ushort)((sel & 0xFFFC) | newCpl);
+        s.Type |= 1;
+        return s;
+    }
+
+    private void SetCs(in SegmentRegister cs)
+    {
+        _seg[SegCs] = cs;
+        UpdateMode();
+    }
+
+    private void ExecFarTransfer(ref Op op, ulong next)
+    {
+        ulong target;
+        ushort sel;
+        if (op.Sub == 0)
+        {
+            if (_bitness == 64)
+            {
+                throw Fault(Vectors.UD, 0);
+            }
+
+            target = op.Target;
+            sel = (ushort)op.Imm;
+        }
+        else
+        {
+            ulong ea = Ea(ref op);
+            target = Read(ea, op.Size);
+            sel = (ushort)Read(ea + (ulong)op.Size, 2);
+        }
+
+        int size = op.Size;
+        if ((_cr0 & Cr0Pe) == 0 || (_flags & VM) != 0)
+        {
+            if (op.H == H.CallFar)
+            {
+                Push(_seg[SegCs].Selector, size);
+                Push(next, size);
+            }
+
+            var cs = _seg[SegCs];
+            cs.Selector = sel;
+            cs.Base = (ulong)sel << 4;
+            SetCs(cs);
+            _rip = target & Mask(size);
+            return;
+        }
+
+        int rpl = sel & 3;
+        var ncs = CheckCodeSegment(sel, _cpl);
+        if ((ncs.Type & 4) == 0 && rpl > _cpl)
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        if (op.H == H.CallFar)
+        {
+            int psize = _bitness == 64 && size == 8 ? 8 : size;
+            ulong oldSp = Gpr(4);
+            try
+            {
+                Push(_seg[SegCs].Selector, psize);
+                Push(next, psize);
+            }
+            catch
+            {
+                Gpr(4) = oldSp;
+                throw;
+            }
+        }
+
+        SetCs(ncs);
+        _rip = _bitness == 64 ? target : target & Mask(size);
+    }
+
+    private void ExecRetFar(ref Op op)
+    {
+        int size = op.Size2;
+        ulong rip = Peek(0, size);
+        ushort sel = (ushort)Peek((ulong)size, size);
+        if ((_cr0 & Cr0Pe) == 0 || (_flags & VM) != 0)
+        {
+            AdjustSp((2 * size) + (long)op.Imm);
+            var cs = _seg[SegCs];
+            cs.Selector = sel;
+            cs.Base = (ulong)sel << 4;
+            SetCs(cs);
+            _rip = rip;
+            return;
+        }
+
+        int rpl = sel & 3;
+        if (rpl < _cpl)
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        if (rpl == _cpl)
+        {
+            var ncs = CheckCodeSegment(sel, rpl);
+            AdjustSp((2 * size) + (long)op.Imm);
+            SetCs(ncs);
+            _rip = rip;
+            return;
+        }
+
+        // Return to an outer privilege level: also pops SS:RSP.
+        ulong off = (ulong)(2 * size) + op.Imm;
+        ulong sp = Peek(off, size);
+        ushort ss = (ushort)Peek(off + (ulong)size, size);
+        var ocs = CheckCodeSegment(sel, rpl);
+        SetCs(ocs);
+        LoadDataSegment(SegSs, ss);
+        Gpr(4) = _bitness == 64 || _seg[SegSs].DefaultBig ? (size == 8 ? sp : (uint)sp) : (Gpr(4) & ~0xFFFFUL) | (ushort)sp;
+        if (op.Imm != 0)
+        {
+            AdjustSp((long)op.Imm);
+        }
+
+        _rip = rip;
+        NullifyDataSegmentsForOuterLevel();
+    }
+
+    private void NullifyDataSegmentsForOuterLevel()
+    {
+        foreach (int s in new[] { SegEs, SegDs, SegFs, SegGs })
+        {
+            var d = _seg[s];
+            bool conformingCode = (d.Type & 0xC) == 0xC;
+            if (!d.Unusable && d.IsCodeOrData && !conformingCode && d.Dpl < _cpl)
+            {
+                _seg[s] = new SegmentRegister { Unusable = true, Selector = 0 };
+                if (_bitness != 64 || s < SegFs)
+                {
+                    _segBase[s] = 0;
+                }
+            }
+        }
+    }
+
+    private void ExecSegmentQuery(ref Op op)
+    {
+        RequireProtected();
+        ushort sel = (ushort)(op.H is H.Lar or H.Lsl ? ReadOp1(ref op, 2) : ReadOp0(ref op, out _));
+        Materialize();
+        bool ok = false;
+        ulong d = 0;
+        if ((sel & 0xFFFC) != 0)
+        {
+            ulong tableLimit = (sel & 4) != 0 ? (_ldt.Unusable ? 0 : _ldt.Limit) : _gdt.Limit;
+            if ((ulong)(sel & 0xFFF8) + 7 <= tableLimit && !((sel & 4) != 0 && _ldt.Unusable))
+            {
+                d = ReadDescriptor(sel);
+                var s = ParseDescriptor(d, sel);
+                bool code = (s.Type & 8) != 0;
+                bool conforming = code && (s.Type & 4) != 0;
+                bool privOk = conforming || (s.Dpl >= _cpl && s.Dpl >= (sel & 3));
+                ok = op.H switch
+                {
+                    H.Verr => s.IsCodeOrData && privOk && (!code || (s.Type & 2) != 0),
+                    H.Verw => s.IsCodeOrData && privOk && !code && (s.Type & 2) != 0,
+                    _ => privOk && (s.IsCodeOrData || s.Type is 1 or 2 or 3 or 9 or 11 || (op.H == H.Lar && s.Type is 4 or 12)),
+                };
+                if (ok && op.H == H.Lsl)
+                {
+                    SetReg(op.R0, op.Size, s.Limit);
+                }
+                else if (ok && op.H == H.Lar)
+                {
+                    SetReg(op.R0, op.Size, (d >> 32) & 0x00F0FF00);
+                }
+            }
+        }
+
+        _flags = ok ? _flags | ZF : _flags & ~ZF;
+    }
+
+    // ---- SYSCALL / SYSRET / IRET -------------------------------------------------------------------
+
+    private void ExecSyscall(ulong next)
+    {
+        if ((_efer & EferSce) == 0 || (_efer & EferLma) == 0)
+        {
+            throw Fault(Vectors.UD, 0);
+        }
+
+        ulong flags = GetRflags() & ~RF;
+        Gpr(1) = next;
+        Gpr(11) = flags;
+        ushort sel = (ushort)((_star >> 32) & 0xFFFC);
+        var cs = SegmentRegister.Flat(sel, code: true, longMode: true, dpl: 0);
+        cs.Type = 0xB;
+        var ss = SegmentRegister.Flat((ushort)(sel + 8), code: false, longMode: false, dpl: 0);
+        ss.Type = 3;
+        _seg[SegSs] = ss;
+        _flags = (flags & ~_fmask & ~RF) | Fixed1;
+        SetCs(cs);
+        _rip = _bitness == 64 ? _lstar : _cstar;
+        if (_bitness != 64)
+        {
+            // SYSCALL from compatibility mode enters 64-bit mode at CSTAR.
+            _rip = _cstar;
+        }
+    }
+
+    private void ExecSysret(int size)
+    {
+        if ((_efer & EferSce) == 0)
+        {
+            throw Fault(Vectors.UD, 0);
+        }
+
+        if (_cpl != 0 || (_cr0 & Cr0Pe) == 0 || (_efer & EferLma) == 0)
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
+        ulong rip = Gpr(1);
+        if (size == 8 && !IsCanonical(rip))
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
+        ushort baseSel = (ushort)(_star >> 48);
+        SegmentRegister cs;
+        if (size == 8)
+        {
+            cs = SegmentRegister.Flat((ushort)((baseSel + 16) | 3), code: true, longMode: true, dpl: 3);
+        }
+        else
+        {
+            cs = SegmentRegister.Flat((ushort)(baseSel | 3), code: true, longMode: false, dpl: 3);
+            rip = (uint)rip;
+        }
+
+        cs.Type = 0xB;
+        var ss = SegmentRegister.Flat((ushort)((baseSel + 8) | 3), code: false, longMode: false, dpl: 3);
+        ss.Type = 3;
+        _seg[SegSs] = ss;
+        SetRflags((Gpr(11) & 0x3C7FD7) | Fixed1);
+        SetCs(cs);
+        _rip = rip;
+    }
+
+    private void ExecIret(int size)
+    {
+        if ((_cr0 & Cr0Pe) == 0 || (_flags & VM) != 0)
+        {
+            if ((_flags & VM) != 0 && (_flags & IoplMask) != IoplMask)
+            {
+                throw Fault(Vectors.GP, 0);
+            }
+
+            ulong ip = Peek(0, size);
+            ushort csSel = (ushort)Peek((ulong)size, size);
+            ulong fl = Peek((ulong)(2 * size), size);
+            AdjustSp(3 * size);
+            var cs = _seg[SegCs];
+            cs.Selector = csSel;
+            cs.Base = (ulong)csSel << 4;
+            _seg[SegCs] = cs;
+            ulong keep = size == 2 ? ~0xFFFFUL : (VM | VIP | VIF);
+            ulong nf = (_flags & keep) | (fl & ~keep & 0x3F7FD5);
+            if ((_flags & VM) != 0)
+            {
+                nf = (nf & ~IoplMask) | (_flags & IoplMask);
+            }
+
+            SetRflags(nf);
+            UpdateMode();
+            _rip = ip & Mask(size);
+            return;
+        }
+
+        if ((_flags & NT) != 0 && (_efer & EferLma) == 0)
+        {
+            throw Fault(Vectors.GP, 0); // task return: not implemented
+        }
+
+        ulong rip = Peek(0, size);
+        ushort sel = (ushort)Peek((ulong)size, size);
+        ulong flags = Peek((ulong)(2 * size), size);
+        int rpl = sel & 3;
+        if (rpl < _cpl)
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        bool popStack = _bitness == 64 || rpl > _cpl;
+        ulong newSp = 0;
+        ushort newSs = 0;
+        if (popStack)
+        {
+            newSp = Peek((ulong)(3 * size), size);
+            newSs = (ushort)Peek((ulong)(4 * size), size);
+        }
+
+        var ncs = CheckCodeSegment(sel, rpl);
+        if (ncs.Long && size != 8 && (_efer & EferLma) != 0)
+        {
+            // IRETD to 64-bit code is allowed; the RIP is zero-extended.
+        }
+
+        int oldCpl = _cpl;
+        ulong oldIopl = _flags & IoplMask;
+        ulong changeable = CF | PF | AF | ZF | SF | TF | DF | OF | NT | RF | AC | ID | VIF | VIP;
+        if (oldCpl == 0)
+        {
+            changeable |= IoplMask | IF;
+        }
+        else if (oldCpl <= (int)(oldIopl >> 12))
+        {
+            changeable |= IF;
+        }
+
+        if (size == 2)
+        {
+            changeable &= 0xFFFF;
+        }
+
+        Materialize();
+        ulong nflags = (_flags & ~changeable) | (flags & changeable) | Fixed1;
+        var savedSs = _seg[SegSs];
+        SetCs(ncs);
+        try
+        {
+            if (popStack)
+            {
+                if ((newSs & 0xFFFC) == 0 && (_efer & EferLma) != 0 && rpl != 3 && ncs.Long)
+                {
+                    _seg[SegSs] = new SegmentRegister { Selector = newSs, Unusable = true, Dpl = (byte)rpl, DefaultBig = true };
+                    _segBase[SegSs] = 0;
+                }
+                else
+                {
+                    LoadDataSegment(SegSs, newSs);
+                }
+
+                Gpr(4) = size == 8 ? newSp : (size == 4 ? (uint)newSp : (Gpr(4) & ~0xFFFFUL) | (ushort)newSp);
+            }
+            else
+            {
+                AdjustSp(3 * size);
+            }
+        }
+        catch
+        {
+            _seg[SegSs] = savedSs;
+            SetCs(_seg[SegCs] with { });
+            throw;
+        }
+
+        _flags = nflags;
+        _lzOp = LzNone;
+        _rip = ncs.Long ? rip : rip & Mask(size == 8 ? 4 : size);
+        if (rpl > oldCpl)
+        {
+            NullifyDataSegmentsForOuterLevel();
+        }
+
+        UpdateMode();
+    }
+
+    // ---- Port I/O ---------------------------------------------------------------------------------
+
+    private void CheckIoPermission(ushort port, int size)
+    {
+        if ((_cr0 & Cr0Pe) == 0)
+        {
+            return;
+        }
+
+        if ((_flags & VM) == 0 && _cpl <= (int)((_flags & IoplMask) >> 12))
+        {
+            return;
+        }
+
+        // Consult the I/O permission bitmap of the TSS.
+        if (_tr.Limit < 0x67)
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
+        ulong mapBase = ReadSystem(_tr.Base + 0x66, 2);
+        ulong byteOff = mapBase + (ulong)(port >> 3);
+        if (byteOff + 1 > _tr.Limit)
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
+        ulong bitsWord = ReadSystem(_tr.Base + byteOff, 2);
+        ulong need = ((1UL << size) - 1) << (port & 7);
+        if ((bitsWord & need) != 0)
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+    }
+
+    private ulong ExecPortIo(ref Op op)
+    {
+        ushort port = op.Sub == 1 ? (ushort)Gpr(2) : (ushort)op.Imm;
+        int size = op.Size;
+        CheckIoPermission(port, size);
+        _exitDataLength = size;
+        if (op.H == H.Out)
+        {
+            ulong v = GetReg(0, size);
+            for (int b = 0; b < size; b++)
+            {
+                _exitBuffer[b] = (byte)(v >> (b * 8));
+            }
+
+            SetExit(VcpuExit.PortIo(port, size, 1, isWrite: true));
+            _pendingIo = default;
+        }
+        else
+        {
+            Array.Clear(_exitBuffer, 0, size);
+            SetExit(VcpuExit.PortIo(port, size, 1, isWrite: false));
+            _pendingIo = new PendingIo { Kind = PendingIoKind.In, Size = size, Count = 1 };
+        }
+
+        return op.Next;
+    }
+
+    private ulong ExecStringIo(ref Op op)
+    {
+        ushort port = (ushort)Gpr(2);
+        int size = op.Size;
+        int asz = op.AddrSize;
+        CheckIoPermission(port, size);
+        bool rep = (op.Pfx & (Pfx.Rep | Pfx.Repne)) != 0;
+        ulong remaining = rep ? StrReg(1, asz) : 1;
+        if (remaining == 0)
+        {
+            return op.Next;
+        }
+
+        bool down = (_flags & DF) != 0;
+        int reg = op.H == H.Outs ? 6 : 7;
+        int seg = op.H == H.Outs ? op.Seg : SegEs;
+        ulong off = StrReg(reg, asz);
+        ulong lin = StrLin(seg, off);
+
+        // As many elements as fit in the page (and the exit buffer), in the direction of travel.
+        ulong inPage = down ? ((lin & 0xFFF) / (ulong)size) + 1 : (4096 - (lin & 0xFFF)) / (ulong)size;
+        int count = (int)Math.Max(1, Math.Min(Math.Min(remaining, inPage), (ulong)(_exitBuffer.Length / size)));
+        long delta = down ? -size : size;
+        _exitDataLength = size * count;
+        if (op.H == H.Outs)
+        {
+            for (int k = 0; k < count; k++)
+            {
+                ulong v = Read(StrLin(seg, (off + (ulong)(k * delta)) & Mask(asz)), size);
+                for (int b = 0; b < size; b++)
+                {
+                    _exitBuffer[(k * size) + b] = (byte)(v >> (b * 8));
+                }
+            }
+
+            StrAdvance(6, asz, delta * count);
+            if (rep)
+            {
+                StrAdvance(1, asz, -count);
+            }
+
+            SetExit(VcpuExit.PortIo(port, size, count, isWrite: true));
+            _pendingIo = default;
+        }
+        else
+        {
+            for (int k = 0; k < count; k++)
+            {
+                ProbeWrite(StrLin(seg, (off + (ulong)(k * delta)) & Mask(asz)), size);
+            }
+
+            Array.Clear(_exitBuffer, 0, size * count);
+            SetExit(VcpuExit.PortIo(port, size, count, isWrite: false));
+            _pendingIo = new PendingIo { Kind = PendingIoKind.Ins, Size = size, Count = count, Register = rep ? 1 : 0, AddrSize = asz };
+        }
+
+        if (rep && StrReg(1, asz) - (op.H == H.Ins ? (ulong)count : 0) != 0)
+        {
+            _notRetired = true;
+            return op.Next - op.Len;
+        }
+
+        return op.Next;
+    }
+
+    /// <summary>Completes an IN/INS with the data the host put in <see cref="ExitData"/>.</summary>
+    private void CompletePendingIo()
+    {
+        var p = _pendingIo;
+        _pendingIo = default;
+        switch (p.Kind)
+        {
+            case PendingIoKind.In:
+            {
+                ulong v = 0;
+                for (int b = 0; b < p.Size; b++)
+                {
+                    v |= (ulong)_exitBuffer[b] << (b * 8);
+                }
+
+                SetReg(0, p.Size, v);
+                break;
+            }
+
+            case PendingIoKind.Ins:
+            {
+                int asz = p.AddrSize;
+                long delta = (_flags & DF) != 0 ? -p.Size : p.Size;
+                for (int k = 0; k < p.Count; k++)
+                {
+                    ulong v = 0;
+                    for (int b = 0; b < p.Size; b++)
+                    {
+                        v |= (ulong)_exitBuffer[(k * p.Size) + b] << (b * 8);
+                    }
+
+                    Write(StrLin(SegEs, StrReg(7, asz)), p.Size, v);
+                    StrAdvance(7, asz, delta);
+                    if (p.Register == 1)
+                    {
+                        StrAdvance(1, asz, -1);
+                    }
+                }
+
+                break;
+            }
+
+            case PendingIoKind.MmioRead:
+            {
+                ulong v = 0;
+                for (int b = 0; b < p.Size; b++)
+                {
+                    v |= (ulong)_exitBuffer[b] << (b * 8);
+                }
+
+                if (_mmioCount > 0)
+                {
+                    _mmioData[_mmioCount - 1] = v;
+                }
+
+                break;
+            }
+
+            default:
+                break;
+        }
+    }
+}
