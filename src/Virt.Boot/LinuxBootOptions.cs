@@ -4,7 +4,7 @@ namespace Virt.Boot;
 /// <remarks>
 /// The default layout of low memory: GDT 0x500 and TSS 0x580 (<see cref="ProcessorSetupOptions"/>),
 /// zero page (or PVH start info, or Multiboot info) 0x7000, boot stack below 0x9000, page tables
-/// 0x9000-0xEFFF, command line 0x20000, MP table 0x9FC00 (see <c>MpTable</c>).
+/// 0x9000-0xEFFF, command line 0x20000, MP table 0x9FC00 (see <see cref="MpTable"/>).
 /// </remarks>
 public sealed record LinuxBootOptions
 {
