@@ -72,9 +72,20 @@ internal sealed class TestVm : IDisposable
     {
         Memory.Write(new GuestAddress(address), code);
         var vcpu = Vcpus[index];
-        vcpu.SetSpecialRegisters(ProcessorSetup.Prepare(Memory, vcpu.GetSpecialRegisters(), mode, new ProcessorSetupOptions { KernelStack = KernelStackTop }));
+        vcpu.SetSpecialRegisters(ProcessorSetup.Prepare(Memory, vcpu.GetSpecialRegisters(), mode, SetupOptions(index)));
         vcpu.SetGeneralRegisters(new GeneralRegisters { Rip = address, Rsp = stack, Rflags = FlagsReserved });
     }
+
+    /// <summary>
+    /// Each vCPU gets its own GDT, TSS and kernel stack (a TSS is busy while loaded, and two vCPUs taking
+    /// exceptions on one kernel stack would overwrite each other's frames); the identity map is shared.
+    /// </summary>
+    private static ProcessorSetupOptions SetupOptions(int index) => new()
+    {
+        GdtAddress = new GuestAddress(0x500 + (ulong)(index * 0x100)),
+        TssAddress = new GuestAddress(0x580 + (ulong)(index * 0x100)),
+        KernelStack = KernelStackTop - (ulong)(index * 0x400),
+    };
 
     /// <summary>
     /// Gives long-mode vCPU <paramref name="index"/> an IDT whose #GP handler performs the one-byte
