@@ -33,6 +33,7 @@ internal sealed unsafe partial class WhpVirtualCpu : IVirtualCpu
     private int _exitRequested;
     private int _running;
     private int _queuedVector = -1;
+    private readonly EmulationSession _session;
     private int _disposed;
 
     internal WhpVirtualCpu(WhpPartition partition, int index)
@@ -42,6 +43,7 @@ internal sealed unsafe partial class WhpVirtualCpu : IVirtualCpu
         _vp = (uint)index;
         Index = index;
         _cpuid = partition.SupportedCpuid;
+        _session = new EmulationSession(partition.Memory);
         _native = (byte*)NativeMemory.AlignedAlloc(NativeSize, 16);
         NativeMemory.Clear(_native, NativeSize);
         try
@@ -83,7 +85,7 @@ internal sealed unsafe partial class WhpVirtualCpu : IVirtualCpu
     public VcpuExit Run()
     {
         ThrowIfDisposed();
-        if (_pendingRead.Kind != AccessKind.None)
+        if (_session.HasPendingRead)
         {
             // The previous Run returned a read exit: finish that instruction with the host's ExitData.
             if (CompletePendingRead() is VcpuExit another)
@@ -92,7 +94,7 @@ internal sealed unsafe partial class WhpVirtualCpu : IVirtualCpu
             }
         }
 
-        _exitDataLength = 0;
+        _session.ClearExitData();
         Interlocked.Exchange(ref _running, 1);
         try
         {
@@ -149,7 +151,7 @@ internal sealed unsafe partial class WhpVirtualCpu : IVirtualCpu
         }
     }
 
-    public Span<byte> ExitData => _exitData.AsSpan(0, _exitDataLength);
+    public Span<byte> ExitData => _session.ExitData;
 
     public void RequestExit()
     {
