@@ -23,6 +23,9 @@ public sealed record LinuxBootOptions
     /// <summary>The initial stack pointer (the kernel switches to its own stack early).</summary>
     public GuestAddress StackPointer { get; init; } = new(0x8FF0);
 
+    /// <summary>The ACPI RSDP (from <see cref="AcpiTables.Write"/>), passed in the zero page's <c>acpi_rsdp_addr</c> or the PVH start info; null for none.</summary>
+    public GuestAddress? AcpiRsdpAddress { get; init; }
+
     /// <summary>Where the GDT, TSS and page tables go.</summary>
     public ProcessorSetupOptions Processor { get; init; } = new();
 }

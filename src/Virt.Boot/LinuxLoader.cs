@@ -24,6 +24,7 @@ public static class LinuxLoader
     public const int ZeroPageSize = 4096;
 
     // Zero-page fields outside the setup header.
+    private const int AcpiRsdpAddrOffset = 0x070; // u64: where the RSDP is (protocol 2.14+)
     private const int E820EntriesOffset = 0x1E8; // u8: entries in e820_table
     private const int E820TableOffset = 0x2D0;   // 128 × struct boot_e820_entry { u64 addr; u64 size; u32 type; }
     private const int E820EntrySize = 20;
@@ -114,6 +115,11 @@ public static class LinuxLoader
         BinaryPrimitives.WriteUInt32LittleEndian(zp.AsSpan(BzImageHeader.RamdiskImageOffset), (uint)initrdAddress);
         BinaryPrimitives.WriteUInt32LittleEndian(zp.AsSpan(BzImageHeader.RamdiskSizeOffset), (uint)initrdSize);
         BinaryPrimitives.WriteUInt32LittleEndian(zp.AsSpan(BzImageHeader.Code32StartOffset), (uint)load);
+        if (options.AcpiRsdpAddress is GuestAddress rsdp)
+        {
+            BinaryPrimitives.WriteUInt64LittleEndian(zp.AsSpan(AcpiRsdpAddrOffset), rsdp.Value);
+        }
+
         WriteE820(zp, map);
         RequireRam(map, options.BootParamsAddress, ZeroPageSize, "boot_params", "zero page");
         memory.Write(options.BootParamsAddress, zp);

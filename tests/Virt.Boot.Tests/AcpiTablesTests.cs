@@ -1,0 +1,193 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Text;
+using Virt.Memory;
+using Xunit;
+
+namespace Virt.Boot.Tests;
+
+public sealed class AcpiTablesTests
+{
+    private static readonly AcpiTablesOptions WithDevices = new()
+    {
+        VirtioMmioDevices =
+        [
+            new AcpiVirtioMmioDevice(new GuestAddress(0xD0000000), 0x1000, 5),
+            new AcpiVirtioMmioDevice(new GuestAddress(0xD0001000), 0x1000, 6, LevelTriggered: false),
+        ],
+    };
+
+    private static byte Sum(ReadOnlySpan<byte> data)
+    {
+        byte s = 0;
+        foreach (byte b in data)
+        {
+            s += b;
+        }
+
+        return s;
+    }
+
+    private static byte[] Table(GuestMemory m, ulong address)
+    {
+        uint length = m.Read<uint>(new GuestAddress(address + 4));
+        Assert.InRange(length, 36u, 0x10000u);
+        var t = new byte[length];
+        m.Read(new GuestAddress(address), t);
+        Assert.Equal(0, Sum(t));
+        return t;
+    }
+
+    private static string Signature(byte[] t) => Encoding.ASCII.GetString(t, 0, 4);
+
+    [Fact]
+    public void Rsdp_leads_to_checksummed_xsdt_fadt_madt_and_dsdt()
+    {
+        using var m = GuestMemory.CreateRam(2 << 20);
+        var result = AcpiTables.Write(m, WithDevices);
+        Assert.Equal(0xE0000UL, result.Rsdp.Value);
+
+        var rsdp = new byte[36];
+        m.Read(result.Rsdp, rsdp);
+        Assert.Equal("RSD PTR ", Encoding.ASCII.GetString(rsdp, 0, 8));
+        Assert.Equal(0, Sum(rsdp.AsSpan(0, 20)));
+        Assert.Equal(0, Sum(rsdp));
+        Assert.Equal(2, rsdp[15]);
+
+        var xsdt = Table(m, BinaryPrimitives.ReadUInt64LittleEndian(rsdp.AsSpan(24)));
+        Assert.Equal("XSDT", Signature(xsdt));
+        var pointers = Enumerable.Range(0, (xsdt.Length - 36) / 8).Select(i => BinaryPrimitives.ReadUInt64LittleEndian(xsdt.AsSpan(36 + (i * 8)))).ToArray();
+        var tables = pointers.Select(p => Table(m, p)).ToDictionary(Signature);
+        Assert.Equal(["APIC", "FACP"], tables.Keys.Order());
+
+        var fadt = tables["FACP"];
+        Assert.Equal(276, fadt.Length);
+        Assert.Equal(6, fadt[8]);
+        Assert.NotEqual(0u, BinaryPrimitives.ReadUInt32LittleEndian(fadt.AsSpan(112)) & (1u << 20)); // HW_REDUCED_ACPI
+        Assert.Equal(1, fadt[244]);                                                                  // sleep control in I/O space
+        Assert.Equal(0x600UL, BinaryPrimitives.ReadUInt64LittleEndian(fadt.AsSpan(248)));
+        Assert.Equal(0x601UL, BinaryPrimitives.ReadUInt64LittleEndian(fadt.AsSpan(260)));
+        Assert.Equal(0x602UL, BinaryPrimitives.ReadUInt64LittleEndian(fadt.AsSpan(120)));
+        Assert.Equal(1, fadt[128]);
+
+        var dsdt = Table(m, BinaryPrimitives.ReadUInt64LittleEndian(fadt.AsSpan(140)));
+        Assert.Equal("DSDT", Signature(dsdt));
+        Assert.Equal((uint)BinaryPrimitives.ReadUInt64LittleEndian(fadt.AsSpan(140)), BinaryPrimitives.ReadUInt32LittleEndian(fadt.AsSpan(40)));
+        string text = Encoding.ASCII.GetString(dsdt);
+        Assert.Contains("_S5_", text, StringComparison.Ordinal);
+        Assert.Equal(2, CountOf(text, "LNRO0005"));
+        Assert.Contains("VR00", text, StringComparison.Ordinal);
+        Assert.Contains("VR01", text, StringComparison.Ordinal);
+        // Memory32Fixed of the first device: base 0xD0000000, size 0x1000.
+        Assert.True(IndexOf(dsdt, [0x86, 9, 0, 1, 0, 0, 0, 0xD0, 0, 0x10, 0, 0]) > 0);
+        // Its interrupt: consumer, level, active high, GSI 5; the second is edge.
+        Assert.True(IndexOf(dsdt, [0x89, 6, 0, 1, 1, 5, 0, 0, 0]) > 0);
+        Assert.True(IndexOf(dsdt, [0x89, 6, 0, 3, 1, 6, 0, 0, 0]) > 0);
+    }
+
+    [Fact]
+    public void Madt_lists_the_processors_ioapic_irq0_override_and_nmi()
+    {
+        using var m = GuestMemory.CreateRam(2 << 20);
+        AcpiTables.Write(m, new AcpiTablesOptions { ProcessorCount = 2 });
+        var rsdp = new byte[36];
+        m.Read(new GuestAddress(0xE0000), rsdp);
+        var xsdt = Table(m, BinaryPrimitives.ReadUInt64LittleEndian(rsdp.AsSpan(24)));
+        var madt = Enumerable.Range(0, 2).Select(i => Table(m, BinaryPrimitives.ReadUInt64LittleEndian(xsdt.AsSpan(36 + (i * 8))))).Single(t => Signature(t) == "APIC");
+        Assert.Equal(0xFEE00000u, BinaryPrimitives.ReadUInt32LittleEndian(madt.AsSpan(36)));
+        Assert.Equal(1u, BinaryPrimitives.ReadUInt32LittleEndian(madt.AsSpan(40)));
+        var entries = new List<byte[]>();
+        for (int off = 44; off < madt.Length; off += madt[off + 1])
+        {
+            Assert.True(madt[off + 1] >= 2);
+            entries.Add(madt[off..(off + madt[off + 1])]);
+        }
+
+        Assert.Equal([0, 0, 1, 2, 4], entries.Select(e => e[0]));
+        Assert.Equal(1, entries[1][3]);       // second processor's APIC ID
+        Assert.Equal(2, entries[2][2]);       // IOAPIC ID after the processors
+        Assert.Equal(0xFEC00000u, BinaryPrimitives.ReadUInt32LittleEndian(entries[2].AsSpan(4)));
+        Assert.Equal(0, entries[3][3]);       // source IRQ 0
+        Assert.Equal(2u, BinaryPrimitives.ReadUInt32LittleEndian(entries[3].AsSpan(4)));
+        Assert.Equal(1, entries[4][5]);       // LINT1
+    }
+
+    [Fact]
+    public void Aml_package_length_uses_the_multi_byte_forms_past_63_bytes()
+    {
+        Assert.Equal([0x05, 1, 2, 3, 4], AcpiTables.Aml.WithPkgLength([1, 2, 3, 4]));
+        var big = AcpiTables.Aml.WithPkgLength(new byte[100]);
+        Assert.Equal(0x40 | (102 & 0xF), big[0]);
+        Assert.Equal(102 >> 4, big[1]);
+        Assert.Equal(102, big.Length);
+    }
+
+    [Fact]
+    public void Out_of_range_device_fails_naming_the_option()
+    {
+        using var m = GuestMemory.CreateRam(2 << 20);
+        var ex = Assert.Throws<BootImageException>(() => AcpiTables.Write(m, new AcpiTablesOptions { VirtioMmioDevices = [new AcpiVirtioMmioDevice(new GuestAddress(0xD0000000), 0x1000, 40)] }));
+        Assert.Equal("virtio_mmio_devices", ex.Field);
+    }
+
+    [Fact]
+    public void Rsdp_address_reaches_the_zero_page()
+    {
+        using var m = GuestMemory.CreateRam(64 << 20);
+        var acpi = AcpiTables.Write(m);
+        var r = LinuxLoader.LoadBzImage(m, SyntheticImages.BzImage(), new LinuxBootOptions { AcpiRsdpAddress = acpi.Rsdp });
+        Assert.Equal(0xE0000UL, m.Read<ulong>(r.Find("zero page")!.Value.Address + 0x70));
+    }
+
+    [Fact]
+    public void Dsdt_disassembles_cleanly_with_iasl_when_installed()
+    {
+        string? iasl = new[] { "/usr/bin/iasl", "/usr/local/bin/iasl" }.FirstOrDefault(File.Exists);
+        if (iasl is null)
+        {
+            Assert.Skip("iasl (acpica-tools) is not installed.");
+        }
+
+        using var m = GuestMemory.CreateRam(2 << 20);
+        AcpiTables.Write(m, WithDevices);
+        var rsdp = new byte[36];
+        m.Read(new GuestAddress(0xE0000), rsdp);
+        var xsdt = Table(m, BinaryPrimitives.ReadUInt64LittleEndian(rsdp.AsSpan(24)));
+        var fadt = Enumerable.Range(0, 2).Select(i => Table(m, BinaryPrimitives.ReadUInt64LittleEndian(xsdt.AsSpan(36 + (i * 8))))).Single(t => Signature(t) == "FACP");
+        var dsdt = Table(m, BinaryPrimitives.ReadUInt64LittleEndian(fadt.AsSpan(140)));
+
+        string dir = Directory.CreateTempSubdirectory("virt-acpi").FullName;
+        try
+        {
+            File.WriteAllBytes(Path.Combine(dir, "dsdt.aml"), dsdt);
+            var psi = new ProcessStartInfo(iasl, "-d dsdt.aml") { WorkingDirectory = dir, RedirectStandardOutput = true, RedirectStandardError = true };
+            using var p = Process.Start(psi)!;
+            string output = p.StandardOutput.ReadToEnd() + p.StandardError.ReadToEnd();
+            p.WaitForExit();
+            Assert.True(p.ExitCode == 0, output);
+            string dsl = File.ReadAllText(Path.Combine(dir, "dsdt.dsl"));
+            Assert.Contains("Device (VR00)", dsl, StringComparison.Ordinal);
+            Assert.Contains("Memory32Fixed (ReadWrite,", dsl, StringComparison.Ordinal);
+            Assert.Contains("0xD0001000", dsl, StringComparison.Ordinal);
+            Assert.Contains("Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive, ,, )", dsl, StringComparison.Ordinal);
+            Assert.Contains("Name (_S5, Package (0x02)", dsl, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    private static int CountOf(string text, string value)
+    {
+        int count = 0;
+        for (int i = text.IndexOf(value, StringComparison.Ordinal); i >= 0; i = text.IndexOf(value, i + 1, StringComparison.Ordinal))
+        {
+            count++;
+        }
+
+        return count;
+    }
+
+    private static int IndexOf(byte[] haystack, byte[] needle) => haystack.AsSpan().IndexOf(needle);
+}
