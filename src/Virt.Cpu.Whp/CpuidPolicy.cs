@@ -126,6 +126,38 @@ internal static class CpuidPolicy
         return false;
     }
 
+    /// <summary>A CPUID output register that lists features, one bit each.</summary>
+    internal readonly record struct FeatureWord(uint Function, uint Index, CpuidRegister Register);
+
+    /// <summary>Bits of a CPUID output that describe the running processor rather than its features.</summary>
+    internal readonly record struct DynamicField(uint Function, uint Index, bool AnyIndex, CpuidRegister Register, uint Mask);
+
+    /// <summary>Feature words: a guest sees a bit only where the hypervisor's own answer has it too.</summary>
+    internal static readonly FeatureWord[] FeatureWords =
+    [
+        new(0x1, 0, CpuidRegister.Ecx),
+        new(0x1, 0, CpuidRegister.Edx),
+        new(0x7, 0, CpuidRegister.Ebx),
+        new(0x7, 0, CpuidRegister.Ecx),
+        new(0x7, 0, CpuidRegister.Edx),
+        new(0x7, 1, CpuidRegister.Eax),
+        new(0xD, 1, CpuidRegister.Eax),
+        new(0x8000_0001, 0, CpuidRegister.Ecx),
+        new(0x8000_0001, 0, CpuidRegister.Edx),
+    ];
+
+    /// <summary>Fields always taken from the hypervisor's answer for the asking processor.</summary>
+    internal static readonly DynamicField[] DynamicFields =
+    [
+        new(0x1, 0, false, CpuidRegister.Ebx, 0xFF00_0000), // initial APIC ID of this processor
+        new(0x1, 0, false, CpuidRegister.Ecx, 1u << 27), // OSXSAVE mirrors the guest's CR4.OSXSAVE
+        new(0x7, 0, false, CpuidRegister.Ecx, 1u << 4), // OSPKE mirrors the guest's CR4.PKE
+        new(0xB, 0, true, CpuidRegister.Edx, 0xFFFF_FFFF), // x2APIC ID of this processor
+        new(0x1F, 0, true, CpuidRegister.Edx, 0xFFFF_FFFF), // x2APIC ID of this processor
+        new(0xD, 0, false, CpuidRegister.Ebx, 0xFFFF_FFFF), // XSAVE area size for the guest's current XCR0
+        new(0xD, 1, false, CpuidRegister.Ebx, 0xFFFF_FFFF), // XSAVES area size for the guest's XCR0 | XSS
+    ];
+
     /// <summary>The distinct leaves of <paramref name="table"/>, for the partition's CPUID exit list.</summary>
     public static uint[] ExitList(IReadOnlyList<CpuidEntry> table) => [.. table.Select(e => e.Function).Distinct().Order()];
 }

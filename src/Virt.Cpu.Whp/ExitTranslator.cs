@@ -34,7 +34,7 @@ internal static class ExitTranslator
     /// <summary>Translates <paramref name="exit"/>.</summary>
     /// <param name="exit">The exit context WHvRunVirtualProcessor filled.</param>
     /// <param name="exitRequested">Whether the caller asked for this run to stop (<see cref="IVirtualCpu.RequestExit"/>).</param>
-    public static unsafe TranslatedExit Translate(in WHV_RUN_VP_EXIT_CONTEXT exit, bool exitRequested)
+    public static TranslatedExit Translate(in WHV_RUN_VP_EXIT_CONTEXT exit, bool exitRequested)
     {
         ulong rip = exit.VpContext.Rip;
         switch (exit.ExitReason)
@@ -104,12 +104,7 @@ internal static class ExitTranslator
             case WhvRunVpExitReason.Exception:
             {
                 var e = exit.VpException;
-                var bytes = new byte[Math.Min((int)e.InstructionByteCount, 16)];
-                for (int i = 0; i < bytes.Length; i++)
-                {
-                    bytes[i] = e.InstructionBytes[i];
-                }
-
+                var bytes = InstructionBytes(exit);
                 bool hasCode = (e.ExceptionInfo & 1) != 0;
                 string description = hasCode
                     ? string.Create(CultureInfo.InvariantCulture, $"guest exception {e.ExceptionType} with error code 0x{e.ErrorCode:x}")
@@ -129,9 +124,11 @@ internal static class ExitTranslator
     internal readonly record struct CpuidResult(uint Eax, uint Ebx, uint Ecx, uint Edx);
 
     /// <summary>
-    /// Answers a CPUID exit from <paramref name="table"/> (the vCPU's leaves). Leaves not in the table get the
-    /// hypervisor's default answer. The per-processor APIC ID fields (leaf 1 EBX[31:24], leaf 0xB/0x1F EDX)
-    /// always come from the hypervisor's default so that every vCPU reports its own ID.
+    /// Answers a CPUID exit from <paramref name="table"/> (the vCPU's leaves); leaves not in the table get the
+    /// hypervisor's default answer. A table entry is combined with that default the way KVM combines the
+    /// VMM's CPUID with what it supports: feature words keep only bits the hypervisor also offers (a guest
+    /// must never see a feature it cannot use), and fields that follow the processor's own state
+    /// (APIC IDs, OSXSAVE/OSPKE, the XSAVE area size) come from the default.
     /// </summary>
     public static CpuidResult AnswerCpuid(in WHV_X64_CPUID_ACCESS_CONTEXT c, IReadOnlyList<CpuidEntry> table)
     {
@@ -143,17 +140,26 @@ internal static class ExitTranslator
             return defaults;
         }
 
-        var r = new CpuidResult(e.Eax, e.Ebx, e.Ecx, e.Edx);
-        if (function == 1)
+        Span<uint> r = [e.Eax, e.Ebx, e.Ecx, e.Edx];
+        ReadOnlySpan<uint> d = [defaults.Eax, defaults.Ebx, defaults.Ecx, defaults.Edx];
+        foreach (var w in CpuidPolicy.FeatureWords)
         {
-            r = r with { Ebx = (r.Ebx & 0x00FF_FFFF) | (defaults.Ebx & 0xFF00_0000) };
-        }
-        else if (function is 0xB or 0x1F)
-        {
-            r = r with { Edx = defaults.Edx };
+            if (w.Function == function && w.Index == index)
+            {
+                r[(int)w.Register] &= d[(int)w.Register];
+            }
         }
 
-        return r;
+        foreach (var f in CpuidPolicy.DynamicFields)
+        {
+            if (f.Function == function && (f.AnyIndex || f.Index == index))
+            {
+                int i = (int)f.Register;
+                r[i] = (r[i] & ~f.Mask) | (d[i] & f.Mask);
+            }
+        }
+
+        return new CpuidResult(r[0], r[1], r[2], r[3]);
     }
 
     private static TranslatedExit Fail(VcpuExitReason reason, string description, ulong code, in WHV_RUN_VP_EXIT_CONTEXT exit) =>

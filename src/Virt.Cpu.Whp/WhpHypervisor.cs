@@ -59,6 +59,8 @@ public sealed class WhpHypervisor : IHypervisor
         {
             var capability = default(WHV_CAPABILITY);
             uint written = 0;
+
+            // SAFETY: both pointers are to locals of this frame; the buffer size passed is the local's size.
             int hr = Interop.WinHvPlatform.WHvGetCapability(WhvCapabilityCode.HypervisorPresent, &capability, (uint)sizeof(WHV_CAPABILITY), &written);
             facts = facts with { CapabilityHResult = hr, HypervisorPresent = hr >= 0 && capability.HypervisorPresent != 0 };
             if (facts.HypervisorPresent)

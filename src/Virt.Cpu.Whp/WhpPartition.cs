@@ -55,6 +55,7 @@ internal sealed class WhpPartition : IPartition, IDirtyPageLog
                 {
                     fixed (uint* p = leaves)
                     {
+                        // SAFETY: p pins the managed array for the call; the size passed is the array's byte length.
                         HResult.Check(
                             Interop.WinHvPlatform.WHvSetPartitionProperty(_handle, WhvPartitionPropertyCode.CpuidExitList, p, (uint)(leaves.Length * sizeof(uint))),
                             "WHvSetPartitionProperty(CpuidExitList)");
@@ -138,6 +139,7 @@ internal sealed class WhpPartition : IPartition, IDirtyPageLog
 
         fixed (ulong* p = bitmap)
         {
+            // SAFETY: the span was checked to hold at least `needed` elements, and `needed` elements is the size passed.
             HResult.Check(
                 Interop.WinHvPlatform.WHvQueryGpaRangeDirtyBitmap(_handle, region.Start.Value, region.Size, p, (uint)(needed * sizeof(ulong))),
                 "WHvQueryGpaRangeDirtyBitmap");
@@ -170,6 +172,7 @@ internal sealed class WhpPartition : IPartition, IDirtyPageLog
 
     private unsafe void SetProperty(WhvPartitionPropertyCode code, WHV_PARTITION_PROPERTY value)
     {
+        // SAFETY: &value is the address of a parameter of this frame, of exactly the size passed.
         HResult.Check(
             Interop.WinHvPlatform.WHvSetPartitionProperty(_handle, code, &value, (uint)sizeof(WHV_PARTITION_PROPERTY)),
             $"WHvSetPartitionProperty({code})");

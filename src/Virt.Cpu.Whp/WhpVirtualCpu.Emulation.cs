@@ -8,6 +8,7 @@ internal sealed unsafe partial class WhpVirtualCpu
 {
     private void CreateEmulator()
     {
+        // SAFETY: the callback table lies in the native block, which outlives the emulator (see remarks).
         var callbacks = (WHV_EMULATOR_CALLBACKS*)(_native + CallbacksOffset);
         callbacks->Size = (uint)sizeof(WHV_EMULATOR_CALLBACKS);
         callbacks->WHvEmulatorIoPortCallback = &OnIoPort;
@@ -47,10 +48,14 @@ internal sealed unsafe partial class WhpVirtualCpu
         return _session.Finish(status, *saved) is VcpuExit exit ? WithRegisters(exit) : null;
     }
 
+    // SAFETY: the emulator passes back the context given to WHvEmulatorTry*Emulation, a GCHandle of this
+    // vCPU that stays allocated until Dispose, which destroys the emulator first.
     private static WhpVirtualCpu FromContext(void* context) => (WhpVirtualCpu)GCHandle.FromIntPtr((nint)context).Target!;
 
-    // The callbacks below are entered from native code (x64 has one calling convention, so the WINAPI
-    // callbacks of WinHvEmulation.h are the platform default): no exception may escape them.
+    // SAFETY (callbacks below): they are entered from native code with pointers the emulator owns for the
+    // duration of the call: the access info, register name and value arrays of `count` entries, and the
+    // result out-parameters. x64 has one calling convention, so the WINAPI callbacks of WinHvEmulation.h
+    // are the platform default. No exception may escape them.
 
     [UnmanagedCallersOnly]
     private static int OnIoPort(void* context, WHV_EMULATOR_IO_ACCESS_INFO* io)

@@ -7,6 +7,12 @@ namespace Virt.Cpu.Whp;
 /// A WHP virtual processor. The run loop lives here; instruction emulation for I/O and MMIO exits is in
 /// WhpVirtualCpu.Emulation.cs.
 /// </summary>
+/// <remarks>
+/// SAFETY (for every pointer use in this class): <c>_native</c> is one block of <c>NativeSize</c> bytes,
+/// 16-byte aligned, allocated in the constructor and freed only in <see cref="Dispose"/> after the emulator
+/// and the WHP processor are gone; it is used only from the vCPU's own thread (Run and the register
+/// methods). Register calls never pass more than <c>MaxRegisters</c> names/values, the room the block has.
+/// </remarks>
 [SupportedOSPlatform("windows")]
 internal sealed unsafe partial class WhpVirtualCpu : IVirtualCpu
 {
@@ -44,6 +50,7 @@ internal sealed unsafe partial class WhpVirtualCpu : IVirtualCpu
         Index = index;
         _cpuid = partition.SupportedCpuid;
         _session = new EmulationSession(partition.Memory);
+        // SAFETY: freed exactly once, in Dispose or below when construction fails.
         _native = (byte*)NativeMemory.AlignedAlloc(NativeSize, 16);
         NativeMemory.Clear(_native, NativeSize);
         try
@@ -106,6 +113,8 @@ internal sealed unsafe partial class WhpVirtualCpu : IVirtualCpu
             while (true)
             {
                 DeliverQueuedInterrupt();
+
+                // SAFETY: the exit context lies in the native block (see remarks) and is 224 bytes, the size passed.
                 HResult.Check(
                     Interop.WinHvPlatform.WHvRunVirtualProcessor(_handle, _vp, ExitContext, (uint)sizeof(WHV_RUN_VP_EXIT_CONTEXT)),
                     "WHvRunVirtualProcessor");

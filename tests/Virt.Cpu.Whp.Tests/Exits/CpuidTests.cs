@@ -19,8 +19,8 @@ public sealed class CpuidTests
     [Fact]
     public void Leaf_in_the_table_is_answered_from_the_table()
     {
-        var table = new[] { new CpuidEntry(0x8000_0001, 0, 0, 1, 2, 3, 4) };
-        Assert.Equal(new ExitTranslator.CpuidResult(1, 2, 3, 4), ExitTranslator.AnswerCpuid(Request(0x8000_0001), table));
+        var table = new[] { new CpuidEntry(0x8000_0008, 0, 0, 1, 2, 3, 4) };
+        Assert.Equal(new ExitTranslator.CpuidResult(1, 2, 3, 4), ExitTranslator.AnswerCpuid(Request(0x8000_0008), table));
     }
 
     [Fact]
@@ -56,6 +56,36 @@ public sealed class CpuidTests
         var r = ExitTranslator.AnswerCpuid(Request(1), table);
         Assert.Equal(0x0300_0800u, r.Ebx);
         Assert.Equal(0x906A3u, r.Eax);
+    }
+
+    [Fact]
+    public void Feature_bits_the_hypervisor_does_not_offer_are_never_shown()
+    {
+        var request = Request(7) with { DefaultResultRbx = 0b1010, DefaultResultRcx = 0, DefaultResultRdx = 0xFFFF_FFFF };
+        var table = new[] { new CpuidEntry(7, 0, CpuidEntry.SignificantIndex, 0, 0b1111, 0xFFFF_FFFF, 0b0110) };
+        var r = ExitTranslator.AnswerCpuid(request, table);
+        Assert.Equal(0b1010u, r.Ebx);
+        Assert.Equal(0u, r.Ecx);
+        Assert.Equal(0b0110u, r.Edx);
+    }
+
+    [Theory]
+    [InlineData(0u)]
+    [InlineData(1u << 27)]
+    public void Osxsave_follows_the_guests_cr4_as_the_hypervisor_reports_it(uint defaultOsxsave)
+    {
+        var request = Request(1) with { DefaultResultRcx = 0xFFFF_FFFF & ~(1u << 27) | defaultOsxsave };
+        var table = new[] { new CpuidEntry(1, 0, 0, 0, 0, (1u << 27) | (1u << 26), 0) };
+        Assert.Equal((1u << 26) | defaultOsxsave, ExitTranslator.AnswerCpuid(request, table).Ecx);
+    }
+
+    [Fact]
+    public void Xsave_area_size_comes_from_the_hypervisor()
+    {
+        var request = Request(0xD) with { DefaultResultRbx = 0x240 };
+        var table = new[] { new CpuidEntry(0xD, 0, CpuidEntry.SignificantIndex, 7, 0x988, 0xA88, 0) };
+        var r = ExitTranslator.AnswerCpuid(request, table);
+        Assert.Equal((7u, 0x240u, 0xA88u), (r.Eax, r.Ebx, r.Ecx));
     }
 
     [Fact]
