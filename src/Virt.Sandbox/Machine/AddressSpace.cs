@@ -1,0 +1,342 @@
+using Virt.Memory;
+using Virt.Sandbox.Loader;
+
+namespace Virt.Sandbox.Machine;
+
+/// <summary>
+/// The guest's page tables and the host's copy of what they say. The host builds every table once,
+/// before the first instruction runs, and never edits them afterwards: a shadow-paging hypervisor
+/// would not notice host writes to a live table, and fixed tables also never need a TLB flush or a
+/// place in a snapshot. Heap, anonymous mappings and stack come from the arena, which is mapped in
+/// full up front and handed out by <see cref="ArenaAllocator"/>.
+/// </summary>
+internal sealed class AddressSpace
+{
+    private readonly Mapping[] _mappings;
+
+    private AddressSpace(Mapping[] mappings, ulong cr3, ulong arenaPhysical, ulong arenaPages, ulong imageEnd, ulong pageTablePages)
+    {
+        _mappings = mappings;
+        Cr3 = cr3;
+        ArenaPhysical = arenaPhysical;
+        ArenaPages = arenaPages;
+        ImageEnd = imageEnd;
+        PageTablePages = pageTablePages;
+    }
+
+    /// <summary>Physical address of the PML4.</summary>
+    public ulong Cr3 { get; }
+
+    /// <summary>Physical address of the first arena page.</summary>
+    public ulong ArenaPhysical { get; }
+
+    /// <summary>Number of arena pages (at <see cref="GuestLayout.ArenaBase"/>).</summary>
+    public ulong ArenaPages { get; }
+
+    /// <summary>Page-aligned end of the program image (virtual).</summary>
+    public ulong ImageEnd { get; }
+
+    /// <summary>Pages used by page tables.</summary>
+    public ulong PageTablePages { get; }
+
+    /// <summary>One run of virtually and physically contiguous pages.</summary>
+    private sealed record Mapping(ulong VirtualStart, ulong Pages, ulong PhysicalStart, PageFlags[]? PerPage, PageFlags Uniform)
+    {
+        public PageFlags FlagsOf(ulong page) => PerPage is null ? Uniform : PerPage[page];
+    }
+
+    /// <summary>
+    /// Lays out <paramref name="memory"/> for <paramref name="image"/>: supervisor pages, page tables,
+    /// the image's segments with their permissions, and the arena over all remaining RAM.
+    /// </summary>
+    /// <exception cref="ArgumentException">The memory is too small for the image plus <paramref name="minimumArenaBytes"/>.</exception>
+    public static AddressSpace Build(GuestMemory memory, ElfImage image, ulong minimumArenaBytes)
+    {
+        ulong totalPages = memory.TotalSize / GuestLayout.PageSize;
+
+        // Merge segment permissions per page: segments that share a page get the union.
+        var pageFlags = new SortedDictionary<ulong, PageFlags>();
+        foreach (var s in image.Segments)
+        {
+            var flags = PageFlags.Present | PageFlags.User | PageFlags.Accessed;
+            if ((s.Flags & SegmentFlags.Write) != 0)
+            {
+                flags |= PageFlags.Writable | PageFlags.Dirty;
+            }
+
+            bool exec = (s.Flags & SegmentFlags.Execute) != 0;
+            for (ulong va = s.VirtualAddress & ~0xFFFUL; va < s.VirtualAddress + s.MemorySize; va += GuestLayout.PageSize)
+            {
+                ulong vpn = va >> 12;
+                var f = flags | (exec ? PageFlags.None : PageFlags.NoExecute);
+                if (pageFlags.TryGetValue(vpn, out var existing))
+                {
+                    // Union of permissions: NX only when neither segment is executable.
+                    f = (existing | f) & ~PageFlags.NoExecute | (existing & f & PageFlags.NoExecute);
+                }
+
+                pageFlags[vpn] = f;
+            }
+        }
+
+        // Group into runs of consecutive pages.
+        var runs = new List<(ulong Vpn, List<PageFlags> Flags)>();
+        foreach (var (vpn, f) in pageFlags)
+        {
+            if (runs.Count > 0 && runs[^1].Vpn + (ulong)runs[^1].Flags.Count == vpn)
+            {
+                runs[^1].Flags.Add(f);
+            }
+            else
+            {
+                runs.Add((vpn, [f]));
+            }
+        }
+
+        ulong imagePages = (ulong)pageFlags.Count;
+        ulong supervisorPages = GuestLayout.PageTablePhysical / GuestLayout.PageSize;
+        if (totalPages <= supervisorPages + imagePages)
+        {
+            throw new ArgumentException($"The memory limit ({memory.TotalSize} bytes) is smaller than the program image ({imagePages * 4096} bytes); raise it.");
+        }
+
+        ulong tablePages = 1 + TablesFor(2, supervisorPages) + TablesFor(GuestLayout.TrampolineAddress >> 12, 1);
+        foreach (var r in runs)
+        {
+            tablePages += TablesFor(r.Vpn, (ulong)r.Flags.Count);
+        }
+
+        tablePages += TablesFor(GuestLayout.ArenaBase >> 12, totalPages);
+        ulong used = supervisorPages + tablePages + imagePages;
+        if (totalPages <= used || (totalPages - used) * GuestLayout.PageSize < minimumArenaBytes)
+        {
+            throw new ArgumentException($"The memory limit ({memory.TotalSize} bytes) leaves no room for the stack and heap after the program image and page tables; raise it to at least {(used * GuestLayout.PageSize) + minimumArenaBytes} bytes.");
+        }
+
+        var writer = new PageTableWriter(memory, GuestLayout.PageTablePhysical, tablePages);
+        var mappings = new List<Mapping>();
+
+        // Supervisor pages: never user-accessible; only the code page is executable.
+        const PageFlags sup = PageFlags.Present | PageFlags.Accessed;
+        const PageFlags supData = sup | PageFlags.Writable | PageFlags.Dirty | PageFlags.NoExecute;
+        writer.Map(GuestLayout.SupervisorBase + GuestLayout.GdtPhysical, GuestLayout.GdtPhysical, supData);
+        writer.Map(GuestLayout.SupervisorBase + GuestLayout.IdtPhysical, GuestLayout.IdtPhysical, sup | PageFlags.NoExecute);
+        writer.Map(GuestLayout.SupervisorBase + GuestLayout.CodePhysical, GuestLayout.CodePhysical, sup);
+        writer.Map(GuestLayout.SupervisorBase + GuestLayout.StackPhysical, GuestLayout.StackPhysical, supData);
+
+        // The system-call trampoline: user-executable, read-only, nothing but ud2.
+        writer.Map(GuestLayout.TrampolineAddress, GuestLayout.TrampolinePhysical, PageFlags.Present | PageFlags.User | PageFlags.Accessed);
+
+        ulong nextPhysical = GuestLayout.PageTablePhysical + (tablePages * GuestLayout.PageSize);
+        foreach (var r in runs)
+        {
+            var flags = r.Flags.ToArray();
+            ulong va = r.Vpn << 12;
+            for (int i = 0; i < flags.Length; i++)
+            {
+                writer.Map(va + ((ulong)i * GuestLayout.PageSize), nextPhysical + ((ulong)i * GuestLayout.PageSize), flags[i]);
+            }
+
+            mappings.Add(new Mapping(va, (ulong)flags.Length, nextPhysical, flags, PageFlags.None));
+            nextPhysical += (ulong)flags.Length * GuestLayout.PageSize;
+        }
+
+        ulong arenaPages = totalPages - (nextPhysical / GuestLayout.PageSize);
+        var arenaFlags = PageFlags.Present | PageFlags.User | PageFlags.Writable | PageFlags.Accessed | PageFlags.Dirty |
+            (image.ExecutableStack ? PageFlags.None : PageFlags.NoExecute);
+        for (ulong i = 0; i < arenaPages; i++)
+        {
+            writer.Map(GuestLayout.ArenaBase + (i * GuestLayout.PageSize), nextPhysical + (i * GuestLayout.PageSize), arenaFlags);
+        }
+
+        mappings.Add(new Mapping(GuestLayout.ArenaBase, arenaPages, nextPhysical, null, arenaFlags));
+
+        var space = new AddressSpace([.. mappings], writer.Root, nextPhysical, arenaPages, image.Extent.End, tablePages);
+
+        // Segment contents: file bytes, the rest stays zero (fresh guest RAM is zero).
+        foreach (var s in image.Segments)
+        {
+            if (s.FileSize > 0 && !space.TryWriteUser(s.VirtualAddress, image.File.AsSpan((int)s.FileOffset, (int)s.FileSize), memory, ignorePermissions: true))
+            {
+                throw new InvalidOperationException("A segment did not land in its own mapping.");
+            }
+        }
+
+        return space;
+    }
+
+    /// <summary>Upper bound of page-table pages (PT, PD, PDPT) to map <paramref name="pages"/> pages from <paramref name="vpn"/>.</summary>
+    private static ulong TablesFor(ulong vpn, ulong pages)
+    {
+        ulong last = vpn + pages - 1;
+        return ((last >> 9) - (vpn >> 9) + 1) + ((last >> 18) - (vpn >> 18) + 1) + ((last >> 27) - (vpn >> 27) + 1);
+    }
+
+    /// <summary>
+    /// Translates user virtual address <paramref name="va"/> as a CPL 3 access would, returning the
+    /// physical address and the number of bytes that follow it contiguously with the same permission.
+    /// </summary>
+    public bool TryTranslate(ulong va, bool write, out ulong physical, out ulong contiguous)
+    {
+        foreach (var m in _mappings)
+        {
+            if (va < m.VirtualStart || va - m.VirtualStart >= m.Pages * GuestLayout.PageSize)
+            {
+                continue;
+            }
+
+            ulong page = (va - m.VirtualStart) / GuestLayout.PageSize;
+            var need = PageFlags.Present | PageFlags.User | (write ? PageFlags.Writable : PageFlags.None);
+            if ((m.FlagsOf(page) & need) != need)
+            {
+                break;
+            }
+
+            physical = m.PhysicalStart + (va - m.VirtualStart);
+            if (m.PerPage is null)
+            {
+                contiguous = (m.Pages * GuestLayout.PageSize) - (va - m.VirtualStart);
+            }
+            else
+            {
+                ulong end = page + 1;
+                while (end < m.Pages && (m.PerPage[end] & need) == need)
+                {
+                    end++;
+                }
+
+                contiguous = (end * GuestLayout.PageSize) - (va - m.VirtualStart);
+            }
+
+            return true;
+        }
+
+        physical = 0;
+        contiguous = 0;
+        return false;
+    }
+
+    /// <summary>Page flags of the user page at <paramref name="va"/>, or <see cref="PageFlags.None"/> when unmapped.</summary>
+    public PageFlags FlagsAt(ulong va)
+    {
+        foreach (var m in _mappings)
+        {
+            if (va >= m.VirtualStart && va - m.VirtualStart < m.Pages * GuestLayout.PageSize)
+            {
+                return m.FlagsOf((va - m.VirtualStart) / GuestLayout.PageSize);
+            }
+        }
+
+        return PageFlags.None;
+    }
+
+    /// <summary>Copies <paramref name="source"/> to user address <paramref name="va"/>; false when any byte is not user-writable.</summary>
+    public bool TryWriteUser(ulong va, ReadOnlySpan<byte> source, IGuestMemory memory, bool ignorePermissions = false)
+    {
+        while (!source.IsEmpty)
+        {
+            if (!TryTranslate(va, write: !ignorePermissions, out ulong pa, out ulong run))
+            {
+                return false;
+            }
+
+            int n = (int)Math.Min(run, (ulong)source.Length);
+            if (!memory.TryWrite(new GuestAddress(pa), source[..n]))
+            {
+                return false;
+            }
+
+            source = source[n..];
+            va += (ulong)n;
+        }
+
+        return true;
+    }
+
+    /// <summary>Copies user memory at <paramref name="va"/> into <paramref name="destination"/>; false when any byte is not user-readable.</summary>
+    public bool TryReadUser(ulong va, Span<byte> destination, IGuestMemory memory)
+    {
+        while (!destination.IsEmpty)
+        {
+            if (!TryTranslate(va, write: false, out ulong pa, out ulong run))
+            {
+                return false;
+            }
+
+            int n = (int)Math.Min(run, (ulong)destination.Length);
+            if (!memory.TryRead(new GuestAddress(pa), destination[..n]))
+            {
+                return false;
+            }
+
+            destination = destination[n..];
+            va += (ulong)n;
+        }
+
+        return true;
+    }
+
+    /// <summary>Writes 4-level page tables into a fixed pool of pages.</summary>
+    private sealed class PageTableWriter
+    {
+        private const PageFlags TableFlags = PageFlags.Present | PageFlags.Writable | PageFlags.User | PageFlags.Accessed;
+        private const ulong AddressMask = 0x000F_FFFF_FFFF_F000;
+        private readonly GuestMemory _memory;
+        private readonly ulong _end;
+        private ulong _next;
+        private ulong _cachedRange = ulong.MaxValue;
+        private ulong _cachedTable;
+
+        public PageTableWriter(GuestMemory memory, ulong start, ulong pages)
+        {
+            _memory = memory;
+            _next = start;
+            _end = start + (pages * GuestLayout.PageSize);
+            Root = Allocate();
+        }
+
+        public ulong Root { get; }
+
+        public void Map(ulong va, ulong pa, PageFlags flags)
+        {
+            // Consecutive pages share their last-level table: skip the walk within one 2 MiB range.
+            if (va >> 21 == _cachedRange && _cachedTable != 0)
+            {
+                _memory.Write(new GuestAddress(_cachedTable + (((va >> 12) & 0x1FF) * 8)), pa | (ulong)flags);
+                return;
+            }
+
+            ulong table = Root;
+            for (int level = 3; level > 0; level--)
+            {
+                ulong index = (va >> (12 + (9 * level))) & 0x1FF;
+                var entryAddress = new GuestAddress(table + (index * 8));
+                ulong entry = _memory.Read<ulong>(entryAddress);
+                if ((entry & (ulong)PageFlags.Present) == 0)
+                {
+                    // Upper levels allow everything; the leaf decides. A supervisor leaf is never user-reachable.
+                    entry = Allocate() | (ulong)TableFlags;
+                    _memory.Write(entryAddress, entry);
+                }
+
+                table = entry & AddressMask;
+            }
+
+            _memory.Write(new GuestAddress(table + (((va >> 12) & 0x1FF) * 8)), pa | (ulong)flags);
+            _cachedRange = va >> 21;
+            _cachedTable = table;
+        }
+
+        private ulong Allocate()
+        {
+            if (_next >= _end)
+            {
+                throw new InvalidOperationException("Page-table pool exhausted: the size estimate is wrong.");
+            }
+
+            ulong page = _next;
+            _next += GuestLayout.PageSize;
+            return page;
+        }
+    }
+}

@@ -1,0 +1,132 @@
+using System.Collections.Concurrent;
+using Virt.Cpu;
+using Virt.Cpu.Kvm;
+using Virt.Sandbox.Loader;
+using Virt.Sandbox.Machine;
+
+namespace Virt.Sandbox;
+
+/// <summary>
+/// Runs one untrusted static Linux executable in a micro-VM. Calls are served one at a time on the
+/// sandbox's own vCPU thread; use <see cref="SandboxPool"/> for concurrency. With snapshot reset (the
+/// default) the first run stops at the program's ready point, snapshots, and every run starts from there.
+/// </summary>
+public sealed class Sandbox : IAsyncDisposable, IDisposable
+{
+    private readonly SandboxConfiguration _config;
+    private readonly ElfImage _image;
+    private readonly BlockingCollection<Action> _work = [];
+    private readonly Thread _thread;
+    private SandboxMachine? _machine;
+    private int _disposed;
+
+    internal Sandbox(SandboxConfiguration config, ElfImage image)
+    {
+        _config = config;
+        _image = image;
+        _thread = new Thread(Worker) { IsBackground = true, Name = "sandbox vCPU" };
+        _thread.Start();
+    }
+
+    /// <summary>Starts a builder.</summary>
+    public static SandboxBuilder CreateBuilder() => new();
+
+    /// <summary>Whether the sandbox holds a snapshot of the program at its ready point (warm).</summary>
+    public bool IsWarm => _machine?.HasSnapshot == true;
+
+    /// <summary>The backend that runs the sandbox (<c>kvm</c> or <c>interpreter</c>), once it has run.</summary>
+    public string? BackendName => _machine?.BackendName;
+
+    /// <summary>Runs the program with <paramref name="stdin"/> as its standard input.</summary>
+    /// <returns>The result; a misbehaving program never throws here, it ends its own run with a status.</returns>
+    /// <exception cref="HypervisorException">The backend could not create the VM.</exception>
+    /// <exception cref="ObjectDisposedException">The sandbox was disposed.</exception>
+    public Task<SandboxResult> RunAsync(ReadOnlyMemory<byte> stdin = default, CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        var tcs = new TaskCompletionSource<SandboxResult>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _work.Add(() =>
+        {
+            try
+            {
+                tcs.SetResult(RunOnThread(stdin, cancellationToken));
+            }
+#pragma warning disable CA1031 // The exception is handed to the caller's task.
+            catch (Exception e)
+#pragma warning restore CA1031
+            {
+                tcs.SetException(e);
+            }
+        }, CancellationToken.None);
+        return tcs.Task;
+    }
+
+    /// <summary>Runs the program until its ready point and snapshots it, so the next call is warm. Returns that first run's result.</summary>
+    public Task<SandboxResult> WarmUpAsync(CancellationToken cancellationToken = default) => RunAsync(default, cancellationToken);
+
+    private SandboxResult RunOnThread(ReadOnlyMemory<byte> stdin, CancellationToken cancellationToken)
+    {
+        if (_machine is { CanRunAgain: false })
+        {
+            _machine.Dispose();
+            _machine = null;
+        }
+
+        _machine ??= SandboxMachine.Create(_config, _image, ResolveBackend(_config));
+        return _machine.Run(stdin, cancellationToken);
+    }
+
+    internal static IHypervisor ResolveBackend(SandboxConfiguration config)
+    {
+        if (config.Hypervisor is { } h)
+        {
+            return h;
+        }
+
+        switch (config.Backend)
+        {
+            case SandboxBackend.Kvm:
+                return new KvmHypervisor();
+            case SandboxBackend.Interpreter:
+                return InterpreterBackend.Create();
+            default:
+                var kvm = new KvmHypervisor();
+                return kvm.GetAvailability().IsAvailable ? kvm : InterpreterBackend.Create();
+        }
+    }
+
+    private void Worker()
+    {
+        foreach (var item in _work.GetConsumingEnumerable())
+        {
+            item();
+        }
+
+        _machine?.Dispose();
+        _machine = null;
+    }
+
+    /// <summary>Stops the vCPU thread after the current call and releases the VM.</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        _work.CompleteAdding();
+        if (Thread.CurrentThread != _thread)
+        {
+            _thread.Join();
+        }
+
+        _work.Dispose();
+    }
+
+    /// <inheritdoc />
+    public ValueTask DisposeAsync()
+    {
+        Dispose();
+        return ValueTask.CompletedTask;
+    }
+}

@@ -1,0 +1,181 @@
+using Virt.Cpu;
+
+namespace Virt.Sandbox;
+
+/// <summary>
+/// Immutable fluent builder for a <see cref="Sandbox"/>: every <c>With*</c> returns a new builder.
+/// <see cref="Build"/> validates and loads the executable.
+/// </summary>
+public sealed class SandboxBuilder
+{
+    private readonly SandboxConfiguration? _config;
+    private readonly byte[]? _executable;
+
+    /// <summary>Creates an empty builder; give it an executable with <see cref="WithExecutable(byte[])"/>.</summary>
+    public SandboxBuilder()
+    {
+    }
+
+    private SandboxBuilder(SandboxConfiguration? config, byte[]? executable)
+    {
+        _config = config;
+        _executable = executable;
+    }
+
+    private SandboxConfiguration Config => _config ?? new SandboxConfiguration { Executable = [] };
+
+    private SandboxBuilder With(Func<SandboxConfiguration, SandboxConfiguration> change) => new(change(Config), _executable);
+
+    /// <summary>The static x86-64 Linux executable to run, as bytes.</summary>
+    public SandboxBuilder WithExecutable(byte[] executable)
+    {
+        ArgumentNullException.ThrowIfNull(executable);
+        return new SandboxBuilder(Config, (byte[])executable.Clone());
+    }
+
+    /// <summary>The static x86-64 Linux executable to run, read from the host file <paramref name="path"/> now.</summary>
+    public SandboxBuilder WithExecutable(string path)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        return new SandboxBuilder(Config, File.ReadAllBytes(path));
+    }
+
+    /// <summary>The path the program sees for itself (<c>argv[0]</c>, <c>/proc/self/exe</c>); default <c>/bin/program</c>.</summary>
+    public SandboxBuilder WithExecutablePath(string guestPath)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(guestPath);
+        return With(c => c with { ExecutablePath = guestPath });
+    }
+
+    /// <summary>Arguments after <c>argv[0]</c>.</summary>
+    public SandboxBuilder WithArguments(params string[] arguments)
+    {
+        ArgumentNullException.ThrowIfNull(arguments);
+        return With(c => c with { Arguments = [.. arguments] });
+    }
+
+    /// <summary>Environment strings, each <c>NAME=value</c>. The default environment is empty.</summary>
+    public SandboxBuilder WithEnvironment(params string[] variables)
+    {
+        ArgumentNullException.ThrowIfNull(variables);
+        foreach (var v in variables)
+        {
+            if (v is null || !v.Contains('=', StringComparison.Ordinal))
+            {
+                throw new ArgumentException($"Environment entry '{v}' is not NAME=value.", nameof(variables));
+            }
+        }
+
+        return With(c => c with { Environment = [.. variables] });
+    }
+
+    /// <summary>Guest RAM, which is the memory limit (heap, mappings, stack, image and page tables). Default 64 MiB.</summary>
+    public SandboxBuilder WithMemoryLimit(ulong bytes)
+    {
+        if (bytes < (1UL << 20) || bytes > (4UL << 30) || bytes % 4096 != 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(bytes), bytes, "The memory limit must be a multiple of 4096 between 1 MiB and 4 GiB.");
+        }
+
+        return With(c => c with { MemoryBytes = bytes });
+    }
+
+    /// <summary>Stack reserved at the top of the arena. Default 1 MiB.</summary>
+    public SandboxBuilder WithStackSize(int bytes)
+    {
+        if (bytes < 16 * 1024 || bytes % 4096 != 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(bytes), bytes, "The stack must be a multiple of 4096 and at least 16 KiB.");
+        }
+
+        return With(c => c with { StackBytes = bytes });
+    }
+
+    /// <summary>Wall-time limit of one run. Default 10 s.</summary>
+    public SandboxBuilder WithTimeLimit(TimeSpan limit)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(limit, TimeSpan.Zero);
+        return With(c => c with { TimeLimit = limit });
+    }
+
+    /// <summary>Instruction limit of one run, on backends that count instructions (the interpreter).</summary>
+    public SandboxBuilder WithInstructionLimit(long instructions)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(instructions, 0);
+        return With(c => c with { InstructionLimit = instructions });
+    }
+
+    /// <summary>Most bytes of stdout plus stderr kept; reaching it ends the run. Default 16 MiB.</summary>
+    public SandboxBuilder WithOutputLimit(long bytes)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(bytes, 0);
+        return With(c => c with { MaxOutputBytes = bytes });
+    }
+
+    /// <summary>Most system calls in one run. Default 10,000,000.</summary>
+    public SandboxBuilder WithSystemCallLimit(long calls)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(calls, 0);
+        return With(c => c with { MaxSystemCalls = calls });
+    }
+
+    /// <summary>Makes <paramref name="content"/> visible to the program at <paramref name="guestPath"/> (read-only unless <paramref name="writable"/>).</summary>
+    public SandboxBuilder WithFile(string guestPath, byte[] content, bool writable = false)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(guestPath);
+        ArgumentNullException.ThrowIfNull(content);
+        if (!guestPath.StartsWith('/'))
+        {
+            throw new ArgumentException($"Guest path '{guestPath}' must be absolute.", nameof(guestPath));
+        }
+
+        var copy = (byte[])content.Clone();
+        return With(c => c with { Files = [.. c.Files.Where(f => f.Path != guestPath), (guestPath, copy, writable)] });
+    }
+
+    /// <summary>Registers a host function the program can call by <paramref name="name"/> (see virt_sandbox.h).</summary>
+    public SandboxBuilder WithHostFunction(string name, SandboxHostFunction handler)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(name);
+        ArgumentNullException.ThrowIfNull(handler);
+        return With(c => c with { HostFunctions = new Dictionary<string, SandboxHostFunction>(c.HostFunctions) { [name] = handler } });
+    }
+
+    /// <summary>Picks the CPU backend. Default <see cref="SandboxBackend.Auto"/>.</summary>
+    public SandboxBuilder WithBackend(SandboxBackend backend) => With(c => c with { Backend = backend, Hypervisor = null });
+
+    /// <summary>Uses a specific backend instance.</summary>
+    public SandboxBuilder WithBackend(IHypervisor hypervisor)
+    {
+        ArgumentNullException.ThrowIfNull(hypervisor);
+        return With(c => c with { Hypervisor = hypervisor });
+    }
+
+    /// <summary>
+    /// Whether runs after the first reset to a snapshot taken at the program's ready point (its first read of
+    /// stdin, or <c>virt_sandbox_ready()</c>). Default on. Off: every run starts the program from its entry point.
+    /// </summary>
+    public SandboxBuilder WithSnapshotReset(bool enabled) => With(c => c with { SnapshotReset = enabled });
+
+    /// <summary>Seeds <c>getrandom</c> and <c>AT_RANDOM</c> for reproducible runs (default: host randomness).</summary>
+    public SandboxBuilder WithRandomSeed(int seed) => With(c => c with { RandomSeed = seed });
+
+    /// <summary>Validates the settings and parses the executable.</summary>
+    /// <exception cref="InvalidOperationException">No executable was given.</exception>
+    /// <exception cref="ElfImageException">The executable is not a static x86-64 ELF the sandbox can load.</exception>
+    public Sandbox Build()
+    {
+        if (_executable is null)
+        {
+            throw new InvalidOperationException("No executable: call WithExecutable(path or bytes) before Build().");
+        }
+
+        var config = Config with { Executable = _executable };
+        if ((ulong)config.StackBytes * 2 > config.MemoryBytes)
+        {
+            throw new InvalidOperationException($"The stack ({config.StackBytes} bytes) must be at most half the memory limit ({config.MemoryBytes} bytes); lower WithStackSize or raise WithMemoryLimit.");
+        }
+
+        return new Sandbox(config, Loader.ElfImage.Parse(config.Executable));
+    }
+}

@@ -1,0 +1,57 @@
+using Virt.Cpu;
+
+namespace Virt.Sandbox;
+
+/// <summary>Which CPU backend runs a sandbox.</summary>
+public enum SandboxBackend
+{
+    /// <summary>KVM when it is available here, otherwise the interpreter.</summary>
+    Auto,
+    /// <summary>Linux KVM.</summary>
+    Kvm,
+    /// <summary>The x86-64 interpreter (counts instructions; runs anywhere).</summary>
+    Interpreter,
+}
+
+/// <summary>A host function a sandboxed program can call: bytes in, bytes out. Runs on the sandbox's vCPU thread.</summary>
+public delegate ReadOnlyMemory<byte> SandboxHostFunction(ReadOnlyMemory<byte> input);
+
+/// <summary>The validated, immutable settings of a sandbox (built by <see cref="SandboxBuilder"/>).</summary>
+internal sealed record SandboxConfiguration
+{
+    public required byte[] Executable { get; init; }
+
+    public string ExecutablePath { get; init; } = "/bin/program";
+
+    public IReadOnlyList<string> Arguments { get; init; } = [];
+
+    public IReadOnlyList<string> Environment { get; init; } = [];
+
+    public ulong MemoryBytes { get; init; } = 64UL << 20;
+
+    public int StackBytes { get; init; } = 1 << 20;
+
+    public TimeSpan TimeLimit { get; init; } = TimeSpan.FromSeconds(10);
+
+    public long? InstructionLimit { get; init; }
+
+    public long MaxOutputBytes { get; init; } = 16L << 20;
+
+    public long MaxSystemCalls { get; init; } = 10_000_000;
+
+    public long MaxFileBytes { get; init; } = 64L << 20;
+
+    public int MaxHostCallBytes { get; init; } = 16 << 20;
+
+    public IReadOnlyList<(string Path, byte[] Content, bool Writable)> Files { get; init; } = [];
+
+    public IReadOnlyDictionary<string, SandboxHostFunction> HostFunctions { get; init; } = new Dictionary<string, SandboxHostFunction>();
+
+    public SandboxBackend Backend { get; init; } = SandboxBackend.Auto;
+
+    public IHypervisor? Hypervisor { get; init; }
+
+    public bool SnapshotReset { get; init; } = true;
+
+    public int? RandomSeed { get; init; }
+}
