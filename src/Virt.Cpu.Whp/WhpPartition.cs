@@ -42,11 +42,27 @@ internal sealed class WhpPartition : IPartition, IDirtyPageLog
             SetProperty(WhvPartitionPropertyCode.ProcessorCount, property);
 
             ulong exits = hostExtendedExits & (WhvExtendedVmExits.X64CpuidExit | WhvExtendedVmExits.X64MsrExit);
-            ExtendedVmExits = exits;
             if (exits != 0)
             {
                 SetProperty(WhvPartitionPropertyCode.ExtendedVmExits, new WHV_PARTITION_PROPERTY { ExtendedVmExits = exits });
             }
+
+            if ((exits & WhvExtendedVmExits.X64MsrExit) != 0)
+            {
+                // Only MSRs the hypervisor does not implement should exit. Where this Windows cannot say
+                // so, MSR exits are left off and the hypervisor keeps answering (and faulting) them itself.
+                var bitmap = new WHV_PARTITION_PROPERTY { X64MsrExitBitmap = WhvExtendedVmExits.MsrExitUnhandledMsrs };
+
+                // SAFETY: &bitmap is a local of this frame, of exactly the size passed.
+                int hr = Interop.WinHvPlatform.WHvSetPartitionProperty(_handle, WhvPartitionPropertyCode.X64MsrExitBitmap, &bitmap, (uint)sizeof(WHV_PARTITION_PROPERTY));
+                if (HResult.Failed(hr))
+                {
+                    exits &= ~WhvExtendedVmExits.X64MsrExit;
+                    SetProperty(WhvPartitionPropertyCode.ExtendedVmExits, new WHV_PARTITION_PROPERTY { ExtendedVmExits = exits });
+                }
+            }
+
+            ExtendedVmExits = exits;
 
             if ((exits & WhvExtendedVmExits.X64CpuidExit) != 0)
             {

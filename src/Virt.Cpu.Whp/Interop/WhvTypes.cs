@@ -137,6 +137,9 @@ internal static class WhvExtendedVmExits
     public const ulong X64MsrExit = 1UL << 1;
     /// <summary>Exits for the exception vectors set in the exception exit bitmap.</summary>
     public const ulong ExceptionExit = 1UL << 2;
+
+    /// <summary>WHV_X64_MSR_EXIT_BITMAP bit 0: exit only for MSRs the hypervisor does not implement.</summary>
+    public const ulong MsrExitUnhandledMsrs = 1UL << 0;
 }
 
 /// <summary>WHV_X64_SEGMENT_REGISTER: 16 bytes.</summary>
