@@ -2,6 +2,7 @@ using Virt.Boot;
 using Virt.Cpu;
 using Virt.Devices;
 using Virt.Memory;
+using Virt.Testing;
 using Xunit;
 
 namespace Virt.Sdk.Tests;

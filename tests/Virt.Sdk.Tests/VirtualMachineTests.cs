@@ -71,14 +71,14 @@ public sealed class VirtualMachineTests
     {
         const ulong realLoad = 0x7C00;
         await using var vm = Builder(backend)
-            .WithFlatBinary(Code(a => { a.mov(ax, 0x1234); a.mov(bx, cs); Print(a, "R"); a.hlt(); }, 16, 0x7C00), new GuestAddress(realLoad))
+            .WithFlatBinary(Code(a => { a.mov(cx, 0x1234); a.mov(bx, cs); Print(a, "R"); a.hlt(); }, 16, 0x7C00), new GuestAddress(realLoad))
             .WithEntryPoint(new GuestAddress(realLoad), StartMode.Real)
             .WithSerialConsole(new StringWriter())
             .Build();
         var exit = await vm.RunAsync(TestContext.Current.CancellationToken);
-        Assert.Equal(StopReason.Halted, exit.Reason);
+        Assert.True(exit.Reason == StopReason.Halted, exit.Description);
         var regs = vm.GetRegisters(0);
-        Assert.Equal(0x1234UL, regs.Rax & 0xFFFF);
+        Assert.Equal(0x1234UL, regs.Rcx & 0xFFFF);
         Assert.Equal(0UL, regs.Rbx & 0xFFFF);
     }
 
