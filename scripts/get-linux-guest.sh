@@ -34,6 +34,14 @@ done
 
 log() { echo "get-linux-guest: $*" >&2; }
 
+# first_match PATTERN...: prints the first existing path the glob expands to, or nothing.
+first_match() {
+  local f
+  for f in "$@"; do
+    if [ -e "$f" ]; then printf '%s\n' "$f"; return 0; fi
+  done
+}
+
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
@@ -73,7 +81,7 @@ ensure_tool xz xz-utils
 
 # 1. Packages: the meta package names the versioned kernel package it depends on.
 download linux-image-cloud-amd64
-meta_deb="$(ls "$debs"/linux-image-cloud-amd64_*.deb | head -n1)"
+meta_deb="$(first_match "$debs"/linux-image-cloud-amd64_*.deb)"
 versioned="$(dpkg-deb -f "$meta_deb" Depends | tr ',' '\n' | sed -n 's/^ *\(linux-image-[^ ]*-cloud-amd64\).*/\1/p' | grep -v -- '-unsigned$' | head -n1)"
 if [ -z "$versioned" ]; then
   log "cannot find the versioned kernel package in the Depends of $meta_deb"
@@ -81,21 +89,23 @@ if [ -z "$versioned" ]; then
 fi
 # Debian ships a signed package that pulls the unsigned one; either carries vmlinuz and modules.
 download "$versioned"
+versioned_release="${versioned#linux-image-}"
 download busybox-static
 
 # 2. Extraction (once per .deb).
 extract() { # extract DEB DIR
-  local stamp="$2/.extracted-$(basename "$1")"
+  local stamp
+  stamp="$2/.extracted-$(basename "$1")"
   if [ -e "$stamp" ]; then return 0; fi
   log "extracting $(basename "$1")"
   mkdir -p "$2"
   dpkg-deb -x "$1" "$2"
   touch "$stamp"
 }
-extract "$(ls "$debs/${versioned}"_*.deb | head -n1)" "$kernel_root"
-extract "$(ls "$debs"/busybox-static_*.deb | head -n1)" "$busybox_root"
+extract "$(first_match "$debs/${versioned}"_*.deb)" "$kernel_root"
+extract "$(first_match "$debs"/busybox-static_*.deb)" "$busybox_root"
 
-kernel_image="$(ls "$kernel_root"/boot/vmlinuz-* 2>/dev/null | head -n1 || true)"
+kernel_image="$(first_match "$kernel_root/boot/vmlinuz-$versioned_release" "$kernel_root"/boot/vmlinuz-*)"
 if [ -z "$kernel_image" ]; then
   log "no boot/vmlinuz-* in $versioned"
   exit 1
@@ -240,7 +250,9 @@ poweroff -f
 INIT
   chmod 0755 "$stage/init"
 
-  (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) \
+  # Fixed times, owners, order and inode numbers: the same inputs give the same archive.
+  find "$stage" -exec touch -h -d @0 {} +
+  (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet) \
     | gzip -9n > "$initramfs.tmp"
   mv "$initramfs.tmp" "$initramfs"
   rm -rf "$stage"
@@ -254,6 +266,7 @@ log "initramfs: $initramfs ($(wc -c < "$initramfs") bytes)"
 
 if [ "$boot_qemu" -eq 1 ]; then
   ensure_tool qemu-system-x86_64 qemu-system-x86
+  # shellcheck disable=SC2016 # $(uname -r) is for the guest's shell
   cmd_b64="$(printf '%s' 'echo hello from $(uname -r)' | base64 -w0)"
   log "booting under qemu-system-x86_64 -M pc -accel tcg"
   start="$(date +%s.%N)"
