@@ -107,6 +107,21 @@ internal sealed partial class InterpreterVcpu
         return Read(ea, op.Size);
     }
 
+    /// <summary>Reads operand 0 of a read-modify-write instruction: a memory operand is checked for writing first, as the hardware does.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ulong ReadOp0Rmw(ref Op op, out ulong ea)
+    {
+        if (op.K0 == OpKindX.Reg)
+        {
+            ea = 0;
+            return GetReg(op.R0, op.Size);
+        }
+
+        ea = Ea(ref op);
+        ProbeWrite(ea, op.Size);
+        return Read(ea, op.Size);
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void WriteOp0(ref Op op, ulong ea, ulong v)
     {
@@ -225,7 +240,7 @@ internal sealed partial class InterpreterVcpu
                 case H.Alu:
                 {
                     int size = op.Size;
-                    ulong a = ReadOp0(ref op, out ulong ea);
+                    ulong a = op.Sub < Translator.AluCmp ? ReadOp0Rmw(ref op, out ulong ea) : ReadOp0(ref op, out ea);
                     ulong bv = ReadOp1(ref op, size);
                     ulong r = AluOp(op.Sub, a, bv, size);
                     if (op.Sub < Translator.AluCmp)
@@ -269,7 +284,7 @@ internal sealed partial class InterpreterVcpu
                 case H.IncDec:
                 {
                     int size = op.Size;
-                    ulong a = ReadOp0(ref op, out ulong ea);
+                    ulong a = ReadOp0Rmw(ref op, out ulong ea);
                     ulong cf = CarryFlag();
                     ulong r = (op.Sub == 0 ? a + 1 : a - 1) & Mask(size);
                     WriteOp0(ref op, ea, r);

@@ -51,6 +51,7 @@ internal sealed unsafe partial class InterpreterVcpu
     private readonly TlbEntry[] _wtlb = new TlbEntry[TlbSize];
     private readonly ExitSignal _exitSignal = new();
     private ulong _userKey;
+    private bool _nonCanonical;
 
     private readonly ulong[] _mmioAddr = new ulong[MmioLogSize];
     private readonly ulong[] _mmioData = new ulong[MmioLogSize];
@@ -328,7 +329,9 @@ internal sealed unsafe partial class InterpreterVcpu
     {
         if (_bitness == 64 && (ulong)(((long)lin << 16) >> 16) != lin)
         {
-            throw Fault(Vectors.GP, 0);
+            var f = Fault(Vectors.GP, 0);
+            _nonCanonical = true;
+            throw f;
         }
     }
 

@@ -208,7 +208,7 @@ internal sealed partial class InterpreterVcpu
         {
             case H.Neg:
             {
-                ulong a = ReadOp0(ref op, out ulong ea);
+                ulong a = ReadOp0Rmw(ref op, out ulong ea);
                 ulong r = (0 - a) & Mask(op.Size);
                 WriteOp0(ref op, ea, r);
                 SetLazy(LzSub, 0, a, r, op.Size);
@@ -217,7 +217,7 @@ internal sealed partial class InterpreterVcpu
 
             case H.Not:
             {
-                ulong a = ReadOp0(ref op, out ulong ea);
+                ulong a = ReadOp0Rmw(ref op, out ulong ea);
                 WriteOp0(ref op, ea, ~a & Mask(op.Size));
                 break;
             }
@@ -230,11 +230,20 @@ internal sealed partial class InterpreterVcpu
                 break;
             case H.Xadd:
             {
-                ulong a = ReadOp0(ref op, out ulong ea);
+                ulong a = ReadOp0Rmw(ref op, out ulong ea);
                 ulong b = GetReg(op.R1, op.Size);
                 ulong r = AluOp(Translator.AluAdd, a, b, op.Size);
-                WriteOp0(ref op, ea, r);
-                SetReg(op.R1, op.Size, a);
+                if (op.K0 == OpKindX.Mem)
+                {
+                    WriteOp0(ref op, ea, r);
+                    SetReg(op.R1, op.Size, a);
+                }
+                else
+                {
+                    // With the same register on both sides the sum wins.
+                    SetReg(op.R1, op.Size, a);
+                    WriteOp0(ref op, ea, r);
+                }
                 break;
             }
 
@@ -420,6 +429,7 @@ internal sealed partial class InterpreterVcpu
         // One operand is memory (Iced puts it first).
         ulong ea = Ea(ref op);
         int reg = op.K0 == OpKindX.Reg ? op.R0 : op.R1;
+        ProbeWrite(ea, size);
         ulong m = Read(ea, size);
         Write(ea, size, GetReg(reg, size));
         SetReg(reg, size, m);
@@ -438,8 +448,8 @@ internal sealed partial class InterpreterVcpu
         else
         {
             ea = Ea(ref op);
-            dest = Read(ea, size);
             ProbeWrite(ea, size);
+            dest = Read(ea, size);
         }
 
         AluOp(Translator.AluCmp, acc, dest, size);
@@ -772,7 +782,7 @@ internal sealed partial class InterpreterVcpu
         ulong mask = Mask(size);
         ulong sign = SignBit(size);
         int count = (int)((op.K1 == OpKindX.Reg ? Gpr(1) : op.Imm) & (size == 8 ? 0x3FUL : 0x1FUL));
-        ulong a = ReadOp0(ref op, out ulong ea);
+        ulong a = ReadOp0Rmw(ref op, out ulong ea);
         if (count == 0)
         {
             // No flags change; a 32-bit register destination is still written (upper half cleared).
@@ -821,12 +831,7 @@ internal sealed partial class InterpreterVcpu
                     cf = top;
                 }
 
-                if (c == 0)
-                {
-                    WriteOp0(ref op, ea, r);
-                    return;
-                }
-
+                // A count that is a multiple of the width still updates OF (as Intel hardware does).
                 bool of = ((r & sign) != 0) ^ (cf != 0);
                 f = (f & ~(CF | OF)) | cf | (of ? OF : 0);
                 break;
@@ -837,7 +842,6 @@ internal sealed partial class InterpreterVcpu
                 int c = size == 1 ? count % 9 : size == 2 ? count % 17 : count;
                 r = a;
                 cf = f & CF;
-                bool of = ((a & sign) != 0) ^ (cf != 0);
                 for (int k = 0; k < c; k++)
                 {
                     ulong low = r & 1;
@@ -845,12 +849,8 @@ internal sealed partial class InterpreterVcpu
                     cf = low;
                 }
 
-                if (c == 0)
-                {
-                    WriteOp0(ref op, ea, r);
-                    return;
-                }
-
+                // OF from the two top bits of the result (equal to MSB(dest) ^ CF for a count of 1).
+                bool of = ((r & sign) != 0) ^ ((r & (sign >> 1)) != 0);
                 f = (f & ~(CF | OF)) | cf | (of ? OF : 0);
                 break;
             }
@@ -895,7 +895,7 @@ internal sealed partial class InterpreterVcpu
         ulong mask = Mask(size);
         ulong sign = SignBit(size);
         int count = (int)((op.Sub == 1 ? Gpr(1) : op.Imm) & (size == 8 ? 0x3FUL : 0x1FUL));
-        ulong a = ReadOp0(ref op, out ulong ea);
+        ulong a = ReadOp0Rmw(ref op, out ulong ea);
         ulong b = GetReg(op.R1, size);
         if (count == 0)
         {
@@ -950,7 +950,7 @@ internal sealed partial class InterpreterVcpu
         if (op.K1 == OpKindX.Imm)
         {
             bit = (int)(op.Imm & (ulong)(bits - 1));
-            a = ReadOp0(ref op, out ea);
+            a = op.Sub == 0 ? ReadOp0(ref op, out ea) : ReadOp0Rmw(ref op, out ea);
         }
         else
         {
@@ -972,6 +972,11 @@ internal sealed partial class InterpreterVcpu
                 }
 
                 bit = (int)(soff & (bits - 1));
+                if (op.Sub != 0)
+                {
+                    ProbeWrite(ea, size);
+                }
+
                 a = Read(ea, size);
             }
         }
@@ -1005,12 +1010,8 @@ internal sealed partial class InterpreterVcpu
             case H.Bsr:
                 if (src == 0)
                 {
+                    // Zero source: the destination keeps all 64 bits (Intel and AMD hardware).
                     _flags |= ZF;
-                    if (size == 4)
-                    {
-                        SetReg(op.R0, 4, GetReg(op.R0, 4));
-                    }
-
                     return;
                 }
 

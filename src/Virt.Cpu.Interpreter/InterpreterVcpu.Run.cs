@@ -10,6 +10,7 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Prepares the reusable fault object for <paramref name="vector"/>.</summary>
     internal GuestFault Fault(int vector, uint errorCode)
     {
+        _nonCanonical = false;
         _fault.Vector = vector;
         _fault.ErrorCode = errorCode;
         return _fault;
@@ -103,6 +104,13 @@ internal sealed partial class InterpreterVcpu
             }
             catch (GuestFault f)
             {
+                if (_nonCanonical && _inBlock && UsesStackSegment())
+                {
+                    // A non-canonical stack-segment address raises #SS(0), not #GP(0).
+                    f.Vector = Vectors.SS;
+                }
+
+                _nonCanonical = false;
                 RestartFaultingInstruction();
                 if (replay)
                 {
@@ -134,6 +142,27 @@ internal sealed partial class InterpreterVcpu
                 return TakeExit();
             }
         }
+    }
+
+    private bool UsesStackSegment()
+    {
+        var b = _lastBlock;
+        if (b == null)
+        {
+            return false;
+        }
+
+        ref Op op = ref b.Ops[_opIndex];
+        bool memOperand = op.K0 == OpKindX.Mem || op.K1 == OpKindX.Mem || op.K2 == OpKindX.Mem;
+        if (memOperand && op.Seg == SegSs)
+        {
+            return true;
+        }
+
+        // Implicit stack accesses: PUSH, POP, CALL, RET, ENTER, LEAVE, PUSHF, POPF. A memory operand of
+        // PUSH/POP/CALL through another segment faults before the stack is touched.
+        bool implicitStack = op.H is H.Push or H.Pop or H.Call or H.CallInd or H.Ret or H.Enter or H.Leave or H.Pushf or H.Popf or H.PushSeg or H.PopSeg;
+        return implicitStack && !(memOperand && !IsCanonical(Ea(ref op)));
     }
 
     private VcpuExit TakeExit()

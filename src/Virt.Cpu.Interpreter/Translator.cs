@@ -352,10 +352,16 @@ internal static class Translator
             case Mnemonic.Prefetcht1:
             case Mnemonic.Prefetcht2:
             case Mnemonic.Prefetchw:
+            case Mnemonic.Prefetch:
+            case Mnemonic.Prefetchit0:
+            case Mnemonic.Prefetchit1:
+            case Mnemonic.Cldemote:
+            case Mnemonic.Prefetchwt1:
             case Mnemonic.Wbinvd:
             case Mnemonic.Invd:
             case Mnemonic.Endbr64:
             case Mnemonic.Endbr32:
+            case Mnemonic.Reservednop:
                 op.H = m is Mnemonic.Wbinvd or Mnemonic.Invd ? H.Clts : H.Nop;
                 op.Sub = (byte)(m is Mnemonic.Wbinvd or Mnemonic.Invd ? 1 : 0);
                 break;

@@ -1,0 +1,176 @@
+using Iced.Intel;
+using Virt.Boot;
+using Virt.Cpu;
+using Virt.Memory;
+using Virt.Testing;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace Virt.Benchmarks.Interpreter;
+
+/// <summary>The three CPU benchmark guests, run at CPL 3 on any backend.</summary>
+internal static class GuestWorkloads
+{
+    public const ulong CodeAddress = 0x10000;
+    public const ulong HandlerAddress = 0x4000;
+    public const ulong IdtAddress = 0x3000;
+    public const ulong UserStack = 0x80000;
+    public const ulong DataAddress = 0x200000;
+    public const int DataSize = 1 << 20;
+    public const ulong MemorySize = 8UL << 20;
+
+    /// <summary>(a) tight integer loop: 3 instructions per iteration.</summary>
+    public const int LoopIterations = 20_000_000;
+
+    /// <summary>(b) passes of the byte checksum over 1 MiB (5 instructions per byte).</summary>
+    public const int ChecksumPasses = 8;
+
+    /// <summary>(c) sieve size in bytes.</summary>
+    public const int SieveSize = 1 << 20;
+
+    public static byte[] TightLoop() => GuestProgram.Assemble(64, CodeAddress, a =>
+    {
+        var l = a.CreateLabel();
+        a.mov(ecx, LoopIterations);
+        a.xor(eax, eax);
+        a.Label(ref l);
+        a.add(rax, rcx);
+        a.dec(rcx);
+        a.jnz(l);
+        a.hlt();
+    });
+
+    public static byte[] Checksum() => GuestProgram.Assemble(64, CodeAddress, a =>
+    {
+        var outer = a.CreateLabel();
+        var inner = a.CreateLabel();
+        a.xor(eax, eax);
+        a.mov(r8d, ChecksumPasses);
+        a.Label(ref outer);
+        a.mov(esi, (int)DataAddress);
+        a.mov(ecx, DataSize);
+        a.Label(ref inner);
+        a.movzx(edx, __byte_ptr[rsi]);
+        a.add(eax, edx);
+        a.inc(rsi);
+        a.dec(rcx);
+        a.jnz(inner);
+        a.dec(r8d);
+        a.jnz(outer);
+        a.hlt();
+    });
+
+    public static byte[] Sieve() => GuestProgram.Assemble(64, CodeAddress, a =>
+    {
+        // Byte array at DataAddress: 0 = prime candidate. Counts primes below SieveSize into RAX.
+        var clear = a.CreateLabel();
+        var outer = a.CreateLabel();
+        var mark = a.CreateLabel();
+        var next = a.CreateLabel();
+        var count = a.CreateLabel();
+        var skip = a.CreateLabel();
+        var done = a.CreateLabel();
+        a.mov(edi, (int)DataAddress);
+        a.mov(ecx, SieveSize / 8);
+        a.xor(eax, eax);
+        a.Label(ref clear);
+        a.mov(__qword_ptr[rdi], rax);
+        a.add(rdi, 8);
+        a.dec(rcx);
+        a.jnz(clear);
+        a.mov(edi, (int)DataAddress);
+        a.mov(ebx, 2);
+        a.Label(ref outer);
+        a.mov(rdx, rbx);
+        a.imul(rdx, rbx);
+        a.cmp(rdx, SieveSize);
+        a.jae(count);
+        a.cmp(__byte_ptr[rdi + rbx], 0);
+        a.jne(next);
+        a.Label(ref mark);
+        a.mov(__byte_ptr[rdi + rdx], 1);
+        a.add(rdx, rbx);
+        a.cmp(rdx, SieveSize);
+        a.jb(mark);
+        a.Label(ref next);
+        a.inc(rbx);
+        a.jmp(outer);
+        a.Label(ref count);
+        a.xor(eax, eax);
+        a.mov(ebx, 2);
+        var loop = a.CreateLabel();
+        a.Label(ref loop);
+        a.cmp(__byte_ptr[rdi + rbx], 0);
+        a.jne(skip);
+        a.inc(rax);
+        a.Label(ref skip);
+        a.inc(rbx);
+        a.cmp(rbx, SieveSize);
+        a.jb(loop);
+        a.Label(ref done);
+        a.hlt();
+    });
+
+    /// <summary>A guest (memory, partition, vCPU) ready to run <paramref name="code"/> at CPL 3 from the start.</summary>
+    public sealed class Guest : IDisposable
+    {
+        private readonly GeneralRegisters _startRegs;
+        private readonly SpecialRegisters _startSregs;
+
+        public Guest(IHypervisor hypervisor, byte[] code)
+        {
+            Memory = GuestMemory.CreateRam(MemorySize);
+            Partition = hypervisor.CreatePartition(Memory, new PartitionOptions());
+            Vcpu = Partition.CreateVcpu(0);
+            Memory.Write(new GuestAddress(CodeAddress), code);
+            var s = ProcessorSetup.Prepare(Memory, Vcpu.GetSpecialRegisters(), StartMode.Long64, new ProcessorSetupOptions { KernelStack = 0x7000 });
+
+            // Every exception goes to a CPL 0 handler that halts: HLT at CPL 3 raises #GP, which ends the run.
+            Memory.Write(new GuestAddress(HandlerAddress), GuestProgram.Assemble(64, HandlerAddress, a => a.hlt()));
+            for (int v = 0; v < 32; v++)
+            {
+                ulong low = (HandlerAddress & 0xFFFF) | ((ulong)ProcessorSetup.KernelCode64 << 16) | (0x8EUL << 40) | (((HandlerAddress >> 16) & 0xFFFF) << 48);
+                Memory.Write(new GuestAddress(IdtAddress + (ulong)(v * 16)), low);
+                Memory.Write(new GuestAddress(IdtAddress + (ulong)(v * 16) + 8), 0UL);
+            }
+
+            s.Idt = new DescriptorTable { Base = IdtAddress, Limit = (32 * 16) - 1 };
+            s.Cs = ProcessorSetup.UserSegment(code: true);
+            s.Ss = s.Ds = s.Es = ProcessorSetup.UserSegment(code: false);
+            _startSregs = s;
+            _startRegs = new GeneralRegisters { Rip = CodeAddress, Rsp = UserStack, Rflags = 2 };
+        }
+
+        public GuestMemory Memory { get; }
+
+        public IPartition Partition { get; }
+
+        public IVirtualCpu Vcpu { get; }
+
+        /// <summary>Runs the guest from its start to the halt; returns RAX (the workload's result).</summary>
+        public ulong RunOnce()
+        {
+            Vcpu.SetSpecialRegisters(_startSregs);
+            Vcpu.SetGeneralRegisters(_startRegs);
+            while (true)
+            {
+                var exit = Vcpu.Run();
+                if (exit.Reason == VcpuExitReason.Halt)
+                {
+                    return Vcpu.GetGeneralRegisters().Rax;
+                }
+
+                if (exit.Reason != VcpuExitReason.Interrupted)
+                {
+                    throw new InvalidOperationException($"Benchmark guest stopped with {exit}.");
+                }
+            }
+        }
+
+        public void Dispose()
+        {
+            Vcpu.Dispose();
+            Partition.Dispose();
+            Memory.Dispose();
+        }
+    }
+}

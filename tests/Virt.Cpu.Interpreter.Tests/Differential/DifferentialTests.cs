@@ -1,0 +1,158 @@
+using System.Text;
+using Iced.Intel;
+using Virt.Cpu.Kvm;
+using Virt.Testing;
+
+namespace Virt.Cpu.Interpreter.Tests.Differential;
+
+/// <summary>Random CPL 3 instruction sequences must end identically on KVM (hardware) and on the interpreter.</summary>
+public sealed class DifferentialTests
+{
+    private const ulong FlagsCompared = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x400 | 0x800;
+    private const string Names = "rax rcx rdx rbx rsp rbp rsi rdi r8  r9  r10 r11 r12 r13 r14 r15";
+
+    public static TheoryData<int> Batches()
+    {
+        var d = new TheoryData<int>();
+        for (int i = 0; i < 10; i++)
+        {
+            d.Add(i);
+        }
+
+        return d;
+    }
+
+    [Theory]
+    [MemberData(nameof(Batches))]
+    public void Random_user_mode_sequences_match_kvm(int batch)
+    {
+        HostRequirements.RequireKvm();
+        const int perBatch = 2000;
+        int seedBase = Environment.GetEnvironmentVariable("VIRT_DIFF_SEED") is { } s ? int.Parse(s, System.Globalization.CultureInfo.InvariantCulture) : 0x5EED;
+        using var kvm = new DiffVm(new KvmHypervisor());
+        using var interp = new DiffVm(new InterpreterHypervisor());
+        var failures = new StringBuilder();
+        int failed = 0;
+        for (int k = 0; k < perBatch; k++)
+        {
+            int seed = seedBase + (batch * perBatch) + k;
+            var (code, endRip, regs, scratch, listing) = Build(seed);
+            var a = kvm.Run(code, endRip, regs, scratch);
+            var b = interp.Run(code, endRip, regs, scratch);
+            string? diff = Compare(a, b);
+            if (diff != null)
+            {
+                failed++;
+                if (failed <= 5)
+                {
+                    failures.AppendLine($"seed {seed}: {diff}\n{listing}");
+                }
+            }
+        }
+
+        Assert.True(failed == 0, $"{failed} of {perBatch} sequences differ (rerun one with VIRT_DIFF_SEED):\n{failures}");
+    }
+
+    internal static (byte[] Code, ulong EndRip, GeneralRegisters Regs, byte[] Scratch, string Listing) Build(int seed)
+    {
+        var gen = new SequenceGenerator(seed);
+        var list = gen.Next(12, out _);
+        var writer = new BufferWriter();
+        var block = new InstructionBlock(writer, list, DiffVm.CodeAddress);
+        if (!BlockEncoder.TryEncode(64, block, out string? error, out var result, BlockEncoderOptions.ReturnNewInstructionOffsets))
+        {
+            throw new InvalidOperationException(error);
+        }
+
+        var code = writer.ToArray();
+        ulong endRip = DiffVm.CodeAddress + result.NewInstructionOffsets[^1];
+        var rng = new Random(seed ^ 0x3C3C3C);
+        ulong R() => rng.Next(4) switch { 0 => (ulong)rng.Next(0, 100), 1 => ulong.MaxValue - (ulong)rng.Next(0, 3), _ => (ulong)rng.NextInt64() ^ ((ulong)rng.Next() << 40) };
+        var regs = new GeneralRegisters
+        {
+            Rax = R(), Rcx = R(), Rdx = R(), R8 = R(), R9 = R(), R10 = R(), R11 = R(), R13 = R(), R14 = R(), R15 = R(),
+            Rbx = DiffVm.ScratchAddress + 0x400 + (ulong)rng.Next(0, 0x800),
+            Rsi = DiffVm.ScratchAddress + 0x800 + (ulong)rng.Next(0, 0x800),
+            Rdi = DiffVm.ScratchAddress + 0x800 + (ulong)rng.Next(0, 0x800),
+            Rbp = DiffVm.ScratchAddress + 0xF80 + (ulong)rng.Next(0, 0x100),
+            R12 = (ulong)rng.Next(0, 16),
+            Rsp = DiffVm.ScratchAddress + 0x1800,
+            Rip = DiffVm.CodeAddress,
+            Rflags = 0x202 | ((ulong)rng.Next() & 0x8D5), // IF set, as user code runs
+        };
+        var scratch = new byte[DiffVm.ScratchSize];
+        rng.NextBytes(scratch);
+
+        var listing = new StringBuilder();
+        var formatter = new NasmFormatter();
+        var decoder = Iced.Intel.Decoder.Create(64, new ByteArrayCodeReader(code), DiffVm.CodeAddress);
+        var output = new StringOutput();
+        while (decoder.IP < DiffVm.CodeAddress + (ulong)code.Length)
+        {
+            decoder.Decode(out var ins);
+            formatter.Format(ins, output);
+            listing.AppendLine($"  {ins.IP:x5}: {output.ToStringAndReset()}");
+        }
+
+        listing.AppendLine($"  start: {regs.ToString().Replace("\n", " ", StringComparison.Ordinal)}");
+        return (code, endRip, regs, scratch, listing.ToString());
+    }
+
+    internal static string? Compare(SequenceResult kvm, SequenceResult interp)
+    {
+        var sb = new StringBuilder();
+        if (kvm.Exit != interp.Exit || kvm.Vector != interp.Vector)
+        {
+            sb.Append($"end: kvm {kvm.Exit}/vector {kvm.Vector}, interpreter {interp.Exit}/vector {interp.Vector}; ");
+        }
+
+        if (kvm.ErrorCode != interp.ErrorCode)
+        {
+            sb.Append($"error code: kvm {kvm.ErrorCode:x}, interpreter {interp.ErrorCode:x}; ");
+        }
+
+        if (kvm.Rip != interp.Rip)
+        {
+            sb.Append($"rip: kvm {kvm.Rip:x}, interpreter {interp.Rip:x}; ");
+        }
+
+        if (((kvm.Rflags ^ interp.Rflags) & FlagsCompared) != 0)
+        {
+            sb.Append($"rflags: kvm {kvm.Rflags:x}, interpreter {interp.Rflags:x}; ");
+        }
+
+        if (kvm.Cr2 != interp.Cr2)
+        {
+            sb.Append($"cr2: kvm {kvm.Cr2:x}, interpreter {interp.Cr2:x}; ");
+        }
+
+        var names = Names.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        for (int i = 0; i < 16; i++)
+        {
+            if (kvm.Gprs[i] != interp.Gprs[i])
+            {
+                sb.Append($"{names[i]}: kvm {kvm.Gprs[i]:x}, interpreter {interp.Gprs[i]:x}; ");
+            }
+        }
+
+        for (int i = 0; i < kvm.Scratch.Length; i++)
+        {
+            if (kvm.Scratch[i] != interp.Scratch[i])
+            {
+                sb.Append($"scratch+{i:x}: kvm {kvm.Scratch[i]:x2}, interpreter {interp.Scratch[i]:x2}; ");
+                break;
+            }
+        }
+
+        return sb.Length == 0 ? null : sb.ToString();
+    }
+
+    private sealed class BufferWriter : CodeWriter
+    {
+        private readonly List<byte> _bytes = [];
+
+        public override void WriteByte(byte value) => _bytes.Add(value);
+
+        public byte[] ToArray() => [.. _bytes];
+    }
+}
