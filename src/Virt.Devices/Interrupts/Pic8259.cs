@@ -28,6 +28,9 @@ internal sealed class Pic8259
         Reset();
     }
 
+    /// <summary>Whether an ICW sequence has completed since power-on; until then the vector base is undefined and the chip does not interrupt.</summary>
+    public bool Initialised { get; private set; }
+
     public byte Irr { get; private set; }
     public byte Isr { get; private set; }
     public byte Imr { get; set; }
@@ -103,6 +106,11 @@ internal sealed class Pic8259
     /// <summary>The IRQ that would be delivered now (INT output), or -1.</summary>
     public int PendingIrq()
     {
+        if (!Initialised || _initStep != 0)
+        {
+            return -1;
+        }
+
         int irq = Highest((byte)(Irr & ~Imr));
         if (irq < 0)
         {
@@ -202,6 +210,16 @@ internal sealed class Pic8259
     }
 
     public void WriteData(byte value)
+    {
+        int step = _initStep;
+        WriteDataCore(value);
+        if (step != 0 && _initStep == 0)
+        {
+            Initialised = true;
+        }
+    }
+
+    private void WriteDataCore(byte value)
     {
         switch (_initStep)
         {

@@ -9,7 +9,9 @@ namespace Virt.Devices.Interrupts;
 /// Thread-safe. Register the three port devices <see cref="MasterPorts"/>, <see cref="SlavePorts"/> and
 /// <see cref="ElcrPorts"/> at <see cref="MasterBase"/>, <see cref="SlaveBase"/> and <see cref="ElcrBase"/>.
 /// A spurious interrupt (the request went away before the acknowledge) yields IRQ 7 or IRQ 15's vector
-/// without setting its in-service bit, as the hardware does.
+/// without setting its in-service bit, as the hardware does. A chip that has not been through an ICW
+/// sequence since power-on does not interrupt: its vector base is undefined, and a kernel that never
+/// uses the PIC (ACPI hardware-reduced mode) must not receive vectors 0-15 through LINT0.
 /// </remarks>
 public sealed class PicPair : IInterruptController
 {
@@ -27,7 +29,7 @@ public sealed class PicPair : IInterruptController
     private readonly Pic8259 _slave = new(isMaster: false);
     private readonly IInterruptLine[] _lines;
 
-    /// <summary>Creates the pair in its power-on state (everything unmasked, vector base 0: the guest initialises it).</summary>
+    /// <summary>Creates the pair in its power-on state: silent until the guest initialises it.</summary>
     public PicPair()
     {
         MasterPorts = new Ports(this, master: true);

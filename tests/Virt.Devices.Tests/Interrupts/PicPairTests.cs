@@ -140,6 +140,24 @@ public sealed class PicPairTests
     }
 
     [Fact]
+    public void Pic_that_was_never_initialised_does_not_interrupt()
+    {
+        var pic = new PicPair();
+        pic.GetLine(4).Raise();
+        Assert.False(pic.HasPendingInterrupt);
+
+        // Half-way through the ICW sequence it stays silent too.
+        pic.MasterPorts.Out(0, 0x11);
+        pic.MasterPorts.Out(1, 0x30);
+        Assert.False(pic.HasPendingInterrupt);
+        pic.MasterPorts.Out(1, 0x04);
+        pic.MasterPorts.Out(1, 0x01);
+        pic.GetLine(4).Lower();
+        pic.GetLine(4).Raise();
+        Assert.Equal(0x34, pic.AcknowledgeInterrupt());
+    }
+
+    [Fact]
     public void Elcr_cannot_make_timer_keyboard_or_cascade_level_triggered()
     {
         var pic = new PicPair();
