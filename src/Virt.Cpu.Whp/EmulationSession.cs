@@ -163,9 +163,13 @@ internal sealed class EmulationSession
 
     /// <summary>
     /// Ends a pass: the exit to return to the host, or <see langword="null"/> when the instruction completed
-    /// without needing it. A failed emulation is an <see cref="VcpuExitReason.InternalError"/> exit.
+    /// without needing it. A failed emulation (by status or by HRESULT, which a guest can provoke) is an
+    /// <see cref="VcpuExitReason.InternalError"/> exit that stops this guest, never an exception for the host.
     /// </summary>
-    public VcpuExit? Finish(WHV_EMULATOR_STATUS status, in WHV_RUN_VP_EXIT_CONTEXT saved)
+    /// <param name="hresult">What WHvEmulatorTry*Emulation returned.</param>
+    /// <param name="status">The emulator status it wrote.</param>
+    /// <param name="saved">The exit context the pass emulated.</param>
+    public VcpuExit? Finish(int hresult, WHV_EMULATOR_STATUS status, in WHV_RUN_VP_EXIT_CONTEXT saved)
     {
         if (_pendingRead.Kind != AccessKind.None)
         {
@@ -176,12 +180,13 @@ internal sealed class EmulationSession
                 : VcpuExit.Mmio(new GuestAddress(_pendingRead.Address), _pendingRead.Size, isWrite: false);
         }
 
-        if (!status.Succeeded)
+        if (HResult.Failed(hresult) || !status.Succeeded)
         {
             _exitDataLength = 0;
             string what = saved.ExitReason == WhvRunVpExitReason.X64IoPortAccess ? "I/O port" : "memory";
+            string why = HResult.Failed(hresult) ? HResult.Describe(hresult) + ", " : "";
             var fault = new VcpuFault(
-                $"the WHP instruction emulator could not complete the {what} instruction (emulator status 0x{status.AsUINT32:x})",
+                $"the WHP instruction emulator could not complete the {what} instruction ({why}emulator status 0x{status.AsUINT32:x})",
                 status.AsUINT32, saved.VpContext.Rip, ExitTranslator.InstructionBytes(saved), null);
             return VcpuExit.Failure(VcpuExitReason.InternalError, fault);
         }

@@ -32,20 +32,12 @@ internal sealed unsafe partial class WhpVirtualCpu
 
         // SAFETY: saved points into this vCPU's native block, which outlives the call; the emulator reads
         // the contexts and writes status, and calls back (on this thread) with context = this vCPU's GCHandle.
-        if (saved->ExitReason == WhvRunVpExitReason.X64IoPortAccess)
-        {
-            HResult.Check(
-                Interop.WinHvEmulation.WHvEmulatorTryIoEmulation(_emulator, context, &saved->VpContext, &saved->IoPortAccess, &status),
-                "WHvEmulatorTryIoEmulation");
-        }
-        else
-        {
-            HResult.Check(
-                Interop.WinHvEmulation.WHvEmulatorTryMmioEmulation(_emulator, context, &saved->VpContext, &saved->MemoryAccess, &status),
-                "WHvEmulatorTryMmioEmulation");
-        }
-
-        return _session.Finish(status, *saved) is VcpuExit exit ? WithRegisters(exit) : null;
+        // A failed HRESULT is not thrown: the callbacks fail on purpose to defer a read, and a guest can make
+        // them fail (an over-long REP OUTS); EmulationSession.Finish turns it into the right exit.
+        int hr = saved->ExitReason == WhvRunVpExitReason.X64IoPortAccess
+            ? Interop.WinHvEmulation.WHvEmulatorTryIoEmulation(_emulator, context, &saved->VpContext, &saved->IoPortAccess, &status)
+            : Interop.WinHvEmulation.WHvEmulatorTryMmioEmulation(_emulator, context, &saved->VpContext, &saved->MemoryAccess, &status);
+        return _session.Finish(hr, status, *saved) is VcpuExit exit ? WithRegisters(exit) : null;
     }
 
     // SAFETY: the emulator passes back the context given to WHvEmulatorTry*Emulation, a GCHandle of this

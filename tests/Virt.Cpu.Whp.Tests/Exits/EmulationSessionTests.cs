@@ -71,7 +71,7 @@ public sealed unsafe class EmulationSessionTests : IDisposable
     {
         _session.Begin(replay: false);
         Assert.Equal(HResult.S_OK, Port(Write, 0x3F8, 1, 0xFFFF_FF41));
-        var exit = _session.Finish(Success, IoExit());
+        var exit = _session.Finish(HResult.S_OK, Success, IoExit());
 
         Assert.NotNull(exit);
         Assert.Equal(VcpuExitReason.PortIo, exit.Value.Reason);
@@ -88,7 +88,7 @@ public sealed unsafe class EmulationSessionTests : IDisposable
         _session.Begin(replay: false);
         int hr = Port(Read, 0x60, 2);
         Assert.True(hr < 0, "the first pass must stop the emulator before the instruction retires");
-        var exit = _session.Finish(IoCallbackFailed, IoExit());
+        var exit = _session.Finish(HResult.S_OK, IoCallbackFailed, IoExit());
 
         Assert.Equal(VcpuExitReason.PortIo, exit!.Value.Reason);
         Assert.False(exit.Value.IsWrite);
@@ -103,7 +103,7 @@ public sealed unsafe class EmulationSessionTests : IDisposable
         uint data = 0xFFFF_FFFF;
         Assert.Equal(HResult.S_OK, Port(Read, 0x60, 2, ref data));
         Assert.Equal(0x1234u, data);
-        Assert.Null(_session.Finish(Success, IoExit()));
+        Assert.Null(_session.Finish(HResult.S_OK, Success, IoExit()));
         Assert.False(_session.HasPendingRead);
     }
 
@@ -114,7 +114,7 @@ public sealed unsafe class EmulationSessionTests : IDisposable
         Assert.Equal(HResult.S_OK, Port(Write, 0x1F0, 2, 0x1111));
         Assert.Equal(HResult.S_OK, Port(Write, 0x1F0, 2, 0x2222));
         Assert.Equal(HResult.S_OK, Port(Write, 0x1F0, 2, 0x3333));
-        var exit = _session.Finish(Success, IoExit())!.Value;
+        var exit = _session.Finish(HResult.S_OK, Success, IoExit())!.Value;
         Assert.Equal((2, 3, 6), (exit.Size, exit.Count, exit.DataLength));
         Assert.Equal([0x11, 0x11, 0x22, 0x22, 0x33, 0x33], _session.ExitData.ToArray());
     }
@@ -130,7 +130,7 @@ public sealed unsafe class EmulationSessionTests : IDisposable
         }
 
         Assert.True(hr < 0);
-        var exit = _session.Finish(IoCallbackFailed, IoExit())!.Value;
+        var exit = _session.Finish(HResult.S_OK, IoCallbackFailed, IoExit())!.Value;
         Assert.Equal(VcpuExitReason.InternalError, exit.Reason);
         Assert.Equal(0, _session.ExitData.Length);
     }
@@ -158,7 +158,7 @@ public sealed unsafe class EmulationSessionTests : IDisposable
     {
         _session.Begin(replay: false);
         Assert.Equal(HResult.S_OK, Mem(Write, 0xD000_0000, 4, [0x88, 0x77, 0x66, 0x55]));
-        var exit = _session.Finish(Success, MemoryExit())!.Value;
+        var exit = _session.Finish(HResult.S_OK, Success, MemoryExit())!.Value;
         Assert.Equal(VcpuExitReason.Mmio, exit.Reason);
         Assert.True(exit.IsWrite);
         Assert.Equal((new GuestAddress(0xD000_0000), 4), (exit.Address, exit.Size));
@@ -171,7 +171,7 @@ public sealed unsafe class EmulationSessionTests : IDisposable
         _memory.LoadRom(new GuestAddress(0xF0000), [0xAA]);
         _session.Begin(replay: false);
         Assert.Equal(HResult.S_OK, Mem(Write, 0xF0000, 1, [0x55]));
-        var exit = _session.Finish(Success, MemoryExit())!.Value;
+        var exit = _session.Finish(HResult.S_OK, Success, MemoryExit())!.Value;
         Assert.Equal((VcpuExitReason.Mmio, true), (exit.Reason, exit.IsWrite));
         Assert.Equal(0xAA, _memory.Read<byte>(new GuestAddress(0xF0000)));
     }
@@ -185,7 +185,7 @@ public sealed unsafe class EmulationSessionTests : IDisposable
         Assert.Equal(HResult.S_OK, Mem(Read, 0x2000, 8, data));
         Assert.Equal(0x0102_0304_0506_0708UL, BitConverter.ToUInt64(data));
         Assert.Equal(HResult.S_OK, Mem(Write, 0x3000, 2, [0xEF, 0xBE]));
-        Assert.Null(_session.Finish(Success, MemoryExit()));
+        Assert.Null(_session.Finish(HResult.S_OK, Success, MemoryExit()));
         Assert.Equal(0xBEEF, _memory.Read<ushort>(new GuestAddress(0x3000)));
     }
 
@@ -195,7 +195,7 @@ public sealed unsafe class EmulationSessionTests : IDisposable
         _session.Begin(replay: false);
         Span<byte> data = stackalloc byte[4];
         Assert.Equal(HResult.E_PENDING, Mem(Read, 0xD000_0004, 4, data));
-        var exit = _session.Finish(MemoryCallbackFailed, MemoryExit())!.Value;
+        var exit = _session.Finish(HResult.S_OK, MemoryCallbackFailed, MemoryExit())!.Value;
         Assert.Equal((VcpuExitReason.Mmio, false, 4), (exit.Reason, exit.IsWrite, exit.Size));
         Assert.Equal(new GuestAddress(0xD000_0004), exit.Address);
 
@@ -203,7 +203,7 @@ public sealed unsafe class EmulationSessionTests : IDisposable
         _session.Begin(replay: true);
         Assert.Equal(HResult.S_OK, Mem(Read, 0xD000_0004, 4, data));
         Assert.Equal(0xCAFE_BABEu, BitConverter.ToUInt32(data));
-        Assert.Null(_session.Finish(Success, MemoryExit()));
+        Assert.Null(_session.Finish(HResult.S_OK, Success, MemoryExit()));
     }
 
     [Fact]
@@ -212,12 +212,12 @@ public sealed unsafe class EmulationSessionTests : IDisposable
         _session.Begin(replay: false);
         Span<byte> data = stackalloc byte[4];
         _ = Mem(Read, 0xD000_0000, 4, data);
-        _ = _session.Finish(MemoryCallbackFailed, MemoryExit());
+        _ = _session.Finish(HResult.S_OK, MemoryCallbackFailed, MemoryExit());
 
         _session.Begin(replay: true);
         Assert.Equal(HResult.S_OK, Mem(Read, 0xD000_0000, 4, data));
         Assert.Equal(HResult.E_PENDING, Mem(Read, 0xD000_0008, 4, data));
-        var exit = _session.Finish(MemoryCallbackFailed, MemoryExit())!.Value;
+        var exit = _session.Finish(HResult.S_OK, MemoryCallbackFailed, MemoryExit())!.Value;
         Assert.Equal(new GuestAddress(0xD000_0008), exit.Address);
         Assert.True(_session.HasPendingRead);
     }
@@ -245,14 +245,14 @@ public sealed unsafe class EmulationSessionTests : IDisposable
     {
         _session.Begin(replay: false);
         Assert.Equal(HResult.E_PENDING, Mem(Read, ulong.MaxValue - 3, 8, stackalloc byte[8]));
-        Assert.Equal(VcpuExitReason.Mmio, _session.Finish(MemoryCallbackFailed, MemoryExit())!.Value.Reason);
+        Assert.Equal(VcpuExitReason.Mmio, _session.Finish(HResult.S_OK, MemoryCallbackFailed, MemoryExit())!.Value.Reason);
     }
 
     [Fact]
     public void Failed_emulation_is_an_internal_error_with_status_rip_and_instruction_bytes()
     {
         _session.Begin(replay: false);
-        var exit = _session.Finish(new WHV_EMULATOR_STATUS { AsUINT32 = WHV_EMULATOR_STATUS.InternalEmulationFailure }, IoExit())!.Value;
+        var exit = _session.Finish(HResult.S_OK, new WHV_EMULATOR_STATUS { AsUINT32 = WHV_EMULATOR_STATUS.InternalEmulationFailure }, IoExit())!.Value;
         Assert.Equal(VcpuExitReason.InternalError, exit.Reason);
         Assert.Equal((ulong)WHV_EMULATOR_STATUS.InternalEmulationFailure, exit.Fault!.Code);
         Assert.Equal(0x1000UL, exit.Fault.Rip);
@@ -261,10 +261,28 @@ public sealed unsafe class EmulationSessionTests : IDisposable
     }
 
     [Fact]
+    public void Deferred_read_is_reported_even_when_the_emulator_returns_the_callbacks_failure()
+    {
+        _session.Begin(replay: false);
+        _ = Port(Read, 0x64, 1);
+        var exit = _session.Finish(HResult.E_PENDING, IoCallbackFailed, IoExit())!.Value;
+        Assert.Equal((VcpuExitReason.PortIo, false, (ushort)0x64), (exit.Reason, exit.IsWrite, exit.Port));
+    }
+
+    [Fact]
+    public void Failed_hresult_from_the_emulator_stops_the_guest_instead_of_throwing()
+    {
+        _session.Begin(replay: false);
+        var exit = _session.Finish(HResult.E_FAIL, default, IoExit())!.Value;
+        Assert.Equal(VcpuExitReason.InternalError, exit.Reason);
+        Assert.Contains("0x80004005", exit.Fault!.Description, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Emulation_that_needed_nothing_from_the_host_returns_no_exit()
     {
         _session.Begin(replay: false);
-        Assert.Null(_session.Finish(Success, IoExit()));
+        Assert.Null(_session.Finish(HResult.S_OK, Success, IoExit()));
         Assert.Equal(0, _session.ExitData.Length);
     }
 }

@@ -24,7 +24,7 @@ public sealed class HotPathAllocationTests
             session.Begin(replay: false);
             var io = new WHV_EMULATOR_IO_ACCESS_INFO { Direction = 1, Port = 0x3F8, AccessSize = 1, Data = 0x41 };
             _ = session.IoPort(ref io);
-            return (int)t.Action + (session.Finish(success, exit)?.Size ?? 0);
+            return (int)t.Action + (session.Finish(HResult.S_OK, success, exit)?.Size ?? 0);
         }
 
         for (int i = 0; i < 100; i++)
