@@ -1,0 +1,381 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using Virt.Devices.Virtio;
+
+namespace Virt.Network;
+
+/// <summary>Settings of a <see cref="VirtioNetDevice"/>.</summary>
+public sealed record VirtioNetOptions
+{
+    /// <summary>Size of the receive and transmit queues (a power of two, 4 to 32768).</summary>
+    public ushort QueueSize { get; init; } = 256;
+
+    /// <summary>Offer mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF). On by default.</summary>
+    public bool MergeableReceiveBuffers { get; init; } = true;
+
+    /// <summary>
+    /// Offer transmit checksum offload (VIRTIO_NET_F_CSUM): the guest may leave a TCP/UDP checksum to the device,
+    /// which completes it in software before the frame reaches the backend. On by default.
+    /// </summary>
+    public bool TransmitChecksumOffload { get; init; } = true;
+
+    /// <summary>Guest-to-network bandwidth limit in bytes per second; null for none (frames wait).</summary>
+    public long? TransmitBytesPerSecond { get; init; }
+
+    /// <summary>Network-to-guest bandwidth limit in bytes per second; null for none (excess frames are dropped).</summary>
+    public long? ReceiveBytesPerSecond { get; init; }
+}
+
+/// <summary>
+/// A virtio-net device (virtio 1.2, section 5.1) with one receive/transmit queue pair over an
+/// <see cref="INetworkBackend"/>. It offers MAC, STATUS, mergeable receive buffers and transmit checksum
+/// offload (completed in software). It offers no receive offloads and no segmentation offloads: the backend
+/// seam carries plain Ethernet frames, so nothing could honour them.
+/// </summary>
+public sealed class VirtioNetDevice : IVirtioDevice
+{
+    internal const ulong FeatureCsum = 1UL << 0;
+    internal const ulong FeatureMac = 1UL << 5;
+    internal const ulong FeatureMergeableRxBuffers = 1UL << 15;
+    internal const ulong FeatureStatus = 1UL << 16;
+
+    /// <summary>virtio_net_hdr_v1 size: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers.</summary>
+    internal const int HeaderSize = 12;
+    /// <summary>Header flag: the checksum at csum_start/csum_offset is partial and must be completed.</summary>
+    internal const byte HeaderNeedsChecksum = 1;
+    /// <summary>Status bit: link up.</summary>
+    private const ushort StatusLinkUp = 1;
+    /// <summary>Largest frame accepted from the guest (64 KiB payload plus Ethernet and VLAN headers).</summary>
+    internal const int MaxFrameSize = 65536 + 18;
+    private const int ReceiveQueue = 0;
+    private const int TransmitQueue = 1;
+
+    private readonly INetworkBackend _backend;
+    private readonly DescriptorChain?[] _rxChains = new DescriptorChain?[64];
+    private readonly byte[] _config = new byte[12];
+    private readonly Lock _receiveSync = new();
+    private readonly QueueWorker _transmitter;
+    private readonly TokenBucket? _txLimit;
+    private readonly TokenBucket? _rxLimit;
+    private VirtioDeviceContext? _context;
+    private long _framesSent;
+    private long _framesReceived;
+    private long _framesDropped;
+
+    /// <summary>Creates the NIC with address <paramref name="mac"/> and attaches it to <paramref name="backend"/>.</summary>
+    public VirtioNetDevice(INetworkBackend backend, MacAddress mac, VirtioNetOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(backend);
+        options ??= new VirtioNetOptions();
+        if (options.QueueSize < 4 || (options.QueueSize & (options.QueueSize - 1)) != 0)
+        {
+            throw new ArgumentException($"QueueSize {options.QueueSize} must be a power of two of at least 4.", nameof(options));
+        }
+
+        if (mac.IsMulticast)
+        {
+            throw new ArgumentException($"{mac} is a multicast address; a NIC needs a unicast one (first byte even).", nameof(mac));
+        }
+
+        _backend = backend;
+        Mac = mac;
+        mac.CopyTo(_config);
+        BinaryPrimitives.WriteUInt16LittleEndian(_config.AsSpan(6), StatusLinkUp);
+        BinaryPrimitives.WriteUInt16LittleEndian(_config.AsSpan(8), 1);      // max_virtqueue_pairs
+        BinaryPrimitives.WriteUInt16LittleEndian(_config.AsSpan(10), 1500);  // mtu (read only with VIRTIO_NET_F_MTU, not offered)
+        DeviceFeatures = FeatureMac | FeatureStatus
+            | (options.MergeableReceiveBuffers ? FeatureMergeableRxBuffers : 0)
+            | (options.TransmitChecksumOffload ? FeatureCsum : 0);
+        QueueMaxSizes = [options.QueueSize, options.QueueSize];
+        _txLimit = options.TransmitBytesPerSecond is long tx ? new TokenBucket(tx) : null;
+        _rxLimit = options.ReceiveBytesPerSecond is long rx ? new TokenBucket(rx) : null;
+        _transmitter = new QueueWorker(TransmitAsync, e => _context?.Fail($"internal error transmitting: {e.Message}"));
+        backend.Attach(Receive);
+    }
+
+    /// <summary>The NIC's MAC address.</summary>
+    public MacAddress Mac { get; }
+
+    /// <summary>Frames the guest sent to the backend.</summary>
+    public long FramesSent => Interlocked.Read(ref _framesSent);
+
+    /// <summary>Frames delivered into the guest.</summary>
+    public long FramesReceived => Interlocked.Read(ref _framesReceived);
+
+    /// <summary>Frames dropped (no receive buffer, rate limit, malformed transmit).</summary>
+    public long FramesDropped => Interlocked.Read(ref _framesDropped);
+
+    /// <summary>Whether the guest sees the link up. Changing it notifies the guest.</summary>
+    public bool LinkUp
+    {
+        get => (BinaryPrimitives.ReadUInt16LittleEndian(_config.AsSpan(6)) & StatusLinkUp) != 0;
+        set
+        {
+            BinaryPrimitives.WriteUInt16LittleEndian(_config.AsSpan(6), value ? StatusLinkUp : (ushort)0);
+            Volatile.Read(ref _context)?.SignalConfigChanged();
+        }
+    }
+
+    /// <inheritdoc />
+    public VirtioDeviceType DeviceType => VirtioDeviceType.Network;
+
+    /// <inheritdoc />
+    public ulong DeviceFeatures { get; }
+
+    /// <inheritdoc />
+    public IReadOnlyList<ushort> QueueMaxSizes { get; }
+
+    /// <inheritdoc />
+    public int ConfigSize => _config.Length;
+
+    /// <inheritdoc />
+    public void ReadConfig(int offset, Span<byte> data) => _config.AsSpan(offset, data.Length).CopyTo(data);
+
+    /// <inheritdoc />
+    public void WriteConfig(int offset, ReadOnlySpan<byte> data)
+    {
+        // Every field is read-only for a virtio 1.x driver (the MAC is writable only through the control queue).
+    }
+
+    /// <inheritdoc />
+    public void Activate(VirtioDeviceContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        Volatile.Write(ref _context, context);
+        _transmitter.Kick();
+    }
+
+    /// <inheritdoc />
+    public void QueueNotified(int queueIndex)
+    {
+        if (queueIndex == TransmitQueue)
+        {
+            _transmitter.Kick();
+        }
+
+        // New receive buffers need no action: frames arriving without a buffer were dropped, as a real NIC does.
+    }
+
+    /// <inheritdoc />
+    public void Reset()
+    {
+        lock (_receiveSync)
+        {
+            Volatile.Write(ref _context, null);
+        }
+    }
+
+    private async Task TransmitAsync()
+    {
+        var context = Volatile.Read(ref _context);
+        if (context is null)
+        {
+            return;
+        }
+
+        var queue = context.Queues[TransmitQueue];
+        var token = context.Stopping;
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(HeaderSize + MaxFrameSize);
+        try
+        {
+            while (!token.IsCancellationRequested && queue.TryPop(out var chain))
+            {
+                int length = PrepareFrame(context, chain, buffer);
+                queue.AddUsed(chain, 0);
+                context.SignalUsed(queue);
+                if (length < 0)
+                {
+                    Interlocked.Increment(ref _framesDropped);
+                    continue;
+                }
+
+                if (_txLimit?.Consume(length) is { } wait && wait > TimeSpan.Zero)
+                {
+                    await Task.Delay(wait, token).ConfigureAwait(false);
+                }
+
+                await _backend.SendAsync(buffer.AsMemory(HeaderSize, length), token).ConfigureAwait(false);
+                Interlocked.Increment(ref _framesSent);
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>Copies header and frame out of the chain; returns the frame length, or -1 to drop it.</summary>
+    private static int PrepareFrame(VirtioDeviceContext context, DescriptorChain chain, byte[] buffer)
+    {
+        long total = chain.ReadableLength;
+        if (total < HeaderSize + 14 || total > HeaderSize + MaxFrameSize)
+        {
+            return -1;
+        }
+
+        int n = chain.Read(0, buffer.AsSpan(0, (int)total));
+        if (n != total)
+        {
+            return -1;
+        }
+
+        var header = buffer.AsSpan(0, HeaderSize);
+        byte flags = header[0];
+        byte gsoType = header[1];
+        int length = n - HeaderSize;
+        if (gsoType != 0)
+        {
+            // No segmentation offload was offered.
+            return -1;
+        }
+
+        if ((flags & HeaderNeedsChecksum) != 0)
+        {
+            if (!context.HasFeature(FeatureCsum))
+            {
+                return -1;
+            }
+
+            int start = BinaryPrimitives.ReadUInt16LittleEndian(header[6..]);
+            int offset = BinaryPrimitives.ReadUInt16LittleEndian(header[8..]);
+            if (!Checksum.TryComplete(buffer.AsSpan(HeaderSize, length), start, offset))
+            {
+                return -1;
+            }
+        }
+
+        return length;
+    }
+
+    /// <summary>Called by the backend with a frame for the guest; false when it was dropped.</summary>
+    private bool Receive(ReadOnlyMemory<byte> frame)
+    {
+        try
+        {
+            return ReceiveCore(frame);
+        }
+        catch (ObjectDisposedException)
+        {
+            // Guest memory went away under a backend that had not been detached yet: the VM is gone.
+            return Dropped();
+        }
+    }
+
+    private bool ReceiveCore(ReadOnlyMemory<byte> frame)
+    {
+        lock (_receiveSync)
+        {
+            var context = _context;
+            if (context is null || context.Stopping.IsCancellationRequested || !LinkUp || frame.Length > MaxFrameSize)
+            {
+                return Dropped();
+            }
+
+            if (_rxLimit is not null && !_rxLimit.TryConsume(frame.Length))
+            {
+                return Dropped();
+            }
+
+            var queue = context.Queues[ReceiveQueue];
+            bool mergeable = context.HasFeature(FeatureMergeableRxBuffers);
+            long needed = HeaderSize + frame.Length;
+            var chains = _rxChains.AsSpan(0, mergeable ? Math.Min((int)queue.Size, _rxChains.Length) : 1);
+            int count = 0;
+            long room = 0;
+            while (room < needed)
+            {
+                if (count == chains.Length || !queue.TryPop(out var chain))
+                {
+                    queue.Rewind(count);
+                    return Dropped();
+                }
+
+                chains[count++] = chain;
+                room += chain.WritableLength;
+            }
+
+            Span<byte> header = stackalloc byte[HeaderSize];
+            header.Clear();
+            BinaryPrimitives.WriteUInt16LittleEndian(header[10..], (ushort)count);
+            var payload = frame.Span;
+            bool headerDone = false;
+            int sent = 0;
+            for (int i = 0; i < count; i++)
+            {
+                var chain = chains[i]!;
+                long written = 0;
+                if (!headerDone)
+                {
+                    written = chain.Write(0, header);
+                    if (written != HeaderSize)
+                    {
+                        // The first buffer must hold the whole header (virtio 1.2, section 5.1.6.3.1).
+                        queue.Rewind(count);
+                        return Dropped();
+                    }
+
+                    headerDone = true;
+                }
+
+                int take = (int)Math.Min(chain.WritableLength - written, payload.Length - sent);
+                written += chain.Write(written, payload.Slice(sent, take));
+                sent += take;
+                queue.AddUsed(chain, (uint)written);
+            }
+
+            context.SignalUsed(queue);
+            Interlocked.Increment(ref _framesReceived);
+            return true;
+        }
+    }
+
+    private bool Dropped()
+    {
+        Interlocked.Increment(ref _framesDropped);
+        return false;
+    }
+}
+
+/// <summary>Internet checksum completion for transmit checksum offload.</summary>
+internal static class Checksum
+{
+    /// <summary>
+    /// Folds the ones'-complement sum of <c>frame[start..]</c> (which includes the pseudo-header sum the guest
+    /// left in the checksum field) and stores it at <c>start + offset</c>.
+    /// </summary>
+    public static bool TryComplete(Span<byte> frame, int start, int offset)
+    {
+        if (start >= frame.Length || offset > frame.Length - start - 2)
+        {
+            return false;
+        }
+
+        ulong sum = 0;
+        var data = frame[start..];
+        int i = 0;
+        for (; i + 1 < data.Length; i += 2)
+        {
+            sum += (uint)((data[i] << 8) | data[i + 1]);
+        }
+
+        if (i < data.Length)
+        {
+            sum += (uint)(data[i] << 8);
+        }
+
+        while ((sum >> 16) != 0)
+        {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+
+        // A computed zero goes out as 0xffff, which means the same in ones' complement and is valid for UDP.
+        ushort result = (ushort)~sum;
+        if (result == 0)
+        {
+            result = 0xffff;
+        }
+
+        BinaryPrimitives.WriteUInt16BigEndian(frame[(start + offset)..], result);
+        return true;
+    }
+}
