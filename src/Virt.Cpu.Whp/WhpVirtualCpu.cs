@@ -356,34 +356,43 @@ internal sealed unsafe partial class WhpVirtualCpu : IVirtualCpu
     private void AnswerMsr()
     {
         var decision = VcpuDecisions.DecideMsr(ExitContext->MsrAccess);
-        switch (decision.Action)
+        if (decision.Action == MsrAction.ReadRegister && TryReadRegister(decision.Register, out ulong value))
         {
-            case MsrAction.ReadRegister:
-                Names[0] = decision.Register;
-                GetRegisters(1);
-                ulong value = Values[0].Reg64;
-                Names[0] = WhvRegisterName.Rax;
-                Names[1] = WhvRegisterName.Rdx;
-                Names[2] = WhvRegisterName.Rip;
-                Values[0] = new WHV_REGISTER_VALUE { Reg64 = value & 0xFFFF_FFFF };
-                Values[1] = new WHV_REGISTER_VALUE { Reg64 = value >> 32 };
-                Values[2] = new WHV_REGISTER_VALUE { Reg64 = NextRip() };
-                SetRegisters(3);
-                break;
-            case MsrAction.WriteRegister:
-                Names[0] = decision.Register;
-                Names[1] = WhvRegisterName.Rip;
-                Values[0] = new WHV_REGISTER_VALUE { Reg64 = decision.Value };
-                Values[1] = new WHV_REGISTER_VALUE { Reg64 = NextRip() };
-                SetRegisters(2);
-                break;
-            default:
-                SetRegister(WhvRegisterName.PendingInterruption, new WHV_REGISTER_VALUE
-                {
-                    PendingInterruption = WhvPendingInterruption.Create(WhvPendingInterruptionType.Exception, ExitTranslator.GeneralProtectionVector, 0),
-                });
-                break;
+            Names[0] = WhvRegisterName.Rax;
+            Names[1] = WhvRegisterName.Rdx;
+            Names[2] = WhvRegisterName.Rip;
+            Values[0] = new WHV_REGISTER_VALUE { Reg64 = value & 0xFFFF_FFFF };
+            Values[1] = new WHV_REGISTER_VALUE { Reg64 = value >> 32 };
+            Values[2] = new WHV_REGISTER_VALUE { Reg64 = NextRip() };
+            SetRegisters(3);
+            return;
         }
+
+        if (decision.Action == MsrAction.WriteRegister)
+        {
+            Names[0] = decision.Register;
+            Values[0] = new WHV_REGISTER_VALUE { Reg64 = decision.Value };
+
+            // A value the hypervisor refuses is the guest's mistake: it gets #GP, as from a real WRMSR.
+            if (!HResult.Failed(Interop.WinHvPlatform.WHvSetVirtualProcessorRegisters(_handle, _vp, Names, 1, Values)))
+            {
+                SetRegister(WhvRegisterName.Rip, new WHV_REGISTER_VALUE { Reg64 = NextRip() });
+                return;
+            }
+        }
+
+        SetRegister(WhvRegisterName.PendingInterruption, new WHV_REGISTER_VALUE
+        {
+            PendingInterruption = WhvPendingInterruption.Create(WhvPendingInterruptionType.Exception, ExitTranslator.GeneralProtectionVector, 0),
+        });
+    }
+
+    private bool TryReadRegister(WhvRegisterName name, out ulong value)
+    {
+        Names[0] = name;
+        bool ok = !HResult.Failed(Interop.WinHvPlatform.WHvGetVirtualProcessorRegisters(_handle, _vp, Names, 1, Values));
+        value = ok ? Values[0].Reg64 : 0;
+        return ok;
     }
 
     private ulong NextRip() => ExitContext->VpContext.Rip + (ulong)ExitContext->VpContext.InstructionLength;
