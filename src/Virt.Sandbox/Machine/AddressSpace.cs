@@ -100,7 +100,7 @@ internal sealed class AddressSpace
             throw new ArgumentException($"The memory limit ({memory.TotalSize} bytes) is smaller than the program image ({imagePages * 4096} bytes); raise it.");
         }
 
-        ulong tablePages = 1 + TablesFor(2, supervisorPages) + TablesFor(GuestLayout.TrampolineAddress >> 12, 1);
+        ulong tablePages = 1 + TablesFor(2, supervisorPages) + TablesFor(GuestLayout.DoorbellAddress >> 12, 2);
         foreach (var r in runs)
         {
             tablePages += TablesFor(r.Vpn, (ulong)r.Flags.Count);
@@ -124,8 +124,9 @@ internal sealed class AddressSpace
         writer.Map(GuestLayout.SupervisorBase + GuestLayout.CodePhysical, GuestLayout.CodePhysical, sup);
         writer.Map(GuestLayout.SupervisorBase + GuestLayout.StackPhysical, GuestLayout.StackPhysical, supData);
 
-        // The system-call trampoline: user-executable, read-only, nothing but ud2.
+        // The system-call trampoline (user-executable, read-only) and its doorbell (readable, no RAM behind it).
         writer.Map(GuestLayout.TrampolineAddress, GuestLayout.TrampolinePhysical, PageFlags.Present | PageFlags.User | PageFlags.Accessed);
+        writer.Map(GuestLayout.DoorbellAddress, GuestLayout.DoorbellPhysical, PageFlags.Present | PageFlags.User | PageFlags.Accessed | PageFlags.NoExecute);
 
         ulong nextPhysical = GuestLayout.PageTablePhysical + (tablePages * GuestLayout.PageSize);
         foreach (var r in runs)

@@ -34,6 +34,15 @@ internal static class GuestLayout
     /// <summary>Virtual address of the trampoline: the last user page, read-only and executable.</summary>
     public const ulong TrampolineAddress = 0x7FFF_FFFF_F000;
 
+    /// <summary>Where the trampoline continues after the doorbell read: <c>jmp rcx</c> (after the 10-byte <c>mov rax, [moffs64]</c>).</summary>
+    public const ulong TrampolineReturn = TrampolineAddress + 10;
+
+    /// <summary>Virtual address of the doorbell page (user-readable, backed by no RAM).</summary>
+    public const ulong DoorbellAddress = 0x7FFF_FFFF_E000;
+
+    /// <summary>Guest physical address of the doorbell: outside RAM, so a read of it is an MMIO exit.</summary>
+    public const ulong DoorbellPhysical = 1UL << 36;
+
     /// <summary>GDT selector base for SYSRET-style selector pairs: STAR[63:48]; user SS = +8, user CS = +16.</summary>
     public const ushort SysretBase = 0x18;
 
@@ -76,7 +85,7 @@ internal static class GuestLayout
     /// <summary>Virtual address of the shared <c>iretq</c>.</summary>
     public const ulong ResumeAddress = SupervisorBase + CodePhysical + ResumeOffset;
 
-    /// <summary>Exception vector of #UD, which the trampoline's <c>ud2</c> raises for every system call.</summary>
+    /// <summary>Exception vector of #UD, which <c>syscall</c> raises where the CPU honours EFER.SCE = 0.</summary>
     public const int InvalidOpcodeVector = 6;
 
     /// <summary>Virtual top of the exception stack.</summary>

@@ -70,7 +70,7 @@ internal sealed class SandboxMachine : IDisposable
     }
 
     /// <summary>Whether the machine can serve another run (it has a snapshot, or has not run yet).</summary>
-    public bool CanRunAgain => _snapshot is not null || !_dirty;
+    public bool CanRunAgain => !_broken && (_snapshot is not null || !_dirty);
 
     /// <summary>Whether a snapshot was taken at the program's ready point.</summary>
     public bool HasSnapshot => _snapshot is not null;
@@ -145,13 +145,10 @@ internal sealed class SandboxMachine : IDisposable
         long instructionsBefore = (_vcpu as IInstructionCounting)?.InstructionsRetired ?? 0;
         int restored = 0;
         _abi.BeginRun(stdin);
-        bool resumeWithSyscall = false;
-        GeneralRegisters regs = default;
+        Outcome? outcome = null;
         if (_snapshot is not null)
         {
-            restored = Restore(_snapshot);
-            regs = _snapshot.Registers;
-            resumeWithSyscall = true;
+            restored = Restore(_snapshot, out outcome);
         }
 
         _dirty = true;
@@ -163,21 +160,17 @@ internal sealed class SandboxMachine : IDisposable
         long deadline = Stopwatch.GetTimestamp() + (long)(_config.TimeLimit.TotalSeconds * Stopwatch.Frequency);
         using var timer = new Timer(static s => ((IVirtualCpu)s!).RequestExit(), _vcpu, _config.TimeLimit, Timeout.InfiniteTimeSpan);
         using var registration = cancellationToken.Register(static s => ((IVirtualCpu)s!).RequestExit(), _vcpu);
-        var outcome = resumeWithSyscall ? HandleSyscall(ref regs) : null;
+        if (outcome is null && _snapshot is not null)
+        {
+            // The restored vCPU sits at the ready point's system call: serve it with the new input.
+            var regs = _snapshot.Registers;
+            outcome = _snapshot.Kind == ExitKind.Doorbell ? ServeDoorbell(ref regs, resumed: true) : ServeUd(ref regs, resumed: true);
+        }
+
         while (outcome is null)
         {
             var exit = _vcpu.Run();
-            outcome = exit.Reason switch
-            {
-                VcpuExitReason.PortIo when exit.Port >= GuestLayout.ExceptionPortBase && exit.Port < GuestLayout.ExceptionPortBase + GuestLayout.ExceptionVectors =>
-                    OnException(exit.Port - GuestLayout.ExceptionPortBase),
-                VcpuExitReason.Interrupted => OnInterrupted(deadline, cancellationToken),
-                VcpuExitReason.BudgetExhausted => Stopped(SandboxStatus.TimeLimitExceeded, $"The program used its budget of {_config.InstructionLimit} instructions."),
-                VcpuExitReason.Exception => OnException((int)exit.Value),
-                VcpuExitReason.Shutdown => Stopped(SandboxStatus.GuestFault, $"The guest shut down (triple fault): {exit.Fault}"),
-                VcpuExitReason.InternalError or VcpuExitReason.FailEntry => Stopped(SandboxStatus.BackendFailure, $"The backend stopped the guest: {exit}"),
-                _ => Stopped(SandboxStatus.ForbiddenOperation, $"Unexpected exit from the guest: {exit}"),
-            };
+            outcome = OnExit(exit, deadline, cancellationToken);
         }
 
         watch.Stop();
@@ -209,51 +202,134 @@ internal sealed class SandboxMachine : IDisposable
 
     private static Outcome Stopped(SandboxStatus status, string message) => new(status, -1, null, message, null);
 
+    /// <summary>Which kind of exit the vCPU is stopped in; a backend may complete it when the vCPU next runs.</summary>
+    private enum ExitKind
+    {
+        None,
+        Doorbell,
+        Stub,
+    }
+
+    private ExitKind _pending;
+    private bool _cplChecked;
+    private bool _broken;
+
+    private Outcome? OnExit(VcpuExit exit, long deadline, CancellationToken cancellationToken)
+    {
+        switch (exit.Reason)
+        {
+            case VcpuExitReason.Mmio when exit.Address.Value == GuestLayout.DoorbellPhysical && !exit.IsWrite && exit.Size == 8:
+            {
+                _pending = ExitKind.Doorbell;
+                var regs = _vcpu.GetGeneralRegisters();
+                if (regs.Rip != GuestLayout.TrampolineAddress)
+                {
+                    return Stopped(SandboxStatus.ForbiddenOperation, $"The program read the system-call doorbell from 0x{regs.Rip:x} instead of through SYSCALL.");
+                }
+
+                if (!_cplChecked)
+                {
+                    // Only a CPU whose SYSCALL stays at CPL 3 may take this path: check once per machine.
+                    _cplChecked = true;
+                    if ((_vcpu.GetSpecialRegisters().Cs.Selector & 3) != 3)
+                    {
+                        _broken = true;
+                        return Stopped(SandboxStatus.BackendFailure, "SYSCALL reached the trampoline at CPL 0 although EFER.SCE is clear; this backend is not supported.");
+                    }
+                }
+
+                if (_config.SnapshotReset && _snapshot is null && _abi.IsReadyPoint(regs))
+                {
+                    _snapshot = TakeSnapshot(regs, ExitKind.Doorbell);
+                }
+
+                return ServeDoorbell(ref regs, resumed: false);
+            }
+
+            case VcpuExitReason.PortIo when exit.Port >= GuestLayout.ExceptionPortBase && exit.Port < GuestLayout.ExceptionPortBase + GuestLayout.ExceptionVectors:
+                _pending = ExitKind.Stub;
+                return OnException(exit.Port - GuestLayout.ExceptionPortBase);
+            case VcpuExitReason.Interrupted:
+                return OnInterrupted(deadline, cancellationToken);
+            case VcpuExitReason.BudgetExhausted:
+                return Stopped(SandboxStatus.TimeLimitExceeded, $"The program used its budget of {_config.InstructionLimit} instructions.");
+            case VcpuExitReason.Exception:
+                _broken = true;
+                return OnException((int)exit.Value);
+            case VcpuExitReason.Shutdown:
+                _broken = true;
+                return Stopped(SandboxStatus.GuestFault, $"The guest shut down (triple fault): {exit.Fault}");
+            case VcpuExitReason.InternalError or VcpuExitReason.FailEntry:
+                _broken = true;
+                return Stopped(SandboxStatus.BackendFailure, $"The backend stopped the guest: {exit}");
+            default:
+                _broken = true;
+                return Stopped(SandboxStatus.ForbiddenOperation, $"Unexpected exit from the guest: {exit}");
+        }
+    }
+
+    /// <summary>Serves a system call that arrived through the trampoline: the result goes back as the doorbell's value.</summary>
+    private Outcome? ServeDoorbell(ref GeneralRegisters regs, bool resumed)
+    {
+        if (!_abi.Dispatch(ref regs))
+        {
+            return FromStop();
+        }
+
+        if (_pending == ExitKind.Doorbell)
+        {
+            BitConverter.TryWriteBytes(_vcpu.ExitData, regs.Rax);
+        }
+
+        if (resumed)
+        {
+            // After a restore the registers come from the snapshot; the pending read (if any) ends the same way.
+            regs.Rip = GuestLayout.TrampolineReturn;
+            _vcpu.SetGeneralRegisters(regs);
+        }
+
+        return null;
+    }
+
     /// <summary>Physical address of the frame the CPU pushed on the exception stack (error code first, where there is one).</summary>
     private static GuestAddress FrameAddress(int vector) =>
         new(GuestLayout.StackPhysical + GuestLayout.PageSize - (Supervisor.HasErrorCode(vector) ? 48UL : 40UL));
 
-    /// <summary>A #UD raised by the trampoline's <c>ud2</c> is a system call.</summary>
-    private bool IsSyscall() => _memory.Read<ulong>(FrameAddress(GuestLayout.InvalidOpcodeVector)) == GuestLayout.TrampolineAddress;
-
-    private Outcome? OnSyscall()
+    /// <summary>A #UD at CPL 3 whose instruction is <c>syscall</c> (0F 05) is a system call (CPUs that honour EFER.SCE = 0).</summary>
+    private bool IsSyscallUd()
     {
-        var regs = _vcpu.GetGeneralRegisters();
-        if (_config.SnapshotReset && _snapshot is null && _abi.IsReadyPoint(regs))
-        {
-            _snapshot = TakeSnapshot(regs);
-        }
-
-        return HandleSyscall(ref regs);
+        var frame = FrameAddress(GuestLayout.InvalidOpcodeVector);
+        ulong rip = _memory.Read<ulong>(frame);
+        ulong cs = _memory.Read<ulong>(frame + 8);
+        Span<byte> insn = stackalloc byte[2];
+        return (cs & 3) == 3 && _space.TryReadUser(rip, insn, _memory) && insn[0] == 0x0F && insn[1] == 0x05;
     }
 
-    private Outcome? HandleSyscall(ref GeneralRegisters regs)
+    /// <summary>Serves a system call that arrived as #UD: steps the frame past <c>syscall</c> and resumes at the stub's <c>iretq</c>.</summary>
+    private Outcome? ServeUd(ref GeneralRegisters regs, bool resumed)
     {
-        // SYSCALL left the return address in RCX and the program's flags in R11. A program can also
-        // jump to the trampoline with any RCX/R11, so both are checked before they reach iretq at CPL 0.
-        ulong returnRip = regs.Rcx;
-        if (!GuestLayout.IsUserCanonical(returnRip))
-        {
-            return Stopped(SandboxStatus.ForbiddenOperation, $"The system-call trampoline was entered with return address 0x{returnRip:x}, outside user space.");
-        }
-
-        bool go = _abi.Dispatch(ref regs);
-        if (!go)
-        {
-            var stop = _abi.Stop!;
-            return new Outcome(stop.Status, stop.ExitCode, stop.Signal, stop.Message, null);
-        }
-
-        // The frame becomes a return to CPL 3: RIP = RCX, user CS/SS, sanitised flags, the same RSP.
+        _ = resumed;
         var frame = FrameAddress(GuestLayout.InvalidOpcodeVector);
-        ulong userRsp = _memory.Read<ulong>(frame + 24);
-        Span<ulong> iret = [returnRip, GuestLayout.UserCode, (regs.R11 & Supervisor.UserFlagsMask) | Supervisor.InitialUserFlags, userRsp, GuestLayout.UserData];
-        _memory.Write(frame, MemoryMarshal.AsBytes(iret));
+        ulong userRip = _memory.Read<ulong>(frame);
+        ulong userFlags = _memory.Read<ulong>(frame + 16);
+        if (!_abi.Dispatch(ref regs))
+        {
+            return FromStop();
+        }
 
-        // Resume at the shared iretq whether or not the backend already stepped past the out.
+        // What Linux's SYSCALL path leaves behind: RCX = return address, R11 = RFLAGS.
+        regs.Rcx = userRip + 2;
+        regs.R11 = userFlags;
+        _memory.Write(frame, userRip + 2);
         regs.Rip = GuestLayout.ResumeAddress;
         _vcpu.SetGeneralRegisters(regs);
         return null;
+    }
+
+    private Outcome FromStop()
+    {
+        var stop = _abi.Stop!;
+        return new Outcome(stop.Status, stop.ExitCode, stop.Signal, stop.Message, null);
     }
 
     private Outcome? OnInterrupted(long deadline, CancellationToken cancellationToken)
@@ -270,9 +346,15 @@ internal sealed class SandboxMachine : IDisposable
 
     private Outcome? OnException(int vector)
     {
-        if (vector == GuestLayout.InvalidOpcodeVector && IsSyscall())
+        if (vector == GuestLayout.InvalidOpcodeVector && _pending == ExitKind.Stub && IsSyscallUd())
         {
-            return OnSyscall();
+            var regs = _vcpu.GetGeneralRegisters();
+            if (_config.SnapshotReset && _snapshot is null && _abi.IsReadyPoint(regs))
+            {
+                _snapshot = TakeSnapshot(regs, ExitKind.Stub);
+            }
+
+            return ServeUd(ref regs, resumed: false);
         }
 
         // The stub runs on the IST stack, whose top is fixed: read the frame from there, not from a register.
@@ -301,12 +383,6 @@ internal sealed class SandboxMachine : IDisposable
             _ => 11, // SIGSEGV
         };
         string where = (cs & 3) == 3 ? "" : " (in supervisor code)";
-        if (Environment.GetEnvironmentVariable("VIRT_SANDBOX_DEBUG") == "1")
-        {
-            Span<MsrEntry> m = [new(MsrIndex.Star, 0), new(MsrIndex.Lstar, 0), new(MsrIndex.Fmask, 0)];
-            _vcpu.GetMsrs(m);
-            Console.Error.WriteLine($"frame=[{string.Join(",", frame.Select(x => x.ToString("x", System.Globalization.CultureInfo.InvariantCulture)))}] star={m[0].Value:x} lstar={m[1].Value:x} efer={m[2].Value:x} regs={_vcpu.GetGeneralRegisters()}");
-        }
 
         return new Outcome(SandboxStatus.GuestFault, -1, signal, $"The program raised {name}{where}: {fault}", fault);
     }
@@ -314,10 +390,10 @@ internal sealed class SandboxMachine : IDisposable
     // ---- snapshot ------------------------------------------------------------------------
 
     private sealed record Snapshot(
-        GeneralRegisters Registers, SpecialRegisters Special, FpuState Fpu, int[] PageSlots, byte[] Pages,
+        ExitKind Kind, GeneralRegisters Registers, SpecialRegisters Special, FpuState Fpu, int[] PageSlots, byte[] Pages,
         ArenaAllocator.State Arena, AbiState Abi);
 
-    private Snapshot TakeSnapshot(in GeneralRegisters regs)
+    private Snapshot TakeSnapshot(in GeneralRegisters regs, ExitKind kind)
     {
         var special = _vcpu.GetSpecialRegisters();
         var fpu = _vcpu.GetFpuState();
@@ -340,7 +416,7 @@ internal sealed class SandboxMachine : IDisposable
 
         // Start the dirty log from here: only pages written after this point need restoring.
         CollectDirty();
-        return new Snapshot(regs, special, fpu, slots, data.ToArray(), _arena.Save(), _abi.SaveState());
+        return new Snapshot(kind, regs, special, fpu, slots, data.ToArray(), _arena.Save(), _abi.SaveState());
     }
 
     private ulong[] CollectDirty()
@@ -358,8 +434,58 @@ internal sealed class SandboxMachine : IDisposable
         return bitmap;
     }
 
-    private int Restore(Snapshot s)
+    /// <summary>
+    /// Brings the vCPU into an exit of the snapshot's kind, so that whatever the backend does to complete the
+    /// pending exit agrees with the restored state. Runs a few guest instructions; only needed after a run
+    /// that ended in the other kind of exit.
+    /// </summary>
+    private bool Converge(ExitKind target)
     {
+        if (_pending == ExitKind.None || _pending == target)
+        {
+            return true;
+        }
+
+        var regs = _vcpu.GetGeneralRegisters();
+        if (target == ExitKind.Doorbell)
+        {
+            // In an exception stub: make its iretq return to CPL 3 at the trampoline, whose doorbell read exits.
+            if (regs.Rsp < GuestLayout.SupervisorBase + GuestLayout.StackPhysical || regs.Rsp > GuestLayout.ExceptionStackTop - 40)
+            {
+                return false;
+            }
+
+            Span<ulong> iret = [GuestLayout.TrampolineAddress, GuestLayout.UserCode, Supervisor.InitialUserFlags, _arena.StackTop - 64, GuestLayout.UserData];
+            _memory.Write(new GuestAddress(regs.Rsp - GuestLayout.SupervisorBase), MemoryMarshal.AsBytes(iret));
+            regs.Rip = GuestLayout.ResumeAddress;
+        }
+        else
+        {
+            // At the doorbell: let the trampoline's jmp rcx land in supervisor memory, whose #PF exits through a stub.
+            BitConverter.TryWriteBytes(_vcpu.ExitData, 0UL);
+            regs.Rcx = GuestLayout.SupervisorBase + GuestLayout.CodePhysical;
+            regs.Rip = GuestLayout.TrampolineReturn;
+        }
+
+        _vcpu.SetGeneralRegisters(regs);
+        var exit = _vcpu.Run();
+        bool ok = target == ExitKind.Doorbell
+            ? exit.Reason == VcpuExitReason.Mmio && exit.Address.Value == GuestLayout.DoorbellPhysical
+            : exit.Reason == VcpuExitReason.PortIo && exit.Port >= GuestLayout.ExceptionPortBase;
+        _pending = ok ? target : ExitKind.None;
+        return ok;
+    }
+
+    private int Restore(Snapshot s, out Outcome? failure)
+    {
+        failure = null;
+        if (!Converge(s.Kind))
+        {
+            _broken = true;
+            failure = Stopped(SandboxStatus.BackendFailure, "The vCPU could not be brought back to the snapshot's state; the sandbox will be rebuilt.");
+            return 0;
+        }
+
         var bitmap = CollectDirty();
         int restored = 0;
         int pageCount = s.PageSlots.Length;

@@ -6,14 +6,21 @@ namespace Virt.Sandbox.Machine;
 
 /// <summary>
 /// The CPL 0 side of a sandbox: GDT, TSS, IDT, one two-instruction stub per exception vector (<c>out</c>
-/// to the vector's port, which is one exit, then a jump to a shared <c>iretq</c>), and a one-instruction
-/// system-call trampoline. LSTAR points at the trampoline, a user-executable page holding <c>ud2</c>.
-/// Whatever a backend's SYSCALL does (hardware switches to CPL 0 there; PVM-style KVMs jump there
-/// without leaving CPL 3), the <c>ud2</c> raises #UD with RCX = return address and R11 = RFLAGS, and the
-/// #UD stub exits to the host. The host serves the call, rewrites the exception frame as a return to
-/// CPL 3 at RCX with sanitised R11, and resumes at the <c>iretq</c>. Every <c>out</c> leads to the same
-/// <c>iretq</c>, so however a backend completes a pending <c>out</c> after the host restored a snapshot,
-/// the vCPU returns through the frame the host restored.
+/// to the vector's port, which is one exit, then a jump to a shared <c>iretq</c>), and a CPL 3 system-call
+/// trampoline. System calls reach the host one of two ways, with no privileged code of ours in between
+/// where the CPU allows it:
+/// <list type="bullet">
+/// <item>EFER.SCE is clear, so on hardware (and any CPU that honours it) <c>syscall</c> raises #UD; the #UD
+/// stub exits, the host sees <c>0F 05</c> at the frame's RIP, serves the call, steps the frame past it and
+/// resumes at the <c>iretq</c>.</item>
+/// <item>PVM-style KVMs ignore SCE and jump to LSTAR without leaving CPL 3. LSTAR is the trampoline, a
+/// user page holding <c>mov rax, [doorbell]; jmp rcx</c>: the read of the doorbell (a page backed by no
+/// RAM) is an MMIO exit, the host answers it with the result, which lands in RAX, and the program
+/// continues at RCX, the return address SYSCALL saved. One exit, no CPL 0 instruction, no register write.</item>
+/// </list>
+/// Every stub's <c>out</c> leads to the same <c>iretq</c>, and every doorbell read to the same
+/// <c>jmp rcx</c>, so however a backend completes a pending exit after the host restored a snapshot taken
+/// at the same kind of exit, the vCPU continues the way the host set it up.
 /// </summary>
 internal static class Supervisor
 {
@@ -22,13 +29,13 @@ internal static class Supervisor
 
     private const ulong Cr0Pe = 1UL << 0, Cr0Mp = 1UL << 1, Cr0Et = 1UL << 4, Cr0Ne = 1UL << 5, Cr0Wp = 1UL << 16, Cr0Pg = 1UL << 31;
     private const ulong Cr4Pae = 1UL << 5, Cr4OsFxsr = 1UL << 9, Cr4OsXmmExcpt = 1UL << 10;
-    /// <summary>RFLAGS bits cleared on SYSCALL: TF (8), IF (9), DF (10), NT (14), AC (18).</summary>
-    public const ulong SyscallFlagMask = (1 << 8) | (1 << 9) | (1 << 10) | (1 << 14) | (1 << 18);
+    /// <summary>RFLAGS bits cleared on SYSCALL: none, so a trampoline-path call keeps the program's flags as Linux does.</summary>
+    public const ulong SyscallFlagMask = 0;
 
     /// <summary>RFLAGS bits a return to CPL 3 keeps from the program's R11: CF, PF, AF, ZF, SF, TF, DF, OF, AC, ID (never IOPL, NT, RF, VM, VIF, VIP).</summary>
     public const ulong UserFlagsMask = 0x240DD5;
 
-    private const ulong EferSce = 1UL << 0, EferLme = 1UL << 8, EferLma = 1UL << 10, EferNxe = 1UL << 11;
+    private const ulong EferLme = 1UL << 8, EferLma = 1UL << 10, EferNxe = 1UL << 11;
 
     /// <summary>Interrupt gate, present, DPL 0 (type byte of an IDT entry).</summary>
     private const byte GateKernel = 0x8E;
@@ -40,7 +47,7 @@ internal static class Supervisor
     private const byte IstIndex = 1;
 
     private static readonly Lazy<byte[]> Code = new(AssembleCode);
-    private static readonly Lazy<byte[]> Trampoline = new(() => Assemble(GuestLayout.TrampolineAddress, a => a.ud2()));
+    private static readonly Lazy<byte[]> Trampoline = new(AssembleTrampoline);
 
     /// <summary>Vectors that push an error code (#DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP, #VC, #SX).</summary>
     public static bool HasErrorCode(int vector) => vector is 8 or 10 or 11 or 12 or 13 or 14 or 17 or 21 or 29 or 30;
@@ -114,7 +121,7 @@ internal static class Supervisor
         s.Cr2 = 0;
         s.Cr3 = cr3;
         s.Cr4 = Cr4Pae | Cr4OsFxsr | Cr4OsXmmExcpt;
-        s.Efer = EferSce | EferLme | EferLma | EferNxe;
+        s.Efer = EferLme | EferLma | EferNxe; // SCE clear on purpose: see the class remarks
         return s;
     }
 
@@ -140,6 +147,21 @@ internal static class Supervisor
             }
 
             stub.CopyTo(code, (int)(GuestLayout.ExceptionStubOffset + ((ulong)v * GuestLayout.ExceptionStubStride)));
+        }
+
+        return code;
+    }
+
+    private static byte[] AssembleTrampoline()
+    {
+        var code = Assemble(GuestLayout.TrampolineAddress, a =>
+        {
+            a.mov(AssemblerRegisters.rax, AssemblerRegisters.__qword_ptr[GuestLayout.DoorbellAddress]);
+            a.jmp(AssemblerRegisters.rcx);
+        });
+        if (code.Length != (int)(GuestLayout.TrampolineReturn - GuestLayout.TrampolineAddress) + 2)
+        {
+            throw new InvalidOperationException("The trampoline does not have the expected shape.");
         }
 
         return code;
