@@ -57,24 +57,23 @@ public static class LinuxLoader
         var map = E820Map.FromMemory(memory);
         var placements = new List<BootPlacement>();
 
-        // Kernel: a relocatable kernel goes to pref_address when it fits, otherwise 1 MiB.
-        ulong load = DefaultKernelAddress;
-        if (header.Relocatable && header.PreferredAddress >= DefaultKernelAddress
-            && header.PreferredAddress % header.KernelAlignment == 0
-            && header.PreferredAddress <= uint.MaxValue
-            && E820Map.IsRam(map, header.PreferredAddress, header.InitSize))
+        // Kernel: a relocatable kernel is loaded at pref_address (where it runs, saving the
+        // decompressor a move); any other at 1 MiB. Either way the decompressor works from
+        // max(load address, pref_address) up to init_size bytes further (LOAD_PHYSICAL_ADDR in
+        // arch/x86/boot/compressed/head_64.S), so that range must be RAM.
+        ulong pref = header.PreferredAddress;
+        bool usablePref = pref >= DefaultKernelAddress && pref <= uint.MaxValue && (!header.Relocatable || pref % header.KernelAlignment == 0);
+        ulong load = header.Relocatable && usablePref ? pref : DefaultKernelAddress;
+        ulong runAddress = usablePref ? Math.Max(load, pref) : load;
+        ulong payloadLength = (ulong)(image.Length - header.KernelOffset);
+        if (!E820Map.IsRam(map, load, payloadLength) || !E820Map.IsRam(map, runAddress, header.InitSize))
         {
-            load = header.PreferredAddress;
-        }
-
-        if (!E820Map.IsRam(map, load, header.InitSize))
-        {
-            throw new BootImageException("init_size", $"the kernel needs 0x{header.InitSize:x} bytes of RAM from 0x{load:x}, which the VM does not have; give the VM more memory.");
+            throw new BootImageException("init_size", $"the kernel is loaded at 0x{load:x} and needs 0x{header.InitSize:x} bytes of RAM from 0x{runAddress:x} to decompress, up to 0x{runAddress + header.InitSize:x}, which the VM does not have; give the VM more memory.");
         }
 
         var payload = image[header.KernelOffset..];
         memory.Write(new GuestAddress(load), payload);
-        placements.Add(new BootPlacement("kernel", new GuestAddress(load), header.InitSize));
+        placements.Add(new BootPlacement("kernel", new GuestAddress(load), runAddress + header.InitSize - load));
 
         // Command line.
         byte[] cmdline = EncodeCommandLine(options.CommandLine, header.CommandLineSize);
@@ -93,10 +92,11 @@ public static class LinuxLoader
         if (initrdSize > 0)
         {
             ulong limit = Math.Min((ulong)header.InitrdAddressMax + 1, 1UL << 32);
-            ulong? at = E820Map.FindHighest(map, initrdSize, load + header.InitSize, limit);
+            ulong kernelEnd = runAddress + header.InitSize;
+            ulong? at = E820Map.FindHighest(map, initrdSize, kernelEnd, limit);
             if (at is null)
             {
-                throw new BootImageException("initrd", $"the initrd of {initrdSize} bytes does not fit in RAM between the kernel's end (0x{load + header.InitSize:x}) and initrd_addr_max (0x{header.InitrdAddressMax:x}); give the VM more memory or use a smaller initrd.");
+                throw new BootImageException("initrd", $"the initrd of {initrdSize} bytes does not fit in RAM between the kernel's end (0x{kernelEnd:x}) and initrd_addr_max (0x{header.InitrdAddressMax:x}); give the VM more memory or use a smaller initrd.");
             }
 
             initrdAddress = at.Value;

@@ -38,16 +38,39 @@ public sealed class BzImageLoaderTests
     }
 
     [Fact]
-    public void Kernel_goes_to_1_MiB_when_not_relocatable_or_pref_address_does_not_fit()
+    public void Non_relocatable_kernel_goes_to_1_MiB()
     {
         using var m = Ram();
-        var fixedImage = LinuxLoader.LoadBzImage(m, SyntheticImages.BzImage(relocatable: false));
-        Assert.Equal(0x100000UL, fixedImage.Find("kernel")!.Value.Address.Value);
-
-        using var small = Ram(16);
-        var r = LinuxLoader.LoadBzImage(small, SyntheticImages.BzImage());
-        Assert.Equal(0x100000UL, r.Find("kernel")!.Value.Address.Value);
+        var r = LinuxLoader.LoadBzImage(m, SyntheticImages.BzImage(relocatable: false));
+        var kernel = r.Find("kernel")!.Value;
+        Assert.Equal(0x100000UL, kernel.Address.Value);
         Assert.Equal(0x100200UL, r.Registers.Rip);
+        Assert.Equal(0x1000000UL + 0x40000 - 0x100000, kernel.Length); // up to pref_address + init_size
+    }
+
+    [Fact]
+    public void Kernel_without_a_usable_pref_address_goes_to_1_MiB()
+    {
+        using var m = Ram(16);
+        var r = LinuxLoader.LoadBzImage(m, SyntheticImages.BzImage(prefAddress: 0));
+        Assert.Equal(0x100000UL, r.Find("kernel")!.Value.Address.Value);
+    }
+
+    [Fact]
+    public void Ram_that_ends_before_pref_address_plus_init_size_fails_naming_init_size()
+    {
+        using var m = Ram(16);
+        var ex = Assert.Throws<BootImageException>(() => LinuxLoader.LoadBzImage(m, SyntheticImages.BzImage()));
+        Assert.Equal("init_size", ex.Field);
+        Assert.Contains("more memory", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Initrd_stays_above_the_kernels_working_area()
+    {
+        using var m = Ram(18);
+        var r = LinuxLoader.LoadBzImage(m, SyntheticImages.BzImage(relocatable: false), new LinuxBootOptions { Initrd = new byte[0x1000] });
+        Assert.True(r.Find("initrd")!.Value.Address.Value >= 0x1000000 + 0x40000);
     }
 
     [Fact]
