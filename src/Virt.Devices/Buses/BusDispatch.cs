@@ -1,11 +1,13 @@
 namespace Virt.Devices;
 
 /// <summary>Calls a device of one kind; a struct type argument lets the JIT specialise the dispatch loop per bus.</summary>
-internal interface IDeviceInvoker<TDevice>
+internal interface IDeviceInvoker
 {
-    static abstract void Read(TDevice device, ulong offset, Span<byte> data);
+    /// <summary>Reads from <paramref name="device"/>, which the caller guarantees is of the bus's device type.</summary>
+    static abstract void Read(object device, ulong offset, Span<byte> data);
 
-    static abstract void Write(TDevice device, ulong offset, ReadOnlySpan<byte> data);
+    /// <summary>Writes to <paramref name="device"/>, which the caller guarantees is of the bus's device type.</summary>
+    static abstract void Write(object device, ulong offset, ReadOnlySpan<byte> data);
 }
 
 /// <summary>Receives the bus's bookkeeping callbacks (unclaimed pieces, device faults).</summary>
@@ -27,9 +29,8 @@ internal static class BusDispatch
     /// <summary>The value an unclaimed or faulted read returns in every byte, as an open ISA/PCI bus does.</summary>
     public const byte FloatingBusByte = 0xFF;
 
-    public static bool Read<TDevice, TInvoker>(DeviceRangeMap<TDevice>.Entry[] entries, ulong address, ulong limit, Span<byte> data, IBusObserver observer)
-        where TDevice : class
-        where TInvoker : struct, IDeviceInvoker<TDevice>
+    public static bool Read<TInvoker>(DeviceRangeMap.Entry[] entries, ulong address, ulong limit, Span<byte> data, IBusObserver observer)
+        where TInvoker : struct, IDeviceInvoker
     {
         bool claimed = false;
         int done = 0;
@@ -44,11 +45,11 @@ internal static class BusDispatch
                 break;
             }
 
-            int index = DeviceRangeMap<TDevice>.Find(entries, current);
+            int index = DeviceRangeMap.Find(entries, current);
             int size;
             if (index >= 0)
             {
-                ref readonly DeviceRangeMap<TDevice>.Entry entry = ref entries[index];
+                ref readonly DeviceRangeMap.Entry entry = ref entries[index];
                 size = (int)Math.Min((ulong)remaining, entry.End - current);
                 Span<byte> piece = data.Slice(done, size);
                 try
@@ -67,7 +68,7 @@ internal static class BusDispatch
             }
             else
             {
-                ulong next = Math.Min(DeviceRangeMap<TDevice>.NextStartAbove(entries, current), limit);
+                ulong next = Math.Min(DeviceRangeMap.NextStartAbove(entries, current), limit);
                 size = (int)Math.Min((ulong)remaining, next - current);
                 data.Slice(done, size).Fill(FloatingBusByte);
                 observer.OnUnhandled(current, size, isWrite: false);
@@ -80,9 +81,8 @@ internal static class BusDispatch
         return claimed;
     }
 
-    public static bool Write<TDevice, TInvoker>(DeviceRangeMap<TDevice>.Entry[] entries, ulong address, ulong limit, ReadOnlySpan<byte> data, IBusObserver observer)
-        where TDevice : class
-        where TInvoker : struct, IDeviceInvoker<TDevice>
+    public static bool Write<TInvoker>(DeviceRangeMap.Entry[] entries, ulong address, ulong limit, ReadOnlySpan<byte> data, IBusObserver observer)
+        where TInvoker : struct, IDeviceInvoker
     {
         bool claimed = false;
         int done = 0;
@@ -96,11 +96,11 @@ internal static class BusDispatch
                 break;
             }
 
-            int index = DeviceRangeMap<TDevice>.Find(entries, current);
+            int index = DeviceRangeMap.Find(entries, current);
             int size;
             if (index >= 0)
             {
-                ref readonly DeviceRangeMap<TDevice>.Entry entry = ref entries[index];
+                ref readonly DeviceRangeMap.Entry entry = ref entries[index];
                 size = (int)Math.Min((ulong)remaining, entry.End - current);
                 try
                 {
@@ -117,7 +117,7 @@ internal static class BusDispatch
             }
             else
             {
-                ulong next = Math.Min(DeviceRangeMap<TDevice>.NextStartAbove(entries, current), limit);
+                ulong next = Math.Min(DeviceRangeMap.NextStartAbove(entries, current), limit);
                 size = (int)Math.Min((ulong)remaining, next - current);
                 observer.OnUnhandled(current, size, isWrite: true);
             }

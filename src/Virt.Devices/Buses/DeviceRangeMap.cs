@@ -5,10 +5,14 @@ namespace Virt.Devices;
 /// reference and binary-search it, so the vCPU hot path takes no lock; registration copies the
 /// array under a lock and publishes the new one.
 /// </summary>
-internal sealed class DeviceRangeMap<TDevice>
-    where TDevice : class
+/// <remarks>
+/// Devices are stored as <see cref="object"/> so the dispatch loop is not generic over a reference
+/// type: shared generic code would look types up at run time on every access. Each bus only ever
+/// adds devices of its own interface type.
+/// </remarks>
+internal sealed class DeviceRangeMap
 {
-    internal readonly struct Entry(ulong start, ulong end, ulong offsetBias, TDevice device, string name)
+    internal readonly struct Entry(ulong start, ulong end, ulong offsetBias, object device, string name)
     {
         /// <summary>First address of the range.</summary>
         public readonly ulong Start = start;
@@ -19,7 +23,7 @@ internal sealed class DeviceRangeMap<TDevice>
         /// <summary>Added to the offset the device sees, so one device can sit at several ranges and tell them apart.</summary>
         public readonly ulong OffsetBias = offsetBias;
 
-        public readonly TDevice Device = device;
+        public readonly object Device = device;
 
         public readonly string Name = name;
     }
@@ -31,7 +35,7 @@ internal sealed class DeviceRangeMap<TDevice>
     public Entry[] Snapshot => Volatile.Read(ref _entries);
 
     /// <summary>Adds a range; throws <see cref="ArgumentException"/> naming both devices when it overlaps another.</summary>
-    public void Add(ulong start, ulong end, ulong offsetBias, TDevice device, string name, Func<ulong, ulong, string> formatRange)
+    public void Add(ulong start, ulong end, ulong offsetBias, object device, string name, Func<ulong, ulong, string> formatRange)
     {
         lock (_writeLock)
         {

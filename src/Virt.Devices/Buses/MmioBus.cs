@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Globalization;
 
 namespace Virt.Devices;
@@ -21,7 +22,7 @@ public sealed class MmioBus
     /// <summary>The largest single MMIO access dispatched (a 64-bit <c>mov</c>; hypervisors split wider ones).</summary>
     public const int MaxAccessSize = 8;
 
-    private readonly DeviceRangeMap<IMmioDevice> _map = new();
+    private readonly DeviceRangeMap _map = new();
     private readonly Observer _observer;
     private long _unhandledAccessCount;
     private long _deviceFaultCount;
@@ -87,7 +88,7 @@ public sealed class MmioBus
             return false;
         }
 
-        return BusDispatch.Read<IMmioDevice, Invoker>(_map.Snapshot, address.Value, ulong.MaxValue, data, _observer);
+        return BusDispatch.Read<Invoker>(_map.Snapshot, address.Value, ulong.MaxValue, data, _observer);
     }
 
     /// <summary>Dispatches a guest write of <c>data.Length</c> (1 to 8) bytes at <paramref name="address"/>.</summary>
@@ -100,17 +101,18 @@ public sealed class MmioBus
             return false;
         }
 
-        return BusDispatch.Write<IMmioDevice, Invoker>(_map.Snapshot, address.Value, ulong.MaxValue, data, _observer);
+        return BusDispatch.Write<Invoker>(_map.Snapshot, address.Value, ulong.MaxValue, data, _observer);
     }
 
     private static string FormatRange(ulong start, ulong end) =>
         string.Create(CultureInfo.InvariantCulture, $"0x{start:x}-0x{end - 1:x}");
 
-    private readonly struct Invoker : IDeviceInvoker<IMmioDevice>
+    private readonly struct Invoker : IDeviceInvoker
     {
-        public static void Read(IMmioDevice device, ulong offset, Span<byte> data) => device.Read(offset, data);
+        // Unsafe.As skips the type check: Register only ever adds IMmioDevices to this bus's map.
+        public static void Read(object device, ulong offset, Span<byte> data) => Unsafe.As<IMmioDevice>(device).Read(offset, data);
 
-        public static void Write(IMmioDevice device, ulong offset, ReadOnlySpan<byte> data) => device.Write(offset, data);
+        public static void Write(object device, ulong offset, ReadOnlySpan<byte> data) => Unsafe.As<IMmioDevice>(device).Write(offset, data);
     }
 
     private sealed class Observer(MmioBus bus) : IBusObserver

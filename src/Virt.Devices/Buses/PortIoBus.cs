@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Globalization;
 
 namespace Virt.Devices;
@@ -24,7 +25,7 @@ public sealed class PortIoBus
     /// <summary>One past the last port number.</summary>
     private const ulong PortSpaceEnd = 0x1_0000;
 
-    private readonly DeviceRangeMap<IPortIoDevice> _map = new();
+    private readonly DeviceRangeMap _map = new();
     private readonly Observer _observer;
     private long _unhandledAccessCount;
     private long _deviceFaultCount;
@@ -100,7 +101,7 @@ public sealed class PortIoBus
             return false;
         }
 
-        return BusDispatch.Read<IPortIoDevice, Invoker>(_map.Snapshot, port, PortSpaceEnd, data, _observer);
+        return BusDispatch.Read<Invoker>(_map.Snapshot, port, PortSpaceEnd, data, _observer);
     }
 
     /// <summary>Dispatches a guest write of <c>data.Length</c> (1 to 4) bytes at <paramref name="port"/>.</summary>
@@ -113,17 +114,18 @@ public sealed class PortIoBus
             return false;
         }
 
-        return BusDispatch.Write<IPortIoDevice, Invoker>(_map.Snapshot, port, PortSpaceEnd, data, _observer);
+        return BusDispatch.Write<Invoker>(_map.Snapshot, port, PortSpaceEnd, data, _observer);
     }
 
     private static string FormatRange(ulong start, ulong end) =>
         string.Create(CultureInfo.InvariantCulture, $"ports 0x{start:x}-0x{end - 1:x}");
 
-    private readonly struct Invoker : IDeviceInvoker<IPortIoDevice>
+    private readonly struct Invoker : IDeviceInvoker
     {
-        public static void Read(IPortIoDevice device, ulong offset, Span<byte> data) => device.Read((ushort)offset, data);
+        // Unsafe.As skips the type check: Register only ever adds IPortIoDevices to this bus's map.
+        public static void Read(object device, ulong offset, Span<byte> data) => Unsafe.As<IPortIoDevice>(device).Read((ushort)offset, data);
 
-        public static void Write(IPortIoDevice device, ulong offset, ReadOnlySpan<byte> data) => device.Write((ushort)offset, data);
+        public static void Write(object device, ulong offset, ReadOnlySpan<byte> data) => Unsafe.As<IPortIoDevice>(device).Write((ushort)offset, data);
     }
 
     private sealed class Observer(PortIoBus bus) : IBusObserver
