@@ -199,7 +199,11 @@ internal sealed partial class InterpreterVcpu
     private int ExecuteBlock(Block b, int n)
     {
         var ops = b.Ops;
-        _lastBlock = b;
+        if (!ReferenceEquals(_lastBlock, b))
+        {
+            _lastBlock = b;
+        }
+
         ulong next = _rip;
         int i = 0;
         _stop = false;
@@ -222,6 +226,41 @@ internal sealed partial class InterpreterVcpu
                         SetReg(op.R0, size, r);
                     }
 
+                    break;
+                }
+
+                case H.AluRR64:
+                {
+                    ref ulong d = ref Gpr(op.R0);
+                    ulong r = AluOp(op.Sub, d, Gpr(op.R1), 8);
+                    if (op.Sub < Translator.AluCmp)
+                    {
+                        d = r;
+                    }
+
+                    break;
+                }
+
+                case H.AluRI64:
+                {
+                    ref ulong d = ref Gpr(op.R0);
+                    ulong r = AluOp(op.Sub, d, op.Imm, 8);
+                    if (op.Sub < Translator.AluCmp)
+                    {
+                        d = r;
+                    }
+
+                    break;
+                }
+
+                case H.IncDecR64:
+                {
+                    ref ulong d = ref Gpr(op.R0);
+                    ulong a = d;
+                    _lzCf = CarryFlag();
+                    ulong r = op.Sub == 0 ? a + 1 : a - 1;
+                    d = r;
+                    SetLazy(op.Sub == 0 ? LzInc : LzDec, a, 1, r, 8);
                     break;
                 }
 

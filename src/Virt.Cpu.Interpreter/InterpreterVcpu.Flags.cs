@@ -134,7 +134,13 @@ internal sealed partial class InterpreterVcpu
     private bool Cond(int cc)
     {
         bool r;
-        if (_lzOp == LzSub)
+        int c = cc >> 1;
+        if (_lzOp != LzNone && (c == 2 || c == 4))
+        {
+            // ZF and SF come straight from the lazy result, whatever the operation.
+            r = c == 2 ? _lzR == 0 : (_lzR & SignBit(_lzSize)) != 0;
+        }
+        else if (_lzOp == LzSub)
         {
             ulong a = _lzA, b = _lzB;
             int size = _lzSize;

@@ -84,6 +84,17 @@ internal sealed partial class InterpreterVcpu
             _inBlock = false;
             try
             {
+                if (!single)
+                {
+                    RunChained();
+                    if (_hasExit)
+                    {
+                        return TakeExit();
+                    }
+
+                    continue;
+                }
+
                 var b = GetBlock();
                 long left = _budgetEnd - _retired;
                 int n = b.Count;
@@ -163,6 +174,30 @@ internal sealed partial class InterpreterVcpu
         // PUSH/POP/CALL through another segment faults before the stack is touched.
         bool implicitStack = op.H is H.Push or H.Pop or H.Call or H.CallInd or H.Ret or H.Enter or H.Leave or H.Pushf or H.Popf or H.PushSeg or H.PopSeg;
         return implicitStack && !(memOperand && !IsCanonical(Ea(ref op)));
+    }
+
+    /// <summary>Runs block after block until something needs the outer loop's attention.</summary>
+    private void RunChained()
+    {
+        while (true)
+        {
+            var b = GetBlock();
+            long left = _budgetEnd - _retired;
+            int n = b.Count;
+            if (left < n)
+            {
+                n = (int)left;
+            }
+
+            _inBlock = true;
+            _retired += ExecuteBlock(b, n);
+            _inBlock = false;
+            if (_hasExit || _exitRequested || _retired >= _budgetEnd || _remoteCodeWritePending || _writeTlbFlushRequested
+                || _interruptShadow || (_pendingIrq >= 0 && (_flags & IF) != 0))
+            {
+                return;
+            }
+        }
     }
 
     private VcpuExit TakeExit()

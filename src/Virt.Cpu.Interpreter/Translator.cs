@@ -10,6 +10,9 @@ internal enum H : byte
     Alu,
     AluRR,
     AluRI,
+    AluRR64,
+    AluRI64,
+    IncDecR64,
     Mov,
     MovRR,
     MovRI,
@@ -331,8 +334,8 @@ internal static class Translator
 
                 break;
             case Mnemonic.Lea: op.H = H.Lea; break;
-            case Mnemonic.Inc: op.H = H.IncDec; op.Sub = 0; break;
-            case Mnemonic.Dec: op.H = H.IncDec; op.Sub = 1; break;
+            case Mnemonic.Inc: op.H = op.K0 == OpKindX.Reg && op.Size == 8 ? H.IncDecR64 : H.IncDec; op.Sub = 0; break;
+            case Mnemonic.Dec: op.H = op.K0 == OpKindX.Reg && op.Size == 8 ? H.IncDecR64 : H.IncDec; op.Sub = 1; break;
             case Mnemonic.Neg: op.H = H.Neg; break;
             case Mnemonic.Not: op.H = H.Not; break;
             case Mnemonic.Movzx: op.H = H.Movzx; op.Size2 = SrcSize(in ins); break;
@@ -660,8 +663,8 @@ internal static class Translator
         op.Sub = sub;
         op.H = (op.K0, op.K1) switch
         {
-            (OpKindX.Reg, OpKindX.Reg) => H.AluRR,
-            (OpKindX.Reg, OpKindX.Imm) => H.AluRI,
+            (OpKindX.Reg, OpKindX.Reg) => op.Size == 8 ? H.AluRR64 : H.AluRR,
+            (OpKindX.Reg, OpKindX.Imm) => op.Size == 8 ? H.AluRI64 : H.AluRI,
             _ => H.Alu,
         };
     }
