@@ -31,6 +31,12 @@ public sealed partial class VirtualMachine
                     case VcpuExitReason.Interrupted:
                         break;
                     case VcpuExitReason.Halt:
+                        if (_partition.HasInterruptController)
+                        {
+                            // The backend waits for the next interrupt inside Run.
+                            break;
+                        }
+
                         // Without an interrupt controller nothing can wake a halted vCPU: it is done.
                         halted = true;
                         return;

@@ -3,6 +3,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using Virt.Boot;
 using Virt.Cpu;
 using Virt.Devices;
+using Virt.Devices.Virtio;
 using Virt.Memory;
 
 namespace Virt;
@@ -42,6 +43,8 @@ public sealed partial class VirtualMachine : IAsyncDisposable
     private int _liveThreads;
     private int _parkedThreads;
     private int _disposed;
+    private readonly List<IAsyncDisposable> _owned = [];
+    private readonly List<VirtioDeviceInfo> _virtio = [];
 
     private VirtualMachine(VirtualMachineConfiguration config, BackendSelection selection, GuestMemory memory, IPartition partition, IVirtualCpu[] vcpus, ILogger logger, Serial16550? serial)
     {
@@ -102,6 +105,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
             {
                 VcpuCount = config.VcpuCount,
                 MaskedCpuidFeatures = config.MaskedCpuidFeatures,
+                InterruptController = config.InterruptController,
             });
 
             for (int i = 0; i < config.VcpuCount; i++)
@@ -119,7 +123,16 @@ public sealed partial class VirtualMachine : IAsyncDisposable
             }
 
             vm = new VirtualMachine(config, selection, memory, partition, [.. vcpus], logger, serial);
-            vm.RegisterDevices();
+            try
+            {
+                vm.RegisterDevices();
+            }
+            catch
+            {
+                vm.DisposeOwnedAsync().AsTask().GetAwaiter().GetResult();
+                throw;
+            }
+
             LogCreated(logger, config.Name, selection.Name, selection.Reason, config.MemorySize >> 20, config.VcpuCount);
             return vm;
         }
@@ -204,6 +217,44 @@ public sealed partial class VirtualMachine : IAsyncDisposable
         {
             _mmio.Register(d.Start, d.Length, d.Device, d.Name);
         }
+
+        var virtioLogger = _config.LoggerFactory?.CreateLogger("Virt.Devices.Virtio");
+        for (int i = 0; i < _config.VirtioDevices.Count; i++)
+        {
+            var spec = _config.VirtioDevices[i];
+            var address = new GuestAddress(VirtualMachineBuilder.VirtioMmioBase + ((ulong)i * 0x1000));
+            uint irq = VirtualMachineBuilder.VirtioIrqs[i];
+            var device = spec.Create(_owned);
+            var transport = new VirtioMmioTransport(device, _memory, new PartitionInterruptLine(_partition, irq), virtioLogger);
+            _mmio.Register(address, VirtioMmioTransport.WindowSize, transport, $"{spec.Kind} #{i}");
+            _virtio.Add(new VirtioDeviceInfo(spec.Kind, address, VirtioMmioTransport.WindowSize, irq));
+        }
+    }
+
+    /// <summary>The VM's virtio devices: kind, MMIO window and interrupt line, in the order they were added.</summary>
+    public IReadOnlyList<VirtioDeviceInfo> VirtioDevices => _virtio;
+
+    /// <summary>
+    /// The <c>virtio_mmio.device=...</c> parameters a Linux guest needs to find the VM's virtio devices,
+    /// separated by spaces (empty without virtio devices).
+    /// </summary>
+    public string KernelCommandLineFragments => string.Join(' ', _virtio.Select(v => v.KernelCommandLineFragment));
+
+    private async ValueTask DisposeOwnedAsync()
+    {
+        foreach (var o in _owned)
+        {
+            try
+            {
+                await o.DisposeAsync().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
+            {
+                LogDisposeFailed(_logger, e, _config.Name);
+            }
+        }
+
+        _owned.Clear();
     }
 
     /// <summary>Starts the vCPUs. The VM must be <see cref="VirtualMachineState.Created"/>.</summary>
@@ -434,6 +485,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
                 v.Dispose();
             }
 
+            await DisposeOwnedAsync().ConfigureAwait(false);
             _partition.Dispose();
             _memory.Dispose();
             _exit.TrySetResult(new VirtualMachineExit { Reason = StopReason.StoppedByHost, Description = "disposed before it ran" });
@@ -515,6 +567,9 @@ public sealed partial class VirtualMachine : IAsyncDisposable
 
     [LoggerMessage(Level = LogLevel.Information, Message = "VM {Name} created on {Backend} ({Reason}), {MemoryMiB} MiB, {Vcpus} vCPU(s)")]
     private static partial void LogCreated(ILogger logger, string name, string backend, string reason, ulong memoryMiB, int vcpus);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "VM {Name}: releasing a device resource failed")]
+    private static partial void LogDisposeFailed(ILogger logger, Exception exception, string name);
 
     [LoggerMessage(Level = LogLevel.Debug, Message = "VM {Name}: {Old} -> {New}")]
     private static partial void LogStateChanged(ILogger logger, string name, VirtualMachineState old, VirtualMachineState @new);

@@ -2,6 +2,7 @@ using Microsoft.Extensions.Logging;
 using Virt.Boot;
 using Virt.Cpu;
 using Virt.Devices;
+using Virt.Devices.Virtio;
 
 namespace Virt;
 
@@ -22,7 +23,7 @@ namespace Virt;
 /// var exit = await vm.RunAsync(cancellationToken);
 /// </code>
 /// </example>
-public sealed class VirtualMachineBuilder
+public sealed partial class VirtualMachineBuilder
 {
     /// <summary>The default I/O port of the debug-exit device.</summary>
     public const ushort DefaultDebugExitPort = 0x501;
@@ -153,6 +154,13 @@ public sealed class VirtualMachineBuilder
     /// </summary>
     public VirtualMachineBuilder WithInstructionBudget(long instructions) => new(_config with { InstructionBudget = instructions });
 
+    /// <summary>
+    /// Gives the VM the interrupt controllers and timer a guest OS expects (KVM: in-kernel irqchip and PIT).
+    /// Device interrupts (UART, virtio) reach the guest only with it. A vCPU's <c>HLT</c> then waits for an
+    /// interrupt instead of ending the vCPU.
+    /// </summary>
+    public VirtualMachineBuilder WithInterruptController(bool enabled = true) => new(_config with { InterruptController = enabled });
+
     /// <summary>Logs lifecycle events and device faults to <paramref name="loggerFactory"/>.</summary>
     public VirtualMachineBuilder WithLogging(ILoggerFactory loggerFactory)
     {
@@ -275,6 +283,16 @@ public sealed class VirtualMachineBuilder
     private static void ValidateMmioRanges(VirtualMachineConfiguration c)
     {
         var ranges = new List<(ulong Start, ulong End, string Name)>();
+        for (int i = 0; i < c.VirtioDevices.Count; i++)
+        {
+            ranges.Add((VirtioMmioBase + ((ulong)i * 0x1000), VirtioMmioBase + ((ulong)i * 0x1000) + VirtioMmioTransport.WindowSize, $"{c.VirtioDevices[i].Kind} #{i}"));
+        }
+
+        if (c.VirtioDevices.Count > 0 && c.MemorySize > VirtioMmioBase)
+        {
+            throw new ArgumentException($"Guest RAM of 0x{c.MemorySize:x} bytes reaches the virtio-mmio windows at 0x{VirtioMmioBase:x}. Use at most {VirtioMmioBase >> 20} MiB of RAM with virtio devices.");
+        }
+
         foreach (var d in c.MmioDevices)
         {
             if (d.Length == 0 || d.Start.Value + d.Length < d.Start.Value)

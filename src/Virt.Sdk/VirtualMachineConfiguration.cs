@@ -42,6 +42,10 @@ internal sealed record VirtualMachineConfiguration
     public long? InstructionBudget { get; init; }
 
     public ILoggerFactory? LoggerFactory { get; init; }
+
+    public ImmutableList<VirtioDeviceSpec> VirtioDevices { get; init; } = [];
+
+    public bool InterruptController { get; init; }
 }
 
 internal sealed record FlatImage(ReadOnlyMemory<byte> Bytes, GuestAddress Address);
