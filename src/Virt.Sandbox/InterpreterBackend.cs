@@ -1,9 +1,10 @@
 using Virt.Cpu;
+using Virt.Cpu.Interpreter;
 
 namespace Virt.Sandbox;
 
 /// <summary>Creates the interpreter backend.</summary>
 internal static class InterpreterBackend
 {
-    public static IHypervisor Create() => throw new PlatformNotSupportedException("The interpreter backend is not wired into Virt.Sandbox yet; use KVM.");
+    public static IHypervisor Create() => new InterpreterHypervisor();
 }

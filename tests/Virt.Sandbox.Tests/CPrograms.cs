@@ -53,14 +53,24 @@ internal static class CPrograms
         }
     }
 
-    public static (int ExitCode, string Output) Run(string file, string arguments, byte[]? stdin = null)
+    public static (int ExitCode, string Output) Run(string file, string arguments, byte[]? stdin = null) =>
+        Run(new ProcessStartInfo(file, arguments), stdin);
+
+    public static (int ExitCode, string Output) Run(string file, IEnumerable<string> arguments, byte[]? stdin = null) =>
+        Run(new ProcessStartInfo(file, arguments), stdin);
+
+    private static (int ExitCode, string Output) Run(ProcessStartInfo start, byte[]? stdin)
     {
         try
         {
-            var psi = new ProcessStartInfo(file, arguments)
+            var psi = start;
             {
-                RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
-            };
+                psi.RedirectStandardOutput = true;
+                psi.RedirectStandardError = true;
+                psi.RedirectStandardInput = true;
+                psi.UseShellExecute = false;
+            }
+
             using var p = Process.Start(psi)!;
             if (stdin is not null)
             {
