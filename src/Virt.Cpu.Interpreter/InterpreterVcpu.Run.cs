@@ -19,6 +19,21 @@ internal sealed partial class InterpreterVcpu
     public VcpuExit Run()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        try
+        {
+            return RunCore();
+        }
+        catch (Exception e) when (e is not GuestFault and not ExitSignal and not OutOfMemoryException)
+        {
+            // A defect in the interpreter must stop this guest, never the host.
+            _pendingIo = default;
+            ClearMmioLog();
+            return VcpuExit.Failure(VcpuExitReason.InternalError, Describe($"interpreter failure: {e.GetType().Name}: {e.Message}", 0));
+        }
+    }
+
+    private VcpuExit RunCore()
+    {
         bool replay = false;
         if (_pendingIo.Kind != PendingIoKind.None)
         {
