@@ -41,6 +41,7 @@ public class PortIoRoundTripBenchmark
     private Guest? _userWithOut;
     private Guest? _userWithoutOut;
     private Guest? _kernelWithOut;
+    private Guest? _realModeWithOut;
 
     [GlobalSetup]
     public void Setup()
@@ -54,6 +55,7 @@ public class PortIoRoundTripBenchmark
         _userWithOut = new Guest(withOut: true, userMode: true);
         _userWithoutOut = new Guest(withOut: false, userMode: true);
         _kernelWithOut = new Guest(withOut: true, userMode: false);
+        _realModeWithOut = new Guest(withOut: true, userMode: false, realMode: true);
     }
 
     [GlobalCleanup]
@@ -62,6 +64,7 @@ public class PortIoRoundTripBenchmark
         _userWithOut?.Dispose();
         _userWithoutOut?.Dispose();
         _kernelWithOut?.Dispose();
+        _realModeWithOut?.Dispose();
     }
 
     [Benchmark(Baseline = true, OperationsPerInvoke = ExitsPerInvoke, Description = "CPL 3 loop, no OUT")]
@@ -73,6 +76,14 @@ public class PortIoRoundTripBenchmark
     [Benchmark(OperationsPerInvoke = ExitsPerInvoke, Description = "CPL 0 OUT exit")]
     public int KernelPortWrite() => _kernelWithOut!.RunOneRound();
 
+    /// <summary>The guest of <c>c-baseline/portio.c</c>, for a like-for-like comparison with C on the same host.</summary>
+    [Benchmark(OperationsPerInvoke = ExitsPerInvoke, Description = "real-mode OUT exit")]
+    public int RealModePortWrite() => _realModeWithOut!.RunOneRound();
+
+    /// <summary>The .NET and syscall cost alone: RequestExit, then a Run whose KVM_RUN returns at once.</summary>
+    [Benchmark(Description = "Run with immediate exit")]
+    public VcpuExitReason ImmediateExit() => _userWithOut!.RunInterrupted();
+
     /// <summary>A one-vCPU VM whose guest loops forever: N port writes (or none), then one write to <see cref="DonePort"/>.</summary>
     private sealed class Guest : IDisposable
     {
@@ -80,11 +91,17 @@ public class PortIoRoundTripBenchmark
         private readonly IPartition _partition;
         private readonly IVirtualCpu _vcpu;
 
-        public Guest(bool withOut, bool userMode)
+        public Guest(bool withOut, bool userMode, bool realMode = false)
         {
             _memory = GuestMemory.CreateRam(1 << 20);
             _partition = new KvmHypervisor().CreatePartition(_memory, new PartitionOptions());
             _vcpu = _partition.CreateVcpu(0);
+            if (realMode)
+            {
+                SetUpRealMode();
+                return;
+            }
+
             _memory.Write(new GuestAddress(CodeAddress), GuestProgram.Assemble(64, CodeAddress, a =>
             {
                 var top = a.CreateLabel();
@@ -131,6 +148,35 @@ public class PortIoRoundTripBenchmark
                 Rsp = userMode ? UserStack : KernelStack,
                 Rflags = (userMode ? Iopl3 : 0) | FlagsReserved,
             });
+        }
+
+        private void SetUpRealMode()
+        {
+            const ulong realModeCode = 0x1000;
+            _memory.Write(new GuestAddress(realModeCode), GuestProgram.Assemble(16, realModeCode, a =>
+            {
+                var top = a.CreateLabel();
+                var loop = a.CreateLabel();
+                a.Label(ref top);
+                a.mov(cx, ExitsPerInvoke);
+                a.mov(dx, LoopPort);
+                a.Label(ref loop);
+                a.@out(dx, al);
+                a.inc(ax);
+                a.dec(cx);
+                a.jnz(loop);
+                a.mov(dx, DonePort);
+                a.@out(dx, al);
+                a.jmp(top);
+            }));
+            _vcpu.SetSpecialRegisters(ProcessorSetup.Prepare(_memory, _vcpu.GetSpecialRegisters(), StartMode.Real));
+            _vcpu.SetGeneralRegisters(new GeneralRegisters { Rip = realModeCode, Rsp = KernelStack, Rflags = FlagsReserved });
+        }
+
+        public VcpuExitReason RunInterrupted()
+        {
+            _vcpu.RequestExit();
+            return _vcpu.Run().Reason;
         }
 
         /// <summary>Runs until the guest writes <see cref="DonePort"/>, consuming every exit's data like a device would.</summary>
