@@ -487,26 +487,32 @@ public sealed class VirtioMmioTransport : IMmioDevice
 
     internal void NeedsReset(string reason)
     {
+        VirtioDeviceContext? context;
         lock (_sync)
         {
-            NeedsResetLocked(reason);
+            context = NeedsResetLocked(reason) ? _context : null;
         }
+
+        // Cancelling runs continuations of in-flight I/O; do it outside the register lock.
+        context?.StopAfterError();
     }
 
-    private void NeedsResetLocked(string reason)
+    /// <summary>Sets DEVICE_NEEDS_RESET; returns false when it was already set.</summary>
+    private bool NeedsResetLocked(string reason)
     {
         if ((_status & (uint)VirtioDeviceStatus.DeviceNeedsReset) != 0)
         {
-            return;
+            return false;
         }
 
         VirtioLog.NeedsReset(_logger, _device.DeviceType, reason);
         _status |= (uint)VirtioDeviceStatus.DeviceNeedsReset;
-        _context?.StopAfterError();
         if ((_status & (uint)VirtioDeviceStatus.DriverOk) != 0)
         {
             RaiseInterrupt(VirtioMmioRegister.InterruptConfigChange);
         }
+
+        return true;
     }
 
     private struct QueueRegisters
