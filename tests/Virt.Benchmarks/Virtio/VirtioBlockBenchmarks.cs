@@ -14,7 +14,7 @@ namespace Virt.Benchmarks.Virtio;
 /// against the same I/O done by the host directly on the same image, on tmpfs (/dev/shm) and on disk (/var/tmp).
 /// Writes are not fsynced in either path: the figures compare request handling, not the disk.
 /// </summary>
-[SimpleJob(warmupCount: 2, iterationCount: 5)]
+[Config(typeof(InProcessShortJob))]
 [GroupBenchmarksBy(BenchmarkLogicalGroupRule.ByCategory)]
 [CategoriesColumn]
 public class VirtioBlockBenchmarks

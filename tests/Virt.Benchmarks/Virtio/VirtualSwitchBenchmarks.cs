@@ -12,7 +12,7 @@ namespace Virt.Benchmarks.Virtio;
 /// virtio-net devices (TX chain, switch, RX buffer), against copying the frame once (the least any path must do).
 /// Each invocation moves <see cref="Frames"/> frames; BenchmarkDotNet reports time per frame.
 /// </summary>
-[SimpleJob(warmupCount: 2, iterationCount: 5)]
+[Config(typeof(InProcessShortJob))]
 public class VirtualSwitchBenchmarks
 {
     private const int Frames = 1000;
