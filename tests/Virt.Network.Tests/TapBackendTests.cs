@@ -4,6 +4,7 @@ using Xunit;
 
 namespace Virt.Network.Tests;
 
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class TapBackendTests
 {
     private static readonly MacAddress GuestMac = MacAddress.Parse("02:00:00:00:77:02");
