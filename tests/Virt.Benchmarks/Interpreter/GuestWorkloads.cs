@@ -122,6 +122,9 @@ internal static class GuestWorkloads
             Partition = hypervisor.CreatePartition(Memory, new PartitionOptions());
             Vcpu = Partition.CreateVcpu(0);
             Memory.Write(new GuestAddress(CodeAddress), code);
+            var data = new byte[DataSize];
+            new Random(1).NextBytes(data);
+            Memory.Write(new GuestAddress(DataAddress), data);
             var s = ProcessorSetup.Prepare(Memory, Vcpu.GetSpecialRegisters(), StartMode.Long64, new ProcessorSetupOptions { KernelStack = 0x7000 });
 
             // Every exception goes to a CPL 0 handler that halts: HLT at CPL 3 raises #GP, which ends the run.
