@@ -115,6 +115,12 @@ public sealed partial class VirtualMachine : IAsyncDisposable
                 InitializeVcpu(config, memory, vcpu, i);
             }
 
+            string? commandLine = null;
+            if (!config.Kernel.IsEmpty)
+            {
+                commandLine = BootLinux(config, memory, vcpus[0]);
+            }
+
             Serial16550? serial = null;
             VirtualMachine? vm = null;
             if (config.SerialOutput is not null)
@@ -122,7 +128,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
                 serial = new Serial16550(new PartitionInterruptLine(partition, Serial16550.Com1Irq), config.SerialOutput);
             }
 
-            vm = new VirtualMachine(config, selection, memory, partition, [.. vcpus], logger, serial);
+            vm = new VirtualMachine(config, selection, memory, partition, [.. vcpus], logger, serial) { KernelCommandLine = commandLine };
             try
             {
                 vm.RegisterDevices();
@@ -188,6 +194,56 @@ public sealed partial class VirtualMachine : IAsyncDisposable
         }
     }
 
+    /// <summary>For Linux guests: the full kernel command line the VM passed (with console and device parameters); otherwise <see langword="null"/>.</summary>
+    public string? KernelCommandLine { get; private init; }
+
+    private static string BootLinux(VirtualMachineConfiguration config, GuestMemory memory, IVirtualCpu boot)
+    {
+        var virtio = Enumerable.Range(0, config.VirtioDevices.Count)
+            .Select(i => (Address: new GuestAddress(VirtualMachineBuilder.VirtioMmioBase + ((ulong)i * 0x1000)), Irq: VirtualMachineBuilder.VirtioIrqs[i]))
+            .ToList();
+        var acpi = AcpiTables.Write(memory, new AcpiTablesOptions
+        {
+            ProcessorCount = config.VcpuCount,
+            VirtioMmioDevices = config.VirtioDiscovery == VirtioDiscovery.Acpi
+                ? [.. virtio.Select(v => new AcpiVirtioMmioDevice(v.Address, VirtioMmioTransport.WindowSize, (int)v.Irq))]
+                : [],
+        });
+
+        var parts = new List<string>();
+        if (!string.IsNullOrWhiteSpace(config.KernelCommandLine))
+        {
+            parts.Add(config.KernelCommandLine.Trim());
+        }
+
+        if (config.SerialOutput is not null && config.KernelCommandLine?.Contains("console=", StringComparison.Ordinal) != true)
+        {
+            parts.Add("console=ttyS0");
+        }
+
+        if (config.VirtioDiscovery == VirtioDiscovery.CommandLine)
+        {
+            parts.AddRange(virtio.Select(v => VirtioMmioTransport.KernelCommandLineFragment(v.Address, v.Irq)));
+        }
+
+        string commandLine = string.Join(' ', parts);
+        var options = new LinuxBootOptions
+        {
+            CommandLine = commandLine,
+            Initrd = config.Initrd,
+            AcpiRsdpAddress = acpi.Rsdp,
+        };
+        var image = config.Kernel.Span;
+        bool isBzImage = image.Length > 0x206 && image[0x202] == (byte)'H' && image[0x203] == (byte)'d' && image[0x204] == (byte)'r' && image[0x205] == (byte)'S';
+        var result = isBzImage ? LinuxLoader.LoadBzImage(memory, image, options, boot.GetSpecialRegisters())
+            : PvhLoader.HasPvhNote(image) ? PvhLoader.Load(memory, image, options, boot.GetSpecialRegisters())
+            : MultibootLoader.FindHeader(image) >= 0 ? MultibootLoader.Load(memory, image, options, boot.GetSpecialRegisters())
+            : LinuxLoader.LoadBzImage(memory, image, options, boot.GetSpecialRegisters());
+        boot.SetSpecialRegisters(result.SpecialRegisters);
+        boot.SetGeneralRegisters(result.Registers);
+        return commandLine;
+    }
+
     /// <summary>The default stack top of vCPU 0 when the registers do not set RSP (vCPU i gets 256 bytes less per index).</summary>
     public const ulong DefaultStackTop = 0x8FF0;
 
@@ -206,6 +262,16 @@ public sealed partial class VirtualMachine : IAsyncDisposable
                 ExitCode = code,
                 Description = $"debug exit with code {code}",
             })), "debug-exit");
+        }
+
+        if (!_config.Kernel.IsEmpty)
+        {
+            var reset = () => RequestStop(new VirtualMachineExit { Reason = StopReason.Reset, Description = "the guest reset the machine" });
+            new I8042Controller(reset, null, null).AttachTo(_ports);
+            new CmosRtc(TimeProvider.System).AttachTo(_ports);
+            _ports.Register(AcpiSleepDevice.DefaultPort, AcpiSleepDevice.PortCount, new AcpiSleepDevice(
+                () => RequestStop(new VirtualMachineExit { Reason = StopReason.PowerOff, Description = "the guest powered the machine off" }),
+                reset), "ACPI sleep registers");
         }
 
         foreach (var d in _config.PortDevices)

@@ -250,6 +250,7 @@ public sealed partial class VirtualMachineBuilder
             throw new ArgumentException("The instruction budget must not be negative.");
         }
 
+        ValidateLinux(c);
         ValidatePortRanges(c);
         ValidateMmioRanges(c);
     }
@@ -265,6 +266,14 @@ public sealed partial class VirtualMachineBuilder
         if (c.DebugExitPort is { } p)
         {
             ranges.Add((p, p + 1, "debug-exit"));
+        }
+
+        if (!c.Kernel.IsEmpty)
+        {
+            ranges.Add((0x60, 0x61, "i8042"));
+            ranges.Add((0x64, 0x65, "i8042"));
+            ranges.Add((0x70, 0x72, "CMOS RTC"));
+            ranges.Add((0x600, 0x603, "ACPI sleep registers"));
         }
 
         foreach (var d in c.PortDevices)

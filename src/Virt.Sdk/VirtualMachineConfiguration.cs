@@ -46,6 +46,14 @@ internal sealed record VirtualMachineConfiguration
     public ImmutableList<VirtioDeviceSpec> VirtioDevices { get; init; } = [];
 
     public bool InterruptController { get; init; }
+
+    public ReadOnlyMemory<byte> Kernel { get; init; }
+
+    public ReadOnlyMemory<byte> Initrd { get; init; }
+
+    public string? KernelCommandLine { get; init; }
+
+    public VirtioDiscovery VirtioDiscovery { get; init; } = VirtioDiscovery.Acpi;
 }
 
 internal sealed record FlatImage(ReadOnlyMemory<byte> Bytes, GuestAddress Address);
