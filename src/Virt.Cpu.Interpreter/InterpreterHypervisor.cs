@@ -48,8 +48,36 @@ public sealed class InterpreterHypervisor : IHypervisor
 /// <summary>Options of the interpreter backend.</summary>
 public sealed record InterpreterOptions
 {
-    /// <summary>The time-stamp counter frequency the guest sees, in Hz (RDTSC advances at this rate of host time).</summary>
-    public long TscFrequency { get; init; } = 2_000_000_000;
+    /// <summary>
+    /// The time-stamp counter frequency the guest sees, in Hz. Without emulated interrupt controllers RDTSC
+    /// advances at this rate of host time; with them (<see cref="PartitionOptions.InterruptController"/>) time
+    /// is virtual and deterministic: it advances by <see cref="InstructionsPerSecond"/> per retired
+    /// instruction and jumps to the next timer deadline while the guest halts.
+    /// </summary>
+    public long TscFrequency
+    {
+        get;
+        init
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, 1_000_000);
+            field = value;
+        }
+    } = 2_000_000_000;
+
+    /// <summary>
+    /// How many instructions make one second of virtual time when the partition emulates interrupt
+    /// controllers. The default, 100 million, is close to the interpreter's own speed, so guest time
+    /// and host time roughly agree. At most <see cref="TscFrequency"/>.
+    /// </summary>
+    public long InstructionsPerSecond
+    {
+        get;
+        init
+        {
+            ArgumentOutOfRangeException.ThrowIfNegativeOrZero(value);
+            field = value;
+        }
+    } = 100_000_000;
 
     /// <summary>
     /// Called before every instruction with the vCPU index and the guest RIP, when set. Off by default;

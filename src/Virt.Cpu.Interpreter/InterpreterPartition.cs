@@ -27,6 +27,13 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
         }
 
         SupportedCpuid = Cpuid.Build(options.MaskedCpuidFeatures);
+        if (options.InterruptController)
+        {
+            long tsc = InterpreterOptions.TscFrequency;
+            Platform = new InterpreterPlatform(tsc, PlatformCpuid.CrystalFrequencyFor(tsc));
+            SupportedCpuid = PlatformCpuid.Extend(SupportedCpuid, tsc, Platform.CrystalFrequency, options.MaskedCpuidFeatures);
+        }
+
         if (memory is GuestMemory gm)
         {
             gm.SetWriteWatcher(this);
@@ -48,7 +55,10 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
 
     public IReadOnlyList<uint> SupportedMsrs { get; } = Msrs.Supported;
 
-    public bool HasInterruptController => false;
+    public bool HasInterruptController => Platform != null;
+
+    /// <summary>The emulated interrupt controllers and timers, when the partition was created with them.</summary>
+    public InterpreterPlatform? Platform { get; }
 
     public IVirtualCpu CreateVcpu(int index)
     {
@@ -63,13 +73,26 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
             }
 
             var vcpu = new InterpreterVcpu(this, index);
+            if (Platform != null && index == 0)
+            {
+                // One local APIC: the boot processor owns the controllers and the clock.
+                vcpu.AttachPlatform(Platform, InterpreterOptions.TscFrequency / InterpreterOptions.InstructionsPerSecond);
+            }
+
             _vcpus.Add(vcpu);
             return vcpu;
         }
     }
 
-    public void SetInterruptLine(uint gsi, bool level) =>
-        throw new InvalidOperationException("The interpreter partition has no interrupt controller; use IVirtualCpu.TryInjectInterrupt.");
+    public void SetInterruptLine(uint gsi, bool level)
+    {
+        if (Platform is not { } platform)
+        {
+            throw new InvalidOperationException("The interpreter partition has no interrupt controller; create it with PartitionOptions.InterruptController = true, or use IVirtualCpu.TryInjectInterrupt.");
+        }
+
+        platform.SetLine(gsi, level);
+    }
 
     /// <summary>Records a guest write to page <paramref name="pageInRegion"/> of region <paramref name="region"/>.</summary>
     public void MarkDirty(int region, ulong pageInRegion)
@@ -170,6 +193,8 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
         {
             gm.SetWriteWatcher(null);
         }
+
+        Platform?.Dispose();
     }
 }
 

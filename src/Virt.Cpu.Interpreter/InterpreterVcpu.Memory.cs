@@ -407,6 +407,11 @@ internal sealed unsafe partial class InterpreterVcpu
     /// <summary>An MMIO access: replays the access log of a restarted instruction, or exits to the host.</summary>
     private ulong Mmio(ulong phys, int size, bool isWrite, ulong value)
     {
+        if (_plat != null && TryPlatformMmio(phys, size, isWrite, ref value))
+        {
+            return isWrite ? 0 : value;
+        }
+
         if (_mmioPos < _mmioCount)
         {
             int i = _mmioPos++;

@@ -84,6 +84,28 @@ internal sealed partial class InterpreterVcpu
                 FlushWriteTlb();
             }
 
+            if (_plat != null && !replay)
+            {
+                if (_retired >= _timerStop)
+                {
+                    SyncClock();
+                }
+
+                if (_halted && WaitWhileHalted() is VcpuExit haltExit)
+                {
+                    return haltExit;
+                }
+
+                if (_plat.Attention && (_flags & IF) != 0 && !_interruptShadow)
+                {
+                    DeliverPlatformInterrupt();
+                    if (_hasExit)
+                    {
+                        return TakeExit();
+                    }
+                }
+            }
+
             if (_pendingIrq >= 0 && (_flags & IF) != 0 && !_interruptShadow && !replay)
             {
                 int v = _pendingIrq;
@@ -208,7 +230,8 @@ internal sealed partial class InterpreterVcpu
             _retired += ExecuteBlock(b, n);
             _inBlock = false;
             if (_hasExit || _exitRequested || _retired >= _budgetEnd || _remoteCodeWritePending || _writeTlbFlushRequested
-                || _interruptShadow || (_pendingIrq >= 0 && (_flags & IF) != 0))
+                || _interruptShadow || (_pendingIrq >= 0 && (_flags & IF) != 0) || _retired >= _timerStop
+                || ((_flags & IF) != 0 && _plat is { Attention: true }))
             {
                 return;
             }

@@ -28,7 +28,16 @@ internal sealed partial class InterpreterVcpu
                 return ExecStringIo(ref op);
             case H.Hlt:
                 RequireCpl0();
-                SetExit(VcpuExit.Simple(VcpuExitReason.Halt));
+                if (_plat != null)
+                {
+                    EnterHalt();
+                    _stop = true;
+                }
+                else
+                {
+                    SetExit(VcpuExit.Simple(VcpuExitReason.Halt));
+                }
+
                 break;
             case H.Cpuid:
                 ExecCpuid();
@@ -349,6 +358,11 @@ internal sealed partial class InterpreterVcpu
 
     private ulong ReadTsc()
     {
+        if (_plat != null)
+        {
+            return VirtualTsc();
+        }
+
         long ticks = System.Diagnostics.Stopwatch.GetTimestamp() - _tscStart;
         UInt128 scaled = (UInt128)(ulong)ticks * (ulong)_tscFrequency / (ulong)System.Diagnostics.Stopwatch.Frequency;
         return (ulong)scaled + (ulong)_tscOffset;
@@ -464,6 +478,11 @@ internal sealed partial class InterpreterVcpu
 
     private bool TryReadMsr(uint index, out ulong v)
     {
+        if (TryReadPlatformMsr(index, out v, out bool exists))
+        {
+            return exists;
+        }
+
         v = index switch
         {
             MsrIndex.Tsc => ReadTsc(),
@@ -492,6 +511,11 @@ internal sealed partial class InterpreterVcpu
 
     private bool TryWriteMsr(uint index, ulong v, bool fromGuest)
     {
+        if (TryWritePlatformMsr(index, v, out bool accepted))
+        {
+            return accepted;
+        }
+
         switch (index)
         {
             case MsrIndex.Tsc:
@@ -1239,6 +1263,21 @@ internal sealed partial class InterpreterVcpu
         int size = op.Size;
         CheckIoPermission(port, size);
         _exitDataLength = size;
+        if (_plat != null)
+        {
+            ulong value = op.H == H.Out ? GetReg(0, size) : 0;
+            if (TryPlatformPort(port, size, op.H == H.Out, ref value))
+            {
+                if (op.H == H.In)
+                {
+                    SetReg(0, size, value);
+                }
+
+                _exitDataLength = 0;
+                return op.Next;
+            }
+        }
+
         if (op.H == H.Out)
         {
             ulong v = GetReg(0, size);

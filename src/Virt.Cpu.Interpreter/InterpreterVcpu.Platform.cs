@@ -1,0 +1,335 @@
+using Virt.Devices.Interrupts;
+
+namespace Virt.Cpu.Interpreter;
+
+/// <summary>
+/// The emulated interrupt controllers seen from the vCPU: virtual time, the TSC, interrupt delivery,
+/// HLT that sleeps until the next interrupt, the controllers' ports, MMIO pages and MSRs, and MTRRs.
+/// </summary>
+internal sealed partial class InterpreterVcpu
+{
+    /// <summary>IA32_MTRRCAP: 8 variable ranges, fixed ranges, write-combining.</summary>
+    private const ulong MtrrCapValue = 8 | (1UL << 8) | (1UL << 10);
+
+    /// <summary>IA32_MTRR_DEF_TYPE at reset: MTRRs enabled, default type write-back.</summary>
+    private const ulong MtrrDefTypeReset = (1UL << 11) | 6;
+
+    private const uint MsrMtrrCap = 0xFE, MsrMtrrPhysBase0 = 0x200, MsrMtrrPhysLast = 0x20F, MsrMtrrFix64K = 0x250,
+        MsrMtrrFix16K80000 = 0x258, MsrMtrrFix16KA0000 = 0x259, MsrMtrrFix4KFirst = 0x268, MsrMtrrFix4KLast = 0x26F,
+        MsrMtrrDefType = 0x2FF;
+
+    /// <summary>Timer advances without a deliverable interrupt after which a halted vCPU also sleeps on the host.</summary>
+    private const int HaltSpinLimit = 64;
+
+    /// <summary>Host sleep slice while halted, so that <see cref="RequestExit"/> is seen promptly.</summary>
+    private const int HaltSleepMilliseconds = 5;
+
+    private readonly ulong[] _mtrrVariable = new ulong[16];
+    private readonly ulong[] _mtrrFixed = new ulong[11];
+    private ulong _mtrrDefType = MtrrDefTypeReset;
+
+    private InterpreterPlatform? _plat;
+    private long _ticksPerInstruction = 1;
+
+    /// <summary>Retired-instruction count at which the next timer falls due (long.MaxValue: none; long.MinValue: HLT).</summary>
+    private long _timerStop = long.MaxValue;
+    private long _timeBase;
+    private long _retiredBase;
+    private bool _halted;
+
+    /// <summary>Gives this vCPU the partition's interrupt controllers and virtual clock.</summary>
+    internal void AttachPlatform(InterpreterPlatform platform, long ticksPerInstruction)
+    {
+        _plat = platform;
+        _ticksPerInstruction = Math.Max(1, ticksPerInstruction);
+        _timeBase = platform.Clock.Now;
+        _retiredBase = _retired;
+        UpdateTimerStop();
+    }
+
+    /// <summary>Virtual time for the instructions retired so far (including those earlier in the current block).</summary>
+    private long VirtualNow()
+    {
+        long retired = _retired + (_inBlock ? _opIndex : 0);
+        return _timeBase + ((retired - _retiredBase) * _ticksPerInstruction);
+    }
+
+    /// <summary>Moves the virtual clock up to the retired instructions, firing due timers, and recomputes the next stop.</summary>
+    private void SyncClock()
+    {
+        var clock = _plat!.Clock;
+        long now = VirtualNow();
+        if (now > clock.Now)
+        {
+            clock.AdvanceTo(now);
+        }
+
+        UpdateTimerStop();
+    }
+
+    private void UpdateTimerStop()
+    {
+        long? next = _plat!.Clock.NextDeadline;
+        if (next is not long d)
+        {
+            _timerStop = long.MaxValue;
+            return;
+        }
+
+        long ticks = d - _timeBase;
+        if (ticks <= 0)
+        {
+            _timerStop = _retired;
+            return;
+        }
+
+        long instructions = (ticks + _ticksPerInstruction - 1) / _ticksPerInstruction;
+        _timerStop = instructions > long.MaxValue - _retiredBase ? long.MaxValue : _retiredBase + instructions;
+    }
+
+    /// <summary>The guest TSC: virtual clock ticks plus the guest's offset.</summary>
+    private ulong VirtualTsc()
+    {
+        SyncClock();
+        return (ulong)(_plat!.Clock.Now + _tscOffset);
+    }
+
+    /// <summary>HLT with emulated controllers: sleep (in virtual time) until an interrupt.</summary>
+    private void EnterHalt()
+    {
+        _halted = true;
+        _timerStop = long.MinValue; // leave the chained-block loop at once
+    }
+
+    /// <summary>Takes the highest-priority pending interrupt from the controllers and delivers it.</summary>
+    private void DeliverPlatformInterrupt()
+    {
+        var plat = _plat!;
+        plat.Attention = false;
+        var lapic = plat.LocalApic;
+        if (lapic.HasPendingNmi && lapic.AcknowledgeNmi())
+        {
+            plat.Attention = true;
+            DeliverExternal(Vectors.NMI);
+            return;
+        }
+
+        if (!lapic.HasPendingInterrupt)
+        {
+            return;
+        }
+
+        int vector = lapic.AcknowledgeInterrupt();
+        plat.Attention = true; // another may be waiting behind this one
+        if (vector >= 0)
+        {
+            DeliverExternal(vector);
+        }
+    }
+
+    /// <summary>
+    /// Waits in HLT: jumps virtual time to the next timer deadline, or sleeps on the host until a device
+    /// raises an interrupt. Returns an exit when the host asked for one or nothing can wake the vCPU.
+    /// </summary>
+    private VcpuExit? WaitWhileHalted()
+    {
+        var plat = _plat!;
+        var lapic = plat.LocalApic;
+        int advances = 0;
+        while (true)
+        {
+            plat.PrepareWait();
+            if (_exitRequested)
+            {
+                _exitRequested = false;
+                return VcpuExit.Simple(VcpuExitReason.Interrupted); // still halted when run again
+            }
+
+            if (lapic.HasPendingNmi || ((_flags & IF) != 0 && lapic.HasPendingInterrupt))
+            {
+                _halted = false;
+                plat.Attention = true;
+                return null;
+            }
+
+            if ((_flags & IF) == 0)
+            {
+                // Only an NMI could wake this processor, and nothing raises one: report the halt.
+                _halted = false;
+                return VcpuExit.Simple(VcpuExitReason.Halt);
+            }
+
+            if (advances < HaltSpinLimit && plat.Clock.NextDeadline is long deadline)
+            {
+                advances++;
+                if (deadline > _timeBase + ((_retired - _retiredBase) * _ticksPerInstruction))
+                {
+                    _timeBase = deadline;
+                    _retiredBase = _retired;
+                }
+
+                SyncClock();
+                continue;
+            }
+
+            // Nothing in virtual time will wake the vCPU: a device on another thread may.
+            advances = 0;
+            plat.Wait(HaltSleepMilliseconds);
+        }
+    }
+
+    private bool TryPlatformPort(ushort port, int size, bool isWrite, ref ulong value)
+    {
+        if (_plat is not { } plat)
+        {
+            return false;
+        }
+
+        SyncClock();
+        if (!plat.TryPort(port, size, isWrite, ref value))
+        {
+            return false;
+        }
+
+        AfterPlatformAccess();
+        return true;
+    }
+
+    /// <summary>Called from the MMIO path before an exit is produced.</summary>
+    private bool TryPlatformMmio(ulong phys, int size, bool isWrite, ref ulong value)
+    {
+        if (_plat is not { } plat)
+        {
+            return false;
+        }
+
+        if (phys - IoApic.DefaultAddress >= IoApic.Size && phys - LocalApic.DefaultAddress >= LocalApic.Size)
+        {
+            return false;
+        }
+
+        SyncClock();
+        plat.TryMmio(phys, size, isWrite, ref value);
+        AfterPlatformAccess();
+        return true;
+    }
+
+    private void AfterPlatformAccess()
+    {
+        UpdateTimerStop();
+        _plat!.Attention = true;
+        _stop = true;
+    }
+
+    /// <summary>MSRs of the controllers and the MTRRs; false when <paramref name="index"/> is not one of them.</summary>
+    private bool TryReadPlatformMsr(uint index, out ulong value, out bool exists)
+    {
+        exists = true;
+        value = 0;
+        switch (index)
+        {
+            case MsrMtrrCap:
+                value = MtrrCapValue;
+                return true;
+            case MsrMtrrDefType:
+                value = _mtrrDefType;
+                return true;
+            case >= MsrMtrrPhysBase0 and <= MsrMtrrPhysLast:
+                value = _mtrrVariable[index - MsrMtrrPhysBase0];
+                return true;
+            case MsrMtrrFix64K or MsrMtrrFix16K80000 or MsrMtrrFix16KA0000 or (>= MsrMtrrFix4KFirst and <= MsrMtrrFix4KLast):
+                value = _mtrrFixed[FixedMtrrSlot(index)];
+                return true;
+        }
+
+        if (_plat is not { } plat)
+        {
+            return false;
+        }
+
+        switch (index)
+        {
+            case MsrIndex.ApicBase:
+                value = plat.LocalApic.ApicBase | LocalApic.DefaultAddress;
+                return true;
+            case MsrIndex.TscDeadline:
+            {
+                ulong d = plat.LocalApic.TscDeadline;
+                value = d == 0 ? 0 : d + (ulong)_tscOffset;
+                return true;
+            }
+
+            case >= LocalApic.X2ApicMsrBase and <= LocalApic.X2ApicMsrLast:
+                SyncClock();
+                exists = plat.LocalApic.ReadMsr(index, out value);
+                return true;
+            default:
+                return false;
+        }
+    }
+
+    private bool TryWritePlatformMsr(uint index, ulong value, out bool accepted)
+    {
+        accepted = true;
+        switch (index)
+        {
+            case MsrMtrrCap:
+                accepted = false;
+                return true;
+            case MsrMtrrDefType:
+                accepted = (value & ~0xCFFUL) == 0;
+                if (accepted)
+                {
+                    _mtrrDefType = value;
+                }
+
+                return true;
+            case >= MsrMtrrPhysBase0 and <= MsrMtrrPhysLast:
+                _mtrrVariable[index - MsrMtrrPhysBase0] = value;
+                return true;
+            case MsrMtrrFix64K or MsrMtrrFix16K80000 or MsrMtrrFix16KA0000 or (>= MsrMtrrFix4KFirst and <= MsrMtrrFix4KLast):
+                _mtrrFixed[FixedMtrrSlot(index)] = value;
+                return true;
+        }
+
+        if (_plat is not { } plat)
+        {
+            return false;
+        }
+
+        switch (index)
+        {
+            case MsrIndex.ApicBase:
+                // x2APIC is not advertised, and the base cannot move away from where the page is decoded.
+                accepted = (value & ~(LocalApic.ApicBaseEnable | LocalApic.ApicBaseBsp | 0xFFFF_F000UL)) == 0
+                    && (value & 0xFFFF_F000UL) == LocalApic.DefaultAddress;
+                if (accepted)
+                {
+                    plat.LocalApic.ApicBase = value;
+                    AfterPlatformAccess();
+                }
+
+                return true;
+            case MsrIndex.TscDeadline:
+                SyncClock();
+                plat.LocalApic.TscDeadline = value == 0 ? 0 : Math.Max(1, value - (ulong)_tscOffset);
+                AfterPlatformAccess();
+                return true;
+            case >= LocalApic.X2ApicMsrBase and <= LocalApic.X2ApicMsrLast:
+                SyncClock();
+                accepted = plat.LocalApic.WriteMsr(index, value);
+                AfterPlatformAccess();
+                return true;
+            default:
+                return false;
+        }
+    }
+
+    private static int FixedMtrrSlot(uint index) => index switch
+    {
+        MsrMtrrFix64K => 0,
+        MsrMtrrFix16K80000 => 1,
+        MsrMtrrFix16KA0000 => 2,
+        _ => 3 + (int)(index - MsrMtrrFix4KFirst),
+    };
+}
