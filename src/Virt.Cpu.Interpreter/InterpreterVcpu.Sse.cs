@@ -1,15 +1,310 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 using Iced.Intel;
 
 namespace Virt.Cpu.Interpreter;
 
-/// <summary>SSE and x87 instructions.</summary>
+/// <summary>SSE and SSE2 instructions (legacy encodings), dispatched on the Iced mnemonic from the H.Sse handler.</summary>
 internal sealed partial class InterpreterVcpu
 {
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ref Vector128<byte> Xr(int i) => ref Unsafe.Add(ref Unsafe.As<XmmRegisterFile, Vector128<byte>>(ref _fpu.Xmm), i);
+
+    private static int XmmIndex(Register r) => r - Register.XMM0;
+
+    /// <summary>CR0.EM or a clear CR4.OSFXSR makes SSE undefined; CR0.TS defers the state (#NM).</summary>
+    private void CheckSseEnabled()
+    {
+        if ((_cr0 & Cr0Em) != 0 || (_cr4 & Cr4OsFxsr) == 0)
+        {
+            throw Fault(Vectors.UD, 0);
+        }
+
+        if ((_cr0 & Cr0Ts) != 0)
+        {
+            throw Fault(Vectors.NM, 0);
+        }
+    }
+
+    /// <summary>Legacy-SSE 16-byte memory operands must be aligned except for the explicitly unaligned forms.</summary>
+    private static bool NeedsAlignment(Mnemonic m) => m is not (Mnemonic.Movups or Mnemonic.Movupd or Mnemonic.Movdqu or Mnemonic.Lddqu);
+
+    private Vector128<byte> ReadXmmMem(ulong ea, int size, bool aligned)
+    {
+        if (aligned && size == 16 && (ea & 15) != 0)
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
+        if (size == 16)
+        {
+            ulong lo = Read(ea, 8);
+            ulong hi = Read(ea + 8, 8);
+            return Vector128.Create(lo, hi).AsByte();
+        }
+
+        return Vector128.Create(Read(ea, size), 0UL).AsByte();
+    }
+
+    private void WriteXmmMem(ulong ea, int size, Vector128<byte> v, bool aligned)
+    {
+        if (aligned && size == 16 && (ea & 15) != 0)
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
+        var q = v.AsUInt64();
+        if (size == 16)
+        {
+            ProbeWrite(ea, 16);
+            Write(ea, 8, q.GetElement(0));
+            Write(ea + 8, 8, q.GetElement(1));
+        }
+        else
+        {
+            Write(ea, size, q.GetElement(0));
+        }
+    }
+
+    /// <summary>Operand <paramref name="i"/> as an XMM value: a register, or memory of the instruction's memory size zero-extended.</summary>
+    private Vector128<byte> SrcX(ref Op op, in Instruction ins, int i)
+    {
+        if (ins.GetOpKind(i) == OpKind.Register)
+        {
+            return Xr(XmmIndex(ins.GetOpRegister(i)));
+        }
+
+        return ReadXmmMem(Ea(ref op), ins.MemorySize.GetSize(), NeedsAlignment(ins.Mnemonic));
+    }
+
+    /// <summary>Merges the exception flags of this instruction into MXCSR; an unmasked one raises #XM (or #UD without CR4.OSXMMEXCPT) before the destination is written.</summary>
+    private void CommitSseFlags()
+    {
+        uint f = _sseFlags;
+        if (f == 0)
+        {
+            return;
+        }
+
+        _sseFlags = 0;
+        _fpu.Mxcsr |= f;
+        uint unmasked = f & ~(_fpu.Mxcsr >> 7) & 0x3F;
+        if (unmasked != 0)
+        {
+            throw Fault((_cr4 & Cr4OsXmmExcpt) != 0 ? Vectors.XM : Vectors.UD, 0);
+        }
+    }
+
+    private ulong GprOperand(ref Op op, in Instruction ins, int i, int size)
+    {
+        if (ins.GetOpKind(i) == OpKind.Register)
+        {
+            return GetReg(Translator.RegIndex(ins.GetOpRegister(i)), size);
+        }
+
+        return Read(Ea(ref op), size);
+    }
+
     private void ExecSse(ref Op op, in Instruction ins)
     {
-        _ = ins;
-        _ = op;
+        var m = ins.Mnemonic;
+        if (m == Mnemonic.Movnti)
+        {
+            // MOVNTI is an SSE2 store of a general register; it does not touch SSE state.
+            int sz = ins.Op1Register.GetSize();
+            Write(Ea(ref op), sz, GetReg(Translator.RegIndex(ins.Op1Register), sz));
+            return;
+        }
+
+        CheckSseEnabled();
+        _sseFlags = 0;
+        switch (m)
+        {
+            case Mnemonic.Movaps:
+            case Mnemonic.Movapd:
+            case Mnemonic.Movdqa:
+            case Mnemonic.Movups:
+            case Mnemonic.Movupd:
+            case Mnemonic.Movdqu:
+            case Mnemonic.Movntps:
+            case Mnemonic.Movntpd:
+            case Mnemonic.Movntdq:
+                if (ins.Op0Kind == OpKind.Register)
+                {
+                    Xr(XmmIndex(ins.Op0Register)) = SrcX(ref op, in ins, 1);
+                }
+                else
+                {
+                    WriteXmmMem(Ea(ref op), 16, Xr(XmmIndex(ins.Op1Register)), NeedsAlignment(m));
+                }
+
+                return;
+            case Mnemonic.Movd:
+            case Mnemonic.Movq:
+                ExecMovdq(ref op, in ins);
+                return;
+            case Mnemonic.Movss:
+            case Mnemonic.Movsd:
+            {
+                int size = m == Mnemonic.Movss ? 4 : 8;
+                if (ins.Op0Kind == OpKind.Memory)
+                {
+                    WriteXmmMem(Ea(ref op), size, Xr(XmmIndex(ins.Op1Register)), false);
+                }
+                else if (ins.Op1Kind == OpKind.Memory)
+                {
+                    Xr(XmmIndex(ins.Op0Register)) = ReadXmmMem(Ea(ref op), size, false);
+                }
+                else
+                {
+                    ref var d = ref Xr(XmmIndex(ins.Op0Register));
+                    var s = Xr(XmmIndex(ins.Op1Register));
+                    d = size == 4 ? d.AsUInt32().WithElement(0, s.AsUInt32().GetElement(0)).AsByte() : d.AsUInt64().WithElement(0, s.AsUInt64().GetElement(0)).AsByte();
+                }
+
+                return;
+            }
+
+            case Mnemonic.Movlps:
+            case Mnemonic.Movlpd:
+            case Mnemonic.Movhps:
+            case Mnemonic.Movhpd:
+            {
+                int lane = m is Mnemonic.Movlps or Mnemonic.Movlpd ? 0 : 1;
+                if (ins.Op0Kind == OpKind.Memory)
+                {
+                    Write(Ea(ref op), 8, Xr(XmmIndex(ins.Op1Register)).AsUInt64().GetElement(lane));
+                }
+                else
+                {
+                    ref var d = ref Xr(XmmIndex(ins.Op0Register));
+                    d = d.AsUInt64().WithElement(lane, Read(Ea(ref op), 8)).AsByte();
+                }
+
+                return;
+            }
+
+            case Mnemonic.Movhlps:
+            case Mnemonic.Movlhps:
+            {
+                ref var d = ref Xr(XmmIndex(ins.Op0Register));
+                var s = Xr(XmmIndex(ins.Op1Register)).AsUInt64();
+                d = m == Mnemonic.Movhlps ? d.AsUInt64().WithElement(0, s.GetElement(1)).AsByte() : d.AsUInt64().WithElement(1, s.GetElement(0)).AsByte();
+                return;
+            }
+
+            case Mnemonic.Movmskps:
+            case Mnemonic.Movmskpd:
+            case Mnemonic.Pmovmskb:
+            {
+                var s = Xr(XmmIndex(ins.Op1Register));
+                uint mask = m switch
+                {
+                    Mnemonic.Movmskps => s.AsSingle().ExtractMostSignificantBits(),
+                    Mnemonic.Movmskpd => s.AsDouble().ExtractMostSignificantBits(),
+                    _ => s.ExtractMostSignificantBits(),
+                };
+                SetReg(Translator.RegIndex(ins.Op0Register), ins.Op0Register.GetSize(), mask);
+                return;
+            }
+
+            case Mnemonic.Pextrw:
+            {
+                if (ins.Op0Kind != OpKind.Register)
+                {
+                    throw Fault(Vectors.UD, 0); // the SSE4.1 memory form is not implemented
+                }
+
+                ulong w = Xr(XmmIndex(ins.Op1Register)).AsUInt16().GetElement(ins.Immediate8 & 7);
+                SetReg(Translator.RegIndex(ins.Op0Register), ins.Op0Register.GetSize(), w);
+                return;
+            }
+
+            case Mnemonic.Pinsrw:
+            {
+                ushort w = (ushort)GprOperand(ref op, in ins, 1, 2);
+                ref var d = ref Xr(XmmIndex(ins.Op0Register));
+                d = d.AsUInt16().WithElement(ins.Immediate8 & 7, w).AsByte();
+                return;
+            }
+
+            case Mnemonic.Ldmxcsr:
+            {
+                uint v = (uint)Read(Ea(ref op), 4);
+                if ((v & ~MxcsrMask) != 0)
+                {
+                    throw Fault(Vectors.GP, 0);
+                }
+
+                _fpu.Mxcsr = v;
+                return;
+            }
+
+            case Mnemonic.Stmxcsr:
+                Write(Ea(ref op), 4, _fpu.Mxcsr);
+                return;
+            default:
+                break;
+        }
+
+        if (ExecSseInteger(ref op, in ins) || ExecSseFloat(ref op, in ins))
+        {
+            return;
+        }
+
         throw Fault(Vectors.UD, 0);
+    }
+
+    private void ExecMovdq(ref Op op, in Instruction ins)
+    {
+        switch (ins.Code)
+        {
+            case Code.Movd_xmm_rm32:
+            case Code.Movq_xmm_rm64:
+            {
+                int size = ins.Code == Code.Movd_xmm_rm32 ? 4 : 8;
+                Xr(XmmIndex(ins.Op0Register)) = Vector128.Create(GprOperand(ref op, in ins, 1, size), 0UL).AsByte();
+                return;
+            }
+
+            case Code.Movd_rm32_xmm:
+            case Code.Movq_rm64_xmm:
+            {
+                int size = ins.Code == Code.Movd_rm32_xmm ? 4 : 8;
+                ulong v = Xr(XmmIndex(ins.Op1Register)).AsUInt64().GetElement(0);
+                if (ins.Op0Kind == OpKind.Register)
+                {
+                    SetReg(Translator.RegIndex(ins.Op0Register), size, v);
+                }
+                else
+                {
+                    Write(Ea(ref op), size, v);
+                }
+
+                return;
+            }
+
+            case Code.Movq_xmm_xmmm64:
+                Xr(XmmIndex(ins.Op0Register)) = Vector128.Create(SrcX(ref op, in ins, 1).AsUInt64().GetElement(0), 0UL).AsByte();
+                return;
+            case Code.Movq_xmmm64_xmm:
+            {
+                ulong v = Xr(XmmIndex(ins.Op1Register)).AsUInt64().GetElement(0);
+                if (ins.Op0Kind == OpKind.Register)
+                {
+                    Xr(XmmIndex(ins.Op0Register)) = Vector128.Create(v, 0UL).AsByte();
+                }
+                else
+                {
+                    Write(Ea(ref op), 8, v);
+                }
+
+                return;
+            }
+
+            default:
+                throw Fault(Vectors.UD, 0); // MMX forms: MMX is not implemented
+        }
     }
 
     private void ExecX87(ref Op op, in Instruction ins)

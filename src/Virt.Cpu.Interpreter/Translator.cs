@@ -643,7 +643,7 @@ internal static class Translator
         return ins.Mnemonic.ToString().StartsWith('F') || ins.Mnemonic == Mnemonic.Fxsave || ins.Mnemonic == Mnemonic.Fxrstor;
     }
 
-    private static bool IsSseCandidate(in Instruction ins) => ins.Mnemonic is Mnemonic.Ldmxcsr or Mnemonic.Stmxcsr || UsesXmm(in ins);
+    private static bool IsSseCandidate(in Instruction ins) => ins.Mnemonic is Mnemonic.Ldmxcsr or Mnemonic.Stmxcsr or Mnemonic.Movnti || UsesXmm(in ins);
 
     private static bool UsesXmm(in Instruction ins)
     {

@@ -1,0 +1,431 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+
+namespace Virt.Cpu.Interpreter;
+
+/// <summary>
+/// SSE floating-point arithmetic in software with x86 semantics: NaN propagation (first source wins,
+/// signalling NaNs are quietened), the default NaN for invalid operations, MIN/MAX returning the second
+/// operand on NaN or equal zeros, rounding per MXCSR.RC and the MXCSR exception flags. Results are computed
+/// at the target precision with round-to-nearest; the exact rounding error is recovered with error-free
+/// transformations (TwoSum, fused multiply-add residuals) and the result stepped one ulp for directed modes.
+/// </summary>
+internal sealed partial class InterpreterVcpu
+{
+    // MXCSR bits.
+    private const uint MxIe = 1u << 0, MxDe = 1u << 1, MxZe = 1u << 2, MxOe = 1u << 3, MxUe = 1u << 4, MxPe = 1u << 5;
+    private const uint MxDaz = 1u << 6, MxFz = 1u << 15;
+
+    /// <summary>MXCSR bits a guest may set (DAZ supported); the value FXSAVE stores as MXCSR_MASK.</summary>
+    internal const uint MxcsrMask = 0xFFFF;
+
+    private const int RcNearest = 0, RcDown = 1, RcUp = 2, RcZero = 3;
+
+    // Arithmetic kinds.
+    private const int FAdd = 0, FSub = 1, FMul = 2, FDiv = 3, FMin = 4, FMax = 5, FSqrt = 6;
+
+    /// <summary>Exception flags raised by the SSE instruction being executed.</summary>
+    private uint _sseFlags;
+
+    private int Rc => (int)((_fpu.Mxcsr >> 13) & 3);
+
+    private static bool IsSnan<T>(T v)
+        where T : unmanaged, IBinaryFloatingPointIeee754<T>
+    {
+        if (typeof(T) == typeof(float))
+        {
+            uint b = BitConverter.SingleToUInt32Bits(Unsafe.As<T, float>(ref v));
+            return (b & 0x7F800000) == 0x7F800000 && (b & 0x007FFFFF) != 0 && (b & 0x00400000) == 0;
+        }
+
+        ulong d = BitConverter.DoubleToUInt64Bits(Unsafe.As<T, double>(ref v));
+        return (d & 0x7FF0000000000000) == 0x7FF0000000000000 && (d & 0x000FFFFFFFFFFFFF) != 0 && (d & 0x0008000000000000) == 0;
+    }
+
+    private static T Quiet<T>(T v)
+        where T : unmanaged, IBinaryFloatingPointIeee754<T>
+    {
+        if (typeof(T) == typeof(float))
+        {
+            float f = BitConverter.UInt32BitsToSingle(BitConverter.SingleToUInt32Bits(Unsafe.As<T, float>(ref v)) | 0x00400000);
+            return Unsafe.As<float, T>(ref f);
+        }
+
+        double d = BitConverter.UInt64BitsToDouble(BitConverter.DoubleToUInt64Bits(Unsafe.As<T, double>(ref v)) | 0x0008000000000000);
+        return Unsafe.As<double, T>(ref d);
+    }
+
+    /// <summary>The x86 "real indefinite" QNaN: sign set, quiet bit set, zero payload.</summary>
+    private static T DefaultNaN<T>()
+        where T : unmanaged, IBinaryFloatingPointIeee754<T>
+    {
+        if (typeof(T) == typeof(float))
+        {
+            float f = BitConverter.UInt32BitsToSingle(0xFFC00000);
+            return Unsafe.As<float, T>(ref f);
+        }
+
+        double d = BitConverter.UInt64BitsToDouble(0xFFF8000000000000);
+        return Unsafe.As<double, T>(ref d);
+    }
+
+    /// <summary>Applies DAZ and raises DE for a denormal operand.</summary>
+    private T Operand<T>(T v)
+        where T : unmanaged, IBinaryFloatingPointIeee754<T>
+    {
+        if (T.IsSubnormal(v))
+        {
+            if ((_fpu.Mxcsr & MxDaz) != 0)
+            {
+                return T.IsNegative(v) ? T.NegativeZero : T.Zero;
+            }
+
+            _sseFlags |= MxDe;
+        }
+
+        return v;
+    }
+
+    private static int Sign<T>(T v)
+        where T : unmanaged, IBinaryFloatingPointIeee754<T> => v > T.Zero ? 1 : v < T.Zero ? -1 : 0;
+
+    /// <summary>
+    /// Finishes a round-to-nearest result <paramref name="r"/> whose exact value is r + (something of sign
+    /// <paramref name="err"/>): directed rounding, overflow, underflow and precision flags, FTZ.
+    /// </summary>
+    private T Round<T>(T r, int err)
+        where T : unmanaged, IBinaryFloatingPointIeee754<T>
+    {
+        int rc = Rc;
+        if (T.IsInfinity(r))
+        {
+            _sseFlags |= MxOe | MxPe;
+            bool neg = T.IsNegative(r);
+            T max = T.BitDecrement(T.PositiveInfinity);
+            return rc switch
+            {
+                RcZero => neg ? -max : max,
+                RcDown => neg ? r : max,
+                RcUp => neg ? -max : r,
+                _ => r,
+            };
+        }
+
+        if (err != 0)
+        {
+            _sseFlags |= MxPe;
+            switch (rc)
+            {
+                case RcDown when err < 0: r = T.BitDecrement(r); break;
+                case RcUp when err > 0: r = T.BitIncrement(r); break;
+                case RcZero when (err < 0 && r > T.Zero) || (err > 0 && r < T.Zero): r = r > T.Zero ? T.BitDecrement(r) : T.BitIncrement(r); break;
+                default: break;
+            }
+
+            if (T.IsSubnormal(r) || T.IsZero(r))
+            {
+                _sseFlags |= MxUe;
+            }
+        }
+
+        if (T.IsSubnormal(r) && (_fpu.Mxcsr & MxFz) != 0 && (_fpu.Mxcsr & (MxUe << 7)) != 0)
+        {
+            _sseFlags |= MxUe | MxPe;
+            return T.IsNegative(r) ? T.NegativeZero : T.Zero;
+        }
+
+        return r;
+    }
+
+    /// <summary>One lane of ADD/SUB/MUL/DIV/MIN/MAX/SQRT (SQRT uses <paramref name="b"/> only).</summary>
+    private T FpArith<T>(int kind, T a, T b)
+        where T : unmanaged, IBinaryFloatingPointIeee754<T>
+    {
+        if (kind == FSqrt)
+        {
+            if (T.IsNaN(b))
+            {
+                _sseFlags |= IsSnan(b) ? MxIe : 0;
+                return Quiet(b);
+            }
+
+            b = Operand(b);
+            if (b < T.Zero)
+            {
+                _sseFlags |= MxIe;
+                return DefaultNaN<T>();
+            }
+
+            if (T.IsZero(b) || T.IsInfinity(b))
+            {
+                return b;
+            }
+
+            T s = T.Sqrt(b);
+            return Round(s, Sign(T.FusedMultiplyAdd(-s, s, b)));
+        }
+
+        bool an = T.IsNaN(a), bn = T.IsNaN(b);
+        if (kind is FMin or FMax)
+        {
+            if (an || bn)
+            {
+                _sseFlags |= MxIe;
+                return b;
+            }
+
+            a = Operand(a);
+            b = Operand(b);
+            return kind == FMin ? (a < b ? a : b) : (a > b ? a : b);
+        }
+
+        if (an || bn)
+        {
+            if (IsSnan(a) || IsSnan(b))
+            {
+                _sseFlags |= MxIe;
+            }
+
+            return an ? Quiet(a) : Quiet(b);
+        }
+
+        a = Operand(a);
+        b = Operand(b);
+        T r;
+        int err = 0;
+        switch (kind)
+        {
+            case FAdd:
+            case FSub:
+            {
+                if (kind == FSub)
+                {
+                    b = -b;
+                }
+
+                r = a + b;
+                if (T.IsNaN(r))
+                {
+                    _sseFlags |= MxIe;
+                    return DefaultNaN<T>();
+                }
+
+                if (T.IsInfinity(a) || T.IsInfinity(b))
+                {
+                    return r;
+                }
+
+                if (!T.IsInfinity(r))
+                {
+                    T bb = r - a;
+                    T e = (a - (r - bb)) + (b - bb);
+                    err = Sign(e);
+                }
+
+                if (T.IsZero(r) && err == 0)
+                {
+                    bool sameSignZeros = T.IsZero(a) && T.IsZero(b) && T.IsNegative(a) == T.IsNegative(b);
+                    if (!sameSignZeros)
+                    {
+                        r = Rc == RcDown ? T.NegativeZero : T.Zero;
+                    }
+                }
+
+                break;
+            }
+
+            case FMul:
+                r = a * b;
+                if (T.IsNaN(r))
+                {
+                    _sseFlags |= MxIe;
+                    return DefaultNaN<T>();
+                }
+
+                if (T.IsInfinity(a) || T.IsInfinity(b))
+                {
+                    return r;
+                }
+
+                if (!T.IsInfinity(r))
+                {
+                    err = Sign(T.FusedMultiplyAdd(a, b, -r));
+                }
+
+                break;
+            default:
+                if (T.IsZero(b))
+                {
+                    if (T.IsZero(a))
+                    {
+                        _sseFlags |= MxIe;
+                        return DefaultNaN<T>();
+                    }
+
+                    if (!T.IsInfinity(a))
+                    {
+                        _sseFlags |= MxZe;
+                    }
+
+                    return a / b;
+                }
+
+                r = a / b;
+                if (T.IsNaN(r))
+                {
+                    _sseFlags |= MxIe;
+                    return DefaultNaN<T>();
+                }
+
+                if (T.IsInfinity(a) || T.IsInfinity(b))
+                {
+                    return r;
+                }
+
+                if (!T.IsInfinity(r))
+                {
+                    err = Sign(T.FusedMultiplyAdd(-r, b, a)) * Sign(b);
+                }
+
+                break;
+        }
+
+        return Round(r, err);
+    }
+
+    /// <summary>CMPPS/CMPSS predicate 0-7 on one lane; signalling predicates raise IE on any NaN.</summary>
+    private bool FpCompare<T>(int pred, T a, T b)
+        where T : unmanaged, IBinaryFloatingPointIeee754<T>
+    {
+        bool unordered = T.IsNaN(a) || T.IsNaN(b);
+        if (unordered)
+        {
+            if (IsSnan(a) || IsSnan(b) || pred is 1 or 2 or 5 or 6)
+            {
+                _sseFlags |= MxIe;
+            }
+        }
+        else
+        {
+            a = Operand(a);
+            b = Operand(b);
+        }
+
+        return pred switch
+        {
+            0 => !unordered && a == b,
+            1 => !unordered && a < b,
+            2 => !unordered && a <= b,
+            3 => unordered,
+            4 => unordered || a != b,
+            5 => unordered || !(a < b),
+            6 => unordered || !(a <= b),
+            _ => !unordered,
+        };
+    }
+
+    /// <summary>COMIS/UCOMIS: ZF, PF, CF as the hardware sets them; OF, AF, SF cleared.</summary>
+    private ulong FpCompareFlags<T>(T a, T b, bool signalQuiet)
+        where T : unmanaged, IBinaryFloatingPointIeee754<T>
+    {
+        if (T.IsNaN(a) || T.IsNaN(b))
+        {
+            if (signalQuiet || IsSnan(a) || IsSnan(b))
+            {
+                _sseFlags |= MxIe;
+            }
+
+            return ZF | PF | CF;
+        }
+
+        a = Operand(a);
+        b = Operand(b);
+        return a > b ? 0 : a < b ? CF : ZF;
+    }
+
+    /// <summary>Converts to a signed integer of <paramref name="bits"/> bits, rounding per MXCSR or truncating; out of range gives the integer indefinite value.</summary>
+    private long FpToInt<T>(T v, int bits, bool truncate)
+        where T : unmanaged, IBinaryFloatingPointIeee754<T>
+    {
+        long indefinite = bits == 64 ? long.MinValue : int.MinValue;
+        if (T.IsNaN(v))
+        {
+            _sseFlags |= MxIe;
+            return indefinite;
+        }
+
+        v = Operand(v);
+        double d = double.CreateTruncating(v);
+        int rc = truncate ? RcZero : Rc;
+        double r = rc switch
+        {
+            RcDown => Math.Floor(d),
+            RcUp => Math.Ceiling(d),
+            RcZero => Math.Truncate(d),
+            _ => Math.Round(d, MidpointRounding.ToEven),
+        };
+
+        // A double holds every float exactly, and a double above 2^52 is already integral, so d == r tests exactness.
+        double limit = bits == 64 ? 9223372036854775808.0 : 2147483648.0;
+        if (r >= limit || r < -limit)
+        {
+            _sseFlags |= MxIe;
+            return indefinite;
+        }
+
+        if (r != d)
+        {
+            _sseFlags |= MxPe;
+        }
+
+        return (long)r;
+    }
+
+    /// <summary>Converts a signed integer to a float lane, rounding per MXCSR.</summary>
+    private T IntToFp<T>(long x)
+        where T : unmanaged, IBinaryFloatingPointIeee754<T>
+    {
+        T r = T.CreateTruncating(x);
+        Int128 back = Int128.CreateTruncating(r);
+        int err = ((Int128)x).CompareTo(back);
+        return Round(r, err);
+    }
+
+    /// <summary>CVTSD2SS and CVTPD2PS on one lane.</summary>
+    private float NarrowToSingle(double d)
+    {
+        if (double.IsNaN(d))
+        {
+            _sseFlags |= IsSnan(d) ? MxIe : 0;
+            ulong b = BitConverter.DoubleToUInt64Bits(d);
+            return BitConverter.UInt32BitsToSingle((uint)((b >> 63) << 31) | 0x7FC00000 | (uint)((b >> 29) & 0x003FFFFF));
+        }
+
+        d = Operand(d);
+        float r = (float)d;
+        if (double.IsInfinity(d) || d == 0)
+        {
+            return r;
+        }
+
+        if (float.IsInfinity(r))
+        {
+            return Round(r, 0);
+        }
+
+        return Round(r, (d - r) > 0 ? 1 : (d - r) < 0 ? -1 : 0);
+    }
+
+    /// <summary>CVTSS2SD and CVTPS2PD on one lane (exact).</summary>
+    private double WidenToDouble(float f)
+    {
+        if (float.IsNaN(f))
+        {
+            _sseFlags |= IsSnan(f) ? MxIe : 0;
+            uint b = BitConverter.SingleToUInt32Bits(f);
+            return BitConverter.UInt64BitsToDouble(((ulong)(b >> 31) << 63) | 0x7FF8000000000000 | ((ulong)(b & 0x003FFFFF) << 29));
+        }
+
+        return Operand(f);
+    }
+}
