@@ -397,4 +397,29 @@ public sealed class PlatformTests
         Assert.Equal(0x806UL, r.R9);
         Assert.Equal(0xFEE00900UL, r.R10);
     }
+
+    [Fact]
+    public void Cr8_is_the_local_apic_task_priority_class()
+    {
+        using var m = new PlatformMachine();
+        m.Start(
+            a =>
+            {
+                a.mov(rax, 5);
+                a.mov(cr8, rax);
+                a.mov(rdi, Lapic);
+                a.mov(ebx, __dword_ptr[rdi + 0x80]); // TPR
+                a.mov(__dword_ptr[rdi + 0x80], 0x90);
+                a.mov(rcx, cr8);
+                a.hlt();
+            },
+            a => a.iretq());
+
+        var exit = m.RunToExit();
+        var r = m.Vcpu.GetGeneralRegisters();
+
+        Assert.Equal(VcpuExitReason.Halt, exit.Reason);
+        Assert.Equal(0x50UL, r.Rbx);
+        Assert.Equal(9UL, r.Rcx);
+    }
 }
