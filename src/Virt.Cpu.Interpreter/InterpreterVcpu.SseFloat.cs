@@ -86,6 +86,14 @@ internal sealed partial class InterpreterVcpu
         return v;
     }
 
+    /// <summary>The smallest normal magnitude of T.</summary>
+    private static T MinNormal<T>()
+        where T : unmanaged, IBinaryFloatingPointIeee754<T> => typeof(T) == typeof(float) ? T.CreateTruncating(1.17549435E-38f) : T.CreateTruncating(2.2250738585072014E-308);
+
+    /// <summary>A power of two that lifts any tiny result of T into the normal range without overflow.</summary>
+    private static T Scale<T>()
+        where T : unmanaged, IBinaryFloatingPointIeee754<T> => typeof(T) == typeof(float) ? T.CreateTruncating(18446744073709551616f) : T.CreateTruncating(Math.ScaleB(1.0, 600));
+
     private static int Sign<T>(T v)
         where T : unmanaged, IBinaryFloatingPointIeee754<T> => v > T.Zero ? 1 : v < T.Zero ? -1 : 0;
 
@@ -122,6 +130,11 @@ internal sealed partial class InterpreterVcpu
                 default: break;
             }
 
+            if (T.IsInfinity(r))
+            {
+                _sseFlags |= MxOe;
+            }
+
             if (T.IsSubnormal(r) || T.IsZero(r))
             {
                 _sseFlags |= MxUe;
@@ -149,12 +162,13 @@ internal sealed partial class InterpreterVcpu
                 return Quiet(b);
             }
 
-            b = Operand(b);
-            if (b < T.Zero)
+            if (b < T.Zero && !(T.IsSubnormal(b) && (_fpu.Mxcsr & MxDaz) != 0))
             {
                 _sseFlags |= MxIe;
                 return DefaultNaN<T>();
             }
+
+            b = Operand(b);
 
             if (T.IsZero(b) || T.IsInfinity(b))
             {
@@ -162,6 +176,20 @@ internal sealed partial class InterpreterVcpu
             }
 
             T s = T.Sqrt(b);
+            if (typeof(T) == typeof(float))
+            {
+                double bd = double.CreateTruncating(b), sd = double.CreateTruncating(s);
+                return Round(s, Math.Sign(bd - (sd * sd)));
+            }
+
+            if (b < T.One)
+            {
+                // The residual of a tiny operand is below the subnormal range; an even power of two scales it exactly.
+                T bs = b * Scale<T>();
+                T ss = T.Sqrt(bs);
+                return Round(s, Sign(T.FusedMultiplyAdd(-ss, ss, bs)));
+            }
+
             return Round(s, Sign(T.FusedMultiplyAdd(-s, s, b)));
         }
 
@@ -187,6 +215,13 @@ internal sealed partial class InterpreterVcpu
             }
 
             return an ? Quiet(a) : Quiet(b);
+        }
+
+        if (kind == FDiv && T.IsZero(b) && !T.IsZero(a) && !(T.IsSubnormal(a) && (_fpu.Mxcsr & MxDaz) != 0))
+        {
+            // Division by zero reports ZE alone, without DE for a denormal dividend.
+            _sseFlags |= T.IsInfinity(a) ? 0 : MxZe;
+            return a / b;
         }
 
         a = Operand(a);
@@ -247,9 +282,20 @@ internal sealed partial class InterpreterVcpu
                     return r;
                 }
 
-                if (!T.IsInfinity(r))
+                if (typeof(T) == typeof(float) && !T.IsInfinity(r))
+                {
+                    err = Math.Sign((double.CreateTruncating(a) * double.CreateTruncating(b)) - double.CreateTruncating(r));
+                }
+                else if (!T.IsInfinity(r))
                 {
                     err = Sign(T.FusedMultiplyAdd(a, b, -r));
+                    if (T.Abs(r) < MinNormal<T>())
+                    {
+                        T sa = a * Scale<T>();
+                        T rs = sa * b;
+                        T diff = rs - (r * Scale<T>());
+                        err = T.Abs(rs) < MinNormal<T>() ? Sign(a) * Sign(b) : !T.IsZero(diff) ? Sign(diff) : Sign(T.FusedMultiplyAdd(sa, b, -rs));
+                    }
                 }
 
                 break;
@@ -282,9 +328,32 @@ internal sealed partial class InterpreterVcpu
                     return r;
                 }
 
-                if (!T.IsInfinity(r))
+                if (typeof(T) == typeof(float) && !T.IsInfinity(r))
+                {
+                    // A quotient of two singles is never within a double rounding of a single it does not equal.
+                    err = Math.Sign((double.CreateTruncating(a) / double.CreateTruncating(b)) - double.CreateTruncating(r));
+                }
+                else if (!T.IsInfinity(r))
                 {
                     err = Sign(T.FusedMultiplyAdd(-r, b, a)) * Sign(b);
+                    if (T.IsSubnormal(b) || T.Abs(a) < MinNormal<T>() * Scale<T>())
+                    {
+                        // Scale so that the remainder a - r * b stays representable.
+                        T sa = a * Scale<T>();
+                        T rem = T.IsSubnormal(b) ? T.FusedMultiplyAdd(-r, b * Scale<T>(), sa) : T.FusedMultiplyAdd(-(r * Scale<T>()), b, sa);
+                        if (!T.IsInfinity(sa) && !T.IsNaN(rem))
+                        {
+                            err = Sign(rem) * Sign(b);
+                        }
+                    }
+
+                    if (T.Abs(r) < MinNormal<T>())
+                    {
+                        T sa = a * Scale<T>();
+                        T qs = sa / b;
+                        T diff = qs - (r * Scale<T>());
+                        err = T.Abs(qs) < MinNormal<T>() ? Sign(a) * Sign(b) : !T.IsZero(diff) ? Sign(diff) : Sign(T.FusedMultiplyAdd(-qs, b, sa)) * Sign(b);
+                    }
                 }
 
                 break;
@@ -354,7 +423,7 @@ internal sealed partial class InterpreterVcpu
             return indefinite;
         }
 
-        v = Operand(v);
+        // Conversions to integer do not report denormal operands.
         double d = double.CreateTruncating(v);
         int rc = truncate ? RcZero : Rc;
         double r = rc switch

@@ -643,7 +643,10 @@ internal static class Translator
         return ins.Mnemonic.ToString().StartsWith('F') || ins.Mnemonic == Mnemonic.Fxsave || ins.Mnemonic == Mnemonic.Fxrstor;
     }
 
-    private static bool IsSseCandidate(in Instruction ins) => ins.Mnemonic is Mnemonic.Ldmxcsr or Mnemonic.Stmxcsr or Mnemonic.Movnti || UsesXmm(in ins);
+    private static bool IsSseCandidate(in Instruction ins) => ins.Mnemonic is Mnemonic.Ldmxcsr or Mnemonic.Stmxcsr or Mnemonic.Movnti || UsesXmm(in ins) || IsSseScalarToGpr(in ins);
+
+    /// <summary>CVT(T)SS2SI/SD2SI with a memory source name no XMM register.</summary>
+    private static bool IsSseScalarToGpr(in Instruction ins) => ins.Mnemonic is Mnemonic.Cvtss2si or Mnemonic.Cvttss2si or Mnemonic.Cvtsd2si or Mnemonic.Cvttsd2si;
 
     private static bool UsesXmm(in Instruction ins)
     {
