@@ -18,6 +18,9 @@ internal sealed partial class InterpreterVcpu
         MsrMtrrFix16K80000 = 0x258, MsrMtrrFix16KA0000 = 0x259, MsrMtrrFix4KFirst = 0x268, MsrMtrrFix4KLast = 0x26F,
         MsrMtrrDefType = 0x2FF;
 
+    /// <summary>IA32_BIOS_SIGN_ID: Linux writes 0 and reads back the (absent) microcode revision.</summary>
+    private const uint MsrBiosSignId = 0x8B;
+
     /// <summary>Timer advances without a deliverable interrupt after which a halted vCPU also sleeps on the host.</summary>
     private const int HaltSpinLimit = 64;
 
@@ -228,6 +231,8 @@ internal sealed partial class InterpreterVcpu
         value = 0;
         switch (index)
         {
+            case MsrBiosSignId:
+                return true;
             case MsrMtrrCap:
                 value = MtrrCapValue;
                 return true;
@@ -273,6 +278,8 @@ internal sealed partial class InterpreterVcpu
         accepted = true;
         switch (index)
         {
+            case MsrBiosSignId:
+                return true; // no microcode to load
             case MsrMtrrCap:
                 accepted = false;
                 return true;

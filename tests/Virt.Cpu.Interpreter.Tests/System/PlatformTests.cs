@@ -374,6 +374,12 @@ public sealed class PlatformTests
                 a.mov(ecx, 0x1B);
                 a.rdmsr();
                 a.mov(r10, rax);
+                a.mov(ecx, 0x8B); // microcode signature: written 0, read back
+                a.xor(eax, eax);
+                a.xor(edx, edx);
+                a.wrmsr();
+                a.rdmsr();
+                a.mov(r11, rax);
                 a.mov(ecx, 0x12345);
                 a.rdmsr(); // #GP: vector 13 ends in the handler
                 a.hlt();
@@ -396,6 +402,7 @@ public sealed class PlatformTests
         Assert.Equal(8UL, r.R8 & 0xFF);
         Assert.Equal(0x806UL, r.R9);
         Assert.Equal(0xFEE00900UL, r.R10);
+        Assert.Equal(0UL, r.R11);
     }
 
     [Fact]
