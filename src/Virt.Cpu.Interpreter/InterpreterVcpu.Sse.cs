@@ -307,10 +307,4 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
-    private void ExecX87(ref Op op, in Instruction ins)
-    {
-        _ = ins;
-        _ = op;
-        throw Fault(Vectors.UD, 0);
-    }
 }
