@@ -37,7 +37,7 @@ internal static class Cpuid
             new(0, 0, 0, 7, V(0), V(8), V(4)),
             // Family 6, model 0x3A, stepping 9; CLFLUSH line 8 qwords, 1 logical processor.
             new(1, 0, 0, 0x000306A9, 0x00010800, Cx16 | Popcnt | HypervisorBit,
-                Pse | Tsc | Msr | Pae | Cx8 | Pge | Cmov | Pat | Clfsh | Fxsr | Sse | Sse2),
+                Fpu | Pse | Tsc | Msr | Pae | Cx8 | Pge | Cmov | Pat | Clfsh | Fxsr | Sse | Sse2),
             new(7, 0, CpuidEntry.SignificantIndex, 0, Bmi1, 0, 0),
             new(0x80000000, 0, 0, 0x80000008, 0, 0, 0),
             new(0x80000001, 0, 0, 0, 0, LahfLm | Abm, Syscall | Nx | Page1G | Rdtscp | LongMode),

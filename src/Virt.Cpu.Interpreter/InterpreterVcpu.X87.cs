@@ -4,8 +4,8 @@ using Iced.Intel;
 namespace Virt.Cpu.Interpreter;
 
 /// <summary>
-/// FXSAVE/FXRSTOR and the x87 control instructions (FNINIT, FNCLEX, FLDCW, FNSTCW, FNSTSW). x87 arithmetic,
-/// loads and stores are not implemented and raise #UD.
+/// FXSAVE/FXRSTOR and the x87 control instructions (FNINIT, FNCLEX, FLDCW, FNSTCW, FNSTSW); loads, stores and
+/// arithmetic are in the X87Arith part. Other x87 instructions raise #UD.
 /// </summary>
 internal sealed partial class InterpreterVcpu
 {
@@ -71,7 +71,12 @@ internal sealed partial class InterpreterVcpu
 
                 return;
             default:
-                throw Fault(Vectors.UD, 0);
+                if (!ExecX87Arith(ref op, in ins))
+                {
+                    throw Fault(Vectors.UD, 0);
+                }
+
+                return;
         }
     }
 

@@ -1,0 +1,100 @@
+using static Iced.Intel.AssemblerRegisters;
+
+namespace Virt.Cpu.Interpreter.Tests.Sse;
+
+public sealed class X87Tests
+{
+    private const int Done = -2;
+
+    public static TheoryData<string> Backends() => SseHarness.Backends();
+
+    private static double D(byte[] scratch, int offset) => BitConverter.ToDouble(scratch, offset);
+
+    [Theory]
+    [MemberData(nameof(Backends))]
+    public void Loads_arithmetic_and_stores_produce_exact_results(string backend)
+    {
+        var scratch = SseHarness.Scratch(BitConverter.DoubleToUInt64Bits(1.5), BitConverter.DoubleToUInt64Bits(-4.0), 7, BitConverter.SingleToUInt32Bits(2.25f));
+        var (r, _) = SseHarness.Run(backend, a =>
+        {
+            a.fninit();
+            a.fld(__qword_ptr[rbx]);        // 1.5
+            a.fld(__qword_ptr[rbx + 8]);    // -4, 1.5
+            a.faddp(st1, st0);              // -2.5
+            a.fild(__dword_ptr[rbx + 16]);  // 7, -2.5
+            a.fmulp(st1, st0);              // -17.5
+            a.fst(__qword_ptr[rbx + 0x100]);
+            a.fabs();                       // 17.5
+            a.fld(__dword_ptr[rbx + 24]);   // 2.25, 17.5
+            a.fdivr(st0, st1);              // 17.5 / 2.25, 17.5
+            a.fstp(__qword_ptr[rbx + 0x108]);
+            a.fchs();                       // -17.5
+            a.fld1();
+            a.fsubp(st1, st0);              // -18.5
+            a.fistp(__word_ptr[rbx + 0x110]); // rounds to even: -18
+            a.fldz();
+            a.fld(__qword_ptr[rbx]);
+            a.fxch(st0, st1);               // 0, 1.5
+            a.fcomi(st0, st1);
+            a.fnstsw(ax);
+            a.fstp(st0);
+            a.fsqrt();                      // sqrt(1.5)
+            a.fstp(__qword_ptr[rbx + 0x118]);
+        }, scratch);
+        Assert.Equal(Done, r.Vector);
+        Assert.Equal(-17.5, D(r.Scratch, 0x100));
+        Assert.Equal(17.5 / 2.25, D(r.Scratch, 0x108), 1e-15);
+        Assert.Equal(-18, BitConverter.ToInt16(r.Scratch, 0x110));
+        Assert.Equal(Math.Sqrt(1.5), D(r.Scratch, 0x118), 1e-15);
+        Assert.Equal(1UL, r.Rflags & 0x45); // 0 < 1.5: CF only
+        Assert.Equal(6UL, (r.Gprs[0] >> 11) & 7); // two values on the stack: TOP = 6
+    }
+
+    [Theory]
+    [MemberData(nameof(Backends))]
+    public void Extended_load_and_store_round_trip_and_fisttp_truncates(string backend)
+    {
+        // 80-bit -3.0: sign | exponent 0x4000, significand 0xC000000000000000.
+        var scratch = SseHarness.Scratch(0xC000000000000000, 0xC000, BitConverter.DoubleToUInt64Bits(-2.75), BitConverter.DoubleToUInt64Bits(1e30));
+        var (r, s) = SseHarness.Run(backend, a =>
+        {
+            a.fninit();
+            a.fld(__tword_ptr[rbx]);
+            a.fstp(__tword_ptr[rbx + 0x100]);
+            a.fld(__qword_ptr[rbx + 16]);
+            a.fisttp(__dword_ptr[rbx + 0x110]);
+            a.fld(__qword_ptr[rbx + 24]);
+            a.fistp(__dword_ptr[rbx + 0x118]); // out of range: integer indefinite (IE masked)
+            a.fnstsw(__word_ptr[rbx + 0x120]);
+        }, scratch);
+        Assert.Equal(Done, r.Vector);
+        Assert.Equal(0xC000000000000000UL, BitConverter.ToUInt64(r.Scratch, 0x100));
+        Assert.Equal(0xC000, BitConverter.ToUInt16(r.Scratch, 0x108));
+        Assert.Equal(-2, BitConverter.ToInt32(r.Scratch, 0x110));
+        Assert.Equal(int.MinValue, BitConverter.ToInt32(r.Scratch, 0x118));
+        Assert.Equal(1, BitConverter.ToUInt16(r.Scratch, 0x120) & 1);
+        _ = s;
+    }
+
+    [Fact]
+    public void X87_with_cr0_ts_raises_device_not_available()
+    {
+        using var m = Machine.Long64(a =>
+        {
+            a.fld1();
+            a.hlt();
+        });
+        const ulong handler = 0x30000;
+        for (int v = 0; v < 32; v++)
+        {
+            m.Memory.Write(new GuestAddress(handler + (ulong)(v * 16)), (byte)0xF4);
+        }
+
+        m.InstallIdt(handler);
+        var s = m.Vcpu.GetSpecialRegisters();
+        s.Cr0 |= 1UL << 3;
+        m.Vcpu.SetSpecialRegisters(s);
+        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        Assert.Equal(handler + (7 * 16) + 1, m.Regs.Rip);
+    }
+}
