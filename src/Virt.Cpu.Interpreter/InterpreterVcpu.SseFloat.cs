@@ -423,7 +423,12 @@ internal sealed partial class InterpreterVcpu
             return indefinite;
         }
 
-        // Conversions to integer do not report denormal operands.
+        // Conversions to integer do not report denormal operands; DAZ still reads them as zero.
+        if (T.IsSubnormal(v) && (_fpu.Mxcsr & MxDaz) != 0)
+        {
+            v = T.Zero;
+        }
+
         double d = double.CreateTruncating(v);
         int rc = truncate ? RcZero : Rc;
         double r = rc switch
