@@ -29,6 +29,12 @@ public sealed record AcpiTablesOptions
     /// <summary>Whether to announce an i8042 keyboard controller (FADT IAPC_BOOT_ARCH 8042).</summary>
     public bool HasI8042 { get; init; } = true;
 
+    /// <summary>
+    /// Whether to describe COM1 (I/O 0x3F8, IRQ 4) as a DSDT device (<c>PNP0501</c>). Under hardware-reduced
+    /// ACPI Linux maps no legacy ISA interrupts, so the 8250 driver gets IRQ 4 only through this entry.
+    /// </summary>
+    public bool Com1 { get; init; } = true;
+
     /// <summary>The virtio-mmio devices, as DSDT devices <c>\_SB.VRnn</c>.</summary>
     public IReadOnlyList<AcpiVirtioMmioDevice> VirtioMmioDevices { get; init; } = [];
 
@@ -213,6 +219,9 @@ public static class AcpiTables
         return table;
     }
 
+    // EisaId ("PNP0501"): the compressed vendor "PNP" (0x41D0, big-endian) and product 0x0501.
+    private const uint EisaIdPnp0501 = 0x0105D041;
+
     private static byte[] BuildDsdt(AcpiTablesOptions o)
     {
         var aml = new List<byte>();
@@ -220,9 +229,23 @@ public static class AcpiTables
         // Name (_S5, Package (2) { S5, S5 })
         aml.AddRange(Aml.Name("_S5_", Aml.Package([Aml.Integer(o.S5SleepType), Aml.Integer(o.S5SleepType)])));
 
-        if (o.VirtioMmioDevices.Count > 0)
+        if (o.VirtioMmioDevices.Count > 0 || o.Com1)
         {
             var devices = new List<byte>();
+            if (o.Com1)
+            {
+                var crs = new List<byte>();
+                crs.AddRange([0x47, 1, 0xF8, 0x03, 0xF8, 0x03, 1, 8]); // IO (Decode16, 0x3F8, 0x3F8, 1, 8)
+                crs.AddRange([0x89, 6, 0, 0x03, 1]);                  // Extended Interrupt (Consumer, Edge, ActiveHigh) { 4 }
+                crs.AddRange(Le32(4));
+                crs.AddRange([0x79, 0]);
+                var body = new List<byte>();
+                body.AddRange(Aml.Name("_HID", Aml.Integer(EisaIdPnp0501)));
+                body.AddRange(Aml.Name("_UID", Aml.Integer(1)));
+                body.AddRange(Aml.Name("_CRS", Aml.Buffer([.. crs])));
+                devices.AddRange(Aml.Device("COM1", [.. body]));
+            }
+
             for (int i = 0; i < o.VirtioMmioDevices.Count; i++)
             {
                 var d = o.VirtioMmioDevices[i];

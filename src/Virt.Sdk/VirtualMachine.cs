@@ -205,6 +205,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
         var acpi = AcpiTables.Write(memory, new AcpiTablesOptions
         {
             ProcessorCount = config.VcpuCount,
+            Com1 = config.SerialOutput is not null,
             VirtioMmioDevices = config.VirtioDiscovery == VirtioDiscovery.Acpi
                 ? [.. virtio.Select(v => new AcpiVirtioMmioDevice(v.Address, VirtioMmioTransport.WindowSize, (int)v.Irq))]
                 : [],
