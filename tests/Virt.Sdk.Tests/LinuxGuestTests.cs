@@ -91,6 +91,40 @@ public sealed class LinuxGuestTests
         Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
     }
 
+    [Fact]
+    public async Task Debian_kernel_boots_to_init_on_the_interpreter_runs_a_command_and_powers_off()
+    {
+        Assert.SkipUnless(File.Exists(Kernel) && File.Exists(Initrd), "The guest kit is missing; run scripts/get-linux-guest.sh.");
+        var (exit, text) = await BootInterpreter("uname -r");
+        Assert.Contains("VIRT-INIT-READY", text, StringComparison.Ordinal);
+        Assert.Contains("6.1.0", text, StringComparison.Ordinal);
+        Assert.Contains("VIRT-EXIT-STATUS=0", text, StringComparison.Ordinal);
+        Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
+    }
+
+    private static async Task<(VirtualMachineExit Exit, string Output)> BootInterpreter(string command)
+    {
+        var output = new MemoryStream();
+        string encoded = Convert.ToBase64String(Encoding.ASCII.GetBytes(command));
+        await using var vm = VirtualMachine.CreateBuilder()
+            .WithInterpreter()
+            .WithMemoryMiB(256)
+            .WithLinuxKernel(Kernel)
+            .WithInitrd(Initrd)
+            .WithKernelCommandLine($"quiet virt.cmd={encoded}")
+            .WithSerialConsole(output)
+            .Build();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(4));
+        var exit = await vm.RunAsync(timeout.Token);
+        string text;
+        lock (output)
+        {
+            text = Encoding.UTF8.GetString(output.ToArray());
+        }
+
+        return (exit, text);
+    }
+
     private static bool HasHardwareVirtualization() =>
         File.Exists("/proc/cpuinfo") && File.ReadLines("/proc/cpuinfo").Any(l => l.StartsWith("flags", StringComparison.Ordinal) && (l.Contains(" vmx", StringComparison.Ordinal) || l.Contains(" svm", StringComparison.Ordinal)));
 
