@@ -272,6 +272,12 @@ public sealed class PortIoBusTests
             return misses;
         });
 
+        // Let the reader start dispatching before the registrations begin, so the two really overlap.
+        while (stable.Reads == 0 && !reader.IsCompleted)
+        {
+            await Task.Yield();
+        }
+
         for (int i = 0; i < 2000; i++)
         {
             bus.Register((ushort)(0x1000 + i), 1, dev, $"d{i}");
