@@ -73,7 +73,7 @@ public sealed class TapBackendTests
         }
 
         Assert.NotNull(reply);
-        Assert.True(rig.Device.FramesSent >= 1);
+        Assert.True(SpinWait.SpinUntil(() => rig.Device.FramesSent >= 1, TimeSpan.FromSeconds(5)));
     }
 
     private static byte[] ArpRequest()

@@ -35,6 +35,7 @@ public sealed class VirtioNetDeviceTests
         using var rig = new NetRig(backend, Guest);
         var frame = NetRig.Frame(Peer, Guest, payload: 100);
         rig.Send(frame);
+        backend.WaitForSent(1);
         Assert.Single(backend.Sent);
         Assert.Equal(frame, backend.Sent[0]);
         await Task.CompletedTask;
@@ -101,6 +102,7 @@ public sealed class VirtioNetDeviceTests
         BinaryPrimitives.WriteUInt16LittleEndian(header.AsSpan(6), 34);  // csum_start: UDP header
         BinaryPrimitives.WriteUInt16LittleEndian(header.AsSpan(8), 6);   // csum_offset: UDP checksum field
         rig.Send(frame, header);
+        backend.WaitForSent(1);
         Assert.Equal(expected, BinaryPrimitives.ReadUInt16BigEndian(backend.Sent[0].AsSpan(checksumOffset)));
     }
 
@@ -112,8 +114,9 @@ public sealed class VirtioNetDeviceTests
         var header = new byte[12];
         header[1] = 1; // GSO_TCPV4
         rig.Send(NetRig.Frame(Peer, Guest), header);
+        // The descriptor is returned to the driver before the frame is judged; wait for the verdict.
+        Assert.True(SpinWait.SpinUntil(() => rig.Device.FramesDropped == 1, TimeSpan.FromSeconds(5)));
         Assert.Empty(backend.Sent);
-        Assert.Equal(1, rig.Device.FramesDropped);
     }
 
     /// <summary>An IPv4/UDP frame whose checksum field holds the pseudo-header sum, as a guest leaves it for offload.</summary>
@@ -182,6 +185,16 @@ internal sealed class LoopBackend : INetworkBackend
     }
 
     public void Attach(Func<ReadOnlyMemory<byte>, bool> receiver) => _receiver = receiver;
+
+    /// <summary>
+    /// Waits until <paramref name="count"/> frames were sent. The device hands a transmit buffer back to the
+    /// driver as soon as it has copied the frame, so the send itself may complete a moment later.
+    /// </summary>
+    public void WaitForSent(int count)
+    {
+        bool done = SpinWait.SpinUntil(() => { lock (Sent) { return Sent.Count >= count; } }, TimeSpan.FromSeconds(5));
+        Xunit.Assert.True(done, $"expected {count} sent frame(s) within 5 s");
+    }
 
     public bool Inject(byte[] frame) => _receiver!(frame);
 
