@@ -123,9 +123,10 @@ public sealed partial class VirtualMachine : IAsyncDisposable
 
             Serial16550? serial = null;
             VirtualMachine? vm = null;
-            if (config.SerialOutput is not null)
+            if (config.HasSerialConsole)
             {
-                serial = new Serial16550(new PartitionInterruptLine(partition, Serial16550.Com1Irq), config.SerialOutput);
+                var irq = new PartitionInterruptLine(partition, Serial16550.Com1Irq);
+                serial = config.SerialWriter is { } writer ? Serial16550.ForTextWriter(irq, writer) : new Serial16550(irq, config.SerialOutput!);
             }
 
             vm = new VirtualMachine(config, selection, memory, partition, [.. vcpus], logger, serial) { KernelCommandLine = commandLine };
@@ -205,7 +206,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
         var acpi = AcpiTables.Write(memory, new AcpiTablesOptions
         {
             ProcessorCount = config.VcpuCount,
-            Com1 = config.SerialOutput is not null,
+            Com1 = config.HasSerialConsole,
             VirtioMmioDevices = config.VirtioDiscovery == VirtioDiscovery.Acpi
                 ? [.. virtio.Select(v => new AcpiVirtioMmioDevice(v.Address, VirtioMmioTransport.WindowSize, (int)v.Irq))]
                 : [],
@@ -217,7 +218,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
             parts.Add(config.KernelCommandLine.Trim());
         }
 
-        if (config.SerialOutput is not null && config.KernelCommandLine?.Contains("console=", StringComparison.Ordinal) != true)
+        if (config.HasSerialConsole && config.KernelCommandLine?.Contains("console=", StringComparison.Ordinal) != true)
         {
             parts.Add("console=ttyS0");
         }

@@ -84,14 +84,14 @@ public sealed partial class VirtualMachineBuilder
     public VirtualMachineBuilder WithSerialConsole(Stream output, Stream? input = null)
     {
         ArgumentNullException.ThrowIfNull(output);
-        return new(_config with { SerialOutput = output, SerialInput = input });
+        return new(_config with { SerialOutput = output, SerialWriter = null, SerialInput = input });
     }
 
     /// <summary>Attaches a 16550A UART at COM1 whose output is decoded as UTF-8 and written to <paramref name="output"/>.</summary>
     public VirtualMachineBuilder WithSerialConsole(TextWriter output)
     {
         ArgumentNullException.ThrowIfNull(output);
-        return WithSerialConsole(new TextWriterStream(output));
+        return new(_config with { SerialWriter = output, SerialOutput = null, SerialInput = null });
     }
 
     /// <summary>
@@ -258,7 +258,7 @@ public sealed partial class VirtualMachineBuilder
     private static void ValidatePortRanges(VirtualMachineConfiguration c)
     {
         var ranges = new List<(int Start, int End, string Name)>();
-        if (c.SerialOutput is not null)
+        if (c.HasSerialConsole)
         {
             ranges.Add((0x3F8, 0x400, "serial console (COM1)"));
         }

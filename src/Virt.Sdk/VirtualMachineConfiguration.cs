@@ -21,6 +21,10 @@ internal sealed record VirtualMachineConfiguration
 
     public Stream? SerialOutput { get; init; }
 
+    public TextWriter? SerialWriter { get; init; }
+
+    public bool HasSerialConsole => SerialOutput is not null || SerialWriter is not null;
+
     public Stream? SerialInput { get; init; }
 
     public ushort? DebugExitPort { get; init; }
