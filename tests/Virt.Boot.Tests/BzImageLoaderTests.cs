@@ -254,8 +254,7 @@ public sealed class BzImageLoaderTests
     [Fact]
     public void Debian_cloud_kernel_header_parses_when_the_guest_kit_is_present()
     {
-        string? root = SyntheticImages.RepositoryRoot();
-        string path = root is null ? "" : Path.Combine(root, "artifacts", "linux", "vmlinuz");
+        string path = Path.Combine(Virt.Testing.RepositoryPaths.LinuxGuestKit, "vmlinuz");
         if (!File.Exists(path))
         {
             Assert.Skip("artifacts/linux/vmlinuz is missing; run scripts/get-linux-guest.sh to fetch the guest kit.");

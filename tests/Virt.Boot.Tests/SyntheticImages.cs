@@ -43,20 +43,6 @@ internal static class SyntheticImages
         s[^1] = 0xC3;
         return image;
     }
-
-    /// <summary>Walks up from the test binary to the repository root (the folder with Virt.Sdk.sln).</summary>
-    public static string? RepositoryRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "Virt.Sdk.sln")))
-            {
-                return dir.FullName;
-            }
-        }
-
-        return null;
-    }
 }
 
 internal static class SyntheticElf

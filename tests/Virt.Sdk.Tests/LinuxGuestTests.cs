@@ -7,9 +7,8 @@ namespace Virt.Sdk.Tests;
 
 public sealed class LinuxGuestTests
 {
-    private static readonly string Root = FindRepositoryRoot();
-    private static readonly string Kernel = Path.Combine(Root, "artifacts", "linux", "vmlinuz");
-    private static readonly string Initrd = Path.Combine(Root, "artifacts", "linux", "initramfs.cpio.gz");
+    private static readonly string Kernel = Path.Combine(RepositoryPaths.LinuxGuestKit, "vmlinuz");
+    private static readonly string Initrd = Path.Combine(RepositoryPaths.LinuxGuestKit, "initramfs.cpio.gz");
 
     [Fact]
     public void Corrupt_kernel_is_refused_naming_the_field()
@@ -127,15 +126,4 @@ public sealed class LinuxGuestTests
 
     private static bool HasHardwareVirtualization() =>
         File.Exists("/proc/cpuinfo") && File.ReadLines("/proc/cpuinfo").Any(l => l.StartsWith("flags", StringComparison.Ordinal) && (l.Contains(" vmx", StringComparison.Ordinal) || l.Contains(" svm", StringComparison.Ordinal)));
-
-    private static string FindRepositoryRoot()
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "Virt.Sdk.sln")))
-        {
-            dir = dir.Parent;
-        }
-
-        return dir?.FullName ?? AppContext.BaseDirectory;
-    }
 }

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text;
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Engines;
+using Virt.Testing;
 
 namespace Virt.Benchmarks.Linux;
 
@@ -21,13 +22,7 @@ public class LinuxBootBenchmark
     [GlobalSetup]
     public void Setup()
     {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "Virt.Sdk.sln")))
-        {
-            dir = dir.Parent;
-        }
-
-        string kit = Path.Combine(dir?.FullName ?? ".", "artifacts", "linux");
+        string kit = RepositoryPaths.LinuxGuestKit;
         _kernel = Path.Combine(kit, "vmlinuz");
         _initrd = Path.Combine(kit, "initramfs.cpio.gz");
         if (!File.Exists(_kernel) || !File.Exists(_initrd))
