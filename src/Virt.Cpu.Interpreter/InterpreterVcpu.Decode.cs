@@ -45,6 +45,9 @@ internal sealed class Block
     public Instruction[] Instrs = [];
     public int Count;
     public ulong Lin;
+
+    /// <summary>CS base the block was decoded under: its RIP values (next, branch targets) are offsets from it.</summary>
+    public ulong CsBase;
     public ulong PhysPage;
     public int ModeKey;
     public bool Valid = true;
@@ -107,18 +110,19 @@ internal sealed unsafe partial class InterpreterVcpu
 
     private Block GetBlock()
     {
-        ulong lin = _bitness == 64 ? _rip : (_segBase[SegCs] + _rip) & 0xFFFFFFFF;
+        ulong csBase = _bitness == 64 ? 0 : _segBase[SegCs];
+        ulong lin = _bitness == 64 ? _rip : (csBase + _rip) & 0xFFFFFFFF;
         int h = (int)(lin ^ (lin >> L1Bits)) & L1Mask;
         var b = _l1[h];
-        if (b != null && b.Lin == lin && b.Valid && b.ModeKey == ModeKey)
+        if (b != null && b.Lin == lin && b.Valid && b.ModeKey == ModeKey && b.CsBase == csBase)
         {
             return b;
         }
 
-        return GetBlockSlow(lin, h);
+        return GetBlockSlow(lin, csBase, h);
     }
 
-    private Block GetBlockSlow(ulong lin, int h)
+    private Block GetBlockSlow(ulong lin, ulong csBase, int h)
     {
         if (_remoteCodeWritePending)
         {
@@ -129,13 +133,13 @@ internal sealed unsafe partial class InterpreterVcpu
         ulong phys = Translate(lin, AccExec, _cpl == 3);
         int mode = ModeKey;
         ulong key = phys | ((ulong)mode << 56);
-        if (_l2.TryGetValue(key, out var b) && b.Valid && b.Lin == lin)
+        if (_l2.TryGetValue(key, out var b) && b.Valid && b.Lin == lin && b.CsBase == csBase)
         {
             _l1[h] = b;
             return b;
         }
 
-        b = Decode(lin, phys);
+        b = Decode(lin, csBase, phys);
         if (b.Cacheable)
         {
             _l2[key] = b;
@@ -158,7 +162,7 @@ internal sealed unsafe partial class InterpreterVcpu
         return b;
     }
 
-    private Block Decode(ulong lin, ulong phys)
+    private Block Decode(ulong lin, ulong csBase, ulong phys)
     {
         nint host = HostPage(phys & ~0xFFFUL);
         if (host == 0)
@@ -171,7 +175,9 @@ internal sealed unsafe partial class InterpreterVcpu
         int avail = 4096 - off;
         new ReadOnlySpan<byte>((void*)(host + off), avail).CopyTo(_fetch);
         var reader = new ByteArrayCodeReader(_fetch, 0, avail);
-        var decoder = Iced.Intel.Decoder.Create(_bitness, reader, lin, DecoderOptions.None);
+        // The decoder works in CS offsets (RIP), so next-instruction and branch-target values are RIP values.
+        ulong start = _rip;
+        var decoder = Iced.Intel.Decoder.Create(_bitness, reader, start, DecoderOptions.None);
         int n = 0;
         bool cacheable = true;
         while (n < MaxBlockInstructions)
@@ -201,7 +207,7 @@ internal sealed unsafe partial class InterpreterVcpu
 
                 new ReadOnlySpan<byte>((void*)host2, 16).CopyTo(_fetch.AsSpan(avail));
                 reader = new ByteArrayCodeReader(_fetch, 0, avail + 16);
-                decoder = Iced.Intel.Decoder.Create(_bitness, reader, lin, DecoderOptions.None);
+                decoder = Iced.Intel.Decoder.Create(_bitness, reader, start, DecoderOptions.None);
                 decoder.Decode(out ins);
                 cacheable = false;
                 _decodeTmp[n++] = ins;
@@ -209,7 +215,7 @@ internal sealed unsafe partial class InterpreterVcpu
             }
 
             _decodeTmp[n++] = ins;
-            if (EndsBlock(in ins) || ip + (ulong)ins.Length - lin >= (ulong)avail)
+            if (EndsBlock(in ins) || ip + (ulong)ins.Length - start >= (ulong)avail)
             {
                 break;
             }
@@ -219,6 +225,7 @@ internal sealed unsafe partial class InterpreterVcpu
         {
             Count = n,
             Lin = lin,
+            CsBase = csBase,
             PhysPage = phys & ~0xFFFUL,
             ModeKey = ModeKey,
             Cacheable = cacheable,

@@ -284,7 +284,8 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Delivers an exception, escalating to #DF and to a triple-fault shutdown as the hardware does.</summary>
     private void RaiseException(int vector, uint errorCode)
     {
-        int first = -1;
+        int firstVector = vector;
+        uint firstError = errorCode;
         for (int depth = 0; depth < 4; depth++)
         {
             try
@@ -306,7 +307,6 @@ internal sealed partial class InterpreterVcpu
 
                 bool doubleFault = (Vectors.IsContributory(vector) && Vectors.IsContributory(f.Vector))
                     || (vector == Vectors.PF && (f.Vector == Vectors.PF || Vectors.IsContributory(f.Vector)));
-                first = vector;
                 if (doubleFault)
                 {
                     vector = Vectors.DF;
@@ -324,8 +324,8 @@ internal sealed partial class InterpreterVcpu
             }
         }
 
-        _ = first;
-        SetExit(VcpuExit.Failure(VcpuExitReason.Shutdown, Describe("triple fault", (ulong)vector)));
+        SetExit(VcpuExit.Failure(VcpuExitReason.Shutdown, Describe(
+            $"triple fault after vector {firstVector} (error code 0x{firstError:X}) could not be delivered", (ulong)vector)));
     }
 
     private VcpuFault Describe(string what, ulong code)

@@ -611,7 +611,8 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Reads guest memory as a supervisor (descriptor tables, TSS): no U/S check.</summary>
     private ulong ReadSystem(ulong lin, int size)
     {
-        if (_bitness != 64)
+        // Descriptor tables and the TSS have 64-bit bases in IA-32e mode, compatibility mode included.
+        if ((_efer & EferLma) == 0)
         {
             lin &= 0xFFFFFFFF;
         }
@@ -632,7 +633,8 @@ internal sealed partial class InterpreterVcpu
 
     private void WriteSystem(ulong lin, int size, ulong v)
     {
-        if (_bitness != 64)
+        // Descriptor tables and the TSS have 64-bit bases in IA-32e mode, compatibility mode included.
+        if ((_efer & EferLma) == 0)
         {
             lin &= 0xFFFFFFFF;
         }

@@ -212,6 +212,9 @@ public sealed partial class VirtualMachine : IAsyncDisposable
                 : [],
         });
 
+        // Linux restarts through the real-mode reset vector on hardware-reduced ACPI machines without EFI.
+        ResetVector.Install(memory);
+
         var parts = new List<string>();
         if (!string.IsNullOrWhiteSpace(config.KernelCommandLine))
         {

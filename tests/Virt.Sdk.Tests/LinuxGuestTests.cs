@@ -101,6 +101,15 @@ public sealed class LinuxGuestTests
         Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
     }
 
+    [Fact]
+    public async Task Reboot_in_the_guest_ends_the_vm_with_a_reset_reason()
+    {
+        Assert.SkipUnless(File.Exists(Kernel) && File.Exists(Initrd), "The guest kit is missing; run scripts/get-linux-guest.sh.");
+        var (exit, text) = await BootInterpreter("reboot -f");
+        Assert.Contains("VIRT-INIT-READY", text, StringComparison.Ordinal);
+        Assert.True(exit.Reason == StopReason.Reset, exit.Description + "\n" + text);
+    }
+
     private static async Task<(VirtualMachineExit Exit, string Output)> BootInterpreter(string command)
     {
         var output = new MemoryStream();
