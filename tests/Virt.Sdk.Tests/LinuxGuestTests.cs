@@ -110,18 +110,43 @@ public sealed class LinuxGuestTests
         Assert.True(exit.Reason == StopReason.Reset, exit.Description + "\n" + text);
     }
 
-    private static async Task<(VirtualMachineExit Exit, string Output)> BootInterpreter(string command)
+    [Fact]
+    public async Task Guest_mounts_an_ext4_virtio_disk_reads_a_file_and_writes_one_the_host_finds()
+    {
+        Assert.SkipUnless(File.Exists(Kernel) && File.Exists(Initrd), "The guest kit is missing; run scripts/get-linux-guest.sh.");
+        using var dir = new TempDirectory();
+        string content = dir.Path;
+        string tree = Directory.CreateDirectory(Path.Combine(content, "tree")).FullName;
+        var payload = new byte[200_000];
+        new Random(1234).NextBytes(payload);
+        File.WriteAllBytes(Path.Combine(tree, "payload.bin"), payload);
+        string expectedSha256 = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(payload));
+        string image = Path.Combine(content, "disk.ext4");
+        HostTools.Run("mkfs.ext4", $"-q -F -L virtdisk -d {tree} {image} 32M");
+
+        var (exit, text) = await BootInterpreter(
+            "mount -t ext4 /dev/vda /mnt && sha256sum /mnt/payload.bin && echo written-in-the-guest > /mnt/from-guest.txt && sync && umount /mnt",
+            b => b.WithVirtioBlock(image));
+
+        Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
+        Assert.Contains($"{expectedSha256}  /mnt/payload.bin", text, StringComparison.Ordinal);
+        Assert.Contains("VIRT-EXIT-STATUS=0", text, StringComparison.Ordinal);
+        Assert.Equal("written-in-the-guest\n", HostTools.Run("debugfs", $"-R \"cat /from-guest.txt\" {image}"));
+        HostTools.Run("e2fsck", $"-f -n {image}");
+    }
+
+    private static async Task<(VirtualMachineExit Exit, string Output)> BootInterpreter(string command, Func<VirtualMachineBuilder, VirtualMachineBuilder>? configure = null)
     {
         var output = new MemoryStream();
         string encoded = Convert.ToBase64String(Encoding.ASCII.GetBytes(command));
-        await using var vm = VirtualMachine.CreateBuilder()
+        var builder = VirtualMachine.CreateBuilder()
             .WithInterpreter()
             .WithMemoryMiB(256)
             .WithLinuxKernel(Kernel)
             .WithInitrd(Initrd)
             .WithKernelCommandLine($"quiet virt.cmd={encoded}")
-            .WithSerialConsole(output)
-            .Build();
+            .WithSerialConsole(output);
+        await using var vm = (configure?.Invoke(builder) ?? builder).Build();
         using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(4));
         var exit = await vm.RunAsync(timeout.Token);
         string text;
