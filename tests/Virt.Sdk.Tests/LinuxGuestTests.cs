@@ -1,5 +1,6 @@
 using System.Text;
 using Virt.Boot;
+using Virt.Network;
 using Virt.Testing;
 using Xunit;
 
@@ -133,6 +134,25 @@ public sealed class LinuxGuestTests
         Assert.Contains("VIRT-EXIT-STATUS=0", text, StringComparison.Ordinal);
         Assert.Equal("written-in-the-guest\n", HostTools.Run("debugfs", $"-R \"cat /from-guest.txt\" {image}"));
         HostTools.Run("e2fsck", $"-f -n {image}");
+    }
+
+    [Fact]
+    public async Task Guest_pings_a_peer_on_a_virtual_network_over_virtio_net()
+    {
+        Assert.SkipUnless(File.Exists(Kernel) && File.Exists(Initrd), "The guest kit is missing; run scripts/get-linux-guest.sh.");
+        var network = new VirtualNetwork("linux-ping");
+        network.Start();
+        await using var peer = new PingResponder(network, System.Net.IPAddress.Parse("10.0.2.2"), MacAddress.Parse("02:00:00:00:00:02"));
+
+        var (exit, text) = await BootInterpreter(
+            "ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ping -c 3 -W 10 10.0.2.2",
+            b => b.WithVirtioNet(network, MacAddress.Parse("02:00:00:00:00:0f")));
+
+        Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
+        Assert.Contains("3 packets transmitted, 3 packets received", text, StringComparison.Ordinal);
+        Assert.Contains("VIRT-EXIT-STATUS=0", text, StringComparison.Ordinal);
+        Assert.True(peer.ArpReplies >= 1, $"the peer answered {peer.ArpReplies} ARP requests\n{text}");
+        Assert.Equal(3, peer.EchoReplies);
     }
 
     private static async Task<(VirtualMachineExit Exit, string Output)> BootInterpreter(string command, Func<VirtualMachineBuilder, VirtualMachineBuilder>? configure = null)
