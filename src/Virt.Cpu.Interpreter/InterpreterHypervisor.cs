@@ -50,9 +50,8 @@ public sealed record InterpreterOptions
 {
     /// <summary>
     /// The time-stamp counter frequency the guest sees, in Hz. Without emulated interrupt controllers RDTSC
-    /// advances at this rate of host time; with them (<see cref="PartitionOptions.InterruptController"/>) time
-    /// is virtual and deterministic: it advances by <see cref="InstructionsPerSecond"/> per retired
-    /// instruction and jumps to the next timer deadline while the guest halts.
+    /// advances at this rate of host time; with them (<see cref="PartitionOptions.InterruptController"/>) the
+    /// guest's time source is chosen by <see cref="Clock"/>.
     /// </summary>
     public long TscFrequency
     {
@@ -65,9 +64,17 @@ public sealed record InterpreterOptions
     } = 2_000_000_000;
 
     /// <summary>
-    /// How many instructions make one second of virtual time when the partition emulates interrupt
-    /// controllers. The default, 100 million, is close to the interpreter's own speed, so guest time
-    /// and host time roughly agree. At most <see cref="TscFrequency"/>.
+    /// How guest time (TSC, timers) advances when the partition emulates interrupt controllers. The default,
+    /// <see cref="InterpreterClock.Host"/>, follows the host's clock, so guest timeouts and sleeps last as
+    /// long as they say and guests can talk to the outside world and to each other.
+    /// </summary>
+    public InterpreterClock Clock { get; init; } = InterpreterClock.Host;
+
+    /// <summary>
+    /// How many instructions make one second of virtual time under <see cref="InterpreterClock.Virtual"/>.
+    /// Under <see cref="InterpreterClock.Host"/> it only paces how often the vCPU looks at the host clock for
+    /// due timers. The default, 100 million, is close to the interpreter's own speed. At most
+    /// <see cref="TscFrequency"/>.
     /// </summary>
     public long InstructionsPerSecond
     {
@@ -84,4 +91,23 @@ public sealed record InterpreterOptions
     /// when off it costs nothing. With a hook, the vCPU executes one instruction per step.
     /// </summary>
     public Action<int, ulong>? TraceHook { get; init; }
+}
+
+/// <summary>Where the guest's time comes from on an interpreter partition with emulated interrupt controllers.</summary>
+public enum InterpreterClock
+{
+    /// <summary>
+    /// Guest time follows the host's monotonic clock from the vCPU's first run. A halted vCPU sleeps on the host
+    /// until its next timer is due or a device raises an interrupt. Guest timeouts match wall-clock time, which
+    /// is what guests that use the network, disks or a console need.
+    /// </summary>
+    Host,
+
+    /// <summary>
+    /// Deterministic time: it advances by <see cref="InterpreterOptions.InstructionsPerSecond"/> per retired
+    /// instruction and jumps straight to the next timer deadline while the guest halts. The same guest and
+    /// inputs see the same times on every run; an idle guest's time runs ahead of the host's, so its
+    /// timeouts expire early in wall-clock terms.
+    /// </summary>
+    Virtual,
 }

@@ -76,7 +76,7 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
             if (Platform != null && index == 0)
             {
                 // One local APIC: the boot processor owns the controllers and the clock.
-                vcpu.AttachPlatform(Platform, InterpreterOptions.TscFrequency / InterpreterOptions.InstructionsPerSecond);
+                vcpu.AttachPlatform(Platform, InterpreterOptions.TscFrequency / InterpreterOptions.InstructionsPerSecond, InterpreterOptions.Clock == InterpreterClock.Host);
             }
 
             _vcpus.Add(vcpu);

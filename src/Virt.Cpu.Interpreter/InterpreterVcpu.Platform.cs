@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Virt.Devices.Interrupts;
 
 namespace Virt.Cpu.Interpreter;
@@ -24,8 +25,11 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Timer advances without a deliverable interrupt after which a halted vCPU also sleeps on the host.</summary>
     private const int HaltSpinLimit = 64;
 
-    /// <summary>Host sleep slice while halted, so that <see cref="RequestExit"/> is seen promptly.</summary>
-    private const int HaltSleepMilliseconds = 5;
+    /// <summary>Longest host sleep of a halted vCPU before it looks again (it is woken earlier by interrupts and exit requests).</summary>
+    private const int HaltSleepMilliseconds = 100;
+
+    /// <summary>Under the host clock: most instructions between two looks at the host clock while a timer is armed.</summary>
+    private const long HostClockCheckInstructions = 200_000;
 
     private readonly ulong[] _mtrrVariable = new ulong[16];
     private readonly ulong[] _mtrrFixed = new ulong[11];
@@ -40,24 +44,55 @@ internal sealed partial class InterpreterVcpu
     private long _retiredBase;
     private bool _halted;
 
+    /// <summary>Guest time follows the host clock (<see cref="InterpreterClock.Host"/>).</summary>
+    private bool _hostClock;
+
+    /// <summary>Host timestamp (Stopwatch) and clock tick that correspond; 0: not yet anchored.</summary>
+    private long _hostAnchor;
+    private long _hostAnchorTicks;
+    private double _ticksPerStopwatchTick;
+
     /// <summary>Gives this vCPU the partition's interrupt controllers and virtual clock.</summary>
-    internal void AttachPlatform(InterpreterPlatform platform, long ticksPerInstruction)
+    internal void AttachPlatform(InterpreterPlatform platform, long ticksPerInstruction, bool hostClock)
     {
         _plat = platform;
+        _hostClock = hostClock;
+        _ticksPerStopwatchTick = (double)platform.Clock.Frequency / Stopwatch.Frequency;
         _ticksPerInstruction = Math.Max(1, ticksPerInstruction);
         _timeBase = platform.Clock.Now;
         _retiredBase = _retired;
         UpdateTimerStop();
     }
 
-    /// <summary>Virtual time for the instructions retired so far (including those earlier in the current block).</summary>
+    /// <summary>
+    /// Guest time now: the host clock under <see cref="InterpreterClock.Host"/>, else the instructions retired so
+    /// far (including those earlier in the current block).
+    /// </summary>
     private long VirtualNow()
     {
+        if (_hostClock)
+        {
+            return HostNow();
+        }
+
         long retired = _retired + (_inBlock ? _opIndex : 0);
         return _timeBase + ((retired - _retiredBase) * _ticksPerInstruction);
     }
 
-    /// <summary>Moves the virtual clock up to the retired instructions, firing due timers, and recomputes the next stop.</summary>
+    /// <summary>Clock ticks elapsed on the host since the vCPU first asked, added to the clock's value at that moment.</summary>
+    private long HostNow()
+    {
+        long stamp = Stopwatch.GetTimestamp();
+        if (_hostAnchor == 0)
+        {
+            _hostAnchor = stamp;
+            _hostAnchorTicks = _plat!.Clock.Now;
+        }
+
+        return _hostAnchorTicks + (long)((stamp - _hostAnchor) * _ticksPerStopwatchTick);
+    }
+
+    /// <summary>Moves the virtual clock up to the guest's time, firing due timers, and recomputes the next stop.</summary>
     private void SyncClock()
     {
         var clock = _plat!.Clock;
@@ -76,6 +111,14 @@ internal sealed partial class InterpreterVcpu
         if (next is not long d)
         {
             _timerStop = long.MaxValue;
+            return;
+        }
+
+        if (_hostClock)
+        {
+            // Estimate the instructions until the deadline and look at the host clock then (or sooner).
+            long remaining = d - _plat.Clock.Now;
+            _timerStop = remaining <= 0 ? _retired : _retired + Math.Clamp(remaining / _ticksPerInstruction, 1, HostClockCheckInstructions);
             return;
         }
 
@@ -160,6 +203,32 @@ internal sealed partial class InterpreterVcpu
                 // Only an NMI could wake this processor, and nothing raises one: report the halt.
                 _halted = false;
                 return VcpuExit.Simple(VcpuExitReason.Halt);
+            }
+
+            if (_hostClock)
+            {
+                SyncClock();
+                if (lapic.HasPendingNmi || lapic.HasPendingInterrupt)
+                {
+                    continue;
+                }
+
+                // Sleep on the host until the next timer is due, a device interrupts, or the host wants an exit.
+                int sleep = HaltSleepMilliseconds;
+                if (plat.Clock.NextDeadline is long due)
+                {
+                    double ms = (due - plat.Clock.Now) * 1000.0 / plat.Clock.Frequency;
+                    if (ms < 1)
+                    {
+                        Thread.Yield();
+                        continue;
+                    }
+
+                    sleep = (int)Math.Min(HaltSleepMilliseconds, Math.Ceiling(ms));
+                }
+
+                plat.Wait(sleep);
+                continue;
             }
 
             if (advances < HaltSpinLimit && plat.Clock.NextDeadline is long deadline)

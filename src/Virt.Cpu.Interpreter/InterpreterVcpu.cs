@@ -108,7 +108,11 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
 
     public Span<byte> ExitData => _exitBuffer.AsSpan(0, _exitDataLength);
 
-    public void RequestExit() => _exitRequested = true;
+    public void RequestExit()
+    {
+        _exitRequested = true;
+        _plat?.Signal(); // wakes a halted vCPU at once
+    }
 
     internal void RequestWriteTlbFlush() => _writeTlbFlushRequested = true;
 

@@ -149,33 +149,71 @@ public sealed class LinuxGuestTests
             b => b.WithVirtioNet(network, MacAddress.Parse("02:00:00:00:00:0f")));
 
         Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
-        Assert.Contains("3 packets transmitted, 3 packets received", text, StringComparison.Ordinal);
+        Assert.True(text.Contains("3 packets transmitted, 3 packets received", StringComparison.Ordinal), text);
         Assert.Contains("VIRT-EXIT-STATUS=0", text, StringComparison.Ordinal);
         Assert.True(peer.ArpReplies >= 1, $"the peer answered {peer.ArpReplies} ARP requests\n{text}");
         Assert.Equal(3, peer.EchoReplies);
     }
 
-    private static async Task<(VirtualMachineExit Exit, string Output)> BootInterpreter(string command, Func<VirtualMachineBuilder, VirtualMachineBuilder>? configure = null)
+    [Fact]
+    public async Task Two_guests_on_a_private_virtual_network_ping_each_other()
     {
-        var output = new MemoryStream();
-        string encoded = Convert.ToBase64String(Encoding.ASCII.GetBytes(command));
-        var builder = VirtualMachine.CreateBuilder()
+        Assert.SkipUnless(File.Exists(Kernel) && File.Exists(Initrd), "The guest kit is missing; run scripts/get-linux-guest.sh.");
+        var host = new VirtualNetworkHost();
+        var network = host.Create("appliances");
+        network.Start();
+        var serverOutput = new MemoryStream();
+        var clientOutput = new MemoryStream();
+        await using var server = LinuxGuest(
+            "ip link set eth0 up && ip addr add 10.0.3.1/24 dev eth0 && echo SERVER-UP && sleep 600", serverOutput)
+            .WithName("server").WithVirtioNet(network, MacAddress.Parse("02:00:00:00:03:01")).Build();
+        // The client waits (up to about two minutes) for the server to answer, then pings it three times.
+        await using var client = LinuxGuest(
+            "ip link set eth0 up && ip addr add 10.0.3.2/24 dev eth0 && "
+            + "i=0; until ping -c 1 -W 1 10.0.3.1 >/dev/null; do i=$((i+1)); [ $i -lt 120 ] || exit 9; done; ping -c 3 -W 10 10.0.3.1", clientOutput)
+            .WithName("client").WithVirtioNet(network, MacAddress.Parse("02:00:00:00:03:02")).Build();
+
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(5));
+        await server.StartAsync(timeout.Token);
+        var clientExit = await client.RunAsync(timeout.Token);
+        var serverExit = await server.StopAsync(timeout.Token);
+
+        string clientText = Text(clientOutput);
+        string serverText = Text(serverOutput);
+        Assert.True(clientExit.Reason == StopReason.PowerOff, clientExit.Description + "\n" + clientText);
+        Assert.True(clientText.Contains("3 packets transmitted, 3 packets received", StringComparison.Ordinal), clientText + "\n--- server ---\n" + serverText
+            + $"\n--- network: forwarded {network.FramesForwarded}, flooded {network.FramesFlooded}, dropped {network.FramesDropped}; "
+            + string.Join(", ", network.Ports.Select(p => $"{p.Name} delivered {p.FramesDelivered} dropped {p.FramesDropped}")));
+        Assert.Contains("VIRT-EXIT-STATUS=0", clientText, StringComparison.Ordinal);
+        Assert.Contains("SERVER-UP", serverText, StringComparison.Ordinal);
+        Assert.Equal(StopReason.StoppedByHost, serverExit.Reason);
+    }
+
+    private static VirtualMachineBuilder LinuxGuest(string command, Stream console) =>
+        VirtualMachine.CreateBuilder()
             .WithInterpreter()
             .WithMemoryMiB(256)
             .WithLinuxKernel(Kernel)
             .WithInitrd(Initrd)
-            .WithKernelCommandLine($"quiet virt.cmd={encoded}")
-            .WithSerialConsole(output);
+            .WithKernelCommandLine($"quiet virt.cmd={Convert.ToBase64String(Encoding.ASCII.GetBytes(command))}")
+            .WithSerialConsole(console);
+
+    private static string Text(MemoryStream output)
+    {
+        lock (output)
+        {
+            return Encoding.UTF8.GetString(output.ToArray());
+        }
+    }
+
+    private static async Task<(VirtualMachineExit Exit, string Output)> BootInterpreter(string command, Func<VirtualMachineBuilder, VirtualMachineBuilder>? configure = null)
+    {
+        var output = new MemoryStream();
+        var builder = LinuxGuest(command, output);
         await using var vm = (configure?.Invoke(builder) ?? builder).Build();
         using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(4));
         var exit = await vm.RunAsync(timeout.Token);
-        string text;
-        lock (output)
-        {
-            text = Encoding.UTF8.GetString(output.ToArray());
-        }
-
-        return (exit, text);
+        return (exit, Text(output));
     }
 
     private static bool HasHardwareVirtualization() =>

@@ -18,10 +18,10 @@ public sealed class PlatformTests
 
     private sealed class PlatformMachine : IDisposable
     {
-        public PlatformMachine(long instructionsPerSecond = 100_000_000)
+        public PlatformMachine(long instructionsPerSecond = 100_000_000, InterpreterClock clock = InterpreterClock.Virtual)
         {
             Memory = Virt.Memory.GuestMemory.CreateRam(4UL << 20);
-            Partition = new InterpreterHypervisor(new InterpreterOptions { TscFrequency = Tsc, InstructionsPerSecond = instructionsPerSecond })
+            Partition = new InterpreterHypervisor(new InterpreterOptions { TscFrequency = Tsc, InstructionsPerSecond = instructionsPerSecond, Clock = clock })
                 .CreatePartition(Memory, new PartitionOptions { InterruptController = true });
             Vcpu = Partition.CreateVcpu(0);
         }
@@ -133,12 +133,15 @@ public sealed class PlatformTests
     }
 
     [Theory]
-    [InlineData("one-shot")]
-    [InlineData("periodic")]
-    [InlineData("tsc-deadline")]
-    public void Local_apic_timer_interrupts_a_halted_guest_in_each_mode(string mode)
+    [InlineData("one-shot", InterpreterClock.Virtual)]
+    [InlineData("periodic", InterpreterClock.Virtual)]
+    [InlineData("tsc-deadline", InterpreterClock.Virtual)]
+    [InlineData("one-shot", InterpreterClock.Host)]
+    [InlineData("periodic", InterpreterClock.Host)]
+    [InlineData("tsc-deadline", InterpreterClock.Host)]
+    public void Local_apic_timer_interrupts_a_halted_guest_in_each_mode(string mode, InterpreterClock clock)
     {
-        using var m = new PlatformMachine();
+        using var m = new PlatformMachine(clock: clock);
         int expected = mode == "periodic" ? 4 : 1;
         m.Start(
             a =>
@@ -283,6 +286,77 @@ public sealed class PlatformTests
         // 100 000 iterations of 8 instructions at 100 M instructions per virtual second, at the reported TSC rate.
         double elapsedSeconds = (double)r.R12 / reported;
         Assert.InRange(elapsedSeconds, 0.007, 0.009);
+    }
+
+    [Fact]
+    public void Under_the_host_clock_a_guest_sleeping_on_a_timer_sleeps_as_long_on_the_host()
+    {
+        const long sleepTicks = Tsc * 3 / 10; // 300 ms
+        using var m = new PlatformMachine(clock: InterpreterClock.Host);
+        m.Start(
+            a =>
+            {
+                a.xor(r15, r15);
+                EnableApic(a);
+                a.mov(rdi, Lapic);
+                a.mov(__dword_ptr[rdi + 0x320], TimerVector | (2 << 17)); // TSC-deadline mode
+                a.rdtsc();
+                a.shl(rdx, 32);
+                a.or(rax, rdx);
+                a.mov(r11, rax);
+                a.mov(rax, sleepTicks);
+                a.add(rax, r11);
+                a.mov(rdx, rax);
+                a.shr(rdx, 32);
+                a.mov(ecx, 0x6E0);
+                a.wrmsr();
+                a.sti();
+                var loop = a.CreateLabel();
+                a.Label(ref loop);
+                a.hlt();
+                a.cmp(r15, 1);
+                a.jb(loop);
+                a.cli();
+                a.rdtsc();
+                a.shl(rdx, 32);
+                a.or(rax, rdx);
+                a.sub(rax, r11);
+                a.mov(r12, rax);
+                a.hlt();
+            },
+            CountAndApicEoi);
+
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        var exit = m.Vcpu.Run();
+        var hostElapsed = System.Diagnostics.Stopwatch.GetElapsedTime(start);
+        var r = m.Vcpu.GetGeneralRegisters();
+
+        Assert.Equal(VcpuExitReason.Halt, exit.Reason);
+        Assert.Equal(1UL, r.R15);
+        Assert.True((long)r.R12 >= sleepTicks, $"guest saw {r.R12} ticks");
+        // The guest's 300 ms were spent on the host too (a lower bound: a busy host only makes it longer).
+        Assert.True(hostElapsed >= TimeSpan.FromMilliseconds(299), $"the guest's sleep took {hostElapsed.TotalMilliseconds} ms on the host");
+    }
+
+    [Fact]
+    public void Request_exit_wakes_a_halted_vcpu_under_the_host_clock()
+    {
+        using var m = new PlatformMachine(clock: InterpreterClock.Host);
+        m.Start(
+            a =>
+            {
+                a.sti();
+                var loop = a.CreateLabel();
+                a.Label(ref loop);
+                a.hlt();
+                a.jmp(loop);
+            },
+            a => a.iretq());
+        using var timer = new Timer(_ => m.Vcpu.RequestExit(), null, 200, Timeout.Infinite);
+
+        var exit = m.Vcpu.Run();
+
+        Assert.Equal(VcpuExitReason.Interrupted, exit.Reason);
     }
 
     [Fact]
