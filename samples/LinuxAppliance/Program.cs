@@ -4,6 +4,7 @@
 //   bash scripts/get-linux-guest.sh
 //   dotnet run --project samples/LinuxAppliance -- --backend kvm uname -r
 //   dotnet run --project samples/LinuxAppliance -- --backend kvm --shell
+//   dotnet run --project samples/LinuxAppliance -- --backend interpreter --disk disk.ext4 'mount /dev/vda /mnt && ls /mnt'
 using System.Text;
 using Virt;
 
@@ -11,6 +12,7 @@ var backend = BackendKind.Auto;
 bool shell = false;
 string kit = Path.Combine(FindRoot(), "artifacts", "linux");
 var command = new List<string>();
+var disks = new List<string>();
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -23,6 +25,9 @@ for (int i = 0; i < args.Length; i++)
             break;
         case "--kit" when i + 1 < args.Length:
             kit = args[++i];
+            break;
+        case "--disk" when i + 1 < args.Length:
+            disks.Add(args[++i]); // /dev/vda, /dev/vdb, ... in this order
             break;
         default:
             command.AddRange(args[i..]);
@@ -49,7 +54,7 @@ if (!shell)
 var console = Console.OpenStandardOutput();
 try
 {
-    await using var vm = VirtualMachine.CreateBuilder()
+    var builder = VirtualMachine.CreateBuilder()
         .WithName("appliance")
         .WithBackend(backend)
         .WithMemoryMiB(256)
@@ -57,8 +62,13 @@ try
         .WithInitrd(initrd)
         .WithKernelCommandLine(cmdline)
         .WithSerialConsole(console, shell ? Console.OpenStandardInput() : null)
-        .WithVirtioRng()
-        .Build();
+        .WithVirtioRng();
+    foreach (string disk in disks)
+    {
+        builder = builder.WithVirtioBlock(disk);
+    }
+
+    await using var vm = builder.Build();
     Console.Error.WriteLine($"backend: {vm.BackendSelection.Name} ({vm.BackendSelection.Reason}); kernel command line: {vm.KernelCommandLine}");
     using var cts = new CancellationTokenSource();
     Console.CancelKeyPress += (_, e) => { e.Cancel = true; cts.Cancel(); };
@@ -66,7 +76,7 @@ try
     Console.Error.WriteLine($"guest stopped: {exit.Description}");
     return exit.Reason is StopReason.PowerOff or StopReason.Reset ? 0 : 1;
 }
-catch (Exception e) when (e is InvalidOperationException or ArgumentException or Virt.Boot.BootImageException)
+catch (Exception e) when (e is InvalidOperationException or ArgumentException or IOException or Virt.Boot.BootImageException)
 {
     Console.Error.WriteLine(e.Message);
     return 2;

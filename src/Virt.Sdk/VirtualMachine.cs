@@ -226,6 +226,12 @@ public sealed partial class VirtualMachine : IAsyncDisposable
             parts.Add("console=ttyS0");
         }
 
+        if (config.KernelCommandLine?.Contains("pci=", StringComparison.Ordinal) != true)
+        {
+            // The machine has no PCI host bridge: spare the kernel the probing (and its "no config space access" error).
+            parts.Add("pci=off");
+        }
+
         if (config.VirtioDiscovery == VirtioDiscovery.CommandLine)
         {
             parts.AddRange(virtio.Select(v => VirtioMmioTransport.KernelCommandLineFragment(v.Address, v.Irq)));
