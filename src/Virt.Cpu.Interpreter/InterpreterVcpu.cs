@@ -50,7 +50,8 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
     internal DescriptorTable _gdt, _idt;
     internal ulong _cr0 = Cr0Et | Cr0Cd | Cr0Nw, _cr2, _cr3, _cr4, _cr8, _efer;
     internal ulong _apicBase = 0xFEE00900;
-    internal ulong _star, _lstar, _cstar, _fmask, _kernelGsBase, _tscAux, _pat = 0x0007040600070406, _miscEnable;
+    // IA32_MISC_ENABLE after reset: fast strings on, branch trace store and PEBS unavailable (there are none).
+    internal ulong _star, _lstar, _cstar, _fmask, _kernelGsBase, _tscAux, _pat = 0x0007040600070406, _miscEnable = 1 | (1UL << 11) | (1UL << 12);
     internal ulong _sysenterCs, _sysenterEsp, _sysenterEip;
     internal long _tscOffset;
     internal FpuState _fpu = FpuState.Initial;

@@ -31,13 +31,9 @@ public sealed partial class VirtualMachine
                     case VcpuExitReason.Interrupted:
                         break;
                     case VcpuExitReason.Halt:
-                        if (_partition.HasInterruptController)
-                        {
-                            // The backend waits for the next interrupt inside Run.
-                            break;
-                        }
-
-                        // Without an interrupt controller nothing can wake a halted vCPU: it is done.
+                        // Without an interrupt controller nothing can wake a halted vCPU. With one, the backend
+                        // waits for the next interrupt inside Run and reports a halt only when none can come
+                        // (interrupts disabled, as after Linux's `halt`). Either way this vCPU is done.
                         halted = true;
                         return;
                     default:

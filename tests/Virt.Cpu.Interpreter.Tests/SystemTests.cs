@@ -187,6 +187,23 @@ public sealed class SystemTests
     }
 
     [Fact]
+    public void Misc_enable_after_reset_has_fast_strings_and_no_branch_trace_or_pebs()
+    {
+        using var m = Machine.Long64(a =>
+        {
+            a.mov(ecx, 0x1A0);
+            a.rdmsr();
+            a.hlt();
+        });
+
+        var exit = m.Run();
+
+        Assert.Equal(VcpuExitReason.Halt, exit.Reason);
+        Assert.Equal(0x1801UL, m.Regs.Rax);
+        Assert.Equal(0UL, m.Regs.Rdx);
+    }
+
+    [Fact]
     public void Real_mode_boot_switches_to_protected_then_long_then_compatibility_mode()
     {
         using var m = new Machine();

@@ -91,6 +91,15 @@ public sealed class LinuxGuestTests
         Assert.True(exit.Reason == StopReason.Reset, exit.Description + "\n" + text);
     }
 
+    [Fact]
+    public async Task Halt_in_the_guest_ends_the_vm_with_a_halted_reason_on_the_interpreter()
+    {
+        // On KVM the in-kernel local APIC keeps a halted vCPU waiting inside KVM_RUN instead.
+        var (exit, text) = await Boot("interpreter", "halt -f");
+        Assert.Contains("VIRT-INIT-READY", text, StringComparison.Ordinal);
+        Assert.True(exit.Reason == StopReason.Halted, exit.Description + "\n" + text);
+    }
+
     [Theory]
     [MemberData(nameof(Backends))]
     public async Task Guest_mounts_an_ext4_virtio_disk_reads_a_file_and_writes_one_the_host_finds(string backend)

@@ -65,6 +65,20 @@ public sealed class VirtualMachineTests
         Assert.Equal(backend, vm.BackendSelection.Name);
     }
 
+    [Fact]
+    public async Task Guest_halting_with_interrupts_disabled_and_an_interrupt_controller_stops_with_halted()
+    {
+        await using var vm = Builder("interpreter")
+            .WithInterruptController()
+            .WithFlatBinary(Code(a => { a.cli(); a.hlt(); a.jmp(Load); }), new GuestAddress(Load))
+            .WithEntryPoint(new GuestAddress(Load), StartMode.Long64)
+            .Build();
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        timeout.CancelAfter(TimeSpan.FromSeconds(30));
+        var exit = await vm.RunAsync(timeout.Token);
+        Assert.True(exit.Reason == StopReason.Halted, exit.Description);
+    }
+
     [Theory]
     [MemberData(nameof(Backends))]
     public async Task Real_mode_guest_runs_from_a_segment_and_leaves_its_registers(string backend)
