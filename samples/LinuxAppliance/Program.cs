@@ -5,6 +5,7 @@
 //   dotnet run --project samples/LinuxAppliance -- --backend kvm uname -r
 //   dotnet run --project samples/LinuxAppliance -- --backend kvm --shell
 //   dotnet run --project samples/LinuxAppliance -- --backend interpreter --disk disk.ext4 'mount /dev/vda /mnt && ls /mnt'
+//   dotnet run --project samples/LinuxAppliance -- --backend interpreter --append initcall_debug dmesg
 using System.Text;
 using Virt;
 
@@ -13,6 +14,7 @@ bool shell = false;
 string kit = Path.Combine(FindRoot(), "artifacts", "linux");
 var command = new List<string>();
 var disks = new List<string>();
+string append = "";
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -25,6 +27,9 @@ for (int i = 0; i < args.Length; i++)
             break;
         case "--kit" when i + 1 < args.Length:
             kit = args[++i];
+            break;
+        case "--append" when i + 1 < args.Length:
+            append = args[++i]; // extra kernel parameters, e.g. "initcall_debug" or "reboot=k"
             break;
         case "--disk" when i + 1 < args.Length:
             disks.Add(args[++i]); // /dev/vda, /dev/vdb, ... in this order
@@ -44,7 +49,7 @@ if (!File.Exists(kernel) || !File.Exists(initrd))
     return 2;
 }
 
-string cmdline = "quiet";
+string cmdline = ("quiet " + append).Trim();
 if (!shell)
 {
     string text = command.Count > 0 ? string.Join(' ', command) : "uname -a";

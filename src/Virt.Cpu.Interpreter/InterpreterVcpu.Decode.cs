@@ -58,7 +58,7 @@ internal sealed class Block
 internal sealed unsafe partial class InterpreterVcpu
 {
     private const int MaxBlockInstructions = 64;
-    private const int L1Bits = 12;
+    private const int L1Bits = 14;
     private const int L1Mask = (1 << L1Bits) - 1;
 
     private readonly Block?[] _l1 = new Block?[1 << L1Bits];

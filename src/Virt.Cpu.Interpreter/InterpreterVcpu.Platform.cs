@@ -52,6 +52,9 @@ internal sealed partial class InterpreterVcpu
     private long _hostAnchorTicks;
     private double _ticksPerStopwatchTick;
 
+    /// <summary>Under the host clock: the earliest timer deadline when the next stop was computed (long.MaxValue: none).</summary>
+    private long _hostNextDeadline = long.MaxValue;
+
     /// <summary>Gives this vCPU the partition's interrupt controllers and virtual clock.</summary>
     internal void AttachPlatform(InterpreterPlatform platform, long ticksPerInstruction, bool hostClock)
     {
@@ -108,6 +111,7 @@ internal sealed partial class InterpreterVcpu
     private void UpdateTimerStop()
     {
         long? next = _plat!.Clock.NextDeadline;
+        _hostNextDeadline = next ?? long.MaxValue;
         if (next is not long d)
         {
             _timerStop = long.MaxValue;
@@ -136,6 +140,17 @@ internal sealed partial class InterpreterVcpu
     /// <summary>The guest TSC: virtual clock ticks plus the guest's offset.</summary>
     private ulong VirtualTsc()
     {
+        if (_hostClock)
+        {
+            // Before the next deadline nothing can fall due: read the host clock without the clock's locks.
+            // (The host clock is never behind the virtual clock, which only ever moves to host-clock values.)
+            long now = HostNow();
+            if (now < _hostNextDeadline)
+            {
+                return (ulong)(now + _tscOffset);
+            }
+        }
+
         SyncClock();
         return (ulong)(_plat!.Clock.Now + _tscOffset);
     }
