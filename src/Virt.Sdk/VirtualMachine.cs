@@ -244,12 +244,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
             Initrd = config.Initrd,
             AcpiRsdpAddress = acpi.Rsdp,
         };
-        var image = config.Kernel.Span;
-        bool isBzImage = image.Length > 0x206 && image[0x202] == (byte)'H' && image[0x203] == (byte)'d' && image[0x204] == (byte)'r' && image[0x205] == (byte)'S';
-        var result = isBzImage ? LinuxLoader.LoadBzImage(memory, image, options, boot.GetSpecialRegisters())
-            : PvhLoader.HasPvhNote(image) ? PvhLoader.Load(memory, image, options, boot.GetSpecialRegisters())
-            : MultibootLoader.FindHeader(image) >= 0 ? MultibootLoader.Load(memory, image, options, boot.GetSpecialRegisters())
-            : LinuxLoader.LoadBzImage(memory, image, options, boot.GetSpecialRegisters());
+        var result = KernelImage.Load(memory, config.Kernel.Span, options, boot.GetSpecialRegisters());
         boot.SetSpecialRegisters(result.SpecialRegisters);
         boot.SetGeneralRegisters(result.Registers);
         return commandLine;
