@@ -8,6 +8,9 @@ internal sealed partial class InterpreterVcpu
 {
     private const int LzNone = 0, LzAdd = 1, LzSub = 2, LzLogic = 3, LzInc = 4, LzDec = 5, LzAdc = 6, LzSbb = 7;
 
+    /// <summary>SHL/SHR/SAR with a non-zero count: SF, ZF, PF from the result, CF and OF kept in <see cref="_lzCf"/>, AF clear.</summary>
+    private const int LzShift = 8;
+
     private int _lzOp;
     private int _lzSize = 8;
     private ulong _lzA, _lzB, _lzR, _lzCf;
@@ -80,6 +83,9 @@ internal sealed partial class InterpreterVcpu
                 break;
             case LzDec:
                 f |= _lzCf | (a == sign ? OF : 0) | ((a ^ 1 ^ r) & AF);
+                break;
+            case LzShift:
+                f |= _lzCf;
                 break;
             default:
                 return _flags & ArithFlags;

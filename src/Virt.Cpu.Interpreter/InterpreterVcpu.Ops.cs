@@ -795,8 +795,43 @@ internal sealed partial class InterpreterVcpu
         }
 
         ulong r;
-        ulong f = GetRflags() & ArithFlags;
         ulong cf;
+        switch (op.Sub)
+        {
+            case 4: // SHL
+            case 6: // SAL
+            {
+                r = count >= 64 ? 0 : (a << count) & mask;
+                cf = count > bits ? 0 : (a >> (bits - count)) & 1;
+                bool of = ((r & sign) != 0) ^ (cf != 0);
+                WriteOp0(ref op, ea, r);
+                SetLazyShift(a, r, size, cf | (of ? OF : 0));
+                return;
+            }
+
+            case 5: // SHR
+            {
+                r = count >= 64 ? 0 : a >> count;
+                cf = count > bits ? 0 : (a >> (count - 1)) & 1;
+                WriteOp0(ref op, ea, r);
+                SetLazyShift(a, r, size, cf | ((a & sign) != 0 ? OF : 0));
+                return;
+            }
+
+            case 7: // SAR
+            {
+                long sa = SignExtend(a, size);
+                int c = Math.Min(count, 63);
+                r = (ulong)(sa >> c) & mask;
+                cf = (ulong)(sa >> Math.Min(count - 1, 63)) & 1;
+                WriteOp0(ref op, ea, r);
+                SetLazyShift(a, r, size, cf);
+                return;
+            }
+        }
+
+        // Rotates change only CF and OF: start from the current flags.
+        ulong f = GetRflags() & ArithFlags;
         switch (op.Sub)
         {
             case 0: // ROL
@@ -855,37 +890,20 @@ internal sealed partial class InterpreterVcpu
                 break;
             }
 
-            case 4: // SHL
-            case 6: // SAL
-            {
-                r = count >= 64 ? 0 : (a << count) & mask;
-                cf = count > bits ? 0 : (a >> (bits - count)) & 1;
-                bool of = ((r & sign) != 0) ^ (cf != 0);
-                f = Szp(r, size, cf | (of ? OF : 0));
-                break;
-            }
-
-            case 5: // SHR
-            {
-                r = count >= 64 ? 0 : a >> count;
-                cf = count > bits ? 0 : (a >> (count - 1)) & 1;
-                f = Szp(r, size, cf | ((a & sign) != 0 ? OF : 0));
-                break;
-            }
-
-            default: // SAR
-            {
-                long sa = SignExtend(a, size);
-                int c = Math.Min(count, 63);
-                r = (ulong)(sa >> c) & mask;
-                cf = (ulong)(sa >> Math.Min(count - 1, 63)) & 1;
-                f = Szp(r, size, cf);
-                break;
-            }
+            default:
+                throw new InvalidOperationException("unreachable shift kind");
         }
 
         WriteOp0(ref op, ea, r);
         SetArith(f);
+    }
+
+    /// <summary>Records a shift's flags lazily: SF, ZF and PF follow from <paramref name="r"/>; <paramref name="cfOf"/> holds CF and OF.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    private void SetLazyShift(ulong a, ulong r, int size, ulong cfOf)
+    {
+        SetLazy(LzShift, a, 0, r, size);
+        _lzCf = cfOf;
     }
 
     private void ExecShiftDouble(ref Op op)
