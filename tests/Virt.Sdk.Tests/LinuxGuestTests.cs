@@ -133,8 +133,9 @@ public sealed class LinuxGuestTests
         network.Start();
         await using var peer = new PingResponder(network, System.Net.IPAddress.Parse("10.0.2.2"), MacAddress.Parse("02:00:00:00:00:02"));
 
+        // -w 60: ping stops after three replies or 60 s, however slow a loaded host makes the replies.
         var (exit, text) = await Boot(backend,
-            "ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ping -c 3 -W 10 10.0.2.2",
+            "ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ping -c 3 -w 60 10.0.2.2",
             b => b.WithVirtioNet(network, MacAddress.Parse("02:00:00:00:00:0f")));
 
         Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
@@ -160,7 +161,7 @@ public sealed class LinuxGuestTests
         // The client waits (up to about two minutes) for the server to answer, pings it three times and fetches a file over HTTP.
         await using var client = LinuxGuest(backend,
             "ip link set eth0 up && ip addr add 10.0.3.2/24 dev eth0 && "
-            + "i=0; until ping -c 1 -W 1 10.0.3.1 >/dev/null; do i=$((i+1)); [ $i -lt 120 ] || exit 9; done; ping -c 3 -W 10 10.0.3.1 && "
+            + "i=0; until ping -c 1 -W 1 10.0.3.1 >/dev/null; do i=$((i+1)); [ $i -lt 120 ] || exit 9; done; ping -c 3 -w 60 10.0.3.1 && "
             + "wget -qO /tmp/numbers.txt http://10.0.3.1/numbers.txt && sha256sum /tmp/numbers.txt", clientOutput)
             .WithName("client").WithVirtioNet(network, MacAddress.Parse("02:00:00:00:03:02")).Build();
 
