@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Collections.Concurrent;
 using Xunit;
+using Virt.Testing;
 
 namespace Virt.Network.Tests;
 

@@ -147,6 +147,26 @@ public sealed class LinuxGuestTests
 
     [Theory]
     [MemberData(nameof(Backends))]
+    [System.Runtime.Versioning.SupportedOSPlatform("linux")]
+    public async Task Guest_reaches_the_host_network_stack_through_a_tap_device(string backend)
+    {
+        // The TAP device and its address live in a throw-away network namespace, away from the host's own network.
+        using var ns = NetworkNamespace.CreateOrSkip();
+        await using var tap = ns.Enter(() => TapBackend.Open("vtapguest"));
+        ns.Ip("addr add 10.0.5.1/24 dev vtapguest");
+        ns.Ip("link set vtapguest up");
+
+        var (exit, text) = await Boot(backend,
+            "ip link set eth0 up && ip addr add 10.0.5.2/24 dev eth0 && ping -c 3 -w 60 10.0.5.1",
+            b => b.WithVirtioNet(tap, MacAddress.Parse("02:00:00:00:05:02")));
+
+        Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
+        Assert.True(text.Contains("3 packets transmitted, 3 packets received", StringComparison.Ordinal), text);
+        Assert.Contains("VIRT-EXIT-STATUS=0", text, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [MemberData(nameof(Backends))]
     public async Task Two_guests_on_a_private_virtual_network_ping_each_other_and_talk_http(string backend)
     {
         var host = new VirtualNetworkHost();

@@ -2,18 +2,19 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Xunit;
 
-namespace Virt.Network.Tests;
+namespace Virt.Testing;
 
 /// <summary>
 /// A throw-away Linux network namespace (<c>ip netns add</c>) so TAP tests keep every interface, address and frame
 /// away from the host's network. Skips the test where that is impossible.
 /// </summary>
-internal sealed partial class NetworkNamespace : IDisposable
+public sealed partial class NetworkNamespace : IDisposable
 {
     private const int CLONE_NEWNET = 0x40000000;
 
     private NetworkNamespace(string name) => Name = name;
 
+    /// <summary>The namespace's name (under /var/run/netns).</summary>
     public string Name { get; }
 
     /// <summary>Creates a namespace, or skips the test with the reason.</summary>
@@ -83,6 +84,7 @@ internal sealed partial class NetworkNamespace : IDisposable
         return result!;
     }
 
+    /// <summary>Deletes the namespace and the interfaces left in it.</summary>
     public void Dispose() => Run($"netns del {Name}");
 
     private static string? FindIp() =>
