@@ -56,7 +56,9 @@ if (!shell)
     cmdline += " virt.cmd=" + Convert.ToBase64String(Encoding.UTF8.GetBytes(text));
 }
 
-var console = Console.OpenStandardOutput();
+// The console goes to standard output; a copy is scanned for the /init's "VIRT-EXIT-STATUS=<n>" line so that the
+// sample exits with the guest command's status.
+var console = new StatusScanner(Console.OpenStandardOutput());
 try
 {
     var builder = VirtualMachine.CreateBuilder()
@@ -79,7 +81,12 @@ try
     Console.CancelKeyPress += (_, e) => { e.Cancel = true; cts.Cancel(); };
     var exit = await vm.RunAsync(cts.Token);
     Console.Error.WriteLine($"guest stopped: {exit.Description}");
-    return exit.Reason is StopReason.PowerOff or StopReason.Reset ? 0 : 1;
+    if (exit.Reason is not (StopReason.PowerOff or StopReason.Reset))
+    {
+        return 1;
+    }
+
+    return console.Status ?? 0;
 }
 catch (Exception e) when (e is InvalidOperationException or ArgumentException or IOException or Virt.Boot.BootImageException)
 {
@@ -96,4 +103,56 @@ static string FindRoot()
     }
 
     return dir?.FullName ?? Directory.GetCurrentDirectory();
+}
+
+/// <summary>Passes console output through and remembers the status from a "VIRT-EXIT-STATUS=n" line.</summary>
+internal sealed class StatusScanner(Stream inner) : Stream
+{
+    private const string Marker = "VIRT-EXIT-STATUS=";
+    private readonly StringBuilder _line = new();
+
+    /// <summary>The guest command's exit status, once printed.</summary>
+    public int? Status { get; private set; }
+
+    public override bool CanRead => false;
+
+    public override bool CanSeek => false;
+
+    public override bool CanWrite => true;
+
+    public override long Length => throw new NotSupportedException();
+
+    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+
+    public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+
+    public override void Write(ReadOnlySpan<byte> buffer)
+    {
+        inner.Write(buffer);
+        foreach (byte b in buffer)
+        {
+            if (b == (byte)'\n')
+            {
+                string line = _line.ToString().TrimEnd('\r');
+                if (line.StartsWith(Marker, StringComparison.Ordinal) && int.TryParse(line.AsSpan(Marker.Length), out int status))
+                {
+                    Status = status;
+                }
+
+                _line.Clear();
+            }
+            else if (_line.Length < 256)
+            {
+                _line.Append((char)b);
+            }
+        }
+    }
+
+    public override void Flush() => inner.Flush();
+
+    public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    public override void SetLength(long value) => throw new NotSupportedException();
 }
