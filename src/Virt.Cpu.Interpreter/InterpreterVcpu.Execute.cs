@@ -440,6 +440,12 @@ internal sealed partial class InterpreterVcpu
                     break;
                 }
 
+                case H.Shift:
+                    ExecShift(ref op);
+                    break;
+                case H.Imul2:
+                    ExecImul2(ref op);
+                    break;
                 case H.Movs:
                 case H.Stos:
                 case H.Lods:
