@@ -17,6 +17,7 @@ internal sealed class KvmHostInfo
         HasReadOnlyMemory = KvmIoctls.CheckExtension(kvm, KVM_CAP_READONLY_MEM) > 0;
         HasIrqchip = KvmIoctls.CheckExtension(kvm, KVM_CAP_IRQCHIP) > 0;
         HasPit2 = KvmIoctls.CheckExtension(kvm, KVM_CAP_PIT2) > 0;
+        HasSyncGeneralRegisters = ((ulong)Math.Max(0, KvmIoctls.CheckExtension(kvm, KVM_CAP_SYNC_REGS)) & KVM_SYNC_X86_REGS) != 0;
         HasSetTssAddr = KvmIoctls.CheckExtension(kvm, KVM_CAP_SET_TSS_ADDR) > 0;
         HasSetIdentityMapAddr = KvmIoctls.CheckExtension(kvm, KVM_CAP_SET_IDENTITY_MAP_ADDR) > 0;
         int slots = KvmIoctls.CheckExtension(kvm, KVM_CAP_NR_MEMSLOTS);
@@ -37,6 +38,9 @@ internal sealed class KvmHostInfo
     internal bool HasReadOnlyMemory { get; }
 
     internal bool HasIrqchip { get; }
+
+    /// <summary>KVM_CAP_SYNC_REGS covers the general registers: they can travel in <c>kvm_run</c> instead of by ioctl.</summary>
+    internal bool HasSyncGeneralRegisters { get; }
 
     internal bool HasPit2 { get; }
 

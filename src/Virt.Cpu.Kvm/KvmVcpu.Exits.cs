@@ -132,7 +132,7 @@ internal sealed unsafe partial class KvmVcpu
         byte[] bytes = [];
         try
         {
-            var r = KvmIoctls.GetRegs(_handle);
+            var r = ReadGeneralRegisters();
             regs = r;
             rip = r.Rip;
             var s = GetSpecialRegisters();

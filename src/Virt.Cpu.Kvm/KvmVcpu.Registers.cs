@@ -11,15 +11,27 @@ internal sealed unsafe partial class KvmVcpu
     public GeneralRegisters GetGeneralRegisters()
     {
         ObjectDisposedException.ThrowIf(IsDisposed, this);
-        return KvmIoctls.GetRegs(_handle);
+        return ReadGeneralRegisters();
     }
 
     /// <inheritdoc />
     public void SetGeneralRegisters(in GeneralRegisters registers)
     {
         ObjectDisposedException.ThrowIf(IsDisposed, this);
+        if (_syncRegsValid)
+        {
+            // Loaded by KVM at the next KVM_RUN; until then reads see these values too.
+            _run->SyncRegs = registers;
+            _run->DirtyRegs |= KVM_SYNC_X86_REGS;
+            return;
+        }
+
         KvmIoctls.SetRegs(_handle, registers);
     }
+
+    /// <summary>The general registers: from <c>kvm_run</c> once KVM keeps them there, else by KVM_GET_REGS.</summary>
+    private GeneralRegisters ReadGeneralRegisters() =>
+        _syncRegsValid ? _run->SyncRegs : KvmIoctls.GetRegs(_handle);
 
     /// <inheritdoc />
     public SpecialRegisters GetSpecialRegisters()

@@ -49,6 +49,12 @@ internal sealed unsafe partial class KvmVcpu : IVirtualCpu
     private int _exitDataLength;
     private int _pendingVector = -1;
 
+    /// <summary>General registers travel through <c>kvm_run.s.regs</c> (KVM_CAP_SYNC_REGS) instead of KVM_GET/SET_REGS.</summary>
+    private readonly bool _syncRegs;
+
+    /// <summary>Set after the first KVM_RUN: from then on <c>kvm_run.s.regs</c> holds the registers (or the ones to load).</summary>
+    private bool _syncRegsValid;
+
     internal KvmVcpu(KvmPartition partition, int index)
     {
         _partition = partition;
@@ -63,6 +69,13 @@ internal sealed unsafe partial class KvmVcpu : IVirtualCpu
             }
 
             _run = (KvmRun*)KvmIoctls.MapRun(_handle, _runSize);
+            if (partition.Host.HasSyncGeneralRegisters)
+            {
+                // KVM copies the general registers into kvm_run on every return, saving a KVM_GET_REGS per exit that needs them.
+                _run->ValidRegs = KVM_SYNC_X86_REGS;
+                _syncRegs = true;
+            }
+
             KvmIoctls.SetSignalMask(_handle, KickSignal.RunMaskFromCurrentThread());
             SetCpuid(DefaultCpuid(partition.SupportedCpuid, index));
         }
@@ -133,6 +146,7 @@ internal sealed unsafe partial class KvmVcpu : IVirtualCpu
             Interlocked.Exchange(ref _runner, tid);
             int errno = KvmIoctls.TryRun(_handle);
             LeaveRunner(tid);
+            _syncRegsValid = _syncRegs;
 
             if (errno == 0)
             {

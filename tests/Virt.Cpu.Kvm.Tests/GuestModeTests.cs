@@ -65,6 +65,39 @@ public sealed class GuestModeTests
     }
 
     [Fact]
+    public void Registers_set_between_exits_are_read_back_at_once_and_seen_by_the_guest_on_the_next_run()
+    {
+        HostRequirements.RequireKvm();
+        using var vm = TestVm.Create();
+        vm.Start(StartMode.Long64, GuestProgram.Assemble(64, TestVm.CodeAddress, a =>
+        {
+            a.mov(rbx, 1);
+            a.mov(dx, 0x3FA);
+            a.@out(dx, al);     // first exit: the host rewrites registers here
+            a.add(rbx, rcx);    // uses the host's RCX and RBX
+            a.mov(r13, rbx);
+            a.hlt();
+        }));
+
+        Assert.Equal(VcpuExitReason.PortIo, TestVm.RunToExit(vm.Vcpu).Reason);
+        var regs = vm.Vcpu.GetGeneralRegisters();
+        Assert.Equal(1UL, regs.Rbx);
+        regs.Rbx = 40;
+        regs.Rcx = 2;
+        regs.R12 = 0xFEEDFACE;
+        vm.Vcpu.SetGeneralRegisters(regs);
+        var readBack = vm.Vcpu.GetGeneralRegisters();
+        Assert.Equal(40UL, readBack.Rbx);
+        Assert.Equal(2UL, readBack.Rcx);
+        Assert.Equal(regs.Rip, readBack.Rip);
+
+        Assert.Equal(VcpuExitReason.Halt, TestVm.RunToExit(vm.Vcpu).Reason);
+        var after = vm.Vcpu.GetGeneralRegisters();
+        Assert.Equal(42UL, after.R13);
+        Assert.Equal(0xFEEDFACEUL, after.R12);
+    }
+
+    [Fact]
     public void Long_mode_guest_writes_and_reads_ports_and_halts_with_its_registers()
     {
         HostRequirements.RequireKvm();

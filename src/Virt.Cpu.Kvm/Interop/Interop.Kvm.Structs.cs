@@ -196,6 +196,15 @@ internal static partial class Interop
             [FieldOffset(32)] internal uint SystemEventType;
             [FieldOffset(36)] internal uint SystemEventNdata;
             [FieldOffset(40)] internal fixed ulong SystemEventData[16];
+
+            /// <summary>In: register sets KVM copies into <see cref="SyncRegs"/> on every return from KVM_RUN (KVM_SYNC_X86_*).</summary>
+            [FieldOffset(288)] internal ulong ValidRegs;
+
+            /// <summary>In: register sets in <see cref="SyncRegs"/> KVM loads on the next KVM_RUN; it clears the bits it used.</summary>
+            [FieldOffset(296)] internal ulong DirtyRegs;
+
+            /// <summary><c>s.regs.regs</c>: the general registers, shared with the kernel (same layout as <c>struct kvm_regs</c>).</summary>
+            [FieldOffset(304)] internal GeneralRegisters SyncRegs;
         }
     }
 }

@@ -72,6 +72,8 @@ internal static partial class Interop
         internal const int KVM_CAP_NR_VCPUS = 9;
         internal const int KVM_CAP_NR_MEMSLOTS = 10;
         internal const int KVM_CAP_PIT2 = 33;
+        internal const int KVM_CAP_SYNC_REGS = 74;
+        internal const ulong KVM_SYNC_X86_REGS = 1;
         internal const int KVM_CAP_SET_IDENTITY_MAP_ADDR = 37;
         internal const int KVM_CAP_MAX_VCPUS = 66;
         internal const int KVM_CAP_READONLY_MEM = 81;
