@@ -1,5 +1,4 @@
 using Virt.Boot;
-using Virt.Cpu.Kvm;
 using Virt.Testing;
 using static Iced.Intel.AssemblerRegisters;
 
@@ -11,18 +10,9 @@ namespace Virt.Cpu.Interpreter.Tests;
 /// </summary>
 public sealed class SegmentBaseTests
 {
-    public static TheoryData<string> Backends() => new() { "interpreter", "kvm" };
+    public static TheoryData<string> Backends() => TestBackends.Both();
 
-    private static IHypervisor Backend(string name)
-    {
-        if (name == "kvm")
-        {
-            HostRequirements.RequireKvm();
-            return new KvmHypervisor();
-        }
-
-        return new InterpreterHypervisor();
-    }
+    private static IHypervisor Backend(string name) => TestBackends.Create(name);
 
     [Theory]
     [MemberData(nameof(Backends))]

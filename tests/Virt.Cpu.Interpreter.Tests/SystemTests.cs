@@ -1,7 +1,6 @@
 using Iced.Intel;
 using Virt.Boot;
 using Virt.Cpu.Interpreter.Tests.Differential;
-using Virt.Cpu.Kvm;
 using Virt.Testing;
 using static Iced.Intel.AssemblerRegisters;
 
@@ -9,18 +8,9 @@ namespace Virt.Cpu.Interpreter.Tests;
 
 public sealed class SystemTests
 {
-    public static TheoryData<string> Backends() => new() { "interpreter", "kvm" };
+    public static TheoryData<string> Backends() => TestBackends.Both();
 
-    private static IHypervisor Backend(string name)
-    {
-        if (name == "kvm")
-        {
-            HostRequirements.RequireKvm();
-            return new KvmHypervisor();
-        }
-
-        return new InterpreterHypervisor();
-    }
+    private static IHypervisor Backend(string name) => TestBackends.Create(name);
 
     private static SequenceResult RunUser(string backend, Action<Assembler> emit)
     {

@@ -138,9 +138,7 @@ public sealed class LinuxGuestTests
             "ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ping -c 3 -w 60 10.0.2.2",
             b => b.WithVirtioNet(network, MacAddress.Parse("02:00:00:00:00:0f")));
 
-        Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
-        Assert.True(text.Contains("3 packets transmitted, 3 packets received", StringComparison.Ordinal), text);
-        Assert.Contains("VIRT-EXIT-STATUS=0", text, StringComparison.Ordinal);
+        AssertPingedThreeTimes(exit, text);
         Assert.True(peer.ArpReplies >= 1, $"the peer answered {peer.ArpReplies} ARP requests\n{text}");
         Assert.Equal(3, peer.EchoReplies);
     }
@@ -160,9 +158,7 @@ public sealed class LinuxGuestTests
             "ip link set eth0 up && ip addr add 10.0.5.2/24 dev eth0 && ping -c 3 -w 60 10.0.5.1",
             b => b.WithVirtioNet(tap, MacAddress.Parse("02:00:00:00:05:02")));
 
-        Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
-        Assert.True(text.Contains("3 packets transmitted, 3 packets received", StringComparison.Ordinal), text);
-        Assert.Contains("VIRT-EXIT-STATUS=0", text, StringComparison.Ordinal);
+        AssertPingedThreeTimes(exit, text);
     }
 
     [Theory]
@@ -228,6 +224,14 @@ public sealed class LinuxGuestTests
             .WithInitrd(Initrd)
             .WithKernelCommandLine($"quiet virt.cmd={Convert.ToBase64String(Encoding.ASCII.GetBytes(command))}")
             .WithSerialConsole(console);
+    }
+
+    /// <summary>The guest's `ping -c 3` got all three replies and the guest powered off after its command succeeded.</summary>
+    private static void AssertPingedThreeTimes(VirtualMachineExit exit, string text)
+    {
+        Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
+        Assert.True(text.Contains("3 packets transmitted, 3 packets received", StringComparison.Ordinal), text);
+        Assert.Contains("VIRT-EXIT-STATUS=0", text, StringComparison.Ordinal);
     }
 
     private static string Text(MemoryStream output)

@@ -1,7 +1,6 @@
 using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;
 using Virt.Cpu.Interpreter.Tests.Differential;
-using Virt.Cpu.Kvm;
 using Virt.Testing;
 
 namespace Virt.Cpu.Interpreter.Tests.Sse;
@@ -12,18 +11,9 @@ internal static class SseHarness
     /// <summary>Where in the scratch buffer the initial XMM registers and MXCSR are placed.</summary>
     public const int StateOffset = 0x1800;
 
-    public static TheoryData<string> Backends() => new() { "interpreter", "kvm" };
+    public static TheoryData<string> Backends() => TestBackends.Both();
 
-    public static IHypervisor Backend(string name)
-    {
-        if (name == "kvm")
-        {
-            HostRequirements.RequireKvm();
-            return new KvmHypervisor();
-        }
-
-        return new InterpreterHypervisor();
-    }
+    public static IHypervisor Backend(string name) => TestBackends.Create(name);
 
     public static (SequenceResult Result, FpuState Fpu) Run(string backend, Action<Assembler> emit, byte[]? scratch = null, Action<FpuStateBuilder>? init = null)
     {

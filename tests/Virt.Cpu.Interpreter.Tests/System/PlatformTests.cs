@@ -78,6 +78,13 @@ public sealed class PlatformTests
     /// <summary>Guest tail: halts until R15 reaches <paramref name="count"/>, then CLI; HLT.</summary>
     private static void WaitForCount(Assembler a, int count)
     {
+        HaltUntilCount(a, count);
+        a.hlt();
+    }
+
+    /// <summary>STI, then halts until R15 reaches <paramref name="count"/>, then CLI.</summary>
+    private static void HaltUntilCount(Assembler a, int count)
+    {
         a.sti();
         var loop = a.CreateLabel();
         a.Label(ref loop);
@@ -85,7 +92,6 @@ public sealed class PlatformTests
         a.cmp(r15, count);
         a.jb(loop);
         a.cli();
-        a.hlt();
     }
 
     private static void EnableApic(Assembler a)
@@ -209,14 +215,7 @@ public sealed class PlatformTests
                 a.mov(__dword_ptr[rdi + 0x10], 0);
                 a.mov(eax, 0xC0DE);
                 a.hlt(); // IF=0: the host sees this halt, raises the line and runs on
-                a.sti();
-                var loop = a.CreateLabel();
-                a.Label(ref loop);
-                a.hlt();
-                a.cmp(r15, 1);
-                a.jb(loop);
-                a.cli();
-                a.hlt();
+                WaitForCount(a, 1);
             },
             a =>
             {
@@ -310,13 +309,7 @@ public sealed class PlatformTests
                 a.shr(rdx, 32);
                 a.mov(ecx, 0x6E0);
                 a.wrmsr();
-                a.sti();
-                var loop = a.CreateLabel();
-                a.Label(ref loop);
-                a.hlt();
-                a.cmp(r15, 1);
-                a.jb(loop);
-                a.cli();
+                HaltUntilCount(a, 1);
                 a.rdtsc();
                 a.shl(rdx, 32);
                 a.or(rax, rdx);
