@@ -26,7 +26,6 @@ public static class MultibootLoader
     private const uint SupportedRequirements = FlagPageAlignModules | FlagMemoryInfo;
     private const uint InfoMemory = 1u << 0, InfoCmdline = 1u << 2, InfoModules = 1u << 3, InfoMmap = 1u << 6, InfoLoaderName = 1u << 9;
     private const int InfoSize = 120, ModuleSize = 16, MmapEntrySize = 24;
-    private const ulong RflagsReserved = 0x2;
 
     /// <summary>The offset of a valid Multiboot header in <paramref name="image"/>, or -1.</summary>
     public static int FindHeader(ReadOnlySpan<byte> image)
@@ -168,28 +167,8 @@ public static class MultibootLoader
             BinaryPrimitives.WriteUInt32LittleEndian(e[20..], (uint)map[i].Type);
         }
 
-        LinuxLoader.RequireRam(map, options.BootParamsAddress, total, "multiboot_info", "Multiboot information");
-        memory.Write(options.BootParamsAddress, block);
-        placements.Add(new BootPlacement("multiboot info", options.BootParamsAddress, total));
-
-        var special = ProcessorSetup.Prepare(memory, initial, StartMode.Protected32, options.Processor);
-        var regs = new GeneralRegisters
-        {
-            Rip = entry,
-            Rax = BootloaderMagic,
-            Rbx = info,
-            Rsp = options.StackPointer.Value,
-            Rflags = RflagsReserved,
-        };
-        return new BootResult
-        {
-            EntryPoint = new GuestAddress(entry),
-            Mode = StartMode.Protected32,
-            Registers = regs,
-            SpecialRegisters = special,
-            Placements = placements,
-            MemoryMap = map,
-        };
+        Protected32Entry.WriteInfoBlock(memory, map, options, block, total, "multiboot_info", "Multiboot information", "multiboot info", placements);
+        return Protected32Entry.Enter(memory, initial, options, entry, BootloaderMagic, info, placements, map);
     }
 
     private static (ulong Entry, ulong Start, ulong End) LoadByAddressFields(IGuestMemory memory, IReadOnlyList<E820Entry> map, ReadOnlySpan<byte> image, int header)

@@ -20,7 +20,6 @@ public static class PvhLoader
     public const uint StartInfoVersion = 1;
 
     private const int StartInfoSize = 56, ModuleEntrySize = 32, MemmapEntrySize = 24;
-    private const ulong RflagsReserved = 0x2;
 
     /// <summary>Whether <paramref name="image"/> is an ELF file with a PVH entry note (cheap to call before choosing a loader).</summary>
     public static bool HasPvhNote(ReadOnlySpan<byte> image)
@@ -112,26 +111,7 @@ public static class PvhLoader
         var mod = block.AsSpan((int)(modlist - info), ModuleEntrySize);
         BinaryPrimitives.WriteUInt64LittleEndian(mod, initrdAddress);
         BinaryPrimitives.WriteUInt64LittleEndian(mod[8..], initrdSize);
-        LinuxLoader.RequireRam(map, options.BootParamsAddress, total, "start_info", "PVH start info");
-        memory.Write(options.BootParamsAddress, block);
-        placements.Add(new BootPlacement("start info", options.BootParamsAddress, total));
-
-        var special = ProcessorSetup.Prepare(memory, initial, StartMode.Protected32, options.Processor);
-        var regs = new GeneralRegisters
-        {
-            Rip = entry,
-            Rbx = info,
-            Rsp = options.StackPointer.Value,
-            Rflags = RflagsReserved,
-        };
-        return new BootResult
-        {
-            EntryPoint = new GuestAddress(entry),
-            Mode = StartMode.Protected32,
-            Registers = regs,
-            SpecialRegisters = special,
-            Placements = placements,
-            MemoryMap = map,
-        };
+        Protected32Entry.WriteInfoBlock(memory, map, options, block, total, "start_info", "PVH start info", "start info", placements);
+        return Protected32Entry.Enter(memory, initial, options, entry, 0, info, placements, map);
     }
 }
