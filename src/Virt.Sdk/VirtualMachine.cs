@@ -501,17 +501,37 @@ public sealed partial class VirtualMachine : IAsyncDisposable
         _vcpus[index].SetGeneralRegisters(registers);
     }
 
-    /// <summary>Sends bytes to the guest's serial console receiver.</summary>
+    /// <summary>
+    /// Sends bytes to the guest's serial console receiver at once. The UART's receive FIFO holds 16 bytes; what
+    /// does not fit is lost, as on a line without flow control. Use <see cref="WriteToSerialConsoleAsync"/> to send more.
+    /// </summary>
+    /// <returns>How many bytes the receiver took.</returns>
     /// <exception cref="InvalidOperationException">The VM has no serial console.</exception>
-    public void WriteToSerialConsole(ReadOnlySpan<byte> data)
-    {
-        if (_serial is null)
-        {
-            throw new InvalidOperationException("This VM has no serial console; add one with WithSerialConsole(...).");
-        }
+    public int WriteToSerialConsole(ReadOnlySpan<byte> data) => RequireSerial().EnqueueInput(data);
 
-        _serial.EnqueueInput(data);
+    /// <summary>
+    /// Sends bytes to the guest's serial console receiver with flow control: it hands the UART what its receive FIFO
+    /// takes and waits for the guest to read before it sends more, so nothing is lost. Completes when all bytes
+    /// are in the receiver.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The VM has no serial console.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled (some bytes may have been sent).</exception>
+    public Task WriteToSerialConsoleAsync(ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default) =>
+        SendWithFlowControlAsync(RequireSerial(), data, cancellationToken);
+
+    /// <summary>Hands the UART only what its receive FIFO takes and waits for the guest to read before sending more.</summary>
+    private static async Task SendWithFlowControlAsync(Serial16550 serial, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    {
+        int sent = 0;
+        while (sent < data.Length)
+        {
+            await serial.WaitForInputSpaceAsync(cancellationToken).ConfigureAwait(false);
+            sent += serial.EnqueueInput(data.Span.Slice(sent, Math.Min(data.Length - sent, serial.AvailableInputSpace)));
+        }
     }
+
+    private Serial16550 RequireSerial() =>
+        _serial ?? throw new InvalidOperationException("This VM has no serial console; add one with WithSerialConsole(...).");
 
     /// <summary>Stops the VM if it runs, then releases vCPUs, the partition and guest memory. Safe to call twice.</summary>
     public async ValueTask DisposeAsync()
@@ -603,7 +623,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
                 return;
             }
 
-            serial.EnqueueInput(buffer.AsSpan(0, n));
+            await SendWithFlowControlAsync(serial, buffer.AsMemory(0, n), cancellationToken).ConfigureAwait(false);
         }
     }
 

@@ -34,6 +34,9 @@ public sealed class Serial16550 : IPortIoDevice
     private int _fifoHead;
     private int _fifoCount;
 
+    /// <summary>Completed (off the vCPU thread) when the receive FIFO gets room again; see <see cref="WaitForInputSpaceAsync"/>.</summary>
+    private TaskCompletionSource? _spaceWaiter;
+
     private byte _dll;
     private byte _dlm;
     private byte _ier;
@@ -124,6 +127,25 @@ public sealed class Serial16550 : IPortIoDevice
     private int Capacity => (_fcr & R.FcrEnableFifos) != 0 ? R.FifoSize : 1;
 
     private bool FifosEnabled => (_fcr & R.FcrEnableFifos) != 0;
+
+    /// <summary>
+    /// Completes when the receive FIFO can take at least one byte: at once if it can now, else when the guest
+    /// reads a byte or clears the FIFO. Hosts that feed a stream (a terminal, a pipe) wait on it before
+    /// <see cref="EnqueueInput"/> so that nothing is lost, as a serial line with flow control behaves.
+    /// </summary>
+    public Task WaitForInputSpaceAsync(CancellationToken cancellationToken = default)
+    {
+        lock (_lock)
+        {
+            if (Capacity - _fifoCount > 0)
+            {
+                return Task.CompletedTask;
+            }
+
+            _spaceWaiter ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            return _spaceWaiter.Task.WaitAsync(cancellationToken);
+        }
+    }
 
     /// <summary>Delivers bytes from the host to the guest's receiver.</summary>
     /// <returns>How many bytes the receive FIFO took. The rest were lost, and set the overrun bit
@@ -324,6 +346,7 @@ public sealed class Serial16550 : IPortIoDevice
         byte b = _fifo[_fifoHead];
         _fifoHead = (_fifoHead + 1) % R.FifoSize;
         _fifoCount--;
+        ReleaseSpaceWaiter();
         return b;
     }
 
@@ -350,6 +373,7 @@ public sealed class Serial16550 : IPortIoDevice
         if (!enable)
         {
             _fcr = 0;
+            ReleaseSpaceWaiter();
             return;
         }
 
@@ -365,6 +389,17 @@ public sealed class Serial16550 : IPortIoDevice
     {
         _fifoHead = 0;
         _fifoCount = 0;
+        ReleaseSpaceWaiter();
+    }
+
+    /// <summary>Called under the lock when the FIFO may have room: wakes a host waiting to send (its continuation runs elsewhere).</summary>
+    private void ReleaseSpaceWaiter()
+    {
+        if (_spaceWaiter is { } waiter && Capacity - _fifoCount > 0)
+        {
+            _spaceWaiter = null;
+            waiter.TrySetResult();
+        }
     }
 
     private void WriteModemControl(byte value)

@@ -117,6 +117,28 @@ public sealed class Serial16550Tests
     }
 
     [Fact]
+    public async Task Waiting_for_input_space_completes_when_the_guest_reads_or_clears_the_full_FIFO()
+    {
+        Out(R.InterruptIdFifoControl, R.FcrEnableFifos);
+        Assert.True(_uart.WaitForInputSpaceAsync(TestContext.Current.CancellationToken).IsCompleted);
+        Assert.Equal(16, _uart.EnqueueInput(new byte[16]));
+
+        var wait = _uart.WaitForInputSpaceAsync(TestContext.Current.CancellationToken);
+        Assert.False(wait.IsCompleted);
+        In(R.Data);
+        await wait.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        Assert.Equal(1, _uart.AvailableInputSpace);
+
+        Assert.Equal(1, _uart.EnqueueInput("x"u8));
+        wait = _uart.WaitForInputSpaceAsync(TestContext.Current.CancellationToken);
+        Assert.False(wait.IsCompleted);
+        Out(R.InterruptIdFifoControl, R.FcrEnableFifos | R.FcrClearReceiveFifo);
+        await wait.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        Assert.Equal(16, _uart.AvailableInputSpace);
+        Assert.Equal(0, _uart.OverrunCount);
+    }
+
+    [Fact]
     public void IIR_reports_FIFOs_enabled_in_bits_7_and_6()
     {
         Out(R.InterruptIdFifoControl, R.FcrEnableFifos);
