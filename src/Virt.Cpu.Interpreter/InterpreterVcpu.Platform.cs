@@ -120,8 +120,9 @@ internal sealed partial class InterpreterVcpu
 
         if (_hostClock)
         {
-            // Estimate the instructions until the deadline and look at the host clock then (or sooner).
-            long remaining = d - _plat.Clock.Now;
+            // Estimate the instructions until the deadline and look at the host clock then (or sooner). The host
+            // clock, not the virtual clock, which may lag it when only RDTSC's fast path read the time.
+            long remaining = d - HostNow();
             _timerStop = remaining <= 0 ? _retired : _retired + Math.Clamp(remaining / _ticksPerInstruction, 1, HostClockCheckInstructions);
             return;
         }
