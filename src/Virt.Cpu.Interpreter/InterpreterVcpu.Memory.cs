@@ -162,6 +162,19 @@ internal sealed unsafe partial class InterpreterVcpu
         WriteSlow(lin, size, value);
     }
 
+    /// <summary>Host pointer for a read of <paramref name="size"/> bytes at <paramref name="lin"/>, or null when the slow path is needed.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private byte* ReadPtr(ulong lin, int size)
+    {
+        ref TlbEntry e = ref _rtlb[(int)((lin >> 12) & TlbMask)];
+        if (e.Tag == (((lin >> 11) & ~1UL) | _userKey) && (lin & 0xFFF) <= (ulong)(4096 - size))
+        {
+            return (byte*)(e.Host + (nint)(lin & 0xFFF));
+        }
+
+        return null;
+    }
+
     /// <summary>Host pointer for a write of <paramref name="size"/> bytes at <paramref name="lin"/>, or null when the slow path is needed.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private byte* WritePtr(ulong lin, int size)

@@ -135,6 +135,11 @@ internal sealed partial class InterpreterVcpu
             return true;
         }
 
+        if (delta > 0 && asz == 8 && op.H is H.Stos or H.Movs)
+        {
+            return RepForwardInPages(ref op, size);
+        }
+
         for (int k = 0; k < RepChunk; k++)
         {
             ulong count = StrReg(1, asz);
@@ -156,6 +161,79 @@ internal sealed partial class InterpreterVcpu
         }
 
         return StrReg(1, asz) == 0;
+    }
+
+    /// <summary>
+    /// REP STOS and REP MOVS upwards with 64-bit addresses (memset, clear_page, copy_page): the elements that lie in
+    /// one page run as one fill or copy when the TLB already maps the pages for the access. Anything else (a
+    /// page boundary inside an element, a TLB miss, MMIO, a fault, source and destination overlapping) takes
+    /// one element through the ordinary path, which also refills the TLB. Returns false when RCX is not yet 0.
+    /// </summary>
+    private unsafe bool RepForwardInPages(ref Op op, int size)
+    {
+        long budget = RepChunk;
+        bool movs = op.H == H.Movs;
+        while (budget > 0)
+        {
+            ulong count = Gpr(1);
+            if (count == 0)
+            {
+                return true;
+            }
+
+            ulong dst = StrLin(SegEs, Gpr(7));
+            long n = Math.Min((long)Math.Min(count, (ulong)budget), (4096 - (long)(dst & 0xFFF)) / size);
+            byte* d = n > 0 ? WritePtr(dst, size) : null;
+            byte* s = null;
+            if (d != null && movs)
+            {
+                ulong src = StrLin(op.Seg, Gpr(6));
+                n = Math.Min(n, (4096 - (long)(src & 0xFFF)) / size);
+                s = n > 0 ? ReadPtr(src, size) : null;
+                if (s != null && Math.Abs(d - s) < n * size)
+                {
+                    s = null; // overlapping: element by element, as the hardware copies
+                }
+            }
+
+            if (d == null || (movs && s == null))
+            {
+                StringOnce(ref op, size, 8, size);
+                StrAdvance(1, 8, -1);
+                budget--;
+                continue;
+            }
+
+            int bytes = (int)(n * size);
+            // SAFETY: both pointers come from TLB entries for whole 4 KiB RAM pages (the destination writable, dirty,
+            // without cached code) and each range ends inside its page.
+            if (movs)
+            {
+                new ReadOnlySpan<byte>(s, bytes).CopyTo(new Span<byte>(d, bytes));
+                Gpr(6) += (ulong)bytes;
+            }
+            else
+            {
+                FillElements(d, (int)n, size, Gpr(0));
+            }
+
+            Gpr(7) += (ulong)bytes;
+            Gpr(1) -= (ulong)n;
+            budget -= n;
+        }
+
+        return Gpr(1) == 0;
+    }
+
+    private static unsafe void FillElements(byte* d, int n, int size, ulong value)
+    {
+        switch (size)
+        {
+            case 1: new Span<byte>(d, n).Fill((byte)value); break;
+            case 2: new Span<ushort>(d, n).Fill((ushort)value); break;
+            case 4: new Span<uint>(d, n).Fill((uint)value); break;
+            default: new Span<ulong>(d, n).Fill(value); break;
+        }
     }
 
     private void StringOnce(ref Op op, int size, int asz, long delta)

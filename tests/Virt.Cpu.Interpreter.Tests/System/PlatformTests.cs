@@ -191,7 +191,16 @@ public sealed class PlatformTests
         var exit = m.RunToExit();
 
         Assert.Equal(VcpuExitReason.Halt, exit.Reason);
-        Assert.Equal((ulong)expected, m.Vcpu.GetGeneralRegisters().R15);
+        ulong count = m.Vcpu.GetGeneralRegisters().R15;
+        if (clock == InterpreterClock.Host && mode == "periodic")
+        {
+            // In host time more periods may end between the last counted interrupt and the guest's CLI.
+            Assert.True(count >= (ulong)expected, $"{count} periodic interrupts, expected at least {expected}");
+        }
+        else
+        {
+            Assert.Equal((ulong)expected, count);
+        }
     }
 
     [Fact]
