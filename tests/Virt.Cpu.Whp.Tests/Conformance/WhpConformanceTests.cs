@@ -1,4 +1,5 @@
 using Virt.Cpu.Whp;
+using Virt.Testing;
 using Xunit;
 
 namespace Virt.Cpu.Whp.Tests.Conformance;

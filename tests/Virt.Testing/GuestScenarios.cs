@@ -1,11 +1,10 @@
 using Virt.Boot;
 using Virt.Cpu;
 using Virt.Memory;
-using Virt.Testing;
 using Xunit;
 using static Iced.Intel.AssemblerRegisters;
 
-namespace Virt.Cpu.Whp.Tests.Conformance;
+namespace Virt.Testing;
 
 /// <summary>
 /// Guest programs with the exits every backend must produce for them. Each takes the backend as an
