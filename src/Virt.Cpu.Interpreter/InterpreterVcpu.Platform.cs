@@ -234,12 +234,14 @@ internal sealed partial class InterpreterVcpu
                 if (plat.Clock.NextDeadline is long due)
                 {
                     double ms = (due - plat.Clock.Now) * 1000.0 / plat.Clock.Frequency;
-                    if (ms < 1)
+                    if (ms < 0.1)
                     {
+                        // Nearly due: yield rather than sleep, whose granularity is a millisecond.
                         Thread.Yield();
                         continue;
                     }
 
+                    // A timer may fire up to about a millisecond late, as under a busy host; the vCPU does not spin.
                     sleep = (int)Math.Min(HaltSleepMilliseconds, Math.Ceiling(ms));
                 }
 
