@@ -47,28 +47,7 @@ internal static class Cpuid
             new(0x80000008, 0, 0, (uint)(PhysicalAddressBits | (LinearAddressBits << 8)), 0, 0, 0),
         };
 
-        foreach (var f in masked)
-        {
-            for (int i = 0; i < list.Count; i++)
-            {
-                var e = list[i];
-                if (e.Function != f.Function || (e.Index != f.Index && (e.Flags & CpuidEntry.SignificantIndex) != 0))
-                {
-                    continue;
-                }
-
-                uint clear = ~(1u << f.Bit);
-                list[i] = f.Register switch
-                {
-                    CpuidRegister.Eax => e with { Eax = e.Eax & clear },
-                    CpuidRegister.Ebx => e with { Ebx = e.Ebx & clear },
-                    CpuidRegister.Ecx => e with { Ecx = e.Ecx & clear },
-                    _ => e with { Edx = e.Edx & clear },
-                };
-            }
-        }
-
-        return list.AsReadOnly();
+        return CpuidEntry.WithoutAll(list, masked).AsReadOnly();
     }
 }
 

@@ -231,35 +231,15 @@ internal sealed class KvmPartition : IPartition, IDirtyPageLog
     /// </summary>
     internal static CpuidEntry[] MaskCpuid(IReadOnlyList<CpuidEntry> entries, IReadOnlyList<CpuidFeature> masked)
     {
-        var result = entries.ToArray();
         foreach (var f in masked)
         {
             if (f.Bit is < 0 or > 31)
             {
                 throw new ArgumentException($"CPUID feature bit {f.Bit} of leaf 0x{f.Function:x} is outside 0-31.", nameof(masked));
             }
-
-            uint clear = ~(1u << f.Bit);
-            for (int i = 0; i < result.Length; i++)
-            {
-                var e = result[i];
-                bool indexMatters = (e.Flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX) != 0;
-                if (e.Function != f.Function || (indexMatters && e.Index != f.Index))
-                {
-                    continue;
-                }
-
-                result[i] = f.Register switch
-                {
-                    CpuidRegister.Eax => e with { Eax = e.Eax & clear },
-                    CpuidRegister.Ebx => e with { Ebx = e.Ebx & clear },
-                    CpuidRegister.Ecx => e with { Ecx = e.Ecx & clear },
-                    _ => e with { Edx = e.Edx & clear },
-                };
-            }
         }
 
-        return result;
+        return CpuidEntry.WithoutAll(entries, masked);
     }
 
     /// <summary>

@@ -81,33 +81,18 @@ internal static class CpuidPolicy
             if (e.Function == 1)
             {
                 e = e with { Ecx = e.Ecx | (1u << HypervisorPresentBit) };
-                e = Clear(e, CpuidFeature.Vmx);
+                e = e.Without(CpuidFeature.Vmx);
             }
 
             foreach (var f in masked)
             {
-                if (f.Function == e.Function && (f.Index == e.Index || (e.Flags & CpuidEntry.SignificantIndex) == 0))
-                {
-                    e = Clear(e, f);
-                }
+                e = e.Without(f);
             }
 
             result.Add(e);
         }
 
         return result;
-    }
-
-    private static CpuidEntry Clear(CpuidEntry e, CpuidFeature f)
-    {
-        uint mask = ~(1u << f.Bit);
-        return f.Register switch
-        {
-            CpuidRegister.Eax => e with { Eax = e.Eax & mask },
-            CpuidRegister.Ebx => e with { Ebx = e.Ebx & mask },
-            CpuidRegister.Ecx => e with { Ecx = e.Ecx & mask },
-            _ => e with { Edx = e.Edx & mask },
-        };
     }
 
     /// <summary>Finds the entry for <paramref name="function"/>/<paramref name="index"/>; the index only matters for entries flagged <see cref="CpuidEntry.SignificantIndex"/>.</summary>

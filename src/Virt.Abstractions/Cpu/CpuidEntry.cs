@@ -12,6 +12,46 @@ public readonly record struct CpuidEntry(uint Function, uint Index, uint Flags, 
 {
     /// <summary>Flag: the sub-leaf index (ECX) selects among entries of the same function.</summary>
     public const uint SignificantIndex = 1;
+
+    /// <summary>Whether <paramref name="feature"/> lives in this entry: the same leaf, and the same sub-leaf where the index is significant.</summary>
+    public bool Holds(CpuidFeature feature) =>
+        Function == feature.Function && ((Flags & SignificantIndex) == 0 || Index == feature.Index);
+
+    /// <summary>This entry with <paramref name="feature"/>'s bit cleared; unchanged when the feature lives in another entry.</summary>
+    public CpuidEntry Without(CpuidFeature feature)
+    {
+        if (!Holds(feature))
+        {
+            return this;
+        }
+
+        uint clear = ~(1u << feature.Bit);
+        return feature.Register switch
+        {
+            CpuidRegister.Eax => this with { Eax = Eax & clear },
+            CpuidRegister.Ebx => this with { Ebx = Ebx & clear },
+            CpuidRegister.Ecx => this with { Ecx = Ecx & clear },
+            _ => this with { Edx = Edx & clear },
+        };
+    }
+
+    /// <summary><paramref name="entries"/> with every feature in <paramref name="features"/> cleared where it lives.</summary>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    public static CpuidEntry[] WithoutAll(IEnumerable<CpuidEntry> entries, IReadOnlyList<CpuidFeature> features)
+    {
+        ArgumentNullException.ThrowIfNull(entries);
+        ArgumentNullException.ThrowIfNull(features);
+        var result = entries.ToArray();
+        for (int i = 0; i < result.Length; i++)
+        {
+            foreach (var f in features)
+            {
+                result[i] = result[i].Without(f);
+            }
+        }
+
+        return result;
+    }
 }
 
 /// <summary>Which CPUID output register a feature bit lives in.</summary>

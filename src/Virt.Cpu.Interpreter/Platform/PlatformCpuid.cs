@@ -62,28 +62,8 @@ internal static class PlatformCpuid
             list.Add(new CpuidEntry(0x80000007, 0, 0, 0, 0, 0, InvariantTsc));
         }
 
-        foreach (var f in masked)
-        {
-            for (int i = 0; i < list.Count; i++)
-            {
-                var e = list[i];
-                if (e.Function != f.Function || (e.Index != f.Index && (e.Flags & CpuidEntry.SignificantIndex) != 0))
-                {
-                    continue;
-                }
-
-                uint clear = ~(1u << f.Bit);
-                list[i] = f.Register switch
-                {
-                    CpuidRegister.Eax => e with { Eax = e.Eax & clear },
-                    CpuidRegister.Ebx => e with { Ebx = e.Ebx & clear },
-                    CpuidRegister.Ecx => e with { Ecx = e.Ecx & clear },
-                    _ => e with { Edx = e.Edx & clear },
-                };
-            }
-        }
-
-        list.Sort((a, b) => a.Function != b.Function ? a.Function.CompareTo(b.Function) : a.Index.CompareTo(b.Index));
-        return list.AsReadOnly();
+        var result = CpuidEntry.WithoutAll(list, masked);
+        Array.Sort(result, (a, b) => a.Function != b.Function ? a.Function.CompareTo(b.Function) : a.Index.CompareTo(b.Index));
+        return result.AsReadOnly();
     }
 }
