@@ -24,11 +24,18 @@ public sealed class DifferentialTests
 
     [Theory]
     [MemberData(nameof(Batches))]
-    public void Random_user_mode_sequences_match_kvm(int batch)
+    public void Random_user_mode_sequences_match_kvm(int batch) =>
+        RunBatch(batch, perBatch: 2000, "VIRT_DIFF_SEED", defaultSeed: 0x5EED, "sequences", Build);
+
+    /// <summary>
+    /// Runs one batch of generated sequences on KVM and on the interpreter and fails with the first five
+    /// differences (seed, difference, listing). <paramref name="seedVariable"/> replays a run from another seed.
+    /// </summary>
+    internal static void RunBatch(int batch, int perBatch, string seedVariable, int defaultSeed, string what,
+        Func<int, (byte[] Code, ulong EndRip, GeneralRegisters Regs, byte[] Scratch, string Listing)> build)
     {
         HostRequirements.RequireKvm();
-        const int perBatch = 2000;
-        int seedBase = Environment.GetEnvironmentVariable("VIRT_DIFF_SEED") is { } s ? int.Parse(s, System.Globalization.CultureInfo.InvariantCulture) : 0x5EED;
+        int seedBase = Environment.GetEnvironmentVariable(seedVariable) is { } s ? int.Parse(s, System.Globalization.CultureInfo.InvariantCulture) : defaultSeed;
         using var kvm = new DiffVm(new KvmHypervisor());
         using var interp = new DiffVm(new InterpreterHypervisor());
         var failures = new StringBuilder();
@@ -36,7 +43,7 @@ public sealed class DifferentialTests
         for (int k = 0; k < perBatch; k++)
         {
             int seed = seedBase + (batch * perBatch) + k;
-            var (code, endRip, regs, scratch, listing) = Build(seed);
+            var (code, endRip, regs, scratch, listing) = build(seed);
             var a = kvm.Run(code, endRip, regs, scratch);
             var b = interp.Run(code, endRip, regs, scratch);
             string? diff = Compare(a, b);
@@ -50,7 +57,7 @@ public sealed class DifferentialTests
             }
         }
 
-        Assert.True(failed == 0, $"{failed} of {perBatch} sequences differ (rerun one with VIRT_DIFF_SEED):\n{failures}");
+        Assert.True(failed == 0, $"{failed} of {perBatch} {what} differ (rerun one with {seedVariable}):\n{failures}");
     }
 
     internal static (byte[] Code, ulong EndRip, GeneralRegisters Regs, byte[] Scratch, string Listing) Build(int seed)

@@ -1,8 +1,6 @@
 using System.Text;
 using Iced.Intel;
 using Virt.Cpu.Interpreter.Tests.Differential;
-using Virt.Cpu.Kvm;
-using Virt.Testing;
 
 namespace Virt.Cpu.Interpreter.Tests.Sse;
 
@@ -47,34 +45,8 @@ public sealed class SseDifferentialTests
 
     [Theory]
     [MemberData(nameof(Batches))]
-    public void Random_sse_sequences_match_kvm(int batch)
-    {
-        HostRequirements.RequireKvm();
-        const int perBatch = 1000;
-        int seedBase = Environment.GetEnvironmentVariable("VIRT_SSE_DIFF_SEED") is { } s ? int.Parse(s, System.Globalization.CultureInfo.InvariantCulture) : 0x55E0;
-        using var kvm = new DiffVm(new KvmHypervisor());
-        using var interp = new DiffVm(new InterpreterHypervisor());
-        var failures = new StringBuilder();
-        int failed = 0;
-        for (int k = 0; k < perBatch; k++)
-        {
-            int seed = seedBase + (batch * perBatch) + k;
-            var (code, endRip, regs, scratch, listing) = Build(seed);
-            var a = kvm.Run(code, endRip, regs, scratch);
-            var b = interp.Run(code, endRip, regs, scratch);
-            string? diff = DifferentialTests.Compare(a, b);
-            if (diff != null)
-            {
-                failed++;
-                if (failed <= 5)
-                {
-                    failures.AppendLine($"seed {seed}: {diff}\n{listing}");
-                }
-            }
-        }
-
-        Assert.True(failed == 0, $"{failed} of {perBatch} SSE sequences differ (rerun one with VIRT_SSE_DIFF_SEED):\n{failures}");
-    }
+    public void Random_sse_sequences_match_kvm(int batch) =>
+        DifferentialTests.RunBatch(batch, perBatch: 1000, "VIRT_SSE_DIFF_SEED", defaultSeed: 0x55E0, "SSE sequences", Build);
 
     private static Code[] BuildCodes()
     {
