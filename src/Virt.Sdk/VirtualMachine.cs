@@ -517,18 +517,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
     /// <exception cref="InvalidOperationException">The VM has no serial console.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled (some bytes may have been sent).</exception>
     public Task WriteToSerialConsoleAsync(ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default) =>
-        SendWithFlowControlAsync(RequireSerial(), data, cancellationToken);
-
-    /// <summary>Hands the UART only what its receive FIFO takes and waits for the guest to read before sending more.</summary>
-    private static async Task SendWithFlowControlAsync(Serial16550 serial, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
-    {
-        int sent = 0;
-        while (sent < data.Length)
-        {
-            await serial.WaitForInputSpaceAsync(cancellationToken).ConfigureAwait(false);
-            sent += serial.EnqueueInput(data.Span.Slice(sent, Math.Min(data.Length - sent, serial.AvailableInputSpace)));
-        }
-    }
+        RequireSerial().EnqueueInputAsync(data, cancellationToken);
 
     private Serial16550 RequireSerial() =>
         _serial ?? throw new InvalidOperationException("This VM has no serial console; add one with WithSerialConsole(...).");
@@ -623,7 +612,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
                 return;
             }
 
-            await SendWithFlowControlAsync(serial, buffer.AsMemory(0, n), cancellationToken).ConfigureAwait(false);
+            await serial.EnqueueInputAsync(buffer.AsMemory(0, n), cancellationToken).ConfigureAwait(false);
         }
     }
 

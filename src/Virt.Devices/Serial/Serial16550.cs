@@ -147,6 +147,26 @@ public sealed class Serial16550 : IPortIoDevice
         }
     }
 
+    /// <summary>
+    /// Delivers all of <paramref name="bytes"/> to the guest's receiver with flow control: what the receive FIFO
+    /// takes now, then more each time the guest makes room, so nothing is lost. Completes when every byte is in
+    /// the FIFO.
+    /// </summary>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled (some bytes may have been delivered).</exception>
+    public async Task EnqueueInputAsync(ReadOnlyMemory<byte> bytes, CancellationToken cancellationToken = default)
+    {
+        int sent = 0;
+        while (sent < bytes.Length)
+        {
+            await WaitForInputSpaceAsync(cancellationToken).ConfigureAwait(false);
+            lock (_lock)
+            {
+                int take = Math.Min(bytes.Length - sent, Capacity - _fifoCount);
+                sent += EnqueueInput(bytes.Span.Slice(sent, take));
+            }
+        }
+    }
+
     /// <summary>Delivers bytes from the host to the guest's receiver.</summary>
     /// <returns>How many bytes the receive FIFO took. The rest were lost, and set the overrun bit
     /// (callers that must not lose input send at most <see cref="AvailableInputSpace"/> bytes).</returns>

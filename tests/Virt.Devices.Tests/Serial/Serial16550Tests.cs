@@ -139,6 +139,32 @@ public sealed class Serial16550Tests
     }
 
     [Fact]
+    public async Task Input_sent_with_flow_control_arrives_whole_and_in_order_as_the_guest_reads()
+    {
+        Out(R.InterruptIdFifoControl, R.FcrEnableFifos);
+        byte[] input = [.. Enumerable.Range(0, 40).Select(i => (byte)i)];
+
+        var send = _uart.EnqueueInputAsync(input, TestContext.Current.CancellationToken);
+        Assert.False(send.IsCompleted);
+        var received = new List<byte>();
+        while (received.Count < input.Length)
+        {
+            if ((In(R.LineStatus) & R.LsrDataReady) != 0)
+            {
+                received.Add(In(R.Data));
+            }
+            else
+            {
+                await Task.Yield();
+            }
+        }
+
+        await send.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        Assert.Equal(input, received);
+        Assert.Equal(0, _uart.OverrunCount);
+    }
+
+    [Fact]
     public void IIR_reports_FIFOs_enabled_in_bits_7_and_6()
     {
         Out(R.InterruptIdFifoControl, R.FcrEnableFifos);
