@@ -230,10 +230,11 @@ internal sealed partial class InterpreterVcpu
                 }
 
                 // Sleep on the host until the next timer is due, a device interrupts, or the host wants an exit.
+                // SyncClock just moved the clock to the host's time and recorded the next deadline.
                 int sleep = HaltSleepMilliseconds;
-                if (plat.Clock.NextDeadline is long due)
+                if (_hostNextDeadline != long.MaxValue)
                 {
-                    double ms = (due - plat.Clock.Now) * 1000.0 / plat.Clock.Frequency;
+                    double ms = (_hostNextDeadline - plat.Clock.Now) * 1000.0 / plat.Clock.Frequency;
                     if (ms < 0.1)
                     {
                         // Nearly due: yield rather than sleep, whose granularity is a millisecond.
