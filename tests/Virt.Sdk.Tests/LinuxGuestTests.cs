@@ -107,17 +107,15 @@ public sealed class LinuxGuestTests
         // No virt.cmd: /init starts an interactive shell on ttyS0. The typed line is far longer than the UART's
         // 16-byte FIFO, so it only arrives whole if the host waits for the guest to read (flow control).
         string word = string.Concat(Enumerable.Repeat("0123456789", 30));
-        var output = new MemoryStream();
-        var marker = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var console = new WatchingStream(output, "VIRT-INIT-READY", marker);
+        var console = new MarkerStream("VIRT-INIT-READY");
         await using var vm = LinuxGuest(backend, command: null, console).Build();
         using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(4));
         await vm.StartAsync(timeout.Token);
-        await marker.Task.WaitAsync(timeout.Token);
+        await console.Seen.Task.WaitAsync(timeout.Token);
         await vm.WriteToSerialConsoleAsync(Encoding.ASCII.GetBytes($"echo {word} | wc -c; echo typed-$((6*7))\nexit\n"), timeout.Token);
         var exit = await vm.WaitForExitAsync(timeout.Token);
 
-        string text = Text(output);
+        string text = console.Text;
         Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
         Assert.Contains("typed-42", text, StringComparison.Ordinal);
         Assert.Contains("\n301", text.Replace("\r", "", StringComparison.Ordinal), StringComparison.Ordinal);
@@ -277,51 +275,4 @@ public sealed class LinuxGuestTests
 
     private static bool HasHardwareVirtualization() =>
         File.Exists("/proc/cpuinfo") && File.ReadLines("/proc/cpuinfo").Any(l => l.StartsWith("flags", StringComparison.Ordinal) && (l.Contains(" vmx", StringComparison.Ordinal) || l.Contains(" svm", StringComparison.Ordinal)));
-
-    /// <summary>Writes through to <paramref name="inner"/> and completes <paramref name="seen"/> once <paramref name="marker"/> has gone by.</summary>
-    private sealed class WatchingStream(MemoryStream inner, string marker, TaskCompletionSource seen) : Stream
-    {
-        private readonly StringBuilder _tail = new();
-
-        public override bool CanRead => false;
-
-        public override bool CanSeek => false;
-
-        public override bool CanWrite => true;
-
-        public override long Length => throw new NotSupportedException();
-
-        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-
-        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
-
-        public override void Write(ReadOnlySpan<byte> buffer)
-        {
-            lock (inner)
-            {
-                inner.Write(buffer);
-            }
-
-            _tail.Append(Encoding.ASCII.GetString(buffer));
-            if (_tail.ToString().Contains(marker, StringComparison.Ordinal))
-            {
-                seen.TrySetResult();
-            }
-
-            if (_tail.Length > 256)
-            {
-                _tail.Remove(0, _tail.Length - 64);
-            }
-        }
-
-        public override void Flush()
-        {
-        }
-
-        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-
-        public override void SetLength(long value) => throw new NotSupportedException();
-    }
 }
