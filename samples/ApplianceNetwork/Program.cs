@@ -38,12 +38,14 @@ var networks = new VirtualNetworkHost();
 var lan = networks.Create("lan");
 lan.Start();
 
+// The server brings its address up only after httpd listens (busybox httpd binds before it returns), so the
+// client's first answered ping means the page can be fetched: no race between the two boots.
 const string serverCommand =
-    "ip link set eth0 up && ip addr add 10.0.3.1/24 dev eth0 && mkdir -p /www && "
-    + "echo 'hello from the server appliance' > /www/index.html && httpd -p 80 -h /www && echo server ready && sleep 3600";
+    "mkdir -p /www && echo 'hello from the server appliance' > /www/index.html && httpd -p 80 -h /www && "
+    + "ip link set eth0 up && ip addr add 10.0.3.1/24 dev eth0 && echo server ready && sleep 3600";
 const string clientCommand =
     "ip link set eth0 up && ip addr add 10.0.3.2/24 dev eth0 && "
-    + "i=0; until ping -c 1 -W 1 10.0.3.1 >/dev/null; do i=$((i+1)); [ $i -lt 120 ] || exit 9; done; "
+    + "i=0; until ping -c 1 -W 1 10.0.3.1 >/dev/null; do i=$((i+1)); [ $i -lt 600 ] || exit 9; done; "
     + "ping -c 3 10.0.3.1 && wget -qO- http://10.0.3.1/index.html";
 
 try

@@ -192,13 +192,16 @@ public sealed class LinuxGuestTests
         var serverOutput = new MemoryStream();
         var clientOutput = new MemoryStream();
         await using var server = LinuxGuest(backend,
-            "ip link set eth0 up && ip addr add 10.0.3.1/24 dev eth0 && mkdir -p /www && seq 1 20000 > /www/numbers.txt && "
-            + "sha256sum /www/numbers.txt && httpd -p 80 -h /www && echo SERVER-UP && sleep 600", serverOutput)
+            "mkdir -p /www && seq 1 20000 > /www/numbers.txt && sha256sum /www/numbers.txt && httpd -p 80 -h /www && "
+            + "ip link set eth0 up && ip addr add 10.0.3.1/24 dev eth0 && echo SERVER-UP && sleep 600", serverOutput)
             .WithName("server").WithVirtioNet(network, MacAddress.Parse("02:00:00:00:03:01")).Build();
-        // The client waits (up to about two minutes) for the server to answer, pings it three times and fetches a file over HTTP.
+        // Readiness: busybox httpd listens before it returns, and the server's address comes up only after that, so
+        // the first ping the server answers means the web server is there. The client waits for that ping (each try
+        // waits a second for a reply; 600 tries bound it well past the test's own timeout), pings three times and
+        // fetches a file over HTTP.
         await using var client = LinuxGuest(backend,
             "ip link set eth0 up && ip addr add 10.0.3.2/24 dev eth0 && "
-            + "i=0; until ping -c 1 -W 1 10.0.3.1 >/dev/null; do i=$((i+1)); [ $i -lt 120 ] || exit 9; done; ping -c 3 -w 60 10.0.3.1 && "
+            + "i=0; until ping -c 1 -W 1 10.0.3.1 >/dev/null; do i=$((i+1)); [ $i -lt 600 ] || exit 9; done; ping -c 3 -w 60 10.0.3.1 && "
             + "wget -qO /tmp/numbers.txt http://10.0.3.1/numbers.txt && sha256sum /tmp/numbers.txt", clientOutput)
             .WithName("client").WithVirtioNet(network, MacAddress.Parse("02:00:00:00:03:02")).Build();
 

@@ -160,9 +160,10 @@ internal sealed class SequenceGenerator
             }
 
             Add(list, i);
-            if (i.RflagsUndefined != RflagsBits.None)
+            var undefined = i.RflagsUndefined | MultiBitRotateOverflow(i);
+            if (undefined != RflagsBits.None)
             {
-                AddSanitizer(list, i.RflagsUndefined);
+                AddSanitizer(list, undefined);
             }
         }
 
@@ -186,6 +187,20 @@ internal sealed class SequenceGenerator
     {
         i.IP = (ulong)_id++;
         list.Add(i);
+    }
+
+    /// <summary>
+    /// OF after a rotate or shift whose count is not the constant 1 is undefined (SDM, RCL/RCR/ROL/ROR and SAL/SAR/SHL/SHR:
+    /// "OF is undefined for multi-bit rotates"), and processors differ: when an 8- or 16-bit RCL/RCR count is a
+    /// multiple of 9 or 17, some Intel parts recompute OF and others leave every flag as it was.
+    /// </summary>
+    private static RflagsBits MultiBitRotateOverflow(in Instruction i)
+    {
+        bool shiftOrRotate = i.Mnemonic is Mnemonic.Rcl or Mnemonic.Rcr or Mnemonic.Rol or Mnemonic.Ror
+            or Mnemonic.Shl or Mnemonic.Sal or Mnemonic.Shr or Mnemonic.Sar;
+        bool countIsOne = i.OpCount == 2 && i.GetOpKind(1) == OpKind.Immediate8 && i.Immediate8 == 1
+            || i.Code.ToString().EndsWith("_1", StringComparison.Ordinal);
+        return shiftOrRotate && !countIsOne ? RflagsBits.OF : RflagsBits.None;
     }
 
     /// <summary>Clears flags the last instruction left undefined: pushfq; and [rsp], ~mask; popfq.</summary>
