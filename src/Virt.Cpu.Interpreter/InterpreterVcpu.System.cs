@@ -368,8 +368,19 @@ internal sealed partial class InterpreterVcpu
         return (ulong)scaled + (ulong)_tscOffset;
     }
 
+    /// <summary>MSR_PLATFORM_INFO bit 31: CPUID faulting is available.</summary>
+    private const ulong PlatformInfoCpuidFaulting = 1UL << 31;
+
+    /// <summary>MSR_MISC_FEATURES_ENABLES bit 0: CPUID faults (#GP) outside CPL 0.</summary>
+    private const ulong MiscFeaturesCpuidFaulting = 1;
+
     private void ExecCpuid()
     {
+        if ((_miscFeatures & MiscFeaturesCpuidFaulting) != 0 && _cpl > 0)
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
         uint leaf = (uint)Gpr(0), sub = (uint)Gpr(1);
         CpuidEntry? found = null;
         foreach (var e in _cpuid)
@@ -507,10 +518,13 @@ internal sealed partial class InterpreterVcpu
             MsrIndex.GsBase => _seg[SegGs].Base,
             MsrIndex.KernelGsBase => _kernelGsBase,
             MsrIndex.TscAux => _tscAux,
+            MsrIndex.PlatformInfo => PlatformInfoCpuidFaulting,
+            MsrIndex.MiscFeaturesEnables => _miscFeatures,
             _ => ulong.MaxValue,
         };
         return v != ulong.MaxValue || index is MsrIndex.Star or MsrIndex.Lstar or MsrIndex.Cstar or MsrIndex.Fmask
-            or MsrIndex.FsBase or MsrIndex.GsBase or MsrIndex.KernelGsBase or MsrIndex.Pat or MsrIndex.MiscEnable;
+            or MsrIndex.FsBase or MsrIndex.GsBase or MsrIndex.KernelGsBase or MsrIndex.Pat or MsrIndex.MiscEnable
+            or MsrIndex.MiscFeaturesEnables;
     }
 
     private static bool IsCanonical(ulong v) => (ulong)(((long)v << 16) >> 16) == v;
@@ -601,6 +615,17 @@ internal sealed partial class InterpreterVcpu
 
                 return true;
             case MsrIndex.TscAux: _tscAux = v & 0xFFFFFFFF; return true;
+            case MsrIndex.PlatformInfo:
+                // Read-only for the guest; the host may write back the value it read (snapshots).
+                return !fromGuest && v == PlatformInfoCpuidFaulting;
+            case MsrIndex.MiscFeaturesEnables:
+                if ((v & ~MiscFeaturesCpuidFaulting) != 0)
+                {
+                    return false;
+                }
+
+                _miscFeatures = v;
+                return true;
             default:
                 return false;
         }

@@ -115,6 +115,19 @@ internal sealed partial class InterpreterVcpu
         SetSt(0, v);
     }
 
+    /// <summary>Pushes an 80-bit constant given as sign/exponent and significand (the indefinite NaN on stack overflow, as <see cref="FpuPush"/>).</summary>
+    private void FpuPushConstant(ushort se, ulong mant)
+    {
+        bool overflow = (_fpu.AbridgedTagWord & (1 << ((FpuTop - 1) & 7))) != 0;
+        FpuPush(0.0);
+        if (!overflow)
+        {
+            ref byte p = ref StSlot(0);
+            Unsafe.WriteUnaligned(ref p, mant);
+            Unsafe.WriteUnaligned(ref Unsafe.Add(ref p, 8), se);
+        }
+    }
+
     private void FpuPop()
     {
         int top = FpuTop;
@@ -208,6 +221,12 @@ internal sealed partial class InterpreterVcpu
                 return true;
             case Mnemonic.Fld1: FpuPush(1.0); return true;
             case Mnemonic.Fldz: FpuPush(0.0); return true;
+            // The other constants are loaded with their full 64-bit significands, rounded to nearest (SDM, FLD1/FLDL2T/...).
+            case Mnemonic.Fldl2t: FpuPushConstant(0x4000, 0xD49A784BCD1B8AFE); return true;
+            case Mnemonic.Fldl2e: FpuPushConstant(0x3FFF, 0xB8AA3B295C17F0BC); return true;
+            case Mnemonic.Fldpi: FpuPushConstant(0x4000, 0xC90FDAA22168C235); return true;
+            case Mnemonic.Fldlg2: FpuPushConstant(0x3FFD, 0x9A209A84FBCFF799); return true;
+            case Mnemonic.Fldln2: FpuPushConstant(0x3FFE, 0xB17217F7D1CF79AC); return true;
             case Mnemonic.Fst:
             case Mnemonic.Fstp:
             {

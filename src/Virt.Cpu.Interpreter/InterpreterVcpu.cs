@@ -52,7 +52,7 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
     internal ulong _apicBase = 0xFEE00900;
     // IA32_MISC_ENABLE after reset: fast strings on, branch trace store and PEBS unavailable (there are none).
     internal ulong _star, _lstar, _cstar, _fmask, _kernelGsBase, _tscAux, _pat = 0x0007040600070406, _miscEnable = 1 | (1UL << 11) | (1UL << 12);
-    internal ulong _sysenterCs, _sysenterEsp, _sysenterEip;
+    internal ulong _sysenterCs, _sysenterEsp, _sysenterEip, _miscFeatures;
     internal long _tscOffset;
     internal FpuState _fpu = FpuState.Initial;
     internal int _cpl;
@@ -183,6 +183,44 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
     public FpuState GetFpuState() => _fpu;
 
     public void SetFpuState(in FpuState state) => _fpu = state;
+
+    /// <summary>The x87 and SSE components: the only XSAVE state the interpreter has.</summary>
+    private const ulong LegacyComponents = (ulong)(XsaveComponents.X87 | XsaveComponents.Sse);
+
+    public XsaveState GetXsaveState() => XsaveState.FromFpu(_fpu, LegacyComponents);
+
+    public void SetXsaveState(XsaveState state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        if ((state.Xcr0 & ~LegacyComponents) != 0)
+        {
+            throw new ArgumentException(
+                $"XCR0 0x{state.Xcr0:x} enables {(XsaveComponents)(state.Xcr0 & ~LegacyComponents)}; the interpreter has x87 and SSE state only.", nameof(state));
+        }
+
+        var beyond = state.StateComponents & ~(XsaveComponents)LegacyComponents;
+        if (beyond != 0 && state.Area[XsaveState.MinimumSize..].IndexOfAnyExcept((byte)0) >= 0)
+        {
+            throw new ArgumentException($"The XSAVE image holds {beyond} state; the interpreter has x87 and SSE state only.", nameof(state));
+        }
+
+        _fpu = state.Fpu;
+    }
+
+    public DebugRegisters GetDebugRegisters() => new()
+    {
+        Dr0 = _dr[0], Dr1 = _dr[1], Dr2 = _dr[2], Dr3 = _dr[3], Dr6 = _dr[6] | DebugRegisters.Dr6Reset, Dr7 = _dr[7] | DebugRegisters.Dr7Reset,
+    };
+
+    public void SetDebugRegisters(in DebugRegisters registers)
+    {
+        _dr[0] = registers.Dr0;
+        _dr[1] = registers.Dr1;
+        _dr[2] = registers.Dr2;
+        _dr[3] = registers.Dr3;
+        _dr[6] = registers.Dr6;
+        _dr[7] = registers.Dr7;
+    }
 
     public void GetMsrs(Span<MsrEntry> entries)
     {

@@ -20,6 +20,12 @@ internal sealed class KvmHostInfo
         HasSyncGeneralRegisters = ((ulong)Math.Max(0, KvmIoctls.CheckExtension(kvm, KVM_CAP_SYNC_REGS)) & KVM_SYNC_X86_REGS) != 0;
         HasSetTssAddr = KvmIoctls.CheckExtension(kvm, KVM_CAP_SET_TSS_ADDR) > 0;
         HasSetIdentityMapAddr = KvmIoctls.CheckExtension(kvm, KVM_CAP_SET_IDENTITY_MAP_ADDR) > 0;
+        HasXsave = KvmIoctls.CheckExtension(kvm, KVM_CAP_XSAVE) > 0;
+        HasXcrs = KvmIoctls.CheckExtension(kvm, KVM_CAP_XCRS) > 0;
+        HasDebugRegisters = KvmIoctls.CheckExtension(kvm, KVM_CAP_DEBUGREGS) > 0;
+        int xsave2 = KvmIoctls.CheckExtension(kvm, KVM_CAP_XSAVE2);
+        XsaveSize = xsave2 > KvmXsaveSize ? xsave2 : KvmXsaveSize;
+        HasXsave2 = xsave2 > 0;
         int slots = KvmIoctls.CheckExtension(kvm, KVM_CAP_NR_MEMSLOTS);
         MemorySlots = slots > 0 ? slots : 32; // the documented minimum when the capability is absent
         int max = KvmIoctls.CheckExtension(kvm, KVM_CAP_MAX_VCPUS);
@@ -47,6 +53,21 @@ internal sealed class KvmHostInfo
     internal bool HasSetTssAddr { get; }
 
     internal bool HasSetIdentityMapAddr { get; }
+
+    /// <summary>KVM_GET_XSAVE/KVM_SET_XSAVE: the whole XSAVE-covered state in one call.</summary>
+    internal bool HasXsave { get; }
+
+    /// <summary>KVM_GET_XSAVE2 exists (the XSAVE image may be larger than 4096 bytes; see <see cref="XsaveSize"/>).</summary>
+    internal bool HasXsave2 { get; }
+
+    /// <summary>Bytes of a kvm_xsave buffer: 4096, or more where dynamic features (AMX) make the image larger.</summary>
+    internal int XsaveSize { get; }
+
+    /// <summary>KVM_GET_XCRS/KVM_SET_XCRS: XCR0.</summary>
+    internal bool HasXcrs { get; }
+
+    /// <summary>KVM_GET_DEBUGREGS/KVM_SET_DEBUGREGS.</summary>
+    internal bool HasDebugRegisters { get; }
 
     internal int MemorySlots { get; }
 

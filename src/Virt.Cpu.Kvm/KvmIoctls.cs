@@ -245,6 +245,88 @@ internal static unsafe class KvmIoctls
         }
     }
 
+    /// <summary>KVM_GET_XSAVE (or KVM_GET_XSAVE2 when <paramref name="useXsave2"/>) into <paramref name="buffer"/>, which holds at least 4096 bytes.</summary>
+    internal static void GetXsave(KvmVcpuHandle vcpu, Span<byte> buffer, bool useXsave2)
+    {
+        fixed (byte* p = buffer)
+        {
+            // SAFETY: the pinned buffer is at least as large as the size KVM writes (4096, or KVM_CAP_XSAVE2's size for XSAVE2; the caller sizes it so).
+            if (useXsave2)
+            {
+                Ioctl(vcpu, KVM_GET_XSAVE2, (nint)p, nameof(KVM_GET_XSAVE2));
+            }
+            else
+            {
+                Ioctl(vcpu, KVM_GET_XSAVE, (nint)p, nameof(KVM_GET_XSAVE));
+            }
+        }
+    }
+
+    /// <summary>KVM_SET_XSAVE from <paramref name="buffer"/>, which holds at least the size KVM reads (4096 or KVM_CAP_XSAVE2's size).</summary>
+    internal static void SetXsave(KvmVcpuHandle vcpu, ReadOnlySpan<byte> buffer)
+    {
+        fixed (byte* p = buffer)
+        {
+            // SAFETY: the pinned buffer is as large as the image KVM reads; KVM only reads.
+            Ioctl(vcpu, KVM_SET_XSAVE, (nint)p, nameof(KVM_SET_XSAVE));
+        }
+    }
+
+    /// <summary>KVM_GET_XCRS: the value of XCR0 (the only XCR KVM reports on x86).</summary>
+    internal static ulong GetXcr0(KvmVcpuHandle vcpu)
+    {
+        byte* buffer = stackalloc byte[KvmXcrsSize];
+        new Span<byte>(buffer, KvmXcrsSize).Clear();
+        // SAFETY: a zeroed kvm_xcrs on this stack frame; KVM writes nr_xcrs entries, at most KVM_MAX_XCRS.
+        Ioctl(vcpu, KVM_GET_XCRS, (nint)buffer, nameof(KVM_GET_XCRS));
+        uint count = Math.Min(*(uint*)buffer, KvmMaxXcrs);
+        for (int i = 0; i < count; i++)
+        {
+            byte* e = buffer + 8 + (i * 16);
+            if (*(uint*)e == 0)
+            {
+                return *(ulong*)(e + 8);
+            }
+        }
+
+        return 1;
+    }
+
+    /// <summary>KVM_SET_XCRS with XCR0 = <paramref name="xcr0"/>.</summary>
+    internal static void SetXcr0(KvmVcpuHandle vcpu, ulong xcr0)
+    {
+        byte* buffer = stackalloc byte[KvmXcrsSize];
+        new Span<byte>(buffer, KvmXcrsSize).Clear();
+        // SAFETY: a kvm_xcrs on this stack frame with one entry (XCR0); KVM only reads.
+        *(uint*)buffer = 1;
+        *(ulong*)(buffer + 16) = xcr0;
+        Ioctl(vcpu, KVM_SET_XCRS, (nint)buffer, nameof(KVM_SET_XCRS));
+    }
+
+    /// <summary>KVM_GET_DEBUGREGS.</summary>
+    internal static DebugRegisters GetDebugRegs(KvmVcpuHandle vcpu)
+    {
+        ulong* k = stackalloc ulong[KvmDebugRegsSize / 8];
+        // SAFETY: a kvm_debugregs-sized buffer on this stack frame that KVM fills.
+        Ioctl(vcpu, KVM_GET_DEBUGREGS, (nint)k, nameof(KVM_GET_DEBUGREGS));
+        return new DebugRegisters { Dr0 = k[0], Dr1 = k[1], Dr2 = k[2], Dr3 = k[3], Dr6 = k[4], Dr7 = k[5] };
+    }
+
+    /// <summary>KVM_SET_DEBUGREGS.</summary>
+    internal static void SetDebugRegs(KvmVcpuHandle vcpu, in DebugRegisters d)
+    {
+        ulong* k = stackalloc ulong[KvmDebugRegsSize / 8];
+        new Span<ulong>(k, KvmDebugRegsSize / 8).Clear();
+        k[0] = d.Dr0;
+        k[1] = d.Dr1;
+        k[2] = d.Dr2;
+        k[3] = d.Dr3;
+        k[4] = d.Dr6;
+        k[5] = d.Dr7;
+        // SAFETY: a complete kvm_debugregs (flags and reserved zero) on this stack frame; KVM only reads.
+        Ioctl(vcpu, KVM_SET_DEBUGREGS, (nint)k, nameof(KVM_SET_DEBUGREGS));
+    }
+
     /// <summary>KVM_GET_MSRS or KVM_SET_MSRS over <paramref name="entries"/>; returns how many KVM processed (it stops at the first failure).</summary>
     internal static int TransferMsrs(KvmVcpuHandle vcpu, Span<KvmMsrEntry> entries, bool set)
     {

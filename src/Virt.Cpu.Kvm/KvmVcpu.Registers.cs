@@ -51,9 +51,124 @@ internal sealed unsafe partial class KvmVcpu
     }
 
     /// <inheritdoc />
+    /// <remarks>
+    /// Read through KVM_GET_XSAVE where the host has it: some KVMs (the paravirtual PVM among them) do not
+    /// reflect the guest's state in KVM_GET_FPU/KVM_SET_FPU, while the XSAVE image is what KVM itself
+    /// loads into the processor.
+    /// </remarks>
     public FpuState GetFpuState()
     {
         ObjectDisposedException.ThrowIf(IsDisposed, this);
+        return _partition.Host.HasXsave ? GetXsaveState().Fpu : ReadLegacyFpu();
+    }
+
+    /// <inheritdoc />
+    /// <remarks>Written through KVM_SET_XSAVE where the host has it (see <see cref="GetFpuState"/>); other components keep their state.</remarks>
+    public void SetFpuState(in FpuState state)
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        if (_partition.Host.HasXsave)
+        {
+            SetXsaveState(GetXsaveState().WithFpu(state));
+            return;
+        }
+
+        WriteLegacyFpu(state);
+    }
+
+    /// <inheritdoc />
+    public XsaveState GetXsaveState()
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        var host = _partition.Host;
+        if (!host.HasXsave)
+        {
+            return XsaveState.FromFpu(ReadLegacyFpu());
+        }
+
+        var buffer = new byte[host.XsaveSize];
+        KvmIoctls.GetXsave(_handle, buffer, useXsave2: host.HasXsave2 && host.XsaveSize > KvmXsaveSize);
+        ulong xcr0 = host.HasXcrs ? KvmIoctls.GetXcr0(_handle) : (ulong)(XsaveComponents.X87 | XsaveComponents.Sse);
+        return new XsaveState(xcr0 | (ulong)XsaveComponents.X87, buffer);
+    }
+
+    /// <inheritdoc />
+    public void SetXsaveState(XsaveState state)
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        ArgumentNullException.ThrowIfNull(state);
+        var host = _partition.Host;
+        const XsaveComponents legacy = XsaveComponents.X87 | XsaveComponents.Sse;
+        if (!host.HasXsave)
+        {
+            var beyond = state.StateComponents & ~legacy;
+            if (beyond != 0)
+            {
+                throw new ArgumentException($"This KVM has no KVM_SET_XSAVE, so only x87 and SSE state can be written; the image also holds {beyond}.", nameof(state));
+            }
+
+            WriteLegacyFpu(state.Fpu);
+            return;
+        }
+
+        var buffer = new byte[host.XsaveSize];
+        if (state.Size > buffer.Length)
+        {
+            if (state.Area[buffer.Length..].IndexOfAnyExcept((byte)0) >= 0)
+            {
+                throw new ArgumentException($"The XSAVE image has {state.Size} bytes with state past the {buffer.Length} bytes this KVM holds (components {state.StateComponents}).", nameof(state));
+            }
+
+            state.Area[..buffer.Length].CopyTo(buffer);
+        }
+        else
+        {
+            state.CopyTo(buffer);
+        }
+
+        try
+        {
+            if (host.HasXcrs)
+            {
+                KvmIoctls.SetXcr0(_handle, state.Xcr0);
+            }
+
+            KvmIoctls.SetXsave(_handle, buffer);
+        }
+        catch (HypervisorException e) when (e.ErrorCode == Interop.Libc.EINVAL)
+        {
+            throw new ArgumentException(
+                $"KVM refused the XSAVE image (XCR0 0x{state.Xcr0:x}, components {state.StateComponents}): this vCPU's CPUID does not offer every component it holds. {e.Message}",
+                nameof(state), e);
+        }
+    }
+
+    /// <inheritdoc />
+    public DebugRegisters GetDebugRegisters()
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        RequireDebugRegisters();
+        return KvmIoctls.GetDebugRegs(_handle);
+    }
+
+    /// <inheritdoc />
+    public void SetDebugRegisters(in DebugRegisters registers)
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        RequireDebugRegisters();
+        KvmIoctls.SetDebugRegs(_handle, registers);
+    }
+
+    private void RequireDebugRegisters()
+    {
+        if (!_partition.Host.HasDebugRegisters)
+        {
+            throw new InvalidOperationException("This KVM lacks KVM_CAP_DEBUGREGS (Linux 2.6.35 and later have it); debug registers cannot be read or written.");
+        }
+    }
+
+    private FpuState ReadLegacyFpu()
+    {
         var k = KvmIoctls.GetFpu(_handle);
         var s = new FpuState
         {
@@ -71,10 +186,8 @@ internal sealed unsafe partial class KvmVcpu
         return s;
     }
 
-    /// <inheritdoc />
-    public void SetFpuState(in FpuState state)
+    private void WriteLegacyFpu(in FpuState state)
     {
-        ObjectDisposedException.ThrowIf(IsDisposed, this);
         var k = new KvmFpu
         {
             Fcw = state.ControlWord,

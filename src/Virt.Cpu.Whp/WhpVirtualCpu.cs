@@ -236,6 +236,61 @@ internal sealed unsafe partial class WhpVirtualCpu : IVirtualCpu
         SetRegisters(RegisterMap.FpuCount);
     }
 
+    /// <summary>
+    /// The x87/SSE registers and XCR0 through WHvGet/SetVirtualProcessorRegisters. The hypervisor's XSAVE
+    /// buffer API does not document its layout, so components past SSE are not read here: an image that holds
+    /// them is refused by <see cref="SetXsaveState"/> rather than half applied.
+    /// </summary>
+    public XsaveState GetXsaveState()
+    {
+        ThrowIfDisposed();
+        var fpu = GetFpuState();
+        Names[0] = WhvRegisterName.XCr0;
+        GetRegisters(1);
+        ulong xcr0 = Values[0].Reg64 | (ulong)XsaveComponents.X87;
+        return XsaveState.FromFpu(fpu, xcr0);
+    }
+
+    public void SetXsaveState(XsaveState state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        ThrowIfDisposed();
+        const XsaveComponents legacy = XsaveComponents.X87 | XsaveComponents.Sse;
+        var beyond = state.StateComponents & ~legacy;
+        if (beyond != 0 && state.Area[XsaveState.MinimumSize..].IndexOfAnyExcept((byte)0) >= 0)
+        {
+            throw new ArgumentException($"The XSAVE image holds {beyond} state; the WHP backend restores x87 and SSE state and XCR0 only.", nameof(state));
+        }
+
+        Names[0] = WhvRegisterName.XCr0;
+        Values[0] = new WHV_REGISTER_VALUE { Reg64 = state.Xcr0 };
+        SetRegisters(1);
+        SetFpuState(state.Fpu);
+    }
+
+    public DebugRegisters GetDebugRegisters()
+    {
+        ThrowIfDisposed();
+        ReadOnlySpan<WhvRegisterName> names = [WhvRegisterName.Dr0, WhvRegisterName.Dr1, WhvRegisterName.Dr2, WhvRegisterName.Dr3, WhvRegisterName.Dr6, WhvRegisterName.Dr7];
+        names.CopyTo(new Span<WhvRegisterName>(Names, names.Length));
+        GetRegisters(names.Length);
+        return new DebugRegisters { Dr0 = Values[0].Reg64, Dr1 = Values[1].Reg64, Dr2 = Values[2].Reg64, Dr3 = Values[3].Reg64, Dr6 = Values[4].Reg64, Dr7 = Values[5].Reg64 };
+    }
+
+    public void SetDebugRegisters(in DebugRegisters registers)
+    {
+        ThrowIfDisposed();
+        ReadOnlySpan<WhvRegisterName> names = [WhvRegisterName.Dr0, WhvRegisterName.Dr1, WhvRegisterName.Dr2, WhvRegisterName.Dr3, WhvRegisterName.Dr6, WhvRegisterName.Dr7];
+        names.CopyTo(new Span<WhvRegisterName>(Names, names.Length));
+        ReadOnlySpan<ulong> values = [registers.Dr0, registers.Dr1, registers.Dr2, registers.Dr3, registers.Dr6, registers.Dr7];
+        for (int i = 0; i < values.Length; i++)
+        {
+            Values[i] = new WHV_REGISTER_VALUE { Reg64 = values[i] };
+        }
+
+        SetRegisters(names.Length);
+    }
+
     public void GetMsrs(Span<MsrEntry> entries)
     {
         ThrowIfDisposed();

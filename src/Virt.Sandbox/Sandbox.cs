@@ -37,6 +37,9 @@ public sealed class Sandbox : IAsyncDisposable, IDisposable
     /// <summary>The backend that runs the sandbox (<c>kvm</c> or <c>interpreter</c>), once it has run.</summary>
     public string? BackendName => _machine?.BackendName;
 
+    /// <summary>What the backend enforces on this host (CPUID policy, state a program can reach), once the sandbox has run.</summary>
+    public SandboxIsolation? Isolation => _machine?.Isolation;
+
     /// <summary>Runs the program with <paramref name="stdin"/> as its standard input.</summary>
     /// <returns>The result; a misbehaving program never throws here, it ends its own run with a status.</returns>
     /// <exception cref="HypervisorException">The backend could not create the VM.</exception>

@@ -69,18 +69,35 @@ public sealed class SandboxBuilder
         return With(c => c with { Environment = [.. variables] });
     }
 
+    /// <summary>
+    /// Largest memory limit: 4064 MiB. A sandbox's RAM is one block from guest physical address 0, and it must end
+    /// below the 32-bit system area where KVM keeps its TSS pages (0xFEFFC000), on every backend alike.
+    /// </summary>
+    public const ulong MaxMemoryLimit = 4064UL << 20;
+
+    /// <summary>Smallest memory limit: 1 MiB.</summary>
+    public const ulong MinMemoryLimit = 1UL << 20;
+
+    /// <summary>Stack size when <see cref="WithStackSize"/> is not called: 8 MiB (Linux's default RLIMIT_STACK), or a quarter of a smaller memory limit.</summary>
+    public const int DefaultStackSize = 8 << 20;
+
     /// <summary>Guest RAM, which is the memory limit (heap, mappings, stack, image and page tables). Default 64 MiB.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">Not a multiple of 4096 between <see cref="MinMemoryLimit"/> and <see cref="MaxMemoryLimit"/>.</exception>
     public SandboxBuilder WithMemoryLimit(ulong bytes)
     {
-        if (bytes < (1UL << 20) || bytes > (4UL << 30) || bytes % 4096 != 0)
+        if (bytes < MinMemoryLimit || bytes > MaxMemoryLimit || bytes % 4096 != 0)
         {
-            throw new ArgumentOutOfRangeException(nameof(bytes), bytes, "The memory limit must be a multiple of 4096 between 1 MiB and 4 GiB.");
+            throw new ArgumentOutOfRangeException(nameof(bytes), bytes, $"The memory limit must be a multiple of 4096 between 1 MiB and {MaxMemoryLimit >> 20} MiB (the sandbox's RAM ends below the 32-bit system area).");
         }
 
         return With(c => c with { MemoryBytes = bytes });
     }
 
-    /// <summary>Stack reserved at the top of the arena. Default 1 MiB.</summary>
+    /// <summary>
+    /// Stack mapped at the top of the arena, above an unmapped 1 MiB guard gap (a program that overflows it ends
+    /// with SIGSEGV). It counts against the memory limit. Default <see cref="DefaultStackSize"/>, or a quarter
+    /// of a memory limit below 32 MiB.
+    /// </summary>
     public SandboxBuilder WithStackSize(int bytes)
     {
         if (bytes < 16 * 1024 || bytes % 4096 != 0)
@@ -171,6 +188,12 @@ public sealed class SandboxBuilder
         }
 
         var config = Config with { Executable = _executable };
+        if (config.StackBytes == 0)
+        {
+            ulong quarter = config.MemoryBytes / 4 / 4096 * 4096;
+            config = config with { StackBytes = (int)Math.Max(16 * 1024, Math.Min((ulong)DefaultStackSize, quarter)) };
+        }
+
         if ((ulong)config.StackBytes * 2 > config.MemoryBytes)
         {
             throw new InvalidOperationException($"The stack ({config.StackBytes} bytes) must be at most half the memory limit ({config.MemoryBytes} bytes); lower WithStackSize or raise WithMemoryLimit.");

@@ -29,7 +29,8 @@ internal sealed record SandboxConfiguration
 
     public ulong MemoryBytes { get; init; } = 64UL << 20;
 
-    public int StackBytes { get; init; } = 1 << 20;
+    /// <summary>Stack bytes; 0 until <see cref="SandboxBuilder.Build"/> chooses the default for the memory limit.</summary>
+    public int StackBytes { get; init; }
 
     public TimeSpan TimeLimit { get; init; } = TimeSpan.FromSeconds(10);
 

@@ -1,4 +1,5 @@
 using System.Text;
+using Virt.Cpu;
 
 namespace Virt.Sandbox;
 
@@ -86,6 +87,12 @@ public sealed record SandboxResult
     /// <summary>System calls that returned <c>ENOSYS</c> or were denied, by name, with how often.</summary>
     public IReadOnlyDictionary<string, int> UnsupportedSystemCalls { get; init; } = new Dictionary<string, int>();
 
+    /// <summary>Whether a memory request was refused during the run because the memory limit was reached (whatever the status).</summary>
+    public bool MemoryLimitReached { get; init; }
+
+    /// <summary>What the backend enforced for this run on this host (see <see cref="SandboxIsolation"/>).</summary>
+    public SandboxIsolation? Isolation { get; init; }
+
     /// <inheritdoc />
     public override string ToString() => Status switch
     {
@@ -93,4 +100,34 @@ public sealed record SandboxResult
         SandboxStatus.GuestFault => $"GuestFault: {Fault}",
         _ => $"{Status}: {Message}",
     };
+}
+
+/// <summary>
+/// What a sandbox's backend enforces on this host beyond the limits, as observed by the sandbox. Every backend
+/// restores all architectural state between calls (general, segment, control and debug registers, the whole
+/// XSAVE image with XCR0, and the MSRs a program can reach); what differs is what a program can see and use.
+/// See docs/sandbox.md, "Isolation".
+/// </summary>
+public sealed record SandboxIsolation
+{
+    /// <summary>The backend's name (<c>kvm</c>, <c>interpreter</c>, ...).</summary>
+    public required string Backend { get; init; }
+
+    /// <summary>Whether the program's CPUID answers come from the sandbox's policy (which hides XSAVE, AVX, AVX-512 and protection keys).</summary>
+    public bool CpuidPolicyEnforced { get; init; }
+
+    /// <summary>Whether CPUID faults to the host, which answers it (needed where user code runs with the host's CPUID).</summary>
+    public bool CpuidFaulting { get; init; }
+
+    /// <summary>
+    /// Whether the backend runs the program's user-mode code as host user code (a paravirtual KVM such as PVM):
+    /// seen when SYSCALL reaches the sandbox's trampoline without leaving CPL 3.
+    /// </summary>
+    public bool UserModeRunsOnHost { get; init; }
+
+    /// <summary>
+    /// XSAVE components the program can use although CPUID hides them: on a backend that runs user code with the
+    /// host's XCR0, the host's vector and protection-key state. The reset covers them all the same.
+    /// </summary>
+    public XsaveComponents HiddenStateReachable { get; init; }
 }

@@ -45,6 +45,26 @@ public interface IVirtualCpu : IDisposable
     /// <summary>Writes the x87/SSE state.</summary>
     void SetFpuState(in FpuState state);
 
+    /// <summary>
+    /// Reads everything XSAVE covers (x87, SSE, AVX, AVX-512, PKRU and any other component the vCPU's XCR0
+    /// enables) and XCR0 itself, in the standard XSAVE format. With <see cref="SetXsaveState"/> this is the
+    /// one way to save and restore the whole vector and protection-key state.
+    /// </summary>
+    XsaveState GetXsaveState();
+
+    /// <summary>
+    /// Writes XCR0 and the whole XSAVE-covered state: every component XCR0 enables is loaded from the image,
+    /// or put in its initial state where the image's XSTATE_BV bit is clear.
+    /// </summary>
+    /// <exception cref="ArgumentException">The image holds state for a component this vCPU cannot have (the message names it), or XCR0 enables one.</exception>
+    void SetXsaveState(XsaveState state);
+
+    /// <summary>Reads DR0-DR3, DR6 and DR7.</summary>
+    DebugRegisters GetDebugRegisters();
+
+    /// <summary>Writes DR0-DR3, DR6 and DR7.</summary>
+    void SetDebugRegisters(in DebugRegisters registers);
+
     /// <summary>Reads the MSRs named in <paramref name="entries"/> (their <c>Index</c>) and fills in the values.</summary>
     /// <exception cref="ArgumentException">An index is not in <see cref="IPartition.SupportedMsrs"/>.</exception>
     void GetMsrs(Span<MsrEntry> entries);

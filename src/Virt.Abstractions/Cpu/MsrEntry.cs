@@ -12,6 +12,10 @@ public static class MsrIndex
     public const uint Tsc = 0x10;
     /// <summary>IA32_APIC_BASE.</summary>
     public const uint ApicBase = 0x1B;
+    /// <summary>MSR_PLATFORM_INFO; bit 31 says the processor can make CPUID fault outside CPL 0.</summary>
+    public const uint PlatformInfo = 0xCE;
+    /// <summary>MSR_MISC_FEATURES_ENABLES; bit 0 makes CPUID at CPL above 0 raise #GP (CPUID faulting).</summary>
+    public const uint MiscFeaturesEnables = 0x140;
     /// <summary>IA32_SYSENTER_CS.</summary>
     public const uint SysenterCs = 0x174;
     /// <summary>IA32_SYSENTER_ESP.</summary>

@@ -60,6 +60,25 @@ internal static partial class Interop
         internal static readonly nuint KVM_SET_FPU = IOW(0x8d, KvmFpu.Size);
         internal static readonly nuint KVM_SET_CPUID2 = IOW(0x90, 8);
         internal static readonly nuint KVM_GET_CPUID2 = IOWR(0x91, 8);
+        internal static readonly nuint KVM_GET_DEBUGREGS = IOR(0xa1, KvmDebugRegsSize);
+        internal static readonly nuint KVM_SET_DEBUGREGS = IOW(0xa2, KvmDebugRegsSize);
+        internal static readonly nuint KVM_GET_XSAVE = IOR(0xa4, KvmXsaveSize);
+        internal static readonly nuint KVM_SET_XSAVE = IOW(0xa5, KvmXsaveSize);
+        internal static readonly nuint KVM_GET_XCRS = IOR(0xa6, KvmXcrsSize);
+        internal static readonly nuint KVM_SET_XCRS = IOW(0xa7, KvmXcrsSize);
+        internal static readonly nuint KVM_GET_XSAVE2 = IOR(0xcf, KvmXsaveSize);
+
+        /// <summary><c>sizeof(struct kvm_debugregs)</c>: db[4], dr6, dr7, flags, reserved[9].</summary>
+        internal const int KvmDebugRegsSize = 128;
+
+        /// <summary><c>sizeof(struct kvm_xsave)</c> without its flexible tail: region[1024] of u32.</summary>
+        internal const int KvmXsaveSize = 4096;
+
+        /// <summary><c>sizeof(struct kvm_xcrs)</c>: nr_xcrs, flags, xcrs[16] of 16 bytes, padding[16] of u64.</summary>
+        internal const int KvmXcrsSize = 8 + (16 * 16) + (16 * 8);
+
+        /// <summary>Most XCRs in a kvm_xcrs (KVM_MAX_XCRS).</summary>
+        internal const int KvmMaxXcrs = 16;
 
         /// <summary><c>sizeof(struct kvm_regs)</c>: 18 registers of 8 bytes, the layout of <see cref="GeneralRegisters"/>.</summary>
         internal const int KvmRegsSize = 144;
@@ -78,6 +97,10 @@ internal static partial class Interop
         internal const int KVM_CAP_MAX_VCPUS = 66;
         internal const int KVM_CAP_READONLY_MEM = 81;
         internal const int KVM_CAP_IMMEDIATE_EXIT = 136;
+        internal const int KVM_CAP_DEBUGREGS = 50;
+        internal const int KVM_CAP_XSAVE = 55;
+        internal const int KVM_CAP_XCRS = 56;
+        internal const int KVM_CAP_XSAVE2 = 208;
 
         // Exit reasons (kvm_run.exit_reason).
         internal const uint KVM_EXIT_UNKNOWN = 0;

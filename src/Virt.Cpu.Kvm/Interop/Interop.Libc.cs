@@ -28,6 +28,7 @@ internal static partial class Interop
         internal const int ENOENT = 2;
         internal const int ENXIO = 6;
         internal const int E2BIG = 7;
+        internal const int EINVAL = 22;
         internal const int EAGAIN = 11;
         internal const int EACCES = 13;
         internal const int EFAULT = 14;

@@ -151,7 +151,7 @@ internal sealed partial class LinuxAbi
             case Sys.Brk: return (long)_arena.Brk(a0);
             case Sys.Mmap: return Mmap(a0, a1, (int)a2, (int)a3, (int)a4, a5);
             case Sys.Munmap: return Munmap(a0, a1);
-            case Sys.Mprotect: return (a0 & 0xFFF) != 0 ? -Errno.EINVAL : 0;
+            case Sys.Mprotect: return Mprotect(a0, a1, (int)a2);
             case Sys.Madvise: return 0;
             case Sys.Mremap: return Mremap(a0, a1, a2, (int)a3);
             case Sys.ArchPrctl: return ArchPrctl((int)a0, a1);
@@ -866,6 +866,45 @@ internal sealed partial class LinuxAbi
         return (long)at;
     }
 
+    /// <summary>
+    /// <c>mprotect</c> over the fixed page tables: a request that takes permissions away is accepted (the pages
+    /// keep the access they have, see docs/sandbox.md), one that asks for a permission a page lacks (write on
+    /// code, execute on data) is refused with <c>EPERM</c>, as <c>mmap</c> refuses it, and unmapped pages give
+    /// <c>ENOMEM</c>, as on Linux.
+    /// </summary>
+    private long Mprotect(ulong address, ulong length, int prot)
+    {
+        const int ProtWrite = 2, ProtExec = 4, ProtGrowsDown = 0x0100_0000, ProtGrowsUp = 0x0200_0000;
+        if ((address & 0xFFF) != 0 || (prot & ~(7 | ProtGrowsDown | ProtGrowsUp)) != 0 || length > (1UL << 47))
+        {
+            return -Errno.EINVAL;
+        }
+
+        ulong pages = (length + GuestLayout.PageSize - 1) / GuestLayout.PageSize;
+        if (!GuestLayout.IsUserCanonical(address) || !GuestLayout.IsUserCanonical(address + (pages * GuestLayout.PageSize) - 1))
+        {
+            return pages == 0 ? 0 : -Errno.ENOMEM;
+        }
+
+        for (ulong i = 0; i < pages; i++)
+        {
+            ulong va = address + (i * GuestLayout.PageSize);
+            var flags = _space.FlagsAt(va);
+            if ((flags & (PageFlags.Present | PageFlags.User)) != (PageFlags.Present | PageFlags.User) ||
+                (_arena.Contains(va, 1) && !_arena.IsAllocated(va, 1)))
+            {
+                return -Errno.ENOMEM;
+            }
+
+            if (((prot & ProtWrite) != 0 && (flags & PageFlags.Writable) == 0) || ((prot & ProtExec) != 0 && (flags & PageFlags.NoExecute) != 0))
+            {
+                return Count(Sys.Mprotect, -Errno.EPERM);
+            }
+        }
+
+        return 0;
+    }
+
     private long Munmap(ulong address, ulong length)
     {
         if ((address & 0xFFF) != 0 || length == 0 || !GuestLayout.IsUserCanonical(address) || length > (1UL << 47))
@@ -1116,7 +1155,7 @@ internal sealed partial class LinuxAbi
 
         ulong value = resource switch
         {
-            RlimitStack => (ulong)_arena.StackBytes,
+            RlimitStack => (ulong)_config.StackBytes,
             RlimitData or RlimitAs => _arena.Pages * GuestLayout.PageSize,
             RlimitNofile => MaxFds,
             _ => ulong.MaxValue,

@@ -7,19 +7,21 @@ namespace Virt.Sandbox.Machine;
 /// The guest's page tables and the host's copy of what they say. The host builds every table once,
 /// before the first instruction runs, and never edits them afterwards: a shadow-paging hypervisor
 /// would not notice host writes to a live table, and fixed tables also never need a TLB flush or a
-/// place in a snapshot. Heap, anonymous mappings and stack come from the arena, which is mapped in
-/// full up front and handed out by <see cref="ArenaAllocator"/>.
+/// place in a snapshot. Heap and anonymous mappings come from the arena's heap, which is mapped in
+/// full up front and handed out by <see cref="ArenaAllocator"/>; the stack is mapped at the top of the
+/// arena above a guard gap that no page table maps, so running off the end of the stack faults.
 /// </summary>
 internal sealed class AddressSpace
 {
     private readonly Mapping[] _mappings;
 
-    private AddressSpace(Mapping[] mappings, ulong cr3, ulong arenaPhysical, ulong arenaPages, ulong imageEnd, ulong pageTablePages)
+    private AddressSpace(Mapping[] mappings, ulong cr3, ulong arenaPhysical, ulong arenaPages, ulong stackPages, ulong imageEnd, ulong pageTablePages)
     {
         _mappings = mappings;
         Cr3 = cr3;
         ArenaPhysical = arenaPhysical;
         ArenaPages = arenaPages;
+        StackPages = stackPages;
         ImageEnd = imageEnd;
         PageTablePages = pageTablePages;
     }
@@ -27,11 +29,26 @@ internal sealed class AddressSpace
     /// <summary>Physical address of the PML4.</summary>
     public ulong Cr3 { get; }
 
-    /// <summary>Physical address of the first arena page.</summary>
+    /// <summary>Physical address of the first heap page.</summary>
     public ulong ArenaPhysical { get; }
 
-    /// <summary>Number of arena pages (at <see cref="GuestLayout.ArenaBase"/>).</summary>
+    /// <summary>Number of heap pages (at <see cref="GuestLayout.ArenaBase"/>).</summary>
     public ulong ArenaPages { get; }
+
+    /// <summary>Number of stack pages, mapped just below <see cref="StackTop"/>.</summary>
+    public ulong StackPages { get; }
+
+    /// <summary>Lowest address of the unmapped guard gap between the heap and the stack.</summary>
+    public ulong GuardStart => GuestLayout.ArenaBase + (ArenaPages * GuestLayout.PageSize);
+
+    /// <summary>Lowest stack address; everything from <see cref="GuardStart"/> up to here is unmapped.</summary>
+    public ulong StackBottom => GuardStart + GuestLayout.StackGuardBytes;
+
+    /// <summary>Virtual top of the stack (the end of the arena).</summary>
+    public ulong StackTop => StackBottom + (StackPages * GuestLayout.PageSize);
+
+    /// <summary>Whether <paramref name="address"/> lies in the guard gap below the stack.</summary>
+    public bool IsStackGuard(ulong address) => address >= GuardStart && address < StackBottom;
 
     /// <summary>Page-aligned end of the program image (virtual).</summary>
     public ulong ImageEnd { get; }
@@ -47,11 +64,13 @@ internal sealed class AddressSpace
 
     /// <summary>
     /// Lays out <paramref name="memory"/> for <paramref name="image"/>: supervisor pages, page tables,
-    /// the image's segments with their permissions, and the arena over all remaining RAM.
+    /// the image's segments with their permissions, and the arena over all remaining RAM: a stack of
+    /// <paramref name="stackBytes"/> at its top, a guard gap below that (no RAM, no mapping), and the heap.
     /// </summary>
-    /// <exception cref="ArgumentException">The memory is too small for the image plus <paramref name="minimumArenaBytes"/>.</exception>
-    public static AddressSpace Build(GuestMemory memory, ElfImage image, ulong minimumArenaBytes)
+    /// <exception cref="ArgumentException">The memory is too small for the image, the stack and <paramref name="minimumHeapBytes"/>.</exception>
+    public static AddressSpace Build(GuestMemory memory, ElfImage image, ulong stackBytes, ulong minimumHeapBytes)
     {
+        ulong stackPages = stackBytes / GuestLayout.PageSize;
         ulong totalPages = memory.TotalSize / GuestLayout.PageSize;
 
         // Merge segment permissions per page: segments that share a page get the union.
@@ -106,11 +125,13 @@ internal sealed class AddressSpace
             tablePages += TablesFor(r.Vpn, (ulong)r.Flags.Count);
         }
 
-        tablePages += TablesFor(GuestLayout.ArenaBase >> 12, totalPages);
-        ulong used = supervisorPages + tablePages + imagePages;
-        if (totalPages <= used || (totalPages - used) * GuestLayout.PageSize < minimumArenaBytes)
+        // Heap and stack together never exceed the RAM left, so tables for that many pages from the arena base
+        // (plus those for the stack, which sits past the guard gap) are an upper bound.
+        tablePages += TablesFor(GuestLayout.ArenaBase >> 12, totalPages) + TablesFor((GuestLayout.ArenaBase + GuestLayout.StackGuardBytes) >> 12, totalPages);
+        ulong used = supervisorPages + tablePages + imagePages + stackPages;
+        if (totalPages <= used || (totalPages - used) * GuestLayout.PageSize < minimumHeapBytes)
         {
-            throw new ArgumentException($"The memory limit ({memory.TotalSize} bytes) leaves no room for the stack and heap after the program image and page tables; raise it to at least {(used * GuestLayout.PageSize) + minimumArenaBytes} bytes.");
+            throw new ArgumentException($"The memory limit ({memory.TotalSize} bytes) leaves no room for the heap after the program image, page tables and the {stackBytes}-byte stack; raise it to at least {(used * GuestLayout.PageSize) + minimumHeapBytes} bytes or lower WithStackSize.");
         }
 
         var writer = new PageTableWriter(memory, GuestLayout.PageTablePhysical, tablePages);
@@ -142,7 +163,7 @@ internal sealed class AddressSpace
             nextPhysical += (ulong)flags.Length * GuestLayout.PageSize;
         }
 
-        ulong arenaPages = totalPages - (nextPhysical / GuestLayout.PageSize);
+        ulong arenaPages = totalPages - (nextPhysical / GuestLayout.PageSize) - stackPages;
         var arenaFlags = PageFlags.Present | PageFlags.User | PageFlags.Writable | PageFlags.Accessed | PageFlags.Dirty |
             (image.ExecutableStack ? PageFlags.None : PageFlags.NoExecute);
         for (ulong i = 0; i < arenaPages; i++)
@@ -152,7 +173,17 @@ internal sealed class AddressSpace
 
         mappings.Add(new Mapping(GuestLayout.ArenaBase, arenaPages, nextPhysical, null, arenaFlags));
 
-        var space = new AddressSpace([.. mappings], writer.Root, nextPhysical, arenaPages, image.Extent.End, tablePages);
+        // The stack: the last physical pages, mapped past a gap of StackGuardBytes that nothing maps.
+        ulong stackPhysical = nextPhysical + (arenaPages * GuestLayout.PageSize);
+        ulong stackBottom = GuestLayout.ArenaBase + (arenaPages * GuestLayout.PageSize) + GuestLayout.StackGuardBytes;
+        for (ulong i = 0; i < stackPages; i++)
+        {
+            writer.Map(stackBottom + (i * GuestLayout.PageSize), stackPhysical + (i * GuestLayout.PageSize), arenaFlags);
+        }
+
+        mappings.Add(new Mapping(stackBottom, stackPages, stackPhysical, null, arenaFlags));
+
+        var space = new AddressSpace([.. mappings], writer.Root, nextPhysical, arenaPages, stackPages, image.Extent.End, tablePages);
 
         // Segment contents: file bytes, the rest stays zero (fresh guest RAM is zero).
         foreach (var s in image.Segments)

@@ -3,38 +3,30 @@ using Virt.Memory;
 namespace Virt.Sandbox.Machine;
 
 /// <summary>
-/// Hands out arena pages for <c>brk</c>, anonymous <c>mmap</c> and the stack. The arena is already
-/// mapped (see <see cref="AddressSpace"/>); this class only decides which pages belong to the program,
-/// so the memory limit holds: when no free run is left, the caller gets <c>ENOMEM</c>. Pages are zeroed
-/// when handed out again, as anonymous memory must be.
+/// Hands out heap pages for <c>brk</c> and anonymous <c>mmap</c>. The heap is already mapped (see
+/// <see cref="AddressSpace"/>); this class only decides which pages belong to the program, so the memory
+/// limit holds: when no free run is left, the caller gets <c>ENOMEM</c>. Pages are zeroed when handed out
+/// again, as anonymous memory must be. The stack is not the allocator's: it has its own mapping above an
+/// unmapped guard gap.
 /// </summary>
 internal sealed class ArenaAllocator
 {
     private readonly GuestMemory _memory;
     private readonly ulong _physical;
-    private readonly int _stackPages;
     private bool[] _used;
     private bool[] _mayBeDirty;
 
-    /// <summary>Creates the allocator with the top <paramref name="stackPages"/> pages taken by the stack.</summary>
-    public ArenaAllocator(GuestMemory memory, ulong physical, ulong pages, int stackPages)
+    /// <summary>Creates the allocator over <paramref name="pages"/> heap pages at guest physical <paramref name="physical"/>.</summary>
+    public ArenaAllocator(GuestMemory memory, ulong physical, ulong pages)
     {
         _memory = memory;
         _physical = physical;
-        _stackPages = stackPages;
         _used = new bool[pages];
         _mayBeDirty = new bool[pages];
-        for (ulong i = pages - (ulong)stackPages; i < pages; i++)
-        {
-            _used[i] = _mayBeDirty[i] = true;
-        }
-
-        UsedPages = stackPages;
-        PeakPages = stackPages;
         BreakStart = BreakEnd = GuestLayout.ArenaBase;
     }
 
-    /// <summary>Arena pages.</summary>
+    /// <summary>Heap pages.</summary>
     public ulong Pages => (ulong)_used.Length;
 
     /// <summary>Pages handed to the program now.</summary>
@@ -52,11 +44,8 @@ internal sealed class ArenaAllocator
     /// <summary>The current program break.</summary>
     public ulong BreakEnd { get; private set; }
 
-    /// <summary>Virtual top of the stack (end of the arena).</summary>
-    public ulong StackTop => GuestLayout.ArenaBase + (Pages * GuestLayout.PageSize);
-
-    /// <summary>Bytes reserved for the stack.</summary>
-    public int StackBytes => _stackPages * (int)GuestLayout.PageSize;
+    /// <summary>Virtual end of the heap (the guard gap below the stack starts here).</summary>
+    public ulong End => GuestLayout.ArenaBase + (Pages * GuestLayout.PageSize);
 
     /// <summary>A copy of the allocation state (for snapshots).</summary>
     public State Save() => new((bool[])_used.Clone(), (bool[])_mayBeDirty.Clone(), BreakEnd, UsedPages, PeakPages, LimitReached);
@@ -79,7 +68,7 @@ internal sealed class ArenaAllocator
     /// <summary>Linux <c>brk</c>: moves the break when the pages are free, and returns the (possibly unchanged) break.</summary>
     public ulong Brk(ulong requested)
     {
-        if (requested < BreakStart || requested > StackTop)
+        if (requested < BreakStart || requested > End)
         {
             return BreakEnd;
         }
@@ -108,7 +97,7 @@ internal sealed class ArenaAllocator
         return BreakEnd;
     }
 
-    /// <summary>Allocates <paramref name="pages"/> pages at the highest free run below the stack; 0 when none.</summary>
+    /// <summary>Allocates <paramref name="pages"/> pages at the highest free run of the heap; 0 when none.</summary>
     public ulong Allocate(ulong pages)
     {
         if (pages == 0 || pages > Pages)
@@ -168,7 +157,7 @@ internal sealed class ArenaAllocator
         return true;
     }
 
-    /// <summary>Frees the arena pages of <c>[address, address + pages)</c>; pages outside the arena are ignored.</summary>
+    /// <summary>Frees the heap pages of <c>[address, address + pages)</c>; pages outside the heap are ignored.</summary>
     public void Free(ulong address, ulong pages)
     {
         if (address < GuestLayout.ArenaBase)
@@ -192,9 +181,29 @@ internal sealed class ArenaAllocator
         Release(first, Math.Min(pages, Pages - first));
     }
 
-    /// <summary>Whether the arena holds <c>[address, address + pages)</c> entirely.</summary>
+    /// <summary>Whether the heap holds <c>[address, address + pages)</c> entirely.</summary>
     public bool Contains(ulong address, ulong pages) =>
         address >= GuestLayout.ArenaBase && (address & 0xFFF) == 0 && PageIndex(address) <= Pages && pages <= Pages - PageIndex(address);
+
+    /// <summary>Whether every page of <c>[address, address + pages)</c> is in the heap and handed to the program.</summary>
+    public bool IsAllocated(ulong address, ulong pages)
+    {
+        if (!Contains(address, pages))
+        {
+            return false;
+        }
+
+        ulong first = PageIndex(address);
+        for (ulong p = first; p < first + pages; p++)
+        {
+            if (!_used[p])
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
 
     private static ulong PageIndex(ulong address) => (address - GuestLayout.ArenaBase) / GuestLayout.PageSize;
 

@@ -34,7 +34,7 @@ internal static class GuestLayout
     /// <summary>Virtual address of the trampoline: the last user page, read-only and executable.</summary>
     public const ulong TrampolineAddress = 0x7FFF_FFFF_F000;
 
-    /// <summary>Where the trampoline continues after the doorbell read: <c>jmp rcx</c> (after the 10-byte <c>mov rax, [moffs64]</c>).</summary>
+    /// <summary>Where the trampoline continues after the doorbell read (the 10-byte <c>mov rax, [moffs64]</c>): RFLAGS from R11, then <c>jmp rcx</c>.</summary>
     public const ulong TrampolineReturn = TrampolineAddress + 10;
 
     /// <summary>Virtual address of the doorbell page (user-readable, backed by no RAM).</summary>
@@ -51,6 +51,12 @@ internal static class GuestLayout
 
     /// <summary>Lowest virtual address of the arena (heap, anonymous mappings and the stack).</summary>
     public const ulong ArenaBase = 0x7000_0000_0000;
+
+    /// <summary>
+    /// Unmapped gap between the heap and the stack (Linux's default <c>stack_guard_gap</c>, 256 pages): a program
+    /// that runs off the end of its stack faults here instead of writing into the heap.
+    /// </summary>
+    public const ulong StackGuardBytes = 1UL << 20;
 
     /// <summary>Number of interrupt vectors that have a gate (the architectural exceptions).</summary>
     public const int ExceptionVectors = 32;

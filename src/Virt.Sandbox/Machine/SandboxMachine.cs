@@ -30,6 +30,10 @@ internal sealed class SandboxMachine : IDisposable
     private readonly LinuxAbi _abi;
     private readonly bool _fsBaseByMsr;
     private readonly bool _restoreMarksWrites;
+    private readonly uint[] _savedMsrs = [];
+    private readonly CpuidEntry[] _cpuid = [];
+    private bool _cpuidFaulting;
+    private bool _userModeIsHostUserMode;
     private Snapshot? _snapshot;
     private bool _dirty;
 
@@ -39,19 +43,21 @@ internal sealed class SandboxMachine : IDisposable
         _memory = GuestMemory.CreateRam(config.MemoryBytes);
         try
         {
-            _space = AddressSpace.Build(_memory, image, (ulong)config.StackBytes + (64 * 1024));
+            _space = AddressSpace.Build(_memory, image, (ulong)config.StackBytes, MinimumHeapBytes);
             Supervisor.Install(_memory);
-            _arena = new ArenaAllocator(_memory, _space.ArenaPhysical, _space.ArenaPages, config.StackBytes / (int)GuestLayout.PageSize);
+            _arena = new ArenaAllocator(_memory, _space.ArenaPhysical, _space.ArenaPages);
             _restoreMarksWrites = image.ExecutableStack || image.Segments.Any(s => (s.Flags & (SegmentFlags.Write | SegmentFlags.Execute)) == (SegmentFlags.Write | SegmentFlags.Execute));
             _partition = hypervisor.CreatePartition(_memory, new PartitionOptions
             {
                 TrackDirtyPages = config.SnapshotReset,
-                MaskedCpuidFeatures = [CpuidFeature.Xsave, CpuidFeature.Avx, CpuidFeature.Avx2, CpuidFeature.Avx512F],
+                MaskedCpuidFeatures = HiddenCpuidFeatures,
             });
             try
             {
                 _vcpu = _partition.CreateVcpu(0);
                 _fsBaseByMsr = _partition.SupportedMsrs.Contains(MsrIndex.FsBase);
+                _savedMsrs = [.. SavedMsrs.Where(_partition.SupportedMsrs.Contains)];
+                _cpuid = CpuidPolicy(_partition.SupportedCpuid);
                 _abi = new LinuxAbi(config, _memory, _space, _arena, SetFsBase);
                 StartProgram(image);
             }
@@ -69,6 +75,27 @@ internal sealed class SandboxMachine : IDisposable
         }
     }
 
+    /// <summary>Smallest heap a program gets besides its stack.</summary>
+    private const ulong MinimumHeapBytes = 64 * 1024;
+
+    /// <summary>
+    /// CPUID features the program never sees: XSAVE and the vector extensions whose state it would need (their
+    /// registers are outside the legacy FXSAVE state the sandbox promises), and protection keys.
+    /// </summary>
+    private static readonly CpuidFeature[] HiddenCpuidFeatures =
+    [
+        CpuidFeature.Xsave, CpuidFeature.Avx, CpuidFeature.Avx2, CpuidFeature.Avx512F,
+        new(7, 0, CpuidRegister.Ecx, 3), // PKU
+    ];
+
+    /// <summary>MSRs that hold architectural state a run may change, directly (FS/GS base) or not; each is restored for every call where the backend has it.</summary>
+    private static readonly uint[] SavedMsrs =
+    [
+        MsrIndex.FsBase, MsrIndex.GsBase, MsrIndex.KernelGsBase, MsrIndex.TscAux, MsrIndex.Star, MsrIndex.Lstar,
+        MsrIndex.Cstar, MsrIndex.Fmask, MsrIndex.SysenterCs, MsrIndex.SysenterEsp, MsrIndex.SysenterEip,
+        MsrIndex.MiscFeaturesEnables,
+    ];
+
     /// <summary>Whether the machine can serve another run (it has a snapshot, or has not run yet).</summary>
     public bool CanRunAgain => !_broken && (_snapshot is not null || !_dirty);
 
@@ -78,14 +105,79 @@ internal sealed class SandboxMachine : IDisposable
     /// <summary>The hypervisor's name.</summary>
     public string BackendName => _partition.Hypervisor.Name;
 
+    /// <summary>What the backend enforces on this host, as far as the machine has seen.</summary>
+    public SandboxIsolation Isolation => new()
+    {
+        Backend = BackendName,
+        CpuidPolicyEnforced = _cpuidFaulting || !_userModeIsHostUserMode,
+        CpuidFaulting = _cpuidFaulting,
+        UserModeRunsOnHost = _userModeIsHostUserMode,
+        HiddenStateReachable = _userModeIsHostUserMode ? HostUserComponents() & ~(XsaveComponents.X87 | XsaveComponents.Sse) : XsaveComponents.None,
+    };
+
+    /// <summary>
+    /// The XSAVE components this process's own user-mode code can use (the kernel's XCR0 as .NET sees it): on a KVM
+    /// that runs CPL 3 guest code as host user code, the program can use them too, whatever CPUID says.
+    /// </summary>
+    private static XsaveComponents HostUserComponents()
+    {
+        var c = XsaveComponents.X87 | XsaveComponents.Sse;
+        if (System.Runtime.Intrinsics.X86.Avx.IsSupported)
+        {
+            c |= XsaveComponents.Avx;
+        }
+
+        if (System.Runtime.Intrinsics.X86.Avx512F.IsSupported)
+        {
+            c |= XsaveComponents.Avx512OpMask | XsaveComponents.Avx512ZmmHigh256 | XsaveComponents.Avx512HighZmm;
+        }
+
+        if (HostHasOsPke.Value)
+        {
+            c |= XsaveComponents.Pkru;
+        }
+
+        return c;
+    }
+
+    private static readonly Lazy<bool> HostHasOsPke = new(() =>
+    {
+        try
+        {
+            return File.Exists("/proc/cpuinfo") && File.ReadLines("/proc/cpuinfo")
+                .Any(l => l.StartsWith("flags", StringComparison.Ordinal) && l.Contains(" ospke", StringComparison.Ordinal));
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return false;
+        }
+    });
+
+    /// <summary>
+    /// The CPUID answers the program gets: the backend's leaves without the hidden features, with OSXSAVE and
+    /// OSPKE clear (CR4 has neither) and no XSAVE enumeration leaf.
+    /// </summary>
+    private static CpuidEntry[] CpuidPolicy(IReadOnlyList<CpuidEntry> supported) =>
+    [
+        .. supported.Where(e => e.Function != 0xD).Select(e => e.Function switch
+        {
+            1 => e with { Ecx = e.Ecx & ~(1u << 27) },
+            7 when e.Index == 0 => e with { Ecx = e.Ecx & ~(1u << 4) },
+            _ => e,
+        }),
+    ];
+
     /// <summary>Creates the VM and loads <paramref name="image"/> (throws for a bad configuration or a refusing backend).</summary>
     public static SandboxMachine Create(SandboxConfiguration config, ElfImage image, IHypervisor hypervisor) => new(config, image, hypervisor);
 
     private void StartProgram(ElfImage image)
     {
-        var cpuid = _partition.SupportedCpuid;
-        _vcpu.SetCpuid(cpuid);
-        uint hwcap = cpuid.FirstOrDefault(e => e.Function == 1).Edx;
+        _vcpu.SetCpuid(_cpuid);
+        uint hwcap = _cpuid.FirstOrDefault(e => e.Function == 1).Edx;
         var random = new byte[16];
         if (_config.RandomSeed is int seed)
         {
@@ -107,7 +199,7 @@ internal sealed class SandboxMachine : IDisposable
             (AuxKey.Uid, 1000), (AuxKey.Euid, 1000), (AuxKey.Gid, 1000), (AuxKey.Egid, 1000), (AuxKey.Hwcap, hwcap),
             (AuxKey.Hwcap2, 0), (AuxKey.Clktck, 100), (AuxKey.Secure, 0),
         };
-        var stack = InitialStack.Build(_arena.StackTop, argv, _config.Environment, _config.ExecutablePath, random, aux, _arena.StackBytes);
+        var stack = InitialStack.Build(_space.StackTop, argv, _config.Environment, _config.ExecutablePath, random, aux, _config.StackBytes);
         if (!_space.TryWriteUser(stack.Rsp, stack.Bytes, _memory))
         {
             throw new InvalidOperationException("The initial stack is not writable user memory.");
@@ -116,8 +208,47 @@ internal sealed class SandboxMachine : IDisposable
         var sregs = Supervisor.UserStart(_vcpu.GetSpecialRegisters(), _space.Cr3);
         _vcpu.SetSpecialRegisters(sregs);
         _vcpu.SetMsrs(Supervisor.SyscallMsrs());
-        _vcpu.SetFpuState(FpuState.Initial);
+        EnableCpuidFaulting();
+        // The whole XSAVE image, not just the FXSAVE part: it is what the backend loads into the processor, and on a
+        // KVM that runs user code with the host's XCR0 it also clears vector state that CPUID does not admit to.
+        ulong xcr0 = _vcpu.GetXsaveState().Xcr0 & (ulong)(XsaveComponents.X87 | XsaveComponents.Sse);
+        _vcpu.SetXsaveState(XsaveState.FromFpu(FpuState.Initial, xcr0));
+        _vcpu.SetDebugRegisters(DebugRegisters.Initial);
         _vcpu.SetGeneralRegisters(new GeneralRegisters { Rip = image.Entry, Rsp = stack.Rsp, Rflags = Supervisor.InitialUserFlags });
+    }
+
+    /// <summary>
+    /// Turns on CPUID faulting where the backend offers it (MSR_PLATFORM_INFO bit 31): CPUID at CPL 3 then raises
+    /// #GP, and the host answers from the sandbox's policy. That is the only way the policy holds on a KVM that runs
+    /// user code natively with the host's CPUID (PVM); elsewhere it costs one exit per CPUID, which programs run a
+    /// few dozen times while they start.
+    /// </summary>
+    private void EnableCpuidFaulting()
+    {
+        if (!_partition.SupportedMsrs.Contains(MsrIndex.PlatformInfo) || !_partition.SupportedMsrs.Contains(MsrIndex.MiscFeaturesEnables))
+        {
+            return;
+        }
+
+        Span<MsrEntry> info = [new MsrEntry(MsrIndex.PlatformInfo, 0)];
+        try
+        {
+            _vcpu.GetMsrs(info);
+            if ((info[0].Value & (1UL << 31)) == 0)
+            {
+                return;
+            }
+
+            _vcpu.SetMsrs([new MsrEntry(MsrIndex.MiscFeaturesEnables, 1)]);
+            _cpuidFaulting = true;
+        }
+        catch (ArgumentException)
+        {
+            // The backend lists the MSRs but refuses them for this vCPU: CPUID keeps the backend's own answers.
+        }
+        catch (HypervisorException)
+        {
+        }
     }
 
     private void SetFsBase(ulong value)
@@ -177,11 +308,20 @@ internal sealed class SandboxMachine : IDisposable
         long? instructions = _vcpu is IInstructionCounting c ? c.InstructionsRetired - instructionsBefore : null;
         var status = outcome.Status;
         string? message = outcome.Message;
-        if (_arena.LimitReached && status is not SandboxStatus.TimeLimitExceeded and not SandboxStatus.Cancelled &&
-            !(status == SandboxStatus.Exited && outcome.ExitCode == 0))
+        if (_arena.LimitReached)
         {
-            message = $"A memory request was refused (limit {_config.MemoryBytes} bytes), then the run ended: {outcome.Status} {outcome.Message ?? outcome.ExitCode.ToString(System.Globalization.CultureInfo.InvariantCulture)}";
-            status = SandboxStatus.MemoryLimitExceeded;
+            string refused = $"A memory request was refused earlier in the run (limit {_config.MemoryBytes} bytes).";
+            if ((status == SandboxStatus.Exited && outcome.ExitCode != 0) || status == SandboxStatus.Signaled)
+            {
+                // A program that gives up after ENOMEM (exit status, abort) ran out of memory.
+                message = $"{refused} Then the run ended: {outcome.Status} {outcome.Message ?? outcome.ExitCode.ToString(System.Globalization.CultureInfo.InvariantCulture)}";
+                status = SandboxStatus.MemoryLimitExceeded;
+            }
+            else if (status == SandboxStatus.GuestFault)
+            {
+                // A fault is reported as the fault, whatever came before it; the refusal is context.
+                message = $"{message} {refused}";
+            }
         }
 
         return new SandboxResult
@@ -193,8 +333,10 @@ internal sealed class SandboxMachine : IDisposable
             Stderr = _abi.Stderr.ToArray(),
             Fault = outcome.Fault,
             Message = message,
-            Usage = new SandboxResourceUsage(watch.Elapsed, instructions, (long)_arena.PeakPages * (long)GuestLayout.PageSize, _abi.SystemCalls, restored),
+            Usage = new SandboxResourceUsage(watch.Elapsed, instructions, ((long)_arena.PeakPages + (long)_space.StackPages) * (long)GuestLayout.PageSize, _abi.SystemCalls, restored),
             UnsupportedSystemCalls = new Dictionary<string, int>(_abi.Unsupported),
+            MemoryLimitReached = _arena.LimitReached,
+            Isolation = Isolation,
         };
     }
 
@@ -236,6 +378,9 @@ internal sealed class SandboxMachine : IDisposable
                         _broken = true;
                         return Stopped(SandboxStatus.BackendFailure, "SYSCALL reached the trampoline at CPL 0 although EFER.SCE is clear; this backend is not supported.");
                     }
+
+                    // SYSCALL ignored EFER.SCE without leaving CPL 3: the backend runs user code as host user code.
+                    _userModeIsHostUserMode = true;
                 }
 
                 if (_config.SnapshotReset && _snapshot is null && _abi.IsReadyPoint(regs))
@@ -344,8 +489,66 @@ internal sealed class SandboxMachine : IDisposable
             : null;
     }
 
+    /// <summary>A #GP at CPL 3 whose instruction is <c>cpuid</c> (0F A2) while CPUID faulting is on: the host answers it.</summary>
+    private bool IsCpuidFault(out ulong frame)
+    {
+        frame = FrameAddress(GeneralProtectionVector).Value;
+        if (!_cpuidFaulting || _pending != ExitKind.Stub)
+        {
+            return false;
+        }
+
+        ulong error = _memory.Read<ulong>(new GuestAddress(frame));
+        ulong rip = _memory.Read<ulong>(new GuestAddress(frame + 8));
+        ulong cs = _memory.Read<ulong>(new GuestAddress(frame + 16));
+        Span<byte> insn = stackalloc byte[2];
+        return error == 0 && (cs & 3) == 3 && _space.TryReadUser(rip, insn, _memory) && insn[0] == 0x0F && insn[1] == 0xA2;
+    }
+
+    /// <summary>Answers a faulted CPUID from the sandbox's policy, steps the frame past it and resumes at the stub's <c>iretq</c>.</summary>
+    private void ServeCpuid(ulong frame)
+    {
+        var regs = _vcpu.GetGeneralRegisters();
+        uint leaf = (uint)regs.Rax, sub = (uint)regs.Rcx;
+        var entry = default(CpuidEntry);
+        foreach (var e in _cpuid)
+        {
+            if (e.Function == leaf && ((e.Flags & CpuidEntry.SignificantIndex) == 0 || e.Index == sub))
+            {
+                entry = e;
+                break;
+            }
+        }
+
+        uint ebx = leaf == 1 ? entry.Ebx & 0x00FF_FFFF : entry.Ebx; // one vCPU: initial APIC ID 0
+        regs.Rax = entry.Eax;
+        regs.Rbx = ebx;
+        regs.Rcx = entry.Ecx;
+        regs.Rdx = entry.Edx;
+        regs.Rip = GuestLayout.ResumeAddress;
+        // The stub ran with RSP at the error code #GP pushed; iretq wants the frame's RIP on top.
+        regs.Rsp = GuestLayout.SupervisorBase + frame + 8;
+        ulong userRip = _memory.Read<ulong>(new GuestAddress(frame + 8));
+        _memory.Write(new GuestAddress(frame + 8), userRip + 2);
+        _vcpu.SetGeneralRegisters(regs);
+        _cpuidServed++;
+    }
+
+    private long _cpuidServed;
+
+    /// <summary>CPUID instructions the host answered (CPUID faulting), since the machine was created.</summary>
+    public long CpuidServed => _cpuidServed;
+
+    private const int GeneralProtectionVector = 13;
+
     private Outcome? OnException(int vector)
     {
+        if (vector == GeneralProtectionVector && IsCpuidFault(out ulong cpuidFrame))
+        {
+            ServeCpuid(cpuidFrame);
+            return null;
+        }
+
         if (vector == GuestLayout.InvalidOpcodeVector && _pending == ExitKind.Stub && IsSyscallUd())
         {
             var regs = _vcpu.GetGeneralRegisters();
@@ -383,20 +586,33 @@ internal sealed class SandboxMachine : IDisposable
             _ => 11, // SIGSEGV
         };
         string where = (cs & 3) == 3 ? "" : " (in supervisor code)";
+        if (vector == 14 && (cs & 3) == 3 && _space.IsStackGuard(cr2))
+        {
+            return new Outcome(SandboxStatus.GuestFault, -1, signal,
+                $"The program overflowed its {_config.StackBytes}-byte stack (SIGSEGV; raise it with WithStackSize): {fault}", fault);
+        }
 
         return new Outcome(SandboxStatus.GuestFault, -1, signal, $"The program raised {name}{where}: {fault}", fault);
     }
 
     // ---- snapshot ------------------------------------------------------------------------
 
+    /// <summary>
+    /// The machine at the ready point: every piece of architectural state of the vCPU (general, segment,
+    /// control and debug registers, the whole XSAVE image with XCR0, the MSRs in <see cref="SavedMsrs"/>),
+    /// every non-zero page of RAM, and the host-side state.
+    /// </summary>
     private sealed record Snapshot(
-        ExitKind Kind, GeneralRegisters Registers, SpecialRegisters Special, FpuState Fpu, int[] PageSlots, byte[] Pages,
-        ArenaAllocator.State Arena, AbiState Abi);
+        ExitKind Kind, GeneralRegisters Registers, SpecialRegisters Special, XsaveState Xsave, DebugRegisters Debug, MsrEntry[] Msrs,
+        int[] PageSlots, byte[] Pages, ArenaAllocator.State Arena, AbiState Abi);
 
     private Snapshot TakeSnapshot(in GeneralRegisters regs, ExitKind kind)
     {
         var special = _vcpu.GetSpecialRegisters();
-        var fpu = _vcpu.GetFpuState();
+        var xsave = _vcpu.GetXsaveState();
+        var debug = _vcpu.GetDebugRegisters();
+        var msrs = _savedMsrs.Select(i => new MsrEntry(i, 0)).ToArray();
+        _vcpu.GetMsrs(msrs);
         int pageCount = (int)(_memory.TotalSize / GuestLayout.PageSize);
         var slots = new int[pageCount];
         var data = new MemoryStream();
@@ -416,7 +632,7 @@ internal sealed class SandboxMachine : IDisposable
 
         // Start the dirty log from here: only pages written after this point need restoring.
         CollectDirty();
-        return new Snapshot(kind, regs, special, fpu, slots, data.ToArray(), _arena.Save(), _abi.SaveState());
+        return new Snapshot(kind, regs, special, xsave, debug, msrs, slots, data.ToArray(), _arena.Save(), _abi.SaveState());
     }
 
     private ulong[] CollectDirty()
@@ -455,7 +671,7 @@ internal sealed class SandboxMachine : IDisposable
                 return false;
             }
 
-            Span<ulong> iret = [GuestLayout.TrampolineAddress, GuestLayout.UserCode, Supervisor.InitialUserFlags, _arena.StackTop - 64, GuestLayout.UserData];
+            Span<ulong> iret = [GuestLayout.TrampolineAddress, GuestLayout.UserCode, Supervisor.InitialUserFlags, _space.StackTop - 64, GuestLayout.UserData];
             _memory.Write(new GuestAddress(regs.Rsp - GuestLayout.SupervisorBase), MemoryMarshal.AsBytes(iret));
             regs.Rip = GuestLayout.ResumeAddress;
         }
@@ -529,12 +745,12 @@ internal sealed class SandboxMachine : IDisposable
             _vcpu.SetSpecialRegisters(s.Special);
         }
 
-        _vcpu.SetFpuState(s.Fpu);
-        if (_fsBaseByMsr)
-        {
-            _vcpu.SetMsrs([new MsrEntry(MsrIndex.FsBase, s.Special.Fs.Base)]);
-        }
-
+        // Every call starts from the same architectural state: the whole XSAVE image (upper YMM halves, AVX-512 and
+        // PKRU included, which a KVM that runs user code with the host's XCR0 lets a program change even though
+        // CPUID hides them), the debug registers, and the MSRs a run can reach (FS/GS base, TSC_AUX, ...).
+        _vcpu.SetXsaveState(s.Xsave);
+        _vcpu.SetDebugRegisters(s.Debug);
+        _vcpu.SetMsrs(s.Msrs);
         return restored;
     }
 
