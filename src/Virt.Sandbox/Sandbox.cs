@@ -47,6 +47,11 @@ public sealed class Sandbox : IAsyncDisposable, IDisposable
     public Task<SandboxResult> RunAsync(ReadOnlyMemory<byte> stdin = default, CancellationToken cancellationToken = default)
     {
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        if (Volatile.Read(ref _stuck))
+        {
+            return Task.FromResult(StuckResult());
+        }
+
         var tcs = new TaskCompletionSource<SandboxResult>(TaskCreationOptions.RunContinuationsAsynchronously);
         _work.Add(() =>
         {
@@ -59,10 +64,45 @@ public sealed class Sandbox : IAsyncDisposable, IDisposable
 #pragma warning restore CA1031
             {
                 tcs.SetException(e);
+                return;
             }
+
+            // Ready the machine for the next call now that the caller has its result.
+            _machine?.Park();
         }, CancellationToken.None);
-        return tcs.Task;
+        return Watch(tcs.Task);
     }
+
+    /// <summary>
+    /// How long past the time limit a run may take to come back before the sandbox gives up on its backend. The time
+    /// limit kicks the vCPU out of the guest; a backend that does not return after that is stuck in the kernel.
+    /// </summary>
+    private static readonly TimeSpan StuckGrace = TimeSpan.FromSeconds(30);
+
+    private bool _stuck;
+
+    /// <summary>The run's result, or a <see cref="SandboxStatus.BackendFailure"/> when the vCPU thread does not come back.</summary>
+    private async Task<SandboxResult> Watch(Task<SandboxResult> run)
+    {
+        try
+        {
+            return await run.WaitAsync(_config.TimeLimit + StuckGrace).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            Volatile.Write(ref _stuck, true);
+            return StuckResult();
+        }
+    }
+
+    private SandboxResult StuckResult() => new()
+    {
+        Status = SandboxStatus.BackendFailure,
+        Message = $"The backend did not return from the guest within {StuckGrace.TotalSeconds} s after the {_config.TimeLimit.TotalMilliseconds} ms time limit; its vCPU thread is abandoned and this sandbox refuses further calls. Build a new one.",
+        Stdout = ReadOnlyMemory<byte>.Empty,
+        Stderr = ReadOnlyMemory<byte>.Empty,
+        Usage = new SandboxResourceUsage(_config.TimeLimit + StuckGrace, null, 0, 0, 0),
+    };
 
     /// <summary>Runs the program until its ready point and snapshots it, so the next call is warm. Returns that first run's result.</summary>
     public Task<SandboxResult> WarmUpAsync(CancellationToken cancellationToken = default) => RunAsync(default, cancellationToken);
@@ -120,7 +160,11 @@ public sealed class Sandbox : IAsyncDisposable, IDisposable
         _work.CompleteAdding();
         if (Thread.CurrentThread != _thread)
         {
-            _thread.Join();
+            // A vCPU thread stuck in the backend (see Watch) is left behind rather than hanging the caller.
+            if (!_thread.Join(Volatile.Read(ref _stuck) ? TimeSpan.FromSeconds(1) : Timeout.InfiniteTimeSpan))
+            {
+                return;
+            }
         }
 
         _work.Dispose();

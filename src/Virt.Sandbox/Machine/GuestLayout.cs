@@ -34,7 +34,7 @@ internal static class GuestLayout
     /// <summary>Virtual address of the trampoline: the last user page, read-only and executable.</summary>
     public const ulong TrampolineAddress = 0x7FFF_FFFF_F000;
 
-    /// <summary>Where the trampoline continues after the doorbell read (the 10-byte <c>mov rax, [moffs64]</c>): RFLAGS from R11, then <c>jmp rcx</c>.</summary>
+    /// <summary>Where the trampoline continues after the doorbell read: <c>jmp rcx</c> (after the 10-byte <c>mov rax, [moffs64]</c>).</summary>
     public const ulong TrampolineReturn = TrampolineAddress + 10;
 
     /// <summary>Virtual address of the doorbell page (user-readable, backed by no RAM).</summary>

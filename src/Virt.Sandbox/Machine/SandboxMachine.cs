@@ -33,6 +33,7 @@ internal sealed class SandboxMachine : IDisposable
     private readonly uint[] _savedMsrs = [];
     private readonly CpuidEntry[] _cpuid = [];
     private bool _cpuidFaulting;
+    private bool _debugExceptionSinceSnapshot;
     private bool _userModeIsHostUserMode;
     private Snapshot? _snapshot;
     private bool _dirty;
@@ -88,13 +89,13 @@ internal sealed class SandboxMachine : IDisposable
         new(7, 0, CpuidRegister.Ecx, 3), // PKU
     ];
 
-    /// <summary>MSRs that hold architectural state a run may change, directly (FS/GS base) or not; each is restored for every call where the backend has it.</summary>
-    private static readonly uint[] SavedMsrs =
-    [
-        MsrIndex.FsBase, MsrIndex.GsBase, MsrIndex.KernelGsBase, MsrIndex.TscAux, MsrIndex.Star, MsrIndex.Lstar,
-        MsrIndex.Cstar, MsrIndex.Fmask, MsrIndex.SysenterCs, MsrIndex.SysenterEsp, MsrIndex.SysenterEip,
-        MsrIndex.MiscFeaturesEnables,
-    ];
+    /// <summary>
+    /// MSRs a program can write at CPL 3 (WRFSBASE/WRGSBASE, where the backend lets user code use them); the reset
+    /// writes them back where the backend has them as MSRs. The rest (KERNEL_GS_BASE, TSC_AUX, the SYSCALL and
+    /// SYSENTER MSRs, MISC_FEATURES_ENABLES) only CPL 0 code can change, and the sandbox's own CPL 0 code never does:
+    /// they are set once when the machine starts.
+    /// </summary>
+    private static readonly uint[] SavedMsrs = [MsrIndex.FsBase, MsrIndex.GsBase];
 
     /// <summary>Whether the machine can serve another run (it has a snapshot, or has not run yet).</summary>
     public bool CanRunAgain => !_broken && (_snapshot is not null || !_dirty);
@@ -295,7 +296,7 @@ internal sealed class SandboxMachine : IDisposable
         {
             // The restored vCPU sits at the ready point's system call: serve it with the new input.
             var regs = _snapshot.Registers;
-            outcome = _snapshot.Kind == ExitKind.Doorbell ? ServeDoorbell(ref regs, resumed: true) : ServeUd(ref regs, resumed: true);
+            outcome = _snapshot.Kind == ExitKind.Doorbell ? ResumeAfterDoorbell(ref regs) : ServeUd(ref regs, resumed: true);
         }
 
         while (outcome is null)
@@ -388,7 +389,7 @@ internal sealed class SandboxMachine : IDisposable
                     _snapshot = TakeSnapshot(regs, ExitKind.Doorbell);
                 }
 
-                return ServeDoorbell(ref regs, resumed: false);
+                return ServeDoorbell(ref regs);
             }
 
             case VcpuExitReason.PortIo when exit.Port >= GuestLayout.ExceptionPortBase && exit.Port < GuestLayout.ExceptionPortBase + GuestLayout.ExceptionVectors:
@@ -414,26 +415,76 @@ internal sealed class SandboxMachine : IDisposable
     }
 
     /// <summary>Serves a system call that arrived through the trampoline: the result goes back as the doorbell's value.</summary>
-    private Outcome? ServeDoorbell(ref GeneralRegisters regs, bool resumed)
+    private Outcome? ServeDoorbell(ref GeneralRegisters regs)
     {
         if (!_abi.Dispatch(ref regs))
         {
             return FromStop();
         }
 
-        if (_pending == ExitKind.Doorbell)
+        BitConverter.TryWriteBytes(_vcpu.ExitData, regs.Rax);
+        return null;
+    }
+
+    /// <summary>
+    /// Serves the snapshot's pending system call after a restore and returns to the program after its SYSCALL (RIP
+    /// from RCX, RFLAGS from R11, where SYSCALL saved them). The vCPU is never resumed by completing a doorbell read
+    /// here: a KVM completes a pending read by writing back the flags it held when that read exited, which would be an
+    /// earlier call's. It resumes through a stub's <c>iretq</c>, whose frame the host writes, or, with no exit pending,
+    /// from registers set directly.
+    /// </summary>
+    private Outcome? ResumeAfterDoorbell(ref GeneralRegisters regs)
+    {
+        if (!_abi.Dispatch(ref regs))
         {
-            BitConverter.TryWriteBytes(_vcpu.ExitData, regs.Rax);
+            return FromStop();
         }
 
-        if (resumed)
+        ulong userFlags = (regs.R11 & Supervisor.UserFlagsMask) | Supervisor.InitialUserFlags;
+        if (_pending == ExitKind.Stub)
         {
-            // After a restore the registers come from the snapshot; the pending read (if any) ends the same way.
-            regs.Rip = GuestLayout.TrampolineReturn;
+            Span<ulong> iret = [regs.Rcx, GuestLayout.UserCode, userFlags, regs.Rsp, GuestLayout.UserData];
+            _memory.Write(new GuestAddress(ResumeFrame - GuestLayout.SupervisorBase), MemoryMarshal.AsBytes(iret));
+            var kernel = regs;
+            kernel.Rsp = ResumeFrame;
+            kernel.Rip = GuestLayout.ResumeAddress;
+            kernel.Rflags = 0x2;
+            _vcpu.SetGeneralRegisters(kernel);
+        }
+        else
+        {
+            regs.Rip = regs.Rcx;
+            regs.Rflags = userFlags;
             _vcpu.SetGeneralRegisters(regs);
         }
 
         return null;
+    }
+
+    /// <summary>Where a resume through a stub's <c>iretq</c> puts its five-word frame: the top of the exception stack.</summary>
+    private const ulong ResumeFrame = GuestLayout.ExceptionStackTop - 40;
+
+    /// <summary>
+    /// When the last run ended in a doorbell read, completes that read into an exception stub (one guest exit), so the
+    /// next restore resumes through the stub's <c>iretq</c>. Called between calls, off the caller's critical path;
+    /// <see cref="Run"/> does it itself when it was not done.
+    /// </summary>
+    public void Park()
+    {
+        if (_pending != ExitKind.Doorbell || _snapshot is null || _broken)
+        {
+            return;
+        }
+
+        try
+        {
+            _broken = !Converge(ExitKind.Stub);
+        }
+        catch (HypervisorException)
+        {
+            // The next call rebuilds the machine.
+            _broken = true;
+        }
     }
 
     /// <summary>Physical address of the frame the CPU pushed on the exception stack (error code first, where there is one).</summary>
@@ -543,6 +594,12 @@ internal sealed class SandboxMachine : IDisposable
 
     private Outcome? OnException(int vector)
     {
+        if (vector == 1)
+        {
+            // #DB sets bits in DR6: the next reset writes the debug registers back.
+            _debugExceptionSinceSnapshot = true;
+        }
+
         if (vector == GeneralProtectionVector && IsCpuidFault(out ulong cpuidFrame))
         {
             ServeCpuid(cpuidFrame);
@@ -651,51 +708,33 @@ internal sealed class SandboxMachine : IDisposable
     }
 
     /// <summary>
-    /// Brings the vCPU into an exit of the snapshot's kind, so that whatever the backend does to complete the
-    /// pending exit agrees with the restored state. Runs a few guest instructions; only needed after a run
-    /// that ended in the other kind of exit.
+    /// Brings a vCPU stopped in a doorbell read into an exception stub, so that whatever the backend does to complete
+    /// the pending exit (a stub's <c>out</c> continues to the shared <c>iretq</c>) agrees with the state the host
+    /// sets next. Every restore resumes from a stub or from no pending exit at all.
     /// </summary>
     private bool Converge(ExitKind target)
     {
-        if (_pending == ExitKind.None || _pending == target)
+        if (_pending != ExitKind.Doorbell || target != ExitKind.Stub)
         {
             return true;
         }
 
+        // At the doorbell: let the trampoline's jmp rcx land in supervisor memory, whose #PF exits through a stub.
         var regs = _vcpu.GetGeneralRegisters();
-        if (target == ExitKind.Doorbell)
-        {
-            // In an exception stub: make its iretq return to CPL 3 at the trampoline, whose doorbell read exits.
-            if (regs.Rsp < GuestLayout.SupervisorBase + GuestLayout.StackPhysical || regs.Rsp > GuestLayout.ExceptionStackTop - 40)
-            {
-                return false;
-            }
-
-            Span<ulong> iret = [GuestLayout.TrampolineAddress, GuestLayout.UserCode, Supervisor.InitialUserFlags, _space.StackTop - 64, GuestLayout.UserData];
-            _memory.Write(new GuestAddress(regs.Rsp - GuestLayout.SupervisorBase), MemoryMarshal.AsBytes(iret));
-            regs.Rip = GuestLayout.ResumeAddress;
-        }
-        else
-        {
-            // At the doorbell: let the trampoline's jmp rcx land in supervisor memory, whose #PF exits through a stub.
-            BitConverter.TryWriteBytes(_vcpu.ExitData, 0UL);
-            regs.Rcx = GuestLayout.SupervisorBase + GuestLayout.CodePhysical;
-            regs.Rip = GuestLayout.TrampolineReturn;
-        }
-
+        BitConverter.TryWriteBytes(_vcpu.ExitData, 0UL);
+        regs.Rcx = GuestLayout.SupervisorBase + GuestLayout.CodePhysical;
+        regs.Rip = GuestLayout.TrampolineReturn;
         _vcpu.SetGeneralRegisters(regs);
         var exit = _vcpu.Run();
-        bool ok = target == ExitKind.Doorbell
-            ? exit.Reason == VcpuExitReason.Mmio && exit.Address.Value == GuestLayout.DoorbellPhysical
-            : exit.Reason == VcpuExitReason.PortIo && exit.Port >= GuestLayout.ExceptionPortBase;
-        _pending = ok ? target : ExitKind.None;
+        bool ok = exit.Reason == VcpuExitReason.PortIo && exit.Port >= GuestLayout.ExceptionPortBase;
+        _pending = ok ? ExitKind.Stub : ExitKind.None;
         return ok;
     }
 
     private int Restore(Snapshot s, out Outcome? failure)
     {
         failure = null;
-        if (!Converge(s.Kind))
+        if (!Converge(ExitKind.Stub))
         {
             _broken = true;
             failure = Stopped(SandboxStatus.BackendFailure, "The vCPU could not be brought back to the snapshot's state; the sandbox will be rebuilt.");
@@ -740,23 +779,43 @@ internal sealed class SandboxMachine : IDisposable
         _arena.Restore(s.Arena);
         _abi.RestoreState(s.Abi);
         var current = _vcpu.GetSpecialRegisters();
-        if (!SameSpecial(current, s.Special))
+        var special = s.Special;
+        if (s.Kind == ExitKind.Doorbell && _pending == ExitKind.Stub)
         {
-            _vcpu.SetSpecialRegisters(s.Special);
+            // The program resumes through the stub's iretq, which loads CS and SS: until then the vCPU stays in the stub.
+            special.Cs = current.Cs;
+            special.Ss = current.Ss;
         }
 
-        // Every call starts from the same architectural state: the whole XSAVE image (upper YMM halves, AVX-512 and
-        // PKRU included, which a KVM that runs user code with the host's XCR0 lets a program change even though
-        // CPUID hides them), the debug registers, and the MSRs a run can reach (FS/GS base, TSC_AUX, ...).
+        if (!SameSpecial(current, special))
+        {
+            _vcpu.SetSpecialRegisters(special);
+        }
+
+        // Every call starts from the same architectural state. What a program can change at CPL 3 is written back:
+        // segment state (above), the whole XSAVE image (upper YMM halves, AVX-512 and PKRU included, which a KVM that
+        // runs user code with the host's XCR0 lets a program change even though CPUID hides them), FS/GS base, and
+        // DR6 after a debug exception. State only CPL 0 can change is the snapshot's already (each write costs an
+        // ioctl, tens of microseconds on a nested KVM).
         _vcpu.SetXsaveState(s.Xsave);
-        _vcpu.SetDebugRegisters(s.Debug);
-        _vcpu.SetMsrs(s.Msrs);
+        if (_debugExceptionSinceSnapshot)
+        {
+            _vcpu.SetDebugRegisters(s.Debug);
+            _debugExceptionSinceSnapshot = false;
+        }
+
+        if (s.Msrs.Length > 0)
+        {
+            _vcpu.SetMsrs(s.Msrs);
+        }
+
         return restored;
     }
 
     private static bool SameSpecial(in SpecialRegisters a, in SpecialRegisters b) =>
         SameSegment(a.Cs, b.Cs) && SameSegment(a.Ds, b.Ds) && SameSegment(a.Es, b.Es) && SameSegment(a.Fs, b.Fs) &&
-        SameSegment(a.Gs, b.Gs) && SameSegment(a.Ss, b.Ss) && a.Cr0 == b.Cr0 && a.Cr3 == b.Cr3 && a.Cr4 == b.Cr4 && a.Efer == b.Efer;
+        SameSegment(a.Gs, b.Gs) && SameSegment(a.Ss, b.Ss) && a.Cr0 == b.Cr0 && a.Cr2 == b.Cr2 && a.Cr3 == b.Cr3 && a.Cr4 == b.Cr4 &&
+        a.Efer == b.Efer;
 
     private static bool SameSegment(in SegmentRegister a, in SegmentRegister b) =>
         a.Base == b.Base && a.Selector == b.Selector && a.Limit == b.Limit && a.Type == b.Type && a.Dpl == b.Dpl && a.Long == b.Long && a.Present == b.Present;

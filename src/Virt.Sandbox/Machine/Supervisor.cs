@@ -14,7 +14,7 @@ namespace Virt.Sandbox.Machine;
 /// stub exits, the host sees <c>0F 05</c> at the frame's RIP, serves the call, steps the frame past it and
 /// resumes at the <c>iretq</c>.</item>
 /// <item>PVM-style KVMs ignore SCE and jump to LSTAR without leaving CPL 3. LSTAR is the trampoline, a
-/// user page holding <c>mov rax, [doorbell]; RFLAGS = R11; jmp rcx</c>: the read of the doorbell (a page backed by no
+/// user page holding <c>mov rax, [doorbell]; jmp rcx</c>: the read of the doorbell (a page backed by no
 /// RAM) is an MMIO exit, the host answers it with the result, which lands in RAX, and the program
 /// continues at RCX, the return address SYSCALL saved. One exit, no CPL 0 instruction, no register write.</item>
 /// </list>
@@ -154,21 +154,12 @@ internal static class Supervisor
 
     private static byte[] AssembleTrampoline()
     {
-        // mov rax, [doorbell]: the exit; then RFLAGS from R11 (where SYSCALL saved them, as Linux's SYSRET restores
-        // them), pushed below the 128-byte red zone; then back to the caller. Taking the flags from R11 matters after a
-        // snapshot restore: a KVM that completes the pending doorbell read writes back the flags it held when that read
-        // exited, which belong to an earlier call. POPF at CPL 3 cannot change IOPL or IF.
         var code = Assemble(GuestLayout.TrampolineAddress, a =>
         {
             a.mov(AssemblerRegisters.rax, AssemblerRegisters.__qword_ptr[GuestLayout.DoorbellAddress]);
-            a.lea(AssemblerRegisters.rsp, AssemblerRegisters.__[AssemblerRegisters.rsp - 128]);
-            a.push(AssemblerRegisters.r11);
-            a.popfq();
-            a.lea(AssemblerRegisters.rsp, AssemblerRegisters.__[AssemblerRegisters.rsp + 128]);
             a.jmp(AssemblerRegisters.rcx);
         });
-        var doorbellRead = Assemble(GuestLayout.TrampolineAddress, a => a.mov(AssemblerRegisters.rax, AssemblerRegisters.__qword_ptr[GuestLayout.DoorbellAddress]));
-        if (doorbellRead.Length != (int)(GuestLayout.TrampolineReturn - GuestLayout.TrampolineAddress))
+        if (code.Length != (int)(GuestLayout.TrampolineReturn - GuestLayout.TrampolineAddress) + 2)
         {
             throw new InvalidOperationException("The trampoline does not have the expected shape.");
         }
