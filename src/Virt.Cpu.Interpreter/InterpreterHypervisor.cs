@@ -32,7 +32,7 @@ public sealed class InterpreterHypervisor : IHypervisor
         HypervisorAvailability.Available("x86-64 interpreter (software, runs on every host)");
 
     /// <inheritdoc />
-    public IPartition CreatePartition(IGuestMemory memory, PartitionOptions options)
+    public IPartition CreatePartition(IGuestMemoryBacking memory, PartitionOptions options)
     {
         ArgumentNullException.ThrowIfNull(memory);
         ArgumentNullException.ThrowIfNull(options);

@@ -10,7 +10,7 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
     private readonly ulong[][] _dirty;
     private bool _disposed;
 
-    public InterpreterPartition(InterpreterHypervisor hypervisor, IGuestMemory memory, PartitionOptions options)
+    public InterpreterPartition(InterpreterHypervisor hypervisor, IGuestMemoryBacking memory, PartitionOptions options)
     {
         Hypervisor = hypervisor;
         Memory = memory;
@@ -34,15 +34,12 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
             SupportedCpuid = PlatformCpuid.Extend(SupportedCpuid, tsc, Platform.CrystalFrequency, options.MaskedCpuidFeatures);
         }
 
-        if (memory is GuestMemory gm)
-        {
-            gm.SetWriteWatcher(this);
-        }
+        memory.SetWriteWatcher(this);
     }
 
     public IHypervisor Hypervisor { get; }
 
-    public IGuestMemory Memory { get; }
+    public IGuestMemoryBacking Memory { get; }
 
     public PartitionOptions Options { get; }
 
@@ -117,9 +114,9 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
 
         Span<ulong> host = d.Length <= 512 ? stackalloc ulong[d.Length] : new ulong[d.Length];
         host.Clear();
-        if (Memory is GuestMemory gm)
+        if (Memory.DirtyBitmapLength(regionIndex) <= host.Length)
         {
-            gm.CollectDirtyPages(regionIndex, host);
+            Memory.CollectDirtyPages(regionIndex, host);
         }
 
         for (int i = 0; i < d.Length; i++)
@@ -189,10 +186,7 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
             _disposed = true;
         }
 
-        if (Memory is GuestMemory gm)
-        {
-            gm.SetWriteWatcher(null);
-        }
+        Memory.SetWriteWatcher(null);
 
         Platform?.Dispose();
     }

@@ -150,10 +150,7 @@ internal sealed unsafe partial class InterpreterVcpu
                 list = [];
                 _codePages[page] = list;
                 FlushWriteTlbForPhysPage(page << 12);
-                if (_partition.Memory is GuestMemory gm)
-                {
-                    gm.WatchPage(new GuestAddress(page << 12));
-                }
+                _partition.Memory.WatchPage(new GuestAddress(page << 12));
             }
 
             list.Add(b);

@@ -88,14 +88,14 @@ public sealed class KvmHypervisor : IHypervisor
     /// <inheritdoc />
     /// <remarks>
     /// Every region of <paramref name="memory"/> becomes one KVM memory slot, so each must carry a
-    /// <see cref="GuestMemoryRegionInfo.HostAddress"/> (as <see cref="GuestMemory"/> does). ROM regions are
+    /// <see cref="GuestMemoryRegionInfo.HostAddress"/> (as Virt.Memory's GuestMemory does). ROM regions are
     /// mapped read-only where KVM supports it; without that capability they are left unmapped and guest
     /// accesses to them exit as MMIO.
     /// </remarks>
     /// <exception cref="ArgumentException">The memory or options cannot be mapped (no host address, too many regions, bad vCPU count).</exception>
     /// <exception cref="HypervisorException">KVM refused an operation.</exception>
     /// <exception cref="PlatformNotSupportedException">Not Linux.</exception>
-    public IPartition CreatePartition(IGuestMemory memory, PartitionOptions options)
+    public IPartition CreatePartition(IGuestMemoryBacking memory, PartitionOptions options)
     {
         ArgumentNullException.ThrowIfNull(memory);
         ArgumentNullException.ThrowIfNull(options);

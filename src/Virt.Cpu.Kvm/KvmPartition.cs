@@ -26,7 +26,7 @@ internal sealed class KvmPartition : IPartition, IDirtyPageLog
     private readonly PartitionOptions _options;
     private int _disposed;
 
-    internal KvmPartition(KvmHypervisor hypervisor, IGuestMemory memory, PartitionOptions options)
+    internal KvmPartition(KvmHypervisor hypervisor, IGuestMemoryBacking memory, PartitionOptions options)
     {
         if (options.VcpuCount < 1)
         {
@@ -38,7 +38,7 @@ internal sealed class KvmPartition : IPartition, IDirtyPageLog
         {
             if (r.HostAddress == 0)
             {
-                throw new ArgumentException($"Guest memory region at {r.Start} has no host address; KVM can only map memory that lives in this process (use Virt.Memory.GuestMemory).", nameof(memory));
+                throw new ArgumentException($"Guest memory region at {r.Start} has no host address; KVM can only map memory that lives in this process (Virt.Memory.GuestMemory does).", nameof(memory));
             }
 
             if (r.Size == 0 || r.Size % PageSize != 0 || r.Start.Value % PageSize != 0 || r.HostAddress % (nint)PageSize != 0)
@@ -101,7 +101,7 @@ internal sealed class KvmPartition : IPartition, IDirtyPageLog
     public IHypervisor Hypervisor { get; }
 
     /// <inheritdoc />
-    public IGuestMemory Memory { get; }
+    public IGuestMemoryBacking Memory { get; }
 
     /// <inheritdoc />
     public IReadOnlyList<CpuidEntry> SupportedCpuid { get; }
@@ -155,8 +155,8 @@ internal sealed class KvmPartition : IPartition, IDirtyPageLog
 
     /// <inheritdoc />
     /// <remarks>
-    /// Pages the guest wrote come from KVM's log. When <see cref="Memory"/> is a <see cref="GuestMemory"/>, pages
-    /// the host wrote through it are merged in (and cleared from its own log), so the result covers every write.
+    /// Pages the guest wrote come from KVM's log; pages the host wrote through <see cref="Memory"/> are merged in
+    /// (and cleared from its own log), so the result covers every write.
     /// </remarks>
     /// <exception cref="InvalidOperationException">The partition was created without <see cref="PartitionOptions.TrackDirtyPages"/>.</exception>
     /// <exception cref="ArgumentException">The bitmap is too small for the region.</exception>
@@ -183,10 +183,10 @@ internal sealed class KvmPartition : IPartition, IDirtyPageLog
             KvmIoctls.GetDirtyLog(_vm, (uint)regionIndex, target);
         }
 
-        if (Memory is GuestMemory gm && gm.DirtyBitmapLength(regionIndex) is int hostWords && hostWords <= words)
+        if (Memory.DirtyBitmapLength(regionIndex) is int hostWords && hostWords <= words)
         {
             Span<ulong> host = hostWords <= 512 ? stackalloc ulong[hostWords] : new ulong[hostWords];
-            gm.CollectDirtyPages(regionIndex, host);
+            Memory.CollectDirtyPages(regionIndex, host);
             for (int i = 0; i < hostWords; i++)
             {
                 target[i] |= host[i];

@@ -23,7 +23,7 @@ public sealed class WhpHypervisor : IHypervisor
     /// <inheritdoc />
     /// <exception cref="PlatformNotSupportedException">The backend is not available here; the message says why.</exception>
     /// <exception cref="HypervisorException">A WHP call failed; <see cref="HypervisorException.Operation"/> names it.</exception>
-    public IPartition CreatePartition(IGuestMemory memory, PartitionOptions options)
+    public IPartition CreatePartition(IGuestMemoryBacking memory, PartitionOptions options)
     {
         ArgumentNullException.ThrowIfNull(memory);
         ArgumentNullException.ThrowIfNull(options);

@@ -25,7 +25,7 @@ internal sealed class WhpPartition : IPartition, IDirtyPageLog
     private readonly bool _trackDirty;
     private int _disposed;
 
-    internal unsafe WhpPartition(WhpHypervisor hypervisor, IGuestMemory memory, PartitionOptions options, ulong hostExtendedExits)
+    internal unsafe WhpPartition(WhpHypervisor hypervisor, IGuestMemoryBacking memory, PartitionOptions options, ulong hostExtendedExits)
     {
         Hypervisor = hypervisor;
         Memory = memory;
@@ -91,7 +91,7 @@ internal sealed class WhpPartition : IPartition, IDirtyPageLog
 
     public IHypervisor Hypervisor { get; }
 
-    public IGuestMemory Memory { get; }
+    public IGuestMemoryBacking Memory { get; }
 
     internal PartitionOptions Options { get; }
 
@@ -140,7 +140,7 @@ internal sealed class WhpPartition : IPartition, IDirtyPageLog
         }
 
         var region = Memory.Regions[regionIndex];
-        ulong pages = region.Size / GuestMemory.PageSize;
+        ulong pages = region.Size / 4096;
         int needed = (int)((pages + 63) / 64);
         if (bitmap.Length < needed)
         {

@@ -8,7 +8,7 @@ namespace Virt.Memory;
 /// them. Thread-safe for concurrent access; <see cref="Dispose"/> must not race with accesses
 /// (stop the vCPUs and devices first).
 /// </summary>
-public sealed class GuestMemory : IGuestMemory, IDisposable
+public sealed class GuestMemory : IGuestMemoryBacking, IDisposable
 {
     /// <summary>The page size used for alignment, dirty tracking and write watches.</summary>
     public const ulong PageSize = 4096;
@@ -578,11 +578,4 @@ public sealed class GuestMemory : IGuestMemory, IDisposable
             }
         }
     }
-}
-
-/// <summary>Told when a watched guest page is written through <see cref="GuestMemory"/>.</summary>
-public interface IGuestWriteWatcher
-{
-    /// <summary>The page at <paramref name="pageAddress"/> (4 KiB aligned) was written; its watch is cleared.</summary>
-    void OnWatchedPageWritten(GuestAddress pageAddress);
 }

@@ -228,7 +228,7 @@ public sealed class PartitionTests
         Assert.Null(KvmPartition.FindSystemPagesHole([new GuestMemoryRegionInfo(GuestAddress.Zero, 1UL << 32, false, 0x1000)]));
     }
 
-    private sealed class HostlessMemory : IGuestMemory
+    private sealed class HostlessMemory : IGuestMemoryBacking
     {
         public IReadOnlyList<GuestMemoryRegionInfo> Regions { get; } = [new(GuestAddress.Zero, 0x10000, false, 0)];
 
@@ -255,5 +255,17 @@ public sealed class PartitionTests
             span = default;
             return false;
         }
+
+        public int DirtyBitmapLength(int regionIndex) => 1;
+
+        public void CollectDirtyPages(int regionIndex, Span<ulong> bitmap) => bitmap.Clear();
+
+        public void SetWriteWatcher(IGuestWriteWatcher? watcher)
+        {
+        }
+
+        public bool WatchPage(GuestAddress address) => false;
+
+        public bool IsPageWatched(GuestAddress address) => false;
     }
 }

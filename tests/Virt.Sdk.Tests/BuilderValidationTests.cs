@@ -157,6 +157,6 @@ public sealed class BuilderValidationTests
 
         public HypervisorAvailability GetAvailability() => HypervisorAvailability.Unavailable("no hypervisor here");
 
-        public IPartition CreatePartition(IGuestMemory memory, PartitionOptions options) => throw new InvalidOperationException("unreachable");
+        public IPartition CreatePartition(IGuestMemoryBacking memory, PartitionOptions options) => throw new InvalidOperationException("unreachable");
     }
 }

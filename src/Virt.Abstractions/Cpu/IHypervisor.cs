@@ -11,7 +11,7 @@ public interface IHypervisor
 
     /// <summary>Creates a partition with <paramref name="memory"/> mapped in.</summary>
     /// <exception cref="HypervisorException">The backend refused.</exception>
-    IPartition CreatePartition(Memory.IGuestMemory memory, PartitionOptions options);
+    IPartition CreatePartition(Memory.IGuestMemoryBacking memory, PartitionOptions options);
 }
 
 /// <summary>Whether a backend is usable here.</summary>

@@ -10,7 +10,7 @@ public interface IPartition : IDisposable
     IHypervisor Hypervisor { get; }
 
     /// <summary>The guest memory mapped into the partition.</summary>
-    Memory.IGuestMemory Memory { get; }
+    Memory.IGuestMemoryBacking Memory { get; }
 
     /// <summary>CPUID leaves this backend can give the guest, after the partition's feature mask.</summary>
     IReadOnlyList<CpuidEntry> SupportedCpuid { get; }
