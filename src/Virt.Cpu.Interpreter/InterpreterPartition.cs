@@ -1,3 +1,4 @@
+using Virt.Platform;
 using Virt.Memory;
 
 namespace Virt.Cpu.Interpreter;
@@ -29,8 +30,12 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
         SupportedCpuid = Cpuid.Build(options.MaskedCpuidFeatures);
         if (options.InterruptController)
         {
+            var factory = options.InterruptPlatform ?? throw new ArgumentException(
+                "The interpreter emulates the interrupt controllers and timers through an IInterruptPlatform: set PartitionOptions.InterruptPlatform "
+                + "(Virt.Devices' PcInterruptPlatform.Factory builds a PC's), or leave InterruptController off.", nameof(options));
             long tsc = InterpreterOptions.TscFrequency;
-            Platform = new InterpreterPlatform(tsc, PlatformCpuid.CrystalFrequencyFor(tsc));
+            long crystal = PlatformCpuid.CrystalFrequencyFor(tsc);
+            Platform = new InterpreterPlatform(factory.Create(new InterruptPlatformParameters(options.VcpuCount, tsc, crystal)), crystal);
             SupportedCpuid = PlatformCpuid.Extend(SupportedCpuid, tsc, Platform.CrystalFrequency, options.MaskedCpuidFeatures);
         }
 

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using Virt.Devices.Interrupts;
 
 namespace Virt.Cpu.Interpreter;
 
@@ -168,7 +167,7 @@ internal sealed partial class InterpreterVcpu
     {
         var plat = _plat!;
         plat.Attention = false;
-        var lapic = plat.LocalApic;
+        var lapic = plat.LocalController;
         if (lapic.HasPendingNmi && lapic.AcknowledgeNmi())
         {
             plat.Attention = true;
@@ -196,7 +195,7 @@ internal sealed partial class InterpreterVcpu
     private VcpuExit? WaitWhileHalted()
     {
         var plat = _plat!;
-        var lapic = plat.LocalApic;
+        var lapic = plat.LocalController;
         int advances = 0;
         while (true)
         {
@@ -294,13 +293,13 @@ internal sealed partial class InterpreterVcpu
             return false;
         }
 
-        if (phys - IoApic.DefaultAddress >= IoApic.Size && phys - LocalApic.DefaultAddress >= LocalApic.Size)
+        if (!plat.OwnsMmio(phys))
         {
             return false;
         }
 
         SyncClock();
-        plat.TryMmio(phys, size, isWrite, ref value);
+        plat.Mmio(phys, size, isWrite, ref value);
         AfterPlatformAccess();
         return true;
     }
@@ -340,24 +339,28 @@ internal sealed partial class InterpreterVcpu
             return false;
         }
 
+        var lapic = plat.LocalController;
         switch (index)
         {
             case MsrIndex.ApicBase:
-                value = plat.LocalApic.ApicBase | LocalApic.DefaultAddress;
+                value = lapic.ApicBase;
                 return true;
             case MsrIndex.TscDeadline:
             {
-                ulong d = plat.LocalApic.TscDeadline;
+                ulong d = lapic.TscDeadline;
                 value = d == 0 ? 0 : d + (ulong)_tscOffset;
                 return true;
             }
 
-            case >= LocalApic.X2ApicMsrBase and <= LocalApic.X2ApicMsrLast:
-                SyncClock();
-                exists = plat.LocalApic.ReadMsr(index, out value);
-                return true;
             default:
-                return false;
+                if (!lapic.OwnsMsr(index))
+                {
+                    return false;
+                }
+
+                SyncClock();
+                exists = lapic.TryReadMsr(index, out value);
+                return true;
         }
     }
 
@@ -392,31 +395,33 @@ internal sealed partial class InterpreterVcpu
             return false;
         }
 
+        var lapic = plat.LocalController;
         switch (index)
         {
             case MsrIndex.ApicBase:
-                // x2APIC is not advertised, and the base cannot move away from where the page is decoded.
-                accepted = (value & ~(LocalApic.ApicBaseEnable | LocalApic.ApicBaseBsp | 0xFFFF_F000UL)) == 0
-                    && (value & 0xFFFF_F000UL) == LocalApic.DefaultAddress;
+                // x2APIC is not advertised; the controller refuses a base away from where its page is decoded.
+                accepted = (value & (1UL << 10)) == 0 && lapic.TrySetApicBase(value);
                 if (accepted)
                 {
-                    plat.LocalApic.ApicBase = value;
                     AfterPlatformAccess();
                 }
 
                 return true;
             case MsrIndex.TscDeadline:
                 SyncClock();
-                plat.LocalApic.TscDeadline = value == 0 ? 0 : Math.Max(1, value - (ulong)_tscOffset);
-                AfterPlatformAccess();
-                return true;
-            case >= LocalApic.X2ApicMsrBase and <= LocalApic.X2ApicMsrLast:
-                SyncClock();
-                accepted = plat.LocalApic.WriteMsr(index, value);
+                lapic.TscDeadline = value == 0 ? 0 : Math.Max(1, value - (ulong)_tscOffset);
                 AfterPlatformAccess();
                 return true;
             default:
-                return false;
+                if (!lapic.OwnsMsr(index))
+                {
+                    return false;
+                }
+
+                SyncClock();
+                accepted = lapic.TryWriteMsr(index, value);
+                AfterPlatformAccess();
+                return true;
         }
     }
 

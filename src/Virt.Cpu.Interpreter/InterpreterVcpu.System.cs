@@ -155,7 +155,7 @@ internal sealed partial class InterpreterVcpu
                     2 => _cr2,
                     3 => _cr3,
                     4 => _cr4,
-                    8 => _plat != null ? _plat.LocalApic.TaskPriority >> 4 : _cr8,
+                    8 => _plat != null ? _plat.LocalController.TaskPriority >> 4 : _cr8,
                     _ => throw Fault(Vectors.UD, 0),
                 };
                 SetReg(op.R0, _bitness == 64 ? 8 : 4, v);
@@ -484,7 +484,7 @@ internal sealed partial class InterpreterVcpu
                 if (_plat != null)
                 {
                     // CR8 is the local APIC's task priority class.
-                    _plat.LocalApic.TaskPriority = (uint)(v << 4);
+                    _plat.LocalController.TaskPriority = (uint)(v << 4);
                     AfterPlatformAccess();
                 }
                 break;

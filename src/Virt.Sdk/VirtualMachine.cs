@@ -106,6 +106,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
                 VcpuCount = config.VcpuCount,
                 MaskedCpuidFeatures = config.MaskedCpuidFeatures,
                 InterruptController = config.InterruptController,
+                InterruptPlatform = Virt.Devices.Interrupts.PcInterruptPlatform.Factory,
             });
 
             for (int i = 0; i < config.VcpuCount; i++)

@@ -38,6 +38,13 @@ public sealed record PartitionOptions
     /// <summary>Emulate the interrupt controllers and timer the guest expects (KVM: in-kernel irqchip and PIT).</summary>
     public bool InterruptController { get; init; }
 
+    /// <summary>
+    /// For backends that emulate the controllers themselves (the interpreter): what builds them when
+    /// <see cref="InterruptController"/> is set, e.g. Virt.Devices' <c>PcInterruptPlatform.Factory</c>. Backends whose
+    /// hypervisor has them (KVM's in-kernel irqchip) ignore it.
+    /// </summary>
+    public Platform.IInterruptPlatformFactory? InterruptPlatform { get; init; }
+
     /// <summary>Record which guest pages are written so that snapshots can copy only those (see <see cref="IDirtyPageLog"/>).</summary>
     public bool TrackDirtyPages { get; init; }
 

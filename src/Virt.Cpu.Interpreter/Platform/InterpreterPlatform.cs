@@ -1,38 +1,35 @@
-using Virt.Devices;
-using Virt.Devices.Interrupts;
+using Virt.Platform;
 
 namespace Virt.Cpu.Interpreter;
 
 /// <summary>
-/// The PC interrupt controllers and timers a partition emulates itself (the way an in-kernel irqchip
-/// does): the vCPU handles their ports and MMIO pages before it would exit to the host, and time is
-/// a <see cref="VirtualClock"/> that the vCPU moves with retired instructions and HLT.
+/// The interrupt controllers and timers a partition emulates (the way an in-kernel irqchip does), as the
+/// <see cref="IInterruptPlatform"/> the partition was given, plus what the vCPU needs around them: a wake-up event
+/// for HLT and an attention flag the vCPU reads once per block. The vCPU handles the platform's ports, MMIO pages and
+/// MSRs before it would exit to the host, and moves its clock with retired instructions or the host clock.
 /// </summary>
 internal sealed class InterpreterPlatform : IDisposable
 {
-    /// <summary>Highest global system interrupt: 16 ISA IRQs plus IOAPIC pins 16-23.</summary>
-    public const uint MaxGsi = 23;
-
     private readonly ManualResetEventSlim _wake = new(false);
-    private readonly (ushort Port, ushort Count, IPortIoDevice Device)[] _ports;
     private volatile bool _attention = true;
 
-    public InterpreterPlatform(long tscFrequency, long crystalFrequency)
+    public InterpreterPlatform(IInterruptPlatform platform, long crystalFrequency)
     {
-        Clock = new VirtualClock(tscFrequency);
-        Controllers = new PcInterruptControllers(Clock, crystalFrequency);
-        Controllers.LocalApic.InterruptRequested = Signal;
-        _ports = [.. Controllers.PortDevices];
+        Platform = platform;
+        Clock = platform.Clock;
+        LocalController = platform.GetLocalController(0);
+        LocalController.InterruptRequested = Signal;
         CrystalFrequency = crystalFrequency;
     }
 
-    public VirtualClock Clock { get; }
+    public IInterruptPlatform Platform { get; }
 
-    public PcInterruptControllers Controllers { get; }
+    public IPlatformClock Clock { get; }
 
-    public LocalApic LocalApic => Controllers.LocalApic;
+    /// <summary>The boot processor's local interrupt controller.</summary>
+    public ILocalInterruptController LocalController { get; }
 
-    /// <summary>The core crystal (and APIC timer) frequency CPUID leaf 0x15 reports.</summary>
+    /// <summary>The core crystal (and local timer) frequency CPUID leaf 0x15 reports.</summary>
     public long CrystalFrequency { get; }
 
     /// <summary>Set when an interrupt may have become pending; the vCPU reads it once per block.</summary>
@@ -55,106 +52,74 @@ internal sealed class InterpreterPlatform : IDisposable
     /// <summary>Sleeps until <see cref="Signal"/> or the timeout.</summary>
     public void Wait(int milliseconds) => _wake.Wait(milliseconds);
 
-    public void SetLine(uint gsi, bool level)
-    {
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(gsi, MaxGsi);
-        var line = Controllers.GetGsiLine((int)gsi);
-        if (level)
-        {
-            line.Raise();
-        }
-        else
-        {
-            line.Lower();
-        }
-    }
+    public void SetLine(uint gsi, bool level) => Platform.SetInterruptLine(gsi, level);
 
-    /// <summary>Whether <paramref name="port"/> belongs to a controller (then the vCPU handles it without an exit).</summary>
+    /// <summary>Whether <paramref name="port"/> belongs to the platform (then the vCPU handles it without an exit).</summary>
     public bool TryPort(ushort port, int size, bool isWrite, ref ulong value)
     {
-        foreach (var (start, count, device) in _ports)
-        {
-            if (port < start || port >= start + count)
-            {
-                continue;
-            }
-
-            Span<byte> data = stackalloc byte[8];
-            data = data[..size];
-            if (isWrite)
-            {
-                for (int b = 0; b < size; b++)
-                {
-                    data[b] = (byte)(value >> (b * 8));
-                }
-
-                device.Write((ushort)(port - start), data);
-            }
-            else
-            {
-                data.Clear();
-                device.Read((ushort)(port - start), data);
-                value = 0;
-                for (int b = 0; b < size; b++)
-                {
-                    value |= (ulong)data[b] << (b * 8);
-                }
-            }
-
-            return true;
-        }
-
-        return false;
-    }
-
-    /// <summary>Whether <paramref name="phys"/> is in the IOAPIC or local APIC page (then the vCPU handles it without an exit).</summary>
-    public bool TryMmio(ulong phys, int size, bool isWrite, ref ulong value)
-    {
-        IMmioDevice device;
-        ulong offset;
-        if (phys - IoApic.DefaultAddress < IoApic.Size)
-        {
-            device = Controllers.IoApic;
-            offset = phys - IoApic.DefaultAddress;
-        }
-        else if (phys - LocalApic.DefaultAddress < LocalApic.Size)
-        {
-            device = Controllers.LocalApic;
-            offset = phys - LocalApic.DefaultAddress;
-        }
-        else
-        {
-            return false;
-        }
-
         Span<byte> data = stackalloc byte[8];
         data = data[..Math.Clamp(size, 1, 8)];
         if (isWrite)
         {
-            for (int b = 0; b < data.Length; b++)
-            {
-                data[b] = (byte)(value >> (b * 8));
-            }
-
-            device.Write(offset, data);
+            ToBytes(value, data);
         }
-        else
+
+        if (!Platform.TryAccessPort(port, data, isWrite))
         {
-            data.Clear();
-            device.Read(offset, data);
-            value = 0;
-            for (int b = 0; b < data.Length; b++)
-            {
-                value |= (ulong)data[b] << (b * 8);
-            }
+            return false;
+        }
+
+        if (!isWrite)
+        {
+            value = FromBytes(data);
         }
 
         return true;
     }
 
+    /// <summary>Whether <paramref name="phys"/> is one of the platform's MMIO pages (then the vCPU handles it without an exit).</summary>
+    public bool OwnsMmio(ulong phys) => Platform.OwnsMmio(phys);
+
+    /// <summary>Accesses the platform's MMIO page at <paramref name="phys"/>.</summary>
+    public void Mmio(ulong phys, int size, bool isWrite, ref ulong value)
+    {
+        Span<byte> data = stackalloc byte[8];
+        data = data[..Math.Clamp(size, 1, 8)];
+        if (isWrite)
+        {
+            ToBytes(value, data);
+        }
+
+        Platform.TryAccessMmio(phys, data, isWrite);
+        if (!isWrite)
+        {
+            value = FromBytes(data);
+        }
+    }
+
+    private static void ToBytes(ulong value, Span<byte> data)
+    {
+        for (int b = 0; b < data.Length; b++)
+        {
+            data[b] = (byte)(value >> (b * 8));
+        }
+    }
+
+    private static ulong FromBytes(ReadOnlySpan<byte> data)
+    {
+        ulong value = 0;
+        for (int b = 0; b < data.Length; b++)
+        {
+            value |= (ulong)data[b] << (b * 8);
+        }
+
+        return value;
+    }
+
     public void Dispose()
     {
-        Controllers.LocalApic.InterruptRequested = null;
+        LocalController.InterruptRequested = null;
+        Platform.Dispose();
         _wake.Dispose();
     }
 }

@@ -14,7 +14,7 @@ namespace Virt.Devices.Interrupts;
 /// is an unmasked ExtINT entry, the PIC's interrupts come through it. NMIs (LINT1, IPIs) are counted
 /// in <see cref="HasPendingNmi"/>. Thread-safe.
 /// </remarks>
-public sealed class LocalApic : IMmioDevice, IInterruptController, IApicMessageSink
+public sealed class LocalApic : IMmioDevice, IInterruptController, IApicMessageSink, Virt.Platform.ILocalInterruptController
 {
     /// <summary>The conventional base address (IA32_APIC_BASE bits 51:12 after reset).</summary>
     public const ulong DefaultAddress = 0xFEE00000;
@@ -151,6 +151,30 @@ public sealed class LocalApic : IMmioDevice, IInterruptController, IApicMessageS
             }
         }
     }
+
+    /// <summary>IA32_APIC_BASE with the page address, as <c>RDMSR</c> returns it.</summary>
+    ulong Virt.Platform.ILocalInterruptController.ApicBase => ApicBase | DefaultAddress;
+
+    /// <summary>
+    /// Writes IA32_APIC_BASE from the guest: only the enable, BSP and x2APIC bits may change, and the base must stay
+    /// at <see cref="DefaultAddress"/>, where the MMIO page is decoded.
+    /// </summary>
+    bool Virt.Platform.ILocalInterruptController.TrySetApicBase(ulong value)
+    {
+        bool valid = (value & ~(ApicBaseEnable | ApicBaseBsp | ApicBaseX2Apic | 0xFFFF_F000UL)) == 0 && (value & 0xFFFF_F000UL) == DefaultAddress;
+        if (valid)
+        {
+            ApicBase = value;
+        }
+
+        return valid;
+    }
+
+    bool Virt.Platform.ILocalInterruptController.OwnsMsr(uint index) => index is >= X2ApicMsrBase and <= X2ApicMsrLast;
+
+    bool Virt.Platform.ILocalInterruptController.TryReadMsr(uint index, out ulong value) => ReadMsr(index, out value);
+
+    bool Virt.Platform.ILocalInterruptController.TryWriteMsr(uint index, ulong value) => WriteMsr(index, value);
 
     /// <summary>Whether the APIC is in x2APIC mode (MSR access; MMIO reads return 0).</summary>
     public bool IsX2ApicMode => (ApicBase & ApicBaseX2Apic) != 0;

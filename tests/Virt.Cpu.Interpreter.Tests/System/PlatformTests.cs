@@ -22,7 +22,7 @@ public sealed class PlatformTests
         {
             Memory = Virt.Memory.GuestMemory.CreateRam(4UL << 20);
             Partition = new InterpreterHypervisor(new InterpreterOptions { TscFrequency = Tsc, InstructionsPerSecond = instructionsPerSecond, Clock = clock })
-                .CreatePartition(Memory, new PartitionOptions { InterruptController = true });
+                .CreatePartition(Memory, new PartitionOptions { InterruptController = true, InterruptPlatform = Virt.Devices.Interrupts.PcInterruptPlatform.Factory });
             Vcpu = Partition.CreateVcpu(0);
         }
 
