@@ -283,6 +283,46 @@ public sealed class HostileProgramTests
     }
 
     [Fact]
+    public async Task Unlisted_denied_and_out_of_range_numbers_fail_and_are_counted_by_name()
+    {
+        HostRequirements.RequireKvm();
+        (ulong Number, int Result)[] calls =
+        [
+            (7, -38),                     // poll: no row, ENOSYS
+            (56, -1),                     // clone: denied, EPERM
+            (334, -38),                   // rseq: refused on purpose, ENOSYS
+            (512, -38),                   // past the x86-64 table
+            (ulong.MaxValue, -38),        // -1
+            (0x5653_0002, -38),           // past the reserved calls
+            (110, 0),                     // getppid still answers
+        ];
+        var result = await RunAsm(a =>
+        {
+            // Exits with the 1-based index of the first call that returned something else, 0 when all matched.
+            var mismatch = a.CreateLabel();
+            for (int i = 0; i < calls.Length; i++)
+            {
+                a.mov(r12d, i + 1);
+                a.mov(rax, calls[i].Number);
+                a.syscall();
+                a.cmp(rax, calls[i].Result);
+                a.jne(mismatch);
+            }
+
+            a.xor(r12d, r12d);
+            a.Label(ref mismatch);
+            a.mov(eax, 231);
+            a.mov(edi, r12d);
+            a.syscall();
+        });
+        Assert.True(result.Status == SandboxStatus.Exited, $"{result} {result.Message}");
+        Assert.Equal(0, result.ExitCode);
+        Assert.Equal(
+            new Dictionary<string, int> { ["poll"] = 1, ["clone"] = 1, ["rseq"] = 1, ["syscall_512"] = 1, ["syscall_-1"] = 1, ["syscall_1448280066"] = 1 },
+            result.UnsupportedSystemCalls);
+    }
+
+    [Fact]
     public async Task System_call_limit_stops_a_chatty_program()
     {
         HostRequirements.RequireKvm();

@@ -1,0 +1,71 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+
+namespace Virt.Sandbox.Linux;
+
+// The guest's clocks: clock_gettime, clock_getres, gettimeofday, time, nanosleep, clock_nanosleep.
+internal sealed partial class LinuxAbi
+{
+    private long MonotonicNanoseconds() =>
+        (long)(Stopwatch.GetTimestamp() * (1e9 / Stopwatch.Frequency)) + _state.SleepOffsetNanoseconds;
+
+    private long RealtimeNanoseconds() =>
+        ((DateTime.UtcNow.Ticks - DateTime.UnixEpoch.Ticks) * 100) + _state.SleepOffsetNanoseconds;
+
+    private long WriteTimespec(ulong pointer, long seconds, long nanoseconds)
+    {
+        if (pointer == 0)
+        {
+            return 0;
+        }
+
+        Span<byte> ts = stackalloc byte[16];
+        BinaryPrimitives.WriteInt64LittleEndian(ts, seconds);
+        BinaryPrimitives.WriteInt64LittleEndian(ts[8..], nanoseconds);
+        return WriteUser(pointer, ts) ? 0 : -Errno.EFAULT;
+    }
+
+    private long ClockGettime(int clock, ulong pointer)
+    {
+        const int Realtime = 0, Monotonic = 1, ProcessCpu = 2, ThreadCpu = 3, MonotonicRaw = 4, RealtimeCoarse = 5, MonotonicCoarse = 6, Boottime = 7;
+        long ns = clock switch
+        {
+            Realtime or RealtimeCoarse => RealtimeNanoseconds(),
+            Monotonic or MonotonicRaw or MonotonicCoarse or Boottime or ProcessCpu or ThreadCpu => MonotonicNanoseconds(),
+            _ => -1,
+        };
+        return ns < 0 ? -Errno.EINVAL : WriteTimespec(pointer, ns / 1_000_000_000, ns % 1_000_000_000);
+    }
+
+    /// <summary>Every clock reports a resolution of one nanosecond.</summary>
+    private long ClockGetres(ulong pointer) => WriteTimespec(pointer, 0, 1);
+
+    private long Gettimeofday(ulong pointer)
+    {
+        long ns = RealtimeNanoseconds();
+        return WriteTimespec(pointer, ns / 1_000_000_000, ns % 1_000_000_000 / 1000);
+    }
+
+    private long Time(ulong pointer)
+    {
+        long s = RealtimeNanoseconds() / 1_000_000_000;
+        return pointer == 0 || WriteU64(pointer, (ulong)s) ? s : -Errno.EFAULT;
+    }
+
+    /// <summary>Sleeping would only burn the caller's wall time, so the clock jumps instead.</summary>
+    private long Nanosleep(ulong request)
+    {
+        if (!ReadU64(request, out ulong s) || !ReadU64(request + 8, out ulong ns))
+        {
+            return -Errno.EFAULT;
+        }
+
+        if ((long)s < 0 || ns >= 1_000_000_000)
+        {
+            return -Errno.EINVAL;
+        }
+
+        _state.SleepOffsetNanoseconds += (long)Math.Min(s, 1UL << 32) * 1_000_000_000 + (long)ns;
+        return 0;
+    }
+}
