@@ -1,6 +1,5 @@
 using System.Collections.Concurrent;
 using Virt.Cpu;
-using Virt.Cpu.Kvm;
 using Virt.Sandbox.Loader;
 using Virt.Sandbox.Machine;
 
@@ -34,8 +33,11 @@ public sealed class Sandbox : IAsyncDisposable, IDisposable
     /// <summary>Whether the sandbox holds a snapshot of the program at its ready point (warm).</summary>
     public bool IsWarm => _machine?.HasSnapshot == true;
 
-    /// <summary>The backend that runs the sandbox (<c>kvm</c> or <c>interpreter</c>), once it has run.</summary>
+    /// <summary>The backend that runs the sandbox (<c>kvm</c>, <c>whp</c> or <c>interpreter</c>), once it has run.</summary>
     public string? BackendName => _machine?.BackendName;
+
+    /// <summary>Which backend runs the sandbox and why it was chosen, once it has run.</summary>
+    public BackendSelection? BackendSelection { get; private set; }
 
     /// <summary>What the backend enforces on this host (CPUID policy, state a program can reach), once the sandbox has run.</summary>
     public SandboxIsolation? Isolation => _machine?.Isolation;
@@ -115,28 +117,21 @@ public sealed class Sandbox : IAsyncDisposable, IDisposable
             _machine = null;
         }
 
-        _machine ??= SandboxMachine.Create(_config, _image, ResolveBackend(_config));
+        if (_machine is null)
+        {
+            var selection = ResolveBackend(_config);
+            _machine = SandboxMachine.Create(_config, _image, selection.Backend);
+            BackendSelection = selection;
+        }
         return _machine.Run(stdin, cancellationToken);
     }
 
-    internal static IHypervisor ResolveBackend(SandboxConfiguration config)
-    {
-        if (config.Hypervisor is { } h)
-        {
-            return h;
-        }
-
-        switch (config.Backend)
-        {
-            case SandboxBackend.Kvm:
-                return new KvmHypervisor();
-            case SandboxBackend.Interpreter:
-                return InterpreterBackend.Create();
-            default:
-                var kvm = new KvmHypervisor();
-                return kvm.GetAvailability().IsAvailable ? kvm : InterpreterBackend.Create();
-        }
-    }
+    /// <summary>
+    /// The backend through Virt.Sdk's selection (<see cref="BackendSelector"/>): the given instance, the requested kind
+    /// (which must be available; the exception says why not), or for <see cref="BackendKind.Auto"/> KVM, then WHP, then
+    /// the interpreter. A sandbox runs its program at CPL 3, which every KVM runs at native speed.
+    /// </summary>
+    internal static BackendSelection ResolveBackend(SandboxConfiguration config) => BackendSelector.Select(config.Backend, config.Hypervisor);
 
     private void Worker()
     {

@@ -158,8 +158,12 @@ public sealed class SandboxBuilder
         return With(c => c with { HostFunctions = new Dictionary<string, SandboxHostFunction>(c.HostFunctions) { [name] = handler } });
     }
 
-    /// <summary>Picks the CPU backend. Default <see cref="SandboxBackend.Auto"/>.</summary>
-    public SandboxBuilder WithBackend(SandboxBackend backend) => With(c => c with { Backend = backend, Hypervisor = null });
+    /// <summary>
+    /// Picks the CPU backend through Virt.Sdk's selection. Default <see cref="BackendKind.Auto"/>: KVM, then the Windows
+    /// Hypervisor Platform, then the interpreter. A named backend that is not available makes the first run throw
+    /// <see cref="InvalidOperationException"/> with the reason and what to do.
+    /// </summary>
+    public SandboxBuilder WithBackend(BackendKind backend) => With(c => c with { Backend = backend, Hypervisor = null });
 
     /// <summary>Uses a specific backend instance.</summary>
     public SandboxBuilder WithBackend(IHypervisor hypervisor)

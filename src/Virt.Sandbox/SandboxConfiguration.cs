@@ -2,17 +2,6 @@ using Virt.Cpu;
 
 namespace Virt.Sandbox;
 
-/// <summary>Which CPU backend runs a sandbox.</summary>
-public enum SandboxBackend
-{
-    /// <summary>KVM when it is available here, otherwise the interpreter.</summary>
-    Auto,
-    /// <summary>Linux KVM.</summary>
-    Kvm,
-    /// <summary>The x86-64 interpreter (counts instructions; runs anywhere).</summary>
-    Interpreter,
-}
-
 /// <summary>A host function a sandboxed program can call: bytes in, bytes out. Runs on the sandbox's vCPU thread.</summary>
 public delegate ReadOnlyMemory<byte> SandboxHostFunction(ReadOnlyMemory<byte> input);
 
@@ -48,7 +37,7 @@ internal sealed record SandboxConfiguration
 
     public IReadOnlyDictionary<string, SandboxHostFunction> HostFunctions { get; init; } = new Dictionary<string, SandboxHostFunction>();
 
-    public SandboxBackend Backend { get; init; } = SandboxBackend.Auto;
+    public BackendKind Backend { get; init; } = BackendKind.Auto;
 
     public IHypervisor? Hypervisor { get; init; }
 

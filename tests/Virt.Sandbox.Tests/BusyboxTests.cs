@@ -30,7 +30,7 @@ public sealed class BusyboxTests
         Assert.Equal(0, native.ExitCode);
 
         await using var sandbox = Sandbox.CreateBuilder().WithExecutable(busybox).WithExecutablePath("/bin/busybox")
-            .WithArguments(args).WithBackend(SandboxBackend.Kvm).WithTimeLimit(TimeSpan.FromSeconds(30)).Build();
+            .WithArguments(args).WithBackend(BackendKind.Kvm).WithTimeLimit(TimeSpan.FromSeconds(30)).Build();
         var result = await sandbox.RunAsync(Text, TestContext.Current.CancellationToken);
         Assert.True(result.Status == SandboxStatus.Exited && result.ExitCode == 0,
             $"{result} {result.Message} stderr={result.StderrText} unsupported={string.Join(",", result.UnsupportedSystemCalls)}");
@@ -42,7 +42,7 @@ public sealed class BusyboxTests
     {
         HostRequirements.RequireKvm();
         string busybox = Busybox.PathOrSkip();
-        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(busybox).WithExecutablePath("/bin/busybox").WithArguments("md5sum").WithBackend(SandboxBackend.Kvm).Build();
+        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(busybox).WithExecutablePath("/bin/busybox").WithArguments("md5sum").WithBackend(BackendKind.Kvm).Build();
         for (int i = 0; i < 4; i++)
         {
             var input = Encoding.ASCII.GetBytes($"input number {i}\n");
@@ -60,7 +60,7 @@ public sealed class BusyboxTests
     {
         HostRequirements.RequireKvm();
         string busybox = Busybox.PathOrSkip();
-        var builder = Sandbox.CreateBuilder().WithExecutable(busybox).WithExecutablePath("/bin/busybox").WithArguments("md5sum").WithBackend(SandboxBackend.Kvm);
+        var builder = Sandbox.CreateBuilder().WithExecutable(busybox).WithExecutablePath("/bin/busybox").WithArguments("md5sum").WithBackend(BackendKind.Kvm);
         await using var pool = await SandboxPool.CreateAsync(builder, 2, TestContext.Current.CancellationToken);
         var inputs = Enumerable.Range(0, 8).Select(i => Encoding.ASCII.GetBytes($"pooled {i}")).ToArray();
         var results = await Task.WhenAll(inputs.Select(i => pool.RunAsync(i, TestContext.Current.CancellationToken)));

@@ -10,7 +10,7 @@ public sealed class CProgramTests
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     private static SandboxBuilder Builder(string program) =>
-        Sandbox.CreateBuilder().WithExecutable(CPrograms.Get(program)).WithBackend(SandboxBackend.Kvm).WithTimeLimit(TimeSpan.FromSeconds(20));
+        Sandbox.CreateBuilder().WithExecutable(CPrograms.Get(program)).WithBackend(BackendKind.Kvm).WithTimeLimit(TimeSpan.FromSeconds(20));
 
     private static void AssertExited(SandboxResult result, int code = 0) =>
         Assert.True(result.Status == SandboxStatus.Exited && result.ExitCode == code,

@@ -15,7 +15,7 @@ public sealed class HostileProgramTests
 
     private static async Task<SandboxResult> RunAsm(Action<Assembler> emit, Func<SandboxBuilder, SandboxBuilder>? configure = null)
     {
-        var builder = Sandbox.CreateBuilder().WithExecutable(TinyElf.Build(emit, new byte[64])).WithBackend(SandboxBackend.Kvm)
+        var builder = Sandbox.CreateBuilder().WithExecutable(TinyElf.Build(emit, new byte[64])).WithBackend(BackendKind.Kvm)
             .WithTimeLimit(TimeSpan.FromSeconds(20));
         await using var sandbox = (configure?.Invoke(builder) ?? builder).Build();
         return await sandbox.RunAsync(default, Ct);
@@ -360,7 +360,7 @@ public sealed class HostileProgramTests
     public async Task Memory_bomb_hits_the_memory_limit()
     {
         HostRequirements.RequireKvm();
-        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(CPrograms.Get("membomb")).WithBackend(SandboxBackend.Kvm)
+        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(CPrograms.Get("membomb")).WithBackend(BackendKind.Kvm)
             .WithMemoryLimit(16 << 20).Build();
         var result = await sandbox.RunAsync(default, Ct);
         Assert.True(result.Status == SandboxStatus.MemoryLimitExceeded, $"{result} {result.Message} {result.StderrText}");
@@ -371,7 +371,7 @@ public sealed class HostileProgramTests
     public async Task Reading_etc_passwd_finds_nothing()
     {
         HostRequirements.RequireKvm();
-        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(CPrograms.Get("passwd")).WithBackend(SandboxBackend.Kvm).Build();
+        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(CPrograms.Get("passwd")).WithBackend(BackendKind.Kvm).Build();
         var result = await sandbox.RunAsync(default, Ct);
         Assert.Equal(SandboxStatus.Exited, result.Status);
         Assert.Equal(1, result.ExitCode);

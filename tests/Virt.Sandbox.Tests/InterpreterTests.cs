@@ -33,7 +33,7 @@ public sealed class InterpreterTests
             a.mov(edi, 7);
             a.syscall();
         }, message);
-        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(elf).WithBackend(SandboxBackend.Interpreter).Build();
+        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(elf).WithBackend(BackendKind.Interpreter).Build();
         var result = await sandbox.RunAsync(default, Ct);
         Assert.True(result.Status == SandboxStatus.Exited, $"{result} {result.Message}");
         Assert.Equal(7, result.ExitCode);
@@ -50,7 +50,7 @@ public sealed class InterpreterTests
             a.Label(ref top);
             a.jmp(top);
         });
-        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(elf).WithBackend(SandboxBackend.Interpreter).WithInstructionLimit(100_000).Build();
+        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(elf).WithBackend(BackendKind.Interpreter).WithInstructionLimit(100_000).Build();
         var result = await sandbox.RunAsync(default, Ct);
         Assert.Equal(SandboxStatus.TimeLimitExceeded, result.Status);
     }
@@ -58,7 +58,7 @@ public sealed class InterpreterTests
     [Fact]
     public async Task Hello_in_c_runs_on_the_interpreter()
     {
-        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(CPrograms.Get("hello")).WithBackend(SandboxBackend.Interpreter)
+        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(CPrograms.Get("hello")).WithBackend(BackendKind.Interpreter)
             .WithTimeLimit(TimeSpan.FromSeconds(60)).Build();
         var result = await sandbox.RunAsync(default, Ct);
         SkipIfInterpreterLacksInstruction(result);
@@ -69,7 +69,7 @@ public sealed class InterpreterTests
     [Fact]
     public async Task Warm_echo_resets_on_the_interpreter()
     {
-        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(CPrograms.Get("echo")).WithBackend(SandboxBackend.Interpreter)
+        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(CPrograms.Get("echo")).WithBackend(BackendKind.Interpreter)
             .WithTimeLimit(TimeSpan.FromSeconds(60)).Build();
         for (int i = 0; i < 3; i++)
         {

@@ -51,7 +51,7 @@ public sealed class IsolationTests
         BinaryPrimitives.WriteUInt64LittleEndian(data.AsSpan((int)(MarkerB - TinyElf.DataAddress)), 0xBBBB_2222_BBBB_2222);
         return Sandbox.CreateBuilder()
             .WithExecutable(TinyElf.Build(Probe, data))
-            .WithBackend(backend == "kvm" ? SandboxBackend.Kvm : SandboxBackend.Interpreter)
+            .WithBackend(backend == "kvm" ? BackendKind.Kvm : BackendKind.Interpreter)
             .WithTimeLimit(TimeSpan.FromSeconds(30));
     }
 
@@ -172,7 +172,7 @@ public sealed class IsolationTests
             a.syscall();
         }, new byte[0x100]);
         await using var sandbox = Sandbox.CreateBuilder().WithExecutable(elf)
-            .WithBackend(backend == "kvm" ? SandboxBackend.Kvm : SandboxBackend.Interpreter).Build();
+            .WithBackend(backend == "kvm" ? BackendKind.Kvm : BackendKind.Interpreter).Build();
         var result = await sandbox.RunAsync(default, Ct);
         Assert.True(result.Status == SandboxStatus.Exited, $"{result} {result.Message}");
         var outBytes = result.Stdout.Span;

@@ -24,7 +24,7 @@ public sealed class KvmSmokeTests
             a.syscall();
             a.hlt();
         }, message);
-        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(elf).WithBackend(SandboxBackend.Kvm).Build();
+        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(elf).WithBackend(BackendKind.Kvm).Build();
         var result = await sandbox.RunAsync(default, TestContext.Current.CancellationToken);
         Assert.True(result.Status == SandboxStatus.Exited, result + " " + result.Message);
         Assert.Equal(42, result.ExitCode);

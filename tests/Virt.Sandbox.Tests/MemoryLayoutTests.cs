@@ -10,7 +10,7 @@ public sealed class MemoryLayoutTests
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     private static SandboxBuilder Recurse(long kib) => Sandbox.CreateBuilder().WithExecutable(CPrograms.Get("recurse"))
-        .WithArguments(kib.ToString(System.Globalization.CultureInfo.InvariantCulture)).WithBackend(SandboxBackend.Kvm)
+        .WithArguments(kib.ToString(System.Globalization.CultureInfo.InvariantCulture)).WithBackend(BackendKind.Kvm)
         .WithTimeLimit(TimeSpan.FromSeconds(20));
 
     [Fact]
@@ -83,7 +83,7 @@ public sealed class MemoryLayoutTests
     public async Task Mprotect_answers_like_mmap_for_what_the_page_tables_cannot_give(int prot, bool unmapped, int errno)
     {
         HostRequirements.RequireKvm();
-        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(MprotectProgram(prot, unmapped)).WithBackend(SandboxBackend.Kvm).Build();
+        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(MprotectProgram(prot, unmapped)).WithBackend(BackendKind.Kvm).Build();
         var result = await sandbox.RunAsync(default, Ct);
         Assert.True(result.Status == SandboxStatus.Exited, $"{result} {result.Message}");
         Assert.Equal(errno, result.ExitCode);
@@ -106,7 +106,7 @@ public sealed class MemoryLayoutTests
             a.mov(__qword_ptr[0x10], rax);  // then a fault of its own: a write to an unmapped page
             a.hlt();
         });
-        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(elf).WithBackend(SandboxBackend.Kvm).WithMemoryLimit(16 << 20).Build();
+        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(elf).WithBackend(BackendKind.Kvm).WithMemoryLimit(16 << 20).Build();
         var result = await sandbox.RunAsync(default, Ct);
         Assert.True(result.Status == SandboxStatus.GuestFault, $"{result} {result.Message}");
         Assert.Equal(14, result.Fault!.Vector);
@@ -129,7 +129,7 @@ public sealed class MemoryLayoutTests
     public async Task The_largest_memory_limit_runs_on_kvm()
     {
         HostRequirements.RequireKvm();
-        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(CPrograms.Get("hello")).WithBackend(SandboxBackend.Kvm)
+        await using var sandbox = Sandbox.CreateBuilder().WithExecutable(CPrograms.Get("hello")).WithBackend(BackendKind.Kvm)
             .WithMemoryLimit(SandboxBuilder.MaxMemoryLimit).WithTimeLimit(TimeSpan.FromSeconds(60)).Build();
         var result = await sandbox.RunAsync(default, Ct);
         Assert.True(result.Status == SandboxStatus.Exited && result.ExitCode == 0, $"{result} {result.Message}");

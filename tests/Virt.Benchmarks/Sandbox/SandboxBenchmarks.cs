@@ -21,8 +21,8 @@ public class SandboxBenchmarks
     private byte[] _hello = [];
 
     /// <summary>The backend measured.</summary>
-    [Params(SandboxBackend.Kvm, SandboxBackend.Interpreter)]
-    public SandboxBackend Backend { get; set; }
+    [Params(BackendKind.Kvm, BackendKind.Interpreter)]
+    public BackendKind Backend { get; set; }
 
     /// <summary>Builds warm sandboxes.</summary>
     [GlobalSetup]
