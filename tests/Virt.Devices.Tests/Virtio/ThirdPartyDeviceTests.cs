@@ -1,7 +1,6 @@
 using System.Buffers.Binary;
 using System.Text;
 using Virt.Devices.Virtio;
-using Virt.Memory;
 using Virt.Testing.Virtio;
 using Xunit;
 
@@ -18,11 +17,7 @@ public sealed class ThirdPartyDeviceTests
     public void Echo_device_echoes_a_request_into_its_writable_buffer()
     {
         using var rig = new EchoRig();
-        var request = rig.Put("hello, device"u8);
-        var reply = rig.Driver.Allocate(64);
-
-        rig.Queue.AddChain((request, 13, false), (reply, 64, true));
-        rig.Driver.Notify(0);
+        var reply = rig.Submit("hello, device"u8, room: 64);
         var used = rig.Queue.WaitUsed();
 
         Assert.Equal(13u, used.Length);
@@ -37,11 +32,7 @@ public sealed class ThirdPartyDeviceTests
     {
         using var rig = new EchoRig(features: EchoDevice.FeatureUppercase);
         Assert.Equal(EchoDevice.FeatureUppercase, rig.Features & EchoDevice.FeatureUppercase);
-        var request = rig.Put("shout"u8);
-        var reply = rig.Driver.Allocate(8);
-
-        rig.Queue.AddChain((request, 5, false), (reply, 8, true));
-        rig.Driver.Notify(0);
+        var reply = rig.Submit("shout"u8, room: 8);
         rig.Queue.WaitUsed();
 
         Assert.Equal("SHOUT", rig.ReadString(reply, 5));
@@ -65,11 +56,7 @@ public sealed class ThirdPartyDeviceTests
     public void Request_with_too_little_room_for_the_echo_puts_the_device_into_needs_reset()
     {
         using var rig = new EchoRig();
-        var request = rig.Put("twelve bytes"u8);
-        var reply = rig.Driver.Allocate(4);
-
-        rig.Queue.AddChain((request, 12, false), (reply, 4, true));
-        rig.Driver.Notify(0);
+        rig.Submit("twelve bytes"u8, room: 4);
 
         Assert.True(SpinWait.SpinUntil(() => rig.NeedsReset, TimeSpan.FromSeconds(10)), "the device should need a reset");
         Assert.Equal(0, rig.Queue.UsedIndex);
@@ -81,13 +68,8 @@ public sealed class ThirdPartyDeviceTests
     public void Oversized_request_is_refused_and_the_device_keeps_serving()
     {
         using var rig = new EchoRig();
-        var big = rig.Driver.Allocate(EchoDevice.MaxRequest + 1);
-        var bigReply = rig.Driver.Allocate(EchoDevice.MaxRequest + 1);
-        rig.Queue.AddChain((big, EchoDevice.MaxRequest + 1, false), (bigReply, EchoDevice.MaxRequest + 1, true));
-        var request = rig.Put("after"u8);
-        var reply = rig.Driver.Allocate(8);
-        rig.Queue.AddChain((request, 5, false), (reply, 8, true));
-        rig.Driver.Notify(0);
+        rig.Submit(new byte[EchoDevice.MaxRequest + 1], room: EchoDevice.MaxRequest + 1);
+        rig.Submit("after"u8, room: 8);
 
         Assert.Equal(0u, rig.Queue.WaitUsed().Length);
         Assert.Equal(5u, rig.Queue.WaitUsed().Length);
@@ -179,40 +161,27 @@ public sealed class ThirdPartyDeviceTests
         }
     }
 
-    private sealed class EchoRig : IDisposable
+    private sealed class EchoRig : VirtioTestRig
     {
         public EchoRig(ulong features = 0)
-        {
-            Ram = GuestMemory.CreateRam(0x40000);
-            Memory = new CheckedGuestMemory(Ram);
-            Transport = new VirtioMmioTransport(new EchoDevice(), Memory, Irq, Logger);
-            Driver = new MockVirtioDriver(Transport, Memory, new GuestAddress(0x1000), new GuestAddress(0x20000));
-            Features = Driver.Initialize(features);
-        }
+            : base(new EchoDevice()) => Features = Driver.Initialize(features);
 
-        public GuestMemory Ram { get; }
-        public CheckedGuestMemory Memory { get; }
-        public RecordingInterruptLine Irq { get; } = new();
-        public ListLogger Logger { get; } = new();
-        public VirtioMmioTransport Transport { get; }
-        public MockVirtioDriver Driver { get; }
         public ulong Features { get; }
         public MockSplitQueue Queue => Driver.Queues[0];
-        public bool NeedsReset => (Driver.Status & (uint)VirtioDeviceStatus.DeviceNeedsReset) != 0;
 
-        public GuestAddress Put(ReadOnlySpan<byte> bytes)
+        /// <summary>Publishes a request of <paramref name="message"/> with <paramref name="room"/> bytes for the echo and notifies; returns where the echo goes.</summary>
+        public GuestAddress Submit(ReadOnlySpan<byte> message, uint room)
         {
-            var at = Driver.Allocate((uint)bytes.Length);
-            Memory.Write(at, bytes);
-            return at;
+            var request = Put(message);
+            var reply = Driver.Allocate(room);
+            Queue.AddChain((request, (uint)message.Length, false), (reply, room, true));
+            Driver.Notify(0);
+            return reply;
         }
 
         public string Echo(string message)
         {
-            var request = Put(Encoding.ASCII.GetBytes(message));
-            var reply = Driver.Allocate(64);
-            Queue.AddChain((request, (uint)message.Length, false), (reply, 64, true));
-            Driver.Notify(0);
+            var reply = Submit(Encoding.ASCII.GetBytes(message), room: 64);
             return ReadString(reply, (int)Queue.WaitUsed().Length);
         }
 
@@ -222,7 +191,5 @@ public sealed class ThirdPartyDeviceTests
             Memory.Read(at, bytes);
             return Encoding.ASCII.GetString(bytes);
         }
-
-        public void Dispose() => Ram.Dispose();
     }
 }

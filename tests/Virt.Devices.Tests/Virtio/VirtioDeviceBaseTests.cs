@@ -1,5 +1,4 @@
 using Virt.Devices.Virtio;
-using Virt.Memory;
 using Virt.Testing.Virtio;
 using Xunit;
 
@@ -12,8 +11,8 @@ public sealed class VirtioDeviceBaseTests
     public void Notification_kicks_only_the_worker_of_that_queue()
     {
         var device = new TwoQueueDevice();
-        using var ram = GuestMemory.CreateRam(0x40000);
-        var driver = Start(device, ram, new ListLogger());
+        using var rig = Start(device);
+        var driver = rig.Driver;
         WaitUntil(() => device.Runs[0] == 1 && device.Runs[1] == 1, "activation should run every worker once");
 
         driver.Notify(1);
@@ -25,20 +24,18 @@ public sealed class VirtioDeviceBaseTests
     public void Drain_that_throws_is_contained_and_puts_the_device_into_needs_reset()
     {
         var device = new TwoQueueDevice { ThrowOnQueue = 1 };
-        using var ram = GuestMemory.CreateRam(0x40000);
-        var logger = new ListLogger();
-        var driver = Start(device, ram, logger);
+        using var rig = Start(device);
 
-        WaitUntil(() => (driver.Status & (uint)VirtioDeviceStatus.DeviceNeedsReset) != 0, "the device should need a reset");
-        Assert.Contains(logger.Messages, m => m.Contains("internal error: InvalidOperationException: device bug", StringComparison.Ordinal));
+        WaitUntil(() => rig.NeedsReset, "the device should need a reset");
+        Assert.Contains(rig.Logger.Messages, m => m.Contains("internal error: InvalidOperationException: device bug", StringComparison.Ordinal));
     }
 
     [Fact]
     public void Reset_forgets_the_context_and_calls_on_reset()
     {
         var device = new TwoQueueDevice();
-        using var ram = GuestMemory.CreateRam(0x40000);
-        var driver = Start(device, ram, new ListLogger());
+        using var rig = Start(device);
+        var driver = rig.Driver;
         Assert.NotNull(device.CurrentContext);
         int resets = device.Resets;
 
@@ -52,8 +49,7 @@ public sealed class VirtioDeviceBaseTests
     public void Worker_added_after_activation_is_refused()
     {
         var device = new TwoQueueDevice();
-        using var ram = GuestMemory.CreateRam(0x40000);
-        Start(device, ram, new ListLogger());
+        using var rig = Start(device);
 
         Assert.Throws<InvalidOperationException>(() => device.AddWorkerFor(2));
     }
@@ -126,12 +122,11 @@ public sealed class VirtioDeviceBaseTests
         Assert.Equal(0, Volatile.Read(ref errors));
     }
 
-    private static MockVirtioDriver Start(IVirtioDevice device, GuestMemory ram, ListLogger logger)
+    private static VirtioTestRig Start(IVirtioDevice device)
     {
-        var transport = new VirtioMmioTransport(device, ram, new RecordingInterruptLine(), logger);
-        var driver = new MockVirtioDriver(transport, ram, new GuestAddress(0x1000), new GuestAddress(0x20000));
-        driver.Initialize();
-        return driver;
+        var rig = new VirtioTestRig(device);
+        rig.Driver.Initialize();
+        return rig;
     }
 
     private static void WaitUntil(Func<bool> condition, string what) =>
