@@ -32,7 +32,7 @@ public sealed record VirtioNetOptions
 /// offload (completed in software). It offers no receive offloads and no segmentation offloads: the backend
 /// seam carries plain Ethernet frames, so nothing could honour them.
 /// </summary>
-public sealed class VirtioNetDevice : IVirtioDevice
+public sealed class VirtioNetDevice : VirtioDevice
 {
     internal const ulong FeatureCsum = 1UL << 0;
     internal const ulong FeatureMac = 1UL << 5;
@@ -54,10 +54,8 @@ public sealed class VirtioNetDevice : IVirtioDevice
     private readonly DescriptorChain?[] _rxChains = new DescriptorChain?[64];
     private readonly byte[] _config = new byte[12];
     private readonly Lock _receiveSync = new();
-    private readonly QueueWorker _transmitter;
     private readonly TokenBucket? _txLimit;
     private readonly TokenBucket? _rxLimit;
-    private VirtioDeviceContext? _context;
     private long _framesSent;
     private long _framesReceived;
     private long _framesDropped;
@@ -89,7 +87,8 @@ public sealed class VirtioNetDevice : IVirtioDevice
         QueueMaxSizes = [options.QueueSize, options.QueueSize];
         _txLimit = options.TransmitBytesPerSecond is long tx ? new TokenBucket(tx) : null;
         _rxLimit = options.ReceiveBytesPerSecond is long rx ? new TokenBucket(rx) : null;
-        _transmitter = new QueueWorker(TransmitAsync, e => _context?.Fail($"internal error transmitting: {e.Message}"));
+        // New receive buffers need no worker: frames arriving without a buffer were dropped, as a real NIC does.
+        AddWorker(TransmitAsync, TransmitQueue);
         backend.Attach(Receive);
     }
 
@@ -112,67 +111,42 @@ public sealed class VirtioNetDevice : IVirtioDevice
         set
         {
             BinaryPrimitives.WriteUInt16LittleEndian(_config.AsSpan(6), value ? StatusLinkUp : (ushort)0);
-            Volatile.Read(ref _context)?.SignalConfigChanged();
+            Context?.SignalConfigChanged();
         }
     }
 
     /// <inheritdoc />
-    public VirtioDeviceType DeviceType => VirtioDeviceType.Network;
+    public override VirtioDeviceType DeviceType => VirtioDeviceType.Network;
 
     /// <inheritdoc />
-    public ulong DeviceFeatures { get; }
+    public override ulong DeviceFeatures { get; }
 
     /// <inheritdoc />
-    public IReadOnlyList<ushort> QueueMaxSizes { get; }
+    public override IReadOnlyList<ushort> QueueMaxSizes { get; }
 
     /// <inheritdoc />
-    public int ConfigSize => _config.Length;
+    public override int ConfigSize => _config.Length;
 
     /// <inheritdoc />
-    public void ReadConfig(int offset, Span<byte> data) => _config.AsSpan(offset, data.Length).CopyTo(data);
+    public override void ReadConfig(int offset, Span<byte> data) => _config.AsSpan(offset, data.Length).CopyTo(data);
 
     /// <inheritdoc />
-    public void WriteConfig(int offset, ReadOnlySpan<byte> data)
+    public override void WriteConfig(int offset, ReadOnlySpan<byte> data)
     {
         // Every field is read-only for a virtio 1.x driver (the MAC is writable only through the control queue).
     }
 
-    /// <inheritdoc />
-    public void Activate(VirtioDeviceContext context)
-    {
-        ArgumentNullException.ThrowIfNull(context);
-        Volatile.Write(ref _context, context);
-        _transmitter.Kick();
-    }
-
-    /// <inheritdoc />
-    public void QueueNotified(int queueIndex)
-    {
-        if (queueIndex == TransmitQueue)
-        {
-            _transmitter.Kick();
-        }
-
-        // New receive buffers need no action: frames arriving without a buffer were dropped, as a real NIC does.
-    }
-
-    /// <inheritdoc />
-    public void Reset()
+    /// <summary>Waits for a frame being delivered under the old activation, so none lands in guest buffers after the reset.</summary>
+    protected override void OnReset()
     {
         lock (_receiveSync)
         {
-            Volatile.Write(ref _context, null);
+            // Receive reads Context under this lock; it is already null for every later frame.
         }
     }
 
-    private async Task TransmitAsync()
+    private async Task TransmitAsync(VirtioDeviceContext context)
     {
-        var context = Volatile.Read(ref _context);
-        if (context is null)
-        {
-            return;
-        }
-
         var queue = context.Queues[TransmitQueue];
         var token = context.Stopping;
         byte[] buffer = ArrayPool<byte>.Shared.Rent(HeaderSize + MaxFrameSize);
@@ -180,18 +154,19 @@ public sealed class VirtioNetDevice : IVirtioDevice
         {
             while (!token.IsCancellationRequested && queue.TryPop(out var chain))
             {
-                int length = PrepareFrame(context, chain, buffer);
+                int length = PrepareFrame(context, chain, buffer, out string? refusal);
                 queue.AddUsed(chain, 0);
                 context.SignalUsed(queue);
-                if (length < 0)
+                if (refusal is not null)
                 {
+                    context.LogRefusedRequest($"transmit chain {chain.Head}: {refusal}");
                     Interlocked.Increment(ref _framesDropped);
                     continue;
                 }
 
-                if (_txLimit?.Consume(length) is { } wait && wait > TimeSpan.Zero)
+                if (_txLimit is not null)
                 {
-                    await Task.Delay(wait, token).ConfigureAwait(false);
+                    await _txLimit.ConsumeAsync(length, token).ConfigureAwait(false);
                 }
 
                 await _backend.SendAsync(buffer.AsMemory(HeaderSize, length), token).ConfigureAwait(false);
@@ -204,19 +179,22 @@ public sealed class VirtioNetDevice : IVirtioDevice
         }
     }
 
-    /// <summary>Copies header and frame out of the chain; returns the frame length, or -1 to drop it.</summary>
-    private static int PrepareFrame(VirtioDeviceContext context, DescriptorChain chain, byte[] buffer)
+    /// <summary>Copies header and frame out of the chain; returns the frame length, or sets <paramref name="refusal"/> to why it is dropped.</summary>
+    private static int PrepareFrame(VirtioDeviceContext context, DescriptorChain chain, byte[] buffer, out string? refusal)
     {
+        refusal = null;
         long total = chain.ReadableLength;
         if (total < HeaderSize + 14 || total > HeaderSize + MaxFrameSize)
         {
-            return -1;
+            refusal = $"{total} readable bytes is not a {HeaderSize}-byte header and a frame of 14 to {MaxFrameSize} bytes";
+            return 0;
         }
 
         int n = chain.Read(0, buffer.AsSpan(0, (int)total));
         if (n != total)
         {
-            return -1;
+            refusal = "a buffer is not readable guest RAM";
+            return 0;
         }
 
         var header = buffer.AsSpan(0, HeaderSize);
@@ -225,22 +203,24 @@ public sealed class VirtioNetDevice : IVirtioDevice
         int length = n - HeaderSize;
         if (gsoType != 0)
         {
-            // No segmentation offload was offered.
-            return -1;
+            refusal = $"segmentation offload (gso_type {gsoType}) was not offered";
+            return 0;
         }
 
         if ((flags & HeaderNeedsChecksum) != 0)
         {
             if (!context.HasFeature(FeatureCsum))
             {
-                return -1;
+                refusal = "NEEDS_CSUM without VIRTIO_NET_F_CSUM";
+                return 0;
             }
 
             int start = BinaryPrimitives.ReadUInt16LittleEndian(header[6..]);
             int offset = BinaryPrimitives.ReadUInt16LittleEndian(header[8..]);
             if (!Checksum.TryComplete(buffer.AsSpan(HeaderSize, length), start, offset))
             {
-                return -1;
+                refusal = $"checksum at start {start} offset {offset} lies outside the {length}-byte frame";
+                return 0;
             }
         }
 
@@ -265,7 +245,7 @@ public sealed class VirtioNetDevice : IVirtioDevice
     {
         lock (_receiveSync)
         {
-            var context = _context;
+            var context = Context;
             if (context is null || context.Stopping.IsCancellationRequested || !LinkUp || frame.Length > MaxFrameSize)
             {
                 return Dropped();

@@ -31,7 +31,7 @@ public sealed record VirtioBlockOptions
 /// and interrupt) once the backend finished it, so a completed FLUSH means every earlier write is durable.
 /// </summary>
 /// <remarks>Wrap it in a <see cref="VirtioMmioTransport"/> to give it to a VM.</remarks>
-public sealed class VirtioBlockDevice : IVirtioDevice
+public sealed class VirtioBlockDevice : VirtioDevice
 {
     internal const ulong FeatureSegMax = 1UL << 2;
     internal const ulong FeatureReadOnly = 1UL << 5;
@@ -69,8 +69,7 @@ public sealed class VirtioBlockDevice : IVirtioDevice
     private readonly byte[] _id = new byte[IdLength];
     private readonly TokenBucket? _bytes;
     private readonly TokenBucket? _ops;
-    private readonly QueueWorker _worker;
-    private VirtioDeviceContext? _context;
+    private readonly VirtqueueWorker _worker;
 
     /// <summary>Creates the device over <paramref name="backend"/>.</summary>
     /// <exception cref="ArgumentException">The options are invalid (queue size, serial).</exception>
@@ -94,7 +93,7 @@ public sealed class VirtioBlockDevice : IVirtioDevice
         IsReadOnly = options.ReadOnly || backend.IsReadOnly;
         _bytes = options.BytesPerSecond is long b ? new TokenBucket(b) : null;
         _ops = options.OperationsPerSecond is long o ? new TokenBucket(o) : null;
-        _worker = new QueueWorker(DrainAsync, e => _context?.Fail($"internal error serving a request: {e.Message}"));
+        _worker = AddWorker(DrainAsync, 0);
         QueueMaxSizes = [options.QueueSize];
         DeviceFeatures = FeatureSegMax | FeatureBlockSize | FeatureFlush | (IsReadOnly ? FeatureReadOnly : FeatureDiscard | FeatureWriteZeroes);
         _config = BuildConfig(backend.Capacity, options.QueueSize);
@@ -107,42 +106,28 @@ public sealed class VirtioBlockDevice : IVirtioDevice
     public IBlockBackend Backend => _backend;
 
     /// <inheritdoc />
-    public VirtioDeviceType DeviceType => VirtioDeviceType.Block;
+    public override VirtioDeviceType DeviceType => VirtioDeviceType.Block;
 
     /// <inheritdoc />
-    public ulong DeviceFeatures { get; }
+    public override ulong DeviceFeatures { get; }
 
     /// <inheritdoc />
-    public IReadOnlyList<ushort> QueueMaxSizes { get; }
+    public override IReadOnlyList<ushort> QueueMaxSizes { get; }
 
     /// <inheritdoc />
-    public int ConfigSize => _config.Length;
+    public override int ConfigSize => _config.Length;
 
     /// <summary>Whether requests are being served right now (for tests and orderly shutdown).</summary>
     internal bool IsBusy => _worker.IsBusy;
 
     /// <inheritdoc />
-    public void ReadConfig(int offset, Span<byte> data) => _config.AsSpan(offset, data.Length).CopyTo(data);
+    public override void ReadConfig(int offset, Span<byte> data) => _config.AsSpan(offset, data.Length).CopyTo(data);
 
     /// <inheritdoc />
-    public void WriteConfig(int offset, ReadOnlySpan<byte> data)
+    public override void WriteConfig(int offset, ReadOnlySpan<byte> data)
     {
         // Only the writeback byte is writable, and only with CONFIG_WCE, which is not offered.
     }
-
-    /// <inheritdoc />
-    public void Activate(VirtioDeviceContext context)
-    {
-        ArgumentNullException.ThrowIfNull(context);
-        Volatile.Write(ref _context, context);
-        _worker.Kick();
-    }
-
-    /// <inheritdoc />
-    public void QueueNotified(int queueIndex) => _worker.Kick();
-
-    /// <inheritdoc />
-    public void Reset() => Volatile.Write(ref _context, null);
 
     private static byte[] BuildConfig(long capacity, ushort queueSize)
     {
@@ -159,14 +144,8 @@ public sealed class VirtioBlockDevice : IVirtioDevice
         return c;
     }
 
-    private async Task DrainAsync()
+    private async Task DrainAsync(VirtioDeviceContext context)
     {
-        var context = Volatile.Read(ref _context);
-        if (context is null)
-        {
-            return;
-        }
-
         var queue = context.Queues[0];
         var token = context.Stopping;
         while (!token.IsCancellationRequested && queue.TryPop(out var chain))
@@ -227,6 +206,11 @@ public sealed class VirtioBlockDevice : IVirtioDevice
                     status = StatusUnsupported;
                     break;
             }
+
+            if (status != StatusOk)
+            {
+                context.LogRefusedRequest($"request {chain.Head} of type {type} at sector {sector} answered with status {status}");
+            }
         }
         catch (OperationCanceledException) when (token.IsCancellationRequested)
         {
@@ -234,7 +218,7 @@ public sealed class VirtioBlockDevice : IVirtioDevice
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException or ArgumentException or ObjectDisposedException)
         {
-            VirtioLog.HostIoFailed(context.Logger, VirtioDeviceType.Block, e.Message);
+            context.LogHostIoFailure(e);
             status = StatusIoError;
         }
 
@@ -366,23 +350,17 @@ public sealed class VirtioBlockDevice : IVirtioDevice
         return StatusOk;
     }
 
+    /// <summary>Waits for one operation and <paramref name="bytes"/> bytes; the buckets refill during each other's waits.</summary>
     private async ValueTask ThrottleAsync(long bytes, CancellationToken token)
     {
-        var wait = TimeSpan.Zero;
         if (_ops is not null)
         {
-            wait = _ops.Consume(1);
+            await _ops.ConsumeAsync(1, token).ConfigureAwait(false);
         }
 
         if (_bytes is not null && bytes > 0)
         {
-            var w = _bytes.Consume(bytes);
-            wait = w > wait ? w : wait;
-        }
-
-        if (wait > TimeSpan.Zero)
-        {
-            await Task.Delay(wait, token).ConfigureAwait(false);
+            await _bytes.ConsumeAsync(bytes, token).ConfigureAwait(false);
         }
     }
 }

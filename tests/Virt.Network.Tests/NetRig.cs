@@ -6,26 +6,18 @@ using Virt.Testing.Virtio;
 namespace Virt.Network.Tests;
 
 /// <summary>One guest with a virtio-net device over a backend, driven by the mock driver.</summary>
-internal sealed class NetRig : IDisposable
+internal sealed class NetRig : VirtioTestRig
 {
     private readonly List<GuestAddress> _rxBuffers = [];
 
     public NetRig(INetworkBackend backend, MacAddress mac, VirtioNetOptions? options = null, ulong features = ulong.MaxValue)
+        : base(new VirtioNetDevice(backend, mac, options), ramSize: 0x200000)
     {
-        Ram = GuestMemory.CreateRam(0x200000);
-        Memory = new CheckedGuestMemory(Ram);
-        Device = new VirtioNetDevice(backend, mac, options);
-        Transport = new VirtioMmioTransport(Device, Memory, Irq);
-        Driver = new MockVirtioDriver(Transport, Memory, new GuestAddress(0x1000), new GuestAddress(0x20000));
+        Device = (VirtioNetDevice)Transport.Device;
         Features = Driver.Initialize(features, 64);
     }
 
-    public GuestMemory Ram { get; }
-    public CheckedGuestMemory Memory { get; }
     public VirtioNetDevice Device { get; }
-    public RecordingInterruptLine Irq { get; } = new();
-    public VirtioMmioTransport Transport { get; }
-    public MockVirtioDriver Driver { get; }
     public ulong Features { get; }
     public MockSplitQueue Rx => Driver.Queues[0];
     public MockSplitQueue Tx => Driver.Queues[1];
@@ -90,8 +82,6 @@ internal sealed class NetRig : IDisposable
 
         return (header, [.. data]);
     }
-
-    public void Dispose() => Ram.Dispose();
 
     public static byte[] Frame(MacAddress to, MacAddress from, int payload = 46, byte fill = 0x42, ushort etherType = 0x88b5)
     {

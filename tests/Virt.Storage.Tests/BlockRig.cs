@@ -6,28 +6,18 @@ using Virt.Testing.Virtio;
 namespace Virt.Storage.Tests;
 
 /// <summary>A virtio-blk device over a backend, behind a transport, driven by the mock driver.</summary>
-internal sealed class BlockRig : IDisposable
+internal sealed class BlockRig : VirtioTestRig
 {
     public BlockRig(IBlockBackend backend, VirtioBlockOptions? options = null, ulong features = ulong.MaxValue)
+        : base(new VirtioBlockDevice(backend, options), ramSize: 0x400000, dataArea: 0x40000)
     {
-        Ram = GuestMemory.CreateRam(0x400000);
-        Memory = new CheckedGuestMemory(Ram);
-        Device = new VirtioBlockDevice(backend, options);
-        Transport = new VirtioMmioTransport(Device, Memory, Irq, Logger);
-        Driver = new MockVirtioDriver(Transport, Memory, new GuestAddress(0x1000), new GuestAddress(0x40000));
+        Device = (VirtioBlockDevice)Transport.Device;
         Features = Driver.Initialize(features, 64);
     }
 
-    public GuestMemory Ram { get; }
-    public CheckedGuestMemory Memory { get; }
     public VirtioBlockDevice Device { get; }
-    public RecordingInterruptLine Irq { get; } = new();
-    public ListLogger Logger { get; } = new();
-    public VirtioMmioTransport Transport { get; }
-    public MockVirtioDriver Driver { get; }
     public ulong Features { get; }
     public MockSplitQueue Queue => Driver.Queues[0];
-    public bool NeedsReset => (Driver.Status & (uint)VirtioDeviceStatus.DeviceNeedsReset) != 0;
 
     /// <summary>Submits one request and waits for it; returns the status byte and the used length.</summary>
     public (byte Status, uint UsedLength) Request(uint type, ulong sector, byte[]? writeData = null, int readLength = 0, byte[]? readInto = null)
@@ -67,8 +57,6 @@ internal sealed class BlockRig : IDisposable
 
         return (Memory.Read<byte>(status), used.Length);
     }
-
-    public void Dispose() => Ram.Dispose();
 }
 
 internal sealed class TempDir : IDisposable

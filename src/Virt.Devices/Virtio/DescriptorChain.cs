@@ -6,6 +6,18 @@ namespace Virt.Devices.Virtio;
 /// One validated descriptor chain taken from a <see cref="Virtqueue"/>: device-readable buffers first, then
 /// device-writable ones, each already checked to lie inside guest RAM. Read and write it as two byte streams.
 /// </summary>
+/// <remarks>
+/// <para>
+/// The driver decides the lengths, so a device checks <see cref="ReadableLength"/> and <see cref="WritableLength"/>
+/// against what its protocol needs and refuses a request that does not fit; <see cref="Read"/> and
+/// <see cref="Write"/> stop at the end of their part and never touch the other one (a device never writes into a
+/// buffer the driver marked read-only).
+/// </para>
+/// <para>
+/// Threading: not thread-safe; one thread at a time serves a chain. Failures: nothing the guest did throws;
+/// <see cref="ObjectDisposedException"/> only when guest memory was disposed under the device (the VM is gone).
+/// </para>
+/// </remarks>
 public sealed class DescriptorChain
 {
     private readonly IGuestMemory _memory;
@@ -94,8 +106,10 @@ public sealed class DescriptorChain
     /// into the writable part. Returns how many bytes were written (fewer at the end of the writable part, or
     /// when a buffer turned out not to be writable RAM).
     /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="offset"/> is negative.</exception>
     public int Write(long offset, ReadOnlySpan<byte> source)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
         if (_firstWritable < 0)
         {
             return 0;

@@ -3,15 +3,29 @@ namespace Virt.Devices.Virtio;
 /// <summary>
 /// A virtio device behind a transport (<see cref="VirtioMmioTransport"/>): what it is, what it offers, its
 /// configuration space and what it does with its queues. The transport handles feature negotiation, the
-/// status state machine, queue set-up and interrupts.
+/// status state machine, queue set-up and validation, and interrupts.
 /// </summary>
 /// <remarks>
-/// The transport calls these methods from vCPU threads; they must not block. Offsets and lengths passed to
-/// the configuration methods are already inside <see cref="ConfigSize"/>.
+/// <para>
+/// Most devices derive from <see cref="VirtioDevice"/>, which implements activation, notification and reset with
+/// <see cref="VirtqueueWorker"/>s; implement this interface directly only for a device that serves its queues some
+/// other way.
+/// </para>
+/// <para>
+/// Threading: the transport calls these methods from vCPU threads, possibly several at once; they must not block
+/// (hand I/O to a <see cref="VirtqueueWorker"/>). Offsets and lengths passed to the configuration methods are
+/// already inside <see cref="ConfigSize"/>; notified queue indexes already exist.
+/// </para>
+/// <para>
+/// Failures: the guest is hostile. Nothing it does may make a method throw; a device that cannot go on reports it
+/// with <see cref="VirtioDeviceContext.Fail"/>. The transport turns an <see cref="InvalidOperationException"/>,
+/// <see cref="ArgumentException"/>, <see cref="IOException"/> or <see cref="Virt.Memory.GuestMemoryException"/>
+/// out of <see cref="Activate"/> into DEVICE_NEEDS_RESET.
+/// </para>
 /// </remarks>
 public interface IVirtioDevice
 {
-    /// <summary>The virtio device type.</summary>
+    /// <summary>The virtio device type (the DeviceID register). Ids without a named value can be cast from their number.</summary>
     VirtioDeviceType DeviceType { get; }
 
     /// <summary>
@@ -20,10 +34,13 @@ public interface IVirtioDevice
     /// </summary>
     ulong DeviceFeatures { get; }
 
-    /// <summary>The largest size of each queue; the count is the number of queues.</summary>
+    /// <summary>
+    /// The largest size of each queue (powers of two up to <see cref="Virtqueue.MaxQueueSize"/>); the count is the
+    /// number of queues. Read once, when the transport is created.
+    /// </summary>
     IReadOnlyList<ushort> QueueMaxSizes { get; }
 
-    /// <summary>Size of the device-specific configuration space in bytes.</summary>
+    /// <summary>Size of the device-specific configuration space in bytes (at most 256).</summary>
     int ConfigSize { get; }
 
     /// <summary>Reads <c>data.Length</c> bytes of configuration space at <paramref name="offset"/>.</summary>
@@ -32,10 +49,13 @@ public interface IVirtioDevice
     /// <summary>The driver writes configuration space (most fields are read-only; ignore those writes).</summary>
     void WriteConfig(int offset, ReadOnlySpan<byte> data);
 
-    /// <summary>The driver set DRIVER_OK: start serving the queues in <paramref name="context"/>.</summary>
+    /// <summary>
+    /// The driver set DRIVER_OK: start serving the queues in <paramref name="context"/>. Buffers may already be
+    /// available; serve them without waiting for a notification.
+    /// </summary>
     void Activate(VirtioDeviceContext context);
 
-    /// <summary>The driver notified queue <paramref name="queueIndex"/> (already checked to exist).</summary>
+    /// <summary>The driver notified queue <paramref name="queueIndex"/> (already checked to exist) while the device is activated.</summary>
     void QueueNotified(int queueIndex);
 
     /// <summary>

@@ -11,7 +11,7 @@ namespace Virt.Devices.Virtio;
 /// Input the guest has no buffers for yet is held (up to 64 KiB; the stream is not read further until the guest
 /// catches up). Dispose the device to stop reading the stream.
 /// </remarks>
-public sealed class VirtioConsoleDevice : IVirtioDevice, IAsyncDisposable
+public sealed class VirtioConsoleDevice : VirtioDevice, IAsyncDisposable
 {
     /// <summary>Feature bit 2: the driver may write single characters to emerg_wr before the queues work.</summary>
     internal const ulong FeatureEmergencyWrite = 1UL << 2;
@@ -27,11 +27,9 @@ public sealed class VirtioConsoleDevice : IVirtioDevice, IAsyncDisposable
     private readonly Queue<byte> _pending = new();
     private readonly SemaphoreSlim _room = new(0, 1);
     private readonly CancellationTokenSource _disposed = new();
-    private readonly QueueWorker _receiver;
-    private readonly QueueWorker _transmitter;
+    private readonly VirtqueueWorker _receiver;
     private readonly SemaphoreSlim _writeGate = new(1, 1);
     private Task? _reader;
-    private VirtioDeviceContext? _context;
 
     /// <summary>Connects the console to <paramref name="stream"/>: it is read if readable and written if writable.</summary>
     public VirtioConsoleDevice(Stream stream)
@@ -39,27 +37,27 @@ public sealed class VirtioConsoleDevice : IVirtioDevice, IAsyncDisposable
         ArgumentNullException.ThrowIfNull(stream);
         _stream = stream;
         BinaryPrimitives.WriteUInt32LittleEndian(_config.AsSpan(4), 1); // max_nr_ports (read only with MULTIPORT)
-        _receiver = new QueueWorker(ReceiveAsync, e => _context?.Fail($"internal error: {e.Message}"));
-        _transmitter = new QueueWorker(TransmitAsync, e => _context?.Fail($"internal error: {e.Message}"));
+        _receiver = AddWorker(ReceiveAsync, ReceiveQueue);
+        AddWorker(TransmitAsync, TransmitQueue);
     }
 
     /// <inheritdoc />
-    public VirtioDeviceType DeviceType => VirtioDeviceType.Console;
+    public override VirtioDeviceType DeviceType => VirtioDeviceType.Console;
 
     /// <inheritdoc />
-    public ulong DeviceFeatures => FeatureEmergencyWrite;
+    public override ulong DeviceFeatures => FeatureEmergencyWrite;
 
     /// <inheritdoc />
-    public IReadOnlyList<ushort> QueueMaxSizes { get; } = [QueueSize, QueueSize];
+    public override IReadOnlyList<ushort> QueueMaxSizes { get; } = [QueueSize, QueueSize];
 
     /// <inheritdoc />
-    public int ConfigSize => _config.Length;
+    public override int ConfigSize => _config.Length;
 
     /// <inheritdoc />
-    public void ReadConfig(int offset, Span<byte> data) => _config.AsSpan(offset, data.Length).CopyTo(data);
+    public override void ReadConfig(int offset, Span<byte> data) => _config.AsSpan(offset, data.Length).CopyTo(data);
 
     /// <inheritdoc />
-    public void WriteConfig(int offset, ReadOnlySpan<byte> data)
+    public override void WriteConfig(int offset, ReadOnlySpan<byte> data)
     {
         if (offset == EmergencyWriteOffset && data.Length >= 1 && _stream.CanWrite)
         {
@@ -69,35 +67,14 @@ public sealed class VirtioConsoleDevice : IVirtioDevice, IAsyncDisposable
         }
     }
 
-    /// <inheritdoc />
-    public void Activate(VirtioDeviceContext context)
+    /// <summary>Starts reading the host stream on the first activation; input read before it is held for the guest.</summary>
+    protected override void OnActivated(VirtioDeviceContext context)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        Volatile.Write(ref _context, context);
         if (_stream.CanRead && _reader is null)
         {
             _reader = Task.Run(ReadStreamAsync);
         }
-
-        _receiver.Kick();
-        _transmitter.Kick();
     }
-
-    /// <inheritdoc />
-    public void QueueNotified(int queueIndex)
-    {
-        if (queueIndex == ReceiveQueue)
-        {
-            _receiver.Kick();
-        }
-        else
-        {
-            _transmitter.Kick();
-        }
-    }
-
-    /// <inheritdoc />
-    public void Reset() => Volatile.Write(ref _context, null);
 
     /// <summary>Stops reading the host stream (the stream itself is not disposed).</summary>
     public async ValueTask DisposeAsync()
@@ -165,14 +142,8 @@ public sealed class VirtioConsoleDevice : IVirtioDevice, IAsyncDisposable
         }
     }
 
-    private Task ReceiveAsync()
+    private Task ReceiveAsync(VirtioDeviceContext context)
     {
-        var context = Volatile.Read(ref _context);
-        if (context is null)
-        {
-            return Task.CompletedTask;
-        }
-
         var queue = context.Queues[ReceiveQueue];
         bool signalled = false;
         while (!context.Stopping.IsCancellationRequested)
@@ -215,14 +186,8 @@ public sealed class VirtioConsoleDevice : IVirtioDevice, IAsyncDisposable
         return Task.CompletedTask;
     }
 
-    private async Task TransmitAsync()
+    private async Task TransmitAsync(VirtioDeviceContext context)
     {
-        var context = Volatile.Read(ref _context);
-        if (context is null)
-        {
-            return;
-        }
-
         var queue = context.Queues[TransmitQueue];
         var token = context.Stopping;
         while (!token.IsCancellationRequested && queue.TryPop(out var chain))

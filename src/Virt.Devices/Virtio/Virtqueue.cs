@@ -4,13 +4,23 @@ using Virt.Memory;
 namespace Virt.Devices.Virtio;
 
 /// <summary>
-/// The device side of one split virtqueue (virtio 1.2, section 2.7). Every value read from guest memory is
-/// validated; a malformed queue is reported once through the owner's error sink, after which the queue
-/// refuses to hand out or complete buffers until the device is reset.
+/// The device side of one split virtqueue (virtio 1.2, section 2.7): take the chains the driver made available with
+/// <see cref="TryPop"/>, give them back with <see cref="AddUsed"/>. The transport creates the queues and hands them
+/// to the device in <see cref="VirtioDeviceContext.Queues"/>.
 /// </summary>
 /// <remarks>
-/// Thread-safe: a device may pop on one thread and complete on another. The queue never touches memory
-/// outside the rings it validated at activation and the descriptor buffers it validated while parsing.
+/// <para>
+/// A virtqueue is hostile input. Every value read from guest memory is validated: descriptor indexes, lengths,
+/// flags, chain lengths, loops, indirect tables and buffer addresses. A malformed queue is not an exception: the
+/// queue stops (<see cref="IsBroken"/>), puts the device into DEVICE_NEEDS_RESET with the reason logged, and hands
+/// out and completes nothing more until the driver resets the device. The queue never touches memory outside the
+/// rings validated when the driver enabled it and the buffers validated while parsing a chain.
+/// </para>
+/// <para>
+/// Threading: thread-safe; a device may pop on one thread and complete on another. Calls never block beyond a short
+/// lock and never raise interrupts (see <see cref="VirtioDeviceContext.SignalUsed"/>). After a reset, pops return
+/// nothing and completions of earlier pops are dropped.
+/// </para>
 /// </remarks>
 public sealed class Virtqueue
 {
@@ -120,9 +130,12 @@ public sealed class Virtqueue
 
     /// <summary>
     /// Takes the next available descriptor chain, parsed and validated. Returns <see langword="false"/> when the
-    /// driver has made nothing new available, when the queue is not ready, or when the queue is malformed
-    /// (then the device is put into the needs-reset state and the reason logged).
+    /// driver has made nothing new available, when the queue is not ready, reset or broken, or when the chain is
+    /// malformed (then the queue breaks, the device is put into the needs-reset state and the reason logged).
+    /// Never throws for anything the guest wrote.
     /// </summary>
+    /// <remarks>Every popped chain must be completed with <see cref="AddUsed"/> (or given back with <see cref="Rewind"/>);
+    /// the driver does not get its buffers back otherwise.</remarks>
     public bool TryPop([System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out DescriptorChain? chain)
     {
         bool popped;
@@ -199,8 +212,10 @@ public sealed class Virtqueue
 
     /// <summary>
     /// Gives the last <paramref name="count"/> popped chains back to the available ring, for a device that took
-    /// buffers and then found it cannot use them (e.g. a received frame that does not fit).
+    /// buffers and then found it cannot use them (e.g. a received frame that does not fit). The next pops return
+    /// them again. <paramref name="count"/> must not exceed the chains popped and not yet completed or given back.
     /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="count"/> is negative.</exception>
     public void Rewind(int count)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(count);
@@ -211,9 +226,12 @@ public sealed class Virtqueue
     }
 
     /// <summary>
-    /// Returns a chain to the driver through the used ring with the number of bytes the device wrote into it.
-    /// Does nothing when the queue was reset or broke since the chain was popped.
+    /// Returns a chain to the driver through the used ring with the number of bytes the device wrote into it
+    /// (capped at the chain's writable length). Does nothing when the queue was reset or broke since the chain was
+    /// popped, or when the chain came from another queue. A used ring that turned out not to be writable breaks the
+    /// queue as <see cref="TryPop"/> does. Call <see cref="VirtioDeviceContext.SignalUsed"/> afterwards.
     /// </summary>
+    /// <exception cref="ArgumentNullException"><paramref name="chain"/> is null.</exception>
     public void AddUsed(DescriptorChain chain, uint bytesWritten)
     {
         ArgumentNullException.ThrowIfNull(chain);

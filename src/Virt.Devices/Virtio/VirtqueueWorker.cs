@@ -1,0 +1,109 @@
+namespace Virt.Devices.Virtio;
+
+/// <summary>
+/// Runs a device's queue-draining function on the thread pool, one run at a time, and runs it again when it was
+/// kicked while running. Queue notifications arrive on vCPU threads, which must never wait for I/O: a device kicks
+/// its worker there and does the work in the drain function.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Threading: <see cref="Kick"/> and <see cref="IsBusy"/> may be called from any thread, concurrently; neither
+/// blocks. The drain function never runs concurrently with itself, so it may use the queues it serves without a
+/// lock of its own. It should take everything the queue holds before returning: a kick that arrives while it runs
+/// makes it run once more, not once per kick.
+/// </para>
+/// <para>
+/// Failures: an <see cref="OperationCanceledException"/> out of the drain function (a reset cancelled the
+/// activation) ends the run quietly. Any other exception is a device bug; it goes to the error callback on the
+/// thread-pool thread (put the device into DEVICE_NEEDS_RESET there, see <see cref="VirtioDeviceContext.Fail"/>),
+/// never to the vCPU thread or the process. An exception thrown by the error callback itself is not caught.
+/// </para>
+/// <para><see cref="VirtioDevice"/> creates and kicks workers for its queues; use this class directly only when
+/// implementing <see cref="IVirtioDevice"/> by hand.</para>
+/// </remarks>
+public sealed class VirtqueueWorker
+{
+    private const int Idle = 0;
+    private const int Running = 1;
+    private const int RunningAndKicked = 2;
+
+    private readonly Func<Task> _drain;
+    private readonly Action<Exception> _onError;
+    private int _state;
+
+    /// <summary>Creates an idle worker; nothing runs until the first <see cref="Kick"/>.</summary>
+    /// <param name="drain">Serves everything the device's queues hold, then returns. Runs on the thread pool.</param>
+    /// <param name="onError">Receives an exception <paramref name="drain"/> threw, other than cancellation.</param>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    public VirtqueueWorker(Func<Task> drain, Action<Exception> onError)
+    {
+        ArgumentNullException.ThrowIfNull(drain);
+        ArgumentNullException.ThrowIfNull(onError);
+        _drain = drain;
+        _onError = onError;
+    }
+
+    /// <summary>Whether a drain is running or scheduled (for orderly shutdown and tests).</summary>
+    public bool IsBusy => Volatile.Read(ref _state) != Idle;
+
+    /// <summary>
+    /// Makes sure the drain function starts after this call: schedules it on the thread pool when idle, or marks
+    /// the running drain to run once more. Returns at once; safe on a vCPU thread.
+    /// </summary>
+    public void Kick()
+    {
+        while (true)
+        {
+            int state = Volatile.Read(ref _state);
+            if (state == RunningAndKicked)
+            {
+                return;
+            }
+
+            if (Interlocked.CompareExchange(ref _state, state + 1, state) == state)
+            {
+                if (state == Idle)
+                {
+                    _ = Task.Run(RunAsync);
+                }
+
+                return;
+            }
+        }
+    }
+
+    private async Task RunAsync()
+    {
+        while (true)
+        {
+            try
+            {
+                await _drain().ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                // The device was reset; the next activation starts a fresh drain.
+            }
+#pragma warning disable CA1031 // A device bug must not take down the process from a thread-pool thread; it is reported instead.
+            catch (Exception e)
+            {
+                try
+                {
+                    _onError(e);
+                }
+                catch (Exception)
+                {
+                    // Documented: the worker outlives a faulty error callback.
+                }
+            }
+#pragma warning restore CA1031
+
+            if (Interlocked.CompareExchange(ref _state, Idle, Running) == Running)
+            {
+                return;
+            }
+
+            Volatile.Write(ref _state, Running);
+        }
+    }
+}
