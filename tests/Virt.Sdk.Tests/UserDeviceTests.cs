@@ -93,19 +93,33 @@ public sealed class UserDeviceTests
         Assert.Equal(0x41UL, scratchpad!.Stored);
     }
 
-    [Theory]
-    [MemberData(nameof(Backends))]
-    public async Task Interrupt_raised_by_a_device_reaches_the_guest_on_the_line_the_vm_gave_it(string backend)
+    /// <summary>Each backend with each route a line takes: an ISA IRQ the VM picks through the 8259 PIC, a fixed IOAPIC-only line through the IOAPIC and local APIC.</summary>
+    public static TheoryData<string, string> BackendsAndRoutes => new()
     {
+        { "kvm", "pic" },
+        { "kvm", "ioapic" },
+        { "interpreter", "pic" },
+        { "interpreter", "ioapic" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BackendsAndRoutes))]
+    public async Task Interrupt_raised_by_a_device_reaches_the_guest_on_the_line_the_vm_gave_it(string backend, string route)
+    {
+        const ulong ioApic = 0xFEC0_0000, localApic = 0xFEE0_0000;
+        bool viaPic = route == "pic";
+        uint expectedIrq = viaPic ? 5u : 16u;
+        int vector = viaPic ? 0x20 + (int)expectedIrq : 0x50;
+        var resources = viaPic
+            ? new DeviceResources { Port = DoorbellPort, PortCount = 1, Interrupt = true }
+            : new DeviceResources { Port = DoorbellPort, PortCount = 1, Irq = expectedIrq };
         Doorbell? doorbell = null;
         var builder = Builder(backend)
             .WithInterruptController()
             .WithDebugExit()
-            .WithDevice("doorbell", new DeviceResources { Port = DoorbellPort, PortCount = 1, Interrupt = true }, context => doorbell = new Doorbell(context.InterruptLine));
-        const int expectedIrq = 5;
-        const int vector = 0x20 + expectedIrq;
+            .WithDevice("doorbell", resources, context => doorbell = new Doorbell(context.InterruptLine));
 
-        // Only the vector of IRQ 5 has a gate: an interrupt on any other line would end in a triple fault.
+        // Only the expected vector has a gate: an interrupt on any other line would end in a triple fault.
         var idt = new byte[256 * 16];
         BinaryPrimitives.WriteUInt64LittleEndian(idt.AsSpan(vector * 16), (Handler & 0xFFFF) | ((ulong)ProcessorSetup.KernelCode64 << 16) | (0x8EUL << 40) | (((Handler >> 16) & 0xFFFF) << 48));
         BinaryPrimitives.WriteUInt64LittleEndian(idt.AsSpan((vector * 16) + 8), Handler >> 32);
@@ -117,11 +131,24 @@ public sealed class UserDeviceTests
         {
             a.mov(rax, IdtPointer);
             a.lidt(__[rax]);
-            // PIC: master vectors 0x20-0x27 with only the doorbell's line unmasked, slave 0x28-0x2F all masked.
-            foreach (var (p, value) in new (int, int)[] { (0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0xFF & ~(1 << expectedIrq)), (0xA0, 0x11), (0xA1, 0x28), (0xA1, 0x02), (0xA1, 0x01), (0xA1, 0xFF) })
+            // PIC: master vectors 0x20-0x27, slave 0x28-0x2F; unmasked only the doorbell's line when it goes through the PIC.
+            int masterMask = viaPic ? 0xFF & ~(1 << (int)expectedIrq) : 0xFF;
+            foreach (var (p, value) in new (int, int)[] { (0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, masterMask), (0xA0, 0x11), (0xA1, 0x28), (0xA1, 0x02), (0xA1, 0x01), (0xA1, 0xFF) })
             {
                 a.mov(al, (byte)value);
                 a.@out((byte)p, al);
+            }
+
+            if (!viaPic)
+            {
+                // IOAPIC redirection entry of the pin: the vector, fixed delivery to APIC 0, edge, active high, unmasked.
+                a.mov(rdi, ioApic);
+                a.mov(__dword_ptr[rdi], 0x10 + (2 * (int)expectedIrq));
+                a.mov(__dword_ptr[rdi + 0x10], vector);
+                a.mov(__dword_ptr[rdi], 0x11 + (2 * (int)expectedIrq));
+                a.mov(__dword_ptr[rdi + 0x10], 0);
+                a.mov(rdi, localApic);
+                a.mov(__dword_ptr[rdi + 0xF0], 0x1FF); // SVR: software enable, spurious vector 0xFF
             }
 
             a.xor(r15, r15);
@@ -144,8 +171,17 @@ public sealed class UserDeviceTests
                 a.inc(r15);
                 a.mov(dx, DoorbellPort);
                 a.@in(al, dx);      // acknowledges: the doorbell lowers its line
-                a.mov(al, 0x20);
-                a.@out(0x20, al);   // non-specific EOI
+                if (viaPic)
+                {
+                    a.mov(al, 0x20);
+                    a.@out(0x20, al);   // non-specific EOI to the master PIC
+                }
+                else
+                {
+                    a.mov(rdi, localApic);
+                    a.mov(__dword_ptr[rdi + 0xB0], 0); // local APIC EOI
+                }
+
                 a.iretq();
             },
             Handler);
