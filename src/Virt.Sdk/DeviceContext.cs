@@ -59,7 +59,10 @@ public sealed class DeviceContext
     public ILoggerFactory LoggerFactory { get; }
 
     /// <summary>Releases <paramref name="resource"/> when the VM is disposed, or at once if building the VM fails later on.</summary>
-    /// <remarks>The VM does not dispose the device itself: register it here when the factory created it for this VM alone.</remarks>
+    /// <remarks>
+    /// Call it from the factory. The VM does not dispose the device itself: register it here when the factory
+    /// created it for this VM alone. Resources are released in the reverse order of registration.
+    /// </remarks>
     public void DisposeWithMachine(IAsyncDisposable resource)
     {
         ArgumentNullException.ThrowIfNull(resource);

@@ -19,18 +19,9 @@ public sealed class UserDeviceTests
     private const ulong Handler = 0x103000;
     private const ushort DoorbellPort = 0x510;
 
-    public static TheoryData<string> Backends => new() { "kvm", "interpreter" };
+    public static TheoryData<string> Backends => FlatGuestVm.Backends;
 
-    private static VirtualMachineBuilder Builder(string backend)
-    {
-        if (backend == "kvm")
-        {
-            HostRequirements.RequireKvm();
-            return VirtualMachine.CreateBuilder().WithKvm().WithMemoryMiB(16);
-        }
-
-        return VirtualMachine.CreateBuilder().WithInterpreter().WithMemoryMiB(16);
-    }
+    private static VirtualMachineBuilder Builder(string backend) => FlatGuestVm.Builder(backend);
 
     private static byte[] Code(Action<Assembler> emit, ulong origin = Load) => GuestProgram.Assemble(64, origin, emit);
 
