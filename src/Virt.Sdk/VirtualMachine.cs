@@ -1,9 +1,7 @@
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
-using Virt.Boot;
 using Virt.Cpu;
 using Virt.Devices;
-using Virt.Devices.Virtio;
 using Virt.Memory;
 
 namespace Virt;
@@ -21,11 +19,10 @@ namespace Virt;
 public sealed partial class VirtualMachine : IAsyncDisposable
 {
     private readonly VirtualMachineConfiguration _config;
-    private readonly GuestMemory _memory;
-    private readonly IPartition _partition;
+    private readonly AssembledMachine _machine;
     private readonly IVirtualCpu[] _vcpus;
-    private readonly PortIoBus _ports = new();
-    private readonly MmioBus _mmio = new();
+    private readonly PortIoBus _ports;
+    private readonly MmioBus _mmio;
     private readonly Serial16550? _serial;
     private readonly ILogger _logger;
     private readonly SemaphoreSlim _lifecycle = new(1, 1);
@@ -43,18 +40,18 @@ public sealed partial class VirtualMachine : IAsyncDisposable
     private int _liveThreads;
     private int _parkedThreads;
     private int _disposed;
-    private readonly List<IAsyncDisposable> _owned = [];
-    private readonly List<VirtioDeviceInfo> _virtio = [];
 
-    private VirtualMachine(VirtualMachineConfiguration config, BackendSelection selection, GuestMemory memory, IPartition partition, IVirtualCpu[] vcpus, ILogger logger, Serial16550? serial)
+    private VirtualMachine(VirtualMachineConfiguration config, BackendSelection selection, AssembledMachine machine, ILogger logger)
     {
         _config = config;
         BackendSelection = selection;
-        _memory = memory;
-        _partition = partition;
-        _vcpus = vcpus;
+        _machine = machine;
+        _vcpus = machine.Vcpus;
+        _ports = machine.Ports;
+        _mmio = machine.Mmio;
+        _serial = machine.Serial;
         _logger = logger;
-        _serial = serial;
+        machine.StopRequests.Connect(RequestStop);
     }
 
     /// <summary>Creates a builder with the defaults (64 MiB, one vCPU, <see cref="BackendKind.Auto"/>).</summary>
@@ -70,7 +67,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
     public BackendSelection BackendSelection { get; }
 
     /// <summary>Guest physical memory (RAM at 0). Safe to read and write while the VM is not running.</summary>
-    public IGuestMemory Memory => _memory;
+    public IGuestMemory Memory => _machine.Memory;
 
     /// <summary>The number of vCPUs.</summary>
     public int VcpuCount => _vcpus.Length;
@@ -85,250 +82,38 @@ public sealed partial class VirtualMachine : IAsyncDisposable
 
     internal MmioBus MmioBus => _mmio;
 
-    internal IPartition Partition => _partition;
+    internal IPartition Partition => _machine.Partition;
 
-    internal static VirtualMachine Create(VirtualMachineConfiguration config, BackendSelection selection)
+    /// <summary>Assembles the machine <paramref name="config"/> describes and wraps it in its lifecycle.</summary>
+    internal static VirtualMachine Create(VirtualMachineConfiguration config, BackendSelection selection, DeviceManager devices)
     {
         var logger = config.LoggerFactory?.CreateLogger("Virt.VirtualMachine") ?? NullLogger.Instance;
-        GuestMemory? memory = null;
-        IPartition? partition = null;
-        var vcpus = new List<IVirtualCpu>();
-        try
-        {
-            memory = GuestMemory.CreateRam(config.MemorySize);
-            foreach (var image in config.Images)
-            {
-                memory.Write(image.Address, image.Bytes.Span);
-            }
-
-            partition = selection.Backend.CreatePartition(memory, new PartitionOptions
-            {
-                VcpuCount = config.VcpuCount,
-                MaskedCpuidFeatures = config.MaskedCpuidFeatures,
-                InterruptController = config.InterruptController,
-                InterruptPlatform = Virt.Devices.Interrupts.PcInterruptPlatform.Factory,
-            });
-
-            for (int i = 0; i < config.VcpuCount; i++)
-            {
-                var vcpu = partition.CreateVcpu(i);
-                vcpus.Add(vcpu);
-                InitializeVcpu(config, memory, vcpu, i);
-            }
-
-            string? commandLine = null;
-            if (!config.Kernel.IsEmpty)
-            {
-                commandLine = BootLinux(config, memory, vcpus[0]);
-            }
-
-            Serial16550? serial = null;
-            VirtualMachine? vm = null;
-            if (config.HasSerialConsole)
-            {
-                var irq = new PartitionInterruptLine(partition, Serial16550.Com1Irq);
-                serial = config.SerialWriter is { } writer ? Serial16550.ForTextWriter(irq, writer) : new Serial16550(irq, config.SerialOutput!);
-            }
-
-            vm = new VirtualMachine(config, selection, memory, partition, [.. vcpus], logger, serial) { KernelCommandLine = commandLine };
-            try
-            {
-                vm.RegisterDevices();
-            }
-            catch
-            {
-                vm.DisposeOwnedAsync().AsTask().GetAwaiter().GetResult();
-                throw;
-            }
-
-            LogCreated(logger, config.Name, selection.Name, selection.Reason, config.MemorySize >> 20, config.VcpuCount);
-            return vm;
-        }
-        catch
-        {
-            foreach (var v in vcpus)
-            {
-                v.Dispose();
-            }
-
-            partition?.Dispose();
-            memory?.Dispose();
-            throw;
-        }
-    }
-
-    private static void InitializeVcpu(VirtualMachineConfiguration config, GuestMemory memory, IVirtualCpu vcpu, int index)
-    {
-        if (config.EntryPoint is not { } entry)
-        {
-            return;
-        }
-
-        var sregs = ProcessorSetup.Prepare(memory, vcpu.GetSpecialRegisters(), config.StartMode);
-        var regs = config.InitialRegisters ?? default;
-        if (config.StartMode == StartMode.Real)
-        {
-            ushort segment = (ushort)((entry.Value >> 4) & 0xF000);
-            sregs.Cs = SegmentRegister.RealMode(segment, code: true);
-            regs.Rip = entry.Value - ((ulong)segment << 4);
-        }
-        else
-        {
-            regs.Rip = entry.Value;
-        }
-
-        if (config.InitialRegisters is null || config.InitialRegisters.Value.Rsp == 0)
-        {
-            regs.Rsp = DefaultStackTop - ((ulong)index * 0x100);
-        }
-
-        if (config.VcpuCount > 1)
-        {
-            regs.Rdi = (ulong)index;
-        }
-
-        regs.Rflags |= 2;
-        vcpu.SetSpecialRegisters(sregs);
-        vcpu.SetGeneralRegisters(regs);
-        if (config.InstructionBudget is { } budget && vcpu is IInstructionCounting counting)
-        {
-            counting.InstructionBudget = budget;
-        }
+        var machine = MachineAssembler.Assemble(config, selection, devices, logger);
+        LogCreated(logger, config.Name, selection.Name, selection.Reason, config.MemorySize >> 20, config.VcpuCount);
+        return new VirtualMachine(config, selection, machine, logger);
     }
 
     /// <summary>For Linux guests: the full kernel command line the VM passed (with console and device parameters); otherwise <see langword="null"/>.</summary>
-    public string? KernelCommandLine { get; private init; }
-
-    private static string BootLinux(VirtualMachineConfiguration config, GuestMemory memory, IVirtualCpu boot)
-    {
-        var virtio = Enumerable.Range(0, config.VirtioDevices.Count)
-            .Select(i => (Address: new GuestAddress(VirtualMachineBuilder.VirtioMmioBase + ((ulong)i * 0x1000)), Irq: VirtualMachineBuilder.VirtioIrqs[i]))
-            .ToList();
-        var acpi = AcpiTables.Write(memory, new AcpiTablesOptions
-        {
-            ProcessorCount = config.VcpuCount,
-            Com1 = config.HasSerialConsole,
-            VirtioMmioDevices = config.VirtioDiscovery == VirtioDiscovery.Acpi
-                ? [.. virtio.Select(v => new AcpiVirtioMmioDevice(v.Address, VirtioMmioTransport.WindowSize, (int)v.Irq))]
-                : [],
-        });
-
-        // Linux restarts through the real-mode reset vector on hardware-reduced ACPI machines without EFI.
-        ResetVector.Install(memory);
-
-        var parts = new List<string>();
-        if (!string.IsNullOrWhiteSpace(config.KernelCommandLine))
-        {
-            parts.Add(config.KernelCommandLine.Trim());
-        }
-
-        if (config.HasSerialConsole && config.KernelCommandLine?.Contains("console=", StringComparison.Ordinal) != true)
-        {
-            parts.Add("console=ttyS0");
-        }
-
-        if (config.KernelCommandLine?.Contains("pci=", StringComparison.Ordinal) != true)
-        {
-            // The machine has no PCI host bridge: spare the kernel the probing (and its "no config space access" error).
-            parts.Add("pci=off");
-        }
-
-        if (config.VirtioDiscovery == VirtioDiscovery.CommandLine)
-        {
-            parts.AddRange(virtio.Select(v => VirtioMmioTransport.KernelCommandLineFragment(v.Address, v.Irq)));
-        }
-
-        string commandLine = string.Join(' ', parts);
-        var options = new LinuxBootOptions
-        {
-            CommandLine = commandLine,
-            Initrd = config.Initrd,
-            AcpiRsdpAddress = acpi.Rsdp,
-        };
-        var result = KernelImage.Load(memory, config.Kernel.Span, options, boot.GetSpecialRegisters());
-        boot.SetSpecialRegisters(result.SpecialRegisters);
-        boot.SetGeneralRegisters(result.Registers);
-        return commandLine;
-    }
+    public string? KernelCommandLine => _machine.KernelCommandLine;
 
     /// <summary>The default stack top of vCPU 0 when the registers do not set RSP (vCPU i gets 256 bytes less per index).</summary>
     public const ulong DefaultStackTop = 0x8FF0;
 
-    private void RegisterDevices()
-    {
-        if (_serial is not null)
-        {
-            _ports.Register(Serial16550.Com1Port, 8, _serial, "serial console (COM1)");
-        }
-
-        if (_config.DebugExitPort is { } port)
-        {
-            _ports.Register(port, 1, new DebugExitDevice(code => RequestStop(new VirtualMachineExit
-            {
-                Reason = StopReason.DebugExit,
-                ExitCode = code,
-                Description = $"debug exit with code {code}",
-            })), "debug-exit");
-        }
-
-        if (!_config.Kernel.IsEmpty)
-        {
-            var reset = () => RequestStop(new VirtualMachineExit { Reason = StopReason.Reset, Description = "the guest reset the machine" });
-            new I8042Controller(reset, null, null).AttachTo(_ports);
-            new CmosRtc(TimeProvider.System).AttachTo(_ports);
-            _ports.Register(AcpiSleepDevice.DefaultPort, AcpiSleepDevice.PortCount, new AcpiSleepDevice(
-                () => RequestStop(new VirtualMachineExit { Reason = StopReason.PowerOff, Description = "the guest powered the machine off" }),
-                reset), "ACPI sleep registers");
-        }
-
-        foreach (var d in _config.PortDevices)
-        {
-            _ports.Register(d.Start, d.Length, d.Device, d.Name);
-        }
-
-        foreach (var d in _config.MmioDevices)
-        {
-            _mmio.Register(d.Start, d.Length, d.Device, d.Name);
-        }
-
-        var virtioLogger = _config.LoggerFactory?.CreateLogger("Virt.Devices.Virtio");
-        for (int i = 0; i < _config.VirtioDevices.Count; i++)
-        {
-            var spec = _config.VirtioDevices[i];
-            var address = new GuestAddress(VirtualMachineBuilder.VirtioMmioBase + ((ulong)i * 0x1000));
-            uint irq = VirtualMachineBuilder.VirtioIrqs[i];
-            var device = spec.Create(_owned);
-            var transport = new VirtioMmioTransport(device, _memory, new PartitionInterruptLine(_partition, irq), virtioLogger);
-            _mmio.Register(address, VirtioMmioTransport.WindowSize, transport, $"{spec.Kind} #{i}");
-            _virtio.Add(new VirtioDeviceInfo(spec.Kind, address, VirtioMmioTransport.WindowSize, irq));
-        }
-    }
+    /// <summary>
+    /// The devices added with <see cref="VirtualMachineBuilder.WithDevice{TDevice}"/>, <see cref="VirtualMachineBuilder.WithPortIoDevice"/>
+    /// and <see cref="VirtualMachineBuilder.WithMmioDevice"/>: the ports, MMIO window and interrupt line each got, in the order
+    /// they were added. Virtio devices are in <see cref="VirtioDevices"/>.
+    /// </summary>
+    public IReadOnlyList<DevicePlacement> Devices => _machine.Devices;
 
     /// <summary>The VM's virtio devices: kind, MMIO window and interrupt line, in the order they were added.</summary>
-    public IReadOnlyList<VirtioDeviceInfo> VirtioDevices => _virtio;
+    public IReadOnlyList<VirtioDeviceInfo> VirtioDevices => _machine.VirtioDevices;
 
     /// <summary>
     /// The <c>virtio_mmio.device=...</c> parameters a Linux guest needs to find the VM's virtio devices,
     /// separated by spaces (empty without virtio devices).
     /// </summary>
-    public string KernelCommandLineFragments => string.Join(' ', _virtio.Select(v => v.KernelCommandLineFragment));
-
-    private async ValueTask DisposeOwnedAsync()
-    {
-        foreach (var o in _owned)
-        {
-            try
-            {
-                await o.DisposeAsync().ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
-            {
-                LogDisposeFailed(_logger, e, _config.Name);
-            }
-        }
-
-        _owned.Clear();
-    }
+    public string KernelCommandLineFragments => string.Join(' ', _machine.VirtioDevices.Select(v => v.KernelCommandLineFragment));
 
     /// <summary>Starts the vCPUs. The VM must be <see cref="VirtualMachineState.Created"/>.</summary>
     /// <exception cref="InvalidOperationException">The VM is not in the Created state.</exception>
@@ -562,14 +347,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
                 _hostTasks.Dispose();
             }
 
-            foreach (var v in _vcpus)
-            {
-                v.Dispose();
-            }
-
-            await DisposeOwnedAsync().ConfigureAwait(false);
-            _partition.Dispose();
-            _memory.Dispose();
+            await _machine.Resources.DisposeAsync().ConfigureAwait(false);
             _exit.TrySetResult(new VirtualMachineExit { Reason = StopReason.StoppedByHost, Description = "disposed before it ran" });
             SetState(VirtualMachineState.Disposed);
         }
@@ -649,9 +427,6 @@ public sealed partial class VirtualMachine : IAsyncDisposable
 
     [LoggerMessage(Level = LogLevel.Information, Message = "VM {Name} created on {Backend} ({Reason}), {MemoryMiB} MiB, {Vcpus} vCPU(s)")]
     private static partial void LogCreated(ILogger logger, string name, string backend, string reason, ulong memoryMiB, int vcpus);
-
-    [LoggerMessage(Level = LogLevel.Warning, Message = "VM {Name}: releasing a device resource failed")]
-    private static partial void LogDisposeFailed(ILogger logger, Exception exception, string name);
 
     [LoggerMessage(Level = LogLevel.Debug, Message = "VM {Name}: {Old} -> {New}")]
     private static partial void LogStateChanged(ILogger logger, string name, VirtualMachineState old, VirtualMachineState @new);

@@ -6,17 +6,17 @@ namespace Virt;
 
 public sealed partial class VirtualMachineBuilder
 {
-    /// <summary>First guest physical address of the virtio-mmio windows (one 4 KiB page per device, above RAM).</summary>
+    /// <summary>
+    /// First guest physical address of the virtio-mmio windows (one 4 KiB page per device, above RAM), and of the
+    /// region MMIO windows of other devices come from when they do not ask for a fixed address.
+    /// </summary>
     public const ulong VirtioMmioBase = 0xD000_0000;
-
-    /// <summary>The interrupt lines (GSIs) virtio devices get, in the order they are added.</summary>
-    internal static readonly uint[] VirtioIrqs = [5, 6, 7, 9, 10, 11, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23];
 
     /// <summary>Adds a virtio-blk disk over <paramref name="backend"/>. The caller keeps ownership of the backend.</summary>
     public VirtualMachineBuilder WithVirtioBlock(IBlockBackend backend, VirtioBlockOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(backend);
-        return AddVirtio(new VirtioDeviceSpec("virtio-blk", _ => new VirtioBlockDevice(backend, options), null));
+        return AddVirtio("virtio-blk", _ => new VirtioBlockDevice(backend, options));
     }
 
     /// <summary>
@@ -32,12 +32,12 @@ public sealed partial class VirtualMachineBuilder
             throw new FileNotFoundException($"The disk image '{imagePath}' does not exist. Create it with DiskImage.CreateRaw(path, size) or check the path.", imagePath);
         }
 
-        return AddVirtio(new VirtioDeviceSpec("virtio-blk", owned =>
+        return AddVirtio("virtio-blk", context =>
         {
             var backend = RawFileBlockBackend.Open(imagePath, readOnly);
-            owned.Add(backend);
+            context.DisposeWithMachine(backend);
             return new VirtioBlockDevice(backend, new VirtioBlockOptions { ReadOnly = readOnly });
-        }, null));
+        });
     }
 
     /// <summary>Adds a virtio-net NIC whose frames go to <paramref name="backend"/> (a virtual-network port, TAP, capture).</summary>
@@ -45,7 +45,7 @@ public sealed partial class VirtualMachineBuilder
     {
         ArgumentNullException.ThrowIfNull(backend);
         var address = mac ?? MacAddress.CreateRandom();
-        return AddVirtio(new VirtioDeviceSpec("virtio-net", _ => new VirtioNetDevice(backend, address, options), null));
+        return AddVirtio("virtio-net", _ => new VirtioNetDevice(backend, address, options));
     }
 
     /// <summary>
@@ -56,46 +56,61 @@ public sealed partial class VirtualMachineBuilder
     {
         ArgumentNullException.ThrowIfNull(network);
         var address = mac ?? MacAddress.CreateRandom();
-        return AddVirtio(new VirtioDeviceSpec("virtio-net", owned =>
+        return AddVirtio("virtio-net", context =>
         {
             var port = network.Attach(_config.Name);
-            owned.Add(port);
+            context.DisposeWithMachine(port);
             return new VirtioNetDevice(port, address, options);
-        }, null));
+        });
     }
 
     /// <summary>Adds a virtio-console whose single port is connected to <paramref name="stream"/>.</summary>
     public VirtualMachineBuilder WithVirtioConsole(Stream stream)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        return AddVirtio(new VirtioDeviceSpec("virtio-console", owned =>
+        return AddVirtio("virtio-console", context =>
         {
             var device = new VirtioConsoleDevice(stream);
-            owned.Add(device);
+            context.DisposeWithMachine(device);
             return device;
-        }, null));
+        });
     }
 
     /// <summary>Adds a virtio-rng entropy device fed by the host's CSPRNG, optionally limited to <paramref name="bytesPerSecond"/>.</summary>
     public VirtualMachineBuilder WithVirtioRng(long? bytesPerSecond = null) =>
-        AddVirtio(new VirtioDeviceSpec("virtio-rng", _ => new VirtioRngDevice(bytesPerSecond), null));
+        AddVirtio("virtio-rng", _ => new VirtioRngDevice(bytesPerSecond));
 
-    private VirtualMachineBuilder AddVirtio(VirtioDeviceSpec spec)
+    /// <summary>
+    /// Adds a virtio device of your own (an <see cref="IVirtioDevice"/>, see docs/devices.md) behind a virtio-mmio
+    /// transport: like the built-in ones it gets the next window from <see cref="VirtioMmioBase"/> and the next free
+    /// interrupt line, is announced to a Linux guest in the ACPI DSDT or, with <see cref="VirtioDiscovery.CommandLine"/>,
+    /// by a <c>virtio_mmio.device=</c> parameter, and is listed in <see cref="VirtualMachine.VirtioDevices"/>.
+    /// </summary>
+    /// <param name="name">The device's kind or name, e.g. <c>virtio-vsock</c>, for <see cref="VirtioDeviceInfo.Kind"/>, logs and messages.</param>
+    /// <param name="create">
+    /// Creates the device for one VM when it is built (once per <see cref="Build"/>). The context says where the
+    /// device was placed and gives guest memory and logging; register what the VM should release with it through
+    /// <see cref="DeviceContext.DisposeWithMachine"/>. The transport drives the interrupt line.
+    /// </param>
+    /// <exception cref="InvalidOperationException">The VM already has 16 virtio devices.</exception>
+    public VirtualMachineBuilder WithVirtioDevice(string name, Func<DeviceContext, IVirtioDevice> create)
     {
-        if (_config.VirtioDevices.Count >= VirtioIrqs.Length)
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        ArgumentNullException.ThrowIfNull(create);
+        return AddVirtio(name, create);
+    }
+
+    private VirtualMachineBuilder AddVirtio(string kind, Func<DeviceContext, IVirtioDevice> create)
+    {
+        if (_config.Devices.Count(d => d.IsVirtio) >= DeviceManager.DeviceIrqs.Length)
         {
-            throw new InvalidOperationException($"A VM can have at most {VirtioIrqs.Length} virtio devices.");
+            throw new InvalidOperationException($"A VM can have at most {DeviceManager.DeviceIrqs.Length} virtio devices.");
         }
 
-        return new(_config with { VirtioDevices = _config.VirtioDevices.Add(spec) });
+        var resources = new DeviceResources { MmioSize = VirtioMmioTransport.WindowSize, Interrupt = true };
+        return AddDevice(new DeviceSpec(kind, resources, create, IsVirtio: true));
     }
 }
-
-/// <summary>A virtio device as the builder records it: created per VM when the VM is built.</summary>
-/// <param name="Kind">A short name for logs and errors.</param>
-/// <param name="Create">Creates the device; adds what the VM must dispose to the list.</param>
-/// <param name="Unused">Reserved.</param>
-internal sealed record VirtioDeviceSpec(string Kind, Func<List<IAsyncDisposable>, IVirtioDevice> Create, object? Unused);
 
 /// <summary>Where a virtio device of a VM lives, for the guest's kernel command line.</summary>
 /// <param name="Kind">The device kind, e.g. <c>virtio-blk</c>.</param>

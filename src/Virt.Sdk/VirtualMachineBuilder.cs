@@ -128,20 +128,28 @@ public sealed partial class VirtualMachineBuilder
     /// <summary>Sets the initial general registers of every vCPU (RIP is overridden by the entry point, RFLAGS bit 1 is forced).</summary>
     public VirtualMachineBuilder WithRegisters(GeneralRegisters registers) => new(_config with { InitialRegisters = registers });
 
-    /// <summary>Adds a port-I/O device at <c>[start, start + length)</c>.</summary>
+    /// <summary>
+    /// Adds a port-I/O device at <c>[start, start + length)</c>. The same <paramref name="device"/> serves every VM built
+    /// from this builder and the VM does not dispose it; use <see cref="WithDevice{TDevice}"/> for a device per VM
+    /// with an interrupt line.
+    /// </summary>
     public VirtualMachineBuilder WithPortIoDevice(ushort start, ushort length, IPortIoDevice device, string name)
     {
         ArgumentNullException.ThrowIfNull(device);
         ArgumentException.ThrowIfNullOrWhiteSpace(name);
-        return new(_config with { PortDevices = _config.PortDevices.Add(new PortDeviceRegistration(start, length, device, name)) });
+        return AddDevice(new DeviceSpec(name, new DeviceResources { Port = start, PortCount = length }, _ => device));
     }
 
-    /// <summary>Adds an MMIO device at <c>[start, start + length)</c>; the range must not overlap guest RAM.</summary>
+    /// <summary>
+    /// Adds an MMIO device at <c>[start, start + length)</c>; the range must not overlap guest RAM. The same
+    /// <paramref name="device"/> serves every VM built from this builder and the VM does not dispose it; use
+    /// <see cref="WithDevice{TDevice}"/> for a device per VM with an interrupt line or a window the VM chooses.
+    /// </summary>
     public VirtualMachineBuilder WithMmioDevice(GuestAddress start, ulong length, IMmioDevice device, string name)
     {
         ArgumentNullException.ThrowIfNull(device);
         ArgumentException.ThrowIfNullOrWhiteSpace(name);
-        return new(_config with { MmioDevices = _config.MmioDevices.Add(new MmioDeviceRegistration(start, length, device, name)) });
+        return AddDevice(new DeviceSpec(name, new DeviceResources { MmioAddress = start, MmioSize = length }, _ => device));
     }
 
     /// <summary>Hides a CPUID feature from the guest (on top of what the backend cannot honour).</summary>
@@ -169,14 +177,19 @@ public sealed partial class VirtualMachineBuilder
     }
 
     /// <summary>
-    /// Validates the configuration, chooses the backend, allocates guest memory, creates the partition and
-    /// vCPUs and loads the images. The VM is then <see cref="VirtualMachineState.Created"/>.
+    /// Validates the configuration and places every device (ports, MMIO windows, interrupt lines), chooses the
+    /// backend, allocates guest memory, creates the partition and vCPUs, loads the images, creates the devices
+    /// and wires them. The VM is then <see cref="VirtualMachineState.Created"/>.
     /// </summary>
-    /// <exception cref="ArgumentException">A setting is invalid; the message says which and what to change.</exception>
+    /// <exception cref="ArgumentException">
+    /// A setting is invalid, or the devices do not fit (overlapping ranges, a line or range that is taken, no free
+    /// interrupt line, port range or MMIO window left); the message says which and what to change.
+    /// </exception>
     /// <exception cref="InvalidOperationException">The chosen backend is not available here; the message says why.</exception>
     public VirtualMachine Build()
     {
         Validate(_config);
+        var devices = new DeviceManager(_config);
         var selection = BackendSelector.Select(_config.Backend, _config.CustomBackend);
         if (_config.InstructionBudget is not null && selection.Backend.Name is "kvm" or "whp")
         {
@@ -184,7 +197,7 @@ public sealed partial class VirtualMachineBuilder
                 $"An instruction budget needs a backend that counts instructions, but {selection.Backend.Name} was chosen. Use WithInterpreter(), or drop WithInstructionBudget and use a time limit.");
         }
 
-        return VirtualMachine.Create(_config, selection);
+        return VirtualMachine.Create(_config, selection, devices);
     }
 
     private static void Validate(VirtualMachineConfiguration c)
@@ -251,85 +264,5 @@ public sealed partial class VirtualMachineBuilder
         }
 
         ValidateLinux(c);
-        ValidatePortRanges(c);
-        ValidateMmioRanges(c);
-    }
-
-    private static void ValidatePortRanges(VirtualMachineConfiguration c)
-    {
-        var ranges = new List<(int Start, int End, string Name)>();
-        if (c.HasSerialConsole)
-        {
-            ranges.Add((0x3F8, 0x400, "serial console (COM1)"));
-        }
-
-        if (c.DebugExitPort is { } p)
-        {
-            ranges.Add((p, p + 1, "debug-exit"));
-        }
-
-        if (!c.Kernel.IsEmpty)
-        {
-            ranges.Add((0x60, 0x61, "i8042"));
-            ranges.Add((0x64, 0x65, "i8042"));
-            ranges.Add((0x70, 0x72, "CMOS RTC"));
-            ranges.Add((0x600, 0x603, "ACPI sleep registers"));
-        }
-
-        foreach (var d in c.PortDevices)
-        {
-            if (d.Length == 0 || d.Start + d.Length > 0x10000)
-            {
-                throw new ArgumentException($"Port device '{d.Name}' at 0x{d.Start:x} with length {d.Length} is outside the 64 Ki port space or empty.");
-            }
-
-            ranges.Add((d.Start, d.Start + d.Length, d.Name));
-        }
-
-        CheckOverlaps(ranges.Select(r => ((ulong)r.Start, (ulong)r.End, r.Name)), "ports");
-    }
-
-    private static void ValidateMmioRanges(VirtualMachineConfiguration c)
-    {
-        var ranges = new List<(ulong Start, ulong End, string Name)>();
-        for (int i = 0; i < c.VirtioDevices.Count; i++)
-        {
-            ranges.Add((VirtioMmioBase + ((ulong)i * 0x1000), VirtioMmioBase + ((ulong)i * 0x1000) + VirtioMmioTransport.WindowSize, $"{c.VirtioDevices[i].Kind} #{i}"));
-        }
-
-        if (c.VirtioDevices.Count > 0 && c.MemorySize > VirtioMmioBase)
-        {
-            throw new ArgumentException($"Guest RAM of 0x{c.MemorySize:x} bytes reaches the virtio-mmio windows at 0x{VirtioMmioBase:x}. Use at most {VirtioMmioBase >> 20} MiB of RAM with virtio devices.");
-        }
-
-        foreach (var d in c.MmioDevices)
-        {
-            if (d.Length == 0 || d.Start.Value + d.Length < d.Start.Value)
-            {
-                throw new ArgumentException($"MMIO device '{d.Name}' at {d.Start} has an empty or wrapping range.");
-            }
-
-            if (d.Start.Value < c.MemorySize)
-            {
-                throw new ArgumentException($"MMIO device '{d.Name}' at {d.Start} overlaps guest RAM (0x0-0x{c.MemorySize - 1:x}). Place it above RAM, e.g. at 0xD0000000.");
-            }
-
-            ranges.Add((d.Start.Value, d.Start.Value + d.Length, d.Name));
-        }
-
-        CheckOverlaps(ranges, "MMIO addresses");
-    }
-
-    private static void CheckOverlaps(IEnumerable<(ulong Start, ulong End, string Name)> ranges, string what)
-    {
-        var sorted = ranges.OrderBy(r => r.Start).ToList();
-        for (int i = 1; i < sorted.Count; i++)
-        {
-            if (sorted[i].Start < sorted[i - 1].End)
-            {
-                throw new ArgumentException(
-                    $"Devices '{sorted[i - 1].Name}' (0x{sorted[i - 1].Start:x}-0x{sorted[i - 1].End - 1:x}) and '{sorted[i].Name}' (0x{sorted[i].Start:x}-0x{sorted[i].End - 1:x}) overlap in {what}. Move one of them.");
-            }
-        }
     }
 }

@@ -37,17 +37,14 @@ internal sealed record VirtualMachineConfiguration
 
     public GeneralRegisters? InitialRegisters { get; init; }
 
-    public ImmutableList<PortDeviceRegistration> PortDevices { get; init; } = [];
-
-    public ImmutableList<MmioDeviceRegistration> MmioDevices { get; init; } = [];
+    /// <summary>Every device added with <c>WithDevice</c>, <c>WithPortIoDevice</c>, <c>WithMmioDevice</c> or a <c>WithVirtio*</c> method, in that order.</summary>
+    public ImmutableList<DeviceSpec> Devices { get; init; } = [];
 
     public ImmutableList<CpuidFeature> MaskedCpuidFeatures { get; init; } = [];
 
     public long? InstructionBudget { get; init; }
 
     public ILoggerFactory? LoggerFactory { get; init; }
-
-    public ImmutableList<VirtioDeviceSpec> VirtioDevices { get; init; } = [];
 
     public bool InterruptController { get; init; }
 
@@ -62,6 +59,12 @@ internal sealed record VirtualMachineConfiguration
 
 internal sealed record FlatImage(ReadOnlyMemory<byte> Bytes, GuestAddress Address);
 
-internal sealed record PortDeviceRegistration(ushort Start, ushort Length, IPortIoDevice Device, string Name);
-
-internal sealed record MmioDeviceRegistration(GuestAddress Start, ulong Length, IMmioDevice Device, string Name);
+/// <summary>A device as the builder records it: created once per built VM, where the <see cref="DeviceManager"/> placed it.</summary>
+/// <param name="Name">The name for placements, bus registrations and messages (for virtio devices their kind, e.g. <c>virtio-blk</c>).</param>
+/// <param name="Resources">The ports, MMIO window and interrupt line it asks for.</param>
+/// <param name="Create">
+/// Creates the device for one VM: an <see cref="IPortIoDevice"/> and/or <see cref="IMmioDevice"/> matching
+/// <paramref name="Resources"/>, or for <paramref name="IsVirtio"/> an <see cref="Devices.Virtio.IVirtioDevice"/>.
+/// </param>
+/// <param name="IsVirtio">Whether the device goes behind a virtio-mmio transport (one page-aligned window and a line).</param>
+internal sealed record DeviceSpec(string Name, DeviceResources Resources, Func<DeviceContext, object> Create, bool IsVirtio = false);

@@ -13,18 +13,9 @@ public sealed class VirtualMachineTests
 {
     private const ulong Load = 0x100000;
 
-    public static TheoryData<string> Backends => new() { "kvm", "interpreter" };
+    public static TheoryData<string> Backends => FlatGuestVm.Backends;
 
-    private static VirtualMachineBuilder Builder(string backend)
-    {
-        if (backend == "kvm")
-        {
-            HostRequirements.RequireKvm();
-            return VirtualMachine.CreateBuilder().WithKvm().WithMemoryMiB(16);
-        }
-
-        return VirtualMachine.CreateBuilder().WithInterpreter().WithMemoryMiB(16);
-    }
+    private static VirtualMachineBuilder Builder(string backend) => FlatGuestVm.Builder(backend);
 
     private static byte[] Code(Action<Assembler> emit, int bitness = 64, ulong origin = Load) => GuestProgram.Assemble(bitness, origin, emit);
 

@@ -1,0 +1,198 @@
+using Microsoft.Extensions.Logging;
+using Virt.Boot;
+using Virt.Cpu;
+using Virt.Devices;
+using Virt.Memory;
+
+namespace Virt;
+
+/// <summary>
+/// Creates and wires a machine from an immutable <see cref="VirtualMachineConfiguration"/>: guest memory and
+/// images, the partition and vCPUs in their start state, the platform and configured devices where the
+/// <see cref="DeviceManager"/> placed them, and for Linux guests the boot tables, command line and kernel.
+/// It hands the finished <see cref="AssembledMachine"/> to <see cref="VirtualMachine"/>, which only runs it.
+/// </summary>
+internal static class MachineAssembler
+{
+    /// <summary>Assembles the machine <paramref name="config"/> describes on <paramref name="selection"/>'s backend.</summary>
+    /// <param name="config">The validated configuration.</param>
+    /// <param name="selection">The backend to create the partition on.</param>
+    /// <param name="devices">The device layout for <paramref name="config"/>; its buses become the machine's.</param>
+    /// <param name="logger">Where failures to release resources are logged.</param>
+    /// <remarks>If anything fails, everything created so far is released before the exception leaves.</remarks>
+    public static AssembledMachine Assemble(VirtualMachineConfiguration config, BackendSelection selection, DeviceManager devices, ILogger logger)
+    {
+        var resources = new MachineResources(logger, config.Name);
+        try
+        {
+            var memory = GuestMemory.CreateRam(config.MemorySize);
+            resources.Add(memory);
+            foreach (var image in config.Images)
+            {
+                memory.Write(image.Address, image.Bytes.Span);
+            }
+
+            var partition = selection.Backend.CreatePartition(memory, new PartitionOptions
+            {
+                VcpuCount = config.VcpuCount,
+                MaskedCpuidFeatures = config.MaskedCpuidFeatures,
+                InterruptController = config.InterruptController,
+                InterruptPlatform = Virt.Devices.Interrupts.PcInterruptPlatform.Factory,
+            });
+            resources.Add(partition);
+
+            var vcpus = new IVirtualCpu[config.VcpuCount];
+            for (int i = 0; i < vcpus.Length; i++)
+            {
+                vcpus[i] = partition.CreateVcpu(i);
+                resources.Add(vcpus[i]);
+                InitializeVcpu(config, memory, vcpus[i], i);
+            }
+
+            string? commandLine = config.Kernel.IsEmpty ? null : BootLinux(config, memory, vcpus[0], devices);
+            var stop = new StopRequests();
+            var serial = AttachPlatformDevices(config, devices, partition, stop);
+            devices.AttachDevices(memory, partition, config.LoggerFactory, resources);
+            return new AssembledMachine
+            {
+                Memory = memory,
+                Partition = partition,
+                Vcpus = vcpus,
+                Ports = devices.Ports,
+                Mmio = devices.Mmio,
+                Serial = serial,
+                KernelCommandLine = commandLine,
+                VirtioDevices = devices.VirtioDevices,
+                Devices = devices.Devices,
+                StopRequests = stop,
+                Resources = resources,
+            };
+        }
+        catch
+        {
+            resources.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            throw;
+        }
+    }
+
+    private static void InitializeVcpu(VirtualMachineConfiguration config, GuestMemory memory, IVirtualCpu vcpu, int index)
+    {
+        if (config.EntryPoint is not { } entry)
+        {
+            return;
+        }
+
+        var sregs = ProcessorSetup.Prepare(memory, vcpu.GetSpecialRegisters(), config.StartMode);
+        var regs = config.InitialRegisters ?? default;
+        if (config.StartMode == StartMode.Real)
+        {
+            ushort segment = (ushort)((entry.Value >> 4) & 0xF000);
+            sregs.Cs = SegmentRegister.RealMode(segment, code: true);
+            regs.Rip = entry.Value - ((ulong)segment << 4);
+        }
+        else
+        {
+            regs.Rip = entry.Value;
+        }
+
+        if (config.InitialRegisters is null || config.InitialRegisters.Value.Rsp == 0)
+        {
+            regs.Rsp = VirtualMachine.DefaultStackTop - ((ulong)index * 0x100);
+        }
+
+        if (config.VcpuCount > 1)
+        {
+            regs.Rdi = (ulong)index;
+        }
+
+        regs.Rflags |= 2;
+        vcpu.SetSpecialRegisters(sregs);
+        vcpu.SetGeneralRegisters(regs);
+        if (config.InstructionBudget is { } budget && vcpu is IInstructionCounting counting)
+        {
+            counting.InstructionBudget = budget;
+        }
+    }
+
+    private static string BootLinux(VirtualMachineConfiguration config, GuestMemory memory, IVirtualCpu boot, DeviceManager devices)
+    {
+        var acpi = AcpiTables.Write(memory, new AcpiTablesOptions
+        {
+            ProcessorCount = config.VcpuCount,
+            Com1 = config.HasSerialConsole,
+            VirtioMmioDevices = config.VirtioDiscovery == VirtioDiscovery.Acpi ? devices.AcpiVirtioDevices : [],
+        });
+
+        // Linux restarts through the real-mode reset vector on hardware-reduced ACPI machines without EFI.
+        ResetVector.Install(memory);
+
+        var parts = new List<string>();
+        if (!string.IsNullOrWhiteSpace(config.KernelCommandLine))
+        {
+            parts.Add(config.KernelCommandLine.Trim());
+        }
+
+        if (config.HasSerialConsole && config.KernelCommandLine?.Contains("console=", StringComparison.Ordinal) != true)
+        {
+            parts.Add("console=ttyS0");
+        }
+
+        if (config.KernelCommandLine?.Contains("pci=", StringComparison.Ordinal) != true)
+        {
+            // The machine has no PCI host bridge: spare the kernel the probing (and its "no config space access" error).
+            parts.Add("pci=off");
+        }
+
+        if (config.VirtioDiscovery == VirtioDiscovery.CommandLine)
+        {
+            parts.AddRange(devices.KernelCommandLineEntries);
+        }
+
+        string commandLine = string.Join(' ', parts);
+        var options = new LinuxBootOptions
+        {
+            CommandLine = commandLine,
+            Initrd = config.Initrd,
+            AcpiRsdpAddress = acpi.Rsdp,
+        };
+        var result = KernelImage.Load(memory, config.Kernel.Span, options, boot.GetSpecialRegisters());
+        boot.SetSpecialRegisters(result.SpecialRegisters);
+        boot.SetGeneralRegisters(result.Registers);
+        return commandLine;
+    }
+
+    /// <summary>Creates the devices the VM provides itself and registers them where the device manager reserved their ports.</summary>
+    /// <returns>The serial console, if the VM has one.</returns>
+    private static Serial16550? AttachPlatformDevices(VirtualMachineConfiguration config, DeviceManager devices, IPartition partition, StopRequests stop)
+    {
+        Serial16550? serial = null;
+        if (config.HasSerialConsole)
+        {
+            var irq = new PartitionInterruptLine(partition, Serial16550.Com1Irq);
+            serial = config.SerialWriter is { } writer ? Serial16550.ForTextWriter(irq, writer) : new Serial16550(irq, config.SerialOutput!);
+            devices.AttachPlatform(PlatformDevice.SerialConsole, serial);
+        }
+
+        if (config.DebugExitPort is not null)
+        {
+            devices.AttachPlatform(PlatformDevice.DebugExit, new DebugExitDevice(code => stop.Request(new VirtualMachineExit
+            {
+                Reason = StopReason.DebugExit,
+                ExitCode = code,
+                Description = $"debug exit with code {code}",
+            })));
+        }
+
+        if (!config.Kernel.IsEmpty)
+        {
+            var reset = () => stop.Request(new VirtualMachineExit { Reason = StopReason.Reset, Description = "the guest reset the machine" });
+            devices.AttachPlatform(PlatformDevice.KeyboardController, new I8042Controller(reset, null, null));
+            devices.AttachPlatform(PlatformDevice.Rtc, new CmosRtc(TimeProvider.System));
+            devices.AttachPlatform(PlatformDevice.AcpiSleep, new AcpiSleepDevice(
+                () => stop.Request(new VirtualMachineExit { Reason = StopReason.PowerOff, Description = "the guest powered the machine off" }),
+                reset));
+        }
+
+        return serial;
+    }
+}
