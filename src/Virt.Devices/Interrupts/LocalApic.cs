@@ -632,6 +632,7 @@ public sealed class LocalApic : IMmioDevice, IInterruptController, IApicMessageS
         _ => false,
     };
 
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per APIC register (SDM Vol. 3, table 11-1): splitting the register map would hide it.")]
     private uint ReadRegister(int offset)
     {
         lock (_lock)
@@ -668,6 +669,7 @@ public sealed class LocalApic : IMmioDevice, IInterruptController, IApicMessageS
         }
     }
 
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per APIC register (SDM Vol. 3, table 11-1): splitting the register map would hide it.")]
     private void WriteRegister(int offset, uint value)
     {
         switch (offset)
