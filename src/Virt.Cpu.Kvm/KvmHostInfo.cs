@@ -23,6 +23,8 @@ internal sealed class KvmHostInfo
         HasXsave = KvmIoctls.CheckExtension(kvm, KVM_CAP_XSAVE) > 0;
         HasXcrs = KvmIoctls.CheckExtension(kvm, KVM_CAP_XCRS) > 0;
         HasDebugRegisters = KvmIoctls.CheckExtension(kvm, KVM_CAP_DEBUGREGS) > 0;
+        HasVcpuEvents = KvmIoctls.CheckExtension(kvm, KVM_CAP_VCPU_EVENTS) > 0;
+        HasMpState = KvmIoctls.CheckExtension(kvm, KVM_CAP_MP_STATE) > 0;
         int xsave2 = KvmIoctls.CheckExtension(kvm, KVM_CAP_XSAVE2);
         XsaveSize = xsave2 > KvmXsaveSize ? xsave2 : KvmXsaveSize;
         HasXsave2 = xsave2 > 0;
@@ -68,6 +70,12 @@ internal sealed class KvmHostInfo
 
     /// <summary>KVM_GET_DEBUGREGS/KVM_SET_DEBUGREGS.</summary>
     internal bool HasDebugRegisters { get; }
+
+    /// <summary>KVM_GET/SET_VCPU_EVENTS: exceptions, interrupts and NMIs in flight.</summary>
+    internal bool HasVcpuEvents { get; }
+
+    /// <summary>KVM_GET/SET_MP_STATE: whether a vCPU is halted.</summary>
+    internal bool HasMpState { get; }
 
     internal int MemorySlots { get; }
 

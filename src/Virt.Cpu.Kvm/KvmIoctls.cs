@@ -303,6 +303,62 @@ internal static unsafe class KvmIoctls
         Ioctl(vcpu, KVM_SET_XCRS, (nint)buffer, nameof(KVM_SET_XCRS));
     }
 
+    /// <summary>KVM_GET_LAPIC into <paramref name="page"/> (1 KiB).</summary>
+    internal static void GetLapic(KvmVcpuHandle vcpu, Span<byte> page)
+    {
+        fixed (byte* p = page)
+        {
+            // SAFETY: the caller passes at least KvmLapicSize bytes, which KVM fills.
+            Ioctl(vcpu, KVM_GET_LAPIC, (nint)p, nameof(KVM_GET_LAPIC));
+        }
+    }
+
+    /// <summary>KVM_SET_LAPIC from <paramref name="page"/> (1 KiB).</summary>
+    internal static void SetLapic(KvmVcpuHandle vcpu, ReadOnlySpan<byte> page)
+    {
+        fixed (byte* p = page)
+        {
+            // SAFETY: the caller passes at least KvmLapicSize bytes; KVM only reads.
+            Ioctl(vcpu, KVM_SET_LAPIC, (nint)p, nameof(KVM_SET_LAPIC));
+        }
+    }
+
+    /// <summary>KVM_GET_MP_STATE.</summary>
+    internal static uint GetMpState(KvmVcpuHandle vcpu)
+    {
+        uint state;
+        // SAFETY: a u32 on this stack frame that KVM fills.
+        Ioctl(vcpu, KVM_GET_MP_STATE, (nint)(&state), nameof(KVM_GET_MP_STATE));
+        return state;
+    }
+
+    /// <summary>KVM_SET_MP_STATE.</summary>
+    internal static void SetMpState(KvmVcpuHandle vcpu, uint state)
+    {
+        // SAFETY: a u32 on this stack frame that KVM only reads.
+        Ioctl(vcpu, KVM_SET_MP_STATE, (nint)(&state), nameof(KVM_SET_MP_STATE));
+    }
+
+    /// <summary>KVM_GET_VCPU_EVENTS into <paramref name="events"/> (64 bytes).</summary>
+    internal static void GetVcpuEvents(KvmVcpuHandle vcpu, Span<byte> events)
+    {
+        fixed (byte* p = events)
+        {
+            // SAFETY: the caller passes KvmVcpuEventsSize bytes, which KVM fills.
+            Ioctl(vcpu, KVM_GET_VCPU_EVENTS, (nint)p, nameof(KVM_GET_VCPU_EVENTS));
+        }
+    }
+
+    /// <summary>KVM_SET_VCPU_EVENTS from <paramref name="events"/> (64 bytes).</summary>
+    internal static void SetVcpuEvents(KvmVcpuHandle vcpu, ReadOnlySpan<byte> events)
+    {
+        fixed (byte* p = events)
+        {
+            // SAFETY: the caller passes KvmVcpuEventsSize bytes; KVM only reads.
+            Ioctl(vcpu, KVM_SET_VCPU_EVENTS, (nint)p, nameof(KVM_SET_VCPU_EVENTS));
+        }
+    }
+
     /// <summary>KVM_GET_DEBUGREGS.</summary>
     internal static DebugRegisters GetDebugRegs(KvmVcpuHandle vcpu)
     {

@@ -268,6 +268,57 @@ internal sealed unsafe partial class WhpVirtualCpu : IVirtualCpu
         SetFpuState(state.Fpu);
     }
 
+    /// <summary>The MSRs a whole-state save includes (those the WHP register interface names).</summary>
+    private static readonly uint[] StateMsrs =
+    [
+        MsrIndex.SysenterCs, MsrIndex.SysenterEsp, MsrIndex.SysenterEip, MsrIndex.Star, MsrIndex.Lstar, MsrIndex.Cstar,
+        MsrIndex.Fmask, MsrIndex.KernelGsBase, MsrIndex.TscAux, MsrIndex.Pat, MsrIndex.Tsc,
+    ];
+
+    /// <summary>
+    /// The state through the register interface: general, special, x87/SSE with XCR0, debug registers and the MSRs above.
+    /// Interrupts in flight are not read (the run loop injects queued ones itself), and a halted vCPU reads as running.
+    /// </summary>
+    public VcpuState GetState()
+    {
+        ThrowIfDisposed();
+        var msrs = StateMsrs.Select(i => new MsrEntry(i, 0)).ToArray();
+        GetMsrs(msrs);
+        return new VcpuState
+        {
+            General = GetGeneralRegisters(),
+            Special = GetSpecialRegisters(),
+            Xsave = GetXsaveState(),
+            Debug = GetDebugRegisters(),
+            Msrs = msrs,
+            Events = new VcpuEvents { InterruptPending = _queuedVector >= 0, InterruptVector = _queuedVector >= 0 ? (byte)_queuedVector : (byte)0 },
+        };
+    }
+
+    /// <inheritdoc cref="IVirtualCpu.SetState"/>
+    public void SetState(VcpuState state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        ThrowIfDisposed();
+        if (state.LocalApic is not null)
+        {
+            throw new ArgumentException("The state carries a per-vCPU local APIC page (KVM's in-kernel irqchip); the WHP backend has no interrupt controller to load it into.", nameof(state));
+        }
+
+        var e = state.Events;
+        if (e.ExceptionInjected || e.ExceptionPending || e.NmiInjected || e.NmiPending || (e.InterruptInjected && e.InterruptSoft))
+        {
+            throw new ArgumentException("The state has an exception, NMI or software interrupt in mid-delivery, which the WHP backend cannot resume from the register interface.", nameof(state));
+        }
+
+        SetSpecialRegisters(state.Special);
+        SetGeneralRegisters(state.General);
+        SetXsaveState(state.Xsave);
+        SetDebugRegisters(state.Debug);
+        SetMsrs(state.Msrs.Where(m => StateMsrs.Contains(m.Index)).ToArray());
+        Volatile.Write(ref _queuedVector, e.InterruptInjected || e.InterruptPending ? e.InterruptVector : -1);
+    }
+
     public DebugRegisters GetDebugRegisters()
     {
         ThrowIfDisposed();

@@ -59,6 +59,18 @@ public interface IVirtualCpu : IDisposable
     /// <exception cref="ArgumentException">The image holds state for a component this vCPU cannot have (the message names it), or XCR0 enables one.</exception>
     void SetXsaveState(XsaveState state);
 
+    /// <summary>
+    /// Reads the vCPU's whole architectural state as portable data (for snapshots). Call it on the vCPU's thread while the
+    /// vCPU is not running, after completing any pending port-I/O or MMIO read (run until the next exit first).
+    /// </summary>
+    VcpuState GetState();
+
+    /// <summary>
+    /// Writes a whole state from <see cref="GetState"/> (on this backend or another). Call it while the vCPU is not running.
+    /// </summary>
+    /// <exception cref="ArgumentException">The state holds something this backend cannot take (the message says what, e.g. a component or an MSR).</exception>
+    void SetState(VcpuState state);
+
     /// <summary>Reads DR0-DR3, DR6 and DR7.</summary>
     DebugRegisters GetDebugRegisters();
 

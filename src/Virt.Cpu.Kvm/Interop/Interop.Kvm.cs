@@ -60,6 +60,12 @@ internal static partial class Interop
         internal static readonly nuint KVM_SET_FPU = IOW(0x8d, KvmFpu.Size);
         internal static readonly nuint KVM_SET_CPUID2 = IOW(0x90, 8);
         internal static readonly nuint KVM_GET_CPUID2 = IOWR(0x91, 8);
+        internal static readonly nuint KVM_GET_LAPIC = IOR(0x8e, KvmLapicSize);
+        internal static readonly nuint KVM_SET_LAPIC = IOW(0x8f, KvmLapicSize);
+        internal static readonly nuint KVM_GET_MP_STATE = IOR(0x98, sizeof(uint));
+        internal static readonly nuint KVM_SET_MP_STATE = IOW(0x99, sizeof(uint));
+        internal static readonly nuint KVM_GET_VCPU_EVENTS = IOR(0x9f, KvmVcpuEventsSize);
+        internal static readonly nuint KVM_SET_VCPU_EVENTS = IOW(0xa0, KvmVcpuEventsSize);
         internal static readonly nuint KVM_GET_DEBUGREGS = IOR(0xa1, KvmDebugRegsSize);
         internal static readonly nuint KVM_SET_DEBUGREGS = IOW(0xa2, KvmDebugRegsSize);
         internal static readonly nuint KVM_GET_XSAVE = IOR(0xa4, KvmXsaveSize);
@@ -67,6 +73,24 @@ internal static partial class Interop
         internal static readonly nuint KVM_GET_XCRS = IOR(0xa6, KvmXcrsSize);
         internal static readonly nuint KVM_SET_XCRS = IOW(0xa7, KvmXcrsSize);
         internal static readonly nuint KVM_GET_XSAVE2 = IOR(0xcf, KvmXsaveSize);
+
+        /// <summary><c>sizeof(struct kvm_lapic_state)</c>: the APIC register page's first KiB.</summary>
+        internal const int KvmLapicSize = 1024;
+
+        /// <summary><c>sizeof(struct kvm_vcpu_events)</c>.</summary>
+        internal const int KvmVcpuEventsSize = 64;
+
+        /// <summary>kvm_vcpu_events.flags: the shadow field is valid (and written back).</summary>
+        internal const uint KVM_VCPUEVENT_VALID_SHADOW = 0x4;
+
+        /// <summary>kvm_vcpu_events.flags: nmi.pending is valid.</summary>
+        internal const uint KVM_VCPUEVENT_VALID_NMI_PENDING = 0x1;
+
+        /// <summary>kvm_mp_state: runnable.</summary>
+        internal const uint KVM_MP_STATE_RUNNABLE = 0;
+
+        /// <summary>kvm_mp_state: halted in HLT.</summary>
+        internal const uint KVM_MP_STATE_HALTED = 3;
 
         /// <summary><c>sizeof(struct kvm_debugregs)</c>: db[4], dr6, dr7, flags, reserved[9].</summary>
         internal const int KvmDebugRegsSize = 128;
@@ -98,6 +122,8 @@ internal static partial class Interop
         internal const int KVM_CAP_READONLY_MEM = 81;
         internal const int KVM_CAP_IMMEDIATE_EXIT = 136;
         internal const int KVM_CAP_DEBUGREGS = 50;
+        internal const int KVM_CAP_MP_STATE = 14;
+        internal const int KVM_CAP_VCPU_EVENTS = 41;
         internal const int KVM_CAP_XSAVE = 55;
         internal const int KVM_CAP_XCRS = 56;
         internal const int KVM_CAP_XSAVE2 = 208;

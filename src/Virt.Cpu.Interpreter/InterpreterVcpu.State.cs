@@ -1,0 +1,63 @@
+namespace Virt.Cpu.Interpreter;
+
+/// <summary>The vCPU's whole state as portable data (snapshots, and restores from other backends).</summary>
+internal sealed partial class InterpreterVcpu
+{
+    /// <summary>The MSRs a whole-state save includes: every one the interpreter has but those derived from other state.</summary>
+    private static readonly uint[] StateMsrs =
+    [
+        .. Msrs.Supported.Where(i => i is not (MsrIndex.Efer or MsrIndex.FsBase or MsrIndex.GsBase or MsrIndex.ApicBase or MsrIndex.PlatformInfo)),
+    ];
+
+    public VcpuState GetState()
+    {
+        var msrs = StateMsrs.Select(i => new MsrEntry(i, 0)).ToArray();
+        GetMsrs(msrs);
+        return new VcpuState
+        {
+            General = GetGeneralRegisters(),
+            Special = GetSpecialRegisters(),
+            Xsave = GetXsaveState(),
+            Debug = GetDebugRegisters(),
+            Msrs = msrs,
+            Events = new VcpuEvents
+            {
+                InterruptPending = _pendingIrq >= 0,
+                InterruptVector = _pendingIrq >= 0 ? (byte)_pendingIrq : (byte)0,
+                InterruptShadow = _interruptShadow ? (byte)1 : (byte)0,
+            },
+            Halted = _halted,
+        };
+    }
+
+    public void SetState(VcpuState state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        if (state.LocalApic is not null)
+        {
+            throw new ArgumentException("The state carries a per-vCPU local APIC page (from KVM's in-kernel irqchip); the interpreter keeps its local APIC in the partition's interrupt platform, whose own state must be restored instead.", nameof(state));
+        }
+
+        var e = state.Events;
+        if (e.ExceptionInjected || e.ExceptionPending || e.NmiInjected || e.NmiPending || (e.InterruptInjected && e.InterruptSoft))
+        {
+            throw new ArgumentException("The state has an exception, NMI or software interrupt in mid-delivery, which the interpreter cannot resume; take the snapshot between instructions (after an exit).", nameof(state));
+        }
+
+        // An MSR the interpreter does not have is harmless at its reset value; any other value cannot be honoured.
+        var unknown = state.Msrs.Where(m => !Msrs.Supported.Contains(m.Index) && !VcpuState.IsResetValue(m)).Select(m => $"0x{m.Index:x} = 0x{m.Value:x}").ToList();
+        if (unknown.Count > 0)
+        {
+            throw new ArgumentException($"The state holds MSRs the interpreter does not have ({string.Join(", ", unknown)}).", nameof(state));
+        }
+
+        SetSpecialRegisters(state.Special);
+        SetGeneralRegisters(state.General);
+        SetXsaveState(state.Xsave);
+        SetDebugRegisters(state.Debug);
+        SetMsrs(state.Msrs.Where(m => m.Index != MsrIndex.PlatformInfo && Msrs.Supported.Contains(m.Index)).ToArray());
+        _pendingIrq = e.InterruptInjected || e.InterruptPending ? e.InterruptVector : -1;
+        _interruptShadow = e.InterruptShadow != 0;
+        _halted = state.Halted && _plat is not null;
+    }
+}
