@@ -1,5 +1,6 @@
 using Virt.Memory;
 using Virt.Sandbox.Loader;
+using Virt.X86;
 
 namespace Virt.Sandbox.Machine;
 
@@ -78,12 +79,12 @@ internal sealed class AddressSpace
         foreach (var s in image.Segments)
         {
             var flags = PageFlags.Present | PageFlags.User | PageFlags.Accessed;
-            if ((s.Flags & SegmentFlags.Write) != 0)
+            if ((s.Flags & ElfSegmentFlags.Write) != 0)
             {
                 flags |= PageFlags.Writable | PageFlags.Dirty;
             }
 
-            bool exec = (s.Flags & SegmentFlags.Execute) != 0;
+            bool exec = (s.Flags & ElfSegmentFlags.Execute) != 0;
             for (ulong va = s.VirtualAddress & ~0xFFFUL; va < s.VirtualAddress + s.MemorySize; va += GuestLayout.PageSize)
             {
                 ulong vpn = va >> 12;
@@ -312,7 +313,6 @@ internal sealed class AddressSpace
     private sealed class PageTableWriter
     {
         private const PageFlags TableFlags = PageFlags.Present | PageFlags.Writable | PageFlags.User | PageFlags.Accessed;
-        private const ulong AddressMask = 0x000F_FFFF_FFFF_F000;
         private readonly GuestMemory _memory;
         private readonly ulong _end;
         private ulong _next;
@@ -351,7 +351,7 @@ internal sealed class AddressSpace
                     _memory.Write(entryAddress, entry);
                 }
 
-                table = entry & AddressMask;
+                table = entry & PageTable.AddressMask;
             }
 
             _memory.Write(new GuestAddress(table + (((va >> 12) & 0x1FF) * 8)), pa | (ulong)flags);
