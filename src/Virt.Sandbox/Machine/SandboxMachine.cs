@@ -443,7 +443,7 @@ internal sealed class SandboxMachine : IDisposable
             var kernel = regs;
             kernel.Rsp = ResumeFrame;
             kernel.Rip = GuestLayout.ResumeAddress;
-            kernel.Rflags = 0x2;
+            kernel.Rflags = Rflags.Fixed;
             _vcpu.SetGeneralRegisters(kernel);
         }
         else

@@ -59,14 +59,6 @@ public sealed class RegisterBitTests
     }
 
     [Fact]
-    public void Xcr0_components_match_the_manual()
-    {
-        Assert.Equal(7UL, Xcr0.X87 | Xcr0.Sse | Xcr0.Avx);
-        Assert.Equal(0xE0UL, Xcr0.Avx512);
-        Assert.Equal(1UL << 9, Xcr0.Pkru);
-    }
-
-    [Fact]
     public void Page_entry_bits_match_the_manual()
     {
         Assert.Equal(0x1FFUL, (ulong)(PageFlags.Present | PageFlags.Writable | PageFlags.User | PageFlags.WriteThrough | PageFlags.CacheDisable
