@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Text;
 using Virt.Cpu;
 using Virt.Memory;
+using Virt.X86;
 
 namespace Virt.Boot;
 
@@ -29,7 +30,6 @@ public static class LinuxLoader
     private const int E820TableOffset = 0x2D0;   // 128 × struct boot_e820_entry { u64 addr; u64 size; u32 type; }
     private const int E820EntrySize = 20;
     private const int SetupHeaderEndLimit = 0x290; // edd_mbr_sig_buffer follows the header area
-    private const ulong RflagsReserved = 0x2;     // bit 1 is always set
 
     /// <summary>
     /// Loads <paramref name="image"/> (a bzImage) with <paramref name="options"/> into <paramref name="memory"/>
@@ -132,7 +132,7 @@ public static class LinuxLoader
             Rip = entry,
             Rsi = options.BootParamsAddress.Value,
             Rsp = options.StackPointer.Value,
-            Rflags = RflagsReserved,
+            Rflags = Rflags.Fixed,
         };
         return new BootResult
         {

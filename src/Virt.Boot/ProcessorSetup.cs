@@ -1,5 +1,7 @@
+using System.Buffers.Binary;
 using Virt.Cpu;
 using Virt.Memory;
+using Virt.X86;
 
 namespace Virt.Boot;
 
@@ -63,35 +65,37 @@ public static class ProcessorSetup
     /// <summary>TSS selector.</summary>
     public const ushort TssSelector = 0x38;
 
-    /// <summary>CR0.PE: protected mode.</summary>
-    public const ulong Cr0ProtectionEnable = 1UL << 0;
-    /// <summary>CR0.MP: monitor coprocessor.</summary>
-    public const ulong Cr0MonitorCoprocessor = 1UL << 1;
-    /// <summary>CR0.ET: extension type (always 1).</summary>
-    public const ulong Cr0ExtensionType = 1UL << 4;
-    /// <summary>CR0.NE: native x87 error reporting.</summary>
-    public const ulong Cr0NumericError = 1UL << 5;
-    /// <summary>CR0.WP: supervisor writes honour read-only pages.</summary>
-    public const ulong Cr0WriteProtect = 1UL << 16;
-    /// <summary>CR0.PG: paging.</summary>
-    public const ulong Cr0Paging = 1UL << 31;
-    /// <summary>CR4.PAE.</summary>
-    public const ulong Cr4Pae = 1UL << 5;
-    /// <summary>CR4.OSFXSR: SSE and FXSAVE enabled.</summary>
-    public const ulong Cr4OsFxsr = 1UL << 9;
-    /// <summary>CR4.OSXMMEXCPT: SSE exceptions as #XM.</summary>
-    public const ulong Cr4OsXmmExcpt = 1UL << 10;
-    /// <summary>EFER.SCE: SYSCALL enabled.</summary>
-    public const ulong EferSyscall = 1UL << 0;
-    /// <summary>EFER.LME: long mode enabled.</summary>
-    public const ulong EferLongModeEnable = 1UL << 8;
-    /// <summary>EFER.LMA: long mode active.</summary>
-    public const ulong EferLongModeActive = 1UL << 10;
-    /// <summary>EFER.NXE: no-execute enabled.</summary>
-    public const ulong EferNoExecute = 1UL << 11;
+    /// <summary>CR0.PE: protected mode (<see cref="Cr0.ProtectionEnable"/>).</summary>
+    public const ulong Cr0ProtectionEnable = Cr0.ProtectionEnable;
+    /// <summary>CR0.MP: monitor coprocessor (<see cref="Cr0.MonitorCoprocessor"/>).</summary>
+    public const ulong Cr0MonitorCoprocessor = Cr0.MonitorCoprocessor;
+    /// <summary>CR0.ET: extension type, always 1 (<see cref="Cr0.ExtensionType"/>).</summary>
+    public const ulong Cr0ExtensionType = Cr0.ExtensionType;
+    /// <summary>CR0.NE: native x87 error reporting (<see cref="Cr0.NumericError"/>).</summary>
+    public const ulong Cr0NumericError = Cr0.NumericError;
+    /// <summary>CR0.WP: supervisor writes honour read-only pages (<see cref="Cr0.WriteProtect"/>).</summary>
+    public const ulong Cr0WriteProtect = Cr0.WriteProtect;
+    /// <summary>CR0.PG: paging (<see cref="Cr0.Paging"/>).</summary>
+    public const ulong Cr0Paging = Cr0.Paging;
+    /// <summary>CR4.PAE (<see cref="Cr4.Pae"/>).</summary>
+    public const ulong Cr4Pae = Cr4.Pae;
+    /// <summary>CR4.OSFXSR: SSE and FXSAVE enabled (<see cref="Cr4.OsFxsr"/>).</summary>
+    public const ulong Cr4OsFxsr = Cr4.OsFxsr;
+    /// <summary>CR4.OSXMMEXCPT: SSE exceptions as #XM (<see cref="Cr4.OsXmmExcpt"/>).</summary>
+    public const ulong Cr4OsXmmExcpt = Cr4.OsXmmExcpt;
+    /// <summary>EFER.SCE: SYSCALL enabled (<see cref="Efer.SyscallEnable"/>).</summary>
+    public const ulong EferSyscall = Efer.SyscallEnable;
+    /// <summary>EFER.LME: long mode enabled (<see cref="Efer.LongModeEnable"/>).</summary>
+    public const ulong EferLongModeEnable = Efer.LongModeEnable;
+    /// <summary>EFER.LMA: long mode active (<see cref="Efer.LongModeActive"/>).</summary>
+    public const ulong EferLongModeActive = Efer.LongModeActive;
+    /// <summary>EFER.NXE: no-execute enabled (<see cref="Efer.NoExecuteEnable"/>).</summary>
+    public const ulong EferNoExecute = Efer.NoExecuteEnable;
 
-    // Page-table entry bits.
-    private const ulong Present = 1, Writable = 2, User = 4, PageSize2M = 0x80;
+    /// <summary>Bytes of the GDT: the null descriptor, six code/data descriptors and the 16-byte TSS descriptor.</summary>
+    private const int GdtSize = (7 * SegmentDescriptor.Size) + SegmentDescriptor.SystemSize;
+
+    private const PageFlags IdentityMapFlags = PageFlags.Present | PageFlags.Writable;
 
     /// <summary>
     /// Writes the tables for <paramref name="mode"/> into <paramref name="memory"/> and returns
@@ -107,8 +111,8 @@ public static class ProcessorSetup
         {
             s.Cs = SegmentRegister.RealMode(0, code: true);
             s.Ds = s.Es = s.Fs = s.Gs = s.Ss = SegmentRegister.RealMode(0);
-            s.Tr = new SegmentRegister { Type = 3, Present = true, Limit = 0xFFFF };
-            s.Ldt = new SegmentRegister { Type = 2, Present = true, Limit = 0xFFFF };
+            s.Tr = new SegmentRegister { Type = SegmentType.Tss16Busy, Present = true, Limit = 0xFFFF };
+            s.Ldt = new SegmentRegister { Type = SegmentType.Ldt, Present = true, Limit = 0xFFFF };
             s.Gdt = new DescriptorTable { Limit = 0xFFFF };
             s.Idt = new DescriptorTable { Limit = 0x3FF };
             s.Cr0 = Cr0ExtensionType;
@@ -118,14 +122,14 @@ public static class ProcessorSetup
             return s;
         }
 
-        WriteGdtAndTss(memory, options);
-        s.Gdt = new DescriptorTable { Base = options.GdtAddress.Value, Limit = 0x47 };
-        s.Idt = new DescriptorTable { Base = 0, Limit = 0 };
         s.Tr = new SegmentRegister
         {
-            Base = options.TssAddress.Value, Limit = 0x67, Selector = TssSelector, Type = 0xB, Present = true,
+            Base = options.TssAddress.Value, Limit = TaskStateSegment.Limit, Selector = TssSelector, Type = SegmentType.TssBusy, Present = true,
         };
-        s.Ldt = new SegmentRegister { Unusable = true, Type = 2, Present = false };
+        WriteGdtAndTss(memory, options, s.Tr);
+        s.Gdt = new DescriptorTable { Base = options.GdtAddress.Value, Limit = GdtSize - 1 };
+        s.Idt = new DescriptorTable { Base = 0, Limit = 0 };
+        s.Ldt = new SegmentRegister { Unusable = true, Type = SegmentType.Ldt, Present = false };
         s.Cr0 = Cr0ProtectionEnable | Cr0MonitorCoprocessor | Cr0ExtensionType | Cr0NumericError;
         s.Cr4 = Cr4OsFxsr | Cr4OsXmmExcpt;
         if (mode == StartMode.Protected32)
@@ -152,33 +156,32 @@ public static class ProcessorSetup
         ? SegmentRegister.Flat(longMode ? UserCode64 : UserCode32, code: true, longMode: longMode, dpl: 3)
         : SegmentRegister.Flat(UserData, code: false, longMode: false, dpl: 3);
 
-    private static void WriteGdtAndTss(IGuestMemory memory, ProcessorSetupOptions o)
+    private static void WriteGdtAndTss(IGuestMemory memory, ProcessorSetupOptions o, in SegmentRegister tr)
     {
-        Require(memory, o.GdtAddress, 0x48, "GDT");
-        Require(memory, o.TssAddress, 0x68, "TSS");
-        ulong tss = o.TssAddress.Value;
+        Require(memory, o.GdtAddress, GdtSize, "GDT");
+        Require(memory, o.TssAddress, TaskStateSegment.Size, "TSS");
         Span<ulong> gdt =
         [
             0,
-            0x00AF9B000000FFFF, // kernel code 64
-            0x00CF93000000FFFF, // kernel data
-            0x00CF9B000000FFFF, // kernel code 32
-            0x00CFFB000000FFFF, // user code 32
-            0x00CFF3000000FFFF, // user data
-            0x00AFFB000000FFFF, // user code 64
-            // 64-bit TSS descriptor (two slots): limit 0x67, type 0xB (busy), present.
-            0x67 | ((tss & 0xFFFFFF) << 16) | (0x8BUL << 40) | (((tss >> 24) & 0xFF) << 56),
-            tss >> 32,
+            SegmentDescriptor.Encode(SegmentRegister.Flat(KernelCode64, code: true, longMode: true)),
+            SegmentDescriptor.Encode(SegmentRegister.Flat(KernelData, code: false, longMode: false)),
+            SegmentDescriptor.Encode(SegmentRegister.Flat(KernelCode32, code: true, longMode: false)),
+            SegmentDescriptor.Encode(UserSegment(code: true, longMode: false)),
+            SegmentDescriptor.Encode(UserSegment(code: false)),
+            SegmentDescriptor.Encode(UserSegment(code: true)),
         ];
         for (int i = 0; i < gdt.Length; i++)
         {
-            memory.Write(o.GdtAddress + (ulong)(i * 8), gdt[i]);
+            memory.Write(o.GdtAddress + (ulong)(i * SegmentDescriptor.Size), gdt[i]);
         }
 
-        Span<byte> tssBytes = stackalloc byte[0x68];
+        // The TSS descriptor takes two slots; it is marked busy, as LTR would leave it.
+        memory.Write(o.GdtAddress + TssSelector, SegmentDescriptor.EncodeSystem(tr));
+
+        Span<byte> tssBytes = stackalloc byte[TaskStateSegment.Size];
         tssBytes.Clear();
-        BitConverter.TryWriteBytes(tssBytes[4..], o.KernelStack); // RSP0
-        BitConverter.TryWriteBytes(tssBytes[0x66..], (ushort)0x68); // I/O map base past the limit: no I/O bitmap
+        BinaryPrimitives.WriteUInt64LittleEndian(tssBytes[TaskStateSegment.Rsp0Offset..], o.KernelStack);
+        BinaryPrimitives.WriteUInt16LittleEndian(tssBytes[TaskStateSegment.IoMapBaseOffset..], TaskStateSegment.NoIoBitmap);
         memory.Write(o.TssAddress, tssBytes);
     }
 
@@ -195,7 +198,7 @@ public static class ProcessorSetup
         }
 
         Require(memory, o.PageTableAddress, 0x6000, "page tables");
-        ulong flags = Present | Writable | (o.UserAccessible ? User : 0);
+        ulong flags = (ulong)(IdentityMapFlags | (o.UserAccessible ? PageFlags.User : PageFlags.None));
         var pml4 = o.PageTableAddress;
         var pdpt = pml4 + 0x1000;
         memory.Write(pml4, pdpt.Value | flags);
@@ -204,7 +207,7 @@ public static class ProcessorSetup
             memory.Write(pml4 + (i * 8), 0UL);
         }
 
-        ulong pages = (o.IdentityMapSize + (2UL << 20) - 1) >> 21;
+        ulong pages = (o.IdentityMapSize + PageTable.LargePageSize - 1) / PageTable.LargePageSize;
         for (ulong d = 0; d < 4; d++)
         {
             var pd = pml4 + (0x2000 + (d * 0x1000));
@@ -212,7 +215,7 @@ public static class ProcessorSetup
             for (ulong e = 0; e < 512; e++)
             {
                 ulong page = (d * 512) + e;
-                memory.Write(pd + (e * 8), page < pages ? (page << 21) | flags | PageSize2M : 0UL);
+                memory.Write(pd + (e * 8), page < pages ? (page * PageTable.LargePageSize) | flags | (ulong)PageFlags.PageSize : 0UL);
             }
         }
 

@@ -1,13 +1,12 @@
 using Virt.Cpu;
 using Virt.Memory;
+using Virt.X86;
 
 namespace Virt.Boot;
 
 /// <summary>The end that the PVH and Multiboot loaders share: the boot-information block, then a 32-bit protected-mode entry.</summary>
 internal static class Protected32Entry
 {
-    private const ulong RflagsReserved = 0x2; // bit 1 is always set
-
     /// <summary>
     /// Writes <paramref name="block"/> (the boot information) at <see cref="LinuxBootOptions.BootParamsAddress"/>,
     /// after checking it lies in RAM (else a <see cref="BootImageException"/> naming <paramref name="field"/>), and
@@ -33,7 +32,7 @@ internal static class Protected32Entry
             Rax = rax,
             Rbx = rbx,
             Rsp = options.StackPointer.Value,
-            Rflags = RflagsReserved,
+            Rflags = Rflags.Fixed,
         },
         SpecialRegisters = ProcessorSetup.Prepare(memory, initial, StartMode.Protected32, options.Processor),
         Placements = placements,

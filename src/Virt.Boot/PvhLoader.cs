@@ -21,6 +21,8 @@ public static class PvhLoader
 
     private const int StartInfoSize = 56, ModuleEntrySize = 32, MemmapEntrySize = 24;
 
+    private static ReadOnlySpan<byte> XenNoteName => "Xen"u8;
+
     /// <summary>Whether <paramref name="image"/> is an ELF file with a PVH entry note (cheap to call before choosing a loader).</summary>
     public static bool HasPvhNote(ReadOnlySpan<byte> image)
     {
@@ -32,7 +34,7 @@ public static class PvhLoader
         try
         {
             var elf = ElfImage.Parse(image);
-            return elf.FindNote(image, "Xen", Phys32EntryNote).Length >= 4;
+            return elf.FindNote(image, XenNoteName, Phys32EntryNote).Length >= 4;
         }
         catch (BootImageException)
         {
@@ -47,7 +49,7 @@ public static class PvhLoader
         ArgumentNullException.ThrowIfNull(memory);
         options ??= new LinuxBootOptions();
         var elf = ElfImage.Parse(image);
-        var note = elf.FindNote(image, "Xen", Phys32EntryNote);
+        var note = elf.FindNote(image, XenNoteName, Phys32EntryNote);
         if (note.Length < 4)
         {
             throw new BootImageException("XEN_ELFNOTE_PHYS32_ENTRY", "the ELF has no PVH entry note (Xen note type 18); build the kernel with CONFIG_PVH=y, or boot its bzImage instead.");

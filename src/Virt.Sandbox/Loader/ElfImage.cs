@@ -1,27 +1,14 @@
-using System.Buffers.Binary;
+using Virt.X86;
 
 namespace Virt.Sandbox.Loader;
 
-/// <summary>Segment permission bits of a program header (<c>p_flags</c>).</summary>
-[Flags]
-internal enum SegmentFlags : uint
-{
-    None = 0,
-    /// <summary>PF_X: executable.</summary>
-    Execute = 1,
-    /// <summary>PF_W: writable.</summary>
-    Write = 2,
-    /// <summary>PF_R: readable.</summary>
-    Read = 4,
-}
-
 /// <summary>One <c>PT_LOAD</c> segment, with the load bias already applied to <see cref="VirtualAddress"/>.</summary>
-internal readonly record struct LoadSegment(ulong VirtualAddress, ulong FileOffset, ulong FileSize, ulong MemorySize, SegmentFlags Flags);
+internal readonly record struct LoadSegment(ulong VirtualAddress, ulong FileOffset, ulong FileSize, ulong MemorySize, ElfSegmentFlags Flags);
 
 /// <summary>
 /// A validated static ELF64 x86-64 executable (<c>ET_EXEC</c>, or a static-PIE <c>ET_DYN</c> placed at
-/// <see cref="PieLoadBias"/>). Every field the loader relies on is checked here against the file size and
-/// the user half of the address space, so later stages can trust the numbers.
+/// <see cref="PieLoadBias"/>). <see cref="ElfFile"/> checks that the headers fit the file; this class checks what
+/// the sandbox can run against the user half of the address space, so later stages can trust the numbers.
 /// </summary>
 internal sealed class ElfImage
 {
@@ -31,11 +18,6 @@ internal sealed class ElfImage
     /// <summary>Highest user virtual address (exclusive) that a segment may reach: the bottom of the arena.</summary>
     public const ulong UserImageLimit = 0x7000_0000_0000;
 
-    private const int HeaderSize = 64;
-    private const int ProgramHeaderSize = 56;
-    private const ushort EtExec = 2, EtDyn = 3;
-    private const ushort EmX8664 = 62;
-    private const uint PtLoad = 1, PtDynamic = 2, PtInterp = 3, PtPhdr = 6, PtTls = 7, PtGnuStack = 0x6474E551;
     private const int MaxProgramHeaders = 128;
 
     private ElfImage(byte[] file, ulong entry, ulong bias, LoadSegment[] segments, ulong phdrAddress, int phnum, bool executableStack, bool isPie)
@@ -82,8 +64,8 @@ internal sealed class ElfImage
             ulong lo = ulong.MaxValue, hi = 0;
             foreach (var s in Segments)
             {
-                lo = Math.Min(lo, s.VirtualAddress & ~0xFFFUL);
-                hi = Math.Max(hi, (s.VirtualAddress + s.MemorySize + 0xFFF) & ~0xFFFUL);
+                lo = Math.Min(lo, s.VirtualAddress & ~PageTable.PageOffsetMask);
+                hi = Math.Max(hi, (s.VirtualAddress + s.MemorySize + PageTable.PageOffsetMask) & ~PageTable.PageOffsetMask);
             }
 
             return (lo, hi);
@@ -95,47 +77,35 @@ internal sealed class ElfImage
     public static ElfImage Parse(byte[] file)
     {
         ArgumentNullException.ThrowIfNull(file);
-        var f = file.AsSpan();
-        if (f.Length < HeaderSize)
+        ElfFile elf;
+        try
         {
-            throw new ElfImageException("e_ident", $"the file is {f.Length} bytes, shorter than an ELF64 header (64 bytes).");
+            elf = ElfFile.Parse(file);
+        }
+        catch (ElfFormatException e)
+        {
+            throw new ElfImageException(e.Location, e.Reason);
         }
 
-        if (f[0] != 0x7F || f[1] != (byte)'E' || f[2] != (byte)'L' || f[3] != (byte)'F')
+        if (elf.Class != ElfClass.Elf64)
         {
-            throw new ElfImageException("e_ident[EI_MAG]", "not an ELF file (no \\x7fELF magic).");
+            throw new ElfImageException("e_ident[EI_CLASS]", $"class {(int)elf.Class} is not ELFCLASS64; build a 64-bit executable.");
         }
 
-        if (f[4] != 2)
+        if (elf.Machine != ElfMachine.X64)
         {
-            throw new ElfImageException("e_ident[EI_CLASS]", $"class {f[4]} is not ELFCLASS64; build a 64-bit executable.");
+            throw new ElfImageException("e_machine", $"machine {elf.Machine} is not x86-64 (62).");
         }
 
-        if (f[5] != 1)
+        if (elf.Type is not ElfFileType.Executable and not ElfFileType.SharedObject)
         {
-            throw new ElfImageException("e_ident[EI_DATA]", $"encoding {f[5]} is not little-endian.");
+            throw new ElfImageException("e_type", $"type {(int)elf.Type} is neither ET_EXEC (2) nor a static-PIE ET_DYN (3).");
         }
 
-        ushort type = BinaryPrimitives.ReadUInt16LittleEndian(f[16..]);
-        ushort machine = BinaryPrimitives.ReadUInt16LittleEndian(f[18..]);
-        ulong entry = BinaryPrimitives.ReadUInt64LittleEndian(f[24..]);
-        ulong phoff = BinaryPrimitives.ReadUInt64LittleEndian(f[32..]);
-        ushort phentsize = BinaryPrimitives.ReadUInt16LittleEndian(f[54..]);
-        ushort phnum = BinaryPrimitives.ReadUInt16LittleEndian(f[56..]);
-
-        if (machine != EmX8664)
+        int phnum = elf.ProgramHeaders.Count;
+        if (phnum > 0 && elf.ProgramHeaderEntrySize != ElfFile.ProgramHeaderSize64)
         {
-            throw new ElfImageException("e_machine", $"machine {machine} is not x86-64 (62).");
-        }
-
-        if (type != EtExec && type != EtDyn)
-        {
-            throw new ElfImageException("e_type", $"type {type} is neither ET_EXEC (2) nor a static-PIE ET_DYN (3).");
-        }
-
-        if (phentsize != ProgramHeaderSize)
-        {
-            throw new ElfImageException("e_phentsize", $"program header size {phentsize} is not 56.");
+            throw new ElfImageException("e_phentsize", $"program header size {elf.ProgramHeaderEntrySize} is not {ElfFile.ProgramHeaderSize64}.");
         }
 
         if (phnum == 0 || phnum > MaxProgramHeaders)
@@ -143,80 +113,52 @@ internal sealed class ElfImage
             throw new ElfImageException("e_phnum", $"{phnum} program headers; expected 1 to {MaxProgramHeaders}.");
         }
 
-        if (phoff > (ulong)f.Length || (ulong)f.Length - phoff < (ulong)phnum * ProgramHeaderSize)
-        {
-            throw new ElfImageException("e_phoff", $"program headers at 0x{phoff:x} run past the end of the file.");
-        }
-
-        bool pie = type == EtDyn;
+        bool pie = elf.Type == ElfFileType.SharedObject;
         ulong bias = pie ? PieLoadBias : 0;
         var segments = new List<LoadSegment>();
         ulong phdrAddress = 0;
         bool execStack = false, hasDynamic = false;
-        for (int i = 0; i < phnum; i++)
+        foreach (var h in elf.ProgramHeaders)
         {
-            var ph = f.Slice((int)phoff + (i * ProgramHeaderSize), ProgramHeaderSize);
-            uint ptype = BinaryPrimitives.ReadUInt32LittleEndian(ph);
-            uint flags = BinaryPrimitives.ReadUInt32LittleEndian(ph[4..]);
-            ulong offset = BinaryPrimitives.ReadUInt64LittleEndian(ph[8..]);
-            ulong vaddr = BinaryPrimitives.ReadUInt64LittleEndian(ph[16..]);
-            ulong filesz = BinaryPrimitives.ReadUInt64LittleEndian(ph[32..]);
-            ulong memsz = BinaryPrimitives.ReadUInt64LittleEndian(ph[40..]);
-            ulong align = BinaryPrimitives.ReadUInt64LittleEndian(ph[48..]);
-            string at = $"program header {i}";
-            switch (ptype)
+            string at = $"program header {h.Index}";
+            switch (h.Type)
             {
-                case PtInterp:
-                    throw new ElfImageException("PT_INTERP", "the executable is dynamically linked (it names an interpreter); link it statically (gcc -static, or musl-gcc -static).");
-                case PtDynamic:
+                case ElfSegmentType.Interpreter:
+                    throw new ElfImageException("PT_INTERP", $"the executable is dynamically linked (it names the interpreter {InterpreterPath(elf, file, h)}); link it statically (gcc -static, or musl-gcc -static).");
+                case ElfSegmentType.Dynamic:
                     hasDynamic = true;
                     break;
-                case PtGnuStack:
-                    execStack = (flags & (uint)SegmentFlags.Execute) != 0;
+                case ElfSegmentType.GnuStack:
+                    execStack = (h.Flags & ElfSegmentFlags.Execute) != 0;
                     break;
-                case PtPhdr:
-                    phdrAddress = vaddr + bias;
+                case ElfSegmentType.ProgramHeaders:
+                    phdrAddress = h.VirtualAddress + bias;
                     break;
-                case PtTls:
-                    if (filesz > memsz)
+                case ElfSegmentType.Tls:
+                    if (h.Alignment != 0 && (h.Alignment & (h.Alignment - 1)) != 0)
                     {
-                        throw new ElfImageException($"{at} (PT_TLS) p_filesz", $"0x{filesz:x} is larger than p_memsz 0x{memsz:x}.");
-                    }
-
-                    if (align != 0 && (align & (align - 1)) != 0)
-                    {
-                        throw new ElfImageException($"{at} (PT_TLS) p_align", $"0x{align:x} is not a power of two.");
+                        throw new ElfImageException($"{at} (PT_TLS) p_align", $"0x{h.Alignment:x} is not a power of two.");
                     }
 
                     break;
-                case PtLoad:
-                    if (filesz > memsz)
+                case ElfSegmentType.Load:
+                    if (h.Alignment > 1 && (h.VirtualAddress % PageTable.PageSize) != (h.Offset % PageTable.PageSize))
                     {
-                        throw new ElfImageException($"{at} p_filesz", $"0x{filesz:x} is larger than p_memsz 0x{memsz:x}.");
+                        throw new ElfImageException($"{at} p_vaddr", $"0x{h.VirtualAddress:x} and p_offset 0x{h.Offset:x} differ modulo the page size.");
                     }
 
-                    if (offset > (ulong)f.Length || (ulong)f.Length - offset < filesz)
-                    {
-                        throw new ElfImageException($"{at} p_offset", $"file bytes 0x{offset:x}+0x{filesz:x} run past the end of the file (0x{f.Length:x}).");
-                    }
-
-                    if (align > 1 && (vaddr % 4096) != (offset % 4096))
-                    {
-                        throw new ElfImageException($"{at} p_vaddr", $"0x{vaddr:x} and p_offset 0x{offset:x} differ modulo the page size.");
-                    }
-
-                    ulong start = vaddr + bias;
-                    if (memsz == 0)
+                    ulong start = h.VirtualAddress + bias;
+                    if (h.MemorySize == 0)
                     {
                         break;
                     }
 
-                    if (start < 0x10000 || start >= UserImageLimit || memsz > UserImageLimit || start + memsz > UserImageLimit)
+                    if (start < 0x10000 || start >= UserImageLimit || h.MemorySize > UserImageLimit || start + h.MemorySize > UserImageLimit)
                     {
-                        throw new ElfImageException($"{at} p_vaddr", $"segment 0x{start:x}+0x{memsz:x} is outside the loadable range 0x10000-0x{UserImageLimit:x}.");
+                        throw new ElfImageException($"{at} p_vaddr", $"segment 0x{start:x}+0x{h.MemorySize:x} is outside the loadable range 0x10000-0x{UserImageLimit:x}.");
                     }
 
-                    segments.Add(new LoadSegment(start, offset, filesz, memsz, (SegmentFlags)(flags & 7)));
+                    segments.Add(new LoadSegment(start, h.Offset, h.FileSize, h.MemorySize, h.Flags & (ElfSegmentFlags.Read | ElfSegmentFlags.Write | ElfSegmentFlags.Execute)));
                     break;
                 default:
                     break;
@@ -233,8 +175,8 @@ internal sealed class ElfImage
             throw new ElfImageException("e_type", "ET_DYN without PT_DYNAMIC is not a static PIE.");
         }
 
-        entry += bias;
-        if (!segments.Any(s => (s.Flags & SegmentFlags.Execute) != 0 && entry >= s.VirtualAddress && entry < s.VirtualAddress + s.MemorySize))
+        ulong entry = elf.Entry + bias;
+        if (!segments.Any(s => (s.Flags & ElfSegmentFlags.Execute) != 0 && entry >= s.VirtualAddress && entry < s.VirtualAddress + s.MemorySize))
         {
             throw new ElfImageException("e_entry", $"entry point 0x{entry:x} is not inside an executable PT_LOAD segment.");
         }
@@ -242,9 +184,10 @@ internal sealed class ElfImage
         if (phdrAddress == 0)
         {
             // Without PT_PHDR, the headers are visible when a segment maps the file bytes that hold them.
+            ulong phoff = elf.ProgramHeaderOffset;
             foreach (var s in segments)
             {
-                if (phoff >= s.FileOffset && phoff + ((ulong)phnum * ProgramHeaderSize) <= s.FileOffset + s.FileSize)
+                if (phoff >= s.FileOffset && phoff + ((ulong)phnum * ElfFile.ProgramHeaderSize64) <= s.FileOffset + s.FileSize)
                 {
                     phdrAddress = s.VirtualAddress + (phoff - s.FileOffset);
                     break;
@@ -253,5 +196,22 @@ internal sealed class ElfImage
         }
 
         return new ElfImage(file, entry, bias, [.. segments], phdrAddress, phnum, execStack, pie);
+    }
+
+    /// <summary>The interpreter path PT_INTERP names, for the message (as far as it is printable ASCII).</summary>
+    private static string InterpreterPath(ElfFile elf, byte[] file, in ElfProgramHeader header)
+    {
+        var bytes = elf.GetContents(file, header);
+        int end = bytes.IndexOf((byte)0);
+        bytes = bytes[..(end < 0 ? Math.Min(bytes.Length, 256) : Math.Min(end, 256))];
+        foreach (byte b in bytes)
+        {
+            if (b is < 0x20 or > 0x7E)
+            {
+                return "(an unprintable path)";
+            }
+        }
+
+        return bytes.IsEmpty ? "(an empty path)" : System.Text.Encoding.ASCII.GetString(bytes);
     }
 }

@@ -1,5 +1,6 @@
 using Virt.Memory;
 using Virt.Sandbox.Loader;
+using Virt.X86;
 
 namespace Virt.Sandbox.Machine;
 
@@ -11,6 +12,12 @@ namespace Virt.Sandbox.Machine;
 /// full up front and handed out by <see cref="ArenaAllocator"/>; the stack is mapped at the top of the
 /// arena above a guard gap that no page table maps, so running off the end of the stack faults.
 /// </summary>
+/// <remarks>
+/// User pointers are translated from the host's record of the mappings, not by walking the tables with
+/// <see cref="PageWalker"/>: system calls translate every pointer they take, and a record lookup costs about
+/// a tenth of a 4-level walk and answers for a whole run of pages where a walk answers for one 4 KiB page.
+/// The tests check that the records and a walk of the tables agree on every page.
+/// </remarks>
 internal sealed class AddressSpace
 {
     private readonly Mapping[] _mappings;
@@ -78,12 +85,12 @@ internal sealed class AddressSpace
         foreach (var s in image.Segments)
         {
             var flags = PageFlags.Present | PageFlags.User | PageFlags.Accessed;
-            if ((s.Flags & SegmentFlags.Write) != 0)
+            if ((s.Flags & ElfSegmentFlags.Write) != 0)
             {
                 flags |= PageFlags.Writable | PageFlags.Dirty;
             }
 
-            bool exec = (s.Flags & SegmentFlags.Execute) != 0;
+            bool exec = (s.Flags & ElfSegmentFlags.Execute) != 0;
             for (ulong va = s.VirtualAddress & ~0xFFFUL; va < s.VirtualAddress + s.MemorySize; va += GuestLayout.PageSize)
             {
                 ulong vpn = va >> 12;
@@ -312,7 +319,6 @@ internal sealed class AddressSpace
     private sealed class PageTableWriter
     {
         private const PageFlags TableFlags = PageFlags.Present | PageFlags.Writable | PageFlags.User | PageFlags.Accessed;
-        private const ulong AddressMask = 0x000F_FFFF_FFFF_F000;
         private readonly GuestMemory _memory;
         private readonly ulong _end;
         private ulong _next;
@@ -334,15 +340,14 @@ internal sealed class AddressSpace
             // Consecutive pages share their last-level table: skip the walk within one 2 MiB range.
             if (va >> 21 == _cachedRange && _cachedTable != 0)
             {
-                _memory.Write(new GuestAddress(_cachedTable + (((va >> 12) & 0x1FF) * 8)), pa | (ulong)flags);
+                _memory.Write(new GuestAddress(_cachedTable + ((ulong)PageTable.Index(va, 1) * 8)), pa | (ulong)flags);
                 return;
             }
 
             ulong table = Root;
-            for (int level = 3; level > 0; level--)
+            for (int level = 4; level > 1; level--)
             {
-                ulong index = (va >> (12 + (9 * level))) & 0x1FF;
-                var entryAddress = new GuestAddress(table + (index * 8));
+                var entryAddress = new GuestAddress(table + ((ulong)PageTable.Index(va, level) * 8));
                 ulong entry = _memory.Read<ulong>(entryAddress);
                 if ((entry & (ulong)PageFlags.Present) == 0)
                 {
@@ -351,10 +356,10 @@ internal sealed class AddressSpace
                     _memory.Write(entryAddress, entry);
                 }
 
-                table = entry & AddressMask;
+                table = entry & PageTable.AddressMask;
             }
 
-            _memory.Write(new GuestAddress(table + (((va >> 12) & 0x1FF) * 8)), pa | (ulong)flags);
+            _memory.Write(new GuestAddress(table + ((ulong)PageTable.Index(va, 1) * 8)), pa | (ulong)flags);
             _cachedRange = va >> 21;
             _cachedTable = table;
         }

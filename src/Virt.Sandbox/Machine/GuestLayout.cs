@@ -1,3 +1,5 @@
+using Virt.X86;
+
 namespace Virt.Sandbox.Machine;
 
 /// <summary>
@@ -8,7 +10,7 @@ namespace Virt.Sandbox.Machine;
 internal static class GuestLayout
 {
     /// <summary>Bytes in a page.</summary>
-    public const ulong PageSize = 4096;
+    public const ulong PageSize = PageTable.PageSize;
 
     /// <summary>Physical page holding the GDT (first 0x40 bytes) and the TSS (at <see cref="TssOffset"/>).</summary>
     public const ulong GdtPhysical = 0x1000;
@@ -59,7 +61,7 @@ internal static class GuestLayout
     public const ulong StackGuardBytes = 1UL << 20;
 
     /// <summary>Number of interrupt vectors that have a gate (the architectural exceptions).</summary>
-    public const int ExceptionVectors = 32;
+    public const int ExceptionVectors = ExceptionVector.Count;
 
     /// <summary>GDT selector: 64-bit kernel code (the IDT gates' target).</summary>
     public const ushort KernelCode = 0x08;
@@ -92,14 +94,14 @@ internal static class GuestLayout
     public const ulong ResumeAddress = SupervisorBase + CodePhysical + ResumeOffset;
 
     /// <summary>Exception vector of #UD, which <c>syscall</c> raises where the CPU honours EFER.SCE = 0.</summary>
-    public const int InvalidOpcodeVector = 6;
+    public const int InvalidOpcodeVector = ExceptionVector.InvalidOpcode;
 
     /// <summary>Virtual top of the exception stack.</summary>
     public const ulong ExceptionStackTop = SupervisorBase + StackPhysical + PageSize;
 
     /// <summary>Whether <paramref name="address"/> is a canonical user-half address (below 2^47).</summary>
-    public static bool IsUserCanonical(ulong address) => address < (1UL << 47);
+    public static bool IsUserCanonical(ulong address) => LinearAddress.IsLowerHalf(address);
 
     /// <summary>Whether <paramref name="address"/> is canonical (bits 63-47 all equal).</summary>
-    public static bool IsCanonical(ulong address) => address < (1UL << 47) || address >= 0xFFFF_8000_0000_0000;
+    public static bool IsCanonical(ulong address) => LinearAddress.IsCanonical(address);
 }

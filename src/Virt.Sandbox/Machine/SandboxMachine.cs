@@ -4,6 +4,7 @@ using Virt.Cpu;
 using Virt.Memory;
 using Virt.Sandbox.Linux;
 using Virt.Sandbox.Loader;
+using Virt.X86;
 
 namespace Virt.Sandbox.Machine;
 
@@ -15,12 +16,6 @@ namespace Virt.Sandbox.Machine;
 internal sealed class SandboxMachine : IDisposable
 {
     private const int RegionIndex = 0;
-    private static readonly string[] VectorNames =
-    [
-        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS", "#GP", "#PF", "#15",
-        "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "#22", "#23", "#24", "#25", "#26", "#27", "#HV", "#VC", "#SX", "#31",
-    ];
-
     private readonly SandboxConfiguration _config;
     private readonly GuestMemory _memory;
     private readonly IPartition _partition;
@@ -47,7 +42,7 @@ internal sealed class SandboxMachine : IDisposable
             _space = AddressSpace.Build(_memory, image, (ulong)config.StackBytes, MinimumHeapBytes);
             Supervisor.Install(_memory);
             _arena = new ArenaAllocator(_memory, _space.ArenaPhysical, _space.ArenaPages);
-            _restoreMarksWrites = image.ExecutableStack || image.Segments.Any(s => (s.Flags & (SegmentFlags.Write | SegmentFlags.Execute)) == (SegmentFlags.Write | SegmentFlags.Execute));
+            _restoreMarksWrites = image.ExecutableStack || image.Segments.Any(s => (s.Flags & (ElfSegmentFlags.Write | ElfSegmentFlags.Execute)) == (ElfSegmentFlags.Write | ElfSegmentFlags.Execute));
             _partition = hypervisor.CreatePartition(_memory, new PartitionOptions
             {
                 TrackDirtyPages = config.SnapshotReset,
@@ -448,7 +443,7 @@ internal sealed class SandboxMachine : IDisposable
             var kernel = regs;
             kernel.Rsp = ResumeFrame;
             kernel.Rip = GuestLayout.ResumeAddress;
-            kernel.Rflags = 0x2;
+            kernel.Rflags = Rflags.Fixed;
             _vcpu.SetGeneralRegisters(kernel);
         }
         else
@@ -489,7 +484,7 @@ internal sealed class SandboxMachine : IDisposable
 
     /// <summary>Physical address of the frame the CPU pushed on the exception stack (error code first, where there is one).</summary>
     private static GuestAddress FrameAddress(int vector) =>
-        new(GuestLayout.StackPhysical + GuestLayout.PageSize - (Supervisor.HasErrorCode(vector) ? 48UL : 40UL));
+        new(GuestLayout.StackPhysical + GuestLayout.PageSize - (ExceptionVector.HasErrorCode(vector) ? 48UL : 40UL));
 
     /// <summary>A #UD at CPL 3 whose instruction is <c>syscall</c> (0F 05) is a system call (CPUs that honour EFER.SCE = 0).</summary>
     private bool IsSyscallUd()
@@ -543,7 +538,7 @@ internal sealed class SandboxMachine : IDisposable
     /// <summary>A #GP at CPL 3 whose instruction is <c>cpuid</c> (0F A2) while CPUID faulting is on: the host answers it.</summary>
     private bool IsCpuidFault(out ulong frame)
     {
-        frame = FrameAddress(GeneralProtectionVector).Value;
+        frame = FrameAddress(ExceptionVector.GeneralProtection).Value;
         if (!_cpuidFaulting || _pending != ExitKind.Stub)
         {
             return false;
@@ -590,17 +585,15 @@ internal sealed class SandboxMachine : IDisposable
     /// <summary>CPUID instructions the host answered (CPUID faulting), since the machine was created.</summary>
     public long CpuidServed => _cpuidServed;
 
-    private const int GeneralProtectionVector = 13;
-
     private Outcome? OnException(int vector)
     {
-        if (vector == 1)
+        if (vector == ExceptionVector.Debug)
         {
             // #DB sets bits in DR6: the next reset writes the debug registers back.
             _debugExceptionSinceSnapshot = true;
         }
 
-        if (vector == GeneralProtectionVector && IsCpuidFault(out ulong cpuidFrame))
+        if (vector == ExceptionVector.GeneralProtection && IsCpuidFault(out ulong cpuidFrame))
         {
             ServeCpuid(cpuidFrame);
             return null;
@@ -618,13 +611,13 @@ internal sealed class SandboxMachine : IDisposable
         }
 
         // The stub runs on the IST stack, whose top is fixed: read the frame from there, not from a register.
-        bool hasError = Supervisor.HasErrorCode(vector);
+        bool hasError = ExceptionVector.HasErrorCode(vector);
         var frame = new ulong[hasError ? 6 : 5];
         _memory.Read(FrameAddress(vector), MemoryMarshal.AsBytes(frame.AsSpan()));
         ulong error = hasError ? frame[0] : 0;
         ulong rip = frame[hasError ? 1 : 0];
         ulong cs = frame[hasError ? 2 : 1];
-        ulong cr2 = vector == 14 ? _vcpu.GetSpecialRegisters().Cr2 : 0;
+        ulong cr2 = vector == ExceptionVector.PageFault ? _vcpu.GetSpecialRegisters().Cr2 : 0;
         var bytes = new List<byte>(15);
         var one = new byte[1];
         for (ulong i = 0; i < 15 && _space.TryReadUser(rip + i, one, _memory); i++)
@@ -632,18 +625,18 @@ internal sealed class SandboxMachine : IDisposable
             bytes.Add(one[0]);
         }
 
-        string name = vector < VectorNames.Length ? VectorNames[vector] : $"#{vector}";
+        string name = ExceptionVector.Mnemonic(vector);
         var fault = new SandboxFault(vector, name, error, rip, cr2, bytes.ToArray());
         int signal = vector switch
         {
-            0 or 16 or 19 => 8, // SIGFPE
-            1 or 3 => 5, // SIGTRAP
-            6 => 4, // SIGILL
-            17 => 7, // SIGBUS
+            ExceptionVector.DivideError or ExceptionVector.X87FloatingPoint or ExceptionVector.SimdFloatingPoint => 8, // SIGFPE
+            ExceptionVector.Debug or ExceptionVector.Breakpoint => 5, // SIGTRAP
+            ExceptionVector.InvalidOpcode => 4, // SIGILL
+            ExceptionVector.AlignmentCheck => 7, // SIGBUS
             _ => 11, // SIGSEGV
         };
         string where = (cs & 3) == 3 ? "" : " (in supervisor code)";
-        if (vector == 14 && (cs & 3) == 3 && _space.IsStackGuard(cr2))
+        if (vector == ExceptionVector.PageFault && (cs & 3) == 3 && _space.IsStackGuard(cr2))
         {
             return new Outcome(SandboxStatus.GuestFault, -1, signal,
                 $"The program overflowed its {_config.StackBytes}-byte stack (SIGSEGV; raise it with WithStackSize): {fault}", fault);

@@ -1,6 +1,7 @@
 using Iced.Intel;
 using Virt.Cpu;
 using Virt.Memory;
+using Virt.X86;
 
 namespace Virt.Sandbox.Machine;
 
@@ -25,23 +26,25 @@ namespace Virt.Sandbox.Machine;
 internal static class Supervisor
 {
     /// <summary>RFLAGS for the program's first instruction: IF and the reserved bit 1.</summary>
-    public const ulong InitialUserFlags = 0x202;
+    public const ulong InitialUserFlags = Rflags.InterruptEnable | Rflags.Fixed;
 
-    private const ulong Cr0Pe = 1UL << 0, Cr0Mp = 1UL << 1, Cr0Et = 1UL << 4, Cr0Ne = 1UL << 5, Cr0Wp = 1UL << 16, Cr0Pg = 1UL << 31;
-    private const ulong Cr4Pae = 1UL << 5, Cr4OsFxsr = 1UL << 9, Cr4OsXmmExcpt = 1UL << 10;
+    /// <summary>CR0 while the program runs: protected mode, paging, write protection, native x87 errors.</summary>
+    public const ulong Cr0Value = Cr0.ProtectionEnable | Cr0.MonitorCoprocessor | Cr0.ExtensionType | Cr0.NumericError | Cr0.WriteProtect | Cr0.Paging;
+
+    /// <summary>CR4 while the program runs: PAE (4-level paging in long mode) and SSE.</summary>
+    public const ulong Cr4Value = Cr4.Pae | Cr4.OsFxsr | Cr4.OsXmmExcpt;
+
+    /// <summary>EFER while the program runs: long mode and NX; SCE clear on purpose (see the class remarks).</summary>
+    public const ulong EferValue = Efer.LongModeEnable | Efer.LongModeActive | Efer.NoExecuteEnable;
+
     /// <summary>RFLAGS bits cleared on SYSCALL: none, so a trampoline-path call keeps the program's flags as Linux does.</summary>
     public const ulong SyscallFlagMask = 0;
 
     /// <summary>RFLAGS bits a return to CPL 3 keeps from the program's R11: CF, PF, AF, ZF, SF, TF, DF, OF, AC, ID (never IOPL, NT, RF, VM, VIF, VIP).</summary>
-    public const ulong UserFlagsMask = 0x240DD5;
+    public const ulong UserFlagsMask = Rflags.Status | Rflags.Trap | Rflags.Direction | Rflags.AlignmentCheck | Rflags.Id;
 
-    private const ulong EferLme = 1UL << 8, EferLma = 1UL << 10, EferNxe = 1UL << 11;
-
-    /// <summary>Interrupt gate, present, DPL 0 (type byte of an IDT entry).</summary>
-    private const byte GateKernel = 0x8E;
-
-    /// <summary>Interrupt gate, present, DPL 3: <c>int3</c>/<c>into</c> from user mode report their own vector.</summary>
-    private const byte GateUser = 0xEE;
+    /// <summary>Bytes of the GDT: null, kernel code and data, user code 32, user data, user code 64, then the 16-byte TSS descriptor.</summary>
+    private const int GdtSize = (6 * SegmentDescriptor.Size) + SegmentDescriptor.SystemSize;
 
     /// <summary>IST slot every gate uses, so an exception always lands on the supervisor's own stack.</summary>
     private const byte IstIndex = 1;
@@ -49,41 +52,38 @@ internal static class Supervisor
     private static readonly Lazy<byte[]> Code = new(AssembleCode);
     private static readonly Lazy<byte[]> Trampoline = new(AssembleTrampoline);
 
-    /// <summary>Vectors that push an error code (#DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP, #VC, #SX).</summary>
-    public static bool HasErrorCode(int vector) => vector is 8 or 10 or 11 or 12 or 13 or 14 or 17 or 21 or 29 or 30;
-
     /// <summary>Writes GDT, TSS, IDT and stub code into their supervisor pages.</summary>
     public static void Install(GuestMemory memory)
     {
-        ulong tssVirtual = GuestLayout.SupervisorBase + GuestLayout.GdtPhysical + GuestLayout.TssOffset;
+        // Code and data descriptors have the accessed bit preset: the CPU never writes the GDT.
         Span<ulong> gdt =
         [
             0,
-            0x00AF9B000000FFFF, // 0x08 kernel code 64 (accessed bit preset: the CPU never writes the GDT)
-            0x00CF93000000FFFF, // 0x10 kernel data
-            0x00CFFB000000FFFF, // 0x18 user code 32 (STAR base for SYSRET; never loaded)
-            0x00CFF3000000FFFF, // 0x20 user data
-            0x00AFFB000000FFFF, // 0x28 user code 64
-            0x67 | ((tssVirtual & 0xFFFFFF) << 16) | (0x8BUL << 40) | (((tssVirtual >> 24) & 0xFF) << 56),
-            tssVirtual >> 32,
+            SegmentDescriptor.Encode(SegmentRegister.Flat(GuestLayout.KernelCode, code: true, longMode: true)),
+            SegmentDescriptor.Encode(SegmentRegister.Flat(GuestLayout.KernelData, code: false, longMode: false)),
+            SegmentDescriptor.Encode(UserCode32), // the STAR base for SYSRET; never loaded
+            SegmentDescriptor.Encode(UserData),
+            SegmentDescriptor.Encode(UserCode),
         ];
         for (int i = 0; i < gdt.Length; i++)
         {
-            memory.Write(new GuestAddress(GuestLayout.GdtPhysical + (ulong)(i * 8)), gdt[i]);
+            memory.Write(new GuestAddress(GuestLayout.GdtPhysical + (ulong)(i * SegmentDescriptor.Size)), gdt[i]);
         }
 
+        memory.Write(new GuestAddress(GuestLayout.GdtPhysical + GuestLayout.TssSelector), SegmentDescriptor.EncodeSystem(TaskRegister));
+
         var tss = new GuestAddress(GuestLayout.GdtPhysical + GuestLayout.TssOffset);
-        memory.Write(tss + 4, GuestLayout.ExceptionStackTop); // RSP0
-        memory.Write(tss + 0x24, GuestLayout.ExceptionStackTop); // IST1
-        memory.Write(tss + 0x66, (ushort)0x68); // I/O bitmap base past the limit: every port is denied at CPL 3
+        memory.Write(tss + TaskStateSegment.Rsp0Offset, GuestLayout.ExceptionStackTop);
+        memory.Write(tss + (ulong)TaskStateSegment.InterruptStackOffset(IstIndex), GuestLayout.ExceptionStackTop);
+        memory.Write(tss + TaskStateSegment.IoMapBaseOffset, TaskStateSegment.NoIoBitmap); // every port is denied at CPL 3
 
         for (int v = 0; v < GuestLayout.ExceptionVectors; v++)
         {
             ulong handler = GuestLayout.SupervisorBase + GuestLayout.CodePhysical + GuestLayout.ExceptionStubOffset + ((ulong)v * GuestLayout.ExceptionStubStride);
-            byte type = v is 3 or 4 ? GateUser : GateKernel;
-            ulong low = (handler & 0xFFFF) | ((ulong)GuestLayout.KernelCode << 16) | ((ulong)IstIndex << 32) | ((ulong)type << 40) | (((handler >> 16) & 0xFFFF) << 48);
-            memory.Write(new GuestAddress(GuestLayout.IdtPhysical + (ulong)(v * 16)), low);
-            memory.Write(new GuestAddress(GuestLayout.IdtPhysical + (ulong)(v * 16) + 8), handler >> 32);
+            // DPL 3 for #BP and #OF: int3/into from user mode report their own vector instead of a #GP.
+            byte dpl = v is ExceptionVector.Breakpoint or ExceptionVector.Overflow ? (byte)3 : (byte)0;
+            var gate = GateDescriptor.Interrupt(handler, GuestLayout.KernelCode, IstIndex, dpl);
+            memory.Write(new GuestAddress(GuestLayout.IdtPhysical + (ulong)(v * GateDescriptor.Size)), gate.Encode());
         }
 
         memory.Write(new GuestAddress(GuestLayout.CodePhysical), Code.Value);
@@ -105,25 +105,38 @@ internal static class Supervisor
     public static SpecialRegisters UserStart(SpecialRegisters current, ulong cr3)
     {
         var s = current;
-        s.Cs = SegmentRegister.Flat(GuestLayout.UserCode, code: true, longMode: true, dpl: 3);
-        s.Ds = s.Es = s.Ss = s.Fs = s.Gs = SegmentRegister.Flat(GuestLayout.UserData, code: false, longMode: false, dpl: 3);
-        s.Fs.Base = 0;
-        s.Gs.Base = 0;
-        s.Tr = new SegmentRegister
-        {
-            Base = GuestLayout.SupervisorBase + GuestLayout.GdtPhysical + GuestLayout.TssOffset, Limit = 0x67,
-            Selector = GuestLayout.TssSelector, Type = 0xB, Present = true,
-        };
-        s.Ldt = new SegmentRegister { Unusable = true, Type = 2 };
-        s.Gdt = new DescriptorTable { Base = GuestLayout.SupervisorBase + GuestLayout.GdtPhysical, Limit = 0x3F };
-        s.Idt = new DescriptorTable { Base = GuestLayout.SupervisorBase + GuestLayout.IdtPhysical, Limit = (GuestLayout.ExceptionVectors * 16) - 1 };
-        s.Cr0 = Cr0Pe | Cr0Mp | Cr0Et | Cr0Ne | Cr0Wp | Cr0Pg;
+        s.Cs = UserCode;
+        s.Ds = s.Es = s.Ss = s.Fs = s.Gs = UserData;
+        s.Tr = TaskRegister;
+        s.Ldt = new SegmentRegister { Unusable = true, Type = SegmentType.Ldt };
+        s.Gdt = new DescriptorTable { Base = GuestLayout.SupervisorBase + GuestLayout.GdtPhysical, Limit = GdtSize - 1 };
+        s.Idt = new DescriptorTable { Base = GuestLayout.SupervisorBase + GuestLayout.IdtPhysical, Limit = (GuestLayout.ExceptionVectors * GateDescriptor.Size) - 1 };
+        s.Cr0 = Cr0Value;
         s.Cr2 = 0;
         s.Cr3 = cr3;
-        s.Cr4 = Cr4Pae | Cr4OsFxsr | Cr4OsXmmExcpt;
-        s.Efer = EferLme | EferLma | EferNxe; // SCE clear on purpose: see the class remarks
+        s.Cr4 = Cr4Value;
+        s.Efer = EferValue;
         return s;
     }
+
+    /// <summary>How the processor walks the page tables at <paramref name="cr3"/> while the program runs.</summary>
+    public static PagingState Paging(ulong cr3) => new(Cr0Value, cr3, Cr4Value, EferValue);
+
+    /// <summary>The 64-bit user code segment (CS at CPL 3).</summary>
+    private static SegmentRegister UserCode => SegmentRegister.Flat(GuestLayout.UserCode, code: true, longMode: true, dpl: 3);
+
+    /// <summary>The 32-bit user code segment SYSRET's selector arithmetic expects below the user data segment.</summary>
+    private static SegmentRegister UserCode32 => SegmentRegister.Flat(GuestLayout.SysretBase | 3, code: true, longMode: false, dpl: 3);
+
+    /// <summary>The user data segment (SS, DS, ES, FS, GS at CPL 3; FS and GS bases come from their MSRs).</summary>
+    private static SegmentRegister UserData => SegmentRegister.Flat(GuestLayout.UserData, code: false, longMode: false, dpl: 3);
+
+    /// <summary>TR: the busy 64-bit TSS in the GDT page, seen through the supervisor mapping.</summary>
+    private static SegmentRegister TaskRegister => new()
+    {
+        Base = GuestLayout.SupervisorBase + GuestLayout.GdtPhysical + GuestLayout.TssOffset, Limit = TaskStateSegment.Limit,
+        Selector = GuestLayout.TssSelector, Type = SegmentType.TssBusy, Present = true,
+    };
 
     private static byte[] AssembleCode()
     {
