@@ -87,6 +87,66 @@ internal sealed class ElfImage
             throw new ElfImageException(e.Location, e.Reason);
         }
 
+        CheckHeader(elf);
+        int phnum = elf.ProgramHeaders.Count;
+        bool pie = elf.Type == ElfFileType.SharedObject;
+        ulong bias = pie ? PieLoadBias : 0;
+        var segments = new List<LoadSegment>();
+        ulong phdrAddress = 0;
+        bool execStack = false, hasDynamic = false;
+        foreach (var h in elf.ProgramHeaders)
+        {
+            switch (h.Type)
+            {
+                case ElfSegmentType.Interpreter:
+                    throw new ElfImageException("PT_INTERP", $"the executable is dynamically linked (it names the interpreter {InterpreterPath(elf, file, h)}); link it statically (gcc -static, or musl-gcc -static).");
+                case ElfSegmentType.Dynamic:
+                    hasDynamic = true;
+                    break;
+                case ElfSegmentType.GnuStack:
+                    execStack = (h.Flags & ElfSegmentFlags.Execute) != 0;
+                    break;
+                case ElfSegmentType.ProgramHeaders:
+                    phdrAddress = h.VirtualAddress + bias;
+                    break;
+                case ElfSegmentType.Tls:
+                    CheckTls(h);
+                    break;
+                case ElfSegmentType.Load when LoadSegmentFrom(h, bias) is { } segment:
+                    segments.Add(segment);
+                    break;
+                default:
+                    break;
+            }
+        }
+
+        if (segments.Count == 0)
+        {
+            throw new ElfImageException("PT_LOAD", "the file has no loadable segment.");
+        }
+
+        if (pie && !hasDynamic)
+        {
+            throw new ElfImageException("e_type", "ET_DYN without PT_DYNAMIC is not a static PIE.");
+        }
+
+        ulong entry = elf.Entry + bias;
+        if (!segments.Any(s => (s.Flags & ElfSegmentFlags.Execute) != 0 && entry >= s.VirtualAddress && entry < s.VirtualAddress + s.MemorySize))
+        {
+            throw new ElfImageException("e_entry", $"entry point 0x{entry:x} is not inside an executable PT_LOAD segment.");
+        }
+
+        if (phdrAddress == 0)
+        {
+            phdrAddress = ProgramHeadersInSegments(elf.ProgramHeaderOffset, phnum, segments);
+        }
+
+        return new ElfImage(file, entry, bias, [.. segments], phdrAddress, phnum, execStack, pie);
+    }
+
+    /// <summary>The sandbox's rules for the ELF header: a 64-bit x86-64 executable or static PIE with 1 to <see cref="MaxProgramHeaders"/> program headers.</summary>
+    private static void CheckHeader(ElfFile elf)
+    {
         if (elf.Class != ElfClass.Elf64)
         {
             throw new ElfImageException("e_ident[EI_CLASS]", $"class {(int)elf.Class} is not ELFCLASS64; build a 64-bit executable.");
@@ -112,90 +172,51 @@ internal sealed class ElfImage
         {
             throw new ElfImageException("e_phnum", $"{phnum} program headers; expected 1 to {MaxProgramHeaders}.");
         }
+    }
 
-        bool pie = elf.Type == ElfFileType.SharedObject;
-        ulong bias = pie ? PieLoadBias : 0;
-        var segments = new List<LoadSegment>();
-        ulong phdrAddress = 0;
-        bool execStack = false, hasDynamic = false;
-        foreach (var h in elf.ProgramHeaders)
+    private static void CheckTls(in ElfProgramHeader h)
+    {
+        if (h.Alignment != 0 && (h.Alignment & (h.Alignment - 1)) != 0)
         {
-            string at = $"program header {h.Index}";
-            switch (h.Type)
+            throw new ElfImageException($"program header {h.Index} (PT_TLS) p_align", $"0x{h.Alignment:x} is not a power of two.");
+        }
+    }
+
+    /// <summary>The segment a PT_LOAD header maps, or <see langword="null"/> for an empty one; throws where it breaks the sandbox's rules.</summary>
+    private static LoadSegment? LoadSegmentFrom(in ElfProgramHeader h, ulong bias)
+    {
+        string at = $"program header {h.Index}";
+        if (h.Alignment > 1 && (h.VirtualAddress % PageTable.PageSize) != (h.Offset % PageTable.PageSize))
+        {
+            throw new ElfImageException($"{at} p_vaddr", $"0x{h.VirtualAddress:x} and p_offset 0x{h.Offset:x} differ modulo the page size.");
+        }
+
+        ulong start = h.VirtualAddress + bias;
+        if (h.MemorySize == 0)
+        {
+            return null;
+        }
+
+        if (start < 0x10000 || start >= UserImageLimit || h.MemorySize > UserImageLimit || start + h.MemorySize > UserImageLimit)
+        {
+            throw new ElfImageException($"{at} p_vaddr", $"segment 0x{start:x}+0x{h.MemorySize:x} is outside the loadable range 0x10000-0x{UserImageLimit:x}.");
+        }
+
+        return new LoadSegment(start, h.Offset, h.FileSize, h.MemorySize, h.Flags & (ElfSegmentFlags.Read | ElfSegmentFlags.Write | ElfSegmentFlags.Execute));
+    }
+
+    /// <summary>Without PT_PHDR, the headers are visible where a segment maps the file bytes that hold them (0 when none does).</summary>
+    private static ulong ProgramHeadersInSegments(ulong phoff, int phnum, List<LoadSegment> segments)
+    {
+        foreach (var s in segments)
+        {
+            if (phoff >= s.FileOffset && phoff + ((ulong)phnum * ElfFile.ProgramHeaderSize64) <= s.FileOffset + s.FileSize)
             {
-                case ElfSegmentType.Interpreter:
-                    throw new ElfImageException("PT_INTERP", $"the executable is dynamically linked (it names the interpreter {InterpreterPath(elf, file, h)}); link it statically (gcc -static, or musl-gcc -static).");
-                case ElfSegmentType.Dynamic:
-                    hasDynamic = true;
-                    break;
-                case ElfSegmentType.GnuStack:
-                    execStack = (h.Flags & ElfSegmentFlags.Execute) != 0;
-                    break;
-                case ElfSegmentType.ProgramHeaders:
-                    phdrAddress = h.VirtualAddress + bias;
-                    break;
-                case ElfSegmentType.Tls:
-                    if (h.Alignment != 0 && (h.Alignment & (h.Alignment - 1)) != 0)
-                    {
-                        throw new ElfImageException($"{at} (PT_TLS) p_align", $"0x{h.Alignment:x} is not a power of two.");
-                    }
-
-                    break;
-                case ElfSegmentType.Load:
-                    if (h.Alignment > 1 && (h.VirtualAddress % PageTable.PageSize) != (h.Offset % PageTable.PageSize))
-                    {
-                        throw new ElfImageException($"{at} p_vaddr", $"0x{h.VirtualAddress:x} and p_offset 0x{h.Offset:x} differ modulo the page size.");
-                    }
-
-                    ulong start = h.VirtualAddress + bias;
-                    if (h.MemorySize == 0)
-                    {
-                        break;
-                    }
-
-                    if (start < 0x10000 || start >= UserImageLimit || h.MemorySize > UserImageLimit || start + h.MemorySize > UserImageLimit)
-                    {
-                        throw new ElfImageException($"{at} p_vaddr", $"segment 0x{start:x}+0x{h.MemorySize:x} is outside the loadable range 0x10000-0x{UserImageLimit:x}.");
-                    }
-
-                    segments.Add(new LoadSegment(start, h.Offset, h.FileSize, h.MemorySize, h.Flags & (ElfSegmentFlags.Read | ElfSegmentFlags.Write | ElfSegmentFlags.Execute)));
-                    break;
-                default:
-                    break;
+                return s.VirtualAddress + (phoff - s.FileOffset);
             }
         }
 
-        if (segments.Count == 0)
-        {
-            throw new ElfImageException("PT_LOAD", "the file has no loadable segment.");
-        }
-
-        if (pie && !hasDynamic)
-        {
-            throw new ElfImageException("e_type", "ET_DYN without PT_DYNAMIC is not a static PIE.");
-        }
-
-        ulong entry = elf.Entry + bias;
-        if (!segments.Any(s => (s.Flags & ElfSegmentFlags.Execute) != 0 && entry >= s.VirtualAddress && entry < s.VirtualAddress + s.MemorySize))
-        {
-            throw new ElfImageException("e_entry", $"entry point 0x{entry:x} is not inside an executable PT_LOAD segment.");
-        }
-
-        if (phdrAddress == 0)
-        {
-            // Without PT_PHDR, the headers are visible when a segment maps the file bytes that hold them.
-            ulong phoff = elf.ProgramHeaderOffset;
-            foreach (var s in segments)
-            {
-                if (phoff >= s.FileOffset && phoff + ((ulong)phnum * ElfFile.ProgramHeaderSize64) <= s.FileOffset + s.FileSize)
-                {
-                    phdrAddress = s.VirtualAddress + (phoff - s.FileOffset);
-                    break;
-                }
-            }
-        }
-
-        return new ElfImage(file, entry, bias, [.. segments], phdrAddress, phnum, execStack, pie);
+        return 0;
     }
 
     /// <summary>The interpreter path PT_INTERP names, for the message (as far as it is printable ASCII).</summary>
