@@ -3,7 +3,7 @@ using static Virt.Cpu.Kvm.Interop.Kvm;
 
 namespace Virt.Cpu.Kvm;
 
-internal sealed partial class KvmVcpu
+internal sealed unsafe partial class KvmVcpu
 {
     /// <summary>
     /// MSRs a whole-state save includes, where this host's KVM lists them: what a running guest (a Linux kernel
@@ -21,10 +21,34 @@ internal sealed partial class KvmVcpu
         MsrIndex.TscDeadline, // after the LAPIC: the deadline needs the timer mode
     ];
 
+    /// <summary>
+    /// Finishes a port-I/O or MMIO instruction the last exit left pending (KVM_RUN with <c>immediate_exit</c> set completes
+    /// it and returns without entering the guest), so that the state read next is between two instructions.
+    /// </summary>
+    private void CompletePendingExit()
+    {
+        if (!_completionPending || _run == null)
+        {
+            return;
+        }
+
+        // SAFETY: _run is the mapped kvm_run of this vCPU (checked non-null above); it stays mapped until Dispose.
+        Volatile.Write(ref _run->ImmediateExit, 1);
+        int errno = KvmIoctls.TryRun(_handle);
+        Volatile.Write(ref _run->ImmediateExit, 0);
+        _syncRegsValid = _syncRegs;
+        _completionPending = false;
+        if (errno is not (0 or Interop.Libc.EINTR or Interop.Libc.EAGAIN))
+        {
+            throw KvmIoctls.Error(nameof(KVM_RUN), errno);
+        }
+    }
+
     /// <inheritdoc />
     public VcpuState GetState()
     {
         ObjectDisposedException.ThrowIf(IsDisposed, this);
+        CompletePendingExit();
         var host = _partition.Host;
         var msrs = StateMsrs.Where(host.MsrSet.Contains).Select(i => new MsrEntry(i, 0)).ToArray();
         GetMsrs(msrs);
@@ -54,6 +78,7 @@ internal sealed partial class KvmVcpu
     {
         ObjectDisposedException.ThrowIf(IsDisposed, this);
         ArgumentNullException.ThrowIfNull(state);
+        CompletePendingExit();
         var host = _partition.Host;
         // An MSR this KVM does not have is harmless at its reset value; any other value cannot be honoured.
         var unknown = state.Msrs.Where(m => !host.MsrSet.Contains(m.Index) && !VcpuState.IsResetValue(m)).Select(m => $"0x{m.Index:x} = 0x{m.Value:x}").ToList();

@@ -49,6 +49,9 @@ internal sealed unsafe partial class KvmVcpu : IVirtualCpu
     private int _exitDataLength;
     private int _pendingVector = -1;
 
+    /// <summary>The last exit was port I/O or MMIO, which KVM completes (RIP past the instruction, a read's value in place) at the next KVM_RUN.</summary>
+    private bool _completionPending;
+
     /// <summary>General registers travel through <c>kvm_run.s.regs</c> (KVM_CAP_SYNC_REGS) instead of KVM_GET/SET_REGS.</summary>
     private readonly bool _syncRegs;
 
@@ -152,6 +155,8 @@ internal sealed unsafe partial class KvmVcpu : IVirtualCpu
             {
                 if (TryTranslateExit(run, out var exit))
                 {
+                    // KVM finishes a port-I/O or MMIO instruction only at the next KVM_RUN.
+                    _completionPending = exit.Reason is VcpuExitReason.PortIo or VcpuExitReason.Mmio;
                     return exit;
                 }
 
@@ -160,6 +165,7 @@ internal sealed unsafe partial class KvmVcpu : IVirtualCpu
 
             if (errno is Interop.Libc.EINTR or Interop.Libc.EAGAIN)
             {
+                _completionPending = false;
                 KickSignal.DrainPending();
                 Volatile.Write(ref run->ImmediateExit, 0);
                 Interlocked.MemoryBarrier();
