@@ -18,6 +18,7 @@ public sealed partial class ArchitectureTests
         ["Virt.X86"] = ["Virt.Abstractions"],
         ["Virt.Memory"] = ["Virt.Abstractions"],
         ["Virt.Devices"] = ["Virt.Abstractions"],
+        ["Virt.Snapshots"] = ["Virt.Abstractions"],
         ["Virt.Boot"] = ["Virt.Abstractions", "Virt.Memory", "Virt.X86"],
         ["Virt.Cpu.Kvm"] = ["Virt.Abstractions", "Virt.X86"],
         ["Virt.Cpu.Whp"] = ["Virt.Abstractions", "Virt.X86"],
@@ -27,9 +28,9 @@ public sealed partial class ArchitectureTests
         ["Virt.Sdk"] =
         [
             "Virt.Abstractions", "Virt.X86", "Virt.Memory", "Virt.Devices", "Virt.Boot", "Virt.Cpu.Kvm", "Virt.Cpu.Whp",
-            "Virt.Cpu.Interpreter", "Virt.Storage", "Virt.Network",
+            "Virt.Cpu.Interpreter", "Virt.Storage", "Virt.Network", "Virt.Snapshots",
         ],
-        ["Virt.Sandbox"] = ["Virt.Abstractions", "Virt.X86", "Virt.Memory", "Virt.Boot", "Virt.Sdk"],
+        ["Virt.Sandbox"] = ["Virt.Abstractions", "Virt.X86", "Virt.Memory", "Virt.Boot", "Virt.Snapshots", "Virt.Sdk"],
     };
 
     private static string Root([CallerFilePath] string path = "") => Path.GetFullPath(Path.Combine(Path.GetDirectoryName(path)!, "..", ".."));
