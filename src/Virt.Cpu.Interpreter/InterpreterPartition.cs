@@ -59,6 +59,10 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
 
     public bool HasInterruptController => Platform != null;
 
+    /// <summary>The interrupt platform's state, when the platform saves it.</summary>
+    public IReadOnlyList<Snapshots.IPersistentState> PersistentState =>
+        Platform?.Platform is Snapshots.IPersistentState state ? [state] : [];
+
     /// <summary>The emulated interrupt controllers and timers, when the partition was created with them.</summary>
     public InterpreterPlatform? Platform { get; }
 

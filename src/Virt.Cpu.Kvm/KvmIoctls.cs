@@ -181,6 +181,19 @@ internal static unsafe class KvmIoctls
         Ioctl(vm, KVM_IRQ_LINE, (nint)(&line), nameof(KVM_IRQ_LINE));
     }
 
+    /// <summary>
+    /// A VM ioctl that fills or reads the fixed-size structure in <paramref name="buffer"/>:
+    /// the irqchip, PIT and clock state calls.
+    /// </summary>
+    internal static void VmStateIoctl(KvmVmHandle vm, nuint request, Span<byte> buffer, string operation)
+    {
+        fixed (byte* p = buffer)
+        {
+            // SAFETY: the caller sizes the buffer to the structure the request names; KVM reads or writes no more.
+            Ioctl(vm, request, (nint)p, operation);
+        }
+    }
+
     // ---- vCPU ----
 
     /// <summary>Maps the vCPU's <c>kvm_run</c> area (shared with the kernel).</summary>

@@ -112,6 +112,11 @@ internal sealed class KvmPartition : IPartition, IDirtyPageLog
     /// <inheritdoc />
     public bool HasInterruptController { get; }
 
+    /// <inheritdoc />
+    public IReadOnlyList<Snapshots.IPersistentState> PersistentState => HasInterruptController ? _persistentState ??= KvmPartitionState.For(this) : [];
+
+    private Snapshots.IPersistentState[]? _persistentState;
+
     /// <summary>Guest physical address of the three-page TSS area KVM needs on Intel hosts, and of the identity-map page after it.</summary>
     internal ulong SystemPagesAddress { get; private set; }
 

@@ -91,6 +91,9 @@ internal sealed class WhpPartition : IPartition, IDirtyPageLog
 
     public IHypervisor Hypervisor { get; }
 
+    /// <summary>None: the WHP partition keeps no interrupt controllers of its own here.</summary>
+    public IReadOnlyList<Snapshots.IPersistentState> PersistentState => [];
+
     public IGuestMemoryBacking Memory { get; }
 
     internal PartitionOptions Options { get; }

@@ -24,6 +24,12 @@ public interface IPartition : IDisposable
     /// <summary>Creates vCPU <paramref name="index"/> (0 to <see cref="PartitionOptions.VcpuCount"/> - 1).</summary>
     IVirtualCpu CreateVcpu(int index);
 
+    /// <summary>
+    /// The partition's own state a snapshot saves besides guest memory and the vCPUs (KVM: the in-kernel PIC, IOAPIC, PIT
+    /// and clock; the interpreter: its interrupt platform), in the order to restore it. Empty when there is none.
+    /// </summary>
+    IReadOnlyList<Snapshots.IPersistentState> PersistentState { get; }
+
     /// <summary>Drives interrupt line <paramref name="gsi"/> of the partition's interrupt controller to <paramref name="level"/>.</summary>
     /// <exception cref="InvalidOperationException">The partition has no interrupt controller.</exception>
     void SetInterruptLine(uint gsi, bool level);

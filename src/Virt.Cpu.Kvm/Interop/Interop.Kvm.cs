@@ -44,6 +44,24 @@ internal static partial class Interop
         internal static readonly nuint KVM_CREATE_IRQCHIP = IO(0x60);
         internal static readonly nuint KVM_IRQ_LINE = IOW(0x61, KvmIrqLevel.Size);
         internal static readonly nuint KVM_CREATE_PIT2 = IOW(0x77, KvmPitConfig.Size);
+        internal static readonly nuint KVM_GET_IRQCHIP = IOWR(0x62, KvmIrqchipSize);
+        internal static readonly nuint KVM_SET_IRQCHIP = IOR(0x63, KvmIrqchipSize);
+        internal static readonly nuint KVM_SET_CLOCK = IOW(0x7b, KvmClockDataSize);
+        internal static readonly nuint KVM_GET_CLOCK = IOR(0x7c, KvmClockDataSize);
+        internal static readonly nuint KVM_GET_PIT2 = IOR(0x9f, KvmPitState2Size);
+        internal static readonly nuint KVM_SET_PIT2 = IOW(0xa0, KvmPitState2Size);
+
+        /// <summary><c>sizeof(struct kvm_irqchip)</c>: chip_id, pad, a 512-byte union.</summary>
+        internal const int KvmIrqchipSize = 520;
+
+        /// <summary><c>sizeof(struct kvm_pit_state2)</c>: three 24-byte channels, flags, reserved[9].</summary>
+        internal const int KvmPitState2Size = 112;
+
+        /// <summary><c>sizeof(struct kvm_clock_data)</c>.</summary>
+        internal const int KvmClockDataSize = 48;
+
+        /// <summary>kvm_irqchip.chip_id: the master PIC, the slave PIC, the IOAPIC.</summary>
+        internal const uint KVM_IRQCHIP_PIC_MASTER = 0, KVM_IRQCHIP_PIC_SLAVE = 1, KVM_IRQCHIP_IOAPIC = 2;
 
         // vCPU ioctls.
         internal static readonly nuint KVM_RUN = IO(0x80);
