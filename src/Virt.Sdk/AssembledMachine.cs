@@ -43,6 +43,9 @@ internal sealed class AssembledMachine
 
     /// <summary>Everything the machine owns, released together.</summary>
     public required MachineResources Resources { get; init; }
+
+    /// <summary>The devices that save and restore their own state, in the order a snapshot writes and restores them.</summary>
+    public required IReadOnlyList<Snapshots.IPersistentState> PersistentDevices { get; init; }
 }
 
 /// <summary>

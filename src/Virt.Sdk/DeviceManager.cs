@@ -91,6 +91,15 @@ internal sealed class DeviceManager
         Devices = [.. _specs.Zip(_placements).Where(d => !d.First.IsVirtio).Select(d => d.Second)];
     }
 
+    private readonly List<Snapshots.IPersistentState> _persistent = [];
+    private readonly List<VirtioMmioTransport> _transports = [];
+
+    /// <summary>The attached devices (virtio transports and user devices) that save and restore their own state.</summary>
+    public IReadOnlyList<Snapshots.IPersistentState> PersistentDevices => _persistent;
+
+    /// <summary>The virtio-mmio transports, in the order their devices were added.</summary>
+    public IReadOnlyList<VirtioMmioTransport> Transports => _transports;
+
     /// <summary>The port-I/O bus the devices are registered on.</summary>
     public PortIoBus Ports { get; } = new();
 
@@ -145,11 +154,22 @@ internal sealed class DeviceManager
                 var device = spec.Create(context) as IVirtioDevice ?? throw new ArgumentException($"The factory of virtio device '{spec.Name}' returned null; return a new IVirtioDevice.");
                 var transport = new VirtioMmioTransport(device, memory, line!, virtioLogger);
                 Mmio.Register(placement.MmioAddress!.Value, placement.MmioSize, transport, $"{spec.Name} #{virtioIndex++}");
+                _transports.Add(transport);
+                if ((object)transport is Snapshots.IPersistentState transportState)
+                {
+                    _persistent.Add(transportState);
+                }
+
                 continue;
             }
 
             var deviceContext = new DeviceContext(placement, line, $"Device '{spec.Name}' has no interrupt line; ask for one with DeviceResources.Interrupt = true.", memory, partition.HasInterruptController, factory, resources);
             object created = spec.Create(deviceContext) ?? throw new ArgumentException($"The factory of device '{spec.Name}' returned null; return the device.");
+            if (created is Snapshots.IPersistentState userState)
+            {
+                _persistent.Add(userState);
+            }
+
             if (placement.Port is { } port)
             {
                 var portDevice = created as IPortIoDevice ?? throw new ArgumentException($"Device '{spec.Name}' asks for ports, but its factory returned a {created.GetType().Name}, which is not an IPortIoDevice. Implement IPortIoDevice or drop DeviceResources.PortCount.");
@@ -192,7 +212,7 @@ internal sealed class DeviceManager
             ReservePlatform(PlatformDevice.DebugExit, exitPort, DebugExitDevice.PortCount, "debug-exit");
         }
 
-        if (!c.Kernel.IsEmpty)
+        if (c.LinuxPlatform)
         {
             ReservePlatform(PlatformDevice.KeyboardController, I8042Controller.DataPort, 1, "i8042");
             ReservePlatform(PlatformDevice.KeyboardController, I8042Controller.CommandPort, 1, "i8042");

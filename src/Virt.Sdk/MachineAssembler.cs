@@ -25,20 +25,9 @@ internal static class MachineAssembler
         var resources = new MachineResources(logger, config.Name);
         try
         {
-            var memory = GuestMemory.CreateRam(config.MemorySize);
+            var memory = CreateMemory(config);
             resources.Add(memory);
-            foreach (var image in config.Images)
-            {
-                memory.Write(image.Address, image.Bytes.Span);
-            }
-
-            var partition = selection.Backend.CreatePartition(memory, new PartitionOptions
-            {
-                VcpuCount = config.VcpuCount,
-                MaskedCpuidFeatures = config.MaskedCpuidFeatures,
-                InterruptController = config.InterruptController,
-                InterruptPlatform = Virt.Devices.Interrupts.PcInterruptPlatform.Factory,
-            });
+            var partition = CreatePartition(config, selection, memory);
             resources.Add(partition);
 
             var vcpus = new IVirtualCpu[config.VcpuCount];
@@ -46,13 +35,19 @@ internal static class MachineAssembler
             {
                 vcpus[i] = partition.CreateVcpu(i);
                 resources.Add(vcpus[i]);
-                InitializeVcpu(config, memory, vcpus[i], i);
+                if (config.Restore is null)
+                {
+                    InitializeVcpu(config, memory, vcpus[i], i);
+                }
             }
 
-            string? commandLine = config.Kernel.IsEmpty ? null : BootLinux(config, memory, vcpus[0], devices);
+            string? commandLine = config.Restore is { } source ? source.Description.KernelCommandLine
+                : config.Kernel.IsEmpty ? null : BootLinux(config, memory, vcpus[0], devices);
             var stop = new StopRequests();
-            var serial = AttachPlatformDevices(config, devices, partition, stop);
+            var persistent = new List<Snapshots.IPersistentState>();
+            var serial = AttachPlatformDevices(config, devices, partition, stop, persistent);
             devices.AttachDevices(memory, partition, config.LoggerFactory, resources);
+            persistent.AddRange(devices.PersistentDevices);
             return new AssembledMachine
             {
                 Memory = memory,
@@ -66,6 +61,7 @@ internal static class MachineAssembler
                 Devices = devices.Devices,
                 StopRequests = stop,
                 Resources = resources,
+                PersistentDevices = persistent,
             };
         }
         catch
@@ -74,6 +70,40 @@ internal static class MachineAssembler
             throw;
         }
     }
+
+    /// <summary>Guest RAM with the images loaded, or for a restore mapped copy-on-write from the snapshot's memory section.</summary>
+    private static GuestMemory CreateMemory(VirtualMachineConfiguration config)
+    {
+        if (config.Restore is { } restore)
+        {
+            return GuestMemory.Create(GuestMemoryRegionSpec.FromFile(GuestAddress.Zero, config.MemorySize, restore.Reader.File, restore.Memory.Offset));
+        }
+
+        var memory = GuestMemory.CreateRam(config.MemorySize);
+        try
+        {
+            foreach (var image in config.Images)
+            {
+                memory.Write(image.Address, image.Bytes.Span);
+            }
+        }
+        catch
+        {
+            memory.Dispose();
+            throw;
+        }
+
+        return memory;
+    }
+
+    private static IPartition CreatePartition(VirtualMachineConfiguration config, BackendSelection selection, GuestMemory memory) =>
+        selection.Backend.CreatePartition(memory, new PartitionOptions
+        {
+            VcpuCount = config.VcpuCount,
+            MaskedCpuidFeatures = config.MaskedCpuidFeatures,
+            InterruptController = config.InterruptController,
+            InterruptPlatform = Virt.Devices.Interrupts.PcInterruptPlatform.Factory,
+        });
 
     private static void InitializeVcpu(VirtualMachineConfiguration config, GuestMemory memory, IVirtualCpu vcpu, int index)
     {
@@ -163,19 +193,28 @@ internal static class MachineAssembler
 
     /// <summary>Creates the devices the VM provides itself and registers them where the device manager reserved their ports.</summary>
     /// <returns>The serial console, if the VM has one.</returns>
-    private static Serial16550? AttachPlatformDevices(VirtualMachineConfiguration config, DeviceManager devices, IPartition partition, StopRequests stop)
+    private static Serial16550? AttachPlatformDevices(VirtualMachineConfiguration config, DeviceManager devices, IPartition partition, StopRequests stop, List<Snapshots.IPersistentState> persistent)
     {
+        void Attach(PlatformDevice which, IPortIoDevice device)
+        {
+            devices.AttachPlatform(which, device);
+            if (device is Snapshots.IPersistentState state)
+            {
+                persistent.Add(state);
+            }
+        }
+
         Serial16550? serial = null;
         if (config.HasSerialConsole)
         {
             var irq = new PartitionInterruptLine(partition, Serial16550.Com1Irq);
             serial = config.SerialWriter is { } writer ? Serial16550.ForTextWriter(irq, writer) : new Serial16550(irq, config.SerialOutput!);
-            devices.AttachPlatform(PlatformDevice.SerialConsole, serial);
+            Attach(PlatformDevice.SerialConsole, serial);
         }
 
         if (config.DebugExitPort is not null)
         {
-            devices.AttachPlatform(PlatformDevice.DebugExit, new DebugExitDevice(code => stop.Request(new VirtualMachineExit
+            Attach(PlatformDevice.DebugExit, new DebugExitDevice(code => stop.Request(new VirtualMachineExit
             {
                 Reason = StopReason.DebugExit,
                 ExitCode = code,
@@ -183,12 +222,12 @@ internal static class MachineAssembler
             })));
         }
 
-        if (!config.Kernel.IsEmpty)
+        if (config.LinuxPlatform)
         {
             var reset = () => stop.Request(new VirtualMachineExit { Reason = StopReason.Reset, Description = "the guest reset the machine" });
-            devices.AttachPlatform(PlatformDevice.KeyboardController, new I8042Controller(reset, null, null));
-            devices.AttachPlatform(PlatformDevice.Rtc, new CmosRtc(TimeProvider.System));
-            devices.AttachPlatform(PlatformDevice.AcpiSleep, new AcpiSleepDevice(
+            Attach(PlatformDevice.KeyboardController, new I8042Controller(reset, null, null));
+            Attach(PlatformDevice.Rtc, new CmosRtc(TimeProvider.System));
+            Attach(PlatformDevice.AcpiSleep, new AcpiSleepDevice(
                 () => stop.Request(new VirtualMachineExit { Reason = StopReason.PowerOff, Description = "the guest powered the machine off" }),
                 reset));
         }

@@ -9,17 +9,32 @@ public sealed partial class VirtualMachine
     {
         var vcpu = _vcpus[index];
         bool halted = false;
+        bool ioPending = false;
         try
         {
             while (!_stopRequested)
             {
+                VcpuExit exit;
                 if (_pauseRequested)
                 {
-                    Park();
-                    continue;
+                    if (!ioPending)
+                    {
+                        Park();
+                        continue;
+                    }
+
+                    // Park between two instructions: the backend finishes the port-I/O or MMIO instruction whose exit was
+                    // just served and returns at once (the pause kicked it), so a snapshot taken now does not repeat the
+                    // access when it resumes. Should the backend report something else instead, it is served as usual.
+                    vcpu.RequestExit();
+                    exit = vcpu.Run();
+                }
+                else
+                {
+                    exit = vcpu.Run();
                 }
 
-                var exit = vcpu.Run();
+                ioPending = exit.Reason is VcpuExitReason.PortIo or VcpuExitReason.Mmio;
                 switch (exit.Reason)
                 {
                     case VcpuExitReason.PortIo:

@@ -123,7 +123,24 @@ public sealed partial class VirtualMachine : IAsyncDisposable
         try
         {
             ThrowIfDisposed();
-            RequireState(VirtualMachineState.Created, "start");
+            if (!_restoredNotStarted)
+            {
+                RequireState(VirtualMachineState.Created, "start");
+            }
+
+            StartThreads();
+        }
+        finally
+        {
+            _lifecycle.Release();
+        }
+    }
+
+    /// <summary>Starts the vCPU threads (and the serial input pump) and moves the VM to Running.</summary>
+    private void StartThreads()
+    {
+        {
+            _restoredNotStarted = false;
             _hostTasks = new CancellationTokenSource();
             if (_serial is not null && _config.SerialInput is { } input)
             {
@@ -147,10 +164,6 @@ public sealed partial class VirtualMachine : IAsyncDisposable
             {
                 t.Start();
             }
-        }
-        finally
-        {
-            _lifecycle.Release();
         }
     }
 
@@ -195,6 +208,12 @@ public sealed partial class VirtualMachine : IAsyncDisposable
         {
             ThrowIfDisposed();
             RequireState(VirtualMachineState.Paused, "resume");
+            if (_restoredNotStarted)
+            {
+                StartThreads();
+                return;
+            }
+
             lock (_sync)
             {
                 _pauseRequested = false;

@@ -30,7 +30,7 @@ public sealed partial class VirtualMachineBuilder
             throw new ArgumentException("The kernel image is empty; pass the bytes of a bzImage (e.g. /boot/vmlinuz-*).", nameof(kernel));
         }
 
-        return new(_config with { Kernel = kernel, InterruptController = true });
+        return new(_config with { Kernel = kernel, InterruptController = true, LinuxPlatform = true });
     }
 
     /// <summary>Reads the kernel from <paramref name="path"/>; see <see cref="WithLinuxKernel(ReadOnlyMemory{byte})"/>.</summary>

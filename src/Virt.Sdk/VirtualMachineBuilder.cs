@@ -42,7 +42,7 @@ public sealed partial class VirtualMachineBuilder
     {
     }
 
-    private VirtualMachineBuilder(VirtualMachineConfiguration config) => _config = config;
+    internal VirtualMachineBuilder(VirtualMachineConfiguration config) => _config = config;
 
     internal VirtualMachineConfiguration Configuration => _config;
 
@@ -186,8 +186,12 @@ public sealed partial class VirtualMachineBuilder
     /// interrupt line, port range or MMIO window left); the message says which and what to change.
     /// </exception>
     /// <exception cref="InvalidOperationException">The chosen backend is not available here; the message says why.</exception>
-    public VirtualMachine Build()
+    public VirtualMachine Build() => BuildFrom(_config);
+
+    /// <summary>Builds a VM from <paramref name="config"/> (a restore passes the snapshot's configuration here).</summary>
+    internal static VirtualMachine BuildFrom(VirtualMachineConfiguration config)
     {
+        var _config = config;
         Validate(_config);
         var devices = new DeviceManager(_config);
         var selection = BackendSelector.Select(_config.Backend, _config.CustomBackend);

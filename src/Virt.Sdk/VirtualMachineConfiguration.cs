@@ -55,6 +55,12 @@ internal sealed record VirtualMachineConfiguration
     public string? KernelCommandLine { get; init; }
 
     public VirtioDiscovery VirtioDiscovery { get; init; } = VirtioDiscovery.Acpi;
+
+    /// <summary>The VM has a Linux guest's platform devices (i8042, RTC, ACPI sleep): set with a kernel, or by a restored Linux guest.</summary>
+    public bool LinuxPlatform { get; init; }
+
+    /// <summary>When the VM is restored from a snapshot: where its memory and state come from (no images, boot or start state are loaded).</summary>
+    public SnapshotSource? Restore { get; init; }
 }
 
 internal sealed record FlatImage(ReadOnlyMemory<byte> Bytes, GuestAddress Address);

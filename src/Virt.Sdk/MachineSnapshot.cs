@@ -1,0 +1,214 @@
+using Virt.Cpu;
+using Virt.Snapshots;
+
+namespace Virt;
+
+/// <summary>
+/// How a machine maps to a snapshot file and back: the sections it writes (description, partition state, vCPUs,
+/// devices, memory), what a restore takes from the file and what it checks against the machine it rebuilt.
+/// </summary>
+internal static class MachineSnapshot
+{
+    /// <summary>The snapshot section that holds guest RAM.</summary>
+    private const string MemorySection = "memory0";
+
+    /// <summary>Writes every section of the machine: its description, the partition's state, the vCPUs, the devices, memory.</summary>
+    public static void Write(SnapshotWriter writer, VirtualMachineConfiguration config, AssembledMachine machine, BackendSelection selection)
+    {
+        var description = Describe(config, machine, selection);
+        var w = new StateWriter();
+        description.Write(w);
+        writer.AddSection(MachineDescription.SectionName, MachineDescription.Version, w.WrittenMemory.Span);
+        foreach (var state in machine.Partition.PersistentState)
+        {
+            writer.AddState(state);
+        }
+
+        for (int i = 0; i < machine.Vcpus.Length; i++)
+        {
+            var vcpu = new StateWriter();
+            VcpuStateCodec.Write(vcpu, machine.Vcpus[i].GetState());
+            writer.AddSection(VcpuStateCodec.SectionName(i), VcpuStateCodec.Version, vcpu.WrittenMemory.Span);
+        }
+
+        foreach (var device in machine.PersistentDevices)
+        {
+            writer.AddState(device);
+        }
+
+        var memory = machine.Memory;
+        writer.AddMemory(MemorySection, memory.TotalSize, (offset, page) => memory.Read(new GuestAddress(offset), page));
+    }
+
+    private static MachineDescription Describe(VirtualMachineConfiguration config, AssembledMachine machine, BackendSelection selection) => new()
+    {
+        Name = config.Name,
+        MemorySize = config.MemorySize,
+        VcpuCount = config.VcpuCount,
+        Backend = selection.Name,
+        InterruptController = config.InterruptController,
+        LinuxPlatform = config.LinuxPlatform,
+        SerialConsole = config.HasSerialConsole,
+        DebugExitPort = config.DebugExitPort is ushort port ? port : -1,
+        VirtioDiscovery = config.VirtioDiscovery,
+        KernelCommandLine = machine.KernelCommandLine,
+        MaskedCpuidFeatures = config.MaskedCpuidFeatures,
+        OfferedFeatures = MachineDescription.FeatureWords(machine.Partition.SupportedCpuid),
+        Devices = SavedDevices(machine),
+    };
+
+    private static SavedDevice[] SavedDevices(AssembledMachine machine) =>
+    [
+        .. machine.VirtioDevices.Select(v => new SavedDevice(v.Kind, true, null, 0, v.Address.Value, v.Size, v.Irq)),
+        .. machine.Devices.Select(d => new SavedDevice(d.Name, false, d.Port, d.PortCount, d.MmioAddress?.Value, d.MmioSize, d.Irq)),
+    ];
+
+    /// <summary>Reads the machine description and finds the memory section, checking they agree.</summary>
+    public static SnapshotSource Open(SnapshotReader reader)
+    {
+        var description = ReadDescription(reader);
+        var memory = reader.GetSection(MemorySection);
+        if (memory.Kind != SnapshotSectionKind.Memory || (ulong)memory.Length != description.MemorySize)
+        {
+            throw new SnapshotFormatException(MemorySection, "length", $"the memory section holds {memory.Length} bytes of a {memory.Kind} section; the machine has {description.MemorySize} bytes of RAM.");
+        }
+
+        return new SnapshotSource(reader, description, memory);
+    }
+
+    private static MachineDescription ReadDescription(SnapshotReader reader)
+    {
+        var data = reader.ReadState(MachineDescription.SectionName);
+        var r = new StateReader(data, MachineDescription.SectionName);
+        return MachineDescription.Read(ref r, reader.GetSection(MachineDescription.SectionName).Version);
+    }
+
+    /// <summary>The configuration the snapshot fixes; the caller's <c>configure</c> adds the host's side.</summary>
+    public static VirtualMachineConfiguration BaseConfiguration(MachineDescription d) => new()
+    {
+        Name = d.Name,
+        MemorySize = d.MemorySize,
+        VcpuCount = d.VcpuCount,
+        InterruptController = d.InterruptController,
+        LinuxPlatform = d.LinuxPlatform,
+        VirtioDiscovery = d.VirtioDiscovery,
+        MaskedCpuidFeatures = [.. d.MaskedCpuidFeatures],
+        DebugExitPort = d.DebugExitPort >= 0 ? (ushort)d.DebugExitPort : null,
+    };
+
+    /// <summary>The caller's configuration with the machine's shape taken from the snapshot whatever the caller set.</summary>
+    public static VirtualMachineConfiguration Reconcile(VirtualMachineConfiguration c, MachineDescription d)
+    {
+        if (!c.Kernel.IsEmpty || c.Images.Count > 0 || c.EntryPoint is not null)
+        {
+            throw new InvalidOperationException("A restored VM's memory and processor state come from the snapshot: do not give it a kernel, images or an entry point.");
+        }
+
+        return c with
+        {
+            MemorySize = d.MemorySize,
+            VcpuCount = d.VcpuCount,
+            InterruptController = d.InterruptController,
+            LinuxPlatform = d.LinuxPlatform,
+            VirtioDiscovery = d.VirtioDiscovery,
+            DebugExitPort = d.DebugExitPort >= 0 ? (ushort)d.DebugExitPort : null,
+            // The UART is part of the machine: without an output of the caller's, it writes nowhere.
+            SerialOutput = d.SerialConsole && !c.HasSerialConsole ? Stream.Null : c.SerialOutput,
+            InstructionBudget = null,
+        };
+    }
+
+    public static void CheckDevices(MachineDescription d, AssembledMachine machine)
+    {
+        var now = SavedDevices(machine);
+        for (int i = 0; i < Math.Max(now.Length, d.Devices.Count); i++)
+        {
+            var saved = i < d.Devices.Count ? d.Devices[i] : null;
+            var given = i < now.Length ? now[i] : null;
+            if (saved != given)
+            {
+                string was = saved is null ? "nothing" : Describe(saved);
+                string isNow = given is null ? "nothing" : Describe(given);
+                throw new InvalidOperationException(
+                    $"The snapshot's machine had {was} as device {i + 1}, but the restore configured {isNow}. Add the same devices in the same order as the saved VM (disks, networks, your own devices).");
+            }
+        }
+
+        static string Describe(SavedDevice s) => s.IsVirtio
+            ? $"{s.Name} at 0x{s.MmioAddress:x} (IRQ {s.Irq})"
+            : $"'{s.Name}'" + (s.Port is { } p ? $" at port 0x{p:x}" : "") + (s.MmioAddress is { } m ? $" at 0x{m:x}" : "") + (s.Irq is { } q ? $" (IRQ {q})" : "");
+    }
+
+    public static void CheckCpuid(MachineDescription d, AssembledMachine machine, BackendSelection selection)
+    {
+        var offeredNow = MachineDescription.FeatureWords(machine.Partition.SupportedCpuid);
+        var missing = new List<string>();
+        for (int i = 0; i < Math.Min(d.OfferedFeatures.Count, offeredNow.Length); i++)
+        {
+            uint lacking = d.OfferedFeatures[i] & ~offeredNow[i];
+            var (function, index, register) = MachineDescription.FeatureRegisters[i];
+            for (int bit = 0; bit < 32; bit++)
+            {
+                if ((lacking & (1u << bit)) != 0 && !IsNotAFeature(function, register, bit))
+                {
+                    missing.Add($"leaf 0x{function:x}.{index} {register.ToString().ToUpperInvariant()} bit {bit}");
+                }
+            }
+        }
+
+        if (missing.Count > 0)
+        {
+            throw new InvalidOperationException(
+                $"The snapshot's guest was offered CPUID features that the {selection.Name} backend does not offer: {string.Join(", ", missing)}. "
+                + "Restore on a backend that offers them, or build the VM with WithoutCpuidFeature(...) for each before saving it.");
+        }
+    }
+
+    /// <summary>Leaf bits that describe the state of the machine rather than a capability (OSXSAVE, the hypervisor bit, leaf 7 EDX's hybrid bit).</summary>
+    private static bool IsNotAFeature(uint function, CpuidRegister register, int bit) =>
+        (function == 1 && register == CpuidRegister.Ecx && bit is 27 or 31) || (function == 7 && register == CpuidRegister.Edx && bit == 15);
+
+    /// <summary>Restores the partition's state, the devices and the vCPUs, and refuses sections nothing takes.</summary>
+    public static void Restore(SnapshotReader reader, AssembledMachine machine, BackendSelection selection)
+    {
+        foreach (var state in machine.Partition.PersistentState)
+        {
+            reader.RestoreState(state);
+        }
+
+        var known = new HashSet<string>(StringComparer.Ordinal) { MachineDescription.SectionName, MemorySection };
+        known.UnionWith(machine.Partition.PersistentState.Select(s => s.StateName));
+        foreach (var device in machine.PersistentDevices)
+        {
+            reader.RestoreState(device);
+            known.Add(device.StateName);
+        }
+
+        for (int i = 0; i < machine.Vcpus.Length; i++)
+        {
+            string name = VcpuStateCodec.SectionName(i);
+            known.Add(name);
+            var data = reader.ReadState(name);
+            var r = new StateReader(data, name);
+            var state = VcpuStateCodec.Read(ref r, reader.GetSection(name).Version);
+            try
+            {
+                machine.Vcpus[i].SetState(state);
+            }
+            catch (ArgumentException e)
+            {
+                throw new InvalidOperationException($"vCPU {i}'s saved state does not fit the {selection.Name} backend: {e.Message}", e);
+            }
+        }
+
+        var unknown = reader.Sections.Where(s => !known.Contains(s.Name)).Select(s => s.Name).ToList();
+        if (unknown.Count > 0)
+        {
+            throw new InvalidOperationException(
+                $"The snapshot holds state no part of the restored machine takes: {string.Join(", ", unknown)}. It was saved on another backend or with other devices "
+                + $"(it was saved on {ReadSavedBackend(reader)}); restore it with the same backend kind and devices.");
+        }
+    }
+
+    private static string ReadSavedBackend(SnapshotReader reader) => ReadDescription(reader).Backend;
+}

@@ -1,0 +1,119 @@
+using Virt.Cpu;
+using Virt.Snapshots;
+
+namespace Virt;
+
+/// <summary>Snapshots: save a paused VM to a file, restore it (in this process or another, on this backend or another).</summary>
+public sealed partial class VirtualMachine
+{
+    private bool _restoredNotStarted;
+
+    /// <summary>
+    /// Saves the whole VM to <paramref name="path"/>: every vCPU's state, the interrupt controllers and clock, every
+    /// device's state and guest memory (zero pages as holes). The VM must be paused (or created, or stopped); it stays
+    /// as it is. The file is written next to <paramref name="path"/> first and moved into place when complete, so a
+    /// crash never leaves half a snapshot under that name. See docs/snapshots.md.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The VM is running: pause it first.</exception>
+    public async Task SaveSnapshotAsync(string path, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        string partial = path + ".partial";
+        await _lifecycle.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            RequireSnapshotState();
+            using (var writer = SnapshotWriter.Create(partial))
+            {
+                MachineSnapshot.Write(writer, _config, _machine, BackendSelection);
+                writer.Complete();
+            }
+
+            File.Move(partial, path, overwrite: true);
+        }
+        catch
+        {
+            File.Delete(partial);
+            throw;
+        }
+        finally
+        {
+            _lifecycle.Release();
+        }
+    }
+
+    /// <summary>Saves the whole VM to <paramref name="destination"/>, a seekable, writable stream (see <see cref="SaveSnapshotAsync(string, CancellationToken)"/>).</summary>
+    /// <exception cref="InvalidOperationException">The VM is running: pause it first.</exception>
+    /// <exception cref="ArgumentException">The stream cannot seek or write.</exception>
+    public async Task SaveSnapshotAsync(Stream destination, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(destination);
+        await _lifecycle.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            RequireSnapshotState();
+            using var writer = new SnapshotWriter(destination, leaveOpen: true);
+            MachineSnapshot.Write(writer, _config, _machine, BackendSelection);
+            writer.Complete();
+        }
+        finally
+        {
+            _lifecycle.Release();
+        }
+    }
+
+    /// <summary>
+    /// Restores the VM saved in <paramref name="path"/>. It comes back <see cref="VirtualMachineState.Paused"/>, exactly
+    /// where it was: <see cref="ResumeAsync"/> (or <see cref="StartAsync"/>, or <see cref="RunAsync"/>) continues it.
+    /// Guest memory is mapped copy-on-write from the file and read only as the guest touches it, so a restore costs no
+    /// more than the pages the guest uses, and VMs restored from one file share the pages none of them wrote.
+    /// </summary>
+    /// <param name="path">The snapshot file.</param>
+    /// <param name="configure">
+    /// Adds what lives on the host and is not in a snapshot, in the order the original VM added it: the serial console's
+    /// output, disks (<c>WithVirtioBlock</c>: the same image, or an overlay of the same base), networks
+    /// (<c>WithVirtioNet</c>), your own devices; and may choose the backend. The machine's shape (memory, vCPUs,
+    /// controllers, where each device sits) comes from the snapshot and is checked against what you add.
+    /// </param>
+    /// <param name="cancellationToken">Cancels the restore.</param>
+    /// <exception cref="FileNotFoundException">There is no file at <paramref name="path"/>.</exception>
+    /// <exception cref="SnapshotFormatException">The file is not a snapshot this build reads, or a section is corrupt; the message names it.</exception>
+    /// <exception cref="InvalidOperationException">
+    /// The snapshot does not fit what was configured (a missing or different device, a disk of another size) or the
+    /// backend (a CPUID feature the guest was offered that this backend does not offer); the message says what differs.
+    /// </exception>
+    public static async Task<VirtualMachine> RestoreAsync(string path, Func<VirtualMachineBuilder, VirtualMachineBuilder>? configure = null, CancellationToken cancellationToken = default)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        using var reader = SnapshotReader.Open(path);
+        var source = MachineSnapshot.Open(reader);
+        var builder = new VirtualMachineBuilder(MachineSnapshot.BaseConfiguration(source.Description));
+        builder = configure?.Invoke(builder) ?? builder;
+        var config = MachineSnapshot.Reconcile(builder.Configuration, source.Description) with { Restore = source };
+        var vm = VirtualMachineBuilder.BuildFrom(config);
+        try
+        {
+            MachineSnapshot.CheckDevices(source.Description, vm._machine);
+            MachineSnapshot.CheckCpuid(source.Description, vm._machine, vm.BackendSelection);
+            cancellationToken.ThrowIfCancellationRequested();
+            MachineSnapshot.Restore(reader, vm._machine, vm.BackendSelection);
+            vm._restoredNotStarted = true;
+            vm.SetState(VirtualMachineState.Paused);
+            return vm;
+        }
+        catch
+        {
+            await vm.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    private void RequireSnapshotState()
+    {
+        ThrowIfDisposed();
+        if (State == VirtualMachineState.Running)
+        {
+            throw new InvalidOperationException($"The VM '{Name}' is running; pause it (PauseAsync) or stop it before saving a snapshot.");
+        }
+    }
+}

@@ -1,0 +1,203 @@
+using Virt.Boot;
+using Virt.Devices;
+using Virt.Testing;
+using Xunit;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace Virt.Sdk.Tests.Snapshots;
+
+/// <summary>A flat guest saved mid-loop continues from the snapshot in a new VM, on the same backend and on the other one.</summary>
+public sealed class FlatSnapshotTests
+{
+    private const ulong Load = 0x100000;
+    private const ulong Counter = 0x50000;
+    private const ushort GatePort = 0x91;
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    /// <summary>A port the guest polls until the test opens it; it says when the guest has polled it often enough.</summary>
+    private sealed class Gate(bool open) : IPortIoDevice
+    {
+        private int _reads;
+
+        public TaskCompletionSource Polled { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public void Read(ushort offset, Span<byte> data)
+        {
+            data.Clear();
+            data[0] = open ? (byte)1 : (byte)0;
+            if (Interlocked.Increment(ref _reads) == 100)
+            {
+                Polled.TrySetResult();
+            }
+        }
+
+        public void Write(ushort offset, ReadOnlySpan<byte> data)
+        {
+        }
+    }
+
+    /// <summary>
+    /// Counts to <paramref name="first"/>, polls the gate port until it opens (counting polls in R8), counts on to
+    /// <paramref name="total"/> keeping the count in memory too, and exits with 7.
+    /// </summary>
+    private static byte[] Program(ulong first, ulong total) => GuestProgram.Assemble(64, Load, a =>
+    {
+        var one = a.CreateLabel();
+        var wait = a.CreateLabel();
+        var two = a.CreateLabel();
+        a.xor(ecx, ecx);
+        a.xor(r8d, r8d);
+        a.Label(ref one);
+        a.inc(rcx);
+        a.mov(rax, first);
+        a.cmp(rcx, rax);
+        a.jb(one);
+        a.mov(dx, GatePort);
+        a.Label(ref wait);
+        a.inc(r8);
+        a.@in(al, dx);
+        a.test(al, al);
+        a.jz(wait);
+        a.Label(ref two);
+        a.inc(rcx);
+        a.mov(__qword_ptr[Counter], rcx);
+        a.mov(rax, total);
+        a.cmp(rcx, rax);
+        a.jb(two);
+        a.mov(dx, VirtualMachineBuilder.DefaultDebugExitPort);
+        a.mov(al, 7);
+        a.@out(dx, al);
+        a.hlt();
+    });
+
+    private const ulong First = 1_000, Total = 20_000;
+
+    public static TheoryData<string, string> Pairs() => new()
+    {
+        { "interpreter", "interpreter" }, { "kvm", "kvm" }, { "kvm", "interpreter" }, { "interpreter", "kvm" },
+    };
+
+    private static VirtualMachineBuilder Builder(string backend, Gate gate) => FlatGuestVm.Builder(backend)
+        .WithDebugExit()
+        .WithPortIoDevice(GatePort, 1, gate, "gate");
+
+    [Theory]
+    [MemberData(nameof(Pairs))]
+    public async Task Guest_saved_while_polling_a_port_finishes_in_a_restored_vm(string from, string to)
+    {
+        using var dir = new TempDirectory();
+        string path = Path.Combine(dir.Path, "flat.snap");
+        var gate = new Gate(open: false);
+        var builder = Builder(from, gate);
+        if (to != from)
+        {
+            // A guest that is to move between backends is offered only what both offer.
+            builder = CommonCpuid.Mask(builder, from, to);
+        }
+
+        ulong polls;
+        await using (var vm = builder.WithFlatBinary(Program(First, Total), new GuestAddress(Load)).WithEntryPoint(new GuestAddress(Load), StartMode.Long64).Build())
+        {
+            await vm.StartAsync(Ct);
+            await gate.Polled.Task.WaitAsync(TimeSpan.FromMinutes(2), Ct);
+            await vm.PauseAsync(Ct);
+            var regs = vm.GetRegisters(0);
+            Assert.Equal(First, regs.Rcx);
+            polls = regs.R8;
+            Assert.True(polls >= 100, $"paused after {polls} polls");
+            await vm.SaveSnapshotAsync(path, Ct);
+            await vm.StopAsync(Ct);
+        }
+
+        var openGate = new Gate(open: true);
+        await using var restored = await VirtualMachine.RestoreAsync(path, b => (to == "kvm" ? b.WithKvm() : b.WithInterpreter()).WithPortIoDevice(GatePort, 1, openGate, "gate"), Ct);
+        Assert.Equal(VirtualMachineState.Paused, restored.State);
+        Assert.Equal(to, restored.BackendSelection.Name);
+        Assert.Equal(polls, restored.GetRegisters(0).R8);
+        var exit = await restored.RunAsync(Ct);
+        Assert.True(exit.Reason == StopReason.DebugExit && exit.ExitCode == 7, exit.Description);
+        var end = restored.GetRegisters(0);
+        Assert.Equal(Total, end.Rcx);
+        Assert.Equal(polls + 1, end.R8); // one more poll, the one the open gate answered: none was repeated or lost
+        Assert.Equal(Total, restored.Memory.Read<ulong>(new GuestAddress(Counter)));
+    }
+
+    [Fact]
+    public async Task A_restore_with_other_devices_than_the_saved_vm_is_refused_naming_them()
+    {
+        using var dir = new TempDirectory();
+        string path = Path.Combine(dir.Path, "flat.snap");
+        var gate = new Gate(open: true);
+        await using (var vm = Builder("interpreter", gate).WithFlatBinary(Program(10, 20), new GuestAddress(Load)).WithEntryPoint(new GuestAddress(Load), StartMode.Long64).Build())
+        {
+            await vm.SaveSnapshotAsync(path, Ct);
+        }
+
+        var ex = await Assert.ThrowsAsync<InvalidOperationException>(() => VirtualMachine.RestoreAsync(path, b => b.WithInterpreter(), Ct));
+        Assert.Contains("'gate'", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Saving_a_running_vm_is_refused_with_what_to_do()
+    {
+        using var dir = new TempDirectory();
+        await using var vm = Builder("interpreter", new Gate(open: false)).WithFlatBinary(Program(10, 20), new GuestAddress(Load)).WithEntryPoint(new GuestAddress(Load), StartMode.Long64).Build();
+        await vm.StartAsync(Ct);
+        var ex = await Assert.ThrowsAsync<InvalidOperationException>(() => vm.SaveSnapshotAsync(Path.Combine(dir.Path, "x.snap"), Ct));
+        Assert.Contains("PauseAsync", ex.Message, StringComparison.Ordinal);
+        await vm.StopAsync(Ct);
+    }
+}
+
+/// <summary>Masks the CPUID features one backend offers and another does not, so a guest can move between them.</summary>
+internal static class CommonCpuid
+{
+    public static VirtualMachineBuilder Mask(VirtualMachineBuilder builder, string a, string b)
+    {
+        var offeredA = Offered(a);
+        var offeredB = Offered(b);
+        foreach (var (function, index, register) in MachineDescriptionView.FeatureRegisters)
+        {
+            uint onlyOne = Word(offeredA, function, index, register) ^ Word(offeredB, function, index, register);
+            for (int bit = 0; bit < 32; bit++)
+            {
+                if ((onlyOne & (1u << bit)) != 0)
+                {
+                    builder = builder.WithoutCpuidFeature(new Virt.Cpu.CpuidFeature(function, index, register, bit));
+                }
+            }
+        }
+
+        return builder;
+    }
+
+    private static IReadOnlyList<Virt.Cpu.CpuidEntry> Offered(string backend)
+    {
+        using var memory = Virt.Memory.GuestMemory.CreateRam(1 << 20);
+        using var partition = BackendSelector.Create(backend == "kvm" ? BackendKind.Kvm : BackendKind.Interpreter).CreatePartition(memory, new Virt.Cpu.PartitionOptions());
+        return [.. partition.SupportedCpuid];
+    }
+
+    private static uint Word(IReadOnlyList<Virt.Cpu.CpuidEntry> cpuid, uint function, uint index, Virt.Cpu.CpuidRegister register)
+    {
+        var e = cpuid.FirstOrDefault(c => c.Function == function && ((c.Flags & Virt.Cpu.CpuidEntry.SignificantIndex) == 0 || c.Index == index));
+        return register switch
+        {
+            Virt.Cpu.CpuidRegister.Eax => e.Eax,
+            Virt.Cpu.CpuidRegister.Ebx => e.Ebx,
+            Virt.Cpu.CpuidRegister.Ecx => e.Ecx,
+            _ => e.Edx,
+        };
+    }
+}
+
+/// <summary>The feature registers a snapshot compares (as in the SDK's machine description).</summary>
+internal static class MachineDescriptionView
+{
+    public static readonly (uint Function, uint Index, Virt.Cpu.CpuidRegister Register)[] FeatureRegisters =
+    [
+        (1, 0, Virt.Cpu.CpuidRegister.Ecx), (1, 0, Virt.Cpu.CpuidRegister.Edx), (7, 0, Virt.Cpu.CpuidRegister.Ebx), (7, 0, Virt.Cpu.CpuidRegister.Ecx),
+        (7, 0, Virt.Cpu.CpuidRegister.Edx), (0x8000_0001, 0, Virt.Cpu.CpuidRegister.Ecx), (0x8000_0001, 0, Virt.Cpu.CpuidRegister.Edx),
+    ];
+}
