@@ -238,8 +238,10 @@ public sealed partial class VirtualMachine : IAsyncDisposable
         try
         {
             ThrowIfDisposed();
-            if (State == VirtualMachineState.Created)
+            if (State == VirtualMachineState.Created || _restoredNotStarted)
             {
+                // No vCPU thread runs yet (a new VM, or one restored and not resumed): nothing to wait for.
+                _restoredNotStarted = false;
                 var exit = new VirtualMachineExit { Reason = StopReason.StoppedByHost, Description = "stopped by the host before it started" };
                 _pendingExit = exit;
                 SetState(VirtualMachineState.Stopped);
@@ -338,7 +340,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
         await _lifecycle.WaitAsync().ConfigureAwait(false);
         try
         {
-            if (State is VirtualMachineState.Running or VirtualMachineState.Paused)
+            if ((State is VirtualMachineState.Running or VirtualMachineState.Paused) && !_restoredNotStarted)
             {
                 RequestStop(new VirtualMachineExit { Reason = StopReason.StoppedByHost, Description = "stopped because the VM was disposed" });
                 await _exit.Task.ConfigureAwait(false);
