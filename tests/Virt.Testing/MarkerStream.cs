@@ -55,6 +55,7 @@ public sealed class MarkerStream(string marker, bool keep = true) : Stream
             if (keep)
             {
                 _all.Write(buffer);
+                CheckWaiters();
             }
 
             if (Seen.Task.IsCompleted)
@@ -70,6 +71,44 @@ public sealed class MarkerStream(string marker, bool keep = true) : Stream
             else if (_tail.Length > 4096)
             {
                 _tail.Remove(0, _tail.Length - Marker.Length);
+            }
+        }
+    }
+
+    private readonly List<(string Text, TaskCompletionSource Done)> _waiters = [];
+
+    /// <summary>Completes when <paramref name="text"/> has been written (now or before); needs <c>keep</c>.</summary>
+    public Task WaitForAsync(string text, CancellationToken cancellationToken)
+    {
+        if (!keep)
+        {
+            throw new InvalidOperationException("WaitForAsync needs a MarkerStream that keeps its text.");
+        }
+
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_all)
+        {
+            _waiters.Add((text, done));
+            CheckWaiters();
+        }
+
+        return done.Task.WaitAsync(cancellationToken);
+    }
+
+    private void CheckWaiters()
+    {
+        if (_waiters.Count == 0)
+        {
+            return;
+        }
+
+        string all = Encoding.UTF8.GetString(_all.GetBuffer(), 0, (int)_all.Length);
+        for (int i = _waiters.Count - 1; i >= 0; i--)
+        {
+            if (all.Contains(_waiters[i].Text, StringComparison.Ordinal))
+            {
+                _waiters[i].Done.TrySetResult();
+                _waiters.RemoveAt(i);
             }
         }
     }

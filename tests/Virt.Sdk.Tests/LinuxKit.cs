@@ -1,0 +1,20 @@
+using Virt.Testing;
+
+namespace Virt.Sdk.Tests;
+
+/// <summary>The Linux guest kit (scripts/get-linux-guest.sh) and the appliance builders the tests share.</summary>
+internal static class LinuxKit
+{
+    public static readonly string Kernel = Path.Combine(RepositoryPaths.LinuxGuestKit, "vmlinuz");
+
+    public static readonly string Initrd = Path.Combine(RepositoryPaths.LinuxGuestKit, "initramfs.cpio.gz");
+
+    /// <summary>A 256 MiB appliance on the interpreter whose /init starts an interactive shell on the serial console.</summary>
+    public static VirtualMachineBuilder Interactive(Stream console) => VirtualMachine.CreateBuilder()
+        .WithInterpreter()
+        .WithMemoryMiB(256)
+        .WithLinuxKernel(Kernel)
+        .WithInitrd(Initrd)
+        .WithKernelCommandLine("quiet")
+        .WithSerialConsole(console);
+}
