@@ -44,6 +44,9 @@ internal sealed class AssembledMachine
     /// <summary>Everything the machine owns, released together.</summary>
     public required MachineResources Resources { get; init; }
 
+    /// <summary>The virtio-mmio transports, in the order their devices were added (quiesced while a snapshot is saved).</summary>
+    public required IReadOnlyList<Virt.Devices.Virtio.VirtioMmioTransport> Transports { get; init; }
+
     /// <summary>The devices that save and restore their own state, in the order a snapshot writes and restores them.</summary>
     public required IReadOnlyList<Snapshots.IPersistentState> PersistentDevices { get; init; }
 }
