@@ -238,8 +238,11 @@ public sealed partial class VirtualMachine : IAsyncDisposable
         try
         {
             ThrowIfDisposed();
-            if (State == VirtualMachineState.Created)
+
+            // A restored VM is paused before any vCPU thread exists: nothing would answer a stop request.
+            if (State == VirtualMachineState.Created || _restoredNotStarted)
             {
+                _restoredNotStarted = false;
                 var exit = new VirtualMachineExit { Reason = StopReason.StoppedByHost, Description = "stopped by the host before it started" };
                 _pendingExit = exit;
                 SetState(VirtualMachineState.Stopped);
@@ -338,7 +341,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
         await _lifecycle.WaitAsync().ConfigureAwait(false);
         try
         {
-            if (State is VirtualMachineState.Running or VirtualMachineState.Paused)
+            if ((State is VirtualMachineState.Running or VirtualMachineState.Paused) && !_restoredNotStarted)
             {
                 RequestStop(new VirtualMachineExit { Reason = StopReason.StoppedByHost, Description = "stopped because the VM was disposed" });
                 await _exit.Task.ConfigureAwait(false);
