@@ -53,6 +53,9 @@ internal sealed partial class InterpreterVcpu
             throw new ArgumentException($"The state holds MSRs the interpreter does not have ({string.Join(", ", unknown)}).", nameof(state));
         }
 
+        // The partition's interrupt platform, clock included, is restored before its vCPUs: count time from the
+        // restored clock, so the TSC and its deadline below are taken against it and guest time runs on from there.
+        RebaseClock();
         SetSpecialRegisters(state.Special);
         SetGeneralRegisters(state.General);
         SetXsaveState(state.Xsave);
@@ -61,6 +64,7 @@ internal sealed partial class InterpreterVcpu
         _pendingIrq = e.InterruptInjected || e.InterruptPending ? e.InterruptVector : -1;
         _interruptShadow = e.InterruptShadow != 0;
         _halted = state.Halted && _plat is not null;
+        RebaseClock();
     }
 
     /// <summary>
