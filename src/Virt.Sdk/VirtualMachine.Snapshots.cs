@@ -24,7 +24,7 @@ public sealed partial class VirtualMachine
         try
         {
             RequireSnapshotState();
-            await QuiesceDevicesAsync(cancellationToken).ConfigureAwait(false);
+            await _machine.QuiesceDevicesAsync(cancellationToken).ConfigureAwait(false);
             try
             {
                 using (var writer = SnapshotWriter.Create(partial))
@@ -35,7 +35,7 @@ public sealed partial class VirtualMachine
             }
             finally
             {
-                ResumeDevices();
+                _machine.ResumeDevices();
             }
 
             File.Move(partial, path, overwrite: true);
@@ -61,7 +61,7 @@ public sealed partial class VirtualMachine
         try
         {
             RequireSnapshotState();
-            await QuiesceDevicesAsync(cancellationToken).ConfigureAwait(false);
+            await _machine.QuiesceDevicesAsync(cancellationToken).ConfigureAwait(false);
             try
             {
                 using var writer = new SnapshotWriter(destination, leaveOpen: true);
@@ -70,7 +70,7 @@ public sealed partial class VirtualMachine
             }
             finally
             {
-                ResumeDevices();
+                _machine.ResumeDevices();
             }
         }
         finally
@@ -130,31 +130,6 @@ public sealed partial class VirtualMachine
         {
             await vm.DisposeAsync().ConfigureAwait(false);
             throw;
-        }
-    }
-
-    /// <summary>
-    /// Brings every virtio device to rest: no request half done, every completion in the used ring with its interrupt,
-    /// disk images flushed. Resumes them all again if one fails or the wait is cancelled.
-    /// </summary>
-    private async Task QuiesceDevicesAsync(CancellationToken cancellationToken)
-    {
-        try
-        {
-            await Task.WhenAll(_machine.Transports.Select(t => t.QuiesceAsync(cancellationToken))).ConfigureAwait(false);
-        }
-        catch
-        {
-            ResumeDevices();
-            throw;
-        }
-    }
-
-    private void ResumeDevices()
-    {
-        foreach (var transport in _machine.Transports)
-        {
-            transport.Resume();
         }
     }
 
