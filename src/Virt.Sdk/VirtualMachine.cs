@@ -241,10 +241,9 @@ public sealed partial class VirtualMachine : IAsyncDisposable
         try
         {
             ThrowIfDisposed();
-
-            // A restored VM is paused before any vCPU thread exists: nothing would answer a stop request.
             if (State == VirtualMachineState.Created || _restoredNotStarted)
             {
+                // No vCPU thread runs yet (a new VM, or one restored and not resumed): nothing to wait for.
                 _restoredNotStarted = false;
                 var exit = new VirtualMachineExit { Reason = StopReason.StoppedByHost, Description = "stopped by the host before it started" };
                 _pendingExit = exit;

@@ -139,6 +139,27 @@ public sealed class FlatSnapshotTests
     }
 
     [Fact]
+    public async Task A_restored_vm_that_never_ran_stops_and_disposes_at_once()
+    {
+        using var dir = new TempDirectory();
+        string path = Path.Combine(dir.Path, "flat.snap");
+        await using (var vm = Builder("interpreter", new Gate(open: true)).WithFlatBinary(Program(10, 20), new GuestAddress(Load)).WithEntryPoint(new GuestAddress(Load), StartMode.Long64).Build())
+        {
+            await vm.SaveSnapshotAsync(path, Ct);
+        }
+
+        await using (var restored = await VirtualMachine.RestoreAsync(path, b => b.WithInterpreter().WithPortIoDevice(GatePort, 1, new Gate(open: true), "gate"), Ct))
+        {
+            var exit = await restored.StopAsync(Ct).WaitAsync(TimeSpan.FromSeconds(30), Ct);
+            Assert.Equal(StopReason.StoppedByHost, exit.Reason);
+            Assert.Equal(VirtualMachineState.Stopped, restored.State);
+        }
+
+        var disposed = await VirtualMachine.RestoreAsync(path, b => b.WithInterpreter().WithPortIoDevice(GatePort, 1, new Gate(open: true), "gate"), Ct);
+        await disposed.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(30), Ct);
+    }
+
+    [Fact]
     public async Task Saving_a_running_vm_is_refused_with_what_to_do()
     {
         using var dir = new TempDirectory();
