@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using Virt.Devices.Virtio;
+using Virt.Snapshots;
 
 namespace Virt.Network;
 
@@ -32,7 +33,12 @@ public sealed record VirtioNetOptions
 /// offload (completed in software). It offers no receive offloads and no segmentation offloads: the backend
 /// seam carries plain Ethernet frames, so nothing could honour them.
 /// </summary>
-public sealed class VirtioNetDevice : VirtioDevice
+/// <remarks>
+/// Snapshots: the device holds no frame between requests (a frame arriving without a receive buffer, or while the
+/// transport is quiesced, is dropped, as on a wire), so its state is the MAC address the guest read and the link
+/// state. A restore needs a device with the same MAC address; the link state comes from the snapshot.
+/// </remarks>
+public sealed class VirtioNetDevice : VirtioDevice, IPersistentState
 {
     internal const ulong FeatureCsum = 1UL << 0;
     internal const ulong FeatureMac = 1UL << 5;
@@ -134,6 +140,49 @@ public sealed class VirtioNetDevice : VirtioDevice
     public override void WriteConfig(int offset, ReadOnlySpan<byte> data)
     {
         // Every field is read-only for a virtio 1.x driver (the MAC is writable only through the control queue).
+    }
+
+    /// <summary>The device's part of a snapshot section: <c>virtio-net</c>.</summary>
+    public string StateName => "virtio-net";
+
+    /// <summary>The layout <see cref="SaveState"/> writes: 1.</summary>
+    public int StateVersion => 1;
+
+    /// <summary>Writes the MAC address and the link state.</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="writer"/> is null.</exception>
+    public void SaveState(StateWriter writer)
+    {
+        ArgumentNullException.ThrowIfNull(writer);
+        Span<byte> mac = stackalloc byte[6];
+        Mac.CopyTo(mac);
+        writer.WriteBytes(mac);
+        writer.WriteBoolean(LinkUp);
+    }
+
+    /// <summary>Checks the MAC address and takes the saved link state (without telling the guest: it saw that state).</summary>
+    /// <exception cref="SnapshotFormatException">The data is corrupt, or the snapshot's NIC had another MAC address.</exception>
+    public void RestoreState(ref StateReader reader, int version)
+    {
+        if (version != StateVersion)
+        {
+            throw reader.UnsupportedVersion(version, StateVersion);
+        }
+
+        var macBytes = reader.ReadBytes("mac", 6);
+        bool linkUp = reader.ReadBoolean("link up");
+        reader.EnsureEnd();
+        if (macBytes.Length != 6)
+        {
+            throw new SnapshotFormatException(reader.Section, "mac", $"has {macBytes.Length} bytes; a MAC address has 6.");
+        }
+
+        var mac = MacAddress.FromBytes(macBytes);
+        if (mac != Mac)
+        {
+            throw new SnapshotFormatException(reader.Section, "mac", $"is {mac}, but the NIC given to the restore has {Mac}; restore with the same MAC address.");
+        }
+
+        BinaryPrimitives.WriteUInt16LittleEndian(_config.AsSpan(6), linkUp ? StatusLinkUp : (ushort)0);
     }
 
     /// <summary>Waits for a frame being delivered under the old activation, so none lands in guest buffers after the reset.</summary>

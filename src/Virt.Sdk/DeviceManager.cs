@@ -152,13 +152,11 @@ internal sealed class DeviceManager
             {
                 var context = new DeviceContext(placement, null, $"The virtio-mmio transport of '{spec.Name}' drives its interrupt line; signal the driver with VirtioDeviceContext.SignalUsed.", memory, partition.HasInterruptController, factory, resources);
                 var device = spec.Create(context) as IVirtioDevice ?? throw new ArgumentException($"The factory of virtio device '{spec.Name}' returned null; return a new IVirtioDevice.");
-                var transport = new VirtioMmioTransport(device, memory, line!, virtioLogger);
-                Mmio.Register(placement.MmioAddress!.Value, placement.MmioSize, transport, $"{spec.Name} #{virtioIndex++}");
+                var window = placement.MmioAddress!.Value;
+                var transport = new VirtioMmioTransport(device, memory, line!, virtioLogger) { StateName = $"virtio-mmio@0x{window.Value:x}" };
+                Mmio.Register(window, placement.MmioSize, transport, $"{spec.Name} #{virtioIndex++}");
                 _transports.Add(transport);
-                if ((object)transport is Snapshots.IPersistentState transportState)
-                {
-                    _persistent.Add(transportState);
-                }
+                _persistent.Add(transport);
 
                 continue;
             }

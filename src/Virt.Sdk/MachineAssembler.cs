@@ -62,6 +62,7 @@ internal static class MachineAssembler
                 StopRequests = stop,
                 Resources = resources,
                 PersistentDevices = persistent,
+                Transports = devices.Transports,
             };
         }
         catch

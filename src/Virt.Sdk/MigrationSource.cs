@@ -13,6 +13,7 @@ internal static class MigrationSource
         var clock = Stopwatch.StartNew();
         var sender = new MigrationSender(destination, machine.Memory);
         bool pausedHere = false;
+        bool quiesced = false;
         try
         {
             await sender.WriteHeaderAsync(cancellationToken).ConfigureAwait(false);
@@ -52,6 +53,9 @@ internal static class MigrationSource
                 pausedAt = clock.Elapsed;
             }
 
+            // Requests the devices already took complete (writing guest memory) before the last copy and the state.
+            await machine.QuiesceDevicesAsync(cancellationToken).ConfigureAwait(false);
+            quiesced = true;
             long pagesBefore = sender.PagesSent;
             if (preCopy)
             {
@@ -84,6 +88,11 @@ internal static class MigrationSource
         catch (Exception e)
         {
             await sender.TryAbortAsync(e is OperationCanceledException ? "the source cancelled the migration" : $"the source failed: {e.Message}").ConfigureAwait(false);
+            if (quiesced)
+            {
+                machine.ResumeDevices();
+            }
+
             if (pausedHere && vm.State == VirtualMachineState.Paused)
             {
                 await vm.ResumeAsync(CancellationToken.None).ConfigureAwait(false);

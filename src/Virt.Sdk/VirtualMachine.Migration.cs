@@ -11,9 +11,9 @@ public sealed partial class VirtualMachine
     /// <summary>
     /// Sends this VM to <paramref name="destination"/>, where <see cref="ReceiveMigrationAsync"/> rebuilds it. While
     /// the guest runs, memory is copied in rounds (all of it, then what the guest wrote meanwhile) until little is
-    /// left; then the guest is paused, the last pages and the machine state are sent, and this VM stays
-    /// <see cref="VirtualMachineState.Paused"/>: dispose it once the destination runs, or resume it if the destination
-    /// failed. Copying while the guest runs needs <see cref="VirtualMachineBuilder.WithDirtyPageTracking"/>; without it
+    /// left; then the guest is paused, its virtio devices are quiesced (requests they took complete), the last pages
+    /// and the machine state are sent, and this VM stays <see cref="VirtualMachineState.Paused"/> with its devices
+    /// quiesced: dispose it once the destination runs, or resume it (devices included) if the destination failed. Copying while the guest runs needs <see cref="VirtualMachineBuilder.WithDirtyPageTracking"/>; without it
     /// the guest is paused for the whole copy. See docs/snapshots.md.
     /// </summary>
     /// <param name="destination">A writable stream; nothing else may write to it meanwhile.</param>

@@ -11,7 +11,8 @@ public sealed partial class VirtualMachine
     /// <summary>
     /// Saves the whole VM to <paramref name="path"/>: every vCPU's state, the interrupt controllers and clock, every
     /// device's state and guest memory (zero pages as holes). The VM must be paused (or created, or stopped); it stays
-    /// as it is. The file is written next to <paramref name="path"/> first and moved into place when complete, so a
+    /// as it is. Virtio devices are quiesced first (requests they already took complete, disk images are flushed) and
+    /// resume when the snapshot is written, or failed. The file is written next to <paramref name="path"/> first and moved into place when complete, so a
     /// crash never leaves half a snapshot under that name. See docs/snapshots.md.
     /// </summary>
     /// <exception cref="InvalidOperationException">The VM is running: pause it first.</exception>
@@ -23,10 +24,18 @@ public sealed partial class VirtualMachine
         try
         {
             RequireSnapshotState();
-            using (var writer = SnapshotWriter.Create(partial))
+            await _machine.QuiesceDevicesAsync(cancellationToken).ConfigureAwait(false);
+            try
             {
-                MachineSnapshot.Write(writer, _config, _machine, BackendSelection);
-                writer.Complete();
+                using (var writer = SnapshotWriter.Create(partial))
+                {
+                    MachineSnapshot.Write(writer, _config, _machine, BackendSelection);
+                    writer.Complete();
+                }
+            }
+            finally
+            {
+                _machine.ResumeDevices();
             }
 
             File.Move(partial, path, overwrite: true);
@@ -52,9 +61,17 @@ public sealed partial class VirtualMachine
         try
         {
             RequireSnapshotState();
-            using var writer = new SnapshotWriter(destination, leaveOpen: true);
-            MachineSnapshot.Write(writer, _config, _machine, BackendSelection);
-            writer.Complete();
+            await _machine.QuiesceDevicesAsync(cancellationToken).ConfigureAwait(false);
+            try
+            {
+                using var writer = new SnapshotWriter(destination, leaveOpen: true);
+                MachineSnapshot.Write(writer, _config, _machine, BackendSelection);
+                writer.Complete();
+            }
+            finally
+            {
+                _machine.ResumeDevices();
+            }
         }
         finally
         {
@@ -77,9 +94,12 @@ public sealed partial class VirtualMachine
     /// </param>
     /// <param name="cancellationToken">Cancels the restore.</param>
     /// <exception cref="FileNotFoundException">There is no file at <paramref name="path"/>.</exception>
-    /// <exception cref="SnapshotFormatException">The file is not a snapshot this build reads, or a section is corrupt; the message names it.</exception>
+    /// <exception cref="SnapshotFormatException">
+    /// The file is not a snapshot this build reads, a section is corrupt, or a device's saved state does not fit the
+    /// device configured for it (a disk of another size, a NIC with another MAC address); the message names the section and field.
+    /// </exception>
     /// <exception cref="InvalidOperationException">
-    /// The snapshot does not fit what was configured (a missing or different device, a disk of another size) or the
+    /// The snapshot does not fit what was configured (a missing or different device) or the
     /// backend (a CPUID feature the guest was offered that this backend does not offer); the message says what differs.
     /// </exception>
     public static async Task<VirtualMachine> RestoreAsync(string path, Func<VirtualMachineBuilder, VirtualMachineBuilder>? configure = null, CancellationToken cancellationToken = default)

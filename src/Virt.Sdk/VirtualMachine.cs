@@ -208,6 +208,9 @@ public sealed partial class VirtualMachine : IAsyncDisposable
         {
             ThrowIfDisposed();
             RequireState(VirtualMachineState.Paused, "resume");
+
+            // Virtio devices a migration left quiesced serve the guest again.
+            _machine.ResumeDevices();
             if (_restoredNotStarted)
             {
                 StartThreads();

@@ -3,6 +3,7 @@ using System.Buffers.Binary;
 using System.Text;
 using Microsoft.Extensions.Logging;
 using Virt.Devices.Virtio;
+using Virt.Snapshots;
 
 namespace Virt.Storage;
 
@@ -30,8 +31,16 @@ public sealed record VirtioBlockOptions
 /// DISCARD and WRITE_ZEROES. Requests are served off the vCPU thread, in order; a request completes (used ring
 /// and interrupt) once the backend finished it, so a completed FLUSH means every earlier write is durable.
 /// </summary>
-/// <remarks>Wrap it in a <see cref="VirtioMmioTransport"/> to give it to a VM.</remarks>
-public sealed class VirtioBlockDevice : VirtioDevice
+/// <remarks>
+/// <para>Wrap it in a <see cref="VirtioMmioTransport"/> to give it to a VM.</para>
+/// <para>
+/// Snapshots: the disk's contents stay in the backend (the caller's image file), which
+/// <see cref="QuiescedAsync"/> flushes before the snapshot is written; the device's state records the disk it was
+/// given (size, read-only, serial, queue size) so a restore with another disk is refused. Restore with the same
+/// image, unchanged since the save (or an overlay of the same base).
+/// </para>
+/// </remarks>
+public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
 {
     internal const ulong FeatureSegMax = 1UL << 2;
     internal const ulong FeatureReadOnly = 1UL << 5;
@@ -127,6 +136,72 @@ public sealed class VirtioBlockDevice : VirtioDevice
     public override void WriteConfig(int offset, ReadOnlySpan<byte> data)
     {
         // Only the writeback byte is writable, and only with CONFIG_WCE, which is not offered.
+    }
+
+    /// <summary>Flushes the backend, so the image holds every write the guest saw completed before the snapshot.</summary>
+    /// <exception cref="IOException">The flush failed.</exception>
+    public override async ValueTask QuiescedAsync(CancellationToken cancellationToken)
+    {
+        if (!_backend.IsReadOnly)
+        {
+            await _backend.FlushAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>The device's part of a snapshot section: <c>virtio-blk</c>.</summary>
+    public string StateName => "virtio-blk";
+
+    /// <summary>The layout <see cref="SaveState"/> writes: 1.</summary>
+    public int StateVersion => 1;
+
+    /// <summary>Writes the disk's description as the guest saw it: capacity in sectors, read-only, serial, queue size.</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="writer"/> is null.</exception>
+    public void SaveState(StateWriter writer)
+    {
+        ArgumentNullException.ThrowIfNull(writer);
+        writer.WriteUInt64(BinaryPrimitives.ReadUInt64LittleEndian(_config));
+        writer.WriteBoolean(IsReadOnly);
+        writer.WriteBytes(_id);
+        writer.WriteUInt16(QueueMaxSizes[0]);
+    }
+
+    /// <summary>
+    /// Checks that this device presents the disk the snapshot's guest saw (its configuration comes from the backend
+    /// and options, so nothing else is restored).
+    /// </summary>
+    /// <exception cref="SnapshotFormatException">The data is corrupt, or the disk differs (size, read-only, serial, queue size); the message names the field.</exception>
+    public void RestoreState(ref StateReader reader, int version)
+    {
+        if (version != StateVersion)
+        {
+            throw reader.UnsupportedVersion(version, StateVersion);
+        }
+
+        ulong sectors = reader.ReadUInt64("capacity");
+        bool readOnly = reader.ReadBoolean("read-only");
+        var id = reader.ReadBytes("serial", IdLength);
+        ushort queueSize = reader.ReadUInt16("queue size");
+        reader.EnsureEnd();
+        ulong ourSectors = BinaryPrimitives.ReadUInt64LittleEndian(_config);
+        if (sectors != ourSectors)
+        {
+            throw new SnapshotFormatException(reader.Section, "capacity", $"is {sectors} sectors, but the disk given to the restore has {ourSectors}; restore with the same image.");
+        }
+
+        if (readOnly != IsReadOnly)
+        {
+            throw new SnapshotFormatException(reader.Section, "read-only", $"is {readOnly}, but the disk given to the restore is {(IsReadOnly ? "read-only" : "writable")}.");
+        }
+
+        if (!id.SequenceEqual(_id))
+        {
+            throw new SnapshotFormatException(reader.Section, "serial", $"is '{Encoding.ASCII.GetString(id).TrimEnd('\0')}', but the disk given to the restore has '{Encoding.ASCII.GetString(_id).TrimEnd('\0')}'.");
+        }
+
+        if (queueSize != QueueMaxSizes[0])
+        {
+            throw new SnapshotFormatException(reader.Section, "queue size", $"is {queueSize}, but the disk given to the restore offers {QueueMaxSizes[0]} (VirtioBlockOptions.QueueSize).");
+        }
     }
 
     private static byte[] BuildConfig(long capacity, ushort queueSize)

@@ -22,6 +22,13 @@ namespace Virt.Devices.Virtio;
 /// <see cref="ArgumentException"/>, <see cref="IOException"/> or <see cref="Virt.Memory.GuestMemoryException"/>
 /// out of <see cref="Activate"/> into DEVICE_NEEDS_RESET.
 /// </para>
+/// <para>
+/// Snapshots: the transport saves and restores the virtio state (status, features, queue layouts and how far the
+/// device got in each ring). A device with state of its own (configuration the host may change, input held for the
+/// guest) also implements <see cref="Virt.Snapshots.IPersistentState"/>; the transport saves it nested in its own
+/// section and restores it before re-activating the device. Its <see cref="Virt.Snapshots.IPersistentState.StateName"/>
+/// names the device kind (<c>virtio-blk</c>); a restore refuses a snapshot whose device had another name.
+/// </para>
 /// </remarks>
 public interface IVirtioDevice
 {
@@ -63,4 +70,16 @@ public interface IVirtioDevice
     /// token is already cancelled and its queues already refuse work) and return to the initial state.
     /// </summary>
     void Reset();
+
+    /// <summary>
+    /// The transport quiesced the device for a snapshot (<see cref="VirtioMmioTransport.QuiesceAsync"/>): its queues
+    /// hand out no chain until <see cref="VirtioMmioTransport.Resume"/>, and every chain popped before is completed.
+    /// Bring the host side to rest, e.g. flush a disk image to stable storage. Nothing by default.
+    /// </summary>
+    /// <remarks>
+    /// Runs on the thread that saves the snapshot, not on a vCPU thread, and may wait for I/O. An exception fails the
+    /// save (the transport stays quiesced until resumed).
+    /// </remarks>
+    /// <param name="cancellationToken">Cancels the wait.</param>
+    ValueTask QuiescedAsync(CancellationToken cancellationToken) => ValueTask.CompletedTask;
 }

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using Virt.Snapshots;
 
 namespace Virt.Devices.Virtio;
 
@@ -8,10 +9,17 @@ namespace Virt.Devices.Virtio;
 /// a host <see cref="Stream"/>, bytes read from the stream go to the guest (<c>/dev/hvc0</c> in Linux).
 /// </summary>
 /// <remarks>
+/// <para>
 /// Input the guest has no buffers for yet is held (up to 64 KiB; the stream is not read further until the guest
 /// catches up). Dispose the device to stop reading the stream.
+/// </para>
+/// <para>
+/// Snapshots: the state is the input held for the guest (read from the stream, not yet delivered); a restored
+/// device delivers it before anything its own stream brings. Output the guest wrote before the snapshot has been
+/// given to the stream already. The port has no other state (one port, no MULTIPORT).
+/// </para>
 /// </remarks>
-public sealed class VirtioConsoleDevice : VirtioDevice, IAsyncDisposable
+public sealed class VirtioConsoleDevice : VirtioDevice, IAsyncDisposable, IPersistentState
 {
     /// <summary>Feature bit 2: the driver may write single characters to emerg_wr before the queues work.</summary>
     internal const ulong FeatureEmergencyWrite = 1UL << 2;
@@ -19,6 +27,9 @@ public sealed class VirtioConsoleDevice : VirtioDevice, IAsyncDisposable
     private const int ReceiveQueue = 0;
     private const int TransmitQueue = 1;
     private const int MaxPending = 64 * 1024;
+    private const int ReadChunk = 4096;
+    /// <summary>The most input ever held: the reader stops at <see cref="MaxPending"/> after a chunk that crossed it.</summary>
+    private const int MaxHeld = MaxPending + ReadChunk;
     private const int EmergencyWriteOffset = 8;
 
     private readonly Stream _stream;
@@ -67,6 +78,47 @@ public sealed class VirtioConsoleDevice : VirtioDevice, IAsyncDisposable
         }
     }
 
+    /// <summary>The device's part of a snapshot section: <c>virtio-console</c>.</summary>
+    public string StateName => "virtio-console";
+
+    /// <summary>The layout <see cref="SaveState"/> writes: 1.</summary>
+    public int StateVersion => 1;
+
+    /// <summary>Writes the input held for the guest.</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="writer"/> is null.</exception>
+    public void SaveState(StateWriter writer)
+    {
+        ArgumentNullException.ThrowIfNull(writer);
+        byte[] held;
+        lock (_pendingSync)
+        {
+            held = [.. _pending];
+        }
+
+        writer.WriteBytes(held);
+    }
+
+    /// <summary>Replaces the input held for the guest with the saved input; it is delivered before the stream's.</summary>
+    /// <exception cref="SnapshotFormatException">The data is corrupt (more input than the device ever holds).</exception>
+    public void RestoreState(ref StateReader reader, int version)
+    {
+        if (version != StateVersion)
+        {
+            throw reader.UnsupportedVersion(version, StateVersion);
+        }
+
+        var held = reader.ReadBytes("pending input", MaxHeld);
+        reader.EnsureEnd();
+        lock (_pendingSync)
+        {
+            _pending.Clear();
+            foreach (byte b in held)
+            {
+                _pending.Enqueue(b);
+            }
+        }
+    }
+
     /// <summary>Starts reading the host stream on the first activation; input read before it is held for the guest.</summary>
     protected override void OnActivated(VirtioDeviceContext context)
     {
@@ -100,7 +152,7 @@ public sealed class VirtioConsoleDevice : VirtioDevice, IAsyncDisposable
     private async Task ReadStreamAsync()
     {
         var token = _disposed.Token;
-        byte[] buffer = new byte[4096];
+        byte[] buffer = new byte[ReadChunk];
         while (!token.IsCancellationRequested)
         {
             int n;

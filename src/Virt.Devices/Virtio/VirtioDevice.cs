@@ -167,6 +167,14 @@ public abstract class VirtioDevice : IVirtioDevice
     }
 
     /// <summary>
+    /// The transport quiesced the device for a snapshot: no worker takes a new chain until it resumes, and every chain
+    /// taken before is completed. Override to bring host-side state to rest (flush a disk image); nothing by default.
+    /// Runs on the thread saving the snapshot and may wait for I/O.
+    /// </summary>
+    /// <param name="cancellationToken">Cancels the wait.</param>
+    public virtual ValueTask QuiescedAsync(CancellationToken cancellationToken) => ValueTask.CompletedTask;
+
+    /// <summary>
     /// Called on activation, after <see cref="Context"/> is set and before the workers are kicked: start what the
     /// device needs besides its workers (a reader of host input). Runs on a vCPU thread and must not block. An
     /// <see cref="InvalidOperationException"/>, <see cref="ArgumentException"/>, <see cref="IOException"/> or

@@ -119,7 +119,16 @@ public sealed class VirtioDeviceContext
         VirtioLog.HostIoFailed(Logger, _transport.Device.DeviceType, exception.Message, exception);
     }
 
-    internal void StopAfterError() => _stopping.Cancel();
+    internal void StopAfterError()
+    {
+        _stopping.Cancel();
+
+        // The device stops serving; a quiesce must not wait for chains it will never complete.
+        foreach (var q in Queues)
+        {
+            q.Abandon();
+        }
+    }
 
     internal void Stop()
     {

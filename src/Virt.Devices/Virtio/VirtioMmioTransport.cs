@@ -3,6 +3,7 @@ using System.Globalization;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Virt.Memory;
+using Virt.Snapshots;
 
 namespace Virt.Devices.Virtio;
 
@@ -12,10 +13,19 @@ namespace Virt.Devices.Virtio;
 /// <c>virtio_mmio.device=</c> kernel parameter (<see cref="KernelCommandLineFragment"/>).
 /// </summary>
 /// <remarks>
+/// <para>
 /// Every register access from the guest is validated. A driver that breaks the protocol or a queue puts the
 /// device into DEVICE_NEEDS_RESET (logged with the reason); nothing a guest writes makes these methods throw.
+/// </para>
+/// <para>
+/// Snapshots: <see cref="QuiesceAsync"/> brings the device to a point where no request is half done,
+/// <see cref="SaveState"/> writes the transport's registers, each queue's progress and the device's own state (if it
+/// implements <see cref="IPersistentState"/>), and <see cref="RestoreState"/> puts them back into a new transport and
+/// re-activates the device where it stopped, so the guest's driver carries on as if nothing happened. The snapshot is
+/// validated like guest input: a value no guest could have produced ends in <see cref="SnapshotFormatException"/>.
+/// </para>
 /// </remarks>
-public sealed class VirtioMmioTransport : IMmioDevice
+public sealed partial class VirtioMmioTransport : IMmioDevice, IPersistentState
 {
     /// <summary>Size of the MMIO window in bytes: registers up to 0x100, configuration space after.</summary>
     public const ulong WindowSize = 0x200;
@@ -39,6 +49,7 @@ public sealed class VirtioMmioTransport : IMmioDevice
     private uint _interruptStatus;
     private uint _configGeneration;
     private VirtioDeviceContext? _context;
+    private bool _quiesced;
 
     /// <summary>Puts <paramref name="device"/> behind a virtio-mmio register window.</summary>
     /// <param name="device">The device.</param>
@@ -394,7 +405,7 @@ public sealed class VirtioMmioTransport : IMmioDevice
         return null;
     }
 
-    private VirtioDeviceContext CreateContext()
+    private VirtioDeviceContext CreateContext(QueueProgress[]? progress = null)
     {
         var queues = new Virtqueue[_queues.Length];
         bool eventIdx = (_driverFeatures & VirtioFeatures.RingEventIdx) != 0;
@@ -404,6 +415,16 @@ public sealed class VirtioMmioTransport : IMmioDevice
             var q = _queues[i];
             queues[i] = new Virtqueue(i, q.Ready ? (ushort)q.Num : (ushort)0, new GuestAddress(q.Desc), new GuestAddress(q.Avail),
                 new GuestAddress(q.Used), _memory, eventIdx, indirect, q.Ready, NeedsReset);
+            if (progress is not null)
+            {
+                queues[i].RestoreProgress(progress[i].NextAvail, progress[i].NextUsed, progress[i].LastSignalledUsed);
+            }
+
+            if (_quiesced)
+            {
+                // Nothing was popped yet, so the pause holds at once.
+                _ = queues[i].PauseAsync();
+            }
         }
 
         return new VirtioDeviceContext(this, queues, _memory, _driverFeatures, _logger);
@@ -514,6 +535,8 @@ public sealed class VirtioMmioTransport : IMmioDevice
 
         return true;
     }
+
+    private record struct QueueProgress(ushort NextAvail, ushort NextUsed, ushort LastSignalledUsed);
 
     private struct QueueRegisters
     {

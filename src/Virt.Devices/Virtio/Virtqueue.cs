@@ -54,6 +54,9 @@ public sealed class Virtqueue
     private bool _broken;
     private string? _pendingError;
     private bool _active;
+    private bool _paused;
+    private int _inFlight;
+    private TaskCompletionSource? _idle;
 
     internal Virtqueue(int index, ushort size, GuestAddress desc, GuestAddress avail, GuestAddress used, IGuestMemory memory,
         bool eventIdx, bool indirect, bool ready, Action<string> onError)
@@ -152,7 +155,7 @@ public sealed class Virtqueue
     {
         chain = null;
         {
-            if (!_active || _broken)
+            if (!_active || _broken || _paused)
             {
                 return false;
             }
@@ -205,6 +208,7 @@ public sealed class Virtqueue
             }
 
             _nextAvail++;
+            _inFlight++;
             chain = parsed;
             return true;
         }
@@ -222,6 +226,7 @@ public sealed class Virtqueue
         lock (_sync)
         {
             _nextAvail = (ushort)(_nextAvail - count);
+            CompleteInFlightLocked(count);
         }
     }
 
@@ -262,6 +267,7 @@ public sealed class Virtqueue
             }
 
             _nextUsed++;
+            CompleteInFlightLocked(1);
 
             // The entry must be visible before the index that publishes it.
             Interlocked.MemoryBarrier();
@@ -322,8 +328,94 @@ public sealed class Virtqueue
         lock (_sync)
         {
             _active = false;
+            AbandonInFlightLocked();
         }
     }
+
+    /// <summary>Where the device stands in the rings: the next available entry it takes, the next used entry it writes, the used index of its last interrupt decision.</summary>
+    internal (ushort NextAvail, ushort NextUsed, ushort LastSignalledUsed) Progress
+    {
+        get
+        {
+            lock (_sync)
+            {
+                return (_nextAvail, _nextUsed, _lastSignalledUsed);
+            }
+        }
+    }
+
+    /// <summary>Chains popped and neither completed nor given back (0 once the queue stopped: those will never complete).</summary>
+    internal int InFlight
+    {
+        get
+        {
+            lock (_sync)
+            {
+                return _inFlight;
+            }
+        }
+    }
+
+    /// <summary>Continues from a saved <see cref="Progress"/> instead of the ring's start; only before the device is activated with the queue.</summary>
+    internal void RestoreProgress(ushort nextAvail, ushort nextUsed, ushort lastSignalledUsed)
+    {
+        lock (_sync)
+        {
+            _nextAvail = nextAvail;
+            _nextUsed = nextUsed;
+            _lastSignalledUsed = lastSignalledUsed;
+        }
+    }
+
+    /// <summary>
+    /// Stops handing out chains (pops return nothing, completions still land) and returns a task that completes once
+    /// every chain already popped is completed or given back, or the queue stopped.
+    /// </summary>
+    internal Task PauseAsync()
+    {
+        lock (_sync)
+        {
+            _paused = true;
+            if (_inFlight == 0)
+            {
+                return Task.CompletedTask;
+            }
+
+            _idle ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            return _idle.Task;
+        }
+    }
+
+    /// <summary>Hands out chains again after <see cref="PauseAsync"/>.</summary>
+    internal void Unpause()
+    {
+        lock (_sync)
+        {
+            _paused = false;
+        }
+    }
+
+    /// <summary>The activation ended with an error: chains in flight will never be completed, so nobody waits for them.</summary>
+    internal void Abandon()
+    {
+        lock (_sync)
+        {
+            AbandonInFlightLocked();
+        }
+    }
+
+    private void CompleteInFlightLocked(int count)
+    {
+        // A device that completes a chain twice must not drive the count negative and hide a later pop.
+        _inFlight = Math.Max(0, _inFlight - count);
+        if (_inFlight == 0 && _idle is { } idle)
+        {
+            _idle = null;
+            idle.TrySetResult();
+        }
+    }
+
+    private void AbandonInFlightLocked() => CompleteInFlightLocked(_inFlight);
 
     private void Break(string reason)
     {
@@ -334,6 +426,7 @@ public sealed class Virtqueue
 
         _broken = true;
         _pendingError = $"queue {Index}: {reason}";
+        AbandonInFlightLocked();
     }
 
     // The error sink takes the transport's lock; calling it outside this queue's lock keeps lock order one-way.
