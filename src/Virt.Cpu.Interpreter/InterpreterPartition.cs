@@ -134,13 +134,17 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
         }
 
         // Pages the guest writes through cached write translations are marked when the translation is
-        // made, so the vCPUs must make them again to see later writes.
+        // made, so the vCPUs must make them again to see later writes; a write through an old translation
+        // before that is on a page this log has just returned, which the caller reads after this returns.
+        InterpreterVcpu[] vcpus;
         lock (_lock)
         {
-            foreach (var v in _vcpus)
-            {
-                v.RequestWriteTlbFlush();
-            }
+            vcpus = [.. _vcpus];
+        }
+
+        foreach (var v in vcpus)
+        {
+            v.FlushWriteTranslationsAndWait();
         }
     }
 

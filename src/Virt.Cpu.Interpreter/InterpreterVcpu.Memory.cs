@@ -84,6 +84,8 @@ internal sealed unsafe partial class InterpreterVcpu
         {
             _wtlb[i].Tag = ulong.MaxValue;
         }
+
+        Interlocked.Increment(ref _writeTlbFlushes);
     }
 
     private void FlushTlbPage(ulong lin)

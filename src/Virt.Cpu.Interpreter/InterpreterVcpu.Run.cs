@@ -19,6 +19,7 @@ internal sealed partial class InterpreterVcpu
     public VcpuExit Run()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        Interlocked.Exchange(ref _executing, 1);
         try
         {
             return RunCore();
@@ -29,6 +30,10 @@ internal sealed partial class InterpreterVcpu
             _pendingIo = default;
             ClearMmioLog();
             return VcpuExit.Failure(VcpuExitReason.InternalError, Describe($"interpreter failure: {e.GetType().Name}: {e.Message}", 0));
+        }
+        finally
+        {
+            Volatile.Write(ref _executing, 0);
         }
     }
 
@@ -93,9 +98,21 @@ internal sealed partial class InterpreterVcpu
                     SyncClock();
                 }
 
-                if (_halted && WaitWhileHalted() is VcpuExit haltExit)
+                if (_halted)
                 {
-                    return haltExit;
+                    Interlocked.Exchange(ref _idle, 1);
+                    var haltExit = WaitWhileHalted();
+                    Interlocked.Exchange(ref _idle, 0);
+                    if (haltExit is VcpuExit stillHalted)
+                    {
+                        return stillHalted;
+                    }
+
+                    if (_writeTlbFlushRequested)
+                    {
+                        _writeTlbFlushRequested = false;
+                        FlushWriteTlb();
+                    }
                 }
 
                 if (_plat.Attention && (_flags & IF) != 0 && !_interruptShadow)

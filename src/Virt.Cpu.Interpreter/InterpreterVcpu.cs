@@ -117,6 +117,33 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
 
     internal void RequestWriteTlbFlush() => _writeTlbFlushRequested = true;
 
+    /// <summary>Set while <see cref="Run"/> executes on some thread.</summary>
+    private int _executing;
+
+    /// <summary>Set while a halted vCPU waits for an interrupt inside <see cref="Run"/> (it writes nothing meanwhile).</summary>
+    private int _idle;
+
+    /// <summary>Write-translation flushes so far: a collector of the dirty log waits for it to move.</summary>
+    private long _writeTlbFlushes;
+
+    /// <summary>
+    /// Drops every cached write translation before this vCPU writes guest memory again, and returns once that holds:
+    /// the vCPU has flushed, or is not executing (it flushes before it next executes), or waits halted (it flushes
+    /// when it wakes). Pages written through a translation are marked dirty only when it is made, so a dirty-log
+    /// collector calls this after taking the log: every later write then marks its page again.
+    /// </summary>
+    internal void FlushWriteTranslationsAndWait()
+    {
+        long before = Interlocked.Read(ref _writeTlbFlushes);
+        _writeTlbFlushRequested = true;
+        Interlocked.MemoryBarrier();
+        var spin = new SpinWait();
+        while (Volatile.Read(ref _executing) != 0 && Volatile.Read(ref _idle) == 0 && Interlocked.Read(ref _writeTlbFlushes) == before && !_disposed)
+        {
+            spin.SpinOnce();
+        }
+    }
+
     private void ResetState()
     {
         // Power-on state: real mode at F000:FFF0.
