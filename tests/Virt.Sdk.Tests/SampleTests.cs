@@ -80,6 +80,17 @@ public sealed class SampleTests
     }
 
     [Fact]
+    public void Snapshots_restores_two_clones_that_each_answer_their_command()
+    {
+        Assert.SkipUnless(GuestKit, "The guest kit is missing; run scripts/get-linux-guest.sh.");
+        var (code, output) = RunSample("Snapshots", "--backend", "interpreter");
+        Assert.True(code == 0, output);
+        Assert.Contains("6.1.0", output, StringComparison.Ordinal);
+        Assert.Contains("42 clones", output, StringComparison.Ordinal);
+        Assert.Contains("clone 2: restored in", output, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void ApplianceNetwork_client_fetches_the_servers_page()
     {
         Assert.SkipUnless(GuestKit, "The guest kit is missing; run scripts/get-linux-guest.sh.");

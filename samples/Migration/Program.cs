@@ -1,0 +1,239 @@
+// Migration: boots the guest kit to a shell, starts a busy loop in the guest, and moves the running VM to a second
+// process through a local socket (live migration: memory copied while the guest runs, then a short pause). The second
+// process resumes it, types a command into its shell and prints the answer.
+//
+//   bash scripts/get-linux-guest.sh
+//   dotnet run -c Release --project samples/Migration
+//   dotnet run -c Release --project samples/Migration -- --backend interpreter
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using Virt;
+
+var backend = BackendKind.Interpreter;
+int? receivePort = null;
+for (int i = 0; i < args.Length; i++)
+{
+    switch (args[i])
+    {
+        case "--backend" when i + 1 < args.Length:
+            backend = Enum.Parse<BackendKind>(args[++i], ignoreCase: true);
+            break;
+        case "--receive" when i + 1 < args.Length:
+            receivePort = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); // the second process
+            break;
+        default:
+            Console.Error.WriteLine($"unknown argument: {args[i]} (--backend interpreter|kvm|auto)");
+            return 2;
+    }
+}
+
+using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(10));
+try
+{
+    return receivePort is int port ? await ReceiveAsync(port, backend, timeout.Token) : await SendAsync(backend, timeout.Token);
+}
+catch (Exception e) when (e is InvalidOperationException or ArgumentException or IOException or SocketException or Virt.Snapshots.SnapshotFormatException or OperationCanceledException)
+{
+    Console.Error.WriteLine(e.Message);
+    return 2;
+}
+
+static async Task<int> SendAsync(BackendKind backend, CancellationToken ct)
+{
+    string kit = Path.Combine(FindRoot(), "artifacts", "linux");
+    string kernel = Path.Combine(kit, "vmlinuz");
+    string initrd = Path.Combine(kit, "initramfs.cpio.gz");
+    if (!File.Exists(kernel) || !File.Exists(initrd))
+    {
+        Console.Error.WriteLine($"No guest kit in {kit}. Run: bash scripts/get-linux-guest.sh");
+        return 2;
+    }
+
+    var console = new GuestConsole();
+    var clock = Stopwatch.StartNew();
+    await using var vm = VirtualMachine.CreateBuilder()
+        .WithName("appliance")
+        .WithBackend(backend)
+        .WithMemoryMiB(256)
+        .WithLinuxKernel(kernel)
+        .WithInitrd(initrd)
+        .WithKernelCommandLine("quiet")
+        .WithSerialConsole(console)
+        .WithDirtyPageTracking()
+        .Build();
+    await vm.StartAsync(ct);
+    await console.WaitForAsync("VIRT-INIT-READY", ct);
+    // A loop that keeps the guest busy (and writing its stack) while it moves; its pid shows it survived the move.
+    await vm.WriteToSerialConsoleAsync("(i=0; while :; do i=$((i+1)); done) & echo LOOP-$((6*7))\n"u8.ToArray(), ct);
+    await console.WaitForAsync("LOOP-42", ct);
+    Console.WriteLine($"[source] booted on {vm.BackendSelection.Name} to a busy shell in {clock.Elapsed.TotalSeconds:F1} s");
+
+    using var listener = new TcpListener(IPAddress.Loopback, 0);
+    listener.Start();
+    var receiver = StartReceiver(((IPEndPoint)listener.LocalEndpoint).Port, backend);
+    var relay = RelayAsync(receiver);
+    using (var client = await listener.AcceptTcpClientAsync(ct))
+    await using (var stream = client.GetStream())
+    {
+        var report = await vm.MigrateAsync(stream, cancellationToken: ct);
+        Console.WriteLine($"[source] sent {report.PagesSent} pages ({report.BytesSent / 1024} KiB) in {report.Rounds} rounds, "
+            + $"{report.Duration.TotalMilliseconds:F0} ms in all; the guest was paused for {report.Downtime.TotalMilliseconds:F1} ms ({report.PagesSentPaused} pages)");
+    }
+
+    await receiver.WaitForExitAsync(ct);
+    await relay;
+    Console.WriteLine($"[source] the receiving process exited with {receiver.ExitCode}");
+    return receiver.ExitCode;
+}
+
+static async Task<int> ReceiveAsync(int port, BackendKind backend, CancellationToken ct)
+{
+    using var client = new TcpClient();
+    await client.ConnectAsync(IPAddress.Loopback, port, ct);
+    await using var stream = client.GetStream();
+    var console = new GuestConsole();
+    var clock = Stopwatch.StartNew();
+    await using var vm = await VirtualMachine.ReceiveMigrationAsync(stream, b => b.WithBackend(backend).WithSerialConsole(console), ct);
+    Console.WriteLine($"[destination {Environment.ProcessId}] received and restored the VM in {clock.Elapsed.TotalMilliseconds:F0} ms (from the first byte)");
+    clock.Restart();
+    await vm.ResumeAsync(ct);
+    await vm.WriteToSerialConsoleAsync("echo MOVED-$((6*7)) $(uname -r) jobs: $(jobs | wc -l)\n"u8.ToArray(), ct);
+    await console.WaitForAsync("MOVED-42", ct);
+    await console.WaitForLineAsync("MOVED-42", ct);
+    string line = console.Text.Split('\n').Select(l => l.TrimEnd('\r')).Last(l => l.StartsWith("MOVED-42", StringComparison.Ordinal));
+    Console.WriteLine($"[destination {Environment.ProcessId}] the guest answered after {clock.Elapsed.TotalMilliseconds:F0} ms: {line}");
+    await vm.StopAsync(ct);
+    return 0;
+}
+
+static Process StartReceiver(int port, BackendKind backend)
+{
+    string self = typeof(GuestConsole).Assembly.Location;
+    var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
+    {
+        RedirectStandardOutput = true,
+        RedirectStandardError = true,
+        UseShellExecute = false,
+    };
+    psi.ArgumentList.Add(self);
+    psi.ArgumentList.Add("--receive");
+    psi.ArgumentList.Add(port.ToString(System.Globalization.CultureInfo.InvariantCulture));
+    psi.ArgumentList.Add("--backend");
+    psi.ArgumentList.Add(backend.ToString());
+    return Process.Start(psi) ?? throw new InvalidOperationException("Could not start the receiving process.");
+}
+
+static async Task RelayAsync(Process p)
+{
+    var output = Task.Run(async () =>
+    {
+        while (await p.StandardOutput.ReadLineAsync() is { } line)
+        {
+            Console.WriteLine(line);
+        }
+    });
+    var errors = Task.Run(async () =>
+    {
+        while (await p.StandardError.ReadLineAsync() is { } line)
+        {
+            Console.Error.WriteLine(line);
+        }
+    });
+    await Task.WhenAll(output, errors);
+}
+
+static string FindRoot()
+{
+    var dir = new DirectoryInfo(AppContext.BaseDirectory);
+    while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "Virt.Sdk.sln")))
+    {
+        dir = dir.Parent;
+    }
+
+    return dir?.FullName ?? Directory.GetCurrentDirectory();
+}
+
+/// <summary>A guest console kept as text, with waits for text to appear.</summary>
+internal sealed class GuestConsole : Stream
+{
+    private readonly StringBuilder _text = new();
+    private readonly List<(string Text, bool WholeLine, TaskCompletionSource Done)> _waiters = [];
+
+    public string Text
+    {
+        get
+        {
+            lock (_text)
+            {
+                return _text.ToString();
+            }
+        }
+    }
+
+    public Task WaitForAsync(string text, CancellationToken cancellationToken) => Wait(text, false, cancellationToken);
+
+    /// <summary>Waits until a line that starts with <paramref name="start"/> has ended.</summary>
+    public Task WaitForLineAsync(string start, CancellationToken cancellationToken) => Wait(start, true, cancellationToken);
+
+    private Task Wait(string text, bool wholeLine, CancellationToken cancellationToken)
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_text)
+        {
+            _waiters.Add((text, wholeLine, done));
+            Check();
+        }
+
+        return done.Task.WaitAsync(cancellationToken);
+    }
+
+    public override void Write(ReadOnlySpan<byte> buffer)
+    {
+        lock (_text)
+        {
+            _text.Append(Encoding.UTF8.GetString(buffer));
+            Check();
+        }
+    }
+
+    private void Check()
+    {
+        string all = _text.ToString();
+        _waiters.RemoveAll(w => Seen(all, w.Text, w.WholeLine) && w.Done.TrySetResult());
+    }
+
+    private static bool Seen(string all, string text, bool wholeLine)
+    {
+        if (!wholeLine)
+        {
+            return all.Contains(text, StringComparison.Ordinal);
+        }
+
+        int at = all.IndexOf("\n" + text, StringComparison.Ordinal);
+        return at >= 0 && all.IndexOf('\n', at + 1) >= 0;
+    }
+
+    public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+
+    public override bool CanRead => false;
+
+    public override bool CanSeek => false;
+
+    public override bool CanWrite => true;
+
+    public override long Length => throw new NotSupportedException();
+
+    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+
+    public override void Flush()
+    {
+    }
+
+    public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    public override void SetLength(long value) => throw new NotSupportedException();
+}
