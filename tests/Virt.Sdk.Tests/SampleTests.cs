@@ -91,6 +91,16 @@ public sealed class SampleTests
     }
 
     [Fact]
+    public void Migration_moves_a_running_appliance_to_a_second_process_that_answers()
+    {
+        Assert.SkipUnless(GuestKit, "The guest kit is missing; run scripts/get-linux-guest.sh.");
+        var (code, output) = RunSample("Migration", "--backend", "interpreter");
+        Assert.True(code == 0, output);
+        Assert.Contains("the guest was paused for", output, StringComparison.Ordinal);
+        Assert.Matches(@"\[destination \d+\] the guest answered after \d+ ms: MOVED-42 6\.1\.0", output);
+    }
+
+    [Fact]
     public void ApplianceNetwork_client_fetches_the_servers_page()
     {
         Assert.SkipUnless(GuestKit, "The guest kit is missing; run scripts/get-linux-guest.sh.");
