@@ -106,12 +106,12 @@ internal sealed unsafe partial class InterpreterVcpu
         }
     }
 
-    private int ModeKey => _bitness | (int)(_userKey << 7);
+    private int ModeKey => _cpu.Bitness | (int)(_userKey << 7);
 
     private Block GetBlock()
     {
-        ulong csBase = _bitness == 64 ? 0 : _segBase[SegCs];
-        ulong lin = _bitness == 64 ? _rip : (csBase + _rip) & 0xFFFFFFFF;
+        ulong csBase = _cpu.Bitness == 64 ? 0 : _cpu.SegBase[SegCs];
+        ulong lin = _cpu.Bitness == 64 ? _cpu.Rip : (csBase + _cpu.Rip) & 0xFFFFFFFF;
         int h = (int)(lin ^ (lin >> L1Bits)) & L1Mask;
         var b = _l1[h];
         if (b != null && b.Lin == lin && b.Valid && b.ModeKey == ModeKey && b.CsBase == csBase)
@@ -130,7 +130,7 @@ internal sealed unsafe partial class InterpreterVcpu
         }
 
         CheckCanonical(lin);
-        ulong phys = Translate(lin, AccExec, _cpl == 3);
+        ulong phys = Translate(lin, AccExec, _cpu.Cpl == 3);
         int mode = ModeKey;
         ulong key = phys | ((ulong)mode << 56);
         if (_l2.TryGetValue(key, out var b) && b.Valid && b.Lin == lin && b.CsBase == csBase)
@@ -173,8 +173,8 @@ internal sealed unsafe partial class InterpreterVcpu
         new ReadOnlySpan<byte>((void*)(host + off), avail).CopyTo(_fetch);
         var reader = new ByteArrayCodeReader(_fetch, 0, avail);
         // The decoder works in CS offsets (RIP), so next-instruction and branch-target values are RIP values.
-        ulong start = _rip;
-        var decoder = Iced.Intel.Decoder.Create(_bitness, reader, start, DecoderOptions.None);
+        ulong start = _cpu.Rip;
+        var decoder = Iced.Intel.Decoder.Create(_cpu.Bitness, reader, start, DecoderOptions.None);
         int n = 0;
         bool cacheable = true;
         while (n < MaxBlockInstructions)
@@ -190,12 +190,12 @@ internal sealed unsafe partial class InterpreterVcpu
 
                 // The first instruction crosses into the next page: fetch its tail and do not cache.
                 ulong nextLin = (lin | 0xFFF) + 1;
-                if (_bitness != 64)
+                if (_cpu.Bitness != 64)
                 {
                     nextLin &= 0xFFFFFFFF;
                 }
 
-                ulong nextPhys = Translate(nextLin, AccExec, _cpl == 3);
+                ulong nextPhys = Translate(nextLin, AccExec, _cpu.Cpl == 3);
                 nint host2 = HostPage(nextPhys & ~0xFFFUL);
                 if (host2 == 0)
                 {
@@ -204,7 +204,7 @@ internal sealed unsafe partial class InterpreterVcpu
 
                 new ReadOnlySpan<byte>((void*)host2, 16).CopyTo(_fetch.AsSpan(avail));
                 reader = new ByteArrayCodeReader(_fetch, 0, avail + 16);
-                decoder = Iced.Intel.Decoder.Create(_bitness, reader, start, DecoderOptions.None);
+                decoder = Iced.Intel.Decoder.Create(_cpu.Bitness, reader, start, DecoderOptions.None);
                 decoder.Decode(out ins);
                 cacheable = false;
                 _decodeTmp[n++] = ins;
@@ -232,7 +232,7 @@ internal sealed unsafe partial class InterpreterVcpu
         for (int i = 0; i < n; i++)
         {
             block.Instrs[i] = _decodeTmp[i];
-            block.Ops[i] = Translator.Translate(in _decodeTmp[i], _bitness);
+            block.Ops[i] = Translator.Translate(in _decodeTmp[i], _cpu.Bitness);
             block.Ops[i].Slot = i;
         }
 

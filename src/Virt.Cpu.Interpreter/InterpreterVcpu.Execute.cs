@@ -11,7 +11,7 @@ internal sealed partial class InterpreterVcpu
     private Block? _lastBlock;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private ref ulong Gpr(int r) => ref Unsafe.Add(ref Unsafe.As<GprFile, ulong>(ref _gpr), r);
+    private ref ulong Gpr(int r) => ref Unsafe.Add(ref Unsafe.As<GprFile, ulong>(ref _cpu.Gpr), r);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal ulong GetReg(int r, int size)
@@ -64,7 +64,7 @@ internal sealed partial class InterpreterVcpu
 
         if (op.AddrSize == 8)
         {
-            return ea + _segBase[op.Seg];
+            return ea + _cpu.SegBase[op.Seg];
         }
 
         return EaLegacy(ref op, ea);
@@ -73,8 +73,8 @@ internal sealed partial class InterpreterVcpu
     private ulong EaLegacy(ref Op op, ulong ea)
     {
         ea &= op.AddrSize == 4 ? 0xFFFFFFFFUL : 0xFFFFUL;
-        ulong lin = ea + _segBase[op.Seg];
-        return _bitness == 64 ? lin : lin & 0xFFFFFFFF;
+        ulong lin = ea + _cpu.SegBase[op.Seg];
+        return _cpu.Bitness == 64 ? lin : lin & 0xFFFFFFFF;
     }
 
     /// <summary>The offset (before the segment base) of the memory operand.</summary>
@@ -165,7 +165,7 @@ internal sealed partial class InterpreterVcpu
             {
                 ulong cin = CarryFlag();
                 r = (a + b + cin) & mask;
-                _lzCf = cin;
+                _cpu.LzCf = cin;
                 SetLazy(LzAdc, a, b, r, size);
                 return r;
             }
@@ -174,7 +174,7 @@ internal sealed partial class InterpreterVcpu
             {
                 ulong cin = CarryFlag();
                 r = (a - b - cin) & mask;
-                _lzCf = cin;
+                _cpu.LzCf = cin;
                 SetLazy(LzSbb, a, b, r, size);
                 return r;
             }
@@ -204,7 +204,7 @@ internal sealed partial class InterpreterVcpu
             _lastBlock = b;
         }
 
-        ulong next = _rip;
+        ulong next = _cpu.Rip;
         int i = 0;
         _stop = false;
         _notRetired = false;
@@ -257,7 +257,7 @@ internal sealed partial class InterpreterVcpu
                 {
                     ref ulong d = ref Gpr(op.R0);
                     ulong a = d;
-                    _lzCf = CarryFlag();
+                    _cpu.LzCf = CarryFlag();
                     ulong r = op.Sub == 0 ? a + 1 : a - 1;
                     d = r;
                     SetLazy(op.Sub == 0 ? LzInc : LzDec, a, 1, r, 8);
@@ -327,7 +327,7 @@ internal sealed partial class InterpreterVcpu
                     ulong cf = CarryFlag();
                     ulong r = (op.Sub == 0 ? a + 1 : a - 1) & Mask(size);
                     WriteOp0(ref op, ea, r);
-                    _lzCf = cf;
+                    _cpu.LzCf = cf;
                     SetLazy(op.Sub == 0 ? LzInc : LzDec, a, 1, r, size);
                     break;
                 }
@@ -471,7 +471,7 @@ internal sealed partial class InterpreterVcpu
             }
         }
 
-        _rip = next;
+        _cpu.Rip = next;
         return _notRetired ? i - 1 : i;
     }
 }

@@ -197,10 +197,10 @@ internal sealed unsafe partial class InterpreterVcpu
         }
 
         CheckCanonical(lin);
-        Translate(lin, AccWrite, _cpl == 3);
+        Translate(lin, AccWrite, _cpu.Cpl == 3);
         if ((lin & 0xFFF) + (ulong)size > 4096)
         {
-            Translate((lin | 0xFFF) + 1, AccWrite, _cpl == 3);
+            Translate((lin | 0xFFF) + 1, AccWrite, _cpu.Cpl == 3);
         }
     }
 
@@ -210,13 +210,13 @@ internal sealed unsafe partial class InterpreterVcpu
     private ulong ReadSlow(ulong lin, int size)
     {
         CheckCanonical(lin);
-        bool user = _cpl == 3;
+        bool user = _cpu.Cpl == 3;
         if ((lin & 0xFFF) + (ulong)size > 4096)
         {
             // Both pages must be accessible before anything is read.
             ulong p0 = Translate(lin, AccRead, user);
             ulong next = (lin | 0xFFF) + 1;
-            if (_bitness != 64)
+            if (_cpu.Bitness != 64)
             {
                 next &= 0xFFFFFFFF;
             }
@@ -254,12 +254,12 @@ internal sealed unsafe partial class InterpreterVcpu
         }
 
         CheckCanonical(lin);
-        bool user = _cpl == 3;
+        bool user = _cpu.Cpl == 3;
         if ((lin & 0xFFF) + (ulong)size > 4096)
         {
             ulong p0 = Translate(lin, AccWrite, user);
             ulong next = (lin | 0xFFF) + 1;
-            if (_bitness != 64)
+            if (_cpu.Bitness != 64)
             {
                 next &= 0xFFFFFFFF;
             }
@@ -340,7 +340,7 @@ internal sealed unsafe partial class InterpreterVcpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void CheckCanonical(ulong lin)
     {
-        if (_bitness == 64 && (ulong)(((long)lin << 16) >> 16) != lin)
+        if (_cpu.Bitness == 64 && (ulong)(((long)lin << 16) >> 16) != lin)
         {
             var f = Fault(Vectors.GP, 0);
             _nonCanonical = true;
@@ -467,25 +467,25 @@ internal sealed unsafe partial class InterpreterVcpu
     /// <summary>Translates a linear address, setting accessed/dirty bits, or throws #PF.</summary>
     internal ulong Translate(ulong lin, int access, bool user)
     {
-        if ((_cr0 & Cr0Pg) == 0)
+        if ((_cpu.Cr0 & Cr0Pg) == 0)
         {
             return lin & 0xFFFFFFFF;
         }
 
-        if ((_efer & EferLma) != 0)
+        if ((_cpu.Efer & EferLma) != 0)
         {
             return Walk64(lin, access, user);
         }
 
-        return (_cr4 & Cr4Pae) != 0 ? WalkPae(lin, access, user) : Walk32(lin, access, user);
+        return (_cpu.Cr4 & Cr4Pae) != 0 ? WalkPae(lin, access, user) : Walk32(lin, access, user);
     }
 
     private ulong Walk64(ulong lin, int access, bool user)
     {
-        bool nxe = (_efer & EferNxe) != 0;
+        bool nxe = (_cpu.Efer & EferNxe) != 0;
         ulong rsvdHigh = ~((1UL << Cpuid.PhysicalAddressBits) - 1) & ~PteNx & 0x000F_FFFF_FFFF_F000UL;
         ulong rsvdNx = nxe ? 0 : PteNx;
-        ulong table = _cr3 & PhysAddrMask;
+        ulong table = _cpu.Cr3 & PhysAddrMask;
         ulong allowed = PteRw | PteUs;
         bool nx = false;
         Span<ulong> entryAddr = stackalloc ulong[4];
@@ -542,10 +542,10 @@ internal sealed unsafe partial class InterpreterVcpu
 
     private ulong WalkPae(ulong lin, int access, bool user)
     {
-        bool nxe = (_efer & EferNxe) != 0;
+        bool nxe = (_cpu.Efer & EferNxe) != 0;
         ulong rsvdNx = nxe ? 0 : PteNx;
         ulong rsvdHigh = ~((1UL << Cpuid.PhysicalAddressBits) - 1) & ~PteNx & 0x000F_FFFF_FFFF_F000UL;
-        ulong pdpte = ReadPhysForWalk((_cr3 & 0xFFFFFFE0) + (((lin >> 30) & 3) * 8));
+        ulong pdpte = ReadPhysForWalk((_cpu.Cr3 & 0xFFFFFFE0) + (((lin >> 30) & 3) * 8));
         if ((pdpte & PteP) == 0)
         {
             throw PageFault(lin, access, user, 0);
@@ -594,7 +594,7 @@ internal sealed unsafe partial class InterpreterVcpu
     private ulong Walk32(ulong lin, int access, bool user)
     {
         lin &= 0xFFFFFFFF;
-        ulong pdeAddr = (_cr3 & 0xFFFFF000) + (((lin >> 22) & 1023) * 4);
+        ulong pdeAddr = (_cpu.Cr3 & 0xFFFFF000) + (((lin >> 22) & 1023) * 4);
         ulong pde = ReadPhysForWalk32(pdeAddr);
         if ((pde & PteP) == 0)
         {
@@ -605,7 +605,7 @@ internal sealed unsafe partial class InterpreterVcpu
         Span<ulong> entries = stackalloc ulong[2];
         entryAddr[0] = pdeAddr;
         entries[0] = pde;
-        if ((pde & PtePs) != 0 && (_cr4 & Cr4Pse) != 0)
+        if ((pde & PtePs) != 0 && (_cpu.Cr4 & Cr4Pse) != 0)
         {
             CheckRights(lin, access, user, pde, false);
             SetAccessedDirty32(entryAddr[..1], entries[..1], access == AccWrite);
@@ -630,7 +630,7 @@ internal sealed unsafe partial class InterpreterVcpu
     {
         bool ok = access switch
         {
-            AccWrite => user ? (allowed & (PteRw | PteUs)) == (PteRw | PteUs) : ((allowed & PteRw) != 0 || (_cr0 & Cr0Wp) == 0),
+            AccWrite => user ? (allowed & (PteRw | PteUs)) == (PteRw | PteUs) : ((allowed & PteRw) != 0 || (_cpu.Cr0 & Cr0Wp) == 0),
             AccExec => !nx && (!user || (allowed & PteUs) != 0),
             _ => !user || (allowed & PteUs) != 0,
         };
@@ -724,7 +724,7 @@ internal sealed unsafe partial class InterpreterVcpu
             code |= PfU;
         }
 
-        if (access == AccExec && (_efer & EferNxe) != 0)
+        if (access == AccExec && (_cpu.Efer & EferNxe) != 0)
         {
             code |= PfI;
         }

@@ -12,12 +12,12 @@ internal sealed partial class InterpreterVcpu
 
     // ---- Stack ------------------------------------------------------------------------------------
 
-    private int StackAddrSize => _bitness == 64 ? 8 : _seg[SegSs].DefaultBig ? 4 : 2;
+    private int StackAddrSize => _cpu.Bitness == 64 ? 8 : _cpu.Seg[SegSs].DefaultBig ? 4 : 2;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void Push(ulong v, int size)
     {
-        if (_bitness == 64)
+        if (_cpu.Bitness == 64)
         {
             ulong sp = Gpr(4) - (ulong)size;
             Write(sp, size, v);
@@ -30,16 +30,16 @@ internal sealed partial class InterpreterVcpu
 
     private void PushLegacy(ulong v, int size)
     {
-        if (_seg[SegSs].DefaultBig)
+        if (_cpu.Seg[SegSs].DefaultBig)
         {
             uint sp = (uint)Gpr(4) - (uint)size;
-            Write((_segBase[SegSs] + sp) & 0xFFFFFFFF, size, v);
+            Write((_cpu.SegBase[SegSs] + sp) & 0xFFFFFFFF, size, v);
             Gpr(4) = (Gpr(4) & ~0xFFFFFFFFUL) | sp;
         }
         else
         {
             ushort sp = (ushort)((ushort)Gpr(4) - size);
-            Write((_segBase[SegSs] + sp) & 0xFFFFFFFF, size, v);
+            Write((_cpu.SegBase[SegSs] + sp) & 0xFFFFFFFF, size, v);
             Gpr(4) = (Gpr(4) & ~0xFFFFUL) | sp;
         }
     }
@@ -47,7 +47,7 @@ internal sealed partial class InterpreterVcpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal ulong Pop(int size)
     {
-        if (_bitness == 64)
+        if (_cpu.Bitness == 64)
         {
             ulong sp = Gpr(4);
             ulong v = Read(sp, size);
@@ -62,12 +62,12 @@ internal sealed partial class InterpreterVcpu
 
     /// <summary>Reads the stack at SP + <paramref name="offset"/> without popping.</summary>
     private ulong Peek(ulong offset, int size) =>
-        _bitness == 64 ? Read(Gpr(4) + offset, size) : PeekLegacy(offset, size);
+        _cpu.Bitness == 64 ? Read(Gpr(4) + offset, size) : PeekLegacy(offset, size);
 
     private ulong PeekLegacy(ulong offset, int size)
     {
-        ulong sp = _seg[SegSs].DefaultBig ? (uint)(Gpr(4) + offset) : (ushort)(Gpr(4) + offset);
-        return Read((_segBase[SegSs] + sp) & 0xFFFFFFFF, size);
+        ulong sp = _cpu.Seg[SegSs].DefaultBig ? (uint)(Gpr(4) + offset) : (ushort)(Gpr(4) + offset);
+        return Read((_cpu.SegBase[SegSs] + sp) & 0xFFFFFFFF, size);
     }
 
     private void AdjustSp(long delta)
@@ -120,14 +120,14 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
-    private ulong StrLin(int seg, ulong offset) => _bitness == 64 ? _segBase[seg] + offset : (_segBase[seg] + offset) & 0xFFFFFFFF;
+    private ulong StrLin(int seg, ulong offset) => _cpu.Bitness == 64 ? _cpu.SegBase[seg] + offset : (_cpu.SegBase[seg] + offset) & 0xFFFFFFFF;
 
     /// <summary>One step of a string instruction. Returns false when a REP form must continue.</summary>
     private bool ExecString(ref Op op)
     {
         int size = op.Size;
         int asz = op.AddrSize;
-        long delta = (_flags & DF) != 0 ? -size : size;
+        long delta = (_cpu.Flags & DF) != 0 ? -size : size;
         bool rep = (op.Pfx & (Pfx.Rep | Pfx.Repne)) != 0;
         if (!rep)
         {
@@ -341,7 +341,7 @@ internal sealed partial class InterpreterVcpu
 
                 break;
             case H.Pushf:
-                if ((_flags & VM) != 0 && (_flags & IoplMask) != IoplMask)
+                if ((_cpu.Flags & VM) != 0 && (_cpu.Flags & IoplMask) != IoplMask)
                 {
                     throw Fault(Vectors.GP, 0);
                 }
@@ -358,7 +358,7 @@ internal sealed partial class InterpreterVcpu
             {
                 int ss = StackAddrSize;
                 ulong bp = StrReg(5, ss);
-                ulong v = _bitness == 64 ? Read(bp, op.Size) : Read((_segBase[SegSs] + bp) & 0xFFFFFFFF, op.Size);
+                ulong v = _cpu.Bitness == 64 ? Read(bp, op.Size) : Read((_cpu.SegBase[SegSs] + bp) & 0xFFFFFFFF, op.Size);
                 SetReg(4, ss == 2 ? 2 : ss, bp + (ulong)op.Size);
                 SetReg(5, op.Size, v);
                 break;
@@ -375,17 +375,17 @@ internal sealed partial class InterpreterVcpu
                 break;
             case H.Sahf:
                 Materialize();
-                _flags = (_flags & ~0xD5UL) | (GetReg(16, 1) & 0xD5);
+                _cpu.Flags = (_cpu.Flags & ~0xD5UL) | (GetReg(16, 1) & 0xD5);
                 break;
             case H.FlagOp:
                 Materialize();
                 switch (op.Sub)
                 {
-                    case 0: _flags &= ~CF; break;
-                    case 1: _flags |= CF; break;
-                    case 2: _flags ^= CF; break;
-                    case 3: _flags &= ~DF; break;
-                    default: _flags |= DF; break;
+                    case 0: _cpu.Flags &= ~CF; break;
+                    case 1: _cpu.Flags |= CF; break;
+                    case 2: _cpu.Flags ^= CF; break;
+                    case 3: _cpu.Flags &= ~DF; break;
+                    default: _cpu.Flags |= DF; break;
                 }
 
                 break;
@@ -395,7 +395,7 @@ internal sealed partial class InterpreterVcpu
                     throw Fault(Vectors.GP, 0);
                 }
 
-                _flags &= ~IF;
+                _cpu.Flags &= ~IF;
                 break;
             case H.Sti:
                 if (!IoplAllows())
@@ -403,12 +403,12 @@ internal sealed partial class InterpreterVcpu
                     throw Fault(Vectors.GP, 0);
                 }
 
-                if ((_flags & IF) == 0)
+                if ((_cpu.Flags & IF) == 0)
                 {
                     _interruptShadow = true;
                 }
 
-                _flags |= IF;
+                _cpu.Flags |= IF;
                 _stop = true;
                 break;
             case H.Mul:
@@ -459,7 +459,7 @@ internal sealed partial class InterpreterVcpu
                 Read(Ea(ref op), 1);
                 break;
             case H.Wait:
-                if ((_cr0 & (Cr0Mp | Cr0Ts)) == (Cr0Mp | Cr0Ts))
+                if ((_cpu.Cr0 & (Cr0Mp | Cr0Ts)) == (Cr0Mp | Cr0Ts))
                 {
                     throw Fault(Vectors.NM, 0);
                 }
@@ -484,12 +484,12 @@ internal sealed partial class InterpreterVcpu
 
     private bool IoplAllows()
     {
-        if ((_cr0 & Cr0Pe) == 0)
+        if ((_cpu.Cr0 & Cr0Pe) == 0)
         {
             return true;
         }
 
-        return _cpl <= (int)((_flags & IoplMask) >> 12);
+        return _cpu.Cpl <= (int)((_cpu.Flags & IoplMask) >> 12);
     }
 
     private void ExecXchg(ref Op op)
@@ -564,7 +564,7 @@ internal sealed partial class InterpreterVcpu
             {
                 Write(ea, 8, Gpr(3));
                 Write(ea + 8, 8, Gpr(1));
-                _flags |= ZF;
+                _cpu.Flags |= ZF;
             }
             else
             {
@@ -572,7 +572,7 @@ internal sealed partial class InterpreterVcpu
                 Write(ea + 8, 8, hi);
                 Gpr(0) = lo;
                 Gpr(2) = hi;
-                _flags &= ~ZF;
+                _cpu.Flags &= ~ZF;
             }
         }
         else
@@ -584,14 +584,14 @@ internal sealed partial class InterpreterVcpu
             if (m == cmp)
             {
                 Write(ea, 8, ((ulong)(uint)Gpr(1) << 32) | (uint)Gpr(3));
-                _flags |= ZF;
+                _cpu.Flags |= ZF;
             }
             else
             {
                 Write(ea, 8, m);
                 SetReg(0, 4, (uint)m);
                 SetReg(2, 4, m >> 32);
-                _flags &= ~ZF;
+                _cpu.Flags &= ~ZF;
             }
         }
     }
@@ -599,7 +599,7 @@ internal sealed partial class InterpreterVcpu
     private void ExecPopf(int size)
     {
         ulong v = Peek(0, size);
-        if ((_flags & VM) != 0 && (_flags & IoplMask) != IoplMask)
+        if ((_cpu.Flags & VM) != 0 && (_cpu.Flags & IoplMask) != IoplMask)
         {
             throw Fault(Vectors.GP, 0);
         }
@@ -607,11 +607,11 @@ internal sealed partial class InterpreterVcpu
         AdjustSp(size);
         Materialize();
         ulong changeable = CF | PF | AF | ZF | SF | TF | DF | OF | NT | AC | ID;
-        if ((_cr0 & Cr0Pe) == 0 || _cpl == 0)
+        if ((_cpu.Cr0 & Cr0Pe) == 0 || _cpu.Cpl == 0)
         {
             changeable |= IoplMask | IF;
         }
-        else if (_cpl <= (int)((_flags & IoplMask) >> 12))
+        else if (_cpu.Cpl <= (int)((_cpu.Flags & IoplMask) >> 12))
         {
             changeable |= IF;
         }
@@ -621,9 +621,9 @@ internal sealed partial class InterpreterVcpu
             changeable &= 0xFFFF;
         }
 
-        bool wasIf = (_flags & IF) != 0;
-        _flags = (_flags & ~changeable) | (v & changeable) | Fixed1;
-        if (!wasIf && (_flags & IF) != 0)
+        bool wasIf = (_cpu.Flags & IF) != 0;
+        _cpu.Flags = (_cpu.Flags & ~changeable) | (v & changeable) | Fixed1;
+        if (!wasIf && (_cpu.Flags & IF) != 0)
         {
             _interruptShadow = false;
         }
@@ -643,7 +643,7 @@ internal sealed partial class InterpreterVcpu
         for (int l = 1; l < level; l++)
         {
             ulong ebp = StrReg(5, ss) - (ulong)(l * size);
-            ulong v = _bitness == 64 ? Read(ebp & Mask(ss), size) : Read((_segBase[SegSs] + (ebp & Mask(ss))) & 0xFFFFFFFF, size);
+            ulong v = _cpu.Bitness == 64 ? Read(ebp & Mask(ss), size) : Read((_cpu.SegBase[SegSs] + (ebp & Mask(ss))) & 0xFFFFFFFF, size);
             Push(v, size);
         }
 
@@ -654,7 +654,7 @@ internal sealed partial class InterpreterVcpu
 
         ulong newSp = StrReg(4, ss) - alloc;
         // Touch the new top of stack so a fault leaves no partial frame (hardware checks the final RSP).
-        ulong lin = _bitness == 64 ? newSp : (_segBase[SegSs] + (newSp & Mask(ss))) & 0xFFFFFFFF;
+        ulong lin = _cpu.Bitness == 64 ? newSp : (_cpu.SegBase[SegSs] + (newSp & Mask(ss))) & 0xFFFFFFFF;
         if (alloc != 0)
         {
             ProbeWrite(lin, 1);
@@ -981,7 +981,7 @@ internal sealed partial class InterpreterVcpu
     private void SetLazyShift(ulong a, ulong r, int size, ulong cfOf)
     {
         SetLazy(LzShift, a, 0, r, size);
-        _lzCf = cfOf;
+        _cpu.LzCf = cfOf;
     }
 
     private void ExecShiftDouble(ref Op op)
@@ -1062,7 +1062,7 @@ internal sealed partial class InterpreterVcpu
                 long soff = SignExtend(off, size);
                 long unit = soff >> (size == 8 ? 6 : size == 4 ? 5 : 4);
                 ea = Ea(ref op) + (ulong)(unit * size);
-                if (_bitness != 64)
+                if (_cpu.Bitness != 64)
                 {
                     ea &= 0xFFFFFFFF;
                 }
@@ -1079,7 +1079,7 @@ internal sealed partial class InterpreterVcpu
 
         Materialize();
         ulong cf = (a >> bit) & 1;
-        _flags = (_flags & ~CF) | cf;
+        _cpu.Flags = (_cpu.Flags & ~CF) | cf;
         if (op.Sub == 0)
         {
             return;
@@ -1107,18 +1107,18 @@ internal sealed partial class InterpreterVcpu
                 if (src == 0)
                 {
                     // Zero source: the destination keeps all 64 bits (Intel and AMD hardware).
-                    _flags |= ZF;
+                    _cpu.Flags |= ZF;
                     return;
                 }
 
-                _flags &= ~ZF;
+                _cpu.Flags &= ~ZF;
                 SetReg(op.R0, size, (ulong)(op.H == H.Bsf ? BitOperations.TrailingZeroCount(src) : 63 - BitOperations.LeadingZeroCount(src)));
                 return;
             case H.Tzcnt:
             {
                 ulong r = src == 0 ? (ulong)bits : (ulong)BitOperations.TrailingZeroCount(src);
                 SetReg(op.R0, size, r);
-                _flags = (_flags & ~(CF | ZF)) | (src == 0 ? CF : 0) | (r == 0 ? ZF : 0);
+                _cpu.Flags = (_cpu.Flags & ~(CF | ZF)) | (src == 0 ? CF : 0) | (r == 0 ? ZF : 0);
                 return;
             }
 
@@ -1126,7 +1126,7 @@ internal sealed partial class InterpreterVcpu
             {
                 ulong r = (ulong)(BitOperations.LeadingZeroCount(src) - (64 - bits));
                 SetReg(op.R0, size, r);
-                _flags = (_flags & ~(CF | ZF)) | (src == 0 ? CF : 0) | (r == 0 ? ZF : 0);
+                _cpu.Flags = (_cpu.Flags & ~(CF | ZF)) | (src == 0 ? CF : 0) | (r == 0 ? ZF : 0);
                 return;
             }
 
@@ -1134,7 +1134,7 @@ internal sealed partial class InterpreterVcpu
             {
                 ulong r = (ulong)BitOperations.PopCount(src);
                 SetReg(op.R0, size, r);
-                _flags = (_flags & ~ArithFlags) | (src == 0 ? ZF : 0);
+                _cpu.Flags = (_cpu.Flags & ~ArithFlags) | (src == 0 ? ZF : 0);
                 return;
             }
         }
@@ -1190,7 +1190,7 @@ internal sealed partial class InterpreterVcpu
 
         SetReg(op.R0, size, r);
         Materialize();
-        _flags = (_flags & ~ArithFlags) | f;
+        _cpu.Flags = (_cpu.Flags & ~ArithFlags) | f;
     }
 
     private ulong ReadThird(ref Op op, int size) =>

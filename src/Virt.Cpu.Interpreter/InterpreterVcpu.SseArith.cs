@@ -154,8 +154,8 @@ internal sealed partial class InterpreterVcpu
                     ? FpCompareFlags(a.AsSingle().GetElement(0), b.AsSingle().GetElement(0), signal)
                     : FpCompareFlags(a.AsDouble().GetElement(0), b.AsDouble().GetElement(0), signal);
                 CommitSseFlags();
-                _lzOp = LzNone;
-                _flags = (_flags & ~ArithFlags) | f;
+                _cpu.LzOp = LzNone;
+                _cpu.Flags = (_cpu.Flags & ~ArithFlags) | f;
                 return true;
             }
 

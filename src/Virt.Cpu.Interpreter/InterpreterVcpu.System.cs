@@ -5,11 +5,9 @@ namespace Virt.Cpu.Interpreter;
 /// <summary>Privileged instructions, segment loads, control transfers between privilege levels, and port I/O.</summary>
 internal sealed partial class InterpreterVcpu
 {
-    private readonly ulong[] _dr = new ulong[8];
-
     private void RequireCpl0()
     {
-        if ((_cr0 & Cr0Pe) != 0 && _cpl != 0)
+        if ((_cpu.Cr0 & Cr0Pe) != 0 && _cpu.Cpl != 0)
         {
             throw Fault(Vectors.GP, 0);
         }
@@ -45,7 +43,7 @@ internal sealed partial class InterpreterVcpu
             case H.Rdtsc:
             case H.Rdtscp:
             {
-                if ((_cr4 & Cr4Tsd) != 0 && _cpl != 0 && (_cr0 & Cr0Pe) != 0)
+                if ((_cpu.Cr4 & Cr4Tsd) != 0 && _cpu.Cpl != 0 && (_cpu.Cr0 & Cr0Pe) != 0)
                 {
                     throw Fault(Vectors.GP, 0);
                 }
@@ -55,7 +53,7 @@ internal sealed partial class InterpreterVcpu
                 SetReg(2, 4, tsc >> 32);
                 if (op.H == H.Rdtscp)
                 {
-                    SetReg(1, 4, (uint)_tscAux);
+                    SetReg(1, 4, (uint)_cpu.TscAux);
                 }
 
                 break;
@@ -64,60 +62,60 @@ internal sealed partial class InterpreterVcpu
             case H.Rdpmc:
                 throw Fault(Vectors.GP, 0);
             case H.Int:
-                if ((_flags & VM) != 0 && (_flags & IoplMask) != IoplMask)
+                if ((_cpu.Flags & VM) != 0 && (_cpu.Flags & IoplMask) != IoplMask)
                 {
                     throw Fault(Vectors.GP, 0);
                 }
 
-                _rip = next;
+                _cpu.Rip = next;
                 Deliver((int)op.Imm, false, 0, software: true);
-                return _rip;
+                return _cpu.Rip;
             case H.Int3:
-                _rip = next;
+                _cpu.Rip = next;
                 Deliver(Vectors.BP, false, 0, software: true);
-                return _rip;
+                return _cpu.Rip;
             case H.Into:
-                if (_bitness == 64)
+                if (_cpu.Bitness == 64)
                 {
                     throw Fault(Vectors.UD, 0);
                 }
 
                 if (Cond(0))
                 {
-                    _rip = next;
+                    _cpu.Rip = next;
                     Deliver(Vectors.OF, false, 0, software: true);
-                    return _rip;
+                    return _cpu.Rip;
                 }
 
                 break;
             case H.Int1:
-                _rip = next;
+                _cpu.Rip = next;
                 Deliver(Vectors.DB, false, 0, software: false);
-                return _rip;
+                return _cpu.Rip;
             case H.Iret:
                 ExecIret(op.Size);
                 _stop = true;
-                return _rip;
+                return _cpu.Rip;
             case H.Syscall:
                 ExecSyscall(next);
                 _stop = true;
-                return _rip;
+                return _cpu.Rip;
             case H.Sysret:
                 ExecSysret(op.Size);
                 _stop = true;
-                return _rip;
+                return _cpu.Rip;
             case H.Sysenter:
             case H.Sysexit:
                 throw Fault(Vectors.UD, 0);
             case H.Swapgs:
-                if (_bitness != 64)
+                if (_cpu.Bitness != 64)
                 {
                     throw Fault(Vectors.UD, 0);
                 }
 
                 RequireCpl0();
-                (_seg[SegGs].Base, _kernelGsBase) = (_kernelGsBase, _seg[SegGs].Base);
-                _segBase[SegGs] = _seg[SegGs].Base;
+                (_cpu.Seg[SegGs].Base, _cpu.KernelGsBase) = (_cpu.KernelGsBase, _cpu.Seg[SegGs].Base);
+                _cpu.SegBase[SegGs] = _cpu.Seg[SegGs].Base;
                 break;
             case H.Rdmsr:
             {
@@ -151,24 +149,24 @@ internal sealed partial class InterpreterVcpu
                 RequireCpl0();
                 ulong v = op.Sub switch
                 {
-                    0 => _cr0,
-                    2 => _cr2,
-                    3 => _cr3,
-                    4 => _cr4,
-                    8 => _plat != null ? _plat.LocalController.TaskPriority >> 4 : _cr8,
+                    0 => _cpu.Cr0,
+                    2 => _cpu.Cr2,
+                    3 => _cpu.Cr3,
+                    4 => _cpu.Cr4,
+                    8 => _plat != null ? _plat.LocalController.TaskPriority >> 4 : _cpu.Cr8,
                     _ => throw Fault(Vectors.UD, 0),
                 };
-                SetReg(op.R0, _bitness == 64 ? 8 : 4, v);
+                SetReg(op.R0, _cpu.Bitness == 64 ? 8 : 4, v);
                 break;
             }
 
             case H.MovToDr:
                 RequireCpl0();
-                _dr[op.Sub & 7] = GetReg(op.R1, op.Size);
+                _cpu.Dr[op.Sub & 7] = GetReg(op.R1, op.Size);
                 break;
             case H.MovFromDr:
                 RequireCpl0();
-                SetReg(op.R0, _bitness == 64 ? 8 : 4, (op.Sub & 7) switch { 6 => _dr[6] | 0xFFFF0FF0, 7 => _dr[7] | 0x400, var d => _dr[d] });
+                SetReg(op.R0, _cpu.Bitness == 64 ? 8 : 4, (op.Sub & 7) switch { 6 => _cpu.Dr[6] | 0xFFFF0FF0, 7 => _cpu.Dr[7] | 0x400, var d => _cpu.Dr[d] });
                 break;
             case H.Lgdt:
             case H.Lidt:
@@ -176,15 +174,15 @@ internal sealed partial class InterpreterVcpu
                 RequireCpl0();
                 ulong ea = Ea(ref op);
                 ushort limit = (ushort)Read(ea, 2);
-                ulong bas = _bitness == 64 ? Read(ea + 2, 8) : Read(ea + 2, 4) & (op.Size == 2 ? 0xFFFFFFUL : 0xFFFFFFFFUL);
+                ulong bas = _cpu.Bitness == 64 ? Read(ea + 2, 8) : Read(ea + 2, 4) & (op.Size == 2 ? 0xFFFFFFUL : 0xFFFFFFFFUL);
                 var t = new DescriptorTable { Base = bas, Limit = limit };
                 if (op.H == H.Lgdt)
                 {
-                    _gdt = t;
+                    _cpu.Gdt = t;
                 }
                 else
                 {
-                    _idt = t;
+                    _cpu.Idt = t;
                 }
 
                 break;
@@ -193,11 +191,11 @@ internal sealed partial class InterpreterVcpu
             case H.Sgdt:
             case H.Sidt:
             {
-                var t = op.H == H.Sgdt ? _gdt : _idt;
+                var t = op.H == H.Sgdt ? _cpu.Gdt : _cpu.Idt;
                 ulong ea = Ea(ref op);
-                ProbeWrite(ea, _bitness == 64 ? 10 : 6);
+                ProbeWrite(ea, _cpu.Bitness == 64 ? 10 : 6);
                 Write(ea, 2, t.Limit);
-                if (_bitness == 64)
+                if (_cpu.Bitness == 64)
                 {
                     Write(ea + 2, 8, t.Base);
                 }
@@ -223,7 +221,7 @@ internal sealed partial class InterpreterVcpu
             case H.Sldt:
             {
                 RequireProtected();
-                ushort sel = op.H == H.Str ? _tr.Selector : _ldt.Selector;
+                ushort sel = op.H == H.Str ? _cpu.Tr.Selector : _cpu.Ldt.Selector;
                 if (op.K0 == OpKindX.Reg)
                 {
                     SetReg(op.R0, op.Size, sel);
@@ -245,18 +243,18 @@ internal sealed partial class InterpreterVcpu
                 RequireCpl0();
                 if (op.Sub == 0)
                 {
-                    _cr0 &= ~Cr0Ts;
+                    _cpu.Cr0 &= ~Cr0Ts;
                 }
 
                 break;
             case H.Smsw:
                 if (op.K0 == OpKindX.Reg)
                 {
-                    SetReg(op.R0, op.Size, _cr0 & Mask(op.Size));
+                    SetReg(op.R0, op.Size, _cpu.Cr0 & Mask(op.Size));
                 }
                 else
                 {
-                    Write(Ea(ref op), 2, _cr0 & 0xFFFF);
+                    Write(Ea(ref op), 2, _cpu.Cr0 & 0xFFFF);
                 }
 
                 break;
@@ -264,7 +262,7 @@ internal sealed partial class InterpreterVcpu
             {
                 RequireCpl0();
                 ulong v = ReadOp0(ref op, out _) & 0xF;
-                WriteCr(0, (_cr0 & ~0xEUL) | v | (_cr0 & Cr0Pe));
+                WriteCr(0, (_cpu.Cr0 & ~0xEUL) | v | (_cpu.Cr0 & Cr0Pe));
                 _stop = true;
                 break;
             }
@@ -289,7 +287,7 @@ internal sealed partial class InterpreterVcpu
 
             case H.MovFromSreg:
             {
-                ushort sel = _seg[op.Sub].Selector;
+                ushort sel = _cpu.Seg[op.Sub].Selector;
                 if (op.K0 == OpKindX.Reg)
                 {
                     SetReg(op.R0, op.Size, sel);
@@ -303,7 +301,7 @@ internal sealed partial class InterpreterVcpu
             }
 
             case H.PushSeg:
-                Push(_seg[op.Sub].Selector, op.Size);
+                Push(_cpu.Seg[op.Sub].Selector, op.Size);
                 break;
             case H.PopSeg:
             {
@@ -329,11 +327,11 @@ internal sealed partial class InterpreterVcpu
             case H.CallFar:
                 ExecFarTransfer(ref op, next);
                 _stop = true;
-                return _rip;
+                return _cpu.Rip;
             case H.RetFar:
                 ExecRetFar(ref op);
                 _stop = true;
-                return _rip;
+                return _cpu.Rip;
             default:
                 throw Fault(Vectors.UD, 0);
         }
@@ -343,7 +341,7 @@ internal sealed partial class InterpreterVcpu
 
     private void RequireProtected()
     {
-        if ((_cr0 & Cr0Pe) == 0 || (_flags & VM) != 0)
+        if ((_cpu.Cr0 & Cr0Pe) == 0 || (_cpu.Flags & VM) != 0)
         {
             throw Fault(Vectors.UD, 0);
         }
@@ -365,7 +363,7 @@ internal sealed partial class InterpreterVcpu
 
         long ticks = System.Diagnostics.Stopwatch.GetTimestamp() - _tscStart;
         UInt128 scaled = (UInt128)(ulong)ticks * (ulong)_tscFrequency / (ulong)System.Diagnostics.Stopwatch.Frequency;
-        return (ulong)scaled + (ulong)_tscOffset;
+        return (ulong)scaled + (ulong)_cpu.TscOffset;
     }
 
     /// <summary>MSR_PLATFORM_INFO bit 31: CPUID faulting is available.</summary>
@@ -376,7 +374,7 @@ internal sealed partial class InterpreterVcpu
 
     private void ExecCpuid()
     {
-        if ((_miscFeatures & MiscFeaturesCpuidFaulting) != 0 && _cpl > 0)
+        if ((_cpu.MiscFeatures & MiscFeaturesCpuidFaulting) != 0 && _cpu.Cpl > 0)
         {
             throw Fault(Vectors.GP, 0);
         }
@@ -413,7 +411,7 @@ internal sealed partial class InterpreterVcpu
         {
             case 0:
             {
-                if (_bitness == 64 && (v >> 32) != 0)
+                if (_cpu.Bitness == 64 && (v >> 32) != 0)
                 {
                     throw Fault(Vectors.GP, 0);
                 }
@@ -424,27 +422,27 @@ internal sealed partial class InterpreterVcpu
                     throw Fault(Vectors.GP, 0);
                 }
 
-                ulong old = _cr0;
-                if ((v & Cr0Pg) != 0 && (old & Cr0Pg) == 0 && (_efer & EferLme) != 0)
+                ulong old = _cpu.Cr0;
+                if ((v & Cr0Pg) != 0 && (old & Cr0Pg) == 0 && (_cpu.Efer & EferLme) != 0)
                 {
-                    if ((_cr4 & Cr4Pae) == 0)
+                    if ((_cpu.Cr4 & Cr4Pae) == 0)
                     {
                         throw Fault(Vectors.GP, 0);
                     }
 
-                    _efer |= EferLma;
+                    _cpu.Efer |= EferLma;
                 }
                 else if ((v & Cr0Pg) == 0 && (old & Cr0Pg) != 0)
                 {
-                    if (_bitness == 64)
+                    if (_cpu.Bitness == 64)
                     {
                         throw Fault(Vectors.GP, 0);
                     }
 
-                    _efer &= ~EferLma;
+                    _cpu.Efer &= ~EferLma;
                 }
 
-                _cr0 = v;
+                _cpu.Cr0 = v;
                 if (((old ^ v) & (Cr0Pg | Cr0Pe | Cr0Wp)) != 0)
                 {
                     FlushTlb();
@@ -455,21 +453,21 @@ internal sealed partial class InterpreterVcpu
             }
 
             case 2:
-                _cr2 = v;
+                _cpu.Cr2 = v;
                 break;
             case 3:
-                _cr3 = v;
+                _cpu.Cr3 = v;
                 FlushTlb();
                 break;
             case 4:
             {
                 const ulong allowed = Cr4Pse | Cr4Pae | Cr4Pge | Cr4OsFxsr | Cr4OsXmmExcpt | Cr4Tsd | (1UL << 3) | (1UL << 8);
-                if ((v & ~allowed) != 0 || ((_efer & EferLma) != 0 && (v & Cr4Pae) == 0))
+                if ((v & ~allowed) != 0 || ((_cpu.Efer & EferLma) != 0 && (v & Cr4Pae) == 0))
                 {
                     throw Fault(Vectors.GP, 0);
                 }
 
-                _cr4 = v;
+                _cpu.Cr4 = v;
                 FlushTlb();
                 break;
             }
@@ -480,7 +478,7 @@ internal sealed partial class InterpreterVcpu
                     throw Fault(Vectors.GP, 0);
                 }
 
-                _cr8 = v;
+                _cpu.Cr8 = v;
                 if (_plat != null)
                 {
                     // CR8 is the local APIC's task priority class.
@@ -503,23 +501,23 @@ internal sealed partial class InterpreterVcpu
         v = index switch
         {
             MsrIndex.Tsc => ReadTsc(),
-            MsrIndex.ApicBase => _apicBase,
-            MsrIndex.SysenterCs => _sysenterCs,
-            MsrIndex.SysenterEsp => _sysenterEsp,
-            MsrIndex.SysenterEip => _sysenterEip,
-            MsrIndex.MiscEnable => _miscEnable,
-            MsrIndex.Pat => _pat,
-            MsrIndex.Efer => _efer,
-            MsrIndex.Star => _star,
-            MsrIndex.Lstar => _lstar,
-            MsrIndex.Cstar => _cstar,
-            MsrIndex.Fmask => _fmask,
-            MsrIndex.FsBase => _seg[SegFs].Base,
-            MsrIndex.GsBase => _seg[SegGs].Base,
-            MsrIndex.KernelGsBase => _kernelGsBase,
-            MsrIndex.TscAux => _tscAux,
+            MsrIndex.ApicBase => _cpu.ApicBase,
+            MsrIndex.SysenterCs => _cpu.SysenterCs,
+            MsrIndex.SysenterEsp => _cpu.SysenterEsp,
+            MsrIndex.SysenterEip => _cpu.SysenterEip,
+            MsrIndex.MiscEnable => _cpu.MiscEnable,
+            MsrIndex.Pat => _cpu.Pat,
+            MsrIndex.Efer => _cpu.Efer,
+            MsrIndex.Star => _cpu.Star,
+            MsrIndex.Lstar => _cpu.Lstar,
+            MsrIndex.Cstar => _cpu.Cstar,
+            MsrIndex.Fmask => _cpu.Fmask,
+            MsrIndex.FsBase => _cpu.Seg[SegFs].Base,
+            MsrIndex.GsBase => _cpu.Seg[SegGs].Base,
+            MsrIndex.KernelGsBase => _cpu.KernelGsBase,
+            MsrIndex.TscAux => _cpu.TscAux,
             MsrIndex.PlatformInfo => PlatformInfoCpuidFaulting,
-            MsrIndex.MiscFeaturesEnables => _miscFeatures,
+            MsrIndex.MiscFeaturesEnables => _cpu.MiscFeatures,
             _ => ulong.MaxValue,
         };
         return v != ulong.MaxValue || index is MsrIndex.Star or MsrIndex.Lstar or MsrIndex.Cstar or MsrIndex.Fmask
@@ -539,14 +537,14 @@ internal sealed partial class InterpreterVcpu
         switch (index)
         {
             case MsrIndex.Tsc:
-                _tscOffset = (long)(v - (ReadTsc() - (ulong)_tscOffset));
+                _cpu.TscOffset = (long)(v - (ReadTsc() - (ulong)_cpu.TscOffset));
                 return true;
-            case MsrIndex.ApicBase: _apicBase = v; return true;
-            case MsrIndex.SysenterCs: _sysenterCs = v; return true;
-            case MsrIndex.SysenterEsp: _sysenterEsp = v; return true;
-            case MsrIndex.SysenterEip: _sysenterEip = v; return true;
-            case MsrIndex.MiscEnable: _miscEnable = v; return true;
-            case MsrIndex.Pat: _pat = v; return true;
+            case MsrIndex.ApicBase: _cpu.ApicBase = v; return true;
+            case MsrIndex.SysenterCs: _cpu.SysenterCs = v; return true;
+            case MsrIndex.SysenterEsp: _cpu.SysenterEsp = v; return true;
+            case MsrIndex.SysenterEip: _cpu.SysenterEip = v; return true;
+            case MsrIndex.MiscEnable: _cpu.MiscEnable = v; return true;
+            case MsrIndex.Pat: _cpu.Pat = v; return true;
             case MsrIndex.Efer:
             {
                 const ulong allowed = EferSce | EferLme | EferLma | EferNxe;
@@ -558,20 +556,20 @@ internal sealed partial class InterpreterVcpu
                 if (fromGuest)
                 {
                     // LMA is read-only for the guest; LME cannot change while paging is on.
-                    v = (v & ~EferLma) | (_efer & EferLma);
-                    if ((_cr0 & Cr0Pg) != 0 && ((v ^ _efer) & EferLme) != 0)
+                    v = (v & ~EferLma) | (_cpu.Efer & EferLma);
+                    if ((_cpu.Cr0 & Cr0Pg) != 0 && ((v ^ _cpu.Efer) & EferLme) != 0)
                     {
                         return false;
                     }
                 }
 
-                _efer = v;
+                _cpu.Efer = v;
                 UpdateMode();
                 FlushTlb();
                 return true;
             }
 
-            case MsrIndex.Star: _star = v; return true;
+            case MsrIndex.Star: _cpu.Star = v; return true;
             case MsrIndex.Lstar:
             case MsrIndex.Cstar:
                 if (!IsCanonical(v))
@@ -581,15 +579,15 @@ internal sealed partial class InterpreterVcpu
 
                 if (index == MsrIndex.Lstar)
                 {
-                    _lstar = v;
+                    _cpu.Lstar = v;
                 }
                 else
                 {
-                    _cstar = v;
+                    _cpu.Cstar = v;
                 }
 
                 return true;
-            case MsrIndex.Fmask: _fmask = v & 0xFFFFFFFF; return true;
+            case MsrIndex.Fmask: _cpu.Fmask = v & 0xFFFFFFFF; return true;
             case MsrIndex.FsBase:
             case MsrIndex.GsBase:
             case MsrIndex.KernelGsBase:
@@ -600,21 +598,21 @@ internal sealed partial class InterpreterVcpu
 
                 if (index == MsrIndex.FsBase)
                 {
-                    _seg[SegFs].Base = v;
-                    _segBase[SegFs] = v;
+                    _cpu.Seg[SegFs].Base = v;
+                    _cpu.SegBase[SegFs] = v;
                 }
                 else if (index == MsrIndex.GsBase)
                 {
-                    _seg[SegGs].Base = v;
-                    _segBase[SegGs] = v;
+                    _cpu.Seg[SegGs].Base = v;
+                    _cpu.SegBase[SegGs] = v;
                 }
                 else
                 {
-                    _kernelGsBase = v;
+                    _cpu.KernelGsBase = v;
                 }
 
                 return true;
-            case MsrIndex.TscAux: _tscAux = v & 0xFFFFFFFF; return true;
+            case MsrIndex.TscAux: _cpu.TscAux = v & 0xFFFFFFFF; return true;
             case MsrIndex.PlatformInfo:
                 // Read-only for the guest; the host may write back the value it read (snapshots).
                 return !fromGuest && v == PlatformInfoCpuidFaulting;
@@ -624,7 +622,7 @@ internal sealed partial class InterpreterVcpu
                     return false;
                 }
 
-                _miscFeatures = v;
+                _cpu.MiscFeatures = v;
                 return true;
             default:
                 return false;
@@ -637,7 +635,7 @@ internal sealed partial class InterpreterVcpu
     private ulong ReadSystem(ulong lin, int size)
     {
         // Descriptor tables and the TSS have 64-bit bases in IA-32e mode, compatibility mode included.
-        if ((_efer & EferLma) == 0)
+        if ((_cpu.Efer & EferLma) == 0)
         {
             lin &= 0xFFFFFFFF;
         }
@@ -659,7 +657,7 @@ internal sealed partial class InterpreterVcpu
     private void WriteSystem(ulong lin, int size, ulong v)
     {
         // Descriptor tables and the TSS have 64-bit bases in IA-32e mode, compatibility mode included.
-        if ((_efer & EferLma) == 0)
+        if ((_cpu.Efer & EferLma) == 0)
         {
             lin &= 0xFFFFFFFF;
         }
@@ -674,18 +672,18 @@ internal sealed partial class InterpreterVcpu
         uint limit;
         if ((sel & 4) != 0)
         {
-            if (_ldt.Unusable || !_ldt.Present)
+            if (_cpu.Ldt.Unusable || !_cpu.Ldt.Present)
             {
                 throw Fault(vector, (uint)(sel & 0xFFFC));
             }
 
-            tableBase = _ldt.Base;
-            limit = _ldt.Limit;
+            tableBase = _cpu.Ldt.Base;
+            limit = _cpu.Ldt.Limit;
         }
         else
         {
-            tableBase = _gdt.Base;
-            limit = _gdt.Limit;
+            tableBase = _cpu.Gdt.Base;
+            limit = _cpu.Gdt.Limit;
         }
 
         ulong off = (ulong)(sel & 0xFFF8);
@@ -724,35 +722,35 @@ internal sealed partial class InterpreterVcpu
 
     private void LoadDataSegment(int seg, ushort sel)
     {
-        if ((_cr0 & Cr0Pe) == 0 || (_flags & VM) != 0)
+        if ((_cpu.Cr0 & Cr0Pe) == 0 || (_cpu.Flags & VM) != 0)
         {
-            _seg[seg].Selector = sel;
-            _seg[seg].Base = (ulong)sel << 4;
-            _segBase[seg] = _bitness == 64 && seg < SegFs ? 0 : (ulong)sel << 4;
+            _cpu.Seg[seg].Selector = sel;
+            _cpu.Seg[seg].Base = (ulong)sel << 4;
+            _cpu.SegBase[seg] = _cpu.Bitness == 64 && seg < SegFs ? 0 : (ulong)sel << 4;
             return;
         }
 
         int rpl = sel & 3;
         if ((sel & 0xFFFC) == 0)
         {
-            if (seg == SegSs && !(_bitness == 64 && _cpl != 3 && rpl == _cpl))
+            if (seg == SegSs && !(_cpu.Bitness == 64 && _cpu.Cpl != 3 && rpl == _cpu.Cpl))
             {
                 throw Fault(Vectors.GP, 0);
             }
 
-            _seg[seg] = new SegmentRegister { Selector = sel, Unusable = true, Dpl = (byte)_cpl };
+            _cpu.Seg[seg] = new SegmentRegister { Selector = sel, Unusable = true, Dpl = (byte)_cpu.Cpl };
             if (seg == SegSs)
             {
-                _seg[seg].DefaultBig = true;
+                _cpu.Seg[seg].DefaultBig = true;
             }
 
             if (seg >= SegFs)
             {
-                _segBase[seg] = 0;
+                _cpu.SegBase[seg] = 0;
             }
             else
             {
-                _segBase[seg] = 0;
+                _cpu.SegBase[seg] = 0;
             }
 
             return;
@@ -770,7 +768,7 @@ internal sealed partial class InterpreterVcpu
 
         if (seg == SegSs)
         {
-            if (rpl != _cpl || s.Dpl != _cpl || !writable)
+            if (rpl != _cpu.Cpl || s.Dpl != _cpu.Cpl || !writable)
             {
                 throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
             }
@@ -782,7 +780,7 @@ internal sealed partial class InterpreterVcpu
         }
         else
         {
-            if (!readable || (!conforming && (s.Dpl < _cpl || s.Dpl < rpl)))
+            if (!readable || (!conforming && (s.Dpl < _cpu.Cpl || s.Dpl < rpl)))
             {
                 throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
             }
@@ -794,8 +792,8 @@ internal sealed partial class InterpreterVcpu
         }
 
         s.Type |= 1;
-        _seg[seg] = s;
-        _segBase[seg] = _bitness == 64 && seg < SegFs ? 0 : s.Base;
+        _cpu.Seg[seg] = s;
+        _cpu.SegBase[seg] = _cpu.Bitness == 64 && seg < SegFs ? 0 : s.Base;
     }
 
     private void LoadTr(ushort sel)
@@ -817,22 +815,22 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.NP, (uint)(sel & 0xFFFC));
         }
 
-        if ((_efer & EferLma) != 0)
+        if ((_cpu.Efer & EferLma) != 0)
         {
-            s.Base |= ReadSystem(_gdt.Base + (ulong)(sel & 0xFFF8) + 8, 4) << 32;
+            s.Base |= ReadSystem(_cpu.Gdt.Base + (ulong)(sel & 0xFFF8) + 8, 4) << 32;
         }
 
         // Mark busy in the descriptor and in the register.
-        WriteSystem(_gdt.Base + (ulong)(sel & 0xFFF8) + 5, 1, (d >> 40 & 0xFF) | 2);
+        WriteSystem(_cpu.Gdt.Base + (ulong)(sel & 0xFFF8) + 5, 1, (d >> 40 & 0xFF) | 2);
         s.Type |= 2;
-        _tr = s;
+        _cpu.Tr = s;
     }
 
     private void LoadLdt(ushort sel)
     {
         if ((sel & 0xFFFC) == 0)
         {
-            _ldt = new SegmentRegister { Selector = sel, Unusable = true };
+            _cpu.Ldt = new SegmentRegister { Selector = sel, Unusable = true };
             return;
         }
 
@@ -853,12 +851,12 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.NP, (uint)(sel & 0xFFFC));
         }
 
-        if ((_efer & EferLma) != 0)
+        if ((_cpu.Efer & EferLma) != 0)
         {
-            s.Base |= ReadSystem(_gdt.Base + (ulong)(sel & 0xFFF8) + 8, 4) << 32;
+            s.Base |= ReadSystem(_cpu.Gdt.Base + (ulong)(sel & 0xFFF8) + 8, 4) << 32;
         }
 
-        _ldt = s;
+        _cpu.Ldt = s;
     }
 
     /// <summary>Loads CS for a far transfer to a code segment (no gates), checking privilege.</summary>
@@ -898,7 +896,7 @@ internal sealed partial class InterpreterVcpu
 
     private void SetCs(in SegmentRegister cs)
     {
-        _seg[SegCs] = cs;
+        _cpu.Seg[SegCs] = cs;
         UpdateMode();
     }
 
@@ -908,7 +906,7 @@ internal sealed partial class InterpreterVcpu
         ushort sel;
         if (op.Sub == 0)
         {
-            if (_bitness == 64)
+            if (_cpu.Bitness == 64)
             {
                 throw Fault(Vectors.UD, 0);
             }
@@ -924,36 +922,36 @@ internal sealed partial class InterpreterVcpu
         }
 
         int size = op.Size;
-        if ((_cr0 & Cr0Pe) == 0 || (_flags & VM) != 0)
+        if ((_cpu.Cr0 & Cr0Pe) == 0 || (_cpu.Flags & VM) != 0)
         {
             if (op.H == H.CallFar)
             {
-                Push(_seg[SegCs].Selector, size);
+                Push(_cpu.Seg[SegCs].Selector, size);
                 Push(next, size);
             }
 
-            var cs = _seg[SegCs];
+            var cs = _cpu.Seg[SegCs];
             cs.Selector = sel;
             cs.Base = (ulong)sel << 4;
             SetCs(cs);
-            _rip = target & Mask(size);
+            _cpu.Rip = target & Mask(size);
             return;
         }
 
         int rpl = sel & 3;
-        var ncs = CheckCodeSegment(sel, _cpl);
-        if ((ncs.Type & 4) == 0 && rpl > _cpl)
+        var ncs = CheckCodeSegment(sel, _cpu.Cpl);
+        if ((ncs.Type & 4) == 0 && rpl > _cpu.Cpl)
         {
             throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
         }
 
         if (op.H == H.CallFar)
         {
-            int psize = _bitness == 64 && size == 8 ? 8 : size;
+            int psize = _cpu.Bitness == 64 && size == 8 ? 8 : size;
             ulong oldSp = Gpr(4);
             try
             {
-                Push(_seg[SegCs].Selector, psize);
+                Push(_cpu.Seg[SegCs].Selector, psize);
                 Push(next, psize);
             }
             catch
@@ -964,7 +962,7 @@ internal sealed partial class InterpreterVcpu
         }
 
         SetCs(ncs);
-        _rip = _bitness == 64 ? target : target & Mask(size);
+        _cpu.Rip = _cpu.Bitness == 64 ? target : target & Mask(size);
     }
 
     private void ExecRetFar(ref Op op)
@@ -972,29 +970,29 @@ internal sealed partial class InterpreterVcpu
         int size = op.Size2;
         ulong rip = Peek(0, size);
         ushort sel = (ushort)Peek((ulong)size, size);
-        if ((_cr0 & Cr0Pe) == 0 || (_flags & VM) != 0)
+        if ((_cpu.Cr0 & Cr0Pe) == 0 || (_cpu.Flags & VM) != 0)
         {
             AdjustSp((2 * size) + (long)op.Imm);
-            var cs = _seg[SegCs];
+            var cs = _cpu.Seg[SegCs];
             cs.Selector = sel;
             cs.Base = (ulong)sel << 4;
             SetCs(cs);
-            _rip = rip;
+            _cpu.Rip = rip;
             return;
         }
 
         int rpl = sel & 3;
-        if (rpl < _cpl)
+        if (rpl < _cpu.Cpl)
         {
             throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
         }
 
-        if (rpl == _cpl)
+        if (rpl == _cpu.Cpl)
         {
             var ncs = CheckCodeSegment(sel, rpl);
             AdjustSp((2 * size) + (long)op.Imm);
             SetCs(ncs);
-            _rip = rip;
+            _cpu.Rip = rip;
             return;
         }
 
@@ -1005,13 +1003,13 @@ internal sealed partial class InterpreterVcpu
         var ocs = CheckCodeSegment(sel, rpl);
         SetCs(ocs);
         LoadDataSegment(SegSs, ss);
-        Gpr(4) = _bitness == 64 || _seg[SegSs].DefaultBig ? (size == 8 ? sp : (uint)sp) : (Gpr(4) & ~0xFFFFUL) | (ushort)sp;
+        Gpr(4) = _cpu.Bitness == 64 || _cpu.Seg[SegSs].DefaultBig ? (size == 8 ? sp : (uint)sp) : (Gpr(4) & ~0xFFFFUL) | (ushort)sp;
         if (op.Imm != 0)
         {
             AdjustSp((long)op.Imm);
         }
 
-        _rip = rip;
+        _cpu.Rip = rip;
         NullifyDataSegmentsForOuterLevel();
     }
 
@@ -1019,14 +1017,14 @@ internal sealed partial class InterpreterVcpu
     {
         foreach (int s in new[] { SegEs, SegDs, SegFs, SegGs })
         {
-            var d = _seg[s];
+            var d = _cpu.Seg[s];
             bool conformingCode = (d.Type & 0xC) == 0xC;
-            if (!d.Unusable && d.IsCodeOrData && !conformingCode && d.Dpl < _cpl)
+            if (!d.Unusable && d.IsCodeOrData && !conformingCode && d.Dpl < _cpu.Cpl)
             {
-                _seg[s] = new SegmentRegister { Unusable = true, Selector = 0 };
-                if (_bitness != 64 || s < SegFs)
+                _cpu.Seg[s] = new SegmentRegister { Unusable = true, Selector = 0 };
+                if (_cpu.Bitness != 64 || s < SegFs)
                 {
-                    _segBase[s] = 0;
+                    _cpu.SegBase[s] = 0;
                 }
             }
         }
@@ -1041,14 +1039,14 @@ internal sealed partial class InterpreterVcpu
         ulong d = 0;
         if ((sel & 0xFFFC) != 0)
         {
-            ulong tableLimit = (sel & 4) != 0 ? (_ldt.Unusable ? 0 : _ldt.Limit) : _gdt.Limit;
-            if ((ulong)(sel & 0xFFF8) + 7 <= tableLimit && !((sel & 4) != 0 && _ldt.Unusable))
+            ulong tableLimit = (sel & 4) != 0 ? (_cpu.Ldt.Unusable ? 0 : _cpu.Ldt.Limit) : _cpu.Gdt.Limit;
+            if ((ulong)(sel & 0xFFF8) + 7 <= tableLimit && !((sel & 4) != 0 && _cpu.Ldt.Unusable))
             {
                 d = ReadDescriptor(sel);
                 var s = ParseDescriptor(d, sel);
                 bool code = (s.Type & 8) != 0;
                 bool conforming = code && (s.Type & 4) != 0;
-                bool privOk = conforming || (s.Dpl >= _cpl && s.Dpl >= (sel & 3));
+                bool privOk = conforming || (s.Dpl >= _cpu.Cpl && s.Dpl >= (sel & 3));
                 ok = op.H switch
                 {
                     H.Verr => s.IsCodeOrData && privOk && (!code || (s.Type & 2) != 0),
@@ -1066,14 +1064,14 @@ internal sealed partial class InterpreterVcpu
             }
         }
 
-        _flags = ok ? _flags | ZF : _flags & ~ZF;
+        _cpu.Flags = ok ? _cpu.Flags | ZF : _cpu.Flags & ~ZF;
     }
 
     // ---- SYSCALL / SYSRET / IRET -------------------------------------------------------------------
 
     private void ExecSyscall(ulong next)
     {
-        if ((_efer & EferSce) == 0 || (_efer & EferLma) == 0)
+        if ((_cpu.Efer & EferSce) == 0 || (_cpu.Efer & EferLma) == 0)
         {
             throw Fault(Vectors.UD, 0);
         }
@@ -1081,30 +1079,30 @@ internal sealed partial class InterpreterVcpu
         ulong flags = GetRflags() & ~RF;
         Gpr(1) = next;
         Gpr(11) = flags;
-        ushort sel = (ushort)((_star >> 32) & 0xFFFC);
+        ushort sel = (ushort)((_cpu.Star >> 32) & 0xFFFC);
         var cs = SegmentRegister.Flat(sel, code: true, longMode: true, dpl: 0);
         cs.Type = 0xB;
         var ss = SegmentRegister.Flat((ushort)(sel + 8), code: false, longMode: false, dpl: 0);
         ss.Type = 3;
-        _seg[SegSs] = ss;
-        _flags = (flags & ~_fmask & ~RF) | Fixed1;
+        _cpu.Seg[SegSs] = ss;
+        _cpu.Flags = (flags & ~_cpu.Fmask & ~RF) | Fixed1;
         SetCs(cs);
-        _rip = _bitness == 64 ? _lstar : _cstar;
-        if (_bitness != 64)
+        _cpu.Rip = _cpu.Bitness == 64 ? _cpu.Lstar : _cpu.Cstar;
+        if (_cpu.Bitness != 64)
         {
             // SYSCALL from compatibility mode enters 64-bit mode at CSTAR.
-            _rip = _cstar;
+            _cpu.Rip = _cpu.Cstar;
         }
     }
 
     private void ExecSysret(int size)
     {
-        if ((_efer & EferSce) == 0)
+        if ((_cpu.Efer & EferSce) == 0)
         {
             throw Fault(Vectors.UD, 0);
         }
 
-        if (_cpl != 0 || (_cr0 & Cr0Pe) == 0 || (_efer & EferLma) == 0)
+        if (_cpu.Cpl != 0 || (_cpu.Cr0 & Cr0Pe) == 0 || (_cpu.Efer & EferLma) == 0)
         {
             throw Fault(Vectors.GP, 0);
         }
@@ -1115,7 +1113,7 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.GP, 0);
         }
 
-        ushort baseSel = (ushort)(_star >> 48);
+        ushort baseSel = (ushort)(_cpu.Star >> 48);
         SegmentRegister cs;
         if (size == 8)
         {
@@ -1130,17 +1128,17 @@ internal sealed partial class InterpreterVcpu
         cs.Type = 0xB;
         var ss = SegmentRegister.Flat((ushort)((baseSel + 8) | 3), code: false, longMode: false, dpl: 3);
         ss.Type = 3;
-        _seg[SegSs] = ss;
+        _cpu.Seg[SegSs] = ss;
         SetRflags((Gpr(11) & 0x3C7FD7) | Fixed1);
         SetCs(cs);
-        _rip = rip;
+        _cpu.Rip = rip;
     }
 
     private void ExecIret(int size)
     {
-        if ((_cr0 & Cr0Pe) == 0 || (_flags & VM) != 0)
+        if ((_cpu.Cr0 & Cr0Pe) == 0 || (_cpu.Flags & VM) != 0)
         {
-            if ((_flags & VM) != 0 && (_flags & IoplMask) != IoplMask)
+            if ((_cpu.Flags & VM) != 0 && (_cpu.Flags & IoplMask) != IoplMask)
             {
                 throw Fault(Vectors.GP, 0);
             }
@@ -1149,24 +1147,24 @@ internal sealed partial class InterpreterVcpu
             ushort csSel = (ushort)Peek((ulong)size, size);
             ulong fl = Peek((ulong)(2 * size), size);
             AdjustSp(3 * size);
-            var cs = _seg[SegCs];
+            var cs = _cpu.Seg[SegCs];
             cs.Selector = csSel;
             cs.Base = (ulong)csSel << 4;
-            _seg[SegCs] = cs;
+            _cpu.Seg[SegCs] = cs;
             ulong keep = size == 2 ? ~0xFFFFUL : (VM | VIP | VIF);
-            ulong nf = (_flags & keep) | (fl & ~keep & 0x3F7FD5);
-            if ((_flags & VM) != 0)
+            ulong nf = (_cpu.Flags & keep) | (fl & ~keep & 0x3F7FD5);
+            if ((_cpu.Flags & VM) != 0)
             {
-                nf = (nf & ~IoplMask) | (_flags & IoplMask);
+                nf = (nf & ~IoplMask) | (_cpu.Flags & IoplMask);
             }
 
             SetRflags(nf);
             UpdateMode();
-            _rip = ip & Mask(size);
+            _cpu.Rip = ip & Mask(size);
             return;
         }
 
-        if ((_flags & NT) != 0 && (_efer & EferLma) == 0)
+        if ((_cpu.Flags & NT) != 0 && (_cpu.Efer & EferLma) == 0)
         {
             throw Fault(Vectors.GP, 0); // task return: not implemented
         }
@@ -1175,12 +1173,12 @@ internal sealed partial class InterpreterVcpu
         ushort sel = (ushort)Peek((ulong)size, size);
         ulong flags = Peek((ulong)(2 * size), size);
         int rpl = sel & 3;
-        if (rpl < _cpl)
+        if (rpl < _cpu.Cpl)
         {
             throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
         }
 
-        bool popStack = _bitness == 64 || rpl > _cpl;
+        bool popStack = _cpu.Bitness == 64 || rpl > _cpu.Cpl;
         ulong newSp = 0;
         ushort newSs = 0;
         if (popStack)
@@ -1190,13 +1188,13 @@ internal sealed partial class InterpreterVcpu
         }
 
         var ncs = CheckCodeSegment(sel, rpl);
-        if (ncs.Long && size != 8 && (_efer & EferLma) != 0)
+        if (ncs.Long && size != 8 && (_cpu.Efer & EferLma) != 0)
         {
             // IRETD to 64-bit code is allowed; the RIP is zero-extended.
         }
 
-        int oldCpl = _cpl;
-        ulong oldIopl = _flags & IoplMask;
+        int oldCpl = _cpu.Cpl;
+        ulong oldIopl = _cpu.Flags & IoplMask;
         ulong changeable = CF | PF | AF | ZF | SF | TF | DF | OF | NT | RF | AC | ID | VIF | VIP;
         if (oldCpl == 0)
         {
@@ -1213,17 +1211,17 @@ internal sealed partial class InterpreterVcpu
         }
 
         Materialize();
-        ulong nflags = (_flags & ~changeable) | (flags & changeable) | Fixed1;
-        var savedSs = _seg[SegSs];
+        ulong nflags = (_cpu.Flags & ~changeable) | (flags & changeable) | Fixed1;
+        var savedSs = _cpu.Seg[SegSs];
         SetCs(ncs);
         try
         {
             if (popStack)
             {
-                if ((newSs & 0xFFFC) == 0 && (_efer & EferLma) != 0 && rpl != 3 && ncs.Long)
+                if ((newSs & 0xFFFC) == 0 && (_cpu.Efer & EferLma) != 0 && rpl != 3 && ncs.Long)
                 {
-                    _seg[SegSs] = new SegmentRegister { Selector = newSs, Unusable = true, Dpl = (byte)rpl, DefaultBig = true };
-                    _segBase[SegSs] = 0;
+                    _cpu.Seg[SegSs] = new SegmentRegister { Selector = newSs, Unusable = true, Dpl = (byte)rpl, DefaultBig = true };
+                    _cpu.SegBase[SegSs] = 0;
                 }
                 else
                 {
@@ -1239,14 +1237,14 @@ internal sealed partial class InterpreterVcpu
         }
         catch
         {
-            _seg[SegSs] = savedSs;
-            SetCs(_seg[SegCs] with { });
+            _cpu.Seg[SegSs] = savedSs;
+            SetCs(_cpu.Seg[SegCs] with { });
             throw;
         }
 
-        _flags = nflags;
-        _lzOp = LzNone;
-        _rip = ncs.Long ? rip : rip & Mask(size == 8 ? 4 : size);
+        _cpu.Flags = nflags;
+        _cpu.LzOp = LzNone;
+        _cpu.Rip = ncs.Long ? rip : rip & Mask(size == 8 ? 4 : size);
         if (rpl > oldCpl)
         {
             NullifyDataSegmentsForOuterLevel();
@@ -1259,30 +1257,30 @@ internal sealed partial class InterpreterVcpu
 
     private void CheckIoPermission(ushort port, int size)
     {
-        if ((_cr0 & Cr0Pe) == 0)
+        if ((_cpu.Cr0 & Cr0Pe) == 0)
         {
             return;
         }
 
-        if ((_flags & VM) == 0 && _cpl <= (int)((_flags & IoplMask) >> 12))
+        if ((_cpu.Flags & VM) == 0 && _cpu.Cpl <= (int)((_cpu.Flags & IoplMask) >> 12))
         {
             return;
         }
 
         // Consult the I/O permission bitmap of the TSS.
-        if (_tr.Limit < 0x67)
+        if (_cpu.Tr.Limit < 0x67)
         {
             throw Fault(Vectors.GP, 0);
         }
 
-        ulong mapBase = ReadSystem(_tr.Base + 0x66, 2);
+        ulong mapBase = ReadSystem(_cpu.Tr.Base + 0x66, 2);
         ulong byteOff = mapBase + (ulong)(port >> 3);
-        if (byteOff + 1 > _tr.Limit)
+        if (byteOff + 1 > _cpu.Tr.Limit)
         {
             throw Fault(Vectors.GP, 0);
         }
 
-        ulong bitsWord = ReadSystem(_tr.Base + byteOff, 2);
+        ulong bitsWord = ReadSystem(_cpu.Tr.Base + byteOff, 2);
         ulong need = ((1UL << size) - 1) << (port & 7);
         if ((bitsWord & need) != 0)
         {
@@ -1345,7 +1343,7 @@ internal sealed partial class InterpreterVcpu
             return op.Next;
         }
 
-        bool down = (_flags & DF) != 0;
+        bool down = (_cpu.Flags & DF) != 0;
         int reg = op.H == H.Outs ? 6 : 7;
         int seg = op.H == H.Outs ? op.Seg : SegEs;
         ulong off = StrReg(reg, asz);
@@ -1419,7 +1417,7 @@ internal sealed partial class InterpreterVcpu
             case PendingIoKind.Ins:
             {
                 int asz = p.AddrSize;
-                long delta = (_flags & DF) != 0 ? -p.Size : p.Size;
+                long delta = (_cpu.Flags & DF) != 0 ? -p.Size : p.Size;
                 for (int k = 0; k < p.Count; k++)
                 {
                     ulong v = 0;
