@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using Virt.X86;
 
 namespace Virt.Cpu.Interpreter;
 
@@ -37,12 +38,11 @@ internal sealed unsafe partial class InterpreterVcpu
     private const ulong TlbMask = TlbSize - 1;
     private const int MmioLogSize = 8;
 
-    // Page-table entry bits.
-    private const ulong PteP = 1, PteRw = 2, PteUs = 4, PteA = 0x20, PteD = 0x40, PtePs = 0x80;
-    private const ulong PteNx = 1UL << 63;
-
-    // #PF error code bits.
-    private const uint PfP = 1, PfW = 2, PfU = 4, PfRsvd = 8, PfI = 16;
+    // Page-table entry and #PF error code bits, short for the walker (values: Virt.X86).
+    private const ulong PteP = (ulong)PageFlags.Present, PteRw = (ulong)PageFlags.Writable, PteUs = (ulong)PageFlags.User,
+        PteA = (ulong)PageFlags.Accessed, PteD = (ulong)PageFlags.Dirty, PtePs = (ulong)PageFlags.PageSize, PteNx = (ulong)PageFlags.NoExecute;
+    private const uint PfP = (uint)PageFaultErrorCode.Present, PfW = (uint)PageFaultErrorCode.Write, PfU = (uint)PageFaultErrorCode.User,
+        PfRsvd = (uint)PageFaultErrorCode.ReservedBit, PfI = (uint)PageFaultErrorCode.InstructionFetch;
 
     private const int AccRead = 0, AccWrite = 1, AccExec = 2;
 
@@ -467,22 +467,22 @@ internal sealed unsafe partial class InterpreterVcpu
     /// <summary>Translates a linear address, setting accessed/dirty bits, or throws #PF.</summary>
     internal ulong Translate(ulong lin, int access, bool user)
     {
-        if ((_cpu.Cr0 & Cr0Pg) == 0)
+        if ((_cpu.Cr0 & Cr0.Paging) == 0)
         {
             return lin & 0xFFFFFFFF;
         }
 
-        if ((_cpu.Efer & EferLma) != 0)
+        if ((_cpu.Efer & Efer.LongModeActive) != 0)
         {
             return Walk64(lin, access, user);
         }
 
-        return (_cpu.Cr4 & Cr4Pae) != 0 ? WalkPae(lin, access, user) : Walk32(lin, access, user);
+        return (_cpu.Cr4 & Cr4.Pae) != 0 ? WalkPae(lin, access, user) : Walk32(lin, access, user);
     }
 
     private ulong Walk64(ulong lin, int access, bool user)
     {
-        bool nxe = (_cpu.Efer & EferNxe) != 0;
+        bool nxe = (_cpu.Efer & Efer.NoExecuteEnable) != 0;
         ulong rsvdHigh = ~((1UL << Cpuid.PhysicalAddressBits) - 1) & ~PteNx & 0x000F_FFFF_FFFF_F000UL;
         ulong rsvdNx = nxe ? 0 : PteNx;
         ulong table = _cpu.Cr3 & PhysAddrMask;
@@ -542,7 +542,7 @@ internal sealed unsafe partial class InterpreterVcpu
 
     private ulong WalkPae(ulong lin, int access, bool user)
     {
-        bool nxe = (_cpu.Efer & EferNxe) != 0;
+        bool nxe = (_cpu.Efer & Efer.NoExecuteEnable) != 0;
         ulong rsvdNx = nxe ? 0 : PteNx;
         ulong rsvdHigh = ~((1UL << Cpuid.PhysicalAddressBits) - 1) & ~PteNx & 0x000F_FFFF_FFFF_F000UL;
         ulong pdpte = ReadPhysForWalk((_cpu.Cr3 & 0xFFFFFFE0) + (((lin >> 30) & 3) * 8));
@@ -605,7 +605,7 @@ internal sealed unsafe partial class InterpreterVcpu
         Span<ulong> entries = stackalloc ulong[2];
         entryAddr[0] = pdeAddr;
         entries[0] = pde;
-        if ((pde & PtePs) != 0 && (_cpu.Cr4 & Cr4Pse) != 0)
+        if ((pde & PtePs) != 0 && (_cpu.Cr4 & Cr4.Pse) != 0)
         {
             CheckRights(lin, access, user, pde, false);
             SetAccessedDirty32(entryAddr[..1], entries[..1], access == AccWrite);
@@ -630,7 +630,7 @@ internal sealed unsafe partial class InterpreterVcpu
     {
         bool ok = access switch
         {
-            AccWrite => user ? (allowed & (PteRw | PteUs)) == (PteRw | PteUs) : ((allowed & PteRw) != 0 || (_cpu.Cr0 & Cr0Wp) == 0),
+            AccWrite => user ? (allowed & (PteRw | PteUs)) == (PteRw | PteUs) : ((allowed & PteRw) != 0 || (_cpu.Cr0 & Cr0.WriteProtect) == 0),
             AccExec => !nx && (!user || (allowed & PteUs) != 0),
             _ => !user || (allowed & PteUs) != 0,
         };
@@ -724,7 +724,7 @@ internal sealed unsafe partial class InterpreterVcpu
             code |= PfU;
         }
 
-        if (access == AccExec && (_cpu.Efer & EferNxe) != 0)
+        if (access == AccExec && (_cpu.Efer & Efer.NoExecuteEnable) != 0)
         {
             code |= PfI;
         }

@@ -1,6 +1,7 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using Iced.Intel;
+using Virt.X86;
 
 namespace Virt.Cpu.Interpreter;
 
@@ -459,7 +460,7 @@ internal sealed partial class InterpreterVcpu
                 Read(Ea(ref op), 1);
                 break;
             case H.Wait:
-                if ((_cpu.Cr0 & (Cr0Mp | Cr0Ts)) == (Cr0Mp | Cr0Ts))
+                if ((_cpu.Cr0 & (Cr0.MonitorCoprocessor | Cr0.TaskSwitched)) == (Cr0.MonitorCoprocessor | Cr0.TaskSwitched))
                 {
                     throw Fault(Vectors.NM, 0);
                 }
@@ -484,7 +485,7 @@ internal sealed partial class InterpreterVcpu
 
     private bool IoplAllows()
     {
-        if ((_cpu.Cr0 & Cr0Pe) == 0)
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0)
         {
             return true;
         }
@@ -607,7 +608,7 @@ internal sealed partial class InterpreterVcpu
         AdjustSp(size);
         Materialize();
         ulong changeable = CF | PF | AF | ZF | SF | TF | DF | OF | NT | AC | ID;
-        if ((_cpu.Cr0 & Cr0Pe) == 0 || _cpu.Cpl == 0)
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0 || _cpu.Cpl == 0)
         {
             changeable |= IoplMask | IF;
         }

@@ -1,3 +1,5 @@
+using Virt.X86;
+
 namespace Virt.Cpu.Interpreter;
 
 /// <summary>The run loop and exception delivery.</summary>
@@ -357,11 +359,11 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Delivers interrupt or exception <paramref name="vector"/> through the IVT or IDT. RIP is the return address.</summary>
     private void Deliver(int vector, bool hasError, uint error, bool software)
     {
-        if ((_cpu.Cr0 & Cr0Pe) == 0)
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0)
         {
             DeliverReal(vector);
         }
-        else if ((_cpu.Efer & EferLma) != 0)
+        else if ((_cpu.Efer & Efer.LongModeActive) != 0)
         {
             DeliverLong(vector, hasError, error, software);
         }
@@ -407,9 +409,9 @@ internal sealed partial class InterpreterVcpu
 
         ulong lo = ReadSystem(_cpu.Idt.Base + off, 8);
         ulong hi = ReadSystem(_cpu.Idt.Base + off + 8, 8);
-        int type = (int)((lo >> 40) & 0xF);
-        int dpl = (int)((lo >> 45) & 3);
-        if (type != 0xE && type != 0xF)
+        var gate = GateDescriptor.Decode(new UInt128(hi, lo));
+        int dpl = gate.Dpl;
+        if (gate.Type is not (SegmentType.InterruptGate or SegmentType.TrapGate))
         {
             throw Fault(Vectors.GP, IdtError(vector, software));
         }
@@ -419,14 +421,14 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.GP, IdtError(vector, software));
         }
 
-        if (((lo >> 47) & 1) == 0)
+        if (!gate.Present)
         {
             throw Fault(Vectors.NP, IdtError(vector, software));
         }
 
-        ushort sel = (ushort)(lo >> 16);
-        ulong target = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF0000) | (hi << 32);
-        int ist = (int)((lo >> 32) & 7);
+        ushort sel = gate.Selector;
+        ulong target = gate.Offset;
+        int ist = gate.InterruptStackTable;
         if ((sel & 0xFFFC) == 0)
         {
             throw Fault(Vectors.GP, software ? 0u : 1u);
@@ -490,7 +492,7 @@ internal sealed partial class InterpreterVcpu
         cs.Type |= 1;
         Gpr(4) = top;
         _cpu.Flags = flags & ~(TF | NT | RF | VM);
-        if (type == 0xE)
+        if (gate.Type == SegmentType.InterruptGate)
         {
             _cpu.Flags &= ~IF;
         }
@@ -507,10 +509,11 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.GP, IdtError(vector, software));
         }
 
-        ulong g = ReadSystem(_cpu.Idt.Base + off, 8);
-        int type = (int)((g >> 40) & 0xF);
-        int dpl = (int)((g >> 45) & 3);
-        if (type is not (0x6 or 0x7 or 0xE or 0xF))
+        // An 8-byte gate: the upper half of the offset is bits 48-63, and only 32-bit gates (type bit 3) use it.
+        var gate = GateDescriptor.Decode(ReadSystem(_cpu.Idt.Base + off, 8));
+        int type = gate.Type;
+        int dpl = gate.Dpl;
+        if (type is not (0x6 or 0x7 or SegmentType.InterruptGate or SegmentType.TrapGate))
         {
             throw Fault(Vectors.GP, IdtError(vector, software));
         }
@@ -520,7 +523,7 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.GP, IdtError(vector, software));
         }
 
-        if (((g >> 47) & 1) == 0)
+        if (!gate.Present)
         {
             throw Fault(Vectors.NP, IdtError(vector, software));
         }
@@ -532,8 +535,8 @@ internal sealed partial class InterpreterVcpu
 
         bool gate32 = (type & 8) != 0;
         int size = gate32 ? 4 : 2;
-        ushort sel = (ushort)(g >> 16);
-        ulong target = (g & 0xFFFF) | (gate32 ? (g >> 32) & 0xFFFF0000 : 0);
+        ushort sel = gate.Selector;
+        ulong target = gate32 ? gate.Offset : gate.Offset & 0xFFFF;
         if ((sel & 0xFFFC) == 0)
         {
             throw Fault(Vectors.GP, software ? 0u : 1u);

@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using Iced.Intel;
+using Virt.X86;
 
 namespace Virt.Cpu.Interpreter;
 
@@ -15,12 +16,12 @@ internal sealed partial class InterpreterVcpu
     /// <summary>CR0.EM or a clear CR4.OSFXSR makes SSE undefined; CR0.TS defers the state (#NM).</summary>
     private void CheckSseEnabled()
     {
-        if ((_cpu.Cr0 & Cr0Em) != 0 || (_cpu.Cr4 & Cr4OsFxsr) == 0)
+        if ((_cpu.Cr0 & Cr0.Emulation) != 0 || (_cpu.Cr4 & Cr4.OsFxsr) == 0)
         {
             throw Fault(Vectors.UD, 0);
         }
 
-        if ((_cpu.Cr0 & Cr0Ts) != 0)
+        if ((_cpu.Cr0 & Cr0.TaskSwitched) != 0)
         {
             throw Fault(Vectors.NM, 0);
         }
@@ -91,7 +92,7 @@ internal sealed partial class InterpreterVcpu
         uint unmasked = f & ~(_cpu.Fpu.Mxcsr >> 7) & 0x3F;
         if (unmasked != 0)
         {
-            throw Fault((_cpu.Cr4 & Cr4OsXmmExcpt) != 0 ? Vectors.XM : Vectors.UD, 0);
+            throw Fault((_cpu.Cr4 & Cr4.OsXmmExcpt) != 0 ? Vectors.XM : Vectors.UD, 0);
         }
     }
 

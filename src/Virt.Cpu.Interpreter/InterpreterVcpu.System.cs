@@ -1,4 +1,5 @@
 using Iced.Intel;
+using Virt.X86;
 
 namespace Virt.Cpu.Interpreter;
 
@@ -7,7 +8,7 @@ internal sealed partial class InterpreterVcpu
 {
     private void RequireCpl0()
     {
-        if ((_cpu.Cr0 & Cr0Pe) != 0 && _cpu.Cpl != 0)
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) != 0 && _cpu.Cpl != 0)
         {
             throw Fault(Vectors.GP, 0);
         }
@@ -43,7 +44,7 @@ internal sealed partial class InterpreterVcpu
             case H.Rdtsc:
             case H.Rdtscp:
             {
-                if ((_cpu.Cr4 & Cr4Tsd) != 0 && _cpu.Cpl != 0 && (_cpu.Cr0 & Cr0Pe) != 0)
+                if ((_cpu.Cr4 & Cr4.TimeStampDisable) != 0 && _cpu.Cpl != 0 && (_cpu.Cr0 & Cr0.ProtectionEnable) != 0)
                 {
                     throw Fault(Vectors.GP, 0);
                 }
@@ -243,7 +244,7 @@ internal sealed partial class InterpreterVcpu
                 RequireCpl0();
                 if (op.Sub == 0)
                 {
-                    _cpu.Cr0 &= ~Cr0Ts;
+                    _cpu.Cr0 &= ~Cr0.TaskSwitched;
                 }
 
                 break;
@@ -262,7 +263,7 @@ internal sealed partial class InterpreterVcpu
             {
                 RequireCpl0();
                 ulong v = ReadOp0(ref op, out _) & 0xF;
-                WriteCr(0, (_cpu.Cr0 & ~0xEUL) | v | (_cpu.Cr0 & Cr0Pe));
+                WriteCr(0, (_cpu.Cr0 & ~0xEUL) | v | (_cpu.Cr0 & Cr0.ProtectionEnable));
                 _stop = true;
                 break;
             }
@@ -341,7 +342,7 @@ internal sealed partial class InterpreterVcpu
 
     private void RequireProtected()
     {
-        if ((_cpu.Cr0 & Cr0Pe) == 0 || (_cpu.Flags & VM) != 0)
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0 || (_cpu.Flags & VM) != 0)
         {
             throw Fault(Vectors.UD, 0);
         }
@@ -416,34 +417,34 @@ internal sealed partial class InterpreterVcpu
                     throw Fault(Vectors.GP, 0);
                 }
 
-                v = (v & 0xFFFFFFFF) | Cr0Et;
-                if ((v & Cr0Pg) != 0 && (v & Cr0Pe) == 0)
+                v = (v & 0xFFFFFFFF) | Cr0.ExtensionType;
+                if ((v & Cr0.Paging) != 0 && (v & Cr0.ProtectionEnable) == 0)
                 {
                     throw Fault(Vectors.GP, 0);
                 }
 
                 ulong old = _cpu.Cr0;
-                if ((v & Cr0Pg) != 0 && (old & Cr0Pg) == 0 && (_cpu.Efer & EferLme) != 0)
+                if ((v & Cr0.Paging) != 0 && (old & Cr0.Paging) == 0 && (_cpu.Efer & Efer.LongModeEnable) != 0)
                 {
-                    if ((_cpu.Cr4 & Cr4Pae) == 0)
+                    if ((_cpu.Cr4 & Cr4.Pae) == 0)
                     {
                         throw Fault(Vectors.GP, 0);
                     }
 
-                    _cpu.Efer |= EferLma;
+                    _cpu.Efer |= Efer.LongModeActive;
                 }
-                else if ((v & Cr0Pg) == 0 && (old & Cr0Pg) != 0)
+                else if ((v & Cr0.Paging) == 0 && (old & Cr0.Paging) != 0)
                 {
                     if (_cpu.Bitness == 64)
                     {
                         throw Fault(Vectors.GP, 0);
                     }
 
-                    _cpu.Efer &= ~EferLma;
+                    _cpu.Efer &= ~Efer.LongModeActive;
                 }
 
                 _cpu.Cr0 = v;
-                if (((old ^ v) & (Cr0Pg | Cr0Pe | Cr0Wp)) != 0)
+                if (((old ^ v) & (Cr0.Paging | Cr0.ProtectionEnable | Cr0.WriteProtect)) != 0)
                 {
                     FlushTlb();
                 }
@@ -461,8 +462,8 @@ internal sealed partial class InterpreterVcpu
                 break;
             case 4:
             {
-                const ulong allowed = Cr4Pse | Cr4Pae | Cr4Pge | Cr4OsFxsr | Cr4OsXmmExcpt | Cr4Tsd | (1UL << 3) | (1UL << 8);
-                if ((v & ~allowed) != 0 || ((_cpu.Efer & EferLma) != 0 && (v & Cr4Pae) == 0))
+                const ulong allowed = Cr4.Pse | Cr4.Pae | Cr4.PageGlobalEnable | Cr4.OsFxsr | Cr4.OsXmmExcpt | Cr4.TimeStampDisable | (1UL << 3) | (1UL << 8);
+                if ((v & ~allowed) != 0 || ((_cpu.Efer & Efer.LongModeActive) != 0 && (v & Cr4.Pae) == 0))
                 {
                     throw Fault(Vectors.GP, 0);
                 }
@@ -547,7 +548,7 @@ internal sealed partial class InterpreterVcpu
             case MsrIndex.Pat: _cpu.Pat = v; return true;
             case MsrIndex.Efer:
             {
-                const ulong allowed = EferSce | EferLme | EferLma | EferNxe;
+                const ulong allowed = Efer.SyscallEnable | Efer.LongModeEnable | Efer.LongModeActive | Efer.NoExecuteEnable;
                 if ((v & ~allowed) != 0)
                 {
                     return false;
@@ -556,8 +557,8 @@ internal sealed partial class InterpreterVcpu
                 if (fromGuest)
                 {
                     // LMA is read-only for the guest; LME cannot change while paging is on.
-                    v = (v & ~EferLma) | (_cpu.Efer & EferLma);
-                    if ((_cpu.Cr0 & Cr0Pg) != 0 && ((v ^ _cpu.Efer) & EferLme) != 0)
+                    v = (v & ~Efer.LongModeActive) | (_cpu.Efer & Efer.LongModeActive);
+                    if ((_cpu.Cr0 & Cr0.Paging) != 0 && ((v ^ _cpu.Efer) & Efer.LongModeEnable) != 0)
                     {
                         return false;
                     }
@@ -635,7 +636,7 @@ internal sealed partial class InterpreterVcpu
     private ulong ReadSystem(ulong lin, int size)
     {
         // Descriptor tables and the TSS have 64-bit bases in IA-32e mode, compatibility mode included.
-        if ((_cpu.Efer & EferLma) == 0)
+        if ((_cpu.Efer & Efer.LongModeActive) == 0)
         {
             lin &= 0xFFFFFFFF;
         }
@@ -657,7 +658,7 @@ internal sealed partial class InterpreterVcpu
     private void WriteSystem(ulong lin, int size, ulong v)
     {
         // Descriptor tables and the TSS have 64-bit bases in IA-32e mode, compatibility mode included.
-        if ((_cpu.Efer & EferLma) == 0)
+        if ((_cpu.Efer & Efer.LongModeActive) == 0)
         {
             lin &= 0xFFFFFFFF;
         }
@@ -695,34 +696,11 @@ internal sealed partial class InterpreterVcpu
         return ReadSystem(tableBase + off, 8);
     }
 
-    private static SegmentRegister ParseDescriptor(ulong d, ushort sel)
-    {
-        uint limit = (uint)((d & 0xFFFF) | ((d >> 32) & 0xF0000));
-        bool g = ((d >> 55) & 1) != 0;
-        if (g)
-        {
-            limit = (limit << 12) | 0xFFF;
-        }
-
-        return new SegmentRegister
-        {
-            Base = ((d >> 16) & 0xFFFFFF) | (((d >> 56) & 0xFF) << 24),
-            Limit = limit,
-            Selector = sel,
-            Type = (byte)((d >> 40) & 0xF),
-            IsCodeOrData = ((d >> 44) & 1) != 0,
-            Dpl = (byte)((d >> 45) & 3),
-            Present = ((d >> 47) & 1) != 0,
-            Available = ((d >> 52) & 1) != 0,
-            Long = ((d >> 53) & 1) != 0,
-            DefaultBig = ((d >> 54) & 1) != 0,
-            Granularity = g,
-        };
-    }
+    private static SegmentRegister ParseDescriptor(ulong d, ushort sel) => SegmentDescriptor.Decode(d, sel);
 
     private void LoadDataSegment(int seg, ushort sel)
     {
-        if ((_cpu.Cr0 & Cr0Pe) == 0 || (_cpu.Flags & VM) != 0)
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0 || (_cpu.Flags & VM) != 0)
         {
             _cpu.Seg[seg].Selector = sel;
             _cpu.Seg[seg].Base = (ulong)sel << 4;
@@ -815,7 +793,7 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.NP, (uint)(sel & 0xFFFC));
         }
 
-        if ((_cpu.Efer & EferLma) != 0)
+        if ((_cpu.Efer & Efer.LongModeActive) != 0)
         {
             s.Base |= ReadSystem(_cpu.Gdt.Base + (ulong)(sel & 0xFFF8) + 8, 4) << 32;
         }
@@ -851,7 +829,7 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.NP, (uint)(sel & 0xFFFC));
         }
 
-        if ((_cpu.Efer & EferLma) != 0)
+        if ((_cpu.Efer & Efer.LongModeActive) != 0)
         {
             s.Base |= ReadSystem(_cpu.Gdt.Base + (ulong)(sel & 0xFFF8) + 8, 4) << 32;
         }
@@ -922,7 +900,7 @@ internal sealed partial class InterpreterVcpu
         }
 
         int size = op.Size;
-        if ((_cpu.Cr0 & Cr0Pe) == 0 || (_cpu.Flags & VM) != 0)
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0 || (_cpu.Flags & VM) != 0)
         {
             if (op.H == H.CallFar)
             {
@@ -970,7 +948,7 @@ internal sealed partial class InterpreterVcpu
         int size = op.Size2;
         ulong rip = Peek(0, size);
         ushort sel = (ushort)Peek((ulong)size, size);
-        if ((_cpu.Cr0 & Cr0Pe) == 0 || (_cpu.Flags & VM) != 0)
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0 || (_cpu.Flags & VM) != 0)
         {
             AdjustSp((2 * size) + (long)op.Imm);
             var cs = _cpu.Seg[SegCs];
@@ -1071,7 +1049,7 @@ internal sealed partial class InterpreterVcpu
 
     private void ExecSyscall(ulong next)
     {
-        if ((_cpu.Efer & EferSce) == 0 || (_cpu.Efer & EferLma) == 0)
+        if ((_cpu.Efer & Efer.SyscallEnable) == 0 || (_cpu.Efer & Efer.LongModeActive) == 0)
         {
             throw Fault(Vectors.UD, 0);
         }
@@ -1097,12 +1075,12 @@ internal sealed partial class InterpreterVcpu
 
     private void ExecSysret(int size)
     {
-        if ((_cpu.Efer & EferSce) == 0)
+        if ((_cpu.Efer & Efer.SyscallEnable) == 0)
         {
             throw Fault(Vectors.UD, 0);
         }
 
-        if (_cpu.Cpl != 0 || (_cpu.Cr0 & Cr0Pe) == 0 || (_cpu.Efer & EferLma) == 0)
+        if (_cpu.Cpl != 0 || (_cpu.Cr0 & Cr0.ProtectionEnable) == 0 || (_cpu.Efer & Efer.LongModeActive) == 0)
         {
             throw Fault(Vectors.GP, 0);
         }
@@ -1136,7 +1114,7 @@ internal sealed partial class InterpreterVcpu
 
     private void ExecIret(int size)
     {
-        if ((_cpu.Cr0 & Cr0Pe) == 0 || (_cpu.Flags & VM) != 0)
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0 || (_cpu.Flags & VM) != 0)
         {
             if ((_cpu.Flags & VM) != 0 && (_cpu.Flags & IoplMask) != IoplMask)
             {
@@ -1164,7 +1142,7 @@ internal sealed partial class InterpreterVcpu
             return;
         }
 
-        if ((_cpu.Flags & NT) != 0 && (_cpu.Efer & EferLma) == 0)
+        if ((_cpu.Flags & NT) != 0 && (_cpu.Efer & Efer.LongModeActive) == 0)
         {
             throw Fault(Vectors.GP, 0); // task return: not implemented
         }
@@ -1188,7 +1166,7 @@ internal sealed partial class InterpreterVcpu
         }
 
         var ncs = CheckCodeSegment(sel, rpl);
-        if (ncs.Long && size != 8 && (_cpu.Efer & EferLma) != 0)
+        if (ncs.Long && size != 8 && (_cpu.Efer & Efer.LongModeActive) != 0)
         {
             // IRETD to 64-bit code is allowed; the RIP is zero-extended.
         }
@@ -1218,7 +1196,7 @@ internal sealed partial class InterpreterVcpu
         {
             if (popStack)
             {
-                if ((newSs & 0xFFFC) == 0 && (_cpu.Efer & EferLma) != 0 && rpl != 3 && ncs.Long)
+                if ((newSs & 0xFFFC) == 0 && (_cpu.Efer & Efer.LongModeActive) != 0 && rpl != 3 && ncs.Long)
                 {
                     _cpu.Seg[SegSs] = new SegmentRegister { Selector = newSs, Unusable = true, Dpl = (byte)rpl, DefaultBig = true };
                     _cpu.SegBase[SegSs] = 0;
@@ -1257,7 +1235,7 @@ internal sealed partial class InterpreterVcpu
 
     private void CheckIoPermission(ushort port, int size)
     {
-        if ((_cpu.Cr0 & Cr0Pe) == 0)
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0)
         {
             return;
         }

@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using Iced.Intel;
+using Virt.X86;
 
 namespace Virt.Cpu.Interpreter;
 
@@ -18,7 +19,7 @@ internal sealed partial class InterpreterVcpu
     private void ExecX87(ref Op op, in Instruction ins)
     {
         // CR0.EM or CR0.TS: the x87/SSE state is not available (#NM), as for every x87 instruction.
-        if ((_cpu.Cr0 & (Cr0Em | Cr0Ts)) != 0)
+        if ((_cpu.Cr0 & (Cr0.Emulation | Cr0.TaskSwitched)) != 0)
         {
             throw Fault(Vectors.NM, 0);
         }

@@ -1,5 +1,5 @@
-using System.Runtime.CompilerServices;
 using Virt.Memory;
+using Virt.X86;
 
 namespace Virt.Cpu.Interpreter;
 
@@ -9,23 +9,18 @@ namespace Virt.Cpu.Interpreter;
 /// </summary>
 internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCounting
 {
-    // RFLAGS bits.
-    internal const ulong CF = 1UL << 0, Fixed1 = 1UL << 1, PF = 1UL << 2, AF = 1UL << 4, ZF = 1UL << 6, SF = 1UL << 7,
-        TF = 1UL << 8, IF = 1UL << 9, DF = 1UL << 10, OF = 1UL << 11, IoplMask = 3UL << 12, NT = 1UL << 14,
-        RF = 1UL << 16, VM = 1UL << 17, AC = 1UL << 18, VIF = 1UL << 19, VIP = 1UL << 20, ID = 1UL << 21;
+    // RFLAGS bits by their SDM names, as the flag logic reads best with them (values: Virt.X86.Rflags).
+    internal const ulong CF = Rflags.Carry, Fixed1 = Rflags.Fixed, PF = Rflags.Parity, AF = Rflags.AuxiliaryCarry, ZF = Rflags.Zero,
+        SF = Rflags.Sign, TF = Rflags.Trap, IF = Rflags.InterruptEnable, DF = Rflags.Direction, OF = Rflags.Overflow,
+        IoplMask = Rflags.IoPrivilegeLevel, NT = Rflags.NestedTask, RF = Rflags.Resume, VM = Rflags.Virtual8086,
+        AC = Rflags.AlignmentCheck, VIF = Rflags.VirtualInterrupt, VIP = Rflags.VirtualInterruptPending, ID = Rflags.Id;
 
     /// <summary>The six arithmetic status flags.</summary>
-    internal const ulong ArithFlags = CF | PF | AF | ZF | SF | OF;
-
-    // CR0 / CR4 / EFER bits.
-    internal const ulong Cr0Pe = 1UL << 0, Cr0Mp = 1UL << 1, Cr0Em = 1UL << 2, Cr0Ts = 1UL << 3, Cr0Et = 1UL << 4,
-        Cr0Ne = 1UL << 5, Cr0Wp = 1UL << 16, Cr0Am = 1UL << 18, Cr0Nw = 1UL << 29, Cr0Cd = 1UL << 30, Cr0Pg = 1UL << 31;
-    internal const ulong Cr4Pse = 1UL << 4, Cr4Pae = 1UL << 5, Cr4Pge = 1UL << 7, Cr4OsFxsr = 1UL << 9,
-        Cr4OsXmmExcpt = 1UL << 10, Cr4Tsd = 1UL << 2;
-    internal const ulong EferSce = 1UL << 0, EferLme = 1UL << 8, EferLma = 1UL << 10, EferNxe = 1UL << 11;
+    internal const ulong ArithFlags = Rflags.Status;
 
     // Segment register numbers (Iced order).
-    internal const int SegEs = 0, SegCs = 1, SegSs = 2, SegDs = 3, SegFs = 4, SegGs = 5;
+    internal const int SegEs = CpuState.SegEs, SegCs = CpuState.SegCs, SegSs = CpuState.SegSs, SegDs = CpuState.SegDs,
+        SegFs = CpuState.SegFs, SegGs = CpuState.SegGs;
 
     private readonly InterpreterPartition _partition;
     private readonly Action<int, ulong>? _trace;
@@ -202,7 +197,7 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
             _cpu.SegBase[s] = _cpu.Seg[s].Base;
         }
 
-        if ((_cpu.Cr0 & Cr0Pe) == 0)
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0)
         {
             _cpu.Bitness = 16;
             _cpu.Cpl = 0;
@@ -215,7 +210,7 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
         else
         {
             _cpu.Cpl = _cpu.Seg[SegCs].Selector & 3;
-            if ((_cpu.Efer & EferLma) != 0 && _cpu.Seg[SegCs].Long)
+            if ((_cpu.Efer & Efer.LongModeActive) != 0 && _cpu.Seg[SegCs].Long)
             {
                 _cpu.Bitness = 64;
             }
