@@ -246,6 +246,6 @@ internal sealed unsafe partial class InterpreterVcpu
             return true;
         }
 
-        return Translator.IsSystem(ins.Mnemonic);
+        return InstructionTable.Get(ins.Code).EndsBlock;
     }
 }
