@@ -21,7 +21,8 @@ internal static class Pfx
 [StructLayout(LayoutKind.Sequential)]
 internal struct Op
 {
-    public H H;
+    /// <summary>The inline operation that runs this instruction, or <see cref="InlineOp.None"/>: the handler of row <see cref="Form"/> runs it.</summary>
+    public InlineOp Inline;
     public byte Size;
     public byte Sub;
     public byte R0, R1, R2;
@@ -31,6 +32,9 @@ internal struct Op
     public byte Len;
     public byte Size2;
     public byte Pfx;
+
+    /// <summary>The instruction's row in <see cref="InstructionTable"/>.</summary>
+    public ushort Form;
     public long Disp;
     public ulong Imm;
     public ulong Next;
@@ -246,6 +250,6 @@ internal sealed unsafe partial class InterpreterVcpu
             return true;
         }
 
-        return InstructionTable.Get(ins.Code).EndsBlock;
+        return InstructionTable.At(InstructionTable.IndexOf(ins.Code)).EndsBlock;
     }
 }

@@ -136,7 +136,7 @@ internal sealed partial class InterpreterVcpu
             return true;
         }
 
-        if (delta > 0 && asz == 8 && op.H is H.Stos or H.Movs)
+        if (delta > 0 && asz == 8 && op.Inline is InlineOp.Stos or InlineOp.Movs)
         {
             return RepForwardInPages(ref op, size);
         }
@@ -151,7 +151,7 @@ internal sealed partial class InterpreterVcpu
 
             StringOnce(ref op, size, asz, delta);
             StrAdvance(1, asz, -1);
-            if (op.H is H.Cmps or H.Scas)
+            if (op.Inline is InlineOp.Cmps or InlineOp.Scas)
             {
                 bool zf = Cond(4);
                 if ((op.Pfx & Pfx.Repne) != 0 ? zf : !zf)
@@ -173,7 +173,7 @@ internal sealed partial class InterpreterVcpu
     private unsafe bool RepForwardInPages(ref Op op, int size)
     {
         long budget = RepChunk;
-        bool movs = op.H == H.Movs;
+        bool movs = op.Inline == InlineOp.Movs;
         while (budget > 0)
         {
             ulong count = Gpr(1);
@@ -239,9 +239,9 @@ internal sealed partial class InterpreterVcpu
 
     private void StringOnce(ref Op op, int size, int asz, long delta)
     {
-        switch (op.H)
+        switch (op.Inline)
         {
-            case H.Movs:
+            case InlineOp.Movs:
             {
                 ulong v = Read(StrLin(op.Seg, StrReg(6, asz)), size);
                 Write(StrLin(SegEs, StrReg(7, asz)), size, v);
@@ -250,15 +250,15 @@ internal sealed partial class InterpreterVcpu
                 break;
             }
 
-            case H.Stos:
+            case InlineOp.Stos:
                 Write(StrLin(SegEs, StrReg(7, asz)), size, GetReg(0, size));
                 StrAdvance(7, asz, delta);
                 break;
-            case H.Lods:
+            case InlineOp.Lods:
                 SetReg(0, size, Read(StrLin(op.Seg, StrReg(6, asz)), size));
                 StrAdvance(6, asz, delta);
                 break;
-            case H.Cmps:
+            case InlineOp.Cmps:
             {
                 ulong a = Read(StrLin(op.Seg, StrReg(6, asz)), size);
                 ulong b = Read(StrLin(SegEs, StrReg(7, asz)), size);
@@ -279,209 +279,6 @@ internal sealed partial class InterpreterVcpu
     }
 
     // ---- Everything else --------------------------------------------------------------------------
-
-    private ulong ExecComplex(ref Op op, in Instruction ins)
-    {
-        ulong next = op.Next;
-        switch (op.H)
-        {
-            case H.Neg:
-            {
-                ulong a = ReadOp0Rmw(ref op, out ulong ea);
-                ulong r = (0 - a) & Mask(op.Size);
-                WriteOp0(ref op, ea, r);
-                SetLazy(LzSub, 0, a, r, op.Size);
-                break;
-            }
-
-            case H.Not:
-            {
-                ulong a = ReadOp0Rmw(ref op, out ulong ea);
-                WriteOp0(ref op, ea, ~a & Mask(op.Size));
-                break;
-            }
-
-            case H.Xchg:
-                ExecXchg(ref op);
-                break;
-            case H.Cmpxchg:
-                ExecCmpxchg(ref op);
-                break;
-            case H.Xadd:
-            {
-                ulong a = ReadOp0Rmw(ref op, out ulong ea);
-                ulong b = GetReg(op.R1, op.Size);
-                ulong r = AluOp(Translator.AluAdd, a, b, op.Size);
-                if (op.K0 == OpKindX.Mem)
-                {
-                    WriteOp0(ref op, ea, r);
-                    SetReg(op.R1, op.Size, a);
-                }
-                else
-                {
-                    // With the same register on both sides the sum wins.
-                    SetReg(op.R1, op.Size, a);
-                    WriteOp0(ref op, ea, r);
-                }
-                break;
-            }
-
-            case H.Bswap:
-                if (op.Size == 8)
-                {
-                    Gpr(op.R0) = BinaryPrimitivesReverse(Gpr(op.R0));
-                }
-                else if (op.Size == 4)
-                {
-                    SetReg(op.R0, 4, System.Buffers.Binary.BinaryPrimitives.ReverseEndianness((uint)Gpr(op.R0)));
-                }
-                else
-                {
-                    SetReg(op.R0, 2, 0); // BSWAP of a 16-bit register: undefined; zero as on Intel hardware
-                }
-
-                break;
-            case H.Pushf:
-                if ((_cpu.Flags & VM) != 0 && (_cpu.Flags & IoplMask) != IoplMask)
-                {
-                    throw Fault(Vectors.GP, 0);
-                }
-
-                Push(GetRflags() & 0xFCFFFF & Mask(op.Size), op.Size);
-                break;
-            case H.Popf:
-                ExecPopf(op.Size);
-                break;
-            case H.Enter:
-                ExecEnter(ref op);
-                break;
-            case H.Leave:
-            {
-                int ss = StackAddrSize;
-                ulong bp = StrReg(5, ss);
-                ulong v = _cpu.Bitness == 64 ? Read(bp, op.Size) : Read((_cpu.SegBase[SegSs] + bp) & 0xFFFFFFFF, op.Size);
-                SetReg(4, ss == 2 ? 2 : ss, bp + (ulong)op.Size);
-                SetReg(5, op.Size, v);
-                break;
-            }
-
-            case H.Cbw:
-                SetReg(0, op.Size, (ulong)SignExtend(GetReg(0, op.Size / 2), op.Size / 2) & Mask(op.Size));
-                break;
-            case H.Cwd:
-                SetReg(2, op.Size, (GetReg(0, op.Size) & SignBit(op.Size)) != 0 ? Mask(op.Size) : 0);
-                break;
-            case H.Lahf:
-                SetReg(16, 1, GetRflags() & 0xD7 | Fixed1);
-                break;
-            case H.Sahf:
-                Materialize();
-                _cpu.Flags = (_cpu.Flags & ~0xD5UL) | (GetReg(16, 1) & 0xD5);
-                break;
-            case H.FlagOp:
-                Materialize();
-                switch (op.Sub)
-                {
-                    case 0: _cpu.Flags &= ~CF; break;
-                    case 1: _cpu.Flags |= CF; break;
-                    case 2: _cpu.Flags ^= CF; break;
-                    case 3: _cpu.Flags &= ~DF; break;
-                    default: _cpu.Flags |= DF; break;
-                }
-
-                break;
-            case H.Cli:
-                if (!IoplAllows())
-                {
-                    throw Fault(Vectors.GP, 0);
-                }
-
-                _cpu.Flags &= ~IF;
-                break;
-            case H.Sti:
-                if (!IoplAllows())
-                {
-                    throw Fault(Vectors.GP, 0);
-                }
-
-                if ((_cpu.Flags & IF) == 0)
-                {
-                    _interruptShadow = true;
-                }
-
-                _cpu.Flags |= IF;
-                _stop = true;
-                break;
-            case H.Mul:
-            case H.Imul1:
-            case H.Div:
-            case H.Idiv:
-                ExecMulDiv(ref op);
-                break;
-            case H.Imul2:
-                ExecImul2(ref op);
-                break;
-            case H.Shift:
-                ExecShift(ref op);
-                break;
-            case H.Shld:
-            case H.Shrd:
-                ExecShiftDouble(ref op);
-                break;
-            case H.Bt:
-                ExecBt(ref op);
-                break;
-            case H.Bsf:
-            case H.Bsr:
-            case H.Tzcnt:
-            case H.Lzcnt:
-            case H.Popcnt:
-                ExecBitCount(ref op);
-                break;
-            case H.Andn:
-            case H.Bextr:
-            case H.Blsi:
-            case H.Blsmsk:
-            case H.Blsr:
-                ExecBmi(ref op);
-                break;
-            case H.Xlat:
-            {
-                ulong off = (StrReg(3, op.AddrSize) + GetReg(0, 1)) & Mask(op.AddrSize);
-                SetReg(0, 1, Read(StrLin(op.Seg, off), 1));
-                break;
-            }
-
-            case H.Cmpxchg8b:
-            case H.Cmpxchg16b:
-                ExecCmpxchgWide(ref op);
-                break;
-            case H.Clflush:
-                Read(Ea(ref op), 1);
-                break;
-            case H.Wait:
-                if ((_cpu.Cr0 & (Cr0.MonitorCoprocessor | Cr0.TaskSwitched)) == (Cr0.MonitorCoprocessor | Cr0.TaskSwitched))
-                {
-                    throw Fault(Vectors.NM, 0);
-                }
-
-                break;
-            case H.Sse:
-                ExecSse(ref op, in ins);
-                break;
-            case H.X87:
-                ExecX87(ref op, in ins);
-                break;
-            case H.Invalid:
-                throw Fault(Vectors.UD, 0);
-            default:
-                return ExecSystem(ref op, in ins);
-        }
-
-        return next;
-    }
-
-    private static ulong BinaryPrimitivesReverse(ulong v) => System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(v);
 
     private bool IoplAllows()
     {
@@ -548,10 +345,10 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
-    private void ExecCmpxchgWide(ref Op op)
+    private void ExecCmpxchgWide(ref Op op, in Instruction ins)
     {
         ulong ea = Ea(ref op);
-        if (op.H == H.Cmpxchg16b)
+        if (ins.Mnemonic == Mnemonic.Cmpxchg16b)
         {
             if ((ea & 15) != 0)
             {
@@ -665,13 +462,13 @@ internal sealed partial class InterpreterVcpu
         SetReg(4, ss, newSp);
     }
 
-    private void ExecMulDiv(ref Op op)
+    private void ExecMulDiv(ref Op op, in Instruction ins)
     {
         int size = op.Size;
         ulong src = ReadOp0(ref op, out _);
-        switch (op.H)
+        switch (ins.Mnemonic)
         {
-            case H.Mul:
+            case Mnemonic.Mul:
             {
                 ulong lo, hi;
                 if (size == 8)
@@ -690,7 +487,7 @@ internal sealed partial class InterpreterVcpu
                 break;
             }
 
-            case H.Imul1:
+            case Mnemonic.Imul:
             {
                 ulong lo, hi;
                 bool overflow;
@@ -714,7 +511,7 @@ internal sealed partial class InterpreterVcpu
                 break;
             }
 
-            case H.Div:
+            case Mnemonic.Div:
             {
                 if (src == 0)
                 {
@@ -985,7 +782,7 @@ internal sealed partial class InterpreterVcpu
         _cpu.LzCf = cfOf;
     }
 
-    private void ExecShiftDouble(ref Op op)
+    private void ExecShiftDouble(ref Op op, in Instruction ins)
     {
         int size = op.Size;
         int bits = size * 8;
@@ -1008,7 +805,7 @@ internal sealed partial class InterpreterVcpu
         if (size == 2)
         {
             // 16-bit operands shift the 32-bit (or, past 16, 48-bit) concatenation, as Intel hardware does.
-            if (op.H == H.Shld)
+            if (ins.Mnemonic == Mnemonic.Shld)
             {
                 ulong wide = (a << 32) | (b << 16) | a;
                 r = (wide << count >> 32) & mask;
@@ -1021,7 +818,7 @@ internal sealed partial class InterpreterVcpu
                 cf = (wide >> (count - 1)) & 1;
             }
         }
-        else if (op.H == H.Shld)
+        else if (ins.Mnemonic == Mnemonic.Shld)
         {
             r = ((a << count) | (b >> (bits - count))) & mask;
             cf = (a >> (bits - count)) & 1;
@@ -1095,16 +892,16 @@ internal sealed partial class InterpreterVcpu
         WriteOp0(ref op, ea, r);
     }
 
-    private void ExecBitCount(ref Op op)
+    private void ExecBitCount(ref Op op, in Instruction ins)
     {
         int size = op.Size;
         ulong src = ReadOp1(ref op, size);
         int bits = size * 8;
         Materialize();
-        switch (op.H)
+        switch (ins.Mnemonic)
         {
-            case H.Bsf:
-            case H.Bsr:
+            case Mnemonic.Bsf:
+            case Mnemonic.Bsr:
                 if (src == 0)
                 {
                     // Zero source: the destination keeps all 64 bits (Intel and AMD hardware).
@@ -1113,9 +910,9 @@ internal sealed partial class InterpreterVcpu
                 }
 
                 _cpu.Flags &= ~ZF;
-                SetReg(op.R0, size, (ulong)(op.H == H.Bsf ? BitOperations.TrailingZeroCount(src) : 63 - BitOperations.LeadingZeroCount(src)));
+                SetReg(op.R0, size, (ulong)(ins.Mnemonic == Mnemonic.Bsf ? BitOperations.TrailingZeroCount(src) : 63 - BitOperations.LeadingZeroCount(src)));
                 return;
-            case H.Tzcnt:
+            case Mnemonic.Tzcnt:
             {
                 ulong r = src == 0 ? (ulong)bits : (ulong)BitOperations.TrailingZeroCount(src);
                 SetReg(op.R0, size, r);
@@ -1123,7 +920,7 @@ internal sealed partial class InterpreterVcpu
                 return;
             }
 
-            case H.Lzcnt:
+            case Mnemonic.Lzcnt:
             {
                 ulong r = (ulong)(BitOperations.LeadingZeroCount(src) - (64 - bits));
                 SetReg(op.R0, size, r);
@@ -1141,15 +938,15 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
-    private void ExecBmi(ref Op op)
+    private void ExecBmi(ref Op op, in Instruction ins)
     {
         int size = op.Size;
         ulong mask = Mask(size);
         ulong r;
         ulong f;
-        switch (op.H)
+        switch (ins.Mnemonic)
         {
-            case H.Andn:
+            case Mnemonic.Andn:
             {
                 ulong a = GetReg(op.R1, size);
                 ulong b = ReadThird(ref op, size);
@@ -1158,7 +955,7 @@ internal sealed partial class InterpreterVcpu
                 break;
             }
 
-            case H.Bextr:
+            case Mnemonic.Bextr:
             {
                 ulong src = ReadOp1(ref op, size);
                 ulong ctl = GetReg(op.R2, size);
@@ -1177,14 +974,14 @@ internal sealed partial class InterpreterVcpu
             default:
             {
                 ulong src = ReadOp1(ref op, size);
-                r = op.H switch
+                r = ins.Mnemonic switch
                 {
-                    H.Blsi => (0 - src) & src,
-                    H.Blsmsk => (src - 1) ^ src,
+                    Mnemonic.Blsi => (0 - src) & src,
+                    Mnemonic.Blsmsk => (src - 1) ^ src,
                     _ => (src - 1) & src,
                 } & mask;
-                ulong cf = op.H == H.Blsr || op.H == H.Blsmsk ? (src == 0 ? CF : 0) : (src != 0 ? CF : 0);
-                f = (Szp(r, size, cf) & ~PF) & (op.H == H.Blsmsk ? ~ZF : ~0UL);
+                ulong cf = ins.Mnemonic == Mnemonic.Blsr || ins.Mnemonic == Mnemonic.Blsmsk ? (src == 0 ? CF : 0) : (src != 0 ? CF : 0);
+                f = (Szp(r, size, cf) & ~PF) & (ins.Mnemonic == Mnemonic.Blsmsk ? ~ZF : ~0UL);
                 break;
             }
         }

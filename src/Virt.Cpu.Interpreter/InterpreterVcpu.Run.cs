@@ -211,7 +211,7 @@ internal sealed partial class InterpreterVcpu
 
         // Implicit stack accesses: PUSH, POP, CALL, RET, ENTER, LEAVE, PUSHF, POPF. A memory operand of
         // PUSH/POP/CALL through another segment faults before the stack is touched.
-        bool implicitStack = op.H is H.Push or H.Pop or H.Call or H.CallInd or H.Ret or H.Enter or H.Leave or H.Pushf or H.Popf or H.PushSeg or H.PopSeg;
+        bool implicitStack = (InstructionTable.At(op.Form).Flags & FormFlags.StackAccess) != 0;
         return implicitStack && !(memOperand && !IsCanonical(Ea(ref op)));
     }
 

@@ -6,348 +6,6 @@ namespace Virt.Cpu.Interpreter;
 /// <summary>Privileged instructions, segment loads, control transfers between privilege levels, and port I/O.</summary>
 internal sealed partial class InterpreterVcpu
 {
-    private void RequireCpl0()
-    {
-        if ((_cpu.Cr0 & Cr0.ProtectionEnable) != 0 && _cpu.Cpl != 0)
-        {
-            throw Fault(Vectors.GP, 0);
-        }
-    }
-
-    private ulong ExecSystem(ref Op op, in Instruction ins)
-    {
-        ulong next = op.Next;
-        switch (op.H)
-        {
-            case H.In:
-            case H.Out:
-                return ExecPortIo(ref op);
-            case H.Ins:
-            case H.Outs:
-                return ExecStringIo(ref op);
-            case H.Hlt:
-                RequireCpl0();
-                if (_plat != null)
-                {
-                    EnterHalt();
-                    _stop = true;
-                }
-                else
-                {
-                    SetExit(VcpuExit.Simple(VcpuExitReason.Halt));
-                }
-
-                break;
-            case H.Cpuid:
-                ExecCpuid();
-                break;
-            case H.Rdtsc:
-            case H.Rdtscp:
-            {
-                if ((_cpu.Cr4 & Cr4.TimeStampDisable) != 0 && _cpu.Cpl != 0 && (_cpu.Cr0 & Cr0.ProtectionEnable) != 0)
-                {
-                    throw Fault(Vectors.GP, 0);
-                }
-
-                ulong tsc = ReadTsc();
-                SetReg(0, 4, (uint)tsc);
-                SetReg(2, 4, tsc >> 32);
-                if (op.H == H.Rdtscp)
-                {
-                    SetReg(1, 4, (uint)_cpu.TscAux);
-                }
-
-                break;
-            }
-
-            case H.Rdpmc:
-                throw Fault(Vectors.GP, 0);
-            case H.Int:
-                if ((_cpu.Flags & VM) != 0 && (_cpu.Flags & IoplMask) != IoplMask)
-                {
-                    throw Fault(Vectors.GP, 0);
-                }
-
-                _cpu.Rip = next;
-                Deliver((int)op.Imm, false, 0, software: true);
-                return _cpu.Rip;
-            case H.Int3:
-                _cpu.Rip = next;
-                Deliver(Vectors.BP, false, 0, software: true);
-                return _cpu.Rip;
-            case H.Into:
-                if (_cpu.Bitness == 64)
-                {
-                    throw Fault(Vectors.UD, 0);
-                }
-
-                if (Cond(0))
-                {
-                    _cpu.Rip = next;
-                    Deliver(Vectors.OF, false, 0, software: true);
-                    return _cpu.Rip;
-                }
-
-                break;
-            case H.Int1:
-                _cpu.Rip = next;
-                Deliver(Vectors.DB, false, 0, software: false);
-                return _cpu.Rip;
-            case H.Iret:
-                ExecIret(op.Size);
-                _stop = true;
-                return _cpu.Rip;
-            case H.Syscall:
-                ExecSyscall(next);
-                _stop = true;
-                return _cpu.Rip;
-            case H.Sysret:
-                ExecSysret(op.Size);
-                _stop = true;
-                return _cpu.Rip;
-            case H.Sysenter:
-            case H.Sysexit:
-                throw Fault(Vectors.UD, 0);
-            case H.Swapgs:
-                if (_cpu.Bitness != 64)
-                {
-                    throw Fault(Vectors.UD, 0);
-                }
-
-                RequireCpl0();
-                (_cpu.Seg[SegGs].Base, _cpu.KernelGsBase) = (_cpu.KernelGsBase, _cpu.Seg[SegGs].Base);
-                _cpu.SegBase[SegGs] = _cpu.Seg[SegGs].Base;
-                break;
-            case H.Rdmsr:
-            {
-                RequireCpl0();
-                if (!TryReadMsr((uint)Gpr(1), out ulong v))
-                {
-                    throw Fault(Vectors.GP, 0);
-                }
-
-                SetReg(0, 4, (uint)v);
-                SetReg(2, 4, v >> 32);
-                break;
-            }
-
-            case H.Wrmsr:
-                RequireCpl0();
-                if (!TryWriteMsr((uint)Gpr(1), ((ulong)(uint)Gpr(2) << 32) | (uint)Gpr(0), fromGuest: true))
-                {
-                    throw Fault(Vectors.GP, 0);
-                }
-
-                _stop = true;
-                break;
-            case H.MovToCr:
-                RequireCpl0();
-                WriteCr(op.Sub, GetReg(op.R1, op.Size));
-                _stop = true;
-                break;
-            case H.MovFromCr:
-            {
-                RequireCpl0();
-                ulong v = op.Sub switch
-                {
-                    0 => _cpu.Cr0,
-                    2 => _cpu.Cr2,
-                    3 => _cpu.Cr3,
-                    4 => _cpu.Cr4,
-                    8 => _plat != null ? _plat.LocalController.TaskPriority >> 4 : _cpu.Cr8,
-                    _ => throw Fault(Vectors.UD, 0),
-                };
-                SetReg(op.R0, _cpu.Bitness == 64 ? 8 : 4, v);
-                break;
-            }
-
-            case H.MovToDr:
-                RequireCpl0();
-                _cpu.Dr[op.Sub & 7] = GetReg(op.R1, op.Size);
-                break;
-            case H.MovFromDr:
-                RequireCpl0();
-                SetReg(op.R0, _cpu.Bitness == 64 ? 8 : 4, (op.Sub & 7) switch { 6 => _cpu.Dr[6] | 0xFFFF0FF0, 7 => _cpu.Dr[7] | 0x400, var d => _cpu.Dr[d] });
-                break;
-            case H.Lgdt:
-            case H.Lidt:
-            {
-                RequireCpl0();
-                ulong ea = Ea(ref op);
-                ushort limit = (ushort)Read(ea, 2);
-                ulong bas = _cpu.Bitness == 64 ? Read(ea + 2, 8) : Read(ea + 2, 4) & (op.Size == 2 ? 0xFFFFFFUL : 0xFFFFFFFFUL);
-                var t = new DescriptorTable { Base = bas, Limit = limit };
-                if (op.H == H.Lgdt)
-                {
-                    _cpu.Gdt = t;
-                }
-                else
-                {
-                    _cpu.Idt = t;
-                }
-
-                break;
-            }
-
-            case H.Sgdt:
-            case H.Sidt:
-            {
-                var t = op.H == H.Sgdt ? _cpu.Gdt : _cpu.Idt;
-                ulong ea = Ea(ref op);
-                ProbeWrite(ea, _cpu.Bitness == 64 ? 10 : 6);
-                Write(ea, 2, t.Limit);
-                if (_cpu.Bitness == 64)
-                {
-                    Write(ea + 2, 8, t.Base);
-                }
-                else
-                {
-                    Write(ea + 2, 4, t.Base & 0xFFFFFFFF);
-                }
-
-                break;
-            }
-
-            case H.Ltr:
-                RequireProtected();
-                RequireCpl0();
-                LoadTr((ushort)ReadOp0(ref op, out _));
-                break;
-            case H.Lldt:
-                RequireProtected();
-                RequireCpl0();
-                LoadLdt((ushort)ReadOp0(ref op, out _));
-                break;
-            case H.Str:
-            case H.Sldt:
-            {
-                RequireProtected();
-                ushort sel = op.H == H.Str ? _cpu.Tr.Selector : _cpu.Ldt.Selector;
-                if (op.K0 == OpKindX.Reg)
-                {
-                    SetReg(op.R0, op.Size, sel);
-                }
-                else
-                {
-                    Write(Ea(ref op), 2, sel);
-                }
-
-                break;
-            }
-
-            case H.Invlpg:
-                RequireCpl0();
-                FlushTlbPage(Ea(ref op));
-                _stop = true;
-                break;
-            case H.Clts:
-                RequireCpl0();
-                if (op.Sub == 0)
-                {
-                    _cpu.Cr0 &= ~Cr0.TaskSwitched;
-                }
-
-                break;
-            case H.Smsw:
-                if (op.K0 == OpKindX.Reg)
-                {
-                    SetReg(op.R0, op.Size, _cpu.Cr0 & Mask(op.Size));
-                }
-                else
-                {
-                    Write(Ea(ref op), 2, _cpu.Cr0 & 0xFFFF);
-                }
-
-                break;
-            case H.Lmsw:
-            {
-                RequireCpl0();
-                ulong v = ReadOp0(ref op, out _) & 0xF;
-                WriteCr(0, (_cpu.Cr0 & ~0xEUL) | v | (_cpu.Cr0 & Cr0.ProtectionEnable));
-                _stop = true;
-                break;
-            }
-
-            case H.MovToSreg:
-            {
-                if (op.Sub == SegCs)
-                {
-                    throw Fault(Vectors.UD, 0);
-                }
-
-                ushort sel = (ushort)ReadOp1(ref op, 2);
-                LoadDataSegment(op.Sub, sel);
-                if (op.Sub == SegSs)
-                {
-                    _interruptShadow = true;
-                }
-
-                _stop = true;
-                break;
-            }
-
-            case H.MovFromSreg:
-            {
-                ushort sel = _cpu.Seg[op.Sub].Selector;
-                if (op.K0 == OpKindX.Reg)
-                {
-                    SetReg(op.R0, op.Size, sel);
-                }
-                else
-                {
-                    Write(Ea(ref op), 2, sel);
-                }
-
-                break;
-            }
-
-            case H.PushSeg:
-                Push(_cpu.Seg[op.Sub].Selector, op.Size);
-                break;
-            case H.PopSeg:
-            {
-                ushort sel = (ushort)Peek(0, op.Size);
-                LoadDataSegment(op.Sub, sel);
-                AdjustSp(op.Size);
-                if (op.Sub == SegSs)
-                {
-                    _interruptShadow = true;
-                }
-
-                _stop = true;
-                break;
-            }
-
-            case H.Lar:
-            case H.Lsl:
-            case H.Verr:
-            case H.Verw:
-                ExecSegmentQuery(ref op);
-                break;
-            case H.JmpFar:
-            case H.CallFar:
-                ExecFarTransfer(ref op, next);
-                _stop = true;
-                return _cpu.Rip;
-            case H.RetFar:
-                ExecRetFar(ref op);
-                _stop = true;
-                return _cpu.Rip;
-            default:
-                throw Fault(Vectors.UD, 0);
-        }
-
-        return next;
-    }
-
-    private void RequireProtected()
-    {
-        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0 || (_cpu.Flags & VM) != 0)
-        {
-            throw Fault(Vectors.UD, 0);
-        }
-    }
-
     private void SetExit(VcpuExit exit)
     {
         _exit = exit;
@@ -878,7 +536,7 @@ internal sealed partial class InterpreterVcpu
         UpdateMode();
     }
 
-    private void ExecFarTransfer(ref Op op, ulong next)
+    private void ExecFarTransfer(ref Op op, ulong next, bool call)
     {
         ulong target;
         ushort sel;
@@ -902,7 +560,7 @@ internal sealed partial class InterpreterVcpu
         int size = op.Size;
         if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0 || (_cpu.Flags & VM) != 0)
         {
-            if (op.H == H.CallFar)
+            if (call)
             {
                 Push(_cpu.Seg[SegCs].Selector, size);
                 Push(next, size);
@@ -923,7 +581,7 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
         }
 
-        if (op.H == H.CallFar)
+        if (call)
         {
             int psize = _cpu.Bitness == 64 && size == 8 ? 8 : size;
             ulong oldSp = Gpr(4);
@@ -1008,10 +666,10 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
-    private void ExecSegmentQuery(ref Op op)
+    private void ExecSegmentQuery(ref Op op, in Instruction ins)
     {
         RequireProtected();
-        ushort sel = (ushort)(op.H is H.Lar or H.Lsl ? ReadOp1(ref op, 2) : ReadOp0(ref op, out _));
+        ushort sel = (ushort)(ins.Mnemonic is Mnemonic.Lar or Mnemonic.Lsl ? ReadOp1(ref op, 2) : ReadOp0(ref op, out _));
         Materialize();
         bool ok = false;
         ulong d = 0;
@@ -1025,17 +683,17 @@ internal sealed partial class InterpreterVcpu
                 bool code = (s.Type & 8) != 0;
                 bool conforming = code && (s.Type & 4) != 0;
                 bool privOk = conforming || (s.Dpl >= _cpu.Cpl && s.Dpl >= (sel & 3));
-                ok = op.H switch
+                ok = ins.Mnemonic switch
                 {
-                    H.Verr => s.IsCodeOrData && privOk && (!code || (s.Type & 2) != 0),
-                    H.Verw => s.IsCodeOrData && privOk && !code && (s.Type & 2) != 0,
-                    _ => privOk && (s.IsCodeOrData || s.Type is 1 or 2 or 3 or 9 or 11 || (op.H == H.Lar && s.Type is 4 or 12)),
+                    Mnemonic.Verr => s.IsCodeOrData && privOk && (!code || (s.Type & 2) != 0),
+                    Mnemonic.Verw => s.IsCodeOrData && privOk && !code && (s.Type & 2) != 0,
+                    _ => privOk && (s.IsCodeOrData || s.Type is 1 or 2 or 3 or 9 or 11 || (ins.Mnemonic == Mnemonic.Lar && s.Type is 4 or 12)),
                 };
-                if (ok && op.H == H.Lsl)
+                if (ok && ins.Mnemonic == Mnemonic.Lsl)
                 {
                     SetReg(op.R0, op.Size, s.Limit);
                 }
-                else if (ok && op.H == H.Lar)
+                else if (ok && ins.Mnemonic == Mnemonic.Lar)
                 {
                     SetReg(op.R0, op.Size, (d >> 32) & 0x00F0FF00);
                 }
@@ -1266,7 +924,7 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
-    private ulong ExecPortIo(ref Op op)
+    private ulong ExecPortIo(ref Op op, bool isOut)
     {
         ushort port = op.Sub == 1 ? (ushort)Gpr(2) : (ushort)op.Imm;
         int size = op.Size;
@@ -1274,10 +932,10 @@ internal sealed partial class InterpreterVcpu
         _exitDataLength = size;
         if (_plat != null)
         {
-            ulong value = op.H == H.Out ? GetReg(0, size) : 0;
-            if (TryPlatformPort(port, size, op.H == H.Out, ref value))
+            ulong value = isOut ? GetReg(0, size) : 0;
+            if (TryPlatformPort(port, size, isOut, ref value))
             {
-                if (op.H == H.In)
+                if (!isOut)
                 {
                     SetReg(0, size, value);
                 }
@@ -1287,7 +945,7 @@ internal sealed partial class InterpreterVcpu
             }
         }
 
-        if (op.H == H.Out)
+        if (isOut)
         {
             ulong v = GetReg(0, size);
             for (int b = 0; b < size; b++)
@@ -1308,7 +966,7 @@ internal sealed partial class InterpreterVcpu
         return op.Next;
     }
 
-    private ulong ExecStringIo(ref Op op)
+    private ulong ExecStringIo(ref Op op, bool isOuts)
     {
         ushort port = (ushort)Gpr(2);
         int size = op.Size;
@@ -1322,8 +980,8 @@ internal sealed partial class InterpreterVcpu
         }
 
         bool down = (_cpu.Flags & DF) != 0;
-        int reg = op.H == H.Outs ? 6 : 7;
-        int seg = op.H == H.Outs ? op.Seg : SegEs;
+        int reg = isOuts ? 6 : 7;
+        int seg = isOuts ? op.Seg : SegEs;
         ulong off = StrReg(reg, asz);
         ulong lin = StrLin(seg, off);
 
@@ -1332,7 +990,7 @@ internal sealed partial class InterpreterVcpu
         int count = (int)Math.Max(1, Math.Min(Math.Min(remaining, inPage), (ulong)(_exitBuffer.Length / size)));
         long delta = down ? -size : size;
         _exitDataLength = size * count;
-        if (op.H == H.Outs)
+        if (isOuts)
         {
             for (int k = 0; k < count; k++)
             {
@@ -1364,7 +1022,7 @@ internal sealed partial class InterpreterVcpu
             _pendingIo = new PendingIo { Kind = PendingIoKind.Ins, Size = size, Count = count, Register = rep ? 1 : 0, AddrSize = asz };
         }
 
-        if (rep && StrReg(1, asz) - (op.H == H.Ins ? (ulong)count : 0) != 0)
+        if (rep && StrReg(1, asz) - (!isOuts ? (ulong)count : 0) != 0)
         {
             _notRetired = true;
             return op.Next - op.Len;

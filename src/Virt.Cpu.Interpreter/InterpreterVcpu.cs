@@ -52,6 +52,7 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
         _tscFrequency = partition.InterpreterOptions.TscFrequency;
         _cpuid = [.. partition.SupportedCpuid];
         _regions = partition.Regions;
+        _handlers = InstructionTable.Bind(this);
         InitTlb();
         UpdateMode();
     }

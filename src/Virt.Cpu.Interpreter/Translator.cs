@@ -2,136 +2,6 @@ using Iced.Intel;
 
 namespace Virt.Cpu.Interpreter;
 
-/// <summary>Handler numbers: the executor's dense dispatch key.</summary>
-internal enum H : byte
-{
-    Invalid,
-    Nop,
-    Alu,
-    AluRR,
-    AluRI,
-    AluRR64,
-    AluRI64,
-    IncDecR64,
-    Mov,
-    MovRR,
-    MovRI,
-    MovRM,
-    MovMR,
-    Lea,
-    IncDec,
-    Neg,
-    Not,
-    Movzx,
-    Movsx,
-    Xchg,
-    Cmpxchg,
-    Xadd,
-    Bswap,
-    Cmovcc,
-    Setcc,
-    Jcc,
-    Jmp,
-    JmpInd,
-    Call,
-    CallInd,
-    Ret,
-    Jcxz,
-    Loop,
-    Push,
-    Pop,
-    Pushf,
-    Popf,
-    Enter,
-    Leave,
-    Cbw,
-    Cwd,
-    Lahf,
-    Sahf,
-    FlagOp,
-    Cli,
-    Sti,
-    Mul,
-    Imul1,
-    Div,
-    Idiv,
-    Imul2,
-    Shift,
-    Shld,
-    Shrd,
-    Bt,
-    Bsf,
-    Bsr,
-    Tzcnt,
-    Lzcnt,
-    Popcnt,
-    Movs,
-    Stos,
-    Lods,
-    Cmps,
-    Scas,
-    Ins,
-    Outs,
-    In,
-    Out,
-    Hlt,
-    Cpuid,
-    Rdtsc,
-    Rdtscp,
-    Int,
-    Int3,
-    Into,
-    Int1,
-    Iret,
-    Syscall,
-    Sysret,
-    Swapgs,
-    Rdmsr,
-    Wrmsr,
-    MovToCr,
-    MovFromCr,
-    MovToDr,
-    MovFromDr,
-    Lgdt,
-    Lidt,
-    Sgdt,
-    Sidt,
-    Ltr,
-    Str,
-    Lldt,
-    Sldt,
-    Invlpg,
-    Clts,
-    Smsw,
-    Lmsw,
-    Cmpxchg8b,
-    Cmpxchg16b,
-    MovToSreg,
-    MovFromSreg,
-    PushSeg,
-    PopSeg,
-    Clflush,
-    Andn,
-    Bextr,
-    Blsi,
-    Blsmsk,
-    Blsr,
-    Xlat,
-    Lar,
-    Lsl,
-    Verr,
-    Verw,
-    JmpFar,
-    CallFar,
-    RetFar,
-    Sysenter,
-    Sysexit,
-    Wait,
-    Sse,
-    X87,
-    Rdpmc,
-}
-
 /// <summary>Turns an Iced <see cref="Instruction"/> into an <see cref="Op"/>.</summary>
 internal static class Translator
 {
@@ -263,8 +133,10 @@ internal static class Translator
             op.Imm &= SizeMask(op.Size);
         }
 
-        ref readonly var form = ref InstructionTable.Get(ins.Code);
-        op.H = form.Handler;
+        int index = InstructionTable.IndexOf(ins.Code);
+        var form = InstructionTable.At(index);
+        op.Form = (ushort)index;
+        op.Inline = form.Inline;
         op.Sub = form.Sub;
         if (form.Size != 0)
         {
@@ -286,13 +158,13 @@ internal static class Translator
                 Alu(ref op, op.Sub);
                 break;
             case Shape.Mov:
-                op.H = (op.K0, op.K1) switch
+                op.Inline = (op.K0, op.K1) switch
                 {
-                    (OpKindX.Reg, OpKindX.Reg) => H.MovRR,
-                    (OpKindX.Reg, OpKindX.Imm) => H.MovRI,
-                    (OpKindX.Reg, OpKindX.Mem) => H.MovRM,
-                    (OpKindX.Mem, OpKindX.Reg) => H.MovMR,
-                    _ => H.Mov,
+                    (OpKindX.Reg, OpKindX.Reg) => InlineOp.MovRR,
+                    (OpKindX.Reg, OpKindX.Imm) => InlineOp.MovRI,
+                    (OpKindX.Reg, OpKindX.Mem) => InlineOp.MovRM,
+                    (OpKindX.Mem, OpKindX.Reg) => InlineOp.MovMR,
+                    _ => InlineOp.Mov,
                 };
                 break;
             case Shape.MovToSreg:
@@ -319,7 +191,7 @@ internal static class Translator
             case Shape.IncDec:
                 if (op.K0 == OpKindX.Reg && op.Size == 8)
                 {
-                    op.H = H.IncDecR64;
+                    op.Inline = InlineOp.IncDecR64;
                 }
 
                 break;
@@ -371,7 +243,7 @@ internal static class Translator
                 op.Target = ins.Immediate8_2nd;
                 break;
             case Shape.Imul:
-                op.H = ins.OpCount == 1 ? H.Imul1 : H.Imul2;
+                op.Inline = ins.OpCount == 1 ? InlineOp.None : InlineOp.Imul2;
                 if (ins.OpCount == 3)
                 {
                     op.Imm = ins.GetImmediate(2) & SizeMask(op.Size);
@@ -411,11 +283,11 @@ internal static class Translator
     private static void Alu(ref Op op, byte sub)
     {
         op.Sub = sub;
-        op.H = (op.K0, op.K1) switch
+        op.Inline = (op.K0, op.K1) switch
         {
-            (OpKindX.Reg, OpKindX.Reg) => op.Size == 8 ? H.AluRR64 : H.AluRR,
-            (OpKindX.Reg, OpKindX.Imm) => op.Size == 8 ? H.AluRI64 : H.AluRI,
-            _ => H.Alu,
+            (OpKindX.Reg, OpKindX.Reg) => op.Size == 8 ? InlineOp.AluRR64 : InlineOp.AluRR,
+            (OpKindX.Reg, OpKindX.Imm) => op.Size == 8 ? InlineOp.AluRI64 : InlineOp.AluRI,
+            _ => InlineOp.Alu,
         };
     }
 

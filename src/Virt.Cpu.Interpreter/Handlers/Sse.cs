@@ -5,7 +5,7 @@ using Virt.X86;
 
 namespace Virt.Cpu.Interpreter;
 
-/// <summary>SSE and SSE2 instructions (legacy encodings), dispatched on the Iced mnemonic from the H.Sse handler.</summary>
+/// <summary>SSE and SSE2 instructions (legacy encodings), dispatched on the Iced mnemonic from the SSE handler.</summary>
 internal sealed partial class InterpreterVcpu
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -104,6 +104,12 @@ internal sealed partial class InterpreterVcpu
         }
 
         return Read(Ea(ref op), size);
+    }
+
+    internal ulong Sse(ref Op op, in Instruction ins)
+    {
+        ExecSse(ref op, in ins);
+        return op.Next;
     }
 
     private void ExecSse(ref Op op, in Instruction ins)

@@ -16,6 +16,23 @@ internal sealed partial class InterpreterVcpu
     // Offsets in the FXSAVE area.
     private const int FxFcw = 0, FxFsw = 2, FxFtw = 4, FxFop = 6, FxFip = 8, FxFdp = 16, FxMxcsr = 24, FxMxcsrMask = 28, FxSt = 32, FxXmm = 160;
 
+    internal ulong X87(ref Op op, in Instruction ins)
+    {
+        ExecX87(ref op, in ins);
+        return op.Next;
+    }
+
+    /// <summary>WAIT/FWAIT: #NM when CR0.MP and CR0.TS are both set; there are no pending x87 exceptions to report.</summary>
+    internal ulong Wait(ref Op op, in Instruction _)
+    {
+        if ((_cpu.Cr0 & (Cr0.MonitorCoprocessor | Cr0.TaskSwitched)) == (Cr0.MonitorCoprocessor | Cr0.TaskSwitched))
+        {
+            throw Fault(Vectors.NM, 0);
+        }
+
+        return op.Next;
+    }
+
     private void ExecX87(ref Op op, in Instruction ins)
     {
         // CR0.EM or CR0.TS: the x87/SSE state is not available (#NM), as for every x87 instruction.
