@@ -61,6 +61,24 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>
+    /// Re-anchors guest time on the platform clock's present tick. A restore sets the clock (forwards or backwards) to
+    /// the tick it was saved at; without this the vCPU would count from its own old anchor and time would stand still
+    /// or jump. Under the host clock, the anchor is taken again when the vCPU next reads the time.
+    /// </summary>
+    private void RebaseClock()
+    {
+        if (_plat is null)
+        {
+            return;
+        }
+
+        _timeBase = _plat.Clock.Now;
+        _retiredBase = _retired;
+        UpdateTimerStop();
+        _hostAnchor = 0;
+    }
+
+    /// <summary>
     /// Guest time now: the host clock under <see cref="InterpreterClock.Host"/>, else the instructions retired so
     /// far (including those earlier in the current block).
     /// </summary>

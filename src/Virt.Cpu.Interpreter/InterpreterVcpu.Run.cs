@@ -64,13 +64,15 @@ internal sealed partial class InterpreterVcpu
         _exitDataLength = 0;
         while (true)
         {
-            if (_exitRequested)
+            // An instruction whose MMIO access the last exit served finishes first: leaving it unfinished would
+            // make the next run execute it afresh and touch the device a second time.
+            if (_exitRequested && !replay)
             {
                 _exitRequested = false;
                 return VcpuExit.Simple(VcpuExitReason.Interrupted);
             }
 
-            if (_retired >= _budgetEnd)
+            if (_retired >= _budgetEnd && !replay)
             {
                 return VcpuExit.Simple(VcpuExitReason.BudgetExhausted);
             }
@@ -142,7 +144,7 @@ internal sealed partial class InterpreterVcpu
                     n = 1;
                 }
 
-                if (left < n)
+                if (left < n && !replay)
                 {
                     n = (int)left;
                 }

@@ -11,6 +11,7 @@ internal sealed partial class InterpreterVcpu
 
     public VcpuState GetState()
     {
+        CompletePendingExit();
         var msrs = StateMsrs.Select(i => new MsrEntry(i, 0)).ToArray();
         GetMsrs(msrs);
         return new VcpuState
@@ -33,6 +34,7 @@ internal sealed partial class InterpreterVcpu
     public void SetState(VcpuState state)
     {
         ArgumentNullException.ThrowIfNull(state);
+        CompletePendingExit();
         if (state.LocalApic is not null)
         {
             throw new ArgumentException("The state carries a per-vCPU local APIC page (from KVM's in-kernel irqchip); the interpreter keeps its local APIC in the partition's interrupt platform, whose own state must be restored instead.", nameof(state));
@@ -51,6 +53,9 @@ internal sealed partial class InterpreterVcpu
             throw new ArgumentException($"The state holds MSRs the interpreter does not have ({string.Join(", ", unknown)}).", nameof(state));
         }
 
+        // The partition's interrupt platform, clock included, is restored before its vCPUs: count time from the
+        // restored clock, so the TSC and its deadline below are taken against it and guest time runs on from there.
+        RebaseClock();
         SetSpecialRegisters(state.Special);
         SetGeneralRegisters(state.General);
         SetXsaveState(state.Xsave);
@@ -59,5 +64,26 @@ internal sealed partial class InterpreterVcpu
         _pendingIrq = e.InterruptInjected || e.InterruptPending ? e.InterruptVector : -1;
         _interruptShadow = e.InterruptShadow != 0;
         _halted = state.Halted && _plat is not null;
+        RebaseClock();
+    }
+
+    /// <summary>
+    /// Finishes an instruction the last exit left pending (a port read or an MMIO access the caller has served), so a
+    /// saved state lies between two instructions, as on KVM.
+    /// </summary>
+    private void CompletePendingExit()
+    {
+        if (_pendingIo.Kind == PendingIoKind.None)
+        {
+            return;
+        }
+
+        _exitRequested = true;
+        var exit = Run();
+        _exitRequested = false;
+        if (exit.Reason != VcpuExitReason.Interrupted)
+        {
+            throw new InvalidOperationException($"Finishing the instruction the last exit left pending ended in another exit ({exit.Reason}); serve it and run the vCPU before taking its state.");
+        }
     }
 }

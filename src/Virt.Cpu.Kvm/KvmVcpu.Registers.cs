@@ -217,9 +217,20 @@ internal sealed unsafe partial class KvmVcpu
 
         for (int i = 0; i < entries.Length; i++)
         {
-            entries[i] = new MsrEntry(k[i].Index, k[i].Data);
+            ulong value = k[i].Data;
+            if (k[i].Index == MsrIndex.PlatformInfo && (value & PlatformInfoCpuidFaulting) != 0
+                && CpuidFaultingProbe.Result == CpuidFaultingProbe.Outcome.Ignored)
+            {
+                // KVM offers CPUID faulting, but guest user code on this host reads CPUID without faulting.
+                value &= ~PlatformInfoCpuidFaulting;
+            }
+
+            entries[i] = new MsrEntry(k[i].Index, value);
         }
     }
+
+    /// <summary>MSR_PLATFORM_INFO bit 31: CPUID faulting is available.</summary>
+    private const ulong PlatformInfoCpuidFaulting = 1UL << 31;
 
     /// <inheritdoc />
     public void SetMsrs(ReadOnlySpan<MsrEntry> entries)

@@ -76,7 +76,7 @@ internal static class MachineAssembler
     {
         if (config.Restore is { } restore)
         {
-            return GuestMemory.Create(GuestMemoryRegionSpec.FromFile(GuestAddress.Zero, config.MemorySize, restore.Reader.File, restore.Memory.Offset));
+            return GuestMemory.Create(GuestMemoryRegionSpec.FromFile(GuestAddress.Zero, config.MemorySize, restore.MemoryFile, restore.MemoryOffset));
         }
 
         var memory = GuestMemory.CreateRam(config.MemorySize);
@@ -102,6 +102,7 @@ internal static class MachineAssembler
             VcpuCount = config.VcpuCount,
             MaskedCpuidFeatures = config.MaskedCpuidFeatures,
             InterruptController = config.InterruptController,
+            TrackDirtyPages = config.TrackDirtyPages,
             InterruptPlatform = Virt.Devices.Interrupts.PcInterruptPlatform.Factory,
         });
 

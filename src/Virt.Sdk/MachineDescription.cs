@@ -187,11 +187,15 @@ internal sealed record MachineDescription
 internal sealed record SavedDevice(string Name, bool IsVirtio, ushort? Port, ushort PortCount, ulong? MmioAddress, ulong MmioSize, uint? Irq);
 
 /// <summary>The snapshot a VM is being restored from: the open file, its machine description and its memory section.</summary>
-internal sealed class SnapshotSource(SnapshotReader reader, MachineDescription description, SnapshotSection memory)
+internal sealed class SnapshotSource(SnapshotReader reader, MachineDescription description, Microsoft.Win32.SafeHandles.SafeFileHandle memoryFile, long memoryOffset)
 {
     public SnapshotReader Reader { get; } = reader;
 
     public MachineDescription Description { get; } = description;
 
-    public SnapshotSection Memory { get; } = memory;
+    /// <summary>The file guest RAM is mapped from (copy-on-write): the snapshot itself, or a migration's received pages.</summary>
+    public Microsoft.Win32.SafeHandles.SafeFileHandle MemoryFile { get; } = memoryFile;
+
+    /// <summary>Where guest physical address 0 lies in <see cref="MemoryFile"/>.</summary>
+    public long MemoryOffset { get; } = memoryOffset;
 }

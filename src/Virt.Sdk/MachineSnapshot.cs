@@ -12,8 +12,11 @@ internal static class MachineSnapshot
     /// <summary>The snapshot section that holds guest RAM.</summary>
     private const string MemorySection = "memory0";
 
-    /// <summary>Writes every section of the machine: its description, the partition's state, the vCPUs, the devices, memory.</summary>
-    public static void Write(SnapshotWriter writer, VirtualMachineConfiguration config, AssembledMachine machine, BackendSelection selection)
+    /// <summary>
+    /// Writes every section of the machine: its description, the partition's state, the vCPUs, the devices and (unless
+    /// <paramref name="includeMemory"/> is false, as for a migration, which sends memory on its own) memory.
+    /// </summary>
+    public static void Write(SnapshotWriter writer, VirtualMachineConfiguration config, AssembledMachine machine, BackendSelection selection, bool includeMemory = true)
     {
         var description = Describe(config, machine, selection);
         var w = new StateWriter();
@@ -34,6 +37,11 @@ internal static class MachineSnapshot
         foreach (var device in machine.PersistentDevices)
         {
             writer.AddState(device);
+        }
+
+        if (!includeMemory)
+        {
+            return;
         }
 
         var memory = machine.Memory;
@@ -73,7 +81,25 @@ internal static class MachineSnapshot
             throw new SnapshotFormatException(MemorySection, "length", $"the memory section holds {memory.Length} bytes of a {memory.Kind} section; the machine has {description.MemorySize} bytes of RAM.");
         }
 
-        return new SnapshotSource(reader, description, memory);
+        return new SnapshotSource(reader, description, reader.File, memory.Offset);
+    }
+
+    /// <summary>Reads the machine description of a snapshot without memory, whose RAM is in <paramref name="memoryFile"/> from offset 0.</summary>
+    public static SnapshotSource Open(SnapshotReader reader, Microsoft.Win32.SafeHandles.SafeFileHandle memoryFile)
+    {
+        var description = ReadDescription(reader);
+        if (reader.Sections.Any(s => s.Name == MemorySection))
+        {
+            throw new SnapshotFormatException(MemorySection, "presence", "the machine state carries memory of its own, but its memory came separately.");
+        }
+
+        long length = RandomAccess.GetLength(memoryFile);
+        if ((ulong)length != description.MemorySize)
+        {
+            throw new SnapshotFormatException(MachineDescription.SectionName, "memory size", $"the machine has {description.MemorySize} bytes of RAM, but {length} bytes were received.");
+        }
+
+        return new SnapshotSource(reader, description, memoryFile, 0);
     }
 
     private static MachineDescription ReadDescription(SnapshotReader reader)

@@ -86,7 +86,12 @@ public sealed partial class VirtualMachine
     {
         cancellationToken.ThrowIfCancellationRequested();
         using var reader = SnapshotReader.Open(path);
-        var source = MachineSnapshot.Open(reader);
+        return await RestoreCoreAsync(MachineSnapshot.Open(reader), configure, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Builds the machine a snapshot describes around the caller's host parts and loads its state; the VM comes back paused.</summary>
+    internal static async Task<VirtualMachine> RestoreCoreAsync(SnapshotSource source, Func<VirtualMachineBuilder, VirtualMachineBuilder>? configure, CancellationToken cancellationToken)
+    {
         var builder = new VirtualMachineBuilder(MachineSnapshot.BaseConfiguration(source.Description));
         builder = configure?.Invoke(builder) ?? builder;
         var config = MachineSnapshot.Reconcile(builder.Configuration, source.Description) with { Restore = source };
@@ -96,7 +101,7 @@ public sealed partial class VirtualMachine
             MachineSnapshot.CheckDevices(source.Description, vm._machine);
             MachineSnapshot.CheckCpuid(source.Description, vm._machine, vm.BackendSelection);
             cancellationToken.ThrowIfCancellationRequested();
-            MachineSnapshot.Restore(reader, vm._machine, vm.BackendSelection);
+            MachineSnapshot.Restore(source.Reader, vm._machine, vm.BackendSelection);
             vm._restoredNotStarted = true;
             vm.SetState(VirtualMachineState.Paused);
             return vm;

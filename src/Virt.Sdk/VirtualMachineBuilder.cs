@@ -163,6 +163,14 @@ public sealed partial class VirtualMachineBuilder
     public VirtualMachineBuilder WithInstructionBudget(long instructions) => new(_config with { InstructionBudget = instructions });
 
     /// <summary>
+    /// Has the backend record which guest pages the guest writes, so that <see cref="VirtualMachine.MigrateAsync"/> can
+    /// copy memory while the guest keeps running (pre-copy) and stop it only for the last few pages. Without it a
+    /// migration pauses the guest for the whole copy. Costs one write fault per page after each round of a migration
+    /// on KVM; nothing measurable on the interpreter.
+    /// </summary>
+    public VirtualMachineBuilder WithDirtyPageTracking(bool enabled = true) => new(_config with { TrackDirtyPages = enabled });
+
+    /// <summary>
     /// Gives the VM the interrupt controllers and timer a guest OS expects (KVM: in-kernel irqchip and PIT).
     /// Device interrupts (UART, virtio) reach the guest only with it. A vCPU's <c>HLT</c> then waits for an
     /// interrupt instead of ending the vCPU.

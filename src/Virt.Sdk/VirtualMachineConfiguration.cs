@@ -59,6 +59,9 @@ internal sealed record VirtualMachineConfiguration
     /// <summary>The VM has a Linux guest's platform devices (i8042, RTC, ACPI sleep): set with a kernel, or by a restored Linux guest.</summary>
     public bool LinuxPlatform { get; init; }
 
+    /// <summary>The backend records which guest pages are written, so a live migration copies memory while the guest runs.</summary>
+    public bool TrackDirtyPages { get; init; }
+
     /// <summary>When the VM is restored from a snapshot: where its memory and state come from (no images, boot or start state are loaded).</summary>
     public SnapshotSource? Restore { get; init; }
 }

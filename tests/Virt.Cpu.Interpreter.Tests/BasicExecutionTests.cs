@@ -100,6 +100,77 @@ public sealed class BasicExecutionTests
     }
 
     [Fact]
+    public void A_served_mmio_read_finishes_before_an_exit_request_and_is_not_repeated()
+    {
+        const ulong mmio = 0x1000_0000;
+        using var m = Machine.Long64(a =>
+        {
+            a.mov(ebx, (int)mmio);
+            a.add(__qword_ptr[rbx], 5);
+            a.mov(r12, 1);
+            a.hlt();
+        });
+        var exit = m.Run();
+        Assert.Equal(VcpuExitReason.Mmio, exit.Reason);
+        Assert.False(exit.IsWrite);
+        BitConverter.TryWriteBytes(m.Vcpu.ExitData, 0x100UL);
+
+        // A pause (exit request) after the read was served: the instruction goes on to its write, not back to its read.
+        m.Vcpu.RequestExit();
+        exit = m.Run();
+        Assert.Equal(VcpuExitReason.Mmio, exit.Reason);
+        Assert.True(exit.IsWrite);
+        Assert.Equal(0x105UL, BitConverter.ToUInt64(m.Vcpu.ExitData));
+        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        Assert.Equal(1UL, m.Regs.R12);
+    }
+
+    [Fact]
+    public void Taking_the_state_after_a_served_mmio_read_finishes_the_instruction()
+    {
+        const ulong mmio = 0x1000_0000;
+        using var m = Machine.Long64(a =>
+        {
+            a.mov(ebx, (int)mmio);
+            a.mov(rax, __qword_ptr[rbx]);
+            a.mov(r12, 1);
+            a.hlt();
+        });
+        var exit = m.Run();
+        Assert.Equal(VcpuExitReason.Mmio, exit.Reason);
+        ulong rip = m.Regs.Rip;
+        BitConverter.TryWriteBytes(m.Vcpu.ExitData, 0x1234UL);
+        var state = m.Vcpu.GetState();
+        Assert.Equal(0x1234UL, state.General.Rax);
+        Assert.True(state.General.Rip > rip);
+        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        Assert.Equal(1UL, m.Regs.R12);
+        Assert.Equal(0x1234UL, m.Regs.Rax);
+    }
+
+    [Fact]
+    public void A_served_mmio_read_finishes_even_when_the_budget_is_spent()
+    {
+        const ulong mmio = 0x1000_0000;
+        using var m = Machine.Long64(a =>
+        {
+            a.mov(ebx, (int)mmio);
+            a.mov(rax, __qword_ptr[rbx]);
+            a.mov(r12, 1);
+            a.hlt();
+        });
+        var counting = Assert.IsAssignableFrom<IInstructionCounting>(m.Vcpu);
+        Assert.Equal(VcpuExitReason.Mmio, m.Run().Reason);
+        BitConverter.TryWriteBytes(m.Vcpu.ExitData, 0x77UL);
+        counting.InstructionBudget = 0;
+        Assert.Equal(VcpuExitReason.BudgetExhausted, m.Run().Reason);
+        Assert.Equal(0x77UL, m.Regs.Rax);
+        counting.InstructionBudget = 100;
+        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        Assert.Equal(0x77UL, m.Regs.Rax);
+    }
+
+    [Fact]
     public void Budget_stops_after_exactly_the_given_number_of_instructions()
     {
         using var m = Machine.Long64(a =>

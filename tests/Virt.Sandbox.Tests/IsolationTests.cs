@@ -133,8 +133,8 @@ public sealed class IsolationTests
         var isolation = result.Isolation!;
         Assert.Equal("kvm", isolation.Backend);
         Assert.Equal(isolation, sandbox.Isolation);
-        // Where the CPU offers CPUID faulting, the program's CPUID answers are the sandbox's on any KVM.
-        Assert.True(isolation.CpuidPolicyEnforced, $"{isolation}");
+        // The policy holds wherever CPUID faults at CPL 3 or guest user code does not run on the host processor.
+        Assert.Equal(isolation.CpuidFaulting || !isolation.UserModeRunsOnHost, isolation.CpuidPolicyEnforced);
         if (isolation.UserModeRunsOnHost && System.Runtime.Intrinsics.X86.Avx.IsSupported)
         {
             Assert.True((isolation.HiddenStateReachable & XsaveComponents.Avx) != 0, $"{isolation}");
@@ -179,7 +179,16 @@ public sealed class IsolationTests
         uint leaf1Ecx = BinaryPrimitives.ReadUInt32LittleEndian(outBytes);
         uint leaf7Ebx = BinaryPrimitives.ReadUInt32LittleEndian(outBytes[4..]);
         uint leaf7Ecx = BinaryPrimitives.ReadUInt32LittleEndian(outBytes[8..]);
-        Assert.True(result.Isolation!.CpuidPolicyEnforced, $"{result.Isolation}");
+        if (!result.Isolation!.CpuidPolicyEnforced)
+        {
+            // A KVM whose host processor cannot make CPUID fault at CPL 3 (PVM on AMD): the report says so, and it
+            // is true, since the program reads the host's own answers.
+            Assert.Equal("kvm", backend);
+            Assert.True(result.Isolation.UserModeRunsOnHost, $"{result.Isolation}");
+            Assert.Equal(System.Runtime.Intrinsics.X86.Avx.IsSupported, (leaf1Ecx & (1u << 28)) != 0);
+            return;
+        }
+
         Assert.Equal(0u, leaf1Ecx & ((1u << 26) | (1u << 27) | (1u << 28))); // XSAVE, OSXSAVE, AVX
         Assert.Equal(0u, leaf7Ebx & ((1u << 5) | (1u << 16)));                // AVX2, AVX-512F
         Assert.Equal(0u, leaf7Ecx & ((1u << 3) | (1u << 4)));                 // PKU, OSPKE

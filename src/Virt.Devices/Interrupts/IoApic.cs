@@ -12,7 +12,7 @@ namespace Virt.Devices.Interrupts;
 /// Thread-safe; messages are delivered outside the lock. Device lines are logical (asserted or
 /// not); the polarity bit is kept for the guest to read but does not invert them, as in other VMMs.
 /// </remarks>
-public sealed class IoApic : IMmioDevice
+public sealed partial class IoApic : IMmioDevice
 {
     /// <summary>The conventional base address.</summary>
     public const ulong DefaultAddress = 0xFEC00000;

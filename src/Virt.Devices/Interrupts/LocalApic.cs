@@ -14,7 +14,7 @@ namespace Virt.Devices.Interrupts;
 /// is an unmasked ExtINT entry, the PIC's interrupts come through it. NMIs (LINT1, IPIs) are counted
 /// in <see cref="HasPendingNmi"/>. Thread-safe.
 /// </remarks>
-public sealed class LocalApic : IMmioDevice, IInterruptController, IApicMessageSink, Virt.Platform.ILocalInterruptController
+public sealed partial class LocalApic : IMmioDevice, IInterruptController, IApicMessageSink, Virt.Platform.ILocalInterruptController
 {
     /// <summary>The conventional base address (IA32_APIC_BASE bits 51:12 after reset).</summary>
     public const ulong DefaultAddress = 0xFEE00000;
@@ -59,6 +59,7 @@ public sealed class LocalApic : IMmioDevice, IInterruptController, IApicMessageS
     private readonly VirtualClock _clock;
     private readonly ClockTimer _timer;
     private readonly long _timerFrequency;
+    private readonly byte _stateId; // the ID at creation, which names the snapshot record (the guest may change _id)
     private readonly uint[] _isr = new uint[8];
     private readonly uint[] _irr = new uint[8];
     private readonly uint[] _tmr = new uint[8];
@@ -83,6 +84,7 @@ public sealed class LocalApic : IMmioDevice, IInterruptController, IApicMessageS
         _timerFrequency = timerFrequency;
         _timer = clock.CreateTimer(OnTimer);
         _id = id;
+        _stateId = id;
         Reset();
     }
 

@@ -7,7 +7,7 @@ namespace Virt.Devices.Interrupts;
 /// the <see cref="IInterruptPlatform"/> a backend without its own composes: the interpreter handles their ports, MMIO
 /// pages and MSRs on the vCPU thread, without exits to the host.
 /// </summary>
-public sealed class PcInterruptPlatform : IInterruptPlatform
+public sealed partial class PcInterruptPlatform : IInterruptPlatform
 {
     /// <summary>Highest global system interrupt: 16 ISA IRQs plus IOAPIC pins 16-23.</summary>
     public const uint HighestGsi = 23;

@@ -1,7 +1,7 @@
 namespace Virt.Devices.Interrupts;
 
 /// <summary>One 8259A programmable interrupt controller (Intel 8259A data sheet). Not thread-safe: <see cref="PicPair"/> locks.</summary>
-internal sealed class Pic8259
+internal sealed partial class Pic8259
 {
     // Command-port bits.
     private const byte Icw1Select = 0x10;  // D4 = 1: ICW1

@@ -13,7 +13,7 @@ namespace Virt.Devices.Interrupts;
 /// sequence since power-on does not interrupt: its vector base is undefined, and a kernel that never
 /// uses the PIC (ACPI hardware-reduced mode) must not receive vectors 0-15 through LINT0.
 /// </remarks>
-public sealed class PicPair : IInterruptController
+public sealed partial class PicPair : IInterruptController
 {
     /// <summary>First port of the master (command; data is +1).</summary>
     public const ushort MasterBase = 0x20;

@@ -10,7 +10,7 @@ namespace Virt.Devices.Interrupts;
 /// (0, 2 and 3 as Linux uses them: one-shot for calibration, rate generator and square wave for the
 /// tick); BCD counting is accepted but counts in binary. Thread-safe.
 /// </remarks>
-public sealed class Pit8254 : IPortIoDevice
+public sealed partial class Pit8254 : IPortIoDevice
 {
     /// <summary>First port (channel 0 data); channel n is +n, the control word +3.</summary>
     public const ushort BasePort = 0x40;

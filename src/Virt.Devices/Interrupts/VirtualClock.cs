@@ -9,7 +9,7 @@ namespace Virt.Devices.Interrupts;
 /// Thread-safe. Timer callbacks run on the thread that calls <see cref="AdvanceTo"/>, outside the
 /// clock's lock, in deadline order; a callback may reschedule its own or another timer.
 /// </remarks>
-public sealed class VirtualClock : Virt.Platform.IPlatformClock
+public sealed partial class VirtualClock : Virt.Platform.IPlatformClock
 {
     private readonly Lock _lock = new();
     private readonly List<ClockTimer> _timers = [];

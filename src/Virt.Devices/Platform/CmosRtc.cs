@@ -16,7 +16,7 @@ namespace Virt.Devices;
 /// clock at once. Fields that do not form a valid date are ignored.</para>
 /// <para>Register D always reports valid RAM. No interrupts are generated: register C reads 0.</para>
 /// </remarks>
-public sealed class CmosRtc : IPortIoDevice
+public sealed partial class CmosRtc : IPortIoDevice
 {
     /// <summary>Index port: bits 6:0 select the register, bit 7 set disables NMI.</summary>
     public const ushort IndexPort = 0x70;

@@ -16,7 +16,7 @@ namespace Virt.Devices;
 /// i8042 driver concludes that there is no aux port without waiting for timeouts.</para>
 /// <para>Commands and data are handled at once, so the input-buffer-full status bit is never set.</para>
 /// </remarks>
-public sealed class I8042Controller : IPortIoDevice
+public sealed partial class I8042Controller : IPortIoDevice
 {
     /// <summary>Data port (read: output buffer; write: data for the keyboard or for a pending command).</summary>
     public const ushort DataPort = 0x60;
@@ -389,17 +389,21 @@ public sealed class I8042Controller : IPortIoDevice
         return false;
     }
 
-    private void UpdateInterrupts()
+    /// <summary>The levels of IRQ 1 and IRQ 12: the byte at the head of the output buffer interrupts on its channel if enabled.</summary>
+    private (bool Keyboard, bool Aux) InterruptLevels()
     {
-        bool keyboard = false;
-        bool aux = false;
-        if (_outputCount > 0)
+        if (_outputCount == 0)
         {
-            bool fromAux = (_output[_outputHead].Flags & StatusAuxData) != 0;
-            keyboard = !fromAux && (_ram[0] & CtrKeyboardInterrupt) != 0;
-            aux = fromAux && (_ram[0] & CtrAuxInterrupt) != 0;
+            return (false, false);
         }
 
+        bool fromAux = (_output[_outputHead].Flags & StatusAuxData) != 0;
+        return (!fromAux && (_ram[0] & CtrKeyboardInterrupt) != 0, fromAux && (_ram[0] & CtrAuxInterrupt) != 0);
+    }
+
+    private void UpdateInterrupts()
+    {
+        var (keyboard, aux) = InterruptLevels();
         SetLine(_keyboardInterrupt, ref _keyboardLineHigh, keyboard);
         SetLine(_auxInterrupt, ref _auxLineHigh, aux);
     }

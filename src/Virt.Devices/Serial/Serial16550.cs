@@ -20,7 +20,7 @@ namespace Virt.Devices;
 /// <para>The interrupt line is driven by the IIR state alone; MCR.OUT2 is stored but does not gate it.</para>
 /// <para>Thread-safe: the vCPU thread and host input may call in concurrently.</para>
 /// </remarks>
-public sealed class Serial16550 : IPortIoDevice
+public sealed partial class Serial16550 : IPortIoDevice
 {
     private static readonly byte[] TriggerLevels = [1, 4, 8, 14];
 
@@ -453,30 +453,32 @@ public sealed class Serial16550 : IPortIoDevice
     }
 
     /// <summary>The modem input lines: in loopback the modem outputs drive them, otherwise a connected, ready peer.</summary>
-    private byte ModemInputLines()
+    private byte ModemInputLines() => ModemInputLines(_mcr);
+
+    private static byte ModemInputLines(byte mcr)
     {
-        if ((_mcr & R.McrLoopback) == 0)
+        if ((mcr & R.McrLoopback) == 0)
         {
             return DefaultModemLines;
         }
 
         byte lines = 0;
-        if ((_mcr & R.McrRequestToSend) != 0)
+        if ((mcr & R.McrRequestToSend) != 0)
         {
             lines |= R.MsrClearToSend;
         }
 
-        if ((_mcr & R.McrDataTerminalReady) != 0)
+        if ((mcr & R.McrDataTerminalReady) != 0)
         {
             lines |= R.MsrDataSetReady;
         }
 
-        if ((_mcr & R.McrOut1) != 0)
+        if ((mcr & R.McrOut1) != 0)
         {
             lines |= R.MsrRingIndicator;
         }
 
-        if ((_mcr & R.McrOut2) != 0)
+        if ((mcr & R.McrOut2) != 0)
         {
             lines |= R.MsrDataCarrierDetect;
         }
