@@ -34,6 +34,7 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The run loop: pending exits, the budget, timers, interrupts, halts and blocks in the order they take effect in each iteration.")]
     private VcpuExit RunCore()
     {
         bool replay = false;

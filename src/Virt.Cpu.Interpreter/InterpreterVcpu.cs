@@ -7,6 +7,7 @@ namespace Virt.Cpu.Interpreter;
 /// One interpreted vCPU. The guest runs on the thread that calls <see cref="Run"/>; every other member
 /// except <see cref="RequestExit"/> must be called on that thread while the vCPU is not running.
 /// </summary>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1506:Avoid excessive class coupling", Justification = "One vCPU implements the whole instruction set over Iced's decoder, the Virt.Abstractions seams and Virt.X86's facts, split by ISA group into partial files (Handlers/); the coupling is the breadth of the ISA, and the hot path reaches every handler without going through another object.")]
 internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCounting
 {
     // RFLAGS bits by their SDM names, as the flag logic reads best with them (values: Virt.X86.Rflags).

@@ -51,81 +51,10 @@ internal static class Translator
             op.Pfx |= Pfx.Lock;
         }
 
-        int count = ins.OpCount;
-        for (int i = 0; i < count && i < 3; i++)
+        int count = Math.Min(ins.OpCount, 3);
+        for (int i = 0; i < count; i++)
         {
-            var kind = ins.GetOpKind(i);
-            byte k;
-            byte reg = 0;
-            switch (kind)
-            {
-                case OpKind.Register:
-                    k = OpKindX.Reg;
-                    reg = (byte)RegIndex(ins.GetOpRegister(i));
-                    if (i == 0 || op.Size == 0)
-                    {
-                        int sz = ins.GetOpRegister(i).GetSize();
-                        if (i == 0)
-                        {
-                            op.Size = (byte)sz;
-                        }
-                    }
-
-                    break;
-                case OpKind.Memory:
-                    k = OpKindX.Mem;
-                    FillMemory(ref op, in ins, bitness);
-                    if (i == 0)
-                    {
-                        op.Size = (byte)ins.MemorySize.GetSize();
-                    }
-
-                    break;
-                case OpKind.Immediate8:
-                case OpKind.Immediate16:
-                case OpKind.Immediate32:
-                case OpKind.Immediate64:
-                case OpKind.Immediate8to16:
-                case OpKind.Immediate8to32:
-                case OpKind.Immediate8to64:
-                case OpKind.Immediate32to64:
-                    k = OpKindX.Imm;
-                    op.Imm = ins.GetImmediate(i);
-                    break;
-                case OpKind.Immediate8_2nd:
-                    k = OpKindX.Imm;
-                    op.Target = ins.Immediate8_2nd;
-                    break;
-                case OpKind.NearBranch16:
-                case OpKind.NearBranch32:
-                case OpKind.NearBranch64:
-                    k = OpKindX.None;
-                    op.Target = ins.NearBranchTarget;
-                    break;
-                default:
-                    k = OpKindX.None;
-                    break;
-            }
-
-            if (i == 0)
-            {
-                op.K0 = k;
-                op.R0 = reg;
-            }
-            else if (i == 1)
-            {
-                op.K1 = k;
-                op.R1 = reg;
-            }
-            else
-            {
-                op.R2 = reg;
-                op.K2 = k;
-                if (k == OpKindX.Imm && op.K1 != OpKindX.Imm)
-                {
-                    op.Size2 = 0xFF; // third operand is an immediate (IMUL r, r/m, imm; SHLD r/m, r, imm)
-                }
-            }
+            FillOperand(ref op, in ins, i, bitness);
         }
 
         if (op.K1 == OpKindX.Imm && op.Size != 0)
@@ -147,7 +76,85 @@ internal static class Translator
         return op;
     }
 
+    /// <summary>Fills operand <paramref name="i"/> (register, memory, immediate or branch target) into <paramref name="op"/>.</summary>
+    private static void FillOperand(ref Op op, in Instruction ins, int i, int bitness)
+    {
+        var kind = ins.GetOpKind(i);
+        byte k;
+        byte reg = 0;
+        switch (kind)
+        {
+            case OpKind.Register:
+                k = OpKindX.Reg;
+                reg = (byte)RegIndex(ins.GetOpRegister(i));
+                if (i == 0 || op.Size == 0)
+                {
+                    int sz = ins.GetOpRegister(i).GetSize();
+                    if (i == 0)
+                    {
+                        op.Size = (byte)sz;
+                    }
+                }
+
+                break;
+            case OpKind.Memory:
+                k = OpKindX.Mem;
+                FillMemory(ref op, in ins, bitness);
+                if (i == 0)
+                {
+                    op.Size = (byte)ins.MemorySize.GetSize();
+                }
+
+                break;
+            case OpKind.Immediate8:
+            case OpKind.Immediate16:
+            case OpKind.Immediate32:
+            case OpKind.Immediate64:
+            case OpKind.Immediate8to16:
+            case OpKind.Immediate8to32:
+            case OpKind.Immediate8to64:
+            case OpKind.Immediate32to64:
+                k = OpKindX.Imm;
+                op.Imm = ins.GetImmediate(i);
+                break;
+            case OpKind.Immediate8_2nd:
+                k = OpKindX.Imm;
+                op.Target = ins.Immediate8_2nd;
+                break;
+            case OpKind.NearBranch16:
+            case OpKind.NearBranch32:
+            case OpKind.NearBranch64:
+                k = OpKindX.None;
+                op.Target = ins.NearBranchTarget;
+                break;
+            default:
+                k = OpKindX.None;
+                break;
+        }
+
+        if (i == 0)
+        {
+            op.K0 = k;
+            op.R0 = reg;
+        }
+        else if (i == 1)
+        {
+            op.K1 = k;
+            op.R1 = reg;
+        }
+        else
+        {
+            op.R2 = reg;
+            op.K2 = k;
+            if (k == OpKindX.Imm && op.K1 != OpKindX.Imm)
+            {
+                op.Size2 = 0xFF; // third operand is an immediate (IMUL r, r/m, imm; SHLD r/m, r, imm)
+            }
+        }
+    }
+
     /// <summary>The operand details a form's <see cref="Shape"/> adds to the generic operand fill.</summary>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per operand shape of the instruction table, each a few assignments.")]
     private static void Complete(ref Op op, in Instruction ins, int bitness, Shape shape)
     {
         switch (shape)

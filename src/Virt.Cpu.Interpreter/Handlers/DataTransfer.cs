@@ -47,4 +47,25 @@ internal sealed partial class InterpreterVcpu
         SetReg(0, 1, Read(StrLin(op.Seg, off), 1));
         return op.Next;
     }
+
+    private void ExecXchg(ref Op op)
+    {
+        int size = op.Size;
+        if (op.K0 == OpKindX.Reg && op.K1 == OpKindX.Reg)
+        {
+            ulong a = GetReg(op.R0, size);
+            ulong b = GetReg(op.R1, size);
+            SetReg(op.R0, size, b);
+            SetReg(op.R1, size, a);
+            return;
+        }
+
+        // One operand is memory (Iced puts it first).
+        ulong ea = Ea(ref op);
+        int reg = op.K0 == OpKindX.Reg ? op.R0 : op.R1;
+        ProbeWrite(ea, size);
+        ulong m = Read(ea, size);
+        Write(ea, size, GetReg(reg, size));
+        SetReg(reg, size, m);
+    }
 }

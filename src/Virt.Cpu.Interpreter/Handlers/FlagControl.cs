@@ -1,4 +1,5 @@
 using Iced.Intel;
+using Virt.X86;
 
 namespace Virt.Cpu.Interpreter;
 
@@ -60,5 +61,15 @@ internal sealed partial class InterpreterVcpu
         _cpu.Flags |= IF;
         _stop = true;
         return op.Next;
+    }
+
+    private bool IoplAllows()
+    {
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0)
+        {
+            return true;
+        }
+
+        return _cpu.Cpl <= (int)((_cpu.Flags & IoplMask) >> 12);
     }
 }

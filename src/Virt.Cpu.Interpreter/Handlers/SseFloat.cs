@@ -151,6 +151,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>One lane of ADD/SUB/MUL/DIV/MIN/MAX/SQRT (SQRT uses <paramref name="b"/> only).</summary>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One lane of the seven SSE arithmetic operations with their IEEE special cases (NaN propagation, denormals, invalid and divide-by-zero flags) in the order the SDM gives them.")]
     private T FpArith<T>(int kind, T a, T b)
         where T : unmanaged, IBinaryFloatingPointIeee754<T>
     {

@@ -208,6 +208,7 @@ internal sealed partial class InterpreterVcpu
     };
 
     /// <summary>x87 loads, stores and arithmetic; returns false when <paramref name="ins"/> is not one of them.</summary>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per x87 instruction, each a line or two: the group's table in code form.")]
     private bool ExecX87Arith(ref Op op, in Instruction ins)
     {
         var m = ins.Mnemonic;
