@@ -1,12 +1,19 @@
+using Virt.X86;
+
 namespace Virt.Cpu.Interpreter;
 
 /// <summary>Exception vectors.</summary>
 internal static class Vectors
 {
-    public const byte DE = 0, DB = 1, NMI = 2, BP = 3, OF = 4, BR = 5, UD = 6, NM = 7, DF = 8, TS = 10, NP = 11, SS = 12, GP = 13, PF = 14, MF = 16, AC = 17, XM = 19;
+    public const byte DE = ExceptionVector.DivideError, DB = ExceptionVector.Debug, NMI = ExceptionVector.NonMaskableInterrupt,
+        BP = ExceptionVector.Breakpoint, OF = ExceptionVector.Overflow, BR = ExceptionVector.BoundRange, UD = ExceptionVector.InvalidOpcode,
+        NM = ExceptionVector.DeviceNotAvailable, DF = ExceptionVector.DoubleFault, TS = ExceptionVector.InvalidTss,
+        NP = ExceptionVector.SegmentNotPresent, SS = ExceptionVector.StackFault, GP = ExceptionVector.GeneralProtection,
+        PF = ExceptionVector.PageFault, MF = ExceptionVector.X87FloatingPoint, AC = ExceptionVector.AlignmentCheck,
+        XM = ExceptionVector.SimdFloatingPoint;
 
     /// <summary>Whether the exception pushes an error code.</summary>
-    public static bool HasErrorCode(int vector) => vector is DF or TS or NP or SS or GP or PF or AC;
+    public static bool HasErrorCode(int vector) => ExceptionVector.HasErrorCode(vector);
 
     /// <summary>Contributory exceptions (a second one while delivering the first is a double fault).</summary>
     public static bool IsContributory(int vector) => vector is DE or TS or NP or SS or GP;

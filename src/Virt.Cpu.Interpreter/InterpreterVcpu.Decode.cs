@@ -21,7 +21,8 @@ internal static class Pfx
 [StructLayout(LayoutKind.Sequential)]
 internal struct Op
 {
-    public H H;
+    /// <summary>The inline operation that runs this instruction, or <see cref="InlineOp.None"/>: the handler of row <see cref="Form"/> runs it.</summary>
+    public InlineOp Inline;
     public byte Size;
     public byte Sub;
     public byte R0, R1, R2;
@@ -31,6 +32,9 @@ internal struct Op
     public byte Len;
     public byte Size2;
     public byte Pfx;
+
+    /// <summary>The instruction's row in <see cref="InstructionTable"/>.</summary>
+    public ushort Form;
     public long Disp;
     public ulong Imm;
     public ulong Next;
@@ -106,12 +110,12 @@ internal sealed unsafe partial class InterpreterVcpu
         }
     }
 
-    private int ModeKey => _bitness | (int)(_userKey << 7);
+    private int ModeKey => _cpu.Bitness | (int)(_userKey << 7);
 
     private Block GetBlock()
     {
-        ulong csBase = _bitness == 64 ? 0 : _segBase[SegCs];
-        ulong lin = _bitness == 64 ? _rip : (csBase + _rip) & 0xFFFFFFFF;
+        ulong csBase = _cpu.Bitness == 64 ? 0 : _cpu.SegBase[SegCs];
+        ulong lin = _cpu.Bitness == 64 ? _cpu.Rip : (csBase + _cpu.Rip) & 0xFFFFFFFF;
         int h = (int)(lin ^ (lin >> L1Bits)) & L1Mask;
         var b = _l1[h];
         if (b != null && b.Lin == lin && b.Valid && b.ModeKey == ModeKey && b.CsBase == csBase)
@@ -130,7 +134,7 @@ internal sealed unsafe partial class InterpreterVcpu
         }
 
         CheckCanonical(lin);
-        ulong phys = Translate(lin, AccExec, _cpl == 3);
+        ulong phys = Translate(lin, AccExec, _cpu.Cpl == 3);
         int mode = ModeKey;
         ulong key = phys | ((ulong)mode << 56);
         if (_l2.TryGetValue(key, out var b) && b.Valid && b.Lin == lin && b.CsBase == csBase)
@@ -173,8 +177,8 @@ internal sealed unsafe partial class InterpreterVcpu
         new ReadOnlySpan<byte>((void*)(host + off), avail).CopyTo(_fetch);
         var reader = new ByteArrayCodeReader(_fetch, 0, avail);
         // The decoder works in CS offsets (RIP), so next-instruction and branch-target values are RIP values.
-        ulong start = _rip;
-        var decoder = Iced.Intel.Decoder.Create(_bitness, reader, start, DecoderOptions.None);
+        ulong start = _cpu.Rip;
+        var decoder = Iced.Intel.Decoder.Create(_cpu.Bitness, reader, start, DecoderOptions.None);
         int n = 0;
         bool cacheable = true;
         while (n < MaxBlockInstructions)
@@ -190,12 +194,12 @@ internal sealed unsafe partial class InterpreterVcpu
 
                 // The first instruction crosses into the next page: fetch its tail and do not cache.
                 ulong nextLin = (lin | 0xFFF) + 1;
-                if (_bitness != 64)
+                if (_cpu.Bitness != 64)
                 {
                     nextLin &= 0xFFFFFFFF;
                 }
 
-                ulong nextPhys = Translate(nextLin, AccExec, _cpl == 3);
+                ulong nextPhys = Translate(nextLin, AccExec, _cpu.Cpl == 3);
                 nint host2 = HostPage(nextPhys & ~0xFFFUL);
                 if (host2 == 0)
                 {
@@ -204,7 +208,7 @@ internal sealed unsafe partial class InterpreterVcpu
 
                 new ReadOnlySpan<byte>((void*)host2, 16).CopyTo(_fetch.AsSpan(avail));
                 reader = new ByteArrayCodeReader(_fetch, 0, avail + 16);
-                decoder = Iced.Intel.Decoder.Create(_bitness, reader, start, DecoderOptions.None);
+                decoder = Iced.Intel.Decoder.Create(_cpu.Bitness, reader, start, DecoderOptions.None);
                 decoder.Decode(out ins);
                 cacheable = false;
                 _decodeTmp[n++] = ins;
@@ -232,7 +236,7 @@ internal sealed unsafe partial class InterpreterVcpu
         for (int i = 0; i < n; i++)
         {
             block.Instrs[i] = _decodeTmp[i];
-            block.Ops[i] = Translator.Translate(in _decodeTmp[i], _bitness);
+            block.Ops[i] = Translator.Translate(in _decodeTmp[i], _cpu.Bitness);
             block.Ops[i].Slot = i;
         }
 
@@ -246,6 +250,6 @@ internal sealed unsafe partial class InterpreterVcpu
             return true;
         }
 
-        return Translator.IsSystem(ins.Mnemonic);
+        return InstructionTable.At(InstructionTable.IndexOf(ins.Code)).EndsBlock;
     }
 }

@@ -3,15 +3,21 @@ using System.Runtime.CompilerServices;
 
 namespace Virt.Cpu.Interpreter;
 
-/// <summary>The instruction executor: one dense switch over pre-decoded <see cref="Op"/> records.</summary>
+/// <summary>
+/// The instruction executor: a dense switch over pre-decoded <see cref="Op"/> records runs the common forms
+/// inline (<see cref="InlineOp"/>); every other form calls the handler its <see cref="InstructionTable"/> row binds.
+/// </summary>
 internal sealed partial class InterpreterVcpu
 {
+    /// <summary>The table's handlers bound to this vCPU, by row.</summary>
+    private readonly Handler[] _handlers;
+
     private int _opIndex;
     private bool _notRetired;
     private Block? _lastBlock;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private ref ulong Gpr(int r) => ref Unsafe.Add(ref Unsafe.As<GprFile, ulong>(ref _gpr), r);
+    private ref ulong Gpr(int r) => ref Unsafe.Add(ref Unsafe.As<GprFile, ulong>(ref _cpu.Gpr), r);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal ulong GetReg(int r, int size)
@@ -64,7 +70,7 @@ internal sealed partial class InterpreterVcpu
 
         if (op.AddrSize == 8)
         {
-            return ea + _segBase[op.Seg];
+            return ea + _cpu.SegBase[op.Seg];
         }
 
         return EaLegacy(ref op, ea);
@@ -73,8 +79,8 @@ internal sealed partial class InterpreterVcpu
     private ulong EaLegacy(ref Op op, ulong ea)
     {
         ea &= op.AddrSize == 4 ? 0xFFFFFFFFUL : 0xFFFFUL;
-        ulong lin = ea + _segBase[op.Seg];
-        return _bitness == 64 ? lin : lin & 0xFFFFFFFF;
+        ulong lin = ea + _cpu.SegBase[op.Seg];
+        return _cpu.Bitness == 64 ? lin : lin & 0xFFFFFFFF;
     }
 
     /// <summary>The offset (before the segment base) of the memory operand.</summary>
@@ -165,7 +171,7 @@ internal sealed partial class InterpreterVcpu
             {
                 ulong cin = CarryFlag();
                 r = (a + b + cin) & mask;
-                _lzCf = cin;
+                _cpu.LzCf = cin;
                 SetLazy(LzAdc, a, b, r, size);
                 return r;
             }
@@ -174,7 +180,7 @@ internal sealed partial class InterpreterVcpu
             {
                 ulong cin = CarryFlag();
                 r = (a - b - cin) & mask;
-                _lzCf = cin;
+                _cpu.LzCf = cin;
                 SetLazy(LzSbb, a, b, r, size);
                 return r;
             }
@@ -196,6 +202,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>Executes up to <paramref name="n"/> instructions of <paramref name="b"/>. Returns the number retired.</summary>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The hot dispatch: the common forms run inline in one switch (a jump table), measured faster than a handler call for them; every other form goes through its table row's handler.")]
     private int ExecuteBlock(Block b, int n)
     {
         var ops = b.Ops;
@@ -204,7 +211,7 @@ internal sealed partial class InterpreterVcpu
             _lastBlock = b;
         }
 
-        ulong next = _rip;
+        ulong next = _cpu.Rip;
         int i = 0;
         _stop = false;
         _notRetired = false;
@@ -213,11 +220,11 @@ internal sealed partial class InterpreterVcpu
             _opIndex = i;
             ref Op op = ref ops[i];
             next = op.Next;
-            switch (op.H)
+            switch (op.Inline)
             {
-                case H.Nop:
+                case InlineOp.Nop:
                     break;
-                case H.AluRR:
+                case InlineOp.AluRR:
                 {
                     int size = op.Size;
                     ulong r = AluOp(op.Sub, GetReg(op.R0, size), GetReg(op.R1, size), size);
@@ -229,7 +236,7 @@ internal sealed partial class InterpreterVcpu
                     break;
                 }
 
-                case H.AluRR64:
+                case InlineOp.AluRR64:
                 {
                     ref ulong d = ref Gpr(op.R0);
                     ulong r = AluOp(op.Sub, d, Gpr(op.R1), 8);
@@ -241,7 +248,7 @@ internal sealed partial class InterpreterVcpu
                     break;
                 }
 
-                case H.AluRI64:
+                case InlineOp.AluRI64:
                 {
                     ref ulong d = ref Gpr(op.R0);
                     ulong r = AluOp(op.Sub, d, op.Imm, 8);
@@ -253,18 +260,18 @@ internal sealed partial class InterpreterVcpu
                     break;
                 }
 
-                case H.IncDecR64:
+                case InlineOp.IncDecR64:
                 {
                     ref ulong d = ref Gpr(op.R0);
                     ulong a = d;
-                    _lzCf = CarryFlag();
+                    _cpu.LzCf = CarryFlag();
                     ulong r = op.Sub == 0 ? a + 1 : a - 1;
                     d = r;
                     SetLazy(op.Sub == 0 ? LzInc : LzDec, a, 1, r, 8);
                     break;
                 }
 
-                case H.AluRI:
+                case InlineOp.AluRI:
                 {
                     int size = op.Size;
                     ulong r = AluOp(op.Sub, GetReg(op.R0, size), op.Imm, size);
@@ -276,7 +283,7 @@ internal sealed partial class InterpreterVcpu
                     break;
                 }
 
-                case H.Alu:
+                case InlineOp.Alu:
                 {
                     int size = op.Size;
                     ulong a = op.Sub < Translator.AluCmp ? ReadOp0Rmw(ref op, out ulong ea) : ReadOp0(ref op, out ea);
@@ -290,19 +297,19 @@ internal sealed partial class InterpreterVcpu
                     break;
                 }
 
-                case H.MovRR:
+                case InlineOp.MovRR:
                     SetReg(op.R0, op.Size, GetReg(op.R1, op.Size));
                     break;
-                case H.MovRI:
+                case InlineOp.MovRI:
                     SetReg(op.R0, op.Size, op.Imm);
                     break;
-                case H.MovRM:
+                case InlineOp.MovRM:
                     SetReg(op.R0, op.Size, Read(Ea(ref op), op.Size));
                     break;
-                case H.MovMR:
+                case InlineOp.MovMR:
                     Write(Ea(ref op), op.Size, GetReg(op.R1, op.Size));
                     break;
-                case H.Mov:
+                case InlineOp.Mov:
                 {
                     ulong v = ReadOp1(ref op, op.Size);
                     if (op.K0 == OpKindX.Reg)
@@ -317,32 +324,32 @@ internal sealed partial class InterpreterVcpu
                     break;
                 }
 
-                case H.Lea:
+                case InlineOp.Lea:
                     SetReg(op.R0, op.Size, EaOffset(ref op));
                     break;
-                case H.IncDec:
+                case InlineOp.IncDec:
                 {
                     int size = op.Size;
                     ulong a = ReadOp0Rmw(ref op, out ulong ea);
                     ulong cf = CarryFlag();
                     ulong r = (op.Sub == 0 ? a + 1 : a - 1) & Mask(size);
                     WriteOp0(ref op, ea, r);
-                    _lzCf = cf;
+                    _cpu.LzCf = cf;
                     SetLazy(op.Sub == 0 ? LzInc : LzDec, a, 1, r, size);
                     break;
                 }
 
-                case H.Jcc:
+                case InlineOp.Jcc:
                     if (Cond(op.Sub))
                     {
                         next = op.Target;
                     }
 
                     break;
-                case H.Jmp:
+                case InlineOp.Jmp:
                     next = op.Target;
                     break;
-                case H.Loop:
+                case InlineOp.Loop:
                 {
                     ulong c = (GetReg(1, op.Size) - 1) & Mask(op.Size);
                     SetReg(1, op.Size, c);
@@ -355,18 +362,18 @@ internal sealed partial class InterpreterVcpu
                     break;
                 }
 
-                case H.Jcxz:
+                case InlineOp.Jcxz:
                     if (GetReg(1, op.Size) == 0)
                     {
                         next = op.Target;
                     }
 
                     break;
-                case H.Call:
+                case InlineOp.Call:
                     Push(op.Next, op.Size2);
                     next = op.Target;
                     break;
-                case H.Ret:
+                case InlineOp.Ret:
                 {
                     ulong t = Pop(op.Size2);
                     if (op.Imm != 0)
@@ -378,7 +385,7 @@ internal sealed partial class InterpreterVcpu
                     break;
                 }
 
-                case H.Push:
+                case InlineOp.Push:
                 {
                     ulong v = op.K0 switch
                     {
@@ -390,16 +397,16 @@ internal sealed partial class InterpreterVcpu
                     break;
                 }
 
-                case H.Pop:
+                case InlineOp.Pop:
                     ExecPop(ref op);
                     break;
-                case H.Movzx:
+                case InlineOp.Movzx:
                     SetReg(op.R0, op.Size, ReadOp1(ref op, op.Size2));
                     break;
-                case H.Movsx:
+                case InlineOp.Movsx:
                     SetReg(op.R0, op.Size, (ulong)SignExtend(ReadOp1(ref op, op.Size2), op.Size2) & Mask(op.Size));
                     break;
-                case H.Cmovcc:
+                case InlineOp.Cmovcc:
                 {
                     ulong v = ReadOp1(ref op, op.Size);
                     if (Cond(op.Sub))
@@ -414,7 +421,7 @@ internal sealed partial class InterpreterVcpu
                     break;
                 }
 
-                case H.Setcc:
+                case InlineOp.Setcc:
                 {
                     ulong v = Cond(op.Sub) ? 1UL : 0;
                     if (op.K0 == OpKindX.Reg)
@@ -429,10 +436,10 @@ internal sealed partial class InterpreterVcpu
                     break;
                 }
 
-                case H.JmpInd:
+                case InlineOp.JmpInd:
                     next = ReadOp0(ref op, out _);
                     break;
-                case H.CallInd:
+                case InlineOp.CallInd:
                 {
                     ulong t = ReadOp0(ref op, out _);
                     Push(op.Next, op.Size2);
@@ -440,17 +447,17 @@ internal sealed partial class InterpreterVcpu
                     break;
                 }
 
-                case H.Shift:
+                case InlineOp.Shift:
                     ExecShift(ref op);
                     break;
-                case H.Imul2:
+                case InlineOp.Imul2:
                     ExecImul2(ref op);
                     break;
-                case H.Movs:
-                case H.Stos:
-                case H.Lods:
-                case H.Cmps:
-                case H.Scas:
+                case InlineOp.Movs:
+                case InlineOp.Stos:
+                case InlineOp.Lods:
+                case InlineOp.Cmps:
+                case InlineOp.Scas:
                     if (!ExecString(ref op))
                     {
                         next = op.Next - op.Len;
@@ -460,7 +467,7 @@ internal sealed partial class InterpreterVcpu
 
                     break;
                 default:
-                    next = ExecComplex(ref op, in b.Instrs[i]);
+                    next = _handlers[op.Form](ref op, in b.Instrs[i]);
                     break;
             }
 
@@ -471,7 +478,7 @@ internal sealed partial class InterpreterVcpu
             }
         }
 
-        _rip = next;
+        _cpu.Rip = next;
         return _notRetired ? i - 1 : i;
     }
 }

@@ -8,12 +8,9 @@ internal sealed partial class InterpreterVcpu
 {
     private const int LzNone = 0, LzAdd = 1, LzSub = 2, LzLogic = 3, LzInc = 4, LzDec = 5, LzAdc = 6, LzSbb = 7;
 
-    /// <summary>SHL/SHR/SAR with a non-zero count: SF, ZF, PF from the result, CF and OF kept in <see cref="_lzCf"/>, AF clear.</summary>
+    /// <summary>SHL/SHR/SAR with a non-zero count: SF, ZF, PF from the result, CF and OF kept in <see cref="CpuState.LzCf"/>, AF clear.</summary>
     private const int LzShift = 8;
 
-    private int _lzOp;
-    private int _lzSize = 8;
-    private ulong _lzA, _lzB, _lzR, _lzCf;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static ulong Mask(int size) => size >= 8 ? ulong.MaxValue : (1UL << (size << 3)) - 1;
@@ -33,11 +30,11 @@ internal sealed partial class InterpreterVcpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void SetLazy(int op, ulong a, ulong b, ulong r, int size)
     {
-        _lzOp = op;
-        _lzA = a;
-        _lzB = b;
-        _lzR = r;
-        _lzSize = size;
+        _cpu.LzOp = op;
+        _cpu.LzA = a;
+        _cpu.LzB = b;
+        _cpu.LzR = r;
+        _cpu.LzSize = size;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -47,8 +44,8 @@ internal sealed partial class InterpreterVcpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void SetArith(ulong flags)
     {
-        _flags = (_flags & ~ArithFlags) | (flags & ArithFlags);
-        _lzOp = LzNone;
+        _cpu.Flags = (_cpu.Flags & ~ArithFlags) | (flags & ArithFlags);
+        _cpu.LzOp = LzNone;
     }
 
     /// <summary>Flags SF, ZF and PF of a result, with the other arithmetic flags from <paramref name="rest"/>.</summary>
@@ -58,65 +55,65 @@ internal sealed partial class InterpreterVcpu
 
     private ulong ComputeArith()
     {
-        ulong a = _lzA, b = _lzB, r = _lzR;
-        int size = _lzSize;
+        ulong a = _cpu.LzA, b = _cpu.LzB, r = _cpu.LzR;
+        int size = _cpu.LzSize;
         ulong sign = SignBit(size);
         ulong f = Parity(r) | (r == 0 ? ZF : 0) | ((r & sign) != 0 ? SF : 0);
-        switch (_lzOp)
+        switch (_cpu.LzOp)
         {
             case LzAdd:
                 f |= (r < a ? CF : 0) | (((a ^ r) & (b ^ r) & sign) != 0 ? OF : 0) | ((a ^ b ^ r) & AF);
                 break;
             case LzAdc:
-                f |= ((_lzCf != 0 ? r <= a : r < a) ? CF : 0) | (((a ^ r) & (b ^ r) & sign) != 0 ? OF : 0) | ((a ^ b ^ r) & AF);
+                f |= ((_cpu.LzCf != 0 ? r <= a : r < a) ? CF : 0) | (((a ^ r) & (b ^ r) & sign) != 0 ? OF : 0) | ((a ^ b ^ r) & AF);
                 break;
             case LzSub:
                 f |= (a < b ? CF : 0) | (((a ^ b) & (a ^ r) & sign) != 0 ? OF : 0) | ((a ^ b ^ r) & AF);
                 break;
             case LzSbb:
-                f |= ((_lzCf != 0 ? a <= b : a < b) ? CF : 0) | (((a ^ b) & (a ^ r) & sign) != 0 ? OF : 0) | ((a ^ b ^ r) & AF);
+                f |= ((_cpu.LzCf != 0 ? a <= b : a < b) ? CF : 0) | (((a ^ b) & (a ^ r) & sign) != 0 ? OF : 0) | ((a ^ b ^ r) & AF);
                 break;
             case LzLogic:
                 break;
             case LzInc:
-                f |= _lzCf | (r == sign ? OF : 0) | ((a ^ 1 ^ r) & AF);
+                f |= _cpu.LzCf | (r == sign ? OF : 0) | ((a ^ 1 ^ r) & AF);
                 break;
             case LzDec:
-                f |= _lzCf | (a == sign ? OF : 0) | ((a ^ 1 ^ r) & AF);
+                f |= _cpu.LzCf | (a == sign ? OF : 0) | ((a ^ 1 ^ r) & AF);
                 break;
             case LzShift:
-                f |= _lzCf;
+                f |= _cpu.LzCf;
                 break;
             default:
-                return _flags & ArithFlags;
+                return _cpu.Flags & ArithFlags;
         }
 
         return f;
     }
 
-    /// <summary>Materializes the lazy flags into <see cref="_flags"/>.</summary>
+    /// <summary>Materializes the lazy flags into <see cref="CpuState.Flags"/>.</summary>
     private void Materialize()
     {
-        if (_lzOp != LzNone)
+        if (_cpu.LzOp != LzNone)
         {
-            _flags = (_flags & ~ArithFlags) | ComputeArith();
-            _lzOp = LzNone;
+            _cpu.Flags = (_cpu.Flags & ~ArithFlags) | ComputeArith();
+            _cpu.LzOp = LzNone;
         }
     }
 
     internal ulong GetRflags()
     {
         Materialize();
-        return _flags | Fixed1;
+        return _cpu.Flags | Fixed1;
     }
 
     /// <summary>Replaces RFLAGS (host or privileged path: no permission checks).</summary>
     internal void SetRflags(ulong value)
     {
-        _lzOp = LzNone;
-        ulong old = _flags;
-        _flags = (value & 0x3F7FD5) | Fixed1;
-        if (((old ^ _flags) & VM) != 0)
+        _cpu.LzOp = LzNone;
+        ulong old = _cpu.Flags;
+        _cpu.Flags = (value & 0x3F7FD5) | Fixed1;
+        if (((old ^ _cpu.Flags) & VM) != 0)
         {
             UpdateMode();
         }
@@ -125,11 +122,11 @@ internal sealed partial class InterpreterVcpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private ulong CarryFlag()
     {
-        switch (_lzOp)
+        switch (_cpu.LzOp)
         {
-            case LzNone: return _flags & CF;
-            case LzAdd: return _lzR < _lzA ? 1UL : 0;
-            case LzSub: return _lzA < _lzB ? 1UL : 0;
+            case LzNone: return _cpu.Flags & CF;
+            case LzAdd: return _cpu.LzR < _cpu.LzA ? 1UL : 0;
+            case LzSub: return _cpu.LzA < _cpu.LzB ? 1UL : 0;
             case LzLogic: return 0;
             default: return ComputeArith() & CF;
         }
@@ -141,15 +138,15 @@ internal sealed partial class InterpreterVcpu
     {
         bool r;
         int c = cc >> 1;
-        if (_lzOp != LzNone && (c == 2 || c == 4))
+        if (_cpu.LzOp != LzNone && (c == 2 || c == 4))
         {
             // ZF and SF come straight from the lazy result, whatever the operation.
-            r = c == 2 ? _lzR == 0 : (_lzR & SignBit(_lzSize)) != 0;
+            r = c == 2 ? _cpu.LzR == 0 : (_cpu.LzR & SignBit(_cpu.LzSize)) != 0;
         }
-        else if (_lzOp == LzSub)
+        else if (_cpu.LzOp == LzSub)
         {
-            ulong a = _lzA, b = _lzB;
-            int size = _lzSize;
+            ulong a = _cpu.LzA, b = _cpu.LzB;
+            int size = _cpu.LzSize;
             switch (cc >> 1)
             {
                 case 1: r = a < b; break;
@@ -160,11 +157,11 @@ internal sealed partial class InterpreterVcpu
                 default: r = CondFromFlags(cc >> 1, ComputeArith()); break;
             }
         }
-        else if (_lzOp == LzLogic)
+        else if (_cpu.LzOp == LzLogic)
         {
-            ulong v = _lzR;
+            ulong v = _cpu.LzR;
             bool zero = v == 0;
-            bool neg = (v & SignBit(_lzSize)) != 0;
+            bool neg = (v & SignBit(_cpu.LzSize)) != 0;
             switch (cc >> 1)
             {
                 case 0: r = false; break;
@@ -179,7 +176,7 @@ internal sealed partial class InterpreterVcpu
         }
         else
         {
-            r = CondFromFlags(cc >> 1, _lzOp == LzNone ? _flags : ComputeArith());
+            r = CondFromFlags(cc >> 1, _cpu.LzOp == LzNone ? _cpu.Flags : ComputeArith());
         }
 
         return r ^ ((cc & 1) != 0);

@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using Virt.X86;
 
 namespace Virt.Cpu.Interpreter;
 
@@ -37,12 +38,11 @@ internal sealed unsafe partial class InterpreterVcpu
     private const ulong TlbMask = TlbSize - 1;
     private const int MmioLogSize = 8;
 
-    // Page-table entry bits.
-    private const ulong PteP = 1, PteRw = 2, PteUs = 4, PteA = 0x20, PteD = 0x40, PtePs = 0x80;
-    private const ulong PteNx = 1UL << 63;
-
-    // #PF error code bits.
-    private const uint PfP = 1, PfW = 2, PfU = 4, PfRsvd = 8, PfI = 16;
+    // Page-table entry and #PF error code bits, short for the walker (values: Virt.X86).
+    private const ulong PteP = (ulong)PageFlags.Present, PteRw = (ulong)PageFlags.Writable, PteUs = (ulong)PageFlags.User,
+        PteA = (ulong)PageFlags.Accessed, PteD = (ulong)PageFlags.Dirty, PtePs = (ulong)PageFlags.PageSize, PteNx = (ulong)PageFlags.NoExecute;
+    private const uint PfP = (uint)PageFaultErrorCode.Present, PfW = (uint)PageFaultErrorCode.Write, PfU = (uint)PageFaultErrorCode.User,
+        PfRsvd = (uint)PageFaultErrorCode.ReservedBit, PfI = (uint)PageFaultErrorCode.InstructionFetch;
 
     private const int AccRead = 0, AccWrite = 1, AccExec = 2;
 
@@ -199,10 +199,10 @@ internal sealed unsafe partial class InterpreterVcpu
         }
 
         CheckCanonical(lin);
-        Translate(lin, AccWrite, _cpl == 3);
+        Translate(lin, AccWrite, _cpu.Cpl == 3);
         if ((lin & 0xFFF) + (ulong)size > 4096)
         {
-            Translate((lin | 0xFFF) + 1, AccWrite, _cpl == 3);
+            Translate((lin | 0xFFF) + 1, AccWrite, _cpu.Cpl == 3);
         }
     }
 
@@ -212,13 +212,13 @@ internal sealed unsafe partial class InterpreterVcpu
     private ulong ReadSlow(ulong lin, int size)
     {
         CheckCanonical(lin);
-        bool user = _cpl == 3;
+        bool user = _cpu.Cpl == 3;
         if ((lin & 0xFFF) + (ulong)size > 4096)
         {
             // Both pages must be accessible before anything is read.
             ulong p0 = Translate(lin, AccRead, user);
             ulong next = (lin | 0xFFF) + 1;
-            if (_bitness != 64)
+            if (_cpu.Bitness != 64)
             {
                 next &= 0xFFFFFFFF;
             }
@@ -256,12 +256,12 @@ internal sealed unsafe partial class InterpreterVcpu
         }
 
         CheckCanonical(lin);
-        bool user = _cpl == 3;
+        bool user = _cpu.Cpl == 3;
         if ((lin & 0xFFF) + (ulong)size > 4096)
         {
             ulong p0 = Translate(lin, AccWrite, user);
             ulong next = (lin | 0xFFF) + 1;
-            if (_bitness != 64)
+            if (_cpu.Bitness != 64)
             {
                 next &= 0xFFFFFFFF;
             }
@@ -342,7 +342,7 @@ internal sealed unsafe partial class InterpreterVcpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void CheckCanonical(ulong lin)
     {
-        if (_bitness == 64 && (ulong)(((long)lin << 16) >> 16) != lin)
+        if (_cpu.Bitness == 64 && (ulong)(((long)lin << 16) >> 16) != lin)
         {
             var f = Fault(Vectors.GP, 0);
             _nonCanonical = true;
@@ -469,25 +469,25 @@ internal sealed unsafe partial class InterpreterVcpu
     /// <summary>Translates a linear address, setting accessed/dirty bits, or throws #PF.</summary>
     internal ulong Translate(ulong lin, int access, bool user)
     {
-        if ((_cr0 & Cr0Pg) == 0)
+        if ((_cpu.Cr0 & Cr0.Paging) == 0)
         {
             return lin & 0xFFFFFFFF;
         }
 
-        if ((_efer & EferLma) != 0)
+        if ((_cpu.Efer & Efer.LongModeActive) != 0)
         {
             return Walk64(lin, access, user);
         }
 
-        return (_cr4 & Cr4Pae) != 0 ? WalkPae(lin, access, user) : Walk32(lin, access, user);
+        return (_cpu.Cr4 & Cr4.Pae) != 0 ? WalkPae(lin, access, user) : Walk32(lin, access, user);
     }
 
     private ulong Walk64(ulong lin, int access, bool user)
     {
-        bool nxe = (_efer & EferNxe) != 0;
+        bool nxe = (_cpu.Efer & Efer.NoExecuteEnable) != 0;
         ulong rsvdHigh = ~((1UL << Cpuid.PhysicalAddressBits) - 1) & ~PteNx & 0x000F_FFFF_FFFF_F000UL;
         ulong rsvdNx = nxe ? 0 : PteNx;
-        ulong table = _cr3 & PhysAddrMask;
+        ulong table = _cpu.Cr3 & PhysAddrMask;
         ulong allowed = PteRw | PteUs;
         bool nx = false;
         Span<ulong> entryAddr = stackalloc ulong[4];
@@ -544,10 +544,10 @@ internal sealed unsafe partial class InterpreterVcpu
 
     private ulong WalkPae(ulong lin, int access, bool user)
     {
-        bool nxe = (_efer & EferNxe) != 0;
+        bool nxe = (_cpu.Efer & Efer.NoExecuteEnable) != 0;
         ulong rsvdNx = nxe ? 0 : PteNx;
         ulong rsvdHigh = ~((1UL << Cpuid.PhysicalAddressBits) - 1) & ~PteNx & 0x000F_FFFF_FFFF_F000UL;
-        ulong pdpte = ReadPhysForWalk((_cr3 & 0xFFFFFFE0) + (((lin >> 30) & 3) * 8));
+        ulong pdpte = ReadPhysForWalk((_cpu.Cr3 & 0xFFFFFFE0) + (((lin >> 30) & 3) * 8));
         if ((pdpte & PteP) == 0)
         {
             throw PageFault(lin, access, user, 0);
@@ -596,7 +596,7 @@ internal sealed unsafe partial class InterpreterVcpu
     private ulong Walk32(ulong lin, int access, bool user)
     {
         lin &= 0xFFFFFFFF;
-        ulong pdeAddr = (_cr3 & 0xFFFFF000) + (((lin >> 22) & 1023) * 4);
+        ulong pdeAddr = (_cpu.Cr3 & 0xFFFFF000) + (((lin >> 22) & 1023) * 4);
         ulong pde = ReadPhysForWalk32(pdeAddr);
         if ((pde & PteP) == 0)
         {
@@ -607,7 +607,7 @@ internal sealed unsafe partial class InterpreterVcpu
         Span<ulong> entries = stackalloc ulong[2];
         entryAddr[0] = pdeAddr;
         entries[0] = pde;
-        if ((pde & PtePs) != 0 && (_cr4 & Cr4Pse) != 0)
+        if ((pde & PtePs) != 0 && (_cpu.Cr4 & Cr4.Pse) != 0)
         {
             CheckRights(lin, access, user, pde, false);
             SetAccessedDirty32(entryAddr[..1], entries[..1], access == AccWrite);
@@ -632,7 +632,7 @@ internal sealed unsafe partial class InterpreterVcpu
     {
         bool ok = access switch
         {
-            AccWrite => user ? (allowed & (PteRw | PteUs)) == (PteRw | PteUs) : ((allowed & PteRw) != 0 || (_cr0 & Cr0Wp) == 0),
+            AccWrite => user ? (allowed & (PteRw | PteUs)) == (PteRw | PteUs) : ((allowed & PteRw) != 0 || (_cpu.Cr0 & Cr0.WriteProtect) == 0),
             AccExec => !nx && (!user || (allowed & PteUs) != 0),
             _ => !user || (allowed & PteUs) != 0,
         };
@@ -726,7 +726,7 @@ internal sealed unsafe partial class InterpreterVcpu
             code |= PfU;
         }
 
-        if (access == AccExec && (_efer & EferNxe) != 0)
+        if (access == AccExec && (_cpu.Efer & Efer.NoExecuteEnable) != 0)
         {
             code |= PfI;
         }

@@ -11,9 +11,6 @@ internal sealed partial class InterpreterVcpu
     /// <summary>IA32_MTRRCAP: 8 variable ranges, fixed ranges, write-combining.</summary>
     private const ulong MtrrCapValue = 8 | (1UL << 8) | (1UL << 10);
 
-    /// <summary>IA32_MTRR_DEF_TYPE at reset: MTRRs enabled, default type write-back.</summary>
-    private const ulong MtrrDefTypeReset = (1UL << 11) | 6;
-
     private const uint MsrMtrrCap = 0xFE, MsrMtrrPhysBase0 = 0x200, MsrMtrrPhysLast = 0x20F, MsrMtrrFix64K = 0x250,
         MsrMtrrFix16K80000 = 0x258, MsrMtrrFix16KA0000 = 0x259, MsrMtrrFix4KFirst = 0x268, MsrMtrrFix4KLast = 0x26F,
         MsrMtrrDefType = 0x2FF;
@@ -30,9 +27,6 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Under the host clock: most instructions between two looks at the host clock while a timer is armed.</summary>
     private const long HostClockCheckInstructions = 200_000;
 
-    private readonly ulong[] _mtrrVariable = new ulong[16];
-    private readonly ulong[] _mtrrFixed = new ulong[11];
-    private ulong _mtrrDefType = MtrrDefTypeReset;
 
     private InterpreterPlatform? _plat;
     private long _ticksPerInstruction = 1;
@@ -165,12 +159,12 @@ internal sealed partial class InterpreterVcpu
             long now = HostNow();
             if (now < _hostNextDeadline)
             {
-                return (ulong)(now + _tscOffset);
+                return (ulong)(now + _cpu.TscOffset);
             }
         }
 
         SyncClock();
-        return (ulong)(_plat!.Clock.Now + _tscOffset);
+        return (ulong)(_plat!.Clock.Now + _cpu.TscOffset);
     }
 
     /// <summary>HLT with emulated controllers: sleep (in virtual time) until an interrupt.</summary>
@@ -224,14 +218,14 @@ internal sealed partial class InterpreterVcpu
                 return VcpuExit.Simple(VcpuExitReason.Interrupted); // still halted when run again
             }
 
-            if (lapic.HasPendingNmi || ((_flags & IF) != 0 && lapic.HasPendingInterrupt))
+            if (lapic.HasPendingNmi || ((_cpu.Flags & IF) != 0 && lapic.HasPendingInterrupt))
             {
                 _halted = false;
                 plat.Attention = true;
                 return null;
             }
 
-            if ((_flags & IF) == 0)
+            if ((_cpu.Flags & IF) == 0)
             {
                 // Only an NMI could wake this processor, and nothing raises one: report the halt.
                 _halted = false;
@@ -342,13 +336,13 @@ internal sealed partial class InterpreterVcpu
                 value = MtrrCapValue;
                 return true;
             case MsrMtrrDefType:
-                value = _mtrrDefType;
+                value = _cpu.MtrrDefType;
                 return true;
             case >= MsrMtrrPhysBase0 and <= MsrMtrrPhysLast:
-                value = _mtrrVariable[index - MsrMtrrPhysBase0];
+                value = _cpu.MtrrVariable[(int)(index - MsrMtrrPhysBase0)];
                 return true;
             case MsrMtrrFix64K or MsrMtrrFix16K80000 or MsrMtrrFix16KA0000 or (>= MsrMtrrFix4KFirst and <= MsrMtrrFix4KLast):
-                value = _mtrrFixed[FixedMtrrSlot(index)];
+                value = _cpu.MtrrFixed[FixedMtrrSlot(index)];
                 return true;
         }
 
@@ -366,7 +360,7 @@ internal sealed partial class InterpreterVcpu
             case MsrIndex.TscDeadline:
             {
                 ulong d = lapic.TscDeadline;
-                value = d == 0 ? 0 : d + (ulong)_tscOffset;
+                value = d == 0 ? 0 : d + (ulong)_cpu.TscOffset;
                 return true;
             }
 
@@ -396,15 +390,15 @@ internal sealed partial class InterpreterVcpu
                 accepted = (value & ~0xCFFUL) == 0;
                 if (accepted)
                 {
-                    _mtrrDefType = value;
+                    _cpu.MtrrDefType = value;
                 }
 
                 return true;
             case >= MsrMtrrPhysBase0 and <= MsrMtrrPhysLast:
-                _mtrrVariable[index - MsrMtrrPhysBase0] = value;
+                _cpu.MtrrVariable[(int)(index - MsrMtrrPhysBase0)] = value;
                 return true;
             case MsrMtrrFix64K or MsrMtrrFix16K80000 or MsrMtrrFix16KA0000 or (>= MsrMtrrFix4KFirst and <= MsrMtrrFix4KLast):
-                _mtrrFixed[FixedMtrrSlot(index)] = value;
+                _cpu.MtrrFixed[FixedMtrrSlot(index)] = value;
                 return true;
         }
 
@@ -427,7 +421,7 @@ internal sealed partial class InterpreterVcpu
                 return true;
             case MsrIndex.TscDeadline:
                 SyncClock();
-                lapic.TscDeadline = value == 0 ? 0 : Math.Max(1, value - (ulong)_tscOffset);
+                lapic.TscDeadline = value == 0 ? 0 : Math.Max(1, value - (ulong)_cpu.TscOffset);
                 AfterPlatformAccess();
                 return true;
             default:

@@ -1,3 +1,5 @@
+using Virt.X86;
+
 namespace Virt.Cpu.Interpreter;
 
 /// <summary>The run loop and exception delivery.</summary>
@@ -37,6 +39,7 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The run loop: pending exits, the budget, timers, interrupts, halts and blocks in the order they take effect in each iteration.")]
     private VcpuExit RunCore()
     {
         bool replay = false;
@@ -115,7 +118,7 @@ internal sealed partial class InterpreterVcpu
                     }
                 }
 
-                if (_plat.Attention && (_flags & IF) != 0 && !_interruptShadow)
+                if (_plat.Attention && (_cpu.Flags & IF) != 0 && !_interruptShadow)
                 {
                     DeliverPlatformInterrupt();
                     if (_hasExit)
@@ -125,7 +128,7 @@ internal sealed partial class InterpreterVcpu
                 }
             }
 
-            if (_pendingIrq >= 0 && (_flags & IF) != 0 && !_interruptShadow && !replay)
+            if (_pendingIrq >= 0 && (_cpu.Flags & IF) != 0 && !_interruptShadow && !replay)
             {
                 int v = _pendingIrq;
                 _pendingIrq = -1;
@@ -164,7 +167,7 @@ internal sealed partial class InterpreterVcpu
                     n = (int)left;
                 }
 
-                _trace?.Invoke(Index, _rip);
+                _trace?.Invoke(Index, _cpu.Rip);
                 _inBlock = true;
                 _retired += ExecuteBlock(b, n);
                 _inBlock = false;
@@ -228,7 +231,7 @@ internal sealed partial class InterpreterVcpu
 
         // Implicit stack accesses: PUSH, POP, CALL, RET, ENTER, LEAVE, PUSHF, POPF. A memory operand of
         // PUSH/POP/CALL through another segment faults before the stack is touched.
-        bool implicitStack = op.H is H.Push or H.Pop or H.Call or H.CallInd or H.Ret or H.Enter or H.Leave or H.Pushf or H.Popf or H.PushSeg or H.PopSeg;
+        bool implicitStack = (InstructionTable.At(op.Form).Flags & FormFlags.StackAccess) != 0;
         return implicitStack && !(memOperand && !IsCanonical(Ea(ref op)));
     }
 
@@ -249,8 +252,8 @@ internal sealed partial class InterpreterVcpu
             _retired += ExecuteBlock(b, n);
             _inBlock = false;
             if (_hasExit || _exitRequested || _retired >= _budgetEnd || _remoteCodeWritePending || _writeTlbFlushRequested
-                || _interruptShadow || (_pendingIrq >= 0 && (_flags & IF) != 0) || _retired >= _timerStop
-                || ((_flags & IF) != 0 && _plat is { Attention: true }))
+                || _interruptShadow || (_pendingIrq >= 0 && (_cpu.Flags & IF) != 0) || _retired >= _timerStop
+                || ((_cpu.Flags & IF) != 0 && _plat is { Attention: true }))
             {
                 return;
             }
@@ -279,7 +282,7 @@ internal sealed partial class InterpreterVcpu
         }
 
         ref Op op = ref b.Ops[_opIndex];
-        _rip = op.Next - op.Len;
+        _cpu.Rip = op.Next - op.Len;
         _retired += _opIndex;
     }
 
@@ -311,7 +314,7 @@ internal sealed partial class InterpreterVcpu
             {
                 if (vector == Vectors.PF)
                 {
-                    _cr2 = _faultCr2;
+                    _cpu.Cr2 = _faultCr2;
                 }
 
                 Deliver(vector, Vectors.HasErrorCode(vector), errorCode, software: false);
@@ -353,7 +356,7 @@ internal sealed partial class InterpreterVcpu
         int got = 0;
         try
         {
-            ulong lin = _bitness == 64 ? _rip : (_segBase[SegCs] + _rip) & 0xFFFFFFFF;
+            ulong lin = _cpu.Bitness == 64 ? _cpu.Rip : (_cpu.SegBase[SegCs] + _cpu.Rip) & 0xFFFFFFFF;
             for (; got < 15; got++)
             {
                 ulong phys = Translate(lin + (ulong)got, AccRead, false);
@@ -370,17 +373,17 @@ internal sealed partial class InterpreterVcpu
         {
         }
 
-        return new VcpuFault(what, code, _rip, bytes.AsMemory(0, got), GetGeneralRegisters());
+        return new VcpuFault(what, code, _cpu.Rip, bytes.AsMemory(0, got), GetGeneralRegisters());
     }
 
     /// <summary>Delivers interrupt or exception <paramref name="vector"/> through the IVT or IDT. RIP is the return address.</summary>
     private void Deliver(int vector, bool hasError, uint error, bool software)
     {
-        if ((_cr0 & Cr0Pe) == 0)
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0)
         {
             DeliverReal(vector);
         }
-        else if ((_efer & EferLma) != 0)
+        else if ((_cpu.Efer & Efer.LongModeActive) != 0)
         {
             DeliverLong(vector, hasError, error, software);
         }
@@ -389,14 +392,14 @@ internal sealed partial class InterpreterVcpu
             DeliverProtected(vector, hasError, error, software);
         }
 
-        _lzOp = LzNone;
+        _cpu.LzOp = LzNone;
         _stop = true;
     }
 
     private void DeliverReal(int vector)
     {
-        ulong entry = _idt.Base + (ulong)(vector * 4);
-        if ((ulong)(vector * 4) + 3 > _idt.Limit)
+        ulong entry = _cpu.Idt.Base + (ulong)(vector * 4);
+        if ((ulong)(vector * 4) + 3 > _cpu.Idt.Limit)
         {
             throw Fault(Vectors.GP, 0);
         }
@@ -404,14 +407,14 @@ internal sealed partial class InterpreterVcpu
         ulong ip = ReadSystem(entry, 2);
         ushort cs = (ushort)ReadSystem(entry + 2, 2);
         Push(GetRflags() & 0xFFFF, 2);
-        Push(_seg[SegCs].Selector, 2);
-        Push(_rip & 0xFFFF, 2);
-        _flags &= ~(IF | TF | AC | RF);
-        var c = _seg[SegCs];
+        Push(_cpu.Seg[SegCs].Selector, 2);
+        Push(_cpu.Rip & 0xFFFF, 2);
+        _cpu.Flags &= ~(IF | TF | AC | RF);
+        var c = _cpu.Seg[SegCs];
         c.Selector = cs;
         c.Base = (ulong)cs << 4;
         SetCs(c);
-        _rip = ip;
+        _cpu.Rip = ip;
     }
 
     private static uint IdtError(int vector, bool software) => (uint)((vector << 3) | 2 | (software ? 0 : 1));
@@ -419,40 +422,40 @@ internal sealed partial class InterpreterVcpu
     private void DeliverLong(int vector, bool hasError, uint error, bool software)
     {
         ulong off = (ulong)(vector * 16);
-        if (off + 15 > _idt.Limit)
+        if (off + 15 > _cpu.Idt.Limit)
         {
             throw Fault(Vectors.GP, IdtError(vector, software));
         }
 
-        ulong lo = ReadSystem(_idt.Base + off, 8);
-        ulong hi = ReadSystem(_idt.Base + off + 8, 8);
-        int type = (int)((lo >> 40) & 0xF);
-        int dpl = (int)((lo >> 45) & 3);
-        if (type != 0xE && type != 0xF)
+        ulong lo = ReadSystem(_cpu.Idt.Base + off, 8);
+        ulong hi = ReadSystem(_cpu.Idt.Base + off + 8, 8);
+        var gate = GateDescriptor.Decode(new UInt128(hi, lo));
+        int dpl = gate.Dpl;
+        if (gate.Type is not (SegmentType.InterruptGate or SegmentType.TrapGate))
         {
             throw Fault(Vectors.GP, IdtError(vector, software));
         }
 
-        if (software && dpl < _cpl)
+        if (software && dpl < _cpu.Cpl)
         {
             throw Fault(Vectors.GP, IdtError(vector, software));
         }
 
-        if (((lo >> 47) & 1) == 0)
+        if (!gate.Present)
         {
             throw Fault(Vectors.NP, IdtError(vector, software));
         }
 
-        ushort sel = (ushort)(lo >> 16);
-        ulong target = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF0000) | (hi << 32);
-        int ist = (int)((lo >> 32) & 7);
+        ushort sel = gate.Selector;
+        ulong target = gate.Offset;
+        int ist = gate.InterruptStackTable;
         if ((sel & 0xFFFC) == 0)
         {
             throw Fault(Vectors.GP, software ? 0u : 1u);
         }
 
         var cs = ParseDescriptor(ReadDescriptor(sel), sel);
-        if (!cs.IsCodeOrData || (cs.Type & 8) == 0 || !cs.Long || cs.DefaultBig || cs.Dpl > _cpl)
+        if (!cs.IsCodeOrData || (cs.Type & 8) == 0 || !cs.Long || cs.DefaultBig || cs.Dpl > _cpu.Cpl)
         {
             throw Fault(Vectors.GP, (uint)(sel & 0xFFFC) | (software ? 0u : 1u));
         }
@@ -467,16 +470,16 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.GP, 0);
         }
 
-        int newCpl = (cs.Type & 4) != 0 ? _cpl : cs.Dpl;
+        int newCpl = (cs.Type & 4) != 0 ? _cpu.Cpl : cs.Dpl;
         ulong rsp = Gpr(4);
-        bool privChange = newCpl < _cpl;
+        bool privChange = newCpl < _cpu.Cpl;
         if (ist != 0)
         {
-            rsp = ReadSystem(_tr.Base + 0x24 + (ulong)((ist - 1) * 8), 8);
+            rsp = ReadSystem(_cpu.Tr.Base + 0x24 + (ulong)((ist - 1) * 8), 8);
         }
         else if (privChange)
         {
-            rsp = ReadSystem(_tr.Base + 4 + (ulong)(newCpl * 8), 8);
+            rsp = ReadSystem(_cpu.Tr.Base + 4 + (ulong)(newCpl * 8), 8);
         }
 
         if (!IsCanonical(rsp))
@@ -486,7 +489,7 @@ internal sealed partial class InterpreterVcpu
 
         rsp &= ~15UL;
         ulong flags = GetRflags();
-        Span<ulong> frame = [_seg[SegSs].Selector, Gpr(4), flags, _seg[SegCs].Selector, _rip, error];
+        Span<ulong> frame = [_cpu.Seg[SegSs].Selector, Gpr(4), flags, _cpu.Seg[SegCs].Selector, _cpu.Rip, error];
         int words = hasError ? 6 : 5;
         bool user = newCpl == 3;
         ulong top = rsp - (ulong)(words * 8);
@@ -502,64 +505,65 @@ internal sealed partial class InterpreterVcpu
 
         if (privChange)
         {
-            _seg[SegSs] = new SegmentRegister { Selector = (ushort)newCpl, Unusable = true, Dpl = (byte)newCpl, DefaultBig = true };
+            _cpu.Seg[SegSs] = new SegmentRegister { Selector = (ushort)newCpl, Unusable = true, Dpl = (byte)newCpl, DefaultBig = true };
         }
 
         cs.Selector = (ushort)((sel & 0xFFFC) | newCpl);
         cs.Type |= 1;
         Gpr(4) = top;
-        _flags = flags & ~(TF | NT | RF | VM);
-        if (type == 0xE)
+        _cpu.Flags = flags & ~(TF | NT | RF | VM);
+        if (gate.Type == SegmentType.InterruptGate)
         {
-            _flags &= ~IF;
+            _cpu.Flags &= ~IF;
         }
 
         SetCs(cs);
-        _rip = target;
+        _cpu.Rip = target;
     }
 
     private void DeliverProtected(int vector, bool hasError, uint error, bool software)
     {
         ulong off = (ulong)(vector * 8);
-        if (off + 7 > _idt.Limit)
+        if (off + 7 > _cpu.Idt.Limit)
         {
             throw Fault(Vectors.GP, IdtError(vector, software));
         }
 
-        ulong g = ReadSystem(_idt.Base + off, 8);
-        int type = (int)((g >> 40) & 0xF);
-        int dpl = (int)((g >> 45) & 3);
-        if (type is not (0x6 or 0x7 or 0xE or 0xF))
+        // An 8-byte gate: the upper half of the offset is bits 48-63, and only 32-bit gates (type bit 3) use it.
+        var gate = GateDescriptor.Decode(ReadSystem(_cpu.Idt.Base + off, 8));
+        int type = gate.Type;
+        int dpl = gate.Dpl;
+        if (type is not (0x6 or 0x7 or SegmentType.InterruptGate or SegmentType.TrapGate))
         {
             throw Fault(Vectors.GP, IdtError(vector, software));
         }
 
-        if (software && dpl < _cpl)
+        if (software && dpl < _cpu.Cpl)
         {
             throw Fault(Vectors.GP, IdtError(vector, software));
         }
 
-        if (((g >> 47) & 1) == 0)
+        if (!gate.Present)
         {
             throw Fault(Vectors.NP, IdtError(vector, software));
         }
 
-        if ((_flags & VM) != 0)
+        if ((_cpu.Flags & VM) != 0)
         {
             throw Fault(Vectors.GP, 0); // virtual-8086 interrupts: not implemented
         }
 
         bool gate32 = (type & 8) != 0;
         int size = gate32 ? 4 : 2;
-        ushort sel = (ushort)(g >> 16);
-        ulong target = (g & 0xFFFF) | (gate32 ? (g >> 32) & 0xFFFF0000 : 0);
+        ushort sel = gate.Selector;
+        ulong target = gate32 ? gate.Offset : gate.Offset & 0xFFFF;
         if ((sel & 0xFFFC) == 0)
         {
             throw Fault(Vectors.GP, software ? 0u : 1u);
         }
 
         var cs = ParseDescriptor(ReadDescriptor(sel), sel);
-        if (!cs.IsCodeOrData || (cs.Type & 8) == 0 || cs.Dpl > _cpl)
+        if (!cs.IsCodeOrData || (cs.Type & 8) == 0 || cs.Dpl > _cpu.Cpl)
         {
             throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
         }
@@ -569,18 +573,18 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.NP, (uint)(sel & 0xFFFC));
         }
 
-        int newCpl = (cs.Type & 4) != 0 ? _cpl : cs.Dpl;
+        int newCpl = (cs.Type & 4) != 0 ? _cpu.Cpl : cs.Dpl;
         ulong flags = GetRflags();
-        ushort oldSs = _seg[SegSs].Selector;
+        ushort oldSs = _cpu.Seg[SegSs].Selector;
         ulong oldSp = Gpr(4);
-        ushort oldCs = _seg[SegCs].Selector;
-        var savedSs = _seg[SegSs];
-        int savedCpl = _cpl;
-        if (newCpl < _cpl)
+        ushort oldCs = _cpu.Seg[SegCs].Selector;
+        var savedSs = _cpu.Seg[SegSs];
+        int savedCpl = _cpu.Cpl;
+        if (newCpl < _cpu.Cpl)
         {
             // Inner stack from the 32-bit TSS.
-            ulong esp = ReadSystem(_tr.Base + 4 + (ulong)(newCpl * 8), 4);
-            ushort ss = (ushort)ReadSystem(_tr.Base + 8 + (ulong)(newCpl * 8), 2);
+            ulong esp = ReadSystem(_cpu.Tr.Base + 4 + (ulong)(newCpl * 8), 4);
+            ushort ss = (ushort)ReadSystem(_cpu.Tr.Base + 8 + (ulong)(newCpl * 8), 2);
             var ssd = ParseDescriptor(ReadDescriptor(ss, Vectors.TS), ss);
             if ((ss & 3) != newCpl || ssd.Dpl != newCpl || !ssd.IsCodeOrData || (ssd.Type & 0xA) != 2)
             {
@@ -592,9 +596,9 @@ internal sealed partial class InterpreterVcpu
                 throw Fault(Vectors.SS, (uint)(ss & 0xFFFC));
             }
 
-            _seg[SegSs] = ssd;
-            _segBase[SegSs] = ssd.Base;
-            _cpl = newCpl;
+            _cpu.Seg[SegSs] = ssd;
+            _cpu.SegBase[SegSs] = ssd.Base;
+            _cpu.Cpl = newCpl;
             Gpr(4) = ssd.DefaultBig ? esp : (Gpr(4) & ~0xFFFFUL) | (ushort)esp;
             try
             {
@@ -603,9 +607,9 @@ internal sealed partial class InterpreterVcpu
             }
             catch
             {
-                _seg[SegSs] = savedSs;
-                _segBase[SegSs] = savedSs.Base;
-                _cpl = savedCpl;
+                _cpu.Seg[SegSs] = savedSs;
+                _cpu.SegBase[SegSs] = savedSs.Base;
+                _cpu.Cpl = savedCpl;
                 Gpr(4) = oldSp;
                 throw;
             }
@@ -615,7 +619,7 @@ internal sealed partial class InterpreterVcpu
         {
             Push(flags, size);
             Push(oldCs, size);
-            Push(_rip, size);
+            Push(_cpu.Rip, size);
             if (hasError)
             {
                 Push(error, size);
@@ -623,22 +627,22 @@ internal sealed partial class InterpreterVcpu
         }
         catch
         {
-            _seg[SegSs] = savedSs;
-            _segBase[SegSs] = savedSs.Base;
-            _cpl = savedCpl;
+            _cpu.Seg[SegSs] = savedSs;
+            _cpu.SegBase[SegSs] = savedSs.Base;
+            _cpu.Cpl = savedCpl;
             Gpr(4) = oldSp;
             throw;
         }
 
         cs.Selector = (ushort)((sel & 0xFFFC) | newCpl);
         cs.Type |= 1;
-        _flags = flags & ~(TF | NT | RF | VM);
+        _cpu.Flags = flags & ~(TF | NT | RF | VM);
         if ((type & 1) == 0)
         {
-            _flags &= ~IF;
+            _cpu.Flags &= ~IF;
         }
 
         SetCs(cs);
-        _rip = target;
+        _cpu.Rip = target;
     }
 }

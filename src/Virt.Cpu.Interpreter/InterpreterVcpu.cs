@@ -1,38 +1,27 @@
-using System.Runtime.CompilerServices;
 using Virt.Memory;
+using Virt.X86;
 
 namespace Virt.Cpu.Interpreter;
-
-/// <summary>The sixteen general-purpose registers in encoding order.</summary>
-[InlineArray(16)]
-internal struct GprFile
-{
-    private ulong _element0;
-}
 
 /// <summary>
 /// One interpreted vCPU. The guest runs on the thread that calls <see cref="Run"/>; every other member
 /// except <see cref="RequestExit"/> must be called on that thread while the vCPU is not running.
 /// </summary>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1506:Avoid excessive class coupling", Justification = "One vCPU implements the whole instruction set over Iced's decoder, the Virt.Abstractions seams and Virt.X86's facts, split by ISA group into partial files (Handlers/); the coupling is the breadth of the ISA, and the hot path reaches every handler without going through another object.")]
 internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCounting
 {
-    // RFLAGS bits.
-    internal const ulong CF = 1UL << 0, Fixed1 = 1UL << 1, PF = 1UL << 2, AF = 1UL << 4, ZF = 1UL << 6, SF = 1UL << 7,
-        TF = 1UL << 8, IF = 1UL << 9, DF = 1UL << 10, OF = 1UL << 11, IoplMask = 3UL << 12, NT = 1UL << 14,
-        RF = 1UL << 16, VM = 1UL << 17, AC = 1UL << 18, VIF = 1UL << 19, VIP = 1UL << 20, ID = 1UL << 21;
+    // RFLAGS bits by their SDM names, as the flag logic reads best with them (values: Virt.X86.Rflags).
+    internal const ulong CF = Rflags.Carry, Fixed1 = Rflags.Fixed, PF = Rflags.Parity, AF = Rflags.AuxiliaryCarry, ZF = Rflags.Zero,
+        SF = Rflags.Sign, TF = Rflags.Trap, IF = Rflags.InterruptEnable, DF = Rflags.Direction, OF = Rflags.Overflow,
+        IoplMask = Rflags.IoPrivilegeLevel, NT = Rflags.NestedTask, RF = Rflags.Resume, VM = Rflags.Virtual8086,
+        AC = Rflags.AlignmentCheck, VIF = Rflags.VirtualInterrupt, VIP = Rflags.VirtualInterruptPending, ID = Rflags.Id;
 
     /// <summary>The six arithmetic status flags.</summary>
-    internal const ulong ArithFlags = CF | PF | AF | ZF | SF | OF;
-
-    // CR0 / CR4 / EFER bits.
-    internal const ulong Cr0Pe = 1UL << 0, Cr0Mp = 1UL << 1, Cr0Em = 1UL << 2, Cr0Ts = 1UL << 3, Cr0Et = 1UL << 4,
-        Cr0Ne = 1UL << 5, Cr0Wp = 1UL << 16, Cr0Am = 1UL << 18, Cr0Nw = 1UL << 29, Cr0Cd = 1UL << 30, Cr0Pg = 1UL << 31;
-    internal const ulong Cr4Pse = 1UL << 4, Cr4Pae = 1UL << 5, Cr4Pge = 1UL << 7, Cr4OsFxsr = 1UL << 9,
-        Cr4OsXmmExcpt = 1UL << 10, Cr4Tsd = 1UL << 2;
-    internal const ulong EferSce = 1UL << 0, EferLme = 1UL << 8, EferLma = 1UL << 10, EferNxe = 1UL << 11;
+    internal const ulong ArithFlags = Rflags.Status;
 
     // Segment register numbers (Iced order).
-    internal const int SegEs = 0, SegCs = 1, SegSs = 2, SegDs = 3, SegFs = 4, SegGs = 5;
+    internal const int SegEs = CpuState.SegEs, SegCs = CpuState.SegCs, SegSs = CpuState.SegSs, SegDs = CpuState.SegDs,
+        SegFs = CpuState.SegFs, SegGs = CpuState.SegGs;
 
     private readonly InterpreterPartition _partition;
     private readonly Action<int, ulong>? _trace;
@@ -41,24 +30,8 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
     private readonly byte[] _exitBuffer = new byte[4096];
     private List<CpuidEntry> _cpuid;
 
-    internal GprFile _gpr;
-    internal ulong _rip;
-    internal ulong _flags = Fixed1;
-    internal readonly SegmentRegister[] _seg = new SegmentRegister[6];
-    internal readonly ulong[] _segBase = new ulong[6];
-    internal SegmentRegister _tr, _ldt;
-    internal DescriptorTable _gdt, _idt;
-    internal ulong _cr0 = Cr0Et | Cr0Cd | Cr0Nw, _cr2, _cr3, _cr4, _cr8, _efer;
-    internal ulong _apicBase = 0xFEE00900;
-    // IA32_MISC_ENABLE after reset: fast strings on, branch trace store and PEBS unavailable (there are none).
-    internal ulong _star, _lstar, _cstar, _fmask, _kernelGsBase, _tscAux, _pat = 0x0007040600070406, _miscEnable = 1 | (1UL << 11) | (1UL << 12);
-    internal ulong _sysenterCs, _sysenterEsp, _sysenterEip, _miscFeatures;
-    internal long _tscOffset;
-    internal FpuState _fpu = FpuState.Initial;
-    internal int _cpl;
-
-    /// <summary>Decode bitness of the current code segment: 16, 32 or 64.</summary>
-    internal int _bitness = 16;
+    /// <summary>The architectural registers; used in place (never copied) by every instruction.</summary>
+    internal CpuState _cpu = CpuState.PowerOn();
 
     private long _retired;
     private long _budgetEnd = long.MaxValue;
@@ -80,8 +53,9 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
         _tscFrequency = partition.InterpreterOptions.TscFrequency;
         _cpuid = [.. partition.SupportedCpuid];
         _regions = partition.Regions;
+        _handlers = InstructionTable.Bind(this);
         InitTlb();
-        ResetState();
+        UpdateMode();
     }
 
     public int Index { get; }
@@ -144,77 +118,31 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
         }
     }
 
-    private void ResetState()
-    {
-        // Power-on state: real mode at F000:FFF0.
-        _seg[SegCs] = SegmentRegister.RealMode(0xF000, code: true);
-        _seg[SegCs].Base = 0xFFFF0000;
-        for (int s = 0; s < 6; s++)
-        {
-            if (s != SegCs)
-            {
-                _seg[s] = SegmentRegister.RealMode(0);
-            }
-
-            _segBase[s] = _seg[s].Base;
-        }
-
-        _tr = new SegmentRegister { Type = 3, Present = true, Limit = 0xFFFF };
-        _ldt = new SegmentRegister { Type = 2, Present = true, Limit = 0xFFFF };
-        _gdt = new DescriptorTable { Limit = 0xFFFF };
-        _idt = new DescriptorTable { Limit = 0x3FF };
-        _rip = 0xFFF0;
-        _gpr[2] = 0x600; // EDX: processor signature family 6
-        UpdateMode();
-    }
-
-    public GeneralRegisters GetGeneralRegisters()
-    {
-        var r = new GeneralRegisters
-        {
-            Rax = _gpr[0], Rcx = _gpr[1], Rdx = _gpr[2], Rbx = _gpr[3], Rsp = _gpr[4], Rbp = _gpr[5], Rsi = _gpr[6], Rdi = _gpr[7],
-            R8 = _gpr[8], R9 = _gpr[9], R10 = _gpr[10], R11 = _gpr[11], R12 = _gpr[12], R13 = _gpr[13], R14 = _gpr[14], R15 = _gpr[15],
-            Rip = _rip, Rflags = GetRflags(),
-        };
-        return r;
-    }
+    public GeneralRegisters GetGeneralRegisters() => _cpu.GetGeneral(GetRflags());
 
     public void SetGeneralRegisters(in GeneralRegisters registers)
     {
-        _gpr[0] = registers.Rax; _gpr[1] = registers.Rcx; _gpr[2] = registers.Rdx; _gpr[3] = registers.Rbx;
-        _gpr[4] = registers.Rsp; _gpr[5] = registers.Rbp; _gpr[6] = registers.Rsi; _gpr[7] = registers.Rdi;
-        _gpr[8] = registers.R8; _gpr[9] = registers.R9; _gpr[10] = registers.R10; _gpr[11] = registers.R11;
-        _gpr[12] = registers.R12; _gpr[13] = registers.R13; _gpr[14] = registers.R14; _gpr[15] = registers.R15;
-        _rip = registers.Rip;
+        _cpu.SetGeneral(registers);
         SetRflags(registers.Rflags);
     }
 
-    public SpecialRegisters GetSpecialRegisters() => new()
-    {
-        Es = _seg[SegEs], Cs = _seg[SegCs], Ss = _seg[SegSs], Ds = _seg[SegDs], Fs = _seg[SegFs], Gs = _seg[SegGs],
-        Tr = _tr, Ldt = _ldt, Gdt = _gdt, Idt = _idt,
-        Cr0 = _cr0, Cr2 = _cr2, Cr3 = _cr3, Cr4 = _cr4, Cr8 = _cr8, Efer = _efer, ApicBase = _apicBase,
-    };
+    public SpecialRegisters GetSpecialRegisters() => _cpu.GetSpecial();
 
     public void SetSpecialRegisters(in SpecialRegisters registers)
     {
-        _seg[SegEs] = registers.Es; _seg[SegCs] = registers.Cs; _seg[SegSs] = registers.Ss;
-        _seg[SegDs] = registers.Ds; _seg[SegFs] = registers.Fs; _seg[SegGs] = registers.Gs;
-        _tr = registers.Tr; _ldt = registers.Ldt; _gdt = registers.Gdt; _idt = registers.Idt;
-        _cr0 = registers.Cr0 | Cr0Et; _cr2 = registers.Cr2; _cr3 = registers.Cr3; _cr4 = registers.Cr4; _cr8 = registers.Cr8;
-        _efer = registers.Efer; _apicBase = registers.ApicBase;
+        _cpu.SetSpecial(registers);
         UpdateMode();
         FlushTlb();
     }
 
-    public FpuState GetFpuState() => _fpu;
+    public FpuState GetFpuState() => _cpu.Fpu;
 
-    public void SetFpuState(in FpuState state) => _fpu = state;
+    public void SetFpuState(in FpuState state) => _cpu.Fpu = state;
 
     /// <summary>The x87 and SSE components: the only XSAVE state the interpreter has.</summary>
     private const ulong LegacyComponents = (ulong)(XsaveComponents.X87 | XsaveComponents.Sse);
 
-    public XsaveState GetXsaveState() => XsaveState.FromFpu(_fpu, LegacyComponents);
+    public XsaveState GetXsaveState() => XsaveState.FromFpu(_cpu.Fpu, LegacyComponents);
 
     public void SetXsaveState(XsaveState state)
     {
@@ -231,23 +159,12 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
             throw new ArgumentException($"The XSAVE image holds {beyond} state; the interpreter has x87 and SSE state only.", nameof(state));
         }
 
-        _fpu = state.Fpu;
+        _cpu.Fpu = state.Fpu;
     }
 
-    public DebugRegisters GetDebugRegisters() => new()
-    {
-        Dr0 = _dr[0], Dr1 = _dr[1], Dr2 = _dr[2], Dr3 = _dr[3], Dr6 = _dr[6] | DebugRegisters.Dr6Reset, Dr7 = _dr[7] | DebugRegisters.Dr7Reset,
-    };
+    public DebugRegisters GetDebugRegisters() => _cpu.GetDebug();
 
-    public void SetDebugRegisters(in DebugRegisters registers)
-    {
-        _dr[0] = registers.Dr0;
-        _dr[1] = registers.Dr1;
-        _dr[2] = registers.Dr2;
-        _dr[3] = registers.Dr3;
-        _dr[6] = registers.Dr6;
-        _dr[7] = registers.Dr7;
-    }
+    public void SetDebugRegisters(in DebugRegisters registers) => _cpu.SetDebug(registers);
 
     public void GetMsrs(Span<MsrEntry> entries)
     {
@@ -306,39 +223,39 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
     {
         for (int s = 0; s < 6; s++)
         {
-            _segBase[s] = _seg[s].Base;
+            _cpu.SegBase[s] = _cpu.Seg[s].Base;
         }
 
-        if ((_cr0 & Cr0Pe) == 0)
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0)
         {
-            _bitness = 16;
-            _cpl = 0;
+            _cpu.Bitness = 16;
+            _cpu.Cpl = 0;
         }
-        else if ((_flags & VM) != 0)
+        else if ((_cpu.Flags & VM) != 0)
         {
-            _bitness = 16;
-            _cpl = 3;
+            _cpu.Bitness = 16;
+            _cpu.Cpl = 3;
         }
         else
         {
-            _cpl = _seg[SegCs].Selector & 3;
-            if ((_efer & EferLma) != 0 && _seg[SegCs].Long)
+            _cpu.Cpl = _cpu.Seg[SegCs].Selector & 3;
+            if ((_cpu.Efer & Efer.LongModeActive) != 0 && _cpu.Seg[SegCs].Long)
             {
-                _bitness = 64;
+                _cpu.Bitness = 64;
             }
             else
             {
-                _bitness = _seg[SegCs].DefaultBig ? 32 : 16;
+                _cpu.Bitness = _cpu.Seg[SegCs].DefaultBig ? 32 : 16;
             }
         }
 
-        if (_bitness == 64)
+        if (_cpu.Bitness == 64)
         {
             // In 64-bit mode only FS and GS have a base.
-            _segBase[SegEs] = _segBase[SegCs] = _segBase[SegSs] = _segBase[SegDs] = 0;
+            _cpu.SegBase[SegEs] = _cpu.SegBase[SegCs] = _cpu.SegBase[SegSs] = _cpu.SegBase[SegDs] = 0;
         }
 
-        _userKey = _cpl == 3 ? 1UL : 0UL;
+        _userKey = _cpu.Cpl == 3 ? 1UL : 0UL;
     }
 
     private enum PendingIoKind : byte

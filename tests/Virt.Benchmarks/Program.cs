@@ -1,6 +1,13 @@
 using BenchmarkDotNet.Running;
 
 // Run with: dotnet run -c Release --project tests/Virt.Benchmarks -- --filter '*'
+// One interpreter run in a fresh process: dotnet run -c Release --project tests/Virt.Benchmarks -- fresh loop [runs]
+if (args is ["fresh", string workload, ..])
+{
+    Virt.Benchmarks.Interpreter.FreshProcessRun.Run(workload, args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 1);
+    return;
+}
+
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
 
 /// <summary>Entry point type for the benchmark switcher.</summary>

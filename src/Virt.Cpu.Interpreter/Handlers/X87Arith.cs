@@ -15,11 +15,11 @@ internal sealed partial class InterpreterVcpu
     private const ushort FswIe = 1 << 0, FswSf = 1 << 6, FswC0 = 1 << 8, FswC1 = 1 << 9, FswC2 = 1 << 10, FswC3 = 1 << 14;
     private const int FswTopShift = 11;
 
-    private int FpuTop => (_fpu.StatusWord >> FswTopShift) & 7;
+    private int FpuTop => (_cpu.Fpu.StatusWord >> FswTopShift) & 7;
 
-    private void SetFpuTop(int top) => _fpu.StatusWord = (ushort)((_fpu.StatusWord & ~(7 << FswTopShift)) | ((top & 7) << FswTopShift));
+    private void SetFpuTop(int top) => _cpu.Fpu.StatusWord = (ushort)((_cpu.Fpu.StatusWord & ~(7 << FswTopShift)) | ((top & 7) << FswTopShift));
 
-    private bool StValid(int i) => (_fpu.AbridgedTagWord & (1 << ((FpuTop + i) & 7))) != 0;
+    private bool StValid(int i) => (_cpu.Fpu.AbridgedTagWord & (1 << ((FpuTop + i) & 7))) != 0;
 
     private static (ushort Se, ulong Mant) ToExtended(double d)
     {
@@ -67,7 +67,7 @@ internal sealed partial class InterpreterVcpu
         return neg ? -v : v;
     }
 
-    private ref byte StSlot(int i) => ref Unsafe.Add(ref Unsafe.As<X87RegisterFile, byte>(ref _fpu.Registers), 16 * i);
+    private ref byte StSlot(int i) => ref Unsafe.Add(ref Unsafe.As<X87RegisterFile, byte>(ref _cpu.Fpu.Registers), 16 * i);
 
     private double St(int i)
     {
@@ -92,8 +92,8 @@ internal sealed partial class InterpreterVcpu
 
     private void StackFault(bool overflow)
     {
-        _fpu.StatusWord |= (ushort)(FswIe | FswSf | (overflow ? FswC1 : 0));
-        if ((_fpu.ControlWord & 1) == 0)
+        _cpu.Fpu.StatusWord |= (ushort)(FswIe | FswSf | (overflow ? FswC1 : 0));
+        if ((_cpu.Fpu.ControlWord & 1) == 0)
         {
             throw Fault(Vectors.MF, 0);
         }
@@ -102,23 +102,23 @@ internal sealed partial class InterpreterVcpu
     private void FpuPush(double v)
     {
         int top = (FpuTop - 1) & 7;
-        if ((_fpu.AbridgedTagWord & (1 << top)) != 0)
+        if ((_cpu.Fpu.AbridgedTagWord & (1 << top)) != 0)
         {
             StackFault(true);
             v = BitConverter.UInt64BitsToDouble(0xFFF8000000000000);
         }
 
-        Span<byte> regs = _fpu.Registers;
+        Span<byte> regs = _cpu.Fpu.Registers;
         regs[..112].CopyTo(regs[16..]);
         SetFpuTop(top);
-        _fpu.AbridgedTagWord |= (byte)(1 << top);
+        _cpu.Fpu.AbridgedTagWord |= (byte)(1 << top);
         SetSt(0, v);
     }
 
     /// <summary>Pushes an 80-bit constant given as sign/exponent and significand (the indefinite NaN on stack overflow, as <see cref="FpuPush"/>).</summary>
     private void FpuPushConstant(ushort se, ulong mant)
     {
-        bool overflow = (_fpu.AbridgedTagWord & (1 << ((FpuTop - 1) & 7))) != 0;
+        bool overflow = (_cpu.Fpu.AbridgedTagWord & (1 << ((FpuTop - 1) & 7))) != 0;
         FpuPush(0.0);
         if (!overflow)
         {
@@ -131,8 +131,8 @@ internal sealed partial class InterpreterVcpu
     private void FpuPop()
     {
         int top = FpuTop;
-        _fpu.AbridgedTagWord &= (byte)~(1 << top);
-        Span<byte> regs = _fpu.Registers;
+        _cpu.Fpu.AbridgedTagWord &= (byte)~(1 << top);
+        Span<byte> regs = _cpu.Fpu.Registers;
         regs[16..].CopyTo(regs);
         regs[112..].Clear();
         SetFpuTop(top + 1);
@@ -177,7 +177,7 @@ internal sealed partial class InterpreterVcpu
 
     private long FpuToInt(double v, int bits, bool truncate)
     {
-        double r = truncate ? Math.Truncate(v) : ((_fpu.ControlWord >> 10) & 3) switch
+        double r = truncate ? Math.Truncate(v) : ((_cpu.Fpu.ControlWord >> 10) & 3) switch
         {
             1 => Math.Floor(v),
             2 => Math.Ceiling(v),
@@ -187,8 +187,8 @@ internal sealed partial class InterpreterVcpu
         double limit = Math.ScaleB(1.0, bits - 1);
         if (double.IsNaN(r) || r >= limit || r < -limit)
         {
-            _fpu.StatusWord |= FswIe;
-            if ((_fpu.ControlWord & 1) == 0)
+            _cpu.Fpu.StatusWord |= FswIe;
+            if ((_cpu.Fpu.ControlWord & 1) == 0)
             {
                 throw Fault(Vectors.MF, 0);
             }
@@ -208,6 +208,7 @@ internal sealed partial class InterpreterVcpu
     };
 
     /// <summary>x87 loads, stores and arithmetic; returns false when <paramref name="ins"/> is not one of them.</summary>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per x87 instruction, each a line or two: the group's table in code form.")]
     private bool ExecX87Arith(ref Op op, in Instruction ins)
     {
         var m = ins.Mnemonic;
@@ -239,7 +240,7 @@ internal sealed partial class InterpreterVcpu
                 {
                     int i = StIndex(ins.Op0Register);
                     SetSt(i, v);
-                    _fpu.AbridgedTagWord |= (byte)(1 << ((FpuTop + i) & 7));
+                    _cpu.Fpu.AbridgedTagWord |= (byte)(1 << ((FpuTop + i) & 7));
                 }
 
                 if (m == Mnemonic.Fstp)
@@ -334,7 +335,7 @@ internal sealed partial class InterpreterVcpu
                     : St(ins.OpCount == 2 ? StIndex(ins.Op1Register) : ins.OpCount == 1 ? StIndex(ins.Op0Register) : 1);
                 double a = St(0);
                 ushort cc = double.IsNaN(a) || double.IsNaN(b) ? (ushort)(FswC0 | FswC2 | FswC3) : a > b ? (ushort)0 : a < b ? FswC0 : FswC3;
-                _fpu.StatusWord = (ushort)((_fpu.StatusWord & ~(FswC0 | FswC1 | FswC2 | FswC3)) | cc);
+                _cpu.Fpu.StatusWord = (ushort)((_cpu.Fpu.StatusWord & ~(FswC0 | FswC1 | FswC2 | FswC3)) | cc);
                 if (m is Mnemonic.Fcomp or Mnemonic.Fucomp or Mnemonic.Fcompp or Mnemonic.Fucompp)
                 {
                     FpuPop();
@@ -352,9 +353,9 @@ internal sealed partial class InterpreterVcpu
             {
                 double a = St(0), b = St(StIndex(ins.Op1Register));
                 ulong f = double.IsNaN(a) || double.IsNaN(b) ? ZF | PF | CF : a > b ? 0 : a < b ? CF : ZF;
-                _lzOp = LzNone;
-                _flags = (_flags & ~ArithFlags) | f;
-                _fpu.StatusWord &= unchecked((ushort)~FswC1);
+                _cpu.LzOp = LzNone;
+                _cpu.Flags = (_cpu.Flags & ~ArithFlags) | f;
+                _cpu.Fpu.StatusWord &= unchecked((ushort)~FswC1);
                 if (m is Mnemonic.Fcomip or Mnemonic.Fucomip)
                 {
                     FpuPop();

@@ -27,7 +27,7 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Exception flags raised by the SSE instruction being executed.</summary>
     private uint _sseFlags;
 
-    private int Rc => (int)((_fpu.Mxcsr >> 13) & 3);
+    private int Rc => (int)((_cpu.Fpu.Mxcsr >> 13) & 3);
 
     private static bool IsSnan<T>(T v)
         where T : unmanaged, IBinaryFloatingPointIeee754<T>
@@ -75,7 +75,7 @@ internal sealed partial class InterpreterVcpu
     {
         if (T.IsSubnormal(v))
         {
-            if ((_fpu.Mxcsr & MxDaz) != 0)
+            if ((_cpu.Fpu.Mxcsr & MxDaz) != 0)
             {
                 return T.IsNegative(v) ? T.NegativeZero : T.Zero;
             }
@@ -141,7 +141,7 @@ internal sealed partial class InterpreterVcpu
             }
         }
 
-        if (T.IsSubnormal(r) && (_fpu.Mxcsr & MxFz) != 0 && (_fpu.Mxcsr & (MxUe << 7)) != 0)
+        if (T.IsSubnormal(r) && (_cpu.Fpu.Mxcsr & MxFz) != 0 && (_cpu.Fpu.Mxcsr & (MxUe << 7)) != 0)
         {
             _sseFlags |= MxUe | MxPe;
             return T.IsNegative(r) ? T.NegativeZero : T.Zero;
@@ -151,6 +151,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>One lane of ADD/SUB/MUL/DIV/MIN/MAX/SQRT (SQRT uses <paramref name="b"/> only).</summary>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One lane of the seven SSE arithmetic operations with their IEEE special cases (NaN propagation, denormals, invalid and divide-by-zero flags) in the order the SDM gives them.")]
     private T FpArith<T>(int kind, T a, T b)
         where T : unmanaged, IBinaryFloatingPointIeee754<T>
     {
@@ -162,7 +163,7 @@ internal sealed partial class InterpreterVcpu
                 return Quiet(b);
             }
 
-            if (b < T.Zero && !(T.IsSubnormal(b) && (_fpu.Mxcsr & MxDaz) != 0))
+            if (b < T.Zero && !(T.IsSubnormal(b) && (_cpu.Fpu.Mxcsr & MxDaz) != 0))
             {
                 _sseFlags |= MxIe;
                 return DefaultNaN<T>();
@@ -217,7 +218,7 @@ internal sealed partial class InterpreterVcpu
             return an ? Quiet(a) : Quiet(b);
         }
 
-        if (kind == FDiv && T.IsZero(b) && !T.IsZero(a) && !(T.IsSubnormal(a) && (_fpu.Mxcsr & MxDaz) != 0))
+        if (kind == FDiv && T.IsZero(b) && !T.IsZero(a) && !(T.IsSubnormal(a) && (_cpu.Fpu.Mxcsr & MxDaz) != 0))
         {
             // Division by zero reports ZE alone, without DE for a denormal dividend.
             _sseFlags |= T.IsInfinity(a) ? 0 : MxZe;
@@ -424,7 +425,7 @@ internal sealed partial class InterpreterVcpu
         }
 
         // Conversions to integer do not report denormal operands; DAZ still reads them as zero.
-        if (T.IsSubnormal(v) && (_fpu.Mxcsr & MxDaz) != 0)
+        if (T.IsSubnormal(v) && (_cpu.Fpu.Mxcsr & MxDaz) != 0)
         {
             v = T.Zero;
         }

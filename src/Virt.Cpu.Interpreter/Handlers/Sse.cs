@@ -1,26 +1,27 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using Iced.Intel;
+using Virt.X86;
 
 namespace Virt.Cpu.Interpreter;
 
-/// <summary>SSE and SSE2 instructions (legacy encodings), dispatched on the Iced mnemonic from the H.Sse handler.</summary>
+/// <summary>SSE and SSE2 instructions (legacy encodings), dispatched on the Iced mnemonic from the SSE handler.</summary>
 internal sealed partial class InterpreterVcpu
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private ref Vector128<byte> Xr(int i) => ref Unsafe.Add(ref Unsafe.As<XmmRegisterFile, Vector128<byte>>(ref _fpu.Xmm), i);
+    private ref Vector128<byte> Xr(int i) => ref Unsafe.Add(ref Unsafe.As<XmmRegisterFile, Vector128<byte>>(ref _cpu.Fpu.Xmm), i);
 
     private static int XmmIndex(Register r) => r - Register.XMM0;
 
     /// <summary>CR0.EM or a clear CR4.OSFXSR makes SSE undefined; CR0.TS defers the state (#NM).</summary>
     private void CheckSseEnabled()
     {
-        if ((_cr0 & Cr0Em) != 0 || (_cr4 & Cr4OsFxsr) == 0)
+        if ((_cpu.Cr0 & Cr0.Emulation) != 0 || (_cpu.Cr4 & Cr4.OsFxsr) == 0)
         {
             throw Fault(Vectors.UD, 0);
         }
 
-        if ((_cr0 & Cr0Ts) != 0)
+        if ((_cpu.Cr0 & Cr0.TaskSwitched) != 0)
         {
             throw Fault(Vectors.NM, 0);
         }
@@ -87,11 +88,11 @@ internal sealed partial class InterpreterVcpu
         }
 
         _sseFlags = 0;
-        _fpu.Mxcsr |= f;
-        uint unmasked = f & ~(_fpu.Mxcsr >> 7) & 0x3F;
+        _cpu.Fpu.Mxcsr |= f;
+        uint unmasked = f & ~(_cpu.Fpu.Mxcsr >> 7) & 0x3F;
         if (unmasked != 0)
         {
-            throw Fault((_cr4 & Cr4OsXmmExcpt) != 0 ? Vectors.XM : Vectors.UD, 0);
+            throw Fault((_cpu.Cr4 & Cr4.OsXmmExcpt) != 0 ? Vectors.XM : Vectors.UD, 0);
         }
     }
 
@@ -105,6 +106,13 @@ internal sealed partial class InterpreterVcpu
         return Read(Ea(ref op), size);
     }
 
+    internal ulong Sse(ref Op op, in Instruction ins)
+    {
+        ExecSse(ref op, in ins);
+        return op.Next;
+    }
+
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The SSE group's dispatch on the Iced mnemonic: one case per instruction family, each a call or a line.")]
     private void ExecSse(ref Op op, in Instruction ins)
     {
         var m = ins.Mnemonic;
@@ -236,12 +244,12 @@ internal sealed partial class InterpreterVcpu
                     throw Fault(Vectors.GP, 0);
                 }
 
-                _fpu.Mxcsr = v;
+                _cpu.Fpu.Mxcsr = v;
                 return;
             }
 
             case Mnemonic.Stmxcsr:
-                Write(Ea(ref op), 4, _fpu.Mxcsr);
+                Write(Ea(ref op), 4, _cpu.Fpu.Mxcsr);
                 return;
             default:
                 break;

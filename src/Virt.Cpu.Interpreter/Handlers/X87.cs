@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using Iced.Intel;
+using Virt.X86;
 
 namespace Virt.Cpu.Interpreter;
 
@@ -15,10 +16,27 @@ internal sealed partial class InterpreterVcpu
     // Offsets in the FXSAVE area.
     private const int FxFcw = 0, FxFsw = 2, FxFtw = 4, FxFop = 6, FxFip = 8, FxFdp = 16, FxMxcsr = 24, FxMxcsrMask = 28, FxSt = 32, FxXmm = 160;
 
+    internal ulong X87(ref Op op, in Instruction ins)
+    {
+        ExecX87(ref op, in ins);
+        return op.Next;
+    }
+
+    /// <summary>WAIT/FWAIT: #NM when CR0.MP and CR0.TS are both set; there are no pending x87 exceptions to report.</summary>
+    internal ulong Wait(ref Op op, in Instruction _)
+    {
+        if ((_cpu.Cr0 & (Cr0.MonitorCoprocessor | Cr0.TaskSwitched)) == (Cr0.MonitorCoprocessor | Cr0.TaskSwitched))
+        {
+            throw Fault(Vectors.NM, 0);
+        }
+
+        return op.Next;
+    }
+
     private void ExecX87(ref Op op, in Instruction ins)
     {
         // CR0.EM or CR0.TS: the x87/SSE state is not available (#NM), as for every x87 instruction.
-        if ((_cr0 & (Cr0Em | Cr0Ts)) != 0)
+        if ((_cpu.Cr0 & (Cr0.Emulation | Cr0.TaskSwitched)) != 0)
         {
             throw Fault(Vectors.NM, 0);
         }
@@ -37,36 +55,36 @@ internal sealed partial class InterpreterVcpu
             case Mnemonic.Finit:
             {
                 // FNINIT resets the x87 part only; MXCSR and the XMM registers are kept.
-                var xmm = _fpu.Xmm;
-                uint mxcsr = _fpu.Mxcsr;
-                var regs = _fpu.Registers;
-                _fpu = FpuState.Initial;
-                _fpu.Registers = regs;
-                _fpu.Xmm = xmm;
-                _fpu.Mxcsr = mxcsr;
+                var xmm = _cpu.Fpu.Xmm;
+                uint mxcsr = _cpu.Fpu.Mxcsr;
+                var regs = _cpu.Fpu.Registers;
+                _cpu.Fpu = FpuState.Initial;
+                _cpu.Fpu.Registers = regs;
+                _cpu.Fpu.Xmm = xmm;
+                _cpu.Fpu.Mxcsr = mxcsr;
                 return;
             }
 
             case Mnemonic.Fnclex:
             case Mnemonic.Fclex:
-                _fpu.StatusWord &= 0x7F00;
+                _cpu.Fpu.StatusWord &= 0x7F00;
                 return;
             case Mnemonic.Fldcw:
-                _fpu.ControlWord = (ushort)Read(Ea(ref op), 2);
+                _cpu.Fpu.ControlWord = (ushort)Read(Ea(ref op), 2);
                 return;
             case Mnemonic.Fnstcw:
             case Mnemonic.Fstcw:
-                Write(Ea(ref op), 2, _fpu.ControlWord);
+                Write(Ea(ref op), 2, _cpu.Fpu.ControlWord);
                 return;
             case Mnemonic.Fnstsw:
             case Mnemonic.Fstsw:
                 if (ins.Op0Kind == OpKind.Register)
                 {
-                    SetReg(0, 2, _fpu.StatusWord);
+                    SetReg(0, 2, _cpu.Fpu.StatusWord);
                 }
                 else
                 {
-                    Write(Ea(ref op), 2, _fpu.StatusWord);
+                    Write(Ea(ref op), 2, _cpu.Fpu.StatusWord);
                 }
 
                 return;
@@ -90,27 +108,27 @@ internal sealed partial class InterpreterVcpu
         ProbeWrite(ea, FxsaveSize);
         Span<byte> area = stackalloc byte[FxsaveSize];
         area.Clear();
-        Unsafe.WriteUnaligned(ref area[FxFcw], _fpu.ControlWord);
-        Unsafe.WriteUnaligned(ref area[FxFsw], _fpu.StatusWord);
-        area[FxFtw] = _fpu.AbridgedTagWord;
-        Unsafe.WriteUnaligned(ref area[FxFop], _fpu.LastOpcode);
+        Unsafe.WriteUnaligned(ref area[FxFcw], _cpu.Fpu.ControlWord);
+        Unsafe.WriteUnaligned(ref area[FxFsw], _cpu.Fpu.StatusWord);
+        area[FxFtw] = _cpu.Fpu.AbridgedTagWord;
+        Unsafe.WriteUnaligned(ref area[FxFop], _cpu.Fpu.LastOpcode);
         if (rexW)
         {
-            Unsafe.WriteUnaligned(ref area[FxFip], _fpu.LastInstructionPointer);
-            Unsafe.WriteUnaligned(ref area[FxFdp], _fpu.LastDataPointer);
+            Unsafe.WriteUnaligned(ref area[FxFip], _cpu.Fpu.LastInstructionPointer);
+            Unsafe.WriteUnaligned(ref area[FxFdp], _cpu.Fpu.LastDataPointer);
         }
         else
         {
             // 32-bit format: offset and selector; the selectors are not tracked and read as zero.
-            Unsafe.WriteUnaligned(ref area[FxFip], (uint)_fpu.LastInstructionPointer);
-            Unsafe.WriteUnaligned(ref area[FxFdp], (uint)_fpu.LastDataPointer);
+            Unsafe.WriteUnaligned(ref area[FxFip], (uint)_cpu.Fpu.LastInstructionPointer);
+            Unsafe.WriteUnaligned(ref area[FxFdp], (uint)_cpu.Fpu.LastDataPointer);
         }
 
-        Unsafe.WriteUnaligned(ref area[FxMxcsr], _fpu.Mxcsr);
+        Unsafe.WriteUnaligned(ref area[FxMxcsr], _cpu.Fpu.Mxcsr);
         Unsafe.WriteUnaligned(ref area[FxMxcsrMask], MxcsrMask);
-        ((ReadOnlySpan<byte>)_fpu.Registers).CopyTo(area[FxSt..]);
-        int xmmBytes = (_bitness == 64 ? 16 : 8) * 16;
-        ((ReadOnlySpan<byte>)_fpu.Xmm)[..xmmBytes].CopyTo(area[FxXmm..]);
+        ((ReadOnlySpan<byte>)_cpu.Fpu.Registers).CopyTo(area[FxSt..]);
+        int xmmBytes = (_cpu.Bitness == 64 ? 16 : 8) * 16;
+        ((ReadOnlySpan<byte>)_cpu.Fpu.Xmm)[..xmmBytes].CopyTo(area[FxXmm..]);
         for (int i = 0; i < FxsaveSize; i += 8)
         {
             Write(ea + (ulong)i, 8, Unsafe.ReadUnaligned<ulong>(ref area[i]));
@@ -136,15 +154,15 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.GP, 0);
         }
 
-        _fpu.ControlWord = Unsafe.ReadUnaligned<ushort>(ref area[FxFcw]);
-        _fpu.StatusWord = Unsafe.ReadUnaligned<ushort>(ref area[FxFsw]);
-        _fpu.AbridgedTagWord = area[FxFtw];
-        _fpu.LastOpcode = (ushort)(Unsafe.ReadUnaligned<ushort>(ref area[FxFop]) & 0x7FF);
-        _fpu.LastInstructionPointer = rexW ? Unsafe.ReadUnaligned<ulong>(ref area[FxFip]) : Unsafe.ReadUnaligned<uint>(ref area[FxFip]);
-        _fpu.LastDataPointer = rexW ? Unsafe.ReadUnaligned<ulong>(ref area[FxFdp]) : Unsafe.ReadUnaligned<uint>(ref area[FxFdp]);
-        _fpu.Mxcsr = mxcsr;
-        area.Slice(FxSt, 128).CopyTo(_fpu.Registers);
-        int xmmBytes = (_bitness == 64 ? 16 : 8) * 16;
-        area.Slice(FxXmm, xmmBytes).CopyTo(_fpu.Xmm);
+        _cpu.Fpu.ControlWord = Unsafe.ReadUnaligned<ushort>(ref area[FxFcw]);
+        _cpu.Fpu.StatusWord = Unsafe.ReadUnaligned<ushort>(ref area[FxFsw]);
+        _cpu.Fpu.AbridgedTagWord = area[FxFtw];
+        _cpu.Fpu.LastOpcode = (ushort)(Unsafe.ReadUnaligned<ushort>(ref area[FxFop]) & 0x7FF);
+        _cpu.Fpu.LastInstructionPointer = rexW ? Unsafe.ReadUnaligned<ulong>(ref area[FxFip]) : Unsafe.ReadUnaligned<uint>(ref area[FxFip]);
+        _cpu.Fpu.LastDataPointer = rexW ? Unsafe.ReadUnaligned<ulong>(ref area[FxFdp]) : Unsafe.ReadUnaligned<uint>(ref area[FxFdp]);
+        _cpu.Fpu.Mxcsr = mxcsr;
+        area.Slice(FxSt, 128).CopyTo(_cpu.Fpu.Registers);
+        int xmmBytes = (_cpu.Bitness == 64 ? 16 : 8) * 16;
+        area.Slice(FxXmm, xmmBytes).CopyTo(_cpu.Fpu.Xmm);
     }
 }

@@ -67,6 +67,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>Floating-point SSE/SSE2 instructions; returns false when <paramref name="ins"/> is not one.</summary>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per SSE arithmetic instruction, each a line or two: the group's table in code form.")]
     private bool ExecSseFloat(ref Op op, in Instruction ins)
     {
         var m = ins.Mnemonic;
@@ -112,6 +113,7 @@ internal sealed partial class InterpreterVcpu
         return true;
     }
 
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per compare or conversion instruction of the SSE group, each a line or two: the group's table in code form.")]
     private bool ExecSseCompareConvert(ref Op op, in Instruction ins, int d)
     {
         var m = ins.Mnemonic;
@@ -154,8 +156,8 @@ internal sealed partial class InterpreterVcpu
                     ? FpCompareFlags(a.AsSingle().GetElement(0), b.AsSingle().GetElement(0), signal)
                     : FpCompareFlags(a.AsDouble().GetElement(0), b.AsDouble().GetElement(0), signal);
                 CommitSseFlags();
-                _lzOp = LzNone;
-                _flags = (_flags & ~ArithFlags) | f;
+                _cpu.LzOp = LzNone;
+                _cpu.Flags = (_cpu.Flags & ~ArithFlags) | f;
                 return true;
             }
 

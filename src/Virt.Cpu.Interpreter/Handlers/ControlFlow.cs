@@ -1,0 +1,400 @@
+using Iced.Intel;
+using Virt.X86;
+
+namespace Virt.Cpu.Interpreter;
+
+/// <summary>
+/// Control-flow handlers: far JMP/CALL/RET, software interrupts, IRET, SYSCALL/SYSRET, SYSENTER/SYSEXIT
+/// (near branches, CALL, RET, LOOP and JCXZ run inline).
+/// </summary>
+internal sealed partial class InterpreterVcpu
+{
+    internal ulong JmpFar(ref Op op, in Instruction _)
+    {
+        ExecFarTransfer(ref op, op.Next, call: false);
+        _stop = true;
+        return _cpu.Rip;
+    }
+
+    internal ulong CallFar(ref Op op, in Instruction _)
+    {
+        ExecFarTransfer(ref op, op.Next, call: true);
+        _stop = true;
+        return _cpu.Rip;
+    }
+
+    internal ulong RetFar(ref Op op, in Instruction _)
+    {
+        ExecRetFar(ref op);
+        _stop = true;
+        return _cpu.Rip;
+    }
+
+    internal ulong Int(ref Op op, in Instruction _)
+    {
+        if ((_cpu.Flags & VM) != 0 && (_cpu.Flags & IoplMask) != IoplMask)
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
+        _cpu.Rip = op.Next;
+        Deliver((int)op.Imm, false, 0, software: true);
+        return _cpu.Rip;
+    }
+
+    internal ulong Int3(ref Op op, in Instruction _)
+    {
+        _cpu.Rip = op.Next;
+        Deliver(Vectors.BP, false, 0, software: true);
+        return _cpu.Rip;
+    }
+
+    internal ulong Into(ref Op op, in Instruction _)
+    {
+        if (_cpu.Bitness == 64)
+        {
+            throw Fault(Vectors.UD, 0);
+        }
+
+        if (Cond(0))
+        {
+            _cpu.Rip = op.Next;
+            Deliver(Vectors.OF, false, 0, software: true);
+            return _cpu.Rip;
+        }
+
+        return op.Next;
+    }
+
+    internal ulong Int1(ref Op op, in Instruction _)
+    {
+        _cpu.Rip = op.Next;
+        Deliver(Vectors.DB, false, 0, software: false);
+        return _cpu.Rip;
+    }
+
+    internal ulong Iret(ref Op op, in Instruction _)
+    {
+        ExecIret(op.Size);
+        _stop = true;
+        return _cpu.Rip;
+    }
+
+    internal ulong Syscall(ref Op op, in Instruction _)
+    {
+        ExecSyscall(op.Next);
+        _stop = true;
+        return _cpu.Rip;
+    }
+
+    internal ulong Sysret(ref Op op, in Instruction _)
+    {
+        ExecSysret(op.Size);
+        _stop = true;
+        return _cpu.Rip;
+    }
+
+    /// <summary>SYSENTER: not offered (CPUID.01H:EDX.SEP is clear), so #UD.</summary>
+    internal ulong Sysenter(ref Op op, in Instruction _) => throw Fault(Vectors.UD, 0);
+
+    /// <summary>SYSEXIT: not offered, so #UD.</summary>
+    internal ulong Sysexit(ref Op op, in Instruction _) => throw Fault(Vectors.UD, 0);
+
+    private void ExecFarTransfer(ref Op op, ulong next, bool call)
+    {
+        ulong target;
+        ushort sel;
+        if (op.Sub == 0)
+        {
+            if (_cpu.Bitness == 64)
+            {
+                throw Fault(Vectors.UD, 0);
+            }
+
+            target = op.Target;
+            sel = (ushort)op.Imm;
+        }
+        else
+        {
+            ulong ea = Ea(ref op);
+            target = Read(ea, op.Size);
+            sel = (ushort)Read(ea + (ulong)op.Size, 2);
+        }
+
+        int size = op.Size;
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0 || (_cpu.Flags & VM) != 0)
+        {
+            if (call)
+            {
+                Push(_cpu.Seg[SegCs].Selector, size);
+                Push(next, size);
+            }
+
+            var cs = _cpu.Seg[SegCs];
+            cs.Selector = sel;
+            cs.Base = (ulong)sel << 4;
+            SetCs(cs);
+            _cpu.Rip = target & Mask(size);
+            return;
+        }
+
+        int rpl = sel & 3;
+        var ncs = CheckCodeSegment(sel, _cpu.Cpl);
+        if ((ncs.Type & 4) == 0 && rpl > _cpu.Cpl)
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        if (call)
+        {
+            int psize = _cpu.Bitness == 64 && size == 8 ? 8 : size;
+            ulong oldSp = Gpr(4);
+            try
+            {
+                Push(_cpu.Seg[SegCs].Selector, psize);
+                Push(next, psize);
+            }
+            catch
+            {
+                Gpr(4) = oldSp;
+                throw;
+            }
+        }
+
+        SetCs(ncs);
+        _cpu.Rip = _cpu.Bitness == 64 ? target : target & Mask(size);
+    }
+
+    private void ExecRetFar(ref Op op)
+    {
+        int size = op.Size2;
+        ulong rip = Peek(0, size);
+        ushort sel = (ushort)Peek((ulong)size, size);
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0 || (_cpu.Flags & VM) != 0)
+        {
+            AdjustSp((2 * size) + (long)op.Imm);
+            var cs = _cpu.Seg[SegCs];
+            cs.Selector = sel;
+            cs.Base = (ulong)sel << 4;
+            SetCs(cs);
+            _cpu.Rip = rip;
+            return;
+        }
+
+        int rpl = sel & 3;
+        if (rpl < _cpu.Cpl)
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        if (rpl == _cpu.Cpl)
+        {
+            var ncs = CheckCodeSegment(sel, rpl);
+            AdjustSp((2 * size) + (long)op.Imm);
+            SetCs(ncs);
+            _cpu.Rip = rip;
+            return;
+        }
+
+        // Return to an outer privilege level: also pops SS:RSP.
+        ulong off = (ulong)(2 * size) + op.Imm;
+        ulong sp = Peek(off, size);
+        ushort ss = (ushort)Peek(off + (ulong)size, size);
+        var ocs = CheckCodeSegment(sel, rpl);
+        SetCs(ocs);
+        LoadDataSegment(SegSs, ss);
+        Gpr(4) = _cpu.Bitness == 64 || _cpu.Seg[SegSs].DefaultBig ? (size == 8 ? sp : (uint)sp) : (Gpr(4) & ~0xFFFFUL) | (ushort)sp;
+        if (op.Imm != 0)
+        {
+            AdjustSp((long)op.Imm);
+        }
+
+        _cpu.Rip = rip;
+        NullifyDataSegmentsForOuterLevel();
+    }
+
+    private void ExecSyscall(ulong next)
+    {
+        if ((_cpu.Efer & Efer.SyscallEnable) == 0 || (_cpu.Efer & Efer.LongModeActive) == 0)
+        {
+            throw Fault(Vectors.UD, 0);
+        }
+
+        ulong flags = GetRflags() & ~RF;
+        Gpr(1) = next;
+        Gpr(11) = flags;
+        ushort sel = (ushort)((_cpu.Star >> 32) & 0xFFFC);
+        var cs = SegmentRegister.Flat(sel, code: true, longMode: true, dpl: 0);
+        cs.Type = 0xB;
+        var ss = SegmentRegister.Flat((ushort)(sel + 8), code: false, longMode: false, dpl: 0);
+        ss.Type = 3;
+        _cpu.Seg[SegSs] = ss;
+        _cpu.Flags = (flags & ~_cpu.Fmask & ~RF) | Fixed1;
+        SetCs(cs);
+        _cpu.Rip = _cpu.Bitness == 64 ? _cpu.Lstar : _cpu.Cstar;
+        if (_cpu.Bitness != 64)
+        {
+            // SYSCALL from compatibility mode enters 64-bit mode at CSTAR.
+            _cpu.Rip = _cpu.Cstar;
+        }
+    }
+
+    private void ExecSysret(int size)
+    {
+        if ((_cpu.Efer & Efer.SyscallEnable) == 0)
+        {
+            throw Fault(Vectors.UD, 0);
+        }
+
+        if (_cpu.Cpl != 0 || (_cpu.Cr0 & Cr0.ProtectionEnable) == 0 || (_cpu.Efer & Efer.LongModeActive) == 0)
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
+        ulong rip = Gpr(1);
+        if (size == 8 && !IsCanonical(rip))
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
+        ushort baseSel = (ushort)(_cpu.Star >> 48);
+        SegmentRegister cs;
+        if (size == 8)
+        {
+            cs = SegmentRegister.Flat((ushort)((baseSel + 16) | 3), code: true, longMode: true, dpl: 3);
+        }
+        else
+        {
+            cs = SegmentRegister.Flat((ushort)(baseSel | 3), code: true, longMode: false, dpl: 3);
+            rip = (uint)rip;
+        }
+
+        cs.Type = 0xB;
+        var ss = SegmentRegister.Flat((ushort)((baseSel + 8) | 3), code: false, longMode: false, dpl: 3);
+        ss.Type = 3;
+        _cpu.Seg[SegSs] = ss;
+        SetRflags((Gpr(11) & 0x3C7FD7) | Fixed1);
+        SetCs(cs);
+        _cpu.Rip = rip;
+    }
+
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "IRET's checks follow the SDM pseudocode (real, virtual-8086, same-level, outer-level and 64-bit returns) in the order that decides which fault is raised; split up, that order would be hidden.")]
+    private void ExecIret(int size)
+    {
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0 || (_cpu.Flags & VM) != 0)
+        {
+            if ((_cpu.Flags & VM) != 0 && (_cpu.Flags & IoplMask) != IoplMask)
+            {
+                throw Fault(Vectors.GP, 0);
+            }
+
+            ulong ip = Peek(0, size);
+            ushort csSel = (ushort)Peek((ulong)size, size);
+            ulong fl = Peek((ulong)(2 * size), size);
+            AdjustSp(3 * size);
+            var cs = _cpu.Seg[SegCs];
+            cs.Selector = csSel;
+            cs.Base = (ulong)csSel << 4;
+            _cpu.Seg[SegCs] = cs;
+            ulong keep = size == 2 ? ~0xFFFFUL : (VM | VIP | VIF);
+            ulong nf = (_cpu.Flags & keep) | (fl & ~keep & 0x3F7FD5);
+            if ((_cpu.Flags & VM) != 0)
+            {
+                nf = (nf & ~IoplMask) | (_cpu.Flags & IoplMask);
+            }
+
+            SetRflags(nf);
+            UpdateMode();
+            _cpu.Rip = ip & Mask(size);
+            return;
+        }
+
+        if ((_cpu.Flags & NT) != 0 && (_cpu.Efer & Efer.LongModeActive) == 0)
+        {
+            throw Fault(Vectors.GP, 0); // task return: not implemented
+        }
+
+        ulong rip = Peek(0, size);
+        ushort sel = (ushort)Peek((ulong)size, size);
+        ulong flags = Peek((ulong)(2 * size), size);
+        int rpl = sel & 3;
+        if (rpl < _cpu.Cpl)
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        bool popStack = _cpu.Bitness == 64 || rpl > _cpu.Cpl;
+        ulong newSp = 0;
+        ushort newSs = 0;
+        if (popStack)
+        {
+            newSp = Peek((ulong)(3 * size), size);
+            newSs = (ushort)Peek((ulong)(4 * size), size);
+        }
+
+        var ncs = CheckCodeSegment(sel, rpl);
+        if (ncs.Long && size != 8 && (_cpu.Efer & Efer.LongModeActive) != 0)
+        {
+            // IRETD to 64-bit code is allowed; the RIP is zero-extended.
+        }
+
+        int oldCpl = _cpu.Cpl;
+        ulong oldIopl = _cpu.Flags & IoplMask;
+        ulong changeable = CF | PF | AF | ZF | SF | TF | DF | OF | NT | RF | AC | ID | VIF | VIP;
+        if (oldCpl == 0)
+        {
+            changeable |= IoplMask | IF;
+        }
+        else if (oldCpl <= (int)(oldIopl >> 12))
+        {
+            changeable |= IF;
+        }
+
+        if (size == 2)
+        {
+            changeable &= 0xFFFF;
+        }
+
+        Materialize();
+        ulong nflags = (_cpu.Flags & ~changeable) | (flags & changeable) | Fixed1;
+        var savedSs = _cpu.Seg[SegSs];
+        SetCs(ncs);
+        try
+        {
+            if (popStack)
+            {
+                if ((newSs & 0xFFFC) == 0 && (_cpu.Efer & Efer.LongModeActive) != 0 && rpl != 3 && ncs.Long)
+                {
+                    _cpu.Seg[SegSs] = new SegmentRegister { Selector = newSs, Unusable = true, Dpl = (byte)rpl, DefaultBig = true };
+                    _cpu.SegBase[SegSs] = 0;
+                }
+                else
+                {
+                    LoadDataSegment(SegSs, newSs);
+                }
+
+                Gpr(4) = size == 8 ? newSp : (size == 4 ? (uint)newSp : (Gpr(4) & ~0xFFFFUL) | (ushort)newSp);
+            }
+            else
+            {
+                AdjustSp(3 * size);
+            }
+        }
+        catch
+        {
+            _cpu.Seg[SegSs] = savedSs;
+            SetCs(_cpu.Seg[SegCs] with { });
+            throw;
+        }
+
+        _cpu.Flags = nflags;
+        _cpu.LzOp = LzNone;
+        _cpu.Rip = ncs.Long ? rip : rip & Mask(size == 8 ? 4 : size);
+        if (rpl > oldCpl)
+        {
+            NullifyDataSegmentsForOuterLevel();
+        }
+
+        UpdateMode();
+    }
+}
