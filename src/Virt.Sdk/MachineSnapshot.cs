@@ -113,6 +113,14 @@ internal static class MachineSnapshot
     public static VirtualMachineConfiguration BaseConfiguration(MachineDescription d) => new()
     {
         Name = d.Name,
+        // The backend the VM was saved on, unless the caller's configure chooses another.
+        Backend = d.Backend switch
+        {
+            "kvm" => BackendKind.Kvm,
+            "interpreter" => BackendKind.Interpreter,
+            "whp" => BackendKind.Whp,
+            _ => BackendKind.Auto,
+        },
         MemorySize = d.MemorySize,
         VcpuCount = d.VcpuCount,
         InterruptController = d.InterruptController,

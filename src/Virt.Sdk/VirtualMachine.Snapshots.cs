@@ -89,7 +89,7 @@ public sealed partial class VirtualMachine
     /// <param name="configure">
     /// Adds what lives on the host and is not in a snapshot, in the order the original VM added it: the serial console's
     /// output, disks (<c>WithVirtioBlock</c>: the same image, or an overlay of the same base), networks
-    /// (<c>WithVirtioNet</c>), your own devices; and may choose the backend. The machine's shape (memory, vCPUs,
+    /// (<c>WithVirtioNet</c>), your own devices; and may choose the backend (by default the kind it was saved on). The machine's shape (memory, vCPUs,
     /// controllers, where each device sits) comes from the snapshot and is checked against what you add.
     /// </param>
     /// <param name="cancellationToken">Cancels the restore.</param>

@@ -8,6 +8,13 @@ if (args is ["fresh", string workload, ..])
     return;
 }
 
+// Resident memory of ten clones of one snapshot: dotnet run -c Release --project tests/Virt.Benchmarks -- clones
+if (args is ["clones"])
+{
+    await Virt.Benchmarks.Linux.CloneMemory.RunAsync();
+    return;
+}
+
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
 
 /// <summary>Entry point type for the benchmark switcher.</summary>
