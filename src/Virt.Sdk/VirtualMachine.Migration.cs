@@ -75,22 +75,12 @@ public sealed partial class VirtualMachine
     /// <summary>The machine state without memory, as a snapshot in memory (the pause keeps it consistent).</summary>
     internal async Task<ReadOnlyMemory<byte>> SaveMachineStateAsync(CancellationToken cancellationToken)
     {
-        await _lifecycle.WaitAsync(cancellationToken).ConfigureAwait(false);
-        try
+        var buffer = new MemoryStream();
+        using (var writer = new SnapshotWriter(buffer, leaveOpen: true))
         {
-            RequireSnapshotState();
-            var buffer = new MemoryStream();
-            using (var writer = new SnapshotWriter(buffer, leaveOpen: true))
-            {
-                MachineSnapshot.Write(writer, _config, _machine, BackendSelection, includeMemory: false);
-                writer.Complete();
-            }
+            await WriteSnapshotAsync(writer, includeMemory: false, quiesceDevices: false, cancellationToken).ConfigureAwait(false);
+        }
 
-            return buffer.GetBuffer().AsMemory(0, (int)buffer.Length);
-        }
-        finally
-        {
-            _lifecycle.Release();
-        }
+        return buffer.GetBuffer().AsMemory(0, (int)buffer.Length);
     }
 }

@@ -20,22 +20,12 @@ public sealed partial class VirtualMachine
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         string partial = path + ".partial";
-        await _lifecycle.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            RequireSnapshotState();
-            await _machine.QuiesceDevicesAsync(cancellationToken).ConfigureAwait(false);
-            try
+            RequireSnapshotState(); // before the file is created; checked again under the lock
+            using (var writer = SnapshotWriter.Create(partial))
             {
-                using (var writer = SnapshotWriter.Create(partial))
-                {
-                    MachineSnapshot.Write(writer, _config, _machine, BackendSelection);
-                    writer.Complete();
-                }
-            }
-            finally
-            {
-                _machine.ResumeDevices();
+                await WriteSnapshotAsync(writer, includeMemory: true, quiesceDevices: true, cancellationToken).ConfigureAwait(false);
             }
 
             File.Move(partial, path, overwrite: true);
@@ -45,10 +35,6 @@ public sealed partial class VirtualMachine
             File.Delete(partial);
             throw;
         }
-        finally
-        {
-            _lifecycle.Release();
-        }
     }
 
     /// <summary>Saves the whole VM to <paramref name="destination"/>, a seekable, writable stream (see <see cref="SaveSnapshotAsync(string, CancellationToken)"/>).</summary>
@@ -57,20 +43,38 @@ public sealed partial class VirtualMachine
     public async Task SaveSnapshotAsync(Stream destination, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(destination);
+        RequireSnapshotState(); // before the writer empties the stream; checked again under the lock
+        using var writer = new SnapshotWriter(destination, leaveOpen: true);
+        await WriteSnapshotAsync(writer, includeMemory: true, quiesceDevices: true, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Writes the machine into <paramref name="writer"/> and completes it, under the lifecycle lock so the VM cannot
+    /// start meanwhile; with <paramref name="quiesceDevices"/> the devices finish the requests they took first and
+    /// resume afterwards (a migration quiesces them itself, before its last copy of memory).
+    /// </summary>
+    private async Task WriteSnapshotAsync(SnapshotWriter writer, bool includeMemory, bool quiesceDevices, CancellationToken cancellationToken)
+    {
         await _lifecycle.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
             RequireSnapshotState();
-            await _machine.QuiesceDevicesAsync(cancellationToken).ConfigureAwait(false);
+            if (quiesceDevices)
+            {
+                await _machine.QuiesceDevicesAsync(cancellationToken).ConfigureAwait(false);
+            }
+
             try
             {
-                using var writer = new SnapshotWriter(destination, leaveOpen: true);
-                MachineSnapshot.Write(writer, _config, _machine, BackendSelection);
+                MachineSnapshot.Write(writer, _config, _machine, BackendSelection, includeMemory);
                 writer.Complete();
             }
             finally
             {
-                _machine.ResumeDevices();
+                if (quiesceDevices)
+                {
+                    _machine.ResumeDevices();
+                }
             }
         }
         finally
