@@ -15,28 +15,6 @@ public sealed class FlatSnapshotTests
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    /// <summary>A port the guest polls until the test opens it; it says when the guest has polled it often enough.</summary>
-    private sealed class Gate(bool open) : IPortIoDevice
-    {
-        private int _reads;
-
-        public TaskCompletionSource Polled { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
-        public void Read(ushort offset, Span<byte> data)
-        {
-            data.Clear();
-            data[0] = open ? (byte)1 : (byte)0;
-            if (Interlocked.Increment(ref _reads) == 100)
-            {
-                Polled.TrySetResult();
-            }
-        }
-
-        public void Write(ushort offset, ReadOnlySpan<byte> data)
-        {
-        }
-    }
-
     /// <summary>
     /// Counts to <paramref name="first"/>, polls the gate port until it opens (counting polls in R8), counts on to
     /// <paramref name="total"/> keeping the count in memory too, and exits with 7.
@@ -78,7 +56,7 @@ public sealed class FlatSnapshotTests
         { "interpreter", "interpreter" }, { "kvm", "kvm" }, { "kvm", "interpreter" }, { "interpreter", "kvm" },
     };
 
-    private static VirtualMachineBuilder Builder(string backend, Gate gate) => FlatGuestVm.Builder(backend)
+    private static VirtualMachineBuilder Builder(string backend, PollGate gate) => FlatGuestVm.Builder(backend)
         .WithDebugExit()
         .WithPortIoDevice(GatePort, 1, gate, "gate");
 
@@ -88,7 +66,7 @@ public sealed class FlatSnapshotTests
     {
         using var dir = new TempDirectory();
         string path = Path.Combine(dir.Path, "flat.snap");
-        var gate = new Gate(open: false);
+        var gate = new PollGate(open: false, 100);
         var builder = Builder(from, gate);
         if (to != from)
         {
@@ -110,7 +88,7 @@ public sealed class FlatSnapshotTests
             await vm.StopAsync(Ct);
         }
 
-        var openGate = new Gate(open: true);
+        var openGate = new PollGate(open: true, 100);
         await using var restored = await VirtualMachine.RestoreAsync(path, b => (to == "kvm" ? b.WithKvm() : b.WithInterpreter()).WithPortIoDevice(GatePort, 1, openGate, "gate"), Ct);
         Assert.Equal(VirtualMachineState.Paused, restored.State);
         Assert.Equal(to, restored.BackendSelection.Name);
@@ -128,7 +106,7 @@ public sealed class FlatSnapshotTests
     {
         using var dir = new TempDirectory();
         string path = Path.Combine(dir.Path, "flat.snap");
-        var gate = new Gate(open: true);
+        var gate = new PollGate(open: true, 100);
         await using (var vm = Builder("interpreter", gate).WithFlatBinary(Program(10, 20), new GuestAddress(Load)).WithEntryPoint(new GuestAddress(Load), StartMode.Long64).Build())
         {
             await vm.SaveSnapshotAsync(path, Ct);
@@ -143,12 +121,12 @@ public sealed class FlatSnapshotTests
     {
         using var dir = new TempDirectory();
         string path = Path.Combine(dir.Path, "flat.snap");
-        await using (var vm = Builder("interpreter", new Gate(open: true)).WithFlatBinary(Program(10, 20), new GuestAddress(Load)).WithEntryPoint(new GuestAddress(Load), StartMode.Long64).Build())
+        await using (var vm = Builder("interpreter", new PollGate(open: true, 100)).WithFlatBinary(Program(10, 20), new GuestAddress(Load)).WithEntryPoint(new GuestAddress(Load), StartMode.Long64).Build())
         {
             await vm.SaveSnapshotAsync(path, Ct);
         }
 
-        await using (var restored = await VirtualMachine.RestoreAsync(path, b => b.WithInterpreter().WithPortIoDevice(GatePort, 1, new Gate(open: true), "gate"), Ct))
+        await using (var restored = await VirtualMachine.RestoreAsync(path, b => b.WithInterpreter().WithPortIoDevice(GatePort, 1, new PollGate(open: true, 100), "gate"), Ct))
         {
             var exit = await restored.StopAsync(Ct).WaitAsync(TimeSpan.FromSeconds(30), Ct);
             Assert.Equal(StopReason.StoppedByHost, exit.Reason);
@@ -156,7 +134,7 @@ public sealed class FlatSnapshotTests
         }
 
         // Without a backend of the caller's, the restore takes the one the VM was saved on.
-        var disposed = await VirtualMachine.RestoreAsync(path, b => b.WithPortIoDevice(GatePort, 1, new Gate(open: true), "gate"), Ct);
+        var disposed = await VirtualMachine.RestoreAsync(path, b => b.WithPortIoDevice(GatePort, 1, new PollGate(open: true, 100), "gate"), Ct);
         Assert.Equal("interpreter", disposed.BackendSelection.Name);
         await disposed.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(30), Ct);
     }
@@ -165,7 +143,7 @@ public sealed class FlatSnapshotTests
     public async Task Saving_a_running_vm_is_refused_with_what_to_do()
     {
         using var dir = new TempDirectory();
-        await using var vm = Builder("interpreter", new Gate(open: false)).WithFlatBinary(Program(10, 20), new GuestAddress(Load)).WithEntryPoint(new GuestAddress(Load), StartMode.Long64).Build();
+        await using var vm = Builder("interpreter", new PollGate(open: false, 100)).WithFlatBinary(Program(10, 20), new GuestAddress(Load)).WithEntryPoint(new GuestAddress(Load), StartMode.Long64).Build();
         await vm.StartAsync(Ct);
         var ex = await Assert.ThrowsAsync<InvalidOperationException>(() => vm.SaveSnapshotAsync(Path.Combine(dir.Path, "x.snap"), Ct));
         Assert.Contains("PauseAsync", ex.Message, StringComparison.Ordinal);

@@ -19,28 +19,6 @@ public sealed class MigrationTests
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    /// <summary>A port that reads 0 until it is opened, and says when the guest has read it often enough.</summary>
-    private sealed class Gate(bool open) : IPortIoDevice
-    {
-        private int _reads;
-
-        public TaskCompletionSource Polled { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
-        public void Read(ushort offset, Span<byte> data)
-        {
-            data.Clear();
-            data[0] = open ? (byte)1 : (byte)0;
-            if (Interlocked.Increment(ref _reads) == 50)
-            {
-                Polled.TrySetResult();
-            }
-        }
-
-        public void Write(ushort offset, ReadOnlySpan<byte> data)
-        {
-        }
-    }
-
     /// <summary>
     /// Pass after pass adds 1 to the first quadword of each of <see cref="Pages"/> pages and counts passes in RCX; when
     /// the gate opens it checks every page holds the pass count (exit 7) or not (exit 8). A write lost on the way from
@@ -94,7 +72,7 @@ public sealed class MigrationTests
     [MemberData(nameof(Cases))]
     public async Task A_guest_writing_memory_moves_through_a_socket_and_loses_no_write(string backend, bool dirtyPageTracking)
     {
-        var gate = new Gate(open: false);
+        var gate = new PollGate(open: false, 50);
         await using var source = FlatGuestVm.Builder(backend)
             .WithDirtyPageTracking(dirtyPageTracking)
             .WithDebugExit()
@@ -108,7 +86,7 @@ public sealed class MigrationTests
         var (sending, receiving) = await ConnectedPairAsync();
         using var _ = sending;
         using var __ = receiving;
-        var openGate = new Gate(open: true);
+        var openGate = new PollGate(open: true, 50);
         var receive = Task.Run(() => VirtualMachine.ReceiveMigrationAsync(receiving, b => (backend == "kvm" ? b.WithKvm() : b.WithInterpreter()).WithPortIoDevice(GatePort, 1, openGate, "gate"), Ct), Ct);
         var report = await source.MigrateAsync(sending, new MigrationOptions { StopAndCopyPages = 16 }, Ct);
         await using var destination = await receive.WaitAsync(TimeSpan.FromMinutes(2), Ct);
