@@ -77,7 +77,10 @@ public sealed class KvmHypervisor : IHypervisor
             var info = KvmHostInfo.Get(kvm);
             return HypervisorAvailability.Available(
                 $"KVM is available: API version {version}, {info.MemorySlots} memory slots, up to {info.MaxVcpus} vCPUs, " +
-                $"{info.SupportedCpuid.Length} CPUID leaves, {info.SupportedMsrs.Length} MSRs.");
+                $"{info.SupportedCpuid.Length} CPUID leaves, {info.SupportedMsrs.Length} MSRs.") with
+            {
+                SlowKernelMode = KvmHardwareAssist.SlowKernelModeReason,
+            };
         }
         catch (HypervisorException e)
         {

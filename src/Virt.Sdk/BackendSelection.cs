@@ -31,13 +31,23 @@ public static class BackendSelector
     /// (which must be available), else for <see cref="BackendKind.Auto"/> KVM, then WHP, then the interpreter.
     /// </summary>
     /// <exception cref="InvalidOperationException">The requested backend is not available; the message says why.</exception>
-    public static BackendSelection Select(BackendKind kind, IHypervisor? custom = null)
+    public static BackendSelection Select(BackendKind kind, IHypervisor? custom = null) => Select(kind, custom, kernelModeGuest: false);
+
+    /// <summary>
+    /// Chooses the backend as <see cref="Select(BackendKind, IHypervisor?)"/> does. When <paramref name="kernelModeGuest"/>
+    /// is set (the guest runs a kernel: Linux, Multiboot, or code that starts in real or protected mode),
+    /// <see cref="BackendKind.Auto"/> passes over a hypervisor that emulates kernel-mode code
+    /// (<see cref="HypervisorAvailability.SlowKernelMode"/>, e.g. a KVM without hardware virtualization) and says so in
+    /// the reason; a backend requested by name is still used, with the limitation in the reason.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The requested backend is not available; the message says why.</exception>
+    public static BackendSelection Select(BackendKind kind, IHypervisor? custom, bool kernelModeGuest)
     {
         if (custom is not null)
         {
             var a = custom.GetAvailability();
             return a.IsAvailable
-                ? new BackendSelection(custom, $"{custom.Name} was given explicitly")
+                ? new BackendSelection(custom, $"{custom.Name} was given explicitly{Caveat(a, kernelModeGuest)}")
                 : throw new InvalidOperationException($"The {custom.Name} backend is not available: {a.Reason}");
         }
 
@@ -51,7 +61,7 @@ public static class BackendSelector
                 throw new InvalidOperationException($"The {backend.Name} backend is not available: {a.Reason}{alternative}");
             }
 
-            return new BackendSelection(backend, $"{backend.Name} was requested and is available");
+            return new BackendSelection(backend, $"{backend.Name} was requested and is available{Caveat(a, kernelModeGuest)}");
         }
 
         var notes = new List<string>();
@@ -59,16 +69,26 @@ public static class BackendSelector
         {
             var backend = Create(candidate);
             var a = backend.GetAvailability();
-            if (a.IsAvailable)
+            if (!a.IsAvailable)
             {
-                return new BackendSelection(backend, notes.Count == 0
-                    ? $"auto: {backend.Name} is available"
-                    : $"auto: {string.Join("; ", notes)}; {backend.Name} is available");
+                notes.Add($"{backend.Name} unavailable ({a.Reason})");
+                continue;
             }
 
-            notes.Add($"{backend.Name} unavailable ({a.Reason})");
+            if (kernelModeGuest && a.SlowKernelMode is { } slow)
+            {
+                notes.Add($"{backend.Name} passed over for a guest that runs a kernel ({slow})");
+                continue;
+            }
+
+            return new BackendSelection(backend, notes.Count == 0
+                ? $"auto: {backend.Name} is available"
+                : $"auto: {string.Join("; ", notes)}; {backend.Name} is available");
         }
 
         return new BackendSelection(new InterpreterHypervisor(), $"auto: {string.Join("; ", notes)}; using the interpreter");
     }
+
+    private static string Caveat(HypervisorAvailability a, bool kernelModeGuest) =>
+        kernelModeGuest && a.SlowKernelMode is { } slow ? $" (note: {slow}; a kernel will run very slowly)" : "";
 }

@@ -274,9 +274,10 @@ internal sealed class DeviceManager
                 throw new ArgumentException($"MMIO device '{name}' at {start} has an empty or wrapping range.");
             }
 
-            if (start.Value < _memorySize)
+            if (start.Value < RamLayout.LowSize(_memorySize)
+                || (_memorySize > RamLayout.LowRamLimit && end.Value > RamLayout.HighRamStart && start.Value < RamLayout.HighRamStart + (_memorySize - RamLayout.LowRamLimit)))
             {
-                throw new ArgumentException($"MMIO device '{name}' at {start} overlaps guest RAM (0x0-0x{_memorySize - 1:x}). Place it above RAM, e.g. at 0xD0000000.");
+                throw new ArgumentException($"MMIO device '{name}' at {start} overlaps guest RAM ({RamLayout.Describe(_memorySize)}). Place it between RAM and 4 GiB, e.g. at 0xD0000000.");
             }
 
             _mmio.Reserve(start.Value, end.Value, name);
@@ -328,11 +329,6 @@ internal sealed class DeviceManager
         var address = r.MmioAddress;
         if (address is null && r.MmioSize > 0)
         {
-            if (_memorySize > WindowRegionStart)
-            {
-                throw new ArgumentException($"Guest RAM of 0x{_memorySize:x} bytes reaches the virtio-mmio windows at 0x{WindowRegionStart:x}, where '{spec.Name}' would go. Use at most {WindowRegionStart >> 20} MiB of RAM with virtio devices or devices without a fixed MMIO address.");
-            }
-
             ulong window = r.MmioSize > WindowRegionEnd - WindowRegionStart ? 0 : (r.MmioSize + PageSize - 1) & ~(PageSize - 1);
             ulong? found = window == 0 ? null : _mmio.Allocate(WindowRegionStart, WindowRegionEnd, window, PageSize, spec.Name);
             address = found is { } a

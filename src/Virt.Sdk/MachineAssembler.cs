@@ -77,10 +77,10 @@ internal static class MachineAssembler
     {
         if (config.Restore is { } restore)
         {
-            return GuestMemory.Create(GuestMemoryRegionSpec.FromFile(GuestAddress.Zero, config.MemorySize, restore.MemoryFile, restore.MemoryOffset));
+            return GuestMemory.Create(RamLayout.Regions(config.MemorySize, restore.MemoryFile, restore.MemoryOffset));
         }
 
-        var memory = GuestMemory.CreateRam(config.MemorySize);
+        var memory = GuestMemory.Create(RamLayout.Regions(config.MemorySize));
         try
         {
             foreach (var image in config.Images)

@@ -45,7 +45,7 @@ internal static class MachineSnapshot
         }
 
         var memory = machine.Memory;
-        writer.AddMemory(MemorySection, memory.TotalSize, (offset, page) => memory.Read(new GuestAddress(offset), page));
+        writer.AddMemory(MemorySection, memory.TotalSize, (offset, page) => memory.Read(RamLayout.ToGuestAddress(offset), page));
     }
 
     private static MachineDescription Describe(VirtualMachineConfiguration config, AssembledMachine machine, BackendSelection selection) => new()

@@ -47,7 +47,8 @@ public sealed record MigrationReport
 
 /// <summary>
 /// The migration stream: a header (magic, version, RAM size), then frames. A frame is a kind byte and its body:
-/// pages (count, then each page's guest address and 4096 bytes), the machine state (length, then a snapshot without
+/// pages (count, then each page's RAM offset (<see cref="RamLayout"/>: its guest address below the 32-bit device
+/// window) and 4096 bytes), the machine state (length, then a snapshot without
 /// memory: docs/snapshots.md), or an abort (length, UTF-8 reason). Little-endian throughout.
 /// </summary>
 internal static class MigrationStream
@@ -88,12 +89,15 @@ internal sealed class MigrationSender(Stream stream, Virt.Memory.GuestMemory mem
     /// <summary>Sends every page that is not all zero (the receiver's memory starts zero).</summary>
     public async Task SendNonZeroPagesAsync(CancellationToken cancellationToken)
     {
+        ulong ramBase = 0;
         foreach (var region in memory.Regions)
         {
             for (ulong offset = 0; offset < region.Size; offset += MigrationStream.PageSize)
             {
-                await AddPageAsync(region.Start.Value + offset, skipZero: true, cancellationToken).ConfigureAwait(false);
+                await AddPageAsync(region.Start.Value + offset, ramBase + offset, skipZero: true, cancellationToken).ConfigureAwait(false);
             }
+
+            ramBase += region.Size;
         }
 
         await FlushPagesAsync(cancellationToken).ConfigureAwait(false);
@@ -102,9 +106,12 @@ internal sealed class MigrationSender(Stream stream, Virt.Memory.GuestMemory mem
     /// <summary>Sends the pages set in <paramref name="dirty"/> (one bitmap per memory region), zero or not.</summary>
     public async Task SendPagesAsync(ulong[][] dirty, CancellationToken cancellationToken)
     {
+        ulong ramBase = 0;
         for (int r = 0; r < dirty.Length; r++)
         {
             ulong start = memory.Regions[r].Start.Value;
+            ulong regionRamBase = ramBase;
+            ramBase += memory.Regions[r].Size;
             var bitmap = dirty[r];
             for (int w = 0; w < bitmap.Length; w++)
             {
@@ -113,7 +120,8 @@ internal sealed class MigrationSender(Stream stream, Virt.Memory.GuestMemory mem
                 {
                     int bit = BitOperations.TrailingZeroCount(word);
                     word &= word - 1;
-                    await AddPageAsync(start + ((((ulong)w * 64) + (ulong)bit) * MigrationStream.PageSize), skipZero: false, cancellationToken).ConfigureAwait(false);
+                    ulong offset = (((ulong)w * 64) + (ulong)bit) * MigrationStream.PageSize;
+                    await AddPageAsync(start + offset, regionRamBase + offset, skipZero: false, cancellationToken).ConfigureAwait(false);
                 }
             }
         }
@@ -152,7 +160,8 @@ internal sealed class MigrationSender(Stream stream, Virt.Memory.GuestMemory mem
         }
     }
 
-    private async Task AddPageAsync(ulong address, bool skipZero, CancellationToken cancellationToken)
+    /// <summary>Adds the page at guest address <paramref name="address"/>; the stream names it by its RAM offset <paramref name="ramOffset"/> (see <see cref="RamLayout"/>).</summary>
+    private async Task AddPageAsync(ulong address, ulong ramOffset, bool skipZero, CancellationToken cancellationToken)
     {
         int at = 5 + (_pagesInFrame * (8 + MigrationStream.PageSize));
         var page = _frame.AsSpan(at + 8, MigrationStream.PageSize);
@@ -162,7 +171,7 @@ internal sealed class MigrationSender(Stream stream, Virt.Memory.GuestMemory mem
             return;
         }
 
-        BinaryPrimitives.WriteUInt64LittleEndian(_frame.AsSpan(at), address);
+        BinaryPrimitives.WriteUInt64LittleEndian(_frame.AsSpan(at), ramOffset);
         _pagesInFrame++;
         PagesSent++;
         if (_pagesInFrame == MigrationStream.PagesPerFrame)

@@ -202,7 +202,7 @@ public sealed partial class VirtualMachineBuilder
         var _config = config;
         Validate(_config);
         var devices = new DeviceManager(_config);
-        var selection = BackendSelector.Select(_config.Backend, _config.CustomBackend);
+        var selection = BackendSelector.Select(_config.Backend, _config.CustomBackend, RunsKernel(_config));
         if (_config.InstructionBudget is not null && selection.Backend.Name is "kvm" or "whp")
         {
             throw new InvalidOperationException(
@@ -211,6 +211,13 @@ public sealed partial class VirtualMachineBuilder
 
         return VirtualMachine.Create(_config, selection, devices);
     }
+
+    /// <summary>
+    /// Whether the guest runs a kernel (Linux, Multiboot, a restored Linux machine, or code that starts in real or
+    /// protected mode), as opposed to a flat long-mode guest, which usually drops to user mode after a short set-up.
+    /// </summary>
+    internal static bool RunsKernel(VirtualMachineConfiguration c) =>
+        !c.Kernel.IsEmpty || c.LinuxPlatform || (c.EntryPoint is not null && c.StartMode != StartMode.Long64);
 
     private static void Validate(VirtualMachineConfiguration c)
     {
@@ -241,9 +248,9 @@ public sealed partial class VirtualMachineBuilder
 
         if (c.EntryPoint is { } entry)
         {
-            if (entry.Value >= c.MemorySize)
+            if (!RamLayout.Contains(c.MemorySize, entry.Value, 1))
             {
-                throw new ArgumentException($"The entry point {entry} is outside guest RAM (0x0-0x{c.MemorySize - 1:x}). Load the code inside RAM or give the VM more memory.");
+                throw new ArgumentException($"The entry point {entry} is outside guest RAM ({RamLayout.Describe(c.MemorySize)}). Load the code inside RAM or give the VM more memory.");
             }
 
             if (c.StartMode == StartMode.Real && entry.Value >= 0x100000)
@@ -259,9 +266,9 @@ public sealed partial class VirtualMachineBuilder
 
         foreach (var image in c.Images)
         {
-            if (image.Address.Value > c.MemorySize || (ulong)image.Bytes.Length > c.MemorySize - image.Address.Value)
+            if (!RamLayout.Contains(c.MemorySize, image.Address.Value, (ulong)image.Bytes.Length))
             {
-                throw new ArgumentException($"The image of {image.Bytes.Length} bytes at {image.Address} does not fit in guest RAM of 0x{c.MemorySize:x} bytes. Load it lower or give the VM more memory.");
+                throw new ArgumentException($"The image of {image.Bytes.Length} bytes at {image.Address} does not fit in guest RAM ({RamLayout.Describe(c.MemorySize)}). Load it elsewhere in RAM or give the VM more memory.");
             }
 
             if (c.StartMode != StartMode.Real && image.Address.Value < 0xF000 && image.Address.Value + (ulong)image.Bytes.Length > 0x500)

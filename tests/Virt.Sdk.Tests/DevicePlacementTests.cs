@@ -164,13 +164,16 @@ public sealed class DevicePlacementTests
     }
 
     [Fact]
-    public void Ram_reaching_the_device_region_is_refused_for_an_automatic_window()
+    public async Task Ram_larger_than_the_space_below_the_device_region_moves_above_4_GiB_and_windows_still_fit()
     {
-        var ex = Assert.Throws<ArgumentException>(() => Valid()
+        await using var vm = Valid()
             .WithMemoryMiB(4096)
             .WithDevice("window", new DeviceResources { MmioSize = 0x1000 }, _ => new NullDevice())
-            .Build());
-        Assert.Contains("'window'", ex.Message, StringComparison.Ordinal);
+            .Build();
+        Assert.Equal(2, vm.Memory.Regions.Count);
+        Assert.Equal(VirtualMachineBuilder.VirtioMmioBase, vm.Memory.Regions[0].Size);
+        Assert.Equal(new GuestAddress(1UL << 32), vm.Memory.Regions[1].Start);
+        Assert.Equal(4096UL << 20, vm.Memory.TotalSize);
     }
 
     [Fact]

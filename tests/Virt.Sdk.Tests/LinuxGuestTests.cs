@@ -276,6 +276,5 @@ public sealed class LinuxGuestTests
         return (exit, Text(output));
     }
 
-    private static bool HasHardwareVirtualization() =>
-        File.Exists("/proc/cpuinfo") && File.ReadLines("/proc/cpuinfo").Any(l => l.StartsWith("flags", StringComparison.Ordinal) && (l.Contains(" vmx", StringComparison.Ordinal) || l.Contains(" svm", StringComparison.Ordinal)));
+    private static bool HasHardwareVirtualization() => new Virt.Cpu.Kvm.KvmHypervisor().GetAvailability().SlowKernelMode is null;
 }

@@ -24,6 +24,14 @@ public sealed record HypervisorAvailability(bool IsAvailable, string Reason)
 
     /// <summary>An unavailable backend with the reason.</summary>
     public static HypervisorAvailability Unavailable(string reason) => new(false, reason);
+
+    /// <summary>
+    /// Set when the backend is available but runs guest kernel-mode code (CPL 0-2, real mode) far slower than user-mode
+    /// code: why, e.g. a KVM without hardware virtualization that emulates privileged code instruction by instruction.
+    /// <see langword="null"/> when every privilege level runs at the backend's full speed. Automatic backend choice
+    /// passes over such a backend for guests that run a kernel.
+    /// </summary>
+    public string? SlowKernelMode { get; init; }
 }
 
 /// <summary>A hypervisor call failed. Carries the operation (ioctl or API function) and the OS error code.</summary>
