@@ -27,6 +27,13 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
             _dirty[i] = new ulong[(int)(((r.Size >> 12) + 63) / 64)];
         }
 
+        if (options.PhysicalAddressBits is { } bits && bits != Cpuid.PhysicalAddressBits)
+        {
+            throw new ArgumentException(
+                $"{bits} physical address bits were asked for; the interpreter implements exactly {Cpuid.PhysicalAddressBits} (its page walker checks reserved bits against that width). Leave the width to the backend.",
+                nameof(options));
+        }
+
         SupportedCpuid = Cpuid.Build(options.MaskedCpuidFeatures);
         if (options.InterruptController)
         {

@@ -68,7 +68,8 @@ internal sealed class KvmPartition : IPartition, IDirtyPageLog
 
         try
         {
-            SupportedCpuid = MaskCpuid(_host.SupportedCpuid, options.MaskedCpuidFeatures);
+            SupportedCpuid = CpuidEntry.WithPhysicalAddressBits(
+                MaskCpuid(_host.SupportedCpuid, options.MaskedCpuidFeatures), CheckPhysicalAddressBits(options.PhysicalAddressBits, _host.SupportedCpuid, "KVM"));
             SupportedMsrs = _host.SupportedMsrs;
             PlaceSystemPages();
             _slotMapped = new bool[_regions.Length];
@@ -228,6 +229,18 @@ internal sealed class KvmPartition : IPartition, IDirtyPageLog
         {
             _vcpus.Remove(vcpu);
         }
+    }
+
+    /// <summary>
+    /// <paramref name="requested"/> when the host's processor has at least that many physical address bits (a guest may be
+    /// told fewer, not more); throws otherwise.
+    /// </summary>
+    internal static int? CheckPhysicalAddressBits(int? requested, IReadOnlyList<CpuidEntry> host, string backend)
+    {
+        int available = CpuidEntry.PhysicalAddressBits(host);
+        return requested is { } bits && (bits < 32 || bits > available)
+            ? throw new ArgumentException($"{bits} physical address bits were asked for; {backend} on this host gives a guest 32 to {available}. Ask for at most {available}, or leave the width to the backend.", nameof(requested))
+            : requested;
     }
 
     /// <summary>

@@ -31,7 +31,14 @@ internal sealed class WhpPartition : IPartition, IDirtyPageLog
         Memory = memory;
         Options = options;
         _vcpuCreated = new bool[options.VcpuCount];
-        SupportedCpuid = CpuidPolicy.Apply(CpuidPolicy.ReadHost(), options.MaskedCpuidFeatures).AsReadOnly();
+        var host = CpuidPolicy.ReadHost();
+        int available = CpuidEntry.PhysicalAddressBits(host);
+        if (options.PhysicalAddressBits is { } bits && (bits < 32 || bits > available))
+        {
+            throw new ArgumentException($"{bits} physical address bits were asked for; WHP on this host gives a guest 32 to {available}. Ask for at most {available}, or leave the width to the backend.", nameof(options));
+        }
+
+        SupportedCpuid = CpuidEntry.WithPhysicalAddressBits(CpuidPolicy.Apply(host, options.MaskedCpuidFeatures), options.PhysicalAddressBits).AsReadOnly();
         SupportedMsrs = [.. RegisterMap.Msrs.Keys.Order()];
         _trackDirty = options.TrackDirtyPages;
 

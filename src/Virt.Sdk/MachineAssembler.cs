@@ -97,15 +97,36 @@ internal static class MachineAssembler
         return memory;
     }
 
-    private static IPartition CreatePartition(VirtualMachineConfiguration config, BackendSelection selection, GuestMemory memory) =>
-        selection.Backend.CreatePartition(memory, new PartitionOptions
+    private static IPartition CreatePartition(VirtualMachineConfiguration config, BackendSelection selection, GuestMemory memory)
+    {
+        var partition = selection.Backend.CreatePartition(memory, new PartitionOptions
         {
             VcpuCount = config.VcpuCount,
             MaskedCpuidFeatures = config.MaskedCpuidFeatures,
+            PhysicalAddressBits = config.PhysicalAddressBits,
             InterruptController = config.InterruptController,
             TrackDirtyPages = config.TrackDirtyPages,
             InterruptPlatform = Virt.Devices.Interrupts.PcInterruptPlatform.Factory,
         });
+        var missing = config.RequiredCpuidFeatures.Where(f => !CpuidEntry.AnyOffers(partition.SupportedCpuid, f)).ToArray();
+        if (missing.Length > 0)
+        {
+            partition.Dispose();
+            throw new InvalidOperationException(
+                $"The {selection.Name} backend cannot give the guest {string.Join(", ", missing.Select(FeatureName))}, which the VM requires "
+                + "(WithCpuidFeature or WithCpuModel). Choose a lower CPU model, drop the feature, or use a backend whose processor has it.");
+        }
+
+        return partition;
+    }
+
+    private static string FeatureName(CpuidFeature f) =>
+        s_featureNames.TryGetValue(f, out var name) ? name : $"CPUID leaf 0x{f.Function:x}.{f.Index} {f.Register} bit {f.Bit}";
+
+    private static readonly Dictionary<CpuidFeature, string> s_featureNames = typeof(CpuidFeature)
+        .GetProperties(System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.Static)
+        .Where(p => p.PropertyType == typeof(CpuidFeature))
+        .ToDictionary(p => (CpuidFeature)p.GetValue(null)!, p => p.Name.ToUpperInvariant());
 
     private static void InitializeVcpu(VirtualMachineConfiguration config, GuestMemory memory, IVirtualCpu vcpu, int index)
     {

@@ -12,7 +12,7 @@ internal sealed record MachineDescription
 {
     public const string SectionName = "machine";
 
-    public const int Version = 1;
+    public const int Version = 2;
 
     /// <summary>The leaves and registers whose feature bits a restore compares.</summary>
     internal static readonly (uint Function, uint Index, CpuidRegister Register)[] FeatureRegisters =
@@ -42,6 +42,9 @@ internal sealed record MachineDescription
     public string? KernelCommandLine { get; init; }
 
     public IReadOnlyList<CpuidFeature> MaskedCpuidFeatures { get; init; } = [];
+
+    /// <summary>The physical address width the VM asked for (<see cref="VirtualMachineBuilder.WithPhysicalAddressBits"/>), or null for the backend's. Since version 2.</summary>
+    public int? PhysicalAddressBits { get; init; }
 
     /// <summary>The feature words of <see cref="FeatureRegisters"/>, as the guest's CPUID showed them.</summary>
     public IReadOnlyList<uint> OfferedFeatures { get; init; } = [];
@@ -88,11 +91,13 @@ internal sealed record MachineDescription
             w.WriteUInt64(d.MmioSize);
             w.WriteInt32(d.Irq is uint irq ? (int)irq : -1);
         }
+
+        w.WriteInt32(PhysicalAddressBits ?? 0);
     }
 
     public static MachineDescription Read(ref StateReader r, int version)
     {
-        if (version != Version)
+        if (version is < 1 or > Version)
         {
             throw r.UnsupportedVersion(version, Version);
         }
@@ -156,9 +161,16 @@ internal sealed record MachineDescription
                 mmio == ulong.MaxValue ? null : mmio, mmioSize, irq < 0 ? null : (uint)irq);
         }
 
+        int physicalBits = version >= 2 ? r.ReadInt32InRange("physical address bits", 0, 52) : 0;
+        if (physicalBits is > 0 and < 32)
+        {
+            throw new SnapshotFormatException(r.Section, "physical address bits", $"{physicalBits} is neither 0 (the backend's width) nor 32-52.");
+        }
+
         r.EnsureEnd();
         return new MachineDescription
         {
+            PhysicalAddressBits = physicalBits == 0 ? null : physicalBits,
             Name = name, MemorySize = memory, VcpuCount = vcpus, Backend = backend, InterruptController = irqchip,
             LinuxPlatform = linux, SerialConsole = serial, DebugExitPort = debugExit, VirtioDiscovery = (VirtioDiscovery)discovery,
             KernelCommandLine = hasCommandLine ? commandLine : null, MaskedCpuidFeatures = masked, OfferedFeatures = offered,

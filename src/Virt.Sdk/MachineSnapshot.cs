@@ -61,6 +61,7 @@ internal static class MachineSnapshot
         VirtioDiscovery = config.VirtioDiscovery,
         KernelCommandLine = machine.KernelCommandLine,
         MaskedCpuidFeatures = config.MaskedCpuidFeatures,
+        PhysicalAddressBits = config.PhysicalAddressBits,
         OfferedFeatures = MachineDescription.FeatureWords(machine.Partition.SupportedCpuid),
         Devices = SavedDevices(machine),
     };
@@ -127,6 +128,7 @@ internal static class MachineSnapshot
         LinuxPlatform = d.LinuxPlatform,
         VirtioDiscovery = d.VirtioDiscovery,
         MaskedCpuidFeatures = [.. d.MaskedCpuidFeatures],
+        PhysicalAddressBits = d.PhysicalAddressBits,
         DebugExitPort = d.DebugExitPort >= 0 ? (ushort)d.DebugExitPort : null,
     };
 
@@ -145,6 +147,7 @@ internal static class MachineSnapshot
             InterruptController = d.InterruptController,
             LinuxPlatform = d.LinuxPlatform,
             VirtioDiscovery = d.VirtioDiscovery,
+            PhysicalAddressBits = d.PhysicalAddressBits,
             DebugExitPort = d.DebugExitPort >= 0 ? (ushort)d.DebugExitPort : null,
             // The UART is part of the machine: without an output of the caller's, it writes nowhere.
             SerialOutput = d.SerialConsole && !c.HasSerialConsole ? Stream.Null : c.SerialOutput,

@@ -154,7 +154,43 @@ public sealed partial class VirtualMachineBuilder
 
     /// <summary>Hides a CPUID feature from the guest (on top of what the backend cannot honour).</summary>
     public VirtualMachineBuilder WithoutCpuidFeature(CpuidFeature feature) =>
-        new(_config with { MaskedCpuidFeatures = _config.MaskedCpuidFeatures.Add(feature) });
+        new(_config with { MaskedCpuidFeatures = _config.MaskedCpuidFeatures.Add(feature), RequiredCpuidFeatures = _config.RequiredCpuidFeatures.Remove(feature) });
+
+    /// <summary>
+    /// Requires a CPUID feature: the guest sees it, or <see cref="Build"/> fails with
+    /// <see cref="InvalidOperationException"/> naming the feature when the chosen backend cannot give it.
+    /// </summary>
+    public VirtualMachineBuilder WithCpuidFeature(CpuidFeature feature) =>
+        new(_config with { RequiredCpuidFeatures = _config.RequiredCpuidFeatures.Add(feature), MaskedCpuidFeatures = _config.MaskedCpuidFeatures.Remove(feature) });
+
+    /// <summary>
+    /// Gives the guest the processor model <paramref name="model"/>: its required features must be offered by the backend
+    /// (else <see cref="Build"/> fails naming them) and its hidden ones are masked, on top of earlier
+    /// <see cref="WithCpuidFeature"/> and <see cref="WithoutCpuidFeature"/> calls.
+    /// </summary>
+    public VirtualMachineBuilder WithCpuModel(CpuModel model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        var b = this;
+        foreach (var f in model.Hidden)
+        {
+            b = b.WithoutCpuidFeature(f);
+        }
+
+        foreach (var f in model.Required)
+        {
+            b = b.WithCpuidFeature(f);
+        }
+
+        return b;
+    }
+
+    /// <summary>
+    /// Sets the physical address width the guest's CPUID reports (leaf 0x80000008), e.g. to the smallest width of the
+    /// hosts a VM may migrate between. Guest RAM must fit below 2^<paramref name="bits"/>; a backend that cannot report
+    /// the width (more bits than the host has; the interpreter implements 40 only) refuses it when the VM is built.
+    /// </summary>
+    public VirtualMachineBuilder WithPhysicalAddressBits(int bits) => new(_config with { PhysicalAddressBits = bits });
 
     /// <summary>
     /// Stops each vCPU after exactly <paramref name="instructions"/> instructions with
@@ -234,6 +270,20 @@ public sealed partial class VirtualMachineBuilder
         if (c.MemorySize > MaxMemorySize)
         {
             throw new ArgumentException($"Memory size {c.MemorySize} exceeds the maximum of 1 TiB.");
+        }
+
+        if (c.PhysicalAddressBits is { } bits)
+        {
+            if (bits is < 32 or > 52)
+            {
+                throw new ArgumentException($"{bits} physical address bits is out of range; x86-64 processors have 32 to 52. Use WithPhysicalAddressBits(n) with 32 <= n <= 52.");
+            }
+
+            ulong top = RamLayout.ToGuestAddress(c.MemorySize - 1).Value;
+            if (bits < 64 && top >> bits != 0)
+            {
+                throw new ArgumentException($"Guest RAM reaches 0x{top:x}, which {bits} physical address bits cannot address. Give the guest more bits or less memory.");
+            }
         }
 
         if (c.VcpuCount < 1 || c.VcpuCount > MaxVcpuCount)

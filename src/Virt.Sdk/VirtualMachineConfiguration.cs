@@ -42,6 +42,12 @@ internal sealed record VirtualMachineConfiguration
 
     public ImmutableList<CpuidFeature> MaskedCpuidFeatures { get; init; } = [];
 
+    /// <summary>CPUID features the guest must see (<see cref="VirtualMachineBuilder.WithCpuidFeature"/>, <see cref="VirtualMachineBuilder.WithCpuModel"/>).</summary>
+    public ImmutableList<CpuidFeature> RequiredCpuidFeatures { get; init; } = [];
+
+    /// <summary>The physical address width the guest's CPUID reports, or <see langword="null"/> for the backend's.</summary>
+    public int? PhysicalAddressBits { get; init; }
+
     public long? InstructionBudget { get; init; }
 
     public ILoggerFactory? LoggerFactory { get; init; }

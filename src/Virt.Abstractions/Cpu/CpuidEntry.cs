@@ -35,6 +35,76 @@ public readonly record struct CpuidEntry(uint Function, uint Index, uint Flags, 
         };
     }
 
+    /// <summary>Whether <paramref name="feature"/>'s bit is set in this entry (false when it lives in another entry).</summary>
+    public bool Offers(CpuidFeature feature)
+    {
+        if (!Holds(feature) || feature.Bit is < 0 or > 31)
+        {
+            return false;
+        }
+
+        uint word = feature.Register switch
+        {
+            CpuidRegister.Eax => Eax,
+            CpuidRegister.Ebx => Ebx,
+            CpuidRegister.Ecx => Ecx,
+            _ => Edx,
+        };
+        return (word & (1u << feature.Bit)) != 0;
+    }
+
+    /// <summary>Whether any entry of <paramref name="entries"/> offers <paramref name="feature"/>.</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="entries"/> is null.</exception>
+    public static bool AnyOffers(IEnumerable<CpuidEntry> entries, CpuidFeature feature)
+    {
+        ArgumentNullException.ThrowIfNull(entries);
+        return entries.Any(e => e.Offers(feature));
+    }
+
+    /// <summary>
+    /// <paramref name="entries"/> with leaf 0x80000008 reporting <paramref name="bits"/> physical address bits (EAX bits 0-7)
+    /// instead of what it reported; unchanged when <paramref name="bits"/> is null or the leaf is absent.
+    /// </summary>
+    /// <exception cref="ArgumentNullException"><paramref name="entries"/> is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="bits"/> is outside 32-52.</exception>
+    public static CpuidEntry[] WithPhysicalAddressBits(IEnumerable<CpuidEntry> entries, int? bits)
+    {
+        ArgumentNullException.ThrowIfNull(entries);
+        var result = entries.ToArray();
+        if (bits is not { } b)
+        {
+            return result;
+        }
+
+        ArgumentOutOfRangeException.ThrowIfLessThan(b, 32, nameof(bits));
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(b, 52, nameof(bits));
+        for (int i = 0; i < result.Length; i++)
+        {
+            if (result[i].Function == 0x80000008)
+            {
+                result[i] = result[i] with { Eax = (result[i].Eax & ~0xFFu) | (uint)b };
+            }
+        }
+
+        return result;
+    }
+
+    /// <summary>The physical address bits leaf 0x80000008 reports in <paramref name="entries"/>, or 36 (the architectural default) without that leaf.</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="entries"/> is null.</exception>
+    public static int PhysicalAddressBits(IEnumerable<CpuidEntry> entries)
+    {
+        ArgumentNullException.ThrowIfNull(entries);
+        foreach (var e in entries)
+        {
+            if (e.Function == 0x80000008 && (e.Eax & 0xFF) != 0)
+            {
+                return (int)(e.Eax & 0xFF);
+            }
+        }
+
+        return 36;
+    }
+
     /// <summary><paramref name="entries"/> with every feature in <paramref name="features"/> cleared where it lives.</summary>
     /// <exception cref="ArgumentNullException">An argument is null.</exception>
     public static CpuidEntry[] WithoutAll(IEnumerable<CpuidEntry> entries, IReadOnlyList<CpuidFeature> features)
@@ -90,4 +160,38 @@ public readonly record struct CpuidFeature(uint Function, uint Index, CpuidRegis
     public static CpuidFeature Avx512F => new(7, 0, CpuidRegister.Ebx, 16);
     /// <summary>Leaf 0x80000001 EDX bit 27: RDTSCP.</summary>
     public static CpuidFeature Rdtscp => new(0x80000001, 0, CpuidRegister.Edx, 27);
+    /// <summary>Leaf 1 ECX bit 0: SSE3.</summary>
+    public static CpuidFeature Sse3 => new(1, 0, CpuidRegister.Ecx, 0);
+    /// <summary>Leaf 1 ECX bit 9: SSSE3.</summary>
+    public static CpuidFeature Ssse3 => new(1, 0, CpuidRegister.Ecx, 9);
+    /// <summary>Leaf 1 ECX bit 12: FMA.</summary>
+    public static CpuidFeature Fma => new(1, 0, CpuidRegister.Ecx, 12);
+    /// <summary>Leaf 1 ECX bit 13: CMPXCHG16B.</summary>
+    public static CpuidFeature Cx16 => new(1, 0, CpuidRegister.Ecx, 13);
+    /// <summary>Leaf 1 ECX bit 19: SSE4.1.</summary>
+    public static CpuidFeature Sse41 => new(1, 0, CpuidRegister.Ecx, 19);
+    /// <summary>Leaf 1 ECX bit 20: SSE4.2.</summary>
+    public static CpuidFeature Sse42 => new(1, 0, CpuidRegister.Ecx, 20);
+    /// <summary>Leaf 1 ECX bit 22: MOVBE.</summary>
+    public static CpuidFeature Movbe => new(1, 0, CpuidRegister.Ecx, 22);
+    /// <summary>Leaf 1 ECX bit 23: POPCNT.</summary>
+    public static CpuidFeature Popcnt => new(1, 0, CpuidRegister.Ecx, 23);
+    /// <summary>Leaf 1 ECX bit 29: F16C.</summary>
+    public static CpuidFeature F16c => new(1, 0, CpuidRegister.Ecx, 29);
+    /// <summary>Leaf 7 EBX bit 3: BMI1.</summary>
+    public static CpuidFeature Bmi1 => new(7, 0, CpuidRegister.Ebx, 3);
+    /// <summary>Leaf 7 EBX bit 8: BMI2.</summary>
+    public static CpuidFeature Bmi2 => new(7, 0, CpuidRegister.Ebx, 8);
+    /// <summary>Leaf 7 EBX bit 17: AVX-512DQ.</summary>
+    public static CpuidFeature Avx512Dq => new(7, 0, CpuidRegister.Ebx, 17);
+    /// <summary>Leaf 7 EBX bit 28: AVX-512CD.</summary>
+    public static CpuidFeature Avx512Cd => new(7, 0, CpuidRegister.Ebx, 28);
+    /// <summary>Leaf 7 EBX bit 30: AVX-512BW.</summary>
+    public static CpuidFeature Avx512Bw => new(7, 0, CpuidRegister.Ebx, 30);
+    /// <summary>Leaf 7 EBX bit 31: AVX-512VL.</summary>
+    public static CpuidFeature Avx512Vl => new(7, 0, CpuidRegister.Ebx, 31);
+    /// <summary>Leaf 0x80000001 ECX bit 0: LAHF/SAHF in 64-bit mode.</summary>
+    public static CpuidFeature LahfLm => new(0x80000001, 0, CpuidRegister.Ecx, 0);
+    /// <summary>Leaf 0x80000001 ECX bit 5: LZCNT (ABM).</summary>
+    public static CpuidFeature Lzcnt => new(0x80000001, 0, CpuidRegister.Ecx, 5);
 }

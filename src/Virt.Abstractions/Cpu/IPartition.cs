@@ -56,6 +56,13 @@ public sealed record PartitionOptions
 
     /// <summary>Features removed from every CPUID leaf the guest sees, on top of what the backend cannot honour.</summary>
     public IReadOnlyList<CpuidFeature> MaskedCpuidFeatures { get; init; } = [];
+
+    /// <summary>
+    /// Physical address bits the guest's CPUID reports (leaf 0x80000008), or <see langword="null"/> for the backend's own.
+    /// A backend that cannot give the value (more bits than the host has, or a fixed width) refuses it with
+    /// <see cref="ArgumentException"/>.
+    /// </summary>
+    public int? PhysicalAddressBits { get; init; }
 }
 
 /// <summary>Implemented by partitions that can report which guest pages were written.</summary>
