@@ -211,6 +211,8 @@ if [ "$needs_build" -eq 1 ]; then
 #   virt.cmd=BASE64     a shell command, base64-encoded (so it may hold spaces and quotes);
 #                       without it, an interactive shell runs on the console.
 #   virt.cmdline=TEXT   a shell command without spaces (use ${IFS} or virt.cmd for more).
+#   virt.tty=ROWSxCOLS  the interactive shell's terminal size (stty rows/cols on the console).
+#   virt.term=TERM      the interactive shell's TERM.
 #   MODULE.PARAM=VALUE  passed to insmod for MODULE (e.g. virtio_mmio.device=4K@0xd0000000:5).
 # Output markers: VIRT-INIT-READY when the modules are loaded, VIRT-EXIT-STATUS=N after the
 # command; then the machine powers off.
@@ -243,6 +245,12 @@ if [ -n "$cmd" ]; then
   sh -c "$cmd"
   echo "VIRT-EXIT-STATUS=$?"
 else
+  for word in $cmdline; do
+    case "$word" in
+      virt.tty=*x*) size="${word#virt.tty=}"; stty rows "${size%x*}" cols "${size#*x}" 2>/dev/null ;;
+      virt.term=*) export TERM="${word#virt.term=}" ;;
+    esac
+  done
   setsid cttyhack sh -l
 fi
 sync

@@ -3,7 +3,8 @@
 //
 //   bash scripts/get-linux-guest.sh
 //   dotnet run --project samples/LinuxAppliance -- --backend kvm uname -r
-//   dotnet run --project samples/LinuxAppliance -- --backend kvm --shell
+//   dotnet run --project samples/LinuxAppliance -- --shell          (Ctrl-A x leaves, Ctrl-A h helps)
+//   dotnet run --project samples/LinuxAppliance -- --memory 6144 'free -m'
 //   dotnet run --project samples/LinuxAppliance -- --backend interpreter --disk disk.ext4 'mount /dev/vda /mnt && ls /mnt'
 //   dotnet run --project samples/LinuxAppliance -- --backend interpreter --append initcall_debug dmesg
 using System.Text;
@@ -15,6 +16,7 @@ string kit = Path.Combine(FindRoot(), "artifacts", "linux");
 var command = new List<string>();
 var disks = new List<string>();
 string append = "";
+int memoryMiB = 256;
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -30,6 +32,9 @@ for (int i = 0; i < args.Length; i++)
             break;
         case "--append" when i + 1 < args.Length:
             append = args[++i]; // extra kernel parameters, e.g. "initcall_debug" or "reboot=k"
+            break;
+        case "--memory" when i + 1 < args.Length:
+            memoryMiB = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); // MiB of guest RAM
             break;
         case "--disk" when i + 1 < args.Length:
             disks.Add(args[++i]); // /dev/vda, /dev/vdb, ... in this order
@@ -49,7 +54,11 @@ if (!File.Exists(kernel) || !File.Exists(initrd))
     return 2;
 }
 
-string cmdline = ("quiet " + append).Trim();
+// With --shell on a terminal, the console attachment puts the terminal in raw mode (keys, Ctrl-C and escape sequences
+// go to the guest) and tells the guest's shell the terminal's size and type.
+var terminal = shell ? ConsoleAttachment.Create() : null;
+bool attach = terminal is { IsTerminal: true };
+string cmdline = ("quiet " + append + (attach ? " " + terminal!.GuestKernelParameters : "")).Trim();
 if (!shell)
 {
     string text = command.Count > 0 ? string.Join(' ', command) : "uname -a";
@@ -64,11 +73,11 @@ try
     var builder = VirtualMachine.CreateBuilder()
         .WithName("appliance")
         .WithBackend(backend)
-        .WithMemoryMiB(256)
+        .WithMemoryMiB(memoryMiB)
         .WithLinuxKernel(kernel)
         .WithInitrd(initrd)
         .WithKernelCommandLine(cmdline)
-        .WithSerialConsole(console, shell ? Console.OpenStandardInput() : null)
+        .WithSerialConsole(console, shell && !attach ? Console.OpenStandardInput() : null)
         .WithVirtioRng();
     foreach (string disk in disks)
     {
@@ -79,7 +88,17 @@ try
     Console.Error.WriteLine($"backend: {vm.BackendSelection.Name} ({vm.BackendSelection.Reason}); kernel command line: {vm.KernelCommandLine}");
     using var cts = new CancellationTokenSource();
     Console.CancelKeyPress += (_, e) => { e.Cancel = true; cts.Cancel(); };
-    var exit = await vm.RunAsync(cts.Token);
+    if (attach)
+    {
+        Console.Error.WriteLine("Ctrl-A x stops the VM, Ctrl-A h prints help.");
+    }
+
+    VirtualMachineExit exit;
+    await using (attach ? await terminal!.AttachAsync(vm, cts.Token) : null)
+    {
+        exit = await vm.RunAsync(cts.Token);
+    }
+
     Console.Error.WriteLine($"guest stopped: {exit.Description}");
     if (exit.Reason is not (StopReason.PowerOff or StopReason.Reset))
     {
