@@ -108,7 +108,7 @@ static SiloAddress Address(IHost silo) => silo.Services.GetRequiredService<ILoca
 async Task<IHost> StartSiloAsync(string name, int siloPort, int primary, CancellationToken cancellationToken)
 {
     var builder = Host.CreateApplicationBuilder();
-    builder.Logging.SetMinimumLevel(LogLevel.Warning);
+    builder.Logging.SetMinimumLevel(LogLevel.Error);
     builder.UseOrleans(silo => silo
         .UseLocalhostClustering(siloPort, FreePort(), new IPEndPoint(IPAddress.Loopback, primary))
         .Configure<Orleans.Configuration.SiloOptions>(o => o.SiloName = name)
