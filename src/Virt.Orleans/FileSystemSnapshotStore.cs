@@ -75,7 +75,7 @@ public sealed class FileSystemSnapshotStore : ISnapshotStore
         }
         catch (IOException)
         {
-            // Windows refuses to delete a mapped file; it stays until the VM restored from it is gone and a later save retries nothing: left over.
+            // Windows refuses to delete a file that a restored VM maps: the file is left behind for a clean-up of the directory.
         }
         catch (UnauthorizedAccessException)
         {

@@ -53,7 +53,7 @@ public sealed record VirtualMachineSpec
 
     /// <summary>Disk images attached as virtio-blk devices, in this order (for a snapshot: the same images, in the order the saved VM had them).</summary>
     [Id(9)]
-    public IReadOnlyList<string> Disks { get; init; } = [];
+    public string[] Disks { get; init; } = [];
 
     /// <summary>A snapshot file (<c>VirtualMachine.SaveSnapshotAsync</c>) to restore instead of building a new machine.</summary>
     [Id(10)]
@@ -83,7 +83,7 @@ public sealed record VirtualMachineSpec
 
     /// <inheritdoc />
     public override int GetHashCode() =>
-        HashCode.Combine(MemoryMiB, VcpuCount, Backend, FlatImage?.Length, KernelPath, SnapshotPath, Disks?.Count);
+        HashCode.Combine(MemoryMiB, VcpuCount, Backend, FlatImage?.Length, KernelPath, SnapshotPath, Disks?.Length);
 
     /// <summary>Checks that the spec describes one machine, with a message that says what to change.</summary>
     /// <exception cref="ArgumentException">The spec is incomplete or contradicts itself.</exception>
