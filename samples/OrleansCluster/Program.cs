@@ -58,25 +58,14 @@ try
     Console.WriteLine($"counter: {await CounterAsync(vm)}");
 
     var target = (await vm.GetStatusAsync(ct)).Silo.Equals(Address(siloA)) ? Address(siloB) : Address(siloA);
-    await vm.MoveAsync(target, ct);
-    var moved = await vm.GetStatusAsync(ct);
-    while (!moved.Silo.Equals(target))
-    {
-        await Task.Delay(20, ct);
-        moved = await vm.GetStatusAsync(ct);
-    }
-
+    var moved = await MoveAsync(vm, target, ct);
     Print("moved", moved);
     Console.WriteLine($"counter: {await CounterAsync(vm)}");
 
     // Shut down the silo the VM runs on (never A, which keeps the cluster's membership in this sample).
     if (moved.Silo.Equals(Address(siloA)))
     {
-        await vm.MoveAsync(Address(siloB), ct);
-        while (!(await vm.GetStatusAsync(ct)).Silo.Equals(Address(siloB)))
-        {
-            await Task.Delay(20, ct);
-        }
+        await MoveAsync(vm, Address(siloB), ct);
     }
 
     ulong before = await CounterAsync(vm);
@@ -100,6 +89,26 @@ finally
 
 void Print(string what, VirtualMachineStatus status) =>
     Console.WriteLine($"{what,-20} {status.Name}: {status.State} on silo {names.GetValueOrDefault(status.Silo, status.Silo.ToString())} ({status.Backend}){(status.Restored ? ", restored from its snapshot" : "")}");
+
+// Asks for the move and waits until the grain answers from the target. The move happens once the grain is idle; if
+// the target silo was not yet a placement candidate when it was asked for, the grain stays and the move is asked again.
+static async Task<VirtualMachineStatus> MoveAsync(IVirtualMachineGrain vm, SiloAddress target, CancellationToken ct)
+{
+    while (true)
+    {
+        await vm.MoveAsync(target, ct);
+        var asked = Stopwatch.StartNew();
+        while (asked.Elapsed < TimeSpan.FromSeconds(5))
+        {
+            await Task.Delay(20, ct);
+            var status = await vm.GetStatusAsync(ct);
+            if (status.Silo.Equals(target))
+            {
+                return status;
+            }
+        }
+    }
+}
 
 static async Task<ulong> CounterAsync(IVirtualMachineGrain vm) => BitConverter.ToUInt64(await vm.ReadMemoryAsync(Counter, 8));
 
