@@ -71,17 +71,21 @@ internal sealed class FileImageStore : ImageStore
     private const int MaxIov = 1024;
     private bool _punchUnsupported;
 
+    private long _length;
+
     public FileImageStore(SafeFileHandle handle, string path)
     {
         Handle = handle;
         Path = path;
+        _length = RandomAccess.GetLength(handle);
     }
 
     public SafeFileHandle Handle { get; }
 
     public string Path { get; }
 
-    public override long Length => RandomAccess.GetLength(Handle);
+    /// <summary>The length, cached: the file is locked, so only writes through this store change it.</summary>
+    public override long Length => Volatile.Read(ref _length);
 
     public override void Read(long offset, Span<byte> destination)
     {
@@ -99,7 +103,11 @@ internal sealed class FileImageStore : ImageStore
         }
     }
 
-    public override void Write(long offset, ReadOnlySpan<byte> source) => RandomAccess.Write(Handle, source, offset);
+    public override void Write(long offset, ReadOnlySpan<byte> source)
+    {
+        RandomAccess.Write(Handle, source, offset);
+        Grow(offset + source.Length);
+    }
 
     public override void Flush() => HostIo.DataSync(Handle);
 
@@ -107,7 +115,25 @@ internal sealed class FileImageStore : ImageStore
 
     public override void ReadVector(long offset, ReadOnlySpan<HostBuffer> buffers) => HostIo.ReadVector(Handle, offset, buffers);
 
-    public override void WriteVector(long offset, ReadOnlySpan<HostBuffer> buffers) => HostIo.WriteVector(Handle, offset, buffers);
+    public override void WriteVector(long offset, ReadOnlySpan<HostBuffer> buffers)
+    {
+        HostIo.WriteVector(Handle, offset, buffers);
+        long end = offset;
+        foreach (var b in buffers)
+        {
+            end += b.Length;
+        }
+
+        Grow(end);
+    }
+
+    private void Grow(long end)
+    {
+        long current;
+        while (end > (current = Volatile.Read(ref _length)) && Interlocked.CompareExchange(ref _length, end, current) != current)
+        {
+        }
+    }
 
     protected override void Dispose(bool disposing)
     {
@@ -130,9 +156,15 @@ internal sealed class MemoryImageStore : ImageStore
     private long _length;
 
     public MemoryImageStore(byte[] contents, long limit = 64L << 20)
+        : this(contents, contents.Length, limit)
     {
-        _data = contents;
-        _length = contents.Length;
+    }
+
+    /// <summary>A store over the first <paramref name="length"/> bytes of <paramref name="buffer"/> (used in place).</summary>
+    public MemoryImageStore(byte[] buffer, int length, long limit)
+    {
+        _data = buffer;
+        _length = length;
         _limit = limit;
     }
 
@@ -140,9 +172,23 @@ internal sealed class MemoryImageStore : ImageStore
 
     public ReadOnlySpan<byte> Contents => _data.AsSpan(0, (int)_length);
 
+    /// <summary>Reads that started at or past the end of the image (a parser following a hostile offset).</summary>
+    public int ReadsPastEnd { get; private set; }
+
+    public string? LastPastEnd { get; private set; }
+
+    /// <summary>How far past the end a read may start without counting (the rest of a last, partial cluster).</summary>
+    public long PastEndAllowance { get; set; }
+
     public override void Read(long offset, Span<byte> destination)
     {
         destination.Clear();
+        if (offset >= _length + PastEndAllowance && destination.Length > 0)
+        {
+            ReadsPastEnd++;
+            LastPastEnd = $"read of {destination.Length} at {offset} (length {_length})";
+        }
+
         if (offset < _length)
         {
             int n = (int)Math.Min(destination.Length, _length - offset);
@@ -153,14 +199,19 @@ internal sealed class MemoryImageStore : ImageStore
     public override void Write(long offset, ReadOnlySpan<byte> source)
     {
         long end = offset + source.Length;
-        if (end > _limit)
+        if (offset < 0 || end > _limit)
         {
             throw new IOException($"The in-memory image would grow to {end} bytes, beyond its limit of {_limit}.");
         }
 
         if (end > _data.Length)
         {
-            Array.Resize(ref _data, (int)Math.Max(end, Math.Min(_limit, (long)_data.Length * 2)));
+            Array.Resize(ref _data, (int)Math.Min(_limit, end + (64 << 10)));
+        }
+
+        if (offset > _length)
+        {
+            _data.AsSpan((int)_length, (int)(offset - _length)).Clear();
         }
 
         source.CopyTo(_data.AsSpan((int)offset));

@@ -548,7 +548,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             }
 
             long host = (long)entry & _compressedMask;
-            if (host + 512 > FileLimit || host < _clusterSize)
+            if (host >= _store.Length || host < _clusterSize)
             {
                 throw Damaged(Path, "L2 entry", $"of guest cluster {cluster} points to compressed data at {host}, outside the file");
             }
@@ -604,8 +604,8 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         }
     }
 
-    /// <summary>The end of the file as far as this image knows (its length at open, grown by allocations).</summary>
-    private long FileLimit => _highWater << _clusterBits;
+    /// <summary>The end of the file (the store caches it; the image is locked, so only this object changes it).</summary>
+    private long FileLimit => _store.Length;
 
     private bool Overlaps(long cluster, long start, long length) => length > 0 && cluster < start + length && cluster + _clusterSize > start;
 
