@@ -29,8 +29,8 @@ public sealed class LinuxQcow2Tests
 
         // vda: a file system made in the guest; vdb: the host's file system through the overlay, plus a new file.
         string command =
-            "mke2fs -q /dev/vda && mount -t ext2 /dev/vda /mnt && seq 1 30000 > /mnt/numbers.txt && echo guest-plain > /mnt/hello.txt && umount /mnt && "
-            + "mkdir -p /b && mount -t ext4 /dev/vdb /b && cat /b/from-base.txt && seq 5 40000 > /b/more.txt && sync && umount /b && echo DISKS-DONE";
+            "mke2fs -q /dev/vda && mount -t ext2 /dev/vda /mnt && seq 1 3000 > /mnt/numbers.txt && echo guest-plain > /mnt/hello.txt && umount /mnt && "
+            + "mkdir -p /b && mount -t ext4 /dev/vdb /b && cat /b/from-base.txt && seq 5 4000 > /b/more.txt && sync && umount /b && echo DISKS-DONE";
         var output = new MemoryStream();
         await using (var vm = LinuxKit.Interactive(output)
             .WithKernelCommandLine($"quiet virt.cmd={Convert.ToBase64String(Encoding.ASCII.GetBytes(command))}")
@@ -38,7 +38,7 @@ public sealed class LinuxQcow2Tests
             .WithVirtioBlock(top)
             .Build())
         {
-            using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(6));
+            using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(12));
             var exit = await vm.RunAsync(timeout.Token);
             string text = Encoding.UTF8.GetString(output.ToArray());
             Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
@@ -54,8 +54,8 @@ public sealed class LinuxQcow2Tests
         string topRaw = Path.Combine(dir.Path, "top.raw");
         HostTools.Run("qemu-img", $"convert -O raw {plain} {plainRaw}");
         HostTools.Run("qemu-img", $"convert -O raw {top} {topRaw}");
-        string numbers = string.Concat(Enumerable.Range(1, 30000).Select(i => i + "\n"));
-        string more = string.Concat(Enumerable.Range(5, 40000 - 4).Select(i => i + "\n"));
+        string numbers = string.Concat(Enumerable.Range(1, 3000).Select(i => i + "\n"));
+        string more = string.Concat(Enumerable.Range(5, 4000 - 4).Select(i => i + "\n"));
         Assert.Equal(numbers, HostTools.Run("debugfs", $"-R \"cat /numbers.txt\" {plainRaw}"));
         Assert.Equal("guest-plain\n", HostTools.Run("debugfs", $"-R \"cat /hello.txt\" {plainRaw}"));
         Assert.Equal(more, HostTools.Run("debugfs", $"-R \"cat /more.txt\" {topRaw}"));
