@@ -65,9 +65,14 @@ public class BlockFormatBenchmarks
         fill.DisposeAsync().AsTask().GetAwaiter().GetResult();
         _backend = DiskImage.Open(_path);
 
-        // The host baseline does the same I/O on the same file through its own handle, at the file offsets the
-        // guest's sectors live at (raw: the same; qcow2: after the metadata, clusters in order).
-        _host = File.OpenHandle(_path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
+        // The host baseline does the same I/O on the same open file (the image's own handle) at the same offsets
+        // (qcow2: the file offsets are those of the guest's bytes shifted by the metadata, the sizes the same).
+        _host = _backend switch
+        {
+            RawFileBlockBackend raw => raw.Handle,
+            Qcow2BlockBackend qcow2 => qcow2.FileHandle!,
+            _ => throw new InvalidOperationException("unexpected backend"),
+        };
         _ram = GuestMemory.CreateRam(8 << 20);
         _transport = new VirtioMmioTransport(new VirtioBlockDevice(_backend), _ram, NullInterruptLine.Instance);
         _driver = new MockVirtioDriver(_transport, _ram, new GuestAddress(0x1000), new GuestAddress(0x100000));
@@ -85,7 +90,6 @@ public class BlockFormatBenchmarks
     {
         _driver.WriteRegister(0x70, 0);
         _backend.DisposeAsync().AsTask().GetAwaiter().GetResult();
-        _host.Dispose();
         _ram.Dispose();
         File.Delete(_path);
     }
