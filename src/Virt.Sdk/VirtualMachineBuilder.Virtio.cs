@@ -20,8 +20,9 @@ public sealed partial class VirtualMachineBuilder
     }
 
     /// <summary>
-    /// Adds a virtio-blk disk backed by the raw image at <paramref name="imagePath"/>. The VM opens the image
-    /// when it is built (locking it against other VMs) and closes it when disposed.
+    /// Adds a virtio-blk disk backed by the image at <paramref name="imagePath"/>: raw, qcow2 (with its backing
+    /// chain) or a Virt.Sdk overlay, detected from its contents. The VM opens the image when it is built (locking it
+    /// against other VMs and QEMU) and closes it when disposed.
     /// </summary>
     /// <exception cref="FileNotFoundException">The image does not exist.</exception>
     public VirtualMachineBuilder WithVirtioBlock(string imagePath, bool readOnly = false)
@@ -34,7 +35,7 @@ public sealed partial class VirtualMachineBuilder
 
         return AddVirtio("virtio-blk", context =>
         {
-            var backend = RawFileBlockBackend.Open(imagePath, readOnly);
+            var backend = DiskImage.Open(imagePath, readOnly);
             context.DisposeWithMachine(backend);
             return new VirtioBlockDevice(backend, new VirtioBlockOptions { ReadOnly = readOnly });
         });

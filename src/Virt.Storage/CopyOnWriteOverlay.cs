@@ -6,7 +6,7 @@ using Microsoft.Win32.SafeHandles;
 namespace Virt.Storage;
 
 /// <summary>
-/// A copy-on-write disk: reads come from a read-only base image until a cluster is written; writes go to a
+/// A copy-on-write disk: reads come from a read-only base image (raw or qcow2) until a cluster is written; writes go to a
 /// sparse overlay file with a cluster allocation map. The base is never written, except by
 /// <see cref="CommitAsync"/>, which merges the overlay into it on request.
 /// </summary>
@@ -32,14 +32,16 @@ public sealed class CopyOnWriteOverlay : IBlockBackend
     private readonly byte[] _bitmap;
     private readonly int _clusterSize;
     private readonly long _dataOffset;
-    private RawFileBlockBackend _base;
+    private readonly string _basePath;
+    private IBlockBackend _base;
     private bool _bitmapDirty;
     private bool _punchUnsupported;
     private int _disposed;
 
-    private CopyOnWriteOverlay(string path, SafeFileHandle overlay, RawFileBlockBackend baseImage, byte[] bitmap, int clusterSize, long dataOffset)
+    private CopyOnWriteOverlay(string path, SafeFileHandle overlay, string basePath, IBlockBackend baseImage, byte[] bitmap, int clusterSize, long dataOffset)
     {
         Path = path;
+        _basePath = basePath;
         _overlay = overlay;
         _base = baseImage;
         _bitmap = bitmap;
@@ -52,7 +54,7 @@ public sealed class CopyOnWriteOverlay : IBlockBackend
     public string Path { get; }
 
     /// <summary>The base image file.</summary>
-    public string BasePath => _base.Path;
+    public string BasePath => _basePath;
 
     /// <inheritdoc />
     public long Capacity { get; }
@@ -81,7 +83,7 @@ public sealed class CopyOnWriteOverlay : IBlockBackend
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         var handle = DiskImage.OpenLocked(path, readOnly: false);
-        RawFileBlockBackend? baseImage = null;
+        IBlockBackend? baseImage = null;
         try
         {
             var header = new byte[HeaderSize];
@@ -104,7 +106,7 @@ public sealed class CopyOnWriteOverlay : IBlockBackend
             }
 
             string basePath = Encoding.UTF8.GetString(header, 44, pathLength);
-            baseImage = RawFileBlockBackend.Open(basePath, readOnly: true);
+            baseImage = DiskImage.Open(basePath, readOnly: true);
             if (baseImage.Capacity != capacity)
             {
                 throw Invalid(path, $"its base '{basePath}' is now {baseImage.Capacity} bytes, not the {capacity} it had when the overlay was created. Restore the base or recreate the overlay.");
@@ -112,7 +114,7 @@ public sealed class CopyOnWriteOverlay : IBlockBackend
 
             var bitmap = new byte[(int)((ClusterCount(capacity, clusterSize) + 7) / 8)];
             RandomAccess.Read(handle, bitmap, bitmapOffset);
-            return new CopyOnWriteOverlay(path, handle, baseImage, bitmap, clusterSize, dataOffset);
+            return new CopyOnWriteOverlay(path, handle, basePath, baseImage, bitmap, clusterSize, dataOffset);
         }
         catch
         {
@@ -294,16 +296,16 @@ public sealed class CopyOnWriteOverlay : IBlockBackend
         await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            string basePath = _base.Path;
+            string basePath = _basePath;
             await _base.DisposeAsync().ConfigureAwait(false);
-            RawFileBlockBackend writable;
+            IBlockBackend writable;
             try
             {
-                writable = RawFileBlockBackend.Open(basePath, readOnly: false);
+                writable = DiskImage.Open(basePath, readOnly: false);
             }
             catch (DiskImageException)
             {
-                _base = RawFileBlockBackend.Open(basePath, readOnly: true);
+                _base = DiskImage.Open(basePath, readOnly: true);
                 throw;
             }
 
@@ -335,7 +337,7 @@ public sealed class CopyOnWriteOverlay : IBlockBackend
             finally
             {
                 await writable.DisposeAsync().ConfigureAwait(false);
-                _base = RawFileBlockBackend.Open(basePath, readOnly: true);
+                _base = DiskImage.Open(basePath, readOnly: true);
             }
 
             ClearOverlay();
@@ -367,6 +369,8 @@ public sealed class CopyOnWriteOverlay : IBlockBackend
             _gate.Dispose();
         }
     }
+
+    internal static bool HasMagic(ReadOnlySpan<byte> start) => start.Length >= 8 && BinaryPrimitives.ReadUInt64LittleEndian(start) == Magic;
 
     private static long ClusterCount(long capacity, int clusterSize) => (capacity + clusterSize - 1) / clusterSize;
 

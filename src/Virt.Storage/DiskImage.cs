@@ -4,6 +4,19 @@ using Microsoft.Win32.SafeHandles;
 
 namespace Virt.Storage;
 
+/// <summary>Disk image formats.</summary>
+public enum DiskFormat
+{
+    /// <summary>The disk's bytes, byte for byte.</summary>
+    Raw,
+
+    /// <summary>QEMU's copy-on-write format (versions 2 and 3), see <see cref="Qcow2BlockBackend"/>.</summary>
+    Qcow2,
+
+    /// <summary>This library's own overlay format, see <see cref="CopyOnWriteOverlay"/>.</summary>
+    Overlay,
+}
+
 /// <summary>
 /// Disk images as files: create a sparse raw image, create a copy-on-write overlay of one, open, commit and
 /// delete them. Every failure is a <see cref="DiskImageException"/> (or an argument exception for a bad size)
@@ -36,9 +49,19 @@ public static class DiskImage
         ArgumentException.ThrowIfNullOrEmpty(basePath);
         string fullBase = Path.GetFullPath(basePath);
         long capacity;
-        using (var baseHandle = OpenLocked(fullBase, readOnly: true))
+        if (DetectFormat(fullBase) == DiskFormat.Overlay)
         {
-            capacity = RandomAccess.GetLength(baseHandle);
+            throw new DiskImageException(fullBase, DiskImageError.InvalidFormat, $"The base image '{fullBase}' is itself an overlay; use a raw or qcow2 base.");
+        }
+
+        var baseImage = Open(fullBase, readOnly: true);
+        try
+        {
+            capacity = baseImage.Capacity;
+        }
+        finally
+        {
+            baseImage.DisposeAsync().AsTask().GetAwaiter().GetResult();
         }
 
         if (capacity <= 0 || capacity % SectorSize != 0)
@@ -50,6 +73,131 @@ public static class DiskImage
         using var handle = CreateFile(overlayPath, overwrite);
         CopyOnWriteOverlay.Initialize(handle, fullBase, capacity);
     }
+
+    /// <summary>
+    /// Creates an image of <paramref name="format"/>: a sparse raw file, or an empty qcow2 image (version 3,
+    /// <paramref name="clusterSize"/> bytes per cluster) optionally over <paramref name="backing"/> (a raw or qcow2
+    /// image, recorded with its format; a relative path is taken relative to the new image's directory, as qemu does).
+    /// <see cref="DiskFormat.Overlay"/> needs a backing file and is <see cref="CreateOverlay"/>.
+    /// </summary>
+    /// <param name="path">The new image.</param>
+    /// <param name="size">Virtual size in bytes (a positive multiple of 512); 0 with a backing file takes the backing file's size.</param>
+    /// <param name="format">The format to write.</param>
+    /// <param name="backing">The backing image; null for none (raw images cannot have one).</param>
+    /// <param name="overwrite">Replace an existing file.</param>
+    /// <param name="clusterSize">qcow2 cluster size: a power of two from 512 to 2 MiB (default 64 KiB).</param>
+    /// <exception cref="ArgumentOutOfRangeException">The size or cluster size is invalid.</exception>
+    /// <exception cref="ArgumentException">A raw image was given a backing file, or an overlay none.</exception>
+    /// <exception cref="DiskImageException">The file exists, the backing file is missing, in use or damaged.</exception>
+    public static void Create(string path, long size, DiskFormat format, string? backing = null, bool overwrite = false, int clusterSize = 1 << Qcow2Format.DefaultClusterBits)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        switch (format)
+        {
+            case DiskFormat.Raw:
+                if (backing is not null)
+                {
+                    throw new ArgumentException("A raw image cannot have a backing file; use DiskFormat.Qcow2 or DiskFormat.Overlay.", nameof(backing));
+                }
+
+                CreateRaw(path, size, overwrite);
+                return;
+            case DiskFormat.Overlay:
+                if (backing is null)
+                {
+                    throw new ArgumentException("An overlay needs a backing file (its base).", nameof(backing));
+                }
+
+                CreateOverlay(path, backing, overwrite);
+                return;
+            case DiskFormat.Qcow2:
+                break;
+            default:
+                throw new ArgumentOutOfRangeException(nameof(format), format, "Use DiskFormat.Raw, Qcow2 or Overlay.");
+        }
+
+        if (clusterSize < 512 || clusterSize > 1 << Qcow2Format.MaxClusterBits || (clusterSize & (clusterSize - 1)) != 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(clusterSize), clusterSize, "A qcow2 cluster size must be a power of two from 512 to 2097152 (2 MiB); 65536 is the usual one.");
+        }
+
+        string fullPath = Path.GetFullPath(path);
+        string? backingFormat = null;
+        if (backing is not null)
+        {
+            string fullBacking = Path.GetFullPath(Path.IsPathRooted(backing) ? backing : Path.Combine(Path.GetDirectoryName(fullPath) ?? ".", backing));
+            var detected = DetectFormat(fullBacking);
+            if (detected == DiskFormat.Overlay)
+            {
+                throw new DiskImageException(fullBacking, DiskImageError.InvalidFormat, $"'{fullBacking}' is a Virt.Sdk overlay, which cannot back a qcow2 image; use a raw or qcow2 image.");
+            }
+
+            backingFormat = detected == DiskFormat.Qcow2 ? "qcow2" : "raw";
+            var baseImage = Open(fullBacking, readOnly: true);
+            try
+            {
+                if (size == 0)
+                {
+                    size = baseImage.Capacity;
+                }
+            }
+            finally
+            {
+                baseImage.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            }
+        }
+
+        ValidateSize(size, nameof(size));
+        if (size > Qcow2Format.MaxVirtualSize)
+        {
+            throw new ArgumentOutOfRangeException(nameof(size), size, $"A qcow2 image holds at most {Qcow2Format.MaxVirtualSize} bytes.");
+        }
+
+        using var handle = CreateFile(path, overwrite);
+        using var store = new FileImageStore(handle, fullPath);
+        Qcow2Format.Create(store, size, System.Numerics.BitOperations.Log2((uint)clusterSize), backing, backingFormat);
+    }
+
+    /// <summary>The format of the image at <paramref name="path"/>, from its first bytes (qcow2 and overlay magic; anything else is raw).</summary>
+    /// <exception cref="DiskImageException">The file is missing.</exception>
+    public static DiskFormat DetectFormat(string path)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        Span<byte> start = stackalloc byte[8];
+        int n;
+        try
+        {
+            using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            n = RandomAccess.Read(handle, start, 0);
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            throw new DiskImageException(path, DiskImageError.NotFound, $"The disk image '{path}' does not exist. Create it first or fix the path.", e);
+        }
+
+        if (n >= 4 && Qcow2Format.HasMagic(start))
+        {
+            return DiskFormat.Qcow2;
+        }
+
+        return n == 8 && CopyOnWriteOverlay.HasMagic(start) ? DiskFormat.Overlay : DiskFormat.Raw;
+    }
+
+    /// <summary>
+    /// Opens an image of any supported format, detected from its contents (<see cref="DetectFormat"/>): a
+    /// <see cref="RawFileBlockBackend"/>, <see cref="Qcow2BlockBackend"/> (with its backing chain) or
+    /// <see cref="CopyOnWriteOverlay"/> (always writable).
+    /// </summary>
+    /// <exception cref="DiskImageException">The file is missing, in use or damaged.</exception>
+    public static IBlockBackend Open(string path, bool readOnly = false) => DetectFormat(path) switch
+    {
+        DiskFormat.Qcow2 => Qcow2BlockBackend.Open(path, readOnly),
+        DiskFormat.Overlay => CopyOnWriteOverlay.Open(path),
+        _ => RawFileBlockBackend.Open(path, readOnly),
+    };
+
+    /// <summary>Opens a qcow2 image (see <see cref="Qcow2BlockBackend.Open(string, bool)"/>).</summary>
+    public static Qcow2BlockBackend OpenQcow2(string path, bool readOnly = false) => Qcow2BlockBackend.Open(path, readOnly);
 
     /// <summary>Opens a raw image (see <see cref="RawFileBlockBackend.Open"/>).</summary>
     public static RawFileBlockBackend OpenRaw(string path, bool readOnly = false) => RawFileBlockBackend.Open(path, readOnly);
@@ -114,6 +262,12 @@ public static class DiskImage
             throw new DiskImageException(path, DiskImageError.Other, $"Locking the disk image '{path}' failed: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno}).");
         }
 
+        if (OperatingSystem.IsLinux() && !QemuLocks.TryAcquire(handle, readOnly))
+        {
+            handle.Dispose();
+            throw InUse(path, readOnly, null);
+        }
+
         return handle;
     }
 
@@ -151,7 +305,7 @@ public static class DiskImage
         return code is 32 or 33 || (!OperatingSystem.IsWindows() && code == Interop.Libc.EWOULDBLOCK);
     }
 
-    private static SafeFileHandle CreateFile(string path, bool overwrite)
+    internal static SafeFileHandle CreateFile(string path, bool overwrite)
     {
         try
         {

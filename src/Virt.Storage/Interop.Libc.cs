@@ -15,17 +15,60 @@ internal static partial class Interop
         public const int LOCK_NB = 4;
         /// <summary>errno: the lock is held by another open file description.</summary>
         public const int EWOULDBLOCK = 11;
+        /// <summary>errno: interrupted system call.</summary>
+        public const int EINTR = 4;
         /// <summary>errno: the operation is not supported by the file system.</summary>
         public const int EOPNOTSUPP = 95;
         /// <summary>fallocate: keep the file size when punching.</summary>
         public const int FALLOC_FL_KEEP_SIZE = 1;
         /// <summary>fallocate: deallocate the range (it reads as zeroes afterwards).</summary>
         public const int FALLOC_FL_PUNCH_HOLE = 2;
+        /// <summary>fcntl: get an open-file-description lock's conflict.</summary>
+        public const int F_OFD_GETLK = 36;
+        /// <summary>fcntl: set an open-file-description lock without waiting.</summary>
+        public const int F_OFD_SETLK = 37;
+        /// <summary>flock.l_type: shared (read) lock.</summary>
+        public const short F_RDLCK = 0;
+        /// <summary>flock.l_type: exclusive (write) lock.</summary>
+        public const short F_WRLCK = 1;
+        /// <summary>flock.l_type: unlocked.</summary>
+        public const short F_UNLCK = 2;
+
+        /// <summary>struct iovec.</summary>
+        [StructLayout(LayoutKind.Sequential)]
+        public struct IoVec
+        {
+            public nint Base;
+            public nint Length;
+        }
+
+        /// <summary>struct flock (x86-64 / arm64 Linux layout).</summary>
+        [StructLayout(LayoutKind.Sequential)]
+        public struct FileLock
+        {
+            public short Type;
+            public short Whence;
+            public long Start;
+            public long Length;
+            public int Pid;
+        }
 
         [LibraryImport("libc", EntryPoint = "flock", SetLastError = true)]
         public static partial int Flock(SafeFileHandle fd, int operation);
 
         [LibraryImport("libc", EntryPoint = "fallocate", SetLastError = true)]
         public static partial int Fallocate(SafeFileHandle fd, int mode, long offset, long length);
+
+        [LibraryImport("libc", EntryPoint = "fdatasync", SetLastError = true)]
+        public static partial int Fdatasync(SafeFileHandle fd);
+
+        [LibraryImport("libc", EntryPoint = "preadv", SetLastError = true)]
+        public static unsafe partial nint Preadv(SafeFileHandle fd, IoVec* iov, int count, long offset);
+
+        [LibraryImport("libc", EntryPoint = "pwritev", SetLastError = true)]
+        public static unsafe partial nint Pwritev(SafeFileHandle fd, IoVec* iov, int count, long offset);
+
+        [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
+        public static unsafe partial int FcntlLock(SafeFileHandle fd, int command, FileLock* fileLock);
     }
 }

@@ -4,13 +4,13 @@ namespace Virt.Storage;
 
 /// <summary>
 /// A disk whose bytes are a raw image file, byte for byte. Holes in a sparse file read as zeroes, and discards
-/// punch holes back where the file system can. <see cref="FlushAsync"/> reaches the disk (<c>fsync</c>).
+/// punch holes back where the file system can. <see cref="FlushAsync"/> reaches the disk (<c>fdatasync</c>).
 /// </summary>
 /// <remarks>
 /// The file is locked while open: exclusively for a writable disk, shared for a read-only one, so a second VM
 /// that opens the same image for writing gets <see cref="DiskImageError.InUse"/> instead of corrupting it.
 /// </remarks>
-public sealed class RawFileBlockBackend : IBlockBackend
+public sealed class RawFileBlockBackend : IBlockBackend, IVectoredBlockBackend, IBackingReader
 {
     private readonly SafeFileHandle _handle;
     private bool _punchUnsupported;
@@ -25,6 +25,9 @@ public sealed class RawFileBlockBackend : IBlockBackend
 
     /// <summary>The image file.</summary>
     public string Path { get; }
+
+    /// <summary>The open file (benchmarks compare the device path with direct I/O on it).</summary>
+    internal SafeFileHandle Handle => _handle;
 
     /// <inheritdoc />
     public long Capacity { get; }
@@ -88,7 +91,7 @@ public sealed class RawFileBlockBackend : IBlockBackend
     {
         if (!IsReadOnly)
         {
-            RandomAccess.FlushToDisk(_handle);
+            HostIo.DataSync(_handle);
         }
 
         return ValueTask.CompletedTask;
@@ -121,6 +124,46 @@ public sealed class RawFileBlockBackend : IBlockBackend
     {
         _handle.Dispose();
         return ValueTask.CompletedTask;
+    }
+
+    void IVectoredBlockBackend.ReadVector(long offset, ReadOnlySpan<HostBuffer> buffers)
+    {
+        BlockRange.Check(offset, Total(buffers), Capacity);
+        HostIo.ReadVector(_handle, offset, buffers);
+    }
+
+    void IVectoredBlockBackend.WriteVector(long offset, ReadOnlySpan<HostBuffer> buffers)
+    {
+        BlockRange.CheckWritable(IsReadOnly);
+        BlockRange.Check(offset, Total(buffers), Capacity);
+        HostIo.WriteVector(_handle, offset, buffers);
+    }
+
+    void IBackingReader.ReadAt(long offset, Span<byte> destination)
+    {
+        int done = 0;
+        while (done < destination.Length)
+        {
+            int n = RandomAccess.Read(_handle, destination[done..], offset + done);
+            if (n == 0)
+            {
+                destination[done..].Clear();
+                return;
+            }
+
+            done += n;
+        }
+    }
+
+    private static long Total(ReadOnlySpan<HostBuffer> buffers)
+    {
+        long total = 0;
+        foreach (var b in buffers)
+        {
+            total += b.Length;
+        }
+
+        return total;
     }
 
     internal static bool TryPunchHole(SafeFileHandle handle, long offset, long length, ref bool unsupported)

@@ -1,8 +1,11 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Text;
 using Microsoft.Extensions.Logging;
 using Virt.Devices.Virtio;
+using Virt.Memory;
 using Virt.Snapshots;
 
 namespace Virt.Storage;
@@ -28,8 +31,10 @@ public sealed record VirtioBlockOptions
 
 /// <summary>
 /// A virtio-blk device (virtio 1.2, section 5.2) over an <see cref="IBlockBackend"/>: IN, OUT, FLUSH, GET_ID,
-/// DISCARD and WRITE_ZEROES. Requests are served off the vCPU thread, in order; a request completes (used ring
-/// and interrupt) once the backend finished it, so a completed FLUSH means every earlier write is durable.
+/// DISCARD and WRITE_ZEROES. Requests are served off the vCPU thread: up to 16 reads and writes at once, with raw
+/// and qcow2 images straight between guest memory and the file (preadv/pwritev, no copy); any other request waits
+/// for every request before it. Requests complete (used ring and interrupt) in the order they were made available,
+/// each once the backend finished it, so a completed FLUSH means every earlier write is durable.
 /// </summary>
 /// <remarks>
 /// <para>Wrap it in a <see cref="VirtioMmioTransport"/> to give it to a VM.</para>
@@ -70,6 +75,8 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     private const uint SegmentFlagUnmap = 1;
     /// <summary>Largest discard / write-zeroes range in sectors (2 GiB).</summary>
     private const uint MaxZeroSectors = 1u << 22;
+    /// <summary>Requests of one queue served at the same time.</summary>
+    private const int MaxInFlight = 16;
     /// <summary>Bytes moved between the backend and guest memory per step of a large request.</summary>
     private const int ChunkSize = 1 << 20;
 
@@ -223,17 +230,102 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     {
         var queue = context.Queues[0];
         var token = context.Stopping;
-        while (!token.IsCancellationRequested && queue.TryPop(out var chain))
+        var batch = new List<DescriptorChain>(MaxInFlight);
+        var running = new List<Task<uint>>(MaxInFlight);
+        while (!token.IsCancellationRequested)
         {
-            uint written = await ServeAsync(context, chain, token).ConfigureAwait(false);
-            if (written == uint.MaxValue)
+            batch.Clear();
+            while (batch.Count < MaxInFlight && queue.TryPop(out var chain))
+            {
+                batch.Add(chain);
+            }
+
+            if (batch.Count == 0)
             {
                 return;
             }
 
-            queue.AddUsed(chain, written);
-            context.SignalUsed(queue);
+            // Reads and writes of one batch run concurrently; anything else (FLUSH above all) waits until every
+            // request before it finished, and requests complete in the order the driver made them available.
+            running.Clear();
+            bool parallel = batch.Count > 1 && _bytes is null && _ops is null;
+            int pendingStart = 0;
+            for (int i = 0; i < batch.Count; i++)
+            {
+                var chain = batch[i];
+                if (parallel && IsDataRequest(chain))
+                {
+                    running.Add(Task.Run(() => ServeAsync(context, chain, token).AsTask(), token));
+                    continue;
+                }
+
+                if (!await CompleteAsync(context, queue, batch, running, pendingStart).ConfigureAwait(false))
+                {
+                    return;
+                }
+
+                uint written = await ServeAsync(context, chain, token).ConfigureAwait(false);
+                if (written == uint.MaxValue)
+                {
+                    return;
+                }
+
+                queue.AddUsed(chain, written);
+                context.SignalUsed(queue);
+                pendingStart = i + 1;
+            }
+
+            if (!await CompleteAsync(context, queue, batch, running, pendingStart).ConfigureAwait(false))
+            {
+                return;
+            }
         }
+    }
+
+    /// <summary>Waits for <paramref name="running"/> (the requests of <paramref name="batch"/> from <paramref name="first"/> on) and puts them in the used ring in order.</summary>
+    private static async ValueTask<bool> CompleteAsync(VirtioDeviceContext context, Virtqueue queue, List<DescriptorChain> batch, List<Task<uint>> running, int first)
+    {
+        if (running.Count == 0)
+        {
+            return true;
+        }
+
+        try
+        {
+            await Task.WhenAll(running).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
+
+        for (int i = 0; i < running.Count; i++)
+        {
+            uint written = running[i].Result;
+            if (written == uint.MaxValue)
+            {
+                return false;
+            }
+
+            queue.AddUsed(batch[first + i], written);
+        }
+
+        context.SignalUsed(queue);
+        running.Clear();
+        return true;
+    }
+
+    private static bool IsDataRequest(DescriptorChain chain)
+    {
+        if (chain.ReadableLength < HeaderSize || chain.WritableLength < 1)
+        {
+            return false;
+        }
+
+        Span<byte> type = stackalloc byte[4];
+        chain.Read(0, type);
+        uint t = BinaryPrimitives.ReadUInt32LittleEndian(type);
+        return t is RequestIn or RequestOut;
     }
 
     /// <summary>Serves one request; returns the bytes written into the chain, or uint.MaxValue when the chain was rejected.</summary>
@@ -259,10 +351,14 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
             switch (type)
             {
                 case RequestIn:
-                    (status, dataWritten) = await ReadAsync(chain, sector, statusOffset, token).ConfigureAwait(false);
+                    (status, dataWritten) = TryReadDirect(context.Memory, chain, sector, statusOffset, out long direct)
+                        ? (StatusOk, direct)
+                        : await ReadAsync(chain, sector, statusOffset, token).ConfigureAwait(false);
                     break;
                 case RequestOut:
-                    status = await WriteAsync(chain, sector, token).ConfigureAwait(false);
+                    status = TryWriteDirect(context.Memory, chain, sector)
+                        ? StatusOk
+                        : await WriteAsync(chain, sector, token).ConfigureAwait(false);
                     break;
                 case RequestFlush:
                     await ThrottleAsync(0, token).ConfigureAwait(false);
@@ -306,6 +402,99 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
         ulong sectors = (ulong)(_backend.Capacity / DiskImage.SectorSize);
         ulong count = (ulong)length / DiskImage.SectorSize;
         return length % DiskImage.SectorSize == 0 && sector <= sectors && count <= sectors - sector;
+    }
+
+    /// <summary>
+    /// The zero-copy path of an IN request: the guest's buffers go straight to the backend's vectored read
+    /// (preadv on a file). False when it does not apply (no vectored backend, throttling, a buffer that is not one
+    /// span of RAM, out of bounds): the copying path then serves the request and reports any error.
+    /// </summary>
+    private bool TryReadDirect(IGuestMemory memory, DescriptorChain chain, ulong sector, long length, out long done)
+    {
+        done = 0;
+        if (_backend is not IVectoredBlockBackend vectored || _bytes is not null || _ops is not null || length == 0 || !InBounds(sector, length)
+            || !TryGetHostBuffers(memory, chain, writable: true, 0, length, out var buffers, out int count))
+        {
+            return false;
+        }
+
+        try
+        {
+            vectored.ReadVector((long)sector * DiskImage.SectorSize, buffers.AsSpan(0, count));
+        }
+        finally
+        {
+            ArrayPool<HostBuffer>.Shared.Return(buffers);
+        }
+
+        done = length;
+        return true;
+    }
+
+    /// <summary>The zero-copy path of an OUT request (pwritev from the guest's buffers); see <see cref="TryReadDirect"/>.</summary>
+    private bool TryWriteDirect(IGuestMemory memory, DescriptorChain chain, ulong sector)
+    {
+        long length = chain.ReadableLength - HeaderSize;
+        if (_backend is not IVectoredBlockBackend vectored || IsReadOnly || _bytes is not null || _ops is not null || length <= 0 || !InBounds(sector, length)
+            || !TryGetHostBuffers(memory, chain, writable: false, HeaderSize, length, out var buffers, out int count))
+        {
+            return false;
+        }
+
+        try
+        {
+            vectored.WriteVector((long)sector * DiskImage.SectorSize, buffers.AsSpan(0, count));
+        }
+        finally
+        {
+            ArrayPool<HostBuffer>.Shared.Return(buffers);
+        }
+
+        return true;
+    }
+
+    /// <summary>
+    /// Host addresses of <paramref name="length"/> bytes of the chain's readable or writable part from
+    /// <paramref name="skip"/> on. Guest memory stays mapped (and in place) while the VM runs, so the addresses hold
+    /// for the duration of the request.
+    /// </summary>
+    private static unsafe bool TryGetHostBuffers(IGuestMemory memory, DescriptorChain chain, bool writable, long skip, long length, out HostBuffer[] buffers, out int count)
+    {
+        buffers = ArrayPool<HostBuffer>.Shared.Rent(chain.DescriptorCount);
+        count = 0;
+        for (int i = 0; i < chain.DescriptorCount && length > 0; i++)
+        {
+            var (address, size, isWritable) = chain.GetBuffer(i);
+            if (isWritable != writable)
+            {
+                continue;
+            }
+
+            if (skip >= size)
+            {
+                skip -= size;
+                continue;
+            }
+
+            int take = (int)Math.Min(size - skip, length);
+            if (!memory.TryGetSpan(new GuestAddress(address.Value + (ulong)skip), take, writable, out var span))
+            {
+                ArrayPool<HostBuffer>.Shared.Return(buffers);
+                return false;
+            }
+
+            buffers[count++] = new HostBuffer((nint)Unsafe.AsPointer(ref MemoryMarshal.GetReference(span)), take);
+            length -= take;
+            skip = 0;
+        }
+
+        if (length != 0)
+        {
+            ArrayPool<HostBuffer>.Shared.Return(buffers);
+            return false;
+        }
+
+        return true;
     }
 
     private async ValueTask<(byte Status, long Written)> ReadAsync(DescriptorChain chain, ulong sector, long length, CancellationToken token)

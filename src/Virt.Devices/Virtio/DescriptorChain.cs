@@ -139,5 +139,19 @@ public sealed class DescriptorChain
         return done;
     }
 
+    /// <summary>
+    /// Buffer <paramref name="index"/> of the chain (device-readable buffers first, in chain order): its guest address,
+    /// length and whether the device may write it. Lets a device hand guest memory to the host without a copy (take a
+    /// span with <see cref="IGuestMemory.TryGetSpan"/>, marking written ranges with <c>forWrite</c>).
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="index"/> is not below <see cref="DescriptorCount"/>.</exception>
+    public (GuestAddress Address, uint Length, bool Writable) GetBuffer(int index)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(index);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(index, _count);
+        var s = _segments[index];
+        return (new GuestAddress(s.Address), s.Length, _firstWritable >= 0 && index >= _firstWritable);
+    }
+
     private readonly record struct Segment(ulong Address, uint Length);
 }

@@ -1,0 +1,402 @@
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+
+namespace Virt.Storage;
+
+/// <summary>A host buffer for vectored I/O: a pointer into memory that stays put (guest RAM) and its length.</summary>
+internal readonly record struct HostBuffer(nint Address, int Length)
+{
+    public unsafe Span<byte> Span => new((void*)Address, Length);
+
+    public HostBuffer Slice(int start, int length) => new(Address + start, length);
+}
+
+/// <summary>
+/// Synchronous positional I/O on the bytes of an image, so the format code runs the same over a file and over
+/// memory (the fuzz tests). Reads past the end return zeroes; every method validates nothing about the format.
+/// </summary>
+internal abstract class ImageStore : IDisposable
+{
+    /// <summary>Current length in bytes.</summary>
+    public abstract long Length { get; }
+
+    /// <summary>Fills <paramref name="destination"/> from <paramref name="offset"/>; bytes past the end read as zeroes.</summary>
+    public abstract void Read(long offset, Span<byte> destination);
+
+    /// <summary>Writes <paramref name="source"/> at <paramref name="offset"/>, growing the store if needed.</summary>
+    public abstract void Write(long offset, ReadOnlySpan<byte> source);
+
+    /// <summary>Makes every completed write durable (fdatasync on a file).</summary>
+    public abstract void Flush();
+
+    /// <summary>Deallocates a range (reads as zeroes); false when the store cannot.</summary>
+    public virtual bool TryPunchHole(long offset, long length) => false;
+
+    /// <summary>Reads into several buffers in one call where the host allows (preadv).</summary>
+    public virtual void ReadVector(long offset, ReadOnlySpan<HostBuffer> buffers)
+    {
+        foreach (var b in buffers)
+        {
+            Read(offset, b.Span);
+            offset += b.Length;
+        }
+    }
+
+    /// <summary>Writes several buffers in one call where the host allows (pwritev).</summary>
+    public virtual void WriteVector(long offset, ReadOnlySpan<HostBuffer> buffers)
+    {
+        foreach (var b in buffers)
+        {
+            Write(offset, b.Span);
+            offset += b.Length;
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        Dispose(true);
+        GC.SuppressFinalize(this);
+    }
+
+    /// <summary>Releases the store.</summary>
+    protected virtual void Dispose(bool disposing)
+    {
+    }
+}
+
+/// <summary>An image file through <c>pread</c>/<c>pwrite</c>/<c>preadv</c>/<c>pwritev</c> on its handle.</summary>
+internal sealed class FileImageStore : ImageStore
+{
+    private const int MaxIov = 1024;
+    private bool _punchUnsupported;
+
+    private long _length;
+
+    public FileImageStore(SafeFileHandle handle, string path)
+    {
+        Handle = handle;
+        Path = path;
+        _length = RandomAccess.GetLength(handle);
+    }
+
+    public SafeFileHandle Handle { get; }
+
+    public string Path { get; }
+
+    /// <summary>The length, cached: the file is locked, so only writes through this store change it.</summary>
+    public override long Length => Volatile.Read(ref _length);
+
+    public override void Read(long offset, Span<byte> destination)
+    {
+        int done = 0;
+        while (done < destination.Length)
+        {
+            int n = RandomAccess.Read(Handle, destination[done..], offset + done);
+            if (n == 0)
+            {
+                destination[done..].Clear();
+                return;
+            }
+
+            done += n;
+        }
+    }
+
+    public override void Write(long offset, ReadOnlySpan<byte> source)
+    {
+        RandomAccess.Write(Handle, source, offset);
+        Grow(offset + source.Length);
+    }
+
+    public override void Flush() => HostIo.DataSync(Handle);
+
+    public override bool TryPunchHole(long offset, long length) => RawFileBlockBackend.TryPunchHole(Handle, offset, length, ref _punchUnsupported);
+
+    public override void ReadVector(long offset, ReadOnlySpan<HostBuffer> buffers) => HostIo.ReadVector(Handle, offset, buffers);
+
+    public override void WriteVector(long offset, ReadOnlySpan<HostBuffer> buffers)
+    {
+        HostIo.WriteVector(Handle, offset, buffers);
+        long end = offset;
+        foreach (var b in buffers)
+        {
+            end += b.Length;
+        }
+
+        Grow(end);
+    }
+
+    private void Grow(long end)
+    {
+        long current;
+        while (end > (current = Volatile.Read(ref _length)) && Interlocked.CompareExchange(ref _length, end, current) != current)
+        {
+        }
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            Handle.Dispose();
+        }
+
+        base.Dispose(disposing);
+    }
+
+    internal static int MaxVectors => MaxIov;
+}
+
+/// <summary>An image held in memory (tests, fuzzing). Growth is capped so a hostile image cannot make it huge.</summary>
+internal sealed class MemoryImageStore : ImageStore
+{
+    private readonly long _limit;
+    private byte[] _data;
+    private long _length;
+
+    public MemoryImageStore(byte[] contents, long limit = 64L << 20)
+        : this(contents, contents.Length, limit)
+    {
+    }
+
+    /// <summary>A store over the first <paramref name="length"/> bytes of <paramref name="buffer"/> (used in place).</summary>
+    public MemoryImageStore(byte[] buffer, int length, long limit)
+    {
+        _data = buffer;
+        _length = length;
+        _limit = limit;
+    }
+
+    public override long Length => _length;
+
+    public ReadOnlySpan<byte> Contents => _data.AsSpan(0, (int)_length);
+
+    /// <summary>Reads that started at or past the end of the image (a parser following a hostile offset).</summary>
+    public int ReadsPastEnd { get; private set; }
+
+    public string? LastPastEnd { get; private set; }
+
+    /// <summary>How far past the end a read may start without counting (the rest of a last, partial cluster).</summary>
+    public long PastEndAllowance { get; set; }
+
+    public override void Read(long offset, Span<byte> destination)
+    {
+        destination.Clear();
+        if (offset >= _length + PastEndAllowance && destination.Length > 0)
+        {
+            ReadsPastEnd++;
+            LastPastEnd = $"read of {destination.Length} at {offset} (length {_length})";
+        }
+
+        if (offset < _length)
+        {
+            int n = (int)Math.Min(destination.Length, _length - offset);
+            _data.AsSpan((int)offset, n).CopyTo(destination);
+        }
+    }
+
+    public override void Write(long offset, ReadOnlySpan<byte> source)
+    {
+        long end = offset + source.Length;
+        if (offset < 0 || end > _limit)
+        {
+            throw new IOException($"The in-memory image would grow to {end} bytes, beyond its limit of {_limit}.");
+        }
+
+        if (end > _data.Length)
+        {
+            Array.Resize(ref _data, (int)Math.Min(_limit, end + (64 << 10)));
+        }
+
+        if (offset > _length)
+        {
+            _data.AsSpan((int)_length, (int)(offset - _length)).Clear();
+        }
+
+        source.CopyTo(_data.AsSpan((int)offset));
+        _length = Math.Max(_length, end);
+    }
+
+    public override void Flush()
+    {
+    }
+}
+
+/// <summary>Host calls the block path uses: vectored positional I/O and fdatasync, with portable fallbacks.</summary>
+internal static class HostIo
+{
+    /// <summary>Reads into <paramref name="buffers"/> from <paramref name="offset"/>; past the end reads as zeroes.</summary>
+    public static unsafe void ReadVector(SafeFileHandle handle, long offset, ReadOnlySpan<HostBuffer> buffers)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            foreach (var b in buffers)
+            {
+                ReadExact(handle, offset, b.Span);
+                offset += b.Length;
+            }
+
+            return;
+        }
+
+        int count = Math.Min(buffers.Length, FileImageStore.MaxVectors);
+        Span<Interop.Libc.IoVec> iov = count <= 64 ? stackalloc Interop.Libc.IoVec[count] : new Interop.Libc.IoVec[count];
+        int index = 0;
+        int skip = 0;
+        while (index < buffers.Length)
+        {
+            int n = 0;
+            long total = 0;
+            for (int i = index; i < buffers.Length && n < iov.Length; i++, n++)
+            {
+                int s = i == index ? skip : 0;
+                iov[n] = new Interop.Libc.IoVec { Base = buffers[i].Address + s, Length = buffers[i].Length - s };
+                total += buffers[i].Length - s;
+            }
+
+            long got;
+            fixed (Interop.Libc.IoVec* p = iov)
+            {
+                got = Interop.Libc.Preadv(handle, p, n, offset);
+            }
+
+            if (got < 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno == Interop.Libc.EINTR)
+                {
+                    continue;
+                }
+
+                throw new IOException($"preadv at {offset} failed: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno}).");
+            }
+
+            if (got == 0)
+            {
+                // End of file: the rest reads as zeroes, like a hole.
+                for (int i = index; i < buffers.Length; i++)
+                {
+                    buffers[i].Span[(i == index ? skip : 0)..].Clear();
+                }
+
+                return;
+            }
+
+            offset += got;
+            Advance(buffers, ref index, ref skip, got);
+        }
+    }
+
+    /// <summary>Writes <paramref name="buffers"/> at <paramref name="offset"/>.</summary>
+    public static unsafe void WriteVector(SafeFileHandle handle, long offset, ReadOnlySpan<HostBuffer> buffers)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            foreach (var b in buffers)
+            {
+                RandomAccess.Write(handle, b.Span, offset);
+                offset += b.Length;
+            }
+
+            return;
+        }
+
+        int count = Math.Min(buffers.Length, FileImageStore.MaxVectors);
+        Span<Interop.Libc.IoVec> iov = count <= 64 ? stackalloc Interop.Libc.IoVec[count] : new Interop.Libc.IoVec[count];
+        int index = 0;
+        int skip = 0;
+        while (index < buffers.Length)
+        {
+            int n = 0;
+            for (int i = index; i < buffers.Length && n < iov.Length; i++, n++)
+            {
+                int s = i == index ? skip : 0;
+                iov[n] = new Interop.Libc.IoVec { Base = buffers[i].Address + s, Length = buffers[i].Length - s };
+            }
+
+            long put;
+            fixed (Interop.Libc.IoVec* p = iov)
+            {
+                put = Interop.Libc.Pwritev(handle, p, n, offset);
+            }
+
+            if (put < 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno == Interop.Libc.EINTR)
+                {
+                    continue;
+                }
+
+                throw new IOException($"pwritev at {offset} failed: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno}).");
+            }
+
+            if (put == 0 && buffers[index].Length - skip > 0)
+            {
+                throw new IOException($"pwritev at {offset} wrote nothing.");
+            }
+
+            offset += put;
+            Advance(buffers, ref index, ref skip, put);
+        }
+    }
+
+    /// <summary>fdatasync on Linux (the file's data and the metadata needed to read it), fsync elsewhere.</summary>
+    public static void DataSync(SafeFileHandle handle)
+    {
+        if (OperatingSystem.IsLinux())
+        {
+            if (Interop.Libc.Fdatasync(handle) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                throw new IOException($"fdatasync failed: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno}).");
+            }
+
+            return;
+        }
+
+        RandomAccess.FlushToDisk(handle);
+    }
+
+    private static void ReadExact(SafeFileHandle handle, long offset, Span<byte> destination)
+    {
+        int done = 0;
+        while (done < destination.Length)
+        {
+            int n = RandomAccess.Read(handle, destination[done..], offset + done);
+            if (n == 0)
+            {
+                destination[done..].Clear();
+                return;
+            }
+
+            done += n;
+        }
+    }
+
+    private static void Advance(ReadOnlySpan<HostBuffer> buffers, ref int index, ref int skip, long bytes)
+    {
+        while (bytes > 0 && index < buffers.Length)
+        {
+            int left = buffers[index].Length - skip;
+            if (bytes >= left)
+            {
+                bytes -= left;
+                index++;
+                skip = 0;
+            }
+            else
+            {
+                skip += (int)bytes;
+                bytes = 0;
+            }
+        }
+
+        while (index < buffers.Length && buffers[index].Length - skip == 0)
+        {
+            index++;
+            skip = 0;
+        }
+    }
+}

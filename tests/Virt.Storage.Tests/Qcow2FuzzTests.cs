@@ -1,0 +1,193 @@
+using System.Text.RegularExpressions;
+using Xunit;
+
+namespace Virt.Storage.Tests;
+
+/// <summary>
+/// Hostile images: a million corrupted qcow2 images (mutated in memory) each open and serve I/O or fail with a
+/// <see cref="DiskImageException"/> that names the damaged field; none makes the parser read past the end of the
+/// image, write outside it, or allocate in proportion to a table size the image claims.
+/// </summary>
+public sealed partial class Qcow2FuzzTests
+{
+    private const int Iterations = 1_000_000;
+
+    /// <summary>Field names the parser's messages use.</summary>
+    [GeneratedRegex("magic|version|cluster_bits|header_length|refcount_order|compression_type|incompatible_features|crypt_method|size|l1_size|l1_table_offset|refcount_table_clusters|refcount_table_offset|header extension|backing file format extension|backing_file|nb_snapshots|snapshots_offset|snapshot table|snapshot id|snapshot name|L1 entry|L2 entry|refcount table entry|refcount table|refcount|compressed cluster|header is cut short|has no room")]
+    private static partial Regex FieldName();
+
+    private static byte[][] Seeds()
+    {
+        var seeds = new List<byte[]>();
+        foreach (var (clusterSize, backing) in new[] { (512, (string?)null), (2048, null), (512, "base.raw") })
+        {
+            var store = new MemoryImageStore([]);
+            Qcow2Format.Create(store, 128 << 10, System.Numerics.BitOperations.Log2((uint)clusterSize), backing, backing is null ? null : "raw");
+            var image = Qcow2BlockBackend.OpenStore(store, "seed.qcow2", readOnly: false);
+            var random = new Random(clusterSize);
+            var data = new byte[2048];
+            for (int i = 0; i < 8; i++)
+            {
+                random.NextBytes(data);
+                image.WriteAsync(random.Next((128 << 10) / 512 - 8) * 512L, data.AsMemory(0, random.Next(1, 4) * 512), TestContext.Current.CancellationToken).AsTask().GetAwaiter().GetResult();
+            }
+
+            image.WriteZeroesAsync(64 << 10, 8192, TestContext.Current.CancellationToken).AsTask().GetAwaiter().GetResult();
+            image.FlushAsync(TestContext.Current.CancellationToken).AsTask().GetAwaiter().GetResult();
+            seeds.Add(store.Contents.ToArray());
+        }
+
+        return [.. seeds];
+    }
+
+    [Fact]
+    public void A_million_corrupted_images_open_or_fail_naming_the_field_without_touching_anything_outside_the_image()
+    {
+        var seeds = Seeds();
+
+        int opened = 0, refused = 0;
+        var failures = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        int workers = Math.Max(2, Environment.ProcessorCount);
+        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, worker =>
+        {
+            var random = new Random(1000 + worker);
+            var buffer = new byte[1 << 20];
+            int localOpened = 0, localRefused = 0;
+            for (int i = worker; i < Iterations && failures.IsEmpty; i += workers)
+            {
+                byte[] seed = seeds[i % seeds.Length];
+                int imageLength = Mutate(seed, buffer, random);
+                long before = GC.GetAllocatedBytesForCurrentThread();
+                var store = new MemoryImageStore(buffer, imageLength, limit: imageLength + (2 << 20));
+                try
+                {
+                    bool readOnly = random.Next(2) == 0;
+                    var disk = Qcow2BlockBackend.OpenStore(store, "fuzz.qcow2", readOnly);
+                    store.PastEndAllowance = disk.ClusterSize;
+                    Exercise(disk, random, readOnly);
+                    localOpened++;
+                }
+                catch (DiskImageException e) when (FieldName().IsMatch(e.Message))
+                {
+                    localRefused++;
+                }
+                catch (Exception e)
+                {
+                    failures.Enqueue($"iteration {i}: {e.GetType().Name}: {e.Message}\n{e.StackTrace}");
+                }
+
+                long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+                if (allocated > (8L << 20) + (64L * imageLength))
+                {
+                    failures.Enqueue($"iteration {i}: allocated {allocated} bytes for an image of {imageLength}");
+                }
+
+                if (store.ReadsPastEnd > 0)
+                {
+                    failures.Enqueue($"iteration {i}: {store.ReadsPastEnd} read(s) started past the end of the image: {store.LastPastEnd}");
+                }
+            }
+
+            Interlocked.Add(ref opened, localOpened);
+            Interlocked.Add(ref refused, localRefused);
+        });
+
+        Assert.True(failures.IsEmpty, string.Join("\n", failures.Take(5)));
+        Assert.Equal(Iterations, opened + refused);
+
+        // Both outcomes occur: the mutations reach past the header checks and the checks refuse damage.
+        Assert.True(opened > Iterations / 20, $"only {opened} images opened");
+        Assert.True(refused > Iterations / 20, $"only {refused} images were refused");
+    }
+
+    private static void Exercise(Qcow2BlockBackend disk, Random random, bool readOnly)
+    {
+        var buffer = new byte[8192];
+        long capacity = disk.Capacity;
+        for (int j = 0; j < 3; j++)
+        {
+            int length = random.Next(1, 17) * 512;
+            long offset = random.NextInt64(Math.Max(1, (capacity - length) / 512)) * 512;
+            if (offset + length > capacity)
+            {
+                continue;
+            }
+
+            bool write = !readOnly && disk.ClusterSize <= 65536;
+            if (write && random.Next(3) == 0)
+            {
+                disk.WriteAsync(offset, buffer.AsMemory(0, length)).AsTask().GetAwaiter().GetResult();
+            }
+            else if (write && random.Next(4) == 0)
+            {
+                disk.DiscardAsync(offset, length).AsTask().GetAwaiter().GetResult();
+            }
+            else
+            {
+                disk.ReadAsync(offset, buffer.AsMemory(0, length)).AsTask().GetAwaiter().GetResult();
+            }
+        }
+
+        disk.DisposeAsync().AsTask().GetAwaiter().GetResult();
+    }
+
+    private static readonly ulong[] Interesting =
+    [
+        0, 1, 7, 8, 9, 21, 22, 63, 64, 511, 512, 513, 4096, 65536, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff,
+        0x1_0000_0000, 0x00ff_ffff_ffff_fe00, 0x8000_0000_0000_0000, 0xc000_0000_0000_0000, ulong.MaxValue,
+    ];
+
+    /// <summary>Copies <paramref name="seed"/> (perhaps cut short) into <paramref name="buffer"/> and damages it; returns its length.</summary>
+    private static int Mutate(byte[] seed, byte[] buffer, Random random)
+    {
+        int length = seed.Length;
+        if (random.Next(20) == 0)
+        {
+            length = random.Next(0, seed.Length);
+        }
+
+        seed.AsSpan(0, length).CopyTo(buffer);
+        var image = buffer.AsSpan(0, length);
+        if (image.Length == 0)
+        {
+            return 0;
+        }
+
+        int mutations = random.Next(1, 5);
+        for (int m = 0; m < mutations; m++)
+        {
+            // Mostly the header and first clusters (where the tables start), sometimes anywhere.
+            int span = random.Next(3) switch { 0 => Math.Min(112, image.Length), 1 => Math.Min(8192, image.Length), _ => image.Length };
+            int at = random.Next(span);
+            switch (random.Next(4))
+            {
+                case 0:
+                    image[at] ^= (byte)(1 << random.Next(8));
+                    break;
+                case 1:
+                    image[at] = (byte)random.Next(256);
+                    break;
+                case 2:
+                    // A big-endian field set to an edge value, aligned like the header's fields.
+                    int size = random.Next(2) == 0 ? 4 : 8;
+                    at &= ~(size - 1);
+                    if (at + size <= image.Length)
+                    {
+                        ulong value = Interesting[random.Next(Interesting.Length)];
+                        for (int b = 0; b < size; b++)
+                        {
+                            image[at + b] = (byte)(value >> (8 * (size - 1 - b)));
+                        }
+                    }
+
+                    break;
+                default:
+                    int n = Math.Min(random.Next(1, 64), image.Length - at);
+                    random.NextBytes(image.Slice(at, n));
+                    break;
+            }
+        }
+
+        return length;
+    }
+}
