@@ -395,6 +395,11 @@ public sealed class UserModeNetwork : INetworkBackend
     /// <summary>Hands queued frames to the guest in order, outside the stack's lock (a receiver may send back at once).</summary>
     private void Flush()
     {
+        if (_sync.IsHeldByCurrentThread)
+        {
+            return; // a nested entry (a pump that started inline): the outermost one delivers after releasing the lock
+        }
+
         lock (_deliverSync)
         {
             while (true)
@@ -664,9 +669,9 @@ public sealed class UserModeNetwork : INetworkBackend
     private bool HandleTcp(in Ipv4Packet packet, in TcpSegment segment)
     {
         var key = new TcpKey(packet.Source, segment.SourcePort, packet.Destination, segment.DestinationPort);
-        if (_tcp.TryGetValue(key, out var connection))
+        if (_tcp.TryGetValue(key, out var existing))
         {
-            connection.OnSegment(segment);
+            existing.OnSegment(segment);
             return true;
         }
 
@@ -703,7 +708,9 @@ public sealed class UserModeNetwork : INetworkBackend
 
         _openSockets++;
         _tcpOpened++;
-        _tcp[key] = TcpConnection.Outbound(this, key, segment, new IPEndPoint(host, segment.DestinationPort));
+        var connection = TcpConnection.Outbound(this, key, segment);
+        _tcp[key] = connection;
+        connection.Connect(new IPEndPoint(host, segment.DestinationPort));
         return true;
     }
 

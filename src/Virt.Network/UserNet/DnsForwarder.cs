@@ -63,6 +63,7 @@ internal sealed class DnsForwarder(UserModeNetwork net, IPEndPoint? upstream, ui
         finally
         {
             socket.Dispose();
+            net.Locked(() => net.CountSocket(-1));
         }
 
         Finish(answer, guestIp, guestPort);

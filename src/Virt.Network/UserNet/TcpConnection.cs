@@ -84,17 +84,19 @@ internal sealed class TcpConnection
 
     public TcpPhase Phase { get; private set; }
 
-    /// <summary>Outbound: the guest's SYN. Starts the host connect; the SYN-ACK goes out once it succeeds.</summary>
-    public static TcpConnection Outbound(UserModeNetwork net, TcpKey key, in TcpSegment syn, IPEndPoint hostEndPoint)
+    /// <summary>Outbound: the guest's SYN. <see cref="Connect"/> starts the host connect; the SYN-ACK goes out once it succeeds.</summary>
+    public static TcpConnection Outbound(UserModeNetwork net, TcpKey key, in TcpSegment syn)
     {
         var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         var c = new TcpConnection(net, key, socket, TcpPhase.Connecting);
         c._rcvNxt = syn.Sequence + 1;
         c.TakeSynOptions(syn);
         c._timerDue = Environment.TickCount64 + (long)net.Options.TcpConnectTimeout.TotalMilliseconds;
-        _ = c.ConnectAsync(hostEndPoint);
         return c;
     }
+
+    /// <summary>Starts connecting the host socket (after the connection is in the stack's table: a refusal may come back at once).</summary>
+    public void Connect(IPEndPoint hostEndPoint) => _ = ConnectAsync(hostEndPoint);
 
     /// <summary>Inbound: a host client connected to a forward; sends our SYN to the guest.</summary>
     public static TcpConnection Inbound(UserModeNetwork net, TcpKey key, Socket accepted)
