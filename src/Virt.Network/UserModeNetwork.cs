@@ -200,6 +200,7 @@ public sealed class UserModeNetwork : INetworkBackend
     public async ValueTask DisposeAsync()
     {
         TcpPortForward[] forwards;
+        Task dns;
         lock (_sync)
         {
             if (_disposed)
@@ -219,11 +220,14 @@ public sealed class UserModeNetwork : INetworkBackend
             }
 
             _udp.Clear();
+            dns = _dns.CloseAsync();
             _disposed = true;
             forwards = [.. _forwards];
         }
 
         Flush();
+        await dns.ConfigureAwait(false);
+        _dns.Dispose();
         await _timer.DisposeAsync().ConfigureAwait(false);
         foreach (var f in forwards)
         {

@@ -10,7 +10,7 @@ namespace Virt.Network.UserNet;
 /// answer back; without one it answers A queries from the host's resolver (<see cref="Dns"/>), other types with an
 /// empty answer. At most <see cref="MaxPending"/> queries are in flight; each gets 5 seconds.
 /// </summary>
-internal sealed class DnsForwarder(UserModeNetwork net, IPEndPoint? upstream, uint dnsAddress, uint gateway, bool loopbackIsGateway)
+internal sealed class DnsForwarder(UserModeNetwork net, IPEndPoint? upstream, uint dnsAddress, uint gateway, bool loopbackIsGateway) : IDisposable
 {
     public const ushort Port = 53;
     public const int MaxPending = 32;
@@ -20,6 +20,8 @@ internal sealed class DnsForwarder(UserModeNetwork net, IPEndPoint? upstream, ui
     private const int MaxAnswers = 16;
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(5);
 
+    private readonly CancellationTokenSource _closing = new();
+    private readonly HashSet<Task> _inFlight = [];
     private int _pending;
 
     /// <summary>Starts answering <paramref name="query"/> (under the stack's lock); false when too many are in flight.</summary>
@@ -32,9 +34,25 @@ internal sealed class DnsForwarder(UserModeNetwork net, IPEndPoint? upstream, ui
 
         _pending++;
         byte[] copy = query.ToArray();
-        _ = upstream is null ? ResolveAsync(copy, guestIp, guestPort) : ForwardAsync(copy, guestIp, guestPort);
+        var task = upstream is null ? ResolveAsync(copy, guestIp, guestPort) : ForwardAsync(copy, guestIp, guestPort);
+        if (!task.IsCompleted)
+        {
+            _inFlight.Add(task);
+            _ = task.ContinueWith(t => net.Locked(() => _inFlight.Remove(t)), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+        }
+
         return true;
     }
+
+    /// <summary>Cancels the queries in flight (under the stack's lock); the returned task ends when their sockets are closed.</summary>
+    public Task CloseAsync()
+    {
+        _closing.Cancel();
+        return Task.WhenAll(_inFlight);
+    }
+
+    /// <inheritdoc />
+    public void Dispose() => _closing.Dispose();
 
     private async Task ForwardAsync(byte[] query, uint guestIp, ushort guestPort)
     {
@@ -43,7 +61,8 @@ internal sealed class DnsForwarder(UserModeNetwork net, IPEndPoint? upstream, ui
         net.Locked(() => net.CountSocket(+1));
         try
         {
-            using var timeout = new CancellationTokenSource(Timeout);
+            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_closing.Token);
+            timeout.CancelAfter(Timeout);
             await socket.ConnectAsync(upstream, timeout.Token).ConfigureAwait(false);
             await socket.SendAsync(query, SocketFlags.None, timeout.Token).ConfigureAwait(false);
             var buffer = new byte[Proto.MaxDatagram];
@@ -80,7 +99,8 @@ internal sealed class DnsForwarder(UserModeNetwork net, IPEndPoint? upstream, ui
             {
                 try
                 {
-                    using var timeout = new CancellationTokenSource(Timeout);
+                    using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_closing.Token);
+                    timeout.CancelAfter(Timeout);
                     addresses = await Dns.GetHostAddressesAsync(name, AddressFamily.InterNetwork, timeout.Token).ConfigureAwait(false);
                 }
                 catch (Exception e) when (e is SocketException or OperationCanceledException or ArgumentException)
