@@ -70,6 +70,18 @@ public sealed class UserModeNetwork : INetworkBackend
             (uint)Math.Min(Options.LeaseTime.TotalSeconds, uint.MaxValue));
         _dns = new DnsForwarder(this, Options.DnsUpstream, _dnsAddress, _gateway, Options.GatewayReachesHostLoopback);
         _timer = new Timer(_ => Locked(Tick), null, TickMs, TickMs);
+        try
+        {
+            foreach (var forward in Options.TcpForwards)
+            {
+                ForwardTcp(forward.HostEndPoint, forward.GuestPort);
+            }
+        }
+        catch
+        {
+            DisposeAsync().AsTask().GetAwaiter().GetResult();
+            throw;
+        }
     }
 
     /// <summary>The settings the network was created with.</summary>
@@ -99,6 +111,18 @@ public sealed class UserModeNetwork : INetworkBackend
                     DnsQueries = _dnsQueries,
                     InternalErrors = _internalErrors,
                 };
+            }
+        }
+    }
+
+    /// <summary>The forwards open now (from <see cref="UserModeNetworkOptions.TcpForwards"/> and <see cref="ForwardTcp"/>).</summary>
+    public IReadOnlyList<TcpPortForward> Forwards
+    {
+        get
+        {
+            lock (_sync)
+            {
+                return [.. _forwards];
             }
         }
     }

@@ -56,10 +56,15 @@ public sealed record UserModeNetworkOptions
     /// <summary>How long a TCP connection may wait for the host to connect, or the guest to answer, before it is reset (default 30 s).</summary>
     public TimeSpan TcpConnectTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>Host ports forwarded to the guest when the network is created (more can be added with <see cref="UserModeNetwork.ForwardTcp"/>).</summary>
+    public IReadOnlyList<UserNetworkTcpForward> TcpForwards { get; init; } = [];
+
     /// <summary>How long DHCP leases last (default 1 day).</summary>
     public TimeSpan LeaseTime { get; init; } = TimeSpan.FromDays(1);
 
-    internal void Validate()
+    /// <summary>Checks every setting; the message of the exception names the one to change.</summary>
+    /// <exception cref="ArgumentException">A setting is out of range.</exception>
+    public void Validate()
     {
         if (Network.BaseAddress.AddressFamily != AddressFamily.InterNetwork || Network.PrefixLength is < 8 or > 30)
         {
@@ -91,6 +96,34 @@ public sealed record UserModeNetworkOptions
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(TcpConnectTimeout, TimeSpan.Zero, "options.TcpConnectTimeout");
         ArgumentOutOfRangeException.ThrowIfLessThan(LeaseTime, TimeSpan.FromMinutes(1), "options.LeaseTime");
         ArgumentNullException.ThrowIfNull(Policy, "options.Policy");
+    }
+}
+
+/// <summary>A host end point forwarded to a guest port, e.g. <c>127.0.0.1:8080</c> to 80.</summary>
+/// <param name="HostEndPoint">Where the host listens.</param>
+/// <param name="GuestPort">The guest's port.</param>
+public sealed record UserNetworkTcpForward(IPEndPoint HostEndPoint, int GuestPort)
+{
+    /// <summary>
+    /// Parses <c>HOSTPORT:GUESTPORT</c> (host side on 127.0.0.1) or <c>ADDRESS:HOSTPORT:GUESTPORT</c>, as
+    /// <c>--forward 8080:80</c> takes it.
+    /// </summary>
+    /// <exception cref="FormatException">The text is not in one of those forms.</exception>
+    public static UserNetworkTcpForward Parse(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        int last = text.LastIndexOf(':');
+        int hostPortStart = last > 0 ? text.LastIndexOf(':', last - 1) + 1 : 0;
+        string address = hostPortStart > 0 ? text[..(hostPortStart - 1)] : "127.0.0.1";
+        if (last <= 0
+            || !int.TryParse(text.AsSpan(hostPortStart, last - hostPortStart), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int hostPort)
+            || !int.TryParse(text.AsSpan(last + 1), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int guestPort)
+            || !IPAddress.TryParse(address, out var ip) || hostPort > 65535 || guestPort is < 1 or > 65535)
+        {
+            throw new FormatException($"'{text}' is not a forward; write HOSTPORT:GUESTPORT (e.g. 8080:80) or ADDRESS:HOSTPORT:GUESTPORT.");
+        }
+
+        return new UserNetworkTcpForward(new IPEndPoint(ip, hostPort), guestPort);
     }
 }
 
