@@ -214,6 +214,8 @@ if [ "$needs_build" -eq 1 ]; then
 #   virt.tty=ROWSxCOLS  the interactive shell's terminal size (stty rows/cols on the console).
 #   virt.term=TERM      the interactive shell's TERM.
 #   MODULE.PARAM=VALUE  passed to insmod for MODULE (e.g. virtio_mmio.device=4K@0xd0000000:5).
+#   virt.net=dhcp       bring eth0 up and configure it by DHCP (udhcpc) before the marker;
+#                       prints VIRT-NET-READY=ADDRESS or VIRT-NET-FAILED.
 # Output markers: VIRT-INIT-READY when the modules are loaded, VIRT-EXIT-STATUS=N after the
 # command; then the machine powers off.
 export PATH=/bin:/sbin
@@ -233,6 +235,19 @@ while read -r mod; do
   # shellcheck disable=SC2086
   insmod "/lib/modules/$mod.ko" $params 2>/dev/null || echo "virt-init: insmod $mod failed" >&2
 done < /lib/modules/load.order
+for word in $cmdline; do
+  case "$word" in
+    virt.net=dhcp)
+      ip link set lo up
+      ip link set eth0 up
+      if udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 20 -T 3 >/dev/null 2>&1; then
+        echo "VIRT-NET-READY=$(ip -4 -o addr show dev eth0 | sed -n 's/.* inet \([^ ]*\).*/\1/p')"
+      else
+        echo VIRT-NET-FAILED
+      fi
+      ;;
+  esac
+done
 echo VIRT-INIT-READY
 cmd=""
 for word in $cmdline; do
@@ -257,6 +272,26 @@ sync
 poweroff -f
 INIT
   chmod 0755 "$stage/init"
+
+  # busybox-static ships no udhcpc script: this one applies the lease (address, default route, DNS).
+  cat > "$stage/etc/udhcpc.script" <<'DHCP'
+#!/bin/sh
+case "$1" in
+  deconfig)
+    ip -4 addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+  bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    for r in $router; do ip route add default via "$r" dev "$interface"; break; done
+    : > /etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+    ;;
+esac
+exit 0
+DHCP
+  chmod 0755 "$stage/etc/udhcpc.script"
 
   # Fixed times, owners, order and inode numbers: the same inputs give the same archive.
   find "$stage" -exec touch -h -d @0 {} +

@@ -7,8 +7,14 @@
 //   dotnet run --project samples/LinuxAppliance -- --memory 6144 'free -m'
 //   dotnet run --project samples/LinuxAppliance -- --backend interpreter --disk disk.ext4 'mount /dev/vda /mnt && ls /mnt'
 //   dotnet run --project samples/LinuxAppliance -- --backend interpreter --append initcall_debug dmesg
+//   dotnet run --project samples/LinuxAppliance -- --backend interpreter --net user --forward 8080:80 \
+//       'echo hi > /tmp/index.html && httpd -f -p 80 -h /tmp'      (then: curl http://127.0.0.1:8080/index.html)
+//
+// --net user gives the guest user-mode networking (no root): /init takes an address by DHCP (virt.net=dhcp),
+// the gateway 10.0.2.2 is the host's loopback; --forward HOSTPORT:GUESTPORT (repeatable) forwards a host port.
 using System.Text;
 using Virt;
+using Virt.Network;
 
 var backend = BackendKind.Auto;
 bool shell = false;
@@ -17,6 +23,8 @@ var command = new List<string>();
 var disks = new List<string>();
 string append = "";
 int memoryMiB = 256;
+string net = "none";
+var forwards = new List<UserNetworkTcpForward>();
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -36,6 +44,21 @@ for (int i = 0; i < args.Length; i++)
         case "--memory" when i + 1 < args.Length:
             memoryMiB = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); // MiB of guest RAM
             break;
+        case "--net" when i + 1 < args.Length:
+            net = args[++i]; // "user" or "none"
+            break;
+        case "--forward" when i + 1 < args.Length:
+            try
+            {
+                forwards.Add(UserNetworkTcpForward.Parse(args[++i]));
+            }
+            catch (FormatException e)
+            {
+                Console.Error.WriteLine(e.Message);
+                return 2;
+            }
+
+            break;
         case "--disk" when i + 1 < args.Length:
             disks.Add(args[++i]); // /dev/vda, /dev/vdb, ... in this order
             break;
@@ -54,11 +77,17 @@ if (!File.Exists(kernel) || !File.Exists(initrd))
     return 2;
 }
 
+if (net is not ("user" or "none") || (forwards.Count > 0 && net != "user"))
+{
+    Console.Error.WriteLine("--net takes 'user' or 'none'; --forward needs --net user.");
+    return 2;
+}
+
 // With --shell on a terminal, the console attachment puts the terminal in raw mode (keys, Ctrl-C and escape sequences
 // go to the guest) and tells the guest's shell the terminal's size and type.
 var terminal = shell ? ConsoleAttachment.Create() : null;
 bool attach = terminal is { IsTerminal: true };
-string cmdline = ("quiet " + append + (attach ? " " + terminal!.GuestKernelParameters : "")).Trim();
+string cmdline = ("quiet " + (net == "user" ? "virt.net=dhcp " : "") + append + (attach ? " " + terminal!.GuestKernelParameters : "")).Trim();
 if (!shell)
 {
     string text = command.Count > 0 ? string.Join(' ', command) : "uname -a";
@@ -84,6 +113,15 @@ try
         builder = builder.WithVirtioBlock(disk);
     }
 
+    if (net == "user")
+    {
+        builder = builder.WithUserNetwork(new UserModeNetworkOptions { TcpForwards = forwards });
+        foreach (var f in forwards)
+        {
+            Console.Error.WriteLine($"forward: {f.HostEndPoint} -> guest port {f.GuestPort}");
+        }
+    }
+
     await using var vm = builder.Build();
     Console.Error.WriteLine($"backend: {vm.BackendSelection.Name} ({vm.BackendSelection.Reason}); kernel command line: {vm.KernelCommandLine}");
     using var cts = new CancellationTokenSource();
@@ -107,7 +145,7 @@ try
 
     return console.Status ?? 0;
 }
-catch (Exception e) when (e is InvalidOperationException or ArgumentException or IOException or Virt.Boot.BootImageException)
+catch (Exception e) when (e is InvalidOperationException or ArgumentException or IOException or Virt.Boot.BootImageException or System.Net.Sockets.SocketException)
 {
     Console.Error.WriteLine(e.Message);
     return 2;

@@ -1,0 +1,820 @@
+using System.Buffers.Binary;
+using System.Net;
+using System.Net.Sockets;
+using Virt.Network.UserNet;
+
+namespace Virt.Network;
+
+/// <summary>
+/// User-mode networking (like QEMU's slirp): a network backend that ends the guest's Ethernet segment in a small
+/// TCP/IP stack on the host. It answers ARP for the gateway, ICMP echo to the gateway and DNS addresses, runs a
+/// DHCP server and a DNS forwarder, and turns the guest's TCP connections and UDP datagrams into ordinary host
+/// sockets; the gateway address stands for the host's loopback. <see cref="ForwardTcp"/> forwards host ports to
+/// the guest. Needs no privileges.
+/// </summary>
+/// <remarks>
+/// Every guest frame is parsed with bounds checks and handled under one lock; no guest input throws out of
+/// <see cref="SendAsync"/>. Frames for the guest are handed to the receiver outside that lock, in order.
+/// See docs/networking.md for the limits and the security model.
+/// </remarks>
+public sealed class UserModeNetwork : INetworkBackend
+{
+    private const int TickMs = 100;
+    private const int MaxQueuedFrames = 4096;
+    private const ushort FirstForwardPort = 49152;
+
+    private readonly Lock _sync = new();
+    private readonly Lock _deliverSync = new();
+    private readonly Queue<byte[]> _outbound = new();
+    private readonly Dictionary<TcpKey, TcpConnection> _tcp = [];
+    private readonly Dictionary<(uint Ip, ushort Port), UdpFlow> _udp = [];
+    private readonly Dictionary<uint, MacAddress> _arp = [];
+    private readonly List<TcpPortForward> _forwards = [];
+    private readonly DhcpServer _dhcp;
+    private readonly DnsForwarder _dns;
+    private readonly Timer _timer;
+    private readonly uint _network;
+    private readonly uint _mask;
+    private readonly uint _gateway;
+    private readonly uint _dnsAddress;
+    private readonly MacAddress _gatewayMac;
+    private Func<ReadOnlyMemory<byte>, bool>? _receiver;
+    private ushort _nextForwardPort = FirstForwardPort;
+    private bool _disposed;
+    private long _framesFromGuest;
+    private long _framesToGuest;
+    private long _framesDropped;
+    private long _denied;
+    private long _limitRefusals;
+    private long _tcpOpened;
+    private long _bytesToHost;
+    private long _bytesToGuest;
+    private long _totalBytes;
+    private long _dhcpAcks;
+    private long _dnsQueries;
+    private long _internalErrors;
+    private int _openSockets;
+
+    /// <summary>Creates the network; it starts answering when a NIC attaches.</summary>
+    /// <exception cref="ArgumentException">An option is out of range (the message names it).</exception>
+    public UserModeNetwork(UserModeNetworkOptions? options = null)
+    {
+        Options = options ?? new UserModeNetworkOptions();
+        Options.Validate();
+        _mask = Options.Network.PrefixLength == 0 ? 0 : uint.MaxValue << (32 - Options.Network.PrefixLength);
+        _network = Ip4.From(Options.Network.BaseAddress, nameof(options)) & _mask;
+        _gateway = Ip4.From(Options.Gateway, nameof(options));
+        _dnsAddress = Ip4.From(Options.Dns, nameof(options));
+        _gatewayMac = Options.GatewayMac;
+        _dhcp = new DhcpServer(_network, _mask, _gateway, _dnsAddress, Ip4.From(Options.FirstGuestAddress, nameof(options)),
+            (uint)Math.Min(Options.LeaseTime.TotalSeconds, uint.MaxValue));
+        _dns = new DnsForwarder(this, Options.DnsUpstream, _dnsAddress, _gateway, Options.GatewayReachesHostLoopback);
+        _timer = new Timer(_ => Locked(Tick), null, TickMs, TickMs);
+        try
+        {
+            foreach (var forward in Options.TcpForwards)
+            {
+                ForwardTcp(forward.HostEndPoint, forward.GuestPort);
+            }
+        }
+        catch
+        {
+            DisposeAsync().AsTask().GetAwaiter().GetResult();
+            throw;
+        }
+    }
+
+    /// <summary>The settings the network was created with.</summary>
+    public UserModeNetworkOptions Options { get; }
+
+    /// <summary>The counters now.</summary>
+    public UserModeNetworkStatistics Statistics
+    {
+        get
+        {
+            lock (_sync)
+            {
+                return new UserModeNetworkStatistics
+                {
+                    FramesFromGuest = _framesFromGuest,
+                    FramesToGuest = Interlocked.Read(ref _framesToGuest),
+                    FramesDropped = _framesDropped,
+                    DeniedAttempts = _denied,
+                    LimitRefusals = _limitRefusals,
+                    OpenTcpConnections = _tcp.Count,
+                    OpenUdpFlows = _udp.Count,
+                    OpenHostSockets = _openSockets,
+                    TcpConnectionsOpened = _tcpOpened,
+                    BytesToHost = _bytesToHost,
+                    BytesToGuest = _bytesToGuest,
+                    DhcpAcks = _dhcpAcks,
+                    DnsQueries = _dnsQueries,
+                    InternalErrors = _internalErrors,
+                };
+            }
+        }
+    }
+
+    /// <summary>The forwards open now (from <see cref="UserModeNetworkOptions.TcpForwards"/> and <see cref="ForwardTcp"/>).</summary>
+    public IReadOnlyList<TcpPortForward> Forwards
+    {
+        get
+        {
+            lock (_sync)
+            {
+                return [.. _forwards];
+            }
+        }
+    }
+
+    /// <summary>The addresses DHCP handed out, by the guest's MAC address.</summary>
+    public IReadOnlyDictionary<MacAddress, IPAddress> Leases
+    {
+        get
+        {
+            lock (_sync)
+            {
+                return _dhcp.Leases.ToDictionary(l => l.Key, l => Ip4.ToAddress(l.Value));
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    public ValueTask SendAsync(ReadOnlyMemory<byte> frame, CancellationToken cancellationToken = default)
+    {
+        var copy = frame;
+        Locked(() => OnGuestFrame(copy.Span));
+        return ValueTask.CompletedTask;
+    }
+
+    /// <inheritdoc />
+    public void Attach(Func<ReadOnlyMemory<byte>, bool> receiver)
+    {
+        ArgumentNullException.ThrowIfNull(receiver);
+        Volatile.Write(ref _receiver, receiver);
+    }
+
+    /// <summary>
+    /// Plugs the network into <paramref name="network"/> as its gateway: every VM on that switch can use DHCP, DNS
+    /// and outbound connections. Dispose the returned port to unplug.
+    /// </summary>
+    public VirtualNetworkPort ConnectTo(VirtualNetwork network)
+    {
+        ArgumentNullException.ThrowIfNull(network);
+        var port = network.Attach("user-mode-network");
+        port.Attach(frame =>
+        {
+            Locked(() => OnGuestFrame(frame.Span));
+            return true;
+        });
+        Attach(frame =>
+        {
+            // A port's send is synchronous (the switch delivers on the caller's thread).
+            port.SendAsync(frame).AsTask().GetAwaiter().GetResult();
+            return true;
+        });
+        return port;
+    }
+
+    /// <summary>
+    /// Forwards TCP connections to <paramref name="hostEndPoint"/> (port 0 picks a free one; see
+    /// <see cref="TcpPortForward.HostEndPoint"/>) to <paramref name="guestPort"/> of the guest. Each host client
+    /// becomes a connection from the gateway address to the guest; many may be open at once.
+    /// </summary>
+    /// <param name="hostEndPoint">Where the host listens, e.g. <c>127.0.0.1:8080</c>.</param>
+    /// <param name="guestPort">The guest's port, e.g. 80.</param>
+    /// <param name="guestAddress">The guest's address; by default the first DHCP address (<see cref="UserModeNetworkOptions.FirstGuestAddress"/>).</param>
+    /// <exception cref="SocketException">The host end point cannot be bound (in use, not a local address).</exception>
+    public TcpPortForward ForwardTcp(IPEndPoint hostEndPoint, int guestPort, IPAddress? guestAddress = null)
+    {
+        ArgumentNullException.ThrowIfNull(hostEndPoint);
+        ArgumentOutOfRangeException.ThrowIfLessThan(guestPort, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(guestPort, 65535);
+        var guest = guestAddress ?? Options.FirstGuestAddress;
+        uint guestIp = Ip4.From(guest, nameof(guestAddress));
+        if ((guestIp & _mask) != _network || guestIp == _gateway || guestIp == _dnsAddress)
+        {
+            throw new ArgumentException($"{guest} is not a guest address of {Options.Network}; forward to an address DHCP hands out.", nameof(guestAddress));
+        }
+
+        var listener = new Socket(hostEndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            listener.Bind(hostEndPoint);
+            listener.Listen(64);
+        }
+        catch
+        {
+            listener.Dispose();
+            throw;
+        }
+
+        var forward = new TcpPortForward(this, listener, guest, guestIp, (ushort)guestPort);
+        lock (_sync)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            _forwards.Add(forward);
+        }
+
+        forward.Start();
+        return forward;
+    }
+
+    /// <summary>Closes every connection (the guest gets resets), every host socket and every forward.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        TcpPortForward[] forwards;
+        Task dns;
+        lock (_sync)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            foreach (var c in _tcp.Values.ToList())
+            {
+                c.Abort(sendReset: true);
+            }
+
+            foreach (var flow in _udp.Values)
+            {
+                flow.Dispose();
+                _openSockets--;
+            }
+
+            _udp.Clear();
+            dns = _dns.CloseAsync();
+            _disposed = true;
+            forwards = [.. _forwards];
+        }
+
+        Flush();
+        await dns.ConfigureAwait(false);
+        _dns.Dispose();
+        await _timer.DisposeAsync().ConfigureAwait(false);
+        foreach (var f in forwards)
+        {
+            await f.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    // ---- Entry points from pumps and timers; everything below runs under _sync. ----
+
+    /// <summary>
+    /// Runs <paramref name="action"/> under the stack's lock, then hands queued frames to the guest. An exception
+    /// inside the stack is a bug: it is counted (<see cref="UserModeNetworkStatistics.InternalErrors"/>) and the
+    /// frame dropped, so the guest can never bring down the host through it.
+    /// </summary>
+    internal void Locked(Action action)
+    {
+        lock (_sync)
+        {
+            try
+            {
+                action();
+            }
+#pragma warning disable CA1031 // the guest's frames must not take the VMM down; tests require the counter to stay 0
+            catch (Exception)
+#pragma warning restore CA1031
+            {
+                _internalErrors++;
+            }
+        }
+
+        Flush();
+    }
+
+    internal void Remove(TcpConnection connection)
+    {
+        if (_tcp.TryGetValue(connection.Key, out var existing) && ReferenceEquals(existing, connection))
+        {
+            _tcp.Remove(connection.Key);
+        }
+    }
+
+    internal void ReleaseSocket(Socket socket, bool reset)
+    {
+        if (reset)
+        {
+            try
+            {
+                socket.LingerState = new LingerOption(true, 0); // close with RST, as the guest's side was reset
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                // Not connected: nothing to reset.
+            }
+        }
+
+        socket.Dispose();
+        _openSockets--;
+    }
+
+    internal void CountSocket(int delta) => _openSockets += delta;
+
+    internal void CountLimitRefusal() => _limitRefusals++;
+
+    internal void CountDnsQuery() => _dnsQueries++;
+
+    internal void CountBytesToGuest(int n) => _bytesToGuest += n;
+
+    internal void CountBytesToHost(int n) => _bytesToHost += n;
+
+    /// <summary>Adds <paramref name="bytes"/> to the network's total; false when that passes <see cref="UserModeNetworkOptions.MaxTotalBytes"/>.</summary>
+    internal bool AccountBytes(int bytes)
+    {
+        _totalBytes += bytes;
+        return Options.MaxTotalBytes is not long max || _totalBytes <= max;
+    }
+
+    /// <summary>A TCP segment from the connection's remote end to the guest.</summary>
+    internal void Emit(TcpKey key, uint sequence, uint acknowledgment, byte flags, ushort window, ReadOnlySpan<byte> payload, ushort mss)
+    {
+        if (GuestMac(key.GuestIp) is MacAddress mac)
+        {
+            Queue(FrameBuilder.Tcp(mac, _gatewayMac, key.RemoteIp, key.RemotePort, key.GuestIp, key.GuestPort, sequence, acknowledgment, flags, window, payload, mss));
+        }
+    }
+
+    internal void SendReset(TcpKey key, uint sequence, uint acknowledgment, bool withAck) =>
+        Emit(key, sequence, acknowledgment, (byte)(TcpSegment.Rst | (withAck ? TcpSegment.Ack : 0)), 0, [], 0);
+
+    internal void SendUdpToGuest(uint source, ushort sourcePort, uint guestIp, ushort guestPort, ReadOnlySpan<byte> payload)
+    {
+        if (payload.Length <= Proto.MaxDatagram && GuestMac(guestIp) is MacAddress mac)
+        {
+            Queue(FrameBuilder.Udp(mac, _gatewayMac, source, sourcePort, guestIp, guestPort, payload));
+        }
+    }
+
+    internal void DeliverUdpFromHost(UdpFlow flow, IPEndPoint from, ReadOnlySpan<byte> payload)
+    {
+        uint source = Ip4.From(from.Address, nameof(from));
+        if ((source >> 24) == 127)
+        {
+            source = _gateway;
+        }
+
+        if (!AccountBytes(payload.Length))
+        {
+            _limitRefusals++;
+            return;
+        }
+
+        _bytesToGuest += payload.Length;
+        SendUdpToGuest(source, (ushort)from.Port, flow.GuestIp, flow.GuestPort, payload);
+    }
+
+    /// <summary>A host client connected to <paramref name="forward"/>: a new connection to the guest, or a refusal at the limit.</summary>
+    internal void OnForwardAccepted(TcpPortForward forward, Socket client)
+    {
+        if (_disposed || _tcp.Count >= Options.MaxTcpConnections)
+        {
+            _limitRefusals += _disposed ? 0 : 1;
+            client.LingerState = new LingerOption(true, 0);
+            client.Dispose();
+            return;
+        }
+
+        TcpKey key = default;
+        for (int i = 0; i < 65536 - FirstForwardPort; i++)
+        {
+            ushort port = _nextForwardPort;
+            _nextForwardPort = _nextForwardPort == ushort.MaxValue ? FirstForwardPort : (ushort)(_nextForwardPort + 1);
+            key = new TcpKey(forward.GuestIp, (ushort)forward.GuestPort, _gateway, port);
+            if (!_tcp.ContainsKey(key))
+            {
+                break;
+            }
+        }
+
+        _openSockets++;
+        _tcpOpened++;
+        if (GuestMac(forward.GuestIp) is null)
+        {
+            RequestGuestMac(forward.GuestIp); // the SYN is sent again by the retransmission timer once the guest answers
+        }
+
+        _tcp[key] = TcpConnection.Inbound(this, key, client);
+    }
+
+    private MacAddress? GuestMac(uint ip) => _arp.TryGetValue(ip, out var mac) ? mac : null;
+
+    private void RequestGuestMac(uint ip) =>
+        Queue(FrameBuilder.Arp(MacAddress.Broadcast, _gatewayMac, 1, _gatewayMac, _gateway, default, ip));
+
+    private void Queue(byte[] frame)
+    {
+        if (_disposed && _tcp.Count == 0 && _outbound.Count > 0)
+        {
+            return;
+        }
+
+        if (_outbound.Count >= MaxQueuedFrames)
+        {
+            _framesDropped++;
+            return;
+        }
+
+        _outbound.Enqueue(frame);
+    }
+
+    /// <summary>Hands queued frames to the guest in order, outside the stack's lock (a receiver may send back at once).</summary>
+    private void Flush()
+    {
+        if (_sync.IsHeldByCurrentThread)
+        {
+            return; // a nested entry (a pump that started inline): the outermost one delivers after releasing the lock
+        }
+
+        lock (_deliverSync)
+        {
+            while (true)
+            {
+                byte[] frame;
+                lock (_sync)
+                {
+                    if (!_outbound.TryDequeue(out frame!))
+                    {
+                        return;
+                    }
+                }
+
+                if (Volatile.Read(ref _receiver) is { } receiver && receiver(frame))
+                {
+                    Interlocked.Increment(ref _framesToGuest);
+                }
+            }
+        }
+    }
+
+    private void Tick()
+    {
+        long now = Environment.TickCount64;
+        foreach (var c in _tcp.Values.ToList())
+        {
+            c.OnTick(now);
+        }
+
+        long idle = (long)Options.UdpIdleTimeout.TotalMilliseconds;
+        foreach (var flow in _udp.Values.Where(f => now - f.LastUsed > idle).ToList())
+        {
+            flow.Dispose();
+            _openSockets--;
+            _udp.Remove((flow.GuestIp, flow.GuestPort));
+        }
+    }
+
+    // ---- Guest frames ----
+
+    private void OnGuestFrame(ReadOnlySpan<byte> frame)
+    {
+        _framesFromGuest++;
+        if (_disposed || !Handle(frame))
+        {
+            _framesDropped++;
+        }
+    }
+
+    /// <summary>Handles one frame; false when it is dropped.</summary>
+    private bool Handle(ReadOnlySpan<byte> frame)
+    {
+        if (frame.Length < Proto.EthernetHeader)
+        {
+            return false;
+        }
+
+        var destination = MacAddress.FromBytes(frame[..6]);
+        var source = MacAddress.FromBytes(frame.Slice(6, 6));
+        if (source.IsMulticast || (!destination.IsBroadcast && destination != _gatewayMac))
+        {
+            return false; // not for us (on a switch, frames between guests are flooded here too)
+        }
+
+        return BinaryPrimitives.ReadUInt16BigEndian(frame[12..]) switch
+        {
+            Proto.EtherTypeArp => HandleArp(frame[Proto.EthernetHeader..], source),
+            Proto.EtherTypeIpv4 => HandleIpv4(frame[Proto.EthernetHeader..], source, destination.IsBroadcast),
+            _ => false,
+        };
+    }
+
+    private bool IsGuestAddress(uint ip) => (ip & _mask) == _network && ip != _gateway && ip != _dnsAddress && ip != _network && ip != (_network | ~_mask);
+
+    private bool HandleArp(ReadOnlySpan<byte> a, MacAddress source)
+    {
+        if (a.Length < Proto.ArpPacket || BinaryPrimitives.ReadUInt16BigEndian(a) != 1 || BinaryPrimitives.ReadUInt16BigEndian(a[2..]) != Proto.EtherTypeIpv4
+            || a[4] != 6 || a[5] != 4)
+        {
+            return false;
+        }
+
+        ushort op = BinaryPrimitives.ReadUInt16BigEndian(a[6..]);
+        var senderMac = MacAddress.FromBytes(a.Slice(8, 6));
+        uint senderIp = Ip4.Read(a[14..]);
+        uint targetIp = Ip4.Read(a[24..]);
+        if (senderMac != source || senderMac.IsMulticast)
+        {
+            return false;
+        }
+
+        if (IsGuestAddress(senderIp))
+        {
+            Learn(senderIp, senderMac);
+        }
+
+        if (op == 1 && (targetIp == _gateway || targetIp == _dnsAddress) && senderIp != targetIp)
+        {
+            Queue(FrameBuilder.Arp(senderMac, _gatewayMac, 2, _gatewayMac, targetIp, senderMac, senderIp));
+            return true;
+        }
+
+        return op == 2;
+    }
+
+    private void Learn(uint ip, MacAddress mac)
+    {
+        if (_arp.Count < 1024 || _arp.ContainsKey(ip))
+        {
+            bool wasUnknown = !_arp.ContainsKey(ip);
+            _arp[ip] = mac;
+            if (wasUnknown)
+            {
+                // Forwarded connections waiting for this guest send their SYN now instead of at the next retransmission.
+                foreach (var c in _tcp.Values.Where(c => c.Key.GuestIp == ip && c.Phase == TcpPhase.SynSent).ToList())
+                {
+                    c.OnTick(long.MaxValue);
+                }
+            }
+        }
+    }
+
+    private bool HandleIpv4(ReadOnlySpan<byte> ip, MacAddress source, bool broadcast)
+    {
+        if (!Ipv4Packet.TryParse(ip, out var packet))
+        {
+            return false;
+        }
+
+        if (packet.Protocol == Proto.Udp && UdpDatagram.TryParse(packet, out var dhcp) && dhcp.DestinationPort == DhcpServer.ServerPort
+            && (packet.Destination == Ip4.Broadcast || packet.Destination == _gateway))
+        {
+            return HandleDhcp(dhcp, source);
+        }
+
+        if (broadcast || !IsGuestAddress(packet.Source))
+        {
+            return false;
+        }
+
+        Learn(packet.Source, source);
+        return packet.Protocol switch
+        {
+            Proto.Icmp => HandleIcmp(packet),
+            Proto.Udp => UdpDatagram.TryParse(packet, out var udp) && HandleUdp(packet, udp),
+            Proto.Tcp => TcpSegment.TryParse(packet, out var tcp) && HandleTcp(packet, tcp),
+            _ => false,
+        };
+    }
+
+    private bool HandleDhcp(in UdpDatagram udp, MacAddress source)
+    {
+        var reply = _dhcp.Handle(udp.Payload, out bool acked);
+        if (reply is null)
+        {
+            return false;
+        }
+
+        if (acked)
+        {
+            _dhcpAcks++;
+        }
+
+        Queue(FrameBuilder.Udp(source, _gatewayMac, _gateway, DhcpServer.ServerPort, Ip4.Broadcast, DhcpServer.ClientPort, reply));
+        return true;
+    }
+
+    private bool HandleIcmp(in Ipv4Packet packet)
+    {
+        var icmp = packet.Payload;
+        if ((packet.Destination != _gateway && packet.Destination != _dnsAddress) || icmp.Length < 8 || icmp[0] != 8 || icmp[1] != 0
+            || Checksum.Fold(Checksum.Add(icmp)) != 0 || GuestMac(packet.Source) is not MacAddress mac)
+        {
+            return false; // only echo requests to the stack's own addresses are answered
+        }
+
+        var f = FrameBuilder.Ipv4(mac, _gatewayMac, packet.Destination, packet.Source, Proto.Icmp, icmp.Length);
+        var reply = f.AsSpan(Proto.EthernetHeader + Proto.Ipv4Header);
+        icmp.CopyTo(reply);
+        reply[0] = 0; // echo reply; identifier, sequence and data stay
+        reply[2] = reply[3] = 0;
+        BinaryPrimitives.WriteUInt16BigEndian(reply[2..], Checksum.Fold(Checksum.Add(reply)));
+        Queue(f);
+        return true;
+    }
+
+    /// <summary>The host-side address for a guest destination: the gateway is the host's loopback; the subnet, broadcast and multicast go nowhere.</summary>
+    private IPAddress? HostDestination(uint destination)
+    {
+        if (destination == _gateway)
+        {
+            return Options.GatewayReachesHostLoopback ? IPAddress.Loopback : null;
+        }
+
+        byte first = (byte)(destination >> 24);
+        if ((destination & _mask) == _network || first == 0 || first == 127 || first >= 224)
+        {
+            return null;
+        }
+
+        return Ip4.ToAddress(destination);
+    }
+
+    private bool Allowed(IPAddress host, int port, ProtocolType protocol)
+    {
+        if (Options.Policy.Decide(host, port, protocol) == UserNetworkAction.Allow)
+        {
+            return true;
+        }
+
+        _denied++;
+        return false;
+    }
+
+    private bool HandleUdp(in Ipv4Packet packet, in UdpDatagram udp)
+    {
+        if (packet.Destination == _dnsAddress)
+        {
+            if (udp.DestinationPort != DnsForwarder.Port)
+            {
+                return false;
+            }
+
+            if (!_dns.Handle(udp.Payload, packet.Source, udp.SourcePort))
+            {
+                _limitRefusals++;
+            }
+
+            return true;
+        }
+
+        if (HostDestination(packet.Destination) is not IPAddress host || udp.DestinationPort == 0)
+        {
+            return false;
+        }
+
+        if (!Allowed(host, udp.DestinationPort, ProtocolType.Udp))
+        {
+            return true;
+        }
+
+        (uint Ip, ushort Port) key = (packet.Source, udp.SourcePort);
+        if (!_udp.TryGetValue(key, out var flow))
+        {
+            if (_udp.Count >= Options.MaxUdpFlows)
+            {
+                _limitRefusals++;
+                return true;
+            }
+
+            flow = new UdpFlow(this, packet.Source, udp.SourcePort);
+            _openSockets++;
+            _udp[key] = flow;
+        }
+
+        if (!AccountBytes(udp.Payload.Length))
+        {
+            _limitRefusals++;
+            return true;
+        }
+
+        _bytesToHost += udp.Payload.Length;
+        flow.Send(new IPEndPoint(host, udp.DestinationPort), udp.Payload);
+        return true;
+    }
+
+    private bool HandleTcp(in Ipv4Packet packet, in TcpSegment segment)
+    {
+        var key = new TcpKey(packet.Source, segment.SourcePort, packet.Destination, segment.DestinationPort);
+        if (_tcp.TryGetValue(key, out var existing))
+        {
+            existing.OnSegment(segment);
+            return true;
+        }
+
+        if (segment.Has(TcpSegment.Rst))
+        {
+            return true;
+        }
+
+        bool isSyn = segment.Has(TcpSegment.Syn) && !segment.Has(TcpSegment.Ack) && !segment.Has(TcpSegment.Fin);
+        if (!isSyn)
+        {
+            RefuseSegment(key, segment); // no such connection (RFC 793: reset)
+            return true;
+        }
+
+        if (HostDestination(packet.Destination) is not IPAddress host || segment.DestinationPort == 0)
+        {
+            RefuseSegment(key, segment);
+            return true;
+        }
+
+        if (!Allowed(host, segment.DestinationPort, ProtocolType.Tcp))
+        {
+            RefuseSegment(key, segment);
+            return true;
+        }
+
+        if (_tcp.Count >= Options.MaxTcpConnections || (Options.MaxTotalBytes is long max && _totalBytes >= max))
+        {
+            _limitRefusals++;
+            RefuseSegment(key, segment);
+            return true;
+        }
+
+        _openSockets++;
+        _tcpOpened++;
+        var connection = TcpConnection.Outbound(this, key, segment);
+        _tcp[key] = connection;
+        connection.Connect(new IPEndPoint(host, segment.DestinationPort));
+        return true;
+    }
+
+    private void RefuseSegment(TcpKey key, in TcpSegment segment)
+    {
+        if (segment.Has(TcpSegment.Ack))
+        {
+            SendReset(key, segment.Acknowledgment, 0, withAck: false);
+        }
+        else
+        {
+            SendReset(key, 0, segment.Sequence + (uint)segment.Length, withAck: true);
+        }
+    }
+}
+
+/// <summary>A host port forwarded to a guest port by <see cref="UserModeNetwork.ForwardTcp"/>. Disposing it stops listening; open connections stay.</summary>
+public sealed class TcpPortForward : IAsyncDisposable
+{
+    private readonly UserModeNetwork _network;
+    private readonly Socket _listener;
+    private Task? _accepting;
+    private long _accepted;
+
+    internal TcpPortForward(UserModeNetwork network, Socket listener, IPAddress guestAddress, uint guestIp, ushort guestPort)
+    {
+        _network = network;
+        _listener = listener;
+        GuestAddress = guestAddress;
+        GuestIp = guestIp;
+        GuestPort = guestPort;
+        HostEndPoint = (IPEndPoint)listener.LocalEndPoint!;
+    }
+
+    /// <summary>Where the host listens (with the port the system chose when 0 was asked for).</summary>
+    public IPEndPoint HostEndPoint { get; }
+
+    /// <summary>The guest's address connections go to.</summary>
+    public IPAddress GuestAddress { get; }
+
+    /// <summary>The guest's port connections go to.</summary>
+    public int GuestPort { get; }
+
+    /// <summary>Host clients accepted so far.</summary>
+    public long ConnectionsAccepted => Interlocked.Read(ref _accepted);
+
+    internal uint GuestIp { get; }
+
+    /// <inheritdoc />
+    public async ValueTask DisposeAsync()
+    {
+        _listener.Dispose();
+        if (_accepting is not null)
+        {
+            await _accepting.ConfigureAwait(false);
+        }
+    }
+
+    internal void Start() => _accepting = AcceptLoopAsync();
+
+    private async Task AcceptLoopAsync()
+    {
+        while (true)
+        {
+            Socket client;
+            try
+            {
+                client = await _listener.AcceptAsync().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                return;
+            }
+
+            Interlocked.Increment(ref _accepted);
+            _network.Locked(() => _network.OnForwardAccepted(this, client));
+        }
+    }
+}

@@ -1,0 +1,416 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using Virt.Network.UserNet;
+using Xunit;
+
+namespace Virt.Network.Tests;
+
+/// <summary>
+/// Hostile guest frames: a million random, mutated and state-attacking frames go into a <see cref="UserModeNetwork"/>
+/// that has a live host listener to connect to. Nothing may throw, memory and host sockets stay bounded, every
+/// frame the stack sends back is well formed, and disposal closes every host socket.
+/// </summary>
+public sealed class UserModeNetworkFuzzTests
+{
+    private const int Frames = 1_000_000;
+    private const int GuestPorts = 12;
+
+    [Fact]
+    public async Task A_million_random_and_mutated_frames_throw_nothing_and_leave_no_sockets_behind()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start(64);
+        int tcpPort = ((IPEndPoint)listener.LocalEndpoint).Port;
+        using var udpSink = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        udpSink.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        int udpPort = ((IPEndPoint)udpSink.LocalEndPoint!).Port;
+        var accepted = new List<TcpClient>();
+        using var stopServer = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        var server = ServeAsync(listener, accepted, stopServer.Token);
+
+        var options = new UserModeNetworkOptions
+        {
+            // Only the test's own loopback sockets are reachable: random SYNs elsewhere are denied, not sent to the internet.
+            Policy = UserNetworkPolicy.DenyAllExcept(
+                UserNetworkRule.Allow("127.0.0.1/32", tcpPort, ProtocolType.Tcp),
+                UserNetworkRule.Allow("127.0.0.1/32", udpPort, ProtocolType.Udp)),
+            DnsUpstream = (IPEndPoint)udpSink.LocalEndPoint!, // queries go to a sink that never answers
+            MaxTcpConnections = 16,
+            MaxUdpFlows = 8,
+            TcpBufferSize = 16 * 1024,
+        };
+        var net = new UserModeNetwork(options);
+        var fuzz = new FrameFuzzer(net.Options.GatewayMac, (ushort)tcpPort, (ushort)udpPort, seed: 20260101);
+        long malformedReplies = 0;
+        net.Attach(frame =>
+        {
+            if (!FrameFuzzer.IsWellFormed(frame.Span))
+            {
+                Interlocked.Increment(ref malformedReplies);
+            }
+
+            fuzz.Observe(frame.Span);
+            return true;
+        });
+
+        GC.Collect();
+        long memoryBefore = GC.GetTotalMemory(forceFullCollection: true);
+        int maxSockets = 0;
+        var clock = Stopwatch.StartNew();
+        for (int i = 0; i < Frames; i++)
+        {
+            await net.SendAsync(fuzz.Next(), ct);
+            if ((i & 0xFFFF) == 0)
+            {
+                maxSockets = Math.Max(maxSockets, net.Statistics.OpenHostSockets);
+            }
+        }
+
+        clock.Stop();
+        var stats = net.Statistics;
+        long memoryAfter = GC.GetTotalMemory(forceFullCollection: true);
+        await net.DisposeAsync();
+        var final = net.Statistics;
+        await stopServer.CancelAsync();
+        await server;
+
+        string summary = $"{Frames} frames in {clock.Elapsed.TotalSeconds:F1} s; {stats}; memory {memoryBefore / 1024} KiB -> {memoryAfter / 1024} KiB";
+        TestContext.Current.SendDiagnosticMessage(summary);
+        Assert.Equal(Frames, stats.FramesFromGuest);
+        Assert.Equal(0, stats.InternalErrors);
+        Assert.Equal(0, Interlocked.Read(ref malformedReplies));
+        Assert.True(stats.FramesDropped > Frames / 4, "most mutated frames are dropped: " + summary);
+        Assert.True(stats.TcpConnectionsOpened > 0 && stats.DhcpAcks > 0 && stats.DeniedAttempts > 0, "the fuzzer reached TCP, DHCP and the policy: " + summary);
+        Assert.True(maxSockets <= options.MaxTcpConnections + options.MaxUdpFlows + DnsForwarder.MaxPending, summary);
+        Assert.True(memoryAfter - memoryBefore < 64L * 1024 * 1024, "memory stays bounded: " + summary);
+        Assert.Equal(0, final.OpenHostSockets);
+        Assert.Equal(0, final.OpenTcpConnections);
+        Assert.Equal(0, final.OpenUdpFlows);
+    }
+
+    private static async Task ServeAsync(TcpListener listener, List<TcpClient> accepted, CancellationToken ct)
+    {
+        var readers = new List<Task>();
+        try
+        {
+            while (true)
+            {
+                var client = await listener.AcceptTcpClientAsync(ct);
+                accepted.Add(client);
+                readers.Add(DrainAsync(client));
+            }
+        }
+        catch (OperationCanceledException)
+        {
+        }
+
+        // Every connection the stack opened is closed by its disposal: each reader sees the end or a reset.
+        await Task.WhenAll(readers).WaitAsync(TimeSpan.FromSeconds(30), CancellationToken.None);
+        foreach (var c in accepted)
+        {
+            c.Dispose();
+        }
+    }
+
+    private static async Task DrainAsync(TcpClient client)
+    {
+        var buffer = new byte[4096];
+        try
+        {
+            var stream = client.GetStream();
+            await stream.WriteAsync(new byte[3000]); // something for the guest side to receive, acknowledge or not
+            while (await stream.ReadAsync(buffer) > 0)
+            {
+            }
+        }
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
+        {
+        }
+    }
+}
+
+/// <summary>Makes guest frames: well-formed ones of every kind the stack handles, then mutates many of them.</summary>
+internal sealed class FrameFuzzer(MacAddress gatewayMac, ushort tcpPort, ushort udpPort, int seed)
+{
+    private static readonly MacAddress Mac = FakeGuest.Mac;
+    private readonly Random _random = new(seed);
+    private readonly uint[] _stackSeq = new uint[GuestPortCount];
+    private readonly uint[] _stackAck = new uint[GuestPortCount];
+    private const int GuestPortCount = 12;
+    private const ushort FirstGuestPort = 30000;
+
+    /// <summary>Remembers the sequence numbers the stack uses, so forged segments land inside its windows.</summary>
+    public void Observe(ReadOnlySpan<byte> frame)
+    {
+        if (frame.Length >= 54 && frame[23] == Proto.Tcp)
+        {
+            int port = BinaryPrimitives.ReadUInt16BigEndian(frame[36..]) - FirstGuestPort;
+            if (port is >= 0 and < GuestPortCount)
+            {
+                lock (_stackSeq)
+                {
+                    _stackSeq[port] = BinaryPrimitives.ReadUInt32BigEndian(frame[38..]);
+                    _stackAck[port] = BinaryPrimitives.ReadUInt32BigEndian(frame[42..]);
+                }
+            }
+        }
+    }
+
+    public byte[] Next()
+    {
+        int pick = _random.Next(100);
+        byte[] frame = pick switch
+        {
+            < 40 => Tcp(),
+            < 50 => Udp(),
+            < 56 => Dhcp(),
+            < 62 => Arp(),
+            < 67 => Icmp(),
+            < 72 => Ipv4Oddity(),
+            _ => Raw(),
+        };
+        return _random.Next(100) < 45 ? Mutate(frame) : frame;
+    }
+
+    /// <summary>Whether a frame from the stack is a sound Ethernet frame: ARP of 42 bytes, or IPv4 with valid header and transport checksums.</summary>
+    public static bool IsWellFormed(ReadOnlySpan<byte> f)
+    {
+        if (f.Length < 14)
+        {
+            return false;
+        }
+
+        ushort type = BinaryPrimitives.ReadUInt16BigEndian(f[12..]);
+        if (type == Proto.EtherTypeArp)
+        {
+            return f.Length == 42;
+        }
+
+        if (type != Proto.EtherTypeIpv4 || !Ipv4Packet.TryParse(f[14..], out var ip) || f.Length != 14 + 20 + ip.Payload.Length)
+        {
+            return false;
+        }
+
+        return ip.Protocol switch
+        {
+            Proto.Tcp => TcpSegment.TryParse(ip, out _),
+            Proto.Udp => UdpDatagram.TryParse(ip, out _),
+            Proto.Icmp => Checksum.Fold(Checksum.Add(ip.Payload)) == 0,
+            _ => false,
+        };
+    }
+
+    private byte[] Tcp()
+    {
+        int slot = _random.Next(GuestPortCount);
+        ushort guestPort = (ushort)(FirstGuestPort + slot);
+        uint destination = _random.Next(10) switch
+        {
+            < 7 => FakeGuest.Gateway,
+            7 => FakeGuest.Dns,
+            8 => (uint)_random.Next(),
+            _ => FakeGuest.Ip + 1,
+        };
+        ushort port = _random.Next(4) == 0 ? (ushort)_random.Next(65536) : tcpPort;
+        uint seq;
+        uint ack;
+        lock (_stackSeq)
+        {
+            // Near what the stack expects (its ACK is our next sequence number), or anywhere.
+            seq = _random.Next(3) switch { 0 => (uint)_random.Next(), 1 => _stackAck[slot], _ => _stackAck[slot] + (uint)_random.Next(-3000, 3000) };
+            ack = _random.Next(3) switch { 0 => (uint)_random.Next(), 1 => _stackSeq[slot] + 1, _ => _stackSeq[slot] + (uint)_random.Next(-3000, 6000) };
+        }
+
+        byte flags = _random.Next(4) switch
+        {
+            0 => TcpSegment.Syn,
+            1 => TcpSegment.Ack,
+            2 => (byte)(TcpSegment.Ack | (_random.Next(2) == 0 ? TcpSegment.Fin : TcpSegment.Psh)),
+            _ => (byte)_random.Next(64),
+        };
+        var payload = new byte[_random.Next(4) == 0 ? _random.Next(1400) : _random.Next(64)];
+        _random.NextBytes(payload);
+        var frame = FrameBuilder.Tcp(gatewayMac, Mac, FakeGuest.Ip, guestPort, destination, port, seq, ack, flags, (ushort)_random.Next(65536), payload,
+            mss: _random.Next(3) == 0 ? (ushort)_random.Next(65536) : (ushort)0);
+        if (_random.Next(6) == 0)
+        {
+            RandomTcpOptions(frame);
+        }
+
+        return frame;
+    }
+
+    /// <summary>Rewrites the TCP header's option area (growing the data offset into the payload) with random bytes and a valid checksum.</summary>
+    private void RandomTcpOptions(byte[] frame)
+    {
+        var tcp = frame.AsSpan(34);
+        int room = Math.Min(40, tcp.Length - 20) & ~3;
+        if (room <= 0)
+        {
+            return;
+        }
+
+        int options = 4 * _random.Next(1, (room / 4) + 1);
+        tcp[12] = (byte)(((20 + options) / 4) << 4);
+        _random.NextBytes(tcp.Slice(20, options));
+        FixChecksums(frame);
+    }
+
+    private byte[] Udp()
+    {
+        var payload = new byte[_random.Next(200)];
+        _random.NextBytes(payload);
+        return _random.Next(4) switch
+        {
+            0 => FrameBuilder.Udp(gatewayMac, Mac, FakeGuest.Ip, (ushort)(40000 + _random.Next(20)), FakeGuest.Dns, 53, UserModeNetworkTests.DnsQuery((ushort)_random.Next(), "x.test")),
+            1 => FrameBuilder.Udp(gatewayMac, Mac, FakeGuest.Ip, (ushort)(40000 + _random.Next(20)), FakeGuest.Gateway, udpPort, payload),
+            2 => FrameBuilder.Udp(gatewayMac, Mac, FakeGuest.Ip, (ushort)_random.Next(65536), (uint)_random.Next(), (ushort)_random.Next(65536), payload),
+            _ => FrameBuilder.Udp(gatewayMac, Mac, FakeGuest.Ip, 5353, FakeGuest.Dns, 53, payload),
+        };
+    }
+
+    private byte[] Dhcp()
+    {
+        var mac = _random.Next(4) == 0 ? MacAddress.FromBytes([2, 0, 0, 0, (byte)_random.Next(256), (byte)_random.Next(256)]) : Mac;
+        var message = UserModeNetworkTests.Dhcp((byte)_random.Next(1, 9), (uint)_random.Next(), requested: _random.Next(2) == 0 ? FakeGuest.Ip : (uint)_random.Next(), server: FakeGuest.Gateway, mac: mac);
+        if (_random.Next(3) == 0)
+        {
+            _random.NextBytes(message.AsSpan(240 + _random.Next(message.Length - 240)));
+        }
+
+        return FrameBuilder.Udp(MacAddress.Broadcast, mac, 0, 68, Ip4.Broadcast, 67, message.AsSpan(0, _random.Next(200, message.Length + 1)));
+    }
+
+    private byte[] Arp()
+    {
+        uint target = _random.Next(3) == 0 ? (uint)_random.Next() : (_random.Next(2) == 0 ? FakeGuest.Gateway : FakeGuest.Dns);
+        return FrameBuilder.Arp(MacAddress.Broadcast, Mac, (ushort)_random.Next(0, 4), Mac, _random.Next(4) == 0 ? (uint)_random.Next() : FakeGuest.Ip, default, target);
+    }
+
+    private byte[] Icmp()
+    {
+        var icmp = new byte[8 + _random.Next(1400)];
+        _random.NextBytes(icmp);
+        icmp[0] = _random.Next(4) == 0 ? (byte)_random.Next(256) : (byte)8;
+        icmp[1] = 0;
+        icmp[2] = icmp[3] = 0;
+        BinaryPrimitives.WriteUInt16BigEndian(icmp.AsSpan(2), Checksum.Fold(Checksum.Add(icmp)));
+        var f = FrameBuilder.Ipv4(gatewayMac, Mac, FakeGuest.Ip, _random.Next(2) == 0 ? FakeGuest.Gateway : FakeGuest.Dns, Proto.Icmp, icmp.Length);
+        icmp.CopyTo(f, 34);
+        return f;
+    }
+
+    /// <summary>Valid checksums around wrong structure: fragments, IP options, lengths that disagree, other protocols.</summary>
+    private byte[] Ipv4Oddity()
+    {
+        var f = Tcp();
+        var ip = f.AsSpan(14, 20);
+        switch (_random.Next(5))
+        {
+            case 0:
+                BinaryPrimitives.WriteUInt16BigEndian(ip[6..], (ushort)(_random.Next(2) == 0 ? 0x2000 : _random.Next(1, 0x2000))); // MF or an offset
+                break;
+            case 1:
+                ip[0] = (byte)(0x40 | _random.Next(16)); // header length, 0 to 60 bytes
+                break;
+            case 2:
+                BinaryPrimitives.WriteUInt16BigEndian(ip[2..], (ushort)_random.Next(65536)); // total length
+                break;
+            case 3:
+                ip[9] = (byte)_random.Next(256);
+                break;
+            default:
+                ip[0] = (byte)((_random.Next(16) << 4) | 5);
+                break;
+        }
+
+        ip[10] = ip[11] = 0;
+        BinaryPrimitives.WriteUInt16BigEndian(ip[10..], Checksum.Fold(Checksum.Add(ip)));
+        return f;
+    }
+
+    private byte[] Raw()
+    {
+        var f = new byte[_random.Next(0, 1600)];
+        _random.NextBytes(f);
+        if (f.Length >= 14)
+        {
+            (_random.Next(2) == 0 ? gatewayMac : MacAddress.Broadcast).CopyTo(f);
+            BinaryPrimitives.WriteUInt16BigEndian(f.AsSpan(12), _random.Next(2) == 0 ? Proto.EtherTypeIpv4 : Proto.EtherTypeArp);
+        }
+
+        return f;
+    }
+
+    private byte[] Mutate(byte[] f)
+    {
+        switch (_random.Next(4))
+        {
+            case 0:
+                return f[.._random.Next(f.Length + 1)]; // truncated
+            case 1:
+            {
+                var longer = new byte[f.Length + _random.Next(1, 64)];
+                f.CopyTo(longer, 0);
+                _random.NextBytes(longer.AsSpan(f.Length));
+                return longer;
+            }
+
+            default:
+            {
+                int flips = _random.Next(1, 5);
+                for (int i = 0; i < flips && f.Length > 0; i++)
+                {
+                    // Mostly the headers, where the parser makes its decisions.
+                    int at = _random.Next(2) == 0 ? _random.Next(Math.Min(f.Length, 60)) : _random.Next(f.Length);
+                    f[at] ^= (byte)(1 << _random.Next(8));
+                }
+
+                if (_random.Next(2) == 0)
+                {
+                    FixChecksums(f); // so the mutation reaches past the checksum checks
+                }
+
+                return f;
+            }
+        }
+    }
+
+    /// <summary>Recomputes the IPv4 header and TCP/UDP checksums where the (possibly mutated) lengths allow.</summary>
+    private static void FixChecksums(byte[] f)
+    {
+        if (f.Length < 34 || BinaryPrimitives.ReadUInt16BigEndian(f.AsSpan(12)) != Proto.EtherTypeIpv4)
+        {
+            return;
+        }
+
+        var ip = f.AsSpan(14);
+        int header = (ip[0] & 0xF) * 4;
+        if (header < 20 || header > ip.Length)
+        {
+            return;
+        }
+
+        ip[10] = ip[11] = 0;
+        BinaryPrimitives.WriteUInt16BigEndian(ip[10..], Checksum.Fold(Checksum.Add(ip[..header])));
+        int total = Math.Min(BinaryPrimitives.ReadUInt16BigEndian(ip[2..]), ip.Length);
+        if (total <= header)
+        {
+            return;
+        }
+
+        var transport = ip[header..total];
+        int at = ip[9] switch { Proto.Tcp => 16, Proto.Udp => 6, _ => -1 };
+        if (at < 0 || transport.Length < at + 2)
+        {
+            return;
+        }
+
+        transport[at] = transport[at + 1] = 0;
+        uint pseudo = Checksum.PseudoHeader(Ip4.Read(ip[12..]), Ip4.Read(ip[16..]), ip[9], transport.Length);
+        BinaryPrimitives.WriteUInt16BigEndian(transport[at..], Checksum.Fold(Checksum.Add(transport, pseudo)));
+    }
+}
