@@ -9,6 +9,12 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
     private readonly List<InterpreterVcpu> _vcpus = [];
     private readonly object _lock = new();
     private readonly ulong[][] _dirty;
+
+    /// <summary>Per region, one bit per page: some vCPU may hold decoded code from the page (partitions with several vCPUs).</summary>
+    private readonly ulong[][] _code;
+    private readonly Lock _busLock = new();
+    private volatile InterpreterVcpu[] _vcpuArray = [];
+    private volatile int _busLocked;
     private bool _disposed;
 
     public InterpreterPartition(InterpreterHypervisor hypervisor, IGuestMemoryBacking memory, PartitionOptions options)
@@ -20,11 +26,13 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
         var regions = memory.Regions;
         Regions = new PhysRegion[regions.Count];
         _dirty = new ulong[regions.Count][];
+        _code = new ulong[regions.Count][];
         for (int i = 0; i < regions.Count; i++)
         {
             var r = regions[i];
             Regions[i] = new PhysRegion(r.Start.Value, r.Size, r.HostAddress, r.IsReadOnly);
             _dirty[i] = new ulong[(int)(((r.Size >> 12) + 63) / 64)];
+            _code[i] = new ulong[_dirty[i].Length];
         }
 
         SupportedCpuid = Cpuid.Build(options.MaskedCpuidFeatures);
@@ -86,6 +94,7 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
             }
 
             _vcpus.Add(vcpu);
+            _vcpuArray = [.. _vcpus];
             return vcpu;
         }
     }
@@ -179,11 +188,87 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
         }
     }
 
+    /// <summary>
+    /// Records that <paramref name="writer"/> holds decoded code from page <paramref name="pageInRegion"/> of
+    /// <paramref name="region"/>; the first time, every other vCPU drops its write translations, so that its next write
+    /// to the page takes the slow path and invalidates the code.
+    /// </summary>
+    public void MarkCodePage(InterpreterVcpu writer, int region, ulong pageInRegion)
+    {
+        ref ulong word = ref _code[region][(int)(pageInRegion >> 6)];
+        ulong bit = 1UL << (int)(pageInRegion & 63);
+        if ((Volatile.Read(ref word) & bit) != 0 || (Interlocked.Or(ref word, bit) & bit) != 0)
+        {
+            return;
+        }
+
+        foreach (var v in _vcpuArray)
+        {
+            if (v != writer)
+            {
+                v.RequestWriteTlbFlush();
+            }
+        }
+    }
+
+    /// <summary>Whether some vCPU may hold code from the page; clears the mark (the caller then tells every vCPU).</summary>
+    public bool TakeCodePage(int region, ulong pageInRegion)
+    {
+        ref ulong word = ref _code[region][(int)(pageInRegion >> 6)];
+        ulong bit = 1UL << (int)(pageInRegion & 63);
+        return (Volatile.Read(ref word) & bit) != 0 && (Interlocked.And(ref word, ~bit) & bit) != 0;
+    }
+
+    /// <summary>Whether a vCPU holds the bus lock (a split-locked access or CMPXCHG16B is under way).</summary>
+    public bool BusLockHeld => _busLocked != 0;
+
+    /// <summary>Spins until the bus lock is released.</summary>
+    public void WaitForBusLock()
+    {
+        var spin = new SpinWait();
+        while (_busLocked != 0)
+        {
+            spin.SpinOnce();
+        }
+    }
+
+    /// <summary>
+    /// Takes the bus lock for <paramref name="owner"/>: no other vCPU starts an atomic access until
+    /// <see cref="ReleaseBusLock"/>, and those inside one have finished when this returns.
+    /// </summary>
+    public void AcquireBusLock(InterpreterVcpu owner)
+    {
+        _busLock.Enter();
+        _busLocked = 1;
+        Interlocked.MemoryBarrier();
+        foreach (var v in _vcpuArray)
+        {
+            if (v == owner)
+            {
+                continue;
+            }
+
+            var spin = new SpinWait();
+            while (v.InAtomic)
+            {
+                spin.SpinOnce();
+            }
+        }
+    }
+
+    /// <summary>Releases the bus lock taken by <see cref="AcquireBusLock"/>.</summary>
+    public void ReleaseBusLock()
+    {
+        _busLocked = 0;
+        _busLock.Exit();
+    }
+
     internal void Remove(InterpreterVcpu vcpu)
     {
         lock (_lock)
         {
             _vcpus.Remove(vcpu);
+            _vcpuArray = [.. _vcpus];
         }
     }
 
