@@ -9,6 +9,8 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
     private readonly List<InterpreterVcpu> _vcpus = [];
     private readonly object _lock = new();
     private readonly ulong[][] _dirty;
+    private readonly long _crystal;
+    private readonly List<InterpreterPlatform> _vcpuPlatforms = [];
 
     /// <summary>Per region, one bit per page: some vCPU may hold decoded code from the page (partitions with several vCPUs).</summary>
     private readonly ulong[][] _code;
@@ -43,8 +45,9 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
                 + "(Virt.Devices' PcInterruptPlatform.Factory builds a PC's), or leave InterruptController off.", nameof(options));
             long tsc = InterpreterOptions.TscFrequency;
             long crystal = PlatformCpuid.CrystalFrequencyFor(tsc);
-            Platform = new InterpreterPlatform(factory.Create(new InterruptPlatformParameters(options.VcpuCount, tsc, crystal)), crystal);
-            SupportedCpuid = PlatformCpuid.Extend(SupportedCpuid, tsc, Platform.CrystalFrequency, options.MaskedCpuidFeatures);
+            Platform = factory.Create(new InterruptPlatformParameters(options.VcpuCount, tsc, crystal));
+            _crystal = crystal;
+            SupportedCpuid = PlatformCpuid.Extend(SupportedCpuid, tsc, crystal, options.MaskedCpuidFeatures);
         }
 
         memory.SetWriteWatcher(this);
@@ -69,10 +72,19 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
 
     /// <summary>The interrupt platform's state, when the platform saves it.</summary>
     public IReadOnlyList<Snapshots.IPersistentState> PersistentState =>
-        Platform?.Platform is Snapshots.IPersistentState state ? [state] : [];
+        Platform is Snapshots.IPersistentState state ? [state] : [];
 
     /// <summary>The emulated interrupt controllers and timers, when the partition was created with them.</summary>
-    public InterpreterPlatform? Platform { get; }
+    public IInterruptPlatform? Platform { get; }
+
+    /// <summary>Number of vCPUs waiting in HLT or for a start-up IPI (virtual time may skip ahead only when all are).</summary>
+    private int _idleVcpus;
+
+    /// <summary>Whether every vCPU of the partition waits (halted or for a start-up IPI).</summary>
+    public bool AllVcpusIdle => Volatile.Read(ref _idleVcpus) >= Options.VcpuCount;
+
+    /// <summary>Counts a vCPU in (+1) or out (-1) of the waiting ones.</summary>
+    public void CountIdle(int delta) => Interlocked.Add(ref _idleVcpus, delta);
 
     public IVirtualCpu CreateVcpu(int index)
     {
@@ -87,10 +99,12 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
             }
 
             var vcpu = new InterpreterVcpu(this, index);
-            if (Platform != null && index == 0)
+            if (Platform != null)
             {
-                // One local APIC: the boot processor owns the controllers and the clock.
-                vcpu.AttachPlatform(Platform, InterpreterOptions.TscFrequency / InterpreterOptions.InstructionsPerSecond, InterpreterOptions.Clock == InterpreterClock.Host);
+                // Each vCPU has its local APIC; processors other than the first wait for INIT and a start-up IPI.
+                var local = new InterpreterPlatform(Platform, index, _crystal);
+                _vcpuPlatforms.Add(local);
+                vcpu.AttachPlatform(local, InterpreterOptions.TscFrequency / InterpreterOptions.InstructionsPerSecond, InterpreterOptions.Clock == InterpreterClock.Host);
             }
 
             _vcpus.Add(vcpu);
@@ -106,7 +120,7 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
             throw new InvalidOperationException("The interpreter partition has no interrupt controller; create it with PartitionOptions.InterruptController = true, or use IVirtualCpu.TryInjectInterrupt.");
         }
 
-        platform.SetLine(gsi, level);
+        platform.SetInterruptLine(gsi, level);
     }
 
     /// <summary>Records a guest write to page <paramref name="pageInRegion"/> of region <paramref name="region"/>.</summary>
@@ -285,6 +299,14 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
         }
 
         Memory.SetWriteWatcher(null);
+
+        lock (_lock)
+        {
+            foreach (var p in _vcpuPlatforms)
+            {
+                p.Dispose();
+            }
+        }
 
         Platform?.Dispose();
     }
