@@ -6,6 +6,7 @@
 //   dotnet run --project samples/LinuxAppliance -- --backend kvm --shell
 //   dotnet run --project samples/LinuxAppliance -- --backend interpreter --disk disk.ext4 'mount /dev/vda /mnt && ls /mnt'
 //   dotnet run --project samples/LinuxAppliance -- --backend interpreter --append initcall_debug dmesg
+//   dotnet run --project samples/LinuxAppliance -- --backend interpreter --cpus 4 nproc
 using System.Text;
 using Virt;
 
@@ -15,6 +16,7 @@ string kit = Path.Combine(FindRoot(), "artifacts", "linux");
 var command = new List<string>();
 var disks = new List<string>();
 string append = "";
+int cpus = 1;
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -30,6 +32,9 @@ for (int i = 0; i < args.Length; i++)
             break;
         case "--append" when i + 1 < args.Length:
             append = args[++i]; // extra kernel parameters, e.g. "initcall_debug" or "reboot=k"
+            break;
+        case "--cpus" when i + 1 < args.Length:
+            cpus = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); // vCPUs, each on its own host thread
             break;
         case "--disk" when i + 1 < args.Length:
             disks.Add(args[++i]); // /dev/vda, /dev/vdb, ... in this order
@@ -65,6 +70,7 @@ try
         .WithName("appliance")
         .WithBackend(backend)
         .WithMemoryMiB(256)
+        .WithVcpus(cpus)
         .WithLinuxKernel(kernel)
         .WithInitrd(initrd)
         .WithKernelCommandLine(cmdline)

@@ -134,6 +134,9 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
 
     public void SetSpecialRegisters(in SpecialRegisters registers)
     {
+        // A processor the host gives a state to runs from it, even one waiting for a start-up IPI (flat guests start
+        // every vCPU at their entry point; a Linux guest's application processors are left to the start-up IPIs).
+        _waitForStartup = false;
         _cpu.SetSpecial(registers);
         UpdateMode();
         FlushTlb();
