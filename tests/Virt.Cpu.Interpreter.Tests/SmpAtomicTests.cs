@@ -212,6 +212,7 @@ public sealed class SmpAtomicTests
             }
 
             setup?.Invoke(memory);
+            bool abandoned = false;
             var exits = new VcpuExit[vcpus];
             var ends = new ulong[vcpus];
             var threads = new Thread[vcpus];
@@ -232,7 +233,7 @@ public sealed class SmpAtomicTests
                     {
                         exit = cpu.Run();
                     }
-                    while (exit.Reason == VcpuExitReason.Interrupted);
+                    while (exit.Reason == VcpuExitReason.Interrupted && !Volatile.Read(ref abandoned));
 
                     exits[index] = exit;
                     ends[index] = cpu.GetGeneralRegisters().Rip;
@@ -244,9 +245,25 @@ public sealed class SmpAtomicTests
                 t.Start();
             }
 
+            // A vCPU that never finishes (a lost start, a hang) fails the test instead of blocking the run.
+            var deadline = DateTime.UtcNow + TimeSpan.FromMinutes(2);
             foreach (var t in threads)
             {
-                t.Join();
+                if (!t.Join(deadline - DateTime.UtcNow > TimeSpan.Zero ? deadline - DateTime.UtcNow : TimeSpan.Zero))
+                {
+                    Volatile.Write(ref abandoned, true);
+                    foreach (var c in cpus)
+                    {
+                        c.RequestExit();
+                    }
+
+                    foreach (var other in threads)
+                    {
+                        other.Join();
+                    }
+
+                    Assert.Fail($"The vCPUs did not finish within two minutes: {string.Join(", ", exits.Select((e, k) => $"vCPU {k}: {e.Reason}"))}.");
+                }
             }
 
             for (int i = 0; i < vcpus; i++)
