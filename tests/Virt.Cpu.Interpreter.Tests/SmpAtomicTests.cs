@@ -27,7 +27,6 @@ public sealed class SmpAtomicTests
 
     [Theory]
     [MemberData(nameof(BackendsAndCounts))]
-    [InlineData("kvm-irqchip", 2)]
     public void Lock_xadd_from_every_vcpu_counts_exactly(string backend, int vcpus)
     {
         const int iterations = 50_000;
@@ -188,11 +187,9 @@ public sealed class SmpAtomicTests
     /// </summary>
     private static byte[] Run(string backend, int vcpus, Action<Assembler> body, Action<GuestMemory>? setup = null)
     {
-        // "kvm-irqchip": KVM with its in-kernel interrupt controllers (a local APIC per vCPU).
-        bool irqchip = backend == "kvm-irqchip";
-        var hypervisor = TestBackends.Create(irqchip ? "kvm" : backend);
+        var hypervisor = TestBackends.Create(backend);
         using var memory = GuestMemory.CreateRam(4UL << 20);
-        using var partition = hypervisor.CreatePartition(memory, new PartitionOptions { VcpuCount = vcpus, InterruptController = irqchip });
+        using var partition = hypervisor.CreatePartition(memory, new PartitionOptions { VcpuCount = vcpus });
         var cpus = Enumerable.Range(0, vcpus).Select(partition.CreateVcpu).ToArray();
         try
         {

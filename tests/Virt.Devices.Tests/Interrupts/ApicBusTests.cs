@@ -54,12 +54,13 @@ public sealed class ApicBusTests
         Assert.Equal(0x50, pc.LocalApics[2].AcknowledgeInterrupt());
         Assert.False(pc.LocalApics[1].HasPendingInterrupt);
 
-        SendIpi(pc.LocalApics[1], 0, 0x51 | (1u << 18)); // self
-        Assert.Equal(0x51, pc.LocalApics[1].AcknowledgeInterrupt());
+        // Vectors of rising priority classes, so that the ones in service (no EOI) do not hold the next back.
+        SendIpi(pc.LocalApics[1], 0, 0x61 | (1u << 18)); // self
+        Assert.Equal(0x61, pc.LocalApics[1].AcknowledgeInterrupt());
         Assert.False(pc.LocalApics[0].HasPendingInterrupt);
 
-        SendIpi(pc.LocalApics[2], 0, 0x52 | (2u << 18)); // all including self
-        Assert.All(pc.LocalApics, a => Assert.Equal(0x52, a.AcknowledgeInterrupt()));
+        SendIpi(pc.LocalApics[2], 0, 0x72 | (2u << 18)); // all including self
+        Assert.All(pc.LocalApics, a => Assert.Equal(0x72, a.AcknowledgeInterrupt()));
     }
 
     [Fact]
