@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using Virt.Sdk;
 using Virt.Testing;
 
 namespace Virt.Benchmarks.Linux;
