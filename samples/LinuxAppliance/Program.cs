@@ -7,6 +7,7 @@
 //   dotnet run --project samples/LinuxAppliance -- --memory 6144 'free -m'
 //   dotnet run --project samples/LinuxAppliance -- --backend interpreter --disk disk.ext4 'mount /dev/vda /mnt && ls /mnt'
 //   dotnet run --project samples/LinuxAppliance -- --backend interpreter --append initcall_debug dmesg
+//   dotnet run --project samples/LinuxAppliance -- --backend interpreter --cpus 4 nproc
 //   dotnet run --project samples/LinuxAppliance -- --backend interpreter --net user --forward 8080:80 \
 //       'echo hi > /tmp/index.html && httpd -f -p 80 -h /tmp'      (then: curl http://127.0.0.1:8080/index.html)
 //
@@ -23,6 +24,7 @@ var command = new List<string>();
 var disks = new List<string>();
 string append = "";
 int memoryMiB = 256;
+int cpus = 1;
 string net = "none";
 var forwards = new List<UserNetworkTcpForward>();
 for (int i = 0; i < args.Length; i++)
@@ -58,6 +60,9 @@ for (int i = 0; i < args.Length; i++)
                 return 2;
             }
 
+            break;
+        case "--cpus" when i + 1 < args.Length:
+            cpus = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); // vCPUs, each on its own host thread
             break;
         case "--disk" when i + 1 < args.Length:
             disks.Add(args[++i]); // /dev/vda, /dev/vdb, ... in this order
@@ -103,6 +108,7 @@ try
         .WithName("appliance")
         .WithBackend(backend)
         .WithMemoryMiB(memoryMiB)
+        .WithVcpus(cpus)
         .WithLinuxKernel(kernel)
         .WithInitrd(initrd)
         .WithKernelCommandLine(cmdline)

@@ -123,6 +123,9 @@ internal enum InlineOp : byte
     Lods,
     Cmps,
     Scas,
+
+    /// <summary>A locked read-modify-write (or MFENCE) on a partition with several vCPUs: atomic on the host memory.</summary>
+    Locked,
 }
 
 /// <summary>

@@ -9,6 +9,14 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
     private readonly List<InterpreterVcpu> _vcpus = [];
     private readonly object _lock = new();
     private readonly ulong[][] _dirty;
+    private readonly long _crystal;
+    private readonly List<InterpreterPlatform> _vcpuPlatforms = [];
+
+    /// <summary>Per region, one bit per page: some vCPU may hold decoded code from the page (partitions with several vCPUs).</summary>
+    private readonly ulong[][] _code;
+    private readonly Lock _busLock = new();
+    private volatile InterpreterVcpu[] _vcpuArray = [];
+    private volatile int _busLocked;
     private bool _disposed;
 
     public InterpreterPartition(InterpreterHypervisor hypervisor, IGuestMemoryBacking memory, PartitionOptions options)
@@ -20,11 +28,13 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
         var regions = memory.Regions;
         Regions = new PhysRegion[regions.Count];
         _dirty = new ulong[regions.Count][];
+        _code = new ulong[regions.Count][];
         for (int i = 0; i < regions.Count; i++)
         {
             var r = regions[i];
             Regions[i] = new PhysRegion(r.Start.Value, r.Size, r.HostAddress, r.IsReadOnly);
             _dirty[i] = new ulong[(int)(((r.Size >> 12) + 63) / 64)];
+            _code[i] = new ulong[_dirty[i].Length];
         }
 
         if (options.PhysicalAddressBits is { } bits && bits != Cpuid.PhysicalAddressBits)
@@ -42,8 +52,9 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
                 + "(Virt.Devices' PcInterruptPlatform.Factory builds a PC's), or leave InterruptController off.", nameof(options));
             long tsc = InterpreterOptions.TscFrequency;
             long crystal = PlatformCpuid.CrystalFrequencyFor(tsc);
-            Platform = new InterpreterPlatform(factory.Create(new InterruptPlatformParameters(options.VcpuCount, tsc, crystal)), crystal);
-            SupportedCpuid = PlatformCpuid.Extend(SupportedCpuid, tsc, Platform.CrystalFrequency, options.MaskedCpuidFeatures);
+            Platform = factory.Create(new InterruptPlatformParameters(options.VcpuCount, tsc, crystal));
+            _crystal = crystal;
+            SupportedCpuid = PlatformCpuid.Extend(SupportedCpuid, tsc, crystal, options.MaskedCpuidFeatures);
         }
 
         memory.SetWriteWatcher(this);
@@ -68,10 +79,19 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
 
     /// <summary>The interrupt platform's state, when the platform saves it.</summary>
     public IReadOnlyList<Snapshots.IPersistentState> PersistentState =>
-        Platform?.Platform is Snapshots.IPersistentState state ? [state] : [];
+        Platform is Snapshots.IPersistentState state ? [state] : [];
 
     /// <summary>The emulated interrupt controllers and timers, when the partition was created with them.</summary>
-    public InterpreterPlatform? Platform { get; }
+    public IInterruptPlatform? Platform { get; }
+
+    /// <summary>Number of vCPUs waiting in HLT or for a start-up IPI (virtual time may skip ahead only when all are).</summary>
+    private int _idleVcpus;
+
+    /// <summary>Whether every vCPU of the partition waits (halted or for a start-up IPI).</summary>
+    public bool AllVcpusIdle => Volatile.Read(ref _idleVcpus) >= Options.VcpuCount;
+
+    /// <summary>Counts a vCPU in (+1) or out (-1) of the waiting ones.</summary>
+    public void CountIdle(int delta) => Interlocked.Add(ref _idleVcpus, delta);
 
     public IVirtualCpu CreateVcpu(int index)
     {
@@ -86,13 +106,16 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
             }
 
             var vcpu = new InterpreterVcpu(this, index);
-            if (Platform != null && index == 0)
+            if (Platform != null)
             {
-                // One local APIC: the boot processor owns the controllers and the clock.
-                vcpu.AttachPlatform(Platform, InterpreterOptions.TscFrequency / InterpreterOptions.InstructionsPerSecond, InterpreterOptions.Clock == InterpreterClock.Host);
+                // Each vCPU has its local APIC; processors other than the first wait for INIT and a start-up IPI.
+                var local = new InterpreterPlatform(Platform, index, _crystal);
+                _vcpuPlatforms.Add(local);
+                vcpu.AttachPlatform(local, InterpreterOptions.TscFrequency / InterpreterOptions.InstructionsPerSecond, InterpreterOptions.Clock == InterpreterClock.Host);
             }
 
             _vcpus.Add(vcpu);
+            _vcpuArray = [.. _vcpus];
             return vcpu;
         }
     }
@@ -104,7 +127,7 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
             throw new InvalidOperationException("The interpreter partition has no interrupt controller; create it with PartitionOptions.InterruptController = true, or use IVirtualCpu.TryInjectInterrupt.");
         }
 
-        platform.SetLine(gsi, level);
+        platform.SetInterruptLine(gsi, level);
     }
 
     /// <summary>Records a guest write to page <paramref name="pageInRegion"/> of region <paramref name="region"/>.</summary>
@@ -186,11 +209,87 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
         }
     }
 
+    /// <summary>
+    /// Records that <paramref name="writer"/> holds decoded code from page <paramref name="pageInRegion"/> of
+    /// <paramref name="region"/>; the first time, every other vCPU drops its write translations, so that its next write
+    /// to the page takes the slow path and invalidates the code.
+    /// </summary>
+    public void MarkCodePage(InterpreterVcpu writer, int region, ulong pageInRegion)
+    {
+        ref ulong word = ref _code[region][(int)(pageInRegion >> 6)];
+        ulong bit = 1UL << (int)(pageInRegion & 63);
+        if ((Volatile.Read(ref word) & bit) != 0 || (Interlocked.Or(ref word, bit) & bit) != 0)
+        {
+            return;
+        }
+
+        foreach (var v in _vcpuArray)
+        {
+            if (v != writer)
+            {
+                v.RequestWriteTlbFlush();
+            }
+        }
+    }
+
+    /// <summary>Whether some vCPU may hold code from the page; clears the mark (the caller then tells every vCPU).</summary>
+    public bool TakeCodePage(int region, ulong pageInRegion)
+    {
+        ref ulong word = ref _code[region][(int)(pageInRegion >> 6)];
+        ulong bit = 1UL << (int)(pageInRegion & 63);
+        return (Volatile.Read(ref word) & bit) != 0 && (Interlocked.And(ref word, ~bit) & bit) != 0;
+    }
+
+    /// <summary>Whether a vCPU holds the bus lock (a split-locked access or CMPXCHG16B is under way).</summary>
+    public bool BusLockHeld => _busLocked != 0;
+
+    /// <summary>Spins until the bus lock is released.</summary>
+    public void WaitForBusLock()
+    {
+        var spin = new SpinWait();
+        while (_busLocked != 0)
+        {
+            spin.SpinOnce();
+        }
+    }
+
+    /// <summary>
+    /// Takes the bus lock for <paramref name="owner"/>: no other vCPU starts an atomic access until
+    /// <see cref="ReleaseBusLock"/>, and those inside one have finished when this returns.
+    /// </summary>
+    public void AcquireBusLock(InterpreterVcpu owner)
+    {
+        _busLock.Enter();
+        _busLocked = 1;
+        Interlocked.MemoryBarrier();
+        foreach (var v in _vcpuArray)
+        {
+            if (v == owner)
+            {
+                continue;
+            }
+
+            var spin = new SpinWait();
+            while (v.InAtomic)
+            {
+                spin.SpinOnce();
+            }
+        }
+    }
+
+    /// <summary>Releases the bus lock taken by <see cref="AcquireBusLock"/>.</summary>
+    public void ReleaseBusLock()
+    {
+        _busLocked = 0;
+        _busLock.Exit();
+    }
+
     internal void Remove(InterpreterVcpu vcpu)
     {
         lock (_lock)
         {
             _vcpus.Remove(vcpu);
+            _vcpuArray = [.. _vcpus];
         }
     }
 
@@ -207,6 +306,14 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
         }
 
         Memory.SetWriteWatcher(null);
+
+        lock (_lock)
+        {
+            foreach (var p in _vcpuPlatforms)
+            {
+                p.Dispose();
+            }
+        }
 
         Platform?.Dispose();
     }

@@ -154,6 +154,15 @@ internal sealed unsafe partial class InterpreterVcpu
                 list = [];
                 _codePages[page] = list;
                 FlushWriteTlbForPhysPage(page << 12);
+                if (_smp)
+                {
+                    int region = FindRegion(page << 12);
+                    if (region >= 0)
+                    {
+                        _partition.MarkCodePage(this, region, ((page << 12) - _regions[region].Start) >> 12);
+                    }
+                }
+
                 _partition.Memory.WatchPage(new GuestAddress(page << 12));
             }
 
@@ -236,7 +245,7 @@ internal sealed unsafe partial class InterpreterVcpu
         for (int i = 0; i < n; i++)
         {
             block.Instrs[i] = _decodeTmp[i];
-            block.Ops[i] = Translator.Translate(in _decodeTmp[i], _cpu.Bitness);
+            block.Ops[i] = Translator.Translate(in _decodeTmp[i], _cpu.Bitness, _smp);
             block.Ops[i].Slot = i;
         }
 

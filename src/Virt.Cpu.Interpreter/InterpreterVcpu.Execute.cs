@@ -466,6 +466,9 @@ internal sealed partial class InterpreterVcpu
                     }
 
                     break;
+                case InlineOp.Locked:
+                    next = ExecLocked(ref op, in b.Instrs[i]);
+                    break;
                 default:
                     next = _handlers[op.Form](ref op, in b.Instrs[i]);
                     break;

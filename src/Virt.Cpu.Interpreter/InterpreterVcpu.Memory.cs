@@ -249,16 +249,16 @@ internal sealed unsafe partial class InterpreterVcpu
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void WriteSlow(ulong lin, int size, ulong value)
     {
-        if (_writeTlbFlushRequested)
-        {
-            _writeTlbFlushRequested = false;
-            FlushWriteTlb();
-        }
-
-        CheckCanonical(lin);
-        bool user = _cpu.Cpl == 3;
         if ((lin & 0xFFF) + (ulong)size > 4096)
         {
+            if (_writeTlbFlushRequested)
+            {
+                _writeTlbFlushRequested = false;
+                FlushWriteTlb();
+            }
+
+            CheckCanonical(lin);
+            bool user = _cpu.Cpl == 3;
             ulong p0 = Translate(lin, AccWrite, user);
             ulong next = (lin | 0xFFF) + 1;
             if (_cpu.Bitness != 64)
@@ -273,24 +273,42 @@ internal sealed unsafe partial class InterpreterVcpu
             return;
         }
 
-        ulong phys = Translate(lin, AccWrite, user);
-        int region = FindRegion(phys);
-        if (region < 0 || _regions[region].IsReadOnly)
+        nint host = TranslateWriteHost(lin, out ulong phys);
+        if (host == 0)
         {
             Mmio(phys, size, true, value);
             return;
+        }
+
+        StoreHost((byte*)(host + (nint)(lin & 0xFFF)), size, value);
+    }
+
+    /// <summary>
+    /// Translates <paramref name="lin"/> for a write: the host address of its RAM page (0 for MMIO and ROM, with the
+    /// physical address in <paramref name="phys"/>). Marks the page dirty, invalidates code decoded from it (on every
+    /// vCPU) and caches the write translation when the page holds no code.
+    /// </summary>
+    private nint TranslateWriteHost(ulong lin, out ulong phys)
+    {
+        if (_writeTlbFlushRequested)
+        {
+            _writeTlbFlushRequested = false;
+            FlushWriteTlb();
+        }
+
+        CheckCanonical(lin);
+        phys = Translate(lin, AccWrite, _cpu.Cpl == 3);
+        int region = FindRegion(phys);
+        if (region < 0 || _regions[region].IsReadOnly)
+        {
+            return 0;
         }
 
         ulong page = phys & ~0xFFFUL;
         ref readonly PhysRegion r = ref _regions[region];
         nint host = r.Host + (nint)(page - r.Start);
         _partition.MarkDirty(region, (page - r.Start) >> 12);
-        if (_codePages.ContainsKey(page >> 12))
-        {
-            InvalidateCodePage(page >> 12);
-            _partition.BroadcastCodeWrite(this, page);
-        }
-        else
+        if (!CodeWritten(region, page))
         {
             ref TlbEntry e = ref _wtlb[(int)((lin >> 12) & TlbMask)];
             e.Tag = ((lin >> 11) & ~1UL) | _userKey;
@@ -298,7 +316,25 @@ internal sealed unsafe partial class InterpreterVcpu
             e.Phys = page;
         }
 
-        StoreHost((byte*)(host + (nint)(lin & 0xFFF)), size, value);
+        return host;
+    }
+
+    /// <summary>
+    /// A write to <paramref name="page"/> (in <paramref name="region"/>) is about to happen: drops the code decoded
+    /// from it here and on the other vCPUs. Returns whether the page held code (then no write translation is cached).
+    /// </summary>
+    private bool CodeWritten(int region, ulong page)
+    {
+        bool local = _codePages.ContainsKey(page >> 12);
+        bool shared = _smp && _partition.TakeCodePage(region, (page - _regions[region].Start) >> 12);
+        if (!local && !shared)
+        {
+            return false;
+        }
+
+        InvalidateCodePage(page >> 12);
+        _partition.BroadcastCodeWrite(this, page);
+        return true;
     }
 
     private static ulong LoadHost(byte* p, int size) => size switch
@@ -395,13 +431,8 @@ internal sealed unsafe partial class InterpreterVcpu
         }
 
         ref readonly PhysRegion r = ref _regions[region];
-        ulong page = phys >> 12;
         _partition.MarkDirty(region, (phys - r.Start) >> 12);
-        if (_codePages.ContainsKey(page))
-        {
-            InvalidateCodePage(page);
-            _partition.BroadcastCodeWrite(this, page << 12);
-        }
+        CodeWritten(region, phys & ~0xFFFUL);
 
         // SAFETY: phys..phys+size lies inside the writable region's host mapping (checked above).
         StoreHost((byte*)(r.Host + (nint)(phys - r.Start)), size, value);
@@ -536,7 +567,11 @@ internal sealed unsafe partial class InterpreterVcpu
         }
 
         CheckRights(lin, access, user, allowed, nx);
-        SetAccessedDirty(entryAddr[..(level + 1)], entries[..(level + 1)], access == AccWrite);
+        if (!SetAccessedDirty(entryAddr[..(level + 1)], entries[..(level + 1)], access == AccWrite))
+        {
+            return Walk64(lin, access, user); // another vCPU changed an entry meanwhile: walk again
+        }
+
         ulong leaf = entries[level];
         ulong baseAddr = leaf & PhysAddrMask & ~(pageSize - 1);
         return baseAddr | (lin & (pageSize - 1));
@@ -589,7 +624,11 @@ internal sealed unsafe partial class InterpreterVcpu
         }
 
         CheckRights(lin, access, user, allowed, nx);
-        SetAccessedDirty(entryAddr[..(level + 1)], entries[..(level + 1)], access == AccWrite);
+        if (!SetAccessedDirty(entryAddr[..(level + 1)], entries[..(level + 1)], access == AccWrite))
+        {
+            return WalkPae(lin, access, user);
+        }
+
         return (entries[level] & PhysAddrMask & ~(pageSize - 1)) | (lin & (pageSize - 1));
     }
 
@@ -610,7 +649,11 @@ internal sealed unsafe partial class InterpreterVcpu
         if ((pde & PtePs) != 0 && (_cpu.Cr4 & Cr4.Pse) != 0)
         {
             CheckRights(lin, access, user, pde, false);
-            SetAccessedDirty32(entryAddr[..1], entries[..1], access == AccWrite);
+            if (!SetAccessedDirty32(entryAddr[..1], entries[..1], access == AccWrite))
+            {
+                return Walk32(lin, access, user);
+            }
+
             return (pde & 0xFFC00000) | (lin & 0x3FFFFF);
         }
 
@@ -624,7 +667,11 @@ internal sealed unsafe partial class InterpreterVcpu
         entryAddr[1] = pteAddr;
         entries[1] = pte;
         CheckRights(lin, access, user, pde & pte, false);
-        SetAccessedDirty32(entryAddr, entries, access == AccWrite);
+        if (!SetAccessedDirty32(entryAddr, entries, access == AccWrite))
+        {
+            return Walk32(lin, access, user);
+        }
+
         return (pte & 0xFFFFF000) | (lin & 0xFFF);
     }
 
@@ -642,7 +689,7 @@ internal sealed unsafe partial class InterpreterVcpu
         }
     }
 
-    private void SetAccessedDirty(Span<ulong> addrs, Span<ulong> entries, bool write)
+    private bool SetAccessedDirty(Span<ulong> addrs, Span<ulong> entries, bool write)
     {
         for (int i = 0; i < addrs.Length; i++)
         {
@@ -655,12 +702,17 @@ internal sealed unsafe partial class InterpreterVcpu
 
             if (want != e)
             {
-                WritePhysForWalk(addrs[i], want, 8);
+                if (!UpdateEntry(addrs[i], e, want, 8))
+                {
+                    return false;
+                }
             }
         }
+
+        return true;
     }
 
-    private void SetAccessedDirty32(Span<ulong> addrs, Span<ulong> entries, bool write)
+    private bool SetAccessedDirty32(Span<ulong> addrs, Span<ulong> entries, bool write)
     {
         for (int i = 0; i < addrs.Length; i++)
         {
@@ -673,9 +725,14 @@ internal sealed unsafe partial class InterpreterVcpu
 
             if (want != e)
             {
-                WritePhysForWalk(addrs[i], want, 4);
+                if (!UpdateEntry(addrs[i], e, want, 4))
+                {
+                    return false;
+                }
             }
         }
+
+        return true;
     }
 
     private ulong ReadPhysForWalk(ulong addr)
@@ -703,15 +760,33 @@ internal sealed unsafe partial class InterpreterVcpu
         return Unsafe.ReadUnaligned<uint>((byte*)(_regions[region].Host + (nint)(addr - _regions[region].Start)));
     }
 
-    private void WritePhysForWalk(ulong addr, ulong value, int size)
+    /// <summary>
+    /// Sets accessed/dirty bits in a paging entry. With several vCPUs the entry is changed with a compare-and-exchange
+    /// (another processor may clear or replace it meanwhile, as a locked update on hardware); false when it changed.
+    /// </summary>
+    private bool UpdateEntry(ulong addr, ulong expected, ulong value, int size)
     {
         int region = FindRegion(addr);
         if (region < 0 || _regions[region].IsReadOnly)
         {
-            return;
+            return true;
         }
 
-        WritePhys(addr, size, value);
+        if (!_smp || (addr & (ulong)(size - 1)) != 0 || addr - _regions[region].Start + (ulong)size > _regions[region].Size)
+        {
+            WritePhys(addr, size, value);
+            return true;
+        }
+
+        ref readonly PhysRegion r = ref _regions[region];
+        _partition.MarkDirty(region, (addr - r.Start) >> 12);
+        CodeWritten(region, addr & ~0xFFFUL);
+
+        // SAFETY: addr..addr+size lies inside the writable region's host mapping and is aligned to size (checked above).
+        byte* p = (byte*)(r.Host + (nint)(addr - r.Start));
+        return size == 8
+            ? (ulong)Interlocked.CompareExchange(ref *(long*)p, (long)value, (long)expected) == expected
+            : (uint)Interlocked.CompareExchange(ref *(int*)p, (int)(uint)value, (int)(uint)expected) == (uint)expected;
     }
 
     private GuestFault PageFault(ulong lin, int access, bool user, uint code)

@@ -58,6 +58,93 @@ internal sealed partial class InterpreterVcpu
         _timeBase = platform.Clock.Now;
         _retiredBase = _retired;
         UpdateTimerStop();
+
+        // Application processors wait for INIT and a start-up IPI from the bootstrap processor, as on a PC.
+        _waitForStartup = Index != 0;
+    }
+
+    /// <summary>This processor waits for a start-up IPI (after reset or INIT), executing nothing.</summary>
+    private bool _waitForStartup;
+
+    /// <summary>Whether this processor waits for a start-up IPI.</summary>
+    internal bool WaitsForStartup => _waitForStartup;
+
+    /// <summary>
+    /// Waits for a start-up IPI: the processor then starts in real mode at CS = vector * 256, IP = 0, in the state INIT
+    /// leaves. Returns an exit when the host asked for one (the processor still waits when run again).
+    /// </summary>
+    private VcpuExit? WaitForStartup()
+    {
+        var plat = _plat!;
+        var lapic = plat.LocalController;
+        while (true)
+        {
+            plat.PrepareWait();
+            if (_exitRequested)
+            {
+                _exitRequested = false;
+                return VcpuExit.Simple(VcpuExitReason.Interrupted);
+            }
+
+            lapic.AcknowledgeInit(); // a further INIT while waiting changes nothing
+            int vector = lapic.AcknowledgeStartup();
+            if (vector >= 0)
+            {
+                StartAt(vector);
+                return null;
+            }
+
+            plat.Wait(HaltSleepMilliseconds);
+        }
+    }
+
+    /// <summary>INIT: the processor goes back to its reset state and waits for a start-up IPI.</summary>
+    private void EnterWaitForStartup()
+    {
+        _waitForStartup = true;
+        _halted = false;
+        _pendingIrq = -1;
+        _interruptShadow = false;
+    }
+
+    /// <summary>Starts the processor from a start-up IPI with <paramref name="vector"/>.</summary>
+    private void StartAt(int vector)
+    {
+        var tscOffset = _cpu.TscOffset;
+        var mtrrDefType = _cpu.MtrrDefType;
+        _cpu = CpuState.PowerOn();
+        _cpu.TscOffset = tscOffset;
+        _cpu.MtrrDefType = mtrrDefType;
+        _cpu.Seg[SegCs] = SegmentRegister.RealMode((ushort)(vector << 8), code: true);
+        _cpu.Rip = 0;
+        UpdateMode();
+        FlushTlb();
+        _waitForStartup = false;
+        _halted = false;
+        _pendingIrq = -1;
+        _interruptShadow = false;
+        CatchUpClock();
+    }
+
+    /// <summary>
+    /// With several vCPUs on virtual time, one that waited (halted, or for a start-up IPI) did not count time while
+    /// the others moved the clock on: it continues from the clock's present tick instead of its own older one.
+    /// </summary>
+    private void CatchUpClock()
+    {
+        if (_hostClock || _plat is null)
+        {
+            return;
+        }
+
+        long now = _plat.Clock.Now;
+        if (now > VirtualNow())
+        {
+            _timeBase = now;
+            _retiredBase = _retired;
+        }
+
+        UpdateTimerStop();
     }
 
     /// <summary>
@@ -261,7 +348,8 @@ internal sealed partial class InterpreterVcpu
                 continue;
             }
 
-            if (advances < HaltSpinLimit && plat.Clock.NextDeadline is long deadline)
+            // With several vCPUs, virtual time skips ahead only when every one waits: a running one counts time.
+            if (advances < HaltSpinLimit && (!_smp || _partition.AllVcpusIdle) && plat.Clock.NextDeadline is long deadline)
             {
                 advances++;
                 if (deadline > _timeBase + ((_retired - _retiredBase) * _ticksPerInstruction))

@@ -101,14 +101,34 @@ internal sealed partial class InterpreterVcpu
                     SyncClock();
                 }
 
+                if (_waitForStartup)
+                {
+                    Interlocked.Exchange(ref _idle, 1);
+                    _partition.CountIdle(1);
+                    var startExit = WaitForStartup();
+                    _partition.CountIdle(-1);
+                    Interlocked.Exchange(ref _idle, 0);
+                    if (startExit is VcpuExit stillWaiting)
+                    {
+                        return stillWaiting;
+                    }
+                }
+
                 if (_halted)
                 {
                     Interlocked.Exchange(ref _idle, 1);
+                    _partition.CountIdle(1);
                     var haltExit = WaitWhileHalted();
+                    _partition.CountIdle(-1);
                     Interlocked.Exchange(ref _idle, 0);
                     if (haltExit is VcpuExit stillHalted)
                     {
                         return stillHalted;
+                    }
+
+                    if (_smp)
+                    {
+                        CatchUpClock();
                     }
 
                     if (_writeTlbFlushRequested)
@@ -116,6 +136,12 @@ internal sealed partial class InterpreterVcpu
                         _writeTlbFlushRequested = false;
                         FlushWriteTlb();
                     }
+                }
+
+                if (_plat.Attention && Index != 0 && _plat.LocalController.AcknowledgeInit())
+                {
+                    EnterWaitForStartup();
+                    continue;
                 }
 
                 if (_plat.Attention && (_cpu.Flags & IF) != 0 && !_interruptShadow)

@@ -24,6 +24,9 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
         SegFs = CpuState.SegFs, SegGs = CpuState.SegGs;
 
     private readonly InterpreterPartition _partition;
+
+    /// <summary>The partition has several vCPUs: locked instructions are atomic on host memory and code pages are shared.</summary>
+    private readonly bool _smp;
     private readonly Action<int, ulong>? _trace;
     private readonly long _tscFrequency;
     private readonly long _tscStart = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -48,6 +51,7 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
     public InterpreterVcpu(InterpreterPartition partition, int index)
     {
         _partition = partition;
+        _smp = partition.Options.VcpuCount > 1;
         Index = index;
         _trace = partition.InterpreterOptions.TraceHook;
         _tscFrequency = partition.InterpreterOptions.TscFrequency;
@@ -130,6 +134,9 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
 
     public void SetSpecialRegisters(in SpecialRegisters registers)
     {
+        // A processor the host gives a state to runs from it, even one waiting for a start-up IPI (flat guests start
+        // every vCPU at their entry point; a Linux guest's application processors are left to the start-up IPIs).
+        _waitForStartup = false;
         _cpu.SetSpecial(registers);
         UpdateMode();
         FlushTlb();

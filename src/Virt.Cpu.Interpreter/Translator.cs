@@ -25,7 +25,10 @@ internal static class Translator
 
     private static ulong SizeMask(int size) => size >= 8 ? ulong.MaxValue : (1UL << (size * 8)) - 1;
 
-    public static Op Translate(in Instruction ins, int bitness)
+    /// <param name="ins">The decoded instruction.</param>
+    /// <param name="bitness">The code size it was decoded for.</param>
+    /// <param name="smp">The partition has several vCPUs: locked read-modify-writes, XCHG with memory and MFENCE run as <see cref="InlineOp.Locked"/>.</param>
+    public static Op Translate(in Instruction ins, int bitness, bool smp = false)
     {
         var op = new Op
         {
@@ -73,8 +76,19 @@ internal static class Translator
         }
 
         Complete(ref op, in ins, bitness, form.Shape);
+        if (smp && IsLocked(in ins, in op))
+        {
+            op.Inline = InlineOp.Locked;
+        }
+
         return op;
     }
+
+    /// <summary>Whether the instruction must be atomic against other vCPUs (or order their memory accesses, MFENCE).</summary>
+    private static bool IsLocked(in Instruction ins, in Op op) =>
+        ins.Mnemonic == Mnemonic.Mfence
+        || (ins.Code != Code.INVALID && (op.K0 == OpKindX.Mem || op.K1 == OpKindX.Mem)
+            && (ins.HasLockPrefix || ins.Mnemonic == Mnemonic.Xchg));
 
     /// <summary>Fills operand <paramref name="i"/> (register, memory, immediate or branch target) into <paramref name="op"/>.</summary>
     private static void FillOperand(ref Op op, in Instruction ins, int i, int bitness)

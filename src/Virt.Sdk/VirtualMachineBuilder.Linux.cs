@@ -94,9 +94,12 @@ public sealed partial class VirtualMachineBuilder
             throw new ArgumentException($"A Linux guest needs at least {MinimumLinuxMemory >> 20} MiB of RAM (the VM has {c.MemorySize >> 20} MiB). Use WithMemoryMiB(256), for example.");
         }
 
-        if (c.VcpuCount != 1)
+        if (c.VcpuCount > AcpiProcessorLimit)
         {
-            throw new ArgumentException("Linux guests boot with one vCPU in this version; use WithVcpus(1).");
+            throw new ArgumentException($"A Linux guest boots with at most {AcpiProcessorLimit} vCPUs here (one ACPI local APIC entry each, APIC IDs below the IOAPIC's); the VM has {c.VcpuCount}. Use WithVcpus(n) with n <= {AcpiProcessorLimit}.");
         }
     }
+
+    /// <summary>Most vCPUs of a Linux guest: the MADT announces APIC IDs 0 to n - 1 and gives the IOAPIC ID n, below 255.</summary>
+    private const int AcpiProcessorLimit = 254;
 }

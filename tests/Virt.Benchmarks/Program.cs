@@ -15,6 +15,13 @@ if (args is ["clones"])
     return;
 }
 
+// Linux boot to /init on the interpreter with 1, 2 and 4 vCPUs: dotnet run -c Release --project tests/Virt.Benchmarks -- smp-boot [runs]
+if (args is ["smp-boot", ..])
+{
+    await Virt.Benchmarks.Linux.SmpBootTime.RunAsync(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 1);
+    return;
+}
+
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
 
 /// <summary>Entry point type for the benchmark switcher.</summary>

@@ -38,6 +38,13 @@ public interface IInterruptPlatform : IDisposable
     /// <summary>Reads or writes the platform's MMIO page at <paramref name="address"/> (1 to 8 bytes; filled for a read).</summary>
     /// <returns><see langword="false"/> when the address is not the platform's.</returns>
     bool TryAccessMmio(ulong address, Span<byte> data, bool isWrite);
+
+    /// <summary>
+    /// Reads or writes the platform's MMIO page at <paramref name="address"/> as vCPU <paramref name="vcpuIndex"/> sees
+    /// it: the local APIC page is that processor's own APIC.
+    /// </summary>
+    /// <returns><see langword="false"/> when the address is not the platform's.</returns>
+    bool TryAccessMmio(int vcpuIndex, ulong address, Span<byte> data, bool isWrite);
 }
 
 /// <summary>The virtual clock of an <see cref="IInterruptPlatform"/>.</summary>
@@ -91,6 +98,12 @@ public interface ILocalInterruptController
 
     /// <summary>Whether <paramref name="index"/> is one of the controller's own MSRs (the x2APIC range).</summary>
     bool OwnsMsr(uint index);
+
+    /// <summary>Takes a pending INIT; <see langword="true"/> when there was one (the processor then waits for a start-up IPI).</summary>
+    bool AcknowledgeInit();
+
+    /// <summary>Takes the vector of a pending start-up IPI (the processor starts in real mode at vector * 4096), or -1.</summary>
+    int AcknowledgeStartup();
 
     /// <summary>
     /// Called, on any thread and outside the controller's locks, when an interrupt may have become pending; a

@@ -8,16 +8,19 @@ namespace Virt.Cpu.Interpreter;
 /// for HLT and an attention flag the vCPU reads once per block. The vCPU handles the platform's ports, MMIO pages and
 /// MSRs before it would exit to the host, and moves its clock with retired instructions or the host clock.
 /// </summary>
+/// <remarks>One per vCPU: the platform is shared; the local controller, wake-up event and attention flag are the vCPU's.</remarks>
 internal sealed class InterpreterPlatform : IDisposable
 {
     private readonly ManualResetEventSlim _wake = new(false);
+    private readonly int _vcpuIndex;
     private volatile bool _attention = true;
 
-    public InterpreterPlatform(IInterruptPlatform platform, long crystalFrequency)
+    public InterpreterPlatform(IInterruptPlatform platform, int vcpuIndex, long crystalFrequency)
     {
         Platform = platform;
         Clock = platform.Clock;
-        LocalController = platform.GetLocalController(0);
+        _vcpuIndex = vcpuIndex;
+        LocalController = platform.GetLocalController(vcpuIndex);
         LocalController.InterruptRequested = Signal;
         CrystalFrequency = crystalFrequency;
     }
@@ -26,7 +29,7 @@ internal sealed class InterpreterPlatform : IDisposable
 
     public IPlatformClock Clock { get; }
 
-    /// <summary>The boot processor's local interrupt controller.</summary>
+    /// <summary>The vCPU's local interrupt controller.</summary>
     public ILocalInterruptController LocalController { get; }
 
     /// <summary>The core crystal (and local timer) frequency CPUID leaf 0x15 reports.</summary>
@@ -90,7 +93,7 @@ internal sealed class InterpreterPlatform : IDisposable
             ToBytes(value, data);
         }
 
-        Platform.TryAccessMmio(phys, data, isWrite);
+        Platform.TryAccessMmio(_vcpuIndex, phys, data, isWrite);
         if (!isWrite)
         {
             value = FromBytes(data);
@@ -116,10 +119,10 @@ internal sealed class InterpreterPlatform : IDisposable
         return value;
     }
 
+    /// <summary>Detaches the vCPU from its controller (the partition disposes the shared platform).</summary>
     public void Dispose()
     {
         LocalController.InterruptRequested = null;
-        Platform.Dispose();
         _wake.Dispose();
     }
 }

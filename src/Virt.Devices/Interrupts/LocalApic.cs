@@ -71,8 +71,10 @@ public sealed partial class LocalApic : IMmioDevice, IInterruptController, IApic
     private long _tscDeadline;  // 0: disarmed
     private uint _esrPending;   // errors since the last ESR write; a write moves them into ESR
     private int _pendingNmi;
+    private int _pendingInit;   // an INIT arrived and the processor has not taken it yet
+    private int _startupVector = -1; // the vector of a start-up IPI the processor has not taken yet
 
-    /// <summary>Creates the local APIC of the bootstrap processor with ID <paramref name="id"/>, in its reset state.</summary>
+    /// <summary>Creates the local APIC with ID <paramref name="id"/> (ID 0 is the bootstrap processor's), in its reset state.</summary>
     /// <param name="clock">Virtual time; its ticks are the TSC for the TSC-deadline mode.</param>
     /// <param name="id">The APIC ID.</param>
     /// <param name="timerFrequency">The timer's input clock in Hz before the divide configuration.</param>
@@ -107,6 +109,24 @@ public sealed partial class LocalApic : IMmioDevice, IInterruptController, IApic
         }
     }
 
+    /// <summary>
+    /// Where interprocessor interrupts go: the APIC bus of a machine with several processors. Without one, an IPI
+    /// reaches this APIC only (a machine with one processor).
+    /// </summary>
+    public IApicBus? Bus { get; set; }
+
+    /// <summary>The APIC ID as the guest last set it.</summary>
+    public uint Id
+    {
+        get { lock (_lock) { return _id; } }
+    }
+
+    /// <summary>Takes a pending INIT; returns whether there was one (the processor then waits for a start-up IPI).</summary>
+    public bool AcknowledgeInit() => Volatile.Read(ref _pendingInit) != 0 && Interlocked.Exchange(ref _pendingInit, 0) != 0;
+
+    /// <summary>Takes the vector of a pending start-up IPI, or -1.</summary>
+    public int AcknowledgeStartup() => Volatile.Read(ref _startupVector) < 0 ? -1 : Interlocked.Exchange(ref _startupVector, -1);
+
     /// <summary>Called with the vector when a level-triggered interrupt is EOId: wire it to <see cref="IoApic.EndOfInterrupt"/>.</summary>
     public Action<int>? EndOfInterruptBroadcast { get; set; }
 
@@ -121,7 +141,7 @@ public sealed partial class LocalApic : IMmioDevice, IInterruptController, IApic
     {
         lock (_lock)
         {
-            _apicBase = DefaultAddress | ApicBaseBsp | ApicBaseEnable;
+            _apicBase = DefaultAddress | (_stateId == 0 ? ApicBaseBsp : 0) | ApicBaseEnable;
             Array.Clear(_isr);
             Array.Clear(_irr);
             Array.Clear(_tmr);
@@ -132,6 +152,8 @@ public sealed partial class LocalApic : IMmioDevice, IInterruptController, IApic
             _lvtLint0 = (uint)ApicDeliveryMode.ExtInt << LvtDeliveryShift;
             _tscDeadline = 0;
             _pendingNmi = 0;
+            _pendingInit = 0;
+            _startupVector = -1;
             _timer.Cancel();
         }
     }
@@ -304,11 +326,17 @@ public sealed partial class LocalApic : IMmioDevice, IInterruptController, IApic
     /// <inheritdoc />
     public void Deliver(in ApicMessage message)
     {
-        if (message.Mode is ApicDeliveryMode.Fixed or ApicDeliveryMode.LowestPriority && !AcceptsDestination(message))
+        if (!AcceptsDestination(message))
         {
             return;
         }
 
+        Receive(message);
+    }
+
+    /// <summary>Takes <paramref name="message"/>, already addressed to this APIC.</summary>
+    internal void Receive(in ApicMessage message)
+    {
         switch (message.Mode)
         {
             case ApicDeliveryMode.Fixed:
@@ -322,12 +350,22 @@ public sealed partial class LocalApic : IMmioDevice, IInterruptController, IApic
             case ApicDeliveryMode.ExtInt:
                 InterruptRequested?.Invoke(); // the vector comes from the PIC when acknowledged
                 break;
+            case ApicDeliveryMode.Init:
+                Volatile.Write(ref _startupVector, -1);
+                Interlocked.Exchange(ref _pendingInit, 1);
+                InterruptRequested?.Invoke();
+                break;
+            case ApicDeliveryMode.StartUp:
+                Interlocked.Exchange(ref _startupVector, message.Vector & 0xFF);
+                InterruptRequested?.Invoke();
+                break;
             default:
-                break; // SMI, INIT and SIPI are not modelled for a single processor
+                break; // SMI is not modelled
         }
     }
 
-    private bool AcceptsDestination(in ApicMessage m)
+    /// <summary>Whether this APIC is a destination of <paramref name="m"/> (physical ID, flat logical mask or broadcast).</summary>
+    internal bool AcceptsDestination(in ApicMessage m)
     {
         lock (_lock)
         {
@@ -621,6 +659,8 @@ public sealed partial class LocalApic : IMmioDevice, IInterruptController, IApic
             case RegSelfIpi:
                 Accept((int)(value & 0xFF), level: false);
                 return true;
+            case RegId:
+                return false;
             default:
                 return false;
         }
@@ -780,16 +820,9 @@ public sealed partial class LocalApic : IMmioDevice, IInterruptController, IApic
         var mode = (ApicDeliveryMode)((low >> 8) & 7);
         int vector = (int)(low & 0xFF);
         int shorthand = (int)(low >> IcrShorthandShift) & 3;
-        bool toSelf = shorthand switch
+        if (mode == ApicDeliveryMode.Init && (low & (1u << 14)) == 0)
         {
-            1 => true,  // self
-            2 => true,  // all including self
-            3 => false, // all excluding self: there is nobody else
-            _ => AcceptsDestination(new ApicMessage(vector, mode, false, IsX2ApicMode ? (byte)high : (byte)(high >> 24), (low & (1u << 11)) != 0)),
-        };
-        if (!toSelf)
-        {
-            return;
+            return; // INIT level de-assert: no effect on current processors
         }
 
         if (mode == ApicDeliveryMode.Fixed && vector < 16)
@@ -802,14 +835,23 @@ public sealed partial class LocalApic : IMmioDevice, IInterruptController, IApic
             return;
         }
 
-        if (mode is ApicDeliveryMode.Fixed or ApicDeliveryMode.LowestPriority)
+        var message = new ApicMessage(vector, mode, false, IsX2ApicMode ? (byte)high : (byte)(high >> 24), (low & (1u << 11)) != 0);
+        var target = (IpiDestination)shorthand;
+        if (Bus is { } bus)
         {
-            Accept(vector, level: false);
+            bus.SendIpi(this, message, target);
+            return;
         }
-        else if (mode == ApicDeliveryMode.Nmi)
+
+        bool toSelf = target switch
         {
-            Interlocked.Increment(ref _pendingNmi);
-            InterruptRequested?.Invoke();
+            IpiDestination.Self or IpiDestination.AllIncludingSelf => true,
+            IpiDestination.AllExcludingSelf => false,
+            _ => AcceptsDestination(message),
+        };
+        if (toSelf && mode is ApicDeliveryMode.Fixed or ApicDeliveryMode.LowestPriority or ApicDeliveryMode.Nmi)
+        {
+            Receive(message);
         }
     }
 

@@ -14,15 +14,41 @@ public sealed class PcInterruptControllers
 
     private readonly IInterruptLine[] _isaLines;
 
-    /// <summary>Creates and wires the controllers on <paramref name="clock"/>.</summary>
+    /// <summary>Creates and wires the controllers on <paramref name="clock"/>, with one local APIC.</summary>
     public PcInterruptControllers(VirtualClock clock, long apicTimerFrequency = LocalApic.DefaultTimerFrequency)
+        : this(clock, apicTimerFrequency, 1)
+    {
+    }
+
+    /// <summary>
+    /// Creates and wires the controllers on <paramref name="clock"/> with <paramref name="processors"/> local APICs
+    /// (IDs 0 to <paramref name="processors"/> - 1, the bootstrap processor's first) on one APIC bus; the PIC reaches
+    /// the bootstrap processor's LINT0.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="processors"/> is not 1 to 255.</exception>
+    public PcInterruptControllers(VirtualClock clock, long apicTimerFrequency, int processors)
     {
         ArgumentNullException.ThrowIfNull(clock);
+        ArgumentOutOfRangeException.ThrowIfLessThan(processors, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(processors, 255);
         Clock = clock;
         Pic = new PicPair();
-        LocalApic = new LocalApic(clock, 0, apicTimerFrequency) { ExtIntSource = Pic };
-        IoApic = new IoApic(LocalApic);
-        LocalApic.EndOfInterruptBroadcast = IoApic.EndOfInterrupt;
+        LocalApics = [.. Enumerable.Range(0, processors).Select(i => new LocalApic(clock, (byte)i, apicTimerFrequency))];
+        LocalApic = LocalApics[0];
+        LocalApic.ExtIntSource = Pic;
+        IApicMessageSink target = LocalApic;
+        if (processors > 1)
+        {
+            var bus = new ApicBus(LocalApics);
+            target = bus;
+        }
+
+        IoApic = new IoApic(target);
+        foreach (var apic in LocalApics)
+        {
+            apic.EndOfInterruptBroadcast = IoApic.EndOfInterrupt;
+        }
+
         _isaLines = [.. Enumerable.Range(0, 16).Select(i => (IInterruptLine)new IsaLine(this, i))];
         Pit = new Pit8254(clock, _isaLines[0]);
     }
@@ -38,6 +64,9 @@ public sealed class PcInterruptControllers
 
     /// <summary>The boot CPU's local APIC at <see cref="LocalApic.DefaultAddress"/>; the CPU's <see cref="IInterruptController"/>.</summary>
     public LocalApic LocalApic { get; }
+
+    /// <summary>Every processor's local APIC, by vCPU index (the APIC ID is the index).</summary>
+    public IReadOnlyList<LocalApic> LocalApics { get; }
 
     /// <summary>The 8254 timer.</summary>
     public Pit8254 Pit { get; }

@@ -23,11 +23,15 @@ public sealed partial class PcInterruptPlatform : IPersistentState
     public void SaveState(StateWriter writer)
     {
         ArgumentNullException.ThrowIfNull(writer);
-        writer.WriteInt32(1);
+        writer.WriteInt32(Controllers.LocalApics.Count);
         StateFields.WriteRecord(writer, VirtualClock);
         StateFields.WriteRecord(writer, Controllers.Pic);
         StateFields.WriteRecord(writer, Controllers.IoApic);
-        StateFields.WriteRecord(writer, Controllers.LocalApic);
+        foreach (var apic in Controllers.LocalApics)
+        {
+            StateFields.WriteRecord(writer, apic);
+        }
+
         StateFields.WriteRecord(writer, Controllers.Pit);
     }
 
@@ -35,7 +39,8 @@ public sealed partial class PcInterruptPlatform : IPersistentState
     public void RestoreState(ref StateReader reader, int version)
     {
         StateFields.CheckVersion(ref reader, version, StateVersion);
-        reader.ReadInt32InRange("local-apics", 1, 1);
+        int apics = Controllers.LocalApics.Count;
+        reader.ReadInt32InRange("local-apics", apics, apics);
         var c = Controllers;
 
         var r = StateFields.ReadRecord(ref reader, VirtualClock.StateName, out int v);
@@ -50,9 +55,13 @@ public sealed partial class PcInterruptPlatform : IPersistentState
         var ioApic = c.IoApic.ReadStaged(ref r, v);
         r.EnsureEnd();
 
-        r = StateFields.ReadRecord(ref reader, c.LocalApic.StateName, out v);
-        var localApic = c.LocalApic.ReadStaged(ref r, v);
-        r.EnsureEnd();
+        var localApics = new LocalApic.Saved[apics];
+        for (int i = 0; i < apics; i++)
+        {
+            r = StateFields.ReadRecord(ref reader, c.LocalApics[i].StateName, out v);
+            localApics[i] = c.LocalApics[i].ReadStaged(ref r, v);
+            r.EnsureEnd();
+        }
 
         r = StateFields.ReadRecord(ref reader, c.Pit.StateName, out v);
         var pit = c.Pit.ReadStaged(ref r, v);
@@ -62,7 +71,11 @@ public sealed partial class PcInterruptPlatform : IPersistentState
         VirtualClock.Apply(clock);
         c.Pic.Apply(pic);
         c.IoApic.Apply(ioApic);
-        c.LocalApic.Apply(localApic);
+        for (int i = 0; i < apics; i++)
+        {
+            c.LocalApics[i].Apply(localApics[i]);
+        }
+
         c.Pit.Apply(pit);
     }
 }

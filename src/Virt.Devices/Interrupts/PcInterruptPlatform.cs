@@ -15,15 +15,16 @@ public sealed partial class PcInterruptPlatform : IInterruptPlatform
     private readonly (ushort Port, ushort Count, IPortIoDevice Device)[] _ports;
 
     /// <summary>Creates the controllers for <paramref name="parameters"/>.</summary>
-    /// <exception cref="ArgumentOutOfRangeException">More than one vCPU (the PC platform here has one local APIC), or a frequency that is not positive.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">Not 1 to 255 vCPUs (one local APIC each), or a frequency that is not positive.</exception>
     public PcInterruptPlatform(InterruptPlatformParameters parameters)
     {
         ArgumentNullException.ThrowIfNull(parameters);
-        ArgumentOutOfRangeException.ThrowIfNotEqual(parameters.VcpuCount, 1, nameof(parameters));
+        ArgumentOutOfRangeException.ThrowIfLessThan(parameters.VcpuCount, 1, nameof(parameters));
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(parameters.VcpuCount, 255, nameof(parameters));
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(parameters.ClockFrequency, 0, nameof(parameters));
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(parameters.LocalTimerFrequency, 0, nameof(parameters));
         VirtualClock = new VirtualClock(parameters.ClockFrequency);
-        Controllers = new PcInterruptControllers(VirtualClock, parameters.LocalTimerFrequency);
+        Controllers = new PcInterruptControllers(VirtualClock, parameters.LocalTimerFrequency, parameters.VcpuCount);
         _ports = [.. Controllers.PortDevices];
     }
 
@@ -60,8 +61,9 @@ public sealed partial class PcInterruptPlatform : IInterruptPlatform
     /// <inheritdoc />
     public ILocalInterruptController GetLocalController(int vcpuIndex)
     {
-        ArgumentOutOfRangeException.ThrowIfNotEqual(vcpuIndex, 0);
-        return Controllers.LocalApic;
+        ArgumentOutOfRangeException.ThrowIfNegative(vcpuIndex);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(vcpuIndex, Controllers.LocalApics.Count);
+        return Controllers.LocalApics[vcpuIndex];
     }
 
     /// <inheritdoc />
@@ -95,7 +97,10 @@ public sealed partial class PcInterruptPlatform : IInterruptPlatform
         address - IoApic.DefaultAddress < IoApic.Size || address - LocalApic.DefaultAddress < LocalApic.Size;
 
     /// <inheritdoc />
-    public bool TryAccessMmio(ulong address, Span<byte> data, bool isWrite)
+    public bool TryAccessMmio(ulong address, Span<byte> data, bool isWrite) => TryAccessMmio(0, address, data, isWrite);
+
+    /// <inheritdoc />
+    public bool TryAccessMmio(int vcpuIndex, ulong address, Span<byte> data, bool isWrite)
     {
         IMmioDevice device;
         ulong offset;
@@ -106,7 +111,7 @@ public sealed partial class PcInterruptPlatform : IInterruptPlatform
         }
         else if (address - LocalApic.DefaultAddress < LocalApic.Size)
         {
-            device = Controllers.LocalApic;
+            device = Controllers.LocalApics[Math.Clamp(vcpuIndex, 0, Controllers.LocalApics.Count - 1)];
             offset = address - LocalApic.DefaultAddress;
         }
         else
@@ -128,7 +133,13 @@ public sealed partial class PcInterruptPlatform : IInterruptPlatform
     }
 
     /// <summary>Detaches the wake-up callback.</summary>
-    public void Dispose() => Controllers.LocalApic.InterruptRequested = null;
+    public void Dispose()
+    {
+        foreach (var apic in Controllers.LocalApics)
+        {
+            apic.InterruptRequested = null;
+        }
+    }
 
     private sealed class PcFactory : IInterruptPlatformFactory
     {

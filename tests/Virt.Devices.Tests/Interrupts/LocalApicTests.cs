@@ -24,7 +24,8 @@ public sealed class LocalApicTests
         var apic = new LocalApic(new VirtualClock(), id: 3);
         Assert.Equal(3u << 24, apic.Read32(0x20));
         Assert.Equal(0x00050014u, apic.Read32(0x30));
-        Assert.Equal(0xFEE00000UL | LocalApic.ApicBaseEnable | LocalApic.ApicBaseBsp, apic.ApicBase);
+        Assert.Equal(0xFEE00000UL | LocalApic.ApicBaseEnable, apic.ApicBase); // only APIC 0 is the bootstrap processor's
+        Assert.Equal(0xFEE00000UL | LocalApic.ApicBaseEnable | LocalApic.ApicBaseBsp, new LocalApic(new VirtualClock(), id: 0).ApicBase);
     }
 
     [Fact]
