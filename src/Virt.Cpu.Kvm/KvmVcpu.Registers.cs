@@ -48,6 +48,14 @@ internal sealed unsafe partial class KvmVcpu
         var k = KvmIoctls.GetSregs(_handle);
         ToKvm(registers, ref k);
         KvmIoctls.SetSregs(_handle, k);
+
+        // With the in-kernel local APICs, an application processor waits for INIT and a start-up IPI. The host giving it
+        // its processor state starts it instead, as on the interpreter (flat guests start every vCPU at the entry point).
+        if (Index > 0 && _partition.HasInterruptController && _partition.Host.HasMpState
+            && KvmIoctls.GetMpState(_handle) == KVM_MP_STATE_UNINITIALIZED)
+        {
+            KvmIoctls.SetMpState(_handle, KVM_MP_STATE_RUNNABLE);
+        }
     }
 
     /// <inheritdoc />

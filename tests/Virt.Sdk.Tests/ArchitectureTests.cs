@@ -31,6 +31,7 @@ public sealed partial class ArchitectureTests
             "Virt.Cpu.Interpreter", "Virt.Storage", "Virt.Network", "Virt.Snapshots",
         ],
         ["Virt.Sandbox"] = ["Virt.Abstractions", "Virt.X86", "Virt.Memory", "Virt.Boot", "Virt.Snapshots", "Virt.Sdk"],
+        ["Virt.Orleans"] = ["Virt.Sdk"],
     };
 
     private static string Root([CallerFilePath] string path = "") => Path.GetFullPath(Path.Combine(Path.GetDirectoryName(path)!, "..", ".."));

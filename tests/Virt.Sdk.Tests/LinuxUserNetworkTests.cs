@@ -67,7 +67,8 @@ public sealed class BootedUserNetworkGuest : IAsyncLifetime
 
         string command =
             $"mkdir -p /www && echo {GuestPage} > /www/index.html && httpd -p 80 -h /www && "
-            + $"nslookup {ResolvedName}; "
+            // DNS runs over UDP: like any resolver's caller, ask again when an answer was lost (the machine may be loaded).
+            + $"for i in 1 2 3; do nslookup {ResolvedName} > /tmp/ns 2>&1; grep -q 10.0.2.2 /tmp/ns && break; done; cat /tmp/ns; echo NSLOOKUP-TRIES=$i; "
             + $"wget -qO /tmp/payload.bin http://10.0.2.2:{httpPort}/payload.bin && sha256sum /tmp/payload.bin; "
             + "wget -qO /tmp/denied http://203.0.113.7:80/denied; echo DENIED-STATUS=$?; " // no -T: that option crashes this static wget
             + $"echo {ServingMarker} && sleep 600";

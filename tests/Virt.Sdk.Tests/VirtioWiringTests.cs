@@ -77,10 +77,12 @@ public sealed class VirtioWiringTests
     }
 
     [Fact]
-    public void Ram_reaching_the_virtio_windows_is_refused()
+    public async Task Ram_beyond_the_virtio_windows_moves_above_4_GiB_and_the_device_keeps_its_window()
     {
-        var ex = Assert.Throws<ArgumentException>(() => VirtualMachine.CreateBuilder().WithInterpreter().WithMemoryMiB(4096).WithVirtioRng().Build());
-        Assert.Contains("virtio-mmio", ex.Message, StringComparison.Ordinal);
+        await using var vm = VirtualMachine.CreateBuilder().WithInterpreter().WithMemoryMiB(4096).WithVirtioRng().Build();
+        Assert.Equal(VirtualMachineBuilder.VirtioMmioBase, vm.Memory.Regions[0].Size);
+        Assert.Equal(new GuestAddress(1UL << 32), vm.Memory.Regions[1].Start);
+        Assert.False(vm.Memory.Contains(new GuestAddress(VirtualMachineBuilder.VirtioMmioBase), 1));
     }
 
     [Fact]

@@ -107,6 +107,9 @@ internal static partial class Interop
         /// <summary>kvm_mp_state: runnable.</summary>
         internal const uint KVM_MP_STATE_RUNNABLE = 0;
 
+        /// <summary>kvm_mp_state: an application processor waiting for INIT and a start-up IPI.</summary>
+        internal const uint KVM_MP_STATE_UNINITIALIZED = 1;
+
         /// <summary>kvm_mp_state: halted in HLT.</summary>
         internal const uint KVM_MP_STATE_HALTED = 3;
 
