@@ -12,6 +12,9 @@ internal sealed class PollGate(bool open, int pollsToReport) : IPortIoDevice
 
     public TaskCompletionSource Polled { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+    /// <summary>How many times the guest read the gate.</summary>
+    public int Reads => Volatile.Read(ref _reads);
+
     public void Read(ushort offset, Span<byte> data)
     {
         data.Clear();
