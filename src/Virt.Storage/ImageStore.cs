@@ -246,14 +246,7 @@ internal static class HostIo
         int skip = 0;
         while (index < buffers.Length)
         {
-            int n = 0;
-            long total = 0;
-            for (int i = index; i < buffers.Length && n < iov.Length; i++, n++)
-            {
-                int s = i == index ? skip : 0;
-                iov[n] = new Interop.Libc.IoVec { Base = buffers[i].Address + s, Length = buffers[i].Length - s };
-                total += buffers[i].Length - s;
-            }
+            int n = FillIoVecs(buffers, index, skip, iov);
 
             long got;
             fixed (Interop.Libc.IoVec* p = iov)
@@ -288,6 +281,22 @@ internal static class HostIo
         }
     }
 
+    /// <summary>
+    /// Describes <paramref name="buffers"/> from buffer <paramref name="index"/> (less its first <paramref name="skip"/>
+    /// bytes) in <paramref name="iov"/>, as many as fit; returns how many entries it filled.
+    /// </summary>
+    private static int FillIoVecs(ReadOnlySpan<HostBuffer> buffers, int index, int skip, Span<Interop.Libc.IoVec> iov)
+    {
+        int n = 0;
+        for (int i = index; i < buffers.Length && n < iov.Length; i++, n++)
+        {
+            int s = i == index ? skip : 0;
+            iov[n] = new Interop.Libc.IoVec { Base = buffers[i].Address + s, Length = buffers[i].Length - s };
+        }
+
+        return n;
+    }
+
     /// <summary>Writes <paramref name="buffers"/> at <paramref name="offset"/>.</summary>
     public static unsafe void WriteVector(SafeFileHandle handle, long offset, ReadOnlySpan<HostBuffer> buffers)
     {
@@ -308,12 +317,7 @@ internal static class HostIo
         int skip = 0;
         while (index < buffers.Length)
         {
-            int n = 0;
-            for (int i = index; i < buffers.Length && n < iov.Length; i++, n++)
-            {
-                int s = i == index ? skip : 0;
-                iov[n] = new Interop.Libc.IoVec { Base = buffers[i].Address + s, Length = buffers[i].Length - s };
-            }
+            int n = FillIoVecs(buffers, index, skip, iov);
 
             long put;
             fixed (Interop.Libc.IoVec* p = iov)
