@@ -32,6 +32,7 @@ public sealed partial class ArchitectureTests
         ],
         ["Virt.Sandbox"] = ["Virt.Abstractions", "Virt.X86", "Virt.Memory", "Virt.Boot", "Virt.Snapshots", "Virt.Sdk"],
         ["Virt.Orleans"] = ["Virt.Sdk"],
+        ["Virt.Cli"] = ["Virt.Abstractions", "Virt.Sdk", "Virt.Storage", "Virt.Network", "Virt.Sandbox"],
     };
 
     private static string Root([CallerFilePath] string path = "") => Path.GetFullPath(Path.Combine(Path.GetDirectoryName(path)!, "..", ".."));
