@@ -3,7 +3,7 @@
 // printed with a prefix. Nothing leaves the host: the network is a Virt.Network virtual switch.
 //
 //   bash scripts/get-linux-guest.sh
-//   dotnet run --project samples/ApplianceNetwork -- --backend interpreter
+//   dotnet run -c Release --project samples/ApplianceNetwork -- --backend interpreter
 using System.Text;
 using Virt;
 using Virt.Network;

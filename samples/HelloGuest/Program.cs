@@ -3,7 +3,7 @@
 // --cpus N every vCPU starts at the entry point (RDI = its index) and checks in with LOCK INC on a
 // shared counter; vCPU 0 prints once all N have.
 //
-//   dotnet run --project samples/HelloGuest [-- --backend kvm|interpreter|auto] [--cpus N]
+//   dotnet run -c Release --project samples/HelloGuest [-- --backend kvm|interpreter|auto] [--cpus N]
 using Iced.Intel;
 using Virt;
 using Virt.Boot;

@@ -2,13 +2,13 @@
 // guest (or a shell on the console with --shell), prints the console output and how the VM stopped.
 //
 //   bash scripts/get-linux-guest.sh
-//   dotnet run --project samples/LinuxAppliance -- --backend kvm uname -r
-//   dotnet run --project samples/LinuxAppliance -- --shell          (Ctrl-A x leaves, Ctrl-A h helps)
-//   dotnet run --project samples/LinuxAppliance -- --memory 6144 'free -m'
-//   dotnet run --project samples/LinuxAppliance -- --backend interpreter --disk disk.ext4 'mount /dev/vda /mnt && ls /mnt'
-//   dotnet run --project samples/LinuxAppliance -- --backend interpreter --append initcall_debug dmesg
-//   dotnet run --project samples/LinuxAppliance -- --backend interpreter --cpus 4 nproc
-//   dotnet run --project samples/LinuxAppliance -- --backend interpreter --net user --forward 8080:80 \
+//   dotnet run -c Release --project samples/LinuxAppliance -- --backend kvm uname -r
+//   dotnet run -c Release --project samples/LinuxAppliance -- --shell          (Ctrl-A x leaves, Ctrl-A h helps)
+//   dotnet run -c Release --project samples/LinuxAppliance -- --memory 6144 'free -m'
+//   dotnet run -c Release --project samples/LinuxAppliance -- --backend interpreter --disk disk.ext4 'mount /dev/vda /mnt && ls /mnt'
+//   dotnet run -c Release --project samples/LinuxAppliance -- --backend interpreter --append initcall_debug dmesg
+//   dotnet run -c Release --project samples/LinuxAppliance -- --backend interpreter --cpus 4 nproc
+//   dotnet run -c Release --project samples/LinuxAppliance -- --backend interpreter --net user --forward 8080:80 \
 //       'echo hi > /tmp/index.html && httpd -f -p 80 -h /tmp'      (then: curl http://127.0.0.1:8080/index.html)
 //
 // --net user gives the guest user-mode networking (no root): /init takes an address by DHCP (virt.net=dhcp),

@@ -1,5 +1,5 @@
 // Runs `busybox md5sum` on a string inside a micro-VM sandbox and prints the digest and what the run used.
-// Usage: dotnet run --project samples/Sandbox -- "text to hash" [path-to-static-busybox]
+// Usage: dotnet run -c Release --project samples/Sandbox -- "text to hash" [path-to-static-busybox]
 using System.Text;
 using Virt.Sandbox;
 
