@@ -1,12 +1,21 @@
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
 using Virt;
 
 namespace Microsoft.Extensions.DependencyInjection;
 
-/// <summary>Options for <see cref="VirtualizationServiceCollectionExtensions.AddVirtualization"/>.</summary>
+/// <summary>
+/// Options for <see cref="VirtualizationServiceCollectionExtensions.AddVirtualization(IServiceCollection, Action{VirtualizationOptions}?)"/>,
+/// read through <see cref="IOptions{TOptions}"/>: set them in code, bind them from configuration (the
+/// <see cref="SectionName"/> section by convention), and they are validated when the host starts.
+/// </summary>
 public sealed class VirtualizationOptions
 {
+    /// <summary>The configuration section these options are usually bound from: <c>Virtualization</c>.</summary>
+    public const string SectionName = "Virtualization";
+
     /// <summary>The backend every builder from the factory starts with. Default: <see cref="BackendKind.Auto"/>.</summary>
     public BackendKind Backend { get; set; } = BackendKind.Auto;
 
@@ -24,7 +33,7 @@ public interface IVirtualMachineFactory
     VirtualMachineBuilder CreateBuilder();
 }
 
-/// <summary>Returned by <see cref="VirtualizationServiceCollectionExtensions.AddVirtualization"/> for further configuration.</summary>
+/// <summary>Returned by <see cref="VirtualizationServiceCollectionExtensions.AddVirtualization(IServiceCollection, Action{VirtualizationOptions}?)"/> for further configuration.</summary>
 public interface IVirtualizationBuilder
 {
     /// <summary>The service collection being configured.</summary>
@@ -35,44 +44,50 @@ public interface IVirtualizationBuilder
 public static class VirtualizationServiceCollectionExtensions
 {
     /// <summary>
-    /// Registers an <see cref="IVirtualMachineFactory"/> singleton (if none is registered yet) whose builders
-    /// use the options set by <paramref name="configure"/> and log through the container's
-    /// <see cref="ILoggerFactory"/> when one is registered.
+    /// Registers an <see cref="IVirtualMachineFactory"/> singleton whose builders use <see cref="VirtualizationOptions"/>
+    /// (through <see cref="IOptions{TOptions}"/>) and log through the container's <see cref="ILoggerFactory"/> when one
+    /// is registered. Every call adds <paramref name="configure"/> to the options' configuration, in order, so calls
+    /// compose (a later call's values win); the factory is registered once. The options are validated when the host
+    /// starts (<c>ValidateOnStart</c>) or, without a host, when the factory is first resolved: an invalid value throws
+    /// <see cref="OptionsValidationException"/> naming the setting and what to change.
     /// </summary>
     public static IVirtualizationBuilder AddVirtualization(this IServiceCollection services, Action<VirtualizationOptions>? configure = null)
     {
         ArgumentNullException.ThrowIfNull(services);
-        var options = new VirtualizationOptions();
-        configure?.Invoke(options);
-        if (options.DefaultMemoryMiB <= 0)
+        services.AddOptions<VirtualizationOptions>().ValidateOnStart();
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<VirtualizationOptions>, VirtualizationOptionsValidator>());
+        if (configure is not null)
         {
-            throw new ArgumentException($"DefaultMemoryMiB must be positive (was {options.DefaultMemoryMiB}).", nameof(configure));
+            services.Configure(configure);
         }
 
-        services.TryAddSingleton(options);
         services.TryAddSingleton<IVirtualMachineFactory>(sp => new VirtualMachineFactory(
-            sp.GetRequiredService<VirtualizationOptions>(),
+            sp.GetRequiredService<IOptions<VirtualizationOptions>>().Value,
             (ILoggerFactory?)sp.GetService(typeof(ILoggerFactory))));
         return new VirtualizationBuilder(services);
     }
 
-    /// <summary>Sets the backend of the factory's builders.</summary>
-    public static IVirtualizationBuilder UseBackend(this IVirtualizationBuilder builder, BackendKind backend)
+    /// <summary>
+    /// Registers Virt.Sdk as <see cref="AddVirtualization(IServiceCollection, Action{VirtualizationOptions}?)"/> does,
+    /// with the options bound from <paramref name="configuration"/> (e.g. <c>configuration.GetSection("Virtualization")</c>
+    /// holding <c>Backend</c>, <c>DefaultMemoryMiB</c>, <c>DefaultVcpuCount</c>). Binding follows configuration reloads
+    /// for <see cref="IOptionsMonitor{TOptions}"/>; the factory reads the value once.
+    /// </summary>
+    public static IVirtualizationBuilder AddVirtualization(this IServiceCollection services, IConfiguration configuration)
     {
-        ArgumentNullException.ThrowIfNull(builder);
-        builder.Services.Configure(o => o.Backend = backend);
+        ArgumentNullException.ThrowIfNull(services);
+        ArgumentNullException.ThrowIfNull(configuration);
+        var builder = services.AddVirtualization();
+        services.AddOptions<VirtualizationOptions>().Bind(configuration);
         return builder;
     }
 
-    private static void Configure(this IServiceCollection services, Action<VirtualizationOptions> change)
+    /// <summary>Sets the backend of the factory's builders (composes with the other configuration, in call order).</summary>
+    public static IVirtualizationBuilder UseBackend(this IVirtualizationBuilder builder, BackendKind backend)
     {
-        foreach (var d in services)
-        {
-            if (d.ServiceType == typeof(VirtualizationOptions) && d.ImplementationInstance is VirtualizationOptions o)
-            {
-                change(o);
-            }
-        }
+        ArgumentNullException.ThrowIfNull(builder);
+        builder.Services.Configure<VirtualizationOptions>(o => o.Backend = backend);
+        return builder;
     }
 
     private sealed class VirtualizationBuilder(IServiceCollection services) : IVirtualizationBuilder

@@ -59,7 +59,7 @@ public sealed partial class VirtualMachine
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            LogVcpuFailed(_logger, e, _config.Name, index);
+            VirtLogEvents.LogVcpuFailed(_logger, e, _config.Name, index);
             RequestStop(new VirtualMachineExit
             {
                 Reason = StopReason.HostError,
@@ -184,7 +184,7 @@ public sealed partial class VirtualMachine
             _liveThreads--;
             if (halted && _liveThreads > 0)
             {
-                LogVcpuHalted(_logger, _config.Name, index);
+                VirtLogEvents.LogVcpuHalted(_logger, _config.Name, index);
             }
 
             CheckAllParked();
@@ -203,17 +203,8 @@ public sealed partial class VirtualMachine
         if (finalExit is not null)
         {
             SetState(VirtualMachineState.Stopped);
-            LogStopped(_logger, _config.Name, finalExit.Description);
+            VirtLogEvents.LogStop(_logger, _config.Name, finalExit);
             _exit.TrySetResult(finalExit);
         }
     }
-
-    [LoggerMessage(Level = LogLevel.Error, Message = "VM {Name}: vCPU {Index} failed")]
-    private static partial void LogVcpuFailed(ILogger logger, Exception exception, string name, int index);
-
-    [LoggerMessage(Level = LogLevel.Debug, Message = "VM {Name}: vCPU {Index} halted")]
-    private static partial void LogVcpuHalted(ILogger logger, string name, int index);
-
-    [LoggerMessage(Level = LogLevel.Information, Message = "VM {Name} stopped: {Description}")]
-    private static partial void LogStopped(ILogger logger, string name, string description);
 }

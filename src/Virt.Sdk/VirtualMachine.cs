@@ -89,7 +89,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
     {
         var logger = config.LoggerFactory?.CreateLogger("Virt.VirtualMachine") ?? NullLogger.Instance;
         var machine = MachineAssembler.Assemble(config, selection, devices, logger);
-        LogCreated(logger, config.Name, selection.Name, selection.Reason, config.MemorySize >> 20, config.VcpuCount);
+        VirtLogEvents.LogCreated(logger, config.Name, selection.Name, selection.Reason, config.MemorySize >> 20, config.VcpuCount);
         return new VirtualMachine(config, selection, machine, logger);
     }
 
@@ -424,7 +424,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
         var old = (VirtualMachineState)Interlocked.Exchange(ref _state, (int)state);
         if (old != state)
         {
-            LogStateChanged(_logger, _config.Name, old, state);
+            VirtLogEvents.LogStateChanged(_logger, _config.Name, old, state);
             StateChanged?.Invoke(this, new VirtualMachineStateChangedEventArgs(old, state));
         }
     }
@@ -448,10 +448,4 @@ public sealed partial class VirtualMachine : IAsyncDisposable
     }
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0 && State == VirtualMachineState.Disposed, this);
-
-    [LoggerMessage(Level = LogLevel.Information, Message = "VM {Name} created on {Backend} ({Reason}), {MemoryMiB} MiB, {Vcpus} vCPU(s)")]
-    private static partial void LogCreated(ILogger logger, string name, string backend, string reason, ulong memoryMiB, int vcpus);
-
-    [LoggerMessage(Level = LogLevel.Debug, Message = "VM {Name}: {Old} -> {New}")]
-    private static partial void LogStateChanged(ILogger logger, string name, VirtualMachineState old, VirtualMachineState @new);
 }

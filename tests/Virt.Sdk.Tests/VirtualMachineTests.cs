@@ -227,14 +227,6 @@ public sealed class VirtualMachineTests
         Assert.Contains(provider.Messages, m => m.Contains("created on interpreter", StringComparison.Ordinal));
     }
 
-    [Fact]
-    public void Add_virtualization_twice_keeps_the_first_registration()
-    {
-        var services = new ServiceCollection();
-        services.AddVirtualization(o => o.DefaultMemoryMiB = 8);
-        services.AddVirtualization(o => o.DefaultMemoryMiB = 16);
-        Assert.Single(services, d => d.ServiceType == typeof(IVirtualMachineFactory));
-    }
 
     private static async Task WaitUntil(Func<bool> condition, CancellationToken ct)
     {
