@@ -256,6 +256,7 @@ public sealed class VirtualNetwork
         if (span.Length < 14)
         {
             Interlocked.Increment(ref _dropped);
+            NetworkTelemetry.Dropped(Name, "runt");
             return;
         }
 
@@ -268,6 +269,7 @@ public sealed class VirtualNetwork
             if (_state != VirtualNetworkState.Running || !from.IsAttached)
             {
                 Interlocked.Increment(ref _dropped);
+                NetworkTelemetry.Dropped(Name, "stopped");
                 return;
             }
 
@@ -377,6 +379,7 @@ public sealed class VirtualNetworkPort : INetworkBackend
         else
         {
             Interlocked.Increment(ref _dropped);
+            NetworkTelemetry.Dropped(Network.Name, "receiver_refused");
         }
     }
 }

@@ -55,6 +55,7 @@ public sealed class Sandbox : IAsyncDisposable, IDisposable
         }
 
         var tcs = new TaskCompletionSource<SandboxResult>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var activity = SandboxTelemetry.StartRun(BackendName);
         _work.Add(() =>
         {
             try
@@ -72,7 +73,7 @@ public sealed class Sandbox : IAsyncDisposable, IDisposable
             // Ready the machine for the next call now that the caller has its result.
             _machine?.Park();
         }, CancellationToken.None);
-        return Watch(tcs.Task);
+        return Watch(tcs.Task, activity);
     }
 
     /// <summary>
@@ -84,17 +85,26 @@ public sealed class Sandbox : IAsyncDisposable, IDisposable
     private bool _stuck;
 
     /// <summary>The run's result, or a <see cref="SandboxStatus.BackendFailure"/> when the vCPU thread does not come back.</summary>
-    private async Task<SandboxResult> Watch(Task<SandboxResult> run)
+    private async Task<SandboxResult> Watch(Task<SandboxResult> run, System.Diagnostics.Activity? activity)
     {
+        SandboxResult result;
         try
         {
-            return await run.WaitAsync(_config.TimeLimit + StuckGrace).ConfigureAwait(false);
+            result = await run.WaitAsync(_config.TimeLimit + StuckGrace).ConfigureAwait(false);
         }
         catch (TimeoutException)
         {
             Volatile.Write(ref _stuck, true);
-            return StuckResult();
+            result = StuckResult();
         }
+        catch (Exception e)
+        {
+            SandboxTelemetry.Failed(activity, e);
+            throw;
+        }
+
+        SandboxTelemetry.Finished(activity, result);
+        return result;
     }
 
     private SandboxResult StuckResult() => new()

@@ -133,6 +133,6 @@ internal sealed partial class MachineResources(ILogger logger, string machineNam
         _owned.Clear();
     }
 
-    [LoggerMessage(EventId = VirtLogEvents.DeviceReleaseFailed, Level = LogLevel.Warning, Message = "VM {Name}: releasing a device resource failed")]
+    [LoggerMessage(EventId = VirtualMachineDiagnostics.DeviceReleaseFailed, Level = LogLevel.Warning, Message = "VM {Name}: releasing a device resource failed")]
     private static partial void LogDisposeFailed(ILogger logger, Exception exception, string name);
 }

@@ -35,6 +35,7 @@ public sealed partial class VirtualMachine
                 }
 
                 ioPending = exit.Reason is VcpuExitReason.PortIo or VcpuExitReason.Mmio;
+                VirtualMachineDiagnostics.CountExit(exit.Reason);
                 switch (exit.Reason)
                 {
                     case VcpuExitReason.PortIo:
@@ -59,7 +60,7 @@ public sealed partial class VirtualMachine
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            VirtLogEvents.LogVcpuFailed(_logger, e, _config.Name, index);
+            VirtualMachineDiagnostics.LogVcpuFailed(_logger, e, _config.Name, index);
             RequestStop(new VirtualMachineExit
             {
                 Reason = StopReason.HostError,
@@ -184,7 +185,7 @@ public sealed partial class VirtualMachine
             _liveThreads--;
             if (halted && _liveThreads > 0)
             {
-                VirtLogEvents.LogVcpuHalted(_logger, _config.Name, index);
+                VirtualMachineDiagnostics.LogVcpuHalted(_logger, _config.Name, index);
             }
 
             CheckAllParked();
@@ -203,7 +204,8 @@ public sealed partial class VirtualMachine
         if (finalExit is not null)
         {
             SetState(VirtualMachineState.Stopped);
-            VirtLogEvents.LogStop(_logger, _config.Name, finalExit);
+            VirtualMachineDiagnostics.LogStop(_logger, _config.Name, finalExit);
+            VirtualMachineDiagnostics.Stopped(this, _vcpus, finalExit);
             _exit.TrySetResult(finalExit);
         }
     }

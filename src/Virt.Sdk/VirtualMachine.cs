@@ -89,7 +89,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
     {
         var logger = config.LoggerFactory?.CreateLogger("Virt.VirtualMachine") ?? NullLogger.Instance;
         var machine = MachineAssembler.Assemble(config, selection, devices, logger);
-        VirtLogEvents.LogCreated(logger, config.Name, selection.Name, selection.Reason, config.MemorySize >> 20, config.VcpuCount);
+        VirtualMachineDiagnostics.LogCreated(logger, config.Name, selection.Name, selection.Reason, config.MemorySize >> 20, config.VcpuCount);
         return new VirtualMachine(config, selection, machine, logger);
     }
 
@@ -159,6 +159,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
                 };
             }
 
+            VirtualMachineDiagnostics.Started(this, _config.Name, BackendSelection.Name, _vcpus.Length);
             SetState(VirtualMachineState.Running);
             foreach (var t in _threads)
             {
@@ -424,7 +425,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
         var old = (VirtualMachineState)Interlocked.Exchange(ref _state, (int)state);
         if (old != state)
         {
-            VirtLogEvents.LogStateChanged(_logger, _config.Name, old, state);
+            VirtualMachineDiagnostics.LogStateChanged(_logger, _config.Name, old, state);
             StateChanged?.Invoke(this, new VirtualMachineStateChangedEventArgs(old, state));
         }
     }

@@ -46,7 +46,7 @@ public sealed partial class VirtualMachineBuilder
 
     internal VirtualMachineConfiguration Configuration => _config;
 
-    /// <summary>Names the VM (used in logs and thread names).</summary>
+    /// <summary>Names the VM (used in logs, thread names and traces). Default: <c>vm-1</c>, <c>vm-2</c>, ..., unique in the process.</summary>
     public VirtualMachineBuilder WithName(string name)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(name);

@@ -9,7 +9,7 @@ namespace Virt;
 /// <summary>The merged, immutable settings behind a <see cref="VirtualMachineBuilder"/>.</summary>
 internal sealed record VirtualMachineConfiguration
 {
-    public string Name { get; init; } = "vm";
+    public string Name { get; init; } = DefaultMachineNames.Next();
 
     public ulong MemorySize { get; init; } = 64UL << 20;
 

@@ -1,14 +1,101 @@
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+using System.Runtime.CompilerServices;
 using Microsoft.Extensions.Logging;
+using Virt.Cpu;
 
 namespace Virt;
 
 /// <summary>
-/// The event ids of Virt.Sdk's log messages. They are stable across versions (filter and alert on them); a new message
+/// A VM's logs, metrics and traces in one place (so that VirtualMachine itself stays small). The event ids of Virt.Sdk's log messages. They are stable across versions (filter and alert on them); a new message
 /// takes a new number, a removed one's number is not reused. Virt.Sdk uses 1000-1099, virtio devices 4000-4099
 /// (Virt.Devices), Virt.Orleans 1-99. See docs/observability.md.
 /// </summary>
-internal static partial class VirtLogEvents
+internal static partial class VirtualMachineDiagnostics
 {
+    private static readonly Meter s_meter = new(VirtualizationTelemetry.MeterName, typeof(VirtualMachineDiagnostics).Assembly.GetName().Version?.ToString());
+    private static readonly ActivitySource s_activities = new(VirtualizationTelemetry.ActivitySourceName, typeof(VirtualMachineDiagnostics).Assembly.GetName().Version?.ToString());
+    private static readonly Counter<long> s_exits = s_meter.CreateCounter<long>("virt.vm.exits", "{exit}", "vCPU exits handed to the VM's run loop, by reason (port_io, mmio, interrupted, halt, ...).");
+    private static readonly Counter<long> s_stops = s_meter.CreateCounter<long>("virt.vm.stops", "{stop}", "VMs that stopped, by stop reason.");
+    private static readonly Counter<long> s_instructions = s_meter.CreateCounter<long>("virt.vm.instructions", "{instruction}", "Instructions retired by VMs on backends that count them (the interpreter), added when a VM stops.");
+    private static readonly string[] s_exitReasons = [.. Enum.GetValues<VcpuExitReason>().Select(r => ToSnakeCase(r.ToString()))];
+    private static readonly ConditionalWeakTable<VirtualMachine, Activity> s_runs = [];
+
+    /// <summary>Counts one vCPU exit; nearly free when nothing listens.</summary>
+    public static void CountExit(VcpuExitReason reason)
+    {
+        if (s_exits.Enabled)
+        {
+            int index = (int)reason;
+            string name = (uint)index < (uint)s_exitReasons.Length ? s_exitReasons[index] : "unknown";
+            s_exits.Add(1, new KeyValuePair<string, object?>("virt.exit.reason", name));
+        }
+    }
+
+    /// <summary>Starts the VM's run activity (a child of the caller's current activity) when someone listens.</summary>
+    public static void Started(VirtualMachine vm, string name, string backend, int vcpus)
+    {
+        var activity = s_activities.StartActivity("virt.vm.run", ActivityKind.Internal);
+        if (activity is null)
+        {
+            return;
+        }
+
+        activity.SetTag("virt.vm.name", name);
+        activity.SetTag("virt.backend", backend);
+        activity.SetTag("virt.vm.vcpus", vcpus);
+        s_runs.AddOrUpdate(vm, activity);
+    }
+
+    /// <summary>Records a stop: the stop counter, the retired instructions, and the end of the run activity.</summary>
+    public static void Stopped(VirtualMachine vm, IReadOnlyList<IVirtualCpu> vcpus, VirtualMachineExit exit)
+    {
+        string reason = ToSnakeCase(exit.Reason.ToString());
+        s_stops.Add(1, new KeyValuePair<string, object?>("virt.stop.reason", reason));
+        if (s_instructions.Enabled)
+        {
+            long retired = 0;
+            foreach (var vcpu in vcpus)
+            {
+                retired += vcpu is IInstructionCounting counting ? counting.InstructionsRetired : 0;
+            }
+
+            if (retired > 0)
+            {
+                s_instructions.Add(retired);
+            }
+        }
+
+        if (s_runs.TryGetValue(vm, out var activity))
+        {
+            s_runs.Remove(vm);
+            activity.SetTag("virt.stop.reason", reason);
+            activity.SetTag("virt.stop.description", exit.Description);
+            if (StopLevel(exit.Reason) != LogLevel.Information)
+            {
+                activity.SetStatus(ActivityStatusCode.Error, exit.Description);
+            }
+
+            activity.Stop();
+        }
+    }
+
+    private static string ToSnakeCase(string name)
+    {
+        var text = new System.Text.StringBuilder(name.Length + 4);
+        for (int i = 0; i < name.Length; i++)
+        {
+            if (char.IsUpper(name[i]) && i > 0)
+            {
+                text.Append('_');
+            }
+
+            text.Append(char.ToLowerInvariant(name[i]));
+        }
+
+        return text.ToString();
+    }
+
     /// <summary>A VM was built (Information).</summary>
     public const int Created = 1000;
 

@@ -393,6 +393,20 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
             status = StatusIoError;
         }
 
+        StorageTelemetry.Request(
+            type switch
+            {
+                RequestIn => "read",
+                RequestOut => "write",
+                RequestFlush => "flush",
+                RequestGetId => "get_id",
+                RequestDiscard => "discard",
+                RequestWriteZeroes => "write_zeroes",
+                _ => "unsupported",
+            },
+            status switch { StatusOk => "ok", StatusUnsupported => "unsupported", _ => "error" },
+            type == RequestIn ? dataWritten : 0,
+            type == RequestOut && status == StatusOk ? chain.ReadableLength - HeaderSize : 0);
         chain.Write(statusOffset, [status]);
         return (uint)(dataWritten + 1);
     }

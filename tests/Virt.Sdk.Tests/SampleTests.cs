@@ -58,6 +58,18 @@ public sealed class SampleTests
     }
 
     [Fact]
+    public void Telemetry_exports_the_vm_span_and_metrics_to_the_console()
+    {
+        var (code, output) = RunSample("Telemetry");
+        Assert.True(code == 0, output);
+        Assert.Contains("guest stopped: debug exit with code 0", output, StringComparison.Ordinal);
+        Assert.Contains("virt.vm.run", output, StringComparison.Ordinal);
+        Assert.Contains("virt.stop.reason: debug_exit", output, StringComparison.Ordinal);
+        Assert.Contains("virt.vm.exits", output, StringComparison.Ordinal);
+        Assert.Contains("virt.vm.stops", output, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Sandbox_prints_the_md5_of_its_input()
     {
         Assert.SkipUnless(File.Exists("/bin/busybox") || File.Exists("/usr/bin/busybox"), "The sandbox sample needs a static busybox (apt-get install busybox-static).");
