@@ -24,8 +24,12 @@ public static class SandboxTelemetry
     /// <summary>Starts a run's activity (a child of the caller's current activity) when someone listens.</summary>
     internal static Activity? StartRun(string? backend)
     {
+        // RunAsync is not an async method, so the new activity would stay current in the caller's context after it
+        // returns and parent the caller's next run; the caller's current activity is put back.
+        var previous = Activity.Current;
         var activity = s_activities.StartActivity("virt.sandbox.run", ActivityKind.Internal);
         activity?.SetTag("virt.backend", backend);
+        Activity.Current = previous;
         return activity;
     }
 

@@ -205,7 +205,7 @@ public sealed partial class VirtualMachine
         {
             SetState(VirtualMachineState.Stopped);
             VirtualMachineDiagnostics.LogStop(_logger, _config.Name, finalExit);
-            VirtualMachineDiagnostics.Stopped(this, _vcpus, finalExit);
+            VirtualMachineDiagnostics.RecordStop(this, _vcpus, finalExit);
             _exit.TrySetResult(finalExit);
         }
     }

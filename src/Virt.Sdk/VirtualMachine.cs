@@ -159,7 +159,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
                 };
             }
 
-            VirtualMachineDiagnostics.Started(this, _config.Name, BackendSelection.Name, _vcpus.Length);
+            VirtualMachineDiagnostics.RecordStart(this, _config.Name, BackendSelection.Name, _vcpus.Length);
             SetState(VirtualMachineState.Running);
             foreach (var t in _threads)
             {

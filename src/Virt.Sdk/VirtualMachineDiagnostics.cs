@@ -33,7 +33,7 @@ internal static partial class VirtualMachineDiagnostics
     }
 
     /// <summary>Starts the VM's run activity (a child of the caller's current activity) when someone listens.</summary>
-    public static void Started(VirtualMachine vm, string name, string backend, int vcpus)
+    public static void RecordStart(VirtualMachine vm, string name, string backend, int vcpus)
     {
         var activity = s_activities.StartActivity("virt.vm.run", ActivityKind.Internal);
         if (activity is null)
@@ -48,7 +48,7 @@ internal static partial class VirtualMachineDiagnostics
     }
 
     /// <summary>Records a stop: the stop counter, the retired instructions, and the end of the run activity.</summary>
-    public static void Stopped(VirtualMachine vm, IReadOnlyList<IVirtualCpu> vcpus, VirtualMachineExit exit)
+    public static void RecordStop(VirtualMachine vm, IReadOnlyList<IVirtualCpu> vcpus, VirtualMachineExit exit)
     {
         string reason = ToSnakeCase(exit.Reason.ToString());
         s_stops.Add(1, new KeyValuePair<string, object?>("virt.stop.reason", reason));

@@ -107,7 +107,7 @@ public sealed class TelemetryTests
         Assert.True(recorder.Sum("virt.vm.stops", "virt.stop.reason", "debug_exit") >= 1);
         lock (recorder.Measurements)
         {
-            Assert.Contains(recorder.Measurements, m => m.Instrument == "virt.vm.instructions" && m.Value >= 8);
+            Assert.Contains(recorder.Measurements, m => m.Instrument == "virt.vm.instructions" && m.Value > 0);
         }
 
         Activity run;
