@@ -17,7 +17,7 @@ public sealed class RunTests
         var result = VirtTool.Run(
             ["run", "--backend", "interpreter", "--memory", "128", "--", "uname -r; echo args: \"$0\"; exit 3"],
             environment: new Dictionary<string, string?> { ["VIRT_LINUX_ARTIFACTS"] = RepositoryPaths.LinuxGuestKit },
-            timeout: TimeSpan.FromMinutes(4));
+            timeout: TimeSpan.FromMinutes(6));
 
         Assert.True(result.ExitCode == 3, result.All);
         Assert.Contains(release + "\n", result.Stdout.ReplaceLineEndings("\n"), StringComparison.Ordinal);
