@@ -132,6 +132,7 @@ internal sealed class CpuScheduler : IDisposable
             SampleLocked(runner, charge: false);
             if (runner.Light)
             {
+                runner.Idle = true;
                 runner.State = RunnerState.RunningFree;
                 runner.SliceStart = Stopwatch.GetTimestamp();
                 _running.Add(runner);
@@ -139,7 +140,12 @@ internal sealed class CpuScheduler : IDisposable
                 return true;
             }
 
-            runner.Account.VirtualTime = Math.Max(runner.Account.VirtualTime, MinVirtualTime() - _sliceNs);
+            if (runner.Idle)
+            {
+                // Back from sleeping in the guest (or new): it may not bank the CPU it left unused while idle.
+                runner.Account.VirtualTime = Math.Max(runner.Account.VirtualTime, MinVirtualTime() - _sliceNs);
+                runner.Idle = false;
+            }
             if (_freeSlots > 0 && !_waiting.Exists(w => w.Account.VirtualTime < runner.Account.VirtualTime))
             {
                 GrantLocked(runner);
@@ -217,6 +223,7 @@ internal sealed class CpuScheduler : IDisposable
 
     private void GrantLocked(VcpuRunner runner)
     {
+        TraceEvent("grant", runner);
         _freeSlots--;
         Grants++;
         runner.State = RunnerState.RunningSlot;
@@ -344,9 +351,10 @@ internal sealed class CpuScheduler : IDisposable
                     {
                         long demand = SampleLocked(r, charge: true);
                         long heldNs = (long)Stopwatch.GetElapsedTime(r.SliceStart, now).TotalNanoseconds;
-                        if (r.Clock?.IsAvailable == true && demand * 4 < elapsedNs && heldNs >= elapsedNs)
+                        if (r.Clock?.IsAvailable == true && demand * 4 < elapsedNs && heldNs >= elapsedNs && r.Clock.IsSleeping())
                         {
                             // Asleep in the guest (a halted CPU): it gives its slot up and runs without one.
+                            TraceEvent("asleep", r);
                             r.Light = true;
                             r.State = RunnerState.RunningFree;
                             _freeSlots++;
@@ -364,11 +372,21 @@ internal sealed class CpuScheduler : IDisposable
 
                     case RunnerState.RunningFree:
                     {
-                        long demand = SampleLocked(r, charge: true);
-                        if (demand * 2 > elapsedNs || r.Account.Budget < 0)
+                        // Busy again: it ran or wanted to run for half the tick and is not back asleep now (a vCPU
+                        // that woke for an interrupt and halted again stays light, however long the host made it wait).
+                        long before = r.Account.CpuNanoseconds;
+                        SampleLocked(r, charge: true);
+                        long ran = r.Account.CpuNanoseconds - before;
+                        // Light work (an interrupt handled between halts, a timer polled) stays without a slot even
+                        // when the host keeps the thread waiting; a vCPU that ran a quarter of the tick, or a tenth of
+                        // each of three ticks and is still runnable (a busy vCPU on a loaded host), queues for one.
+                        r.RunnableTicks = ran * 10 > elapsedNs && r.Clock?.IsSleeping() == false ? r.RunnableTicks + 1 : 0;
+                        if (ran * 4 > elapsedNs || r.RunnableTicks >= 3 || r.Account.Budget < 0)
                         {
+
                             // It keeps a CPU busy again: back to the queue for a slot.
                             r.Light = false;
+                            r.RunnableTicks = 0;
                             RequestYield(r, kick);
                         }
 
@@ -386,8 +404,19 @@ internal sealed class CpuScheduler : IDisposable
         }
     }
 
+    private static readonly bool Trace = Environment.GetEnvironmentVariable("VIRT_SCHED_TRACE") == "1";
+
+    private static void TraceEvent(string what, VcpuRunner r)
+    {
+        if (Trace)
+        {
+            Console.Error.WriteLine($"{Stopwatch.GetTimestamp() / 10000 % 100000,6} {what,-10} {r.Account.Name,-8} vt={r.Account.VirtualTime / 1e6:0.0} cpu={r.Account.CpuNanoseconds / 1e6:0.0} state={r.State}");
+        }
+    }
+
     private static void RequestYield(VcpuRunner r, List<VcpuRunner> kick)
     {
+        TraceEvent("yield", r);
         if (!r.YieldRequested)
         {
             r.YieldRequested = true;
@@ -427,6 +456,12 @@ internal sealed class VcpuRunner(CpuScheduler scheduler, CpuAccount account, IVi
     public bool YieldRequested { get => _yield; set => _yield = value; }
 
     public bool Light { get; set; }
+
+    /// <summary>Consecutive ticks at which a vCPU running without a slot had run and was still runnable.</summary>
+    public int RunnableTicks { get; set; }
+
+    /// <summary>Whether the vCPU last ran without a slot (asleep in the guest) or has not run yet.</summary>
+    public bool Idle { get; set; } = true;
 
     public long SliceStart { get; set; }
 

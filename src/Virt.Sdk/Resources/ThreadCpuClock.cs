@@ -11,9 +11,15 @@ namespace Virt.Resources;
 internal sealed partial class ThreadCpuClock : IDisposable
 {
     private readonly SafeFileHandle? _schedstat;
+    private readonly SafeFileHandle? _stat;
     private readonly byte[] _buffer = new byte[128];
+    private readonly byte[] _statBuffer = new byte[1024];
 
-    private ThreadCpuClock(SafeFileHandle? schedstat) => _schedstat = schedstat;
+    private ThreadCpuClock(SafeFileHandle? schedstat, SafeFileHandle? stat)
+    {
+        _schedstat = schedstat;
+        _stat = stat;
+    }
 
     /// <summary>Whether this clock reads the thread's own counters (otherwise <see cref="TryRead"/> always fails).</summary>
     public bool IsAvailable => _schedstat is not null;
@@ -23,17 +29,19 @@ internal sealed partial class ThreadCpuClock : IDisposable
     {
         if (!OperatingSystem.IsLinux())
         {
-            return new ThreadCpuClock(null);
+            return new ThreadCpuClock(null, null);
         }
 
         try
         {
             int tid = GetTid();
-            return new ThreadCpuClock(File.OpenHandle($"/proc/self/task/{tid}/schedstat", FileMode.Open, FileAccess.Read));
+            return new ThreadCpuClock(
+                File.OpenHandle($"/proc/self/task/{tid}/schedstat", FileMode.Open, FileAccess.Read),
+                File.OpenHandle($"/proc/self/task/{tid}/stat", FileMode.Open, FileAccess.Read));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or EntryPointNotFoundException or DllNotFoundException)
         {
-            return new ThreadCpuClock(null);
+            return new ThreadCpuClock(null, null);
         }
     }
 
@@ -61,7 +69,38 @@ internal sealed partial class ThreadCpuClock : IDisposable
         return TryParse(ref text, out runNs) && TryParse(ref text, out waitNs);
     }
 
-    public void Dispose() => _schedstat?.Dispose();
+    /// <summary>
+    /// Whether the thread is asleep now (state S or D in <c>/proc/self/task/TID/stat</c>: blocked, e.g. a halted vCPU
+    /// waiting for an interrupt), as opposed to running or waiting for a CPU (R). False when unknown.
+    /// </summary>
+    public bool IsSleeping()
+    {
+        if (_stat is null || _stat.IsClosed)
+        {
+            return false;
+        }
+
+        int n;
+        try
+        {
+            n = RandomAccess.Read(_stat, _statBuffer, 0);
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+
+        // "TID (COMM) S ...": the command may hold spaces and parentheses, so the state follows the last ')'.
+        var text = _statBuffer.AsSpan(0, n);
+        int close = text.LastIndexOf((byte)')');
+        return close >= 0 && close + 2 < n && text[close + 2] is (byte)'S' or (byte)'D' or (byte)'I';
+    }
+
+    public void Dispose()
+    {
+        _schedstat?.Dispose();
+        _stat?.Dispose();
+    }
 
     private static bool TryParse(ref Span<byte> text, out long value)
     {
