@@ -132,7 +132,7 @@ fi
 
 # Modules the appliance needs (names as modprobe spells them; '-' and '_' are equivalent).
 # Any that are built into this kernel are skipped; dependencies come from modules.dep.
-wanted=(virtio virtio_ring virtio_mmio virtio_pci virtio_blk virtio_net virtio_console virtio_rng
+wanted=(virtio virtio_ring virtio_mmio virtio_pci virtio_blk virtio_net virtio_console virtio_rng virtio_balloon
         failover net_failover crc16 crc32c_generic libcrc32c mbcache jbd2 ext4)
 
 norm() { local n="${1##*/}"; n="${n%%.ko*}"; echo "${n//-/_}"; }

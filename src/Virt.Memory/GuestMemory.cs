@@ -100,6 +100,53 @@ public sealed class GuestMemory : IGuestMemoryBacking, IDisposable
     /// <inheritdoc />
     public ulong TotalSize { get; }
 
+    /// <summary>
+    /// How many bytes of guest memory the host holds in RAM right now (pages the guest or the host touched and that
+    /// were not given back), or <see langword="null"/> where the host cannot tell (only Linux reports it, with
+    /// <c>mincore</c>). Pages of a file-backed region count when they are in the page cache.
+    /// </summary>
+    public ulong? ResidentBytes
+    {
+        get
+        {
+            ThrowIfDisposed();
+            if (!OperatingSystem.IsLinux())
+            {
+                return null;
+            }
+
+            const ulong chunk = 1UL << 30;
+            var vec = new byte[chunk / PageSize];
+            ulong resident = 0;
+            foreach (var r in _regions)
+            {
+                for (ulong offset = 0; offset < r.Size; offset += chunk)
+                {
+                    ulong length = Math.Min(chunk, r.Size - offset);
+                    unsafe
+                    {
+                        fixed (byte* v = vec)
+                        {
+                            // SAFETY: [offset, offset + length) lies in region r's live mapping; vec holds a byte per page.
+                            if (Interop.Libc.Mincore(r.Host + (nint)offset, (nuint)length, v) != 0)
+                            {
+                                return null;
+                            }
+                        }
+                    }
+
+                    int pages = (int)((length + PageSize - 1) / PageSize);
+                    for (int i = 0; i < pages; i++)
+                    {
+                        resident += (ulong)(vec[i] & 1);
+                    }
+                }
+            }
+
+            return resident * PageSize;
+        }
+    }
+
     /// <summary>Whether <see cref="Dispose"/> has run.</summary>
     public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
 

@@ -21,6 +21,9 @@ internal static partial class Interop
 
         [LibraryImport("libc", EntryPoint = "madvise", SetLastError = true)]
         internal static partial int Madvise(nint addr, nuint length, int advice);
+
+        [LibraryImport("libc", EntryPoint = "mincore", SetLastError = true)]
+        internal static unsafe partial int Mincore(nint addr, nuint length, byte* vec);
     }
 
     internal static partial class Kernel32

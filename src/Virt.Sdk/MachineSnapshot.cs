@@ -12,6 +12,13 @@ internal static class MachineSnapshot
     /// <summary>The snapshot section that holds guest RAM.</summary>
     private const string MemorySection = "memory0";
 
+    /// <summary>Restores the snapshot file at <paramref name="path"/> (see <see cref="VirtualMachine.RestoreAsync(string, Func{VirtualMachineBuilder, VirtualMachineBuilder}?, CancellationToken)"/>).</summary>
+    public static async Task<VirtualMachine> RestoreFileAsync(string path, Func<VirtualMachineBuilder, VirtualMachineBuilder>? configure, CancellationToken cancellationToken)
+    {
+        using var reader = SnapshotReader.Open(path);
+        return await VirtualMachine.RestoreCoreAsync(Open(reader), configure, cancellationToken).ConfigureAwait(false);
+    }
+
     /// <summary>
     /// Writes every section of the machine: its description, the partition's state, the vCPUs, the devices and (unless
     /// <paramref name="includeMemory"/> is false, as for a migration, which sends memory on its own) memory.

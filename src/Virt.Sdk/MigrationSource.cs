@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Virt.Snapshots;
 using Virt.Cpu;
 
 namespace Virt;
@@ -73,7 +74,7 @@ internal static class MigrationSource
             }
 
             rounds++;
-            await sender.SendStateAsync(await vm.SaveMachineStateAsync(cancellationToken).ConfigureAwait(false), cancellationToken).ConfigureAwait(false);
+            await sender.SendStateAsync(await SaveMachineStateAsync(vm, cancellationToken).ConfigureAwait(false), cancellationToken).ConfigureAwait(false);
             return new MigrationReport
             {
                 Rounds = rounds,
@@ -100,5 +101,17 @@ internal static class MigrationSource
 
             throw;
         }
+    }
+
+    /// <summary>The machine state without memory, as a snapshot in memory (the pause keeps it consistent).</summary>
+    private static async Task<ReadOnlyMemory<byte>> SaveMachineStateAsync(VirtualMachine vm, CancellationToken cancellationToken)
+    {
+        var buffer = new MemoryStream();
+        using (var writer = new SnapshotWriter(buffer, leaveOpen: true))
+        {
+            await vm.WriteSnapshotAsync(writer, includeMemory: false, quiesceDevices: false, cancellationToken).ConfigureAwait(false);
+        }
+
+        return buffer.GetBuffer().AsMemory(0, (int)buffer.Length);
     }
 }

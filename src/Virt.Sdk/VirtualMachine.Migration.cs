@@ -72,16 +72,4 @@ public sealed partial class VirtualMachine
 
         return await MigrationReceiver.ReceiveAsync(source, configure, cancellationToken).ConfigureAwait(false);
     }
-
-    /// <summary>The machine state without memory, as a snapshot in memory (the pause keeps it consistent).</summary>
-    internal async Task<ReadOnlyMemory<byte>> SaveMachineStateAsync(CancellationToken cancellationToken)
-    {
-        var buffer = new MemoryStream();
-        using (var writer = new SnapshotWriter(buffer, leaveOpen: true))
-        {
-            await WriteSnapshotAsync(writer, includeMemory: false, quiesceDevices: false, cancellationToken).ConfigureAwait(false);
-        }
-
-        return buffer.GetBuffer().AsMemory(0, (int)buffer.Length);
-    }
 }

@@ -19,6 +19,7 @@ public sealed partial class VirtualMachine
                 {
                     if (!ioPending)
                     {
+                        _share.Leave(index);
                         Park();
                         continue;
                     }
@@ -31,6 +32,11 @@ public sealed partial class VirtualMachine
                 }
                 else
                 {
+                    if (!_share.Enter(index, this))
+                    {
+                        continue;
+                    }
+
                     exit = vcpu.Run();
                 }
 
@@ -53,7 +59,7 @@ public sealed partial class VirtualMachine
                         halted = true;
                         return;
                     default:
-                        RequestStop(Translate(index, exit));
+                        RequestStop(VcpuExitTranslation.Translate(index, exit));
                         return;
                 }
             }
@@ -71,9 +77,13 @@ public sealed partial class VirtualMachine
         }
         finally
         {
+            _share.Leave(index);
             ThreadDone(index, halted);
         }
     }
+
+    /// <summary>Whether a vCPU thread waiting for a CPU of the pool should stop waiting: the VM is stopping or pausing.</summary>
+    internal bool ShouldLeaveGuest() => _stopRequested || _pauseRequested;
 
     private void DispatchPortIo(IVirtualCpu vcpu, in VcpuExit exit)
     {
@@ -117,36 +127,6 @@ public sealed partial class VirtualMachine
             _mmio.Read(exit.Address, slice);
         }
     }
-
-    private static VirtualMachineExit Translate(int index, in VcpuExit exit) => exit.Reason switch
-    {
-        VcpuExitReason.Shutdown => new VirtualMachineExit
-        {
-            Reason = StopReason.Shutdown,
-            VcpuIndex = index,
-            Fault = exit.Fault,
-            Description = $"vCPU {index} shut down (triple fault){(exit.Fault is null ? "" : ": " + exit.Fault)}",
-        },
-        VcpuExitReason.SystemEvent when exit.SystemEvent == SystemEventKind.Reset => new VirtualMachineExit
-        {
-            Reason = StopReason.Reset, VcpuIndex = index, Description = $"vCPU {index} reset the machine",
-        },
-        VcpuExitReason.SystemEvent when exit.SystemEvent == SystemEventKind.Shutdown => new VirtualMachineExit
-        {
-            Reason = StopReason.PowerOff, VcpuIndex = index, Description = $"vCPU {index} powered the machine off",
-        },
-        VcpuExitReason.BudgetExhausted => new VirtualMachineExit
-        {
-            Reason = StopReason.InstructionLimit, VcpuIndex = index, Description = $"vCPU {index} used up its instruction budget",
-        },
-        _ => new VirtualMachineExit
-        {
-            Reason = StopReason.GuestFault,
-            VcpuIndex = index,
-            Fault = exit.Fault,
-            Description = $"vCPU {index} stopped: {exit}",
-        },
-    };
 
     private void Park()
     {

@@ -53,7 +53,7 @@ public sealed partial class VirtualMachine
     /// start meanwhile; with <paramref name="quiesceDevices"/> the devices finish the requests they took first and
     /// resume afterwards (a migration quiesces them itself, before its last copy of memory).
     /// </summary>
-    private async Task WriteSnapshotAsync(SnapshotWriter writer, bool includeMemory, bool quiesceDevices, CancellationToken cancellationToken)
+    internal async Task WriteSnapshotAsync(SnapshotWriter writer, bool includeMemory, bool quiesceDevices, CancellationToken cancellationToken)
     {
         await _lifecycle.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
@@ -110,8 +110,7 @@ public sealed partial class VirtualMachine
     public static async Task<VirtualMachine> RestoreAsync(string path, Func<VirtualMachineBuilder, VirtualMachineBuilder>? configure = null, CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();
-        using var reader = SnapshotReader.Open(path);
-        return await RestoreCoreAsync(MachineSnapshot.Open(reader), configure, cancellationToken).ConfigureAwait(false);
+        return await MachineSnapshot.RestoreFileAsync(path, configure, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Builds the machine a snapshot describes around the caller's host parts and loads its state; the VM comes back paused.</summary>

@@ -88,9 +88,22 @@ public sealed partial class VirtualMachine : IAsyncDisposable
     internal static VirtualMachine Create(VirtualMachineConfiguration config, BackendSelection selection, DeviceManager devices)
     {
         var logger = config.LoggerFactory?.CreateLogger("Virt.VirtualMachine") ?? NullLogger.Instance;
-        var machine = MachineAssembler.Assemble(config, selection, devices, logger);
+        var share = MachineShare.Admit(config);
+        AssembledMachine machine;
+        try
+        {
+            machine = MachineAssembler.Assemble(config, selection, devices, logger);
+        }
+        catch
+        {
+            share.Dispose();
+            throw;
+        }
+
         VirtualMachineDiagnostics.LogCreated(logger, config.Name, selection.Name, selection.Reason, config.MemorySize >> 20, config.VcpuCount);
-        return new VirtualMachine(config, selection, machine, logger);
+        var vm = new VirtualMachine(config, selection, machine, logger);
+        vm._share = share.Join(machine);
+        return vm;
     }
 
     /// <summary>For Linux guests: the full kernel command line the VM passed (with console and device parameters); otherwise <see langword="null"/>.</summary>
@@ -372,6 +385,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
                 _hostTasks.Dispose();
             }
 
+            _share.Dispose();
             await _machine.Resources.DisposeAsync().ConfigureAwait(false);
             _exit.TrySetResult(new VirtualMachineExit { Reason = StopReason.StoppedByHost, Description = "disposed before it ran" });
             SetState(VirtualMachineState.Disposed);
@@ -399,6 +413,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
 
     private void KickAll()
     {
+        _share.WakeAll();
         foreach (var v in _vcpus)
         {
             v.RequestExit();

@@ -70,6 +70,12 @@ internal sealed record VirtualMachineConfiguration
 
     /// <summary>When the VM is restored from a snapshot: where its memory and state come from (no images, boot or start state are loaded).</summary>
     public SnapshotSource? Restore { get; init; }
+
+    /// <summary>The resource pool the VM is admitted to when built, if any.</summary>
+    public ResourcePool? Pool { get; init; }
+
+    /// <summary>What the VM asks of <see cref="Pool"/>.</summary>
+    public ResourceRequest? PoolRequest { get; init; }
 }
 
 internal sealed record FlatImage(ReadOnlyMemory<byte> Bytes, GuestAddress Address);

@@ -128,4 +128,13 @@ public sealed class SampleTests
         Assert.Contains("[client] hello from the server appliance", output, StringComparison.Ordinal);
         Assert.Contains("3 packets received", output, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void ResourcePool_shares_one_cpu_two_to_one_and_refuses_a_vm_that_does_not_fit()
+    {
+        var (code, output) = RunSample("ResourcePool", "--backend", "interpreter", "--seconds", "2");
+        Assert.True(code == 0, output);
+        Assert.Contains("refused (Memory)", output, StringComparison.Ordinal);
+        Assert.Contains("gold/silver CPU ratio", output, StringComparison.Ordinal);
+    }
 }

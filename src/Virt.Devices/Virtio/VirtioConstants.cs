@@ -14,6 +14,9 @@ public enum VirtioDeviceType : uint
 
     /// <summary>Entropy source (virtio-rng).</summary>
     Entropy = 4,
+
+    /// <summary>Memory balloon (virtio-balloon).</summary>
+    Balloon = 5,
 }
 
 /// <summary>Device-independent feature bits (virtio 1.2, section 6) that the transport negotiates itself.</summary>

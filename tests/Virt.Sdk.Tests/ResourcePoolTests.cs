@@ -1,0 +1,162 @@
+using Virt.Boot;
+using Virt.Testing;
+using Xunit;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace Virt.Sdk.Tests;
+
+/// <summary>
+/// Admission against a pool's capacity, and the pool's CPU scheduler: shares under contention, caps, and idle VMs that
+/// leave the CPU to busy ones. CPU is what the host measured for the vCPU threads (no wall-clock asserts: the ratios hold
+/// whatever else the machine runs).
+/// </summary>
+public sealed class ResourcePoolTests
+{
+    private const ulong Load = 0x100000;
+
+    public static TheoryData<string> Backends => FlatGuestVm.Backends;
+
+    [Fact]
+    public async Task A_vm_that_does_not_fit_is_refused_with_a_message_naming_the_short_resource()
+    {
+        using var pool = new ResourcePool(new ResourcePoolOptions { Cpus = 1, MemoryBytes = 100UL << 20, VcpuOvercommit = 2, NetworkBytesPerSecond = 1_000_000 });
+        await using var first = SpinningVm("interpreter", pool, "first", new ResourceRequest()).WithMemoryMiB(64).Build();
+
+        var memory = Assert.Throws<ResourceExhaustedException>(() => SpinningVm("interpreter", pool, "second", new ResourceRequest()).WithMemoryMiB(64).Build());
+        Assert.Equal(ResourceKind.Memory, memory.Resource);
+        Assert.Equal("second", memory.MachineName);
+        Assert.Equal(64.0 * (1 << 20), memory.Requested);
+        Assert.Equal(36.0 * (1 << 20), memory.Available);
+        Assert.Contains("28 MiB short", memory.Message, StringComparison.Ordinal);
+
+        var vcpus = Assert.Throws<ResourceExhaustedException>(() => SpinningVm("interpreter", pool, "wide", new ResourceRequest()).WithMemoryMiB(16).WithVcpus(2).Build());
+        Assert.Equal(ResourceKind.Vcpus, vcpus.Resource);
+        Assert.Contains("vCPU", vcpus.Message, StringComparison.Ordinal);
+
+        var network = Assert.Throws<ResourceExhaustedException>(() => SpinningVm("interpreter", pool, "chatty", new ResourceRequest { NetworkBytesPerSecond = 2_000_000 }).WithMemoryMiB(16).Build());
+        Assert.Equal(ResourceKind.NetworkBandwidth, network.Resource);
+
+        Assert.Throws<ArgumentException>(() => SpinningVm("interpreter", pool, "first", new ResourceRequest()).WithMemoryMiB(16).Build());
+        Assert.Equal(4, pool.RefusedCount);
+
+        // Leaving gives the share back.
+        await first.DisposeAsync();
+        await using var second = SpinningVm("interpreter", pool, "second", new ResourceRequest()).WithMemoryMiB(64).Build();
+        Assert.Equal(64UL << 20, pool.MemoryCharged);
+        Assert.Single(pool.GetUsage());
+    }
+
+    [Theory]
+    [MemberData(nameof(Backends))]
+    public async Task Two_busy_vms_with_shares_two_to_one_get_cpu_in_that_ratio(string backend)
+    {
+        using var pool = new ResourcePool(new ResourcePoolOptions { Cpus = 1 });
+        await using var heavy = SpinningVm(backend, pool, "heavy", new ResourceRequest { CpuShares = 2048 }).Build();
+        await using var light = SpinningVm(backend, pool, "light", new ResourceRequest { CpuShares = 1024 }).Build();
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        timeout.CancelAfter(TimeSpan.FromMinutes(3));
+        await heavy.StartAsync(timeout.Token);
+        await light.StartAsync(timeout.Token);
+
+        // Measure from the moment both have had the CPU, until they used 3 s of it between them.
+        await WaitUntilAsync(() => Usage(pool, "heavy").SlotGrants > 1 && Usage(pool, "light").SlotGrants > 1, timeout.Token);
+        var heavy0 = Usage(pool, "heavy").CpuTime;
+        var light0 = Usage(pool, "light").CpuTime;
+        await WaitUntilAsync(() => Usage(pool, "heavy").CpuTime - heavy0 + (Usage(pool, "light").CpuTime - light0) > TimeSpan.FromSeconds(3), timeout.Token);
+        await heavy.StopAsync(timeout.Token);
+        await light.StopAsync(timeout.Token);
+
+        double ratio = (Usage(pool, "heavy").CpuTime - heavy0) / (Usage(pool, "light").CpuTime - light0);
+        Assert.True(ratio is > 1.8 and < 2.2, $"CPU ratio {ratio:0.00}, expected 2 +/- 10% (heavy {Usage(pool, "heavy")}, light {Usage(pool, "light")})");
+    }
+
+    [Theory]
+    [MemberData(nameof(Backends))]
+    public async Task A_capped_vm_uses_no_more_than_its_cap_with_cpus_free(string backend)
+    {
+        using var pool = new ResourcePool(new ResourcePoolOptions { Cpus = 2 });
+        await using var vm = SpinningVm(backend, pool, "capped", new ResourceRequest { CpuLimit = 0.5 }).Build();
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        timeout.CancelAfter(TimeSpan.FromMinutes(2));
+        await vm.StartAsync(timeout.Token);
+        await WaitUntilAsync(() => Usage(pool, "capped").CpuTime > TimeSpan.FromMilliseconds(100), timeout.Token);
+        var cpu0 = Usage(pool, "capped").CpuTime;
+        var wall = System.Diagnostics.Stopwatch.StartNew();
+        await WaitUntilAsync(() => Usage(pool, "capped").CpuTime - cpu0 > TimeSpan.FromSeconds(1), timeout.Token);
+        var used = Usage(pool, "capped").CpuTime - cpu0;
+        wall.Stop();
+        await vm.StopAsync(timeout.Token);
+
+        // The budget holds two slices of burst; beyond that the VM gets half a CPU per second of wall time at most.
+        var allowed = (wall.Elapsed * 0.5) + (pool.Options.TimeSlice * 3);
+        // (Whether it was throttled at all depends on how much CPU the host gave it; the bound is what is promised.)
+        Assert.True(used <= allowed, $"used {used.TotalMilliseconds:0} ms of CPU in {wall.Elapsed.TotalMilliseconds:0} ms with a cap of 0.5 (allowed {allowed.TotalMilliseconds:0}); {Usage(pool, "capped")}");
+    }
+
+    [Fact]
+    public async Task An_idle_vm_leaves_the_pools_only_cpu_to_a_busy_one()
+    {
+        using var pool = new ResourcePool(new ResourcePoolOptions { Cpus = 1 });
+        var idleCode = GuestProgram.Assemble(64, Load, a =>
+        {
+            var loop = a.CreateLabel();
+            a.sti();
+            a.Label(ref loop);
+            a.hlt();
+            a.jmp(loop);
+        });
+        await using var idle = FlatGuestVm.Builder("interpreter")
+            .WithName("idle")
+            .WithResourcePool(pool)
+            .WithInterruptController()
+            .WithFlatBinary(idleCode, new GuestAddress(Load))
+            .WithEntryPoint(new GuestAddress(Load), StartMode.Long64)
+            .Build();
+        await using var busy = SpinningVm("interpreter", pool, "busy", new ResourceRequest()).Build();
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        timeout.CancelAfter(TimeSpan.FromMinutes(2));
+        await idle.StartAsync(timeout.Token);
+        await busy.StartAsync(timeout.Token);
+
+        await WaitUntilAsync(() => Usage(pool, "busy").CpuTime > TimeSpan.FromSeconds(1), timeout.Token);
+        var busyUsage = Usage(pool, "busy");
+        var idleUsage = Usage(pool, "idle");
+        await busy.StopAsync(timeout.Token);
+        await idle.StopAsync(timeout.Token);
+
+        // The halted VM gives the slot up at the first tick and, however often its timer wakes it, does not queue for
+        // it again while its work stays light, so the busy VM keeps the CPU. (A VM that took the slot at every wake
+        // would preempt the busy one about ten times a second; a host so loaded that a wake-up waits three ticks for
+        // a CPU may still count as busy once or twice.)
+        Assert.True(busyUsage.Preemptions <= 4, $"busy VM preempted {busyUsage.Preemptions} times; idle VM: {idleUsage}");
+        Assert.True(idleUsage.SlotGrants <= 5, $"idle VM took the CPU {idleUsage.SlotGrants} times");
+        Assert.True(idleUsage.CpuTime < busyUsage.CpuTime / 10, $"idle {idleUsage.CpuTime}, busy {busyUsage.CpuTime}");
+    }
+
+    private static ResourceUsage Usage(ResourcePool pool, string name) =>
+        pool.GetUsage(name) ?? throw new InvalidOperationException($"VM '{name}' is not in the pool.");
+
+    private static async Task WaitUntilAsync(Func<bool> condition, CancellationToken cancellationToken)
+    {
+        while (!condition())
+        {
+            await Task.Delay(20, cancellationToken);
+        }
+    }
+
+    private static VirtualMachineBuilder SpinningVm(string backend, ResourcePool pool, string name, ResourceRequest request)
+    {
+        var code = GuestProgram.Assemble(64, Load, a =>
+        {
+            var loop = a.CreateLabel();
+            a.Label(ref loop);
+            a.inc(rax);
+            a.jmp(loop);
+        });
+        return FlatGuestVm.Builder(backend)
+            .WithName(name)
+            .WithResourcePool(pool, request)
+            .WithFlatBinary(code, new GuestAddress(Load))
+            .WithEntryPoint(new GuestAddress(Load), StartMode.Long64);
+    }
+}
