@@ -108,7 +108,7 @@ public sealed class LinuxGuestAgentTests(BootedAgentGuest guest) : IClassFixture
             Assert.Equal(0, (await vm.ExecAsync("true", cancellationToken: ct)).ExitCode);
         }
 
-        TestContext.Current.SendDiagnosticMessage($"ExecAsync(\"true\") on the interpreter: {clock.Elapsed.TotalMilliseconds / Rounds:F0} ms per command (mean of {Rounds}); boot to agent {guest.BootToAgent.TotalSeconds:F1} s");
+        TestContext.Current.TestOutputHelper?.WriteLine($"ExecAsync(\"true\") on the interpreter: {clock.Elapsed.TotalMilliseconds / Rounds:F0} ms per command (mean of {Rounds}); boot to agent {guest.BootToAgent.TotalSeconds:F1} s");
         var line = await vm.WaitForConsoleLineAsync(new Regex("^virt-agent: listening on vsock port 1024$"), TimeSpan.FromSeconds(1), ct);
         Assert.Contains("1024", line, StringComparison.Ordinal);
     }
@@ -134,7 +134,7 @@ public sealed class LinuxGuestAgentTests(BootedAgentGuest guest) : IClassFixture
         var fromGuest = clock.Elapsed;
         Assert.Equal(BigSize, back.Length);
         Assert.Equal(expected, Convert.ToHexStringLower(SHA256.HashData(back.ToArray())));
-        TestContext.Current.SendDiagnosticMessage($"vsock copy on the interpreter: to the guest {BigSize / 1048576.0 / toGuest.TotalSeconds:F2} MiB/s, from the guest {BigSize / 1048576.0 / fromGuest.TotalSeconds:F2} MiB/s");
+        TestContext.Current.TestOutputHelper?.WriteLine($"vsock copy on the interpreter: to the guest {BigSize / 1048576.0 / toGuest.TotalSeconds:F2} MiB/s, from the guest {BigSize / 1048576.0 / fromGuest.TotalSeconds:F2} MiB/s");
 
         var missing = await Assert.ThrowsAsync<GuestAgentException>(() => vm.CopyFromGuestAsync("/no/such/file", Stream.Null, ct));
         Assert.Contains("No such file", missing.Message, StringComparison.Ordinal);

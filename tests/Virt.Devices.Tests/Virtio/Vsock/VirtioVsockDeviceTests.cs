@@ -130,7 +130,7 @@ public sealed class VirtioVsockDeviceTests
         // What arrived within the credit is still readable; then the reset shows.
         byte[] all = new byte[4 * P.MaxPayload];
         await stream.ReadExactlyAsync(all, Ct);
-        await Assert.ThrowsAsync<IOException>(async () => await stream.ReadAsync(new byte[1], Ct));
+        await Assert.ThrowsAsync<IOException>(async () => await stream.ReadExactlyAsync(new byte[1], Ct));
     }
 
     [Fact]
@@ -257,7 +257,7 @@ public sealed class VirtioVsockDeviceTests
         Assert.Equal(0, rig.Device.ConnectionCount);
         foreach (var s in streams)
         {
-            await Assert.ThrowsAsync<IOException>(async () => await s.ReadAsync(new byte[1], Ct));
+            await Assert.ThrowsAsync<IOException>(async () => await s.ReadExactlyAsync(new byte[1], Ct));
             await s.DisposeAsync();
         }
     }

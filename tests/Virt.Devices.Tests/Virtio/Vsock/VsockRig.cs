@@ -9,7 +9,7 @@ internal sealed class VsockRig : VirtioTestRig
 {
     public const uint GuestCid = 3;
     private readonly Dictionary<uint, GuestAddress> _rxBuffers = [];
-    private GuestAddress _txBuffer;
+    private readonly GuestAddress _txBuffer;
 
     public VsockRig()
         : base(new VirtioVsockDevice(GuestCid), ramSize: 0x400000, dataArea: 0x20000)
