@@ -6,6 +6,7 @@
 #   initramfs.cpio.gz     busybox, the virtio/ext4 modules and an /init (see docs/linux-guests.md)
 #   kernel.release        the kernel's release string (uname -r)
 #   modules.order         the modules /init loads, in load order
+#   (inside the initramfs, /bin/virt-agent is scripts/virt-agent.c built with gcc -static)
 #
 # Usage: scripts/get-linux-guest.sh [--force] [--boot-qemu]
 #   --force      rebuild the initramfs even when it is up to date
@@ -126,7 +127,8 @@ echo "$kver" > "$out/kernel.release.tmp" && mv "$out/kernel.release.tmp" "$out/k
 initramfs="$out/initramfs.cpio.gz"
 needs_build=1
 if [ "$force" -eq 0 ] && [ -f "$initramfs" ] \
-   && [ "$initramfs" -nt "${BASH_SOURCE[0]}" ] && [ "$initramfs" -nt "$kernel_image" ]; then
+   && [ "$initramfs" -nt "${BASH_SOURCE[0]}" ] && [ "$initramfs" -nt "$kernel_image" ] \
+   && [ "$initramfs" -nt "$root_dir/scripts/virt-agent.c" ]; then
   needs_build=0
 fi
 
@@ -134,6 +136,8 @@ fi
 # Any that are built into this kernel are skipped; dependencies come from modules.dep.
 wanted=(virtio virtio_ring virtio_mmio virtio_pci virtio_blk virtio_net virtio_console virtio_rng virtio_balloon
         failover net_failover crc16 crc32c_generic libcrc32c mbcache jbd2 ext4)
+# vsock (AF_VSOCK over virtio), for the guest agent and host <-> guest streams.
+wanted+=(vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport)
 
 norm() { local n="${1##*/}"; n="${n%%.ko*}"; echo "${n//-/_}"; }
 
@@ -186,6 +190,15 @@ if [ "$needs_build" -eq 1 ]; then
     [ -e "$stage/bin/$applet" ] || ln -s busybox "$stage/bin/$applet"
   done
 
+  # The guest agent (virt.agent=PORT), a static binary so that it needs nothing from the initramfs.
+  ensure_tool gcc gcc
+  if [ ! -f /usr/include/linux/vm_sockets.h ] || [ ! -f /usr/include/stdio.h ]; then
+    ensure_apt_lists
+    log "installing libc6-dev and linux-libc-dev for the guest agent"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libc6-dev linux-libc-dev >/dev/null
+  fi
+  gcc -static -O2 -Wall -o "$stage/bin/virt-agent" "$root_dir/scripts/virt-agent.c"
+
   : > "$stage/lib/modules/load.order"
   : > "$out/modules.order.tmp"
   for path in "${order[@]}"; do
@@ -216,6 +229,8 @@ if [ "$needs_build" -eq 1 ]; then
 #   MODULE.PARAM=VALUE  passed to insmod for MODULE (e.g. virtio_mmio.device=4K@0xd0000000:5).
 #   virt.net=dhcp       bring eth0 up and configure it by DHCP (udhcpc) before the marker;
 #                       prints VIRT-NET-READY=ADDRESS or VIRT-NET-FAILED.
+#   virt.agent=PORT     start the guest agent (/bin/virt-agent) on vsock port PORT (1 means the
+#                       default, 1024) before the marker; it prints "virt-agent: listening ...".
 # Output markers: VIRT-INIT-READY when the modules are loaded, VIRT-EXIT-STATUS=N after the
 # command; then the machine powers off.
 export PATH=/bin:/sbin
@@ -245,6 +260,15 @@ for word in $cmdline; do
       else
         echo VIRT-NET-FAILED
       fi
+      ;;
+  esac
+done
+for word in $cmdline; do
+  case "$word" in
+    virt.agent=*)
+      port="${word#virt.agent=}"
+      [ "$port" = 1 ] && port=1024
+      virt-agent "$port" < /dev/null &
       ;;
   esac
 done

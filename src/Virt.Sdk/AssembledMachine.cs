@@ -50,6 +50,9 @@ internal sealed class AssembledMachine
     /// <summary>The devices that save and restore their own state, in the order a snapshot writes and restores them.</summary>
     public required IReadOnlyList<Snapshots.IPersistentState> PersistentDevices { get; init; }
 
+    /// <summary>The vsock device, the guest agent and the console's lines.</summary>
+    public required GuestChannels Guest { get; init; }
+
     /// <summary>
     /// Brings every virtio device to rest for a snapshot or the last copy of a migration: no request half done, every
     /// completion in its used ring with its interrupt, disk images flushed. Resumes them all if one fails or the wait

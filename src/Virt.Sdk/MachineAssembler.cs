@@ -45,7 +45,8 @@ internal static class MachineAssembler
                 : config.Kernel.IsEmpty ? null : BootLinux(config, memory, vcpus[0], devices);
             var stop = new StopRequests();
             var persistent = new List<Snapshots.IPersistentState>();
-            var serial = AttachPlatformDevices(config, devices, partition, stop, persistent);
+            var console = GuestChannels.MonitorConsole(config);
+            var serial = AttachPlatformDevices(config, devices, partition, stop, persistent, console);
             devices.AttachDevices(memory, partition, config.LoggerFactory, resources);
             persistent.AddRange(devices.PersistentDevices);
             return new AssembledMachine
@@ -63,6 +64,7 @@ internal static class MachineAssembler
                 Resources = resources,
                 PersistentDevices = persistent,
                 Transports = devices.Transports,
+                Guest = GuestChannels.Create(config, devices.Transports, console, resources),
             };
         }
         catch
@@ -190,6 +192,11 @@ internal static class MachineAssembler
             parts.Add("console=ttyS0");
         }
 
+        if (config.GuestAgentPort is { } agentPort && config.KernelCommandLine?.Contains("virt.agent=", StringComparison.Ordinal) != true)
+        {
+            parts.Add($"virt.agent={agentPort}");
+        }
+
         if (config.KernelCommandLine?.Contains("pci=", StringComparison.Ordinal) != true)
         {
             // The machine has no PCI host bridge: spare the kernel the probing (and its "no config space access" error).
@@ -216,7 +223,7 @@ internal static class MachineAssembler
 
     /// <summary>Creates the devices the VM provides itself and registers them where the device manager reserved their ports.</summary>
     /// <returns>The serial console, if the VM has one.</returns>
-    private static Serial16550? AttachPlatformDevices(VirtualMachineConfiguration config, DeviceManager devices, IPartition partition, StopRequests stop, List<Snapshots.IPersistentState> persistent)
+    private static Serial16550? AttachPlatformDevices(VirtualMachineConfiguration config, DeviceManager devices, IPartition partition, StopRequests stop, List<Snapshots.IPersistentState> persistent, Stream? console)
     {
         void Attach(PlatformDevice which, IPortIoDevice device)
         {
@@ -231,7 +238,7 @@ internal static class MachineAssembler
         if (config.HasSerialConsole)
         {
             var irq = new PartitionInterruptLine(partition, Serial16550.Com1Irq);
-            serial = config.SerialWriter is { } writer ? Serial16550.ForTextWriter(irq, writer) : new Serial16550(irq, config.SerialOutput!);
+            serial = new Serial16550(irq, console!);
             Attach(PlatformDevice.SerialConsole, serial);
         }
 

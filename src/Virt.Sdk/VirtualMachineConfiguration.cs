@@ -68,6 +68,9 @@ internal sealed record VirtualMachineConfiguration
     /// <summary>The backend records which guest pages are written, so a live migration copies memory while the guest runs.</summary>
     public bool TrackDirtyPages { get; init; }
 
+    /// <summary>The guest agent's vsock port (<c>virt.agent=</c> on the kernel command line), or null without an agent.</summary>
+    public uint? GuestAgentPort { get; init; }
+
     /// <summary>When the VM is restored from a snapshot: where its memory and state come from (no images, boot or start state are loaded).</summary>
     public SnapshotSource? Restore { get; init; }
 
