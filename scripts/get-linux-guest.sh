@@ -134,6 +134,8 @@ fi
 # Any that are built into this kernel are skipped; dependencies come from modules.dep.
 wanted=(virtio virtio_ring virtio_mmio virtio_pci virtio_blk virtio_net virtio_console virtio_rng
         failover net_failover crc16 crc32c_generic libcrc32c mbcache jbd2 ext4)
+# Shared folders (virtio-fs): the FUSE core and its virtio transport.
+wanted+=(fuse virtiofs)
 
 norm() { local n="${1##*/}"; n="${n%%.ko*}"; echo "${n//-/_}"; }
 

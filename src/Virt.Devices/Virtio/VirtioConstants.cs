@@ -14,6 +14,9 @@ public enum VirtioDeviceType : uint
 
     /// <summary>Entropy source (virtio-rng).</summary>
     Entropy = 4,
+
+    /// <summary>File system device (virtio-fs, virtio 1.2 section 5.11).</summary>
+    FileSystem = 26,
 }
 
 /// <summary>Device-independent feature bits (virtio 1.2, section 6) that the transport negotiates itself.</summary>
