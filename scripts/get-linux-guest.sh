@@ -218,6 +218,8 @@ if [ "$needs_build" -eq 1 ]; then
 #   MODULE.PARAM=VALUE  passed to insmod for MODULE (e.g. virtio_mmio.device=4K@0xd0000000:5).
 #   virt.net=dhcp       bring eth0 up and configure it by DHCP (udhcpc) before the marker;
 #                       prints VIRT-NET-READY=ADDRESS or VIRT-NET-FAILED.
+#   virt.mount=TAG:DIR[:ro]  mount the virtio-fs share TAG at DIR (read-only with :ro) before the
+#                       marker; prints VIRT-MOUNT-READY=TAG:DIR or VIRT-MOUNT-FAILED=TAG.
 # Output markers: VIRT-INIT-READY when the modules are loaded, VIRT-EXIT-STATUS=N after the
 # command; then the machine powers off.
 export PATH=/bin:/sbin
@@ -246,6 +248,23 @@ for word in $cmdline; do
         echo "VIRT-NET-READY=$(ip -4 -o addr show dev eth0 | sed -n 's/.* inet \([^ ]*\).*/\1/p')"
       else
         echo VIRT-NET-FAILED
+      fi
+      ;;
+  esac
+done
+for word in $cmdline; do
+  case "$word" in
+    virt.mount=?*:/*)
+      spec="${word#virt.mount=}"
+      tag="${spec%%:*}"
+      dir="${spec#*:}"
+      opts=rw
+      case "$dir" in *:ro) dir="${dir%:ro}"; opts=ro ;; esac
+      mkdir -p "$dir"
+      if mount -t virtiofs -o "$opts" "$tag" "$dir"; then
+        echo "VIRT-MOUNT-READY=$tag:$dir"
+      else
+        echo "VIRT-MOUNT-FAILED=$tag"
       fi
       ;;
   esac

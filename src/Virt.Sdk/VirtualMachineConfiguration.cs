@@ -68,6 +68,9 @@ internal sealed record VirtualMachineConfiguration
     /// <summary>The backend records which guest pages are written, so a live migration copies memory while the guest runs.</summary>
     public bool TrackDirtyPages { get; init; }
 
+    /// <summary>Shared folders (virtio-fs) added with <c>WithSharedFolder</c>: their tags, and the mounts /init is told about.</summary>
+    public ImmutableList<SharedFolderMount> SharedFolders { get; init; } = [];
+
     /// <summary>When the VM is restored from a snapshot: where its memory and state come from (no images, boot or start state are loaded).</summary>
     public SnapshotSource? Restore { get; init; }
 }
