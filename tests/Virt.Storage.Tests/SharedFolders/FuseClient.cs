@@ -233,14 +233,8 @@ internal sealed class ShareTree : IDisposable
     {
         try
         {
-            foreach (var d in new DirectoryInfo(Root).EnumerateDirectories("*", SearchOption.AllDirectories))
-            {
-                if (d.LinkTarget is null && !OperatingSystem.IsWindows())
-                {
-                    d.UnixFileMode |= UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
-                }
-            }
-
+            // A guest may leave directories without permissions and links that loop (a -> ..): walk without following links.
+            MakeWritable(new DirectoryInfo(Root));
             Directory.Delete(Root, recursive: true);
         }
         catch (IOException)
@@ -248,6 +242,23 @@ internal sealed class ShareTree : IDisposable
         }
         catch (UnauthorizedAccessException)
         {
+        }
+    }
+
+    private static void MakeWritable(DirectoryInfo directory)
+    {
+        if (OperatingSystem.IsWindows())
+        {
+            return;
+        }
+
+        directory.UnixFileMode |= UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
+        foreach (var sub in directory.EnumerateDirectories())
+        {
+            if (sub.LinkTarget is null)
+            {
+                MakeWritable(sub);
+            }
         }
     }
 }
