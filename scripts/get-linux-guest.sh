@@ -138,6 +138,8 @@ wanted=(virtio virtio_ring virtio_mmio virtio_pci virtio_blk virtio_net virtio_c
         failover net_failover crc16 crc32c_generic libcrc32c mbcache jbd2 ext4)
 # vsock (AF_VSOCK over virtio), for the guest agent and host <-> guest streams.
 wanted+=(vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport)
+# Shared folders (virtio-fs): the FUSE core and its virtio transport.
+wanted+=(fuse virtiofs)
 
 norm() { local n="${1##*/}"; n="${n%%.ko*}"; echo "${n//-/_}"; }
 
@@ -231,6 +233,8 @@ if [ "$needs_build" -eq 1 ]; then
 #                       prints VIRT-NET-READY=ADDRESS or VIRT-NET-FAILED.
 #   virt.agent=PORT     start the guest agent (/bin/virt-agent) on vsock port PORT (1 means the
 #                       default, 1024) before the marker; it prints "virt-agent: listening ...".
+#   virt.mount=TAG:DIR[:ro]  mount the virtio-fs share TAG at DIR (read-only with :ro) before the
+#                       marker; prints VIRT-MOUNT-READY=TAG:DIR or VIRT-MOUNT-FAILED=TAG.
 # Output markers: VIRT-INIT-READY when the modules are loaded, VIRT-EXIT-STATUS=N after the
 # command; then the machine powers off.
 export PATH=/bin:/sbin
@@ -269,6 +273,19 @@ for word in $cmdline; do
       port="${word#virt.agent=}"
       [ "$port" = 1 ] && port=1024
       virt-agent "$port" < /dev/null &
+      ;;
+    virt.mount=?*:/*)
+      spec="${word#virt.mount=}"
+      tag="${spec%%:*}"
+      dir="${spec#*:}"
+      opts=rw
+      case "$dir" in *:ro) dir="${dir%:ro}"; opts=ro ;; esac
+      mkdir -p "$dir"
+      if mount -t virtiofs -o "$opts" "$tag" "$dir"; then
+        echo "VIRT-MOUNT-READY=$tag:$dir"
+      else
+        echo "VIRT-MOUNT-FAILED=$tag"
+      fi
       ;;
   esac
 done

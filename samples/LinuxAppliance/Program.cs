@@ -11,6 +11,9 @@
 //   dotnet run -c Release --project samples/LinuxAppliance -- --backend interpreter --net user --forward 8080:80 \
 //       'echo hi > /tmp/index.html && httpd -f -p 80 -h /tmp'      (then: curl http://127.0.0.1:8080/index.html)
 //
+//   dotnet run --project samples/LinuxAppliance -- --backend interpreter --share ./data 'ls -l /mnt/share && date > /mnt/share/stamp'
+//
+// --share DIR[:ro] shares a host directory through virtio-fs; /init mounts it at /mnt/share (read-only with :ro).
 // --net user gives the guest user-mode networking (no root): /init takes an address by DHCP (virt.net=dhcp),
 // the gateway 10.0.2.2 is the host's loopback; --forward HOSTPORT:GUESTPORT (repeatable) forwards a host port.
 using System.Text;
@@ -27,6 +30,7 @@ int memoryMiB = 256;
 int cpus = 1;
 string net = "none";
 var forwards = new List<UserNetworkTcpForward>();
+string? share = null;
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -66,6 +70,9 @@ for (int i = 0; i < args.Length; i++)
             break;
         case "--disk" when i + 1 < args.Length:
             disks.Add(args[++i]); // /dev/vda, /dev/vdb, ... in this order
+            break;
+        case "--share" when i + 1 < args.Length:
+            share = args[++i]; // DIR or DIR:ro, mounted at /mnt/share
             break;
         default:
             command.AddRange(args[i..]);
@@ -117,6 +124,12 @@ try
     foreach (string disk in disks)
     {
         builder = builder.WithVirtioBlock(disk);
+    }
+
+    if (share is not null)
+    {
+        bool readOnly = share.EndsWith(":ro", StringComparison.Ordinal);
+        builder = builder.WithSharedFolder(readOnly ? share[..^3] : share, "share", readOnly, "/mnt/share");
     }
 
     if (net == "user")

@@ -208,6 +208,9 @@ internal static class MachineAssembler
             parts.AddRange(devices.KernelCommandLineEntries);
         }
 
+        // Shared folders the guest kit's /init mounts (virt.mount=TAG:DIR[:ro]).
+        parts.AddRange(config.SharedFolders.Select(s => s.KernelParameter).OfType<string>());
+
         string commandLine = string.Join(' ', parts);
         var options = new LinuxBootOptions
         {

@@ -71,6 +71,9 @@ internal sealed record VirtualMachineConfiguration
     /// <summary>The guest agent's vsock port (<c>virt.agent=</c> on the kernel command line), or null without an agent.</summary>
     public uint? GuestAgentPort { get; init; }
 
+    /// <summary>Shared folders (virtio-fs) added with <c>WithSharedFolder</c>: their tags, and the mounts /init is told about.</summary>
+    public ImmutableList<SharedFolderMount> SharedFolders { get; init; } = [];
+
     /// <summary>When the VM is restored from a snapshot: where its memory and state come from (no images, boot or start state are loaded).</summary>
     public SnapshotSource? Restore { get; init; }
 

@@ -17,6 +17,9 @@ public enum VirtioDeviceType : uint
 
     /// <summary>Memory balloon (virtio-balloon).</summary>
     Balloon = 5,
+
+    /// <summary>File system device (virtio-fs, virtio 1.2 section 5.11).</summary>
+    FileSystem = 26,
 }
 
 /// <summary>Device-independent feature bits (virtio 1.2, section 6) that the transport negotiates itself.</summary>
