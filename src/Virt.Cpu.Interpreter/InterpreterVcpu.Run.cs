@@ -68,6 +68,12 @@ internal sealed partial class InterpreterVcpu
 
         _hasExit = false;
         _exitDataLength = 0;
+        if (_debugStepOwed)
+        {
+            _debugStepOwed = false;
+            return VcpuExit.DebugEvent(GuestDebugSettings.SingleStepStatus, breakpointInstruction: false);
+        }
+
         while (true)
         {
             // An instruction whose MMIO access the last exit served finishes first: leaving it unfinished would
@@ -165,7 +171,17 @@ internal sealed partial class InterpreterVcpu
                 }
             }
 
-            bool single = replay || _interruptShadow || _trace != null;
+            bool single = replay || _interruptShadow || _trace != null || _debugActive;
+            if (_debugActive && !replay)
+            {
+                _debugHits = 0;
+                ulong breakpoints = CheckExecuteBreakpoints();
+                if (breakpoints != 0)
+                {
+                    return VcpuExit.DebugEvent(breakpoints, breakpointInstruction: false);
+                }
+            }
+
             _inBlock = false;
             try
             {
@@ -200,6 +216,8 @@ internal sealed partial class InterpreterVcpu
             }
             catch (GuestFault f)
             {
+                // Data breakpoints count only for instructions that complete.
+                _debugHits = 0;
                 if (_nonCanonical && _inBlock && UsesStackSegment())
                 {
                     // A non-canonical stack-segment address raises #SS(0), not #GP(0).
@@ -235,7 +253,14 @@ internal sealed partial class InterpreterVcpu
 
             if (_hasExit)
             {
+                // A port-I/O instruction retired before its exit: the step it completed is reported by the next run.
+                _debugStepOwed = _debugActive && _debugStep && _exit.Reason == VcpuExitReason.PortIo;
                 return TakeExit();
+            }
+
+            if (_debugActive && TakeDebugEvent() is VcpuExit debugEvent)
+            {
+                return debugEvent;
             }
         }
     }

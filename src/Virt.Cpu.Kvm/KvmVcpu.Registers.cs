@@ -167,6 +167,49 @@ internal sealed unsafe partial class KvmVcpu
         KvmIoctls.SetDebugRegs(_handle, registers);
     }
 
+    /// <inheritdoc />
+    public GuestDebugFeatures DebugFeatures => _partition.Host.HasGuestDebug
+        ? GuestDebugFeatures.SingleStep | GuestDebugFeatures.SoftwareBreakpoints | GuestDebugFeatures.HardwareBreakpoints
+        : GuestDebugFeatures.None;
+
+    /// <inheritdoc />
+    public void SetGuestDebug(in GuestDebugSettings settings)
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        if (!settings.IsEnabled)
+        {
+            if (_partition.Host.HasGuestDebug)
+            {
+                KvmIoctls.SetGuestDebug(_handle, 0, default);
+            }
+
+            return;
+        }
+
+        if (!_partition.Host.HasGuestDebug)
+        {
+            throw new NotSupportedException("This KVM lacks KVM_CAP_SET_GUEST_DEBUG; host debugging is not available on it.");
+        }
+
+        uint control = KVM_GUESTDBG_ENABLE;
+        if (settings.SingleStep)
+        {
+            control |= KVM_GUESTDBG_SINGLESTEP;
+        }
+
+        if (settings.InterceptBreakpointInstructions)
+        {
+            control |= KVM_GUESTDBG_USE_SW_BP;
+        }
+
+        if ((settings.HardwareBreakpoints.Dr7 & 0xFF) != 0)
+        {
+            control |= KVM_GUESTDBG_USE_HW_BP;
+        }
+
+        KvmIoctls.SetGuestDebug(_handle, control, settings.HardwareBreakpoints);
+    }
+
     private void RequireDebugRegisters()
     {
         if (!_partition.Host.HasDebugRegisters)

@@ -45,6 +45,8 @@ public sealed partial class VirtualMachine
                         break;
                     case VcpuExitReason.Interrupted:
                         break;
+                    case VcpuExitReason.Debug when TryHandleDebugExit(index, exit):
+                        break;
                     case VcpuExitReason.Halt:
                         // Without an interrupt controller nothing can wake a halted vCPU. With one, the backend
                         // waits for the next interrupt inside Run and reports a halt only when none can come
@@ -52,7 +54,7 @@ public sealed partial class VirtualMachine
                         halted = true;
                         return;
                     default:
-                        RequestStop(Translate(index, exit));
+                        RequestStop(VcpuExitStops.ToStop(index, exit));
                         return;
                 }
             }
@@ -116,36 +118,6 @@ public sealed partial class VirtualMachine
             _mmio.Read(exit.Address, slice);
         }
     }
-
-    private static VirtualMachineExit Translate(int index, in VcpuExit exit) => exit.Reason switch
-    {
-        VcpuExitReason.Shutdown => new VirtualMachineExit
-        {
-            Reason = StopReason.Shutdown,
-            VcpuIndex = index,
-            Fault = exit.Fault,
-            Description = $"vCPU {index} shut down (triple fault){(exit.Fault is null ? "" : ": " + exit.Fault)}",
-        },
-        VcpuExitReason.SystemEvent when exit.SystemEvent == SystemEventKind.Reset => new VirtualMachineExit
-        {
-            Reason = StopReason.Reset, VcpuIndex = index, Description = $"vCPU {index} reset the machine",
-        },
-        VcpuExitReason.SystemEvent when exit.SystemEvent == SystemEventKind.Shutdown => new VirtualMachineExit
-        {
-            Reason = StopReason.PowerOff, VcpuIndex = index, Description = $"vCPU {index} powered the machine off",
-        },
-        VcpuExitReason.BudgetExhausted => new VirtualMachineExit
-        {
-            Reason = StopReason.InstructionLimit, VcpuIndex = index, Description = $"vCPU {index} used up its instruction budget",
-        },
-        _ => new VirtualMachineExit
-        {
-            Reason = StopReason.GuestFault,
-            VcpuIndex = index,
-            Fault = exit.Fault,
-            Description = $"vCPU {index} stopped: {exit}",
-        },
-    };
 
     private void Park()
     {

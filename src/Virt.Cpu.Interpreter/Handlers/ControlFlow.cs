@@ -44,6 +44,12 @@ internal sealed partial class InterpreterVcpu
 
     internal ulong Int3(ref Op op, in Instruction _)
     {
+        if (InterceptInt3())
+        {
+            // The exit signal restarts the instruction: RIP stays at the INT3, as a debugger expects.
+            throw _exitSignal;
+        }
+
         _cpu.Rip = op.Next;
         Deliver(Vectors.BP, false, 0, software: true);
         return _cpu.Rip;
