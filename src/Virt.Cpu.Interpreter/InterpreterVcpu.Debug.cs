@@ -27,7 +27,7 @@ internal sealed partial class InterpreterVcpu
     private bool _debugStepOwed;
 
     public GuestDebugFeatures DebugFeatures =>
-        GuestDebugFeatures.SingleStep | GuestDebugFeatures.SoftwareBreakpoints | GuestDebugFeatures.HardwareBreakpoints;
+        GuestDebugFeatures.SingleStep | GuestDebugFeatures.SoftwareBreakpoints | GuestDebugFeatures.HardwareBreakpoints | GuestDebugFeatures.Watchpoints;
 
     public void SetGuestDebug(in GuestDebugSettings settings)
     {

@@ -10,8 +10,10 @@ public enum GuestDebugFeatures
     SingleStep = 1,
     /// <summary>An <c>INT3</c> (0xCC) the guest executes stops the vCPU instead of raising #BP in the guest (<see cref="GuestDebugSettings.InterceptBreakpointInstructions"/>).</summary>
     SoftwareBreakpoints = 2,
-    /// <summary>Four host breakpoints or watchpoints in DR0-DR3/DR7 format, apart from the guest's own debug registers (<see cref="GuestDebugSettings.HardwareBreakpoints"/>).</summary>
+    /// <summary>Four host execute breakpoints in DR0-DR3/DR7 format, apart from the guest's own debug registers (<see cref="GuestDebugSettings.HardwareBreakpoints"/>).</summary>
     HardwareBreakpoints = 4,
+    /// <summary>The host breakpoint slots can also watch data writes and accesses (DR7 R/W 01 and 11).</summary>
+    Watchpoints = 8,
 }
 
 /// <summary>

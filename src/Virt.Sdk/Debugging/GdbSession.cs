@@ -519,7 +519,7 @@ internal sealed class GdbSession
     {
         if (_vm.Exit is { } done)
         {
-            return ExitReply(done);
+            return await ExitReplyAsync(done, cancellationToken).ConfigureAwait(false);
         }
 
         if (address is ulong rip)
@@ -599,7 +599,7 @@ internal sealed class GdbSession
         {
             var e = _vm.Exit ?? await exitTask.ConfigureAwait(false);
             _lastStop = ExitReply(e);
-            return _lastStop;
+            return await ExitReplyAsync(e, cancellationToken).ConfigureAwait(false);
         }
 
         _registerThread = stop.Value.Vcpu;
@@ -649,8 +649,20 @@ internal sealed class GdbSession
         return sb.ToString();
     }
 
-    private static string ExitReply(VirtualMachineExit exit) =>
-        "W" + ((exit.ExitCode ?? 0) & 0xFF).ToString("x2", CultureInfo.InvariantCulture);
+    /// <summary>
+    /// The end of the VM: <c>W</c> with the exit code for a guest that ended itself (debug-exit device, power-off, halt),
+    /// <c>X</c> with SIGKILL's number otherwise (a fault, a triple fault, the host), after an <c>O</c> packet that shows
+    /// GDB's user why.
+    /// </summary>
+    private async Task<string> ExitReplyAsync(VirtualMachineExit exit, CancellationToken cancellationToken)
+    {
+        await _connection.SendAsync("O" + Convert.ToHexString(Encoding.UTF8.GetBytes($"VM stopped: {exit.Description}\n")).ToLowerInvariant(), cancellationToken).ConfigureAwait(false);
+        return ExitReply(exit);
+    }
+
+    private static string ExitReply(VirtualMachineExit exit) => exit.Reason is StopReason.DebugExit or StopReason.PowerOff or StopReason.Halted
+        ? "W" + ((exit.ExitCode ?? 0) & 0xFF).ToString("x2", CultureInfo.InvariantCulture)
+        : "X09";
 
     private static bool TryHex(string s, out ulong value) =>
         ulong.TryParse(s, NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out value);

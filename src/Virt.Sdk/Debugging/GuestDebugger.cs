@@ -55,6 +55,9 @@ internal sealed class GuestDebugger
     private readonly Action _requestPause;
     private readonly Dictionary<ulong, (ulong Physical, byte Original)> _softwareBreakpoints = [];
     private readonly HostBreakpoint?[] _slots = new HostBreakpoint?[4];
+
+    /// <summary>Software breakpoints held in host execute slots (backends that cannot intercept INT3).</summary>
+    private readonly HashSet<ulong> _hardwareStandIns = [];
     private readonly Lock _lock = new();
     private TaskCompletionSource<DebugStop>? _stop;
 
@@ -63,7 +66,7 @@ internal sealed class GuestDebugger
         _vcpus = vcpus;
         _memory = memory;
         _requestPause = requestPause;
-        Features = GuestDebugFeatures.SingleStep | GuestDebugFeatures.SoftwareBreakpoints | GuestDebugFeatures.HardwareBreakpoints;
+        Features = GuestDebugFeatures.SingleStep | GuestDebugFeatures.SoftwareBreakpoints | GuestDebugFeatures.HardwareBreakpoints | GuestDebugFeatures.Watchpoints;
         foreach (var v in vcpus)
         {
             Features &= v.DebugFeatures;
@@ -119,7 +122,7 @@ internal sealed class GuestDebugger
             if ((status & (1UL << i)) != 0 && _slots[i] is { } slot)
             {
                 return slot.Kind == HostBreakpointKind.Execute
-                    ? new DebugStop(index, DebugStopKind.HardwareBreakpoint)
+                    ? new DebugStop(index, _hardwareStandIns.Contains(slot.Address) ? DebugStopKind.SoftwareBreakpoint : DebugStopKind.HardwareBreakpoint)
                     : new DebugStop(index, DebugStopKind.Watchpoint, slot);
             }
         }
@@ -174,6 +177,7 @@ internal sealed class GuestDebugger
         }
 
         Array.Clear(_slots);
+        _hardwareStandIns.Clear();
         Disarm();
         if (Features != GuestDebugFeatures.None)
         {
@@ -230,7 +234,8 @@ internal sealed class GuestDebugger
             return false;
         }
 
-        if (kind != HostBreakpointKind.Execute && (length is not (1 or 2 or 4 or 8) || (address & (ulong)(length - 1)) != 0))
+        if (kind != HostBreakpointKind.Execute
+            && ((Features & GuestDebugFeatures.Watchpoints) == 0 || length is not (1 or 2 or 4 or 8) || (address & (ulong)(length - 1)) != 0))
         {
             return false;
         }
@@ -263,11 +268,23 @@ internal sealed class GuestDebugger
     }
 
     /// <summary>Plants an <c>INT3</c> at <paramref name="address"/> (a linear address in <paramref name="vcpu"/>'s address space).</summary>
+    /// <remarks>Where the backend cannot intercept INT3, a free host execute breakpoint stands in for it (reported as a software breakpoint).</remarks>
     public bool TryAddSoftwareBreakpoint(int vcpu, ulong address)
     {
         if ((Features & GuestDebugFeatures.SoftwareBreakpoints) == 0)
         {
-            return false;
+            if (_hardwareStandIns.Contains(address))
+            {
+                return true;
+            }
+
+            if (!TryAddHardware(HostBreakpointKind.Execute, address, 1))
+            {
+                return false;
+            }
+
+            _hardwareStandIns.Add(address);
+            return true;
         }
 
         lock (_lock)
@@ -300,6 +317,11 @@ internal sealed class GuestDebugger
     /// <summary>Puts the original byte back where an <c>INT3</c> was planted.</summary>
     public bool RemoveSoftwareBreakpoint(ulong address)
     {
+        if (_hardwareStandIns.Remove(address))
+        {
+            return RemoveHardware(HostBreakpointKind.Execute, address, 1);
+        }
+
         (ulong Physical, byte Original) bp;
         lock (_lock)
         {
