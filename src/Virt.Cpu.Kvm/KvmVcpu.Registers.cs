@@ -170,7 +170,7 @@ internal sealed unsafe partial class KvmVcpu
     /// <inheritdoc />
     /// <remarks>
     /// A paravirtual KVM (PVM) honours KVM_SET_GUEST_DEBUG only for the kernel-mode code it emulates, and there only
-    /// single steps and execute breakpoints: an intercepted INT3 ends in an emulation failure, data breakpoints never
+    /// single steps and execute breakpoints: INT3 at CPL 0 ends in an emulation failure, data breakpoints never
     /// fire, and user-mode code, which runs natively on the host processor, is not stopped at all.
     /// </remarks>
     public GuestDebugFeatures DebugFeatures => !_partition.Host.HasGuestDebug
