@@ -8,6 +8,7 @@
 //   dotnet run -c Release --project samples/LinuxAppliance -- --backend interpreter --disk disk.ext4 'mount /dev/vda /mnt && ls /mnt'
 //   dotnet run -c Release --project samples/LinuxAppliance -- --backend interpreter --append initcall_debug dmesg
 //   dotnet run -c Release --project samples/LinuxAppliance -- --backend interpreter --cpus 4 nproc
+//   dotnet run -c Release --project samples/LinuxAppliance -- --backend interpreter --gdb :1234 uname -a   (then: gdb -ex 'target remote :1234')
 //   dotnet run -c Release --project samples/LinuxAppliance -- --backend interpreter --net user --forward 8080:80 \
 //       'echo hi > /tmp/index.html && httpd -f -p 80 -h /tmp'      (then: curl http://127.0.0.1:8080/index.html)
 //
@@ -31,6 +32,7 @@ int cpus = 1;
 string net = "none";
 var forwards = new List<UserNetworkTcpForward>();
 string? share = null;
+System.Net.IPEndPoint? gdb = null;
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -64,6 +66,9 @@ for (int i = 0; i < args.Length; i++)
                 return 2;
             }
 
+            break;
+        case "--gdb" when i + 1 < args.Length:
+            gdb = ParseGdbEndPoint(args[++i]); // [HOST]:PORT; the VM waits for GDB's first "continue"
             break;
         case "--cpus" when i + 1 < args.Length:
             cpus = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); // vCPUs, each on its own host thread
@@ -152,8 +157,25 @@ try
 
     VirtualMachineExit exit;
     await using (attach ? await terminal!.AttachAsync(vm, cts.Token) : null)
+    await using (gdb is not null ? await vm.StartGdbServerAsync(gdb, cts.Token) : null)
     {
-        exit = await vm.RunAsync(cts.Token);
+        if (gdb is not null)
+        {
+            // GDB's first "continue" starts the VM; until then it can set breakpoints from the first instruction.
+            Console.Error.WriteLine($"waiting for GDB: gdb -ex 'target remote {gdb}' (add the kernel's vmlinux for symbols; see docs/debugging.md)");
+            try
+            {
+                exit = await vm.WaitForExitAsync(cts.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                exit = await vm.StopAsync(CancellationToken.None);
+            }
+        }
+        else
+        {
+            exit = await vm.RunAsync(cts.Token);
+        }
     }
 
     Console.Error.WriteLine($"guest stopped: {exit.Description}");
@@ -168,6 +190,19 @@ catch (Exception e) when (e is InvalidOperationException or ArgumentException or
 {
     Console.Error.WriteLine(e.Message);
     return 2;
+}
+
+// "--gdb :1234" listens on the loopback interface only: the stub gives full control of the guest.
+static System.Net.IPEndPoint ParseGdbEndPoint(string text)
+{
+    int colon = text.LastIndexOf(':');
+    string host = colon > 0 ? text[..colon] : "127.0.0.1";
+    if (!int.TryParse(text[(colon + 1)..], System.Globalization.CultureInfo.InvariantCulture, out int port) || port is < 0 or > 65535)
+    {
+        throw new ArgumentException($"--gdb takes [HOST]:PORT, e.g. :1234 (got '{text}').");
+    }
+
+    return new System.Net.IPEndPoint(System.Net.IPAddress.Parse(host == "localhost" ? "127.0.0.1" : host), port);
 }
 
 static string FindRoot()

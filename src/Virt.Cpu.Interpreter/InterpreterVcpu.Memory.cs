@@ -212,6 +212,11 @@ internal sealed unsafe partial class InterpreterVcpu
     private ulong ReadSlow(ulong lin, int size)
     {
         CheckCanonical(lin);
+        if (_debugWatch)
+        {
+            CheckWatchpoints(lin, size, write: false);
+        }
+
         bool user = _cpu.Cpl == 3;
         if ((lin & 0xFFF) + (ulong)size > 4096)
         {
@@ -239,16 +244,26 @@ internal sealed unsafe partial class InterpreterVcpu
 
         ref readonly PhysRegion r = ref _regions[region];
         nint host = r.Host + (nint)((phys & ~0xFFFUL) - r.Start);
-        ref TlbEntry e = ref _rtlb[(int)((lin >> 12) & TlbMask)];
-        e.Tag = ((lin >> 11) & ~1UL) | _userKey;
-        e.Host = host;
-        e.Phys = phys & ~0xFFFUL;
+        if (!_debugWatch)
+        {
+            // Host watchpoints keep every read on this slow path, where they are checked.
+            ref TlbEntry e = ref _rtlb[(int)((lin >> 12) & TlbMask)];
+            e.Tag = ((lin >> 11) & ~1UL) | _userKey;
+            e.Host = host;
+            e.Phys = phys & ~0xFFFUL;
+        }
+
         return LoadHost((byte*)(host + (nint)(lin & 0xFFF)), size);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void WriteSlow(ulong lin, int size, ulong value)
     {
+        if (_debugWatch)
+        {
+            CheckWatchpoints(lin, size, write: true);
+        }
+
         if ((lin & 0xFFF) + (ulong)size > 4096)
         {
             if (_writeTlbFlushRequested)
@@ -308,7 +323,7 @@ internal sealed unsafe partial class InterpreterVcpu
         ref readonly PhysRegion r = ref _regions[region];
         nint host = r.Host + (nint)(page - r.Start);
         _partition.MarkDirty(region, (page - r.Start) >> 12);
-        if (!CodeWritten(region, page))
+        if (!CodeWritten(region, page) && !_debugWatch)
         {
             ref TlbEntry e = ref _wtlb[(int)((lin >> 12) & TlbMask)];
             e.Tag = ((lin >> 11) & ~1UL) | _userKey;

@@ -68,6 +68,12 @@ internal sealed partial class InterpreterVcpu
 
         _hasExit = false;
         _exitDataLength = 0;
+        if (_debugStepOwed)
+        {
+            _debugStepOwed = false;
+            return VcpuExit.DebugEvent(GuestDebugSettings.SingleStepStatus, breakpointInstruction: false);
+        }
+
         while (true)
         {
             // An instruction whose MMIO access the last exit served finishes first: leaving it unfinished would
@@ -165,7 +171,17 @@ internal sealed partial class InterpreterVcpu
                 }
             }
 
-            bool single = replay || _interruptShadow || _trace != null;
+            bool single = replay || _interruptShadow || _trace != null || _debugActive;
+            if (_debugActive && !replay)
+            {
+                _debugHits = 0;
+                ulong breakpoints = CheckExecuteBreakpoints();
+                if (breakpoints != 0)
+                {
+                    return VcpuExit.DebugEvent(breakpoints, breakpointInstruction: false);
+                }
+            }
+
             _inBlock = false;
             try
             {
@@ -200,6 +216,8 @@ internal sealed partial class InterpreterVcpu
             }
             catch (GuestFault f)
             {
+                // Data breakpoints count only for instructions that complete.
+                _debugHits = 0;
                 if (_nonCanonical && _inBlock && UsesStackSegment())
                 {
                     // A non-canonical stack-segment address raises #SS(0), not #GP(0).
@@ -235,7 +253,14 @@ internal sealed partial class InterpreterVcpu
 
             if (_hasExit)
             {
+                // A port-I/O instruction retired before its exit: the step it completed is reported by the next run.
+                _debugStepOwed = _debugActive && _debugStep && _exit.Reason == VcpuExitReason.PortIo;
                 return TakeExit();
+            }
+
+            if (_debugActive && TakeDebugEvent() is VcpuExit debugEvent)
+            {
+                return debugEvent;
             }
         }
     }
@@ -343,7 +368,18 @@ internal sealed partial class InterpreterVcpu
                     _cpu.Cr2 = _faultCr2;
                 }
 
-                Deliver(vector, Vectors.HasErrorCode(vector), errorCode, software: false);
+                // Faults push RFLAGS with RF set, so that IRET back to the faulting instruction does not hit its
+                // instruction breakpoint again (SDM Vol. 3, 18.3.1.1); traps and aborts do not.
+                _deliveringFault = IsFault(vector);
+                try
+                {
+                    Deliver(vector, Vectors.HasErrorCode(vector), errorCode, software: false);
+                }
+                finally
+                {
+                    _deliveringFault = false;
+                }
+
                 return;
             }
             catch (GuestFault f)
@@ -375,6 +411,15 @@ internal sealed partial class InterpreterVcpu
         SetExit(VcpuExit.Failure(VcpuExitReason.Shutdown, Describe(
             $"triple fault after vector {firstVector} (error code 0x{firstError:X}) could not be delivered", (ulong)vector)));
     }
+
+    /// <summary>Set while a fault-class exception is delivered: the pushed RFLAGS carries RF.</summary>
+    private bool _deliveringFault;
+
+    /// <summary>RFLAGS as an exception or interrupt frame holds it (RF set while a fault is delivered).</summary>
+    private ulong PushedRflags() => _deliveringFault ? GetRflags() | RF : GetRflags();
+
+    /// <summary>Fault-class exceptions (SDM Vol. 3, Table 6-1): #DE, #BR, #UD, #NM, #TS, #NP, #SS, #GP, #PF, #MF, #AC, #XM, #VE.</summary>
+    private static bool IsFault(int vector) => vector is 0 or 5 or 6 or 7 or 10 or 11 or 12 or 13 or 14 or 16 or 17 or 19 or 20;
 
     private VcpuFault Describe(string what, ulong code)
     {
@@ -514,7 +559,7 @@ internal sealed partial class InterpreterVcpu
         }
 
         rsp &= ~15UL;
-        ulong flags = GetRflags();
+        ulong flags = PushedRflags();
         Span<ulong> frame = [_cpu.Seg[SegSs].Selector, Gpr(4), flags, _cpu.Seg[SegCs].Selector, _cpu.Rip, error];
         int words = hasError ? 6 : 5;
         bool user = newCpl == 3;
@@ -600,7 +645,7 @@ internal sealed partial class InterpreterVcpu
         }
 
         int newCpl = (cs.Type & 4) != 0 ? _cpu.Cpl : cs.Dpl;
-        ulong flags = GetRflags();
+        ulong flags = PushedRflags();
         ushort oldSs = _cpu.Seg[SegSs].Selector;
         ulong oldSp = Gpr(4);
         ushort oldCs = _cpu.Seg[SegCs].Selector;

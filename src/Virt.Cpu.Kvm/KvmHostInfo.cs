@@ -23,6 +23,7 @@ internal sealed class KvmHostInfo
         HasXsave = KvmIoctls.CheckExtension(kvm, KVM_CAP_XSAVE) > 0;
         HasXcrs = KvmIoctls.CheckExtension(kvm, KVM_CAP_XCRS) > 0;
         HasDebugRegisters = KvmIoctls.CheckExtension(kvm, KVM_CAP_DEBUGREGS) > 0;
+        HasGuestDebug = KvmIoctls.CheckExtension(kvm, KVM_CAP_SET_GUEST_DEBUG) > 0;
         HasVcpuEvents = KvmIoctls.CheckExtension(kvm, KVM_CAP_VCPU_EVENTS) > 0;
         HasMpState = KvmIoctls.CheckExtension(kvm, KVM_CAP_MP_STATE) > 0;
         int xsave2 = KvmIoctls.CheckExtension(kvm, KVM_CAP_XSAVE2);
@@ -36,6 +37,9 @@ internal sealed class KvmHostInfo
     }
 
     internal int VcpuMmapSize { get; }
+
+    /// <summary>KVM_CAP_SET_GUEST_DEBUG: single-step, INT3 interception and host hardware breakpoints.</summary>
+    internal bool HasGuestDebug { get; }
 
     internal CpuidEntry[] SupportedCpuid { get; }
 

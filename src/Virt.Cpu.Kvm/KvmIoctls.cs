@@ -381,6 +381,21 @@ internal static unsafe class KvmIoctls
         return new DebugRegisters { Dr0 = k[0], Dr1 = k[1], Dr2 = k[2], Dr3 = k[3], Dr6 = k[4], Dr7 = k[5] };
     }
 
+    /// <summary>KVM_SET_GUEST_DEBUG with <paramref name="control"/> (KVM_GUESTDBG_*) and the host breakpoints in DR0-DR3 and DR7.</summary>
+    internal static void SetGuestDebug(KvmVcpuHandle vcpu, uint control, in DebugRegisters breakpoints)
+    {
+        ulong* k = stackalloc ulong[KvmGuestDebugSize / 8];
+        new Span<ulong>(k, KvmGuestDebugSize / 8).Clear();
+        k[0] = control;
+        k[1] = breakpoints.Dr0;
+        k[2] = breakpoints.Dr1;
+        k[3] = breakpoints.Dr2;
+        k[4] = breakpoints.Dr3;
+        k[8] = breakpoints.Dr7;
+        // SAFETY: a complete kvm_guest_debug (control and pad in the first word, debugreg[8] after it) on this stack frame; KVM only reads.
+        Ioctl(vcpu, KVM_SET_GUEST_DEBUG, (nint)k, nameof(KVM_SET_GUEST_DEBUG));
+    }
+
     /// <summary>KVM_SET_DEBUGREGS.</summary>
     internal static void SetDebugRegs(KvmVcpuHandle vcpu, in DebugRegisters d)
     {

@@ -59,7 +59,10 @@ internal sealed unsafe partial class KvmVcpu
                 exit = VcpuExit.Hypercall(run->HypercallNr);
                 return true;
             case KVM_EXIT_DEBUG:
-                exit = VcpuExit.Simple(VcpuExitReason.Debug);
+                // #BP (vector 3) is an intercepted INT3 with RIP still at it; #DB reports single steps and breakpoints in DR6.
+                exit = run->DebugException == 3
+                    ? VcpuExit.DebugEvent(0, breakpointInstruction: true)
+                    : VcpuExit.DebugEvent(run->DebugDr6, breakpointInstruction: false);
                 return true;
             case KVM_EXIT_EXCEPTION:
                 exit = VcpuExit.Exception((byte)run->ExceptionNumber, BuildFault($"Guest exception {run->ExceptionNumber} (error code 0x{run->ExceptionErrorCode:x})", run->ExceptionNumber));

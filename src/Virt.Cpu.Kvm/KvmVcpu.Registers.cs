@@ -167,6 +167,72 @@ internal sealed unsafe partial class KvmVcpu
         KvmIoctls.SetDebugRegs(_handle, registers);
     }
 
+    /// <inheritdoc />
+    /// <remarks>
+    /// A paravirtual KVM (PVM) honours KVM_SET_GUEST_DEBUG only for the kernel-mode code it emulates, and there only
+    /// single steps and execute breakpoints: INT3 at CPL 0 ends in an emulation failure, data breakpoints never
+    /// fire, and user-mode code, which runs natively on the host processor, is not stopped at all.
+    /// </remarks>
+    public GuestDebugFeatures DebugFeatures => !_partition.Host.HasGuestDebug
+        ? GuestDebugFeatures.None
+        : KvmHardwareAssist.SlowKernelModeReason is not null
+            ? GuestDebugFeatures.SingleStep | GuestDebugFeatures.HardwareBreakpoints
+            : GuestDebugFeatures.SingleStep | GuestDebugFeatures.SoftwareBreakpoints | GuestDebugFeatures.HardwareBreakpoints | GuestDebugFeatures.Watchpoints;
+
+    /// <inheritdoc />
+    public void SetGuestDebug(in GuestDebugSettings settings)
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        var features = DebugFeatures;
+        if (!settings.IsEnabled)
+        {
+            if (features != GuestDebugFeatures.None)
+            {
+                KvmIoctls.SetGuestDebug(_handle, 0, default);
+            }
+
+            return;
+        }
+
+        RequireDebugFeature(features, GuestDebugFeatures.SingleStep, settings.SingleStep, "single-step");
+        RequireDebugFeature(features, GuestDebugFeatures.SoftwareBreakpoints, settings.InterceptBreakpointInstructions, "INT3 interception");
+        ulong dr7 = settings.HardwareBreakpoints.Dr7;
+        bool data = false;
+        for (int i = 0; i < 4; i++)
+        {
+            data |= ((dr7 >> (i * 2)) & 3) != 0 && ((dr7 >> (16 + (i * 4))) & 3) != 0;
+        }
+
+        RequireDebugFeature(features, GuestDebugFeatures.HardwareBreakpoints, (dr7 & 0xFF) != 0, "host hardware breakpoints");
+        RequireDebugFeature(features, GuestDebugFeatures.Watchpoints, data, "host watchpoints");
+        uint control = KVM_GUESTDBG_ENABLE;
+        if (settings.SingleStep)
+        {
+            control |= KVM_GUESTDBG_SINGLESTEP;
+        }
+
+        if (settings.InterceptBreakpointInstructions)
+        {
+            control |= KVM_GUESTDBG_USE_SW_BP;
+        }
+
+        if ((dr7 & 0xFF) != 0)
+        {
+            control |= KVM_GUESTDBG_USE_HW_BP;
+        }
+
+        KvmIoctls.SetGuestDebug(_handle, control, settings.HardwareBreakpoints);
+    }
+
+    private static void RequireDebugFeature(GuestDebugFeatures features, GuestDebugFeatures needed, bool asked, string what)
+    {
+        if (asked && (features & needed) == 0)
+        {
+            throw new NotSupportedException($"This KVM cannot give the host {what} (DebugFeatures is {features}): "
+                + (KvmHardwareAssist.SlowKernelModeReason ?? "it lacks KVM_CAP_SET_GUEST_DEBUG") + ".");
+        }
+    }
+
     private void RequireDebugRegisters()
     {
         if (!_partition.Host.HasDebugRegisters)

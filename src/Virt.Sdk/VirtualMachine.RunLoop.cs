@@ -52,6 +52,8 @@ public sealed partial class VirtualMachine
                         break;
                     case VcpuExitReason.Interrupted:
                         break;
+                    case VcpuExitReason.Debug when TryHandleDebugExit(index, exit):
+                        break;
                     case VcpuExitReason.Halt:
                         // Without an interrupt controller nothing can wake a halted vCPU. With one, the backend
                         // waits for the next interrupt inside Run and reports a halt only when none can come
@@ -59,7 +61,7 @@ public sealed partial class VirtualMachine
                         halted = true;
                         return;
                     default:
-                        RequestStop(VcpuExitTranslation.Translate(index, exit));
+                        RequestStop(VcpuExitStops.ToStop(index, exit));
                         return;
                 }
             }

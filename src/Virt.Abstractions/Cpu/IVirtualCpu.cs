@@ -94,4 +94,21 @@ public interface IVirtualCpu : IDisposable
     /// </summary>
     /// <returns><see langword="false"/> when the backend cannot queue one now (one is already pending).</returns>
     bool TryInjectInterrupt(byte vector);
+
+    /// <summary>What <see cref="SetGuestDebug"/> can do on this backend (<see cref="GuestDebugFeatures.None"/> where it cannot).</summary>
+    GuestDebugFeatures DebugFeatures => GuestDebugFeatures.None;
+
+    /// <summary>
+    /// Sets the host debugger's control of this vCPU (single-step, <c>INT3</c> interception, host hardware breakpoints);
+    /// the default value turns it off. Call it while the vCPU is not running. Events end <see cref="Run"/> with
+    /// <see cref="VcpuExitReason.Debug"/>.
+    /// </summary>
+    /// <exception cref="NotSupportedException">The settings ask for something <see cref="DebugFeatures"/> does not list (the message says what).</exception>
+    void SetGuestDebug(in GuestDebugSettings settings)
+    {
+        if (settings.IsEnabled)
+        {
+            throw new NotSupportedException($"This backend ({GetType().Name}) has no host debugging support; check IVirtualCpu.DebugFeatures first.");
+        }
+    }
 }

@@ -51,8 +51,9 @@ public enum SystemEventKind
 /// </summary>
 public readonly struct VcpuExit
 {
-    private VcpuExit(VcpuExitReason reason, ushort port, GuestAddress address, int size, int count, bool isWrite, ulong value, SystemEventKind systemEvent, VcpuFault? fault)
+    private VcpuExit(VcpuExitReason reason, ushort port, GuestAddress address, int size, int count, bool isWrite, ulong value, SystemEventKind systemEvent, VcpuFault? fault, bool breakpointInstruction = false)
     {
+        IsBreakpointInstruction = breakpointInstruction;
         Reason = reason;
         Port = port;
         Address = address;
@@ -85,6 +86,16 @@ public readonly struct VcpuExit
     /// <summary>For <see cref="VcpuExitReason.Hypercall"/>: the call number (RAX); for <see cref="VcpuExitReason.Exception"/>: the vector.</summary>
     public ulong Value { get; }
 
+    /// <summary>
+    /// For <see cref="VcpuExitReason.Debug"/>: what stopped the vCPU, in DR6 format: B0-B3 (bits 0-3) for the host hardware
+    /// breakpoints that hit, BS (<see cref="GuestDebugSettings.SingleStepStatus"/>) for a completed single step; zero for an
+    /// intercepted <c>INT3</c> (<see cref="IsBreakpointInstruction"/>).
+    /// </summary>
+    public ulong DebugStatus => Reason == VcpuExitReason.Debug ? Value : 0;
+
+    /// <summary>For <see cref="VcpuExitReason.Debug"/>: the vCPU stopped at an <c>INT3</c> it was about to execute (RIP is at the instruction).</summary>
+    public bool IsBreakpointInstruction { get; }
+
     /// <summary>For <see cref="VcpuExitReason.SystemEvent"/>: what the guest asked for.</summary>
     public SystemEventKind SystemEvent { get; }
 
@@ -102,6 +113,10 @@ public readonly struct VcpuExit
 
     /// <summary>An exit without data: <see cref="VcpuExitReason.Halt"/>, <see cref="VcpuExitReason.Interrupted"/>, <see cref="VcpuExitReason.BudgetExhausted"/>, <see cref="VcpuExitReason.Debug"/>.</summary>
     public static VcpuExit Simple(VcpuExitReason reason) => new(reason, 0, default, 0, 0, false, 0, default, null);
+
+    /// <summary>A <see cref="VcpuExitReason.Debug"/> exit: <paramref name="status"/> in DR6 format (B0-B3, BS), or an intercepted <c>INT3</c>.</summary>
+    public static VcpuExit DebugEvent(ulong status, bool breakpointInstruction) =>
+        new(VcpuExitReason.Debug, 0, default, 0, 0, false, status & (GuestDebugSettings.SingleStepStatus | 0xF), default, null, breakpointInstruction);
 
     /// <summary>A hypercall exit with call number <paramref name="number"/>.</summary>
     public static VcpuExit Hypercall(ulong number) => new(VcpuExitReason.Hypercall, 0, default, 0, 0, false, number, default, null);
@@ -123,6 +138,7 @@ public readonly struct VcpuExit
         VcpuExitReason.Hypercall => $"Hypercall({Value})",
         VcpuExitReason.SystemEvent => $"SystemEvent({SystemEvent})",
         VcpuExitReason.Exception => $"Exception(vector={Value})",
+        VcpuExitReason.Debug => IsBreakpointInstruction ? "Debug(INT3)" : $"Debug(dr6=0x{Value:x})",
         _ => Fault is null ? Reason.ToString() : $"{Reason}: {Fault}",
     };
 }

@@ -44,6 +44,12 @@ internal sealed partial class InterpreterVcpu
 
     internal ulong Int3(ref Op op, in Instruction _)
     {
+        if (InterceptInt3())
+        {
+            // The exit signal restarts the instruction: RIP stays at the INT3, as a debugger expects.
+            throw _exitSignal;
+        }
+
         _cpu.Rip = op.Next;
         Deliver(Vectors.BP, false, 0, software: true);
         return _cpu.Rip;
@@ -340,7 +346,10 @@ internal sealed partial class InterpreterVcpu
 
         int oldCpl = _cpu.Cpl;
         ulong oldIopl = _cpu.Flags & IoplMask;
-        ulong changeable = CF | PF | AF | ZF | SF | TF | DF | OF | NT | RF | AC | ID | VIF | VIP;
+        // RF from the image (set in fault frames) only suppresses instruction breakpoints for the one instruction IRET
+        // returns to, and the processor clears it once that instruction completes; left set here it would leak into
+        // later interrupt frames, so it is not loaded.
+        ulong changeable = CF | PF | AF | ZF | SF | TF | DF | OF | NT | AC | ID | VIF | VIP;
         if (oldCpl == 0)
         {
             changeable |= IoplMask | IF;

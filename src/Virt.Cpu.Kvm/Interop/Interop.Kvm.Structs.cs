@@ -184,6 +184,13 @@ internal static partial class Interop
             [FieldOffset(32)] internal uint ExceptionNumber;
             [FieldOffset(36)] internal uint ExceptionErrorCode;
 
+            // KVM_EXIT_DEBUG (struct kvm_debug_exit_arch)
+            /// <summary>The vector that stopped the guest: 1 (#DB: single step, hardware breakpoint) or 3 (#BP: INT3).</summary>
+            [FieldOffset(32)] internal uint DebugException;
+            [FieldOffset(40)] internal ulong DebugPc;
+            [FieldOffset(48)] internal ulong DebugDr6;
+            [FieldOffset(56)] internal ulong DebugDr7;
+
             // KVM_EXIT_HYPERCALL
             [FieldOffset(32)] internal ulong HypercallNr;
 

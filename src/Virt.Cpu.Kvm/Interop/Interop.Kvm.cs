@@ -84,6 +84,7 @@ internal static partial class Interop
         internal static readonly nuint KVM_SET_MP_STATE = IOW(0x99, sizeof(uint));
         internal static readonly nuint KVM_GET_VCPU_EVENTS = IOR(0x9f, KvmVcpuEventsSize);
         internal static readonly nuint KVM_SET_VCPU_EVENTS = IOW(0xa0, KvmVcpuEventsSize);
+        internal static readonly nuint KVM_SET_GUEST_DEBUG = IOW(0x9b, KvmGuestDebugSize);
         internal static readonly nuint KVM_GET_DEBUGREGS = IOR(0xa1, KvmDebugRegsSize);
         internal static readonly nuint KVM_SET_DEBUGREGS = IOW(0xa2, KvmDebugRegsSize);
         internal static readonly nuint KVM_GET_XSAVE = IOR(0xa4, KvmXsaveSize);
@@ -143,6 +144,16 @@ internal static partial class Interop
         internal const int KVM_CAP_READONLY_MEM = 81;
         internal const int KVM_CAP_IMMEDIATE_EXIT = 136;
         internal const int KVM_CAP_DEBUGREGS = 50;
+        internal const int KVM_CAP_SET_GUEST_DEBUG = 23;
+
+        // kvm_guest_debug.control (linux/kvm.h, asm/kvm.h).
+        internal const uint KVM_GUESTDBG_ENABLE = 0x1;
+        internal const uint KVM_GUESTDBG_SINGLESTEP = 0x2;
+        internal const uint KVM_GUESTDBG_USE_SW_BP = 0x10000;
+        internal const uint KVM_GUESTDBG_USE_HW_BP = 0x20000;
+
+        /// <summary><c>sizeof(struct kvm_guest_debug)</c>: control, pad, debugreg[8].</summary>
+        internal const int KvmGuestDebugSize = 72;
         internal const int KVM_CAP_MP_STATE = 14;
         internal const int KVM_CAP_VCPU_EVENTS = 41;
         internal const int KVM_CAP_XSAVE = 55;

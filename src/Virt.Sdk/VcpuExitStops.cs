@@ -2,10 +2,11 @@ using Virt.Cpu;
 
 namespace Virt;
 
-/// <summary>Turns a vCPU exit that ends the VM into the <see cref="VirtualMachineExit"/> users see.</summary>
-internal static class VcpuExitTranslation
+/// <summary>The VM's stop for each vCPU exit that ends the guest.</summary>
+internal static class VcpuExitStops
 {
-    public static VirtualMachineExit Translate(int index, in VcpuExit exit) => exit.Reason switch
+    /// <summary>How the VM stops for a vCPU exit the run loop does not serve.</summary>
+    internal static VirtualMachineExit ToStop(int index, in VcpuExit exit) => exit.Reason switch
     {
         VcpuExitReason.Shutdown => new VirtualMachineExit
         {
