@@ -31,6 +31,12 @@ internal sealed record SandboxConfiguration
 
     public long MaxFileBytes { get; init; } = 64L << 20;
 
+    /// <summary>The most bytes the program's own files (written or created in a run) may hold together.</summary>
+    public long MaxFileSystemBytes { get; init; } = 64L << 20;
+
+    /// <summary>The most files, directories and links a program may create in a run.</summary>
+    public int MaxFileSystemEntries { get; init; } = 4096;
+
     public int MaxHostCallBytes { get; init; } = 16 << 20;
 
     public IReadOnlyList<(string Path, byte[] Content, bool Writable)> Files { get; init; } = [];

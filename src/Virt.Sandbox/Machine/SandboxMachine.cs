@@ -23,6 +23,7 @@ internal sealed class SandboxMachine : IDisposable
     private readonly AddressSpace _space;
     private readonly ArenaAllocator _arena;
     private readonly LinuxAbi _abi;
+    private readonly ThreadContexts _threads;
     private readonly bool _fsBaseByMsr;
     private readonly bool _restoreMarksWrites;
     private readonly uint[] _savedMsrs = [];
@@ -55,6 +56,7 @@ internal sealed class SandboxMachine : IDisposable
                 _savedMsrs = [.. SavedMsrs.Where(_partition.SupportedMsrs.Contains)];
                 _cpuid = CpuidPolicy(_partition.SupportedCpuid);
                 _abi = new LinuxAbi(config, _memory, _space, _arena, SetFsBase);
+                _threads = new ThreadContexts(_vcpu, _memory, _abi, SetFsBase);
                 StartProgram(image);
             }
             catch
@@ -412,13 +414,14 @@ internal sealed class SandboxMachine : IDisposable
     /// <summary>Serves a system call that arrived through the trampoline: the result goes back as the doorbell's value.</summary>
     private Outcome? ServeDoorbell(ref GeneralRegisters regs)
     {
+        ulong nr = regs.Rax;
         if (!_abi.Dispatch(ref regs))
         {
             return FromStop();
         }
 
         BitConverter.TryWriteBytes(_vcpu.ExitData, regs.Rax);
-        return null;
+        return _threads.Pending ? AfterCall(regs, nr) : null;
     }
 
     /// <summary>
@@ -457,7 +460,7 @@ internal sealed class SandboxMachine : IDisposable
     }
 
     /// <summary>Where a resume through a stub's <c>iretq</c> puts its five-word frame: the top of the exception stack.</summary>
-    private const ulong ResumeFrame = GuestLayout.ExceptionStackTop - 40;
+    private const ulong ResumeFrame = ThreadContexts.ResumeFrame;
 
     /// <summary>
     /// When the last run ended in a doorbell read, completes that read into an exception stub (one guest exit), so the
@@ -503,6 +506,7 @@ internal sealed class SandboxMachine : IDisposable
         var frame = FrameAddress(GuestLayout.InvalidOpcodeVector);
         ulong userRip = _memory.Read<ulong>(frame);
         ulong userFlags = _memory.Read<ulong>(frame + 16);
+        ulong nr = regs.Rax;
         if (!_abi.Dispatch(ref regs))
         {
             return FromStop();
@@ -514,7 +518,27 @@ internal sealed class SandboxMachine : IDisposable
         _memory.Write(frame, userRip + 2);
         regs.Rip = GuestLayout.ResumeAddress;
         _vcpu.SetGeneralRegisters(regs);
-        return null;
+        if (!_threads.Pending)
+        {
+            return null;
+        }
+
+        var user = regs;
+        user.Rsp = _memory.Read<ulong>(frame + 24);
+        return AfterCall(user, nr);
+    }
+
+    /// <summary>Makes the thread or the thread switch the last call asked for; a failure ends the run and marks the machine broken.</summary>
+    private Outcome? AfterCall(in GeneralRegisters served, ulong nr)
+    {
+        string? failure = _threads.AfterCall(served, nr, () => Converge(ExitKind.Stub));
+        if (failure is null)
+        {
+            return null;
+        }
+
+        _broken = true;
+        return Stopped(SandboxStatus.BackendFailure, failure);
     }
 
     private Outcome FromStop()
