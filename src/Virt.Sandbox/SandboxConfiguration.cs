@@ -14,6 +14,9 @@ internal sealed record SandboxConfiguration
 
     public IReadOnlyList<string> Arguments { get; init; } = [];
 
+    /// <summary>Further guest paths of the executable (symbolic links to <see cref="ExecutablePath"/>).</summary>
+    public IReadOnlyList<string> ExecutableAliases { get; init; } = [];
+
     public IReadOnlyList<string> Environment { get; init; } = [];
 
     public ulong MemoryBytes { get; init; } = 64UL << 20;

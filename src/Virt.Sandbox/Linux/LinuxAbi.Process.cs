@@ -11,11 +11,8 @@ internal sealed partial class LinuxAbi
     private const long ProcessId = 1;
 
     /// <summary><c>exit_group</c> (and <c>exit</c> of the last thread): the process ends.</summary>
-    private long Exit(ulong status)
-    {
-        Stop = new StopRequest(SandboxStatus.Exited, (int)(status & 0xFF), null, null);
-        return 0;
-    }
+    private long Exit(ulong status) =>
+        ExitProcess((int)(status & 0xFF) << 8, new StopRequest(SandboxStatus.Exited, (int)(status & 0xFF), null, null));
 
     private long Umask(ulong mask)
     {
@@ -59,7 +56,7 @@ internal sealed partial class LinuxAbi
     }
 
     /// <summary><c>prlimit64</c> reads the limits of this process only; a new limit is ignored.</summary>
-    private long Prlimit64(ulong pid, ulong resource, ulong oldLimit) => (pid is 0 or 1) ? Prlimit((int)resource, oldLimit) : -Errno.ESRCH;
+    private long Prlimit64(ulong pid, ulong resource, ulong oldLimit) => (pid == 0 || pid == (ulong)CurrentProcess.Pid) ? Prlimit((int)resource, oldLimit) : -Errno.ESRCH;
 
     private long Prlimit(int resource, ulong oldLimit)
     {

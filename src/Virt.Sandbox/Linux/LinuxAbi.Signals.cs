@@ -131,15 +131,23 @@ internal sealed partial class LinuxAbi
         return 0;
     }
 
-    private static bool IsSelf(ulong pid) => (long)pid is 0 or -1 || pid == (ulong)ProcessId;
+    private bool IsSelf(ulong pid) => (long)pid is 0 or -1 || pid == (ulong)CurrentProcess.Pid;
 
     private bool IsOwnThread(ulong tid) => _threads.Exists(t => (ulong)t.Tid == tid && t.State != GuestThreadState.Exited);
 
-    private long Kill(ulong pid, int signal) => SelfSignal(IsSelf(pid), signal);
+    private long Kill(ulong pid, int signal)
+    {
+        if (!IsSelf(pid) && signal is >= 0 and <= 64 && _processes.Find(p => (ulong)p.Pid == pid || (ulong)(-p.Pid) == pid) is { } target)
+        {
+            return KillProcess(target, signal);
+        }
+
+        return SelfSignal(IsSelf(pid), signal);
+    }
 
     private long Tkill(ulong tid, int signal) => SelfSignal(IsOwnThread(tid), signal);
 
-    private long Tgkill(ulong tgid, ulong tid, int signal) => SelfSignal(tgid == (ulong)ProcessId && IsOwnThread(tid), signal);
+    private long Tgkill(ulong tgid, ulong tid, int signal) => SelfSignal(tgid == (ulong)CurrentProcess.Pid && IsOwnThread(tid), signal);
 
     private long SelfSignal(bool self, int signal)
     {
@@ -178,7 +186,7 @@ internal sealed partial class LinuxAbi
 
             if (!IgnoredByDefault(signal) && signal is not (19 or 20 or 21 or 22))
             {
-                Stop = new StopRequest(SandboxStatus.Signaled, -1, signal, $"The program received signal {signal}.");
+                ExitProcess(signal, new StopRequest(SandboxStatus.Signaled, -1, signal, $"The program received signal {signal}."));
             }
 
             return;

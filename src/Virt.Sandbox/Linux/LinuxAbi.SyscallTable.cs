@@ -137,7 +137,7 @@ internal sealed partial class LinuxAbi
             Map(Sys.Tgkill, static (abi, tgid, tid, signal, _, _, _) => abi.Tgkill(tgid, tid, (int)signal)),
 
             // The process: LinuxAbi.Process.cs, LinuxAbi.System.cs
-            Constant(Sys.Getpid, ProcessId),
+            Map(Sys.Getpid, static (abi, _, _, _, _, _, _) => abi.CurrentProcess.Pid),
             Map(Sys.Exit, static (abi, status, _, _, _, _, _) => abi.ExitThread(status)),
             Map(Sys.Uname, static (abi, utsname, _, _, _, _, _) => abi.Uname(utsname)),
             Map(Sys.Umask, static (abi, mask, _, _, _, _, _) => abi.Umask(mask)),
@@ -153,7 +153,7 @@ internal sealed partial class LinuxAbi
             Map(Sys.Setresuid, static (_, r, e, s, _, _, _) => SetId(r, e, s)),
             Map(Sys.Setresgid, static (_, r, e, s, _, _, _) => SetId(r, e, s)),
             Map(Sys.Getgroups, static (abi, size, list, _, _, _, _) => abi.Getgroups((int)size, list)),
-            Constant(Sys.Getppid, 0), // no parent the program could see
+            Map(Sys.Getppid, static (abi, _, _, _, _, _, _) => abi.CurrentProcess.Parent?.Pid ?? 0), // the first process has no parent it could see
             Constant(Sys.Getpgrp, ProcessId),
             Constant(Sys.Getpgid, ProcessId),
             Constant(Sys.Getsid, ProcessId),
@@ -168,16 +168,16 @@ internal sealed partial class LinuxAbi
             Map(Sys.Getrusage, static (abi, who, usage, _, _, _, _) => abi.Getrusage((int)who, usage)),
             Map(Sys.Times, static (abi, buffer, _, _, _, _, _) => abi.Times(buffer)),
             Map(Sys.Prctl, static (abi, option, a1, _, _, _, _) => abi.Prctl((int)option, a1)),
-            Map(Sys.Wait4, static (_, _, _, _, _, _, _) => NoChildren()),
-            Map(Sys.Waitid, static (_, _, _, _, _, _, _) => NoChildren()),
+            Map(Sys.Wait4, static (abi, pid, status, options, rusage, _, _) => abi.Wait4((int)pid, status, (int)options, rusage)),
+            Map(Sys.Waitid, static (abi, type, id, info, options, _, _) => abi.Waitid((int)type, (int)id, info, (int)options)),
 
-            // No second process and no other program: the sandbox runs one image (threads share its address space).
+            // Threads and processes: LinuxAbi.Threads.cs, LinuxAbi.Processes.cs (processes run the sandbox's own executable only).
             Map(Sys.Clone, static (abi, flags, stack, parentTid, childTid, tls, _) => abi.Clone(flags, stack, parentTid, childTid, tls)),
             Map(Sys.Clone3, static (abi, args, size, _, _, _, _) => abi.Clone3(args, size)),
-            Deny(Sys.Fork),
-            Deny(Sys.Vfork),
-            Deny(Sys.Execve),
-            Deny(Sys.Execveat),
+            Map(Sys.Fork, static (abi, _, _, _, _, _, _) => abi.Fork(0)),
+            Map(Sys.Vfork, static (abi, _, _, _, _, _, _) => abi.Fork(0)),
+            Map(Sys.Execve, static (abi, path, argv, envp, _, _, _) => abi.Execve(AtFdCwd, path, argv, envp, 0)),
+            Map(Sys.Execveat, static (abi, dirfd, path, argv, envp, flags, _) => abi.Execve((int)dirfd, path, argv, envp, (int)flags)),
 
             // Threads and the scheduler: LinuxAbi.Threads.cs
             Map(Sys.SchedYield, static (abi, _, _, _, _, _, _) => abi.Yield()),

@@ -175,6 +175,4 @@ internal sealed partial class LinuxAbi
         return 0;
     }
 
-    /// <summary><c>wait4</c> and <c>waitid</c>: the program has no children.</summary>
-    private static long NoChildren() => -Errno.ECHILD;
 }

@@ -21,6 +21,12 @@ internal sealed class GuestThread(int tid)
 {
     public int Tid { get; } = tid;
 
+    /// <summary>The process the thread belongs to.</summary>
+    public GuestProcess Process { get; set; } = null!;
+
+    /// <summary>Whether the wait is a <c>wait4</c>/<c>waitid</c> for a child.</summary>
+    public bool WaitsForChild { get; set; }
+
     public GuestThreadState State { get; set; }
 
     /// <summary>The machine's saved user context while the thread is not on the vCPU.</summary>
@@ -67,7 +73,7 @@ internal sealed partial class LinuxAbi
     /// <summary>Marks a call that must wait; <see cref="Dispatch"/> blocks the thread (never reaches the program).</summary>
     private const long Blocked = long.MinValue + 1;
 
-    private readonly List<GuestThread> _threads = [new GuestThread((int)ProcessId)];
+    private readonly List<GuestThread> _threads = [];
     private GuestThread _current = null!;
     private int _nextTid = 2;
     private long _blockDeadline;
@@ -81,31 +87,34 @@ internal sealed partial class LinuxAbi
     /// <summary>The thread on the vCPU.</summary>
     public GuestThread CurrentThread => _current;
 
-    private int ThreadCount => _threads.Count(t => t.State != GuestThreadState.Exited);
+    /// <summary>Live threads of the calling process.</summary>
+    private int ThreadCount => _threads.Count(t => t.State != GuestThreadState.Exited && t.Process == _current.Process);
+
+    /// <summary>Whether the program runs as one process with one thread (the only state a snapshot can hold).</summary>
+    public bool SingleThreaded => _threads.Count == 1 && _processes.Count == 1;
 
     public void ClearPending()
     {
         PendingSwitch = null;
         PendingClone = null;
+        PendingFork = null;
+        PendingExec = null;
     }
 
     private void ResetThreads()
     {
         _threads.Clear();
-        _current = new GuestThread((int)ProcessId) { FsBase = _state.FsBase };
+        _processes.Clear();
+        var init = new GuestProcess((int)ProcessId, null, _state);
+        _processes.Add(init);
+        _current = new GuestThread((int)ProcessId) { FsBase = _state.FsBase, Process = init };
         _threads.Add(_current);
         _nextTid = 2;
-        PendingSwitch = null;
-        PendingClone = null;
+        ClearPending();
     }
 
-    /// <summary>Whether another thread might still use a pipe end (threads share the descriptor table, so none do).</summary>
-    private static bool ThreadsHoldPipeEnd(PipeBuffer pipe, FdKind end)
-    {
-        _ = pipe;
-        _ = end;
-        return false;
-    }
+    /// <summary>Whether another process might still use a pipe end (threads share the descriptor table).</summary>
+    private bool ThreadsHoldPipeEnd(PipeBuffer pipe, FdKind end) => OtherProcessHoldsPipeEnd(pipe, end);
 
     private bool TimedOut(long deadline) => deadline == 0 || _current.TimedOut || (deadline != long.MaxValue && MonotonicNanoseconds() >= deadline);
 
@@ -166,7 +175,7 @@ internal sealed partial class LinuxAbi
             long now = MonotonicNanoseconds();
             if (earliest.Deadline > now)
             {
-                _state.SleepOffsetNanoseconds += earliest.Deadline - now;
+                Shared.SleepOffsetNanoseconds += earliest.Deadline - now;
             }
 
             earliest.State = GuestThreadState.Runnable;
@@ -208,8 +217,9 @@ internal sealed partial class LinuxAbi
     {
         _current = thread;
         _current.CallsInQuantum = 0;
+        _state = thread.Process.State;
         _state.FsBase = thread.FsBase;
-        _threads.RemoveAll(t => t.State == GuestThreadState.Exited);
+        _threads.RemoveAll(t => t.State == GuestThreadState.Exited && !t.Process.Zombie);
     }
 
     /// <summary>After a call: a thread that used its quantum gives way to the next runnable one.</summary>
@@ -238,9 +248,13 @@ internal sealed partial class LinuxAbi
             CloneDetached = 0x400000, CloneChildSettid = 0x1000000;
         const ulong ThreadFlags = CloneVm | CloneFs | CloneFiles | CloneSighand | CloneThread;
         const ulong Allowed = ThreadFlags | CloneSysvsem | CloneSettls | CloneParentSettid | CloneChildCleartid | CloneDetached | CloneChildSettid;
+        if ((flags & CloneThread) == 0)
+        {
+            return CloneProcess(flags, stack, parentTid, tls);
+        }
+
         if ((flags & ThreadFlags) != ThreadFlags || (flags & ~Allowed & ~0xFFUL) != 0 || (flags & CloneVfork) != 0)
         {
-            // A new process (fork, vfork, posix_spawn) needs its own address space, which the sandbox does not make.
             return Denied(Sys.Clone);
         }
 
@@ -254,7 +268,7 @@ internal sealed partial class LinuxAbi
             return -Errno.EPERM;
         }
 
-        var child = new GuestThread(_nextTid++) { FsBase = (flags & CloneSettls) != 0 ? tls : _state.FsBase };
+        var child = new GuestThread(_nextTid++) { FsBase = (flags & CloneSettls) != 0 ? tls : _state.FsBase, Process = _current.Process };
         if ((flags & CloneParentSettid) != 0 && !WriteU32(parentTid, (uint)child.Tid))
         {
             return -Errno.EFAULT;
@@ -273,6 +287,31 @@ internal sealed partial class LinuxAbi
         _threads.Add(child);
         PendingClone = (child, stack, (flags & CloneSettls) != 0 ? tls : null);
         return child.Tid;
+    }
+
+    /// <summary>A new process (fork, vfork, posix_spawn's CLONE_VM | CLONE_VFORK): it gets a copy of the caller's memory.</summary>
+    private long CloneProcess(ulong flags, ulong stack, ulong parentTid, ulong tls)
+    {
+        const ulong CloneVm = 0x100, CloneFs = 0x200, CloneFiles = 0x400, CloneVfork = 0x4000, CloneSettls = 0x80000, CloneParentSettid = 0x100000,
+            CloneChildCleartid = 0x200000, CloneChildSettid = 0x1000000;
+        const ulong ProcessFlags = CloneVm | CloneVfork | CloneParentSettid | CloneChildSettid | CloneChildCleartid | CloneSettls | CloneFs | 0xFF;
+        if ((flags & ~ProcessFlags) != 0 || (flags & CloneFiles) != 0)
+        {
+            return Denied(Sys.Clone);
+        }
+
+        long pid = Fork(stack);
+        if (pid > 0 && (flags & CloneParentSettid) != 0 && !WriteU32(parentTid, (uint)pid))
+        {
+            return -Errno.EFAULT;
+        }
+
+        if (pid > 0 && (flags & CloneSettls) != 0)
+        {
+            PendingFork!.Value.Thread.FsBase = tls;
+        }
+
+        return pid;
     }
 
     private long Clone3(ulong args, ulong size)
@@ -299,11 +338,6 @@ internal sealed partial class LinuxAbi
             return Denied(Sys.Clone3); // CLONE_PIDFD
         }
 
-        if ((flags & 0x10000) == 0)
-        {
-            return Denied(Sys.Clone3);
-        }
-
         return Clone(flags, stack == 0 ? 0 : stack + stackSize, parentTid, childTid, tls);
     }
 
@@ -321,26 +355,7 @@ internal sealed partial class LinuxAbi
             WakeFutex(_current.ClearChildTid, int.MaxValue, uint.MaxValue);
         }
 
-        var next = NextRunnable();
-        if (next is null)
-        {
-            // Everyone else waits: let the earliest deadline pass, or stop as a deadlock.
-            GuestThread? earliest = _threads.Where(t => t.State == GuestThreadState.Blocked && t.Deadline != long.MaxValue).MinBy(t => t.Deadline);
-            if (earliest is null)
-            {
-                Stop = new StopRequest(SandboxStatus.TimeLimitExceeded, -1, null, "Every remaining thread of the program waits for something no thread can do (deadlock after a thread exited).");
-                return 0;
-            }
-
-            long now = MonotonicNanoseconds();
-            _state.SleepOffsetNanoseconds += Math.Max(0, earliest.Deadline - now);
-            earliest.State = GuestThreadState.Runnable;
-            earliest.TimedOut = true;
-            earliest.FutexAddress = 0;
-            next = earliest;
-        }
-
-        PendingSwitch = new ThreadSwitch(_current, next, PreviousRepeatsCall: false);
+        HandOverAfterExit();
         return 0;
     }
 

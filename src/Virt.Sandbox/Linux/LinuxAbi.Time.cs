@@ -6,11 +6,14 @@ namespace Virt.Sandbox.Linux;
 // The guest's clocks: clock_gettime, clock_getres, gettimeofday, time, nanosleep, clock_nanosleep.
 internal sealed partial class LinuxAbi
 {
+    /// <summary>The first process's state, which holds what all processes share (the guest's clock offset).</summary>
+    private AbiState Shared => _processes.Count > 0 ? _processes[0].State : _state;
+
     private long MonotonicNanoseconds() =>
-        (long)(Stopwatch.GetTimestamp() * (1e9 / Stopwatch.Frequency)) + _state.SleepOffsetNanoseconds;
+        (long)(Stopwatch.GetTimestamp() * (1e9 / Stopwatch.Frequency)) + Shared.SleepOffsetNanoseconds;
 
     private long RealtimeNanoseconds() =>
-        ((DateTime.UtcNow.Ticks - DateTime.UnixEpoch.Ticks) * 100) + _state.SleepOffsetNanoseconds;
+        ((DateTime.UtcNow.Ticks - DateTime.UnixEpoch.Ticks) * 100) + Shared.SleepOffsetNanoseconds;
 
     private long WriteTimespec(ulong pointer, long seconds, long nanoseconds)
     {

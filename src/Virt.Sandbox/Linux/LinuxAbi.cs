@@ -94,7 +94,7 @@ internal sealed partial class LinuxAbi
 
     /// <summary>Whether the pending call at <paramref name="r"/> is the program's ready point (a read of stdin, or the ready call).</summary>
     public bool IsReadyPoint(in GeneralRegisters r) =>
-        _threads.Count == 1 && (r.Rax == ReadyNumber ||
+        SingleThreaded && (r.Rax == ReadyNumber ||
         ((r.Rax == Sys.Read || r.Rax == Sys.Readv) && r.Rdi == 0 && _state.Fds[0] is { Kind: FdKind.Stdin }));
 
     /// <summary>Handles the system call in <paramref name="r"/>; writes the result to RAX. Returns false when the run must stop (see <see cref="Stop"/>).</summary>

@@ -241,7 +241,7 @@ internal sealed class AbiState
         fds[0] = new FileDescription(FdKind.Stdin, OpenFlags.ReadOnly);
         fds[1] = new FileDescription(FdKind.Stdout, OpenFlags.WriteOnly);
         fds[2] = new FileDescription(FdKind.Stderr, OpenFlags.WriteOnly);
-        var vfs = new VirtualFileSystem(config.Files, config.ExecutablePath, config.MaxFileSystemBytes, config.MaxFileSystemEntries);
+        var vfs = new VirtualFileSystem(config.Files, config.Executable, config.ExecutablePath, config.ExecutableAliases, config.MaxFileSystemBytes, config.MaxFileSystemEntries);
 #pragma warning disable CA5394 // Seeded on purpose: a fixed seed makes runs reproducible.
         return new AbiState
         {
@@ -254,6 +254,23 @@ internal sealed class AbiState
         };
 #pragma warning restore CA5394
     }
+
+    /// <summary>The state a forked child starts with: the same open descriptions, file tree and directory; copies of the rest.</summary>
+    public AbiState ForkCopy() => new()
+    {
+        Fds = (FileDescription?[])Fds.Clone(),
+        CloseOnExec = (bool[])CloseOnExec.Clone(),
+        Vfs = Vfs,
+        Cwd = Cwd,
+        Random = Random,
+        Umask = Umask,
+        FsBase = FsBase,
+        Dumpable = Dumpable,
+        ThreadName = ThreadName,
+        SignalMask = SignalMask,
+        AltStack = AltStack,
+        SignalActions = (SignalAction[])SignalActions.Clone(),
+    };
 
     public AbiState Clone()
     {

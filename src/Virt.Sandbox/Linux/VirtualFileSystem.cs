@@ -169,7 +169,7 @@ internal sealed class VirtualFileSystem
         MaxEntries = maxEntries;
     }
 
-    public VirtualFileSystem(IEnumerable<(string Path, byte[] Content, bool Writable)> files, string executablePath, long maxBytes, int maxEntries)
+    public VirtualFileSystem(IEnumerable<(string Path, byte[] Content, bool Writable)> files, byte[] executable, string executablePath, IEnumerable<string> aliases, long maxBytes, int maxEntries)
         : this(new VfsDirectory(2, 0x1ED) { Fixed = true }, 100, maxBytes, maxEntries)
     {
         Root.Parent = Root;
@@ -178,6 +178,22 @@ internal sealed class VirtualFileSystem
             string p = Normalize("/", path) ?? throw new ArgumentException($"'{path}' is not a usable guest path.", nameof(files));
             var dir = FixedDirectory(Parent(p));
             dir.Children[LastName(p)] = new VfsFile(_nextInode++, (byte[])content.Clone(), writable, writable ? 0x1A4u : 0x124u);
+        }
+
+        // The executable itself, read-only and executable: execve of it (or of a link to it) starts a fresh image.
+        string exe = Normalize("/", executablePath) ?? "/bin/program";
+        var exeDir = FixedDirectory(Parent(exe));
+        if (!exeDir.Children.TryGetValue(LastName(exe), out var existing) || existing is not VfsFile)
+        {
+            existing = new VfsFile(_nextInode++, executable, false, 0x16D);
+            exeDir.Children[LastName(exe)] = existing;
+        }
+
+        Executable = (VfsFile)existing;
+        foreach (var alias in aliases)
+        {
+            string a = Normalize("/", alias) ?? throw new ArgumentException($"'{alias}' is not a usable guest path.", nameof(aliases));
+            FixedDirectory(Parent(a)).Children.TryAdd(LastName(a), new VfsSymlink(_nextInode++, exe));
         }
 
         var dev = FixedDirectory("/dev");
@@ -196,6 +212,9 @@ internal sealed class VirtualFileSystem
 
     public VfsDirectory Root { get; }
 
+    /// <summary>The sandbox's executable (the file <c>execve</c> accepts).</summary>
+    public VfsFile Executable { get; private init; } = null!;
+
     /// <summary>The most bytes the program's writable files may hold together.</summary>
     public long MaxBytes { get; }
 
@@ -212,7 +231,7 @@ internal sealed class VirtualFileSystem
 
     /// <summary>A deep copy (for snapshots); <paramref name="map"/> receives the node copies, so open descriptions can follow them.</summary>
     public VirtualFileSystem Clone(Dictionary<object, object> map) =>
-        new((VfsDirectory)Root.CloneInto(map), _nextInode, MaxBytes, MaxEntries) { UsedBytes = UsedBytes, UsedEntries = UsedEntries };
+        new((VfsDirectory)Root.CloneInto(map), _nextInode, MaxBytes, MaxEntries) { UsedBytes = UsedBytes, UsedEntries = UsedEntries, Executable = (VfsFile)Executable.CloneInto(map) };
 
     private VfsDirectory FixedDirectory(string path)
     {

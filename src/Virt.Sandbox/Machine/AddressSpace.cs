@@ -97,6 +97,18 @@ internal sealed class AddressSpace
         yield return (StackBottom, StackTop, data, "[stack]");
     }
 
+    /// <summary>Guest physical page runs of the program image and of the stack: memory every process has (the heap is the allocator's).</summary>
+    public IEnumerable<(ulong Physical, ulong Pages)> ImageAndStackPhysical()
+    {
+        foreach (var m in _mappings)
+        {
+            if (m.VirtualStart != GuestLayout.ArenaBase)
+            {
+                yield return (m.PhysicalStart, m.Pages);
+            }
+        }
+    }
+
     /// <summary>One run of virtually and physically contiguous pages.</summary>
     private sealed record Mapping(ulong VirtualStart, ulong Pages, ulong PhysicalStart, PageFlags[]? PerPage, PageFlags Uniform)
     {

@@ -11,8 +11,15 @@ namespace Virt.Sandbox.Machine;
 /// user context of the thread that gives the vCPU up and loads the next one's. A thread only ever leaves the vCPU in a
 /// system call, so its RCX and R11 hold what SYSCALL put there and no live value is lost.
 /// </summary>
-internal sealed class ThreadContexts(IVirtualCpu vcpu, GuestMemory memory, LinuxAbi abi, Action<ulong> setFsBase)
+/// <remarks>
+/// Processes: a fork's child gets a copy of the caller's memory (<see cref="ProcessMemory"/>); a switch to a thread of
+/// another process swaps the memory contents; execve reloads the executable and builds a new initial stack.
+/// </remarks>
+internal sealed class ThreadContexts(IVirtualCpu vcpu, GuestMemory memory, LinuxAbi abi, Action<ulong> setFsBase, ProcessMemory processes, ThreadContexts.StartImage startImage)
 {
+    /// <summary>Builds the initial stack of a fresh image for <c>execve</c>: returns the entry point, the stack pointer and the initial XSAVE image.</summary>
+    public delegate (ulong Entry, ulong Rsp, XsaveState Xsave) StartImage(IReadOnlyList<string> arguments, IReadOnlyList<string> environment, string path);
+
     /// <summary>Where a resume through a stub's <c>iretq</c> puts its five-word frame: the top of the exception stack.</summary>
     public const ulong ResumeFrame = GuestLayout.ExceptionStackTop - 40;
 
@@ -20,7 +27,7 @@ internal sealed class ThreadContexts(IVirtualCpu vcpu, GuestMemory memory, Linux
     private sealed record UserContext(GeneralRegisters Registers, XsaveState Xsave);
 
     /// <summary>Whether the last call made a thread or handed the vCPU to another one.</summary>
-    public bool Pending => abi.PendingSwitch is not null || abi.PendingClone is not null;
+    public bool Pending => abi.PendingSwitch is not null || abi.PendingClone is not null || abi.PendingFork is not null || abi.PendingExec is not null;
 
     /// <summary>
     /// After a call that made a thread or handed the vCPU to another: <paramref name="served"/> holds the caller's registers
@@ -32,10 +39,23 @@ internal sealed class ThreadContexts(IVirtualCpu vcpu, GuestMemory memory, Linux
     {
         var clone = abi.PendingClone;
         var handOver = abi.PendingSwitch;
+        var fork = abi.PendingFork;
+        var exec = abi.PendingExec;
         abi.ClearPending();
-        if (clone is null && handOver is null)
+        if (clone is null && handOver is null && fork is null && exec is null)
         {
             return null;
+        }
+
+        if (exec is { } x)
+        {
+            // The caller becomes a fresh image of the executable; the call does not return to the old one.
+            processes.Reload();
+            var (entry, rsp, initialXsave) = startImage(x.Arguments, x.Environment, x.Path);
+            var fresh = new GeneralRegisters { Rip = entry, Rsp = rsp, Rflags = Supervisor.InitialUserFlags };
+            abi.CurrentThread.Context = new UserContext(fresh, initialXsave);
+            abi.CurrentThread.FsBase = 0;
+            return Load(abi.CurrentThread, toStub);
         }
 
         var caller = served;
@@ -55,6 +75,20 @@ internal sealed class ThreadContexts(IVirtualCpu vcpu, GuestMemory memory, Linux
             c.Thread.Context = new UserContext(child, xsave);
         }
 
+        if (fork is { } f)
+        {
+            // The child returns 0 from fork (on the stack clone gave, if any) in a copy of the caller's memory.
+            var child = caller;
+            child.Rax = 0;
+            if (f.Stack != 0)
+            {
+                child.Rsp = f.Stack;
+            }
+
+            f.Thread.Context = new UserContext(child, xsave);
+            f.Thread.Process.Image = processes.Save();
+        }
+
         if (handOver is null)
         {
             return null;
@@ -71,6 +105,21 @@ internal sealed class ThreadContexts(IVirtualCpu vcpu, GuestMemory memory, Linux
             }
 
             handOver.Previous.Context = new UserContext(saved, xsave);
+        }
+
+        if (handOver.Next.Process != handOver.Previous.Process)
+        {
+            // Another process: its memory replaces the caller's (kept unless the caller's process has ended).
+            if (!handOver.Previous.Process.Zombie)
+            {
+                handOver.Previous.Process.Image = processes.Save();
+            }
+
+            if (handOver.Next.Process.Image is { } image)
+            {
+                processes.Load(image);
+                handOver.Next.Process.Image = null;
+            }
         }
 
         return Load(handOver.Next, toStub);
