@@ -30,7 +30,7 @@ internal sealed class GuestProcess(int pid, GuestProcess? parent, AbiState state
 internal sealed partial class LinuxAbi
 {
     /// <summary>The most processes a program may have at once (each keeps a copy of the memory it uses).</summary>
-    private const int MaxProcesses = 32;
+    private const int MaxProcesses = 16;
 
     private readonly List<GuestProcess> _processes = [];
 

@@ -179,7 +179,7 @@ internal sealed partial class LinuxAbi
                 return 0;
             }
 
-            return (f.Flags & OpenFlags.NonBlock) != 0 ? -Errno.EAGAIN : Blocked;
+            return (f.Flags & OpenFlags.NonBlock) != 0 ? -Errno.EAGAIN : Block(long.MaxValue);
         }
 
         int n = pipe.Peek(destination);
@@ -187,7 +187,7 @@ internal sealed partial class LinuxAbi
         return n;
     }
 
-    private static long ReadEventFd(FileDescription f, Span<byte> destination)
+    private long ReadEventFd(FileDescription f, Span<byte> destination)
     {
         var counter = f.Counter!;
         if (destination.Length < 8)
@@ -197,7 +197,7 @@ internal sealed partial class LinuxAbi
 
         if (counter.Value == 0)
         {
-            return (f.Flags & OpenFlags.NonBlock) != 0 ? -Errno.EAGAIN : Blocked;
+            return (f.Flags & OpenFlags.NonBlock) != 0 ? -Errno.EAGAIN : Block(long.MaxValue);
         }
 
         ulong value = counter.Semaphore ? 1 : counter.Value;
@@ -274,7 +274,7 @@ internal sealed partial class LinuxAbi
         int n = pipe.Write(data);
         if (n == 0)
         {
-            return (f.Flags & OpenFlags.NonBlock) != 0 ? -Errno.EAGAIN : Blocked;
+            return (f.Flags & OpenFlags.NonBlock) != 0 ? -Errno.EAGAIN : Block(long.MaxValue);
         }
 
         DescriptorsChanged();
@@ -297,7 +297,7 @@ internal sealed partial class LinuxAbi
         var counter = f.Counter!;
         if (counter.Value + add >= ulong.MaxValue || counter.Value + add < counter.Value)
         {
-            return (f.Flags & OpenFlags.NonBlock) != 0 ? -Errno.EAGAIN : Blocked;
+            return (f.Flags & OpenFlags.NonBlock) != 0 ? -Errno.EAGAIN : Block(long.MaxValue);
         }
 
         counter.Value += add;

@@ -27,6 +27,9 @@ internal sealed class GuestThread(int tid)
     /// <summary>Whether the wait is a <c>wait4</c>/<c>waitid</c> for a child.</summary>
     public bool WaitsForChild { get; set; }
 
+    /// <summary>The call the thread waits in (for messages).</summary>
+    public long BlockedCall { get; set; }
+
     public GuestThreadState State { get; set; }
 
     /// <summary>The machine's saved user context while the thread is not on the vCPU.</summary>
@@ -148,6 +151,7 @@ internal sealed partial class LinuxAbi
         {
             _current.State = GuestThreadState.Blocked;
             _current.Deadline = _blockDeadline;
+            _current.BlockedCall = nr;
             var next = NextRunnable();
             if (next is not null)
             {
@@ -167,7 +171,8 @@ internal sealed partial class LinuxAbi
             if (earliest is null)
             {
                 Stop = new StopRequest(SandboxStatus.TimeLimitExceeded, -1, null,
-                    $"Every thread of the program waits for something no thread can do (deadlock; the last call was {SyscallNames.Name(nr)}).");
+                    $"Every thread of the program waits for something no thread can do (deadlock): " +
+                    string.Join(", ", _threads.Where(t => t.State == GuestThreadState.Blocked).Select(t => $"thread {t.Tid} of process {t.Process.Pid} waits in {SyscallNames.Name(t.BlockedCall)}")) + ".");
                 return null;
             }
 
@@ -197,13 +202,13 @@ internal sealed partial class LinuxAbi
     }
 
     /// <summary>The next runnable thread after the current one, round robin; null when no other can run.</summary>
-    private GuestThread? NextRunnable()
+    private GuestThread? NextRunnable(bool sameProcess = false)
     {
         int start = _threads.IndexOf(_current);
         for (int i = 1; i <= _threads.Count; i++)
         {
             var t = _threads[(start + i) % _threads.Count];
-            if (t != _current && t.State == GuestThreadState.Runnable)
+            if (t != _current && t.State == GuestThreadState.Runnable && (!sameProcess || t.Process == _current.Process))
             {
                 return t;
             }
@@ -225,7 +230,8 @@ internal sealed partial class LinuxAbi
     /// <summary>After a call: a thread that used its quantum gives way to the next runnable one.</summary>
     private void MaybeRotate()
     {
-        if (PendingSwitch is null && _threads.Count > 1 && ++_current.CallsInQuantum >= Quantum && NextRunnable() is { } next)
+        // Only among the threads of one process: a switch to another process copies memory, so processes change at waits.
+        if (PendingSwitch is null && _threads.Count > 1 && ++_current.CallsInQuantum >= Quantum && NextRunnable(sameProcess: true) is { } next)
         {
             PendingSwitch = new ThreadSwitch(_current, next, PreviousRepeatsCall: false);
         }

@@ -20,13 +20,13 @@ internal static class Sys
         Chdir = 80, Fchdir = 81, Rename = 82, Mkdir = 83, Rmdir = 84, Creat = 85, Link = 86, Unlink = 87, Symlink = 88,
         Chmod = 90, Fchmod = 91, Chown = 92, Fchown = 93, Lchown = 94, Truncate = 76, Ftruncate = 77, Getdents = 78,
         Mkdirat = 258, Fchownat = 260, Unlinkat = 263, Renameat = 264, Linkat = 265, Symlinkat = 266, Fchmodat = 268,
-        Utimensat = 280, Renameat2 = 316, Statx = 332, Pwrite64 = 18, Preadv = 295, Pwritev = 296, Sendfile = 40,
+        Utimensat = 280, Renameat2 = 316, Pwrite64 = 18, Preadv = 295, Pwritev = 296, Sendfile = 40,
         Fadvise64 = 221, Fallocate = 285, Statfs = 137, Fstatfs = 138, Flock = 73, Sync = 162, Syncfs = 306,
-        CopyFileRange = 326, Getgroups = 115, Setgroups = 116, Prctl = 157, Sysinfo = 99, Getrusage = 98, Times = 100,
-        Alarm = 37, Setitimer = 38, Getitimer = 36, Pause = 34, RtSigreturn = 15, RtSigsuspend = 130, RtSigpending = 127,
-        RtSigtimedwait = 128, Setpgid = 109, Setsid = 112, Wait4 = 61, Waitid = 247, SchedSetaffinity = 203,
+        Getgroups = 115, Prctl = 157, Sysinfo = 99, Getrusage = 98, Times = 100,
+        
+        Setpgid = 109, Setsid = 112, Wait4 = 61, Waitid = 247, SchedSetaffinity = 203,
         Getpriority = 140, Setpriority = 141, Setuid = 105, Setgid = 106, Setresuid = 117, Setresgid = 119,
-        Getresuid = 118, Getresgid = 120, Socket = 41, Mlock = 149, Munlock = 150, Membarrier = 324, Getcpu = 309,
+        Getresuid = 118, Getresgid = 120, Mlock = 149, Munlock = 150, 
         Readahead = 187, CloseRange = 436;
 #pragma warning restore CS1591
 }
