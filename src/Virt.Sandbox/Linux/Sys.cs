@@ -18,7 +18,7 @@ internal static class Sys
         Poll = 7, Select = 23, Pipe = 22, Pselect6 = 270, Ppoll = 271, Pipe2 = 293, Eventfd = 284, Eventfd2 = 290,
         EpollCreate = 213, EpollCreate1 = 291, EpollCtl = 233, EpollWait = 232, EpollPwait = 281, EpollPwait2 = 441,
         Chdir = 80, Fchdir = 81, Rename = 82, Mkdir = 83, Rmdir = 84, Creat = 85, Link = 86, Unlink = 87, Symlink = 88,
-        Chmod = 90, Fchmod = 91, Chown = 92, Fchown = 93, Lchown = 94, Truncate = 76, Ftruncate = 77, Getdents = 78,
+        Chmod = 90, Fchmod = 91, Chown = 92, Fchown = 93, Lchown = 94, Truncate = 76, Ftruncate = 77,
         Mkdirat = 258, Fchownat = 260, Unlinkat = 263, Renameat = 264, Linkat = 265, Symlinkat = 266, Fchmodat = 268,
         Utimensat = 280, Renameat2 = 316, Pwrite64 = 18, Preadv = 295, Pwritev = 296, Sendfile = 40,
         Fadvise64 = 221, Fallocate = 285, Statfs = 137, Fstatfs = 138, Flock = 73, Sync = 162, Syncfs = 306,
