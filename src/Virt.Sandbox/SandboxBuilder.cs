@@ -136,6 +136,37 @@ public sealed class SandboxBuilder
         return With(c => c with { MaxSystemCalls = calls });
     }
 
+    /// <summary>
+    /// Makes the executable visible at <paramref name="guestPaths"/> too (symbolic links to its path), so that the program
+    /// can run itself by those names: for busybox, <c>/bin/sh</c> lets <c>awk</c>'s <c>system()</c> and <c>popen()</c> work.
+    /// </summary>
+    public SandboxBuilder WithExecutableAliases(params string[] guestPaths)
+    {
+        ArgumentNullException.ThrowIfNull(guestPaths);
+        foreach (var p in guestPaths)
+        {
+            if (string.IsNullOrEmpty(p) || !p.StartsWith('/'))
+            {
+                throw new ArgumentException($"Guest path '{p}' must be absolute.", nameof(guestPaths));
+            }
+        }
+
+        var copy = guestPaths.ToArray();
+        return With(c => c with { ExecutableAliases = [.. c.ExecutableAliases, .. copy] });
+    }
+
+    /// <summary>
+    /// Limits what the program may store in its in-memory file system in one run: <paramref name="bytes"/> in the files it
+    /// writes or creates together, and <paramref name="entries"/> files, directories and links it creates. A write or
+    /// create beyond either fails with <c>ENOSPC</c>. Defaults 64 MiB and 4096.
+    /// </summary>
+    public SandboxBuilder WithFileSystemLimit(long bytes, int entries)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(bytes, 0);
+        ArgumentOutOfRangeException.ThrowIfLessThan(entries, 0);
+        return With(c => c with { MaxFileSystemBytes = bytes, MaxFileSystemEntries = entries });
+    }
+
     /// <summary>Makes <paramref name="content"/> visible to the program at <paramref name="guestPath"/> (read-only unless <paramref name="writable"/>).</summary>
     public SandboxBuilder WithFile(string guestPath, byte[] content, bool writable = false)
     {

@@ -14,6 +14,9 @@ internal sealed record SandboxConfiguration
 
     public IReadOnlyList<string> Arguments { get; init; } = [];
 
+    /// <summary>Further guest paths of the executable (symbolic links to <see cref="ExecutablePath"/>).</summary>
+    public IReadOnlyList<string> ExecutableAliases { get; init; } = [];
+
     public IReadOnlyList<string> Environment { get; init; } = [];
 
     public ulong MemoryBytes { get; init; } = 64UL << 20;
@@ -30,6 +33,12 @@ internal sealed record SandboxConfiguration
     public long MaxSystemCalls { get; init; } = 10_000_000;
 
     public long MaxFileBytes { get; init; } = 64L << 20;
+
+    /// <summary>The most bytes the program's own files (written or created in a run) may hold together.</summary>
+    public long MaxFileSystemBytes { get; init; } = 64L << 20;
+
+    /// <summary>The most files, directories and links a program may create in a run.</summary>
+    public int MaxFileSystemEntries { get; init; } = 4096;
 
     public int MaxHostCallBytes { get; init; } = 16 << 20;
 

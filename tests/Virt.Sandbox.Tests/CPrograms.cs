@@ -59,6 +59,45 @@ internal static class CPrograms
     public static (int ExitCode, string Output) Run(string file, IEnumerable<string> arguments, byte[]? stdin = null) =>
         Run(new ProcessStartInfo(file, arguments), stdin);
 
+    /// <summary>Runs <paramref name="file"/> in <paramref name="workingDirectory"/>; stdout and stderr apart.</summary>
+    public static (int ExitCode, string Stdout, string Stderr) RunIn(string workingDirectory, string file, IEnumerable<string> arguments, byte[]? stdin = null)
+    {
+        var psi = new ProcessStartInfo(file, arguments)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            UseShellExecute = false,
+            WorkingDirectory = workingDirectory,
+        };
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        try
+        {
+            if (stdin is not null)
+            {
+                p.StandardInput.BaseStream.Write(stdin);
+            }
+
+            p.StandardInput.Close();
+        }
+        catch (IOException)
+        {
+            // The program exited without reading all of its input.
+        }
+
+        p.WaitForExit();
+        return (p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    /// <summary>The path of the static executable built from Programs/<paramref name="name"/>.c (built by <see cref="Get"/>).</summary>
+    public static string PathOf(string name)
+    {
+        Get(name);
+        return Path.Combine(OutputDirectory, name);
+    }
+
     private static (int ExitCode, string Output) Run(ProcessStartInfo start, byte[]? stdin)
     {
         try

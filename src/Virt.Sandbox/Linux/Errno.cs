@@ -55,4 +55,30 @@ internal static class Errno
     public const long ENODEV = 19;
     /// <summary>Value too large.</summary>
     public const long EOVERFLOW = 75;
+    /// <summary>No such device or address.</summary>
+    public const long ENXIO = 6;
+    /// <summary>Argument list too long.</summary>
+    public const long E2BIG = 7;
+    /// <summary>Device or resource busy.</summary>
+    public const long EBUSY = 16;
+    /// <summary>Cross-device link.</summary>
+    public const long EXDEV = 18;
+    /// <summary>No space left on device.</summary>
+    public const long ENOSPC = 28;
+    /// <summary>Broken pipe.</summary>
+    public const long EPIPE = 32;
+    /// <summary>Directory not empty.</summary>
+    public const long ENOTEMPTY = 39;
+    /// <summary>Too many symbolic links.</summary>
+    public const long ELOOP = 40;
+    /// <summary>Operation not supported.</summary>
+    public const long EOPNOTSUPP = 95;
+    /// <summary>Disk quota exceeded.</summary>
+    public const long EDQUOT = 122;
+    /// <summary>Executable format error.</summary>
+    public const long ENOEXEC = 8;
+    /// <summary>Timer expired / timed out.</summary>
+    public const long ETIMEDOUT = 110;
+    /// <summary>Not a socket.</summary>
+    public const long ENOTSOCK = 88;
 }

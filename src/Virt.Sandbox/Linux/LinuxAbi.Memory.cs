@@ -45,7 +45,7 @@ internal sealed partial class LinuxAbi
                 return -Errno.EACCES;
             }
 
-            file = _state.Vfs.GetFile(_state.Fds[fd]!.Path);
+            file = _state.Fds[fd]!.Node as VfsFile;
         }
 
         ulong pages = (length + GuestLayout.PageSize - 1) / GuestLayout.PageSize;

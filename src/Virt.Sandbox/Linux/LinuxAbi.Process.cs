@@ -10,12 +10,9 @@ internal sealed partial class LinuxAbi
     /// <summary>The program's process id, which is also its thread id, process group and session: it runs alone.</summary>
     private const long ProcessId = 1;
 
-    /// <summary><c>exit</c> and <c>exit_group</c>: the program has one thread, so either ends the process.</summary>
-    private long Exit(ulong status)
-    {
-        Stop = new StopRequest(SandboxStatus.Exited, (int)(status & 0xFF), null, null);
-        return 0;
-    }
+    /// <summary><c>exit_group</c> (and <c>exit</c> of the last thread): the process ends.</summary>
+    private long Exit(ulong status) =>
+        ExitProcess((int)(status & 0xFF) << 8, new StopRequest(SandboxStatus.Exited, (int)(status & 0xFF), null, null));
 
     private long Umask(ulong mask)
     {
@@ -41,6 +38,13 @@ internal sealed partial class LinuxAbi
     {
         int n = (int)Math.Min(length, 256UL * 1024);
         var bytes = n <= 256 ? stackalloc byte[n] : new byte[n];
+        FillRandom(bytes);
+        return WriteUser(buffer, bytes) ? n : -Errno.EFAULT;
+    }
+
+    /// <summary>Random bytes: the host's generator, or the seeded one for reproducible runs.</summary>
+    private void FillRandom(Span<byte> bytes)
+    {
         if (_config.RandomSeed is null)
         {
             RandomNumberGenerator.Fill(bytes);
@@ -49,12 +53,10 @@ internal sealed partial class LinuxAbi
         {
             _state.Random.NextBytes(bytes);
         }
-
-        return WriteUser(buffer, bytes) ? n : -Errno.EFAULT;
     }
 
     /// <summary><c>prlimit64</c> reads the limits of this process only; a new limit is ignored.</summary>
-    private long Prlimit64(ulong pid, ulong resource, ulong oldLimit) => (pid is 0 or 1) ? Prlimit((int)resource, oldLimit) : -Errno.ESRCH;
+    private long Prlimit64(ulong pid, ulong resource, ulong oldLimit) => (pid == 0 || pid == (ulong)CurrentProcess.Pid) ? Prlimit((int)resource, oldLimit) : -Errno.ESRCH;
 
     private long Prlimit(int resource, ulong oldLimit)
     {

@@ -6,11 +6,14 @@ namespace Virt.Sandbox.Linux;
 // The guest's clocks: clock_gettime, clock_getres, gettimeofday, time, nanosleep, clock_nanosleep.
 internal sealed partial class LinuxAbi
 {
+    /// <summary>The first process's state, which holds what all processes share (the guest's clock offset).</summary>
+    private AbiState Shared => _processes.Count > 0 ? _processes[0].State : _state;
+
     private long MonotonicNanoseconds() =>
-        (long)(Stopwatch.GetTimestamp() * (1e9 / Stopwatch.Frequency)) + _state.SleepOffsetNanoseconds;
+        (long)(Stopwatch.GetTimestamp() * (1e9 / Stopwatch.Frequency)) + Shared.SleepOffsetNanoseconds;
 
     private long RealtimeNanoseconds() =>
-        ((DateTime.UtcNow.Ticks - DateTime.UnixEpoch.Ticks) * 100) + _state.SleepOffsetNanoseconds;
+        ((DateTime.UtcNow.Ticks - DateTime.UnixEpoch.Ticks) * 100) + Shared.SleepOffsetNanoseconds;
 
     private long WriteTimespec(ulong pointer, long seconds, long nanoseconds)
     {
@@ -52,9 +55,17 @@ internal sealed partial class LinuxAbi
         return pointer == 0 || WriteU64(pointer, (ulong)s) ? s : -Errno.EFAULT;
     }
 
-    /// <summary>Sleeping would only burn the caller's wall time, so the clock jumps instead.</summary>
-    private long Nanosleep(ulong request)
+    /// <summary>
+    /// <c>nanosleep</c> and <c>clock_nanosleep</c>: the thread waits while other threads run; when none can, the
+    /// guest's clocks jump to the end of the sleep instead of burning the caller's wall time.
+    /// </summary>
+    private long Nanosleep(ulong request, bool absolute = false, int clock = 1)
     {
+        if (_current.TimedOut)
+        {
+            return 0;
+        }
+
         if (!ReadU64(request, out ulong s) || !ReadU64(request + 8, out ulong ns))
         {
             return -Errno.EFAULT;
@@ -65,7 +76,20 @@ internal sealed partial class LinuxAbi
             return -Errno.EINVAL;
         }
 
-        _state.SleepOffsetNanoseconds += (long)Math.Min(s, 1UL << 32) * 1_000_000_000 + (long)ns;
-        return 0;
+        long span = ((long)Math.Min(s, 1UL << 32) * 1_000_000_000) + (long)ns;
+        long now = MonotonicNanoseconds();
+        long deadline = !absolute ? now + span : clock == 0 ? span - RealtimeNanoseconds() + now : span;
+        return deadline <= now ? 0 : Block(deadline, onDescriptors: false);
+    }
+
+    private long ClockNanosleep(int clock, int flags, ulong request)
+    {
+        const int TimerAbstime = 1;
+        if (clock is < 0 or > 11)
+        {
+            return -Errno.EINVAL;
+        }
+
+        return Nanosleep(request, (flags & TimerAbstime) != 0, clock);
     }
 }

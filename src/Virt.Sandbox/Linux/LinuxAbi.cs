@@ -38,6 +38,7 @@ internal sealed partial class LinuxAbi
     private ArrayBufferWriter<byte> _stdout = new();
     private ArrayBufferWriter<byte> _stderr = new();
     private long _syscalls;
+    private System.Diagnostics.Stopwatch _runClock = new();
 
     public LinuxAbi(SandboxConfiguration config, GuestMemory memory, AddressSpace space, ArenaAllocator arena, Action<ulong> setFsBase)
     {
@@ -47,6 +48,7 @@ internal sealed partial class LinuxAbi
         _arena = arena;
         _setFsBase = setFsBase;
         _state = AbiState.Initial(config);
+        ResetThreads();
     }
 
     /// <summary>Set when a system call ended the run.</summary>
@@ -75,6 +77,7 @@ internal sealed partial class LinuxAbi
         _stdout = new ArrayBufferWriter<byte>();
         _stderr = new ArrayBufferWriter<byte>();
         _syscalls = 0;
+        _runClock = System.Diagnostics.Stopwatch.StartNew();
         _unsupported.Clear();
         Stop = null;
     }
@@ -83,12 +86,16 @@ internal sealed partial class LinuxAbi
     public AbiState SaveState() => _state.Clone();
 
     /// <summary>Returns to a saved state.</summary>
-    public void RestoreState(AbiState state) => _state = state.Clone();
+    public void RestoreState(AbiState state)
+    {
+        _state = state.Clone();
+        ResetThreads();
+    }
 
     /// <summary>Whether the pending call at <paramref name="r"/> is the program's ready point (a read of stdin, or the ready call).</summary>
     public bool IsReadyPoint(in GeneralRegisters r) =>
-        r.Rax == ReadyNumber ||
-        ((r.Rax == Sys.Read || r.Rax == Sys.Readv) && r.Rdi == 0 && _state.Fds[0] is { Kind: FdKind.Stdin });
+        SingleThreaded && (r.Rax == ReadyNumber ||
+        ((r.Rax == Sys.Read || r.Rax == Sys.Readv) && r.Rdi == 0 && _state.Fds[0] is { Kind: FdKind.Stdin }));
 
     /// <summary>Handles the system call in <paramref name="r"/>; writes the result to RAX. Returns false when the run must stop (see <see cref="Stop"/>).</summary>
     public bool Dispatch(ref GeneralRegisters r)
@@ -101,14 +108,36 @@ internal sealed partial class LinuxAbi
         }
 
         long result;
+        long nr = (long)r.Rax;
         try
         {
-            result = Handle((long)r.Rax, r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9);
+            result = Handle(nr, r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9);
+            if (result == Blocked)
+            {
+                // The thread waits: another runs (the machine switches and this call is made again later), or time jumps.
+                if (BlockCurrent(nr, r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9) is not { } late)
+                {
+                    return Stop is null;
+                }
+
+                result = late;
+            }
+            else
+            {
+                MaybeRotate();
+            }
         }
         catch (GuestMemoryException)
         {
             // Defence in depth: every access is translated first, so this means a bug, not a guest error.
             result = -Errno.EFAULT;
+        }
+
+        _current.TimedOut = false;
+        _current.Woken = false;
+        if (_current.State == GuestThreadState.Blocked)
+        {
+            _current.State = GuestThreadState.Runnable;
         }
 
         r.Rax = (ulong)result;

@@ -14,7 +14,20 @@ internal static class Sys
         SchedGetaffinity = 204, Getdents64 = 217, SetTidAddress = 218, ClockGettime = 228, ClockGetres = 229,
         ClockNanosleep = 230, ExitGroup = 231, Tgkill = 234, Openat = 257, Newfstatat = 262, Readlinkat = 267,
         Faccessat = 269, SetRobustList = 273, Dup3 = 292, Prlimit64 = 302, Getrandom = 318, Execveat = 322,
-        Rseq = 334, Clone3 = 435, Faccessat2 = 439;
+        Rseq = 334, Clone3 = 435, Faccessat2 = 439,
+        Poll = 7, Select = 23, Pipe = 22, Pselect6 = 270, Ppoll = 271, Pipe2 = 293, Eventfd = 284, Eventfd2 = 290,
+        EpollCreate = 213, EpollCreate1 = 291, EpollCtl = 233, EpollWait = 232, EpollPwait = 281, EpollPwait2 = 441,
+        Chdir = 80, Fchdir = 81, Rename = 82, Mkdir = 83, Rmdir = 84, Creat = 85, Link = 86, Unlink = 87, Symlink = 88,
+        Chmod = 90, Fchmod = 91, Chown = 92, Fchown = 93, Lchown = 94, Truncate = 76, Ftruncate = 77,
+        Mkdirat = 258, Fchownat = 260, Unlinkat = 263, Renameat = 264, Linkat = 265, Symlinkat = 266, Fchmodat = 268,
+        Utimensat = 280, Renameat2 = 316, Pwrite64 = 18, Preadv = 295, Pwritev = 296, Sendfile = 40,
+        Fadvise64 = 221, Fallocate = 285, Statfs = 137, Fstatfs = 138, Flock = 73, Sync = 162, Syncfs = 306,
+        Getgroups = 115, Prctl = 157, Sysinfo = 99, Getrusage = 98, Times = 100,
+        
+        Setpgid = 109, Setsid = 112, Wait4 = 61, Waitid = 247, SchedSetaffinity = 203,
+        Getpriority = 140, Setpriority = 141, Setuid = 105, Setgid = 106, Setresuid = 117, Setresgid = 119,
+        Getresuid = 118, Getresgid = 120, Mlock = 149, Munlock = 150, 
+        Readahead = 187, CloseRange = 436;
 #pragma warning restore CS1591
 }
 
@@ -38,6 +51,11 @@ internal enum FdKind
     Stderr,
     File,
     Directory,
+    Device,
+    PipeRead,
+    PipeWrite,
+    EventFd,
+    Epoll,
 }
 
 /// <summary>open(2) flags the layer looks at.</summary>
@@ -49,34 +67,136 @@ internal enum OpenFlags
     ReadWrite = 2,
     AccessMask = 3,
     Create = 0x40,
+    Exclusive = 0x80,
+    NoCtty = 0x100,
     Truncate = 0x200,
     Append = 0x400,
+    NonBlock = 0x800,
     Directory = 0x10000,
+    NoFollow = 0x20000,
     CloseOnExec = 0x80000,
+    Path = 0x200000,
+    TmpFile = 0x400000,
 }
 
-/// <summary>An open file description: kind, path, flags and offset (shared by <c>dup</c>ed descriptors).</summary>
-internal sealed class FileDescription(FdKind kind, string path, OpenFlags flags)
+/// <summary>A pipe's buffer, shared by its read and write ends (Linux's default capacity, 64 KiB).</summary>
+internal sealed class PipeBuffer
 {
-    private long[] _position = [0];
+    public const int Capacity = 64 * 1024;
 
-    public FdKind Kind { get; } = kind;
+    public byte[] Data { get; private set; } = new byte[Capacity];
 
-    public string Path { get; } = path;
+    public int Start { get; set; }
 
-    public OpenFlags Flags { get; } = flags;
+    public int Count { get; set; }
 
-    public long Position
+    /// <summary>Appends up to <see cref="Capacity"/> - <see cref="Count"/> bytes; returns how many fit.</summary>
+    public int Write(ReadOnlySpan<byte> source)
     {
-        get => _position[0];
-        set => _position[0] = value;
+        int n = Math.Min(source.Length, Capacity - Count);
+        for (int i = 0; i < n; i++)
+        {
+            Data[(Start + Count + i) % Capacity] = source[i];
+        }
+
+        Count += n;
+        return n;
     }
 
-    /// <summary>A descriptor for the same description (dup): the offset is shared.</summary>
-    public FileDescription Share() => new(Kind, Path, Flags) { _position = _position };
+    /// <summary>Takes up to <paramref name="destination"/>.Length bytes; returns how many.</summary>
+    public int Peek(Span<byte> destination)
+    {
+        int n = Math.Min(destination.Length, Count);
+        for (int i = 0; i < n; i++)
+        {
+            destination[i] = Data[(Start + i) % Capacity];
+        }
 
-    /// <summary>An independent copy (for snapshots).</summary>
-    public FileDescription Copy() => new(Kind, Path, Flags) { _position = [_position[0]] };
+        return n;
+    }
+
+    public void Consume(int n)
+    {
+        Start = (Start + n) % Capacity;
+        Count -= n;
+    }
+
+    public PipeBuffer Clone() => new() { Data = (byte[])Data.Clone(), Start = Start, Count = Count };
+}
+
+/// <summary>An eventfd's counter.</summary>
+internal sealed class EventCounter
+{
+    public ulong Value { get; set; }
+
+    public bool Semaphore { get; init; }
+}
+
+/// <summary>One registration in an epoll set: the descriptor number and description it watches, the events, the user data.</summary>
+internal sealed class EpollEntry
+{
+    public required int Fd { get; init; }
+
+    public required FileDescription Description { get; set; }
+
+    public uint Events { get; set; }
+
+    public ulong Data { get; set; }
+
+    /// <summary>For EPOLLET and EPOLLONESHOT: the readiness last reported (edge) or that the entry fired (one-shot).</summary>
+    public uint LastReported { get; set; }
+
+    public bool Disabled { get; set; }
+}
+
+/// <summary>An open file description: what it refers to, its flags and offset. Descriptors made by <c>dup</c> share one.</summary>
+internal sealed class FileDescription(FdKind kind, OpenFlags flags)
+{
+    public FdKind Kind { get; } = kind;
+
+    public OpenFlags Flags { get; set; } = flags;
+
+    public long Position { get; set; }
+
+    /// <summary>The file, directory or device node (File, Directory, Device).</summary>
+    public VfsNode? Node { get; init; }
+
+    /// <summary>The pipe (PipeRead, PipeWrite).</summary>
+    public PipeBuffer? Pipe { get; init; }
+
+    /// <summary>The counter (EventFd).</summary>
+    public EventCounter? Counter { get; init; }
+
+    /// <summary>The registrations (Epoll).</summary>
+    public List<EpollEntry>? Interest { get; init; }
+
+    /// <summary>A copy for a snapshot; shared objects (nodes, pipes, descriptions) come from <paramref name="map"/> once copied.</summary>
+    public FileDescription CloneInto(Dictionary<object, object> map)
+    {
+        if (map.TryGetValue(this, out var done))
+        {
+            return (FileDescription)done;
+        }
+
+        var copy = new FileDescription(Kind, Flags)
+        {
+            Position = Position,
+            Node = Node?.CloneInto(map),
+            Pipe = Pipe is null ? null : (PipeBuffer)(map.TryGetValue(Pipe, out var p) ? p : map[Pipe] = Pipe.Clone()),
+            Counter = Counter is null ? null : (EventCounter)(map.TryGetValue(Counter, out var c) ? c : map[Counter] = new EventCounter { Value = Counter.Value, Semaphore = Counter.Semaphore }),
+            Interest = Interest is null ? null : [],
+        };
+        map[this] = copy;
+        if (Interest is not null)
+        {
+            foreach (var e in Interest)
+            {
+                copy.Interest!.Add(new EpollEntry { Fd = e.Fd, Description = e.Description.CloneInto(map), Events = e.Events, Data = e.Data, LastReported = e.LastReported, Disabled = e.Disabled });
+            }
+        }
+
+        return copy;
+    }
 }
 
 /// <summary>The ABI layer's state that a snapshot saves and a reset restores.</summary>
@@ -84,9 +204,15 @@ internal sealed class AbiState
 {
     public required FileDescription?[] Fds { get; init; }
 
+    /// <summary>FD_CLOEXEC of each descriptor.</summary>
+    public required bool[] CloseOnExec { get; init; }
+
     public required VirtualFileSystem Vfs { get; init; }
 
     public required Random Random { get; init; }
+
+    /// <summary>The working directory.</summary>
+    public required VfsDirectory Cwd { get; set; }
 
     public int Umask { get; set; } = 0x12;
 
@@ -94,44 +220,88 @@ internal sealed class AbiState
 
     public long SleepOffsetNanoseconds { get; set; }
 
+    /// <summary>The blocked signals.</summary>
+    public ulong SignalMask { get; set; }
+
+    /// <summary>sigaltstack's stack (size 0: none).</summary>
+    public (ulong Base, ulong Size) AltStack { get; set; }
+
+    /// <summary>PR_SET_DUMPABLE.</summary>
+    public bool Dumpable { get; set; } = true;
+
+    /// <summary>PR_SET_NAME, or null for the executable's name.</summary>
+    public string? ThreadName { get; set; }
+
+    /// <summary>Signal actions by number (1-64): handler, flags, restorer, mask.</summary>
+    public required SignalAction[] SignalActions { get; init; }
+
     public static AbiState Initial(SandboxConfiguration config)
     {
         var fds = new FileDescription?[256];
-        fds[0] = new FileDescription(FdKind.Stdin, "", OpenFlags.ReadOnly);
-        fds[1] = new FileDescription(FdKind.Stdout, "", OpenFlags.WriteOnly);
-        fds[2] = new FileDescription(FdKind.Stderr, "", OpenFlags.WriteOnly);
+        fds[0] = new FileDescription(FdKind.Stdin, OpenFlags.ReadOnly);
+        fds[1] = new FileDescription(FdKind.Stdout, OpenFlags.WriteOnly);
+        fds[2] = new FileDescription(FdKind.Stderr, OpenFlags.WriteOnly);
+        var vfs = new VirtualFileSystem(config.Files, config.Executable, config.ExecutablePath, config.ExecutableAliases, config.MaxFileSystemBytes, config.MaxFileSystemEntries);
 #pragma warning disable CA5394 // Seeded on purpose: a fixed seed makes runs reproducible.
         return new AbiState
         {
             Fds = fds,
-            Vfs = new VirtualFileSystem(config.Files),
+            CloseOnExec = new bool[256],
+            Vfs = vfs,
+            Cwd = vfs.Root,
             Random = config.RandomSeed is int seed ? new Random(seed) : new Random(),
+            SignalActions = new SignalAction[65],
         };
 #pragma warning restore CA5394
     }
 
+    /// <summary>The state a forked child starts with: the same open descriptions, file tree and directory; copies of the rest.</summary>
+    public AbiState ForkCopy() => new()
+    {
+        Fds = (FileDescription?[])Fds.Clone(),
+        CloseOnExec = (bool[])CloseOnExec.Clone(),
+        Vfs = Vfs,
+        Cwd = Cwd,
+        Random = Random,
+        Umask = Umask,
+        FsBase = FsBase,
+        Dumpable = Dumpable,
+        ThreadName = ThreadName,
+        SignalMask = SignalMask,
+        AltStack = AltStack,
+        SignalActions = (SignalAction[])SignalActions.Clone(),
+    };
+
     public AbiState Clone()
     {
-        // Each descriptor gets its own offset in the copy (dup'ed descriptors stop sharing one).
+        var map = new Dictionary<object, object>(ReferenceEqualityComparer.Instance);
+        var vfs = Vfs.Clone(map);
         var fds = new FileDescription?[Fds.Length];
         for (int i = 0; i < Fds.Length; i++)
         {
-            if (Fds[i] is { } f)
-            {
-                fds[i] = f.Copy();
-            }
+            fds[i] = Fds[i]?.CloneInto(map);
         }
 
 #pragma warning disable CA5394
         return new AbiState
         {
             Fds = fds,
-            Vfs = Vfs.Clone(),
+            CloseOnExec = (bool[])CloseOnExec.Clone(),
+            Vfs = vfs,
+            Cwd = (VfsDirectory)Cwd.CloneInto(map),
             Random = new Random(Random.Next()),
             Umask = Umask,
             FsBase = FsBase,
             SleepOffsetNanoseconds = SleepOffsetNanoseconds,
+            Dumpable = Dumpable,
+            SignalMask = SignalMask,
+            AltStack = AltStack,
+            ThreadName = ThreadName,
+            SignalActions = (SignalAction[])SignalActions.Clone(),
         };
 #pragma warning restore CA5394
     }
 }
+
+/// <summary>A signal's action as <c>rt_sigaction</c> set it (the kernel's <c>struct sigaction</c>).</summary>
+internal readonly record struct SignalAction(ulong Handler, ulong Flags, ulong Restorer, ulong Mask);

@@ -1,82 +1,342 @@
 namespace Virt.Sandbox.Linux;
 
-/// <summary>A file the host granted: its bytes (a private copy) and whether the program may change them.</summary>
-internal sealed class VfsFile(string path, byte[] content, bool writable, ulong inode)
+/// <summary>A node of the sandbox's file tree: a file, a directory, a symbolic link or a device.</summary>
+internal abstract class VfsNode(ulong inode, uint permissions)
 {
-    public string Path { get; } = path;
+    public ulong Inode { get; } = inode;
 
+    /// <summary>Permission bits (the low 12 bits of <c>st_mode</c>).</summary>
+    public uint Permissions { get; set; } = permissions;
+
+    /// <summary>Modification time in nanoseconds since the epoch.</summary>
+    public long ModifiedNanoseconds { get; set; }
+
+    /// <summary>The <c>S_IF*</c> bits of <c>st_mode</c>.</summary>
+    public abstract uint TypeBits { get; }
+
+    /// <summary>The <c>d_type</c> of a directory entry.</summary>
+    public abstract byte DirectoryEntryType { get; }
+
+    /// <summary>A copy for a snapshot; nodes already copied come from <paramref name="map"/>.</summary>
+    public abstract VfsNode CloneInto(Dictionary<object, object> map);
+}
+
+/// <summary>A regular file: a host grant (read-only unless granted writable) or a file the program made.</summary>
+internal sealed class VfsFile(ulong inode, byte[] content, bool writable, uint permissions) : VfsNode(inode, permissions)
+{
     public byte[] Content { get; set; } = content;
 
     public long Length { get; set; } = content.Length;
 
+    /// <summary>Whether the program may change the bytes (false for read-only grants).</summary>
     public bool Writable { get; } = writable;
 
-    public ulong Inode { get; } = inode;
+    public override uint TypeBits => 0x8000;
 
-    public VfsFile Clone() => new(Path, (byte[])Content.Clone(), Writable, Inode) { Length = Length };
+    public override byte DirectoryEntryType => 8;
+
+    public override VfsNode CloneInto(Dictionary<object, object> map)
+    {
+        if (map.TryGetValue(this, out var done))
+        {
+            return (VfsNode)done;
+        }
+
+        // A read-only grant never changes: the copy shares its bytes.
+        var copy = new VfsFile(Inode, Writable ? Content.AsSpan(0, (int)Length).ToArray() : Content, Writable, Permissions) { Length = Length, ModifiedNanoseconds = ModifiedNanoseconds };
+        map[this] = copy;
+        return copy;
+    }
+}
+
+/// <summary>A directory; <see cref="Parent"/> and <see cref="Name"/> give its path (the root is its own parent).</summary>
+internal sealed class VfsDirectory(ulong inode, uint permissions) : VfsNode(inode, permissions)
+{
+    public SortedDictionary<string, VfsNode> Children { get; } = new(StringComparer.Ordinal);
+
+    public VfsDirectory? Parent { get; set; }
+
+    public string Name { get; set; } = "";
+
+    /// <summary>Whether the directory is part of what the host granted (the program cannot remove or rename it).</summary>
+    public bool Fixed { get; set; }
+
+    public override uint TypeBits => 0x4000;
+
+    public override byte DirectoryEntryType => 4;
+
+    /// <summary>The absolute path of this directory.</summary>
+    public string Path
+    {
+        get
+        {
+            var parts = new List<string>();
+            for (var d = this; d.Parent is not null && d.Parent != d; d = d.Parent)
+            {
+                parts.Add(d.Name);
+            }
+
+            parts.Reverse();
+            return "/" + string.Join('/', parts);
+        }
+    }
+
+    public override VfsNode CloneInto(Dictionary<object, object> map)
+    {
+        if (map.TryGetValue(this, out var done))
+        {
+            return (VfsNode)done;
+        }
+
+        var copy = new VfsDirectory(Inode, Permissions) { Name = Name, Fixed = Fixed, ModifiedNanoseconds = ModifiedNanoseconds };
+        map[this] = copy;
+        copy.Parent = Parent is null ? null : Parent == this ? copy : (VfsDirectory)Parent.CloneInto(map);
+        foreach (var (name, child) in Children)
+        {
+            copy.Children[name] = child.CloneInto(map);
+        }
+
+        return copy;
+    }
+}
+
+/// <summary>A symbolic link.</summary>
+internal sealed class VfsSymlink(ulong inode, string target) : VfsNode(inode, 0x1FF)
+{
+    public string Target { get; } = target;
+
+    public override uint TypeBits => 0xA000;
+
+    public override byte DirectoryEntryType => 10;
+
+    public override VfsNode CloneInto(Dictionary<object, object> map)
+    {
+        if (!map.TryGetValue(this, out var done))
+        {
+            done = new VfsSymlink(Inode, Target) { ModifiedNanoseconds = ModifiedNanoseconds };
+            map[this] = done;
+        }
+
+        return (VfsNode)done;
+    }
+}
+
+/// <summary>What a character device does.</summary>
+internal enum DeviceKind
+{
+    /// <summary><c>/dev/null</c>: reads end at once, writes vanish.</summary>
+    Null,
+
+    /// <summary><c>/dev/zero</c>: reads give zeros, writes vanish.</summary>
+    Zero,
+
+    /// <summary><c>/dev/urandom</c> and <c>/dev/random</c>: reads give random bytes.</summary>
+    Random,
+
+    /// <summary><c>/dev/full</c>: reads give zeros, writes fail with ENOSPC.</summary>
+    Full,
+}
+
+/// <summary>A character device under <c>/dev</c>.</summary>
+internal sealed class VfsDevice(ulong inode, DeviceKind kind) : VfsNode(inode, 0x1B6)
+{
+    public DeviceKind Kind { get; } = kind;
+
+    public override uint TypeBits => 0x2000;
+
+    public override byte DirectoryEntryType => 2;
+
+    public override VfsNode CloneInto(Dictionary<object, object> map) => this; // stateless
 }
 
 /// <summary>
-/// The only files a sandboxed program can see: the ones the host granted, in memory. Directories
-/// exist implicitly as the parents of granted files. Nothing here ever touches the host file system.
+/// The sandbox's file tree, in host memory only: the host's grants (read-only unless granted writable) and their
+/// parent directories, <c>/dev</c>, <c>/tmp</c>, and whatever the program creates in a run, which counts against a
+/// byte and an entry limit. Nothing here ever touches the host file system.
 /// </summary>
 internal sealed class VirtualFileSystem
 {
-    private readonly Dictionary<string, VfsFile> _files;
-    private readonly SortedSet<string> _directories;
+    /// <summary>How many symbolic links one lookup follows before it fails with ELOOP (Linux's limit).</summary>
+    private const int MaxSymlinks = 40;
 
-    public VirtualFileSystem(IEnumerable<(string Path, byte[] Content, bool Writable)> files)
+    private ulong _nextInode;
+
+    private VirtualFileSystem(VfsDirectory root, ulong nextInode, long maxBytes, int maxEntries)
     {
-        _files = new(StringComparer.Ordinal);
-        _directories = new(StringComparer.Ordinal) { "/" };
-        ulong inode = 100;
+        Root = root;
+        _nextInode = nextInode;
+        MaxBytes = maxBytes;
+        MaxEntries = maxEntries;
+    }
+
+    public VirtualFileSystem(IEnumerable<(string Path, byte[] Content, bool Writable)> files, byte[] executable, string executablePath, IEnumerable<string> aliases, long maxBytes, int maxEntries)
+        : this(new VfsDirectory(2, 0x1ED) { Fixed = true }, 100, maxBytes, maxEntries)
+    {
+        Root.Parent = Root;
         foreach (var (path, content, writable) in files)
         {
             string p = Normalize("/", path) ?? throw new ArgumentException($"'{path}' is not a usable guest path.", nameof(files));
-            _files[p] = new VfsFile(p, (byte[])content.Clone(), writable, inode++);
-            for (string d = Parent(p); d != "/"; d = Parent(d))
-            {
-                _directories.Add(d);
-            }
+            var dir = FixedDirectory(Parent(p));
+            dir.Children[LastName(p)] = new VfsFile(_nextInode++, (byte[])content.Clone(), writable, writable ? 0x1A4u : 0x124u);
         }
+
+        // The executable itself, read-only and executable: execve of it (or of a link to it) starts a fresh image.
+        string exe = Normalize("/", executablePath) ?? "/bin/program";
+        var exeDir = FixedDirectory(Parent(exe));
+        if (!exeDir.Children.TryGetValue(LastName(exe), out var existing) || existing is not VfsFile)
+        {
+            existing = new VfsFile(_nextInode++, executable, false, 0x16D);
+            exeDir.Children[LastName(exe)] = existing;
+        }
+
+        Executable = (VfsFile)existing;
+        foreach (var alias in aliases)
+        {
+            string a = Normalize("/", alias) ?? throw new ArgumentException($"'{alias}' is not a usable guest path.", nameof(aliases));
+            FixedDirectory(Parent(a)).Children.TryAdd(LastName(a), new VfsSymlink(_nextInode++, exe));
+        }
+
+        var dev = FixedDirectory("/dev");
+        dev.Children.TryAdd("null", new VfsDevice(_nextInode++, DeviceKind.Null));
+        dev.Children.TryAdd("zero", new VfsDevice(_nextInode++, DeviceKind.Zero));
+        dev.Children.TryAdd("full", new VfsDevice(_nextInode++, DeviceKind.Full));
+        dev.Children.TryAdd("urandom", new VfsDevice(_nextInode++, DeviceKind.Random));
+        dev.Children.TryAdd("random", new VfsDevice(_nextInode++, DeviceKind.Random));
+        FixedDirectory("/tmp").Permissions = 0x3FF; // drwxrwxrwt
+        var self = FixedDirectory("/proc/self");
+        self.Children["exe"] = new VfsSymlink(_nextInode++, executablePath);
+        self.Children["maps"] = new VfsFile(_nextInode++, [], false, 0x124);
+        self.Children["status"] = new VfsFile(_nextInode++, [], false, 0x124);
+        self.Children["cmdline"] = new VfsFile(_nextInode++, [], false, 0x124);
     }
 
-    private VirtualFileSystem(Dictionary<string, VfsFile> files, SortedSet<string> directories)
+    public VfsDirectory Root { get; }
+
+    /// <summary>The sandbox's executable (the file <c>execve</c> accepts).</summary>
+    public VfsFile Executable { get; private init; } = null!;
+
+    /// <summary>The most bytes the program's writable files may hold together.</summary>
+    public long MaxBytes { get; }
+
+    /// <summary>The most files, directories and links the program may create.</summary>
+    public int MaxEntries { get; }
+
+    /// <summary>Bytes held by writable files now.</summary>
+    public long UsedBytes { get; set; }
+
+    /// <summary>Entries the program created and still holds.</summary>
+    public int UsedEntries { get; set; }
+
+    public ulong NewInode() => _nextInode++;
+
+    /// <summary>A deep copy (for snapshots); <paramref name="map"/> receives the node copies, so open descriptions can follow them.</summary>
+    public VirtualFileSystem Clone(Dictionary<object, object> map) =>
+        new((VfsDirectory)Root.CloneInto(map), _nextInode, MaxBytes, MaxEntries) { UsedBytes = UsedBytes, UsedEntries = UsedEntries, Executable = (VfsFile)Executable.CloneInto(map) };
+
+    private VfsDirectory FixedDirectory(string path)
     {
-        _files = files;
-        _directories = directories;
+        var dir = Root;
+        foreach (var part in path.Split('/', StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (!dir.Children.TryGetValue(part, out var child))
+            {
+                child = new VfsDirectory(_nextInode++, 0x16D) { Parent = dir, Name = part, Fixed = true };
+                dir.Children[part] = child;
+            }
+
+            dir = child as VfsDirectory ?? throw new ArgumentException($"'{path}' is granted both as a file and as a directory.", nameof(path));
+        }
+
+        return dir;
     }
 
-    /// <summary>A deep copy (for snapshots: writable files change during a run).</summary>
-    public VirtualFileSystem Clone() =>
-        new(_files.ToDictionary(kv => kv.Key, kv => kv.Value.Writable ? kv.Value.Clone() : kv.Value, StringComparer.Ordinal), _directories);
-
-    public VfsFile? GetFile(string path) => _files.GetValueOrDefault(path);
-
-    public bool IsDirectory(string path) => _directories.Contains(path);
-
-    /// <summary>Names directly inside <paramref name="directory"/>, with whether each is a directory.</summary>
-    public List<(string Name, bool IsDirectory, ulong Inode)> List(string directory)
+    /// <summary>
+    /// Looks up <paramref name="path"/> from <paramref name="start"/> (the root for an absolute path). Returns 0 and the
+    /// node (null when only the last component is missing, with its would-be parent and name), or a negative errno.
+    /// </summary>
+    public long Lookup(VfsDirectory start, string path, bool followLast, out VfsNode? node, out VfsDirectory parent, out string name)
     {
-        var result = new List<(string, bool, ulong)>();
-        string prefix = directory == "/" ? "/" : directory + "/";
-        foreach (var d in _directories)
+        int links = 0;
+        return Walk(start, path, followLast, ref links, out node, out parent, out name);
+    }
+
+    private long Walk(VfsDirectory start, string path, bool followLast, ref int links, out VfsNode? node, out VfsDirectory parent, out string name)
+    {
+        node = null;
+        parent = start;
+        name = "";
+        if (path.Length == 0)
         {
-            if (d != directory && d.StartsWith(prefix, StringComparison.Ordinal) && !d[prefix.Length..].Contains('/', StringComparison.Ordinal))
-            {
-                result.Add((d[prefix.Length..], true, (ulong)(uint)d.GetHashCode(StringComparison.Ordinal)));
-            }
+            return -Errno.ENOENT;
         }
 
-        foreach (var f in _files.Values)
+        var dir = path.StartsWith('/') ? Root : start;
+        var parts = path.Split('/', StringSplitOptions.RemoveEmptyEntries);
+        if (parts.Length == 0)
         {
-            if (f.Path.StartsWith(prefix, StringComparison.Ordinal) && !f.Path[prefix.Length..].Contains('/', StringComparison.Ordinal))
-            {
-                result.Add((f.Path[prefix.Length..], false, f.Inode));
-            }
+            node = dir;
+            parent = dir.Parent ?? dir;
+            name = ".";
+            return 0;
         }
 
-        return result;
+        for (int i = 0; i < parts.Length; i++)
+        {
+            string part = parts[i];
+            bool last = i == parts.Length - 1;
+            if (part.Length > 255)
+            {
+                return -Errno.ENAMETOOLONG;
+            }
+
+            VfsNode? child = part switch
+            {
+                "." => dir,
+                ".." => dir.Parent ?? dir,
+                _ => dir.Children.GetValueOrDefault(part),
+            };
+            if (child is VfsSymlink link && (!last || followLast))
+            {
+                if (++links > MaxSymlinks)
+                {
+                    return -Errno.ELOOP;
+                }
+
+                long e = Walk(dir, link.Target, true, ref links, out child, out _, out _);
+                if (e < 0)
+                {
+                    return e;
+                }
+            }
+
+            if (last)
+            {
+                node = child;
+                parent = dir;
+                name = part;
+                if (child is null && path.EndsWith('/'))
+                {
+                    // "name/" names a directory: a missing one is still creatable by mkdir.
+                    return 0;
+                }
+
+                return child is not null && child is not VfsDirectory && path.EndsWith('/') ? -Errno.ENOTDIR : 0;
+            }
+
+            if (child is null)
+            {
+                return -Errno.ENOENT;
+            }
+
+            if (child is not VfsDirectory next)
+            {
+                return -Errno.ENOTDIR;
+            }
+
+            dir = next;
+        }
+
+        return 0;
     }
 
     /// <summary>Resolves <paramref name="path"/> against <paramref name="cwd"/>, folding <c>.</c>, <c>..</c> and repeated slashes; null for an empty path.</summary>
@@ -117,4 +377,6 @@ internal sealed class VirtualFileSystem
         int i = path.LastIndexOf('/');
         return i <= 0 ? "/" : path[..i];
     }
+
+    private static string LastName(string path) => path[(path.LastIndexOf('/') + 1)..];
 }

@@ -63,6 +63,52 @@ internal sealed class AddressSpace
     /// <summary>Pages used by page tables.</summary>
     public ulong PageTablePages { get; }
 
+    /// <summary>
+    /// The user mappings as <c>/proc/self/maps</c> lists them: runs of image pages with the same flags, the heap (named
+    /// <c>[heap]</c>, the whole arena: its page tables are fixed) and the stack.
+    /// </summary>
+    public IEnumerable<(ulong Start, ulong End, PageFlags Flags, string Name)> Regions()
+    {
+        foreach (var m in _mappings)
+        {
+            if (m.VirtualStart >= GuestLayout.ArenaBase || (m.Uniform & PageFlags.User) == 0 && m.PerPage is null)
+            {
+                continue;
+            }
+
+            ulong start = m.VirtualStart;
+            for (ulong p = 1; p <= m.Pages; p++)
+            {
+                if (p == m.Pages || m.FlagsOf(p) != m.FlagsOf(p - 1))
+                {
+                    var f = m.FlagsOf(p - 1);
+                    if ((f & PageFlags.User) != 0)
+                    {
+                        yield return (start, m.VirtualStart + (p * GuestLayout.PageSize), f, "");
+                    }
+
+                    start = m.VirtualStart + (p * GuestLayout.PageSize);
+                }
+            }
+        }
+
+        var data = PageFlags.User | PageFlags.Writable | PageFlags.NoExecute;
+        yield return (GuestLayout.ArenaBase, GuardStart, data, "[heap]");
+        yield return (StackBottom, StackTop, data, "[stack]");
+    }
+
+    /// <summary>Guest physical page runs of the program image and of the stack: memory every process has (the heap is the allocator's).</summary>
+    public IEnumerable<(ulong Physical, ulong Pages)> ImageAndStackPhysical()
+    {
+        foreach (var m in _mappings)
+        {
+            if (m.VirtualStart != GuestLayout.ArenaBase)
+            {
+                yield return (m.PhysicalStart, m.Pages);
+            }
+        }
+    }
+
     /// <summary>One run of virtually and physically contiguous pages.</summary>
     private sealed record Mapping(ulong VirtualStart, ulong Pages, ulong PhysicalStart, PageFlags[]? PerPage, PageFlags Uniform)
     {

@@ -62,6 +62,30 @@ internal sealed class ArenaAllocator
         LimitReached = s.LimitReached;
     }
 
+    /// <summary>Guest physical addresses of the pages handed out now.</summary>
+    public IEnumerable<ulong> UsedPhysicalPages()
+    {
+        for (int p = 0; p < _used.Length; p++)
+        {
+            if (_used[p])
+            {
+                yield return _physical + ((ulong)p * GuestLayout.PageSize);
+            }
+        }
+    }
+
+    /// <summary>Every free page may hold another process's bytes: each is zeroed before it is handed out.</summary>
+    public void MarkFreePagesMayBeDirty()
+    {
+        for (int p = 0; p < _used.Length; p++)
+        {
+            if (!_used[p])
+            {
+                _mayBeDirty[p] = true;
+            }
+        }
+    }
+
     /// <summary>Saved allocation state.</summary>
     internal sealed record State(bool[] Used, bool[] MayBeDirty, ulong BreakEnd, int UsedPages, int PeakPages, bool LimitReached);
 

@@ -23,6 +23,8 @@ internal sealed class SandboxMachine : IDisposable
     private readonly AddressSpace _space;
     private readonly ArenaAllocator _arena;
     private readonly LinuxAbi _abi;
+    private readonly ThreadContexts _threads;
+    private readonly ElfImage _image;
     private readonly bool _fsBaseByMsr;
     private readonly bool _restoreMarksWrites;
     private readonly uint[] _savedMsrs = [];
@@ -55,6 +57,8 @@ internal sealed class SandboxMachine : IDisposable
                 _savedMsrs = [.. SavedMsrs.Where(_partition.SupportedMsrs.Contains)];
                 _cpuid = CpuidPolicy(_partition.SupportedCpuid);
                 _abi = new LinuxAbi(config, _memory, _space, _arena, SetFsBase);
+                _image = image;
+                _threads = new ThreadContexts(_vcpu, _memory, _abi, SetFsBase, new ProcessMemory(_memory, _space, _arena, image), StartImage);
                 StartProgram(image);
             }
             catch
@@ -173,6 +177,31 @@ internal sealed class SandboxMachine : IDisposable
     private void StartProgram(ElfImage image)
     {
         _vcpu.SetCpuid(_cpuid);
+        var argv = new List<string> { _config.ExecutablePath };
+        argv.AddRange(_config.Arguments);
+        ulong rsp = WriteInitialStack(image, argv, _config.Environment, _config.ExecutablePath);
+        var sregs = Supervisor.UserStart(_vcpu.GetSpecialRegisters(), _space.Cr3);
+        _vcpu.SetSpecialRegisters(sregs);
+        _vcpu.SetMsrs(Supervisor.SyscallMsrs());
+        EnableCpuidFaulting();
+        // The whole XSAVE image, not just the FXSAVE part: it is what the backend loads into the processor, and on a
+        // KVM that runs user code with the host's XCR0 it also clears vector state that CPUID does not admit to.
+        ulong xcr0 = _vcpu.GetXsaveState().Xcr0 & (ulong)(XsaveComponents.X87 | XsaveComponents.Sse);
+        _initialXsave = XsaveState.FromFpu(FpuState.Initial, xcr0);
+        _vcpu.SetXsaveState(_initialXsave);
+        _vcpu.SetDebugRegisters(DebugRegisters.Initial);
+        _vcpu.SetGeneralRegisters(new GeneralRegisters { Rip = image.Entry, Rsp = rsp, Rflags = Supervisor.InitialUserFlags });
+    }
+
+    private XsaveState? _initialXsave;
+
+    /// <summary>execve: a new initial stack for a fresh image of the executable (the memory was reloaded).</summary>
+    private (ulong Entry, ulong Rsp, XsaveState Xsave) StartImage(IReadOnlyList<string> arguments, IReadOnlyList<string> environment, string path) =>
+        (_image.Entry, WriteInitialStack(_image, arguments, environment, path), _initialXsave!);
+
+    /// <summary>Writes the psABI entry stack (argc, argv, envp, auxv, strings) at the top of the stack; returns RSP.</summary>
+    private ulong WriteInitialStack(ElfImage image, IReadOnlyList<string> argv, IReadOnlyList<string> environment, string executablePath)
+    {
         uint hwcap = _cpuid.FirstOrDefault(e => e.Function == 1).Edx;
         var random = new byte[16];
         if (_config.RandomSeed is int seed)
@@ -186,8 +215,6 @@ internal sealed class SandboxMachine : IDisposable
             System.Security.Cryptography.RandomNumberGenerator.Fill(random);
         }
 
-        var argv = new List<string> { _config.ExecutablePath };
-        argv.AddRange(_config.Arguments);
         var aux = new List<(ulong, ulong)>
         {
             (AuxKey.Phdr, image.ProgramHeaderAddress), (AuxKey.Phent, 56), (AuxKey.Phnum, (ulong)image.ProgramHeaderCount),
@@ -195,22 +222,13 @@ internal sealed class SandboxMachine : IDisposable
             (AuxKey.Uid, 1000), (AuxKey.Euid, 1000), (AuxKey.Gid, 1000), (AuxKey.Egid, 1000), (AuxKey.Hwcap, hwcap),
             (AuxKey.Hwcap2, 0), (AuxKey.Clktck, 100), (AuxKey.Secure, 0),
         };
-        var stack = InitialStack.Build(_space.StackTop, argv, _config.Environment, _config.ExecutablePath, random, aux, _config.StackBytes);
+        var stack = InitialStack.Build(_space.StackTop, [.. argv], [.. environment], executablePath, random, aux, _config.StackBytes);
         if (!_space.TryWriteUser(stack.Rsp, stack.Bytes, _memory))
         {
             throw new InvalidOperationException("The initial stack is not writable user memory.");
         }
 
-        var sregs = Supervisor.UserStart(_vcpu.GetSpecialRegisters(), _space.Cr3);
-        _vcpu.SetSpecialRegisters(sregs);
-        _vcpu.SetMsrs(Supervisor.SyscallMsrs());
-        EnableCpuidFaulting();
-        // The whole XSAVE image, not just the FXSAVE part: it is what the backend loads into the processor, and on a
-        // KVM that runs user code with the host's XCR0 it also clears vector state that CPUID does not admit to.
-        ulong xcr0 = _vcpu.GetXsaveState().Xcr0 & (ulong)(XsaveComponents.X87 | XsaveComponents.Sse);
-        _vcpu.SetXsaveState(XsaveState.FromFpu(FpuState.Initial, xcr0));
-        _vcpu.SetDebugRegisters(DebugRegisters.Initial);
-        _vcpu.SetGeneralRegisters(new GeneralRegisters { Rip = image.Entry, Rsp = stack.Rsp, Rflags = Supervisor.InitialUserFlags });
+        return stack.Rsp;
     }
 
     /// <summary>
@@ -412,13 +430,14 @@ internal sealed class SandboxMachine : IDisposable
     /// <summary>Serves a system call that arrived through the trampoline: the result goes back as the doorbell's value.</summary>
     private Outcome? ServeDoorbell(ref GeneralRegisters regs)
     {
+        ulong nr = regs.Rax;
         if (!_abi.Dispatch(ref regs))
         {
             return FromStop();
         }
 
         BitConverter.TryWriteBytes(_vcpu.ExitData, regs.Rax);
-        return null;
+        return _threads.Pending ? AfterCall(regs, nr) : null;
     }
 
     /// <summary>
@@ -457,7 +476,7 @@ internal sealed class SandboxMachine : IDisposable
     }
 
     /// <summary>Where a resume through a stub's <c>iretq</c> puts its five-word frame: the top of the exception stack.</summary>
-    private const ulong ResumeFrame = GuestLayout.ExceptionStackTop - 40;
+    private const ulong ResumeFrame = ThreadContexts.ResumeFrame;
 
     /// <summary>
     /// When the last run ended in a doorbell read, completes that read into an exception stub (one guest exit), so the
@@ -503,6 +522,7 @@ internal sealed class SandboxMachine : IDisposable
         var frame = FrameAddress(GuestLayout.InvalidOpcodeVector);
         ulong userRip = _memory.Read<ulong>(frame);
         ulong userFlags = _memory.Read<ulong>(frame + 16);
+        ulong nr = regs.Rax;
         if (!_abi.Dispatch(ref regs))
         {
             return FromStop();
@@ -514,7 +534,27 @@ internal sealed class SandboxMachine : IDisposable
         _memory.Write(frame, userRip + 2);
         regs.Rip = GuestLayout.ResumeAddress;
         _vcpu.SetGeneralRegisters(regs);
-        return null;
+        if (!_threads.Pending)
+        {
+            return null;
+        }
+
+        var user = regs;
+        user.Rsp = _memory.Read<ulong>(frame + 24);
+        return AfterCall(user, nr);
+    }
+
+    /// <summary>Makes the thread or the thread switch the last call asked for; a failure ends the run and marks the machine broken.</summary>
+    private Outcome? AfterCall(in GeneralRegisters served, ulong nr)
+    {
+        string? failure = _threads.AfterCall(served, nr, () => Converge(ExitKind.Stub));
+        if (failure is null)
+        {
+            return null;
+        }
+
+        _broken = true;
+        return Stopped(SandboxStatus.BackendFailure, failure);
     }
 
     private Outcome FromStop()
