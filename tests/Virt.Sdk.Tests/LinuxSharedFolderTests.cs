@@ -64,7 +64,7 @@ public sealed class BootedSharedFolderGuest : IAsyncLifetime
             "cat /mnt/ro/existing.txt",
             "touch /mnt/ro/new.txt; echo RO-CREATE=$?",
             "echo changed > /mnt/ro/existing.txt; echo RO-WRITE=$?",
-            "rm /mnt/ro/existing.txt; echo RO-RM=$?",
+            "rm -f /mnt/ro/existing.txt < /dev/null; echo RO-RM=$?",
             "mkdir /mnt/ro/dir; echo RO-MKDIR=$?",
             "sync",
             $"echo {DoneMarker}",

@@ -303,7 +303,9 @@ internal sealed class SandboxMachine : IDisposable
         }
 
         long deadline = Stopwatch.GetTimestamp() + (long)(_config.TimeLimit.TotalSeconds * Stopwatch.Frequency);
-        using var timer = new Timer(static s => ((IVirtualCpu)s!).RequestExit(), _vcpu, _config.TimeLimit, Timeout.InfiniteTimeSpan);
+        // The kick repeats after the limit: one that lands while the host serves a system call, or just before the
+        // deadline by the stopwatch, must not leave a spinning program running until the watchdog gives up.
+        using var timer = new Timer(static s => ((IVirtualCpu)s!).RequestExit(), _vcpu, _config.TimeLimit, TimeSpan.FromMilliseconds(50));
         using var registration = cancellationToken.Register(static s => ((IVirtualCpu)s!).RequestExit(), _vcpu);
         if (outcome is null && _snapshot is not null)
         {
