@@ -278,7 +278,7 @@ public sealed class VirtioBalloonDevice : VirtioDevice, IPersistentState
             ulong runPages = 0;
             for (long offset = 0; offset + 4 <= length; offset += pfnBytes.Length)
             {
-                int n = chain.Read(offset, pfnBytes[..(int)Math.Min(pfnBytes.Length, length - offset & ~3L)]);
+                int n = chain.Read(offset, pfnBytes[..(int)Math.Min(pfnBytes.Length, (length - offset) & ~3L)]);
                 for (int i = 0; i + 4 <= n; i += 4)
                 {
                     ulong pfn = BinaryPrimitives.ReadUInt32LittleEndian(pfnBytes[i..]);
@@ -330,7 +330,7 @@ public sealed class VirtioBalloonDevice : VirtioDevice, IPersistentState
             }
             catch (GuestMemoryException e)
             {
-                // A run that crosses a region boundary: give back what lies in single regions page by page.
+                // A run that crosses a region boundary (not one mapping): it is left with the guest and logged.
                 context.LogRefusedRequest($"balloon range 0x{start:x}+{pages} pages: {e.Message}");
                 return;
             }

@@ -37,15 +37,11 @@ internal sealed class CpuScheduler : IDisposable
     public CpuScheduler(int slots, TimeSpan slice)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(slots);
-        Slots = slots;
         _freeSlots = slots;
         _sliceNs = (long)slice.TotalNanoseconds;
         _ticker = new Thread(TickLoop) { IsBackground = true, Name = "Virt resource pool CPU scheduler" };
         _ticker.Start();
     }
-
-    /// <summary>How many vCPUs may keep host CPUs busy at once.</summary>
-    public int Slots { get; }
 
     /// <summary>Grants of a slot so far.</summary>
     public long Grants { get; private set; }
@@ -70,7 +66,7 @@ internal sealed class CpuScheduler : IDisposable
         }
     }
 
-    public VcpuRunner CreateRunner(CpuAccount account, IVirtualCpu vcpu) => new(this, account, vcpu);
+    public static VcpuRunner CreateRunner(CpuAccount account, IVirtualCpu vcpu) => new(account, vcpu);
 
     /// <summary>
     /// Called by the vCPU thread before it enters the guest: returns at once while the vCPU holds its turn, otherwise
@@ -223,7 +219,6 @@ internal sealed class CpuScheduler : IDisposable
 
     private void GrantLocked(VcpuRunner runner)
     {
-        TraceEvent("grant", runner);
         _freeSlots--;
         Grants++;
         runner.State = RunnerState.RunningSlot;
@@ -354,7 +349,6 @@ internal sealed class CpuScheduler : IDisposable
                         if (r.Clock?.IsAvailable == true && demand * 4 < elapsedNs && heldNs >= elapsedNs && r.Clock.IsSleeping())
                         {
                             // Asleep in the guest (a halted CPU): it gives its slot up and runs without one.
-                            TraceEvent("asleep", r);
                             r.Light = true;
                             r.State = RunnerState.RunningFree;
                             _freeSlots++;
@@ -404,19 +398,8 @@ internal sealed class CpuScheduler : IDisposable
         }
     }
 
-    private static readonly bool Trace = Environment.GetEnvironmentVariable("VIRT_SCHED_TRACE") == "1";
-
-    private static void TraceEvent(string what, VcpuRunner r)
-    {
-        if (Trace)
-        {
-            Console.Error.WriteLine($"{Stopwatch.GetTimestamp() / 10000 % 100000,6} {what,-10} {r.Account.Name,-8} vt={r.Account.VirtualTime / 1e6:0.0} cpu={r.Account.CpuNanoseconds / 1e6:0.0} state={r.State}");
-        }
-    }
-
     private static void RequestYield(VcpuRunner r, List<VcpuRunner> kick)
     {
-        TraceEvent("yield", r);
         if (!r.YieldRequested)
         {
             r.YieldRequested = true;
@@ -436,12 +419,10 @@ internal enum RunnerState
 }
 
 /// <summary>One vCPU's place in a <see cref="CpuScheduler"/>. Fields are guarded by the scheduler's lock unless volatile.</summary>
-internal sealed class VcpuRunner(CpuScheduler scheduler, CpuAccount account, IVirtualCpu vcpu)
+internal sealed class VcpuRunner(CpuAccount account, IVirtualCpu vcpu)
 {
     private volatile RunnerState _state;
     private volatile bool _yield;
-
-    public CpuScheduler Scheduler { get; } = scheduler;
 
     public CpuAccount Account { get; } = account;
 

@@ -260,7 +260,7 @@ internal sealed class PoolMember : IDisposable
         }
     }
 
-    public void Attach(IVirtualCpu[] vcpus) => _runners = [.. vcpus.Select(v => _scheduler.CreateRunner(Cpu, v))];
+    public void Attach(IVirtualCpu[] vcpus) => _runners = [.. vcpus.Select(v => CpuScheduler.CreateRunner(Cpu, v))];
 
     public bool Enter(int index, Func<bool> abandon) => _scheduler.Enter(_runners[index], abandon);
 
