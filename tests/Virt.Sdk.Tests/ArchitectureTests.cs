@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Text.RegularExpressions;
 using System.Xml.Linq;
+using Virt.Testing;
 using Xunit;
 
 namespace Virt.Sdk.Tests;
@@ -35,7 +36,9 @@ public sealed partial class ArchitectureTests
         ["Virt.Cli"] = ["Virt.Abstractions", "Virt.Sdk", "Virt.Storage", "Virt.Network", "Virt.Sandbox"],
     };
 
-    private static string Root([CallerFilePath] string path = "") => Path.GetFullPath(Path.Combine(Path.GetDirectoryName(path)!, "..", ".."));
+    // Found from the test binary, not from [CallerFilePath]: continuous-integration builds map source paths to /_/.
+    private static string Root() =>
+        RepositoryPaths.Root ?? throw new InvalidOperationException("The repository root (Virt.Sdk.sln) was not found above the test binary.");
 
     private static IEnumerable<string> ShippedProjects() =>
         Directory.GetDirectories(Path.Combine(Root(), "src")).Select(d => Path.Combine(d, Path.GetFileName(d) + ".csproj")).Where(File.Exists);

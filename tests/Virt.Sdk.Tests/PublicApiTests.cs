@@ -1,6 +1,7 @@
 using System.Reflection;
 using System.Runtime.CompilerServices;
 using System.Text;
+using Virt.Testing;
 using Xunit;
 
 namespace Virt.Sdk.Tests;
@@ -43,7 +44,9 @@ public sealed class PublicApiTests
         }
     }
 
-    private static string SourceDirectory([CallerFilePath] string path = "") => Path.GetDirectoryName(path)!;
+    // Found from the test binary, not from [CallerFilePath]: continuous-integration builds map source paths to /_/.
+    private static string SourceDirectory() =>
+        Path.Combine(RepositoryPaths.Root ?? throw new InvalidOperationException("The repository root (Virt.Sdk.sln) was not found above the test binary."), "tests", "Virt.Sdk.Tests");
 
     private static string Describe(Assembly assembly)
     {
