@@ -57,7 +57,16 @@ public sealed partial class VirtualMachineBuilder
     public VirtualMachineBuilder WithMemory(ulong bytes) => new(_config with { MemorySize = bytes });
 
     /// <summary>Sets the guest RAM size in MiB.</summary>
-    public VirtualMachineBuilder WithMemoryMiB(int mebibytes) => new(_config with { MemorySize = mebibytes <= 0 ? 0 : (ulong)mebibytes << 20 });
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="mebibytes"/> is zero or negative.</exception>
+    public VirtualMachineBuilder WithMemoryMiB(int mebibytes)
+    {
+        if (mebibytes <= 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(mebibytes), mebibytes, $"The VM needs a positive amount of memory in MiB, not {mebibytes}; e.g. WithMemoryMiB(64) for a flat guest or WithMemoryMiB(256) for Linux.");
+        }
+
+        return new(_config with { MemorySize = (ulong)mebibytes << 20 });
+    }
 
     /// <summary>Sets the number of vCPUs. Every vCPU starts at the entry point with the registers of <see cref="WithRegisters"/>, except that RDI holds the vCPU index so the guest can tell them apart.</summary>
     public VirtualMachineBuilder WithVcpus(int count) => new(_config with { VcpuCount = count });
