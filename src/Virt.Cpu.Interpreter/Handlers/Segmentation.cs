@@ -320,19 +320,26 @@ internal sealed partial class InterpreterVcpu
         UpdateMode();
     }
 
+    /// <summary>
+    /// After IRET or far RET to an outer level: ES, DS, FS and GS holding a data or non-conforming code segment more
+    /// privileged than the new CPL get a null selector and become unusable (SDM Vol. 2, IRET and RET pseudocode).
+    /// Null selectors are left alone. In IA-32e mode the FS and GS bases are not part of what is nulled: 64-bit code
+    /// keeps addressing through them (they are MSR state there, SDM Vol. 3, 3.4.4), so a kernel's GS base survives a
+    /// trip through user mode; in legacy modes an unusable segment has no base.
+    /// </summary>
     private void NullifyDataSegmentsForOuterLevel()
     {
-        foreach (int s in new[] { SegEs, SegDs, SegFs, SegGs })
+        bool ia32e = (_cpu.Efer & Efer.LongModeActive) != 0;
+        ReadOnlySpan<int> segments = [SegEs, SegDs, SegFs, SegGs];
+        foreach (int s in segments)
         {
             var d = _cpu.Seg[s];
             bool conformingCode = (d.Type & 0xC) == 0xC;
             if (!d.Unusable && d.IsCodeOrData && !conformingCode && d.Dpl < _cpu.Cpl)
             {
-                _cpu.Seg[s] = new SegmentRegister { Unusable = true, Selector = 0 };
-                if (_cpu.Bitness != 64 || s < SegFs)
-                {
-                    _cpu.SegBase[s] = 0;
-                }
+                bool keepBase = ia32e && s >= SegFs;
+                _cpu.Seg[s] = new SegmentRegister { Unusable = true, Selector = 0, Base = keepBase ? d.Base : 0 };
+                _cpu.SegBase[s] = _cpu.Bitness == 64 && !keepBase ? 0 : _cpu.Seg[s].Base;
             }
         }
     }
