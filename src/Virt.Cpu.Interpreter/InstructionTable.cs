@@ -331,8 +331,8 @@ internal static class InstructionTable
         (Mnemonic.Iretq, Run(c => c.Iret, IsaGroup.ControlFlow, F, Size: 8)),
         (Mnemonic.Syscall, Run(c => c.Syscall, IsaGroup.ControlFlow, F)),
         (Mnemonic.Sysenter, Run(c => c.Sysenter, IsaGroup.ControlFlow, F)),
-        (Mnemonic.Sysexit, Run(c => c.Sysexit, IsaGroup.ControlFlow, F)),
-        (Mnemonic.Sysexitq, Run(c => c.Sysexit, IsaGroup.ControlFlow, F)),
+        (Mnemonic.Sysexit, Run(c => c.Sysexit, IsaGroup.ControlFlow, F, Size: 4)),
+        (Mnemonic.Sysexitq, Run(c => c.Sysexit, IsaGroup.ControlFlow, F, Size: 8)),
 
         // Flag control (FlagControl.cs)
         (Mnemonic.Lahf, Run(c => c.Lahf, IsaGroup.FlagControl, 0)),
