@@ -459,10 +459,9 @@ internal sealed partial class InterpreterVcpu
 
         int oldCpl = _cpu.Cpl;
         ulong oldIopl = _cpu.Flags & IoplMask;
-        // RF from the image (set in fault frames) only suppresses instruction breakpoints for the one instruction IRET
-        // returns to, and the processor clears it once that instruction completes; left set here it would leak into
-        // later interrupt frames, so it is not loaded.
-        ulong changeable = CF | PF | AF | ZF | SF | TF | DF | OF | NT | AC | ID | VIF | VIP;
+        // RF from the image (set in fault frames) suppresses instruction breakpoints for the one instruction IRET
+        // returns to; the run loop clears it once that instruction completes.
+        ulong changeable = CF | PF | AF | ZF | SF | TF | DF | OF | NT | RF | AC | ID | VIF | VIP;
         if (oldCpl == 0)
         {
             changeable |= IoplMask | IF;
@@ -510,6 +509,7 @@ internal sealed partial class InterpreterVcpu
         }
 
         _cpu.Flags = nflags;
+        _rfLoaded = (nflags & RF) != 0;
         _cpu.LzOp = LzNone;
         _cpu.Rip = ncs.Long ? rip : rip & Mask(size == 8 ? 4 : size);
         if (rpl > oldCpl)

@@ -52,6 +52,7 @@ internal sealed partial class InterpreterVcpu
         ushort port = op.Sub == 1 ? (ushort)Gpr(2) : (ushort)op.Imm;
         int size = op.Size;
         CheckIoPermission(port, size);
+        CheckIoBreakpoints(port, size);
         _exitDataLength = size;
         if (_plat != null)
         {
@@ -95,6 +96,7 @@ internal sealed partial class InterpreterVcpu
         int size = op.Size;
         int asz = op.AddrSize;
         CheckIoPermission(port, size);
+        CheckIoBreakpoints(port, size);
         bool rep = (op.Pfx & (Pfx.Rep | Pfx.Repne)) != 0;
         ulong remaining = rep ? StrReg(1, asz) : 1;
         if (remaining == 0)

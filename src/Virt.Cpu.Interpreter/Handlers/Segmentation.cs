@@ -18,6 +18,7 @@ internal sealed partial class InterpreterVcpu
         if (op.Sub == SegSs)
         {
             _interruptShadow = true;
+            _stackShadow = true;
         }
 
         _stop = true;
@@ -53,6 +54,7 @@ internal sealed partial class InterpreterVcpu
         if (op.Sub == SegSs)
         {
             _interruptShadow = true;
+            _stackShadow = true;
         }
 
         _stop = true;

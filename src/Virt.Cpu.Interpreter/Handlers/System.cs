@@ -114,14 +114,25 @@ internal sealed partial class InterpreterVcpu
     internal ulong MovToDr(ref Op op, in Instruction _)
     {
         RequireCpl0();
-        _cpu.Dr[op.Sub & 7] = GetReg(op.R1, op.Size);
+        int dr = CheckDebugRegisterAccess(op.Sub & 7);
+        ulong v = GetReg(op.R1, op.Size);
+        if (dr >= 6 && (v >> 32) != 0)
+        {
+            // The upper halves of DR6 and DR7 are reserved and must be written as zero.
+            throw Fault(Vectors.GP, 0);
+        }
+
+        _cpu.Dr[dr] = v;
+        UpdateGuestBreakpoints();
+        _stop = true;
         return op.Next;
     }
 
     internal ulong MovFromDr(ref Op op, in Instruction _)
     {
         RequireCpl0();
-        SetReg(op.R0, _cpu.Bitness == 64 ? 8 : 4, (op.Sub & 7) switch { 6 => _cpu.Dr[6] | 0xFFFF0FF0, 7 => _cpu.Dr[7] | 0x400, var d => _cpu.Dr[d] });
+        int dr = CheckDebugRegisterAccess(op.Sub & 7);
+        SetReg(op.R0, _cpu.Bitness == 64 ? 8 : 4, dr switch { 6 => _cpu.Dr[6] | 0xFFFF0FF0, 7 => _cpu.Dr[7] | 0x400, _ => _cpu.Dr[dr] });
         return op.Next;
     }
 
