@@ -54,11 +54,11 @@ internal static class Cpuid
 /// <summary>The MSRs the interpreter implements.</summary>
 internal static class Msrs
 {
-    public static readonly IReadOnlyList<uint> Supported = new[]
+    public static readonly IReadOnlyList<uint> Supported = new uint[]
     {
         MsrIndex.Tsc, MsrIndex.ApicBase, MsrIndex.SysenterCs, MsrIndex.SysenterEsp, MsrIndex.SysenterEip,
         MsrIndex.MiscEnable, MsrIndex.Pat, MsrIndex.Efer, MsrIndex.Star, MsrIndex.Lstar, MsrIndex.Cstar,
         MsrIndex.Fmask, MsrIndex.FsBase, MsrIndex.GsBase, MsrIndex.KernelGsBase, MsrIndex.TscAux,
         MsrIndex.PlatformInfo, MsrIndex.MiscFeaturesEnables,
-    }.AsReadOnly();
+    }.Concat(MachineCheck.MsrIndices()).ToList().AsReadOnly();
 }

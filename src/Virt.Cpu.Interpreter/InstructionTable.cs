@@ -364,6 +364,8 @@ internal static class InstructionTable
         // System (System.cs)
         (Mnemonic.Hlt, Run(c => c.Hlt, IsaGroup.System, E | P | F)),
         (Mnemonic.Cpuid, Run(c => c.ExecuteCpuid, IsaGroup.System, E | F)),
+        (Mnemonic.Vmcall, Run(c => c.Hypercall, IsaGroup.System, E | F)),
+        (Mnemonic.Vmmcall, Run(c => c.Hypercall, IsaGroup.System, E | F)),
         (Mnemonic.Rdtsc, Run(c => c.Rdtsc, IsaGroup.System, E | F)),
         (Mnemonic.Rdtscp, Run(c => c.Rdtscp, IsaGroup.System, E | F)),
         (Mnemonic.Rdpmc, Run(c => c.Rdpmc, IsaGroup.System, F)),

@@ -163,7 +163,14 @@ internal sealed partial class InterpreterVcpu
                     continue;
                 }
 
-                if (_plat.Attention && (_cpu.Flags & IF) != 0 && !_interruptShadow)
+                if ((_plat.Attention || _nmiLatched) && TryDeliverNmi())
+                {
+                    if (_hasExit)
+                    {
+                        return TakeExit();
+                    }
+                }
+                else if (_plat.Attention && (_cpu.Flags & IF) != 0 && !_interruptShadow)
                 {
                     DeliverPlatformInterrupt();
                     if (_hasExit)
@@ -342,7 +349,8 @@ internal sealed partial class InterpreterVcpu
             _inBlock = false;
             if (_hasExit || _exitRequested || _retired >= _budgetEnd || _remoteCodeWritePending || _writeTlbFlushRequested
                 || _interruptShadow || (_pendingIrq >= 0 && (_cpu.Flags & IF) != 0) || _retired >= _timerStop
-                || ((_cpu.Flags & IF) != 0 && _plat is { Attention: true }) || GuestDebugPending)
+                || (_plat is { Attention: true } && ((_cpu.Flags & IF) != 0 || _plat.LocalController.HasPendingNmi))
+                || (_nmiLatched && !_nmiBlocked) || GuestDebugPending)
             {
                 return;
             }

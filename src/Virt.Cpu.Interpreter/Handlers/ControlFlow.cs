@@ -400,6 +400,8 @@ internal sealed partial class InterpreterVcpu
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "IRET's checks follow the SDM pseudocode (real, virtual-8086, same-level, outer-level and 64-bit returns) in the order that decides which fault is raised; split up, that order would be hidden.")]
     private void ExecIret(int size)
     {
+        // IRET ends NMI blocking, even when it faults later (SDM Vol. 3, 6.7.1).
+        _nmiBlocked = false;
         if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0 || (_cpu.Flags & VM) != 0)
         {
             if ((_cpu.Flags & VM) != 0 && (_cpu.Flags & IoplMask) != IoplMask)

@@ -239,13 +239,36 @@ internal sealed partial class InterpreterVcpu
 
         if ((_cpu.Efer & Efer.LongModeActive) != 0)
         {
-            s.Base |= ReadSystem(_cpu.Gdt.Base + (ulong)(sel & 0xFFF8) + 8, 4) << 32;
+            s.Base = UpperSystemDescriptorBase(sel, s.Base);
         }
 
         // Mark busy in the descriptor and in the register.
         WriteSystem(_cpu.Gdt.Base + (ulong)(sel & 0xFFF8) + 5, 1, (d >> 40 & 0xFF) | 2);
         s.Type |= 2;
         _cpu.Tr = s;
+    }
+
+    /// <summary>
+    /// The full base of the 16-byte IA-32e system descriptor <paramref name="sel"/> (LDT or TSS), whose low half gave
+    /// <paramref name="low"/>. #GP(selector) when the upper half lies past the GDT limit, its type field is not zero, or
+    /// the base is not canonical (SDM Vol. 2, LLDT and LTR; Vol. 3, 8.2.3).
+    /// </summary>
+    private ulong UpperSystemDescriptorBase(ushort sel, ulong low)
+    {
+        ulong off = (ulong)(sel & 0xFFF8) + 8;
+        if (off + 7 > _cpu.Gdt.Limit)
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        ulong upper = ReadSystem(_cpu.Gdt.Base + off, 8);
+        ulong full = (low & 0xFFFFFFFF) | ((upper & 0xFFFFFFFF) << 32);
+        if (((upper >> 40) & 0x1F) != 0 || !IsCanonical(full))
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        return full;
     }
 
     private void LoadLdt(ushort sel)
@@ -275,7 +298,7 @@ internal sealed partial class InterpreterVcpu
 
         if ((_cpu.Efer & Efer.LongModeActive) != 0)
         {
-            s.Base |= ReadSystem(_cpu.Gdt.Base + (ulong)(sel & 0xFFF8) + 8, 4) << 32;
+            s.Base = UpperSystemDescriptorBase(sel, s.Base);
         }
 
         _cpu.Ldt = s;
