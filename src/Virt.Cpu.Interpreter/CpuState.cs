@@ -95,7 +95,7 @@ internal struct CpuState
     public FixedMtrrFile MtrrFixed;
     public ulong MtrrDefType;
 
-    /// <summary>IA32_MCG_STATUS, IA32_MCG_CTL and the machine-check banks.</summary>
+    /// <summary>IA32_MCG_STATUS, IA32_MCG_CTL (0 at reset, as in KVM; the guest's machine-check setup enables the banks) and the machine-check banks.</summary>
     public ulong McgStatus, McgCtl;
     public MachineCheckBankFile McBanks;
 
@@ -126,7 +126,6 @@ internal struct CpuState
             // IA32_MISC_ENABLE after reset: fast strings on, branch trace store and PEBS unavailable (there are none).
             MiscEnable = 1 | (1UL << 11) | (1UL << 12),
             MtrrDefType = MtrrDefTypeReset,
-            McgCtl = ulong.MaxValue,
             MicrocodeRevision = MachineCheck.MicrocodeRevisionReset,
             Fpu = FpuState.Initial,
             Bitness = 16,

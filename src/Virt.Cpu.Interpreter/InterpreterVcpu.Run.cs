@@ -56,6 +56,14 @@ internal sealed partial class InterpreterVcpu
             }
             catch (ExitSignal)
             {
+                if (kind == PendingIoKind.Ins)
+                {
+                    // An INS element stored to MMIO: the exit delivers the write and the element is complete, so
+                    // there is nothing to replay.
+                    _pendingIo = default;
+                    ClearMmioLog();
+                }
+
                 return TakeExit();
             }
 

@@ -100,7 +100,12 @@ public sealed class HypercallAndMsrTests
             a.mov(ecx, 0x179); // IA32_MCG_CAP
             a.rdmsr();
             a.mov(r8d, eax);
-            a.mov(ecx, 0x17B); // IA32_MCG_CTL: all banks enabled at reset
+            a.mov(ecx, 0x17B); // IA32_MCG_CTL: enable all banks, read it back
+            a.mov(eax, -1);
+            a.mov(edx, -1);
+            a.wrmsr();
+            a.xor(eax, eax);
+            a.xor(edx, edx);
             a.rdmsr();
             a.shl(rdx, 32);
             a.or(rdx, rax);
