@@ -37,6 +37,13 @@ internal struct VariableMtrrFile
     private ulong _element0;
 }
 
+/// <summary>MCi_CTL, MCi_STATUS, MCi_ADDR and MCi_MISC of the machine-check banks, four per bank.</summary>
+[InlineArray(4 * MachineCheck.MachineCheckBanks)]
+internal struct MachineCheckBankFile
+{
+    private ulong _element0;
+}
+
 /// <summary>The eleven fixed-range MTRRs (one 64K, two 16K, eight 4K).</summary>
 [InlineArray(11)]
 internal struct FixedMtrrFile
@@ -88,6 +95,13 @@ internal struct CpuState
     public FixedMtrrFile MtrrFixed;
     public ulong MtrrDefType;
 
+    /// <summary>IA32_MCG_STATUS, IA32_MCG_CTL (0 at reset, as in KVM; the guest's machine-check setup enables the banks) and the machine-check banks.</summary>
+    public ulong McgStatus, McgCtl;
+    public MachineCheckBankFile McBanks;
+
+    /// <summary>IA32_BIOS_SIGN_ID (the microcode revision in bits 63:32), which only the host sets.</summary>
+    public ulong MicrocodeRevision;
+
     /// <summary>Offset of the guest TSC from the vCPU's virtual clock (IA32_TSC writes move it).</summary>
     public long TscOffset;
     public FpuState Fpu;
@@ -112,6 +126,7 @@ internal struct CpuState
             // IA32_MISC_ENABLE after reset: fast strings on, branch trace store and PEBS unavailable (there are none).
             MiscEnable = 1 | (1UL << 11) | (1UL << 12),
             MtrrDefType = MtrrDefTypeReset,
+            MicrocodeRevision = MachineCheck.MicrocodeRevisionReset,
             Fpu = FpuState.Initial,
             Bitness = 16,
             Tr = new SegmentRegister { Type = 3, Present = true, Limit = 0xFFFF },

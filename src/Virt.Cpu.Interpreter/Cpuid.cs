@@ -12,7 +12,7 @@ internal static class Cpuid
     public const int LinearAddressBits = 48;
 
     // Leaf 1 EDX.
-    private const uint Fpu = 1u << 0, Pse = 1u << 3, Tsc = 1u << 4, Msr = 1u << 5, Pae = 1u << 6, Cx8 = 1u << 8,
+    private const uint Fpu = 1u << 0, De = 1u << 2, Pse = 1u << 3, Tsc = 1u << 4, Msr = 1u << 5, Pae = 1u << 6, Cx8 = 1u << 8, Sep = 1u << 11,
         Pge = 1u << 13, Cmov = 1u << 15, Pat = 1u << 16, Clfsh = 1u << 19, Fxsr = 1u << 24, Sse = 1u << 25, Sse2 = 1u << 26;
 
     // Leaf 1 ECX.
@@ -37,7 +37,7 @@ internal static class Cpuid
             new(0, 0, 0, 7, V(0), V(8), V(4)),
             // Family 6, model 0x3A, stepping 9; CLFLUSH line 8 qwords, 1 logical processor.
             new(1, 0, 0, 0x000306A9, 0x00010800, Cx16 | Popcnt | HypervisorBit,
-                Fpu | Pse | Tsc | Msr | Pae | Cx8 | Pge | Cmov | Pat | Clfsh | Fxsr | Sse | Sse2),
+                Fpu | De | Pse | Tsc | Msr | Pae | Cx8 | Sep | Pge | Cmov | Pat | Clfsh | Fxsr | Sse | Sse2),
             new(7, 0, CpuidEntry.SignificantIndex, 0, Bmi1, 0, 0),
             new(0x80000000, 0, 0, 0x80000008, 0, 0, 0),
             new(0x80000001, 0, 0, 0, 0, LahfLm | Abm, Syscall | Nx | Page1G | Rdtscp | LongMode),
@@ -54,11 +54,11 @@ internal static class Cpuid
 /// <summary>The MSRs the interpreter implements.</summary>
 internal static class Msrs
 {
-    public static readonly IReadOnlyList<uint> Supported = new[]
+    public static readonly IReadOnlyList<uint> Supported = new uint[]
     {
         MsrIndex.Tsc, MsrIndex.ApicBase, MsrIndex.SysenterCs, MsrIndex.SysenterEsp, MsrIndex.SysenterEip,
         MsrIndex.MiscEnable, MsrIndex.Pat, MsrIndex.Efer, MsrIndex.Star, MsrIndex.Lstar, MsrIndex.Cstar,
         MsrIndex.Fmask, MsrIndex.FsBase, MsrIndex.GsBase, MsrIndex.KernelGsBase, MsrIndex.TscAux,
         MsrIndex.PlatformInfo, MsrIndex.MiscFeaturesEnables,
-    }.AsReadOnly();
+    }.Concat(MachineCheck.MsrIndices()).ToList().AsReadOnly();
 }

@@ -331,8 +331,8 @@ internal static class InstructionTable
         (Mnemonic.Iretq, Run(c => c.Iret, IsaGroup.ControlFlow, F, Size: 8)),
         (Mnemonic.Syscall, Run(c => c.Syscall, IsaGroup.ControlFlow, F)),
         (Mnemonic.Sysenter, Run(c => c.Sysenter, IsaGroup.ControlFlow, F)),
-        (Mnemonic.Sysexit, Run(c => c.Sysexit, IsaGroup.ControlFlow, F)),
-        (Mnemonic.Sysexitq, Run(c => c.Sysexit, IsaGroup.ControlFlow, F)),
+        (Mnemonic.Sysexit, Run(c => c.Sysexit, IsaGroup.ControlFlow, F, Size: 4)),
+        (Mnemonic.Sysexitq, Run(c => c.Sysexit, IsaGroup.ControlFlow, F, Size: 8)),
 
         // Flag control (FlagControl.cs)
         (Mnemonic.Lahf, Run(c => c.Lahf, IsaGroup.FlagControl, 0)),
@@ -364,6 +364,8 @@ internal static class InstructionTable
         // System (System.cs)
         (Mnemonic.Hlt, Run(c => c.Hlt, IsaGroup.System, E | P | F)),
         (Mnemonic.Cpuid, Run(c => c.ExecuteCpuid, IsaGroup.System, E | F)),
+        (Mnemonic.Vmcall, Run(c => c.Hypercall, IsaGroup.System, E | F)),
+        (Mnemonic.Vmmcall, Run(c => c.Hypercall, IsaGroup.System, E | F)),
         (Mnemonic.Rdtsc, Run(c => c.Rdtsc, IsaGroup.System, E | F)),
         (Mnemonic.Rdtscp, Run(c => c.Rdtscp, IsaGroup.System, E | F)),
         (Mnemonic.Rdpmc, Run(c => c.Rdpmc, IsaGroup.System, F)),

@@ -43,11 +43,13 @@ internal sealed partial class InterpreterVcpu
         _debugStep = settings.SingleStep;
         _debugInt3 = settings.InterceptBreakpointInstructions;
         _debugRegs = settings.HardwareBreakpoints;
-        _debugWatch = false;
+        _hostWatch = false;
         for (int i = 0; i < 4; i++)
         {
-            _debugWatch |= DebugSlotEnabled(i) && DebugSlotKind(i) != DrExecute;
+            _hostWatch |= DebugSlotEnabled(i) && DebugSlotKind(i) != DrExecute;
         }
+
+        _debugWatch = _hostWatch || _guestWatch;
 
         _debugActive = settings.IsEnabled;
         _debugHits = 0;
@@ -113,6 +115,16 @@ internal sealed partial class InterpreterVcpu
     /// <summary>A data access of <paramref name="size"/> bytes at <paramref name="lin"/>: records the host watchpoints it touches.</summary>
     private void CheckWatchpoints(ulong lin, int size, bool write)
     {
+        if (_guestWatch)
+        {
+            CheckGuestWatchpoints(lin, size, write);
+        }
+
+        if (!_hostWatch)
+        {
+            return;
+        }
+
         for (int i = 0; i < 4; i++)
         {
             if (!DebugSlotEnabled(i))

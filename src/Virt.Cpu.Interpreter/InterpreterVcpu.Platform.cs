@@ -15,9 +15,6 @@ internal sealed partial class InterpreterVcpu
         MsrMtrrFix16K80000 = 0x258, MsrMtrrFix16KA0000 = 0x259, MsrMtrrFix4KFirst = 0x268, MsrMtrrFix4KLast = 0x26F,
         MsrMtrrDefType = 0x2FF;
 
-    /// <summary>IA32_BIOS_SIGN_ID: Linux writes 0 and reads back the (absent) microcode revision.</summary>
-    private const uint MsrBiosSignId = 0x8B;
-
     /// <summary>Timer advances without a deliverable interrupt after which a halted vCPU also sleeps on the host.</summary>
     private const int HaltSpinLimit = 64;
 
@@ -261,19 +258,48 @@ internal sealed partial class InterpreterVcpu
         _timerStop = long.MinValue; // leave the chained-block loop at once
     }
 
-    /// <summary>Takes the highest-priority pending interrupt from the controllers and delivers it.</summary>
+    /// <summary>An NMI handler runs: further NMIs are blocked until the next IRET (SDM Vol. 3, 6.7.1).</summary>
+    private bool _nmiBlocked;
+
+    /// <summary>An NMI arrived while blocked; it is delivered after the IRET. Further ones merge into it: the latch is one deep.</summary>
+    private bool _nmiLatched;
+
+    /// <summary>
+    /// NMIs ignore RFLAGS.IF. One is delivered unless an NMI handler is in service (until its IRET) or a MOV SS/POP SS
+    /// or STI shadow is in force; while blocked, arrivals are taken from the local APIC into the one-deep latch.
+    /// Returns whether an NMI was delivered.
+    /// </summary>
+    private bool TryDeliverNmi()
+    {
+        var lapic = _plat!.LocalController;
+        if (_nmiBlocked)
+        {
+            while (lapic.HasPendingNmi && lapic.AcknowledgeNmi())
+            {
+                _nmiLatched = true;
+            }
+
+            return false;
+        }
+
+        if (_interruptShadow || !(_nmiLatched || (lapic.HasPendingNmi && lapic.AcknowledgeNmi())))
+        {
+            return false;
+        }
+
+        _nmiLatched = false;
+        _nmiBlocked = true;
+        _plat.Attention = true; // a maskable interrupt may be waiting too
+        DeliverExternal(Vectors.NMI);
+        return true;
+    }
+
+    /// <summary>Takes the highest-priority pending maskable interrupt from the controllers and delivers it.</summary>
     private void DeliverPlatformInterrupt()
     {
         var plat = _plat!;
         plat.Attention = false;
         var lapic = plat.LocalController;
-        if (lapic.HasPendingNmi && lapic.AcknowledgeNmi())
-        {
-            plat.Attention = true;
-            DeliverExternal(Vectors.NMI);
-            return;
-        }
-
         if (!lapic.HasPendingInterrupt)
         {
             return;
@@ -305,7 +331,7 @@ internal sealed partial class InterpreterVcpu
                 return VcpuExit.Simple(VcpuExitReason.Interrupted); // still halted when run again
             }
 
-            if (lapic.HasPendingNmi || ((_cpu.Flags & IF) != 0 && lapic.HasPendingInterrupt))
+            if ((lapic.HasPendingNmi && !_nmiBlocked) || ((_cpu.Flags & IF) != 0 && lapic.HasPendingInterrupt))
             {
                 _halted = false;
                 plat.Attention = true;
@@ -322,7 +348,7 @@ internal sealed partial class InterpreterVcpu
             if (_hostClock)
             {
                 SyncClock();
-                if (lapic.HasPendingNmi || lapic.HasPendingInterrupt)
+                if ((lapic.HasPendingNmi && !_nmiBlocked) || lapic.HasPendingInterrupt)
                 {
                     continue;
                 }
@@ -418,8 +444,6 @@ internal sealed partial class InterpreterVcpu
         value = 0;
         switch (index)
         {
-            case MsrBiosSignId:
-                return true;
             case MsrMtrrCap:
                 value = MtrrCapValue;
                 return true;
@@ -469,8 +493,6 @@ internal sealed partial class InterpreterVcpu
         accepted = true;
         switch (index)
         {
-            case MsrBiosSignId:
-                return true; // no microcode to load
             case MsrMtrrCap:
                 accepted = false;
                 return true;

@@ -56,6 +56,14 @@ internal sealed partial class InterpreterVcpu
             }
             catch (ExitSignal)
             {
+                if (kind == PendingIoKind.Ins)
+                {
+                    // An INS element stored to MMIO: the exit delivers the write and the element is complete, so
+                    // there is nothing to replay.
+                    _pendingIo = default;
+                    ClearMmioLog();
+                }
+
                 return TakeExit();
             }
 
@@ -68,6 +76,19 @@ internal sealed partial class InterpreterVcpu
 
         _hasExit = false;
         _exitDataLength = 0;
+        if (_debugTrapAfterExit)
+        {
+            // The instruction before the last exit single-stepped or met a data or I/O breakpoint.
+            _debugTrapAfterExit = false;
+            ulong dr6 = _pendingDebugTrap;
+            _pendingDebugTrap = 0;
+            RaiseDebugException(dr6, fault: false);
+            if (_hasExit)
+            {
+                return TakeExit();
+            }
+        }
+
         if (_debugStepOwed)
         {
             _debugStepOwed = false;
@@ -150,7 +171,14 @@ internal sealed partial class InterpreterVcpu
                     continue;
                 }
 
-                if (_plat.Attention && (_cpu.Flags & IF) != 0 && !_interruptShadow)
+                if ((_plat.Attention || _nmiLatched) && TryDeliverNmi())
+                {
+                    if (_hasExit)
+                    {
+                        return TakeExit();
+                    }
+                }
+                else if (_plat.Attention && (_cpu.Flags & IF) != 0 && !_interruptShadow)
                 {
                     DeliverPlatformInterrupt();
                     if (_hasExit)
@@ -171,7 +199,8 @@ internal sealed partial class InterpreterVcpu
                 }
             }
 
-            bool single = replay || _interruptShadow || _trace != null || _debugActive;
+            bool guestDebug = GuestDebugPending;
+            bool single = replay || _interruptShadow || _trace != null || _debugActive || guestDebug;
             if (_debugActive && !replay)
             {
                 _debugHits = 0;
@@ -181,6 +210,24 @@ internal sealed partial class InterpreterVcpu
                     return VcpuExit.DebugEvent(breakpoints, breakpointInstruction: false);
                 }
             }
+
+            if (guestDebug && !replay && GuestExecuteBreakpoints() is var executeHits && executeHits != 0)
+            {
+                // An instruction breakpoint is a fault: the #DB frame points at the instruction, with RF set.
+                RaiseDebugException(executeHits, fault: true);
+                if (_hasExit)
+                {
+                    return TakeExit();
+                }
+
+                continue;
+            }
+
+            bool shadowAtStart = _interruptShadow;
+            bool tfAtStart = (_cpu.Flags & TF) != 0;
+            int deliveriesBefore = _deliveries;
+            _stackShadow = false;
+            _rfLoaded = false;
 
             _inBlock = false;
             try
@@ -218,6 +265,7 @@ internal sealed partial class InterpreterVcpu
             {
                 // Data breakpoints count only for instructions that complete.
                 _debugHits = 0;
+                _guestHits = 0;
                 if (_nonCanonical && _inBlock && UsesStackSegment())
                 {
                     // A non-canonical stack-segment address raises #SS(0), not #GP(0).
@@ -246,9 +294,14 @@ internal sealed partial class InterpreterVcpu
                 replay = false;
             }
 
-            if (single)
+            if (single && shadowAtStart)
             {
                 _interruptShadow = false;
+            }
+
+            if (guestDebug)
+            {
+                FinishDebugInstruction(tfAtStart, deliveriesBefore);
             }
 
             if (_hasExit)
@@ -304,7 +357,8 @@ internal sealed partial class InterpreterVcpu
             _inBlock = false;
             if (_hasExit || _exitRequested || _retired >= _budgetEnd || _remoteCodeWritePending || _writeTlbFlushRequested
                 || _interruptShadow || (_pendingIrq >= 0 && (_cpu.Flags & IF) != 0) || _retired >= _timerStop
-                || ((_cpu.Flags & IF) != 0 && _plat is { Attention: true }))
+                || (_plat is { Attention: true } && ((_cpu.Flags & IF) != 0 || _plat.LocalController.HasPendingNmi))
+                || (_nmiLatched && !_nmiBlocked) || GuestDebugPending)
             {
                 return;
             }
@@ -370,7 +424,14 @@ internal sealed partial class InterpreterVcpu
 
                 // Faults push RFLAGS with RF set, so that IRET back to the faulting instruction does not hit its
                 // instruction breakpoint again (SDM Vol. 3, 18.3.1.1); traps and aborts do not.
-                _deliveringFault = IsFault(vector);
+                bool generalDetect = vector == Vectors.DB && _generalDetect;
+                if (generalDetect)
+                {
+                    _generalDetect = false;
+                    _cpu.Dr[6] = (_cpu.Dr[6] & ~Dr6Hits) | Dr6Bd;
+                }
+
+                _deliveringFault = IsFault(vector) || _forceRfInFrame || generalDetect;
                 try
                 {
                     Deliver(vector, Vectors.HasErrorCode(vector), errorCode, software: false);
@@ -465,6 +526,7 @@ internal sealed partial class InterpreterVcpu
 
         _cpu.LzOp = LzNone;
         _stop = true;
+        _deliveries++;
     }
 
     private void DeliverReal(int vector)

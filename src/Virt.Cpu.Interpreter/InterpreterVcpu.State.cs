@@ -3,10 +3,10 @@ namespace Virt.Cpu.Interpreter;
 /// <summary>The vCPU's whole state as portable data (snapshots, and restores from other backends).</summary>
 internal sealed partial class InterpreterVcpu
 {
-    /// <summary>The MSRs a whole-state save includes: every one the interpreter has but those derived from other state.</summary>
+    /// <summary>The MSRs a whole-state save includes: every one the interpreter has but those derived from other state and the read-only capability MSRs.</summary>
     private static readonly uint[] StateMsrs =
     [
-        .. Msrs.Supported.Where(i => i is not (MsrIndex.Efer or MsrIndex.FsBase or MsrIndex.GsBase or MsrIndex.ApicBase or MsrIndex.PlatformInfo)),
+        .. Msrs.Supported.Where(i => i is not (MsrIndex.Efer or MsrIndex.FsBase or MsrIndex.GsBase or MsrIndex.ApicBase or MsrIndex.PlatformInfo or MachineCheck.MsrMcgCap)),
     ];
 
     public VcpuState GetState()
@@ -26,6 +26,8 @@ internal sealed partial class InterpreterVcpu
                 InterruptPending = _pendingIrq >= 0,
                 InterruptVector = _pendingIrq >= 0 ? (byte)_pendingIrq : (byte)0,
                 InterruptShadow = _interruptShadow ? (byte)1 : (byte)0,
+                NmiMasked = _nmiBlocked,
+                NmiPending = _nmiLatched,
             },
             Halted = _halted,
         };
@@ -41,7 +43,7 @@ internal sealed partial class InterpreterVcpu
         }
 
         var e = state.Events;
-        if (e.ExceptionInjected || e.ExceptionPending || e.NmiInjected || e.NmiPending || (e.InterruptInjected && e.InterruptSoft))
+        if (e.ExceptionInjected || e.ExceptionPending || e.NmiInjected || (e.InterruptInjected && e.InterruptSoft))
         {
             throw new ArgumentException("The state has an exception, NMI or software interrupt in mid-delivery, which the interpreter cannot resume; take the snapshot between instructions (after an exit).", nameof(state));
         }
@@ -55,12 +57,14 @@ internal sealed partial class InterpreterVcpu
 
         // The partition's interrupt platform, clock included, is restored before its vCPUs: count time from the
         // restored clock, so the TSC and its deadline below are taken against it and guest time runs on from there.
+        _nmiBlocked = e.NmiMasked;
+        _nmiLatched = e.NmiPending;
         RebaseClock();
         SetSpecialRegisters(state.Special);
         SetGeneralRegisters(state.General);
         SetXsaveState(state.Xsave);
         SetDebugRegisters(state.Debug);
-        SetMsrs(state.Msrs.Where(m => m.Index != MsrIndex.PlatformInfo && Msrs.Supported.Contains(m.Index)).ToArray());
+        SetMsrs(state.Msrs.Where(m => m.Index is not (MsrIndex.PlatformInfo or MachineCheck.MsrMcgCap) && Msrs.Supported.Contains(m.Index)).ToArray());
         _pendingIrq = e.InterruptInjected || e.InterruptPending ? e.InterruptVector : -1;
         _interruptShadow = e.InterruptShadow != 0;
         _halted = state.Halted && _plat is not null;

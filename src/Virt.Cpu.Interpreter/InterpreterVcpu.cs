@@ -171,7 +171,11 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
 
     public DebugRegisters GetDebugRegisters() => _cpu.GetDebug();
 
-    public void SetDebugRegisters(in DebugRegisters registers) => _cpu.SetDebug(registers);
+    public void SetDebugRegisters(in DebugRegisters registers)
+    {
+        _cpu.SetDebug(registers);
+        UpdateGuestBreakpoints();
+    }
 
     public void GetMsrs(Span<MsrEntry> entries)
     {

@@ -100,11 +100,19 @@ internal sealed partial class InterpreterVcpu
         return _cpu.Rip;
     }
 
-    /// <summary>SYSENTER: not offered (CPUID.01H:EDX.SEP is clear), so #UD.</summary>
-    internal ulong Sysenter(ref Op op, in Instruction _) => throw Fault(Vectors.UD, 0);
+    internal ulong Sysenter(ref Op op, in Instruction _)
+    {
+        ExecSysenter();
+        _stop = true;
+        return _cpu.Rip;
+    }
 
-    /// <summary>SYSEXIT: not offered, so #UD.</summary>
-    internal ulong Sysexit(ref Op op, in Instruction _) => throw Fault(Vectors.UD, 0);
+    internal ulong Sysexit(ref Op op, in Instruction _)
+    {
+        ExecSysexit(op.Size);
+        _stop = true;
+        return _cpu.Rip;
+    }
 
     private void ExecFarTransfer(ref Op op, ulong next, bool call)
     {
@@ -219,30 +227,135 @@ internal sealed partial class InterpreterVcpu
         NullifyDataSegmentsForOuterLevel();
     }
 
+    /// <summary>
+    /// SYSCALL (SDM Vol. 2; AMD APM Vol. 3). Intel processors have it in 64-bit mode only (#UD in compatibility and
+    /// legacy modes); AMD ones also in compatibility mode, entering 64-bit mode at CSTAR, and in legacy mode, entering
+    /// 32-bit CPL 0 code at STAR[31:0]. Which one applies follows the vendor string CPUID reports.
+    /// </summary>
     private void ExecSyscall(ulong next)
     {
-        if ((_cpu.Efer & Efer.SyscallEnable) == 0 || (_cpu.Efer & Efer.LongModeActive) == 0)
+        bool ia32e = (_cpu.Efer & Efer.LongModeActive) != 0;
+        if ((_cpu.Efer & Efer.SyscallEnable) == 0 || (_cpu.Cr0 & Cr0.ProtectionEnable) == 0
+            || (_cpu.Bitness != 64 && !IsAmdVendor()))
         {
             throw Fault(Vectors.UD, 0);
+        }
+
+        ushort sel = (ushort)((_cpu.Star >> 32) & 0xFFFC);
+        var ss = SegmentRegister.Flat((ushort)(sel + 8), code: false, longMode: false, dpl: 0);
+        ss.Type = 3;
+        if (!ia32e)
+        {
+            // Legacy-mode SYSCALL: ECX gets the return EIP; VM, IF and RF are cleared; nothing goes to R11.
+            Gpr(1) = (uint)next;
+            _cpu.Seg[SegSs] = ss;
+            _cpu.SegBase[SegSs] = 0;
+            SetRflags(GetRflags() & ~(VM | IF | RF));
+            SetCs(SegmentRegister.Flat(sel, code: true, longMode: false, dpl: 0));
+            _cpu.Rip = (uint)_cpu.Star;
+            return;
         }
 
         ulong flags = GetRflags() & ~RF;
         Gpr(1) = next;
         Gpr(11) = flags;
-        ushort sel = (ushort)((_cpu.Star >> 32) & 0xFFFC);
         var cs = SegmentRegister.Flat(sel, code: true, longMode: true, dpl: 0);
         cs.Type = 0xB;
-        var ss = SegmentRegister.Flat((ushort)(sel + 8), code: false, longMode: false, dpl: 0);
-        ss.Type = 3;
         _cpu.Seg[SegSs] = ss;
         _cpu.Flags = (flags & ~_cpu.Fmask & ~RF) | Fixed1;
+        bool fromCompatibility = _cpu.Bitness != 64;
         SetCs(cs);
-        _cpu.Rip = _cpu.Bitness == 64 ? _cpu.Lstar : _cpu.Cstar;
-        if (_cpu.Bitness != 64)
+        _cpu.Rip = fromCompatibility ? _cpu.Cstar : _cpu.Lstar;
+    }
+
+    /// <summary>Whether CPUID leaf 0 names an AMD-compatible vendor (AuthenticAMD, HygonGenuine), whose SYSCALL and SYSENTER rules differ from Intel's.</summary>
+    private bool IsAmdVendor()
+    {
+        foreach (var e in _cpuid)
         {
-            // SYSCALL from compatibility mode enters 64-bit mode at CSTAR.
-            _cpu.Rip = _cpu.Cstar;
+            if (e.Function == 0)
+            {
+                // "Auth" / "Hygo" in EBX.
+                return e.Ebx is 0x68747541 or 0x6F677948;
+            }
         }
+
+        return false;
+    }
+
+    /// <summary>The IA32_SYSENTER_CS selector, or #GP(0) when its bits 15:2 are zero (SDM Vol. 2, SYSENTER and SYSEXIT).</summary>
+    private ushort SysenterSelector()
+    {
+        ushort sel = (ushort)_cpu.SysenterCs;
+        if ((sel & 0xFFFC) == 0)
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
+        return sel;
+    }
+
+    /// <summary>
+    /// SYSENTER (SDM Vol. 2): flat CPL 0 code at IA32_SYSENTER_CS (64-bit in IA-32e mode, 32-bit otherwise) with
+    /// SS = CS + 8, RSP and RIP from IA32_SYSENTER_ESP and IA32_SYSENTER_EIP (their low halves outside IA-32e mode);
+    /// VM, IF and RF are cleared. #GP(0) in real mode or with a null IA32_SYSENTER_CS; #UD in IA-32e mode on AMD.
+    /// </summary>
+    private void ExecSysenter()
+    {
+        bool ia32e = (_cpu.Efer & Efer.LongModeActive) != 0;
+        if (ia32e && IsAmdVendor())
+        {
+            throw Fault(Vectors.UD, 0);
+        }
+
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0)
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
+        ushort sel = (ushort)(SysenterSelector() & 0xFFFC);
+        var ss = SegmentRegister.Flat((ushort)(sel + 8), code: false, longMode: false, dpl: 0);
+        _cpu.Seg[SegSs] = ss;
+        _cpu.SegBase[SegSs] = 0;
+        SetRflags(GetRflags() & ~(VM | IF | RF));
+        SetCs(SegmentRegister.Flat(sel, code: true, longMode: ia32e, dpl: 0));
+        Gpr(4) = ia32e ? _cpu.SysenterEsp : (uint)_cpu.SysenterEsp;
+        _cpu.Rip = ia32e ? _cpu.SysenterEip : (uint)_cpu.SysenterEip;
+    }
+
+    /// <summary>
+    /// SYSEXIT (SDM Vol. 2): back to flat CPL 3 code, RSP from RCX and RIP from RDX. With REX.W (<paramref name="size"/>
+    /// 8) to 64-bit code at IA32_SYSENTER_CS + 32 (SS + 40); otherwise to 32-bit code at + 16 (SS + 24). #GP(0) at
+    /// CPL &gt; 0, in real mode, with a null IA32_SYSENTER_CS, or for a non-canonical 64-bit RIP or RSP; #UD in IA-32e
+    /// mode on AMD.
+    /// </summary>
+    private void ExecSysexit(int size)
+    {
+        bool ia32e = (_cpu.Efer & Efer.LongModeActive) != 0;
+        if (ia32e && IsAmdVendor())
+        {
+            throw Fault(Vectors.UD, 0);
+        }
+
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0 || _cpu.Cpl != 0)
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
+        ushort sel = SysenterSelector();
+        bool to64 = size == 8;
+        ulong rip = Gpr(2), rsp = Gpr(1);
+        if (to64 && (!IsCanonical(rip) || !IsCanonical(rsp)))
+        {
+            throw Fault(Vectors.GP, 0);
+        }
+
+        var ss = SegmentRegister.Flat((ushort)((sel + (to64 ? 40 : 24)) | 3), code: false, longMode: false, dpl: 3);
+        _cpu.Seg[SegSs] = ss;
+        _cpu.SegBase[SegSs] = 0;
+        SetCs(SegmentRegister.Flat((ushort)((sel + (to64 ? 32 : 16)) | 3), code: true, longMode: to64, dpl: 3));
+        Gpr(4) = to64 ? rsp : (uint)rsp;
+        _cpu.Rip = to64 ? rip : (uint)rip;
     }
 
     private void ExecSysret(int size)
@@ -287,6 +400,8 @@ internal sealed partial class InterpreterVcpu
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "IRET's checks follow the SDM pseudocode (real, virtual-8086, same-level, outer-level and 64-bit returns) in the order that decides which fault is raised; split up, that order would be hidden.")]
     private void ExecIret(int size)
     {
+        // IRET ends NMI blocking, even when it faults later (SDM Vol. 3, 6.7.1).
+        _nmiBlocked = false;
         if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0 || (_cpu.Flags & VM) != 0)
         {
             if ((_cpu.Flags & VM) != 0 && (_cpu.Flags & IoplMask) != IoplMask)
@@ -346,10 +461,9 @@ internal sealed partial class InterpreterVcpu
 
         int oldCpl = _cpu.Cpl;
         ulong oldIopl = _cpu.Flags & IoplMask;
-        // RF from the image (set in fault frames) only suppresses instruction breakpoints for the one instruction IRET
-        // returns to, and the processor clears it once that instruction completes; left set here it would leak into
-        // later interrupt frames, so it is not loaded.
-        ulong changeable = CF | PF | AF | ZF | SF | TF | DF | OF | NT | AC | ID | VIF | VIP;
+        // RF from the image (set in fault frames) suppresses instruction breakpoints for the one instruction IRET
+        // returns to; the run loop clears it once that instruction completes.
+        ulong changeable = CF | PF | AF | ZF | SF | TF | DF | OF | NT | RF | AC | ID | VIF | VIP;
         if (oldCpl == 0)
         {
             changeable |= IoplMask | IF;
@@ -397,6 +511,7 @@ internal sealed partial class InterpreterVcpu
         }
 
         _cpu.Flags = nflags;
+        _rfLoaded = (nflags & RF) != 0;
         _cpu.LzOp = LzNone;
         _cpu.Rip = ncs.Long ? rip : rip & Mask(size == 8 ? 4 : size);
         if (rpl > oldCpl)

@@ -52,6 +52,7 @@ internal sealed partial class InterpreterVcpu
         ushort port = op.Sub == 1 ? (ushort)Gpr(2) : (ushort)op.Imm;
         int size = op.Size;
         CheckIoPermission(port, size);
+        CheckIoBreakpoints(port, size);
         _exitDataLength = size;
         if (_plat != null)
         {
@@ -95,6 +96,7 @@ internal sealed partial class InterpreterVcpu
         int size = op.Size;
         int asz = op.AddrSize;
         CheckIoPermission(port, size);
+        CheckIoBreakpoints(port, size);
         bool rep = (op.Pfx & (Pfx.Rep | Pfx.Repne)) != 0;
         ulong remaining = rep ? StrReg(1, asz) : 1;
         if (remaining == 0)
@@ -111,6 +113,13 @@ internal sealed partial class InterpreterVcpu
         // As many elements as fit in the page (and the exit buffer), in the direction of travel.
         ulong inPage = down ? ((lin & 0xFFF) / (ulong)size) + 1 : (4096 - (lin & 0xFFF)) / (ulong)size;
         int count = (int)Math.Max(1, Math.Min(Math.Min(remaining, inPage), (ulong)(_exitBuffer.Length / size)));
+        if (!IsRamLinear(lin, write: !isOuts))
+        {
+            // Memory operands in MMIO go one element per round trip: each element's MMIO access is its own exit, and
+            // RSI/RDI and RCX move with every element, so the string makes progress and restarts where it stopped.
+            count = 1;
+        }
+
         long delta = down ? -size : size;
         _exitDataLength = size * count;
         if (isOuts)
@@ -154,6 +163,15 @@ internal sealed partial class InterpreterVcpu
         return op.Next;
     }
 
+    /// <summary>Whether <paramref name="lin"/> is backed by guest RAM (writable RAM when <paramref name="write"/>), not MMIO.</summary>
+    private bool IsRamLinear(ulong lin, bool write)
+    {
+        CheckCanonical(lin);
+        ulong phys = Translate(lin, write ? AccWrite : AccRead, _cpu.Cpl == 3);
+        int region = FindRegion(phys);
+        return region >= 0 && (!write || !_regions[region].IsReadOnly);
+    }
+
     /// <summary>Completes an IN/INS with the data the host put in <see cref="ExitData"/>.</summary>
     private void CompletePendingIo()
     {
@@ -185,11 +203,28 @@ internal sealed partial class InterpreterVcpu
                         v |= (ulong)_exitBuffer[(k * p.Size) + b] << (b * 8);
                     }
 
-                    Write(StrLin(SegEs, StrReg(7, asz)), p.Size, v);
+                    // The element counts as done before it is stored: a store to MMIO ends in an exit that delivers it,
+                    // and the next run goes on with the next element.
+                    ulong target = StrLin(SegEs, StrReg(7, asz));
                     StrAdvance(7, asz, delta);
                     if (p.Register == 1)
                     {
                         StrAdvance(1, asz, -1);
+                    }
+
+                    try
+                    {
+                        Write(target, p.Size, v);
+                    }
+                    catch (GuestFault)
+                    {
+                        StrAdvance(7, asz, -delta);
+                        if (p.Register == 1)
+                        {
+                            StrAdvance(1, asz, 1);
+                        }
+
+                        throw;
                     }
                 }
 

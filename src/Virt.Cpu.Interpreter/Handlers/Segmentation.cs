@@ -18,6 +18,7 @@ internal sealed partial class InterpreterVcpu
         if (op.Sub == SegSs)
         {
             _interruptShadow = true;
+            _stackShadow = true;
         }
 
         _stop = true;
@@ -53,6 +54,7 @@ internal sealed partial class InterpreterVcpu
         if (op.Sub == SegSs)
         {
             _interruptShadow = true;
+            _stackShadow = true;
         }
 
         _stop = true;
@@ -237,13 +239,36 @@ internal sealed partial class InterpreterVcpu
 
         if ((_cpu.Efer & Efer.LongModeActive) != 0)
         {
-            s.Base |= ReadSystem(_cpu.Gdt.Base + (ulong)(sel & 0xFFF8) + 8, 4) << 32;
+            s.Base = UpperSystemDescriptorBase(sel, s.Base);
         }
 
         // Mark busy in the descriptor and in the register.
         WriteSystem(_cpu.Gdt.Base + (ulong)(sel & 0xFFF8) + 5, 1, (d >> 40 & 0xFF) | 2);
         s.Type |= 2;
         _cpu.Tr = s;
+    }
+
+    /// <summary>
+    /// The full base of the 16-byte IA-32e system descriptor <paramref name="sel"/> (LDT or TSS), whose low half gave
+    /// <paramref name="low"/>. #GP(selector) when the upper half lies past the GDT limit, its type field is not zero, or
+    /// the base is not canonical (SDM Vol. 2, LLDT and LTR; Vol. 3, 8.2.3).
+    /// </summary>
+    private ulong UpperSystemDescriptorBase(ushort sel, ulong low)
+    {
+        ulong off = (ulong)(sel & 0xFFF8) + 8;
+        if (off + 7 > _cpu.Gdt.Limit)
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        ulong upper = ReadSystem(_cpu.Gdt.Base + off, 8);
+        ulong full = (low & 0xFFFFFFFF) | ((upper & 0xFFFFFFFF) << 32);
+        if (((upper >> 40) & 0x1F) != 0 || !IsCanonical(full))
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
+        }
+
+        return full;
     }
 
     private void LoadLdt(ushort sel)
@@ -273,7 +298,7 @@ internal sealed partial class InterpreterVcpu
 
         if ((_cpu.Efer & Efer.LongModeActive) != 0)
         {
-            s.Base |= ReadSystem(_cpu.Gdt.Base + (ulong)(sel & 0xFFF8) + 8, 4) << 32;
+            s.Base = UpperSystemDescriptorBase(sel, s.Base);
         }
 
         _cpu.Ldt = s;
@@ -320,19 +345,26 @@ internal sealed partial class InterpreterVcpu
         UpdateMode();
     }
 
+    /// <summary>
+    /// After IRET or far RET to an outer level: ES, DS, FS and GS holding a data or non-conforming code segment more
+    /// privileged than the new CPL get a null selector and become unusable (SDM Vol. 2, IRET and RET pseudocode).
+    /// Null selectors are left alone. In IA-32e mode the FS and GS bases are not part of what is nulled: 64-bit code
+    /// keeps addressing through them (they are MSR state there, SDM Vol. 3, 3.4.4), so a kernel's GS base survives a
+    /// trip through user mode; in legacy modes an unusable segment has no base.
+    /// </summary>
     private void NullifyDataSegmentsForOuterLevel()
     {
-        foreach (int s in new[] { SegEs, SegDs, SegFs, SegGs })
+        bool ia32e = (_cpu.Efer & Efer.LongModeActive) != 0;
+        ReadOnlySpan<int> segments = [SegEs, SegDs, SegFs, SegGs];
+        foreach (int s in segments)
         {
             var d = _cpu.Seg[s];
             bool conformingCode = (d.Type & 0xC) == 0xC;
             if (!d.Unusable && d.IsCodeOrData && !conformingCode && d.Dpl < _cpu.Cpl)
             {
-                _cpu.Seg[s] = new SegmentRegister { Unusable = true, Selector = 0 };
-                if (_cpu.Bitness != 64 || s < SegFs)
-                {
-                    _cpu.SegBase[s] = 0;
-                }
+                bool keepBase = ia32e && s >= SegFs;
+                _cpu.Seg[s] = new SegmentRegister { Unusable = true, Selector = 0, Base = keepBase ? d.Base : 0 };
+                _cpu.SegBase[s] = _cpu.Bitness == 64 && !keepBase ? 0 : _cpu.Seg[s].Base;
             }
         }
     }

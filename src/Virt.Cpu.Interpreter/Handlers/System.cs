@@ -33,6 +33,29 @@ internal sealed partial class InterpreterVcpu
         return op.Next;
     }
 
+    /// <summary>
+    /// VMCALL and VMMCALL, either one whatever the CPUID vendor (KVM accepts both and patches the other): at CPL 0 a
+    /// <see cref="VcpuExitReason.Hypercall"/> exit with the call number from RAX (EAX outside 64-bit mode), after the
+    /// instruction, so the host's result in RAX is what the guest sees; at CPL &gt; 0, as KVM does, no exit and
+    /// RAX = -KVM_EPERM (-1).
+    /// </summary>
+    internal ulong Hypercall(ref Op op, in Instruction _)
+    {
+        if ((_cpu.Flags & VM) != 0)
+        {
+            throw Fault(Vectors.UD, 0);
+        }
+
+        if ((_cpu.Cr0 & Cr0.ProtectionEnable) != 0 && _cpu.Cpl != 0)
+        {
+            Gpr(0) = _cpu.Bitness == 64 ? ulong.MaxValue : uint.MaxValue;
+            return op.Next;
+        }
+
+        SetExit(VcpuExit.Hypercall(_cpu.Bitness == 64 ? Gpr(0) : (uint)Gpr(0)));
+        return op.Next;
+    }
+
     internal ulong Rdtsc(ref Op op, in Instruction _)
     {
         ReadTimeStampCounter();
@@ -114,14 +137,25 @@ internal sealed partial class InterpreterVcpu
     internal ulong MovToDr(ref Op op, in Instruction _)
     {
         RequireCpl0();
-        _cpu.Dr[op.Sub & 7] = GetReg(op.R1, op.Size);
+        int dr = CheckDebugRegisterAccess(op.Sub & 7);
+        ulong v = GetReg(op.R1, op.Size);
+        if (dr >= 6 && (v >> 32) != 0)
+        {
+            // The upper halves of DR6 and DR7 are reserved and must be written as zero.
+            throw Fault(Vectors.GP, 0);
+        }
+
+        _cpu.Dr[dr] = v;
+        UpdateGuestBreakpoints();
+        _stop = true;
         return op.Next;
     }
 
     internal ulong MovFromDr(ref Op op, in Instruction _)
     {
         RequireCpl0();
-        SetReg(op.R0, _cpu.Bitness == 64 ? 8 : 4, (op.Sub & 7) switch { 6 => _cpu.Dr[6] | 0xFFFF0FF0, 7 => _cpu.Dr[7] | 0x400, var d => _cpu.Dr[d] });
+        int dr = CheckDebugRegisterAccess(op.Sub & 7);
+        SetReg(op.R0, _cpu.Bitness == 64 ? 8 : 4, dr switch { 6 => _cpu.Dr[6] | 0xFFFF0FF0, 7 => _cpu.Dr[7] | 0x400, _ => _cpu.Dr[dr] });
         return op.Next;
     }
 
@@ -261,6 +295,12 @@ internal sealed partial class InterpreterVcpu
         ulong ea = Ea(ref op);
         ushort limit = (ushort)Read(ea, 2);
         ulong bas = _cpu.Bitness == 64 ? Read(ea + 2, 8) : Read(ea + 2, 4) & (op.Size == 2 ? 0xFFFFFFUL : 0xFFFFFFFFUL);
+        if (!IsCanonical(bas))
+        {
+            // A 64-bit table base must be canonical (SDM Vol. 2, LGDT/LIDT: #GP(0) in 64-bit mode).
+            throw Fault(Vectors.GP, 0);
+        }
+
         return new DescriptorTable { Base = bas, Limit = limit };
     }
 
@@ -438,7 +478,7 @@ internal sealed partial class InterpreterVcpu
 
     private bool TryReadMsr(uint index, out ulong v)
     {
-        if (TryReadPlatformMsr(index, out v, out bool exists))
+        if (TryReadPlatformMsr(index, out v, out bool exists) || TryReadMachineCheckMsr(index, out v, out exists))
         {
             return exists;
         }
@@ -475,7 +515,7 @@ internal sealed partial class InterpreterVcpu
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per MSR the interpreter has, each with the validity check its SDM Vol. 4 entry gives.")]
     private bool TryWriteMsr(uint index, ulong v, bool fromGuest)
     {
-        if (TryWritePlatformMsr(index, v, out bool accepted))
+        if (TryWritePlatformMsr(index, v, out bool accepted) || TryWriteMachineCheckMsr(index, v, fromGuest, out accepted))
         {
             return accepted;
         }
@@ -487,8 +527,24 @@ internal sealed partial class InterpreterVcpu
                 return true;
             case MsrIndex.ApicBase: _cpu.ApicBase = v; return true;
             case MsrIndex.SysenterCs: _cpu.SysenterCs = v; return true;
-            case MsrIndex.SysenterEsp: _cpu.SysenterEsp = v; return true;
-            case MsrIndex.SysenterEip: _cpu.SysenterEip = v; return true;
+            case MsrIndex.SysenterEsp:
+            case MsrIndex.SysenterEip:
+                // Both hold linear addresses: a processor with Intel 64 refuses non-canonical values (SDM Vol. 4, 2.1).
+                if (!IsCanonical(v))
+                {
+                    return false;
+                }
+
+                if (index == MsrIndex.SysenterEsp)
+                {
+                    _cpu.SysenterEsp = v;
+                }
+                else
+                {
+                    _cpu.SysenterEip = v;
+                }
+
+                return true;
             case MsrIndex.MiscEnable: _cpu.MiscEnable = v; return true;
             case MsrIndex.Pat: _cpu.Pat = v; return true;
             case MsrIndex.Efer:

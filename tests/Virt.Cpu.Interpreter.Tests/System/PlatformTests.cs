@@ -505,4 +505,83 @@ public sealed class PlatformTests
         Assert.Equal(0x50UL, r.Rbx);
         Assert.Equal(9UL, r.Rcx);
     }
+
+    private const ulong NmiHandler = 0x21000;
+
+    /// <summary>ICR low: delivery mode NMI (100b), destination shorthand self.</summary>
+    private const int SelfNmi = (4 << 8) | (1 << 18);
+
+    /// <summary>Points vector 2 at <paramref name="handler"/>, assembled at <see cref="NmiHandler"/>.</summary>
+    private static void InstallNmiHandler(PlatformMachine m, Action<Assembler> handler)
+    {
+        m.Memory.Write(new GuestAddress(NmiHandler), GuestProgram.Assemble(64, NmiHandler, handler));
+        ulong low = (NmiHandler & 0xFFFF) | ((ulong)ProcessorSetup.KernelCode64 << 16) | (0x8EUL << 40) | (((NmiHandler >> 16) & 0xFFFF) << 48);
+        m.Memory.Write(new GuestAddress(Idt + (2 * 16)), low);
+        m.Memory.Write(new GuestAddress(Idt + (2 * 16) + 8), NmiHandler >> 32);
+    }
+
+    private static void SendSelfNmi(Assembler a)
+    {
+        a.mov(rdi, Lapic);
+        a.mov(__dword_ptr[rdi + 0x310], 0);
+        a.mov(__dword_ptr[rdi + 0x300], SelfNmi);
+    }
+
+    [Fact]
+    public void An_nmi_is_delivered_while_interrupts_are_disabled()
+    {
+        using var m = new PlatformMachine();
+        m.Start(a =>
+        {
+            EnableApic(a);
+            a.cli();
+            a.xor(r14, r14);
+            SendSelfNmi(a);
+            a.nop();
+            a.hlt();
+        }, a => a.hlt());
+        InstallNmiHandler(m, a =>
+        {
+            a.inc(r14);
+            a.iretq();
+        });
+        var exit = m.RunToExit();
+        Assert.True(exit.Reason == VcpuExitReason.Halt, exit.ToString());
+        Assert.Equal(1UL, m.Vcpu.GetGeneralRegisters().R14);
+    }
+
+    [Fact]
+    public void Nmis_raised_inside_an_nmi_handler_wait_for_its_iret_and_merge_into_one()
+    {
+        using var m = new PlatformMachine();
+        m.Start(a =>
+        {
+            EnableApic(a);
+            a.cli();
+            a.xor(r14, r14);
+            a.xor(r13, r13);
+            SendSelfNmi(a);
+            a.nop();
+            a.nop();
+            a.hlt();
+        }, a => a.hlt());
+        InstallNmiHandler(m, a =>
+        {
+            var done = a.CreateLabel();
+            a.inc(r14);
+            a.cmp(r14, 1);
+            a.jne(done);
+            SendSelfNmi(a);
+            a.mov(__dword_ptr[rdi + 0x300], SelfNmi);
+            a.nop();
+            a.mov(r13, r14); // still 1: both NMIs are held while this one is in service
+            a.Label(ref done);
+            a.iretq();
+        });
+        var exit = m.RunToExit();
+        Assert.True(exit.Reason == VcpuExitReason.Halt, exit.ToString());
+        var r = m.Vcpu.GetGeneralRegisters();
+        Assert.Equal((2UL, 1UL), (r.R14, r.R13));
+        Assert.False(m.Vcpu.GetState().Events.NmiMasked);
+    }
 }

@@ -1,0 +1,164 @@
+using Iced.Intel;
+using Virt.Boot;
+using Virt.Testing;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace Virt.Cpu.Interpreter.Tests;
+
+/// <summary>VMCALL/VMMCALL as hypercall exits, the machine-check MSRs a KVM guest has, and #GP(0) for MSRs that do not exist.</summary>
+public sealed class HypercallAndMsrTests
+{
+    private const ulong Handlers = 0x40000;
+
+    private static Machine Start(string backend, Action<Assembler> code, bool user = false)
+    {
+        var m = new Machine(TestBackends.Create(backend));
+        m.Start(StartMode.Long64, GuestProgram.Assemble(64, Machine.CodeAddress, a =>
+        {
+            code(a);
+            a.hlt();
+        }));
+        for (int v = 0; v < 32; v++)
+        {
+            ulong at = Handlers + (ulong)(v * 16);
+            m.Memory.Write(new GuestAddress(at), GuestProgram.Assemble(64, at, a => a.hlt()));
+        }
+
+        m.InstallIdt(Handlers);
+        if (user)
+        {
+            var s = m.Vcpu.GetSpecialRegisters();
+            s.Cs = ProcessorSetup.UserSegment(code: true);
+            s.Ss = s.Ds = s.Es = ProcessorSetup.UserSegment(code: false);
+            m.Vcpu.SetSpecialRegisters(s);
+        }
+
+        return m;
+    }
+
+    /// <summary>Runs to the first exit; returns the exception vector the guest ended in (-1: none) and its error code.</summary>
+    private static (int Vector, ulong Error, GeneralRegisters Regs) RunToHalt(Machine m)
+    {
+        var exit = m.Run();
+        Assert.True(exit.Reason == VcpuExitReason.Halt, exit.ToString());
+        var r = m.Regs;
+        int vector = r.Rip > Handlers && r.Rip <= Handlers + (32 * 16) ? (int)((r.Rip - 1 - Handlers) / 16) : -1;
+        return (vector, vector is 13 ? m.Memory.Read<ulong>(new GuestAddress(r.Rsp)) : 0, r);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Vmcall_and_vmmcall_at_cpl0_exit_with_the_call_number_and_resume_after_the_instruction(bool amdForm)
+    {
+        using var m = Start("interpreter", a =>
+        {
+            a.mov(eax, 0x1234);
+            if (amdForm)
+            {
+                a.vmmcall();
+            }
+            else
+            {
+                a.vmcall();
+            }
+
+            a.mov(rbx, rax);
+        });
+        var exit = m.Run();
+        Assert.Equal(VcpuExitReason.Hypercall, exit.Reason);
+        Assert.Equal(0x1234UL, exit.Value);
+        var r = m.Regs;
+        r.Rax = 7; // the host's answer
+        m.Vcpu.SetGeneralRegisters(r);
+        var (vector, _, regs) = RunToHalt(m);
+        Assert.Equal(-1, vector);
+        Assert.Equal(7UL, regs.Rbx);
+    }
+
+    [Theory]
+    [MemberData(nameof(TestBackends.Both), MemberType = typeof(TestBackends))]
+    public void Vmcall_at_cpl3_returns_minus_eperm_without_an_exit(string backend)
+    {
+        using var m = Start(backend, a =>
+        {
+            a.mov(eax, 0x1234);
+            a.vmcall();
+            a.mov(rbx, rax);
+            a.ud2();
+        }, user: true);
+        var (vector, _, regs) = RunToHalt(m);
+        Assert.Equal(6, vector);
+        Assert.Equal(ulong.MaxValue, regs.Rbx);
+    }
+
+    [Fact]
+    public void Machine_check_msrs_read_as_kvm_gives_them()
+    {
+        using var m = Start("interpreter", a =>
+        {
+            a.mov(ecx, 0x179); // IA32_MCG_CAP
+            a.rdmsr();
+            a.mov(r8d, eax);
+            a.mov(ecx, 0x17B); // IA32_MCG_CTL: enable all banks, read it back
+            a.mov(eax, -1);
+            a.mov(edx, -1);
+            a.wrmsr();
+            a.xor(eax, eax);
+            a.xor(edx, edx);
+            a.rdmsr();
+            a.shl(rdx, 32);
+            a.or(rdx, rax);
+            a.mov(r9, rdx);
+            a.mov(ecx, 0x404); // MC1_CTL: write all ones, read it back
+            a.mov(eax, -1);
+            a.mov(edx, -1);
+            a.wrmsr();
+            a.xor(eax, eax);
+            a.rdmsr();
+            a.mov(r10d, edx);
+            a.mov(ecx, 0x405); // MC1_STATUS: clearing is allowed
+            a.xor(eax, eax);
+            a.xor(edx, edx);
+            a.wrmsr();
+        });
+        var (vector, _, r) = RunToHalt(m);
+        Assert.Equal(-1, vector);
+        Assert.Equal((0x10AUL, ulong.MaxValue, 0xFFFF_FFFFUL), (r.R8, r.R9, r.R10));
+    }
+
+    [Theory]
+    [InlineData(0x179u, 0x10Au)] // IA32_MCG_CAP is read-only
+    [InlineData(0x17Bu, 1u)] // IA32_MCG_CTL: all ones or zero
+    [InlineData(0x400u, 5u)] // MC0_CTL: all ones or zero
+    [InlineData(0x401u, 1u)] // MC0_STATUS: the guest may only clear it
+    [InlineData(0x428u, 0u)] // MC10_CTL: past the last bank
+    [InlineData(0x12345u, 0u)] // no such MSR
+    public void Wrmsr_that_the_msr_refuses_raises_gp0(uint msr, uint value)
+    {
+        using var m = Start("interpreter", a =>
+        {
+            a.mov(ecx, msr);
+            a.mov(eax, value);
+            a.xor(edx, edx);
+            a.wrmsr();
+        });
+        var (vector, error, _) = RunToHalt(m);
+        Assert.Equal((13, 0UL), (vector, error));
+    }
+
+    [Theory]
+    [InlineData(0x428u)] // MC10_CTL: past the last bank
+    [InlineData(0x12345u)]
+    [InlineData(0xC0001234u)]
+    public void Rdmsr_of_an_msr_that_does_not_exist_raises_gp0(uint msr)
+    {
+        using var m = Start("interpreter", a =>
+        {
+            a.mov(ecx, msr);
+            a.rdmsr();
+        });
+        var (vector, error, _) = RunToHalt(m);
+        Assert.Equal((13, 0UL), (vector, error));
+    }
+}
