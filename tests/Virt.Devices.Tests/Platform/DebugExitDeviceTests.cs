@@ -35,7 +35,7 @@ public sealed class DebugExitDeviceTests
     {
         var (_, bus, codes) = Rig();
 
-        bus.Write(0x501, BitConverter.GetBytes(0x1234_5607u)[..size]);
+        bus.Write(0x501, BitConverter.GetBytes(0x1234_5607u).AsSpan(0, size));
 
         Assert.Equal([0x07], codes);
     }
@@ -48,7 +48,7 @@ public sealed class DebugExitDeviceTests
     {
         var (device, bus, codes) = Rig(width);
 
-        bus.Write(0x501, BitConverter.GetBytes(value)[..width]);
+        bus.Write(0x501, BitConverter.GetBytes(value).AsSpan(0, width));
 
         Assert.Equal([(int)value], codes);
         Assert.Equal(width, device.Width);
@@ -80,7 +80,7 @@ public sealed class DebugExitDeviceTests
     {
         var (device, bus, codes) = Rig(width, DebugExitConvention.QemuIsaDebugExit);
 
-        bus.Write(0x501, BitConverter.GetBytes(value)[..width]);
+        bus.Write(0x501, BitConverter.GetBytes(value).AsSpan(0, width));
 
         Assert.Equal([expected], codes);
         Assert.Equal(expected, device.LastExitCode);
