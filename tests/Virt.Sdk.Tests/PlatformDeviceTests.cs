@@ -269,8 +269,8 @@ public sealed class PlatformDeviceTests
         var (first, second, third, left) = PmTimerReadings(vm);
         Assert.True(left > 0, "the timer did not change within 10 million reads");
         // Forward in the counter's modular arithmetic, by less than half its range (a run takes far less than 10 minutes).
-        Assert.InRange(unchecked(second - first), 1u, int.MaxValue);
-        Assert.InRange(unchecked(third - second), 1u, int.MaxValue);
+        Assert.InRange(unchecked(second - first), 1u, (uint)int.MaxValue);
+        Assert.InRange(unchecked(third - second), 1u, (uint)int.MaxValue);
     }
 
     [Fact]
