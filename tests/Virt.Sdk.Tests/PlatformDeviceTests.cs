@@ -5,6 +5,7 @@ using Virt.Boot;
 using Virt.Cpu.Interpreter;
 using Virt.Devices;
 using Virt.Memory;
+using Virt.Sdk.Tests.Snapshots;
 using Virt.Testing;
 using Xunit;
 using static Iced.Intel.AssemblerRegisters;
@@ -295,6 +296,66 @@ public sealed class PlatformDeviceTests
 
         Assert.Equal(runs[0], runs[1]);
         Assert.True(runs[0].Item2 > runs[0].Item1 && runs[0].Item3 > runs[0].Item2, $"readings {runs[0]}");
+    }
+
+    [Fact]
+    public async Task Restored_vm_keeps_its_debug_exit_width_and_convention_and_its_pm_timer_count()
+    {
+        const ushort gatePort = 0x91, exitPort = 0xF4;
+        const uint waitFor = 0x40_0000; // about 1.2 s of PM timer ticks before the snapshot
+        var code = GuestProgram.Assemble(64, Load, a =>
+        {
+            var wait = a.CreateLabel();
+            var poll = a.CreateLabel();
+            a.mov(dx, PmTimerPort);
+            a.Label(ref wait);
+            a.@in(eax, dx);
+            a.cmp(eax, waitFor);
+            a.jb(wait);
+            a.mov(rdi, Results);
+            a.mov(__dword_ptr[rdi], eax);
+            a.mov(dx, gatePort);
+            a.Label(ref poll);
+            a.@in(al, dx);
+            a.test(al, al);
+            a.jz(poll);
+            a.mov(dx, PmTimerPort);
+            a.@in(eax, dx);
+            a.mov(__dword_ptr[rdi + 4], eax);
+            a.mov(dx, exitPort);
+            a.mov(eax, 0x100);
+            a.@out(dx, eax);
+            a.hlt();
+        });
+        using var dir = new TempDirectory();
+        string path = Path.Combine(dir.Path, "platform.snap");
+        var gate = new PollGate(open: false, 100);
+        await using (var vm = VirtualMachine.CreateBuilder()
+            .WithInterpreter()
+            .WithMemoryMiB(16)
+            .WithAcpiPmTimer()
+            .WithDebugExit(exitPort, 4, DebugExitConvention.QemuIsaDebugExit)
+            .WithPortIoDevice(gatePort, 1, gate, "gate")
+            .WithFlatBinary(code, new GuestAddress(Load))
+            .WithEntryPoint(new GuestAddress(Load))
+            .Build())
+        {
+            await vm.StartAsync(Token);
+            await gate.Polled.Task.WaitAsync(TimeSpan.FromMinutes(2), Token);
+            await vm.PauseAsync(Token);
+            await vm.SaveSnapshotAsync(path, Token);
+            await vm.StopAsync(Token);
+        }
+
+        await using var restored = await VirtualMachine.RestoreAsync(path, b => b.WithInterpreter().WithPortIoDevice(gatePort, 1, new PollGate(open: true, 100), "gate"), Token);
+        var exit = await restored.RunAsync(Token);
+
+        // 0x100 written 4 bytes wide, reported as (0x100 << 1) | 1: a 1-byte port would have taken 0 and reported 1.
+        Assert.True(exit.Reason == StopReason.DebugExit, exit.Description);
+        Assert.Equal(0x201, exit.ExitCode);
+        uint before = restored.Memory.Read<uint>(new GuestAddress(Results));
+        uint after = restored.Memory.Read<uint>(new GuestAddress(Results + 4));
+        Assert.True(before >= waitFor && after > before, $"PM timer read 0x{before:x} before the snapshot and 0x{after:x} after the restore");
     }
 
     [Fact]
