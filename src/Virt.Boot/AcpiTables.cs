@@ -52,6 +52,18 @@ public sealed record AcpiTablesOptions
 
     /// <summary>SLP_TYP for S5 (soft off) in the DSDT's <c>\_S5</c>.</summary>
     public byte S5SleepType { get; init; } = 5;
+
+    /// <summary>
+    /// I/O port of the ACPI power-management timer (FADT <c>PM_TMR_BLK</c> and <c>X_PM_TMR_BLK</c>, 4 ports), or 0 for
+    /// none. Default 0x608, where QEMU's PIIX4 power-management block puts it.
+    /// </summary>
+    public ushort PmTimerPort { get; init; } = 0x608;
+
+    /// <summary>
+    /// Whether the PM timer counts in 32 bits (FADT flag <c>TMR_VAL_EXT</c>) rather than 24. It must match what the
+    /// timer device at <see cref="PmTimerPort"/> does.
+    /// </summary>
+    public bool PmTimer32Bit { get; init; } = true;
 }
 
 /// <summary>The ACPI tables as placed in guest memory.</summary>
@@ -61,20 +73,36 @@ public readonly record struct AcpiTablesResult(GuestAddress Rsdp, BootPlacement 
 
 /// <summary>
 /// Writes the ACPI tables a Linux guest needs to find its processors, interrupt controllers,
-/// virtio-mmio devices and power-off without firmware: RSDP, XSDT, a hardware-reduced FADT
-/// (revision 6, sleep control/status and reset registers in I/O space), MADT and a DSDT with
-/// <c>\_S5</c> and the virtio-mmio devices.
+/// virtio-mmio devices, timer and power-off without firmware: RSDP, XSDT, a hardware-reduced FADT
+/// (revision 6, sleep control/status and reset registers and the PM timer in I/O space), the FACS
+/// it points to, MADT and a DSDT with <c>\_S5</c> and the virtio-mmio devices.
 /// </summary>
 /// <remarks>
-/// In hardware-reduced mode Linux uses neither the PIT nor the 8259 PIC: it runs the local APIC timer
+/// <para>Layout from <see cref="AcpiTablesOptions.Address"/>: the RSDP, the FACS at the next 64-byte
+/// boundary (ACPI 6.x, 5.2.10: the FACS must be 64-byte aligned; it has no checksum and is not listed in
+/// the XSDT, only in the FADT's <c>FIRMWARE_CTRL</c>), then XSDT, FADT, MADT and DSDT on 16-byte boundaries.</para>
+/// <para>In hardware-reduced mode Linux uses neither the PIT nor the 8259 PIC: it runs the local APIC timer
 /// (TSC-deadline, or calibrated against a known TSC frequency) and routes interrupts through the IOAPIC.
+/// The PM timer is still read (x86 Linux takes its port from the FADT whatever the mode) as the
+/// <c>acpi_pm</c> clocksource and to check the TSC.</para>
 /// </remarks>
 public static class AcpiTables
 {
     private const int HeaderSize = 36, RsdpSize = 36, FadtSize = 276;
+
+    /// <summary>Size of the FACS (ACPI 6.x, table 5.13); its <c>Length</c> field says the same.</summary>
+    public const int FacsSize = 64;
+
+    /// <summary>The FACS's required alignment (ACPI 6.x, 5.2.10).</summary>
+    public const int FacsAlignment = 64;
+
+    /// <summary>FACS version written: 2 (ACPI 4.0 and later, with the 64-bit waking vector).</summary>
+    private const byte FacsVersion = 2;
+
+    private const uint FadtTimerValueExtended = 1u << 8;
     private const uint FadtHwReduced = 1u << 20, FadtResetRegSupported = 1u << 10, FadtPowerButton = 1u << 4, FadtSleepButton = 1u << 5;
     private const ushort BootArchLegacyDevices = 1, BootArch8042 = 2, BootArchNoVga = 4, BootArchNoMsi = 8;
-    private const byte GasSystemIo = 1, GasByteAccess = 1;
+    private const byte GasSystemIo = 1, GasByteAccess = 1, GasDwordAccess = 3;
     private const uint MadtPcatCompat = 1;
 
     /// <summary>OEM ID in every table.</summary>
@@ -91,6 +119,11 @@ public static class AcpiTables
             throw new BootImageException("processor_count", $"is {options.ProcessorCount}; announce 1 to 254 processors.");
         }
 
+        if (options.PmTimerPort > 0x10000 - 4)
+        {
+            throw new BootImageException("pm_timer_port", $"the PM timer at port 0x{options.PmTimerPort:x} would run past port 0xffff; its block is 4 ports.");
+        }
+
         if (options.VirtioMmioDevices.Count > 256)
         {
             throw new BootImageException("virtio_mmio_devices", "more than 256 devices; the DSDT names them VR00-VRFF.");
@@ -105,8 +138,14 @@ public static class AcpiTables
         }
 
         ulong baseAddress = options.Address.Value;
+        if ((baseAddress & 15) != 0)
+        {
+            throw new BootImageException("acpi_tables", $"the address {options.Address} is not 16-byte aligned; the RSDP must be (Linux scans on 16-byte boundaries).");
+        }
+
         ulong rsdp = baseAddress;
-        ulong xsdt = Align(rsdp + RsdpSize);
+        ulong facs = (rsdp + RsdpSize + FacsAlignment - 1) & ~(ulong)(FacsAlignment - 1);
+        ulong xsdt = Align(facs + FacsSize);
         ulong fadt = Align(xsdt + HeaderSize + 16);
         ulong madt = Align(fadt + FadtSize);
         byte[] madtBytes = BuildMadt(options);
@@ -138,7 +177,8 @@ public static class AcpiTables
         BinaryPrimitives.WriteUInt64LittleEndian(x[(HeaderSize + 8)..], madt);
         x[9] = MpTable.Checksum(x);
 
-        BuildFadt(At(fadt, FadtSize), options, dsdt);
+        BuildFacs(At(facs, FacsSize));
+        BuildFadt(At(fadt, FadtSize), options, dsdt, facs);
         madtBytes.CopyTo(At(madt, madtBytes.Length));
         dsdtBytes.CopyTo(At(dsdt, dsdtBytes.Length));
 
@@ -160,22 +200,44 @@ public static class AcpiTables
         BinaryPrimitives.WriteUInt32LittleEndian(table[32..], 1); // creator revision
     }
 
-    private static void WriteGas(Span<byte> gas, ushort port)
+    private static void WriteGas(Span<byte> gas, ushort port, byte bitWidth = 8, byte accessSize = GasByteAccess)
     {
         gas[0] = GasSystemIo;
-        gas[1] = 8; // register bit width
+        gas[1] = bitWidth; // register bit width
         gas[2] = 0; // bit offset
-        gas[3] = GasByteAccess;
+        gas[3] = accessSize;
         BinaryPrimitives.WriteUInt64LittleEndian(gas[4..], port);
     }
 
-    private static void BuildFadt(Span<byte> f, AcpiTablesOptions o, ulong dsdt)
+    // FACS (ACPI 6.x, 5.2.10, table 5.13). No checksum: the OS writes to it (global lock, waking vector).
+    private static void BuildFacs(Span<byte> f)
+    {
+        f.Clear();
+        Encoding.ASCII.GetBytes("FACS", f[..4]);
+        BinaryPrimitives.WriteUInt32LittleEndian(f[4..], FacsSize);   // Length
+        BinaryPrimitives.WriteUInt32LittleEndian(f[8..], 0);          // hardware signature: the platform never changes under a sleeping OS
+        // +12 firmware waking vector, +16 global lock, +20 flags (no S4BIOS, no 64-bit wake): all 0.
+        f[32] = FacsVersion;                                           // Version
+        // +24 X firmware waking vector, +36 OSPM flags: 0.
+    }
+
+    private static void BuildFadt(Span<byte> f, AcpiTablesOptions o, ulong dsdt, ulong facs)
     {
         WriteHeader(f, "FACP", 6);
+        // FIRMWARE_CTRL; X_FIRMWARE_CTRL (+132) stays 0, as the spec asks when FIRMWARE_CTRL is set.
+        BinaryPrimitives.WriteUInt32LittleEndian(f[36..], (uint)facs);
         BinaryPrimitives.WriteUInt32LittleEndian(f[40..], (uint)dsdt);              // DSDT
+        if (o.PmTimerPort != 0)
+        {
+            BinaryPrimitives.WriteUInt32LittleEndian(f[76..], o.PmTimerPort);      // PM_TMR_BLK
+            f[91] = 4;                                                              // PM_TMR_LEN
+            WriteGas(f[208..220], o.PmTimerPort, 32, GasDwordAccess);              // X_PM_TMR_BLK
+        }
+
         ushort bootArch = (ushort)(BootArchNoVga | BootArchNoMsi | (o.HasI8042 ? BootArch8042 : 0) | BootArchLegacyDevices);
         BinaryPrimitives.WriteUInt16LittleEndian(f[109..], bootArch);              // IAPC_BOOT_ARCH
-        uint flags = FadtHwReduced | FadtPowerButton | FadtSleepButton | (o.ResetPort != 0 ? FadtResetRegSupported : 0);
+        uint flags = FadtHwReduced | FadtPowerButton | FadtSleepButton | (o.ResetPort != 0 ? FadtResetRegSupported : 0)
+            | (o.PmTimerPort != 0 && o.PmTimer32Bit ? FadtTimerValueExtended : 0);
         BinaryPrimitives.WriteUInt32LittleEndian(f[112..], flags);                 // Flags
         if (o.ResetPort != 0)
         {

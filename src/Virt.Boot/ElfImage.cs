@@ -79,11 +79,24 @@ internal sealed class ElfImage
     public ReadOnlySpan<byte> FindNote(ReadOnlySpan<byte> image, ReadOnlySpan<byte> name, uint type) => _elf.FindNote(image, name, type);
 
     /// <summary>Copies the segments into guest memory (zeroing the part past the file size) and returns the highest end address.</summary>
-    public ulong Load(Virt.Memory.IGuestMemory memory, IReadOnlyList<E820Entry> map, ReadOnlySpan<byte> image)
+    /// <param name="memory">Guest memory.</param>
+    /// <param name="map">The memory map: segments must lie in its RAM.</param>
+    /// <param name="image">The file.</param>
+    /// <param name="reserved">
+    /// What the loader places in guest memory, which segments must not overlap (<see cref="KernelPlacement"/>); then
+    /// segments may load below 1 MiB. <see langword="null"/>: every segment must load at 1 MiB or above.
+    /// </param>
+    public ulong Load(Virt.Memory.IGuestMemory memory, IReadOnlyList<E820Entry> map, ReadOnlySpan<byte> image, IReadOnlyList<BootPlacement>? reserved = null)
     {
-        ulong highest = 0;
+        // Check them all before writing any: a refused image leaves guest memory as it was.
         foreach (var s in Segments)
         {
+            if (reserved is not null)
+            {
+                KernelPlacement.Check("p_paddr", "a segment", s.PhysicalAddress, s.MemorySize, map, reserved);
+                continue;
+            }
+
             if (s.PhysicalAddress < E820Map.ExtendedMemoryStart)
             {
                 throw new BootImageException("p_paddr", $"a segment loads at 0x{s.PhysicalAddress:x}, below 1 MiB where the boot structures live; link the kernel at 1 MiB or above.");
@@ -93,6 +106,11 @@ internal sealed class ElfImage
             {
                 throw new BootImageException("p_paddr", $"the segment at 0x{s.PhysicalAddress:x} (0x{s.MemorySize:x} bytes) is not in guest RAM; give the VM more memory.");
             }
+        }
+
+        ulong highest = 0;
+        foreach (var s in Segments)
+        {
 
             memory.Write(new GuestAddress(s.PhysicalAddress), image.Slice((int)s.FileOffset, (int)s.FileSize));
             ZeroFill(memory, s.PhysicalAddress + s.FileSize, s.MemorySize - s.FileSize);

@@ -11,6 +11,13 @@ namespace Virt.Boot;
 /// (the initrd as module 0) and the loader name. Entry in 32-bit protected mode with
 /// EAX = 0x2BADB002 and EBX = the info structure.
 /// </summary>
+/// <remarks>
+/// The kernel may load anywhere in RAM, below 1 MiB too, as long as it stays clear of what the loader and the
+/// platform put there: the real-mode interrupt vector table and BIOS data area (0-0x4FF), the GDT and TSS, the
+/// Multiboot information, the boot stack and the command line (<see cref="LinuxBootOptions"/> gives their places), and
+/// the ISA hole 0x9FC00-0xFFFFF, which the memory map reports reserved. With the default layout a kernel fits at
+/// 0x10000-0x1FFFF, 0x30000-0x9FBFF or at 1 MiB and above. The command line is passed exactly as given.
+/// </remarks>
 public static class MultibootLoader
 {
     /// <summary>The header magic.</summary>
@@ -26,6 +33,9 @@ public static class MultibootLoader
     private const uint SupportedRequirements = FlagPageAlignModules | FlagMemoryInfo;
     private const uint InfoMemory = 1u << 0, InfoCmdline = 1u << 2, InfoModules = 1u << 3, InfoMmap = 1u << 6, InfoLoaderName = 1u << 9;
     private const int InfoSize = 120, ModuleSize = 16, MmapEntrySize = 24;
+
+    /// <summary>The boot loader name, written after the command line.</summary>
+    private static ReadOnlySpan<byte> LoaderName => "Virt.Sdk\0"u8;
 
     /// <summary>The offset of a valid Multiboot header in <paramref name="image"/>, or -1.</summary>
     public static int FindHeader(ReadOnlySpan<byte> image)
@@ -74,15 +84,17 @@ public static class MultibootLoader
 
         var map = E820Map.FromMemory(memory);
         var placements = new List<BootPlacement>();
+        byte[] cmdline = LinuxLoader.EncodeCommandLine(options.CommandLine, 4095);
+        var reserved = KernelPlacement.ProtectedModeStructures(options, (ulong)cmdline.Length + (ulong)LoaderName.Length);
         ulong entry, kernelStart, kernelEnd;
         if ((flags & FlagAddressFields) != 0)
         {
-            (entry, kernelStart, kernelEnd) = LoadByAddressFields(memory, map, image, header);
+            (entry, kernelStart, kernelEnd) = LoadByAddressFields(memory, map, image, header, reserved);
         }
         else
         {
             var elf = ElfImage.Parse(image);
-            kernelEnd = elf.Load(memory, map, image);
+            kernelEnd = elf.Load(memory, map, image, reserved);
             kernelStart = elf.Segments.Min(s => s.PhysicalAddress);
             entry = elf.Entry;
         }
@@ -94,19 +106,19 @@ public static class MultibootLoader
 
         placements.Add(new BootPlacement("kernel", new GuestAddress(kernelStart), kernelEnd - kernelStart));
 
-        byte[] cmdline = LinuxLoader.EncodeCommandLine(options.CommandLine, 4095);
         LinuxLoader.RequireRam(map, options.CommandLineAddress, (ulong)cmdline.Length + 16, "cmdline", "command line");
         memory.Write(options.CommandLineAddress, cmdline);
         placements.Add(new BootPlacement("command line", options.CommandLineAddress, (ulong)cmdline.Length));
         ulong loaderName = options.CommandLineAddress.Value + (ulong)cmdline.Length;
-        memory.Write(new GuestAddress(loaderName), "Virt.Sdk\0"u8);
+        memory.Write(new GuestAddress(loaderName), LoaderName);
 
-        // Module 0 right after the kernel, page-aligned, as boot loaders commonly place modules.
+        // Module 0 right after the kernel, page-aligned, as boot loaders commonly place modules; at 1 MiB or above, clear
+        // of the boot structures, when the kernel lives in low memory.
         ulong initrdSize = (ulong)options.Initrd.Length;
         ulong moduleStart = 0;
         if (initrdSize > 0)
         {
-            moduleStart = (kernelEnd + 0xFFF) & ~0xFFFUL;
+            moduleStart = (Math.Max(kernelEnd, E820Map.ExtendedMemoryStart) + 0xFFF) & ~0xFFFUL;
             if (moduleStart + initrdSize > uint.MaxValue || !E820Map.IsRam(map, moduleStart, initrdSize))
             {
                 throw new BootImageException("mods_addr", $"the module of {initrdSize} bytes does not fit in RAM after the kernel (0x{moduleStart:x}); give the VM more memory.");
@@ -171,7 +183,7 @@ public static class MultibootLoader
         return Protected32Entry.Enter(memory, initial, options, entry, BootloaderMagic, info, placements, map);
     }
 
-    private static (ulong Entry, ulong Start, ulong End) LoadByAddressFields(IGuestMemory memory, IReadOnlyList<E820Entry> map, ReadOnlySpan<byte> image, int header)
+    private static (ulong Entry, ulong Start, ulong End) LoadByAddressFields(IGuestMemory memory, IReadOnlyList<E820Entry> map, ReadOnlySpan<byte> image, int header, IReadOnlyList<BootPlacement> reserved)
     {
         if (image.Length < header + 32)
         {
@@ -212,15 +224,7 @@ public static class MultibootLoader
             throw new BootImageException("entry_addr", $"0x{entryAddr:x} is outside the loaded image 0x{loadAddr:x}-0x{end:x}; the header is corrupt.");
         }
 
-        if (loadAddr < E820Map.ExtendedMemoryStart)
-        {
-            throw new BootImageException("load_addr", $"0x{loadAddr:x} is below 1 MiB where the boot structures live; link the kernel at 1 MiB or above.");
-        }
-
-        if (!E820Map.IsRam(map, loadAddr, end - loadAddr))
-        {
-            throw new BootImageException("load_addr", $"the image at 0x{loadAddr:x}-0x{end:x} is not in guest RAM; give the VM more memory.");
-        }
+        KernelPlacement.Check("load_addr", "the image", loadAddr, end - loadAddr, map, reserved);
 
         memory.Write(new GuestAddress(loadAddr), image.Slice(fileStart, (int)loadLength));
         ElfImage.ZeroFill(memory, loadAddr + loadLength, end - loadAddr - loadLength);

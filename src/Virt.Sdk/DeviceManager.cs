@@ -28,6 +28,9 @@ internal enum PlatformDevice
 
     /// <summary>The ACPI hardware-reduced sleep and reset registers at 0x600-0x602, for Linux guests.</summary>
     AcpiSleep,
+
+    /// <summary>The ACPI PM timer at 0x608-0x60B, for guests that boot a kernel or ask for it.</summary>
+    AcpiPmTimer,
 }
 
 /// <summary>
@@ -207,7 +210,7 @@ internal sealed class DeviceManager
 
         if (c.DebugExitPort is { } exitPort)
         {
-            ReservePlatform(PlatformDevice.DebugExit, exitPort, DebugExitDevice.PortCount, "debug-exit");
+            ReservePlatform(PlatformDevice.DebugExit, exitPort, (ushort)c.DebugExitWidth, "debug-exit");
         }
 
         if (c.LinuxPlatform)
@@ -219,6 +222,11 @@ internal sealed class DeviceManager
             ReservePlatform(PlatformDevice.Rtc, CmosRtc.IndexPort, CmosRtc.PortCount, "CMOS RTC");
             ReserveLine(CmosRtc.Irq, "the CMOS RTC");
             ReservePlatform(PlatformDevice.AcpiSleep, AcpiSleepDevice.DefaultPort, AcpiSleepDevice.PortCount, "ACPI sleep registers");
+        }
+
+        if (c.HasAcpiPmTimer)
+        {
+            ReservePlatform(PlatformDevice.AcpiPmTimer, AcpiPmTimer.DefaultPort, AcpiPmTimer.PortCount, "ACPI PM timer");
         }
     }
 

@@ -27,7 +27,8 @@ internal static class MachineAssembler
         {
             var memory = CreateMemory(config);
             resources.Add(memory);
-            var partition = CreatePartition(config, selection, memory);
+            var clock = new GuestClock(Virt.Devices.Interrupts.PcInterruptPlatform.Factory);
+            var partition = CreatePartition(config, selection, memory, clock);
             resources.Add(partition);
 
             var vcpus = new IVirtualCpu[config.VcpuCount];
@@ -47,6 +48,13 @@ internal static class MachineAssembler
             var persistent = new List<Snapshots.IPersistentState>();
             var console = GuestChannels.MonitorConsole(config);
             var serial = AttachPlatformDevices(config, devices, partition, stop, persistent, console);
+            if (config.HasAcpiPmTimer)
+            {
+                var timer = new AcpiPmTimer(clock.Time);
+                devices.AttachPlatform(PlatformDevice.AcpiPmTimer, timer);
+                persistent.Add(timer);
+            }
+
             devices.AttachDevices(memory, partition, config.LoggerFactory, resources);
             persistent.AddRange(devices.PersistentDevices);
             return new AssembledMachine
@@ -99,7 +107,7 @@ internal static class MachineAssembler
         return memory;
     }
 
-    private static IPartition CreatePartition(VirtualMachineConfiguration config, BackendSelection selection, GuestMemory memory)
+    private static IPartition CreatePartition(VirtualMachineConfiguration config, BackendSelection selection, GuestMemory memory, GuestClock clock)
     {
         var partition = selection.Backend.CreatePartition(memory, new PartitionOptions
         {
@@ -108,7 +116,7 @@ internal static class MachineAssembler
             PhysicalAddressBits = config.PhysicalAddressBits,
             InterruptController = config.InterruptController,
             TrackDirtyPages = config.TrackDirtyPages,
-            InterruptPlatform = Virt.Devices.Interrupts.PcInterruptPlatform.Factory,
+            InterruptPlatform = clock,
         });
         var missing = config.RequiredCpuidFeatures.Where(f => !CpuidEntry.AnyOffers(partition.SupportedCpuid, f)).ToArray();
         if (missing.Length > 0)
@@ -174,6 +182,8 @@ internal static class MachineAssembler
         var acpi = AcpiTables.Write(memory, new AcpiTablesOptions
         {
             ProcessorCount = config.VcpuCount,
+            PmTimerPort = config.HasAcpiPmTimer ? AcpiPmTimer.DefaultPort : (ushort)0,
+            PmTimer32Bit = true,
             Com1 = config.HasSerialConsole,
             VirtioMmioDevices = config.VirtioDiscovery == VirtioDiscovery.Acpi ? devices.AcpiVirtioDevices : [],
         });
@@ -181,37 +191,7 @@ internal static class MachineAssembler
         // Linux restarts through the real-mode reset vector on hardware-reduced ACPI machines without EFI.
         ResetVector.Install(memory);
 
-        var parts = new List<string>();
-        if (!string.IsNullOrWhiteSpace(config.KernelCommandLine))
-        {
-            parts.Add(config.KernelCommandLine.Trim());
-        }
-
-        if (config.HasSerialConsole && config.KernelCommandLine?.Contains("console=", StringComparison.Ordinal) != true)
-        {
-            parts.Add("console=ttyS0");
-        }
-
-        if (config.GuestAgentPort is { } agentPort && config.KernelCommandLine?.Contains("virt.agent=", StringComparison.Ordinal) != true)
-        {
-            parts.Add($"virt.agent={agentPort}");
-        }
-
-        if (config.KernelCommandLine?.Contains("pci=", StringComparison.Ordinal) != true)
-        {
-            // The machine has no PCI host bridge: spare the kernel the probing (and its "no config space access" error).
-            parts.Add("pci=off");
-        }
-
-        if (config.VirtioDiscovery == VirtioDiscovery.CommandLine)
-        {
-            parts.AddRange(devices.KernelCommandLineEntries);
-        }
-
-        // Shared folders the guest kit's /init mounts (virt.mount=TAG:DIR[:ro]).
-        parts.AddRange(config.SharedFolders.Select(s => s.KernelParameter).OfType<string>());
-
-        string commandLine = string.Join(' ', parts);
+        string commandLine = KernelCommandLine.Compose(config, KernelImage.Detect(config.Kernel.Span), devices);
         var options = new LinuxBootOptions
         {
             CommandLine = commandLine,
@@ -247,12 +227,15 @@ internal static class MachineAssembler
 
         if (config.DebugExitPort is not null)
         {
-            Attach(PlatformDevice.DebugExit, new DebugExitDevice(code => stop.Request(new VirtualMachineExit
-            {
-                Reason = StopReason.DebugExit,
-                ExitCode = code,
-                Description = $"debug exit with code {code}",
-            })));
+            Attach(PlatformDevice.DebugExit, new DebugExitDevice(
+                code => stop.Request(new VirtualMachineExit
+                {
+                    Reason = StopReason.DebugExit,
+                    ExitCode = code,
+                    Description = $"debug exit with code {code}",
+                }),
+                config.DebugExitWidth,
+                config.DebugExitConvention));
         }
 
         if (config.LinuxPlatform)

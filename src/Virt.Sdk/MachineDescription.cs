@@ -1,4 +1,5 @@
 using Virt.Cpu;
+using Virt.Devices;
 using Virt.Snapshots;
 
 namespace Virt;
@@ -12,7 +13,7 @@ internal sealed record MachineDescription
 {
     public const string SectionName = "machine";
 
-    public const int Version = 2;
+    public const int Version = 3;
 
     /// <summary>The leaves and registers whose feature bits a restore compares.</summary>
     internal static readonly (uint Function, uint Index, CpuidRegister Register)[] FeatureRegisters =
@@ -36,6 +37,15 @@ internal sealed record MachineDescription
     public bool SerialConsole { get; init; }
 
     public int DebugExitPort { get; init; } = -1;
+
+    /// <summary>The debug-exit port's width in bytes (1, 2 or 4). Since version 3; 1 before.</summary>
+    public int DebugExitWidth { get; init; } = 1;
+
+    /// <summary>How the debug-exit device turns a value into an exit code. Since version 3; raw before.</summary>
+    public DebugExitConvention DebugExitConvention { get; init; }
+
+    /// <summary>Whether the machine has the ACPI PM timer (whose count is a section of its own). Since version 3; none before.</summary>
+    public bool AcpiPmTimer { get; init; }
 
     public VirtioDiscovery VirtioDiscovery { get; init; }
 
@@ -93,6 +103,9 @@ internal sealed record MachineDescription
         }
 
         w.WriteInt32(PhysicalAddressBits ?? 0);
+        w.WriteByte((byte)DebugExitWidth);
+        w.WriteByte((byte)DebugExitConvention);
+        w.WriteBoolean(AcpiPmTimer);
     }
 
     public static MachineDescription Read(ref StateReader r, int version)
@@ -167,9 +180,36 @@ internal sealed record MachineDescription
             throw new SnapshotFormatException(r.Section, "physical address bits", $"{physicalBits} is neither 0 (the backend's width) nor 32-52.");
         }
 
+        int debugExitWidth = 1;
+        var convention = DebugExitConvention.Raw;
+        bool pmTimer = false;
+        if (version >= 3)
+        {
+            debugExitWidth = r.ReadByte("debug-exit width");
+            if (!DebugExitDevice.IsValidWidth(debugExitWidth))
+            {
+                throw new SnapshotFormatException(r.Section, "debug-exit width", $"{debugExitWidth} is not 1, 2 or 4.");
+            }
+
+            byte conventionByte = r.ReadByte("debug-exit convention");
+            convention = (DebugExitConvention)conventionByte;
+            if (!Enum.IsDefined(convention))
+            {
+                throw new SnapshotFormatException(r.Section, "debug-exit convention", $"{conventionByte} is not a known convention.");
+            }
+
+            pmTimer = r.ReadBoolean("ACPI PM timer");
+        }
+
+        if (debugExit >= 0 && debugExit + debugExitWidth > 0x10000)
+        {
+            throw new SnapshotFormatException(r.Section, "debug-exit width", $"a port {debugExitWidth} bytes wide at 0x{debugExit:x} runs past port 0xffff.");
+        }
+
         r.EnsureEnd();
         return new MachineDescription
         {
+            DebugExitWidth = debugExitWidth, DebugExitConvention = convention, AcpiPmTimer = pmTimer,
             PhysicalAddressBits = physicalBits == 0 ? null : physicalBits,
             Name = name, MemorySize = memory, VcpuCount = vcpus, Backend = backend, InterruptController = irqchip,
             LinuxPlatform = linux, SerialConsole = serial, DebugExitPort = debugExit, VirtioDiscovery = (VirtioDiscovery)discovery,

@@ -65,6 +65,9 @@ internal static class MachineSnapshot
         LinuxPlatform = config.LinuxPlatform,
         SerialConsole = config.HasSerialConsole,
         DebugExitPort = config.DebugExitPort is ushort port ? port : -1,
+        DebugExitWidth = config.DebugExitWidth,
+        DebugExitConvention = config.DebugExitConvention,
+        AcpiPmTimer = config.HasAcpiPmTimer,
         VirtioDiscovery = config.VirtioDiscovery,
         KernelCommandLine = machine.KernelCommandLine,
         MaskedCpuidFeatures = config.MaskedCpuidFeatures,
@@ -137,6 +140,9 @@ internal static class MachineSnapshot
         MaskedCpuidFeatures = [.. d.MaskedCpuidFeatures],
         PhysicalAddressBits = d.PhysicalAddressBits,
         DebugExitPort = d.DebugExitPort >= 0 ? (ushort)d.DebugExitPort : null,
+        DebugExitWidth = d.DebugExitWidth,
+        DebugExitConvention = d.DebugExitConvention,
+        AcpiPmTimer = d.AcpiPmTimer,
     };
 
     /// <summary>The caller's configuration with the machine's shape taken from the snapshot whatever the caller set.</summary>
@@ -156,6 +162,9 @@ internal static class MachineSnapshot
             VirtioDiscovery = d.VirtioDiscovery,
             PhysicalAddressBits = d.PhysicalAddressBits,
             DebugExitPort = d.DebugExitPort >= 0 ? (ushort)d.DebugExitPort : null,
+            DebugExitWidth = d.DebugExitWidth,
+            DebugExitConvention = d.DebugExitConvention,
+            AcpiPmTimer = d.AcpiPmTimer,
             // The UART is part of the machine: without an output of the caller's, it writes nowhere.
             SerialOutput = d.SerialConsole && !c.HasSerialConsole ? Stream.Null : c.SerialOutput,
             InstructionBudget = null,

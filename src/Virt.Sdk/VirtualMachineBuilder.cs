@@ -28,6 +28,9 @@ public sealed partial class VirtualMachineBuilder
     /// <summary>The default I/O port of the debug-exit device.</summary>
     public const ushort DefaultDebugExitPort = 0x501;
 
+    /// <summary>The I/O port of the ACPI PM timer (<see cref="WithAcpiPmTimer"/>; 4 ports), as in QEMU's PIIX4 power-management block.</summary>
+    public const ushort AcpiPmTimerPort = AcpiPmTimer.DefaultPort;
+
     /// <summary>The largest guest memory this builder accepts: 1 TiB.</summary>
     public const ulong MaxMemorySize = 1UL << 40;
 
@@ -104,10 +107,35 @@ public sealed partial class VirtualMachineBuilder
     }
 
     /// <summary>
-    /// Adds the debug-exit device: a byte the guest writes to <paramref name="port"/> stops the VM with
-    /// <see cref="StopReason.DebugExit"/> and that byte as <see cref="VirtualMachineExit.ExitCode"/>.
+    /// Adds the debug-exit device: a value the guest writes to <paramref name="port"/> stops the VM with
+    /// <see cref="StopReason.DebugExit"/> and the exit code it gives as <see cref="VirtualMachineExit.ExitCode"/>.
     /// </summary>
-    public VirtualMachineBuilder WithDebugExit(ushort port = DefaultDebugExitPort) => new(_config with { DebugExitPort = port });
+    /// <param name="port">The first port the device decodes.</param>
+    /// <param name="width">
+    /// How many ports the device decodes, and so the widest value it takes: 1 (the default: the low byte of any write),
+    /// 2 or 4 (the whole of an <c>out dx, ax</c> or <c>out dx, eax</c>). <see cref="Build"/> refuses other widths.
+    /// </param>
+    /// <param name="convention">
+    /// How the value becomes the exit code: <see cref="DebugExitConvention.Raw"/> (the default) reports the value;
+    /// <see cref="DebugExitConvention.QemuIsaDebugExit"/> reports <c>(value &lt;&lt; 1) | 1</c> as QEMU's
+    /// <c>isa-debug-exit</c> does, for guests written for QEMU. The code is computed in 32 bits and reported as a signed
+    /// integer, as C's <c>exit(int)</c> would see it.
+    /// </param>
+    /// <example>
+    /// <code>
+    /// builder.WithDebugExit(0xF4, width: 4, DebugExitConvention.QemuIsaDebugExit) // QEMU's -device isa-debug-exit,iobase=0xf4,iosize=0x04
+    /// </code>
+    /// </example>
+    public VirtualMachineBuilder WithDebugExit(ushort port = DefaultDebugExitPort, int width = 1, DebugExitConvention convention = DebugExitConvention.Raw) =>
+        new(_config with { DebugExitPort = port, DebugExitWidth = width, DebugExitConvention = convention });
+
+    /// <summary>
+    /// Adds the ACPI power-management timer (a 32-bit counter at 3.579545 MHz, read-only) at port
+    /// <see cref="AcpiPmTimerPort"/> to a VM that boots no kernel, so that a flat guest has a fixed-rate clock to read.
+    /// A VM that boots a kernel always has it, and its FADT says where (<c>PM_TMR_BLK</c>, <c>TMR_VAL_EXT</c> set).
+    /// </summary>
+    /// <remarks>The timer follows the VM's clock, the one its TSC follows: the interpreter's virtual clock when it emulates the interrupt controllers, else the host's monotonic clock.</remarks>
+    public VirtualMachineBuilder WithAcpiPmTimer() => new(_config with { AcpiPmTimer = true });
 
     /// <summary>Copies a flat binary into guest memory at <paramref name="address"/> when the VM is built.</summary>
     public VirtualMachineBuilder WithFlatBinary(ReadOnlyMemory<byte> image, GuestAddress address) =>
@@ -341,6 +369,30 @@ public sealed partial class VirtualMachineBuilder
             throw new ArgumentException("The instruction budget must not be negative.");
         }
 
+        ValidateDebugExit(c);
         ValidateLinux(c);
+    }
+
+    private static void ValidateDebugExit(VirtualMachineConfiguration c)
+    {
+        if (c.DebugExitPort is not { } exitPort)
+        {
+            return;
+        }
+
+        if (!DebugExitDevice.IsValidWidth(c.DebugExitWidth))
+        {
+            throw new ArgumentException($"A debug-exit port {c.DebugExitWidth} bytes wide does not exist; give WithDebugExit a width of 1, 2 or 4.");
+        }
+
+        if (exitPort + c.DebugExitWidth > 0x10000)
+        {
+            throw new ArgumentException($"The debug-exit port at 0x{exitPort:x}, {c.DebugExitWidth} bytes wide, runs past port 0xffff. Move it lower.");
+        }
+
+        if (!Enum.IsDefined(c.DebugExitConvention))
+        {
+            throw new ArgumentException($"Debug-exit convention {(int)c.DebugExitConvention} is unknown; use DebugExitConvention.Raw or QemuIsaDebugExit.");
+        }
     }
 }

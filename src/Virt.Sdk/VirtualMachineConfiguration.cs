@@ -29,6 +29,18 @@ internal sealed record VirtualMachineConfiguration
 
     public ushort? DebugExitPort { get; init; }
 
+    /// <summary>Ports the debug-exit device decodes, and so the widest value it takes: 1, 2 or 4.</summary>
+    public int DebugExitWidth { get; init; } = 1;
+
+    /// <summary>How the value written to the debug-exit port becomes the exit code.</summary>
+    public DebugExitConvention DebugExitConvention { get; init; } = DebugExitConvention.Raw;
+
+    /// <summary>Whether the VM has an ACPI PM timer: set by <c>WithAcpiPmTimer</c>; unset means what a kernel boot implies (a timer for Linux guests).</summary>
+    public bool? AcpiPmTimer { get; init; }
+
+    /// <summary>Whether the VM has the ACPI PM timer at <see cref="AcpiPmTimer"/>'s default port.</summary>
+    public bool HasAcpiPmTimer => AcpiPmTimer ?? LinuxPlatform;
+
     public ImmutableList<FlatImage> Images { get; init; } = [];
 
     public GuestAddress? EntryPoint { get; init; }

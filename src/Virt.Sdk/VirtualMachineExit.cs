@@ -42,7 +42,10 @@ public sealed record VirtualMachineExit
     /// <summary>The reason.</summary>
     public required StopReason Reason { get; init; }
 
-    /// <summary>For <see cref="StopReason.DebugExit"/>: the byte the guest wrote.</summary>
+    /// <summary>
+    /// For <see cref="StopReason.DebugExit"/>: the exit code, from the value the guest wrote by the debug-exit device's
+    /// convention (<see cref="VirtualMachineBuilder.WithDebugExit"/>): the value itself, or QEMU's <c>(value &lt;&lt; 1) | 1</c>.
+    /// </summary>
     public int? ExitCode { get; init; }
 
     /// <summary>The vCPU whose exit stopped the VM, where one did.</summary>

@@ -85,6 +85,96 @@ public sealed class AcpiTablesTests
         Assert.True(IndexOf(dsdt, [0x89, 6, 0, 3, 1, 6, 0, 0, 0]) > 0);
     }
 
+    private static byte[] Fadt(GuestMemory m, GuestAddress rsdpAddress)
+    {
+        var rsdp = new byte[36];
+        m.Read(rsdpAddress, rsdp);
+        var xsdt = Table(m, BinaryPrimitives.ReadUInt64LittleEndian(rsdp.AsSpan(24)));
+        return Enumerable.Range(0, (xsdt.Length - 36) / 8)
+            .Select(i => Table(m, BinaryPrimitives.ReadUInt64LittleEndian(xsdt.AsSpan(36 + (i * 8)))))
+            .Single(t => Signature(t) == "FACP");
+    }
+
+    [Fact]
+    public void Fadt_points_to_a_64_byte_aligned_facs_outside_the_xsdt_and_every_other_table()
+    {
+        using var m = GuestMemory.CreateRam(2 << 20);
+        var result = AcpiTables.Write(m, WithDevices);
+        var fadt = Fadt(m, result.Rsdp);
+
+        uint facs = BinaryPrimitives.ReadUInt32LittleEndian(fadt.AsSpan(36));      // FIRMWARE_CTRL
+        Assert.NotEqual(0u, facs);
+        Assert.Equal(0UL, BinaryPrimitives.ReadUInt64LittleEndian(fadt.AsSpan(132))); // X_FIRMWARE_CTRL: 0 when FIRMWARE_CTRL is set
+        Assert.Equal(0u, facs % 64);
+        var f = new byte[64];
+        m.Read(new GuestAddress(facs), f);
+        Assert.Equal("FACS", Encoding.ASCII.GetString(f, 0, 4));
+        Assert.Equal(64u, BinaryPrimitives.ReadUInt32LittleEndian(f.AsSpan(4)));
+        Assert.Equal(2, f[32]);                                                       // version
+        Assert.Equal(0u, BinaryPrimitives.ReadUInt32LittleEndian(f.AsSpan(16)));      // global lock free
+        Assert.Equal(0u, BinaryPrimitives.ReadUInt32LittleEndian(f.AsSpan(12)));      // no waking vector
+
+        // Inside the block the result reports, and overlapping neither the RSDP nor any table the XSDT or FADT lists.
+        Assert.InRange(facs, result.Placement.Address.Value, result.Placement.Address.Value + result.Placement.Length - 64);
+        var rsdp = new byte[36];
+        m.Read(result.Rsdp, rsdp);
+        ulong xsdtAddress = BinaryPrimitives.ReadUInt64LittleEndian(rsdp.AsSpan(24));
+        var xsdt = Table(m, xsdtAddress);
+        var others = new List<(ulong Address, int Length)> { (result.Rsdp.Value, 36), (xsdtAddress, xsdt.Length) };
+        for (int i = 0; i < (xsdt.Length - 36) / 8; i++)
+        {
+            ulong a = BinaryPrimitives.ReadUInt64LittleEndian(xsdt.AsSpan(36 + (i * 8)));
+            Assert.NotEqual(facs, a);
+            others.Add((a, Table(m, a).Length));
+        }
+
+        ulong dsdt = BinaryPrimitives.ReadUInt64LittleEndian(fadt.AsSpan(140));
+        others.Add((dsdt, Table(m, dsdt).Length));
+        Assert.All(others, o => Assert.True(o.Address + (ulong)o.Length <= facs || facs + 64 <= o.Address, $"table at 0x{o.Address:x} overlaps the FACS"));
+    }
+
+    [Fact]
+    public void Fadt_gives_the_pm_timer_port_in_both_blocks_with_tmr_val_ext_for_a_32_bit_timer()
+    {
+        using var m = GuestMemory.CreateRam(2 << 20);
+        var fadt = Fadt(m, AcpiTables.Write(m).Rsdp);
+
+        Assert.Equal(0x608u, BinaryPrimitives.ReadUInt32LittleEndian(fadt.AsSpan(76)));  // PM_TMR_BLK
+        Assert.Equal(4, fadt[91]);                                                       // PM_TMR_LEN
+        Assert.NotEqual(0u, BinaryPrimitives.ReadUInt32LittleEndian(fadt.AsSpan(112)) & (1u << 8)); // TMR_VAL_EXT
+        Assert.Equal(1, fadt[208]);                                                      // X_PM_TMR_BLK: system I/O
+        Assert.Equal(32, fadt[209]);                                                     // 32-bit register
+        Assert.Equal(0, fadt[210]);
+        Assert.Equal(3, fadt[211]);                                                      // dword access
+        Assert.Equal(0x608UL, BinaryPrimitives.ReadUInt64LittleEndian(fadt.AsSpan(212)));
+    }
+
+    [Fact]
+    public void Fadt_of_a_24_bit_timer_clears_tmr_val_ext_and_of_no_timer_leaves_the_blocks_empty()
+    {
+        using var narrow = GuestMemory.CreateRam(2 << 20);
+        var fadt = Fadt(narrow, AcpiTables.Write(narrow, new AcpiTablesOptions { PmTimerPort = 0xB008, PmTimer32Bit = false }).Rsdp);
+        Assert.Equal(0xB008u, BinaryPrimitives.ReadUInt32LittleEndian(fadt.AsSpan(76)));
+        Assert.Equal(0u, BinaryPrimitives.ReadUInt32LittleEndian(fadt.AsSpan(112)) & (1u << 8));
+
+        using var none = GuestMemory.CreateRam(2 << 20);
+        fadt = Fadt(none, AcpiTables.Write(none, new AcpiTablesOptions { PmTimerPort = 0 }).Rsdp);
+        Assert.Equal(0u, BinaryPrimitives.ReadUInt32LittleEndian(fadt.AsSpan(76)));
+        Assert.Equal(0, fadt[91]);
+        Assert.All(fadt[208..220], b => Assert.Equal(0, b));
+        Assert.Equal(0u, BinaryPrimitives.ReadUInt32LittleEndian(fadt.AsSpan(112)) & (1u << 8));
+    }
+
+    [Theory]
+    [InlineData(0xFFFDu)]
+    [InlineData(0xFFFFu)]
+    public void Pm_timer_block_past_port_ffff_fails_naming_the_option(uint port)
+    {
+        using var m = GuestMemory.CreateRam(2 << 20);
+        var ex = Assert.Throws<BootImageException>(() => AcpiTables.Write(m, new AcpiTablesOptions { PmTimerPort = (ushort)port }));
+        Assert.Equal("pm_timer_port", ex.Field);
+    }
+
     [Fact]
     public void Madt_lists_the_processors_ioapic_irq0_override_and_nmi()
     {

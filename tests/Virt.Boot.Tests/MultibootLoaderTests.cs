@@ -100,6 +100,97 @@ public sealed class MultibootLoaderTests
         Assert.Equal(field, ex.Field);
     }
 
+    /// <summary>An a.out-kludge kernel of 0x2000 bytes plus 0x1000 of bss loaded at <paramref name="load"/>, entry at +0x80.</summary>
+    private static byte[] KludgeKernelAt(uint load)
+    {
+        var image = new byte[0x2000];
+        image.AsSpan().Fill(0xCC);
+        SyntheticElf.MultibootHeader(0x10003, (load + 0x40, load, load + 0x2000, load + 0x3000, load + 0x80)).CopyTo(image, 0x40);
+        return image;
+    }
+
+    [Fact]
+    public void Elf_kernel_linked_below_1_MiB_loads_there_and_its_module_goes_above_1_MiB()
+    {
+        using var m = GuestMemory.CreateRam(32 << 20);
+        var image = SyntheticElf.Build(is64: false, loadAddress: 0x10000, entry: 0x10010, pvhEntry: null, prefix: SyntheticElf.MultibootHeader(0x3));
+
+        var r = MultibootLoader.Load(m, image, new LinuxBootOptions { Initrd = new byte[3000] });
+
+        Assert.Equal(0x10010UL, r.Registers.Rip);
+        Assert.Equal(0x10000UL, r.Find("kernel")!.Value.Address.Value);
+        Assert.Equal(0x90, m.Read<byte>(new GuestAddress(0x10000)));
+        Assert.Equal(0x100000UL, r.Find("initrd")!.Value.Address.Value);
+    }
+
+    [Theory]
+    [InlineData(0x10000u)]
+    [InlineData(0x30000u)]
+    [InlineData(0x9C000u)]
+    public void Address_field_kernel_below_1_MiB_clear_of_the_boot_structures_loads(uint load)
+    {
+        using var m = GuestMemory.CreateRam(32 << 20);
+
+        var r = MultibootLoader.Load(m, KludgeKernelAt(load), new LinuxBootOptions { CommandLine = "root=/dev/ram0" });
+
+        Assert.Equal(load + 0x80UL, r.Registers.Rip);
+        Assert.Equal(0xCC, m.Read<byte>(new GuestAddress(load)));
+        Assert.Equal(0UL, m.Read<ulong>(new GuestAddress(load + 0x2800)));
+        Assert.Equal(MultibootLoader.BootloaderMagic, r.Registers.Rax);
+    }
+
+    [Theory]
+    [InlineData(0x0u, "interrupt vector table")]
+    [InlineData(0x400u, "interrupt vector table")]
+    [InlineData(0x1000u, "the GDT")] // with the GDT moved to 0x2000 for this case
+    [InlineData(0x5000u, "boot information")]
+    [InlineData(0x8000u, "boot stack")]
+    [InlineData(0x1F000u, "command line")]
+    [InlineData(0x9E000u, "not RAM")]
+    [InlineData(0xE0000u, "not RAM")]
+    public void Kernel_overlapping_what_the_platform_places_in_low_memory_is_refused_naming_it(uint load, string named)
+    {
+        using var m = GuestMemory.CreateRam(32 << 20);
+        var options = new LinuxBootOptions
+        {
+            CommandLine = "console=ttyS0",
+            Processor = load == 0x1000 ? new ProcessorSetupOptions { GdtAddress = new GuestAddress(0x2000), TssAddress = new GuestAddress(0x2080) } : new(),
+        };
+
+        var ex = Assert.Throws<BootImageException>(() => MultibootLoader.Load(m, KludgeKernelAt(load), options));
+
+        Assert.Equal("load_addr", ex.Field);
+        Assert.Contains(named, ex.Message, StringComparison.Ordinal);
+        Assert.Equal(0UL, m.Read<ulong>(new GuestAddress(load < 0x9FC00 ? load : 0x1000)));
+    }
+
+    [Fact]
+    public void Elf_segment_over_the_boot_stack_is_refused_and_nothing_is_written()
+    {
+        using var m = GuestMemory.CreateRam(32 << 20);
+        var image = SyntheticElf.Build(is64: false, loadAddress: 0x8E00, entry: 0x8E10, pvhEntry: null, prefix: SyntheticElf.MultibootHeader(0x3));
+
+        var ex = Assert.Throws<BootImageException>(() => MultibootLoader.Load(m, image));
+
+        Assert.Equal("p_paddr", ex.Field);
+        Assert.Contains("boot stack", ex.Message, StringComparison.Ordinal);
+        Assert.Equal(0UL, m.Read<ulong>(new GuestAddress(0x8E00)));
+    }
+
+    [Fact]
+    public void Command_line_is_passed_exactly_as_given()
+    {
+        using var m = GuestMemory.CreateRam(32 << 20);
+        const string line = "/boot/kernel.elf  --verbose quiet";
+
+        var r = MultibootLoader.Load(m, KludgeKernelAt(0x200000), new LinuxBootOptions { CommandLine = line });
+
+        uint cmd = m.Read<uint>(new GuestAddress(r.Registers.Rbx + 16));
+        var text = new byte[line.Length + 1];
+        m.Read(new GuestAddress(cmd), text);
+        Assert.Equal(line + "\0", Encoding.ASCII.GetString(text));
+    }
+
     [Fact]
     public void Header_beyond_8_KiB_is_not_found()
     {

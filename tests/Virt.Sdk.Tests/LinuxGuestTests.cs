@@ -92,6 +92,16 @@ public sealed class LinuxGuestTests
     }
 
     [Fact]
+    public async Task Debian_kernel_finds_the_acpi_pm_timer_through_the_fadt()
+    {
+        const string sysfs = "/sys/devices/system/clocksource/clocksource0";
+        var (exit, text) = await Boot("interpreter", $"cat {sysfs}/available_clocksource {sysfs}/current_clocksource");
+        Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
+        Assert.Contains("VIRT-EXIT-STATUS=0", text, StringComparison.Ordinal);
+        Assert.True(text.Contains("acpi_pm", StringComparison.Ordinal), text);
+    }
+
+    [Fact]
     public async Task Halt_in_the_guest_ends_the_vm_with_a_halted_reason_on_the_interpreter()
     {
         // On KVM the in-kernel local APIC keeps a halted vCPU waiting inside KVM_RUN instead.
