@@ -95,6 +95,21 @@ public sealed class DynamicProgramTests
     }
 
     [Fact]
+    public async Task Dynamic_program_resets_to_its_snapshot_between_calls()
+    {
+        HostRequirements.RequireKvm();
+        RequireProgram("/usr/bin/sort");
+        await using var sandbox = Sandbox.CreateBuilder().WithRootFileSystem("/").WithExecutable("/usr/bin/sort")
+            .WithExecutablePath("/usr/bin/sort").WithBackend(BackendKind.Kvm).Build();
+        var first = await sandbox.RunAsync("b\na\n"u8.ToArray(), Ct);
+        var second = await sandbox.RunAsync("z\ny\nx\n"u8.ToArray(), Ct);
+        Assert.True(first.Status == SandboxStatus.Exited && second.Status == SandboxStatus.Exited, $"{first.Message} {second.Message} {second.StderrText}");
+        Assert.Equal("a\nb\n", first.StdoutText);
+        Assert.Equal("x\ny\nz\n", second.StdoutText);
+        Assert.True(second.Usage.RestoredPages > 0, "the second call did not start from the snapshot");
+    }
+
+    [Fact]
     public void Dynamic_program_without_a_root_file_system_is_refused_with_advice()
     {
         RequireProgram("/usr/bin/true");

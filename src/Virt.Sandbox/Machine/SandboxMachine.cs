@@ -162,13 +162,16 @@ internal sealed class SandboxMachine : IDisposable
 
     /// <summary>
     /// The CPUID answers the program gets: the backend's leaves without the hidden features, with OSXSAVE and
-    /// OSPKE clear (CR4 has neither) and no XSAVE enumeration leaf.
+    /// OSPKE clear (CR4 has neither) and no XSAVE enumeration leaf. MMX is always reported: it is part of the x86-64
+    /// psABI baseline, and glibc's loader refuses libraries marked for that baseline (Debian's libc.so.6) on a CPU
+    /// without it. On the interpreter, which does not implement MMX, an MMX instruction raises #UD (the program ends
+    /// with SIGILL); glibc's x86-64 code uses SSE2 instead and never executes one.
     /// </summary>
     private static CpuidEntry[] CpuidPolicy(IReadOnlyList<CpuidEntry> supported) =>
     [
         .. supported.Where(e => e.Function != 0xD).Select(e => e.Function switch
         {
-            1 => e with { Ecx = e.Ecx & ~(1u << 27) },
+            1 => e with { Ecx = e.Ecx & ~(1u << 27), Edx = e.Edx | (1u << 23) },
             7 when e.Index == 0 => e with { Ecx = e.Ecx & ~(1u << 4) },
             _ => e,
         }),
