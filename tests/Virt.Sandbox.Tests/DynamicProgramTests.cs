@@ -31,6 +31,7 @@ public sealed class DynamicProgramTests
         ["sqlite3"] = new("/usr/bin/sqlite3", [":memory:", "select 6*7"]),
         ["sqlite3-table"] = new("/usr/bin/sqlite3", [":memory:", "create table t(x); insert into t values (1),(2),(3); select sum(x), group_concat(x) from t;"]),
         ["python3"] = new("/usr/bin/python3", ["-c", "print(sum(range(10)))"]),
+        ["python3-exe"] = new("/usr/bin/python3", ["-c", "import os, sys; print(os.readlink('/proc/self/exe'), sys.executable, sys.prefix, os.getcwd() == os.path.realpath('.'))"]),
         ["python3-json"] = new("/usr/bin/python3", ["-c", "import json, sys; print(json.dumps({'a': [1, 2.5, None]}, sort_keys=True)); sys.exit(3)"]),
     };
 

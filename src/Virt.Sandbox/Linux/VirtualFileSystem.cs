@@ -300,9 +300,11 @@ internal sealed class VirtualFileSystem
         // The executable itself, read-only and executable: execve of it (or of a link to it) starts a fresh image. A file
         // of a granted host directory at that path (or where a link there leads) is the executable.
         string exe = Normalize("/", executablePath) ?? "/bin/program";
+        string exeTarget = executablePath;
         if (Lookup(Root, exe, followLast: true, out var found, out _, out _) == 0 && found is VfsFile hostExecutable)
         {
             Executable = hostExecutable;
+            exeTarget = RealPath(exe) ?? executablePath; // /proc/self/exe names the file, as Linux's does
         }
         else
         {
@@ -330,7 +332,7 @@ internal sealed class VirtualFileSystem
         dev.Children.TryAdd("random", new VfsDevice(_nextInode++, DeviceKind.Random));
         FixedDirectory("/tmp").Permissions = 0x3FF; // drwxrwxrwt
         var self = FixedDirectory("/proc/self");
-        self.Children["exe"] = new VfsSymlink(_nextInode++, executablePath);
+        self.Children["exe"] = new VfsSymlink(_nextInode++, exeTarget);
         self.Children["maps"] = new VfsFile(_nextInode++, [], false, 0x124);
         self.Children["status"] = new VfsFile(_nextInode++, [], false, 0x124);
         self.Children["cmdline"] = new VfsFile(_nextInode++, [], false, 0x124);
@@ -463,6 +465,28 @@ internal sealed class VirtualFileSystem
         }
 
         return 0;
+    }
+
+    /// <summary>The path of what <paramref name="path"/> names with every symbolic link resolved, or null when it does not resolve.</summary>
+    private string? RealPath(string path)
+    {
+        for (int links = 0; links <= MaxSymlinks; links++)
+        {
+            if (Lookup(Root, path, followLast: false, out var node, out var parent, out string name) < 0 || node is null)
+            {
+                return null;
+            }
+
+            string here = Normalize(parent.Path, name)!;
+            if (node is not VfsSymlink link)
+            {
+                return here;
+            }
+
+            path = Normalize(parent.Path, link.Target)!;
+        }
+
+        return null;
     }
 
     /// <summary>Resolves <paramref name="path"/> against <paramref name="cwd"/>, folding <c>.</c>, <c>..</c> and repeated slashes; null for an empty path.</summary>
