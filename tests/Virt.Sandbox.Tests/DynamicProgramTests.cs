@@ -152,6 +152,30 @@ public sealed class DynamicProgramTests
         }
     }
 
+    [Fact]
+    public async Task Host_directory_grant_leaves_out_fifos_so_an_open_cannot_block_the_host()
+    {
+        HostRequirements.RequireKvm();
+        string busybox = Busybox.PathOrSkip();
+        string dir = Directory.CreateTempSubdirectory("virt-sandbox-fifo-").FullName;
+        try
+        {
+            File.WriteAllText(Path.Combine(dir, "file.txt"), "plain\n");
+            var (code, log) = CPrograms.Run("mkfifo", [Path.Combine(dir, "pipe")]);
+            Assert.True(code == 0, "mkfifo failed: " + log);
+            await using var sandbox = Sandbox.CreateBuilder().WithExecutable(busybox).WithExecutablePath("/bin/busybox")
+                .WithHostDirectory(dir, "/data").WithArguments("sh", "-c", "ls /data; cat /data/pipe; echo status=$?")
+                .WithBackend(BackendKind.Kvm).WithTimeLimit(TimeSpan.FromSeconds(30)).Build();
+            var result = await sandbox.RunAsync(default, Ct);
+            Assert.True(result.Status == SandboxStatus.Exited, $"{result} {result.Message} {result.StderrText}");
+            Assert.Equal("file.txt\nstatus=1\n", result.StdoutText);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     private static void RequireProgram(string path)
     {
         if (!File.Exists(path))
