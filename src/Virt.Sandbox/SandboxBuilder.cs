@@ -181,6 +181,38 @@ public sealed class SandboxBuilder
         return With(c => c with { Files = [.. c.Files.Where(f => f.Path != guestPath), (guestPath, copy, writable)] });
     }
 
+    /// <summary>
+    /// Makes the host directory <paramref name="hostDirectory"/> visible to the program at <paramref name="guestPath"/>,
+    /// read-only: what a dynamically linked program needs (its interpreter, <c>/etc/ld.so.cache</c>, its libraries and
+    /// data files) comes from such grants. Directories are listed and files read from the host when the program first
+    /// uses them, once per builder; a run's own writes go to its in-memory tree and never reach the host. The program
+    /// reaches nothing outside the directory: symbolic links in it (absolute ones too) and <c>..</c> are resolved in the
+    /// sandbox's tree, and devices, FIFOs and sockets are left out.
+    /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="guestPath"/> is not absolute.</exception>
+    /// <exception cref="DirectoryNotFoundException"><paramref name="hostDirectory"/> does not exist.</exception>
+    public SandboxBuilder WithHostDirectory(string hostDirectory, string guestPath)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(hostDirectory);
+        ArgumentException.ThrowIfNullOrEmpty(guestPath);
+        if (!guestPath.StartsWith('/'))
+        {
+            throw new ArgumentException($"Guest path '{guestPath}' must be absolute.", nameof(guestPath));
+        }
+
+        var tree = new Linux.HostTree(hostDirectory);
+        string normalized = Linux.VirtualFileSystem.Normalize("/", guestPath)!;
+        return With(c => c with { HostDirectories = [.. c.HostDirectories.Where(h => h.GuestPath != normalized), (tree, normalized)] });
+    }
+
+    /// <summary>
+    /// Makes the host directory <paramref name="hostDirectory"/> (for example <c>/</c>, or an unpacked Debian root) the
+    /// program's root file system, read-only (see <see cref="WithHostDirectory"/>). The sandbox's own <c>/dev</c>,
+    /// <c>/tmp</c> and <c>/proc/self</c> take the place of the host's; the host's <c>/sys</c> is left out.
+    /// </summary>
+    /// <exception cref="DirectoryNotFoundException"><paramref name="hostDirectory"/> does not exist.</exception>
+    public SandboxBuilder WithRootFileSystem(string hostDirectory) => WithHostDirectory(hostDirectory, "/");
+
     /// <summary>Registers a host function the program can call by <paramref name="name"/> (see virt_sandbox.h).</summary>
     public SandboxBuilder WithHostFunction(string name, SandboxHostFunction handler)
     {
@@ -212,9 +244,15 @@ public sealed class SandboxBuilder
     /// <summary>Seeds <c>getrandom</c> and <c>AT_RANDOM</c> for reproducible runs (default: host randomness).</summary>
     public SandboxBuilder WithRandomSeed(int seed) => With(c => c with { RandomSeed = seed });
 
-    /// <summary>Validates the settings and parses the executable.</summary>
+    /// <summary>
+    /// Validates the settings and parses the executable; for a dynamically linked one, also finds and parses its
+    /// interpreter (<c>PT_INTERP</c>) in the sandbox's file tree.
+    /// </summary>
     /// <exception cref="InvalidOperationException">No executable was given.</exception>
-    /// <exception cref="ElfImageException">The executable is not a static x86-64 ELF the sandbox can load.</exception>
+    /// <exception cref="ElfImageException">
+    /// The executable is not an x86-64 ELF the sandbox can load, or it is dynamically linked and its interpreter is not
+    /// in the granted directories (see <see cref="WithRootFileSystem"/>) or is not a usable interpreter.
+    /// </exception>
     public Sandbox Build()
     {
         if (_executable is null)
@@ -234,6 +272,30 @@ public sealed class SandboxBuilder
             throw new InvalidOperationException($"The stack ({config.StackBytes} bytes) must be at most half the memory limit ({config.MemoryBytes} bytes); lower WithStackSize or raise WithMemoryLimit.");
         }
 
-        return new Sandbox(config, Loader.ElfImage.Parse(config.Executable));
+        var image = Loader.ElfImage.Parse(config.Executable);
+        if (image.InterpreterPath is { } interpreterPath)
+        {
+            config = config with { Interpreter = FindInterpreter(config, interpreterPath) };
+        }
+
+        return new Sandbox(config, image);
+    }
+
+    /// <summary>Reads and parses the interpreter at <paramref name="path"/> from the tree the program will see.</summary>
+    private static Loader.ElfImage FindInterpreter(SandboxConfiguration config, string path)
+    {
+        var tree = new Linux.VirtualFileSystem(config.HostDirectories, config.Files, config.Executable, config.ExecutablePath, config.ExecutableAliases, config.MaxFileSystemBytes, config.MaxFileSystemEntries);
+        if (tree.Lookup(tree.Root, path, followLast: true, out var node, out _, out _) < 0 || node is not Linux.VfsFile file)
+        {
+            throw new ElfImageException("PT_INTERP", $"the executable is dynamically linked and its interpreter {path} is not in the sandbox's file tree; grant a root file system (WithRootFileSystem(\"/\"), or WithHostDirectory for /lib, /lib64, /usr and /etc) or link the program statically (gcc -static).");
+        }
+
+        long e = file.Load();
+        if (e < 0)
+        {
+            throw new ElfImageException("PT_INTERP", $"the interpreter {path} could not be read (errno {-e}).");
+        }
+
+        return Loader.ElfImage.ParseInterpreter(file.Content.AsSpan(0, (int)file.Length).ToArray());
     }
 }

@@ -44,6 +44,12 @@ internal sealed record SandboxConfiguration
 
     public IReadOnlyList<(string Path, byte[] Content, bool Writable)> Files { get; init; } = [];
 
+    /// <summary>Host directories granted read-only, each at a guest path (a host root at <c>/</c>).</summary>
+    public IReadOnlyList<(Linux.HostTree Tree, string GuestPath)> HostDirectories { get; init; } = [];
+
+    /// <summary>The program interpreter of a dynamically linked executable, found in the file tree when the sandbox is built.</summary>
+    public Loader.ElfImage? Interpreter { get; init; }
+
     public IReadOnlyDictionary<string, SandboxHostFunction> HostFunctions { get; init; } = new Dictionary<string, SandboxHostFunction>();
 
     public BackendKind Backend { get; init; } = BackendKind.Auto;

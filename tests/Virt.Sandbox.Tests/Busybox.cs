@@ -45,8 +45,7 @@ internal static class Busybox
     {
         try
         {
-            Loader.ElfImage.Parse(File.ReadAllBytes(path));
-            return true;
+            return Loader.ElfImage.Parse(File.ReadAllBytes(path)).InterpreterPath is null;
         }
         catch (ElfImageException)
         {

@@ -201,6 +201,12 @@ internal sealed partial class LinuxAbi
             return -Errno.ENOTDIR;
         }
 
+        long loaded = file.Load(); // a file of a granted host directory: its bytes are read now, once
+        if (loaded < 0)
+        {
+            return loaded;
+        }
+
         if (access != OpenFlags.ReadOnly && !file.Writable)
         {
             return -Errno.EACCES;
@@ -505,7 +511,8 @@ internal sealed partial class LinuxAbi
             VfsSymlink l => Encoding.UTF8.GetByteCount(l.Target),
             _ => 0,
         };
-        uint nlink = node is VfsDirectory d ? 2u + (uint)d.Children.Values.Count(c => c is VfsDirectory) : 1u;
+        // A host directory not listed yet says 2 rather than being listed just for its link count.
+        uint nlink = node is VfsDirectory d ? d.Host is null ? 2u + (uint)d.Children.Values.Count(c => c is VfsDirectory) : 2u : 1u;
         ulong rdev = node is VfsDevice dev ? dev.Kind switch { DeviceKind.Null => 0x103UL, DeviceKind.Zero => 0x105UL, DeviceKind.Full => 0x107UL, _ => 0x109UL } : 0UL;
         return WriteStatRaw(pointer, node.TypeBits | node.Permissions, size, node.Inode, nlink, rdev, node.ModifiedNanoseconds);
     }

@@ -241,7 +241,7 @@ internal sealed class AbiState
         fds[0] = new FileDescription(FdKind.Stdin, OpenFlags.ReadOnly);
         fds[1] = new FileDescription(FdKind.Stdout, OpenFlags.WriteOnly);
         fds[2] = new FileDescription(FdKind.Stderr, OpenFlags.WriteOnly);
-        var vfs = new VirtualFileSystem(config.Files, config.Executable, config.ExecutablePath, config.ExecutableAliases, config.MaxFileSystemBytes, config.MaxFileSystemEntries);
+        var vfs = new VirtualFileSystem(config.HostDirectories, config.Files, config.Executable, config.ExecutablePath, config.ExecutableAliases, config.MaxFileSystemBytes, config.MaxFileSystemEntries);
 #pragma warning disable CA5394 // Seeded on purpose: a fixed seed makes runs reproducible.
         return new AbiState
         {

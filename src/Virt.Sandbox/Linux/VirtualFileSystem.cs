@@ -21,10 +21,40 @@ internal abstract class VfsNode(ulong inode, uint permissions)
     public abstract VfsNode CloneInto(Dictionary<object, object> map);
 }
 
-/// <summary>A regular file: a host grant (read-only unless granted writable) or a file the program made.</summary>
+/// <summary>
+/// A regular file: a host grant (read-only unless granted writable), a file the program made, or a file of a granted host
+/// directory (read-only, its bytes read from the host when it is first opened).
+/// </summary>
 internal sealed class VfsFile(ulong inode, byte[] content, bool writable, uint permissions) : VfsNode(inode, permissions)
 {
-    public byte[] Content { get; set; } = content;
+    private byte[] _content = content;
+
+    /// <summary>A file of a granted host directory: its bytes come from <paramref name="tree"/> on first use.</summary>
+    public VfsFile(ulong inode, HostTree tree, string hostRelative, long length, uint permissions)
+        : this(inode, [], false, permissions)
+    {
+        Host = (tree, hostRelative);
+        Length = length;
+    }
+
+    /// <summary>Where a host file's bytes come from, until they are read (null for every other file).</summary>
+    public (HostTree Tree, string Relative)? Host { get; private set; }
+
+    /// <summary>The bytes (a host file reads them now; one that cannot be read is empty).</summary>
+    public byte[] Content
+    {
+        get
+        {
+            if (Host is not null && Load() < 0)
+            {
+                Length = 0;
+            }
+
+            return _content;
+        }
+
+        set => _content = value;
+    }
 
     public long Length { get; set; } = content.Length;
 
@@ -35,6 +65,26 @@ internal sealed class VfsFile(ulong inode, byte[] content, bool writable, uint p
 
     public override byte DirectoryEntryType => 8;
 
+    /// <summary>Reads a host file's bytes if not done yet; 0, or a negative errno (see <see cref="HostTree.Read"/>).</summary>
+    public long Load()
+    {
+        if (Host is not { } host)
+        {
+            return 0;
+        }
+
+        long e = host.Tree.Read(host.Relative, Length, out var bytes);
+        if (e < 0)
+        {
+            return e;
+        }
+
+        _content = bytes;
+        Length = bytes.Length;
+        Host = null;
+        return 0;
+    }
+
     public override VfsNode CloneInto(Dictionary<object, object> map)
     {
         if (map.TryGetValue(this, out var done))
@@ -42,17 +92,38 @@ internal sealed class VfsFile(ulong inode, byte[] content, bool writable, uint p
             return (VfsNode)done;
         }
 
-        // A read-only grant never changes: the copy shares its bytes.
-        var copy = new VfsFile(Inode, Writable ? Content.AsSpan(0, (int)Length).ToArray() : Content, Writable, Permissions) { Length = Length, ModifiedNanoseconds = ModifiedNanoseconds };
+        // A read-only grant never changes: the copy shares its bytes (or its host source).
+        var copy = new VfsFile(Inode, Writable ? _content.AsSpan(0, (int)Length).ToArray() : _content, Writable, Permissions) { Length = Length, ModifiedNanoseconds = ModifiedNanoseconds, Host = Host };
         map[this] = copy;
         return copy;
     }
 }
 
-/// <summary>A directory; <see cref="Parent"/> and <see cref="Name"/> give its path (the root is its own parent).</summary>
+/// <summary>
+/// A directory; <see cref="Parent"/> and <see cref="Name"/> give its path (the root is its own parent). A directory of a
+/// granted host directory lists the host's entries into <see cref="Children"/> when it is first used; entries the sandbox
+/// put there before win over the host's.
+/// </summary>
 internal sealed class VfsDirectory(ulong inode, uint permissions) : VfsNode(inode, permissions)
 {
-    public SortedDictionary<string, VfsNode> Children { get; } = new(StringComparer.Ordinal);
+    private readonly SortedDictionary<string, VfsNode> _children = new(StringComparer.Ordinal);
+
+    /// <summary>The host directory still to list into <see cref="Children"/>, or null (listed, or not a host directory).</summary>
+    public (HostTree Tree, string Relative)? Host { get; set; }
+
+    public SortedDictionary<string, VfsNode> Children
+    {
+        get
+        {
+            if (Host is { } host)
+            {
+                Host = null;
+                Populate(host.Tree, host.Relative);
+            }
+
+            return _children;
+        }
+    }
 
     public VfsDirectory? Parent { get; set; }
 
@@ -81,6 +152,23 @@ internal sealed class VfsDirectory(ulong inode, uint permissions) : VfsNode(inod
         }
     }
 
+    /// <summary>Fills the children from a host listing: directories stay unlisted until used, files unread until opened.</summary>
+    private void Populate(HostTree tree, string relative)
+    {
+        foreach (var e in tree.List(relative))
+        {
+            string childRelative = relative.Length == 0 ? e.Name : relative + "/" + e.Name;
+            VfsNode node = e.Kind switch
+            {
+                HostEntryKind.Directory => new VfsDirectory(e.Inode, e.Permissions & 0x16D) { Parent = this, Name = e.Name, Fixed = true, Host = (tree, childRelative) },
+                HostEntryKind.Symlink => new VfsSymlink(e.Inode, e.LinkTarget!),
+                _ => new VfsFile(e.Inode, tree, childRelative, e.Length, e.Permissions & 0x16D),
+            };
+            node.ModifiedNanoseconds = e.ModifiedNanoseconds;
+            _children.TryAdd(e.Name, node);
+        }
+    }
+
     public override VfsNode CloneInto(Dictionary<object, object> map)
     {
         if (map.TryGetValue(this, out var done))
@@ -88,12 +176,12 @@ internal sealed class VfsDirectory(ulong inode, uint permissions) : VfsNode(inod
             return (VfsNode)done;
         }
 
-        var copy = new VfsDirectory(Inode, Permissions) { Name = Name, Fixed = Fixed, ModifiedNanoseconds = ModifiedNanoseconds };
+        var copy = new VfsDirectory(Inode, Permissions) { Name = Name, Fixed = Fixed, ModifiedNanoseconds = ModifiedNanoseconds, Host = Host };
         map[this] = copy;
         copy.Parent = Parent is null ? null : Parent == this ? copy : (VfsDirectory)Parent.CloneInto(map);
-        foreach (var (name, child) in Children)
+        foreach (var (name, child) in _children)
         {
-            copy.Children[name] = child.CloneInto(map);
+            copy._children[name] = child.CloneInto(map);
         }
 
         return copy;
@@ -170,9 +258,38 @@ internal sealed class VirtualFileSystem
     }
 
     public VirtualFileSystem(IEnumerable<(string Path, byte[] Content, bool Writable)> files, byte[] executable, string executablePath, IEnumerable<string> aliases, long maxBytes, int maxEntries)
+        : this([], files, executable, executablePath, aliases, maxBytes, maxEntries)
+    {
+    }
+
+    /// <summary>
+    /// The tree: the granted host directories (<paramref name="hostDirectories"/>, read-only, listed lazily), then the
+    /// granted files over them, the executable, its aliases, and the sandbox's own <c>/dev</c>, <c>/tmp</c> and
+    /// <c>/proc/self</c>, which take the place of any host directory of those names (the host's <c>/sys</c> is left out).
+    /// </summary>
+    public VirtualFileSystem(IEnumerable<(HostTree Tree, string GuestPath)> hostDirectories, IEnumerable<(string Path, byte[] Content, bool Writable)> files, byte[] executable, string executablePath, IEnumerable<string> aliases, long maxBytes, int maxEntries)
         : this(new VfsDirectory(2, 0x1ED) { Fixed = true }, 100, maxBytes, maxEntries)
     {
         Root.Parent = Root;
+        // A host root comes first, so that directories granted below it replace what it lists there.
+        foreach (var (tree, guestPath) in hostDirectories.OrderBy(h => Normalize("/", h.GuestPath) == "/" ? 0 : 1))
+        {
+            string p = Normalize("/", guestPath) ?? throw new ArgumentException($"'{guestPath}' is not a usable guest path.", nameof(hostDirectories));
+            if (p == "/")
+            {
+                Root.Host = (tree, "");
+                foreach (string own in new[] { "dev", "tmp", "proc", "sys" })
+                {
+                    Root.Children.Remove(own);
+                }
+
+                continue;
+            }
+
+            var dir = FixedDirectory(Parent(p));
+            dir.Children[LastName(p)] = new VfsDirectory(_nextInode++, 0x16D) { Parent = dir, Name = LastName(p), Fixed = true, Host = (tree, "") };
+        }
+
         foreach (var (path, content, writable) in files)
         {
             string p = Normalize("/", path) ?? throw new ArgumentException($"'{path}' is not a usable guest path.", nameof(files));
@@ -180,16 +297,27 @@ internal sealed class VirtualFileSystem
             dir.Children[LastName(p)] = new VfsFile(_nextInode++, (byte[])content.Clone(), writable, writable ? 0x1A4u : 0x124u);
         }
 
-        // The executable itself, read-only and executable: execve of it (or of a link to it) starts a fresh image.
+        // The executable itself, read-only and executable: execve of it (or of a link to it) starts a fresh image. A file
+        // of a granted host directory at that path (or where a link there leads) is the executable.
         string exe = Normalize("/", executablePath) ?? "/bin/program";
-        var exeDir = FixedDirectory(Parent(exe));
-        if (!exeDir.Children.TryGetValue(LastName(exe), out var existing) || existing is not VfsFile)
+        string exeTarget = executablePath;
+        if (Lookup(Root, exe, followLast: true, out var found, out _, out _) == 0 && found is VfsFile hostExecutable)
         {
-            existing = new VfsFile(_nextInode++, executable, false, 0x16D);
-            exeDir.Children[LastName(exe)] = existing;
+            Executable = hostExecutable;
+            exeTarget = RealPath(exe) ?? executablePath; // /proc/self/exe names the file, as Linux's does
+        }
+        else
+        {
+            var exeDir = FixedDirectory(Parent(exe));
+            if (!exeDir.Children.TryGetValue(LastName(exe), out var existing) || existing is not VfsFile)
+            {
+                existing = new VfsFile(_nextInode++, executable, false, 0x16D);
+                exeDir.Children[LastName(exe)] = existing;
+            }
+
+            Executable = (VfsFile)existing;
         }
 
-        Executable = (VfsFile)existing;
         foreach (var alias in aliases)
         {
             string a = Normalize("/", alias) ?? throw new ArgumentException($"'{alias}' is not a usable guest path.", nameof(aliases));
@@ -204,7 +332,7 @@ internal sealed class VirtualFileSystem
         dev.Children.TryAdd("random", new VfsDevice(_nextInode++, DeviceKind.Random));
         FixedDirectory("/tmp").Permissions = 0x3FF; // drwxrwxrwt
         var self = FixedDirectory("/proc/self");
-        self.Children["exe"] = new VfsSymlink(_nextInode++, executablePath);
+        self.Children["exe"] = new VfsSymlink(_nextInode++, exeTarget);
         self.Children["maps"] = new VfsFile(_nextInode++, [], false, 0x124);
         self.Children["status"] = new VfsFile(_nextInode++, [], false, 0x124);
         self.Children["cmdline"] = new VfsFile(_nextInode++, [], false, 0x124);
@@ -213,7 +341,7 @@ internal sealed class VirtualFileSystem
     public VfsDirectory Root { get; }
 
     /// <summary>The sandbox's executable (the file <c>execve</c> accepts).</summary>
-    public VfsFile Executable { get; private init; } = null!;
+    public VfsFile Executable { get; private set; } = null!;
 
     /// <summary>The most bytes the program's writable files may hold together.</summary>
     public long MaxBytes { get; }
@@ -337,6 +465,28 @@ internal sealed class VirtualFileSystem
         }
 
         return 0;
+    }
+
+    /// <summary>The path of what <paramref name="path"/> names with every symbolic link resolved, or null when it does not resolve.</summary>
+    private string? RealPath(string path)
+    {
+        for (int links = 0; links <= MaxSymlinks; links++)
+        {
+            if (Lookup(Root, path, followLast: false, out var node, out var parent, out string name) < 0 || node is null)
+            {
+                return null;
+            }
+
+            string here = Normalize(parent.Path, name)!;
+            if (node is not VfsSymlink link)
+            {
+                return here;
+            }
+
+            path = Normalize(parent.Path, link.Target)!;
+        }
+
+        return null;
     }
 
     /// <summary>Resolves <paramref name="path"/> against <paramref name="cwd"/>, folding <c>.</c>, <c>..</c> and repeated slashes; null for an empty path.</summary>

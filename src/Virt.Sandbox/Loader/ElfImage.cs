@@ -6,9 +6,11 @@ namespace Virt.Sandbox.Loader;
 internal readonly record struct LoadSegment(ulong VirtualAddress, ulong FileOffset, ulong FileSize, ulong MemorySize, ElfSegmentFlags Flags);
 
 /// <summary>
-/// A validated static ELF64 x86-64 executable (<c>ET_EXEC</c>, or a static-PIE <c>ET_DYN</c> placed at
-/// <see cref="PieLoadBias"/>). <see cref="ElfFile"/> checks that the headers fit the file; this class checks what
-/// the sandbox can run against the user half of the address space, so later stages can trust the numbers.
+/// A validated ELF64 x86-64 executable (<c>ET_EXEC</c>, or a PIE <c>ET_DYN</c> placed at <see cref="PieLoadBias"/>),
+/// static or naming an interpreter (<see cref="InterpreterPath"/>), or a program interpreter itself
+/// (<see cref="ParseInterpreter"/>: an <c>ET_DYN</c> whose addresses are offsets from where it is loaded).
+/// <see cref="ElfFile"/> checks that the headers fit the file; this class checks what the sandbox can run against the
+/// user half of the address space, so later stages can trust the numbers.
 /// </summary>
 internal sealed class ElfImage
 {
@@ -18,10 +20,14 @@ internal sealed class ElfImage
     /// <summary>Highest user virtual address (exclusive) that a segment may reach: the bottom of the arena.</summary>
     public const ulong UserImageLimit = 0x7000_0000_0000;
 
+    /// <summary>The most bytes an interpreter's segments may span (ld.so needs a few hundred KiB).</summary>
+    public const ulong MaxInterpreterSpan = 1UL << 30;
+
     private const int MaxProgramHeaders = 128;
 
-    private ElfImage(byte[] file, ulong entry, ulong bias, LoadSegment[] segments, ulong phdrAddress, int phnum, bool executableStack, bool isPie)
+    private ElfImage(byte[] file, ulong entry, ulong bias, LoadSegment[] segments, ulong phdrAddress, int phnum, bool executableStack, bool isPie, string? interpreter)
     {
+        InterpreterPath = interpreter;
         File = file;
         Entry = entry;
         LoadBias = bias;
@@ -53,8 +59,11 @@ internal sealed class ElfImage
     /// <summary>Whether <c>PT_GNU_STACK</c> asks for an executable stack.</summary>
     public bool ExecutableStack { get; }
 
-    /// <summary>Whether the file is a static PIE (<c>ET_DYN</c>).</summary>
+    /// <summary>Whether the file is position independent (<c>ET_DYN</c>).</summary>
     public bool IsPositionIndependent { get; }
+
+    /// <summary>The program interpreter <c>PT_INTERP</c> names (an absolute guest path), or null for a static executable.</summary>
+    public string? InterpreterPath { get; }
 
     /// <summary>The lowest and highest (exclusive) page-aligned virtual addresses the segments occupy.</summary>
     public (ulong Start, ulong End) Extent
@@ -72,9 +81,19 @@ internal sealed class ElfImage
         }
     }
 
-    /// <summary>Parses and validates <paramref name="file"/>.</summary>
-    /// <exception cref="ElfImageException">The file is not a loadable static x86-64 executable; the message names the field.</exception>
-    public static ElfImage Parse(byte[] file)
+    /// <summary>Parses and validates the executable <paramref name="file"/>.</summary>
+    /// <exception cref="ElfImageException">The file is not a loadable x86-64 executable; the message names the field.</exception>
+    public static ElfImage Parse(byte[] file) => Parse(file, interpreter: false);
+
+    /// <summary>
+    /// Parses and validates a program interpreter (<c>ld-linux-x86-64.so.2</c>): an <c>ET_DYN</c> without an interpreter
+    /// of its own, spanning at most <see cref="MaxInterpreterSpan"/>. Its addresses (segments, entry) are offsets from
+    /// the base it is loaded at.
+    /// </summary>
+    /// <exception cref="ElfImageException">The file is not a usable interpreter; the message names the field.</exception>
+    public static ElfImage ParseInterpreter(byte[] file) => Parse(file, interpreter: true);
+
+    private static ElfImage Parse(byte[] file, bool interpreter)
     {
         ArgumentNullException.ThrowIfNull(file);
         ElfFile elf;
@@ -90,7 +109,13 @@ internal sealed class ElfImage
         CheckHeader(elf);
         int phnum = elf.ProgramHeaders.Count;
         bool pie = elf.Type == ElfFileType.SharedObject;
-        ulong bias = pie ? PieLoadBias : 0;
+        if (interpreter && !pie)
+        {
+            throw new ElfImageException("e_type", "the program interpreter is not ET_DYN (3).");
+        }
+
+        ulong bias = pie && !interpreter ? PieLoadBias : 0;
+        string? interpreterPath = null;
         var segments = new List<LoadSegment>();
         ulong phdrAddress = 0;
         bool execStack = false, hasDynamic = false;
@@ -98,8 +123,11 @@ internal sealed class ElfImage
         {
             switch (h.Type)
             {
+                case ElfSegmentType.Interpreter when interpreter:
+                    throw new ElfImageException("PT_INTERP", "the program interpreter names an interpreter of its own.");
                 case ElfSegmentType.Interpreter:
-                    throw new ElfImageException("PT_INTERP", $"the executable is dynamically linked (it names the interpreter {InterpreterPath(elf, file, h)}); link it statically (gcc -static, or musl-gcc -static).");
+                    interpreterPath = ReadInterpreterPath(elf, file, h);
+                    break;
                 case ElfSegmentType.Dynamic:
                     hasDynamic = true;
                     break;
@@ -112,7 +140,7 @@ internal sealed class ElfImage
                 case ElfSegmentType.Tls:
                     CheckTls(h);
                     break;
-                case ElfSegmentType.Load when LoadSegmentFrom(h, bias) is { } segment:
+                case ElfSegmentType.Load when LoadSegmentFrom(h, bias, interpreter) is { } segment:
                     segments.Add(segment);
                     break;
                 default:
@@ -125,7 +153,7 @@ internal sealed class ElfImage
             throw new ElfImageException("PT_LOAD", "the file has no loadable segment.");
         }
 
-        if (pie && !hasDynamic)
+        if (pie && !hasDynamic && interpreterPath is null)
         {
             throw new ElfImageException("e_type", "ET_DYN without PT_DYNAMIC is not a static PIE.");
         }
@@ -141,7 +169,7 @@ internal sealed class ElfImage
             phdrAddress = ProgramHeadersInSegments(elf.ProgramHeaderOffset, phnum, segments);
         }
 
-        return new ElfImage(file, entry, bias, [.. segments], phdrAddress, phnum, execStack, pie);
+        return new ElfImage(file, entry, bias, [.. segments], phdrAddress, phnum, execStack, pie, interpreterPath);
     }
 
     /// <summary>The sandbox's rules for the ELF header: a 64-bit x86-64 executable or static PIE with 1 to <see cref="MaxProgramHeaders"/> program headers.</summary>
@@ -183,7 +211,7 @@ internal sealed class ElfImage
     }
 
     /// <summary>The segment a PT_LOAD header maps, or <see langword="null"/> for an empty one; throws where it breaks the sandbox's rules.</summary>
-    private static LoadSegment? LoadSegmentFrom(in ElfProgramHeader h, ulong bias)
+    private static LoadSegment? LoadSegmentFrom(in ElfProgramHeader h, ulong bias, bool interpreter)
     {
         string at = $"program header {h.Index}";
         if (h.Alignment > 1 && (h.VirtualAddress % PageTable.PageSize) != (h.Offset % PageTable.PageSize))
@@ -197,7 +225,15 @@ internal sealed class ElfImage
             return null;
         }
 
-        if (start < 0x10000 || start >= UserImageLimit || h.MemorySize > UserImageLimit || start + h.MemorySize > UserImageLimit)
+        if (interpreter)
+        {
+            // Offsets from the load base, which the loader chooses: only the span is limited.
+            if (start >= MaxInterpreterSpan || h.MemorySize > MaxInterpreterSpan || start + h.MemorySize > MaxInterpreterSpan)
+            {
+                throw new ElfImageException($"{at} p_vaddr", $"segment 0x{start:x}+0x{h.MemorySize:x} reaches past the interpreter's largest span 0x{MaxInterpreterSpan:x}.");
+            }
+        }
+        else if (start < 0x10000 || start >= UserImageLimit || h.MemorySize > UserImageLimit || start + h.MemorySize > UserImageLimit)
         {
             throw new ElfImageException($"{at} p_vaddr", $"segment 0x{start:x}+0x{h.MemorySize:x} is outside the loadable range 0x10000-0x{UserImageLimit:x}.");
         }
@@ -219,20 +255,25 @@ internal sealed class ElfImage
         return 0;
     }
 
-    /// <summary>The interpreter path PT_INTERP names, for the message (as far as it is printable ASCII).</summary>
-    private static string InterpreterPath(ElfFile elf, byte[] file, in ElfProgramHeader header)
+    /// <summary>The interpreter path PT_INTERP names: an absolute path of printable ASCII, NUL-terminated, under 4096 bytes.</summary>
+    private static string ReadInterpreterPath(ElfFile elf, byte[] file, in ElfProgramHeader header)
     {
         var bytes = elf.GetContents(file, header);
         int end = bytes.IndexOf((byte)0);
-        bytes = bytes[..(end < 0 ? Math.Min(bytes.Length, 256) : Math.Min(end, 256))];
-        foreach (byte b in bytes)
+        if (end <= 0 || end >= 4096)
+        {
+            throw new ElfImageException("PT_INTERP", "the interpreter path is empty, not NUL-terminated or longer than 4095 bytes.");
+        }
+
+        foreach (byte b in bytes[..end])
         {
             if (b is < 0x20 or > 0x7E)
             {
-                return "(an unprintable path)";
+                throw new ElfImageException("PT_INTERP", "the interpreter path is not printable ASCII.");
             }
         }
 
-        return bytes.IsEmpty ? "(an empty path)" : System.Text.Encoding.ASCII.GetString(bytes);
+        string path = System.Text.Encoding.ASCII.GetString(bytes[..end]);
+        return path.StartsWith('/') ? path : throw new ElfImageException("PT_INTERP", $"the interpreter path '{path}' is not absolute.");
     }
 }

@@ -217,8 +217,12 @@ internal sealed class AddressSpace
         }
 
         ulong arenaPages = totalPages - (nextPhysical / GuestLayout.PageSize) - stackPages;
-        var arenaFlags = PageFlags.Present | PageFlags.User | PageFlags.Writable | PageFlags.Accessed | PageFlags.Dirty |
+        // A dynamically linked program's interpreter and libraries are mapped into the arena, so there its pages are
+        // executable too (the tables are fixed: mprotect cannot make some pages executable later). The stack stays
+        // non-executable unless PT_GNU_STACK asks otherwise.
+        var stackFlags = PageFlags.Present | PageFlags.User | PageFlags.Writable | PageFlags.Accessed | PageFlags.Dirty |
             (image.ExecutableStack ? PageFlags.None : PageFlags.NoExecute);
+        var arenaFlags = image.InterpreterPath is null ? stackFlags : stackFlags & ~PageFlags.NoExecute;
         for (ulong i = 0; i < arenaPages; i++)
         {
             writer.Map(GuestLayout.ArenaBase + (i * GuestLayout.PageSize), nextPhysical + (i * GuestLayout.PageSize), arenaFlags);
@@ -231,10 +235,10 @@ internal sealed class AddressSpace
         ulong stackBottom = GuestLayout.ArenaBase + (arenaPages * GuestLayout.PageSize) + GuestLayout.StackGuardBytes;
         for (ulong i = 0; i < stackPages; i++)
         {
-            writer.Map(stackBottom + (i * GuestLayout.PageSize), stackPhysical + (i * GuestLayout.PageSize), arenaFlags);
+            writer.Map(stackBottom + (i * GuestLayout.PageSize), stackPhysical + (i * GuestLayout.PageSize), stackFlags);
         }
 
-        mappings.Add(new Mapping(stackBottom, stackPages, stackPhysical, null, arenaFlags));
+        mappings.Add(new Mapping(stackBottom, stackPages, stackPhysical, null, stackFlags));
 
         var space = new AddressSpace([.. mappings], writer.Root, nextPhysical, arenaPages, stackPages, image.Extent.End, tablePages);
 

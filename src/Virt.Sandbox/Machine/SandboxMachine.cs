@@ -44,7 +44,10 @@ internal sealed class SandboxMachine : IDisposable
             _space = AddressSpace.Build(_memory, image, (ulong)config.StackBytes, MinimumHeapBytes);
             Supervisor.Install(_memory);
             _arena = new ArenaAllocator(_memory, _space.ArenaPhysical, _space.ArenaPages);
-            _restoreMarksWrites = image.ExecutableStack || image.Segments.Any(s => (s.Flags & (ElfSegmentFlags.Write | ElfSegmentFlags.Execute)) == (ElfSegmentFlags.Write | ElfSegmentFlags.Execute));
+            // Pages that are both writable and executable (an executable stack, a W+X segment, the arena of a dynamically
+            // linked program) may hold code that a reset rewrites: the backend must hear of those writes.
+            _restoreMarksWrites = image.ExecutableStack || image.InterpreterPath is not null ||
+                image.Segments.Any(s => (s.Flags & (ElfSegmentFlags.Write | ElfSegmentFlags.Execute)) == (ElfSegmentFlags.Write | ElfSegmentFlags.Execute));
             _partition = hypervisor.CreatePartition(_memory, new PartitionOptions
             {
                 TrackDirtyPages = config.SnapshotReset,
@@ -159,13 +162,16 @@ internal sealed class SandboxMachine : IDisposable
 
     /// <summary>
     /// The CPUID answers the program gets: the backend's leaves without the hidden features, with OSXSAVE and
-    /// OSPKE clear (CR4 has neither) and no XSAVE enumeration leaf.
+    /// OSPKE clear (CR4 has neither) and no XSAVE enumeration leaf. MMX is always reported: it is part of the x86-64
+    /// psABI baseline, and glibc's loader refuses libraries marked for that baseline (Debian's libc.so.6) on a CPU
+    /// without it. On the interpreter, which does not implement MMX, an MMX instruction raises #UD (the program ends
+    /// with SIGILL); glibc's x86-64 code uses SSE2 instead and never executes one.
     /// </summary>
     private static CpuidEntry[] CpuidPolicy(IReadOnlyList<CpuidEntry> supported) =>
     [
         .. supported.Where(e => e.Function != 0xD).Select(e => e.Function switch
         {
-            1 => e with { Ecx = e.Ecx & ~(1u << 27) },
+            1 => e with { Ecx = e.Ecx & ~(1u << 27), Edx = e.Edx | (1u << 23) },
             7 when e.Index == 0 => e with { Ecx = e.Ecx & ~(1u << 4) },
             _ => e,
         }),
@@ -179,7 +185,8 @@ internal sealed class SandboxMachine : IDisposable
         _vcpu.SetCpuid(_cpuid);
         var argv = new List<string> { _config.ExecutablePath };
         argv.AddRange(_config.Arguments);
-        ulong rsp = WriteInitialStack(image, argv, _config.Environment, _config.ExecutablePath);
+        ulong entry = LoadInterpreter(image, out ulong interpreterBase);
+        ulong rsp = WriteInitialStack(image, argv, _config.Environment, _config.ExecutablePath, interpreterBase);
         var sregs = Supervisor.UserStart(_vcpu.GetSpecialRegisters(), _space.Cr3);
         _vcpu.SetSpecialRegisters(sregs);
         _vcpu.SetMsrs(Supervisor.SyscallMsrs());
@@ -190,17 +197,36 @@ internal sealed class SandboxMachine : IDisposable
         _initialXsave = XsaveState.FromFpu(FpuState.Initial, xcr0);
         _vcpu.SetXsaveState(_initialXsave);
         _vcpu.SetDebugRegisters(DebugRegisters.Initial);
-        _vcpu.SetGeneralRegisters(new GeneralRegisters { Rip = image.Entry, Rsp = rsp, Rflags = Supervisor.InitialUserFlags });
+        _vcpu.SetGeneralRegisters(new GeneralRegisters { Rip = entry, Rsp = rsp, Rflags = Supervisor.InitialUserFlags });
+    }
+
+    /// <summary>
+    /// For a dynamically linked program, loads its interpreter into the (fresh) arena and returns the interpreter's entry
+    /// point and base; for a static one, the program's entry point and base 0.
+    /// </summary>
+    private ulong LoadInterpreter(ElfImage image, out ulong interpreterBase)
+    {
+        interpreterBase = 0;
+        if (image.InterpreterPath is null || _config.Interpreter is not { } interpreter)
+        {
+            return image.Entry;
+        }
+
+        interpreterBase = InterpreterLoader.Load(interpreter, _arena, _space, _memory, _config.MemoryBytes);
+        return interpreterBase + interpreter.Entry;
     }
 
     private XsaveState? _initialXsave;
 
     /// <summary>execve: a new initial stack for a fresh image of the executable (the memory was reloaded).</summary>
-    private (ulong Entry, ulong Rsp, XsaveState Xsave) StartImage(IReadOnlyList<string> arguments, IReadOnlyList<string> environment, string path) =>
-        (_image.Entry, WriteInitialStack(_image, arguments, environment, path), _initialXsave!);
+    private (ulong Entry, ulong Rsp, XsaveState Xsave) StartImage(IReadOnlyList<string> arguments, IReadOnlyList<string> environment, string path)
+    {
+        ulong entry = LoadInterpreter(_image, out ulong interpreterBase);
+        return (entry, WriteInitialStack(_image, arguments, environment, path, interpreterBase), _initialXsave!);
+    }
 
     /// <summary>Writes the psABI entry stack (argc, argv, envp, auxv, strings) at the top of the stack; returns RSP.</summary>
-    private ulong WriteInitialStack(ElfImage image, IReadOnlyList<string> argv, IReadOnlyList<string> environment, string executablePath)
+    private ulong WriteInitialStack(ElfImage image, IReadOnlyList<string> argv, IReadOnlyList<string> environment, string executablePath, ulong interpreterBase)
     {
         uint hwcap = _cpuid.FirstOrDefault(e => e.Function == 1).Edx;
         var random = new byte[16];
@@ -218,7 +244,7 @@ internal sealed class SandboxMachine : IDisposable
         var aux = new List<(ulong, ulong)>
         {
             (AuxKey.Phdr, image.ProgramHeaderAddress), (AuxKey.Phent, 56), (AuxKey.Phnum, (ulong)image.ProgramHeaderCount),
-            (AuxKey.Pagesz, GuestLayout.PageSize), (AuxKey.Base, 0), (AuxKey.Flags, 0), (AuxKey.Entry, image.Entry),
+            (AuxKey.Pagesz, GuestLayout.PageSize), (AuxKey.Base, interpreterBase), (AuxKey.Flags, 0), (AuxKey.Entry, image.Entry),
             (AuxKey.Uid, 1000), (AuxKey.Euid, 1000), (AuxKey.Gid, 1000), (AuxKey.Egid, 1000), (AuxKey.Hwcap, hwcap),
             (AuxKey.Hwcap2, 0), (AuxKey.Clktck, 100), (AuxKey.Secure, 0),
         };
