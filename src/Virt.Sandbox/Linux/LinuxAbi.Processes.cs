@@ -74,6 +74,9 @@ internal sealed partial class LinuxAbi
         var parent = CurrentProcess;
         var child = new GuestProcess(_nextTid++, parent, _state.ForkCopy());
         var thread = new GuestThread(child.Pid) { Process = child, FsBase = _current.FsBase };
+        thread.Signals.Mask = _state.SignalMask;
+        thread.Signals.AltStack = _state.AltStack;
+        thread.Signals.AltStackFlags = _state.AltStackFlags;
         parent.Children.Add(child);
         _processes.Add(child);
         _threads.Add(thread);

@@ -49,6 +49,15 @@ internal sealed class ThreadSignals
     /// <summary>The mask rt_sigsuspend replaced, restored when a handler's frame is built (or the call returns).</summary>
     public ulong? SavedMask { get; set; }
 
+    /// <summary>The thread's signal mask while another thread runs (the running thread's is <see cref="AbiState.SignalMask"/>).</summary>
+    public ulong Mask { get; set; }
+
+    /// <summary>The thread's alternate signal stack while another thread runs (the running thread's is <see cref="AbiState.AltStack"/>).</summary>
+    public (ulong Base, ulong Size) AltStack { get; set; }
+
+    /// <summary>SS_AUTODISARM for <see cref="AltStack"/>.</summary>
+    public int AltStackFlags { get; set; }
+
     /// <summary>The call an arriving signal interrupted, which SA_RESTART makes again after the handler; -1: none.</summary>
     public long RestartCall { get; set; } = -1;
 }
@@ -85,8 +94,23 @@ internal sealed partial class LinuxAbi
 
     private SignalInfo UserInfo(int signal, int code) => new(signal, code, (ulong)(uint)CurrentProcess.Pid | ((ulong)HostUid << 32), 0);
 
-    /// <summary>Signals of the current thread that are pending and not blocked.</summary>
-    private static ulong Deliverable(GuestThread thread) => (thread.Signals.Pending | thread.Process.State.Signals.Pending) & ~thread.Process.State.SignalMask;
+    /// <summary>The signal mask of <paramref name="thread"/> (the running thread's lives in the process state, like its FS base).</summary>
+    private ulong MaskOf(GuestThread thread) => thread == _current ? _state.SignalMask : thread.Signals.Mask;
+
+    /// <summary>Signals of <paramref name="thread"/> that are pending and not blocked.</summary>
+    private ulong Deliverable(GuestThread thread) => (thread.Signals.Pending | thread.Process.State.Signals.Pending) & ~MaskOf(thread);
+
+    /// <summary>Keeps the per-thread signal state of the thread leaving the vCPU and installs <paramref name="next"/>'s (called as threads switch).</summary>
+    private void SwitchSignalState(GuestThread previous, GuestThread next)
+    {
+        previous.Signals.Mask = _state.SignalMask;
+        previous.Signals.AltStack = _state.AltStack;
+        previous.Signals.AltStackFlags = _state.AltStackFlags;
+        var state = next.Process.State;
+        state.SignalMask = next.Signals.Mask;
+        state.AltStack = next.Signals.AltStack;
+        state.AltStackFlags = next.Signals.AltStackFlags;
+    }
 
     /// <summary>Whether the machine must call <see cref="AfterSyscall"/>: rt_sigreturn ran, a signal can be delivered, or sigsuspend's mask must go back.</summary>
     public bool HasSignalWork => _sigreturn || _current.Signals.SavedMask.HasValue || Deliverable(_current) != 0;
@@ -107,7 +131,10 @@ internal sealed partial class LinuxAbi
 
         var state = target.State;
         var action = state.SignalActions[signal];
-        bool blocked = (state.SignalMask & Bit(signal)) != 0 && !Unblockable(signal);
+        // Process-directed: blocked only when every thread of the process blocks it.
+        bool blocked = !Unblockable(signal) && (thread is not null
+            ? (MaskOf(thread) & Bit(signal)) != 0
+            : _threads.TrueForAll(t => t.Process != target || t.State == GuestThreadState.Exited || (MaskOf(t) & Bit(signal)) != 0));
         if (signal == 9 || (!blocked && action.Handler == SigDfl && TerminatesByDefault(signal)))
         {
             Terminate(target, signal);
@@ -135,9 +162,10 @@ internal sealed partial class LinuxAbi
             return;
         }
 
-        var taker = thread ?? (_current.Process == target ? _current : null)
-            ?? _threads.Find(t => t.Process == target && t.State == GuestThreadState.Blocked)
-            ?? _threads.Find(t => t.Process == target && t.State != GuestThreadState.Exited);
+        bool Takes(GuestThread t) => t.Process == target && t.State != GuestThreadState.Exited && (MaskOf(t) & Bit(signal)) == 0;
+        var taker = thread ?? (Takes(_current) ? _current : null)
+            ?? _threads.Find(t => Takes(t) && t.State == GuestThreadState.Blocked)
+            ?? _threads.Find(Takes);
         if (taker is not null && taker != _current && taker.State == GuestThreadState.Blocked)
         {
             taker.State = GuestThreadState.Runnable;

@@ -5,7 +5,8 @@ namespace Virt.Sandbox.Linux;
 
 // Signals: rt_sigaction, rt_sigprocmask, rt_sigpending, rt_sigsuspend, pause, sigaltstack, kill, tkill, tgkill. How a signal is
 // generated and delivered to a handler is in LinuxAbi.SignalDelivery.cs; ITIMER_REAL and alarm in LinuxAbi.Timers.cs.
-// The signal mask is per process here (threads of one process share it); pending signals are per process and per thread.
+// The mask and the alternate stack are per thread (the running thread's live in AbiState, swapped as threads switch, as
+// the FS base is); actions are per process; pending signals are per process and per thread.
 internal sealed partial class LinuxAbi
 {
     private const ulong SigDfl = 0, SigIgn = 1;

@@ -114,6 +114,7 @@ internal sealed partial class LinuxAbi
         var init = new GuestProcess((int)ProcessId, null, _state);
         _processes.Add(init);
         _current = new GuestThread((int)ProcessId) { FsBase = _state.FsBase, Process = init };
+        _current.Signals.Mask = _state.SignalMask;
         _threads.Add(_current);
         _nextTid = 2;
         ClearPending();
@@ -249,6 +250,7 @@ internal sealed partial class LinuxAbi
     /// <summary>The machine switched to <paramref name="thread"/>.</summary>
     public void Switched(GuestThread thread)
     {
+        SwitchSignalState(_current, thread);
         _current = thread;
         _current.CallsInQuantum = 0;
         _state = thread.Process.State;
@@ -304,6 +306,7 @@ internal sealed partial class LinuxAbi
         }
 
         var child = new GuestThread(_nextTid++) { FsBase = (flags & CloneSettls) != 0 ? tls : _state.FsBase, Process = _current.Process };
+        child.Signals.Mask = _state.SignalMask; // the mask is inherited; the alternate stack is not (CLONE_VM)
         if ((flags & CloneParentSettid) != 0 && !WriteU32(parentTid, (uint)child.Tid))
         {
             return -Errno.EFAULT;

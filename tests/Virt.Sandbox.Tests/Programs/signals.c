@@ -192,7 +192,7 @@ static int forge(void)
     unsigned long flags;
     __asm__ volatile("mov %%cs, %0" : "=r"(cs));
     __asm__ volatile("pushfq; popq %0" : "=r"(flags));
-    printf("hits=%d cs=%#x iopl=%lu nt=%lu vm=%lu if=%lu\n", (int)hits, cs, (flags >> 12) & 3, (flags >> 14) & 1, (flags >> 17) & 1, (flags >> 9) & 1);
+    printf("hits=%d cpl=%d iopl=%lu nt=%lu vm=%lu if=%lu\n", (int)hits, cs & 3, (flags >> 12) & 3, (flags >> 14) & 1, (flags >> 17) & 1, (flags >> 9) & 1);
     return 0;
 }
 
@@ -321,9 +321,9 @@ static int vdso(void)
     int close_enough = r == 0 && labs(b.tv_sec - a.tv_sec) < 60 && labs(tv.tv_sec - a.tv_sec) < 60 && labs(t - a.tv_sec) < 60;
     int bad = gettime(12345, &a);
     // sched_getcpu in static glibc goes through the vDSO: many calls, few system calls.
-    int sum = 0;
-    for (int i = 0; i < 1000; i++) sum += sched_getcpu();
-    printf("clock=%d getcpu=%d cpu=%u node=%u einval=%d sum=%d\n", close_enough, g, cpu, node, bad == -EINVAL, sum);
+    int fails = 0;
+    for (int i = 0; i < 1000; i++) fails += sched_getcpu() < 0;
+    printf("clock=%d getcpu=%d cpu_ok=%d einval=%d fails=%d\n", close_enough, g, cpu < 4096 && node < 4096, bad == -EINVAL, fails);
     return 0;
 }
 
