@@ -548,6 +548,12 @@ internal sealed class SandboxMachine : IDisposable
         ulong rip = _memory.Read<ulong>(frame);
         ulong cs = _memory.Read<ulong>(frame + 8);
         Span<byte> insn = stackalloc byte[2];
+        if ((cs & 3) == 3 && rip >= GuestLayout.VdsoAddress && rip < GuestLayout.VdsoAddress + Vdso.MaxSize - 1)
+        {
+            // The vDSO's own system calls: the host never translates that page for the program, but it knows its bytes.
+            return Vdso.Image.Slice((int)(rip - GuestLayout.VdsoAddress), 2).SequenceEqual((ReadOnlySpan<byte>)[0x0F, 0x05]);
+        }
+
         return (cs & 3) == 3 && _space.TryReadUser(rip, insn, _memory) && insn[0] == 0x0F && insn[1] == 0x05;
     }
 
