@@ -21,6 +21,8 @@ public sealed class SignalTests
         ["sleep"] = "nanosleep=-1 eintr=1 rem_ok=1 hits=1\n",
         ["suspend"] = "sigsuspend=-1 eintr=1 hits=1 still_blocked=1\n",
         ["resethand"] = "hits=1 reset=1\n",
+        ["restart"] = "restart read=1 hits=2; plain read=-1 eintr=1\n",
+        ["sigchld"] = "sigchld waited=1 status=3 hits=1 code=1 pid_ok=1 si_status=3\n",
         ["vdso"] = "clock=1 getcpu=0 cpu_ok=1 einval=1 fails=0\n",
     };
 

@@ -12,6 +12,7 @@
 #include <sys/auxv.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -327,6 +328,63 @@ static int vdso(void)
     return 0;
 }
 
+static int write_fd;
+
+static void on_tick_write(int sig)
+{
+    (void)sig;
+    if (++hits == 2) write(write_fd, "x", 1);
+}
+
+static int restart(void)
+{
+    int p[2];
+    char c;
+    if (pipe(p) != 0) return 1;
+    write_fd = p[1];
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_tick_write;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval it = { { 0, 10000 }, { 0, 10000 } };
+    setitimer(ITIMER_REAL, &it, NULL);
+    // Interrupted twice; SA_RESTART makes the read again each time, and the second handler gives it a byte.
+    ssize_t n1 = read(p[0], &c, 1);
+    struct itimerval off = { { 0, 0 }, { 0, 0 } };
+    setitimer(ITIMER_REAL, &off, NULL);
+    int hits1 = hits;
+    sa.sa_flags = 0;
+    sa.sa_handler = on_count;
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval once = { { 0, 0 }, { 0, 10000 } };
+    setitimer(ITIMER_REAL, &once, NULL);
+    ssize_t n2 = read(p[0], &c, 1);
+    printf("restart read=%zd hits=%d; plain read=%zd eintr=%d\n", n1, hits1, n2, errno == EINTR);
+    return 0;
+}
+
+static void on_child(int sig, siginfo_t *si, void *ctx)
+{
+    (void)sig; (void)ctx;
+    hits++;
+    seen_code = si->si_code;
+    seen_pid = si->si_pid;
+    seen_signo = si->si_status;
+}
+
+static int sigchld(void)
+{
+    install(SIGCHLD, on_child, SA_RESTART);
+    pid_t pid = fork();
+    if (pid == 0) _exit(3);
+    int status = 0;
+    pid_t w;
+    while ((w = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {}
+    printf("sigchld waited=%d status=%d hits=%d code=%d pid_ok=%d si_status=%d\n", w == pid, WEXITSTATUS(status), (int)hits, seen_code, seen_pid == pid, seen_signo);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -347,5 +405,7 @@ int main(int argc, char **argv)
     if (!strcmp(m, "suspend")) return suspend();
     if (!strcmp(m, "resethand")) return resethand();
     if (!strcmp(m, "vdso")) return vdso();
+    if (!strcmp(m, "restart")) return restart();
+    if (!strcmp(m, "sigchld")) return sigchld();
     return 2;
 }
