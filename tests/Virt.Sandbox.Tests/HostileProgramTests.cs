@@ -1,4 +1,5 @@
 using Iced.Intel;
+using Virt.Sandbox.Machine;
 using Virt.Testing;
 using Xunit;
 using static Iced.Intel.AssemblerRegisters;
@@ -179,7 +180,7 @@ public sealed class HostileProgramTests
             a.mov(rcx, 0xFFFF_FFFF_8000_3000UL);
             a.mov(r11, 0x3202UL); // IOPL 3 asked for
             a.mov(eax, 39);
-            a.mov(rdx, 0x7FFF_FFFF_F000UL);
+            a.mov(rdx, GuestLayout.TrampolineAddress);
             a.jmp(rdx);
         });
 
@@ -212,7 +213,7 @@ public sealed class HostileProgramTests
             a.lea(rcx, __[back]);
             a.mov(r11, 0x3202UL); // IOPL 3 asked for
             a.mov(eax, 39); // getpid
-            a.mov(rdx, 0x7FFF_FFFF_F000UL);
+            a.mov(rdx, GuestLayout.TrampolineAddress);
             a.jmp(rdx);
             a.Label(ref back);
             a.@out(0x80, al); // faults unless IOPL was raised
@@ -262,9 +263,10 @@ public sealed class HostileProgramTests
             a.Label(ref keep);
             a.mov(eax, ebx);
             a.and(eax, 511);
-            // exit, exit_group and the self-signals end a run legitimately; new processes (clone, fork, vfork, clone3) would
+            // exit, exit_group, the self-signals, rt_sigreturn (a random frame is SIGSEGV) and the timers (SIGALRM) end a run
+            // legitimately, and pause and rt_sigsuspend wait for ever; new processes (clone, fork, vfork, clone3) would
             // each run the rest of the fuzz loop too, multiplying the work (process creation has its own tests).
-            foreach (int n in new[] { 60, 231, 62, 200, 234, 56, 57, 58, 435 })
+            foreach (int n in new[] { 60, 231, 62, 200, 234, 15, 34, 37, 38, 130, 56, 57, 58, 435 })
             {
                 a.cmp(eax, n);
                 a.je(skip);

@@ -74,6 +74,9 @@ internal sealed partial class LinuxAbi
         var parent = CurrentProcess;
         var child = new GuestProcess(_nextTid++, parent, _state.ForkCopy());
         var thread = new GuestThread(child.Pid) { Process = child, FsBase = _current.FsBase };
+        thread.Signals.Mask = _state.SignalMask;
+        thread.Signals.AltStack = _state.AltStack;
+        thread.Signals.AltStackFlags = _state.AltStackFlags;
         parent.Children.Add(child);
         _processes.Add(child);
         _threads.Add(thread);
@@ -215,6 +218,11 @@ internal sealed partial class LinuxAbi
         }
 
         process.Children.Clear();
+        var parent = process.Parent;
+        bool killed = (waitStatus & 0x7F) != 0;
+        // SIGCHLD to the parent (CLD_EXITED or CLD_KILLED); its default action ignores it.
+        SendSignal(parent, null, new SignalInfo(17, killed ? 2 : 1, (ulong)(uint)process.Pid | ((ulong)HostUid << 32),
+            (ulong)(uint)(killed ? waitStatus & 0x7F : (waitStatus >> 8) & 0xFF)));
         foreach (var t in _threads)
         {
             if (t.Process == process)
@@ -342,42 +350,6 @@ internal sealed partial class LinuxAbi
         {
             process.Children.Remove(zombie);
             _processes.Remove(zombie);
-        }
-
-        return 0;
-    }
-
-    /// <summary><c>kill</c> to another process of the program: its default action (end it, or nothing); a handler there is not run.</summary>
-    private long KillProcess(GuestProcess target, int signal)
-    {
-        if (signal == 0 || target.Zombie)
-        {
-            return 0;
-        }
-
-        var action = target.State.SignalActions[signal];
-        if (signal is 9 || (action.Handler == SigDfl && !IgnoredByDefault(signal) && signal is not (19 or 20 or 21 or 22)))
-        {
-            if (target == CurrentProcess)
-            {
-                RaiseSignal(signal);
-                return 0;
-            }
-
-            var saved = _current;
-            var victim = _threads.Find(t => t.Process == target && t.State != GuestThreadState.Exited);
-            if (victim is null)
-            {
-                return 0;
-            }
-
-            // End the target as if it had called exit_group: run the exit path on its behalf.
-            _current = victim;
-            _state = target.State;
-            ExitProcess(signal, new StopRequest(SandboxStatus.Signaled, -1, signal, $"The program received signal {signal}."));
-            PendingSwitch = null;
-            _current = saved;
-            _state = saved.Process.State;
         }
 
         return 0;

@@ -127,6 +127,7 @@ internal sealed partial class LinuxAbi
             Map(Sys.ClockGettime, static (abi, clock, timespec, _, _, _, _) => abi.ClockGettime((int)clock, timespec)),
             Map(Sys.ClockGetres, static (abi, _, timespec, _, _, _, _) => abi.ClockGetres(timespec)),
             Map(Sys.ClockNanosleep, static (abi, clock, flags, request, _, _, _) => abi.ClockNanosleep((int)clock, (int)flags, request)),
+            Map(Sys.Getcpu, static (abi, cpu, node, _, _, _, _) => abi.Getcpu(cpu, node)),
 
             // Signals: LinuxAbi.Signals.cs
             Map(Sys.RtSigaction, static (abi, signal, action, oldAction, size, _, _) => abi.RtSigaction((int)signal, action, oldAction, size)),
@@ -135,6 +136,15 @@ internal sealed partial class LinuxAbi
             Map(Sys.Sigaltstack, static (abi, stack, oldStack, _, _, _, _) => abi.Sigaltstack(stack, oldStack)),
             Map(Sys.Tkill, static (abi, tid, signal, _, _, _, _) => abi.Tkill(tid, (int)signal)),
             Map(Sys.Tgkill, static (abi, tgid, tid, signal, _, _, _) => abi.Tgkill(tgid, tid, (int)signal)),
+            Map(Sys.RtSigreturn, static (abi, _, _, _, _, _, _) => abi.RtSigreturn()),
+            Map(Sys.RtSigpending, static (abi, set, size, _, _, _, _) => abi.RtSigpending(set, size)),
+            Map(Sys.RtSigsuspend, static (abi, set, size, _, _, _, _) => abi.RtSigsuspend(set, size)),
+            Map(Sys.Pause, static (abi, _, _, _, _, _, _) => abi.Pause()),
+
+            // Interval timers: LinuxAbi.Timers.cs
+            Map(Sys.Alarm, static (abi, seconds, _, _, _, _, _) => abi.Alarm(seconds)),
+            Map(Sys.Getitimer, static (abi, which, current, _, _, _, _) => abi.Getitimer((int)which, current)),
+            Map(Sys.Setitimer, static (abi, which, value, old, _, _, _) => abi.Setitimer((int)which, value, old)),
 
             // The process: LinuxAbi.Process.cs, LinuxAbi.System.cs
             Map(Sys.Getpid, static (abi, _, _, _, _, _, _) => abi.CurrentProcess.Pid),

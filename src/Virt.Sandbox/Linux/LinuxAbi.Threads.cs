@@ -57,6 +57,9 @@ internal sealed class GuestThread(int tid)
     /// <summary>Set when the wait's deadline passed: the repeated call returns its timeout answer.</summary>
     public bool TimedOut { get; set; }
 
+    /// <summary>Signals sent to this thread, and what an interrupted call left for delivery.</summary>
+    public ThreadSignals Signals { get; } = new();
+
     /// <summary>Calls since the thread last got the vCPU (the scheduler rotates after <see cref="LinuxAbi.Quantum"/>).</summary>
     public int CallsInQuantum { get; set; }
 }
@@ -111,6 +114,7 @@ internal sealed partial class LinuxAbi
         var init = new GuestProcess((int)ProcessId, null, _state);
         _processes.Add(init);
         _current = new GuestThread((int)ProcessId) { FsBase = _state.FsBase, Process = init };
+        _current.Signals.Mask = _state.SignalMask;
         _threads.Add(_current);
         _nextTid = 2;
         ClearPending();
@@ -147,6 +151,7 @@ internal sealed partial class LinuxAbi
     /// </summary>
     private long? BlockCurrent(long nr, ulong a0, ulong a1, ulong a2, ulong a3, ulong a4, ulong a5)
     {
+        int timerJumps = 0;
         while (true)
         {
             _current.State = GuestThreadState.Blocked;
@@ -166,6 +171,31 @@ internal sealed partial class LinuxAbi
                 {
                     earliest = t;
                 }
+            }
+
+            long timer = EarliestTimer();
+            if (timer != long.MaxValue && (earliest is null || timer < earliest.Deadline) && ++timerJumps <= 10_000)
+            {
+                // An interval timer expires before any wait ends: time jumps there and SIGALRM goes out.
+                long at = MonotonicNanoseconds();
+                if (timer > at)
+                {
+                    Shared.SleepOffsetNanoseconds += timer - at;
+                }
+
+                FireDueTimers();
+                if (Stop is not null || PendingSwitch is not null || _current.State == GuestThreadState.Exited)
+                {
+                    return null;
+                }
+
+                if (Deliverable(_current) != 0)
+                {
+                    _current.State = GuestThreadState.Runnable;
+                    return Interrupted(nr, a1, a3);
+                }
+
+                continue;
             }
 
             if (earliest is null)
@@ -220,6 +250,7 @@ internal sealed partial class LinuxAbi
     /// <summary>The machine switched to <paramref name="thread"/>.</summary>
     public void Switched(GuestThread thread)
     {
+        SwitchSignalState(_current, thread);
         _current = thread;
         _current.CallsInQuantum = 0;
         _state = thread.Process.State;
@@ -275,6 +306,7 @@ internal sealed partial class LinuxAbi
         }
 
         var child = new GuestThread(_nextTid++) { FsBase = (flags & CloneSettls) != 0 ? tls : _state.FsBase, Process = _current.Process };
+        child.Signals.Mask = _state.SignalMask; // the mask is inherited; the alternate stack is not (CLONE_VM)
         if ((flags & CloneParentSettid) != 0 && !WriteU32(parentTid, (uint)child.Tid))
         {
             return -Errno.EFAULT;

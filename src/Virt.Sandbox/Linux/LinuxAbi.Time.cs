@@ -3,7 +3,7 @@ using System.Diagnostics;
 
 namespace Virt.Sandbox.Linux;
 
-// The guest's clocks: clock_gettime, clock_getres, gettimeofday, time, nanosleep, clock_nanosleep.
+// The guest's clocks: clock_gettime, clock_getres, gettimeofday, time, nanosleep, clock_nanosleep, getcpu.
 internal sealed partial class LinuxAbi
 {
     /// <summary>The first process's state, which holds what all processes share (the guest's clock offset).</summary>
@@ -92,4 +92,8 @@ internal sealed partial class LinuxAbi
 
         return Nanosleep(request, (flags & TimerAbstime) != 0, clock);
     }
+
+    /// <summary>getcpu: one CPU, one NUMA node (the vDSO answers the same without a call).</summary>
+    private long Getcpu(ulong cpu, ulong node) =>
+        (cpu == 0 || WriteU32(cpu, 0)) && (node == 0 || WriteU32(node, 0)) ? 0 : -Errno.EFAULT;
 }

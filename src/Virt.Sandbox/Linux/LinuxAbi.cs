@@ -111,7 +111,17 @@ internal sealed partial class LinuxAbi
         long nr = (long)r.Rax;
         try
         {
+            if (FireDueTimers() && (Stop is not null || PendingSwitch is not null))
+            {
+                return Stop is null; // SIGALRM's default action ended the caller's process
+            }
+
             result = Handle(nr, r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9);
+            if (result == Blocked && Deliverable(_current) != 0)
+            {
+                result = Interrupted(nr, r.Rsi, r.R10);
+            }
+
             if (result == Blocked)
             {
                 // The thread waits: another runs (the machine switches and this call is made again later), or time jumps.

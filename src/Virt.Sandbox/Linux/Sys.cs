@@ -27,7 +27,8 @@ internal static class Sys
         Setpgid = 109, Setsid = 112, Wait4 = 61, Waitid = 247, SchedSetaffinity = 203,
         Getpriority = 140, Setpriority = 141, Setuid = 105, Setgid = 106, Setresuid = 117, Setresgid = 119,
         Getresuid = 118, Getresgid = 120, Mlock = 149, Munlock = 150, 
-        Readahead = 187, CloseRange = 436;
+        Readahead = 187, CloseRange = 436,
+        RtSigreturn = 15, Pause = 34, Getitimer = 36, Alarm = 37, Setitimer = 38, RtSigpending = 127, RtSigsuspend = 130, Getcpu = 309;
 #pragma warning restore CS1591
 }
 
@@ -226,6 +227,12 @@ internal sealed class AbiState
     /// <summary>sigaltstack's stack (size 0: none).</summary>
     public (ulong Base, ulong Size) AltStack { get; set; }
 
+    /// <summary>sigaltstack's flags besides SS_DISABLE (SS_AUTODISARM).</summary>
+    public int AltStackFlags { get; set; }
+
+    /// <summary>Pending signals and ITIMER_REAL (a fork's child starts with none).</summary>
+    public SignalState Signals { get; init; } = new();
+
     /// <summary>PR_SET_DUMPABLE.</summary>
     public bool Dumpable { get; set; } = true;
 
@@ -269,6 +276,7 @@ internal sealed class AbiState
         ThreadName = ThreadName,
         SignalMask = SignalMask,
         AltStack = AltStack,
+        AltStackFlags = AltStackFlags,
         SignalActions = (SignalAction[])SignalActions.Clone(),
     };
 
@@ -296,6 +304,8 @@ internal sealed class AbiState
             Dumpable = Dumpable,
             SignalMask = SignalMask,
             AltStack = AltStack,
+            AltStackFlags = AltStackFlags,
+            Signals = Signals.Clone(),
             ThreadName = ThreadName,
             SignalActions = (SignalAction[])SignalActions.Clone(),
         };

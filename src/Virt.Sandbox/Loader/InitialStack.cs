@@ -42,6 +42,8 @@ internal static class AuxKey
     public const ulong Random = 25;
     /// <summary>More hardware capabilities (0).</summary>
     public const ulong Hwcap2 = 26;
+    /// <summary>Address of the vDSO's ELF header.</summary>
+    public const ulong SysinfoEhdr = 33;
     /// <summary>Address of the executable's path.</summary>
     public const ulong Execfn = 31;
 }

@@ -198,8 +198,8 @@ internal sealed class AddressSpace
         writer.Map(GuestLayout.SupervisorBase + GuestLayout.CodePhysical, GuestLayout.CodePhysical, sup);
         writer.Map(GuestLayout.SupervisorBase + GuestLayout.StackPhysical, GuestLayout.StackPhysical, supData);
 
-        // The system-call trampoline (user-executable, read-only) and its doorbell (readable, no RAM behind it).
-        writer.Map(GuestLayout.TrampolineAddress, GuestLayout.TrampolinePhysical, PageFlags.Present | PageFlags.User | PageFlags.Accessed);
+        // The vDSO and system-call trampoline page (user-executable, read-only) and the doorbell (readable, no RAM behind it).
+        writer.Map(GuestLayout.VdsoAddress, GuestLayout.TrampolinePhysical, PageFlags.Present | PageFlags.User | PageFlags.Accessed);
         writer.Map(GuestLayout.DoorbellAddress, GuestLayout.DoorbellPhysical, PageFlags.Present | PageFlags.User | PageFlags.Accessed | PageFlags.NoExecute);
 
         ulong nextPhysical = GuestLayout.PageTablePhysical + (tablePages * GuestLayout.PageSize);

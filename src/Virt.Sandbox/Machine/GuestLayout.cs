@@ -33,8 +33,11 @@ internal static class GuestLayout
     /// <summary>First physical page of the page-table pool.</summary>
     public const ulong PageTablePhysical = 0x6000;
 
-    /// <summary>Virtual address of the trampoline: the last user page, read-only and executable.</summary>
-    public const ulong TrampolineAddress = 0x7FFF_FFFF_F000;
+    /// <summary>Virtual address of the vDSO image (<c>AT_SYSINFO_EHDR</c>): the start of the last user page, read-only and executable.</summary>
+    public const ulong VdsoAddress = 0x7FFF_FFFF_F000;
+
+    /// <summary>Virtual address of the trampoline: the second half of the vDSO's page.</summary>
+    public const ulong TrampolineAddress = VdsoAddress + 0x800;
 
     /// <summary>Where the trampoline continues after the doorbell read: <c>jmp rcx</c> (after the 10-byte <c>mov rax, [moffs64]</c>).</summary>
     public const ulong TrampolineReturn = TrampolineAddress + 10;

@@ -246,7 +246,7 @@ internal sealed class SandboxMachine : IDisposable
             (AuxKey.Phdr, image.ProgramHeaderAddress), (AuxKey.Phent, 56), (AuxKey.Phnum, (ulong)image.ProgramHeaderCount),
             (AuxKey.Pagesz, GuestLayout.PageSize), (AuxKey.Base, interpreterBase), (AuxKey.Flags, 0), (AuxKey.Entry, image.Entry),
             (AuxKey.Uid, 1000), (AuxKey.Euid, 1000), (AuxKey.Gid, 1000), (AuxKey.Egid, 1000), (AuxKey.Hwcap, hwcap),
-            (AuxKey.Hwcap2, 0), (AuxKey.Clktck, 100), (AuxKey.Secure, 0),
+            (AuxKey.Hwcap2, 0), (AuxKey.Clktck, 100), (AuxKey.Secure, 0), (AuxKey.SysinfoEhdr, GuestLayout.VdsoAddress),
         };
         var stack = InitialStack.Build(_space.StackTop, [.. argv], [.. environment], executablePath, random, aux, _config.StackBytes);
         if (!_space.TryWriteUser(stack.Rsp, stack.Bytes, _memory))
@@ -442,7 +442,7 @@ internal sealed class SandboxMachine : IDisposable
                 return Stopped(SandboxStatus.TimeLimitExceeded, $"The program used its budget of {_config.InstructionLimit} instructions.");
             case VcpuExitReason.Exception:
                 _broken = true;
-                return OnException((int)exit.Value);
+                return OnException((int)exit.Value, viaStub: false);
             case VcpuExitReason.Shutdown:
                 _broken = true;
                 return Stopped(SandboxStatus.GuestFault, $"The guest shut down (triple fault): {exit.Fault}");
@@ -465,7 +465,41 @@ internal sealed class SandboxMachine : IDisposable
         }
 
         BitConverter.TryWriteBytes(_vcpu.ExitData, regs.Rax);
+        if (!_threads.Pending && _abi.HasSignalWork)
+        {
+            // SYSCALL left the return address in RCX and the flags in R11; the trampoline runs at CPL 3 on the user stack.
+            var user = regs;
+            user.Rip = regs.Rcx;
+            user.Rflags = regs.R11;
+            return DeliverSignals(user, nr);
+        }
+
         return _threads.Pending ? AfterCall(regs, nr) : null;
+    }
+
+    /// <summary>
+    /// After a call: rt_sigreturn's context or a signal handler's frame replaces where the call returns; a signal whose
+    /// default action ends the process stops the run (or hands the vCPU to another process).
+    /// </summary>
+    private Outcome? DeliverSignals(in GeneralRegisters user, ulong nr)
+    {
+        var change = _abi.AfterSyscall(user, _vcpu.GetXsaveState);
+        if (_abi.Stop is not null)
+        {
+            return FromStop();
+        }
+
+        if (change is { } c)
+        {
+            string? failure = _threads.LoadUser(c.Registers, c.Xsave, () => Converge(ExitKind.Stub));
+            if (failure is not null)
+            {
+                _broken = true;
+                return Stopped(SandboxStatus.BackendFailure, failure);
+            }
+        }
+
+        return _threads.Pending ? AfterCall(user, nr) : null;
     }
 
     /// <summary>
@@ -540,6 +574,12 @@ internal sealed class SandboxMachine : IDisposable
         ulong rip = _memory.Read<ulong>(frame);
         ulong cs = _memory.Read<ulong>(frame + 8);
         Span<byte> insn = stackalloc byte[2];
+        if ((cs & 3) == 3 && rip >= GuestLayout.VdsoAddress && rip < GuestLayout.VdsoAddress + Vdso.MaxSize - 1)
+        {
+            // The vDSO's own system calls: the host never translates that page for the program, but it knows its bytes.
+            return Vdso.Image.Slice((int)(rip - GuestLayout.VdsoAddress), 2).SequenceEqual((ReadOnlySpan<byte>)[0x0F, 0x05]);
+        }
+
         return (cs & 3) == 3 && _space.TryReadUser(rip, insn, _memory) && insn[0] == 0x0F && insn[1] == 0x05;
     }
 
@@ -562,13 +602,20 @@ internal sealed class SandboxMachine : IDisposable
         _memory.Write(frame, userRip + 2);
         regs.Rip = GuestLayout.ResumeAddress;
         _vcpu.SetGeneralRegisters(regs);
-        if (!_threads.Pending)
+        if (!_threads.Pending && !_abi.HasSignalWork)
         {
             return null;
         }
 
         var user = regs;
         user.Rsp = _memory.Read<ulong>(frame + 24);
+        if (!_threads.Pending)
+        {
+            user.Rip = userRip + 2;
+            user.Rflags = userFlags;
+            return DeliverSignals(user, nr);
+        }
+
         return AfterCall(user, nr);
     }
 
@@ -653,7 +700,7 @@ internal sealed class SandboxMachine : IDisposable
     /// <summary>CPUID instructions the host answered (CPUID faulting), since the machine was created.</summary>
     public long CpuidServed => _cpuidServed;
 
-    private Outcome? OnException(int vector)
+    private Outcome? OnException(int vector, bool viaStub = true)
     {
         if (vector == ExceptionVector.Debug)
         {
@@ -703,6 +750,11 @@ internal sealed class SandboxMachine : IDisposable
             ExceptionVector.AlignmentCheck => 7, // SIGBUS
             _ => 11, // SIGSEGV
         };
+        if (viaStub && (cs & 3) == 3 && DeliverFault(vector, signal, frame, hasError, error, rip, cr2))
+        {
+            return null;
+        }
+
         string where = (cs & 3) == 3 ? "" : " (in supervisor code)";
         if (vector == ExceptionVector.PageFault && (cs & 3) == 3 && _space.IsStackGuard(cr2))
         {
@@ -711,6 +763,44 @@ internal sealed class SandboxMachine : IDisposable
         }
 
         return new Outcome(SandboxStatus.GuestFault, -1, signal, $"The program raised {name}{where}: {fault}", fault);
+    }
+
+    /// <summary>
+    /// A fault at CPL 3 whose signal the program handles: the handler's frame is built on the user stack and the vCPU
+    /// resumes in the handler. False when the signal takes its default action (the run ends with the fault).
+    /// </summary>
+    private bool DeliverFault(int vector, int signal, ulong[] frame, bool hasError, ulong error, ulong rip, ulong cr2)
+    {
+        int at = hasError ? 1 : 0;
+        var user = _vcpu.GetGeneralRegisters();
+        user.Rip = rip;
+        user.Rflags = frame[at + 2];
+        user.Rsp = frame[at + 3];
+        // si_code and si_addr as Linux's traps.c and fault.c set them.
+        (int code, ulong address) = vector switch
+        {
+            ExceptionVector.PageFault => ((error & 1) != 0 ? 2 : 1, cr2), // SEGV_ACCERR, SEGV_MAPERR
+            ExceptionVector.DivideError => (1, rip), // FPE_INTDIV
+            ExceptionVector.X87FloatingPoint or ExceptionVector.SimdFloatingPoint => (7, rip), // FPE_FLTINV
+            ExceptionVector.InvalidOpcode => (2, rip), // ILL_ILLOPN
+            ExceptionVector.AlignmentCheck => (1, 0UL), // BUS_ADRALN
+            ExceptionVector.Debug => (2, rip), // TRAP_TRACE
+            _ => (0x80, 0UL), // SI_KERNEL: #BP (int3), #GP and the rest
+        };
+        var change = _abi.DeliverFault(signal, code, address, user, _vcpu.GetXsaveState(), vector, error, cr2);
+        if (change is not { } c)
+        {
+            return false;
+        }
+
+        string? failure = _threads.LoadUser(c.Registers, c.Xsave, () => Converge(ExitKind.Stub));
+        if (failure is not null)
+        {
+            _broken = true;
+            return false;
+        }
+
+        return true;
     }
 
     // ---- snapshot ------------------------------------------------------------------------

@@ -87,7 +87,8 @@ internal static class Supervisor
         }
 
         memory.Write(new GuestAddress(GuestLayout.CodePhysical), Code.Value);
-        memory.Write(new GuestAddress(GuestLayout.TrampolinePhysical), Trampoline.Value);
+        memory.Write(new GuestAddress(GuestLayout.TrampolinePhysical), Vdso.Image);
+        memory.Write(new GuestAddress(GuestLayout.TrampolinePhysical + (GuestLayout.TrampolineAddress - GuestLayout.VdsoAddress)), Trampoline.Value);
     }
 
     /// <summary>The SYSCALL MSRs: STAR (selectors), LSTAR (the trampoline), FMASK (flags cleared on entry).</summary>

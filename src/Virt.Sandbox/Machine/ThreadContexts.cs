@@ -138,7 +138,28 @@ internal sealed class ThreadContexts(IVirtualCpu vcpu, GuestMemory memory, Linux
             return "The vCPU could not be brought to a state where another thread can be loaded.";
         }
 
-        var regs = context.Registers;
+        Resume(context.Registers, context.Xsave);
+        setFsBase(thread.FsBase);
+        thread.Context = null;
+        abi.Switched(thread);
+        return null;
+    }
+
+    /// <summary>Resumes the thread on the vCPU in <paramref name="regs"/> and <paramref name="xsave"/> instead of where its call returns (a signal handler, or rt_sigreturn's context).</summary>
+    public string? LoadUser(in GeneralRegisters regs, XsaveState xsave, Func<bool> toStub)
+    {
+        if (!toStub())
+        {
+            return "The vCPU could not be brought to a state where a signal handler can be entered.";
+        }
+
+        Resume(regs, xsave);
+        return null;
+    }
+
+    /// <summary>Writes the <c>iretq</c> frame for <paramref name="regs"/> (RFLAGS sanitised, CS and SS the user selectors) and points the vCPU at the shared <c>iretq</c>.</summary>
+    private void Resume(in GeneralRegisters regs, XsaveState xsave)
+    {
         ulong userFlags = (regs.Rflags & Supervisor.UserFlagsMask) | Supervisor.InitialUserFlags;
         Span<ulong> iret = [regs.Rip, GuestLayout.UserCode, userFlags, regs.Rsp, GuestLayout.UserData];
         memory.Write(new GuestAddress(ResumeFrame - GuestLayout.SupervisorBase), MemoryMarshal.AsBytes(iret));
@@ -147,10 +168,6 @@ internal sealed class ThreadContexts(IVirtualCpu vcpu, GuestMemory memory, Linux
         kernel.Rip = GuestLayout.ResumeAddress;
         kernel.Rflags = Rflags.Fixed;
         vcpu.SetGeneralRegisters(kernel);
-        vcpu.SetXsaveState(context.Xsave);
-        setFsBase(thread.FsBase);
-        thread.Context = null;
-        abi.Switched(thread);
-        return null;
+        vcpu.SetXsaveState(xsave);
     }
 }
