@@ -73,20 +73,39 @@ static async Task<int> SendAsync(BackendKind backend, CancellationToken ct)
     using var listener = new TcpListener(IPAddress.Loopback, 0);
     listener.Start();
     var receiver = StartReceiver(((IPEndPoint)listener.LocalEndpoint).Port, backend);
-    var relay = RelayAsync(receiver);
+    var destinationClock = new DestinationClock();
+    var relay = RelayAsync(receiver, destinationClock);
+    long pausedAt, lastByteAt;
     using (var client = await listener.AcceptTcpClientAsync(ct))
     await using (var stream = client.GetStream())
     {
+        long start = Stopwatch.GetTimestamp();
         var report = await vm.MigrateAsync(stream, cancellationToken: ct);
-        Console.WriteLine($"[source] sent {report.PagesSent} pages ({report.BytesSent / 1024} KiB) in {report.Rounds} rounds, "
+        pausedAt = start + Ticks(report.Duration - report.Downtime);
+        lastByteAt = start + Ticks(report.Duration);
+        var steps = report.DowntimeSteps;
+        Console.WriteLine($"[source] sent {report.PagesSent} pages ({report.ZeroPagesSent} zero, {report.BytesSent / 1024} KiB) in {report.Rounds} rounds, "
             + $"{report.Duration.TotalMilliseconds:F0} ms in all; the guest was paused for {report.Downtime.TotalMilliseconds:F1} ms ({report.PagesSentPaused} pages)");
+        Console.WriteLine($"[source] pause: {Ms(steps.Pause)} vCPU stop, {Ms(steps.Quiesce)} device quiesce, {Ms(steps.LastPages)} last pages, "
+            + $"{Ms(steps.SaveState)} state save, {Ms(steps.SendState)} state send and flush");
     }
 
     await receiver.WaitForExitAsync(ct);
     await relay;
+    if (destinationClock.RestoredAt is long restored && destinationClock.RunningAt is long running)
+    {
+        // Stopwatch timestamps are the system's monotonic clock, the same in both processes.
+        Console.WriteLine($"[source] downtime end to end (paused here to running there): {Ms(Stopwatch.GetElapsedTime(pausedAt, running))}; "
+            + $"of it, the destination's restore after the last byte: {Ms(Stopwatch.GetElapsedTime(lastByteAt, restored))}, its resume: {Ms(Stopwatch.GetElapsedTime(restored, running))}");
+    }
+
     Console.WriteLine($"[source] the receiving process exited with {receiver.ExitCode}");
     return receiver.ExitCode;
 }
+
+static long Ticks(TimeSpan span) => (long)(span.TotalSeconds * Stopwatch.Frequency);
+
+static string Ms(TimeSpan span) => $"{span.TotalMilliseconds:F1} ms";
 
 static async Task<int> ReceiveAsync(int port, BackendKind backend, CancellationToken ct)
 {
@@ -96,9 +115,12 @@ static async Task<int> ReceiveAsync(int port, BackendKind backend, CancellationT
     var console = new GuestConsole();
     var clock = Stopwatch.StartNew();
     await using var vm = await VirtualMachine.ReceiveMigrationAsync(stream, b => b.WithBackend(backend).WithSerialConsole(console), ct);
+    long restoredAt = Stopwatch.GetTimestamp();
     Console.WriteLine($"[destination {Environment.ProcessId}] received and restored the VM in {clock.Elapsed.TotalMilliseconds:F0} ms (from the first byte)");
     clock.Restart();
     await vm.ResumeAsync(ct);
+    long runningAt = Stopwatch.GetTimestamp();
+    Console.WriteLine($"[destination {Environment.ProcessId}] clock {restoredAt} {runningAt}");
     await vm.WriteToSerialConsoleAsync("echo MOVED-$((6*7)) $(uname -r)\n"u8.ToArray(), ct);
     await console.WaitForLineAsync("MOVED-42", ct);
     string line = console.Text.Split('\n').Select(l => l.TrimEnd('\r')).Last(l => l.StartsWith("MOVED-42", StringComparison.Ordinal));
@@ -124,13 +146,16 @@ static Process StartReceiver(int port, BackendKind backend)
     return Process.Start(psi) ?? throw new InvalidOperationException("Could not start the receiving process.");
 }
 
-static async Task RelayAsync(Process p)
+static async Task RelayAsync(Process p, DestinationClock clock)
 {
     var output = Task.Run(async () =>
     {
         while (await p.StandardOutput.ReadLineAsync() is { } line)
         {
-            Console.WriteLine(line);
+            if (!clock.TryRead(line))
+            {
+                Console.WriteLine(line);
+            }
         }
     });
     var errors = Task.Run(async () =>
@@ -152,6 +177,27 @@ static string FindRoot()
     }
 
     return dir?.FullName ?? Directory.GetCurrentDirectory();
+}
+
+/// <summary>When the destination had restored the VM and had it running, as it reports them (monotonic Stopwatch timestamps).</summary>
+internal sealed class DestinationClock
+{
+    public long? RestoredAt { get; private set; }
+
+    public long? RunningAt { get; private set; }
+
+    public bool TryRead(string line)
+    {
+        var parts = line.Split(' ');
+        if (parts.Length != 5 || parts[2] != "clock" || !long.TryParse(parts[3], System.Globalization.CultureInfo.InvariantCulture, out long restored)
+            || !long.TryParse(parts[4], System.Globalization.CultureInfo.InvariantCulture, out long running))
+        {
+            return false;
+        }
+
+        (RestoredAt, RunningAt) = (restored, running);
+        return true;
+    }
 }
 
 /// <summary>A guest console kept as text, with waits for text to appear.</summary>

@@ -25,10 +25,7 @@ internal static class MachineSnapshot
     /// </summary>
     public static void Write(SnapshotWriter writer, VirtualMachineConfiguration config, AssembledMachine machine, BackendSelection selection, bool includeMemory = true)
     {
-        var description = Describe(config, machine, selection);
-        var w = new StateWriter();
-        description.Write(w);
-        writer.AddSection(MachineDescription.SectionName, MachineDescription.Version, w.WrittenMemory.Span);
+        WriteDescription(writer, config, machine, selection);
         foreach (var state in machine.Partition.PersistentState)
         {
             writer.AddState(state);
@@ -54,6 +51,51 @@ internal static class MachineSnapshot
         var memory = machine.Memory;
         writer.AddMemory(MemorySection, memory.TotalSize, (offset, page) => memory.Read(RamLayout.ToGuestAddress(offset), page));
     }
+
+    /// <summary>
+    /// Writes the machine's description section alone: what a migration sends ahead of its last pages so the receiver
+    /// can build the machine meanwhile. It does not change while the VM runs, so the VM need not be paused.
+    /// </summary>
+    public static void WriteDescription(SnapshotWriter writer, VirtualMachineConfiguration config, AssembledMachine machine, BackendSelection selection)
+    {
+        var w = new StateWriter();
+        Describe(config, machine, selection).Write(w);
+        writer.AddSection(MachineDescription.SectionName, MachineDescription.Version, w.WrittenMemory.Span);
+    }
+
+    /// <summary>
+    /// Saves the state of a machine built for a restore and not yet run, and loads it back into it: the machine is as it
+    /// was, and the code that loads a state has run once, so a migration's last step (load the state the sender sends
+    /// while its guest is paused) does not wait for it to be compiled. A failure here is left to that real load to report.
+    /// </summary>
+    public static void RehearseRestore(VirtualMachineConfiguration config, AssembledMachine machine, BackendSelection selection)
+    {
+        var buffer = new MemoryStream();
+        using (var writer = new SnapshotWriter(buffer, leaveOpen: true))
+        {
+            Write(writer, config, machine, selection, includeMemory: false);
+            writer.Complete();
+        }
+
+        var file = File.OpenHandle(Path.Combine(Path.GetTempPath(), $"virt-rehearsal-{Guid.NewGuid():N}.state"), FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, FileOptions.DeleteOnClose);
+        try
+        {
+            RandomAccess.Write(file, buffer.GetBuffer().AsSpan(0, (int)buffer.Length), 0);
+            using var reader = SnapshotReader.Open(file);
+            Restore(reader, machine, selection);
+        }
+        catch (Exception e) when (e is SnapshotFormatException or InvalidOperationException or ArgumentException or IOException)
+        {
+            // Only a warm-up: the state that counts is loaded and checked later.
+        }
+        finally
+        {
+            file.Dispose();
+        }
+    }
+
+    /// <summary>The raw bytes of the machine description section, to compare two snapshots' machines.</summary>
+    public static byte[] DescriptionBytes(SnapshotReader reader) => reader.ReadState(MachineDescription.SectionName);
 
     private static MachineDescription Describe(VirtualMachineConfiguration config, AssembledMachine machine, BackendSelection selection) => new()
     {

@@ -43,7 +43,7 @@ public sealed partial class VirtualMachine
 
         try
         {
-            return await MigrationSource.RunAsync(this, _machine, _config.TrackDirtyPages, destination, options ?? new MigrationOptions(), cancellationToken).ConfigureAwait(false);
+            return await MigrationSource.RunAsync(this, _machine, _config, destination, options ?? new MigrationOptions(), cancellationToken).ConfigureAwait(false);
         }
         finally
         {

@@ -116,6 +116,17 @@ public sealed partial class VirtualMachine
     /// <summary>Builds the machine a snapshot describes around the caller's host parts and loads its state; the VM comes back paused.</summary>
     internal static async Task<VirtualMachine> RestoreCoreAsync(SnapshotSource source, Func<VirtualMachineBuilder, VirtualMachineBuilder>? configure, CancellationToken cancellationToken)
     {
+        var vm = await BuildForRestoreAsync(source, configure, cancellationToken).ConfigureAwait(false);
+        await vm.FinishRestoreAsync(source.Reader, cancellationToken).ConfigureAwait(false);
+        return vm;
+    }
+
+    /// <summary>
+    /// Builds the machine <paramref name="source"/> describes around the caller's host parts and checks they fit, without
+    /// loading any state: <see cref="FinishRestoreAsync"/> does that (a migration builds the machine while pages still arrive).
+    /// </summary>
+    internal static async Task<VirtualMachine> BuildForRestoreAsync(SnapshotSource source, Func<VirtualMachineBuilder, VirtualMachineBuilder>? configure, CancellationToken cancellationToken)
+    {
         var builder = new VirtualMachineBuilder(MachineSnapshot.BaseConfiguration(source.Description));
         builder = configure?.Invoke(builder) ?? builder;
         var config = MachineSnapshot.Reconcile(builder.Configuration, source.Description) with { Restore = source };
@@ -125,14 +136,31 @@ public sealed partial class VirtualMachine
             MachineSnapshot.CheckDevices(source.Description, vm._machine);
             MachineSnapshot.CheckCpuid(source.Description, vm._machine, vm.BackendSelection);
             cancellationToken.ThrowIfCancellationRequested();
-            MachineSnapshot.Restore(source.Reader, vm._machine, vm.BackendSelection);
-            vm._restoredNotStarted = true;
-            vm.SetState(VirtualMachineState.Paused);
             return vm;
         }
         catch
         {
             await vm.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>For a machine <see cref="BuildForRestoreAsync"/> built: runs the load of a state once on its own, so the real one is quick (see <see cref="MachineSnapshot.RehearseRestore"/>).</summary>
+    internal void RehearseRestore() => MachineSnapshot.RehearseRestore(_config, _machine, BackendSelection);
+
+    /// <summary>Loads the partition, device and vCPU state in <paramref name="reader"/> into a machine <see cref="BuildForRestoreAsync"/> built; it is disposed if that fails, and otherwise comes back paused.</summary>
+    internal async Task FinishRestoreAsync(SnapshotReader reader, CancellationToken cancellationToken)
+    {
+        try
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            MachineSnapshot.Restore(reader, _machine, BackendSelection);
+            _restoredNotStarted = true;
+            SetState(VirtualMachineState.Paused);
+        }
+        catch
+        {
+            await DisposeAsync().ConfigureAwait(false);
             throw;
         }
     }

@@ -22,6 +22,13 @@ if (args is ["smp-boot", ..])
     return;
 }
 
+// Live migration of a busy appliance through a loopback socket, cold then warm: dotnet run -c Release --project tests/Virt.Benchmarks -- migrate [runs]
+if (args is ["migrate", ..])
+{
+    await Virt.Benchmarks.Linux.MigrationDowntime.RunAsync(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 3);
+    return;
+}
+
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
 
 /// <summary>Entry point type for the benchmark switcher.</summary>

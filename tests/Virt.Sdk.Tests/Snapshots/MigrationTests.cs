@@ -97,6 +97,8 @@ public sealed class MigrationTests
         Assert.True(report.Rounds >= (dirtyPageTracking ? 2 : 1), $"{report}");
         Assert.True(report.PagesSent >= Pages, $"{report}");
         Assert.True(report.Downtime <= report.Duration, $"{report}");
+        var steps = report.DowntimeSteps;
+        Assert.Equal(report.Downtime, steps.Pause + steps.Quiesce + steps.LastPages + steps.SaveState + steps.SendState);
 
         // The destination holds what the source held when it paused: registers and every page of the area.
         var regs = source.GetRegisters(0);
@@ -140,6 +142,95 @@ public sealed class MigrationTests
             catch (SnapshotFormatException)
             {
             }
+        }
+    }
+
+    [Fact]
+    public async Task A_page_sent_as_a_zero_marker_arrives_as_zeros()
+    {
+        var (bytes, frames) = await MigrationOfAnIdleGuestAsync();
+        var state = frames.Single(f => f.Kind == 2);
+
+        // A pages frame, spliced in before the state, that marks the program's first page (not zero) as zero.
+        var marker = new byte[5 + 8];
+        marker[0] = 1;
+        BitConverter.TryWriteBytes(marker.AsSpan(1), 1);
+        BitConverter.TryWriteBytes(marker.AsSpan(5), Load | 1);
+        var stream = new MemoryStream();
+        stream.Write(bytes, 0, state.Offset);
+        stream.Write(marker);
+        stream.Write(bytes, state.Offset, bytes.Length - state.Offset);
+        stream.Position = 0;
+        await using var restored = await VirtualMachine.ReceiveMigrationAsync(stream, b => b.WithInterpreter(), Ct);
+        var page = new byte[4096];
+        restored.Memory.Read(new GuestAddress(Load), page);
+        Assert.False(page.AsSpan().ContainsAnyExcept((byte)0), "the page marked zero kept data");
+    }
+
+    [Fact]
+    public async Task A_stream_out_of_order_or_with_a_bad_page_entry_is_refused_naming_the_field()
+    {
+        var (bytes, frames) = await MigrationOfAnIdleGuestAsync();
+        var machine = frames.Single(f => f.Kind == 4);
+        var state = frames.Single(f => f.Kind == 2);
+        var pages = frames.First(f => f.Kind == 1);
+
+        // The state without the machine's description before it.
+        var noMachine = bytes[..machine.Offset].Concat(bytes[state.Offset..]).ToArray();
+        var e = await Assert.ThrowsAsync<SnapshotFormatException>(() => VirtualMachine.ReceiveMigrationAsync(new MemoryStream(noMachine), b => b.WithInterpreter(), Ct));
+        Assert.Contains("before the machine", e.Message, StringComparison.Ordinal);
+
+        // The machine described twice.
+        var twice = bytes[..state.Offset].Concat(bytes[machine.Offset..(machine.Offset + machine.Length)]).Concat(bytes[state.Offset..]).ToArray();
+        e = await Assert.ThrowsAsync<SnapshotFormatException>(() => VirtualMachine.ReceiveMigrationAsync(new MemoryStream(twice), b => b.WithInterpreter(), Ct));
+        Assert.Contains("second machine frame", e.Message, StringComparison.Ordinal);
+
+        // A page entry with a low bit other than the zero-page flag, and one past the end of RAM.
+        foreach (ulong entry in new ulong[] { Load | 2, Load | 0x801, 1UL << 40 })
+        {
+            var bad = (byte[])bytes.Clone();
+            BitConverter.TryWriteBytes(bad.AsSpan(pages.Offset + 5), entry);
+            e = await Assert.ThrowsAsync<SnapshotFormatException>(() => VirtualMachine.ReceiveMigrationAsync(new MemoryStream(bad), b => b.WithInterpreter(), Ct));
+            Assert.Contains("page address", e.Message, StringComparison.Ordinal);
+        }
+    }
+
+    /// <summary>The migration stream of a created, never-run guest, and where each of its frames starts (kind, offset, length).</summary>
+    private static async Task<(byte[] Bytes, List<(byte Kind, int Offset, int Length)> Frames)> MigrationOfAnIdleGuestAsync()
+    {
+        await using var vm = FlatGuestVm.Builder("interpreter").WithFlatBinary(Program(), new GuestAddress(Load)).WithEntryPoint(new GuestAddress(Load), StartMode.Long64).Build();
+        var full = new MemoryStream();
+        var report = await vm.MigrateAsync(full, cancellationToken: Ct);
+        Assert.Equal(0, report.ZeroPagesSent);
+        var bytes = full.ToArray();
+        var frames = new List<(byte Kind, int Offset, int Length)>();
+        int at = 20;
+        while (at < bytes.Length)
+        {
+            byte kind = bytes[at];
+            int length = kind switch
+            {
+                1 => 5 + Count(bytes, at),
+                2 or 4 => 9 + (int)BitConverter.ToInt64(bytes, at + 1),
+                _ => throw new InvalidDataException($"frame kind {kind} at {at}"),
+            };
+            frames.Add((kind, at, length));
+            at += length;
+        }
+
+        Assert.Equal(bytes.Length, at);
+        return (bytes, frames);
+
+        static int Count(byte[] b, int at)
+        {
+            int n = BitConverter.ToInt32(b, at + 1);
+            int withData = 0;
+            for (int i = 0; i < n; i++)
+            {
+                withData += (BitConverter.ToUInt64(b, at + 5 + (i * 8)) & 1) == 0 ? 1 : 0;
+            }
+
+            return (n * 8) + (withData * 4096);
         }
     }
 
