@@ -31,10 +31,13 @@ public sealed class SampleTests
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken);
         var stderr = p.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
-        if (!p.WaitForExit(TimeSpan.FromMinutes(4)))
+        // Linux samples boot a kernel on the interpreter: generous on a loaded machine, and what the sample printed
+        // so far goes into the failure so a slow run can be told from a stuck one.
+        if (!p.WaitForExit(TimeSpan.FromMinutes(8)))
         {
             p.Kill(entireProcessTree: true);
-            Assert.Fail($"sample {name} did not finish");
+            p.WaitForExit();
+            Assert.Fail($"sample {name} did not finish in 8 minutes; it printed:\n{stdout.Result}{stderr.Result}");
         }
 
         return (p.ExitCode, stdout.Result + stderr.Result);
