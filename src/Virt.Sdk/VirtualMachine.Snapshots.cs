@@ -55,7 +55,7 @@ public sealed partial class VirtualMachine
     /// </summary>
     internal async Task WriteSnapshotAsync(SnapshotWriter writer, bool includeMemory, bool quiesceDevices, CancellationToken cancellationToken)
     {
-        await _lifecycle.WaitAsync(cancellationToken).ConfigureAwait(false);
+        await EnterLifecycleAsync(cancellationToken).ConfigureAwait(false);
         try
         {
             RequireSnapshotState();

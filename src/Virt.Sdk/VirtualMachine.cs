@@ -132,7 +132,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
     /// <exception cref="InvalidOperationException">The VM is not in the Created state.</exception>
     public async Task StartAsync(CancellationToken cancellationToken = default)
     {
-        await _lifecycle.WaitAsync(cancellationToken).ConfigureAwait(false);
+        await EnterLifecycleAsync(cancellationToken).ConfigureAwait(false);
         try
         {
             ThrowIfDisposed();
@@ -185,7 +185,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
     /// <exception cref="InvalidOperationException">The VM is not running.</exception>
     public async Task PauseAsync(CancellationToken cancellationToken = default)
     {
-        await _lifecycle.WaitAsync(cancellationToken).ConfigureAwait(false);
+        await EnterLifecycleAsync(cancellationToken).ConfigureAwait(false);
         try
         {
             ThrowIfDisposed();
@@ -217,7 +217,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
     /// <exception cref="InvalidOperationException">The VM is not paused.</exception>
     public async Task ResumeAsync(CancellationToken cancellationToken = default)
     {
-        await _lifecycle.WaitAsync(cancellationToken).ConfigureAwait(false);
+        await EnterLifecycleAsync(cancellationToken).ConfigureAwait(false);
         try
         {
             ThrowIfDisposed();
@@ -251,7 +251,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
     /// </summary>
     public async Task<VirtualMachineExit> StopAsync(CancellationToken cancellationToken = default)
     {
-        await _lifecycle.WaitAsync(cancellationToken).ConfigureAwait(false);
+        await EnterLifecycleAsync(cancellationToken).ConfigureAwait(false);
         try
         {
             ThrowIfDisposed();
@@ -463,5 +463,32 @@ public sealed partial class VirtualMachine : IAsyncDisposable
         }
     }
 
-    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0 && State == VirtualMachineState.Disposed, this);
+    private void ThrowIfDisposed()
+    {
+        if (Volatile.Read(ref _disposed) != 0 && State == VirtualMachineState.Disposed)
+        {
+            throw DisposedException();
+        }
+    }
+
+    /// <summary>Takes the lifecycle lock; a VM disposed before or while waiting is reported by its name, not as the lock.</summary>
+    private async Task EnterLifecycleAsync(CancellationToken cancellationToken)
+    {
+        if (Volatile.Read(ref _disposed) != 0)
+        {
+            throw DisposedException();
+        }
+
+        try
+        {
+            await _lifecycle.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (ObjectDisposedException)
+        {
+            throw DisposedException();
+        }
+    }
+
+    private ObjectDisposedException DisposedException() =>
+        new($"VirtualMachine '{Name}'", $"The VM '{Name}' has been disposed. Build a new one with VirtualMachine.CreateBuilder() (or restore a snapshot) to run the guest again.");
 }

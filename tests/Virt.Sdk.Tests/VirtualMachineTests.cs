@@ -206,6 +206,15 @@ public sealed class VirtualMachineTests
         await vm.DisposeAsync();
         await vm.DisposeAsync();
         Assert.Equal(VirtualMachineState.Disposed, vm.State);
+
+        // A disposed VM is named in the exception, not the lock inside it.
+        foreach (var call in new Func<Task>[] { () => vm.StartAsync(ct), () => vm.PauseAsync(ct), () => vm.ResumeAsync(ct), () => vm.StopAsync(ct) })
+        {
+            var disposed = await Assert.ThrowsAsync<ObjectDisposedException>(call);
+            Assert.Contains(vm.Name, disposed.ObjectName, StringComparison.Ordinal);
+            Assert.Contains("CreateBuilder", disposed.Message, StringComparison.Ordinal);
+            Assert.DoesNotContain("Semaphore", disposed.Message, StringComparison.Ordinal);
+        }
     }
 
     [Fact]
