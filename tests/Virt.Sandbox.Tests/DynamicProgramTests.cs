@@ -35,20 +35,7 @@ public sealed class DynamicProgramTests
         ["python3-json"] = new("/usr/bin/python3", ["-c", "import json, sys; print(json.dumps({'a': [1, 2.5, None]}, sort_keys=True)); sys.exit(3)"]),
     };
 
-    public static TheoryData<string, BackendKind> Cases
-    {
-        get
-        {
-            var data = new TheoryData<string, BackendKind>();
-            foreach (var name in Jobs.Keys)
-            {
-                data.Add(name, BackendKind.Kvm);
-                data.Add(name, BackendKind.Interpreter);
-            }
-
-            return data;
-        }
-    }
+    public static TheoryData<string, BackendKind> Cases => BackendCases.OnBothBackends(Jobs.Keys);
 
     [Theory]
     [MemberData(nameof(Cases))]
@@ -56,10 +43,7 @@ public sealed class DynamicProgramTests
     {
         var job = Jobs[name];
         RequireProgram(job.Program);
-        if (backend == BackendKind.Kvm)
-        {
-            HostRequirements.RequireKvm();
-        }
+        BackendCases.Require(backend);
 
         var native = RunNative(job.Program, job.Arguments, job.Stdin);
         await using var sandbox = Sandbox.CreateBuilder()

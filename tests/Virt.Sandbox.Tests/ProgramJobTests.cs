@@ -51,26 +51,13 @@ public sealed class ProgramJobTests
         ["tee-and-diff"] = new("echo line | tee t1 > t2; cmp t1 t2 && echo same; diff t1 t2; echo $?"),
     };
 
-    public static TheoryData<string, BackendKind> ShellCases
-    {
-        get
-        {
-            var data = new TheoryData<string, BackendKind>();
-            foreach (var name in ShellJobs.Keys)
-            {
-                data.Add(name, BackendKind.Kvm);
-                data.Add(name, BackendKind.Interpreter);
-            }
-
-            return data;
-        }
-    }
+    public static TheoryData<string, BackendKind> ShellCases => BackendCases.OnBothBackends(ShellJobs.Keys);
 
     [Theory]
     [MemberData(nameof(ShellCases))]
     public async Task Busybox_shell_job_matches_native(string name, BackendKind backend)
     {
-        RequireBackend(backend);
+        BackendCases.Require(backend);
         string busybox = Busybox.PathOrSkip();
         var job = ShellJobs[name];
         var files = job.WithInput ? new[] { ("input.txt", Lines) } : [];
@@ -92,26 +79,13 @@ public sealed class ProgramJobTests
         AssertSameAsNative(native, result);
     }
 
-    public static TheoryData<string, BackendKind> CCases
-    {
-        get
-        {
-            var data = new TheoryData<string, BackendKind>();
-            foreach (var name in new[] { "pipes", "files", "threads", "forkexec" })
-            {
-                data.Add(name, BackendKind.Kvm);
-                data.Add(name, BackendKind.Interpreter);
-            }
-
-            return data;
-        }
-    }
+    public static TheoryData<string, BackendKind> CCases => BackendCases.OnBothBackends(new[] { "pipes", "files", "threads", "forkexec" });
 
     [Theory]
     [MemberData(nameof(CCases))]
     public async Task C_program_matches_native(string program, BackendKind backend)
     {
-        RequireBackend(backend);
+        BackendCases.Require(backend);
         string path = CPrograms.PathOf(program);
         var native = RunNative(path, [], "", []);
         await using var sandbox = Sandbox.CreateBuilder().WithExecutable(CPrograms.Get(program)).WithBackend(backend)
@@ -133,14 +107,6 @@ public sealed class ProgramJobTests
         Assert.True(result.Status == SandboxStatus.Exited, $"{result} {result.Message} {result.StderrText}");
         Assert.Contains("status=1", result.StdoutText, StringComparison.Ordinal);
         Assert.Contains("No space left on device", result.StderrText, StringComparison.Ordinal);
-    }
-
-    private static void RequireBackend(BackendKind backend)
-    {
-        if (backend == BackendKind.Kvm)
-        {
-            HostRequirements.RequireKvm();
-        }
     }
 
     private static (int ExitCode, string Stdout, string Stderr) RunNative(string file, string[] args, string stdin, (string Name, string Content)[] files)

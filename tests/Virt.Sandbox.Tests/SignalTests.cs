@@ -26,34 +26,13 @@ public sealed class SignalTests
         ["vdso"] = "clock=1 getcpu=0 cpu_ok=1 einval=1 fails=0\n",
     };
 
-    public static TheoryData<string, BackendKind> Scenarios
-    {
-        get
-        {
-            var data = new TheoryData<string, BackendKind>();
-            foreach (var name in SameAsNative.Keys)
-            {
-                data.Add(name, BackendKind.Kvm);
-                data.Add(name, BackendKind.Interpreter);
-            }
-
-            return data;
-        }
-    }
+    public static TheoryData<string, BackendKind> Scenarios => BackendCases.OnBothBackends(SameAsNative.Keys);
 
     public static TheoryData<BackendKind> Backends => [BackendKind.Kvm, BackendKind.Interpreter];
 
-    private static void RequireBackend(BackendKind backend)
-    {
-        if (backend == BackendKind.Kvm)
-        {
-            HostRequirements.RequireKvm();
-        }
-    }
-
     private static async Task<SandboxResult> RunAsync(BackendKind backend, params string[] args)
     {
-        RequireBackend(backend);
+        BackendCases.Require(backend);
         await using var sandbox = Sandbox.CreateBuilder().WithExecutable(CPrograms.Get("signals")).WithArguments(args)
             .WithBackend(backend).WithTimeLimit(TimeSpan.FromSeconds(60)).Build();
         var result = await sandbox.RunAsync(default, Ct);
@@ -132,7 +111,7 @@ public sealed class SignalTests
     [MemberData(nameof(Backends))]
     public async Task Busybox_trap_runs_on_a_signal_the_shell_sends_itself(BackendKind backend)
     {
-        RequireBackend(backend);
+        BackendCases.Require(backend);
         string busybox = Busybox.PathOrSkip();
         const string Script = "trap \"echo got\" USR1; kill -USR1 $$; echo after";
         var native = CPrograms.Run(busybox, ["sh", "-c", Script]);
