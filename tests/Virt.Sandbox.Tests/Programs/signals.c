@@ -63,16 +63,29 @@ static int alarm_pause(void)
     return 0;
 }
 
+static volatile long third_interval = -1;
+
+static void on_tick_third(int sig)
+{
+    (void)sig;
+    if (++hits == 3)
+    {
+        // Read and disarm in the handler that ends the count: a slow run must not see a fourth tick.
+        struct itimerval cur;
+        getitimer(ITIMER_REAL, &cur);
+        third_interval = (long)cur.it_interval.tv_usec;
+        struct itimerval off = { { 0, 0 }, { 0, 0 } };
+        setitimer(ITIMER_REAL, &off, NULL);
+    }
+}
+
 static int itimer(void)
 {
-    signal(SIGALRM, on_count);
+    signal(SIGALRM, on_tick_third);
     struct itimerval it = { { 0, 20000 }, { 0, 20000 } };
     if (setitimer(ITIMER_REAL, &it, NULL) != 0) { perror("setitimer"); return 1; }
     while (hits < 3) pause();
-    struct itimerval cur;
-    getitimer(ITIMER_REAL, &cur);
-    struct itimerval off = { { 0, 0 }, { 0, 0 } };
-    setitimer(ITIMER_REAL, &off, NULL);
+    struct itimerval cur = { { 0, third_interval }, { 0, 0 } };
     printf("hits=%d interval=%ld\n", (int)hits, (long)cur.it_interval.tv_usec);
     return 0;
 }
