@@ -24,13 +24,16 @@ public sealed partial class VirtualMachineBuilder
     /// chain) or a Virt.Sdk overlay, detected from its contents. The VM opens the image when it is built (locking it
     /// against other VMs and QEMU) and closes it when disposed.
     /// </summary>
-    /// <exception cref="FileNotFoundException">The image does not exist.</exception>
+    /// <exception cref="DiskImageException">The image does not exist (<see cref="DiskImageError.NotFound"/>), the same
+    /// exception <see cref="DiskImage.Open"/> throws for it; permission and lock problems surface from the same family
+    /// when the VM is built.</exception>
     public VirtualMachineBuilder WithVirtioBlock(string imagePath, bool readOnly = false)
     {
         ArgumentException.ThrowIfNullOrEmpty(imagePath);
         if (!File.Exists(imagePath))
         {
-            throw new FileNotFoundException($"The disk image '{imagePath}' does not exist. Create it with DiskImage.CreateRaw(path, size) or check the path.", imagePath);
+            throw new DiskImageException(imagePath, DiskImageError.NotFound,
+                $"The disk image '{imagePath}' does not exist. Create it with DiskImage.CreateRaw(path, size) or check the path.");
         }
 
         return AddVirtio("virtio-blk", context =>

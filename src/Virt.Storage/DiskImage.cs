@@ -174,6 +174,10 @@ public static class DiskImage
         {
             throw new DiskImageException(path, DiskImageError.NotFound, $"The disk image '{path}' does not exist. Create it first or fix the path.", e);
         }
+        catch (UnauthorizedAccessException e)
+        {
+            throw AccessDenied(path, readOnly: true, e);
+        }
 
         if (n >= 4 && Qcow2Format.HasMagic(start))
         {
@@ -245,6 +249,10 @@ public static class DiskImage
         catch (IOException e) when (IsSharingViolation(e))
         {
             throw InUse(path, readOnly, e);
+        }
+        catch (UnauthorizedAccessException e)
+        {
+            throw AccessDenied(path, readOnly, e);
         }
 
         // .NET takes the same lock itself unless DOTNET_SYSTEM_IO_DISABLEFILELOCKING is set; taking it here
@@ -324,5 +332,16 @@ public static class DiskImage
         {
             throw new DiskImageException(path, DiskImageError.NotFound, $"The directory of '{path}' does not exist. Create it first.", e);
         }
+        catch (UnauthorizedAccessException e)
+        {
+            throw new DiskImageException(path, DiskImageError.AccessDenied,
+                $"Cannot create the disk image '{path}': permission denied. Choose a directory this user may write to, or change the directory's permissions.", e);
+        }
     }
+
+    /// <summary>The file exists but this process may not open it in the mode asked for.</summary>
+    internal static DiskImageException AccessDenied(string path, bool readOnly, Exception? inner) =>
+        new(path, DiskImageError.AccessDenied, readOnly
+            ? $"Cannot read the disk image '{path}': permission denied. Give this user read access to the file (chmod/chown) or run as a user who has it."
+            : $"Cannot open the disk image '{path}' for writing: permission denied. Attach it read-only (readOnly: true, or PATH:ro in the CLI), put a writable overlay over it (DiskImage.CreateOverlay), or give this user write access.", inner);
 }

@@ -17,6 +17,9 @@ public enum DiskImageError
 
     /// <summary>The file is not what it should be (e.g. not an overlay, or its base changed size).</summary>
     InvalidFormat,
+
+    /// <summary>This process may not open the file (or create it) in the mode asked for: file or directory permissions.</summary>
+    AccessDenied,
 }
 
 /// <summary>

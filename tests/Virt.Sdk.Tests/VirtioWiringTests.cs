@@ -72,8 +72,11 @@ public sealed class VirtioWiringTests
     [Fact]
     public void Missing_disk_image_says_how_to_create_one()
     {
-        var ex = Assert.Throws<FileNotFoundException>(() => VirtualMachine.CreateBuilder().WithVirtioBlock("/nonexistent/disk.img"));
+        var ex = Assert.Throws<DiskImageException>(() => VirtualMachine.CreateBuilder().WithVirtioBlock("/nonexistent/disk.img"));
+        Assert.Equal(DiskImageError.NotFound, ex.Error);
         Assert.Contains("DiskImage.CreateRaw", ex.Message, StringComparison.Ordinal);
+        // The same fault found by the storage layer is the same exception.
+        Assert.Equal(DiskImageError.NotFound, Assert.Throws<DiskImageException>(() => DiskImage.Open("/nonexistent/disk.img")).Error);
     }
 
     [Fact]

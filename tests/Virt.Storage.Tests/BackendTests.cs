@@ -66,6 +66,42 @@ public sealed class BackendTests
         Assert.Equal(DiskImageError.NotFound, Assert.Throws<DiskImageException>(() => DiskImage.CreateOverlay(dir.File("o.img"), dir.File("nope.img"))).Error);
     }
 
+    [Fact]
+    [System.Runtime.Versioning.SupportedOSPlatform("linux")]
+    public void Image_this_user_may_not_write_is_reported_as_access_denied_with_what_to_do()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "Unix file permissions: Linux only.");
+        using var dir = new TempDir();
+        string path = dir.File("ro.img");
+        DiskImage.CreateRaw(path, 1 << 20);
+        File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
+        if (CanOpenForWriting(path))
+        {
+            // Root ignores file modes; a read-only sysfs attribute refuses writers even to root.
+            path = "/sys/devices/system/cpu/online";
+            Assert.False(CanOpenForWriting(path), $"{path} opened for writing; no file here refuses a writer.");
+        }
+
+        var e = Assert.Throws<DiskImageException>(() => DiskImage.OpenRaw(path));
+        Assert.Equal(DiskImageError.AccessDenied, e.Error);
+        Assert.IsType<UnauthorizedAccessException>(e.InnerException);
+        Assert.Contains("read-only", e.Message, StringComparison.Ordinal);
+        Assert.Equal(DiskImageError.AccessDenied, Assert.Throws<DiskImageException>(() => DiskImage.Open(path)).Error);
+
+        static bool CanOpenForWriting(string file)
+        {
+            try
+            {
+                using var handle = File.OpenHandle(file, FileMode.Open, FileAccess.ReadWrite);
+                return true;
+            }
+            catch (UnauthorizedAccessException)
+            {
+                return false;
+            }
+        }
+    }
+
     [Theory]
     [InlineData(1000L)]
     [InlineData(0L)]
