@@ -282,8 +282,11 @@ public sealed partial class VirtualMachine : IAsyncDisposable
 
     /// <summary>
     /// Starts the VM and waits until it stops. Cancelling <paramref name="cancellationToken"/> stops the VM; the
-    /// result then says <see cref="StopReason.Cancelled"/> (no exception is thrown for that).
+    /// result then says <see cref="StopReason.Cancelled"/> (no exception is thrown for that: the VM ran, and the
+    /// result says how far). A token that is already cancelled when the call is made starts nothing and throws
+    /// <see cref="OperationCanceledException"/>, as every other lifecycle call does; the VM stays as it was.
     /// </summary>
+    /// <exception cref="OperationCanceledException">The token was cancelled before the VM started.</exception>
     public async Task<VirtualMachineExit> RunAsync(CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();

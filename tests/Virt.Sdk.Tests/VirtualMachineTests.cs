@@ -117,6 +117,19 @@ public sealed class VirtualMachineTests
         Assert.Equal(VirtualMachineState.Stopped, vm.State);
     }
 
+    [Fact]
+    public async Task A_token_cancelled_before_the_run_starts_nothing_and_throws()
+    {
+        await using var vm = Builder("interpreter")
+            .WithFlatBinary(Code(a => a.hlt()), new GuestAddress(Load))
+            .WithEntryPoint(new GuestAddress(Load))
+            .Build();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => vm.RunAsync(new CancellationToken(canceled: true)));
+        Assert.Equal(VirtualMachineState.Created, vm.State);
+        var exit = await vm.RunAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(StopReason.Halted, exit.Reason);
+    }
+
     [Theory]
     [MemberData(nameof(Backends))]
     public async Task Pause_freezes_the_guest_and_resume_continues_it(string backend)
