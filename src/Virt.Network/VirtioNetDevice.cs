@@ -62,9 +62,24 @@ public sealed class VirtioNetDevice : VirtioDevice, IPersistentState
     private readonly Lock _receiveSync = new();
     private readonly TokenBucket? _txLimit;
     private readonly TokenBucket? _rxLimit;
+    private TokenBucket? _sharedTx;
+    private TokenBucket? _sharedRx;
     private long _framesSent;
     private long _framesReceived;
     private long _framesDropped;
+
+    /// <summary>
+    /// Makes the NIC's frames also pass <paramref name="transmit"/> and <paramref name="receive"/>, byte buckets it shares
+    /// with other NICs (a VM's network budget in a resource pool), on top of its own
+    /// <see cref="VirtioNetOptions.TransmitBytesPerSecond"/> and <see cref="VirtioNetOptions.ReceiveBytesPerSecond"/>:
+    /// transmitted frames wait for tokens, received frames beyond the budget are dropped (as a congested link drops them).
+    /// </summary>
+    /// <remarks>Call it before the guest starts using the device (a VM does it when it is built).</remarks>
+    public void ShareLimits(TokenBucket? transmit, TokenBucket? receive)
+    {
+        Volatile.Write(ref _sharedTx, transmit);
+        Volatile.Write(ref _sharedRx, receive);
+    }
 
     /// <summary>Creates the NIC with address <paramref name="mac"/> and attaches it to <paramref name="backend"/>.</summary>
     public VirtioNetDevice(INetworkBackend backend, MacAddress mac, VirtioNetOptions? options = null)
@@ -218,6 +233,11 @@ public sealed class VirtioNetDevice : VirtioDevice, IPersistentState
                     await _txLimit.ConsumeAsync(length, token).ConfigureAwait(false);
                 }
 
+                if (Volatile.Read(ref _sharedTx) is { } sharedTx)
+                {
+                    await sharedTx.ConsumeAsync(length, token).ConfigureAwait(false);
+                }
+
                 await _backend.SendAsync(buffer.AsMemory(HeaderSize, length), token).ConfigureAwait(false);
                 Interlocked.Increment(ref _framesSent);
             }
@@ -300,7 +320,8 @@ public sealed class VirtioNetDevice : VirtioDevice, IPersistentState
                 return Dropped();
             }
 
-            if (_rxLimit is not null && !_rxLimit.TryConsume(frame.Length))
+            if ((_rxLimit is not null && !_rxLimit.TryConsume(frame.Length))
+                || (Volatile.Read(ref _sharedRx) is { } sharedRx && !sharedRx.TryConsume(frame.Length)))
             {
                 return Dropped();
             }

@@ -85,6 +85,8 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     private readonly byte[] _id = new byte[IdLength];
     private readonly TokenBucket? _bytes;
     private readonly TokenBucket? _ops;
+    private TokenBucket? _sharedBytes;
+    private TokenBucket? _sharedOps;
     private readonly VirtqueueWorker _worker;
 
     /// <summary>Creates the device over <paramref name="backend"/>.</summary>
@@ -248,7 +250,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
             // Reads and writes of one batch run concurrently; anything else (FLUSH above all) waits until every
             // request before it finished, and requests complete in the order the driver made them available.
             running.Clear();
-            bool parallel = batch.Count > 1 && _bytes is null && _ops is null;
+            bool parallel = batch.Count > 1 && !Limited;
             int pendingStart = 0;
             for (int i = 0; i < batch.Count; i++)
             {
@@ -426,7 +428,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     private bool TryReadDirect(IGuestMemory memory, DescriptorChain chain, ulong sector, long length, out long done)
     {
         done = 0;
-        if (_backend is not IVectoredBlockBackend vectored || _bytes is not null || _ops is not null || length == 0 || !InBounds(sector, length)
+        if (_backend is not IVectoredBlockBackend vectored || Limited || length == 0 || !InBounds(sector, length)
             || !TryGetHostBuffers(memory, chain, writable: true, 0, length, out var buffers, out int count))
         {
             return false;
@@ -449,7 +451,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     private bool TryWriteDirect(IGuestMemory memory, DescriptorChain chain, ulong sector)
     {
         long length = chain.ReadableLength - HeaderSize;
-        if (_backend is not IVectoredBlockBackend vectored || IsReadOnly || _bytes is not null || _ops is not null || length <= 0 || !InBounds(sector, length)
+        if (_backend is not IVectoredBlockBackend vectored || IsReadOnly || Limited || length <= 0 || !InBounds(sector, length)
             || !TryGetHostBuffers(memory, chain, writable: false, HeaderSize, length, out var buffers, out int count))
         {
             return false;
@@ -628,17 +630,35 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
         return StatusOk;
     }
 
+    /// <summary>
+    /// Makes the device's requests also wait for <paramref name="bytes"/> and <paramref name="operations"/>, buckets it
+    /// shares with other devices (a VM's disk budget in a resource pool, or one limit over several disks), on top of
+    /// its own <see cref="VirtioBlockOptions.BytesPerSecond"/> and <see cref="VirtioBlockOptions.OperationsPerSecond"/>.
+    /// A limited device serves requests one at a time through a copy, so that every byte is counted.
+    /// </summary>
+    /// <remarks>Call it before the guest starts using the device (a VM does it when it is built).</remarks>
+    /// <param name="bytes">Bytes read and written, or null.</param>
+    /// <param name="operations">Requests, or null.</param>
+    public void ShareLimits(TokenBucket? bytes, TokenBucket? operations)
+    {
+        Volatile.Write(ref _sharedBytes, bytes);
+        Volatile.Write(ref _sharedOps, operations);
+    }
+
+    private bool Limited => _bytes is not null || _ops is not null || _sharedBytes is not null || _sharedOps is not null;
+
     /// <summary>Waits for one operation and <paramref name="bytes"/> bytes; the buckets refill during each other's waits.</summary>
     private async ValueTask ThrottleAsync(long bytes, CancellationToken token)
     {
-        if (_ops is not null)
+        await WaitAsync(_ops, 1, token).ConfigureAwait(false);
+        await WaitAsync(Volatile.Read(ref _sharedOps), 1, token).ConfigureAwait(false);
+        if (bytes > 0)
         {
-            await _ops.ConsumeAsync(1, token).ConfigureAwait(false);
+            await WaitAsync(_bytes, bytes, token).ConfigureAwait(false);
+            await WaitAsync(Volatile.Read(ref _sharedBytes), bytes, token).ConfigureAwait(false);
         }
 
-        if (_bytes is not null && bytes > 0)
-        {
-            await _bytes.ConsumeAsync(bytes, token).ConfigureAwait(false);
-        }
+        static ValueTask WaitAsync(TokenBucket? bucket, long amount, CancellationToken token) =>
+            bucket is null ? ValueTask.CompletedTask : bucket.ConsumeAsync(amount, token);
     }
 }

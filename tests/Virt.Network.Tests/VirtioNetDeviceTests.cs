@@ -70,6 +70,35 @@ public sealed class VirtioNetDeviceTests
     }
 
     [Fact]
+    public void Nics_sharing_a_receive_budget_drop_what_exceeds_it_together_until_it_refills()
+    {
+        var clock = new ManualTimeProvider();
+        var receive = new Virt.Devices.Virtio.TokenBucket(1000, burst: 1000, timeProvider: clock);
+        var transmit = new Virt.Devices.Virtio.TokenBucket(1_000_000, timeProvider: clock);
+        var first = new LoopBackend();
+        var second = new LoopBackend();
+        using var a = new NetRig(first, Guest);
+        using var b = new NetRig(second, Guest);
+        a.Device.ShareLimits(transmit, receive);
+        b.Device.ShareLimits(transmit, receive);
+        a.PostReceiveBuffers(4);
+        b.PostReceiveBuffers(4);
+
+        var frame = NetRig.Frame(Guest, Peer, payload: 586);
+        Assert.True(first.Inject(frame));
+        Assert.False(second.Inject(frame));
+        Assert.Equal(1, receive.ThrottledCount);
+        clock.Advance(TimeSpan.FromSeconds(1));
+        Assert.True(second.Inject(frame));
+        Assert.NotNull(b.TryReceive());
+        Assert.Equal(2L * frame.Length, receive.TotalConsumed);
+
+        b.Send(NetRig.Frame(Peer, Guest, payload: 100));
+        second.WaitForSent(1);
+        Assert.Equal(114, transmit.TotalConsumed);
+    }
+
+    [Fact]
     public void Frame_without_receive_buffers_is_dropped()
     {
         var backend = new LoopBackend();

@@ -144,6 +144,72 @@ public sealed class ResourcePoolTests
         }
     }
 
+    [Fact]
+    public async Task Disk_and_network_limits_become_budgets_the_pool_reports_and_measures()
+    {
+        using var dir = new TempDirectory();
+        string disk1 = Path.Combine(dir.Path, "a.img"), disk2 = Path.Combine(dir.Path, "b.img"), disk3 = Path.Combine(dir.Path, "c.img");
+        foreach (var disk in (string[])[disk1, disk2, disk3])
+        {
+            Virt.Storage.DiskImage.CreateRaw(disk, 1 << 20);
+        }
+
+        var network = new Virt.Network.VirtualNetwork("budget-test");
+        using var pool = new ResourcePool(new ResourcePoolOptions { Cpus = 1, MemoryBytes = 1UL << 30, DiskBytesPerSecond = 100 << 20 });
+        var limited = new ResourceRequest { DiskBytesPerSecond = 10 << 20, DiskBytesPerSecondLimit = 20 << 20, DiskOperationsPerSecondLimit = 1000, NetworkBytesPerSecondLimit = 5 << 20 };
+        await using var capped = SpinningVm("interpreter", pool, "capped", limited)
+            .WithVirtioBlock(disk1).WithVirtioBlock(disk2).WithVirtioNet(network.Attach()).Build();
+        await using var free = SpinningVm("interpreter", pool, "free", new ResourceRequest()).WithVirtioBlock(disk3).Build();
+
+        var usage = pool.GetUsage("capped")!;
+        Assert.Equal(0, usage.DiskBytes);
+        Assert.Equal(0, usage.DiskOperations);
+        Assert.Equal(0, usage.NetworkBytes);
+        Assert.Equal(0, usage.DiskThrottled);
+        var unlimited = pool.GetUsage("free")!;
+        Assert.Null(unlimited.DiskBytes);
+        Assert.Null(unlimited.NetworkBytes);
+
+        // The pool's VMs are in the metrics, tagged by name.
+        var seen = new List<(string Instrument, string? Vm)>();
+        using (var listener = new System.Diagnostics.Metrics.MeterListener())
+        {
+            listener.InstrumentPublished = (instrument, l) =>
+            {
+                if (instrument.Meter.Name == "Virt.Sdk.Resources")
+                {
+                    l.EnableMeasurementEvents(instrument);
+                }
+            };
+            listener.SetMeasurementEventCallback<long>((instrument, _, tags, _) => Record(instrument.Name, tags));
+            listener.SetMeasurementEventCallback<double>((instrument, _, tags, _) => Record(instrument.Name, tags));
+            listener.Start();
+            listener.RecordObservableInstruments();
+        }
+
+        Assert.Contains(("virt.pool.disk.bytes", "capped"), seen);
+        Assert.DoesNotContain(("virt.pool.disk.bytes", "free"), seen);
+        Assert.Contains(("virt.pool.cpu.time", "free"), seen);
+        Assert.Contains(("virt.pool.network.throttled", "capped"), seen);
+
+        // A limit below the VM's own reservation is a configuration error.
+        Assert.Throws<ArgumentException>(() => SpinningVm("interpreter", pool, "odd", new ResourceRequest { DiskBytesPerSecond = 10 << 20, DiskBytesPerSecondLimit = 1 << 20 }).Build());
+
+        void Record(string instrument, ReadOnlySpan<KeyValuePair<string, object?>> tags)
+        {
+            foreach (var tag in tags)
+            {
+                if (tag.Key == "virt.vm.name")
+                {
+                    lock (seen)
+                    {
+                        seen.Add((instrument, tag.Value as string));
+                    }
+                }
+            }
+        }
+    }
+
     private static VirtualMachineBuilder SpinningVm(string backend, ResourcePool pool, string name, ResourceRequest request)
     {
         var code = GuestProgram.Assemble(64, Load, a =>

@@ -251,6 +251,34 @@ public sealed class VirtioBlockDeviceTests
         Assert.Equal(4, backend.Contents[4 * 512]);
     }
 
+    [Fact]
+    public async Task Disks_sharing_a_budget_draw_from_one_bucket_and_wait_for_it_once_it_is_spent()
+    {
+        await using var first = new MemoryBlockBackend(256 * 1024);
+        await using var second = new MemoryBlockBackend(256 * 1024);
+        using var a = new BlockRig(first);
+        using var b = new BlockRig(second);
+        // 64 KiB of burst, refilled at 1 MiB/s: the first request spends it, every later one runs into debt and waits.
+        var bytes = new Virt.Devices.Virtio.TokenBucket(1 << 20, burst: 64 * 1024);
+        var operations = new Virt.Devices.Virtio.TokenBucket(100_000);
+        a.Device.ShareLimits(bytes, operations);
+        b.Device.ShareLimits(bytes, operations);
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.Equal(0, a.Request(Out, (ulong)(i * 128), writeData: Filled(64 * 1024, (byte)(i + 1))).Status);
+            Assert.Equal(0, b.Request(Out, (ulong)(i * 128), writeData: Filled(64 * 1024, (byte)(i + 0x10))).Status);
+        }
+
+        byte[] back = new byte[64 * 1024];
+        Assert.Equal(0, b.Request(In, 256, readLength: back.Length, readInto: back).Status);
+        Assert.Equal(Filled(64 * 1024, 0x12), back);
+        Assert.Equal(7L * 64 * 1024, bytes.TotalConsumed);
+        Assert.Equal(7, operations.TotalConsumed);
+        Assert.InRange(bytes.ThrottledCount, 6, 7);
+        Assert.Equal(0, operations.ThrottledCount);
+        Assert.Equal(3, first.Contents[256 * 512]);
+    }
+
     internal static byte[] Filled(int length, byte value)
     {
         var b = new byte[length];

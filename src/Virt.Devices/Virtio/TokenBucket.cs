@@ -20,6 +20,8 @@ public sealed class TokenBucket
     private readonly TimeProvider _time;
     private double _tokens;
     private long _last;
+    private long _consumed;
+    private long _throttled;
 
     /// <summary>Creates a full bucket.</summary>
     /// <param name="ratePerSecond">Tokens added per second; must be positive.</param>
@@ -43,6 +45,15 @@ public sealed class TokenBucket
     /// <summary>Most tokens the bucket holds (and so the most that pass at once after a quiet spell).</summary>
     public long Burst { get; }
 
+    /// <summary>Tokens taken so far (what passed through the limit: bytes, requests or frames).</summary>
+    public long TotalConsumed => Interlocked.Read(ref _consumed);
+
+    /// <summary>
+    /// Times the limit held something back: a <see cref="Consume"/> that ran into debt (its caller waits) or a
+    /// <see cref="TryConsume"/> that was refused.
+    /// </summary>
+    public long ThrottledCount => Interlocked.Read(ref _throttled);
+
     /// <summary>
     /// Takes <paramref name="amount"/> tokens, running into debt if there are not enough, and returns how long the
     /// caller must wait before acting (<see cref="TimeSpan.Zero"/> when the tokens were there).
@@ -55,7 +66,14 @@ public sealed class TokenBucket
         {
             Refill();
             _tokens -= amount;
-            return _tokens >= 0 ? TimeSpan.Zero : TimeSpan.FromSeconds(-_tokens / RatePerSecond);
+            _consumed += amount;
+            if (_tokens >= 0)
+            {
+                return TimeSpan.Zero;
+            }
+
+            _throttled++;
+            return TimeSpan.FromSeconds(-_tokens / RatePerSecond);
         }
     }
 
@@ -82,10 +100,12 @@ public sealed class TokenBucket
             Refill();
             if (_tokens < amount)
             {
+                _throttled++;
                 return false;
             }
 
             _tokens -= amount;
+            _consumed += amount;
             return true;
         }
     }

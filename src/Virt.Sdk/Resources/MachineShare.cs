@@ -42,6 +42,19 @@ internal sealed class MachineShare
             return balloon is null ? None : new MachineShare(null, balloon);
         }
 
+        foreach (var transport in machine.Transports)
+        {
+            switch (transport.Device)
+            {
+                case Virt.Storage.VirtioBlockDevice disk when member.DiskBytes is not null || member.DiskOperations is not null:
+                    disk.ShareLimits(member.DiskBytes, member.DiskOperations);
+                    break;
+                case Virt.Network.VirtioNetDevice nic when member.NetworkTransmit is not null:
+                    nic.ShareLimits(member.NetworkTransmit, member.NetworkReceive);
+                    break;
+            }
+        }
+
         var memory = machine.Memory;
         member.Balloon = balloon;
         member.ResidentBytes = () => memory.IsDisposed ? null : memory.ResidentBytes;

@@ -1,5 +1,6 @@
 using System.Globalization;
 using Virt.Cpu;
+using Virt.Devices.Virtio;
 using Virt.Resources;
 
 namespace Virt;
@@ -30,6 +31,7 @@ public sealed class ResourcePool : IDisposable
         Options = options ?? new ResourcePoolOptions();
         Options.Validate();
         _scheduler = new CpuScheduler((int)Math.Ceiling(Options.Cpus), Options.TimeSlice);
+        ResourceMetrics.Track(this);
     }
 
     /// <summary>The pool's capacity and policy.</summary>
@@ -114,7 +116,11 @@ public sealed class ResourcePool : IDisposable
     }
 
     /// <summary>Stops the pool's CPU scheduler. Dispose the pool's VMs first.</summary>
-    public void Dispose() => _scheduler.Dispose();
+    public void Dispose()
+    {
+        ResourceMetrics.Untrack(this);
+        _scheduler.Dispose();
+    }
 
     internal PoolMember Admit(string name, int vcpus, ulong memoryBytes, ResourceRequest request)
     {
@@ -227,7 +233,23 @@ internal sealed class PoolMember : IDisposable
         MemoryBytes = memoryBytes;
         Request = request;
         Cpu = scheduler.CreateAccount(name, request.CpuShares, request.CpuLimit);
+        DiskBytes = request.DiskBytesPerSecondLimit is long db ? new TokenBucket(db) : null;
+        DiskOperations = request.DiskOperationsPerSecondLimit is long dops ? new TokenBucket(dops) : null;
+        NetworkTransmit = request.NetworkBytesPerSecondLimit is long nb ? new TokenBucket(nb) : null;
+        NetworkReceive = request.NetworkBytesPerSecondLimit is long nr ? new TokenBucket(nr) : null;
     }
+
+    /// <summary>The VM's disk byte budget, shared by all of its disks; null without a limit.</summary>
+    public TokenBucket? DiskBytes { get; }
+
+    /// <summary>The VM's disk request budget, shared by all of its disks; null without a limit.</summary>
+    public TokenBucket? DiskOperations { get; }
+
+    /// <summary>The VM's transmit byte budget, shared by all of its NICs; null without a limit.</summary>
+    public TokenBucket? NetworkTransmit { get; }
+
+    /// <summary>The VM's receive byte budget, shared by all of its NICs; null without a limit.</summary>
+    public TokenBucket? NetworkReceive { get; }
 
     public string Name { get; }
 
@@ -290,6 +312,11 @@ internal sealed class PoolMember : IDisposable
         Preemptions = Cpu.Preemptions,
         SlotGrants = Cpu.Grants,
         MaxGrantsWaited = Cpu.MaxGrantsWaited,
+        DiskBytes = DiskBytes?.TotalConsumed,
+        DiskOperations = DiskOperations?.TotalConsumed,
+        DiskThrottled = (DiskBytes?.ThrottledCount ?? 0) + (DiskOperations?.ThrottledCount ?? 0),
+        NetworkBytes = NetworkTransmit is null ? null : NetworkTransmit.TotalConsumed + NetworkReceive!.TotalConsumed,
+        NetworkThrottled = (NetworkTransmit?.ThrottledCount ?? 0) + (NetworkReceive?.ThrottledCount ?? 0),
     };
 
     public void Dispose()

@@ -82,6 +82,22 @@ public sealed class ResourceRequest
     /// <summary>Network bandwidth the VM reserves, in bytes a second (checked against <see cref="ResourcePoolOptions.NetworkBytesPerSecond"/>). Default 0.</summary>
     public long NetworkBytesPerSecond { get; init; }
 
+    /// <summary>
+    /// The most disk bandwidth the VM may use, in bytes a second over all of its virtio-blk disks together; null for no
+    /// cap. Requests beyond it wait (the guest sees a slower disk). Must not be below <see cref="DiskBytesPerSecond"/>.
+    /// </summary>
+    public long? DiskBytesPerSecondLimit { get; init; }
+
+    /// <summary>The most disk requests the VM may make a second over all of its disks together (an IOPS cap); null for no cap.</summary>
+    public long? DiskOperationsPerSecondLimit { get; init; }
+
+    /// <summary>
+    /// The most network bandwidth the VM may use, in bytes a second over all of its virtio-net NICs, in each direction;
+    /// null for no cap. Frames it sends beyond it wait; frames arriving beyond it are dropped, as on a congested link.
+    /// Must not be below <see cref="NetworkBytesPerSecond"/>.
+    /// </summary>
+    public long? NetworkBytesPerSecondLimit { get; init; }
+
     internal void Validate()
     {
         if (CpuShares is < 1 or > 10000)
@@ -102,6 +118,17 @@ public sealed class ResourceRequest
         if (DiskBytesPerSecond < 0 || NetworkBytesPerSecond < 0)
         {
             throw new ArgumentException("Bandwidth reservations must not be negative.");
+        }
+
+        if (DiskBytesPerSecondLimit is <= 0 || DiskOperationsPerSecondLimit is <= 0 || NetworkBytesPerSecondLimit is <= 0)
+        {
+            throw new ArgumentException("DiskBytesPerSecondLimit, DiskOperationsPerSecondLimit and NetworkBytesPerSecondLimit must be positive, or null for no cap.");
+        }
+
+        if (DiskBytesPerSecondLimit < DiskBytesPerSecond || NetworkBytesPerSecondLimit < NetworkBytesPerSecond)
+        {
+            throw new ArgumentException(string.Create(CultureInfo.InvariantCulture,
+                $"A bandwidth limit is below the VM's reservation (disk {DiskBytesPerSecondLimit} < {DiskBytesPerSecond} or network {NetworkBytesPerSecondLimit} < {NetworkBytesPerSecond} bytes/s). Raise the limit or lower the reservation."));
         }
     }
 }
@@ -150,6 +177,21 @@ public sealed record ResourceUsage
 
     /// <summary>The most grants to other vCPUs that one of its vCPUs waited through before getting a CPU.</summary>
     public long MaxGrantsWaited { get; init; }
+
+    /// <summary>Bytes its disks read and wrote through its <see cref="ResourceRequest.DiskBytesPerSecondLimit"/>; null without that limit.</summary>
+    public long? DiskBytes { get; init; }
+
+    /// <summary>Disk requests counted against its <see cref="ResourceRequest.DiskOperationsPerSecondLimit"/>; null without that limit.</summary>
+    public long? DiskOperations { get; init; }
+
+    /// <summary>Times a disk request of the VM waited for its disk limits (bytes or requests).</summary>
+    public long DiskThrottled { get; init; }
+
+    /// <summary>Bytes its NICs sent and received within its <see cref="ResourceRequest.NetworkBytesPerSecondLimit"/>; null without that limit.</summary>
+    public long? NetworkBytes { get; init; }
+
+    /// <summary>Times its network limit held a frame back: a sent frame waited, or an arriving frame was dropped.</summary>
+    public long NetworkThrottled { get; init; }
 }
 
 /// <summary>A resource a <see cref="ResourcePool"/> accounts.</summary>
@@ -201,5 +243,69 @@ internal static class ResourceMetrics
 {
     private static readonly Meter Meter = new("Virt.Sdk.Resources");
 
+    private static readonly Lock Sync = new();
+    private static readonly List<WeakReference<ResourcePool>> Pools = [];
+
     public static readonly Counter<long> Refused = Meter.CreateCounter<long>("virt.pool.admissions.refused", description: "VMs a resource pool refused");
+
+    static ResourceMetrics()
+    {
+        Meter.CreateObservableCounter("virt.pool.cpu.time", () => Observe(u => u.CpuTime.TotalSeconds), "s", "CPU time the vCPU threads of a pooled VM used");
+        Meter.CreateObservableCounter("virt.pool.cpu.throttled", () => Observe(u => u.ThrottledTime.TotalSeconds), "s", "Time the vCPUs of a pooled VM waited because the VM was over its CPU limit");
+        Meter.CreateObservableCounter("virt.pool.disk.bytes", () => Observe(u => u.DiskBytes), "By", "Bytes a pooled VM's disks moved within its disk limit");
+        Meter.CreateObservableCounter("virt.pool.disk.throttled", () => Observe(u => (long?)u.DiskThrottled), "{request}", "Disk requests of a pooled VM that waited for its disk limits");
+        Meter.CreateObservableCounter("virt.pool.network.bytes", () => Observe(u => u.NetworkBytes), "By", "Bytes a pooled VM's NICs moved within its network limit");
+        Meter.CreateObservableCounter("virt.pool.network.throttled", () => Observe(u => (long?)u.NetworkThrottled), "{frame}", "Frames of a pooled VM its network limit delayed or dropped");
+        Meter.CreateObservableGauge("virt.pool.memory.charged", () => Observe(u => (long?)u.MemoryChargedBytes), "By", "Guest memory a pool charges a VM (RAM less its balloon)");
+    }
+
+    /// <summary>Lists <paramref name="pool"/>'s VMs in the pool metrics until it is disposed.</summary>
+    public static void Track(ResourcePool pool)
+    {
+        lock (Sync)
+        {
+            Pools.RemoveAll(w => !w.TryGetTarget(out _));
+            Pools.Add(new WeakReference<ResourcePool>(pool));
+        }
+    }
+
+    public static void Untrack(ResourcePool pool)
+    {
+        lock (Sync)
+        {
+            Pools.RemoveAll(w => !w.TryGetTarget(out var p) || ReferenceEquals(p, pool));
+        }
+    }
+
+    private static List<Measurement<T>> Observe<T>(Func<ResourceUsage, T?> value)
+        where T : struct
+    {
+        List<ResourcePool> pools = [];
+        lock (Sync)
+        {
+            foreach (var w in Pools)
+            {
+                if (w.TryGetTarget(out var p))
+                {
+                    pools.Add(p);
+                }
+            }
+        }
+
+        List<Measurement<T>> measurements = [];
+        foreach (var pool in pools)
+        {
+            foreach (var usage in pool.GetUsage())
+            {
+                if (value(usage) is T v)
+                {
+                    measurements.Add(new Measurement<T>(v, new KeyValuePair<string, object?>("virt.vm.name", usage.Name)));
+                }
+            }
+        }
+
+        return measurements;
+    }
+
+    private static List<Measurement<double>> Observe(Func<ResourceUsage, double> value) => Observe<double>(u => value(u));
 }
