@@ -25,8 +25,9 @@ public sealed class DeviceContext
     private readonly string? _noLineReason;
     private readonly MachineResources _owned;
 
-    internal DeviceContext(DevicePlacement placement, IInterruptLine? line, string? noLineReason, IGuestMemory memory, bool hasInterruptController, ILoggerFactory loggerFactory, MachineResources owned)
+    internal DeviceContext(DevicePlacement placement, IInterruptLine? line, string? noLineReason, IGuestMemory memory, bool hasInterruptController, ILoggerFactory loggerFactory, MachineResources owned, int vcpuCount)
     {
+        VcpuCount = vcpuCount;
         Placement = placement;
         _line = line;
         _noLineReason = noLineReason;
@@ -51,6 +52,9 @@ public sealed class DeviceContext
 
     /// <summary>Whether the VM has interrupt controllers (<see cref="VirtualMachineBuilder.WithInterruptController"/>, implied by a Linux kernel), so that interrupt lines reach the guest.</summary>
     public bool HasInterruptController { get; }
+
+    /// <summary>The VM's vCPUs, e.g. for a device that offers one queue per vCPU.</summary>
+    public int VcpuCount { get; }
 
     /// <summary>Guest physical memory, for devices that read or write guest RAM (DMA).</summary>
     public IGuestMemory Memory { get; }

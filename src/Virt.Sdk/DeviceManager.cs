@@ -140,8 +140,9 @@ internal sealed class DeviceManager
     /// <param name="partition">Where interrupt lines go.</param>
     /// <param name="loggerFactory">The VM's logging, if any.</param>
     /// <param name="resources">Receives what the devices ask the VM to release with it.</param>
+    /// <param name="vcpuCount">The VM's vCPUs (<see cref="DeviceContext.VcpuCount"/>).</param>
     /// <exception cref="ArgumentException">A factory returned nothing, or a device that cannot serve what it asked for.</exception>
-    public void AttachDevices(IGuestMemory memory, IPartition partition, ILoggerFactory? loggerFactory, MachineResources resources)
+    public void AttachDevices(IGuestMemory memory, IPartition partition, ILoggerFactory? loggerFactory, MachineResources resources, int vcpuCount)
     {
         var factory = loggerFactory ?? NullLoggerFactory.Instance;
         var virtioLogger = loggerFactory?.CreateLogger("Virt.Devices.Virtio");
@@ -153,7 +154,7 @@ internal sealed class DeviceManager
             var line = placement.Irq is { } irq ? new PartitionInterruptLine(partition, irq) : null;
             if (spec.IsVirtio)
             {
-                var context = new DeviceContext(placement, null, $"The virtio-mmio transport of '{spec.Name}' drives its interrupt line; signal the driver with VirtioDeviceContext.SignalUsed.", memory, partition.HasInterruptController, factory, resources);
+                var context = new DeviceContext(placement, null, $"The virtio-mmio transport of '{spec.Name}' drives its interrupt line; signal the driver with VirtioDeviceContext.SignalUsed.", memory, partition.HasInterruptController, factory, resources, vcpuCount);
                 var device = spec.Create(context) as IVirtioDevice ?? throw new ArgumentException($"The factory of virtio device '{spec.Name}' returned null; return a new IVirtioDevice.");
                 var window = placement.MmioAddress!.Value;
                 var transport = new VirtioMmioTransport(device, memory, line!, virtioLogger) { StateName = $"virtio-mmio@0x{window.Value:x}" };
@@ -164,7 +165,7 @@ internal sealed class DeviceManager
                 continue;
             }
 
-            var deviceContext = new DeviceContext(placement, line, $"Device '{spec.Name}' has no interrupt line; ask for one with DeviceResources.Interrupt = true.", memory, partition.HasInterruptController, factory, resources);
+            var deviceContext = new DeviceContext(placement, line, $"Device '{spec.Name}' has no interrupt line; ask for one with DeviceResources.Interrupt = true.", memory, partition.HasInterruptController, factory, resources, vcpuCount);
             object created = spec.Create(deviceContext) ?? throw new ArgumentException($"The factory of device '{spec.Name}' returned null; return the device.");
             if (created is Snapshots.IPersistentState userState)
             {

@@ -55,7 +55,7 @@ internal static class MachineAssembler
                 persistent.Add(timer);
             }
 
-            devices.AttachDevices(memory, partition, config.LoggerFactory, resources);
+            devices.AttachDevices(memory, partition, config.LoggerFactory, resources, config.VcpuCount);
             persistent.AddRange(devices.PersistentDevices);
             return new AssembledMachine
             {

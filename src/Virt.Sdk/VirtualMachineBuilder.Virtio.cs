@@ -21,7 +21,7 @@ public sealed partial class VirtualMachineBuilder
 
     /// <summary>
     /// Adds a virtio-blk disk backed by the image at <paramref name="imagePath"/>: raw, qcow2 (with its backing
-    /// chain) or a Virt.Sdk overlay, detected from its contents. The VM opens the image when it is built (locking it
+    /// chain) or a Virt.Sdk overlay, detected from its contents, with one request queue per vCPU. The VM opens the image when it is built (locking it
     /// against other VMs and QEMU) and closes it when disposed.
     /// </summary>
     /// <exception cref="DiskImageException">The image does not exist (<see cref="DiskImageError.NotFound"/>), the same
@@ -40,7 +40,11 @@ public sealed partial class VirtualMachineBuilder
         {
             var backend = DiskImage.Open(imagePath, readOnly);
             context.DisposeWithMachine(backend);
-            return new VirtioBlockDevice(backend, new VirtioBlockOptions { ReadOnly = readOnly });
+            return new VirtioBlockDevice(backend, new VirtioBlockOptions
+            {
+                ReadOnly = readOnly,
+                QueueCount = Math.Clamp(context.VcpuCount, 1, VirtioBlockDevice.MaxQueueCount),
+            });
         });
     }
 

@@ -27,6 +27,13 @@ public sealed record VirtioBlockOptions
 
     /// <summary>Request limit in operations per second; null for none.</summary>
     public long? OperationsPerSecond { get; init; }
+
+    /// <summary>
+    /// Request queues offered to the driver (1 to 64; default 1). Above 1 the device offers VIRTIO_BLK_F_MQ and serves
+    /// each queue on its own worker, so a guest with several vCPUs submits from each without a shared lock (Linux maps
+    /// one queue to each CPU, up to this count). VMs built with <c>WithVirtioBlock(path)</c> get one queue per vCPU.
+    /// </summary>
+    public int QueueCount { get; init; } = 1;
 }
 
 /// <summary>
@@ -51,6 +58,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     internal const ulong FeatureReadOnly = 1UL << 5;
     internal const ulong FeatureBlockSize = 1UL << 6;
     internal const ulong FeatureFlush = 1UL << 9;
+    internal const ulong FeatureMultiQueue = 1UL << 12;
     internal const ulong FeatureDiscard = 1UL << 13;
     internal const ulong FeatureWriteZeroes = 1UL << 14;
 
@@ -75,6 +83,8 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     private const uint SegmentFlagUnmap = 1;
     /// <summary>Largest discard / write-zeroes range in sectors (2 GiB).</summary>
     private const uint MaxZeroSectors = 1u << 22;
+    /// <summary>Most request queues a device offers (<see cref="VirtioBlockOptions.QueueCount"/>).</summary>
+    public const int MaxQueueCount = 64;
     /// <summary>Requests of one queue served at the same time.</summary>
     private const int MaxInFlight = 16;
     /// <summary>Bytes moved between the backend and guest memory per step of a large request.</summary>
@@ -87,7 +97,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     private readonly TokenBucket? _ops;
     private TokenBucket? _sharedBytes;
     private TokenBucket? _sharedOps;
-    private readonly VirtqueueWorker _worker;
+    private readonly VirtqueueWorker[] _workers;
 
     /// <summary>Creates the device over <paramref name="backend"/>.</summary>
     /// <exception cref="ArgumentException">The options are invalid (queue size, serial).</exception>
@@ -98,6 +108,11 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
         if (options.QueueSize < 4 || (options.QueueSize & (options.QueueSize - 1)) != 0)
         {
             throw new ArgumentException($"QueueSize {options.QueueSize} must be a power of two of at least 4.", nameof(options));
+        }
+
+        if (options.QueueCount is < 1 or > MaxQueueCount)
+        {
+            throw new ArgumentException($"QueueCount {options.QueueCount} must be between 1 and {MaxQueueCount}.", nameof(options));
         }
 
         byte[] serial = Encoding.ASCII.GetBytes(options.Serial ?? string.Empty);
@@ -111,10 +126,17 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
         IsReadOnly = options.ReadOnly || backend.IsReadOnly;
         _bytes = options.BytesPerSecond is long b ? new TokenBucket(b) : null;
         _ops = options.OperationsPerSecond is long o ? new TokenBucket(o) : null;
-        _worker = AddWorker(DrainAsync, 0);
-        QueueMaxSizes = [options.QueueSize];
-        DeviceFeatures = FeatureSegMax | FeatureBlockSize | FeatureFlush | (IsReadOnly ? FeatureReadOnly : FeatureDiscard | FeatureWriteZeroes);
-        _config = BuildConfig(backend.Capacity, options.QueueSize);
+        _workers = new VirtqueueWorker[options.QueueCount];
+        for (int q = 0; q < _workers.Length; q++)
+        {
+            int index = q;
+            _workers[q] = AddWorker(context => DrainAsync(context, index), index);
+        }
+
+        QueueMaxSizes = [.. Enumerable.Repeat(options.QueueSize, options.QueueCount)];
+        DeviceFeatures = FeatureSegMax | FeatureBlockSize | FeatureFlush | (IsReadOnly ? FeatureReadOnly : FeatureDiscard | FeatureWriteZeroes)
+            | (options.QueueCount > 1 ? FeatureMultiQueue : 0);
+        _config = BuildConfig(backend.Capacity, options.QueueSize, options.QueueCount);
     }
 
     /// <summary>Whether the guest sees the disk read-only.</summary>
@@ -136,7 +158,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     public override int ConfigSize => _config.Length;
 
     /// <summary>Whether requests are being served right now (for tests and orderly shutdown).</summary>
-    internal bool IsBusy => _worker.IsBusy;
+    internal bool IsBusy => _workers.Any(w => w.IsBusy);
 
     /// <inheritdoc />
     public override void ReadConfig(int offset, Span<byte> data) => _config.AsSpan(offset, data.Length).CopyTo(data);
@@ -160,10 +182,10 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     /// <summary>The device's part of a snapshot section: <c>virtio-blk</c>.</summary>
     public string StateName => "virtio-blk";
 
-    /// <summary>The layout <see cref="SaveState"/> writes: 1.</summary>
-    public int StateVersion => 1;
+    /// <summary>The layout <see cref="SaveState"/> writes: 2 (version 1, without the queue count, is still read as one queue).</summary>
+    public int StateVersion => 2;
 
-    /// <summary>Writes the disk's description as the guest saw it: capacity in sectors, read-only, serial, queue size.</summary>
+    /// <summary>Writes the disk's description as the guest saw it: capacity in sectors, read-only, serial, queue size, queue count.</summary>
     /// <exception cref="ArgumentNullException"><paramref name="writer"/> is null.</exception>
     public void SaveState(StateWriter writer)
     {
@@ -172,6 +194,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
         writer.WriteBoolean(IsReadOnly);
         writer.WriteBytes(_id);
         writer.WriteUInt16(QueueMaxSizes[0]);
+        writer.WriteUInt16((ushort)QueueMaxSizes.Count);
     }
 
     /// <summary>
@@ -181,7 +204,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     /// <exception cref="SnapshotFormatException">The data is corrupt, or the disk differs (size, read-only, serial, queue size); the message names the field.</exception>
     public void RestoreState(ref StateReader reader, int version)
     {
-        if (version != StateVersion)
+        if (version is not (1 or 2))
         {
             throw reader.UnsupportedVersion(version, StateVersion);
         }
@@ -190,7 +213,13 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
         bool readOnly = reader.ReadBoolean("read-only");
         var id = reader.ReadBytes("serial", IdLength);
         ushort queueSize = reader.ReadUInt16("queue size");
+        int queueCount = version >= 2 ? reader.ReadUInt16("queue count") : 1;
         reader.EnsureEnd();
+        if (queueCount != QueueMaxSizes.Count)
+        {
+            throw new SnapshotFormatException(reader.Section, "queue count", $"is {queueCount}, but the disk given to the restore offers {QueueMaxSizes.Count} (VirtioBlockOptions.QueueCount; one per vCPU for WithVirtioBlock(path)).");
+        }
+
         ulong ourSectors = BinaryPrimitives.ReadUInt64LittleEndian(_config);
         if (sectors != ourSectors)
         {
@@ -213,12 +242,13 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
         }
     }
 
-    private static byte[] BuildConfig(long capacity, ushort queueSize)
+    private static byte[] BuildConfig(long capacity, ushort queueSize, int queueCount)
     {
         var c = new byte[60];
         BinaryPrimitives.WriteUInt64LittleEndian(c.AsSpan(0), (ulong)(capacity / DiskImage.SectorSize));
         BinaryPrimitives.WriteUInt32LittleEndian(c.AsSpan(12), (uint)(queueSize - 2));              // seg_max: header and status take two
         BinaryPrimitives.WriteUInt32LittleEndian(c.AsSpan(20), DiskImage.SectorSize);                // blk_size
+        BinaryPrimitives.WriteUInt16LittleEndian(c.AsSpan(34), (ushort)queueCount);                  // num_queues
         BinaryPrimitives.WriteUInt32LittleEndian(c.AsSpan(36), MaxZeroSectors);                      // max_discard_sectors
         BinaryPrimitives.WriteUInt32LittleEndian(c.AsSpan(40), 1);                                   // max_discard_seg
         BinaryPrimitives.WriteUInt32LittleEndian(c.AsSpan(44), 1);                                   // discard_sector_alignment
@@ -228,9 +258,9 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
         return c;
     }
 
-    private async Task DrainAsync(VirtioDeviceContext context)
+    private async Task DrainAsync(VirtioDeviceContext context, int queueIndex)
     {
-        var queue = context.Queues[0];
+        var queue = context.Queues[queueIndex];
         var token = context.Stopping;
         var batch = new List<DescriptorChain>(MaxInFlight);
         var running = new List<Task<uint>>(MaxInFlight);

@@ -20,7 +20,7 @@ internal sealed class BlockRig : VirtioTestRig
     public MockSplitQueue Queue => Driver.Queues[0];
 
     /// <summary>Submits one request and waits for it; returns the status byte and the used length.</summary>
-    public (byte Status, uint UsedLength) Request(uint type, ulong sector, byte[]? writeData = null, int readLength = 0, byte[]? readInto = null)
+    public (byte Status, uint UsedLength) Request(uint type, ulong sector, byte[]? writeData = null, int readLength = 0, byte[]? readInto = null, int queue = 0)
     {
         Driver.ResetAllocations();
         var header = Driver.Allocate(16);
@@ -47,9 +47,10 @@ internal sealed class BlockRig : VirtioTestRig
         var status = Driver.Allocate(1);
         Memory.Write(status, (byte)0xff);
         buffers.Add((status, 1, true));
-        Queue.AddChain([.. buffers]);
-        Driver.Notify(0);
-        var used = Queue.WaitUsed();
+        var q = Driver.Queues[queue];
+        q.AddChain([.. buffers]);
+        Driver.Notify(queue);
+        var used = q.WaitUsed();
         if (readInto is not null)
         {
             Memory.Read(readAt, readInto);

@@ -123,6 +123,18 @@ public sealed class BlockSnapshotTests
     }
 
     [Fact]
+    public async Task Restore_with_another_queue_count_is_refused_and_the_same_count_restores()
+    {
+        using var rig = new BlockRig(new MemoryBlockBackend(1 << 16), new VirtioBlockOptions { QueueCount = 2 });
+        var state = await VirtioSnapshots.QuiesceAndSaveAsync(rig.Transport, Ct);
+        var other = new VirtioBlockDevice(new MemoryBlockBackend(1 << 16), new VirtioBlockOptions { QueueCount = 4 });
+        var e = Assert.Throws<SnapshotFormatException>(() => VirtioSnapshots.Restore(other, rig.Memory, state));
+        Assert.Contains("queue", e.Field, StringComparison.Ordinal);
+        var same = VirtioSnapshots.Restore(new VirtioBlockDevice(new MemoryBlockBackend(1 << 16), new VirtioBlockOptions { QueueCount = 2 }), rig.Memory, state);
+        Assert.True(same.Status.HasFlag(VirtioDeviceStatus.DriverOk));
+    }
+
+    [Fact]
     public async Task Same_disk_restores()
     {
         using var rig = new BlockRig(new MemoryBlockBackend(1 << 16));

@@ -258,9 +258,11 @@ public sealed class VirtioBlockDeviceTests
         await using var second = new MemoryBlockBackend(256 * 1024);
         using var a = new BlockRig(first);
         using var b = new BlockRig(second);
-        // 64 KiB of burst, refilled at 1 MiB/s: the first request spends it, every later one runs into debt and waits.
-        var bytes = new Virt.Devices.Virtio.TokenBucket(1 << 20, burst: 64 * 1024);
-        var operations = new Virt.Devices.Virtio.TokenBucket(100_000);
+        // 64 KiB of burst, refilled at 1 MiB/s on a clock that moves only when a wait ends: the first request spends the
+        // burst, every later one runs into debt and waits exactly its debt, whatever the machine's load.
+        var clock = new SteppingClock();
+        var bytes = new Virt.Devices.Virtio.TokenBucket(1 << 20, burst: 64 * 1024, timeProvider: clock);
+        var operations = new Virt.Devices.Virtio.TokenBucket(100_000, timeProvider: clock);
         a.Device.ShareLimits(bytes, operations);
         b.Device.ShareLimits(bytes, operations);
         for (int i = 0; i < 3; i++)
@@ -274,9 +276,52 @@ public sealed class VirtioBlockDeviceTests
         Assert.Equal(Filled(64 * 1024, 0x12), back);
         Assert.Equal(7L * 64 * 1024, bytes.TotalConsumed);
         Assert.Equal(7, operations.TotalConsumed);
-        Assert.InRange(bytes.ThrottledCount, 6, 7);
+        Assert.Equal(6, bytes.ThrottledCount);
         Assert.Equal(0, operations.ThrottledCount);
+        Assert.Equal(TimeSpan.FromSeconds(6.0 * 64 / 1024), clock.Waited);
         Assert.Equal(3, first.Contents[256 * 512]);
+    }
+
+    [Fact]
+    public async Task Several_queues_are_offered_with_mq_and_each_serves_requests()
+    {
+        await using var backend = new MemoryBlockBackend(256 * 1024);
+        using var rig = new BlockRig(backend, new VirtioBlockOptions { QueueCount = 4 });
+        Assert.NotEqual(0UL, rig.Features & (1UL << 12));
+        Assert.Equal(4, BinaryPrimitives.ReadUInt16LittleEndian(rig.Driver.ReadConfig(34, 2)));
+        Assert.Equal(4, rig.Driver.Queues.Count);
+        for (int q = 0; q < 4; q++)
+        {
+            Assert.Equal(0, rig.Request(Out, (ulong)(q * 8), writeData: Filled(4096, (byte)(q + 1)), queue: q).Status);
+        }
+
+        for (int q = 0; q < 4; q++)
+        {
+            byte[] back = new byte[4096];
+            Assert.Equal(0, rig.Request(In, (ulong)(((q + 1) % 4) * 8), readLength: 4096, readInto: back, queue: q).Status);
+            Assert.Equal(Filled(4096, (byte)(((q + 1) % 4) + 1)), back);
+        }
+
+        Assert.Equal(0, rig.Request(Flush, 0, queue: 3).Status);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(65)]
+    public async Task A_queue_count_outside_1_to_64_is_refused(int count)
+    {
+        await using var backend = new MemoryBlockBackend(4096);
+        var e = Assert.Throws<ArgumentException>(() => new VirtioBlockDevice(backend, new VirtioBlockOptions { QueueCount = count }));
+        Assert.Contains("QueueCount", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task One_queue_offers_no_mq()
+    {
+        await using var backend = new MemoryBlockBackend(4096);
+        using var rig = new BlockRig(backend);
+        Assert.Equal(0UL, rig.Features & (1UL << 12));
+        Assert.Single(rig.Driver.Queues);
     }
 
     internal static byte[] Filled(int length, byte value)
@@ -293,5 +338,39 @@ public sealed class VirtioBlockDeviceTests
         BinaryPrimitives.WriteUInt32LittleEndian(s.AsSpan(8), count);
         BinaryPrimitives.WriteUInt32LittleEndian(s.AsSpan(12), flags);
         return s;
+    }
+}
+
+/// <summary>A clock that stands still except that each timer moves it by the timer's due time and fires at once.</summary>
+internal sealed class SteppingClock : TimeProvider
+{
+    private long _ticks;
+
+    public TimeSpan Waited => TimeSpan.FromTicks(Interlocked.Read(ref _ticks));
+
+    public override long TimestampFrequency => TimeSpan.TicksPerSecond;
+
+    public override long GetTimestamp() => Interlocked.Read(ref _ticks);
+
+    public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
+    {
+        if (dueTime != Timeout.InfiniteTimeSpan)
+        {
+            Interlocked.Add(ref _ticks, dueTime.Ticks);
+            ThreadPool.QueueUserWorkItem(_ => callback(state));
+        }
+
+        return new Idle();
+    }
+
+    private sealed class Idle : ITimer
+    {
+        public bool Change(TimeSpan dueTime, TimeSpan period) => true;
+
+        public void Dispose()
+        {
+        }
+
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
     }
 }
