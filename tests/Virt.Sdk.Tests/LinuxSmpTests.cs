@@ -21,14 +21,20 @@ public sealed class LinuxSmpTests
     {
         Assert.SkipUnless(File.Exists(LinuxKit.Kernel) && File.Exists(LinuxKit.Initrd), "The guest kit is missing; run scripts/get-linux-guest.sh.");
 
-        // One md5sum per processor over the same file, in parallel; each prints the file's digest.
-        string command = $"echo NPROC=$(nproc); seq 1 {Lines} > /tmp/f; "
-            + $"for i in $(seq 1 {vcpus}); do md5sum /tmp/f > /tmp/sum$i & done; wait; cat /tmp/sum*";
+        // One md5sum per processor over the same file, in parallel; each prints the file's digest. The disk has one
+        // queue per vCPU (multiqueue virtio-blk); one writer per processor puts the file at its own offset of it.
+        string command = $"echo NPROC=$(nproc); echo MQ=$(ls /sys/block/vda/mq | wc -l); seq 1 {Lines} > /tmp/f; "
+            + $"for i in $(seq 1 {vcpus}); do md5sum /tmp/f > /tmp/sum$i & done; "
+            + $"for i in $(seq 0 {vcpus - 1}); do taskset -c $i dd if=/tmp/f of=/dev/vda bs=1M seek=$i conv=fsync 2>/dev/null & done; wait; cat /tmp/sum*";
+        using var dir = new TempDirectory();
+        string disk = Path.Combine(dir.Path, "smp.img");
+        Virt.Storage.DiskImage.CreateRaw(disk, 8L << 20);
         var output = new MemoryStream();
         await using var vm = VirtualMachine.CreateBuilder()
             .WithInterpreter()
             .WithVcpus(vcpus)
             .WithMemoryMiB(256)
+            .WithVirtioBlock(disk)
             .WithLinuxKernel(LinuxKit.Kernel)
             .WithInitrd(LinuxKit.Initrd)
             .WithKernelCommandLine($"quiet virt.cmd={Convert.ToBase64String(Encoding.ASCII.GetBytes(command))}")
@@ -59,5 +65,13 @@ public sealed class LinuxSmpTests
 #pragma warning restore CA5351
         int sums = text.Split('\n').Count(l => l.TrimEnd('\r') == $"{digest}  /tmp/f");
         Assert.True(sums == vcpus, $"expected {vcpus} lines '{digest}  /tmp/f'\n{text}");
+        Assert.Contains($"MQ={vcpus}", text, StringComparison.Ordinal);
+        await vm.DisposeAsync();
+        byte[] image = await File.ReadAllBytesAsync(disk, TestContext.Current.CancellationToken);
+        byte[] expected = Encoding.ASCII.GetBytes(content.ToString());
+        for (int i = 0; i < vcpus; i++)
+        {
+            Assert.True(image.AsSpan(i << 20, expected.Length).SequenceEqual(expected), $"the writer on CPU {i} did not land at {i} MiB\n{text}");
+        }
     }
 }
