@@ -48,13 +48,7 @@ public sealed class KvmHypervisor : IHypervisor
         using var kvm = KvmIoctls.TryOpenSystem(out int errno);
         if (kvm is null)
         {
-            return HypervisorAvailability.Unavailable(errno switch
-            {
-                Interop.Libc.ENOENT => $"{KvmIoctls.DevicePath} does not exist: the KVM kernel module is not loaded, or the processor (or the VM this host runs in) offers no virtualization. Load kvm_intel or kvm_amd, or enable nested virtualization.",
-                Interop.Libc.ENXIO or Interop.Libc.ENODEV => $"{KvmIoctls.DevicePath} exists but no KVM driver is behind it: load kvm_intel or kvm_amd and check that virtualization is enabled in the firmware.",
-                Interop.Libc.EACCES or Interop.Libc.EPERM => $"Permission denied opening {KvmIoctls.DevicePath}: add the user to the 'kvm' group (e.g. `sudo usermod -aG kvm $USER`), then log in again.",
-                _ => $"{KvmIoctls.DevicePath} cannot be opened: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno}).",
-            });
+            return HypervisorAvailability.Unavailable(KvmIoctls.DescribeOpenFailure(errno));
         }
 
         try

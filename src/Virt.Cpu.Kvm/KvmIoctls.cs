@@ -45,8 +45,18 @@ internal static unsafe class KvmIoctls
         return handle;
     }
 
+    /// <summary>Opens <c>/dev/kvm</c>; a failure says why and what to do, as the availability check does.</summary>
     internal static KvmSystemHandle OpenSystem() =>
-        TryOpenSystem(out int errno) ?? throw Error("open " + DevicePath, errno);
+        TryOpenSystem(out int errno) ?? throw new HypervisorException("open " + DevicePath, errno, DescribeOpenFailure(errno));
+
+    /// <summary>Why <c>/dev/kvm</c> could not be opened with <paramref name="errno"/>, and what to do about it.</summary>
+    internal static string DescribeOpenFailure(int errno) => errno switch
+    {
+        Interop.Libc.ENOENT => $"{DevicePath} does not exist: the KVM kernel module is not loaded, or the processor (or the VM this host runs in) offers no virtualization. Load kvm_intel or kvm_amd, or enable nested virtualization.",
+        Interop.Libc.ENXIO or Interop.Libc.ENODEV => $"{DevicePath} exists but no KVM driver is behind it: load kvm_intel or kvm_amd and check that virtualization is enabled in the firmware.",
+        Interop.Libc.EACCES or Interop.Libc.EPERM => $"Permission denied opening {DevicePath}: add the user to the 'kvm' group (e.g. `sudo usermod -aG kvm $USER`), then log in again.",
+        _ => $"{DevicePath} cannot be opened: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno}).",
+    };
 
     internal static int GetApiVersion(KvmSystemHandle kvm) => Ioctl(kvm, KVM_GET_API_VERSION, 0, nameof(KVM_GET_API_VERSION));
 
