@@ -1,4 +1,7 @@
 using System.CommandLine;
+using System.Diagnostics.CodeAnalysis;
+using System.Globalization;
+using System.Net;
 using System.Text;
 using Virt.Boot;
 using Virt.Network;
@@ -26,10 +29,11 @@ internal static class RunCommand
         var memory = new Option<int>("--memory", "-m") { Description = "Guest memory in MiB.", DefaultValueFactory = _ => 256 };
         var backend = new Option<BackendKind>("--backend") { Description = "auto, kvm, whp or interpreter.", DefaultValueFactory = _ => BackendKind.Auto };
         var kit = new Option<string?>("--kit") { Description = "The guest kit folder (default: see 'virt kit --help')." };
+        var gdb = new Option<string?>("--gdb") { Description = "[HOST]:PORT: serve GDB's remote protocol there (loopback unless a host is given); the guest starts at GDB's first 'continue'. See docs/debugging.md." };
         var guestCommand = new Argument<string[]>("command") { Description = "A command to run in the guest (after --); without one the console is interactive.", Arity = ArgumentArity.ZeroOrMore };
         var command = new Command("run", "Boot a Linux guest; run a command in it (virt run -- uname -r) or attach its console.")
         {
-            kernel, initrd, append, disks, net, forwards, cpus, memory, backend, kit, guestCommand,
+            kernel, initrd, append, disks, net, forwards, cpus, memory, backend, kit, gdb, guestCommand,
         };
         command.SetAction((result, ct) => RunAsync(new RunRequest
         {
@@ -43,6 +47,7 @@ internal static class RunCommand
             MemoryMiB = result.GetValue(memory),
             Backend = result.GetValue(backend),
             Kit = result.GetValue(kit),
+            Gdb = result.GetValue(gdb),
             Command = result.GetValue(guestCommand) ?? [],
         }, ct));
         return command;
@@ -60,6 +65,7 @@ internal static class RunCommand
         public int MemoryMiB { get; init; }
         public BackendKind Backend { get; init; }
         public string? Kit { get; init; }
+        public string? Gdb { get; init; }
         public required string[] Command { get; init; }
     }
 
@@ -80,20 +86,8 @@ internal static class RunCommand
             initrd ??= Path.Combine(kit, GuestKit.InitrdFile);
         }
 
-        var forwards = new List<UserNetworkTcpForward>();
-        try
+        if (!TryParseNetworkOptions(request, out var forwards, out var gdbEndPoint))
         {
-            forwards.AddRange(request.Forwards.Select(UserNetworkTcpForward.Parse));
-        }
-        catch (FormatException e)
-        {
-            Console.Error.WriteLine($"virt run: {e.Message}");
-            return 2;
-        }
-
-        if (forwards.Count > 0 && !request.UserNetwork)
-        {
-            Console.Error.WriteLine("virt run: --forward needs --net user.");
             return 2;
         }
 
@@ -159,7 +153,7 @@ internal static class RunCommand
             VirtualMachineExit exit;
             await using (attach ? await terminal!.AttachAsync(vm, cancellationToken).ConfigureAwait(false) : null)
             {
-                exit = await vm.RunAsync(cancellationToken).ConfigureAwait(false);
+                exit = await RunOrDebugAsync(vm, gdbEndPoint, cancellationToken).ConfigureAwait(false);
             }
 
             Console.Error.WriteLine($"virt run: guest stopped: {exit.Description}");
@@ -182,5 +176,75 @@ internal static class RunCommand
                 await terminal.DisposeAsync().ConfigureAwait(false);
             }
         }
+    }
+
+    /// <summary>Parses --forward and --gdb; prints what is wrong and returns false for a usage error.</summary>
+    private static bool TryParseNetworkOptions(RunRequest request, out List<UserNetworkTcpForward> forwards, out IPEndPoint? gdb)
+    {
+        forwards = [];
+        gdb = null;
+        try
+        {
+            forwards.AddRange(request.Forwards.Select(UserNetworkTcpForward.Parse));
+        }
+        catch (FormatException e)
+        {
+            Console.Error.WriteLine($"virt run: {e.Message}");
+            return false;
+        }
+
+        if (forwards.Count > 0 && !request.UserNetwork)
+        {
+            Console.Error.WriteLine("virt run: --forward needs --net user.");
+            return false;
+        }
+
+        if (request.Gdb is { } gdbText && !TryParseEndPoint(gdbText, out gdb))
+        {
+            Console.Error.WriteLine($"virt run: --gdb takes [HOST]:PORT with an IP address or localhost, e.g. :1234 (got '{gdbText}').");
+            return false;
+        }
+
+        return true;
+    }
+
+    /// <summary>Runs the VM to its end, or with <paramref name="gdb"/> serves GDB there, whose first "continue" starts it.</summary>
+    private static async Task<VirtualMachineExit> RunOrDebugAsync(VirtualMachine vm, IPEndPoint? gdb, CancellationToken cancellationToken)
+    {
+        if (gdb is null)
+        {
+            return await vm.RunAsync(cancellationToken).ConfigureAwait(false);
+        }
+
+        await using var server = await vm.StartGdbServerAsync(gdb, cancellationToken).ConfigureAwait(false);
+        Console.Error.WriteLine($"virt run: waiting for GDB: gdb -ex 'target remote {gdb}'");
+        try
+        {
+            return await vm.WaitForExitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            return await vm.StopAsync(CancellationToken.None).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>[HOST]:PORT; no host means the loopback interface (the stub gives full control of the guest).</summary>
+    private static bool TryParseEndPoint(string text, [NotNullWhen(true)] out IPEndPoint? endPoint)
+    {
+        endPoint = null;
+        int colon = text.LastIndexOf(':');
+        string host = colon > 0 ? text[..colon].Trim('[', ']') : "127.0.0.1";
+        if (colon < 0 || !int.TryParse(text.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out int port) || port > 65535)
+        {
+            return false;
+        }
+
+        if (!IPAddress.TryParse(host == "localhost" ? "127.0.0.1" : host, out var address))
+        {
+            return false;
+        }
+
+        endPoint = new IPEndPoint(address, port);
+        return true;
     }
 }
