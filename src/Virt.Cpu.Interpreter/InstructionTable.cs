@@ -216,6 +216,15 @@ internal static class InstructionTable
         (Mnemonic.Blsi, Run(c => c.Blsi, IsaGroup.Bit, 0)),
         (Mnemonic.Blsmsk, Run(c => c.Blsmsk, IsaGroup.Bit, 0)),
         (Mnemonic.Blsr, Run(c => c.Blsr, IsaGroup.Bit, 0)),
+        (Mnemonic.Bzhi, Run(c => c.Bmi2, IsaGroup.Bit, F)),
+        (Mnemonic.Mulx, Run(c => c.Bmi2, IsaGroup.Bit, F)),
+        (Mnemonic.Pdep, Run(c => c.Bmi2, IsaGroup.Bit, F)),
+        (Mnemonic.Pext, Run(c => c.Bmi2, IsaGroup.Bit, F)),
+        (Mnemonic.Rorx, Run(c => c.Bmi2, IsaGroup.Bit, F)),
+        (Mnemonic.Sarx, Run(c => c.Bmi2, IsaGroup.Bit, F)),
+        (Mnemonic.Shlx, Run(c => c.Bmi2, IsaGroup.Bit, F)),
+        (Mnemonic.Shrx, Run(c => c.Bmi2, IsaGroup.Bit, F)),
+        (Mnemonic.Crc32, Run(c => c.Crc32, IsaGroup.Bit, F)),
 
         // Data transfer (DataTransfer.cs)
         (Mnemonic.Mov, Inline(InlineOp.Mov, IsaGroup.DataTransfer, 0, Shape.Mov)),
