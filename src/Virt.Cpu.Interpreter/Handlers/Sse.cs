@@ -316,7 +316,7 @@ internal sealed partial class InterpreterVcpu
             }
 
             default:
-                throw Fault(Vectors.UD, 0); // MMX forms: MMX is not implemented
+                throw Fault(Vectors.UD, 0); // the MMX forms run in the MMX group
         }
     }
 

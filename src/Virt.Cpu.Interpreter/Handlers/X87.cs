@@ -54,7 +54,9 @@ internal sealed partial class InterpreterVcpu
             case Mnemonic.Fninit:
             case Mnemonic.Finit:
             {
-                // FNINIT resets the x87 part only; MXCSR and the XMM registers are kept.
+                // FNINIT resets the x87 part only; MXCSR and the XMM registers are kept, and so are the physical
+                // registers' contents (TOP becomes 0, so they are first put in physical order).
+                ResetFpuTop();
                 var xmm = _cpu.Fpu.Xmm;
                 uint mxcsr = _cpu.Fpu.Mxcsr;
                 var regs = _cpu.Fpu.Registers;

@@ -102,6 +102,7 @@ internal sealed partial class InterpreterVcpu
     private void FpuPush(double v)
     {
         int top = (FpuTop - 1) & 7;
+        _cpu.Fpu.StatusWord &= unchecked((ushort)~FswC1); // C1 reports an overflow of this push only
         if ((_cpu.Fpu.AbridgedTagWord & (1 << top)) != 0)
         {
             StackFault(true);
@@ -132,9 +133,12 @@ internal sealed partial class InterpreterVcpu
     {
         int top = FpuTop;
         _cpu.Fpu.AbridgedTagWord &= (byte)~(1 << top);
+        // The popped register keeps its contents (it becomes ST7, tagged empty): MMX reads it through the aliasing.
         Span<byte> regs = _cpu.Fpu.Registers;
+        Span<byte> old = stackalloc byte[16];
+        regs[..16].CopyTo(old);
         regs[16..].CopyTo(regs);
-        regs[112..].Clear();
+        old.CopyTo(regs[112..]);
         SetFpuTop(top + 1);
     }
 

@@ -139,7 +139,7 @@ public sealed class SseDifferentialTests
         _ => (ulong)rng.NextInt64() ^ ((ulong)rng.Next(2) << 63),
     };
 
-    private static void Fill(Random rng, Span<byte> chunk, bool extended)
+    internal static void Fill(Random rng, Span<byte> chunk, bool extended)
     {
         switch (rng.Next(extended ? 6 : 4))
         {
@@ -186,7 +186,7 @@ public sealed class SseDifferentialTests
         }
     }
 
-    private static Instruction Make(Random rng, Code code)
+    internal static Instruction Make(Random rng, Code code)
     {
         var oc = code.ToOpCode();
         var ops = new object[oc.OpCount];
@@ -196,7 +196,7 @@ public sealed class SseDifferentialTests
             var kind = oc.GetOpKind(i);
             bool reg32 = kind is OpCodeOperandKind.r32_reg or OpCodeOperandKind.r32_rm or OpCodeOperandKind.r32_or_mem;
             bool memory = kind == OpCodeOperandKind.mem
-                || (!usedMemory && kind is OpCodeOperandKind.xmm_or_mem or OpCodeOperandKind.r32_or_mem or OpCodeOperandKind.r64_or_mem && rng.Next(3) == 0);
+                || (!usedMemory && kind is OpCodeOperandKind.xmm_or_mem or OpCodeOperandKind.mm_or_mem or OpCodeOperandKind.r32_or_mem or OpCodeOperandKind.r64_or_mem && rng.Next(3) == 0);
             if (memory)
             {
                 usedMemory = true;
@@ -205,6 +205,10 @@ public sealed class SseDifferentialTests
             else if (kind is OpCodeOperandKind.xmm_reg or OpCodeOperandKind.xmm_rm or OpCodeOperandKind.xmm_or_mem)
             {
                 ops[i] = Register.XMM0 + rng.Next(16);
+            }
+            else if (kind is OpCodeOperandKind.mm_reg or OpCodeOperandKind.mm_rm or OpCodeOperandKind.mm_or_mem)
+            {
+                ops[i] = Register.MM0 + rng.Next(8);
             }
             else if (kind == OpCodeOperandKind.imm8)
             {
@@ -313,7 +317,7 @@ public sealed class SseDifferentialTests
         return (code, endRip, regs, scratch, listing.ToString());
     }
 
-    private sealed class BufferWriter : CodeWriter
+    internal sealed class BufferWriter : CodeWriter
     {
         private readonly List<byte> _bytes = [];
 
