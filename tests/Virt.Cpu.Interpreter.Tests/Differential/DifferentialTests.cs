@@ -68,7 +68,7 @@ public sealed class DifferentialTests
     public void Random_sequences_focused_on_an_extension_match_kvm(string feature)
     {
         var f = Enum.Parse<IcedFeature>(feature);
-        RunBatch(0, perBatch: 2000, "VIRT_DIFF_SEED", defaultSeed: 0xB312 + (int)f, $"{feature} sequences", seed => Build(seed, f));
+        RunBatch(0, perBatch: 5000, "VIRT_DIFF_SEED", defaultSeed: 0xB312 + (int)f, $"{feature} sequences", seed => Build(seed, f));
     }
 
     internal static (byte[] Code, ulong EndRip, GeneralRegisters Regs, byte[] Scratch, string Listing) Build(int seed) => Build(seed, null);

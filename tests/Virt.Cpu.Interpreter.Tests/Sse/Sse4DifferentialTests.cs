@@ -65,7 +65,7 @@ public sealed class Sse4DifferentialTests
     {
         var codes = Groups[group];
         int offset = Array.IndexOf(Groups.Keys.ToArray(), group) * 100_000;
-        DifferentialTests.RunBatch(batch, perBatch: 1000, "VIRT_SSE4_DIFF_SEED", defaultSeed: 0x5E40 + offset, $"{group} sequences",
+        DifferentialTests.RunBatch(batch, perBatch: 2000, "VIRT_SSE4_DIFF_SEED", defaultSeed: 0x5E40 + offset, $"{group} sequences",
             seed => SseDifferentialTests.Build(seed, codes, extended: true));
     }
 }
