@@ -20,6 +20,7 @@ internal enum IsaGroup : byte
     System,
     X87,
     Sse,
+    Mmx,
 }
 
 /// <summary>Properties of an instruction form.</summary>
@@ -141,7 +142,8 @@ internal sealed record InstructionForm(Func<InterpreterVcpu, Handler>? Bind, Inl
 /// The interpreter's instruction set: every supported form (an Iced <see cref="Mnemonic"/>, or one
 /// <see cref="Code"/> where a mnemonic has forms with different handlers) bound to its handler, the translation of
 /// its operands and its properties. Forms the table does not name are x87 (their mnemonic starts with F),
-/// SSE (a legacy encoding with an XMM operand, or a scalar conversion to a general register), or invalid (#UD).
+/// MMX (a legacy encoding with an MMX register operand, and EMMS), SSE (a legacy encoding with an XMM operand,
+/// or a scalar conversion to a general register), or invalid (#UD).
 /// </summary>
 internal static class InstructionTable
 {
@@ -151,6 +153,7 @@ internal static class InstructionTable
     private static readonly InstructionForm Invalid = Run(c => c.Invalid, IsaGroup.Invalid, F | E);
     private static readonly InstructionForm X87 = Run(c => c.X87, IsaGroup.X87, F);
     private static readonly InstructionForm Sse = Run(c => c.Sse, IsaGroup.Sse, F);
+    private static readonly InstructionForm Mmx = Run(c => c.Mmx, IsaGroup.Mmx, F);
 
     private static InstructionForm Run(Func<InterpreterVcpu, Handler> bind, IsaGroup group, FormFlags flags, Shape shape = Shape.None, byte Sub = 0, byte Size = 0) =>
         new(bind, InlineOp.None, group, flags, shape, Sub, Size);
@@ -216,6 +219,15 @@ internal static class InstructionTable
         (Mnemonic.Blsi, Run(c => c.Blsi, IsaGroup.Bit, 0)),
         (Mnemonic.Blsmsk, Run(c => c.Blsmsk, IsaGroup.Bit, 0)),
         (Mnemonic.Blsr, Run(c => c.Blsr, IsaGroup.Bit, 0)),
+        (Mnemonic.Bzhi, Run(c => c.Bmi2, IsaGroup.Bit, F)),
+        (Mnemonic.Mulx, Run(c => c.Bmi2, IsaGroup.Bit, F)),
+        (Mnemonic.Pdep, Run(c => c.Bmi2, IsaGroup.Bit, F)),
+        (Mnemonic.Pext, Run(c => c.Bmi2, IsaGroup.Bit, F)),
+        (Mnemonic.Rorx, Run(c => c.Bmi2, IsaGroup.Bit, F)),
+        (Mnemonic.Sarx, Run(c => c.Bmi2, IsaGroup.Bit, F)),
+        (Mnemonic.Shlx, Run(c => c.Bmi2, IsaGroup.Bit, F)),
+        (Mnemonic.Shrx, Run(c => c.Bmi2, IsaGroup.Bit, F)),
+        (Mnemonic.Crc32, Run(c => c.Crc32, IsaGroup.Bit, F)),
 
         // Data transfer (DataTransfer.cs)
         (Mnemonic.Mov, Inline(InlineOp.Mov, IsaGroup.DataTransfer, 0, Shape.Mov)),
@@ -498,7 +510,7 @@ internal static class InstructionTable
     private static readonly ushort[] FormIndexByMnemonic;
     private static readonly Dictionary<Code, ushort> FormIndexByCodeRow;
 
-    private const ushort InvalidIndex = 1, X87Index = 2, SseIndex = 3;
+    private const ushort InvalidIndex = 1, X87Index = 2, SseIndex = 3, MmxIndex = 4;
 
     /// <summary>The row number of an instruction form: its index in <see cref="Bind"/>'s array and in <see cref="At"/>.</summary>
     public static int IndexOf(Code code)
@@ -534,7 +546,7 @@ internal static class InstructionTable
 
     private static InstructionForm[] BuildForms(out ushort[] byMnemonic, out Dictionary<Code, ushort> byCode)
     {
-        var forms = new List<InstructionForm> { Invalid, Invalid, X87, Sse };
+        var forms = new List<InstructionForm> { Invalid, Invalid, X87, Sse, Mmx };
         byMnemonic = new ushort[Enum.GetValues<Mnemonic>().Length];
         foreach (var (m, form) in ByMnemonic)
         {
@@ -584,6 +596,19 @@ internal static class InstructionTable
         if (m is Mnemonic.Ldmxcsr or Mnemonic.Stmxcsr or Mnemonic.Movnti or Mnemonic.Cvtss2si or Mnemonic.Cvttss2si or Mnemonic.Cvtsd2si or Mnemonic.Cvttsd2si)
         {
             return SseIndex;
+        }
+
+        if (m == Mnemonic.Emms)
+        {
+            return MmxIndex;
+        }
+
+        for (int i = 0; i < info.OpCount; i++)
+        {
+            if (info.GetOpKind(i) is OpCodeOperandKind.mm_reg or OpCodeOperandKind.mm_rm or OpCodeOperandKind.mm_or_mem)
+            {
+                return m == Mnemonic.Maskmovq ? InvalidIndex : MmxIndex;
+            }
         }
 
         for (int i = 0; i < info.OpCount; i++)

@@ -56,6 +56,7 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
         _trace = partition.InterpreterOptions.TraceHook;
         _tscFrequency = partition.InterpreterOptions.TscFrequency;
         _cpuid = [.. partition.SupportedCpuid];
+        RefreshIsaFeatures();
         _regions = partition.Regions;
         _handlers = InstructionTable.Bind(this);
         InitTlb();
@@ -205,6 +206,7 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
     {
         ArgumentNullException.ThrowIfNull(entries);
         _cpuid = [.. entries];
+        RefreshIsaFeatures();
     }
 
     public bool TryInjectInterrupt(byte vector)

@@ -33,6 +33,12 @@ public class InstructionTableTests
     [InlineData(Code.Mov_Sreg_rm16, "Segmentation")]
     [InlineData(Code.Mov_r64_rm64, "DataTransfer")]
     [InlineData(Code.VEX_Vaddps_xmm_xmm_xmmm128, "Invalid")]
+    [InlineData(Code.Paddb_mm_mmm64, "Mmx")]
+    [InlineData(Code.Cvtpi2ps_xmm_mmm64, "Mmx")]
+    [InlineData(Code.Emms, "Mmx")]
+    [InlineData(Code.Pshufb_xmm_xmmm128, "Sse")]
+    [InlineData(Code.VEX_Pdep_r64_r64_rm64, "Bit")]
+    [InlineData(Code.Crc32_r32_rm8, "Bit")]
     public void A_form_belongs_to_its_isa_group(Code code, string group) =>
         Assert.Equal(group, InstructionTable.At(InstructionTable.IndexOf(code)).Group.ToString());
 

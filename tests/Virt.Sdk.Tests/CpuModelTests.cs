@@ -56,13 +56,17 @@ public sealed class CpuModelTests
     }
 
     [Fact]
-    public void The_interpreter_refuses_x86_64_v2_naming_the_sse_features_it_lacks()
+    public async Task The_interpreter_gives_x86_64_v2_and_refuses_v3_naming_the_avx_features_it_lacks()
     {
-        var e = Assert.Throws<InvalidOperationException>(() => FlatGuestVm.Builder("interpreter").WithCpuModel(CpuModel.X64V2).Build());
+        var seen = await GuestCpuidAsync(FlatGuestVm.Builder("interpreter").WithCpuModel(CpuModel.X64V2), 1);
+        const uint v2Ecx = (1u << 0) | (1u << 9) | (1u << 13) | (1u << 19) | (1u << 20) | (1u << 23); // SSE3 SSSE3 CX16 SSE4.1 SSE4.2 POPCNT
+        Assert.Equal(v2Ecx, seen[2] & v2Ecx);
+
+        var e = Assert.Throws<InvalidOperationException>(() => FlatGuestVm.Builder("interpreter").WithCpuModel(CpuModel.X64V3).Build());
         Assert.Contains("The interpreter backend cannot give the guest", e.Message, StringComparison.Ordinal);
-        Assert.Contains("SSE3", e.Message, StringComparison.Ordinal);
-        Assert.Contains("SSE42", e.Message, StringComparison.Ordinal);
-        Assert.DoesNotContain("POPCNT", e.Message, StringComparison.Ordinal);
+        Assert.Contains("AVX", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("BMI2", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("SSE42", e.Message, StringComparison.Ordinal);
     }
 
     [Fact]

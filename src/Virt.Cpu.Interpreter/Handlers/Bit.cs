@@ -3,7 +3,7 @@ using Iced.Intel;
 
 namespace Virt.Cpu.Interpreter;
 
-/// <summary>Bit handlers: BT/BTS/BTR/BTC, BSF/BSR, TZCNT/LZCNT/POPCNT and the BMI1 group.</summary>
+/// <summary>Bit handlers: BT/BTS/BTR/BTC, BSF/BSR, TZCNT/LZCNT/POPCNT and the BMI1 and BMI2 groups.</summary>
 internal sealed partial class InterpreterVcpu
 {
     internal ulong Bt(ref Op op, in Instruction _)
@@ -199,6 +199,105 @@ internal sealed partial class InterpreterVcpu
         SetReg(op.R0, size, r);
         Materialize();
         _cpu.Flags = (_cpu.Flags & ~ArithFlags) | f;
+    }
+
+    /// <summary>BMI2 (VEX-encoded general-register forms): BZHI, MULX, PDEP, PEXT, RORX, SARX, SHLX, SHRX.</summary>
+    internal ulong Bmi2(ref Op op, in Instruction ins)
+    {
+        CheckIsa(ins.Code);
+        int size = ins.Op0Register.GetSize();
+        int bits = size * 8;
+        ulong mask = Mask(size);
+        int dst = Translator.RegIndex(ins.Op0Register);
+        switch (ins.Mnemonic)
+        {
+            case Mnemonic.Bzhi:
+            {
+                ulong src = GprOperand(ref op, in ins, 1, size);
+                int n = (int)(GetReg(Translator.RegIndex(ins.Op2Register), size) & 0xFF);
+                ulong r = n < bits ? src & ((1UL << n) - 1) : src;
+                SetReg(dst, size, r);
+                Materialize();
+                _cpu.Flags = (_cpu.Flags & ~ArithFlags) | Szp(r & mask, size, n > bits - 1 ? CF : 0);
+                break;
+            }
+
+            case Mnemonic.Mulx:
+            {
+                ulong a = GetReg(2, size);
+                ulong b = GprOperand(ref op, in ins, 2, size);
+                ulong hi, lo;
+                if (size == 8)
+                {
+                    hi = Math.BigMul(a, b, out lo);
+                }
+                else
+                {
+                    ulong p = a * b;
+                    hi = p >> 32;
+                    lo = p & 0xFFFFFFFF;
+                }
+
+                SetReg(Translator.RegIndex(ins.Op1Register), size, lo);
+                SetReg(dst, size, hi);
+                break;
+            }
+
+            case Mnemonic.Pdep:
+            case Mnemonic.Pext:
+            {
+                ulong src = GetReg(Translator.RegIndex(ins.Op1Register), size);
+                ulong sel = GprOperand(ref op, in ins, 2, size);
+                ulong r = 0;
+                int k = 0;
+                for (int i = 0; i < bits; i++)
+                {
+                    if ((sel & (1UL << i)) == 0)
+                    {
+                        continue;
+                    }
+
+                    if (ins.Mnemonic == Mnemonic.Pdep)
+                    {
+                        r |= ((src >> k) & 1) << i;
+                    }
+                    else
+                    {
+                        r |= ((src >> i) & 1) << k;
+                    }
+
+                    k++;
+                }
+
+                SetReg(dst, size, r);
+                break;
+            }
+
+            case Mnemonic.Rorx:
+            {
+                ulong src = GprOperand(ref op, in ins, 1, size);
+                int c = ins.Immediate8 & (bits - 1);
+                ulong r = c == 0 ? src : ((src >> c) | (src << (bits - c))) & mask;
+                SetReg(dst, size, r);
+                break;
+            }
+
+            default:
+            {
+                ulong src = GprOperand(ref op, in ins, 1, size);
+                int c = (int)(GetReg(Translator.RegIndex(ins.Op2Register), size) & (ulong)(bits - 1));
+                ulong r = ins.Mnemonic switch
+                {
+                    Mnemonic.Shlx => src << c,
+                    Mnemonic.Shrx => src >> c,
+                    _ => (ulong)(SignExtend(src, size) >> c),
+                };
+                SetReg(dst, size, r & mask);
+                break;
+            }
+        }
+
+        return op.Next;
     }
 
     private ulong ReadThird(ref Op op, int size) =>

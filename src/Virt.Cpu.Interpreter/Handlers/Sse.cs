@@ -28,7 +28,8 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>Legacy-SSE 16-byte memory operands must be aligned except for the explicitly unaligned forms.</summary>
-    private static bool NeedsAlignment(Mnemonic m) => m is not (Mnemonic.Movups or Mnemonic.Movupd or Mnemonic.Movdqu or Mnemonic.Lddqu);
+    private static bool NeedsAlignment(Mnemonic m) => m is not (Mnemonic.Movups or Mnemonic.Movupd or Mnemonic.Movdqu or Mnemonic.Lddqu
+        or Mnemonic.Pcmpestri or Mnemonic.Pcmpestri64 or Mnemonic.Pcmpestrm or Mnemonic.Pcmpestrm64 or Mnemonic.Pcmpistri or Mnemonic.Pcmpistrm);
 
     private Vector128<byte> ReadXmmMem(ulong ea, int size, bool aligned)
     {
@@ -124,6 +125,7 @@ internal sealed partial class InterpreterVcpu
             return;
         }
 
+        CheckIsa(ins.Code);
         CheckSseEnabled();
         _sseFlags = 0;
         switch (m)
@@ -218,13 +220,16 @@ internal sealed partial class InterpreterVcpu
 
             case Mnemonic.Pextrw:
             {
+                ulong w = Xr(XmmIndex(ins.Op1Register)).AsUInt16().GetElement(ins.Immediate8 & 7);
                 if (ins.Op0Kind != OpKind.Register)
                 {
-                    throw Fault(Vectors.UD, 0); // the SSE4.1 memory form is not implemented
+                    Write(Ea(ref op), 2, w); // the SSE4.1 memory form
+                }
+                else
+                {
+                    SetReg(Translator.RegIndex(ins.Op0Register), ins.Op0Register.GetSize(), w);
                 }
 
-                ulong w = Xr(XmmIndex(ins.Op1Register)).AsUInt16().GetElement(ins.Immediate8 & 7);
-                SetReg(Translator.RegIndex(ins.Op0Register), ins.Op0Register.GetSize(), w);
                 return;
             }
 
@@ -255,7 +260,7 @@ internal sealed partial class InterpreterVcpu
                 break;
         }
 
-        if (ExecSseInteger(ref op, in ins) || ExecSseFloat(ref op, in ins))
+        if (ExecSseInteger(ref op, in ins) || ExecSseFloat(ref op, in ins) || ExecSse4(ref op, in ins) || ExecSseString(ref op, in ins))
         {
             return;
         }
@@ -311,7 +316,7 @@ internal sealed partial class InterpreterVcpu
             }
 
             default:
-                throw Fault(Vectors.UD, 0); // MMX forms: MMX is not implemented
+                throw Fault(Vectors.UD, 0); // the MMX forms run in the MMX group
         }
     }
 

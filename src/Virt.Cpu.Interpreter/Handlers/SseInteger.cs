@@ -239,63 +239,83 @@ internal sealed partial class InterpreterVcpu
             return false;
         }
 
-        Vector128<byte> r;
-        var x = Xr(d);
-        switch (m)
+        if (!IntegerLaneOps[(int)m])
         {
-            case Mnemonic.Pand: case Mnemonic.Andps: case Mnemonic.Andpd: r = x & SrcX(ref op, in ins, 1); break;
-            case Mnemonic.Pandn: case Mnemonic.Andnps: case Mnemonic.Andnpd: r = ~x & SrcX(ref op, in ins, 1); break;
-            case Mnemonic.Por: case Mnemonic.Orps: case Mnemonic.Orpd: r = x | SrcX(ref op, in ins, 1); break;
-            case Mnemonic.Pxor: case Mnemonic.Xorps: case Mnemonic.Xorpd: r = x ^ SrcX(ref op, in ins, 1); break;
-            case Mnemonic.Paddb: r = Lanes<byte>(x, SrcX(ref op, in ins, 1), static (a, b) => (byte)(a + b)); break;
-            case Mnemonic.Paddw: r = Lanes<ushort>(x, SrcX(ref op, in ins, 1), static (a, b) => (ushort)(a + b)); break;
-            case Mnemonic.Paddd: r = Lanes<uint>(x, SrcX(ref op, in ins, 1), static (a, b) => a + b); break;
-            case Mnemonic.Paddq: r = Lanes<ulong>(x, SrcX(ref op, in ins, 1), static (a, b) => a + b); break;
-            case Mnemonic.Psubb: r = Lanes<byte>(x, SrcX(ref op, in ins, 1), static (a, b) => (byte)(a - b)); break;
-            case Mnemonic.Psubw: r = Lanes<ushort>(x, SrcX(ref op, in ins, 1), static (a, b) => (ushort)(a - b)); break;
-            case Mnemonic.Psubd: r = Lanes<uint>(x, SrcX(ref op, in ins, 1), static (a, b) => a - b); break;
-            case Mnemonic.Psubq: r = Lanes<ulong>(x, SrcX(ref op, in ins, 1), static (a, b) => a - b); break;
-            case Mnemonic.Paddsb: r = Lanes<sbyte>(x, SrcX(ref op, in ins, 1), static (a, b) => (sbyte)Math.Clamp(a + b, -128, 127)); break;
-            case Mnemonic.Paddsw: r = Lanes<short>(x, SrcX(ref op, in ins, 1), static (a, b) => (short)Math.Clamp(a + b, -32768, 32767)); break;
-            case Mnemonic.Paddusb: r = Lanes<byte>(x, SrcX(ref op, in ins, 1), static (a, b) => (byte)Math.Min(a + b, 255)); break;
-            case Mnemonic.Paddusw: r = Lanes<ushort>(x, SrcX(ref op, in ins, 1), static (a, b) => (ushort)Math.Min(a + b, 65535)); break;
-            case Mnemonic.Psubsb: r = Lanes<sbyte>(x, SrcX(ref op, in ins, 1), static (a, b) => (sbyte)Math.Clamp(a - b, -128, 127)); break;
-            case Mnemonic.Psubsw: r = Lanes<short>(x, SrcX(ref op, in ins, 1), static (a, b) => (short)Math.Clamp(a - b, -32768, 32767)); break;
-            case Mnemonic.Psubusb: r = Lanes<byte>(x, SrcX(ref op, in ins, 1), static (a, b) => (byte)Math.Max(a - b, 0)); break;
-            case Mnemonic.Psubusw: r = Lanes<ushort>(x, SrcX(ref op, in ins, 1), static (a, b) => (ushort)Math.Max(a - b, 0)); break;
-            case Mnemonic.Pmullw: r = Lanes<short>(x, SrcX(ref op, in ins, 1), static (a, b) => (short)(a * b)); break;
-            case Mnemonic.Pmulhw: r = Lanes<short>(x, SrcX(ref op, in ins, 1), static (a, b) => (short)((a * b) >> 16)); break;
-            case Mnemonic.Pmulhuw: r = Lanes<ushort>(x, SrcX(ref op, in ins, 1), static (a, b) => (ushort)((uint)(a * b) >> 16)); break;
-            case Mnemonic.Pmuludq: r = Lanes<ulong>(x, SrcX(ref op, in ins, 1), static (a, b) => (ulong)(uint)a * (uint)b); break;
-            case Mnemonic.Pmaddwd: r = Pmaddwd(x, SrcX(ref op, in ins, 1)); break;
-            case Mnemonic.Pavgb: r = Lanes<byte>(x, SrcX(ref op, in ins, 1), static (a, b) => (byte)((a + b + 1) >> 1)); break;
-            case Mnemonic.Pavgw: r = Lanes<ushort>(x, SrcX(ref op, in ins, 1), static (a, b) => (ushort)((a + b + 1) >> 1)); break;
-            case Mnemonic.Pminub: r = Lanes<byte>(x, SrcX(ref op, in ins, 1), static (a, b) => Math.Min(a, b)); break;
-            case Mnemonic.Pmaxub: r = Lanes<byte>(x, SrcX(ref op, in ins, 1), static (a, b) => Math.Max(a, b)); break;
-            case Mnemonic.Pminsw: r = Lanes<short>(x, SrcX(ref op, in ins, 1), static (a, b) => Math.Min(a, b)); break;
-            case Mnemonic.Pmaxsw: r = Lanes<short>(x, SrcX(ref op, in ins, 1), static (a, b) => Math.Max(a, b)); break;
-            case Mnemonic.Psadbw: r = Psadbw(x, SrcX(ref op, in ins, 1)); break;
-            case Mnemonic.Pcmpeqb: r = Mask<byte>(x, SrcX(ref op, in ins, 1), static (a, b) => a == b); break;
-            case Mnemonic.Pcmpeqw: r = Mask<ushort>(x, SrcX(ref op, in ins, 1), static (a, b) => a == b); break;
-            case Mnemonic.Pcmpeqd: r = Mask<uint>(x, SrcX(ref op, in ins, 1), static (a, b) => a == b); break;
-            case Mnemonic.Pcmpgtb: r = Mask<sbyte>(x, SrcX(ref op, in ins, 1), static (a, b) => a > b); break;
-            case Mnemonic.Pcmpgtw: r = Mask<short>(x, SrcX(ref op, in ins, 1), static (a, b) => a > b); break;
-            case Mnemonic.Pcmpgtd: r = Mask<int>(x, SrcX(ref op, in ins, 1), static (a, b) => a > b); break;
-            case Mnemonic.Punpcklbw: r = Unpack<byte>(x, SrcX(ref op, in ins, 1), false); break;
-            case Mnemonic.Punpcklwd: r = Unpack<ushort>(x, SrcX(ref op, in ins, 1), false); break;
-            case Mnemonic.Punpckldq: case Mnemonic.Unpcklps: r = Unpack<uint>(x, SrcX(ref op, in ins, 1), false); break;
-            case Mnemonic.Punpcklqdq: case Mnemonic.Unpcklpd: r = Unpack<ulong>(x, SrcX(ref op, in ins, 1), false); break;
-            case Mnemonic.Punpckhbw: r = Unpack<byte>(x, SrcX(ref op, in ins, 1), true); break;
-            case Mnemonic.Punpckhwd: r = Unpack<ushort>(x, SrcX(ref op, in ins, 1), true); break;
-            case Mnemonic.Punpckhdq: case Mnemonic.Unpckhps: r = Unpack<uint>(x, SrcX(ref op, in ins, 1), true); break;
-            case Mnemonic.Punpckhqdq: case Mnemonic.Unpckhpd: r = Unpack<ulong>(x, SrcX(ref op, in ins, 1), true); break;
-            case Mnemonic.Packsswb: r = PackSigned16To8(x, SrcX(ref op, in ins, 1), false); break;
-            case Mnemonic.Packuswb: r = PackSigned16To8(x, SrcX(ref op, in ins, 1), true); break;
-            case Mnemonic.Packssdw: r = PackSigned32To16(x, SrcX(ref op, in ins, 1)); break;
-            default: return false;
+            return false;
         }
 
-        Xr(d) = r;
+        Xr(d) = IntegerLanes(m, Xr(d), SrcX(ref op, in ins, 1));
         return true;
+    }
+
+    /// <summary>The mnemonics <see cref="TryIntegerLanes"/> computes.</summary>
+    private static readonly bool[] IntegerLaneOps = [.. Enum.GetValues<Mnemonic>().Select(m => TryIntegerLanes(m, default, default, out _))];
+
+    private static Vector128<byte> IntegerLanes(Mnemonic m, Vector128<byte> x, Vector128<byte> s)
+    {
+        TryIntegerLanes(m, x, s, out var r);
+        return r;
+    }
+
+    /// <summary>The two-operand packed-integer and logic operations as pure functions of the destination and source values.</summary>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per SSE2 integer instruction, each a line: the group's table in code form.")]
+    private static bool TryIntegerLanes(Mnemonic m, Vector128<byte> x, Vector128<byte> s, out Vector128<byte> r)
+    {
+        switch (m)
+        {
+            case Mnemonic.Pand: case Mnemonic.Andps: case Mnemonic.Andpd: r = x & s; break;
+            case Mnemonic.Pandn: case Mnemonic.Andnps: case Mnemonic.Andnpd: r = ~x & s; break;
+            case Mnemonic.Por: case Mnemonic.Orps: case Mnemonic.Orpd: r = x | s; break;
+            case Mnemonic.Pxor: case Mnemonic.Xorps: case Mnemonic.Xorpd: r = x ^ s; break;
+            case Mnemonic.Paddb: r = Lanes<byte>(x, s, static (a, b) => (byte)(a + b)); break;
+            case Mnemonic.Paddw: r = Lanes<ushort>(x, s, static (a, b) => (ushort)(a + b)); break;
+            case Mnemonic.Paddd: r = Lanes<uint>(x, s, static (a, b) => a + b); break;
+            case Mnemonic.Paddq: r = Lanes<ulong>(x, s, static (a, b) => a + b); break;
+            case Mnemonic.Psubb: r = Lanes<byte>(x, s, static (a, b) => (byte)(a - b)); break;
+            case Mnemonic.Psubw: r = Lanes<ushort>(x, s, static (a, b) => (ushort)(a - b)); break;
+            case Mnemonic.Psubd: r = Lanes<uint>(x, s, static (a, b) => a - b); break;
+            case Mnemonic.Psubq: r = Lanes<ulong>(x, s, static (a, b) => a - b); break;
+            case Mnemonic.Paddsb: r = Lanes<sbyte>(x, s, static (a, b) => (sbyte)Math.Clamp(a + b, -128, 127)); break;
+            case Mnemonic.Paddsw: r = Lanes<short>(x, s, static (a, b) => (short)Math.Clamp(a + b, -32768, 32767)); break;
+            case Mnemonic.Paddusb: r = Lanes<byte>(x, s, static (a, b) => (byte)Math.Min(a + b, 255)); break;
+            case Mnemonic.Paddusw: r = Lanes<ushort>(x, s, static (a, b) => (ushort)Math.Min(a + b, 65535)); break;
+            case Mnemonic.Psubsb: r = Lanes<sbyte>(x, s, static (a, b) => (sbyte)Math.Clamp(a - b, -128, 127)); break;
+            case Mnemonic.Psubsw: r = Lanes<short>(x, s, static (a, b) => (short)Math.Clamp(a - b, -32768, 32767)); break;
+            case Mnemonic.Psubusb: r = Lanes<byte>(x, s, static (a, b) => (byte)Math.Max(a - b, 0)); break;
+            case Mnemonic.Psubusw: r = Lanes<ushort>(x, s, static (a, b) => (ushort)Math.Max(a - b, 0)); break;
+            case Mnemonic.Pmullw: r = Lanes<short>(x, s, static (a, b) => (short)(a * b)); break;
+            case Mnemonic.Pmulhw: r = Lanes<short>(x, s, static (a, b) => (short)((a * b) >> 16)); break;
+            case Mnemonic.Pmulhuw: r = Lanes<ushort>(x, s, static (a, b) => (ushort)((uint)(a * b) >> 16)); break;
+            case Mnemonic.Pmuludq: r = Lanes<ulong>(x, s, static (a, b) => (ulong)(uint)a * (uint)b); break;
+            case Mnemonic.Pmaddwd: r = Pmaddwd(x, s); break;
+            case Mnemonic.Pavgb: r = Lanes<byte>(x, s, static (a, b) => (byte)((a + b + 1) >> 1)); break;
+            case Mnemonic.Pavgw: r = Lanes<ushort>(x, s, static (a, b) => (ushort)((a + b + 1) >> 1)); break;
+            case Mnemonic.Pminub: r = Lanes<byte>(x, s, static (a, b) => Math.Min(a, b)); break;
+            case Mnemonic.Pmaxub: r = Lanes<byte>(x, s, static (a, b) => Math.Max(a, b)); break;
+            case Mnemonic.Pminsw: r = Lanes<short>(x, s, static (a, b) => Math.Min(a, b)); break;
+            case Mnemonic.Pmaxsw: r = Lanes<short>(x, s, static (a, b) => Math.Max(a, b)); break;
+            case Mnemonic.Psadbw: r = Psadbw(x, s); break;
+            case Mnemonic.Pcmpeqb: r = Mask<byte>(x, s, static (a, b) => a == b); break;
+            case Mnemonic.Pcmpeqw: r = Mask<ushort>(x, s, static (a, b) => a == b); break;
+            case Mnemonic.Pcmpeqd: r = Mask<uint>(x, s, static (a, b) => a == b); break;
+            case Mnemonic.Pcmpgtb: r = Mask<sbyte>(x, s, static (a, b) => a > b); break;
+            case Mnemonic.Pcmpgtw: r = Mask<short>(x, s, static (a, b) => a > b); break;
+            case Mnemonic.Pcmpgtd: r = Mask<int>(x, s, static (a, b) => a > b); break;
+            case Mnemonic.Punpcklbw: r = Unpack<byte>(x, s, false); break;
+            case Mnemonic.Punpcklwd: r = Unpack<ushort>(x, s, false); break;
+            case Mnemonic.Punpckldq: case Mnemonic.Unpcklps: r = Unpack<uint>(x, s, false); break;
+            case Mnemonic.Punpcklqdq: case Mnemonic.Unpcklpd: r = Unpack<ulong>(x, s, false); break;
+            case Mnemonic.Punpckhbw: r = Unpack<byte>(x, s, true); break;
+            case Mnemonic.Punpckhwd: r = Unpack<ushort>(x, s, true); break;
+            case Mnemonic.Punpckhdq: case Mnemonic.Unpckhps: r = Unpack<uint>(x, s, true); break;
+            case Mnemonic.Punpckhqdq: case Mnemonic.Unpckhpd: r = Unpack<ulong>(x, s, true); break;
+            case Mnemonic.Packsswb: r = PackSigned16To8(x, s, false); break;
+            case Mnemonic.Packuswb: r = PackSigned16To8(x, s, true); break;
+            case Mnemonic.Packssdw: r = PackSigned32To16(x, s); break;
+            default: r = default; return false;
+        }
+
+        return true;
+
     }
 }

@@ -6,7 +6,8 @@ namespace Virt.Cpu.Interpreter;
 
 /// <summary>
 /// FXSAVE/FXRSTOR and the x87 control instructions (FNINIT, FNCLEX, FLDCW, FNSTCW, FNSTSW); loads, stores and
-/// arithmetic are in the X87Arith part. Other x87 instructions raise #UD.
+/// arithmetic are in the X87Arith part, FNSTENV/FLDENV/FNSAVE/FRSTOR in X87Environment, transcendental, remainder
+/// and BCD instructions in X87Transcendental. Other x87 instructions raise #UD.
 /// </summary>
 internal sealed partial class InterpreterVcpu
 {
@@ -54,7 +55,9 @@ internal sealed partial class InterpreterVcpu
             case Mnemonic.Fninit:
             case Mnemonic.Finit:
             {
-                // FNINIT resets the x87 part only; MXCSR and the XMM registers are kept.
+                // FNINIT resets the x87 part only; MXCSR and the XMM registers are kept, and so are the physical
+                // registers' contents (TOP becomes 0, so they are first put in physical order).
+                ResetFpuTop();
                 var xmm = _cpu.Fpu.Xmm;
                 uint mxcsr = _cpu.Fpu.Mxcsr;
                 var regs = _cpu.Fpu.Registers;
@@ -89,7 +92,7 @@ internal sealed partial class InterpreterVcpu
 
                 return;
             default:
-                if (!ExecX87Arith(ref op, in ins))
+                if (!ExecX87Arith(ref op, in ins) && !ExecX87Environment(ref op, in ins) && !ExecX87Transcendental(ref op, in ins))
                 {
                     throw Fault(Vectors.UD, 0);
                 }

@@ -102,6 +102,7 @@ internal sealed partial class InterpreterVcpu
     private void FpuPush(double v)
     {
         int top = (FpuTop - 1) & 7;
+        _cpu.Fpu.StatusWord &= unchecked((ushort)~FswC1); // C1 reports an overflow of this push only
         if ((_cpu.Fpu.AbridgedTagWord & (1 << top)) != 0)
         {
             StackFault(true);
@@ -132,9 +133,12 @@ internal sealed partial class InterpreterVcpu
     {
         int top = FpuTop;
         _cpu.Fpu.AbridgedTagWord &= (byte)~(1 << top);
+        // The popped register keeps its contents (it becomes ST7, tagged empty): MMX reads it through the aliasing.
         Span<byte> regs = _cpu.Fpu.Registers;
+        Span<byte> old = stackalloc byte[16];
+        regs[..16].CopyTo(old);
         regs[16..].CopyTo(regs);
-        regs[112..].Clear();
+        old.CopyTo(regs[112..]);
         SetFpuTop(top + 1);
     }
 
@@ -330,13 +334,14 @@ internal sealed partial class InterpreterVcpu
 
             case Mnemonic.Fcom: case Mnemonic.Fcomp: case Mnemonic.Fcompp:
             case Mnemonic.Fucom: case Mnemonic.Fucomp: case Mnemonic.Fucompp:
+            case Mnemonic.Ficom: case Mnemonic.Ficomp:
             {
                 double b = ins.Op0Kind == OpKind.Memory && ins.OpCount >= 1 ? FpuMemOperand(ref op, in ins)
                     : St(ins.OpCount == 2 ? StIndex(ins.Op1Register) : ins.OpCount == 1 ? StIndex(ins.Op0Register) : 1);
                 double a = St(0);
                 ushort cc = double.IsNaN(a) || double.IsNaN(b) ? (ushort)(FswC0 | FswC2 | FswC3) : a > b ? (ushort)0 : a < b ? FswC0 : FswC3;
                 _cpu.Fpu.StatusWord = (ushort)((_cpu.Fpu.StatusWord & ~(FswC0 | FswC1 | FswC2 | FswC3)) | cc);
-                if (m is Mnemonic.Fcomp or Mnemonic.Fucomp or Mnemonic.Fcompp or Mnemonic.Fucompp)
+                if (m is Mnemonic.Fcomp or Mnemonic.Fucomp or Mnemonic.Fcompp or Mnemonic.Fucompp or Mnemonic.Ficomp)
                 {
                     FpuPop();
                 }

@@ -1,5 +1,6 @@
 using System.Text;
 using Iced.Intel;
+using IcedFeature = Iced.Intel.CpuidFeature;
 using Virt.Cpu.Kvm;
 using Virt.Testing;
 
@@ -60,9 +61,21 @@ public sealed class DifferentialTests
         Assert.True(failed == 0, $"{failed} of {perBatch} {what} differ (rerun one with {seedVariable}):\n{failures}");
     }
 
-    internal static (byte[] Code, ulong EndRip, GeneralRegisters Regs, byte[] Scratch, string Listing) Build(int seed)
+    /// <summary>Sequences in which two instructions in three need <paramref name="feature"/> (BMI2; SSE4.2's CRC32).</summary>
+    [Theory]
+    [InlineData("BMI2")]
+    [InlineData("SSE4_2")]
+    public void Random_sequences_focused_on_an_extension_match_kvm(string feature)
     {
-        var gen = new SequenceGenerator(seed);
+        var f = Enum.Parse<IcedFeature>(feature);
+        RunBatch(0, perBatch: 5000, "VIRT_DIFF_SEED", defaultSeed: 0xB312 + (int)f, $"{feature} sequences", seed => Build(seed, f));
+    }
+
+    internal static (byte[] Code, ulong EndRip, GeneralRegisters Regs, byte[] Scratch, string Listing) Build(int seed) => Build(seed, null);
+
+    private static (byte[] Code, ulong EndRip, GeneralRegisters Regs, byte[] Scratch, string Listing) Build(int seed, IcedFeature? focus)
+    {
+        var gen = focus is { } f ? new SequenceGenerator(seed, f) : new SequenceGenerator(seed);
         var list = gen.Next(12, out _);
         var writer = new BufferWriter();
         var block = new InstructionBlock(writer, list, DiffVm.CodeAddress);

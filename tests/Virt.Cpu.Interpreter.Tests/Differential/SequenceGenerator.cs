@@ -19,7 +19,7 @@ internal sealed class SequenceGenerator
     [
         IcedFeature.INTEL8086, IcedFeature.INTEL8086_ONLY, IcedFeature.INTEL186, IcedFeature.INTEL286, IcedFeature.INTEL386,
         IcedFeature.INTEL486, IcedFeature.X64, IcedFeature.CMOV, IcedFeature.CX8, IcedFeature.CMPXCHG16B,
-        IcedFeature.POPCNT, IcedFeature.LZCNT, IcedFeature.BMI1, IcedFeature.MULTIBYTENOP,
+        IcedFeature.POPCNT, IcedFeature.LZCNT, IcedFeature.BMI1, IcedFeature.BMI2, IcedFeature.SSE4_2, IcedFeature.MULTIBYTENOP,
     ];
 
     private static readonly HashSet<Mnemonic> Excluded =
@@ -46,7 +46,23 @@ internal sealed class SequenceGenerator
     private readonly Random _rng;
     private int _id;
 
+    private readonly Code[]? _focus;
+
     public SequenceGenerator(int seed) => _rng = new Random(seed);
+
+    /// <summary>A generator that draws two instructions in three from the forms that need <paramref name="focus"/>.</summary>
+    public SequenceGenerator(int seed, IcedFeature focus)
+        : this(seed)
+    {
+        _focus = [.. Candidates.Where(c => c.CpuidFeatures().Contains(focus))];
+        if (_focus.Length == 0)
+        {
+            throw new InvalidOperationException($"no candidate needs {focus}");
+        }
+    }
+
+    /// <summary>The candidate forms that need <paramref name="feature"/>.</summary>
+    public static IEnumerable<Code> CandidatesOf(IcedFeature feature) => Candidates.Where(c => c.CpuidFeatures().Contains(feature));
 
     public static int CandidateCount => Candidates.Length;
 
@@ -314,7 +330,7 @@ internal sealed class SequenceGenerator
 
     private Instruction? RandomInstruction()
     {
-        var code = Pick(Candidates);
+        var code = _focus != null && _rng.Next(3) != 0 ? Pick(_focus) : Pick(Candidates);
         var info = code.ToOpCode();
         var ins = new Instruction { Code = code };
         int memSize = 0;

@@ -20,7 +20,7 @@ public sealed class SseDifferentialTests
     private static readonly Mnemonic[] Excluded =
     [
         Mnemonic.Rcpps, Mnemonic.Rcpss, Mnemonic.Rsqrtps, Mnemonic.Rsqrtss, // approximations differ by design
-        Mnemonic.Ldmxcsr, Mnemonic.Maskmovdqu, Mnemonic.Lddqu,
+        Mnemonic.Ldmxcsr, Mnemonic.Maskmovdqu,
     ];
 
     private static readonly Register[] Gprs =
@@ -29,7 +29,7 @@ public sealed class SseDifferentialTests
         Register.R11, Register.R12, Register.R13, Register.R14, Register.R15,
     ];
 
-    private static readonly Code[] Codes = BuildCodes();
+    private static readonly Code[] Codes = BuildCodes(Iced.Intel.CpuidFeature.SSE, Iced.Intel.CpuidFeature.SSE2);
 
     public static TheoryData<int> Batches() => new() { 0, 1, 2, 3, 4 };
 
@@ -46,9 +46,13 @@ public sealed class SseDifferentialTests
     [Theory]
     [MemberData(nameof(Batches))]
     public void Random_sse_sequences_match_kvm(int batch) =>
-        DifferentialTests.RunBatch(batch, perBatch: 1000, "VIRT_SSE_DIFF_SEED", defaultSeed: 0x55E0, "SSE sequences", Build);
+        DifferentialTests.RunBatch(batch, perBatch: 1000, "VIRT_SSE_DIFF_SEED", defaultSeed: 0x55E0, "SSE sequences", seed => Build(seed, Codes, extended: false));
 
-    private static Code[] BuildCodes()
+    /// <summary>
+    /// Every legacy 64-bit form over XMM registers (with general registers, memory and imm8 operands) whose CPUID
+    /// features are all in <paramref name="features"/> and which needs the first of them.
+    /// </summary>
+    internal static Code[] BuildCodes(params Iced.Intel.CpuidFeature[] features)
     {
         var list = new List<Code>();
         foreach (var code in Enum.GetValues<Code>())
@@ -59,8 +63,8 @@ public sealed class SseDifferentialTests
                 continue;
             }
 
-            var features = code.CpuidFeatures();
-            if (features.Length == 0 || features.Any(f => f is not (Iced.Intel.CpuidFeature.SSE or Iced.Intel.CpuidFeature.SSE2)))
+            var needs = code.CpuidFeatures();
+            if (needs.Length == 0 || needs.Any(f => Array.IndexOf(features, f) < 0) || (features.Length == 1 && needs[0] != features[0]))
             {
                 continue;
             }
@@ -135,10 +139,26 @@ public sealed class SseDifferentialTests
         _ => (ulong)rng.NextInt64() ^ ((ulong)rng.Next(2) << 63),
     };
 
-    private static void Fill(Random rng, Span<byte> chunk)
+    internal static void Fill(Random rng, Span<byte> chunk, bool extended)
     {
-        switch (rng.Next(4))
+        switch (rng.Next(extended ? 6 : 4))
         {
+            case 4:
+                // Short strings over a small alphabet with NUL terminators: string compares find matches and ends.
+                for (int i = 0; i < 16; i++)
+                {
+                    chunk[i] = (byte)(rng.Next(8) == 0 ? 0 : rng.Next(3) == 0 ? 0x80 + rng.Next(3) : 0x41 + rng.Next(4));
+                }
+
+                break;
+            case 5:
+                // Lane masks and byte selectors: all-zero or all-one elements, indexes with and without bit 7.
+                for (int i = 0; i < 16; i++)
+                {
+                    chunk[i] = (byte)(rng.Next(4) switch { 0 => 0, 1 => 0xFF, 2 => rng.Next(16), _ => 0x80 | rng.Next(16) });
+                }
+
+                break;
             case 0:
                 for (int i = 0; i < 4; i++)
                 {
@@ -166,7 +186,7 @@ public sealed class SseDifferentialTests
         }
     }
 
-    private static Instruction Make(Random rng, Code code)
+    internal static Instruction Make(Random rng, Code code)
     {
         var oc = code.ToOpCode();
         var ops = new object[oc.OpCount];
@@ -176,7 +196,7 @@ public sealed class SseDifferentialTests
             var kind = oc.GetOpKind(i);
             bool reg32 = kind is OpCodeOperandKind.r32_reg or OpCodeOperandKind.r32_rm or OpCodeOperandKind.r32_or_mem;
             bool memory = kind == OpCodeOperandKind.mem
-                || (!usedMemory && kind is OpCodeOperandKind.xmm_or_mem or OpCodeOperandKind.r32_or_mem or OpCodeOperandKind.r64_or_mem && rng.Next(3) == 0);
+                || (!usedMemory && kind is OpCodeOperandKind.xmm_or_mem or OpCodeOperandKind.mm_or_mem or OpCodeOperandKind.r32_or_mem or OpCodeOperandKind.r64_or_mem && rng.Next(3) == 0);
             if (memory)
             {
                 usedMemory = true;
@@ -185,6 +205,10 @@ public sealed class SseDifferentialTests
             else if (kind is OpCodeOperandKind.xmm_reg or OpCodeOperandKind.xmm_rm or OpCodeOperandKind.xmm_or_mem)
             {
                 ops[i] = Register.XMM0 + rng.Next(16);
+            }
+            else if (kind is OpCodeOperandKind.mm_reg or OpCodeOperandKind.mm_rm or OpCodeOperandKind.mm_or_mem)
+            {
+                ops[i] = Register.MM0 + rng.Next(8);
             }
             else if (kind == OpCodeOperandKind.imm8)
             {
@@ -212,7 +236,11 @@ public sealed class SseDifferentialTests
         };
     }
 
-    internal static (byte[] Code, ulong EndRip, GeneralRegisters Regs, byte[] Scratch, string Listing) Build(int seed)
+    /// <summary>
+    /// One sequence of 1-8 instructions from <paramref name="codes"/>; <paramref name="extended"/> adds string and mask
+    /// patterns to the XMM contents and small signed lengths in RAX/RDX (the explicit-length string compares).
+    /// </summary>
+    internal static (byte[] Code, ulong EndRip, GeneralRegisters Regs, byte[] Scratch, string Listing) Build(int seed, Code[] codes, bool extended)
     {
         var rng = new Random(seed);
         var list = new List<Instruction>();
@@ -226,7 +254,7 @@ public sealed class SseDifferentialTests
         int n = rng.Next(1, 9);
         for (int i = 0; i < n; i++)
         {
-            list.Add(Make(rng, Codes[rng.Next(Codes.Length)]));
+            list.Add(Make(rng, codes[rng.Next(codes.Length)]));
         }
 
         int last = list.Count;
@@ -250,12 +278,12 @@ public sealed class SseDifferentialTests
         var scratch = new byte[DiffVm.ScratchSize];
         for (int i = 0; i < Slots; i++)
         {
-            Fill(rng, scratch.AsSpan(16 * i, 16));
+            Fill(rng, scratch.AsSpan(16 * i, 16), extended);
         }
 
         for (int i = 0; i < 16; i++)
         {
-            Fill(rng, scratch.AsSpan(XmmInit + (16 * i), 16));
+            Fill(rng, scratch.AsSpan(XmmInit + (16 * i), 16), extended);
         }
 
         uint mxcsr = 0x1F80u | ((uint)rng.Next(4) << 13);
@@ -270,6 +298,11 @@ public sealed class SseDifferentialTests
             Rip = DiffVm.CodeAddress,
             Rflags = 0x202 | ((ulong)rng.Next() & 0x8D5),
         };
+        if (extended && rng.Next(2) == 0)
+        {
+            regs.Rax = (ulong)(long)rng.Next(-20, 21);
+            regs.Rdx = (ulong)(long)rng.Next(-20, 21);
+        }
 
         var listing = new StringBuilder();
         var formatter = new NasmFormatter();
@@ -284,7 +317,7 @@ public sealed class SseDifferentialTests
         return (code, endRip, regs, scratch, listing.ToString());
     }
 
-    private sealed class BufferWriter : CodeWriter
+    internal sealed class BufferWriter : CodeWriter
     {
         private readonly List<byte> _bytes = [];
 

@@ -1,0 +1,107 @@
+using Iced.Intel;
+using Virt.Boot;
+using Virt.Testing;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace Virt.Cpu.Interpreter.Tests.Sse;
+
+/// <summary>MMX register aliasing and tag-word effects on both backends, and MMX faults on the interpreter.</summary>
+public sealed class MmxSemanticsTests
+{
+    private const int Done = -2;
+
+    public static TheoryData<string> Backends() => SseHarness.Backends();
+
+    [Theory]
+    [MemberData(nameof(Backends))]
+    public void Mmx_registers_alias_the_x87_significands_and_move_top_and_tags(string backend)
+    {
+        var (r, _) = SseHarness.Run(backend, a =>
+        {
+            a.fninit();
+            a.fld1();                     // TOP = 7, R7 = 1.0
+            a.movq(rax, mm7);             // MM7 is R7's significand; TOP becomes 0, every tag valid
+            a.fnstsw(ax);
+            a.mov(r8, rax);
+            a.movq(r9, mm7);
+            a.mov(rcx, 0x1122334455667788);
+            a.movq(mm3, rcx);             // sign and exponent of R3 become all ones
+            a.fxsave(__[rbx + 0x200]);
+            a.emms();                     // every tag empty, TOP 0
+            a.fxsave(__[rbx + 0x400]);
+        });
+        Assert.Equal(Done, r.Vector);
+        Assert.Equal(0UL, r.Gprs[8] & 0x3800);
+        Assert.Equal(0x8000_0000_0000_0000UL, r.Gprs[9]);
+        Assert.Equal(0xFF, r.Scratch[0x204]);
+        Assert.Equal(0x1122334455667788UL, BitConverter.ToUInt64(r.Scratch, 0x200 + 32 + (3 * 16)));
+        Assert.Equal(0xFFFF, BitConverter.ToUInt16(r.Scratch, 0x200 + 40 + (3 * 16)));
+        Assert.Equal(0x3FFF, BitConverter.ToUInt16(r.Scratch, 0x200 + 40 + (7 * 16)));
+        Assert.Equal(0, r.Scratch[0x404]);
+        Assert.Equal(0, BitConverter.ToUInt16(r.Scratch, 0x402) & 0x3800);
+    }
+
+    [Theory]
+    [MemberData(nameof(Backends))]
+    public void Mmx_forms_of_packs_unpacks_and_ssse3_use_64_bit_lanes(string backend)
+    {
+        var (r, _) = SseHarness.Run(backend, a =>
+        {
+            a.mov(rax, 0x0004_0003_0002_0001);
+            a.movq(mm0, rax);
+            a.mov(rax, 0x0008_0007_0006_0005);
+            a.movq(mm1, rax);
+            a.movq(mm2, mm0);
+            a.packsswb(mm2, mm1);
+            a.movq(r8, mm2);
+            a.movq(mm2, mm0);
+            a.punpckhwd(mm2, mm1);
+            a.movq(r9, mm2);
+            a.movq(mm2, mm0);
+            a.phaddw(mm2, mm1);
+            a.movq(r10, mm2);
+            a.movq(mm2, mm0);
+            a.palignr(mm2, mm1, 2);
+            a.movq(r11, mm2);
+            a.emms();
+        });
+        Assert.Equal(Done, r.Vector);
+        Assert.Equal(0x0807060504030201UL, r.Gprs[8]);
+        Assert.Equal(0x0008_0004_0007_0003UL, r.Gprs[9]);
+        Assert.Equal(0x000F_000B_0007_0003UL, r.Gprs[10]);
+        Assert.Equal(0x0001_0008_0007_0006UL, r.Gprs[11]);
+    }
+
+    [Fact]
+    public void Mmx_faults_with_cr0_em_and_ts_and_when_hidden_from_cpuid()
+    {
+        Assert.Equal(Done, RunAtCpl0(a => a.paddb(mm0, mm1), null));
+        Assert.Equal(6, RunAtCpl0(a => a.paddb(mm0, mm1), null, cr0Set: 1UL << 2));
+        Assert.Equal(7, RunAtCpl0(a => a.paddb(mm0, mm1), null, cr0Set: 1UL << 3));
+        Assert.Equal(7, RunAtCpl0(a => a.emms(), null, cr0Set: 1UL << 3));
+        Assert.Equal(6, RunAtCpl0(a => a.paddb(mm0, mm1), new PartitionOptions { MaskedCpuidFeatures = [new CpuidFeature(1, 0, CpuidRegister.Edx, 23)] }));
+    }
+
+    private static int RunAtCpl0(Action<Assembler> emit, PartitionOptions? options, ulong cr0Set = 0)
+    {
+        using var m = new Machine(new InterpreterHypervisor(), options: options);
+        m.Start(StartMode.Long64, GuestProgram.Assemble(64, Machine.CodeAddress, a =>
+        {
+            emit(a);
+            a.hlt();
+        }));
+        const ulong handler = 0x30000;
+        for (int v = 0; v < 32; v++)
+        {
+            m.Memory.Write(new GuestAddress(handler + (ulong)(v * 16)), (byte)0xF4);
+        }
+
+        m.InstallIdt(handler);
+        var s = m.Vcpu.GetSpecialRegisters();
+        s.Cr0 |= cr0Set;
+        m.Vcpu.SetSpecialRegisters(s);
+        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        ulong rip = m.Regs.Rip;
+        return rip >= handler && rip < handler + (32 * 16) ? (int)((rip - handler - 1) / 16) : -2;
+    }
+}
