@@ -164,8 +164,7 @@ internal sealed class SandboxMachine : IDisposable
     /// The CPUID answers the program gets: the backend's leaves without the hidden features, with OSXSAVE and
     /// OSPKE clear (CR4 has neither) and no XSAVE enumeration leaf. MMX is always reported: it is part of the x86-64
     /// psABI baseline, and glibc's loader refuses libraries marked for that baseline (Debian's libc.so.6) on a CPU
-    /// without it. On the interpreter, which does not implement MMX, an MMX instruction raises #UD (the program ends
-    /// with SIGILL); glibc's x86-64 code uses SSE2 instead and never executes one.
+    /// without it. Both backends implement MMX (the interpreter's MMn registers alias its x87 registers, as on hardware).
     /// </summary>
     private static CpuidEntry[] CpuidPolicy(IReadOnlyList<CpuidEntry> supported) =>
     [
