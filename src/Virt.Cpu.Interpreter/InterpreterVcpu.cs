@@ -58,6 +58,7 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
         _cpuid = [.. partition.SupportedCpuid];
         _regions = partition.Regions;
         _handlers = InstructionTable.Bind(this);
+        _jit = partition.Jit;
         InitTlb();
         UpdateMode();
     }
