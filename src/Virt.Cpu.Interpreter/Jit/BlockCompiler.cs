@@ -683,17 +683,12 @@ internal sealed class BlockCompiler
         EmitTlbCheck(_wtlb, size, slow);
         EmitHostPointer();
         _il.Emit(OpCodes.Ldloc, value);
-        if (size > 1)
-        {
-            _il.Emit(OpCodes.Unaligned, (byte)1);
-        }
-
         switch (size)
         {
             case 1: _il.Emit(OpCodes.Conv_U1); _il.Emit(OpCodes.Stind_I1); break;
-            case 2: _il.Emit(OpCodes.Conv_U2); _il.Emit(OpCodes.Stind_I2); break;
-            case 4: _il.Emit(OpCodes.Conv_U4); _il.Emit(OpCodes.Stind_I4); break;
-            default: _il.Emit(OpCodes.Stind_I8); break;
+            case 2: _il.Emit(OpCodes.Conv_U2); _il.Emit(OpCodes.Unaligned, (byte)1); _il.Emit(OpCodes.Stind_I2); break;
+            case 4: _il.Emit(OpCodes.Conv_U4); _il.Emit(OpCodes.Unaligned, (byte)1); _il.Emit(OpCodes.Stind_I4); break;
+            default: _il.Emit(OpCodes.Unaligned, (byte)1); _il.Emit(OpCodes.Stind_I8); break;
         }
 
         _il.Emit(OpCodes.Br, done);

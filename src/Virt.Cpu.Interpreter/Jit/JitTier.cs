@@ -85,10 +85,58 @@ internal sealed class JitCompilerThread
 
     private void Loop()
     {
+        // The first compilation in a process also compiles the compiler (and the runtime's dynamic-method
+        // support): do it now, on a block of the common forms, while the vCPU still interprets its first blocks.
+        try
+        {
+            var warm = WarmUpBlock();
+            Compile(warm);
+            Interlocked.Exchange(ref _compiled, 0);
+            Interlocked.Exchange(ref _compileTicks, 0);
+            lock (_cacheLock)
+            {
+                _cache.Clear();
+                _cached = 0;
+            }
+        }
+        catch (Iced.Intel.EncoderException)
+        {
+        }
+
         foreach (var b in _queue.GetConsumingEnumerable())
         {
             Compile(b);
         }
+    }
+
+    /// <summary>A loop of the forms guest code uses most (ALU, loads, stores, INC/DEC, a conditional branch to itself).</summary>
+    private static Block WarmUpBlock()
+    {
+        const ulong Start = 0x1000;
+        var writer = new Iced.Intel.Assembler(64);
+        var loop = writer.CreateLabel();
+        writer.Label(ref loop);
+        writer.movzx(Iced.Intel.AssemblerRegisters.edx, Iced.Intel.AssemblerRegisters.__byte_ptr[Iced.Intel.AssemblerRegisters.rsi]);
+        writer.add(Iced.Intel.AssemblerRegisters.rax, Iced.Intel.AssemblerRegisters.rdx);
+        writer.mov(Iced.Intel.AssemblerRegisters.__qword_ptr[Iced.Intel.AssemblerRegisters.rdi + 8], Iced.Intel.AssemblerRegisters.rax);
+        writer.cmp(Iced.Intel.AssemblerRegisters.ecx, 3);
+        writer.dec(Iced.Intel.AssemblerRegisters.rcx);
+        writer.jnz(loop);
+        var stream = new MemoryStream();
+        writer.Assemble(new Iced.Intel.StreamCodeWriter(stream), Start);
+        var decoder = Iced.Intel.Decoder.Create(64, new Iced.Intel.ByteArrayCodeReader(stream.ToArray()), Start);
+        var ops = new List<Op>();
+        var instrs = new List<Iced.Intel.Instruction>();
+        while (decoder.IP < Start + (ulong)stream.Length)
+        {
+            decoder.Decode(out var ins);
+            instrs.Add(ins);
+            var op = Translator.Translate(in ins, 64);
+            op.Slot = ops.Count;
+            ops.Add(op);
+        }
+
+        return new Block { Ops = [.. ops], Instrs = [.. instrs], Count = ops.Count, Lin = Start, PhysPage = Start, ModeKey = 64 };
     }
 
     private void Compile(Block b)
@@ -103,6 +151,19 @@ internal sealed class JitCompilerThread
         try
         {
             code = BlockCompiler.Compile(b);
+            if (code != null)
+            {
+                // The .NET JIT compiles a dynamic method on its first call: make that call here, with no vCPU, so
+                // the machine code is built on this thread (the prologue's first access of the vCPU throws before
+                // anything else runs) and a method the JIT rejects is never published.
+                try
+                {
+                    code(null!, b);
+                }
+                catch (NullReferenceException)
+                {
+                }
+            }
         }
         catch (InvalidProgramException)
         {
