@@ -101,9 +101,10 @@ public sealed record InterpreterOptions
     /// translated to IL on a background thread and compiled by the .NET JIT, then run in place of the interpreter.
     /// On by default. Where the runtime cannot compile dynamic code (NativeAOT) the interpreter runs alone whatever
     /// this says, and <see cref="InterpreterHypervisor.GetAvailability"/> says so. Instruction counts, the budget,
-    /// exceptions and exits are the same either way.
+    /// exceptions and exits are the same either way. The environment variable <c>VIRT_INTERPRETER_JIT=0</c> makes
+    /// the default <see langword="false"/>, for programs that do not set the option themselves.
     /// </summary>
-    public bool EnableJit { get; init; } = true;
+    public bool EnableJit { get; init; } = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT") != "0";
 
     /// <summary>
     /// How many interpreted executions make a block hot enough to compile; 50 by default. 0 compiles every block

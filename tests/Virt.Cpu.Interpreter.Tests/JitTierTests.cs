@@ -75,7 +75,7 @@ public sealed class JitTierTests
     public void Whole_program_ends_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
         var expected = RunAll(TestBackends.Interpreter(), Mixed);
-        var jit = RunAll(new InterpreterHypervisor(new InterpreterOptions { JitThreshold = threshold }), Mixed);
+        var jit = RunAll(new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = threshold }), Mixed);
         Assert.Equal(VcpuExitReason.Halt, expected.Reason);
         Assert.Equal(expected, jit);
     }
@@ -166,7 +166,7 @@ public sealed class JitTierTests
 
         var code = GuestProgram.Assemble(64, Machine.CodeAddress, Program);
         Assert.Equal(new byte[] { 0x48, 0x05, 0x01, 0, 0, 0 }, code.AsSpan(12, 6).ToArray());
-        var jit = RunAll(new InterpreterHypervisor(new InterpreterOptions { JitThreshold = threshold }), Program);
+        var jit = RunAll(new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = threshold }), Program);
         var first = RunAll(TestBackends.Interpreter(), Program);
         Assert.Equal(VcpuExitReason.Halt, jit.Reason);
         ulong expected = 1;

@@ -16,7 +16,7 @@ internal static class TestBackends
     public static InterpreterHypervisor Interpreter() => new(new InterpreterOptions { EnableJit = false });
 
     /// <summary>The interpreter with the JIT tier at threshold 0: every block is compiled before it first runs.</summary>
-    public static InterpreterHypervisor Jit() => new(new InterpreterOptions { JitThreshold = 0 });
+    public static InterpreterHypervisor Jit() => new(new InterpreterOptions { EnableJit = true, JitThreshold = 0 });
 
     /// <summary>The backend named <paramref name="name"/>; for "kvm", skips or fails as <see cref="HostRequirements.RequireKvm"/> says.</summary>
     public static IHypervisor Create(string name)

@@ -90,14 +90,7 @@ internal sealed class JitCompilerThread
         try
         {
             var warm = WarmUpBlock();
-            Compile(warm);
-            Interlocked.Exchange(ref _compiled, 0);
-            Interlocked.Exchange(ref _compileTicks, 0);
-            lock (_cacheLock)
-            {
-                _cache.Clear();
-                _cached = 0;
-            }
+            Build(warm);
         }
         catch (Iced.Intel.EncoderException)
         {
@@ -147,33 +140,7 @@ internal sealed class JitCompilerThread
         }
 
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
-        CompiledBlock? code;
-        try
-        {
-            code = BlockCompiler.Compile(b);
-            if (code != null)
-            {
-                // The .NET JIT compiles a dynamic method on its first call: make that call here, with no vCPU, so
-                // the machine code is built on this thread (the prologue's first access of the vCPU throws before
-                // anything else runs) and a method the JIT rejects is never published.
-                try
-                {
-                    code(null!, b);
-                }
-                catch (NullReferenceException)
-                {
-                }
-            }
-        }
-        catch (InvalidProgramException)
-        {
-            code = null;
-        }
-        catch (NotSupportedException)
-        {
-            code = null;
-        }
-
+        var code = Build(b);
         Interlocked.Add(ref _compileTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
         if (code == null)
         {
@@ -202,6 +169,38 @@ internal sealed class JitCompilerThread
                 _cached--;
                 _evicted++;
             }
+        }
+    }
+
+    /// <summary>Translates and JIT-compiles <paramref name="b"/>; null when the block gains nothing or the runtime rejects the method.</summary>
+    private static CompiledBlock? Build(Block b)
+    {
+        try
+        {
+            var code = BlockCompiler.Compile(b);
+            if (code != null)
+            {
+                // The .NET JIT compiles a dynamic method on its first call: make that call here, with no vCPU, so
+                // the machine code is built on this thread (the prologue's first access of the vCPU throws before
+                // anything else runs) and a method the JIT rejects is never published.
+                try
+                {
+                    code(null!, b);
+                }
+                catch (NullReferenceException)
+                {
+                }
+            }
+
+            return code;
+        }
+        catch (InvalidProgramException)
+        {
+            return null;
+        }
+        catch (NotSupportedException)
+        {
+            return null;
         }
     }
 }

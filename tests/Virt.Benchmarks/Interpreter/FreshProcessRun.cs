@@ -9,7 +9,7 @@ namespace Virt.Benchmarks.Interpreter;
 /// (tiered JIT at tier 0, cold block cache). Run with
 /// <c>dotnet tests/Virt.Benchmarks/bin/Release/net10.0/Virt.Benchmarks.dll fresh loop|checksum|sieve [runs]</c>;
 /// with a run count above one, the best of the further runs is printed as well (the steady state, for quick A/B
-/// comparisons of two builds run alternately on a noisy machine). <c>VIRT_JIT=0</c> turns the JIT tier off;
+/// comparisons of two builds run alternately on a noisy machine). <c>VIRT_INTERPRETER_JIT=0</c> turns the JIT tier off;
 /// <c>VIRT_JIT_THRESHOLD=n</c> sets its threshold.
 /// </summary>
 internal static class FreshProcessRun
@@ -25,7 +25,6 @@ internal static class FreshProcessRun
         };
         var options = new InterpreterOptions
         {
-            EnableJit = Environment.GetEnvironmentVariable("VIRT_JIT") != "0",
             JitThreshold = Environment.GetEnvironmentVariable("VIRT_JIT_THRESHOLD") is { } t ? int.Parse(t, System.Globalization.CultureInfo.InvariantCulture) : 50,
         };
         var hypervisor = new InterpreterHypervisor(options);
