@@ -107,8 +107,9 @@ public sealed record InterpreterOptions
     public bool EnableJit { get; init; } = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT") != "0";
 
     /// <summary>
-    /// How many interpreted executions make a block hot enough to compile; 50 by default. 0 compiles every block
-    /// on its first execution, on the vCPU's thread (for tests: every block then runs compiled code).
+    /// How many interpreted executions make a block hot enough to compile; 50 by default (the environment variable
+    /// <c>VIRT_INTERPRETER_JIT_THRESHOLD</c> sets another default). 0 compiles every block on its first execution,
+    /// on the vCPU's thread (for tests: every block then runs compiled code).
     /// </summary>
     public int JitThreshold
     {
@@ -118,7 +119,8 @@ public sealed record InterpreterOptions
             ArgumentOutOfRangeException.ThrowIfNegative(value);
             field = value;
         }
-    } = 50;
+    } = int.TryParse(Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT_THRESHOLD"), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int threshold)
+        ? threshold : 50;
 }
 
 /// <summary>Where the guest's time comes from on an interpreter partition with emulated interrupt controllers.</summary>

@@ -87,14 +87,7 @@ internal sealed class JitCompilerThread
     {
         // The first compilation in a process also compiles the compiler (and the runtime's dynamic-method
         // support): do it now, on a block of the common forms, while the vCPU still interprets its first blocks.
-        try
-        {
-            var warm = WarmUpBlock();
-            Build(warm);
-        }
-        catch (Iced.Intel.EncoderException)
-        {
-        }
+        Build(WarmUpBlock());
 
         foreach (var b in _queue.GetConsumingEnumerable())
         {
@@ -106,21 +99,19 @@ internal sealed class JitCompilerThread
     private static Block WarmUpBlock()
     {
         const ulong Start = 0x1000;
-        var writer = new Iced.Intel.Assembler(64);
-        var loop = writer.CreateLabel();
-        writer.Label(ref loop);
-        writer.movzx(Iced.Intel.AssemblerRegisters.edx, Iced.Intel.AssemblerRegisters.__byte_ptr[Iced.Intel.AssemblerRegisters.rsi]);
-        writer.add(Iced.Intel.AssemblerRegisters.rax, Iced.Intel.AssemblerRegisters.rdx);
-        writer.mov(Iced.Intel.AssemblerRegisters.__qword_ptr[Iced.Intel.AssemblerRegisters.rdi + 8], Iced.Intel.AssemblerRegisters.rax);
-        writer.cmp(Iced.Intel.AssemblerRegisters.ecx, 3);
-        writer.dec(Iced.Intel.AssemblerRegisters.rcx);
-        writer.jnz(loop);
-        var stream = new MemoryStream();
-        writer.Assemble(new Iced.Intel.StreamCodeWriter(stream), Start);
-        var decoder = Iced.Intel.Decoder.Create(64, new Iced.Intel.ByteArrayCodeReader(stream.ToArray()), Start);
+        byte[] code =
+        [
+            0x0F, 0xB6, 0x16,       // movzx edx, byte [rsi]
+            0x48, 0x01, 0xD0,       // add rax, rdx
+            0x48, 0x89, 0x47, 0x08, // mov [rdi+8], rax
+            0x83, 0xF9, 0x03,       // cmp ecx, 3
+            0x48, 0xFF, 0xC9,       // dec rcx
+            0x75, 0xEE,             // jnz start
+        ];
+        var decoder = Iced.Intel.Decoder.Create(64, new Iced.Intel.ByteArrayCodeReader(code), Start);
         var ops = new List<Op>();
         var instrs = new List<Iced.Intel.Instruction>();
-        while (decoder.IP < Start + (ulong)stream.Length)
+        while (decoder.IP < Start + (ulong)code.Length)
         {
             decoder.Decode(out var ins);
             instrs.Add(ins);

@@ -10,7 +10,7 @@ namespace Virt.Benchmarks.Interpreter;
 /// <c>dotnet tests/Virt.Benchmarks/bin/Release/net10.0/Virt.Benchmarks.dll fresh loop|checksum|sieve [runs]</c>;
 /// with a run count above one, the best of the further runs is printed as well (the steady state, for quick A/B
 /// comparisons of two builds run alternately on a noisy machine). <c>VIRT_INTERPRETER_JIT=0</c> turns the JIT tier off;
-/// <c>VIRT_JIT_THRESHOLD=n</c> sets its threshold.
+/// <c>VIRT_INTERPRETER_JIT_THRESHOLD=n</c> sets its threshold.
 /// </summary>
 internal static class FreshProcessRun
 {
@@ -23,10 +23,7 @@ internal static class FreshProcessRun
             "sieve" => GuestWorkloads.Sieve(),
             _ => throw new ArgumentException($"Unknown workload '{workload}': use loop, checksum or sieve.", nameof(workload)),
         };
-        var options = new InterpreterOptions
-        {
-            JitThreshold = Environment.GetEnvironmentVariable("VIRT_JIT_THRESHOLD") is { } t ? int.Parse(t, System.Globalization.CultureInfo.InvariantCulture) : 50,
-        };
+        var options = new InterpreterOptions();
         var hypervisor = new InterpreterHypervisor(options);
         Console.WriteLine(hypervisor.GetAvailability().Reason);
         using var guest = new GuestWorkloads.Guest(hypervisor, code);
