@@ -164,6 +164,7 @@ internal sealed class JitCompilerThread
     }
 
     /// <summary>Translates and JIT-compiles <paramref name="b"/>; null when the block gains nothing or the runtime rejects the method.</summary>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1031:Do not catch general exception types", Justification = "Compilation is an optimisation: any failure leaves the block to the interpreter instead of ending the compiler thread or the guest.")]
     private static CompiledBlock? Build(Block b)
     {
         try
@@ -185,12 +186,10 @@ internal sealed class JitCompilerThread
 
             return code;
         }
-        catch (InvalidProgramException)
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
-            return null;
-        }
-        catch (NotSupportedException)
-        {
+            // A block the compiler or the runtime cannot handle stays with the interpreter; the compiler thread
+            // and the vCPU carry on.
             return null;
         }
     }
