@@ -345,6 +345,11 @@ internal sealed partial class InterpreterVcpu
         while (true)
         {
             var b = GetBlock();
+            if (_jit != null)
+            {
+                CountForJit(b);
+            }
+
             if (!TryRunCompiled(b))
             {
                 long left = _budgetEnd - _retired;

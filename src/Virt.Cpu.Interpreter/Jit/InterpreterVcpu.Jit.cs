@@ -60,30 +60,31 @@ internal sealed partial class InterpreterVcpu
     private bool TryRunCompiled(Block b)
     {
         var code = b.Compiled;
-        if (code == null)
-        {
-            if (_jit != null && b.Cacheable)
-            {
-                _jit.Count(b);
-                code = b.Compiled;
-            }
-
-            if (code == null)
-            {
-                return false;
-            }
-        }
-
-        if (_budgetEnd - _retired < b.Count)
+        if (code == null || _budgetEnd - _retired < b.Count)
         {
             return false;
         }
 
+        RunCompiled(b, code);
+        return true;
+    }
+
+    private void RunCompiled(Block b, Jit.CompiledBlock code)
+    {
         b.Used = true;
         _lastBlock = b;
         _inBlock = true;
         code(this, b);
         _inBlock = false;
-        return true;
+    }
+
+    /// <summary>Counts an interpreted run of <paramref name="b"/> towards the JIT threshold (at 0, compiles it now).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void CountForJit(Block b)
+    {
+        if (b.Cacheable && b.Compiled == null)
+        {
+            _jit!.Count(b);
+        }
     }
 }
