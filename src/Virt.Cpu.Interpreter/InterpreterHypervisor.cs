@@ -29,7 +29,11 @@ public sealed class InterpreterHypervisor : IHypervisor
 
     /// <inheritdoc />
     public HypervisorAvailability GetAvailability() =>
-        HypervisorAvailability.Available("x86-64 interpreter (software, runs on every host)");
+        HypervisorAvailability.Available(!Options.EnableJit
+            ? "x86-64 interpreter (software, runs on every host; JIT tier off by option)"
+            : Jit.JitTier.Supported
+                ? "x86-64 interpreter (software, runs on every host) with a JIT tier (hot blocks compiled by the .NET JIT)"
+                : "x86-64 interpreter (software, runs on every host; JIT tier off: this runtime cannot compile dynamic code)");
 
     /// <inheritdoc />
     public IPartition CreatePartition(IGuestMemoryBacking memory, PartitionOptions options)
@@ -91,6 +95,32 @@ public sealed record InterpreterOptions
     /// when off it costs nothing. With a hook, the vCPU executes one instruction per step.
     /// </summary>
     public Action<int, ulong>? TraceHook { get; init; }
+
+    /// <summary>
+    /// Whether hot guest code is compiled: blocks the interpreter has run <see cref="JitThreshold"/> times are
+    /// translated to IL on a background thread and compiled by the .NET JIT, then run in place of the interpreter.
+    /// On by default. Where the runtime cannot compile dynamic code (NativeAOT) the interpreter runs alone whatever
+    /// this says, and <see cref="InterpreterHypervisor.GetAvailability"/> says so. Instruction counts, the budget,
+    /// exceptions and exits are the same either way. The environment variable <c>VIRT_INTERPRETER_JIT=0</c> makes
+    /// the default <see langword="false"/>, for programs that do not set the option themselves.
+    /// </summary>
+    public bool EnableJit { get; init; } = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT") != "0";
+
+    /// <summary>
+    /// How many interpreted executions make a block hot enough to compile; 50 by default (the environment variable
+    /// <c>VIRT_INTERPRETER_JIT_THRESHOLD</c> sets another default). 0 compiles every block on its first execution,
+    /// on the vCPU's thread (for tests: every block then runs compiled code).
+    /// </summary>
+    public int JitThreshold
+    {
+        get;
+        init
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(value);
+            field = value;
+        }
+    } = int.TryParse(Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT_THRESHOLD"), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int threshold)
+        ? threshold : 50;
 }
 
 /// <summary>Where the guest's time comes from on an interpreter partition with emulated interrupt controllers.</summary>

@@ -25,6 +25,8 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
         Memory = memory;
         Options = options;
         InterpreterOptions = hypervisor.Options;
+        Jit = InterpreterOptions.EnableJit && global::Virt.Cpu.Interpreter.Jit.JitTier.Supported
+            ? new Jit.JitTier(InterpreterOptions.JitThreshold) : null;
         var regions = memory.Regions;
         Regions = new PhysRegion[regions.Count];
         _dirty = new ulong[regions.Count][];
@@ -67,6 +69,9 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
     public PartitionOptions Options { get; }
 
     public InterpreterOptions InterpreterOptions { get; }
+
+    /// <summary>The compiled tier of this partition's vCPUs, or null when they only interpret.</summary>
+    internal Jit.JitTier? Jit { get; }
 
     /// <summary>Guest RAM/ROM regions with their host mappings, sorted by address.</summary>
     public PhysRegion[] Regions { get; }

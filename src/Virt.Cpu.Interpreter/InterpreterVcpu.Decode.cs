@@ -56,6 +56,18 @@ internal sealed class Block
     public int ModeKey;
     public bool Valid = true;
     public bool Cacheable = true;
+
+    /// <summary>The block compiled by the JIT tier, once published; null while it is interpreted.</summary>
+    public Jit.CompiledBlock? Compiled;
+
+    /// <summary>Interpreted executions counted towards the JIT threshold.</summary>
+    public int Hits;
+
+    /// <summary>Ran compiled since the code cache last looked (second-chance eviction).</summary>
+    public bool Used;
+
+    /// <summary>The compiler declined the block (nothing in it would run inline).</summary>
+    public bool Uncompilable;
 }
 
 /// <summary>Decoding guest code into cached blocks.</summary>

@@ -201,9 +201,9 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
-    /// <summary>Executes up to <paramref name="n"/> instructions of <paramref name="b"/>. Returns the number retired.</summary>
+    /// <summary>Executes up to <paramref name="n"/> instructions of <paramref name="b"/> from instruction <paramref name="start"/>. Returns the number retired.</summary>
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The hot dispatch: the common forms run inline in one switch (a jump table), measured faster than a handler call for them; every other form goes through its table row's handler.")]
-    private int ExecuteBlock(Block b, int n)
+    private int ExecuteBlock(Block b, int n, int start = 0)
     {
         var ops = b.Ops;
         if (!ReferenceEquals(_lastBlock, b))
@@ -212,10 +212,11 @@ internal sealed partial class InterpreterVcpu
         }
 
         ulong next = _cpu.Rip;
-        int i = 0;
+        int i = start;
+        int end = start + n;
         _stop = false;
         _notRetired = false;
-        for (; i < n; i++)
+        for (; i < end; i++)
         {
             _opIndex = i;
             ref Op op = ref ops[i];
@@ -482,6 +483,6 @@ internal sealed partial class InterpreterVcpu
         }
 
         _cpu.Rip = next;
-        return _notRetired ? i - 1 : i;
+        return (_notRetired ? i - 1 : i) - start;
     }
 }

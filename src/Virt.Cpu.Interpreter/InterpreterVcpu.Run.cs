@@ -345,20 +345,26 @@ internal sealed partial class InterpreterVcpu
         while (true)
         {
             var b = GetBlock();
-            long left = _budgetEnd - _retired;
-            int n = b.Count;
-            if (left < n)
+            if (_jit != null)
             {
-                n = (int)left;
+                CountForJit(b);
             }
 
-            _inBlock = true;
-            _retired += ExecuteBlock(b, n);
-            _inBlock = false;
-            if (_hasExit || _exitRequested || _retired >= _budgetEnd || _remoteCodeWritePending || _writeTlbFlushRequested
-                || _interruptShadow || (_pendingIrq >= 0 && (_cpu.Flags & IF) != 0) || _retired >= _timerStop
-                || (_plat is { Attention: true } && ((_cpu.Flags & IF) != 0 || _plat.LocalController.HasPendingNmi))
-                || (_nmiLatched && !_nmiBlocked) || GuestDebugPending)
+            if (!TryRunCompiled(b))
+            {
+                long left = _budgetEnd - _retired;
+                int n = b.Count;
+                if (left < n)
+                {
+                    n = (int)left;
+                }
+
+                _inBlock = true;
+                _retired += ExecuteBlock(b, n);
+                _inBlock = false;
+            }
+
+            if (NeedsAttention())
             {
                 return;
             }

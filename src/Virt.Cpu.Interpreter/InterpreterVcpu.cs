@@ -59,6 +59,7 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
         RefreshIsaFeatures();
         _regions = partition.Regions;
         _handlers = InstructionTable.Bind(this);
+        _jit = partition.Jit;
         InitTlb();
         UpdateMode();
     }

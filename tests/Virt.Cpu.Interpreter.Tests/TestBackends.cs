@@ -3,11 +3,20 @@ using Virt.Testing;
 
 namespace Virt.Cpu.Interpreter.Tests;
 
-/// <summary>The two backends the interpreter is compared against: itself and KVM (the hardware oracle).</summary>
+/// <summary>
+/// The backends the interpreter is compared against: its first tier alone, its JIT tier with every block compiled
+/// on first use, and KVM (the hardware oracle).
+/// </summary>
 internal static class TestBackends
 {
-    /// <summary>Theory data: "interpreter" and "kvm".</summary>
-    public static TheoryData<string> Both() => new() { "interpreter", "kvm" };
+    /// <summary>Theory data: "interpreter", "jit" and "kvm".</summary>
+    public static TheoryData<string> Both() => new() { "interpreter", "jit", "kvm" };
+
+    /// <summary>The interpreter with the JIT tier off: every instruction runs in the first tier.</summary>
+    public static InterpreterHypervisor Interpreter() => new(new InterpreterOptions { EnableJit = false });
+
+    /// <summary>The interpreter with the JIT tier at threshold 0: every block is compiled before it first runs.</summary>
+    public static InterpreterHypervisor Jit() => new(new InterpreterOptions { EnableJit = true, JitThreshold = 0 });
 
     /// <summary>The backend named <paramref name="name"/>; for "kvm", skips or fails as <see cref="HostRequirements.RequireKvm"/> says.</summary>
     public static IHypervisor Create(string name)
@@ -18,6 +27,6 @@ internal static class TestBackends
             return new KvmHypervisor();
         }
 
-        return new InterpreterHypervisor();
+        return name == "jit" ? Jit() : Interpreter();
     }
 }

@@ -9,7 +9,8 @@ namespace Virt.Benchmarks.Interpreter;
 /// (tiered JIT at tier 0, cold block cache). Run with
 /// <c>dotnet tests/Virt.Benchmarks/bin/Release/net10.0/Virt.Benchmarks.dll fresh loop|checksum|sieve [runs]</c>;
 /// with a run count above one, the best of the further runs is printed as well (the steady state, for quick A/B
-/// comparisons of two builds run alternately on a noisy machine).
+/// comparisons of two builds run alternately on a noisy machine). <c>VIRT_INTERPRETER_JIT=0</c> turns the JIT tier off;
+/// <c>VIRT_INTERPRETER_JIT_THRESHOLD=n</c> sets its threshold.
 /// </summary>
 internal static class FreshProcessRun
 {
@@ -22,7 +23,10 @@ internal static class FreshProcessRun
             "sieve" => GuestWorkloads.Sieve(),
             _ => throw new ArgumentException($"Unknown workload '{workload}': use loop, checksum or sieve.", nameof(workload)),
         };
-        using var guest = new GuestWorkloads.Guest(new InterpreterHypervisor(), code);
+        var options = new InterpreterOptions();
+        var hypervisor = new InterpreterHypervisor(options);
+        Console.WriteLine(hypervisor.GetAvailability().Reason);
+        using var guest = new GuestWorkloads.Guest(hypervisor, code);
         var counter = (IInstructionCounting)guest.Vcpu;
         long before = counter.InstructionsRetired;
         long start = Stopwatch.GetTimestamp();
@@ -41,6 +45,12 @@ internal static class FreshProcessRun
         if (runs > 1)
         {
             Console.WriteLine($"{workload} steady: best of {runs - 1} runs {best * 1000:F1} ms = {count / best / 1e6:F1} MIPS");
+        }
+
+        if (options.EnableJit && Virt.Cpu.Interpreter.Jit.JitCompilerThread.Shared is { Compiled: > 0 } jit)
+        {
+            double perBlock = (double)jit.CompileTicks / Stopwatch.Frequency / jit.Compiled * 1e6;
+            Console.WriteLine($"jit: {jit.Compiled} blocks compiled, {perBlock:F0} us per block, {jit.Cached} cached, {jit.Evicted} evicted");
         }
     }
 }

@@ -38,7 +38,8 @@ public sealed class DifferentialTests
         HostRequirements.RequireKvm();
         int seedBase = Environment.GetEnvironmentVariable(seedVariable) is { } s ? int.Parse(s, System.Globalization.CultureInfo.InvariantCulture) : defaultSeed;
         using var kvm = new DiffVm(new KvmHypervisor());
-        using var interp = new DiffVm(new InterpreterHypervisor());
+        using var interp = new DiffVm(TestBackends.Interpreter());
+        using var jit = new DiffVm(TestBackends.Jit());
         var failures = new StringBuilder();
         int failed = 0;
         for (int k = 0; k < perBatch; k++)
@@ -48,6 +49,11 @@ public sealed class DifferentialTests
             var a = kvm.Run(code, endRip, regs, scratch);
             var b = interp.Run(code, endRip, regs, scratch);
             string? diff = Compare(a, b);
+            if (diff == null && Compare(a, jit.Run(code, endRip, regs, scratch)) is { } jitDiff)
+            {
+                diff = "JIT tier: " + jitDiff;
+            }
+
             if (diff != null)
             {
                 failed++;

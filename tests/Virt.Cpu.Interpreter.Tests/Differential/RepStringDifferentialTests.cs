@@ -48,7 +48,7 @@ public sealed class RepStringDifferentialTests
         var regs = new GeneralRegisters { Rip = DiffVm.CodeAddress, Rsp = DiffVm.ScratchAddress + 0x1000, Rflags = 0x202 };
         ulong end = DiffVm.CodeAddress + (ulong)code.Length - 1;
 
-        SequenceResult kvm, interp;
+        SequenceResult kvm, interp, jit;
         using (var vm = new DiffVm(TestBackends.Create("kvm")))
         {
             kvm = vm.Run(code, end, regs, scratch);
@@ -59,7 +59,14 @@ public sealed class RepStringDifferentialTests
             interp = vm.Run(code, end, regs, scratch);
         }
 
+        using (var vm = new DiffVm(TestBackends.Create("jit")))
+        {
+            jit = vm.Run(code, end, regs, scratch);
+        }
+
         string? difference = DifferentialTests.Compare(kvm, interp);
         Assert.True(difference is null, $"{name}: {difference}");
+        difference = DifferentialTests.Compare(kvm, jit);
+        Assert.True(difference is null, $"{name}, JIT tier: {difference}");
     }
 }

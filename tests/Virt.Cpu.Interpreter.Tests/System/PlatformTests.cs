@@ -18,10 +18,16 @@ public sealed class PlatformTests
 
     private sealed class PlatformMachine : IDisposable
     {
-        public PlatformMachine(long instructionsPerSecond = 100_000_000, InterpreterClock clock = InterpreterClock.Virtual)
+        public PlatformMachine(long instructionsPerSecond = 100_000_000, InterpreterClock clock = InterpreterClock.Virtual, bool? jit = null)
         {
             Memory = Virt.Memory.GuestMemory.CreateRam(4UL << 20);
-            Partition = new InterpreterHypervisor(new InterpreterOptions { TscFrequency = Tsc, InstructionsPerSecond = instructionsPerSecond, Clock = clock })
+            var options = new InterpreterOptions { TscFrequency = Tsc, InstructionsPerSecond = instructionsPerSecond, Clock = clock };
+            if (jit is bool compiled)
+            {
+                options = options with { EnableJit = compiled, JitThreshold = 0 };
+            }
+
+            Partition = new InterpreterHypervisor(options)
                 .CreatePartition(Memory, new PartitionOptions { InterruptController = true, InterruptPlatform = Virt.Devices.Interrupts.PcInterruptPlatform.Factory });
             Vcpu = Partition.CreateVcpu(0);
         }
@@ -201,6 +207,47 @@ public sealed class PlatformTests
         {
             Assert.Equal((ulong)expected, count);
         }
+    }
+
+    [Fact]
+    public void Local_apic_timer_interrupts_a_compiled_busy_loop_at_the_same_instruction_as_the_first_tier()
+    {
+        (ulong Iterations, ulong Count, long Retired) Run(bool jit)
+        {
+            using var m = new PlatformMachine(jit: jit);
+            m.Start(
+                a =>
+                {
+                    a.xor(r15, r15);
+                    a.xor(eax, eax);
+                    EnableApic(a);
+                    a.mov(rdi, Lapic);
+                    a.mov(__dword_ptr[rdi + 0x3E0], 0xB); // divide by 1
+                    a.mov(rdi, Lapic);
+                    a.mov(__dword_ptr[rdi + 0x320], TimerVector);
+                    a.mov(rdi, Lapic);
+                    a.mov(__dword_ptr[rdi + 0x380], 100_000);
+                    a.sti();
+                    var loop = a.CreateLabel();
+                    a.Label(ref loop);
+                    a.add(rax, 1);
+                    a.cmp(r15, 0);
+                    a.je(loop);
+                    a.cli();
+                    a.hlt();
+                },
+                CountAndApicEoi);
+            var exit = m.RunToExit();
+            Assert.Equal(VcpuExitReason.Halt, exit.Reason);
+            var r = m.Vcpu.GetGeneralRegisters();
+            return (r.Rax, r.R15, ((IInstructionCounting)m.Vcpu).InstructionsRetired);
+        }
+
+        var first = Run(jit: false);
+        var compiled = Run(jit: true);
+        Assert.Equal(1UL, first.Count);
+        Assert.True(first.Iterations > 1000, $"{first.Iterations} iterations before the interrupt");
+        Assert.Equal(first, compiled);
     }
 
     [Fact]
