@@ -7,63 +7,12 @@ using Xunit;
 namespace Virt.Sdk.Tests;
 
 /// <summary>
-/// One Linux guest on the interpreter with a vsock device and the guest kit's agent, booted once for the class.
-/// </summary>
-public sealed class BootedAgentGuest : IAsyncLifetime
-{
-    public VirtualMachine? Vm { get; private set; }
-
-    public MarkerStream Console { get; } = new("VIRT-INIT-READY");
-
-    public string? SkipReason { get; private set; }
-
-    public TimeSpan BootToAgent { get; private set; }
-
-    public async ValueTask InitializeAsync()
-    {
-        if (!File.Exists(LinuxKit.Kernel) || !File.Exists(LinuxKit.Initrd))
-        {
-            SkipReason = "The guest kit is missing; run scripts/get-linux-guest.sh.";
-            return;
-        }
-
-        Vm = VirtualMachine.CreateBuilder()
-            .WithInterpreter()
-            .WithMemoryMiB(256)
-            .WithLinuxKernel(LinuxKit.Kernel)
-            .WithInitrd(LinuxKit.Initrd)
-            .WithKernelCommandLine("quiet")
-            .WithSerialConsole(Console)
-            .WithVsock(guestCid: 42)
-            .WithGuestAgent()
-            .Build();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(5));
-        var clock = Stopwatch.StartNew();
-        await Vm.StartAsync(timeout.Token);
-        var exited = Vm.WaitForExitAsync(timeout.Token);
-        await Task.WhenAny(Vm.WaitForAgentAsync(timeout.Token), exited).WaitAsync(timeout.Token);
-        BootToAgent = clock.Elapsed;
-        if (exited.IsCompleted)
-        {
-            throw new InvalidOperationException($"The guest stopped before its agent announced itself: {exited.Result.Description}\n{Console.Text}");
-        }
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        if (Vm is not null)
-        {
-            await Vm.DisposeAsync();
-        }
-    }
-}
-
-/// <summary>
 /// Commands, files and streams between the host and one booted Linux guest, all over virtio-vsock: the agent runs
 /// commands (exit codes, stdout, stderr, stdin), copies 10 MiB each way (hashes checked on both sides), and a guest
 /// program connects to a host listener.
 /// </summary>
-public sealed class LinuxGuestAgentTests(BootedAgentGuest guest) : IClassFixture<BootedAgentGuest>
+[Collection(nameof(BootedDevicesGuest))]
+public sealed class LinuxGuestAgentTests(BootedDevicesGuest guest)
 {
     private const int BigSize = 10 << 20;
 
@@ -71,7 +20,7 @@ public sealed class LinuxGuestAgentTests(BootedAgentGuest guest) : IClassFixture
     {
         get
         {
-            Assert.SkipWhen(guest.SkipReason is not null, guest.SkipReason ?? "");
+            guest.Require();
             return guest.Vm!;
         }
     }

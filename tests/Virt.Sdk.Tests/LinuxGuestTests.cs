@@ -86,16 +86,21 @@ public sealed class LinuxGuestTests
     [MemberData(nameof(Backends))]
     public async Task Reboot_in_the_guest_ends_the_vm_with_a_reset_reason(string backend)
     {
-        var (exit, text) = await Boot(backend, "reboot -f");
-        Assert.Contains("VIRT-INIT-READY", text, StringComparison.Ordinal);
-        Assert.True(exit.Reason == StopReason.Reset, exit.Description + "\n" + text);
+        await using var shell = await ApplianceShell.StartAsync(backend, cancellationToken: Ct);
+        using var timeout = Timeout(TimeSpan.FromMinutes(2));
+        await shell.TypeAsync("reboot -f", timeout.Token);
+        var exit = await shell.Vm.WaitForExitAsync(timeout.Token);
+        Assert.True(exit.Reason == StopReason.Reset, exit.Description + "\n" + shell.Text);
     }
 
     [Fact]
     public async Task Debian_kernel_finds_the_acpi_pm_timer_through_the_fadt()
     {
+        // The appliance's kernel chose its clock sources when it booted (the one boot the shared snapshot was made from).
         const string sysfs = "/sys/devices/system/clocksource/clocksource0";
-        var (exit, text) = await Boot("interpreter", $"cat {sysfs}/available_clocksource {sysfs}/current_clocksource");
+        await using var shell = await ApplianceShell.StartAsync("interpreter", cancellationToken: Ct);
+        using var timeout = Timeout(TimeSpan.FromMinutes(2));
+        var (exit, text) = await shell.RunToExitAsync($"cat {sysfs}/available_clocksource {sysfs}/current_clocksource", timeout.Token);
         Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
         Assert.Contains("VIRT-EXIT-STATUS=0", text, StringComparison.Ordinal);
         Assert.True(text.Contains("acpi_pm", StringComparison.Ordinal), text);
@@ -105,55 +110,49 @@ public sealed class LinuxGuestTests
     public async Task Halt_in_the_guest_ends_the_vm_with_a_halted_reason_on_the_interpreter()
     {
         // On KVM the in-kernel local APIC keeps a halted vCPU waiting inside KVM_RUN instead.
-        var (exit, text) = await Boot("interpreter", "halt -f");
-        Assert.Contains("VIRT-INIT-READY", text, StringComparison.Ordinal);
-        Assert.True(exit.Reason == StopReason.Halted, exit.Description + "\n" + text);
+        await using var shell = await ApplianceShell.StartAsync("interpreter", cancellationToken: Ct);
+        using var timeout = Timeout(TimeSpan.FromMinutes(2));
+        await shell.TypeAsync("halt -f", timeout.Token);
+        var exit = await shell.Vm.WaitForExitAsync(timeout.Token);
+        Assert.True(exit.Reason == StopReason.Halted, exit.Description + "\n" + shell.Text);
     }
 
     [Theory]
     [MemberData(nameof(Backends))]
     public async Task Commands_typed_into_the_serial_console_reach_the_guest_shell_without_loss(string backend)
     {
-        // No virt.cmd: /init starts an interactive shell on ttyS0. The typed line is far longer than the UART's
-        // 16-byte FIFO, so it only arrives whole if the host waits for the guest to read (flow control).
+        // The appliance's interactive shell on ttyS0. The typed line is far longer than the UART's 16-byte FIFO, so it
+        // only arrives whole if the host waits for the guest to read (flow control).
         string word = string.Concat(Enumerable.Repeat("0123456789", 30));
-        var console = new MarkerStream("VIRT-INIT-READY");
-        await using var vm = LinuxGuest(backend, command: null, console).Build();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(4));
-        await vm.StartAsync(timeout.Token);
-        await console.Seen.Task.WaitAsync(timeout.Token);
-        await vm.WriteToSerialConsoleAsync(Encoding.ASCII.GetBytes($"echo {word} | wc -c; echo typed-$((6*7))\nexit\n"), timeout.Token);
-        var exit = await vm.WaitForExitAsync(timeout.Token);
+        await using var shell = await ApplianceShell.StartAsync(backend, cancellationToken: Ct);
+        using var timeout = Timeout(TimeSpan.FromMinutes(3));
+        await shell.Vm.WriteToSerialConsoleAsync(Encoding.ASCII.GetBytes($"echo {word} | wc -c; echo typed-$((6*7))\nexit\n"), timeout.Token);
+        var exit = await shell.Vm.WaitForExitAsync(timeout.Token);
 
-        string text = console.Text;
+        string text = shell.Text;
         Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
         Assert.Contains("typed-42", text, StringComparison.Ordinal);
-        Assert.Contains("\n301", text.Replace("\r", "", StringComparison.Ordinal), StringComparison.Ordinal);
+        Assert.Contains("\n301", text, StringComparison.Ordinal);
     }
 
     [Theory]
     [MemberData(nameof(Backends))]
     public async Task Guest_mounts_an_ext4_virtio_disk_reads_a_file_and_writes_one_the_host_finds(string backend)
     {
-        using var dir = new TempDirectory();
-        string content = dir.Path;
-        string tree = Directory.CreateDirectory(Path.Combine(content, "tree")).FullName;
-        var payload = new byte[200_000];
-        new Random(1234).NextBytes(payload);
-        File.WriteAllBytes(Path.Combine(tree, "payload.bin"), payload);
-        string expectedSha256 = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(payload));
-        string image = Path.Combine(content, "disk.ext4");
-        HostTools.Run("mkfs.ext4", $"-q -F -L virtdisk -d {tree} {image} 32M");
-
-        var (exit, text) = await Boot(backend,
-            "mount -t ext4 /dev/vda /mnt && sha256sum /mnt/payload.bin && echo written-in-the-guest > /mnt/from-guest.txt && sync && umount /mnt",
-            b => b.WithVirtioBlock(image));
+        // The appliance's disk (made by mkfs.ext4 on the host, with payload.bin) is mounted again from scratch.
+        string expectedSha256 = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(BootedAppliance.Payload()));
+        await using var shell = await ApplianceShell.StartAsync(backend, cancellationToken: Ct);
+        using var timeout = Timeout(TimeSpan.FromMinutes(3));
+        var (exit, text) = await shell.RunToExitAsync(
+            "umount /mnt && mount -t ext4 /dev/vda /mnt && sha256sum /mnt/payload.bin && echo written-in-the-guest > /mnt/from-guest.txt && sync && umount /mnt",
+            timeout.Token);
 
         Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
         Assert.Contains($"{expectedSha256}  /mnt/payload.bin", text, StringComparison.Ordinal);
         Assert.Contains("VIRT-EXIT-STATUS=0", text, StringComparison.Ordinal);
-        Assert.Equal("written-in-the-guest\n", HostTools.Run("debugfs", $"-R \"cat /from-guest.txt\" {image}"));
-        HostTools.Run("e2fsck", $"-f -n {image}");
+        await shell.Vm.DisposeAsync();
+        Assert.Equal("written-in-the-guest\n", HostTools.Run("debugfs", $"-R \"cat /from-guest.txt\" {shell.Disk}"));
+        HostTools.Run("e2fsck", $"-f -n {shell.Disk}");
     }
 
     [Theory]
@@ -162,12 +161,12 @@ public sealed class LinuxGuestTests
     {
         var network = new VirtualNetwork("linux-ping");
         network.Start();
-        await using var peer = new PingResponder(network, System.Net.IPAddress.Parse("10.0.2.2"), MacAddress.Parse("02:00:00:00:00:02"));
+        await using var peer = new PingResponder(network, System.Net.IPAddress.Parse("10.0.14.2"), MacAddress.Parse("02:00:00:00:00:02"));
+        await using var shell = await ApplianceShell.StartAsync(backend, network.Attach("guest"), cancellationToken: Ct);
 
         // -w 60: ping stops after three replies or 60 s, however slow a loaded host makes the replies.
-        var (exit, text) = await Boot(backend,
-            "ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ping -c 3 -w 60 10.0.2.2",
-            b => b.WithVirtioNet(network, MacAddress.Parse("02:00:00:00:00:0f")));
+        using var timeout = Timeout(TimeSpan.FromMinutes(3));
+        var (exit, text) = await shell.RunToExitAsync("ping -c 3 -w 60 10.0.14.2", timeout.Token);
 
         AssertPingedThreeTimes(exit, text);
         Assert.True(peer.ArpReplies >= 1, $"the peer answered {peer.ArpReplies} ARP requests\n{text}");
@@ -185,9 +184,10 @@ public sealed class LinuxGuestTests
         ns.Ip("addr add 10.0.5.1/24 dev vtapguest");
         ns.Ip("link set vtapguest up");
 
-        var (exit, text) = await Boot(backend,
-            "ip link set eth0 up && ip addr add 10.0.5.2/24 dev eth0 && ping -c 3 -w 60 10.0.5.1",
-            b => b.WithVirtioNet(tap, MacAddress.Parse("02:00:00:00:05:02")));
+        await using var shell = await ApplianceShell.StartAsync(backend, tap, cancellationToken: Ct);
+        using var timeout = Timeout(TimeSpan.FromMinutes(3));
+        var (exit, text) = await shell.RunToExitAsync(
+            "ip addr flush dev eth0 && ip addr add 10.0.5.2/24 dev eth0 && ping -c 3 -w 60 10.0.5.1", timeout.Token);
 
         AssertPingedThreeTimes(exit, text);
     }
@@ -199,41 +199,48 @@ public sealed class LinuxGuestTests
         var host = new VirtualNetworkHost();
         var network = host.Create("appliances");
         network.Start();
-        var serverOutput = new MemoryStream();
-        var clientOutput = new MemoryStream();
-        await using var server = LinuxGuest(backend,
-            "mkdir -p /www && seq 1 20000 > /www/numbers.txt && sha256sum /www/numbers.txt && httpd -p 80 -h /www && "
-            + "ip link set eth0 up && ip addr add 10.0.3.1/24 dev eth0 && echo SERVER-UP && sleep 600", serverOutput)
-            .WithName("server").WithVirtioNet(network, MacAddress.Parse("02:00:00:00:03:01")).Build();
+
+        // Two appliances from one snapshot share its MAC address: each takes an address of its own first.
+        await using var server = await ApplianceShell.StartAsync(backend, network.Attach("server"), "server", Ct);
+        await using var client = await ApplianceShell.StartAsync(backend, network.Attach("client"), "client", Ct);
+        using var timeout = Timeout(TimeSpan.FromMinutes(5));
+        await server.TypeAsync(
+            "ip link set eth0 down && ip link set eth0 address 02:00:00:00:03:01 && ip link set eth0 up && ip addr flush dev eth0 && "
+            + "mkdir -p /www && seq 1 20000 > /www/numbers.txt && sha256sum /www/numbers.txt && httpd -p 80 -h /www && "
+            + "ip addr add 10.0.3.1/24 dev eth0 && echo SERVER-UP-$((6*7))", timeout.Token);
+
         // Readiness: busybox httpd listens before it returns, and the server's address comes up only after that, so
         // the first ping the server answers means the web server is there. The client waits for that ping (each try
         // waits a second for a reply; 600 tries bound it well past the test's own timeout), pings three times and
         // fetches a file over HTTP.
-        await using var client = LinuxGuest(backend,
-            "ip link set eth0 up && ip addr add 10.0.3.2/24 dev eth0 && "
+        var (clientExit, clientText) = await client.RunToExitAsync(
+            "ip link set eth0 down && ip link set eth0 address 02:00:00:00:03:02 && ip link set eth0 up && ip addr flush dev eth0 && ip addr add 10.0.3.2/24 dev eth0 && "
             + "i=0; until ping -c 1 -W 1 10.0.3.1 >/dev/null; do i=$((i+1)); [ $i -lt 600 ] || exit 9; done; ping -c 3 -w 60 10.0.3.1 && "
-            + "wget -qO /tmp/numbers.txt http://10.0.3.1/numbers.txt && sha256sum /tmp/numbers.txt", clientOutput)
-            .WithName("client").WithVirtioNet(network, MacAddress.Parse("02:00:00:00:03:02")).Build();
+            + "wget -qO /tmp/numbers.txt http://10.0.3.1/numbers.txt && sha256sum /tmp/numbers.txt", timeout.Token);
+        var serverExit = await server.Vm.StopAsync(timeout.Token);
 
-        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(5));
-        await server.StartAsync(timeout.Token);
-        var clientExit = await client.RunAsync(timeout.Token);
-        var serverExit = await server.StopAsync(timeout.Token);
-
-        string clientText = Text(clientOutput);
-        string serverText = Text(serverOutput);
+        string serverText = server.Text;
         Assert.True(clientExit.Reason == StopReason.PowerOff, clientExit.Description + "\n" + clientText);
         Assert.True(clientText.Contains("3 packets transmitted, 3 packets received", StringComparison.Ordinal), clientText + "\n--- server ---\n" + serverText
             + $"\n--- network: forwarded {network.FramesForwarded}, flooded {network.FramesFlooded}, dropped {network.FramesDropped}; "
             + string.Join(", ", network.Ports.Select(p => $"{p.Name} delivered {p.FramesDelivered} dropped {p.FramesDropped}")));
         Assert.Contains("VIRT-EXIT-STATUS=0", clientText, StringComparison.Ordinal);
-        Assert.Contains("SERVER-UP", serverText, StringComparison.Ordinal);
+        Assert.Contains("SERVER-UP-42", serverText, StringComparison.Ordinal);
         // A 109 KB file over TCP (many segments, checksums completed by the device) arrives intact.
         string expected = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(
             Encoding.ASCII.GetBytes(string.Concat(Enumerable.Range(1, 20000).Select(i => i + "\n")))));
         Assert.Contains($"{expected}  /www/numbers.txt", serverText, StringComparison.Ordinal);
         Assert.Contains($"{expected}  /tmp/numbers.txt", clientText, StringComparison.Ordinal);
         Assert.Equal(StopReason.StoppedByHost, serverExit.Reason);
+    }
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private static CancellationTokenSource Timeout(TimeSpan after)
+    {
+        var timeout = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        timeout.CancelAfter(after);
+        return timeout;
     }
 
     /// <summary>A Linux guest builder on <paramref name="backend"/>; skips the test when the guest kit or (for KVM) hardware virtualization is missing.</summary>

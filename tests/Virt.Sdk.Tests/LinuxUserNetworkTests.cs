@@ -10,12 +10,12 @@ using Xunit;
 namespace Virt.Sdk.Tests;
 
 /// <summary>
-/// One Linux guest on the interpreter, booted once, on user-mode networking: it takes its address by DHCP, resolves
+/// The user-mode networking part of <see cref="BootedDevicesGuest"/>: the guest takes its address by DHCP, resolves
 /// a name through the DNS forwarder (a test resolver on loopback answers), fetches a file from an HTTP server on the
 /// host's loopback, tries a destination the policy denies, and serves HTTP that a host client reaches through a port
 /// forward.
 /// </summary>
-public sealed class BootedUserNetworkGuest : IAsyncLifetime
+public sealed class BootedUserNetworkGuest : IAsyncDisposable
 {
     public const string ServingMarker = "GUEST-SERVING";
     public const string GuestPage = "hello-from-the-guest-httpd";
@@ -23,7 +23,6 @@ public sealed class BootedUserNetworkGuest : IAsyncLifetime
     public static readonly MacAddress Mac = MacAddress.Parse("02:00:00:00:0d:15");
 
     private readonly CancellationTokenSource _stop = new();
-    private VirtualMachine? _vm;
     private TcpListener? _http;
     private Socket? _resolver;
     private Task? _httpTask;
@@ -35,20 +34,14 @@ public sealed class BootedUserNetworkGuest : IAsyncLifetime
 
     public TcpPortForward? Forward { get; private set; }
 
-    public MarkerStream Console { get; } = new(ServingMarker);
-
-    public string? SkipReason { get; private set; }
-
     public int ResolverQueries;
 
-    public async ValueTask InitializeAsync()
-    {
-        if (!File.Exists(LinuxKit.Kernel) || !File.Exists(LinuxKit.Initrd))
-        {
-            SkipReason = "The guest kit is missing; run scripts/get-linux-guest.sh.";
-            return;
-        }
+    /// <summary>What the guest runs (after <c>virt.net=dhcp</c> gave it an address); ends by printing <see cref="ServingMarker"/>.</summary>
+    public string Command { get; private set; } = "";
 
+    /// <summary>Starts the host's HTTP server and resolver and the user-mode network; sets <see cref="Command"/>.</summary>
+    public void Start()
+    {
         _http = new TcpListener(IPAddress.Loopback, 0);
         _http.Start();
         int httpPort = ((IPEndPoint)_http.LocalEndpoint).Port;
@@ -65,35 +58,20 @@ public sealed class BootedUserNetworkGuest : IAsyncLifetime
         });
         Forward = Network.ForwardTcp(new IPEndPoint(IPAddress.Loopback, 0), 80);
 
-        string command =
+        Command =
             $"mkdir -p /www && echo {GuestPage} > /www/index.html && httpd -p 80 -h /www && "
             // DNS runs over UDP: like any resolver's caller, ask again when an answer was lost (the machine may be loaded).
             + $"for i in 1 2 3; do nslookup {ResolvedName} > /tmp/ns 2>&1; grep -q 10.0.2.2 /tmp/ns && break; done; cat /tmp/ns; echo NSLOOKUP-TRIES=$i; "
             + $"wget -qO /tmp/payload.bin http://10.0.2.2:{httpPort}/payload.bin && sha256sum /tmp/payload.bin; "
             + "wget -qO /tmp/denied http://203.0.113.7:80/denied; echo DENIED-STATUS=$?; " // no -T: that option crashes this static wget
-            + $"echo {ServingMarker} && sleep 600";
-        _vm = VirtualMachine.CreateBuilder()
-            .WithInterpreter()
-            .WithMemoryMiB(256)
-            .WithLinuxKernel(LinuxKit.Kernel)
-            .WithInitrd(LinuxKit.Initrd)
-            .WithKernelCommandLine($"quiet virt.net=dhcp virt.cmd={Convert.ToBase64String(Encoding.ASCII.GetBytes(command))}")
-            .WithSerialConsole(Console)
-            .WithUserNetwork(Network, Mac)
-            .Build();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(5));
-        await _vm.StartAsync(timeout.Token);
-        var exited = _vm.WaitForExitAsync(timeout.Token);
-        await Task.WhenAny(Console.Seen.Task, exited).WaitAsync(timeout.Token);
+            + $"echo {ServingMarker}";
     }
+
+    /// <summary>Adds the NIC on the user-mode network to <paramref name="builder"/>.</summary>
+    public VirtualMachineBuilder Configure(VirtualMachineBuilder builder) => builder.WithUserNetwork(Network!, Mac);
 
     public async ValueTask DisposeAsync()
     {
-        if (_vm is not null)
-        {
-            await _vm.DisposeAsync();
-        }
-
         if (Network is not null)
         {
             await Network.DisposeAsync();
@@ -199,14 +177,17 @@ public sealed class BootedUserNetworkGuest : IAsyncLifetime
 }
 
 /// <summary>A Linux guest on user-mode networking: DHCP, DNS through the forwarder, HTTP to the host's loopback, a port forward in, a denied destination.</summary>
-public sealed class LinuxUserNetworkTests(BootedUserNetworkGuest guest) : IClassFixture<BootedUserNetworkGuest>
+[Collection(nameof(BootedDevicesGuest))]
+public sealed class LinuxUserNetworkTests(BootedDevicesGuest devices)
 {
-    private string Text => guest.Console.Text.Replace("\r", "", StringComparison.Ordinal);
+    private BootedUserNetworkGuest Guest => devices.UserNetwork!;
+
+    private string Text => devices.Console.Text.Replace("\r", "", StringComparison.Ordinal);
 
     private void RequireGuest()
     {
-        Assert.SkipWhen(guest.SkipReason is not null, guest.SkipReason ?? "");
-        Assert.True(guest.Console.Seen.Task.IsCompletedSuccessfully, "the guest never reached " + BootedUserNetworkGuest.ServingMarker + ":\n" + Text + "\n" + guest.Network!.Statistics);
+        devices.Require();
+        Assert.True(Text.Contains(BootedUserNetworkGuest.ServingMarker, StringComparison.Ordinal), "the guest never reached " + BootedUserNetworkGuest.ServingMarker + ":\n" + Text + "\n" + Guest.Network!.Statistics);
     }
 
     [Fact]
@@ -214,8 +195,8 @@ public sealed class LinuxUserNetworkTests(BootedUserNetworkGuest guest) : IClass
     {
         RequireGuest();
         Assert.Contains("VIRT-NET-READY=10.0.2.15/24", Text, StringComparison.Ordinal);
-        Assert.Equal(IPAddress.Parse("10.0.2.15"), guest.Network!.Leases[BootedUserNetworkGuest.Mac]);
-        Assert.True(guest.Network.Statistics.DhcpAcks >= 1);
+        Assert.Equal(IPAddress.Parse("10.0.2.15"), Guest.Network!.Leases[BootedUserNetworkGuest.Mac]);
+        Assert.True(Guest.Network.Statistics.DhcpAcks >= 1);
     }
 
     [Fact]
@@ -224,17 +205,17 @@ public sealed class LinuxUserNetworkTests(BootedUserNetworkGuest guest) : IClass
         RequireGuest();
         Assert.Contains(BootedUserNetworkGuest.ResolvedName, Text, StringComparison.Ordinal);
         Assert.Matches(@"Address:\s*10\.0\.2\.2\b", Text[Text.IndexOf(BootedUserNetworkGuest.ResolvedName, StringComparison.Ordinal)..]);
-        Assert.True(guest.ResolverQueries >= 1);
-        Assert.True(guest.Network!.Statistics.DnsQueries >= 1);
+        Assert.True(Guest.ResolverQueries >= 1);
+        Assert.True(Guest.Network!.Statistics.DnsQueries >= 1);
     }
 
     [Fact]
     public void Guest_fetches_a_file_from_an_http_server_on_the_host_loopback()
     {
         RequireGuest();
-        string expected = Convert.ToHexStringLower(SHA256.HashData(guest.Payload));
+        string expected = Convert.ToHexStringLower(SHA256.HashData(Guest.Payload));
         Assert.Contains($"{expected}  /tmp/payload.bin", Text, StringComparison.Ordinal);
-        Assert.True(guest.Network!.Statistics.BytesToGuest >= guest.Payload.Length);
+        Assert.True(Guest.Network!.Statistics.BytesToGuest >= Guest.Payload.Length);
     }
 
     [Fact]
@@ -242,7 +223,7 @@ public sealed class LinuxUserNetworkTests(BootedUserNetworkGuest guest) : IClass
     {
         RequireGuest();
         Assert.Matches(@"DENIED-STATUS=[1-9]", Text);
-        Assert.True(guest.Network!.Statistics.DeniedAttempts >= 1, guest.Network.Statistics.ToString() + Text);
+        Assert.True(Guest.Network!.Statistics.DeniedAttempts >= 1, Guest.Network.Statistics.ToString() + Text);
     }
 
     [Fact]
@@ -250,8 +231,8 @@ public sealed class LinuxUserNetworkTests(BootedUserNetworkGuest guest) : IClass
     {
         RequireGuest();
         using var http = new HttpClient { Timeout = TimeSpan.FromMinutes(2) };
-        string page = await http.GetStringAsync(new Uri($"http://127.0.0.1:{guest.Forward!.HostEndPoint.Port}/index.html"), TestContext.Current.CancellationToken);
+        string page = await http.GetStringAsync(new Uri($"http://127.0.0.1:{Guest.Forward!.HostEndPoint.Port}/index.html"), TestContext.Current.CancellationToken);
         Assert.Equal(BootedUserNetworkGuest.GuestPage + "\n", page);
-        Assert.True(guest.Forward.ConnectionsAccepted >= 1);
+        Assert.True(Guest.Forward.ConnectionsAccepted >= 1);
     }
 }

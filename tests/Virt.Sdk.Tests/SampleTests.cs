@@ -5,13 +5,13 @@ using Xunit;
 
 namespace Virt.Sdk.Tests;
 
-/// <summary>The samples run and do what their comments promise (each is built before this project).</summary>
-public sealed class SampleTests
+/// <summary>Runs a sample (each is built before this project) as a process and returns its exit code and output.</summary>
+internal static class Samples
 {
     private static readonly string Configuration =
-        typeof(SampleTests).Assembly.GetCustomAttribute<AssemblyConfigurationAttribute>()?.Configuration ?? "Release";
+        typeof(Samples).Assembly.GetCustomAttribute<AssemblyConfigurationAttribute>()?.Configuration ?? "Release";
 
-    private static (int ExitCode, string Output) RunSample(string name, params string[] args)
+    public static (int ExitCode, string Output) Run(string name, params string[] args)
     {
         string root = RepositoryPaths.Root ?? throw new InvalidOperationException("The repository root (Virt.Sdk.sln) was not found.");
         string dll = Path.Combine(root, "samples", name, "bin", Configuration, "net10.0", name + ".dll");
@@ -43,8 +43,15 @@ public sealed class SampleTests
         return (p.ExitCode, stdout.Result + stderr.Result);
     }
 
-    private static bool GuestKit => File.Exists(Path.Combine(RepositoryPaths.LinuxGuestKit, "vmlinuz"));
+    public static bool GuestKit => File.Exists(Path.Combine(RepositoryPaths.LinuxGuestKit, "vmlinuz"));
+}
 
+/// <summary>
+/// The samples run and do what their comments promise. The samples that boot Linux each have a class of their own, so
+/// that they run in parallel with the other test classes instead of one after another.
+/// </summary>
+public sealed class SampleTests
+{
     [Theory]
     [InlineData("interpreter")]
     [InlineData("kvm")]
@@ -55,7 +62,7 @@ public sealed class SampleTests
             HostRequirements.RequireKvm();
         }
 
-        var (code, output) = RunSample("HelloGuest", "--backend", backend);
+        var (code, output) = Samples.Run("HelloGuest", "--backend", backend);
         Assert.True(code == 0, output);
         Assert.Contains("Hello from a Virt.Sdk guest", output, StringComparison.Ordinal);
     }
@@ -63,7 +70,7 @@ public sealed class SampleTests
     [Fact]
     public void Telemetry_exports_the_vm_span_and_metrics_to_the_console()
     {
-        var (code, output) = RunSample("Telemetry");
+        var (code, output) = Samples.Run("Telemetry");
         Assert.True(code == 0, output);
         Assert.Contains("guest stopped: debug exit with code 0", output, StringComparison.Ordinal);
         Assert.Contains("virt.vm.run", output, StringComparison.Ordinal);
@@ -76,7 +83,7 @@ public sealed class SampleTests
     public void Sandbox_prints_the_md5_of_its_input()
     {
         Assert.SkipUnless(File.Exists("/bin/busybox") || File.Exists("/usr/bin/busybox"), "The sandbox sample needs a static busybox (apt-get install busybox-static).");
-        var (code, output) = RunSample("Sandbox", "hello sandbox");
+        var (code, output) = Samples.Run("Sandbox", "hello sandbox");
         Assert.True(code == 0, output);
 #pragma warning disable CA5351 // MD5 only to compare with the digest busybox md5sum prints
         string expected = Convert.ToHexStringLower(System.Security.Cryptography.MD5.HashData("hello sandbox"u8));
@@ -85,11 +92,24 @@ public sealed class SampleTests
     }
 
     [Fact]
+    public void ResourcePool_shares_one_cpu_two_to_one_and_refuses_a_vm_that_does_not_fit()
+    {
+        var (code, output) = Samples.Run("ResourcePool", "--backend", "interpreter", "--seconds", "2");
+        Assert.True(code == 0, output);
+        Assert.Contains("refused (Memory)", output, StringComparison.Ordinal);
+        Assert.Contains("gold/silver CPU ratio", output, StringComparison.Ordinal);
+    }
+}
+
+/// <summary>samples/LinuxAppliance boots the guest kit and runs a command.</summary>
+public sealed class LinuxApplianceSampleTests
+{
+    [Fact]
     public void LinuxAppliance_runs_the_command_and_exits_with_its_status()
     {
-        Assert.SkipUnless(GuestKit, "The guest kit is missing; run scripts/get-linux-guest.sh.");
+        Assert.SkipUnless(Samples.GuestKit, "The guest kit is missing; run scripts/get-linux-guest.sh.");
         // No --backend: Auto chooses, and on a host whose KVM emulates kernel-mode code it must choose the interpreter and say why.
-        var (code, output) = RunSample("LinuxAppliance", "echo sample-ran; uname -r; exit 3");
+        var (code, output) = Samples.Run("LinuxAppliance", "echo sample-ran; uname -r; exit 3");
         Assert.True(code == 3, output);
         var kvm = new Virt.Cpu.Kvm.KvmHypervisor().GetAvailability();
         if (kvm.IsAvailable && kvm.SlowKernelMode is not null)
@@ -100,44 +120,47 @@ public sealed class SampleTests
         Assert.Contains("sample-ran", output, StringComparison.Ordinal);
         Assert.Contains("6.1.0", output, StringComparison.Ordinal);
     }
+}
 
+/// <summary>samples/Snapshots boots the guest kit once and restores two clones.</summary>
+public sealed class SnapshotsSampleTests
+{
     [Fact]
     public void Snapshots_restores_two_clones_that_each_answer_their_command()
     {
-        Assert.SkipUnless(GuestKit, "The guest kit is missing; run scripts/get-linux-guest.sh.");
-        var (code, output) = RunSample("Snapshots", "--backend", "interpreter");
+        Assert.SkipUnless(Samples.GuestKit, "The guest kit is missing; run scripts/get-linux-guest.sh.");
+        var (code, output) = Samples.Run("Snapshots", "--backend", "interpreter");
         Assert.True(code == 0, output);
         Assert.Contains("6.1.0", output, StringComparison.Ordinal);
         Assert.Contains("42 clones", output, StringComparison.Ordinal);
         Assert.Contains("clone 2: restored in", output, StringComparison.Ordinal);
     }
+}
 
+/// <summary>samples/Migration moves a booted appliance to a second process.</summary>
+public sealed class MigrationSampleTests
+{
     [Fact]
     public void Migration_moves_a_running_appliance_to_a_second_process_that_answers()
     {
-        Assert.SkipUnless(GuestKit, "The guest kit is missing; run scripts/get-linux-guest.sh.");
-        var (code, output) = RunSample("Migration", "--backend", "interpreter");
+        Assert.SkipUnless(Samples.GuestKit, "The guest kit is missing; run scripts/get-linux-guest.sh.");
+        var (code, output) = Samples.Run("Migration", "--backend", "interpreter");
         Assert.True(code == 0, output);
         Assert.Contains("the guest was paused for", output, StringComparison.Ordinal);
         Assert.Matches(@"\[destination \d+\] the guest answered after \d+ ms: MOVED-42 6\.1\.0", output);
     }
+}
 
+/// <summary>samples/ApplianceNetwork boots two appliances on a private network.</summary>
+public sealed class ApplianceNetworkSampleTests
+{
     [Fact]
     public void ApplianceNetwork_client_fetches_the_servers_page()
     {
-        Assert.SkipUnless(GuestKit, "The guest kit is missing; run scripts/get-linux-guest.sh.");
-        var (code, output) = RunSample("ApplianceNetwork", "--backend", "interpreter");
+        Assert.SkipUnless(Samples.GuestKit, "The guest kit is missing; run scripts/get-linux-guest.sh.");
+        var (code, output) = Samples.Run("ApplianceNetwork", "--backend", "interpreter");
         Assert.True(code == 0, output);
         Assert.Contains("[client] hello from the server appliance", output, StringComparison.Ordinal);
         Assert.Contains("3 packets received", output, StringComparison.Ordinal);
-    }
-
-    [Fact]
-    public void ResourcePool_shares_one_cpu_two_to_one_and_refuses_a_vm_that_does_not_fit()
-    {
-        var (code, output) = RunSample("ResourcePool", "--backend", "interpreter", "--seconds", "2");
-        Assert.True(code == 0, output);
-        Assert.Contains("refused (Memory)", output, StringComparison.Ordinal);
-        Assert.Contains("gold/silver CPU ratio", output, StringComparison.Ordinal);
     }
 }

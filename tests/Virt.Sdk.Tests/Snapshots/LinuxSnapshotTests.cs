@@ -6,84 +6,21 @@ using Xunit;
 
 namespace Virt.Sdk.Tests.Snapshots;
 
-/// <summary>
-/// One Linux appliance booted once per test run on the interpreter, to a shell with an ext4 disk mounted (a file
-/// written to it) and its network interface up, then saved. Each test restores its own copy in milliseconds.
-/// </summary>
-public sealed class BootedLinuxSnapshot : IAsyncLifetime
-{
-    public static readonly MacAddress Mac = MacAddress.Parse("02:00:00:00:0e:0f");
-
-    private readonly TempDirectory _dir = new();
-
-    /// <summary>The snapshot file.</summary>
-    public string SnapshotPath => Path.Combine(_dir.Path, "appliance.snap");
-
-    /// <summary>The disk image as it was when the snapshot was saved; each test restores with a copy.</summary>
-    public string DiskAtSnapshot => Path.Combine(_dir.Path, "disk-at-snapshot.ext4");
-
-    /// <summary>Why the snapshot could not be made (no guest kit), or null.</summary>
-    public string? SkipReason { get; private set; }
-
-    /// <summary>How long the boot to a ready shell took.</summary>
-    public TimeSpan BootTime { get; private set; }
-
-    /// <summary>The payload file the guest wrote to its disk before the snapshot.</summary>
-    public const string WrittenBeforeSnapshot = "written-before-the-snapshot";
-
-    public async ValueTask InitializeAsync()
-    {
-        if (!File.Exists(LinuxKit.Kernel) || !File.Exists(LinuxKit.Initrd))
-        {
-            SkipReason = "The guest kit is missing; run scripts/get-linux-guest.sh.";
-            return;
-        }
-
-        string tree = Directory.CreateDirectory(Path.Combine(_dir.Path, "tree")).FullName;
-        File.WriteAllText(Path.Combine(tree, "hello.txt"), "hello from the host\n");
-        string image = Path.Combine(_dir.Path, "disk.ext4");
-        HostTools.Run("mkfs.ext4", $"-q -F -L virtdisk -d {tree} {image} 32M");
-
-        var network = new VirtualNetwork("snapshot-boot");
-        network.Start();
-        var console = new MarkerStream("SNAPSHOT-READY-42");
-        var clock = Stopwatch.StartNew();
-        await using var vm = LinuxKit.Interactive(console).WithVirtioBlock(image).WithVirtioNet(network, Mac).Build();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(5));
-        await vm.StartAsync(timeout.Token);
-        await console.WaitForAsync("VIRT-INIT-READY", timeout.Token);
-        await vm.WriteToSerialConsoleAsync(Encoding.ASCII.GetBytes(
-            "mount -t ext4 /dev/vda /mnt && echo " + WrittenBeforeSnapshot + " > /mnt/before.txt && sync && "
-            + "ip link set eth0 up && ip addr add 10.0.14.15/24 dev eth0 && echo SNAPSHOT-READY-$((6*7))\n"), timeout.Token);
-        await console.Seen.Task.WaitAsync(timeout.Token);
-        BootTime = clock.Elapsed;
-        await vm.PauseAsync(timeout.Token);
-        await vm.SaveSnapshotAsync(SnapshotPath, timeout.Token);
-        await vm.DisposeAsync();
-        File.Copy(image, DiskAtSnapshot);
-    }
-
-    public ValueTask DisposeAsync()
-    {
-        _dir.Dispose();
-        return ValueTask.CompletedTask;
-    }
-}
-
 /// <summary>A Linux appliance restored from a snapshot goes on: its shell answers, its disk reads and writes, its network pings.</summary>
-public sealed class LinuxSnapshotTests(BootedLinuxSnapshot booted) : IClassFixture<BootedLinuxSnapshot>
+public sealed class LinuxSnapshotTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    private async Task<(VirtualMachine Vm, MarkerStream Console, string Disk, TimeSpan RestoreTime)> RestoreAsync(string marker, VirtualNetwork network, TempDirectory dir)
+    private static async Task<(VirtualMachine Vm, MarkerStream Console, string Disk, TimeSpan RestoreTime, TimeSpan BootTime)> RestoreAsync(string marker, VirtualNetwork network, TempDirectory dir)
     {
-        Assert.SkipWhen(booted.SkipReason is not null, booted.SkipReason ?? "");
+        // The appliance that the Linux tests share, booted once per test run (BootedAppliance).
+        var booted = await BootedAppliance.GetAsync();
         string disk = Path.Combine(dir.Path, "disk.ext4");
         File.Copy(booted.DiskAtSnapshot, disk);
         var console = new MarkerStream(marker);
         var clock = Stopwatch.StartNew();
-        var vm = await VirtualMachine.RestoreAsync(booted.SnapshotPath, b => b.WithInterpreter().WithSerialConsole(console).WithVirtioBlock(disk).WithVirtioNet(network, BootedLinuxSnapshot.Mac), Ct);
-        return (vm, console, disk, clock.Elapsed);
+        var vm = await VirtualMachine.RestoreAsync(booted.SnapshotPath, b => b.WithInterpreter().WithSerialConsole(console).WithVirtioBlock(disk).WithVirtioNet(network, BootedAppliance.Mac), Ct);
+        return (vm, console, disk, clock.Elapsed, booted.BootTime);
     }
 
     [Fact]
@@ -92,13 +29,13 @@ public sealed class LinuxSnapshotTests(BootedLinuxSnapshot booted) : IClassFixtu
         using var dir = new TempDirectory();
         var network = new VirtualNetwork("snapshot-shell");
         network.Start();
-        var (vm, console, _, restoreTime) = await RestoreAsync("ANSWER-", network, dir);
+        var (vm, console, _, restoreTime, bootTime) = await RestoreAsync("ANSWER-", network, dir);
         await using var _ = vm;
         using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
         await vm.ResumeAsync(timeout.Token);
         await vm.WriteToSerialConsoleAsync("echo ANSWER-$((6*7))-$(cat /proc/uptime | cut -d' ' -f1)\n"u8.ToArray(), timeout.Token);
         await console.WaitForAsync("ANSWER-42-", timeout.Token);
-        TestContext.Current.SendDiagnosticMessage($"boot to a ready shell {booted.BootTime.TotalSeconds:F1} s; restore {restoreTime.TotalMilliseconds:F1} ms");
+        TestContext.Current.SendDiagnosticMessage($"boot to a ready shell {bootTime.TotalSeconds:F1} s; restore {restoreTime.TotalMilliseconds:F1} ms");
     }
 
     [Fact]
@@ -107,7 +44,7 @@ public sealed class LinuxSnapshotTests(BootedLinuxSnapshot booted) : IClassFixtu
         using var dir = new TempDirectory();
         var network = new VirtualNetwork("snapshot-disk");
         network.Start();
-        var (vm, console, disk, _) = await RestoreAsync("DISK-DONE-", network, dir);
+        var (vm, console, disk, _, _) = await RestoreAsync("DISK-DONE-", network, dir);
         await using (vm)
         {
             using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(3));
@@ -115,7 +52,7 @@ public sealed class LinuxSnapshotTests(BootedLinuxSnapshot booted) : IClassFixtu
             await vm.WriteToSerialConsoleAsync(Encoding.ASCII.GetBytes(
                 "cat /mnt/before.txt /mnt/hello.txt && echo written-after-the-restore > /mnt/after.txt && sync && umount /mnt && echo DISK-DONE-$((6*7))\n"), timeout.Token);
             await console.WaitForAsync("DISK-DONE-42", timeout.Token);
-            Assert.Contains(BootedLinuxSnapshot.WrittenBeforeSnapshot, console.Text, StringComparison.Ordinal);
+            Assert.Contains(BootedAppliance.WrittenBeforeSnapshot, console.Text, StringComparison.Ordinal);
             Assert.Contains("hello from the host", console.Text, StringComparison.Ordinal);
             await vm.StopAsync(timeout.Token);
         }
@@ -131,7 +68,7 @@ public sealed class LinuxSnapshotTests(BootedLinuxSnapshot booted) : IClassFixtu
         var network = new VirtualNetwork("snapshot-net");
         network.Start();
         await using var peer = new PingResponder(network, System.Net.IPAddress.Parse("10.0.14.2"), MacAddress.Parse("02:00:00:00:0e:02"));
-        var (vm, console, _, _) = await RestoreAsync("PING-DONE-", network, dir);
+        var (vm, console, _, _, _) = await RestoreAsync("PING-DONE-", network, dir);
         await using var _ = vm;
         using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(3));
         await vm.ResumeAsync(timeout.Token);
@@ -150,9 +87,9 @@ public sealed class LinuxSnapshotTests(BootedLinuxSnapshot booted) : IClassFixtu
         var networkB = new VirtualNetwork("clone-b");
         networkA.Start();
         networkB.Start();
-        var (a, consoleA, _, _) = await RestoreAsync("CLONE-A-", networkA, dirA);
+        var (a, consoleA, _, _, _) = await RestoreAsync("CLONE-A-", networkA, dirA);
         await using var _ = a;
-        var (b, consoleB, _, _) = await RestoreAsync("CLONE-B-", networkB, dirB);
+        var (b, consoleB, _, _, _) = await RestoreAsync("CLONE-B-", networkB, dirB);
         await using var __ = b;
         using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(3));
         await a.ResumeAsync(timeout.Token);

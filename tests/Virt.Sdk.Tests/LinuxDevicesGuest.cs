@@ -1,0 +1,106 @@
+using System.Diagnostics;
+using System.Text;
+using Virt.Testing;
+using Xunit;
+
+namespace Virt.Sdk.Tests;
+
+/// <summary>
+/// One Linux guest on the interpreter, booted once for <see cref="LinuxSharedFolderTests"/>,
+/// <see cref="LinuxUserNetworkTests"/> and <see cref="LinuxGuestAgentTests"/> (one boot instead of three): two shared
+/// folders (<see cref="BootedSharedFolderGuest"/>), a NIC on user-mode networking (<see cref="BootedUserNetworkGuest"/>),
+/// and a vsock device with the guest kit's agent. Its command runs the shared-folder checks, then the network checks,
+/// then waits; the tests start once the agent has announced itself and the last marker has been printed.
+/// </summary>
+public sealed class BootedDevicesGuest : IAsyncLifetime
+{
+    public VirtualMachine? Vm { get; private set; }
+
+    /// <summary>Everything the guest printed (shared by the three classes; each looks for its own lines).</summary>
+    public MarkerStream Console { get; } = new(BootedUserNetworkGuest.ServingMarker);
+
+    public BootedSharedFolderGuest? SharedFolders { get; private set; }
+
+    public BootedUserNetworkGuest? UserNetwork { get; private set; }
+
+    public string? SkipReason { get; private set; }
+
+    /// <summary>Why the guest is not ready (it stopped, or timed out), or null.</summary>
+    public string? Failure { get; private set; }
+
+    public TimeSpan BootToAgent { get; private set; }
+
+    public async ValueTask InitializeAsync()
+    {
+        if (!File.Exists(LinuxKit.Kernel) || !File.Exists(LinuxKit.Initrd))
+        {
+            SkipReason = "The guest kit is missing; run scripts/get-linux-guest.sh.";
+            return;
+        }
+
+        // Shared folders need a Linux host; elsewhere the guest runs without them and their tests skip.
+        SharedFolders = OperatingSystem.IsLinux() ? new BootedSharedFolderGuest() : null;
+        UserNetwork = new BootedUserNetworkGuest();
+        UserNetwork.Start();
+        string command = (SharedFolders is null ? "" : BootedSharedFolderGuest.Command + "; ") + $"{UserNetwork.Command}; sleep 600";
+        var builder = VirtualMachine.CreateBuilder()
+            .WithInterpreter()
+            .WithMemoryMiB(256)
+            .WithLinuxKernel(LinuxKit.Kernel)
+            .WithInitrd(LinuxKit.Initrd)
+            .WithKernelCommandLine($"quiet virt.net=dhcp virt.cmd={Convert.ToBase64String(Encoding.ASCII.GetBytes(command))}")
+            .WithSerialConsole(Console)
+            .WithVsock(guestCid: 42)
+            .WithGuestAgent();
+        Vm = UserNetwork.Configure(SharedFolders?.Configure(builder) ?? builder).Build();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(8));
+        var clock = Stopwatch.StartNew();
+        await Vm.StartAsync(timeout.Token);
+        var exited = Vm.WaitForExitAsync(timeout.Token);
+        var agent = Vm.WaitForAgentAsync(timeout.Token);
+        try
+        {
+            await Task.WhenAny(agent, exited);
+            BootToAgent = clock.Elapsed;
+            await Task.WhenAny(Console.Seen.Task.WaitAsync(timeout.Token), exited);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+
+        if (exited.IsCompletedSuccessfully)
+        {
+            Failure = $"The guest stopped: {exited.Result.Description}\n{Console.Text}";
+        }
+        else if (!agent.IsCompletedSuccessfully)
+        {
+            Failure = $"The guest's agent did not announce itself in 8 minutes.\n{Console.Text}";
+        }
+    }
+
+    /// <summary>Skips without the guest kit; fails when the guest stopped or its agent never came.</summary>
+    public void Require()
+    {
+        Assert.SkipWhen(SkipReason is not null, SkipReason ?? "");
+        Assert.True(Failure is null, Failure);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (Vm is not null)
+        {
+            await Vm.DisposeAsync();
+        }
+
+        if (UserNetwork is not null)
+        {
+            await UserNetwork.DisposeAsync();
+        }
+
+        SharedFolders?.Dispose();
+    }
+}
+
+/// <summary>The classes that share <see cref="BootedDevicesGuest"/>: they run one after another, after its one boot.</summary>
+[CollectionDefinition(nameof(BootedDevicesGuest))]
+public sealed class BootedDevicesGuestCollection : ICollectionFixture<BootedDevicesGuest>;
