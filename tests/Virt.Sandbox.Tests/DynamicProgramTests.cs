@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text;
 using Virt.Testing;
 using Xunit;
@@ -42,10 +41,10 @@ public sealed class DynamicProgramTests
     public async Task Dynamic_program_matches_native(string name, BackendKind backend)
     {
         var job = Jobs[name];
-        RequireProgram(job.Program);
+        NativeJobs.RequireProgram(job.Program);
         BackendCases.Require(backend);
 
-        var native = RunNative(job.Program, job.Arguments, job.Stdin);
+        var native = NativeJobs.Run(job.Program, job.Arguments, job.Stdin);
         await using var sandbox = Sandbox.CreateBuilder()
             .WithRootFileSystem("/")
             .WithExecutable(job.Program).WithExecutablePath(job.Program)
@@ -69,7 +68,7 @@ public sealed class DynamicProgramTests
     public async Task Refused_calls_of_a_dynamic_program_are_counted()
     {
         HostRequirements.RequireKvm();
-        RequireProgram("/usr/bin/true");
+        NativeJobs.RequireProgram("/usr/bin/true");
         await using var sandbox = Sandbox.CreateBuilder().WithRootFileSystem("/").WithExecutable("/usr/bin/true")
             .WithExecutablePath("/usr/bin/true").WithBackend(BackendKind.Kvm).Build();
         var result = await sandbox.RunAsync(default, Ct);
@@ -83,7 +82,7 @@ public sealed class DynamicProgramTests
     public async Task Dynamic_program_resets_to_its_snapshot_between_calls()
     {
         HostRequirements.RequireKvm();
-        RequireProgram("/usr/bin/sort");
+        NativeJobs.RequireProgram("/usr/bin/sort");
         await using var sandbox = Sandbox.CreateBuilder().WithRootFileSystem("/").WithExecutable("/usr/bin/sort")
             .WithExecutablePath("/usr/bin/sort").WithBackend(BackendKind.Kvm).Build();
         var first = await sandbox.RunAsync("b\na\n"u8.ToArray(), Ct);
@@ -97,7 +96,7 @@ public sealed class DynamicProgramTests
     [Fact]
     public void Dynamic_program_without_a_root_file_system_is_refused_with_advice()
     {
-        RequireProgram("/usr/bin/true");
+        NativeJobs.RequireProgram("/usr/bin/true");
         var e = Assert.Throws<ElfImageException>(() => Sandbox.CreateBuilder().WithExecutable("/usr/bin/true").Build());
         Assert.Equal("PT_INTERP", e.Field);
         Assert.Contains("WithRootFileSystem", e.Message, StringComparison.Ordinal);
@@ -153,45 +152,6 @@ public sealed class DynamicProgramTests
             var result = await sandbox.RunAsync(default, Ct);
             Assert.True(result.Status == SandboxStatus.Exited, $"{result} {result.Message} {result.StderrText}");
             Assert.Equal("file.txt\nstatus=1\n", result.StdoutText);
-        }
-        finally
-        {
-            Directory.Delete(dir, recursive: true);
-        }
-    }
-
-    private static void RequireProgram(string path)
-    {
-        if (!File.Exists(path))
-        {
-            Assert.Skip($"Skipped: {path} is not installed (see .ci/run for the Debian packages the tests use).");
-        }
-    }
-
-    /// <summary>Runs the job natively in an empty directory with an empty environment, as the sandbox runs it.</summary>
-    private static (int ExitCode, byte[] Stdout, string Stderr) RunNative(string program, string[] arguments, string stdin)
-    {
-        string dir = Directory.CreateTempSubdirectory("virt-sandbox-dyn-").FullName;
-        try
-        {
-            var psi = new ProcessStartInfo(program, arguments)
-            {
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-                RedirectStandardInput = true,
-                UseShellExecute = false,
-                WorkingDirectory = dir,
-            };
-            psi.Environment.Clear();
-            using var p = Process.Start(psi)!;
-            var stdout = new MemoryStream();
-            var copy = p.StandardOutput.BaseStream.CopyToAsync(stdout);
-            var stderr = p.StandardError.ReadToEndAsync();
-            p.StandardInput.BaseStream.Write(Encoding.ASCII.GetBytes(stdin));
-            p.StandardInput.Close();
-            p.WaitForExit();
-            copy.Wait();
-            return (p.ExitCode, stdout.ToArray(), stderr.Result);
         }
         finally
         {
