@@ -79,7 +79,7 @@ public sealed class ProgramJobTests
         AssertSameAsNative(native, result);
     }
 
-    public static TheoryData<string, BackendKind> CCases => BackendCases.OnBothBackends(new[] { "pipes", "files", "threads", "forkexec" });
+    public static TheoryData<string, BackendKind> CCases => BackendCases.OnBothBackends(new[] { "pipes", "files", "threads", "forkexec", "rtsignals" });
 
     [Theory]
     [MemberData(nameof(CCases))]

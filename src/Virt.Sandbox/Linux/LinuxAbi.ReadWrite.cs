@@ -97,6 +97,8 @@ internal sealed partial class LinuxAbi
                 return ReadPipe(f, destination);
             case FdKind.EventFd:
                 return ReadEventFd(f, destination);
+            case FdKind.SignalFd:
+                return ReadSignalFd(f, destination);
             case FdKind.Directory:
                 return -Errno.EISDIR;
             case FdKind.Epoll:
