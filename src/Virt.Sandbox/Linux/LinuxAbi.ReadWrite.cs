@@ -186,6 +186,9 @@ internal sealed partial class LinuxAbi
 
         int n = pipe.Peek(destination);
         pipe.Consume(n);
+
+        // Room was made: a writer that waits for it (the pipe was full) tries again.
+        DescriptorsChanged();
         return n;
     }
 
@@ -204,6 +207,7 @@ internal sealed partial class LinuxAbi
 
         ulong value = counter.Semaphore ? 1 : counter.Value;
         counter.Value -= value;
+        DescriptorsChanged();
         BitConverter.TryWriteBytes(destination, value);
         return 8;
     }

@@ -150,6 +150,13 @@ internal sealed class ReservedRegion
     /// <summary>Commits the pages of a reserved range that are not committed yet (<c>mprotect</c> to an accessible protection).</summary>
     public bool Commit(ulong address, ulong pages)
     {
+        // Every committed page needs a heap page: more than the heap holds can never succeed (and is not walked page by page).
+        if (pages > _arena.Pages)
+        {
+            _arena.LimitReached = true;
+            return false;
+        }
+
         // Bind the pages that have no physical page yet, in runs, so a committed range is physically contiguous where it can be.
         ulong p = 0;
         while (p < pages)
@@ -223,18 +230,35 @@ internal sealed class ReservedRegion
     /// <summary>Reserved ranges, with whether their first page is committed, for <c>/proc/self/maps</c>.</summary>
     public IEnumerable<(ulong Start, ulong End, bool Committed)> Ranges()
     {
+        var committed = _committed.Order().ToArray();
         foreach (var (start, end) in _reserved)
         {
-            ulong runStart = start;
-            bool state = _committed.Contains(start >> 12);
-            for (ulong va = start + GuestLayout.PageSize; va <= end; va += GuestLayout.PageSize)
+            // Walk the committed pages inside the range, not the range itself (it may span terabytes).
+            ulong at = start;
+            int i = Array.BinarySearch(committed, start >> 12);
+            i = i < 0 ? ~i : i;
+            while (i < committed.Length && committed[i] < end >> 12)
             {
-                if (va == end || _committed.Contains(va >> 12) != state)
+                ulong runStart = committed[i] << 12;
+                while (i + 1 < committed.Length && committed[i + 1] == committed[i] + 1 && committed[i + 1] < end >> 12)
                 {
-                    yield return (runStart, va, state);
-                    runStart = va;
-                    state = !state;
+                    i++;
                 }
+
+                ulong runEnd = (committed[i] + 1) << 12;
+                if (runStart > at)
+                {
+                    yield return (at, runStart, false);
+                }
+
+                yield return (runStart, runEnd, true);
+                at = runEnd;
+                i++;
+            }
+
+            if (at < end)
+            {
+                yield return (at, end, false);
             }
         }
     }
@@ -337,9 +361,17 @@ internal sealed class ReservedRegion
 
     private void Uncommit(ulong address, ulong pages)
     {
+        ulong first = address >> 12;
+        if (pages > (ulong)_committed.Count)
+        {
+            // A range larger than what is committed (a reservation can span terabytes): walk the committed pages instead.
+            _committed.RemoveWhere(v => v >= first && v - first < pages);
+            return;
+        }
+
         for (ulong p = 0; p < pages; p++)
         {
-            _committed.Remove((address >> 12) + p);
+            _committed.Remove(first + p);
         }
     }
 
