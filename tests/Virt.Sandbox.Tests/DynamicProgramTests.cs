@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text;
 using Virt.Testing;
 using Xunit;
@@ -33,6 +32,26 @@ public sealed class DynamicProgramTests
         ["python3"] = new("/usr/bin/python3", ["-c", "print(sum(range(10)))"]),
         ["python3-exe"] = new("/usr/bin/python3", ["-c", "import os, sys; print(os.readlink('/proc/self/exe'), sys.executable, sys.prefix, os.getcwd() == os.path.realpath('.'))"]),
         ["python3-json"] = new("/usr/bin/python3", ["-c", "import json, sys; print(json.dumps({'a': [1, 2.5, None]}, sort_keys=True)); sys.exit(3)"]),
+        ["seq"] = new("/usr/bin/seq", ["1", "3", "20"]),
+        ["sha256sum-stdin"] = new("/usr/bin/sha256sum", [], "some input\nmore\n"),
+        ["base64-stdin"] = new("/usr/bin/base64", [], "binary\u0001\u0002 data to encode\n"),
+        ["wc-stdin"] = new("/usr/bin/wc", [], "one two\nthree\n"),
+        ["tr-stdin"] = new("/usr/bin/tr", ["a-z", "A-Z"], "shout this\n"),
+        ["od-stdin"] = new("/usr/bin/od", ["-A", "x", "-t", "x1z"], "od dump\n"),
+        ["factor"] = new("/usr/bin/factor", ["1234567", "600851475143"]),
+        ["expr"] = new("/usr/bin/expr", ["6", "*", "7"]),
+        ["gzip-stdin"] = new("/usr/bin/gzip", ["-c", "-n", "-9"], "compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me compress me "),
+        ["bzip2-stdin"] = new("/usr/bin/bzip2", ["-c"], "compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too compress me too "),
+        ["xz-stdin"] = new("/usr/bin/xz", ["-c", "-T1"], "and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well and xz as well "),
+        ["python3-hashlib"] = new("/usr/bin/python3", ["-c", "import hashlib; print(hashlib.sha256(b'abc').hexdigest(), hashlib.md5(b'').hexdigest())"]),
+        ["python3-re-stdin"] = new("/usr/bin/python3", ["-c", "import re, sys; print(re.findall(r'\\d+', sys.stdin.read()))"], "a1 b22 c333\n"),
+        ["python3-sort-stdin"] = new("/usr/bin/python3", ["-c", "import sys; sys.stdout.write(''.join(sorted(sys.stdin, key=len)))"], "ccc\na\nbb\n"),
+        ["python3-collections"] = new("/usr/bin/python3", ["-c", "from collections import Counter, OrderedDict; import itertools; print(Counter('mississippi').most_common(2), list(itertools.permutations('ab')))"]),
+        ["python3-math-decimal"] = new("/usr/bin/python3", ["-c", "import math, fractions, decimal; print(math.factorial(30), fractions.Fraction(3, 9), decimal.Decimal(1) / decimal.Decimal(7))"]),
+        ["perl-stdin-filter"] = new("/usr/bin/perl", ["-ne", "print uc if /a/"], "apple\nberry\nbanana\n"),
+        ["perl-sprintf-sort"] = new("/usr/bin/perl", ["-e", "printf(qq{%05.1f|%s\\n}, 3.14159, join(q{,}, sort { $b <=> $a } (5, 12, 3)))"]),
+        ["sqlite3-cte"] = new("/usr/bin/sqlite3", [":memory:", "with recursive c(x) as (select 1 union all select x*2 from c where x < 1000) select group_concat(x, ' ') from c;"]),
+        ["sqlite3-json"] = new("/usr/bin/sqlite3", [":memory:", "select json_object('a', 1, 'b', json_array(1, 2)), json_extract('{\"k\": [5, 6]}', '$.k[1]');"]),
     };
 
     public static TheoryData<string, BackendKind> Cases => BackendCases.OnBothBackends(Jobs.Keys);
@@ -42,10 +61,10 @@ public sealed class DynamicProgramTests
     public async Task Dynamic_program_matches_native(string name, BackendKind backend)
     {
         var job = Jobs[name];
-        RequireProgram(job.Program);
+        NativeJobs.RequireProgram(job.Program);
         BackendCases.Require(backend);
 
-        var native = RunNative(job.Program, job.Arguments, job.Stdin);
+        var native = NativeJobs.Run(job.Program, job.Arguments, job.Stdin);
         await using var sandbox = Sandbox.CreateBuilder()
             .WithRootFileSystem("/")
             .WithExecutable(job.Program).WithExecutablePath(job.Program)
@@ -69,7 +88,7 @@ public sealed class DynamicProgramTests
     public async Task Refused_calls_of_a_dynamic_program_are_counted()
     {
         HostRequirements.RequireKvm();
-        RequireProgram("/usr/bin/true");
+        NativeJobs.RequireProgram("/usr/bin/true");
         await using var sandbox = Sandbox.CreateBuilder().WithRootFileSystem("/").WithExecutable("/usr/bin/true")
             .WithExecutablePath("/usr/bin/true").WithBackend(BackendKind.Kvm).Build();
         var result = await sandbox.RunAsync(default, Ct);
@@ -83,7 +102,7 @@ public sealed class DynamicProgramTests
     public async Task Dynamic_program_resets_to_its_snapshot_between_calls()
     {
         HostRequirements.RequireKvm();
-        RequireProgram("/usr/bin/sort");
+        NativeJobs.RequireProgram("/usr/bin/sort");
         await using var sandbox = Sandbox.CreateBuilder().WithRootFileSystem("/").WithExecutable("/usr/bin/sort")
             .WithExecutablePath("/usr/bin/sort").WithBackend(BackendKind.Kvm).Build();
         var first = await sandbox.RunAsync("b\na\n"u8.ToArray(), Ct);
@@ -97,7 +116,7 @@ public sealed class DynamicProgramTests
     [Fact]
     public void Dynamic_program_without_a_root_file_system_is_refused_with_advice()
     {
-        RequireProgram("/usr/bin/true");
+        NativeJobs.RequireProgram("/usr/bin/true");
         var e = Assert.Throws<ElfImageException>(() => Sandbox.CreateBuilder().WithExecutable("/usr/bin/true").Build());
         Assert.Equal("PT_INTERP", e.Field);
         Assert.Contains("WithRootFileSystem", e.Message, StringComparison.Ordinal);
@@ -153,45 +172,6 @@ public sealed class DynamicProgramTests
             var result = await sandbox.RunAsync(default, Ct);
             Assert.True(result.Status == SandboxStatus.Exited, $"{result} {result.Message} {result.StderrText}");
             Assert.Equal("file.txt\nstatus=1\n", result.StdoutText);
-        }
-        finally
-        {
-            Directory.Delete(dir, recursive: true);
-        }
-    }
-
-    private static void RequireProgram(string path)
-    {
-        if (!File.Exists(path))
-        {
-            Assert.Skip($"Skipped: {path} is not installed (see .ci/run for the Debian packages the tests use).");
-        }
-    }
-
-    /// <summary>Runs the job natively in an empty directory with an empty environment, as the sandbox runs it.</summary>
-    private static (int ExitCode, byte[] Stdout, string Stderr) RunNative(string program, string[] arguments, string stdin)
-    {
-        string dir = Directory.CreateTempSubdirectory("virt-sandbox-dyn-").FullName;
-        try
-        {
-            var psi = new ProcessStartInfo(program, arguments)
-            {
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-                RedirectStandardInput = true,
-                UseShellExecute = false,
-                WorkingDirectory = dir,
-            };
-            psi.Environment.Clear();
-            using var p = Process.Start(psi)!;
-            var stdout = new MemoryStream();
-            var copy = p.StandardOutput.BaseStream.CopyToAsync(stdout);
-            var stderr = p.StandardError.ReadToEndAsync();
-            p.StandardInput.BaseStream.Write(Encoding.ASCII.GetBytes(stdin));
-            p.StandardInput.Close();
-            p.WaitForExit();
-            copy.Wait();
-            return (p.ExitCode, stdout.ToArray(), stderr.Result);
         }
         finally
         {

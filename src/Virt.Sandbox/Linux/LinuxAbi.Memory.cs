@@ -10,14 +10,16 @@ internal sealed partial class LinuxAbi
     private long Mmap(ulong address, ulong length, int prot, int flags, int fd, ulong offset)
     {
         const int MapShared = 1, MapPrivate = 2, MapFixed = 0x10, MapAnonymous = 0x20, MapFixedNoReplace = 0x100000;
-        if (length == 0 || length > _arena.Pages * GuestLayout.PageSize || (offset & 0xFFF) != 0)
+        // A PROT_NONE reservation takes address space only, so it may be larger than the heap.
+        bool tooLarge = length > (prot == 0 && (flags & MapAnonymous) != 0 ? ReservedRegion.End - ReservedRegion.Start : _arena.Pages * GuestLayout.PageSize);
+        if (tooLarge)
         {
-            if (length > _arena.Pages * GuestLayout.PageSize)
-            {
-                _arena.LimitReached = true;
-                return -Errno.ENOMEM;
-            }
+            _arena.LimitReached = true;
+            return -Errno.ENOMEM;
+        }
 
+        if (length == 0 || (offset & 0xFFF) != 0)
+        {
             return -Errno.EINVAL;
         }
 
@@ -49,8 +51,13 @@ internal sealed partial class LinuxAbi
         }
 
         ulong pages = (length + GuestLayout.PageSize - 1) / GuestLayout.PageSize;
-        ulong at;
-        if ((flags & (MapFixed | MapFixedNoReplace)) != 0)
+        ulong at = MmapInRegion(address, pages, prot, flags, file is not null);
+        if (at > unchecked((ulong)-4096L))
+        {
+            return (long)at;
+        }
+
+        if (at == 0 && (flags & (MapFixed | MapFixedNoReplace)) != 0)
         {
             if ((address & 0xFFF) != 0)
             {
@@ -65,7 +72,7 @@ internal sealed partial class LinuxAbi
             _arena.AllocateAt(address, pages);
             at = address;
         }
-        else
+        else if (at == 0)
         {
             at = _arena.Allocate(pages);
             if (at == 0)
@@ -81,6 +88,40 @@ internal sealed partial class LinuxAbi
         }
 
         return (long)at;
+    }
+
+    /// <summary>
+    /// The part of <c>mmap</c> that the reserved region serves: <c>MAP_FIXED</c> inside it, and anonymous <c>PROT_NONE</c>
+    /// reservations (Go's heap reservations, glibc's thread arenas and stacks), which take address space only. Returns the
+    /// address, a negative errno, or 0 when the arena serves the call.
+    /// </summary>
+    private ulong MmapInRegion(ulong address, ulong pages, int prot, int flags, bool fileBacked)
+    {
+        const int MapFixed = 0x10, MapFixedNoReplace = 0x100000;
+        var region = _space.Region!;
+        bool isFixed = (flags & (MapFixed | MapFixedNoReplace)) != 0;
+        if (isFixed && region.Contains(address, pages))
+        {
+            if ((address & 0xFFF) != 0)
+            {
+                return unchecked((ulong)-Errno.EINVAL);
+            }
+
+            if ((flags & MapFixedNoReplace) != 0 && !region.IsFree(address, pages))
+            {
+                return unchecked((ulong)-Errno.EEXIST);
+            }
+
+            return region.MapFixed(address, pages, accessible: prot != 0 || fileBacked) ? address : unchecked((ulong)-Errno.ENOMEM);
+        }
+
+        if (!isFixed && prot == 0 && !fileBacked && region.Covers(ReservedRegion.Start))
+        {
+            ulong at = region.Reserve(address, pages);
+            return at != 0 ? at : unchecked((ulong)-Errno.ENOMEM);
+        }
+
+        return 0;
     }
 
     /// <summary>
@@ -101,6 +142,23 @@ internal sealed partial class LinuxAbi
         if (!GuestLayout.IsUserCanonical(address) || !GuestLayout.IsUserCanonical(address + (pages * GuestLayout.PageSize) - 1))
         {
             return pages == 0 ? 0 : -Errno.ENOMEM;
+        }
+
+        var region = _space.Region!;
+        if (pages > 0 && region.Contains(address, pages))
+        {
+            if (!region.IsReserved(address, pages))
+            {
+                return -Errno.ENOMEM;
+            }
+
+            if ((prot & ProtExec) != 0 && (_space.ArenaFlags & PageFlags.NoExecute) != 0)
+            {
+                return Count(Sys.Mprotect, -Errno.EPERM);
+            }
+
+            // Making reserved pages accessible commits them; PROT_NONE keeps what they hold (and, as on the heap, their access).
+            return (prot & 7) == 0 || region.Commit(address, pages) ? 0 : -Errno.ENOMEM;
         }
 
         for (ulong i = 0; i < pages; i++)
@@ -129,7 +187,16 @@ internal sealed partial class LinuxAbi
             return -Errno.EINVAL;
         }
 
-        _arena.Free(address, (length + GuestLayout.PageSize - 1) / GuestLayout.PageSize);
+        ulong pages = (length + GuestLayout.PageSize - 1) / GuestLayout.PageSize;
+        var region = _space.Region!;
+        if (address < ReservedRegion.End && address + (pages * GuestLayout.PageSize) > ReservedRegion.Start && region.Covers(ReservedRegion.Start))
+        {
+            ulong start = Math.Max(address, ReservedRegion.Start);
+            ulong end = Math.Min(address + (pages * GuestLayout.PageSize), ReservedRegion.End);
+            region.Unmap(start, (end - start) / GuestLayout.PageSize);
+        }
+
+        _arena.Free(address, pages);
         return 0;
     }
 

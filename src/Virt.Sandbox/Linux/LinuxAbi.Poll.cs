@@ -91,6 +91,8 @@ internal sealed partial class LinuxAbi
                 return (d.Counter!.Value > 0 ? PollIn | PollRdNorm : 0) | (d.Counter.Value < ulong.MaxValue - 1 ? PollOut | PollWrNorm : 0);
             case FdKind.Epoll:
                 return CollectEpoll(d, null, 0) > 0 ? PollIn | PollRdNorm : 0;
+            case FdKind.SignalFd:
+                return ((_current.Signals.Pending | _state.Signals.Pending) & d.SignalMask) != 0 ? PollIn | PollRdNorm : 0;
             default:
                 return PollIn | PollRdNorm | PollOut | PollWrNorm; // files and devices never wait
         }

@@ -97,6 +97,8 @@ internal sealed partial class LinuxAbi
                 return ReadPipe(f, destination);
             case FdKind.EventFd:
                 return ReadEventFd(f, destination);
+            case FdKind.SignalFd:
+                return ReadSignalFd(f, destination);
             case FdKind.Directory:
                 return -Errno.EISDIR;
             case FdKind.Epoll:
@@ -184,6 +186,9 @@ internal sealed partial class LinuxAbi
 
         int n = pipe.Peek(destination);
         pipe.Consume(n);
+
+        // Room was made: a writer that waits for it (the pipe was full) tries again.
+        DescriptorsChanged();
         return n;
     }
 
@@ -202,6 +207,7 @@ internal sealed partial class LinuxAbi
 
         ulong value = counter.Semaphore ? 1 : counter.Value;
         counter.Value -= value;
+        DescriptorsChanged();
         BitConverter.TryWriteBytes(destination, value);
         return 8;
     }

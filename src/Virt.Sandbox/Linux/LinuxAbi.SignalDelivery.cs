@@ -23,12 +23,27 @@ internal readonly record struct SignalInfo(int Signal, int Code, ulong Word0, ul
     }
 }
 
+/// <summary>Pending signals: one instance of each standard signal (its first <c>siginfo</c>), and real-time signals queued in order.</summary>
+internal interface IPendingSignals
+{
+    /// <summary>A bit per pending signal (bit n-1 for signal n).</summary>
+    ulong Pending { get; set; }
+
+    /// <summary>The <c>siginfo</c> of each pending standard signal.</summary>
+    SignalInfo[] Info { get; }
+
+    /// <summary>Pending real-time signals (32 to 64), each instance with its own <c>siginfo</c>, oldest first.</summary>
+    List<SignalInfo> Queue { get; }
+}
+
 /// <summary>A process's pending signals and its ITIMER_REAL (not inherited by fork, kept by execve).</summary>
-internal sealed class SignalState
+internal sealed class SignalState : IPendingSignals
 {
     public ulong Pending { get; set; }
 
     public SignalInfo[] Info { get; private init; } = new SignalInfo[65];
+
+    public List<SignalInfo> Queue { get; private init; } = [];
 
     /// <summary>When ITIMER_REAL expires next (guest monotonic nanoseconds), or long.MaxValue.</summary>
     public long AlarmDeadline { get; set; } = long.MaxValue;
@@ -36,15 +51,20 @@ internal sealed class SignalState
     /// <summary>ITIMER_REAL's reload interval in nanoseconds (0: one shot).</summary>
     public long AlarmInterval { get; set; }
 
-    public SignalState Clone() => new() { Pending = Pending, Info = (SignalInfo[])Info.Clone(), AlarmDeadline = AlarmDeadline, AlarmInterval = AlarmInterval };
+    public SignalState Clone() => new() { Pending = Pending, Info = (SignalInfo[])Info.Clone(), Queue = [.. Queue], AlarmDeadline = AlarmDeadline, AlarmInterval = AlarmInterval };
 }
 
 /// <summary>A thread's own signal state: signals sent to it (tgkill, faults), and what an interrupted call left for delivery.</summary>
-internal sealed class ThreadSignals
+internal sealed class ThreadSignals : IPendingSignals
 {
     public ulong Pending { get; set; }
 
     public SignalInfo[] Info { get; } = new SignalInfo[65];
+
+    public List<SignalInfo> Queue { get; } = [];
+
+    /// <summary>The signals rt_sigtimedwait waits for (0: not waiting): their arrival wakes the thread even while blocked.</summary>
+    public ulong WaitSet { get; set; }
 
     /// <summary>The mask rt_sigsuspend replaced, restored when a handler's frame is built (or the call returns).</summary>
     public ulong? SavedMask { get; set; }
@@ -146,19 +166,10 @@ internal sealed partial class LinuxAbi
             return;
         }
 
-        if (thread is not null)
-        {
-            thread.Signals.Pending |= Bit(signal);
-            thread.Signals.Info[signal] = info;
-        }
-        else
-        {
-            state.Signals.Pending |= Bit(signal);
-            state.Signals.Info[signal] = info;
-        }
-
+        Enqueue(thread is not null ? thread.Signals : state.Signals, info);
         if (blocked)
         {
+            WakeSignalWaiter(target, thread, signal);
             return;
         }
 
@@ -171,6 +182,18 @@ internal sealed partial class LinuxAbi
             taker.State = GuestThreadState.Runnable;
             taker.FutexAddress = 0;
         }
+    }
+
+    /// <summary>rt_sigtimedwait and signalfd take blocked signals: wakes a thread that waits for <paramref name="signal"/>, and signalfd readers.</summary>
+    private void WakeSignalWaiter(GuestProcess target, GuestThread? thread, int signal)
+    {
+        var waiter = _threads.Find(t => t.Process == target && (thread is null || t == thread) && t.State == GuestThreadState.Blocked && (t.Signals.WaitSet & Bit(signal)) != 0);
+        if (waiter is not null && waiter != _current)
+        {
+            waiter.State = GuestThreadState.Runnable;
+        }
+
+        DescriptorsChanged();
     }
 
     /// <summary>Ends <paramref name="target"/> as a signal's default action does; the first process ends the run.</summary>
@@ -220,9 +243,12 @@ internal sealed partial class LinuxAbi
     private long Interrupted(long nr, ulong a1, ulong a3)
     {
         bool neverRestarts = nr is Sys.Pause or Sys.RtSigsuspend or Sys.Nanosleep or Sys.ClockNanosleep or Sys.Poll or Sys.Ppoll
-            or Sys.Select or Sys.Pselect6 or Sys.EpollWait or Sys.EpollPwait or Sys.EpollPwait2;
+            or Sys.Select or Sys.Pselect6 or Sys.EpollWait or Sys.EpollPwait or Sys.EpollPwait2 or Sys.RtSigtimedwait;
         _current.Signals.RestartCall = neverRestarts ? -1 : nr;
-        ulong remaining = nr == Sys.Nanosleep ? a1 : nr == Sys.ClockNanosleep ? a3 : 0;
+        _current.Signals.WaitSet = 0;
+
+        // clock_nanosleep writes the time left only for a relative sleep (a1 holds its flags; TIMER_ABSTIME is 1).
+        ulong remaining = nr == Sys.Nanosleep ? a1 : nr == Sys.ClockNanosleep && (a1 & 1) == 0 ? a3 : 0;
         if (remaining != 0 && _blockDeadline != long.MaxValue)
         {
             long left = Math.Max(0, _blockDeadline - MonotonicNanoseconds());
@@ -339,32 +365,7 @@ internal sealed partial class LinuxAbi
     }
 
     /// <summary>Takes the lowest deliverable signal, the thread's own first; 0 when none.</summary>
-    private int TakeDeliverable(out SignalInfo info)
-    {
-        var thread = _current.Signals;
-        var process = _state.Signals;
-        ulong mask = _state.SignalMask;
-        ulong own = thread.Pending & ~mask;
-        if (own != 0)
-        {
-            int s = System.Numerics.BitOperations.TrailingZeroCount(own) + 1;
-            thread.Pending &= ~Bit(s);
-            info = thread.Info[s];
-            return s;
-        }
-
-        ulong shared = process.Pending & ~mask;
-        if (shared != 0)
-        {
-            int s = System.Numerics.BitOperations.TrailingZeroCount(shared) + 1;
-            process.Pending &= ~Bit(s);
-            info = process.Info[s];
-            return s;
-        }
-
-        info = default;
-        return 0;
-    }
+    private int TakeDeliverable(out SignalInfo info) => TakeSignal(~_state.SignalMask, out info);
 
     /// <summary>
     /// Builds the rt_sigframe for <paramref name="signal"/> below <paramref name="context"/>'s stack (or at the top of the

@@ -56,10 +56,10 @@ internal sealed partial class LinuxAbi
         if (Discards(updated, signal))
         {
             // POSIX: setting an action that ignores a pending signal discards it, blocked or not.
-            _state.Signals.Pending &= ~Bit(signal);
+            Discard(_state.Signals, signal);
             foreach (var t in _threads.Where(t => t.Process == CurrentProcess))
             {
-                t.Signals.Pending &= ~Bit(signal);
+                Discard(t.Signals, signal);
             }
         }
 

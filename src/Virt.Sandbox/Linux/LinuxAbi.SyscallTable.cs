@@ -140,6 +140,11 @@ internal sealed partial class LinuxAbi
             Map(Sys.RtSigpending, static (abi, set, size, _, _, _, _) => abi.RtSigpending(set, size)),
             Map(Sys.RtSigsuspend, static (abi, set, size, _, _, _, _) => abi.RtSigsuspend(set, size)),
             Map(Sys.Pause, static (abi, _, _, _, _, _, _) => abi.Pause()),
+            Map(Sys.RtSigqueueinfo, static (abi, tgid, signal, info, _, _, _) => abi.RtSigqueueinfo(tgid, 0, (int)signal, info, toThread: false)),
+            Map(Sys.RtTgsigqueueinfo, static (abi, tgid, tid, signal, info, _, _) => abi.RtSigqueueinfo(tgid, tid, (int)signal, info, toThread: true)),
+            Map(Sys.RtSigtimedwait, static (abi, set, info, timeout, size, _, _) => abi.RtSigtimedwait(set, info, timeout, size)),
+            Map(Sys.Signalfd, static (abi, fd, mask, size, _, _, _) => abi.Signalfd((int)fd, mask, size, 0)),
+            Map(Sys.Signalfd4, static (abi, fd, mask, size, flags, _, _) => abi.Signalfd((int)fd, mask, size, (int)flags)),
 
             // Interval timers: LinuxAbi.Timers.cs
             Map(Sys.Alarm, static (abi, seconds, _, _, _, _, _) => abi.Alarm(seconds)),

@@ -28,7 +28,8 @@ internal static class Sys
         Getpriority = 140, Setpriority = 141, Setuid = 105, Setgid = 106, Setresuid = 117, Setresgid = 119,
         Getresuid = 118, Getresgid = 120, Mlock = 149, Munlock = 150, 
         Readahead = 187, CloseRange = 436,
-        RtSigreturn = 15, Pause = 34, Getitimer = 36, Alarm = 37, Setitimer = 38, RtSigpending = 127, RtSigsuspend = 130, Getcpu = 309;
+        RtSigreturn = 15, Pause = 34, Getitimer = 36, Alarm = 37, Setitimer = 38, RtSigpending = 127, RtSigsuspend = 130, Getcpu = 309,
+        RtSigtimedwait = 128, RtSigqueueinfo = 129, RtTgsigqueueinfo = 297, Signalfd = 282, Signalfd4 = 289;
 #pragma warning restore CS1591
 }
 
@@ -57,6 +58,7 @@ internal enum FdKind
     PipeWrite,
     EventFd,
     Epoll,
+    SignalFd,
 }
 
 /// <summary>open(2) flags the layer looks at.</summary>
@@ -171,6 +173,9 @@ internal sealed class FileDescription(FdKind kind, OpenFlags flags)
     /// <summary>The registrations (Epoll).</summary>
     public List<EpollEntry>? Interest { get; init; }
 
+    /// <summary>The signals a signalfd reads (SignalFd).</summary>
+    public ulong SignalMask { get; set; }
+
     /// <summary>A copy for a snapshot; shared objects (nodes, pipes, descriptions) come from <paramref name="map"/> once copied.</summary>
     public FileDescription CloneInto(Dictionary<object, object> map)
     {
@@ -186,6 +191,7 @@ internal sealed class FileDescription(FdKind kind, OpenFlags flags)
             Pipe = Pipe is null ? null : (PipeBuffer)(map.TryGetValue(Pipe, out var p) ? p : map[Pipe] = Pipe.Clone()),
             Counter = Counter is null ? null : (EventCounter)(map.TryGetValue(Counter, out var c) ? c : map[Counter] = new EventCounter { Value = Counter.Value, Semaphore = Counter.Semaphore }),
             Interest = Interest is null ? null : [],
+            SignalMask = SignalMask,
         };
         map[this] = copy;
         if (Interest is not null)

@@ -63,6 +63,26 @@ internal sealed class AddressSpace
     /// <summary>Pages used by page tables.</summary>
     public ulong PageTablePages { get; }
 
+    /// <summary>First physical page of the tables kept for the reserved region (none are written at build).</summary>
+    public ulong RegionTablePool { get; private init; }
+
+    /// <summary>Pages kept for the reserved region's tables (0: no region, the image reaches into it).</summary>
+    public ulong RegionTablePages { get; private init; }
+
+    /// <summary>Page flags of heap pages (executable for a dynamically linked program).</summary>
+    public PageFlags ArenaFlags { get; private init; }
+
+    /// <summary>The reserved region, whose committed pages translate like any other mapping (see <see cref="AttachRegion"/>).</summary>
+    public ReservedRegion? Region { get; private set; }
+
+    /// <summary>Creates the reserved region over the heap's allocator; the allocator saves and restores its state with its own.</summary>
+    public void AttachRegion(GuestMemory memory, ArenaAllocator arena)
+    {
+        ArgumentNullException.ThrowIfNull(arena);
+        Region = new ReservedRegion(memory, arena, Cr3, RegionTablePool, RegionTablePages, ArenaFlags, RegionTablePages > 0);
+        arena.Region = Region;
+    }
+
     /// <summary>
     /// The user mappings as <c>/proc/self/maps</c> lists them: runs of image pages with the same flags, the heap (named
     /// <c>[heap]</c>, the whole arena: its page tables are fixed) and the stack.
@@ -93,6 +113,11 @@ internal sealed class AddressSpace
         }
 
         var data = PageFlags.User | PageFlags.Writable | PageFlags.NoExecute;
+        foreach (var (start, end, committed) in Region?.Ranges() ?? [])
+        {
+            yield return (start, end, committed ? data : PageFlags.NoExecute, "");
+        }
+
         yield return (GuestLayout.ArenaBase, GuardStart, data, "[heap]");
         yield return (StackBottom, StackTop, data, "[stack]");
     }
@@ -181,7 +206,10 @@ internal sealed class AddressSpace
         // Heap and stack together never exceed the RAM left, so tables for that many pages from the arena base
         // (plus those for the stack, which sits past the guard gap) are an upper bound.
         tablePages += TablesFor(GuestLayout.ArenaBase >> 12, totalPages) + TablesFor((GuestLayout.ArenaBase + GuestLayout.StackGuardBytes) >> 12, totalPages);
-        ulong used = supervisorPages + tablePages + imagePages + stackPages;
+        // Tables for the reserved region, written as the program commits parts of it (see ReservedRegion): one per 2 MiB
+        // of heap it could commit, plus some for the upper levels and for scattered small commits.
+        ulong regionTablePages = image.Extent.End <= ReservedRegion.Start ? (totalPages / 512) + Math.Min(128, totalPages / 64) : 0;
+        ulong used = supervisorPages + tablePages + regionTablePages + imagePages + stackPages;
         if (totalPages <= used || (totalPages - used) * GuestLayout.PageSize < minimumHeapBytes)
         {
             throw new ArgumentException($"The memory limit ({memory.TotalSize} bytes) leaves no room for the heap after the program image, page tables and the {stackBytes}-byte stack; raise it to at least {(used * GuestLayout.PageSize) + minimumHeapBytes} bytes or lower WithStackSize.");
@@ -202,7 +230,8 @@ internal sealed class AddressSpace
         writer.Map(GuestLayout.VdsoAddress, GuestLayout.TrampolinePhysical, PageFlags.Present | PageFlags.User | PageFlags.Accessed);
         writer.Map(GuestLayout.DoorbellAddress, GuestLayout.DoorbellPhysical, PageFlags.Present | PageFlags.User | PageFlags.Accessed | PageFlags.NoExecute);
 
-        ulong nextPhysical = GuestLayout.PageTablePhysical + (tablePages * GuestLayout.PageSize);
+        ulong regionTablePool = GuestLayout.PageTablePhysical + (tablePages * GuestLayout.PageSize);
+        ulong nextPhysical = regionTablePool + (regionTablePages * GuestLayout.PageSize);
         foreach (var r in runs)
         {
             var flags = r.Flags.ToArray();
@@ -240,7 +269,12 @@ internal sealed class AddressSpace
 
         mappings.Add(new Mapping(stackBottom, stackPages, stackPhysical, null, stackFlags));
 
-        var space = new AddressSpace([.. mappings], writer.Root, nextPhysical, arenaPages, stackPages, image.Extent.End, tablePages);
+        var space = new AddressSpace([.. mappings], writer.Root, nextPhysical, arenaPages, stackPages, image.Extent.End, tablePages + regionTablePages)
+        {
+            RegionTablePool = regionTablePool,
+            RegionTablePages = regionTablePages,
+            ArenaFlags = arenaFlags,
+        };
 
         // Segment contents: file bytes, the rest stays zero (fresh guest RAM is zero).
         foreach (var s in image.Segments)
@@ -267,6 +301,11 @@ internal sealed class AddressSpace
     /// </summary>
     public bool TryTranslate(ulong va, bool write, out ulong physical, out ulong contiguous)
     {
+        if (Region is not null && Region.Covers(va))
+        {
+            return Region.TryTranslate(va, out physical, out contiguous);
+        }
+
         foreach (var m in _mappings)
         {
             if (va < m.VirtualStart || va - m.VirtualStart >= m.Pages * GuestLayout.PageSize)
@@ -308,6 +347,11 @@ internal sealed class AddressSpace
     /// <summary>Page flags of the user page at <paramref name="va"/>, or <see cref="PageFlags.None"/> when unmapped.</summary>
     public PageFlags FlagsAt(ulong va)
     {
+        if (Region is not null && Region.Covers(va))
+        {
+            return Region.FlagsAt(va);
+        }
+
         foreach (var m in _mappings)
         {
             if (va >= m.VirtualStart && va - m.VirtualStart < m.Pages * GuestLayout.PageSize)

@@ -15,6 +15,7 @@ internal sealed class ArenaAllocator
     private readonly ulong _physical;
     private bool[] _used;
     private bool[] _mayBeDirty;
+    private readonly bool[] _pinned;
 
     /// <summary>Creates the allocator over <paramref name="pages"/> heap pages at guest physical <paramref name="physical"/>.</summary>
     public ArenaAllocator(GuestMemory memory, ulong physical, ulong pages)
@@ -23,6 +24,7 @@ internal sealed class ArenaAllocator
         _physical = physical;
         _used = new bool[pages];
         _mayBeDirty = new bool[pages];
+        _pinned = new bool[pages];
         BreakStart = BreakEnd = GuestLayout.ArenaBase;
     }
 
@@ -48,7 +50,10 @@ internal sealed class ArenaAllocator
     public ulong End => GuestLayout.ArenaBase + (Pages * GuestLayout.PageSize);
 
     /// <summary>A copy of the allocation state (for snapshots).</summary>
-    public State Save() => new((bool[])_used.Clone(), (bool[])_mayBeDirty.Clone(), BreakEnd, UsedPages, PeakPages, LimitReached);
+    public State Save() => new((bool[])_used.Clone(), (bool[])_mayBeDirty.Clone(), BreakEnd, UsedPages, PeakPages, LimitReached, Region?.Save());
+
+    /// <summary>The reserved region whose pages this allocator pins (saved and restored with the allocator's state).</summary>
+    public ReservedRegion? Region { get; set; }
 
     /// <summary>Returns to a saved state.</summary>
     public void Restore(State s)
@@ -60,6 +65,22 @@ internal sealed class ArenaAllocator
         UsedPages = s.UsedPages;
         PeakPages = s.PeakPages;
         LimitReached = s.LimitReached;
+
+        // Pages pinned to the reserved region since the snapshot stay taken: their bindings outlive a reset.
+        for (int p = 0; p < _pinned.Length; p++)
+        {
+            if (_pinned[p] && !_used[p])
+            {
+                _used[p] = _mayBeDirty[p] = true;
+                UsedPages++;
+            }
+        }
+
+        PeakPages = Math.Max(PeakPages, UsedPages);
+        if (s.Region is not null)
+        {
+            Region?.Restore(s.Region);
+        }
     }
 
     /// <summary>Guest physical addresses of the pages handed out now.</summary>
@@ -87,7 +108,7 @@ internal sealed class ArenaAllocator
     }
 
     /// <summary>Saved allocation state.</summary>
-    internal sealed record State(bool[] Used, bool[] MayBeDirty, ulong BreakEnd, int UsedPages, int PeakPages, bool LimitReached);
+    internal sealed record State(bool[] Used, bool[] MayBeDirty, ulong BreakEnd, int UsedPages, int PeakPages, bool LimitReached, ReservedRegion.State? Region);
 
     /// <summary>Linux <c>brk</c>: moves the break when the pages are free, and returns the (possibly unchanged) break.</summary>
     public ulong Brk(ulong requested)
@@ -145,6 +166,27 @@ internal sealed class ArenaAllocator
         LimitReached = true;
         return 0;
     }
+
+    /// <summary>
+    /// Allocates <paramref name="pages"/> pages (zeroed) for the reserved region, which binds them to its own virtual
+    /// pages for the sandbox's lifetime: they are never freed nor handed out again, even by a reset. 0 when none.
+    /// </summary>
+    public ulong AllocatePinned(ulong pages)
+    {
+        ulong at = Allocate(pages);
+        if (at != 0)
+        {
+            for (ulong p = PageIndex(at); p < PageIndex(at) + pages; p++)
+            {
+                _pinned[p] = true;
+            }
+        }
+
+        return at;
+    }
+
+    /// <summary>Guest physical address of heap address <paramref name="address"/>.</summary>
+    public ulong PhysicalOf(ulong address) => _physical + (address - GuestLayout.ArenaBase);
 
     /// <summary>Allocates exactly <c>[address, address + pages)</c> (MAP_FIXED), replacing what was there.</summary>
     public bool AllocateAt(ulong address, ulong pages)
@@ -256,7 +298,7 @@ internal sealed class ArenaAllocator
     {
         for (ulong p = first; p < first + count; p++)
         {
-            if (_used[p])
+            if (_used[p] && !_pinned[p])
             {
                 _used[p] = false;
                 UsedPages--;

@@ -44,6 +44,7 @@ internal sealed class SandboxMachine : IDisposable
             _space = AddressSpace.Build(_memory, image, (ulong)config.StackBytes, MinimumHeapBytes);
             Supervisor.Install(_memory);
             _arena = new ArenaAllocator(_memory, _space.ArenaPhysical, _space.ArenaPages);
+            _space.AttachRegion(_memory, _arena);
             // Pages that are both writable and executable (an executable stack, a W+X segment, the arena of a dynamically
             // linked program) may hold code that a reset rewrites: the backend must hear of those writes.
             _restoreMarksWrites = image.ExecutableStack || image.InterpreterPath is not null ||
