@@ -100,7 +100,10 @@ public sealed class ConsoleAttachmentTests
             // Each step waits for the guest to be ready for it: keys typed ahead of a running command sit in the guest
             // tty's queue, and a Ctrl-C read there as a plain byte would not interrupt anything.
             await screen.WaitForAsync("# ", timeout.Token, after: "\nterm=");
-            await TypeAsync(stdin, "echo sleeping; sleep 1000\r", timeout.Token);
+            // The command that prints the readiness line becomes the sleep (exec): a Ctrl-C after the line ends it,
+            // whereas after "echo sleeping; sleep 1000" a Ctrl-C that reached the shell before it started the sleep
+            // would be spent and the sleep would run on.
+            await TypeAsync(stdin, "sh -c 'echo sleeping; exec sleep 1000'\r", timeout.Token);
             await screen.WaitForAsync("\nsleeping", timeout.Token);
             await TypeAsync(stdin, "\u0003", timeout.Token);
             await screen.WaitForAsync("# ", timeout.Token, after: "\nsleeping");
