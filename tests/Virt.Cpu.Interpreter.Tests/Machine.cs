@@ -42,6 +42,50 @@ internal sealed class Machine : IDisposable
         Vcpu.SetGeneralRegisters(new GeneralRegisters { Rip = address, Rsp = stack, Rflags = FlagsReserved });
     }
 
+    /// <summary>Where <see cref="InstallHaltingIdt"/> puts its handlers: vector v's is the HLT at + 16 * v.</summary>
+    public const ulong HaltingHandlers = 0x30000;
+
+    /// <summary>Gives every vector 0-31 a handler that halts in its own 16-byte slot, so <see cref="HaltedVector"/> tells which one ran.</summary>
+    public void InstallHaltingIdt()
+    {
+        for (int v = 0; v < 32; v++)
+        {
+            Memory.Write(new GuestAddress(HaltingHandlers + (ulong)(v * 16)), (byte)0xF4);
+        }
+
+        InstallIdt(HaltingHandlers);
+    }
+
+    /// <summary>After a halt: the vector whose <see cref="InstallHaltingIdt"/> handler the vCPU halted in, or -2 when it halted elsewhere.</summary>
+    public int HaltedVector
+    {
+        get
+        {
+            ulong rip = Regs.Rip;
+            return rip > HaltingHandlers && rip <= HaltingHandlers + (32 * 16) ? (int)((rip - HaltingHandlers - 1) / 16) : -2;
+        }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="emit"/> then HLT at CPL 0 on the interpreter, with halting handlers and <paramref name="cr0Set"/>
+    /// set in CR0; the vector of the exception it raised, or -2 when none.
+    /// </summary>
+    public static int VectorRaisedAtCpl0(Action<Iced.Intel.Assembler> emit, PartitionOptions? options, ulong cr0Set = 0)
+    {
+        using var m = new Machine(new Virt.Cpu.Interpreter.InterpreterHypervisor(), options: options);
+        m.Start(StartMode.Long64, GuestProgram.Assemble(64, CodeAddress, a =>
+        {
+            emit(a);
+            a.hlt();
+        }));
+        m.InstallHaltingIdt();
+        var s = m.Vcpu.GetSpecialRegisters();
+        s.Cr0 |= cr0Set;
+        m.Vcpu.SetSpecialRegisters(s);
+        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        return m.HaltedVector;
+    }
+
     /// <summary>Installs 64-bit interrupt gates for vectors 0-31 pointing at <paramref name="handler"/> + 16 * vector.</summary>
     public void InstallIdt(ulong handler, int ist = 0)
     {

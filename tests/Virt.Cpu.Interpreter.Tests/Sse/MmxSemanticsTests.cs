@@ -75,33 +75,10 @@ public sealed class MmxSemanticsTests
     [Fact]
     public void Mmx_faults_with_cr0_em_and_ts_and_when_hidden_from_cpuid()
     {
-        Assert.Equal(Done, RunAtCpl0(a => a.paddb(mm0, mm1), null));
-        Assert.Equal(6, RunAtCpl0(a => a.paddb(mm0, mm1), null, cr0Set: 1UL << 2));
-        Assert.Equal(7, RunAtCpl0(a => a.paddb(mm0, mm1), null, cr0Set: 1UL << 3));
-        Assert.Equal(7, RunAtCpl0(a => a.emms(), null, cr0Set: 1UL << 3));
-        Assert.Equal(6, RunAtCpl0(a => a.paddb(mm0, mm1), new PartitionOptions { MaskedCpuidFeatures = [new CpuidFeature(1, 0, CpuidRegister.Edx, 23)] }));
-    }
-
-    private static int RunAtCpl0(Action<Assembler> emit, PartitionOptions? options, ulong cr0Set = 0)
-    {
-        using var m = new Machine(new InterpreterHypervisor(), options: options);
-        m.Start(StartMode.Long64, GuestProgram.Assemble(64, Machine.CodeAddress, a =>
-        {
-            emit(a);
-            a.hlt();
-        }));
-        const ulong handler = 0x30000;
-        for (int v = 0; v < 32; v++)
-        {
-            m.Memory.Write(new GuestAddress(handler + (ulong)(v * 16)), (byte)0xF4);
-        }
-
-        m.InstallIdt(handler);
-        var s = m.Vcpu.GetSpecialRegisters();
-        s.Cr0 |= cr0Set;
-        m.Vcpu.SetSpecialRegisters(s);
-        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
-        ulong rip = m.Regs.Rip;
-        return rip >= handler && rip < handler + (32 * 16) ? (int)((rip - handler - 1) / 16) : -2;
+        Assert.Equal(Done, Machine.VectorRaisedAtCpl0(a => a.paddb(mm0, mm1), null));
+        Assert.Equal(6, Machine.VectorRaisedAtCpl0(a => a.paddb(mm0, mm1), null, cr0Set: 1UL << 2));
+        Assert.Equal(7, Machine.VectorRaisedAtCpl0(a => a.paddb(mm0, mm1), null, cr0Set: 1UL << 3));
+        Assert.Equal(7, Machine.VectorRaisedAtCpl0(a => a.emms(), null, cr0Set: 1UL << 3));
+        Assert.Equal(6, Machine.VectorRaisedAtCpl0(a => a.paddb(mm0, mm1), new PartitionOptions { MaskedCpuidFeatures = [new CpuidFeature(1, 0, CpuidRegister.Edx, 23)] }));
     }
 }

@@ -180,40 +180,16 @@ public sealed class Sse4SemanticsTests
             "bmi2" => (CpuidFeature.Bmi2, a => a.pdep(eax, ecx, edx)),
             _ => (CpuidFeature.Sse3, a => a.haddps(xmm0, xmm1)),
         };
-        Assert.Equal(Done, RunAtCpl0(emit, null));
-        Assert.Equal(6, RunAtCpl0(emit, new PartitionOptions { MaskedCpuidFeatures = [masked] }));
+        Assert.Equal(Done, Machine.VectorRaisedAtCpl0(emit, null));
+        Assert.Equal(6, Machine.VectorRaisedAtCpl0(emit, new PartitionOptions { MaskedCpuidFeatures = [masked] }));
     }
 
     [Fact]
     public void New_sse_instructions_raise_device_not_available_with_cr0_ts()
     {
-        Assert.Equal(7, RunAtCpl0(a => a.ptest(xmm0, xmm1), null, cr0Set: 1UL << 3));
-        Assert.Equal(7, RunAtCpl0(a => a.pcmpistri(xmm0, xmm1, 0), null, cr0Set: 1UL << 3));
+        Assert.Equal(7, Machine.VectorRaisedAtCpl0(a => a.ptest(xmm0, xmm1), null, cr0Set: 1UL << 3));
+        Assert.Equal(7, Machine.VectorRaisedAtCpl0(a => a.pcmpistri(xmm0, xmm1, 0), null, cr0Set: 1UL << 3));
         // CRC32 and BMI2 work on general registers: CR0.TS does not concern them.
-        Assert.Equal(Done, RunAtCpl0(a => a.crc32(eax, ecx), null, cr0Set: 1UL << 3));
-    }
-
-    /// <summary>Runs <paramref name="emit"/> then HLT at CPL 0 on the interpreter; the vector of the exception it raised, or -2.</summary>
-    private static int RunAtCpl0(Action<Assembler> emit, PartitionOptions? options, ulong cr0Set = 0)
-    {
-        using var m = new Machine(new InterpreterHypervisor(), options: options);
-        m.Start(StartMode.Long64, GuestProgram.Assemble(64, Machine.CodeAddress, a =>
-        {
-            emit(a);
-            a.hlt();
-        }));
-        const ulong handler = 0x30000;
-        for (int v = 0; v < 32; v++)
-        {
-            m.Memory.Write(new GuestAddress(handler + (ulong)(v * 16)), (byte)0xF4);
-        }
-
-        m.InstallIdt(handler);
-        var s = m.Vcpu.GetSpecialRegisters();
-        s.Cr0 |= cr0Set;
-        m.Vcpu.SetSpecialRegisters(s);
-        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
-        ulong rip = m.Regs.Rip;
-        return rip >= handler && rip < handler + (32 * 16) ? (int)((rip - handler - 1) / 16) : -2;
+        Assert.Equal(Done, Machine.VectorRaisedAtCpl0(a => a.crc32(eax, ecx), null, cr0Set: 1UL << 3));
     }
 }

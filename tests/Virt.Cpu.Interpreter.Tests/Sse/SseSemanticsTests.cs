@@ -203,18 +203,12 @@ public sealed class SseSemanticsTests
             a.xorps(xmm0, xmm0);
             a.hlt();
         });
-        const ulong handler = 0x30000;
-        for (int v = 0; v < 32; v++)
-        {
-            m.Memory.Write(new GuestAddress(handler + (ulong)(v * 16)), (byte)0xF4);
-        }
-
-        m.InstallIdt(handler);
+        m.InstallHaltingIdt();
         var s = m.Vcpu.GetSpecialRegisters();
         s.Cr0 |= 1UL << 3;
         m.Vcpu.SetSpecialRegisters(s);
         Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
-        Assert.Equal(handler + (7 * 16) + 1, m.Regs.Rip);
+        Assert.Equal(7, m.HaltedVector); // #NM
     }
 
     [Fact]
@@ -225,18 +219,12 @@ public sealed class SseSemanticsTests
             a.addps(xmm0, xmm1);
             a.hlt();
         });
-        const ulong handler = 0x30000;
-        for (int v = 0; v < 32; v++)
-        {
-            m.Memory.Write(new GuestAddress(handler + (ulong)(v * 16)), (byte)0xF4);
-        }
-
-        m.InstallIdt(handler);
+        m.InstallHaltingIdt();
         var s = m.Vcpu.GetSpecialRegisters();
         s.Cr4 &= ~(1UL << 9);
         m.Vcpu.SetSpecialRegisters(s);
         Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
-        Assert.Equal(handler + (6 * 16) + 1, m.Regs.Rip);
+        Assert.Equal(6, m.HaltedVector); // #UD
     }
 
     private static byte[] Scratch(params float[] values)

@@ -84,17 +84,11 @@ public sealed class X87Tests
             a.fld1();
             a.hlt();
         });
-        const ulong handler = 0x30000;
-        for (int v = 0; v < 32; v++)
-        {
-            m.Memory.Write(new GuestAddress(handler + (ulong)(v * 16)), (byte)0xF4);
-        }
-
-        m.InstallIdt(handler);
+        m.InstallHaltingIdt();
         var s = m.Vcpu.GetSpecialRegisters();
         s.Cr0 |= 1UL << 3;
         m.Vcpu.SetSpecialRegisters(s);
         Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
-        Assert.Equal(handler + (7 * 16) + 1, m.Regs.Rip);
+        Assert.Equal(7, m.HaltedVector); // #NM
     }
 }
