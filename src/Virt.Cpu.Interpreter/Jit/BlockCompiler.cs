@@ -1083,20 +1083,7 @@ internal sealed class BlockCompiler
         }
 
         _il.Emit(OpCodes.Stloc, _ta);
-        switch (k1)
-        {
-            case OpKindX.Reg:
-                GetReg(op.R1, size);
-                break;
-            case OpKindX.Imm:
-                _il.Emit(OpCodes.Ldc_I8, unchecked((long)op.Imm));
-                break;
-            default:
-                EmitLinear(in op);
-                EmitRead(size, i, rmw: false);
-                _il.Emit(OpCodes.Ldloc, _val);
-                break;
-        }
+        EmitSource(in op, k1, size, i);
 
         _il.Emit(OpCodes.Stloc, _tb);
         _il.Emit(OpCodes.Ldloc, _ta);
@@ -1216,11 +1203,10 @@ internal sealed class BlockCompiler
         }
     }
 
-    private void EmitMov(int i)
+    /// <summary>Pushes the source operand of op <paramref name="i"/> (register R1, immediate, or memory read) as a 64-bit value.</summary>
+    private void EmitSource(in Op op, byte kind, int size, int i)
     {
-        ref Op op = ref _ops[i];
-        int size = op.Size;
-        switch (op.K1)
+        switch (kind)
         {
             case OpKindX.Reg:
                 GetReg(op.R1, size);
@@ -1234,6 +1220,13 @@ internal sealed class BlockCompiler
                 _il.Emit(OpCodes.Ldloc, _val);
                 break;
         }
+    }
+
+    private void EmitMov(int i)
+    {
+        ref Op op = ref _ops[i];
+        int size = op.Size;
+        EmitSource(in op, op.K1, size, i);
 
         if (op.K0 == OpKindX.Reg)
         {
