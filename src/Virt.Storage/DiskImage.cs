@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 
@@ -235,6 +236,34 @@ public static class DiskImage
     /// <summary>Opens an image file with the advisory lock that keeps two writers apart.</summary>
     internal static SafeFileHandle OpenLocked(string path, bool readOnly)
     {
+        // A lock belongs to the open file description, which a child process shares from its fork until its exec
+        // closes it: an image closed here a moment ago can still be locked by a child that another thread of this
+        // process (or another process) is starting. A conflict is retried for a short while before it is reported.
+        long start = Stopwatch.GetTimestamp();
+        while (true)
+        {
+            var handle = TryOpenLocked(path, readOnly, out var conflict);
+            if (handle is not null)
+            {
+                return handle;
+            }
+
+            if (Stopwatch.GetElapsedTime(start) > LockConflictGrace)
+            {
+                throw InUse(path, readOnly, conflict);
+            }
+
+            Thread.Sleep(5);
+        }
+    }
+
+    /// <summary>How long a lock conflict is retried before the image is reported in use.</summary>
+    private static readonly TimeSpan LockConflictGrace = TimeSpan.FromMilliseconds(250);
+
+    /// <summary>Opens and locks the image; null (with the sharing error, if any) when someone holds a conflicting lock.</summary>
+    private static SafeFileHandle? TryOpenLocked(string path, bool readOnly, out Exception? conflict)
+    {
+        conflict = null;
         SafeFileHandle handle;
         try
         {
@@ -248,7 +277,8 @@ public static class DiskImage
         }
         catch (IOException e) when (IsSharingViolation(e))
         {
-            throw InUse(path, readOnly, e);
+            conflict = e;
+            return null;
         }
         catch (UnauthorizedAccessException e)
         {
@@ -264,7 +294,7 @@ public static class DiskImage
             handle.Dispose();
             if (errno == Interop.Libc.EWOULDBLOCK)
             {
-                throw InUse(path, readOnly, null);
+                return null;
             }
 
             throw new DiskImageException(path, DiskImageError.Other, $"Locking the disk image '{path}' failed: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno}).");
@@ -273,7 +303,7 @@ public static class DiskImage
         if (OperatingSystem.IsLinux() && !QemuLocks.TryAcquire(handle, readOnly))
         {
             handle.Dispose();
-            throw InUse(path, readOnly, null);
+            return null;
         }
 
         return handle;
