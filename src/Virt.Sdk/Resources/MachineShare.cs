@@ -30,29 +30,23 @@ internal sealed class MachineShare
         MemoryBalloon? balloon = null;
         foreach (var transport in machine.Transports)
         {
-            if (transport.Device is VirtioBalloonDevice device)
+            switch (transport.Device)
             {
-                balloon = new MemoryBalloon(device);
-                break;
+                case VirtioBalloonDevice device when balloon is null:
+                    balloon = new MemoryBalloon(device);
+                    break;
+                case Virt.Storage.VirtioBlockDevice disk when member is { DiskBytes: not null } or { DiskOperations: not null }:
+                    disk.ShareLimits(member.DiskBytes, member.DiskOperations);
+                    break;
+                case Virt.Network.VirtioNetDevice nic when member is { NetworkTransmit: not null }:
+                    nic.ShareLimits(member.NetworkTransmit, member.NetworkReceive);
+                    break;
             }
         }
 
         if (member is null)
         {
             return balloon is null ? None : new MachineShare(null, balloon);
-        }
-
-        foreach (var transport in machine.Transports)
-        {
-            switch (transport.Device)
-            {
-                case Virt.Storage.VirtioBlockDevice disk when member.DiskBytes is not null || member.DiskOperations is not null:
-                    disk.ShareLimits(member.DiskBytes, member.DiskOperations);
-                    break;
-                case Virt.Network.VirtioNetDevice nic when member.NetworkTransmit is not null:
-                    nic.ShareLimits(member.NetworkTransmit, member.NetworkReceive);
-                    break;
-            }
         }
 
         var memory = machine.Memory;
