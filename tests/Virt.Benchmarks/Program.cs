@@ -36,6 +36,14 @@ if (args is ["migrate", ..])
     return;
 }
 
+// VMs sharing a resource pool: share ratios, a quiet VM's latency beside busy ones, admissions per second:
+// dotnet run -c Release --project tests/Virt.Benchmarks -- pool [requests]
+if (args is ["pool", ..])
+{
+    await Virt.Benchmarks.Sdk.PoolContention.RunAsync(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 1000);
+    return;
+}
+
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
 
 /// <summary>Entry point type for the benchmark switcher.</summary>

@@ -70,6 +70,48 @@ public sealed class ResourcePoolTests
         Assert.True(ratio is > 1.8 and < 2.2, $"CPU ratio {ratio:0.00}, expected 2 +/- 10% (heavy {Usage(pool, "heavy")}, light {Usage(pool, "light")})");
     }
 
+    [Fact]
+    public async Task Ten_busy_vms_on_two_cpus_get_cpu_by_their_shares()
+    {
+        // More vCPUs than slots, so every grant goes through the queue: a vCPU granted a slot while the host had not
+        // yet woken its thread must still get its turn (it was once left waiting for good, starving its VM).
+        int[] shares = [2048, 2048, 2048, 1024, 1024, 1024, 1024, 1024, 1024, 1024];
+        using var pool = new ResourcePool(new ResourcePoolOptions { Cpus = 2, VcpuOvercommit = 5 });
+        var vms = new List<VirtualMachine>();
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        timeout.CancelAfter(TimeSpan.FromMinutes(3));
+        try
+        {
+            for (int i = 0; i < shares.Length; i++)
+            {
+                vms.Add(SpinningVm("interpreter", pool, $"vm{i}", new ResourceRequest { CpuShares = shares[i] }).Build());
+                await vms[i].StartAsync(timeout.Token);
+            }
+
+            await WaitUntilAsync(() => pool.GetUsage().All(u => u.SlotGrants > 1), timeout.Token);
+            var start = pool.GetUsage().ToDictionary(u => u.Name, u => u.CpuTime);
+            TimeSpan Used() => pool.GetUsage().Aggregate(TimeSpan.Zero, (sum, u) => sum + (u.CpuTime - start[u.Name]));
+            await WaitUntilAsync(() => Used() > TimeSpan.FromSeconds(5), timeout.Token);
+            var used = pool.GetUsage().ToDictionary(u => u.Name, u => (u.CpuTime - start[u.Name]).TotalMilliseconds);
+            foreach (var vm in vms)
+            {
+                await vm.StopAsync(timeout.Token);
+            }
+
+            var perShare = Enumerable.Range(0, shares.Length).Select(i => used[$"vm{i}"] / shares[i]).ToArray();
+            double mean = perShare.Average();
+            string figures = string.Join(", ", Enumerable.Range(0, shares.Length).Select(i => $"vm{i} ({shares[i]}): {used[$"vm{i}"]:0} ms"));
+            Assert.All(perShare, p => Assert.True(Math.Abs((p / mean) - 1) < 0.2, $"CPU per share {p / mean:0.00} of the mean; {figures}"));
+        }
+        finally
+        {
+            foreach (var vm in vms)
+            {
+                await vm.DisposeAsync();
+            }
+        }
+    }
+
     [Theory]
     [MemberData(nameof(Backends))]
     public async Task A_capped_vm_uses_no_more_than_its_cap_with_cpus_free(string backend)
@@ -131,6 +173,55 @@ public sealed class ResourcePoolTests
         Assert.True(busyUsage.Preemptions <= 4, $"busy VM preempted {busyUsage.Preemptions} times; idle VM: {idleUsage}");
         Assert.True(idleUsage.SlotGrants <= 5, $"idle VM took the CPU {idleUsage.SlotGrants} times");
         Assert.True(idleUsage.CpuTime < busyUsage.CpuTime / 10, $"idle {idleUsage.CpuTime}, busy {busyUsage.CpuTime}");
+    }
+
+    [Fact]
+    public async Task A_quiet_vm_answers_at_once_beside_a_busy_neighbour_without_queueing_for_the_cpu()
+    {
+        // One CPU for two VMs: a neighbour that never sleeps, and a quiet VM that sleeps until the host rings its
+        // doorbell. The promise (docs/resources.md) is that a waking VM whose work stays light runs without queueing
+        // behind busy VMs for a slot, so its requests wait for the host's scheduler only, never for a time slice.
+        using var pool = new ResourcePool(new ResourcePoolOptions { Cpus = 1 });
+        await using var noisy = SpinningVm("interpreter", pool, "noisy", new ResourceRequest()).Build();
+        DoorbellDevice? doorbell = null;
+        var builder = FlatGuestVm.Builder("interpreter")
+            .WithName("quiet")
+            .WithResourcePool(pool)
+            .WithInterruptController()
+            .WithDevice("doorbell", new DeviceResources { Port = DoorbellGuest.Port, PortCount = 1, Irq = DoorbellGuest.Irq }, context => doorbell = new DoorbellDevice(context.InterruptLine));
+        foreach (var (image, address) in DoorbellGuest.Segments)
+        {
+            builder = builder.WithFlatBinary(image, new GuestAddress(address));
+        }
+
+        await using var quiet = builder.WithEntryPoint(new GuestAddress(DoorbellGuest.Entry), StartMode.Long64).Build();
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        timeout.CancelAfter(TimeSpan.FromMinutes(3));
+        await noisy.StartAsync(timeout.Token);
+        await WaitUntilAsync(() => Usage(pool, "noisy").CpuTime > TimeSpan.FromMilliseconds(200), timeout.Token);
+        await quiet.StartAsync(timeout.Token);
+
+        const int requests = 100;
+        var latencies = new List<TimeSpan>(requests);
+        for (int i = 0; i < requests; i++)
+        {
+            latencies.Add(await doorbell!.RequestAsync(timeout.Token));
+        }
+
+        var quietUsage = Usage(pool, "quiet");
+        var noisyUsage = Usage(pool, "noisy");
+        await quiet.StopAsync(timeout.Token);
+        await noisy.StopAsync(timeout.Token);
+
+        latencies.Sort();
+        string figures = $"latency p50 {latencies[requests / 2].TotalMicroseconds:0} us, p99 {latencies[(requests * 99) / 100].TotalMicroseconds:0} us; quiet {quietUsage}; noisy {noisyUsage}";
+        Assert.Equal(requests, doorbell!.Acknowledged);
+
+        // Were the quiet VM's wake-ups queued for the slot, it would take one per request (100) and wait behind the
+        // busy VM's grants. It may be counted busy once or twice when the host delays a wake-up by a few ticks.
+        Assert.True(quietUsage.SlotGrants <= 5, $"the quiet VM queued for the CPU {quietUsage.SlotGrants} times; {figures}");
+        Assert.True(quietUsage.MaxGrantsWaited <= 1, $"the quiet VM waited through {quietUsage.MaxGrantsWaited} grants to others; {figures}");
+        Assert.True(noisyUsage.CpuTime > quietUsage.CpuTime, figures);
     }
 
     private static ResourceUsage Usage(ResourcePool pool, string name) =>

@@ -160,7 +160,9 @@ internal sealed class CpuScheduler : IDisposable
             runner.Signal.Wait();
             lock (_lock)
             {
-                if (runner.State == RunnerState.RunningSlot)
+                // Granted. A tick may already have found the thread asleep (it had not woken from this wait yet) and
+                // let it run without the slot; that is a turn too, and waiting on would leave the vCPU stranded.
+                if (runner.State is RunnerState.RunningSlot or RunnerState.RunningFree)
                 {
                     return true;
                 }
