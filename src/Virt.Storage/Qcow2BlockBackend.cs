@@ -20,9 +20,9 @@ namespace Virt.Storage;
 /// </para>
 /// <para>
 /// Not supported (refused at open, naming the feature): encryption, external data files, extended L2 entries,
-/// zstd compression; writing an image that has internal snapshots or is marked dirty or corrupt (open it read-only,
-/// or repair it with <c>qemu-img check -r all</c>). Compressed clusters are read; a write to one stores it
-/// uncompressed.
+/// compression types other than zlib and zstd; writing an image that has internal snapshots or is marked dirty or corrupt (open it read-only,
+/// or repair it with <c>qemu-img check -r all</c>). Compressed clusters (zlib or zstd) are read; a write to one
+/// stores it uncompressed.
 /// </para>
 /// <para>Thread-safe: operations are serialized on the image.</para>
 /// </remarks>
@@ -48,6 +48,9 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
     private readonly List<long> _pendingFree = [];
     private readonly long _compressedMask;
     private readonly int _compressedSectorShift;
+
+    /// <summary>Compressed clusters hold zstd frames (compression_type 1) rather than raw deflate data.</summary>
+    private readonly bool _zstd;
     private ulong[] _refTable;
     private long _refTableOffset;
     private long _freeHint;
@@ -79,6 +82,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         Snapshots = header.Snapshots;
         _compressedSectorShift = 62 - (_clusterBits - 8);
         _compressedMask = (1L << _compressedSectorShift) - 1;
+        _zstd = (header.Incompatible & Qcow2Format.IncompatCompressionType) != 0;
         _freeHint = 1;
         _highWater = (store.Length + _clusterSize - 1) >> _clusterBits;
     }
@@ -662,7 +666,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         {
             _store.Read(host, compressed.AsSpan(0, size));
             using var input = new MemoryStream(compressed, 0, size, writable: false);
-            using var inflate = new DeflateStream(input, CompressionMode.Decompress);
+            using Stream inflate = _zstd ? ZstdCluster(input) : new DeflateStream(input, CompressionMode.Decompress);
             int done = 0;
             while (done < output.Length)
             {
@@ -680,10 +684,10 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
                 throw Damaged(Path, "compressed cluster", $"of guest cluster {cluster} inflates to {done} bytes, not {output.Length}");
             }
         }
-        catch (InvalidDataException e)
+        catch (Exception e) when (e is InvalidDataException or ZstdSharp.ZstdException)
         {
             throw new DiskImageException(Path, DiskImageError.InvalidFormat,
-                $"The qcow2 image '{Path}' is damaged: compressed cluster of guest cluster {cluster} is not valid deflate data.", e);
+                $"The qcow2 image '{Path}' is damaged: compressed cluster of guest cluster {cluster} is not valid {(_zstd ? "zstd" : "deflate")} data.", e);
         }
         finally
         {
@@ -692,6 +696,18 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
 
         _decompressedAt = host;
         return output;
+    }
+
+    /// <summary>
+    /// A zstd reader over one compressed cluster. The window it may allocate is bounded (2 MiB, or the cluster size
+    /// when larger: a frame asking for more is damaged, not a reason to allocate), and the padding after the frame is
+    /// never read: the caller stops at one cluster of output.
+    /// </summary>
+    private ZstdSharp.DecompressionStream ZstdCluster(Stream input)
+    {
+        var stream = new ZstdSharp.DecompressionStream(input, bufferSize: 0, checkEndOfStream: false, leaveOpen: true);
+        stream.SetParameter(ZstdSharp.Unsafe.ZSTD_dParameter.ZSTD_d_windowLogMax, Math.Max(_clusterBits, 21));
+        return stream;
     }
 
     // ---------------------------------------------------------------- writing
@@ -1546,9 +1562,15 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             }
 
             byte compressionType = headerLength > Qcow2Format.OffCompressionType ? h[Qcow2Format.OffCompressionType] : (byte)0;
-            if (compressionType != 0 || (incompatible & Qcow2Format.IncompatCompressionType) != 0)
+            bool typeBit = (incompatible & Qcow2Format.IncompatCompressionType) != 0;
+            if (compressionType > Qcow2Format.CompressionZstd)
             {
-                throw Damaged(path, "compression_type", $"is {compressionType} (zstd or unknown); only zlib compression is supported. Convert the image with qemu-img convert -O qcow2");
+                throw Damaged(path, "compression_type", $"is {compressionType}; known are 0 (zlib) and 1 (zstd). Convert the image with qemu-img convert -O qcow2");
+            }
+
+            if (typeBit != (compressionType != 0))
+            {
+                throw Damaged(path, "compression_type", $"is {compressionType} while the compression type bit of incompatible_features is {(typeBit ? "set" : "clear")}; the bit must be set exactly when the type is not zlib");
             }
 
             if ((incompatible & Qcow2Format.IncompatExternalData) != 0)
@@ -1561,7 +1583,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
                 throw Damaged(path, "incompatible_features", "has the extended L2 bit (subclusters), which is not supported. Convert the image with qemu-img convert -O qcow2 -o extended_l2=off");
             }
 
-            ulong unknown = incompatible & ~(Qcow2Format.IncompatDirty | Qcow2Format.IncompatCorrupt);
+            ulong unknown = incompatible & ~(Qcow2Format.IncompatDirty | Qcow2Format.IncompatCorrupt | Qcow2Format.IncompatCompressionType);
             if (unknown != 0)
             {
                 throw Damaged(path, "incompatible_features", $"has unknown bits 0x{unknown:x}");

@@ -39,6 +39,9 @@ internal static class Qcow2Format
     public const int OffHeaderLength = 100;
     public const int OffCompressionType = 104;
 
+    /// <summary>compression_type 1: compressed clusters are zstd frames.</summary>
+    public const byte CompressionZstd = 1;
+
     // Incompatible feature bits.
     public const ulong IncompatDirty = 1UL << 0;
     public const ulong IncompatCorrupt = 1UL << 1;

@@ -37,6 +37,24 @@ public sealed partial class Qcow2FuzzTests
             seeds.Add(store.Contents.ToArray());
         }
 
+        // Compressed clusters (zlib and zstd) come from qemu-img: the library itself never writes them.
+        if (QemuImg.Available)
+        {
+            using var dir = new TempDir();
+            var text = new byte[128 << 10];
+            for (int i = 0; i < text.Length; i++)
+            {
+                text[i] = (byte)('a' + ((i / 5) % 26));
+            }
+
+            File.WriteAllBytes(dir.File("text.raw"), text);
+            foreach (string type in new[] { "zlib", "zstd" })
+            {
+                QemuImg.Run($"convert -f raw -O qcow2 -c -o cluster_size=4096,compression_type={type} \"{dir.File("text.raw")}\" \"{dir.File(type)}\"");
+                seeds.Add(File.ReadAllBytes(dir.File(type)));
+            }
+        }
+
         return [.. seeds];
     }
 

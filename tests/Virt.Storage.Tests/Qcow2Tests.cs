@@ -80,6 +80,8 @@ public sealed class Qcow2Tests
     [InlineData("compat=1.1,cluster_size=2097152,refcount_bits=64", false)]
     [InlineData("compat=1.1,cluster_size=65536", true)]
     [InlineData("compat=0.10,cluster_size=4096", true)]
+    [InlineData("compat=1.1,cluster_size=65536,compression_type=zstd", true)]
+    [InlineData("compat=1.1,cluster_size=4096,compression_type=zstd", true)]
     public async Task Image_written_by_qemu_img_reads_back_byte_for_byte_and_stays_valid_after_library_writes(string options, bool compressed)
     {
         QemuImg.Require();
