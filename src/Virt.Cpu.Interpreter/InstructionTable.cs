@@ -607,7 +607,7 @@ internal static class InstructionTable
         {
             if (info.GetOpKind(i) is OpCodeOperandKind.mm_reg or OpCodeOperandKind.mm_rm or OpCodeOperandKind.mm_or_mem)
             {
-                return m == Mnemonic.Maskmovq ? InvalidIndex : MmxIndex;
+                return MmxIndex;
             }
         }
 

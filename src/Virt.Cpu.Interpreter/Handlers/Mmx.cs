@@ -146,6 +146,15 @@ internal sealed partial class InterpreterVcpu
                 EnterMmx();
                 WriteMm(MmIndex(ins.Op0Register), Xr(XmmIndex(ins.Op1Register)).AsUInt64().GetElement(0));
                 return;
+            case Mnemonic.Maskmovq:
+            {
+                var data = Vector128.Create(ReadMm(MmIndex(ins.Op1Register)), 0UL).AsByte();
+                var mask = Vector128.Create(ReadMm(MmIndex(ins.Op2Register)), 0UL).AsByte();
+                EnterMmx();
+                MaskedStore(in ins, data, mask, 8);
+                return;
+            }
+
             case Mnemonic.Pmovmskb:
             {
                 ulong mask = Vector128.Create(ReadMm(MmIndex(ins.Op1Register)), 0UL).AsByte().ExtractMostSignificantBits() & 0xFF;

@@ -153,6 +153,9 @@ internal sealed partial class InterpreterVcpu
             case Mnemonic.Movq:
                 ExecMovdq(ref op, in ins);
                 return;
+            case Mnemonic.Maskmovdqu:
+                MaskedStore(in ins, Xr(XmmIndex(ins.Op1Register)), Xr(XmmIndex(ins.Op2Register)), 16);
+                return;
             case Mnemonic.Movss:
             case Mnemonic.Movsd:
             {

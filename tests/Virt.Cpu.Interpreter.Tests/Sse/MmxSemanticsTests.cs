@@ -72,6 +72,41 @@ public sealed class MmxSemanticsTests
         Assert.Equal(0x0001_0008_0007_0006UL, r.Gprs[11]);
     }
 
+    [Theory]
+    [MemberData(nameof(Backends))]
+    public void Maskmovq_and_maskmovdqu_store_only_the_bytes_whose_mask_byte_has_its_top_bit_set(string backend)
+    {
+        var (r, _) = SseHarness.Run(backend, a =>
+        {
+            a.mov(rax, 0xEEEE_EEEE_EEEE_EEEEUL);
+            a.mov(__[rbx + 0x600], rax);
+            a.mov(__[rbx + 0x700], rax);
+            a.mov(__[rbx + 0x708], rax);
+            a.mov(rax, 0x8877_6655_4433_2211UL);
+            a.movq(mm0, rax);
+            a.mov(rax, 0x8000_FF7F_0081_0080UL);
+            a.movq(mm1, rax);
+            a.lea(rdi, __[rbx + 0x600]);
+            a.maskmovq(mm0, mm1);
+            a.emms();
+            a.movq(xmm0, rax);                    // mask low half: the same pattern
+            a.mov(rax, 0x0101_0101_FFFF_0000UL);
+            a.movq(xmm2, rax);
+            a.movlhps(xmm0, xmm2);                // mask: low 8 bytes as above, high 8 bytes 00 00 FF FF 01 01 01 01
+            a.mov(rax, 0x0F0E_0D0C_0B0A_0908UL);
+            a.movq(xmm3, rax);
+            a.mov(rax, 0x0706_0504_0302_0100UL);
+            a.movq(xmm4, rax);
+            a.punpcklqdq(xmm4, xmm3);             // data: bytes 00..0F
+            a.lea(rdi, __[rbx + 0x700]);
+            a.maskmovdqu(xmm4, xmm0);
+        });
+        Assert.Equal(Done, r.Vector);
+        Assert.Equal(0x88EE_66EE_EE33_EE11UL, BitConverter.ToUInt64(r.Scratch, 0x600));
+        Assert.Equal(0x07EE_05EE_EE02_EE00UL, BitConverter.ToUInt64(r.Scratch, 0x700));
+        Assert.Equal(0xEEEE_EEEE_0B0A_EEEEUL, BitConverter.ToUInt64(r.Scratch, 0x708));
+    }
+
     [Fact]
     public void Mmx_faults_with_cr0_em_and_ts_and_when_hidden_from_cpuid()
     {
