@@ -26,6 +26,7 @@ internal sealed class KvmHostInfo
         HasGuestDebug = KvmIoctls.CheckExtension(kvm, KVM_CAP_SET_GUEST_DEBUG) > 0;
         HasVcpuEvents = KvmIoctls.CheckExtension(kvm, KVM_CAP_VCPU_EVENTS) > 0;
         HasMpState = KvmIoctls.CheckExtension(kvm, KVM_CAP_MP_STATE) > 0;
+        McgCapSupported = KvmIoctls.CheckExtension(kvm, KVM_CAP_MCE) > 0 ? KvmIoctls.GetMceCapSupported(kvm) : null;
         int xsave2 = KvmIoctls.CheckExtension(kvm, KVM_CAP_XSAVE2);
         XsaveSize = xsave2 > KvmXsaveSize ? xsave2 : KvmXsaveSize;
         HasXsave2 = xsave2 > 0;
@@ -37,6 +38,9 @@ internal sealed class KvmHostInfo
     }
 
     internal int VcpuMmapSize { get; }
+
+    /// <summary>The IA32_MCG_CAP flag bits KVM can give a vCPU (KVM_CAP_MCE; up to 32 banks), or null without machine-check emulation.</summary>
+    internal ulong? McgCapSupported { get; }
 
     /// <summary>KVM_CAP_SET_GUEST_DEBUG: single-step, INT3 interception and host hardware breakpoints.</summary>
     internal bool HasGuestDebug { get; }

@@ -483,4 +483,19 @@ internal static unsafe class KvmIoctls
         *(ulong*)(buffer + 4) = mask;
         Ioctl(vcpu, KVM_SET_SIGNAL_MASK, (nint)buffer, nameof(KVM_SET_SIGNAL_MASK));
     }
+
+    /// <summary>KVM_X86_GET_MCE_CAP_SUPPORTED: the IA32_MCG_CAP flag bits KVM can emulate (the bank count is not in it).</summary>
+    internal static ulong GetMceCapSupported(KvmSystemHandle kvm)
+    {
+        ulong cap = 0;
+        Ioctl(kvm, KVM_X86_GET_MCE_CAP_SUPPORTED, (nint)(&cap), nameof(KVM_X86_GET_MCE_CAP_SUPPORTED));
+        return cap;
+    }
+
+    /// <summary>KVM_X86_SETUP_MCE: gives the vCPU machine-check banks; <paramref name="mcgCap"/> becomes its IA32_MCG_CAP.</summary>
+    internal static void SetupMce(KvmVcpuHandle vcpu, ulong mcgCap)
+    {
+        ulong cap = mcgCap;
+        Ioctl(vcpu, KVM_X86_SETUP_MCE, (nint)(&cap), nameof(KVM_X86_SETUP_MCE));
+    }
 }

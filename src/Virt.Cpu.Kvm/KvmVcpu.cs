@@ -58,6 +58,12 @@ internal sealed unsafe partial class KvmVcpu : IVirtualCpu
     /// <summary>Set after the first KVM_RUN: from then on <c>kvm_run.s.regs</c> holds the registers (or the ones to load).</summary>
     private bool _syncRegsValid;
 
+    /// <summary>Machine-check banks a vCPU gets (QEMU's default too).</summary>
+    private const ulong DefaultMceBanks = 10;
+
+    /// <summary>IA32_MCG_CAP bit 8: IA32_MCG_CTL is present.</summary>
+    private const ulong McgCtlPresent = 1UL << 8;
+
     internal KvmVcpu(KvmPartition partition, int index)
     {
         _partition = partition;
@@ -81,6 +87,13 @@ internal sealed unsafe partial class KvmVcpu : IVirtualCpu
 
             KvmIoctls.SetSignalMask(_handle, KickSignal.RunMaskFromCurrentThread());
             SetCpuid(DefaultCpuid(partition.SupportedCpuid, index));
+            if (partition.Host.McgCapSupported is ulong mce)
+            {
+                // Machine-check banks as a guest kernel expects them (and as the interpreter gives them): ten banks (KVM
+                // takes up to 32; its supported value lists the flag bits only) and IA32_MCG_CTL where this KVM has it.
+                // Without this KVM reports no banks at all.
+                KvmIoctls.SetupMce(_handle, DefaultMceBanks | (mce & McgCtlPresent));
+            }
         }
         catch
         {

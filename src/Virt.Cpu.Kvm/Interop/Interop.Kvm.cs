@@ -92,6 +92,8 @@ internal static partial class Interop
         internal static readonly nuint KVM_GET_XCRS = IOR(0xa6, KvmXcrsSize);
         internal static readonly nuint KVM_SET_XCRS = IOW(0xa7, KvmXcrsSize);
         internal static readonly nuint KVM_GET_XSAVE2 = IOR(0xcf, KvmXsaveSize);
+        internal static readonly nuint KVM_X86_SETUP_MCE = IOW(0x9c, sizeof(ulong));
+        internal static readonly nuint KVM_X86_GET_MCE_CAP_SUPPORTED = IOR(0x9d, sizeof(ulong));
 
         /// <summary><c>sizeof(struct kvm_lapic_state)</c>: the APIC register page's first KiB.</summary>
         internal const int KvmLapicSize = 1024;
@@ -159,6 +161,7 @@ internal static partial class Interop
         internal const int KVM_CAP_XSAVE = 55;
         internal const int KVM_CAP_XCRS = 56;
         internal const int KVM_CAP_XSAVE2 = 208;
+        internal const int KVM_CAP_MCE = 31;
 
         // Exit reasons (kvm_run.exit_reason).
         internal const uint KVM_EXIT_UNKNOWN = 0;

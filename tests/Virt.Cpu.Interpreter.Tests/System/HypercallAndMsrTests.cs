@@ -92,10 +92,11 @@ public sealed class HypercallAndMsrTests
         Assert.Equal(ulong.MaxValue, regs.Rbx);
     }
 
-    [Fact]
-    public void Machine_check_msrs_read_as_kvm_gives_them()
+    [Theory]
+    [MemberData(nameof(TestBackends.Both), MemberType = typeof(TestBackends))]
+    public void Machine_check_msrs_read_as_kvm_gives_them(string backend)
     {
-        using var m = Start("interpreter", a =>
+        using var m = Start(backend, a =>
         {
             a.mov(ecx, 0x179); // IA32_MCG_CAP
             a.rdmsr();
