@@ -23,7 +23,8 @@ internal sealed class CapacityPlacementAttribute() : PlacementAttribute(Capacity
 /// the silo is active. Otherwise, among silos that published a report and are not draining: those with the memory
 /// and vCPUs the VM needs (and KVM if its spec asks for it by name); of them, for a kernel guest, those whose KVM
 /// runs kernels in hardware if any; then the one with the most free memory (ties: fewer VMs). Nothing fits: the
-/// activation is refused with a <see cref="ClusterCapacityException"/>.
+/// activation is refused with a <see cref="ClusterCapacityException"/>, unless the VM's size is unknown (a
+/// reactivation), which goes to the non-draining silo with the most free memory.
 /// </summary>
 internal sealed class CapacityPlacementDirector(ClusterCapacityView view, IOptions<VirtualMachineGrainOptions> options) : IPlacementDirector
 {
@@ -35,8 +36,8 @@ internal sealed class CapacityPlacementDirector(ClusterCapacityView view, IOptio
             return Task.FromResult(hint);
         }
 
-        var demand = VirtualMachineDemand.Decode(target.RequestContextData?.GetValueOrDefault(VirtualMachineDemand.RequestContextKey))
-            ?? new VirtualMachineDemand((long)options.Value.DefaultVmMemoryMiB << 20, 1, false, false);
+        var known = VirtualMachineDemand.Decode(target.RequestContextData?.GetValueOrDefault(VirtualMachineDemand.RequestContextKey));
+        var demand = known ?? new VirtualMachineDemand((long)options.Value.DefaultVmMemoryMiB << 20, 1, false, false);
         var reports = view.Silos.Where(s => compatible.Contains(s.Silo)).ToList();
         if (reports.Count == 0)
         {
@@ -44,7 +45,19 @@ internal sealed class CapacityPlacementDirector(ClusterCapacityView view, IOptio
             return Task.FromResult(compatible[Random.Shared.Next(compatible.Length)]);
         }
 
-        var chosen = Choose(reports, demand, out string refusal) ?? throw new ClusterCapacityException(refusal);
+        var chosen = Choose(reports, demand, out string refusal);
+        if (chosen is null && known is null)
+        {
+            // A reactivation (after a failure) of a VM whose size placement cannot know: refusing a VM that may well fit
+            // would leave it down, so it goes to the silo with the most free memory that is not draining.
+            chosen = reports.Where(s => !s.Draining).OrderByDescending(s => s.FreeMemoryBytes).FirstOrDefault()?.Silo;
+        }
+
+        if (chosen is null)
+        {
+            throw new ClusterCapacityException(refusal);
+        }
+
         view.Promise(chosen, demand);
         return Task.FromResult(chosen);
     }

@@ -16,7 +16,7 @@ public sealed class PublicApiTests
     public static TheoryData<string> Assemblies => new()
     {
         "Virt.Abstractions", "Virt.Memory", "Virt.Boot", "Virt.Devices", "Virt.Cpu.Kvm",
-        "Virt.Cpu.Interpreter", "Virt.Cpu.Whp", "Virt.Storage", "Virt.Network", "Virt.Sdk", "Virt.Sandbox", "Virt.Snapshots", "Virt.X86",
+        "Virt.Cpu.Interpreter", "Virt.Cpu.Whp", "Virt.Storage", "Virt.Network", "Virt.Sdk", "Virt.Sandbox", "Virt.Snapshots", "Virt.X86", "Virt.Orleans",
     };
 
     [Theory]
