@@ -53,13 +53,18 @@ public interface IVirtualMachineGrain : IGrainWithStringKey
     Task<VirtualMachineMetrics> GetMetricsAsync(CancellationToken cancellationToken = default);
 
     /// <summary>
-    /// Moves the VM to <paramref name="target"/> (or, if null, to any other active silo): once this call returns, the
-    /// grain deactivates, saving the VM to the store, and activates on the target, which restores it in the state it was in.
-    /// The grain keeps its name; callers see the move only as the latency of their next call.
+    /// Moves the VM to <paramref name="target"/> (or, if null, to the silo placement chooses by capacity). Live
+    /// (<see cref="VirtualMachineMoveMode.Live"/>, and by default where the target accepts it): this call copies the
+    /// VM's memory to the target while the guest runs, pauses it for the last pages and its state, and returns once
+    /// the target has it; the grain then deactivates here and activates on the target, which resumes the guest.
+    /// Save and restore: once this call returns, the grain deactivates, saving the VM to the store, and activates on
+    /// the target, which restores it in the state it was in. Either way the grain keeps its name; callers see the move
+    /// only as the latency of their next call.
     /// </summary>
     /// <returns>The silo the VM is moving to.</returns>
-    /// <exception cref="InvalidOperationException">There is no VM, or no other active silo to move to.</exception>
-    Task<SiloAddress> MoveAsync(SiloAddress? target = null, CancellationToken cancellationToken = default);
+    /// <exception cref="InvalidOperationException">There is no VM, no other active silo to move to, or (for <see cref="VirtualMachineMoveMode.Live"/>) the live migration failed; the VM then runs on here.</exception>
+    /// <exception cref="ClusterCapacityException">No target was given and no other silo has room for the VM.</exception>
+    Task<SiloAddress> MoveAsync(SiloAddress? target = null, VirtualMachineMoveMode mode = VirtualMachineMoveMode.Auto, CancellationToken cancellationToken = default);
 
     /// <summary>Sends <paramref name="input"/> to the guest's serial console (with flow control: waits while the guest's receiver is full).</summary>
     /// <returns>The console output offset at the time of the send: output from there on is the guest's answer.</returns>

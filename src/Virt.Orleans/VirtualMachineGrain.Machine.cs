@@ -9,14 +9,6 @@ namespace Virt.Orleans;
 /// <summary>The grain's machine work: build, restore, run, save, observe the guest, and the console.</summary>
 internal sealed partial class VirtualMachineGrain
 {
-    private static BackendKind ToKind(VirtualMachineBackend backend) => backend switch
-    {
-        VirtualMachineBackend.Kvm => BackendKind.Kvm,
-        VirtualMachineBackend.Interpreter => BackendKind.Interpreter,
-        VirtualMachineBackend.Whp => BackendKind.Whp,
-        _ => BackendKind.Auto,
-    };
-
     /// <summary>A new machine from the spec (a snapshot spec: restored from its file, paused).</summary>
     private async Task<VirtualMachine> BuildAsync(VirtualMachineSpec spec, CancellationToken cancellationToken)
     {
@@ -29,7 +21,7 @@ internal sealed partial class VirtualMachineGrain
             .WithName(Name)
             .WithMemoryMiB(spec.MemoryMiB)
             .WithVcpus(spec.VcpuCount)
-            .WithBackend(ToKind(spec.Backend))
+            .WithBackend(MachineParts.ToKind(spec.Backend))
             .WithLogging(_loggerFactory);
         if (spec.DebugExit)
         {
@@ -63,39 +55,17 @@ internal sealed partial class VirtualMachineGrain
         return HostParts(spec, builder).Build();
     }
 
-    /// <summary>What a restore adds to the snapshot's machine: the backend the spec asks for, then the host's parts.</summary>
-    private VirtualMachineBuilder RestoreParts(VirtualMachineSpec spec, VirtualMachineBuilder builder)
-    {
-        builder = builder.WithLogging(_loggerFactory);
-        if (spec.Backend != VirtualMachineBackend.Auto)
-        {
-            builder = builder.WithBackend(ToKind(spec.Backend));
-        }
+    private VirtualMachineBuilder RestoreParts(VirtualMachineSpec spec, VirtualMachineBuilder builder) =>
+        MachineParts.Restore(spec, builder, _options, _loggerFactory, _console);
 
-        return HostParts(spec, builder);
-    }
-
-    /// <summary>The parts that live on the host, in the order a restore expects them: serial output, disks, then the silo's own.</summary>
-    private VirtualMachineBuilder HostParts(VirtualMachineSpec spec, VirtualMachineBuilder builder)
-    {
-        if (spec.SerialConsole)
-        {
-            builder = builder.WithSerialConsole(_console);
-        }
-
-        foreach (string disk in spec.Disks)
-        {
-            builder = builder.WithVirtioBlock(disk);
-        }
-
-        return _options.ConfigureMachine?.Invoke(spec, builder) ?? builder;
-    }
+    private VirtualMachineBuilder HostParts(VirtualMachineSpec spec, VirtualMachineBuilder builder) =>
+        MachineParts.Host(spec, builder, _options, _console);
 
     private async Task RestoreFromStoreAsync(VirtualMachineSpec spec, string reference, CancellationToken cancellationToken)
     {
         long started = Stopwatch.GetTimestamp();
         string path = await Store.GetLocalPathAsync(reference, cancellationToken);
-        _vm = await VirtualMachine.RestoreAsync(path, b => RestoreParts(spec, b), cancellationToken);
+        SetVm(await VirtualMachine.RestoreAsync(path, b => RestoreParts(spec, b), cancellationToken), spec);
         _lastRestore = Stopwatch.GetElapsedTime(started);
         _restored = true;
         Record.Restores++;
@@ -174,6 +144,7 @@ internal sealed partial class VirtualMachineGrain
     /// <summary>Notices a guest that stopped by itself (an exit port, a fault) and records it.</summary>
     private async Task ObserveAsync(CancellationToken cancellationToken)
     {
+        await ReclaimAbandonedHandoffAsync(cancellationToken);
         if (_vm?.Exit is { } exit && Record.State is not VirtualMachineGrainState.Stopped)
         {
             Record.State = VirtualMachineGrainState.Stopped;
@@ -203,12 +174,21 @@ internal sealed partial class VirtualMachineGrain
         return _record.WriteStateAsync(cancellationToken);
     }
 
+    /// <summary>Takes <paramref name="vm"/> as the grain's machine and counts it against the silo's capacity.</summary>
+    private void SetVm(VirtualMachine vm, VirtualMachineSpec spec)
+    {
+        _vm = vm;
+        _local.Add(Name, new VirtualMachineDemand((long)vm.Memory.TotalSize, vm.VcpuCount, spec.KernelPath is not null, spec.Backend == VirtualMachineBackend.Kvm));
+    }
+
     private async Task DisposeVmAsync()
     {
         StopRunningClock();
+        _handoff = null;
         if (_vm is { } vm)
         {
             _vm = null;
+            _local.Remove(Name);
             await vm.DisposeAsync();
         }
     }
@@ -311,6 +291,6 @@ internal sealed partial class VirtualMachineGrain
     [LoggerMessage(5, LogLevel.Error, "VM {Name} could not be saved on deactivation; it will come back from {Reference}")]
     private static partial void LogSaveOnDeactivationFailed(ILogger logger, Exception exception, string name, string reference);
 
-    [LoggerMessage(6, LogLevel.Information, "VM {Name} moving from {From} to {To}")]
-    private static partial void LogMoving(ILogger logger, string name, SiloAddress from, SiloAddress to);
+    [LoggerMessage(6, LogLevel.Information, "VM {Name} moving from {From} to {To} ({How})")]
+    private static partial void LogMoving(ILogger logger, string name, SiloAddress from, SiloAddress to, string how);
 }

@@ -20,6 +20,8 @@ namespace Virt.Orleans;
 /// </remarks>
 [SuppressMessage("Design", "CA1001:Types that own disposable fields should be disposable", Justification = "The console buffer holds only managed memory; it derives from Stream so the VM's serial console can write to it.")]
 [SuppressMessage("Reliability", "CA2007:Consider calling ConfigureAwait on the awaited task", Justification = "Grain code must continue on the grain's scheduler: Orleans runs one turn of a grain at a time there.")]
+[SuppressMessage("Maintainability", "CA1506:Avoid excessive class coupling", Justification = "The grain ties one VM to Orleans: its machine, snapshot store, grain state, placement and the silo-to-silo migration meet here.")]
+[CapacityPlacement]
 internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
 {
     private const int MaxMemoryRead = 1 << 20;
@@ -31,6 +33,8 @@ internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
     private readonly ILocalSiloDetails _silo;
     private readonly ILoggerFactory _loggerFactory;
     private readonly ILogger _logger;
+    private readonly LocalVirtualMachines _local;
+    private readonly ClusterCapacityView _view;
     private ConsoleBuffer _console;
     private VirtualMachine? _vm;
     private bool _restored;
@@ -45,8 +49,12 @@ internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
         IOptions<VirtualMachineGrainOptions> options,
         IClusterMembershipService membership,
         ILocalSiloDetails silo,
-        ILoggerFactory loggerFactory)
+        ILoggerFactory loggerFactory,
+        LocalVirtualMachines local,
+        ClusterCapacityView view)
     {
+        _local = local;
+        _view = view;
         _record = record;
         _services = services;
         _options = options.Value;
@@ -77,14 +85,20 @@ internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
         record.Activations++;
         try
         {
-            if (record.SnapshotReference is { } reference)
+            if (_services.GetService<MigrationListener>()?.Claim(Name) is { } incoming)
+            {
+                // Moved here live: the machine arrived through the migration listener, paused where the source stopped it.
+                incoming.Serial.Target = _console;
+                SetVm(incoming.Machine, record.Spec);
+            }
+            else if (record.SnapshotReference is { } reference)
             {
                 await RestoreFromStoreAsync(record.Spec, reference, cancellationToken);
             }
             else
             {
                 // Never saved (a hard failure before the first snapshot): all that is left is the spec.
-                _vm = await BuildAsync(record.Spec, cancellationToken);
+                SetVm(await BuildAsync(record.Spec, cancellationToken), record.Spec);
                 if (record.State == VirtualMachineGrainState.Paused)
                 {
                     record.State = record.Spec.SnapshotPath is null ? VirtualMachineGrainState.Created : VirtualMachineGrainState.Paused;
@@ -97,6 +111,8 @@ internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
             {
                 await RunAsync(cancellationToken);
             }
+
+            await EndMoveAsync(cancellationToken);
         }
         catch (Exception ex) when (ex is not OperationCanceledException)
         {
@@ -116,6 +132,19 @@ internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
 
         try
         {
+            if (_handoff is not null)
+            {
+                // Moved live: the machine runs on at the target; this paused copy is dropped.
+                return;
+            }
+
+            if (reason.ReasonCode is DeactivationReasonCode.Migrating or DeactivationReasonCode.ShuttingDown)
+            {
+                Record.MovePausedAt = Stopwatch.GetTimestamp();
+                Record.MoveHost = Environment.MachineName;
+                Record.LastMoveLive = false;
+            }
+
             await ObserveAsync(cancellationToken);
             if (_options.SaveOnDeactivation && Record.State is VirtualMachineGrainState.Running or VirtualMachineGrainState.Paused && _vm is not null)
             {
@@ -152,7 +181,7 @@ internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
             throw new InvalidOperationException($"A VM named '{Name}' already exists with another spec; delete it (DeleteAsync) before creating another under this name.");
         }
 
-        _vm = await BuildAsync(spec, cancellationToken);
+        SetVm(await BuildAsync(spec, cancellationToken), spec);
         _failure = null;
         Record.Spec = spec;
         Record.State = spec.SnapshotPath is null ? VirtualMachineGrainState.Created : VirtualMachineGrainState.Paused;
@@ -170,12 +199,12 @@ internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
         {
             // Stopped, or lost beyond repair: boot afresh from the spec.
             await DisposeVmAsync();
-            _vm = await BuildAsync(spec, cancellationToken);
+            SetVm(await BuildAsync(spec, cancellationToken), spec);
             _failure = null;
             await DropSnapshotAsync(cancellationToken);
         }
 
-        if (_vm.State != VirtualMachineState.Running)
+        if (_vm!.State != VirtualMachineState.Running)
         {
             await RunAsync(cancellationToken);
         }
@@ -299,16 +328,27 @@ internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
             Restores = record.Restores,
             LastSnapshotBytes = record.LastSnapshotBytes,
             LastSaveDuration = record.LastSaveDuration,
+            Moves = record.Moves,
+            LastMoveLive = record.LastMoveLive,
+            LastMoveDowntime = record.LastMoveDowntime,
+            LastMigrationRounds = record.LastMigrationRounds,
+            LastMigrationBytes = record.LastMigrationBytes,
+            LastMigrationSourcePause = record.LastMigrationSourcePause,
             LastRestoreDuration = _lastRestore,
             ConsoleBytes = _console.End,
             RunningTime = _running + (_runningSince < 0 ? TimeSpan.Zero : Stopwatch.GetElapsedTime(_runningSince)),
         };
     }
 
-    public async Task<SiloAddress> MoveAsync(SiloAddress? target = null, CancellationToken cancellationToken = default)
+    public async Task<SiloAddress> MoveAsync(SiloAddress? target = null, VirtualMachineMoveMode mode = VirtualMachineMoveMode.Auto, CancellationToken cancellationToken = default)
     {
         await ObserveAsync(cancellationToken);
-        RequireVm();
+        var vm = RequireVm();
+        if (!Enum.IsDefined(mode))
+        {
+            throw new ArgumentOutOfRangeException(nameof(mode), mode, "Use Auto, Live or SaveAndRestore.");
+        }
+
         var here = _silo.SiloAddress;
         var active = _membership.CurrentSnapshot.Members.Values
             .Where(m => m.Status == SiloStatus.Active && !m.SiloAddress.Equals(here))
@@ -316,9 +356,16 @@ internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
             .ToList();
         if (target is null)
         {
-            target = active.Count > 0
+            if (active.Count == 0)
+            {
+                throw new InvalidOperationException($"There is no other active silo to move the VM '{Name}' to.");
+            }
+
+            var demand = _local.Demand(Name) ?? VirtualMachineDemand.FromSpec(RequireSpec(), _options.DefaultVmMemoryMiB);
+            var reports = _view.Silos.Where(s => active.Contains(s.Silo)).ToList();
+            target = reports.Count == 0
                 ? active[Random.Shared.Next(active.Count)]
-                : throw new InvalidOperationException($"There is no other active silo to move the VM '{Name}' to.");
+                : CapacityPlacementDirector.Choose(reports, demand, out string refusal) ?? throw new ClusterCapacityException(refusal);
         }
         else if (target.Equals(here))
         {
@@ -327,6 +374,20 @@ internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
         else if (!active.Contains(target))
         {
             throw new InvalidOperationException($"The silo {target} is not an active member of the cluster; choose one of: {string.Join(", ", active)}.");
+        }
+
+        bool live = mode == VirtualMachineMoveMode.Live
+            || (mode == VirtualMachineMoveMode.Auto && _view.Silos.FirstOrDefault(s => s.Silo.Equals(target))?.MigrationEndpoint is not null);
+        if (live && vm.State is VirtualMachineState.Running or VirtualMachineState.Paused)
+        {
+            try
+            {
+                await SendLiveAsync(vm, target, cancellationToken);
+            }
+            catch (Exception ex) when (mode == VirtualMachineMoveMode.Auto && ex is not OperationCanceledException && _handoff is null)
+            {
+                LogLiveMoveFellBack(_logger, ex, Name, target);
+            }
         }
 
         // The placement director reads the hint from the request context that MigrateOnIdle captures.
@@ -340,7 +401,7 @@ internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
             RequestContext.Remove(IPlacementDirector.PlacementHintKey);
         }
 
-        LogMoving(_logger, Name, here, target);
+        LogMoving(_logger, Name, here, target, _handoff is not null ? "live" : "save and restore");
         return target;
     }
 

@@ -49,4 +49,29 @@ internal sealed class VirtualMachineGrainRecord
 
     [Id(12)]
     public TimeSpan LastSaveDuration { get; set; }
+
+    /// <summary>When the source paused the VM for a move (a Stopwatch timestamp on <see cref="MoveHost"/>); 0 when no move is under way.</summary>
+    [Id(13)]
+    public long MovePausedAt { get; set; }
+
+    [Id(14)]
+    public string? MoveHost { get; set; }
+
+    [Id(15)]
+    public long Moves { get; set; }
+
+    [Id(16)]
+    public bool LastMoveLive { get; set; }
+
+    [Id(17)]
+    public TimeSpan? LastMoveDowntime { get; set; }
+
+    [Id(18)]
+    public int LastMigrationRounds { get; set; }
+
+    [Id(19)]
+    public long LastMigrationBytes { get; set; }
+
+    [Id(20)]
+    public TimeSpan LastMigrationSourcePause { get; set; }
 }

@@ -114,6 +114,34 @@ public sealed record VirtualMachineMetrics
     /// <summary>Time the guest spent running in this activation.</summary>
     [Id(10)]
     public TimeSpan RunningTime { get; init; }
+
+    /// <summary>Moves between silos (and restores after a graceful shutdown), over the grain's life in storage.</summary>
+    [Id(11)]
+    public long Moves { get; init; }
+
+    /// <summary>Whether the last move was a live migration (otherwise a save and restore).</summary>
+    [Id(12)]
+    public bool LastMoveLive { get; init; }
+
+    /// <summary>
+    /// How long the last move kept the guest from running: from its pause on the source to its resume on the target
+    /// (for a paused VM, to its restore). Measured with the host's monotonic clock, so only when source and target
+    /// silo share a host; null otherwise or before the first move.
+    /// </summary>
+    [Id(13)]
+    public TimeSpan? LastMoveDowntime { get; init; }
+
+    /// <summary>Rounds of the last live migration, counting the last one with the guest paused.</summary>
+    [Id(14)]
+    public int LastMigrationRounds { get; init; }
+
+    /// <summary>Bytes the last live migration sent.</summary>
+    [Id(15)]
+    public long LastMigrationBytes { get; init; }
+
+    /// <summary>How long the source kept the guest paused in the last live migration until the target had every byte (the target's resume comes on top).</summary>
+    [Id(16)]
+    public TimeSpan LastMigrationSourcePause { get; init; }
 }
 
 /// <summary>A piece of a VM's serial console output.</summary>

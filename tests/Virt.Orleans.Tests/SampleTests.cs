@@ -12,7 +12,7 @@ public sealed class SampleTests
         typeof(SampleTests).Assembly.GetCustomAttribute<AssemblyConfigurationAttribute>()?.Configuration ?? "Release";
 
     [Fact]
-    public async Task OrleansCluster_moves_its_vm_and_brings_it_back_after_a_silo_stops()
+    public async Task OrleansCluster_spreads_ten_vms_drains_a_silo_live_and_brings_vms_back_after_a_hard_stop()
     {
         string root = RepositoryPaths.Root ?? throw new InvalidOperationException("The repository root (Virt.Sdk.sln) was not found.");
         string dll = Path.Combine(root, "samples", "OrleansCluster", "bin", Configuration, "net10.0", "OrleansCluster.dll");
@@ -41,9 +41,9 @@ public sealed class SampleTests
 
         string output = await stdout + await stderr;
         Assert.True(p.ExitCode == 0, output);
-        Assert.Contains("console: HELLO", output, StringComparison.Ordinal);
-        Assert.Contains("moved ", output, StringComparison.Ordinal);
-        Assert.Contains("(continued)", output, StringComparison.Ordinal);
+        Assert.Contains("placed by capacity:", output, StringComparison.Ordinal);
+        Assert.Matches(@"drained B in \d+ ms: (\d+) VMs moved \(\1 live\), 0 failed", output);
         Assert.Contains("restored from its snapshot", output, StringComparison.Ordinal);
+        Assert.Contains("all 10 VMs answer on A with their guest state as saved", output, StringComparison.Ordinal);
     }
 }

@@ -139,7 +139,7 @@ public sealed class VirtualMachineGrainTests
             while (!there.Silo.Equals(cluster.Primary.SiloAddress))
             {
                 // The move happens once the grain is idle; asked again if the target was not yet a placement candidate.
-                var target = await vm.MoveAsync(cluster.Primary.SiloAddress, Ct);
+                var target = await vm.MoveAsync(cluster.Primary.SiloAddress, VirtualMachineMoveMode.SaveAndRestore, Ct);
                 Assert.Equal(cluster.Primary.SiloAddress, target);
                 for (int poll = 0; poll < 100 && !there.Silo.Equals(target); poll++)
                 {
@@ -156,7 +156,7 @@ public sealed class VirtualMachineGrainTests
         Assert.Equal(1, await ReadyLinesAsync(vm));
         Assert.Equal("MOVED", (await vm.ExecAsync("moved", "MOVED", Wait, Ct)).Text);
 
-        var ex = await Assert.ThrowsAsync<InvalidOperationException>(() => vm.MoveAsync(cluster.Primary.SiloAddress, Ct));
+        var ex = await Assert.ThrowsAsync<InvalidOperationException>(() => vm.MoveAsync(cluster.Primary.SiloAddress, VirtualMachineMoveMode.SaveAndRestore, Ct));
         Assert.Contains("already runs on", ex.Message, StringComparison.Ordinal);
         await vm.DeleteAsync(Ct);
     }

@@ -15,6 +15,8 @@ namespace Virt.Orleans.Tests;
 internal sealed class VmCluster : IAsyncDisposable
 {
     private const string StorageKey = "VirtOrleansTests:Storage";
+    private const string MemoryBudgetKey = "VirtOrleansTests:MemoryBudgetMiB";
+    private const string WaitingKey = "VirtOrleansTests:SandboxWaiting";
     private readonly TempDirectory _directory;
 
     private VmCluster(TempDirectory directory, TestCluster cluster)
@@ -34,12 +36,16 @@ internal sealed class VmCluster : IAsyncDisposable
     /// <summary>The second silo: stopping it leaves the primary, which keeps the test cluster's membership table.</summary>
     public SiloHandle Secondary => Cluster.SecondarySilos[0];
 
-    public static async Task<VmCluster> StartAsync()
+    /// <summary>Starts the cluster; each silo gives VMs <paramref name="memoryBudgetMiB"/> (0: the default) and admits <paramref name="sandboxWaiting"/> sandbox calls beyond its pools.</summary>
+    public static async Task<VmCluster> StartAsync(long memoryBudgetMiB = 0, int sandboxWaiting = 64)
     {
         var directory = new TempDirectory();
         var builder = new TestClusterBuilder(2);
         builder.Properties[StorageKey] = directory.Path;
+        builder.Properties[MemoryBudgetKey] = memoryBudgetMiB.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        builder.Properties[WaitingKey] = sandboxWaiting.ToString(System.Globalization.CultureInfo.InvariantCulture);
         builder.AddSiloBuilderConfigurator<SiloConfigurator>();
+        builder.AddClientBuilderConfigurator<ClientConfigurator>();
         var cluster = builder.Build();
         await cluster.DeployAsync(TestContext.Current.CancellationToken);
         return new VmCluster(directory, cluster);
@@ -83,12 +89,31 @@ internal sealed class VmCluster : IAsyncDisposable
         _directory.Dispose();
     }
 
+    private sealed class ClientConfigurator : IClientBuilderConfigurator
+    {
+        public void Configure(Microsoft.Extensions.Configuration.IConfiguration configuration, IClientBuilder clientBuilder) => clientBuilder.AddVirtualMachineClient();
+    }
+
     private sealed class SiloConfigurator : ISiloConfigurator
     {
         public void Configure(ISiloBuilder siloBuilder)
         {
             string directory = siloBuilder.Configuration[StorageKey] ?? throw new InvalidOperationException("The test cluster has no storage directory.");
-            siloBuilder.AddVirtualMachineGrains().AddVirtualMachineFileStorage(directory);
+            long budget = long.Parse(siloBuilder.Configuration[MemoryBudgetKey] ?? "0", System.Globalization.CultureInfo.InvariantCulture);
+            int waiting = int.Parse(siloBuilder.Configuration[WaitingKey] ?? "64", System.Globalization.CultureInfo.InvariantCulture);
+            siloBuilder
+                .AddVirtualMachineGrains(o =>
+                {
+                    o.MemoryBudgetMiB = budget;
+                    o.CapacityPublishInterval = TimeSpan.FromMilliseconds(200);
+                })
+                .AddVirtualMachineFileStorage(directory)
+                .AddSandboxService(o =>
+                {
+                    o.MaxWaitingCalls = waiting;
+                    o.AddProgram("upper", Sandbox.Sandbox.CreateBuilder().WithExecutable(SandboxPrograms.Upper).WithBackend(BackendKind.Interpreter), poolSize: 2);
+                    o.AddProgram("spin", Sandbox.Sandbox.CreateBuilder().WithExecutable(SandboxPrograms.Spin).WithBackend(BackendKind.Interpreter).WithTimeLimit(TimeSpan.FromSeconds(20)), poolSize: 1);
+                });
 
             // A killed silo is declared dead after a few seconds rather than the production default.
             siloBuilder.Configure<ClusterMembershipOptions>(o =>

@@ -32,7 +32,7 @@ public sealed partial class ArchitectureTests
             "Virt.Cpu.Interpreter", "Virt.Storage", "Virt.Network", "Virt.Snapshots",
         ],
         ["Virt.Sandbox"] = ["Virt.Abstractions", "Virt.X86", "Virt.Memory", "Virt.Boot", "Virt.Snapshots", "Virt.Sdk"],
-        ["Virt.Orleans"] = ["Virt.Sdk"],
+        ["Virt.Orleans"] = ["Virt.Sdk", "Virt.Sandbox"],
         ["Virt.Cli"] = ["Virt.Abstractions", "Virt.Sdk", "Virt.Storage", "Virt.Network", "Virt.Sandbox"],
     };
 
