@@ -36,6 +36,13 @@ if (args is ["migrate", ..])
     return;
 }
 
+// One transfer through the user-mode network in a fresh process: dotnet run -c Release --project tests/Virt.Benchmarks -- net-fresh [MiB]
+if (args is ["net-fresh", ..])
+{
+    await Virt.Benchmarks.Network.UserNetworkFresh.RunAsync(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 4);
+    return;
+}
+
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
 
 /// <summary>Entry point type for the benchmark switcher.</summary>
