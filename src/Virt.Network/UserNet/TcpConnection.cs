@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
 
@@ -48,7 +49,7 @@ internal sealed class TcpConnection
     private const int MaxRto = 30_000;
     private const int MaxRetransmissions = 10;
     private const int TimeWaitMs = 2_000;
-    private const int ReadChunk = 16 * 1024;
+    private const int ReadChunk = 16 * 1024; // per socket read or write of a pump (pooled while the pump runs)
 
     private readonly UserModeNetwork _net;
     private readonly Socket _socket;
@@ -553,7 +554,32 @@ internal sealed class TcpConnection
 
     private async Task ReadPumpAsync()
     {
-        var buffer = new byte[ReadChunk];
+        var buffer = ArrayPool<byte>.Shared.Rent(ReadChunk);
+        try
+        {
+            await ReadLoopAsync(buffer).ConfigureAwait(false);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    private async Task WritePumpAsync()
+    {
+        var buffer = ArrayPool<byte>.Shared.Rent(ReadChunk);
+        try
+        {
+            await WriteLoopAsync(buffer).ConfigureAwait(false);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    private async Task ReadLoopAsync(byte[] buffer)
+    {
         while (true)
         {
             int room = 0;
@@ -563,8 +589,10 @@ internal sealed class TcpConnection
                 return;
             }
 
-            if (room == 0)
+            if (room < Math.Min(ReadChunk, _toGuest.Capacity / 4))
             {
+                // Wait until a good part of the buffer is free: reading each acknowledged segment's worth on its own
+                // would cost a socket read and a pass through the stack per segment.
                 await _readRoom.WaitAsync().ConfigureAwait(false);
                 continue;
             }
@@ -606,9 +634,8 @@ internal sealed class TcpConnection
         }
     }
 
-    private async Task WritePumpAsync()
+    private async Task WriteLoopAsync(byte[] buffer)
     {
-        var buffer = new byte[ReadChunk];
         while (true)
         {
             await _writeWork.WaitAsync().ConfigureAwait(false);
