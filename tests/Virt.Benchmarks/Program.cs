@@ -36,10 +36,13 @@ if (args is ["migrate", ..])
     return;
 }
 
-// One transfer through the user-mode network in a fresh process: dotnet run -c Release --project tests/Virt.Benchmarks -- net-fresh [MiB]
+// One transfer through the user-mode network in a fresh process (frame-level guest, or with "linux" a Linux guest on
+// the interpreter fetching by wget): dotnet run -c Release --project tests/Virt.Benchmarks -- net-fresh [linux] [MiB]
 if (args is ["net-fresh", ..])
 {
-    await Virt.Benchmarks.Network.UserNetworkFresh.RunAsync(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 4);
+    bool linux = args.Length > 1 && args[1] == "linux";
+    int mebibytes = args.Length > (linux ? 2 : 1) ? int.Parse(args[linux ? 2 : 1], System.Globalization.CultureInfo.InvariantCulture) : (linux ? 1 : 4);
+    await (linux ? Virt.Benchmarks.Network.UserNetworkLinux.RunAsync(mebibytes) : Virt.Benchmarks.Network.UserNetworkFresh.RunAsync(mebibytes));
     return;
 }
 
