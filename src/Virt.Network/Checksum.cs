@@ -38,6 +38,15 @@ internal static class Checksum
     public static uint PseudoHeader(uint source, uint destination, byte protocol, int length) =>
         (source >> 16) + (source & 0xFFFF) + (destination >> 16) + (destination & 0xFFFF) + protocol + (uint)length;
 
+    /// <summary>The IPv6 pseudo-header (RFC 8200 8.1): both addresses, the upper-layer length and the next header.</summary>
+    public static uint PseudoHeader6(UInt128 source, UInt128 destination, byte protocol, int length)
+    {
+        Span<byte> addresses = stackalloc byte[32];
+        BinaryPrimitives.WriteUInt128BigEndian(addresses, source);
+        BinaryPrimitives.WriteUInt128BigEndian(addresses[16..], destination);
+        return Add(addresses) + (uint)(length >> 16) + (uint)(length & 0xFFFF) + protocol;
+    }
+
     /// <summary>Whether a TCP or UDP segment's checksum (stored inside it) is right.</summary>
     public static bool TransportIsValid(uint source, uint destination, byte protocol, ReadOnlySpan<byte> segment) =>
         Fold(Add(segment, PseudoHeader(source, destination, protocol, segment.Length))) == 0;

@@ -7,17 +7,18 @@ namespace Virt.Network;
 
 /// <summary>
 /// User-mode networking (like QEMU's slirp): a network backend that ends the guest's Ethernet segment in a small
-/// TCP/IP stack on the host. It answers ARP for the gateway, ICMP echo to the gateway and DNS addresses, runs a
-/// DHCP server and a DNS forwarder, and turns the guest's TCP connections and UDP datagrams into ordinary host
-/// sockets; the gateway address stands for the host's loopback. <see cref="ForwardTcp"/> forwards host ports to
-/// the guest. Needs no privileges.
+/// TCP/IP stack on the host. It answers ARP and IPv6 neighbour discovery for the gateway, sends router
+/// advertisements for SLAAC, answers echo to the gateway and DNS addresses, runs a DHCP server and a DNS forwarder,
+/// reassembles fragmented IPv4 datagrams, and turns the guest's TCP connections and UDP datagrams (IPv4 and IPv6)
+/// into ordinary host sockets; the gateway address stands for the host's loopback. <see cref="ForwardTcp"/> and
+/// <see cref="ForwardUdp"/> forward host ports to the guest. Needs no privileges.
 /// </summary>
 /// <remarks>
 /// Every guest frame is parsed with bounds checks and handled under one lock; no guest input throws out of
 /// <see cref="SendAsync"/>. Frames for the guest are handed to the receiver outside that lock, in order.
 /// See docs/networking.md for the limits and the security model.
 /// </remarks>
-public sealed class UserModeNetwork : INetworkBackend
+public sealed partial class UserModeNetwork : INetworkBackend
 {
     private const int TickMs = 100;
     private const int MaxQueuedFrames = 4096;
@@ -27,9 +28,13 @@ public sealed class UserModeNetwork : INetworkBackend
     private readonly Lock _deliverSync = new();
     private readonly Queue<byte[]> _outbound = new();
     private readonly Dictionary<TcpKey, TcpConnection> _tcp = [];
-    private readonly Dictionary<(uint Ip, ushort Port), UdpFlow> _udp = [];
+    private readonly Dictionary<(UInt128 Ip, ushort Port), UdpFlow> _udp = [];
     private readonly Dictionary<uint, MacAddress> _arp = [];
     private readonly List<TcpPortForward> _forwards = [];
+    private readonly List<UdpPortForward> _udpForwards = [];
+    private readonly Dictionary<ushort, UdpForwardPeer> _udpPeersByPort = [];
+    private readonly Dictionary<(UdpPortForward Forward, IPEndPoint Client), UdpForwardPeer> _udpPeersByClient = [];
+    private readonly Ipv4Reassembler _reassembler = new();
     private readonly DhcpServer _dhcp;
     private readonly DnsForwarder _dns;
     private readonly Timer _timer;
@@ -40,6 +45,7 @@ public sealed class UserModeNetwork : INetworkBackend
     private readonly MacAddress _gatewayMac;
     private Func<ReadOnlyMemory<byte>, bool>? _receiver;
     private ushort _nextForwardPort = FirstForwardPort;
+    private ushort _nextUdpForwardPort = FirstForwardPort;
     private bool _disposed;
     private long _framesFromGuest;
     private long _framesToGuest;
@@ -68,13 +74,19 @@ public sealed class UserModeNetwork : INetworkBackend
         _gatewayMac = Options.GatewayMac;
         _dhcp = new DhcpServer(_network, _mask, _gateway, _dnsAddress, Ip4.From(Options.FirstGuestAddress, nameof(options)),
             (uint)Math.Min(Options.LeaseTime.TotalSeconds, uint.MaxValue));
-        _dns = new DnsForwarder(this, Options.DnsUpstream, _dnsAddress, _gateway, Options.GatewayReachesHostLoopback);
+        _v6 = Options.Ipv6Network is IPNetwork v6 ? new Ipv6Addresses(v6) : null;
+        _dns = new DnsForwarder(this, Options.DnsUpstream, _gateway, _v6?.Gateway, Options.GatewayReachesHostLoopback);
         _timer = new Timer(_ => Locked(Tick), null, TickMs, TickMs);
         try
         {
             foreach (var forward in Options.TcpForwards)
             {
                 ForwardTcp(forward.HostEndPoint, forward.GuestPort);
+            }
+
+            foreach (var forward in Options.UdpForwards)
+            {
+                ForwardUdp(forward.HostEndPoint, forward.GuestPort);
             }
         }
         catch
@@ -110,6 +122,9 @@ public sealed class UserModeNetwork : INetworkBackend
                     DhcpAcks = _dhcpAcks,
                     DnsQueries = _dnsQueries,
                     InternalErrors = _internalErrors,
+                    DatagramsReassembled = _reassembler.Reassembled,
+                    FragmentedDatagramsDiscarded = _reassembler.Discarded,
+                    UdpForwardPeers = _udpPeersByPort.Count,
                 };
             }
         }
@@ -123,6 +138,18 @@ public sealed class UserModeNetwork : INetworkBackend
             lock (_sync)
             {
                 return [.. _forwards];
+            }
+        }
+    }
+
+    /// <summary>The UDP forwards open now (from <see cref="UserModeNetworkOptions.UdpForwards"/> and <see cref="ForwardUdp"/>).</summary>
+    public IReadOnlyList<UdpPortForward> UdpForwards
+    {
+        get
+        {
+            lock (_sync)
+            {
+                return [.. _udpForwards];
             }
         }
     }
@@ -191,12 +218,7 @@ public sealed class UserModeNetwork : INetworkBackend
         ArgumentOutOfRangeException.ThrowIfLessThan(guestPort, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(guestPort, 65535);
         var guest = guestAddress ?? Options.FirstGuestAddress;
-        uint guestIp = Ip4.From(guest, nameof(guestAddress));
-        if ((guestIp & _mask) != _network || guestIp == _gateway || guestIp == _dnsAddress)
-        {
-            throw new ArgumentException($"{guest} is not a guest address of {Options.Network}; forward to an address DHCP hands out.", nameof(guestAddress));
-        }
-
+        uint guestIp = ForwardTarget(guest);
         var listener = new Socket(hostEndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
@@ -220,10 +242,51 @@ public sealed class UserModeNetwork : INetworkBackend
         return forward;
     }
 
+    /// <summary>
+    /// Forwards UDP datagrams arriving at <paramref name="hostEndPoint"/> (port 0 picks a free one; see
+    /// <see cref="UdpPortForward.HostEndPoint"/>) to <paramref name="guestPort"/> of the guest. Each host sender gets
+    /// its own port on the gateway address, so the guest's replies to it go back to that sender; a sender's mapping
+    /// is forgotten after <see cref="UserModeNetworkOptions.UdpIdleTimeout"/> without traffic. At most
+    /// <see cref="UserModeNetworkOptions.MaxUdpFlows"/> senders are mapped at once; more are refused and counted.
+    /// </summary>
+    /// <param name="hostEndPoint">Where the host receives, e.g. <c>127.0.0.1:5353</c>.</param>
+    /// <param name="guestPort">The guest's port, e.g. 53.</param>
+    /// <param name="guestAddress">The guest's address; by default the first DHCP address (<see cref="UserModeNetworkOptions.FirstGuestAddress"/>).</param>
+    /// <exception cref="SocketException">The host end point cannot be bound (in use, not a local address).</exception>
+    public UdpPortForward ForwardUdp(IPEndPoint hostEndPoint, int guestPort, IPAddress? guestAddress = null)
+    {
+        ArgumentNullException.ThrowIfNull(hostEndPoint);
+        ArgumentOutOfRangeException.ThrowIfLessThan(guestPort, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(guestPort, 65535);
+        var guest = guestAddress ?? Options.FirstGuestAddress;
+        uint guestIp = ForwardTarget(guest);
+        var socket = new Socket(hostEndPoint.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
+        try
+        {
+            socket.Bind(hostEndPoint);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+
+        var forward = new UdpPortForward(this, socket, guest, guestIp, (ushort)guestPort);
+        lock (_sync)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            _udpForwards.Add(forward);
+        }
+
+        forward.Start();
+        return forward;
+    }
+
     /// <summary>Closes every connection (the guest gets resets), every host socket and every forward.</summary>
     public async ValueTask DisposeAsync()
     {
         TcpPortForward[] forwards;
+        UdpPortForward[] udpForwards;
         Task dns;
         lock (_sync)
         {
@@ -247,6 +310,7 @@ public sealed class UserModeNetwork : INetworkBackend
             dns = _dns.CloseAsync();
             _disposed = true;
             forwards = [.. _forwards];
+            udpForwards = [.. _udpForwards];
         }
 
         Flush();
@@ -254,6 +318,11 @@ public sealed class UserModeNetwork : INetworkBackend
         _dns.Dispose();
         await _timer.DisposeAsync().ConfigureAwait(false);
         foreach (var f in forwards)
+        {
+            await f.DisposeAsync().ConfigureAwait(false);
+        }
+
+        foreach (var f in udpForwards)
         {
             await f.DisposeAsync().ConfigureAwait(false);
         }
@@ -329,11 +398,18 @@ public sealed class UserModeNetwork : INetworkBackend
     }
 
     /// <summary>A TCP segment from the connection's remote end to the guest.</summary>
-    internal void Emit(TcpKey key, uint sequence, uint acknowledgment, byte flags, ushort window, ReadOnlySpan<byte> payload, ushort mss)
+    internal void Emit(TcpKey key, uint sequence, uint acknowledgment, byte flags, ushort window, ReadOnlySpan<byte> payload, ushort mss, int windowScale = -1)
     {
-        if (GuestMac(key.GuestIp) is MacAddress mac)
+        if (key.IsIpv6)
         {
-            Queue(FrameBuilder.Tcp(mac, _gatewayMac, key.RemoteIp, key.RemotePort, key.GuestIp, key.GuestPort, sequence, acknowledgment, flags, window, payload, mss));
+            if (GuestMac6(key.GuestIp) is MacAddress mac6)
+            {
+                Queue(FrameBuilder.Tcp6(mac6, _gatewayMac, key.RemoteIp, key.RemotePort, key.GuestIp, key.GuestPort, sequence, acknowledgment, flags, window, payload, mss, windowScale));
+            }
+        }
+        else if (GuestMac(Ip6.V4(key.GuestIp)) is MacAddress mac)
+        {
+            Queue(FrameBuilder.Tcp(mac, _gatewayMac, Ip6.V4(key.RemoteIp), key.RemotePort, Ip6.V4(key.GuestIp), key.GuestPort, sequence, acknowledgment, flags, window, payload, mss, windowScale));
         }
     }
 
@@ -348,12 +424,26 @@ public sealed class UserModeNetwork : INetworkBackend
         }
     }
 
+    /// <summary>A datagram to the guest over the IP version of <paramref name="guestIp"/> (IPv4 as IPv4-mapped).</summary>
+    internal void SendUdpToGuest(UInt128 source, ushort sourcePort, UInt128 guestIp, ushort guestPort, ReadOnlySpan<byte> payload)
+    {
+        if (Ip6.IsMapped(guestIp))
+        {
+            SendUdpToGuest(Ip6.V4(source), sourcePort, Ip6.V4(guestIp), guestPort, payload);
+        }
+        else if (payload.Length <= Proto.MaxDatagram6 && GuestMac6(guestIp) is MacAddress mac)
+        {
+            Queue(FrameBuilder.Udp6(mac, _gatewayMac, source, sourcePort, guestIp, guestPort, payload));
+        }
+    }
+
     internal void DeliverUdpFromHost(UdpFlow flow, IPEndPoint from, ReadOnlySpan<byte> payload)
     {
-        uint source = Ip4.From(from.Address, nameof(from));
-        if ((source >> 24) == 127)
+        var address = from.Address.IsIPv4MappedToIPv6 ? from.Address.MapToIPv4() : from.Address;
+        UInt128 source = Ip6.From(address);
+        if (IPAddress.IsLoopback(address))
         {
-            source = _gateway;
+            source = Ip6.IsMapped(flow.GuestIp) ? Ip6.Mapped(_gateway) : _v6?.Gateway ?? source;
         }
 
         if (!AccountBytes(payload.Length))
@@ -363,7 +453,10 @@ public sealed class UserModeNetwork : INetworkBackend
         }
 
         _bytesToGuest += payload.Length;
-        SendUdpToGuest(source, (ushort)from.Port, flow.GuestIp, flow.GuestPort, payload);
+        if (Ip6.IsMapped(source) == Ip6.IsMapped(flow.GuestIp))
+        {
+            SendUdpToGuest(source, (ushort)from.Port, flow.GuestIp, flow.GuestPort, payload);
+        }
     }
 
     /// <summary>A host client connected to <paramref name="forward"/>: a new connection to the guest, or a refusal at the limit.</summary>
@@ -382,7 +475,7 @@ public sealed class UserModeNetwork : INetworkBackend
         {
             ushort port = _nextForwardPort;
             _nextForwardPort = _nextForwardPort == ushort.MaxValue ? FirstForwardPort : (ushort)(_nextForwardPort + 1);
-            key = new TcpKey(forward.GuestIp, (ushort)forward.GuestPort, _gateway, port);
+            key = new TcpKey(Ip6.Mapped(forward.GuestIp), (ushort)forward.GuestPort, Ip6.Mapped(_gateway), port);
             if (!_tcp.ContainsKey(key))
             {
                 break;
@@ -397,6 +490,80 @@ public sealed class UserModeNetwork : INetworkBackend
         }
 
         _tcp[key] = TcpConnection.Inbound(this, key, client);
+    }
+
+    /// <summary>A datagram from a host sender to a UDP forward (under the lock): maps the sender to a gateway port and sends it on to the guest.</summary>
+    internal void OnForwardDatagram(UdpPortForward forward, IPEndPoint client, ReadOnlySpan<byte> payload)
+    {
+        if (_disposed || !_udpForwards.Contains(forward) || payload.Length > Proto.MaxDatagram)
+        {
+            return; // the network or the forward is closing, or the datagram does not fit the guest's MTU unfragmented
+        }
+
+        if (!_udpPeersByClient.TryGetValue((forward, client), out var peer))
+        {
+            if (_udpPeersByPort.Count >= Math.Min(Options.MaxUdpFlows, 65536 - FirstForwardPort))
+            {
+                _limitRefusals++;
+                return;
+            }
+
+            ushort port = _nextUdpForwardPort;
+            while (_udpPeersByPort.ContainsKey(port))
+            {
+                port = port == ushort.MaxValue ? FirstForwardPort : (ushort)(port + 1);
+            }
+
+            _nextUdpForwardPort = port == ushort.MaxValue ? FirstForwardPort : (ushort)(port + 1);
+            peer = new UdpForwardPeer(forward, client, port);
+            _udpPeersByPort[port] = peer;
+            _udpPeersByClient[(forward, client)] = peer;
+        }
+
+        peer.LastUsed = Environment.TickCount64;
+        if (!AccountBytes(payload.Length))
+        {
+            _limitRefusals++;
+            return;
+        }
+
+        if (GuestMac(forward.GuestIp) is null)
+        {
+            RequestGuestMac(forward.GuestIp); // this datagram is lost, as on a first ARP miss; the next one goes through
+            return;
+        }
+
+        _bytesToGuest += payload.Length;
+        forward.CountForwarded();
+        SendUdpToGuest(_gateway, peer.GatewayPort, forward.GuestIp, (ushort)forward.GuestPort, payload);
+    }
+
+    /// <summary>A UDP forward closed (under the lock): its sender mappings go.</summary>
+    internal void RemoveUdpForward(UdpPortForward forward)
+    {
+        _udpForwards.Remove(forward);
+        foreach (var peer in _udpPeersByPort.Values.Where(p => p.Forward == forward).ToList())
+        {
+            RemovePeer(peer);
+        }
+    }
+
+    private void RemovePeer(UdpForwardPeer peer)
+    {
+        _udpPeersByPort.Remove(peer.GatewayPort);
+        _udpPeersByClient.Remove((peer.Forward, peer.Client));
+    }
+
+    /// <summary>Checks a forward's guest address: inside the subnet and not one of the stack's own.</summary>
+    private uint ForwardTarget(IPAddress guestAddress)
+    {
+        uint guestIp = Ip4.From(guestAddress, nameof(guestAddress));
+        if ((guestIp & _mask) != _network || guestIp == _gateway || guestIp == _dnsAddress)
+        {
+            throw new ArgumentException($"{guestAddress} is not a guest address of {Options.Network}; forward to an address DHCP hands out.", nameof(guestAddress));
+        }
+
+        return guestIp;
     }
 
     private MacAddress? GuestMac(uint ip) => _arp.TryGetValue(ip, out var mac) ? mac : null;
@@ -464,6 +631,13 @@ public sealed class UserModeNetwork : INetworkBackend
             _openSockets--;
             _udp.Remove((flow.GuestIp, flow.GuestPort));
         }
+
+        foreach (var peer in _udpPeersByPort.Values.Where(p => now - p.LastUsed > idle).ToList())
+        {
+            RemovePeer(peer);
+        }
+
+        _reassembler.Expire(now);
     }
 
     // ---- Guest frames ----
@@ -487,15 +661,18 @@ public sealed class UserModeNetwork : INetworkBackend
 
         var destination = MacAddress.FromBytes(frame[..6]);
         var source = MacAddress.FromBytes(frame.Slice(6, 6));
-        if (source.IsMulticast || (!destination.IsBroadcast && destination != _gatewayMac))
+        ushort type = BinaryPrimitives.ReadUInt16BigEndian(frame[12..]);
+        bool ipv6Multicast = type == Proto.EtherTypeIpv6 && destination.IsMulticast && frame[0] == 0x33 && frame[1] == 0x33;
+        if (source.IsMulticast || (!destination.IsBroadcast && destination != _gatewayMac && !ipv6Multicast))
         {
             return false; // not for us (on a switch, frames between guests are flooded here too)
         }
 
-        return BinaryPrimitives.ReadUInt16BigEndian(frame[12..]) switch
+        return type switch
         {
             Proto.EtherTypeArp => HandleArp(frame[Proto.EthernetHeader..], source),
             Proto.EtherTypeIpv4 => HandleIpv4(frame[Proto.EthernetHeader..], source, destination.IsBroadcast),
+            Proto.EtherTypeIpv6 when _v6 is not null && !destination.IsBroadcast => HandleIpv6(frame[Proto.EthernetHeader..], source, ipv6Multicast),
             _ => false,
         };
     }
@@ -542,7 +719,7 @@ public sealed class UserModeNetwork : INetworkBackend
             if (wasUnknown)
             {
                 // Forwarded connections waiting for this guest send their SYN now instead of at the next retransmission.
-                foreach (var c in _tcp.Values.Where(c => c.Key.GuestIp == ip && c.Phase == TcpPhase.SynSent).ToList())
+                foreach (var c in _tcp.Values.Where(c => c.Key.GuestIp == Ip6.Mapped(ip) && c.Phase == TcpPhase.SynSent).ToList())
                 {
                     c.OnTick(long.MaxValue);
                 }
@@ -552,11 +729,32 @@ public sealed class UserModeNetwork : INetworkBackend
 
     private bool HandleIpv4(ReadOnlySpan<byte> ip, MacAddress source, bool broadcast)
     {
-        if (!Ipv4Packet.TryParse(ip, out var packet))
+        if (!Ipv4Packet.TryParse(ip, out var packet, allowFragments: true))
         {
             return false;
         }
 
+        if (!packet.IsFragment)
+        {
+            return HandleIpv4Packet(packet, source, broadcast);
+        }
+
+        if (broadcast || !IsGuestAddress(packet.Source))
+        {
+            return false; // only a guest with an address fragments (DHCP never does)
+        }
+
+        var result = _reassembler.Add(packet, Environment.TickCount64, out var whole);
+        return result switch
+        {
+            FragmentResult.Held => true,
+            FragmentResult.Complete => Ipv4Packet.TryParse(whole, out var complete) && HandleIpv4Packet(complete, source, broadcast: false),
+            _ => false,
+        };
+    }
+
+    private bool HandleIpv4Packet(in Ipv4Packet packet, MacAddress source, bool broadcast)
+    {
         if (packet.Protocol == Proto.Udp && UdpDatagram.TryParse(packet, out var dhcp) && dhcp.DestinationPort == DhcpServer.ServerPort
             && (packet.Destination == Ip4.Broadcast || packet.Destination == _gateway))
         {
@@ -604,6 +802,11 @@ public sealed class UserModeNetwork : INetworkBackend
             return false; // only echo requests to the stack's own addresses are answered
         }
 
+        if (icmp.Length > Proto.Mtu - Proto.Ipv4Header)
+        {
+            return false; // a reassembled echo larger than the guest's MTU: the stack does not fragment its replies
+        }
+
         var f = FrameBuilder.Ipv4(mac, _gatewayMac, packet.Destination, packet.Source, Proto.Icmp, icmp.Length);
         var reply = f.AsSpan(Proto.EthernetHeader + Proto.Ipv4Header);
         icmp.CopyTo(reply);
@@ -644,6 +847,22 @@ public sealed class UserModeNetwork : INetworkBackend
 
     private bool HandleUdp(in Ipv4Packet packet, in UdpDatagram udp)
     {
+        if (packet.Destination == _gateway && _udpPeersByPort.TryGetValue(udp.DestinationPort, out var peer)
+            && peer.Forward.GuestIp == packet.Source && peer.Forward.GuestPort == udp.SourcePort)
+        {
+            // The guest's reply to a host sender of a UDP forward goes back to that sender.
+            peer.LastUsed = Environment.TickCount64;
+            if (!AccountBytes(udp.Payload.Length))
+            {
+                _limitRefusals++;
+                return true;
+            }
+
+            _bytesToHost += udp.Payload.Length;
+            peer.Forward.SendToClient(peer.Client, udp.Payload);
+            return true;
+        }
+
         if (packet.Destination == _dnsAddress)
         {
             if (udp.DestinationPort != DnsForwarder.Port)
@@ -651,7 +870,7 @@ public sealed class UserModeNetwork : INetworkBackend
                 return false;
             }
 
-            if (!_dns.Handle(udp.Payload, packet.Source, udp.SourcePort))
+            if (!_dns.Handle(udp.Payload, Ip6.Mapped(packet.Source), udp.SourcePort, Ip6.Mapped(_dnsAddress)))
             {
                 _limitRefusals++;
             }
@@ -669,34 +888,45 @@ public sealed class UserModeNetwork : INetworkBackend
             return true;
         }
 
-        (uint Ip, ushort Port) key = (packet.Source, udp.SourcePort);
-        if (!_udp.TryGetValue(key, out var flow))
+        SendUdpToHost(Ip6.Mapped(packet.Source), udp.SourcePort, new IPEndPoint(host, udp.DestinationPort), udp.Payload);
+        return true;
+    }
+
+    /// <summary>A guest datagram out through the host socket of its source port (one is opened, within the limit).</summary>
+    private void SendUdpToHost(UInt128 guestIp, ushort guestPort, IPEndPoint to, ReadOnlySpan<byte> payload)
+    {
+        if (!_udp.TryGetValue((guestIp, guestPort), out var flow))
         {
             if (_udp.Count >= Options.MaxUdpFlows)
             {
                 _limitRefusals++;
-                return true;
+                return;
             }
 
-            flow = new UdpFlow(this, packet.Source, udp.SourcePort);
+            flow = new UdpFlow(this, guestIp, guestPort);
             _openSockets++;
-            _udp[key] = flow;
+            _udp[(guestIp, guestPort)] = flow;
         }
 
-        if (!AccountBytes(udp.Payload.Length))
+        if (!AccountBytes(payload.Length))
         {
             _limitRefusals++;
-            return true;
+            return;
         }
 
-        _bytesToHost += udp.Payload.Length;
-        flow.Send(new IPEndPoint(host, udp.DestinationPort), udp.Payload);
-        return true;
+        _bytesToHost += payload.Length;
+        flow.Send(to, payload);
     }
 
     private bool HandleTcp(in Ipv4Packet packet, in TcpSegment segment)
     {
-        var key = new TcpKey(packet.Source, segment.SourcePort, packet.Destination, segment.DestinationPort);
+        var key = new TcpKey(Ip6.Mapped(packet.Source), segment.SourcePort, Ip6.Mapped(packet.Destination), segment.DestinationPort);
+        return HandleTcp(key, segment, packet.Destination == _dnsAddress, HostDestination(packet.Destination));
+    }
+
+    /// <summary>A guest TCP segment of either IP version: to its connection, or a new outbound connection for a SYN.</summary>
+    private bool HandleTcp(TcpKey key, in TcpSegment segment, bool toDnsAddress, IPAddress? hostDestination)
+    {
         if (_tcp.TryGetValue(key, out var existing))
         {
             existing.OnSegment(segment);
@@ -715,16 +945,33 @@ public sealed class UserModeNetwork : INetworkBackend
             return true;
         }
 
-        if (HostDestination(packet.Destination) is not IPAddress host || segment.DestinationPort == 0)
+        IPEndPoint target;
+        if (toDnsAddress)
         {
-            RefuseSegment(key, segment);
-            return true;
-        }
+            // DNS over TCP (RFC 7766) goes to the upstream server as it is; the host resolver has no TCP form.
+            if (segment.DestinationPort != DnsForwarder.Port || Options.DnsUpstream is not IPEndPoint upstream)
+            {
+                RefuseSegment(key, segment);
+                return true;
+            }
 
-        if (!Allowed(host, segment.DestinationPort, ProtocolType.Tcp))
+            target = upstream;
+        }
+        else
         {
-            RefuseSegment(key, segment);
-            return true;
+            if (hostDestination is not IPAddress host || segment.DestinationPort == 0)
+            {
+                RefuseSegment(key, segment);
+                return true;
+            }
+
+            if (!Allowed(host, segment.DestinationPort, ProtocolType.Tcp))
+            {
+                RefuseSegment(key, segment);
+                return true;
+            }
+
+            target = new IPEndPoint(host, segment.DestinationPort);
         }
 
         if (_tcp.Count >= Options.MaxTcpConnections || (Options.MaxTotalBytes is long max && _totalBytes >= max))
@@ -736,9 +983,9 @@ public sealed class UserModeNetwork : INetworkBackend
 
         _openSockets++;
         _tcpOpened++;
-        var connection = TcpConnection.Outbound(this, key, segment);
+        var connection = TcpConnection.Outbound(this, key, segment, target.AddressFamily);
         _tcp[key] = connection;
-        connection.Connect(new IPEndPoint(host, segment.DestinationPort));
+        connection.Connect(target);
         return true;
     }
 

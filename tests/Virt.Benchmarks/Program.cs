@@ -44,6 +44,16 @@ if (args is ["pool", ..])
     return;
 }
 
+// One transfer through the user-mode network in a fresh process (frame-level guest, or with "linux" a Linux guest on
+// the interpreter fetching by wget): dotnet run -c Release --project tests/Virt.Benchmarks -- net-fresh [linux] [MiB]
+if (args is ["net-fresh", ..])
+{
+    bool linux = args.Length > 1 && args[1] == "linux";
+    int mebibytes = args.Length > (linux ? 2 : 1) ? int.Parse(args[linux ? 2 : 1], System.Globalization.CultureInfo.InvariantCulture) : (linux ? 1 : 4);
+    await (linux ? Virt.Benchmarks.Network.UserNetworkLinux.RunAsync(mebibytes) : Virt.Benchmarks.Network.UserNetworkFresh.RunAsync(mebibytes));
+    return;
+}
+
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
 
 /// <summary>Entry point type for the benchmark switcher.</summary>

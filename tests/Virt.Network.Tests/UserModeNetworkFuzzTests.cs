@@ -27,23 +27,29 @@ public sealed class UserModeNetworkFuzzTests
         using var udpSink = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
         udpSink.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         int udpPort = ((IPEndPoint)udpSink.LocalEndPoint!).Port;
+        using var listener6 = new TcpListener(IPAddress.IPv6Loopback, 0);
+        listener6.Start(64);
+        int tcpPort6 = ((IPEndPoint)listener6.LocalEndpoint).Port;
         var accepted = new List<TcpClient>();
+        var accepted6 = new List<TcpClient>();
         using var stopServer = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var server = ServeAsync(listener, accepted, stopServer.Token);
+        var server6 = ServeAsync(listener6, accepted6, stopServer.Token);
 
         var options = new UserModeNetworkOptions
         {
             // Only the test's own loopback sockets are reachable: random SYNs elsewhere are denied, not sent to the internet.
             Policy = UserNetworkPolicy.DenyAllExcept(
                 UserNetworkRule.Allow("127.0.0.1/32", tcpPort, ProtocolType.Tcp),
-                UserNetworkRule.Allow("127.0.0.1/32", udpPort, ProtocolType.Udp)),
+                UserNetworkRule.Allow("127.0.0.1/32", udpPort, ProtocolType.Udp),
+                UserNetworkRule.Allow("::1/128", tcpPort6, ProtocolType.Tcp)),
             DnsUpstream = (IPEndPoint)udpSink.LocalEndPoint!, // queries go to a sink that never answers
             MaxTcpConnections = 16,
             MaxUdpFlows = 8,
             TcpBufferSize = 16 * 1024,
         };
         var net = new UserModeNetwork(options);
-        var fuzz = new FrameFuzzer(net.Options.GatewayMac, (ushort)tcpPort, (ushort)udpPort, seed: 20260101);
+        var fuzz = new FrameFuzzer(net.Options.GatewayMac, (ushort)tcpPort, (ushort)udpPort, (ushort)tcpPort6, seed: 20260101);
         long malformedReplies = 0;
         net.Attach(frame =>
         {
@@ -76,6 +82,7 @@ public sealed class UserModeNetworkFuzzTests
         var final = net.Statistics;
         await stopServer.CancelAsync();
         await server;
+        await server6;
 
         string summary = $"{Frames} frames in {clock.Elapsed.TotalSeconds:F1} s; {stats}; memory {memoryBefore / 1024} KiB -> {memoryAfter / 1024} KiB";
         TestContext.Current.SendDiagnosticMessage(summary);
@@ -84,8 +91,11 @@ public sealed class UserModeNetworkFuzzTests
         Assert.Equal(0, Interlocked.Read(ref malformedReplies));
         Assert.True(stats.FramesDropped > Frames / 4, "most mutated frames are dropped: " + summary);
         Assert.True(stats.TcpConnectionsOpened > 0 && stats.DhcpAcks > 0 && stats.DeniedAttempts > 0, "the fuzzer reached TCP, DHCP and the policy: " + summary);
+        Assert.True(stats.DatagramsReassembled > 0 && stats.FragmentedDatagramsDiscarded > 0, "the fuzzer reached reassembly and its refusals: " + summary);
+        Assert.True(fuzz.Ipv6Replies > 0 && fuzz.Ipv6TcpReplies > 0, "the stack answered IPv6 neighbour discovery and TCP: " + summary);
         Assert.True(maxSockets <= options.MaxTcpConnections + options.MaxUdpFlows + DnsForwarder.MaxPending, summary);
         Assert.True(memoryAfter - memoryBefore < 64L * 1024 * 1024, "memory stays bounded: " + summary);
+        Assert.True(accepted6.Count > 0, "IPv6 connections reached the host listener: " + summary);
         Assert.Equal(0, final.OpenHostSockets);
         Assert.Equal(0, final.OpenTcpConnections);
         Assert.Equal(0, final.OpenUdpFlows);
@@ -133,18 +143,50 @@ public sealed class UserModeNetworkFuzzTests
 }
 
 /// <summary>Makes guest frames: well-formed ones of every kind the stack handles, then mutates many of them.</summary>
-internal sealed class FrameFuzzer(MacAddress gatewayMac, ushort tcpPort, ushort udpPort, int seed)
+internal sealed class FrameFuzzer(MacAddress gatewayMac, ushort tcpPort, ushort udpPort, ushort tcpPort6, int seed)
 {
     private static readonly MacAddress Mac = FakeGuest.Mac;
+    private const ushort FirstGuestPort6 = 31000;
     private readonly Random _random = new(seed);
+    private readonly Queue<byte[]> _queued = new();
+    private long _ipv6Replies;
+    private long _ipv6TcpReplies;
+
+    /// <summary>IPv6 frames the stack sent (neighbour discovery, echo, TCP, UDP).</summary>
+    public long Ipv6Replies => Interlocked.Read(ref _ipv6Replies);
+
+    /// <summary>IPv6 TCP segments the stack sent.</summary>
+    public long Ipv6TcpReplies => Interlocked.Read(ref _ipv6TcpReplies);
     private readonly uint[] _stackSeq = new uint[GuestPortCount];
     private readonly uint[] _stackAck = new uint[GuestPortCount];
+    private readonly uint[] _stackSeq6 = new uint[GuestPortCount];
+    private readonly uint[] _stackAck6 = new uint[GuestPortCount];
     private const int GuestPortCount = 12;
     private const ushort FirstGuestPort = 30000;
 
     /// <summary>Remembers the sequence numbers the stack uses, so forged segments land inside its windows.</summary>
     public void Observe(ReadOnlySpan<byte> frame)
     {
+        if (frame.Length >= 54 && BinaryPrimitives.ReadUInt16BigEndian(frame[12..]) == Proto.EtherTypeIpv6)
+        {
+            Interlocked.Increment(ref _ipv6Replies);
+            if (frame[20] == Proto.Tcp && frame.Length >= 74)
+            {
+                Interlocked.Increment(ref _ipv6TcpReplies);
+                int port6 = BinaryPrimitives.ReadUInt16BigEndian(frame[56..]) - FirstGuestPort6;
+                if (port6 is >= 0 and < GuestPortCount)
+                {
+                    lock (_stackSeq)
+                    {
+                        _stackSeq6[port6] = BinaryPrimitives.ReadUInt32BigEndian(frame[58..]);
+                        _stackAck6[port6] = BinaryPrimitives.ReadUInt32BigEndian(frame[62..]);
+                    }
+                }
+            }
+
+            return;
+        }
+
         if (frame.Length >= 54 && frame[23] == Proto.Tcp)
         {
             int port = BinaryPrimitives.ReadUInt16BigEndian(frame[36..]) - FirstGuestPort;
@@ -161,15 +203,23 @@ internal sealed class FrameFuzzer(MacAddress gatewayMac, ushort tcpPort, ushort 
 
     public byte[] Next()
     {
+        if (_queued.TryDequeue(out var queued))
+        {
+            return queued;
+        }
+
         int pick = _random.Next(100);
         byte[] frame = pick switch
         {
-            < 40 => Tcp(),
-            < 50 => Udp(),
-            < 56 => Dhcp(),
-            < 62 => Arp(),
-            < 67 => Icmp(),
-            < 72 => Ipv4Oddity(),
+            < 32 => Tcp(),
+            < 40 => Udp(),
+            < 45 => Dhcp(),
+            < 50 => Arp(),
+            < 54 => Icmp(),
+            < 58 => Ipv4Oddity(),
+            < 64 => Fragments(),
+            < 70 => Tcp6(),
+            < 76 => Ipv6(),
             _ => Raw(),
         };
         return _random.Next(100) < 45 ? Mutate(frame) : frame;
@@ -187,6 +237,22 @@ internal sealed class FrameFuzzer(MacAddress gatewayMac, ushort tcpPort, ushort 
         if (type == Proto.EtherTypeArp)
         {
             return f.Length == 42;
+        }
+
+        if (type == Proto.EtherTypeIpv6)
+        {
+            if (!Ipv6Packet.TryParse(f[14..], out var ip6) || f.Length != 14 + 40 + ip6.Payload.Length)
+            {
+                return false;
+            }
+
+            return ip6.Protocol switch
+            {
+                Proto.Tcp => TcpSegment.TryParse(ip6, out _),
+                Proto.Udp => UdpDatagram.TryParse(ip6, out _),
+                Proto.Icmpv6 => Checksum.Fold(Checksum.Add(ip6.Payload, ip6.PseudoHeader(ip6.Payload.Length))) == 0,
+                _ => false,
+            };
         }
 
         if (type != Proto.EtherTypeIpv4 || !Ipv4Packet.TryParse(f[14..], out var ip) || f.Length != 14 + 20 + ip.Payload.Length)
@@ -332,6 +398,169 @@ internal sealed class FrameFuzzer(MacAddress gatewayMac, ushort tcpPort, ushort 
         return f;
     }
 
+    /// <summary>
+    /// A UDP or ICMP datagram cut into fragments sent in random order, some duplicated, some overlapping with other
+    /// bytes, some lost, with identifications from a small set so that datagrams mix; returns the first and queues the rest.
+    /// </summary>
+    private byte[] Fragments()
+    {
+        var whole = _random.Next(2) == 0 ? Udp() : Icmp();
+        if (_random.Next(3) == 0)
+        {
+            var big = new byte[_random.Next(1, 4000)];
+            _random.NextBytes(big);
+            whole = FrameBuilder.Udp(gatewayMac, Mac, FakeGuest.Ip, 5000, FakeGuest.Gateway, udpPort, big);
+        }
+
+        ushort id = (ushort)_random.Next(8);
+        int size = 8 * _random.Next(1, 190);
+        var pieces = UserModeNetworkFragmentTests.Fragment(whole, size, id);
+        if (_random.Next(4) == 0 && pieces.Count > 0)
+        {
+            // An overlapping piece with other bytes, at an offset inside the datagram.
+            int at = 8 * _random.Next(0, Math.Max(1, (whole.Length - 34) / 8));
+            var attacker = UserModeNetworkFragmentTests.Fragment(whole, size, id, firstOffset: at, count: 1);
+            if (attacker.Count > 0)
+            {
+                _random.NextBytes(attacker[0].AsSpan(34));
+                pieces.Insert(_random.Next(pieces.Count + 1), attacker[0]);
+            }
+        }
+
+        if (_random.Next(5) == 0 && pieces.Count > 1)
+        {
+            pieces.RemoveAt(_random.Next(pieces.Count)); // lost: the datagram waits for its timeout
+        }
+
+        if (_random.Next(5) == 0 && pieces.Count > 0)
+        {
+            pieces.Add(pieces[_random.Next(pieces.Count)]); // a duplicate
+        }
+
+        var order = pieces.OrderBy(_ => _random.Next(3)).ToList();
+        foreach (var p in order.Skip(1))
+        {
+            _queued.Enqueue(_random.Next(10) == 0 ? Mutate(p) : p);
+        }
+
+        return order.Count > 0 ? order[0] : whole;
+    }
+
+    private static readonly UInt128 Guest6 = UserModeNetworkIpv6Tests.Guest6;
+    private static readonly UInt128 Gateway6 = UserModeNetworkIpv6Tests.Gateway6;
+
+    /// <summary>A TCP segment over IPv6 to the allowed host listener on ::1 (or elsewhere), near the stack's sequence numbers.</summary>
+    private byte[] Tcp6()
+    {
+        int slot = _random.Next(GuestPortCount);
+        uint seq;
+        uint ack;
+        lock (_stackSeq)
+        {
+            seq = _random.Next(3) switch { 0 => (uint)_random.Next(), 1 => _stackAck6[slot], _ => _stackAck6[slot] + (uint)_random.Next(-3000, 3000) };
+            ack = _random.Next(3) switch { 0 => (uint)_random.Next(), 1 => _stackSeq6[slot] + 1, _ => _stackSeq6[slot] + (uint)_random.Next(-3000, 6000) };
+        }
+
+        byte flags = _random.Next(4) switch
+        {
+            0 => TcpSegment.Syn,
+            1 => TcpSegment.Ack,
+            2 => (byte)(TcpSegment.Ack | (_random.Next(2) == 0 ? TcpSegment.Fin : TcpSegment.Psh)),
+            _ => (byte)_random.Next(64),
+        };
+        UInt128 destination = _random.Next(8) switch
+        {
+            0 => new UInt128((ulong)_random.NextInt64(), (ulong)_random.NextInt64()),
+            1 => UserModeNetworkIpv6Tests.Dns6,
+            _ => Gateway6,
+        };
+        var payload = new byte[_random.Next(4) == 0 ? _random.Next(1400) : _random.Next(64)];
+        _random.NextBytes(payload);
+        return FrameBuilder.Tcp6(gatewayMac, Mac, Guest6, (ushort)(FirstGuestPort6 + slot), destination, _random.Next(4) == 0 ? (ushort)_random.Next(65536) : tcpPort6,
+            seq, ack, flags, (ushort)_random.Next(65536), payload, mss: _random.Next(3) == 0 ? (ushort)_random.Next(65536) : (ushort)0,
+            windowScale: _random.Next(3) == 0 ? _random.Next(20) : -1);
+    }
+
+    /// <summary>IPv6 beyond TCP: neighbour and router discovery with random options and hop limits, echo, UDP, DNS, extension headers.</summary>
+    private byte[] Ipv6()
+    {
+        UInt128 source = _random.Next(6) switch
+        {
+            0 => UserModeNetworkIpv6Tests.GuestLinkLocal,
+            1 => UInt128.Zero,
+            2 => new UInt128((ulong)_random.NextInt64(), (ulong)_random.NextInt64()),
+            _ => Guest6,
+        };
+        byte hop = _random.Next(4) == 0 ? (byte)_random.Next(256) : (byte)255;
+        switch (_random.Next(6))
+        {
+            case 0:
+            case 1:
+            {
+                byte type = (byte)(_random.Next(5) == 0 ? _random.Next(256) : _random.Next(133, 137));
+                var body = new byte[_random.Next(0, 64)];
+                _random.NextBytes(body);
+                if (body.Length >= 20 && _random.Next(2) == 0)
+                {
+                    Ip6.Write(body.AsSpan(4), _random.Next(2) == 0 ? Gateway6 : UserModeNetworkIpv6Tests.GatewayLinkLocal); // a target that is ours
+                }
+
+                UInt128 destination = _random.Next(3) switch
+                {
+                    0 => Ip6.AllRouters,
+                    1 => Ip6.SolicitedNode(Gateway6),
+                    _ => Gateway6,
+                };
+                var to = Ip6.IsMulticast(destination) ? Ip6.MulticastMac(destination) : gatewayMac;
+                return FrameBuilder.Icmpv6(to, Mac, source, destination, type, (byte)(_random.Next(8) == 0 ? 1 : 0), body, hop);
+            }
+
+            case 2:
+            {
+                var echo = new byte[_random.Next(4, 1500)];
+                _random.NextBytes(echo);
+                return FrameBuilder.Icmpv6(gatewayMac, Mac, source, _random.Next(2) == 0 ? Gateway6 : UserModeNetworkIpv6Tests.Dns6, 128, 0, echo, hop);
+            }
+
+            case 3:
+            {
+                var payload = new byte[_random.Next(200)];
+                _random.NextBytes(payload);
+                return _random.Next(2) == 0
+                    ? FrameBuilder.Udp6(gatewayMac, Mac, Guest6, (ushort)(40000 + _random.Next(20)), UserModeNetworkIpv6Tests.Dns6, 53, UserModeNetworkTests.DnsQuery((ushort)_random.Next(), "x.test"))
+                    : FrameBuilder.Udp6(gatewayMac, Mac, Guest6, (ushort)_random.Next(65536), _random.Next(2) == 0 ? Gateway6 : new UInt128((ulong)_random.NextInt64(), (ulong)_random.NextInt64()), (ushort)_random.Next(65536), payload);
+            }
+
+            default:
+            {
+                // A chain of extension headers (hop-by-hop, destination options, routing, fragment) of random lengths before UDP.
+                var inner = FrameBuilder.Udp6(gatewayMac, Mac, Guest6, 5000, Gateway6, udpPort, [1, 2, 3]);
+                var chain = new List<byte>();
+                byte[] kinds = [0, 60, 43, 44];
+                int count = _random.Next(1, 4);
+                byte first = kinds[_random.Next(kinds.Length)];
+                for (int i = 0; i < count; i++)
+                {
+                    byte next = i == count - 1 ? Proto.Udp : kinds[_random.Next(kinds.Length)];
+                    int length = _random.Next(3);
+                    var header = new byte[(length + 1) * 8];
+                    _random.NextBytes(header);
+                    header[0] = next;
+                    header[1] = (byte)(_random.Next(10) == 0 ? _random.Next(256) : length);
+                    chain.AddRange(header);
+                }
+
+                var f = new byte[inner.Length + chain.Count];
+                inner.AsSpan(0, 54).CopyTo(f);
+                chain.CopyTo(f, 54);
+                inner.AsSpan(54).CopyTo(f.AsSpan(54 + chain.Count));
+                f[20] = first;
+                BinaryPrimitives.WriteUInt16BigEndian(f.AsSpan(18), (ushort)(f.Length - 54));
+                return f;
+            }
+        }
+    }
+
     private byte[] Raw()
     {
         var f = new byte[_random.Next(0, 1600)];
@@ -339,7 +568,11 @@ internal sealed class FrameFuzzer(MacAddress gatewayMac, ushort tcpPort, ushort 
         if (f.Length >= 14)
         {
             (_random.Next(2) == 0 ? gatewayMac : MacAddress.Broadcast).CopyTo(f);
-            BinaryPrimitives.WriteUInt16BigEndian(f.AsSpan(12), _random.Next(2) == 0 ? Proto.EtherTypeIpv4 : Proto.EtherTypeArp);
+            BinaryPrimitives.WriteUInt16BigEndian(f.AsSpan(12), _random.Next(3) switch { 0 => Proto.EtherTypeIpv4, 1 => Proto.EtherTypeArp, _ => Proto.EtherTypeIpv6 });
+            if (f.Length >= 20 && BinaryPrimitives.ReadUInt16BigEndian(f.AsSpan(12)) == Proto.EtherTypeIpv6)
+            {
+                f[14] = (byte)(0x60 | (f[14] & 0xF));
+            }
         }
 
         return f;
@@ -382,6 +615,22 @@ internal sealed class FrameFuzzer(MacAddress gatewayMac, ushort tcpPort, ushort 
     /// <summary>Recomputes the IPv4 header and TCP/UDP checksums where the (possibly mutated) lengths allow.</summary>
     private static void FixChecksums(byte[] f)
     {
+        if (f.Length >= 54 && BinaryPrimitives.ReadUInt16BigEndian(f.AsSpan(12)) == Proto.EtherTypeIpv6)
+        {
+            var ip6 = f.AsSpan(14);
+            int length = Math.Min(BinaryPrimitives.ReadUInt16BigEndian(ip6[4..]), ip6.Length - 40);
+            var upper = ip6.Slice(40, length);
+            int at6 = ip6[6] switch { Proto.Tcp => 16, Proto.Udp => 6, Proto.Icmpv6 => 2, _ => -1 };
+            if (at6 >= 0 && upper.Length >= at6 + 2)
+            {
+                upper[at6] = upper[at6 + 1] = 0;
+                uint pseudo6 = Checksum.PseudoHeader6(Ip6.Read(ip6[8..]), Ip6.Read(ip6[24..]), ip6[6], upper.Length);
+                BinaryPrimitives.WriteUInt16BigEndian(upper[at6..], Checksum.Fold(Checksum.Add(upper, pseudo6)));
+            }
+
+            return;
+        }
+
         if (f.Length < 34 || BinaryPrimitives.ReadUInt16BigEndian(f.AsSpan(12)) != Proto.EtherTypeIpv4)
         {
             return;

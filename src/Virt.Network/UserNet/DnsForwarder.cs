@@ -6,16 +6,17 @@ using System.Text;
 namespace Virt.Network.UserNet;
 
 /// <summary>
-/// The DNS forwarder at the network's DNS address. With an upstream server it relays each query as it is and the
-/// answer back; without one it answers A queries from the host's resolver (<see cref="Dns"/>), other types with an
-/// empty answer. At most <see cref="MaxPending"/> queries are in flight; each gets 5 seconds.
+/// The DNS forwarder at the network's DNS addresses (IPv4 and IPv6). With an upstream server it relays each query as
+/// it is and the answer back; without one it answers A and AAAA queries from the host's resolver (<see cref="Dns"/>),
+/// other types with an empty answer. At most <see cref="MaxPending"/> queries are in flight; each gets 5 seconds.
 /// </summary>
-internal sealed class DnsForwarder(UserModeNetwork net, IPEndPoint? upstream, uint dnsAddress, uint gateway, bool loopbackIsGateway) : IDisposable
+internal sealed class DnsForwarder(UserModeNetwork net, IPEndPoint? upstream, uint gateway, UInt128? gateway6, bool loopbackIsGateway) : IDisposable
 {
     public const ushort Port = 53;
     public const int MaxPending = 32;
     private const int HeaderSize = 12;
     private const ushort TypeA = 1;
+    private const ushort TypeAaaa = 28;
     private const ushort ClassIn = 1;
     private const int MaxAnswers = 16;
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(5);
@@ -25,7 +26,7 @@ internal sealed class DnsForwarder(UserModeNetwork net, IPEndPoint? upstream, ui
     private int _pending;
 
     /// <summary>Starts answering <paramref name="query"/> (under the stack's lock); false when too many are in flight.</summary>
-    public bool Handle(ReadOnlySpan<byte> query, uint guestIp, ushort guestPort)
+    public bool Handle(ReadOnlySpan<byte> query, UInt128 guestIp, ushort guestPort, UInt128 server)
     {
         if (query.Length < HeaderSize || _pending >= MaxPending || (query[2] & 0x80) != 0)
         {
@@ -34,7 +35,7 @@ internal sealed class DnsForwarder(UserModeNetwork net, IPEndPoint? upstream, ui
 
         _pending++;
         byte[] copy = query.ToArray();
-        var task = upstream is null ? ResolveAsync(copy, guestIp, guestPort) : ForwardAsync(copy, guestIp, guestPort);
+        var task = upstream is null ? ResolveAsync(copy, guestIp, guestPort, server) : ForwardAsync(copy, guestIp, guestPort, server);
         if (!task.IsCompleted)
         {
             _inFlight.Add(task);
@@ -54,7 +55,7 @@ internal sealed class DnsForwarder(UserModeNetwork net, IPEndPoint? upstream, ui
     /// <inheritdoc />
     public void Dispose() => _closing.Dispose();
 
-    private async Task ForwardAsync(byte[] query, uint guestIp, ushort guestPort)
+    private async Task ForwardAsync(byte[] query, UInt128 guestIp, ushort guestPort, UInt128 server)
     {
         byte[]? answer = null;
         var socket = new Socket(upstream!.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
@@ -85,23 +86,24 @@ internal sealed class DnsForwarder(UserModeNetwork net, IPEndPoint? upstream, ui
             net.Locked(() => net.CountSocket(-1));
         }
 
-        Finish(answer, guestIp, guestPort);
+        Finish(answer, guestIp, guestPort, server);
     }
 
-    private async Task ResolveAsync(byte[] query, uint guestIp, ushort guestPort)
+    private async Task ResolveAsync(byte[] query, UInt128 guestIp, ushort guestPort, UInt128 server)
     {
         byte[]? answer = null;
         if (TryReadQuestion(query, out string? name, out ushort type, out ushort qclass, out int questionEnd))
         {
             IPAddress[] addresses = [];
             byte rcode = 0;
-            if (type == TypeA && qclass == ClassIn)
+            if (type is TypeA or TypeAaaa && qclass == ClassIn)
             {
                 try
                 {
                     using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_closing.Token);
                     timeout.CancelAfter(Timeout);
-                    addresses = await Dns.GetHostAddressesAsync(name, AddressFamily.InterNetwork, timeout.Token).ConfigureAwait(false);
+                    var family = type == TypeA ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6;
+                    addresses = await Dns.GetHostAddressesAsync(name, family, timeout.Token).ConfigureAwait(false);
                 }
                 catch (Exception e) when (e is SocketException or OperationCanceledException or ArgumentException)
                 {
@@ -109,23 +111,23 @@ internal sealed class DnsForwarder(UserModeNetwork net, IPEndPoint? upstream, ui
                 }
             }
 
-            answer = BuildAnswer(query.AsSpan(0, questionEnd), rcode, addresses);
+            answer = BuildAnswer(query.AsSpan(0, questionEnd), rcode, addresses, type);
         }
         else if (query.Length >= HeaderSize)
         {
-            answer = BuildAnswer(query.AsSpan(0, HeaderSize), 4, []); // NOTIMP: not one plain question
+            answer = BuildAnswer(query.AsSpan(0, HeaderSize), 4, [], 0); // NOTIMP: not one plain question
         }
 
-        Finish(answer, guestIp, guestPort);
+        Finish(answer, guestIp, guestPort, server);
     }
 
-    private void Finish(byte[]? answer, uint guestIp, ushort guestPort) => net.Locked(() =>
+    private void Finish(byte[]? answer, UInt128 guestIp, ushort guestPort, UInt128 server) => net.Locked(() =>
     {
         _pending--;
-        if (answer is not null && answer.Length <= Proto.MaxDatagram)
+        if (answer is not null && answer.Length <= (Ip6.IsMapped(guestIp) ? Proto.MaxDatagram : Proto.MaxDatagram6))
         {
             net.CountDnsQuery();
-            net.SendUdpToGuest(dnsAddress, Port, guestIp, guestPort, answer);
+            net.SendUdpToGuest(server, Port, guestIp, guestPort, answer);
         }
     });
 
@@ -190,33 +192,39 @@ internal sealed class DnsForwarder(UserModeNetwork net, IPEndPoint? upstream, ui
         return true;
     }
 
-    private byte[] BuildAnswer(ReadOnlySpan<byte> queryUpToQuestion, byte rcode, IPAddress[] addresses)
+    private byte[] BuildAnswer(ReadOnlySpan<byte> queryUpToQuestion, byte rcode, IPAddress[] addresses, ushort type)
     {
-        var v4 = addresses.Where(a => a.AddressFamily == AddressFamily.InterNetwork).Take(MaxAnswers).ToArray();
-        var r = new byte[queryUpToQuestion.Length + (v4.Length * 16)];
+        var family = type == TypeAaaa ? AddressFamily.InterNetworkV6 : AddressFamily.InterNetwork;
+        int size = family == AddressFamily.InterNetwork ? 4 : 16;
+        var records = addresses.Where(a => a.AddressFamily == family && !(a.IsIPv6LinkLocal || a.IsIPv6Multicast)).Take(MaxAnswers).ToArray();
+        var r = new byte[queryUpToQuestion.Length + (records.Length * (12 + size))];
         queryUpToQuestion.CopyTo(r);
         bool hasQuestion = queryUpToQuestion.Length > HeaderSize;
         r[2] = (byte)(0x80 | (r[2] & 0x79));  // QR, the query's opcode and RD
         r[3] = (byte)(0x80 | rcode);          // RA
         BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(4), (ushort)(hasQuestion ? 1 : 0));
-        BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(6), (ushort)v4.Length);
+        BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(6), (ushort)records.Length);
         BinaryPrimitives.WriteUInt32BigEndian(r.AsSpan(8), 0); // no authority or additional records
         int o = queryUpToQuestion.Length;
-        foreach (var address in v4)
+        foreach (var address in records)
         {
-            uint value = Ip4.From(address, nameof(addresses));
-            if (loopbackIsGateway && (value >> 24) == 127)
-            {
-                value = gateway; // the host's loopback is the gateway address inside
-            }
-
             BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(o), 0xC00C); // the question's name
-            BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(o + 2), TypeA);
+            BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(o + 2), type);
             BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(o + 4), ClassIn);
             BinaryPrimitives.WriteUInt32BigEndian(r.AsSpan(o + 6), 60);
-            BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(o + 10), 4);
-            Ip4.Write(r.AsSpan(o + 12), value);
-            o += 16;
+            BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(o + 10), (ushort)size);
+            if (size == 4)
+            {
+                uint value = Ip4.From(address, nameof(addresses));
+                Ip4.Write(r.AsSpan(o + 12), loopbackIsGateway && (value >> 24) == 127 ? gateway : value); // the host's loopback is the gateway inside
+            }
+            else
+            {
+                UInt128 value = Ip6.From(address);
+                Ip6.Write(r.AsSpan(o + 12), loopbackIsGateway && gateway6 is UInt128 g6 && IPAddress.IsLoopback(address) ? g6 : value);
+            }
+
+            o += 12 + size;
         }
 
         return r;

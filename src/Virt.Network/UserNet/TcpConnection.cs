@@ -1,10 +1,20 @@
+using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
 
 namespace Virt.Network.UserNet;
 
-/// <summary>The four addresses of a TCP connection as the guest sees it: its own end and the remote end.</summary>
-internal readonly record struct TcpKey(uint GuestIp, ushort GuestPort, uint RemoteIp, ushort RemotePort);
+/// <summary>
+/// The four addresses of a TCP connection as the guest sees it: its own end and the remote end (IPv4 addresses
+/// as IPv4-mapped, see <see cref="Ip6"/>).
+/// </summary>
+internal readonly record struct TcpKey(UInt128 GuestIp, ushort GuestPort, UInt128 RemoteIp, ushort RemotePort)
+{
+    public bool IsIpv6 => !Ip6.IsMapped(GuestIp);
+
+    /// <summary>Largest payload per segment to the guest over this connection's IP version.</summary>
+    public int MaxSegment => IsIpv6 ? Proto.MaxSegment6 : Proto.MaxSegment;
+}
 
 /// <summary>Where a connection's handshake is; closing is tracked by the FIN flags beside it.</summary>
 internal enum TcpPhase
@@ -39,7 +49,7 @@ internal sealed class TcpConnection
     private const int MaxRto = 30_000;
     private const int MaxRetransmissions = 10;
     private const int TimeWaitMs = 2_000;
-    private const int ReadChunk = 16 * 1024;
+    private const int ReadChunk = 16 * 1024; // per socket read or write of a pump (pooled while the pump runs)
 
     private readonly UserModeNetwork _net;
     private readonly Socket _socket;
@@ -55,7 +65,11 @@ internal sealed class TcpConnection
     private int _sndWnd;
     private uint _rcvNxt;
     private int _mss = 536;  // RFC 1122 default until the guest's SYN says otherwise
-    private int _advertised;
+    private int _advertised;  // bytes of window last advertised (before scaling)
+    private int _sndShift;    // the guest's window scale: its window fields are shifted left by this
+    private int _rcvShift;    // ours: our window fields are the free space shifted right by this
+    private readonly int _ourShift;
+    private bool _scalingAgreed;
     private bool _guestFin;
     private bool _hostEof;
     private bool _finSent;
@@ -78,6 +92,7 @@ internal sealed class TcpConnection
         _iss = (uint)Random.Shared.Next();
         _sndUna = _sndNxt = _sndMax = _iss;
         _dataSeq = _iss + 1;
+        _ourShift = ShiftFor(net.Options.TcpBufferSize);
     }
 
     public TcpKey Key { get; }
@@ -85,12 +100,12 @@ internal sealed class TcpConnection
     public TcpPhase Phase { get; private set; }
 
     /// <summary>Outbound: the guest's SYN. <see cref="Connect"/> starts the host connect; the SYN-ACK goes out once it succeeds.</summary>
-    public static TcpConnection Outbound(UserModeNetwork net, TcpKey key, in TcpSegment syn)
+    public static TcpConnection Outbound(UserModeNetwork net, TcpKey key, in TcpSegment syn, AddressFamily family)
     {
-        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        var socket = new Socket(family, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         var c = new TcpConnection(net, key, socket, TcpPhase.Connecting);
         c._rcvNxt = syn.Sequence + 1;
-        c.TakeSynOptions(syn);
+        c.TakeSynOptions(syn); // our SYN-ACK carries the window scale option exactly when the guest's SYN did
         c._timerDue = Environment.TickCount64 + (long)net.Options.TcpConnectTimeout.TotalMilliseconds;
         return c;
     }
@@ -240,10 +255,32 @@ internal sealed class TcpConnection
         Close(reset: true);
     }
 
+    /// <summary>
+    /// Takes the guest's SYN options: its MSS, and window scaling (RFC 7323), which is on only when both SYNs carry
+    /// the option (the stack's SYN to a forwarded guest always does; its SYN-ACK does when the guest's SYN did). The
+    /// window of a SYN is never scaled. SACK-permitted and timestamps are not echoed, so the guest sends neither SACK
+    /// blocks nor timestamps (any it sends anyway are skipped as options).
+    /// </summary>
     private void TakeSynOptions(in TcpSegment syn)
     {
-        _mss = syn.Mss == 0 ? 536 : Math.Clamp((int)syn.Mss, 64, Proto.MaxSegment);
+        _mss = syn.Mss == 0 ? 536 : Math.Clamp((int)syn.Mss, 64, Key.MaxSegment);
         _sndWnd = syn.Window;
+        bool scaling = syn.WindowScale >= 0;
+        _scalingAgreed = scaling;
+        _sndShift = scaling ? syn.WindowScale : 0;
+        _rcvShift = scaling ? _ourShift : 0;
+    }
+
+    /// <summary>The smallest shift that lets a 16-bit window field cover <paramref name="bufferSize"/> bytes.</summary>
+    private static int ShiftFor(int bufferSize)
+    {
+        int shift = 0;
+        while ((bufferSize >> shift) > ushort.MaxValue && shift < 14)
+        {
+            shift++;
+        }
+
+        return shift;
     }
 
     private async Task ConnectAsync(IPEndPoint endPoint)
@@ -294,7 +331,7 @@ internal sealed class TcpConnection
         }
 
         _rcvNxt = s.Sequence + 1;
-        TakeSynOptions(s);
+        TakeSynOptions(s); // our SYN always offers window scaling
         _sndUna = _iss + 1;
         Establish();
         SendAck();
@@ -377,7 +414,7 @@ internal sealed class TcpConnection
             _timerDue = _sndUna == _sndMax ? 0 : Environment.TickCount64 + _rto;
         }
 
-        _sndWnd = s.Window;
+        _sndWnd = s.Window << _sndShift;
         return true;
     }
 
@@ -517,7 +554,32 @@ internal sealed class TcpConnection
 
     private async Task ReadPumpAsync()
     {
-        var buffer = new byte[ReadChunk];
+        var buffer = ArrayPool<byte>.Shared.Rent(ReadChunk);
+        try
+        {
+            await ReadLoopAsync(buffer).ConfigureAwait(false);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    private async Task WritePumpAsync()
+    {
+        var buffer = ArrayPool<byte>.Shared.Rent(ReadChunk);
+        try
+        {
+            await WriteLoopAsync(buffer).ConfigureAwait(false);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    private async Task ReadLoopAsync(byte[] buffer)
+    {
         while (true)
         {
             int room = 0;
@@ -527,8 +589,10 @@ internal sealed class TcpConnection
                 return;
             }
 
-            if (room == 0)
+            if (room < Math.Min(ReadChunk, _toGuest.Capacity / 4))
             {
+                // Wait until a good part of the buffer is free: reading each acknowledged segment's worth on its own
+                // would cost a socket read and a pass through the stack per segment.
                 await _readRoom.WaitAsync().ConfigureAwait(false);
                 continue;
             }
@@ -570,9 +634,8 @@ internal sealed class TcpConnection
         }
     }
 
-    private async Task WritePumpAsync()
+    private async Task WriteLoopAsync(byte[] buffer)
     {
-        var buffer = new byte[ReadChunk];
         while (true)
         {
             await _writeWork.WaitAsync().ConfigureAwait(false);
@@ -639,18 +702,23 @@ internal sealed class TcpConnection
         }
     }
 
-    private int Window() => Math.Min(_toHost.Free, ushort.MaxValue);
+    /// <summary>The receive window in bytes: the free buffer, rounded down to what the scaled 16-bit field can say.</summary>
+    private int Window() => Math.Min(_toHost.Free, ushort.MaxValue << _rcvShift) >> _rcvShift << _rcvShift;
+
+    /// <summary>The window of a SYN (never scaled).</summary>
+    private ushort SynWindow() => (ushort)Math.Min(_toHost.Free, ushort.MaxValue);
 
     private void SendAck() => Emit(TcpSegment.Ack, _sndNxt, []);
 
-    private void SendSyn() => _net.Emit(Key, _iss, 0, TcpSegment.Syn, (ushort)Window(), [], (ushort)Proto.MaxSegment);
+    private void SendSyn() => _net.Emit(Key, _iss, 0, TcpSegment.Syn, SynWindow(), [], (ushort)Key.MaxSegment, _ourShift);
 
-    private void SendSynAck() => _net.Emit(Key, _iss, _rcvNxt, TcpSegment.Syn | TcpSegment.Ack, (ushort)Window(), [], (ushort)Proto.MaxSegment);
+    private void SendSynAck() =>
+        _net.Emit(Key, _iss, _rcvNxt, TcpSegment.Syn | TcpSegment.Ack, SynWindow(), [], (ushort)Key.MaxSegment, _scalingAgreed ? _ourShift : -1);
 
     private void Emit(byte flags, uint sequence, ReadOnlySpan<byte> payload)
     {
         _advertised = Window();
-        _net.Emit(Key, sequence, _rcvNxt, flags, (ushort)_advertised, payload, 0);
+        _net.Emit(Key, sequence, _rcvNxt, flags, (ushort)(_advertised >> _rcvShift), payload, 0);
     }
 
     private static bool SeqGreater(uint a, uint b) => (int)(a - b) > 0;

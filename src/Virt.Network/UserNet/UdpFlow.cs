@@ -16,18 +16,20 @@ internal sealed class UdpFlow : IDisposable
     private readonly HashSet<IPEndPoint> _peers = [];
     private bool _closed;
 
-    public UdpFlow(UserModeNetwork net, uint guestIp, ushort guestPort)
+    public UdpFlow(UserModeNetwork net, UInt128 guestIp, ushort guestPort)
     {
         _net = net;
         GuestIp = guestIp;
         GuestPort = guestPort;
-        _socket = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp) { Blocking = false };
-        _socket.Bind(new IPEndPoint(IPAddress.Any, 0));
+        bool v6 = !Ip6.IsMapped(guestIp);
+        _socket = new Socket(v6 ? AddressFamily.InterNetworkV6 : AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp) { Blocking = false };
+        _socket.Bind(new IPEndPoint(v6 ? IPAddress.IPv6Any : IPAddress.Any, 0));
         LastUsed = Environment.TickCount64;
         _ = ReceivePumpAsync();
     }
 
-    public uint GuestIp { get; }
+    /// <summary>The guest's address (IPv4 as IPv4-mapped).</summary>
+    public UInt128 GuestIp { get; }
 
     public ushort GuestPort { get; }
 
@@ -64,7 +66,7 @@ internal sealed class UdpFlow : IDisposable
     private async Task ReceivePumpAsync()
     {
         var buffer = new byte[Proto.MaxDatagram];
-        EndPoint any = new IPEndPoint(IPAddress.Any, 0);
+        EndPoint any = new IPEndPoint(_socket.AddressFamily == AddressFamily.InterNetworkV6 ? IPAddress.IPv6Any : IPAddress.Any, 0);
         while (true)
         {
             SocketReceiveFromResult result;

@@ -22,6 +22,13 @@ public sealed record UserModeNetworkOptions
     /// <summary>The MAC address the gateway and DNS answer ARP with (default 52:55:0a:00:02:02).</summary>
     public MacAddress GatewayMac { get; init; } = MacAddress.Parse("52:55:0a:00:02:02");
 
+    /// <summary>
+    /// The guest's IPv6 prefix (default <c>fd00::/64</c>, a private unique-local prefix), or null for no IPv6. It must be
+    /// a /64: guests configure themselves from router advertisements (SLAAC). The gateway is <c>prefix::2</c> (and
+    /// <c>fe80::2</c>), the DNS forwarder <c>prefix::3</c>; connections to the gateway reach the host's <c>::1</c>.
+    /// </summary>
+    public IPNetwork? Ipv6Network { get; init; } = new(IPAddress.Parse("fd00::"), 64);
+
     /// <summary>Whether connections and datagrams to the gateway address go to the host's loopback (127.0.0.1). On by default.</summary>
     public bool GatewayReachesHostLoopback { get; init; } = true;
 
@@ -59,6 +66,9 @@ public sealed record UserModeNetworkOptions
     /// <summary>Host ports forwarded to the guest when the network is created (more can be added with <see cref="UserModeNetwork.ForwardTcp"/>).</summary>
     public IReadOnlyList<UserNetworkTcpForward> TcpForwards { get; init; } = [];
 
+    /// <summary>Host UDP ports forwarded to the guest when the network is created (more can be added with <see cref="UserModeNetwork.ForwardUdp"/>).</summary>
+    public IReadOnlyList<UserNetworkUdpForward> UdpForwards { get; init; } = [];
+
     /// <summary>How long DHCP leases last (default 1 day).</summary>
     public TimeSpan LeaseTime { get; init; } = TimeSpan.FromDays(1);
 
@@ -84,6 +94,12 @@ public sealed record UserModeNetworkOptions
             throw new ArgumentException($"Gateway ({Gateway}), Dns ({Dns}) and FirstGuestAddress ({FirstGuestAddress}) must differ.", "options");
         }
 
+        if (Ipv6Network is IPNetwork v6 && (v6.BaseAddress.AddressFamily != AddressFamily.InterNetworkV6 || v6.PrefixLength != 64
+            || v6.BaseAddress.IsIPv6Multicast || v6.BaseAddress.IsIPv6LinkLocal || v6.BaseAddress.IsIPv4MappedToIPv6))
+        {
+            throw new ArgumentException($"Ipv6Network {v6} must be a unicast IPv6 /64 prefix (e.g. fd00::/64), or null for no IPv6.", "options");
+        }
+
         if (GatewayMac.IsMulticast)
         {
             throw new ArgumentException($"GatewayMac {GatewayMac} is a multicast address; use a unicast one.", "options");
@@ -96,6 +112,8 @@ public sealed record UserModeNetworkOptions
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(TcpConnectTimeout, TimeSpan.Zero, "options.TcpConnectTimeout");
         ArgumentOutOfRangeException.ThrowIfLessThan(LeaseTime, TimeSpan.FromMinutes(1), "options.LeaseTime");
         ArgumentNullException.ThrowIfNull(Policy, "options.Policy");
+        ArgumentNullException.ThrowIfNull(TcpForwards, "options.TcpForwards");
+        ArgumentNullException.ThrowIfNull(UdpForwards, "options.UdpForwards");
     }
 }
 
@@ -124,6 +142,20 @@ public sealed record UserNetworkTcpForward(IPEndPoint HostEndPoint, int GuestPor
         }
 
         return new UserNetworkTcpForward(new IPEndPoint(ip, hostPort), guestPort);
+    }
+}
+
+/// <summary>A host UDP end point forwarded to a guest port, e.g. <c>127.0.0.1:5353</c> to 53.</summary>
+/// <param name="HostEndPoint">Where the host receives.</param>
+/// <param name="GuestPort">The guest's port.</param>
+public sealed record UserNetworkUdpForward(IPEndPoint HostEndPoint, int GuestPort)
+{
+    /// <summary>Parses <c>HOSTPORT:GUESTPORT</c> (host side on 127.0.0.1) or <c>ADDRESS:HOSTPORT:GUESTPORT</c>, as for TCP forwards.</summary>
+    /// <exception cref="FormatException">The text is not in one of those forms.</exception>
+    public static UserNetworkUdpForward Parse(string text)
+    {
+        var tcp = UserNetworkTcpForward.Parse(text);
+        return new UserNetworkUdpForward(tcp.HostEndPoint, tcp.GuestPort);
     }
 }
 
@@ -231,4 +263,13 @@ public sealed record UserModeNetworkStatistics
 
     /// <summary>Errors inside the stack that dropped a frame; always 0 unless there is a bug (tests check it).</summary>
     public long InternalErrors { get; init; }
+
+    /// <summary>Fragmented IPv4 datagrams from the guest put back together.</summary>
+    public long DatagramsReassembled { get; init; }
+
+    /// <summary>Fragmented datagrams thrown away: overlapping or inconsistent fragments, limits, timeouts.</summary>
+    public long FragmentedDatagramsDiscarded { get; init; }
+
+    /// <summary>Host senders of UDP forwards with a gateway port mapped to them now.</summary>
+    public int UdpForwardPeers { get; init; }
 }
