@@ -331,7 +331,8 @@ internal sealed partial class InterpreterVcpu
                 return VcpuExit.Simple(VcpuExitReason.Interrupted); // still halted when run again
             }
 
-            if ((lapic.HasPendingNmi && !_nmiBlocked) || ((_cpu.Flags & IF) != 0 && lapic.HasPendingInterrupt))
+            // An INIT takes an application processor out of HLT whatever RFLAGS.IF says (it then waits for a start-up IPI).
+            if ((lapic.HasPendingNmi && !_nmiBlocked) || ((_cpu.Flags & IF) != 0 && lapic.HasPendingInterrupt) || (Index != 0 && lapic.HasPendingInit))
             {
                 _halted = false;
                 plat.Attention = true;

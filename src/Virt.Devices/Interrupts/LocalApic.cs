@@ -121,6 +121,9 @@ public sealed partial class LocalApic : IMmioDevice, IInterruptController, IApic
         get { lock (_lock) { return _id; } }
     }
 
+    /// <summary>Whether an INIT arrived that the processor has not taken yet.</summary>
+    public bool HasPendingInit => Volatile.Read(ref _pendingInit) != 0;
+
     /// <summary>Takes a pending INIT; returns whether there was one (the processor then waits for a start-up IPI).</summary>
     public bool AcknowledgeInit() => Volatile.Read(ref _pendingInit) != 0 && Interlocked.Exchange(ref _pendingInit, 0) != 0;
 
