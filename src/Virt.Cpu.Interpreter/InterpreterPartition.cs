@@ -56,7 +56,7 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
             long crystal = PlatformCpuid.CrystalFrequencyFor(tsc);
             Platform = factory.Create(new InterruptPlatformParameters(options.VcpuCount, tsc, crystal));
             _crystal = crystal;
-            SupportedCpuid = PlatformCpuid.Extend(SupportedCpuid, tsc, crystal, options.MaskedCpuidFeatures);
+            SupportedCpuid = PlatformCpuid.Extend(SupportedCpuid, tsc, crystal, options.MaskedCpuidFeatures, options.VcpuCount);
         }
 
         memory.SetWriteWatcher(this);

@@ -331,7 +331,8 @@ internal sealed partial class InterpreterVcpu
                 return VcpuExit.Simple(VcpuExitReason.Interrupted); // still halted when run again
             }
 
-            if ((lapic.HasPendingNmi && !_nmiBlocked) || ((_cpu.Flags & IF) != 0 && lapic.HasPendingInterrupt))
+            // An INIT takes an application processor out of HLT whatever RFLAGS.IF says (it then waits for a start-up IPI).
+            if ((lapic.HasPendingNmi && !_nmiBlocked) || ((_cpu.Flags & IF) != 0 && lapic.HasPendingInterrupt) || (Index != 0 && lapic.HasPendingInit))
             {
                 _halted = false;
                 plat.Attention = true;
@@ -521,8 +522,8 @@ internal sealed partial class InterpreterVcpu
         switch (index)
         {
             case MsrIndex.ApicBase:
-                // x2APIC is not advertised; the controller refuses a base away from where its page is decoded.
-                accepted = (value & (1UL << 10)) == 0 && lapic.TrySetApicBase(value);
+                // The controller refuses a base away from where its page is decoded.
+                accepted = IsValidApicBaseTransition(lapic.ApicBase, value) && lapic.TrySetApicBase(value);
                 if (accepted)
                 {
                     AfterPlatformAccess();
@@ -545,6 +546,40 @@ internal sealed partial class InterpreterVcpu
                 AfterPlatformAccess();
                 return true;
         }
+    }
+
+    /// <summary>IA32_APIC_BASE: the APIC is enabled (bit 11) and in x2APIC mode (bit 10).</summary>
+    private const ulong ApicBaseEnable = 1UL << 11, ApicBaseExtended = 1UL << 10;
+
+    /// <summary>
+    /// The mode changes IA32_APIC_BASE allows (SDM Vol. 3, 11.12.5): into x2APIC mode only where CPUID offers it and
+    /// only from xAPIC mode; x2APIC mode without the enable bit, and from x2APIC mode straight back to xAPIC mode, are
+    /// invalid (#GP). Disabling the APIC is always allowed, and leaves x2APIC mode.
+    /// </summary>
+    private bool IsValidApicBaseTransition(ulong current, ulong value)
+    {
+        bool toX2 = (value & ApicBaseExtended) != 0, toEnabled = (value & ApicBaseEnable) != 0;
+        bool fromX2 = (current & ApicBaseExtended) != 0, fromEnabled = (current & ApicBaseEnable) != 0;
+        if (!toX2)
+        {
+            return !(fromX2 && toEnabled);
+        }
+
+        return toEnabled && fromEnabled && OffersX2Apic();
+    }
+
+    /// <summary>Whether the guest's CPUID (leaf 1 ECX bit 21) offers x2APIC.</summary>
+    private bool OffersX2Apic()
+    {
+        foreach (var e in _cpuid)
+        {
+            if (e.Function == 1)
+            {
+                return (e.Ecx & PlatformCpuid.X2Apic) != 0;
+            }
+        }
+
+        return false;
     }
 
     private static int FixedMtrrSlot(uint index) => index switch

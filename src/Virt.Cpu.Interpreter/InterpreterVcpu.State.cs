@@ -12,6 +12,7 @@ internal sealed partial class InterpreterVcpu
     public VcpuState GetState()
     {
         CompletePendingExit();
+        AcceptStartupEvents();
         var msrs = StateMsrs.Select(i => new MsrEntry(i, 0)).ToArray();
         GetMsrs(msrs);
         return new VcpuState
@@ -30,6 +31,7 @@ internal sealed partial class InterpreterVcpu
                 NmiPending = _nmiLatched,
             },
             Halted = _halted,
+            StartupWait = _waitForStartup ? StartupWait.StartupIpi : StartupWait.None,
         };
     }
 
@@ -40,6 +42,16 @@ internal sealed partial class InterpreterVcpu
         if (state.LocalApic is not null)
         {
             throw new ArgumentException("The state carries a per-vCPU local APIC page (from KVM's in-kernel irqchip); the interpreter keeps its local APIC in the partition's interrupt platform, whose own state must be restored instead.", nameof(state));
+        }
+
+        if (state.StartupWait != StartupWait.None && _plat is null)
+        {
+            throw new ArgumentException("The state's processor waits for a start-up IPI, but this partition has no local APICs to send one (PartitionOptions.InterruptController).", nameof(state));
+        }
+
+        if (state.StartupWait != StartupWait.None && state.Halted)
+        {
+            throw new ArgumentException("The state's processor is both halted and waiting for a start-up IPI.", nameof(state));
         }
 
         var e = state.Events;
@@ -68,7 +80,39 @@ internal sealed partial class InterpreterVcpu
         _pendingIrq = e.InterruptInjected || e.InterruptPending ? e.InterruptVector : -1;
         _interruptShadow = e.InterruptShadow != 0;
         _halted = state.Halted && _plat is not null;
+
+        // Set after the special registers, whose setter starts a waiting processor. This processor starts from a
+        // start-up IPI whether or not an INIT came first (StartupWait.Init is taken as StartupWait.StartupIpi).
+        _waitForStartup = state.StartupWait != StartupWait.None;
         RebaseClock();
+    }
+
+    /// <summary>
+    /// Takes an INIT or start-up IPI the local APIC holds for this processor and the run loop has not taken yet, as the
+    /// run loop would, so the state read next is the one the processor is in (as KVM does before it reports a
+    /// processor's multiprocessor state): the local APIC's snapshot record does not carry those two latches.
+    /// </summary>
+    private void AcceptStartupEvents()
+    {
+        if (_plat is not { } plat || Index == 0)
+        {
+            return; // the bootstrap processor ignores INIT here, as in the run loop
+        }
+
+        var lapic = plat.LocalController;
+        if (lapic.AcknowledgeInit())
+        {
+            EnterWaitForStartup();
+        }
+
+        if (_waitForStartup)
+        {
+            int vector = lapic.AcknowledgeStartup();
+            if (vector >= 0)
+            {
+                StartAt(vector);
+            }
+        }
     }
 
     /// <summary>

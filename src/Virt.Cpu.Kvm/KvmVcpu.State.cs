@@ -50,6 +50,10 @@ internal sealed unsafe partial class KvmVcpu
         ObjectDisposedException.ThrowIf(IsDisposed, this);
         CompletePendingExit();
         var host = _partition.Host;
+
+        // First: KVM takes a pending INIT or start-up IPI before it reports the multiprocessor state, and an INIT
+        // resets the registers, so they are read after it.
+        uint mpState = host.HasMpState ? KvmIoctls.GetMpState(_handle) : KVM_MP_STATE_RUNNABLE;
         var msrs = StateMsrs.Where(host.MsrSet.Contains).Select(i => new MsrEntry(i, 0)).ToArray();
         GetMsrs(msrs);
         ReadOnlyMemory<byte>? lapic = null;
@@ -68,7 +72,13 @@ internal sealed unsafe partial class KvmVcpu
             Debug = host.HasDebugRegisters ? KvmIoctls.GetDebugRegs(_handle) : DebugRegisters.Initial,
             Msrs = msrs,
             Events = host.HasVcpuEvents ? ReadEvents() : default,
-            Halted = host.HasMpState && KvmIoctls.GetMpState(_handle) == KVM_MP_STATE_HALTED,
+            Halted = mpState == KVM_MP_STATE_HALTED,
+            StartupWait = mpState switch
+            {
+                KVM_MP_STATE_UNINITIALIZED => StartupWait.Init,
+                KVM_MP_STATE_INIT_RECEIVED or KVM_MP_STATE_SIPI_RECEIVED => StartupWait.StartupIpi,
+                _ => StartupWait.None,
+            },
             LocalApic = lapic,
         };
     }
@@ -92,6 +102,18 @@ internal sealed unsafe partial class KvmVcpu
             throw new ArgumentException(_partition.HasInterruptController
                 ? $"The state's local APIC page has {apic.Length} bytes; KVM's has {KvmLapicSize}."
                 : "The state has a local APIC page but this partition has no in-kernel interrupt controller (PartitionOptions.InterruptController).", nameof(state));
+        }
+
+        if (state.StartupWait != StartupWait.None && !(_partition.HasInterruptController && host.HasMpState))
+        {
+            throw new ArgumentException(_partition.HasInterruptController
+                ? "The state's processor waits for a start-up IPI, but this host's KVM cannot set a vCPU's multiprocessor state (KVM_CAP_MP_STATE)."
+                : "The state's processor waits for a start-up IPI, but this partition has no in-kernel local APICs to send one (PartitionOptions.InterruptController).", nameof(state));
+        }
+
+        if (state.StartupWait != StartupWait.None && state.Halted)
+        {
+            throw new ArgumentException("The state's processor is both halted and waiting for a start-up IPI.", nameof(state));
         }
 
         SetSpecialRegisters(state.Special);
@@ -125,7 +147,13 @@ internal sealed unsafe partial class KvmVcpu
 
         if (host.HasMpState)
         {
-            KvmIoctls.SetMpState(_handle, state.Halted ? KVM_MP_STATE_HALTED : KVM_MP_STATE_RUNNABLE);
+            // Last: setting the special registers above starts a processor that waited; this puts it back.
+            KvmIoctls.SetMpState(_handle, state.StartupWait switch
+            {
+                StartupWait.Init => KVM_MP_STATE_UNINITIALIZED,
+                StartupWait.StartupIpi => KVM_MP_STATE_INIT_RECEIVED,
+                _ => state.Halted ? KVM_MP_STATE_HALTED : KVM_MP_STATE_RUNNABLE,
+            });
         }
     }
 

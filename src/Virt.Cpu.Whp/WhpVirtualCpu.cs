@@ -305,6 +305,11 @@ internal sealed unsafe partial class WhpVirtualCpu : IVirtualCpu
             throw new ArgumentException("The state carries a per-vCPU local APIC page (KVM's in-kernel irqchip); the WHP backend has no interrupt controller to load it into.", nameof(state));
         }
 
+        if (state.StartupWait != StartupWait.None)
+        {
+            throw new ArgumentException("The state's processor waits for a start-up IPI; the WHP backend has no local APICs to send one.", nameof(state));
+        }
+
         var e = state.Events;
         if (e.ExceptionInjected || e.ExceptionPending || e.NmiInjected || e.NmiPending || (e.InterruptInjected && e.InterruptSoft))
         {

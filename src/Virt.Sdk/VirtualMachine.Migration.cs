@@ -35,7 +35,6 @@ public sealed partial class VirtualMachine
             throw new InvalidOperationException($"The VM '{Name}' has stopped; there is nothing to migrate. Save a snapshot instead if its state is wanted.");
         }
 
-        RequireSnapshotSupported();
         if (Interlocked.Exchange(ref _migrating, 1) != 0)
         {
             throw new InvalidOperationException($"The VM '{Name}' is already being migrated.");

@@ -59,7 +59,6 @@ public sealed partial class VirtualMachine
         try
         {
             RequireSnapshotState();
-            RequireSnapshotSupported();
             if (quiesceDevices)
             {
                 await _machine.QuiesceDevicesAsync(cancellationToken).ConfigureAwait(false);
@@ -171,17 +170,6 @@ public sealed partial class VirtualMachine
         if (State == VirtualMachineState.Running)
         {
             throw new InvalidOperationException($"The VM '{Name}' is running; pause it (PauseAsync) or stop it before saving a snapshot.");
-        }
-    }
-
-    /// <summary>Refuses machines whose state a snapshot cannot hold yet: several vCPUs with interrupt controllers.</summary>
-    private void RequireSnapshotSupported()
-    {
-        if (_config.VcpuCount > 1 && _config.InterruptController)
-        {
-            throw new InvalidOperationException(
-                $"The VM '{Name}' has {_config.VcpuCount} vCPUs and interrupt controllers (a local APIC each, processors waiting for a start-up IPI); "
-                + "snapshots and migration of such machines are not supported in this version. Use one vCPU (WithVcpus(1)) for machines to be saved or migrated.");
         }
     }
 }

@@ -4,14 +4,22 @@ using Virt.Cpu;
 namespace Virt.Snapshots;
 
 /// <summary>
-/// Writes and reads a <see cref="VcpuState"/> as a snapshot section (version 1). The layout is the backend-neutral
-/// state itself, so a section saved on one backend restores on another where the state fits (the backend's
-/// <c>SetState</c> refuses what it cannot take and says what).
+/// Writes and reads a <see cref="VcpuState"/> as a snapshot section (version 2; version 1 is still read). The layout
+/// is the backend-neutral state itself, so a section saved on one backend restores on another where the state fits
+/// (the backend's <c>SetState</c> refuses what it cannot take and says what).
 /// </summary>
+/// <remarks>
+/// Version 2 adds one byte after the local APIC page: what the processor waits for before it starts
+/// (<see cref="StartupWait"/>), which machines with several vCPUs need. A version 1 section reads as a processor that
+/// does not wait.
+/// </remarks>
 public static class VcpuStateCodec
 {
-    /// <summary>The section layout version.</summary>
-    public const int Version = 1;
+    /// <summary>The section layout version this build writes.</summary>
+    public const int Version = 2;
+
+    /// <summary>The oldest section layout version this build reads.</summary>
+    public const int OldestReadableVersion = 1;
 
     /// <summary>The section name of vCPU <paramref name="index"/>.</summary>
     public static string SectionName(int index) => $"vcpu{index}";
@@ -76,13 +84,15 @@ public static class VcpuStateCodec
         {
             writer.WriteBytes(apic.Span);
         }
+
+        writer.WriteByte((byte)state.StartupWait);
     }
 
     /// <summary>Reads a state <see cref="Write"/> wrote at <paramref name="version"/>.</summary>
     /// <exception cref="SnapshotFormatException">The section is truncated, has another version, or holds an invalid value.</exception>
     public static VcpuState Read(ref StateReader reader, int version)
     {
-        if (version != Version)
+        if (version is < OldestReadableVersion or > Version)
         {
             throw reader.UnsupportedVersion(version, Version);
         }
@@ -169,8 +179,18 @@ public static class VcpuStateCodec
             apic = page.ToArray();
         }
 
+        var startupWait = StartupWait.None;
+        if (version >= 2)
+        {
+            startupWait = (StartupWait)reader.ReadByte("startup wait");
+            if (startupWait is not (StartupWait.None or StartupWait.Init or StartupWait.StartupIpi) || (halted && startupWait != StartupWait.None))
+            {
+                throw new SnapshotFormatException(reader.Section, "startup wait", $"is {(int)startupWait}{(halted ? " for a halted processor" : "")}; it is 0 (runs), 1 (waits for INIT) or 2 (waits for a start-up IPI), and 0 when halted.");
+            }
+        }
+
         reader.EnsureEnd();
-        return new VcpuState { General = general, Special = s, Xsave = xsave, Debug = debug, Msrs = msrs, Events = events, Halted = halted, LocalApic = apic };
+        return new VcpuState { General = general, Special = s, Xsave = xsave, Debug = debug, Msrs = msrs, Events = events, Halted = halted, LocalApic = apic, StartupWait = startupWait };
     }
 
     private static void WriteSegment(StateWriter w, in SegmentRegister s)

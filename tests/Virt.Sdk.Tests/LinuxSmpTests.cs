@@ -8,7 +8,8 @@ namespace Virt.Sdk.Tests;
 /// <summary>
 /// Debian's kernel on the interpreter with several vCPUs: the bootstrap processor starts the others through the
 /// local APICs (INIT and start-up IPIs) after finding them in the MADT, the guest counts them, and a job that runs
-/// one process per processor finishes with the right output. One boot per vCPU count.
+/// one process per processor finishes with the right output. One boot per vCPU count; the VM is saved to a snapshot
+/// once the guest has counted its processors, and the job runs on in the VM restored from it.
 /// </summary>
 public sealed class LinuxSmpTests
 {
@@ -29,8 +30,11 @@ public sealed class LinuxSmpTests
         using var dir = new TempDirectory();
         string disk = Path.Combine(dir.Path, "smp.img");
         Virt.Storage.DiskImage.CreateRaw(disk, 8L << 20);
-        var output = new MemoryStream();
-        await using var vm = VirtualMachine.CreateBuilder()
+        string snapshot = Path.Combine(dir.Path, "smp.snap");
+        var before = new MarkerStream($"NPROC={vcpus}");
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        timeout.CancelAfter(TimeSpan.FromMinutes(5));
+        await using (var booted = VirtualMachine.CreateBuilder()
             .WithInterpreter()
             .WithVcpus(vcpus)
             .WithMemoryMiB(256)
@@ -38,16 +42,28 @@ public sealed class LinuxSmpTests
             .WithLinuxKernel(LinuxKit.Kernel)
             .WithInitrd(LinuxKit.Initrd)
             .WithKernelCommandLine($"quiet virt.cmd={Convert.ToBase64String(Encoding.ASCII.GetBytes(command))}")
-            .WithSerialConsole(output)
-            .Build();
+            .WithSerialConsole(before)
+            .Build())
+        {
+            Assert.Equal(vcpus, booted.VcpuCount);
+            await booted.StartAsync(timeout.Token);
+            await before.Seen.Task.WaitAsync(timeout.Token);
+
+            // Every processor is up and the job is starting: save the machine mid-run and go on in a restored one.
+            await booted.PauseAsync(timeout.Token);
+            await booted.SaveSnapshotAsync(snapshot, timeout.Token);
+            await booted.StopAsync(timeout.Token);
+        }
+
+        var output = new MemoryStream();
+        var vm = await VirtualMachine.RestoreAsync(snapshot, b => b.WithInterpreter().WithVirtioBlock(disk).WithSerialConsole(output), timeout.Token);
+        await using var _ = vm;
         Assert.Equal(vcpus, vm.VcpuCount);
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
-        timeout.CancelAfter(TimeSpan.FromMinutes(5));
         var exit = await vm.RunAsync(timeout.Token);
         string text;
         lock (output)
         {
-            text = Encoding.UTF8.GetString(output.ToArray());
+            text = before.Text + Encoding.UTF8.GetString(output.ToArray());
         }
 
         Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);

@@ -28,6 +28,13 @@ public sealed record VcpuState
     public bool Halted { get; init; }
 
     /// <summary>
+    /// Whether the processor waits to be started by the local APICs and executes nothing meanwhile: an application
+    /// processor after reset or INIT (KVM's multiprocessor states <c>UNINITIALIZED</c> and <c>INIT_RECEIVED</c>).
+    /// <see cref="StartupWait.None"/> for a processor that runs or is <see cref="Halted"/>.
+    /// </summary>
+    public StartupWait StartupWait { get; init; }
+
+    /// <summary>
     /// The local APIC's register page (1 KiB in the xAPIC MMIO layout) where the backend keeps a local APIC per vCPU
     /// (KVM's in-kernel irqchip); <see langword="null"/> where the partition's interrupt platform holds it.
     /// </summary>
@@ -41,6 +48,19 @@ public sealed record VcpuState
 
     /// <summary>MSR_KVM_POLL_CONTROL.</summary>
     private const uint KvmPollControlMsr = 0x4B56_4D05;
+}
+
+/// <summary>What a processor that the local APICs have not started yet waits for (<see cref="VcpuState.StartupWait"/>).</summary>
+public enum StartupWait
+{
+    /// <summary>The processor runs (or is halted): it is not waiting to be started.</summary>
+    None = 0,
+
+    /// <summary>It waits for an INIT and then a start-up IPI; a start-up IPI before the INIT is ignored.</summary>
+    Init = 1,
+
+    /// <summary>It has taken an INIT (or came out of reset ready) and starts at the vector of the next start-up IPI.</summary>
+    StartupIpi = 2,
 }
 
 /// <summary>Events in flight on a vCPU (SDM Vol. 3, 6.x; KVM's <c>kvm_vcpu_events</c>).</summary>

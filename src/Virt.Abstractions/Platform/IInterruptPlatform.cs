@@ -99,6 +99,9 @@ public interface ILocalInterruptController
     /// <summary>Whether <paramref name="index"/> is one of the controller's own MSRs (the x2APIC range).</summary>
     bool OwnsMsr(uint index);
 
+    /// <summary>Whether an INIT waits for the processor (like an NMI, it does not wait for RFLAGS.IF).</summary>
+    bool HasPendingInit { get; }
+
     /// <summary>Takes a pending INIT; <see langword="true"/> when there was one (the processor then waits for a start-up IPI).</summary>
     bool AcknowledgeInit();
 

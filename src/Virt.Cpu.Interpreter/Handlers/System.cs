@@ -376,16 +376,23 @@ internal sealed partial class InterpreterVcpu
         }
 
         var r = found ?? default;
-        uint ebx = r.Ebx;
+        uint ebx = r.Ebx, ecx = r.Ecx, edx = r.Edx;
         if (leaf == 1)
         {
             ebx = (ebx & 0x00FFFFFF) | ((uint)Index << 24);
         }
+        else if (leaf == 0xB && _plat is not null)
+        {
+            // Extended topology: every sub-leaf reports this processor's x2APIC ID and echoes its own number; those
+            // past the core level are invalid levels (type 0).
+            ecx = (ecx & ~0xFFu) | (sub & 0xFF);
+            edx = (uint)Index;
+        }
 
         SetReg(0, 4, r.Eax);
         SetReg(3, 4, ebx);
-        SetReg(1, 4, r.Ecx);
-        SetReg(2, 4, r.Edx);
+        SetReg(1, 4, ecx);
+        SetReg(2, 4, edx);
     }
 
     // ---- Control registers and MSRs ---------------------------------------------------------------

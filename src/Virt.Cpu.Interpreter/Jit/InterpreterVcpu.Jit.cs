@@ -19,7 +19,7 @@ internal sealed partial class InterpreterVcpu
     private bool NeedsAttention() =>
         _hasExit || _exitRequested || _retired >= _budgetEnd || _remoteCodeWritePending || _writeTlbFlushRequested
         || _interruptShadow || (_pendingIrq >= 0 && (_cpu.Flags & IF) != 0) || _retired >= _timerStop
-        || (_plat is { Attention: true } && ((_cpu.Flags & IF) != 0 || _plat.LocalController.HasPendingNmi))
+        || (_plat is { Attention: true } && ((_cpu.Flags & IF) != 0 || _plat.LocalController.HasPendingNmi || (Index != 0 && _plat.LocalController.HasPendingInit)))
         || (_nmiLatched && !_nmiBlocked) || GuestDebugPending;
 
     /// <summary>Called by a compiled self-loop at its back edge: true when one more whole iteration of <paramref name="count"/> instructions may run.</summary>

@@ -113,8 +113,14 @@ internal static partial class Interop
         /// <summary>kvm_mp_state: an application processor waiting for INIT and a start-up IPI.</summary>
         internal const uint KVM_MP_STATE_UNINITIALIZED = 1;
 
+        /// <summary>kvm_mp_state: an application processor that took an INIT and waits for a start-up IPI.</summary>
+        internal const uint KVM_MP_STATE_INIT_RECEIVED = 2;
+
         /// <summary>kvm_mp_state: halted in HLT.</summary>
         internal const uint KVM_MP_STATE_HALTED = 3;
+
+        /// <summary>kvm_mp_state: a start-up IPI arrived and is not yet taken (KVM takes it before it reports the state).</summary>
+        internal const uint KVM_MP_STATE_SIPI_RECEIVED = 4;
 
         /// <summary><c>sizeof(struct kvm_debugregs)</c>: db[4], dr6, dr7, flags, reserved[9].</summary>
         internal const int KvmDebugRegsSize = 128;

@@ -121,6 +121,9 @@ public sealed partial class LocalApic : IMmioDevice, IInterruptController, IApic
         get { lock (_lock) { return _id; } }
     }
 
+    /// <summary>Whether an INIT arrived that the processor has not taken yet.</summary>
+    public bool HasPendingInit => Volatile.Read(ref _pendingInit) != 0;
+
     /// <summary>Takes a pending INIT; returns whether there was one (the processor then waits for a start-up IPI).</summary>
     public bool AcknowledgeInit() => Volatile.Read(ref _pendingInit) != 0 && Interlocked.Exchange(ref _pendingInit, 0) != 0;
 
@@ -379,8 +382,9 @@ public sealed partial class LocalApic : IMmioDevice, IInterruptController, IApic
                 return m.Destination == (byte)_id;
             }
 
-            // Flat model: the logical ID is LDR bits 31:24, matched against the mask.
-            uint logical = IsX2ApicMode ? 1u << (int)(_id & 0xF) : _ldr >> 24;
+            // Flat model: the logical ID is LDR bits 31:24, matched against the mask. In x2APIC mode the LDR is the
+            // cluster (ID bits 31:4) and one bit for ID bits 3:0; a message's 8 bits are cluster 0's IDs 0-7.
+            uint logical = IsX2ApicMode ? (_id < 8 ? 1u << (int)_id : 0) : _ldr >> 24;
             return (logical & m.Destination) != 0;
         }
     }
@@ -835,8 +839,28 @@ public sealed partial class LocalApic : IMmioDevice, IInterruptController, IApic
             return;
         }
 
-        var message = new ApicMessage(vector, mode, false, IsX2ApicMode ? (byte)high : (byte)(high >> 24), (low & (1u << 11)) != 0);
+        bool logical = (low & (1u << 11)) != 0;
         var target = (IpiDestination)shorthand;
+        byte destination = (byte)(high >> 24);
+        if (IsX2ApicMode)
+        {
+            // 32-bit destinations: all ones is the broadcast. Messages carry 8 bits, which reach physical IDs 0-254 and,
+            // logically, IDs 0-7 of cluster 0 (bits 7:0 of its mask). Another physical ID or cluster reaches nobody.
+            if (high == uint.MaxValue)
+            {
+                destination = 0xFF;
+            }
+            else if (target == IpiDestination.Field && (logical ? (high >> 16) != 0 : high >= 0xFF))
+            {
+                return;
+            }
+            else
+            {
+                destination = (byte)high;
+            }
+        }
+
+        var message = new ApicMessage(vector, mode, false, destination, logical);
         if (Bus is { } bus)
         {
             bus.SendIpi(this, message, target);

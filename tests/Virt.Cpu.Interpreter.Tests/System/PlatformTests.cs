@@ -409,7 +409,7 @@ public sealed class PlatformTests
     }
 
     [Fact]
-    public void Cpuid_advertises_apic_tsc_deadline_and_invariant_tsc()
+    public void Cpuid_advertises_apic_x2apic_tsc_deadline_and_invariant_tsc()
     {
         using var m = new PlatformMachine();
         var leaf1 = m.Partition.SupportedCpuid.Single(e => e.Function == 1);
@@ -417,7 +417,7 @@ public sealed class PlatformTests
 
         Assert.NotEqual(0u, leaf1.Edx & (1u << 9));
         Assert.NotEqual(0u, leaf1.Ecx & (1u << 24));
-        Assert.Equal(0u, leaf1.Ecx & (1u << 21)); // no x2APIC advertised
+        Assert.NotEqual(0u, leaf1.Ecx & (1u << 21)); // x2APIC
         Assert.NotEqual(0u, ext7.Edx & (1u << 8));
         Assert.True(m.Partition.HasInterruptController);
     }
@@ -526,6 +526,63 @@ public sealed class PlatformTests
         Assert.Equal(0x806UL, r.R9);
         Assert.Equal(0xFEE00900UL, r.R10);
         Assert.Equal(0UL, r.R11);
+    }
+
+    [Fact]
+    public void Apic_base_enters_x2apic_mode_from_xapic_mode_and_refuses_the_way_straight_back()
+    {
+        using var m = new PlatformMachine();
+        m.Start(
+            a =>
+            {
+                a.mov(ecx, 0x1B);
+                a.rdmsr();
+                a.mov(r8, rax);
+                a.or(eax, 0x400); // x2APIC mode
+                a.wrmsr();
+                a.mov(ecx, 0x802); // x2APIC ID
+                a.rdmsr();
+                a.mov(r9, rax);
+                a.mov(ecx, 0x803); // version
+                a.rdmsr();
+                a.mov(r10, rax);
+                a.mov(eax, 0xB);
+                a.xor(ecx, ecx);
+                a.cpuid();
+                a.mov(r11, rdx);
+                a.mov(r12, rcx);
+                a.mov(eax, 0xB);
+                a.mov(ecx, 2);
+                a.cpuid();
+                a.mov(r13, rcx);
+                a.mov(ecx, 0x1B);
+                a.mov(eax, 0xFEE00900); // enabled xAPIC mode, straight from x2APIC mode: #GP
+                a.xor(edx, edx);
+                a.mov(r14d, 1);
+                a.wrmsr();
+                a.mov(r14d, 2);
+                a.hlt();
+            },
+            a => a.hlt());
+        for (int v = 0; v < 32; v++)
+        {
+            ulong low = (Handler & 0xFFFF) | ((ulong)ProcessorSetup.KernelCode64 << 16) | (0x8EUL << 40) | (((Handler >> 16) & 0xFFFF) << 48);
+            m.Memory.Write(new GuestAddress(Idt + (ulong)(v * 16)), low);
+            m.Memory.Write(new GuestAddress(Idt + (ulong)(v * 16) + 8), Handler >> 32);
+        }
+
+        var exit = m.RunToExit();
+        var r = m.Vcpu.GetGeneralRegisters();
+
+        Assert.Equal(VcpuExitReason.Halt, exit.Reason);
+        Assert.Equal(Handler + 1, r.Rip); // the last WRMSR raised #GP
+        Assert.Equal(1UL, r.R14);
+        Assert.Equal(0xFEE00900UL, r.R8);
+        Assert.Equal(0UL, r.R9);
+        Assert.Equal(0x50014UL, r.R10);
+        Assert.Equal(0UL, r.R11); // leaf 0xB: x2APIC ID
+        Assert.Equal(0x100UL, r.R12); // sub-leaf 0: the SMT level
+        Assert.Equal(2UL, r.R13); // sub-leaf 2: no further level
     }
 
     [Fact]

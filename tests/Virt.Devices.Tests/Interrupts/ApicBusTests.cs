@@ -64,6 +64,43 @@ public sealed class ApicBusTests
     }
 
     [Fact]
+    public void In_x2apic_mode_the_icr_msr_carries_32_bit_destinations()
+    {
+        const uint Icr = LocalApic.X2ApicMsrBase + (uint)(IcrLow >> 4);
+        var pc = Machine(4);
+        foreach (var apic in pc.LocalApics)
+        {
+            apic.ApicBase |= LocalApic.ApicBaseX2Apic;
+        }
+
+        var from = pc.LocalApics[0];
+        Assert.True(from.WriteMsr(Icr, (3UL << 32) | 0x41)); // physical ID 3
+        Assert.Equal(0x41, pc.LocalApics[3].AcknowledgeInterrupt());
+        Assert.All(pc.LocalApics.Take(3), a => Assert.False(a.HasPendingInterrupt));
+
+        Assert.True(from.WriteMsr(Icr, (0x103UL << 32) | 0x52)); // physical ID 0x103: no such APIC, not ID 3
+        Assert.All(pc.LocalApics, a => Assert.False(a.HasPendingInterrupt));
+
+        Assert.True(from.WriteMsr(Icr, (0x0000_0006UL << 32) | 0x63 | (1u << 11))); // logical cluster 0, IDs 1 and 2
+        Assert.Equal(0x63, pc.LocalApics[1].AcknowledgeInterrupt());
+        Assert.Equal(0x63, pc.LocalApics[2].AcknowledgeInterrupt());
+        Assert.False(pc.LocalApics[0].HasPendingInterrupt);
+        Assert.False(pc.LocalApics[3].HasPendingInterrupt);
+
+        Assert.True(from.WriteMsr(Icr, (0x0001_0002UL << 32) | 0x74 | (1u << 11))); // logical cluster 1: nobody here
+        Assert.All(pc.LocalApics, a => Assert.False(a.HasPendingInterrupt));
+
+        Assert.True(from.WriteMsr(Icr, (0xFFFF_FFFFUL << 32) | 0x85)); // broadcast
+        Assert.All(pc.LocalApics, a => Assert.Equal(0x85, a.AcknowledgeInterrupt()));
+
+        Assert.True(from.WriteMsr(Icr, (2UL << 32) | 0x4500)); // INIT
+        Assert.True(from.WriteMsr(Icr, (2UL << 32) | 0x4612)); // start-up, vector 0x12
+        Assert.True(pc.LocalApics[2].AcknowledgeInit());
+        Assert.Equal(0x12, pc.LocalApics[2].AcknowledgeStartup());
+        Assert.False(pc.LocalApics[1].AcknowledgeInit());
+    }
+
+    [Fact]
     public void Flat_logical_destinations_reach_every_apic_whose_bit_is_set()
     {
         var pc = Machine(4);

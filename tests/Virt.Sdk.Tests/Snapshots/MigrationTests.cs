@@ -234,7 +234,7 @@ public sealed class MigrationTests
         }
     }
 
-    private static async Task<(NetworkStream Sending, NetworkStream Receiving)> ConnectedPairAsync()
+    internal static async Task<(NetworkStream Sending, NetworkStream Receiving)> ConnectedPairAsync()
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();
