@@ -180,8 +180,7 @@ internal sealed class BlockCompiler
     private static Block[] FormRegion(Block root)
     {
         // A self-loop compiles better alone (its flags stay in locals from one iteration to the next).
-        ref Op rootLast = ref root.Ops[root.Count - 1];
-        if (!AllInline(root) || (rootLast.Inline is InlineOp.Jcc or InlineOp.Jmp && rootLast.Target == OpStart(in root.Ops[0])))
+        if (!AllInline(root) || IsSelfLoop(root))
         {
             return [root];
         }
@@ -212,6 +211,57 @@ internal sealed class BlockCompiler
             }
         }
 
+        return LoopsBackToRoot(region);
+    }
+
+    private static bool IsSelfLoop(Block b)
+    {
+        ref Op last = ref b.Ops[b.Count - 1];
+        return last.Inline is InlineOp.Jcc or InlineOp.Jmp && last.Target == OpStart(in b.Ops[0]);
+    }
+
+    /// <summary>The root and the candidates from which the root is reached again through candidates (the loop around the root).</summary>
+    private static Block[] LoopsBackToRoot(List<Block> candidates)
+    {
+        var index = new Dictionary<ulong, int>();
+        for (int k = 0; k < candidates.Count; k++)
+        {
+            index[OpStart(in candidates[k].Ops[0])] = k;
+        }
+
+        var reaches = new bool[candidates.Count];
+        reaches[0] = true;
+        for (bool changed = true; changed;)
+        {
+            changed = false;
+            for (int k = 1; k < candidates.Count; k++)
+            {
+                if (reaches[k])
+                {
+                    continue;
+                }
+
+                foreach (ulong rip in Successors(candidates[k]))
+                {
+                    if (index.TryGetValue(rip, out int t) && reaches[t])
+                    {
+                        reaches[k] = true;
+                        changed = true;
+                        break;
+                    }
+                }
+            }
+        }
+
+        var region = new List<Block>();
+        for (int k = 0; k < candidates.Count; k++)
+        {
+            if (reaches[k])
+            {
+                region.Add(candidates[k]);
+            }
+        }
+
         return [.. region];
     }
 
@@ -219,7 +269,7 @@ internal sealed class BlockCompiler
     private static bool SamePageAndMode(Block root, Block y, ulong start) =>
         y.Valid && y.Cacheable && y.Count > 0 && y.Ops.Length >= y.Count
         && y.ModeKey == root.ModeKey && y.CsBase == root.CsBase && y.PhysPage == root.PhysPage
-        && (y.Lin >> 12) == (root.Lin >> 12) && OpStart(in y.Ops[0]) == start && AllInline(y);
+        && (y.Lin >> 12) == (root.Lin >> 12) && OpStart(in y.Ops[0]) == start && AllInline(y) && !IsSelfLoop(y);
 
     private static bool AllInline(Block b)
     {
