@@ -615,4 +615,48 @@ public sealed class JitTierTests
         Assert.Equal(first, Run(new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = 2 })));
         Assert.Equal(first, Run(TestBackends.Jit()));
     }
+
+    [Theory]
+    [InlineData("interpreter")]
+    [InlineData("jit")]
+    public void A_link_made_before_a_remap_of_its_target_page_is_not_followed_after_it(string backend)
+    {
+        // The same CALL calls linear 0x400000 twenty times. After the tenth call the guest points that 2 MiB page at
+        // other physical memory (new PDE, INVLPG): the block the CALL's exit was linked to is still valid (its memory
+        // was not written) but no longer what the address holds, so the link must not be followed.
+        const ulong Target = 0x400000;
+        const ulong Pde = 0x9000 + 0x2000 + (2 * 8);
+        using var m = Machine.Long64(a =>
+        {
+            var top = a.CreateLabel();
+            var skip = a.CreateLabel();
+            a.mov(ecx, 20);
+            a.xor(eax, eax);
+            a.mov(ebx, (int)Pde);
+            a.Label(ref top);
+            a.call(Target);
+            a.cmp(ecx, 11);
+            a.jne(skip);
+            a.mov(rdx, __qword_ptr[rbx]);
+            a.add(rdx, 0x200000);
+            a.mov(__qword_ptr[rbx], rdx);
+            a.invlpg(__byte_ptr[Target]);
+            a.Label(ref skip);
+            a.dec(ecx);
+            a.jnz(top);
+            a.hlt();
+        }, hypervisor: TestBackends.Create(backend), memorySize: 8UL << 20);
+        m.Memory.Write(new GuestAddress(Target), GuestProgram.Assemble(64, Target, a =>
+        {
+            a.add(rax, 1);
+            a.ret();
+        }));
+        m.Memory.Write(new GuestAddress(Target + 0x200000), GuestProgram.Assemble(64, Target, a =>
+        {
+            a.add(rax, 100);
+            a.ret();
+        }));
+        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        Assert.Equal((10UL * 1) + (10UL * 100), m.Regs.Rax);
+    }
 }
