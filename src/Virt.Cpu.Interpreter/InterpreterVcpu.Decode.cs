@@ -68,6 +68,16 @@ internal sealed class Block
 
     /// <summary>The compiler declined the block (nothing in it would run inline).</summary>
     public bool Uncompilable;
+
+    /// <summary>
+    /// The blocks that followed the compiled code's exits last time (exit 0: the branch target, exit 1: the next
+    /// instruction), with the vCPU's link generation they were seen under; compiled code calls such a block's
+    /// compiled code directly while the generation holds and the block is valid.
+    /// </summary>
+    public Block? Link0, Link1;
+
+    /// <inheritdoc cref="Link0"/>
+    public int LinkGen0, LinkGen1;
 }
 
 /// <summary>Decoding guest code into cached blocks.</summary>
@@ -86,7 +96,13 @@ internal sealed unsafe partial class InterpreterVcpu
     private readonly Instruction[] _decodeTmp = new Instruction[MaxBlockInstructions];
     private bool _stop;
 
-    private void FlushBlockLookup() => Array.Clear(_l1);
+    private void FlushBlockLookup()
+    {
+        Array.Clear(_l1);
+
+        // Links between compiled blocks were made under the old translations: they no longer hold.
+        _linkGeneration++;
+    }
 
     /// <summary>Called from any thread: a watched code page was written by the host or another vCPU.</summary>
     internal void NotifyCodePageWritten(ulong pageAddress)

@@ -201,9 +201,15 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
-    /// <summary>Executes up to <paramref name="n"/> instructions of <paramref name="b"/> from instruction <paramref name="start"/>. Returns the number retired.</summary>
+    /// <summary>Executes up to <paramref name="n"/> instructions of <paramref name="b"/>. Returns the number retired.</summary>
+    private int ExecuteBlock(Block b, int n) => ExecuteOps(b, 0, n);
+
+    /// <summary>
+    /// Executes instructions <paramref name="start"/> up to (not including) <paramref name="end"/> of <paramref name="b"/>.
+    /// Returns the index after the last instruction that retired (so, from 0, the number retired).
+    /// </summary>
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The hot dispatch: the common forms run inline in one switch (a jump table), measured faster than a handler call for them; every other form goes through its table row's handler.")]
-    private int ExecuteBlock(Block b, int n, int start = 0)
+    private int ExecuteOps(Block b, int start, int end)
     {
         var ops = b.Ops;
         if (!ReferenceEquals(_lastBlock, b))
@@ -213,7 +219,6 @@ internal sealed partial class InterpreterVcpu
 
         ulong next = _cpu.Rip;
         int i = start;
-        int end = start + n;
         _stop = false;
         _notRetired = false;
         for (; i < end; i++)
@@ -483,6 +488,6 @@ internal sealed partial class InterpreterVcpu
         }
 
         _cpu.Rip = next;
-        return (_notRetired ? i - 1 : i) - start;
+        return _notRetired ? i - 1 : i;
     }
 }

@@ -342,28 +342,27 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Runs block after block until something needs the outer loop's attention.</summary>
     private void RunChained()
     {
+        if (_jit != null)
+        {
+            // The tiered loop (counting, compiled blocks, chaining) is separate, so the interpreter alone runs the
+            // plain loop below.
+            RunTiered();
+            return;
+        }
+
         while (true)
         {
             var b = GetBlock();
-            if (_jit != null)
+            long left = _budgetEnd - _retired;
+            int n = b.Count;
+            if (left < n)
             {
-                CountForJit(b);
+                n = (int)left;
             }
 
-            if (!TryRunCompiled(b))
-            {
-                long left = _budgetEnd - _retired;
-                int n = b.Count;
-                if (left < n)
-                {
-                    n = (int)left;
-                }
-
-                _inBlock = true;
-                _retired += ExecuteBlock(b, n);
-                _inBlock = false;
-            }
-
+            _inBlock = true;
+            _retired += ExecuteBlock(b, n);
+            _inBlock = false;
             if (NeedsAttention())
             {
                 return;

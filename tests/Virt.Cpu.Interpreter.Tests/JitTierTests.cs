@@ -61,6 +61,134 @@ public sealed class JitTierTests
         a.hlt();
     }
 
+    /// <summary>
+    /// The op groups compiled code runs inline besides ALU and MOV forms: PUSH/POP (register, immediate, 16-bit),
+    /// CALL/RET from two call sites (so the return link misses and is remade), IMUL (two and three operands, with and
+    /// without overflow), SETcc to registers and memory, CMOVcc (64- and 32-bit, taken and not), shifts by immediates
+    /// on registers and memory, and flag readers the interpreter runs (ADC, SBB) after them.
+    /// </summary>
+    private static void StackAndFlags(Assembler a)
+    {
+        var loop = a.CreateLabel();
+        var f = a.CreateLabel();
+        var g = a.CreateLabel();
+        var skip = a.CreateLabel();
+        a.mov(edi, (int)Data);
+        a.mov(__qword_ptr[rdi + 16], -12345);
+        a.mov(__word_ptr[rdi + 8], 0x1357);
+        a.mov(ecx, 2000);
+        a.xor(eax, eax);
+        a.xor(ebx, ebx);
+        a.mov(r12, 0x123456789L);
+        a.Label(ref loop);
+        a.push(rcx);
+        a.push(0x55);
+        a.call(f);
+        a.pop(rdx);
+        a.add(rbx, rdx);
+        a.pop(rcx);
+        a.push(ax);
+        a.pop(dx);
+        a.add(rbx, rdx);
+        a.imul(r12, r12, 0x343FD);
+        a.imul(eax, r12d);
+        a.seto(r8b);
+        a.add(rbx, r8);
+        a.imul(r13d, __dword_ptr[rdi + 16], 77);
+        a.setb(ah);
+        a.mov(r9, r12);
+        a.shr(r9, 7);
+        a.cmp(ecx, 1000);
+        a.cmovb(rbx, r9);
+        a.cmovae(eax, ecx);
+        a.cmovl(r13d, ecx);
+        a.setb(__byte_ptr[rdi]);
+        a.movzx(r10d, __byte_ptr[rdi]);
+        a.add(rbx, r10);
+        a.shl(__word_ptr[rdi + 8], 3);
+        a.sar(__qword_ptr[rdi + 16], 5);
+        a.sar(r9d, 3);
+        a.setl(r11b);
+        a.shl(r9d, 31);
+        a.adc(rbx, 0);
+        a.shl(r12b, 1);
+        a.setbe(r14b);
+        a.jno(skip);
+        a.inc(rbx);
+        a.Label(ref skip);
+        a.call(g);
+        a.call(f);
+        a.dec(ecx);
+        a.jnz(loop);
+        a.hlt();
+        a.Label(ref f);
+        a.add(rax, rcx);
+        a.sub(rbx, __qword_ptr[rsp + 8]);
+        a.ret();
+        a.Label(ref g);
+        a.shl(rax, 1);
+        a.sbb(rbx, 0);
+        a.xor(rbx, r14);
+        a.ret();
+    }
+
+    /// <summary>
+    /// A loop whose body branches four ways inside one page (the shape the compiler turns into one region): blocks
+    /// entered with flags from the block before them (a logic result, a compare, a shift and an IMUL), a store, SETcc
+    /// and CMOVcc reading those flags.
+    /// </summary>
+    private static void Branchy(Assembler a)
+    {
+        var top = a.CreateLabel();
+        var one = a.CreateLabel();
+        var zero = a.CreateLabel();
+        var join = a.CreateLabel();
+        a.mov(edi, (int)Data);
+        a.mov(ecx, 20000);
+        a.xor(eax, eax);
+        a.xor(ebx, ebx);
+        a.xor(edx, edx);
+        a.Label(ref top);
+        a.mov(r8d, ecx);
+        a.and(r8d, 3);
+        a.jz(zero);
+        a.setnz(r11b);
+        a.cmp(r8d, 2);
+        a.jb(one);
+        a.cmovs(r10, rbx);
+        a.add(rbx, rcx);
+        a.shl(rbx, 1);
+        a.jmp(join);
+        a.Label(ref one);
+        a.sub(rbx, rax);
+        a.imul(rbx, rbx, 3);
+        a.jmp(join);
+        a.Label(ref zero);
+        a.inc(rdx);
+        a.and(edx, 0xFF);
+        a.mov(__qword_ptr[rdi + rdx * 8], rbx);
+        a.Label(ref join);
+        a.setb(r9b);
+        a.add(rax, r9);
+        a.add(rax, rbx);
+        a.add(rax, r11);
+        a.dec(ecx);
+        a.jnz(top);
+        a.hlt();
+    }
+
+    /// <summary>The encoding of <c>add rax, 100</c> (the immediate is at offset 2).</summary>
+    private static readonly byte[] AddRax100 = [0x48, 0x05, 100, 0, 0, 0];
+
+    /// <summary>The program <paramref name="padded"/> builds with the padding that puts <paramref name="marker"/> (after the padding) at the start of the next page.</summary>
+    private static Action<Assembler> AtNextPage(Func<int, Action<Assembler>> padded, byte[] marker)
+    {
+        const int Probe = 0x400;
+        int at = GuestProgram.Assemble(64, Machine.CodeAddress, padded(Probe)).AsSpan().IndexOf(marker);
+        Assert.True(at > Probe, "marker not found after the padding");
+        return padded(0x1000 - (at - Probe));
+    }
+
     private static (GeneralRegisters Regs, long Retired, VcpuExitReason Reason) RunAll(IHypervisor hv, Action<Assembler> program)
     {
         using var m = Machine.Long64(program, hypervisor: hv);
@@ -80,11 +208,58 @@ public sealed class JitTierTests
         Assert.Equal(expected, jit);
     }
 
-    [Fact]
-    public void Budgets_that_end_inside_compiled_self_loops_stop_exactly_where_the_first_tier_does()
+    [Theory]
+    [InlineData(0)]
+    [InlineData(3)]
+    [InlineData(50)]
+    public void Stack_ops_calls_imul_setcc_cmovcc_and_shifts_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
-        using var a = Machine.Long64(Mixed, hypervisor: TestBackends.Interpreter());
-        using var b = Machine.Long64(Mixed, hypervisor: TestBackends.Jit());
+        var expected = RunAll(TestBackends.Interpreter(), StackAndFlags);
+        var jit = RunAll(new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = threshold }), StackAndFlags);
+        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
+        Assert.Equal(expected, jit);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    [InlineData(50)]
+    public void Branching_loop_compiled_as_a_region_ends_in_the_same_state_and_count_as_the_first_tier(int threshold)
+    {
+        var expected = RunAll(TestBackends.Interpreter(), Branchy);
+        var jit = RunAll(new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = threshold }), Branchy);
+        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
+        Assert.Equal(expected, jit);
+    }
+
+    [Fact]
+    public void Inline_stack_ops_leave_the_same_memory_as_the_first_tier()
+    {
+        using var a = Machine.Long64(StackAndFlags, hypervisor: TestBackends.Interpreter());
+        using var b = Machine.Long64(StackAndFlags, hypervisor: TestBackends.Jit());
+        Assert.Equal(VcpuExitReason.Halt, a.Run().Reason);
+        Assert.Equal(VcpuExitReason.Halt, b.Run().Reason);
+        Assert.Equal(a.Regs, b.Regs);
+        foreach (ulong at in (ulong[])[Data, Data + 8, Data + 16, Machine.StackTop - 32, Machine.StackTop - 24, Machine.StackTop - 16, Machine.StackTop - 8])
+        {
+            Assert.Equal(a.Memory.Read<ulong>(new GuestAddress(at)), b.Memory.Read<ulong>(new GuestAddress(at)));
+        }
+    }
+
+    [Theory]
+    [InlineData("mixed", 0)]
+    [InlineData("stack", 0)]
+    [InlineData("branchy", 0)]
+    [InlineData("mixed", 2)]
+    [InlineData("stack", 2)]
+    [InlineData("branchy", 2)]
+    public void Budgets_that_end_inside_compiled_loops_and_regions_stop_exactly_where_the_first_tier_does(string name, int threshold)
+    {
+        // At threshold 0 every block is compiled alone before its first run; at 2 the compiler thread forms
+        // regions along the links the first runs recorded.
+        Action<Assembler> program = name switch { "stack" => StackAndFlags, "branchy" => Branchy, _ => Mixed };
+        using var a = Machine.Long64(program, hypervisor: TestBackends.Interpreter());
+        using var b = Machine.Long64(program, hypervisor: new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = threshold }));
         var ca = (IInstructionCounting)a.Vcpu;
         var cb = (IInstructionCounting)b.Vcpu;
         var rng = new Random(20);
@@ -109,7 +284,7 @@ public sealed class JitTierTests
             Assert.Equal(0, cb.InstructionBudget);
         }
 
-        Assert.True(steps > 50, $"only {steps} budget slices");
+        Assert.True(steps > 20, $"only {steps} budget slices");
     }
 
     [Fact]
@@ -271,5 +446,217 @@ public sealed class JitTierTests
         Assert.Equal(Machine.CodeAddress + 5 + 2, r.Rip);
         Assert.Equal(r.Rax, m.Memory.Read<ulong>(new GuestAddress(Data)));
         Assert.Equal(2 + (3 * (long)r.Rax), retired);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    public void Guest_rewrite_of_a_chained_to_block_on_another_page_takes_effect(int threshold)
+    {
+        // Block A branches to block B on the next page while ECX is not 50; once, A falls through to a store that
+        // rewrites B's ADD immediate (100 -> 7). By then A's compiled code calls B's directly, so the rewritten B must
+        // replace the old one behind that link.
+        static Action<Assembler> Padded(int pad) => a =>
+        {
+            var head = a.CreateLabel();
+            var b = a.CreateLabel();
+            var done = a.CreateLabel();
+            a.mov(ecx, 100);
+            a.xor(eax, eax);
+            a.mov(ebx, (int)(Machine.CodeAddress + 0x1000 + 2));
+            a.Label(ref head);
+            a.add(rax, 1);
+            a.cmp(ecx, 50);
+            a.jne(b);
+            a.mov(__byte_ptr[rbx], 7);
+            a.jmp(b);
+            a.db(new byte[pad]);
+            a.Label(ref b);
+            a.add(rax, 100);
+            a.dec(ecx);
+            a.jnz(head);
+            a.Label(ref done);
+            a.hlt();
+        };
+
+        var program = AtNextPage(Padded, AddRax100);
+        var code = GuestProgram.Assemble(64, Machine.CodeAddress, program);
+        Assert.Equal(AddRax100, code.AsSpan(0x1000, AddRax100.Length).ToArray());
+        var jit = RunAll(new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = threshold }), program);
+        var first = RunAll(TestBackends.Interpreter(), program);
+        Assert.Equal(VcpuExitReason.Halt, jit.Reason);
+
+        // ECX 100..51: 1 + 100 each; ECX 50 (the rewrite): 1 + 7; ECX 49..1: 1 + 7 each.
+        Assert.Equal((50UL * 101) + 8 + (49UL * 8), first.Regs.Rax);
+        Assert.Equal(first, jit);
+    }
+
+    [Fact]
+    public void Host_write_to_a_chained_to_block_between_runs_replaces_it()
+    {
+        static Action<Assembler> Padded(int pad) => a =>
+        {
+            var head = a.CreateLabel();
+            var b = a.CreateLabel();
+            a.mov(ecx, 10);
+            a.xor(eax, eax);
+            a.Label(ref head);
+            a.add(rax, 1);
+            a.jmp(b);
+            a.db(new byte[pad]);
+            a.Label(ref b);
+            a.add(rax, 100);
+            a.dec(ecx);
+            a.jnz(head);
+            a.hlt();
+        };
+
+        var program = AtNextPage(Padded, AddRax100);
+        Assert.Equal(AddRax100, GuestProgram.Assemble(64, Machine.CodeAddress, program).AsSpan(0x1000, AddRax100.Length).ToArray());
+        using var m = Machine.Long64(program, hypervisor: TestBackends.Jit());
+        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        Assert.Equal(1010UL, m.Regs.Rax);
+
+        m.Memory.Write(new GuestAddress(Machine.CodeAddress + 0x1000 + 2), (byte)7);
+        m.Vcpu.SetGeneralRegisters(new GeneralRegisters { Rip = Machine.CodeAddress, Rsp = Machine.StackTop, Rflags = Machine.FlagsReserved });
+        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        Assert.Equal(80UL, m.Regs.Rax);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    public async Task Request_exit_stops_an_endless_loop_of_chained_blocks_at_a_block_boundary(int threshold)
+    {
+        using var m = Machine.Long64(a =>
+        {
+            var head = a.CreateLabel();
+            var b = a.CreateLabel();
+            a.mov(ebx, (int)Data);
+            a.xor(eax, eax);
+            a.Label(ref head);
+            a.add(rax, 1);
+            a.jmp(b);
+            a.Label(ref b);
+            a.mov(__qword_ptr[rbx], rax);
+            a.jmp(head);
+        }, hypervisor: new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = threshold }));
+        var run = Task.Run(m.Vcpu.Run, TestContext.Current.CancellationToken);
+        while (m.Memory.Read<ulong>(new GuestAddress(Data)) < 100_000 && !run.IsCompleted)
+        {
+            Thread.Yield();
+        }
+
+        m.Vcpu.RequestExit();
+        Assert.Equal(VcpuExitReason.Interrupted, (await run).Reason);
+        var r = m.Regs;
+        long retired = ((IInstructionCounting)m.Vcpu).InstructionsRetired;
+        ulong stored = m.Memory.Read<ulong>(new GuestAddress(Data));
+        const ulong Head = Machine.CodeAddress + 5 + 2;
+        if (r.Rip == Head)
+        {
+            Assert.Equal(r.Rax, stored);
+            Assert.Equal(2 + (4 * (long)r.Rax), retired);
+        }
+        else
+        {
+            Assert.Equal(Head + 6 + 2, r.Rip);
+            Assert.Equal(r.Rax - 1, stored);
+            Assert.Equal(2 + (4 * (long)r.Rax) - 2, retired);
+        }
+    }
+
+    [Fact]
+    public void Page_fault_in_a_compiled_region_is_precise()
+    {
+        // A loop of two blocks (a branch over a HLT, then a load that walks into an unmapped page): compiled as one
+        // region once both have run, the fault must leave the same state and count as the first tier.
+        const ulong handler = 0x20000;
+        const ulong mapped = 2UL << 20;
+        static void Program(Assembler a)
+        {
+            var head = a.CreateLabel();
+            var body = a.CreateLabel();
+            a.mov(ebx, (int)(mapped - (8 * 30000)));
+            a.xor(eax, eax);
+            a.Label(ref head);
+            a.add(rax, 1);
+            a.cmp(rax, 0);
+            a.jne(body);
+            a.hlt();
+            a.Label(ref body);
+            a.mov(rdx, __qword_ptr[rbx]);
+            a.add(rbx, 8);
+            a.jmp(head);
+        }
+
+        (GeneralRegisters Regs, long Retired, ulong Cr2, ulong FaultRip) Run(IHypervisor hv)
+        {
+            using var m = new Machine(hv);
+            m.Memory.Write(new GuestAddress(Machine.CodeAddress), GuestProgram.Assemble(64, Machine.CodeAddress, Program));
+            m.Vcpu.SetSpecialRegisters(ProcessorSetup.Prepare(m.Memory, m.Vcpu.GetSpecialRegisters(), StartMode.Long64,
+                new ProcessorSetupOptions { KernelStack = Machine.KernelStackTop, IdentityMapSize = mapped }));
+            m.Vcpu.SetGeneralRegisters(new GeneralRegisters { Rip = Machine.CodeAddress, Rsp = Machine.StackTop, Rflags = Machine.FlagsReserved });
+            m.InstallIdt(handler);
+            for (int v = 0; v < 32; v++)
+            {
+                m.Memory.Write(new GuestAddress(handler + (ulong)(v * 16)), (byte)0xF4);
+            }
+
+            Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+            var r = m.Regs;
+            return (r, ((IInstructionCounting)m.Vcpu).InstructionsRetired, m.Vcpu.GetSpecialRegisters().Cr2, m.Memory.Read<ulong>(new GuestAddress(r.Rsp + 8)));
+        }
+
+        var first = Run(TestBackends.Interpreter());
+        Assert.Equal(handler + (14 * 16) + 1, first.Regs.Rip);
+        Assert.Equal(mapped, first.Cr2);
+        Assert.Equal(30000UL + 1, first.Regs.Rax);
+        Assert.Equal(first, Run(new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = 2 })));
+        Assert.Equal(first, Run(TestBackends.Jit()));
+    }
+
+    [Theory]
+    [InlineData("interpreter")]
+    [InlineData("jit")]
+    public void A_link_made_before_a_remap_of_its_target_page_is_not_followed_after_it(string backend)
+    {
+        // The same CALL calls linear 0x400000 twenty times. After the tenth call the guest points that 2 MiB page at
+        // other physical memory (new PDE, INVLPG): the block the CALL's exit was linked to is still valid (its memory
+        // was not written) but no longer what the address holds, so the link must not be followed.
+        const ulong Target = 0x400000;
+        const ulong Pde = 0x9000 + 0x2000 + (2 * 8);
+        using var m = Machine.Long64(a =>
+        {
+            var top = a.CreateLabel();
+            var skip = a.CreateLabel();
+            a.mov(ecx, 20);
+            a.xor(eax, eax);
+            a.mov(ebx, (int)Pde);
+            a.Label(ref top);
+            a.call(Target);
+            a.cmp(ecx, 11);
+            a.jne(skip);
+            a.mov(rdx, __qword_ptr[rbx]);
+            a.add(rdx, 0x200000);
+            a.mov(__qword_ptr[rbx], rdx);
+            a.invlpg(__byte_ptr[Target]);
+            a.Label(ref skip);
+            a.dec(ecx);
+            a.jnz(top);
+            a.hlt();
+        }, hypervisor: TestBackends.Create(backend), memorySize: 8UL << 20);
+        m.Memory.Write(new GuestAddress(Target), GuestProgram.Assemble(64, Target, a =>
+        {
+            a.add(rax, 1);
+            a.ret();
+        }));
+        m.Memory.Write(new GuestAddress(Target + 0x200000), GuestProgram.Assemble(64, Target, a =>
+        {
+            a.add(rax, 100);
+            a.ret();
+        }));
+        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        Assert.Equal((10UL * 1) + (10UL * 100), m.Regs.Rax);
     }
 }

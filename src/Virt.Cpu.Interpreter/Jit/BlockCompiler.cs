@@ -4,14 +4,15 @@ using System.Reflection.Emit;
 namespace Virt.Cpu.Interpreter.Jit;
 
 /// <summary>
-/// Translates one decoded <see cref="Block"/> to IL (a collectible <see cref="DynamicMethod"/> the .NET JIT
+/// Translates one decoded <see cref="Block"/> (with the blocks of its region, when one is formed) to IL (a collectible <see cref="DynamicMethod"/> the .NET JIT
 /// compiles). Each op is specialised: registers, sizes, immediates and displacements are constants. The common
 /// integer forms run inline on guest registers held in IL locals; memory accesses inline the software TLB's
 /// fast path and call the interpreter's slow path; every other form calls <see cref="InterpreterVcpu.JitStep"/>,
 /// which runs that one op as the interpreter does. Before anything that can fault, exit or read CPU state the
 /// locals and the pending flags are written back, and <c>_opIndex</c> names the op, so a fault restarts at the
 /// faulting instruction with those before it retired. A block whose final branch targets its own start loops
-/// in place while the budget allows a whole iteration and nothing needs the run loop.
+/// in place while the budget allows a whole iteration and nothing needs the run loop. Exits call the compiled code of
+/// the block linked to them directly (chaining) while the link holds.
 /// </summary>
 internal sealed class BlockCompiler
 {
@@ -49,25 +50,61 @@ internal sealed class BlockCompiler
     private static readonly MethodInfo ReadRmwSlowMethod = Method(nameof(InterpreterVcpu.JitReadRmwSlow));
     private static readonly MethodInfo WriteSlowMethod = Method(nameof(InterpreterVcpu.JitWriteSlow));
     private static readonly MethodInfo MayIterateMethod = Method(nameof(InterpreterVcpu.JitMayIterate));
+    private static readonly MethodInfo MayChainMethod = Method(nameof(InterpreterVcpu.JitMayChain));
+    private static readonly FieldInfo LastBlockField = Field(typeof(InterpreterVcpu), "_lastBlock");
+    private static readonly FieldInfo LinkGenerationField = Field(typeof(InterpreterVcpu), "_linkGeneration");
+    private static readonly FieldInfo ChainFromField = Field(typeof(InterpreterVcpu), "_chainFrom");
+    private static readonly FieldInfo ChainSlotField = Field(typeof(InterpreterVcpu), "_chainSlot");
+    private static readonly FieldInfo UsedField = Field(typeof(Block), nameof(Block.Used));
+    private static readonly FieldInfo ValidField = Field(typeof(Block), nameof(Block.Valid));
+    private static readonly FieldInfo CountField = Field(typeof(Block), nameof(Block.Count));
+    private static readonly FieldInfo LinField = Field(typeof(Block), nameof(Block.Lin));
+    private static readonly MethodInfo ImulMethod = typeof(BlockCompiler).GetMethod(nameof(Imul), Any)!;
+    private static readonly FieldInfo CompiledField = Field(typeof(Block), nameof(Block.Compiled));
+    private static readonly FieldInfo[] LinkFields = [Field(typeof(Block), nameof(Block.Link0)), Field(typeof(Block), nameof(Block.Link1))];
+    private static readonly FieldInfo[] LinkGenFields = [Field(typeof(Block), nameof(Block.LinkGen0)), Field(typeof(Block), nameof(Block.LinkGen1))];
+    private static readonly MethodInfo InvokeMethod = typeof(CompiledBlock).GetMethod("Invoke")!;
 
     // Lazy-flag kinds (InterpreterVcpu.Flags.cs): -1 here means "in CpuState, not known at compile time".
-    private const int Unknown = -1, LzAdd = 1, LzSub = 2, LzLogic = 3, LzInc = 4, LzDec = 5;
+    // LzShift: SF, ZF, PF from the result, CF and OF as flag bits in LzCf (SHL/SHR/SAR; IMUL uses it too, with CF and OF
+    // both set on overflow, which gives the same flags as the interpreter's eager ones).
+    private const int Unknown = -1, LzAdd = 1, LzSub = 2, LzLogic = 3, LzInc = 4, LzDec = 5, LzShift = 8;
+    private const ulong CfBit = 1, OfBit = 0x800;
 
     private readonly Block _b;
-    private readonly Op[] _ops;
+
+    /// <summary>The blocks compiled together (the first is <see cref="_b"/>); one block unless a region was formed.</summary>
+    private readonly Block[] _region;
+
+    /// <summary>Start RIP of each region block to its index.</summary>
+    private readonly Dictionary<ulong, int> _regionIndex = [];
+
+    /// <summary>The ops of the block being emitted (<see cref="_cur"/> in <see cref="_region"/>).</summary>
+    private Op[] _ops;
+    private int _cur;
     private readonly ILGenerator _il;
     private readonly int _bitness;
     private readonly ulong _userKey;
     private readonly LocalBuilder?[] _reg = new LocalBuilder?[16];
     private readonly LocalBuilder _gpr, _cpu, _rtlb, _wtlb, _lin, _val, _entry, _tmp;
     private readonly LocalBuilder _fa, _fb, _fr, _fcf, _ta, _tb, _tc;
+
+    /// <summary>The vCPU's retired count, kept in a local: stored to the field before anything that reads it and at exits.</summary>
+    private readonly LocalBuilder _rc;
     private int _flagKind = Unknown;
     private int _flagSize;
     private bool _flagsDirty;
 
-    private BlockCompiler(Block b, ILGenerator il)
+    private BlockCompiler(Block[] region, ILGenerator il)
     {
+        var b = region[0];
         _b = b;
+        _region = region;
+        for (int k = 0; k < region.Length; k++)
+        {
+            _regionIndex[OpStart(in region[k].Ops[0])] = k;
+        }
+
         _ops = b.Ops;
         _il = il;
         _bitness = b.ModeKey & 0x7F;
@@ -87,6 +124,7 @@ internal sealed class BlockCompiler
         _ta = il.DeclareLocal(typeof(ulong));
         _tb = il.DeclareLocal(typeof(ulong));
         _tc = il.DeclareLocal(typeof(ulong));
+        _rc = il.DeclareLocal(typeof(long));
     }
 
     /// <summary>Compiles <paramref name="b"/>, or returns null when no op of it would run inline (compiling would gain nothing).</summary>
@@ -109,10 +147,141 @@ internal sealed class BlockCompiler
             return null;
         }
 
-        var dm = new DynamicMethod($"guest_{b.Lin:x}", typeof(void), [typeof(InterpreterVcpu), typeof(Block)], typeof(InterpreterVcpu), skipVisibility: true);
-        var il = dm.GetILGenerator(256 + (b.Count * 160));
-        new BlockCompiler(b, il).Emit();
-        return dm.CreateDelegate<CompiledBlock>();
+        var region = Regions ? FormRegion(b) : [b];
+        int count = 0;
+        foreach (var r in region)
+        {
+            count += r.Count;
+        }
+
+        // The method is bound to the region's blocks (its first argument), so its code reaches them as constants.
+        var dm = new DynamicMethod($"guest_{b.Lin:x}", typeof(void), [typeof(Block[]), typeof(InterpreterVcpu), typeof(Block)], typeof(InterpreterVcpu), skipVisibility: true);
+        var il = dm.GetILGenerator(256 + (count * 160));
+        new BlockCompiler(region, il).Emit();
+        return (CompiledBlock)dm.CreateDelegate(typeof(CompiledBlock), region);
+    }
+
+    /// <summary>Regions of several blocks are formed (<c>VIRT_INTERPRETER_JIT_REGIONS=0</c> compiles blocks one by one).</summary>
+    private static readonly bool Regions = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT_REGIONS") != "0";
+
+    /// <summary>Blocks in one region at most.</summary>
+    internal const int MaxRegionBlocks = 16;
+
+    /// <summary>Instructions in one region at most.</summary>
+    internal const int MaxRegionInstructions = 512;
+
+    /// <summary>
+    /// The region rooted at <paramref name="root"/>: the blocks its exits were seen to lead to (the links the run
+    /// loop records), breadth first, that lie in the same linear and physical page, were decoded in the same mode and
+    /// run wholly inline. Within one page, an exit to the start RIP of a region block leads to that very block while
+    /// the root runs (the root's page is mapped as when it was looked up, and a write to the page invalidates all its
+    /// blocks, the root included), so the region's code branches there directly.
+    /// </summary>
+    private static Block[] FormRegion(Block root)
+    {
+        // A self-loop compiles better alone (its flags stay in locals from one iteration to the next).
+        if (!AllInline(root) || IsSelfLoop(root))
+        {
+            return [root];
+        }
+
+        var region = new List<Block> { root };
+        var starts = new HashSet<ulong> { OpStart(in root.Ops[0]) };
+        int instructions = root.Count;
+        for (int k = 0; k < region.Count && region.Count < MaxRegionBlocks; k++)
+        {
+            var x = region[k];
+            ref Op last = ref x.Ops[x.Count - 1];
+            for (int slot = 0; slot < 2; slot++)
+            {
+                var y = slot == 0 ? x.Link0 : x.Link1;
+                ulong expected = slot == 0 ? last.Target : last.Next;
+                bool exitFits = slot == 0
+                    ? last.Inline is InlineOp.Jcc or InlineOp.Jmp or InlineOp.Call
+                    : last.Inline is not (InlineOp.Jmp or InlineOp.Call or InlineOp.Ret);
+                if (y == null || !exitFits || starts.Contains(expected) || instructions + y.Count > MaxRegionInstructions
+                    || region.Count >= MaxRegionBlocks || !SamePageAndMode(root, y, expected))
+                {
+                    continue;
+                }
+
+                region.Add(y);
+                starts.Add(expected);
+                instructions += y.Count;
+            }
+        }
+
+        return LoopsBackToRoot(region);
+    }
+
+    private static bool IsSelfLoop(Block b)
+    {
+        ref Op last = ref b.Ops[b.Count - 1];
+        return last.Inline is InlineOp.Jcc or InlineOp.Jmp && last.Target == OpStart(in b.Ops[0]);
+    }
+
+    /// <summary>The root and the candidates from which the root is reached again through candidates (the loop around the root).</summary>
+    private static Block[] LoopsBackToRoot(List<Block> candidates)
+    {
+        var index = new Dictionary<ulong, int>();
+        for (int k = 0; k < candidates.Count; k++)
+        {
+            index[OpStart(in candidates[k].Ops[0])] = k;
+        }
+
+        var reaches = new bool[candidates.Count];
+        reaches[0] = true;
+        for (bool changed = true; changed;)
+        {
+            changed = false;
+            for (int k = 1; k < candidates.Count; k++)
+            {
+                if (reaches[k])
+                {
+                    continue;
+                }
+
+                foreach (ulong rip in Successors(candidates[k]))
+                {
+                    if (index.TryGetValue(rip, out int t) && reaches[t])
+                    {
+                        reaches[k] = true;
+                        changed = true;
+                        break;
+                    }
+                }
+            }
+        }
+
+        var region = new List<Block>();
+        for (int k = 0; k < candidates.Count; k++)
+        {
+            if (reaches[k])
+            {
+                region.Add(candidates[k]);
+            }
+        }
+
+        return [.. region];
+    }
+
+    /// <summary>Whether <paramref name="y"/> is a valid block starting at <paramref name="start"/>, in <paramref name="root"/>'s pages and mode, that runs wholly inline.</summary>
+    private static bool SamePageAndMode(Block root, Block y, ulong start) =>
+        y.Valid && y.Cacheable && y.Count > 0 && y.Ops.Length >= y.Count
+        && y.ModeKey == root.ModeKey && y.CsBase == root.CsBase && y.PhysPage == root.PhysPage
+        && (y.Lin >> 12) == (root.Lin >> 12) && OpStart(in y.Ops[0]) == start && AllInline(y) && !IsSelfLoop(y);
+
+    private static bool AllInline(Block b)
+    {
+        for (int i = 0; i < b.Count; i++)
+        {
+            if (!IsInline(in b.Ops[i], b.ModeKey & 0x7F, i == b.Count - 1))
+            {
+                return false;
+            }
+        }
+
+        return true;
     }
 
     private static FieldInfo Field(Type t, string name) =>
@@ -166,10 +335,31 @@ internal sealed class BlockCompiler
             case InlineOp.Jcc:
             case InlineOp.Jmp:
                 return last;
+            case InlineOp.Push:
+                return bitness == 64 && op.Size is 8 or 2 && op.K0 is OpKindX.Reg or OpKindX.Imm;
+            case InlineOp.Pop:
+                return bitness == 64 && op.Size is 8 or 2 && op.K0 == OpKindX.Reg;
+            case InlineOp.Call:
+            case InlineOp.Ret:
+                return last && bitness == 64 && op.Size2 == 8;
+            case InlineOp.Cmovcc:
+            case InlineOp.Imul2:
+                return op.Size is 2 or 4 or 8 && op.K0 == OpKindX.Reg && (op.K1 == OpKindX.Reg || (op.K1 == OpKindX.Mem && MemOk(in op)));
+            case InlineOp.Setcc:
+                return op.Size == 1 && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
+            case InlineOp.Shift:
+                return op.Sub is 4 or 5 or 6 or 7 && op.K1 == OpKindX.Imm && op.Size is 1 or 2 or 4 or 8
+                    && ShiftCount(in op) is var count && count != 0 && count < op.Size * 8
+                    && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
             default:
                 return false;
         }
     }
+
+    /// <summary>The count of a shift by an immediate, masked as the hardware masks it.</summary>
+    private static int ShiftCount(in Op op) => (int)(op.Imm & (op.Size == 8 ? 0x3FUL : 0x1FUL));
+
+    private static bool UsesStack(in Op op) => op.Inline is InlineOp.Push or InlineOp.Pop or InlineOp.Call or InlineOp.Ret;
 
     private static bool OperandsOk(in Op op)
     {
@@ -367,7 +557,7 @@ internal sealed class BlockCompiler
         StoreCpuField(LzAField, _fa);
         StoreCpuField(LzBField, _fb);
         StoreCpuField(LzRField, _fr);
-        if (_flagKind is LzInc or LzDec)
+        if (_flagKind is LzInc or LzDec or LzShift)
         {
             StoreCpuField(LzCfField, _fcf);
         }
@@ -378,7 +568,16 @@ internal sealed class BlockCompiler
     {
         WriteBackRegs();
         EmitFlagStore();
-        _il.Emit(OpCodes.Ldarg_0);
+        EmitStoreRetired();
+        if (_region.Length > 1)
+        {
+            // A fault restarts at op opIndex of the block being run.
+            _il.Emit(OpCodes.Ldarg_1);
+            EmitLoadCurrentBlock();
+            _il.Emit(OpCodes.Stfld, LastBlockField);
+        }
+
+        _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldc_I4, opIndex);
         _il.Emit(OpCodes.Stfld, OpIndexField);
     }
@@ -408,8 +607,14 @@ internal sealed class BlockCompiler
             case LzDec:
                 _il.Emit(OpCodes.Ldloc, _fcf);
                 break;
+            case LzShift:
+                _il.Emit(OpCodes.Ldloc, _fcf);
+                _il.Emit(OpCodes.Ldc_I4_1);
+                _il.Emit(OpCodes.Conv_U8);
+                _il.Emit(OpCodes.And);
+                break;
             default:
-                _il.Emit(OpCodes.Ldarg_0);
+                _il.Emit(OpCodes.Ldarg_1);
                 _il.Emit(OpCodes.Call, CarryMethod);
                 break;
         }
@@ -437,6 +642,17 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Cgt_Un);
     }
 
+    /// <summary>Pushes 1 when flag <paramref name="bit"/> (CF or OF) is set in the shift-kind flags, else 0 (int32).</summary>
+    private void EmitShiftFlagBit(ulong bit)
+    {
+        _il.Emit(OpCodes.Ldloc, _fcf);
+        _il.Emit(OpCodes.Ldc_I8, (long)bit);
+        _il.Emit(OpCodes.And);
+        _il.Emit(OpCodes.Ldc_I4_0);
+        _il.Emit(OpCodes.Conv_U8);
+        _il.Emit(OpCodes.Cgt_Un);
+    }
+
     private void EmitZeroResult()
     {
         _il.Emit(OpCodes.Ldloc, _fr);
@@ -446,6 +662,7 @@ internal sealed class BlockCompiler
     }
 
     /// <summary>Pushes condition <paramref name="cc"/> (an int32, 0 or 1), straight from the operands where the producer is known.</summary>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per flag producer and condition the compiled code computes directly.")]
     private void EmitCondition(int cc)
     {
         int c = cc >> 1;
@@ -508,6 +725,35 @@ internal sealed class BlockCompiler
             _il.Emit(OpCodes.Ldloc, _fa);
             _il.Emit(OpCodes.Clt_Un);
         }
+        else if (_flagKind == LzShift && c is 0 or 1 or 3 or 6 or 7)
+        {
+            switch (c)
+            {
+                case 0:
+                    EmitShiftFlagBit(OfBit);
+                    break;
+                case 1:
+                    EmitShiftFlagBit(CfBit);
+                    break;
+                case 3:
+                    EmitShiftFlagBit(CfBit);
+                    EmitZeroResult();
+                    _il.Emit(OpCodes.Or);
+                    break;
+                case 6:
+                    EmitSignOfResult();
+                    EmitShiftFlagBit(OfBit);
+                    _il.Emit(OpCodes.Xor);
+                    break;
+                default:
+                    EmitSignOfResult();
+                    EmitShiftFlagBit(OfBit);
+                    _il.Emit(OpCodes.Xor);
+                    EmitZeroResult();
+                    _il.Emit(OpCodes.Or);
+                    break;
+            }
+        }
         else if (_flagKind is LzInc or LzDec && c == 1)
         {
             _il.Emit(OpCodes.Ldloc, _fcf);
@@ -520,7 +766,7 @@ internal sealed class BlockCompiler
             direct = false;
             EmitFlagStore();
             _flagsDirty = false;
-            _il.Emit(OpCodes.Ldarg_0);
+            _il.Emit(OpCodes.Ldarg_1);
             _il.Emit(OpCodes.Ldc_I4, cc);
             _il.Emit(OpCodes.Call, CondMethod);
         }
@@ -667,7 +913,7 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Br, done);
         _il.MarkLabel(slow);
         EmitSync(opIndex);
-        _il.Emit(OpCodes.Ldarg_0);
+        _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldloc, _lin);
         _il.Emit(OpCodes.Ldc_I4, size);
         _il.Emit(OpCodes.Call, rmw ? ReadRmwSlowMethod : ReadSlowMethod);
@@ -676,7 +922,14 @@ internal sealed class BlockCompiler
     }
 
     /// <summary>Writes the low <paramref name="size"/> bytes of <paramref name="value"/> at <see cref="_lin"/>; a write that hits cached code ends the block after this instruction.</summary>
-    private void EmitWrite(int size, LocalBuilder value, int opIndex)
+    private void EmitWrite(int size, LocalBuilder value, int opIndex) => EmitWrite(size, value, opIndex, null, _ops[opIndex].Next);
+
+    /// <summary>
+    /// As <see cref="EmitWrite(int, LocalBuilder, int)"/>, with <paramref name="commit"/> emitted once the write is
+    /// done (the op's register updates, which a faulting write must not make) and <paramref name="ripAfter"/> the RIP
+    /// after the op.
+    /// </summary>
+    private void EmitWrite(int size, LocalBuilder value, int opIndex, Action? commit, ulong ripAfter)
     {
         var slow = _il.DefineLabel();
         var done = _il.DefineLabel();
@@ -691,21 +944,29 @@ internal sealed class BlockCompiler
             default: _il.Emit(OpCodes.Unaligned, (byte)1); _il.Emit(OpCodes.Stind_I8); break;
         }
 
+        commit?.Invoke();
         _il.Emit(OpCodes.Br, done);
         _il.MarkLabel(slow);
         EmitSync(opIndex);
-        _il.Emit(OpCodes.Ldarg_0);
+        _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldloc, _lin);
         _il.Emit(OpCodes.Ldc_I4, size);
         _il.Emit(OpCodes.Ldloc, value);
         _il.Emit(OpCodes.Call, WriteSlowMethod);
+        commit?.Invoke();
 
         // A write to a page with cached code invalidated blocks (maybe this one): stop after this instruction.
-        _il.Emit(OpCodes.Ldarg_0);
+        _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldfld, StopField);
         _il.Emit(OpCodes.Brfalse, done);
+        if (commit != null)
+        {
+            WriteBackRegs();
+        }
+
         EmitRetire(opIndex + 1);
-        EmitSetRip(_ops[opIndex].Next);
+        EmitStoreRetired();
+        EmitSetRip(ripAfter);
         _il.Emit(OpCodes.Ret);
         _il.MarkLabel(done);
     }
@@ -719,11 +980,17 @@ internal sealed class BlockCompiler
             return;
         }
 
-        _il.Emit(OpCodes.Ldarg_0);
-        _il.Emit(OpCodes.Ldarg_0);
-        _il.Emit(OpCodes.Ldfld, RetiredField);
+        _il.Emit(OpCodes.Ldloc, _rc);
         _il.Emit(OpCodes.Ldc_I8, (long)count);
         _il.Emit(OpCodes.Add);
+        _il.Emit(OpCodes.Stloc, _rc);
+    }
+
+    /// <summary>Stores the retired count kept in <see cref="_rc"/> to the vCPU.</summary>
+    private void EmitStoreRetired()
+    {
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldloc, _rc);
         _il.Emit(OpCodes.Stfld, RetiredField);
     }
 
@@ -739,49 +1006,75 @@ internal sealed class BlockCompiler
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The dispatch over inline forms, one emitter each.")]
     private void Emit()
     {
-        int n = _b.Count;
-        bool[] inline = new bool[n];
-        for (int i = 0; i < n; i++)
+        var inlines = new bool[_region.Length][];
+        for (int k = 0; k < _region.Length; k++)
         {
-            inline[i] = IsInline(in _ops[i], _bitness, i == n - 1);
-            _hasFallback |= !inline[i];
-            if (inline[i])
+            var ops = _region[k].Ops;
+            int count = _region[k].Count;
+            var flags = inlines[k] = new bool[count];
+            for (int i = 0; i < count; i++)
             {
-                UseOperandRegs(in _ops[i], true, true);
+                flags[i] = IsInline(in ops[i], _bitness, i == count - 1);
+                _hasFallback |= !flags[i];
+                if (flags[i])
+                {
+                    UseOperandRegs(in ops[i], true, true);
+                    if (UsesStack(in ops[i]))
+                    {
+                        Use(4);
+                    }
+                }
             }
         }
 
+        int n = _b.Count;
+        bool[] inline = inlines[0];
+
         // Prologue: references to the register file, the CPU state and the TLBs; registers into locals.
-        _il.Emit(OpCodes.Ldarg_0);
+        _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldflda, CpuField);
         _il.Emit(OpCodes.Stloc, _cpu);
         _il.Emit(OpCodes.Ldloc, _cpu);
         _il.Emit(OpCodes.Ldflda, GprField);
         _il.Emit(OpCodes.Ldflda, GprElement);
         _il.Emit(OpCodes.Stloc, _gpr);
-        _il.Emit(OpCodes.Ldarg_0);
+        _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldfld, RtlbField);
         _il.Emit(OpCodes.Stloc, _rtlb);
-        _il.Emit(OpCodes.Ldarg_0);
+        _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldfld, WtlbField);
         _il.Emit(OpCodes.Stloc, _wtlb);
-        _il.Emit(OpCodes.Ldarg_0);
+        _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldc_I4_0);
         _il.Emit(OpCodes.Stfld, StopField);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldarg_2);
+        _il.Emit(OpCodes.Stfld, LastBlockField);
+        _il.Emit(OpCodes.Ldarg_2);
+        _il.Emit(OpCodes.Ldc_I4_1);
+        _il.Emit(OpCodes.Stfld, UsedField);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldfld, RetiredField);
+        _il.Emit(OpCodes.Stloc, _rc);
         LoadAllRegs();
+        if (_region.Length > 1)
+        {
+            EmitRegion(inlines);
+            return;
+        }
 
         ulong startRip = OpStart(in _ops[0]);
         ref Op lastOp = ref _ops[n - 1];
-        bool selfLoop = inline[n - 1] && IsBranch(in lastOp) && lastOp.Target == startRip;
+        bool selfLoop = inline[n - 1] && lastOp.Inline is InlineOp.Jcc or InlineOp.Jmp && lastOp.Target == startRip;
         if (selfLoop && !_hasFallback)
         {
             _loopLimit = _il.DeclareLocal(typeof(long));
             _plat = _il.DeclareLocal(typeof(InterpreterPlatform));
-            _il.Emit(OpCodes.Ldarg_0);
+            _il.Emit(OpCodes.Ldarg_1);
             _il.Emit(OpCodes.Ldc_I4, n);
             _il.Emit(OpCodes.Call, LoopLimitMethod);
             _il.Emit(OpCodes.Stloc, _loopLimit);
-            _il.Emit(OpCodes.Ldarg_0);
+            _il.Emit(OpCodes.Ldarg_1);
             _il.Emit(OpCodes.Ldfld, PlatField);
             _il.Emit(OpCodes.Stloc, _plat);
         }
@@ -809,12 +1102,230 @@ internal sealed class BlockCompiler
         }
     }
 
+    /// <summary>
+    /// The blocks of a region, each at its label; an exit to a region block's start is a branch to its label (see
+    /// <see cref="EmitInternalEdge"/>), others leave as single blocks do.
+    /// </summary>
+    private void EmitRegion(bool[][] inlines)
+    {
+        int maxCount = 0;
+        foreach (var r in _region)
+        {
+            maxCount = Math.Max(maxCount, r.Count);
+        }
+
+        _regionMaxCount = maxCount;
+        _loopLimit = _il.DeclareLocal(typeof(long));
+        _plat = _il.DeclareLocal(typeof(InterpreterPlatform));
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldc_I4, maxCount);
+        _il.Emit(OpCodes.Call, LoopLimitMethod);
+        _il.Emit(OpCodes.Stloc, _loopLimit);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldfld, PlatField);
+        _il.Emit(OpCodes.Stloc, _plat);
+        _blockLabels = new Label[_region.Length];
+        for (int k = 0; k < _region.Length; k++)
+        {
+            _blockLabels[k] = _il.DefineLabel();
+        }
+
+        ComputeEntryFlags();
+        for (int k = 0; k < _region.Length; k++)
+        {
+            _cur = k;
+            _ops = _region[k].Ops;
+            _il.MarkLabel(_blockLabels[k]);
+            (_flagKind, _flagSize) = _entryFlags[k];
+            _flagsDirty = _flagKind != Unknown;
+            EmitOps(inlines[k], OpStart(in _ops[0]));
+        }
+    }
+
+    private Label[] _blockLabels = [];
+
+    /// <summary>
+    /// Per region block, the flag producer (kind and size) in the flag locals on entry, or <see cref="Unknown"/> when
+    /// the flags are in the CPU state: known when every edge into the block inside the region carries the same
+    /// producer (the root is entered from outside, so its flags are in the CPU state). Edges into a block with a
+    /// known producer leave the flags in locals.
+    /// </summary>
+    private (int Kind, int Size)[] _entryFlags = [];
+
+    private void ComputeEntryFlags()
+    {
+        const int Top = int.MinValue;
+        int m = _region.Length;
+        var entry = new (int Kind, int Size)[m];
+        Array.Fill(entry, (Top, 0));
+        entry[0] = (Unknown, 0);
+        for (int round = 0; round <= m; round++)
+        {
+            for (int k = 0; k < m; k++)
+            {
+                if (entry[k].Kind == Top)
+                {
+                    continue;
+                }
+
+                var exit = ExitFlags(_region[k], entry[k]);
+                foreach (ulong rip in Successors(_region[k]))
+                {
+                    if (_regionIndex.TryGetValue(rip, out int t) && t != 0)
+                    {
+                        entry[t] = entry[t].Kind == Top ? exit : entry[t] == exit ? exit : (Unknown, 0);
+                    }
+                }
+            }
+        }
+
+        for (int k = 0; k < m; k++)
+        {
+            if (entry[k].Kind == Top)
+            {
+                entry[k] = (Unknown, 0);
+            }
+        }
+
+        _entryFlags = entry;
+    }
+
+    /// <summary>The static successors of a region block (all its ops run inline).</summary>
+    private static ulong[] Successors(Block b)
+    {
+        ref Op last = ref b.Ops[b.Count - 1];
+        return last.Inline switch
+        {
+            InlineOp.Jcc => [last.Target, last.Next],
+            InlineOp.Jmp or InlineOp.Call => [last.Target],
+            InlineOp.Ret => [],
+            _ => [last.Next],
+        };
+    }
+
+    /// <summary>The flag producer after <paramref name="b"/>'s ops, given the one on entry (as the emitters track it).</summary>
+    private static (int Kind, int Size) ExitFlags(Block b, (int Kind, int Size) entry)
+    {
+        var f = entry;
+        for (int i = 0; i < b.Count; i++)
+        {
+            ref Op op = ref b.Ops[i];
+            switch (op.Inline)
+            {
+                case InlineOp.AluRR or InlineOp.AluRI or InlineOp.AluRR64 or InlineOp.AluRI64 or InlineOp.Alu:
+                    int kind = op.Sub switch
+                    {
+                        Translator.AluAdd => LzAdd,
+                        Translator.AluSub or Translator.AluCmp => LzSub,
+                        _ => LzLogic,
+                    };
+                    f = (kind, op.Inline is InlineOp.AluRR64 or InlineOp.AluRI64 ? 8 : op.Size);
+                    break;
+                case InlineOp.IncDecR64 or InlineOp.IncDec:
+                    f = (op.Sub == 0 ? LzInc : LzDec, op.Inline == InlineOp.IncDecR64 ? 8 : op.Size);
+                    break;
+                case InlineOp.Shift or InlineOp.Imul2:
+                    f = (LzShift, op.Size);
+                    break;
+                default:
+                    break;
+            }
+        }
+
+        return f;
+    }
+    private int _regionMaxCount;
+
+    /// <summary>Leaves the block with <paramref name="retired"/> instructions to <paramref name="rip"/>: into a region block when that is one, else out of the method.</summary>
+    private void EmitEdge(int retired, ulong rip, int slot)
+    {
+        if (_region.Length > 1 && _regionIndex.TryGetValue(rip, out int k))
+        {
+            EmitInternalEdge(retired, rip, k);
+            return;
+        }
+
+        EmitExit(retired, rip, slot);
+    }
+
+    /// <summary>
+    /// From the current block (its <paramref name="n"/> instructions retired) to region block <paramref name="k"/>: taken
+    /// while the budget allows a whole block of the region and, on a backward edge, nothing needs the run loop (the same
+    /// checks as a self-loop's); otherwise the method returns with RIP at the target.
+    /// </summary>
+    private void EmitInternalEdge(int n, ulong rip, int k)
+    {
+        var (entryKind, entrySize) = _entryFlags[k];
+        if (entryKind == Unknown)
+        {
+            // The target block starts from flags in the CPU state.
+            EmitFlagStore();
+        }
+        else if (entryKind != _flagKind || entrySize != _flagSize)
+        {
+            throw new InvalidProgramException("Region edge does not carry the flags its target block expects.");
+        }
+
+        EmitRetire(n);
+        var leave = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, _rc);
+        _il.Emit(OpCodes.Ldloc, _loopLimit!);
+        _il.Emit(OpCodes.Bgt, leave);
+        if (k <= _cur)
+        {
+            foreach (var f in (FieldInfo[])[ExitRequestedField, RemoteCodeWriteField, WriteTlbFlushField])
+            {
+                _il.Emit(OpCodes.Ldarg_1);
+                _il.Emit(OpCodes.Volatile);
+                _il.Emit(OpCodes.Ldfld, f);
+                _il.Emit(OpCodes.Brtrue, leave);
+            }
+
+            var go = _il.DefineLabel();
+            _il.Emit(OpCodes.Ldloc, _plat!);
+            _il.Emit(OpCodes.Brfalse, go);
+            _il.Emit(OpCodes.Ldloc, _plat!);
+            _il.Emit(OpCodes.Volatile);
+            _il.Emit(OpCodes.Ldfld, AttentionField);
+            _il.Emit(OpCodes.Brfalse, go);
+            EmitStoreRetired();
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldc_I4, _regionMaxCount);
+            _il.Emit(OpCodes.Call, MayIterateMethod);
+            _il.Emit(OpCodes.Brfalse, leave);
+            _il.MarkLabel(go);
+        }
+
+        _il.Emit(OpCodes.Br, _blockLabels[k]);
+        _il.MarkLabel(leave);
+        WriteBackRegs();
+        EmitFlagStore();
+        EmitStoreRetired();
+        EmitSetRip(rip);
+        _il.Emit(OpCodes.Ret);
+    }
+
+    /// <summary>Pushes the block being emitted (the method's block argument, or an element of the region it is bound to).</summary>
+    private void EmitLoadCurrentBlock()
+    {
+        if (_cur == 0)
+        {
+            _il.Emit(OpCodes.Ldarg_2);
+            return;
+        }
+
+        _il.Emit(OpCodes.Ldarg_0);
+        _il.Emit(OpCodes.Ldc_I4, _cur);
+        _il.Emit(OpCodes.Ldelem_Ref);
+    }
+
     private LocalBuilder? _loopLimit;
     private LocalBuilder? _plat;
     private bool _hasFallback;
     private int _loopFlagKind = Unknown;
     private int _loopFlagSize;
 
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The dispatch over inline forms, one emitter each.")]
     private void EmitOps(bool[] inline, ulong startRip)
     {
         int n = inline.Length;
@@ -880,6 +1391,30 @@ internal sealed class BlockCompiler
                     _loopFlagSize = _flagSize;
                     EmitBranch(i, startRip);
                     break;
+                case InlineOp.Push:
+                    EmitPush(i);
+                    break;
+                case InlineOp.Pop:
+                    EmitPop(i);
+                    break;
+                case InlineOp.Call:
+                    EmitCall(i);
+                    break;
+                case InlineOp.Ret:
+                    EmitRet(i);
+                    break;
+                case InlineOp.Cmovcc:
+                    EmitCmov(i);
+                    break;
+                case InlineOp.Setcc:
+                    EmitSetcc(i);
+                    break;
+                case InlineOp.Imul2:
+                    EmitImul(i);
+                    break;
+                case InlineOp.Shift:
+                    EmitShift(i);
+                    break;
                 default:
                     throw new InvalidProgramException($"Op {op.Inline} marked inline without an emitter.");
             }
@@ -887,66 +1422,142 @@ internal sealed class BlockCompiler
 
         if (inline[n - 1] && !IsBranch(in _ops[n - 1]))
         {
-            EmitExit(n, _ops[n - 1].Next);
+            EmitEdge(n, _ops[n - 1].Next, 1);
         }
     }
 
-    private static bool IsBranch(in Op op) => op.Inline is InlineOp.Jcc or InlineOp.Jmp;
+    private static bool IsBranch(in Op op) => op.Inline is InlineOp.Jcc or InlineOp.Jmp or InlineOp.Call or InlineOp.Ret;
 
-    /// <summary>Leaves the block normally: state written back, <paramref name="retired"/> instructions counted, RIP set.</summary>
-    private void EmitExit(int retired, ulong rip)
+    /// <summary>
+    /// Leaves the block normally: state written back, <paramref name="retired"/> instructions counted, RIP set; then
+    /// runs the compiled block linked to exit <paramref name="slot"/> directly when the link holds, or returns with
+    /// the exit named so that the run loop links the block it finds.
+    /// </summary>
+    private void EmitExit(int retired, ulong rip, int slot)
     {
         WriteBackRegs();
         EmitFlagStore();
         EmitRetire(retired);
+        EmitStoreRetired();
         EmitSetRip(rip);
+        EmitChain(slot);
+    }
+
+    /// <summary>
+    /// The chaining tail of exit <paramref name="slot"/>: the linked block (same link generation, still valid, compiled,
+    /// allowed by <see cref="InterpreterVcpu.JitMayChain"/>) is called in tail position; otherwise the method returns
+    /// with <c>_chainFrom</c>/<c>_chainSlot</c> set.
+    /// </summary>
+    private void EmitChain(int slot, LocalBuilder? dynamicRip = null)
+    {
+        var noLink = _il.DefineLabel();
+        var target = _chainTarget ??= _il.DeclareLocal(typeof(Block));
+        var code = _chainCode ??= _il.DeclareLocal(typeof(CompiledBlock));
+        EmitLoadCurrentBlock();
+        _il.Emit(OpCodes.Ldfld, LinkFields[slot]);
+        _il.Emit(OpCodes.Stloc, target);
+        _il.Emit(OpCodes.Ldloc, target);
+        _il.Emit(OpCodes.Brfalse, noLink);
+        if (dynamicRip != null)
+        {
+            // A computed target (RET): the link holds for the address it was made for (64-bit code: linear = RIP).
+            _il.Emit(OpCodes.Ldloc, target);
+            _il.Emit(OpCodes.Ldfld, LinField);
+            _il.Emit(OpCodes.Ldloc, dynamicRip);
+            _il.Emit(OpCodes.Bne_Un, noLink);
+        }
+
+        EmitLoadCurrentBlock();
+        _il.Emit(OpCodes.Ldfld, LinkGenFields[slot]);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldfld, LinkGenerationField);
+        _il.Emit(OpCodes.Bne_Un, noLink);
+        _il.Emit(OpCodes.Ldloc, target);
+        _il.Emit(OpCodes.Volatile);
+        _il.Emit(OpCodes.Ldfld, ValidField);
+        _il.Emit(OpCodes.Brfalse, noLink);
+        _il.Emit(OpCodes.Ldloc, target);
+        _il.Emit(OpCodes.Volatile);
+        _il.Emit(OpCodes.Ldfld, CompiledField);
+        _il.Emit(OpCodes.Stloc, code);
+        _il.Emit(OpCodes.Ldloc, code);
+        _il.Emit(OpCodes.Brfalse, noLink);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldloc, target);
+        _il.Emit(OpCodes.Ldfld, CountField);
+        _il.Emit(OpCodes.Call, MayChainMethod);
+        var ret = _il.DefineLabel();
+        _il.Emit(OpCodes.Brfalse, ret);
+        _il.Emit(OpCodes.Ldloc, code);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldloc, target);
+        if (TailCalls)
+        {
+            _il.Emit(OpCodes.Tailcall);
+        }
+
+        _il.Emit(OpCodes.Callvirt, InvokeMethod);
+        _il.Emit(OpCodes.Ret);
+        _il.MarkLabel(noLink);
+        _il.Emit(OpCodes.Ldarg_1);
+        EmitLoadCurrentBlock();
+        _il.Emit(OpCodes.Stfld, ChainFromField);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldc_I4, slot);
+        _il.Emit(OpCodes.Stfld, ChainSlotField);
+        _il.MarkLabel(ret);
         _il.Emit(OpCodes.Ret);
     }
+
+    /// <summary>Linked calls are emitted as tail calls (<c>VIRT_INTERPRETER_JIT_TAILCALL=0</c> makes them plain calls, for comparison).</summary>
+    private static readonly bool TailCalls = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT_TAILCALL") != "0";
+
+    private LocalBuilder? _chainTarget;
+    private LocalBuilder? _chainCode;
 
     private void EmitFallback(int i, bool last)
     {
         ref Op op = ref _ops[i];
         WriteBackRegs();
         EmitFlagStore();
+        EmitStoreRetired();
         EmitSetRip(OpStart(in op));
-        _il.Emit(OpCodes.Ldarg_0);
-        _il.Emit(OpCodes.Ldarg_0);
         _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldarg_2);
         _il.Emit(OpCodes.Ldc_I4, i);
         _il.Emit(OpCodes.Call, StepMethod);
-        // stack: vcpu, r (0 or 1)
-        if (last)
+        _il.Emit(OpCodes.Conv_I8);
+        _il.Emit(OpCodes.Stloc, _tmp);
+        var leave = _il.DefineLabel();
+        if (!last)
         {
-            // _retired += i + r; RIP was set by the step.
-            _il.Emit(OpCodes.Conv_I8);
-            if (i != 0)
-            {
-                _il.Emit(OpCodes.Ldc_I8, (long)i);
-                _il.Emit(OpCodes.Add);
-            }
-
-            _il.Emit(OpCodes.Ldarg_0);
-            _il.Emit(OpCodes.Ldfld, RetiredField);
-            _il.Emit(OpCodes.Add);
-            _il.Emit(OpCodes.Stfld, RetiredField);
+            // The op did not retire (it faulted into a handler, or exits) or asked to stop: leave after it.
+            var go = _il.DefineLabel();
+            _il.Emit(OpCodes.Ldloc, _tmp);
+            _il.Emit(OpCodes.Brfalse, leave);
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldfld, StopField);
+            _il.Emit(OpCodes.Brfalse, go);
+            _il.MarkLabel(leave);
+            EmitRetiredAfterStep(i);
             _il.Emit(OpCodes.Ret);
+            _il.MarkLabel(go);
+            LoadAllRegs();
+            _flagKind = Unknown;
+            _flagsDirty = false;
             return;
         }
 
-        var go = _il.DefineLabel();
-        var leave = _il.DefineLabel();
-        _il.Emit(OpCodes.Conv_I8);
-        _il.Emit(OpCodes.Stloc, _tmp);
-        _il.Emit(OpCodes.Pop);
-        _il.Emit(OpCodes.Ldloc, _tmp);
-        _il.Emit(OpCodes.Brfalse, leave);
-        _il.Emit(OpCodes.Ldarg_0);
-        _il.Emit(OpCodes.Ldfld, StopField);
-        _il.Emit(OpCodes.Brfalse, go);
-        _il.MarkLabel(leave);
-        _il.Emit(OpCodes.Ldarg_0);
-        _il.Emit(OpCodes.Ldarg_0);
-        _il.Emit(OpCodes.Ldfld, RetiredField);
+        // The last op set RIP itself; the block ends here.
+        EmitRetiredAfterStep(i);
+        _il.Emit(OpCodes.Ret);
+    }
+
+    /// <summary>After the interpreter ran op <paramref name="i"/> (retired count in <see cref="_tmp"/>): the retired count of the block so far, stored.</summary>
+    private void EmitRetiredAfterStep(int i)
+    {
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldloc, _rc);
         _il.Emit(OpCodes.Ldloc, _tmp);
         _il.Emit(OpCodes.Add);
         if (i != 0)
@@ -956,18 +1567,13 @@ internal sealed class BlockCompiler
         }
 
         _il.Emit(OpCodes.Stfld, RetiredField);
-        _il.Emit(OpCodes.Ret);
-        _il.MarkLabel(go);
-        LoadAllRegs();
-        _flagKind = Unknown;
-        _flagsDirty = false;
     }
 
     private void EmitBranch(int i, ulong startRip)
     {
         ref Op op = ref _ops[i];
         int n = i + 1;
-        bool selfLoop = op.Target == startRip;
+        bool selfLoop = _region.Length == 1 && op.Target == startRip;
         if (op.Inline == InlineOp.Jmp)
         {
             if (selfLoop)
@@ -976,7 +1582,7 @@ internal sealed class BlockCompiler
             }
             else
             {
-                EmitExit(n, op.Target);
+                EmitEdge(n, op.Target, 0);
             }
 
             return;
@@ -985,7 +1591,7 @@ internal sealed class BlockCompiler
         var taken = _il.DefineLabel();
         EmitCondition(op.Sub);
         _il.Emit(OpCodes.Brtrue, taken);
-        EmitExit(n, op.Next);
+        EmitEdge(n, op.Next, 1);
         _il.MarkLabel(taken);
         if (selfLoop)
         {
@@ -993,7 +1599,7 @@ internal sealed class BlockCompiler
         }
         else
         {
-            EmitExit(n, op.Target);
+            EmitEdge(n, op.Target, 0);
         }
     }
 
@@ -1014,20 +1620,20 @@ internal sealed class BlockCompiler
         var leave = _il.DefineLabel();
         if (_hasFallback)
         {
-            _il.Emit(OpCodes.Ldarg_0);
+            EmitStoreRetired();
+            _il.Emit(OpCodes.Ldarg_1);
             _il.Emit(OpCodes.Ldc_I4, n);
             _il.Emit(OpCodes.Call, MayIterateMethod);
             _il.Emit(OpCodes.Brfalse, leave);
         }
         else
         {
-            _il.Emit(OpCodes.Ldarg_0);
-            _il.Emit(OpCodes.Ldfld, RetiredField);
+            _il.Emit(OpCodes.Ldloc, _rc);
             _il.Emit(OpCodes.Ldloc, _loopLimit!);
             _il.Emit(OpCodes.Bgt, leave);
             foreach (var f in (FieldInfo[])[ExitRequestedField, RemoteCodeWriteField, WriteTlbFlushField])
             {
-                _il.Emit(OpCodes.Ldarg_0);
+                _il.Emit(OpCodes.Ldarg_1);
                 _il.Emit(OpCodes.Volatile);
                 _il.Emit(OpCodes.Ldfld, f);
                 _il.Emit(OpCodes.Brtrue, leave);
@@ -1041,7 +1647,8 @@ internal sealed class BlockCompiler
             _il.Emit(OpCodes.Ldfld, AttentionField);
             _il.Emit(OpCodes.Brfalse, go);
             EmitFlagStore();
-            _il.Emit(OpCodes.Ldarg_0);
+            EmitStoreRetired();
+            _il.Emit(OpCodes.Ldarg_1);
             _il.Emit(OpCodes.Ldc_I4, n);
             _il.Emit(OpCodes.Call, MayIterateMethod);
             _il.Emit(OpCodes.Brfalse, leave);
@@ -1052,6 +1659,7 @@ internal sealed class BlockCompiler
         _il.MarkLabel(leave);
         WriteBackRegs();
         EmitFlagStore();
+        EmitStoreRetired();
         EmitSetRip(startRip);
         _il.Emit(OpCodes.Ret);
     }
@@ -1271,5 +1879,301 @@ internal sealed class BlockCompiler
         }
 
         SetReg(op.R0, op.Size);
+    }
+
+    // ---- Stack, conditional moves, SETcc, IMUL, shifts -------------------------------------------------
+
+    /// <summary>RSP minus <paramref name="size"/> into <see cref="_lin"/> (64-bit mode: the stack is flat).</summary>
+    private void EmitStackSlot(int size)
+    {
+        _il.Emit(OpCodes.Ldloc, _reg[4]!);
+        _il.Emit(OpCodes.Ldc_I8, (long)size);
+        _il.Emit(OpCodes.Sub);
+        _il.Emit(OpCodes.Stloc, _lin);
+    }
+
+    private void EmitSetRspFromLin()
+    {
+        _il.Emit(OpCodes.Ldloc, _lin);
+        _il.Emit(OpCodes.Stloc, _reg[4]!);
+    }
+
+    private void EmitPush(int i)
+    {
+        ref Op op = ref _ops[i];
+        int size = op.Size;
+        if (op.K0 == OpKindX.Reg)
+        {
+            GetReg(op.R0, size);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldc_I8, unchecked((long)op.Imm));
+        }
+
+        _il.Emit(OpCodes.Stloc, _tb);
+        EmitStackSlot(size);
+        EmitWrite(size, _tb, i, EmitSetRspFromLin, op.Next);
+    }
+
+    private void EmitPop(int i)
+    {
+        ref Op op = ref _ops[i];
+        int size = op.Size;
+        _il.Emit(OpCodes.Ldloc, _reg[4]!);
+        _il.Emit(OpCodes.Stloc, _lin);
+        EmitRead(size, i, rmw: false);
+
+        // RSP moves first, so POP RSP leaves the popped value in RSP.
+        _il.Emit(OpCodes.Ldloc, _reg[4]!);
+        _il.Emit(OpCodes.Ldc_I8, (long)size);
+        _il.Emit(OpCodes.Add);
+        _il.Emit(OpCodes.Stloc, _reg[4]!);
+        _il.Emit(OpCodes.Ldloc, _val);
+        SetReg(op.R0, size);
+    }
+
+    private void EmitCall(int i)
+    {
+        ref Op op = ref _ops[i];
+        _il.Emit(OpCodes.Ldc_I8, unchecked((long)op.Next));
+        _il.Emit(OpCodes.Stloc, _tb);
+        EmitStackSlot(8);
+        EmitWrite(8, _tb, i, EmitSetRspFromLin, op.Target);
+        EmitEdge(i + 1, op.Target, 0);
+    }
+
+    private void EmitRet(int i)
+    {
+        ref Op op = ref _ops[i];
+        _il.Emit(OpCodes.Ldloc, _reg[4]!);
+        _il.Emit(OpCodes.Stloc, _lin);
+        EmitRead(8, i, rmw: false);
+        _il.Emit(OpCodes.Ldloc, _reg[4]!);
+        _il.Emit(OpCodes.Ldc_I8, 8 + (long)op.Imm);
+        _il.Emit(OpCodes.Add);
+        _il.Emit(OpCodes.Stloc, _reg[4]!);
+        WriteBackRegs();
+        EmitFlagStore();
+        EmitRetire(i + 1);
+        EmitStoreRetired();
+        _il.Emit(OpCodes.Ldloc, _cpu);
+        _il.Emit(OpCodes.Ldloc, _val);
+        _il.Emit(OpCodes.Stfld, RipField);
+        EmitChain(0, _val);
+    }
+
+    private void EmitCmov(int i)
+    {
+        ref Op op = ref _ops[i];
+        int size = op.Size;
+        EmitSource(in op, op.K1, size, i);
+        _il.Emit(OpCodes.Stloc, _tb);
+        var skip = _il.DefineLabel();
+        var done = _il.DefineLabel();
+        EmitCondition(op.Sub);
+        _il.Emit(OpCodes.Brfalse, skip);
+        _il.Emit(OpCodes.Ldloc, _tb);
+        SetReg(op.R0, size);
+        _il.Emit(OpCodes.Br, done);
+        _il.MarkLabel(skip);
+        if (size == 4)
+        {
+            // A 32-bit CMOVcc writes its destination (clearing the upper half) whether or not it moves.
+            GetReg(op.R0, 4);
+            SetReg(op.R0, 4);
+        }
+
+        _il.MarkLabel(done);
+    }
+
+    private void EmitSetcc(int i)
+    {
+        ref Op op = ref _ops[i];
+        if (op.K0 == OpKindX.Reg)
+        {
+            EmitCondition(op.Sub);
+            _il.Emit(OpCodes.Conv_U8);
+            SetReg(op.R0, 1);
+            return;
+        }
+
+        EmitLinear(in op);
+        EmitCondition(op.Sub);
+        _il.Emit(OpCodes.Conv_U8);
+        _il.Emit(OpCodes.Stloc, _tb);
+        EmitWrite(1, _tb, i);
+    }
+
+    private void EmitImul(int i)
+    {
+        ref Op op = ref _ops[i];
+        int size = op.Size;
+        if (op.Size2 == 0xFF)
+        {
+            // IMUL r, r/m, imm
+            EmitSource(in op, op.K1, size, i);
+            _il.Emit(OpCodes.Stloc, _ta);
+            _il.Emit(OpCodes.Ldc_I8, unchecked((long)op.Imm));
+            _il.Emit(OpCodes.Stloc, _tb);
+        }
+        else
+        {
+            GetReg(op.R0, size);
+            _il.Emit(OpCodes.Stloc, _ta);
+            EmitSource(in op, op.K1, size, i);
+            _il.Emit(OpCodes.Stloc, _tb);
+        }
+
+        var overflow = _imulOut ??= _il.DeclareLocal(typeof(ulong));
+        _il.Emit(OpCodes.Ldloc, _ta);
+        _il.Emit(OpCodes.Ldloc, _tb);
+        _il.Emit(OpCodes.Ldc_I4, size);
+        _il.Emit(OpCodes.Ldloca, overflow);
+        _il.Emit(OpCodes.Call, ImulMethod);
+        _il.Emit(OpCodes.Stloc, _fr);
+        _il.Emit(OpCodes.Ldloc, overflow);
+        _il.Emit(OpCodes.Stloc, _fcf);
+        _il.Emit(OpCodes.Ldloc, _ta);
+        _il.Emit(OpCodes.Stloc, _fa);
+        _il.Emit(OpCodes.Ldc_I4_0);
+        _il.Emit(OpCodes.Conv_U8);
+        _il.Emit(OpCodes.Stloc, _fb);
+        SetFlags(LzShift, size);
+        _il.Emit(OpCodes.Ldloc, _fr);
+        SetReg(op.R0, size);
+    }
+
+    private LocalBuilder? _imulOut;
+
+    /// <summary>Two-operand IMUL of <paramref name="size"/> bytes: the truncated product, CF and OF (as flag bits) set when it overflowed.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    internal static ulong Imul(ulong a, ulong b, int size, out ulong cfOf)
+    {
+        if (size == 8)
+        {
+            long h = Math.BigMul((long)a, (long)b, out long l);
+            cfOf = h != (l >> 63) ? CfBit | OfBit : 0;
+            return (ulong)l;
+        }
+
+        long p = InterpreterVcpu.SignExtend(a, size) * InterpreterVcpu.SignExtend(b, size);
+        ulong lo = (ulong)p & Mask(size);
+        cfOf = p != InterpreterVcpu.SignExtend(lo, size) ? CfBit | OfBit : 0;
+        return lo;
+    }
+
+    /// <summary>SHL/SAL/SHR/SAR by an immediate count that is not zero and below the operand width.</summary>
+    private void EmitShift(int i)
+    {
+        ref Op op = ref _ops[i];
+        int size = op.Size;
+        int bits = size * 8;
+        int count = ShiftCount(in op);
+        bool reg = op.K0 == OpKindX.Reg;
+        if (reg)
+        {
+            GetReg(op.R0, size);
+        }
+        else
+        {
+            EmitLinear(in op);
+            EmitRead(size, i, rmw: true);
+            _il.Emit(OpCodes.Ldloc, _val);
+        }
+
+        _il.Emit(OpCodes.Stloc, _ta);
+        switch (op.Sub)
+        {
+            case 5: // SHR
+                _il.Emit(OpCodes.Ldloc, _ta);
+                _il.Emit(OpCodes.Ldc_I4, count);
+                _il.Emit(OpCodes.Shr_Un);
+                _il.Emit(OpCodes.Stloc, _fr);
+                EmitBitOf(_ta, count - 1, signed: false);
+                EmitBitOf(_ta, bits - 1, signed: false);
+                _il.Emit(OpCodes.Ldc_I4, 11);
+                _il.Emit(OpCodes.Shl);
+                _il.Emit(OpCodes.Or);
+                _il.Emit(OpCodes.Stloc, _fcf);
+                break;
+            case 7: // SAR
+                SignExtend(_ta, size);
+                _il.Emit(OpCodes.Ldc_I4, count);
+                _il.Emit(OpCodes.Shr);
+                if (size < 8)
+                {
+                    _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(size)));
+                    _il.Emit(OpCodes.And);
+                }
+
+                _il.Emit(OpCodes.Stloc, _fr);
+                EmitBitOf(_ta, count - 1, signed: true, size);
+                _il.Emit(OpCodes.Stloc, _fcf);
+                break;
+            default: // SHL, SAL
+                _il.Emit(OpCodes.Ldloc, _ta);
+                _il.Emit(OpCodes.Ldc_I4, count);
+                _il.Emit(OpCodes.Shl);
+                if (size < 8)
+                {
+                    _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(size)));
+                    _il.Emit(OpCodes.And);
+                }
+
+                _il.Emit(OpCodes.Stloc, _fr);
+
+                // CF is the last bit shifted out; OF is CF xor the result's sign.
+                EmitBitOf(_ta, bits - count, signed: false);
+                _il.Emit(OpCodes.Stloc, _tc);
+                _il.Emit(OpCodes.Ldloc, _tc);
+                EmitBitOf(_fr, bits - 1, signed: false);
+                _il.Emit(OpCodes.Ldloc, _tc);
+                _il.Emit(OpCodes.Xor);
+                _il.Emit(OpCodes.Ldc_I4, 11);
+                _il.Emit(OpCodes.Shl);
+                _il.Emit(OpCodes.Or);
+                _il.Emit(OpCodes.Stloc, _fcf);
+                break;
+        }
+
+        _il.Emit(OpCodes.Ldloc, _ta);
+        _il.Emit(OpCodes.Stloc, _fa);
+        _il.Emit(OpCodes.Ldc_I4_0);
+        _il.Emit(OpCodes.Conv_U8);
+        _il.Emit(OpCodes.Stloc, _fb);
+        SetFlags(LzShift, size);
+        if (reg)
+        {
+            _il.Emit(OpCodes.Ldloc, _fr);
+            SetReg(op.R0, size);
+        }
+        else
+        {
+            EmitWrite(size, _fr, i);
+        }
+    }
+
+    /// <summary>Pushes bit <paramref name="bit"/> of <paramref name="v"/> (sign-extended from <paramref name="size"/> bytes when <paramref name="signed"/>) as a ulong 0 or 1.</summary>
+    private void EmitBitOf(LocalBuilder v, int bit, bool signed, int size = 8)
+    {
+        if (signed)
+        {
+            SignExtend(v, size);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldloc, v);
+        }
+
+        if (bit != 0)
+        {
+            _il.Emit(OpCodes.Ldc_I4, bit);
+            _il.Emit(OpCodes.Shr_Un);
+        }
+
+        _il.Emit(OpCodes.Ldc_I4_1);
+        _il.Emit(OpCodes.Conv_U8);
+        _il.Emit(OpCodes.And);
     }
 }

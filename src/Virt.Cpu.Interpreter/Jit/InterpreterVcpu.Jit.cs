@@ -8,6 +8,20 @@ internal sealed partial class InterpreterVcpu
     /// <summary>The compiled tier this vCPU uses, or null when it only interprets.</summary>
     private readonly Jit.JitTier? _jit;
 
+    /// <summary>Raised whenever block lookups are flushed (paging changes): links made before no longer hold.</summary>
+    private int _linkGeneration;
+
+    /// <summary>Set by a compiled block that left through exit <see cref="_chainSlot"/> without a usable link: the run loop links the block it finds next.</summary>
+    private Block? _chainFrom;
+
+    private int _chainSlot;
+
+    /// <summary>Compiled blocks entered through links since the run loop last called compiled code (bounds the nesting).</summary>
+    private int _chainDepth;
+
+    /// <summary>Compiled blocks entered through links before control returns to the run loop at most.</summary>
+    internal const int MaxChainDepth = 64;
+
     /// <summary>Instructions retired so far; compiled blocks add to it as they complete iterations.</summary>
     internal long RetiredCount => _retired;
 
@@ -34,7 +48,7 @@ internal sealed partial class InterpreterVcpu
     internal long JitLoopLimit(int count) => NeedsAttention() ? long.MinValue : Math.Min(_budgetEnd - count, _timerStop - 1);
 
     /// <summary>Runs instruction <paramref name="index"/> of <paramref name="b"/> exactly as the interpreter does; returns 1 when it retired, 0 when not.</summary>
-    internal int JitStep(Block b, int index) => ExecuteBlock(b, 1, index);
+    internal int JitStep(Block b, int index) => ExecuteOps(b, index, index + 1) - index;
 
     /// <summary>The carry flag of the lazy state, for INC/DEC that follow flags the compiled block did not produce.</summary>
     internal ulong JitCarry() => CarryFlag();
@@ -55,34 +69,111 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Slow path of a compiled write.</summary>
     internal void JitWriteSlow(ulong lin, int size, ulong value) => WriteSlow(lin, size, value);
 
-    /// <summary>Runs <paramref name="b"/> through its compiled code when that may run whole; false when the interpreter must run it.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private bool TryRunCompiled(Block b)
-    {
-        var code = b.Compiled;
-        if (code == null || _budgetEnd - _retired < b.Count)
-        {
-            return false;
-        }
-
-        RunCompiled(b, code);
-        return true;
-    }
-
     private void RunCompiled(Block b, Jit.CompiledBlock code)
     {
-        b.Used = true;
-        _lastBlock = b;
+        // The compiled prologue marks the block used and makes it _lastBlock (chained blocks do the same).
         _inBlock = true;
+        _chainDepth = 0;
         code(this, b);
         _inBlock = false;
+    }
+
+    /// <summary>
+    /// Called by compiled code at an exit with a link to a compiled block: true when that block may run now (the
+    /// budget allows it whole, nothing needs the run loop, and the nesting of linked calls is bounded).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool JitMayChain(int count) => ++_chainDepth <= MaxChainDepth && _budgetEnd - _retired >= count && !NeedsAttention();
+
+    /// <summary>The run loop with the compiled tier: counts blocks, runs compiled ones, links compiled exits to the blocks that follow them.</summary>
+    private void RunTiered()
+    {
+        _chainFrom = null;
+        while (true)
+        {
+            var b = GetBlock();
+            if (_chainFrom is { } from)
+            {
+                _chainFrom = null;
+                if (b.Cacheable && b.ModeKey == from.ModeKey && b.CsBase == from.CsBase)
+                {
+                    if (_chainSlot == 0)
+                    {
+                        from.Link0 = b;
+                        from.LinkGen0 = _linkGeneration;
+                    }
+                    else
+                    {
+                        from.Link1 = b;
+                        from.LinkGen1 = _linkGeneration;
+                    }
+                }
+            }
+
+            var code = b.Compiled;
+            if (code == null)
+            {
+                CountForJit(b);
+                code = b.Compiled;
+            }
+
+            if (code != null && _budgetEnd - _retired >= b.Count)
+            {
+                RunCompiled(b, code);
+            }
+            else
+            {
+                long left = _budgetEnd - _retired;
+                int n = b.Count;
+                if (left < n)
+                {
+                    n = (int)left;
+                }
+
+                _inBlock = true;
+                int retired = ExecuteBlock(b, n);
+                _retired += retired;
+                _inBlock = false;
+                if (retired == b.Count && b.Cacheable)
+                {
+                    NoteInterpretedExit(b);
+                }
+            }
+
+            if (NeedsAttention())
+            {
+                _chainFrom = null;
+                return;
+            }
+        }
+    }
+
+    /// <summary>
+    /// After <paramref name="b"/> ran whole in the interpreter: names its exit (0 when its final branch or call went
+    /// to its target, 1 when execution goes on at the next instruction) so the run loop links the block that follows,
+    /// as compiled exits do; the compiler forms regions along these links.
+    /// </summary>
+    private void NoteInterpretedExit(Block b)
+    {
+        ref Op last = ref b.Ops[b.Count - 1];
+        ulong rip = _cpu.Rip;
+        if (last.Inline is InlineOp.Jcc or InlineOp.Jmp or InlineOp.Call && rip == last.Target)
+        {
+            _chainFrom = b;
+            _chainSlot = 0;
+        }
+        else if (rip == last.Next)
+        {
+            _chainFrom = b;
+            _chainSlot = 1;
+        }
     }
 
     /// <summary>Counts an interpreted run of <paramref name="b"/> towards the JIT threshold (at 0, compiles it now).</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void CountForJit(Block b)
     {
-        if (b.Cacheable && b.Compiled == null)
+        if (b.Cacheable)
         {
             _jit!.Count(b);
         }

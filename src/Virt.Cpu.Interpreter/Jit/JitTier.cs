@@ -17,6 +17,12 @@ internal sealed class JitTier
     public JitTier(int threshold)
     {
         _threshold = threshold;
+        if (threshold > 0)
+        {
+            // Start the compiler thread (and its warm-up compilation) now, while the guest is being set up, so
+            // that the first hot block does not also wait for the compiler to be compiled.
+            _ = JitCompilerThread.Shared;
+        }
     }
 
     /// <summary>True where the runtime compiles dynamic code (not NativeAOT, not an interpreter-only runtime).</summary>
