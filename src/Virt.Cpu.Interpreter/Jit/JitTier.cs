@@ -33,9 +33,12 @@ internal sealed class JitTier
     public void Count(Block b)
     {
         int hits = ++b.Hits;
-        if (hits == _threshold)
+        if (hits == _threshold && !JitCompilerThread.Shared.TryEnqueue(b))
         {
-            JitCompilerThread.Shared.Enqueue(b);
+            // The compiler is behind (code that runs many blocks a few hundred times each, such as a kernel booting):
+            // the block starts counting again and is queued only if it stays hot, so the queue holds what is hot now
+            // rather than a backlog of blocks whose moment has passed.
+            b.Hits = 0;
         }
         else if (_threshold == 0 && hits == 1)
         {
@@ -63,6 +66,7 @@ internal sealed class JitCompilerThread
     private long _compiled;
     private long _compileTicks;
     private long _evicted;
+    private long _deferred;
 
     private JitCompilerThread()
     {
@@ -84,7 +88,24 @@ internal sealed class JitCompilerThread
     /// <summary>Compiled blocks in the cache now.</summary>
     public int Cached => Volatile.Read(ref _cached);
 
-    public void Enqueue(Block b) => _queue.Add(b);
+    /// <summary>Blocks waiting for the compiler at most; a block that becomes hot while the queue is full is not queued.</summary>
+    public const int MaxBacklog = 8;
+
+    /// <summary>Queues <paramref name="b"/> for compilation unless <see cref="MaxBacklog"/> blocks already wait.</summary>
+    public bool TryEnqueue(Block b)
+    {
+        if (_queue.Count >= MaxBacklog)
+        {
+            Interlocked.Increment(ref _deferred);
+            return false;
+        }
+
+        _queue.Add(b);
+        return true;
+    }
+
+    /// <summary>Blocks that became hot while the queue was full, so far.</summary>
+    public long Deferred => Interlocked.Read(ref _deferred);
 
     /// <summary>Compiles <paramref name="b"/> on the calling thread (threshold 0).</summary>
     public void CompileNow(Block b) => Compile(b);
