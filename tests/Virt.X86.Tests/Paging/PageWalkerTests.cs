@@ -401,15 +401,24 @@ public sealed class PageWalkerTests : IDisposable
         _tables.Map(pml4, 4, 0x40_0000, 0x30_0000, P | W | U);
         var paging = FourLevel(pml4);
         Walk(paging, 0x40_0000, PageAccess.User);
-        long before = GC.GetAllocatedBytesForCurrentThread();
+
+        // The runtime itself may allocate on this thread once while the loop is being re-compiled (tiering, on-stack
+        // replacement), so the walks are measured in rounds: a walker that allocates does so in every round.
+        var allocated = new List<long>();
         ulong sum = 0;
-        for (int i = 0; i < 10_000; i++)
+        for (int round = 0; round < 5 && (allocated.Count == 0 || allocated[^1] != 0); round++)
         {
-            sum += Walk(paging, 0x40_0000 + (ulong)i, PageAccess.User).PhysicalAddress;
-            sum += Walk(paging, 0x80_0000, PageAccess.User).PhysicalAddress;
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < 10_000; i++)
+            {
+                sum += Walk(paging, 0x40_0000 + (ulong)i, PageAccess.User).PhysicalAddress;
+                sum += Walk(paging, 0x80_0000, PageAccess.User).PhysicalAddress;
+            }
+
+            allocated.Add(GC.GetAllocatedBytesForCurrentThread() - before);
         }
 
-        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        Assert.True(allocated[^1] == 0, $"bytes allocated per round of 20,000 walks: {string.Join(", ", allocated)}");
         Assert.NotEqual(0UL, sum);
     }
 }
