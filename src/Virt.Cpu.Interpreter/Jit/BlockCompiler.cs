@@ -1268,32 +1268,10 @@ internal sealed class BlockCompiler
 
         EmitRetire(n);
         var leave = _il.DefineLabel();
-        _il.Emit(OpCodes.Ldloc, _rc);
-        _il.Emit(OpCodes.Ldloc, _loopLimit!);
-        _il.Emit(OpCodes.Bgt, leave);
+        EmitLoopLimitCheck(leave);
         if (k <= _cur)
         {
-            foreach (var f in (FieldInfo[])[ExitRequestedField, RemoteCodeWriteField, WriteTlbFlushField])
-            {
-                _il.Emit(OpCodes.Ldarg_1);
-                _il.Emit(OpCodes.Volatile);
-                _il.Emit(OpCodes.Ldfld, f);
-                _il.Emit(OpCodes.Brtrue, leave);
-            }
-
-            var go = _il.DefineLabel();
-            _il.Emit(OpCodes.Ldloc, _plat!);
-            _il.Emit(OpCodes.Brfalse, go);
-            _il.Emit(OpCodes.Ldloc, _plat!);
-            _il.Emit(OpCodes.Volatile);
-            _il.Emit(OpCodes.Ldfld, AttentionField);
-            _il.Emit(OpCodes.Brfalse, go);
-            EmitStoreRetired();
-            _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Ldc_I4, _regionMaxCount);
-            _il.Emit(OpCodes.Call, MayIterateMethod);
-            _il.Emit(OpCodes.Brfalse, leave);
-            _il.MarkLabel(go);
+            EmitOtherThreadChecks(leave, _regionMaxCount, storeFlags: false);
         }
 
         _il.Emit(OpCodes.Br, _blockLabels[k]);
@@ -1603,6 +1581,50 @@ internal sealed class BlockCompiler
         }
     }
 
+    /// <summary>Leaves to <paramref name="leave"/> once the retired count passed the limit computed on entry.</summary>
+    private void EmitLoopLimitCheck(Label leave)
+    {
+        _il.Emit(OpCodes.Ldloc, _rc);
+        _il.Emit(OpCodes.Ldloc, _loopLimit!);
+        _il.Emit(OpCodes.Bgt, leave);
+    }
+
+    /// <summary>
+    /// What other threads set between two iterations: leaves to <paramref name="leave"/> on an exit request, a remote
+    /// code write or a TLB flush request; when the platform asks for attention, leaves unless
+    /// <see cref="InterpreterVcpu.JitMayIterate"/> allows <paramref name="count"/> more instructions (the flags are
+    /// stored first when <paramref name="storeFlags"/>, as that check may read them).
+    /// </summary>
+    private void EmitOtherThreadChecks(Label leave, int count, bool storeFlags)
+    {
+        foreach (var f in (FieldInfo[])[ExitRequestedField, RemoteCodeWriteField, WriteTlbFlushField])
+        {
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Volatile);
+            _il.Emit(OpCodes.Ldfld, f);
+            _il.Emit(OpCodes.Brtrue, leave);
+        }
+
+        var go = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, _plat!);
+        _il.Emit(OpCodes.Brfalse, go);
+        _il.Emit(OpCodes.Ldloc, _plat!);
+        _il.Emit(OpCodes.Volatile);
+        _il.Emit(OpCodes.Ldfld, AttentionField);
+        _il.Emit(OpCodes.Brfalse, go);
+        if (storeFlags)
+        {
+            EmitFlagStore();
+        }
+
+        EmitStoreRetired();
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldc_I4, count);
+        _il.Emit(OpCodes.Call, MayIterateMethod);
+        _il.Emit(OpCodes.Brfalse, leave);
+        _il.MarkLabel(go);
+    }
+
     /// <summary>
     /// The end of an iteration of a self-loop: count it, and run the next one when the budget allows a whole one
     /// and nothing needs the run loop. A block without interpreter calls cannot change the vCPU's own conditions
@@ -1628,31 +1650,8 @@ internal sealed class BlockCompiler
         }
         else
         {
-            _il.Emit(OpCodes.Ldloc, _rc);
-            _il.Emit(OpCodes.Ldloc, _loopLimit!);
-            _il.Emit(OpCodes.Bgt, leave);
-            foreach (var f in (FieldInfo[])[ExitRequestedField, RemoteCodeWriteField, WriteTlbFlushField])
-            {
-                _il.Emit(OpCodes.Ldarg_1);
-                _il.Emit(OpCodes.Volatile);
-                _il.Emit(OpCodes.Ldfld, f);
-                _il.Emit(OpCodes.Brtrue, leave);
-            }
-
-            var go = _il.DefineLabel();
-            _il.Emit(OpCodes.Ldloc, _plat!);
-            _il.Emit(OpCodes.Brfalse, go);
-            _il.Emit(OpCodes.Ldloc, _plat!);
-            _il.Emit(OpCodes.Volatile);
-            _il.Emit(OpCodes.Ldfld, AttentionField);
-            _il.Emit(OpCodes.Brfalse, go);
-            EmitFlagStore();
-            EmitStoreRetired();
-            _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Ldc_I4, n);
-            _il.Emit(OpCodes.Call, MayIterateMethod);
-            _il.Emit(OpCodes.Brfalse, leave);
-            _il.MarkLabel(go);
+            EmitLoopLimitCheck(leave);
+            EmitOtherThreadChecks(leave, n, storeFlags: true);
         }
 
         _il.Emit(OpCodes.Br, _headLabel);
