@@ -214,11 +214,7 @@ public sealed partial class UserModeNetwork : INetworkBackend
     /// <exception cref="SocketException">The host end point cannot be bound (in use, not a local address).</exception>
     public TcpPortForward ForwardTcp(IPEndPoint hostEndPoint, int guestPort, IPAddress? guestAddress = null)
     {
-        ArgumentNullException.ThrowIfNull(hostEndPoint);
-        ArgumentOutOfRangeException.ThrowIfLessThan(guestPort, 1);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(guestPort, 65535);
-        var guest = guestAddress ?? Options.FirstGuestAddress;
-        uint guestIp = ForwardTarget(guest);
+        var (guest, guestIp) = ForwardArguments(hostEndPoint, guestPort, guestAddress);
         var listener = new Socket(hostEndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
@@ -234,7 +230,7 @@ public sealed partial class UserModeNetwork : INetworkBackend
         var forward = new TcpPortForward(this, listener, guest, guestIp, (ushort)guestPort);
         lock (_sync)
         {
-            ObjectDisposedException.ThrowIf(_disposed, this);
+            ThrowIfDisposed(listener);
             _forwards.Add(forward);
         }
 
@@ -255,11 +251,7 @@ public sealed partial class UserModeNetwork : INetworkBackend
     /// <exception cref="SocketException">The host end point cannot be bound (in use, not a local address).</exception>
     public UdpPortForward ForwardUdp(IPEndPoint hostEndPoint, int guestPort, IPAddress? guestAddress = null)
     {
-        ArgumentNullException.ThrowIfNull(hostEndPoint);
-        ArgumentOutOfRangeException.ThrowIfLessThan(guestPort, 1);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(guestPort, 65535);
-        var guest = guestAddress ?? Options.FirstGuestAddress;
-        uint guestIp = ForwardTarget(guest);
+        var (guest, guestIp) = ForwardArguments(hostEndPoint, guestPort, guestAddress);
         var socket = new Socket(hostEndPoint.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
         try
         {
@@ -274,12 +266,32 @@ public sealed partial class UserModeNetwork : INetworkBackend
         var forward = new UdpPortForward(this, socket, guest, guestIp, (ushort)guestPort);
         lock (_sync)
         {
-            ObjectDisposedException.ThrowIf(_disposed, this);
+            ThrowIfDisposed(socket);
             _udpForwards.Add(forward);
         }
 
         forward.Start();
         return forward;
+    }
+
+    /// <summary>Checks the arguments of <see cref="ForwardTcp"/> and <see cref="ForwardUdp"/>; returns the guest's address and its number.</summary>
+    private (IPAddress Guest, uint GuestIp) ForwardArguments(IPEndPoint hostEndPoint, int guestPort, IPAddress? guestAddress)
+    {
+        ArgumentNullException.ThrowIfNull(hostEndPoint);
+        ArgumentOutOfRangeException.ThrowIfLessThan(guestPort, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(guestPort, 65535);
+        var guest = guestAddress ?? Options.FirstGuestAddress;
+        return (guest, ForwardTarget(guest));
+    }
+
+    /// <summary>Under <see cref="_sync"/>: a forward made while the network was being disposed closes its socket and fails.</summary>
+    private void ThrowIfDisposed(Socket socket)
+    {
+        if (_disposed)
+        {
+            socket.Dispose();
+            throw new ObjectDisposedException(GetType().FullName);
+        }
     }
 
     /// <summary>Closes every connection (the guest gets resets), every host socket and every forward.</summary>
