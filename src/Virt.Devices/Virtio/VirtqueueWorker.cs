@@ -21,9 +21,9 @@ namespace Virt.Devices.Virtio;
 /// never to the vCPU thread or the process. An exception thrown by the error callback itself is not caught.
 /// </para>
 /// <para>
-/// Adaptive polling: a kick that arrives soon after the previous drain ended (within 32 µs) tells the worker that requests come in quick succession, and the next drain is
-/// followed by a short spin that watches for the next kick instead of handing the work to a fresh thread-pool
-/// thread (a wake-up costs several microseconds, more than a small request on a fast file). The spin window starts
+/// Adaptive polling: a kick that arrives soon after the previous drain ended (within 32 µs) tells the worker that
+/// requests come in quick succession, and the next drain is followed by a short spin that watches for the next kick
+/// instead of handing the work to a fresh thread-pool thread (a wake-up costs several microseconds, more than a small request on a fast file). The spin window starts
 /// at 4 µs, doubles with every kick it would have caught, up to the maximum, and drops to nothing after a kick that
 /// came later than the maximum, so an idle or slow device never spins.
 /// </para>
@@ -140,13 +140,13 @@ public sealed class VirtqueueWorker
         Volatile.Write(ref _pollTicks, gap > MaxPollTicks ? 0 : Math.Clamp(window * 2, FirstPollTicks, MaxPollTicks));
     }
 
-    /// <summary>Spins for up to the current window; true when a kick arrived meanwhile.</summary>
+    /// <summary>Spins for up to the current window; true when a kick arrived meanwhile (without a window, the caller's compare-and-exchange sees one).</summary>
     private bool Poll()
     {
         long window = Volatile.Read(ref _pollTicks);
         if (window == 0)
         {
-            return Volatile.Read(ref _state) == RunningAndKicked;
+            return false;
         }
 
         long deadline = Stopwatch.GetTimestamp() + window;
