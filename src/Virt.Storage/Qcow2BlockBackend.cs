@@ -7,7 +7,8 @@ namespace Virt.Storage;
 
 /// <summary>
 /// A disk stored in a qcow2 image (versions 2 and 3, as written by <c>qemu-img</c>): two-level cluster tables,
-/// refcounts, a backing file (qcow2 or raw, chains), zero clusters, discard, and compressed clusters (zlib) on read.
+/// refcounts, a backing file (qcow2 or raw, chains), zero clusters, discard, extended L2 entries (32 subclusters per
+/// cluster, each allocated, zero or unallocated on its own), and compressed clusters (zlib or zstd) on read.
 /// </summary>
 /// <remarks>
 /// <para>
@@ -19,7 +20,7 @@ namespace Virt.Storage;
 /// <c>qemu-img check</c> reports as harmless; a write that was not flushed may be lost, as on a real disk.
 /// </para>
 /// <para>
-/// Not supported (refused at open, naming the feature): encryption, external data files, extended L2 entries,
+/// Not supported (refused at open, naming the feature): encryption, external data files,
 /// compression types other than zlib and zstd; writing an image that has internal snapshots or is marked dirty or corrupt (open it read-only,
 /// or repair it with <c>qemu-img check -r all</c>). Compressed clusters (zlib or zstd) are read; a write to one
 /// stores it uncompressed.
@@ -37,6 +38,15 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
     private readonly int _clusterBits;
     private readonly int _clusterSize;
     private readonly int _l2Entries;
+
+    /// <summary>Words per L2 entry: 2 with extended L2 entries (the descriptor and the subcluster bitmap), else 1.</summary>
+    private readonly int _l2Stride;
+
+    /// <summary>The image has extended L2 entries: each standard cluster has 32 subclusters with their own state.</summary>
+    private readonly bool _extended;
+
+    /// <summary>Log2 of the allocation unit: the subcluster with extended L2 entries, else the cluster.</summary>
+    private readonly int _unitBits;
     private readonly int _refcountBits;
     private readonly long _refEntriesPerBlock;
     private readonly ulong[] _l1;
@@ -69,7 +79,10 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         Version = header.Version;
         _clusterBits = header.ClusterBits;
         _clusterSize = 1 << _clusterBits;
-        _l2Entries = _clusterSize / 8;
+        _extended = (header.Incompatible & Qcow2Format.IncompatExtendedL2) != 0;
+        _l2Stride = _extended ? 2 : 1;
+        _l2Entries = _clusterSize / (8 * _l2Stride);
+        _unitBits = _extended ? _clusterBits - 5 : _clusterBits;
         _refcountBits = 1 << header.RefcountOrder;
         _refEntriesPerBlock = (long)_clusterSize * 8 / _refcountBits;
         Capacity = header.Size;
@@ -448,9 +461,10 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
 
             for (int j = 0; j < _l2Entries; j++)
             {
-                if (table.Entries[j] != 0)
+                ulong entry = table.Entries[j * _l2Stride];
+                if (entry != 0)
                 {
-                    yield return (((long)i * _l2Entries) + j, table.Entries[j]);
+                    yield return (((long)i * _l2Entries) + j, entry);
                 }
             }
         }
@@ -492,42 +506,77 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
     /// <summary>
     /// The longest run from <paramref name="pos"/> (at most <paramref name="max"/> bytes) of one kind; for
     /// <see cref="ClusterKind.Normal"/>, host-contiguous (and, when <paramref name="forWrite"/>, writable in place);
-    /// a compressed cluster, or a cluster that a write must allocate, is a run of its own.
+    /// a compressed cluster, or the part of one cluster that a write must allocate or fill, is a run of its own.
+    /// The unit is the cluster, or the subcluster in an image with extended L2 entries.
     /// </summary>
     private Run MapRun(long pos, long max, bool forWrite)
     {
-        long cluster = pos >> _clusterBits;
-        int inCluster = (int)(pos & (_clusterSize - 1));
-        long first = Math.Min(_clusterSize - inCluster, max);
-        var (kind, host, entry) = Lookup(cluster);
-        if (forWrite && !(kind == ClusterKind.Normal && (entry & Qcow2Format.Copied) != 0))
+        long unitSize = 1L << _unitBits;
+        long unit = pos >> _unitBits;
+        long inUnit = pos & (unitSize - 1);
+        long clusterLeft = _clusterSize - (pos & (_clusterSize - 1));
+        var first = LookupUnit(unit);
+        long length = Math.Min(unitSize - inUnit, max);
+        if (forWrite && !first.Writable)
         {
-            return new Run(ClusterKind.Unallocated, 0, first, entry);
+            // The following units of the same cluster that cannot take the write in place either join the run.
+            long limit = Math.Min(clusterLeft, max);
+            while (length < limit && !LookupUnit(unit + ((inUnit + length) >> _unitBits)).Writable)
+            {
+                length = Math.Min(length + unitSize, limit);
+            }
+
+            return new Run(ClusterKind.Unallocated, 0, length, first.Entry);
         }
 
-        if (kind == ClusterKind.Compressed)
+        if (first.Kind == ClusterKind.Compressed)
         {
-            return new Run(kind, host, first, entry);
+            return new Run(first.Kind, first.Host, Math.Min(clusterLeft, max), first.Entry);
         }
 
-        long length = first;
-        long nextHost = host + _clusterSize;
+        long nextHost = first.Host + unitSize;
         while (length < max)
         {
-            var (k, h, e) = Lookup(cluster + 1 + ((length - first) >> _clusterBits));
-            if (k != kind || (kind == ClusterKind.Normal && (h != nextHost || (forWrite && (e & Qcow2Format.Copied) == 0))))
+            var next = LookupUnit(unit + ((inUnit + length) >> _unitBits));
+            if (next.Kind != first.Kind || (first.Kind == ClusterKind.Normal && (next.Host != nextHost || (forWrite && !next.Writable))))
             {
                 break;
             }
 
-            nextHost += _clusterSize;
-            length = Math.Min(length + _clusterSize, max);
+            nextHost += unitSize;
+            length = Math.Min(length + unitSize, max);
         }
 
-        return new Run(kind, kind == ClusterKind.Normal ? host + inCluster : host, length, entry);
+        return new Run(first.Kind, first.Kind == ClusterKind.Normal ? first.Host + inUnit : first.Host, length, first.Entry);
     }
 
-    private (ClusterKind Kind, long Host, ulong Entry) Lookup(long cluster)
+    /// <summary>One allocation unit's state: its kind, its host offset when it holds data, its cluster's entry.</summary>
+    private readonly record struct Unit(ClusterKind Kind, long Host, ulong Entry)
+    {
+        /// <summary>A write may go to the unit's host bytes in place.</summary>
+        public bool Writable => Kind == ClusterKind.Normal && (Entry & Qcow2Format.Copied) != 0;
+    }
+
+    private Unit LookupUnit(long unit)
+    {
+        int subBits = _clusterBits - _unitBits;
+        long cluster = unit >> subBits;
+        var (kind, host, entry, bitmap) = Lookup(cluster);
+        if (!_extended || kind == ClusterKind.Compressed)
+        {
+            return new Unit(kind, host, entry);
+        }
+
+        int sub = (int)(unit & ((1 << subBits) - 1));
+        if (((bitmap >> sub) & 1) != 0)
+        {
+            return new Unit(ClusterKind.Normal, host + ((long)sub << _unitBits), entry);
+        }
+
+        return new Unit(((bitmap >> (32 + sub)) & 1) != 0 ? ClusterKind.Zero : ClusterKind.Unallocated, 0, entry);
+    }
+
+    private (ClusterKind Kind, long Host, ulong Entry, ulong Bitmap) Lookup(long cluster)
     {
         long l1Index = cluster / _l2Entries;
         if (l1Index >= _l1.Length)
@@ -538,14 +587,22 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         var table = GetL2((int)l1Index, allocate: false);
         if (table is null)
         {
-            return (ClusterKind.Unallocated, 0, 0);
+            return (ClusterKind.Unallocated, 0, 0, 0);
         }
 
-        ulong entry = table.Entries[cluster % _l2Entries];
-        return Decode(entry, cluster);
+        int slot = (int)(cluster % _l2Entries) * _l2Stride;
+        ulong entry = table.Entries[slot];
+        ulong bitmap = _extended ? table.Entries[slot + 1] : 0;
+        var (kind, host) = Decode(entry, bitmap, cluster);
+        return (kind, host, entry, bitmap);
     }
 
-    private (ClusterKind Kind, long Host, ulong Entry) Decode(ulong entry, long cluster)
+    /// <summary>
+    /// The state of a whole cluster from its L2 entry. With extended L2 entries a standard cluster is
+    /// <see cref="ClusterKind.Normal"/> when it has a host cluster and <see cref="ClusterKind.Unallocated"/> when not;
+    /// its subclusters' states come from <paramref name="bitmap"/>, which is checked here.
+    /// </summary>
+    private (ClusterKind Kind, long Host) Decode(ulong entry, ulong bitmap, long cluster)
     {
         if ((entry & Qcow2Format.Compressed) != 0)
         {
@@ -560,7 +617,8 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
                 throw Damaged(Path, "L2 entry", $"of guest cluster {cluster} points to compressed data at {host}, outside the file");
             }
 
-            return (ClusterKind.Compressed, host, entry);
+            // A compressed cluster has no subclusters; its bitmap is not used.
+            return (ClusterKind.Compressed, host);
         }
 
         if ((entry & Qcow2Format.L2Reserved) != 0)
@@ -569,6 +627,28 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         }
 
         long offset = (long)(entry & Qcow2Format.OffsetMask);
+        if (_extended)
+        {
+            // Bit 0 (the whole-cluster zero flag) is not used with extended L2 entries: the bitmap says which parts read as zeroes.
+            if ((bitmap & (bitmap >> 32) & Qcow2Format.AllSubclustersAllocated) != 0)
+            {
+                throw Damaged(Path, "L2 bitmap", $"of guest cluster {cluster} marks subclusters both allocated and zero (0x{bitmap:x16})");
+            }
+
+            if (offset == 0)
+            {
+                if ((bitmap & Qcow2Format.AllSubclustersAllocated) != 0 || (entry & Qcow2Format.Copied) != 0)
+                {
+                    throw Damaged(Path, "L2 entry", $"of guest cluster {cluster} has no host cluster but allocated subclusters or the copied flag (0x{entry:x16}, bitmap 0x{bitmap:x16})");
+                }
+
+                return (ClusterKind.Unallocated, 0);
+            }
+
+            CheckDataCluster(offset, cluster);
+            return (ClusterKind.Normal, offset);
+        }
+
         if ((entry & Qcow2Format.ZeroFlag) != 0)
         {
             if (Version < 3)
@@ -581,7 +661,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
                 CheckDataCluster(offset, cluster);
             }
 
-            return (ClusterKind.Zero, offset, entry);
+            return (ClusterKind.Zero, offset);
         }
 
         if (offset == 0)
@@ -591,11 +671,11 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
                 throw Damaged(Path, "L2 entry", $"of guest cluster {cluster} is unallocated but marked copied");
             }
 
-            return (ClusterKind.Unallocated, 0, entry);
+            return (ClusterKind.Unallocated, 0);
         }
 
         CheckDataCluster(offset, cluster);
-        return (ClusterKind.Normal, offset, entry);
+        return (ClusterKind.Normal, offset);
     }
 
     private void CheckDataCluster(long offset, long cluster)
@@ -733,14 +813,26 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         }
     }
 
-    /// <summary>Writes within one cluster that is not writable in place: a new cluster takes the old contents and the data.</summary>
+    /// <summary>
+    /// Writes within one cluster where the bytes cannot be written in place: a new cluster takes the old contents and
+    /// the data; with extended L2 entries, the subclusters written are filled (in the cluster's own host cluster when
+    /// it has one) and marked allocated.
+    /// </summary>
     private void AllocatingWrite(long pos, ReadOnlySpan<byte> data)
     {
         long cluster = pos >> _clusterBits;
         int inCluster = (int)(pos & (_clusterSize - 1));
         var table = GetL2((int)(cluster / _l2Entries), allocate: true)!;
-        int index = (int)(cluster % _l2Entries);
-        var (kind, host, entry) = Decode(table.Entries[index], cluster);
+        int slot = (int)(cluster % _l2Entries) * _l2Stride;
+        ulong entry = table.Entries[slot];
+        ulong bitmap = _extended ? table.Entries[slot + 1] : 0;
+        var (kind, host) = Decode(entry, bitmap, cluster);
+        if (_extended && (kind == ClusterKind.Unallocated || (kind == ClusterKind.Normal && (entry & Qcow2Format.Copied) != 0)))
+        {
+            SubclusterWrite(table, slot, pos, data, kind == ClusterKind.Normal ? host : 0);
+            return;
+        }
+
         long guestStart = cluster << _clusterBits;
         long newHost = AllocateCluster();
         if (data.Length == _clusterSize)
@@ -755,7 +847,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
                 var whole = buffer.AsSpan(0, _clusterSize);
                 switch (kind)
                 {
-                    case ClusterKind.Normal:
+                    case ClusterKind.Normal when !_extended:
                         _store.Read(host, whole);
                         break;
                     case ClusterKind.Zero:
@@ -763,6 +855,9 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
                         break;
                     case ClusterKind.Compressed:
                         Decompress(entry, cluster).CopyTo(whole);
+                        break;
+                    case ClusterKind.Normal:
+                        ReadCore(guestStart, whole); // a shared cluster with subclusters: what the guest sees of each
                         break;
                     default:
                         ReadBacking(guestStart, whole);
@@ -778,8 +873,56 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             }
         }
 
-        SetL2Entry(table, index, (ulong)newHost | Qcow2Format.Copied);
+        SetL2Entry(table, slot, (ulong)newHost | Qcow2Format.Copied, Qcow2Format.AllSubclustersAllocated);
         ReleaseEntry(kind, host, entry);
+    }
+
+    /// <summary>
+    /// Writes subclusters of a cluster that are unallocated or read as zeroes: into <paramref name="host"/>, or into a
+    /// new cluster when that is 0. Partly written subclusters keep the rest of what they read as before.
+    /// </summary>
+    private void SubclusterWrite(L2Table table, int slot, long pos, ReadOnlySpan<byte> data, long host)
+    {
+        long unitSize = 1L << _unitBits;
+        long clusterStart = pos & ~((long)_clusterSize - 1);
+        long end = pos + data.Length;
+        long from = pos & ~(unitSize - 1);
+        long to = (end + unitSize - 1) & ~(unitSize - 1);
+        long target = host != 0 ? host : AllocateCluster();
+        if (from == pos && to == end)
+        {
+            _store.Write(target + (from - clusterStart), data);
+        }
+        else
+        {
+            int length = (int)(to - from);
+            byte[] buffer = ArrayPool<byte>.Shared.Rent(length);
+            try
+            {
+                var span = buffer.AsSpan(0, length);
+                ReadCore(from, span[..(int)(pos - from)]);
+                ReadCore(end, span[(int)(end - from)..]);
+                data.CopyTo(span[(int)(pos - from)..]);
+                _store.Write(target + (from - clusterStart), span);
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+
+        ulong units = SubclusterMask(from - clusterStart, to - from);
+        ulong bitmap = (table.Entries[slot + 1] | units) & ~(units << 32);
+        ulong entry = host != 0 ? table.Entries[slot] : (ulong)target | Qcow2Format.Copied;
+        SetL2Entry(table, slot, entry, bitmap);
+    }
+
+    /// <summary>Allocation bits (0-31) of the subclusters of the unit-aligned range [start, start + length) of a cluster.</summary>
+    private ulong SubclusterMask(long start, long length)
+    {
+        int first = (int)(start >> _unitBits);
+        int count = (int)(length >> _unitBits);
+        return count >= Qcow2Format.Subclusters ? Qcow2Format.AllSubclustersAllocated : ((1UL << count) - 1) << first;
     }
 
     private void ZeroCore(long offset, long length)
@@ -806,16 +949,24 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
                     }
 
                     table ??= GetL2((int)(cluster / _l2Entries), allocate: true)!;
-                    int index = (int)(cluster % _l2Entries);
-                    var (kind, host, entry) = Decode(table.Entries[index], cluster);
-                    ulong replacement = _backing is null ? 0 : Qcow2Format.ZeroFlag;
-                    if (table.Entries[index] != replacement)
+                    int slot = (int)(cluster % _l2Entries) * _l2Stride;
+                    ulong entry = table.Entries[slot];
+                    ulong bitmap = _extended ? table.Entries[slot + 1] : 0;
+                    var (kind, host) = Decode(entry, bitmap, cluster);
+                    (ulong replacement, ulong replacementBitmap) = (_backing is null, _extended) switch
                     {
-                        SetL2Entry(table, index, replacement);
+                        (true, _) => (0UL, 0UL),
+                        (false, true) => (0UL, Qcow2Format.AllSubclustersZero),
+                        (false, false) => (Qcow2Format.ZeroFlag, 0UL),
+                    };
+
+                    if (entry != replacement || bitmap != replacementBitmap)
+                    {
+                        SetL2Entry(table, slot, replacement, replacementBitmap);
                         ReleaseEntry(kind, host, entry);
                     }
                 }
-                else
+                else if (!_extended || !ZeroSubclusters(cluster, pos, n))
                 {
                     zeroes ??= new byte[_clusterSize];
                     WriteCore(pos, zeroes.AsSpan(0, n));
@@ -828,6 +979,54 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         {
             _decompressedAt = -1;
         }
+    }
+
+    /// <summary>
+    /// Zeroes part of one cluster of an image with extended L2 entries through its bitmap: the whole subclusters in
+    /// the range are marked as reading zeroes and the partial ones at its edges are written. False (nothing done)
+    /// when the cluster is compressed or shared, which a write must copy first.
+    /// </summary>
+    private bool ZeroSubclusters(long cluster, long pos, int length)
+    {
+        var table = GetL2((int)(cluster / _l2Entries), allocate: false);
+        if (table is null && _backing is null)
+        {
+            return true; // unallocated without a backing file already reads as zeroes
+        }
+
+        table ??= GetL2((int)(cluster / _l2Entries), allocate: true)!;
+        int slot = (int)(cluster % _l2Entries) * _l2Stride;
+        ulong entry = table.Entries[slot];
+        var (kind, _) = Decode(entry, table.Entries[slot + 1], cluster);
+        if (!(kind == ClusterKind.Unallocated || (kind == ClusterKind.Normal && (entry & Qcow2Format.Copied) != 0)))
+        {
+            return false;
+        }
+
+        long unitSize = 1L << _unitBits;
+        long clusterStart = cluster << _clusterBits;
+        long end = pos + length;
+        long from = (pos + unitSize - 1) & ~(unitSize - 1);
+        long to = end & ~(unitSize - 1);
+        if (to <= from)
+        {
+            return false;
+        }
+
+        ulong units = SubclusterMask(from - clusterStart, to - from);
+        SetL2Entry(table, slot, entry, (table.Entries[slot + 1] & ~units) | (units << 32));
+        var zeroes = new byte[unitSize];
+        if (pos < from)
+        {
+            WriteCore(pos, zeroes.AsSpan(0, (int)(from - pos)));
+        }
+
+        if (to < end)
+        {
+            WriteCore(to, zeroes.AsSpan(0, (int)(end - to)));
+        }
+
+        return true;
     }
 
     /// <summary>Schedules the clusters an entry held for release once the tables no longer reference them on disk.</summary>
@@ -856,9 +1055,15 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         _dirtyBytes += 8;
     }
 
-    private void SetL2Entry(L2Table table, int index, ulong entry)
+    /// <summary>Sets the L2 entry at word <paramref name="slot"/>, and its subcluster bitmap when the image has them.</summary>
+    private void SetL2Entry(L2Table table, int slot, ulong entry, ulong bitmap)
     {
-        table.Entries[index] = entry;
+        table.Entries[slot] = entry;
+        if (_extended)
+        {
+            table.Entries[slot + 1] = bitmap;
+        }
+
         if (!table.Dirty)
         {
             table.Dirty = true;
@@ -918,7 +1123,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             }
 
             long at = AllocateCluster();
-            var fresh = new L2Table(new ulong[_l2Entries], isNew: true);
+            var fresh = new L2Table(new ulong[_clusterSize / 8], isNew: true);
             _l2[at] = fresh;
             _l1[l1Index] = (ulong)at | Qcow2Format.Copied;
             _dirtyL1.Add(l1Index);
@@ -941,7 +1146,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             throw Damaged(Path, "L1 entry", $"{l1Index} names a shared L2 table (not marked copied) in an image without snapshots");
         }
 
-        var entries = new ulong[_l2Entries];
+        var entries = new ulong[_clusterSize / 8];
         ReadTable(_store, offset, entries);
         var table = new L2Table(entries, isNew: false);
         _l2[offset] = table;
@@ -1503,7 +1708,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             }
 
             uint l1Size = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2Format.OffL1Size..]);
-            long needL1 = Qcow2Format.L1EntriesFor((long)size, (int)clusterBits);
+            long needL1 = Qcow2Format.L1EntriesFor((long)size, (int)clusterBits, (incompatible & Qcow2Format.IncompatExtendedL2) != 0);
             if (l1Size < needL1 || (long)l1Size * 8 > Qcow2Format.MaxL1Bytes)
             {
                 throw Damaged(path, "l1_size", $"is {l1Size}; the size needs {needL1} entries and at most {Qcow2Format.MaxL1Bytes / 8} are allowed");
@@ -1578,12 +1783,12 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
                 throw Damaged(path, "incompatible_features", "has the external data file bit; external data files are not supported");
             }
 
-            if ((incompatible & Qcow2Format.IncompatExtendedL2) != 0)
+            if ((incompatible & Qcow2Format.IncompatExtendedL2) != 0 && cs < 1L << Qcow2Format.MinExtendedClusterBits)
             {
-                throw Damaged(path, "incompatible_features", "has the extended L2 bit (subclusters), which is not supported. Convert the image with qemu-img convert -O qcow2 -o extended_l2=off");
+                throw Damaged(path, "cluster_bits", $"is {System.Numerics.BitOperations.Log2((ulong)cs)} in an image with extended L2 entries, which need clusters of at least {1 << Qcow2Format.MinExtendedClusterBits} bytes");
             }
 
-            ulong unknown = incompatible & ~(Qcow2Format.IncompatDirty | Qcow2Format.IncompatCorrupt | Qcow2Format.IncompatCompressionType);
+            ulong unknown = incompatible & ~(Qcow2Format.IncompatDirty | Qcow2Format.IncompatCorrupt | Qcow2Format.IncompatCompressionType | Qcow2Format.IncompatExtendedL2);
             if (unknown != 0)
             {
                 throw Damaged(path, "incompatible_features", $"has unknown bits 0x{unknown:x}");

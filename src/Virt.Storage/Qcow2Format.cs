@@ -12,6 +12,18 @@ internal static class Qcow2Format
     public const int MinClusterBits = 9;
     public const int MaxClusterBits = 21;
     public const int DefaultClusterBits = 16;
+
+    /// <summary>The smallest cluster an image with extended L2 entries may have (subclusters of 512 bytes).</summary>
+    public const int MinExtendedClusterBits = 14;
+
+    /// <summary>Subclusters per cluster in an image with extended L2 entries.</summary>
+    public const int Subclusters = 32;
+
+    /// <summary>In an extended L2 entry's bitmap, every subcluster allocated (bits 0-31).</summary>
+    public const ulong AllSubclustersAllocated = 0xffff_ffffUL;
+
+    /// <summary>In an extended L2 entry's bitmap, every subcluster reading as zeroes (bits 32-63).</summary>
+    public const ulong AllSubclustersZero = 0xffff_ffff_0000_0000UL;
     public const int MaxBackingNameBytes = 1023;
     public const long MaxL1Bytes = 32L << 20;
     public const long MaxRefTableBytes = 8L << 20;
@@ -66,10 +78,10 @@ internal static class Qcow2Format
     /// <summary>Whether the first bytes of a file are a qcow2 header.</summary>
     public static bool HasMagic(ReadOnlySpan<byte> start) => start.Length >= 4 && BinaryPrimitives.ReadUInt32BigEndian(start) == Magic;
 
-    /// <summary>L1 entries needed for <paramref name="size"/> bytes.</summary>
-    public static long L1EntriesFor(long size, int clusterBits)
+    /// <summary>L1 entries needed for <paramref name="size"/> bytes (extended L2 entries are 16 bytes, not 8).</summary>
+    public static long L1EntriesFor(long size, int clusterBits, bool extendedL2 = false)
     {
-        int l2Bits = clusterBits - 3;
+        int l2Bits = clusterBits - (extendedL2 ? 4 : 3);
         long perL1 = 1L << (clusterBits + l2Bits);
         return (size + perL1 - 1) / perL1;
     }
@@ -77,13 +89,14 @@ internal static class Qcow2Format
     /// <summary>
     /// Writes a new, empty version 3 image to <paramref name="store"/> (which must be empty): header, refcount table,
     /// refcount blocks covering the metadata, and a zeroed L1 table, every metadata cluster with refcount 1.
+    /// With <paramref name="extendedL2"/>, L2 entries carry subcluster bitmaps (incompatible feature bit 4).
     /// </summary>
-    public static void Create(ImageStore store, long size, int clusterBits, string? backingPath, string? backingFormat)
+    public static void Create(ImageStore store, long size, int clusterBits, string? backingPath, string? backingFormat, bool extendedL2 = false)
     {
         int cs = 1 << clusterBits;
         const int refcountOrder = 4;
         long entriesPerBlock = (long)cs * 8 / (1 << refcountOrder);
-        long l1Entries = L1EntriesFor(size, clusterBits);
+        long l1Entries = L1EntriesFor(size, clusterBits, extendedL2);
         long l1Clusters = Math.Max(1, (l1Entries * 8 + cs - 1) / cs);
 
         // Header, refcount table, refcount blocks, L1: find the sizes that cover themselves.
@@ -116,6 +129,11 @@ internal static class Qcow2Format
         BinaryPrimitives.WriteUInt64BigEndian(h[OffRefTableOffset..], (ulong)(tableAt * cs));
         BinaryPrimitives.WriteUInt32BigEndian(h[OffRefTableClusters..], (uint)tableClusters);
         BinaryPrimitives.WriteUInt32BigEndian(h[OffRefcountOrder..], refcountOrder);
+        if (extendedL2)
+        {
+            BinaryPrimitives.WriteUInt64BigEndian(h[OffIncompatible..], IncompatExtendedL2);
+        }
+
         BinaryPrimitives.WriteUInt32BigEndian(h[OffHeaderLength..], 112);
         int pos = 112;
         if (backingPath is not null)

@@ -54,6 +54,16 @@ if (args is ["net-fresh", ..])
     return;
 }
 
+// First writes into a fresh qcow2 overlay, standard against extended L2 entries (subclusters):
+// dotnet run -c Release --project tests/Virt.Benchmarks -- qcow2-cow [writes] [rounds]
+if (args is ["qcow2-cow", ..])
+{
+    await Virt.Benchmarks.Virtio.OverlayCow.RunAsync(
+        args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 2048,
+        args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 5);
+    return;
+}
+
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
 
 /// <summary>Entry point type for the benchmark switcher.</summary>

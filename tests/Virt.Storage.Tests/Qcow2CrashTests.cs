@@ -31,16 +31,17 @@ public sealed class Qcow2CrashTests
     }
 
     [Theory]
-    [InlineData(512, false)]
-    [InlineData(4096, true)]
-    [InlineData(65536, false)]
-    public async Task Cut_at_any_point_of_a_metadata_update_leaves_an_image_qemu_img_check_accepts(int clusterSize, bool backing)
+    [InlineData(512, false, false)]
+    [InlineData(4096, true, false)]
+    [InlineData(65536, false, false)]
+    [InlineData(16384, true, true)]
+    public async Task Cut_at_any_point_of_a_metadata_update_leaves_an_image_qemu_img_check_accepts(int clusterSize, bool backing, bool extendedL2)
     {
         QemuImg.Require();
         using var dir = new TempDir();
         const long size = 12 << 20;
         var initial = new MemoryImageStore([], limit: 256L << 20);
-        Qcow2Format.Create(initial, size, System.Numerics.BitOperations.Log2((uint)clusterSize), backing ? "base.raw" : null, backing ? "raw" : null);
+        Qcow2Format.Create(initial, size, System.Numerics.BitOperations.Log2((uint)clusterSize), backing ? "base.raw" : null, backing ? "raw" : null, extendedL2);
         byte[] start = initial.Contents.ToArray();
         if (backing)
         {

@@ -13,16 +13,17 @@ public sealed partial class Qcow2FuzzTests
     private const int Iterations = 1_000_000;
 
     /// <summary>Field names the parser's messages use.</summary>
-    [GeneratedRegex("magic|version|cluster_bits|header_length|refcount_order|compression_type|incompatible_features|crypt_method|size|l1_size|l1_table_offset|refcount_table_clusters|refcount_table_offset|header extension|backing file format extension|backing_file|nb_snapshots|snapshots_offset|snapshot table|snapshot id|snapshot name|L1 entry|L2 entry|refcount table entry|refcount table|refcount|compressed cluster|header is cut short|has no room")]
+    [GeneratedRegex("magic|version|cluster_bits|header_length|refcount_order|compression_type|incompatible_features|crypt_method|size|l1_size|l1_table_offset|refcount_table_clusters|refcount_table_offset|header extension|backing file format extension|backing_file|nb_snapshots|snapshots_offset|snapshot table|snapshot id|snapshot name|L1 entry|L2 entry|L2 bitmap|refcount table entry|refcount table|refcount|compressed cluster|header is cut short|has no room")]
     private static partial Regex FieldName();
 
     private static byte[][] Seeds()
     {
         var seeds = new List<byte[]>();
-        foreach (var (clusterSize, backing) in new[] { (512, (string?)null), (2048, null), (512, "base.raw") })
+        // Extended L2 entries (subclusters) need clusters of 16 KiB at least.
+        foreach (var (clusterSize, backing, extended) in new[] { (512, (string?)null, false), (2048, null, false), (512, "base.raw", false), (16384, null, true), (16384, "base.raw", true) })
         {
             var store = new MemoryImageStore([]);
-            Qcow2Format.Create(store, 128 << 10, System.Numerics.BitOperations.Log2((uint)clusterSize), backing, backing is null ? null : "raw");
+            Qcow2Format.Create(store, 128 << 10, System.Numerics.BitOperations.Log2((uint)clusterSize), backing, backing is null ? null : "raw", extended);
             var image = Qcow2BlockBackend.OpenStore(store, "seed.qcow2", readOnly: false);
             var random = new Random(clusterSize);
             var data = new byte[2048];

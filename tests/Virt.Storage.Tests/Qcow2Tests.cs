@@ -50,16 +50,18 @@ public sealed class Qcow2Tests
     }
 
     [Theory]
-    [InlineData(512)]
-    [InlineData(4096)]
-    [InlineData(65536)]
-    public async Task Image_written_by_the_library_reads_back_byte_for_byte_in_qemu_img(int clusterSize)
+    [InlineData(512, false)]
+    [InlineData(4096, false)]
+    [InlineData(65536, false)]
+    [InlineData(16384, true)]
+    [InlineData(65536, true)]
+    public async Task Image_written_by_the_library_reads_back_byte_for_byte_in_qemu_img(int clusterSize, bool extendedL2)
     {
         QemuImg.Require();
         using var dir = new TempDir();
         string path = dir.File("disk.qcow2");
         const long size = 8 << 20;
-        DiskImage.Create(path, size, DiskFormat.Qcow2, clusterSize: clusterSize);
+        DiskImage.Create(path, size, DiskFormat.Qcow2, clusterSize: clusterSize, extendedL2: extendedL2);
         var model = new byte[size];
         await using (var disk = DiskImage.Open(path))
         {
@@ -70,7 +72,88 @@ public sealed class Qcow2Tests
 
         QemuImg.AssertClean(path);
         Assert.Equal(model, QemuImg.ReadAll(path, dir.File("check")));
-        Assert.Contains($"cluster_size: {clusterSize}", QemuImg.Run($"info \"{path}\""), StringComparison.Ordinal);
+        string info = QemuImg.Run($"info \"{path}\"");
+        Assert.Contains($"cluster_size: {clusterSize}", info, StringComparison.Ordinal);
+        Assert.Contains($"extended l2: {(extendedL2 ? "true" : "false")}", info, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(65536)]
+    [InlineData(16384)]
+    public async Task Image_with_subclusters_written_by_qemu_io_over_a_backing_file_reads_back_and_stays_valid_after_library_writes(int clusterSize)
+    {
+        QemuImg.Require();
+        using var dir = new TempDir();
+        string baseRaw = dir.File("base.raw");
+        string path = dir.File("top.qcow2");
+        const int size = 4 << 20;
+        var backing = new byte[size];
+        new Random(clusterSize).NextBytes(backing);
+        await File.WriteAllBytesAsync(baseRaw, backing, Ct);
+        QemuImg.Run($"create -q -f qcow2 -o extended_l2=on,cluster_size={clusterSize} -b \"{baseRaw}\" -F raw \"{path}\"");
+
+        // Every subcluster state QEMU writes: allocated (whole and partial subclusters, which copy the rest from the
+        // backing file), zero subclusters in allocated and unallocated clusters, and a whole cluster zeroed.
+        int sub = clusterSize / 32;
+        string[] commands =
+        [
+            $"write -P 0x11 {sub} {sub}",
+            $"write -P 0x22 {(3 * sub) + 512} 1024",
+            $"write -z {8 * sub} {2 * sub}",
+            $"write -z {clusterSize + (4 * sub)} {3 * sub}",
+            $"write -z {2 * clusterSize} {clusterSize}",
+            $"write -P 0x33 {(5 * clusterSize) - 512} 4096",
+        ];
+        var (code, output) = QemuImg.Exec("qemu-io", string.Join(' ', commands.Select(c => $"-c \"{c}\"")) + $" \"{path}\"");
+        Assert.True(code == 0, $"qemu-io exited with {code}: {output}");
+        var model = QemuImg.ReadAll(path, dir.File("expected"));
+        Assert.NotEqual(backing, model);
+
+        await using (var disk = Qcow2BlockBackend.Open(path))
+        {
+            Assert.Equal(model, await ReadAllAsync(disk));
+            await ExerciseAsync(disk, model, clusterSize, 150);
+            Assert.Equal(model, await ReadAllAsync(disk));
+        }
+
+        QemuImg.AssertClean(path);
+        Assert.Equal(model, QemuImg.ReadAll(path, dir.File("check")));
+    }
+
+    [Fact]
+    public async Task A_small_write_to_an_overlay_with_subclusters_takes_one_subcluster_from_the_backing_file_not_a_cluster()
+    {
+        QemuImg.Require();
+        using var dir = new TempDir();
+        string baseRaw = dir.File("base.raw");
+        string path = dir.File("top.qcow2");
+        const int clusterSize = 65536, sub = clusterSize / 32;
+        var backing = new byte[1 << 20];
+        new Random(7).NextBytes(backing);
+        await File.WriteAllBytesAsync(baseRaw, backing, Ct);
+        DiskImage.Create(path, 0, DiskFormat.Qcow2, backing: "base.raw", clusterSize: clusterSize, extendedL2: true);
+
+        // 512 bytes inside subcluster 2 of cluster 1.
+        long at = clusterSize + (2 * sub) + 1000;
+        var data = new byte[512];
+        data.AsSpan().Fill(0x5a);
+        await using (var disk = DiskImage.Open(path))
+        {
+            await disk.WriteAsync(at, data, Ct);
+            await disk.FlushAsync(Ct);
+        }
+
+        data.CopyTo(backing.AsSpan((int)at));
+        QemuImg.AssertClean(path);
+        Assert.Equal(backing, QemuImg.ReadAll(path, dir.File("check")));
+
+        // qemu-img map: only that subcluster is the top image's; the rest of the cluster still comes from the base.
+        using var map = System.Text.Json.JsonDocument.Parse(QemuImg.Run($"map --output=json \"{path}\""));
+        var own = map.RootElement.EnumerateArray()
+            .Where(e => e.GetProperty("depth").GetInt32() == 0 && e.GetProperty("data").GetBoolean())
+            .Select(e => (Start: e.GetProperty("start").GetInt64(), Length: e.GetProperty("length").GetInt64()))
+            .ToList();
+        Assert.Equal([(clusterSize + (2L * sub), (long)sub)], own);
     }
 
     [Theory]
