@@ -38,6 +38,9 @@ public sealed record AcpiTablesOptions
     /// <summary>The virtio-mmio devices, as DSDT devices <c>\_SB.VRnn</c>.</summary>
     public IReadOnlyList<AcpiVirtioMmioDevice> VirtioMmioDevices { get; init; } = [];
 
+    /// <summary>Other devices, each under its own hardware ID, as DSDT devices <c>\_SB.UDnn</c>.</summary>
+    public IReadOnlyList<AcpiDevice> Devices { get; init; } = [];
+
     /// <summary>I/O port of the hardware-reduced sleep control register (8 bits); the platform's ACPI sleep device.</summary>
     public ushort SleepControlPort { get; init; } = 0x600;
 
@@ -137,6 +140,7 @@ public static class AcpiTables
             }
         }
 
+        ValidateDevices(options.Devices);
         ulong baseAddress = options.Address.Value;
         if ((baseAddress & 15) != 0)
         {
@@ -187,6 +191,84 @@ public static class AcpiTables
     }
 
     private static ulong Align(ulong value) => (value + 15) & ~15UL;
+
+    private static void ValidateDevices(IReadOnlyList<AcpiDevice> devices)
+    {
+        if (devices.Count > 256)
+        {
+            throw new BootImageException("devices", "more than 256 devices; the DSDT names them UD00-UDFF.");
+        }
+
+        foreach (var d in devices)
+        {
+            if (!AcpiDevice.IsValidHardwareId(d.HardwareId))
+            {
+                throw new BootImageException("devices", $"'{d.HardwareId}' is not an ACPI ID (NNNN####, e.g. VIRT0001) or PNP ID (AAA####, e.g. PNP0C0F).");
+            }
+
+            if ((d.Port is null) != (d.PortCount == 0) || (d.Port is ushort port && port + d.PortCount > 0x10000))
+            {
+                throw new BootImageException("devices", $"{d.HardwareId}: ports {d.Port}+{d.PortCount} must be both given, within 0-0xffff, or both absent.");
+            }
+
+            if ((d.MmioAddress is null) != (d.MmioSize == 0) || (d.MmioAddress is { } a && a.Value > ulong.MaxValue - d.MmioSize))
+            {
+                throw new BootImageException("devices", $"{d.HardwareId}: the MMIO window {d.MmioAddress} of 0x{d.MmioSize:x} bytes must be both given and not wrap, or both absent.");
+            }
+
+            if (d.Gsi is < 0 or > 23)
+            {
+                throw new BootImageException("devices", $"{d.HardwareId}: GSI {d.Gsi} is not an IOAPIC pin (0-23).");
+            }
+        }
+    }
+
+    /// <summary>The <c>_CRS</c> resource template of a device: its ports, window and interrupt, then the end tag.</summary>
+    private static byte[] Resources(AcpiDevice d)
+    {
+        var crs = new List<byte>();
+        if (d.Port is ushort port)
+        {
+            // IO (Decode16, min, max, 1, length): the length is one byte, so a longer range is several descriptors.
+            for (int done = 0; done < d.PortCount;)
+            {
+                int n = Math.Min(d.PortCount - done, 255);
+                ushort at = (ushort)(port + done);
+                crs.AddRange([0x47, 1, (byte)at, (byte)(at >> 8), (byte)at, (byte)(at >> 8), 1, (byte)n]);
+                done += n;
+            }
+        }
+
+        if (d.MmioAddress is { } address)
+        {
+            if (address.Value + d.MmioSize <= 1UL << 32)
+            {
+                crs.AddRange([0x86, 9, 0, 1]); // Memory32Fixed (ReadWrite, base, length)
+                crs.AddRange(Le32((uint)address.Value));
+                crs.AddRange(Le32((uint)d.MmioSize));
+            }
+            else
+            {
+                // QWordMemory (ResourceConsumer, MinFixed, MaxFixed, NonCacheable, ReadWrite, granularity 0, min, max, translation 0, length).
+                crs.AddRange([0x8A, 0x2B, 0, 0, 0x0D, 0x01]);
+                foreach (ulong v in new[] { 0UL, address.Value, address.Value + d.MmioSize - 1, 0UL, d.MmioSize })
+                {
+                    var b = new byte[8];
+                    BinaryPrimitives.WriteUInt64LittleEndian(b, v);
+                    crs.AddRange(b);
+                }
+            }
+        }
+
+        if (d.Gsi is int gsi)
+        {
+            crs.AddRange([0x89, 6, 0, 0x01, 1]); // Extended Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive) { gsi }
+            crs.AddRange(Le32((uint)gsi));
+        }
+
+        crs.AddRange([0x79, 0]);
+        return [.. crs];
+    }
 
     private static void WriteHeader(Span<byte> table, string signature, byte revision)
     {
@@ -291,7 +373,7 @@ public static class AcpiTables
         // Name (_S5, Package (2) { S5, S5 })
         aml.AddRange(Aml.Name("_S5_", Aml.Package([Aml.Integer(o.S5SleepType), Aml.Integer(o.S5SleepType)])));
 
-        if (o.VirtioMmioDevices.Count > 0 || o.Com1)
+        if (o.VirtioMmioDevices.Count > 0 || o.Com1 || o.Devices.Count > 0)
         {
             var devices = new List<byte>();
             if (o.Com1)
@@ -327,6 +409,22 @@ public static class AcpiTables
                 body.AddRange(Aml.Name("_UID", Aml.Integer((ulong)i)));
                 body.AddRange(Aml.Name("_CRS", Aml.Buffer([.. crs])));
                 devices.AddRange(Aml.Device($"VR{i:X2}", [.. body]));
+            }
+
+            for (int i = 0; i < o.Devices.Count; i++)
+            {
+                var d = o.Devices[i];
+                int uid = 0;
+                for (int j = 0; j < i; j++)
+                {
+                    uid += o.Devices[j].HardwareId == d.HardwareId ? 1 : 0;
+                }
+
+                var body = new List<byte>();
+                body.AddRange(Aml.Name("_HID", Aml.String(d.HardwareId)));
+                body.AddRange(Aml.Name("_UID", Aml.Integer((ulong)uid)));
+                body.AddRange(Aml.Name("_CRS", Aml.Buffer(Resources(d))));
+                devices.AddRange(Aml.Device($"UD{i:X2}", [.. body]));
             }
 
             aml.AddRange(Aml.Scope("\\_SB_", [.. devices]));

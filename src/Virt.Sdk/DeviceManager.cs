@@ -92,6 +92,8 @@ internal sealed class DeviceManager
         VirtioDevices = [.. _specs.Zip(_placements).Where(d => d.First.IsVirtio)
             .Select(d => new VirtioDeviceInfo(d.First.Name, d.Second.MmioAddress!.Value, d.Second.MmioSize, d.Second.Irq!.Value))];
         Devices = [.. _specs.Zip(_placements).Where(d => !d.First.IsVirtio).Select(d => d.Second)];
+        AcpiDevices = [.. _specs.Zip(_placements).Where(d => !d.First.IsVirtio && d.First.Resources.AcpiHardwareId is not null)
+            .Select(d => new AcpiDevice(d.First.Resources.AcpiHardwareId!, d.Second.Port, d.Second.PortCount, d.Second.MmioAddress, d.Second.MmioSize, (int?)d.Second.Irq))];
     }
 
     private readonly List<Snapshots.IPersistentState> _persistent = [];
@@ -118,6 +120,9 @@ internal sealed class DeviceManager
     /// <summary>The virtio devices as DSDT entries, for <see cref="VirtioDiscovery.Acpi"/>.</summary>
     public IReadOnlyList<AcpiVirtioMmioDevice> AcpiVirtioDevices =>
         [.. VirtioDevices.Select(v => new AcpiVirtioMmioDevice(v.Address, v.Size, (int)v.Irq))];
+
+    /// <summary>The devices added with an ACPI hardware ID, as DSDT entries.</summary>
+    public IReadOnlyList<AcpiDevice> AcpiDevices { get; }
 
     /// <summary>The <c>virtio_mmio.device=</c> parameters, one per virtio device, for <see cref="VirtioDiscovery.CommandLine"/>.</summary>
     public IEnumerable<string> KernelCommandLineEntries => VirtioDevices.Select(v => v.KernelCommandLineFragment);

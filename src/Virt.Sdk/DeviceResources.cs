@@ -49,6 +49,17 @@ public sealed record DeviceResources
     /// </summary>
     public uint? Irq { get; init; }
 
+    /// <summary>
+    /// An ACPI hardware ID (<c>_HID</c>) under which a Linux guest finds the device: the VM's ACPI tables then describe
+    /// it in the DSDT with its ports, MMIO window and interrupt line (level-triggered, active high: raise the line
+    /// while the device wants attention and lower it when the driver acknowledges), and Linux creates a platform
+    /// device <c>HWID:nn</c> with those resources, which a driver with a matching ACPI ID binds. An ACPI ID is four
+    /// upper-case letters or digits and four hexadecimal digits (<c>VIRT0001</c>), a PNP ID three letters and four
+    /// hexadecimal digits. <see langword="null"/> (the default): the device is not described, and a guest must know
+    /// where it is. Used for Linux boots, which get ACPI tables.
+    /// </summary>
+    public string? AcpiHardwareId { get; init; }
+
     /// <summary>Whether the device asked for an interrupt line, fixed or chosen by the VM.</summary>
     internal bool WantsInterrupt => Interrupt || Irq is not null;
 }

@@ -186,6 +186,7 @@ internal static class MachineAssembler
             PmTimer32Bit = true,
             Com1 = config.HasSerialConsole,
             VirtioMmioDevices = config.VirtioDiscovery == VirtioDiscovery.Acpi ? devices.AcpiVirtioDevices : [],
+            Devices = devices.AcpiDevices,
         });
 
         // Linux restarts through the real-mode reset vector on hardware-reduced ACPI machines without EFI.

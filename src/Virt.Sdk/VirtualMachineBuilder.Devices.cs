@@ -31,6 +31,7 @@ public sealed partial class VirtualMachineBuilder
     /// </code>
     /// </example>
     /// <remarks>
+    /// With <see cref="DeviceResources.AcpiHardwareId"/> set, a Linux guest finds the device through ACPI.
     /// <see cref="Build"/> refuses a device whose fixed ports or window overlap another device, RAM or the interrupt
     /// controllers, whose fixed line is taken or does not exist, or for which no line, port range or window is left.
     /// </remarks>
@@ -40,6 +41,11 @@ public sealed partial class VirtualMachineBuilder
         ArgumentException.ThrowIfNullOrWhiteSpace(name);
         ArgumentNullException.ThrowIfNull(resources);
         ArgumentNullException.ThrowIfNull(create);
+        if (resources.AcpiHardwareId is { } id && !Virt.Boot.AcpiDevice.IsValidHardwareId(id))
+        {
+            throw new ArgumentException($"'{id}' is not an ACPI hardware ID: use four upper-case letters or digits and four hexadecimal digits (VIRT0001), or a PNP ID of three letters and four hexadecimal digits.", nameof(resources));
+        }
+
         return AddDevice(new DeviceSpec(name, resources, create));
     }
 

@@ -15,6 +15,7 @@ public sealed class AcpiTablesTests
             new AcpiVirtioMmioDevice(new GuestAddress(0xD0000000), 0x1000, 5),
             new AcpiVirtioMmioDevice(new GuestAddress(0xD0001000), 0x1000, 6, LevelTriggered: false),
         ],
+        Devices = [new AcpiDevice("VIRT0001", 0x1000, 8, new GuestAddress(0x1_0000_0000), 0x1000, 10)],
     };
 
     private static byte Sum(ReadOnlySpan<byte> data)
@@ -218,6 +219,78 @@ public sealed class AcpiTablesTests
         using var m = GuestMemory.CreateRam(2 << 20);
         var ex = Assert.Throws<BootImageException>(() => AcpiTables.Write(m, new AcpiTablesOptions { VirtioMmioDevices = [new AcpiVirtioMmioDevice(new GuestAddress(0xD0000000), 0x1000, 40)] }));
         Assert.Equal("virtio_mmio_devices", ex.Field);
+    }
+
+    private static byte[] Dsdt(GuestMemory m, GuestAddress rsdp) => Table(m, BinaryPrimitives.ReadUInt64LittleEndian(Fadt(m, rsdp).AsSpan(140)));
+
+    [Fact]
+    public void Devices_with_hardware_ids_are_described_with_their_ports_window_and_interrupt()
+    {
+        using var m = GuestMemory.CreateRam(2 << 20);
+        var result = AcpiTables.Write(m, new AcpiTablesOptions
+        {
+            Com1 = false,
+            Devices =
+            [
+                new AcpiDevice("VIRT0001", 0x1000, 8, new GuestAddress(0xD0002000), 0x1000, 10),
+                new AcpiDevice("VIRT0001", null, 0, new GuestAddress(0x1_0000_0000), 0x2000, null),
+                new AcpiDevice("PNP0C0F", 0x2000, 300, null, 0, 22),
+            ],
+        });
+        var dsdt = Dsdt(m, result.Rsdp);
+        string text = Encoding.ASCII.GetString(dsdt);
+        Assert.Equal(["UD00", "UD01", "UD02"], new[] { "UD00", "UD01", "UD02" }.Where(n => text.Contains(n, StringComparison.Ordinal)));
+        Assert.Equal(2, CountOf(text, "VIRT0001\0"));
+
+        // _HID strings, and _UID counting per hardware ID: 0, 1 for the two VIRT0001 devices, 0 for PNP0C0F.
+        Assert.True(IndexOf(dsdt, [.. "_HID"u8, 0x0D, .. "VIRT0001"u8, 0, 0x08, .. "_UID"u8, 0x01]) > 0);
+        Assert.True(IndexOf(dsdt, [.. "_HID"u8, 0x0D, .. "PNP0C0F"u8, 0, 0x08, .. "_UID"u8, 0x00]) > 0);
+
+        // IO (Decode16, 0x1000, 0x1000, 1, 8); Memory32Fixed (ReadWrite, 0xD0002000, 0x1000); interrupt 10, level, active high.
+        Assert.True(IndexOf(dsdt, [0x47, 1, 0x00, 0x10, 0x00, 0x10, 1, 8, 0x86, 9, 0, 1, 0x00, 0x20, 0x00, 0xD0, 0x00, 0x10, 0, 0, 0x89, 6, 0, 1, 1, 10, 0, 0, 0, 0x79, 0]) > 0);
+
+        // Above 4 GiB: QWordMemory with min 0x1_0000_0000, max 0x1_0000_1FFF, length 0x2000, and no interrupt.
+        byte[] qword = [0x8A, 0x2B, 0, 0, 0x0D, 0x01, .. new byte[8], .. Le64(0x1_0000_0000), .. Le64(0x1_0000_1FFF), .. new byte[8], .. Le64(0x2000), 0x79, 0];
+        Assert.True(IndexOf(dsdt, qword) > 0);
+
+        // 300 ports: two IO descriptors, 255 from 0x2000 and 45 from 0x20FF.
+        Assert.True(IndexOf(dsdt, [0x47, 1, 0x00, 0x20, 0x00, 0x20, 1, 255, 0x47, 1, 0xFF, 0x20, 0xFF, 0x20, 1, 45, 0x89, 6, 0, 1, 1, 22, 0, 0, 0]) > 0);
+    }
+
+    private static byte[] Le64(ulong v)
+    {
+        var b = new byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(b, v);
+        return b;
+    }
+
+    [Theory]
+    [InlineData("VIRT0001", true)]
+    [InlineData("AB1C00FF", true)]
+    [InlineData("PNP0C0F", true)]
+    [InlineData("virt0001", false)]
+    [InlineData("VIRT001", false)]
+    [InlineData("VIRT00G1", false)]
+    [InlineData("PN10C0F", false)]
+    [InlineData("VIRT0001X", false)]
+    [InlineData("", false)]
+    public void Hardware_ids_follow_the_acpi_and_pnp_forms(string id, bool valid) => Assert.Equal(valid, AcpiDevice.IsValidHardwareId(id));
+
+    [Fact]
+    public void A_device_with_a_bad_id_ports_past_ffff_or_a_gsi_past_23_fails_naming_the_option()
+    {
+        using var m = GuestMemory.CreateRam(2 << 20);
+        foreach (var bad in new[]
+        {
+            new AcpiDevice("virt0001", 0x1000, 8, null, 0, null),
+            new AcpiDevice("VIRT0001", 0xFFF8, 9, null, 0, null),
+            new AcpiDevice("VIRT0001", null, 0, null, 0, 24),
+            new AcpiDevice("VIRT0001", 0x1000, 0, null, 0, null),
+        })
+        {
+            var ex = Assert.Throws<BootImageException>(() => AcpiTables.Write(m, new AcpiTablesOptions { Devices = [bad] }));
+            Assert.Equal("devices", ex.Field);
+        }
     }
 
     [Fact]

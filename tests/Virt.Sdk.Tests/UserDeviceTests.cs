@@ -230,6 +230,18 @@ public sealed class UserDeviceTests
         Assert.Empty(vm.Devices);
     }
 
+    [Theory]
+    [InlineData("virt0001")]
+    [InlineData("VIRT00001")]
+    [InlineData("PN10C0F")]
+    public void A_device_with_a_malformed_acpi_hardware_id_is_refused_when_added(string id)
+    {
+        var ex = Assert.Throws<ArgumentException>(() => VirtualMachine.CreateBuilder()
+            .WithDevice("bad", new DeviceResources { PortCount = 1, AcpiHardwareId = id }, _ => new Accumulator()));
+        Assert.Contains(id, ex.Message, StringComparison.Ordinal);
+        Assert.Contains("VIRT0001", ex.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task User_virtio_device_is_announced_on_the_kernel_command_line_of_a_linux_guest()
     {
