@@ -9,5 +9,6 @@ var root = new RootCommand("virt: run x86-64 virtual machines and sandboxes with
     SandboxCommand.Create(),
     DiskCommand.Create(),
     KitCommand.Create(),
+    NetCommand.Create(),
 };
 return await root.Parse(args).InvokeAsync().ConfigureAwait(false);

@@ -25,6 +25,7 @@ internal static class RunCommand
         var net = new Option<string>("--net") { Description = "Networking: none, or user (user-mode networking, no rights needed; the guest takes 10.0.2.15 by DHCP).", DefaultValueFactory = _ => "none" };
         net.AcceptOnlyFromAmong("none", "user");
         var forwards = new Option<string[]>("--forward") { Description = "HOSTPORT:GUESTPORT: forward a host TCP port to the guest (needs --net user).", Arity = ArgumentArity.ZeroOrMore };
+        var policy = NetCommand.PolicyOption();
         var cpus = new Option<int>("--cpus") { Description = "Virtual CPUs.", DefaultValueFactory = _ => 1 };
         var memory = new Option<int>("--memory", "-m") { Description = "Guest memory in MiB.", DefaultValueFactory = _ => 256 };
         var backend = new Option<BackendKind>("--backend") { Description = "auto, kvm, whp or interpreter.", DefaultValueFactory = _ => BackendKind.Auto };
@@ -33,7 +34,7 @@ internal static class RunCommand
         var guestCommand = new Argument<string[]>("command") { Description = "A command to run in the guest (after --); without one the console is interactive.", Arity = ArgumentArity.ZeroOrMore };
         var command = new Command("run", "Boot a Linux guest; run a command in it (virt run -- uname -r) or attach its console.")
         {
-            kernel, initrd, append, disks, net, forwards, cpus, memory, backend, kit, gdb, guestCommand,
+            kernel, initrd, append, disks, net, forwards, policy, cpus, memory, backend, kit, gdb, guestCommand,
         };
         command.SetAction((result, ct) => RunAsync(new RunRequest
         {
@@ -43,6 +44,7 @@ internal static class RunCommand
             Disks = result.GetValue(disks) ?? [],
             UserNetwork = result.GetValue(net) == "user",
             Forwards = result.GetValue(forwards) ?? [],
+            Policy = result.GetValue(policy) ?? [],
             Cpus = result.GetValue(cpus),
             MemoryMiB = result.GetValue(memory),
             Backend = result.GetValue(backend),
@@ -61,6 +63,7 @@ internal static class RunCommand
         public required string[] Disks { get; init; }
         public bool UserNetwork { get; init; }
         public required string[] Forwards { get; init; }
+        public required string[] Policy { get; init; }
         public int Cpus { get; init; }
         public int MemoryMiB { get; init; }
         public BackendKind Backend { get; init; }
@@ -86,7 +89,7 @@ internal static class RunCommand
             initrd ??= Path.Combine(kit, GuestKit.InitrdFile);
         }
 
-        if (!TryParseNetworkOptions(request, out var forwards, out var gdbEndPoint))
+        if (!TryParseNetworkOptions(request, out var networkOptions, out var gdbEndPoint))
         {
             return 2;
         }
@@ -140,7 +143,7 @@ internal static class RunCommand
 
             if (request.UserNetwork)
             {
-                builder = builder.WithUserNetwork(new UserModeNetworkOptions { TcpForwards = forwards });
+                builder = builder.WithUserNetwork(networkOptions);
             }
 
             await using var vm = builder.Build();
@@ -178,24 +181,18 @@ internal static class RunCommand
         }
     }
 
-    /// <summary>Parses --forward and --gdb; prints what is wrong and returns false for a usage error.</summary>
-    private static bool TryParseNetworkOptions(RunRequest request, out List<UserNetworkTcpForward> forwards, out IPEndPoint? gdb)
+    /// <summary>Parses --forward, --policy and --gdb; prints what is wrong and returns false for a usage error.</summary>
+    private static bool TryParseNetworkOptions(RunRequest request, out UserModeNetworkOptions network, out IPEndPoint? gdb)
     {
-        forwards = [];
         gdb = null;
-        try
+        if (!NetCommand.TryBuildOptions(request.Policy, request.Forwards, "virt run", out network))
         {
-            forwards.AddRange(request.Forwards.Select(UserNetworkTcpForward.Parse));
-        }
-        catch (FormatException e)
-        {
-            Console.Error.WriteLine($"virt run: {e.Message}");
             return false;
         }
 
-        if (forwards.Count > 0 && !request.UserNetwork)
+        if ((request.Forwards.Length > 0 || request.Policy.Length > 0) && !request.UserNetwork)
         {
-            Console.Error.WriteLine("virt run: --forward needs --net user.");
+            Console.Error.WriteLine("virt run: --forward and --policy need --net user.");
             return false;
         }
 

@@ -10,7 +10,8 @@ namespace Virt;
 /// An x86-64 virtual machine running in this process. Lifecycle:
 /// <see cref="VirtualMachineState.Created"/> -> <see cref="VirtualMachineState.Running"/> &lt;-&gt;
 /// <see cref="VirtualMachineState.Paused"/> -> <see cref="VirtualMachineState.Stopped"/> ->
-/// <see cref="VirtualMachineState.Disposed"/>. Create one with <see cref="CreateBuilder"/>.
+/// <see cref="VirtualMachineState.Disposed"/>. Create one with <see cref="CreateBuilder"/>. A stopped VM starts again
+/// from a cold reset (Stopped -> Created -> Running; see <see cref="ResetAsync"/>).
 /// </summary>
 /// <remarks>
 /// Each vCPU runs on its own host thread, which dispatches the guest's port-I/O and MMIO accesses to the
@@ -19,15 +20,16 @@ namespace Virt;
 public sealed partial class VirtualMachine : IAsyncDisposable
 {
     private readonly VirtualMachineConfiguration _config;
-    private readonly AssembledMachine _machine;
-    private readonly IVirtualCpu[] _vcpus;
-    private readonly PortIoBus _ports;
-    private readonly MmioBus _mmio;
-    private readonly Serial16550? _serial;
+    // Replaced together by a cold reset (ResetAsync), with the VM stopped and no vCPU thread left.
+    private AssembledMachine _machine;
+    private IVirtualCpu[] _vcpus;
+    private PortIoBus _ports;
+    private MmioBus _mmio;
+    private Serial16550? _serial;
     private readonly ILogger _logger;
     private readonly SemaphoreSlim _lifecycle = new(1, 1);
     private readonly Lock _sync = new();
-    private readonly TaskCompletionSource<VirtualMachineExit> _exit = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private TaskCompletionSource<VirtualMachineExit> _exit = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly ManualResetEventSlim _resume = new(true);
     private Thread[] _threads = [];
     private CancellationTokenSource? _hostTasks;
@@ -66,13 +68,16 @@ public sealed partial class VirtualMachine : IAsyncDisposable
     /// <summary>The backend running this VM and why it was chosen.</summary>
     public BackendSelection BackendSelection { get; }
 
-    /// <summary>Guest physical memory (RAM at 0). Safe to read and write while the VM is not running.</summary>
+    /// <summary>
+    /// Guest physical memory (RAM at 0). Safe to read and write while the VM is not running. A cold reset
+    /// (<see cref="ResetAsync"/>, or starting a stopped VM) replaces it: read this property again afterwards.
+    /// </summary>
     public IGuestMemory Memory => _machine.Memory;
 
     /// <summary>The number of vCPUs.</summary>
     public int VcpuCount => _vcpus.Length;
 
-    /// <summary>How the VM stopped, once it has; otherwise <see langword="null"/>.</summary>
+    /// <summary>How the VM stopped, once it has (until a cold reset); otherwise <see langword="null"/>.</summary>
     public VirtualMachineExit? Exit => _exit.Task.IsCompletedSuccessfully ? _exit.Task.Result : null;
 
     /// <summary>Raised after every state change, on the thread that made it (possibly a vCPU thread).</summary>
@@ -128,14 +133,24 @@ public sealed partial class VirtualMachine : IAsyncDisposable
     /// </summary>
     public string KernelCommandLineFragments => string.Join(' ', _machine.VirtioDevices.Select(v => v.KernelCommandLineFragment));
 
-    /// <summary>Starts the vCPUs. The VM must be <see cref="VirtualMachineState.Created"/>.</summary>
-    /// <exception cref="InvalidOperationException">The VM is not in the Created state.</exception>
+    /// <summary>
+    /// Starts the vCPUs. The VM must be <see cref="VirtualMachineState.Created"/>, or
+    /// <see cref="VirtualMachineState.Stopped"/>: a stopped VM is reset cold first (<see cref="ResetAsync"/>) and starts
+    /// from its initial state.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The VM is running or paused, or it is stopped and cannot be reset
+    /// (restored from a snapshot); the message says why.</exception>
     public async Task StartAsync(CancellationToken cancellationToken = default)
     {
         await EnterLifecycleAsync(cancellationToken).ConfigureAwait(false);
         try
         {
             ThrowIfDisposed();
+            if (State == VirtualMachineState.Stopped && !_restoredNotStarted)
+            {
+                await ResetCoreAsync().ConfigureAwait(false);
+            }
+
             if (!_restoredNotStarted)
             {
                 RequireState(VirtualMachineState.Created, "start");
@@ -276,9 +291,106 @@ public sealed partial class VirtualMachine : IAsyncDisposable
         return await _exit.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
-    /// <summary>Waits until the VM stops and returns why. Cancelling the token stops the waiting, not the VM.</summary>
+    /// <summary>
+    /// Waits until the VM stops and returns why (for a stopped VM, how its last run ended). Cancelling the token stops
+    /// the waiting, not the VM.
+    /// </summary>
     public Task<VirtualMachineExit> WaitForExitAsync(CancellationToken cancellationToken = default) =>
         _exit.Task.WaitAsync(cancellationToken);
+
+    /// <summary>
+    /// Resets a stopped VM cold, to the state <see cref="VirtualMachineBuilder.Build"/> left it in: guest memory is
+    /// reloaded from the images, kernel and initial RAM disk it was built with, every device is created again (disk
+    /// images reopened, user networks and their forwards bound again), and the vCPUs are new, at their start state.
+    /// The VM moves Stopped -> Created and <see cref="Exit"/> becomes null. <see cref="StartAsync"/> and
+    /// <see cref="RunAsync"/> do this themselves for a stopped VM; call it to inspect or change the initial state first.
+    /// Does nothing to a VM that is Created.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The VM is running or paused, or it was restored from a snapshot
+    /// (its state was read once): the message says why.</exception>
+    public async Task ResetAsync(CancellationToken cancellationToken = default)
+    {
+        await EnterLifecycleAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            ThrowIfDisposed();
+            if (State == VirtualMachineState.Created && !_restoredNotStarted)
+            {
+                return;
+            }
+
+            if (_restoredNotStarted)
+            {
+                throw new InvalidOperationException($"The VM '{Name}' cannot be reset: {MachineReset.WhyNot(_config)}.");
+            }
+
+            RequireState(VirtualMachineState.Stopped, "reset");
+            await ResetCoreAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            _lifecycle.Release();
+        }
+    }
+
+    /// <summary>Under the lifecycle lock, with the VM stopped: replaces the machine with a new one and returns to Created.</summary>
+    private async Task ResetCoreAsync()
+    {
+        foreach (var t in _threads)
+        {
+            t.Join();
+        }
+
+        await StopHostTasksAsync().ConfigureAwait(false);
+        var machine = await MachineReset.ReassembleAsync(_config, BackendSelection, _machine, _logger).ConfigureAwait(false);
+        _machine = machine;
+        _vcpus = machine.Vcpus;
+        _ports = machine.Ports;
+        _mmio = machine.Mmio;
+        _serial = machine.Serial;
+        machine.StopRequests.Connect(RequestStop);
+        _share = _share.Join(machine);
+        lock (_sync)
+        {
+            _threads = [];
+            _pendingExit = null;
+            _stopRequested = false;
+            _pauseRequested = false;
+            _allParked = null;
+            _parkedThreads = 0;
+            _liveThreads = 0;
+            _exit = new TaskCompletionSource<VirtualMachineExit>(TaskCreationOptions.RunContinuationsAsynchronously);
+            _resume.Set();
+        }
+
+        VirtualMachineDiagnostics.LogReset(_logger, _config.Name);
+        SetState(VirtualMachineState.Created);
+    }
+
+    /// <summary>Stops the serial input pump and whatever else runs on the host for the current run.</summary>
+    private async Task StopHostTasksAsync()
+    {
+        if (_hostTasks is null)
+        {
+            return;
+        }
+
+        await _hostTasks.CancelAsync().ConfigureAwait(false);
+        if (_serialPump is not null)
+        {
+            try
+            {
+                await _serialPump.ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }
+
+        _hostTasks.Dispose();
+        _hostTasks = null;
+        _serialPump = null;
+    }
 
     /// <summary>
     /// Starts the VM and waits until it stops. Cancelling <paramref name="cancellationToken"/> stops the VM; the
@@ -371,23 +483,7 @@ public sealed partial class VirtualMachine : IAsyncDisposable
                 t.Join();
             }
 
-            if (_hostTasks is not null)
-            {
-                await _hostTasks.CancelAsync().ConfigureAwait(false);
-                if (_serialPump is not null)
-                {
-                    try
-                    {
-                        await _serialPump.ConfigureAwait(false);
-                    }
-                    catch (OperationCanceledException)
-                    {
-                    }
-                }
-
-                _hostTasks.Dispose();
-            }
-
+            await StopHostTasksAsync().ConfigureAwait(false);
             _share.Dispose();
             await _machine.Resources.DisposeAsync().ConfigureAwait(false);
             _exit.TrySetResult(new VirtualMachineExit { Reason = StopReason.StoppedByHost, Description = "disposed before it ran" });

@@ -120,6 +120,9 @@ internal static partial class VirtualMachineDiagnostics
     /// <summary>A VM stopped because a backend call failed on the host (Error).</summary>
     public const int StoppedByHostError = 1007;
 
+    /// <summary>A stopped VM was reset cold to its initial state (Information).</summary>
+    public const int Reset = 1008;
+
     /// <summary>
     /// The level a stop is logged at: Information for the ends a host asks for or expects, Warning for a guest's own
     /// fault (a hostile or broken guest is not a host failure), Error when the host side failed.
@@ -162,6 +165,9 @@ internal static partial class VirtualMachineDiagnostics
 
     [LoggerMessage(EventId = StateChanged, Level = LogLevel.Debug, Message = "VM {Name}: {Old} -> {New}")]
     public static partial void LogStateChanged(ILogger logger, string name, VirtualMachineState old, VirtualMachineState @new);
+
+    [LoggerMessage(EventId = Reset, Level = LogLevel.Information, Message = "VM {Name}: reset cold to its initial state")]
+    public static partial void LogReset(ILogger logger, string name);
 
     [LoggerMessage(EventId = VcpuFailed, Level = LogLevel.Error, Message = "VM {Name}: vCPU {Index} failed")]
     public static partial void LogVcpuFailed(ILogger logger, Exception exception, string name, int index);

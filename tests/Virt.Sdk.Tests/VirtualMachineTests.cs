@@ -215,13 +215,15 @@ public sealed class VirtualMachineTests
         var ex = await Assert.ThrowsAsync<InvalidOperationException>(() => vm.PauseAsync(ct));
         Assert.Contains("Created", ex.Message, StringComparison.Ordinal);
         await vm.RunAsync(ct);
-        await Assert.ThrowsAsync<InvalidOperationException>(() => vm.StartAsync(ct));
+        // A stopped VM starts again from a cold reset (ColdResetTests), but it cannot be resumed or paused.
+        var resume = await Assert.ThrowsAsync<InvalidOperationException>(() => vm.ResumeAsync(ct));
+        Assert.Contains("while it is Stopped; it must be Paused", resume.Message, StringComparison.Ordinal);
         await vm.DisposeAsync();
         await vm.DisposeAsync();
         Assert.Equal(VirtualMachineState.Disposed, vm.State);
 
         // A disposed VM is named in the exception, not the lock inside it.
-        foreach (var call in new Func<Task>[] { () => vm.StartAsync(ct), () => vm.PauseAsync(ct), () => vm.ResumeAsync(ct), () => vm.StopAsync(ct) })
+        foreach (var call in new Func<Task>[] { () => vm.StartAsync(ct), () => vm.PauseAsync(ct), () => vm.ResumeAsync(ct), () => vm.StopAsync(ct), () => vm.ResetAsync(ct) })
         {
             var disposed = await Assert.ThrowsAsync<ObjectDisposedException>(call);
             Assert.Contains(vm.Name, disposed.ObjectName, StringComparison.Ordinal);
