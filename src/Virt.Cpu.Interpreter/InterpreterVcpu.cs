@@ -270,6 +270,7 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
         }
 
         _userKey = _cpu.Cpl == 3 ? 1UL : 0UL;
+        UpdateAlignmentCheck();
     }
 
     private enum PendingIoKind : byte

@@ -193,6 +193,12 @@ internal sealed unsafe partial class InterpreterVcpu
             return p;
         }
 
+        if (_alignCheck)
+        {
+            CheckCanonical(ea);
+            CheckAlignment(ea, size);
+        }
+
         nint host = TranslateWriteHost(ea, out _);
         return host == 0 ? null : (byte*)(host + (nint)(ea & 0xFFF));
     }

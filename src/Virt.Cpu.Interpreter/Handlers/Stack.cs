@@ -166,6 +166,8 @@ internal sealed partial class InterpreterVcpu
             _interruptShadow = false;
         }
 
+        UpdateAlignmentCheck();
+
         _stop = true;
     }
 
