@@ -205,6 +205,11 @@ internal sealed unsafe partial class InterpreterVcpu
         }
 
         CheckCanonical(lin);
+        if (_segCheck)
+        {
+            CheckSegmentAccess(lin, size, write: true);
+        }
+
         if (_alignCheck)
         {
             CheckAlignment(lin, size);
@@ -223,6 +228,11 @@ internal sealed unsafe partial class InterpreterVcpu
     private ulong ReadSlow(ulong lin, int size)
     {
         CheckCanonical(lin);
+        if (_segCheck)
+        {
+            CheckSegmentAccess(lin, size, write: false);
+        }
+
         if (_alignCheck)
         {
             CheckAlignment(lin, size);
@@ -260,9 +270,9 @@ internal sealed unsafe partial class InterpreterVcpu
 
         ref readonly PhysRegion r = ref _regions[region];
         nint host = r.Host + (nint)((phys & ~0xFFFUL) - r.Start);
-        if (!_debugWatch && !_alignCheck)
+        if (!_debugWatch && !_alignCheck && !_segCheck)
         {
-            // Watchpoints and alignment checking keep every read on this slow path, where they are checked.
+            // Watchpoints, alignment and segment checking keep every read on this slow path, where they are checked.
             ref TlbEntry e = ref _rtlb[(int)((lin >> 12) & TlbMask)];
             e.Tag = ((lin >> 11) & ~1UL) | _userKey;
             e.Host = host;
@@ -275,6 +285,11 @@ internal sealed unsafe partial class InterpreterVcpu
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void WriteSlow(ulong lin, int size, ulong value)
     {
+        if (_segCheck)
+        {
+            CheckSegmentAccess(lin, size, write: true);
+        }
+
         if (_alignCheck)
         {
             CheckCanonical(lin);
@@ -345,7 +360,7 @@ internal sealed unsafe partial class InterpreterVcpu
         ref readonly PhysRegion r = ref _regions[region];
         nint host = r.Host + (nint)(page - r.Start);
         _partition.MarkDirty(region, (page - r.Start) >> 12);
-        if (!CodeWritten(region, page) && !_debugWatch && !_alignCheck)
+        if (!CodeWritten(region, page) && !_debugWatch && !_alignCheck && !_segCheck)
         {
             ref TlbEntry e = ref _wtlb[(int)((lin >> 12) & TlbMask)];
             e.Tag = ((lin >> 11) & ~1UL) | _userKey;

@@ -737,6 +737,7 @@ internal sealed partial class InterpreterVcpu
             _cpu.Seg[SegSs] = ssd;
             _cpu.SegBase[SegSs] = ssd.Base;
             _cpu.Cpl = newCpl;
+            UpdateSegmentCheck();
             Gpr(4) = ssd.DefaultBig ? esp : (Gpr(4) & ~0xFFFFUL) | (ushort)esp;
             try
             {

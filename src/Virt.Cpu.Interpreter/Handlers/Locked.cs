@@ -193,6 +193,11 @@ internal sealed unsafe partial class InterpreterVcpu
             return p;
         }
 
+        if (_segCheck)
+        {
+            CheckSegmentAccess(ea, size, write: true);
+        }
+
         if (_alignCheck)
         {
             CheckCanonical(ea);
