@@ -379,6 +379,20 @@ internal sealed partial class InterpreterVcpu
     /// <summary>After a fault inside a block: RIP back to the faulting instruction, earlier ones retired.</summary>
     private void RestartFaultingInstruction()
     {
+        if (_taskSwitched)
+        {
+            // The fault came after a task switch committed: it belongs to the new task, whose EIP is in place; the
+            // switching instruction completed.
+            _taskSwitched = false;
+            if (_inBlock)
+            {
+                _inBlock = false;
+                _retired += _opIndex + 1;
+            }
+
+            return;
+        }
+
         if (!_inBlock)
         {
             return;
@@ -416,6 +430,7 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Delivers an exception, escalating to #DF and to a triple-fault shutdown as the hardware does.</summary>
     private void RaiseException(int vector, uint errorCode)
     {
+        _taskSwitched = false;
         int firstVector = vector;
         uint firstError = errorCode;
         for (int depth = 0; depth < 4; depth++)
@@ -659,6 +674,7 @@ internal sealed partial class InterpreterVcpu
         _cpu.Rip = target;
     }
 
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The gate and target checks follow the SDM's interrupt pseudocode in the order that decides which fault is raised; task gates branch off to the task switch.")]
     private void DeliverProtected(int vector, bool hasError, uint error, bool software)
     {
         ulong off = (ulong)(vector * 8);
@@ -671,7 +687,7 @@ internal sealed partial class InterpreterVcpu
         var gate = GateDescriptor.Decode(ReadSystem(_cpu.Idt.Base + off, 8));
         int type = gate.Type;
         int dpl = gate.Dpl;
-        if (type is not (0x6 or 0x7 or SegmentType.InterruptGate or SegmentType.TrapGate))
+        if (type is not (0x5 or 0x6 or 0x7 or SegmentType.InterruptGate or SegmentType.TrapGate))
         {
             throw Fault(Vectors.GP, IdtError(vector, software));
         }
@@ -684,6 +700,12 @@ internal sealed partial class InterpreterVcpu
         if (!gate.Present)
         {
             throw Fault(Vectors.NP, IdtError(vector, software));
+        }
+
+        if (type == 0x5)
+        {
+            DeliverThroughTaskGate(ReadSystem(_cpu.Idt.Base + off, 8), hasError, error);
+            return;
         }
 
         if ((_cpu.Flags & VM) != 0)

@@ -12,6 +12,7 @@ internal sealed partial class InterpreterVcpu
     internal ulong JmpFar(ref Op op, in Instruction _)
     {
         ExecFarTransfer(ref op, op.Next, call: false);
+        _taskSwitched = false;
         _stop = true;
         return _cpu.Rip;
     }
@@ -19,6 +20,7 @@ internal sealed partial class InterpreterVcpu
     internal ulong CallFar(ref Op op, in Instruction _)
     {
         ExecFarTransfer(ref op, op.Next, call: true);
+        _taskSwitched = false;
         _stop = true;
         return _cpu.Rip;
     }
@@ -81,7 +83,8 @@ internal sealed partial class InterpreterVcpu
 
     internal ulong Iret(ref Op op, in Instruction _)
     {
-        ExecIret(op.Size);
+        ExecIret(op.Size, op.Next);
+        _taskSwitched = false;
         _stop = true;
         return _cpu.Rip;
     }
@@ -150,6 +153,17 @@ internal sealed partial class InterpreterVcpu
             SetCs(cs);
             _cpu.Rip = target & Mask(size);
             return;
+        }
+
+        if ((sel & 0xFFFC) != 0)
+        {
+            ulong raw = ReadDescriptor(sel);
+            var d = ParseDescriptor(raw, sel);
+            if (!d.IsCodeOrData)
+            {
+                FarTransferToSystemDescriptor(sel, d, raw, next, call);
+                return;
+            }
         }
 
         int rpl = sel & 3;
@@ -398,7 +412,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "IRET's checks follow the SDM pseudocode (real, virtual-8086, same-level, outer-level and 64-bit returns) in the order that decides which fault is raised; split up, that order would be hidden.")]
-    private void ExecIret(int size)
+    private void ExecIret(int size, ulong next)
     {
         // IRET ends NMI blocking, even when it faults later (SDM Vol. 3, 6.7.1).
         _nmiBlocked = false;
@@ -430,9 +444,16 @@ internal sealed partial class InterpreterVcpu
             return;
         }
 
-        if ((_cpu.Flags & NT) != 0 && (_cpu.Efer & Efer.LongModeActive) == 0)
+        if ((_cpu.Flags & NT) != 0)
         {
-            throw Fault(Vectors.GP, 0); // task return: not implemented
+            // A task return; IA-32e mode has no task switches (SDM Vol. 2, IRET: #GP(0) when NT is set).
+            if ((_cpu.Efer & Efer.LongModeActive) != 0)
+            {
+                throw Fault(Vectors.GP, 0);
+            }
+
+            IretToPreviousTask(next);
+            return;
         }
 
         ulong rip = Peek(0, size);
