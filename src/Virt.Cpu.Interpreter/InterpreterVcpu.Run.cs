@@ -708,11 +708,6 @@ internal sealed partial class InterpreterVcpu
             return;
         }
 
-        if ((_cpu.Flags & VM) != 0)
-        {
-            throw Fault(Vectors.GP, 0); // virtual-8086 interrupts: not implemented
-        }
-
         bool gate32 = (type & 8) != 0;
         int size = gate32 ? 4 : 2;
         ushort sel = gate.Selector;
@@ -731,6 +726,13 @@ internal sealed partial class InterpreterVcpu
         if (!cs.Present)
         {
             throw Fault(Vectors.NP, (uint)(sel & 0xFFFC));
+        }
+
+        // From virtual-8086 mode only to a non-conforming CPL 0 code segment (SDM Vol. 3, 20.3.1.1).
+        bool fromV86 = (_cpu.Flags & VM) != 0;
+        if (fromV86 && (cs.Dpl != 0 || (cs.Type & 4) != 0))
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
         }
 
         int newCpl = (cs.Type & 4) != 0 ? _cpu.Cpl : cs.Dpl;
@@ -763,6 +765,15 @@ internal sealed partial class InterpreterVcpu
             Gpr(4) = ssd.DefaultBig ? esp : (Gpr(4) & ~0xFFFFUL) | (ushort)esp;
             try
             {
+                if (fromV86)
+                {
+                    // The virtual-8086 data segments go on the stack first, then are nulled.
+                    Push(_cpu.Seg[SegGs].Selector, size);
+                    Push(_cpu.Seg[SegFs].Selector, size);
+                    Push(_cpu.Seg[SegDs].Selector, size);
+                    Push(_cpu.Seg[SegEs].Selector, size);
+                }
+
                 Push(oldSs, size);
                 Push(oldSp, size);
             }
@@ -801,6 +812,14 @@ internal sealed partial class InterpreterVcpu
         if ((type & 1) == 0)
         {
             _cpu.Flags &= ~IF;
+        }
+
+        if (fromV86)
+        {
+            foreach (int s in (ReadOnlySpan<int>)[SegEs, SegDs, SegFs, SegGs])
+            {
+                _cpu.Seg[s] = new SegmentRegister { Unusable = true };
+            }
         }
 
         SetCs(cs);
