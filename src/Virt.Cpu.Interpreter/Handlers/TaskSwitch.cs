@@ -56,7 +56,7 @@ internal sealed partial class InterpreterVcpu
             }
 
             tssSel = (ushort)(raw >> 16);
-            (tss, tssRaw) = ReadTaskGateTss(tssSel, Vectors.GP);
+            (tss, tssRaw) = ReadTaskGateTss(tssSel);
         }
         else if (d.Type is TssAvailable16 or TssAvailable32)
         {
@@ -79,19 +79,19 @@ internal sealed partial class InterpreterVcpu
         SwitchTask(tssSel, tss, tssRaw, call ? TaskSwitchKind.Call : TaskSwitchKind.Jmp);
     }
 
-    /// <summary>The TSS a task gate names: a GDT selector of an available TSS (#GP or #TS by <paramref name="vector"/>, #NP when not present).</summary>
-    private (SegmentRegister Tss, ulong Raw) ReadTaskGateTss(ushort tssSel, int vector)
+    /// <summary>The TSS a task gate names: a GDT selector of an available TSS (else #GP with the TSS selector; #NP when not present).</summary>
+    private (SegmentRegister Tss, ulong Raw) ReadTaskGateTss(ushort tssSel)
     {
         if ((tssSel & 4) != 0 || (tssSel & 0xFFFC) == 0)
         {
-            throw Fault(vector, (uint)(tssSel & 0xFFFC));
+            throw Fault(Vectors.GP, (uint)(tssSel & 0xFFFC));
         }
 
-        ulong raw = ReadDescriptor(tssSel, vector);
+        ulong raw = ReadDescriptor(tssSel);
         var tss = ParseDescriptor(raw, tssSel);
         if (tss.IsCodeOrData || tss.Type is not (TssAvailable16 or TssAvailable32))
         {
-            throw Fault(vector, (uint)(tssSel & 0xFFFC));
+            throw Fault(Vectors.GP, (uint)(tssSel & 0xFFFC));
         }
 
         if (!tss.Present)
@@ -106,7 +106,7 @@ internal sealed partial class InterpreterVcpu
     private void DeliverThroughTaskGate(ulong gateRaw, bool hasError, uint error)
     {
         ushort tssSel = (ushort)(gateRaw >> 16);
-        var (tss, raw) = ReadTaskGateTss(tssSel, Vectors.TS);
+        var (tss, raw) = ReadTaskGateTss(tssSel);
         SwitchTask(tssSel, tss, raw, TaskSwitchKind.Interrupt);
         if (hasError)
         {

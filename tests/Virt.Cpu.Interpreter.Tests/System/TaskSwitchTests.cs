@@ -44,22 +44,38 @@ public sealed class TaskSwitchTests
         m.Memory.Write(new GuestAddress(at + 0x60), (uint)ldt);
     }
 
+    private static readonly ulong[] GdtEntries =
+    [
+        0,
+        SegmentDescriptor.Encode(SegmentRegister.Flat(Code, code: true, longMode: false)),
+        SegmentDescriptor.Encode(SegmentRegister.Flat(Data, code: false, longMode: false)),
+        Tss(TssA, 0x67, 0xB),
+        Tss(TssB, 0x67, 0x9),
+        ((ulong)SelB << 16) | (0x85UL << 40),
+        SegmentDescriptor.Encode(new SegmentRegister { Base = Ldt, Limit = 0xF, Type = 2, Present = true }),
+        Tss(TssC, 0x2B, 0x1),
+        Tss(TssD, 0x67, 0x9),
+        Tss(TssE, 0x60, 0x9),
+    ];
+
+    /// <summary>Starts <paramref name="codeA"/> as task A (TR = A, busy) in 32-bit protected mode over the test's GDT and IDT.</summary>
+    private static void Start(Machine m, byte[] codeA)
+    {
+        m.Start(StartMode.Protected32, codeA, stack: 0x8000);
+        var s = m.Vcpu.GetSpecialRegisters();
+        s.Gdt = new DescriptorTable { Base = Gdt, Limit = (ushort)((GdtEntries.Length * 8) - 1) };
+        s.Idt = new DescriptorTable { Base = Idt, Limit = 0x7FF };
+        s.Cs = SegmentDescriptor.Decode(GdtEntries[1], Code);
+        s.Ds = s.Es = s.Fs = s.Gs = s.Ss = SegmentDescriptor.Decode(GdtEntries[2], Data);
+        s.Tr = SegmentDescriptor.Decode(GdtEntries[3], SelA);
+        s.Cr0 &= ~Cr0.TaskSwitched;
+        m.Vcpu.SetSpecialRegisters(s);
+    }
+
     private static uint[] Run(string backend)
     {
         using var m = new Machine(TestBackends.Create(backend));
-        ulong[] gdt =
-        [
-            0,
-            SegmentDescriptor.Encode(SegmentRegister.Flat(Code, code: true, longMode: false)),
-            SegmentDescriptor.Encode(SegmentRegister.Flat(Data, code: false, longMode: false)),
-            Tss(TssA, 0x67, 0xB),
-            Tss(TssB, 0x67, 0x9),
-            ((ulong)SelB << 16) | (0x85UL << 40),
-            SegmentDescriptor.Encode(new SegmentRegister { Base = Ldt, Limit = 0xF, Type = 2, Present = true }),
-            Tss(TssC, 0x2B, 0x1),
-            Tss(TssD, 0x67, 0x9),
-            Tss(TssE, 0x60, 0x9),
-        ];
+        var gdt = GdtEntries;
         for (int i = 0; i < gdt.Length; i++)
         {
             m.Memory.Write(new GuestAddress(Gdt + (ulong)(i * 8)), gdt[i]);
@@ -172,15 +188,7 @@ public sealed class TaskSwitchTests
             a.iretd();
         }));
 
-        m.Start(StartMode.Protected32, codeA, stack: 0x8000);
-        var s = m.Vcpu.GetSpecialRegisters();
-        s.Gdt = new DescriptorTable { Base = Gdt, Limit = (ushort)((gdt.Length * 8) - 1) };
-        s.Idt = new DescriptorTable { Base = Idt, Limit = 0x7FF };
-        s.Cs = SegmentDescriptor.Decode(gdt[1], Code);
-        s.Ds = s.Es = s.Fs = s.Gs = s.Ss = SegmentDescriptor.Decode(gdt[2], Data);
-        s.Tr = SegmentDescriptor.Decode(gdt[3], SelA);
-        s.Cr0 &= ~Cr0.TaskSwitched;
-        m.Vcpu.SetSpecialRegisters(s);
+        Start(m, codeA);
         var exit = m.Run();
         Assert.True(exit.Reason == VcpuExitReason.Halt, exit.ToString());
         Assert.InRange(m.Regs.Rip, CodeB, CodeB + 0x100);
@@ -232,6 +240,58 @@ public sealed class TaskSwitchTests
         // JMP through the task gate to B: B resumes after its IRET with NT clear; A is no longer busy.
         Assert.Equal(0u, r[20] & Nt);
         Assert.Equal((0x89u, 0x8Bu), (r[21], r[22]));
+    }
+
+    /// <summary>Runs <paramref name="emit"/> as task A with #GP (13) and #TS (10) handlers that store vector and error code and halt.</summary>
+    private static (uint Vector, uint Error) Fault(string backend, Action<Assembler> emit)
+    {
+        using var m = new Machine(TestBackends.Create(backend));
+        for (int i = 0; i < GdtEntries.Length; i++)
+        {
+            m.Memory.Write(new GuestAddress(Gdt + (ulong)(i * 8)), GdtEntries[i]);
+        }
+
+        foreach (int v in new[] { 10, 13 })
+        {
+            ulong at = TsHandler + (ulong)(v * 16);
+            int vector = v;
+            m.Memory.Write(new GuestAddress(at), GuestProgram.Assemble(32, at, a =>
+            {
+                a.pop(eax);
+                Store(a, 1, eax);
+                a.mov(__dword_ptr[(uint)Result(0)], vector);
+                a.hlt();
+            }));
+            m.Memory.Write(new GuestAddress(Idt + (ulong)(v * 8)), (at & 0xFFFF) | ((ulong)Code << 16) | (0x8EUL << 40) | ((at >> 16) << 48));
+        }
+
+        Start(m, GuestProgram.Assemble(32, Machine.CodeAddress, emit));
+        var exit = m.Run();
+        Assert.True(exit.Reason == VcpuExitReason.Halt, exit.ToString());
+        return (m.Memory.Read<uint>(new GuestAddress(Result(0))), m.Memory.Read<uint>(new GuestAddress(Result(1))));
+    }
+
+    [Theory]
+    [InlineData("interpreter")]
+    [InlineData("jit")]
+    public void Call_to_a_busy_tss_raises_gp_with_its_selector(string backend)
+    {
+        Assert.Equal((13u, (uint)SelA), Fault(backend, a => a.call(SelA, 0)));
+    }
+
+    [Theory]
+    [InlineData("interpreter")]
+    [InlineData("jit")]
+    public void Iret_with_nt_to_a_back_link_that_is_not_busy_raises_ts(string backend)
+    {
+        Assert.Equal((10u, (uint)SelB), Fault(backend, a =>
+        {
+            a.mov(__word_ptr[(uint)TssA], SelB);
+            a.pushfd();
+            a.or(__dword_ptr[esp], 1 << 14);
+            a.popfd();
+            a.iretd();
+        }));
     }
 
     [Theory]
