@@ -190,3 +190,38 @@ public sealed class SegmentLimitTests
         Assert.True(wrong.Count == 0, string.Join("\n", wrong));
     }
 }
+
+/// <summary>
+/// The same checks apply in compatibility mode (IA-32e mode, 32-bit code), and not in 64-bit mode: a data access
+/// through a null DS raises #GP(0) in the first and is fine in the second. Interpreter only: under the CI machines'
+/// KVM (PVM) guest user code runs on the host's own data segments.
+/// </summary>
+public sealed class CompatibilityModeSegmentTests
+{
+    private const ulong UserCode = 0x20000;
+
+    private static (int Vector, ulong Error) Run(bool compat)
+    {
+        using var m = new Machine(new InterpreterHypervisor());
+        m.Start(StartMode.Long64, GuestProgram.Assemble(compat ? 32 : 64, UserCode, a =>
+        {
+            a.mov(eax, __dword_ptr[0x5000]);
+            a.ud2();
+        }), UserCode);
+        m.InstallHaltingIdt();
+        var s = m.Vcpu.GetSpecialRegisters();
+        s.Cs = ProcessorSetup.UserSegment(code: true, longMode: !compat);
+        s.Ss = s.Es = s.Fs = s.Gs = ProcessorSetup.UserSegment(code: false);
+        s.Ds = new SegmentRegister { Unusable = true };
+        m.Vcpu.SetSpecialRegisters(s);
+        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        return (m.HaltedVector, m.Memory.Read<ulong>(new GuestAddress(Machine.KernelStackTop - 48)));
+    }
+
+    [Fact]
+    public void A_null_ds_faults_in_compatibility_mode_only()
+    {
+        Assert.Equal((13, 0UL), Run(compat: true));
+        Assert.Equal(6, Run(compat: false).Vector);
+    }
+}
