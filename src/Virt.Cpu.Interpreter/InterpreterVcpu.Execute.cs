@@ -79,6 +79,12 @@ internal sealed partial class InterpreterVcpu
     private ulong EaLegacy(ref Op op, ulong ea)
     {
         ea &= op.AddrSize == 4 ? 0xFFFFFFFFUL : 0xFFFFUL;
+        UseSegment(op.Seg);
+        if (op.Seg == SegCs)
+        {
+            CheckCodeSegmentWrite(ref op);
+        }
+
         ulong lin = ea + _cpu.SegBase[op.Seg];
         return _cpu.Bitness == 64 ? lin : lin & 0xFFFFFFFF;
     }

@@ -117,6 +117,10 @@ internal sealed partial class InterpreterVcpu
         {
             UpdateMode();
         }
+        else
+        {
+            UpdateAlignmentCheck();
+        }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -53,6 +53,12 @@ internal sealed unsafe partial class InterpreterVcpu
     private ulong _userKey;
     private bool _nonCanonical;
 
+    /// <summary>Alignment checking is on: see <see cref="UpdateAlignmentCheck"/>.</summary>
+    private bool _alignCheck;
+
+    /// <summary>The accesses being made are parts of a 16-byte SSE operand, which is not alignment-checked.</summary>
+    private bool _alignExempt;
+
     private readonly ulong[] _mmioAddr = new ulong[MmioLogSize];
     private readonly ulong[] _mmioData = new ulong[MmioLogSize];
     private readonly int[] _mmioSize = new int[MmioLogSize];
@@ -199,6 +205,16 @@ internal sealed unsafe partial class InterpreterVcpu
         }
 
         CheckCanonical(lin);
+        if (_segCheck)
+        {
+            CheckSegmentAccess(lin, size, write: true);
+        }
+
+        if (_alignCheck)
+        {
+            CheckAlignment(lin, size);
+        }
+
         Translate(lin, AccWrite, _cpu.Cpl == 3);
         if ((lin & 0xFFF) + (ulong)size > 4096)
         {
@@ -212,6 +228,16 @@ internal sealed unsafe partial class InterpreterVcpu
     private ulong ReadSlow(ulong lin, int size)
     {
         CheckCanonical(lin);
+        if (_segCheck)
+        {
+            CheckSegmentAccess(lin, size, write: false);
+        }
+
+        if (_alignCheck)
+        {
+            CheckAlignment(lin, size);
+        }
+
         if (_debugWatch)
         {
             CheckWatchpoints(lin, size, write: false);
@@ -244,9 +270,9 @@ internal sealed unsafe partial class InterpreterVcpu
 
         ref readonly PhysRegion r = ref _regions[region];
         nint host = r.Host + (nint)((phys & ~0xFFFUL) - r.Start);
-        if (!_debugWatch)
+        if (!_debugWatch && !_alignCheck && !_segCheck)
         {
-            // Host watchpoints keep every read on this slow path, where they are checked.
+            // Watchpoints, alignment and segment checking keep every read on this slow path, where they are checked.
             ref TlbEntry e = ref _rtlb[(int)((lin >> 12) & TlbMask)];
             e.Tag = ((lin >> 11) & ~1UL) | _userKey;
             e.Host = host;
@@ -259,6 +285,17 @@ internal sealed unsafe partial class InterpreterVcpu
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void WriteSlow(ulong lin, int size, ulong value)
     {
+        if (_segCheck)
+        {
+            CheckSegmentAccess(lin, size, write: true);
+        }
+
+        if (_alignCheck)
+        {
+            CheckCanonical(lin);
+            CheckAlignment(lin, size);
+        }
+
         if (_debugWatch)
         {
             CheckWatchpoints(lin, size, write: true);
@@ -323,7 +360,7 @@ internal sealed unsafe partial class InterpreterVcpu
         ref readonly PhysRegion r = ref _regions[region];
         nint host = r.Host + (nint)(page - r.Start);
         _partition.MarkDirty(region, (page - r.Start) >> 12);
-        if (!CodeWritten(region, page) && !_debugWatch)
+        if (!CodeWritten(region, page) && !_debugWatch && !_alignCheck && !_segCheck)
         {
             ref TlbEntry e = ref _wtlb[(int)((lin >> 12) & TlbMask)];
             e.Tag = ((lin >> 11) & ~1UL) | _userKey;
@@ -387,6 +424,45 @@ internal sealed unsafe partial class InterpreterVcpu
                 }
 
                 break;
+        }
+    }
+
+    /// <summary>
+    /// Recomputes whether alignment checking is on (SDM Vol. 3, 6.15, interrupt 17): CR0.AM and RFLAGS.AC set and
+    /// CPL 3 (virtual-8086 mode included). While it is on no translation is cached, so every data access takes the
+    /// slow paths (interpreted and compiled code alike), which check it; called whenever CR0, RFLAGS or the CPL change.
+    /// </summary>
+    internal void UpdateAlignmentCheck()
+    {
+        bool on = _cpu.Cpl == 3 && (_cpu.Cr0 & Cr0.AlignmentMask) != 0 && (_cpu.Flags & AC) != 0;
+        if (on != _alignCheck)
+        {
+            _alignCheck = on;
+            if (on)
+            {
+                FlushTlb();
+            }
+        }
+    }
+
+    /// <summary>
+    /// #AC(0) for a data access of <paramref name="size"/> bytes at <paramref name="lin"/> that is not aligned to its
+    /// size (SDM Vol. 3, table 6-7: 80-bit x87 operands are made of an 8-byte and a 2-byte access, so they need 8; 16-byte SSE
+    /// operands are exempt, as on hardware). Descriptor-table, TSS and
+    /// event-delivery accesses are implicit supervisor accesses: they go through the physical paths and are not checked.
+    /// </summary>
+    private void CheckAlignment(ulong lin, int size)
+    {
+        ulong mask = size switch
+        {
+            2 => 1,
+            4 => 3,
+            8 => 7,
+            _ => 0,
+        };
+        if ((lin & mask) != 0 && !_alignExempt)
+        {
+            throw Fault(Vectors.AC, 0);
         }
     }
 

@@ -379,6 +379,20 @@ internal sealed partial class InterpreterVcpu
     /// <summary>After a fault inside a block: RIP back to the faulting instruction, earlier ones retired.</summary>
     private void RestartFaultingInstruction()
     {
+        if (_taskSwitched)
+        {
+            // The fault came after a task switch committed: it belongs to the new task, whose EIP is in place; the
+            // switching instruction completed.
+            _taskSwitched = false;
+            if (_inBlock)
+            {
+                _inBlock = false;
+                _retired += _opIndex + 1;
+            }
+
+            return;
+        }
+
         if (!_inBlock)
         {
             return;
@@ -416,6 +430,7 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Delivers an exception, escalating to #DF and to a triple-fault shutdown as the hardware does.</summary>
     private void RaiseException(int vector, uint errorCode)
     {
+        _taskSwitched = false;
         int firstVector = vector;
         uint firstError = errorCode;
         for (int depth = 0; depth < 4; depth++)
@@ -659,6 +674,7 @@ internal sealed partial class InterpreterVcpu
         _cpu.Rip = target;
     }
 
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The gate and target checks follow the SDM's interrupt pseudocode in the order that decides which fault is raised; task gates branch off to the task switch.")]
     private void DeliverProtected(int vector, bool hasError, uint error, bool software)
     {
         ulong off = (ulong)(vector * 8);
@@ -671,7 +687,7 @@ internal sealed partial class InterpreterVcpu
         var gate = GateDescriptor.Decode(ReadSystem(_cpu.Idt.Base + off, 8));
         int type = gate.Type;
         int dpl = gate.Dpl;
-        if (type is not (0x6 or 0x7 or SegmentType.InterruptGate or SegmentType.TrapGate))
+        if (type is not (0x5 or 0x6 or 0x7 or SegmentType.InterruptGate or SegmentType.TrapGate))
         {
             throw Fault(Vectors.GP, IdtError(vector, software));
         }
@@ -686,9 +702,10 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.NP, IdtError(vector, software));
         }
 
-        if ((_cpu.Flags & VM) != 0)
+        if (type == 0x5)
         {
-            throw Fault(Vectors.GP, 0); // virtual-8086 interrupts: not implemented
+            DeliverThroughTaskGate(ReadSystem(_cpu.Idt.Base + off, 8), hasError, error);
+            return;
         }
 
         bool gate32 = (type & 8) != 0;
@@ -709,6 +726,13 @@ internal sealed partial class InterpreterVcpu
         if (!cs.Present)
         {
             throw Fault(Vectors.NP, (uint)(sel & 0xFFFC));
+        }
+
+        // From virtual-8086 mode only to a non-conforming CPL 0 code segment (SDM Vol. 3, 20.3.1.1).
+        bool fromV86 = (_cpu.Flags & VM) != 0;
+        if (fromV86 && (cs.Dpl != 0 || (cs.Type & 4) != 0))
+        {
+            throw Fault(Vectors.GP, (uint)(sel & 0xFFFC));
         }
 
         int newCpl = (cs.Type & 4) != 0 ? _cpu.Cpl : cs.Dpl;
@@ -737,9 +761,19 @@ internal sealed partial class InterpreterVcpu
             _cpu.Seg[SegSs] = ssd;
             _cpu.SegBase[SegSs] = ssd.Base;
             _cpu.Cpl = newCpl;
+            UpdateSegmentCheck();
             Gpr(4) = ssd.DefaultBig ? esp : (Gpr(4) & ~0xFFFFUL) | (ushort)esp;
             try
             {
+                if (fromV86)
+                {
+                    // The virtual-8086 data segments go on the stack first, then are nulled.
+                    Push(_cpu.Seg[SegGs].Selector, size);
+                    Push(_cpu.Seg[SegFs].Selector, size);
+                    Push(_cpu.Seg[SegDs].Selector, size);
+                    Push(_cpu.Seg[SegEs].Selector, size);
+                }
+
                 Push(oldSs, size);
                 Push(oldSp, size);
             }
@@ -778,6 +812,14 @@ internal sealed partial class InterpreterVcpu
         if ((type & 1) == 0)
         {
             _cpu.Flags &= ~IF;
+        }
+
+        if (fromV86)
+        {
+            foreach (int s in (ReadOnlySpan<int>)[SegEs, SegDs, SegFs, SegGs])
+            {
+                _cpu.Seg[s] = new SegmentRegister { Unusable = true };
+            }
         }
 
         SetCs(cs);

@@ -270,6 +270,8 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
         }
 
         _userKey = _cpu.Cpl == 3 ? 1UL : 0UL;
+        UpdateAlignmentCheck();
+        UpdateSegmentCheck();
     }
 
     private enum PendingIoKind : byte

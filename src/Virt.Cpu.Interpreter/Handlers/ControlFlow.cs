@@ -12,6 +12,7 @@ internal sealed partial class InterpreterVcpu
     internal ulong JmpFar(ref Op op, in Instruction _)
     {
         ExecFarTransfer(ref op, op.Next, call: false);
+        _taskSwitched = false;
         _stop = true;
         return _cpu.Rip;
     }
@@ -19,6 +20,7 @@ internal sealed partial class InterpreterVcpu
     internal ulong CallFar(ref Op op, in Instruction _)
     {
         ExecFarTransfer(ref op, op.Next, call: true);
+        _taskSwitched = false;
         _stop = true;
         return _cpu.Rip;
     }
@@ -81,7 +83,8 @@ internal sealed partial class InterpreterVcpu
 
     internal ulong Iret(ref Op op, in Instruction _)
     {
-        ExecIret(op.Size);
+        ExecIret(op.Size, op.Next);
+        _taskSwitched = false;
         _stop = true;
         return _cpu.Rip;
     }
@@ -150,6 +153,17 @@ internal sealed partial class InterpreterVcpu
             SetCs(cs);
             _cpu.Rip = target & Mask(size);
             return;
+        }
+
+        if ((sel & 0xFFFC) != 0)
+        {
+            ulong raw = ReadDescriptor(sel);
+            var d = ParseDescriptor(raw, sel);
+            if (!d.IsCodeOrData)
+            {
+                FarTransferToSystemDescriptor(sel, d, raw, next, call);
+                return;
+            }
         }
 
         int rpl = sel & 3;
@@ -397,8 +411,28 @@ internal sealed partial class InterpreterVcpu
         _cpu.Rip = rip;
     }
 
+    /// <summary>
+    /// IRETD at CPL 0 to an EFLAGS image with VM set (SDM Vol. 2, IRET, RETURN-TO-VIRTUAL-8086-MODE): pops ESP, SS, ES,
+    /// DS, FS and GS after EIP, CS and EFLAGS, loads every segment register virtual-8086 style and enters at CPL 3.
+    /// </summary>
+    private void ReturnToVirtual8086(ulong rip, ushort cs, ulong flags)
+    {
+        ulong esp = Peek(12, 4);
+        // The frame: EIP, CS, EFLAGS, ESP, SS, ES, DS, FS, GS (4 bytes each); segs in segment-register order.
+        Span<ushort> segs = [(ushort)Peek(20, 4), cs, (ushort)Peek(16, 4), (ushort)Peek(24, 4), (ushort)Peek(28, 4), (ushort)Peek(32, 4)];
+        for (int s = 0; s < 6; s++)
+        {
+            _cpu.Seg[s] = VirtualModeSegment(segs[s], s == SegCs);
+        }
+
+        Gpr(4) = (uint)esp;
+        SetRflags((flags & 0x3F7FD5) | Fixed1);
+        UpdateMode();
+        _cpu.Rip = rip & 0xFFFF;
+    }
+
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "IRET's checks follow the SDM pseudocode (real, virtual-8086, same-level, outer-level and 64-bit returns) in the order that decides which fault is raised; split up, that order would be hidden.")]
-    private void ExecIret(int size)
+    private void ExecIret(int size, ulong next)
     {
         // IRET ends NMI blocking, even when it faults later (SDM Vol. 3, 6.7.1).
         _nmiBlocked = false;
@@ -430,14 +464,27 @@ internal sealed partial class InterpreterVcpu
             return;
         }
 
-        if ((_cpu.Flags & NT) != 0 && (_cpu.Efer & Efer.LongModeActive) == 0)
+        if ((_cpu.Flags & NT) != 0)
         {
-            throw Fault(Vectors.GP, 0); // task return: not implemented
+            // A task return; IA-32e mode has no task switches (SDM Vol. 2, IRET: #GP(0) when NT is set).
+            if ((_cpu.Efer & Efer.LongModeActive) != 0)
+            {
+                throw Fault(Vectors.GP, 0);
+            }
+
+            IretToPreviousTask(next);
+            return;
         }
 
         ulong rip = Peek(0, size);
         ushort sel = (ushort)Peek((ulong)size, size);
         ulong flags = Peek((ulong)(2 * size), size);
+        if (size == 4 && _cpu.Cpl == 0 && (flags & VM) != 0)
+        {
+            ReturnToVirtual8086(rip, sel, flags);
+            return;
+        }
+
         int rpl = sel & 3;
         if (rpl < _cpu.Cpl)
         {

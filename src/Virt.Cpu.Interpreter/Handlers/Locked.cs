@@ -193,6 +193,17 @@ internal sealed unsafe partial class InterpreterVcpu
             return p;
         }
 
+        if (_segCheck)
+        {
+            CheckSegmentAccess(ea, size, write: true);
+        }
+
+        if (_alignCheck)
+        {
+            CheckCanonical(ea);
+            CheckAlignment(ea, size);
+        }
+
         nint host = TranslateWriteHost(ea, out _);
         return host == 0 ? null : (byte*)(host + (nint)(ea & 0xFFF));
     }

@@ -29,6 +29,7 @@ internal sealed partial class InterpreterVcpu
         ulong lin = offset + _cpu.SegBase[ins.MemorySegment - Register.ES];
         if (_cpu.Bitness != 64)
         {
+            UseSegment(ins.MemorySegment - Register.ES);
             lin &= 0xFFFF_FFFF;
         }
 

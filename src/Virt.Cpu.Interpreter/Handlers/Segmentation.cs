@@ -141,8 +141,14 @@ internal sealed partial class InterpreterVcpu
 
     private static SegmentRegister ParseDescriptor(ulong d, ushort sel) => SegmentDescriptor.Decode(d, sel);
 
-    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The SDM's MOV/POP Sreg checks (null selector, table limit, type, privilege, presence) in their architectural order, each with its own fault; one method keeps the order visible.")]
     private void LoadDataSegment(int seg, ushort sel)
+    {
+        LoadDataSegmentRegister(seg, sel);
+        UpdateSegmentCheck();
+    }
+
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The SDM's MOV/POP Sreg checks (null selector, table limit, type, privilege, presence) in their architectural order, each with its own fault; one method keeps the order visible.")]
+    private void LoadDataSegmentRegister(int seg, ushort sel)
     {
         if ((_cpu.Cr0 & Cr0.ProtectionEnable) == 0 || (_cpu.Flags & VM) != 0)
         {

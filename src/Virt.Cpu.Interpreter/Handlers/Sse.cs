@@ -40,9 +40,18 @@ internal sealed partial class InterpreterVcpu
 
         if (size == 16)
         {
-            ulong lo = Read(ea, 8);
-            ulong hi = Read(ea + 8, 8);
-            return Vector128.Create(lo, hi).AsByte();
+            // 16-byte SSE operands are not alignment-checked: the aligned forms raise #GP above, the others accept any address.
+            _alignExempt = true;
+            try
+            {
+                ulong lo = Read(ea, 8);
+                ulong hi = Read(ea + 8, 8);
+                return Vector128.Create(lo, hi).AsByte();
+            }
+            finally
+            {
+                _alignExempt = false;
+            }
         }
 
         return Vector128.Create(Read(ea, size), 0UL).AsByte();
@@ -59,8 +68,16 @@ internal sealed partial class InterpreterVcpu
         if (size == 16)
         {
             ProbeWrite(ea, 16);
-            Write(ea, 8, q.GetElement(0));
-            Write(ea + 8, 8, q.GetElement(1));
+            _alignExempt = true;
+            try
+            {
+                Write(ea, 8, q.GetElement(0));
+                Write(ea + 8, 8, q.GetElement(1));
+            }
+            finally
+            {
+                _alignExempt = false;
+            }
         }
         else
         {

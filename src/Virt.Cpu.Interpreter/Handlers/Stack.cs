@@ -34,10 +34,17 @@ internal sealed partial class InterpreterVcpu
     {
         int ss = StackAddrSize;
         ulong bp = StrReg(5, ss);
-        ulong v = _cpu.Bitness == 64 ? Read(bp, op.Size) : Read((_cpu.SegBase[SegSs] + bp) & 0xFFFFFFFF, op.Size);
+        ulong v = _cpu.Bitness == 64 ? Read(bp, op.Size) : Read(StackLin(bp), op.Size);
         SetReg(4, ss == 2 ? 2 : ss, bp + (ulong)op.Size);
         SetReg(5, op.Size, v);
         return op.Next;
+    }
+
+    /// <summary>The linear address of stack offset <paramref name="offset"/> outside 64-bit mode (SS-relative: its accesses are checked against SS).</summary>
+    private ulong StackLin(ulong offset)
+    {
+        UseSegment(SegSs);
+        return (_cpu.SegBase[SegSs] + offset) & 0xFFFFFFFF;
     }
 
     private int StackAddrSize => _cpu.Bitness == 64 ? 8 : _cpu.Seg[SegSs].DefaultBig ? 4 : 2;
@@ -61,13 +68,13 @@ internal sealed partial class InterpreterVcpu
         if (_cpu.Seg[SegSs].DefaultBig)
         {
             uint sp = (uint)Gpr(4) - (uint)size;
-            Write((_cpu.SegBase[SegSs] + sp) & 0xFFFFFFFF, size, v);
+            Write(StackLin(sp), size, v);
             Gpr(4) = (Gpr(4) & ~0xFFFFFFFFUL) | sp;
         }
         else
         {
             ushort sp = (ushort)((ushort)Gpr(4) - size);
-            Write((_cpu.SegBase[SegSs] + sp) & 0xFFFFFFFF, size, v);
+            Write(StackLin(sp), size, v);
             Gpr(4) = (Gpr(4) & ~0xFFFFUL) | sp;
         }
     }
@@ -95,7 +102,7 @@ internal sealed partial class InterpreterVcpu
     private ulong PeekLegacy(ulong offset, int size)
     {
         ulong sp = _cpu.Seg[SegSs].DefaultBig ? (uint)(Gpr(4) + offset) : (ushort)(Gpr(4) + offset);
-        return Read((_cpu.SegBase[SegSs] + sp) & 0xFFFFFFFF, size);
+        return Read(StackLin(sp), size);
     }
 
     private void AdjustSp(long delta)
@@ -166,6 +173,8 @@ internal sealed partial class InterpreterVcpu
             _interruptShadow = false;
         }
 
+        UpdateAlignmentCheck();
+
         _stop = true;
     }
 
@@ -181,7 +190,7 @@ internal sealed partial class InterpreterVcpu
         for (int l = 1; l < level; l++)
         {
             ulong ebp = StrReg(5, ss) - (ulong)(l * size);
-            ulong v = _cpu.Bitness == 64 ? Read(ebp & Mask(ss), size) : Read((_cpu.SegBase[SegSs] + (ebp & Mask(ss))) & 0xFFFFFFFF, size);
+            ulong v = _cpu.Bitness == 64 ? Read(ebp & Mask(ss), size) : Read(StackLin(ebp & Mask(ss)), size);
             Push(v, size);
         }
 
@@ -192,7 +201,7 @@ internal sealed partial class InterpreterVcpu
 
         ulong newSp = StrReg(4, ss) - alloc;
         // Touch the new top of stack so a fault leaves no partial frame (hardware checks the final RSP).
-        ulong lin = _cpu.Bitness == 64 ? newSp : (_cpu.SegBase[SegSs] + (newSp & Mask(ss))) & 0xFFFFFFFF;
+        ulong lin = _cpu.Bitness == 64 ? newSp : StackLin(newSp & Mask(ss));
         if (alloc != 0)
         {
             ProbeWrite(lin, 1);

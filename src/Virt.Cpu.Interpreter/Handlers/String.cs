@@ -19,7 +19,16 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
-    private ulong StrLin(int seg, ulong offset) => _cpu.Bitness == 64 ? _cpu.SegBase[seg] + offset : (_cpu.SegBase[seg] + offset) & 0xFFFFFFFF;
+    private ulong StrLin(int seg, ulong offset)
+    {
+        if (_cpu.Bitness == 64)
+        {
+            return _cpu.SegBase[seg] + offset;
+        }
+
+        UseSegment(seg);
+        return (_cpu.SegBase[seg] + offset) & 0xFFFFFFFF;
+    }
 
     /// <summary>One step of a string instruction. Returns false when a REP form must continue.</summary>
     private bool ExecString(ref Op op)

@@ -295,7 +295,7 @@ internal sealed class BlockCompiler
     private static bool IsAluInlineSub(byte sub) => sub is Translator.AluAdd or Translator.AluOr or Translator.AluAnd
         or Translator.AluSub or Translator.AluXor or Translator.AluCmp or Translator.AluTest;
 
-    private static bool MemOk(in Op op) => op.AddrSize is 8 or 4 or 2 && op.Seg < 6;
+    private static bool MemOk(in Op op) => op.AddrSize is 8 or 4 or 2 && op.Seg < 6 && op.Seg != CpuState.SegCs; // CS operands: the interpreter refuses writes
 
     /// <summary>Whether the compiled code runs <paramref name="op"/> itself (else it calls the interpreter for it).</summary>
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per inline form, each with the operand shapes the emitter handles.")]

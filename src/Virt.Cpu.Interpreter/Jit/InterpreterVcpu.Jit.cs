@@ -38,7 +38,7 @@ internal sealed partial class InterpreterVcpu
 
     /// <summary>Called by a compiled self-loop at its back edge: true when one more whole iteration of <paramref name="count"/> instructions may run.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal bool JitMayIterate(int count) => _budgetEnd - _retired >= count && !NeedsAttention();
+    internal bool JitMayIterate(int count) => _budgetEnd - _retired >= count && !NeedsAttention() && !_segCheck;
 
     /// <summary>
     /// On entry to a compiled self-loop of <paramref name="count"/> instructions without interpreter calls: the
@@ -83,7 +83,7 @@ internal sealed partial class InterpreterVcpu
     /// budget allows it whole, nothing needs the run loop, and the nesting of linked calls is bounded).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal bool JitMayChain(int count) => ++_chainDepth <= MaxChainDepth && _budgetEnd - _retired >= count && !NeedsAttention();
+    internal bool JitMayChain(int count) => ++_chainDepth <= MaxChainDepth && _budgetEnd - _retired >= count && !NeedsAttention() && !_segCheck;
 
     /// <summary>The run loop with the compiled tier: counts blocks, runs compiled ones, links compiled exits to the blocks that follow them.</summary>
     private void RunTiered()
@@ -117,7 +117,8 @@ internal sealed partial class InterpreterVcpu
                 code = b.Compiled;
             }
 
-            if (code != null && _budgetEnd - _retired >= b.Count)
+            // Compiled code forms addresses inline without segment checks: it runs only while no segment needs them.
+            if (code != null && !_segCheck && _budgetEnd - _retired >= b.Count)
             {
                 RunCompiled(b, code);
             }
