@@ -363,8 +363,11 @@ internal sealed class BlockCompiler
 
     /// <summary>REP MOVS or REP STOS with 64-bit addresses in 64-bit code: a fast path in compiled code, the interpreter for the rest.</summary>
     private static bool IsRepString(in Op op, int bitness) =>
-        op.Inline is InlineOp.Movs or InlineOp.Stos && bitness == 64 && op.AddrSize == 8 && op.Seg < 6
+        RepStrings && op.Inline is InlineOp.Movs or InlineOp.Stos && bitness == 64 && op.AddrSize == 8 && op.Seg < 6
         && (op.Pfx & (Pfx.Rep | Pfx.Repne)) != 0 && op.Size is 1 or 2 or 4 or 8;
+
+    /// <summary>REP MOVS/STOS have a fast path in compiled code (<c>VIRT_INTERPRETER_JIT_STRINGS=0</c> hands them to the interpreter, for comparison).</summary>
+    private static readonly bool RepStrings = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT_STRINGS") != "0";
 
     /// <summary>The count of a shift by an immediate, masked as the hardware masks it.</summary>
     private static int ShiftCount(in Op op) => (int)(op.Imm & (op.Size == 8 ? 0x3FUL : 0x1FUL));
@@ -1135,6 +1138,11 @@ internal sealed class BlockCompiler
         }
 
         _regionMaxCount = maxCount;
+        foreach (var r in _region)
+        {
+            _regionInstructions += r.Count;
+        }
+
         _loopLimit = _il.DeclareLocal(typeof(long));
         _loopLimitCount = maxCount;
         _plat = _il.DeclareLocal(typeof(InterpreterPlatform));
@@ -1618,12 +1626,37 @@ internal sealed class BlockCompiler
     }
 
     /// <summary>
-    /// What other threads set between two iterations: leaves to <paramref name="leave"/> on an exit request, a remote
-    /// code write or a TLB flush request; when the platform asks for attention, leaves unless
-    /// <see cref="InterpreterVcpu.JitMayIterate"/> allows <paramref name="count"/> more instructions (the flags are
-    /// stored first when <paramref name="storeFlags"/>, as that check may read them).
+    /// Instructions between two looks at what other threads set, at most (a power of two, at least twice the
+    /// instructions of the largest region, <see cref="MaxRegionInstructions"/>).
+    /// </summary>
+    internal const long PollInstructions = 1024;
+
+    /// <summary>
+    /// What other threads set, looked at on a back edge only when the retired count passed a multiple of
+    /// <see cref="PollInstructions"/> since the previous back edge (at most <paramref name="count"/> instructions ago:
+    /// a whole region or iteration), so other threads are heard within that many instructions and an iteration costs
+    /// a mask and a compare on the count it keeps anyway instead of five loads: leaves to <paramref name="leave"/> on
+    /// an exit request, a remote code write or a TLB flush request; when the platform asks for attention, leaves
+    /// unless <see cref="InterpreterVcpu.JitMayIterate"/> allows <paramref name="count"/> more instructions (the flags
+    /// are stored first when <paramref name="storeFlags"/>, as that check may read them). What the vCPU's own run sets
+    /// (the budget, a due timer) is checked on every back edge by <see cref="EmitLoopLimitCheck"/>.
     /// </summary>
     private void EmitOtherThreadChecks(Label leave, int count, bool storeFlags)
+    {
+        var skip = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, _rc);
+        _il.Emit(OpCodes.Ldc_I8, PollInstructions - 1);
+        _il.Emit(OpCodes.And);
+        _il.Emit(OpCodes.Ldc_I8, (long)Math.Max(count, _regionInstructions));
+        _il.Emit(OpCodes.Bge, skip);
+        EmitOtherThreadChecksNow(leave, count, storeFlags);
+        _il.MarkLabel(skip);
+    }
+
+    /// <summary>Instructions in all the region's blocks together (the most a region method retires between two back edges).</summary>
+    private int _regionInstructions;
+
+    private void EmitOtherThreadChecksNow(Label leave, int count, bool storeFlags)
     {
         foreach (var f in (FieldInfo[])[ExitRequestedField, RemoteCodeWriteField, WriteTlbFlushField])
         {
