@@ -22,10 +22,13 @@ if (args is ["clones"])
     return;
 }
 
-// Linux boot to /init on the interpreter with 1, 2 and 4 vCPUs: dotnet run -c Release --project tests/Virt.Benchmarks -- smp-boot [runs]
+// Linux boot to /init on the interpreter with 1, 2 and 4 vCPUs (or only the count given):
+// dotnet run -c Release --project tests/Virt.Benchmarks -- smp-boot [runs] [vcpus]
 if (args is ["smp-boot", ..])
 {
-    await Virt.Benchmarks.Linux.SmpBootTime.RunAsync(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 1);
+    await Virt.Benchmarks.Linux.SmpBootTime.RunAsync(
+        args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 1,
+        args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 0);
     return;
 }
 

@@ -49,6 +49,8 @@ internal sealed class BlockCompiler
     private static readonly MethodInfo ReadSlowMethod = Method(nameof(InterpreterVcpu.JitReadSlow));
     private static readonly MethodInfo ReadRmwSlowMethod = Method(nameof(InterpreterVcpu.JitReadRmwSlow));
     private static readonly MethodInfo WriteSlowMethod = Method(nameof(InterpreterVcpu.JitWriteSlow));
+    private static readonly MethodInfo RepFastMethod = Method(nameof(InterpreterVcpu.JitRepFast));
+    private static readonly MethodInfo StringStepMethod = Method(nameof(InterpreterVcpu.JitStringStep));
     private static readonly MethodInfo MayIterateMethod = Method(nameof(InterpreterVcpu.JitMayIterate));
     private static readonly MethodInfo MayChainMethod = Method(nameof(InterpreterVcpu.JitMayChain));
     private static readonly FieldInfo LastBlockField = Field(typeof(InterpreterVcpu), "_lastBlock");
@@ -347,6 +349,9 @@ internal sealed class BlockCompiler
                 return op.Size is 2 or 4 or 8 && op.K0 == OpKindX.Reg && (op.K1 == OpKindX.Reg || (op.K1 == OpKindX.Mem && MemOk(in op)));
             case InlineOp.Setcc:
                 return op.Size == 1 && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
+            case InlineOp.Movs:
+            case InlineOp.Stos:
+                return IsRepString(in op, bitness);
             case InlineOp.Shift:
                 return op.Sub is 4 or 5 or 6 or 7 && op.K1 == OpKindX.Imm && op.Size is 1 or 2 or 4 or 8
                     && ShiftCount(in op) is var count && count != 0 && count < op.Size * 8
@@ -355,6 +360,14 @@ internal sealed class BlockCompiler
                 return false;
         }
     }
+
+    /// <summary>REP MOVS or REP STOS with 64-bit addresses in 64-bit code: a fast path in compiled code, the interpreter for the rest.</summary>
+    private static bool IsRepString(in Op op, int bitness) =>
+        RepStrings && op.Inline is InlineOp.Movs or InlineOp.Stos && bitness == 64 && op.AddrSize == 8 && op.Seg < 6
+        && (op.Pfx & (Pfx.Rep | Pfx.Repne)) != 0 && op.Size is 1 or 2 or 4 or 8;
+
+    /// <summary>REP MOVS/STOS have a fast path in compiled code (<c>VIRT_INTERPRETER_JIT_STRINGS=0</c> hands them to the interpreter, for comparison).</summary>
+    private static readonly bool RepStrings = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT_STRINGS") != "0";
 
     /// <summary>The count of a shift by an immediate, masked as the hardware masks it.</summary>
     private static int ShiftCount(in Op op) => (int)(op.Imm & (op.Size == 8 ? 0x3FUL : 0x1FUL));
@@ -1018,6 +1031,15 @@ internal sealed class BlockCompiler
                 _hasFallback |= !flags[i];
                 if (flags[i])
                 {
+                    if (IsRepString(in ops[i], _bitness))
+                    {
+                        // RAX (STOS), RCX, RSI (MOVS), RDI; all four so the slow path reloads what the interpreter moved.
+                        Use(0);
+                        Use(1);
+                        Use(6);
+                        Use(7);
+                    }
+
                     UseOperandRegs(in ops[i], true, true);
                     if (UsesStack(in ops[i]))
                     {
@@ -1069,6 +1091,7 @@ internal sealed class BlockCompiler
         if (selfLoop && !_hasFallback)
         {
             _loopLimit = _il.DeclareLocal(typeof(long));
+            _loopLimitCount = n;
             _plat = _il.DeclareLocal(typeof(InterpreterPlatform));
             _il.Emit(OpCodes.Ldarg_1);
             _il.Emit(OpCodes.Ldc_I4, n);
@@ -1115,7 +1138,13 @@ internal sealed class BlockCompiler
         }
 
         _regionMaxCount = maxCount;
+        foreach (var r in _region)
+        {
+            _regionInstructions += r.Count;
+        }
+
         _loopLimit = _il.DeclareLocal(typeof(long));
+        _loopLimitCount = maxCount;
         _plat = _il.DeclareLocal(typeof(InterpreterPlatform));
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldc_I4, maxCount);
@@ -1298,6 +1327,9 @@ internal sealed class BlockCompiler
     }
 
     private LocalBuilder? _loopLimit;
+
+    /// <summary>The instruction count <see cref="_loopLimit"/> was computed for (a whole iteration or region block).</summary>
+    private int _loopLimitCount;
     private LocalBuilder? _plat;
     private bool _hasFallback;
     private int _loopFlagKind = Unknown;
@@ -1392,6 +1424,10 @@ internal sealed class BlockCompiler
                     break;
                 case InlineOp.Shift:
                     EmitShift(i);
+                    break;
+                case InlineOp.Movs:
+                case InlineOp.Stos:
+                    EmitRepString(i);
                     break;
                 default:
                     throw new InvalidProgramException($"Op {op.Inline} marked inline without an emitter.");
@@ -1590,12 +1626,37 @@ internal sealed class BlockCompiler
     }
 
     /// <summary>
-    /// What other threads set between two iterations: leaves to <paramref name="leave"/> on an exit request, a remote
-    /// code write or a TLB flush request; when the platform asks for attention, leaves unless
-    /// <see cref="InterpreterVcpu.JitMayIterate"/> allows <paramref name="count"/> more instructions (the flags are
-    /// stored first when <paramref name="storeFlags"/>, as that check may read them).
+    /// Instructions between two looks at what other threads set, at most (a power of two, at least twice the
+    /// instructions of the largest region, <see cref="MaxRegionInstructions"/>).
+    /// </summary>
+    internal const long PollInstructions = 1024;
+
+    /// <summary>
+    /// What other threads set, looked at on a back edge only when the retired count passed a multiple of
+    /// <see cref="PollInstructions"/> since the previous back edge (at most <paramref name="count"/> instructions ago:
+    /// a whole region or iteration), so other threads are heard within that many instructions and an iteration costs
+    /// a mask and a compare on the count it keeps anyway instead of five loads: leaves to <paramref name="leave"/> on
+    /// an exit request, a remote code write or a TLB flush request; when the platform asks for attention, leaves
+    /// unless <see cref="InterpreterVcpu.JitMayIterate"/> allows <paramref name="count"/> more instructions (the flags
+    /// are stored first when <paramref name="storeFlags"/>, as that check may read them). What the vCPU's own run sets
+    /// (the budget, a due timer) is checked on every back edge by <see cref="EmitLoopLimitCheck"/>.
     /// </summary>
     private void EmitOtherThreadChecks(Label leave, int count, bool storeFlags)
+    {
+        var skip = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, _rc);
+        _il.Emit(OpCodes.Ldc_I8, PollInstructions - 1);
+        _il.Emit(OpCodes.And);
+        _il.Emit(OpCodes.Ldc_I8, (long)Math.Max(count, _regionInstructions));
+        _il.Emit(OpCodes.Bge, skip);
+        EmitOtherThreadChecksNow(leave, count, storeFlags);
+        _il.MarkLabel(skip);
+    }
+
+    /// <summary>Instructions in all the region's blocks together (the most a region method retires between two back edges).</summary>
+    private int _regionInstructions;
+
+    private void EmitOtherThreadChecksNow(Label leave, int count, bool storeFlags)
     {
         foreach (var f in (FieldInfo[])[ExitRequestedField, RemoteCodeWriteField, WriteTlbFlushField])
         {
@@ -2151,6 +2212,82 @@ internal sealed class BlockCompiler
         {
             EmitWrite(size, _fr, i);
         }
+    }
+
+    /// <summary>
+    /// REP MOVS / REP STOS (64-bit addresses): <see cref="InterpreterVcpu.JitRepFast"/> moves the elements that lie in
+    /// pages the TLB maps (forward, not overlapping, bounded per call) without any state written back; the registers
+    /// are advanced here by the elements it moved. When RCX is not 0 after it (DF set, a TLB miss, a page boundary inside
+    /// an element, MMIO, a code page, the bound), the state is written back and the interpreter continues the
+    /// instruction from there (<see cref="InterpreterVcpu.JitStringStep"/>): it faults, exits or completes exactly as
+    /// it would have from the start. Compiled code goes on after it only when it retired and nothing needs the run
+    /// loop (the budget/timer limit of a loop is then taken afresh); otherwise the method returns after it. MOVS and
+    /// STOS leave the flags alone, so what the compiler knows of them holds on both paths.
+    /// </summary>
+    private void EmitRepString(int i)
+    {
+        ref Op op = ref _ops[i];
+        bool movs = op.Inline == InlineOp.Movs;
+        int shift = System.Numerics.BitOperations.Log2(op.Size);
+        var done = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldloc, _reg[1]!);
+        _il.Emit(OpCodes.Ldloc, _reg[6]!);
+        _il.Emit(OpCodes.Ldloc, _reg[7]!);
+        _il.Emit(OpCodes.Ldloc, _reg[0]!);
+        _il.Emit(OpCodes.Ldc_I4, (int)op.Size);
+        _il.Emit(OpCodes.Ldc_I4, (int)op.Seg);
+        _il.Emit(movs ? OpCodes.Ldc_I4_1 : OpCodes.Ldc_I4_0);
+        _il.Emit(OpCodes.Call, RepFastMethod);
+        _il.Emit(OpCodes.Stloc, _tmp);
+        _il.Emit(OpCodes.Ldloc, _reg[1]!);
+        _il.Emit(OpCodes.Ldloc, _tmp);
+        _il.Emit(OpCodes.Sub);
+        _il.Emit(OpCodes.Stloc, _reg[1]!);
+        foreach (int r in movs ? (int[])[7, 6] : [7])
+        {
+            _il.Emit(OpCodes.Ldloc, _reg[r]!);
+            _il.Emit(OpCodes.Ldloc, _tmp);
+            if (shift != 0)
+            {
+                _il.Emit(OpCodes.Ldc_I4, shift);
+                _il.Emit(OpCodes.Shl);
+            }
+
+            _il.Emit(OpCodes.Add);
+            _il.Emit(OpCodes.Stloc, _reg[r]!);
+        }
+
+        _il.Emit(OpCodes.Ldloc, _reg[1]!);
+        _il.Emit(OpCodes.Brfalse, done);
+
+        // The rest of the instruction in the interpreter.
+        EmitSync(i);
+        EmitSetRip(OpStart(in op));
+        _il.Emit(OpCodes.Ldarg_1);
+        EmitLoadCurrentBlock();
+        _il.Emit(OpCodes.Ldc_I4, i);
+        _il.Emit(OpCodes.Call, StringStepMethod);
+        _il.Emit(OpCodes.Conv_I8);
+        _il.Emit(OpCodes.Stloc, _tmp);
+        var go = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, _tmp);
+        _il.Emit(OpCodes.Ldc_I4_2);
+        _il.Emit(OpCodes.Conv_I8);
+        _il.Emit(OpCodes.Beq, go);
+        EmitRetiredAfterStep(i);
+        _il.Emit(OpCodes.Ret);
+        _il.MarkLabel(go);
+        LoadAllRegs();
+        if (_loopLimit != null)
+        {
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldc_I4, _loopLimitCount);
+            _il.Emit(OpCodes.Call, LoopLimitMethod);
+            _il.Emit(OpCodes.Stloc, _loopLimit);
+        }
+
+        _il.MarkLabel(done);
     }
 
     /// <summary>Pushes bit <paramref name="bit"/> of <paramref name="v"/> (sign-extended from <paramref name="size"/> bytes when <paramref name="signed"/>) as a ulong 0 or 1.</summary>

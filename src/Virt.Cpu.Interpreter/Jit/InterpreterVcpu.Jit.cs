@@ -66,6 +66,72 @@ internal sealed partial class InterpreterVcpu
         return Read(lin, size);
     }
 
+    /// <summary>
+    /// The fast path of a compiled REP MOVS / REP STOS with 64-bit addresses (RCX = <paramref name="count"/>, RSI =
+    /// <paramref name="rsi"/>, RDI = <paramref name="rdi"/>, RAX = <paramref name="rax"/>): moves the elements that lie
+    /// wholly in pages the TLB maps for the access (so RAM, writable, dirty, no cached code), forwards, while source and
+    /// destination do not overlap, at most <see cref="RepChunk"/> of them; returns how many it moved (0 with DF set). It
+    /// never faults and changes no state but guest memory: the caller advances the registers.
+    /// </summary>
+    internal unsafe ulong JitRepFast(ulong count, ulong rsi, ulong rdi, ulong rax, int size, int seg, bool movs)
+    {
+        if ((_cpu.Flags & DF) != 0)
+        {
+            return 0;
+        }
+
+        ulong moved = 0;
+        ulong budget = RepChunk;
+        while (count != 0 && budget != 0)
+        {
+            ulong dst = StrLin(SegEs, rdi);
+            long n = Math.Min((long)Math.Min(count, budget), (4096 - (long)(dst & 0xFFF)) / size);
+            byte* d = n > 0 ? WritePtr(dst, size) : null;
+            if (d == null)
+            {
+                break;
+            }
+
+            if (movs)
+            {
+                ulong src = StrLin(seg, rsi);
+                n = Math.Min(n, (4096 - (long)(src & 0xFFF)) / size);
+                byte* s = n > 0 ? ReadPtr(src, size) : null;
+                if (s == null || Math.Abs(d - s) < n * size)
+                {
+                    break;
+                }
+
+                // SAFETY: both ranges lie in 4 KiB RAM pages the TLB maps (the destination writable, dirty, without
+                // cached code) and do not overlap.
+                new ReadOnlySpan<byte>(s, (int)(n * size)).CopyTo(new Span<byte>(d, (int)(n * size)));
+                rsi += (ulong)(n * size);
+            }
+            else
+            {
+                FillElements(d, (int)n, size, rax);
+            }
+
+            rdi += (ulong)(n * size);
+            count -= (ulong)n;
+            budget -= (ulong)n;
+            moved += (ulong)n;
+        }
+
+        return moved;
+    }
+
+    /// <summary>
+    /// Runs string instruction <paramref name="index"/> of <paramref name="b"/> in the interpreter from the state written
+    /// back: 0 when it did not retire (a REP form to be continued, an exit), 1 when it retired but the run loop is needed
+    /// (it invalidated code, or something needs attention), 2 when compiled code may go on after it.
+    /// </summary>
+    internal int JitStringStep(Block b, int index)
+    {
+        int r = ExecuteOps(b, index, index + 1) - index;
+        return r == 1 && !_stop && !NeedsAttention() ? 2 : r;
+    }
+
     /// <summary>Slow path of a compiled write.</summary>
     internal void JitWriteSlow(ulong lin, int size, ulong value) => WriteSlow(lin, size, value);
 

@@ -6,13 +6,13 @@ namespace Virt.Benchmarks.Linux;
 /// <summary>
 /// Seconds from start to the guest kit's <c>VIRT-INIT-READY</c> marker on the interpreter with 1, 2 and 4 vCPUs, each in
 /// the same process one after the other, with the 1-vCPU boot as the baseline of the ratio:
-/// <c>dotnet run -c Release --project tests/Virt.Benchmarks -- smp-boot [runs]</c>.
+/// <c>dotnet run -c Release --project tests/Virt.Benchmarks -- smp-boot [runs] [vcpus]</c> (a vCPU count given boots only that one).
 /// </summary>
 internal static class SmpBootTime
 {
     private const string Marker = "VIRT-INIT-READY";
 
-    public static async Task RunAsync(int runs)
+    public static async Task RunAsync(int runs, int onlyVcpus = 0)
     {
         string kernel = Path.Combine(RepositoryPaths.LinuxGuestKit, "vmlinuz");
         string initrd = Path.Combine(RepositoryPaths.LinuxGuestKit, "initramfs.cpio.gz");
@@ -22,7 +22,7 @@ internal static class SmpBootTime
         }
 
         double baseline = 0;
-        foreach (int vcpus in new[] { 1, 2, 4 })
+        foreach (int vcpus in onlyVcpus > 0 ? new[] { onlyVcpus } : new[] { 1, 2, 4 })
         {
             double best = double.MaxValue;
             for (int r = 0; r < runs; r++)
