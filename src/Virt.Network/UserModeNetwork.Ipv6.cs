@@ -62,10 +62,10 @@ public sealed partial class UserModeNetwork
         LearnNeighbour(packet.Source, source);
         if (packet.Protocol == Proto.Udp)
         {
-            return UdpDatagram.TryParse(packet, out var udp) && HandleUdp6(packet, udp);
+            return UdpDatagram.TryParse(packet, out var udp, _checksumTrusted) && HandleUdp6(packet, udp);
         }
 
-        if (!TcpSegment.TryParse(packet, out var tcp))
+        if (!TcpSegment.TryParse(packet, out var tcp, _checksumTrusted))
         {
             return false;
         }
