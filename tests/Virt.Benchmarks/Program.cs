@@ -46,7 +46,7 @@ if (args is ["pool", ..])
 
 // One transfer through the user-mode network in a fresh process (frame-level guest, or with "linux" a Linux guest on
 // the interpreter fetching by wget; with "offload" the frame-level guest uses checksum and segmentation offloads):
-// dotnet run -c Release --project tests/Virt.Benchmarks -- net-fresh [linux|offload] [MiB]
+// dotnet run -c Release --project tests/Virt.Benchmarks -- net-fresh [linux|offload] [MiB] [nooffload]
 // The user network's transfers repeated in one warm process, against loopback round by round:
 // dotnet run -c Release --project tests/Virt.Benchmarks -- net-rounds [MiB] [rounds]
 if (args is ["net-rounds", ..])
@@ -63,7 +63,7 @@ if (args is ["net-fresh", ..])
     bool offload = args.Length > 1 && args[1] == "offload";
     int first = linux || offload ? 2 : 1;
     int mebibytes = args.Length > first ? int.Parse(args[first], System.Globalization.CultureInfo.InvariantCulture) : (linux ? 1 : 4);
-    await (linux ? Virt.Benchmarks.Network.UserNetworkLinux.RunAsync(mebibytes) : Virt.Benchmarks.Network.UserNetworkFresh.RunAsync(mebibytes, offload));
+    await (linux ? Virt.Benchmarks.Network.UserNetworkLinux.RunAsync(mebibytes, !args.Contains("nooffload")) : Virt.Benchmarks.Network.UserNetworkFresh.RunAsync(mebibytes, offload));
     return;
 }
 

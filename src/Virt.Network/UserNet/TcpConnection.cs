@@ -50,6 +50,7 @@ internal sealed class TcpConnection
     private const int MaxRetransmissions = 10;
     private const int TimeWaitMs = 2_000;
     private const int ReadChunk = 64 * 1024; // per socket read or write of a pump (pooled while the pump runs)
+    private const int WireReadChunk = 16 * 1024; // per socket read for a guest that takes only wire-size segments
 
     /// <summary>
     /// Within a NIC's batch of guest frames, data is acknowledged once this much is unacknowledged, else when the batch
@@ -619,7 +620,9 @@ internal sealed class TcpConnection
                 return;
             }
 
-            if (room < Math.Min(ReadChunk, _toGuest.Capacity / 4))
+            // A guest taking 64 KiB segments gets reads of that size; one taking wire-size frames gets smaller bursts.
+            int chunk = _net.SegmentLimit(Key, _mss) > _mss ? ReadChunk : WireReadChunk;
+            if (room < Math.Min(chunk, _toGuest.Capacity / 4))
             {
                 // Wait until a good part of the buffer is free: reading each acknowledged segment's worth on its own
                 // would cost a socket read and a pass through the stack per segment.
@@ -630,7 +633,7 @@ internal sealed class TcpConnection
             int n;
             try
             {
-                n = await _socket.ReceiveAsync(buffer.AsMemory(0, Math.Min(room, buffer.Length)), SocketFlags.None).ConfigureAwait(false);
+                n = await _socket.ReceiveAsync(buffer.AsMemory(0, Math.Min(room, chunk)), SocketFlags.None).ConfigureAwait(false);
             }
             catch (Exception e) when (e is SocketException or ObjectDisposedException)
             {
