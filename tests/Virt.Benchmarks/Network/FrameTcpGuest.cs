@@ -30,6 +30,7 @@ internal sealed class FrameTcpGuest : IDisposable
     private readonly bool _offload;
     private readonly int _sendSize;
     private readonly byte[] _chunk;
+    private readonly byte[] _frame = new byte[65536 + 14];
     private ushort _nextPort = 20000;
 
     public FrameTcpGuest(UserModeNetwork net, bool offload = false)
@@ -213,18 +214,25 @@ internal sealed class FrameTcpGuest : IDisposable
 
     private void Send(byte[] frame) => _nic.Send(frame, FrameOffload.None);
 
-    /// <summary>A data segment: complete, or with the offloads a partial checksum and, past one MSS, a segmentation offload.</summary>
+    /// <summary>
+    /// A data segment: complete, or with the offloads built as a guest with them builds it, in one buffer reused for
+    /// every segment, the checksum left partial (never computed) and, past one MSS, a segmentation offload.
+    /// </summary>
     private void SendData(Conn c, ReadOnlySpan<byte> payload)
     {
-        var frame = Segment4(c, c.Nxt, TcpSegment.Ack | TcpSegment.Psh, payload);
         if (!_offload)
         {
-            Send(frame);
+            Send(Segment4(c, c.Nxt, TcpSegment.Ack | TcpSegment.Psh, payload));
             return;
         }
 
         const int TcpAt = 34;
-        BinaryPrimitives.WriteUInt16BigEndian(frame.AsSpan(TcpAt + 16), 0x1234); // left partial: the stack must not check it
+        int length = TcpAt + 20 + payload.Length;
+        var frame = _frame.AsSpan(0, length);
+        FrameBuilder.WriteIpv4(frame, _net.Options.GatewayMac, Mac, Ip, Gateway, Proto.Tcp, 20 + payload.Length);
+        FrameBuilder.WriteTcpHeader(frame[TcpAt..], c.LocalPort, c.RemotePort, c.Nxt, c.RcvNxt, TcpSegment.Ack | TcpSegment.Psh, 65535);
+        payload.CopyTo(frame[(TcpAt + 20)..]);
+        BinaryPrimitives.WriteUInt16BigEndian(frame[(TcpAt + 16)..], (ushort)~Checksum.Fold(Checksum.PseudoHeader(Ip, Gateway, Proto.Tcp, 20 + payload.Length)));
         byte gso = payload.Length > Segment ? FrameOffload.GsoTcp4 : FrameOffload.GsoNone;
         _nic.Send(frame, new FrameOffload(FrameOffload.NeedsChecksum, gso, TcpAt + 20, gso == 0 ? (ushort)0 : (ushort)Segment, TcpAt, 16));
     }

@@ -34,7 +34,8 @@ public class UserNetworkBenchmarks
     {
         _listener = new TcpListener(IPAddress.Loopback, 0);
         _listener.Start();
-        _net = new UserModeNetwork();
+        // Each transfer leaves its connection in time-wait for 2 s; fast iterations would otherwise reach the default limit.
+        _net = new UserModeNetwork(new UserModeNetworkOptions { MaxTcpConnections = 4096 });
         _guest = new FrameTcpGuest(_net, Offload);
         _forward = _net.ForwardTcp(new IPEndPoint(IPAddress.Loopback, 0), 80);
     }
