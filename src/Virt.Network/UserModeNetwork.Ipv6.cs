@@ -35,12 +35,34 @@ public sealed partial class UserModeNetwork
     /// <summary>One IPv6 packet from the guest; false when it is dropped.</summary>
     private bool HandleIpv6(ReadOnlySpan<byte> ip, MacAddress source, bool multicastFrame)
     {
-        var v6 = _v6!;
-        if (!Ipv6Packet.TryParse(ip, out var packet) || Ip6.IsMulticast(packet.Source) || Ip6.IsMapped(packet.Source))
+        if (!Ipv6Packet.TryParse(ip, out var packet, allowFragments: true) || Ip6.IsMulticast(packet.Source) || Ip6.IsMapped(packet.Source))
         {
             return false;
         }
 
+        if (!packet.IsFragment)
+        {
+            return HandleIpv6Packet(packet, source, multicastFrame);
+        }
+
+        if (multicastFrame || Ip6.IsMulticast(packet.Destination) || !_v6!.IsGuestAddress(packet.Source))
+        {
+            return false; // neighbour discovery is never fragmented (RFC 6980); only a guest with an address fragments
+        }
+
+        var result = _reassembler.Add(packet, Environment.TickCount64, out var whole);
+        return result switch
+        {
+            FragmentResult.Held => true,
+            FragmentResult.Complete => Ipv6Packet.TryParse(whole, out var complete) && HandleIpv6Packet(complete, source, multicastFrame: false),
+            _ => false,
+        };
+    }
+
+    /// <summary>One whole IPv6 packet from the guest (as it came, or reassembled); false when it is dropped.</summary>
+    private bool HandleIpv6Packet(in Ipv6Packet packet, MacAddress source, bool multicastFrame)
+    {
+        var v6 = _v6!;
         if (multicastFrame || Ip6.IsMulticast(packet.Destination))
         {
             // Multicast reaches the stack only as neighbour discovery: to all routers, all nodes, or the

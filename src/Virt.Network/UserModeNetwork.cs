@@ -10,7 +10,7 @@ namespace Virt.Network;
 /// User-mode networking (like QEMU's slirp): a network backend that ends the guest's Ethernet segment in a small
 /// TCP/IP stack on the host. It answers ARP and IPv6 neighbour discovery for the gateway, sends router
 /// advertisements for SLAAC, answers echo to the gateway and DNS addresses, runs a DHCP server and a DNS forwarder,
-/// reassembles fragmented IPv4 datagrams, and turns the guest's TCP connections and UDP datagrams (IPv4 and IPv6)
+/// reassembles fragmented IPv4 datagrams and IPv6 packets, and turns the guest's TCP connections and UDP datagrams (IPv4 and IPv6)
 /// into ordinary host sockets; the gateway address stands for the host's loopback. <see cref="ForwardTcp"/> and
 /// <see cref="ForwardUdp"/> forward host ports to the guest. Needs no privileges.
 /// </summary>

@@ -80,6 +80,52 @@ public sealed class UserModeNetworkIpv6Tests
     }
 
     [Fact]
+    public async Task Fragmented_udp_over_ipv6_reaches_the_host_whole_and_overlapping_fragments_discard_the_packet()
+    {
+        using var server = new Socket(AddressFamily.InterNetworkV6, SocketType.Dgram, ProtocolType.Udp);
+        server.Bind(new IPEndPoint(IPAddress.IPv6Loopback, 0));
+        int port = ((IPEndPoint)server.LocalEndPoint!).Port;
+        await using var g = new FakeGuest();
+        var payload = new byte[3000];
+        new Random(3).NextBytes(payload);
+
+        // UDP header and data split at 1232 and 2464 bytes, sent last first; the middle one twice (an exact duplicate).
+        var udp = FrameBuilder.Udp6(g.GatewayMac, FakeGuest.Mac, Guest6, 5000, Gateway6, (ushort)port, payload).AsSpan(54).ToArray();
+        g.Send(Fragment6(g.GatewayMac, 1, udp, 2464, udp.Length - 2464, more: false));
+        g.Send(Fragment6(g.GatewayMac, 1, udp, 0, 1232, more: true));
+        g.Send(Fragment6(g.GatewayMac, 1, udp, 1232, 1232, more: true));
+        g.Send(Fragment6(g.GatewayMac, 1, udp, 1232, 1232, more: true));
+        var buffer = new byte[4000];
+        EndPoint from = new IPEndPoint(IPAddress.IPv6Any, 0);
+        server.ReceiveTimeout = 10_000;
+        int n = server.ReceiveFrom(buffer, ref from);
+        Assert.Equal(payload, buffer.AsSpan(0, n).ToArray());
+        Assert.Equal(1, g.Net.Statistics.DatagramsReassembled);
+
+        // A piece overlapping the first (RFC 5722): the packet is thrown away, and its later pieces with it.
+        g.Send(Fragment6(g.GatewayMac, 2, udp, 0, 1232, more: true));
+        g.Send(Fragment6(g.GatewayMac, 2, udp, 1224, 1232, more: true));
+        g.Send(Fragment6(g.GatewayMac, 2, udp, 2464, udp.Length - 2464, more: false));
+        g.Send(Fragment6(g.GatewayMac, 2, udp, 1232, 1232, more: true));
+        var stats = g.Net.Statistics;
+        Assert.Equal(1, stats.DatagramsReassembled);
+        Assert.Equal(1, stats.FragmentedDatagramsDiscarded);
+        Assert.Equal(0, stats.InternalErrors);
+    }
+
+    /// <summary>An IPv6 frame from the guest carrying <paramref name="length"/> bytes of <paramref name="data"/> from <paramref name="offset"/> behind a fragment header.</summary>
+    private static byte[] Fragment6(MacAddress gatewayMac, uint id, byte[] data, int offset, int length, bool more)
+    {
+        var f = FrameBuilder.Ipv6(gatewayMac, FakeGuest.Mac, Guest6, Gateway6, 44, 8 + length);
+        var fragment = f.AsSpan(54);
+        fragment[0] = Proto.Udp;
+        BinaryPrimitives.WriteUInt16BigEndian(fragment[2..], (ushort)(offset | (more ? 1 : 0)));
+        BinaryPrimitives.WriteUInt32BigEndian(fragment[4..], id);
+        data.AsSpan(offset, length).CopyTo(fragment[8..]);
+        return f;
+    }
+
+    [Fact]
     public async Task Udp_to_the_gateway_reaches_host_ipv6_loopback_and_the_reply_comes_back()
     {
         using var server = new Socket(AddressFamily.InterNetworkV6, SocketType.Dgram, ProtocolType.Udp);

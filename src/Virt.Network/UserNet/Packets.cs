@@ -97,12 +97,14 @@ internal static class Ip6
 
 /// <summary>
 /// An IPv6 packet from the guest whose header passed every check: version 6, the payload length inside the frame,
-/// hop-by-hop and destination options skipped with bounds checks. Routing headers, fragments and unknown extension
-/// headers end the parse (the packet is dropped): the stack neither routes by source nor reassembles IPv6.
+/// hop-by-hop and destination options skipped with bounds checks. A fragment header ends the parse as a fragment
+/// for the reassembler (or drops the packet where fragments are not taken); routing headers and unknown extension
+/// headers drop the packet: the stack does not route by source.
 /// </summary>
 internal readonly ref struct Ipv6Packet
 {
     private const int MaxExtensionHeaders = 8;
+    private const byte FragmentHeader = 44;
 
     public UInt128 Source { get; init; }
 
@@ -113,10 +115,27 @@ internal readonly ref struct Ipv6Packet
 
     public byte HopLimit { get; init; }
 
-    /// <summary>The upper-layer payload.</summary>
+    /// <summary>The upper-layer payload (of a fragment: the fragment's data after its fragment header).</summary>
     public ReadOnlySpan<byte> Payload { get; init; }
 
-    public static bool TryParse(ReadOnlySpan<byte> ip, out Ipv6Packet packet)
+    /// <summary>Whether a fragment header was read (with <c>allowFragments</c>); <see cref="Protocol"/> is then its next header.</summary>
+    public bool IsFragment { get; init; }
+
+    /// <summary>Of a fragment: where its data lies in the fragmentable part, in bytes.</summary>
+    public int FragmentOffset { get; init; }
+
+    /// <summary>Of a fragment: the M flag.</summary>
+    public bool MoreFragments { get; init; }
+
+    /// <summary>Of a fragment: the identification.</summary>
+    public uint Identification { get; init; }
+
+    /// <summary>
+    /// Parses the IPv6 header and the hop-by-hop and destination options headers before the upper layer. A fragment
+    /// header ends the parse as a fragment when <paramref name="allowFragments"/> (the caller reassembles it; the next
+    /// header may then be anything, checked again on the whole packet), else the packet is dropped.
+    /// </summary>
+    public static bool TryParse(ReadOnlySpan<byte> ip, out Ipv6Packet packet, bool allowFragments = false)
     {
         packet = default;
         if (ip.Length < Proto.Ipv6Header || (ip[0] >> 4) != 6)
@@ -148,6 +167,29 @@ internal readonly ref struct Ipv6Packet
 
             next = payload[0];
             payload = payload[size..];
+        }
+
+        if (next == FragmentHeader && allowFragments)
+        {
+            if (payload.Length < 8)
+            {
+                return false;
+            }
+
+            ushort field = BinaryPrimitives.ReadUInt16BigEndian(payload[2..]);
+            packet = new Ipv6Packet
+            {
+                Source = Ip6.Read(ip[8..]),
+                Destination = Ip6.Read(ip[24..]),
+                Protocol = payload[0],
+                HopLimit = ip[7],
+                Payload = payload[8..],
+                IsFragment = true,
+                FragmentOffset = field & 0xFFF8,
+                MoreFragments = (field & 1) != 0,
+                Identification = BinaryPrimitives.ReadUInt32BigEndian(payload[4..]),
+            };
+            return true;
         }
 
         if (next is not (Proto.Tcp or Proto.Udp or Proto.Icmpv6))
