@@ -28,6 +28,7 @@ public sealed class UserModeNetworkIpv6Tests
         Assert.Equal(GuestLinkLocal, ra.Destination);
         Assert.Equal(255, ra.HopLimit);
         var body = ra.Message.AsSpan(4);
+        Assert.Equal(0x40, body[1]);                                                        // other configuration by DHCPv6, addresses by SLAAC
         Assert.Equal(1800, BinaryPrimitives.ReadUInt16BigEndian(body[2..]));              // router lifetime: a default router
         var options = Options(body[12..]);
         Assert.Equal(g.GatewayMac, MacAddress.FromBytes(options[1].AsSpan(2, 6)));
@@ -123,6 +124,38 @@ public sealed class UserModeNetworkIpv6Tests
         BinaryPrimitives.WriteUInt32BigEndian(fragment[4..], id);
         data.AsSpan(offset, length).CopyTo(fragment[8..]);
         return f;
+    }
+
+    [Fact]
+    public async Task Stateless_dhcpv6_answers_an_information_request_with_the_dns_address_and_ignores_a_solicit()
+    {
+        await using var g = new FakeGuest();
+        var allServers = new UInt128(0xFF02_0000_0000_0000, 0x1_0002);
+        byte[] clientId = [0, 3, 0, 1, .. FakeGuest.Mac.ToArray()];
+        byte[] request = [11, 0xAB, 0xCD, 0xEF, 0, 1, 0, (byte)clientId.Length, .. clientId, 0, 6, 0, 2, 0, 23];
+        g.Send(FrameBuilder.Udp6(Ip6.MulticastMac(allServers), FakeGuest.Mac, GuestLinkLocal, 546, allServers, 547, request));
+        var reply = g.Take(f => ParseUdp6(f) is { DestinationPort: 546 });
+        var udp = ParseUdp6(reply)!.Value;
+        Assert.Equal(GatewayLinkLocal, udp.Source);
+        Assert.Equal(547, udp.SourcePort);
+        Assert.Equal(new byte[] { 7, 0xAB, 0xCD, 0xEF }, udp.Payload.AsSpan(0, 4).ToArray());
+        var options = new Dictionary<ushort, byte[]>();
+        for (var o = udp.Payload.AsSpan(4); !o.IsEmpty; o = o[(4 + BinaryPrimitives.ReadUInt16BigEndian(o[2..]))..])
+        {
+            options[BinaryPrimitives.ReadUInt16BigEndian(o)] = o.Slice(4, BinaryPrimitives.ReadUInt16BigEndian(o[2..])).ToArray();
+        }
+
+        Assert.Equal(clientId, options[1]);
+        Assert.Equal([0, 3, 0, 1, .. g.GatewayMac.ToArray()], options[2]);
+        Assert.Equal(Dns6, Ip6.Read(options[23]));
+
+        // A Solicit (stateful: addresses come from SLAAC here) and an Information-request carrying an IA_NA get nothing.
+        long before = g.Net.Statistics.FramesDropped;
+        request[0] = 1;
+        g.Send(FrameBuilder.Udp6(Ip6.MulticastMac(allServers), FakeGuest.Mac, GuestLinkLocal, 546, allServers, 547, request));
+        byte[] withAddress = [11, 1, 2, 3, 0, 3, 0, 12, .. new byte[12]];
+        g.Send(FrameBuilder.Udp6(Ip6.MulticastMac(allServers), FakeGuest.Mac, GuestLinkLocal, 546, allServers, 547, withAddress));
+        Assert.Equal(before + 2, g.Net.Statistics.FramesDropped);
     }
 
     [Fact]
