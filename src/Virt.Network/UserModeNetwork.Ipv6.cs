@@ -13,6 +13,9 @@ public sealed partial class UserModeNetwork
     private const byte EchoReply = 129;
     private const byte RouterSolicitation = 133;
     private const byte RouterAdvertisement = 134;
+
+    /// <summary>ff02::1:2, All_DHCP_Relay_Agents_and_Servers (RFC 8415 7.1).</summary>
+    private static readonly UInt128 AllDhcpServers = new(0xFF02_0000_0000_0000, 0x1_0002);
     private const byte NeighbourSolicitation = 135;
     private const byte NeighbourAdvertisement = 136;
     private const ushort RouterLifetimeSeconds = 1800;
@@ -35,16 +38,43 @@ public sealed partial class UserModeNetwork
     /// <summary>One IPv6 packet from the guest; false when it is dropped.</summary>
     private bool HandleIpv6(ReadOnlySpan<byte> ip, MacAddress source, bool multicastFrame)
     {
-        var v6 = _v6!;
-        if (!Ipv6Packet.TryParse(ip, out var packet) || Ip6.IsMulticast(packet.Source) || Ip6.IsMapped(packet.Source))
+        if (!Ipv6Packet.TryParse(ip, out var packet, allowFragments: true) || Ip6.IsMulticast(packet.Source) || Ip6.IsMapped(packet.Source))
         {
             return false;
         }
 
+        if (!packet.IsFragment)
+        {
+            return HandleIpv6Packet(packet, source, multicastFrame);
+        }
+
+        if (multicastFrame || Ip6.IsMulticast(packet.Destination) || !_v6!.IsGuestAddress(packet.Source))
+        {
+            return false; // neighbour discovery is never fragmented (RFC 6980); only a guest with an address fragments
+        }
+
+        var result = _reassembler.Add(packet, Environment.TickCount64, out var whole);
+        return result switch
+        {
+            FragmentResult.Held => true,
+            FragmentResult.Complete => Ipv6Packet.TryParse(whole, out var complete) && HandleIpv6Packet(complete, source, multicastFrame: false),
+            _ => false,
+        };
+    }
+
+    /// <summary>One whole IPv6 packet from the guest (as it came, or reassembled); false when it is dropped.</summary>
+    private bool HandleIpv6Packet(in Ipv6Packet packet, MacAddress source, bool multicastFrame)
+    {
+        var v6 = _v6!;
         if (multicastFrame || Ip6.IsMulticast(packet.Destination))
         {
             // Multicast reaches the stack only as neighbour discovery: to all routers, all nodes, or the
             // solicited-node group of one of its addresses. Everything else (MLD, the guest's own DAD) is not ours.
+            if (packet.Destination == AllDhcpServers && packet.Protocol == Proto.Udp)
+            {
+                return UdpDatagram.TryParse(packet, out var dhcp, _checksumTrusted) && HandleDhcp6(packet, dhcp, source);
+            }
+
             bool forUs = packet.Destination == Ip6.AllRouters || packet.Destination == Ip6.AllNodes || v6.IsOwnSolicitedNode(packet.Destination);
             return forUs && packet.Protocol == Proto.Icmpv6 && HandleIcmpv6(packet, source);
         }
@@ -62,10 +92,10 @@ public sealed partial class UserModeNetwork
         LearnNeighbour(packet.Source, source);
         if (packet.Protocol == Proto.Udp)
         {
-            return UdpDatagram.TryParse(packet, out var udp) && HandleUdp6(packet, udp);
+            return UdpDatagram.TryParse(packet, out var udp, _checksumTrusted) && HandleUdp6(packet, udp);
         }
 
-        if (!TcpSegment.TryParse(packet, out var tcp))
+        if (!TcpSegment.TryParse(packet, out var tcp, _checksumTrusted))
         {
             return false;
         }
@@ -237,11 +267,87 @@ public sealed partial class UserModeNetwork
     }
 
     /// <summary>A router advertisement: the gateway as default router, the prefix for SLAAC, the MTU and the DNS address (RFC 8106).</summary>
+    /// <summary>
+    /// Stateless DHCPv6 (RFC 8415 6.1, 18.2.6): an Information-request from the guest's link-local address (port 546)
+    /// gets a Reply with the stack's server identifier (a DUID-LL of the gateway MAC), the guest's client identifier
+    /// echoed, and the DNS address (RFC 3646). Addresses come from SLAAC, so every other message is ignored (no
+    /// Advertise: the router advertisement says "other configuration" only). Options are walked with bounds checks;
+    /// a request carrying an address option (IA_NA, IA_TA, IA_PD) is dropped, as the RFC asks.
+    /// </summary>
+    private bool HandleDhcp6(in Ipv6Packet packet, in UdpDatagram udp, MacAddress source)
+    {
+        const byte InformationRequest = 11;
+        const byte Reply = 7;
+        const ushort ClientId = 1;
+        const ushort ServerId = 2;
+        const ushort DnsServers = 23;
+        var m = udp.Payload;
+        if (udp.DestinationPort != 547 || udp.SourcePort != 546 || m.Length < 4 || m[0] != InformationRequest || source.IsMulticast)
+        {
+            return false;
+        }
+
+        ReadOnlySpan<byte> clientId = default;
+        var options = m[4..];
+        while (!options.IsEmpty)
+        {
+            if (options.Length < 4)
+            {
+                return false;
+            }
+
+            ushort code = BinaryPrimitives.ReadUInt16BigEndian(options);
+            int length = BinaryPrimitives.ReadUInt16BigEndian(options[2..]);
+            if (length > options.Length - 4)
+            {
+                return false; // an option running past the message
+            }
+
+            if (code is 3 or 4 or 25)
+            {
+                return false; // IA_NA, IA_TA, IA_PD: not in an Information-request
+            }
+
+            if (code == ClientId && length is >= 2 and <= 130)
+            {
+                clientId = options.Slice(4, length);
+            }
+
+            options = options[(4 + length)..];
+        }
+
+        var reply = new byte[4 + (clientId.IsEmpty ? 0 : 4 + clientId.Length) + 4 + 10 + 4 + 16];
+        reply[0] = Reply;
+        m.Slice(1, 3).CopyTo(reply.AsSpan(1)); // transaction id
+        var o = reply.AsSpan(4);
+        if (!clientId.IsEmpty)
+        {
+            BinaryPrimitives.WriteUInt16BigEndian(o, ClientId);
+            BinaryPrimitives.WriteUInt16BigEndian(o[2..], (ushort)clientId.Length);
+            clientId.CopyTo(o[4..]);
+            o = o[(4 + clientId.Length)..];
+        }
+
+        BinaryPrimitives.WriteUInt16BigEndian(o, ServerId);
+        BinaryPrimitives.WriteUInt16BigEndian(o[2..], 10);
+        BinaryPrimitives.WriteUInt16BigEndian(o[4..], 3); // DUID-LL
+        BinaryPrimitives.WriteUInt16BigEndian(o[6..], 1); // Ethernet
+        _gatewayMac.CopyTo(o[8..]);
+        o = o[14..];
+        BinaryPrimitives.WriteUInt16BigEndian(o, DnsServers);
+        BinaryPrimitives.WriteUInt16BigEndian(o[2..], 16);
+        Ip6.Write(o[4..], _v6!.Dns);
+        LearnNeighbour(packet.Source, source);
+        Queue(FrameBuilder.Udp6(source, _gatewayMac, Ipv6Addresses.LinkLocal, 547, packet.Source, 546, reply));
+        return true;
+    }
+
     private void SendRouterAdvertisement(MacAddress to, UInt128 destination)
     {
         var v6 = _v6!;
         Span<byte> body = stackalloc byte[12 + 8 + 8 + 32 + 24];
         body[0] = 64;                                                   // current hop limit
+        body[1] = 0x40;                                                 // O: other configuration (DNS) by stateless DHCPv6
         BinaryPrimitives.WriteUInt16BigEndian(body[2..], RouterLifetimeSeconds);
         var o = body[12..];
         o[0] = 1;                                                       // source link-layer address

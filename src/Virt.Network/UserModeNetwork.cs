@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
@@ -9,7 +10,7 @@ namespace Virt.Network;
 /// User-mode networking (like QEMU's slirp): a network backend that ends the guest's Ethernet segment in a small
 /// TCP/IP stack on the host. It answers ARP and IPv6 neighbour discovery for the gateway, sends router
 /// advertisements for SLAAC, answers echo to the gateway and DNS addresses, runs a DHCP server and a DNS forwarder,
-/// reassembles fragmented IPv4 datagrams, and turns the guest's TCP connections and UDP datagrams (IPv4 and IPv6)
+/// reassembles fragmented IPv4 datagrams and IPv6 packets, and turns the guest's TCP connections and UDP datagrams (IPv4 and IPv6)
 /// into ordinary host sockets; the gateway address stands for the host's loopback. <see cref="ForwardTcp"/> and
 /// <see cref="ForwardUdp"/> forward host ports to the guest. Needs no privileges.
 /// </summary>
@@ -18,7 +19,7 @@ namespace Virt.Network;
 /// <see cref="SendAsync"/>. Frames for the guest are handed to the receiver outside that lock, in order.
 /// See docs/networking.md for the limits and the security model.
 /// </remarks>
-public sealed partial class UserModeNetwork : INetworkBackend
+public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBackend
 {
     private const int TickMs = 100;
     private const int MaxQueuedFrames = 4096;
@@ -26,7 +27,9 @@ public sealed partial class UserModeNetwork : INetworkBackend
 
     private readonly Lock _sync = new();
     private readonly Lock _deliverSync = new();
-    private readonly Queue<byte[]> _outbound = new();
+    private readonly Queue<OutboundFrame> _outbound = new();
+    private readonly List<OutboundFrame> _delivering = [];
+    private readonly List<TcpConnection> _delayedAcks = [];
     private readonly Dictionary<TcpKey, TcpConnection> _tcp = [];
     private readonly Dictionary<(UInt128 Ip, ushort Port), UdpFlow> _udp = [];
     private readonly Dictionary<uint, MacAddress> _arp = [];
@@ -44,6 +47,10 @@ public sealed partial class UserModeNetwork : INetworkBackend
     private readonly uint _dnsAddress;
     private readonly MacAddress _gatewayMac;
     private Func<ReadOnlyMemory<byte>, bool>? _receiver;
+    private OffloadReceiver? _offloadReceiver;
+    private int _guestOffloads;
+    private bool _checksumTrusted; // the frame being handled came with a partial or NIC-checked checksum
+    private bool _batched;         // the frame being handled is one of a NIC's batch: acknowledgments may wait for its end
     private ushort _nextForwardPort = FirstForwardPort;
     private ushort _nextUdpForwardPort = FirstForwardPort;
     private bool _disposed;
@@ -169,8 +176,7 @@ public sealed partial class UserModeNetwork : INetworkBackend
     /// <inheritdoc />
     public ValueTask SendAsync(ReadOnlyMemory<byte> frame, CancellationToken cancellationToken = default)
     {
-        var copy = frame;
-        Locked(() => OnGuestFrame(copy.Span));
+        HandleGuestFrame(frame.Span, FrameOffload.None, batched: false);
         return ValueTask.CompletedTask;
     }
 
@@ -178,7 +184,94 @@ public sealed partial class UserModeNetwork : INetworkBackend
     public void Attach(Func<ReadOnlyMemory<byte>, bool> receiver)
     {
         ArgumentNullException.ThrowIfNull(receiver);
+        Volatile.Write(ref _offloadReceiver, null);
+        Volatile.Write(ref _guestOffloads, 0);
         Volatile.Write(ref _receiver, receiver);
+    }
+
+    /// <summary>The stack ends the guest's traffic in host sockets: partial checksums and TCP segments of up to 64 KiB are taken as they are.</summary>
+    NetworkOffloads IOffloadNetworkBackend.TransmitOffloads =>
+        NetworkOffloads.Checksum | NetworkOffloads.Tcp4Segmentation | NetworkOffloads.Tcp6Segmentation;
+
+    void IOffloadNetworkBackend.Send(ReadOnlySpan<byte> frame, in FrameOffload offload) => HandleGuestFrame(frame, offload, batched: true);
+
+    void IOffloadNetworkBackend.EndOfBatch()
+    {
+        lock (_sync)
+        {
+            try
+            {
+                FlushDelayedAcks();
+            }
+#pragma warning disable CA1031 // as in Locked: a bug is counted, never thrown into the NIC
+            catch (Exception)
+#pragma warning restore CA1031
+            {
+                _internalErrors++;
+            }
+        }
+
+        Flush();
+    }
+
+    void IOffloadNetworkBackend.AttachOffload(OffloadReceiver receiver, NetworkOffloads guestTakes)
+    {
+        ArgumentNullException.ThrowIfNull(receiver);
+        Volatile.Write(ref _receiver, null);
+        Volatile.Write(ref _guestOffloads, (int)guestTakes);
+        Volatile.Write(ref _offloadReceiver, receiver);
+    }
+
+    void IOffloadNetworkBackend.SetGuestOffloads(NetworkOffloads guestTakes) => Volatile.Write(ref _guestOffloads, (int)guestTakes);
+
+    /// <summary>What the guest takes now: frames for it are built to match.</summary>
+    internal NetworkOffloads GuestOffloads => (NetworkOffloads)Volatile.Read(ref _guestOffloads);
+
+    /// <summary>Whether the frame being handled is one of a NIC's batch (under the lock): a connection may hold its ACK until the batch ends.</summary>
+    internal bool Batched => _batched;
+
+    /// <summary>Holds <paramref name="connection"/>'s acknowledgment until the NIC's batch ends (under the lock).</summary>
+    internal void DelayAck(TcpConnection connection) => _delayedAcks.Add(connection);
+
+    private void FlushDelayedAcks()
+    {
+        for (int i = 0; i < _delayedAcks.Count; i++)
+        {
+            _delayedAcks[i].SendDelayedAck();
+        }
+
+        _delayedAcks.Clear();
+    }
+
+    /// <summary>One frame from the guest through the stack, under the lock; then queued frames go to the guest.</summary>
+    private void HandleGuestFrame(ReadOnlySpan<byte> frame, in FrameOffload offload, bool batched)
+    {
+        lock (_sync)
+        {
+            _checksumTrusted = offload.ChecksumTrusted;
+            _batched = batched;
+            try
+            {
+                OnGuestFrame(frame);
+                if (!batched && _delayedAcks.Count > 0)
+                {
+                    FlushDelayedAcks();
+                }
+            }
+#pragma warning disable CA1031 // the guest's frames must not take the VMM down; tests require the counter to stay 0
+            catch (Exception)
+#pragma warning restore CA1031
+            {
+                _internalErrors++;
+            }
+            finally
+            {
+                _checksumTrusted = false;
+                _batched = false;
+            }
+        }
+
+        Flush();
     }
 
     /// <summary>
@@ -191,7 +284,7 @@ public sealed partial class UserModeNetwork : INetworkBackend
         var port = network.Attach("user-mode-network");
         port.Attach(frame =>
         {
-            Locked(() => OnGuestFrame(frame.Span));
+            HandleGuestFrame(frame.Span, FrameOffload.None, batched: false);
             return true;
         });
         Attach(frame =>
@@ -425,6 +518,72 @@ public sealed partial class UserModeNetwork : INetworkBackend
         }
     }
 
+    /// <summary>
+    /// A TCP segment carrying <paramref name="length"/> bytes of <paramref name="source"/> from <paramref name="offset"/>
+    /// to the guest, built in a pooled buffer. When the guest takes checksum offload the checksum is left partial
+    /// (the pseudo-header sum, NEEDS_CSUM), and a segment longer than <paramref name="mss"/> goes as one segmentation
+    /// offload of that segment size (the caller sends such segments only when the guest takes them).
+    /// </summary>
+    internal void EmitData(TcpKey key, uint sequence, uint acknowledgment, byte flags, ushort window, ByteQueue source, int offset, int length, int mss)
+    {
+        bool v6 = key.IsIpv6;
+        if ((v6 ? GuestMac6(key.GuestIp) : GuestMac(Ip6.V4(key.GuestIp))) is not MacAddress mac)
+        {
+            return;
+        }
+
+        int tcpAt = Proto.EthernetHeader + (v6 ? Proto.Ipv6Header : Proto.Ipv4Header);
+        int tcpLength = Proto.TcpHeader + length;
+        int frameLength = tcpAt + tcpLength;
+        var buffer = ArrayPool<byte>.Shared.Rent(frameLength);
+        var f = buffer.AsSpan(0, frameLength);
+        uint pseudo;
+        if (v6)
+        {
+            FrameBuilder.WriteIpv6(f, mac, _gatewayMac, key.RemoteIp, key.GuestIp, Proto.Tcp, tcpLength, 64);
+            pseudo = Checksum.PseudoHeader6(key.RemoteIp, key.GuestIp, Proto.Tcp, tcpLength);
+        }
+        else
+        {
+            FrameBuilder.WriteIpv4(f, mac, _gatewayMac, Ip6.V4(key.RemoteIp), Ip6.V4(key.GuestIp), Proto.Tcp, tcpLength);
+            pseudo = Checksum.PseudoHeader(Ip6.V4(key.RemoteIp), Ip6.V4(key.GuestIp), Proto.Tcp, tcpLength);
+        }
+
+        var tcp = f[tcpAt..];
+        FrameBuilder.WriteTcpHeader(tcp, key.RemotePort, key.GuestPort, sequence, acknowledgment, flags, window);
+        source.Peek(offset, tcp.Slice(Proto.TcpHeader, length));
+        var offload = FrameOffload.None;
+        if ((GuestOffloads & NetworkOffloads.Checksum) != 0)
+        {
+            BinaryPrimitives.WriteUInt16BigEndian(tcp[16..], (ushort)~Checksum.Fold(pseudo));
+            byte gso = length <= mss ? FrameOffload.GsoNone : v6 ? FrameOffload.GsoTcp6 : FrameOffload.GsoTcp4;
+            offload = new FrameOffload(FrameOffload.NeedsChecksum, gso, (ushort)(tcpAt + Proto.TcpHeader),
+                gso == FrameOffload.GsoNone ? (ushort)0 : (ushort)mss, (ushort)tcpAt, 16);
+        }
+        else
+        {
+            BinaryPrimitives.WriteUInt16BigEndian(tcp[16..], Checksum.Fold(Checksum.Add(tcp, pseudo)));
+        }
+
+        Enqueue(new OutboundFrame(buffer, frameLength, offload, Pooled: true));
+    }
+
+    /// <summary>
+    /// The largest TCP payload of one frame to the guest on <paramref name="key"/>'s IP version: a whole number of
+    /// <paramref name="mss"/> segments up to 64 KiB when the guest takes segmentation offload, else <paramref name="mss"/>.
+    /// </summary>
+    internal int SegmentLimit(TcpKey key, int mss)
+    {
+        var needed = key.IsIpv6 ? NetworkOffloads.Tcp6Segmentation : NetworkOffloads.Tcp4Segmentation;
+        if ((GuestOffloads & needed) == 0)
+        {
+            return mss;
+        }
+
+        int most = ushort.MaxValue - Proto.TcpHeader - (key.IsIpv6 ? 0 : Proto.Ipv4Header);
+        return most / mss * mss;
+    }
+
     internal void SendReset(TcpKey key, uint sequence, uint acknowledgment, bool withAck) =>
         Emit(key, sequence, acknowledgment, (byte)(TcpSegment.Rst | (withAck ? TcpSegment.Ack : 0)), 0, [], 0);
 
@@ -583,16 +742,14 @@ public sealed partial class UserModeNetwork : INetworkBackend
     private void RequestGuestMac(uint ip) =>
         Queue(FrameBuilder.Arp(MacAddress.Broadcast, _gatewayMac, 1, _gatewayMac, _gateway, default, ip));
 
-    private void Queue(byte[] frame)
-    {
-        if (_disposed && _tcp.Count == 0 && _outbound.Count > 0)
-        {
-            return;
-        }
+    private void Queue(byte[] frame) => Enqueue(new OutboundFrame(frame, frame.Length, FrameOffload.None, Pooled: false));
 
-        if (_outbound.Count >= MaxQueuedFrames)
+    private void Enqueue(in OutboundFrame frame)
+    {
+        if ((_disposed && _tcp.Count == 0 && _outbound.Count > 0) || _outbound.Count >= MaxQueuedFrames)
         {
-            _framesDropped++;
+            _framesDropped += _disposed ? 0 : 1;
+            frame.Release();
             return;
         }
 
@@ -611,18 +768,41 @@ public sealed partial class UserModeNetwork : INetworkBackend
         {
             while (true)
             {
-                byte[] frame;
                 lock (_sync)
                 {
-                    if (!_outbound.TryDequeue(out frame!))
+                    while (_delivering.Count < 64 && _outbound.TryDequeue(out var next))
                     {
-                        return;
+                        _delivering.Add(next);
                     }
                 }
 
-                if (Volatile.Read(ref _receiver) is { } receiver && receiver(frame))
+                if (_delivering.Count == 0)
                 {
-                    Interlocked.Increment(ref _framesToGuest);
+                    return;
+                }
+
+                try
+                {
+                    foreach (var frame in _delivering)
+                    {
+                        var memory = frame.Buffer.AsMemory(0, frame.Length);
+                        bool taken = Volatile.Read(ref _offloadReceiver) is { } offloadReceiver
+                            ? offloadReceiver(memory, frame.Offload)
+                            : frame.Offload == FrameOffload.None && Volatile.Read(ref _receiver) is { } receiver && receiver(memory);
+                        if (taken)
+                        {
+                            Interlocked.Increment(ref _framesToGuest);
+                        }
+                    }
+                }
+                finally
+                {
+                    foreach (var frame in _delivering)
+                    {
+                        frame.Release();
+                    }
+
+                    _delivering.Clear();
                 }
             }
         }
@@ -630,6 +810,7 @@ public sealed partial class UserModeNetwork : INetworkBackend
 
     private void Tick()
     {
+        FlushDelayedAcks();
         long now = Environment.TickCount64;
         foreach (var c in _tcp.Values.ToList())
         {
@@ -767,7 +948,7 @@ public sealed partial class UserModeNetwork : INetworkBackend
 
     private bool HandleIpv4Packet(in Ipv4Packet packet, MacAddress source, bool broadcast)
     {
-        if (packet.Protocol == Proto.Udp && UdpDatagram.TryParse(packet, out var dhcp) && dhcp.DestinationPort == DhcpServer.ServerPort
+        if (packet.Protocol == Proto.Udp && UdpDatagram.TryParse(packet, out var dhcp, _checksumTrusted) && dhcp.DestinationPort == DhcpServer.ServerPort
             && (packet.Destination == Ip4.Broadcast || packet.Destination == _gateway))
         {
             return HandleDhcp(dhcp, source);
@@ -782,8 +963,8 @@ public sealed partial class UserModeNetwork : INetworkBackend
         return packet.Protocol switch
         {
             Proto.Icmp => HandleIcmp(packet),
-            Proto.Udp => UdpDatagram.TryParse(packet, out var udp) && HandleUdp(packet, udp),
-            Proto.Tcp => TcpSegment.TryParse(packet, out var tcp) && HandleTcp(packet, tcp),
+            Proto.Udp => UdpDatagram.TryParse(packet, out var udp, _checksumTrusted) && HandleUdp(packet, udp),
+            Proto.Tcp => TcpSegment.TryParse(packet, out var tcp, _checksumTrusted) && HandleTcp(packet, tcp),
             _ => false,
         };
     }
@@ -1074,6 +1255,18 @@ public sealed class TcpPortForward : IAsyncDisposable
 
             Interlocked.Increment(ref _accepted);
             _network.Locked(() => _network.OnForwardAccepted(this, client));
+        }
+    }
+}
+
+/// <summary>A frame waiting for the guest: its bytes (from the pool when <paramref name="Pooled"/>) and its offload header.</summary>
+internal readonly record struct OutboundFrame(byte[] Buffer, int Length, FrameOffload Offload, bool Pooled)
+{
+    public void Release()
+    {
+        if (Pooled)
+        {
+            ArrayPool<byte>.Shared.Return(Buffer);
         }
     }
 }

@@ -48,12 +48,25 @@ if (args is ["pool", ..])
 }
 
 // One transfer through the user-mode network in a fresh process (frame-level guest, or with "linux" a Linux guest on
-// the interpreter fetching by wget): dotnet run -c Release --project tests/Virt.Benchmarks -- net-fresh [linux] [MiB]
+// the interpreter fetching by wget; with "offload" the frame-level guest uses checksum and segmentation offloads):
+// dotnet run -c Release --project tests/Virt.Benchmarks -- net-fresh [linux|offload] [MiB] [nooffload]
+// The user network's transfers repeated in one warm process, against loopback round by round:
+// dotnet run -c Release --project tests/Virt.Benchmarks -- net-rounds [MiB] [rounds]
+if (args is ["net-rounds", ..])
+{
+    await Virt.Benchmarks.Network.UserNetworkSteady.RunAsync(
+        args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 4,
+        args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 11);
+    return;
+}
+
 if (args is ["net-fresh", ..])
 {
     bool linux = args.Length > 1 && args[1] == "linux";
-    int mebibytes = args.Length > (linux ? 2 : 1) ? int.Parse(args[linux ? 2 : 1], System.Globalization.CultureInfo.InvariantCulture) : (linux ? 1 : 4);
-    await (linux ? Virt.Benchmarks.Network.UserNetworkLinux.RunAsync(mebibytes) : Virt.Benchmarks.Network.UserNetworkFresh.RunAsync(mebibytes));
+    bool offload = args.Length > 1 && args[1] == "offload";
+    int first = linux || offload ? 2 : 1;
+    int mebibytes = args.Length > first ? int.Parse(args[first], System.Globalization.CultureInfo.InvariantCulture) : (linux ? 1 : 4);
+    await (linux ? Virt.Benchmarks.Network.UserNetworkLinux.RunAsync(mebibytes, !args.Contains("nooffload")) : Virt.Benchmarks.Network.UserNetworkFresh.RunAsync(mebibytes, offload));
     return;
 }
 

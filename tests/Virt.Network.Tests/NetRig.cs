@@ -10,8 +10,8 @@ internal sealed class NetRig : VirtioTestRig
 {
     private readonly List<GuestAddress> _rxBuffers = [];
 
-    public NetRig(INetworkBackend backend, MacAddress mac, VirtioNetOptions? options = null, ulong features = ulong.MaxValue)
-        : base(new VirtioNetDevice(backend, mac, options), ramSize: 0x200000)
+    public NetRig(INetworkBackend backend, MacAddress mac, VirtioNetOptions? options = null, ulong features = ulong.MaxValue, ulong ramSize = 0x200000)
+        : base(new VirtioNetDevice(backend, mac, options), ramSize: ramSize)
     {
         Device = (VirtioNetDevice)Transport.Device;
         Features = Driver.Initialize(features, 64);

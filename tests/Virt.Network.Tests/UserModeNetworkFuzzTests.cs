@@ -10,7 +10,10 @@ namespace Virt.Network.Tests;
 /// <summary>
 /// Hostile guest frames: a million random, mutated and state-attacking frames go into a <see cref="UserModeNetwork"/>
 /// that has a live host listener to connect to. Nothing may throw, memory and host sockets stay bounded, every
-/// frame the stack sends back is well formed, and disposal closes every host socket.
+/// frame the stack sends back is well formed, and disposal closes every host socket. The frames come as from a
+/// virtio-net device whose guest negotiated every offload: half with a random or a plausible offload header (partial
+/// checksums, segmentation offloads, bad fields), checked as the device checks them, and in batches of random length;
+/// the stack's replies may be offloaded too and must carry a header that fits them.
 /// </summary>
 public sealed class UserModeNetworkFuzzTests
 {
@@ -51,16 +54,21 @@ public sealed class UserModeNetworkFuzzTests
         var net = new UserModeNetwork(options);
         var fuzz = new FrameFuzzer(net.Options.GatewayMac, (ushort)tcpPort, (ushort)udpPort, (ushort)tcpPort6, seed: 20260101);
         long malformedReplies = 0;
-        net.Attach(frame =>
+        IOffloadNetworkBackend nic = net;
+        nic.AttachOffload((frame, in offload) =>
         {
-            if (!FrameFuzzer.IsWellFormed(frame.Span))
+            var copy = frame.ToArray();
+            if (!FrameFuzzer.OffloadFits(copy, offload) || !FrameFuzzer.IsWellFormed(copy))
             {
                 Interlocked.Increment(ref malformedReplies);
             }
 
-            fuzz.Observe(frame.Span);
+            fuzz.Observe(copy);
             return true;
-        });
+        }, NetworkOffloads.Checksum | NetworkOffloads.Tcp4Segmentation | NetworkOffloads.Tcp6Segmentation);
+        var headers = new Random(20260102);
+        long headersRefused = 0;
+        long offloaded = 0;
 
         GC.Collect();
         long memoryBefore = GC.GetTotalMemory(forceFullCollection: true);
@@ -68,7 +76,27 @@ public sealed class UserModeNetworkFuzzTests
         var clock = Stopwatch.StartNew();
         for (int i = 0; i < Frames; i++)
         {
-            await net.SendAsync(fuzz.Next(), ct);
+            var frame = fuzz.Next();
+            var header = FrameFuzzer.OffloadHeader(frame, headers);
+            if (header == FrameOffload.None)
+            {
+                await net.SendAsync(frame, ct);
+            }
+            else if (VirtioNetDevice.CheckTransmitHeader(header, frame, _ => true) is null)
+            {
+                offloaded++;
+                nic.Send(frame, header);
+            }
+            else
+            {
+                headersRefused++; // the device drops it; the stack never sees it
+            }
+
+            if (headers.Next(8) == 0)
+            {
+                nic.EndOfBatch();
+            }
+
             if ((i & 0xFFFF) == 0)
             {
                 maxSockets = Math.Max(maxSockets, net.Statistics.OpenHostSockets);
@@ -84,9 +112,10 @@ public sealed class UserModeNetworkFuzzTests
         await server;
         await server6;
 
-        string summary = $"{Frames} frames in {clock.Elapsed.TotalSeconds:F1} s; {stats}; memory {memoryBefore / 1024} KiB -> {memoryAfter / 1024} KiB";
+        string summary = $"{Frames} frames in {clock.Elapsed.TotalSeconds:F1} s ({offloaded} with an offload header, {headersRefused} refused for theirs); {stats}; memory {memoryBefore / 1024} KiB -> {memoryAfter / 1024} KiB";
         TestContext.Current.SendDiagnosticMessage(summary);
-        Assert.Equal(Frames, stats.FramesFromGuest);
+        Assert.Equal(Frames - headersRefused, stats.FramesFromGuest);
+        Assert.True(offloaded > Frames / 10 && headersRefused > Frames / 20, "offload headers were taken and refused: " + summary);
         Assert.Equal(0, stats.InternalErrors);
         Assert.Equal(0, Interlocked.Read(ref malformedReplies));
         Assert.True(stats.FramesDropped > Frames / 4, "most mutated frames are dropped: " + summary);
@@ -226,6 +255,70 @@ internal sealed class FrameFuzzer(MacAddress gatewayMac, ushort tcpPort, ushort 
     }
 
     /// <summary>Whether a frame from the stack is a sound Ethernet frame: ARP of 42 bytes, or IPv4 with valid header and transport checksums.</summary>
+    /// <summary>
+    /// A virtio-net header for <paramref name="frame"/> as a guest with every offload could send it: none (half the
+    /// frames), a partial checksum at the transport header with or without a segmentation offload, or random fields.
+    /// </summary>
+    public static FrameOffload OffloadHeader(byte[] frame, Random random)
+    {
+        int pick = random.Next(8);
+        if (pick < 4 || frame.Length < 34)
+        {
+            return FrameOffload.None;
+        }
+
+        if (pick == 7)
+        {
+            return new FrameOffload((byte)random.Next(4), random.Next(4) switch { 0 => 0, 1 => 1, 2 => 4, _ => (byte)random.Next(256) },
+                (ushort)random.Next(65536), (ushort)random.Next(3), (ushort)random.Next(80), (ushort)random.Next(20));
+        }
+
+        ushort type = BinaryPrimitives.ReadUInt16BigEndian(frame.AsSpan(12));
+        bool v6 = type == Proto.EtherTypeIpv6;
+        int transport = v6 ? 54 : 14 + ((frame[14] & 0xF) * 4);
+        byte protocol = v6 ? (frame.Length > 20 ? frame[20] : (byte)0) : frame[23];
+        ushort offset = protocol == Proto.Udp ? (ushort)6 : (ushort)16;
+        byte gso = protocol == Proto.Tcp && random.Next(2) == 0 ? (v6 ? FrameOffload.GsoTcp6 : FrameOffload.GsoTcp4) : FrameOffload.GsoNone;
+        return new FrameOffload(FrameOffload.NeedsChecksum, gso, (ushort)Math.Min(frame.Length, transport + 20),
+            gso == 0 ? (ushort)0 : (ushort)random.Next(1, 1461), (ushort)transport, offset);
+    }
+
+    /// <summary>
+    /// Whether the stack's offload header fits its frame: a partial checksum only for TCP, at the TCP header, with a
+    /// segmentation offload of the frame's IP version whose segments are smaller than the payload; the checksum is then
+    /// completed in <paramref name="frame"/> so the frame can be checked like any other. Frames without offload stay
+    /// within the MTU.
+    /// </summary>
+    public static bool OffloadFits(byte[] frame, in FrameOffload offload)
+    {
+        if (offload == FrameOffload.None)
+        {
+            return frame.Length <= 1514;
+        }
+
+        if (offload.Flags != FrameOffload.NeedsChecksum || frame.Length < 54)
+        {
+            return false;
+        }
+
+        bool v6 = BinaryPrimitives.ReadUInt16BigEndian(frame.AsSpan(12)) == Proto.EtherTypeIpv6;
+        int tcp = v6 ? 54 : 34;
+        if (offload.ChecksumStart != tcp || offload.ChecksumOffset != 16 || frame[v6 ? 20 : 23] != Proto.Tcp)
+        {
+            return false;
+        }
+
+        int payload = frame.Length - tcp - ((frame[tcp + 12] >> 4) * 4);
+        bool fits = offload.GsoType switch
+        {
+            FrameOffload.GsoNone => frame.Length <= 1514,
+            FrameOffload.GsoTcp4 => !v6 && offload.SegmentSize > 0 && payload > offload.SegmentSize && offload.HeaderLength == tcp + 20,
+            FrameOffload.GsoTcp6 => v6 && offload.SegmentSize > 0 && payload > offload.SegmentSize && offload.HeaderLength == tcp + 20,
+            _ => false,
+        };
+        return fits && Checksum.TryComplete(frame, offload.ChecksumStart, offload.ChecksumOffset);
+    }
+
     public static bool IsWellFormed(ReadOnlySpan<byte> f)
     {
         if (f.Length < 14)

@@ -28,6 +28,7 @@ public sealed class UserModeNetworkIpv6Tests
         Assert.Equal(GuestLinkLocal, ra.Destination);
         Assert.Equal(255, ra.HopLimit);
         var body = ra.Message.AsSpan(4);
+        Assert.Equal(0x40, body[1]);                                                        // other configuration by DHCPv6, addresses by SLAAC
         Assert.Equal(1800, BinaryPrimitives.ReadUInt16BigEndian(body[2..]));              // router lifetime: a default router
         var options = Options(body[12..]);
         Assert.Equal(g.GatewayMac, MacAddress.FromBytes(options[1].AsSpan(2, 6)));
@@ -77,6 +78,84 @@ public sealed class UserModeNetworkIpv6Tests
         Assert.Equal(Gateway6, reply.Source);
         Assert.Equal(Guest6, reply.Destination);
         Assert.Equal(echo, reply.Message.AsSpan(4).ToArray());
+    }
+
+    [Fact]
+    public async Task Fragmented_udp_over_ipv6_reaches_the_host_whole_and_overlapping_fragments_discard_the_packet()
+    {
+        using var server = new Socket(AddressFamily.InterNetworkV6, SocketType.Dgram, ProtocolType.Udp);
+        server.Bind(new IPEndPoint(IPAddress.IPv6Loopback, 0));
+        int port = ((IPEndPoint)server.LocalEndPoint!).Port;
+        await using var g = new FakeGuest();
+        var payload = new byte[3000];
+        new Random(3).NextBytes(payload);
+
+        // UDP header and data split at 1232 and 2464 bytes, sent last first; the middle one twice (an exact duplicate).
+        var udp = FrameBuilder.Udp6(g.GatewayMac, FakeGuest.Mac, Guest6, 5000, Gateway6, (ushort)port, payload).AsSpan(54).ToArray();
+        g.Send(Fragment6(g.GatewayMac, 1, udp, 2464, udp.Length - 2464, more: false));
+        g.Send(Fragment6(g.GatewayMac, 1, udp, 0, 1232, more: true));
+        g.Send(Fragment6(g.GatewayMac, 1, udp, 1232, 1232, more: true));
+        g.Send(Fragment6(g.GatewayMac, 1, udp, 1232, 1232, more: true));
+        var buffer = new byte[4000];
+        EndPoint from = new IPEndPoint(IPAddress.IPv6Any, 0);
+        server.ReceiveTimeout = 10_000;
+        int n = server.ReceiveFrom(buffer, ref from);
+        Assert.Equal(payload, buffer.AsSpan(0, n).ToArray());
+        Assert.Equal(1, g.Net.Statistics.DatagramsReassembled);
+
+        // A piece overlapping the first (RFC 5722): the packet is thrown away, and its later pieces with it.
+        g.Send(Fragment6(g.GatewayMac, 2, udp, 0, 1232, more: true));
+        g.Send(Fragment6(g.GatewayMac, 2, udp, 1224, 1232, more: true));
+        g.Send(Fragment6(g.GatewayMac, 2, udp, 2464, udp.Length - 2464, more: false));
+        g.Send(Fragment6(g.GatewayMac, 2, udp, 1232, 1232, more: true));
+        var stats = g.Net.Statistics;
+        Assert.Equal(1, stats.DatagramsReassembled);
+        Assert.Equal(1, stats.FragmentedDatagramsDiscarded);
+        Assert.Equal(0, stats.InternalErrors);
+    }
+
+    /// <summary>An IPv6 frame from the guest carrying <paramref name="length"/> bytes of <paramref name="data"/> from <paramref name="offset"/> behind a fragment header.</summary>
+    private static byte[] Fragment6(MacAddress gatewayMac, uint id, byte[] data, int offset, int length, bool more)
+    {
+        var f = FrameBuilder.Ipv6(gatewayMac, FakeGuest.Mac, Guest6, Gateway6, 44, 8 + length);
+        var fragment = f.AsSpan(54);
+        fragment[0] = Proto.Udp;
+        BinaryPrimitives.WriteUInt16BigEndian(fragment[2..], (ushort)(offset | (more ? 1 : 0)));
+        BinaryPrimitives.WriteUInt32BigEndian(fragment[4..], id);
+        data.AsSpan(offset, length).CopyTo(fragment[8..]);
+        return f;
+    }
+
+    [Fact]
+    public async Task Stateless_dhcpv6_answers_an_information_request_with_the_dns_address_and_ignores_a_solicit()
+    {
+        await using var g = new FakeGuest();
+        var allServers = new UInt128(0xFF02_0000_0000_0000, 0x1_0002);
+        byte[] clientId = [0, 3, 0, 1, .. FakeGuest.Mac.ToArray()];
+        byte[] request = [11, 0xAB, 0xCD, 0xEF, 0, 1, 0, (byte)clientId.Length, .. clientId, 0, 6, 0, 2, 0, 23];
+        g.Send(FrameBuilder.Udp6(Ip6.MulticastMac(allServers), FakeGuest.Mac, GuestLinkLocal, 546, allServers, 547, request));
+        var reply = g.Take(f => ParseUdp6(f) is { DestinationPort: 546 });
+        var udp = ParseUdp6(reply)!.Value;
+        Assert.Equal(GatewayLinkLocal, udp.Source);
+        Assert.Equal(547, udp.SourcePort);
+        Assert.Equal(new byte[] { 7, 0xAB, 0xCD, 0xEF }, udp.Payload.AsSpan(0, 4).ToArray());
+        var options = new Dictionary<ushort, byte[]>();
+        for (var o = udp.Payload.AsSpan(4); !o.IsEmpty; o = o[(4 + BinaryPrimitives.ReadUInt16BigEndian(o[2..]))..])
+        {
+            options[BinaryPrimitives.ReadUInt16BigEndian(o)] = o.Slice(4, BinaryPrimitives.ReadUInt16BigEndian(o[2..])).ToArray();
+        }
+
+        Assert.Equal(clientId, options[1]);
+        Assert.Equal([0, 3, 0, 1, .. g.GatewayMac.ToArray()], options[2]);
+        Assert.Equal(Dns6, Ip6.Read(options[23]));
+
+        // A Solicit (stateful: addresses come from SLAAC here) and an Information-request carrying an IA_NA get nothing.
+        long before = g.Net.Statistics.FramesDropped;
+        request[0] = 1;
+        g.Send(FrameBuilder.Udp6(Ip6.MulticastMac(allServers), FakeGuest.Mac, GuestLinkLocal, 546, allServers, 547, request));
+        byte[] withAddress = [11, 1, 2, 3, 0, 3, 0, 12, .. new byte[12]];
+        g.Send(FrameBuilder.Udp6(Ip6.MulticastMac(allServers), FakeGuest.Mac, GuestLinkLocal, 546, allServers, 547, withAddress));
+        Assert.Equal(before + 2, g.Net.Statistics.FramesDropped);
     }
 
     [Fact]

@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 
 namespace Virt.Network.UserNet;
 
-/// <summary>What became of a fragment given to <see cref="Ipv4Reassembler.Add"/>.</summary>
+/// <summary>What became of a fragment given to the <see cref="Ipv4Reassembler"/>.</summary>
 internal enum FragmentResult
 {
     /// <summary>Kept; the datagram is not complete yet.</summary>
@@ -16,7 +16,8 @@ internal enum FragmentResult
 }
 
 /// <summary>
-/// Puts fragmented IPv4 datagrams from the guest back together (RFC 791), with bounded memory: at most
+/// Puts fragmented IPv4 datagrams (RFC 791) and IPv6 packets (RFC 8200 4.5) from the guest back together, with
+/// bounded memory shared by both: at most
 /// <see cref="MaxDatagrams"/> datagrams in progress, <see cref="MaxBufferedBytes"/> bytes held in all, 64 fragments
 /// per datagram, and <see cref="TimeoutMs"/> to complete each. Any overlap between fragments other than an exact
 /// duplicate throws the whole datagram away, and its later fragments too until the timeout, so overlapping
@@ -33,7 +34,11 @@ internal sealed class Ipv4Reassembler
     /// <summary>Largest datagram payload: the total length field's 65535 minus a 20-byte header.</summary>
     private const int MaxPayload = 65535 - Proto.Ipv4Header;
 
-    private readonly Dictionary<(uint Source, uint Destination, byte Protocol, ushort Id), Pending> _pending = [];
+    /// <summary>Largest reassembled IPv6 payload: what the payload length field can say.</summary>
+    private const int MaxPayload6 = 65535;
+
+    /// <summary>Keyed by addresses (IPv4 ones IPv4-mapped), protocol (0 for IPv6, whose key has none) and identification.</summary>
+    private readonly Dictionary<(UInt128 Source, UInt128 Destination, byte Protocol, uint Id), Pending> _pending = [];
     private int _buffered;
 
     /// <summary>Bytes held in unfinished datagrams now.</summary>
@@ -52,13 +57,23 @@ internal sealed class Ipv4Reassembler
     /// Adds one fragment. On <see cref="FragmentResult.Complete"/>, <paramref name="datagram"/> holds the whole
     /// datagram as an IPv4 packet (a 20-byte header without options or fragment fields, then the payload).
     /// </summary>
-    public FragmentResult Add(in Ipv4Packet fragment, long now, out byte[]? datagram)
+    public FragmentResult Add(in Ipv4Packet fragment, long now, out byte[]? datagram) =>
+        Add((Ip6.Mapped(fragment.Source), Ip6.Mapped(fragment.Destination), fragment.Protocol, fragment.Identification),
+            fragment.FragmentOffset, fragment.MoreFragments, fragment.Payload, v6: false, fragment.Protocol, now, out datagram);
+
+    /// <summary>
+    /// Adds one IPv6 fragment (a packet with a fragment header). On <see cref="FragmentResult.Complete"/>,
+    /// <paramref name="packet"/> holds the whole packet as IPv6: a 40-byte header whose next header is the first
+    /// fragment's, then the fragmentable part (which may start with further extension headers, parsed again).
+    /// </summary>
+    public FragmentResult Add(in Ipv6Packet fragment, long now, out byte[]? packet) =>
+        Add((fragment.Source, fragment.Destination, 0, fragment.Identification),
+            fragment.FragmentOffset, fragment.MoreFragments, fragment.Payload, v6: true, fragment.Protocol, now, out packet);
+
+    private FragmentResult Add((UInt128, UInt128, byte, uint) key, int offset, bool moreFragments, ReadOnlySpan<byte> data, bool v6, byte protocol, long now, out byte[]? datagram)
     {
         datagram = null;
-        var data = fragment.Payload;
-        int offset = fragment.FragmentOffset;
         int end = offset + data.Length;
-        var key = (fragment.Source, fragment.Destination, fragment.Protocol, fragment.Identification);
         _pending.TryGetValue(key, out var p);
         if (p is not null && now >= p.Deadline)
         {
@@ -72,7 +87,7 @@ internal sealed class Ipv4Reassembler
         }
 
         // Every fragment but the last carries a multiple of 8 bytes; none is empty or reaches past 65535.
-        if (data.IsEmpty || end > MaxPayload || (fragment.MoreFragments && (data.Length & 7) != 0))
+        if (data.IsEmpty || end > (v6 ? MaxPayload6 : MaxPayload) || (moreFragments && (data.Length & 7) != 0))
         {
             if (p is not null)
             {
@@ -99,7 +114,7 @@ internal sealed class Ipv4Reassembler
             _pending[key] = p;
         }
 
-        switch (Check(p, offset, data, fragment.MoreFragments))
+        switch (Check(p, offset, data, moreFragments))
         {
             case FragmentResult.Held:
                 return FragmentResult.Held; // an exact duplicate (the network repeated it): nothing changes
@@ -108,9 +123,14 @@ internal sealed class Ipv4Reassembler
                 return FragmentResult.Dropped;
         }
 
-        if (!fragment.MoreFragments)
+        if (!moreFragments)
         {
             p.Total = end;
+        }
+
+        if (offset == 0)
+        {
+            p.Protocol = protocol; // IPv6: the first fragment's next header is the packet's (RFC 8200 4.5)
         }
 
         p.Fragments.Add((offset, data.ToArray()));
@@ -121,7 +141,7 @@ internal sealed class Ipv4Reassembler
             return FragmentResult.Held; // fragments never overlap, so the datagram is whole when their sizes add up
         }
 
-        datagram = Build(p, fragment);
+        datagram = v6 ? Build6(p, key.Item1, key.Item2) : Build(p, key);
         Remove(key, p, discarded: false);
         Reassembled++;
         return FragmentResult.Complete;
@@ -160,16 +180,33 @@ internal sealed class Ipv4Reassembler
             : FragmentResult.Complete;
     }
 
-    private static byte[] Build(Pending p, in Ipv4Packet fragment)
+    private static byte[] Build6(Pending p, UInt128 source, UInt128 destination)
+    {
+        var whole = new byte[Proto.Ipv6Header + p.Total];
+        whole[0] = 0x60;
+        BinaryPrimitives.WriteUInt16BigEndian(whole.AsSpan(4), (ushort)p.Total);
+        whole[6] = p.Protocol;
+        whole[7] = 64;
+        Ip6.Write(whole.AsSpan(8), source);
+        Ip6.Write(whole.AsSpan(24), destination);
+        foreach (var (o, bytes) in p.Fragments)
+        {
+            bytes.CopyTo(whole, Proto.Ipv6Header + o);
+        }
+
+        return whole;
+    }
+
+    private static byte[] Build(Pending p, (UInt128 Source, UInt128 Destination, byte Protocol, uint Id) key)
     {
         var whole = new byte[Proto.Ipv4Header + p.Total];
         whole[0] = 0x45;
         BinaryPrimitives.WriteUInt16BigEndian(whole.AsSpan(2), (ushort)whole.Length);
-        BinaryPrimitives.WriteUInt16BigEndian(whole.AsSpan(4), fragment.Identification);
+        BinaryPrimitives.WriteUInt16BigEndian(whole.AsSpan(4), (ushort)key.Id);
         whole[8] = 64;
-        whole[9] = fragment.Protocol;
-        Ip4.Write(whole.AsSpan(12), fragment.Source);
-        Ip4.Write(whole.AsSpan(16), fragment.Destination);
+        whole[9] = key.Protocol;
+        Ip4.Write(whole.AsSpan(12), Ip6.V4(key.Source));
+        Ip4.Write(whole.AsSpan(16), Ip6.V4(key.Destination));
         BinaryPrimitives.WriteUInt16BigEndian(whole.AsSpan(10), Checksum.Fold(Checksum.Add(whole.AsSpan(0, Proto.Ipv4Header))));
         foreach (var (o, bytes) in p.Fragments)
         {
@@ -189,7 +226,7 @@ internal sealed class Ipv4Reassembler
         Discarded++;
     }
 
-    private void Remove((uint, uint, byte, ushort) key, Pending p, bool discarded)
+    private void Remove((UInt128, UInt128, byte, uint) key, Pending p, bool discarded)
     {
         _buffered -= p.Bytes;
         _pending.Remove(key);
@@ -210,5 +247,8 @@ internal sealed class Ipv4Reassembler
         public long Deadline { get; init; }
 
         public bool Poisoned { get; set; }
+
+        /// <summary>IPv6: the next header of the first fragment (offset 0), once it came.</summary>
+        public byte Protocol { get; set; }
     }
 }

@@ -97,12 +97,14 @@ internal static class Ip6
 
 /// <summary>
 /// An IPv6 packet from the guest whose header passed every check: version 6, the payload length inside the frame,
-/// hop-by-hop and destination options skipped with bounds checks. Routing headers, fragments and unknown extension
-/// headers end the parse (the packet is dropped): the stack neither routes by source nor reassembles IPv6.
+/// hop-by-hop and destination options skipped with bounds checks. A fragment header ends the parse as a fragment
+/// for the reassembler (or drops the packet where fragments are not taken); routing headers and unknown extension
+/// headers drop the packet: the stack does not route by source.
 /// </summary>
 internal readonly ref struct Ipv6Packet
 {
     private const int MaxExtensionHeaders = 8;
+    private const byte FragmentHeader = 44;
 
     public UInt128 Source { get; init; }
 
@@ -113,10 +115,27 @@ internal readonly ref struct Ipv6Packet
 
     public byte HopLimit { get; init; }
 
-    /// <summary>The upper-layer payload.</summary>
+    /// <summary>The upper-layer payload (of a fragment: the fragment's data after its fragment header).</summary>
     public ReadOnlySpan<byte> Payload { get; init; }
 
-    public static bool TryParse(ReadOnlySpan<byte> ip, out Ipv6Packet packet)
+    /// <summary>Whether a fragment header was read (with <c>allowFragments</c>); <see cref="Protocol"/> is then its next header.</summary>
+    public bool IsFragment { get; init; }
+
+    /// <summary>Of a fragment: where its data lies in the fragmentable part, in bytes.</summary>
+    public int FragmentOffset { get; init; }
+
+    /// <summary>Of a fragment: the M flag.</summary>
+    public bool MoreFragments { get; init; }
+
+    /// <summary>Of a fragment: the identification.</summary>
+    public uint Identification { get; init; }
+
+    /// <summary>
+    /// Parses the IPv6 header and the hop-by-hop and destination options headers before the upper layer. A fragment
+    /// header ends the parse as a fragment when <paramref name="allowFragments"/> (the caller reassembles it; the next
+    /// header may then be anything, checked again on the whole packet), else the packet is dropped.
+    /// </summary>
+    public static bool TryParse(ReadOnlySpan<byte> ip, out Ipv6Packet packet, bool allowFragments = false)
     {
         packet = default;
         if (ip.Length < Proto.Ipv6Header || (ip[0] >> 4) != 6)
@@ -148,6 +167,29 @@ internal readonly ref struct Ipv6Packet
 
             next = payload[0];
             payload = payload[size..];
+        }
+
+        if (next == FragmentHeader && allowFragments)
+        {
+            if (payload.Length < 8)
+            {
+                return false;
+            }
+
+            ushort field = BinaryPrimitives.ReadUInt16BigEndian(payload[2..]);
+            packet = new Ipv6Packet
+            {
+                Source = Ip6.Read(ip[8..]),
+                Destination = Ip6.Read(ip[24..]),
+                Protocol = payload[0],
+                HopLimit = ip[7],
+                Payload = payload[8..],
+                IsFragment = true,
+                FragmentOffset = field & 0xFFF8,
+                MoreFragments = (field & 1) != 0,
+                Identification = BinaryPrimitives.ReadUInt32BigEndian(payload[4..]),
+            };
+            return true;
         }
 
         if (next is not (Proto.Tcp or Proto.Udp or Proto.Icmpv6))
@@ -319,14 +361,18 @@ internal readonly ref struct TcpSegment
     public int Length => Payload.Length + (Has(Syn) ? 1 : 0) + (Has(Fin) ? 1 : 0);
 
     /// <summary>Parses a TCP segment: data offset inside the segment, a valid checksum, options walked with bounds checks.</summary>
-    public static bool TryParse(in Ipv4Packet ip, out TcpSegment segment) =>
-        TryParse(ip.Payload, Checksum.PseudoHeader(ip.Source, ip.Destination, Proto.Tcp, ip.Payload.Length), out segment);
+    /// <remarks>
+    /// <paramref name="checksumTrusted"/>: the frame came from the guest's memory with its checksum left partial or
+    /// marked valid by the NIC's offload header, so there is nothing to check (the bytes never crossed a wire).
+    /// </remarks>
+    public static bool TryParse(in Ipv4Packet ip, out TcpSegment segment, bool checksumTrusted = false) =>
+        TryParse(ip.Payload, checksumTrusted ? null : Checksum.PseudoHeader(ip.Source, ip.Destination, Proto.Tcp, ip.Payload.Length), out segment);
 
     /// <summary>Parses a TCP segment carried over IPv6.</summary>
-    public static bool TryParse(in Ipv6Packet ip, out TcpSegment segment) =>
-        TryParse(ip.Payload, ip.PseudoHeader(ip.Payload.Length), out segment);
+    public static bool TryParse(in Ipv6Packet ip, out TcpSegment segment, bool checksumTrusted = false) =>
+        TryParse(ip.Payload, checksumTrusted ? null : ip.PseudoHeader(ip.Payload.Length), out segment);
 
-    private static bool TryParse(ReadOnlySpan<byte> s, uint pseudoHeader, out TcpSegment segment)
+    private static bool TryParse(ReadOnlySpan<byte> s, uint? pseudoHeader, out TcpSegment segment)
     {
         segment = default;
         if (s.Length < Proto.TcpHeader)
@@ -335,7 +381,7 @@ internal readonly ref struct TcpSegment
         }
 
         int offset = (s[12] >> 4) * 4;
-        if (offset < Proto.TcpHeader || offset > s.Length || Checksum.Fold(Checksum.Add(s, pseudoHeader)) != 0)
+        if (offset < Proto.TcpHeader || offset > s.Length || (pseudoHeader is uint pseudo && Checksum.Fold(Checksum.Add(s, pseudo)) != 0))
         {
             return false;
         }
@@ -406,7 +452,7 @@ internal readonly ref struct UdpDatagram
     public ReadOnlySpan<byte> Payload { get; init; }
 
     /// <summary>Parses a UDP datagram: length field inside the packet, checksum valid unless zero (RFC 768: not computed).</summary>
-    public static bool TryParse(in Ipv4Packet ip, out UdpDatagram datagram)
+    public static bool TryParse(in Ipv4Packet ip, out UdpDatagram datagram, bool checksumTrusted = false)
     {
         datagram = default;
         if (!TryLength(ip.Payload, out var s))
@@ -414,7 +460,7 @@ internal readonly ref struct UdpDatagram
             return false;
         }
 
-        if (BinaryPrimitives.ReadUInt16BigEndian(s[6..]) != 0 && !Checksum.TransportIsValid(ip.Source, ip.Destination, Proto.Udp, s))
+        if (!checksumTrusted && BinaryPrimitives.ReadUInt16BigEndian(s[6..]) != 0 && !Checksum.TransportIsValid(ip.Source, ip.Destination, Proto.Udp, s))
         {
             return false;
         }
@@ -424,11 +470,11 @@ internal readonly ref struct UdpDatagram
     }
 
     /// <summary>Parses a UDP datagram over IPv6, where the checksum is mandatory (RFC 8200 8.1).</summary>
-    public static bool TryParse(in Ipv6Packet ip, out UdpDatagram datagram)
+    public static bool TryParse(in Ipv6Packet ip, out UdpDatagram datagram, bool checksumTrusted = false)
     {
         datagram = default;
-        if (!TryLength(ip.Payload, out var s) || BinaryPrimitives.ReadUInt16BigEndian(s[6..]) == 0
-            || Checksum.Fold(Checksum.Add(s, ip.PseudoHeader(s.Length))) != 0)
+        if (!TryLength(ip.Payload, out var s) || (!checksumTrusted && BinaryPrimitives.ReadUInt16BigEndian(s[6..]) == 0)
+            || (!checksumTrusted && Checksum.Fold(Checksum.Add(s, ip.PseudoHeader(s.Length))) != 0))
         {
             return false;
         }
@@ -473,10 +519,18 @@ internal static class FrameBuilder
     public static byte[] Ipv4(MacAddress to, MacAddress from, uint source, uint destination, byte protocol, int transportLength)
     {
         var f = new byte[TransportOffset + transportLength];
+        WriteIpv4(f, to, from, source, destination, protocol, transportLength);
+        return f;
+    }
+
+    /// <summary>Writes the Ethernet and IPv4 headers at the start of <paramref name="f"/> (the transport part is left as it is).</summary>
+    public static void WriteIpv4(Span<byte> f, MacAddress to, MacAddress from, uint source, uint destination, byte protocol, int transportLength)
+    {
         to.CopyTo(f);
-        from.CopyTo(f.AsSpan(6));
-        BinaryPrimitives.WriteUInt16BigEndian(f.AsSpan(12), Proto.EtherTypeIpv4);
-        var ip = f.AsSpan(IpOffset, Proto.Ipv4Header);
+        from.CopyTo(f[6..]);
+        BinaryPrimitives.WriteUInt16BigEndian(f[12..], Proto.EtherTypeIpv4);
+        var ip = f.Slice(IpOffset, Proto.Ipv4Header);
+        ip.Clear();
         ip[0] = 0x45;
         BinaryPrimitives.WriteUInt16BigEndian(ip[2..], (ushort)(Proto.Ipv4Header + transportLength));
         BinaryPrimitives.WriteUInt16BigEndian(ip[6..], 0x4000); // don't fragment
@@ -485,7 +539,19 @@ internal static class FrameBuilder
         Ip4.Write(ip[12..], source);
         Ip4.Write(ip[16..], destination);
         BinaryPrimitives.WriteUInt16BigEndian(ip[10..], Checksum.Fold(Checksum.Add(ip)));
-        return f;
+    }
+
+    /// <summary>Writes a TCP header without options (checksum and urgent pointer zero) at the start of <paramref name="tcp"/>.</summary>
+    public static void WriteTcpHeader(Span<byte> tcp, ushort sourcePort, ushort destinationPort, uint sequence, uint acknowledgment, byte flags, ushort window)
+    {
+        BinaryPrimitives.WriteUInt16BigEndian(tcp, sourcePort);
+        BinaryPrimitives.WriteUInt16BigEndian(tcp[2..], destinationPort);
+        BinaryPrimitives.WriteUInt32BigEndian(tcp[4..], sequence);
+        BinaryPrimitives.WriteUInt32BigEndian(tcp[8..], acknowledgment);
+        tcp[12] = (Proto.TcpHeader / 4) << 4;
+        tcp[13] = flags;
+        BinaryPrimitives.WriteUInt16BigEndian(tcp[14..], window);
+        BinaryPrimitives.WriteUInt32BigEndian(tcp[16..], 0);
     }
 
     public static byte[] Udp(MacAddress to, MacAddress from, uint source, ushort sourcePort, uint destination, ushort destinationPort, ReadOnlySpan<byte> payload)
@@ -565,17 +631,24 @@ internal static class FrameBuilder
     public static byte[] Ipv6(MacAddress to, MacAddress from, UInt128 source, UInt128 destination, byte protocol, int payloadLength, byte hopLimit = 64)
     {
         var f = new byte[Proto.EthernetHeader + Proto.Ipv6Header + payloadLength];
+        WriteIpv6(f, to, from, source, destination, protocol, payloadLength, hopLimit);
+        return f;
+    }
+
+    /// <summary>Writes the Ethernet and IPv6 headers at the start of <paramref name="f"/>.</summary>
+    public static void WriteIpv6(Span<byte> f, MacAddress to, MacAddress from, UInt128 source, UInt128 destination, byte protocol, int payloadLength, byte hopLimit)
+    {
         to.CopyTo(f);
-        from.CopyTo(f.AsSpan(6));
-        BinaryPrimitives.WriteUInt16BigEndian(f.AsSpan(12), Proto.EtherTypeIpv6);
-        var ip = f.AsSpan(IpOffset, Proto.Ipv6Header);
+        from.CopyTo(f[6..]);
+        BinaryPrimitives.WriteUInt16BigEndian(f[12..], Proto.EtherTypeIpv6);
+        var ip = f.Slice(IpOffset, Proto.Ipv6Header);
+        ip[..4].Clear();
         ip[0] = 0x60;
         BinaryPrimitives.WriteUInt16BigEndian(ip[4..], (ushort)payloadLength);
         ip[6] = protocol;
         ip[7] = hopLimit;
         Ip6.Write(ip[8..], source);
         Ip6.Write(ip[24..], destination);
-        return f;
     }
 
     /// <summary>An ICMPv6 message (type, code, then <paramref name="body"/>) with its checksum.</summary>

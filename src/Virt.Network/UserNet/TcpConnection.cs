@@ -49,7 +49,15 @@ internal sealed class TcpConnection
     private const int MaxRto = 30_000;
     private const int MaxRetransmissions = 10;
     private const int TimeWaitMs = 2_000;
-    private const int ReadChunk = 16 * 1024; // per socket read or write of a pump (pooled while the pump runs)
+    private const int ReadChunk = 64 * 1024; // per socket read or write of a pump (pooled while the pump runs)
+    private const int WireReadChunk = 16 * 1024; // per socket read for a guest that takes only wire-size segments
+
+    /// <summary>
+    /// Within a NIC's batch of guest frames, data is acknowledged once this much is unacknowledged, else when the batch
+    /// ends (delayed ACK, RFC 9293 3.8.6.3: the batch's end comes long before the 500 ms bound; a 64 KiB segment
+    /// from a segmentation offload is acknowledged at once).
+    /// </summary>
+    private const int DelayedAckBytes = 64 * 1024;
 
     private readonly UserModeNetwork _net;
     private readonly Socket _socket;
@@ -80,6 +88,8 @@ internal sealed class TcpConnection
     private int _rto = InitialRto;
     private int _retransmissions;
     private long _bytes;
+    private uint _ackSent;    // the acknowledgment number the last segment to the guest carried
+    private bool _ackDelayed; // waiting in the stack's list for the NIC's batch to end
 
     private TcpConnection(UserModeNetwork net, TcpKey key, Socket socket, TcpPhase phase)
     {
@@ -448,14 +458,33 @@ internal sealed class TcpConnection
             _writeWork.Set();
         }
 
-        if (fin && accepted == data.Length)
+        bool finNow = fin && accepted == data.Length;
+        if (finNow)
         {
             _rcvNxt++;
             _guestFin = true;
             _writeWork.Set(); // the pump shuts the host socket's send side once the data is written
         }
 
-        SendAck();
+        if (finNow || accepted < data.Length || !_net.Batched || (int)(_rcvNxt - _ackSent) >= DelayedAckBytes)
+        {
+            SendAck(); // a FIN, a full buffer, a frame on its own, or enough data: acknowledged now
+        }
+        else if (!_ackDelayed)
+        {
+            _ackDelayed = true;
+            _net.DelayAck(this);
+        }
+    }
+
+    /// <summary>The NIC's batch ended (or the timer ticked): the acknowledgment held back goes out unless a segment carried it already.</summary>
+    public void SendDelayedAck()
+    {
+        _ackDelayed = false;
+        if (Phase is TcpPhase.Established or TcpPhase.TimeWait && _ackSent != _rcvNxt)
+        {
+            SendAck();
+        }
     }
 
     /// <summary>Counts bytes against the connection's and the network's limits; resets the connection when one is exceeded.</summary>
@@ -480,7 +509,7 @@ internal sealed class TcpConnection
             return;
         }
 
-        Span<byte> chunk = stackalloc byte[Proto.MaxSegment];
+        int limit = _net.SegmentLimit(Key, _mss);
         while (true)
         {
             int offset = (int)(_sndNxt - _dataSeq);
@@ -491,8 +520,10 @@ internal sealed class TcpConnection
                 break;
             }
 
-            int n = _toGuest.Peek(offset, chunk[..Math.Min(Math.Min(unsent, window), _mss)]);
-            Emit(TcpSegment.Ack | TcpSegment.Psh, _sndNxt, chunk[..n]);
+            int n = Math.Min(Math.Min(unsent, window), limit);
+            _advertised = Window();
+            _ackSent = _rcvNxt;
+            _net.EmitData(Key, _sndNxt, _rcvNxt, TcpSegment.Ack | TcpSegment.Psh, (ushort)(_advertised >> _rcvShift), _toGuest, offset, n, _mss);
             _net.CountBytesToGuest(n);
             Advance((uint)n);
             probe = false;
@@ -589,7 +620,9 @@ internal sealed class TcpConnection
                 return;
             }
 
-            if (room < Math.Min(ReadChunk, _toGuest.Capacity / 4))
+            // A guest taking 64 KiB segments gets reads of that size; one taking wire-size frames gets smaller bursts.
+            int chunk = _net.SegmentLimit(Key, _mss) > _mss ? ReadChunk : WireReadChunk;
+            if (room < Math.Min(chunk, _toGuest.Capacity / 4))
             {
                 // Wait until a good part of the buffer is free: reading each acknowledged segment's worth on its own
                 // would cost a socket read and a pass through the stack per segment.
@@ -600,7 +633,7 @@ internal sealed class TcpConnection
             int n;
             try
             {
-                n = await _socket.ReceiveAsync(buffer.AsMemory(0, Math.Min(room, buffer.Length)), SocketFlags.None).ConfigureAwait(false);
+                n = await _socket.ReceiveAsync(buffer.AsMemory(0, Math.Min(room, chunk)), SocketFlags.None).ConfigureAwait(false);
             }
             catch (Exception e) when (e is SocketException or ObjectDisposedException)
             {
@@ -718,6 +751,7 @@ internal sealed class TcpConnection
     private void Emit(byte flags, uint sequence, ReadOnlySpan<byte> payload)
     {
         _advertised = Window();
+        _ackSent = _rcvNxt;
         _net.Emit(Key, sequence, _rcvNxt, flags, (ushort)(_advertised >> _rcvShift), payload, 0);
     }
 

@@ -14,7 +14,7 @@ namespace Virt.Benchmarks.Network;
 /// </summary>
 internal static class UserNetworkFresh
 {
-    public static async Task RunAsync(int mebibytes)
+    public static async Task RunAsync(int mebibytes, bool offload = false)
     {
         long bytes = mebibytes * 1024L * 1024;
         using var listener = new TcpListener(IPAddress.Loopback, 0);
@@ -23,7 +23,7 @@ internal static class UserNetworkFresh
 
         long start = Stopwatch.GetTimestamp();
         var net = new UserModeNetwork();
-        using var guest = new FrameTcpGuest(net);
+        using var guest = new FrameTcpGuest(net, offload);
         double created = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
         var accept = listener.AcceptTcpClientAsync();
         var server = Task.Run(async () =>
@@ -53,7 +53,7 @@ internal static class UserNetworkFresh
         }
 
         double loopback = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
-        Console.WriteLine($"user network, fresh process: network created in {created:F1} ms; {mebibytes} MiB guest -> host in {stack:F1} ms (including creation) = {bytes / stack / 1e3:F0} MB/s");
+        Console.WriteLine($"user network ({(offload ? "guest with offloads" : "guest without offloads")}), fresh process: network created in {created:F1} ms; {mebibytes} MiB guest -> host in {stack:F1} ms (including creation) = {bytes / stack / 1e3:F0} MB/s");
         Console.WriteLine($"host -> host loopback, same process after it: {loopback:F1} ms = {bytes / loopback / 1e3:F0} MB/s; ratio stack/loopback time {stack / loopback:F1}");
     }
 }
