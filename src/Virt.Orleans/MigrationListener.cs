@@ -12,7 +12,7 @@ using Orleans.Runtime;
 namespace Virt.Orleans;
 
 /// <summary>A VM received by live migration, waiting for its grain to activate on this silo and claim it.</summary>
-internal sealed record IncomingVirtualMachine(VirtualMachine Machine, SerialRelay Serial, long ReceivedAt);
+internal sealed record IncomingVirtualMachine(VirtualMachine Machine, SerialRelay Serial, GrainDiskSet Disks, long ReceivedAt);
 
 /// <summary>
 /// The receiving end of live migrations: a TCP listener on the silo. A source grain asks this silo's host grain for a
@@ -162,11 +162,14 @@ internal sealed partial class MigrationListener : ILifecycleParticipant<ISiloLif
 
                 name = ticket.Name;
                 var serial = new SerialRelay();
+
+                // Disks are attached when the grain claims the machine: until the source lets go, their layers are its.
+                var disks = await GrainDiskSet.DescribeAsync(ticket.Spec).ConfigureAwait(false);
                 var vm = await VirtualMachine.ReceiveMigrationAsync(
                     stream,
-                    b => MachineParts.Restore(ticket.Spec, b, _options, _loggerFactory, serial),
+                    b => MachineParts.Restore(ticket.Spec, b, _options, _loggerFactory, serial, disks),
                     deadline.Token).ConfigureAwait(false);
-                var incoming = new IncomingVirtualMachine(vm, serial, Stopwatch.GetTimestamp());
+                var incoming = new IncomingVirtualMachine(vm, serial, disks, Stopwatch.GetTimestamp());
                 Discard(name);
                 _incoming[name] = incoming;
                 await stream.WriteAsync(new byte[] { 1 }, deadline.Token).ConfigureAwait(false);

@@ -56,6 +56,9 @@ internal sealed partial class VirtualMachineGrain
 
             _handoff = new Handoff(target, Stopwatch.GetTimestamp());
             StopRunningClock();
+
+            // The target attaches the disks' layers when its activation claims the machine; this paused copy lets go of them.
+            await _disks.DetachAsync();
             Record.MovePausedAt = started + (long)((report.Duration - report.Downtime).TotalSeconds * Stopwatch.Frequency);
             Record.MoveHost = Environment.MachineName;
             Record.LastMoveLive = true;
@@ -117,6 +120,7 @@ internal sealed partial class VirtualMachineGrain
             LogDiscardFailed(_logger, ex, Name, handoff.Target);
         }
 
+        await _disks.AttachAsync(Record.DiskGeneration + 1);
         if (Record.State == VirtualMachineGrainState.Running && _vm is { State: VirtualMachineState.Paused })
         {
             await RunAsync(cancellationToken);
