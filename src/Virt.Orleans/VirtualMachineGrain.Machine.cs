@@ -109,7 +109,7 @@ internal sealed partial class VirtualMachineGrain
         {
             await vm.StartAsync(cancellationToken);
         }
-        else
+        else if (vm.State != VirtualMachineState.Running)
         {
             await vm.ResumeAsync(cancellationToken);
         }

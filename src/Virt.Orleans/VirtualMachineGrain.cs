@@ -92,6 +92,7 @@ internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
                 _disks = incoming.Disks;
                 await _disks.AttachAsync(record.DiskGeneration + 1);
                 SetVm(incoming.Machine, record.Spec);
+                _resumedOnArrivalAt = incoming.ResumedAt;
             }
             else if (record.SnapshotReference is { } reference)
             {

@@ -48,6 +48,13 @@ public sealed class VirtualMachineGrainOptions
     /// <summary>How a live migration copies memory (rounds, size of the last copy).</summary>
     public MigrationOptions Migration { get; set; } = new();
 
+    /// <summary>
+    /// On a live move of a running guest without disks, resume it on the target as soon as its state has arrived,
+    /// instead of when Orleans has handed its grain over (default true). The pause then ends before the grain state is
+    /// written and the grain moves; calls still wait for the grain. Read on the source silo.
+    /// </summary>
+    public bool ResumeOnArrival { get; set; } = true;
+
     /// <summary>How many VMs a drain moves at once (default 2).</summary>
     public int DrainParallelism { get; set; } = 2;
 }
