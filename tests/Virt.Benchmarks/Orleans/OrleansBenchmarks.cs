@@ -56,7 +56,7 @@ internal sealed class BenchCluster : IAsyncDisposable
         .WithSerialConsole(Stream.Null);
 
     /// <summary>Starts the two silos; <paramref name="resumeOnArrival"/> sets <see cref="VirtualMachineGrainOptions.ResumeOnArrival"/>.</summary>
-    public static async Task<BenchCluster> StartAsync(bool resumeOnArrival = true)
+    public static async Task<BenchCluster> StartAsync(bool resumeOnArrival = false)
     {
         var directory = new TempDirectory();
         var builder = new TestClusterBuilder(2);

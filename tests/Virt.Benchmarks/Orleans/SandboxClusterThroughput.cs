@@ -115,6 +115,6 @@ internal static class SandboxClusterThroughput
     private sealed class SiloConfigurator : ISiloConfigurator
     {
         public void Configure(ISiloBuilder siloBuilder) =>
-            siloBuilder.AddSandboxService(o => o.AddProgram("echo", Builder(), poolSize: PoolPerSilo));
+            siloBuilder.AddVirtualMachineGrains().AddSandboxService(o => o.AddProgram("echo", Builder(), poolSize: PoolPerSilo));
     }
 }
