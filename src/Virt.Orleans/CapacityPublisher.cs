@@ -62,7 +62,7 @@ internal sealed partial class CapacityPublisher(
         {
             try
             {
-                view.Update(await directory.PublishAsync(local.Report(), stop).ConfigureAwait(false));
+                view.Apply(await directory.PublishAsync(local.Report(), view.Cursor, stop).ConfigureAwait(false));
             }
             catch (Exception ex) when (!stop.IsCancellationRequested)
             {

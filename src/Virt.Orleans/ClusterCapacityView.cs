@@ -10,13 +10,47 @@ internal sealed class ClusterCapacityView
 {
     private readonly Lock _sync = new();
     private SiloCapacity[] _silos = [];
+    private CapacityCursor _cursor = CapacityCursor.None;
     private readonly Dictionary<SiloAddress, (long Memory, int Vcpus, int Count)> _promised = [];
 
-    public void Update(IReadOnlyList<SiloCapacity> silos)
+    /// <summary>Where this view stands against the directory (sent with the next report).</summary>
+    public CapacityCursor Cursor
+    {
+        get
+        {
+            lock (_sync)
+            {
+                return _cursor;
+            }
+        }
+    }
+
+    /// <summary>Takes the directory's answer: a whole table replaces the view, a delta changes and removes reports.</summary>
+    public void Apply(CapacityUpdate update)
     {
         lock (_sync)
         {
-            _silos = [.. silos];
+            if (update.Full)
+            {
+                _silos = [.. update.Changed];
+            }
+            else
+            {
+                var bySilo = _silos.ToDictionary(s => s.Silo);
+                foreach (var report in update.Changed)
+                {
+                    bySilo[report.Silo] = report;
+                }
+
+                foreach (var silo in update.Removed)
+                {
+                    bySilo.Remove(silo);
+                }
+
+                _silos = [.. bySilo.Values.OrderBy(r => r.Silo.ToString(), StringComparer.Ordinal)];
+            }
+
+            _cursor = update.Cursor;
             _promised.Clear();
         }
     }

@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Logging;
+using Virt.Storage;
 
 namespace Virt.Orleans;
 
@@ -14,7 +15,7 @@ internal static class MachineParts
     };
 
     /// <summary>What a restore or a received migration adds to the saved machine: the backend the spec asks for, then the host's parts.</summary>
-    public static VirtualMachineBuilder Restore(VirtualMachineSpec spec, VirtualMachineBuilder builder, VirtualMachineGrainOptions options, ILoggerFactory loggerFactory, Stream serial)
+    public static VirtualMachineBuilder Restore(VirtualMachineSpec spec, VirtualMachineBuilder builder, VirtualMachineGrainOptions options, ILoggerFactory loggerFactory, Stream serial, GrainDiskSet disks)
     {
         builder = builder.WithLogging(loggerFactory);
         if (spec.Backend != VirtualMachineBackend.Auto)
@@ -22,20 +23,25 @@ internal static class MachineParts
             builder = builder.WithBackend(ToKind(spec.Backend));
         }
 
-        return Host(spec, builder, options, serial);
+        return Host(spec, builder, options, serial, disks);
     }
 
     /// <summary>The parts that live on the host, in the order a restore expects them: serial output, disks, then the silo's own.</summary>
-    public static VirtualMachineBuilder Host(VirtualMachineSpec spec, VirtualMachineBuilder builder, VirtualMachineGrainOptions options, Stream serial)
+    public static VirtualMachineBuilder Host(VirtualMachineSpec spec, VirtualMachineBuilder builder, VirtualMachineGrainOptions options, Stream serial, GrainDiskSet disks)
     {
         if (spec.SerialConsole)
         {
             builder = builder.WithSerialConsole(serial);
         }
 
-        foreach (string disk in spec.Disks)
+        // The spec's disks, each behind its snapshot layer (see GrainDisk), one request queue per vCPU.
+        foreach (var disk in disks.Disks)
         {
-            builder = builder.WithVirtioBlock(disk);
+            builder = builder.WithVirtioDevice("virtio-blk", context =>
+            {
+                context.DisposeWithMachine(disk);
+                return new VirtioBlockDevice(disk, new VirtioBlockOptions { QueueCount = Math.Clamp(context.VcpuCount, 1, VirtioBlockDevice.MaxQueueCount) });
+            });
         }
 
         return options.ConfigureMachine?.Invoke(spec, builder) ?? builder;

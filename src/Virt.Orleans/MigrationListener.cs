@@ -11,8 +11,11 @@ using Orleans.Runtime;
 
 namespace Virt.Orleans;
 
-/// <summary>A VM received by live migration, waiting for its grain to activate on this silo and claim it.</summary>
-internal sealed record IncomingVirtualMachine(VirtualMachine Machine, SerialRelay Serial, long ReceivedAt);
+/// <summary>
+/// A VM received by live migration, waiting for its grain to activate on this silo and claim it; <c>ResumedAt</c> is
+/// when the guest was resumed here on arrival (a Stopwatch timestamp), or null if it waits paused for its grain.
+/// </summary>
+internal sealed record IncomingVirtualMachine(VirtualMachine Machine, SerialRelay Serial, GrainDiskSet Disks, long ReceivedAt, long? ResumedAt);
 
 /// <summary>
 /// The receiving end of live migrations: a TCP listener on the silo. A source grain asks this silo's host grain for a
@@ -24,7 +27,7 @@ internal sealed record IncomingVirtualMachine(VirtualMachine Machine, SerialRela
 internal sealed partial class MigrationListener : ILifecycleParticipant<ISiloLifecycle>, IDisposable
 {
     private static readonly TimeSpan TicketLifetime = TimeSpan.FromMinutes(2);
-    private readonly ConcurrentDictionary<string, (string Name, VirtualMachineSpec Spec, long IssuedAt)> _tickets = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, (string Name, VirtualMachineSpec Spec, bool Resume, long IssuedAt)> _tickets = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, IncomingVirtualMachine> _incoming = new(StringComparer.Ordinal);
     private readonly VirtualMachineGrainOptions _options;
     private readonly ILocalSiloDetails _silo;
@@ -81,12 +84,12 @@ internal sealed partial class MigrationListener : ILifecycleParticipant<ISiloLif
     }
 
     /// <summary>A ticket for receiving the VM <paramref name="name"/>, built from <paramref name="spec"/> with this silo's parts.</summary>
-    public MigrationTicket Expect(string name, VirtualMachineSpec spec)
+    public MigrationTicket Expect(string name, VirtualMachineSpec spec, bool resumeOnArrival)
     {
         var endpoint = Endpoint ?? throw new InvalidOperationException($"The silo {_silo.SiloAddress} does not listen for migrations yet.");
         Discard(name);
         byte[] token = RandomNumberGenerator.GetBytes(16);
-        _tickets[Convert.ToHexString(token)] = (name, spec, Stopwatch.GetTimestamp());
+        _tickets[Convert.ToHexString(token)] = (name, spec, resumeOnArrival, Stopwatch.GetTimestamp());
         return new MigrationTicket(endpoint.Address.ToString(), endpoint.Port, token);
     }
 
@@ -162,15 +165,36 @@ internal sealed partial class MigrationListener : ILifecycleParticipant<ISiloLif
 
                 name = ticket.Name;
                 var serial = new SerialRelay();
+
+                // Disks are attached when the grain claims the machine: until the source lets go, their layers are its.
+                var disks = await GrainDiskSet.DescribeAsync(ticket.Spec).ConfigureAwait(false);
                 var vm = await VirtualMachine.ReceiveMigrationAsync(
                     stream,
-                    b => MachineParts.Restore(ticket.Spec, b, _options, _loggerFactory, serial),
+                    b => MachineParts.Restore(ticket.Spec, b, _options, _loggerFactory, serial, disks),
                     deadline.Token).ConfigureAwait(false);
-                var incoming = new IncomingVirtualMachine(vm, serial, Stopwatch.GetTimestamp());
+                long? resumedAt = null;
+                if (ticket.Resume)
+                {
+                    // The guest runs on here at once; its console output waits in the relay for the grain.
+                    await vm.ResumeAsync(deadline.Token).ConfigureAwait(false);
+                    resumedAt = Stopwatch.GetTimestamp();
+                }
+
+                var incoming = new IncomingVirtualMachine(vm, serial, disks, Stopwatch.GetTimestamp(), resumedAt);
                 Discard(name);
                 _incoming[name] = incoming;
-                await stream.WriteAsync(new byte[] { 1 }, deadline.Token).ConfigureAwait(false);
-                await stream.FlushAsync(deadline.Token).ConfigureAwait(false);
+                try
+                {
+                    await stream.WriteAsync(new byte[] { 1 }, deadline.Token).ConfigureAwait(false);
+                    await stream.FlushAsync(deadline.Token).ConfigureAwait(false);
+                }
+                catch
+                {
+                    // The sender will not hear that the VM is here, so it runs on there: this copy must not.
+                    Discard(name);
+                    throw;
+                }
+
                 LogReceived(_logger, name);
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
@@ -215,12 +239,36 @@ internal sealed partial class MigrationListener : ILifecycleParticipant<ISiloLif
 /// <summary>The serial console's output stream of a received VM, passed on to the grain's console once the grain claims the VM.</summary>
 internal sealed class SerialRelay : Stream
 {
+    /// <summary>Output kept for the grain while no one has claimed the VM (a guest resumed on arrival); beyond this it is dropped.</summary>
+    private const int MaxPending = 1 << 20;
+    private readonly Lock _sync = new();
+    private MemoryStream? _pending = new();
     private Stream _target = Null;
 
+    /// <summary>Where output goes; setting it first passes on what was written before.</summary>
     public Stream Target
     {
-        get => Volatile.Read(ref _target);
-        set => Volatile.Write(ref _target, value);
+        get
+        {
+            lock (_sync)
+            {
+                return _target;
+            }
+        }
+
+        set
+        {
+            lock (_sync)
+            {
+                if (_pending is { } pending)
+                {
+                    _pending = null;
+                    value.Write(pending.GetBuffer(), 0, (int)pending.Length);
+                }
+
+                _target = value;
+            }
+        }
     }
 
     public override bool CanRead => false;
@@ -237,7 +285,13 @@ internal sealed class SerialRelay : Stream
         set => throw new NotSupportedException();
     }
 
-    public override void Flush() => Target.Flush();
+    public override void Flush()
+    {
+        lock (_sync)
+        {
+            _target.Flush();
+        }
+    }
 
     public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
 
@@ -245,7 +299,23 @@ internal sealed class SerialRelay : Stream
 
     public override void SetLength(long value) => throw new NotSupportedException();
 
-    public override void Write(byte[] buffer, int offset, int count) => Target.Write(buffer, offset, count);
+    public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
 
-    public override void Write(ReadOnlySpan<byte> buffer) => Target.Write(buffer);
+    public override void Write(ReadOnlySpan<byte> buffer)
+    {
+        lock (_sync)
+        {
+            if (_pending is { } pending)
+            {
+                if (pending.Length + buffer.Length <= MaxPending)
+                {
+                    pending.Write(buffer);
+                }
+            }
+            else
+            {
+                _target.Write(buffer);
+            }
+        }
+    }
 }

@@ -9,8 +9,26 @@ namespace Virt.Orleans;
 /// <summary>The grain's machine work: build, restore, run, save, observe the guest, and the console.</summary>
 internal sealed partial class VirtualMachineGrain
 {
-    /// <summary>A new machine from the spec (a snapshot spec: restored from its file, paused).</summary>
+    /// <summary>The machine's disks: brought to the last snapshot's (or stop's) contents, with fresh layers for the guest's writes.</summary>
+    private GrainDiskSet _disks = GrainDiskSet.Empty;
+
+    /// <summary>A new machine from the spec (a snapshot spec: restored from its file, paused), over its disks as of the last snapshot or stop.</summary>
     private async Task<VirtualMachine> BuildAsync(VirtualMachineSpec spec, CancellationToken cancellationToken)
+    {
+        _disks = await GrainDiskSet.OpenAsync(spec, Record.DiskGeneration, cancellationToken);
+        try
+        {
+            return await BuildMachineAsync(spec, cancellationToken);
+        }
+        catch
+        {
+            await _disks.DetachAsync();
+            _disks = GrainDiskSet.Empty;
+            throw;
+        }
+    }
+
+    private async Task<VirtualMachine> BuildMachineAsync(VirtualMachineSpec spec, CancellationToken cancellationToken)
     {
         if (spec.SnapshotPath is { } snapshot)
         {
@@ -56,16 +74,27 @@ internal sealed partial class VirtualMachineGrain
     }
 
     private VirtualMachineBuilder RestoreParts(VirtualMachineSpec spec, VirtualMachineBuilder builder) =>
-        MachineParts.Restore(spec, builder, _options, _loggerFactory, _console);
+        MachineParts.Restore(spec, builder, _options, _loggerFactory, _console, _disks);
 
     private VirtualMachineBuilder HostParts(VirtualMachineSpec spec, VirtualMachineBuilder builder) =>
-        MachineParts.Host(spec, builder, _options, _console);
+        MachineParts.Host(spec, builder, _options, _console, _disks);
 
     private async Task RestoreFromStoreAsync(VirtualMachineSpec spec, string reference, CancellationToken cancellationToken)
     {
         long started = Stopwatch.GetTimestamp();
         string path = await Store.GetLocalPathAsync(reference, cancellationToken);
-        SetVm(await VirtualMachine.RestoreAsync(path, b => RestoreParts(spec, b), cancellationToken), spec);
+        _disks = await GrainDiskSet.OpenAsync(spec, Record.DiskGeneration, cancellationToken);
+        try
+        {
+            SetVm(await VirtualMachine.RestoreAsync(path, b => RestoreParts(spec, b), cancellationToken), spec);
+        }
+        catch
+        {
+            await _disks.DetachAsync();
+            _disks = GrainDiskSet.Empty;
+            throw;
+        }
+
         _lastRestore = Stopwatch.GetElapsedTime(started);
         _restored = true;
         Record.Restores++;
@@ -80,7 +109,7 @@ internal sealed partial class VirtualMachineGrain
         {
             await vm.StartAsync(cancellationToken);
         }
-        else
+        else if (vm.State != VirtualMachineState.Running)
         {
             await vm.ResumeAsync(cancellationToken);
         }
@@ -96,7 +125,9 @@ internal sealed partial class VirtualMachineGrain
 
     /// <summary>
     /// Saves the VM to the store (pausing a running guest for the save; resuming it afterwards if <paramref name="resume"/>),
-    /// records the new reference, then deletes the previous snapshot.
+    /// records the new reference and the disk layers that belong to it, commits those layers into the disk images
+    /// (still paused; with <paramref name="resume"/>, new layers take the writes from here on), then deletes the
+    /// previous snapshot.
     /// </summary>
     private async Task SaveCoreAsync(bool resume, CancellationToken cancellationToken)
     {
@@ -109,6 +140,7 @@ internal sealed partial class VirtualMachineGrain
             paused = true;
         }
 
+        bool disksSettled = true;
         try
         {
             long length = 0;
@@ -126,7 +158,31 @@ internal sealed partial class VirtualMachineGrain
             Record.SnapshotsSaved++;
             Record.LastSnapshotBytes = length;
             Record.LastSaveDuration = Stopwatch.GetElapsedTime(started);
+            long layers = Record.DiskGeneration + 1;
+            if (_disks.Disks.Count > 0)
+            {
+                Record.DiskGeneration = layers;
+            }
+
             await WriteRecordAsync(cancellationToken);
+            if (_disks.Disks.Count > 0)
+            {
+                // The record names the snapshot and its layers: from here a lost silo replays this commit.
+                disksSettled = false;
+                try
+                {
+                    await _disks.CommitAsync(resume ? layers + 1 : 0, cancellationToken);
+                }
+                catch (Exception ex) when (ex is not OperationCanceledException)
+                {
+                    _failure = $"The disks could not be brought to the snapshot just saved ({ex.Message}); the VM stays paused, and its next activation replays the commit.";
+                    throw;
+                }
+
+                disksSettled = true;
+                Record.LastSaveDuration = Stopwatch.GetElapsedTime(started);
+            }
+
             if (previous is not null)
             {
                 await Store.DeleteAsync(previous, cancellationToken);
@@ -134,7 +190,7 @@ internal sealed partial class VirtualMachineGrain
         }
         finally
         {
-            if (paused && resume)
+            if (paused && resume && disksSettled)
             {
                 await vm.ResumeAsync(CancellationToken.None);
             }
@@ -181,6 +237,29 @@ internal sealed partial class VirtualMachineGrain
         _local.Add(Name, new VirtualMachineDemand((long)vm.Memory.TotalSize, vm.VcpuCount, spec.KernelPath is not null, spec.Backend == VirtualMachineBackend.Kvm));
     }
 
+    /// <summary>
+    /// Releases the machine of a VM that is over (stopped, deleted) and commits its disks' layers into the images, as
+    /// a powered-off machine's disk keeps its writes; the record first names the layers, so a lost silo replays the commit.
+    /// </summary>
+    private async Task DisposeVmKeepingDisksAsync(CancellationToken cancellationToken)
+    {
+        var disks = _disks;
+        if (_vm is null || disks.Disks.Count == 0)
+        {
+            await DisposeVmAsync();
+            return;
+        }
+
+        long layers = Record.DiskGeneration + 1;
+        Record.DiskGeneration = layers;
+        await WriteRecordAsync(cancellationToken);
+        await DisposeVmAsync();
+        foreach (var disk in disks.Disks)
+        {
+            await disk.RecoverAsync(layers, cancellationToken);
+        }
+    }
+
     private async Task DisposeVmAsync()
     {
         StopRunningClock();
@@ -191,6 +270,10 @@ internal sealed partial class VirtualMachineGrain
             _local.Remove(Name);
             await vm.DisposeAsync();
         }
+
+        // The machine disposed its disks (their layers are closed); a set never handed to a machine is closed here.
+        await _disks.DetachAsync();
+        _disks = GrainDiskSet.Empty;
     }
 
     private void StopRunningClock()

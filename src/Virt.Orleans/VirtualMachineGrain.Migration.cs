@@ -20,6 +20,9 @@ internal sealed partial class VirtualMachineGrain
 
     private sealed record Handoff(SiloAddress Target, long At);
 
+    /// <summary>When the machine claimed by this activation was resumed by the migration listener (a Stopwatch timestamp), if it was.</summary>
+    private long? _resumedOnArrivalAt;
+
     /// <summary>
     /// Streams the VM to <paramref name="target"/>: memory while the guest runs, then the last pages and the state with
     /// it paused. On success the machine here stays paused and <see cref="_handoff"/> is set; on failure a guest that
@@ -29,8 +32,12 @@ internal sealed partial class VirtualMachineGrain
     {
         var spec = RequireSpec();
         var host = GrainFactory.GetGrain<IVirtualMachineHostInternalGrain>(target.ToParsableString());
-        var ticket = await host.PrepareIncomingAsync(Name, spec, cancellationToken);
         bool wasRunning = vm.State == VirtualMachineState.Running;
+
+        // A guest without disks runs on at the target as soon as it arrives; one with disks waits for its grain there,
+        // since its disk layers pass to the target only once this copy has let go of them.
+        bool resumeOnArrival = wasRunning && spec.Disks.Length == 0 && _options.ResumeOnArrival;
+        var ticket = await host.PrepareIncomingAsync(Name, spec, resumeOnArrival, cancellationToken);
         using var client = new TcpClient { NoDelay = true };
         await client.ConnectAsync(ticket.Host, ticket.Port, cancellationToken);
         var stream = client.GetStream();
@@ -56,6 +63,9 @@ internal sealed partial class VirtualMachineGrain
 
             _handoff = new Handoff(target, Stopwatch.GetTimestamp());
             StopRunningClock();
+
+            // The target attaches the disks' layers when its activation claims the machine; this paused copy lets go of them.
+            await _disks.DetachAsync();
             Record.MovePausedAt = started + (long)((report.Duration - report.Downtime).TotalSeconds * Stopwatch.Frequency);
             Record.MoveHost = Environment.MachineName;
             Record.LastMoveLive = true;
@@ -117,6 +127,7 @@ internal sealed partial class VirtualMachineGrain
             LogDiscardFailed(_logger, ex, Name, handoff.Target);
         }
 
+        await _disks.AttachAsync(Record.DiskGeneration + 1);
         if (Record.State == VirtualMachineGrainState.Running && _vm is { State: VirtualMachineState.Paused })
         {
             await RunAsync(cancellationToken);
@@ -133,7 +144,8 @@ internal sealed partial class VirtualMachineGrain
             return;
         }
 
-        Record.LastMoveDowntime = Record.MoveHost == Environment.MachineName ? Stopwatch.GetElapsedTime(Record.MovePausedAt) : null;
+        long resumed = _resumedOnArrivalAt ?? Stopwatch.GetTimestamp();
+        Record.LastMoveDowntime = Record.MoveHost == Environment.MachineName ? Stopwatch.GetElapsedTime(Record.MovePausedAt, resumed) : null;
         Record.Moves++;
         Record.MovePausedAt = 0;
         await WriteRecordAsync(cancellationToken);

@@ -89,7 +89,10 @@ internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
             {
                 // Moved here live: the machine arrived through the migration listener, paused where the source stopped it.
                 incoming.Serial.Target = _console;
+                _disks = incoming.Disks;
+                await _disks.AttachAsync(record.DiskGeneration + 1);
                 SetVm(incoming.Machine, record.Spec);
+                _resumedOnArrivalAt = incoming.ResumedAt;
             }
             else if (record.SnapshotReference is { } reference)
             {
@@ -162,7 +165,14 @@ internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
         }
         finally
         {
-            await DisposeVmAsync();
+            if (_handoff is null && Record.State == VirtualMachineGrainState.Stopped)
+            {
+                await DisposeVmKeepingDisksAsync(cancellationToken);
+            }
+            else
+            {
+                await DisposeVmAsync();
+            }
         }
     }
 
@@ -197,8 +207,8 @@ internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
         var spec = RequireSpec();
         if (_vm is null || Record.State == VirtualMachineGrainState.Stopped)
         {
-            // Stopped, or lost beyond repair: boot afresh from the spec.
-            await DisposeVmAsync();
+            // Stopped, or lost beyond repair: boot afresh from the spec (over what its disks held at the stop).
+            await DisposeVmKeepingDisksAsync(cancellationToken);
             SetVm(await BuildAsync(spec, cancellationToken), spec);
             _failure = null;
             await DropSnapshotAsync(cancellationToken);
@@ -268,7 +278,7 @@ internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
                 Record.ExitCode = exit.ExitCode;
             }
 
-            await DisposeVmAsync();
+            await DisposeVmKeepingDisksAsync(cancellationToken);
         }
 
         Record.State = VirtualMachineGrainState.Stopped;
@@ -297,7 +307,7 @@ internal sealed partial class VirtualMachineGrain : Grain, IVirtualMachineGrain
         if (_vm is not null)
         {
             await _vm.StopAsync(cancellationToken);
-            await DisposeVmAsync();
+            await DisposeVmKeepingDisksAsync(cancellationToken);
         }
 
         await DropSnapshotAsync(cancellationToken);

@@ -48,6 +48,14 @@ public sealed class VirtualMachineGrainOptions
     /// <summary>How a live migration copies memory (rounds, size of the last copy).</summary>
     public MigrationOptions Migration { get; set; } = new();
 
+    /// <summary>
+    /// On a live move of a running guest without disks, resume it on the target as soon as its state has arrived,
+    /// instead of when Orleans has handed its grain over (default false). The pause then ends before the grain state is
+    /// written and the grain moves; calls still wait for the grain. If Orleans then fails to move the grain, the guest
+    /// loses what it did on the target meanwhile. Read on the source silo; see docs/orleans.md for what it measured.
+    /// </summary>
+    public bool ResumeOnArrival { get; set; }
+
     /// <summary>How many VMs a drain moves at once (default 2).</summary>
     public int DrainParallelism { get; set; } = 2;
 }

@@ -74,4 +74,12 @@ internal sealed class VirtualMachineGrainRecord
 
     [Id(20)]
     public TimeSpan LastMigrationSourcePause { get; set; }
+
+    /// <summary>
+    /// The disk layer generation of the last snapshot (or stop): its layer files hold the writes the snapshot's disks
+    /// have beyond their base images, committed into the bases (again, if a silo died half-way) when the VM is next
+    /// built or restored. The running machine writes into the layers of the next generation.
+    /// </summary>
+    [Id(21)]
+    public long DiskGeneration { get; set; }
 }

@@ -57,8 +57,11 @@ internal sealed record MigrationTicket(
 /// <summary>What silos ask of each other's host grains.</summary>
 internal interface IVirtualMachineHostInternalGrain : IGrainWithStringKey
 {
-    /// <summary>Expects the VM <paramref name="name"/> by live migration; the sender connects with the ticket.</summary>
-    Task<MigrationTicket> PrepareIncomingAsync(string name, VirtualMachineSpec spec, CancellationToken cancellationToken = default);
+    /// <summary>
+    /// Expects the VM <paramref name="name"/> by live migration; the sender connects with the ticket. With
+    /// <paramref name="resumeOnArrival"/> the guest runs as soon as its state has arrived, before the grain moves.
+    /// </summary>
+    Task<MigrationTicket> PrepareIncomingAsync(string name, VirtualMachineSpec spec, bool resumeOnArrival, CancellationToken cancellationToken = default);
 
     /// <summary>Drops a VM received for <paramref name="name"/> that its grain did not claim (the move was abandoned).</summary>
     Task DiscardIncomingAsync(string name, CancellationToken cancellationToken = default);
@@ -155,10 +158,10 @@ internal sealed partial class VirtualMachineHostGrain(
         return Task.CompletedTask;
     }
 
-    public Task<MigrationTicket> PrepareIncomingAsync(string name, VirtualMachineSpec spec, CancellationToken cancellationToken = default)
+    public Task<MigrationTicket> PrepareIncomingAsync(string name, VirtualMachineSpec spec, bool resumeOnArrival, CancellationToken cancellationToken = default)
     {
         var listener = services.GetService<MigrationListener>() ?? throw new InvalidOperationException($"The silo {silo.SiloAddress} does not accept live migrations.");
-        return Task.FromResult(listener.Expect(name, spec));
+        return Task.FromResult(listener.Expect(name, spec, resumeOnArrival));
     }
 
     public Task DiscardIncomingAsync(string name, CancellationToken cancellationToken = default)

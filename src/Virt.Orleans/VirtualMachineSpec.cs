@@ -51,7 +51,11 @@ public sealed record VirtualMachineSpec
     [Id(8)]
     public string? KernelCommandLine { get; init; }
 
-    /// <summary>Disk images attached as virtio-blk devices, in this order (for a snapshot: the same images, in the order the saved VM had them).</summary>
+    /// <summary>
+    /// Disk images attached as virtio-blk devices, in this order (for a snapshot: the same images, in the order the saved
+    /// VM had them). The grain writes an image only when it saves or stops the VM; in between the guest's writes go to a
+    /// layer file next to it, so the image always holds the disk of the last snapshot (see docs/orleans.md, "Disks").
+    /// </summary>
     [Id(9)]
     public string[] Disks { get; init; } = [];
 

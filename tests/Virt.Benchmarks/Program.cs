@@ -80,6 +80,24 @@ if (args is ["qcow2-cow", ..])
     return;
 }
 
+// Guest downtime of VM grain moves between two silos, save/restore and live, resumed at the grain's arrival or the
+// state's: dotnet run -c Release --project tests/Virt.Benchmarks -- orleans-move [moves]
+if (args is ["orleans-move", ..])
+{
+    await Virt.Benchmarks.Orleans.MoveDowntime.RunAsync(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 60);
+    return;
+}
+
+// Sandbox calls per second through a two-silo cluster against one pool in this process, and a fresh process's first
+// call each way: dotnet run -c Release --project tests/Virt.Benchmarks -- sandbox-cluster [calls] [in-flight]
+if (args is ["sandbox-cluster", ..])
+{
+    await Virt.Benchmarks.Orleans.SandboxClusterThroughput.RunAsync(
+        args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 2000,
+        args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 8);
+    return;
+}
+
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
 
 /// <summary>Entry point type for the benchmark switcher.</summary>

@@ -232,4 +232,26 @@ public sealed class ClusterTests
         Assert.Contains("nope", unknown.Message, StringComparison.Ordinal);
         await Assert.ThrowsAsync<ArgumentException>(() => cluster.Grains.GetGrain<ISandboxGrain>(3).RunAsync(spin with { TimeLimit = TimeSpan.FromHours(1) }, Ct));
     }
+
+    /// <summary>Silos publish deltas: a change of one silo's report reaches the other's view, and a silo that leaves drops out of it.</summary>
+    [Fact]
+    public async Task A_silos_change_and_its_departure_reach_the_other_silos_view()
+    {
+        await using var cluster = await VmCluster.StartAsync();
+        await ViewsSeeAsync(cluster, 0);
+        var primary = cluster.Grains.GetVirtualMachineHost(cluster.Primary.SiloAddress);
+        var secondary = cluster.Grains.GetVirtualMachineHost(cluster.Secondary.SiloAddress);
+        var secondaryAddress = cluster.Secondary.SiloAddress;
+        async Task<SiloCapacity?> SecondaryAsSeenByPrimaryAsync() =>
+            (await primary.GetClusterViewAsync(Ct)).SingleOrDefault(s => s.Silo.Equals(secondaryAddress));
+
+        await secondary.DrainAsync(Ct);
+        await UntilAsync(async () => (await SecondaryAsSeenByPrimaryAsync())?.Draining == true, "the primary to see the secondary draining");
+        await secondary.UndrainAsync(Ct);
+        await UntilAsync(async () => (await SecondaryAsSeenByPrimaryAsync())?.Draining == false, "the primary to see the secondary undrained");
+
+        await cluster.Cluster.StopSiloAsync(cluster.Secondary, Ct);
+        await UntilAsync(async () => (await primary.GetClusterViewAsync(Ct)).Length == 1, "the primary's view to drop the stopped silo");
+        Assert.Null(await SecondaryAsSeenByPrimaryAsync());
+    }
 }

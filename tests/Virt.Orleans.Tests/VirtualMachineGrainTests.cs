@@ -205,4 +205,27 @@ public sealed class VirtualMachineGrainTests
         await vm.DeleteAsync(Ct);
         Assert.Equal(VirtualMachineGrainState.NotCreated, (await vm.GetStatusAsync(Ct)).State);
     }
+
+    [Fact]
+    public async Task A_guest_resumed_on_arrival_runs_on_at_the_target_and_its_grain_keeps_its_console()
+    {
+        await using var cluster = await VmCluster.StartAsync(resumeOnArrival: true);
+        var vm = cluster.Grains.GetGrain<IVirtualMachineGrain>("resumed-on-arrival");
+        await VmCluster.OnSiloAsync(cluster.Secondary, () => vm.CreateAsync(CounterGuest.Spec() with { DirtyPageTracking = true }, Ct));
+        await vm.StartAsync(Ct);
+        await vm.WaitForConsoleAsync(CounterGuest.Ready, 0, Wait, Ct);
+        ulong before = await CounterPassesAsync(vm, 1000);
+
+        await vm.MoveAsync(cluster.Primary.SiloAddress, VirtualMachineMoveMode.Live, Ct);
+        var moved = await VmCluster.UntilAnsweredAsync(() => vm.GetStatusAsync(Ct), Wait);
+        Assert.Equal(cluster.Primary.SiloAddress, moved.Silo);
+        Assert.Equal(VirtualMachineGrainState.Running, moved.State);
+        var metrics = await vm.GetMetricsAsync(Ct);
+        Assert.True(metrics.LastMoveLive, "the VM moved live");
+        Assert.NotNull(metrics.LastMoveDowntime);
+        await CounterPassesAsync(vm, before);
+        Assert.Equal("XYZ", (await vm.ExecAsync("xyz", "XYZ", Wait, Ct)).Text);
+        Assert.Equal(1, await ReadyLinesAsync(vm));
+        await vm.DeleteAsync(Ct);
+    }
 }

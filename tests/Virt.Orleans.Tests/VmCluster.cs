@@ -17,6 +17,7 @@ internal sealed class VmCluster : IAsyncDisposable
     private const string StorageKey = "VirtOrleansTests:Storage";
     private const string MemoryBudgetKey = "VirtOrleansTests:MemoryBudgetMiB";
     private const string WaitingKey = "VirtOrleansTests:SandboxWaiting";
+    private const string ResumeOnArrivalKey = "VirtOrleansTests:ResumeOnArrival";
     private readonly TempDirectory _directory;
 
     private VmCluster(TempDirectory directory, TestCluster cluster)
@@ -37,13 +38,14 @@ internal sealed class VmCluster : IAsyncDisposable
     public SiloHandle Secondary => Cluster.SecondarySilos[0];
 
     /// <summary>Starts the cluster; each silo gives VMs <paramref name="memoryBudgetMiB"/> (0: the default) and admits <paramref name="sandboxWaiting"/> sandbox calls beyond its pools.</summary>
-    public static async Task<VmCluster> StartAsync(long memoryBudgetMiB = 0, int sandboxWaiting = 64)
+    public static async Task<VmCluster> StartAsync(long memoryBudgetMiB = 0, int sandboxWaiting = 64, bool resumeOnArrival = false)
     {
         var directory = new TempDirectory();
         var builder = new TestClusterBuilder(2);
         builder.Properties[StorageKey] = directory.Path;
         builder.Properties[MemoryBudgetKey] = memoryBudgetMiB.ToString(System.Globalization.CultureInfo.InvariantCulture);
         builder.Properties[WaitingKey] = sandboxWaiting.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        builder.Properties[ResumeOnArrivalKey] = resumeOnArrival ? "true" : "false";
         builder.AddSiloBuilderConfigurator<SiloConfigurator>();
         builder.AddClientBuilderConfigurator<ClientConfigurator>();
         var cluster = builder.Build();
@@ -106,6 +108,7 @@ internal sealed class VmCluster : IAsyncDisposable
                 {
                     o.MemoryBudgetMiB = budget;
                     o.CapacityPublishInterval = TimeSpan.FromMilliseconds(200);
+                    o.ResumeOnArrival = siloBuilder.Configuration[ResumeOnArrivalKey] == "true";
                 })
                 .AddVirtualMachineFileStorage(directory)
                 .AddSandboxService(o =>

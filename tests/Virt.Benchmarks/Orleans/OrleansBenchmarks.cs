@@ -18,6 +18,7 @@ internal sealed class BenchCluster : IAsyncDisposable
     public const ulong Load = 0x100000;
     public const ulong Counter = 0x50000;
     private const string StorageKey = "VirtBenchmarks:Storage";
+    private const string ResumeOnArrivalKey = "VirtBenchmarks:ResumeOnArrival";
 
     public static readonly byte[] Guest = GuestProgram.Assemble(64, Load, a =>
     {
@@ -54,11 +55,13 @@ internal sealed class BenchCluster : IAsyncDisposable
         .WithEntryPoint(new GuestAddress(Load), StartMode.Long64)
         .WithSerialConsole(Stream.Null);
 
-    public static async Task<BenchCluster> StartAsync()
+    /// <summary>Starts the two silos; <paramref name="resumeOnArrival"/> sets <see cref="VirtualMachineGrainOptions.ResumeOnArrival"/>.</summary>
+    public static async Task<BenchCluster> StartAsync(bool resumeOnArrival = false)
     {
         var directory = new TempDirectory();
         var builder = new TestClusterBuilder(2);
         builder.Properties[StorageKey] = directory.Path;
+        builder.Properties[ResumeOnArrivalKey] = resumeOnArrival ? "true" : "false";
         builder.AddSiloBuilderConfigurator<SiloConfigurator>();
         var cluster = builder.Build();
         await cluster.DeployAsync().ConfigureAwait(false);
@@ -113,7 +116,9 @@ internal sealed class BenchCluster : IAsyncDisposable
     private sealed class SiloConfigurator : ISiloConfigurator
     {
         public void Configure(ISiloBuilder siloBuilder) =>
-            siloBuilder.AddVirtualMachineGrains().AddVirtualMachineFileStorage(siloBuilder.Configuration[StorageKey]!);
+            siloBuilder
+                .AddVirtualMachineGrains(o => o.ResumeOnArrival = siloBuilder.Configuration[ResumeOnArrivalKey] != "false")
+                .AddVirtualMachineFileStorage(siloBuilder.Configuration[StorageKey]!);
     }
 }
 
@@ -227,10 +232,14 @@ public class OrleansMigrationBenchmarks
     [Params(VirtualMachineMoveMode.SaveAndRestore, VirtualMachineMoveMode.Live)]
     public VirtualMachineMoveMode Mode { get; set; }
 
+    /// <summary>Whether a live move resumes the guest on the target as soon as it arrives (<see cref="VirtualMachineGrainOptions.ResumeOnArrival"/>).</summary>
+    [Params(false, true)]
+    public bool ResumeOnArrival { get; set; }
+
     [GlobalSetup]
     public void Setup()
     {
-        _cluster = BenchCluster.StartAsync().GetAwaiter().GetResult();
+        _cluster = BenchCluster.StartAsync(ResumeOnArrival).GetAwaiter().GetResult();
         _grain = _cluster.RunningVmAsync($"migration-bench-{Mode}").GetAwaiter().GetResult();
     }
 
@@ -240,7 +249,7 @@ public class OrleansMigrationBenchmarks
         var sorted = _downtimes.Order().ToList();
         if (sorted.Count > 0)
         {
-            Console.WriteLine($"// {Mode}: guest downtime over {sorted.Count} moves: median {sorted[sorted.Count / 2]:F2} ms, mean {sorted.Average():F2} ms, min {sorted[0]:F2} ms, max {sorted[^1]:F2} ms");
+            Console.WriteLine($"// {Mode}, resume on arrival {ResumeOnArrival}: guest downtime over {sorted.Count} moves: median {sorted[sorted.Count / 2]:F2} ms, mean {sorted.Average():F2} ms, min {sorted[0]:F2} ms, max {sorted[^1]:F2} ms");
         }
 
         _cluster?.DisposeAsync().AsTask().GetAwaiter().GetResult();
