@@ -27,7 +27,8 @@ internal static class DiskCommand
         format.AcceptOnlyFromAmong("raw", "qcow2");
         var backing = new Option<string?>("--backing", "-b") { Description = "qcow2 only: the backing image (raw or qcow2), read until a cluster is written." };
         var force = new Option<bool>("--force") { Description = "Replace an existing file." };
-        var command = new Command("create", "Create a sparse raw image or an empty qcow2 image.") { path, size, format, backing, force };
+        var extendedL2 = new Option<bool>("--extended-l2") { Description = "qcow2 only: 32 subclusters per cluster, so a small write into an overlay copies a subcluster, not a cluster (qemu-img's extended_l2=on)." };
+        var command = new Command("create", "Create a sparse raw image or an empty qcow2 image.") { path, size, format, backing, force, extendedL2 };
         command.SetAction(result => Guard(() =>
         {
             string? sizeText = result.GetValue(size);
@@ -40,7 +41,7 @@ internal static class DiskCommand
             long bytes = sizeText is null ? 0 : ParseSize(sizeText);
             var diskFormat = result.GetValue(format) == "qcow2" ? DiskFormat.Qcow2 : DiskFormat.Raw;
             string target = result.GetValue(path)!;
-            DiskImage.Create(target, bytes, diskFormat, backingPath, result.GetValue(force));
+            DiskImage.Create(target, bytes, diskFormat, backingPath, result.GetValue(force), extendedL2: result.GetValue(extendedL2));
             Console.WriteLine($"created {target}: {diskFormat.ToString().ToLowerInvariant()}, {Describe(CapacityOf(target))}");
         }));
         return command;
@@ -96,6 +97,10 @@ internal static class DiskCommand
                     output.WriteLine($"virtual size: {Describe(qcow2.Capacity)}");
                     output.WriteLine($"version:      {qcow2.Version}");
                     output.WriteLine($"cluster size: {qcow2.ClusterSize}");
+                    if (qcow2.HasExtendedL2)
+                    {
+                        output.WriteLine($"subclusters:  32 of {qcow2.ClusterSize / 32} bytes (extended L2 entries)");
+                    }
                     if (qcow2.BackingPath is { } backing)
                     {
                         output.WriteLine($"backing file: {backing} ({qcow2.BackingFormat ?? "format not recorded"})");

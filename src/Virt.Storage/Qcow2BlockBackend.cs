@@ -115,8 +115,11 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
     /// <summary>The qcow2 version (2 or 3).</summary>
     public int Version { get; }
 
-    /// <summary>Bytes per cluster (the allocation unit).</summary>
+    /// <summary>Bytes per cluster (the allocation unit, or with extended L2 entries the unit of the tables).</summary>
     public int ClusterSize => _clusterSize;
+
+    /// <summary>Whether the image has extended L2 entries: each cluster has 32 subclusters allocated one by one.</summary>
+    public bool HasExtendedL2 => _extended;
 
     /// <summary>The backing file as the image names it (relative to the image's directory unless absolute); null for none.</summary>
     public string? BackingPath { get; }

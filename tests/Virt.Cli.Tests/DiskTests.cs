@@ -54,6 +54,25 @@ public sealed class DiskTests
     }
 
     [Fact]
+    public void A_qcow2_overlay_with_extended_l2_entries_is_created_and_info_shows_its_subclusters()
+    {
+        using var dir = new TempDirectory();
+        string baseImage = Path.Combine(dir.Path, "base.raw");
+        string top = Path.Combine(dir.Path, "top.qcow2");
+        Assert.Equal(0, VirtTool.Run(["disk", "create", baseImage, "--size", "4M"]).ExitCode);
+        var created = VirtTool.Run(["disk", "create", top, "--format", "qcow2", "--backing", baseImage, "--extended-l2"]);
+        Assert.True(created.ExitCode == 0, created.All);
+        var info = VirtTool.Run(["disk", "info", top]);
+        Assert.True(info.ExitCode == 0, info.All);
+        Assert.Contains("subclusters:  32 of 2048 bytes (extended L2 entries)", info.Stdout, StringComparison.Ordinal);
+
+        // On a raw image the option is refused with the reason.
+        var raw = VirtTool.Run(["disk", "create", Path.Combine(dir.Path, "x.raw"), "--size", "1M", "--extended-l2"]);
+        Assert.Equal(2, raw.ExitCode);
+        Assert.Contains("qcow2 feature", raw.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Errors_say_what_is_wrong_and_exit_2()
     {
         using var dir = new TempDirectory();
