@@ -593,12 +593,29 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             return (ClusterKind.Unallocated, 0, 0, 0);
         }
 
+        var (_, entry, bitmap, kind, host) = EntryOf(table, cluster);
+        return (kind, host, entry, bitmap);
+    }
+
+    /// <summary>
+    /// The L2 entry of <paramref name="cluster"/> in its <paramref name="table"/>: the word it starts at, the entry,
+    /// its subcluster bitmap (0 without extended L2 entries), and the cluster's kind and host offset.
+    /// </summary>
+    private (int Slot, ulong Entry, ulong Bitmap, ClusterKind Kind, long Host) EntryOf(L2Table table, long cluster)
+    {
         int slot = (int)(cluster % _l2Entries) * _l2Stride;
         ulong entry = table.Entries[slot];
         ulong bitmap = _extended ? table.Entries[slot + 1] : 0;
         var (kind, host) = Decode(entry, bitmap, cluster);
-        return (kind, host, entry, bitmap);
+        return (slot, entry, bitmap, kind, host);
     }
+
+    /// <summary>
+    /// With extended L2 entries, whether a cluster takes writes to its subclusters where they are: it has no host
+    /// cluster yet, or one of its own (not compressed, not shared).
+    /// </summary>
+    private static bool TakesSubclusterWrites(ClusterKind kind, ulong entry) =>
+        kind == ClusterKind.Unallocated || (kind == ClusterKind.Normal && (entry & Qcow2Format.Copied) != 0);
 
     /// <summary>
     /// The state of a whole cluster from its L2 entry. With extended L2 entries a standard cluster is
@@ -826,11 +843,8 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         long cluster = pos >> _clusterBits;
         int inCluster = (int)(pos & (_clusterSize - 1));
         var table = GetL2((int)(cluster / _l2Entries), allocate: true)!;
-        int slot = (int)(cluster % _l2Entries) * _l2Stride;
-        ulong entry = table.Entries[slot];
-        ulong bitmap = _extended ? table.Entries[slot + 1] : 0;
-        var (kind, host) = Decode(entry, bitmap, cluster);
-        if (_extended && (kind == ClusterKind.Unallocated || (kind == ClusterKind.Normal && (entry & Qcow2Format.Copied) != 0)))
+        var (slot, entry, _, kind, host) = EntryOf(table, cluster);
+        if (_extended && TakesSubclusterWrites(kind, entry))
         {
             SubclusterWrite(table, slot, pos, data, kind == ClusterKind.Normal ? host : 0);
             return;
@@ -952,10 +966,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
                     }
 
                     table ??= GetL2((int)(cluster / _l2Entries), allocate: true)!;
-                    int slot = (int)(cluster % _l2Entries) * _l2Stride;
-                    ulong entry = table.Entries[slot];
-                    ulong bitmap = _extended ? table.Entries[slot + 1] : 0;
-                    var (kind, host) = Decode(entry, bitmap, cluster);
+                    var (slot, entry, bitmap, kind, host) = EntryOf(table, cluster);
                     (ulong replacement, ulong replacementBitmap) = (_backing is null, _extended) switch
                     {
                         (true, _) => (0UL, 0UL),
@@ -969,7 +980,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
                         ReleaseEntry(kind, host, entry);
                     }
                 }
-                else if (!_extended || !ZeroSubclusters(cluster, pos, n))
+                else if (!_extended || !ZeroSubclusters(cluster, pos, n, ref zeroes))
                 {
                     zeroes ??= new byte[_clusterSize];
                     WriteCore(pos, zeroes.AsSpan(0, n));
@@ -987,9 +998,10 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
     /// <summary>
     /// Zeroes part of one cluster of an image with extended L2 entries through its bitmap: the whole subclusters in
     /// the range are marked as reading zeroes and the partial ones at its edges are written. False (nothing done)
-    /// when the cluster is compressed or shared, which a write must copy first.
+    /// when the cluster is compressed or shared, which a write must copy first. The edges are written from
+    /// <paramref name="zeroes"/>, the caller's buffer of a cluster of zeroes, made here if it has none yet.
     /// </summary>
-    private bool ZeroSubclusters(long cluster, long pos, int length)
+    private bool ZeroSubclusters(long cluster, long pos, int length, ref byte[]? zeroes)
     {
         var table = GetL2((int)(cluster / _l2Entries), allocate: false);
         if (table is null && _backing is null)
@@ -998,10 +1010,8 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         }
 
         table ??= GetL2((int)(cluster / _l2Entries), allocate: true)!;
-        int slot = (int)(cluster % _l2Entries) * _l2Stride;
-        ulong entry = table.Entries[slot];
-        var (kind, _) = Decode(entry, table.Entries[slot + 1], cluster);
-        if (!(kind == ClusterKind.Unallocated || (kind == ClusterKind.Normal && (entry & Qcow2Format.Copied) != 0)))
+        var (slot, entry, bitmap, kind, _) = EntryOf(table, cluster);
+        if (!TakesSubclusterWrites(kind, entry))
         {
             return false;
         }
@@ -1017,8 +1027,8 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         }
 
         ulong units = SubclusterMask(from - clusterStart, to - from);
-        SetL2Entry(table, slot, entry, (table.Entries[slot + 1] & ~units) | (units << 32));
-        var zeroes = new byte[unitSize];
+        SetL2Entry(table, slot, entry, (bitmap & ~units) | (units << 32));
+        zeroes ??= new byte[_clusterSize];
         if (pos < from)
         {
             WriteCore(pos, zeroes.AsSpan(0, (int)(from - pos)));
