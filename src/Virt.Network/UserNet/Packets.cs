@@ -558,14 +558,19 @@ internal static class FrameBuilder
     {
         int length = Proto.UdpHeader + payload.Length;
         var f = Ipv4(to, from, source, destination, Proto.Udp, length);
-        var udp = f.AsSpan(TransportOffset);
+        FillUdp(f.AsSpan(TransportOffset), sourcePort, destinationPort, payload, Checksum.PseudoHeader(source, destination, Proto.Udp, length));
+        return f;
+    }
+
+    /// <summary>Writes a UDP header and <paramref name="payload"/> into <paramref name="udp"/>, checksummed over <paramref name="pseudoHeader"/> (a zero sum is sent as 0xFFFF).</summary>
+    private static void FillUdp(Span<byte> udp, ushort sourcePort, ushort destinationPort, ReadOnlySpan<byte> payload, uint pseudoHeader)
+    {
         BinaryPrimitives.WriteUInt16BigEndian(udp, sourcePort);
         BinaryPrimitives.WriteUInt16BigEndian(udp[2..], destinationPort);
-        BinaryPrimitives.WriteUInt16BigEndian(udp[4..], (ushort)length);
+        BinaryPrimitives.WriteUInt16BigEndian(udp[4..], (ushort)(Proto.UdpHeader + payload.Length));
         payload.CopyTo(udp[Proto.UdpHeader..]);
-        ushort sum = Checksum.Fold(Checksum.Add(udp, Checksum.PseudoHeader(source, destination, Proto.Udp, length)));
+        ushort sum = Checksum.Fold(Checksum.Add(udp[..(Proto.UdpHeader + payload.Length)], pseudoHeader));
         BinaryPrimitives.WriteUInt16BigEndian(udp[6..], sum == 0 ? (ushort)0xFFFF : sum);
-        return f;
     }
 
     /// <summary>
@@ -667,13 +672,7 @@ internal static class FrameBuilder
     {
         int length = Proto.UdpHeader + payload.Length;
         var f = Ipv6(to, from, source, destination, Proto.Udp, length);
-        var udp = f.AsSpan(Proto.EthernetHeader + Proto.Ipv6Header);
-        BinaryPrimitives.WriteUInt16BigEndian(udp, sourcePort);
-        BinaryPrimitives.WriteUInt16BigEndian(udp[2..], destinationPort);
-        BinaryPrimitives.WriteUInt16BigEndian(udp[4..], (ushort)length);
-        payload.CopyTo(udp[Proto.UdpHeader..]);
-        ushort sum = Checksum.Fold(Checksum.Add(udp, Checksum.PseudoHeader6(source, destination, Proto.Udp, length)));
-        BinaryPrimitives.WriteUInt16BigEndian(udp[6..], sum == 0 ? (ushort)0xFFFF : sum);
+        FillUdp(f.AsSpan(Proto.EthernetHeader + Proto.Ipv6Header), sourcePort, destinationPort, payload, Checksum.PseudoHeader6(source, destination, Proto.Udp, length));
         return f;
     }
 
