@@ -67,6 +67,23 @@ public sealed class SampleTests
         Assert.Contains("Hello from a Virt.Sdk guest", output, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("interpreter")]
+    [InlineData("kvm")]
+    public void CustomDevice_computes_a_crc32_by_dma_and_rejects_a_request_outside_ram(string backend)
+    {
+        if (backend == "kvm")
+        {
+            HostRequirements.RequireKvm();
+        }
+
+        var (code, output) = Samples.Run("CustomDevice", "--backend", backend);
+        Assert.True(code == 0, output);
+        Assert.Contains("crc32(\"123456789\") = 0xcbf43926", output, StringComparison.Ordinal); // the standard CRC-32 check value
+        Assert.Contains("request outside RAM: status 2", output, StringComparison.Ordinal);
+        Assert.Contains("device: 1 request(s) done, 1 rejected", output, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void Telemetry_exports_the_vm_span_and_metrics_to_the_console()
     {
