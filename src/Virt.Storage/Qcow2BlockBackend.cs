@@ -69,6 +69,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
     private long _decompressedAt = -1;
     private byte[]? _decompressed;
     private IBackingReader? _backing;
+    private bool? _isInMemory;
     private int _disposed;
 
     private Qcow2BlockBackend(ImageStore store, string path, bool readOnly, Header header, ulong[] l1, ulong[] refTable)
@@ -347,6 +348,9 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             }
         }
     }
+
+    bool IVectoredBlockBackend.IsInMemory => _isInMemory ??=
+        FileHandle is { } handle && HostIo.IsInMemory(handle) && (_backing is null || _backing is IVectoredBlockBackend { IsInMemory: true });
 
     void IVectoredBlockBackend.ReadVector(long offset, ReadOnlySpan<HostBuffer> buffers)
     {
@@ -1939,6 +1943,9 @@ internal interface IBackingReader : IAsyncDisposable
 /// <summary>A backend that moves data between the image and host memory spans with one call (preadv/pwritev).</summary>
 internal interface IVectoredBlockBackend
 {
+    /// <summary>Whether every file the backend reads or writes lives in host memory (see <see cref="HostIo.IsInMemory"/>).</summary>
+    bool IsInMemory { get; }
+
     void ReadVector(long offset, ReadOnlySpan<HostBuffer> buffers);
 
     void WriteVector(long offset, ReadOnlySpan<HostBuffer> buffers);
