@@ -364,7 +364,9 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             {
                 long pos = offset + done;
                 var run = MapRun(pos, length - done, forWrite: false);
-                var slice = Slice(buffers, done, run.Length, out var rented);
+                // A request inside one run (the usual small one) uses the caller's buffers as they are.
+                HostBuffer[]? rented = null;
+                var slice = done == 0 && run.Length == length ? buffers : Slice(buffers, done, run.Length, out rented);
                 try
                 {
                     if (run.Kind == ClusterKind.Normal)
@@ -404,7 +406,9 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             {
                 long pos = offset + done;
                 var run = MapRun(pos, length - done, forWrite: true);
-                var slice = Slice(buffers, done, run.Length, out var rented);
+                // A request inside one run (the usual small one) uses the caller's buffers as they are.
+                HostBuffer[]? rented = null;
+                var slice = done == 0 && run.Length == length ? buffers : Slice(buffers, done, run.Length, out rented);
                 try
                 {
                     if (run.Kind == ClusterKind.Normal)
@@ -1654,7 +1658,13 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         return rented.AsSpan(0, n);
     }
 
-    private static void Return(HostBuffer[] rented) => ArrayPool<HostBuffer>.Shared.Return(rented);
+    private static void Return(HostBuffer[]? rented)
+    {
+        if (rented is not null)
+        {
+            ArrayPool<HostBuffer>.Shared.Return(rented);
+        }
+    }
 
     internal static DiskImageException Damaged(string path, string field, string why) =>
         new(path, DiskImageError.InvalidFormat, $"The qcow2 image '{path}' is damaged or unsupported: {field} {why}.");

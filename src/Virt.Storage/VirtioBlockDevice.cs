@@ -68,9 +68,10 @@ public sealed record VirtioBlockOptions
 
 /// <summary>
 /// A virtio-blk device (virtio 1.2, section 5.2) over an <see cref="IBlockBackend"/>: IN, OUT, FLUSH, GET_ID,
-/// DISCARD and WRITE_ZEROES. Requests are served off the vCPU thread: up to 16 reads and writes at once, with raw
-/// and qcow2 images straight between guest memory and the file (preadv/pwritev, no copy); any other request waits
-/// for every request before it. Requests complete (used ring and interrupt) in the order they were made available,
+/// DISCARD and WRITE_ZEROES. Requests are served by a worker per queue, off the vCPU thread: up to 16 reads and writes
+/// at once, with raw and qcow2 images straight between guest memory and the file (preadv/pwritev, no copy); any other
+/// request waits for every request before it. Small reads and writes of an image in host memory are served on the
+/// notifying vCPU thread instead, while the worker is idle (<see cref="VirtioBlockOptions.Inline"/>). Requests complete (used ring and interrupt) in the order they were made available,
 /// each once the backend finished it, so a completed FLUSH means every earlier write is durable.
 /// </summary>
 /// <remarks>
