@@ -347,6 +347,27 @@ internal static class HostIo
     }
 
     /// <summary>fdatasync on Linux (the file's data and the metadata needed to read it), fsync elsewhere.</summary>
+    /// <summary>
+    /// Whether the file lives in host memory (tmpfs, ramfs, hugetlbfs): reading and writing it copies memory and never
+    /// waits for a storage device. False where this cannot be told (not Linux, fstatfs failed).
+    /// </summary>
+    public static unsafe bool IsInMemory(SafeFileHandle handle)
+    {
+        if (!OperatingSystem.IsLinux() || nint.Size != 8)
+        {
+            return false;
+        }
+
+        byte* statfs = stackalloc byte[256];
+        if (Interop.Libc.Fstatfs(handle, statfs) != 0)
+        {
+            return false;
+        }
+
+        long type = *(long*)statfs;
+        return type is Interop.Libc.TMPFS_MAGIC or Interop.Libc.RAMFS_MAGIC or Interop.Libc.HUGETLBFS_MAGIC;
+    }
+
     public static void DataSync(SafeFileHandle handle)
     {
         if (OperatingSystem.IsLinux())

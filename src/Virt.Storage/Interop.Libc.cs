@@ -68,6 +68,17 @@ internal static partial class Interop
         [LibraryImport("libc", EntryPoint = "pwritev", SetLastError = true)]
         public static unsafe partial nint Pwritev(SafeFileHandle fd, IoVec* iov, int count, long offset);
 
+        /// <summary>statfs.f_type of tmpfs (and of /dev/shm).</summary>
+        public const long TMPFS_MAGIC = 0x01021994;
+        /// <summary>statfs.f_type of ramfs.</summary>
+        public const long RAMFS_MAGIC = 0x858458f6;
+        /// <summary>statfs.f_type of hugetlbfs.</summary>
+        public const long HUGETLBFS_MAGIC = 0x958458f6;
+
+        /// <summary>fstatfs into a buffer of at least 120 bytes (struct statfs; f_type is its first field, a long, on 64-bit Linux).</summary>
+        [LibraryImport("libc", EntryPoint = "fstatfs", SetLastError = true)]
+        public static unsafe partial int Fstatfs(SafeFileHandle fd, byte* buffer);
+
         [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
         public static unsafe partial int FcntlLock(SafeFileHandle fd, int command, FileLock* fileLock);
     }

@@ -69,6 +69,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
     private long _decompressedAt = -1;
     private byte[]? _decompressed;
     private IBackingReader? _backing;
+    private bool? _isInMemory;
     private int _disposed;
 
     private Qcow2BlockBackend(ImageStore store, string path, bool readOnly, Header header, ulong[] l1, ulong[] refTable)
@@ -348,6 +349,9 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         }
     }
 
+    bool IVectoredBlockBackend.IsInMemory => _isInMemory ??=
+        FileHandle is { } handle && HostIo.IsInMemory(handle) && (_backing is null || _backing is IVectoredBlockBackend { IsInMemory: true });
+
     void IVectoredBlockBackend.ReadVector(long offset, ReadOnlySpan<HostBuffer> buffers)
     {
         long length = Total(buffers);
@@ -360,7 +364,9 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             {
                 long pos = offset + done;
                 var run = MapRun(pos, length - done, forWrite: false);
-                var slice = Slice(buffers, done, run.Length, out var rented);
+                // A request inside one run (the usual small one) uses the caller's buffers as they are.
+                HostBuffer[]? rented = null;
+                var slice = done == 0 && run.Length == length ? buffers : Slice(buffers, done, run.Length, out rented);
                 try
                 {
                     if (run.Kind == ClusterKind.Normal)
@@ -400,7 +406,9 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             {
                 long pos = offset + done;
                 var run = MapRun(pos, length - done, forWrite: true);
-                var slice = Slice(buffers, done, run.Length, out var rented);
+                // A request inside one run (the usual small one) uses the caller's buffers as they are.
+                HostBuffer[]? rented = null;
+                var slice = done == 0 && run.Length == length ? buffers : Slice(buffers, done, run.Length, out rented);
                 try
                 {
                     if (run.Kind == ClusterKind.Normal)
@@ -1650,7 +1658,13 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         return rented.AsSpan(0, n);
     }
 
-    private static void Return(HostBuffer[] rented) => ArrayPool<HostBuffer>.Shared.Return(rented);
+    private static void Return(HostBuffer[]? rented)
+    {
+        if (rented is not null)
+        {
+            ArrayPool<HostBuffer>.Shared.Return(rented);
+        }
+    }
 
     internal static DiskImageException Damaged(string path, string field, string why) =>
         new(path, DiskImageError.InvalidFormat, $"The qcow2 image '{path}' is damaged or unsupported: {field} {why}.");
@@ -1939,6 +1953,9 @@ internal interface IBackingReader : IAsyncDisposable
 /// <summary>A backend that moves data between the image and host memory spans with one call (preadv/pwritev).</summary>
 internal interface IVectoredBlockBackend
 {
+    /// <summary>Whether every file the backend reads or writes lives in host memory (see <see cref="HostIo.IsInMemory"/>).</summary>
+    bool IsInMemory { get; }
+
     void ReadVector(long offset, ReadOnlySpan<HostBuffer> buffers);
 
     void WriteVector(long offset, ReadOnlySpan<HostBuffer> buffers);

@@ -14,6 +14,7 @@ public sealed class RawFileBlockBackend : IBlockBackend, IVectoredBlockBackend, 
 {
     private readonly SafeFileHandle _handle;
     private bool _punchUnsupported;
+    private bool? _isInMemory;
 
     private RawFileBlockBackend(SafeFileHandle handle, string path, long capacity, bool readOnly)
     {
@@ -125,6 +126,8 @@ public sealed class RawFileBlockBackend : IBlockBackend, IVectoredBlockBackend, 
         _handle.Dispose();
         return ValueTask.CompletedTask;
     }
+
+    bool IVectoredBlockBackend.IsInMemory => _isInMemory ??= HostIo.IsInMemory(_handle);
 
     void IVectoredBlockBackend.ReadVector(long offset, ReadOnlySpan<HostBuffer> buffers)
     {

@@ -10,6 +10,27 @@ using Virt.Snapshots;
 
 namespace Virt.Storage;
 
+/// <summary>Where a <see cref="VirtioBlockDevice"/> serves small reads and writes (<see cref="VirtioBlockOptions.Inline"/>).</summary>
+public enum VirtioBlockInline
+{
+    /// <summary>
+    /// On the notifying vCPU thread when the image (and every backing file) lives in host memory (tmpfs, ramfs,
+    /// hugetlbfs), where a request only copies memory and never waits for a storage device; on the queue's worker
+    /// otherwise. The default.
+    /// </summary>
+    Automatic = 0,
+
+    /// <summary>Always on the queue's worker: the vCPU thread only records the notification.</summary>
+    Never,
+
+    /// <summary>
+    /// On the notifying vCPU thread for any raw or qcow2 image, like a synchronous block engine: the fastest path while
+    /// the data is in the host's page cache, but a read that misses it, or a write the kernel throttles for writeback,
+    /// stalls the vCPU that made it for as long as the storage takes.
+    /// </summary>
+    Always,
+}
+
 /// <summary>Settings of a <see cref="VirtioBlockDevice"/>.</summary>
 public sealed record VirtioBlockOptions
 {
@@ -34,13 +55,23 @@ public sealed record VirtioBlockOptions
     /// one queue to each CPU, up to this count). VMs built with <c>WithVirtioBlock(path)</c> get one queue per vCPU.
     /// </summary>
     public int QueueCount { get; init; } = 1;
+
+    /// <summary>
+    /// Whether reads and writes of up to 128 KiB are served on the vCPU thread that notified the queue, with no
+    /// hand-off to the queue's worker (see <see cref="VirtioBlockInline"/>; default
+    /// <see cref="VirtioBlockInline.Automatic"/>: when the image lives in host memory). Applies to raw and qcow2 images
+    /// without throttling; everything else (FLUSH, larger requests, requests that arrive while the worker is busy)
+    /// goes to the worker, in order.
+    /// </summary>
+    public VirtioBlockInline Inline { get; init; }
 }
 
 /// <summary>
 /// A virtio-blk device (virtio 1.2, section 5.2) over an <see cref="IBlockBackend"/>: IN, OUT, FLUSH, GET_ID,
-/// DISCARD and WRITE_ZEROES. Requests are served off the vCPU thread: up to 16 reads and writes at once, with raw
-/// and qcow2 images straight between guest memory and the file (preadv/pwritev, no copy); any other request waits
-/// for every request before it. Requests complete (used ring and interrupt) in the order they were made available,
+/// DISCARD and WRITE_ZEROES. Requests are served by a worker per queue, off the vCPU thread: up to 16 reads and writes
+/// at once, with raw and qcow2 images straight between guest memory and the file (preadv/pwritev, no copy); any other
+/// request waits for every request before it. Small reads and writes of an image in host memory are served on the
+/// notifying vCPU thread instead, while the worker is idle (<see cref="VirtioBlockOptions.Inline"/>). Requests complete (used ring and interrupt) in the order they were made available,
 /// each once the backend finished it, so a completed FLUSH means every earlier write is durable.
 /// </summary>
 /// <remarks>
@@ -89,6 +120,12 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     private const int MaxInFlight = 16;
     /// <summary>Bytes moved between the backend and guest memory per step of a large request.</summary>
     private const int ChunkSize = 1 << 20;
+    /// <summary>Chains of up to this many descriptors describe their host buffers on the stack.</summary>
+    private const int SmallChain = 8;
+    /// <summary>Largest read or write served on the notifying thread.</summary>
+    internal const int InlineMaxBytes = 128 << 10;
+    /// <summary>Most requests served on the notifying thread per notification; the worker takes the rest.</summary>
+    internal const int InlineMaxRequests = 8;
 
     private readonly IBlockBackend _backend;
     private readonly byte[] _config;
@@ -98,6 +135,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     private TokenBucket? _sharedBytes;
     private TokenBucket? _sharedOps;
     private readonly VirtqueueWorker[] _workers;
+    private readonly bool _inline;
 
     /// <summary>Creates the device over <paramref name="backend"/>.</summary>
     /// <exception cref="ArgumentException">The options are invalid (queue size, serial).</exception>
@@ -137,7 +175,16 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
         DeviceFeatures = FeatureSegMax | FeatureBlockSize | FeatureFlush | (IsReadOnly ? FeatureReadOnly : FeatureDiscard | FeatureWriteZeroes)
             | (options.QueueCount > 1 ? FeatureMultiQueue : 0);
         _config = BuildConfig(backend.Capacity, options.QueueSize, options.QueueCount);
+        _inline = options.Inline switch
+        {
+            VirtioBlockInline.Never => false,
+            VirtioBlockInline.Always => backend is IVectoredBlockBackend,
+            _ => backend is IVectoredBlockBackend { IsInMemory: true },
+        };
     }
+
+    /// <summary>Whether small reads and writes are served on the notifying thread (<see cref="VirtioBlockOptions.Inline"/> resolved for this backend).</summary>
+    public bool ServesInline => _inline;
 
     /// <summary>Whether the guest sees the disk read-only.</summary>
     public bool IsReadOnly { get; }
@@ -409,20 +456,26 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
                     status = StatusUnsupported;
                     break;
             }
-
-            if (status != StatusOk)
-            {
-                context.LogRefusedRequest($"request {chain.Head} of type {type} at sector {sector} answered with status {status}");
-            }
         }
         catch (OperationCanceledException) when (token.IsCancellationRequested)
         {
             return uint.MaxValue;
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException or ArgumentException or ObjectDisposedException)
+        catch (Exception e) when (IsHostFailure(e))
         {
             context.LogHostIoFailure(e);
             status = StatusIoError;
+        }
+
+        return Finish(chain, type, sector, status, dataWritten, statusOffset, context);
+    }
+
+    /// <summary>Writes the status byte of a served request, logs a refusal, counts it; returns the bytes written into the chain.</summary>
+    private static uint Finish(DescriptorChain chain, uint type, ulong sector, byte status, long dataWritten, long statusOffset, VirtioDeviceContext context)
+    {
+        if (status != StatusOk)
+        {
+            context.LogRefusedRequest($"request {chain.Head} of type {type} at sector {sector} answered with status {status}");
         }
 
         StorageTelemetry.Request(
@@ -443,6 +496,112 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
         return (uint)(dataWritten + 1);
     }
 
+    /// <summary>An exception of the host side of a request (the file, the image's metadata), answered with IOERR.</summary>
+    private static bool IsHostFailure(Exception e) =>
+        e is IOException or UnauthorizedAccessException or InvalidOperationException or ArgumentException or ObjectDisposedException;
+
+    /// <summary>
+    /// Serves what the driver just made available on the notifying thread when the device serves inline and the
+    /// queue's worker is idle; otherwise, and for whatever it leaves, kicks the worker.
+    /// </summary>
+    protected override void OnQueueNotified(int queueIndex, VirtqueueWorker worker)
+    {
+        ArgumentNullException.ThrowIfNull(worker);
+        if (!_inline || Limited || Context is not { } context || (uint)queueIndex >= (uint)context.Queues.Count || !worker.TryEnterInline())
+        {
+            worker.Kick();
+            return;
+        }
+
+        bool leftWork = false;
+        try
+        {
+            leftWork = ServeInline(context, context.Queues[queueIndex]);
+        }
+#pragma warning disable CA1031 // A device bug must not reach the vCPU thread; it stops the device instead, as on the worker.
+        catch (Exception e)
+        {
+            context.Fail($"internal error: {e.GetType().Name}: {e.Message}");
+        }
+#pragma warning restore CA1031
+        finally
+        {
+            worker.ExitInline(leftWork);
+        }
+    }
+
+    /// <summary>
+    /// Serves the queue's small reads and writes in order, up to <see cref="InlineMaxRequests"/>; stops at the first
+    /// request it cannot serve here and gives it back to the queue. Returns whether it left one (for the worker).
+    /// </summary>
+    private bool ServeInline(VirtioDeviceContext context, Virtqueue queue)
+    {
+        int served = 0;
+        bool leftWork = false;
+        while (queue.TryPop(out var chain))
+        {
+            if (served == InlineMaxRequests || !TryServeInline(context, chain, out uint written))
+            {
+                queue.Rewind(1);
+                leftWork = true;
+                break;
+            }
+
+            queue.AddUsed(chain, written);
+            served++;
+        }
+
+        if (served > 0)
+        {
+            context.SignalUsed(queue);
+        }
+
+        return leftWork;
+    }
+
+    /// <summary>
+    /// Serves a read or write of at most <see cref="InlineMaxBytes"/> through the zero-copy path, writing its status;
+    /// false, having changed nothing, for any other request (the worker serves it, and refuses it if it must).
+    /// </summary>
+    private bool TryServeInline(VirtioDeviceContext context, DescriptorChain chain, out uint written)
+    {
+        written = 0;
+        if (chain.ReadableLength < HeaderSize || chain.WritableLength < 1)
+        {
+            return false;
+        }
+
+        Span<byte> header = stackalloc byte[HeaderSize];
+        chain.Read(0, header);
+        uint type = BinaryPrimitives.ReadUInt32LittleEndian(header);
+        ulong sector = BinaryPrimitives.ReadUInt64LittleEndian(header[8..]);
+        long statusOffset = chain.WritableLength - 1;
+        long length = type == RequestIn ? statusOffset : chain.ReadableLength - HeaderSize;
+        if (type is not (RequestIn or RequestOut) || length > InlineMaxBytes)
+        {
+            return false;
+        }
+
+        byte status = StatusOk;
+        long dataWritten = 0;
+        try
+        {
+            if (type == RequestIn ? !TryReadDirect(context.Memory, chain, sector, statusOffset, out dataWritten) : !TryWriteDirect(context.Memory, chain, sector))
+            {
+                return false;
+            }
+        }
+        catch (Exception e) when (IsHostFailure(e))
+        {
+            context.LogHostIoFailure(e);
+            status = StatusIoError;
+            dataWritten = 0;
+        }
+
+        written = Finish(chain, type, sector, status, dataWritten, statusOffset, context);
+        return true;
+    }
+
     private bool InBounds(ulong sector, long length)
     {
         ulong sectors = (ulong)(_backend.Capacity / DiskImage.SectorSize);
@@ -458,19 +617,28 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     private bool TryReadDirect(IGuestMemory memory, DescriptorChain chain, ulong sector, long length, out long done)
     {
         done = 0;
-        if (_backend is not IVectoredBlockBackend vectored || Limited || length == 0 || !InBounds(sector, length)
-            || !TryGetHostBuffers(memory, chain, writable: true, 0, length, out var buffers, out int count))
+        if (_backend is not IVectoredBlockBackend vectored || Limited || length == 0 || !InBounds(sector, length))
         {
             return false;
         }
 
+        HostBuffer[]? rented = null;
+        Span<HostBuffer> buffers = chain.DescriptorCount <= SmallChain ? stackalloc HostBuffer[SmallChain] : (rented = ArrayPool<HostBuffer>.Shared.Rent(chain.DescriptorCount));
         try
         {
-            vectored.ReadVector((long)sector * DiskImage.SectorSize, buffers.AsSpan(0, count));
+            if (!TryGetHostBuffers(memory, chain, writable: true, 0, length, buffers, out int count))
+            {
+                return false;
+            }
+
+            vectored.ReadVector((long)sector * DiskImage.SectorSize, buffers[..count]);
         }
         finally
         {
-            ArrayPool<HostBuffer>.Shared.Return(buffers);
+            if (rented is not null)
+            {
+                ArrayPool<HostBuffer>.Shared.Return(rented);
+            }
         }
 
         done = length;
@@ -481,19 +649,28 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     private bool TryWriteDirect(IGuestMemory memory, DescriptorChain chain, ulong sector)
     {
         long length = chain.ReadableLength - HeaderSize;
-        if (_backend is not IVectoredBlockBackend vectored || IsReadOnly || Limited || length <= 0 || !InBounds(sector, length)
-            || !TryGetHostBuffers(memory, chain, writable: false, HeaderSize, length, out var buffers, out int count))
+        if (_backend is not IVectoredBlockBackend vectored || IsReadOnly || Limited || length <= 0 || !InBounds(sector, length))
         {
             return false;
         }
 
+        HostBuffer[]? rented = null;
+        Span<HostBuffer> buffers = chain.DescriptorCount <= SmallChain ? stackalloc HostBuffer[SmallChain] : (rented = ArrayPool<HostBuffer>.Shared.Rent(chain.DescriptorCount));
         try
         {
-            vectored.WriteVector((long)sector * DiskImage.SectorSize, buffers.AsSpan(0, count));
+            if (!TryGetHostBuffers(memory, chain, writable: false, HeaderSize, length, buffers, out int count))
+            {
+                return false;
+            }
+
+            vectored.WriteVector((long)sector * DiskImage.SectorSize, buffers[..count]);
         }
         finally
         {
-            ArrayPool<HostBuffer>.Shared.Return(buffers);
+            if (rented is not null)
+            {
+                ArrayPool<HostBuffer>.Shared.Return(rented);
+            }
         }
 
         return true;
@@ -504,9 +681,8 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     /// <paramref name="skip"/> on. Guest memory stays mapped (and in place) while the VM runs, so the addresses hold
     /// for the duration of the request.
     /// </summary>
-    private static unsafe bool TryGetHostBuffers(IGuestMemory memory, DescriptorChain chain, bool writable, long skip, long length, out HostBuffer[] buffers, out int count)
+    private static unsafe bool TryGetHostBuffers(IGuestMemory memory, DescriptorChain chain, bool writable, long skip, long length, Span<HostBuffer> buffers, out int count)
     {
-        buffers = ArrayPool<HostBuffer>.Shared.Rent(chain.DescriptorCount);
         count = 0;
         for (int i = 0; i < chain.DescriptorCount && length > 0; i++)
         {
@@ -525,7 +701,6 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
             int take = (int)Math.Min(size - skip, length);
             if (!memory.TryGetSpan(new GuestAddress(address.Value + (ulong)skip), take, writable, out var span))
             {
-                ArrayPool<HostBuffer>.Shared.Return(buffers);
                 return false;
             }
 
@@ -534,13 +709,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
             skip = 0;
         }
 
-        if (length != 0)
-        {
-            ArrayPool<HostBuffer>.Shared.Return(buffers);
-            return false;
-        }
-
-        return true;
+        return length == 0;
     }
 
     private async ValueTask<(byte Status, long Written)> ReadAsync(DescriptorChain chain, ulong sector, long length, CancellationToken token)

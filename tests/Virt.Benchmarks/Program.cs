@@ -98,6 +98,16 @@ if (args is ["sandbox-cluster", ..])
     return;
 }
 
+// 4 KiB random reads and writes on tmpfs in a fresh process: host, device served inline, device served by the worker:
+// dotnet run -c Release --project tests/Virt.Benchmarks -- blk-fresh [requests] [rounds]
+if (args is ["blk-fresh", ..])
+{
+    await Virt.Benchmarks.Virtio.BlockFresh.RunAsync(
+        args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 20000,
+        args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 9);
+    return;
+}
+
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
 
 /// <summary>Entry point type for the benchmark switcher.</summary>

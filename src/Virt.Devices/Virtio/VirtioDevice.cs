@@ -100,10 +100,25 @@ public abstract class VirtioDevice : IVirtioDevice
     public void QueueNotified(int queueIndex)
     {
         var byQueue = Volatile.Read(ref _workerByQueue);
-        if ((uint)queueIndex < (uint)byQueue.Length)
+        if ((uint)queueIndex < (uint)byQueue.Length && byQueue[queueIndex] is { } worker)
         {
-            byQueue[queueIndex]?.Kick();
+            OnQueueNotified(queueIndex, worker);
         }
+    }
+
+    /// <summary>
+    /// The driver notified queue <paramref name="queueIndex"/>, served by <paramref name="worker"/>: kicks the worker
+    /// unless overridden. A device may serve cheap requests here, on the notifying (vCPU) thread, when the host
+    /// resource behind them cannot make it wait long: take the worker with <see cref="VirtqueueWorker.TryEnterInline"/>
+    /// (kick it instead when that fails), serve, and give it back with <see cref="VirtqueueWorker.ExitInline"/>,
+    /// asking for a drain when requests are left. Must not throw and must not block for long.
+    /// </summary>
+    /// <param name="queueIndex">The queue the driver notified.</param>
+    /// <param name="worker">The worker registered for the queue.</param>
+    protected virtual void OnQueueNotified(int queueIndex, VirtqueueWorker worker)
+    {
+        ArgumentNullException.ThrowIfNull(worker);
+        worker.Kick();
     }
 
     /// <summary>

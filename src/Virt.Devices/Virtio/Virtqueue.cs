@@ -432,6 +432,13 @@ public sealed class Virtqueue
     // The error sink takes the transport's lock; calling it outside this queue's lock keeps lock order one-way.
     private void ReportPendingError()
     {
+        // Set only under the lock, by the breaking call on this thread or another; a stale null read here is
+        // reported by the next call, which the breaking thread itself always makes.
+        if (Volatile.Read(ref _pendingError) is null)
+        {
+            return;
+        }
+
         string? error;
         lock (_sync)
         {

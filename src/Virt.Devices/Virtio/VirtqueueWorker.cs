@@ -27,6 +27,11 @@ namespace Virt.Devices.Virtio;
 /// at 4 µs, doubles with every kick it would have caught, up to the maximum, and drops to nothing after a kick that
 /// came later than the maximum, so an idle or slow device never spins.
 /// </para>
+/// <para>
+/// Inline service: a device may serve a queue on the notifying thread instead, holding the worker with
+/// <see cref="TryEnterInline"/> and <see cref="ExitInline"/> so that a drain never runs at the same time; requests it
+/// cannot serve there it leaves in the queue and lets the worker take.
+/// </para>
 /// <para><see cref="VirtioDevice"/> creates and kicks workers for its queues; use this class directly only when
 /// implementing <see cref="IVirtioDevice"/> by hand.</para>
 /// </remarks>
@@ -89,6 +94,33 @@ public sealed class VirtqueueWorker
                 return;
             }
         }
+    }
+
+    /// <summary>
+    /// Takes the worker for the calling thread, so it can serve the worker's queues itself (a device that answers
+    /// cheap requests on the notifying thread). Succeeds only when no drain is running or scheduled; while taken, no
+    /// drain starts, and a <see cref="Kick"/> is remembered until <see cref="ExitInline"/>. Returns false, changing
+    /// nothing, when a drain is running or scheduled (kick the worker instead). Never blocks.
+    /// </summary>
+    /// <returns>Whether the caller now holds the worker and must call <see cref="ExitInline"/>.</returns>
+    public bool TryEnterInline() => Interlocked.CompareExchange(ref _state, Running, Idle) == Idle;
+
+    /// <summary>
+    /// Gives back the worker taken with <see cref="TryEnterInline"/>. When it was kicked meanwhile, or when
+    /// <paramref name="kick"/> is true (the caller left work in the queue), the drain function is scheduled on the
+    /// thread pool. Never blocks.
+    /// </summary>
+    /// <param name="kick">Whether to schedule a drain in any case.</param>
+    public void ExitInline(bool kick)
+    {
+        if (!kick && Interlocked.CompareExchange(ref _state, Idle, Running) == Running)
+        {
+            return;
+        }
+
+        // Kicked while held, or asked to: the hold becomes a scheduled drain.
+        Volatile.Write(ref _state, Running);
+        _ = Task.Run(RunAsync);
     }
 
     private async Task RunAsync()

@@ -113,6 +113,58 @@ public sealed class VirtioDeviceBaseTests
     }
 
     [Fact]
+    public void Held_worker_runs_no_drain_and_runs_one_after_release_only_when_kicked_or_asked()
+    {
+        int runs = 0;
+        var worker = new VirtqueueWorker(() => { Interlocked.Increment(ref runs); return Task.CompletedTask; }, e => Assert.Fail(e.Message));
+
+        // Held and released without a kick: nothing runs.
+        Assert.True(worker.TryEnterInline());
+        Assert.True(worker.IsBusy);
+        Assert.False(worker.TryEnterInline());
+        worker.ExitInline(kick: false);
+        Assert.False(worker.IsBusy);
+        Assert.Equal(0, Volatile.Read(ref runs));
+
+        // A kick while held is kept for the release, which starts one drain.
+        Assert.True(worker.TryEnterInline());
+        worker.Kick();
+        worker.Kick();
+        Assert.Equal(0, Volatile.Read(ref runs));
+        worker.ExitInline(kick: false);
+        WaitUntil(() => Volatile.Read(ref runs) == 1 && !worker.IsBusy, "the kept kick should run the drain once");
+
+        // The holder may ask for a drain itself (it left work in the queue).
+        Assert.True(worker.TryEnterInline());
+        worker.ExitInline(kick: true);
+        WaitUntil(() => Volatile.Read(ref runs) == 2 && !worker.IsBusy, "the release should run the drain");
+        Assert.Equal(2, Volatile.Read(ref runs));
+    }
+
+    [Fact]
+    public void Worker_cannot_be_held_while_a_drain_runs()
+    {
+        using var running = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        var worker = new VirtqueueWorker(
+            () =>
+            {
+                running.Set();
+                release.Wait(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+                return Task.CompletedTask;
+            },
+            e => Assert.Fail(e.Message));
+
+        worker.Kick();
+        Assert.True(running.Wait(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken));
+        Assert.False(worker.TryEnterInline());
+        release.Set();
+        WaitUntil(() => !worker.IsBusy, "the worker should go idle");
+        Assert.True(worker.TryEnterInline());
+        worker.ExitInline(kick: false);
+    }
+
+    [Fact]
     public void Cancelled_drain_is_not_an_error()
     {
         int errors = 0;

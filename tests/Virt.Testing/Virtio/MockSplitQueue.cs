@@ -174,6 +174,12 @@ public sealed class MockSplitQueue
     /// <exception cref="TimeoutException">Nothing was used within <paramref name="timeout"/> (default 10 s).</exception>
     public (uint Id, uint Length) WaitUsed(TimeSpan? timeout = null)
     {
+        if (TryTakeUsed(out var ready))
+        {
+            // Already used (a device that served the request on the notifying thread): no clock to read.
+            return ready;
+        }
+
         var limit = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(10));
         long spinUntil = System.Diagnostics.Stopwatch.GetTimestamp() + (System.Diagnostics.Stopwatch.Frequency / 500);
         var spin = new SpinWait();

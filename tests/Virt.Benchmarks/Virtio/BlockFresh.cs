@@ -1,0 +1,223 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Globalization;
+using Microsoft.Win32.SafeHandles;
+using Virt.Devices;
+using Virt.Devices.Virtio;
+using Virt.Memory;
+using Virt.Storage;
+using Virt.Testing.Virtio;
+
+namespace Virt.Benchmarks.Virtio;
+
+/// <summary>
+/// 4 KiB random reads and writes in a fresh process, round by round: the host (<see cref="RandomAccess"/> on the
+/// image's handle), the device path served on the notifying thread (inline) and the device path served by the
+/// queue's worker, for a raw and a fully allocated qcow2 image on tmpfs. Each round times every case for the same
+/// number of requests in turn, so the cases share the machine's load; the table gives each case's median of the
+/// rounds and its share of the host's throughput. A stage line splits the inline path's time: building the chain
+/// (driver), the notification (the device's whole service: pop, preadv/pwritev, used entry, interrupt), taking the
+/// used entry (driver); and the backend's vectored call alone.
+/// </summary>
+internal static class BlockFresh
+{
+    private const long ImageSize = 64L << 20;
+    private const int Small = 4096;
+
+    public static async Task RunAsync(int requests, int rounds)
+    {
+        Console.WriteLine($"4 KiB random I/O on tmpfs, {requests} requests per case and round, median of {rounds} rounds (fresh process)");
+        Console.WriteLine("format  op     host ns  inline ns (host share)  worker ns (host share)");
+        foreach (string format in new[] { "raw", "qcow2" })
+        {
+            await RunFormatAsync(format, requests, rounds);
+        }
+    }
+
+    private static async Task RunFormatAsync(string format, int requests, int rounds)
+    {
+        string path = Path.Combine("/dev/shm", $"virt-blk-fresh-{Guid.NewGuid():N}.{format}");
+        try
+        {
+            if (format == "raw")
+            {
+                DiskImage.CreateRaw(path, ImageSize);
+            }
+            else
+            {
+                DiskImage.Create(path, ImageSize, DiskFormat.Qcow2);
+            }
+
+            var chunk = new byte[1 << 20];
+            new Random(1).NextBytes(chunk);
+            await using (var fill = DiskImage.Open(path))
+            {
+                for (long o = 0; o < ImageSize; o += chunk.Length)
+                {
+                    await fill.WriteAsync(o, chunk);
+                }
+            }
+
+            await using var backend = DiskImage.Open(path);
+            SafeFileHandle host = backend switch
+            {
+                RawFileBlockBackend raw => raw.Handle,
+                Qcow2BlockBackend qcow2 => qcow2.FileHandle!,
+                _ => throw new InvalidOperationException("unexpected backend"),
+            };
+            using var inline = new Rig(backend, VirtioBlockInline.Automatic);
+            using var worker = new Rig(backend, VirtioBlockInline.Never);
+            if (!inline.Device.ServesInline)
+            {
+                Console.WriteLine("  (the image is not in host memory: Automatic serves on the worker)");
+            }
+
+            var random = new Random(7);
+            long[] offsets = [.. Enumerable.Range(0, 4096).Select(_ => random.NextInt64(ImageSize / Small) * Small)];
+            byte[] buffer = GC.AllocateArray<byte>(Small, pinned: true);
+            foreach (uint type in new uint[] { 0, 1 })
+            {
+                var hostTimes = new List<double>();
+                var inlineTimes = new List<double>();
+                var workerTimes = new List<double>();
+                var stages = new double[4];
+                for (int round = 0; round < rounds + 1; round++)
+                {
+                    double h = Time(requests, i =>
+                    {
+                        long o = offsets[i & 4095];
+                        if (type == 0)
+                        {
+                            RandomAccess.Read(host, buffer, o);
+                        }
+                        else
+                        {
+                            RandomAccess.Write(host, (ReadOnlySpan<byte>)buffer, o);
+                        }
+                    });
+                    double d = Time(requests, i => inline.Request(type, offsets[i & 4095]));
+                    double w = Time(requests, i => worker.Request(type, offsets[i & 4095]));
+                    if (round > 0)
+                    {
+                        // Round 0 warms up (JIT, caches).
+                        hostTimes.Add(h);
+                        inlineTimes.Add(d);
+                        workerTimes.Add(w);
+                    }
+                }
+
+                inline.Stages(type, offsets, requests, stages);
+                double hm = Median(hostTimes), im = Median(inlineTimes), wm = Median(workerTimes);
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"{format,-7} {(type == 0 ? "read" : "write"),-5} {hm,8:F0}  {im,9:F0} ({hm / im,4:F2})         {wm,9:F0} ({hm / wm,4:F2})"));
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"        inline stages ns: chain {stages[0]:F0}, notify+serve {stages[1]:F0}, take used {stages[2]:F0}; backend call alone {stages[3]:F0}"));
+            }
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    private static double Time(int requests, Action<int> action)
+    {
+        long start = Stopwatch.GetTimestamp();
+        for (int i = 0; i < requests; i++)
+        {
+            action(i);
+        }
+
+        return Stopwatch.GetElapsedTime(start).TotalNanoseconds / requests;
+    }
+
+    private static double Median(List<double> values)
+    {
+        values.Sort();
+        return values[values.Count / 2];
+    }
+
+    private sealed class Rig : IDisposable
+    {
+        private readonly GuestMemory _ram;
+        private readonly MockVirtioDriver _driver;
+        private readonly GuestAddress _header, _data, _status;
+
+        public Rig(IBlockBackend backend, VirtioBlockInline inline)
+        {
+            _ram = GuestMemory.CreateRam(8 << 20);
+            Device = new VirtioBlockDevice(backend, new VirtioBlockOptions { Inline = inline });
+            _driver = new MockVirtioDriver(new VirtioMmioTransport(Device, _ram, NullInterruptLine.Instance), _ram, new GuestAddress(0x1000), new GuestAddress(0x100000));
+            _driver.Initialize(queueSize: 256);
+            _header = _driver.Allocate(16);
+            _status = _driver.Allocate(16);
+            _data = _driver.Allocate(Small);
+        }
+
+        public VirtioBlockDevice Device { get; }
+
+        public void Request(uint type, long offset)
+        {
+            Chain(type, offset);
+            _driver.Notify(0);
+            _driver.Queues[0].WaitUsed();
+        }
+
+        /// <summary>Times the stages of <paramref name="requests"/> requests (mean ns each) into <paramref name="stages"/>.</summary>
+        public void Stages(uint type, long[] offsets, int requests, double[] stages)
+        {
+            long chain = 0, notify = 0, take = 0;
+            for (int i = 0; i < requests; i++)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                Chain(type, offsets[i & 4095]);
+                long t1 = Stopwatch.GetTimestamp();
+                _driver.Notify(0);
+                long t2 = Stopwatch.GetTimestamp();
+                _driver.Queues[0].WaitUsed();
+                long t3 = Stopwatch.GetTimestamp();
+                chain += t1 - t0;
+                notify += t2 - t1;
+                take += t3 - t2;
+            }
+
+            var vectored = (IVectoredBlockBackend)Device.Backend;
+            byte[] pinned = GC.AllocateArray<byte>(Small, pinned: true);
+            var buffers = new[] { new HostBuffer(System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(pinned, 0), Small) };
+            long start = Stopwatch.GetTimestamp();
+            for (int i = 0; i < requests; i++)
+            {
+                if (type == 0)
+                {
+                    vectored.ReadVector(offsets[i & 4095], buffers);
+                }
+                else
+                {
+                    vectored.WriteVector(offsets[i & 4095], buffers);
+                }
+            }
+
+            long alone = Stopwatch.GetTimestamp() - start;
+            double perTick = 1e9 / Stopwatch.Frequency / requests;
+            stages[0] = chain * perTick;
+            stages[1] = notify * perTick;
+            stages[2] = take * perTick;
+            stages[3] = alone * perTick;
+        }
+
+        public void Dispose()
+        {
+            _driver.WriteRegister(0x70, 0);
+            _ram.Dispose();
+        }
+
+        private void Chain(uint type, long offset)
+        {
+            Span<byte> h = stackalloc byte[16];
+            BinaryPrimitives.WriteUInt32LittleEndian(h, type);
+            BinaryPrimitives.WriteUInt64LittleEndian(h[8..], (ulong)(offset / 512));
+            _ram.Write(_header, h);
+            _driver.Queues[0].AddChain((_header, 16, false), (_data, Small, type == 0), (_status, 1, true));
+        }
+    }
+}
