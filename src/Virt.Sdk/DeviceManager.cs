@@ -31,6 +31,9 @@ internal enum PlatformDevice
 
     /// <summary>The ACPI PM timer at 0x608-0x60B, for guests that boot a kernel or ask for it.</summary>
     AcpiPmTimer,
+
+    /// <summary>The PCI host bridge's configuration ports at 0xCF8-0xCFF (nothing behind it), for Linux guests.</summary>
+    PciHostBridge,
 }
 
 /// <summary>
@@ -228,6 +231,7 @@ internal sealed class DeviceManager
             ReservePlatform(PlatformDevice.Rtc, CmosRtc.IndexPort, CmosRtc.PortCount, "CMOS RTC");
             ReserveLine(CmosRtc.Irq, "the CMOS RTC");
             ReservePlatform(PlatformDevice.AcpiSleep, AcpiSleepDevice.DefaultPort, AcpiSleepDevice.PortCount, "ACPI sleep registers");
+            ReservePlatform(PlatformDevice.PciHostBridge, PciHostBridge.BasePort, PciHostBridge.PortCount, "PCI configuration ports");
         }
 
         if (c.HasAcpiPmTimer)

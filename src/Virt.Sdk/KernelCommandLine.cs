@@ -4,8 +4,7 @@ namespace Virt;
 
 /// <summary>
 /// The command line a booted kernel gets. A Linux kernel (bzImage or PVH ELF) gets the caller's line followed by what
-/// the machine needs Linux to know: <c>console=ttyS0</c> with a serial console, <c>pci=off</c>, the guest agent's
-/// port, the virtio-mmio devices (<see cref="VirtioDiscovery.CommandLine"/>) and the shared-folder mounts, each unless
+/// the machine needs Linux to know: <c>console=ttyS0</c> with a serial console, the guest agent's port, the virtio-mmio devices (<see cref="VirtioDiscovery.CommandLine"/>) and the shared-folder mounts, each unless
 /// the caller already gave it. Any other kernel (Multiboot) gets the caller's line exactly as given: those parameters
 /// are Linux's, and another kernel would take them for its own.
 /// </summary>
@@ -36,12 +35,9 @@ internal static class KernelCommandLine
             parts.Add($"virt.agent={agentPort}");
         }
 
-        if (given?.Contains("pci=", StringComparison.Ordinal) != true)
-        {
-            // The machine has no PCI host bridge: spare the kernel the probing (and its "no config space access" error).
-            parts.Add("pci=off");
-        }
-
+        // No pci=off: the machine's PCI host bridge (configuration mechanism #1, nothing behind it) answers the
+        // kernel's probe, and with pci=off the kernel would skip that probe and report "PCI: Fatal: No config space
+        // access function found" instead.
         if (config.VirtioDiscovery == VirtioDiscovery.CommandLine)
         {
             parts.AddRange(devices.KernelCommandLineEntries);

@@ -247,6 +247,7 @@ internal static class MachineAssembler
             Attach(PlatformDevice.AcpiSleep, new AcpiSleepDevice(
                 () => stop.Request(new VirtualMachineExit { Reason = StopReason.PowerOff, Description = "the guest powered the machine off" }),
                 reset));
+            Attach(PlatformDevice.PciHostBridge, new PciHostBridge());
         }
 
         return serial;

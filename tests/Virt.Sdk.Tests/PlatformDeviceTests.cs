@@ -123,8 +123,8 @@ public sealed class PlatformDeviceTests
             .Configuration with { LinuxPlatform = true, InterruptController = true };
         var devices = new DeviceManager(config);
 
-        Assert.Equal("quiet console=ttyS0 pci=off virtio_mmio.device=512@0xd0000000:5", KernelCommandLine.Compose(config, KernelFormat.BzImage, devices));
-        Assert.Equal("quiet console=ttyS0 pci=off virtio_mmio.device=512@0xd0000000:5", KernelCommandLine.Compose(config, KernelFormat.PvhElf, devices));
+        Assert.Equal("quiet console=ttyS0 virtio_mmio.device=512@0xd0000000:5", KernelCommandLine.Compose(config, KernelFormat.BzImage, devices));
+        Assert.Equal("quiet console=ttyS0 virtio_mmio.device=512@0xd0000000:5", KernelCommandLine.Compose(config, KernelFormat.PvhElf, devices));
         Assert.Equal("quiet", KernelCommandLine.Compose(config, KernelFormat.Multiboot, devices));
         Assert.Equal("", KernelCommandLine.Compose(config with { KernelCommandLine = null }, KernelFormat.Multiboot, devices));
         Assert.Equal(" keep  spacing ", KernelCommandLine.Compose(config with { KernelCommandLine = " keep  spacing " }, KernelFormat.Multiboot, devices));

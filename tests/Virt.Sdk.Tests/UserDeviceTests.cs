@@ -256,7 +256,7 @@ public sealed class UserDeviceTests
             .WithVirtioDevice("virtio-probe", _ => new ProbeVirtioDevice())
             .Build();
 
-        Assert.Equal("quiet pci=off virtio_mmio.device=512@0xd0000000:5", vm.KernelCommandLine);
+        Assert.Equal("quiet virtio_mmio.device=512@0xd0000000:5", vm.KernelCommandLine);
     }
 
     /// <summary>Adds every 32-bit value written at offset 0; reads return the total.</summary>
