@@ -45,6 +45,7 @@ internal sealed class BlockCompiler
     private static readonly FieldInfo HostField = Field(typeof(TlbEntry), nameof(TlbEntry.Host));
     private static readonly MethodInfo StepMethod = Method(nameof(InterpreterVcpu.JitStep));
     private static readonly MethodInfo CarryMethod = Method(nameof(InterpreterVcpu.JitCarry));
+    private static readonly MethodInfo RotateFlagsMethod = Method(nameof(InterpreterVcpu.JitRotateFlags));
     private static readonly MethodInfo CondMethod = Method(nameof(InterpreterVcpu.JitCond));
     private static readonly MethodInfo ReadSlowMethod = Method(nameof(InterpreterVcpu.JitReadSlow));
     private static readonly MethodInfo ReadRmwSlowMethod = Method(nameof(InterpreterVcpu.JitReadRmwSlow));
@@ -353,7 +354,8 @@ internal sealed class BlockCompiler
             case InlineOp.Stos:
                 return IsRepString(in op, bitness);
             case InlineOp.Shift:
-                return op.Sub is 4 or 5 or 6 or 7 && op.K1 == OpKindX.Imm && op.Size is 1 or 2 or 4 or 8
+                // SHL/SAL/SHR/SAR, and ROL/ROR (which change only CF and OF), by an immediate count.
+                return op.Sub is 0 or 1 or 4 or 5 or 6 or 7 && op.K1 == OpKindX.Imm && op.Size is 1 or 2 or 4 or 8
                     && ShiftCount(in op) is var count && count != 0 && count < op.Size * 8
                     && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
             default:
@@ -1253,6 +1255,10 @@ internal sealed class BlockCompiler
                 case InlineOp.IncDecR64 or InlineOp.IncDec:
                     f = (op.Sub == 0 ? LzInc : LzDec, op.Inline == InlineOp.IncDecR64 ? 8 : op.Size);
                     break;
+                case InlineOp.Shift when op.Sub is 0 or 1:
+                    // ROL/ROR merge CF and OF into the flags before them: the result is in the CPU state.
+                    f = (Unknown, 0);
+                    break;
                 case InlineOp.Shift or InlineOp.Imul2:
                     f = (LzShift, op.Size);
                     break;
@@ -2123,10 +2129,16 @@ internal sealed class BlockCompiler
         return lo;
     }
 
-    /// <summary>SHL/SAL/SHR/SAR by an immediate count that is not zero and below the operand width.</summary>
+    /// <summary>SHL/SAL/SHR/SAR by an immediate count that is not zero and below the operand width (ROL/ROR: <see cref="EmitRotate"/>).</summary>
     private void EmitShift(int i)
     {
         ref Op op = ref _ops[i];
+        if (op.Sub is 0 or 1)
+        {
+            EmitRotate(i);
+            return;
+        }
+
         int size = op.Size;
         int bits = size * 8;
         int count = ShiftCount(in op);
@@ -2212,6 +2224,80 @@ internal sealed class BlockCompiler
         {
             EmitWrite(size, _fr, i);
         }
+    }
+
+    /// <summary>
+    /// ROL/ROR by an immediate count that is not zero (masked as the hardware masks it; a multiple of the width leaves
+    /// the value and still sets CF and OF). The result is written first (a memory destination was checked for writing
+    /// by the read), then <see cref="InterpreterVcpu.JitRotateFlags"/> merges CF and OF into the flags before it, which
+    /// are stored for it: a rotate leaves SF, ZF, AF and PF as they were, so the compiler knows no producer after it.
+    /// </summary>
+    private void EmitRotate(int i)
+    {
+        ref Op op = ref _ops[i];
+        int size = op.Size;
+        int bits = size * 8;
+        int c = ShiftCount(in op) % bits;
+        bool rol = op.Sub == 0;
+        bool reg = op.K0 == OpKindX.Reg;
+        if (reg)
+        {
+            GetReg(op.R0, size);
+        }
+        else
+        {
+            EmitLinear(in op);
+            EmitRead(size, i, rmw: true);
+            _il.Emit(OpCodes.Ldloc, _val);
+        }
+
+        _il.Emit(OpCodes.Stloc, _ta);
+        _il.Emit(OpCodes.Ldloc, _ta);
+        if (c != 0)
+        {
+            _il.Emit(OpCodes.Ldc_I4, rol ? c : bits - c);
+            _il.Emit(OpCodes.Shl);
+            _il.Emit(OpCodes.Ldloc, _ta);
+            _il.Emit(OpCodes.Ldc_I4, rol ? bits - c : c);
+            _il.Emit(OpCodes.Shr_Un);
+            _il.Emit(OpCodes.Or);
+            if (size < 8)
+            {
+                _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(size)));
+                _il.Emit(OpCodes.And);
+            }
+        }
+
+        _il.Emit(OpCodes.Stloc, _tb);
+
+        // ROL: CF is the result's low bit, OF is CF xor the result's sign. ROR: CF is the result's sign, OF the sign
+        // xor the bit below it.
+        EmitBitOf(_tb, rol ? 0 : bits - 1, signed: false);
+        _il.Emit(OpCodes.Stloc, _tc);
+        _il.Emit(OpCodes.Ldloc, _tc);
+        EmitBitOf(_tb, rol ? bits - 1 : bits - 2, signed: false);
+        _il.Emit(OpCodes.Ldloc, _tc);
+        _il.Emit(OpCodes.Xor);
+        _il.Emit(OpCodes.Ldc_I4, 11);
+        _il.Emit(OpCodes.Shl);
+        _il.Emit(OpCodes.Or);
+        _il.Emit(OpCodes.Stloc, _tc);
+        if (reg)
+        {
+            _il.Emit(OpCodes.Ldloc, _tb);
+            SetReg(op.R0, size);
+        }
+        else
+        {
+            EmitWrite(size, _tb, i);
+        }
+
+        EmitFlagStore();
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldloc, _tc);
+        _il.Emit(OpCodes.Call, RotateFlagsMethod);
+        _flagKind = Unknown;
+        _flagsDirty = false;
     }
 
     /// <summary>

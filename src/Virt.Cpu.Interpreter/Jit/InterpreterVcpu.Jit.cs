@@ -53,6 +53,9 @@ internal sealed partial class InterpreterVcpu
     /// <summary>The carry flag of the lazy state, for INC/DEC that follow flags the compiled block did not produce.</summary>
     internal ulong JitCarry() => CarryFlag();
 
+    /// <summary>After a compiled ROL/ROR: CF and OF from <paramref name="cfOf"/> (as flag bits), the other arithmetic flags as they were.</summary>
+    internal void JitRotateFlags(ulong cfOf) => SetArith((GetRflags() & ArithFlags & ~(CF | OF)) | cfOf);
+
     /// <summary>Evaluates condition <paramref name="cc"/> from the lazy state.</summary>
     internal bool JitCond(int cc) => Cond(cc);
 
