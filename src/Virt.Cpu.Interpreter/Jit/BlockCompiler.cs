@@ -53,19 +53,10 @@ internal sealed class BlockCompiler
     private static readonly MethodInfo RepFastMethod = Method(nameof(InterpreterVcpu.JitRepFast));
     private static readonly MethodInfo StringStepMethod = Method(nameof(InterpreterVcpu.JitStringStep));
     private static readonly MethodInfo MayIterateMethod = Method(nameof(InterpreterVcpu.JitMayIterate));
-    private static readonly MethodInfo MayChainMethod = Method(nameof(InterpreterVcpu.JitMayChain));
+    private static readonly MethodInfo LinkedMethod = Method(nameof(InterpreterVcpu.JitLinked));
     private static readonly FieldInfo LastBlockField = Field(typeof(InterpreterVcpu), "_lastBlock");
-    private static readonly FieldInfo LinkGenerationField = Field(typeof(InterpreterVcpu), "_linkGeneration");
-    private static readonly FieldInfo ChainFromField = Field(typeof(InterpreterVcpu), "_chainFrom");
-    private static readonly FieldInfo ChainSlotField = Field(typeof(InterpreterVcpu), "_chainSlot");
     private static readonly FieldInfo UsedField = Field(typeof(Block), nameof(Block.Used));
-    private static readonly FieldInfo ValidField = Field(typeof(Block), nameof(Block.Valid));
-    private static readonly FieldInfo CountField = Field(typeof(Block), nameof(Block.Count));
-    private static readonly FieldInfo LinField = Field(typeof(Block), nameof(Block.Lin));
     private static readonly MethodInfo ImulMethod = typeof(BlockCompiler).GetMethod(nameof(Imul), Any)!;
-    private static readonly FieldInfo CompiledField = Field(typeof(Block), nameof(Block.Compiled));
-    private static readonly FieldInfo[] LinkFields = [Field(typeof(Block), nameof(Block.Link0)), Field(typeof(Block), nameof(Block.Link1))];
-    private static readonly FieldInfo[] LinkGenFields = [Field(typeof(Block), nameof(Block.LinkGen0)), Field(typeof(Block), nameof(Block.LinkGen1))];
     private static readonly MethodInfo InvokeMethod = typeof(CompiledBlock).GetMethod("Invoke")!;
 
     // Lazy-flag kinds (InterpreterVcpu.Flags.cs): -1 here means "in CpuState, not known at compile time".
@@ -1464,49 +1455,36 @@ internal sealed class BlockCompiler
     }
 
     /// <summary>
-    /// The chaining tail of exit <paramref name="slot"/>: the linked block (same link generation, still valid, compiled,
-    /// allowed by <see cref="InterpreterVcpu.JitMayChain"/>) is called in tail position; otherwise the method returns
-    /// with <c>_chainFrom</c>/<c>_chainSlot</c> set.
+    /// The chaining tail of exit <paramref name="slot"/>: <see cref="InterpreterVcpu.JitLinked"/> checks the link (same
+    /// link generation, still valid, compiled, allowed by <see cref="InterpreterVcpu.JitMayChain"/>, and for a computed
+    /// target <paramref name="dynamicRip"/> its start) and names the exit for the run loop when there is none; the linked
+    /// block's code is called in tail position, else the method returns. One call instead of the checks inline keeps
+    /// each exit's IL short, and the .NET JIT's time per block grows with the IL.
     /// </summary>
     private void EmitChain(int slot, LocalBuilder? dynamicRip = null)
     {
-        var noLink = _il.DefineLabel();
         var target = _chainTarget ??= _il.DeclareLocal(typeof(Block));
         var code = _chainCode ??= _il.DeclareLocal(typeof(CompiledBlock));
+        _il.Emit(OpCodes.Ldarg_1);
         EmitLoadCurrentBlock();
-        _il.Emit(OpCodes.Ldfld, LinkFields[slot]);
-        _il.Emit(OpCodes.Stloc, target);
-        _il.Emit(OpCodes.Ldloc, target);
-        _il.Emit(OpCodes.Brfalse, noLink);
+        _il.Emit(OpCodes.Ldc_I4, slot);
         if (dynamicRip != null)
         {
-            // A computed target (RET): the link holds for the address it was made for (64-bit code: linear = RIP).
-            _il.Emit(OpCodes.Ldloc, target);
-            _il.Emit(OpCodes.Ldfld, LinField);
+            _il.Emit(OpCodes.Ldc_I4_1);
             _il.Emit(OpCodes.Ldloc, dynamicRip);
-            _il.Emit(OpCodes.Bne_Un, noLink);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldc_I4_0);
+            _il.Emit(OpCodes.Ldc_I4_0);
+            _il.Emit(OpCodes.Conv_U8);
         }
 
-        EmitLoadCurrentBlock();
-        _il.Emit(OpCodes.Ldfld, LinkGenFields[slot]);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldfld, LinkGenerationField);
-        _il.Emit(OpCodes.Bne_Un, noLink);
-        _il.Emit(OpCodes.Ldloc, target);
-        _il.Emit(OpCodes.Volatile);
-        _il.Emit(OpCodes.Ldfld, ValidField);
-        _il.Emit(OpCodes.Brfalse, noLink);
-        _il.Emit(OpCodes.Ldloc, target);
-        _il.Emit(OpCodes.Volatile);
-        _il.Emit(OpCodes.Ldfld, CompiledField);
+        _il.Emit(OpCodes.Ldloca, target);
+        _il.Emit(OpCodes.Call, LinkedMethod);
         _il.Emit(OpCodes.Stloc, code);
-        _il.Emit(OpCodes.Ldloc, code);
-        _il.Emit(OpCodes.Brfalse, noLink);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldloc, target);
-        _il.Emit(OpCodes.Ldfld, CountField);
-        _il.Emit(OpCodes.Call, MayChainMethod);
         var ret = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, code);
         _il.Emit(OpCodes.Brfalse, ret);
         _il.Emit(OpCodes.Ldloc, code);
         _il.Emit(OpCodes.Ldarg_1);
@@ -1518,13 +1496,6 @@ internal sealed class BlockCompiler
 
         _il.Emit(OpCodes.Callvirt, InvokeMethod);
         _il.Emit(OpCodes.Ret);
-        _il.MarkLabel(noLink);
-        _il.Emit(OpCodes.Ldarg_1);
-        EmitLoadCurrentBlock();
-        _il.Emit(OpCodes.Stfld, ChainFromField);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldc_I4, slot);
-        _il.Emit(OpCodes.Stfld, ChainSlotField);
         _il.MarkLabel(ret);
         _il.Emit(OpCodes.Ret);
     }
