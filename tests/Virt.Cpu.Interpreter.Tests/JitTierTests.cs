@@ -189,6 +189,54 @@ public sealed class JitTierTests
         return padded(0x1000 - (at - Probe));
     }
 
+    /// <summary>
+    /// ROL and ROR by immediates (counts 1, a multiple of the width, others; 8- to 64-bit registers and memory) in a loop
+    /// with a branch in it, followed by readers of the flags they merge into (CF and OF from the rotate, ZF and SF from
+    /// the producer before it): SETcc, ADC, CMOVcc and a JCC on ZF across the rotate.
+    /// </summary>
+    private static void Rotates(Assembler a)
+    {
+        var loop = a.CreateLabel();
+        var odd = a.CreateLabel();
+        var join = a.CreateLabel();
+        a.mov(edi, (int)Data);
+        a.mov(__qword_ptr[rdi + 16], -0x1234567);
+        a.mov(__word_ptr[rdi + 8], 0x8001);
+        a.mov(ecx, 1500);
+        a.mov(rax, 0x0123456789ABCDEFL);
+        a.xor(ebx, ebx);
+        a.mov(edx, 0x80000001);
+        a.Label(ref loop);
+        a.rol(rax, 13);
+        a.adc(rbx, 0);
+        a.ror(edx, 1);
+        a.seto(r8b);
+        a.add(rbx, r8);
+        a.test(ecx, 3);
+        a.rol(__word_ptr[rdi + 8], 16);
+        a.setc(r9b);
+        a.jz(odd);
+        a.ror(__qword_ptr[rdi + 16], 7);
+        a.cmovc(r10, rax);
+        a.rol(r11b, 1);
+        a.seto(r12b);
+        a.jmp(join);
+        a.Label(ref odd);
+        a.ror(si, 3);
+        a.cmp(ecx, 700);
+        a.rol(r13d, 32);
+        a.setbe(r14b);
+        a.setl(r15b);
+        a.Label(ref join);
+        a.add(rbx, r9);
+        a.xor(rbx, rax);
+        a.dec(ecx);
+        a.jnz(loop);
+        a.mov(rcx, __qword_ptr[rdi + 16]);
+        a.movzx(ebp, __word_ptr[rdi + 8]);
+        a.hlt();
+    }
+
     private static (GeneralRegisters Regs, long Retired, VcpuExitReason Reason) RunAll(IHypervisor hv, Action<Assembler> program)
     {
         using var m = Machine.Long64(program, hypervisor: hv);
@@ -216,6 +264,18 @@ public sealed class JitTierTests
     {
         var expected = RunAll(TestBackends.Interpreter(), StackAndFlags);
         var jit = RunAll(new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = threshold }), StackAndFlags);
+        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
+        Assert.Equal(expected, jit);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    [InlineData(50)]
+    public void Rotates_by_immediates_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
+    {
+        var expected = RunAll(TestBackends.Interpreter(), Rotates);
+        var jit = RunAll(new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = threshold }), Rotates);
         Assert.Equal(VcpuExitReason.Halt, expected.Reason);
         Assert.Equal(expected, jit);
     }

@@ -45,6 +45,7 @@ internal sealed class BlockCompiler
     private static readonly FieldInfo HostField = Field(typeof(TlbEntry), nameof(TlbEntry.Host));
     private static readonly MethodInfo StepMethod = Method(nameof(InterpreterVcpu.JitStep));
     private static readonly MethodInfo CarryMethod = Method(nameof(InterpreterVcpu.JitCarry));
+    private static readonly MethodInfo RotateFlagsMethod = Method(nameof(InterpreterVcpu.JitRotateFlags));
     private static readonly MethodInfo CondMethod = Method(nameof(InterpreterVcpu.JitCond));
     private static readonly MethodInfo ReadSlowMethod = Method(nameof(InterpreterVcpu.JitReadSlow));
     private static readonly MethodInfo ReadRmwSlowMethod = Method(nameof(InterpreterVcpu.JitReadRmwSlow));
@@ -52,19 +53,10 @@ internal sealed class BlockCompiler
     private static readonly MethodInfo RepFastMethod = Method(nameof(InterpreterVcpu.JitRepFast));
     private static readonly MethodInfo StringStepMethod = Method(nameof(InterpreterVcpu.JitStringStep));
     private static readonly MethodInfo MayIterateMethod = Method(nameof(InterpreterVcpu.JitMayIterate));
-    private static readonly MethodInfo MayChainMethod = Method(nameof(InterpreterVcpu.JitMayChain));
+    private static readonly MethodInfo LinkedMethod = Method(nameof(InterpreterVcpu.JitLinked));
     private static readonly FieldInfo LastBlockField = Field(typeof(InterpreterVcpu), "_lastBlock");
-    private static readonly FieldInfo LinkGenerationField = Field(typeof(InterpreterVcpu), "_linkGeneration");
-    private static readonly FieldInfo ChainFromField = Field(typeof(InterpreterVcpu), "_chainFrom");
-    private static readonly FieldInfo ChainSlotField = Field(typeof(InterpreterVcpu), "_chainSlot");
     private static readonly FieldInfo UsedField = Field(typeof(Block), nameof(Block.Used));
-    private static readonly FieldInfo ValidField = Field(typeof(Block), nameof(Block.Valid));
-    private static readonly FieldInfo CountField = Field(typeof(Block), nameof(Block.Count));
-    private static readonly FieldInfo LinField = Field(typeof(Block), nameof(Block.Lin));
     private static readonly MethodInfo ImulMethod = typeof(BlockCompiler).GetMethod(nameof(Imul), Any)!;
-    private static readonly FieldInfo CompiledField = Field(typeof(Block), nameof(Block.Compiled));
-    private static readonly FieldInfo[] LinkFields = [Field(typeof(Block), nameof(Block.Link0)), Field(typeof(Block), nameof(Block.Link1))];
-    private static readonly FieldInfo[] LinkGenFields = [Field(typeof(Block), nameof(Block.LinkGen0)), Field(typeof(Block), nameof(Block.LinkGen1))];
     private static readonly MethodInfo InvokeMethod = typeof(CompiledBlock).GetMethod("Invoke")!;
 
     // Lazy-flag kinds (InterpreterVcpu.Flags.cs): -1 here means "in CpuState, not known at compile time".
@@ -353,7 +345,8 @@ internal sealed class BlockCompiler
             case InlineOp.Stos:
                 return IsRepString(in op, bitness);
             case InlineOp.Shift:
-                return op.Sub is 4 or 5 or 6 or 7 && op.K1 == OpKindX.Imm && op.Size is 1 or 2 or 4 or 8
+                // SHL/SAL/SHR/SAR, and ROL/ROR (which change only CF and OF), by an immediate count.
+                return op.Sub is 0 or 1 or 4 or 5 or 6 or 7 && op.K1 == OpKindX.Imm && op.Size is 1 or 2 or 4 or 8
                     && ShiftCount(in op) is var count && count != 0 && count < op.Size * 8
                     && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
             default:
@@ -1253,6 +1246,10 @@ internal sealed class BlockCompiler
                 case InlineOp.IncDecR64 or InlineOp.IncDec:
                     f = (op.Sub == 0 ? LzInc : LzDec, op.Inline == InlineOp.IncDecR64 ? 8 : op.Size);
                     break;
+                case InlineOp.Shift when op.Sub is 0 or 1:
+                    // ROL/ROR merge CF and OF into the flags before them: the result is in the CPU state.
+                    f = (Unknown, 0);
+                    break;
                 case InlineOp.Shift or InlineOp.Imul2:
                     f = (LzShift, op.Size);
                     break;
@@ -1458,49 +1455,36 @@ internal sealed class BlockCompiler
     }
 
     /// <summary>
-    /// The chaining tail of exit <paramref name="slot"/>: the linked block (same link generation, still valid, compiled,
-    /// allowed by <see cref="InterpreterVcpu.JitMayChain"/>) is called in tail position; otherwise the method returns
-    /// with <c>_chainFrom</c>/<c>_chainSlot</c> set.
+    /// The chaining tail of exit <paramref name="slot"/>: <see cref="InterpreterVcpu.JitLinked"/> checks the link (same
+    /// link generation, still valid, compiled, allowed by <see cref="InterpreterVcpu.JitMayChain"/>, and for a computed
+    /// target <paramref name="dynamicRip"/> its start) and names the exit for the run loop when there is none; the linked
+    /// block's code is called in tail position, else the method returns. One call instead of the checks inline keeps
+    /// each exit's IL short, and the .NET JIT's time per block grows with the IL.
     /// </summary>
     private void EmitChain(int slot, LocalBuilder? dynamicRip = null)
     {
-        var noLink = _il.DefineLabel();
         var target = _chainTarget ??= _il.DeclareLocal(typeof(Block));
         var code = _chainCode ??= _il.DeclareLocal(typeof(CompiledBlock));
+        _il.Emit(OpCodes.Ldarg_1);
         EmitLoadCurrentBlock();
-        _il.Emit(OpCodes.Ldfld, LinkFields[slot]);
-        _il.Emit(OpCodes.Stloc, target);
-        _il.Emit(OpCodes.Ldloc, target);
-        _il.Emit(OpCodes.Brfalse, noLink);
+        _il.Emit(OpCodes.Ldc_I4, slot);
         if (dynamicRip != null)
         {
-            // A computed target (RET): the link holds for the address it was made for (64-bit code: linear = RIP).
-            _il.Emit(OpCodes.Ldloc, target);
-            _il.Emit(OpCodes.Ldfld, LinField);
+            _il.Emit(OpCodes.Ldc_I4_1);
             _il.Emit(OpCodes.Ldloc, dynamicRip);
-            _il.Emit(OpCodes.Bne_Un, noLink);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldc_I4_0);
+            _il.Emit(OpCodes.Ldc_I4_0);
+            _il.Emit(OpCodes.Conv_U8);
         }
 
-        EmitLoadCurrentBlock();
-        _il.Emit(OpCodes.Ldfld, LinkGenFields[slot]);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldfld, LinkGenerationField);
-        _il.Emit(OpCodes.Bne_Un, noLink);
-        _il.Emit(OpCodes.Ldloc, target);
-        _il.Emit(OpCodes.Volatile);
-        _il.Emit(OpCodes.Ldfld, ValidField);
-        _il.Emit(OpCodes.Brfalse, noLink);
-        _il.Emit(OpCodes.Ldloc, target);
-        _il.Emit(OpCodes.Volatile);
-        _il.Emit(OpCodes.Ldfld, CompiledField);
+        _il.Emit(OpCodes.Ldloca, target);
+        _il.Emit(OpCodes.Call, LinkedMethod);
         _il.Emit(OpCodes.Stloc, code);
-        _il.Emit(OpCodes.Ldloc, code);
-        _il.Emit(OpCodes.Brfalse, noLink);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldloc, target);
-        _il.Emit(OpCodes.Ldfld, CountField);
-        _il.Emit(OpCodes.Call, MayChainMethod);
         var ret = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, code);
         _il.Emit(OpCodes.Brfalse, ret);
         _il.Emit(OpCodes.Ldloc, code);
         _il.Emit(OpCodes.Ldarg_1);
@@ -1512,13 +1496,6 @@ internal sealed class BlockCompiler
 
         _il.Emit(OpCodes.Callvirt, InvokeMethod);
         _il.Emit(OpCodes.Ret);
-        _il.MarkLabel(noLink);
-        _il.Emit(OpCodes.Ldarg_1);
-        EmitLoadCurrentBlock();
-        _il.Emit(OpCodes.Stfld, ChainFromField);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldc_I4, slot);
-        _il.Emit(OpCodes.Stfld, ChainSlotField);
         _il.MarkLabel(ret);
         _il.Emit(OpCodes.Ret);
     }
@@ -2123,10 +2100,16 @@ internal sealed class BlockCompiler
         return lo;
     }
 
-    /// <summary>SHL/SAL/SHR/SAR by an immediate count that is not zero and below the operand width.</summary>
+    /// <summary>SHL/SAL/SHR/SAR by an immediate count that is not zero and below the operand width (ROL/ROR: <see cref="EmitRotate"/>).</summary>
     private void EmitShift(int i)
     {
         ref Op op = ref _ops[i];
+        if (op.Sub is 0 or 1)
+        {
+            EmitRotate(i);
+            return;
+        }
+
         int size = op.Size;
         int bits = size * 8;
         int count = ShiftCount(in op);
@@ -2212,6 +2195,80 @@ internal sealed class BlockCompiler
         {
             EmitWrite(size, _fr, i);
         }
+    }
+
+    /// <summary>
+    /// ROL/ROR by an immediate count that is not zero (masked as the hardware masks it; a multiple of the width leaves
+    /// the value and still sets CF and OF). The result is written first (a memory destination was checked for writing
+    /// by the read), then <see cref="InterpreterVcpu.JitRotateFlags"/> merges CF and OF into the flags before it, which
+    /// are stored for it: a rotate leaves SF, ZF, AF and PF as they were, so the compiler knows no producer after it.
+    /// </summary>
+    private void EmitRotate(int i)
+    {
+        ref Op op = ref _ops[i];
+        int size = op.Size;
+        int bits = size * 8;
+        int c = ShiftCount(in op) % bits;
+        bool rol = op.Sub == 0;
+        bool reg = op.K0 == OpKindX.Reg;
+        if (reg)
+        {
+            GetReg(op.R0, size);
+        }
+        else
+        {
+            EmitLinear(in op);
+            EmitRead(size, i, rmw: true);
+            _il.Emit(OpCodes.Ldloc, _val);
+        }
+
+        _il.Emit(OpCodes.Stloc, _ta);
+        _il.Emit(OpCodes.Ldloc, _ta);
+        if (c != 0)
+        {
+            _il.Emit(OpCodes.Ldc_I4, rol ? c : bits - c);
+            _il.Emit(OpCodes.Shl);
+            _il.Emit(OpCodes.Ldloc, _ta);
+            _il.Emit(OpCodes.Ldc_I4, rol ? bits - c : c);
+            _il.Emit(OpCodes.Shr_Un);
+            _il.Emit(OpCodes.Or);
+            if (size < 8)
+            {
+                _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(size)));
+                _il.Emit(OpCodes.And);
+            }
+        }
+
+        _il.Emit(OpCodes.Stloc, _tb);
+
+        // ROL: CF is the result's low bit, OF is CF xor the result's sign. ROR: CF is the result's sign, OF the sign
+        // xor the bit below it.
+        EmitBitOf(_tb, rol ? 0 : bits - 1, signed: false);
+        _il.Emit(OpCodes.Stloc, _tc);
+        _il.Emit(OpCodes.Ldloc, _tc);
+        EmitBitOf(_tb, rol ? bits - 1 : bits - 2, signed: false);
+        _il.Emit(OpCodes.Ldloc, _tc);
+        _il.Emit(OpCodes.Xor);
+        _il.Emit(OpCodes.Ldc_I4, 11);
+        _il.Emit(OpCodes.Shl);
+        _il.Emit(OpCodes.Or);
+        _il.Emit(OpCodes.Stloc, _tc);
+        if (reg)
+        {
+            _il.Emit(OpCodes.Ldloc, _tb);
+            SetReg(op.R0, size);
+        }
+        else
+        {
+            EmitWrite(size, _tb, i);
+        }
+
+        EmitFlagStore();
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldloc, _tc);
+        _il.Emit(OpCodes.Call, RotateFlagsMethod);
+        _flagKind = Unknown;
+        _flagsDirty = false;
     }
 
     /// <summary>

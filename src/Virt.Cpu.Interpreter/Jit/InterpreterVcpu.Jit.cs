@@ -53,6 +53,9 @@ internal sealed partial class InterpreterVcpu
     /// <summary>The carry flag of the lazy state, for INC/DEC that follow flags the compiled block did not produce.</summary>
     internal ulong JitCarry() => CarryFlag();
 
+    /// <summary>After a compiled ROL/ROR: CF and OF from <paramref name="cfOf"/> (as flag bits), the other arithmetic flags as they were.</summary>
+    internal void JitRotateFlags(ulong cfOf) => SetArith((GetRflags() & ArithFlags & ~(CF | OF)) | cfOf);
+
     /// <summary>Evaluates condition <paramref name="cc"/> from the lazy state.</summary>
     internal bool JitCond(int cc) => Cond(cc);
 
@@ -150,6 +153,28 @@ internal sealed partial class InterpreterVcpu
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal bool JitMayChain(int count) => ++_chainDepth <= MaxChainDepth && _budgetEnd - _retired >= count && !NeedsAttention() && !_segCheck;
+
+    /// <summary>
+    /// Called by compiled code at exit <paramref name="slot"/> of <paramref name="from"/>: the compiled code of the block
+    /// linked to that exit, with the block in <paramref name="target"/>, when it may run now (the link was made in this
+    /// link generation, for <paramref name="rip"/> when <paramref name="dynamic"/> (a computed target), the block is
+    /// still valid and compiled, and <see cref="JitMayChain"/> allows it); otherwise null. Without a usable link the exit
+    /// is named in <see cref="_chainFrom"/>/<see cref="_chainSlot"/> so the run loop links the block it finds.
+    /// </summary>
+    internal Jit.CompiledBlock? JitLinked(Block from, int slot, bool dynamic, ulong rip, out Block? target)
+    {
+        var t = slot == 0 ? from.Link0 : from.Link1;
+        target = t;
+        if (t != null && (!dynamic || t.Lin == rip) && (slot == 0 ? from.LinkGen0 : from.LinkGen1) == _linkGeneration
+            && Volatile.Read(ref t.Valid) && Volatile.Read(ref t.Compiled) is { } code)
+        {
+            return JitMayChain(t.Count) ? code : null;
+        }
+
+        _chainFrom = from;
+        _chainSlot = slot;
+        return null;
+    }
 
     /// <summary>The run loop with the compiled tier: counts blocks, runs compiled ones, links compiled exits to the blocks that follow them.</summary>
     private void RunTiered()
