@@ -3,10 +3,13 @@
 #
 # Output (artifacts/linux/, ignored by git):
 #   vmlinuz               the kernel (bzImage)
-#   initramfs.cpio.gz     busybox, the virtio/ext4 modules and an /init (see docs/linux-guests.md)
+#   initramfs.cpio        busybox, the virtio/ext4 modules and an /init (see docs/linux-guests.md); not
+#                         compressed, since the kernel unpacks it faster than it inflates one
 #   kernel.release        the kernel's release string (uname -r)
-#   modules.order         the modules /init loads, in load order
-#   (inside the initramfs, /bin/virt-agent is scripts/virt-agent.c built with gcc -static)
+#   modules.order         the modules /init may load, in load order, each with the virtio device IDs that
+#                         call for it (none: always loaded)
+#   (inside the initramfs, /bin/virt-agent and /bin/virt-modload are scripts/virt-agent.c and
+#   scripts/virt-modload.c built with gcc -static)
 #
 # Usage: scripts/get-linux-guest.sh [--force] [--boot-qemu]
 #   --force      rebuild the initramfs even when it is up to date
@@ -124,22 +127,27 @@ cmp -s "$kernel_image" "$out/vmlinuz" || cp "$kernel_image" "$out/vmlinuz"
 echo "$kver" > "$out/kernel.release.tmp" && mv "$out/kernel.release.tmp" "$out/kernel.release"
 
 # 3. The initramfs, unless it is newer than everything it is made of.
-initramfs="$out/initramfs.cpio.gz"
+initramfs="$out/initramfs.cpio"
 needs_build=1
 if [ "$force" -eq 0 ] && [ -f "$initramfs" ] \
    && [ "$initramfs" -nt "${BASH_SOURCE[0]}" ] && [ "$initramfs" -nt "$kernel_image" ] \
-   && [ "$initramfs" -nt "$root_dir/scripts/virt-agent.c" ]; then
+   && [ "$initramfs" -nt "$root_dir/scripts/virt-agent.c" ] && [ "$initramfs" -nt "$root_dir/scripts/virt-modload.c" ]; then
   needs_build=0
 fi
 
-# Modules the appliance needs (names as modprobe spells them; '-' and '_' are equivalent).
-# Any that are built into this kernel are skipped; dependencies come from modules.dep.
-wanted=(virtio virtio_ring virtio_mmio virtio_pci virtio_blk virtio_net virtio_console virtio_rng virtio_balloon
-        failover net_failover crc16 crc32c_generic libcrc32c mbcache jbd2 ext4)
-# vsock (AF_VSOCK over virtio), for the guest agent and host <-> guest streams.
-wanted+=(vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport)
-# Shared folders (virtio-fs): the FUSE core and its virtio transport.
-wanted+=(fuse virtiofs)
+# Modules the appliance may need (names as modprobe spells them; '-' and '_' are equivalent), each as NAME or
+# NAME@IDS: IDS are the virtio device IDs (comma-separated, decimal) whose presence calls for the module, and /init
+# loads it only when the machine has such a device (loading a module costs a guest on an emulated CPU about as much
+# as starting a process). Any that are built into this kernel are skipped; dependencies come from modules.dep and
+# are needed whenever a module that depends on them is. The machine has no PCI bus, so no virtio-pci.
+wanted=(virtio virtio_ring virtio_mmio
+        virtio_net@1 failover@1 net_failover@1
+        virtio_blk@2 crc16@2 crc32c_generic@2 libcrc32c@2 mbcache@2 jbd2@2 ext4@2
+        virtio_console@3 virtio_rng@4 virtio_balloon@5)
+# vsock (AF_VSOCK over virtio, device 19), for the guest agent and host <-> guest streams.
+wanted+=(vsock@19 vmw_vsock_virtio_transport_common@19 vmw_vsock_virtio_transport@19)
+# Shared folders (virtio-fs, device 26): the FUSE core and its virtio transport.
+wanted+=(fuse@26 virtiofs@26)
 
 norm() { local n="${1##*/}"; n="${n%%.ko*}"; echo "${n//-/_}"; }
 
@@ -154,24 +162,42 @@ while IFS= read -r line; do
 done < "$moddir/modules.dep"
 
 declare -A seen=()
+# when[PATH]: the device IDs that call for the module, or "always".
+declare -A when=()
 order=()
+# needed_when PATH IDS: the module is also needed when IDS ("" = always) are present.
+needed_when() {
+  local path="$1" ids="$2"
+  if [ -z "$ids" ] || [ "${when[$path]:-}" = always ]; then
+    when[$path]=always
+  elif [ -z "${when[$path]:-}" ]; then
+    when[$path]="$ids"
+  else
+    when[$path]="$(tr ',' '\n' <<< "${when[$path]},$ids" | sort -un | paste -sd,)"
+  fi
+}
 # modules.dep lists every (transitive) dependency, innermost last, so load the list reversed.
 add_module() {
-  local path="$1" d
-  [ -n "${seen[$path]:-}" ] && return 0
+  local path="$1" ids="$2" d
   local -a deps
   read -r -a deps <<< "${dep_list[$path]:-}"
   for ((i = ${#deps[@]} - 1; i >= 0; i--)); do
     d="${deps[$i]}"
+    needed_when "$d" "$ids"
     if [ -z "${seen[$d]:-}" ]; then seen[$d]=1; order+=("$d"); fi
   done
+  needed_when "$path" "$ids"
+  [ -n "${seen[$path]:-}" ] && return 0
   seen[$path]=1
   order+=("$path")
 }
-for name in "${wanted[@]}"; do
+for entry in "${wanted[@]}"; do
+  name="${entry%@*}"
+  ids=""
+  [ "$name" != "$entry" ] && ids="${entry#*@}"
   key="${name//-/_}"
   if [ -n "${dep_path[$key]:-}" ]; then
-    add_module "${dep_path[$key]}"
+    add_module "${dep_path[$key]}" "$ids"
   elif grep -q "/${name//_/[-_]}\.ko" "$moddir/modules.builtin" 2>/dev/null; then
     :
   else
@@ -200,6 +226,7 @@ if [ "$needs_build" -eq 1 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libc6-dev linux-libc-dev >/dev/null
   fi
   gcc -static -O2 -Wall -o "$stage/bin/virt-agent" "$root_dir/scripts/virt-agent.c"
+  gcc -static -O2 -Wall -o "$stage/bin/virt-modload" "$root_dir/scripts/virt-modload.c"
 
   : > "$stage/lib/modules/load.order"
   : > "$out/modules.order.tmp"
@@ -212,8 +239,10 @@ if [ "$needs_build" -eq 1 ]; then
       *.ko.gz)  gzip -dc "$src" > "$stage/lib/modules/$name.ko" ;;
       *)        cp "$src" "$stage/lib/modules/$name.ko" ;;
     esac
-    echo "$name" >> "$stage/lib/modules/load.order"
-    echo "$name" >> "$out/modules.order.tmp"
+    line="$name"
+    [ "${when[$path]}" != always ] && line="$name ${when[$path]}"
+    echo "$line" >> "$stage/lib/modules/load.order"
+    echo "$line" >> "$out/modules.order.tmp"
   done
   mv "$out/modules.order.tmp" "$out/modules.order"
   echo "$kver" > "$stage/etc/kernel.release"
@@ -228,7 +257,7 @@ if [ "$needs_build" -eq 1 ]; then
 #   virt.cmdline=TEXT   a shell command without spaces (use ${IFS} or virt.cmd for more).
 #   virt.tty=ROWSxCOLS  the interactive shell's terminal size (stty rows/cols on the console).
 #   virt.term=TERM      the interactive shell's TERM.
-#   MODULE.PARAM=VALUE  passed to insmod for MODULE (e.g. virtio_mmio.device=4K@0xd0000000:5).
+#   MODULE.PARAM=VALUE  passed to MODULE when it is loaded (e.g. virtio_mmio.device=4K@0xd0000000:5).
 #   virt.net=dhcp       bring eth0 up and configure it by DHCP (udhcpc) before the marker;
 #                       prints VIRT-NET-READY=ADDRESS or VIRT-NET-FAILED.
 #   virt.agent=PORT     start the guest agent (/bin/virt-agent) on vsock port PORT (1 means the
@@ -243,17 +272,10 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts 2>/dev/null
 mount -t tmpfs tmpfs /tmp 2>/dev/null
-cmdline="$(cat /proc/cmdline)"
-while read -r mod; do
-  params=""
-  for word in $cmdline; do
-    case "$word" in
-      "$mod".*=*) params="$params ${word#"$mod".}" ;;
-    esac
-  done
-  # shellcheck disable=SC2086
-  insmod "/lib/modules/$mod.ko" $params 2>/dev/null || echo "virt-init: insmod $mod failed" >&2
-done < /lib/modules/load.order
+read -r cmdline < /proc/cmdline
+# The modules in /lib/modules/load.order, in one process: the base ones always, the others when a virtio device
+# that needs them is present (every module file stays in /lib/modules for insmod by hand).
+virt-modload /lib/modules/load.order /lib/modules
 for word in $cmdline; do
   case "$word" in
     virt.net=dhcp)
@@ -337,8 +359,9 @@ DHCP
   # Fixed times, owners, order and inode numbers: the same inputs give the same archive.
   find "$stage" -exec touch -h -d @0 {} +
   (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet) \
-    | gzip -9n > "$initramfs.tmp"
+    > "$initramfs.tmp"
   mv "$initramfs.tmp" "$initramfs"
+  rm -f "$out/initramfs.cpio.gz" # the compressed archive of earlier kits
   rm -rf "$stage"
   trap - EXIT
 else

@@ -27,7 +27,7 @@ for (int i = 0; i < args.Length; i++)
 }
 
 string kernel = Path.Combine(kit, "vmlinuz");
-string initrd = Path.Combine(kit, "initramfs.cpio.gz");
+string initrd = Path.Combine(kit, "initramfs.cpio");
 if (!File.Exists(kernel) || !File.Exists(initrd))
 {
     Console.Error.WriteLine($"No guest kit in {kit}. Run: bash scripts/get-linux-guest.sh");

@@ -44,7 +44,7 @@ static async Task<int> SendAsync(BackendKind backend, CancellationToken ct)
 {
     string kit = Path.Combine(FindRoot(), "artifacts", "linux");
     string kernel = Path.Combine(kit, "vmlinuz");
-    string initrd = Path.Combine(kit, "initramfs.cpio.gz");
+    string initrd = Path.Combine(kit, "initramfs.cpio");
     if (!File.Exists(kernel) || !File.Exists(initrd))
     {
         Console.Error.WriteLine($"No guest kit in {kit}. Run: bash scripts/get-linux-guest.sh");

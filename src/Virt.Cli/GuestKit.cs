@@ -11,7 +11,7 @@ internal static class GuestKit
     public const string KernelFile = "vmlinuz";
 
     /// <summary>The initramfs's file name in a kit folder.</summary>
-    public const string InitrdFile = "initramfs.cpio.gz";
+    public const string InitrdFile = "initramfs.cpio";
 
     /// <summary>The environment variable the script and the tool read for the kit folder.</summary>
     public const string EnvironmentVariable = "VIRT_LINUX_ARTIFACTS";

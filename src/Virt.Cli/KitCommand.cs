@@ -32,13 +32,14 @@ internal static class KitCommand
     {
         if (!OperatingSystem.IsLinux())
         {
-            Console.Error.WriteLine("virt kit: building the kit needs Linux with apt (Debian or Ubuntu). Elsewhere, copy a kit folder (vmlinuz, initramfs.cpio.gz) from a Linux machine and pass it with --kit.");
+            Console.Error.WriteLine("virt kit: building the kit needs Linux with apt (Debian or Ubuntu). Elsewhere, copy a kit folder (vmlinuz, initramfs.cpio) from a Linux machine and pass it with --kit.");
             return 2;
         }
 
         var (directory, source) = GuestKit.Locate(outputDirectory);
         Directory.CreateDirectory(directory);
-        string script = ExtractScript();
+        string scripts = ExtractScripts();
+        string script = Path.Combine(scripts, "scripts", KitFiles[0]);
         try
         {
             var psi = new ProcessStartInfo("bash")
@@ -96,31 +97,40 @@ internal static class KitCommand
         }
         finally
         {
-            File.Delete(script);
+            Directory.Delete(scripts, recursive: true);
         }
     }
 
+    /// <summary>The kit script and the guest programs it compiles (it finds them beside itself), as embedded in the tool.</summary>
+    private static readonly string[] KitFiles = ["get-linux-guest.sh", "virt-agent.c", "virt-modload.c"];
+
     /// <summary>
-    /// Writes the embedded script to a temporary file. Its time stamp is the tool's own, so the script's "initramfs is
-    /// newer than the script" test rebuilds the initramfs after a tool update and not on every run.
+    /// Writes the embedded kit files to DIR/scripts in a new temporary DIR, which it returns. Their time stamps are
+    /// the tool's own, so the script's "initramfs is newer than its sources" test rebuilds the initramfs after a tool
+    /// update and not on every run.
     /// </summary>
-    private static string ExtractScript()
+    private static string ExtractScripts()
     {
-        string path = Path.Combine(Path.GetTempPath(), $"virt-get-linux-guest-{Environment.ProcessId}.sh");
-        using (var resource = typeof(KitCommand).Assembly.GetManifestResourceStream("get-linux-guest.sh")
-            ?? throw new InvalidOperationException("The tool was built without its kit script (get-linux-guest.sh)."))
-        using (var file = File.Create(path))
-        {
-            resource.CopyTo(file);
-        }
-
+        string root = Directory.CreateTempSubdirectory("virt-kit-").FullName;
+        string dir = Directory.CreateDirectory(Path.Combine(root, "scripts")).FullName;
         string assembly = typeof(KitCommand).Assembly.Location;
-        if (assembly.Length > 0)
+        foreach (string name in KitFiles)
         {
-            File.SetLastWriteTimeUtc(path, File.GetLastWriteTimeUtc(assembly));
+            string path = Path.Combine(dir, name);
+            using (var resource = typeof(KitCommand).Assembly.GetManifestResourceStream(name)
+                ?? throw new InvalidOperationException($"The tool was built without its kit file {name}."))
+            using (var file = File.Create(path))
+            {
+                resource.CopyTo(file);
+            }
+
+            if (assembly.Length > 0)
+            {
+                File.SetLastWriteTimeUtc(path, File.GetLastWriteTimeUtc(assembly));
+            }
         }
 
-        return path;
+        return root;
     }
 
     private static async Task PumpAsync(StreamReader reader, KitProgress progress, CancellationToken cancellationToken)

@@ -56,7 +56,7 @@ public sealed partial class VirtualMachineBuilder
         ArgumentException.ThrowIfNullOrEmpty(path);
         if (!File.Exists(path))
         {
-            throw new FileNotFoundException($"The initrd '{path}' does not exist. scripts/get-linux-guest.sh builds one at artifacts/linux/initramfs.cpio.gz.", path);
+            throw new FileNotFoundException($"The initrd '{path}' does not exist. scripts/get-linux-guest.sh builds one at artifacts/linux/initramfs.cpio.", path);
         }
 
         return WithInitrd(File.ReadAllBytes(path));

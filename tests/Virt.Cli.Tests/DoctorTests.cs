@@ -35,7 +35,7 @@ public sealed class DoctorTests
         }
 
         // An empty kit folder is reported with the command that fills it.
-        Assert.Contains($"[no]      linux guest kit: no vmlinuz and initramfs.cpio.gz in {empty.Path}", result.Stdout, StringComparison.Ordinal);
+        Assert.Contains($"[no]      linux guest kit: no vmlinuz and initramfs.cpio in {empty.Path}", result.Stdout, StringComparison.Ordinal);
         Assert.Contains("run: virt kit", result.Stdout, StringComparison.Ordinal);
     }
 
@@ -44,7 +44,7 @@ public sealed class DoctorTests
     {
         using var kit = new TempDirectory();
         File.WriteAllBytes(Path.Combine(kit.Path, "vmlinuz"), [1]);
-        File.WriteAllBytes(Path.Combine(kit.Path, "initramfs.cpio.gz"), [1]);
+        File.WriteAllBytes(Path.Combine(kit.Path, "initramfs.cpio"), [1]);
         File.WriteAllText(Path.Combine(kit.Path, "kernel.release"), "6.1.0-test\n");
 
         var result = VirtTool.Run(["doctor", "--kit", kit.Path]);

@@ -7,7 +7,7 @@ internal static class LinuxKit
 {
     public static readonly string Kernel = Path.Combine(RepositoryPaths.LinuxGuestKit, "vmlinuz");
 
-    public static readonly string Initrd = Path.Combine(RepositoryPaths.LinuxGuestKit, "initramfs.cpio.gz");
+    public static readonly string Initrd = Path.Combine(RepositoryPaths.LinuxGuestKit, "initramfs.cpio");
 
     /// <summary>A 256 MiB appliance on the interpreter whose /init starts an interactive shell on the serial console.</summary>
     public static VirtualMachineBuilder Interactive(Stream console) => VirtualMachine.CreateBuilder()

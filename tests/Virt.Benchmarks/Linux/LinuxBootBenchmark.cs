@@ -23,7 +23,7 @@ public class LinuxBootBenchmark
     {
         string kit = RepositoryPaths.LinuxGuestKit;
         _kernel = Path.Combine(kit, "vmlinuz");
-        _initrd = Path.Combine(kit, "initramfs.cpio.gz");
+        _initrd = Path.Combine(kit, "initramfs.cpio");
         if (!File.Exists(_kernel) || !File.Exists(_initrd))
         {
             throw new InvalidOperationException("The guest kit is missing; run scripts/get-linux-guest.sh.");

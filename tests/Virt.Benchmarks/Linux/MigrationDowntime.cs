@@ -19,7 +19,7 @@ internal static class MigrationDowntime
     public static async Task RunAsync(int runs)
     {
         string kernel = Path.Combine(RepositoryPaths.LinuxGuestKit, "vmlinuz");
-        string initrd = Path.Combine(RepositoryPaths.LinuxGuestKit, "initramfs.cpio.gz");
+        string initrd = Path.Combine(RepositoryPaths.LinuxGuestKit, "initramfs.cpio");
         if (!File.Exists(kernel) || !File.Exists(initrd))
         {
             throw new InvalidOperationException("The guest kit is missing; run scripts/get-linux-guest.sh.");

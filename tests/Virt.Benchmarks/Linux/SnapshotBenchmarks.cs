@@ -26,7 +26,7 @@ public class SnapshotBenchmarks
     public void Setup()
     {
         _kernel = Path.Combine(RepositoryPaths.LinuxGuestKit, "vmlinuz");
-        _initrd = Path.Combine(RepositoryPaths.LinuxGuestKit, "initramfs.cpio.gz");
+        _initrd = Path.Combine(RepositoryPaths.LinuxGuestKit, "initramfs.cpio");
         if (!File.Exists(_kernel) || !File.Exists(_initrd))
         {
             throw new InvalidOperationException("The guest kit is missing; run scripts/get-linux-guest.sh.");
@@ -113,7 +113,7 @@ public static class CloneMemory
     public static async Task RunAsync()
     {
         string kernel = Path.Combine(RepositoryPaths.LinuxGuestKit, "vmlinuz");
-        string initrd = Path.Combine(RepositoryPaths.LinuxGuestKit, "initramfs.cpio.gz");
+        string initrd = Path.Combine(RepositoryPaths.LinuxGuestKit, "initramfs.cpio");
         string dir = Directory.CreateTempSubdirectory("virt-clones-").FullName;
         try
         {
