@@ -233,10 +233,12 @@ internal sealed class TcpConnection
                 _finSent = false;
             }
 
+            _net.CountRetransmitTimeout(probe: _sndWnd == 0);
             SendPending(probe: _sndWnd == 0);
         }
         else if (_sndWnd == 0 && _toGuest.Count > (int)(_sndNxt - _dataSeq))
         {
+            _net.CountRetransmitTimeout(probe: true);
             SendPending(probe: true); // the guest's window is shut: probe with one byte
         }
         else

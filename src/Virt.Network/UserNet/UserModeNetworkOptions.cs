@@ -122,6 +122,9 @@ public sealed record UserModeNetworkOptions
 /// <param name="GuestPort">The guest's port.</param>
 public sealed record UserNetworkTcpForward(IPEndPoint HostEndPoint, int GuestPort)
 {
+    /// <summary>The guest's address, as <see cref="UserModeNetwork.ForwardTcp"/> takes it (null: the guest's address, IPv4 or IPv6).</summary>
+    public IPAddress? GuestAddress { get; init; }
+
     /// <summary>
     /// Parses <c>HOSTPORT:GUESTPORT</c> (host side on 127.0.0.1) or <c>ADDRESS:HOSTPORT:GUESTPORT</c>, as
     /// <c>--forward 8080:80</c> takes it.
@@ -150,6 +153,9 @@ public sealed record UserNetworkTcpForward(IPEndPoint HostEndPoint, int GuestPor
 /// <param name="GuestPort">The guest's port.</param>
 public sealed record UserNetworkUdpForward(IPEndPoint HostEndPoint, int GuestPort)
 {
+    /// <summary>The guest's address, as <see cref="UserModeNetwork.ForwardUdp"/> takes it (null: the guest's address, IPv4 or IPv6).</summary>
+    public IPAddress? GuestAddress { get; init; }
+
     /// <summary>Parses <c>HOSTPORT:GUESTPORT</c> (host side on 127.0.0.1) or <c>ADDRESS:HOSTPORT:GUESTPORT</c>, as for TCP forwards.</summary>
     /// <exception cref="FormatException">The text is not in one of those forms.</exception>
     public static UserNetworkUdpForward Parse(string text)
