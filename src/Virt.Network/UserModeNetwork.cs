@@ -70,7 +70,6 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
     private long _framesNotTaken;
     private long _retransmitTimeouts;
     private long _zeroWindowProbes;
-    private long _fastRetransmits;
 
     /// <summary>Creates the network; it starts answering when a NIC attaches.</summary>
     /// <exception cref="ArgumentException">An option is out of range (the message names it).</exception>
@@ -234,8 +233,8 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
     /// <summary>Whether the frame being handled is one of a NIC's batch (under the lock): a connection may hold its ACK until the batch ends.</summary>
     internal bool Batched => _batched;
 
-    /// <summary>Diagnostics for benchmarks: frames the NIC did not take, retransmission timeouts, zero-window probes, fast retransmits.</summary>
-    internal string TcpDiagnostics => $"not taken {Interlocked.Read(ref _framesNotTaken)}, rto {_retransmitTimeouts}, probes {_zeroWindowProbes}, fast {_fastRetransmits}";
+    /// <summary>Diagnostics for benchmarks: frames the NIC did not take, retransmission timeouts, zero-window probes.</summary>
+    internal string TcpDiagnostics => $"not taken {Interlocked.Read(ref _framesNotTaken)}, rto {_retransmitTimeouts}, probes {_zeroWindowProbes}";
 
     internal void CountRetransmitTimeout(bool probe)
     {
@@ -248,8 +247,6 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
             _retransmitTimeouts++;
         }
     }
-
-    internal void CountFastRetransmit() => _fastRetransmits++;
 
     /// <summary>Holds <paramref name="connection"/>'s acknowledgment until the NIC's batch ends (under the lock).</summary>
     internal void DelayAck(TcpConnection connection) => _delayedAcks.Add(connection);
