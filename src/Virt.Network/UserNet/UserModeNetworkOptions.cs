@@ -127,7 +127,8 @@ public sealed record UserNetworkTcpForward(IPEndPoint HostEndPoint, int GuestPor
 
     /// <summary>
     /// Parses <c>HOSTPORT:GUESTPORT</c> (host side on 127.0.0.1) or <c>ADDRESS:HOSTPORT:GUESTPORT</c>, as
-    /// <c>--forward 8080:80</c> takes it.
+    /// <c>--forward 8080:80</c> takes it; ADDRESS may be IPv6, in brackets or not (<c>[::1]:8080:80</c>). The guest's
+    /// address is left to <see cref="GuestAddress"/> (set it with <c>with</c>).
     /// </summary>
     /// <exception cref="FormatException">The text is not in one of those forms.</exception>
     public static UserNetworkTcpForward Parse(string text)
