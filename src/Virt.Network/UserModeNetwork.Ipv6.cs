@@ -24,15 +24,92 @@ public sealed partial class UserModeNetwork
 
     private readonly Ipv6Addresses? _v6;
     private readonly Dictionary<UInt128, MacAddress> _neighbours = [];
+    private readonly Dictionary<MacAddress, UInt128> _guestAddress6ByMac = [];
+    private UInt128 _lastGuestAddress6; // the address in the prefix a guest last sent from or claimed; 0 for none
 
     private MacAddress? GuestMac6(UInt128 ip) => _neighbours.TryGetValue(ip, out var mac) ? mac : null;
 
     private void LearnNeighbour(UInt128 ip, MacAddress mac)
     {
-        if (!mac.IsMulticast && (_neighbours.Count < MaxNeighbours || _neighbours.ContainsKey(ip)))
+        if (mac.IsMulticast)
         {
-            _neighbours[ip] = mac;
+            return;
         }
+
+        bool known = _neighbours.TryGetValue(ip, out var old);
+        if (!known && _neighbours.Count >= MaxNeighbours)
+        {
+            return;
+        }
+
+        if (known && old == mac && (ip == _lastGuestAddress6 || !_v6!.IsGuestAddress(ip)))
+        {
+            return; // the common case: a packet from an address already learned
+        }
+
+        _neighbours[ip] = mac;
+        if (_v6!.IsGuestAddress(ip))
+        {
+            _lastGuestAddress6 = ip;
+            if (_guestAddress6ByMac.Count < MaxNeighbours || _guestAddress6ByMac.ContainsKey(mac))
+            {
+                _guestAddress6ByMac[mac] = ip;
+            }
+        }
+
+        if (!known)
+        {
+            // Forwarded connections waiting for this address send their SYN now instead of at the next retransmission.
+            foreach (var c in _tcp.Values.Where(c => c.Key.GuestIp == ip && c.Phase == TcpPhase.SynSent).ToList())
+            {
+                c.OnTick(long.MaxValue);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The guest's IPv6 address in the prefix, as learned from its packets and its duplicate address detection: the
+    /// one of the MAC address that holds <paramref name="ipv4"/> (by ARP or lease) when it has one, else the address
+    /// a guest sent from or claimed last; null when there is none (or IPv6 is off).
+    /// </summary>
+    private UInt128? GuestAddress6(uint ipv4)
+    {
+        if (_v6 is null)
+        {
+            return null;
+        }
+
+        MacAddress? mac = GuestMac(ipv4);
+        if (mac is null)
+        {
+            foreach (var (leaseMac, leased) in _dhcp.Leases)
+            {
+                if (leased == ipv4)
+                {
+                    mac = leaseMac;
+                    break;
+                }
+            }
+        }
+
+        if (mac is MacAddress m && _guestAddress6ByMac.TryGetValue(m, out var address))
+        {
+            return address;
+        }
+
+        return _lastGuestAddress6 == 0 ? null : _lastGuestAddress6;
+    }
+
+    /// <summary>A neighbour solicitation for a guest address (to its solicited-node group, from fe80::2): the guest's advertisement tells its MAC.</summary>
+    private void RequestGuestMac6(UInt128 ip)
+    {
+        var group = Ip6.SolicitedNode(ip);
+        Span<byte> body = stackalloc byte[28];
+        Ip6.Write(body[4..], ip);
+        body[20] = 1; // source link-layer address
+        body[21] = 1;
+        _gatewayMac.CopyTo(body[22..]);
+        Queue(FrameBuilder.Icmpv6(Ip6.MulticastMac(group), _gatewayMac, Ipv6Addresses.LinkLocal, group, NeighbourSolicitation, 0, body));
     }
 
     /// <summary>One IPv6 packet from the guest; false when it is dropped.</summary>
@@ -75,7 +152,10 @@ public sealed partial class UserModeNetwork
                 return UdpDatagram.TryParse(packet, out var dhcp, _checksumTrusted) && HandleDhcp6(packet, dhcp, source);
             }
 
-            bool forUs = packet.Destination == Ip6.AllRouters || packet.Destination == Ip6.AllNodes || v6.IsOwnSolicitedNode(packet.Destination);
+            // A guest's duplicate address detection (from ::, to the solicited-node group of the address it tries)
+            // is read too: it tells the address the guest gives itself, for forwards to its IPv6 address.
+            bool forUs = packet.Destination == Ip6.AllRouters || packet.Destination == Ip6.AllNodes || v6.IsOwnSolicitedNode(packet.Destination)
+                || (packet.Source == UInt128.Zero && Ip6.IsSolicitedNode(packet.Destination));
             return forUs && packet.Protocol == Proto.Icmpv6 && HandleIcmpv6(packet, source);
         }
 
@@ -123,7 +203,12 @@ public sealed partial class UserModeNetwork
 
     private bool HandleUdp6(in Ipv6Packet packet, in UdpDatagram udp)
     {
-        if (packet.Destination == _v6!.Dns)
+        if (packet.Destination == _v6!.Gateway && ReplyToForwardPeer(packet.Source, udp))
+        {
+            return true; // a reply to a host sender of a UDP forward
+        }
+
+        if (packet.Destination == _v6.Dns)
         {
             if (udp.DestinationPort != DnsForwarder.Port)
             {
@@ -220,6 +305,11 @@ public sealed partial class UserModeNetwork
             case NeighbourSolicitation:
             {
                 var target = Ip6.Read(m[8..]);
+                if (unspecified && v6.IsGuestAddress(target) && packet.Destination == Ip6.SolicitedNode(target))
+                {
+                    LearnNeighbour(target, sourceMac); // duplicate address detection: the address the guest is taking
+                }
+
                 if (unspecified || !v6.IsOwn(target))
                 {
                     return !Ip6.IsMulticast(target); // duplicate address detection, or someone else's address: no answer
@@ -236,7 +326,17 @@ public sealed partial class UserModeNetwork
             }
 
             default:
-                return true; // a neighbour advertisement: its sender is learned above
+            {
+                // A neighbour advertisement: its sender is learned above, and the address it advertises (the answer to
+                // the stack's solicitation for a forward's guest address).
+                var target = Ip6.Read(m[8..]);
+                if (linkLayer is MacAddress advertised && v6.IsGuestOrLinkLocal(target))
+                {
+                    LearnNeighbour(target, advertised);
+                }
+
+                return true;
+            }
         }
     }
 

@@ -67,6 +67,9 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
     private long _dnsQueries;
     private long _internalErrors;
     private int _openSockets;
+    private long _framesNotTaken;
+    private long _retransmitTimeouts;
+    private long _zeroWindowProbes;
 
     /// <summary>Creates the network; it starts answering when a NIC attaches.</summary>
     /// <exception cref="ArgumentException">An option is out of range (the message names it).</exception>
@@ -88,12 +91,12 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
         {
             foreach (var forward in Options.TcpForwards)
             {
-                ForwardTcp(forward.HostEndPoint, forward.GuestPort);
+                ForwardTcp(forward.HostEndPoint, forward.GuestPort, forward.GuestAddress);
             }
 
             foreach (var forward in Options.UdpForwards)
             {
-                ForwardUdp(forward.HostEndPoint, forward.GuestPort);
+                ForwardUdp(forward.HostEndPoint, forward.GuestPort, forward.GuestAddress);
             }
         }
         catch
@@ -230,6 +233,21 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
     /// <summary>Whether the frame being handled is one of a NIC's batch (under the lock): a connection may hold its ACK until the batch ends.</summary>
     internal bool Batched => _batched;
 
+    /// <summary>Diagnostics for benchmarks: frames the NIC did not take, retransmission timeouts, zero-window probes.</summary>
+    internal string TcpDiagnostics => $"not taken {Interlocked.Read(ref _framesNotTaken)}, rto {_retransmitTimeouts}, probes {_zeroWindowProbes}";
+
+    internal void CountRetransmitTimeout(bool probe)
+    {
+        if (probe)
+        {
+            _zeroWindowProbes++;
+        }
+        else
+        {
+            _retransmitTimeouts++;
+        }
+    }
+
     /// <summary>Holds <paramref name="connection"/>'s acknowledgment until the NIC's batch ends (under the lock).</summary>
     internal void DelayAck(TcpConnection connection) => _delayedAcks.Add(connection);
 
@@ -299,15 +317,23 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
     /// <summary>
     /// Forwards TCP connections to <paramref name="hostEndPoint"/> (port 0 picks a free one; see
     /// <see cref="TcpPortForward.HostEndPoint"/>) to <paramref name="guestPort"/> of the guest. Each host client
-    /// becomes a connection from the gateway address to the guest; many may be open at once.
+    /// becomes a connection from the gateway address (10.0.2.2, or the IPv6 gateway over IPv6) to the guest; many may
+    /// be open at once. The host end point may be IPv4 or IPv6 (<c>[::1]:8080</c>), whatever the guest is reached over.
     /// </summary>
-    /// <param name="hostEndPoint">Where the host listens, e.g. <c>127.0.0.1:8080</c>.</param>
+    /// <param name="hostEndPoint">Where the host listens, e.g. <c>127.0.0.1:8080</c> or <c>[::1]:8080</c>.</param>
     /// <param name="guestPort">The guest's port, e.g. 80.</param>
-    /// <param name="guestAddress">The guest's address; by default the first DHCP address (<see cref="UserModeNetworkOptions.FirstGuestAddress"/>).</param>
+    /// <param name="guestAddress">
+    /// The guest's address. By default the first DHCP address (<see cref="UserModeNetworkOptions.FirstGuestAddress"/>),
+    /// or, when the guest has not used that IPv4 address (no lease, no IPv4 frame from it) but has sent from an IPv6
+    /// address of <see cref="UserModeNetworkOptions.Ipv6Network"/>, that address (its SLAAC address), chosen for each
+    /// connection. An IPv4 address of the subnet or an IPv6 address of the prefix names the address;
+    /// <see cref="IPAddress.IPv6Any"/> asks for the guest's IPv6 address as learned from its packets.
+    /// </param>
+    /// <exception cref="ArgumentException"><paramref name="guestAddress"/> is not a guest address of the subnet or the IPv6 prefix (or IPv6 is off).</exception>
     /// <exception cref="SocketException">The host end point cannot be bound (in use, not a local address).</exception>
     public TcpPortForward ForwardTcp(IPEndPoint hostEndPoint, int guestPort, IPAddress? guestAddress = null)
     {
-        var (guest, guestIp) = ForwardArguments(hostEndPoint, guestPort, guestAddress);
+        var (guest, target) = ForwardArguments(hostEndPoint, guestPort, guestAddress);
         var listener = new Socket(hostEndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
@@ -320,7 +346,7 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
             throw;
         }
 
-        var forward = new TcpPortForward(this, listener, guest, guestIp, (ushort)guestPort);
+        var forward = new TcpPortForward(this, listener, guest, target, (ushort)guestPort);
         lock (_sync)
         {
             ThrowIfDisposed(listener);
@@ -338,13 +364,14 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
     /// is forgotten after <see cref="UserModeNetworkOptions.UdpIdleTimeout"/> without traffic. At most
     /// <see cref="UserModeNetworkOptions.MaxUdpFlows"/> senders are mapped at once; more are refused and counted.
     /// </summary>
-    /// <param name="hostEndPoint">Where the host receives, e.g. <c>127.0.0.1:5353</c>.</param>
+    /// <param name="hostEndPoint">Where the host receives, e.g. <c>127.0.0.1:5353</c> or <c>[::1]:5353</c>.</param>
     /// <param name="guestPort">The guest's port, e.g. 53.</param>
-    /// <param name="guestAddress">The guest's address; by default the first DHCP address (<see cref="UserModeNetworkOptions.FirstGuestAddress"/>).</param>
+    /// <param name="guestAddress">The guest's address, chosen as for <see cref="ForwardTcp"/> (for each datagram when not named).</param>
+    /// <exception cref="ArgumentException"><paramref name="guestAddress"/> is not a guest address of the subnet or the IPv6 prefix (or IPv6 is off).</exception>
     /// <exception cref="SocketException">The host end point cannot be bound (in use, not a local address).</exception>
     public UdpPortForward ForwardUdp(IPEndPoint hostEndPoint, int guestPort, IPAddress? guestAddress = null)
     {
-        var (guest, guestIp) = ForwardArguments(hostEndPoint, guestPort, guestAddress);
+        var (guest, target) = ForwardArguments(hostEndPoint, guestPort, guestAddress);
         var socket = new Socket(hostEndPoint.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
         try
         {
@@ -356,7 +383,7 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
             throw;
         }
 
-        var forward = new UdpPortForward(this, socket, guest, guestIp, (ushort)guestPort);
+        var forward = new UdpPortForward(this, socket, guest, target, (ushort)guestPort);
         lock (_sync)
         {
             ThrowIfDisposed(socket);
@@ -368,13 +395,14 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
     }
 
     /// <summary>Checks the arguments of <see cref="ForwardTcp"/> and <see cref="ForwardUdp"/>; returns the guest's address and its number.</summary>
-    private (IPAddress Guest, uint GuestIp) ForwardArguments(IPEndPoint hostEndPoint, int guestPort, IPAddress? guestAddress)
+    private (IPAddress Guest, ForwardTarget Target) ForwardArguments(IPEndPoint hostEndPoint, int guestPort, IPAddress? guestAddress)
     {
         ArgumentNullException.ThrowIfNull(hostEndPoint);
         ArgumentOutOfRangeException.ThrowIfLessThan(guestPort, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(guestPort, 65535);
-        var guest = guestAddress ?? Options.FirstGuestAddress;
-        return (guest, ForwardTarget(guest));
+        return guestAddress is null
+            ? (Options.FirstGuestAddress, new ForwardTarget(ForwardTargetKind.Guest, Ip6.Mapped(ForwardTarget4(Options.FirstGuestAddress))))
+            : (guestAddress, ForwardTargetOf(guestAddress));
     }
 
     /// <summary>Under <see cref="_sync"/>: a forward made while the network was being disposed closes its socket and fails.</summary>
@@ -641,12 +669,20 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
             return;
         }
 
+        if (ResolveForward(forward.Target) is not UInt128 guestIp)
+        {
+            client.LingerState = new LingerOption(true, 0);
+            client.Dispose(); // asked for the guest's IPv6 address, and it has sent from none yet
+            return;
+        }
+
+        var gateway = Ip6.IsMapped(guestIp) ? Ip6.Mapped(_gateway) : _v6!.Gateway;
         TcpKey key = default;
         for (int i = 0; i < 65536 - FirstForwardPort; i++)
         {
             ushort port = _nextForwardPort;
             _nextForwardPort = _nextForwardPort == ushort.MaxValue ? FirstForwardPort : (ushort)(_nextForwardPort + 1);
-            key = new TcpKey(Ip6.Mapped(forward.GuestIp), (ushort)forward.GuestPort, Ip6.Mapped(_gateway), port);
+            key = new TcpKey(guestIp, (ushort)forward.GuestPort, gateway, port);
             if (!_tcp.ContainsKey(key))
             {
                 break;
@@ -655,10 +691,7 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
 
         _openSockets++;
         _tcpOpened++;
-        if (GuestMac(forward.GuestIp) is null)
-        {
-            RequestGuestMac(forward.GuestIp); // the SYN is sent again by the retransmission timer once the guest answers
-        }
+        RequestGuestMacIfUnknown(guestIp); // the SYN is sent again by the retransmission timer once the guest answers
 
         _tcp[key] = TcpConnection.Inbound(this, key, client);
     }
@@ -666,9 +699,10 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
     /// <summary>A datagram from a host sender to a UDP forward (under the lock): maps the sender to a gateway port and sends it on to the guest.</summary>
     internal void OnForwardDatagram(UdpPortForward forward, IPEndPoint client, ReadOnlySpan<byte> payload)
     {
-        if (_disposed || !_udpForwards.Contains(forward) || payload.Length > Proto.MaxDatagram)
+        if (_disposed || !_udpForwards.Contains(forward) || ResolveForward(forward.Target) is not UInt128 guestIp
+            || payload.Length > (Ip6.IsMapped(guestIp) ? Proto.MaxDatagram : Proto.MaxDatagram6))
         {
-            return; // the network or the forward is closing, or the datagram does not fit the guest's MTU unfragmented
+            return; // the network or the forward is closing, the guest has no IPv6 address yet, or the datagram does not fit the guest's MTU unfragmented
         }
 
         if (!_udpPeersByClient.TryGetValue((forward, client), out var peer))
@@ -692,21 +726,21 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
         }
 
         peer.LastUsed = Environment.TickCount64;
+        peer.GuestIp = guestIp;
         if (!AccountBytes(payload.Length))
         {
             _limitRefusals++;
             return;
         }
 
-        if (GuestMac(forward.GuestIp) is null)
+        if (RequestGuestMacIfUnknown(guestIp))
         {
-            RequestGuestMac(forward.GuestIp); // this datagram is lost, as on a first ARP miss; the next one goes through
-            return;
+            return; // this datagram is lost, as on a first ARP or neighbour discovery miss; the next one goes through
         }
 
         _bytesToGuest += payload.Length;
         forward.CountForwarded();
-        SendUdpToGuest(_gateway, peer.GatewayPort, forward.GuestIp, (ushort)forward.GuestPort, payload);
+        SendUdpToGuest(Ip6.IsMapped(guestIp) ? Ip6.Mapped(_gateway) : _v6!.Gateway, peer.GatewayPort, guestIp, (ushort)forward.GuestPort, payload);
     }
 
     /// <summary>A UDP forward closed (under the lock): its sender mappings go.</summary>
@@ -725,8 +759,35 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
         _udpPeersByClient.Remove((peer.Forward, peer.Client));
     }
 
-    /// <summary>Checks a forward's guest address: inside the subnet and not one of the stack's own.</summary>
-    private uint ForwardTarget(IPAddress guestAddress)
+    /// <summary>Checks a forward's guest address: an IPv4 or IPv6 guest address, or <see cref="IPAddress.IPv6Any"/> for the guest's IPv6 address.</summary>
+    private ForwardTarget ForwardTargetOf(IPAddress guestAddress)
+    {
+        if (guestAddress.AddressFamily != AddressFamily.InterNetworkV6 || guestAddress.IsIPv4MappedToIPv6)
+        {
+            return new ForwardTarget(ForwardTargetKind.Address, Ip6.Mapped(ForwardTarget4(guestAddress.IsIPv4MappedToIPv6 ? guestAddress.MapToIPv4() : guestAddress)));
+        }
+
+        if (_v6 is null)
+        {
+            throw new ArgumentException($"{guestAddress} is an IPv6 address, and IPv6 is off (Ipv6Network is null).", nameof(guestAddress));
+        }
+
+        if (guestAddress.Equals(IPAddress.IPv6Any))
+        {
+            return new ForwardTarget(ForwardTargetKind.GuestIpv6, 0);
+        }
+
+        var ip = Ip6.From(guestAddress);
+        if (!_v6.IsGuestAddress(ip))
+        {
+            throw new ArgumentException($"{guestAddress} is not a guest address of {Options.Ipv6Network}; forward to the guest's SLAAC address, or to :: for whichever it has.", nameof(guestAddress));
+        }
+
+        return new ForwardTarget(ForwardTargetKind.Address, ip);
+    }
+
+    /// <summary>Checks a forward's IPv4 guest address: inside the subnet and not one of the stack's own.</summary>
+    private uint ForwardTarget4(IPAddress guestAddress)
     {
         uint guestIp = Ip4.From(guestAddress, nameof(guestAddress));
         if ((guestIp & _mask) != _network || guestIp == _gateway || guestIp == _dnsAddress)
@@ -738,6 +799,54 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
     }
 
     private MacAddress? GuestMac(uint ip) => _arp.TryGetValue(ip, out var mac) ? mac : null;
+
+    /// <summary>
+    /// Where a forward's connection or datagram goes now (IPv4 addresses as IPv4-mapped); null when it asks for the
+    /// guest's IPv6 address and the guest has sent from none. A forward that names no address goes to the first
+    /// guest address while the guest uses IPv4 (it holds that lease, or an IPv4 frame came from it), else to the
+    /// IPv6 address the guest sends from, else to the IPv4 address (an ARP request finds the guest).
+    /// </summary>
+    private UInt128? ResolveForward(in ForwardTarget target)
+    {
+        switch (target.Kind)
+        {
+            case ForwardTargetKind.Address:
+                return target.Address;
+            case ForwardTargetKind.GuestIpv6:
+                return GuestAddress6(Ip4.From(Options.FirstGuestAddress, "FirstGuestAddress"));
+        }
+
+        uint ip = Ip6.V4(target.Address);
+        if (_v6 is null || _arp.ContainsKey(ip) || _dhcp.Leases.Values.Contains(ip))
+        {
+            return target.Address;
+        }
+
+        return GuestAddress6(ip) ?? target.Address;
+    }
+
+    /// <summary>Asks for the guest's MAC address (ARP, or neighbour solicitation over IPv6) when it is not known; true when it was not.</summary>
+    private bool RequestGuestMacIfUnknown(UInt128 guestIp)
+    {
+        if (Ip6.IsMapped(guestIp))
+        {
+            if (GuestMac(Ip6.V4(guestIp)) is not null)
+            {
+                return false;
+            }
+
+            RequestGuestMac(Ip6.V4(guestIp));
+            return true;
+        }
+
+        if (GuestMac6(guestIp) is not null)
+        {
+            return false;
+        }
+
+        RequestGuestMac6(guestIp);
+        return true;
+    }
 
     private void RequestGuestMac(uint ip) =>
         Queue(FrameBuilder.Arp(MacAddress.Broadcast, _gatewayMac, 1, _gatewayMac, _gateway, default, ip));
@@ -792,6 +901,10 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
                         if (taken)
                         {
                             Interlocked.Increment(ref _framesToGuest);
+                        }
+                        else
+                        {
+                            Interlocked.Increment(ref _framesNotTaken);
                         }
                     }
                 }
@@ -1040,19 +1153,8 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
 
     private bool HandleUdp(in Ipv4Packet packet, in UdpDatagram udp)
     {
-        if (packet.Destination == _gateway && _udpPeersByPort.TryGetValue(udp.DestinationPort, out var peer)
-            && peer.Forward.GuestIp == packet.Source && peer.Forward.GuestPort == udp.SourcePort)
+        if (packet.Destination == _gateway && ReplyToForwardPeer(Ip6.Mapped(packet.Source), udp))
         {
-            // The guest's reply to a host sender of a UDP forward goes back to that sender.
-            peer.LastUsed = Environment.TickCount64;
-            if (!AccountBytes(udp.Payload.Length))
-            {
-                _limitRefusals++;
-                return true;
-            }
-
-            _bytesToHost += udp.Payload.Length;
-            peer.Forward.SendToClient(peer.Client, udp.Payload);
             return true;
         }
 
@@ -1082,6 +1184,29 @@ public sealed partial class UserModeNetwork : INetworkBackend, IOffloadNetworkBa
         }
 
         SendUdpToHost(Ip6.Mapped(packet.Source), udp.SourcePort, new IPEndPoint(host, udp.DestinationPort), udp.Payload);
+        return true;
+    }
+
+    /// <summary>
+    /// A guest datagram to a gateway port that stands for a host sender of a UDP forward, from the address and port
+    /// that sender's datagrams went to: it goes back to that sender. False when it is not such a reply.
+    /// </summary>
+    private bool ReplyToForwardPeer(UInt128 source, in UdpDatagram udp)
+    {
+        if (!_udpPeersByPort.TryGetValue(udp.DestinationPort, out var peer) || peer.GuestIp != source || peer.Forward.GuestPort != udp.SourcePort)
+        {
+            return false;
+        }
+
+        peer.LastUsed = Environment.TickCount64;
+        if (!AccountBytes(udp.Payload.Length))
+        {
+            _limitRefusals++;
+            return true;
+        }
+
+        _bytesToHost += udp.Payload.Length;
+        peer.Forward.SendToClient(peer.Client, udp.Payload);
         return true;
     }
 
@@ -1203,12 +1328,12 @@ public sealed class TcpPortForward : IAsyncDisposable
     private Task? _accepting;
     private long _accepted;
 
-    internal TcpPortForward(UserModeNetwork network, Socket listener, IPAddress guestAddress, uint guestIp, ushort guestPort)
+    internal TcpPortForward(UserModeNetwork network, Socket listener, IPAddress guestAddress, ForwardTarget target, ushort guestPort)
     {
         _network = network;
         _listener = listener;
         GuestAddress = guestAddress;
-        GuestIp = guestIp;
+        Target = target;
         GuestPort = guestPort;
         HostEndPoint = (IPEndPoint)listener.LocalEndPoint!;
     }
@@ -1216,7 +1341,11 @@ public sealed class TcpPortForward : IAsyncDisposable
     /// <summary>Where the host listens (with the port the system chose when 0 was asked for).</summary>
     public IPEndPoint HostEndPoint { get; }
 
-    /// <summary>The guest's address connections go to.</summary>
+    /// <summary>
+    /// The guest's address connections go to, as the forward was made: the address named, <see cref="IPAddress.IPv6Any"/>
+    /// for the guest's IPv6 address, or (none named) <see cref="UserModeNetworkOptions.FirstGuestAddress"/>, which
+    /// gives way to the guest's IPv6 address while the guest does not use IPv4 (see <see cref="UserModeNetwork.ForwardTcp"/>).
+    /// </summary>
     public IPAddress GuestAddress { get; }
 
     /// <summary>The guest's port connections go to.</summary>
@@ -1225,7 +1354,7 @@ public sealed class TcpPortForward : IAsyncDisposable
     /// <summary>Host clients accepted so far.</summary>
     public long ConnectionsAccepted => Interlocked.Read(ref _accepted);
 
-    internal uint GuestIp { get; }
+    internal ForwardTarget Target { get; }
 
     /// <inheritdoc />
     public async ValueTask DisposeAsync()
@@ -1258,6 +1387,22 @@ public sealed class TcpPortForward : IAsyncDisposable
         }
     }
 }
+
+/// <summary>How a forward picks the guest's address.</summary>
+internal enum ForwardTargetKind
+{
+    /// <summary>No address named: the first guest address, or the guest's IPv6 address while it does not use IPv4.</summary>
+    Guest,
+
+    /// <summary>The address named (IPv4 as IPv4-mapped, or IPv6).</summary>
+    Address,
+
+    /// <summary>The guest's IPv6 address as learned from its packets.</summary>
+    GuestIpv6,
+}
+
+/// <summary>A forward's guest address: its kind and the address (IPv4-mapped for IPv4; unused for <see cref="ForwardTargetKind.GuestIpv6"/>).</summary>
+internal readonly record struct ForwardTarget(ForwardTargetKind Kind, UInt128 Address);
 
 /// <summary>A frame waiting for the guest: its bytes (from the pool when <paramref name="Pooled"/>) and its offload header.</summary>
 internal readonly record struct OutboundFrame(byte[] Buffer, int Length, FrameOffload Offload, bool Pooled)

@@ -65,6 +65,9 @@ internal static class Ip6
     /// <summary>The solicited-node multicast address of <paramref name="address"/> (ff02::1:ffXX:XXXX, RFC 4291).</summary>
     public static UInt128 SolicitedNode(UInt128 address) => new UInt128(0xFF02_0000_0000_0000, 0x0000_0001_FF00_0000) | (address & 0xFF_FFFF);
 
+    /// <summary>Whether <paramref name="address"/> is a solicited-node multicast address (ff02::1:ff00:0/104).</summary>
+    public static bool IsSolicitedNode(UInt128 address) => (address >> 24) == (new UInt128(0xFF02_0000_0000_0000, 0x0000_0001_FF00_0000) >> 24);
+
     public static UInt128 From(IPAddress address)
     {
         if (address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork)

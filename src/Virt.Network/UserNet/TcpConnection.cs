@@ -233,10 +233,12 @@ internal sealed class TcpConnection
                 _finSent = false;
             }
 
+            _net.CountRetransmitTimeout(probe: _sndWnd == 0);
             SendPending(probe: _sndWnd == 0);
         }
         else if (_sndWnd == 0 && _toGuest.Count > (int)(_sndNxt - _dataSeq))
         {
+            _net.CountRetransmitTimeout(probe: true);
             SendPending(probe: true); // the guest's window is shut: probe with one byte
         }
         else
@@ -620,8 +622,13 @@ internal sealed class TcpConnection
                 return;
             }
 
-            // A guest taking 64 KiB segments gets reads of that size; one taking wire-size frames gets smaller bursts.
-            int chunk = _net.SegmentLimit(Key, _mss) > _mss ? ReadChunk : WireReadChunk;
+            // A guest taking 64 KiB segments gets reads of one such segment; one taking wire-size frames gets smaller
+            // bursts. Either way a read asks for whole segments of the guest's MSS, so a stream the host sends in bulk
+            // reaches the guest in full segments only, with no short one at the end of every read (sender-side silly
+            // window avoidance, RFC 1122 4.2.3.4: a short segment costs the guest as much as a full one). A read that
+            // returns less is sent as it is: nothing waits for more (the host socket has no Nagle delay either).
+            int limit = _net.SegmentLimit(Key, _mss);
+            int chunk = limit > _mss ? Math.Min(limit, ReadChunk) : Math.Max(WireReadChunk / _mss, 1) * _mss;
             if (room < Math.Min(chunk, _toGuest.Capacity / 4))
             {
                 // Wait until a good part of the buffer is free: reading each acknowledged segment's worth on its own
@@ -633,7 +640,8 @@ internal sealed class TcpConnection
             int n;
             try
             {
-                n = await _socket.ReceiveAsync(buffer.AsMemory(0, Math.Min(room, chunk)), SocketFlags.None).ConfigureAwait(false);
+                int want = Math.Min(room, chunk);
+                n = await _socket.ReceiveAsync(buffer.AsMemory(0, want >= _mss ? want / _mss * _mss : want), SocketFlags.None).ConfigureAwait(false);
             }
             catch (Exception e) when (e is SocketException or ObjectDisposedException)
             {

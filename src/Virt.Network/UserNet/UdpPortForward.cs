@@ -16,12 +16,12 @@ public sealed class UdpPortForward : IAsyncDisposable
     private long _forwarded;
     private int _disposed;
 
-    internal UdpPortForward(UserModeNetwork network, Socket socket, IPAddress guestAddress, uint guestIp, ushort guestPort)
+    internal UdpPortForward(UserModeNetwork network, Socket socket, IPAddress guestAddress, ForwardTarget target, ushort guestPort)
     {
         _network = network;
         _socket = socket;
         GuestAddress = guestAddress;
-        GuestIp = guestIp;
+        Target = target;
         GuestPort = guestPort;
         HostEndPoint = (IPEndPoint)socket.LocalEndPoint!;
     }
@@ -29,7 +29,11 @@ public sealed class UdpPortForward : IAsyncDisposable
     /// <summary>Where the host receives (with the port the system chose when 0 was asked for).</summary>
     public IPEndPoint HostEndPoint { get; }
 
-    /// <summary>The guest's address datagrams go to.</summary>
+    /// <summary>
+    /// The guest's address datagrams go to, as the forward was made: the address named, <see cref="IPAddress.IPv6Any"/>
+    /// for the guest's IPv6 address, or (none named) <see cref="UserModeNetworkOptions.FirstGuestAddress"/>, which
+    /// gives way to the guest's IPv6 address while the guest does not use IPv4 (see <see cref="UserModeNetwork.ForwardTcp"/>).
+    /// </summary>
     public IPAddress GuestAddress { get; }
 
     /// <summary>The guest's port datagrams go to.</summary>
@@ -38,7 +42,7 @@ public sealed class UdpPortForward : IAsyncDisposable
     /// <summary>Datagrams sent on to the guest so far.</summary>
     public long DatagramsForwarded => Interlocked.Read(ref _forwarded);
 
-    internal uint GuestIp { get; }
+    internal ForwardTarget Target { get; }
 
     /// <inheritdoc />
     public async ValueTask DisposeAsync()
@@ -109,6 +113,9 @@ internal sealed class UdpForwardPeer(UdpPortForward forward, IPEndPoint client, 
     public IPEndPoint Client { get; } = client;
 
     public ushort GatewayPort { get; } = gatewayPort;
+
+    /// <summary>The guest address (IPv4-mapped for IPv4) this sender's last datagram went to: replies must come from it.</summary>
+    public UInt128 GuestIp { get; set; }
 
     public long LastUsed { get; set; } = Environment.TickCount64;
 }

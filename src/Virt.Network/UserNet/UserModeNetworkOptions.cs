@@ -122,9 +122,13 @@ public sealed record UserModeNetworkOptions
 /// <param name="GuestPort">The guest's port.</param>
 public sealed record UserNetworkTcpForward(IPEndPoint HostEndPoint, int GuestPort)
 {
+    /// <summary>The guest's address, as <see cref="UserModeNetwork.ForwardTcp"/> takes it (null: the guest's address, IPv4 or IPv6).</summary>
+    public IPAddress? GuestAddress { get; init; }
+
     /// <summary>
     /// Parses <c>HOSTPORT:GUESTPORT</c> (host side on 127.0.0.1) or <c>ADDRESS:HOSTPORT:GUESTPORT</c>, as
-    /// <c>--forward 8080:80</c> takes it.
+    /// <c>--forward 8080:80</c> takes it; ADDRESS may be IPv6, in brackets or not (<c>[::1]:8080:80</c>). The guest's
+    /// address is left to <see cref="GuestAddress"/> (set it with <c>with</c>).
     /// </summary>
     /// <exception cref="FormatException">The text is not in one of those forms.</exception>
     public static UserNetworkTcpForward Parse(string text)
@@ -150,6 +154,9 @@ public sealed record UserNetworkTcpForward(IPEndPoint HostEndPoint, int GuestPor
 /// <param name="GuestPort">The guest's port.</param>
 public sealed record UserNetworkUdpForward(IPEndPoint HostEndPoint, int GuestPort)
 {
+    /// <summary>The guest's address, as <see cref="UserModeNetwork.ForwardUdp"/> takes it (null: the guest's address, IPv4 or IPv6).</summary>
+    public IPAddress? GuestAddress { get; init; }
+
     /// <summary>Parses <c>HOSTPORT:GUESTPORT</c> (host side on 127.0.0.1) or <c>ADDRESS:HOSTPORT:GUESTPORT</c>, as for TCP forwards.</summary>
     /// <exception cref="FormatException">The text is not in one of those forms.</exception>
     public static UserNetworkUdpForward Parse(string text)

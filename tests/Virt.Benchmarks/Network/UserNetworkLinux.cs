@@ -36,11 +36,20 @@ internal static class UserNetworkLinux
         listener.Start();
         int port = ((IPEndPoint)listener.LocalEndpoint).Port;
         long bigRequestAt = 0;
+        double bigRequestCpu = 0;
+        UserModeNetwork? stack = null;
+        UserModeNetworkStatistics? atFetch = null;
         double uploadSeconds = 0;
         using var stop = new CancellationTokenSource();
-        var server = ServeAsync(listener, payload, () => Interlocked.Exchange(ref bigRequestAt, Stopwatch.GetTimestamp()), t => uploadSeconds = t, stop.Token);
+        var server = ServeAsync(listener, payload, () =>
+        {
+            bigRequestCpu = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
+            atFetch = stack?.Statistics;
+            Interlocked.Exchange(ref bigRequestAt, Stopwatch.GetTimestamp());
+        }, t => uploadSeconds = t, stop.Token);
 
         await using var network = new UserModeNetwork();
+        stack = network;
         string command = $"dd if=/dev/zero bs=65536 count={mebibytes * 16} 2>/dev/null | tr \"\\\\000\" a > /tmp/up; wget -qO /dev/null http://10.0.2.2:{port}/warm; "
             + $"wget -qO /dev/null --post-file=/tmp/up http://10.0.2.2:{port}/up; wget -qO /dev/null http://10.0.2.2:{port}/big; echo {Done}; sleep 600";
         var console = new MarkerStream(Done);
@@ -57,13 +66,17 @@ internal static class UserNetworkLinux
         await vm.StartAsync();
         await console.Seen.Task.WaitAsync(TimeSpan.FromMinutes(15));
         long end = Stopwatch.GetTimestamp();
+        double fetchCpu = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds - bigRequestCpu;
         double seconds = Stopwatch.GetElapsedTime(Interlocked.Read(ref bigRequestAt), end).TotalSeconds;
         double loopback = LoopbackSeconds(payload);
         Console.WriteLine($"linux guest (interpreter, offloads {(offloads ? "offered" : "not offered")}): boot and warm fetch {clock.Elapsed.TotalSeconds - seconds - uploadSeconds:F1} s; "
             + $"{mebibytes} MiB host -> guest by wget in {seconds:F2} s = {payload.Length / seconds / 1e6:F2} MB/s; guest -> host by wget --post-file in {uploadSeconds:F2} s = {payload.Length / uploadSeconds / 1e6:F2} MB/s");
         Console.WriteLine($"host -> host loopback, same process: {loopback * 1e3:F1} ms = {payload.Length / loopback / 1e6:F0} MB/s; ratio loopback/guest time: "
             + $"host -> guest {loopback / seconds:F4}, guest -> host {loopback / uploadSeconds:F4}");
-        Console.WriteLine($"stack: {network.Statistics}");
+        var afterFetch = network.Statistics;
+        Console.WriteLine($"host -> guest fetch: process CPU {fetchCpu:F2} s (the machine's load makes wall time noisy; CPU time is steadier); "
+            + $"frames to the guest {afterFetch.FramesToGuest - (atFetch?.FramesToGuest ?? 0)}, from the guest {afterFetch.FramesFromGuest - (atFetch?.FramesFromGuest ?? 0)}");
+        Console.WriteLine($"stack: {network.Statistics}; {network.TcpDiagnostics}");
         await vm.StopAsync();
         await stop.CancelAsync();
         listener.Stop();
