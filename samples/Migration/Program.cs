@@ -5,6 +5,12 @@
 //   bash scripts/get-linux-guest.sh
 //   dotnet run -c Release --project samples/Migration
 //   dotnet run -c Release --project samples/Migration -- --backend interpreter
+//
+// With --snapshot FILE it starts from a snapshot of a booted shell instead of booting, for example the one the Snapshots
+// sample leaves with --keep (the VM is restored with dirty-page tracking, then moved the same way):
+//
+//   dotnet run -c Release --project samples/Snapshots -- --keep appliance.snap
+//   dotnet run -c Release --project samples/Migration -- --snapshot appliance.snap
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
@@ -13,6 +19,7 @@ using Virt;
 
 var backend = BackendKind.Interpreter;
 int? receivePort = null;
+string? snapshot = null;
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -20,11 +27,14 @@ for (int i = 0; i < args.Length; i++)
         case "--backend" when i + 1 < args.Length:
             backend = Enum.Parse<BackendKind>(args[++i], ignoreCase: true);
             break;
+        case "--snapshot" when i + 1 < args.Length:
+            snapshot = args[++i]; // start from this snapshot of a booted shell instead of booting
+            break;
         case "--receive" when i + 1 < args.Length:
             receivePort = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); // the second process
             break;
         default:
-            Console.Error.WriteLine($"unknown argument: {args[i]} (--backend interpreter|kvm|auto)");
+            Console.Error.WriteLine($"unknown argument: {args[i]} (--backend interpreter|kvm|auto, --snapshot <file>)");
             return 2;
     }
 }
@@ -32,7 +42,7 @@ for (int i = 0; i < args.Length; i++)
 using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(10));
 try
 {
-    return receivePort is int port ? await ReceiveAsync(port, backend, timeout.Token) : await SendAsync(backend, timeout.Token);
+    return receivePort is int port ? await ReceiveAsync(port, backend, timeout.Token) : await SendAsync(backend, snapshot, timeout.Token);
 }
 catch (Exception e) when (e is InvalidOperationException or ArgumentException or IOException or SocketException or Virt.Snapshots.SnapshotFormatException or OperationCanceledException)
 {
@@ -40,35 +50,55 @@ catch (Exception e) when (e is InvalidOperationException or ArgumentException or
     return 2;
 }
 
-static async Task<int> SendAsync(BackendKind backend, CancellationToken ct)
+static async Task<int> SendAsync(BackendKind backend, string? snapshot, CancellationToken ct)
 {
-    string kit = Path.Combine(FindRoot(), "artifacts", "linux");
-    string kernel = Path.Combine(kit, "vmlinuz");
-    string initrd = Path.Combine(kit, "initramfs.cpio");
-    if (!File.Exists(kernel) || !File.Exists(initrd))
-    {
-        Console.Error.WriteLine($"No guest kit in {kit}. Run: bash scripts/get-linux-guest.sh");
-        return 2;
-    }
-
     var console = new GuestConsole();
     var clock = Stopwatch.StartNew();
-    await using var vm = VirtualMachine.CreateBuilder()
-        .WithName("appliance")
-        .WithBackend(backend)
-        .WithMemoryMiB(256)
-        .WithLinuxKernel(kernel)
-        .WithInitrd(initrd)
-        .WithKernelCommandLine("quiet")
-        .WithSerialConsole(console)
-        .WithDirtyPageTracking()
-        .Build();
-    await vm.StartAsync(ct);
-    await console.WaitForAsync("VIRT-INIT-READY", ct);
+    VirtualMachine vm;
+    if (snapshot is not null)
+    {
+        // A booted shell saved earlier: restored (memory mapped from the file) with dirty-page tracking, and resumed.
+        vm = await VirtualMachine.RestoreAsync(snapshot, b => b.WithBackend(backend).WithSerialConsole(console).WithDirtyPageTracking(), ct);
+        await vm.ResumeAsync(ct);
+    }
+    else
+    {
+        string kit = Path.Combine(FindRoot(), "artifacts", "linux");
+        string kernel = Path.Combine(kit, "vmlinuz");
+        string initrd = Path.Combine(kit, "initramfs.cpio");
+        if (!File.Exists(kernel) || !File.Exists(initrd))
+        {
+            Console.Error.WriteLine($"No guest kit in {kit}. Run: bash scripts/get-linux-guest.sh");
+            return 2;
+        }
+
+        vm = VirtualMachine.CreateBuilder()
+            .WithName("appliance")
+            .WithBackend(backend)
+            .WithMemoryMiB(256)
+            .WithLinuxKernel(kernel)
+            .WithInitrd(initrd)
+            .WithKernelCommandLine("quiet")
+            .WithSerialConsole(console)
+            .WithDirtyPageTracking()
+            .Build();
+        try
+        {
+            await vm.StartAsync(ct);
+            await console.WaitForAsync("VIRT-INIT-READY", ct);
+        }
+        catch
+        {
+            await vm.DisposeAsync();
+            throw;
+        }
+    }
+
+    await using var _ = vm;
     // A loop that keeps the guest busy (and writing its stack) while it moves; its pid shows it survived the move.
     await vm.WriteToSerialConsoleAsync("(i=0; while :; do i=$((i+1)); done) & echo LOOP-$((6*7))\n"u8.ToArray(), ct);
     await console.WaitForAsync("LOOP-42", ct);
-    Console.WriteLine($"[source] booted on {vm.BackendSelection.Name} to a busy shell in {clock.Elapsed.TotalSeconds:F1} s");
+    Console.WriteLine($"[source] {(snapshot is null ? "booted" : "restored " + snapshot)} on {vm.BackendSelection.Name} to a busy shell in {clock.Elapsed.TotalSeconds:F1} s");
 
     using var listener = new TcpListener(IPAddress.Loopback, 0);
     listener.Start();

@@ -130,6 +130,56 @@ public sealed class ColdResetTests
         }
     }
 
+    /// <summary>
+    /// A guest with a virtio disk writes and flushes a block, then stops itself; the same VM started again is a new
+    /// machine (memory reloaded, a new virtio-blk device that the guest's driver sets up from scratch) on the same
+    /// disk image, and the guest finds there what it wrote before the reset.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Backends))]
+    public async Task A_guest_that_stopped_itself_runs_again_with_its_disk_from_a_cold_reset(string backend)
+    {
+        var wait = TimeSpan.FromMinutes(1);
+        using var dir = new TempDirectory();
+        string disk = Path.Combine(dir.Path, "disk.raw");
+        DiskImage.CreateRaw(disk, 1 << 20);
+        var console = new TranscriptStream();
+        await using var vm = FlatGuestVm.Builder(backend)
+            .WithFlatBinary(VirtioBlockGuest.Image, new GuestAddress(VirtioBlockGuest.Load))
+            .WithEntryPoint(new GuestAddress(VirtioBlockGuest.Load), StartMode.Long64)
+            .WithSerialConsole(console)
+            .WithVirtioBlock(disk)
+            .WithDebugExit()
+            .Build();
+        Task Command(char c) => vm.WriteToSerialConsoleAsync(new[] { (byte)c }, Ct);
+
+        await vm.StartAsync(Ct);
+        await console.WaitForAsync(VirtioBlockGuest.Ready + "00000000\n", wait, Ct);
+        await Command('w');
+        await console.WaitForAsync(VirtioBlockGuest.Wrote(1), wait, Ct);
+        await Command('q');
+        var first = await vm.WaitForExitAsync(Ct);
+        Assert.True(first.Reason == StopReason.DebugExit && first.ExitCode == 1, first.Description);
+
+        for (uint run = 2; run <= 3; run++)
+        {
+            await vm.StartAsync(Ct); // a stopped VM: reset cold, then started
+            await console.WaitForAsync(VirtioBlockGuest.Ready + $"{run - 1:x8}\n", wait, Ct);
+            await Command('r');
+            await console.WaitForAsync(VirtioBlockGuest.Read(run - 1, run - 1), wait, Ct);
+            await Command('w');
+            await console.WaitForAsync(VirtioBlockGuest.Wrote(run), wait, Ct);
+            await Command('q');
+            var exit = await vm.WaitForExitAsync(Ct);
+            Assert.True(exit.Reason == StopReason.DebugExit && exit.ExitCode == (int)run, $"run {run}: {exit.Description}");
+        }
+
+        Assert.DoesNotContain("error", console.Text, StringComparison.Ordinal);
+        await vm.DisposeAsync();
+        var image = await File.ReadAllBytesAsync(disk, Ct);
+        Assert.Equal(VirtioBlockGuest.Pattern(3), image[..VirtioBlockGuest.BlockBytes]);
+    }
+
     [Fact]
     public async Task Devices_are_created_again_after_the_old_ones_released_what_they_held()
     {

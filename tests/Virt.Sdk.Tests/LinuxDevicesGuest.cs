@@ -7,9 +7,10 @@ namespace Virt.Sdk.Tests;
 
 /// <summary>
 /// One Linux guest on the interpreter, booted once for <see cref="LinuxSharedFolderTests"/>,
-/// <see cref="LinuxUserNetworkTests"/> and <see cref="LinuxGuestAgentTests"/> (one boot instead of three): two shared
+/// <see cref="LinuxUserNetworkTests"/>, <see cref="LinuxGuestAgentTests"/> and <see cref="LinuxAcpiDeviceTests"/>
+/// (one boot instead of four): two shared
 /// folders (<see cref="BootedSharedFolderGuest"/>), a NIC on user-mode networking (<see cref="BootedUserNetworkGuest"/>),
-/// and a vsock device with the guest kit's agent. Its command runs the shared-folder checks, then the network checks,
+/// a vsock device with the guest kit's agent, and a user device described by ACPI (<see cref="LinuxAcpiDeviceTests"/>). Its command runs the shared-folder checks, then the network checks,
 /// then waits; the tests start once the agent has announced itself and the last marker has been printed.
 /// </summary>
 public sealed class BootedDevicesGuest : IAsyncLifetime
@@ -52,6 +53,7 @@ public sealed class BootedDevicesGuest : IAsyncLifetime
             .WithSerialConsole(Console)
             .WithVsock(guestCid: 42)
             .WithGuestAgent();
+        builder = SignatureDevice.Add(builder);
         Vm = UserNetwork.Configure(SharedFolders?.Configure(builder) ?? builder).Build();
         using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(8));
         var clock = Stopwatch.StartNew();

@@ -58,7 +58,7 @@ public sealed class LinuxGuestTests
             .WithSerialConsole(Stream.Null)
             .WithVirtioRng()
             .Build();
-        Assert.Equal("quiet console=ttyS0", vm.KernelCommandLine);
+        Assert.Equal("quiet console=ttyS0 pci=off", vm.KernelCommandLine);
         var regs = vm.GetRegisters(0);
         // 64-bit boot protocol: RSI points at the zero page, whose header has the "HdrS" magic at 0x202.
         Assert.Equal(0x53726448u, vm.Memory.Read<uint>(new GuestAddress(regs.Rsi + 0x202)));
@@ -72,49 +72,21 @@ public sealed class LinuxGuestTests
     /// <summary>The boot tests run on the interpreter everywhere and on KVM where the host has hardware virtualization.</summary>
     public static TheoryData<string> Backends() => new() { "interpreter", "kvm" };
 
-    [Theory]
-    [MemberData(nameof(Backends))]
-    public async Task Debian_kernel_boots_to_init_runs_a_command_finds_a_device_through_acpi_and_powers_off(string backend)
+    /// <summary>
+    /// On KVM with hardware virtualization, a boot of its own. On the interpreter the same device is in the shared guest
+    /// and <see cref="LinuxAcpiDeviceTests"/> checks it there (one boot fewer per run).
+    /// </summary>
+    [Fact]
+    public async Task Debian_kernel_boots_to_init_runs_a_command_finds_a_device_through_acpi_and_powers_off_on_kvm()
     {
         // A device of the test's own with an ACPI ID: the kernel must list its window and ports under that ID, and
         // reading the window at the address the kernel found returns the device's signature.
-        const string command = "uname -r; grep VIRT0001 /proc/iomem /proc/ioports; "
-            + "devmem 0x$(grep VIRT0001 /proc/iomem | cut -d- -f1 | tr -d ' ') 32";
-        var (exit, text) = await Boot(backend, command, b => b.WithDevice(
-            "signature", new DeviceResources { PortCount = 16, MmioSize = 0x1000, Interrupt = true, AcpiHardwareId = "VIRT0001" }, _ => new SignatureDevice()));
+        var (exit, text) = await Boot("kvm", SignatureDevice.Command, b => SignatureDevice.Add(b));
         Assert.Contains("VIRT-INIT-READY", text, StringComparison.Ordinal);
         Assert.Contains("6.1.0", text, StringComparison.Ordinal);
         Assert.Contains("VIRT-EXIT-STATUS=0", text, StringComparison.Ordinal);
         Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
-        Assert.Matches(@"iomem:\s*[0-9a-f]+-[0-9a-f]+ : VIRT0001:00", text);
-        Assert.Matches(@"ioports:\s*[0-9a-f]+-[0-9a-f]+ : VIRT0001:00", text);
-        Assert.Contains("0x56495254", text, StringComparison.Ordinal);
-        // The PCI host bridge answers the kernel's configuration-access probe, which without it fails loudly.
-        Assert.DoesNotContain("PCI: Fatal", text, StringComparison.Ordinal);
-    }
-
-    /// <summary>A device whose every register reads as the signature "VIRT" (0x56495254).</summary>
-    private sealed class SignatureDevice : IPortIoDevice, IMmioDevice
-    {
-        private static void Fill(Span<byte> data)
-        {
-            for (int i = 0; i < data.Length; i++)
-            {
-                data[i] = (byte)(0x56495254u >> (8 * (i & 3)));
-            }
-        }
-
-        public void Read(ushort offset, Span<byte> data) => Fill(data);
-
-        public void Write(ushort offset, ReadOnlySpan<byte> data)
-        {
-        }
-
-        public void Read(ulong offset, Span<byte> data) => Fill(data);
-
-        public void Write(ulong offset, ReadOnlySpan<byte> data)
-        {
-        }
+        SignatureDevice.AssertFound(text);
     }
 
     [Theory]

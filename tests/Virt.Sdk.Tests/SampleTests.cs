@@ -139,30 +139,82 @@ public sealed class LinuxApplianceSampleTests
     }
 }
 
+/// <summary>
+/// samples/Snapshots run once per test process with <c>--keep</c>: it boots the guest kit, restores two clones, and
+/// leaves its snapshot of the booted shell, which samples/Migration then starts from (<c>--snapshot</c>), so the two
+/// samples share one boot.
+/// </summary>
+internal sealed class SnapshotsSampleRun
+{
+    private static readonly Lazy<Task<SnapshotsSampleRun>> Shared = new(() => Task.Run(Run), LazyThreadSafetyMode.ExecutionAndPublication);
+
+    private SnapshotsSampleRun(int exitCode, string output, string snapshot)
+    {
+        ExitCode = exitCode;
+        Output = output;
+        Snapshot = snapshot;
+    }
+
+    public int ExitCode { get; }
+
+    public string Output { get; }
+
+    /// <summary>The snapshot the sample kept: the guest kit booted to a shell that has answered a command.</summary>
+    public string Snapshot { get; }
+
+    /// <summary>The one run (started by the first caller); skips the test when the guest kit is missing.</summary>
+    public static Task<SnapshotsSampleRun> GetAsync()
+    {
+        Assert.SkipUnless(Samples.GuestKit, "The guest kit is missing; run scripts/get-linux-guest.sh.");
+        return Shared.Value;
+    }
+
+    private static SnapshotsSampleRun Run()
+    {
+        string directory = Directory.CreateTempSubdirectory("virt-snapshots-sample-").FullName;
+        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+        {
+            try
+            {
+                Directory.Delete(directory, recursive: true);
+            }
+            catch (IOException)
+            {
+            }
+        };
+
+        string snapshot = Path.Combine(directory, "appliance.snap");
+        var (code, output) = Samples.Run("Snapshots", "--backend", "interpreter", "--keep", snapshot);
+        return new SnapshotsSampleRun(code, output, snapshot);
+    }
+}
+
 /// <summary>samples/Snapshots boots the guest kit once and restores two clones.</summary>
 public sealed class SnapshotsSampleTests
 {
     [Fact]
-    public void Snapshots_restores_two_clones_that_each_answer_their_command()
+    public async Task Snapshots_restores_two_clones_that_each_answer_their_command()
     {
-        Assert.SkipUnless(Samples.GuestKit, "The guest kit is missing; run scripts/get-linux-guest.sh.");
-        var (code, output) = Samples.Run("Snapshots", "--backend", "interpreter");
-        Assert.True(code == 0, output);
-        Assert.Contains("6.1.0", output, StringComparison.Ordinal);
-        Assert.Contains("42 clones", output, StringComparison.Ordinal);
-        Assert.Contains("clone 2: restored in", output, StringComparison.Ordinal);
+        var run = await SnapshotsSampleRun.GetAsync();
+        Assert.True(run.ExitCode == 0, run.Output);
+        Assert.Contains("6.1.0", run.Output, StringComparison.Ordinal);
+        Assert.Contains("42 clones", run.Output, StringComparison.Ordinal);
+        Assert.Contains("clone 2: restored in", run.Output, StringComparison.Ordinal);
+        Assert.True(File.Exists(run.Snapshot), $"--keep left no snapshot at {run.Snapshot}\n{run.Output}");
     }
 }
 
-/// <summary>samples/Migration moves a booted appliance to a second process.</summary>
+/// <summary>samples/Migration moves an appliance (restored from the Snapshots sample's snapshot) to a second process.</summary>
 public sealed class MigrationSampleTests
 {
     [Fact]
-    public void Migration_moves_a_running_appliance_to_a_second_process_that_answers()
+    public async Task Migration_moves_a_running_appliance_to_a_second_process_that_answers()
     {
-        Assert.SkipUnless(Samples.GuestKit, "The guest kit is missing; run scripts/get-linux-guest.sh.");
-        var (code, output) = Samples.Run("Migration", "--backend", "interpreter");
+        var snapshots = await SnapshotsSampleRun.GetAsync();
+        Assert.True(snapshots.ExitCode == 0, "samples/Snapshots, whose snapshot this sample starts from, failed:\n" + snapshots.Output);
+        var (code, output) = Samples.Run("Migration", "--backend", "interpreter", "--snapshot", snapshots.Snapshot);
         Assert.True(code == 0, output);
+        Assert.Contains("[source] restored", output, StringComparison.Ordinal);
         Assert.Contains("the guest was paused for", output, StringComparison.Ordinal);
         Assert.Matches(@"\[destination \d+\] the guest answered after \d+ ms: MOVED-42 6\.1\.0", output);
     }

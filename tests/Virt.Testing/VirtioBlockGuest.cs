@@ -20,6 +20,8 @@ namespace Virt.Testing;
 /// <item><c>r</c>: clears its buffer, reads sectors 0-7 back from the device and prints
 /// <c>read DDDDDDDD MMMMMMMM VERDICT</c>: the generation on the disk, the one in memory, and <c>ok</c> (the whole
 /// pattern of generation D is there), <c>blank</c> (no magic) or <c>bad</c> (the magic with a broken pattern).</item>
+/// <item><c>q</c>: stops the machine itself: writes the low byte of the generation in memory to
+/// <see cref="DebugExitPort"/> (a VM built with a debug-exit device stops with that exit code).</item>
 /// </list>
 /// <para>A request that completes with a status other than OK prints <c>io error S</c>; a device that does not
 /// look like virtio-blk prints <c>virtio error C</c> (C names the failed check) and stops the guest.
@@ -44,6 +46,9 @@ public static class VirtioBlockGuest
 
     /// <summary>Where the guest keeps its generation (32 bits) in memory.</summary>
     public const ulong GenerationAddress = 0x205000;
+
+    /// <summary>The port the <c>q</c> command writes to: Virt.Sdk's default debug-exit port.</summary>
+    public const ushort DebugExitPort = 0x501;
 
     /// <summary>The line printed once the driver is ready (followed by the generation found on the disk).</summary>
     public const string Ready = "disk ready ";
@@ -94,6 +99,7 @@ public static class VirtioBlockGuest
         var loop = a.CreateLabel();
         var commandWrite = a.CreateLabel();
         var commandRead = a.CreateLabel();
+        var commandQuit = a.CreateLabel();
 
         a.mov(rsp, StackTop);
         a.cld();
@@ -167,6 +173,15 @@ public static class VirtioBlockGuest
         a.je(commandWrite);
         a.cmp(al, (byte)'r');
         a.je(commandRead);
+        a.cmp(al, (byte)'q');
+        a.je(commandQuit);
+        a.jmp(loop);
+
+        // q: stop the machine with the generation as the exit code.
+        a.Label(ref commandQuit);
+        a.mov(eax, __dword_ptr[GenerationAddress]);
+        a.mov(dx, DebugExitPort);
+        a.@out(dx, al);
         a.jmp(loop);
 
         // w: next generation, write it, flush.
