@@ -58,7 +58,7 @@ public sealed class LinuxGuestTests
             .WithSerialConsole(Stream.Null)
             .WithVirtioRng()
             .Build();
-        Assert.Equal("quiet console=ttyS0 pci=off", vm.KernelCommandLine);
+        Assert.Equal("quiet console=ttyS0", vm.KernelCommandLine);
         var regs = vm.GetRegisters(0);
         // 64-bit boot protocol: RSI points at the zero page, whose header has the "HdrS" magic at 0x202.
         Assert.Equal(0x53726448u, vm.Memory.Read<uint>(new GuestAddress(regs.Rsi + 0x202)));
