@@ -1804,18 +1804,7 @@ internal sealed class BlockCompiler
         ref Op op = ref _ops[i];
         bool reg = op.Inline == InlineOp.IncDecR64 || op.K0 == OpKindX.Reg;
         int size = op.Inline == InlineOp.IncDecR64 ? 8 : op.Size;
-        if (reg)
-        {
-            GetReg(op.R0, size);
-        }
-        else
-        {
-            EmitLinear(in op);
-            EmitRead(size, i, rmw: true);
-            _il.Emit(OpCodes.Ldloc, _val);
-        }
-
-        _il.Emit(OpCodes.Stloc, _ta);
+        EmitLoadRmOperand(in op, size, i, reg);
         EmitCarry();
         _il.Emit(OpCodes.Stloc, _tc);
         _il.Emit(OpCodes.Ldloc, _ta);
@@ -1837,15 +1826,7 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldloc, _tc);
         _il.Emit(OpCodes.Stloc, _fcf);
         SetFlags(op.Sub == 0 ? LzInc : LzDec, size);
-        if (reg)
-        {
-            _il.Emit(OpCodes.Ldloc, _fr);
-            SetReg(op.R0, size);
-        }
-        else
-        {
-            EmitWrite(size, _fr, i);
-        }
+        EmitStoreRmResult(in op, size, i, reg, _fr);
     }
 
     /// <summary>Pushes the source operand of op <paramref name="i"/> (register R1, immediate, or memory read) as a 64-bit value.</summary>
@@ -2100,6 +2081,37 @@ internal sealed class BlockCompiler
         return lo;
     }
 
+    /// <summary>Loads the operand of a read-modify-write instruction, register <c>R0</c> when <paramref name="reg"/>, else memory, into <c>_ta</c>.</summary>
+    private void EmitLoadRmOperand(in Op op, int size, int i, bool reg)
+    {
+        if (reg)
+        {
+            GetReg(op.R0, size);
+        }
+        else
+        {
+            EmitLinear(in op);
+            EmitRead(size, i, rmw: true);
+            _il.Emit(OpCodes.Ldloc, _val);
+        }
+
+        _il.Emit(OpCodes.Stloc, _ta);
+    }
+
+    /// <summary>Stores <paramref name="result"/> back to the operand <see cref="EmitLoadRmOperand"/> loaded.</summary>
+    private void EmitStoreRmResult(in Op op, int size, int i, bool reg, LocalBuilder result)
+    {
+        if (reg)
+        {
+            _il.Emit(OpCodes.Ldloc, result);
+            SetReg(op.R0, size);
+        }
+        else
+        {
+            EmitWrite(size, result, i);
+        }
+    }
+
     /// <summary>SHL/SAL/SHR/SAR by an immediate count that is not zero and below the operand width (ROL/ROR: <see cref="EmitRotate"/>).</summary>
     private void EmitShift(int i)
     {
@@ -2114,18 +2126,7 @@ internal sealed class BlockCompiler
         int bits = size * 8;
         int count = ShiftCount(in op);
         bool reg = op.K0 == OpKindX.Reg;
-        if (reg)
-        {
-            GetReg(op.R0, size);
-        }
-        else
-        {
-            EmitLinear(in op);
-            EmitRead(size, i, rmw: true);
-            _il.Emit(OpCodes.Ldloc, _val);
-        }
-
-        _il.Emit(OpCodes.Stloc, _ta);
+        EmitLoadRmOperand(in op, size, i, reg);
         switch (op.Sub)
         {
             case 5: // SHR
@@ -2186,15 +2187,7 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Conv_U8);
         _il.Emit(OpCodes.Stloc, _fb);
         SetFlags(LzShift, size);
-        if (reg)
-        {
-            _il.Emit(OpCodes.Ldloc, _fr);
-            SetReg(op.R0, size);
-        }
-        else
-        {
-            EmitWrite(size, _fr, i);
-        }
+        EmitStoreRmResult(in op, size, i, reg, _fr);
     }
 
     /// <summary>
@@ -2211,18 +2204,7 @@ internal sealed class BlockCompiler
         int c = ShiftCount(in op) % bits;
         bool rol = op.Sub == 0;
         bool reg = op.K0 == OpKindX.Reg;
-        if (reg)
-        {
-            GetReg(op.R0, size);
-        }
-        else
-        {
-            EmitLinear(in op);
-            EmitRead(size, i, rmw: true);
-            _il.Emit(OpCodes.Ldloc, _val);
-        }
-
-        _il.Emit(OpCodes.Stloc, _ta);
+        EmitLoadRmOperand(in op, size, i, reg);
         _il.Emit(OpCodes.Ldloc, _ta);
         if (c != 0)
         {
@@ -2253,16 +2235,7 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Shl);
         _il.Emit(OpCodes.Or);
         _il.Emit(OpCodes.Stloc, _tc);
-        if (reg)
-        {
-            _il.Emit(OpCodes.Ldloc, _tb);
-            SetReg(op.R0, size);
-        }
-        else
-        {
-            EmitWrite(size, _tb, i);
-        }
-
+        EmitStoreRmResult(in op, size, i, reg, _tb);
         EmitFlagStore();
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldloc, _tc);
