@@ -3,7 +3,7 @@ using System.Reflection;
 using Virt.Testing;
 using Xunit;
 
-namespace Virt.Sdk.Tests;
+namespace Virt.Samples.Tests;
 
 /// <summary>Runs a sample (each is built before this project) as a process and returns its exit code and output.</summary>
 internal static class Samples
