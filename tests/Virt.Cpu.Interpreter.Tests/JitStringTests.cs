@@ -80,8 +80,6 @@ public sealed class JitStringTests
         a.hlt();
     }
 
-    private static InterpreterHypervisor Jit(int threshold) => new(new InterpreterOptions { EnableJit = true, JitThreshold = threshold });
-
     private static (GeneralRegisters Regs, long Retired, VcpuExitReason Reason, byte[] Memory) RunAll(IHypervisor hv, Action<Assembler> program)
     {
         using var m = Machine.Long64(program, hypervisor: hv);
@@ -98,7 +96,7 @@ public sealed class JitStringTests
     public void Rep_fills_and_copies_in_a_hot_loop_leave_the_same_state_memory_and_count_as_the_first_tier(int threshold)
     {
         var expected = RunAll(TestBackends.Interpreter(), Strings);
-        var jit = RunAll(Jit(threshold), Strings);
+        var jit = RunAll(TestBackends.Jit(threshold), Strings);
         Assert.Equal(VcpuExitReason.Halt, expected.Reason);
         Assert.Equal(expected.Regs, jit.Regs);
         Assert.Equal(expected.Retired, jit.Retired);
@@ -111,30 +109,9 @@ public sealed class JitStringTests
     public void Budgets_that_end_around_compiled_rep_instructions_stop_exactly_where_the_first_tier_does(int threshold)
     {
         using var a = Machine.Long64(Strings, hypervisor: TestBackends.Interpreter());
-        using var b = Machine.Long64(Strings, hypervisor: Jit(threshold));
-        var ca = (IInstructionCounting)a.Vcpu;
-        var cb = (IInstructionCounting)b.Vcpu;
-        var rng = new Random(21);
-        int steps = 0;
-        while (true)
-        {
-            long budget = rng.Next(3) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 60), _ => rng.Next(1, 600) };
-            ca.InstructionBudget = budget;
-            cb.InstructionBudget = budget;
-            var ea = a.Vcpu.Run();
-            var eb = b.Vcpu.Run();
-            Assert.True(ea.Reason == eb.Reason, $"{ea} / {eb}");
-            Assert.Equal(ca.InstructionsRetired, cb.InstructionsRetired);
-            Assert.Equal(a.Regs, b.Regs);
-            steps++;
-            if (ea.Reason == VcpuExitReason.Halt)
-            {
-                break;
-            }
-
-            Assert.Equal(VcpuExitReason.BudgetExhausted, ea.Reason);
-        }
-
+        using var b = Machine.Long64(Strings, hypervisor: TestBackends.Jit(threshold));
+        int steps = JitLockstep.RunInBudgetSlices(a, b, new Random(21),
+            rng => rng.Next(3) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 60), _ => rng.Next(1, 600) }, budgetSpent: false);
         Assert.True(steps > 20, $"only {steps} budget slices");
     }
 
@@ -180,7 +157,7 @@ public sealed class JitStringTests
     {
         const ulong handler = 0x20000;
         const ulong mapped = 2UL << 20;
-        IHypervisor hv = backend switch { "jit" => Jit(0), "jit2" => Jit(2), _ => TestBackends.Interpreter() };
+        IHypervisor hv = backend switch { "jit" => TestBackends.Jit(0), "jit2" => TestBackends.Jit(2), _ => TestBackends.Interpreter() };
         using var m = new Machine(hv);
         m.Memory.Write(new GuestAddress(Machine.CodeAddress), GuestProgram.Assemble(64, Machine.CodeAddress, CopyIntoUnmapped(mapped, source)));
         m.Vcpu.SetSpecialRegisters(ProcessorSetup.Prepare(m.Memory, m.Vcpu.GetSpecialRegisters(), StartMode.Long64,
@@ -254,7 +231,7 @@ public sealed class JitStringTests
         }
 
         var expected = Collect(TestBackends.Interpreter());
-        var jit = Collect(Jit(threshold));
+        var jit = Collect(TestBackends.Jit(threshold));
         Assert.True(expected.Exits.Count >= 30, string.Join('\n', expected.Exits));
         Assert.Equal(expected.Exits, jit.Exits);
         Assert.Equal(expected.Regs, jit.Regs);
@@ -286,7 +263,7 @@ public sealed class JitStringTests
         }
 
         var first = RunAll(TestBackends.Interpreter(), Program);
-        var jit = RunAll(Jit(threshold), Program);
+        var jit = RunAll(TestBackends.Jit(threshold), Program);
         Assert.Equal(VcpuExitReason.Halt, jit.Reason);
 
         // 1, then the immediates 100..2 written by the iterations before.

@@ -251,7 +251,7 @@ public sealed class JitTierTests
     public void Whole_program_ends_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
         var expected = RunAll(TestBackends.Interpreter(), Mixed);
-        var jit = RunAll(new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = threshold }), Mixed);
+        var jit = RunAll(TestBackends.Jit(threshold), Mixed);
         Assert.Equal(VcpuExitReason.Halt, expected.Reason);
         Assert.Equal(expected, jit);
     }
@@ -263,7 +263,7 @@ public sealed class JitTierTests
     public void Stack_ops_calls_imul_setcc_cmovcc_and_shifts_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
         var expected = RunAll(TestBackends.Interpreter(), StackAndFlags);
-        var jit = RunAll(new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = threshold }), StackAndFlags);
+        var jit = RunAll(TestBackends.Jit(threshold), StackAndFlags);
         Assert.Equal(VcpuExitReason.Halt, expected.Reason);
         Assert.Equal(expected, jit);
     }
@@ -275,7 +275,7 @@ public sealed class JitTierTests
     public void Rotates_by_immediates_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
         var expected = RunAll(TestBackends.Interpreter(), Rotates);
-        var jit = RunAll(new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = threshold }), Rotates);
+        var jit = RunAll(TestBackends.Jit(threshold), Rotates);
         Assert.Equal(VcpuExitReason.Halt, expected.Reason);
         Assert.Equal(expected, jit);
     }
@@ -287,7 +287,7 @@ public sealed class JitTierTests
     public void Branching_loop_compiled_as_a_region_ends_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
         var expected = RunAll(TestBackends.Interpreter(), Branchy);
-        var jit = RunAll(new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = threshold }), Branchy);
+        var jit = RunAll(TestBackends.Jit(threshold), Branchy);
         Assert.Equal(VcpuExitReason.Halt, expected.Reason);
         Assert.Equal(expected, jit);
     }
@@ -319,31 +319,9 @@ public sealed class JitTierTests
         // regions along the links the first runs recorded.
         Action<Assembler> program = name switch { "stack" => StackAndFlags, "branchy" => Branchy, _ => Mixed };
         using var a = Machine.Long64(program, hypervisor: TestBackends.Interpreter());
-        using var b = Machine.Long64(program, hypervisor: new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = threshold }));
-        var ca = (IInstructionCounting)a.Vcpu;
-        var cb = (IInstructionCounting)b.Vcpu;
-        var rng = new Random(20);
-        int steps = 0;
-        while (true)
-        {
-            long budget = rng.Next(4) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 40), _ => rng.Next(1, 5000) };
-            ca.InstructionBudget = budget;
-            cb.InstructionBudget = budget;
-            var ea = a.Vcpu.Run();
-            var eb = b.Vcpu.Run();
-            Assert.True(ea.Reason == eb.Reason, $"{ea} / {eb}");
-            Assert.Equal(ca.InstructionsRetired, cb.InstructionsRetired);
-            Assert.Equal(a.Regs, b.Regs);
-            steps++;
-            if (ea.Reason == VcpuExitReason.Halt)
-            {
-                break;
-            }
-
-            Assert.Equal(VcpuExitReason.BudgetExhausted, ea.Reason);
-            Assert.Equal(0, cb.InstructionBudget);
-        }
-
+        using var b = Machine.Long64(program, hypervisor: TestBackends.Jit(threshold));
+        int steps = JitLockstep.RunInBudgetSlices(a, b, new Random(20),
+            rng => rng.Next(4) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 40), _ => rng.Next(1, 5000) }, budgetSpent: true);
         Assert.True(steps > 20, $"only {steps} budget slices");
     }
 
@@ -401,7 +379,7 @@ public sealed class JitTierTests
 
         var code = GuestProgram.Assemble(64, Machine.CodeAddress, Program);
         Assert.Equal(new byte[] { 0x48, 0x05, 0x01, 0, 0, 0 }, code.AsSpan(12, 6).ToArray());
-        var jit = RunAll(new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = threshold }), Program);
+        var jit = RunAll(TestBackends.Jit(threshold), Program);
         var first = RunAll(TestBackends.Interpreter(), Program);
         Assert.Equal(VcpuExitReason.Halt, jit.Reason);
         ulong expected = 1;
@@ -542,7 +520,7 @@ public sealed class JitTierTests
         var program = AtNextPage(Padded, AddRax100);
         var code = GuestProgram.Assemble(64, Machine.CodeAddress, program);
         Assert.Equal(AddRax100, code.AsSpan(0x1000, AddRax100.Length).ToArray());
-        var jit = RunAll(new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = threshold }), program);
+        var jit = RunAll(TestBackends.Jit(threshold), program);
         var first = RunAll(TestBackends.Interpreter(), program);
         Assert.Equal(VcpuExitReason.Halt, jit.Reason);
 
@@ -600,7 +578,7 @@ public sealed class JitTierTests
             a.Label(ref b);
             a.mov(__qword_ptr[rbx], rax);
             a.jmp(head);
-        }, hypervisor: new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = threshold }));
+        }, hypervisor: TestBackends.Jit(threshold));
         var run = Task.Run(m.Vcpu.Run, TestContext.Current.CancellationToken);
         while (m.Memory.Read<ulong>(new GuestAddress(Data)) < 100_000 && !run.IsCompleted)
         {
@@ -672,7 +650,7 @@ public sealed class JitTierTests
         Assert.Equal(handler + (14 * 16) + 1, first.Regs.Rip);
         Assert.Equal(mapped, first.Cr2);
         Assert.Equal(30000UL + 1, first.Regs.Rax);
-        Assert.Equal(first, Run(new InterpreterHypervisor(new InterpreterOptions { EnableJit = true, JitThreshold = 2 })));
+        Assert.Equal(first, Run(TestBackends.Jit(2)));
         Assert.Equal(first, Run(TestBackends.Jit()));
     }
 

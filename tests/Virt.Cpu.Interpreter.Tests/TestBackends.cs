@@ -15,8 +15,8 @@ internal static class TestBackends
     /// <summary>The interpreter with the JIT tier off: every instruction runs in the first tier.</summary>
     public static InterpreterHypervisor Interpreter() => new(new InterpreterOptions { EnableJit = false });
 
-    /// <summary>The interpreter with the JIT tier at threshold 0: every block is compiled before it first runs.</summary>
-    public static InterpreterHypervisor Jit() => new(new InterpreterOptions { EnableJit = true, JitThreshold = 0 });
+    /// <summary>The interpreter with the JIT tier at <paramref name="threshold"/> (0, the default: every block is compiled before it first runs).</summary>
+    public static InterpreterHypervisor Jit(int threshold = 0) => new(new InterpreterOptions { EnableJit = true, JitThreshold = threshold });
 
     /// <summary>The backend named <paramref name="name"/>; for "kvm", skips or fails as <see cref="HostRequirements.RequireKvm"/> says.</summary>
     public static IHypervisor Create(string name)
