@@ -12,10 +12,27 @@ public sealed class DifferentialTests
     private const ulong FlagsCompared = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x400 | 0x800;
     private const string Names = "rax rcx rdx rbx rsp rbp rsi rdi r8  r9  r10 r11 r12 r13 r14 r15";
 
+    /// <summary>Sequences per batch.</summary>
+    private const int PerBatch = 2000;
+
+    private const int DefaultSeed = 0x5EED;
+
+    /// <summary>
+    /// Candidate forms the generator leaves out on purpose (their results are undefined: 16-bit double shifts by CL,
+    /// which may exceed 16 (the generator gives their immediate forms counts up to 16 instead), and BSWAP of a 16-bit
+    /// register).
+    /// </summary>
+    private static readonly Code[] NotGenerated = [Code.Shld_rm16_r16_CL, Code.Shrd_rm16_r16_CL, Code.Bswap_r16];
+
+    /// <summary>
+    /// Six batches of 2000 (the first 12,000 seeds the suite ran with ten batches): every generated form runs at least 28
+    /// times with register operands and as often with a memory operand, most of them about 120 times in all
+    /// (<see cref="The_seeded_sample_runs_every_generated_form"/> holds the sample to at least 20).
+    /// </summary>
     public static TheoryData<int> Batches()
     {
         var d = new TheoryData<int>();
-        for (int i = 0; i < 10; i++)
+        for (int i = 0; i < 6; i++)
         {
             d.Add(i);
         }
@@ -26,7 +43,21 @@ public sealed class DifferentialTests
     [Theory]
     [MemberData(nameof(Batches))]
     public void Random_user_mode_sequences_match_kvm(int batch) =>
-        RunBatch(batch, perBatch: 2000, "VIRT_DIFF_SEED", defaultSeed: 0x5EED, "sequences", Build);
+        RunBatch(batch, PerBatch, "VIRT_DIFF_SEED", DefaultSeed, "sequences", Build);
+
+    /// <summary>
+    /// The seeds <see cref="Random_user_mode_sequences_match_kvm"/> runs reach every form the generator draws from, with
+    /// register operands and with a memory operand. The reserved NOPs are held to their register forms: with a memory
+    /// operand most of their encodings decode as prefetch hints, which the generator leaves out.
+    /// </summary>
+    [Fact]
+    public void The_seeded_sample_runs_every_generated_form()
+    {
+        var counts = FormsRun(Batches().Count, PerBatch, "VIRT_DIFF_SEED", DefaultSeed, Build);
+        var forms = SequenceGenerator.AllCandidates.Where(c => Array.IndexOf(NotGenerated, c) < 0).ToArray();
+        AssertEveryFormRan(forms.Where(c => c.Mnemonic() != Mnemonic.Reservednop), counts, atLeast: 20);
+        AssertEveryFormRan(forms.Where(c => c.Mnemonic() == Mnemonic.Reservednop), counts, atLeast: 20, registerOnly: true);
+    }
 
     /// <summary>
     /// Runs one batch of generated sequences on KVM and on the interpreter and fails with the first five
@@ -104,9 +135,10 @@ public sealed class DifferentialTests
     /// <summary>
     /// Fails unless every form of <paramref name="forms"/> ran at least <paramref name="atLeast"/> times in
     /// <paramref name="counts"/> with a register operand (forms that take one) and as often with a memory operand (forms
-    /// that take one): the random sample a suite runs reaches every form it is meant to compare, with either operand.
+    /// that take one, unless <paramref name="registerOnly"/>): the random sample a suite runs reaches every form it is
+    /// meant to compare, with either operand.
     /// </summary>
-    internal static void AssertEveryFormRan(IEnumerable<Code> forms, Dictionary<(Code Code, bool Memory), int> counts, int atLeast)
+    internal static void AssertEveryFormRan(IEnumerable<Code> forms, Dictionary<(Code Code, bool Memory), int> counts, int atLeast, bool registerOnly = false)
     {
         var missing = new List<string>();
         int fewest = int.MaxValue;
@@ -124,7 +156,7 @@ public sealed class DifferentialTests
 
             foreach (bool memory in new[] { false, true })
             {
-                if ((memory && !memoryOnly && !memoryToo) || (!memory && memoryOnly))
+                if ((memory && (registerOnly || (!memoryOnly && !memoryToo))) || (!memory && memoryOnly))
                 {
                     continue;
                 }
