@@ -221,18 +221,24 @@ public sealed class HostileProgramTests
         AssertFault(result, 13, "E680");
     }
 
+    /// <summary>
+    /// A seeded xorshift stream of system call numbers (0-511, past the end of the table too) and arguments, half of
+    /// the first arguments small (a plausible descriptor or flag). 30,000 calls reach every number about 60 times with
+    /// different arguments. The deliberate cases have tests of their own in this class (unlisted, denied and
+    /// out-of-range numbers, the system call, output and memory limits).
+    /// </summary>
     [Fact]
-    public async Task Syscall_fuzz_of_100000_random_calls_ends_cleanly()
+    public async Task Syscall_fuzz_of_30000_random_calls_ends_cleanly()
     {
         HostRequirements.RequireKvm();
-        // The time limit only guards against a hang: about 40 s alone on a 2-core machine, it took over 3 minutes while
-        // the other test projects ran beside it.
+        const int calls = 30_000;
+        // The time limit only guards against a hang.
         var result = await RunAsm(a =>
         {
             var loop = a.CreateLabel();
             var skip = a.CreateLabel();
             var done = a.CreateLabel();
-            a.mov(r12d, 100_000);
+            a.mov(r12d, calls);
             a.mov(r13, 0x9E3779B97F4A7C15UL);
             a.Label(ref loop);
             void Next(AssemblerRegister64 target)
@@ -284,7 +290,7 @@ public sealed class HostileProgramTests
             a.syscall();
         }, b => b.WithMemoryLimit(16 << 20).WithTimeLimit(TimeSpan.FromMinutes(10)));
         Assert.True(result.Status == SandboxStatus.Exited, $"{result} {result.Message}");
-        Assert.InRange(result.Usage.SystemCalls, 90_000, 100_001);
+        Assert.InRange(result.Usage.SystemCalls, calls * 9 / 10, calls + 1); // all but the skipped numbers, and the final exit_group
         Assert.NotEmpty(result.UnsupportedSystemCalls);
     }
 

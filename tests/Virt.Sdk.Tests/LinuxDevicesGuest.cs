@@ -7,15 +7,22 @@ namespace Virt.Sdk.Tests;
 
 /// <summary>
 /// One Linux guest on the interpreter, booted once for <see cref="LinuxSharedFolderTests"/>,
-/// <see cref="LinuxUserNetworkTests"/>, <see cref="LinuxGuestAgentTests"/> and <see cref="LinuxAcpiDeviceTests"/>
-/// (one boot instead of four): two shared
+/// <see cref="LinuxUserNetworkTests"/>, <see cref="LinuxGuestAgentTests"/>, <see cref="LinuxAcpiDeviceTests"/> and
+/// <see cref="LinuxBalloonTests"/> (one boot instead of five): two shared
 /// folders (<see cref="BootedSharedFolderGuest"/>), a NIC on user-mode networking (<see cref="BootedUserNetworkGuest"/>),
-/// a vsock device with the guest kit's agent, and a user device described by ACPI (<see cref="LinuxAcpiDeviceTests"/>). Its command runs the shared-folder checks, then the network checks,
+/// a vsock device with the guest kit's agent, a user device described by ACPI (<see cref="LinuxAcpiDeviceTests"/>), and
+/// a memory balloon, the VM in a resource pool of its own (<see cref="LinuxBalloonTests"/>). Its command runs the shared-folder checks, then the network checks,
 /// then waits; the tests start once the agent has announced itself and the last marker has been printed.
 /// </summary>
 public sealed class BootedDevicesGuest : IAsyncLifetime
 {
+    /// <summary>The VM's name in <see cref="Pool"/>.</summary>
+    public const string Name = "devices";
+
     public VirtualMachine? Vm { get; private set; }
+
+    /// <summary>The resource pool the VM is in: one CPU, 512 MiB (the VM's 256 MiB are charged to it, less what its balloon holds).</summary>
+    public ResourcePool Pool { get; } = new(new ResourcePoolOptions { Cpus = 1, MemoryBytes = 512UL << 20 });
 
     /// <summary>Everything the guest printed (shared by the three classes; each looks for its own lines).</summary>
     public MarkerStream Console { get; } = new(BootedUserNetworkGuest.ServingMarker);
@@ -54,7 +61,7 @@ public sealed class BootedDevicesGuest : IAsyncLifetime
             .WithVsock(guestCid: 42)
             .WithGuestAgent();
         builder = SignatureDevice.Add(builder);
-        Vm = UserNetwork.Configure(SharedFolders?.Configure(builder) ?? builder).Build();
+        Vm = UserNetwork.Configure(SharedFolders?.Configure(builder) ?? builder).WithBalloon().WithName(Name).WithResourcePool(Pool).Build();
         using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(8));
         var clock = Stopwatch.StartNew();
         await Vm.StartAsync(timeout.Token);
@@ -100,6 +107,7 @@ public sealed class BootedDevicesGuest : IAsyncLifetime
         }
 
         SharedFolders?.Dispose();
+        Pool.Dispose();
     }
 }
 

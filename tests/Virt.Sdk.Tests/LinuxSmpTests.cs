@@ -8,18 +8,23 @@ namespace Virt.Sdk.Tests;
 /// <summary>
 /// Debian's kernel on the interpreter with several vCPUs: the bootstrap processor starts the others through the
 /// local APICs (INIT and start-up IPIs) after finding them in the MADT, the guest counts them, and a job that runs
-/// one process per processor finishes with the right output. One boot per vCPU count; the VM is saved to a snapshot
-/// once the guest has counted its processors, and the job runs on in the VM restored from it.
+/// one process per processor finishes with the right output. The VM is saved to a snapshot once the guest has counted
+/// its processors, and the job runs on in the VM restored from it.
 /// </summary>
+/// <remarks>
+/// One boot, with four vCPUs on this two-core machine: three application processors to start, more vCPUs than host
+/// cores, four disk queues. A second boot with two vCPUs ran the same bring-up, job and checks on a subset of that;
+/// two-vCPU machines, INIT and start-up IPIs among them, are covered without a Linux boot by <see cref="SmpFlatGuestTests"/>
+/// and <see cref="Snapshots.SmpSnapshotTests"/>.
+/// </remarks>
 public sealed class LinuxSmpTests
 {
     private const int Lines = 150_000;
 
-    [Theory]
-    [InlineData(2)]
-    [InlineData(4)]
-    public async Task Debian_kernel_brings_up_every_vcpu_and_runs_a_parallel_job(int vcpus)
+    [Fact]
+    public async Task Debian_kernel_brings_up_every_vcpu_and_runs_a_parallel_job()
     {
+        const int vcpus = 4;
         Assert.SkipUnless(File.Exists(LinuxKit.Kernel) && File.Exists(LinuxKit.Initrd), "The guest kit is missing; run scripts/get-linux-guest.sh.");
 
         // One md5sum per processor over the same file, in parallel; each prints the file's digest. The disk has one

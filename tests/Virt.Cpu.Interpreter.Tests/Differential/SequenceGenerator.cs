@@ -66,6 +66,9 @@ internal sealed class SequenceGenerator
 
     public static int CandidateCount => Candidates.Length;
 
+    /// <summary>Every candidate form.</summary>
+    public static IReadOnlyList<Code> AllCandidates => Candidates;
+
     private static Code[] BuildCandidates()
     {
         var list = new List<Code>();
