@@ -26,17 +26,29 @@ namespace Virt.Benchmarks.Virtio;
 internal static partial class BlockFresh
 {
     private const long ImageSize = 64L << 20;
-    private const int Small = 4096;
 
-    public static async Task RunAsync(int requests, int rounds, string directory)
+    public static async Task RunAsync(int requests, int rounds, string directory, int size)
     {
-        Console.WriteLine($"4 KiB random I/O in {directory}, {requests} requests per case and round, median of {rounds} rounds (fresh process)");
+        if (size < 512 || size % 512 != 0 || size > (4 << 20))
+        {
+            throw new ArgumentOutOfRangeException(nameof(size), size, "The request size must be a multiple of 512 up to 4 MiB.");
+        }
+
+        s_size = size;
+        Console.WriteLine(size == 4096
+            ? $"4 KiB random I/O in {directory}, {requests} requests per case and round, median of {rounds} rounds (fresh process)"
+            : $"{size / 1024} KiB sequential I/O in {directory}, {requests} requests per case and round, median of {rounds} rounds (fresh process)");
         Console.WriteLine("format  op     host ns  inline ns (host share)  worker ns (host share)");
         foreach (string format in new[] { "raw", "qcow2" })
         {
             await RunFormatAsync(format, requests, rounds, directory);
         }
     }
+
+    /// <summary>Bytes per request: 4 KiB at random offsets, any other size sequentially.</summary>
+    private static int s_size = 4096;
+
+    private static int Small => s_size;
 
     private static async Task RunFormatAsync(string format, int requests, int rounds, string directory)
     {
@@ -77,7 +89,9 @@ internal static partial class BlockFresh
             }
 
             var random = new Random(7);
-            long[] offsets = [.. Enumerable.Range(0, 4096).Select(_ => random.NextInt64(ImageSize / Small) * Small)];
+            long[] offsets = Small == 4096
+                ? [.. Enumerable.Range(0, 4096).Select(_ => random.NextInt64(ImageSize / Small) * Small)]
+                : [.. Enumerable.Range(0, 4096).Select(i => i * (long)Small % (ImageSize - Small + 1) / 512 * 512)];
             byte[] buffer = GC.AllocateArray<byte>(Small, pinned: true);
             foreach (uint type in new uint[] { 0, 1 })
             {
@@ -179,7 +193,7 @@ internal static partial class BlockFresh
             _driver.Initialize(queueSize: 256);
             _header = _driver.Allocate(16);
             _status = _driver.Allocate(16);
-            _data = _driver.Allocate(Small);
+            _data = _driver.Allocate((uint)Small);
         }
 
         public VirtioBlockDevice Device { get; }
@@ -245,7 +259,7 @@ internal static partial class BlockFresh
             BinaryPrimitives.WriteUInt32LittleEndian(h, type);
             BinaryPrimitives.WriteUInt64LittleEndian(h[8..], (ulong)(offset / 512));
             _ram.Write(_header, h);
-            _driver.Queues[0].AddChain((_header, 16, false), (_data, Small, type == 0), (_status, 1, true));
+            _driver.Queues[0].AddChain((_header, 16, false), (_data, (uint)Small, type == 0), (_status, 1, true));
         }
     }
 }
