@@ -9,7 +9,7 @@ namespace Virt.Storage.Tests;
 /// notifying thread with RWF_NOWAIT; one that would wait, and every request after it, goes to the queue's worker in
 /// order, and a direction the file refuses RWF_NOWAIT for is not tried again.
 /// </summary>
-public sealed class BlockNoWaitTests
+public sealed partial class BlockNoWaitTests
 {
     private const uint In = 0, Out = 1;
     private const int Block = 4096;
@@ -120,6 +120,71 @@ public sealed class BlockNoWaitTests
         Assert.Equal(inline, inMemory || ((IVectoredBlockBackend)backend).MayTransferWithoutWaiting(write: false));
         Assert.False(rig.NeedsReset);
     }
+
+    [Fact]
+    public async Task A_read_that_misses_the_page_cache_goes_to_the_worker_and_later_hits_are_served_inline_again()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("disk.raw");
+        DiskImage.CreateRaw(path, 1 << 20);
+        await using var backend = DiskImage.Open(path);
+        var vectored = (IVectoredBlockBackend)backend;
+        if (!OperatingSystem.IsLinux() || vectored.IsInMemory)
+        {
+            // Only an image on a disk file system has a page cache to miss.
+            return;
+        }
+
+        using var rig = new BlockRig(backend);
+        var data = Fill(13);
+        Assert.Equal(0, rig.Request(Out, 24, writeData: data).Status);
+        Assert.Equal(0, rig.Request(4, 0).Status);
+
+        // The block is on disk now and clean: drop it from the page cache, so reading it has to wait for the disk.
+        Assert.Equal(0, FileAdvise(((RawFileBlockBackend)backend).Handle, 0, 0, PosixFadvDontNeed));
+        if (vectored.MayTransferWithoutWaiting(write: false))
+        {
+            // With nothing cached, a no-wait read moves nothing (EAGAIN), and that is no refusal of RWF_NOWAIT.
+            var probe = GC.AllocateArray<byte>(Block, pinned: true);
+            unsafe
+            {
+                fixed (byte* p = probe)
+                {
+                    Assert.False(vectored.TryVectorNoWait(24 * 512, [new HostBuffer((nint)p, Block)], write: false));
+                }
+            }
+
+            Assert.True(vectored.MayTransferWithoutWaiting(write: false));
+        }
+
+        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+        Submit(rig, In, 24, null, out var first, out var firstStatus);
+        rig.Driver.Notify(0);
+        rig.Queue.WaitUsed();
+        Assert.Equal(0, rig.Memory.Read<byte>(firstStatus));
+        Assert.Equal(data, Read(rig, first));
+
+        // A miss is no refusal: reads are still tried without waiting, and the block the worker just read is served
+        // inline (used before the notification returns) when the file system takes RWF_NOWAIT for reads.
+        bool tried = vectored.MayTransferWithoutWaiting(write: false);
+        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+        Submit(rig, In, 24, null, out var second, out _);
+        rig.Driver.Notify(0);
+        bool inline = rig.Queue.TryTakeUsed(out _);
+        if (!inline)
+        {
+            rig.Queue.WaitUsed();
+        }
+
+        Assert.Equal(data, Read(rig, second));
+        Assert.Equal(tried, inline);
+        Assert.False(rig.NeedsReset);
+    }
+
+    private const int PosixFadvDontNeed = 4;
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "posix_fadvise")]
+    private static partial int FileAdvise(Microsoft.Win32.SafeHandles.SafeFileHandle fd, long offset, long length, int advice);
 
     [Fact]
     public async Task A_request_that_would_wait_goes_to_the_worker_with_everything_after_it_in_order()
