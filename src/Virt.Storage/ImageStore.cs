@@ -115,6 +115,15 @@ internal sealed class FileImageStore : ImageStore
 
     public override void ReadVector(long offset, ReadOnlySpan<HostBuffer> buffers) => HostIo.ReadVector(Handle, offset, buffers);
 
+    /// <summary>Whether the file ever refused RWF_NOWAIT in this direction.</summary>
+    public NoWaitProbe NoWait { get; } = new();
+
+    /// <summary>
+    /// A transfer of data inside the file (never growing it) only if it needs no wait for the storage device; false
+    /// when it must be redone the waiting way.
+    /// </summary>
+    public bool TryVectorNoWait(long offset, ReadOnlySpan<HostBuffer> buffers, bool write) => NoWait.TryVector(Handle, offset, buffers, write);
+
     public override void WriteVector(long offset, ReadOnlySpan<HostBuffer> buffers)
     {
         HostIo.WriteVector(Handle, offset, buffers);
@@ -223,6 +232,50 @@ internal sealed class MemoryImageStore : ImageStore
     }
 }
 
+/// <summary>What an attempt to move data without waiting for the storage device came to (<see cref="HostIo.TryVectorNoWait"/>).</summary>
+internal enum NoWaitResult
+{
+    /// <summary>All of the data moved.</summary>
+    Done,
+
+    /// <summary>Not all of it could move without waiting; redo the transfer the waiting way.</summary>
+    WouldBlock,
+
+    /// <summary>The file or the host does not offer no-wait transfers in this direction.</summary>
+    Unsupported,
+}
+
+/// <summary>
+/// Remembers, for one open file and each direction, whether the host refused RWF_NOWAIT (tmpfs and ext4's buffered
+/// writes do on Linux 6.x), so it is tried until the first refusal and never after. Thread-safe.
+/// </summary>
+internal sealed class NoWaitProbe
+{
+    private int _refusedReads;
+    private int _refusedWrites;
+
+    /// <summary>Whether a no-wait transfer in this direction is worth trying.</summary>
+    public bool Allows(bool write) => Volatile.Read(ref write ? ref _refusedWrites : ref _refusedReads) == 0;
+
+    /// <summary>One no-wait attempt on the file (nothing when the direction was refused before); true when it moved everything.</summary>
+    /// <exception cref="IOException">The file failed.</exception>
+    public bool TryVector(SafeFileHandle handle, long offset, ReadOnlySpan<HostBuffer> buffers, bool write)
+    {
+        if (!Allows(write))
+        {
+            return false;
+        }
+
+        var result = HostIo.TryVectorNoWait(handle, offset, buffers, write);
+        if (result == NoWaitResult.Unsupported)
+        {
+            Volatile.Write(ref write ? ref _refusedWrites : ref _refusedReads, 1);
+        }
+
+        return result == NoWaitResult.Done;
+    }
+}
+
 /// <summary>Host calls the block path uses: vectored positional I/O and fdatasync, with portable fallbacks.</summary>
 internal static class HostIo
 {
@@ -251,7 +304,8 @@ internal static class HostIo
             long got;
             fixed (Interop.Libc.IoVec* p = iov)
             {
-                got = Interop.Libc.Preadv(handle, p, n, offset);
+                // One buffer (the usual small request): pread spares the kernel copying in an iovec array.
+                got = n == 1 ? Interop.Libc.Pread(handle, (byte*)p->Base, p->Length, offset) : Interop.Libc.Preadv(handle, p, n, offset);
             }
 
             if (got < 0)
@@ -322,7 +376,7 @@ internal static class HostIo
             long put;
             fixed (Interop.Libc.IoVec* p = iov)
             {
-                put = Interop.Libc.Pwritev(handle, p, n, offset);
+                put = n == 1 ? Interop.Libc.Pwrite(handle, (byte*)p->Base, p->Length, offset) : Interop.Libc.Pwritev(handle, p, n, offset);
             }
 
             if (put < 0)
@@ -346,7 +400,70 @@ internal static class HostIo
         }
     }
 
-    /// <summary>fdatasync on Linux (the file's data and the metadata needed to read it), fsync elsewhere.</summary>
+    /// <summary>Most buffers a no-wait attempt describes (on the stack); a request with more goes the waiting way.</summary>
+    private const int NoWaitMaxVectors = 64;
+
+    /// <summary>
+    /// Reads or writes <paramref name="buffers"/> at <paramref name="offset"/> with one preadv2/pwritev2 call and
+    /// RWF_NOWAIT: only if the kernel can do it without waiting for the storage device (the data is in the page cache;
+    /// for a write, without blocking on writeback or allocation). <see cref="NoWaitResult.WouldBlock"/> when it cannot
+    /// (EAGAIN), when it moved only part of the data, or when there are too many buffers: then the buffers' contents
+    /// (for a read) or the range of the file (for a write) hold part of the data and the caller redoes the whole
+    /// transfer the waiting way. <see cref="NoWaitResult.Unsupported"/> when the file, its file system or the kernel
+    /// refuse RWF_NOWAIT for this direction (EOPNOTSUPP, EINVAL, ENOSYS, no preadv2 in the C library, not Linux).
+    /// </summary>
+    /// <exception cref="IOException">The call failed for another reason (the file's own error).</exception>
+    public static unsafe NoWaitResult TryVectorNoWait(SafeFileHandle handle, long offset, ReadOnlySpan<HostBuffer> buffers, bool write)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return NoWaitResult.Unsupported;
+        }
+
+        if (buffers.Length > NoWaitMaxVectors)
+        {
+            return NoWaitResult.WouldBlock;
+        }
+
+        Span<Interop.Libc.IoVec> iov = stackalloc Interop.Libc.IoVec[buffers.Length];
+        long total = 0;
+        for (int i = 0; i < buffers.Length; i++)
+        {
+            iov[i] = new Interop.Libc.IoVec { Base = buffers[i].Address, Length = buffers[i].Length };
+            total += buffers[i].Length;
+        }
+
+        nint done;
+        try
+        {
+            fixed (Interop.Libc.IoVec* p = iov)
+            {
+                done = write
+                    ? Interop.Libc.Pwritev2(handle, p, iov.Length, offset, Interop.Libc.RWF_NOWAIT)
+                    : Interop.Libc.Preadv2(handle, p, iov.Length, offset, Interop.Libc.RWF_NOWAIT);
+            }
+        }
+        catch (EntryPointNotFoundException)
+        {
+            return NoWaitResult.Unsupported;
+        }
+
+        if (done >= 0)
+        {
+            // A short count: part of the range was cached (or a read reached the end of the file); the waiting path
+            // redoes the transfer and handles the end of the file.
+            return done == total ? NoWaitResult.Done : NoWaitResult.WouldBlock;
+        }
+
+        int errno = Marshal.GetLastPInvokeError();
+        return errno switch
+        {
+            Interop.Libc.EAGAIN or Interop.Libc.EINTR => NoWaitResult.WouldBlock,
+            Interop.Libc.EOPNOTSUPP or Interop.Libc.EINVAL or Interop.Libc.ENOSYS => NoWaitResult.Unsupported,
+            _ => throw new IOException($"{(write ? "pwritev2" : "preadv2")} at {offset} failed: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno})."),
+        };
+    }
+
     /// <summary>
     /// Whether the file lives in host memory (tmpfs, ramfs, hugetlbfs): reading and writing it copies memory and never
     /// waits for a storage device. False where this cannot be told (not Linux, fstatfs failed).
@@ -368,6 +485,7 @@ internal static class HostIo
         return type is Interop.Libc.TMPFS_MAGIC or Interop.Libc.RAMFS_MAGIC or Interop.Libc.HUGETLBFS_MAGIC;
     }
 
+    /// <summary>fdatasync on Linux (the file's data and the metadata needed to read it), fsync elsewhere.</summary>
     public static void DataSync(SafeFileHandle handle)
     {
         if (OperatingSystem.IsLinux())

@@ -62,6 +62,27 @@ internal static partial class Interop
         [LibraryImport("libc", EntryPoint = "fdatasync", SetLastError = true)]
         public static partial int Fdatasync(SafeFileHandle fd);
 
+        /// <summary>errno: the operation would block (RWF_NOWAIT: the data is not in the page cache).</summary>
+        public const int EAGAIN = 11;
+        /// <summary>errno: invalid argument (an old kernel refusing a flag of preadv2/pwritev2).</summary>
+        public const int EINVAL = 22;
+        /// <summary>errno: no such system call.</summary>
+        public const int ENOSYS = 38;
+        /// <summary>preadv2/pwritev2 flag: fail with EAGAIN instead of waiting for the storage device (page cache hits only).</summary>
+        public const int RWF_NOWAIT = 8;
+
+        [LibraryImport("libc", EntryPoint = "pread", SetLastError = true)]
+        public static unsafe partial nint Pread(SafeFileHandle fd, byte* buffer, nint count, long offset);
+
+        [LibraryImport("libc", EntryPoint = "pwrite", SetLastError = true)]
+        public static unsafe partial nint Pwrite(SafeFileHandle fd, byte* buffer, nint count, long offset);
+
+        [LibraryImport("libc", EntryPoint = "preadv2", SetLastError = true)]
+        public static unsafe partial nint Preadv2(SafeFileHandle fd, IoVec* iov, int count, long offset, int flags);
+
+        [LibraryImport("libc", EntryPoint = "pwritev2", SetLastError = true)]
+        public static unsafe partial nint Pwritev2(SafeFileHandle fd, IoVec* iov, int count, long offset, int flags);
+
         [LibraryImport("libc", EntryPoint = "preadv", SetLastError = true)]
         public static unsafe partial nint Preadv(SafeFileHandle fd, IoVec* iov, int count, long offset);
 

@@ -448,6 +448,103 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         }
     }
 
+    bool IVectoredBlockBackend.MayTransferWithoutWaiting(bool write) =>
+        _store is FileImageStore file && file.NoWait.Allows(write) && !(write && IsReadOnly);
+
+    bool IVectoredBlockBackend.TryVectorNoWait(long offset, ReadOnlySpan<HostBuffer> buffers, bool write)
+    {
+        if (_store is not FileImageStore file || (write && IsReadOnly))
+        {
+            return false;
+        }
+
+        long length = Total(buffers);
+        BlockRange.Check(offset, length, Capacity);
+
+        // Another thread holding the image (a flush syncing the tables, an allocating write) would make this one wait.
+        if (!_sync.TryEnter())
+        {
+            return false;
+        }
+
+        try
+        {
+            ThrowIfDisposed();
+            if (!L2Cached(offset, length))
+            {
+                return false;
+            }
+
+            long done = 0;
+            while (done < length)
+            {
+                long pos = offset + done;
+                var run = MapRun(pos, length - done, forWrite: write);
+                HostBuffer[]? rented = null;
+                var slice = done == 0 && run.Length == length ? buffers : Slice(buffers, done, run.Length, out rented);
+                try
+                {
+                    if (run.Kind == ClusterKind.Normal)
+                    {
+                        // In place: a write here never allocates (MapRun gives a write to an unallocated or shared
+                        // cluster another kind).
+                        if (!file.TryVectorNoWait(run.Host, slice, write))
+                        {
+                            return false;
+                        }
+                    }
+                    else if (!write && (run.Kind == ClusterKind.Zero || (run.Kind == ClusterKind.Unallocated && _backing is null)))
+                    {
+                        foreach (var b in slice)
+                        {
+                            b.Span.Clear();
+                        }
+                    }
+                    else
+                    {
+                        // A backing file, a compressed cluster or an allocating write: the waiting path.
+                        return false;
+                    }
+                }
+                finally
+                {
+                    Return(rented);
+                }
+
+                done += run.Length;
+            }
+
+            return true;
+        }
+        finally
+        {
+            _sync.Exit();
+        }
+    }
+
+    /// <summary>Whether every L2 table that maps the guest range is in memory or absent (so the lookup reads nothing).</summary>
+    private bool L2Cached(long offset, long length)
+    {
+        long first = (offset >> _clusterBits) / _l2Entries;
+        long last = ((offset + length - 1) >> _clusterBits) / _l2Entries;
+        for (long i = first; i <= last; i++)
+        {
+            if (i >= _l1.Length)
+            {
+                // MapRun reports the damage.
+                return true;
+            }
+
+            long table = (long)(_l1[i] & Qcow2Format.OffsetMask);
+            if (table != 0 && !_l2.ContainsKey(table))
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
     long IBackingReader.Capacity => Capacity;
 
     void IBackingReader.ReadAt(long offset, Span<byte> destination)
@@ -1959,4 +2056,20 @@ internal interface IVectoredBlockBackend
     void ReadVector(long offset, ReadOnlySpan<HostBuffer> buffers);
 
     void WriteVector(long offset, ReadOnlySpan<HostBuffer> buffers);
+
+    /// <summary>
+    /// Whether <see cref="TryVectorNoWait"/> in this direction may succeed: false once the image's file refused
+    /// RWF_NOWAIT for it, and for writes to a read-only image.
+    /// </summary>
+    bool MayTransferWithoutWaiting(bool write);
+
+    /// <summary>
+    /// <see cref="ReadVector"/> or <see cref="WriteVector"/> only if it can be done without waiting: for a storage
+    /// device (RWF_NOWAIT: the data is in the page cache), for image metadata not in memory, for a lock another thread
+    /// holds. False when it must be redone the waiting way, in which case a read may have filled part of the buffers
+    /// and a write may have written part of the range (both are redone whole).
+    /// </summary>
+    /// <exception cref="IOException">The file failed.</exception>
+    /// <exception cref="ObjectDisposedException">The backend was disposed.</exception>
+    bool TryVectorNoWait(long offset, ReadOnlySpan<HostBuffer> buffers, bool write);
 }

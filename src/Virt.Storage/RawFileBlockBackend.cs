@@ -15,6 +15,7 @@ public sealed class RawFileBlockBackend : IBlockBackend, IVectoredBlockBackend, 
     private readonly SafeFileHandle _handle;
     private bool _punchUnsupported;
     private bool? _isInMemory;
+    private readonly NoWaitProbe _noWait = new();
 
     private RawFileBlockBackend(SafeFileHandle handle, string path, long capacity, bool readOnly)
     {
@@ -140,6 +141,19 @@ public sealed class RawFileBlockBackend : IBlockBackend, IVectoredBlockBackend, 
         BlockRange.CheckWritable(IsReadOnly);
         BlockRange.Check(offset, Total(buffers), Capacity);
         HostIo.WriteVector(_handle, offset, buffers);
+    }
+
+    bool IVectoredBlockBackend.MayTransferWithoutWaiting(bool write) => _noWait.Allows(write) && !(write && IsReadOnly);
+
+    bool IVectoredBlockBackend.TryVectorNoWait(long offset, ReadOnlySpan<HostBuffer> buffers, bool write)
+    {
+        if (write)
+        {
+            BlockRange.CheckWritable(IsReadOnly);
+        }
+
+        BlockRange.Check(offset, Total(buffers), Capacity);
+        return _noWait.TryVector(_handle, offset, buffers, write);
     }
 
     void IBackingReader.ReadAt(long offset, Span<byte> destination)

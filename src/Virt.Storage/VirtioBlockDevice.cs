@@ -15,8 +15,11 @@ public enum VirtioBlockInline
 {
     /// <summary>
     /// On the notifying vCPU thread when the image (and every backing file) lives in host memory (tmpfs, ramfs,
-    /// hugetlbfs), where a request only copies memory and never waits for a storage device; on the queue's worker
-    /// otherwise. The default.
+    /// hugetlbfs), where a request only copies memory and never waits for a storage device. For an image on a disk file
+    /// system (Linux), on the notifying thread only when the host can do it without waiting for the disk: the request
+    /// is tried with RWF_NOWAIT (data in the page cache, metadata in memory) and goes to the queue's worker, with every
+    /// request after it, when it would wait or when the file system refuses RWF_NOWAIT for that direction (ext4 does
+    /// for buffered writes). Elsewhere on the queue's worker. The default.
     /// </summary>
     Automatic = 0,
 
@@ -59,7 +62,8 @@ public sealed record VirtioBlockOptions
     /// <summary>
     /// Whether reads and writes of up to 128 KiB are served on the vCPU thread that notified the queue, with no
     /// hand-off to the queue's worker (see <see cref="VirtioBlockInline"/>; default
-    /// <see cref="VirtioBlockInline.Automatic"/>: when the image lives in host memory). Applies to raw and qcow2 images
+    /// <see cref="VirtioBlockInline.Automatic"/>: when the image lives in host memory, or the data is in the host's page
+    /// cache). Applies to raw and qcow2 images
     /// without throttling; everything else (FLUSH, larger requests, requests that arrive while the worker is busy)
     /// goes to the worker, in order.
     /// </summary>
@@ -135,7 +139,20 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     private TokenBucket? _sharedBytes;
     private TokenBucket? _sharedOps;
     private readonly VirtqueueWorker[] _workers;
-    private readonly bool _inline;
+    private readonly InlineMode _inline;
+
+    /// <summary>What the notifying thread serves (<see cref="VirtioBlockOptions.Inline"/> resolved for the backend).</summary>
+    private enum InlineMode
+    {
+        /// <summary>Nothing: the worker serves every request.</summary>
+        None,
+
+        /// <summary>Small reads and writes, whatever the host must wait for.</summary>
+        Any,
+
+        /// <summary>Small reads and writes the host can do without waiting for the storage device (RWF_NOWAIT).</summary>
+        Cached,
+    }
 
     /// <summary>Creates the device over <paramref name="backend"/>.</summary>
     /// <exception cref="ArgumentException">The options are invalid (queue size, serial).</exception>
@@ -177,14 +194,26 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
         _config = BuildConfig(backend.Capacity, options.QueueSize, options.QueueCount);
         _inline = options.Inline switch
         {
-            VirtioBlockInline.Never => false,
-            VirtioBlockInline.Always => backend is IVectoredBlockBackend,
-            _ => backend is IVectoredBlockBackend { IsInMemory: true },
+            VirtioBlockInline.Never => InlineMode.None,
+            VirtioBlockInline.Always => backend is IVectoredBlockBackend ? InlineMode.Any : InlineMode.None,
+            _ => backend switch
+            {
+                IVectoredBlockBackend { IsInMemory: true } => InlineMode.Any,
+                IVectoredBlockBackend when OperatingSystem.IsLinux() => InlineMode.Cached,
+                _ => InlineMode.None,
+            },
         };
     }
 
-    /// <summary>Whether small reads and writes are served on the notifying thread (<see cref="VirtioBlockOptions.Inline"/> resolved for this backend).</summary>
-    public bool ServesInline => _inline;
+    /// <summary>
+    /// Whether small reads and writes may be served on the notifying thread (<see cref="VirtioBlockOptions.Inline"/>
+    /// resolved for this backend). With <see cref="VirtioBlockInline.Automatic"/> and an image on a disk file system,
+    /// only those the host can do from its page cache are (see <see cref="VirtioBlockInline.Automatic"/>).
+    /// </summary>
+    public bool ServesInline => _inline != InlineMode.None;
+
+    /// <summary>Whether requests served inline must be ones the host does without waiting for the storage device (RWF_NOWAIT).</summary>
+    internal bool ServesInlineOnlyFromCache => _inline == InlineMode.Cached;
 
     /// <summary>Whether the guest sees the disk read-only.</summary>
     public bool IsReadOnly { get; }
@@ -507,7 +536,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     protected override void OnQueueNotified(int queueIndex, VirtqueueWorker worker)
     {
         ArgumentNullException.ThrowIfNull(worker);
-        if (!_inline || Limited || Context is not { } context || (uint)queueIndex >= (uint)context.Queues.Count || !worker.TryEnterInline())
+        if (_inline == InlineMode.None || Limited || Context is not { } context || (uint)queueIndex >= (uint)context.Queues.Count || !worker.TryEnterInline())
         {
             worker.Kick();
             return;
@@ -582,11 +611,19 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
             return false;
         }
 
+        bool write = type == RequestOut;
+        bool noWait = _inline == InlineMode.Cached;
+        if (noWait && _backend is IVectoredBlockBackend vectored && !vectored.MayTransferWithoutWaiting(write))
+        {
+            // The image's file refused RWF_NOWAIT in this direction (ext4's buffered writes, for one): the worker serves.
+            return false;
+        }
+
         byte status = StatusOk;
         long dataWritten = 0;
         try
         {
-            if (type == RequestIn ? !TryReadDirect(context.Memory, chain, sector, statusOffset, out dataWritten) : !TryWriteDirect(context.Memory, chain, sector))
+            if (write ? !TryWriteDirect(context.Memory, chain, sector, noWait) : !TryReadDirect(context.Memory, chain, sector, statusOffset, out dataWritten, noWait))
             {
                 return false;
             }
@@ -614,7 +651,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     /// (preadv on a file). False when it does not apply (no vectored backend, throttling, a buffer that is not one
     /// span of RAM, out of bounds): the copying path then serves the request and reports any error.
     /// </summary>
-    private bool TryReadDirect(IGuestMemory memory, DescriptorChain chain, ulong sector, long length, out long done)
+    private bool TryReadDirect(IGuestMemory memory, DescriptorChain chain, ulong sector, long length, out long done, bool noWait = false)
     {
         done = 0;
         if (_backend is not IVectoredBlockBackend vectored || Limited || length == 0 || !InBounds(sector, length))
@@ -631,7 +668,17 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
                 return false;
             }
 
-            vectored.ReadVector((long)sector * DiskImage.SectorSize, buffers[..count]);
+            if (noWait)
+            {
+                if (!vectored.TryVectorNoWait((long)sector * DiskImage.SectorSize, buffers[..count], write: false))
+                {
+                    return false;
+                }
+            }
+            else
+            {
+                vectored.ReadVector((long)sector * DiskImage.SectorSize, buffers[..count]);
+            }
         }
         finally
         {
@@ -646,7 +693,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     }
 
     /// <summary>The zero-copy path of an OUT request (pwritev from the guest's buffers); see <see cref="TryReadDirect"/>.</summary>
-    private bool TryWriteDirect(IGuestMemory memory, DescriptorChain chain, ulong sector)
+    private bool TryWriteDirect(IGuestMemory memory, DescriptorChain chain, ulong sector, bool noWait = false)
     {
         long length = chain.ReadableLength - HeaderSize;
         if (_backend is not IVectoredBlockBackend vectored || IsReadOnly || Limited || length <= 0 || !InBounds(sector, length))
@@ -663,7 +710,17 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
                 return false;
             }
 
-            vectored.WriteVector((long)sector * DiskImage.SectorSize, buffers[..count]);
+            if (noWait)
+            {
+                if (!vectored.TryVectorNoWait((long)sector * DiskImage.SectorSize, buffers[..count], write: true))
+                {
+                    return false;
+                }
+            }
+            else
+            {
+                vectored.WriteVector((long)sector * DiskImage.SectorSize, buffers[..count]);
+            }
         }
         finally
         {

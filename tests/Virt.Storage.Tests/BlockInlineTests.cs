@@ -234,7 +234,7 @@ public sealed class BlockInlineTests
     }
 
     [Fact]
-    public async Task Automatic_serves_inline_only_for_an_image_in_host_memory()
+    public async Task Automatic_serves_inline_any_request_for_an_image_in_host_memory_and_page_cache_hits_for_one_on_disk()
     {
         await using var memory = new MemoryBlockBackend(1 << 20);
         Assert.False(new VirtioBlockDevice(memory).ServesInline);
@@ -243,7 +243,16 @@ public sealed class BlockInlineTests
         await using (var onDisk = Open(dir, "raw"))
         {
             Assert.False(new VirtioBlockDevice(onDisk, new VirtioBlockOptions { Inline = VirtioBlockInline.Never }).ServesInline);
-            Assert.True(new VirtioBlockDevice(onDisk, new VirtioBlockOptions { Inline = VirtioBlockInline.Always }).ServesInline);
+            var always = new VirtioBlockDevice(onDisk, new VirtioBlockOptions { Inline = VirtioBlockInline.Always });
+            Assert.True(always.ServesInline);
+            Assert.False(always.ServesInlineOnlyFromCache);
+            if (!((IVectoredBlockBackend)onDisk).IsInMemory)
+            {
+                // A disk file system: Automatic tries small requests with RWF_NOWAIT (Linux), otherwise the worker serves.
+                var automatic = new VirtioBlockDevice(onDisk);
+                Assert.Equal(OperatingSystem.IsLinux(), automatic.ServesInline);
+                Assert.Equal(OperatingSystem.IsLinux(), automatic.ServesInlineOnlyFromCache);
+            }
         }
 
         if (!OperatingSystem.IsLinux() || !Directory.Exists("/dev/shm"))
@@ -259,6 +268,7 @@ public sealed class BlockInlineTests
                 DiskImage.Create(path, 1 << 20, format == "raw" ? DiskFormat.Raw : DiskFormat.Qcow2);
                 await using var inMemory = DiskImage.Open(path);
                 Assert.True(new VirtioBlockDevice(inMemory).ServesInline);
+                Assert.False(new VirtioBlockDevice(inMemory).ServesInlineOnlyFromCache);
                 Assert.False(new VirtioBlockDevice(inMemory, new VirtioBlockOptions { Inline = VirtioBlockInline.Never }).ServesInline);
             }
             finally

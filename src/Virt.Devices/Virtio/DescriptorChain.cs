@@ -20,8 +20,12 @@ namespace Virt.Devices.Virtio;
 /// </remarks>
 public sealed class DescriptorChain
 {
+    /// <summary>Buffers kept inside the chain object itself (a block request has three), without an array.</summary>
+    private const int InlineSegments = 4;
+
     private readonly IGuestMemory _memory;
-    private Segment[] _segments = new Segment[4];
+    private InlineSegmentArray _inline;
+    private Segment[]? _segments;
     private int _count;
     private int _firstWritable = -1;
 
@@ -49,17 +53,31 @@ public sealed class DescriptorChain
 
     internal void Add(GuestAddress address, uint length, bool writable)
     {
-        if (_count == _segments.Length)
-        {
-            Array.Resize(ref _segments, _count * 2);
-        }
-
         if (writable && _firstWritable < 0)
         {
             _firstWritable = _count;
         }
 
-        _segments[_count++] = new Segment(address.Value, length);
+        var segment = new Segment(address.Value, length);
+        if (_segments is null && _count < InlineSegments)
+        {
+            _inline[_count++] = segment;
+        }
+        else
+        {
+            if (_segments is null)
+            {
+                _segments = new Segment[InlineSegments * 2];
+                ((ReadOnlySpan<Segment>)_inline).CopyTo(_segments);
+            }
+            else if (_count == _segments.Length)
+            {
+                Array.Resize(ref _segments, _count * 2);
+            }
+
+            _segments[_count++] = segment;
+        }
+
         if (writable)
         {
             WritableLength += length;
@@ -81,7 +99,7 @@ public sealed class DescriptorChain
         long skip = offset;
         for (int i = 0; i < readableEnd && done < destination.Length; i++)
         {
-            var s = _segments[i];
+            var s = SegmentAt(i);
             if (skip >= s.Length)
             {
                 skip -= s.Length;
@@ -119,7 +137,7 @@ public sealed class DescriptorChain
         long skip = offset;
         for (int i = _firstWritable; i < _count && done < source.Length; i++)
         {
-            var s = _segments[i];
+            var s = SegmentAt(i);
             if (skip >= s.Length)
             {
                 skip -= s.Length;
@@ -149,9 +167,17 @@ public sealed class DescriptorChain
     {
         ArgumentOutOfRangeException.ThrowIfNegative(index);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(index, _count);
-        var s = _segments[index];
+        var s = SegmentAt(index);
         return (new GuestAddress(s.Address), s.Length, _firstWritable >= 0 && index >= _firstWritable);
     }
 
+    private Segment SegmentAt(int index) => _segments is null ? _inline[index] : _segments[index];
+
     private readonly record struct Segment(ulong Address, uint Length);
+
+    [System.Runtime.CompilerServices.InlineArray(InlineSegments)]
+    private struct InlineSegmentArray
+    {
+        private Segment _first;
+    }
 }

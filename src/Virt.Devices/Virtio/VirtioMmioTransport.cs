@@ -432,19 +432,15 @@ public sealed partial class VirtioMmioTransport : IMmioDevice, IPersistentState
 
     private void Notify(uint value)
     {
-        int index;
-        lock (_sync)
+        // No lock: the status is one word written under the lock, and a notification racing a reset or an error is
+        // harmless either way (the device's queues of a stopped activation hand out nothing).
+        const uint live = (uint)(VirtioDeviceStatus.DriverOk | VirtioDeviceStatus.DeviceNeedsReset);
+        if ((Volatile.Read(ref _status) & live) != (uint)VirtioDeviceStatus.DriverOk || (value & 0xffff) >= (uint)_queues.Length)
         {
-            const uint live = (uint)(VirtioDeviceStatus.DriverOk | VirtioDeviceStatus.DeviceNeedsReset);
-            if ((_status & live) != (uint)VirtioDeviceStatus.DriverOk || (value & 0xffff) >= (uint)_queues.Length)
-            {
-                return;
-            }
-
-            index = (int)(value & 0xffff);
+            return;
         }
 
-        _device.QueueNotified(index);
+        _device.QueueNotified((int)(value & 0xffff));
     }
 
     private void Reset()

@@ -12,31 +12,47 @@ namespace Virt.Benchmarks.Virtio;
 
 /// <summary>
 /// 4 KiB random reads and writes in a fresh process, round by round: the host (<see cref="RandomAccess"/> on the
-/// image's handle), the device path served on the notifying thread (inline) and the device path served by the
-/// queue's worker, for a raw and a fully allocated qcow2 image on tmpfs. Each round times every case for the same
+/// image's handle), the device path with <see cref="VirtioBlockInline.Automatic"/> (inline) and the device path served by
+/// the queue's worker, for a raw and a fully allocated qcow2 image. Each round times every case for the same
 /// number of requests in turn, so the cases share the machine's load; the table gives each case's median of the
-/// rounds and its share of the host's throughput. A stage line splits the inline path's time: building the chain
+/// rounds and its share of the host's throughput; "paired" is the median of each round's host share (host and inline
+/// ran back to back), "cpu" the same from the calling thread's CPU time, which leaves out the time the machine's other
+/// processes took (both paths run entirely on the calling thread). A stage line splits the inline path's time: building the chain
 /// (driver), the notification (the device's whole service: pop, preadv/pwritev, used entry, interrupt), taking the
-/// used entry (driver); and the backend's vectored call alone.
+/// used entry (driver); and the backend's vectored call alone. The image lives in /dev/shm unless another directory is
+/// given (a disk file system: the image is in the page cache after it is filled, and Automatic serves inline only what
+/// RWF_NOWAIT allows).
 /// </summary>
-internal static class BlockFresh
+internal static partial class BlockFresh
 {
     private const long ImageSize = 64L << 20;
-    private const int Small = 4096;
 
-    public static async Task RunAsync(int requests, int rounds)
+    public static async Task RunAsync(int requests, int rounds, string directory, int size)
     {
-        Console.WriteLine($"4 KiB random I/O on tmpfs, {requests} requests per case and round, median of {rounds} rounds (fresh process)");
+        if (size < 512 || size % 512 != 0 || size > (4 << 20))
+        {
+            throw new ArgumentOutOfRangeException(nameof(size), size, "The request size must be a multiple of 512 up to 4 MiB.");
+        }
+
+        s_size = size;
+        Console.WriteLine(size == 4096
+            ? $"4 KiB random I/O in {directory}, {requests} requests per case and round, median of {rounds} rounds (fresh process)"
+            : $"{size / 1024} KiB sequential I/O in {directory}, {requests} requests per case and round, median of {rounds} rounds (fresh process)");
         Console.WriteLine("format  op     host ns  inline ns (host share)  worker ns (host share)");
         foreach (string format in new[] { "raw", "qcow2" })
         {
-            await RunFormatAsync(format, requests, rounds);
+            await RunFormatAsync(format, requests, rounds, directory);
         }
     }
 
-    private static async Task RunFormatAsync(string format, int requests, int rounds)
+    /// <summary>Bytes per request: 4 KiB at random offsets, any other size sequentially.</summary>
+    private static int s_size = 4096;
+
+    private static int Small => s_size;
+
+    private static async Task RunFormatAsync(string format, int requests, int rounds, string directory)
     {
-        string path = Path.Combine("/dev/shm", $"virt-blk-fresh-{Guid.NewGuid():N}.{format}");
+        string path = Path.Combine(directory, $"virt-blk-fresh-{Guid.NewGuid():N}.{format}");
         try
         {
             if (format == "raw")
@@ -69,21 +85,25 @@ internal static class BlockFresh
             using var worker = new Rig(backend, VirtioBlockInline.Never);
             if (!inline.Device.ServesInline)
             {
-                Console.WriteLine("  (the image is not in host memory: Automatic serves on the worker)");
+                Console.WriteLine("  (Automatic serves every request on the worker here)");
             }
 
             var random = new Random(7);
-            long[] offsets = [.. Enumerable.Range(0, 4096).Select(_ => random.NextInt64(ImageSize / Small) * Small)];
+            long[] offsets = Small == 4096
+                ? [.. Enumerable.Range(0, 4096).Select(_ => random.NextInt64(ImageSize / Small) * Small)]
+                : [.. Enumerable.Range(0, 4096).Select(i => i * (long)Small % (ImageSize - Small + 1) / 512 * 512)];
             byte[] buffer = GC.AllocateArray<byte>(Small, pinned: true);
             foreach (uint type in new uint[] { 0, 1 })
             {
                 var hostTimes = new List<double>();
                 var inlineTimes = new List<double>();
                 var workerTimes = new List<double>();
+                var wallRatios = new List<double>();
+                var cpuRatios = new List<double>();
                 var stages = new double[4];
                 for (int round = 0; round < rounds + 1; round++)
                 {
-                    double h = Time(requests, i =>
+                    var (h, hc) = Time(requests, i =>
                     {
                         long o = offsets[i & 4095];
                         if (type == 0)
@@ -95,21 +115,23 @@ internal static class BlockFresh
                             RandomAccess.Write(host, (ReadOnlySpan<byte>)buffer, o);
                         }
                     });
-                    double d = Time(requests, i => inline.Request(type, offsets[i & 4095]));
-                    double w = Time(requests, i => worker.Request(type, offsets[i & 4095]));
+                    var (d, dc) = Time(requests, i => inline.Request(type, offsets[i & 4095]));
+                    var (w, _) = Time(requests, i => worker.Request(type, offsets[i & 4095]));
                     if (round > 0)
                     {
                         // Round 0 warms up (JIT, caches).
                         hostTimes.Add(h);
                         inlineTimes.Add(d);
                         workerTimes.Add(w);
+                        wallRatios.Add(h / d);
+                        cpuRatios.Add(hc / dc);
                     }
                 }
 
                 inline.Stages(type, offsets, requests, stages);
                 double hm = Median(hostTimes), im = Median(inlineTimes), wm = Median(workerTimes);
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"{format,-7} {(type == 0 ? "read" : "write"),-5} {hm,8:F0}  {im,9:F0} ({hm / im,4:F2})         {wm,9:F0} ({hm / wm,4:F2})"));
+                    $"{format,-7} {(type == 0 ? "read" : "write"),-5} {hm,8:F0}  {im,9:F0} ({hm / im,4:F2})         {wm,9:F0} ({hm / wm,4:F2})   paired {Median(wallRatios):F2}, cpu {Median(cpuRatios):F2}"));
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"        inline stages ns: chain {stages[0]:F0}, notify+serve {stages[1]:F0}, take used {stages[2]:F0}; backend call alone {stages[3]:F0}"));
             }
@@ -120,15 +142,35 @@ internal static class BlockFresh
         }
     }
 
-    private static double Time(int requests, Action<int> action)
+    /// <summary>Mean wall-clock and calling-thread CPU nanoseconds per request.</summary>
+    private static (double Wall, double Cpu) Time(int requests, Action<int> action)
     {
+        long cpu = ThreadCpuNanoseconds();
         long start = Stopwatch.GetTimestamp();
         for (int i = 0; i < requests; i++)
         {
             action(i);
         }
 
-        return Stopwatch.GetElapsedTime(start).TotalNanoseconds / requests;
+        double wall = Stopwatch.GetElapsedTime(start).TotalNanoseconds / requests;
+        return (wall, (double)(ThreadCpuNanoseconds() - cpu) / requests);
+    }
+
+    /// <summary>CPU time of the calling thread (user and system), which leaves out the time other processes ran.</summary>
+    private static long ThreadCpuNanoseconds()
+    {
+        const int ClockThreadCpuTime = 3;
+        return OperatingSystem.IsLinux() && ClockGetTime(ClockThreadCpuTime, out var ts) == 0 ? (ts.Seconds * 1_000_000_000) + ts.Nanoseconds : 0;
+    }
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "clock_gettime")]
+    private static partial int ClockGetTime(int clock, out TimeSpec time);
+
+    [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential)]
+    private struct TimeSpec
+    {
+        public long Seconds;
+        public long Nanoseconds;
     }
 
     private static double Median(List<double> values)
@@ -151,7 +193,7 @@ internal static class BlockFresh
             _driver.Initialize(queueSize: 256);
             _header = _driver.Allocate(16);
             _status = _driver.Allocate(16);
-            _data = _driver.Allocate(Small);
+            _data = _driver.Allocate((uint)Small);
         }
 
         public VirtioBlockDevice Device { get; }
@@ -217,7 +259,7 @@ internal static class BlockFresh
             BinaryPrimitives.WriteUInt32LittleEndian(h, type);
             BinaryPrimitives.WriteUInt64LittleEndian(h[8..], (ulong)(offset / 512));
             _ram.Write(_header, h);
-            _driver.Queues[0].AddChain((_header, 16, false), (_data, Small, type == 0), (_status, 1, true));
+            _driver.Queues[0].AddChain((_header, 16, false), (_data, (uint)Small, type == 0), (_status, 1, true));
         }
     }
 }

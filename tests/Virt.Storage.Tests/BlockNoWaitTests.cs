@@ -1,0 +1,413 @@
+using System.Buffers.Binary;
+using Virt.Memory;
+using Xunit;
+
+namespace Virt.Storage.Tests;
+
+/// <summary>
+/// <see cref="VirtioBlockInline.Automatic"/> for an image on a disk file system: small reads and writes are tried on the
+/// notifying thread with RWF_NOWAIT; one that would wait, and every request after it, goes to the queue's worker in
+/// order, and a direction the file refuses RWF_NOWAIT for is not tried again.
+/// </summary>
+public sealed partial class BlockNoWaitTests
+{
+    private const uint In = 0, Out = 1;
+    private const int Block = 4096;
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    public static TheoryData<string> Directories()
+    {
+        var data = new TheoryData<string> { "temp" };
+        if (OperatingSystem.IsLinux() && Directory.Exists("/dev/shm"))
+        {
+            data.Add("/dev/shm");
+        }
+
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Directories))]
+    public async Task A_no_wait_transfer_moves_the_data_or_is_refused_once_and_never_tried_again(string where)
+    {
+        using var dir = new TempDir();
+        string path = where == "temp" ? dir.File("disk.raw") : Path.Combine(where, $"virt-nowait-{Guid.NewGuid():N}.raw");
+        try
+        {
+            DiskImage.CreateRaw(path, 1 << 20);
+            await using var backend = DiskImage.Open(path);
+            var data = new byte[Block];
+            new Random(5).NextBytes(data);
+            await backend.WriteAsync(8 * Block, data, Ct);
+            var vectored = (IVectoredBlockBackend)backend;
+            Assert.True(vectored.MayTransferWithoutWaiting(write: false));
+
+            // Just written, so in the page cache: the read either moves it all or the file system refuses RWF_NOWAIT
+            // for reads (tmpfs does on Linux 6.x), which the backend then remembers.
+            var back = GC.AllocateArray<byte>(Block, pinned: true);
+            bool moved;
+            unsafe
+            {
+                fixed (byte* p = back)
+                {
+                    moved = vectored.TryVectorNoWait(8 * Block, [new HostBuffer((nint)p, Block)], write: false);
+                }
+            }
+
+            if (moved)
+            {
+                Assert.Equal(data, back);
+                Assert.True(vectored.MayTransferWithoutWaiting(write: false));
+            }
+            else
+            {
+                Assert.False(vectored.MayTransferWithoutWaiting(write: false));
+            }
+
+            // The same for a write; a refused write leaves the file as it was.
+            var update = new byte[Block];
+            new Random(6).NextBytes(update);
+            bool wrote;
+            unsafe
+            {
+                fixed (byte* p = update)
+                {
+                    wrote = vectored.TryVectorNoWait(8 * Block, [new HostBuffer((nint)p, Block)], write: true);
+                }
+            }
+
+            await backend.ReadAsync(8 * Block, back, Ct);
+            Assert.Equal(wrote ? update : data, back);
+            Assert.Equal(wrote, vectored.MayTransferWithoutWaiting(write: true));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public async Task Automatic_on_a_disk_file_system_serves_page_cache_hits_inline()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("disk.qcow2");
+        DiskImage.Create(path, 1 << 20, DiskFormat.Qcow2);
+        await using var backend = DiskImage.Open(path);
+        using var rig = new BlockRig(backend);
+        bool inMemory = ((IVectoredBlockBackend)backend).IsInMemory;
+        Assert.Equal(OperatingSystem.IsLinux() || inMemory, rig.Device.ServesInline);
+        Assert.Equal(OperatingSystem.IsLinux() && !inMemory, rig.Device.ServesInlineOnlyFromCache);
+        var data = new byte[Block];
+        new Random(2).NextBytes(data);
+        Assert.Equal(0, rig.Request(Out, 16, writeData: data).Status);
+
+        // The block was just written, so it is in the page cache: with a file system that takes RWF_NOWAIT for reads
+        // (ext4, xfs, btrfs) the read is used before the notification returns; otherwise the worker serves it.
+        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+        Submit(rig, In, 16, null, out var readAt, out var status);
+        rig.Driver.Notify(0);
+        bool inline = rig.Queue.TryTakeUsed(out _);
+        if (!inline)
+        {
+            rig.Queue.WaitUsed();
+        }
+
+        Assert.Equal(0, rig.Memory.Read<byte>(status));
+        var back = new byte[Block];
+        rig.Memory.Read(readAt, back);
+        Assert.Equal(data, back);
+        Assert.Equal(inline, inMemory || ((IVectoredBlockBackend)backend).MayTransferWithoutWaiting(write: false));
+        Assert.False(rig.NeedsReset);
+    }
+
+    [Fact]
+    public async Task A_read_that_misses_the_page_cache_goes_to_the_worker_and_later_hits_are_served_inline_again()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("disk.raw");
+        DiskImage.CreateRaw(path, 1 << 20);
+        await using var backend = DiskImage.Open(path);
+        var vectored = (IVectoredBlockBackend)backend;
+        if (!OperatingSystem.IsLinux() || vectored.IsInMemory)
+        {
+            // Only an image on a disk file system has a page cache to miss.
+            return;
+        }
+
+        using var rig = new BlockRig(backend);
+        var data = Fill(13);
+        Assert.Equal(0, rig.Request(Out, 24, writeData: data).Status);
+        Assert.Equal(0, rig.Request(4, 0).Status);
+
+        // The block is on disk now and clean: drop it from the page cache, so reading it has to wait for the disk.
+        Assert.Equal(0, FileAdvise(((RawFileBlockBackend)backend).Handle, 0, 0, PosixFadvDontNeed));
+        if (vectored.MayTransferWithoutWaiting(write: false))
+        {
+            // With nothing cached, a no-wait read moves nothing (EAGAIN), and that is no refusal of RWF_NOWAIT.
+            var probe = GC.AllocateArray<byte>(Block, pinned: true);
+            unsafe
+            {
+                fixed (byte* p = probe)
+                {
+                    Assert.False(vectored.TryVectorNoWait(24 * 512, [new HostBuffer((nint)p, Block)], write: false));
+                }
+            }
+
+            Assert.True(vectored.MayTransferWithoutWaiting(write: false));
+        }
+
+        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+        Submit(rig, In, 24, null, out var first, out var firstStatus);
+        rig.Driver.Notify(0);
+        rig.Queue.WaitUsed();
+        Assert.Equal(0, rig.Memory.Read<byte>(firstStatus));
+        Assert.Equal(data, Read(rig, first));
+
+        // A miss is no refusal: reads are still tried without waiting, and the block the worker just read is served
+        // inline (used before the notification returns) when the file system takes RWF_NOWAIT for reads.
+        bool tried = vectored.MayTransferWithoutWaiting(write: false);
+        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+        Submit(rig, In, 24, null, out var second, out _);
+        rig.Driver.Notify(0);
+        bool inline = rig.Queue.TryTakeUsed(out _);
+        if (!inline)
+        {
+            rig.Queue.WaitUsed();
+        }
+
+        Assert.Equal(data, Read(rig, second));
+        Assert.Equal(tried, inline);
+        Assert.False(rig.NeedsReset);
+    }
+
+    private const int PosixFadvDontNeed = 4;
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "posix_fadvise")]
+    private static partial int FileAdvise(Microsoft.Win32.SafeHandles.SafeFileHandle fd, long offset, long length, int advice);
+
+    [Fact]
+    public async Task A_request_that_would_wait_goes_to_the_worker_with_everything_after_it_in_order()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return;
+        }
+
+        await using var backend = new ScriptedBackend(1 << 20) { WouldBlockAt = 64 * Block };
+        var original = new byte[Block];
+        new Random(8).NextBytes(original);
+        original.CopyTo(backend.Bytes, 64 * Block);
+        using var rig = new BlockRig(backend);
+        Assert.True(rig.Device.ServesInlineOnlyFromCache);
+        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+
+        // W0 and R1 (cached) inline; R2 would wait (its attempt scribbles over the guest buffer, as a partial read
+        // would), so R2, W3 and R4 go to the worker, which completes them in order and makes no no-wait attempt.
+        // (Requests in flight together have no order among themselves, so W3 and R4 touch other blocks.)
+        var w0 = Fill(9);
+        var w3 = Fill(10);
+        var heads = new List<uint>();
+        heads.Add(Submit(rig, Out, 8, w0, out _, out var s0));
+        heads.Add(Submit(rig, In, 8, null, out var r1, out var s1));
+        heads.Add(Submit(rig, In, 64 * Block / 512, null, out var r2, out var s2));
+        heads.Add(Submit(rig, Out, 80 * Block / 512, w3, out _, out var s3));
+        heads.Add(Submit(rig, In, 8, null, out var r4, out var s4));
+        rig.Driver.Notify(0);
+        var order = new List<uint>();
+        for (int i = 0; i < heads.Count; i++)
+        {
+            order.Add(rig.Queue.WaitUsed().Id);
+        }
+
+        Assert.Equal(heads, order);
+        Assert.All(new[] { s0, s1, s2, s3, s4 }, s => Assert.Equal(0, rig.Memory.Read<byte>(s)));
+        Assert.Equal(w0, Read(rig, r1));
+        Assert.Equal(original, Read(rig, r2));
+        Assert.Equal(w0, Read(rig, r4));
+        Assert.Equal(w3, backend.Bytes.AsSpan(80 * Block, Block).ToArray());
+        Assert.Equal(["write 4096", "read 4096", "read 262144"], backend.NoWaitAttempts);
+        Assert.False(rig.NeedsReset);
+        Assert.Equal(0, rig.Memory.Violations);
+    }
+
+    [Fact]
+    public async Task A_direction_the_file_refuses_goes_to_the_worker_and_stops_the_inline_batch_there()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return;
+        }
+
+        // As ext4 does for buffered writes: RWF_NOWAIT writes are refused, reads are not.
+        await using var backend = new ScriptedBackend(1 << 20) { RefuseWrites = true };
+        using var rig = new BlockRig(backend);
+        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+        var w1 = Fill(11);
+        var stored = Fill(12);
+        stored.CopyTo(backend.Bytes, 2 * Block);
+        var heads = new List<uint>
+        {
+            Submit(rig, In, 0, null, out _, out _),
+            Submit(rig, Out, 8, w1, out _, out _),
+            Submit(rig, In, 16, null, out var r2, out _),
+        };
+        rig.Driver.Notify(0);
+        var order = new List<uint>();
+        for (int i = 0; i < heads.Count; i++)
+        {
+            order.Add(rig.Queue.WaitUsed().Id);
+        }
+
+        Assert.Equal(heads, order);
+        Assert.Equal(w1, backend.Bytes.AsSpan(Block, Block).ToArray());
+        Assert.Equal(stored, Read(rig, r2));
+
+        // The refused write was never tried without waiting, and the read after it went to the worker with it.
+        Assert.Equal(["read 0"], backend.NoWaitAttempts);
+        Assert.False(rig.NeedsReset);
+    }
+
+    private static byte[] Fill(int seed)
+    {
+        var data = new byte[Block];
+        new Random(seed).NextBytes(data);
+        return data;
+    }
+
+    private static byte[] Read(BlockRig rig, GuestAddress at)
+    {
+        var back = new byte[Block];
+        rig.Memory.Read(at, back);
+        return back;
+    }
+
+    private static uint Submit(BlockRig rig, uint type, ulong sector, byte[]? write, out GuestAddress data, out GuestAddress status)
+    {
+        var header = rig.Driver.Allocate(16);
+        data = rig.Driver.Allocate(Block);
+        status = rig.Driver.Allocate(1);
+        var h = new byte[16];
+        BinaryPrimitives.WriteUInt32LittleEndian(h, type);
+        BinaryPrimitives.WriteUInt64LittleEndian(h.AsSpan(8), sector);
+        rig.Memory.Write(header, h);
+        rig.Memory.Write(status, (byte)0xff);
+        rig.Memory.Write(data, write ?? new byte[Block]);
+        return rig.Queue.AddChain((header, 16, false), (data, Block, type == In), (status, 1, true));
+    }
+
+    /// <summary>
+    /// A disk in a byte array that plays an image on a disk file system: no-wait transfers succeed except for a read of
+    /// the block at <see cref="WouldBlockAt"/> (as if it were not in the page cache) and, with
+    /// <see cref="RefuseWrites"/>, writes (as ext4 refuses RWF_NOWAIT for buffered writes).
+    /// </summary>
+    private sealed class ScriptedBackend(int size) : IBlockBackend, IVectoredBlockBackend
+    {
+        private readonly Lock _sync = new();
+
+        public byte[] Bytes { get; } = new byte[size];
+
+        public long WouldBlockAt { get; init; } = -1;
+
+        public bool RefuseWrites { get; init; }
+
+        public List<string> NoWaitAttempts { get; } = [];
+
+        public long Capacity => Bytes.Length;
+
+        public bool IsReadOnly => false;
+
+        public bool IsInMemory => false;
+
+        public bool MayTransferWithoutWaiting(bool write) => !(write && RefuseWrites);
+
+        public bool TryVectorNoWait(long offset, ReadOnlySpan<HostBuffer> buffers, bool write)
+        {
+            lock (_sync)
+            {
+                NoWaitAttempts.Add($"{(write ? "write" : "read")} {offset}");
+            }
+
+            if (!write && offset == WouldBlockAt)
+            {
+                foreach (var b in buffers)
+                {
+                    b.Span[..(b.Length / 2)].Fill(0xee);
+                }
+
+                return false;
+            }
+
+            if (write)
+            {
+                WriteVector(offset, buffers);
+            }
+            else
+            {
+                ReadVector(offset, buffers);
+            }
+
+            return true;
+        }
+
+        public void ReadVector(long offset, ReadOnlySpan<HostBuffer> buffers)
+        {
+            lock (_sync)
+            {
+                foreach (var b in buffers)
+                {
+                    Bytes.AsSpan((int)offset, b.Length).CopyTo(b.Span);
+                    offset += b.Length;
+                }
+            }
+        }
+
+        public void WriteVector(long offset, ReadOnlySpan<HostBuffer> buffers)
+        {
+            lock (_sync)
+            {
+                foreach (var b in buffers)
+                {
+                    b.Span.CopyTo(Bytes.AsSpan((int)offset));
+                    offset += b.Length;
+                }
+            }
+        }
+
+        public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            lock (_sync)
+            {
+                Bytes.AsSpan((int)offset, buffer.Length).CopyTo(buffer.Span);
+            }
+
+            return ValueTask.CompletedTask;
+        }
+
+        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            lock (_sync)
+            {
+                buffer.Span.CopyTo(Bytes.AsSpan((int)offset));
+            }
+
+            return ValueTask.CompletedTask;
+        }
+
+        public ValueTask FlushAsync(CancellationToken cancellationToken = default) => ValueTask.CompletedTask;
+
+        public ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken = default) => WriteZeroesAsync(offset, length, cancellationToken);
+
+        public ValueTask WriteZeroesAsync(long offset, long length, CancellationToken cancellationToken = default)
+        {
+            lock (_sync)
+            {
+                Bytes.AsSpan((int)offset, (int)length).Clear();
+            }
+
+            return ValueTask.CompletedTask;
+        }
+
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    }
+}
