@@ -715,13 +715,20 @@ internal sealed class BlockCompiler
     private readonly List<Tail> _tailOrder = [];
     private LocalBuilder? _exitRip, _exitSlot, _syncIndex, _syncCont;
 
+    /// <summary>
+    /// The method loops (a self-loop or a region): its exits and slow paths stay inline, as paths that join from a
+    /// loop into shared code made the .NET JIT keep guest registers in memory across the loop (the 3-instruction loop
+    /// ran about a quarter slower). Loops are a small part of the blocks compiled, so most of the IL saving stays.
+    /// </summary>
+    private bool _loops;
+
     /// <summary>Counts a use of the tail of <paramref name="kind"/> for the current block and flags; true (with the tail) when it is shared.</summary>
     private bool UseTail(int kind, out Tail tail)
     {
         bool flags = _flagsDirty && _flagKind != Unknown;
         var key = new TailKey(kind, kind == TailLeave ? 0 : _cur, flags ? _flagKind : Unknown, flags ? _flagSize : 0);
         _tailUses[key] = _tailUses.GetValueOrDefault(key) + 1;
-        if (_shared == null || _shared.GetValueOrDefault(key) < 2)
+        if (_shared == null || _loops || _shared.GetValueOrDefault(key) < 2)
         {
             tail = null!;
             return false;
@@ -1330,6 +1337,7 @@ internal sealed class BlockCompiler
         LoadAllRegs();
         if (_region.Length > 1)
         {
+            _loops = true;
             EmitRegion(inlines);
             return;
         }
@@ -1337,6 +1345,7 @@ internal sealed class BlockCompiler
         ulong startRip = OpStart(in _ops[0]);
         ref Op lastOp = ref _ops[n - 1];
         bool selfLoop = inline[n - 1] && lastOp.Inline is InlineOp.Jcc or InlineOp.Jmp && lastOp.Target == startRip;
+        _loops = selfLoop;
         if (selfLoop && !_hasFallback)
         {
             _loopLimit = _il.DeclareLocal(typeof(long));
