@@ -30,8 +30,9 @@ internal sealed class BlockCompiler
     private static readonly FieldInfo OpIndexField = Field(typeof(InterpreterVcpu), "_opIndex");
     private static readonly FieldInfo RtlbField = Field(typeof(InterpreterVcpu), "_rtlb");
     private static readonly FieldInfo WtlbField = Field(typeof(InterpreterVcpu), "_wtlb");
-    private static readonly FieldInfo GprField = Field(typeof(CpuState), nameof(CpuState.Gpr));
-    private static readonly FieldInfo GprElement = Field(typeof(GprFile), "_element0");
+
+    /// <summary>Byte offset of the register file in <see cref="CpuState"/>.</summary>
+    private static readonly int GprOffset = ComputeGprOffset();
     private static readonly FieldInfo SegBaseField = Field(typeof(CpuState), nameof(CpuState.SegBase));
     private static readonly FieldInfo SegBaseElement = Field(typeof(SegmentBaseFile), "_element0");
     private static readonly FieldInfo RipField = Field(typeof(CpuState), nameof(CpuState.Rip));
@@ -80,7 +81,7 @@ internal sealed class BlockCompiler
     private readonly int _bitness;
     private readonly ulong _userKey;
     private readonly LocalBuilder?[] _reg = new LocalBuilder?[16];
-    private readonly LocalBuilder _gpr, _cpu, _rtlb, _wtlb, _lin, _val, _entry, _tmp;
+    private readonly LocalBuilder _cpu, _rtlb, _wtlb, _lin, _val, _entry, _tmp;
     private readonly LocalBuilder _fa, _fb, _fr, _fcf, _ta, _tb, _tc;
 
     /// <summary>The vCPU's retired count, kept in a local: stored to the field before anything that reads it and at exits.</summary>
@@ -89,8 +90,21 @@ internal sealed class BlockCompiler
     private int _flagSize;
     private bool _flagsDirty;
 
-    private BlockCompiler(Block[] region, ILGenerator il)
+    /// <summary>
+    /// Registers the method writes (a bit each); only these are written back to the CPU state at exits, slow paths and
+    /// interpreter calls: a register the method only reads holds in its local what the state holds (loaded on entry and
+    /// reloaded after every interpreter call), so storing it would change nothing. Known from a first emission of the
+    /// same method (<see cref="Compile(Block, out int)"/>); that first emission writes back every register it holds.
+    /// </summary>
+    private readonly int _writeBack;
+
+    /// <summary>Registers written by the code emitted so far (<see cref="StoreReg"/>).</summary>
+    private int _written;
+
+    private BlockCompiler(Block[] region, ILGenerator il, int writeBack, Dictionary<TailKey, int>? shared = null)
     {
+        _writeBack = writeBack;
+        _shared = shared;
         var b = region[0];
         _b = b;
         _region = region;
@@ -103,7 +117,6 @@ internal sealed class BlockCompiler
         _il = il;
         _bitness = b.ModeKey & 0x7F;
         _userKey = (ulong)(b.ModeKey >> 7) & 1;
-        _gpr = il.DeclareLocal(typeof(ulong).MakeByRefType());
         _cpu = il.DeclareLocal(typeof(CpuState).MakeByRefType());
         _rtlb = il.DeclareLocal(typeof(TlbEntry[]));
         _wtlb = il.DeclareLocal(typeof(TlbEntry[]));
@@ -122,8 +135,12 @@ internal sealed class BlockCompiler
     }
 
     /// <summary>Compiles <paramref name="b"/>, or returns null when no op of it would run inline (compiling would gain nothing).</summary>
-    public static CompiledBlock? Compile(Block b)
+    public static CompiledBlock? Compile(Block b) => Compile(b, out _);
+
+    /// <summary>As <see cref="Compile(Block)"/>, with the size of the method's IL in <paramref name="ilBytes"/> (0 when nothing was compiled).</summary>
+    public static CompiledBlock? Compile(Block b, out int ilBytes)
     {
+        ilBytes = 0;
         var ops = b.Ops;
         if (b.Count == 0 || ops.Length < b.Count)
         {
@@ -149,11 +166,19 @@ internal sealed class BlockCompiler
         }
 
         // The method is bound to the region's blocks (its first argument), so its code reaches them as constants.
-        var dm = new DynamicMethod($"guest_{b.Lin:x}", typeof(void), [typeof(Block[]), typeof(InterpreterVcpu), typeof(Block)], typeof(InterpreterVcpu), skipVisibility: true);
+        // A first emission (into a method that is never compiled; IL emission is a small part of the cost) finds the
+        // registers the method writes, so the real one writes back only those.
+        var probe = new BlockCompiler(region, NewMethod(b).GetILGenerator(256 + (count * 160)), writeBack: 0xFFFF);
+        probe.Emit();
+        var dm = NewMethod(b);
         var il = dm.GetILGenerator(256 + (count * 160));
-        new BlockCompiler(region, il).Emit();
+        new BlockCompiler(region, il, probe._written, probe._tailUses).Emit();
+        ilBytes = il.ILOffset;
         return (CompiledBlock)dm.CreateDelegate(typeof(CompiledBlock), region);
     }
+
+    private static DynamicMethod NewMethod(Block b) =>
+        new($"guest_{b.Lin:x}", typeof(void), [typeof(Block[]), typeof(InterpreterVcpu), typeof(Block)], typeof(InterpreterVcpu), skipVisibility: true);
 
     /// <summary>Regions of several blocks are formed (<c>VIRT_INTERPRETER_JIT_REGIONS=0</c> compiles blocks one by one).</summary>
     private static readonly bool Regions = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT_REGIONS") != "0";
@@ -276,6 +301,14 @@ internal sealed class BlockCompiler
         }
 
         return true;
+    }
+
+    private static int ComputeGprOffset()
+    {
+        var state = new CpuState();
+        return (int)System.Runtime.CompilerServices.Unsafe.ByteOffset(
+            ref System.Runtime.CompilerServices.Unsafe.As<CpuState, byte>(ref state),
+            ref System.Runtime.CompilerServices.Unsafe.As<ulong, byte>(ref state.Gpr[0]));
     }
 
     private static FieldInfo Field(Type t, string name) =>
@@ -418,10 +451,12 @@ internal sealed class BlockCompiler
 
     private void LoadGprAddress(int r)
     {
-        _il.Emit(OpCodes.Ldloc, _gpr);
-        if (r != 0)
+        // From the CPU state reference rather than a reference of its own: one register fewer for the .NET JIT to keep.
+        _il.Emit(OpCodes.Ldloc, _cpu);
+        int offset = GprOffset + (r * 8);
+        if (offset != 0)
         {
-            _il.Emit(OpCodes.Ldc_I4, r * 8);
+            _il.Emit(OpCodes.Ldc_I4, offset);
             _il.Emit(OpCodes.Add);
         }
     }
@@ -443,13 +478,20 @@ internal sealed class BlockCompiler
     {
         for (int r = 0; r < 16; r++)
         {
-            if (_reg[r] is { } l)
+            if (_reg[r] is { } l && (_writeBack & (1 << r)) != 0)
             {
                 LoadGprAddress(r);
                 _il.Emit(OpCodes.Ldloc, l);
                 _il.Emit(OpCodes.Stind_I8);
             }
         }
+    }
+
+    /// <summary>Stores the value on the stack into the local of register <paramref name="r"/>, which the method then writes back.</summary>
+    private void StoreReg(int r)
+    {
+        _il.Emit(OpCodes.Stloc, _reg[r]!);
+        _written |= 1 << r;
     }
 
     /// <summary>Pushes register <paramref name="r"/> of <paramref name="size"/> bytes, zero-extended to 64 bits.</summary>
@@ -480,7 +522,7 @@ internal sealed class BlockCompiler
     {
         if (size == 8)
         {
-            _il.Emit(OpCodes.Stloc, _reg[r]!);
+            StoreReg(r);
             return;
         }
 
@@ -488,7 +530,7 @@ internal sealed class BlockCompiler
         {
             _il.Emit(OpCodes.Conv_U4);
             _il.Emit(OpCodes.Conv_U8);
-            _il.Emit(OpCodes.Stloc, _reg[r]!);
+            StoreReg(r);
             return;
         }
 
@@ -524,7 +566,7 @@ internal sealed class BlockCompiler
         }
 
         _il.Emit(OpCodes.Or);
-        _il.Emit(OpCodes.Stloc, l);
+        StoreReg(full);
     }
 
     // ---- Flags ---------------------------------------------------------------------------------------
@@ -560,8 +602,32 @@ internal sealed class BlockCompiler
 
         StoreCpuField(LzOpField, _flagKind);
         StoreCpuField(LzSizeField, _flagSize);
-        StoreCpuField(LzAField, _fa);
-        StoreCpuField(LzBField, _fb);
+        if (_flagKind is LzInc or LzDec)
+        {
+            // INC/DEC keep only the result: the operand is the result minus (INC) or plus (DEC) one, wrapped to the size.
+            _il.Emit(OpCodes.Ldloc, _cpu);
+            _il.Emit(OpCodes.Ldloc, _fr);
+            _il.Emit(OpCodes.Ldc_I4_1);
+            _il.Emit(OpCodes.Conv_U8);
+            _il.Emit(_flagKind == LzInc ? OpCodes.Sub : OpCodes.Add);
+            if (_flagSize < 8)
+            {
+                _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(_flagSize)));
+                _il.Emit(OpCodes.And);
+            }
+
+            _il.Emit(OpCodes.Stfld, LzAField);
+            _il.Emit(OpCodes.Ldloc, _cpu);
+            _il.Emit(OpCodes.Ldc_I4_1);
+            _il.Emit(OpCodes.Conv_U8);
+            _il.Emit(OpCodes.Stfld, LzBField);
+        }
+        else
+        {
+            StoreCpuField(LzAField, _fa);
+            StoreCpuField(LzBField, _fb);
+        }
+
         StoreCpuField(LzRField, _fr);
         if (_flagKind is LzInc or LzDec or LzShift)
         {
@@ -569,8 +635,30 @@ internal sealed class BlockCompiler
         }
     }
 
-    /// <summary>Writes registers and flags back: after this the CPU state is what the interpreter would hold.</summary>
+    /// <summary>
+    /// Writes registers and flags back: after this the CPU state is what the interpreter would hold. Where the probe
+    /// saw two or more syncs with the same flags in the same block, this is a branch to their shared code, which
+    /// returns to the continuation through a switch.
+    /// </summary>
     private void EmitSync(int opIndex)
+    {
+        if (UseTail(TailSync, out var tail))
+        {
+            var cont = _il.DefineLabel();
+            _il.Emit(OpCodes.Ldc_I4, opIndex);
+            _il.Emit(OpCodes.Stloc, _syncIndex ??= _il.DeclareLocal(typeof(int)));
+            _il.Emit(OpCodes.Ldc_I4, tail.Continuations.Count);
+            _il.Emit(OpCodes.Stloc, _syncCont ??= _il.DeclareLocal(typeof(int)));
+            _il.Emit(OpCodes.Br, tail.Label);
+            tail.Continuations.Add(cont);
+            _il.MarkLabel(cont);
+            return;
+        }
+
+        EmitSyncCode(opIndex, null);
+    }
+
+    private void EmitSyncCode(int opIndex, LocalBuilder? opIndexLocal)
     {
         WriteBackRegs();
         EmitFlagStore();
@@ -584,8 +672,188 @@ internal sealed class BlockCompiler
         }
 
         _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldc_I4, opIndex);
+        if (opIndexLocal != null)
+        {
+            _il.Emit(OpCodes.Ldloc, opIndexLocal);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldc_I4, opIndex);
+        }
+
         _il.Emit(OpCodes.Stfld, OpIndexField);
+    }
+
+    // ---- Shared tails --------------------------------------------------------------------------------
+    //
+    // The .NET JIT's time per method grows with its IL, and writing the state back (every written register, the flag
+    // operands, the retired count) is most of an exit's or a slow path's IL. Exits and slow paths of a block that
+    // leave with the same flags share one copy of that code at the end of the method: each sets its own values
+    // (RIP and exit slot, or the op index and where to continue) in locals and branches there.
+
+    private const int TailExit = 0, TailLeave = 1, TailSync = 2, TailStep = 3;
+
+    /// <summary>What a shared tail is for: its kind (an exit that chains, one that returns, a slow path's sync), the block and the flags it stores.</summary>
+    internal readonly record struct TailKey(int Kind, int Block, int FlagKind, int FlagSize);
+
+    private sealed class Tail(TailKey key, Label label)
+    {
+        public TailKey Key { get; } = key;
+
+        public Label Label { get; } = label;
+
+        /// <summary>For a sync tail: where each user continues, by index.</summary>
+        public List<Label> Continuations { get; } = [];
+    }
+
+    /// <summary>Uses of each tail key in this emission (the probe's tell the real emission which to share).</summary>
+    private readonly Dictionary<TailKey, int> _tailUses = [];
+
+    /// <summary>The probe's <see cref="_tailUses"/>: a key used twice or more gets a shared tail; null in the probe.</summary>
+    private readonly Dictionary<TailKey, int>? _shared;
+    private readonly Dictionary<TailKey, Tail> _tails = [];
+    private readonly List<Tail> _tailOrder = [];
+    private LocalBuilder? _exitRip, _exitSlot, _syncIndex, _syncCont;
+
+    /// <summary>
+    /// The method loops (a self-loop or a region): its exits and slow paths stay inline, as paths that join from a
+    /// loop into shared code made the .NET JIT keep guest registers in memory across the loop (the 3-instruction loop
+    /// ran about a quarter slower). Loops are a small part of the blocks compiled, so most of the IL saving stays.
+    /// </summary>
+    private bool _loops;
+
+    /// <summary>Counts a use of the tail of <paramref name="kind"/> for the current block and flags; true (with the tail) when it is shared.</summary>
+    private bool UseTail(int kind, out Tail tail)
+    {
+        bool flags = _flagsDirty && _flagKind != Unknown;
+        var key = new TailKey(kind, kind == TailLeave ? 0 : _cur, flags ? _flagKind : Unknown, flags ? _flagSize : 0);
+        _tailUses[key] = _tailUses.GetValueOrDefault(key) + 1;
+        if (_shared == null || _loops || _shared.GetValueOrDefault(key) < 2)
+        {
+            tail = null!;
+            return false;
+        }
+
+        if (!_tails.TryGetValue(key, out tail!))
+        {
+            tail = new Tail(key, _il.DefineLabel());
+            _tails[key] = tail;
+            _tailOrder.Add(tail);
+        }
+
+        return true;
+    }
+
+    /// <summary>The shared tails, after the method's body.</summary>
+    private void EmitTails()
+    {
+        foreach (var tail in _tailOrder)
+        {
+            var key = tail.Key;
+            _cur = key.Block;
+            _ops = _region[_cur].Ops;
+            _flagKind = key.FlagKind;
+            _flagSize = key.FlagSize;
+            _flagsDirty = key.FlagKind != Unknown;
+            _il.MarkLabel(tail.Label);
+            if (key.Kind == TailSync)
+            {
+                EmitSyncCode(0, _syncIndex);
+                _il.Emit(OpCodes.Ldloc, _syncCont!);
+                _il.Emit(OpCodes.Switch, [.. tail.Continuations]);
+
+                // Not reached: every user set a continuation.
+                _il.Emit(OpCodes.Ret);
+                continue;
+            }
+
+            WriteBackRegs();
+            EmitFlagStore();
+            EmitStoreRetired();
+            _il.Emit(OpCodes.Ldloc, _cpu);
+            _il.Emit(OpCodes.Ldloc, _exitRip!);
+            _il.Emit(OpCodes.Stfld, RipField);
+            if (key.Kind == TailStep)
+            {
+                // An instruction the interpreter runs (see EmitFallback), the op index in _syncIndex.
+                _il.Emit(OpCodes.Ldarg_1);
+                _il.Emit(OpCodes.Ldarg_2);
+                _il.Emit(OpCodes.Ldloc, _syncIndex!);
+                _il.Emit(OpCodes.Call, StepMethod);
+                _il.Emit(OpCodes.Conv_I8);
+                _il.Emit(OpCodes.Stloc, _tmp);
+                var leave = _il.DefineLabel();
+                var go = _il.DefineLabel();
+                _il.Emit(OpCodes.Ldloc, _tmp);
+                _il.Emit(OpCodes.Brfalse, leave);
+                _il.Emit(OpCodes.Ldarg_1);
+                _il.Emit(OpCodes.Ldfld, StopField);
+                _il.Emit(OpCodes.Brfalse, go);
+                _il.MarkLabel(leave);
+                _il.Emit(OpCodes.Ldarg_1);
+                _il.Emit(OpCodes.Ldloc, _rc);
+                _il.Emit(OpCodes.Ldloc, _tmp);
+                _il.Emit(OpCodes.Add);
+                _il.Emit(OpCodes.Ldloc, _syncIndex!);
+                _il.Emit(OpCodes.Conv_I8);
+                _il.Emit(OpCodes.Add);
+                _il.Emit(OpCodes.Stfld, RetiredField);
+                _il.Emit(OpCodes.Ret);
+                _il.MarkLabel(go);
+                LoadAllRegs();
+                _il.Emit(OpCodes.Ldloc, _syncCont!);
+                _il.Emit(OpCodes.Switch, [.. tail.Continuations]);
+                _il.Emit(OpCodes.Ret);
+            }
+            else if (key.Kind == TailExit)
+            {
+                EmitChain(0, slotLocal: _exitSlot);
+            }
+            else
+            {
+                _il.Emit(OpCodes.Ret);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Leaves the method with RIP <paramref name="rip"/> (the retired count already in <see cref="_rc"/>): the state is
+    /// written back and the method returns, or, when <paramref name="slot"/> is not negative, goes on through that exit's
+    /// link (<see cref="EmitChain"/>).
+    /// </summary>
+    private void EmitLeave(ulong rip, int slot, bool synced = false)
+    {
+        if (UseTail(slot < 0 ? TailLeave : TailExit, out var tail))
+        {
+            _il.Emit(OpCodes.Ldc_I8, unchecked((long)rip));
+            _il.Emit(OpCodes.Stloc, _exitRip ??= _il.DeclareLocal(typeof(ulong)));
+            if (slot >= 0)
+            {
+                _il.Emit(slot == 0 ? OpCodes.Ldc_I4_0 : OpCodes.Ldc_I4_1);
+                _il.Emit(OpCodes.Stloc, _exitSlot ??= _il.DeclareLocal(typeof(int)));
+            }
+
+            _il.Emit(OpCodes.Br, tail.Label);
+            return;
+        }
+
+        if (!synced)
+        {
+            // (After a sync only the retired count and RIP are left to store.)
+            WriteBackRegs();
+            EmitFlagStore();
+        }
+
+        EmitStoreRetired();
+        EmitSetRip(rip);
+        if (slot >= 0)
+        {
+            EmitChain(slot);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ret);
+        }
     }
 
     /// <summary>Pushes the carry flag (0 or 1) as a ulong.</summary>
@@ -965,15 +1233,8 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldfld, StopField);
         _il.Emit(OpCodes.Brfalse, done);
-        if (commit != null)
-        {
-            WriteBackRegs();
-        }
-
         EmitRetire(opIndex + 1);
-        EmitStoreRetired();
-        EmitSetRip(ripAfter);
-        _il.Emit(OpCodes.Ret);
+        EmitLeave(ripAfter, -1, synced: commit == null);
         _il.MarkLabel(done);
     }
 
@@ -1009,8 +1270,14 @@ internal sealed class BlockCompiler
 
     // ---- The block -----------------------------------------------------------------------------------
 
-    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The dispatch over inline forms, one emitter each.")]
     private void Emit()
+    {
+        EmitBody();
+        EmitTails();
+    }
+
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The dispatch over inline forms, one emitter each.")]
+    private void EmitBody()
     {
         var inlines = new bool[_region.Length][];
         for (int k = 0; k < _region.Length; k++)
@@ -1049,10 +1316,6 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldflda, CpuField);
         _il.Emit(OpCodes.Stloc, _cpu);
-        _il.Emit(OpCodes.Ldloc, _cpu);
-        _il.Emit(OpCodes.Ldflda, GprField);
-        _il.Emit(OpCodes.Ldflda, GprElement);
-        _il.Emit(OpCodes.Stloc, _gpr);
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldfld, RtlbField);
         _il.Emit(OpCodes.Stloc, _rtlb);
@@ -1074,6 +1337,7 @@ internal sealed class BlockCompiler
         LoadAllRegs();
         if (_region.Length > 1)
         {
+            _loops = true;
             EmitRegion(inlines);
             return;
         }
@@ -1081,6 +1345,7 @@ internal sealed class BlockCompiler
         ulong startRip = OpStart(in _ops[0]);
         ref Op lastOp = ref _ops[n - 1];
         bool selfLoop = inline[n - 1] && lastOp.Inline is InlineOp.Jcc or InlineOp.Jmp && lastOp.Target == startRip;
+        _loops = selfLoop;
         if (selfLoop && !_hasFallback)
         {
             _loopLimit = _il.DeclareLocal(typeof(long));
@@ -1302,11 +1567,7 @@ internal sealed class BlockCompiler
 
         _il.Emit(OpCodes.Br, _blockLabels[k]);
         _il.MarkLabel(leave);
-        WriteBackRegs();
-        EmitFlagStore();
-        EmitStoreRetired();
-        EmitSetRip(rip);
-        _il.Emit(OpCodes.Ret);
+        EmitLeave(rip, -1);
     }
 
     /// <summary>Pushes the block being emitted (the method's block argument, or an element of the region it is bound to).</summary>
@@ -1446,12 +1707,8 @@ internal sealed class BlockCompiler
     /// </summary>
     private void EmitExit(int retired, ulong rip, int slot)
     {
-        WriteBackRegs();
-        EmitFlagStore();
         EmitRetire(retired);
-        EmitStoreRetired();
-        EmitSetRip(rip);
-        EmitChain(slot);
+        EmitLeave(rip, slot);
     }
 
     /// <summary>
@@ -1461,13 +1718,20 @@ internal sealed class BlockCompiler
     /// block's code is called in tail position, else the method returns. One call instead of the checks inline keeps
     /// each exit's IL short, and the .NET JIT's time per block grows with the IL.
     /// </summary>
-    private void EmitChain(int slot, LocalBuilder? dynamicRip = null)
+    private void EmitChain(int slot, LocalBuilder? dynamicRip = null, LocalBuilder? slotLocal = null)
     {
         var target = _chainTarget ??= _il.DeclareLocal(typeof(Block));
         var code = _chainCode ??= _il.DeclareLocal(typeof(CompiledBlock));
         _il.Emit(OpCodes.Ldarg_1);
         EmitLoadCurrentBlock();
-        _il.Emit(OpCodes.Ldc_I4, slot);
+        if (slotLocal != null)
+        {
+            _il.Emit(OpCodes.Ldloc, slotLocal);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldc_I4, slot);
+        }
         if (dynamicRip != null)
         {
             _il.Emit(OpCodes.Ldc_I4_1);
@@ -1509,6 +1773,23 @@ internal sealed class BlockCompiler
     private void EmitFallback(int i, bool last)
     {
         ref Op op = ref _ops[i];
+        if (!last && UseTail(TailStep, out var tail))
+        {
+            var cont = _il.DefineLabel();
+            _il.Emit(OpCodes.Ldc_I4, i);
+            _il.Emit(OpCodes.Stloc, _syncIndex ??= _il.DeclareLocal(typeof(int)));
+            _il.Emit(OpCodes.Ldc_I8, unchecked((long)OpStart(in op)));
+            _il.Emit(OpCodes.Stloc, _exitRip ??= _il.DeclareLocal(typeof(ulong)));
+            _il.Emit(OpCodes.Ldc_I4, tail.Continuations.Count);
+            _il.Emit(OpCodes.Stloc, _syncCont ??= _il.DeclareLocal(typeof(int)));
+            _il.Emit(OpCodes.Br, tail.Label);
+            tail.Continuations.Add(cont);
+            _il.MarkLabel(cont);
+            _flagKind = Unknown;
+            _flagsDirty = false;
+            return;
+        }
+
         WriteBackRegs();
         EmitFlagStore();
         EmitStoreRetired();
@@ -1694,11 +1975,7 @@ internal sealed class BlockCompiler
 
         _il.Emit(OpCodes.Br, _headLabel);
         _il.MarkLabel(leave);
-        WriteBackRegs();
-        EmitFlagStore();
-        EmitStoreRetired();
-        EmitSetRip(startRip);
-        _il.Emit(OpCodes.Ret);
+        EmitLeave(startRip, -1);
     }
 
     private Label _headLabel;
@@ -1818,13 +2095,10 @@ internal sealed class BlockCompiler
         }
 
         _il.Emit(OpCodes.Stloc, _fr);
-        _il.Emit(OpCodes.Ldloc, _ta);
-        _il.Emit(OpCodes.Stloc, _fa);
-        _il.Emit(OpCodes.Ldc_I4_1);
-        _il.Emit(OpCodes.Conv_U8);
-        _il.Emit(OpCodes.Stloc, _fb);
         _il.Emit(OpCodes.Ldloc, _tc);
         _il.Emit(OpCodes.Stloc, _fcf);
+
+        // The operand and the 1 are not kept: the flag store derives the operand from the result (fewer live locals).
         SetFlags(op.Sub == 0 ? LzInc : LzDec, size);
         EmitStoreRmResult(in op, size, i, reg, _fr);
     }
@@ -1913,7 +2187,7 @@ internal sealed class BlockCompiler
     private void EmitSetRspFromLin()
     {
         _il.Emit(OpCodes.Ldloc, _lin);
-        _il.Emit(OpCodes.Stloc, _reg[4]!);
+        StoreReg(4);
     }
 
     private void EmitPush(int i)
@@ -1946,7 +2220,7 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldloc, _reg[4]!);
         _il.Emit(OpCodes.Ldc_I8, (long)size);
         _il.Emit(OpCodes.Add);
-        _il.Emit(OpCodes.Stloc, _reg[4]!);
+        StoreReg(4);
         _il.Emit(OpCodes.Ldloc, _val);
         SetReg(op.R0, size);
     }
@@ -1970,7 +2244,7 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldloc, _reg[4]!);
         _il.Emit(OpCodes.Ldc_I8, 8 + (long)op.Imm);
         _il.Emit(OpCodes.Add);
-        _il.Emit(OpCodes.Stloc, _reg[4]!);
+        StoreReg(4);
         WriteBackRegs();
         EmitFlagStore();
         EmitRetire(i + 1);
@@ -2273,7 +2547,7 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldloc, _reg[1]!);
         _il.Emit(OpCodes.Ldloc, _tmp);
         _il.Emit(OpCodes.Sub);
-        _il.Emit(OpCodes.Stloc, _reg[1]!);
+        StoreReg(1);
         foreach (int r in movs ? (int[])[7, 6] : [7])
         {
             _il.Emit(OpCodes.Ldloc, _reg[r]!);
@@ -2285,7 +2559,7 @@ internal sealed class BlockCompiler
             }
 
             _il.Emit(OpCodes.Add);
-            _il.Emit(OpCodes.Stloc, _reg[r]!);
+            StoreReg(r);
         }
 
         _il.Emit(OpCodes.Ldloc, _reg[1]!);

@@ -65,6 +65,7 @@ internal sealed class JitCompilerThread
     private int _cached;
     private long _compiled;
     private long _compileTicks;
+    private long _ilBytes;
     private long _evicted;
     private long _deferred;
 
@@ -81,6 +82,9 @@ internal sealed class JitCompilerThread
 
     /// <summary>Time spent compiling, in <see cref="System.Diagnostics.Stopwatch"/> ticks.</summary>
     public long CompileTicks => Interlocked.Read(ref _compileTicks);
+
+    /// <summary>Bytes of IL in the methods compiled so far (what the .NET JIT's time per block grows with).</summary>
+    public long IlBytes => Interlocked.Read(ref _ilBytes);
 
     /// <summary>Compiled blocks dropped from the cache so far.</summary>
     public long Evicted => Interlocked.Read(ref _evicted);
@@ -114,7 +118,7 @@ internal sealed class JitCompilerThread
     {
         // The first compilation in a process also compiles the compiler (and the runtime's dynamic-method
         // support): do it now, on a block of the common forms, while the vCPU still interprets its first blocks.
-        Build(WarmUpBlock());
+        Build(WarmUpBlock(), out _);
 
         foreach (var b in _queue.GetConsumingEnumerable())
         {
@@ -158,8 +162,9 @@ internal sealed class JitCompilerThread
         }
 
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
-        var code = Build(b);
+        var code = Build(b, out int ilBytes);
         Interlocked.Add(ref _compileTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
+        Interlocked.Add(ref _ilBytes, ilBytes);
         if (code == null)
         {
             b.Uncompilable = true;
@@ -192,11 +197,12 @@ internal sealed class JitCompilerThread
 
     /// <summary>Translates and JIT-compiles <paramref name="b"/>; null when the block gains nothing or the runtime rejects the method.</summary>
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1031:Do not catch general exception types", Justification = "Compilation is an optimisation: any failure leaves the block to the interpreter instead of ending the compiler thread or the guest.")]
-    private static CompiledBlock? Build(Block b)
+    private static CompiledBlock? Build(Block b, out int ilBytes)
     {
+        ilBytes = 0;
         try
         {
-            var code = BlockCompiler.Compile(b);
+            var code = BlockCompiler.Compile(b, out ilBytes);
             if (code != null)
             {
                 // The .NET JIT compiles a dynamic method on its first call: make that call here, with no vCPU, so
