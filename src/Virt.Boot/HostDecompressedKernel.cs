@@ -158,6 +158,13 @@ internal static class HostDecompressedKernel
 
         // The same limit as the in-guest path: the kernel's cmdline_size, not the PVH start info's.
         _ = LinuxLoader.EncodeCommandLine(options.CommandLine, header.CommandLineSize);
+
+        // The same RAM as the in-guest path needs, which also bounds what decompression may allocate by the guest's size.
+        if (!E820Map.IsRam(E820Map.FromMemory(memory), pref, header.InitSize))
+        {
+            return null;
+        }
+
         var payload = Payload(image, header);
         if (Identify(payload) is not (PayloadCompression.Gzip or PayloadCompression.Lz4Legacy))
         {

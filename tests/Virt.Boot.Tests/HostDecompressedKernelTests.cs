@@ -185,6 +185,18 @@ public sealed class HostDecompressedKernelTests
     }
 
     [Fact]
+    public void A_kernel_that_needs_more_ram_than_the_vm_has_is_refused_as_before_without_decompressing()
+    {
+        var image = BzImageWith(Lz4Frame(SyntheticElf.Build(is64: true, loadAddress: Pref, entry: Pref, pvhEntry: (uint)Pref + 0x20)));
+        BinaryPrimitives.WriteUInt32LittleEndian(image.AsSpan(0x260), 0x10000000); // init_size 256 MiB
+        using var memory = GuestMemory.CreateRam(64 << 20);
+        int before = HostDecompressedKernel.Decompressions;
+        var ex = Assert.Throws<BootImageException>(() => KernelImage.Load(memory, image));
+        Assert.Equal("init_size", ex.Field);
+        Assert.Equal(before, HostDecompressedKernel.Decompressions);
+    }
+
+    [Fact]
     public void Too_long_a_command_line_is_refused_as_on_the_in_guest_path()
     {
         var image = BzImageWith(Lz4Frame(SyntheticElf.Build(is64: true, loadAddress: Pref, entry: Pref, pvhEntry: (uint)Pref + 0x20)));
