@@ -29,6 +29,13 @@ public sealed record BootResult
     /// <summary>The memory map given to the kernel.</summary>
     public required IReadOnlyList<E820Entry> MemoryMap { get; init; }
 
+    /// <summary>
+    /// Whether a bzImage's compressed kernel was decompressed on the host and its <c>vmlinux</c> loaded and entered
+    /// directly (see <see cref="LinuxBootOptions.DecompressKernelOnHost"/>), rather than left to the kernel's own
+    /// decompressor.
+    /// </summary>
+    public bool KernelDecompressedOnHost { get; init; }
+
     /// <summary>The placement called <paramref name="name"/>, or <see langword="null"/>.</summary>
     public BootPlacement? Find(string name)
     {

@@ -46,12 +46,28 @@ public static class KernelImage
     /// <see cref="MultibootLoader.Load"/>, by its <see cref="Detect">format</see>. An image of no known format is
     /// handed to the bzImage loader, whose <see cref="BootImageException"/> names the first header field that is wrong.
     /// </summary>
+    /// <remarks>
+    /// With <see cref="LinuxBootOptions.DecompressKernelOnHost"/> (the default), a bzImage whose payload is gzip or
+    /// LZ4 and holds an x86-64 <c>vmlinux</c> with a PVH entry note, linked at the header's <c>pref_address</c>, is
+    /// decompressed on the host and its <c>vmlinux</c> loaded through the PVH entry
+    /// (<see cref="BootResult.KernelDecompressedOnHost"/> is then set); any other bzImage is loaded as it is.
+    /// </remarks>
     /// <exception cref="BootImageException">The image is truncated, corrupt or of no supported format.</exception>
-    public static BootResult Load(IGuestMemory memory, ReadOnlySpan<byte> image, LinuxBootOptions? options = null, SpecialRegisters initial = default) =>
-        Detect(image) switch
+    public static BootResult Load(IGuestMemory memory, ReadOnlySpan<byte> image, LinuxBootOptions? options = null, SpecialRegisters initial = default)
+    {
+        var format = Detect(image);
+        switch (format)
         {
-            KernelFormat.PvhElf => PvhLoader.Load(memory, image, options, initial),
-            KernelFormat.Multiboot => MultibootLoader.Load(memory, image, options, initial),
-            _ => LinuxLoader.LoadBzImage(memory, image, options, initial),
-        };
+            case KernelFormat.PvhElf:
+                return PvhLoader.Load(memory, image, options, initial);
+            case KernelFormat.Multiboot:
+                return MultibootLoader.Load(memory, image, options, initial);
+            case KernelFormat.BzImage when options is null || options.DecompressKernelOnHost:
+                ArgumentNullException.ThrowIfNull(memory);
+                return HostDecompressedKernel.TryLoad(memory, image, options ?? new LinuxBootOptions(), initial)
+                    ?? LinuxLoader.LoadBzImage(memory, image, options, initial);
+            default:
+                return LinuxLoader.LoadBzImage(memory, image, options, initial);
+        }
+    }
 }

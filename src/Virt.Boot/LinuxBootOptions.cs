@@ -26,6 +26,15 @@ public sealed record LinuxBootOptions
     /// <summary>The ACPI RSDP (from <see cref="AcpiTables.Write"/>), passed in the zero page's <c>acpi_rsdp_addr</c> or the PVH start info; null for none.</summary>
     public GuestAddress? AcpiRsdpAddress { get; init; }
 
+    /// <summary>
+    /// Whether <see cref="KernelImage.Load"/> decompresses a bzImage's kernel on the host (default
+    /// <see langword="true"/>): a gzip or LZ4 payload holding a <c>vmlinux</c> with a PVH entry note is decompressed
+    /// once per process and loaded at its link address, which saves the guest its decompression (a large share of a
+    /// boot on an interpreted CPU). The kernel then runs without KASLR, as with <c>nokaslr</c>. Other bzImages, and
+    /// every image when this is <see langword="false"/>, are loaded as they are and decompress themselves.
+    /// </summary>
+    public bool DecompressKernelOnHost { get; init; } = true;
+
     /// <summary>Where the GDT, TSS and page tables go.</summary>
     public ProcessorSetupOptions Processor { get; init; } = new();
 }

@@ -44,7 +44,11 @@ public static class PvhLoader
 
     /// <summary>Loads <paramref name="image"/> and returns the PVH entry state (32-bit protected mode, paging off, EBX = start info).</summary>
     /// <exception cref="BootImageException">The ELF is truncated or corrupt, has no PVH note, or does not fit; the field is named.</exception>
-    public static BootResult Load(IGuestMemory memory, ReadOnlySpan<byte> image, LinuxBootOptions? options = null, SpecialRegisters initial = default)
+    public static BootResult Load(IGuestMemory memory, ReadOnlySpan<byte> image, LinuxBootOptions? options = null, SpecialRegisters initial = default) =>
+        LoadBelow(memory, image, options, initial, 1UL << 32);
+
+    /// <summary>As <see cref="Load(IGuestMemory, ReadOnlySpan{byte}, LinuxBootOptions?, SpecialRegisters)"/>, with the initrd below <paramref name="initrdLimit"/>.</summary>
+    internal static BootResult LoadBelow(IGuestMemory memory, ReadOnlySpan<byte> image, LinuxBootOptions? options, SpecialRegisters initial, ulong initrdLimit)
     {
         ArgumentNullException.ThrowIfNull(memory);
         options ??= new LinuxBootOptions();
@@ -76,8 +80,8 @@ public static class PvhLoader
         ulong initrdAddress = 0;
         if (initrdSize > 0)
         {
-            ulong? at = E820Map.FindHighest(map, initrdSize, kernelEnd, 1UL << 32);
-            initrdAddress = at ?? throw new BootImageException("initrd", $"the initrd of {initrdSize} bytes does not fit in RAM above the kernel (0x{kernelEnd:x}) and below 4 GiB; give the VM more memory or use a smaller initrd.");
+            ulong? at = E820Map.FindHighest(map, initrdSize, kernelEnd, initrdLimit);
+            initrdAddress = at ?? throw new BootImageException("initrd", $"the initrd of {initrdSize} bytes does not fit in RAM above the kernel (0x{kernelEnd:x}) and below 0x{initrdLimit:x}; give the VM more memory or use a smaller initrd.");
             memory.Write(new GuestAddress(initrdAddress), options.Initrd.Span);
             placements.Add(new BootPlacement("initrd", new GuestAddress(initrdAddress), initrdSize));
         }

@@ -43,7 +43,7 @@ internal static class MachineAssembler
             }
 
             string? commandLine = config.Restore is { } source ? source.Description.KernelCommandLine
-                : config.Kernel.IsEmpty ? null : BootLinux(config, memory, vcpus[0], devices);
+                : config.Kernel.IsEmpty ? null : BootLinux(config, memory, vcpus[0], devices, logger);
             var stop = new StopRequests();
             var persistent = new List<Snapshots.IPersistentState>();
             var console = GuestChannels.MonitorConsole(config);
@@ -177,7 +177,7 @@ internal static class MachineAssembler
         }
     }
 
-    private static string BootLinux(VirtualMachineConfiguration config, GuestMemory memory, IVirtualCpu boot, DeviceManager devices)
+    private static string BootLinux(VirtualMachineConfiguration config, GuestMemory memory, IVirtualCpu boot, DeviceManager devices, ILogger logger)
     {
         var acpi = AcpiTables.Write(memory, new AcpiTablesOptions
         {
@@ -198,8 +198,11 @@ internal static class MachineAssembler
             CommandLine = commandLine,
             Initrd = config.Initrd,
             AcpiRsdpAddress = acpi.Rsdp,
+            DecompressKernelOnHost = config.DecompressKernelOnHost,
         };
         var result = KernelImage.Load(memory, config.Kernel.Span, options, boot.GetSpecialRegisters());
+        VirtualMachineDiagnostics.LogKernelLoaded(logger, config.Name, result.Mode, result.EntryPoint.Value,
+            result.KernelDecompressedOnHost ? "decompressed on the host" : "as it is");
         boot.SetSpecialRegisters(result.SpecialRegisters);
         boot.SetGeneralRegisters(result.Registers);
         return commandLine;

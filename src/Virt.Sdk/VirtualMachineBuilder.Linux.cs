@@ -69,6 +69,16 @@ public sealed partial class VirtualMachineBuilder
         return new(_config with { KernelCommandLine = commandLine });
     }
 
+    /// <summary>
+    /// Whether a bzImage kernel is decompressed on the host (the default) or by itself in the guest. On the host, a
+    /// gzip or LZ4 payload that holds a <c>vmlinux</c> with a PVH entry note (Debian's and most distribution kernels
+    /// built with <c>CONFIG_PVH</c>) is decompressed once per process and the <c>vmlinux</c> is loaded at its link
+    /// address and entered through the PVH entry: the guest skips its decompressor, a sizeable part of a boot on the
+    /// interpreter. The kernel then runs without KASLR, as with <c>nokaslr</c>. Any other bzImage decompresses itself
+    /// as before; pass <see langword="false"/> for that always (for example to have KASLR).
+    /// </summary>
+    public VirtualMachineBuilder WithHostKernelDecompression(bool enabled = true) => new(_config with { DecompressKernelOnHost = enabled });
+
     /// <summary>Chooses how the guest kernel finds virtio devices (default <see cref="VirtioDiscovery.Acpi"/>).</summary>
     public VirtualMachineBuilder WithVirtioDiscovery(VirtioDiscovery discovery) => new(_config with { VirtioDiscovery = discovery });
 

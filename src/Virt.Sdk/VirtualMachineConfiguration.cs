@@ -74,6 +74,9 @@ internal sealed record VirtualMachineConfiguration
 
     public VirtioDiscovery VirtioDiscovery { get; init; } = VirtioDiscovery.Acpi;
 
+    /// <summary>A bzImage's kernel is decompressed on the host where it can be (<see cref="Boot.LinuxBootOptions.DecompressKernelOnHost"/>).</summary>
+    public bool DecompressKernelOnHost { get; init; } = true;
+
     /// <summary>The VM has a Linux guest's platform devices (i8042, RTC, ACPI sleep): set with a kernel, or by a restored Linux guest.</summary>
     public bool LinuxPlatform { get; init; }
 

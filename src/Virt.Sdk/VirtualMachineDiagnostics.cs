@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using System.Runtime.CompilerServices;
 using Microsoft.Extensions.Logging;
+using Virt.Boot;
 using Virt.Cpu;
 
 namespace Virt;
@@ -99,6 +100,9 @@ internal static partial class VirtualMachineDiagnostics
     /// <summary>A VM was built (Information).</summary>
     public const int Created = 1000;
 
+    /// <summary>A Linux kernel was loaded: how, and where it starts (Debug).</summary>
+    public const int KernelLoaded = 1009;
+
     /// <summary>A VM changed state (Debug).</summary>
     public const int StateChanged = 1001;
 
@@ -162,6 +166,9 @@ internal static partial class VirtualMachineDiagnostics
 
     [LoggerMessage(EventId = Created, Level = LogLevel.Information, Message = "VM {Name} created on {Backend} ({Reason}), {MemoryMiB} MiB, {Vcpus} vCPU(s)")]
     public static partial void LogCreated(ILogger logger, string name, string backend, string reason, ulong memoryMiB, int vcpus);
+
+    [LoggerMessage(EventId = KernelLoaded, Level = LogLevel.Debug, Message = "VM {Name}: kernel loaded {How}, entered in {Mode} at 0x{Entry:x}")]
+    public static partial void LogKernelLoaded(ILogger logger, string name, StartMode mode, ulong entry, string how);
 
     [LoggerMessage(EventId = StateChanged, Level = LogLevel.Debug, Message = "VM {Name}: {Old} -> {New}")]
     public static partial void LogStateChanged(ILogger logger, string name, VirtualMachineState old, VirtualMachineState @new);

@@ -32,6 +32,14 @@ if (args is ["smp-boot", ..])
     return;
 }
 
+// Boots to /init with the bzImage decompressed in the guest and on the host, alternately:
+// dotnet run -c Release --project tests/Virt.Benchmarks -- kernel-load [runs]
+if (args is ["kernel-load", ..])
+{
+    await Virt.Benchmarks.Linux.KernelLoadCost.RunAsync(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 3);
+    return;
+}
+
 // Live migration of a busy appliance through a loopback socket, cold then warm: dotnet run -c Release --project tests/Virt.Benchmarks -- migrate [runs]
 if (args is ["migrate", ..])
 {

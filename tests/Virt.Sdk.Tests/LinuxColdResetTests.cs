@@ -39,7 +39,7 @@ public sealed class LinuxColdResetTests
         var special = vm.GetSpecialRegisters(0);
         var devices = vm.VirtioDevices;
 
-        // The kernel runs (it has decompressed itself and prints its banner: memory is no longer as loaded), then the
+        // The kernel runs (it prints its banner: memory is no longer as loaded), then the
         // host stops it and writes over every page as well, so that nothing of the load is left by chance.
         await vm.StartAsync(ct);
         await console.WaitForAsync("Linux version", TimeSpan.FromMinutes(4), ct);
