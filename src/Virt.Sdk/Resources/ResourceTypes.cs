@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using System.Globalization;
 
@@ -245,6 +246,9 @@ internal static class ResourceMetrics
 
     private static readonly Lock Sync = new();
     private static readonly List<WeakReference<ResourcePool>> Pools = [];
+    private static readonly TimeSpan UsageReuse = TimeSpan.FromMilliseconds(50);
+    private static List<ResourceUsage>? _usage;
+    private static long _usageTaken;
 
     public static readonly Counter<long> Refused = Meter.CreateCounter<long>("virt.pool.admissions.refused", description: "VMs a resource pool refused");
 
@@ -266,6 +270,7 @@ internal static class ResourceMetrics
         {
             Pools.RemoveAll(w => !w.TryGetTarget(out _));
             Pools.Add(new WeakReference<ResourcePool>(pool));
+            _usage = null;
         }
     }
 
@@ -274,15 +279,40 @@ internal static class ResourceMetrics
         lock (Sync)
         {
             Pools.RemoveAll(w => !w.TryGetTarget(out var p) || ReferenceEquals(p, pool));
+            _usage = null;
         }
     }
 
     private static List<Measurement<T>> Observe<T>(Func<ResourceUsage, T?> value)
         where T : struct
     {
+        List<Measurement<T>> measurements = [];
+        foreach (var usage in CurrentUsage())
+        {
+            if (value(usage) is T v)
+            {
+                measurements.Add(new Measurement<T>(v, new KeyValuePair<string, object?>("virt.vm.name", usage.Name)));
+            }
+        }
+
+        return measurements;
+    }
+
+    /// <summary>
+    /// The usage of every tracked pool's VMs. One collection asks all seven instruments in a row, so a list taken less
+    /// than <see cref="UsageReuse"/> ago is reused rather than asking every pool (and every VM's threads) seven times.
+    /// </summary>
+    private static List<ResourceUsage> CurrentUsage()
+    {
         List<ResourcePool> pools = [];
+        var now = Stopwatch.GetTimestamp();
         lock (Sync)
         {
+            if (_usage is not null && Stopwatch.GetElapsedTime(_usageTaken, now) < UsageReuse)
+            {
+                return _usage;
+            }
+
             foreach (var w in Pools)
             {
                 if (w.TryGetTarget(out var p))
@@ -292,19 +322,20 @@ internal static class ResourceMetrics
             }
         }
 
-        List<Measurement<T>> measurements = [];
+        // The pools are asked outside Sync: a pool takes its own lock and must never wait for the metrics' one.
+        List<ResourceUsage> usage = [];
         foreach (var pool in pools)
         {
-            foreach (var usage in pool.GetUsage())
-            {
-                if (value(usage) is T v)
-                {
-                    measurements.Add(new Measurement<T>(v, new KeyValuePair<string, object?>("virt.vm.name", usage.Name)));
-                }
-            }
+            usage.AddRange(pool.GetUsage());
         }
 
-        return measurements;
+        lock (Sync)
+        {
+            _usage = usage;
+            _usageTaken = now;
+        }
+
+        return usage;
     }
 
     private static List<Measurement<double>> Observe(Func<ResourceUsage, double> value) => Observe<double>(u => value(u));
