@@ -1,0 +1,223 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using Xunit;
+
+namespace Virt.Storage.Tests;
+
+/// <summary>
+/// Images on tmpfs served through a shared mapping of the file (<see cref="ImageMapping"/>): the bytes are the file's,
+/// holes are never touched through the mapping, and another process truncating the image waits for the mapping to
+/// stop instead of making the host fault.
+/// </summary>
+public sealed class ImageMappingTests
+{
+    private const int Block = 4096;
+    private const string Shm = "/dev/shm";
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private static void RequireTmpfs() =>
+        Assert.SkipUnless(OperatingSystem.IsLinux() && Directory.Exists(Shm), "Needs Linux with tmpfs at /dev/shm.");
+
+    [Fact]
+    public async Task Reads_and_writes_after_the_first_are_copies_through_the_mapping_and_match_the_file()
+    {
+        RequireTmpfs();
+        using var dir = new TempDir(Shm);
+        string path = dir.RawImage("disk.raw");
+        await using var raw = DiskImage.OpenRaw(path);
+        var data = Filled(1 << 20, 3);
+        await raw.WriteAsync(0, data, Ct);
+
+        var vectored = (IVectoredBlockBackend)raw;
+        using var buffer = new Pinned(Block);
+        vectored.ReadVector(8 * Block, [buffer.Host]);
+        Assert.Equal(data.AsSpan(8 * Block, Block).ToArray(), buffer.Bytes);
+        Assert.True(raw.Mapping.IsMapped, "an image on tmpfs, open only here, is mapped");
+
+        long before = raw.Mapping.Copies;
+        vectored.ReadVector(100 * Block, [buffer.Host]);
+        Assert.Equal(data.AsSpan(100 * Block, Block).ToArray(), buffer.Bytes);
+        Filled(Block, 9).CopyTo(buffer.Bytes);
+        vectored.WriteVector(50 * Block, [buffer.Host]);
+        Assert.Equal(before + 2, raw.Mapping.Copies);
+
+        // The file (read through the image's own handle: another open would break the lease) has the write.
+        var back = new byte[Block];
+        RandomAccess.Read(raw.Handle, back, 50 * Block);
+        Assert.Equal(Filled(Block, 9), back);
+    }
+
+    [Fact]
+    public async Task A_hole_is_read_and_written_with_system_calls_and_a_read_leaves_it_a_hole()
+    {
+        RequireTmpfs();
+        using var dir = new TempDir(Shm);
+        string path = dir.RawImage("disk.raw");
+        await using var raw = DiskImage.OpenRaw(path);
+        var vectored = (IVectoredBlockBackend)raw;
+        using var buffer = new Pinned(Block);
+        Filled(Block, 1).CopyTo(buffer.Bytes);
+
+        vectored.ReadVector(20 * Block, [buffer.Host]);
+        vectored.ReadVector(20 * Block, [buffer.Host]);
+        Assert.Equal(new byte[Block], buffer.Bytes);
+        Assert.Equal(0, raw.Mapping.Copies);
+        Assert.Equal(0L, AllocatedBlocks(path));
+
+        // The first write fills the hole with pwrite; the page is then known and served by the mapping.
+        Filled(Block, 2).CopyTo(buffer.Bytes);
+        vectored.WriteVector(20 * Block, [buffer.Host]);
+        Assert.Equal(0, raw.Mapping.Copies);
+        buffer.Bytes.AsSpan().Clear();
+        vectored.ReadVector(20 * Block, [buffer.Host]);
+        Assert.Equal(1, raw.Mapping.Copies);
+        Assert.Equal(Filled(Block, 2), buffer.Bytes);
+    }
+
+    [Fact]
+    public async Task Punching_a_hole_stops_copies_of_its_pages_and_they_read_as_zeroes()
+    {
+        RequireTmpfs();
+        using var dir = new TempDir(Shm);
+        string path = dir.RawImage("disk.raw");
+        await using var raw = DiskImage.OpenRaw(path);
+        await raw.WriteAsync(0, Filled(1 << 20, 5), Ct);
+        var vectored = (IVectoredBlockBackend)raw;
+        using var buffer = new Pinned(Block);
+        vectored.ReadVector(0, [buffer.Host]);
+        vectored.ReadVector(16 * Block, [buffer.Host]);
+        Assert.Equal(1, raw.Mapping.Copies);
+        long allocated = AllocatedBlocks(path);
+
+        await raw.WriteZeroesAsync(16 * Block, 16 * Block, Ct);
+        vectored.ReadVector(16 * Block, [buffer.Host]);
+        Assert.Equal(new byte[Block], buffer.Bytes);
+        Assert.Equal(1, raw.Mapping.Copies);
+        Assert.True(AllocatedBlocks(path) < allocated, "the punched range was deallocated and the read did not fill it again");
+    }
+
+    [Fact]
+    public async Task Another_process_truncating_the_image_waits_until_the_mapping_stops_and_reads_then_see_zeroes()
+    {
+        RequireTmpfs();
+        using var dir = new TempDir(Shm);
+        string path = dir.RawImage("disk.raw");
+        await using var raw = DiskImage.OpenRaw(path);
+        await raw.WriteAsync(0, Filled(1 << 20, 7), Ct);
+        var vectored = (IVectoredBlockBackend)raw;
+        using var buffer = new Pinned(Block);
+        vectored.ReadVector(0, [buffer.Host]);
+        vectored.ReadVector(Block, [buffer.Host]);
+        Assert.True(raw.Mapping.IsMapped);
+
+        // The shell's open(O_TRUNC) waits for the lease (truncate(1) opens with O_NONBLOCK and would fail with EAGAIN
+        // instead). A later copy from the mapping would fault (SIGBUS) if the mapping outlived the lease.
+        using (var truncate = Process.Start(new ProcessStartInfo("sh", ["-c", ": > \"$1\"", "sh", path]) { UseShellExecute = false })!)
+        {
+            await truncate.WaitForExitAsync(Ct);
+            Assert.Equal(0, truncate.ExitCode);
+        }
+
+        Assert.False(raw.Mapping.IsMapped);
+        Assert.Equal(0, new FileInfo(path).Length);
+        long copies = raw.Mapping.Copies;
+        Filled(Block, 1).CopyTo(buffer.Bytes);
+        vectored.ReadVector(Block, [buffer.Host]);
+        Assert.Equal(new byte[Block], buffer.Bytes);
+        Assert.Equal(copies, raw.Mapping.Copies);
+    }
+
+    [Fact]
+    public async Task A_qcow2_image_on_tmpfs_reads_and_writes_its_clusters_through_the_mapping()
+    {
+        RequireTmpfs();
+        using var dir = new TempDir(Shm);
+        string path = dir.File("disk.qcow2");
+        DiskImage.Create(path, 4 << 20, DiskFormat.Qcow2);
+        var data = Filled(1 << 20, 4);
+        await using (var qcow2 = (Qcow2BlockBackend)DiskImage.Open(path))
+        {
+            await qcow2.WriteAsync(0, data, Ct);
+            var vectored = (IVectoredBlockBackend)qcow2;
+            using var buffer = new Pinned(Block);
+            for (int i = 0; i < 4; i++)
+            {
+                vectored.ReadVector(i * 3 * Block, [buffer.Host]);
+                Assert.Equal(data.AsSpan(i * 3 * Block, Block).ToArray(), buffer.Bytes);
+            }
+
+            Filled(Block, 8).CopyTo(buffer.Bytes);
+            vectored.WriteVector(5 * Block, [buffer.Host]);
+            Filled(Block, 8).CopyTo(data, 5 * Block);
+            var store = Assert.IsType<FileImageStore>(qcow2.Store);
+            Assert.True(store.Mapping is { IsMapped: true, Copies: >= 4 });
+        }
+
+        await using var reopened = DiskImage.Open(path);
+        var back = new byte[1 << 20];
+        await reopened.ReadAsync(0, back, Ct);
+        Assert.Equal(data, back);
+    }
+
+    [Fact]
+    public async Task A_read_only_image_is_mapped_under_a_read_lease_and_refuses_writes()
+    {
+        RequireTmpfs();
+        using var dir = new TempDir(Shm);
+        string path = dir.RawImage("disk.raw");
+        await using (var writer = DiskImage.OpenRaw(path))
+        {
+            await writer.WriteAsync(0, Filled(1 << 20, 6), Ct);
+        }
+
+        await using var raw = DiskImage.OpenRaw(path, readOnly: true);
+        var vectored = (IVectoredBlockBackend)raw;
+        using var buffer = new Pinned(Block);
+        vectored.ReadVector(0, [buffer.Host]);
+        vectored.ReadVector(2 * Block, [buffer.Host]);
+        Assert.Equal(Filled(1 << 20, 6).AsSpan(2 * Block, Block).ToArray(), buffer.Bytes);
+        Assert.Equal(1, raw.Mapping.Copies);
+        Assert.Throws<InvalidOperationException>(() => vectored.WriteVector(0, [buffer.Host]));
+
+        // Another reader may open the file meanwhile (a read lease only waits for writers and truncation).
+        Assert.Equal(1 << 20, (await File.ReadAllBytesAsync(path, Ct)).Length);
+        vectored.ReadVector(3 * Block, [buffer.Host]);
+        Assert.Equal(2, raw.Mapping.Copies);
+    }
+
+    /// <summary>The file's allocated 512-byte blocks (stat does not open the file, so the lease holds).</summary>
+    private static long AllocatedBlocks(string path)
+    {
+        using var stat = Process.Start(new ProcessStartInfo("stat", ["-c", "%b", path]) { UseShellExecute = false, RedirectStandardOutput = true })!;
+        string output = stat.StandardOutput.ReadToEnd();
+        stat.WaitForExit();
+        return long.Parse(output.Trim(), CultureInfo.InvariantCulture);
+    }
+
+    private static byte[] Filled(int length, int seed)
+    {
+        var data = new byte[length];
+        new Random(seed).NextBytes(data);
+        return data;
+    }
+
+    /// <summary>A pinned buffer, as guest memory is, for the vectored calls.</summary>
+    private sealed class Pinned : IDisposable
+    {
+        private GCHandle _handle;
+
+        public Pinned(int length)
+        {
+            Bytes = new byte[length];
+            _handle = GCHandle.Alloc(Bytes, GCHandleType.Pinned);
+        }
+
+        public byte[] Bytes { get; }
+
+        public HostBuffer Host => new(_handle.AddrOfPinnedObject(), Bytes.Length);
+
+        public void Dispose() => _handle.Free();
+    }
+}
