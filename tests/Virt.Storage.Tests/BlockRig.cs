@@ -8,11 +8,11 @@ namespace Virt.Storage.Tests;
 /// <summary>A virtio-blk device over a backend, behind a transport, driven by the mock driver.</summary>
 internal sealed class BlockRig : VirtioTestRig
 {
-    public BlockRig(IBlockBackend backend, VirtioBlockOptions? options = null, ulong features = ulong.MaxValue)
+    public BlockRig(IBlockBackend backend, VirtioBlockOptions? options = null, ulong features = ulong.MaxValue, ushort queueSize = 64)
         : base(new VirtioBlockDevice(backend, options), ramSize: 0x400000, dataArea: 0x40000)
     {
         Device = (VirtioBlockDevice)Transport.Device;
-        Features = Driver.Initialize(features, 64);
+        Features = Driver.Initialize(features, queueSize);
     }
 
     public VirtioBlockDevice Device { get; }
