@@ -25,23 +25,18 @@ public sealed class ImageMappingTests
     {
         RequireTmpfs();
         using var dir = new TempDir(Shm);
-        string path = dir.RawImage("disk.raw");
-        await using var raw = DiskImage.OpenRaw(path);
+        await using var raw = await OpenMappedAsync(dir, seed: 3);
         var data = Filled(1 << 20, 3);
-        await raw.WriteAsync(0, data, Ct);
-
         var vectored = (IVectoredBlockBackend)raw;
         using var buffer = new Pinned(Block);
+        long before = raw.Mapping.Copies;
         vectored.ReadVector(8 * Block, [buffer.Host]);
         Assert.Equal(data.AsSpan(8 * Block, Block).ToArray(), buffer.Bytes);
-        Assert.True(raw.Mapping.IsMapped, "an image on tmpfs, open only here, is mapped");
-
-        long before = raw.Mapping.Copies;
         vectored.ReadVector(100 * Block, [buffer.Host]);
         Assert.Equal(data.AsSpan(100 * Block, Block).ToArray(), buffer.Bytes);
         Filled(Block, 9).CopyTo(buffer.Bytes);
         vectored.WriteVector(50 * Block, [buffer.Host]);
-        Assert.Equal(before + 2, raw.Mapping.Copies);
+        Assert.Equal(before + 3, raw.Mapping.Copies);
 
         // The file (read through the image's own handle: another open would break the lease) has the write.
         var back = new byte[Block];
@@ -81,12 +76,10 @@ public sealed class ImageMappingTests
     {
         RequireTmpfs();
         using var dir = new TempDir(Shm);
-        string path = dir.RawImage("disk.raw");
-        await using var raw = DiskImage.OpenRaw(path);
-        await raw.WriteAsync(0, Filled(1 << 20, 5), Ct);
+        await using var raw = await OpenMappedAsync(dir, seed: 5);
+        string path = raw.Path;
         var vectored = (IVectoredBlockBackend)raw;
         using var buffer = new Pinned(Block);
-        vectored.ReadVector(0, [buffer.Host]);
         vectored.ReadVector(16 * Block, [buffer.Host]);
         Assert.Equal(1, raw.Mapping.Copies);
         long allocated = AllocatedBlocks(path);
@@ -103,14 +96,12 @@ public sealed class ImageMappingTests
     {
         RequireTmpfs();
         using var dir = new TempDir(Shm);
-        string path = dir.RawImage("disk.raw");
-        await using var raw = DiskImage.OpenRaw(path);
-        await raw.WriteAsync(0, Filled(1 << 20, 7), Ct);
+        await using var raw = await OpenMappedAsync(dir, seed: 7);
+        string path = raw.Path;
         var vectored = (IVectoredBlockBackend)raw;
         using var buffer = new Pinned(Block);
-        vectored.ReadVector(0, [buffer.Host]);
         vectored.ReadVector(Block, [buffer.Host]);
-        Assert.True(raw.Mapping.IsMapped);
+        Assert.Equal(1, raw.Mapping.Copies);
 
         // The shell's open(O_TRUNC) waits for the lease (truncate(1) opens with O_NONBLOCK and would fail with EAGAIN
         // instead). A later copy from the mapping would fault (SIGBUS) if the mapping outlived the lease.
@@ -185,6 +176,78 @@ public sealed class ImageMappingTests
         Assert.Equal(1 << 20, (await File.ReadAllBytesAsync(path, Ct)).Length);
         vectored.ReadVector(3 * Block, [buffer.Host]);
         Assert.Equal(2, raw.Mapping.Copies);
+    }
+
+    [Fact]
+    public async Task Copies_racing_with_punched_holes_and_a_truncation_never_touch_a_page_the_file_lost()
+    {
+        RequireTmpfs();
+        using var dir = new TempDir(Shm);
+        await using var raw = await OpenMappedAsync(dir, seed: 2);
+        string path = raw.Path;
+        var vectored = (IVectoredBlockBackend)raw;
+        const int Pages = (1 << 20) / Block;
+        using var stop = new CancellationTokenSource();
+
+        // Readers and writers copy through the mapping while holes are punched and filled again under them; then
+        // another process truncates the file. A copy of a page the file no longer has would end this process.
+        var workers = Enumerable.Range(0, 3).Select(w => Task.Run(() =>
+        {
+            using var buffer = new Pinned(Block);
+            var random = new Random(w);
+            long transfers = 0;
+            while (!stop.IsCancellationRequested || transfers < 1000)
+            {
+                long offset = random.Next(Pages) * (long)Block;
+                if (random.Next(2) == 0)
+                {
+                    vectored.ReadVector(offset, [buffer.Host]);
+                }
+                else
+                {
+                    vectored.WriteVector(offset, [buffer.Host]);
+                }
+
+                transfers++;
+            }
+
+            return transfers;
+        })).ToArray();
+
+        Assert.True(SpinWait.SpinUntil(() => raw.Mapping.Copies >= 200, TimeSpan.FromMinutes(1)), "the workers copy through the mapping");
+        var punches = new Random(5);
+        for (int i = 0; i < 200; i++)
+        {
+            await raw.WriteZeroesAsync(punches.Next(Pages - 4) * (long)Block, 4 * Block, Ct);
+        }
+
+        // Written again, punched pages are learned again: copies go on after the punches.
+        long afterPunches = raw.Mapping.Copies;
+        Assert.True(SpinWait.SpinUntil(() => raw.Mapping.Copies >= afterPunches + 200, TimeSpan.FromMinutes(1)), "copies go on after the punches");
+        using (var truncate = Process.Start(new ProcessStartInfo("sh", ["-c", ": > \"$1\"", "sh", path]) { UseShellExecute = false })!)
+        {
+            await truncate.WaitForExitAsync(Ct);
+            Assert.Equal(0, truncate.ExitCode);
+        }
+
+        await stop.CancelAsync();
+        long[] done = await Task.WhenAll(workers);
+        Assert.All(done, n => Assert.True(n >= 1000));
+        Assert.False(raw.Mapping.IsMapped);
+    }
+
+    /// <summary>
+    /// A 1 MiB raw image on tmpfs filled with bytes from <paramref name="seed"/>, open, and mapped: one vectored read
+    /// (with a system call, which learns the allocated pages) has been made, so later ones are copies.
+    /// </summary>
+    private static async Task<RawFileBlockBackend> OpenMappedAsync(TempDir dir, int seed)
+    {
+        var raw = DiskImage.OpenRaw(dir.RawImage("disk.raw"));
+        await raw.WriteAsync(0, Filled(1 << 20, seed), Ct);
+        using var buffer = new Pinned(Block);
+        ((IVectoredBlockBackend)raw).ReadVector(0, [buffer.Host]);
+        Assert.True(raw.Mapping is { IsMapped: true, Copies: 0 }, "an image on tmpfs, open only here, is mapped on its first transfer");
+        return raw;
     }
 
     /// <summary>The file's allocated 512-byte blocks (stat does not open the file, so the lease holds).</summary>
