@@ -23,12 +23,10 @@ public sealed class ImageMappingTests
     [Fact]
     public async Task Reads_and_writes_after_the_first_are_copies_through_the_mapping_and_match_the_file()
     {
-        RequireTmpfs();
-        using var dir = new TempDir(Shm);
-        await using var raw = await OpenMappedAsync(dir, seed: 3);
+        await using var image = await MappedImage.OpenAsync(seed: 3);
+        var raw = image.Raw;
         var data = Filled(1 << 20, 3);
-        var vectored = (IVectoredBlockBackend)raw;
-        using var buffer = new Pinned(Block);
+        var (vectored, buffer) = (image.Vectored, image.Buffer);
         long before = raw.Mapping.Copies;
         vectored.ReadVector(8 * Block, [buffer.Host]);
         Assert.Equal(data.AsSpan(8 * Block, Block).ToArray(), buffer.Bytes);
@@ -74,42 +72,27 @@ public sealed class ImageMappingTests
     [Fact]
     public async Task Punching_a_hole_stops_copies_of_its_pages_and_they_read_as_zeroes()
     {
-        RequireTmpfs();
-        using var dir = new TempDir(Shm);
-        await using var raw = await OpenMappedAsync(dir, seed: 5);
-        string path = raw.Path;
-        var vectored = (IVectoredBlockBackend)raw;
-        using var buffer = new Pinned(Block);
-        vectored.ReadVector(16 * Block, [buffer.Host]);
-        Assert.Equal(1, raw.Mapping.Copies);
-        long allocated = AllocatedBlocks(path);
+        await using var image = await MappedImage.OpenAsync(seed: 5);
+        image.ReadCopied(16 * Block);
+        long allocated = AllocatedBlocks(image.Raw.Path);
 
-        await raw.WriteZeroesAsync(16 * Block, 16 * Block, Ct);
-        vectored.ReadVector(16 * Block, [buffer.Host]);
-        Assert.Equal(new byte[Block], buffer.Bytes);
-        Assert.Equal(1, raw.Mapping.Copies);
-        Assert.True(AllocatedBlocks(path) < allocated, "the punched range was deallocated and the read did not fill it again");
+        await image.Raw.WriteZeroesAsync(16 * Block, 16 * Block, Ct);
+        image.Vectored.ReadVector(16 * Block, [image.Buffer.Host]);
+        Assert.Equal(new byte[Block], image.Buffer.Bytes);
+        Assert.Equal(1, image.Raw.Mapping.Copies);
+        Assert.True(AllocatedBlocks(image.Raw.Path) < allocated, "the punched range was deallocated and the read did not fill it again");
     }
 
     [Fact]
     public async Task Another_process_truncating_the_image_waits_until_the_mapping_stops_and_reads_then_see_zeroes()
     {
-        RequireTmpfs();
-        using var dir = new TempDir(Shm);
-        await using var raw = await OpenMappedAsync(dir, seed: 7);
+        await using var image = await MappedImage.OpenAsync(seed: 7);
+        var raw = image.Raw;
         string path = raw.Path;
-        var vectored = (IVectoredBlockBackend)raw;
-        using var buffer = new Pinned(Block);
-        vectored.ReadVector(Block, [buffer.Host]);
-        Assert.Equal(1, raw.Mapping.Copies);
+        var (vectored, buffer) = (image.Vectored, image.Buffer);
+        image.ReadCopied(Block);
 
-        // The shell's open(O_TRUNC) waits for the lease (truncate(1) opens with O_NONBLOCK and would fail with EAGAIN
-        // instead). A later copy from the mapping would fault (SIGBUS) if the mapping outlived the lease.
-        using (var truncate = Process.Start(new ProcessStartInfo("sh", ["-c", ": > \"$1\"", "sh", path]) { UseShellExecute = false })!)
-        {
-            await truncate.WaitForExitAsync(Ct);
-            Assert.Equal(0, truncate.ExitCode);
-        }
+        await TruncateElsewhereAsync(path);
 
         Assert.False(raw.Mapping.IsMapped);
         Assert.Equal(0, new FileInfo(path).Length);
@@ -181,11 +164,10 @@ public sealed class ImageMappingTests
     [Fact]
     public async Task Copies_racing_with_punched_holes_and_a_truncation_never_touch_a_page_the_file_lost()
     {
-        RequireTmpfs();
-        using var dir = new TempDir(Shm);
-        await using var raw = await OpenMappedAsync(dir, seed: 2);
+        await using var image = await MappedImage.OpenAsync(seed: 2);
+        var raw = image.Raw;
         string path = raw.Path;
-        var vectored = (IVectoredBlockBackend)raw;
+        var vectored = image.Vectored;
         const int Pages = (1 << 20) / Block;
         using var stop = new CancellationTokenSource();
 
@@ -224,11 +206,7 @@ public sealed class ImageMappingTests
         // Written again, punched pages are learned again: copies go on after the punches.
         long afterPunches = raw.Mapping.Copies;
         Assert.True(SpinWait.SpinUntil(() => raw.Mapping.Copies >= afterPunches + 200, TimeSpan.FromMinutes(1)), "copies go on after the punches");
-        using (var truncate = Process.Start(new ProcessStartInfo("sh", ["-c", ": > \"$1\"", "sh", path]) { UseShellExecute = false })!)
-        {
-            await truncate.WaitForExitAsync(Ct);
-            Assert.Equal(0, truncate.ExitCode);
-        }
+        await TruncateElsewhereAsync(path);
 
         await stop.CancelAsync();
         long[] done = await Task.WhenAll(workers);
@@ -237,17 +215,62 @@ public sealed class ImageMappingTests
     }
 
     /// <summary>
-    /// A 1 MiB raw image on tmpfs filled with bytes from <paramref name="seed"/>, open, and mapped: one vectored read
-    /// (with a system call, which learns the allocated pages) has been made, so later ones are copies.
+    /// A 1 MiB raw image on tmpfs filled with bytes from a seed, open, and mapped: one vectored read (with a system
+    /// call, which learns the allocated pages) has been made, so later ones are copies.
     /// </summary>
-    private static async Task<RawFileBlockBackend> OpenMappedAsync(TempDir dir, int seed)
+    private sealed class MappedImage : IAsyncDisposable
     {
-        var raw = DiskImage.OpenRaw(dir.RawImage("disk.raw"));
-        await raw.WriteAsync(0, Filled(1 << 20, seed), Ct);
-        using var buffer = new Pinned(Block);
-        ((IVectoredBlockBackend)raw).ReadVector(0, [buffer.Host]);
-        Assert.True(raw.Mapping is { IsMapped: true, Copies: 0 }, "an image on tmpfs, open only here, is mapped on its first transfer");
-        return raw;
+        private readonly TempDir _dir;
+
+        private MappedImage(TempDir dir, RawFileBlockBackend raw)
+        {
+            _dir = dir;
+            Raw = raw;
+        }
+
+        public RawFileBlockBackend Raw { get; }
+
+        public IVectoredBlockBackend Vectored => Raw;
+
+        /// <summary>A 4 KiB buffer for the vectored calls.</summary>
+        public Pinned Buffer { get; } = new(Block);
+
+        public static async Task<MappedImage> OpenAsync(int seed)
+        {
+            RequireTmpfs();
+            var dir = new TempDir(Shm);
+            var image = new MappedImage(dir, DiskImage.OpenRaw(dir.RawImage("disk.raw")));
+            await image.Raw.WriteAsync(0, Filled(1 << 20, seed), Ct);
+            image.Vectored.ReadVector(0, [image.Buffer.Host]);
+            Assert.True(image.Raw.Mapping is { IsMapped: true, Copies: 0 }, "an image on tmpfs, open only here, is mapped on its first transfer");
+            return image;
+        }
+
+        /// <summary>Reads 4 KiB at <paramref name="offset"/> into <see cref="Buffer"/> and checks it was the first copy.</summary>
+        public void ReadCopied(long offset)
+        {
+            Vectored.ReadVector(offset, [Buffer.Host]);
+            Assert.Equal(1, Raw.Mapping.Copies);
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await Raw.DisposeAsync();
+            Buffer.Dispose();
+            _dir.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Truncates the file to nothing from another process. The shell's open(O_TRUNC) waits for the lease (truncate(1)
+    /// opens with O_NONBLOCK and would fail with EAGAIN instead). A later copy from the mapping would fault (SIGBUS) if
+    /// the mapping outlived the lease.
+    /// </summary>
+    private static async Task TruncateElsewhereAsync(string path)
+    {
+        using var truncate = Process.Start(new ProcessStartInfo("sh", ["-c", ": > \"$1\"", "sh", path]) { UseShellExecute = false })!;
+        await truncate.WaitForExitAsync(Ct);
+        Assert.Equal(0, truncate.ExitCode);
     }
 
     /// <summary>The file's allocated 512-byte blocks (stat does not open the file, so the lease holds).</summary>
