@@ -70,6 +70,7 @@ internal sealed class FileImageStore : ImageStore
 {
     private const int MaxIov = 1024;
     private bool _punchUnsupported;
+    private ImageMapping? _mapping;
 
     private long _length;
 
@@ -111,9 +112,30 @@ internal sealed class FileImageStore : ImageStore
 
     public override void Flush() => HostIo.DataSync(Handle);
 
-    public override bool TryPunchHole(long offset, long length) => RawFileBlockBackend.TryPunchHole(Handle, offset, length, ref _punchUnsupported);
+    public override bool TryPunchHole(long offset, long length) => _mapping is { } mapping
+        ? mapping.TryPunchHole(offset, length, ref _punchUnsupported)
+        : RawFileBlockBackend.TryPunchHole(Handle, offset, length, ref _punchUnsupported);
 
-    public override void ReadVector(long offset, ReadOnlySpan<HostBuffer> buffers) => HostIo.ReadVector(Handle, offset, buffers);
+    public override void ReadVector(long offset, ReadOnlySpan<HostBuffer> buffers)
+    {
+        if (_mapping is { } mapping)
+        {
+            mapping.ReadVector(offset, buffers);
+        }
+        else
+        {
+            HostIo.ReadVector(Handle, offset, buffers);
+        }
+    }
+
+    /// <summary>
+    /// Serves <see cref="ReadVector"/> and <see cref="WriteVector"/> through a shared mapping of the file's first
+    /// <paramref name="limit"/> bytes where <see cref="ImageMapping"/> allows it (tmpfs, a lease). Call before any transfer.
+    /// </summary>
+    public void EnableMapping(long limit, bool writable) => _mapping ??= new ImageMapping(Handle, writable, limit);
+
+    /// <summary>The mapping (tests), or null.</summary>
+    internal ImageMapping? Mapping => _mapping;
 
     /// <summary>Whether the file ever refused RWF_NOWAIT in this direction.</summary>
     public NoWaitProbe NoWait { get; } = new();
@@ -126,7 +148,15 @@ internal sealed class FileImageStore : ImageStore
 
     public override void WriteVector(long offset, ReadOnlySpan<HostBuffer> buffers)
     {
-        HostIo.WriteVector(Handle, offset, buffers);
+        if (_mapping is { } mapping)
+        {
+            mapping.WriteVector(offset, buffers);
+        }
+        else
+        {
+            HostIo.WriteVector(Handle, offset, buffers);
+        }
+
         long end = offset;
         foreach (var b in buffers)
         {
@@ -148,6 +178,7 @@ internal sealed class FileImageStore : ImageStore
     {
         if (disposing)
         {
+            _mapping?.Dispose();
             Handle.Dispose();
         }
 

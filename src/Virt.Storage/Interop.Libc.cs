@@ -100,6 +100,37 @@ internal static partial class Interop
         [LibraryImport("libc", EntryPoint = "fstatfs", SetLastError = true)]
         public static unsafe partial int Fstatfs(SafeFileHandle fd, byte* buffer);
 
+        /// <summary>fcntl: the process that receives SIGIO for the file (0: none).</summary>
+        public const int F_SETOWN = 8;
+        /// <summary>fcntl: take (F_RDLCK, F_WRLCK) or release (F_UNLCK) a lease.</summary>
+        public const int F_SETLEASE = 1024;
+        /// <summary>fcntl: the lease held, or the type it is being broken to.</summary>
+        public const int F_GETLEASE = 1025;
+        /// <summary>mmap: pages may be read.</summary>
+        public const int PROT_READ = 1;
+        /// <summary>mmap: pages may be written.</summary>
+        public const int PROT_WRITE = 2;
+        /// <summary>mmap: changes reach the file, and others' changes are seen.</summary>
+        public const int MAP_SHARED = 1;
+        /// <summary>mmap: reserve no swap for the range.</summary>
+        public const int MAP_NORESERVE = 0x4000;
+        /// <summary>lseek: the next offset holding data.</summary>
+        public const int SEEK_DATA = 3;
+        /// <summary>lseek: the next offset in a hole (or the end of the file).</summary>
+        public const int SEEK_HOLE = 4;
+
+        [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
+        public static partial int FcntlInt(SafeFileHandle fd, int command, int argument);
+
+        [LibraryImport("libc", EntryPoint = "mmap", SetLastError = true)]
+        public static partial nint Mmap(nint address, nuint length, int protection, int flags, SafeFileHandle fd, long offset);
+
+        [LibraryImport("libc", EntryPoint = "munmap", SetLastError = true)]
+        public static partial int Munmap(nint address, nuint length);
+
+        [LibraryImport("libc", EntryPoint = "lseek", SetLastError = true)]
+        public static partial long Lseek(SafeFileHandle fd, long offset, int whence);
+
         [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
         public static unsafe partial int FcntlLock(SafeFileHandle fd, int command, FileLock* fileLock);
     }

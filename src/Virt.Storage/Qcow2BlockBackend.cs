@@ -71,6 +71,10 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
     private IBackingReader? _backing;
     private bool? _isInMemory;
     private int _disposed;
+    private readonly RunAction _readRun;
+    private readonly RunAction _writeRun;
+    private readonly RunAction _readRunNoWait;
+    private readonly RunAction _writeRunNoWait;
 
     private Qcow2BlockBackend(ImageStore store, string path, bool readOnly, Header header, ulong[] l1, ulong[] refTable)
     {
@@ -99,10 +103,20 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         _zstd = (header.Incompatible & Qcow2Format.IncompatCompressionType) != 0;
         _freeHint = 1;
         _highWater = (store.Length + _clusterSize - 1) >> _clusterBits;
+        _readRun = ReadRun;
+        _writeRun = WriteRun;
+        _readRunNoWait = (run, _, slice) => NoWaitRun(run, slice, write: false);
+        _writeRunNoWait = (run, _, slice) => NoWaitRun(run, slice, write: true);
+
+        // Data clusters may lie anywhere the file grows to: the virtual size, the tables, some slack.
+        (store as FileImageStore)?.EnableMapping(Capacity + (Capacity / 8) + (256L << 20), writable: !readOnly);
     }
 
     /// <summary>The image file.</summary>
     public string Path { get; }
+
+    /// <summary>Where the image's bytes live (tests).</summary>
+    internal ImageStore Store => _store;
 
     /// <summary>The open file, when the image is one (benchmarks compare the device path with direct I/O on it).</summary>
     internal Microsoft.Win32.SafeHandles.SafeFileHandle? FileHandle => (_store as FileImageStore)?.Handle;
@@ -359,37 +373,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         lock (_sync)
         {
             ThrowIfDisposed();
-            long done = 0;
-            while (done < length)
-            {
-                long pos = offset + done;
-                var run = MapRun(pos, length - done, forWrite: false);
-                // A request inside one run (the usual small one) uses the caller's buffers as they are.
-                HostBuffer[]? rented = null;
-                var slice = done == 0 && run.Length == length ? buffers : Slice(buffers, done, run.Length, out rented);
-                try
-                {
-                    if (run.Kind == ClusterKind.Normal)
-                    {
-                        _store.ReadVector(run.Host, slice);
-                    }
-                    else
-                    {
-                        long p = pos;
-                        foreach (var b in slice)
-                        {
-                            FillSpecial(run, p, b.Span);
-                            p += b.Length;
-                        }
-                    }
-                }
-                finally
-                {
-                    Return(rented);
-                }
-
-                done += run.Length;
-            }
+            ForEachRun(offset, length, buffers, forWrite: false, _readRun);
         }
     }
 
@@ -401,49 +385,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         lock (_sync)
         {
             ThrowIfDisposed();
-            long done = 0;
-            while (done < length)
-            {
-                long pos = offset + done;
-                var run = MapRun(pos, length - done, forWrite: true);
-                // A request inside one run (the usual small one) uses the caller's buffers as they are.
-                HostBuffer[]? rented = null;
-                var slice = done == 0 && run.Length == length ? buffers : Slice(buffers, done, run.Length, out rented);
-                try
-                {
-                    if (run.Kind == ClusterKind.Normal)
-                    {
-                        _store.WriteVector(run.Host, slice);
-                    }
-                    else
-                    {
-                        // An allocating write: gather the run (at most one cluster) and copy it in.
-                        byte[] gathered = ArrayPool<byte>.Shared.Rent((int)run.Length);
-                        try
-                        {
-                            int at = 0;
-                            foreach (var b in slice)
-                            {
-                                b.Span.CopyTo(gathered.AsSpan(at));
-                                at += b.Length;
-                            }
-
-                            WriteCore(pos, gathered.AsSpan(0, (int)run.Length));
-                        }
-                        finally
-                        {
-                            ArrayPool<byte>.Shared.Return(gathered);
-                        }
-                    }
-                }
-                finally
-                {
-                    Return(rented);
-                }
-
-                done += run.Length;
-            }
-
+            ForEachRun(offset, length, buffers, forWrite: true, _writeRun);
             AfterChange();
         }
     }
@@ -453,7 +395,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
 
     bool IVectoredBlockBackend.TryVectorNoWait(long offset, ReadOnlySpan<HostBuffer> buffers, bool write)
     {
-        if (_store is not FileImageStore file || (write && IsReadOnly))
+        if (_store is not FileImageStore || (write && IsReadOnly))
         {
             return false;
         }
@@ -470,56 +412,121 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         try
         {
             ThrowIfDisposed();
-            if (!L2Cached(offset, length))
-            {
-                return false;
-            }
-
-            long done = 0;
-            while (done < length)
-            {
-                long pos = offset + done;
-                var run = MapRun(pos, length - done, forWrite: write);
-                HostBuffer[]? rented = null;
-                var slice = done == 0 && run.Length == length ? buffers : Slice(buffers, done, run.Length, out rented);
-                try
-                {
-                    if (run.Kind == ClusterKind.Normal)
-                    {
-                        // In place: a write here never allocates (MapRun gives a write to an unallocated or shared
-                        // cluster another kind).
-                        if (!file.TryVectorNoWait(run.Host, slice, write))
-                        {
-                            return false;
-                        }
-                    }
-                    else if (!write && (run.Kind == ClusterKind.Zero || (run.Kind == ClusterKind.Unallocated && _backing is null)))
-                    {
-                        foreach (var b in slice)
-                        {
-                            b.Span.Clear();
-                        }
-                    }
-                    else
-                    {
-                        // A backing file, a compressed cluster or an allocating write: the waiting path.
-                        return false;
-                    }
-                }
-                finally
-                {
-                    Return(rented);
-                }
-
-                done += run.Length;
-            }
-
-            return true;
+            return L2Cached(offset, length) && ForEachRun(offset, length, buffers, forWrite: write, write ? _writeRunNoWait : _readRunNoWait);
         }
         finally
         {
             _sync.Exit();
         }
+    }
+
+    /// <summary>What a vectored transfer does with one run of its range; false stops the transfer (it is redone the waiting way).</summary>
+    private delegate bool RunAction(Run run, long position, ReadOnlySpan<HostBuffer> slice);
+
+    /// <summary>
+    /// Walks the guest range <paramref name="offset"/>..+<paramref name="length"/> (described by
+    /// <paramref name="buffers"/>) run by run (<see cref="MapRun"/>), handing each run its part of the buffers; a
+    /// request inside one run (the usual small one) passes the caller's buffers as they are. Returns false as soon as
+    /// <paramref name="action"/> does. The caller holds the image's lock.
+    /// </summary>
+    private bool ForEachRun(long offset, long length, ReadOnlySpan<HostBuffer> buffers, bool forWrite, RunAction action)
+    {
+        long done = 0;
+        while (done < length)
+        {
+            long pos = offset + done;
+            var run = MapRun(pos, length - done, forWrite);
+            HostBuffer[]? rented = null;
+            var slice = done == 0 && run.Length == length ? buffers : Slice(buffers, done, run.Length, out rented);
+            try
+            {
+                if (!action(run, pos, slice))
+                {
+                    return false;
+                }
+            }
+            finally
+            {
+                Return(rented);
+            }
+
+            done += run.Length;
+        }
+
+        return true;
+    }
+
+    /// <summary>A run of a read: the file's bytes for an allocated cluster, zeroes or the backing file's otherwise.</summary>
+    private bool ReadRun(Run run, long position, ReadOnlySpan<HostBuffer> slice)
+    {
+        if (run.Kind == ClusterKind.Normal)
+        {
+            _store.ReadVector(run.Host, slice);
+            return true;
+        }
+
+        foreach (var b in slice)
+        {
+            FillSpecial(run, position, b.Span);
+            position += b.Length;
+        }
+
+        return true;
+    }
+
+    /// <summary>A run of a write: in place for a cluster written in place, else an allocating write of the gathered run.</summary>
+    private bool WriteRun(Run run, long position, ReadOnlySpan<HostBuffer> slice)
+    {
+        if (run.Kind == ClusterKind.Normal)
+        {
+            _store.WriteVector(run.Host, slice);
+            return true;
+        }
+
+        // An allocating write: gather the run (at most one cluster) and copy it in.
+        byte[] gathered = ArrayPool<byte>.Shared.Rent((int)run.Length);
+        try
+        {
+            int at = 0;
+            foreach (var b in slice)
+            {
+                b.Span.CopyTo(gathered.AsSpan(at));
+                at += b.Length;
+            }
+
+            WriteCore(position, gathered.AsSpan(0, (int)run.Length));
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(gathered);
+        }
+
+        return true;
+    }
+
+    /// <summary>
+    /// A run of a no-wait transfer: only a cluster written in place (a write here never allocates: MapRun gives a write
+    /// to an unallocated or shared cluster another kind) or, for a read, one that reads as zeroes. A backing file, a
+    /// compressed cluster or an allocating write stop the transfer.
+    /// </summary>
+    private bool NoWaitRun(Run run, ReadOnlySpan<HostBuffer> slice, bool write)
+    {
+        if (run.Kind == ClusterKind.Normal)
+        {
+            return ((FileImageStore)_store).TryVectorNoWait(run.Host, slice, write);
+        }
+
+        if (!write && (run.Kind == ClusterKind.Zero || (run.Kind == ClusterKind.Unallocated && _backing is null)))
+        {
+            foreach (var b in slice)
+            {
+                b.Span.Clear();
+            }
+
+            return true;
+        }
+
+        return false;
     }
 
     /// <summary>Whether every L2 table that maps the guest range is in memory or absent (so the lookup reads nothing).</summary>

@@ -16,10 +16,12 @@ public sealed class RawFileBlockBackend : IBlockBackend, IVectoredBlockBackend, 
     private bool _punchUnsupported;
     private bool? _isInMemory;
     private readonly NoWaitProbe _noWait = new();
+    private readonly ImageMapping _mapping;
 
     private RawFileBlockBackend(SafeFileHandle handle, string path, long capacity, bool readOnly)
     {
         _handle = handle;
+        _mapping = new ImageMapping(handle, writable: !readOnly, capacity);
         Path = path;
         Capacity = capacity;
         IsReadOnly = readOnly;
@@ -27,6 +29,9 @@ public sealed class RawFileBlockBackend : IBlockBackend, IVectoredBlockBackend, 
 
     /// <summary>The image file.</summary>
     public string Path { get; }
+
+    /// <summary>The shared mapping that serves vectored transfers on tmpfs (tests).</summary>
+    internal ImageMapping Mapping => _mapping;
 
     /// <summary>The open file (benchmarks compare the device path with direct I/O on it).</summary>
     internal SafeFileHandle Handle => _handle;
@@ -113,7 +118,7 @@ public sealed class RawFileBlockBackend : IBlockBackend, IVectoredBlockBackend, 
             return;
         }
 
-        if (TryPunchHole(_handle, offset, length, ref _punchUnsupported))
+        if (_mapping.TryPunchHole(offset, length, ref _punchUnsupported))
         {
             return;
         }
@@ -124,6 +129,7 @@ public sealed class RawFileBlockBackend : IBlockBackend, IVectoredBlockBackend, 
     /// <inheritdoc />
     public ValueTask DisposeAsync()
     {
+        _mapping.Dispose();
         _handle.Dispose();
         return ValueTask.CompletedTask;
     }
@@ -133,14 +139,14 @@ public sealed class RawFileBlockBackend : IBlockBackend, IVectoredBlockBackend, 
     void IVectoredBlockBackend.ReadVector(long offset, ReadOnlySpan<HostBuffer> buffers)
     {
         BlockRange.Check(offset, Total(buffers), Capacity);
-        HostIo.ReadVector(_handle, offset, buffers);
+        _mapping.ReadVector(offset, buffers);
     }
 
     void IVectoredBlockBackend.WriteVector(long offset, ReadOnlySpan<HostBuffer> buffers)
     {
         BlockRange.CheckWritable(IsReadOnly);
         BlockRange.Check(offset, Total(buffers), Capacity);
-        HostIo.WriteVector(_handle, offset, buffers);
+        _mapping.WriteVector(offset, buffers);
     }
 
     bool IVectoredBlockBackend.MayTransferWithoutWaiting(bool write) => _noWait.Allows(write) && !(write && IsReadOnly);

@@ -129,7 +129,12 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     /// <summary>Largest read or write served on the notifying thread.</summary>
     internal const int InlineMaxBytes = 128 << 10;
     /// <summary>Most requests served on the notifying thread per notification; the worker takes the rest.</summary>
-    internal const int InlineMaxRequests = 8;
+    internal const int InlineMaxRequests = 32;
+    /// <summary>
+    /// Most bytes served on the notifying thread per notification (with <see cref="InlineMaxRequests"/>, what bounds
+    /// the vCPU's stay in the device): eight of the largest inline requests, or a queue's worth of small ones.
+    /// </summary>
+    internal const long InlineMaxBytesPerNotification = 8L * InlineMaxBytes;
 
     private readonly IBlockBackend _backend;
     private readonly byte[] _config;
@@ -560,16 +565,18 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     }
 
     /// <summary>
-    /// Serves the queue's small reads and writes in order, up to <see cref="InlineMaxRequests"/>; stops at the first
-    /// request it cannot serve here and gives it back to the queue. Returns whether it left one (for the worker).
+    /// Serves the queue's small reads and writes in order, up to <see cref="InlineMaxRequests"/> and
+    /// <see cref="InlineMaxBytesPerNotification"/>; stops at the first request it cannot serve here and gives it back
+    /// to the queue. Returns whether it left one (for the worker).
     /// </summary>
     private bool ServeInline(VirtioDeviceContext context, Virtqueue queue)
     {
         int served = 0;
+        long budget = InlineMaxBytesPerNotification;
         bool leftWork = false;
         while (queue.TryPop(out var chain))
         {
-            if (served == InlineMaxRequests || !TryServeInline(context, chain, out uint written))
+            if (served == InlineMaxRequests || budget <= 0 || !TryServeInline(context, chain, out uint written))
             {
                 queue.Rewind(1);
                 leftWork = true;
@@ -578,6 +585,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
 
             queue.AddUsed(chain, written);
             served++;
+            budget -= chain.ReadableLength + chain.WritableLength;
         }
 
         if (served > 0)

@@ -107,16 +107,18 @@ if (args is ["sandbox-cluster", ..])
 }
 
 // 4 KiB random reads and writes on tmpfs in a fresh process: host, device served inline, device served by the worker:
-// dotnet run -c Release --project tests/Virt.Benchmarks -- blk-fresh [requests] [rounds] [directory] [bytes]
+// dotnet run -c Release --project tests/Virt.Benchmarks -- blk-fresh [requests] [rounds] [directory] [bytes] [depth]
 // (directory: /dev/shm by default; one on a disk file system measures page-cache hits served with RWF_NOWAIT;
-// bytes: 4096 by default at random offsets, any other size sequentially, e.g. 1048576)
+// bytes: 4096 by default at random offsets, any other size sequentially, e.g. 1048576; depth: requests the driver
+// makes available per notification, 1 by default)
 if (args is ["blk-fresh", ..])
 {
     await Virt.Benchmarks.Virtio.BlockFresh.RunAsync(
         args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 20000,
         args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 9,
         args.Length > 3 ? args[3] : "/dev/shm",
-        args.Length > 4 ? int.Parse(args[4], System.Globalization.CultureInfo.InvariantCulture) : 4096);
+        args.Length > 4 ? int.Parse(args[4], System.Globalization.CultureInfo.InvariantCulture) : 4096,
+        args.Length > 5 ? int.Parse(args[5], System.Globalization.CultureInfo.InvariantCulture) : 1);
     return;
 }
 

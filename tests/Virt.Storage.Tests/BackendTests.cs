@@ -11,8 +11,7 @@ public sealed class BackendTests
     public async Task Flushed_write_is_in_the_file_when_reopened()
     {
         using var dir = new TempDir();
-        string path = dir.File("disk.img");
-        DiskImage.CreateRaw(path, 1 << 20);
+        string path = dir.RawImage("disk.img");
         byte[] data = RandomNumberGenerator.GetBytes(4096);
         await using (var backend = DiskImage.OpenRaw(path))
         {
@@ -30,8 +29,7 @@ public sealed class BackendTests
     public async Task Second_writer_of_an_image_is_refused_as_in_use()
     {
         using var dir = new TempDir();
-        string path = dir.File("disk.img");
-        DiskImage.CreateRaw(path, 1 << 20);
+        string path = dir.RawImage("disk.img");
         await using var first = DiskImage.OpenRaw(path);
 
         var e = Assert.Throws<DiskImageException>(() => DiskImage.OpenRaw(path));
@@ -45,8 +43,7 @@ public sealed class BackendTests
     public async Task Two_readers_may_share_an_image_but_not_with_a_writer()
     {
         using var dir = new TempDir();
-        string path = dir.File("disk.img");
-        DiskImage.CreateRaw(path, 1 << 20);
+        string path = dir.RawImage("disk.img");
         await using var a = DiskImage.OpenRaw(path, readOnly: true);
         await using var b = DiskImage.OpenRaw(path, readOnly: true);
 
@@ -72,8 +69,7 @@ public sealed class BackendTests
     {
         Assert.SkipUnless(OperatingSystem.IsLinux(), "Unix file permissions: Linux only.");
         using var dir = new TempDir();
-        string path = dir.File("ro.img");
-        DiskImage.CreateRaw(path, 1 << 20);
+        string path = dir.RawImage("ro.img");
         File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
         if (CanOpenForWriting(path))
         {
@@ -131,8 +127,7 @@ public sealed class BackendTests
     public async Task Raw_image_discard_reads_back_as_zeroes()
     {
         using var dir = new TempDir();
-        string path = dir.File("disk.img");
-        DiskImage.CreateRaw(path, 1 << 20);
+        string path = dir.RawImage("disk.img");
         await using var backend = DiskImage.OpenRaw(path);
         await backend.WriteAsync(0, VirtioBlockDeviceTests.Filled(65536, 9), Ct);
         await backend.DiscardAsync(4096, 8192, Ct);

@@ -113,7 +113,7 @@ public sealed class BlockInlineTests
     {
         using var dir = new TempDir();
         await using var backend = Open(dir, format);
-        using var rig = new BlockRig(backend, new VirtioBlockOptions { Inline = VirtioBlockInline.Always });
+        using var rig = new BlockRig(backend, new VirtioBlockOptions { Inline = VirtioBlockInline.Always }, queueSize: 256);
         var model = new byte[Size];
         var random = new Random(3);
         var reads = new List<(GuestAddress At, long Offset)>();

@@ -125,8 +125,7 @@ public sealed partial class BlockNoWaitTests
     public async Task A_read_that_misses_the_page_cache_goes_to_the_worker_and_later_hits_are_served_inline_again()
     {
         using var dir = new TempDir();
-        string path = dir.File("disk.raw");
-        DiskImage.CreateRaw(path, 1 << 20);
+        string path = dir.RawImage("disk.raw");
         await using var backend = DiskImage.Open(path);
         var vectored = (IVectoredBlockBackend)backend;
         if (!OperatingSystem.IsLinux() || vectored.IsInMemory)

@@ -8,11 +8,11 @@ namespace Virt.Storage.Tests;
 /// <summary>A virtio-blk device over a backend, behind a transport, driven by the mock driver.</summary>
 internal sealed class BlockRig : VirtioTestRig
 {
-    public BlockRig(IBlockBackend backend, VirtioBlockOptions? options = null, ulong features = ulong.MaxValue)
+    public BlockRig(IBlockBackend backend, VirtioBlockOptions? options = null, ulong features = ulong.MaxValue, ushort queueSize = 64)
         : base(new VirtioBlockDevice(backend, options), ramSize: 0x400000, dataArea: 0x40000)
     {
         Device = (VirtioBlockDevice)Transport.Device;
-        Features = Driver.Initialize(features, 64);
+        Features = Driver.Initialize(features, queueSize);
     }
 
     public VirtioBlockDevice Device { get; }
@@ -62,11 +62,24 @@ internal sealed class BlockRig : VirtioTestRig
 
 internal sealed class TempDir : IDisposable
 {
-    public TempDir() => System.IO.Directory.CreateDirectory(Path);
+    /// <summary>A new directory under <paramref name="under"/> (the temporary directory by default).</summary>
+    public TempDir(string? under = null)
+    {
+        Path = System.IO.Path.Combine(under ?? System.IO.Path.GetTempPath(), "virt-storage-" + Guid.NewGuid().ToString("N"));
+        System.IO.Directory.CreateDirectory(Path);
+    }
 
-    public string Path { get; } = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "virt-storage-" + Guid.NewGuid().ToString("N"));
+    public string Path { get; }
 
     public string File(string name) => System.IO.Path.Combine(Path, name);
+
+    /// <summary>Creates a raw image of <paramref name="size"/> bytes (all holes) named <paramref name="name"/> in the directory; returns its path.</summary>
+    public string RawImage(string name = "disk.img", long size = 1 << 20)
+    {
+        string path = File(name);
+        DiskImage.CreateRaw(path, size);
+        return path;
+    }
 
     public void Dispose()
     {

@@ -21,14 +21,23 @@ namespace Virt.Benchmarks.Virtio;
 /// (driver), the notification (the device's whole service: pop, preadv/pwritev, used entry, interrupt), taking the
 /// used entry (driver); and the backend's vectored call alone. The image lives in /dev/shm unless another directory is
 /// given (a disk file system: the image is in the page cache after it is filled, and Automatic serves inline only what
-/// RWF_NOWAIT allows).
+/// RWF_NOWAIT allows). With a depth above 1 the driver makes that many requests available, notifies once and takes
+/// their used entries (a guest with a deeper queue, as fio's iodepth), and the host does the same requests one after
+/// the other with <c>pread</c>/<c>pwrite</c> (fio's psync engine at that depth).
 /// </summary>
 internal static partial class BlockFresh
 {
     private const long ImageSize = 64L << 20;
 
-    public static async Task RunAsync(int requests, int rounds, string directory, int size)
+    public static async Task RunAsync(int requests, int rounds, string directory, int size, int depth = 1)
     {
+        if (depth is < 1 or > 64)
+        {
+            throw new ArgumentOutOfRangeException(nameof(depth), depth, "The depth must be 1 to 64.");
+        }
+
+        s_depth = depth;
+        requests = Math.Max(depth, requests / depth * depth);
         if (size < 512 || size % 512 != 0 || size > (4 << 20))
         {
             throw new ArgumentOutOfRangeException(nameof(size), size, "The request size must be a multiple of 512 up to 4 MiB.");
@@ -36,8 +45,8 @@ internal static partial class BlockFresh
 
         s_size = size;
         Console.WriteLine(size == 4096
-            ? $"4 KiB random I/O in {directory}, {requests} requests per case and round, median of {rounds} rounds (fresh process)"
-            : $"{size / 1024} KiB sequential I/O in {directory}, {requests} requests per case and round, median of {rounds} rounds (fresh process)");
+            ? $"4 KiB random I/O in {directory}, depth {depth}, {requests} requests per case and round, median of {rounds} rounds (fresh process)"
+            : $"{size / 1024} KiB sequential I/O in {directory}, depth {depth}, {requests} requests per case and round, median of {rounds} rounds (fresh process)");
         Console.WriteLine("format  op     host ns  inline ns (host share)  worker ns (host share)");
         foreach (string format in new[] { "raw", "qcow2" })
         {
@@ -47,6 +56,9 @@ internal static partial class BlockFresh
 
     /// <summary>Bytes per request: 4 KiB at random offsets, any other size sequentially.</summary>
     private static int s_size = 4096;
+
+    /// <summary>Requests made available per notification.</summary>
+    private static int s_depth = 1;
 
     private static int Small => s_size;
 
@@ -101,22 +113,35 @@ internal static partial class BlockFresh
                 var wallRatios = new List<double>();
                 var cpuRatios = new List<double>();
                 var stages = new double[4];
+                void HostRequest(int i)
+                {
+                    long o = offsets[i & 4095];
+                    if (type == 0)
+                    {
+                        RandomAccess.Read(host, buffer, o);
+                    }
+                    else
+                    {
+                        RandomAccess.Write(host, (ReadOnlySpan<byte>)buffer, o);
+                    }
+                }
+
+                // Warm up for half a second first: tiered compilation installs optimized code some time after the
+                // first calls (later on a loaded machine), and the first case measured would otherwise pay for it.
+                long warmUntil = Stopwatch.GetTimestamp() + (Stopwatch.Frequency / 2);
+                while (Stopwatch.GetTimestamp() < warmUntil)
+                {
+                    Time(256, HostRequest);
+                    Time(256 / s_depth, i => inline.Request(type, offsets, i * s_depth));
+                    Time(256 / s_depth, i => worker.Request(type, offsets, i * s_depth));
+                }
+
                 for (int round = 0; round < rounds + 1; round++)
                 {
-                    var (h, hc) = Time(requests, i =>
-                    {
-                        long o = offsets[i & 4095];
-                        if (type == 0)
-                        {
-                            RandomAccess.Read(host, buffer, o);
-                        }
-                        else
-                        {
-                            RandomAccess.Write(host, (ReadOnlySpan<byte>)buffer, o);
-                        }
-                    });
-                    var (d, dc) = Time(requests, i => inline.Request(type, offsets[i & 4095]));
-                    var (w, _) = Time(requests, i => worker.Request(type, offsets[i & 4095]));
+                    var (h, hc) = Time(requests, HostRequest);
+                    var (d, dc) = Time(requests / s_depth, i => inline.Request(type, offsets, i * s_depth));
+                    var (w, _) = Time(requests / s_depth, i => worker.Request(type, offsets, i * s_depth));
+                    (d, dc, w) = (d / s_depth, dc / s_depth, w / s_depth);
                     if (round > 0)
                     {
                         // Round 0 warms up (JIT, caches).
@@ -183,7 +208,7 @@ internal static partial class BlockFresh
     {
         private readonly GuestMemory _ram;
         private readonly MockVirtioDriver _driver;
-        private readonly GuestAddress _header, _data, _status;
+        private readonly GuestAddress[] _header, _data, _status;
 
         public Rig(IBlockBackend backend, VirtioBlockInline inline)
         {
@@ -191,18 +216,32 @@ internal static partial class BlockFresh
             Device = new VirtioBlockDevice(backend, new VirtioBlockOptions { Inline = inline });
             _driver = new MockVirtioDriver(new VirtioMmioTransport(Device, _ram, NullInterruptLine.Instance), _ram, new GuestAddress(0x1000), new GuestAddress(0x100000));
             _driver.Initialize(queueSize: 256);
-            _header = _driver.Allocate(16);
-            _status = _driver.Allocate(16);
-            _data = _driver.Allocate((uint)Small);
+            _header = new GuestAddress[s_depth];
+            _status = new GuestAddress[s_depth];
+            _data = new GuestAddress[s_depth];
+            for (int k = 0; k < s_depth; k++)
+            {
+                _header[k] = _driver.Allocate(16);
+                _status[k] = _driver.Allocate(16);
+                _data[k] = _driver.Allocate((uint)Small);
+            }
         }
 
         public VirtioBlockDevice Device { get; }
 
-        public void Request(uint type, long offset)
+        /// <summary>Makes the requests at <paramref name="offsets"/> from <paramref name="first"/> available (the depth's worth), notifies once, takes their used entries.</summary>
+        public void Request(uint type, long[] offsets, int first)
         {
-            Chain(type, offset);
+            for (int k = 0; k < s_depth; k++)
+            {
+                Chain(k, type, offsets[(first + k) & 4095]);
+            }
+
             _driver.Notify(0);
-            _driver.Queues[0].WaitUsed();
+            for (int k = 0; k < s_depth; k++)
+            {
+                _driver.Queues[0].WaitUsed();
+            }
         }
 
         /// <summary>Times the stages of <paramref name="requests"/> requests (mean ns each) into <paramref name="stages"/>.</summary>
@@ -212,7 +251,7 @@ internal static partial class BlockFresh
             for (int i = 0; i < requests; i++)
             {
                 long t0 = Stopwatch.GetTimestamp();
-                Chain(type, offsets[i & 4095]);
+                Chain(0, type, offsets[i & 4095]);
                 long t1 = Stopwatch.GetTimestamp();
                 _driver.Notify(0);
                 long t2 = Stopwatch.GetTimestamp();
@@ -253,13 +292,13 @@ internal static partial class BlockFresh
             _ram.Dispose();
         }
 
-        private void Chain(uint type, long offset)
+        private void Chain(int slot, uint type, long offset)
         {
             Span<byte> h = stackalloc byte[16];
             BinaryPrimitives.WriteUInt32LittleEndian(h, type);
             BinaryPrimitives.WriteUInt64LittleEndian(h[8..], (ulong)(offset / 512));
-            _ram.Write(_header, h);
-            _driver.Queues[0].AddChain((_header, 16, false), (_data, (uint)Small, type == 0), (_status, 1, true));
+            _ram.Write(_header[slot], h);
+            _driver.Queues[0].AddChain((_header[slot], 16, false), (_data[slot], (uint)Small, type == 0), (_status[slot], 1, true));
         }
     }
 }
