@@ -66,6 +66,15 @@ internal sealed class Block
     /// <summary>Ran compiled since the code cache last looked (second-chance eviction).</summary>
     public bool Used;
 
+    /// <summary>Waiting among the compiler's candidates.</summary>
+    public bool Pending;
+
+    /// <summary>
+    /// How often the block reached the JIT threshold while it waited among the compiler's candidates (halved as the
+    /// compiler takes blocks, so it measures how hot the block is now): the compiler takes the hottest first.
+    /// </summary>
+    public int Heat;
+
     /// <summary>The compiler declined the block (nothing in it would run inline).</summary>
     public bool Uncompilable;
 

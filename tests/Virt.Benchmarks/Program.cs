@@ -32,6 +32,16 @@ if (args is ["smp-boot", ..])
     return;
 }
 
+// The same boot on qemu-system-x86_64 -accel tcg, one process per boot, wall clock and the process's CPU seconds:
+// dotnet run -c Release --project tests/Virt.Benchmarks -- qemu-boot [runs] [vcpus]
+if (args is ["qemu-boot", ..])
+{
+    Virt.Benchmarks.Linux.QemuBootTime.Run(
+        args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 3,
+        args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 1);
+    return;
+}
+
 // Boots to /init with the bzImage decompressed in the guest and on the host, alternately:
 // dotnet run -c Release --project tests/Virt.Benchmarks -- kernel-load [runs]
 if (args is ["kernel-load", ..])

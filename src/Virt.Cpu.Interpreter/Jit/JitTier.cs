@@ -28,17 +28,18 @@ internal sealed class JitTier
     /// <summary>True where the runtime compiles dynamic code (not NativeAOT, not an interpreter-only runtime).</summary>
     public static bool Supported => RuntimeFeature.IsDynamicCodeSupported && RuntimeFeature.IsDynamicCodeCompiled;
 
-    /// <summary>Counts one interpreted execution of <paramref name="b"/>; at the threshold, queues it (or, at 0, compiles it now).</summary>
+    /// <summary>Counts one interpreted execution of <paramref name="b"/>; at the threshold, offers it to the compiler (or, at 0, compiles it now).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Count(Block b)
     {
         int hits = ++b.Hits;
-        if (hits == _threshold && !JitCompilerThread.Shared.TryEnqueue(b))
+        if (hits == _threshold)
         {
-            // The compiler is behind (code that runs many blocks a few hundred times each, such as a kernel booting):
-            // the block starts counting again and is queued only if it stays hot, so the queue holds what is hot now
-            // rather than a backlog of blocks whose moment has passed.
+            // The block counts again from 0 either way: while it waits among the compiler's candidates, each further
+            // threshold reached raises its heat, and when the compiler is behind and the block was not taken, it is
+            // offered again only if it stays hot.
             b.Hits = 0;
+            JitCompilerThread.Shared.Offer(b);
         }
         else if (_threshold == 0 && hits == 1)
         {
@@ -48,9 +49,9 @@ internal sealed class JitTier
 }
 
 /// <summary>
-/// The process's background compiler: one thread that compiles queued blocks, and the bounded code cache (a
-/// second-chance queue of compiled blocks; an evicted block loses its delegate and the collectible method goes
-/// with it).
+/// The process's background compiler: one thread that compiles the hottest of a few candidate blocks, and the bounded
+/// code cache (a second-chance queue of compiled blocks; an evicted block loses its delegate and the collectible method
+/// goes with it).
 /// </summary>
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001:Types that own disposable fields should be disposable", Justification = "One instance lives as long as the process, with its background thread.")]
 internal sealed class JitCompilerThread
@@ -59,7 +60,7 @@ internal sealed class JitCompilerThread
     public const int Capacity = 4096;
 
     private static readonly Lazy<JitCompilerThread> Instance = new(() => new JitCompilerThread());
-    private readonly BlockingCollection<Block> _queue = new(new ConcurrentQueue<Block>());
+    private readonly JitCandidates _candidates = new();
     private readonly ConcurrentQueue<Block> _cache = new();
     private readonly Lock _cacheLock = new();
     private int _cached;
@@ -67,7 +68,6 @@ internal sealed class JitCompilerThread
     private long _compileTicks;
     private long _ilBytes;
     private long _evicted;
-    private long _deferred;
 
     private JitCompilerThread()
     {
@@ -92,24 +92,14 @@ internal sealed class JitCompilerThread
     /// <summary>Compiled blocks in the cache now.</summary>
     public int Cached => Volatile.Read(ref _cached);
 
-    /// <summary>Blocks waiting for the compiler at most; a block that becomes hot while the queue is full is not queued.</summary>
-    public const int MaxBacklog = 8;
+    /// <summary>Offers <paramref name="b"/>, which just reached the JIT threshold, to the compiler (<see cref="JitCandidates.Offer"/>).</summary>
+    public void Offer(Block b) => _candidates.Offer(b);
 
-    /// <summary>Queues <paramref name="b"/> for compilation unless <see cref="MaxBacklog"/> blocks already wait.</summary>
-    public bool TryEnqueue(Block b)
-    {
-        if (_queue.Count >= MaxBacklog)
-        {
-            Interlocked.Increment(ref _deferred);
-            return false;
-        }
+    /// <summary>Candidates replaced by a new hot block before the compiler took them, so far.</summary>
+    public long Dropped => _candidates.Dropped;
 
-        _queue.Add(b);
-        return true;
-    }
-
-    /// <summary>Blocks that became hot while the queue was full, so far.</summary>
-    public long Deferred => Interlocked.Read(ref _deferred);
+    /// <summary>Blocks that became hot while every candidate was hotter, so far.</summary>
+    public long Deferred => _candidates.Deferred;
 
     /// <summary>Compiles <paramref name="b"/> on the calling thread (threshold 0).</summary>
     public void CompileNow(Block b) => Compile(b);
@@ -120,9 +110,9 @@ internal sealed class JitCompilerThread
         // support): do it now, on a block of the common forms, while the vCPU still interprets its first blocks.
         Build(WarmUpBlock(), out _);
 
-        foreach (var b in _queue.GetConsumingEnumerable())
+        while (true)
         {
-            Compile(b);
+            Compile(_candidates.Take());
         }
     }
 
@@ -225,5 +215,163 @@ internal sealed class JitCompilerThread
             // and the vCPU carry on.
             return null;
         }
+    }
+}
+
+/// <summary>
+/// The blocks waiting for the compiler: a few candidates, each with a heat (how often it reached the JIT threshold again
+/// while it waited, halved as blocks are taken). The compiler takes the hottest, so when code turns hot faster than it
+/// compiles (a kernel booting runs many blocks a few hundred times each) it compiles what runs most now rather than a
+/// backlog in arrival order, and a candidate that does not stay hot gives its place to a block that just turned hot.
+/// </summary>
+internal sealed class JitCandidates
+{
+    /// <summary>Blocks waiting for the compiler at most.</summary>
+    public const int Capacity = 32;
+
+    /// <summary>Every candidate's heat is halved after this many blocks taken, so heat measures what is hot now.</summary>
+    public const int HeatHalfLife = 8;
+
+    private readonly Block?[] _slots = new Block?[Capacity];
+    private readonly object _lock = new();
+    private int _count;
+    private int _taken;
+    private bool _waiting;
+    private long _deferred;
+    private long _dropped;
+
+    /// <summary>Candidates waiting now.</summary>
+    public int Count
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _count;
+            }
+        }
+    }
+
+    /// <summary>Blocks that became hot while every candidate was hotter, so far.</summary>
+    public long Deferred => Interlocked.Read(ref _deferred);
+
+    /// <summary>Candidates replaced by a new hot block before the compiler took them, so far.</summary>
+    public long Dropped => Interlocked.Read(ref _dropped);
+
+    /// <summary>
+    /// Offers <paramref name="b"/>, which just reached the JIT threshold. A block already waiting gains heat; a new one
+    /// takes a free slot, or the slot of the coldest candidate when that one has not reached the threshold again since
+    /// it was offered (its moment has passed); otherwise it is deferred and counts afresh.
+    /// </summary>
+    public void Offer(Block b)
+    {
+        if (b.Pending)
+        {
+            // Racy by design (another vCPU, the compiler taking it): a lost increment only misorders two candidates.
+            b.Heat++;
+            return;
+        }
+
+        if (b.Uncompilable || b.Compiled != null || !b.Valid)
+        {
+            return;
+        }
+
+        lock (_lock)
+        {
+            if (b.Pending)
+            {
+                b.Heat++;
+                return;
+            }
+
+            int slot = _count;
+            if (slot == Capacity)
+            {
+                slot = 0;
+                for (int i = 1; i < Capacity; i++)
+                {
+                    if (_slots[i]!.Heat < _slots[slot]!.Heat)
+                    {
+                        slot = i;
+                    }
+                }
+
+                if (_slots[slot]!.Heat > 1)
+                {
+                    _deferred++;
+                    return;
+                }
+
+                _slots[slot]!.Pending = false;
+                _dropped++;
+            }
+            else
+            {
+                _count++;
+            }
+
+            b.Heat = 1;
+            b.Pending = true;
+            _slots[slot] = b;
+            if (_waiting)
+            {
+                _waiting = false;
+                Monitor.Pulse(_lock);
+            }
+        }
+    }
+
+    /// <summary>Waits for a candidate and takes the hottest.</summary>
+    public Block Take()
+    {
+        lock (_lock)
+        {
+            while (_count == 0)
+            {
+                _waiting = true;
+                Monitor.Wait(_lock);
+            }
+
+            return TakeLocked();
+        }
+    }
+
+    /// <summary>Takes the hottest candidate when there is one, without waiting.</summary>
+    public bool TryTake([System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Block? b)
+    {
+        lock (_lock)
+        {
+            b = _count == 0 ? null : TakeLocked();
+            return b != null;
+        }
+    }
+
+    private Block TakeLocked()
+    {
+        int best = 0;
+        for (int i = 1; i < _count; i++)
+        {
+            // Among equals the later slot, which holds the more recently offered block more often than not.
+            if (_slots[i]!.Heat >= _slots[best]!.Heat)
+            {
+                best = i;
+            }
+        }
+
+        var b = _slots[best]!;
+        _count--;
+        _slots[best] = _slots[_count];
+        _slots[_count] = null;
+        b.Pending = false;
+        if (++_taken % HeatHalfLife == 0)
+        {
+            for (int i = 0; i < _count; i++)
+            {
+                _slots[i]!.Heat >>= 1;
+            }
+        }
+
+        return b;
     }
 }
