@@ -78,7 +78,7 @@ public sealed class GuestMemory : IGuestMemoryBacking, IDisposable
         {
             foreach (var s in sorted)
             {
-                regions.Add(new Region(s.Start.Value, s.Size, s.IsReadOnly, s.File is null ? MapAnonymous(s.Size) : MapFile(s)));
+                regions.Add(new Region(s.Start.Value, s.Size, s.IsReadOnly, s.File is null ? MapAnonymous(s.Size) : MapFile(s), s.File is not null && OperatingSystem.IsLinux()));
             }
         }
         catch
@@ -603,7 +603,8 @@ public sealed class GuestMemory : IGuestMemoryBacking, IDisposable
 
     /// <summary>
     /// Returns the pages of <paramref name="address"/>..+<paramref name="length"/> to the host (they read as
-    /// zero afterwards). Both ends are rounded to whole pages inside the range.
+    /// zero afterwards, also in memory mapped from a file, which gets fresh zero pages there rather than the file's).
+    /// Both ends are rounded to whole pages inside the range.
     /// </summary>
     public void DiscardPages(GuestAddress address, ulong length)
     {
@@ -629,12 +630,38 @@ public sealed class GuestMemory : IGuestMemoryBacking, IDisposable
                 new Span<byte>((void*)(r.Host + (nint)start), checked((int)(end - start))).Clear();
             }
         }
-        else
+        else if (!r.FileBacked || !ReplaceWithZeroPages(r.Host + (nint)start, end - start))
         {
             Interop.Libc.Madvise(r.Host + (nint)start, (nuint)(end - start), Interop.Libc.MADV_DONTNEED);
+            if (r.FileBacked)
+            {
+                // MADV_DONTNEED on a private file mapping only drops the copies: the pages would read as the file's
+                // again. Without a fresh mapping, zero them (correct contents; the memory is not given back).
+                unsafe
+                {
+                    // SAFETY: [start, end) lies in region r's live mapping.
+                    for (ulong at = start; at < end; at += 1UL << 30)
+                    {
+                        new Span<byte>((void*)(r.Host + (nint)at), (int)Math.Min(end - at, 1UL << 30)).Clear();
+                    }
+                }
+            }
         }
 
         r.MarkWritten(start, end - start, this);
+    }
+
+    /// <summary>
+    /// Maps fresh anonymous memory over <paramref name="length"/> bytes at <paramref name="host"/>, inside a private file
+    /// mapping: the pages read as zero and hold no memory until written (what <c>MADV_DONTNEED</c> gives anonymous
+    /// memory; on a file mapping it would bring the file's pages back). The addresses stay the same, so a KVM memory slot
+    /// over them follows through its MMU notifier. False when the kernel refuses (a process has a bounded number of mappings).
+    /// </summary>
+    private static bool ReplaceWithZeroPages(nint host, ulong length)
+    {
+        nint addr = Interop.Libc.Mmap(host, (nuint)length, Interop.Libc.PROT_READ | Interop.Libc.PROT_WRITE,
+            Interop.Libc.MAP_PRIVATE | Interop.Libc.MAP_ANONYMOUS | Interop.Libc.MAP_NORESERVE | Interop.Libc.MAP_FIXED, -1, 0);
+        return addr == host;
     }
 
     private sealed class Region
@@ -643,12 +670,16 @@ public sealed class GuestMemory : IGuestMemoryBacking, IDisposable
         public readonly ulong Size;
         public readonly bool IsReadOnly;
         public readonly nint Host;
+
+        /// <summary>Mapped copy-on-write from a file (Linux): discarded pages need a fresh mapping to read as zero.</summary>
+        public readonly bool FileBacked;
         public readonly ulong[] Dirty;
         public readonly ulong[] Watched;
         public bool AnyWatched;
 
-        public Region(ulong start, ulong size, bool isReadOnly, nint host)
+        public Region(ulong start, ulong size, bool isReadOnly, nint host, bool fileBacked)
         {
+            FileBacked = fileBacked;
             Start = start;
             Size = size;
             IsReadOnly = isReadOnly;

@@ -9,6 +9,7 @@ internal static partial class Interop
         internal const int PROT_READ = 0x1;
         internal const int PROT_WRITE = 0x2;
         internal const int MAP_PRIVATE = 0x02;
+        internal const int MAP_FIXED = 0x10;
         internal const int MAP_ANONYMOUS = 0x20;
         internal const int MAP_NORESERVE = 0x4000;
         internal const int MADV_DONTNEED = 4;

@@ -152,6 +152,49 @@ public sealed class GuestMemoryTests
         Assert.Equal(0UL, m.Read<ulong>(new GuestAddress(0x1000)));
     }
 
+    /// <summary>
+    /// Memory mapped copy-on-write from a file (a restored snapshot) keeps the promise too: a discarded page reads as
+    /// zero, not as the file's page again, whether the guest had written it or only read it, and leaves the
+    /// resident set (a balloon that takes pages from a restored VM gives their memory back).
+    /// </summary>
+    [Fact]
+    public void Discarded_pages_of_memory_mapped_from_a_file_read_as_zero_and_leave_the_resident_set()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "Resident pages are counted with mincore (Linux).");
+        const int pages = 256;
+        string path = Path.GetTempFileName();
+        try
+        {
+            var content = new byte[pages * 4096];
+            Array.Fill(content, (byte)0x5A);
+            File.WriteAllBytes(path, content);
+            using var file = File.OpenHandle(path, FileMode.Open, FileAccess.Read);
+            using var m = GuestMemory.Create(GuestMemoryRegionSpec.FromFile(GuestAddress.Zero, pages * 4096UL, file, 0));
+            var buffer = new byte[pages * 4096];
+            m.Read(GuestAddress.Zero, buffer);                                  // every page read from the file
+            m.Write(new GuestAddress(0x3000), ulong.MaxValue);                  // one page copied on write
+            ulong before = m.ResidentBytes!.Value;
+            Assert.Equal((ulong)pages * 4096, before);
+
+            m.DiscardPages(new GuestAddress(0x2000), 0x80000);                  // 128 pages: read-only and written ones
+            Assert.Equal(before - (128 * 4096), m.ResidentBytes!.Value);        // (before reading them: mincore counts the zero page once mapped)
+            Assert.Equal(0UL, m.Read<ulong>(new GuestAddress(0x2000)));
+            Assert.Equal(0UL, m.Read<ulong>(new GuestAddress(0x3000)));
+            Assert.Equal(0UL, m.Read<ulong>(new GuestAddress(0x81000)));
+            Assert.Equal(0x5A5A5A5A5A5A5A5AUL, m.Read<ulong>(new GuestAddress(0x1000)));
+            Assert.Equal(0x5A5A5A5A5A5A5A5AUL, m.Read<ulong>(new GuestAddress(0x82000)));
+
+            // Discarded pages work as RAM again, and the file is untouched.
+            m.Write(new GuestAddress(0x2000), 42UL);
+            Assert.Equal(42UL, m.Read<ulong>(new GuestAddress(0x2000)));
+            Assert.Equal(content, File.ReadAllBytes(path));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
     private sealed class Recorder : IGuestWriteWatcher
     {
         public List<GuestAddress> Pages { get; } = [];

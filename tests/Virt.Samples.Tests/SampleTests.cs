@@ -3,6 +3,8 @@ using System.Reflection;
 using Virt.Testing;
 using Xunit;
 
+[assembly: AssemblyFixture(typeof(Virt.Samples.Tests.SnapshotsSampleCleanup))]
+
 namespace Virt.Samples.Tests;
 
 /// <summary>Runs a sample (each is built before this project) as a process and returns its exit code and output.</summary>
@@ -148,6 +150,8 @@ internal sealed class SnapshotsSampleRun
 {
     private static readonly Lazy<Task<SnapshotsSampleRun>> Shared = new(() => Task.Run(Run), LazyThreadSafetyMode.ExecutionAndPublication);
 
+    private static string? _directoryToDelete;
+
     private SnapshotsSampleRun(int exitCode, string output, string snapshot)
     {
         ExitCode = exitCode;
@@ -169,10 +173,14 @@ internal sealed class SnapshotsSampleRun
         return Shared.Value;
     }
 
-    private static SnapshotsSampleRun Run()
+    /// <summary>
+    /// Deletes the kept snapshot's folder, if the sample ran: called by <see cref="SnapshotsSampleCleanup"/> when every
+    /// test is done, before the test runner returns rather than at process exit (where its time would count against
+    /// the runner's one-second wait for the process to end).
+    /// </summary>
+    internal static void DeleteFiles()
     {
-        string directory = Directory.CreateTempSubdirectory("virt-snapshots-sample-").FullName;
-        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+        if (Interlocked.Exchange(ref _directoryToDelete, null) is { } directory)
         {
             try
             {
@@ -181,12 +189,24 @@ internal sealed class SnapshotsSampleRun
             catch (IOException)
             {
             }
-        };
+        }
+    }
+
+    private static SnapshotsSampleRun Run()
+    {
+        string directory = Directory.CreateTempSubdirectory("virt-snapshots-sample-").FullName;
+        Volatile.Write(ref _directoryToDelete, directory);
 
         string snapshot = Path.Combine(directory, "appliance.snap");
         var (code, output) = Samples.Run("Snapshots", "--backend", "interpreter", "--keep", snapshot);
         return new SnapshotsSampleRun(code, output, snapshot);
     }
+}
+
+/// <summary>Deletes the snapshot <see cref="SnapshotsSampleRun"/> kept once every test of the assembly has run.</summary>
+public sealed class SnapshotsSampleCleanup : IDisposable
+{
+    public void Dispose() => SnapshotsSampleRun.DeleteFiles();
 }
 
 /// <summary>samples/Snapshots boots the guest kit once and restores two clones.</summary>

@@ -8,10 +8,11 @@ namespace Virt.Sdk.Tests;
 /// <summary>
 /// One Linux guest on the interpreter, booted once for <see cref="LinuxSharedFolderTests"/>,
 /// <see cref="LinuxUserNetworkTests"/>, <see cref="LinuxGuestAgentTests"/>, <see cref="LinuxAcpiDeviceTests"/> and
-/// <see cref="LinuxBalloonTests"/> (one boot instead of five): two shared
+/// <see cref="LinuxBalloonTests"/> and <see cref="LinuxQcow2Tests"/> (one boot instead of six): two shared
 /// folders (<see cref="BootedSharedFolderGuest"/>), a NIC on user-mode networking (<see cref="BootedUserNetworkGuest"/>),
 /// a vsock device with the guest kit's agent, a user device described by ACPI (<see cref="LinuxAcpiDeviceTests"/>), and
-/// a memory balloon, the VM in a resource pool of its own (<see cref="LinuxBalloonTests"/>). Its command runs the shared-folder checks, then the network checks,
+/// a memory balloon, the VM in a resource pool of its own (<see cref="LinuxBalloonTests"/>), and two qcow2 disks made by
+/// qemu-img (<see cref="BootedQcow2Disks"/>, for <see cref="LinuxQcow2Tests"/>). Its command runs the shared-folder checks, then the network checks,
 /// then waits; the tests start once the agent has announced itself and the last marker has been printed.
 /// </summary>
 public sealed class BootedDevicesGuest : IAsyncLifetime
@@ -30,6 +31,9 @@ public sealed class BootedDevicesGuest : IAsyncLifetime
     public BootedSharedFolderGuest? SharedFolders { get; private set; }
 
     public BootedUserNetworkGuest? UserNetwork { get; private set; }
+
+    /// <summary>The qcow2 images attached as vda and vdb, or null without qemu-img.</summary>
+    public BootedQcow2Disks? Qcow2Disks { get; private set; }
 
     public string? SkipReason { get; private set; }
 
@@ -61,6 +65,8 @@ public sealed class BootedDevicesGuest : IAsyncLifetime
             .WithVsock(guestCid: 42)
             .WithGuestAgent();
         builder = SignatureDevice.Add(builder);
+        Qcow2Disks = BootedQcow2Disks.CreateIfQemuImg();
+        builder = Qcow2Disks?.Configure(builder) ?? builder;
         Vm = UserNetwork.Configure(SharedFolders?.Configure(builder) ?? builder).WithBalloon().WithName(Name).WithResourcePool(Pool).Build();
         using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(8));
         var clock = Stopwatch.StartNew();
@@ -107,6 +113,7 @@ public sealed class BootedDevicesGuest : IAsyncLifetime
         }
 
         SharedFolders?.Dispose();
+        Qcow2Disks?.Dispose();
         Pool.Dispose();
     }
 }

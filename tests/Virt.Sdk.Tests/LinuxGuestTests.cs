@@ -48,15 +48,7 @@ public sealed class LinuxGuestTests
     [Fact]
     public async Task Debian_kernel_is_decompressed_on_the_host_and_entered_through_its_pvh_note()
     {
-        Assert.SkipUnless(File.Exists(Kernel) && File.Exists(Initrd), "The guest kit is missing; run scripts/get-linux-guest.sh.");
-        await using var vm = VirtualMachine.CreateBuilder()
-            .WithInterpreter()
-            .WithMemoryMiB(256)
-            .WithLinuxKernel(Kernel)
-            .WithInitrd(Initrd)
-            .WithKernelCommandLine("quiet")
-            .WithSerialConsole(Stream.Null)
-            .Build();
+        await using var vm = LinuxGuest("interpreter", command: null, Stream.Null).Build();
         Assert.Equal("quiet console=ttyS0", vm.KernelCommandLine);
         var regs = vm.GetRegisters(0);
         // PVH entry: 32-bit, EBX points at hvm_start_info (magic 0x336EC578), whose cmdline_paddr is the command line.
@@ -75,17 +67,7 @@ public sealed class LinuxGuestTests
     [Fact]
     public async Task Debian_kernel_is_placed_with_console_command_line_and_acpi()
     {
-        Assert.SkipUnless(File.Exists(Kernel) && File.Exists(Initrd), "The guest kit is missing; run scripts/get-linux-guest.sh.");
-        await using var vm = VirtualMachine.CreateBuilder()
-            .WithInterpreter()
-            .WithMemoryMiB(256)
-            .WithLinuxKernel(Kernel)
-            .WithHostKernelDecompression(false)
-            .WithInitrd(Initrd)
-            .WithKernelCommandLine("quiet")
-            .WithSerialConsole(Stream.Null)
-            .WithVirtioRng()
-            .Build();
+        await using var vm = LinuxGuest("interpreter", command: null, Stream.Null).WithHostKernelDecompression(false).WithVirtioRng().Build();
         Assert.Equal("quiet console=ttyS0", vm.KernelCommandLine);
         var regs = vm.GetRegisters(0);
         // 64-bit boot protocol: RSI points at the zero page, whose header has the "HdrS" magic at 0x202.
