@@ -635,6 +635,28 @@ internal sealed class BlockCompiler
         }
     }
 
+    /// <summary>Loads the pending flag operands back from the lazy-flag fields <see cref="EmitFlagStore"/> writes (see <see cref="EmitReload"/>).</summary>
+    private void EmitFlagLoad()
+    {
+        if (_flagKind == Unknown)
+        {
+            return;
+        }
+
+        var fields = _flagKind switch
+        {
+            LzInc or LzDec => (FieldInfo[])[LzRField, LzCfField],
+            LzShift => [LzAField, LzBField, LzRField, LzCfField],
+            _ => [LzAField, LzBField, LzRField],
+        };
+        foreach (var f in fields)
+        {
+            _il.Emit(OpCodes.Ldloc, _cpu);
+            _il.Emit(OpCodes.Ldfld, f);
+            _il.Emit(OpCodes.Stloc, f == LzAField ? _fa : f == LzBField ? _fb : f == LzRField ? _fr : _fcf);
+        }
+    }
+
     /// <summary>
     /// Writes registers and flags back: after this the CPU state is what the interpreter would hold. Where the probe
     /// saw two or more syncs with the same flags in the same block, this is a branch to their shared code, which
@@ -660,9 +682,7 @@ internal sealed class BlockCompiler
 
     private void EmitSyncCode(int opIndex, LocalBuilder? opIndexLocal)
     {
-        WriteBackRegs();
-        EmitFlagStore();
-        EmitStoreRetired();
+        EmitWriteBack();
         if (_region.Length > 1)
         {
             // A fault restarts at op opIndex of the block being run.
@@ -767,12 +787,8 @@ internal sealed class BlockCompiler
                 continue;
             }
 
-            WriteBackRegs();
-            EmitFlagStore();
-            EmitStoreRetired();
-            _il.Emit(OpCodes.Ldloc, _cpu);
-            _il.Emit(OpCodes.Ldloc, _exitRip!);
-            _il.Emit(OpCodes.Stfld, RipField);
+            EmitWriteBack();
+            EmitSetRip(_exitRip!);
             if (key.Kind == TailStep)
             {
                 // An instruction the interpreter runs (see EmitFallback), the op index in _syncIndex.
@@ -837,14 +853,8 @@ internal sealed class BlockCompiler
             return;
         }
 
-        if (!synced)
-        {
-            // (After a sync only the retired count and RIP are left to store.)
-            WriteBackRegs();
-            EmitFlagStore();
-        }
-
-        EmitStoreRetired();
+        // (After a sync only the retired count and RIP are left to store.)
+        EmitWriteBack(regsAndFlags: !synced);
         EmitSetRip(rip);
         if (slot >= 0)
         {
@@ -888,8 +898,13 @@ internal sealed class BlockCompiler
                 _il.Emit(OpCodes.And);
                 break;
             default:
-                _il.Emit(OpCodes.Ldarg_1);
-                _il.Emit(OpCodes.Call, CarryMethod);
+                EmitCallOut(() =>
+                {
+                    _il.Emit(OpCodes.Ldarg_1);
+                    _il.Emit(OpCodes.Call, CarryMethod);
+                    _il.Emit(OpCodes.Stloc, _tmp);
+                });
+                _il.Emit(OpCodes.Ldloc, _tmp);
                 break;
         }
     }
@@ -1040,9 +1055,15 @@ internal sealed class BlockCompiler
             direct = false;
             EmitFlagStore();
             _flagsDirty = false;
-            _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Ldc_I4, cc);
-            _il.Emit(OpCodes.Call, CondMethod);
+            var result = _cond ??= _il.DeclareLocal(typeof(bool));
+            EmitCallOut(() =>
+            {
+                _il.Emit(OpCodes.Ldarg_1);
+                _il.Emit(OpCodes.Ldc_I4, cc);
+                _il.Emit(OpCodes.Call, CondMethod);
+                _il.Emit(OpCodes.Stloc, result);
+            });
+            _il.Emit(OpCodes.Ldloc, result);
         }
 
         if (direct && (cc & 1) != 0)
@@ -1051,6 +1072,8 @@ internal sealed class BlockCompiler
             _il.Emit(OpCodes.Ceq);
         }
     }
+
+    private LocalBuilder? _cond;
 
     // ---- Memory --------------------------------------------------------------------------------------
 
@@ -1187,11 +1210,22 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Br, done);
         _il.MarkLabel(slow);
         EmitSync(opIndex);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldloc, _lin);
-        _il.Emit(OpCodes.Ldc_I4, size);
-        _il.Emit(OpCodes.Call, rmw ? ReadRmwSlowMethod : ReadSlowMethod);
-        _il.Emit(OpCodes.Stloc, _val);
+        EmitCallOut(
+            () =>
+            {
+                _il.Emit(OpCodes.Ldarg_1);
+                _il.Emit(OpCodes.Ldloc, _lin);
+                _il.Emit(OpCodes.Ldc_I4, size);
+                _il.Emit(OpCodes.Call, rmw ? ReadRmwSlowMethod : ReadSlowMethod);
+                _il.Emit(OpCodes.Stloc, _val);
+            },
+            written: true);
+        if (rmw && _loops)
+        {
+            // The write goes to the same address: formed again from the registers read back, rather than kept across the call.
+            EmitLinear(in _ops[opIndex]);
+        }
+
         _il.MarkLabel(done);
     }
 
@@ -1200,8 +1234,8 @@ internal sealed class BlockCompiler
 
     /// <summary>
     /// As <see cref="EmitWrite(int, LocalBuilder, int)"/>, with <paramref name="commit"/> emitted once the write is
-    /// done (the op's register updates, which a faulting write must not make) and <paramref name="ripAfter"/> the RIP
-    /// after the op.
+    /// done (the op's register updates, which a faulting write must not make; from registers, not from the address or
+    /// the value, which the slow path does not keep) and <paramref name="ripAfter"/> the RIP after the op.
     /// </summary>
     private void EmitWrite(int size, LocalBuilder value, int opIndex, Action? commit, ulong ripAfter)
     {
@@ -1222,11 +1256,16 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Br, done);
         _il.MarkLabel(slow);
         EmitSync(opIndex);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldloc, _lin);
-        _il.Emit(OpCodes.Ldc_I4, size);
-        _il.Emit(OpCodes.Ldloc, value);
-        _il.Emit(OpCodes.Call, WriteSlowMethod);
+        EmitCallOut(
+            () =>
+            {
+                _il.Emit(OpCodes.Ldarg_1);
+                _il.Emit(OpCodes.Ldloc, _lin);
+                _il.Emit(OpCodes.Ldc_I4, size);
+                _il.Emit(OpCodes.Ldloc, value);
+                _il.Emit(OpCodes.Call, WriteSlowMethod);
+            },
+            written: true);
         commit?.Invoke();
 
         // A write to a page with cached code invalidated blocks (maybe this one): stop after this instruction.
@@ -1266,6 +1305,25 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldloc, _cpu);
         _il.Emit(OpCodes.Ldc_I8, unchecked((long)rip));
         _il.Emit(OpCodes.Stfld, RipField);
+    }
+
+    /// <summary>Stores RIP from <paramref name="rip"/> (a computed target or a shared exit's RIP).</summary>
+    private void EmitSetRip(LocalBuilder rip) => StoreCpuField(RipField, rip);
+
+    /// <summary>
+    /// Writes the state back, so that the CPU state is what the interpreter would hold (RIP aside): the registers the
+    /// method writes and the pending flags (unless <paramref name="regsAndFlags"/> is false, after a sync wrote them),
+    /// then the retired count. Every exit, slow path and interpreter call writes back through this.
+    /// </summary>
+    private void EmitWriteBack(bool regsAndFlags = true)
+    {
+        if (regsAndFlags)
+        {
+            WriteBackRegs();
+            EmitFlagStore();
+        }
+
+        EmitStoreRetired();
     }
 
     // ---- The block -----------------------------------------------------------------------------------
@@ -1331,33 +1389,40 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldarg_2);
         _il.Emit(OpCodes.Ldc_I4_1);
         _il.Emit(OpCodes.Stfld, UsedField);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldfld, RetiredField);
-        _il.Emit(OpCodes.Stloc, _rc);
-        LoadAllRegs();
-        if (_region.Length > 1)
-        {
-            _loops = true;
-            EmitRegion(inlines);
-            return;
-        }
-
         ulong startRip = OpStart(in _ops[0]);
         ref Op lastOp = ref _ops[n - 1];
-        bool selfLoop = inline[n - 1] && lastOp.Inline is InlineOp.Jcc or InlineOp.Jmp && lastOp.Target == startRip;
-        _loops = selfLoop;
-        if (selfLoop && !_hasFallback)
+        bool selfLoop = _region.Length == 1 && inline[n - 1] && lastOp.Inline is InlineOp.Jcc or InlineOp.Jmp && lastOp.Target == startRip;
+        _loops = _region.Length > 1 || selfLoop;
+        foreach (var r in _region)
+        {
+            _regionMaxCount = Math.Max(_regionMaxCount, r.Count);
+        }
+
+        // The loop's limit is taken before the guest state is loaded into locals, so none of them is live across the call.
+        bool limited = _region.Length > 1 || (selfLoop && !_hasFallback);
+        if (limited)
         {
             _loopLimit = _il.DeclareLocal(typeof(long));
-            _loopLimitCount = n;
+            _checkAt = _il.DeclareLocal(typeof(long));
+            _loopLimitCount = _region.Length > 1 ? _regionMaxCount : n;
             _plat = _il.DeclareLocal(typeof(InterpreterPlatform));
-            _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Ldc_I4, n);
-            _il.Emit(OpCodes.Call, LoopLimitMethod);
-            _il.Emit(OpCodes.Stloc, _loopLimit);
             _il.Emit(OpCodes.Ldarg_1);
             _il.Emit(OpCodes.Ldfld, PlatField);
             _il.Emit(OpCodes.Stloc, _plat);
+            EmitTakeLoopLimit();
+        }
+
+        EmitLoadRetired();
+        if (limited)
+        {
+            EmitNextCheck();
+        }
+
+        LoadAllRegs();
+        if (_region.Length > 1)
+        {
+            EmitRegion(inlines);
+            return;
         }
 
         _headLabel = _il.DefineLabel();
@@ -1389,28 +1454,6 @@ internal sealed class BlockCompiler
     /// </summary>
     private void EmitRegion(bool[][] inlines)
     {
-        int maxCount = 0;
-        foreach (var r in _region)
-        {
-            maxCount = Math.Max(maxCount, r.Count);
-        }
-
-        _regionMaxCount = maxCount;
-        foreach (var r in _region)
-        {
-            _regionInstructions += r.Count;
-        }
-
-        _loopLimit = _il.DeclareLocal(typeof(long));
-        _loopLimitCount = maxCount;
-        _plat = _il.DeclareLocal(typeof(InterpreterPlatform));
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldc_I4, maxCount);
-        _il.Emit(OpCodes.Call, LoopLimitMethod);
-        _il.Emit(OpCodes.Stloc, _loopLimit);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldfld, PlatField);
-        _il.Emit(OpCodes.Stloc, _plat);
         _blockLabels = new Label[_region.Length];
         for (int k = 0; k < _region.Length; k++)
         {
@@ -1559,13 +1602,7 @@ internal sealed class BlockCompiler
 
         EmitRetire(n);
         var leave = _il.DefineLabel();
-        EmitLoopLimitCheck(leave);
-        if (k <= _cur)
-        {
-            EmitOtherThreadChecks(leave, _regionMaxCount, storeFlags: false);
-        }
-
-        _il.Emit(OpCodes.Br, _blockLabels[k]);
+        EmitLoopChecks(_blockLabels[k], leave, _regionMaxCount);
         _il.MarkLabel(leave);
         EmitLeave(rip, -1);
     }
@@ -1790,9 +1827,7 @@ internal sealed class BlockCompiler
             return;
         }
 
-        WriteBackRegs();
-        EmitFlagStore();
-        EmitStoreRetired();
+        EmitWriteBack();
         EmitSetRip(OpStart(in op));
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldarg_2);
@@ -1800,6 +1835,12 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Call, StepMethod);
         _il.Emit(OpCodes.Conv_I8);
         _il.Emit(OpCodes.Stloc, _tmp);
+        if (_loops)
+        {
+            // Not kept across the call (see EmitCallOut); the interpreter does not count the op.
+            EmitLoadRetired();
+        }
+
         var leave = _il.DefineLabel();
         if (!last)
         {
@@ -1875,14 +1916,6 @@ internal sealed class BlockCompiler
         }
     }
 
-    /// <summary>Leaves to <paramref name="leave"/> once the retired count passed the limit computed on entry.</summary>
-    private void EmitLoopLimitCheck(Label leave)
-    {
-        _il.Emit(OpCodes.Ldloc, _rc);
-        _il.Emit(OpCodes.Ldloc, _loopLimit!);
-        _il.Emit(OpCodes.Bgt, leave);
-    }
-
     /// <summary>
     /// Instructions between two looks at what other threads set, at most (a power of two, at least twice the
     /// instructions of the largest region, <see cref="MaxRegionInstructions"/>).
@@ -1890,31 +1923,63 @@ internal sealed class BlockCompiler
     internal const long PollInstructions = 1024;
 
     /// <summary>
-    /// What other threads set, looked at on a back edge only when the retired count passed a multiple of
-    /// <see cref="PollInstructions"/> since the previous back edge (at most <paramref name="count"/> instructions ago:
-    /// a whole region or iteration), so other threads are heard within that many instructions and an iteration costs
-    /// a mask and a compare on the count it keeps anyway instead of five loads: leaves to <paramref name="leave"/> on
-    /// an exit request, a remote code write or a TLB flush request; when the platform asks for attention, leaves
-    /// unless <see cref="InterpreterVcpu.JitMayIterate"/> allows <paramref name="count"/> more instructions (the flags
-    /// are stored first when <paramref name="storeFlags"/>, as that check may read them). What the vCPU's own run sets
-    /// (the budget, a due timer) is checked on every back edge by <see cref="EmitLoopLimitCheck"/>.
+    /// The retired count after which the next edge inside the loop takes the slow check: the lower of the loop's limit
+    /// and the last count before the next multiple of <see cref="PollInstructions"/>.
     /// </summary>
-    private void EmitOtherThreadChecks(Label leave, int count, bool storeFlags)
+    private LocalBuilder? _checkAt;
+
+    /// <summary>The loop's limit (<see cref="InterpreterVcpu.JitLoopLimit"/>) for <see cref="_loopLimitCount"/> instructions, into <see cref="_loopLimit"/>.</summary>
+    private void EmitTakeLoopLimit()
     {
-        var skip = _il.DefineLabel();
-        _il.Emit(OpCodes.Ldloc, _rc);
-        _il.Emit(OpCodes.Ldc_I8, PollInstructions - 1);
-        _il.Emit(OpCodes.And);
-        _il.Emit(OpCodes.Ldc_I8, (long)Math.Max(count, _regionInstructions));
-        _il.Emit(OpCodes.Bge, skip);
-        EmitOtherThreadChecksNow(leave, count, storeFlags);
-        _il.MarkLabel(skip);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldc_I4, _loopLimitCount);
+        _il.Emit(OpCodes.Call, LoopLimitMethod);
+        _il.Emit(OpCodes.Stloc, _loopLimit!);
     }
 
-    /// <summary>Instructions in all the region's blocks together (the most a region method retires between two back edges).</summary>
-    private int _regionInstructions;
+    /// <summary>Sets <see cref="_checkAt"/> from the retired count and the loop's limit.</summary>
+    private void EmitNextCheck()
+    {
+        var keep = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, _rc);
+        _il.Emit(OpCodes.Ldc_I8, PollInstructions - 1);
+        _il.Emit(OpCodes.Or);
+        _il.Emit(OpCodes.Stloc, _checkAt!);
+        _il.Emit(OpCodes.Ldloc, _checkAt!);
+        _il.Emit(OpCodes.Ldloc, _loopLimit!);
+        _il.Emit(OpCodes.Ble, keep);
+        _il.Emit(OpCodes.Ldloc, _loopLimit!);
+        _il.Emit(OpCodes.Stloc, _checkAt!);
+        _il.MarkLabel(keep);
+    }
 
-    private void EmitOtherThreadChecksNow(Label leave, int count, bool storeFlags)
+    /// <summary>
+    /// An edge inside a loop (a self-loop's back edge, an edge between region blocks), the retired count already
+    /// advanced: one compare with <see cref="_checkAt"/> per edge, then on to <paramref name="target"/>. Past it, the
+    /// edge leaves to <paramref name="leave"/> once the count passed the limit taken on entry (the budget allows no
+    /// other whole block or iteration of <paramref name="count"/> instructions, or a timer is due: what the vCPU's own
+    /// run sets), and otherwise, as the count passed a multiple of <see cref="PollInstructions"/>, looks at what other
+    /// threads set (<see cref="EmitOtherThreadChecksNow"/>), so they are heard within about that many instructions.
+    /// </summary>
+    private void EmitLoopChecks(Label target, Label leave, int count)
+    {
+        _il.Emit(OpCodes.Ldloc, _rc);
+        _il.Emit(OpCodes.Ldloc, _checkAt!);
+        _il.Emit(OpCodes.Ble, target);
+        _il.Emit(OpCodes.Ldloc, _rc);
+        _il.Emit(OpCodes.Ldloc, _loopLimit!);
+        _il.Emit(OpCodes.Bgt, leave);
+        EmitOtherThreadChecksNow(leave, count);
+        EmitNextCheck();
+        _il.Emit(OpCodes.Br, target);
+    }
+
+    /// <summary>
+    /// Leaves to <paramref name="leave"/> on an exit request, a remote code write or a TLB flush request; when the
+    /// platform asks for attention, leaves unless <see cref="InterpreterVcpu.JitMayIterate"/> allows
+    /// <paramref name="count"/> more instructions (called with the state written back, see <see cref="EmitWriteBack"/>).
+    /// </summary>
+    private void EmitOtherThreadChecksNow(Label leave, int count)
     {
         foreach (var f in (FieldInfo[])[ExitRequestedField, RemoteCodeWriteField, WriteTlbFlushField])
         {
@@ -1931,17 +1996,66 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Volatile);
         _il.Emit(OpCodes.Ldfld, AttentionField);
         _il.Emit(OpCodes.Brfalse, go);
-        if (storeFlags)
+        EmitMayIterate(count, leave);
+        _il.MarkLabel(go);
+    }
+
+    /// <summary>Leaves to <paramref name="leave"/> unless <see cref="InterpreterVcpu.JitMayIterate"/> allows <paramref name="count"/> more instructions; the state is written back for the call (<see cref="EmitCallOut"/>).</summary>
+    private void EmitMayIterate(int count, Label leave)
+    {
+        var ok = _mayIterate ??= _il.DeclareLocal(typeof(bool));
+        EmitCallOut(() =>
         {
-            EmitFlagStore();
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldc_I4, count);
+            _il.Emit(OpCodes.Call, MayIterateMethod);
+            _il.Emit(OpCodes.Stloc, ok);
+        });
+        _il.Emit(OpCodes.Ldloc, ok);
+        _il.Emit(OpCodes.Brfalse, leave);
+    }
+
+    private LocalBuilder? _mayIterate;
+
+    /// <summary>
+    /// A call after which compiled code goes on (<paramref name="call"/>, which leaves nothing on the stack). In a
+    /// method that loops, the state is written back before it (unless <paramref name="written"/>: a sync did) and the
+    /// registers, the pending flag operands and the retired count are read back after it (<see cref="EmitReload"/>),
+    /// so that none of the locals holding guest state is live across a call: the .NET JIT keeps such a local in
+    /// memory, stored wherever it is defined, the loop included, so the loop's own values would make a round trip
+    /// through memory every iteration. The written-back state is what the locals hold, and the calls made this way
+    /// change no register or flag. A method without a loop keeps its locals across the call.
+    /// </summary>
+    private void EmitCallOut(Action call, bool written = false)
+    {
+        if (_loops && !written)
+        {
+            EmitWriteBack();
         }
 
-        EmitStoreRetired();
+        call();
+        EmitReload();
+    }
+
+    /// <summary>In a method that loops, reads back what <see cref="EmitWriteBack"/> wrote: the registers, the pending flag operands, the retired count.</summary>
+    private void EmitReload()
+    {
+        if (!_loops)
+        {
+            return;
+        }
+
+        LoadAllRegs();
+        EmitFlagLoad();
+        EmitLoadRetired();
+    }
+
+    /// <summary>The vCPU's retired count into <see cref="_rc"/>.</summary>
+    private void EmitLoadRetired()
+    {
         _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldc_I4, count);
-        _il.Emit(OpCodes.Call, MayIterateMethod);
-        _il.Emit(OpCodes.Brfalse, leave);
-        _il.MarkLabel(go);
+        _il.Emit(OpCodes.Ldfld, RetiredField);
+        _il.Emit(OpCodes.Stloc, _rc);
     }
 
     /// <summary>
@@ -1952,28 +2066,18 @@ internal sealed class BlockCompiler
     /// </summary>
     private void EmitBackEdge(int n, ulong startRip)
     {
-        if (_hasFallback)
-        {
-            EmitFlagStore();
-        }
-
         EmitRetire(n);
         var leave = _il.DefineLabel();
         if (_hasFallback)
         {
-            EmitStoreRetired();
-            _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Ldc_I4, n);
-            _il.Emit(OpCodes.Call, MayIterateMethod);
-            _il.Emit(OpCodes.Brfalse, leave);
+            EmitMayIterate(n, leave);
+            _il.Emit(OpCodes.Br, _headLabel);
         }
         else
         {
-            EmitLoopLimitCheck(leave);
-            EmitOtherThreadChecks(leave, n, storeFlags: true);
+            EmitLoopChecks(_headLabel, leave, n);
         }
 
-        _il.Emit(OpCodes.Br, _headLabel);
         _il.MarkLabel(leave);
         EmitLeave(startRip, -1);
     }
@@ -1993,21 +2097,32 @@ internal sealed class BlockCompiler
             _ => (op.K0, op.K1),
         };
         bool writes = op.Sub < Translator.AluCmp;
-        if (k0 == OpKindX.Mem)
+        if (k1 == OpKindX.Mem)
         {
-            EmitLinear(in op);
-            EmitRead(size, i, rmw: writes);
-            _il.Emit(OpCodes.Ldloc, _val);
+            // The memory source first, so the register operand is not live across its slow path's call.
+            EmitSource(in op, k1, size, i);
+            _il.Emit(OpCodes.Stloc, _tb);
+            GetReg(op.R0, size);
+            _il.Emit(OpCodes.Stloc, _ta);
         }
         else
         {
-            GetReg(op.R0, size);
+            if (k0 == OpKindX.Mem)
+            {
+                EmitLinear(in op);
+                EmitRead(size, i, rmw: writes);
+                _il.Emit(OpCodes.Ldloc, _val);
+            }
+            else
+            {
+                GetReg(op.R0, size);
+            }
+
+            _il.Emit(OpCodes.Stloc, _ta);
+            EmitSource(in op, k1, size, i);
+            _il.Emit(OpCodes.Stloc, _tb);
         }
 
-        _il.Emit(OpCodes.Stloc, _ta);
-        EmitSource(in op, k1, size, i);
-
-        _il.Emit(OpCodes.Stloc, _tb);
         _il.Emit(OpCodes.Ldloc, _ta);
         _il.Emit(OpCodes.Ldloc, _tb);
         int kind;
@@ -2081,9 +2196,11 @@ internal sealed class BlockCompiler
         ref Op op = ref _ops[i];
         bool reg = op.Inline == InlineOp.IncDecR64 || op.K0 == OpKindX.Reg;
         int size = op.Inline == InlineOp.IncDecR64 ? 8 : op.Size;
-        EmitLoadRmOperand(in op, size, i, reg);
+
+        // The carry first: when it takes a call (flags not known here), the operand is not live across it.
         EmitCarry();
         _il.Emit(OpCodes.Stloc, _tc);
+        EmitLoadRmOperand(in op, size, i, reg);
         _il.Emit(OpCodes.Ldloc, _ta);
         _il.Emit(OpCodes.Ldc_I4_1);
         _il.Emit(OpCodes.Conv_U8);
@@ -2184,9 +2301,12 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Stloc, _lin);
     }
 
-    private void EmitSetRspFromLin()
+    /// <summary>RSP minus <paramref name="size"/> into RSP: the commit of a PUSH or CALL whose store (at that address) succeeded.</summary>
+    private void EmitPushRsp(int size)
     {
-        _il.Emit(OpCodes.Ldloc, _lin);
+        _il.Emit(OpCodes.Ldloc, _reg[4]!);
+        _il.Emit(OpCodes.Ldc_I8, (long)size);
+        _il.Emit(OpCodes.Sub);
         StoreReg(4);
     }
 
@@ -2205,7 +2325,7 @@ internal sealed class BlockCompiler
 
         _il.Emit(OpCodes.Stloc, _tb);
         EmitStackSlot(size);
-        EmitWrite(size, _tb, i, EmitSetRspFromLin, op.Next);
+        EmitWrite(size, _tb, i, () => EmitPushRsp(size), op.Next);
     }
 
     private void EmitPop(int i)
@@ -2231,7 +2351,7 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldc_I8, unchecked((long)op.Next));
         _il.Emit(OpCodes.Stloc, _tb);
         EmitStackSlot(8);
-        EmitWrite(8, _tb, i, EmitSetRspFromLin, op.Target);
+        EmitWrite(8, _tb, i, () => EmitPushRsp(8), op.Target);
         EmitEdge(i + 1, op.Target, 0);
     }
 
@@ -2245,13 +2365,9 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldc_I8, 8 + (long)op.Imm);
         _il.Emit(OpCodes.Add);
         StoreReg(4);
-        WriteBackRegs();
-        EmitFlagStore();
         EmitRetire(i + 1);
-        EmitStoreRetired();
-        _il.Emit(OpCodes.Ldloc, _cpu);
-        _il.Emit(OpCodes.Ldloc, _val);
-        _il.Emit(OpCodes.Stfld, RipField);
+        EmitWriteBack();
+        EmitSetRip(_val);
         EmitChain(0, _val);
     }
 
@@ -2290,10 +2406,10 @@ internal sealed class BlockCompiler
             return;
         }
 
-        EmitLinear(in op);
         EmitCondition(op.Sub);
         _il.Emit(OpCodes.Conv_U8);
         _il.Emit(OpCodes.Stloc, _tb);
+        EmitLinear(in op);
         EmitWrite(1, _tb, i);
     }
 
@@ -2311,10 +2427,11 @@ internal sealed class BlockCompiler
         }
         else
         {
-            GetReg(op.R0, size);
-            _il.Emit(OpCodes.Stloc, _ta);
+            // The source first (it may be a memory read with a slow path's call), then the register.
             EmitSource(in op, op.K1, size, i);
             _il.Emit(OpCodes.Stloc, _tb);
+            GetReg(op.R0, size);
+            _il.Emit(OpCodes.Stloc, _ta);
         }
 
         var overflow = _imulOut ??= _il.DeclareLocal(typeof(ulong));
@@ -2511,11 +2628,14 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Stloc, _tc);
         EmitStoreRmResult(in op, size, i, reg, _tb);
         EmitFlagStore();
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldloc, _tc);
-        _il.Emit(OpCodes.Call, RotateFlagsMethod);
         _flagKind = Unknown;
         _flagsDirty = false;
+        EmitCallOut(() =>
+        {
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldloc, _tc);
+            _il.Emit(OpCodes.Call, RotateFlagsMethod);
+        });
     }
 
     /// <summary>
@@ -2534,16 +2654,20 @@ internal sealed class BlockCompiler
         bool movs = op.Inline == InlineOp.Movs;
         int shift = System.Numerics.BitOperations.Log2(op.Size);
         var done = _il.DefineLabel();
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldloc, _reg[1]!);
-        _il.Emit(OpCodes.Ldloc, _reg[6]!);
-        _il.Emit(OpCodes.Ldloc, _reg[7]!);
-        _il.Emit(OpCodes.Ldloc, _reg[0]!);
-        _il.Emit(OpCodes.Ldc_I4, (int)op.Size);
-        _il.Emit(OpCodes.Ldc_I4, (int)op.Seg);
-        _il.Emit(movs ? OpCodes.Ldc_I4_1 : OpCodes.Ldc_I4_0);
-        _il.Emit(OpCodes.Call, RepFastMethod);
-        _il.Emit(OpCodes.Stloc, _tmp);
+        int size = op.Size, seg = op.Seg;
+        EmitCallOut(() =>
+        {
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldloc, _reg[1]!);
+            _il.Emit(OpCodes.Ldloc, _reg[6]!);
+            _il.Emit(OpCodes.Ldloc, _reg[7]!);
+            _il.Emit(OpCodes.Ldloc, _reg[0]!);
+            _il.Emit(OpCodes.Ldc_I4, size);
+            _il.Emit(OpCodes.Ldc_I4, seg);
+            _il.Emit(movs ? OpCodes.Ldc_I4_1 : OpCodes.Ldc_I4_0);
+            _il.Emit(OpCodes.Call, RepFastMethod);
+            _il.Emit(OpCodes.Stloc, _tmp);
+        });
         _il.Emit(OpCodes.Ldloc, _reg[1]!);
         _il.Emit(OpCodes.Ldloc, _tmp);
         _il.Emit(OpCodes.Sub);
@@ -2574,6 +2698,11 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Call, StringStepMethod);
         _il.Emit(OpCodes.Conv_I8);
         _il.Emit(OpCodes.Stloc, _tmp);
+        if (_loops)
+        {
+            EmitLoadRetired();
+        }
+
         var go = _il.DefineLabel();
         _il.Emit(OpCodes.Ldloc, _tmp);
         _il.Emit(OpCodes.Ldc_I4_2);
@@ -2582,13 +2711,24 @@ internal sealed class BlockCompiler
         EmitRetiredAfterStep(i);
         _il.Emit(OpCodes.Ret);
         _il.MarkLabel(go);
-        LoadAllRegs();
         if (_loopLimit != null)
         {
-            _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Ldc_I4, _loopLimitCount);
-            _il.Emit(OpCodes.Call, LoopLimitMethod);
-            _il.Emit(OpCodes.Stloc, _loopLimit);
+            EmitTakeLoopLimit();
+        }
+
+        // The interpreter moved RCX, RSI and RDI; MOVS and STOS leave the flags as they were stored.
+        if (_loops)
+        {
+            EmitReload();
+        }
+        else
+        {
+            LoadAllRegs();
+        }
+
+        if (_loopLimit != null)
+        {
+            EmitNextCheck();
         }
 
         _il.MarkLabel(done);
