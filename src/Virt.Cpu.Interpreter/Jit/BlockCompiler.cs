@@ -31,6 +31,9 @@ internal sealed class BlockCompiler
     private static readonly FieldInfo RtlbField = Field(typeof(InterpreterVcpu), "_rtlb");
     private static readonly FieldInfo WtlbField = Field(typeof(InterpreterVcpu), "_wtlb");
 
+    /// <summary>Entries in each software TLB (a power of two).</summary>
+    private static readonly int TlbEntries = (int)Field(typeof(InterpreterVcpu), "TlbSize").GetRawConstantValue()!;
+
     /// <summary>Byte offset of the register file in <see cref="CpuState"/>.</summary>
     private static readonly int GprOffset = ComputeGprOffset();
     private static readonly FieldInfo SegBaseField = Field(typeof(CpuState), nameof(CpuState.SegBase));
@@ -81,6 +84,8 @@ internal sealed class BlockCompiler
     private readonly int _bitness;
     private readonly ulong _userKey;
     private readonly LocalBuilder?[] _reg = new LocalBuilder?[16];
+
+    /// <summary>The CPU state; the first entries of the read and write TLBs (see <see cref="EmitTlbCheck"/>); the memory operand's address, value and TLB entry; a scratch value.</summary>
     private readonly LocalBuilder _cpu, _rtlb, _wtlb, _lin, _val, _entry, _tmp;
     private readonly LocalBuilder _fa, _fb, _fr, _fcf, _ta, _tb, _tc;
 
@@ -118,8 +123,8 @@ internal sealed class BlockCompiler
         _bitness = b.ModeKey & 0x7F;
         _userKey = (ulong)(b.ModeKey >> 7) & 1;
         _cpu = il.DeclareLocal(typeof(CpuState).MakeByRefType());
-        _rtlb = il.DeclareLocal(typeof(TlbEntry[]));
-        _wtlb = il.DeclareLocal(typeof(TlbEntry[]));
+        _rtlb = il.DeclareLocal(typeof(TlbEntry).MakeByRefType());
+        _wtlb = il.DeclareLocal(typeof(TlbEntry).MakeByRefType());
         _entry = il.DeclareLocal(typeof(TlbEntry).MakeByRefType());
         _lin = il.DeclareLocal(typeof(ulong));
         _val = il.DeclareLocal(typeof(ulong));
@@ -683,14 +688,9 @@ internal sealed class BlockCompiler
     private void EmitSyncCode(int opIndex, LocalBuilder? opIndexLocal)
     {
         EmitWriteBack();
-        if (_region.Length > 1)
-        {
-            // A fault restarts at op opIndex of the block being run.
-            _il.Emit(OpCodes.Ldarg_1);
-            EmitLoadCurrentBlock();
-            _il.Emit(OpCodes.Stfld, LastBlockField);
-        }
 
+        // (A fault restarts at op opIndex of the block being run: in a region, the slow path's call names the block,
+        // see EmitSlowBlock.)
         _il.Emit(OpCodes.Ldarg_1);
         if (opIndexLocal != null)
         {
@@ -1141,14 +1141,18 @@ internal sealed class BlockCompiler
     /// <summary>Branches to <paramref name="slow"/> unless the TLB entry (read or write) maps <see cref="_lin"/> for <paramref name="size"/> bytes; leaves the entry in <see cref="_entry"/>.</summary>
     private void EmitTlbCheck(LocalBuilder tlb, int size, Label slow)
     {
+        // The entry at offset ((lin >> 12) & mask) * size from the first: the index is masked to the TLB's size, so no
+        // bounds check is needed (the arrays are allocated with TlbSize entries and never replaced).
         _il.Emit(OpCodes.Ldloc, tlb);
         _il.Emit(OpCodes.Ldloc, _lin);
         _il.Emit(OpCodes.Ldc_I4, 12);
         _il.Emit(OpCodes.Shr_Un);
-        _il.Emit(OpCodes.Conv_I4);
-        _il.Emit(OpCodes.Ldc_I4, 0xFF);
+        _il.Emit(OpCodes.Ldc_I8, (long)(TlbEntries - 1));
         _il.Emit(OpCodes.And);
-        _il.Emit(OpCodes.Ldelema, typeof(TlbEntry));
+        _il.Emit(OpCodes.Ldc_I8, (long)System.Runtime.CompilerServices.Unsafe.SizeOf<TlbEntry>());
+        _il.Emit(OpCodes.Mul);
+        _il.Emit(OpCodes.Conv_I);
+        _il.Emit(OpCodes.Add);
         _il.Emit(OpCodes.Stloc, _entry);
         _il.Emit(OpCodes.Ldloc, _entry);
         _il.Emit(OpCodes.Ldfld, TagField);
@@ -1216,6 +1220,7 @@ internal sealed class BlockCompiler
                 _il.Emit(OpCodes.Ldarg_1);
                 _il.Emit(OpCodes.Ldloc, _lin);
                 _il.Emit(OpCodes.Ldc_I4, size);
+                EmitSlowBlock();
                 _il.Emit(OpCodes.Call, rmw ? ReadRmwSlowMethod : ReadSlowMethod);
                 _il.Emit(OpCodes.Stloc, _val);
             },
@@ -1263,6 +1268,7 @@ internal sealed class BlockCompiler
                 _il.Emit(OpCodes.Ldloc, _lin);
                 _il.Emit(OpCodes.Ldc_I4, size);
                 _il.Emit(OpCodes.Ldloc, value);
+                EmitSlowBlock();
                 _il.Emit(OpCodes.Call, WriteSlowMethod);
             },
             written: true);
@@ -1374,12 +1380,14 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldflda, CpuField);
         _il.Emit(OpCodes.Stloc, _cpu);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldfld, RtlbField);
-        _il.Emit(OpCodes.Stloc, _rtlb);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldfld, WtlbField);
-        _il.Emit(OpCodes.Stloc, _wtlb);
+        foreach (var (field, local) in (ReadOnlySpan<(FieldInfo, LocalBuilder)>)[(RtlbField, _rtlb), (WtlbField, _wtlb)])
+        {
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldfld, field);
+            _il.Emit(OpCodes.Ldc_I4_0);
+            _il.Emit(OpCodes.Ldelema, typeof(TlbEntry));
+            _il.Emit(OpCodes.Stloc, local);
+        }
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldc_I4_0);
         _il.Emit(OpCodes.Stfld, StopField);
@@ -1605,6 +1613,24 @@ internal sealed class BlockCompiler
         EmitLoopChecks(_blockLabels[k], leave, _regionMaxCount);
         _il.MarkLabel(leave);
         EmitLeave(rip, -1);
+    }
+
+    /// <summary>
+    /// Pushes the block argument of a memory slow path: in a region, the block being emitted (the slow path makes it
+    /// the vCPU's last block, which a fault restarts in; a field store in compiled code would take a GC write barrier,
+    /// a call across which the operand's address and value would have to be kept in memory); null in a single block,
+    /// which its prologue made the last block.
+    /// </summary>
+    private void EmitSlowBlock()
+    {
+        if (_region.Length > 1)
+        {
+            EmitLoadCurrentBlock();
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldnull);
+        }
     }
 
     /// <summary>Pushes the block being emitted (the method's block argument, or an element of the region it is bound to).</summary>
