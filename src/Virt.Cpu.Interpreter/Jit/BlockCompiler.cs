@@ -93,6 +93,31 @@ internal sealed class BlockCompiler
     private readonly LocalBuilder _rc;
     private int _flagKind = Unknown;
     private int _flagSize;
+
+    /// <summary>
+    /// While the flags are INC's or DEC's, where their carry is: <see cref="Unknown"/> when in <see cref="_fcf"/>, else the
+    /// producer before them whose carry they keep (<see cref="LzAdd"/> or <see cref="LzSub"/> of <see cref="_cfSize"/>
+    /// bytes, its operands still in <see cref="_fa"/> and <see cref="_fb"/>, or <see cref="LzLogic"/>, carry 0): computed
+    /// only where it is read or stored, so an <c>add; dec; jnz</c> loop computes no carry per iteration.
+    /// </summary>
+    private int _cfKind = Unknown;
+    private int _cfSize;
+
+    /// <summary>What the compiler knows of the flags (see <see cref="FlagState"/>).</summary>
+    private FlagState Flags
+    {
+        get => new(_flagKind, _flagSize, _cfKind, _cfSize);
+        set => (_flagKind, _flagSize, _cfKind, _cfSize) = value;
+    }
+
+    /// <summary>
+    /// The flag producer whose operands the flag locals hold (<see cref="Unknown"/>: the flags are in the CPU state), its
+    /// size, and for INC/DEC where their carry is (<see cref="_cfKind"/>).
+    /// </summary>
+    internal readonly record struct FlagState(int Kind, int Size, int CfKind, int CfSize)
+    {
+        public static readonly FlagState InState = new(Unknown, 0, Unknown, 0);
+    }
     private bool _flagsDirty;
 
     /// <summary>
@@ -580,6 +605,8 @@ internal sealed class BlockCompiler
     {
         _flagKind = kind;
         _flagSize = size;
+        _cfKind = Unknown;
+        _cfSize = 0;
         _flagsDirty = true;
     }
 
@@ -634,7 +661,13 @@ internal sealed class BlockCompiler
         }
 
         StoreCpuField(LzRField, _fr);
-        if (_flagKind is LzInc or LzDec or LzShift)
+        if (_flagKind is LzInc or LzDec)
+        {
+            _il.Emit(OpCodes.Ldloc, _cpu);
+            EmitIncDecCarry();
+            _il.Emit(OpCodes.Stfld, LzCfField);
+        }
+        else if (_flagKind == LzShift)
         {
             StoreCpuField(LzCfField, _fcf);
         }
@@ -645,6 +678,35 @@ internal sealed class BlockCompiler
     {
         if (_flagKind == Unknown)
         {
+            return;
+        }
+
+        if (_flagKind is LzInc or LzDec && _cfKind != Unknown)
+        {
+            // A carry kept from the producer before INC/DEC: operands that give the stored carry (ADD: all ones plus
+            // the carry; SUB: 0 minus the carry), as nothing but that carry reads them while the flags are INC's/DEC's.
+            _il.Emit(OpCodes.Ldloc, _cpu);
+            _il.Emit(OpCodes.Ldfld, LzRField);
+            _il.Emit(OpCodes.Stloc, _fr);
+            _il.Emit(OpCodes.Ldloc, _cpu);
+            _il.Emit(OpCodes.Ldfld, LzCfField);
+            _il.Emit(OpCodes.Stloc, _fb);
+            if (_cfKind == LzAdd)
+            {
+                _il.Emit(OpCodes.Ldc_I4_0);
+                _il.Emit(OpCodes.Conv_U8);
+                _il.Emit(OpCodes.Ldloc, _fb);
+                _il.Emit(OpCodes.Sub);
+                _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(_cfSize)));
+                _il.Emit(OpCodes.And);
+            }
+            else
+            {
+                _il.Emit(OpCodes.Ldc_I4_0);
+                _il.Emit(OpCodes.Conv_U8);
+            }
+
+            _il.Emit(OpCodes.Stloc, _fa);
             return;
         }
 
@@ -714,7 +776,7 @@ internal sealed class BlockCompiler
     private const int TailExit = 0, TailLeave = 1, TailSync = 2, TailStep = 3;
 
     /// <summary>What a shared tail is for: its kind (an exit that chains, one that returns, a slow path's sync), the block and the flags it stores.</summary>
-    internal readonly record struct TailKey(int Kind, int Block, int FlagKind, int FlagSize);
+    internal readonly record struct TailKey(int Kind, int Block, FlagState Flags);
 
     private sealed class Tail(TailKey key, Label label)
     {
@@ -746,7 +808,7 @@ internal sealed class BlockCompiler
     private bool UseTail(int kind, out Tail tail)
     {
         bool flags = _flagsDirty && _flagKind != Unknown;
-        var key = new TailKey(kind, kind == TailLeave ? 0 : _cur, flags ? _flagKind : Unknown, flags ? _flagSize : 0);
+        var key = new TailKey(kind, kind == TailLeave ? 0 : _cur, flags ? Flags : FlagState.InState);
         _tailUses[key] = _tailUses.GetValueOrDefault(key) + 1;
         if (_shared == null || _loops || _shared.GetValueOrDefault(key) < 2)
         {
@@ -772,9 +834,8 @@ internal sealed class BlockCompiler
             var key = tail.Key;
             _cur = key.Block;
             _ops = _region[_cur].Ops;
-            _flagKind = key.FlagKind;
-            _flagSize = key.FlagSize;
-            _flagsDirty = key.FlagKind != Unknown;
+            Flags = key.Flags;
+            _flagsDirty = _flagKind != Unknown;
             _il.MarkLabel(tail.Label);
             if (key.Kind == TailSync)
             {
@@ -889,7 +950,7 @@ internal sealed class BlockCompiler
                 break;
             case LzInc:
             case LzDec:
-                _il.Emit(OpCodes.Ldloc, _fcf);
+                EmitIncDecCarry();
                 break;
             case LzShift:
                 _il.Emit(OpCodes.Ldloc, _fcf);
@@ -905,6 +966,42 @@ internal sealed class BlockCompiler
                     _il.Emit(OpCodes.Stloc, _tmp);
                 });
                 _il.Emit(OpCodes.Ldloc, _tmp);
+                break;
+        }
+    }
+
+    /// <summary>Pushes the carry of INC/DEC flags (0 or 1) as a ulong, from where <see cref="_cfKind"/> says it is.</summary>
+    private void EmitIncDecCarry()
+    {
+        switch (_cfKind)
+        {
+            case LzAdd:
+                // The sum again, wrapped to its size: it carried when it is below the first operand.
+                _il.Emit(OpCodes.Ldloc, _fa);
+                _il.Emit(OpCodes.Ldloc, _fb);
+                _il.Emit(OpCodes.Add);
+                if (_cfSize < 8)
+                {
+                    _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(_cfSize)));
+                    _il.Emit(OpCodes.And);
+                }
+
+                _il.Emit(OpCodes.Ldloc, _fa);
+                _il.Emit(OpCodes.Clt_Un);
+                _il.Emit(OpCodes.Conv_U8);
+                break;
+            case LzSub:
+                _il.Emit(OpCodes.Ldloc, _fa);
+                _il.Emit(OpCodes.Ldloc, _fb);
+                _il.Emit(OpCodes.Clt_Un);
+                _il.Emit(OpCodes.Conv_U8);
+                break;
+            case LzLogic:
+                _il.Emit(OpCodes.Ldc_I4_0);
+                _il.Emit(OpCodes.Conv_U8);
+                break;
+            default:
+                _il.Emit(OpCodes.Ldloc, _fcf);
                 break;
         }
     }
@@ -1045,7 +1142,7 @@ internal sealed class BlockCompiler
         }
         else if (_flagKind is LzInc or LzDec && c == 1)
         {
-            _il.Emit(OpCodes.Ldloc, _fcf);
+            EmitIncDecCarry();
             _il.Emit(OpCodes.Ldc_I4_0);
             _il.Emit(OpCodes.Conv_U8);
             _il.Emit(OpCodes.Cgt_Un);
@@ -1442,8 +1539,7 @@ internal sealed class BlockCompiler
             _flagsDirty = false;
             EmitOps(inline, startRip);
             _il.MarkLabel(_headLabel);
-            _flagKind = _loopFlagKind;
-            _flagSize = _loopFlagSize;
+            Flags = _loopFlags;
             _flagsDirty = _flagKind != Unknown;
             EmitOps(inline, startRip);
         }
@@ -1474,7 +1570,7 @@ internal sealed class BlockCompiler
             _cur = k;
             _ops = _region[k].Ops;
             _il.MarkLabel(_blockLabels[k]);
-            (_flagKind, _flagSize) = _entryFlags[k];
+            Flags = _entryFlags[k];
             _flagsDirty = _flagKind != Unknown;
             EmitOps(inlines[k], OpStart(in _ops[0]));
         }
@@ -1488,15 +1584,16 @@ internal sealed class BlockCompiler
     /// producer (the root is entered from outside, so its flags are in the CPU state). Edges into a block with a
     /// known producer leave the flags in locals.
     /// </summary>
-    private (int Kind, int Size)[] _entryFlags = [];
+    private FlagState[] _entryFlags = [];
 
     private void ComputeEntryFlags()
     {
         const int Top = int.MinValue;
+        var top = new FlagState(Top, 0, Unknown, 0);
         int m = _region.Length;
-        var entry = new (int Kind, int Size)[m];
-        Array.Fill(entry, (Top, 0));
-        entry[0] = (Unknown, 0);
+        var entry = new FlagState[m];
+        Array.Fill(entry, top);
+        entry[0] = FlagState.InState;
         for (int round = 0; round <= m; round++)
         {
             for (int k = 0; k < m; k++)
@@ -1511,7 +1608,7 @@ internal sealed class BlockCompiler
                 {
                     if (_regionIndex.TryGetValue(rip, out int t) && t != 0)
                     {
-                        entry[t] = entry[t].Kind == Top ? exit : entry[t] == exit ? exit : (Unknown, 0);
+                        entry[t] = entry[t].Kind == Top ? exit : entry[t] == exit ? exit : FlagState.InState;
                     }
                 }
             }
@@ -1521,7 +1618,7 @@ internal sealed class BlockCompiler
         {
             if (entry[k].Kind == Top)
             {
-                entry[k] = (Unknown, 0);
+                entry[k] = FlagState.InState;
             }
         }
 
@@ -1542,7 +1639,7 @@ internal sealed class BlockCompiler
     }
 
     /// <summary>The flag producer after <paramref name="b"/>'s ops, given the one on entry (as the emitters track it).</summary>
-    private static (int Kind, int Size) ExitFlags(Block b, (int Kind, int Size) entry)
+    private static FlagState ExitFlags(Block b, FlagState entry)
     {
         var f = entry;
         for (int i = 0; i < b.Count; i++)
@@ -1557,17 +1654,18 @@ internal sealed class BlockCompiler
                         Translator.AluSub or Translator.AluCmp => LzSub,
                         _ => LzLogic,
                     };
-                    f = (kind, op.Inline is InlineOp.AluRR64 or InlineOp.AluRI64 ? 8 : op.Size);
+                    f = new(kind, op.Inline is InlineOp.AluRR64 or InlineOp.AluRI64 ? 8 : op.Size, Unknown, 0);
                     break;
                 case InlineOp.IncDecR64 or InlineOp.IncDec:
-                    f = (op.Sub == 0 ? LzInc : LzDec, op.Inline == InlineOp.IncDecR64 ? 8 : op.Size);
+                    var (cfKind, cfSize) = CarrySource(f);
+                    f = new(op.Sub == 0 ? LzInc : LzDec, op.Inline == InlineOp.IncDecR64 ? 8 : op.Size, cfKind, cfSize);
                     break;
                 case InlineOp.Shift when op.Sub is 0 or 1:
                     // ROL/ROR merge CF and OF into the flags before them: the result is in the CPU state.
-                    f = (Unknown, 0);
+                    f = FlagState.InState;
                     break;
                 case InlineOp.Shift or InlineOp.Imul2:
-                    f = (LzShift, op.Size);
+                    f = new(LzShift, op.Size, Unknown, 0);
                     break;
                 default:
                     break;
@@ -1597,13 +1695,13 @@ internal sealed class BlockCompiler
     /// </summary>
     private void EmitInternalEdge(int n, ulong rip, int k)
     {
-        var (entryKind, entrySize) = _entryFlags[k];
-        if (entryKind == Unknown)
+        var entry = _entryFlags[k];
+        if (entry.Kind == Unknown)
         {
             // The target block starts from flags in the CPU state.
             EmitFlagStore();
         }
-        else if (entryKind != _flagKind || entrySize != _flagSize)
+        else if (entry != Flags)
         {
             throw new InvalidProgramException("Region edge does not carry the flags its target block expects.");
         }
@@ -1653,8 +1751,7 @@ internal sealed class BlockCompiler
     private int _loopLimitCount;
     private LocalBuilder? _plat;
     private bool _hasFallback;
-    private int _loopFlagKind = Unknown;
-    private int _loopFlagSize;
+    private FlagState _loopFlags = FlagState.InState;
 
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The dispatch over inline forms, one emitter each.")]
     private void EmitOps(bool[] inline, ulong startRip)
@@ -1718,8 +1815,7 @@ internal sealed class BlockCompiler
                     break;
                 case InlineOp.Jcc:
                 case InlineOp.Jmp:
-                    _loopFlagKind = _flagKind;
-                    _loopFlagSize = _flagSize;
+                    _loopFlags = Flags;
                     EmitBranch(i, startRip);
                     break;
                 case InlineOp.Push:
@@ -2223,9 +2319,16 @@ internal sealed class BlockCompiler
         bool reg = op.Inline == InlineOp.IncDecR64 || op.K0 == OpKindX.Reg;
         int size = op.Inline == InlineOp.IncDecR64 ? 8 : op.Size;
 
-        // The carry first: when it takes a call (flags not known here), the operand is not live across it.
-        EmitCarry();
-        _il.Emit(OpCodes.Stloc, _tc);
+        // Where the carry INC/DEC keep is: left where it is when the producer before is known (computed where it is
+        // read), else computed now, first: when it takes a call (flags not known here), the operand is not live across it.
+        var (cfKind, cfSize) = CarrySource(Flags);
+        bool compute = cfKind == Unknown && _flagKind is not (LzInc or LzDec);
+        if (compute)
+        {
+            EmitCarry();
+            _il.Emit(OpCodes.Stloc, _tc);
+        }
+
         EmitLoadRmOperand(in op, size, i, reg);
         _il.Emit(OpCodes.Ldloc, _ta);
         _il.Emit(OpCodes.Ldc_I4_1);
@@ -2238,13 +2341,30 @@ internal sealed class BlockCompiler
         }
 
         _il.Emit(OpCodes.Stloc, _fr);
-        _il.Emit(OpCodes.Ldloc, _tc);
-        _il.Emit(OpCodes.Stloc, _fcf);
+        if (compute)
+        {
+            _il.Emit(OpCodes.Ldloc, _tc);
+            _il.Emit(OpCodes.Stloc, _fcf);
+        }
 
         // The operand and the 1 are not kept: the flag store derives the operand from the result (fewer live locals).
         SetFlags(op.Sub == 0 ? LzInc : LzDec, size);
+        (_cfKind, _cfSize) = (cfKind, cfSize);
         EmitStoreRmResult(in op, size, i, reg, _fr);
     }
+
+    /// <summary>
+    /// Where the carry of an INC/DEC after flags <paramref name="f"/> is left: the producer's kind and size for ADD, SUB
+    /// and logic (operands in the flag locals, or 0), INC/DEC's own place for INC/DEC, else <see cref="Unknown"/> (computed
+    /// into <see cref="_fcf"/>). <see cref="ExitFlags"/> follows the same rule.
+    /// </summary>
+    private static (int Kind, int Size) CarrySource(FlagState f) => f.Kind switch
+    {
+        LzAdd or LzSub => (f.Kind, f.Size),
+        LzLogic => (LzLogic, 0),
+        LzInc or LzDec => (f.CfKind, f.CfSize),
+        _ => (Unknown, 0),
+    };
 
     /// <summary>Pushes the source operand of op <paramref name="i"/> (register R1, immediate, or memory read) as a 64-bit value.</summary>
     private void EmitSource(in Op op, byte kind, int size, int i)
