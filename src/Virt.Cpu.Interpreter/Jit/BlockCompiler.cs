@@ -103,20 +103,28 @@ internal sealed class BlockCompiler
     private int _cfKind = Unknown;
     private int _cfSize;
 
+    /// <summary>
+    /// The second flag operand when it is a constant (an immediate, or 0 for logic operations, shifts and IMUL): not
+    /// stored in <see cref="_fb"/> but pushed where it is read (<see cref="EmitLoadFb"/>), so it takes no register across
+    /// a loop; null when <see cref="_fb"/> holds it.
+    /// </summary>
+    private long? _fbImm;
+
     /// <summary>What the compiler knows of the flags (see <see cref="FlagState"/>).</summary>
     private FlagState Flags
     {
-        get => new(_flagKind, _flagSize, _cfKind, _cfSize);
-        set => (_flagKind, _flagSize, _cfKind, _cfSize) = value;
+        get => new(_flagKind, _flagSize, _cfKind, _cfSize, _fbImm);
+        set => (_flagKind, _flagSize, _cfKind, _cfSize, _fbImm) = value;
     }
 
     /// <summary>
     /// The flag producer whose operands the flag locals hold (<see cref="Unknown"/>: the flags are in the CPU state), its
-    /// size, and for INC/DEC where their carry is (<see cref="_cfKind"/>).
+    /// size, for INC/DEC where their carry is (<see cref="_cfKind"/>), and the second operand when it is a constant
+    /// (<see cref="_fbImm"/>).
     /// </summary>
-    internal readonly record struct FlagState(int Kind, int Size, int CfKind, int CfSize)
+    internal readonly record struct FlagState(int Kind, int Size, int CfKind, int CfSize, long? B)
     {
-        public static readonly FlagState InState = new(Unknown, 0, Unknown, 0);
+        public static readonly FlagState InState = new(Unknown, 0, Unknown, 0, null);
     }
     private bool _flagsDirty;
 
@@ -607,7 +615,21 @@ internal sealed class BlockCompiler
         _flagSize = size;
         _cfKind = Unknown;
         _cfSize = 0;
+        _fbImm = null;
         _flagsDirty = true;
+    }
+
+    /// <summary>Pushes the second flag operand (<see cref="_fb"/>, or the constant it stands for).</summary>
+    private void EmitLoadFb()
+    {
+        if (_fbImm is long b)
+        {
+            _il.Emit(OpCodes.Ldc_I8, b);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldloc, _fb);
+        }
     }
 
     private void StoreCpuField(FieldInfo f, LocalBuilder value)
@@ -657,7 +679,9 @@ internal sealed class BlockCompiler
         else
         {
             StoreCpuField(LzAField, _fa);
-            StoreCpuField(LzBField, _fb);
+            _il.Emit(OpCodes.Ldloc, _cpu);
+            EmitLoadFb();
+            _il.Emit(OpCodes.Stfld, LzBField);
         }
 
         StoreCpuField(LzRField, _fr);
@@ -690,22 +714,26 @@ internal sealed class BlockCompiler
             _il.Emit(OpCodes.Stloc, _fr);
             _il.Emit(OpCodes.Ldloc, _cpu);
             _il.Emit(OpCodes.Ldfld, LzCfField);
-            _il.Emit(OpCodes.Stloc, _fb);
-            if (_cfKind == LzAdd)
+            _il.Emit(OpCodes.Stloc, _tc);
+            if (_fbImm == null)
             {
-                _il.Emit(OpCodes.Ldc_I4_0);
-                _il.Emit(OpCodes.Conv_U8);
-                _il.Emit(OpCodes.Ldloc, _fb);
-                _il.Emit(OpCodes.Sub);
-                _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(_cfSize)));
-                _il.Emit(OpCodes.And);
-            }
-            else
-            {
-                _il.Emit(OpCodes.Ldc_I4_0);
-                _il.Emit(OpCodes.Conv_U8);
+                _il.Emit(OpCodes.Ldloc, _tc);
+                _il.Emit(OpCodes.Stloc, _fb);
             }
 
+            // ADD: all ones with a carry (the second operand, 1 or a constant that is not 0, then wraps), else 0.
+            // SUB: 0 with a carry (below the second operand, 1 or such a constant), else all ones.
+            _il.Emit(OpCodes.Ldc_I4_0);
+            _il.Emit(OpCodes.Conv_U8);
+            _il.Emit(OpCodes.Ldloc, _tc);
+            _il.Emit(OpCodes.Sub);
+            if (_cfKind == LzSub)
+            {
+                _il.Emit(OpCodes.Not);
+            }
+
+            _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(_cfSize)));
+            _il.Emit(OpCodes.And);
             _il.Emit(OpCodes.Stloc, _fa);
             return;
         }
@@ -718,6 +746,11 @@ internal sealed class BlockCompiler
         };
         foreach (var f in fields)
         {
+            if (f == LzBField && _fbImm != null)
+            {
+                continue;
+            }
+
             _il.Emit(OpCodes.Ldloc, _cpu);
             _il.Emit(OpCodes.Ldfld, f);
             _il.Emit(OpCodes.Stloc, f == LzAField ? _fa : f == LzBField ? _fb : f == LzRField ? _fr : _fcf);
@@ -940,7 +973,7 @@ internal sealed class BlockCompiler
                 break;
             case LzSub:
                 _il.Emit(OpCodes.Ldloc, _fa);
-                _il.Emit(OpCodes.Ldloc, _fb);
+                EmitLoadFb();
                 _il.Emit(OpCodes.Clt_Un);
                 _il.Emit(OpCodes.Conv_U8);
                 break;
@@ -978,7 +1011,7 @@ internal sealed class BlockCompiler
             case LzAdd:
                 // The sum again, wrapped to its size: it carried when it is below the first operand.
                 _il.Emit(OpCodes.Ldloc, _fa);
-                _il.Emit(OpCodes.Ldloc, _fb);
+                EmitLoadFb();
                 _il.Emit(OpCodes.Add);
                 if (_cfSize < 8)
                 {
@@ -992,7 +1025,7 @@ internal sealed class BlockCompiler
                 break;
             case LzSub:
                 _il.Emit(OpCodes.Ldloc, _fa);
-                _il.Emit(OpCodes.Ldloc, _fb);
+                EmitLoadFb();
                 _il.Emit(OpCodes.Clt_Un);
                 _il.Emit(OpCodes.Conv_U8);
                 break;
@@ -1009,6 +1042,12 @@ internal sealed class BlockCompiler
     private void SignExtend(LocalBuilder v, int size)
     {
         _il.Emit(OpCodes.Ldloc, v);
+        SignExtendTop(size);
+    }
+
+    /// <summary>Sign-extends the value on the stack from <paramref name="size"/> bytes to 64 bits.</summary>
+    private void SignExtendTop(int size)
+    {
         switch (size)
         {
             case 1: _il.Emit(OpCodes.Conv_I1); _il.Emit(OpCodes.Conv_I8); break;
@@ -1067,12 +1106,13 @@ internal sealed class BlockCompiler
             if (signed)
             {
                 SignExtend(_fa, _flagSize);
-                SignExtend(_fb, _flagSize);
+                EmitLoadFb();
+                SignExtendTop(_flagSize);
             }
             else
             {
                 _il.Emit(OpCodes.Ldloc, _fa);
-                _il.Emit(OpCodes.Ldloc, _fb);
+                EmitLoadFb();
             }
 
             if (c is 1 or 6)
@@ -1535,7 +1575,7 @@ internal sealed class BlockCompiler
         {
             // The first iteration starts from flags in the CPU state; later ones from the flags of the one before,
             // still in locals: emit the body twice and loop on the second copy, so no iteration stores flags.
-            _flagKind = Unknown;
+            Flags = FlagState.InState;
             _flagsDirty = false;
             EmitOps(inline, startRip);
             _il.MarkLabel(_headLabel);
@@ -1546,7 +1586,7 @@ internal sealed class BlockCompiler
         else
         {
             _il.MarkLabel(_headLabel);
-            _flagKind = Unknown;
+            Flags = FlagState.InState;
             _flagsDirty = false;
             EmitOps(inline, startRip);
         }
@@ -1589,7 +1629,7 @@ internal sealed class BlockCompiler
     private void ComputeEntryFlags()
     {
         const int Top = int.MinValue;
-        var top = new FlagState(Top, 0, Unknown, 0);
+        var top = new FlagState(Top, 0, Unknown, 0, null);
         int m = _region.Length;
         var entry = new FlagState[m];
         Array.Fill(entry, top);
@@ -1654,18 +1694,20 @@ internal sealed class BlockCompiler
                         Translator.AluSub or Translator.AluCmp => LzSub,
                         _ => LzLogic,
                     };
-                    f = new(kind, op.Inline is InlineOp.AluRR64 or InlineOp.AluRI64 ? 8 : op.Size, Unknown, 0);
+                    bool imm = op.Inline is InlineOp.AluRI or InlineOp.AluRI64 || (op.Inline == InlineOp.Alu && op.K1 == OpKindX.Imm);
+                    f = new(kind, op.Inline is InlineOp.AluRR64 or InlineOp.AluRI64 ? 8 : op.Size, Unknown, 0,
+                        kind == LzLogic ? 0 : imm ? unchecked((long)op.Imm) : null);
                     break;
                 case InlineOp.IncDecR64 or InlineOp.IncDec:
                     var (cfKind, cfSize) = CarrySource(f);
-                    f = new(op.Sub == 0 ? LzInc : LzDec, op.Inline == InlineOp.IncDecR64 ? 8 : op.Size, cfKind, cfSize);
+                    f = new(op.Sub == 0 ? LzInc : LzDec, op.Inline == InlineOp.IncDecR64 ? 8 : op.Size, cfKind, cfSize, f.B);
                     break;
                 case InlineOp.Shift when op.Sub is 0 or 1:
                     // ROL/ROR merge CF and OF into the flags before them: the result is in the CPU state.
                     f = FlagState.InState;
                     break;
                 case InlineOp.Shift or InlineOp.Imul2:
-                    f = new(LzShift, op.Size, Unknown, 0);
+                    f = new(LzShift, op.Size, Unknown, 0, 0);
                     break;
                 default:
                     break;
@@ -1944,7 +1986,7 @@ internal sealed class BlockCompiler
             _il.Emit(OpCodes.Br, tail.Label);
             tail.Continuations.Add(cont);
             _il.MarkLabel(cont);
-            _flagKind = Unknown;
+            Flags = FlagState.InState;
             _flagsDirty = false;
             return;
         }
@@ -1978,7 +2020,7 @@ internal sealed class BlockCompiler
             _il.Emit(OpCodes.Ret);
             _il.MarkLabel(go);
             LoadAllRegs();
-            _flagKind = Unknown;
+            Flags = FlagState.InState;
             _flagsDirty = false;
             return;
         }
@@ -2284,19 +2326,20 @@ internal sealed class BlockCompiler
         {
             _il.Emit(OpCodes.Ldloc, _fr);
             _il.Emit(OpCodes.Stloc, _fa);
-            _il.Emit(OpCodes.Ldc_I4_0);
-            _il.Emit(OpCodes.Conv_U8);
-            _il.Emit(OpCodes.Stloc, _fb);
         }
         else
         {
             _il.Emit(OpCodes.Ldloc, _ta);
             _il.Emit(OpCodes.Stloc, _fa);
-            _il.Emit(OpCodes.Ldloc, _tb);
-            _il.Emit(OpCodes.Stloc, _fb);
+            if (k1 != OpKindX.Imm)
+            {
+                _il.Emit(OpCodes.Ldloc, _tb);
+                _il.Emit(OpCodes.Stloc, _fb);
+            }
         }
 
         SetFlags(kind, size);
+        _fbImm = kind == LzLogic ? 0 : k1 == OpKindX.Imm ? unchecked((long)op.Imm) : null;
         if (!writes)
         {
             return;
@@ -2322,6 +2365,7 @@ internal sealed class BlockCompiler
         // Where the carry INC/DEC keep is: left where it is when the producer before is known (computed where it is
         // read), else computed now, first: when it takes a call (flags not known here), the operand is not live across it.
         var (cfKind, cfSize) = CarrySource(Flags);
+        long? fbImm = _fbImm;
         bool compute = cfKind == Unknown && _flagKind is not (LzInc or LzDec);
         if (compute)
         {
@@ -2349,7 +2393,7 @@ internal sealed class BlockCompiler
 
         // The operand and the 1 are not kept: the flag store derives the operand from the result (fewer live locals).
         SetFlags(op.Sub == 0 ? LzInc : LzDec, size);
-        (_cfKind, _cfSize) = (cfKind, cfSize);
+        (_cfKind, _cfSize, _fbImm) = (cfKind, cfSize, fbImm);
         EmitStoreRmResult(in op, size, i, reg, _fr);
     }
 
@@ -2591,10 +2635,8 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Stloc, _fcf);
         _il.Emit(OpCodes.Ldloc, _ta);
         _il.Emit(OpCodes.Stloc, _fa);
-        _il.Emit(OpCodes.Ldc_I4_0);
-        _il.Emit(OpCodes.Conv_U8);
-        _il.Emit(OpCodes.Stloc, _fb);
         SetFlags(LzShift, size);
+        _fbImm = 0;
         _il.Emit(OpCodes.Ldloc, _fr);
         SetReg(op.R0, size);
     }
@@ -2720,10 +2762,8 @@ internal sealed class BlockCompiler
 
         _il.Emit(OpCodes.Ldloc, _ta);
         _il.Emit(OpCodes.Stloc, _fa);
-        _il.Emit(OpCodes.Ldc_I4_0);
-        _il.Emit(OpCodes.Conv_U8);
-        _il.Emit(OpCodes.Stloc, _fb);
         SetFlags(LzShift, size);
+        _fbImm = 0;
         EmitStoreRmResult(in op, size, i, reg, _fr);
     }
 
@@ -2774,7 +2814,7 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Stloc, _tc);
         EmitStoreRmResult(in op, size, i, reg, _tb);
         EmitFlagStore();
-        _flagKind = Unknown;
+        Flags = FlagState.InState;
         _flagsDirty = false;
         EmitCallOut(() =>
         {
