@@ -639,6 +639,13 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Stfld, f);
     }
 
+    private void LoadCpuField(FieldInfo f, LocalBuilder into)
+    {
+        _il.Emit(OpCodes.Ldloc, _cpu);
+        _il.Emit(OpCodes.Ldfld, f);
+        _il.Emit(OpCodes.Stloc, into);
+    }
+
     private void StoreCpuField(FieldInfo f, int value)
     {
         _il.Emit(OpCodes.Ldloc, _cpu);
@@ -709,12 +716,8 @@ internal sealed class BlockCompiler
         {
             // A carry kept from the producer before INC/DEC: operands that give the stored carry (ADD: all ones plus
             // the carry; SUB: 0 minus the carry), as nothing but that carry reads them while the flags are INC's/DEC's.
-            _il.Emit(OpCodes.Ldloc, _cpu);
-            _il.Emit(OpCodes.Ldfld, LzRField);
-            _il.Emit(OpCodes.Stloc, _fr);
-            _il.Emit(OpCodes.Ldloc, _cpu);
-            _il.Emit(OpCodes.Ldfld, LzCfField);
-            _il.Emit(OpCodes.Stloc, _tc);
+            LoadCpuField(LzRField, _fr);
+            LoadCpuField(LzCfField, _tc);
             if (_fbImm == null)
             {
                 _il.Emit(OpCodes.Ldloc, _tc);
@@ -751,9 +754,7 @@ internal sealed class BlockCompiler
                 continue;
             }
 
-            _il.Emit(OpCodes.Ldloc, _cpu);
-            _il.Emit(OpCodes.Ldfld, f);
-            _il.Emit(OpCodes.Stloc, f == LzAField ? _fa : f == LzBField ? _fb : f == LzRField ? _fr : _fcf);
+            LoadCpuField(f, f == LzAField ? _fa : f == LzBField ? _fb : f == LzRField ? _fr : _fcf);
         }
     }
 
@@ -966,20 +967,9 @@ internal sealed class BlockCompiler
         switch (_flagKind)
         {
             case LzAdd:
-                _il.Emit(OpCodes.Ldloc, _fr);
-                _il.Emit(OpCodes.Ldloc, _fa);
-                _il.Emit(OpCodes.Clt_Un);
-                _il.Emit(OpCodes.Conv_U8);
-                break;
             case LzSub:
-                _il.Emit(OpCodes.Ldloc, _fa);
-                EmitLoadFb();
-                _il.Emit(OpCodes.Clt_Un);
-                _il.Emit(OpCodes.Conv_U8);
-                break;
             case LzLogic:
-                _il.Emit(OpCodes.Ldc_I4_0);
-                _il.Emit(OpCodes.Conv_U8);
+                EmitCarryOf(_flagKind, _flagSize, sumInFr: true);
                 break;
             case LzInc:
             case LzDec:
@@ -1006,37 +996,58 @@ internal sealed class BlockCompiler
     /// <summary>Pushes the carry of INC/DEC flags (0 or 1) as a ulong, from where <see cref="_cfKind"/> says it is.</summary>
     private void EmitIncDecCarry()
     {
-        switch (_cfKind)
+        if (_cfKind == Unknown)
         {
-            case LzAdd:
-                // The sum again, wrapped to its size: it carried when it is below the first operand.
+            _il.Emit(OpCodes.Ldloc, _fcf);
+            return;
+        }
+
+        // _fr holds INC's/DEC's result: an ADD's sum is formed again from its operands.
+        EmitCarryOf(_cfKind, _cfSize, sumInFr: false);
+    }
+
+    /// <summary>
+    /// Pushes the carry (a ulong 0 or 1) of an ADD of <paramref name="size"/> bytes (the sum below the first operand; the
+    /// sum from <see cref="_fr"/> when <paramref name="sumInFr"/>, else formed again from the operands and wrapped), a
+    /// SUB/CMP (the first operand below the second) or a logic operation (0), from the flag locals.
+    /// </summary>
+    private void EmitCarryOf(int kind, int size, bool sumInFr)
+    {
+        if (kind == LzLogic)
+        {
+            _il.Emit(OpCodes.Ldc_I4_0);
+            _il.Emit(OpCodes.Conv_U8);
+            return;
+        }
+
+        if (kind == LzAdd)
+        {
+            if (sumInFr)
+            {
+                _il.Emit(OpCodes.Ldloc, _fr);
+            }
+            else
+            {
                 _il.Emit(OpCodes.Ldloc, _fa);
                 EmitLoadFb();
                 _il.Emit(OpCodes.Add);
-                if (_cfSize < 8)
+                if (size < 8)
                 {
-                    _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(_cfSize)));
+                    _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(size)));
                     _il.Emit(OpCodes.And);
                 }
+            }
 
-                _il.Emit(OpCodes.Ldloc, _fa);
-                _il.Emit(OpCodes.Clt_Un);
-                _il.Emit(OpCodes.Conv_U8);
-                break;
-            case LzSub:
-                _il.Emit(OpCodes.Ldloc, _fa);
-                EmitLoadFb();
-                _il.Emit(OpCodes.Clt_Un);
-                _il.Emit(OpCodes.Conv_U8);
-                break;
-            case LzLogic:
-                _il.Emit(OpCodes.Ldc_I4_0);
-                _il.Emit(OpCodes.Conv_U8);
-                break;
-            default:
-                _il.Emit(OpCodes.Ldloc, _fcf);
-                break;
+            _il.Emit(OpCodes.Ldloc, _fa);
         }
+        else
+        {
+            _il.Emit(OpCodes.Ldloc, _fa);
+            EmitLoadFb();
+        }
+
+        _il.Emit(OpCodes.Clt_Un);
+        _il.Emit(OpCodes.Conv_U8);
     }
 
     private void SignExtend(LocalBuilder v, int size)
@@ -1192,15 +1203,7 @@ internal sealed class BlockCompiler
             direct = false;
             EmitFlagStore();
             _flagsDirty = false;
-            var result = _cond ??= _il.DeclareLocal(typeof(bool));
-            EmitCallOut(() =>
-            {
-                _il.Emit(OpCodes.Ldarg_1);
-                _il.Emit(OpCodes.Ldc_I4, cc);
-                _il.Emit(OpCodes.Call, CondMethod);
-                _il.Emit(OpCodes.Stloc, result);
-            });
-            _il.Emit(OpCodes.Ldloc, result);
+            EmitTest(CondMethod, cc);
         }
 
         if (direct && (cc & 1) != 0)
@@ -1209,8 +1212,6 @@ internal sealed class BlockCompiler
             _il.Emit(OpCodes.Ceq);
         }
     }
-
-    private LocalBuilder? _cond;
 
     // ---- Memory --------------------------------------------------------------------------------------
 
@@ -2167,19 +2168,25 @@ internal sealed class BlockCompiler
     /// <summary>Leaves to <paramref name="leave"/> unless <see cref="InterpreterVcpu.JitMayIterate"/> allows <paramref name="count"/> more instructions; the state is written back for the call (<see cref="EmitCallOut"/>).</summary>
     private void EmitMayIterate(int count, Label leave)
     {
-        var ok = _mayIterate ??= _il.DeclareLocal(typeof(bool));
-        EmitCallOut(() =>
-        {
-            _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Ldc_I4, count);
-            _il.Emit(OpCodes.Call, MayIterateMethod);
-            _il.Emit(OpCodes.Stloc, ok);
-        });
-        _il.Emit(OpCodes.Ldloc, ok);
+        EmitTest(MayIterateMethod, count);
         _il.Emit(OpCodes.Brfalse, leave);
     }
 
-    private LocalBuilder? _mayIterate;
+    /// <summary>Pushes what the vCPU's <paramref name="test"/> (a bool method of one int) says for <paramref name="arg"/>, called through <see cref="EmitCallOut"/>.</summary>
+    private void EmitTest(MethodInfo test, int arg)
+    {
+        var result = _testResult ??= _il.DeclareLocal(typeof(bool));
+        EmitCallOut(() =>
+        {
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldc_I4, arg);
+            _il.Emit(OpCodes.Call, test);
+            _il.Emit(OpCodes.Stloc, result);
+        });
+        _il.Emit(OpCodes.Ldloc, result);
+    }
+
+    private LocalBuilder? _testResult;
 
     /// <summary>
     /// A call after which compiled code goes on (<paramref name="call"/>, which leaves nothing on the stack). In a
