@@ -1627,6 +1627,50 @@ internal sealed class BlockCompiler
     /// </summary>
     private FlagState[] _entryFlags = [];
 
+    /// <summary>Per region block, whether it overwrites the flags before anything reads them or may write them back (see <see cref="FlagsDeadAfter"/>).</summary>
+    private bool[] _entryDead = [];
+
+    /// <summary>
+    /// Whether the flags as they are after op <paramref name="i"/> (-1: on entry) of a block's <paramref name="count"/>
+    /// ops are overwritten by a later op of the block (an ALU operation, shift or IMUL on registers and immediates, which
+    /// set every flag from their own operands) before anything reads them or may write them back: only register moves,
+    /// LEA, MOVZX/MOVSX of registers and INC/DEC of registers (whose own flags are then dead as well, so they read no
+    /// carry) come between, none of which can fault, exit or call.
+    /// </summary>
+    private static bool FlagsDeadAfter(Op[] ops, int count, int i, int bitness)
+    {
+        for (int j = i + 1; j < count; j++)
+        {
+            ref Op op = ref ops[j];
+            if (!IsInline(in op, bitness, j == count - 1))
+            {
+                return false;
+            }
+
+            switch (op.Inline)
+            {
+                case InlineOp.AluRR or InlineOp.AluRI or InlineOp.AluRR64 or InlineOp.AluRI64:
+                    return true;
+                case InlineOp.Alu:
+                    return op.K0 != OpKindX.Mem && op.K1 != OpKindX.Mem;
+                case InlineOp.Shift:
+                    return op.Sub is not (0 or 1) && op.K0 == OpKindX.Reg;
+                case InlineOp.Imul2:
+                    return op.K1 != OpKindX.Mem;
+                case InlineOp.Nop or InlineOp.MovRR or InlineOp.MovRI or InlineOp.Lea or InlineOp.IncDecR64:
+                    break;
+                case InlineOp.IncDec or InlineOp.Movzx or InlineOp.Movsx when op.K0 == OpKindX.Reg && (op.Inline == InlineOp.IncDec || op.K1 == OpKindX.Reg):
+                    break;
+                case InlineOp.Mov when op.K0 == OpKindX.Reg && op.K1 is OpKindX.Reg or OpKindX.Imm:
+                    break;
+                default:
+                    return false;
+            }
+        }
+
+        return false;
+    }
+
     private void ComputeEntryFlags()
     {
         const int Top = int.MinValue;
@@ -1635,6 +1679,18 @@ internal sealed class BlockCompiler
         var entry = new FlagState[m];
         Array.Fill(entry, top);
         entry[0] = FlagState.InState;
+        _entryDead = new bool[m];
+        for (int k = 0; k < m; k++)
+        {
+            // A block that overwrites the flags before reading them or writing them back starts from any: it is
+            // emitted from flags in the CPU state (not read) and edges into it store nothing.
+            _entryDead[k] = FlagsDeadAfter(_region[k].Ops, _region[k].Count, -1, _bitness);
+            if (_entryDead[k])
+            {
+                entry[k] = FlagState.InState;
+            }
+        }
+
         for (int round = 0; round <= m; round++)
         {
             for (int k = 0; k < m; k++)
@@ -1647,7 +1703,7 @@ internal sealed class BlockCompiler
                 var exit = ExitFlags(_region[k], entry[k]);
                 foreach (ulong rip in Successors(_region[k]))
                 {
-                    if (_regionIndex.TryGetValue(rip, out int t) && t != 0)
+                    if (_regionIndex.TryGetValue(rip, out int t) && t != 0 && !_entryDead[t])
                     {
                         entry[t] = entry[t].Kind == Top ? exit : entry[t] == exit ? exit : FlagState.InState;
                     }
@@ -1739,7 +1795,11 @@ internal sealed class BlockCompiler
     private void EmitInternalEdge(int n, ulong rip, int k)
     {
         var entry = _entryFlags[k];
-        if (entry.Kind == Unknown)
+        if (_entryDead[k])
+        {
+            // The block overwrites the flags before reading them: nothing to store (a leave below stores them).
+        }
+        else if (entry.Kind == Unknown)
         {
             // The target block starts from flags in the CPU state.
             EmitFlagStore();
@@ -2373,7 +2433,9 @@ internal sealed class BlockCompiler
         // read), else computed now, first: when it takes a call (flags not known here), the operand is not live across it.
         var (cfKind, cfSize) = CarrySource(Flags);
         long? fbImm = _fbImm;
-        bool compute = cfKind == Unknown && _flagKind is not (LzInc or LzDec);
+
+        // (Flags a later op overwrites before anything reads or stores them need no carry: none is computed, so no call.)
+        bool compute = cfKind == Unknown && _flagKind is not (LzInc or LzDec) && !(reg && FlagsDeadAfter(_ops, _region[_cur].Count, i, _bitness));
         if (compute)
         {
             EmitCarry();
