@@ -177,6 +177,70 @@ public sealed class JitTierTests
         a.hlt();
     }
 
+    /// <summary>
+    /// INC/DEC after ADD, SUB and logic operations of several sizes, whose carry they keep, with that carry read by SETC,
+    /// CMOVB, ADC (which the interpreter runs) and JB: in self-loops, in a loop of several blocks whose join the flags
+    /// reach from different producers, and around memory stores (the first store to each page takes the slow path).
+    /// </summary>
+    private static void Carries(Assembler a)
+    {
+        var first = a.CreateLabel();
+        var second = a.CreateLabel();
+        var third = a.CreateLabel();
+        var odd = a.CreateLabel();
+        var join = a.CreateLabel();
+        var fourth = a.CreateLabel();
+        var fifth = a.CreateLabel();
+        a.mov(edi, (int)Data);
+        a.mov(ecx, 3000);
+        a.mov(ebx, 0x7FFFF000);
+        a.xor(eax, eax);
+        a.xor(esi, esi);
+        a.Label(ref first);
+        a.add(eax, ebx);
+        a.inc(rsi);
+        a.dec(rcx);
+        a.jnz(first);
+        a.setc(dl);
+        a.mov(ecx, 2500);
+        a.mov(r11d, 1200);
+        a.Label(ref second);
+        a.sub(r11, 1);
+        a.dec(rcx);
+        a.cmovb(r12, rcx);
+        a.jnz(second);
+        a.mov(ecx, 4000);
+        a.mov(edx, 0xFFF0);
+        a.Label(ref third);
+        a.add(bx, cx);
+        a.inc(rdx);
+        a.test(dl, 7);
+        a.jz(odd);
+        a.add(r8d, 0x3000_0000);
+        a.dec(r9);
+        a.Label(ref join);
+        a.setc(r10b);
+        a.add(r13, r10);
+        a.mov(__qword_ptr[rdi + rcx * 8], r13);
+        a.dec(ecx);
+        a.jnz(third);
+        a.jmp(fourth);
+        a.Label(ref odd);
+        a.or(r14, rdx);
+        a.inc(r14);
+        a.jmp(join);
+        a.Label(ref fourth);
+        a.mov(ecx, 1000);
+        a.Label(ref fifth);
+        a.add(al, 0x93);
+        a.inc(r15);
+        a.adc(rsi, 0);
+        a.dec(ecx);
+        a.setc(r10b);
+        a.jnz(fifth);
+        a.hlt();
+    }
+
     /// <summary>The encoding of <c>add rax, 100</c> (the immediate is at offset 2).</summary>
     private static readonly byte[] AddRax100 = [0x48, 0x05, 100, 0, 0, 0];
 
@@ -313,11 +377,13 @@ public sealed class JitTierTests
     [InlineData("mixed", 2)]
     [InlineData("stack", 2)]
     [InlineData("branchy", 2)]
+    [InlineData("carries", 0)]
+    [InlineData("carries", 2)]
     public void Budgets_that_end_inside_compiled_loops_and_regions_stop_exactly_where_the_first_tier_does(string name, int threshold)
     {
         // At threshold 0 every block is compiled alone before its first run; at 2 the compiler thread forms
         // regions along the links the first runs recorded.
-        Action<Assembler> program = name switch { "stack" => StackAndFlags, "branchy" => Branchy, _ => Mixed };
+        Action<Assembler> program = name switch { "stack" => StackAndFlags, "branchy" => Branchy, "carries" => Carries, _ => Mixed };
         using var a = Machine.Long64(program, hypervisor: TestBackends.Interpreter());
         using var b = Machine.Long64(program, hypervisor: TestBackends.Jit(threshold));
         int steps = JitLockstep.RunInBudgetSlices(a, b, new Random(20),

@@ -31,6 +31,9 @@ internal sealed class BlockCompiler
     private static readonly FieldInfo RtlbField = Field(typeof(InterpreterVcpu), "_rtlb");
     private static readonly FieldInfo WtlbField = Field(typeof(InterpreterVcpu), "_wtlb");
 
+    /// <summary>Entries in each software TLB (a power of two).</summary>
+    private static readonly int TlbEntries = (int)Field(typeof(InterpreterVcpu), "TlbSize").GetRawConstantValue()!;
+
     /// <summary>Byte offset of the register file in <see cref="CpuState"/>.</summary>
     private static readonly int GprOffset = ComputeGprOffset();
     private static readonly FieldInfo SegBaseField = Field(typeof(CpuState), nameof(CpuState.SegBase));
@@ -81,6 +84,8 @@ internal sealed class BlockCompiler
     private readonly int _bitness;
     private readonly ulong _userKey;
     private readonly LocalBuilder?[] _reg = new LocalBuilder?[16];
+
+    /// <summary>The CPU state; the first entries of the read and write TLBs (see <see cref="EmitTlbCheck"/>); the memory operand's address, value and TLB entry; a scratch value.</summary>
     private readonly LocalBuilder _cpu, _rtlb, _wtlb, _lin, _val, _entry, _tmp;
     private readonly LocalBuilder _fa, _fb, _fr, _fcf, _ta, _tb, _tc;
 
@@ -88,6 +93,39 @@ internal sealed class BlockCompiler
     private readonly LocalBuilder _rc;
     private int _flagKind = Unknown;
     private int _flagSize;
+
+    /// <summary>
+    /// While the flags are INC's or DEC's, where their carry is: <see cref="Unknown"/> when in <see cref="_fcf"/>, else the
+    /// producer before them whose carry they keep (<see cref="LzAdd"/> or <see cref="LzSub"/> of <see cref="_cfSize"/>
+    /// bytes, its operands still in <see cref="_fa"/> and <see cref="_fb"/>, or <see cref="LzLogic"/>, carry 0): computed
+    /// only where it is read or stored, so an <c>add; dec; jnz</c> loop computes no carry per iteration.
+    /// </summary>
+    private int _cfKind = Unknown;
+    private int _cfSize;
+
+    /// <summary>
+    /// The second flag operand when it is a constant (an immediate, or 0 for logic operations, shifts and IMUL): not
+    /// stored in <see cref="_fb"/> but pushed where it is read (<see cref="EmitLoadFb"/>), so it takes no register across
+    /// a loop; null when <see cref="_fb"/> holds it.
+    /// </summary>
+    private long? _fbImm;
+
+    /// <summary>What the compiler knows of the flags (see <see cref="FlagState"/>).</summary>
+    private FlagState Flags
+    {
+        get => new(_flagKind, _flagSize, _cfKind, _cfSize, _fbImm);
+        set => (_flagKind, _flagSize, _cfKind, _cfSize, _fbImm) = value;
+    }
+
+    /// <summary>
+    /// The flag producer whose operands the flag locals hold (<see cref="Unknown"/>: the flags are in the CPU state), its
+    /// size, for INC/DEC where their carry is (<see cref="_cfKind"/>), and the second operand when it is a constant
+    /// (<see cref="_fbImm"/>).
+    /// </summary>
+    internal readonly record struct FlagState(int Kind, int Size, int CfKind, int CfSize, long? B)
+    {
+        public static readonly FlagState InState = new(Unknown, 0, Unknown, 0, null);
+    }
     private bool _flagsDirty;
 
     /// <summary>
@@ -118,8 +156,8 @@ internal sealed class BlockCompiler
         _bitness = b.ModeKey & 0x7F;
         _userKey = (ulong)(b.ModeKey >> 7) & 1;
         _cpu = il.DeclareLocal(typeof(CpuState).MakeByRefType());
-        _rtlb = il.DeclareLocal(typeof(TlbEntry[]));
-        _wtlb = il.DeclareLocal(typeof(TlbEntry[]));
+        _rtlb = il.DeclareLocal(typeof(TlbEntry).MakeByRefType());
+        _wtlb = il.DeclareLocal(typeof(TlbEntry).MakeByRefType());
         _entry = il.DeclareLocal(typeof(TlbEntry).MakeByRefType());
         _lin = il.DeclareLocal(typeof(ulong));
         _val = il.DeclareLocal(typeof(ulong));
@@ -575,7 +613,23 @@ internal sealed class BlockCompiler
     {
         _flagKind = kind;
         _flagSize = size;
+        _cfKind = Unknown;
+        _cfSize = 0;
+        _fbImm = null;
         _flagsDirty = true;
+    }
+
+    /// <summary>Pushes the second flag operand (<see cref="_fb"/>, or the constant it stands for).</summary>
+    private void EmitLoadFb()
+    {
+        if (_fbImm is long b)
+        {
+            _il.Emit(OpCodes.Ldc_I8, b);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldloc, _fb);
+        }
     }
 
     private void StoreCpuField(FieldInfo f, LocalBuilder value)
@@ -583,6 +637,13 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldloc, _cpu);
         _il.Emit(OpCodes.Ldloc, value);
         _il.Emit(OpCodes.Stfld, f);
+    }
+
+    private void LoadCpuField(FieldInfo f, LocalBuilder into)
+    {
+        _il.Emit(OpCodes.Ldloc, _cpu);
+        _il.Emit(OpCodes.Ldfld, f);
+        _il.Emit(OpCodes.Stloc, into);
     }
 
     private void StoreCpuField(FieldInfo f, int value)
@@ -625,13 +686,75 @@ internal sealed class BlockCompiler
         else
         {
             StoreCpuField(LzAField, _fa);
-            StoreCpuField(LzBField, _fb);
+            _il.Emit(OpCodes.Ldloc, _cpu);
+            EmitLoadFb();
+            _il.Emit(OpCodes.Stfld, LzBField);
         }
 
         StoreCpuField(LzRField, _fr);
-        if (_flagKind is LzInc or LzDec or LzShift)
+        if (_flagKind is LzInc or LzDec)
+        {
+            _il.Emit(OpCodes.Ldloc, _cpu);
+            EmitIncDecCarry();
+            _il.Emit(OpCodes.Stfld, LzCfField);
+        }
+        else if (_flagKind == LzShift)
         {
             StoreCpuField(LzCfField, _fcf);
+        }
+    }
+
+    /// <summary>Loads the pending flag operands back from the lazy-flag fields <see cref="EmitFlagStore"/> writes (see <see cref="EmitReload"/>).</summary>
+    private void EmitFlagLoad()
+    {
+        if (_flagKind == Unknown)
+        {
+            return;
+        }
+
+        if (_flagKind is LzInc or LzDec && _cfKind != Unknown)
+        {
+            // A carry kept from the producer before INC/DEC: operands that give the stored carry (ADD: all ones plus
+            // the carry; SUB: 0 minus the carry), as nothing but that carry reads them while the flags are INC's/DEC's.
+            LoadCpuField(LzRField, _fr);
+            LoadCpuField(LzCfField, _tc);
+            if (_fbImm == null)
+            {
+                _il.Emit(OpCodes.Ldloc, _tc);
+                _il.Emit(OpCodes.Stloc, _fb);
+            }
+
+            // ADD: all ones with a carry (the second operand, 1 or a constant that is not 0, then wraps), else 0.
+            // SUB: 0 with a carry (below the second operand, 1 or such a constant), else all ones.
+            _il.Emit(OpCodes.Ldc_I4_0);
+            _il.Emit(OpCodes.Conv_U8);
+            _il.Emit(OpCodes.Ldloc, _tc);
+            _il.Emit(OpCodes.Sub);
+            if (_cfKind == LzSub)
+            {
+                _il.Emit(OpCodes.Not);
+            }
+
+            _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(_cfSize)));
+            _il.Emit(OpCodes.And);
+            _il.Emit(OpCodes.Stloc, _fa);
+            return;
+        }
+
+        var fields = _flagKind switch
+        {
+            LzInc or LzDec => (FieldInfo[])[LzRField, LzCfField],
+            LzShift => [LzAField, LzBField, LzRField, LzCfField],
+            _ => [LzAField, LzBField, LzRField],
+        };
+        foreach (var f in fields)
+        {
+            if (f == LzBField && _fbImm != null)
+            {
+                continue;
+            }
+
+            LoadCpuField(f, f == LzAField ? _fa : f == LzBField ? _fb : f == LzRField ? _fr : _fcf);
         }
     }
 
@@ -660,17 +783,10 @@ internal sealed class BlockCompiler
 
     private void EmitSyncCode(int opIndex, LocalBuilder? opIndexLocal)
     {
-        WriteBackRegs();
-        EmitFlagStore();
-        EmitStoreRetired();
-        if (_region.Length > 1)
-        {
-            // A fault restarts at op opIndex of the block being run.
-            _il.Emit(OpCodes.Ldarg_1);
-            EmitLoadCurrentBlock();
-            _il.Emit(OpCodes.Stfld, LastBlockField);
-        }
+        EmitWriteBack();
 
+        // (A fault restarts at op opIndex of the block being run: in a region, the slow path's call names the block,
+        // see EmitSlowBlock.)
         _il.Emit(OpCodes.Ldarg_1);
         if (opIndexLocal != null)
         {
@@ -694,7 +810,7 @@ internal sealed class BlockCompiler
     private const int TailExit = 0, TailLeave = 1, TailSync = 2, TailStep = 3;
 
     /// <summary>What a shared tail is for: its kind (an exit that chains, one that returns, a slow path's sync), the block and the flags it stores.</summary>
-    internal readonly record struct TailKey(int Kind, int Block, int FlagKind, int FlagSize);
+    internal readonly record struct TailKey(int Kind, int Block, FlagState Flags);
 
     private sealed class Tail(TailKey key, Label label)
     {
@@ -726,7 +842,7 @@ internal sealed class BlockCompiler
     private bool UseTail(int kind, out Tail tail)
     {
         bool flags = _flagsDirty && _flagKind != Unknown;
-        var key = new TailKey(kind, kind == TailLeave ? 0 : _cur, flags ? _flagKind : Unknown, flags ? _flagSize : 0);
+        var key = new TailKey(kind, kind == TailLeave ? 0 : _cur, flags ? Flags : FlagState.InState);
         _tailUses[key] = _tailUses.GetValueOrDefault(key) + 1;
         if (_shared == null || _loops || _shared.GetValueOrDefault(key) < 2)
         {
@@ -752,9 +868,8 @@ internal sealed class BlockCompiler
             var key = tail.Key;
             _cur = key.Block;
             _ops = _region[_cur].Ops;
-            _flagKind = key.FlagKind;
-            _flagSize = key.FlagSize;
-            _flagsDirty = key.FlagKind != Unknown;
+            Flags = key.Flags;
+            _flagsDirty = _flagKind != Unknown;
             _il.MarkLabel(tail.Label);
             if (key.Kind == TailSync)
             {
@@ -767,12 +882,8 @@ internal sealed class BlockCompiler
                 continue;
             }
 
-            WriteBackRegs();
-            EmitFlagStore();
-            EmitStoreRetired();
-            _il.Emit(OpCodes.Ldloc, _cpu);
-            _il.Emit(OpCodes.Ldloc, _exitRip!);
-            _il.Emit(OpCodes.Stfld, RipField);
+            EmitWriteBack();
+            EmitSetRip(_exitRip!);
             if (key.Kind == TailStep)
             {
                 // An instruction the interpreter runs (see EmitFallback), the op index in _syncIndex.
@@ -837,14 +948,8 @@ internal sealed class BlockCompiler
             return;
         }
 
-        if (!synced)
-        {
-            // (After a sync only the retired count and RIP are left to store.)
-            WriteBackRegs();
-            EmitFlagStore();
-        }
-
-        EmitStoreRetired();
+        // (After a sync only the retired count and RIP are left to store.)
+        EmitWriteBack(regsAndFlags: !synced);
         EmitSetRip(rip);
         if (slot >= 0)
         {
@@ -862,24 +967,13 @@ internal sealed class BlockCompiler
         switch (_flagKind)
         {
             case LzAdd:
-                _il.Emit(OpCodes.Ldloc, _fr);
-                _il.Emit(OpCodes.Ldloc, _fa);
-                _il.Emit(OpCodes.Clt_Un);
-                _il.Emit(OpCodes.Conv_U8);
-                break;
             case LzSub:
-                _il.Emit(OpCodes.Ldloc, _fa);
-                _il.Emit(OpCodes.Ldloc, _fb);
-                _il.Emit(OpCodes.Clt_Un);
-                _il.Emit(OpCodes.Conv_U8);
-                break;
             case LzLogic:
-                _il.Emit(OpCodes.Ldc_I4_0);
-                _il.Emit(OpCodes.Conv_U8);
+                EmitCarryOf(_flagKind, _flagSize, sumInFr: true);
                 break;
             case LzInc:
             case LzDec:
-                _il.Emit(OpCodes.Ldloc, _fcf);
+                EmitIncDecCarry();
                 break;
             case LzShift:
                 _il.Emit(OpCodes.Ldloc, _fcf);
@@ -888,15 +982,83 @@ internal sealed class BlockCompiler
                 _il.Emit(OpCodes.And);
                 break;
             default:
-                _il.Emit(OpCodes.Ldarg_1);
-                _il.Emit(OpCodes.Call, CarryMethod);
+                EmitCallOut(() =>
+                {
+                    _il.Emit(OpCodes.Ldarg_1);
+                    _il.Emit(OpCodes.Call, CarryMethod);
+                    _il.Emit(OpCodes.Stloc, _tmp);
+                });
+                _il.Emit(OpCodes.Ldloc, _tmp);
                 break;
         }
+    }
+
+    /// <summary>Pushes the carry of INC/DEC flags (0 or 1) as a ulong, from where <see cref="_cfKind"/> says it is.</summary>
+    private void EmitIncDecCarry()
+    {
+        if (_cfKind == Unknown)
+        {
+            _il.Emit(OpCodes.Ldloc, _fcf);
+            return;
+        }
+
+        // _fr holds INC's/DEC's result: an ADD's sum is formed again from its operands.
+        EmitCarryOf(_cfKind, _cfSize, sumInFr: false);
+    }
+
+    /// <summary>
+    /// Pushes the carry (a ulong 0 or 1) of an ADD of <paramref name="size"/> bytes (the sum below the first operand; the
+    /// sum from <see cref="_fr"/> when <paramref name="sumInFr"/>, else formed again from the operands and wrapped), a
+    /// SUB/CMP (the first operand below the second) or a logic operation (0), from the flag locals.
+    /// </summary>
+    private void EmitCarryOf(int kind, int size, bool sumInFr)
+    {
+        if (kind == LzLogic)
+        {
+            _il.Emit(OpCodes.Ldc_I4_0);
+            _il.Emit(OpCodes.Conv_U8);
+            return;
+        }
+
+        if (kind == LzAdd)
+        {
+            if (sumInFr)
+            {
+                _il.Emit(OpCodes.Ldloc, _fr);
+            }
+            else
+            {
+                _il.Emit(OpCodes.Ldloc, _fa);
+                EmitLoadFb();
+                _il.Emit(OpCodes.Add);
+                if (size < 8)
+                {
+                    _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(size)));
+                    _il.Emit(OpCodes.And);
+                }
+            }
+
+            _il.Emit(OpCodes.Ldloc, _fa);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldloc, _fa);
+            EmitLoadFb();
+        }
+
+        _il.Emit(OpCodes.Clt_Un);
+        _il.Emit(OpCodes.Conv_U8);
     }
 
     private void SignExtend(LocalBuilder v, int size)
     {
         _il.Emit(OpCodes.Ldloc, v);
+        SignExtendTop(size);
+    }
+
+    /// <summary>Sign-extends the value on the stack from <paramref name="size"/> bytes to 64 bits.</summary>
+    private void SignExtendTop(int size)
+    {
         switch (size)
         {
             case 1: _il.Emit(OpCodes.Conv_I1); _il.Emit(OpCodes.Conv_I8); break;
@@ -955,12 +1117,13 @@ internal sealed class BlockCompiler
             if (signed)
             {
                 SignExtend(_fa, _flagSize);
-                SignExtend(_fb, _flagSize);
+                EmitLoadFb();
+                SignExtendTop(_flagSize);
             }
             else
             {
                 _il.Emit(OpCodes.Ldloc, _fa);
-                _il.Emit(OpCodes.Ldloc, _fb);
+                EmitLoadFb();
             }
 
             if (c is 1 or 6)
@@ -1030,7 +1193,7 @@ internal sealed class BlockCompiler
         }
         else if (_flagKind is LzInc or LzDec && c == 1)
         {
-            _il.Emit(OpCodes.Ldloc, _fcf);
+            EmitIncDecCarry();
             _il.Emit(OpCodes.Ldc_I4_0);
             _il.Emit(OpCodes.Conv_U8);
             _il.Emit(OpCodes.Cgt_Un);
@@ -1040,9 +1203,7 @@ internal sealed class BlockCompiler
             direct = false;
             EmitFlagStore();
             _flagsDirty = false;
-            _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Ldc_I4, cc);
-            _il.Emit(OpCodes.Call, CondMethod);
+            EmitTest(CondMethod, cc);
         }
 
         if (direct && (cc & 1) != 0)
@@ -1118,14 +1279,18 @@ internal sealed class BlockCompiler
     /// <summary>Branches to <paramref name="slow"/> unless the TLB entry (read or write) maps <see cref="_lin"/> for <paramref name="size"/> bytes; leaves the entry in <see cref="_entry"/>.</summary>
     private void EmitTlbCheck(LocalBuilder tlb, int size, Label slow)
     {
+        // The entry at offset ((lin >> 12) & mask) * size from the first: the index is masked to the TLB's size, so no
+        // bounds check is needed (the arrays are allocated with TlbSize entries and never replaced).
         _il.Emit(OpCodes.Ldloc, tlb);
         _il.Emit(OpCodes.Ldloc, _lin);
         _il.Emit(OpCodes.Ldc_I4, 12);
         _il.Emit(OpCodes.Shr_Un);
-        _il.Emit(OpCodes.Conv_I4);
-        _il.Emit(OpCodes.Ldc_I4, 0xFF);
+        _il.Emit(OpCodes.Ldc_I8, (long)(TlbEntries - 1));
         _il.Emit(OpCodes.And);
-        _il.Emit(OpCodes.Ldelema, typeof(TlbEntry));
+        _il.Emit(OpCodes.Ldc_I8, (long)System.Runtime.CompilerServices.Unsafe.SizeOf<TlbEntry>());
+        _il.Emit(OpCodes.Mul);
+        _il.Emit(OpCodes.Conv_I);
+        _il.Emit(OpCodes.Add);
         _il.Emit(OpCodes.Stloc, _entry);
         _il.Emit(OpCodes.Ldloc, _entry);
         _il.Emit(OpCodes.Ldfld, TagField);
@@ -1187,11 +1352,23 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Br, done);
         _il.MarkLabel(slow);
         EmitSync(opIndex);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldloc, _lin);
-        _il.Emit(OpCodes.Ldc_I4, size);
-        _il.Emit(OpCodes.Call, rmw ? ReadRmwSlowMethod : ReadSlowMethod);
-        _il.Emit(OpCodes.Stloc, _val);
+        EmitCallOut(
+            () =>
+            {
+                _il.Emit(OpCodes.Ldarg_1);
+                _il.Emit(OpCodes.Ldloc, _lin);
+                _il.Emit(OpCodes.Ldc_I4, size);
+                EmitSlowBlock();
+                _il.Emit(OpCodes.Call, rmw ? ReadRmwSlowMethod : ReadSlowMethod);
+                _il.Emit(OpCodes.Stloc, _val);
+            },
+            written: true);
+        if (rmw && _loops)
+        {
+            // The write goes to the same address: formed again from the registers read back, rather than kept across the call.
+            EmitLinear(in _ops[opIndex]);
+        }
+
         _il.MarkLabel(done);
     }
 
@@ -1200,8 +1377,8 @@ internal sealed class BlockCompiler
 
     /// <summary>
     /// As <see cref="EmitWrite(int, LocalBuilder, int)"/>, with <paramref name="commit"/> emitted once the write is
-    /// done (the op's register updates, which a faulting write must not make) and <paramref name="ripAfter"/> the RIP
-    /// after the op.
+    /// done (the op's register updates, which a faulting write must not make; from registers, not from the address or
+    /// the value, which the slow path does not keep) and <paramref name="ripAfter"/> the RIP after the op.
     /// </summary>
     private void EmitWrite(int size, LocalBuilder value, int opIndex, Action? commit, ulong ripAfter)
     {
@@ -1222,11 +1399,17 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Br, done);
         _il.MarkLabel(slow);
         EmitSync(opIndex);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldloc, _lin);
-        _il.Emit(OpCodes.Ldc_I4, size);
-        _il.Emit(OpCodes.Ldloc, value);
-        _il.Emit(OpCodes.Call, WriteSlowMethod);
+        EmitCallOut(
+            () =>
+            {
+                _il.Emit(OpCodes.Ldarg_1);
+                _il.Emit(OpCodes.Ldloc, _lin);
+                _il.Emit(OpCodes.Ldc_I4, size);
+                _il.Emit(OpCodes.Ldloc, value);
+                EmitSlowBlock();
+                _il.Emit(OpCodes.Call, WriteSlowMethod);
+            },
+            written: true);
         commit?.Invoke();
 
         // A write to a page with cached code invalidated blocks (maybe this one): stop after this instruction.
@@ -1266,6 +1449,25 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldloc, _cpu);
         _il.Emit(OpCodes.Ldc_I8, unchecked((long)rip));
         _il.Emit(OpCodes.Stfld, RipField);
+    }
+
+    /// <summary>Stores RIP from <paramref name="rip"/> (a computed target or a shared exit's RIP).</summary>
+    private void EmitSetRip(LocalBuilder rip) => StoreCpuField(RipField, rip);
+
+    /// <summary>
+    /// Writes the state back, so that the CPU state is what the interpreter would hold (RIP aside): the registers the
+    /// method writes and the pending flags (unless <paramref name="regsAndFlags"/> is false, after a sync wrote them),
+    /// then the retired count. Every exit, slow path and interpreter call writes back through this.
+    /// </summary>
+    private void EmitWriteBack(bool regsAndFlags = true)
+    {
+        if (regsAndFlags)
+        {
+            WriteBackRegs();
+            EmitFlagStore();
+        }
+
+        EmitStoreRetired();
     }
 
     // ---- The block -----------------------------------------------------------------------------------
@@ -1316,12 +1518,14 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldflda, CpuField);
         _il.Emit(OpCodes.Stloc, _cpu);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldfld, RtlbField);
-        _il.Emit(OpCodes.Stloc, _rtlb);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldfld, WtlbField);
-        _il.Emit(OpCodes.Stloc, _wtlb);
+        foreach (var (field, local) in (ReadOnlySpan<(FieldInfo, LocalBuilder)>)[(RtlbField, _rtlb), (WtlbField, _wtlb)])
+        {
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldfld, field);
+            _il.Emit(OpCodes.Ldc_I4_0);
+            _il.Emit(OpCodes.Ldelema, typeof(TlbEntry));
+            _il.Emit(OpCodes.Stloc, local);
+        }
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldc_I4_0);
         _il.Emit(OpCodes.Stfld, StopField);
@@ -1331,33 +1535,40 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldarg_2);
         _il.Emit(OpCodes.Ldc_I4_1);
         _il.Emit(OpCodes.Stfld, UsedField);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldfld, RetiredField);
-        _il.Emit(OpCodes.Stloc, _rc);
-        LoadAllRegs();
-        if (_region.Length > 1)
-        {
-            _loops = true;
-            EmitRegion(inlines);
-            return;
-        }
-
         ulong startRip = OpStart(in _ops[0]);
         ref Op lastOp = ref _ops[n - 1];
-        bool selfLoop = inline[n - 1] && lastOp.Inline is InlineOp.Jcc or InlineOp.Jmp && lastOp.Target == startRip;
-        _loops = selfLoop;
-        if (selfLoop && !_hasFallback)
+        bool selfLoop = _region.Length == 1 && inline[n - 1] && lastOp.Inline is InlineOp.Jcc or InlineOp.Jmp && lastOp.Target == startRip;
+        _loops = _region.Length > 1 || selfLoop;
+        foreach (var r in _region)
+        {
+            _regionMaxCount = Math.Max(_regionMaxCount, r.Count);
+        }
+
+        // The loop's limit is taken before the guest state is loaded into locals, so none of them is live across the call.
+        bool limited = _region.Length > 1 || (selfLoop && !_hasFallback);
+        if (limited)
         {
             _loopLimit = _il.DeclareLocal(typeof(long));
-            _loopLimitCount = n;
+            _checkAt = _il.DeclareLocal(typeof(long));
+            _loopLimitCount = _region.Length > 1 ? _regionMaxCount : n;
             _plat = _il.DeclareLocal(typeof(InterpreterPlatform));
-            _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Ldc_I4, n);
-            _il.Emit(OpCodes.Call, LoopLimitMethod);
-            _il.Emit(OpCodes.Stloc, _loopLimit);
             _il.Emit(OpCodes.Ldarg_1);
             _il.Emit(OpCodes.Ldfld, PlatField);
             _il.Emit(OpCodes.Stloc, _plat);
+            EmitTakeLoopLimit();
+        }
+
+        EmitLoadRetired();
+        if (limited)
+        {
+            EmitNextCheck();
+        }
+
+        LoadAllRegs();
+        if (_region.Length > 1)
+        {
+            EmitRegion(inlines);
+            return;
         }
 
         _headLabel = _il.DefineLabel();
@@ -1365,19 +1576,18 @@ internal sealed class BlockCompiler
         {
             // The first iteration starts from flags in the CPU state; later ones from the flags of the one before,
             // still in locals: emit the body twice and loop on the second copy, so no iteration stores flags.
-            _flagKind = Unknown;
+            Flags = FlagState.InState;
             _flagsDirty = false;
             EmitOps(inline, startRip);
             _il.MarkLabel(_headLabel);
-            _flagKind = _loopFlagKind;
-            _flagSize = _loopFlagSize;
+            Flags = _loopFlags;
             _flagsDirty = _flagKind != Unknown;
             EmitOps(inline, startRip);
         }
         else
         {
             _il.MarkLabel(_headLabel);
-            _flagKind = Unknown;
+            Flags = FlagState.InState;
             _flagsDirty = false;
             EmitOps(inline, startRip);
         }
@@ -1389,28 +1599,6 @@ internal sealed class BlockCompiler
     /// </summary>
     private void EmitRegion(bool[][] inlines)
     {
-        int maxCount = 0;
-        foreach (var r in _region)
-        {
-            maxCount = Math.Max(maxCount, r.Count);
-        }
-
-        _regionMaxCount = maxCount;
-        foreach (var r in _region)
-        {
-            _regionInstructions += r.Count;
-        }
-
-        _loopLimit = _il.DeclareLocal(typeof(long));
-        _loopLimitCount = maxCount;
-        _plat = _il.DeclareLocal(typeof(InterpreterPlatform));
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldc_I4, maxCount);
-        _il.Emit(OpCodes.Call, LoopLimitMethod);
-        _il.Emit(OpCodes.Stloc, _loopLimit);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldfld, PlatField);
-        _il.Emit(OpCodes.Stloc, _plat);
         _blockLabels = new Label[_region.Length];
         for (int k = 0; k < _region.Length; k++)
         {
@@ -1423,7 +1611,7 @@ internal sealed class BlockCompiler
             _cur = k;
             _ops = _region[k].Ops;
             _il.MarkLabel(_blockLabels[k]);
-            (_flagKind, _flagSize) = _entryFlags[k];
+            Flags = _entryFlags[k];
             _flagsDirty = _flagKind != Unknown;
             EmitOps(inlines[k], OpStart(in _ops[0]));
         }
@@ -1437,15 +1625,72 @@ internal sealed class BlockCompiler
     /// producer (the root is entered from outside, so its flags are in the CPU state). Edges into a block with a
     /// known producer leave the flags in locals.
     /// </summary>
-    private (int Kind, int Size)[] _entryFlags = [];
+    private FlagState[] _entryFlags = [];
+
+    /// <summary>Per region block, whether it overwrites the flags before anything reads them or may write them back (see <see cref="FlagsDeadAfter"/>).</summary>
+    private bool[] _entryDead = [];
+
+    /// <summary>
+    /// Whether the flags as they are after op <paramref name="i"/> (-1: on entry) of a block's <paramref name="count"/>
+    /// ops are overwritten by a later op of the block (an ALU operation, shift or IMUL on registers and immediates, which
+    /// set every flag from their own operands) before anything reads them or may write them back: only register moves,
+    /// LEA, MOVZX/MOVSX of registers and INC/DEC of registers (whose own flags are then dead as well, so they read no
+    /// carry) come between, none of which can fault, exit or call.
+    /// </summary>
+    private static bool FlagsDeadAfter(Op[] ops, int count, int i, int bitness)
+    {
+        for (int j = i + 1; j < count; j++)
+        {
+            ref Op op = ref ops[j];
+            if (!IsInline(in op, bitness, j == count - 1))
+            {
+                return false;
+            }
+
+            switch (op.Inline)
+            {
+                case InlineOp.AluRR or InlineOp.AluRI or InlineOp.AluRR64 or InlineOp.AluRI64:
+                    return true;
+                case InlineOp.Alu:
+                    return op.K0 != OpKindX.Mem && op.K1 != OpKindX.Mem;
+                case InlineOp.Shift:
+                    return op.Sub is not (0 or 1) && op.K0 == OpKindX.Reg;
+                case InlineOp.Imul2:
+                    return op.K1 != OpKindX.Mem;
+                case InlineOp.Nop or InlineOp.MovRR or InlineOp.MovRI or InlineOp.Lea or InlineOp.IncDecR64:
+                    break;
+                case InlineOp.IncDec or InlineOp.Movzx or InlineOp.Movsx when op.K0 == OpKindX.Reg && (op.Inline == InlineOp.IncDec || op.K1 == OpKindX.Reg):
+                    break;
+                case InlineOp.Mov when op.K0 == OpKindX.Reg && op.K1 is OpKindX.Reg or OpKindX.Imm:
+                    break;
+                default:
+                    return false;
+            }
+        }
+
+        return false;
+    }
 
     private void ComputeEntryFlags()
     {
         const int Top = int.MinValue;
+        var top = new FlagState(Top, 0, Unknown, 0, null);
         int m = _region.Length;
-        var entry = new (int Kind, int Size)[m];
-        Array.Fill(entry, (Top, 0));
-        entry[0] = (Unknown, 0);
+        var entry = new FlagState[m];
+        Array.Fill(entry, top);
+        entry[0] = FlagState.InState;
+        _entryDead = new bool[m];
+        for (int k = 0; k < m; k++)
+        {
+            // A block that overwrites the flags before reading them or writing them back starts from any: it is
+            // emitted from flags in the CPU state (not read) and edges into it store nothing.
+            _entryDead[k] = FlagsDeadAfter(_region[k].Ops, _region[k].Count, -1, _bitness);
+            if (_entryDead[k])
+            {
+                entry[k] = FlagState.InState;
+            }
+        }
+
         for (int round = 0; round <= m; round++)
         {
             for (int k = 0; k < m; k++)
@@ -1458,9 +1703,9 @@ internal sealed class BlockCompiler
                 var exit = ExitFlags(_region[k], entry[k]);
                 foreach (ulong rip in Successors(_region[k]))
                 {
-                    if (_regionIndex.TryGetValue(rip, out int t) && t != 0)
+                    if (_regionIndex.TryGetValue(rip, out int t) && t != 0 && !_entryDead[t])
                     {
-                        entry[t] = entry[t].Kind == Top ? exit : entry[t] == exit ? exit : (Unknown, 0);
+                        entry[t] = entry[t].Kind == Top ? exit : entry[t] == exit ? exit : FlagState.InState;
                     }
                 }
             }
@@ -1470,7 +1715,7 @@ internal sealed class BlockCompiler
         {
             if (entry[k].Kind == Top)
             {
-                entry[k] = (Unknown, 0);
+                entry[k] = FlagState.InState;
             }
         }
 
@@ -1491,7 +1736,7 @@ internal sealed class BlockCompiler
     }
 
     /// <summary>The flag producer after <paramref name="b"/>'s ops, given the one on entry (as the emitters track it).</summary>
-    private static (int Kind, int Size) ExitFlags(Block b, (int Kind, int Size) entry)
+    private static FlagState ExitFlags(Block b, FlagState entry)
     {
         var f = entry;
         for (int i = 0; i < b.Count; i++)
@@ -1506,17 +1751,20 @@ internal sealed class BlockCompiler
                         Translator.AluSub or Translator.AluCmp => LzSub,
                         _ => LzLogic,
                     };
-                    f = (kind, op.Inline is InlineOp.AluRR64 or InlineOp.AluRI64 ? 8 : op.Size);
+                    bool imm = op.Inline is InlineOp.AluRI or InlineOp.AluRI64 || (op.Inline == InlineOp.Alu && op.K1 == OpKindX.Imm);
+                    f = new(kind, op.Inline is InlineOp.AluRR64 or InlineOp.AluRI64 ? 8 : op.Size, Unknown, 0,
+                        kind == LzLogic ? 0 : imm ? unchecked((long)op.Imm) : null);
                     break;
                 case InlineOp.IncDecR64 or InlineOp.IncDec:
-                    f = (op.Sub == 0 ? LzInc : LzDec, op.Inline == InlineOp.IncDecR64 ? 8 : op.Size);
+                    var (cfKind, cfSize) = CarrySource(f);
+                    f = new(op.Sub == 0 ? LzInc : LzDec, op.Inline == InlineOp.IncDecR64 ? 8 : op.Size, cfKind, cfSize, f.B);
                     break;
                 case InlineOp.Shift when op.Sub is 0 or 1:
                     // ROL/ROR merge CF and OF into the flags before them: the result is in the CPU state.
-                    f = (Unknown, 0);
+                    f = FlagState.InState;
                     break;
                 case InlineOp.Shift or InlineOp.Imul2:
-                    f = (LzShift, op.Size);
+                    f = new(LzShift, op.Size, Unknown, 0, 0);
                     break;
                 default:
                     break;
@@ -1546,28 +1794,44 @@ internal sealed class BlockCompiler
     /// </summary>
     private void EmitInternalEdge(int n, ulong rip, int k)
     {
-        var (entryKind, entrySize) = _entryFlags[k];
-        if (entryKind == Unknown)
+        var entry = _entryFlags[k];
+        if (_entryDead[k])
+        {
+            // The block overwrites the flags before reading them: nothing to store (a leave below stores them).
+        }
+        else if (entry.Kind == Unknown)
         {
             // The target block starts from flags in the CPU state.
             EmitFlagStore();
         }
-        else if (entryKind != _flagKind || entrySize != _flagSize)
+        else if (entry != Flags)
         {
             throw new InvalidProgramException("Region edge does not carry the flags its target block expects.");
         }
 
         EmitRetire(n);
         var leave = _il.DefineLabel();
-        EmitLoopLimitCheck(leave);
-        if (k <= _cur)
-        {
-            EmitOtherThreadChecks(leave, _regionMaxCount, storeFlags: false);
-        }
-
-        _il.Emit(OpCodes.Br, _blockLabels[k]);
+        EmitLoopChecks(_blockLabels[k], leave, _regionMaxCount);
         _il.MarkLabel(leave);
         EmitLeave(rip, -1);
+    }
+
+    /// <summary>
+    /// Pushes the block argument of a memory slow path: in a region, the block being emitted (the slow path makes it
+    /// the vCPU's last block, which a fault restarts in; a field store in compiled code would take a GC write barrier,
+    /// a call across which the operand's address and value would have to be kept in memory); null in a single block,
+    /// which its prologue made the last block.
+    /// </summary>
+    private void EmitSlowBlock()
+    {
+        if (_region.Length > 1)
+        {
+            EmitLoadCurrentBlock();
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldnull);
+        }
     }
 
     /// <summary>Pushes the block being emitted (the method's block argument, or an element of the region it is bound to).</summary>
@@ -1590,8 +1854,7 @@ internal sealed class BlockCompiler
     private int _loopLimitCount;
     private LocalBuilder? _plat;
     private bool _hasFallback;
-    private int _loopFlagKind = Unknown;
-    private int _loopFlagSize;
+    private FlagState _loopFlags = FlagState.InState;
 
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The dispatch over inline forms, one emitter each.")]
     private void EmitOps(bool[] inline, ulong startRip)
@@ -1655,8 +1918,7 @@ internal sealed class BlockCompiler
                     break;
                 case InlineOp.Jcc:
                 case InlineOp.Jmp:
-                    _loopFlagKind = _flagKind;
-                    _loopFlagSize = _flagSize;
+                    _loopFlags = Flags;
                     EmitBranch(i, startRip);
                     break;
                 case InlineOp.Push:
@@ -1785,14 +2047,12 @@ internal sealed class BlockCompiler
             _il.Emit(OpCodes.Br, tail.Label);
             tail.Continuations.Add(cont);
             _il.MarkLabel(cont);
-            _flagKind = Unknown;
+            Flags = FlagState.InState;
             _flagsDirty = false;
             return;
         }
 
-        WriteBackRegs();
-        EmitFlagStore();
-        EmitStoreRetired();
+        EmitWriteBack();
         EmitSetRip(OpStart(in op));
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldarg_2);
@@ -1800,6 +2060,12 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Call, StepMethod);
         _il.Emit(OpCodes.Conv_I8);
         _il.Emit(OpCodes.Stloc, _tmp);
+        if (_loops)
+        {
+            // Not kept across the call (see EmitCallOut); the interpreter does not count the op.
+            EmitLoadRetired();
+        }
+
         var leave = _il.DefineLabel();
         if (!last)
         {
@@ -1815,7 +2081,7 @@ internal sealed class BlockCompiler
             _il.Emit(OpCodes.Ret);
             _il.MarkLabel(go);
             LoadAllRegs();
-            _flagKind = Unknown;
+            Flags = FlagState.InState;
             _flagsDirty = false;
             return;
         }
@@ -1875,14 +2141,6 @@ internal sealed class BlockCompiler
         }
     }
 
-    /// <summary>Leaves to <paramref name="leave"/> once the retired count passed the limit computed on entry.</summary>
-    private void EmitLoopLimitCheck(Label leave)
-    {
-        _il.Emit(OpCodes.Ldloc, _rc);
-        _il.Emit(OpCodes.Ldloc, _loopLimit!);
-        _il.Emit(OpCodes.Bgt, leave);
-    }
-
     /// <summary>
     /// Instructions between two looks at what other threads set, at most (a power of two, at least twice the
     /// instructions of the largest region, <see cref="MaxRegionInstructions"/>).
@@ -1890,31 +2148,63 @@ internal sealed class BlockCompiler
     internal const long PollInstructions = 1024;
 
     /// <summary>
-    /// What other threads set, looked at on a back edge only when the retired count passed a multiple of
-    /// <see cref="PollInstructions"/> since the previous back edge (at most <paramref name="count"/> instructions ago:
-    /// a whole region or iteration), so other threads are heard within that many instructions and an iteration costs
-    /// a mask and a compare on the count it keeps anyway instead of five loads: leaves to <paramref name="leave"/> on
-    /// an exit request, a remote code write or a TLB flush request; when the platform asks for attention, leaves
-    /// unless <see cref="InterpreterVcpu.JitMayIterate"/> allows <paramref name="count"/> more instructions (the flags
-    /// are stored first when <paramref name="storeFlags"/>, as that check may read them). What the vCPU's own run sets
-    /// (the budget, a due timer) is checked on every back edge by <see cref="EmitLoopLimitCheck"/>.
+    /// The retired count after which the next edge inside the loop takes the slow check: the lower of the loop's limit
+    /// and the last count before the next multiple of <see cref="PollInstructions"/>.
     /// </summary>
-    private void EmitOtherThreadChecks(Label leave, int count, bool storeFlags)
+    private LocalBuilder? _checkAt;
+
+    /// <summary>The loop's limit (<see cref="InterpreterVcpu.JitLoopLimit"/>) for <see cref="_loopLimitCount"/> instructions, into <see cref="_loopLimit"/>.</summary>
+    private void EmitTakeLoopLimit()
     {
-        var skip = _il.DefineLabel();
-        _il.Emit(OpCodes.Ldloc, _rc);
-        _il.Emit(OpCodes.Ldc_I8, PollInstructions - 1);
-        _il.Emit(OpCodes.And);
-        _il.Emit(OpCodes.Ldc_I8, (long)Math.Max(count, _regionInstructions));
-        _il.Emit(OpCodes.Bge, skip);
-        EmitOtherThreadChecksNow(leave, count, storeFlags);
-        _il.MarkLabel(skip);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldc_I4, _loopLimitCount);
+        _il.Emit(OpCodes.Call, LoopLimitMethod);
+        _il.Emit(OpCodes.Stloc, _loopLimit!);
     }
 
-    /// <summary>Instructions in all the region's blocks together (the most a region method retires between two back edges).</summary>
-    private int _regionInstructions;
+    /// <summary>Sets <see cref="_checkAt"/> from the retired count and the loop's limit.</summary>
+    private void EmitNextCheck()
+    {
+        var keep = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, _rc);
+        _il.Emit(OpCodes.Ldc_I8, PollInstructions - 1);
+        _il.Emit(OpCodes.Or);
+        _il.Emit(OpCodes.Stloc, _checkAt!);
+        _il.Emit(OpCodes.Ldloc, _checkAt!);
+        _il.Emit(OpCodes.Ldloc, _loopLimit!);
+        _il.Emit(OpCodes.Ble, keep);
+        _il.Emit(OpCodes.Ldloc, _loopLimit!);
+        _il.Emit(OpCodes.Stloc, _checkAt!);
+        _il.MarkLabel(keep);
+    }
 
-    private void EmitOtherThreadChecksNow(Label leave, int count, bool storeFlags)
+    /// <summary>
+    /// An edge inside a loop (a self-loop's back edge, an edge between region blocks), the retired count already
+    /// advanced: one compare with <see cref="_checkAt"/> per edge, then on to <paramref name="target"/>. Past it, the
+    /// edge leaves to <paramref name="leave"/> once the count passed the limit taken on entry (the budget allows no
+    /// other whole block or iteration of <paramref name="count"/> instructions, or a timer is due: what the vCPU's own
+    /// run sets), and otherwise, as the count passed a multiple of <see cref="PollInstructions"/>, looks at what other
+    /// threads set (<see cref="EmitOtherThreadChecksNow"/>), so they are heard within about that many instructions.
+    /// </summary>
+    private void EmitLoopChecks(Label target, Label leave, int count)
+    {
+        _il.Emit(OpCodes.Ldloc, _rc);
+        _il.Emit(OpCodes.Ldloc, _checkAt!);
+        _il.Emit(OpCodes.Ble, target);
+        _il.Emit(OpCodes.Ldloc, _rc);
+        _il.Emit(OpCodes.Ldloc, _loopLimit!);
+        _il.Emit(OpCodes.Bgt, leave);
+        EmitOtherThreadChecksNow(leave, count);
+        EmitNextCheck();
+        _il.Emit(OpCodes.Br, target);
+    }
+
+    /// <summary>
+    /// Leaves to <paramref name="leave"/> on an exit request, a remote code write or a TLB flush request; when the
+    /// platform asks for attention, leaves unless <see cref="InterpreterVcpu.JitMayIterate"/> allows
+    /// <paramref name="count"/> more instructions (called with the state written back, see <see cref="EmitWriteBack"/>).
+    /// </summary>
+    private void EmitOtherThreadChecksNow(Label leave, int count)
     {
         foreach (var f in (FieldInfo[])[ExitRequestedField, RemoteCodeWriteField, WriteTlbFlushField])
         {
@@ -1931,17 +2221,72 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Volatile);
         _il.Emit(OpCodes.Ldfld, AttentionField);
         _il.Emit(OpCodes.Brfalse, go);
-        if (storeFlags)
+        EmitMayIterate(count, leave);
+        _il.MarkLabel(go);
+    }
+
+    /// <summary>Leaves to <paramref name="leave"/> unless <see cref="InterpreterVcpu.JitMayIterate"/> allows <paramref name="count"/> more instructions; the state is written back for the call (<see cref="EmitCallOut"/>).</summary>
+    private void EmitMayIterate(int count, Label leave)
+    {
+        EmitTest(MayIterateMethod, count);
+        _il.Emit(OpCodes.Brfalse, leave);
+    }
+
+    /// <summary>Pushes what the vCPU's <paramref name="test"/> (a bool method of one int) says for <paramref name="arg"/>, called through <see cref="EmitCallOut"/>.</summary>
+    private void EmitTest(MethodInfo test, int arg)
+    {
+        var result = _testResult ??= _il.DeclareLocal(typeof(bool));
+        EmitCallOut(() =>
         {
-            EmitFlagStore();
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldc_I4, arg);
+            _il.Emit(OpCodes.Call, test);
+            _il.Emit(OpCodes.Stloc, result);
+        });
+        _il.Emit(OpCodes.Ldloc, result);
+    }
+
+    private LocalBuilder? _testResult;
+
+    /// <summary>
+    /// A call after which compiled code goes on (<paramref name="call"/>, which leaves nothing on the stack). In a
+    /// method that loops, the state is written back before it (unless <paramref name="written"/>: a sync did) and the
+    /// registers, the pending flag operands and the retired count are read back after it (<see cref="EmitReload"/>),
+    /// so that none of the locals holding guest state is live across a call: the .NET JIT keeps such a local in
+    /// memory, stored wherever it is defined, the loop included, so the loop's own values would make a round trip
+    /// through memory every iteration. The written-back state is what the locals hold, and the calls made this way
+    /// change no register or flag. A method without a loop keeps its locals across the call.
+    /// </summary>
+    private void EmitCallOut(Action call, bool written = false)
+    {
+        if (_loops && !written)
+        {
+            EmitWriteBack();
         }
 
-        EmitStoreRetired();
+        call();
+        EmitReload();
+    }
+
+    /// <summary>In a method that loops, reads back what <see cref="EmitWriteBack"/> wrote: the registers, the pending flag operands, the retired count.</summary>
+    private void EmitReload()
+    {
+        if (!_loops)
+        {
+            return;
+        }
+
+        LoadAllRegs();
+        EmitFlagLoad();
+        EmitLoadRetired();
+    }
+
+    /// <summary>The vCPU's retired count into <see cref="_rc"/>.</summary>
+    private void EmitLoadRetired()
+    {
         _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldc_I4, count);
-        _il.Emit(OpCodes.Call, MayIterateMethod);
-        _il.Emit(OpCodes.Brfalse, leave);
-        _il.MarkLabel(go);
+        _il.Emit(OpCodes.Ldfld, RetiredField);
+        _il.Emit(OpCodes.Stloc, _rc);
     }
 
     /// <summary>
@@ -1952,28 +2297,18 @@ internal sealed class BlockCompiler
     /// </summary>
     private void EmitBackEdge(int n, ulong startRip)
     {
-        if (_hasFallback)
-        {
-            EmitFlagStore();
-        }
-
         EmitRetire(n);
         var leave = _il.DefineLabel();
         if (_hasFallback)
         {
-            EmitStoreRetired();
-            _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Ldc_I4, n);
-            _il.Emit(OpCodes.Call, MayIterateMethod);
-            _il.Emit(OpCodes.Brfalse, leave);
+            EmitMayIterate(n, leave);
+            _il.Emit(OpCodes.Br, _headLabel);
         }
         else
         {
-            EmitLoopLimitCheck(leave);
-            EmitOtherThreadChecks(leave, n, storeFlags: true);
+            EmitLoopChecks(_headLabel, leave, n);
         }
 
-        _il.Emit(OpCodes.Br, _headLabel);
         _il.MarkLabel(leave);
         EmitLeave(startRip, -1);
     }
@@ -1993,21 +2328,32 @@ internal sealed class BlockCompiler
             _ => (op.K0, op.K1),
         };
         bool writes = op.Sub < Translator.AluCmp;
-        if (k0 == OpKindX.Mem)
+        if (k1 == OpKindX.Mem)
         {
-            EmitLinear(in op);
-            EmitRead(size, i, rmw: writes);
-            _il.Emit(OpCodes.Ldloc, _val);
+            // The memory source first, so the register operand is not live across its slow path's call.
+            EmitSource(in op, k1, size, i);
+            _il.Emit(OpCodes.Stloc, _tb);
+            GetReg(op.R0, size);
+            _il.Emit(OpCodes.Stloc, _ta);
         }
         else
         {
-            GetReg(op.R0, size);
+            if (k0 == OpKindX.Mem)
+            {
+                EmitLinear(in op);
+                EmitRead(size, i, rmw: writes);
+                _il.Emit(OpCodes.Ldloc, _val);
+            }
+            else
+            {
+                GetReg(op.R0, size);
+            }
+
+            _il.Emit(OpCodes.Stloc, _ta);
+            EmitSource(in op, k1, size, i);
+            _il.Emit(OpCodes.Stloc, _tb);
         }
 
-        _il.Emit(OpCodes.Stloc, _ta);
-        EmitSource(in op, k1, size, i);
-
-        _il.Emit(OpCodes.Stloc, _tb);
         _il.Emit(OpCodes.Ldloc, _ta);
         _il.Emit(OpCodes.Ldloc, _tb);
         int kind;
@@ -2047,19 +2393,20 @@ internal sealed class BlockCompiler
         {
             _il.Emit(OpCodes.Ldloc, _fr);
             _il.Emit(OpCodes.Stloc, _fa);
-            _il.Emit(OpCodes.Ldc_I4_0);
-            _il.Emit(OpCodes.Conv_U8);
-            _il.Emit(OpCodes.Stloc, _fb);
         }
         else
         {
             _il.Emit(OpCodes.Ldloc, _ta);
             _il.Emit(OpCodes.Stloc, _fa);
-            _il.Emit(OpCodes.Ldloc, _tb);
-            _il.Emit(OpCodes.Stloc, _fb);
+            if (k1 != OpKindX.Imm)
+            {
+                _il.Emit(OpCodes.Ldloc, _tb);
+                _il.Emit(OpCodes.Stloc, _fb);
+            }
         }
 
         SetFlags(kind, size);
+        _fbImm = kind == LzLogic ? 0 : k1 == OpKindX.Imm ? unchecked((long)op.Imm) : null;
         if (!writes)
         {
             return;
@@ -2081,9 +2428,21 @@ internal sealed class BlockCompiler
         ref Op op = ref _ops[i];
         bool reg = op.Inline == InlineOp.IncDecR64 || op.K0 == OpKindX.Reg;
         int size = op.Inline == InlineOp.IncDecR64 ? 8 : op.Size;
+
+        // Where the carry INC/DEC keep is: left where it is when the producer before is known (computed where it is
+        // read), else computed now, first: when it takes a call (flags not known here), the operand is not live across it.
+        var (cfKind, cfSize) = CarrySource(Flags);
+        long? fbImm = _fbImm;
+
+        // (Flags a later op overwrites before anything reads or stores them need no carry: none is computed, so no call.)
+        bool compute = cfKind == Unknown && _flagKind is not (LzInc or LzDec) && !(reg && FlagsDeadAfter(_ops, _region[_cur].Count, i, _bitness));
+        if (compute)
+        {
+            EmitCarry();
+            _il.Emit(OpCodes.Stloc, _tc);
+        }
+
         EmitLoadRmOperand(in op, size, i, reg);
-        EmitCarry();
-        _il.Emit(OpCodes.Stloc, _tc);
         _il.Emit(OpCodes.Ldloc, _ta);
         _il.Emit(OpCodes.Ldc_I4_1);
         _il.Emit(OpCodes.Conv_U8);
@@ -2095,13 +2454,30 @@ internal sealed class BlockCompiler
         }
 
         _il.Emit(OpCodes.Stloc, _fr);
-        _il.Emit(OpCodes.Ldloc, _tc);
-        _il.Emit(OpCodes.Stloc, _fcf);
+        if (compute)
+        {
+            _il.Emit(OpCodes.Ldloc, _tc);
+            _il.Emit(OpCodes.Stloc, _fcf);
+        }
 
         // The operand and the 1 are not kept: the flag store derives the operand from the result (fewer live locals).
         SetFlags(op.Sub == 0 ? LzInc : LzDec, size);
+        (_cfKind, _cfSize, _fbImm) = (cfKind, cfSize, fbImm);
         EmitStoreRmResult(in op, size, i, reg, _fr);
     }
+
+    /// <summary>
+    /// Where the carry of an INC/DEC after flags <paramref name="f"/> is left: the producer's kind and size for ADD, SUB
+    /// and logic (operands in the flag locals, or 0), INC/DEC's own place for INC/DEC, else <see cref="Unknown"/> (computed
+    /// into <see cref="_fcf"/>). <see cref="ExitFlags"/> follows the same rule.
+    /// </summary>
+    private static (int Kind, int Size) CarrySource(FlagState f) => f.Kind switch
+    {
+        LzAdd or LzSub => (f.Kind, f.Size),
+        LzLogic => (LzLogic, 0),
+        LzInc or LzDec => (f.CfKind, f.CfSize),
+        _ => (Unknown, 0),
+    };
 
     /// <summary>Pushes the source operand of op <paramref name="i"/> (register R1, immediate, or memory read) as a 64-bit value.</summary>
     private void EmitSource(in Op op, byte kind, int size, int i)
@@ -2184,9 +2560,12 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Stloc, _lin);
     }
 
-    private void EmitSetRspFromLin()
+    /// <summary>RSP minus <paramref name="size"/> into RSP: the commit of a PUSH or CALL whose store (at that address) succeeded.</summary>
+    private void EmitPushRsp(int size)
     {
-        _il.Emit(OpCodes.Ldloc, _lin);
+        _il.Emit(OpCodes.Ldloc, _reg[4]!);
+        _il.Emit(OpCodes.Ldc_I8, (long)size);
+        _il.Emit(OpCodes.Sub);
         StoreReg(4);
     }
 
@@ -2205,7 +2584,7 @@ internal sealed class BlockCompiler
 
         _il.Emit(OpCodes.Stloc, _tb);
         EmitStackSlot(size);
-        EmitWrite(size, _tb, i, EmitSetRspFromLin, op.Next);
+        EmitWrite(size, _tb, i, () => EmitPushRsp(size), op.Next);
     }
 
     private void EmitPop(int i)
@@ -2231,7 +2610,7 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldc_I8, unchecked((long)op.Next));
         _il.Emit(OpCodes.Stloc, _tb);
         EmitStackSlot(8);
-        EmitWrite(8, _tb, i, EmitSetRspFromLin, op.Target);
+        EmitWrite(8, _tb, i, () => EmitPushRsp(8), op.Target);
         EmitEdge(i + 1, op.Target, 0);
     }
 
@@ -2245,13 +2624,9 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldc_I8, 8 + (long)op.Imm);
         _il.Emit(OpCodes.Add);
         StoreReg(4);
-        WriteBackRegs();
-        EmitFlagStore();
         EmitRetire(i + 1);
-        EmitStoreRetired();
-        _il.Emit(OpCodes.Ldloc, _cpu);
-        _il.Emit(OpCodes.Ldloc, _val);
-        _il.Emit(OpCodes.Stfld, RipField);
+        EmitWriteBack();
+        EmitSetRip(_val);
         EmitChain(0, _val);
     }
 
@@ -2290,10 +2665,10 @@ internal sealed class BlockCompiler
             return;
         }
 
-        EmitLinear(in op);
         EmitCondition(op.Sub);
         _il.Emit(OpCodes.Conv_U8);
         _il.Emit(OpCodes.Stloc, _tb);
+        EmitLinear(in op);
         EmitWrite(1, _tb, i);
     }
 
@@ -2311,10 +2686,11 @@ internal sealed class BlockCompiler
         }
         else
         {
-            GetReg(op.R0, size);
-            _il.Emit(OpCodes.Stloc, _ta);
+            // The source first (it may be a memory read with a slow path's call), then the register.
             EmitSource(in op, op.K1, size, i);
             _il.Emit(OpCodes.Stloc, _tb);
+            GetReg(op.R0, size);
+            _il.Emit(OpCodes.Stloc, _ta);
         }
 
         var overflow = _imulOut ??= _il.DeclareLocal(typeof(ulong));
@@ -2328,10 +2704,8 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Stloc, _fcf);
         _il.Emit(OpCodes.Ldloc, _ta);
         _il.Emit(OpCodes.Stloc, _fa);
-        _il.Emit(OpCodes.Ldc_I4_0);
-        _il.Emit(OpCodes.Conv_U8);
-        _il.Emit(OpCodes.Stloc, _fb);
         SetFlags(LzShift, size);
+        _fbImm = 0;
         _il.Emit(OpCodes.Ldloc, _fr);
         SetReg(op.R0, size);
     }
@@ -2457,10 +2831,8 @@ internal sealed class BlockCompiler
 
         _il.Emit(OpCodes.Ldloc, _ta);
         _il.Emit(OpCodes.Stloc, _fa);
-        _il.Emit(OpCodes.Ldc_I4_0);
-        _il.Emit(OpCodes.Conv_U8);
-        _il.Emit(OpCodes.Stloc, _fb);
         SetFlags(LzShift, size);
+        _fbImm = 0;
         EmitStoreRmResult(in op, size, i, reg, _fr);
     }
 
@@ -2511,11 +2883,14 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Stloc, _tc);
         EmitStoreRmResult(in op, size, i, reg, _tb);
         EmitFlagStore();
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldloc, _tc);
-        _il.Emit(OpCodes.Call, RotateFlagsMethod);
-        _flagKind = Unknown;
+        Flags = FlagState.InState;
         _flagsDirty = false;
+        EmitCallOut(() =>
+        {
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldloc, _tc);
+            _il.Emit(OpCodes.Call, RotateFlagsMethod);
+        });
     }
 
     /// <summary>
@@ -2534,16 +2909,20 @@ internal sealed class BlockCompiler
         bool movs = op.Inline == InlineOp.Movs;
         int shift = System.Numerics.BitOperations.Log2(op.Size);
         var done = _il.DefineLabel();
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldloc, _reg[1]!);
-        _il.Emit(OpCodes.Ldloc, _reg[6]!);
-        _il.Emit(OpCodes.Ldloc, _reg[7]!);
-        _il.Emit(OpCodes.Ldloc, _reg[0]!);
-        _il.Emit(OpCodes.Ldc_I4, (int)op.Size);
-        _il.Emit(OpCodes.Ldc_I4, (int)op.Seg);
-        _il.Emit(movs ? OpCodes.Ldc_I4_1 : OpCodes.Ldc_I4_0);
-        _il.Emit(OpCodes.Call, RepFastMethod);
-        _il.Emit(OpCodes.Stloc, _tmp);
+        int size = op.Size, seg = op.Seg;
+        EmitCallOut(() =>
+        {
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldloc, _reg[1]!);
+            _il.Emit(OpCodes.Ldloc, _reg[6]!);
+            _il.Emit(OpCodes.Ldloc, _reg[7]!);
+            _il.Emit(OpCodes.Ldloc, _reg[0]!);
+            _il.Emit(OpCodes.Ldc_I4, size);
+            _il.Emit(OpCodes.Ldc_I4, seg);
+            _il.Emit(movs ? OpCodes.Ldc_I4_1 : OpCodes.Ldc_I4_0);
+            _il.Emit(OpCodes.Call, RepFastMethod);
+            _il.Emit(OpCodes.Stloc, _tmp);
+        });
         _il.Emit(OpCodes.Ldloc, _reg[1]!);
         _il.Emit(OpCodes.Ldloc, _tmp);
         _il.Emit(OpCodes.Sub);
@@ -2574,6 +2953,11 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Call, StringStepMethod);
         _il.Emit(OpCodes.Conv_I8);
         _il.Emit(OpCodes.Stloc, _tmp);
+        if (_loops)
+        {
+            EmitLoadRetired();
+        }
+
         var go = _il.DefineLabel();
         _il.Emit(OpCodes.Ldloc, _tmp);
         _il.Emit(OpCodes.Ldc_I4_2);
@@ -2582,13 +2966,24 @@ internal sealed class BlockCompiler
         EmitRetiredAfterStep(i);
         _il.Emit(OpCodes.Ret);
         _il.MarkLabel(go);
-        LoadAllRegs();
         if (_loopLimit != null)
         {
-            _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Ldc_I4, _loopLimitCount);
-            _il.Emit(OpCodes.Call, LoopLimitMethod);
-            _il.Emit(OpCodes.Stloc, _loopLimit);
+            EmitTakeLoopLimit();
+        }
+
+        // The interpreter moved RCX, RSI and RDI; MOVS and STOS leave the flags as they were stored.
+        if (_loops)
+        {
+            EmitReload();
+        }
+        else
+        {
+            LoadAllRegs();
+        }
+
+        if (_loopLimit != null)
+        {
+            EmitNextCheck();
         }
 
         _il.MarkLabel(done);

@@ -59,14 +59,28 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Evaluates condition <paramref name="cc"/> from the lazy state.</summary>
     internal bool JitCond(int cc) => Cond(cc);
 
-    /// <summary>Slow path of a compiled read.</summary>
-    internal ulong JitReadSlow(ulong lin, int size) => ReadSlow(lin, size);
+    /// <summary>Slow path of a compiled read; <paramref name="block"/>, when not null, is the block being run (a region's; a fault restarts in it).</summary>
+    internal ulong JitReadSlow(ulong lin, int size, Block? block)
+    {
+        SetJitBlock(block);
+        return ReadSlow(lin, size);
+    }
 
     /// <summary>Slow path of a compiled read-modify-write's read: the write is checked first, as the hardware does.</summary>
-    internal ulong JitReadRmwSlow(ulong lin, int size)
+    internal ulong JitReadRmwSlow(ulong lin, int size, Block? block)
     {
+        SetJitBlock(block);
         ProbeWrite(lin, size);
         return Read(lin, size);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void SetJitBlock(Block? block)
+    {
+        if (block != null)
+        {
+            _lastBlock = block;
+        }
     }
 
     /// <summary>
@@ -135,8 +149,12 @@ internal sealed partial class InterpreterVcpu
         return r == 1 && !_stop && !NeedsAttention() ? 2 : r;
     }
 
-    /// <summary>Slow path of a compiled write.</summary>
-    internal void JitWriteSlow(ulong lin, int size, ulong value) => WriteSlow(lin, size, value);
+    /// <summary>Slow path of a compiled write (<paramref name="block"/> as for <see cref="JitReadSlow"/>).</summary>
+    internal void JitWriteSlow(ulong lin, int size, ulong value, Block? block)
+    {
+        SetJitBlock(block);
+        WriteSlow(lin, size, value);
+    }
 
     private void RunCompiled(Block b, Jit.CompiledBlock code)
     {
