@@ -162,14 +162,9 @@ public sealed class Virtqueue
         // The available ring and the descriptor table were validated to lie in guest RAM when the driver enabled the
         // queue; resolve each to host memory once for this pop instead of once per field. A ring that straddles two
         // regions (contiguous in guest addresses but not in the host) takes the field-by-field path.
-        Span<byte> avail = default;
-        Span<byte> table = default;
-        bool mapped = _memory.TryGetSpan(new GuestAddress(_avail), 4 + (2 * Size), forWrite: false, out avail)
-            && _memory.TryGetSpan(new GuestAddress(_desc), DescriptorSize * Size, forWrite: false, out table);
-        if (!mapped)
+        if (!_memory.TryGetSpan(new GuestAddress(_avail), 4 + (2 * Size), forWrite: false, out Span<byte> avail))
         {
             avail = default;
-            table = default;
         }
 
         if (!TryReadAvailIndex(avail, out ushort availIdx))
@@ -209,13 +204,18 @@ public sealed class Virtqueue
         Interlocked.MemoryBarrier();
         int slot = _nextAvail & (Size - 1);
         ushort head;
-        if (mapped)
+        if (!avail.IsEmpty)
         {
             head = BinaryPrimitives.ReadUInt16LittleEndian(avail.Slice(4 + (2 * slot), 2));
         }
         else if (!TryReadU16(_avail + 4 + (2UL * (uint)slot), out head))
         {
             return false;
+        }
+
+        if (!_memory.TryGetSpan(new GuestAddress(_desc), DescriptorSize * Size, forWrite: false, out Span<byte> table))
+        {
+            table = default;
         }
 
         var parsed = new DescriptorChain(this, _memory, head);
@@ -285,10 +285,33 @@ public sealed class Virtqueue
                 return;
             }
 
-            ulong entry = _used + 4 + (8UL * (uint)(_nextUsed % Size));
+            uint written = (uint)Math.Min(bytesWritten, chain.WritableLength);
+            int slot = _nextUsed & (Size - 1);
+            // The used ring lies in one region (zero bytes asked for write: the region is writable RAM, nothing marked):
+            // write the entry and then the index straight into host memory.
+            if (_memory.TryGetSpan(new GuestAddress(_used), 4 + (8 * Size), forWrite: false, out Span<byte> ring)
+                && _memory.TryGetSpan(new GuestAddress(_used), 0, forWrite: true, out _))
+            {
+                Span<byte> slotBytes = ring.Slice(4 + (8 * slot), 8);
+                BinaryPrimitives.WriteUInt32LittleEndian(slotBytes, chain.Head);
+                BinaryPrimitives.WriteUInt32LittleEndian(slotBytes[4..], written);
+                _nextUsed++;
+                CompleteInFlightLocked(1);
+
+                // The entry must be visible before the index that publishes it.
+                Interlocked.MemoryBarrier();
+                BinaryPrimitives.WriteUInt16LittleEndian(ring.Slice(2, 2), _nextUsed);
+
+                // Mark what was written (index through entry) for dirty tracking after writing it, as a copy into guest
+                // memory does, so that a pass of a live migration that copies the page in between sees it again.
+                _memory.TryGetSpan(new GuestAddress(_used + 2), 2 + 8 + (8 * slot), forWrite: true, out _);
+                return;
+            }
+
+            ulong entry = _used + 4 + (8UL * (uint)slot);
             Span<byte> element = stackalloc byte[8];
             BinaryPrimitives.WriteUInt32LittleEndian(element, chain.Head);
-            BinaryPrimitives.WriteUInt32LittleEndian(element[4..], (uint)Math.Min(bytesWritten, chain.WritableLength));
+            BinaryPrimitives.WriteUInt32LittleEndian(element[4..], written);
             if (!_memory.TryWrite(new GuestAddress(entry), element))
             {
                 Break($"used ring entry at 0x{entry:x} is not writable guest RAM");

@@ -63,6 +63,29 @@ public sealed class VirtqueueAttackTests
     }
 
     [Fact]
+    public void Used_ring_in_rom_breaks_the_queue_and_leaves_the_rom_alone()
+    {
+        using var ram = GuestMemory.Create(GuestMemoryRegionSpec.Ram(GuestAddress.Zero, 0x2000), GuestMemoryRegionSpec.Rom(new GuestAddress(0x2000), 0x1000));
+        var errors = new List<string>();
+        var queue = new Virtqueue(0, 16, new GuestAddress(0x1000), new GuestAddress(0x1800), new GuestAddress(0x2000), ram,
+            eventIdx: false, indirect: false, ready: true, onError: errors.Add);
+        ram.Write(new GuestAddress(0x1000), 0x1900UL); // descriptor 0: 16 device-writable bytes at 0x1900
+        ram.Write(new GuestAddress(0x1008), 16u);
+        ram.Write(new GuestAddress(0x100C), (ushort)MockSplitQueue.FlagWrite);
+        ram.Write(new GuestAddress(0x1804), (ushort)0); // available ring entry 0: chain 0
+        ram.Write(new GuestAddress(0x1802), (ushort)1); // available index
+
+        Assert.True(queue.TryPop(out var chain));
+        queue.AddUsed(chain, 16);
+
+        Assert.True(queue.IsBroken);
+        Assert.Contains(errors, e => e.Contains("not writable", StringComparison.Ordinal));
+        var rom = new byte[16];
+        ram.Read(new GuestAddress(0x2000), rom);
+        Assert.All(rom, b => Assert.Equal(0, b));
+    }
+
+    [Fact]
     public void Descriptor_loop_is_rejected()
     {
         using var rig = new VirtioRig();
