@@ -154,64 +154,93 @@ public sealed class Virtqueue
     private bool TryPopLocked(out DescriptorChain? chain)
     {
         chain = null;
+        if (!_active || _broken || _paused)
         {
-            if (!_active || _broken || _paused)
+            return false;
+        }
+
+        // The available ring and the descriptor table were validated to lie in guest RAM when the driver enabled the
+        // queue; resolve each to host memory once for this pop instead of once per field. A ring that straddles two
+        // regions (contiguous in guest addresses but not in the host) takes the field-by-field path.
+        if (!_memory.TryGetSpan(new GuestAddress(_avail), 4 + (2 * Size), forWrite: false, out Span<byte> avail))
+        {
+            avail = default;
+        }
+
+        if (!TryReadAvailIndex(avail, out ushort availIdx))
+        {
+            return false;
+        }
+
+        if (availIdx == _nextAvail && _eventIdx)
+        {
+            // Ask to be notified when the driver adds the next buffer, then look again: the driver may have
+            // added one between our read and this write.
+            if (!TryWriteU16(_used + 4 + (8UL * Size), _nextAvail))
             {
                 return false;
             }
 
-            if (!TryReadU16(_avail + 2, out ushort availIdx))
-            {
-                return false;
-            }
-
-            if (availIdx == _nextAvail && _eventIdx)
-            {
-                // Ask to be notified when the driver adds the next buffer, then look again: the driver may have
-                // added one between our read and this write.
-                if (!TryWriteU16(_used + 4 + (8UL * Size), _nextAvail))
-                {
-                    return false;
-                }
-
-                Interlocked.MemoryBarrier();
-                if (!TryReadU16(_avail + 2, out availIdx))
-                {
-                    return false;
-                }
-            }
-
-            ushort pending = (ushort)(availIdx - _nextAvail);
-            if (pending == 0)
-            {
-                return false;
-            }
-
-            if (pending > Size)
-            {
-                Break($"available index {availIdx} is {pending} entries ahead of the device's {_nextAvail}, more than the queue size {Size}");
-                return false;
-            }
-
-            // The ring entry must be read after the index that published it.
             Interlocked.MemoryBarrier();
-            if (!TryReadU16(_avail + 4 + (2UL * (uint)(_nextAvail % Size)), out ushort head))
+            if (!TryReadAvailIndex(avail, out availIdx))
             {
                 return false;
             }
+        }
 
-            var parsed = new DescriptorChain(this, _memory, head);
-            if (ParseChain(head, parsed) is { } error)
-            {
-                Break(error);
-                return false;
-            }
+        ushort pending = (ushort)(availIdx - _nextAvail);
+        if (pending == 0)
+        {
+            return false;
+        }
 
-            _nextAvail++;
-            _inFlight++;
-            chain = parsed;
+        if (pending > Size)
+        {
+            Break($"available index {availIdx} is {pending} entries ahead of the device's {_nextAvail}, more than the queue size {Size}");
+            return false;
+        }
+
+        // The ring entry must be read after the index that published it.
+        Interlocked.MemoryBarrier();
+        int slot = _nextAvail & (Size - 1);
+        ushort head;
+        if (!avail.IsEmpty)
+        {
+            head = BinaryPrimitives.ReadUInt16LittleEndian(avail.Slice(4 + (2 * slot), 2));
+        }
+        else if (!TryReadU16(_avail + 4 + (2UL * (uint)slot), out head))
+        {
+            return false;
+        }
+
+        if (!_memory.TryGetSpan(new GuestAddress(_desc), DescriptorSize * Size, forWrite: false, out Span<byte> table))
+        {
+            table = default;
+        }
+
+        var parsed = new DescriptorChain(this, _memory, head);
+        if (ParseChain(head, parsed, table) is { } error)
+        {
+            Break(error);
+            return false;
+        }
+
+        _nextAvail++;
+        _inFlight++;
+        chain = parsed;
+        return true;
+    }
+
+    /// <summary>Reads the available ring's index, from <paramref name="avail"/> when the ring is mapped (non-empty).</summary>
+    private bool TryReadAvailIndex(ReadOnlySpan<byte> avail, out ushort value)
+    {
+        if (!avail.IsEmpty)
+        {
+            value = BinaryPrimitives.ReadUInt16LittleEndian(avail.Slice(2, 2));
             return true;
         }
+
+        return TryReadU16(_avail + 2, out value);
     }
 
     /// <summary>
@@ -256,10 +285,33 @@ public sealed class Virtqueue
                 return;
             }
 
-            ulong entry = _used + 4 + (8UL * (uint)(_nextUsed % Size));
+            uint written = (uint)Math.Min(bytesWritten, chain.WritableLength);
+            int slot = _nextUsed & (Size - 1);
+            // The used ring lies in one region (zero bytes asked for write: the region is writable RAM, nothing marked):
+            // write the entry and then the index straight into host memory.
+            if (_memory.TryGetSpan(new GuestAddress(_used), 4 + (8 * Size), forWrite: false, out Span<byte> ring)
+                && _memory.TryGetSpan(new GuestAddress(_used), 0, forWrite: true, out _))
+            {
+                Span<byte> slotBytes = ring.Slice(4 + (8 * slot), 8);
+                BinaryPrimitives.WriteUInt32LittleEndian(slotBytes, chain.Head);
+                BinaryPrimitives.WriteUInt32LittleEndian(slotBytes[4..], written);
+                _nextUsed++;
+                CompleteInFlightLocked(1);
+
+                // The entry must be visible before the index that publishes it.
+                Interlocked.MemoryBarrier();
+                BinaryPrimitives.WriteUInt16LittleEndian(ring.Slice(2, 2), _nextUsed);
+
+                // Mark what was written (index through entry) for dirty tracking after writing it, as a copy into guest
+                // memory does, so that a pass of a live migration that copies the page in between sees it again.
+                _memory.TryGetSpan(new GuestAddress(_used + 2), 2 + 8 + (8 * slot), forWrite: true, out _);
+                return;
+            }
+
+            ulong entry = _used + 4 + (8UL * (uint)slot);
             Span<byte> element = stackalloc byte[8];
             BinaryPrimitives.WriteUInt32LittleEndian(element, chain.Head);
-            BinaryPrimitives.WriteUInt32LittleEndian(element[4..], (uint)Math.Min(bytesWritten, chain.WritableLength));
+            BinaryPrimitives.WriteUInt32LittleEndian(element[4..], written);
             if (!_memory.TryWrite(new GuestAddress(entry), element))
             {
                 Break($"used ring entry at 0x{entry:x} is not writable guest RAM");
@@ -482,27 +534,58 @@ public sealed class Virtqueue
         return true;
     }
 
-    private bool TryReadDescriptor(ulong address, out ulong addr, out uint len, out ushort flags, out ushort next)
+    private bool TryReadDescriptor(ulong address, out Descriptor descriptor)
     {
         Span<byte> d = stackalloc byte[DescriptorSize];
         if (!_memory.TryRead(new GuestAddress(address), d))
         {
-            addr = 0;
-            len = 0;
-            flags = 0;
-            next = 0;
+            descriptor = default;
             return false;
         }
 
-        addr = BinaryPrimitives.ReadUInt64LittleEndian(d);
-        len = BinaryPrimitives.ReadUInt32LittleEndian(d[8..]);
-        flags = BinaryPrimitives.ReadUInt16LittleEndian(d[12..]);
-        next = BinaryPrimitives.ReadUInt16LittleEndian(d[14..]);
+        descriptor = Descriptor.From(d);
         return true;
     }
 
+    /// <summary>
+    /// One descriptor as the driver laid it out (virtio 1.2, section 2.7.5), copied out of guest memory in a single
+    /// 16-byte load so that every check sees the same values however the guest changes the table meanwhile.
+    /// </summary>
+    [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential, Pack = 1)]
+    private readonly struct Descriptor
+    {
+        public readonly ulong Addr;
+        public readonly uint Len;
+        public readonly ushort Flags;
+        public readonly ushort Next;
+
+        private Descriptor(ulong addr, uint len, ushort flags, ushort next)
+        {
+            Addr = addr;
+            Len = len;
+            Flags = flags;
+            Next = next;
+        }
+
+        /// <summary>Decodes the 16 little-endian bytes at the start of <paramref name="bytes"/>.</summary>
+        public static Descriptor From(ReadOnlySpan<byte> bytes)
+        {
+            if (BitConverter.IsLittleEndian)
+            {
+                return System.Runtime.InteropServices.MemoryMarshal.Read<Descriptor>(bytes);
+            }
+
+            return new Descriptor(
+                BinaryPrimitives.ReadUInt64LittleEndian(bytes),
+                BinaryPrimitives.ReadUInt32LittleEndian(bytes[8..]),
+                BinaryPrimitives.ReadUInt16LittleEndian(bytes[12..]),
+                BinaryPrimitives.ReadUInt16LittleEndian(bytes[14..]));
+        }
+    }
+
     /// <summary>Walks the chain at <paramref name="head"/> into <paramref name="chain"/>; returns why it is malformed, or null.</summary>
-    private string? ParseChain(ushort head, DescriptorChain chain)
+    /// <remarks><paramref name="table"/> is the descriptor table in host memory, or empty to read it through guest memory.</remarks>
+    private string? ParseChain(ushort head, DescriptorChain chain, ReadOnlySpan<byte> table)
     {
         if (head >= Size)
         {
@@ -528,10 +611,17 @@ public sealed class Virtqueue
             }
 
             _visited[index] = _stamp;
-            if (!TryReadDescriptor(_desc + ((ulong)index * DescriptorSize), out ulong addr, out uint len, out ushort flags, out ushort next))
+            Descriptor descriptor;
+            if (!table.IsEmpty)
+            {
+                descriptor = Descriptor.From(table.Slice(index * DescriptorSize, DescriptorSize));
+            }
+            else if (!TryReadDescriptor(_desc + ((ulong)index * DescriptorSize), out descriptor))
             {
                 return $"descriptor {index} is not readable guest memory";
             }
+
+            (ulong addr, uint len, ushort flags, ushort next) = (descriptor.Addr, descriptor.Len, descriptor.Flags, descriptor.Next);
 
             if ((flags & DescFlagIndirect) != 0)
             {
@@ -599,10 +689,12 @@ public sealed class Virtqueue
             }
 
             _visitedIndirect[index] = _stamp;
-            if (!TryReadDescriptor(table + ((ulong)index * DescriptorSize), out ulong addr, out uint len, out ushort flags, out ushort next))
+            if (!TryReadDescriptor(table + ((ulong)index * DescriptorSize), out Descriptor descriptor))
             {
                 return $"indirect descriptor {index} of chain {head} is not readable guest memory";
             }
+
+            (ulong addr, uint len, ushort flags, ushort next) = (descriptor.Addr, descriptor.Len, descriptor.Flags, descriptor.Next);
 
             if ((flags & DescFlagIndirect) != 0)
             {

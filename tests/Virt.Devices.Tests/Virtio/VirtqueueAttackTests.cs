@@ -1,3 +1,5 @@
+using Virt.Devices.Virtio;
+using Virt.Memory;
 using Virt.Testing.Virtio;
 using Xunit;
 
@@ -28,6 +30,59 @@ public sealed class VirtqueueAttackTests
         Assert.All(back, b => Assert.Equal(0xAB, b));
         Assert.False(rig.NeedsReset);
         Assert.Equal(0, rig.Memory.Violations);
+    }
+
+    [Theory]
+    [InlineData(0x1F80UL)] // the descriptor table crosses from one RAM region into the next
+    [InlineData(0x1EF0UL)] // the available ring does
+    public void Rings_across_two_adjacent_regions_are_served(ulong ringArea)
+    {
+        // The queue reads rings that lie in one region straight from host memory; rings that cross into an adjacent
+        // region (contiguous for the guest, not for the host) are read field by field and work the same.
+        using var ram = GuestMemory.Create(GuestMemoryRegionSpec.Ram(GuestAddress.Zero, 0x2000), GuestMemoryRegionSpec.Ram(new GuestAddress(0x2000), 0x3E000));
+        var memory = new CheckedGuestMemory(ram);
+        var device = new TestDevice();
+        var transport = new VirtioMmioTransport(device, memory, new RecordingInterruptLine());
+        var driver = new MockVirtioDriver(transport, memory, new GuestAddress(ringArea), new GuestAddress(0x20000));
+        driver.Initialize();
+        var input = driver.Allocate(8);
+        var output = driver.Allocate(32);
+        memory.Write(input, new byte[] { 1, 2, 3, 4, 5, 6, 7, 8 });
+        for (int round = 0; round < 3; round++)
+        {
+            ushort head = driver.Queues[0].AddChain((input, 8, false), (output, 32, true));
+            driver.Notify(0);
+            var used = driver.Queues[0].WaitUsed();
+            Assert.Equal(head, used.Id);
+            Assert.Equal(32u, used.Length);
+        }
+
+        Assert.Equal(8, device.Chains[0].ReadableLength);
+        Assert.Equal(0u, driver.Status & (uint)VirtioDeviceStatus.DeviceNeedsReset);
+        Assert.Equal(0, memory.Violations);
+    }
+
+    [Fact]
+    public void Used_ring_in_rom_breaks_the_queue_and_leaves_the_rom_alone()
+    {
+        using var ram = GuestMemory.Create(GuestMemoryRegionSpec.Ram(GuestAddress.Zero, 0x2000), GuestMemoryRegionSpec.Rom(new GuestAddress(0x2000), 0x1000));
+        var errors = new List<string>();
+        var queue = new Virtqueue(0, 16, new GuestAddress(0x1000), new GuestAddress(0x1800), new GuestAddress(0x2000), ram,
+            eventIdx: false, indirect: false, ready: true, onError: errors.Add);
+        ram.Write(new GuestAddress(0x1000), 0x1900UL); // descriptor 0: 16 device-writable bytes at 0x1900
+        ram.Write(new GuestAddress(0x1008), 16u);
+        ram.Write(new GuestAddress(0x100C), (ushort)MockSplitQueue.FlagWrite);
+        ram.Write(new GuestAddress(0x1804), (ushort)0); // available ring entry 0: chain 0
+        ram.Write(new GuestAddress(0x1802), (ushort)1); // available index
+
+        Assert.True(queue.TryPop(out var chain));
+        queue.AddUsed(chain, 16);
+
+        Assert.True(queue.IsBroken);
+        Assert.Contains(errors, e => e.Contains("not writable", StringComparison.Ordinal));
+        var rom = new byte[16];
+        ram.Read(new GuestAddress(0x2000), rom);
+        Assert.All(rom, b => Assert.Equal(0, b));
     }
 
     [Fact]
