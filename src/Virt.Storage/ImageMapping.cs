@@ -147,12 +147,7 @@ internal sealed unsafe class ImageMapping : IDisposable
             return false;
         }
 
-        long total = 0;
-        foreach (var b in buffers)
-        {
-            total += b.Length;
-        }
-
+        long total = HostBuffer.Total(buffers);
         Interlocked.Increment(ref _users);
         try
         {
@@ -280,12 +275,7 @@ internal sealed unsafe class ImageMapping : IDisposable
             return;
         }
 
-        long total = 0;
-        foreach (var b in buffers)
-        {
-            total += b.Length;
-        }
-
+        long total = HostBuffer.Total(buffers);
         if (total <= 0 || offset < 0 || offset >= _length)
         {
             return;

@@ -9,6 +9,18 @@ internal readonly record struct HostBuffer(nint Address, int Length)
     public unsafe Span<byte> Span => new((void*)Address, Length);
 
     public HostBuffer Slice(int start, int length) => new(Address + start, length);
+
+    /// <summary>The bytes <paramref name="buffers"/> describe together.</summary>
+    public static long Total(ReadOnlySpan<HostBuffer> buffers)
+    {
+        long total = 0;
+        foreach (var b in buffers)
+        {
+            total += b.Length;
+        }
+
+        return total;
+    }
 }
 
 /// <summary>

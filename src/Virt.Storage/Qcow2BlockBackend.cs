@@ -368,7 +368,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
 
     void IVectoredBlockBackend.ReadVector(long offset, ReadOnlySpan<HostBuffer> buffers)
     {
-        long length = Total(buffers);
+        long length = HostBuffer.Total(buffers);
         BlockRange.Check(offset, length, Capacity);
         lock (_sync)
         {
@@ -380,7 +380,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
     void IVectoredBlockBackend.WriteVector(long offset, ReadOnlySpan<HostBuffer> buffers)
     {
         BlockRange.CheckWritable(IsReadOnly);
-        long length = Total(buffers);
+        long length = HostBuffer.Total(buffers);
         BlockRange.Check(offset, length, Capacity);
         lock (_sync)
         {
@@ -400,7 +400,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             return false;
         }
 
-        long length = Total(buffers);
+        long length = HostBuffer.Total(buffers);
         BlockRange.Check(offset, length, Capacity);
 
         // Another thread holding the image (a flush syncing the tables, an allocating write) would make this one wait.
@@ -1722,17 +1722,6 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
     }
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-
-    private static long Total(ReadOnlySpan<HostBuffer> buffers)
-    {
-        long total = 0;
-        foreach (var b in buffers)
-        {
-            total += b.Length;
-        }
-
-        return total;
-    }
 
     /// <summary>The part of <paramref name="buffers"/> from byte <paramref name="start"/>, <paramref name="length"/> bytes long.</summary>
     private static ReadOnlySpan<HostBuffer> Slice(ReadOnlySpan<HostBuffer> buffers, long start, long length, out HostBuffer[] rented)

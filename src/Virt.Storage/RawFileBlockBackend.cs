@@ -138,14 +138,14 @@ public sealed class RawFileBlockBackend : IBlockBackend, IVectoredBlockBackend, 
 
     void IVectoredBlockBackend.ReadVector(long offset, ReadOnlySpan<HostBuffer> buffers)
     {
-        BlockRange.Check(offset, Total(buffers), Capacity);
+        BlockRange.Check(offset, HostBuffer.Total(buffers), Capacity);
         _mapping.ReadVector(offset, buffers);
     }
 
     void IVectoredBlockBackend.WriteVector(long offset, ReadOnlySpan<HostBuffer> buffers)
     {
         BlockRange.CheckWritable(IsReadOnly);
-        BlockRange.Check(offset, Total(buffers), Capacity);
+        BlockRange.Check(offset, HostBuffer.Total(buffers), Capacity);
         _mapping.WriteVector(offset, buffers);
     }
 
@@ -158,7 +158,7 @@ public sealed class RawFileBlockBackend : IBlockBackend, IVectoredBlockBackend, 
             BlockRange.CheckWritable(IsReadOnly);
         }
 
-        BlockRange.Check(offset, Total(buffers), Capacity);
+        BlockRange.Check(offset, HostBuffer.Total(buffers), Capacity);
         return _noWait.TryVector(_handle, offset, buffers, write);
     }
 
@@ -176,17 +176,6 @@ public sealed class RawFileBlockBackend : IBlockBackend, IVectoredBlockBackend, 
 
             done += n;
         }
-    }
-
-    private static long Total(ReadOnlySpan<HostBuffer> buffers)
-    {
-        long total = 0;
-        foreach (var b in buffers)
-        {
-            total += b.Length;
-        }
-
-        return total;
     }
 
     internal static bool TryPunchHole(SafeFileHandle handle, long offset, long length, ref bool unsupported)
