@@ -204,7 +204,7 @@ internal sealed unsafe class ImageMapping : IDisposable
 
     private bool TryMap()
     {
-        if (!OperatingSystem.IsLinux() || nint.Size != 8 || _handle.IsInvalid || _handle.IsClosed || !IsTmpfs(_handle))
+        if (!OperatingSystem.IsLinux() || nint.Size != 8 || _handle.IsInvalid || _handle.IsClosed || HostIo.FileSystemType(_handle) != Interop.Libc.TMPFS_MAGIC)
         {
             return false;
         }
@@ -432,11 +432,5 @@ internal sealed unsafe class ImageMapping : IDisposable
 
             broken.Clear();
         }
-    }
-
-    private static bool IsTmpfs(SafeFileHandle handle)
-    {
-        byte* statfs = stackalloc byte[256];
-        return Interop.Libc.Fstatfs(handle, statfs) == 0 && *(long*)statfs == Interop.Libc.TMPFS_MAGIC;
     }
 }

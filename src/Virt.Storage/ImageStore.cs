@@ -511,21 +511,19 @@ internal static class HostIo
     /// Whether the file lives in host memory (tmpfs, ramfs, hugetlbfs): reading and writing it copies memory and never
     /// waits for a storage device. False where this cannot be told (not Linux, fstatfs failed).
     /// </summary>
-    public static unsafe bool IsInMemory(SafeFileHandle handle)
+    public static bool IsInMemory(SafeFileHandle handle) =>
+        FileSystemType(handle) is Interop.Libc.TMPFS_MAGIC or Interop.Libc.RAMFS_MAGIC or Interop.Libc.HUGETLBFS_MAGIC;
+
+    /// <summary>The magic number of the file system holding the file (fstatfs f_type), or null where it cannot be told (not 64-bit Linux, fstatfs failed).</summary>
+    public static unsafe long? FileSystemType(SafeFileHandle handle)
     {
         if (!OperatingSystem.IsLinux() || nint.Size != 8)
         {
-            return false;
+            return null;
         }
 
         byte* statfs = stackalloc byte[256];
-        if (Interop.Libc.Fstatfs(handle, statfs) != 0)
-        {
-            return false;
-        }
-
-        long type = *(long*)statfs;
-        return type is Interop.Libc.TMPFS_MAGIC or Interop.Libc.RAMFS_MAGIC or Interop.Libc.HUGETLBFS_MAGIC;
+        return Interop.Libc.Fstatfs(handle, statfs) == 0 ? *(long*)statfs : null;
     }
 
     /// <summary>fdatasync on Linux (the file's data and the metadata needed to read it), fsync elsewhere.</summary>
