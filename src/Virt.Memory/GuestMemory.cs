@@ -624,31 +624,30 @@ public sealed class GuestMemory : IGuestMemoryBacking, IDisposable
 
         if (OperatingSystem.IsWindows())
         {
-            unsafe
-            {
-                // SAFETY: [start, end) lies in region r's live mapping.
-                new Span<byte>((void*)(r.Host + (nint)start), checked((int)(end - start))).Clear();
-            }
+            ZeroInPlace(r.Host, start, end);
         }
-        else if (!r.FileBacked || !ReplaceWithZeroPages(r.Host + (nint)start, end - start))
+        else if (!r.FileBacked)
         {
             Interop.Libc.Madvise(r.Host + (nint)start, (nuint)(end - start), Interop.Libc.MADV_DONTNEED);
-            if (r.FileBacked)
-            {
-                // MADV_DONTNEED on a private file mapping only drops the copies: the pages would read as the file's
-                // again. Without a fresh mapping, zero them (correct contents; the memory is not given back).
-                unsafe
-                {
-                    // SAFETY: [start, end) lies in region r's live mapping.
-                    for (ulong at = start; at < end; at += 1UL << 30)
-                    {
-                        new Span<byte>((void*)(r.Host + (nint)at), (int)Math.Min(end - at, 1UL << 30)).Clear();
-                    }
-                }
-            }
+        }
+        else if (!ReplaceWithZeroPages(r.Host + (nint)start, end - start))
+        {
+            // MADV_DONTNEED on a private file mapping would only drop the copies: the pages would read as the file's
+            // again. Without a fresh mapping, zero them (correct contents; the memory is not given back).
+            ZeroInPlace(r.Host, start, end);
         }
 
         r.MarkWritten(start, end - start, this);
+    }
+
+    /// <summary>Zeroes <paramref name="start"/>..<paramref name="end"/> of the mapping at <paramref name="host"/>, a gibibyte at a time.</summary>
+    private static unsafe void ZeroInPlace(nint host, ulong start, ulong end)
+    {
+        // SAFETY: the caller's [start, end) lies in the region's live mapping at host.
+        for (ulong at = start; at < end; at += 1UL << 30)
+        {
+            new Span<byte>((void*)(host + (nint)at), (int)Math.Min(end - at, 1UL << 30)).Clear();
+        }
     }
 
     /// <summary>
