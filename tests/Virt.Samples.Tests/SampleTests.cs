@@ -3,7 +3,7 @@ using System.Reflection;
 using Virt.Testing;
 using Xunit;
 
-[assembly: AssemblyFixture(typeof(Virt.Samples.Tests.SnapshotsSampleCleanup))]
+[assembly: AssemblyFixture(typeof(Virt.Testing.DeleteRunDirectories))]
 
 namespace Virt.Samples.Tests;
 
@@ -150,8 +150,6 @@ internal sealed class SnapshotsSampleRun
 {
     private static readonly Lazy<Task<SnapshotsSampleRun>> Shared = new(() => Task.Run(Run), LazyThreadSafetyMode.ExecutionAndPublication);
 
-    private static string? _directoryToDelete;
-
     private SnapshotsSampleRun(int exitCode, string output, string snapshot)
     {
         ExitCode = exitCode;
@@ -173,40 +171,15 @@ internal sealed class SnapshotsSampleRun
         return Shared.Value;
     }
 
-    /// <summary>
-    /// Deletes the kept snapshot's folder, if the sample ran: called by <see cref="SnapshotsSampleCleanup"/> when every
-    /// test is done, before the test runner returns rather than at process exit (where its time would count against
-    /// the runner's one-second wait for the process to end).
-    /// </summary>
-    internal static void DeleteFiles()
-    {
-        if (Interlocked.Exchange(ref _directoryToDelete, null) is { } directory)
-        {
-            try
-            {
-                Directory.Delete(directory, recursive: true);
-            }
-            catch (IOException)
-            {
-            }
-        }
-    }
-
     private static SnapshotsSampleRun Run()
     {
-        string directory = Directory.CreateTempSubdirectory("virt-snapshots-sample-").FullName;
-        Volatile.Write(ref _directoryToDelete, directory);
+        // Deleted when every test has run (RunDirectories).
+        string directory = RunDirectories.Create("virt-snapshots-sample-");
 
         string snapshot = Path.Combine(directory, "appliance.snap");
         var (code, output) = Samples.Run("Snapshots", "--backend", "interpreter", "--keep", snapshot);
         return new SnapshotsSampleRun(code, output, snapshot);
     }
-}
-
-/// <summary>Deletes the snapshot <see cref="SnapshotsSampleRun"/> kept once every test of the assembly has run.</summary>
-public sealed class SnapshotsSampleCleanup : IDisposable
-{
-    public void Dispose() => SnapshotsSampleRun.DeleteFiles();
 }
 
 /// <summary>samples/Snapshots boots the guest kit once and restores two clones.</summary>

@@ -4,7 +4,7 @@ using Virt.Network;
 using Virt.Testing;
 using Xunit;
 
-[assembly: AssemblyFixture(typeof(Virt.Sdk.Tests.BootedApplianceCleanup))]
+[assembly: AssemblyFixture(typeof(Virt.Testing.DeleteRunDirectories))]
 
 namespace Virt.Sdk.Tests;
 
@@ -46,15 +46,13 @@ internal sealed class BootedAppliance
 
     private static readonly Lazy<Task<BootedAppliance>> Shared = new(BootAsync, LazyThreadSafetyMode.ExecutionAndPublication);
 
-    private static string? _directoryToDelete;
-
     private BootedAppliance(string directory, TimeSpan bootTime)
     {
         Directory = directory;
         BootTime = bootTime;
     }
 
-    /// <summary>The folder holding the snapshot and the disk image; deleted when every test has run (<see cref="BootedApplianceCleanup"/>).</summary>
+    /// <summary>The folder holding the snapshot and the disk image; deleted when every test has run (<see cref="RunDirectories"/>).</summary>
     public string Directory { get; }
 
     /// <summary>The snapshot file.</summary>
@@ -76,25 +74,6 @@ internal sealed class BootedAppliance
         return Shared.Value;
     }
 
-    /// <summary>
-    /// Deletes the appliance's folder (snapshot and disks), if it was booted. Called when every test is done, by
-    /// <see cref="BootedApplianceCleanup"/>: before the test runner returns, not at process exit, where its time
-    /// would count against the runner's one-second wait for the process to end.
-    /// </summary>
-    internal static void DeleteFiles()
-    {
-        if (Interlocked.Exchange(ref _directoryToDelete, null) is { } directory)
-        {
-            try
-            {
-                System.IO.Directory.Delete(directory, recursive: true);
-            }
-            catch (IOException)
-            {
-            }
-        }
-    }
-
     /// <summary>Makes the appliance's disk image in <paramref name="directory"/>: hello.txt and payload.bin on ext4.</summary>
     public static string CreateDisk(string directory)
     {
@@ -109,8 +88,7 @@ internal sealed class BootedAppliance
     private static async Task<BootedAppliance> BootAsync()
     {
         // Not tied to one test's cancellation: every Linux test in the run shares this boot.
-        string directory = System.IO.Directory.CreateTempSubdirectory("virt-appliance-").FullName;
-        Volatile.Write(ref _directoryToDelete, directory);
+        string directory = RunDirectories.Create("virt-appliance-");
 
         string image = CreateDisk(directory);
         var network = new VirtualNetwork("appliance-boot");
@@ -152,12 +130,6 @@ internal sealed class BootedAppliance
         string why = exited.IsCompletedSuccessfully ? $"the guest stopped ({exited.Result.Description})" : "timed out";
         throw new InvalidOperationException($"The appliance never printed {what}: {why}.\n{console.Text}");
     }
-}
-
-/// <summary>Deletes the files of <see cref="BootedAppliance"/> once every test of the assembly has run.</summary>
-public sealed class BootedApplianceCleanup : IDisposable
-{
-    public void Dispose() => BootedAppliance.DeleteFiles();
 }
 
 /// <summary>
