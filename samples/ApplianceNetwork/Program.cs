@@ -4,12 +4,15 @@
 //
 //   bash scripts/get-linux-guest.sh
 //   dotnet run -c Release --project samples/ApplianceNetwork -- --backend interpreter
+//   dotnet run -c Release --project samples/ApplianceNetwork -- --append cryptomgr.notests   (extra kernel parameters:
+//       here, skip the kernel's crypto self-tests, a good part of a boot on the interpreter)
 using System.Text;
 using Virt;
 using Virt.Network;
 
 var backend = BackendKind.Auto;
 string kit = Path.Combine(FindRoot(), "artifacts", "linux");
+string append = "";
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -20,8 +23,11 @@ for (int i = 0; i < args.Length; i++)
         case "--kit" when i + 1 < args.Length:
             kit = args[++i];
             break;
+        case "--append" when i + 1 < args.Length:
+            append = " " + args[++i]; // extra kernel parameters
+            break;
         default:
-            Console.Error.WriteLine("usage: ApplianceNetwork [--backend auto|kvm|interpreter] [--kit DIR]");
+            Console.Error.WriteLine("usage: ApplianceNetwork [--backend auto|kvm|interpreter] [--kit DIR] [--append PARAMETERS]");
             return 2;
     }
 }
@@ -76,7 +82,7 @@ VirtualMachine Appliance(string name, string command, MacAddress mac) =>
         .WithMemoryMiB(256)
         .WithLinuxKernel(kernel)
         .WithInitrd(initrd)
-        .WithKernelCommandLine("quiet virt.cmd=" + Convert.ToBase64String(Encoding.UTF8.GetBytes(command)))
+        .WithKernelCommandLine("quiet" + append + " virt.cmd=" + Convert.ToBase64String(Encoding.UTF8.GetBytes(command)))
         .WithSerialConsole(new PrefixWriter(name))
         .WithVirtioNet(lan, mac)
         .Build();

@@ -4,12 +4,15 @@
 //   bash scripts/get-linux-guest.sh
 //   dotnet run -c Release --project samples/Snapshots
 //   dotnet run -c Release --project samples/Snapshots -- --backend interpreter --keep appliance.snap
+//   dotnet run -c Release --project samples/Snapshots -- --append cryptomgr.notests    (extra kernel parameters: here,
+//       skip the kernel's crypto self-tests, a good part of a boot on the interpreter)
 using System.Diagnostics;
 using System.Text;
 using Virt;
 
 var backend = BackendKind.Interpreter;
 string? keep = null;
+string append = "";
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -20,8 +23,11 @@ for (int i = 0; i < args.Length; i++)
         case "--keep" when i + 1 < args.Length:
             keep = args[++i]; // where to leave the snapshot file
             break;
+        case "--append" when i + 1 < args.Length:
+            append = " " + args[++i]; // extra kernel parameters
+            break;
         default:
-            Console.Error.WriteLine($"unknown argument: {args[i]} (--backend interpreter|kvm|auto, --keep <file>)");
+            Console.Error.WriteLine($"unknown argument: {args[i]} (--backend interpreter|kvm|auto, --keep <file>, --append <kernel parameters>)");
             return 2;
     }
 }
@@ -48,7 +54,7 @@ try
         .WithMemoryMiB(256)
         .WithLinuxKernel(kernel)
         .WithInitrd(initrd)
-        .WithKernelCommandLine("quiet")
+        .WithKernelCommandLine("quiet" + append)
         .WithSerialConsole(bootConsole)
         .Build())
     {

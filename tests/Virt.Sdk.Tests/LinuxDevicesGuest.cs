@@ -60,7 +60,7 @@ public sealed class BootedDevicesGuest : IAsyncLifetime
             .WithMemoryMiB(256)
             .WithLinuxKernel(LinuxKit.Kernel)
             .WithInitrd(LinuxKit.Initrd)
-            .WithKernelCommandLine($"quiet virt.net=dhcp virt.cmd={Convert.ToBase64String(Encoding.ASCII.GetBytes(command))}")
+            .WithKernelCommandLine($"quiet {KernelParameters.SkipCryptoSelfTests} virt.net=dhcp virt.cmd={Convert.ToBase64String(Encoding.ASCII.GetBytes(command))}")
             .WithSerialConsole(Console)
             .WithVsock(guestCid: 42)
             .WithGuestAgent();

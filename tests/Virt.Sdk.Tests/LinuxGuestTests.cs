@@ -124,6 +124,26 @@ public sealed class LinuxGuestTests
     }
 
     [Fact]
+    public async Task The_kernels_crypto_self_tests_pass_on_the_interpreter()
+    {
+        // The shared appliance's boot is the one test boot that runs the kernel's crypto self-tests (every other boot skips
+        // them: KernelParameters.SkipCryptoSelfTests). Their arithmetic exercises the interpreter; a failure does not stop
+        // the boot, it warns in the kernel log and taints the kernel (TAINT_WARN, 512), so both are looked at here, with
+        // /proc/crypto's count of tested algorithms. The grep patterns differ from the lines they find, so the echo of
+        // the typed command cannot match.
+        await using var shell = await ApplianceShell.StartAsync("interpreter", cancellationToken: Ct);
+        using var timeout = Timeout(TimeSpan.FromMinutes(2));
+        var (exit, text) = await shell.RunToExitAsync(
+            "echo SELFTEST-PASSED=$(grep -c \"^selftest.*: passed\" /proc/crypto) SELFTEST-UNKNOWN=$(grep -c \"^selftest.*: unknown\" /proc/crypto) "
+            + "WARN-TAINT=$(( $(cat /proc/sys/kernel/tainted) & 512 )); dmesg | grep -E \"alg: self-test[s] (disabled|for .* failed)\"; true",
+            timeout.Token);
+        Assert.True(exit.Reason == StopReason.PowerOff, exit.Description + "\n" + text);
+        Assert.Contains("VIRT-EXIT-STATUS=0", text, StringComparison.Ordinal);
+        Assert.Matches(@"SELFTEST-PASSED=[1-9][0-9]* SELFTEST-UNKNOWN=0 WARN-TAINT=0\b", text);
+        Assert.DoesNotContain("alg: self-tests", text, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Halt_in_the_guest_ends_the_vm_with_a_halted_reason_on_the_interpreter()
     {
         // On KVM the in-kernel local APIC keeps a halted vCPU waiting inside KVM_RUN instead.

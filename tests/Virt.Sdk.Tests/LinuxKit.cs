@@ -9,7 +9,11 @@ internal static class LinuxKit
 
     public static readonly string Initrd = Path.Combine(RepositoryPaths.LinuxGuestKit, "initramfs.cpio");
 
-    /// <summary>A 256 MiB appliance on the interpreter whose /init starts an interactive shell on the serial console.</summary>
+    /// <summary>
+    /// A 256 MiB appliance on the interpreter whose /init starts an interactive shell on the serial console. Its boot (the
+    /// shared <see cref="BootedAppliance"/>) runs the kernel's crypto self-tests, which every other test boot skips
+    /// (<see cref="KernelParameters.SkipCryptoSelfTests"/>): <c>LinuxGuestTests</c> checks that they passed.
+    /// </summary>
     public static VirtualMachineBuilder Interactive(Stream console) => VirtualMachine.CreateBuilder()
         .WithInterpreter()
         .WithMemoryMiB(256)

@@ -46,7 +46,7 @@ public sealed class LinuxSmpTests
             .WithVirtioBlock(disk)
             .WithLinuxKernel(LinuxKit.Kernel)
             .WithInitrd(LinuxKit.Initrd)
-            .WithKernelCommandLine($"quiet virt.cmd={Convert.ToBase64String(Encoding.ASCII.GetBytes(command))}")
+            .WithKernelCommandLine($"quiet {KernelParameters.SkipCryptoSelfTests} virt.cmd={Convert.ToBase64String(Encoding.ASCII.GetBytes(command))}")
             .WithSerialConsole(before)
             .Build())
         {
