@@ -16,7 +16,11 @@ public sealed class RunTests
 
         var result = VirtTool.Run(
             ["run", "--backend", "interpreter", "--memory", "128", "--append", KernelParameters.SkipCryptoSelfTests, "--", "uname -r; echo args: \"$0\"; exit 3"],
-            environment: new Dictionary<string, string?> { ["VIRT_LINUX_ARTIFACTS"] = RepositoryPaths.LinuxGuestKit },
+            environment: new Dictionary<string, string?>
+            {
+                ["VIRT_LINUX_ARTIFACTS"] = RepositoryPaths.LinuxGuestKit,
+                [InterpreterEnvironment.JitVariable] = InterpreterEnvironment.JitOff, // the subject is the tool, not the interpreter's JIT tier
+            },
             timeout: TimeSpan.FromMinutes(6));
 
         Assert.True(result.ExitCode == 3, result.All);

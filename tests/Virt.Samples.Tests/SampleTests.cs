@@ -13,7 +13,10 @@ internal static class Samples
     private static readonly string Configuration =
         typeof(Samples).Assembly.GetCustomAttribute<AssemblyConfigurationAttribute>()?.Configuration ?? "Release";
 
-    public static (int ExitCode, string Output) Run(string name, params string[] args)
+    public static (int ExitCode, string Output) Run(string name, params string[] args) => Run(name, jit: true, args);
+
+    /// <summary>Runs a sample; <paramref name="jit"/> false turns the interpreter's JIT tier off in it (<see cref="InterpreterEnvironment.JitOff"/>).</summary>
+    public static (int ExitCode, string Output) Run(string name, bool jit, params string[] args)
     {
         string root = RepositoryPaths.Root ?? throw new InvalidOperationException("The repository root (Virt.Sdk.sln) was not found.");
         string dll = Path.Combine(root, "samples", name, "bin", Configuration, "net10.0", name + ".dll");
@@ -24,6 +27,11 @@ internal static class Samples
             RedirectStandardError = true,
             UseShellExecute = false,
         };
+        if (!jit)
+        {
+            psi.Environment[InterpreterEnvironment.JitVariable] = InterpreterEnvironment.JitOff;
+        }
+
         psi.ArgumentList.Add(dll);
         foreach (string a in args)
         {
@@ -128,7 +136,8 @@ public sealed class LinuxApplianceSampleTests
     {
         Assert.SkipUnless(Samples.GuestKit, "The guest kit is missing; run scripts/get-linux-guest.sh.");
         // No --backend: Auto chooses, and on a host whose KVM emulates kernel-mode code it must choose the interpreter and say why.
-        var (code, output) = Samples.Run("LinuxAppliance", "--append", KernelParameters.SkipCryptoSelfTests, "echo sample-ran; uname -r; exit 3");
+        // The interpreter's JIT tier is off: this boot's subject is the sample (the Sdk tests boot the same sample with it on).
+        var (code, output) = Samples.Run("LinuxAppliance", jit: false, "--append", KernelParameters.SkipCryptoSelfTests, "echo sample-ran; uname -r; exit 3");
         Assert.True(code == 3, output);
         var kvm = new Virt.Cpu.Kvm.KvmHypervisor().GetAvailability();
         if (kvm.IsAvailable && kvm.SlowKernelMode is not null)
@@ -220,7 +229,9 @@ public sealed class ApplianceNetworkSampleTests
     public void ApplianceNetwork_client_fetches_the_servers_page()
     {
         Assert.SkipUnless(Samples.GuestKit, "The guest kit is missing; run scripts/get-linux-guest.sh.");
-        var (code, output) = Samples.Run("ApplianceNetwork", "--backend", "interpreter", "--append", KernelParameters.SkipCryptoSelfTests);
+        // The interpreter's JIT tier is off in both appliances: this test's subject is the sample (two JIT-tier guests
+        // talk HTTP on a private network in LinuxGuestTests).
+        var (code, output) = Samples.Run("ApplianceNetwork", jit: false, "--backend", "interpreter", "--append", KernelParameters.SkipCryptoSelfTests);
         Assert.True(code == 0, output);
         Assert.Contains("[client] hello from the server appliance", output, StringComparison.Ordinal);
         Assert.Contains("3 packets received", output, StringComparison.Ordinal);
