@@ -27,22 +27,26 @@ internal sealed class InlineWritePolicy
     {
         Clock = clock ?? TimeProvider.System;
         long frequency = Clock.TimestampFrequency;
-        SlowTicks = frequency * 2 / 1000;
-        FirstBackoffTicks = frequency;
-        MaxBackoffTicks = frequency * 32;
+        SlowTicks = frequency * 5 / 1000;
+        FirstBackoffTicks = frequency / 10;
+        MaxBackoffTicks = frequency * 64 / 10;
         _backoff = FirstBackoffTicks;
     }
 
     /// <summary>The clock that times writes.</summary>
     public TimeProvider Clock { get; }
 
-    /// <summary>An inline write that takes longer than this (2 ms) sends writes to the worker for a while.</summary>
+    /// <summary>
+    /// An inline write that takes longer than this (5 ms) sends writes to the worker for a while: longer than a copy into
+    /// the page cache ever takes, and than most scheduling delays of a busy host (a preempted write measures those too),
+    /// shorter than a pause of the kernel's dirty-page throttling.
+    /// </summary>
     public long SlowTicks { get; }
 
-    /// <summary>The first back-off after a slow write (1 s).</summary>
+    /// <summary>The first back-off after a slow write (100 ms).</summary>
     public long FirstBackoffTicks { get; }
 
-    /// <summary>The longest back-off (32 s).</summary>
+    /// <summary>The longest back-off (6.4 s, after seven slow writes in a row).</summary>
     public long MaxBackoffTicks { get; }
 
     /// <summary>Slow inline writes seen so far.</summary>
