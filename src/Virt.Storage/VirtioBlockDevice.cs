@@ -600,7 +600,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
 
         long budget = InlineMaxBytesPerNotification;
         int served = 0;
-        while (served < taken && budget > 0)
+        while (served < taken && served < InlineMaxRequests && budget > 0)
         {
             var chain = state.Chains[served];
             if (!TryServeInline(context, chain, out state.Written[served]))
@@ -624,8 +624,9 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
             context.CompleteAndSignal(queue, state.Chains.AsSpan(0, served), state.Written.AsSpan(0, served));
         }
 
-        // A full batch may have left more in the ring: the worker takes it, so the vCPU's stay here stays bounded.
-        return leftWork || taken == InlineMaxRequests;
+        // One chain more than served is asked for, so a taken chain beyond the limit tells that the ring holds more: the
+        // worker takes it, so the vCPU's stay here stays bounded (and is not woken when the ring was emptied).
+        return leftWork;
     }
 
     /// <summary>The notifying thread's reusable chain objects and answers of one queue.</summary>
@@ -633,9 +634,9 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     {
         public Virtqueue Queue { get; } = queue;
 
-        public DescriptorChain[] Chains { get; } = [.. Enumerable.Range(0, InlineMaxRequests).Select(_ => queue.CreateChain())];
+        public DescriptorChain[] Chains { get; } = [.. Enumerable.Range(0, InlineMaxRequests + 1).Select(_ => queue.CreateChain())];
 
-        public uint[] Written { get; } = new uint[InlineMaxRequests];
+        public uint[] Written { get; } = new uint[InlineMaxRequests + 1];
     }
 
     /// <summary>
