@@ -57,6 +57,34 @@ public sealed class BlockInlineBatchTests
     }
 
     [Fact]
+    public async Task A_full_batch_of_the_inline_limit_is_served_without_waking_the_worker()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("disk.raw");
+        DiskImage.CreateRaw(path, 1 << 20);
+        await using var backend = DiskImage.Open(path);
+        using var rig = new BlockRig(backend, new VirtioBlockOptions { Inline = VirtioBlockInline.Always }, queueSize: 256);
+        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+        var heads = new List<uint>();
+        for (int i = 0; i < VirtioBlockDevice.InlineMaxRequests; i++)
+        {
+            heads.Add(Submit(rig, 0, (ulong)(i * 8), new byte[Block], out _));
+        }
+
+        rig.Driver.Notify(0);
+
+        // Exactly the limit: every request served inline, and the worker, with nothing left for it, not scheduled.
+        Assert.False(rig.Device.IsBusy);
+        for (int i = 0; i < heads.Count; i++)
+        {
+            Assert.True(rig.Queue.TryTakeUsed(out var used), $"request {i} was not completed inline");
+            Assert.Equal(heads[i], used.Id);
+        }
+
+        Assert.False(rig.NeedsReset);
+    }
+
+    [Fact]
     public async Task Requests_served_inline_allocate_nothing_per_request()
     {
         using var dir = new TempDir();
