@@ -75,6 +75,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
     private readonly RunAction _writeRun;
     private readonly RunAction _readRunNoWait;
     private readonly RunAction _writeRunNoWait;
+    private readonly RunAction _writeRunInPlace;
 
     private Qcow2BlockBackend(ImageStore store, string path, bool readOnly, Header header, ulong[] l1, ulong[] refTable)
     {
@@ -107,6 +108,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         _writeRun = WriteRun;
         _readRunNoWait = (run, _, slice) => NoWaitRun(run, slice, write: false);
         _writeRunNoWait = (run, _, slice) => NoWaitRun(run, slice, write: true);
+        _writeRunInPlace = (run, _, slice) => InPlaceRun(run, slice);
 
         // Data clusters may lie anywhere the file grows to: the virtual size, the tables, some slack.
         (store as FileImageStore)?.EnableMapping(Capacity + (Capacity / 8) + (256L << 20), writable: !readOnly);
@@ -420,6 +422,31 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         }
     }
 
+    bool IVectoredBlockBackend.TryWriteInPlace(long offset, ReadOnlySpan<HostBuffer> buffers)
+    {
+        if (IsReadOnly)
+        {
+            return false;
+        }
+
+        long length = HostBuffer.Total(buffers);
+        BlockRange.Check(offset, length, Capacity);
+        if (!_sync.TryEnter())
+        {
+            return false;
+        }
+
+        try
+        {
+            ThrowIfDisposed();
+            return L2Cached(offset, length) && ForEachRun(offset, length, buffers, forWrite: true, _writeRunInPlace);
+        }
+        finally
+        {
+            _sync.Exit();
+        }
+    }
+
     /// <summary>What a vectored transfer does with one run of its range; false stops the transfer (it is redone the waiting way).</summary>
     private delegate bool RunAction(Run run, long position, ReadOnlySpan<HostBuffer> slice);
 
@@ -501,6 +528,18 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             ArrayPool<byte>.Shared.Return(gathered);
         }
 
+        return true;
+    }
+
+    /// <summary>A run of an in-place write: only a cluster written in place (MapRun gives an allocating write another kind).</summary>
+    private bool InPlaceRun(Run run, ReadOnlySpan<HostBuffer> slice)
+    {
+        if (run.Kind != ClusterKind.Normal)
+        {
+            return false;
+        }
+
+        _store.WriteVector(run.Host, slice);
         return true;
     }
 
@@ -2068,4 +2107,14 @@ internal interface IVectoredBlockBackend
     /// <exception cref="IOException">The file failed.</exception>
     /// <exception cref="ObjectDisposedException">The backend was disposed.</exception>
     bool TryVectorNoWait(long offset, ReadOnlySpan<HostBuffer> buffers, bool write);
+
+    /// <summary>
+    /// <see cref="WriteVector"/> only where it writes the data in place without waiting for image metadata or for a lock
+    /// another thread holds (a raw image always; a qcow2 image when the clusters are allocated, written in place and
+    /// their L2 tables in memory); it may wait for the file itself (a plain write into the page cache). False when it
+    /// must be redone the waiting way, in which case part of the range may have been written (it is redone whole).
+    /// </summary>
+    /// <exception cref="IOException">The file failed.</exception>
+    /// <exception cref="ObjectDisposedException">The backend was disposed.</exception>
+    bool TryWriteInPlace(long offset, ReadOnlySpan<HostBuffer> buffers);
 }

@@ -162,6 +162,14 @@ public sealed class RawFileBlockBackend : IBlockBackend, IVectoredBlockBackend, 
         return _noWait.TryVector(_handle, offset, buffers, write);
     }
 
+    bool IVectoredBlockBackend.TryWriteInPlace(long offset, ReadOnlySpan<HostBuffer> buffers)
+    {
+        BlockRange.CheckWritable(IsReadOnly);
+        BlockRange.Check(offset, HostBuffer.Total(buffers), Capacity);
+        _mapping.WriteVector(offset, buffers);
+        return true;
+    }
+
     void IBackingReader.ReadAt(long offset, Span<byte> destination)
     {
         int done = 0;

@@ -145,6 +145,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     private TokenBucket? _sharedOps;
     private readonly VirtqueueWorker[] _workers;
     private readonly InlineMode _inline;
+    private readonly InlineState?[] _inlineState;
 
     /// <summary>What the notifying thread serves (<see cref="VirtioBlockOptions.Inline"/> resolved for the backend).</summary>
     private enum InlineMode
@@ -187,6 +188,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
         _bytes = options.BytesPerSecond is long b ? new TokenBucket(b) : null;
         _ops = options.OperationsPerSecond is long o ? new TokenBucket(o) : null;
         _workers = new VirtqueueWorker[options.QueueCount];
+        _inlineState = new InlineState?[options.QueueCount];
         for (int q = 0; q < _workers.Length; q++)
         {
             int index = q;
@@ -216,6 +218,12 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     /// only those the host can do from its page cache are (see <see cref="VirtioBlockInline.Automatic"/>).
     /// </summary>
     public bool ServesInline => _inline != InlineMode.None;
+
+    /// <summary>
+    /// When writes the file refuses RWF_NOWAIT for are served on the notifying thread (<see cref="VirtioBlockInline.Automatic"/>
+    /// on a disk file system): while they stay fast.
+    /// </summary>
+    internal InlineWritePolicy InlineWrites { get; set; } = new();
 
     /// <summary>Whether requests served inline must be ones the host does without waiting for the storage device (RWF_NOWAIT).</summary>
     internal bool ServesInlineOnlyFromCache => _inline == InlineMode.Cached;
@@ -550,7 +558,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
         bool leftWork = false;
         try
         {
-            leftWork = ServeInline(context, context.Queues[queueIndex]);
+            leftWork = ServeInline(context, context.Queues[queueIndex], queueIndex);
         }
 #pragma warning disable CA1031 // A device bug must not reach the vCPU thread; it stops the device instead, as on the worker.
         catch (Exception e)
@@ -569,31 +577,66 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     /// <see cref="InlineMaxBytesPerNotification"/>; stops at the first request it cannot serve here and gives it back
     /// to the queue. Returns whether it left one (for the worker).
     /// </summary>
-    private bool ServeInline(VirtioDeviceContext context, Virtqueue queue)
+    private bool ServeInline(VirtioDeviceContext context, Virtqueue queue, int queueIndex)
     {
-        int served = 0;
-        long budget = InlineMaxBytesPerNotification;
-        bool leftWork = false;
-        while (queue.TryPop(out var chain))
+        // Chain objects of this queue, refilled for every notification: the notifying thread serves a queue only while
+        // it holds the queue's worker, so one set per queue is never used twice at once. A new activation brings new
+        // queues, and new chain objects with them.
+        var state = _inlineState[queueIndex];
+        if (state is null || !ReferenceEquals(state.Queue, queue))
         {
-            if (served == InlineMaxRequests || budget <= 0 || !TryServeInline(context, chain, out uint written))
+            state = new InlineState(queue);
+            _inlineState[queueIndex] = state;
+        }
+
+        // One lock round trip takes what the driver made available, one more completes what was served and decides the
+        // interrupt. Fewer chains than asked means the ring was empty (and, with EVENT_IDX, the device asked to be
+        // notified of the next one), so the driver notifies again for anything it adds later.
+        int taken = queue.TryPopMany(state.Chains);
+        if (taken == 0)
+        {
+            return false;
+        }
+
+        long budget = InlineMaxBytesPerNotification;
+        int served = 0;
+        while (served < taken && served < InlineMaxRequests && budget > 0)
+        {
+            var chain = state.Chains[served];
+            if (!TryServeInline(context, chain, out state.Written[served]))
             {
-                queue.Rewind(1);
-                leftWork = true;
                 break;
             }
 
-            queue.AddUsed(chain, written);
-            served++;
             budget -= chain.ReadableLength + chain.WritableLength;
+            served++;
+        }
+
+        bool leftWork = served < taken;
+        if (leftWork)
+        {
+            // The first request not served here, and everything after it, go to the worker in order.
+            queue.Rewind(taken - served);
         }
 
         if (served > 0)
         {
-            context.SignalUsed(queue);
+            context.CompleteAndSignal(queue, state.Chains.AsSpan(0, served), state.Written.AsSpan(0, served));
         }
 
+        // One chain more than served is asked for, so a taken chain beyond the limit tells that the ring holds more: the
+        // worker takes it, so the vCPU's stay here stays bounded (and is not woken when the ring was emptied).
         return leftWork;
+    }
+
+    /// <summary>The notifying thread's reusable chain objects and answers of one queue.</summary>
+    private sealed class InlineState(Virtqueue queue)
+    {
+        public Virtqueue Queue { get; } = queue;
+
+        public DescriptorChain[] Chains { get; } = [.. Enumerable.Range(0, InlineMaxRequests + 1).Select(_ => queue.CreateChain())];
+
+        public uint[] Written { get; } = new uint[InlineMaxRequests + 1];
     }
 
     /// <summary>
@@ -608,10 +651,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
             return false;
         }
 
-        Span<byte> header = stackalloc byte[HeaderSize];
-        chain.Read(0, header);
-        uint type = BinaryPrimitives.ReadUInt32LittleEndian(header);
-        ulong sector = BinaryPrimitives.ReadUInt64LittleEndian(header[8..]);
+        ReadHeader(context.Memory, chain, out uint type, out ulong sector);
         long statusOffset = chain.WritableLength - 1;
         long length = type == RequestIn ? statusOffset : chain.ReadableLength - HeaderSize;
         if (type is not (RequestIn or RequestOut) || length > InlineMaxBytes)
@@ -620,18 +660,25 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
         }
 
         bool write = type == RequestOut;
-        bool noWait = _inline == InlineMode.Cached;
-        if (noWait && _backend is IVectoredBlockBackend vectored && !vectored.MayTransferWithoutWaiting(write))
+        var mode = _inline == InlineMode.Cached ? HostWait.None : HostWait.Any;
+        if (mode == HostWait.None && _backend is IVectoredBlockBackend vectored && !vectored.MayTransferWithoutWaiting(write))
         {
-            // The image's file refused RWF_NOWAIT in this direction (ext4's buffered writes, for one): the worker serves.
-            return false;
+            // The image's file refused RWF_NOWAIT in this direction (ext4's buffered writes, for one). A read goes to the
+            // worker; a write is served here as a plain write while the image's inline writes stay fast (InlineWrites).
+            if (!write || !InlineWrites.Allows())
+            {
+                return false;
+            }
+
+            mode = HostWait.DataOnly;
         }
 
         byte status = StatusOk;
         long dataWritten = 0;
+        long started = mode == HostWait.DataOnly ? InlineWrites.Now() : 0;
         try
         {
-            if (write ? !TryWriteDirect(context.Memory, chain, sector, noWait) : !TryReadDirect(context.Memory, chain, sector, statusOffset, out dataWritten, noWait))
+            if (write ? !TryWriteDirect(context.Memory, chain, sector, mode) : !TryReadDirect(context.Memory, chain, sector, statusOffset, out dataWritten, mode == HostWait.None))
             {
                 return false;
             }
@@ -643,8 +690,49 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
             dataWritten = 0;
         }
 
+        finally
+        {
+            if (mode == HostWait.DataOnly)
+            {
+                InlineWrites.Record(started);
+            }
+        }
+
         written = Finish(chain, type, sector, status, dataWritten, statusOffset, context);
         return true;
+    }
+
+    /// <summary>
+    /// Reads the request header's type and sector, straight from host memory when the first buffer holds it whole
+    /// (the usual layout), else through the chain. Each field is read from guest memory once.
+    /// </summary>
+    private static void ReadHeader(IGuestMemory memory, DescriptorChain chain, out uint type, out ulong sector)
+    {
+        var (address, size, writable) = chain.GetBuffer(0);
+        if (!writable && size >= HeaderSize && memory.TryGetSpan(address, HeaderSize, forWrite: false, out Span<byte> header))
+        {
+            type = BinaryPrimitives.ReadUInt32LittleEndian(header);
+            sector = BinaryPrimitives.ReadUInt64LittleEndian(header[8..]);
+            return;
+        }
+
+        Span<byte> copy = stackalloc byte[HeaderSize];
+        chain.Read(0, copy);
+        type = BinaryPrimitives.ReadUInt32LittleEndian(copy);
+        sector = BinaryPrimitives.ReadUInt64LittleEndian(copy[8..]);
+    }
+
+    /// <summary>What a direct transfer on the notifying thread may wait for.</summary>
+    private enum HostWait
+    {
+        /// <summary>Whatever the host waits for (the image is in host memory, or <see cref="VirtioBlockInline.Always"/>; also the worker).</summary>
+        Any,
+
+        /// <summary>Nothing: RWF_NOWAIT, image metadata in memory, the image's lock free.</summary>
+        None,
+
+        /// <summary>The data's file (a plain write into the page cache), but not image metadata or the image's lock.</summary>
+        DataOnly,
     }
 
     private bool InBounds(ulong sector, long length)
@@ -701,7 +789,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
     }
 
     /// <summary>The zero-copy path of an OUT request (pwritev from the guest's buffers); see <see cref="TryReadDirect"/>.</summary>
-    private bool TryWriteDirect(IGuestMemory memory, DescriptorChain chain, ulong sector, bool noWait = false)
+    private bool TryWriteDirect(IGuestMemory memory, DescriptorChain chain, ulong sector, HostWait mode = HostWait.Any)
     {
         long length = chain.ReadableLength - HeaderSize;
         if (_backend is not IVectoredBlockBackend vectored || IsReadOnly || Limited || length <= 0 || !InBounds(sector, length))
@@ -718,9 +806,12 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
                 return false;
             }
 
-            if (noWait)
+            if (mode != HostWait.Any)
             {
-                if (!vectored.TryVectorNoWait((long)sector * DiskImage.SectorSize, buffers[..count], write: true))
+                bool done = mode == HostWait.None
+                    ? vectored.TryVectorNoWait((long)sector * DiskImage.SectorSize, buffers[..count], write: true)
+                    : vectored.TryWriteInPlace((long)sector * DiskImage.SectorSize, buffers[..count]);
+                if (!done)
                 {
                     return false;
                 }

@@ -238,9 +238,14 @@ public sealed partial class BlockNoWaitTests
             return;
         }
 
-        // As ext4 does for buffered writes: RWF_NOWAIT writes are refused, reads are not.
+        // As ext4 does for buffered writes: RWF_NOWAIT writes are refused, reads are not. The image's inline writes are
+        // backed off (a slow one was just seen), so the refused write is not served inline as a plain write either.
         await using var backend = new ScriptedBackend(1 << 20) { RefuseWrites = true };
         using var rig = new BlockRig(backend);
+        var clock = new ManualClock();
+        rig.Device.InlineWrites = new InlineWritePolicy(clock);
+        rig.Device.InlineWrites.Record(clock.GetTimestamp() - (2 * rig.Device.InlineWrites.SlowTicks));
+        Assert.False(rig.Device.InlineWrites.Allows());
         Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
         var w1 = Fill(11);
         var stored = Fill(12);
@@ -265,6 +270,122 @@ public sealed partial class BlockNoWaitTests
         // The refused write was never tried without waiting, and the read after it went to the worker with it.
         Assert.Equal(["read 0"], backend.NoWaitAttempts);
         Assert.False(rig.NeedsReset);
+    }
+
+    [Fact]
+    public async Task A_write_the_file_refuses_without_waiting_is_served_inline_while_writes_stay_fast()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return;
+        }
+
+        await using var backend = new ScriptedBackend(1 << 20) { RefuseWrites = true };
+        using var rig = new BlockRig(backend);
+        var clock = new ManualClock();
+        var policy = new InlineWritePolicy(clock);
+        rig.Device.InlineWrites = policy;
+        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+
+        // Fast writes (the clock does not move) are served on the notifying thread: used before Notify returns.
+        var w0 = Fill(21);
+        Submit(rig, Out, 8, w0, out _, out var s0);
+        rig.Driver.Notify(0);
+        Assert.True(rig.Queue.TryTakeUsed(out _));
+        Assert.Equal(0, rig.Memory.Read<byte>(s0));
+        Assert.Equal(w0, backend.Bytes.AsSpan(Block, Block).ToArray());
+
+        // A slow one (the clock moves past the limit during the write) is still completed inline, and sends the
+        // image's writes to the worker for the back-off: the next write is served there, with no inline attempt.
+        backend.DuringInPlaceWrite = () => clock.Advance(policy.SlowTicks + 1);
+        Submit(rig, Out, 16, Fill(22), out _, out _);
+        rig.Driver.Notify(0);
+        Assert.True(rig.Queue.TryTakeUsed(out _));
+        Assert.Equal(1, policy.SlowWrites);
+        backend.DuringInPlaceWrite = null;
+        var w2 = Fill(23);
+        Submit(rig, Out, 24, w2, out _, out var s2);
+        rig.Driver.Notify(0);
+        rig.Queue.WaitUsed();
+        Assert.Equal(0, rig.Memory.Read<byte>(s2));
+        Assert.Equal(w2, backend.Bytes.AsSpan(3 * Block, Block).ToArray());
+        Assert.Equal(["in place 4096", "in place 8192"], backend.NoWaitAttempts);
+
+        // After the back-off, writes are tried inline again.
+        clock.Advance(policy.FirstBackoffTicks);
+        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+        Submit(rig, Out, 32, Fill(24), out _, out _);
+        rig.Driver.Notify(0);
+        Assert.True(rig.Queue.TryTakeUsed(out _));
+        Assert.Equal(["in place 4096", "in place 8192", "in place 16384"], backend.NoWaitAttempts);
+        Assert.False(rig.NeedsReset);
+    }
+
+    [Fact]
+    public void A_slow_write_doubles_the_backoff_up_to_the_limit_and_a_fast_one_resets_it()
+    {
+        var clock = new ManualClock();
+        var policy = new InlineWritePolicy(clock);
+        long slow = policy.SlowTicks + 1;
+        long expected = policy.FirstBackoffTicks;
+        for (int i = 0; i < 10; i++)
+        {
+            long start = clock.GetTimestamp();
+            clock.Advance(slow);
+            policy.Record(start);
+            Assert.False(policy.Allows());
+            clock.Advance(expected - 1);
+            Assert.False(policy.Allows());
+            clock.Advance(1);
+            Assert.True(policy.Allows());
+            expected = Math.Min(expected * 2, policy.MaxBackoffTicks);
+        }
+
+        Assert.Equal(policy.MaxBackoffTicks, expected);
+        policy.Record(clock.GetTimestamp());
+        long begin = clock.GetTimestamp();
+        clock.Advance(slow);
+        policy.Record(begin);
+        clock.Advance(policy.FirstBackoffTicks);
+        Assert.True(policy.Allows());
+        Assert.Equal(11, policy.SlowWrites);
+    }
+
+    [Fact]
+    public async Task A_write_served_inline_on_a_disk_file_system_is_in_the_file_after_a_flush()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("disk.raw");
+        DiskImage.CreateRaw(path, 1 << 20);
+        var data = Fill(31);
+        await using (var backend = DiskImage.Open(path))
+        {
+            using var rig = new BlockRig(backend);
+            Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+            Submit(rig, Out, 40, data, out _, out var status);
+            rig.Driver.Notify(0);
+            rig.Queue.WaitUsed();
+            Assert.Equal(0, rig.Memory.Read<byte>(status));
+            Assert.Equal((byte)0, rig.Request(4, 0).Status); // FLUSH: fdatasync
+            Assert.False(rig.NeedsReset);
+        }
+
+        using var file = File.OpenHandle(path);
+        var back = new byte[Block];
+        RandomAccess.Read(file, back, 40 * 512);
+        Assert.Equal(data, back);
+    }
+
+    /// <summary>A clock that moves only when told.</summary>
+    private sealed class ManualClock : TimeProvider
+    {
+        private long _now = 1_000_000_000;
+
+        public override long TimestampFrequency => 1_000_000_000;
+
+        public override long GetTimestamp() => Volatile.Read(ref _now);
+
+        public void Advance(long ticks) => Interlocked.Add(ref _now, ticks);
     }
 
     private static byte[] Fill(int seed)
@@ -319,6 +440,21 @@ public sealed partial class BlockNoWaitTests
         public bool IsInMemory => false;
 
         public bool MayTransferWithoutWaiting(bool write) => !(write && RefuseWrites);
+
+        /// <summary>Runs inside every in-place write (a test's clock moves there, as if the write took that long).</summary>
+        public Action? DuringInPlaceWrite { get; set; }
+
+        public bool TryWriteInPlace(long offset, ReadOnlySpan<HostBuffer> buffers)
+        {
+            lock (_sync)
+            {
+                NoWaitAttempts.Add($"in place {offset}");
+            }
+
+            DuringInPlaceWrite?.Invoke();
+            WriteVector(offset, buffers);
+            return true;
+        }
 
         public bool TryVectorNoWait(long offset, ReadOnlySpan<HostBuffer> buffers, bool write)
         {

@@ -36,11 +36,21 @@ public sealed class DescriptorChain
         Head = head;
     }
 
+    /// <summary>Empties the chain for the request at <paramref name="head"/> (a chain object refilled by <see cref="Virtqueue.TryPopMany"/>).</summary>
+    internal void Reset(ushort head)
+    {
+        Head = head;
+        _count = 0;
+        _firstWritable = -1;
+        ReadableLength = 0;
+        WritableLength = 0;
+    }
+
     /// <summary>The queue the chain came from.</summary>
     public Virtqueue Queue { get; }
 
     /// <summary>Index of the chain's first descriptor (the id reported in the used ring).</summary>
-    public ushort Head { get; }
+    public ushort Head { get; private set; }
 
     /// <summary>Total bytes of the device-readable buffers.</summary>
     public long ReadableLength { get; private set; }
@@ -59,8 +69,9 @@ public sealed class DescriptorChain
         }
 
         var segment = new Segment(address.Value, length);
-        if (_segments is null && _count < InlineSegments)
+        if (_count < InlineSegments)
         {
+            // The first buffers live inline always; a refilled chain that once grew past them keeps its array for the rest.
             _inline[_count++] = segment;
         }
         else
@@ -68,7 +79,6 @@ public sealed class DescriptorChain
             if (_segments is null)
             {
                 _segments = new Segment[InlineSegments * 2];
-                ((ReadOnlySpan<Segment>)_inline).CopyTo(_segments);
             }
             else if (_count == _segments.Length)
             {
@@ -171,7 +181,7 @@ public sealed class DescriptorChain
         return (new GuestAddress(s.Address), s.Length, _firstWritable >= 0 && index >= _firstWritable);
     }
 
-    private Segment SegmentAt(int index) => _segments is null ? _inline[index] : _segments[index];
+    private Segment SegmentAt(int index) => index < InlineSegments ? _inline[index] : _segments![index];
 
     private readonly record struct Segment(ulong Address, uint Length);
 

@@ -73,6 +73,22 @@ public sealed class VirtioDeviceContext
     }
 
     /// <summary>
+    /// Returns <paramref name="chains"/> to the driver through the used ring, in order, each with its count of bytes
+    /// written, and raises the used-buffer interrupt if the driver asked for one: <see cref="Virtqueue.AddUsed"/>
+    /// for each and <see cref="SignalUsed"/> in one step, taking the queue's lock once. Completions of an ended activation are dropped.
+    /// </summary>
+    /// <exception cref="ArgumentNullException"><paramref name="queue"/> is null.</exception>
+    /// <exception cref="ArgumentException">The spans differ in length.</exception>
+    public void CompleteAndSignal(Virtqueue queue, ReadOnlySpan<DescriptorChain> chains, ReadOnlySpan<uint> written)
+    {
+        ArgumentNullException.ThrowIfNull(queue);
+        if (queue.AddUsedAndDecide(chains, written) && !_stopping.IsCancellationRequested)
+        {
+            _transport.RaiseInterrupt(VirtioMmioRegister.InterruptUsedBuffer);
+        }
+    }
+
+    /// <summary>
     /// Tells the driver the configuration space changed (bumps the generation, raises the configuration interrupt).
     /// Does nothing once the activation ended.
     /// </summary>

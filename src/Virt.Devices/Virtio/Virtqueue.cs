@@ -151,7 +151,95 @@ public sealed class Virtqueue
         return popped;
     }
 
-    private bool TryPopLocked(out DescriptorChain? chain)
+    /// <summary>
+    /// A chain object bound to this queue for <see cref="TryPopMany"/> to fill again and again, so that a device that
+    /// serves many requests allocates nothing per request. It holds no request until a pop fills it.
+    /// </summary>
+    public DescriptorChain CreateChain() => new(this, _memory, 0);
+
+    /// <summary>
+    /// Takes up to <paramref name="chains"/>.Length available chains in one step (one lock round trip), refilling the
+    /// given chain objects (made by <see cref="CreateChain"/> on this queue) in ring order. Returns how many were taken;
+    /// fewer than asked means the driver had made no more available (with EVENT_IDX, the device then asked to be
+    /// notified of the next one). Validation and failures are those of <see cref="TryPop"/>.
+    /// </summary>
+    /// <remarks>A chain object may be refilled only after its previous request was completed with
+    /// <see cref="AddUsed"/> or <see cref="AddUsedMany"/>,
+    /// or given back with <see cref="Rewind"/>.</remarks>
+    /// <exception cref="ArgumentException">A chain object belongs to another queue.</exception>
+    public int TryPopMany(ReadOnlySpan<DescriptorChain> chains)
+    {
+        foreach (var chain in chains)
+        {
+            if (!ReferenceEquals(chain?.Queue, this))
+            {
+                throw new ArgumentException("Every chain object must come from this queue's CreateChain.", nameof(chains));
+            }
+        }
+
+        int taken = 0;
+        lock (_sync)
+        {
+            while (taken < chains.Length && TryPopLocked(out _, chains[taken]))
+            {
+                taken++;
+            }
+        }
+
+        ReportPendingError();
+        return taken;
+    }
+
+    /// <summary>
+    /// Returns several chains to the driver in one step, in order, each with its count of bytes written (as
+    /// <see cref="AddUsed"/> does for one), and decides whether the driver wants an interrupt for
+    /// them in the same step. Use <see cref="VirtioDeviceContext.CompleteAndSignal"/>, which raises it.
+    /// </summary>
+    /// <returns>Whether the driver asked for an interrupt for the buffers used since the last decision.</returns>
+    /// <exception cref="ArgumentException">The spans differ in length.</exception>
+    internal bool AddUsedAndDecide(ReadOnlySpan<DescriptorChain> chains, ReadOnlySpan<uint> written)
+    {
+        if (chains.Length != written.Length)
+        {
+            throw new ArgumentException("One count of bytes written is needed per chain.", nameof(written));
+        }
+
+        bool needed;
+        lock (_sync)
+        {
+            for (int i = 0; i < chains.Length; i++)
+            {
+                AddUsedLocked(chains[i], written[i]);
+            }
+
+            needed = NeedsInterruptLocked();
+        }
+
+        ReportPendingError();
+        return needed;
+    }
+
+    /// <summary>Returns several chains to the driver in one step, in order; see <see cref="AddUsed"/>.</summary>
+    /// <exception cref="ArgumentException">The spans differ in length.</exception>
+    public void AddUsedMany(ReadOnlySpan<DescriptorChain> chains, ReadOnlySpan<uint> written)
+    {
+        if (chains.Length != written.Length)
+        {
+            throw new ArgumentException("One count of bytes written is needed per chain.", nameof(written));
+        }
+
+        lock (_sync)
+        {
+            for (int i = 0; i < chains.Length; i++)
+            {
+                AddUsedLocked(chains[i], written[i]);
+            }
+        }
+
+        ReportPendingError();
+    }
+
+    private bool TryPopLocked(out DescriptorChain? chain, DescriptorChain? reuse = null)
     {
         chain = null;
         if (!_active || _broken || _paused)
@@ -218,7 +306,8 @@ public sealed class Virtqueue
             table = default;
         }
 
-        var parsed = new DescriptorChain(this, _memory, head);
+        var parsed = reuse ?? new DescriptorChain(this, _memory, head);
+        parsed.Reset(head);
         if (ParseChain(head, parsed, table) is { } error)
         {
             Break(error);
@@ -680,6 +769,14 @@ public sealed class Virtqueue
             return $"indirect table of chain {head} at 0x{table:x} (+{tableLength}) is not inside guest RAM";
         }
 
+        // Resolve the table to host memory once, as the direct table is; a table that straddles two regions is read
+        // descriptor by descriptor. Each descriptor is copied out in one load before any check, so a guest rewriting
+        // the table meanwhile cannot change a value between its check and its use.
+        if (!_memory.TryGetSpan(new GuestAddress(table), (int)tableLength, forWrite: false, out Span<byte> host))
+        {
+            host = default;
+        }
+
         uint index = 0;
         while (true)
         {
@@ -689,7 +786,12 @@ public sealed class Virtqueue
             }
 
             _visitedIndirect[index] = _stamp;
-            if (!TryReadDescriptor(table + ((ulong)index * DescriptorSize), out Descriptor descriptor))
+            Descriptor descriptor;
+            if (!host.IsEmpty)
+            {
+                descriptor = Descriptor.From(host.Slice((int)index * DescriptorSize, DescriptorSize));
+            }
+            else if (!TryReadDescriptor(table + ((ulong)index * DescriptorSize), out descriptor))
             {
                 return $"indirect descriptor {index} of chain {head} is not readable guest memory";
             }

@@ -158,7 +158,7 @@ internal static partial class BlockFresh
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"{format,-7} {(type == 0 ? "read" : "write"),-5} {hm,8:F0}  {im,9:F0} ({hm / im,4:F2})         {wm,9:F0} ({hm / wm,4:F2})   paired {Median(wallRatios):F2}, cpu {Median(cpuRatios):F2}"));
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"        inline stages ns: chain {stages[0]:F0}, notify+serve {stages[1]:F0}, take used {stages[2]:F0}; backend call alone {stages[3]:F0}"));
+                    $"        inline stages ns: chain {stages[0]:F0}, notify+serve {stages[1]:F0}, take used {stages[2]:F0}; backend call alone {stages[3]:F0}; slow inline writes so far {inline.Device.InlineWrites.SlowWrites}"));
             }
         }
         finally
