@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Iced.Intel;
 using Virt.Memory;
@@ -149,18 +150,20 @@ internal sealed unsafe partial class InterpreterVcpu
 
     private int ModeKey => _cpu.Bitness | (int)(_userKey << 7);
 
-    private Block GetBlock()
-    {
-        ulong csBase = _cpu.Bitness == 64 ? 0 : _cpu.SegBase[SegCs];
-        ulong lin = _cpu.Bitness == 64 ? _cpu.Rip : (csBase + _cpu.Rip) & 0xFFFFFFFF;
-        int h = (int)(lin ^ (lin >> L1Bits)) & L1Mask;
-        var b = _l1[h];
-        if (b != null && b.Lin == lin && b.Valid && b.ModeKey == ModeKey && b.CsBase == csBase)
-        {
-            return b;
-        }
+    private Block GetBlock() => CachedBlock(out ulong lin, out ulong csBase, out int h) ?? GetBlockSlow(lin, csBase, h);
 
-        return GetBlockSlow(lin, csBase, h);
+    /// <summary>
+    /// The block at the current CS:RIP when the first-level lookup holds it (valid, same mode and CS base), else null
+    /// with the linear address, CS base and lookup slot for <see cref="GetBlockSlow"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private Block? CachedBlock(out ulong lin, out ulong csBase, out int h)
+    {
+        csBase = _cpu.Bitness == 64 ? 0 : _cpu.SegBase[SegCs];
+        lin = _cpu.Bitness == 64 ? _cpu.Rip : (csBase + _cpu.Rip) & 0xFFFFFFFF;
+        h = (int)(lin ^ (lin >> L1Bits)) & L1Mask;
+        var b = _l1[h];
+        return b != null && b.Lin == lin && b.Valid && b.ModeKey == ModeKey && b.CsBase == csBase ? b : null;
     }
 
     private Block GetBlockSlow(ulong lin, ulong csBase, int h)

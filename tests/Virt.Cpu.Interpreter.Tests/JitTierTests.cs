@@ -763,4 +763,147 @@ public sealed class JitTierTests
         Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
         Assert.Equal((10UL * 1) + (10UL * 100), m.Regs.Rax);
     }
+
+    /// <summary>
+    /// One function called from three sites in a loop (its RET goes to another block each time, so the RET's link
+    /// misses and the next block comes from the lookup), with a store and a data-dependent branch between the calls.
+    /// </summary>
+    private static void ThreeCallSites(Assembler a)
+    {
+        var loop = a.CreateLabel();
+        var f = a.CreateLabel();
+        var skip = a.CreateLabel();
+        a.mov(edi, (int)Data);
+        a.mov(ecx, 3000);
+        a.xor(eax, eax);
+        a.xor(ebx, ebx);
+        a.Label(ref loop);
+        a.call(f);
+        a.add(rbx, rax);
+        a.call(f);
+        a.mov(__qword_ptr[rdi], rbx);
+        a.test(cl, 5);
+        a.jz(skip);
+        a.call(f);
+        a.xor(rbx, rdx);
+        a.Label(ref skip);
+        a.dec(ecx);
+        a.jnz(loop);
+        a.hlt();
+        a.Label(ref f);
+        a.add(rax, rcx);
+        a.inc(rdx);
+        a.ret();
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    public void Returns_to_many_call_sites_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
+    {
+        var expected = RunAll(TestBackends.Interpreter(), ThreeCallSites);
+        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
+        Assert.Equal(expected, RunAll(TestBackends.Jit(threshold), ThreeCallSites));
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    public void Budgets_that_end_in_blocks_reached_through_looked_up_returns_stop_exactly_where_the_first_tier_does(int threshold)
+    {
+        using var a = Machine.Long64(ThreeCallSites, hypervisor: TestBackends.Interpreter());
+        using var b = Machine.Long64(ThreeCallSites, hypervisor: TestBackends.Jit(threshold));
+        int steps = JitLockstep.RunInBudgetSlices(a, b, new Random(7),
+            rng => rng.Next(3) switch { 0 => rng.Next(1, 8), 1 => rng.Next(1, 200), _ => rng.Next(1, 3000) }, budgetSpent: true);
+        Assert.True(steps > 20, $"only {steps} budget slices");
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    public async Task Request_exit_stops_an_endless_loop_of_calls_from_two_sites_in_the_first_tier_state_of_its_count(int threshold)
+    {
+        // Compiled blocks chain into each other through links and looked-up returns without the run loop; the exit
+        // must still come, and leave the state the first tier has after the same number of instructions.
+        static void Program(Assembler a)
+        {
+            var head = a.CreateLabel();
+            var f = a.CreateLabel();
+            a.mov(ebx, (int)Data);
+            a.xor(eax, eax);
+            a.Label(ref head);
+            a.call(f);
+            a.mov(__qword_ptr[rbx], rax);
+            a.call(f);
+            a.jmp(head);
+            a.Label(ref f);
+            a.add(rax, 1);
+            a.ret();
+        }
+
+        using var m = Machine.Long64(Program, hypervisor: TestBackends.Jit(threshold));
+        var run = Task.Run(m.Vcpu.Run, TestContext.Current.CancellationToken);
+        while (m.Memory.Read<ulong>(new GuestAddress(Data)) < 100_000 && !run.IsCompleted)
+        {
+            Thread.Yield();
+        }
+
+        m.Vcpu.RequestExit();
+        Assert.Equal(VcpuExitReason.Interrupted, (await run).Reason);
+        long retired = ((IInstructionCounting)m.Vcpu).InstructionsRetired;
+        Assert.True(retired > 400_000, $"{retired} retired");
+
+        using var first = Machine.Long64(Program, hypervisor: TestBackends.Interpreter());
+        ((IInstructionCounting)first.Vcpu).InstructionBudget = retired;
+        Assert.Equal(VcpuExitReason.BudgetExhausted, first.Vcpu.Run().Reason);
+        Assert.Equal(first.Regs, m.Regs);
+        Assert.Equal(first.Memory.Read<ulong>(new GuestAddress(Data)), m.Memory.Read<ulong>(new GuestAddress(Data)));
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    public void Guest_rewrite_of_a_return_site_is_not_bypassed_by_a_looked_up_return(int threshold)
+    {
+        // F (on the next page) returns to two sites. Once, the loop rewrites the second site's ADD immediate (100 -> 7):
+        // F's RET, whose next block comes from the lookup, must not enter the old block still held there.
+        byte[] site = [0x48, 0x05, 100, 0, 0, 0];
+        static Action<Assembler> Padded(int pad, ulong siteImm) => a =>
+        {
+            var head = a.CreateLabel();
+            var skip = a.CreateLabel();
+            var f = a.CreateLabel();
+            a.mov(ecx, 100);
+            a.xor(eax, eax);
+            a.mov(ebx, (int)siteImm);
+            a.Label(ref head);
+            a.call(f);
+            a.add(rax, 1000);
+            a.cmp(ecx, 50);
+            a.jne(skip);
+            a.mov(__byte_ptr[rbx], 7);
+            a.Label(ref skip);
+            a.call(f);
+            a.add(rax, 100);
+            a.dec(ecx);
+            a.jnz(head);
+            a.hlt();
+            a.db(new byte[pad]);
+            a.Label(ref f);
+            a.add(rax, 3);
+            a.ret();
+        };
+
+        int at = GuestProgram.Assemble(64, Machine.CodeAddress, Padded(0x400, 0)).AsSpan().IndexOf(site);
+        Assert.True(at > 0);
+        ulong imm = Machine.CodeAddress + (ulong)at + 2;
+        var program = AtNextPage(pad => Padded(pad, imm), [0x48, 0x05, 3, 0, 0, 0]);
+        Assert.Equal(site, GuestProgram.Assemble(64, Machine.CodeAddress, program).AsSpan(at, site.Length).ToArray());
+        var first = RunAll(TestBackends.Interpreter(), program);
+        Assert.Equal(VcpuExitReason.Halt, first.Reason);
+
+        // ECX 100..51: 3 + 1000 + 3 + 100; ECX 50..1 (the rewrite comes before the second call at 50): 3 + 1000 + 3 + 7.
+        Assert.Equal((50UL * 1106) + (50UL * 1013), first.Regs.Rax);
+        Assert.Equal(first, RunAll(TestBackends.Jit(threshold), program));
+    }
 }

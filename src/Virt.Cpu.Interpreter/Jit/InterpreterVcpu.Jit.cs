@@ -173,11 +173,14 @@ internal sealed partial class InterpreterVcpu
     internal bool JitMayChain(int count) => ++_chainDepth <= MaxChainDepth && _budgetEnd - _retired >= count && !NeedsAttention() && !_segCheck;
 
     /// <summary>
-    /// Called by compiled code at exit <paramref name="slot"/> of <paramref name="from"/>: the compiled code of the block
-    /// linked to that exit, with the block in <paramref name="target"/>, when it may run now (the link was made in this
-    /// link generation, for <paramref name="rip"/> when <paramref name="dynamic"/> (a computed target), the block is
-    /// still valid and compiled, and <see cref="JitMayChain"/> allows it); otherwise null. Without a usable link the exit
-    /// is named in <see cref="_chainFrom"/>/<see cref="_chainSlot"/> so the run loop links the block it finds.
+    /// Called by compiled code at exit <paramref name="slot"/> of <paramref name="from"/> (RIP already stored): the
+    /// compiled code of the block that runs next, with the block in <paramref name="target"/>, when it may run now
+    /// (<see cref="JitMayChain"/>); otherwise null. The exit's link is used when it was made in this link generation,
+    /// for <paramref name="rip"/> when <paramref name="dynamic"/> (a computed target), and the block is still valid and
+    /// compiled. Otherwise (a return or indirect jump to another target than last time, a link from before a flush of
+    /// the lookups) the block comes from the first-level lookup, as the run loop would find it, and the exit is linked
+    /// to it; without a compiled block there the exit is named in <see cref="_chainFrom"/>/<see cref="_chainSlot"/> so
+    /// the run loop links the block it finds.
     /// </summary>
     internal Jit.CompiledBlock? JitLinked(Block from, int slot, bool dynamic, ulong rip, out Block? target)
     {
@@ -189,9 +192,43 @@ internal sealed partial class InterpreterVcpu
             return JitMayChain(t.Count) ? code : null;
         }
 
+        return JitLookup(from, slot, out target);
+    }
+
+    /// <summary>The slow half of <see cref="JitLinked"/>: the next block from the first-level lookup, linked to the exit.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private Jit.CompiledBlock? JitLookup(Block from, int slot, out Block? target)
+    {
+        target = null;
+        if (LookupChains && CachedBlock(out _, out _, out _) is { } b && b.Cacheable && b.ModeKey == from.ModeKey
+            && b.CsBase == from.CsBase && Volatile.Read(ref b.Compiled) is { } code)
+        {
+            Link(from, slot, b);
+            target = b;
+            return JitMayChain(b.Count) ? code : null;
+        }
+
         _chainFrom = from;
         _chainSlot = slot;
         return null;
+    }
+
+    /// <summary>Compiled exits whose link does not hold look the next block up (<c>VIRT_INTERPRETER_JIT_LOOKUP=0</c> returns to the run loop instead, for comparison).</summary>
+    private static readonly bool LookupChains = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT_LOOKUP") != "0";
+
+    /// <summary>Links exit <paramref name="slot"/> of <paramref name="from"/> to <paramref name="to"/> in the current link generation.</summary>
+    private void Link(Block from, int slot, Block to)
+    {
+        if (slot == 0)
+        {
+            from.Link0 = to;
+            from.LinkGen0 = _linkGeneration;
+        }
+        else
+        {
+            from.Link1 = to;
+            from.LinkGen1 = _linkGeneration;
+        }
     }
 
     /// <summary>The run loop with the compiled tier: counts blocks, runs compiled ones, links compiled exits to the blocks that follow them.</summary>
@@ -206,16 +243,7 @@ internal sealed partial class InterpreterVcpu
                 _chainFrom = null;
                 if (b.Cacheable && b.ModeKey == from.ModeKey && b.CsBase == from.CsBase)
                 {
-                    if (_chainSlot == 0)
-                    {
-                        from.Link0 = b;
-                        from.LinkGen0 = _linkGeneration;
-                    }
-                    else
-                    {
-                        from.Link1 = b;
-                        from.LinkGen1 = _linkGeneration;
-                    }
+                    Link(from, _chainSlot, b);
                 }
             }
 
