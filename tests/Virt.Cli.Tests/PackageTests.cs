@@ -136,14 +136,16 @@ public sealed class PackageTests : IClassFixture<PackageTests.Packed>
     }
 
     [Theory]
-    [InlineData("linux-x64", 0x8664 ^ 0x7B79)]
-    [InlineData("win-x64", 0x8664)]
-    public void The_interpreter_package_carries_ReadyToRun_code_for_each_rid_next_to_its_il(string rid, int machine)
+    [InlineData("Virt.Cpu.Interpreter", "linux-x64", 0x8664 ^ 0x7B79)]
+    [InlineData("Virt.Cpu.Interpreter", "win-x64", 0x8664)]
+    [InlineData("Virt.Sdk", "linux-x64", 0x8664 ^ 0x7B79)]
+    [InlineData("Virt.Sdk", "win-x64", 0x8664)]
+    public void Packages_carry_ReadyToRun_code_for_each_rid_next_to_their_il(string id, string rid, int machine)
     {
-        using var zip = ZipFile.OpenRead(_packed.Package("Virt.Cpu.Interpreter"));
+        using var zip = ZipFile.OpenRead(_packed.Package(id));
 
         // lib/: IL only, what every other platform runs.
-        using (var il = OpenPe(zip, "lib/net10.0/Virt.Cpu.Interpreter.dll"))
+        using (var il = OpenPe(zip, $"lib/net10.0/{id}.dll"))
         {
             Assert.Equal(0, il.PEHeaders.CorHeader!.ManagedNativeHeaderDirectory.Size);
             Assert.True(il.PEHeaders.CorHeader.Flags.HasFlag(System.Reflection.PortableExecutable.CorFlags.ILOnly));
@@ -151,15 +153,16 @@ public sealed class PackageTests : IClassFixture<PackageTests.Packed>
 
         // runtimes/<rid>/lib/: the same assembly with crossgen2's native code for that OS and architecture. The
         // ManagedNativeHeader of a ReadyToRun image is its READYTORUN_HEADER, which starts with the signature "RTR".
-        using var image = OpenPe(zip, $"runtimes/{rid}/lib/net10.0/Virt.Cpu.Interpreter.dll");
+        using var image = OpenPe(zip, $"runtimes/{rid}/lib/net10.0/{id}.dll");
         var cor = image.PEHeaders.CorHeader!;
-        Assert.True(cor.ManagedNativeHeaderDirectory.Size > 0, $"{rid}: no ManagedNativeHeader, so no ReadyToRun code");
+        Assert.True(cor.ManagedNativeHeaderDirectory.Size > 0, $"{id} {rid}: no ManagedNativeHeader, so no ReadyToRun code");
         Assert.False(cor.Flags.HasFlag(System.Reflection.PortableExecutable.CorFlags.ILOnly));
         var header = image.GetSectionData(cor.ManagedNativeHeaderDirectory.RelativeVirtualAddress).GetReader();
         Assert.Equal(0x00525452u, header.ReadUInt32());
         // The machine field names the target OS too (crossgen2 XORs AMD64 with a per-OS value; Windows has none).
         Assert.Equal(machine, (int)image.PEHeaders.CoffHeader.Machine);
-        Assert.Equal("Virt.Cpu.Interpreter", System.Reflection.Metadata.PEReaderExtensions.GetMetadataReader(image).GetString(System.Reflection.Metadata.PEReaderExtensions.GetMetadataReader(image).GetAssemblyDefinition().Name));
+        var metadata = System.Reflection.Metadata.PEReaderExtensions.GetMetadataReader(image);
+        Assert.Equal(id, metadata.GetString(metadata.GetAssemblyDefinition().Name));
     }
 
     private static System.Reflection.PortableExecutable.PEReader OpenPe(ZipArchive zip, string entry)
