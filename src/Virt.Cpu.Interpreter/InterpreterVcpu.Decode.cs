@@ -98,6 +98,18 @@ internal sealed unsafe partial class InterpreterVcpu
     private const int L1Mask = (1 << L1Bits) - 1;
 
     private readonly Block?[] _l1 = new Block?[1 << L1Bits];
+
+    /// <summary>
+    /// The <see cref="_l1"/> slots filled since the last flush, so that a flush clears those instead of all 16,384 (a
+    /// guest flushes on every CR3 write; clearing the whole table was about 1% of a Linux boot's vCPU time). A slot
+    /// whose block was reached through a global translation (G set in the leaf entry, CR4.PGE on) is logged with
+    /// <see cref="L1GlobalFill"/>: a CR3 write keeps it, as the hardware keeps global TLB entries. Past
+    /// <see cref="L1FillLogSize"/> fills the count keeps growing to one more than the log holds, and a flush clears all.
+    /// </summary>
+    private readonly int[] _l1Filled = new int[L1FillLogSize];
+    private int _l1FilledCount;
+    private const int L1FillLogSize = 1024;
+    private const int L1GlobalFill = 1 << 30;
     private readonly Dictionary<ulong, Block> _l2 = [];
     private readonly Dictionary<ulong, List<Block>> _codePages = [];
     private readonly ConcurrentQueue<ulong> _remoteCodeWrites = new();
@@ -108,9 +120,86 @@ internal sealed unsafe partial class InterpreterVcpu
 
     private void FlushBlockLookup()
     {
-        Array.Clear(_l1);
+        int n = _l1FilledCount;
+        if (n <= L1FillLogSize)
+        {
+            var l1 = _l1;
+            foreach (int f in _l1Filled.AsSpan(0, n))
+            {
+                l1[f & L1Mask] = null;
+            }
+        }
+        else
+        {
+            Array.Clear(_l1);
+        }
+
+        _l1FilledCount = 0;
 
         // Links between compiled blocks were made under the old translations: they no longer hold.
+        _linkGeneration++;
+    }
+
+    /// <summary>A CR3 write: drops the lookups made through non-global translations and keeps the global ones.</summary>
+    private void FlushBlockLookupNonGlobal()
+    {
+        int n = _l1FilledCount;
+        if (n > L1FillLogSize)
+        {
+            FlushBlockLookup();
+            return;
+        }
+
+        // A slot is kept only if every fill of it in the log was global (a later non-global fill clears it).
+        var l1 = _l1;
+        var log = _l1Filled;
+        int kept = 0;
+        for (int i = 0; i < n; i++)
+        {
+            int f = log[i];
+            if ((f & L1GlobalFill) == 0)
+            {
+                l1[f & L1Mask] = null;
+            }
+        }
+
+        for (int i = 0; i < n; i++)
+        {
+            int f = log[i];
+            if ((f & L1GlobalFill) != 0 && l1[f & L1Mask] != null)
+            {
+                log[kept++] = f;
+            }
+        }
+
+        _l1FilledCount = kept;
+        _linkGeneration++;
+    }
+
+    /// <summary>
+    /// INVLPG: drops the lookups of blocks in the 1 GiB-aligned region of <paramref name="lin"/> (the largest page the
+    /// invalidated translation can have) and keeps the others.
+    /// </summary>
+    private void FlushBlockLookupPage(ulong lin)
+    {
+        int n = _l1FilledCount;
+        if (n > L1FillLogSize)
+        {
+            FlushBlockLookup();
+            return;
+        }
+
+        ulong region = lin >> 30;
+        var l1 = _l1;
+        foreach (int f in _l1Filled.AsSpan(0, n))
+        {
+            var b = l1[f & L1Mask];
+            if (b != null && b.Lin >> 30 == region)
+            {
+                l1[f & L1Mask] = null;
+            }
+        }
+
         _linkGeneration++;
     }
 
@@ -175,11 +264,12 @@ internal sealed unsafe partial class InterpreterVcpu
 
         CheckCanonical(lin);
         ulong phys = Translate(lin, AccExec, _cpu.Cpl == 3);
+        bool global = _walkGlobal;
         int mode = ModeKey;
         ulong key = phys | ((ulong)mode << 56);
         if (_l2.TryGetValue(key, out var b) && b.Valid && b.Lin == lin && b.CsBase == csBase)
         {
-            _l1[h] = b;
+            SetL1(h, b, global);
             return b;
         }
 
@@ -187,7 +277,7 @@ internal sealed unsafe partial class InterpreterVcpu
         if (b.Cacheable)
         {
             _l2[key] = b;
-            _l1[h] = b;
+            SetL1(h, b, global);
             ulong page = phys >> 12;
             if (!_codePages.TryGetValue(page, out var list))
             {
@@ -210,6 +300,22 @@ internal sealed unsafe partial class InterpreterVcpu
         }
 
         return b;
+    }
+
+    private void SetL1(int h, Block b, bool global)
+    {
+        _l1[h] = b;
+        int n = _l1FilledCount;
+        if (n < L1FillLogSize)
+        {
+            _l1Filled[n] = global ? h | L1GlobalFill : h;
+        }
+        else if (n > L1FillLogSize)
+        {
+            return;
+        }
+
+        _l1FilledCount = n + 1;
     }
 
     private Block Decode(ulong lin, ulong csBase, ulong phys)

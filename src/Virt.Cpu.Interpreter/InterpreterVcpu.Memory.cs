@@ -65,6 +65,9 @@ internal sealed unsafe partial class InterpreterVcpu
     private readonly bool[] _mmioWrite = new bool[MmioLogSize];
     private int _mmioCount, _mmioPos;
 
+    /// <summary>The last <see cref="Translate"/> went through a global leaf entry with CR4.PGE set (4-level paging only).</summary>
+    private bool _walkGlobal;
+
     private static readonly ulong PhysAddrMask = ((1UL << Cpuid.PhysicalAddressBits) - 1) & ~0xFFFUL;
 
     private void InitTlb()
@@ -99,7 +102,29 @@ internal sealed unsafe partial class InterpreterVcpu
         int i = (int)((lin >> 12) & TlbMask);
         _rtlb[i].Tag = ulong.MaxValue;
         _wtlb[i].Tag = ulong.MaxValue;
-        FlushBlockLookup();
+        FlushBlockLookupPage(lin);
+    }
+
+    /// <summary>
+    /// A CR3 write: drops every cached data translation, and the block lookups except those made through global
+    /// translations while CR4.PGE is set (the hardware may keep those; INVLPG or a CR4 write drops them).
+    /// </summary>
+    internal void FlushTlbForCr3()
+    {
+        for (int i = 0; i < TlbSize; i++)
+        {
+            _rtlb[i].Tag = ulong.MaxValue;
+            _wtlb[i].Tag = ulong.MaxValue;
+        }
+
+        if ((_cpu.Cr4 & Cr4.PageGlobalEnable) != 0)
+        {
+            FlushBlockLookupNonGlobal();
+        }
+        else
+        {
+            FlushBlockLookup();
+        }
     }
 
     private void FlushWriteTlbForPhysPage(ulong physPage)
@@ -591,6 +616,7 @@ internal sealed unsafe partial class InterpreterVcpu
     /// <summary>Translates a linear address, setting accessed/dirty bits, or throws #PF.</summary>
     internal ulong Translate(ulong lin, int access, bool user)
     {
+        _walkGlobal = false;
         if ((_cpu.Cr0 & Cr0.Paging) == 0)
         {
             return lin & 0xFFFFFFFF;
@@ -664,6 +690,7 @@ internal sealed unsafe partial class InterpreterVcpu
         }
 
         ulong leaf = entries[level];
+        _walkGlobal = (leaf & (ulong)PageFlags.Global) != 0 && (_cpu.Cr4 & Cr4.PageGlobalEnable) != 0;
         ulong baseAddr = leaf & PhysAddrMask & ~(pageSize - 1);
         return baseAddr | (lin & (pageSize - 1));
     }

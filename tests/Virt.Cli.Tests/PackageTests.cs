@@ -17,7 +17,7 @@ public sealed class PackageTests : IClassFixture<PackageTests.Packed>
 
     public PackageTests(Packed packed) => _packed = packed;
 
-    /// <summary>Packs Virt.Sdk, Virt.Sandbox and the tool once for the class.</summary>
+    /// <summary>Packs Virt.Sdk, Virt.Sandbox, the tool and the interpreter once for the class.</summary>
     public sealed class Packed : IDisposable
     {
         public Packed()
@@ -33,7 +33,7 @@ public sealed class PackageTests : IClassFixture<PackageTests.Packed>
                 solution = new
                 {
                     path = Path.Combine(root, "Virt.Sdk.sln"),
-                    projects = new[] { "Virt.Sdk", "Virt.Sandbox", "Virt.Cli" }.Select(p => Path.Combine("src", p, p + ".csproj")).ToArray(),
+                    projects = new[] { "Virt.Sdk", "Virt.Sandbox", "Virt.Cli", "Virt.Cpu.Interpreter" }.Select(p => Path.Combine("src", p, p + ".csproj")).ToArray(),
                 },
             }));
             Dotnet(root, "pack", filter, "-c", configuration, "--no-build", "-o", Directory);
@@ -133,6 +133,48 @@ public sealed class PackageTests : IClassFixture<PackageTests.Packed>
             Assert.Equal("git", (string?)repository.Attribute("type"));
             Assert.Matches("^[0-9a-f]{40}$", (string?)repository.Attribute("commit") ?? "");
         }
+    }
+
+    [Theory]
+    [InlineData("Virt.Cpu.Interpreter", "linux-x64", 0x8664 ^ 0x7B79)]
+    [InlineData("Virt.Cpu.Interpreter", "win-x64", 0x8664)]
+    [InlineData("Virt.Sdk", "linux-x64", 0x8664 ^ 0x7B79)]
+    [InlineData("Virt.Sdk", "win-x64", 0x8664)]
+    public void Packages_carry_ReadyToRun_code_for_each_rid_next_to_their_il(string id, string rid, int machine)
+    {
+        using var zip = ZipFile.OpenRead(_packed.Package(id));
+
+        // lib/: IL only, what every other platform runs.
+        using (var il = OpenPe(zip, $"lib/net10.0/{id}.dll"))
+        {
+            Assert.Equal(0, il.PEHeaders.CorHeader!.ManagedNativeHeaderDirectory.Size);
+            Assert.True(il.PEHeaders.CorHeader.Flags.HasFlag(System.Reflection.PortableExecutable.CorFlags.ILOnly));
+        }
+
+        // runtimes/<rid>/lib/: the same assembly with crossgen2's native code for that OS and architecture. The
+        // ManagedNativeHeader of a ReadyToRun image is its READYTORUN_HEADER, which starts with the signature "RTR".
+        using var image = OpenPe(zip, $"runtimes/{rid}/lib/net10.0/{id}.dll");
+        var cor = image.PEHeaders.CorHeader!;
+        Assert.True(cor.ManagedNativeHeaderDirectory.Size > 0, $"{id} {rid}: no ManagedNativeHeader, so no ReadyToRun code");
+        Assert.False(cor.Flags.HasFlag(System.Reflection.PortableExecutable.CorFlags.ILOnly));
+        var header = image.GetSectionData(cor.ManagedNativeHeaderDirectory.RelativeVirtualAddress).GetReader();
+        Assert.Equal(0x00525452u, header.ReadUInt32());
+        // The machine field names the target OS too (crossgen2 XORs AMD64 with a per-OS value; Windows has none).
+        Assert.Equal(machine, (int)image.PEHeaders.CoffHeader.Machine);
+        var metadata = System.Reflection.Metadata.PEReaderExtensions.GetMetadataReader(image);
+        Assert.Equal(id, metadata.GetString(metadata.GetAssemblyDefinition().Name));
+    }
+
+    private static System.Reflection.PortableExecutable.PEReader OpenPe(ZipArchive zip, string entry)
+    {
+        var bytes = new MemoryStream();
+        using (var s = (zip.GetEntry(entry) ?? throw new InvalidOperationException($"{entry} is not in the package")).Open())
+        {
+            s.CopyTo(bytes);
+        }
+
+        bytes.Position = 0;
+        return new System.Reflection.PortableExecutable.PEReader(bytes);
     }
 
     [Fact]

@@ -449,7 +449,7 @@ internal sealed partial class InterpreterVcpu
                 break;
             case 3:
                 _cpu.Cr3 = v;
-                FlushTlb();
+                FlushTlbForCr3();
                 break;
             case 4:
             {
