@@ -402,24 +402,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             return false;
         }
 
-        long length = HostBuffer.Total(buffers);
-        BlockRange.Check(offset, length, Capacity);
-
-        // Another thread holding the image (a flush syncing the tables, an allocating write) would make this one wait.
-        if (!_sync.TryEnter())
-        {
-            return false;
-        }
-
-        try
-        {
-            ThrowIfDisposed();
-            return L2Cached(offset, length) && ForEachRun(offset, length, buffers, forWrite: write, write ? _writeRunNoWait : _readRunNoWait);
-        }
-        finally
-        {
-            _sync.Exit();
-        }
+        return RunsIfUncontended(offset, buffers, write, write ? _writeRunNoWait : _readRunNoWait);
     }
 
     bool IVectoredBlockBackend.TryWriteInPlace(long offset, ReadOnlySpan<HostBuffer> buffers)
@@ -429,6 +412,16 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             return false;
         }
 
+        return RunsIfUncontended(offset, buffers, forWrite: true, _writeRunInPlace);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="action"/> over the range's runs only if that needs no waiting: the image's lock is free
+    /// (another thread holding it, a flush syncing the tables or an allocating write, would make this one wait) and
+    /// every L2 table of the range is cached. False sends the request the waiting way.
+    /// </summary>
+    private bool RunsIfUncontended(long offset, ReadOnlySpan<HostBuffer> buffers, bool forWrite, RunAction action)
+    {
         long length = HostBuffer.Total(buffers);
         BlockRange.Check(offset, length, Capacity);
         if (!_sync.TryEnter())
@@ -439,7 +432,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         try
         {
             ThrowIfDisposed();
-            return L2Cached(offset, length) && ForEachRun(offset, length, buffers, forWrite: true, _writeRunInPlace);
+            return L2Cached(offset, length) && ForEachRun(offset, length, buffers, forWrite, action);
         }
         finally
         {

@@ -12,15 +12,21 @@ public sealed class BlockInlineBatchTests
 {
     private const int Block = 4096;
 
+    /// <summary>A device that serves every request inline, once its start-up is over (the worker idle).</summary>
+    private static BlockRig IdleInlineRig(IBlockBackend backend, ushort queueSize = 64)
+    {
+        var rig = new BlockRig(backend, new VirtioBlockOptions { Inline = VirtioBlockInline.Always }, queueSize: queueSize);
+        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+        return rig;
+    }
+
     [Fact]
     public async Task A_batch_served_inline_gives_every_used_entry_in_order_and_one_interrupt()
     {
         using var dir = new TempDir();
-        string path = dir.File("disk.raw");
-        DiskImage.CreateRaw(path, 1 << 20);
+        string path = dir.RawImage("disk.raw");
         await using var backend = DiskImage.Open(path);
-        using var rig = new BlockRig(backend, new VirtioBlockOptions { Inline = VirtioBlockInline.Always });
-        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+        using var rig = IdleInlineRig(backend);
 
         var heads = new List<uint>();
         var statuses = new List<GuestAddress>();
@@ -60,11 +66,9 @@ public sealed class BlockInlineBatchTests
     public async Task A_full_batch_of_the_inline_limit_is_served_without_waking_the_worker()
     {
         using var dir = new TempDir();
-        string path = dir.File("disk.raw");
-        DiskImage.CreateRaw(path, 1 << 20);
+        string path = dir.RawImage("disk.raw");
         await using var backend = DiskImage.Open(path);
-        using var rig = new BlockRig(backend, new VirtioBlockOptions { Inline = VirtioBlockInline.Always }, queueSize: 256);
-        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+        using var rig = IdleInlineRig(backend, queueSize: 256);
         var heads = new List<uint>();
         for (int i = 0; i < VirtioBlockDevice.InlineMaxRequests; i++)
         {
@@ -88,11 +92,9 @@ public sealed class BlockInlineBatchTests
     public async Task Requests_served_inline_allocate_nothing_per_request()
     {
         using var dir = new TempDir();
-        string path = dir.File("disk.raw");
-        DiskImage.CreateRaw(path, 1 << 20);
+        string path = dir.RawImage("disk.raw");
         await using var backend = DiskImage.Open(path);
-        using var rig = new BlockRig(backend, new VirtioBlockOptions { Inline = VirtioBlockInline.Always });
-        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+        using var rig = IdleInlineRig(backend);
         var data = new byte[Block];
         rig.Driver.ResetAllocations();
         var header = rig.Driver.Allocate(16);
