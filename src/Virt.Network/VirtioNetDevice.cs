@@ -538,11 +538,16 @@ public sealed class VirtioNetDevice : VirtioDevice, IPersistentState
                 int take = (int)Math.Min(chain.WritableLength - written, payload.Length - sent);
                 written += chain.Write(written, payload.Slice(sent, take));
                 sent += take;
+                if (i == count - 1)
+                {
+                    // Counted before the frame's last used entry is published: whoever sees the frame sees it counted.
+                    Interlocked.Increment(ref _framesReceived);
+                }
+
                 queue.AddUsed(chain, (uint)written);
             }
 
             context.SignalUsed(queue);
-            Interlocked.Increment(ref _framesReceived);
             return true;
         }
     }

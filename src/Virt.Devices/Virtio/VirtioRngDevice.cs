@@ -55,9 +55,11 @@ public sealed class VirtioRngDevice : VirtioDevice
                 RandomNumberGenerator.Fill(buffer.AsSpan(0, n));
                 int written = chain.Write(0, buffer.AsSpan(0, n));
                 CryptographicOperations.ZeroMemory(buffer.AsSpan(0, n));
+
+                // Counted before the used entry is published: whoever sees the bytes served also sees them counted.
+                Interlocked.Add(ref _bytesServed, written);
                 queue.AddUsed(chain, (uint)written);
                 context.SignalUsed(queue);
-                Interlocked.Add(ref _bytesServed, written);
             }
         }
         finally
