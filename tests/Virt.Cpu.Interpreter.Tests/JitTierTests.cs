@@ -906,4 +906,134 @@ public sealed class JitTierTests
         Assert.Equal((50UL * 1106) + (50UL * 1013), first.Regs.Rax);
         Assert.Equal(first, RunAll(TestBackends.Jit(threshold), program));
     }
+
+    /// <summary>
+    /// Runs <paramref name="program"/> at CPL 0 with the first 2 MiB identity-mapped (nothing above) and halting exception
+    /// handlers: the registers, the count, CR2 and the five quadwords of the last exception frame, for comparing tiers.
+    /// </summary>
+    private static (GeneralRegisters Regs, long Retired, ulong Cr2, ulong[] Frame) RunPaged(string backend, Action<Assembler> program)
+    {
+        const ulong handler = 0x20000;
+        const ulong mapped = 2UL << 20;
+        using var m = new Machine(TestBackends.Create(backend));
+        m.Memory.Write(new GuestAddress(Machine.CodeAddress), GuestProgram.Assemble(64, Machine.CodeAddress, program));
+        m.Vcpu.SetSpecialRegisters(ProcessorSetup.Prepare(m.Memory, m.Vcpu.GetSpecialRegisters(), StartMode.Long64,
+            new ProcessorSetupOptions { KernelStack = Machine.KernelStackTop, IdentityMapSize = mapped }));
+        m.Vcpu.SetGeneralRegisters(new GeneralRegisters { Rip = Machine.CodeAddress, Rsp = Machine.StackTop, Rflags = Machine.FlagsReserved });
+        m.InstallIdt(handler);
+        for (int v = 0; v < 32; v++)
+        {
+            m.Memory.Write(new GuestAddress(handler + (ulong)(v * 16)), (byte)0xF4);
+        }
+
+        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        var r = m.Regs;
+        var frame = new ulong[5];
+        for (int i = 0; i < frame.Length; i++)
+        {
+            frame[i] = m.Memory.Read<ulong>(new GuestAddress(r.Rsp + (ulong)(i * 8)));
+        }
+
+        return (r, ((IInstructionCounting)m.Vcpu).InstructionsRetired, m.Vcpu.GetSpecialRegisters().Cr2, frame);
+    }
+
+    /// <summary>
+    /// Compiled memory accesses that cross a page boundary (reads, writes and read-modify-writes of 2, 4 and 8 bytes at
+    /// every offset that straddles it) take the slow path and read and write what the first tier does; the last one
+    /// reaches from a page the TLB holds (a read just before) into the unmapped page above 2 MiB and faults precisely
+    /// (CR2 the unmapped page, RIP the access).
+    /// </summary>
+    [Fact]
+    public void Accesses_that_cross_a_page_end_in_the_same_state_count_and_fault_as_the_first_tier()
+    {
+        static void Program(Assembler a)
+        {
+            var loop = a.CreateLabel();
+            a.mov(edi, (int)(Data + 0xFF8));
+            a.mov(rax, 0x0123456789ABCDEFL);
+            a.xor(ebx, ebx);
+            a.mov(ecx, 40);
+            a.Label(ref loop);
+            a.mov(__qword_ptr[rdi], rax);
+            a.mov(__dword_ptr[rdi + 3], eax);
+            a.add(__word_ptr[rdi + 7], bx);
+            a.mov(rdx, __qword_ptr[rdi + 1]);
+            a.add(rbx, rdx);
+            a.movzx(esi, __word_ptr[rdi + 7]);
+            a.xor(rbx, rsi);
+            a.rol(rax, 7);
+            a.inc(rdi);
+            a.dec(ecx);
+            a.jnz(loop);
+            a.mov(edi, (int)((2UL << 20) - 4));
+            a.mov(eax, __dword_ptr[rdi]);
+            a.add(rbx, 1);
+            a.mov(rdx, __qword_ptr[rdi]);
+            a.hlt();
+        }
+
+        var expected = RunPaged("interpreter", Program);
+        var jit = RunPaged("jit", Program);
+        Assert.Equal(2UL << 20, expected.Cr2);
+        Assert.Equal(expected.Regs, jit.Regs);
+        Assert.Equal(expected.Retired, jit.Retired);
+        Assert.Equal(expected.Cr2, jit.Cr2);
+        Assert.Equal(expected.Frame, jit.Frame);
+    }
+
+    /// <summary>
+    /// A block (a function called on a new page each time, so its accesses miss the TLB and take their slow paths) whose
+    /// slow paths come with different pending flags, which share one write-back, each storing its own flags first:
+    /// the state, the flags each call leaves and the frame of the page fault its last call takes under SUB's flags are the
+    /// first tier's.
+    /// </summary>
+    [Fact]
+    public void Slow_paths_with_different_pending_flags_share_a_write_back_and_stay_exact()
+    {
+        static void Program(Assembler a)
+        {
+            var loop = a.CreateLabel();
+            var f = a.CreateLabel();
+            var skip = a.CreateLabel();
+            a.mov(edi, (int)Data);
+            a.mov(esi, (int)(Data + 0x40000));
+            a.mov(ebx, 5);
+            a.mov(ecx, 100);
+            a.xor(edx, edx);
+            a.xor(r12d, r12d);
+            a.mov(r13d, 30);
+            a.Label(ref loop);
+            a.call(f);
+            a.pushfq();
+            a.pop(r11);
+            a.add(r12, r11);
+            a.add(rdi, 0x1000);
+            a.add(rsi, 0x1000);
+            a.cmp(r13d, 2);
+            a.jne(skip);
+            a.mov(esi, (int)((2UL << 20) - 0x40));
+            a.Label(ref skip);
+            a.dec(r13d);
+            a.jnz(loop);
+            a.hlt();
+            a.Label(ref f);
+            a.mov(rax, __qword_ptr[rdi]);
+            a.add(rax, rbx);
+            a.mov(__qword_ptr[rsi], rax);
+            a.sub(rcx, 3);
+            a.mov(__qword_ptr[rsi + 0x48], rcx);
+            a.inc(rdx);
+            a.mov(rbx, __qword_ptr[rdi + 8]);
+            a.adc(rbx, rax);
+            a.ret();
+        }
+
+        var expected = RunPaged("interpreter", Program);
+        var jit = RunPaged("jit", Program);
+        Assert.Equal((2UL << 20) + 8, expected.Cr2);
+        Assert.Equal(expected.Regs, jit.Regs);
+        Assert.Equal(expected.Retired, jit.Retired);
+        Assert.Equal(expected.Cr2, jit.Cr2);
+        Assert.Equal(expected.Frame, jit.Frame);
+    }
 }

@@ -487,6 +487,48 @@ internal sealed class BlockCompiler
 
     private static int RegOf(int r, int size) => size == 1 && r >= 16 ? r - 16 : r;
 
+    /// <summary>Pushes the int32 <paramref name="v"/> in its shortest encoding.</summary>
+    private void EmitI4(int v)
+    {
+        switch (v)
+        {
+            case -1: _il.Emit(OpCodes.Ldc_I4_M1); return;
+            case 0: _il.Emit(OpCodes.Ldc_I4_0); return;
+            case 1: _il.Emit(OpCodes.Ldc_I4_1); return;
+            case 2: _il.Emit(OpCodes.Ldc_I4_2); return;
+            case 3: _il.Emit(OpCodes.Ldc_I4_3); return;
+            case 4: _il.Emit(OpCodes.Ldc_I4_4); return;
+            case 5: _il.Emit(OpCodes.Ldc_I4_5); return;
+            case 6: _il.Emit(OpCodes.Ldc_I4_6); return;
+            case 7: _il.Emit(OpCodes.Ldc_I4_7); return;
+            case 8: _il.Emit(OpCodes.Ldc_I4_8); return;
+            default: break;
+        }
+
+        if (v is >= sbyte.MinValue and <= sbyte.MaxValue)
+        {
+            _il.Emit(OpCodes.Ldc_I4_S, (sbyte)v);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldc_I4, v);
+        }
+    }
+
+    /// <summary>Pushes the int64 <paramref name="v"/>: a sign-extended int32 where it fits (up to 7 bytes of IL fewer than <c>ldc.i8</c>).</summary>
+    private void EmitI8(long v)
+    {
+        if (v is >= int.MinValue and <= int.MaxValue)
+        {
+            EmitI4((int)v);
+            _il.Emit(OpCodes.Conv_I8);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldc_I8, v);
+        }
+    }
+
     private void LoadGprAddress(int r)
     {
         // From the CPU state reference rather than a reference of its own: one register fewer for the .NET JIT to keep.
@@ -494,7 +536,7 @@ internal sealed class BlockCompiler
         int offset = GprOffset + (r * 8);
         if (offset != 0)
         {
-            _il.Emit(OpCodes.Ldc_I4, offset);
+            EmitI4(offset);
             _il.Emit(OpCodes.Add);
         }
     }
@@ -578,7 +620,7 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldloc, l);
         if (size == 2)
         {
-            _il.Emit(OpCodes.Ldc_I8, unchecked((long)~0xFFFFUL));
+            EmitI8(unchecked((long)~0xFFFFUL));
             _il.Emit(OpCodes.And);
             _il.Emit(OpCodes.Ldloc, _tmp);
             _il.Emit(OpCodes.Conv_U2);
@@ -586,7 +628,7 @@ internal sealed class BlockCompiler
         }
         else if (r < 16)
         {
-            _il.Emit(OpCodes.Ldc_I8, unchecked((long)~0xFFUL));
+            EmitI8(unchecked((long)~0xFFUL));
             _il.Emit(OpCodes.And);
             _il.Emit(OpCodes.Ldloc, _tmp);
             _il.Emit(OpCodes.Conv_U1);
@@ -594,7 +636,7 @@ internal sealed class BlockCompiler
         }
         else
         {
-            _il.Emit(OpCodes.Ldc_I8, unchecked((long)~0xFF00UL));
+            EmitI8(unchecked((long)~0xFF00UL));
             _il.Emit(OpCodes.And);
             _il.Emit(OpCodes.Ldloc, _tmp);
             _il.Emit(OpCodes.Conv_U1);
@@ -624,7 +666,7 @@ internal sealed class BlockCompiler
     {
         if (_fbImm is long b)
         {
-            _il.Emit(OpCodes.Ldc_I8, b);
+            EmitI8(b);
         }
         else
         {
@@ -649,7 +691,7 @@ internal sealed class BlockCompiler
     private void StoreCpuField(FieldInfo f, int value)
     {
         _il.Emit(OpCodes.Ldloc, _cpu);
-        _il.Emit(OpCodes.Ldc_I4, value);
+        EmitI4(value);
         _il.Emit(OpCodes.Stfld, f);
     }
 
@@ -673,7 +715,7 @@ internal sealed class BlockCompiler
             _il.Emit(_flagKind == LzInc ? OpCodes.Sub : OpCodes.Add);
             if (_flagSize < 8)
             {
-                _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(_flagSize)));
+                EmitI8(unchecked((long)Mask(_flagSize)));
                 _il.Emit(OpCodes.And);
             }
 
@@ -735,7 +777,7 @@ internal sealed class BlockCompiler
                 _il.Emit(OpCodes.Not);
             }
 
-            _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(_cfSize)));
+            EmitI8(unchecked((long)Mask(_cfSize)));
             _il.Emit(OpCodes.And);
             _il.Emit(OpCodes.Stloc, _fa);
             return;
@@ -768,9 +810,9 @@ internal sealed class BlockCompiler
         if (UseTail(TailSync, out var tail))
         {
             var cont = _il.DefineLabel();
-            _il.Emit(OpCodes.Ldc_I4, opIndex);
+            EmitI4(opIndex);
             _il.Emit(OpCodes.Stloc, _syncIndex ??= _il.DeclareLocal(typeof(int)));
-            _il.Emit(OpCodes.Ldc_I4, tail.Continuations.Count);
+            EmitI4(tail.Continuations.Count);
             _il.Emit(OpCodes.Stloc, _syncCont ??= _il.DeclareLocal(typeof(int)));
             _il.Emit(OpCodes.Br, tail.Label);
             tail.Continuations.Add(cont);
@@ -794,7 +836,7 @@ internal sealed class BlockCompiler
         }
         else
         {
-            _il.Emit(OpCodes.Ldc_I4, opIndex);
+            EmitI4(opIndex);
         }
 
         _il.Emit(OpCodes.Stfld, OpIndexField);
@@ -838,16 +880,37 @@ internal sealed class BlockCompiler
     /// </summary>
     private bool _loops;
 
-    /// <summary>Counts a use of the tail of <paramref name="kind"/> for the current block and flags; true (with the tail) when it is shared.</summary>
+    /// <summary>
+    /// Counts a use of the tail of <paramref name="kind"/> for the current block and flags; true (with the tail) when it
+    /// is shared. A use whose flags no other use shares joins the tail that stores no flags when that tail has another
+    /// user (see <see cref="UnmatchedUses"/>): it stores its flags here first, which is a few stores against a copy of
+    /// the whole write-back.
+    /// </summary>
     private bool UseTail(int kind, out Tail tail)
     {
         bool flags = _flagsDirty && _flagKind != Unknown;
-        var key = new TailKey(kind, kind == TailLeave ? 0 : _cur, flags ? Flags : FlagState.InState);
+        int block = kind == TailLeave ? 0 : _cur;
+        var key = new TailKey(kind, block, flags ? Flags : FlagState.InState);
         _tailUses[key] = _tailUses.GetValueOrDefault(key) + 1;
-        if (_shared == null || _loops || _shared.GetValueOrDefault(key) < 2)
+        if (_shared == null || _loops)
         {
             tail = null!;
             return false;
+        }
+
+        if (_shared.GetValueOrDefault(key) < 2)
+        {
+            if (UnmatchedUses(kind, block) < 2)
+            {
+                tail = null!;
+                return false;
+            }
+
+            if (flags)
+            {
+                EmitFlagStore();
+                key = key with { Flags = FlagState.InState };
+            }
         }
 
         if (!_tails.TryGetValue(key, out tail!))
@@ -859,6 +922,31 @@ internal sealed class BlockCompiler
 
         return true;
     }
+
+    /// <summary>
+    /// Uses (in the probe) of the tail of <paramref name="kind"/> for block <paramref name="block"/> that store no flags
+    /// or whose flags no other use shares: the users of that kind's tail without flags.
+    /// </summary>
+    private int UnmatchedUses(int kind, int block)
+    {
+        _unmatched ??= [];
+        if (!_unmatched.TryGetValue((kind, block), out int n))
+        {
+            foreach (var (k, uses) in _shared!)
+            {
+                if (k.Kind == kind && k.Block == block && (uses < 2 || k.Flags == FlagState.InState))
+                {
+                    n += uses;
+                }
+            }
+
+            _unmatched[(kind, block)] = n;
+        }
+
+        return n;
+    }
+
+    private Dictionary<(int Kind, int Block), int>? _unmatched;
 
     /// <summary>The shared tails, after the method's body.</summary>
     private void EmitTails()
@@ -936,7 +1024,7 @@ internal sealed class BlockCompiler
     {
         if (UseTail(slot < 0 ? TailLeave : TailExit, out var tail))
         {
-            _il.Emit(OpCodes.Ldc_I8, unchecked((long)rip));
+            EmitI8(unchecked((long)rip));
             _il.Emit(OpCodes.Stloc, _exitRip ??= _il.DeclareLocal(typeof(ulong)));
             if (slot >= 0)
             {
@@ -1033,7 +1121,7 @@ internal sealed class BlockCompiler
                 _il.Emit(OpCodes.Add);
                 if (size < 8)
                 {
-                    _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(size)));
+                    EmitI8(unchecked((long)Mask(size)));
                     _il.Emit(OpCodes.And);
                 }
             }
@@ -1071,7 +1159,7 @@ internal sealed class BlockCompiler
     private void EmitSignOfResult()
     {
         _il.Emit(OpCodes.Ldloc, _fr);
-        _il.Emit(OpCodes.Ldc_I8, unchecked((long)(1UL << ((_flagSize * 8) - 1))));
+        EmitI8(unchecked((long)(1UL << ((_flagSize * 8) - 1))));
         _il.Emit(OpCodes.And);
         _il.Emit(OpCodes.Ldc_I4_0);
         _il.Emit(OpCodes.Conv_U8);
@@ -1082,7 +1170,7 @@ internal sealed class BlockCompiler
     private void EmitShiftFlagBit(ulong bit)
     {
         _il.Emit(OpCodes.Ldloc, _fcf);
-        _il.Emit(OpCodes.Ldc_I8, (long)bit);
+        EmitI8((long)bit);
         _il.Emit(OpCodes.And);
         _il.Emit(OpCodes.Ldc_I4_0);
         _il.Emit(OpCodes.Conv_U8);
@@ -1226,7 +1314,7 @@ internal sealed class BlockCompiler
             _il.Emit(OpCodes.Ldflda, SegBaseElement);
             if (op.Seg != 0)
             {
-                _il.Emit(OpCodes.Ldc_I4, op.Seg * 8);
+                EmitI4(op.Seg * 8);
                 _il.Emit(OpCodes.Add);
             }
 
@@ -1234,7 +1322,7 @@ internal sealed class BlockCompiler
             _il.Emit(OpCodes.Add);
             if (op.AddrSize != 8 && _bitness != 64)
             {
-                _il.Emit(OpCodes.Ldc_I8, 0xFFFFFFFFL);
+                EmitI8(0xFFFFFFFFL);
                 _il.Emit(OpCodes.And);
             }
         }
@@ -1245,7 +1333,7 @@ internal sealed class BlockCompiler
     /// <summary>Pushes the offset of the memory operand (before the segment base), wrapped to the address size.</summary>
     private void EmitOffset(in Op op)
     {
-        _il.Emit(OpCodes.Ldc_I8, op.Disp);
+        EmitI8(op.Disp);
         if (op.Base != 0xFF)
         {
             _il.Emit(OpCodes.Ldloc, _reg[op.Base]!);
@@ -1257,7 +1345,7 @@ internal sealed class BlockCompiler
             _il.Emit(OpCodes.Ldloc, _reg[op.Index]!);
             if (op.Scale != 0)
             {
-                _il.Emit(OpCodes.Ldc_I4, (int)op.Scale);
+                EmitI4((int)op.Scale);
                 _il.Emit(OpCodes.Shl);
             }
 
@@ -1266,12 +1354,12 @@ internal sealed class BlockCompiler
 
         if (op.AddrSize == 4)
         {
-            _il.Emit(OpCodes.Ldc_I8, 0xFFFFFFFFL);
+            EmitI8(0xFFFFFFFFL);
             _il.Emit(OpCodes.And);
         }
         else if (op.AddrSize == 2)
         {
-            _il.Emit(OpCodes.Ldc_I8, 0xFFFFL);
+            EmitI8(0xFFFFL);
             _il.Emit(OpCodes.And);
         }
     }
@@ -1283,21 +1371,29 @@ internal sealed class BlockCompiler
         // bounds check is needed (the arrays are allocated with TlbSize entries and never replaced).
         _il.Emit(OpCodes.Ldloc, tlb);
         _il.Emit(OpCodes.Ldloc, _lin);
-        _il.Emit(OpCodes.Ldc_I4, 12);
+        EmitI4(12);
         _il.Emit(OpCodes.Shr_Un);
-        _il.Emit(OpCodes.Ldc_I8, (long)(TlbEntries - 1));
+        EmitI8((long)(TlbEntries - 1));
         _il.Emit(OpCodes.And);
-        _il.Emit(OpCodes.Ldc_I8, (long)System.Runtime.CompilerServices.Unsafe.SizeOf<TlbEntry>());
+        EmitI8((long)System.Runtime.CompilerServices.Unsafe.SizeOf<TlbEntry>());
         _il.Emit(OpCodes.Mul);
         _il.Emit(OpCodes.Conv_I);
         _il.Emit(OpCodes.Add);
         _il.Emit(OpCodes.Stloc, _entry);
+        // The tag is compared with the page of the access's last byte: an access that crosses into the next page names
+        // a page whose entry is at the next index, never this one's, so one compare also sends it to the slow path.
         _il.Emit(OpCodes.Ldloc, _entry);
         _il.Emit(OpCodes.Ldfld, TagField);
         _il.Emit(OpCodes.Ldloc, _lin);
-        _il.Emit(OpCodes.Ldc_I4, 11);
+        if (size > 1)
+        {
+            EmitI8(size - 1);
+            _il.Emit(OpCodes.Add);
+        }
+
+        EmitI4(11);
         _il.Emit(OpCodes.Shr_Un);
-        _il.Emit(OpCodes.Ldc_I8, unchecked((long)~1UL));
+        EmitI8(unchecked((long)~1UL));
         _il.Emit(OpCodes.And);
         if (_userKey != 0)
         {
@@ -1307,14 +1403,6 @@ internal sealed class BlockCompiler
         }
 
         _il.Emit(OpCodes.Bne_Un, slow);
-        if (size > 1)
-        {
-            _il.Emit(OpCodes.Ldloc, _lin);
-            _il.Emit(OpCodes.Ldc_I8, 0xFFFL);
-            _il.Emit(OpCodes.And);
-            _il.Emit(OpCodes.Ldc_I8, (long)(4096 - size));
-            _il.Emit(OpCodes.Bgt_Un, slow);
-        }
     }
 
     private void EmitHostPointer()
@@ -1322,7 +1410,7 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldloc, _entry);
         _il.Emit(OpCodes.Ldfld, HostField);
         _il.Emit(OpCodes.Ldloc, _lin);
-        _il.Emit(OpCodes.Ldc_I8, 0xFFFL);
+        EmitI8(0xFFFL);
         _il.Emit(OpCodes.And);
         _il.Emit(OpCodes.Conv_I);
         _il.Emit(OpCodes.Add);
@@ -1357,7 +1445,7 @@ internal sealed class BlockCompiler
             {
                 _il.Emit(OpCodes.Ldarg_1);
                 _il.Emit(OpCodes.Ldloc, _lin);
-                _il.Emit(OpCodes.Ldc_I4, size);
+                EmitI4(size);
                 EmitSlowBlock();
                 _il.Emit(OpCodes.Call, rmw ? ReadRmwSlowMethod : ReadSlowMethod);
                 _il.Emit(OpCodes.Stloc, _val);
@@ -1404,7 +1492,7 @@ internal sealed class BlockCompiler
             {
                 _il.Emit(OpCodes.Ldarg_1);
                 _il.Emit(OpCodes.Ldloc, _lin);
-                _il.Emit(OpCodes.Ldc_I4, size);
+                EmitI4(size);
                 _il.Emit(OpCodes.Ldloc, value);
                 EmitSlowBlock();
                 _il.Emit(OpCodes.Call, WriteSlowMethod);
@@ -1431,7 +1519,7 @@ internal sealed class BlockCompiler
         }
 
         _il.Emit(OpCodes.Ldloc, _rc);
-        _il.Emit(OpCodes.Ldc_I8, (long)count);
+        EmitI8((long)count);
         _il.Emit(OpCodes.Add);
         _il.Emit(OpCodes.Stloc, _rc);
     }
@@ -1447,7 +1535,7 @@ internal sealed class BlockCompiler
     private void EmitSetRip(ulong rip)
     {
         _il.Emit(OpCodes.Ldloc, _cpu);
-        _il.Emit(OpCodes.Ldc_I8, unchecked((long)rip));
+        EmitI8(unchecked((long)rip));
         _il.Emit(OpCodes.Stfld, RipField);
     }
 
@@ -1844,7 +1932,7 @@ internal sealed class BlockCompiler
         }
 
         _il.Emit(OpCodes.Ldarg_0);
-        _il.Emit(OpCodes.Ldc_I4, _cur);
+        EmitI4(_cur);
         _il.Emit(OpCodes.Ldelem_Ref);
     }
 
@@ -1890,7 +1978,7 @@ internal sealed class BlockCompiler
                     SetReg(op.R0, op.Size);
                     break;
                 case InlineOp.MovRI:
-                    _il.Emit(OpCodes.Ldc_I8, unchecked((long)op.Imm));
+                    EmitI8(unchecked((long)op.Imm));
                     SetReg(op.R0, op.Size);
                     break;
                 case InlineOp.MovRM:
@@ -1992,7 +2080,7 @@ internal sealed class BlockCompiler
         }
         else
         {
-            _il.Emit(OpCodes.Ldc_I4, slot);
+            EmitI4(slot);
         }
         if (dynamicRip != null)
         {
@@ -2038,11 +2126,11 @@ internal sealed class BlockCompiler
         if (!last && UseTail(TailStep, out var tail))
         {
             var cont = _il.DefineLabel();
-            _il.Emit(OpCodes.Ldc_I4, i);
+            EmitI4(i);
             _il.Emit(OpCodes.Stloc, _syncIndex ??= _il.DeclareLocal(typeof(int)));
-            _il.Emit(OpCodes.Ldc_I8, unchecked((long)OpStart(in op)));
+            EmitI8(unchecked((long)OpStart(in op)));
             _il.Emit(OpCodes.Stloc, _exitRip ??= _il.DeclareLocal(typeof(ulong)));
-            _il.Emit(OpCodes.Ldc_I4, tail.Continuations.Count);
+            EmitI4(tail.Continuations.Count);
             _il.Emit(OpCodes.Stloc, _syncCont ??= _il.DeclareLocal(typeof(int)));
             _il.Emit(OpCodes.Br, tail.Label);
             tail.Continuations.Add(cont);
@@ -2056,7 +2144,7 @@ internal sealed class BlockCompiler
         EmitSetRip(OpStart(in op));
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldarg_2);
-        _il.Emit(OpCodes.Ldc_I4, i);
+        EmitI4(i);
         _il.Emit(OpCodes.Call, StepMethod);
         _il.Emit(OpCodes.Conv_I8);
         _il.Emit(OpCodes.Stloc, _tmp);
@@ -2100,7 +2188,7 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Add);
         if (i != 0)
         {
-            _il.Emit(OpCodes.Ldc_I8, (long)i);
+            EmitI8((long)i);
             _il.Emit(OpCodes.Add);
         }
 
@@ -2157,7 +2245,7 @@ internal sealed class BlockCompiler
     private void EmitTakeLoopLimit()
     {
         _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldc_I4, _loopLimitCount);
+        EmitI4(_loopLimitCount);
         _il.Emit(OpCodes.Call, LoopLimitMethod);
         _il.Emit(OpCodes.Stloc, _loopLimit!);
     }
@@ -2167,7 +2255,7 @@ internal sealed class BlockCompiler
     {
         var keep = _il.DefineLabel();
         _il.Emit(OpCodes.Ldloc, _rc);
-        _il.Emit(OpCodes.Ldc_I8, PollInstructions - 1);
+        EmitI8(PollInstructions - 1);
         _il.Emit(OpCodes.Or);
         _il.Emit(OpCodes.Stloc, _checkAt!);
         _il.Emit(OpCodes.Ldloc, _checkAt!);
@@ -2239,7 +2327,7 @@ internal sealed class BlockCompiler
         EmitCallOut(() =>
         {
             _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Ldc_I4, arg);
+            EmitI4(arg);
             _il.Emit(OpCodes.Call, test);
             _il.Emit(OpCodes.Stloc, result);
         });
@@ -2384,7 +2472,7 @@ internal sealed class BlockCompiler
 
         if (kind != LzLogic && size < 8)
         {
-            _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(size)));
+            EmitI8(unchecked((long)Mask(size)));
             _il.Emit(OpCodes.And);
         }
 
@@ -2449,7 +2537,7 @@ internal sealed class BlockCompiler
         _il.Emit(op.Sub == 0 ? OpCodes.Add : OpCodes.Sub);
         if (size < 8)
         {
-            _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(size)));
+            EmitI8(unchecked((long)Mask(size)));
             _il.Emit(OpCodes.And);
         }
 
@@ -2488,7 +2576,7 @@ internal sealed class BlockCompiler
                 GetReg(op.R1, size);
                 break;
             case OpKindX.Imm:
-                _il.Emit(OpCodes.Ldc_I8, unchecked((long)op.Imm));
+                EmitI8(unchecked((long)op.Imm));
                 break;
             default:
                 EmitLinear(in op);
@@ -2541,7 +2629,7 @@ internal sealed class BlockCompiler
 
             if (op.Size < 8)
             {
-                _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(op.Size)));
+                EmitI8(unchecked((long)Mask(op.Size)));
                 _il.Emit(OpCodes.And);
             }
         }
@@ -2555,7 +2643,7 @@ internal sealed class BlockCompiler
     private void EmitStackSlot(int size)
     {
         _il.Emit(OpCodes.Ldloc, _reg[4]!);
-        _il.Emit(OpCodes.Ldc_I8, (long)size);
+        EmitI8((long)size);
         _il.Emit(OpCodes.Sub);
         _il.Emit(OpCodes.Stloc, _lin);
     }
@@ -2564,7 +2652,7 @@ internal sealed class BlockCompiler
     private void EmitPushRsp(int size)
     {
         _il.Emit(OpCodes.Ldloc, _reg[4]!);
-        _il.Emit(OpCodes.Ldc_I8, (long)size);
+        EmitI8((long)size);
         _il.Emit(OpCodes.Sub);
         StoreReg(4);
     }
@@ -2579,7 +2667,7 @@ internal sealed class BlockCompiler
         }
         else
         {
-            _il.Emit(OpCodes.Ldc_I8, unchecked((long)op.Imm));
+            EmitI8(unchecked((long)op.Imm));
         }
 
         _il.Emit(OpCodes.Stloc, _tb);
@@ -2597,7 +2685,7 @@ internal sealed class BlockCompiler
 
         // RSP moves first, so POP RSP leaves the popped value in RSP.
         _il.Emit(OpCodes.Ldloc, _reg[4]!);
-        _il.Emit(OpCodes.Ldc_I8, (long)size);
+        EmitI8((long)size);
         _il.Emit(OpCodes.Add);
         StoreReg(4);
         _il.Emit(OpCodes.Ldloc, _val);
@@ -2607,7 +2695,7 @@ internal sealed class BlockCompiler
     private void EmitCall(int i)
     {
         ref Op op = ref _ops[i];
-        _il.Emit(OpCodes.Ldc_I8, unchecked((long)op.Next));
+        EmitI8(unchecked((long)op.Next));
         _il.Emit(OpCodes.Stloc, _tb);
         EmitStackSlot(8);
         EmitWrite(8, _tb, i, () => EmitPushRsp(8), op.Target);
@@ -2621,7 +2709,7 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Stloc, _lin);
         EmitRead(8, i, rmw: false);
         _il.Emit(OpCodes.Ldloc, _reg[4]!);
-        _il.Emit(OpCodes.Ldc_I8, 8 + (long)op.Imm);
+        EmitI8(8 + (long)op.Imm);
         _il.Emit(OpCodes.Add);
         StoreReg(4);
         EmitRetire(i + 1);
@@ -2681,7 +2769,7 @@ internal sealed class BlockCompiler
             // IMUL r, r/m, imm
             EmitSource(in op, op.K1, size, i);
             _il.Emit(OpCodes.Stloc, _ta);
-            _il.Emit(OpCodes.Ldc_I8, unchecked((long)op.Imm));
+            EmitI8(unchecked((long)op.Imm));
             _il.Emit(OpCodes.Stloc, _tb);
         }
         else
@@ -2696,7 +2784,7 @@ internal sealed class BlockCompiler
         var overflow = _imulOut ??= _il.DeclareLocal(typeof(ulong));
         _il.Emit(OpCodes.Ldloc, _ta);
         _il.Emit(OpCodes.Ldloc, _tb);
-        _il.Emit(OpCodes.Ldc_I4, size);
+        EmitI4(size);
         _il.Emit(OpCodes.Ldloca, overflow);
         _il.Emit(OpCodes.Call, ImulMethod);
         _il.Emit(OpCodes.Stloc, _fr);
@@ -2779,23 +2867,23 @@ internal sealed class BlockCompiler
         {
             case 5: // SHR
                 _il.Emit(OpCodes.Ldloc, _ta);
-                _il.Emit(OpCodes.Ldc_I4, count);
+                EmitI4(count);
                 _il.Emit(OpCodes.Shr_Un);
                 _il.Emit(OpCodes.Stloc, _fr);
                 EmitBitOf(_ta, count - 1, signed: false);
                 EmitBitOf(_ta, bits - 1, signed: false);
-                _il.Emit(OpCodes.Ldc_I4, 11);
+                EmitI4(11);
                 _il.Emit(OpCodes.Shl);
                 _il.Emit(OpCodes.Or);
                 _il.Emit(OpCodes.Stloc, _fcf);
                 break;
             case 7: // SAR
                 SignExtend(_ta, size);
-                _il.Emit(OpCodes.Ldc_I4, count);
+                EmitI4(count);
                 _il.Emit(OpCodes.Shr);
                 if (size < 8)
                 {
-                    _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(size)));
+                    EmitI8(unchecked((long)Mask(size)));
                     _il.Emit(OpCodes.And);
                 }
 
@@ -2805,11 +2893,11 @@ internal sealed class BlockCompiler
                 break;
             default: // SHL, SAL
                 _il.Emit(OpCodes.Ldloc, _ta);
-                _il.Emit(OpCodes.Ldc_I4, count);
+                EmitI4(count);
                 _il.Emit(OpCodes.Shl);
                 if (size < 8)
                 {
-                    _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(size)));
+                    EmitI8(unchecked((long)Mask(size)));
                     _il.Emit(OpCodes.And);
                 }
 
@@ -2822,7 +2910,7 @@ internal sealed class BlockCompiler
                 EmitBitOf(_fr, bits - 1, signed: false);
                 _il.Emit(OpCodes.Ldloc, _tc);
                 _il.Emit(OpCodes.Xor);
-                _il.Emit(OpCodes.Ldc_I4, 11);
+                EmitI4(11);
                 _il.Emit(OpCodes.Shl);
                 _il.Emit(OpCodes.Or);
                 _il.Emit(OpCodes.Stloc, _fcf);
@@ -2854,15 +2942,15 @@ internal sealed class BlockCompiler
         _il.Emit(OpCodes.Ldloc, _ta);
         if (c != 0)
         {
-            _il.Emit(OpCodes.Ldc_I4, rol ? c : bits - c);
+            EmitI4(rol ? c : bits - c);
             _il.Emit(OpCodes.Shl);
             _il.Emit(OpCodes.Ldloc, _ta);
-            _il.Emit(OpCodes.Ldc_I4, rol ? bits - c : c);
+            EmitI4(rol ? bits - c : c);
             _il.Emit(OpCodes.Shr_Un);
             _il.Emit(OpCodes.Or);
             if (size < 8)
             {
-                _il.Emit(OpCodes.Ldc_I8, unchecked((long)Mask(size)));
+                EmitI8(unchecked((long)Mask(size)));
                 _il.Emit(OpCodes.And);
             }
         }
@@ -2877,7 +2965,7 @@ internal sealed class BlockCompiler
         EmitBitOf(_tb, rol ? bits - 1 : bits - 2, signed: false);
         _il.Emit(OpCodes.Ldloc, _tc);
         _il.Emit(OpCodes.Xor);
-        _il.Emit(OpCodes.Ldc_I4, 11);
+        EmitI4(11);
         _il.Emit(OpCodes.Shl);
         _il.Emit(OpCodes.Or);
         _il.Emit(OpCodes.Stloc, _tc);
@@ -2917,8 +3005,8 @@ internal sealed class BlockCompiler
             _il.Emit(OpCodes.Ldloc, _reg[6]!);
             _il.Emit(OpCodes.Ldloc, _reg[7]!);
             _il.Emit(OpCodes.Ldloc, _reg[0]!);
-            _il.Emit(OpCodes.Ldc_I4, size);
-            _il.Emit(OpCodes.Ldc_I4, seg);
+            EmitI4(size);
+            EmitI4(seg);
             _il.Emit(movs ? OpCodes.Ldc_I4_1 : OpCodes.Ldc_I4_0);
             _il.Emit(OpCodes.Call, RepFastMethod);
             _il.Emit(OpCodes.Stloc, _tmp);
@@ -2933,7 +3021,7 @@ internal sealed class BlockCompiler
             _il.Emit(OpCodes.Ldloc, _tmp);
             if (shift != 0)
             {
-                _il.Emit(OpCodes.Ldc_I4, shift);
+                EmitI4(shift);
                 _il.Emit(OpCodes.Shl);
             }
 
@@ -2949,7 +3037,7 @@ internal sealed class BlockCompiler
         EmitSetRip(OpStart(in op));
         _il.Emit(OpCodes.Ldarg_1);
         EmitLoadCurrentBlock();
-        _il.Emit(OpCodes.Ldc_I4, i);
+        EmitI4(i);
         _il.Emit(OpCodes.Call, StringStepMethod);
         _il.Emit(OpCodes.Conv_I8);
         _il.Emit(OpCodes.Stloc, _tmp);
@@ -3003,7 +3091,7 @@ internal sealed class BlockCompiler
 
         if (bit != 0)
         {
-            _il.Emit(OpCodes.Ldc_I4, bit);
+            EmitI4(bit);
             _il.Emit(OpCodes.Shr_Un);
         }
 

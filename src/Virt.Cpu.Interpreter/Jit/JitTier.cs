@@ -68,6 +68,7 @@ internal sealed class JitCompilerThread
     private long _compileTicks;
     private long _ilBytes;
     private long _evicted;
+    private long _jitTicks;
 
     private JitCompilerThread()
     {
@@ -82,6 +83,9 @@ internal sealed class JitCompilerThread
 
     /// <summary>Time spent compiling, in <see cref="System.Diagnostics.Stopwatch"/> ticks.</summary>
     public long CompileTicks => Interlocked.Read(ref _compileTicks);
+
+    /// <summary>Time the .NET JIT spent on the compiled methods, in <see cref="TimeSpan"/> ticks (part of <see cref="CompileTicks"/>).</summary>
+    public long JitTicks => Interlocked.Read(ref _jitTicks);
 
     /// <summary>Bytes of IL in the methods compiled so far (what the .NET JIT's time per block grows with).</summary>
     public long IlBytes => Interlocked.Read(ref _ilBytes);
@@ -152,8 +156,10 @@ internal sealed class JitCompilerThread
         }
 
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        var jitStart = System.Runtime.JitInfo.GetCompilationTime(currentThread: true);
         var code = Build(b, out int ilBytes);
         Interlocked.Add(ref _compileTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
+        Interlocked.Add(ref _jitTicks, (System.Runtime.JitInfo.GetCompilationTime(currentThread: true) - jitStart).Ticks);
         Interlocked.Add(ref _ilBytes, ilBytes);
         if (code == null)
         {
