@@ -145,14 +145,33 @@ internal static partial class BlockFresh
                     }
                 }
 
-                // Warm up for half a second first: tiered compilation installs optimized code some time after the
-                // first calls (later on a loaded machine), and the first case measured would otherwise pay for it.
-                long warmUntil = Stopwatch.GetTimestamp() + (Stopwatch.Frequency / 2);
-                while (Stopwatch.GetTimestamp() < warmUntil)
+                // Warm up until the JIT has been quiet for half a second (at least a second, at most 20): tiered
+                // compilation installs optimized code some time after the first calls, much later on a loaded machine
+                // (its background compiler waits for a CPU too), and a case measured before would pay for unoptimized code.
+                long warmStart = Stopwatch.GetTimestamp();
+                long quietSince = warmStart;
+                long compiled = System.Runtime.JitInfo.GetCompiledMethodCount();
+                while (true)
                 {
                     Time(256, HostRequest);
                     Time(256 / s_depth, i => inline.Request(type, offsets, i * s_depth));
                     Time(256 / s_depth, i => worker.Request(type, offsets, i * s_depth));
+                    long now = Stopwatch.GetTimestamp();
+                    long count = System.Runtime.JitInfo.GetCompiledMethodCount();
+                    if (count != compiled)
+                    {
+                        (compiled, quietSince) = (count, now);
+                    }
+
+                    if ((now - warmStart > Stopwatch.Frequency && now - quietSince > Stopwatch.Frequency / 2) || now - warmStart > 20 * Stopwatch.Frequency)
+                    {
+                        break;
+                    }
+                }
+
+                if (!inline.LastStatusesOk() || !worker.LastStatusesOk())
+                {
+                    throw new InvalidOperationException("The device answered a request of the warm-up with an error status.");
                 }
 
                 if (Environment.GetEnvironmentVariable("VIRT_BLK_FRESH_PROFILE") is "host" or "inline" or "worker")
@@ -379,6 +398,20 @@ internal static partial class BlockFresh
             _ram.Dispose();
         }
 
+        /// <summary>Whether every slot's last request was answered with status OK.</summary>
+        public bool LastStatusesOk()
+        {
+            for (int k = 0; k < s_depth; k++)
+            {
+                if (*Host(_status[k], 1) != 0)
+                {
+                    return false;
+                }
+            }
+
+            return true;
+        }
+
         private byte* Host(GuestAddress address, int length)
         {
             if (!_ram.TryGetSpan(address, length, forWrite: true, out Span<byte> span))
@@ -422,16 +455,20 @@ internal static partial class BlockFresh
                 return;
             }
 
+            // As the mock driver's wait: yield for the first 2 ms (a polling driver), then sleep 1 ms between looks, so a
+            // worker that needs this CPU gets it on a loaded machine.
             var spin = default(SpinWait);
-            long limit = Stopwatch.GetTimestamp() + (10 * Stopwatch.Frequency);
+            long start = Stopwatch.GetTimestamp();
+            long spinUntil = start + (Stopwatch.Frequency / 500);
             while (Volatile.Read(ref *(ushort*)(_used + 2)) != target)
             {
-                if (Stopwatch.GetTimestamp() > limit)
+                long now = Stopwatch.GetTimestamp();
+                if (now - start > 60 * Stopwatch.Frequency)
                 {
-                    throw new TimeoutException($"The device used no buffer (used index {*(ushort*)(_used + 2)}, waiting for {target}) within 10 s.");
+                    throw new TimeoutException($"The device used no buffer (used index {*(ushort*)(_used + 2)}, waiting for {target}) within 60 s.");
                 }
 
-                spin.SpinOnce(sleep1Threshold: -1);
+                spin.SpinOnce(sleep1Threshold: now < spinUntil ? -1 : 0);
             }
 
             _usedSeen = target;
