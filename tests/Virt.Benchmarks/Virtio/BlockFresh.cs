@@ -281,6 +281,7 @@ internal static partial class BlockFresh
         private readonly ushort _size;
         private ushort _availIndex;
         private ushort _usedSeen;
+        private bool _diagnosed;
 
         public Rig(IBlockBackend backend, VirtioBlockInline inline)
         {
@@ -463,9 +464,16 @@ internal static partial class BlockFresh
             while (Volatile.Read(ref *(ushort*)(_used + 2)) != target)
             {
                 long now = Stopwatch.GetTimestamp();
+                if (!_diagnosed && now - start > 5 * Stopwatch.Frequency && Environment.GetEnvironmentVariable("VIRT_BLK_FRESH_DIAG") == "1")
+                {
+                    _diagnosed = true;
+                    Console.WriteLine($"DIAG stalled 5 s: used {*(ushort*)(_used + 2)} target {target} avail {_availIndex} status 0x{_driver.Status:x} busy {Device.IsBusy} inline {Device.ServesInline} counts {Device.InlineCounts}; notifying again");
+                    _driver.Notify(0);
+                }
+
                 if (now - start > 60 * Stopwatch.Frequency)
                 {
-                    throw new TimeoutException($"The device used no buffer (used index {*(ushort*)(_used + 2)}, waiting for {target}) within 60 s.");
+                    throw new TimeoutException($"The device used no buffer (used index {*(ushort*)(_used + 2)}, waiting for {target}, available index {_availIndex}, device status 0x{_driver.Status:x}, worker busy {Device.IsBusy}, serves inline {Device.ServesInline}, inline counts {Device.InlineCounts}) within 60 s.");
                 }
 
                 spin.SpinOnce(sleep1Threshold: now < spinUntil ? -1 : 0);
