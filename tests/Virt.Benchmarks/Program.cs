@@ -117,10 +117,11 @@ if (args is ["sandbox-cluster", ..])
 }
 
 // 4 KiB random reads and writes on tmpfs in a fresh process: host, device served inline, device served by the worker:
-// dotnet run -c Release --project tests/Virt.Benchmarks -- blk-fresh [requests] [rounds] [directory] [bytes] [depth]
+// dotnet run -c Release --project tests/Virt.Benchmarks -- blk-fresh [requests] [rounds] [directory] [bytes] [depth] [cases]
 // (directory: /dev/shm by default; one on a disk file system measures page-cache hits served with RWF_NOWAIT;
 // bytes: 4096 by default at random offsets, any other size sequentially, e.g. 1048576; depth: requests the driver
-// makes available per notification, 1 by default)
+// makes available per notification, 1 by default; cases: all by default, or a format, an operation or both, e.g.
+// raw, read, qcow2-write)
 if (args is ["blk-fresh", ..])
 {
     await Virt.Benchmarks.Virtio.BlockFresh.RunAsync(
@@ -128,7 +129,8 @@ if (args is ["blk-fresh", ..])
         args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 9,
         args.Length > 3 ? args[3] : "/dev/shm",
         args.Length > 4 ? int.Parse(args[4], System.Globalization.CultureInfo.InvariantCulture) : 4096,
-        args.Length > 5 ? int.Parse(args[5], System.Globalization.CultureInfo.InvariantCulture) : 1);
+        args.Length > 5 ? int.Parse(args[5], System.Globalization.CultureInfo.InvariantCulture) : 1,
+        args.Length > 6 ? args[6] : "all");
     return;
 }
 

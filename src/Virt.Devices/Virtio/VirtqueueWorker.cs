@@ -75,6 +75,13 @@ public sealed class VirtqueueWorker
     /// </summary>
     public void Kick()
     {
+        // A full fence first: the caller's stores that published the work (a driver's available index, written on this
+        // vCPU thread just before its notification) must be visible to every thread before the state is read. Without
+        // it the read below may complete while those stores still wait in this CPU's store buffer; when it finds a kick
+        // already pending, the drain that consumes that kick can then look at the queue, find it empty, and go idle
+        // with the new work left unserved (x86 lets a load pass an earlier store to another location). The drain side
+        // is ordered already: it writes the state, then takes the queue's lock (a full fence) before reading the ring.
+        Interlocked.MemoryBarrier();
         while (true)
         {
             int state = Volatile.Read(ref _state);

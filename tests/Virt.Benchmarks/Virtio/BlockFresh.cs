@@ -23,14 +23,16 @@ namespace Virt.Benchmarks.Virtio;
 /// given (a disk file system: the image is in the page cache after it is filled, and Automatic serves inline only what
 /// RWF_NOWAIT allows). With a depth above 1 the driver makes that many requests available, notifies once and takes
 /// their used entries (a guest with a deeper queue, as fio's iodepth), and the host does the same requests one after
-/// the other with <c>pread</c>/<c>pwrite</c> (fio's psync engine at that depth).
+/// the other with <c>pread</c>/<c>pwrite</c> (fio's psync engine at that depth). With VIRT_BLK_FRESH_PROFILE=host,
+/// inline or worker only that path runs (requests times rounds after the warm-up), for a profiler.
 /// </summary>
 internal static partial class BlockFresh
 {
     private const long ImageSize = 64L << 20;
 
-    public static async Task RunAsync(int requests, int rounds, string directory, int size, int depth = 1)
+    public static async Task RunAsync(int requests, int rounds, string directory, int size, int depth = 1, string cases = "all")
     {
+        s_cases = cases;
         if (depth is < 1 or > 64)
         {
             throw new ArgumentOutOfRangeException(nameof(depth), depth, "The depth must be 1 to 64.");
@@ -50,12 +52,23 @@ internal static partial class BlockFresh
         Console.WriteLine("format  op     host ns  inline ns (host share)  worker ns (host share)");
         foreach (string format in new[] { "raw", "qcow2" })
         {
+            if (!Selected(format, "read") && !Selected(format, "write"))
+            {
+                continue;
+            }
+
             await RunFormatAsync(format, requests, rounds, directory);
         }
     }
 
     /// <summary>Bytes per request: 4 KiB at random offsets, any other size sequentially.</summary>
     private static int s_size = 4096;
+
+    /// <summary>Which cases run: "all", or a format, an operation or both ("raw", "read", "qcow2-write").</summary>
+    private static string s_cases = "all";
+
+    private static bool Selected(string format, string op) =>
+        s_cases == "all" || s_cases == format || s_cases == op || s_cases == $"{format}-{op}";
 
     /// <summary>Requests made available per notification.</summary>
     private static int s_depth = 1;
@@ -107,6 +120,12 @@ internal static partial class BlockFresh
             byte[] buffer = GC.AllocateArray<byte>(Small, pinned: true);
             foreach (uint type in new uint[] { 0, 1 })
             {
+                if (!Selected(format, type == 0 ? "read" : "write"))
+                {
+                    continue;
+                }
+
+                var countsBefore = inline.Device.InlineCounts;
                 var hostTimes = new List<double>();
                 var inlineTimes = new List<double>();
                 var workerTimes = new List<double>();
@@ -126,14 +145,51 @@ internal static partial class BlockFresh
                     }
                 }
 
-                // Warm up for half a second first: tiered compilation installs optimized code some time after the
-                // first calls (later on a loaded machine), and the first case measured would otherwise pay for it.
-                long warmUntil = Stopwatch.GetTimestamp() + (Stopwatch.Frequency / 2);
-                while (Stopwatch.GetTimestamp() < warmUntil)
+                // Warm up until the JIT has been quiet for half a second (at least a second, at most 20): tiered
+                // compilation installs optimized code some time after the first calls, much later on a loaded machine
+                // (its background compiler waits for a CPU too), and a case measured before would pay for unoptimized code.
+                long warmStart = Stopwatch.GetTimestamp();
+                long quietSince = warmStart;
+                long compiled = System.Runtime.JitInfo.GetCompiledMethodCount();
+                while (true)
                 {
                     Time(256, HostRequest);
                     Time(256 / s_depth, i => inline.Request(type, offsets, i * s_depth));
                     Time(256 / s_depth, i => worker.Request(type, offsets, i * s_depth));
+                    long now = Stopwatch.GetTimestamp();
+                    long count = System.Runtime.JitInfo.GetCompiledMethodCount();
+                    if (count != compiled)
+                    {
+                        (compiled, quietSince) = (count, now);
+                    }
+
+                    if ((now - warmStart > Stopwatch.Frequency && now - quietSince > Stopwatch.Frequency / 2) || now - warmStart > 20 * Stopwatch.Frequency)
+                    {
+                        break;
+                    }
+                }
+
+                if (!inline.LastStatusesOk() || !worker.LastStatusesOk())
+                {
+                    throw new InvalidOperationException("The device answered a request of the warm-up with an error status.");
+                }
+
+                if (Environment.GetEnvironmentVariable("VIRT_BLK_FRESH_PROFILE") is "host" or "inline" or "worker")
+                {
+                    // One path only, for a profiler (perf record): its stacks are then the only ones of the run.
+                    string only = Environment.GetEnvironmentVariable("VIRT_BLK_FRESH_PROFILE")!;
+                    Action<int> request = only switch
+                    {
+                        "host" => HostRequest,
+                        "inline" => i => inline.Request(type, offsets, i * s_depth),
+                        _ => i => worker.Request(type, offsets, i * s_depth),
+                    };
+                    int calls = only == "host" ? requests * rounds : requests * rounds / s_depth;
+                    long allocated = GC.GetTotalAllocatedBytes(precise: true);
+                    var (p, pc) = Time(calls, request);
+                    double bytes = (double)(GC.GetTotalAllocatedBytes(precise: true) - allocated) / calls;
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{format,-7} {(type == 0 ? "read" : "write"),-5} {only} only: {p / (only == "host" ? 1 : s_depth):F0} ns wall, {pc / (only == "host" ? 1 : s_depth):F0} ns cpu per request, {bytes:F1} bytes allocated per call"));
+                    continue;
                 }
 
                 for (int round = 0; round < rounds + 1; round++)
@@ -153,12 +209,15 @@ internal static partial class BlockFresh
                     }
                 }
 
+                var counts = inline.Device.InlineCounts;
                 inline.Stages(type, offsets, requests, stages);
                 double hm = Median(hostTimes), im = Median(inlineTimes), wm = Median(workerTimes);
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"{format,-7} {(type == 0 ? "read" : "write"),-5} {hm,8:F0}  {im,9:F0} ({hm / im,4:F2})         {wm,9:F0} ({hm / wm,4:F2})   paired {Median(wallRatios):F2}, cpu {Median(cpuRatios):F2}"));
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"        inline stages ns: chain {stages[0]:F0}, notify+serve {stages[1]:F0}, take used {stages[2]:F0}; backend call alone {stages[3]:F0}; slow inline writes so far {inline.Device.InlineWrites.SlowWrites}"));
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"        inline case: {counts.Served - countsBefore.Served} requests served inline, {counts.LeftToWorker - countsBefore.LeftToWorker} notifications left one to the worker, {counts.WorkerBusy - countsBefore.WorkerBusy} found the worker busy"));
             }
         }
         finally
@@ -204,11 +263,25 @@ internal static partial class BlockFresh
         return values[values.Count / 2];
     }
 
-    private sealed class Rig : IDisposable
+    /// <summary>
+    /// One device and the guest's side of its queue. The guest side does what a guest CPU does: plain stores of the
+    /// request header, the three descriptors and the available entry into its RAM, a release store of the available
+    /// index, the notification (an MMIO write, which the device serves), then loads of the used index. It allocates
+    /// nothing and calls no checked guest-memory accessor, so the device's time is not inflated by the benchmark's own
+    /// bookkeeping (a guest pays its side on its own CPU, without the host's heap).
+    /// </summary>
+    private sealed unsafe class Rig : IDisposable
     {
         private readonly GuestMemory _ram;
         private readonly MockVirtioDriver _driver;
         private readonly GuestAddress[] _header, _data, _status;
+        private readonly byte* _descriptors;
+        private readonly byte* _avail;
+        private readonly byte* _used;
+        private readonly ushort _size;
+        private ushort _availIndex;
+        private ushort _usedSeen;
+        private bool _diagnosed;
 
         public Rig(IBlockBackend backend, VirtioBlockInline inline)
         {
@@ -225,6 +298,14 @@ internal static partial class BlockFresh
                 _status[k] = _driver.Allocate(16);
                 _data[k] = _driver.Allocate((uint)Small);
             }
+
+            var queue = _driver.Queues[0];
+            _size = queue.Size;
+            _descriptors = Host(queue.DescriptorTable, 16 * _size);
+            _avail = Host(queue.AvailRing, 6 + (2 * _size));
+            _used = Host(queue.UsedRing, 6 + (8 * _size));
+            _availIndex = queue.AvailIndex;
+            _usedSeen = queue.UsedIndex;
         }
 
         public VirtioBlockDevice Device { get; }
@@ -237,11 +318,9 @@ internal static partial class BlockFresh
                 Chain(k, type, offsets[(first + k) & 4095]);
             }
 
+            Volatile.Write(ref *(ushort*)(_avail + 2), _availIndex);
             _driver.Notify(0);
-            for (int k = 0; k < s_depth; k++)
-            {
-                _driver.Queues[0].WaitUsed();
-            }
+            WaitUsed((ushort)(_usedSeen + s_depth));
         }
 
         /// <summary>Times the stages of <paramref name="requests"/> requests (mean ns each) into <paramref name="stages"/>.</summary>
@@ -252,10 +331,11 @@ internal static partial class BlockFresh
             {
                 long t0 = Stopwatch.GetTimestamp();
                 Chain(0, type, offsets[i & 4095]);
+                Volatile.Write(ref *(ushort*)(_avail + 2), _availIndex);
                 long t1 = Stopwatch.GetTimestamp();
                 _driver.Notify(0);
                 long t2 = Stopwatch.GetTimestamp();
-                _driver.Queues[0].WaitUsed();
+                WaitUsed((ushort)(_usedSeen + 1));
                 long t3 = Stopwatch.GetTimestamp();
                 chain += t1 - t0;
                 notify += t2 - t1;
@@ -279,6 +359,33 @@ internal static partial class BlockFresh
             }
 
             long alone = Stopwatch.GetTimestamp() - start;
+            if (Environment.GetEnvironmentVariable("VIRT_BLK_FRESH_CALLS") == "1")
+            {
+                // CPU time of the host call alone into the benchmark's buffer and into the guest's data buffer, with and without RWF_NOWAIT.
+                var guest = new[] { new HostBuffer((nint)Host(_data[0], Small), Small) };
+                foreach (var (name, target, noWait) in new[] { ("pinned", buffers, false), ("pinned nowait", buffers, true), ("guest", guest, false), ("guest nowait", guest, true) })
+                {
+                    long cpu0 = ThreadCpuNanoseconds();
+                    for (int i = 0; i < requests; i++)
+                    {
+                        if (noWait)
+                        {
+                            vectored.TryVectorNoWait(offsets[i & 4095], target, type == 1);
+                        }
+                        else if (type == 0)
+                        {
+                            vectored.ReadVector(offsets[i & 4095], target);
+                        }
+                        else
+                        {
+                            vectored.WriteVector(offsets[i & 4095], target);
+                        }
+                    }
+
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"        call alone, {name}: {(double)(ThreadCpuNanoseconds() - cpu0) / requests:F0} ns cpu"));
+                }
+            }
+
             double perTick = 1e9 / Stopwatch.Frequency / requests;
             stages[0] = chain * perTick;
             stages[1] = notify * perTick;
@@ -292,13 +399,87 @@ internal static partial class BlockFresh
             _ram.Dispose();
         }
 
+        /// <summary>Whether every slot's last request was answered with status OK.</summary>
+        public bool LastStatusesOk()
+        {
+            for (int k = 0; k < s_depth; k++)
+            {
+                if (*Host(_status[k], 1) != 0)
+                {
+                    return false;
+                }
+            }
+
+            return true;
+        }
+
+        private byte* Host(GuestAddress address, int length)
+        {
+            if (!_ram.TryGetSpan(address, length, forWrite: true, out Span<byte> span))
+            {
+                throw new InvalidOperationException($"guest range {address} + {length} is not RAM");
+            }
+
+            return (byte*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(span));
+        }
+
+        /// <summary>Slot <paramref name="slot"/>'s request (descriptors 3 slot to 3 slot + 2) into the next available entry; the caller publishes the index.</summary>
         private void Chain(int slot, uint type, long offset)
         {
-            Span<byte> h = stackalloc byte[16];
-            BinaryPrimitives.WriteUInt32LittleEndian(h, type);
-            BinaryPrimitives.WriteUInt64LittleEndian(h[8..], (ulong)(offset / 512));
-            _ram.Write(_header[slot], h);
-            _driver.Queues[0].AddChain((_header[slot], 16, false), (_data[slot], (uint)Small, type == 0), (_status[slot], 1, true));
+            byte* header = Host(_header[slot], 16);
+            BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(header, 4), type);
+            BinaryPrimitives.WriteUInt64LittleEndian(new Span<byte>(header + 8, 8), (ulong)(offset / 512));
+            ushort head = (ushort)(3 * slot);
+            Descriptor(head, _header[slot], 16, MockSplitQueue.FlagNext, (ushort)(head + 1));
+            Descriptor((ushort)(head + 1), _data[slot], (uint)Small, (ushort)(MockSplitQueue.FlagNext | (type == 0 ? MockSplitQueue.FlagWrite : 0)), (ushort)(head + 2));
+            Descriptor((ushort)(head + 2), _status[slot], 1, MockSplitQueue.FlagWrite, 0);
+            *(ushort*)(_avail + 4 + (2 * (_availIndex % _size))) = head;
+            _availIndex++;
+        }
+
+        private void Descriptor(ushort index, GuestAddress address, uint length, ushort flags, ushort next)
+        {
+            byte* d = _descriptors + (16 * index);
+            *(ulong*)d = address.Value;
+            *(uint*)(d + 8) = length;
+            *(ushort*)(d + 12) = flags;
+            *(ushort*)(d + 14) = next;
+        }
+
+        /// <summary>Waits until the used index reaches <paramref name="target"/>, spinning (yielding) as a polling driver does.</summary>
+        private void WaitUsed(ushort target)
+        {
+            if (Volatile.Read(ref *(ushort*)(_used + 2)) == target)
+            {
+                // Served on the notifying thread: no clock to read.
+                _usedSeen = target;
+                return;
+            }
+
+            // As the mock driver's wait: yield for the first 2 ms (a polling driver), then sleep 1 ms between looks, so a
+            // worker that needs this CPU gets it on a loaded machine.
+            var spin = default(SpinWait);
+            long start = Stopwatch.GetTimestamp();
+            long spinUntil = start + (Stopwatch.Frequency / 500);
+            while (Volatile.Read(ref *(ushort*)(_used + 2)) != target)
+            {
+                long now = Stopwatch.GetTimestamp();
+                if (!_diagnosed && now - start > 5 * Stopwatch.Frequency && Environment.GetEnvironmentVariable("VIRT_BLK_FRESH_DIAG") == "1")
+                {
+                    _diagnosed = true;
+                    Console.WriteLine($"DIAG stalled 5 s: used {*(ushort*)(_used + 2)} target {target} avail {_availIndex} status 0x{_driver.Status:x} busy {Device.IsBusy} inline {Device.ServesInline} counts {Device.InlineCounts}; notifying again");
+                    _driver.Notify(0);
+                }
+
+                if (now - start > 60 * Stopwatch.Frequency)
+                {
+                    throw new TimeoutException($"The device used no buffer (used index {*(ushort*)(_used + 2)}, waiting for {target}, available index {_availIndex}, device status 0x{_driver.Status:x}, worker busy {Device.IsBusy}, serves inline {Device.ServesInline}, inline counts {Device.InlineCounts}) within 60 s.");
+                }
+
+                spin.SpinOnce(sleep1Threshold: now < spinUntil ? -1 : 0);
+            }
+
+            _usedSeen = target;
         }
     }
 }
