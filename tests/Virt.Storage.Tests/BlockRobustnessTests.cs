@@ -53,6 +53,7 @@ public sealed class BlockRobustnessTests
             }
 
             rig.Queue.AddChain([.. parts]);
+            int raised = rig.Irq.RaiseCount;
             rig.Driver.Notify(0);
             var limit = DateTime.UtcNow.AddSeconds(10);
             while (!rig.Queue.TryTakeUsed(out _))
@@ -65,7 +66,10 @@ public sealed class BlockRobustnessTests
                 }
 
                 Assert.True(DateTime.UtcNow < limit, $"request {i} neither completed nor failed the device");
-                Thread.Yield();
+                // The used buffer and a DEVICE_NEEDS_RESET both raise the interrupt; wait for it (polling every
+                // millisecond in case the device suppressed it) instead of spinning against the device's worker.
+                rig.Irq.WaitForRaise(raised, TimeSpan.FromMilliseconds(1));
+                raised = rig.Irq.RaiseCount;
             }
 
             served++;

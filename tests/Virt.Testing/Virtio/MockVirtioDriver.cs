@@ -153,8 +153,10 @@ public sealed class MockVirtioDriver
 /// <summary>An interrupt line that counts edges and remembers its level.</summary>
 public sealed class RecordingInterruptLine : IInterruptLine
 {
+    private readonly object _gate = new();
     private int _raised;
     private int _level;
+    private int _waiters;
 
     /// <summary>How many times the line was raised.</summary>
     public int RaiseCount => Volatile.Read(ref _raised);
@@ -167,6 +169,35 @@ public sealed class RecordingInterruptLine : IInterruptLine
     {
         Interlocked.Increment(ref _raised);
         Volatile.Write(ref _level, 1);
+        if (Volatile.Read(ref _waiters) != 0)
+        {
+            lock (_gate)
+            {
+                Monitor.PulseAll(_gate);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Blocks until the line has been raised more than <paramref name="seen"/> times (a <see cref="RaiseCount"/> read
+    /// before the driver's notification) or <paramref name="timeout"/> passes. A test waiting for the device this way
+    /// leaves the CPU to the device's worker, where a spin would compete with it on a loaded host.
+    /// </summary>
+    /// <returns>Whether the line was raised meanwhile.</returns>
+    public bool WaitForRaise(int seen, TimeSpan timeout)
+    {
+        lock (_gate)
+        {
+            Interlocked.Increment(ref _waiters);
+            try
+            {
+                return RaiseCount != seen || (Monitor.Wait(_gate, timeout) && RaiseCount != seen);
+            }
+            finally
+            {
+                Interlocked.Decrement(ref _waiters);
+            }
+        }
     }
 
     /// <inheritdoc />
