@@ -158,16 +158,7 @@ public sealed class JitStringTests
         const ulong handler = 0x20000;
         const ulong mapped = 2UL << 20;
         IHypervisor hv = backend switch { "jit" => TestBackends.Jit(0), "jit2" => TestBackends.Jit(2), _ => TestBackends.Interpreter() };
-        using var m = new Machine(hv);
-        m.Memory.Write(new GuestAddress(Machine.CodeAddress), GuestProgram.Assemble(64, Machine.CodeAddress, CopyIntoUnmapped(mapped, source)));
-        m.Vcpu.SetSpecialRegisters(ProcessorSetup.Prepare(m.Memory, m.Vcpu.GetSpecialRegisters(), StartMode.Long64,
-            new ProcessorSetupOptions { KernelStack = Machine.KernelStackTop, IdentityMapSize = mapped }));
-        m.Vcpu.SetGeneralRegisters(new GeneralRegisters { Rip = Machine.CodeAddress, Rsp = Machine.StackTop, Rflags = Machine.FlagsReserved });
-        m.InstallIdt(handler);
-        for (int v = 0; v < 32; v++)
-        {
-            m.Memory.Write(new GuestAddress(handler + (ulong)(v * 16)), (byte)0xF4);
-        }
+        using var m = Machine.Long64Mapped(hv, CopyIntoUnmapped(mapped, source), mapped, handler);
 
         Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
         var r = m.Regs;

@@ -489,8 +489,7 @@ public sealed class JitTierTests
     {
         const ulong handler = 0x20000;
         const ulong mapped = 2UL << 20;
-        using var m = new Machine(TestBackends.Create(backend));
-        var code = GuestProgram.Assemble(64, Machine.CodeAddress, a =>
+        using var m = Machine.Long64Mapped(TestBackends.Create(backend), a =>
         {
             var loop = a.CreateLabel();
             a.mov(ebx, (int)(mapped - 0x3000));
@@ -500,16 +499,7 @@ public sealed class JitTierTests
             a.mov(rdx, __qword_ptr[rbx]);
             a.add(rbx, 0x1000);
             a.jmp(loop);
-        });
-        m.Memory.Write(new GuestAddress(Machine.CodeAddress), code);
-        m.Vcpu.SetSpecialRegisters(ProcessorSetup.Prepare(m.Memory, m.Vcpu.GetSpecialRegisters(), StartMode.Long64,
-            new ProcessorSetupOptions { KernelStack = Machine.KernelStackTop, IdentityMapSize = mapped }));
-        m.Vcpu.SetGeneralRegisters(new GeneralRegisters { Rip = Machine.CodeAddress, Rsp = Machine.StackTop, Rflags = Machine.FlagsReserved });
-        m.InstallIdt(handler);
-        for (int v = 0; v < 32; v++)
-        {
-            m.Memory.Write(new GuestAddress(handler + (ulong)(v * 16)), (byte)0xF4);
-        }
+        }, mapped, handler);
 
         Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
         var r = m.Regs;
@@ -696,16 +686,7 @@ public sealed class JitTierTests
 
         (GeneralRegisters Regs, long Retired, ulong Cr2, ulong FaultRip) Run(IHypervisor hv)
         {
-            using var m = new Machine(hv);
-            m.Memory.Write(new GuestAddress(Machine.CodeAddress), GuestProgram.Assemble(64, Machine.CodeAddress, Program));
-            m.Vcpu.SetSpecialRegisters(ProcessorSetup.Prepare(m.Memory, m.Vcpu.GetSpecialRegisters(), StartMode.Long64,
-                new ProcessorSetupOptions { KernelStack = Machine.KernelStackTop, IdentityMapSize = mapped }));
-            m.Vcpu.SetGeneralRegisters(new GeneralRegisters { Rip = Machine.CodeAddress, Rsp = Machine.StackTop, Rflags = Machine.FlagsReserved });
-            m.InstallIdt(handler);
-            for (int v = 0; v < 32; v++)
-            {
-                m.Memory.Write(new GuestAddress(handler + (ulong)(v * 16)), (byte)0xF4);
-            }
+            using var m = Machine.Long64Mapped(hv, Program, mapped, handler);
 
             Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
             var r = m.Regs;
@@ -915,16 +896,7 @@ public sealed class JitTierTests
     {
         const ulong handler = 0x20000;
         const ulong mapped = 2UL << 20;
-        using var m = new Machine(TestBackends.Create(backend));
-        m.Memory.Write(new GuestAddress(Machine.CodeAddress), GuestProgram.Assemble(64, Machine.CodeAddress, program));
-        m.Vcpu.SetSpecialRegisters(ProcessorSetup.Prepare(m.Memory, m.Vcpu.GetSpecialRegisters(), StartMode.Long64,
-            new ProcessorSetupOptions { KernelStack = Machine.KernelStackTop, IdentityMapSize = mapped }));
-        m.Vcpu.SetGeneralRegisters(new GeneralRegisters { Rip = Machine.CodeAddress, Rsp = Machine.StackTop, Rflags = Machine.FlagsReserved });
-        m.InstallIdt(handler);
-        for (int v = 0; v < 32; v++)
-        {
-            m.Memory.Write(new GuestAddress(handler + (ulong)(v * 16)), (byte)0xF4);
-        }
+        using var m = Machine.Long64Mapped(TestBackends.Create(backend), program, mapped, handler);
 
         Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
         var r = m.Regs;

@@ -35,6 +35,27 @@ internal sealed class Machine : IDisposable
         return m;
     }
 
+    /// <summary>
+    /// A long-mode machine at CPL 0 whose first <paramref name="mapped"/> bytes are identity-mapped (nothing above), with
+    /// <paramref name="program"/> at <see cref="CodeAddress"/> and a handler for each vector 0-31 that halts at
+    /// <paramref name="handler"/> + 16 * vector.
+    /// </summary>
+    public static Machine Long64Mapped(IHypervisor hypervisor, Action<Assembler> program, ulong mapped, ulong handler)
+    {
+        var m = new Machine(hypervisor);
+        m.Memory.Write(new GuestAddress(CodeAddress), GuestProgram.Assemble(64, CodeAddress, program));
+        m.Vcpu.SetSpecialRegisters(ProcessorSetup.Prepare(m.Memory, m.Vcpu.GetSpecialRegisters(), StartMode.Long64,
+            new ProcessorSetupOptions { KernelStack = KernelStackTop, IdentityMapSize = mapped }));
+        m.Vcpu.SetGeneralRegisters(new GeneralRegisters { Rip = CodeAddress, Rsp = StackTop, Rflags = FlagsReserved });
+        m.InstallIdt(handler);
+        for (int v = 0; v < 32; v++)
+        {
+            m.Memory.Write(new GuestAddress(handler + (ulong)(v * 16)), (byte)0xF4);
+        }
+
+        return m;
+    }
+
     public void Start(StartMode mode, byte[] code, ulong address = CodeAddress, ulong stack = StackTop)
     {
         Memory.Write(new GuestAddress(address), code);
