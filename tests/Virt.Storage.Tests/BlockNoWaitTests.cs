@@ -395,26 +395,10 @@ public sealed partial class BlockNoWaitTests
         return data;
     }
 
-    private static byte[] Read(BlockRig rig, GuestAddress at)
-    {
-        var back = new byte[Block];
-        rig.Memory.Read(at, back);
-        return back;
-    }
+    private static byte[] Read(BlockRig rig, GuestAddress at) => ReadSized(rig, at, Block);
 
-    private static uint Submit(BlockRig rig, uint type, ulong sector, byte[]? write, out GuestAddress data, out GuestAddress status)
-    {
-        var header = rig.Driver.Allocate(16);
-        data = rig.Driver.Allocate(Block);
-        status = rig.Driver.Allocate(1);
-        var h = new byte[16];
-        BinaryPrimitives.WriteUInt32LittleEndian(h, type);
-        BinaryPrimitives.WriteUInt64LittleEndian(h.AsSpan(8), sector);
-        rig.Memory.Write(header, h);
-        rig.Memory.Write(status, (byte)0xff);
-        rig.Memory.Write(data, write ?? new byte[Block]);
-        return rig.Queue.AddChain((header, 16, false), (data, Block, type == In), (status, 1, true));
-    }
+    private static uint Submit(BlockRig rig, uint type, ulong sector, byte[]? write, out GuestAddress data, out GuestAddress status) =>
+        SubmitSized(rig, type, sector, Block, write, out data, out status);
 
     /// <summary>
     /// A disk in a byte array that plays an image on a disk file system: no-wait transfers succeed except for a read of
