@@ -164,9 +164,8 @@ public sealed class RawFileBlockBackend : IBlockBackend, IVectoredBlockBackend, 
 
     bool IVectoredBlockBackend.TryWriteInPlace(long offset, ReadOnlySpan<HostBuffer> buffers)
     {
-        BlockRange.CheckWritable(IsReadOnly);
-        BlockRange.Check(offset, HostBuffer.Total(buffers), Capacity);
-        _mapping.WriteVector(offset, buffers);
+        // A raw image has no metadata and no lock: every write is in place.
+        ((IVectoredBlockBackend)this).WriteVector(offset, buffers);
         return true;
     }
 

@@ -480,10 +480,7 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
             return uint.MaxValue;
         }
 
-        Span<byte> header = stackalloc byte[HeaderSize];
-        chain.Read(0, header);
-        uint type = BinaryPrimitives.ReadUInt32LittleEndian(header);
-        ulong sector = BinaryPrimitives.ReadUInt64LittleEndian(header[8..]);
+        ReadHeader(context.Memory, chain, out uint type, out ulong sector);
         long statusOffset = chain.WritableLength - 1;
         long dataWritten = 0;
         byte status;

@@ -199,19 +199,11 @@ public sealed class Virtqueue
     /// <exception cref="ArgumentException">The spans differ in length.</exception>
     internal bool AddUsedAndDecide(ReadOnlySpan<DescriptorChain> chains, ReadOnlySpan<uint> written)
     {
-        if (chains.Length != written.Length)
-        {
-            throw new ArgumentException("One count of bytes written is needed per chain.", nameof(written));
-        }
-
+        CheckOneCountPerChain(chains, written);
         bool needed;
         lock (_sync)
         {
-            for (int i = 0; i < chains.Length; i++)
-            {
-                AddUsedLocked(chains[i], written[i]);
-            }
-
+            AddUsedManyLocked(chains, written);
             needed = NeedsInterruptLocked();
         }
 
@@ -223,20 +215,29 @@ public sealed class Virtqueue
     /// <exception cref="ArgumentException">The spans differ in length.</exception>
     public void AddUsedMany(ReadOnlySpan<DescriptorChain> chains, ReadOnlySpan<uint> written)
     {
+        CheckOneCountPerChain(chains, written);
+        lock (_sync)
+        {
+            AddUsedManyLocked(chains, written);
+        }
+
+        ReportPendingError();
+    }
+
+    private static void CheckOneCountPerChain(ReadOnlySpan<DescriptorChain> chains, ReadOnlySpan<uint> written)
+    {
         if (chains.Length != written.Length)
         {
             throw new ArgumentException("One count of bytes written is needed per chain.", nameof(written));
         }
+    }
 
-        lock (_sync)
+    private void AddUsedManyLocked(ReadOnlySpan<DescriptorChain> chains, ReadOnlySpan<uint> written)
+    {
+        for (int i = 0; i < chains.Length; i++)
         {
-            for (int i = 0; i < chains.Length; i++)
-            {
-                AddUsedLocked(chains[i], written[i]);
-            }
+            AddUsedLocked(chains[i], written[i]);
         }
-
-        ReportPendingError();
     }
 
     private bool TryPopLocked(out DescriptorChain? chain, DescriptorChain? reuse = null)
