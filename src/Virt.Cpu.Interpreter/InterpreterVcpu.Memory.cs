@@ -78,13 +78,18 @@ internal sealed unsafe partial class InterpreterVcpu
     /// <summary>Drops every cached translation and every linear-address block lookup.</summary>
     internal void FlushTlb()
     {
+        FlushDataTlb();
+        FlushBlockLookup();
+    }
+
+    /// <summary>Drops every cached data translation (reads and writes), not the block lookups.</summary>
+    private void FlushDataTlb()
+    {
         for (int i = 0; i < TlbSize; i++)
         {
             _rtlb[i].Tag = ulong.MaxValue;
             _wtlb[i].Tag = ulong.MaxValue;
         }
-
-        FlushBlockLookup();
     }
 
     private void FlushWriteTlb()
@@ -111,12 +116,7 @@ internal sealed unsafe partial class InterpreterVcpu
     /// </summary>
     internal void FlushTlbForCr3()
     {
-        for (int i = 0; i < TlbSize; i++)
-        {
-            _rtlb[i].Tag = ulong.MaxValue;
-            _wtlb[i].Tag = ulong.MaxValue;
-        }
-
+        FlushDataTlb();
         if ((_cpu.Cr4 & Cr4.PageGlobalEnable) != 0)
         {
             FlushBlockLookupNonGlobal();
