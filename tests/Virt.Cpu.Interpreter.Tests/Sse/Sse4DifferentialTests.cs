@@ -1,5 +1,6 @@
 using Iced.Intel;
 using Virt.Cpu.Interpreter.Tests.Differential;
+using Virt.Testing;
 using IcedFeature = Iced.Intel.CpuidFeature;
 
 namespace Virt.Cpu.Interpreter.Tests.Sse;
@@ -63,7 +64,9 @@ public sealed class Sse4DifferentialTests
     [MemberData(nameof(Batches))]
     public void Random_sequences_match_kvm(string group, int batch)
     {
-        var codes = Groups[group];
+        // DPPS and DPPD round their partial sums differently on AMD processors than the Intel pseudo-code the
+        // interpreter follows, so with KVM on an AMD host as the oracle they are left out (an Intel host checks them).
+        var codes = HostCpu.IsAmd ? Groups[group].Where(c => c.Mnemonic() is not (Mnemonic.Dpps or Mnemonic.Dppd)).ToArray() : Groups[group];
         int offset = Array.IndexOf(Groups.Keys.ToArray(), group) * 100_000;
         DifferentialTests.RunBatch(batch, perBatch: 2000, "VIRT_SSE4_DIFF_SEED", defaultSeed: 0x5E40 + offset, $"{group} sequences",
             seed => SseDifferentialTests.Build(seed, codes, extended: true));

@@ -27,7 +27,7 @@ public sealed class AlignmentCheckTests
     /// One probe: the instructions, the vector they raise with alignment checking on, what restores the registers they
     /// move, and whether KVM on the CI machines cannot judge it.
     /// </summary>
-    private sealed record Probe(string Name, Action<Assembler> Body, byte Expected, Action<Assembler>? Fixup = null, bool NotOnKvm = false);
+    private sealed record Probe(string Name, Action<Assembler> Body, byte Expected, Action<Assembler>? Fixup = null, bool NotOnKvm = false, bool AmdChecks = false);
 
     private static readonly Probe[] Probes =
     [
@@ -80,9 +80,11 @@ public sealed class AlignmentCheckTests
         new("movq xmm0,[+4]", a => a.movq(xmm0, __qword_ptr[r14 + 4]), Ac),
         new("movsd xmm0,[+4]", a => a.movsd(xmm0, __qword_ptr[r14 + 4]), Ac),
         new("movlps xmm0,[+4]", a => a.movlps(xmm0, __qword_ptr[r14 + 4]), Ac),
-        new("movups xmm0,[+1]", a => a.movups(xmm0, __xmmword_ptr[r14 + 1]), None),
-        new("movups xmm0,[+8]", a => a.movups(xmm0, __xmmword_ptr[r14 + 8]), None),
-        new("movdqu [+4],xmm0", a => a.movdqu(__xmmword_ptr[r14 + 4], xmm0), None),
+        // Unaligned 16-byte SSE accesses: Intel processors do not check their alignment; AMD's manual lets them raise
+        // #AC (AMD64 APM Vol. 4, MOVUPS) and some AMD hosts do, so KVM on an AMD host may answer either way.
+        new("movups xmm0,[+1]", a => a.movups(xmm0, __xmmword_ptr[r14 + 1]), None, AmdChecks: true),
+        new("movups xmm0,[+8]", a => a.movups(xmm0, __xmmword_ptr[r14 + 8]), None, AmdChecks: true),
+        new("movdqu [+4],xmm0", a => a.movdqu(__xmmword_ptr[r14 + 4], xmm0), None, AmdChecks: true),
         new("fld tbyte [+4]", a => a.fld(__tword_ptr[r14 + 4]), Ac, a => a.fninit()),
         new("fld tbyte [+2]", a => a.fld(__tword_ptr[r14 + 2]), Ac, a => a.fninit()),
         // A misaligned FXSAVE raises #GP; with alignment checking on the SDM lets an implementation raise #AC instead,
@@ -232,7 +234,8 @@ public sealed class AlignmentCheckTests
     private static void AssertResults(string backend, byte[] results, Func<Probe, byte> expected)
     {
         var wrong = Probes.Select((p, i) => (p, got: results[i]))
-            .Where(x => x.got != expected(x.p) && !(backend == "kvm" && x.p.NotOnKvm))
+            .Where(x => x.got != expected(x.p) && !(backend == "kvm" && x.p.NotOnKvm)
+                && !(backend == "kvm" && HostCpu.IsAmd && x.p.AmdChecks && x.got == expected(x.p with { Expected = Ac })))
             .Select(x => $"{x.p.Name}: expected {expected(x.p)}, got {x.got}")
             .ToList();
         Assert.True(wrong.Count == 0, string.Join("\n", wrong));
