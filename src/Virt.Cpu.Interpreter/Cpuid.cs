@@ -18,8 +18,24 @@ internal static class Cpuid
     // Leaf 1 ECX.
     private const uint Sse3 = 1u << 0, Ssse3 = 1u << 9, Cx16 = 1u << 13, Sse41 = 1u << 19, Sse42 = 1u << 20, Popcnt = 1u << 23, HypervisorBit = 1u << 31;
 
-    // Leaf 7 EBX.
-    private const uint Bmi1 = 1u << 3, Bmi2 = 1u << 8;
+    // Leaf 7 EBX. ERMS: REP MOVSB/STOSB are the fast way to copy and fill memory (here they run as bulk copies of
+    // whole pages), so guests choose them over loops of moves.
+    private const uint Bmi1 = 1u << 3, Bmi2 = 1u << 8, Erms = 1u << 9;
+
+    // Leaf 7 EDX. FSRM: REP MOVSB is fast for short copies too.
+    private const uint Fsrm = 1u << 4, ArchCapabilitiesMsr = 1u << 29;
+
+    /// <summary>
+    /// IA32_ARCH_CAPABILITIES: the interpreter executes one instruction after another, without speculation, branch
+    /// prediction or fill and store buffers that outlive an instruction, so it reports itself not affected by the
+    /// speculative-execution side channels the register can rule out (SDM Vol. 4, table 2-2): RDCL_NO (Meltdown),
+    /// SSB_NO, MDS_NO, PSCHANGE_MC_NO, TAA_NO, SBDR_SSDP_NO, FBSDP_NO, PSDP_NO, BHI_NO, PBRSB_NO, GDS_NO, RFDS_NO and
+    /// ITS_NO (bit 62). A guest kernel then skips the mitigations these call for (page-table isolation, buffer clearing
+    /// on every return to user mode, indirect-branch and return thunks), which only cost time on this processor.
+    /// </summary>
+    public const ulong ArchCapabilities =
+        (1UL << 0) | (1UL << 4) | (1UL << 5) | (1UL << 6) | (1UL << 8) | (1UL << 13) | (1UL << 14) | (1UL << 15)
+        | (1UL << 20) | (1UL << 24) | (1UL << 26) | (1UL << 27) | (1UL << 62);
 
     // Leaf 0x80000001 ECX / EDX.
     private const uint LahfLm = 1u << 0, Abm = 1u << 5;
@@ -38,7 +54,7 @@ internal static class Cpuid
             // Family 6, model 0x3A, stepping 9; CLFLUSH line 8 qwords, 1 logical processor.
             new(1, 0, 0, 0x000306A9, 0x00010800, Sse3 | Ssse3 | Cx16 | Sse41 | Sse42 | Popcnt | HypervisorBit,
                 Fpu | De | Pse | Tsc | Msr | Pae | Cx8 | Sep | Pge | Cmov | Pat | Clfsh | Mmx | Fxsr | Sse | Sse2),
-            new(7, 0, CpuidEntry.SignificantIndex, 0, Bmi1 | Bmi2, 0, 0),
+            new(7, 0, CpuidEntry.SignificantIndex, 0, Bmi1 | Bmi2 | Erms, 0, Fsrm | ArchCapabilitiesMsr),
             new(0x80000000, 0, 0, 0x80000008, 0, 0, 0),
             new(0x80000001, 0, 0, 0, 0, LahfLm | Abm, Syscall | Nx | Page1G | Rdtscp | LongMode),
             new(0x80000002, 0, 0, B(0), B(4), B(8), B(12)),
@@ -59,6 +75,6 @@ internal static class Msrs
         MsrIndex.Tsc, MsrIndex.ApicBase, MsrIndex.SysenterCs, MsrIndex.SysenterEsp, MsrIndex.SysenterEip,
         MsrIndex.MiscEnable, MsrIndex.Pat, MsrIndex.Efer, MsrIndex.Star, MsrIndex.Lstar, MsrIndex.Cstar,
         MsrIndex.Fmask, MsrIndex.FsBase, MsrIndex.GsBase, MsrIndex.KernelGsBase, MsrIndex.TscAux,
-        MsrIndex.PlatformInfo, MsrIndex.MiscFeaturesEnables,
+        MsrIndex.PlatformInfo, MsrIndex.ArchCapabilities, MsrIndex.MiscFeaturesEnables,
     }.Concat(MachineCheck.MsrIndices()).ToList().AsReadOnly();
 }

@@ -87,7 +87,13 @@ internal sealed class Block
     public Block? Link0, Link1;
 
     /// <inheritdoc cref="Link0"/>
-    public int LinkGen0, LinkGen1;
+    public long LinkGen0, LinkGen1;
+
+    /// <summary>
+    /// The block's lookup slot was last filled through a global translation: a CR3 write keeps the lookup and the
+    /// links to the block (<see cref="InterpreterVcpu"/>'s link generations).
+    /// </summary>
+    public bool Global;
 }
 
 /// <summary>Decoding guest code into cached blocks.</summary>
@@ -100,16 +106,45 @@ internal sealed unsafe partial class InterpreterVcpu
     private readonly Block?[] _l1 = new Block?[1 << L1Bits];
 
     /// <summary>
-    /// The <see cref="_l1"/> slots filled since the last flush, so that a flush clears those instead of all 16,384 (a
-    /// guest flushes on every CR3 write; clearing the whole table was about 1% of a Linux boot's vCPU time). A slot
-    /// whose block was reached through a global translation (G set in the leaf entry, CR4.PGE on) is logged with
-    /// <see cref="L1GlobalFill"/>: a CR3 write keeps it, as the hardware keeps global TLB entries. Past
-    /// <see cref="L1FillLogSize"/> fills the count keeps growing to one more than the log holds, and a flush clears all.
+    /// The <see cref="_l1"/> slots filled since the last flush that drops them, in two logs: fills through non-global
+    /// translations (a CR3 write clears those slots) and fills through global translations (G set in the leaf entry,
+    /// CR4.PGE on; a CR3 write keeps them, as the hardware keeps global TLB entries; INVLPG and full flushes drop
+    /// them). A flush clears the logged slots instead of all 16,384 (a guest flushes on every CR3 write; clearing the
+    /// whole table was about 1% of a Linux boot's vCPU time). Past <see cref="L1FillLogSize"/> fills a log's count
+    /// stays at one more than it holds, and the flush looks at every slot instead, which the fills since the last one
+    /// (each a page walk and a second-level lookup) far outweigh.
     /// </summary>
-    private readonly int[] _l1Filled = new int[L1FillLogSize];
-    private int _l1FilledCount;
+    private readonly FillLog _l1NonGlobalFills = new();
+
+    /// <inheritdoc cref="_l1NonGlobalFills"/>
+    private readonly FillLog _l1GlobalFills = new();
+
     private const int L1FillLogSize = 1024;
-    private const int L1GlobalFill = 1 << 30;
+
+    /// <summary>One of the lookup's fill logs (<see cref="_l1NonGlobalFills"/>).</summary>
+    private sealed class FillLog
+    {
+        public readonly int[] Slots = new int[L1FillLogSize];
+        public int Count;
+
+        public bool Overflowed => Count > L1FillLogSize;
+
+        public void Add(int slot)
+        {
+            int n = Count;
+            if (n < L1FillLogSize)
+            {
+                Slots[n] = slot;
+            }
+            else if (n > L1FillLogSize)
+            {
+                return;
+            }
+
+            Count = n + 1;
+        }
+    }
+
     private readonly Dictionary<ulong, Block> _l2 = [];
     private readonly Dictionary<ulong, List<Block>> _codePages = [];
     private readonly ConcurrentQueue<ulong> _remoteCodeWrites = new();
@@ -120,60 +155,57 @@ internal sealed unsafe partial class InterpreterVcpu
 
     private void FlushBlockLookup()
     {
-        int n = _l1FilledCount;
-        if (n <= L1FillLogSize)
+        var l1 = _l1;
+        if (_l1NonGlobalFills.Overflowed || _l1GlobalFills.Overflowed)
         {
-            var l1 = _l1;
-            foreach (int f in _l1Filled.AsSpan(0, n))
-            {
-                l1[f & L1Mask] = null;
-            }
+            Array.Clear(l1);
         }
         else
         {
-            Array.Clear(_l1);
+            foreach (int f in _l1NonGlobalFills.Slots.AsSpan(0, _l1NonGlobalFills.Count))
+            {
+                l1[f] = null;
+            }
+
+            foreach (int f in _l1GlobalFills.Slots.AsSpan(0, _l1GlobalFills.Count))
+            {
+                l1[f] = null;
+            }
         }
 
-        _l1FilledCount = 0;
-
-        // Links between compiled blocks were made under the old translations: they no longer hold.
-        _linkGeneration++;
+        _l1NonGlobalFills.Count = 0;
+        _l1GlobalFills.Count = 0;
+        InvalidateLinks(global: true);
     }
 
     /// <summary>A CR3 write: drops the lookups made through non-global translations and keeps the global ones.</summary>
     private void FlushBlockLookupNonGlobal()
     {
-        int n = _l1FilledCount;
-        if (n > L1FillLogSize)
-        {
-            FlushBlockLookup();
-            return;
-        }
-
-        // A slot is kept only if every fill of it in the log was global (a later non-global fill clears it).
         var l1 = _l1;
-        var log = _l1Filled;
-        int kept = 0;
-        for (int i = 0; i < n; i++)
+        if (_l1NonGlobalFills.Overflowed)
         {
-            int f = log[i];
-            if ((f & L1GlobalFill) == 0)
+            for (int i = 0; i < l1.Length; i++)
             {
-                l1[f & L1Mask] = null;
+                if (l1[i] is { Global: false })
+                {
+                    l1[i] = null;
+                }
+            }
+        }
+        else
+        {
+            // A logged slot refilled since through a global translation keeps its block.
+            foreach (int f in _l1NonGlobalFills.Slots.AsSpan(0, _l1NonGlobalFills.Count))
+            {
+                if (l1[f] is { Global: false })
+                {
+                    l1[f] = null;
+                }
             }
         }
 
-        for (int i = 0; i < n; i++)
-        {
-            int f = log[i];
-            if ((f & L1GlobalFill) != 0 && l1[f & L1Mask] != null)
-            {
-                log[kept++] = f;
-            }
-        }
-
-        _l1FilledCount = kept;
-        _linkGeneration++;
+        _l1NonGlobalFills.Count = 0;
+        InvalidateLinks(global: false);
     }
 
     /// <summary>
@@ -182,25 +214,49 @@ internal sealed unsafe partial class InterpreterVcpu
     /// </summary>
     private void FlushBlockLookupPage(ulong lin)
     {
-        int n = _l1FilledCount;
-        if (n > L1FillLogSize)
-        {
-            FlushBlockLookup();
-            return;
-        }
-
         ulong region = lin >> 30;
         var l1 = _l1;
-        foreach (int f in _l1Filled.AsSpan(0, n))
+        if (_l1NonGlobalFills.Overflowed || _l1GlobalFills.Overflowed)
         {
-            var b = l1[f & L1Mask];
-            if (b != null && b.Lin >> 30 == region)
+            for (int i = 0; i < l1.Length; i++)
             {
-                l1[f & L1Mask] = null;
+                if (l1[i] is { } b && b.Lin >> 30 == region)
+                {
+                    l1[i] = null;
+                }
             }
         }
+        else
+        {
+            ClearRegion(l1, _l1NonGlobalFills, region);
+            ClearRegion(l1, _l1GlobalFills, region);
+        }
 
+        InvalidateLinks(global: true);
+
+        static void ClearRegion(Block?[] l1, FillLog log, ulong region)
+        {
+            foreach (int f in log.Slots.AsSpan(0, log.Count))
+            {
+                if (l1[f] is { } b && b.Lin >> 30 == region)
+                {
+                    l1[f] = null;
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Links between compiled blocks were made under the old translations: after a CR3 write (<paramref name="global"/>
+    /// false) the links to blocks reached through global translations still hold; after any other flush none does.
+    /// </summary>
+    private void InvalidateLinks(bool global)
+    {
         _linkGeneration++;
+        if (global)
+        {
+            _globalLinkFloor = _linkGeneration;
+        }
     }
 
     /// <summary>Called from any thread: a watched code page was written by the host or another vCPU.</summary>
@@ -239,6 +295,7 @@ internal sealed unsafe partial class InterpreterVcpu
 
     private int ModeKey => _cpu.Bitness | (int)(_userKey << 7);
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private Block GetBlock() => CachedBlock(out ulong lin, out ulong csBase, out int h) ?? GetBlockSlow(lin, csBase, h);
 
     /// <summary>
@@ -255,6 +312,7 @@ internal sealed unsafe partial class InterpreterVcpu
         return b != null && b.Lin == lin && b.Valid && b.ModeKey == ModeKey && b.CsBase == csBase ? b : null;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private Block GetBlockSlow(ulong lin, ulong csBase, int h)
     {
         if (_remoteCodeWritePending)
@@ -305,17 +363,8 @@ internal sealed unsafe partial class InterpreterVcpu
     private void SetL1(int h, Block b, bool global)
     {
         _l1[h] = b;
-        int n = _l1FilledCount;
-        if (n < L1FillLogSize)
-        {
-            _l1Filled[n] = global ? h | L1GlobalFill : h;
-        }
-        else if (n > L1FillLogSize)
-        {
-            return;
-        }
-
-        _l1FilledCount = n + 1;
+        b.Global = global;
+        (global ? _l1GlobalFills : _l1NonGlobalFills).Add(h);
     }
 
     private Block Decode(ulong lin, ulong csBase, ulong phys)

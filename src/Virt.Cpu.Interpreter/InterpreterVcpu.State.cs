@@ -6,7 +6,7 @@ internal sealed partial class InterpreterVcpu
     /// <summary>The MSRs a whole-state save includes: every one the interpreter has but those derived from other state and the read-only capability MSRs.</summary>
     private static readonly uint[] StateMsrs =
     [
-        .. Msrs.Supported.Where(i => i is not (MsrIndex.Efer or MsrIndex.FsBase or MsrIndex.GsBase or MsrIndex.ApicBase or MsrIndex.PlatformInfo or MachineCheck.MsrMcgCap)),
+        .. Msrs.Supported.Where(i => i is not (MsrIndex.Efer or MsrIndex.FsBase or MsrIndex.GsBase or MsrIndex.ApicBase or MsrIndex.PlatformInfo or MsrIndex.ArchCapabilities or MachineCheck.MsrMcgCap)),
     ];
 
     public VcpuState GetState()
@@ -76,7 +76,7 @@ internal sealed partial class InterpreterVcpu
         SetGeneralRegisters(state.General);
         SetXsaveState(state.Xsave);
         SetDebugRegisters(state.Debug);
-        SetMsrs(state.Msrs.Where(m => m.Index is not (MsrIndex.PlatformInfo or MachineCheck.MsrMcgCap) && Msrs.Supported.Contains(m.Index)).ToArray());
+        SetMsrs(state.Msrs.Where(m => m.Index is not (MsrIndex.PlatformInfo or MsrIndex.ArchCapabilities or MachineCheck.MsrMcgCap) && Msrs.Supported.Contains(m.Index)).ToArray());
         _pendingIrq = e.InterruptInjected || e.InterruptPending ? e.InterruptVector : -1;
         _interruptShadow = e.InterruptShadow != 0;
         _halted = state.Halted && _plat is not null;

@@ -14,6 +14,8 @@ public static class MsrIndex
     public const uint ApicBase = 0x1B;
     /// <summary>MSR_PLATFORM_INFO; bit 31 says the processor can make CPUID fault outside CPL 0.</summary>
     public const uint PlatformInfo = 0xCE;
+    /// <summary>IA32_ARCH_CAPABILITIES (read-only, enumerated by CPUID.(EAX=7,ECX=0):EDX[29]): the processor's speculative-execution properties, such as which side channels it is not affected by.</summary>
+    public const uint ArchCapabilities = 0x10A;
     /// <summary>MSR_MISC_FEATURES_ENABLES; bit 0 makes CPUID at CPL above 0 raise #GP (CPUID faulting).</summary>
     public const uint MiscFeaturesEnables = 0x140;
     /// <summary>IA32_SYSENTER_CS.</summary>

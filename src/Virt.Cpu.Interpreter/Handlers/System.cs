@@ -509,6 +509,7 @@ internal sealed partial class InterpreterVcpu
             MsrIndex.KernelGsBase => _cpu.KernelGsBase,
             MsrIndex.TscAux => _cpu.TscAux,
             MsrIndex.PlatformInfo => PlatformInfoCpuidFaulting,
+            MsrIndex.ArchCapabilities => Cpuid.ArchCapabilities,
             MsrIndex.MiscFeaturesEnables => _cpu.MiscFeatures,
             _ => ulong.MaxValue,
         };
@@ -625,6 +626,9 @@ internal sealed partial class InterpreterVcpu
             case MsrIndex.PlatformInfo:
                 // Read-only for the guest; the host may write back the value it read (snapshots).
                 return !fromGuest && v == PlatformInfoCpuidFaulting;
+            case MsrIndex.ArchCapabilities:
+                // Read-only as well; a host write of the value it read is accepted.
+                return !fromGuest && v == Cpuid.ArchCapabilities;
             case MsrIndex.MiscFeaturesEnables:
                 if ((v & ~MiscFeaturesCpuidFaulting) != 0)
                 {

@@ -8,8 +8,15 @@ internal sealed partial class InterpreterVcpu
     /// <summary>The compiled tier this vCPU uses, or null when it only interprets.</summary>
     private readonly Jit.JitTier? _jit;
 
-    /// <summary>Raised whenever block lookups are flushed (paging changes): links made before no longer hold.</summary>
-    private int _linkGeneration;
+    /// <summary>
+    /// Raised whenever block lookups are flushed (paging changes): links made before no longer hold, except links to
+    /// blocks reached through global translations made at or after <see cref="_globalLinkFloor"/> (a CR3 write keeps
+    /// global translations).
+    /// </summary>
+    private long _linkGeneration;
+
+    /// <summary>The link generation of the last flush that dropped global translations too (INVLPG, full flushes).</summary>
+    private long _globalLinkFloor;
 
     /// <summary>Set by a compiled block that left through exit <see cref="_chainSlot"/> without a usable link: the run loop links the block it finds next.</summary>
     private Block? _chainFrom;
@@ -156,6 +163,7 @@ internal sealed partial class InterpreterVcpu
         WriteSlow(lin, size, value);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void RunCompiled(Block b, Jit.CompiledBlock code)
     {
         // The compiled prologue marks the block used and makes it _lastBlock (chained blocks do the same).
@@ -182,11 +190,12 @@ internal sealed partial class InterpreterVcpu
     /// to it; without a compiled block there the exit is named in <see cref="_chainFrom"/>/<see cref="_chainSlot"/> so
     /// the run loop links the block it finds.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal Jit.CompiledBlock? JitLinked(Block from, int slot, bool dynamic, ulong rip, out Block? target)
     {
         var t = slot == 0 ? from.Link0 : from.Link1;
         target = t;
-        if (t != null && (!dynamic || t.Lin == rip) && (slot == 0 ? from.LinkGen0 : from.LinkGen1) == _linkGeneration
+        if (t != null && (!dynamic || t.Lin == rip) && LinkHolds(slot == 0 ? from.LinkGen0 : from.LinkGen1, t)
             && Volatile.Read(ref t.Valid) && Volatile.Read(ref t.Compiled) is { } code)
         {
             return JitMayChain(t.Count) ? code : null;
@@ -195,8 +204,13 @@ internal sealed partial class InterpreterVcpu
         return JitLookup(from, slot, out target);
     }
 
+    /// <summary>Whether a link to <paramref name="target"/> made in generation <paramref name="generation"/> still holds.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool LinkHolds(long generation, Block target) =>
+        generation == _linkGeneration || (target.Global && generation >= _globalLinkFloor);
+
     /// <summary>The slow half of <see cref="JitLinked"/>: the next block from the first-level lookup, linked to the exit.</summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private Jit.CompiledBlock? JitLookup(Block from, int slot, out Block? target)
     {
         target = null;
@@ -232,6 +246,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>The run loop with the compiled tier: counts blocks, runs compiled ones, links compiled exits to the blocks that follow them.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void RunTiered()
     {
         _chainFrom = null;
