@@ -295,7 +295,6 @@ internal sealed unsafe partial class InterpreterVcpu
 
     private int ModeKey => _cpu.Bitness | (int)(_userKey << 7);
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private Block GetBlock() => CachedBlock(out ulong lin, out ulong csBase, out int h) ?? GetBlockSlow(lin, csBase, h);
 
     /// <summary>
@@ -312,7 +311,6 @@ internal sealed unsafe partial class InterpreterVcpu
         return b != null && b.Lin == lin && b.Valid && b.ModeKey == ModeKey && b.CsBase == csBase ? b : null;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private Block GetBlockSlow(ulong lin, ulong csBase, int h)
     {
         if (_remoteCodeWritePending)

@@ -630,7 +630,6 @@ internal sealed unsafe partial class InterpreterVcpu
         return (_cpu.Cr4 & Cr4.Pae) != 0 ? WalkPae(lin, access, user) : Walk32(lin, access, user);
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private ulong Walk64(ulong lin, int access, bool user)
     {
         bool nxe = (_cpu.Efer & Efer.NoExecuteEnable) != 0;
@@ -854,7 +853,6 @@ internal sealed unsafe partial class InterpreterVcpu
         return true;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private ulong ReadPhysForWalk(ulong addr)
     {
         int region = FindRegion(addr);

@@ -1,4 +1,3 @@
-using System.Runtime.CompilerServices;
 using Virt.X86;
 
 namespace Virt.Cpu.Interpreter;
@@ -41,7 +40,6 @@ internal sealed partial class InterpreterVcpu
     }
 
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The run loop: pending exits, the budget, timers, interrupts, halts and blocks in the order they take effect in each iteration.")]
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private VcpuExit RunCore()
     {
         bool replay = false;

@@ -131,7 +131,6 @@ internal sealed partial class InterpreterVcpu
     }
 
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The SSE group's dispatch on the Iced mnemonic: one case per instruction family, each a call or a line.")]
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void ExecSse(ref Op op, in Instruction ins)
     {
         var m = ins.Mnemonic;

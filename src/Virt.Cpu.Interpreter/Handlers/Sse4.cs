@@ -291,7 +291,6 @@ internal sealed partial class InterpreterVcpu
     /// <summary>SSE3/SSSE3/SSE4.1 instructions; returns false when <paramref name="ins"/> is not one.</summary>
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per SSE3/SSSE3/SSE4.1 instruction, each a line or two: the groups' table in code form.")]
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1505:Avoid unmaintainable code", Justification = "The same table: one case per instruction.")]
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private bool ExecSse4(ref Op op, in Instruction ins)
     {
         var m = ins.Mnemonic;

@@ -181,7 +181,6 @@ internal sealed partial class InterpreterVcpu
 
     /// <summary>Two-operand packed-integer and logic instructions; returns false when <paramref name="ins"/> is not one.</summary>
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per SSE2 integer instruction, each a line or two: the group's table in code form.")]
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private bool ExecSseInteger(ref Op op, in Instruction ins)
     {
         var m = ins.Mnemonic;
@@ -260,7 +259,6 @@ internal sealed partial class InterpreterVcpu
 
     /// <summary>The two-operand packed-integer and logic operations as pure functions of the destination and source values.</summary>
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per SSE2 integer instruction, each a line: the group's table in code form.")]
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static bool TryIntegerLanes(Mnemonic m, Vector128<byte> x, Vector128<byte> s, out Vector128<byte> r)
     {
         switch (m)

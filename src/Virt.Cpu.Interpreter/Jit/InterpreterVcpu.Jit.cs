@@ -163,7 +163,6 @@ internal sealed partial class InterpreterVcpu
         WriteSlow(lin, size, value);
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void RunCompiled(Block b, Jit.CompiledBlock code)
     {
         // The compiled prologue marks the block used and makes it _lastBlock (chained blocks do the same).
@@ -190,7 +189,6 @@ internal sealed partial class InterpreterVcpu
     /// to it; without a compiled block there the exit is named in <see cref="_chainFrom"/>/<see cref="_chainSlot"/> so
     /// the run loop links the block it finds.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal Jit.CompiledBlock? JitLinked(Block from, int slot, bool dynamic, ulong rip, out Block? target)
     {
         var t = slot == 0 ? from.Link0 : from.Link1;
@@ -210,7 +208,7 @@ internal sealed partial class InterpreterVcpu
         generation == _linkGeneration || (target.Global && generation >= _globalLinkFloor);
 
     /// <summary>The slow half of <see cref="JitLinked"/>: the next block from the first-level lookup, linked to the exit.</summary>
-    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.NoInlining)]
     private Jit.CompiledBlock? JitLookup(Block from, int slot, out Block? target)
     {
         target = null;
@@ -246,7 +244,6 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>The run loop with the compiled tier: counts blocks, runs compiled ones, links compiled exits to the blocks that follow them.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void RunTiered()
     {
         _chainFrom = null;
