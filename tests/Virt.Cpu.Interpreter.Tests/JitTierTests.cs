@@ -745,6 +745,80 @@ public sealed class JitTierTests
         Assert.Equal((10UL * 1) + (10UL * 100), m.Regs.Rax);
     }
 
+    [Theory]
+    [InlineData("interpreter")]
+    [InlineData("jit")]
+    public void A_link_to_non_global_code_is_not_followed_after_a_cr3_write(string backend)
+    {
+        // Two address spaces map linear 0x400000 (a 2 MiB page, not global) to different physical memory; the loop
+        // calls it and switches CR3 between them after every call. Links made under one address space must not be
+        // followed under the other: a CR3 write keeps only links to code reached through global translations.
+        const ulong Target = 0x400000;
+        const ulong SecondTables = 0x7F0000;
+        using var m = Machine.Long64(a =>
+        {
+            var top = a.CreateLabel();
+            var toSecond = a.CreateLabel();
+            var next = a.CreateLabel();
+            a.mov(ecx, 20);
+            a.xor(eax, eax);
+            a.mov(r8, cr3);
+            a.mov(r9, SecondTables);
+            a.Label(ref top);
+            a.call(Target);
+            a.mov(rdx, cr3);
+            a.cmp(rdx, r8);
+            a.je(toSecond);
+            a.mov(cr3, r8);
+            a.jmp(next);
+            a.Label(ref toSecond);
+            a.mov(cr3, r9);
+            a.Label(ref next);
+            a.dec(ecx);
+            a.jnz(top);
+            a.hlt();
+        }, hypervisor: TestBackends.Create(backend), memorySize: 8UL << 20);
+
+        // CR4.PGE on, so that a CR3 write keeps global translations (and only those).
+        var sregs = m.Vcpu.GetSpecialRegisters();
+        sregs.Cr4 |= Virt.X86.Cr4.PageGlobalEnable;
+        m.Vcpu.SetSpecialRegisters(sregs);
+
+        // The second address space: copies of the PML4, the PDPT and the PD, the copy of the PD pointing 0x400000 at
+        // 0x600000; both entries for 0x400000 without G.
+        const ulong Global = 1UL << 8;
+        const ulong AddressBits = 0x000F_FFFF_FFFF_F000;
+        ulong pml4 = m.Vcpu.GetSpecialRegisters().Cr3 & AddressBits;
+        ulong pdpt = m.Memory.Read<ulong>(new GuestAddress(pml4)) & AddressBits;
+        ulong pd = m.Memory.Read<ulong>(new GuestAddress(pdpt)) & AddressBits;
+        byte[] page = new byte[4096];
+        foreach (var (from, to) in new[] { (pml4, SecondTables), (pdpt, SecondTables + 0x1000), (pd, SecondTables + 0x2000) })
+        {
+            m.Memory.Read(new GuestAddress(from), page);
+            m.Memory.Write(new GuestAddress(to), page);
+        }
+
+        ulong pml4e = m.Memory.Read<ulong>(new GuestAddress(pml4));
+        ulong pdpte = m.Memory.Read<ulong>(new GuestAddress(pdpt));
+        ulong pde = m.Memory.Read<ulong>(new GuestAddress(pd + (2 * 8))) & ~Global;
+        m.Memory.Write(new GuestAddress(SecondTables), (pml4e & ~AddressBits) | (SecondTables + 0x1000));
+        m.Memory.Write(new GuestAddress(SecondTables + 0x1000), (pdpte & ~AddressBits) | (SecondTables + 0x2000));
+        m.Memory.Write(new GuestAddress(pd + (2 * 8)), pde);
+        m.Memory.Write(new GuestAddress(SecondTables + 0x2000 + (2 * 8)), (pde & ~AddressBits) | (Target + 0x200000));
+        m.Memory.Write(new GuestAddress(Target), GuestProgram.Assemble(64, Target, a =>
+        {
+            a.add(rax, 1);
+            a.ret();
+        }));
+        m.Memory.Write(new GuestAddress(Target + 0x200000), GuestProgram.Assemble(64, Target, a =>
+        {
+            a.add(rax, 100);
+            a.ret();
+        }));
+        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        Assert.Equal((10UL * 1) + (10UL * 100), m.Regs.Rax);
+    }
+
     /// <summary>
     /// One function called from three sites in a loop (its RET goes to another block each time, so the RET's link
     /// misses and the next block comes from the lookup), with a store and a data-dependent branch between the calls.
