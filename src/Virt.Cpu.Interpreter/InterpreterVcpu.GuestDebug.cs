@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Virt.X86;
 
 namespace Virt.Cpu.Interpreter;
@@ -55,7 +56,12 @@ internal sealed partial class InterpreterVcpu
     private int _deliveries;
 
     /// <summary>Whether the run loop must take the one-instruction path for the guest's debug state.</summary>
-    private bool GuestDebugPending => _guestBreakpoints || (_cpu.Flags & (TF | RF)) != 0 || _pendingDebugTrap != 0;
+    private bool GuestDebugPending
+    {
+        // Read after every block (NeedsAttention): inlined, it is three loads instead of a call.
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => _guestBreakpoints || (_cpu.Flags & (TF | RF)) != 0 || _pendingDebugTrap != 0;
+    }
 
     /// <summary>Recomputes what DR7 enables after a write to DR0-DR7 or to CR4.</summary>
     private void UpdateGuestBreakpoints()
