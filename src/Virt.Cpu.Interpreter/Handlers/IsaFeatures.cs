@@ -71,6 +71,9 @@ internal sealed partial class InterpreterVcpu
         _isaEnabled = r;
     }
 
+    /// <summary>The extension bits (of <see cref="_isaEnabled"/>) <paramref name="code"/> needs; compiled code checks them as <see cref="CheckIsa"/> does.</summary>
+    internal static byte IsaNeed(Code code) => IsaByCode[(int)code];
+
     /// <summary>#UD when <paramref name="code"/> belongs to an extension the CPUID table does not advertise.</summary>
     private void CheckIsa(Code code)
     {

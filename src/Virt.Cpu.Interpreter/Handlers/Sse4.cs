@@ -49,7 +49,7 @@ internal sealed partial class InterpreterVcpu
         return Vector128.Create((ReadOnlySpan<byte>)r);
     }
 
-    private static Vector128<byte> Pshufb(Vector128<byte> a, Vector128<byte> b)
+    internal static Vector128<byte> Pshufb(Vector128<byte> a, Vector128<byte> b)
     {
         Vector128<byte> r = default;
         for (int i = 0; i < 16; i++)

@@ -24,7 +24,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>Interleaves the low (or high) halves of <paramref name="a"/> and <paramref name="b"/> in lanes of T.</summary>
-    private static Vector128<byte> Unpack<T>(Vector128<byte> a, Vector128<byte> b, bool high)
+    internal static Vector128<byte> Unpack<T>(Vector128<byte> a, Vector128<byte> b, bool high)
         where T : unmanaged
     {
         int n = 16 / Unsafe.SizeOf<T>();
@@ -89,7 +89,7 @@ internal sealed partial class InterpreterVcpu
         };
     }
 
-    private static Vector128<byte> ByteShift(Vector128<byte> a, int count, bool left)
+    internal static Vector128<byte> ByteShift(Vector128<byte> a, int count, bool left)
     {
         Vector128<byte> r = default;
         if (count > 15)
@@ -159,7 +159,7 @@ internal sealed partial class InterpreterVcpu
         return r.AsByte();
     }
 
-    private static Vector128<byte> Shuffle32(Vector128<byte> lo, Vector128<byte> hi, int imm)
+    internal static Vector128<byte> Shuffle32(Vector128<byte> lo, Vector128<byte> hi, int imm)
     {
         var a = lo.AsUInt32();
         var b = hi.AsUInt32();

@@ -14,7 +14,7 @@ namespace Virt.Cpu.Interpreter.Jit;
 /// in place while the budget allows a whole iteration and nothing needs the run loop. Exits call the compiled code of
 /// the block linked to them directly (chaining) while the link holds.
 /// </summary>
-internal sealed class BlockCompiler
+internal sealed partial class BlockCompiler
 {
     private const BindingFlags Any = BindingFlags.Instance | BindingFlags.Static | BindingFlags.Public | BindingFlags.NonPublic;
 
@@ -188,7 +188,7 @@ internal sealed class BlockCompiler
         bool any = false;
         for (int i = 0; i < b.Count; i++)
         {
-            any |= IsInline(in ops[i], b.ModeKey & 0x7F, i == b.Count - 1);
+            any |= IsInline(b, i);
         }
 
         if (!any)
@@ -332,7 +332,7 @@ internal sealed class BlockCompiler
     {
         for (int i = 0; i < b.Count; i++)
         {
-            if (!IsInline(in b.Ops[i], b.ModeKey & 0x7F, i == b.Count - 1))
+            if (!IsInline(b, i))
             {
                 return false;
             }
@@ -1577,9 +1577,13 @@ internal sealed class BlockCompiler
             var flags = inlines[k] = new bool[count];
             for (int i = 0; i < count; i++)
             {
-                flags[i] = IsInline(in ops[i], _bitness, i == count - 1);
+                flags[i] = IsInline(_region[k], i);
                 _hasFallback |= !flags[i];
-                if (flags[i])
+                if (flags[i] && ops[i].Inline == InlineOp.None)
+                {
+                    UseSseRegs(in ops[i], in _region[k].Instrs[i]);
+                }
+                else if (flags[i])
                 {
                     if (IsRepString(in ops[i], _bitness))
                     {
@@ -1955,6 +1959,12 @@ internal sealed class BlockCompiler
             if (!inline[i])
             {
                 EmitFallback(i, last);
+                continue;
+            }
+
+            if (op.Inline == InlineOp.None)
+            {
+                EmitSse(i);
                 continue;
             }
 

@@ -57,6 +57,18 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Runs instruction <paramref name="index"/> of <paramref name="b"/> exactly as the interpreter does; returns 1 when it retired, 0 when not.</summary>
     internal int JitStep(Block b, int index) => ExecuteOps(b, index, index + 1) - index;
 
+    /// <summary>
+    /// The slow path of a compiled SSE op (<see cref="Jit.BlockCompiler"/>): runs op <paramref name="index"/> of
+    /// <paramref name="b"/> through its handler from the state written back (RIP aside, which these ops neither read
+    /// nor change), raising its faults as the interpreter does.
+    /// </summary>
+    internal void JitSseStep(Block b, int index)
+    {
+        _lastBlock = b;
+        ref Op op = ref b.Ops[index];
+        _handlers[op.Form](ref op, in b.Instrs[index]);
+    }
+
     /// <summary>The carry flag of the lazy state, for INC/DEC that follow flags the compiled block did not produce.</summary>
     internal ulong JitCarry() => CarryFlag();
 
