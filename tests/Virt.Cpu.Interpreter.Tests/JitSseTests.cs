@@ -72,7 +72,7 @@ public sealed class JitSseTests
         a.pshufd(xmm2, xmm0, 0x1B);
         a.movdqa(xmm5, __xmmword_ptr[rdi + 0x300]);
         a.xor(ebx, ebx);
-        a.mov(ecx, 200);
+        a.mov(ecx, 2000);
         a.Label(ref loop);
         a.movdqa(xmm3, __xmmword_ptr[rdi + 0x100]);
         a.movdqu(xmm4, __xmmword_ptr[rdi + rcx + 3]);
