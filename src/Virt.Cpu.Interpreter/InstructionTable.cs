@@ -119,6 +119,9 @@ internal enum InlineOp : byte
     Pop,
     Shift,
     Imul2,
+
+    /// <summary>One-operand MUL (<see cref="Op.Sub"/> 0) or IMUL (1): RDX:RAX (AX for bytes) from RAX times the operand.</summary>
+    Mul1,
     Movs,
     Stos,
     Lods,
@@ -187,7 +190,7 @@ internal static class InstructionTable
         (Mnemonic.Cmpxchg16b, Run(c => c.Cmpxchg16b, IsaGroup.IntegerAlu, L | F)),
 
         // Multiply and divide (MultiplyDivide.cs)
-        (Mnemonic.Mul, Run(c => c.Mul, IsaGroup.MultiplyDivide, 0)),
+        (Mnemonic.Mul, Form(c => c.Mul, InlineOp.Mul1, IsaGroup.MultiplyDivide, 0)),
         (Mnemonic.Imul, Form(c => c.Imul1, InlineOp.Imul2, IsaGroup.MultiplyDivide, 0, Shape.Imul)),
         (Mnemonic.Div, Run(c => c.Div, IsaGroup.MultiplyDivide, F)),
         (Mnemonic.Idiv, Run(c => c.Idiv, IsaGroup.MultiplyDivide, F)),

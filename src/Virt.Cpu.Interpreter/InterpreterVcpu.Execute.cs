@@ -465,6 +465,9 @@ internal sealed partial class InterpreterVcpu
                 case InlineOp.Imul2:
                     ExecImul2(ref op);
                     break;
+                case InlineOp.Mul1:
+                    ExecMulDiv(ref op, op.Sub);
+                    break;
                 case InlineOp.Movs:
                 case InlineOp.Stos:
                 case InlineOp.Lods:

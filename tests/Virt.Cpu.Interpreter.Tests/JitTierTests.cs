@@ -301,6 +301,144 @@ public sealed class JitTierTests
         a.hlt();
     }
 
+    /// <summary>
+    /// Multi-precision arithmetic as big-number code does it, compiled inline: an N-limb sum whose carry crosses the loop's
+    /// back edge in the lazy flags (kept by DEC, read by the next ADC from memory), addmul and submul loops (64-bit MUL of a
+    /// register and of memory, ADD/ADC and SUB/SBB to memory, carry limbs through ADC), and a branching loop of the other
+    /// sizes and forms (ADC/SBB of 8, 16, 32 and 64 bits with registers, immediates and memory on either side; MUL and
+    /// one-operand IMUL of 8 (AH too), 16 and 32 bits) with readers of their flags: JC, JO and JBE, SETcc (parity too),
+    /// CMOVcc, ADC after MUL and IMUL, PUSHFQ (which the interpreter runs from the stored flags).
+    /// </summary>
+    private static void BigNumbers(Assembler a)
+    {
+        const int N = 64;
+        var fill = a.CreateLabel();
+        var outer = a.CreateLabel();
+        var add = a.CreateLabel();
+        var addmul = a.CreateLabel();
+        var submul = a.CreateLabel();
+        var small = a.CreateLabel();
+        var carry = a.CreateLabel();
+        var noOverflow = a.CreateLabel();
+        var join = a.CreateLabel();
+        a.mov(edi, (int)Data);
+        a.mov(rax, 0x0123456789ABCDEFL);
+        a.mov(r11, 6364136223846793005L);
+        a.mov(r10, 1442695040888963407L);
+        a.mov(ecx, 2 * N);
+        a.Label(ref fill);
+        a.imul(rax, r11);
+        a.add(rax, r10);
+        a.mov(__qword_ptr[rdi + rcx * 8 - 8], rax);
+        a.dec(ecx);
+        a.jnz(fill);
+        a.xor(ebx, ebx);
+        a.xor(r9d, r9d);
+        a.xor(r13d, r13d);
+        a.mov(r15d, 5);
+        a.Label(ref outer);
+
+        // Sum: [Data + 0x1000] = [Data] + [Data + 0x800], the carry across the back edge through DEC.
+        a.xor(esi, esi);
+        a.mov(ecx, N);
+        a.Label(ref add);
+        a.mov(rax, __qword_ptr[rdi + rsi * 8]);
+        a.adc(rax, __qword_ptr[rdi + rsi * 8 + 0x800]);
+        a.mov(__qword_ptr[rdi + rsi * 8 + 0x1000], rax);
+        a.lea(rsi, __qword_ptr[rsi + 1]);
+        a.dec(ecx);
+        a.jnz(add);
+        a.adc(rbx, 0);
+
+        // addmul_1: [Data + 0x1000] += [Data] * limb.
+        a.mov(r11, __qword_ptr[rdi + 0x800]);
+        a.xor(r8d, r8d);
+        a.xor(esi, esi);
+        a.Label(ref addmul);
+        a.mov(rax, __qword_ptr[rdi + rsi * 8]);
+        a.mul(r11);
+        a.add(rax, r8);
+        a.adc(rdx, 0);
+        a.add(__qword_ptr[rdi + rsi * 8 + 0x1000], rax);
+        a.adc(rdx, 0);
+        a.mov(r8, rdx);
+        a.inc(rsi);
+        a.cmp(rsi, N);
+        a.jb(addmul);
+        a.add(rbx, r8);
+
+        // submul_1 with a memory multiplier: [Data + 0x1000] -= [Data + 0x800] * limb, SBB chains on registers.
+        a.xor(r8d, r8d);
+        a.mov(ecx, N);
+        a.xor(esi, esi);
+        a.Label(ref submul);
+        a.mov(rax, __qword_ptr[rdi + rsi * 8 + 0x800]);
+        a.mul(__qword_ptr[rdi + 8]);
+        a.add(rax, r8);
+        a.adc(rdx, 0);
+        a.sub(__qword_ptr[rdi + rsi * 8 + 0x1000], rax);
+        a.adc(rdx, 0);
+        a.mov(r8, rdx);
+        a.sbb(r9, rdx);
+        a.sbb(r13, __qword_ptr[rdi + rsi * 8]);
+        a.inc(esi);
+        a.dec(ecx);
+        a.jnz(submul);
+        a.add(rbx, r8);
+
+        // Other sizes and forms in a loop of several blocks.
+        a.mov(ecx, 700);
+        a.Label(ref small);
+        a.adc(r8, rcx);
+        a.mov(eax, ecx);
+        a.imul(eax, eax, unchecked((int)0x9E3779B1));
+        a.adc(bl, al);
+        a.sbb(dx, 0x1234);
+        a.adc(r9d, __dword_ptr[rdi + rcx * 4]);
+        a.pushfq();
+        a.pop(r12);
+        a.add(r13, r12);
+        a.sbb(__word_ptr[rdi + rcx * 2 + 0x1800], ax);
+        a.adc(__byte_ptr[rdi + rcx + 0x1800], 0x5A);
+        a.sbb(__qword_ptr[rdi + rcx * 8], -3);
+        a.jc(carry);
+        a.mul(ah);
+        a.jo(noOverflow);
+        a.inc(r13);
+        a.Label(ref noOverflow);
+        a.seto(r10b);
+        a.imul(dx);
+        a.setc(r12b);
+        a.adc(r13d, 7);
+        a.jmp(join);
+        a.Label(ref carry);
+        a.mov(r14d, ecx);
+        a.imul(r14d);
+        a.cmovo(r9d, eax);
+        a.sbb(r13, rdx);
+        a.setp(r10b);
+        a.setl(r12b);
+        a.mul(__byte_ptr[rdi + rcx]);
+        a.setp(r11b);
+        a.adc(al, 1);
+        a.mul(ecx);
+        a.sbb(r8b, dl);
+        a.Label(ref join);
+        a.setbe(r11b);
+        a.add(rbx, r10);
+        a.xor(rbx, r12);
+        a.add(rbx, r11);
+        a.add(rbx, r13);
+        a.dec(ecx);
+        a.jnz(small);
+        a.dec(r15d);
+        a.jnz(outer);
+        a.mov(rcx, __qword_ptr[rdi + 0x1000 + 40]);
+        a.mov(rsi, __qword_ptr[rdi + 0x1000 + 504]);
+        a.mov(rbp, __qword_ptr[rdi + 0x1800 + 300]);
+        a.hlt();
+    }
+
     private static (GeneralRegisters Regs, long Retired, VcpuExitReason Reason) RunAll(IHypervisor hv, Action<Assembler> program)
     {
         using var m = Machine.Long64(program, hypervisor: hv);
@@ -356,6 +494,18 @@ public sealed class JitTierTests
         Assert.Equal(expected, jit);
     }
 
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    [InlineData(50)]
+    public void Multi_precision_adc_sbb_and_mul_loops_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
+    {
+        var expected = RunAll(TestBackends.Interpreter(), BigNumbers);
+        var jit = RunAll(TestBackends.Jit(threshold), BigNumbers);
+        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
+        Assert.Equal(expected, jit);
+    }
+
     [Fact]
     public void Inline_stack_ops_leave_the_same_memory_as_the_first_tier()
     {
@@ -379,11 +529,13 @@ public sealed class JitTierTests
     [InlineData("branchy", 2)]
     [InlineData("carries", 0)]
     [InlineData("carries", 2)]
+    [InlineData("bignum", 0)]
+    [InlineData("bignum", 2)]
     public void Budgets_that_end_inside_compiled_loops_and_regions_stop_exactly_where_the_first_tier_does(string name, int threshold)
     {
         // At threshold 0 every block is compiled alone before its first run; at 2 the compiler thread forms
         // regions along the links the first runs recorded.
-        Action<Assembler> program = name switch { "stack" => StackAndFlags, "branchy" => Branchy, "carries" => Carries, _ => Mixed };
+        Action<Assembler> program = name switch { "stack" => StackAndFlags, "branchy" => Branchy, "carries" => Carries, "bignum" => BigNumbers, _ => Mixed };
         using var a = Machine.Long64(program, hypervisor: TestBackends.Interpreter());
         using var b = Machine.Long64(program, hypervisor: TestBackends.Jit(threshold));
         int steps = JitLockstep.RunInBudgetSlices(a, b, new Random(20),
@@ -1077,6 +1229,69 @@ public sealed class JitTierTests
         var expected = RunPaged("interpreter", Program);
         var jit = RunPaged("jit", Program);
         Assert.Equal((2UL << 20) + 8, expected.Cr2);
+        Assert.Equal(expected.Regs, jit.Regs);
+        Assert.Equal(expected.Retired, jit.Retired);
+        Assert.Equal(expected.Cr2, jit.Cr2);
+        Assert.Equal(expected.Frame, jit.Frame);
+    }
+
+    /// <summary>
+    /// MUL, one-operand IMUL, ADC and SBB with memory operands that cross a page end (a read, and read-modify-writes to
+    /// memory) take the slow path and leave what the first tier does; the last one reaches from a mapped page into the
+    /// unmapped one above 2 MiB and faults precisely, with flags another operation left pending (RDX:RAX, the memory and
+    /// the flags as before it).
+    /// </summary>
+    [Theory]
+    [InlineData("mul")]
+    [InlineData("imul")]
+    [InlineData("adc")]
+    [InlineData("sbb")]
+    public void Multiply_adc_and_sbb_with_memory_across_a_page_end_match_the_first_tier_and_fault_precisely(string last)
+    {
+        void Program(Assembler a)
+        {
+            var loop = a.CreateLabel();
+            a.mov(edi, (int)(Data + 0xFF0));
+            a.mov(r11, 0x0FEDCBA987654321L);
+            a.mov(rax, r11);
+            a.mov(__qword_ptr[rdi], rax);
+            a.mov(__qword_ptr[rdi + 8], r11);
+            a.mov(__qword_ptr[rdi + 16], rax);
+            a.xor(ebx, ebx);
+            a.mov(ecx, 24);
+            a.Label(ref loop);
+            a.mov(rax, r11);
+            a.mul(__qword_ptr[rdi]);
+            a.adc(rbx, rdx);
+            a.imul(__dword_ptr[rdi + 3]);
+            a.sbb(__qword_ptr[rdi + 1], rax);
+            a.adc(r9w, __word_ptr[rdi + 7]);
+            a.setc(r10b);
+            a.add(rbx, r10);
+            a.imul(__word_ptr[rdi + 5]);
+            a.adc(__dword_ptr[rdi + 2], edx);
+            a.rol(r11, 9);
+            a.inc(rdi);
+            a.dec(ecx);
+            a.jnz(loop);
+            a.mov(edi, (int)((2UL << 20) - 4));
+            a.mov(eax, __dword_ptr[rdi]);
+            a.mov(edx, 0x1234);
+            a.add(rbx, 1);
+            switch (last)
+            {
+                case "mul": a.mul(__qword_ptr[rdi]); break;
+                case "imul": a.imul(__qword_ptr[rdi]); break;
+                case "adc": a.adc(__qword_ptr[rdi], rax); break;
+                default: a.sbb(rdx, __qword_ptr[rdi]); break;
+            }
+
+            a.hlt();
+        }
+
+        var expected = RunPaged("interpreter", Program);
+        var jit = RunPaged("jit", Program);
+        Assert.Equal(2UL << 20, expected.Cr2);
         Assert.Equal(expected.Regs, jit.Regs);
         Assert.Equal(expected.Retired, jit.Retired);
         Assert.Equal(expected.Cr2, jit.Cr2);

@@ -7,35 +7,38 @@ internal sealed partial class InterpreterVcpu
 {
     internal ulong Mul(ref Op op, in Instruction ins)
     {
-        ExecMulDiv(ref op, in ins);
+        ExecMulDiv(ref op, MulDivMul);
         return op.Next;
     }
 
     internal ulong Imul1(ref Op op, in Instruction ins)
     {
-        ExecMulDiv(ref op, in ins);
+        ExecMulDiv(ref op, MulDivImul);
         return op.Next;
     }
 
     internal ulong Div(ref Op op, in Instruction ins)
     {
-        ExecMulDiv(ref op, in ins);
+        ExecMulDiv(ref op, MulDivDiv);
         return op.Next;
     }
 
     internal ulong Idiv(ref Op op, in Instruction ins)
     {
-        ExecMulDiv(ref op, in ins);
+        ExecMulDiv(ref op, MulDivIdiv);
         return op.Next;
     }
 
-    private void ExecMulDiv(ref Op op, in Instruction ins)
+    /// <summary>The operation <see cref="ExecMulDiv"/> runs (for MUL and one-operand IMUL, <see cref="InlineOp.Mul1"/>'s <see cref="Op.Sub"/>).</summary>
+    private const int MulDivMul = 0, MulDivImul = 1, MulDivDiv = 2, MulDivIdiv = 3;
+
+    private void ExecMulDiv(ref Op op, int kind)
     {
         int size = op.Size;
         ulong src = ReadOp0(ref op, out _);
-        switch (ins.Mnemonic)
+        switch (kind)
         {
-            case Mnemonic.Mul:
+            case MulDivMul:
             {
                 ulong lo, hi;
                 if (size == 8)
@@ -54,7 +57,7 @@ internal sealed partial class InterpreterVcpu
                 break;
             }
 
-            case Mnemonic.Imul:
+            case MulDivImul:
             {
                 ulong lo, hi;
                 bool overflow;
@@ -78,7 +81,7 @@ internal sealed partial class InterpreterVcpu
                 break;
             }
 
-            case Mnemonic.Div:
+            case MulDivDiv:
             {
                 if (src == 0)
                 {

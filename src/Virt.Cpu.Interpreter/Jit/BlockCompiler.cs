@@ -65,8 +65,9 @@ internal sealed partial class BlockCompiler
 
     // Lazy-flag kinds (InterpreterVcpu.Flags.cs): -1 here means "in CpuState, not known at compile time".
     // LzShift: SF, ZF, PF from the result, CF and OF as flag bits in LzCf (SHL/SHR/SAR; IMUL uses it too, with CF and OF
-    // both set on overflow, which gives the same flags as the interpreter's eager ones).
-    private const int Unknown = -1, LzAdd = 1, LzSub = 2, LzLogic = 3, LzInc = 4, LzDec = 5, LzShift = 8;
+    // both set on overflow, which gives the same flags as the interpreter's eager ones; so do one-operand MUL and IMUL).
+    // LzAdc/LzSbb: ADD/SUB's operands and result with the carry in (0 or 1) in LzCf.
+    private const int Unknown = -1, LzAdd = 1, LzSub = 2, LzLogic = 3, LzInc = 4, LzDec = 5, LzAdc = 6, LzSbb = 7, LzShift = 8;
     private const ulong CfBit = 1, OfBit = 0x800;
 
     private readonly Block _b;
@@ -358,7 +359,10 @@ internal sealed partial class BlockCompiler
     private static ulong Mask(int size) => size >= 8 ? ulong.MaxValue : (1UL << (size * 8)) - 1;
 
     private static bool IsAluInlineSub(byte sub) => sub is Translator.AluAdd or Translator.AluOr or Translator.AluAnd
-        or Translator.AluSub or Translator.AluXor or Translator.AluCmp or Translator.AluTest;
+        or Translator.AluSub or Translator.AluXor or Translator.AluCmp or Translator.AluTest or Translator.AluAdc or Translator.AluSbb;
+
+    /// <summary>ADC and SBB: they read the carry as well as setting the flags.</summary>
+    private static bool IsCarryIn(in Op op) => op.Sub is Translator.AluAdc or Translator.AluSbb;
 
     private static bool MemOk(in Op op) => op.AddrSize is 8 or 4 or 2 && op.Seg < 6 && op.Seg != CpuState.SegCs; // CS operands: the interpreter refuses writes
 
@@ -407,6 +411,8 @@ internal sealed partial class BlockCompiler
             case InlineOp.Call:
             case InlineOp.Ret:
                 return last && bitness == 64 && op.Size2 == 8;
+            case InlineOp.Mul1:
+                return op.Size is 1 or 2 or 4 or 8 && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
             case InlineOp.Cmovcc:
             case InlineOp.Imul2:
                 return op.Size is 2 or 4 or 8 && op.K0 == OpKindX.Reg && (op.K1 == OpKindX.Reg || (op.K1 == OpKindX.Mem && MemOk(in op)));
@@ -740,7 +746,7 @@ internal sealed partial class BlockCompiler
             EmitIncDecCarry();
             _il.Emit(OpCodes.Stfld, LzCfField);
         }
-        else if (_flagKind == LzShift)
+        else if (_flagKind is LzShift or LzAdc or LzSbb)
         {
             StoreCpuField(LzCfField, _fcf);
         }
@@ -786,7 +792,7 @@ internal sealed partial class BlockCompiler
         var fields = _flagKind switch
         {
             LzInc or LzDec => (FieldInfo[])[LzRField, LzCfField],
-            LzShift => [LzAField, LzBField, LzRField, LzCfField],
+            LzShift or LzAdc or LzSbb => [LzAField, LzBField, LzRField, LzCfField],
             _ => [LzAField, LzBField, LzRField],
         };
         foreach (var f in fields)
@@ -1069,6 +1075,11 @@ internal sealed partial class BlockCompiler
                 _il.Emit(OpCodes.Conv_U8);
                 _il.Emit(OpCodes.And);
                 break;
+            case LzAdc:
+            case LzSbb:
+                EmitCarryWithIn();
+                _il.Emit(OpCodes.Conv_U8);
+                break;
             default:
                 EmitCallOut(() =>
                 {
@@ -1136,6 +1147,37 @@ internal sealed partial class BlockCompiler
 
         _il.Emit(OpCodes.Clt_Un);
         _il.Emit(OpCodes.Conv_U8);
+    }
+
+    /// <summary>
+    /// Pushes the carry out (an int32 0 or 1) of ADC/SBB flags: with a carry in, the sum at or below the first operand
+    /// (ADC) or the first operand at or below the second (SBB); without, strictly below, as ADD and SUB.
+    /// </summary>
+    private void EmitCarryWithIn()
+    {
+        bool adc = _flagKind == LzAdc;
+        if (adc)
+        {
+            _il.Emit(OpCodes.Ldloc, _fr);
+            _il.Emit(OpCodes.Ldloc, _fa);
+            _il.Emit(OpCodes.Clt_Un);
+            _il.Emit(OpCodes.Ldloc, _fr);
+            _il.Emit(OpCodes.Ldloc, _fa);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldloc, _fa);
+            EmitLoadFb();
+            _il.Emit(OpCodes.Clt_Un);
+            _il.Emit(OpCodes.Ldloc, _fa);
+            EmitLoadFb();
+        }
+
+        _il.Emit(OpCodes.Ceq);
+        _il.Emit(OpCodes.Ldloc, _fcf);
+        _il.Emit(OpCodes.Conv_I4);
+        _il.Emit(OpCodes.And);
+        _il.Emit(OpCodes.Or);
     }
 
     private void SignExtend(LocalBuilder v, int size)
@@ -1278,6 +1320,10 @@ internal sealed partial class BlockCompiler
                     _il.Emit(OpCodes.Or);
                     break;
             }
+        }
+        else if (_flagKind is LzAdc or LzSbb && c == 1)
+        {
+            EmitCarryWithIn();
         }
         else if (_flagKind is LzInc or LzDec && c == 1)
         {
@@ -1595,6 +1641,12 @@ internal sealed partial class BlockCompiler
                     }
 
                     UseOperandRegs(in ops[i], true, true);
+                    if (ops[i].Inline == InlineOp.Mul1)
+                    {
+                        Use(0);
+                        Use(2);
+                    }
+
                     if (UsesStack(in ops[i]))
                     {
                         Use(4);
@@ -1742,9 +1794,11 @@ internal sealed partial class BlockCompiler
             switch (op.Inline)
             {
                 case InlineOp.AluRR or InlineOp.AluRI or InlineOp.AluRR64 or InlineOp.AluRI64:
-                    return true;
+                    return !IsCarryIn(in op);
                 case InlineOp.Alu:
-                    return op.K0 != OpKindX.Mem && op.K1 != OpKindX.Mem;
+                    return op.K0 != OpKindX.Mem && op.K1 != OpKindX.Mem && !IsCarryIn(in op);
+                case InlineOp.Mul1:
+                    return op.K0 != OpKindX.Mem;
                 case InlineOp.Shift:
                     return op.Sub is not (0 or 1) && op.K0 == OpKindX.Reg;
                 case InlineOp.Imul2:
@@ -1841,6 +1895,8 @@ internal sealed partial class BlockCompiler
                     {
                         Translator.AluAdd => LzAdd,
                         Translator.AluSub or Translator.AluCmp => LzSub,
+                        Translator.AluAdc => LzAdc,
+                        Translator.AluSbb => LzSbb,
                         _ => LzLogic,
                     };
                     bool imm = op.Inline is InlineOp.AluRI or InlineOp.AluRI64 || (op.Inline == InlineOp.Alu && op.K1 == OpKindX.Imm);
@@ -1855,7 +1911,7 @@ internal sealed partial class BlockCompiler
                     // ROL/ROR merge CF and OF into the flags before them: the result is in the CPU state.
                     f = FlagState.InState;
                     break;
-                case InlineOp.Shift or InlineOp.Imul2:
+                case InlineOp.Shift or InlineOp.Imul2 or InlineOp.Mul1:
                     f = new(LzShift, op.Size, Unknown, 0, 0);
                     break;
                 default:
@@ -2039,6 +2095,9 @@ internal sealed partial class BlockCompiler
                     break;
                 case InlineOp.Imul2:
                     EmitImul(i);
+                    break;
+                case InlineOp.Mul1:
+                    EmitMul1(i);
                     break;
                 case InlineOp.Shift:
                     EmitShift(i);
@@ -2426,6 +2485,14 @@ internal sealed partial class BlockCompiler
             _ => (op.K0, op.K1),
         };
         bool writes = op.Sub < Translator.AluCmp;
+        bool carryIn = IsCarryIn(in op);
+        if (carryIn)
+        {
+            // ADC/SBB: the carry in first, from the flags before (a call when they are not known here; no operand is live across it).
+            EmitCarry();
+            _il.Emit(OpCodes.Stloc, _cin ??= _il.DeclareLocal(typeof(ulong)));
+        }
+
         if (k1 == OpKindX.Mem)
         {
             // The memory source first, so the register operand is not live across its slow path's call.
@@ -2460,6 +2527,18 @@ internal sealed partial class BlockCompiler
             case Translator.AluAdd:
                 _il.Emit(OpCodes.Add);
                 kind = LzAdd;
+                break;
+            case Translator.AluAdc:
+                _il.Emit(OpCodes.Add);
+                _il.Emit(OpCodes.Ldloc, _cin!);
+                _il.Emit(OpCodes.Add);
+                kind = LzAdc;
+                break;
+            case Translator.AluSbb:
+                _il.Emit(OpCodes.Sub);
+                _il.Emit(OpCodes.Ldloc, _cin!);
+                _il.Emit(OpCodes.Sub);
+                kind = LzSbb;
                 break;
             case Translator.AluSub:
             case Translator.AluCmp:
@@ -2500,6 +2579,12 @@ internal sealed partial class BlockCompiler
             {
                 _il.Emit(OpCodes.Ldloc, _tb);
                 _il.Emit(OpCodes.Stloc, _fb);
+            }
+
+            if (carryIn)
+            {
+                _il.Emit(OpCodes.Ldloc, _cin!);
+                _il.Emit(OpCodes.Stloc, _fcf);
             }
         }
 
@@ -2809,6 +2894,141 @@ internal sealed partial class BlockCompiler
     }
 
     private LocalBuilder? _imulOut;
+
+    /// <summary>The carry in of an ADC/SBB, computed before its operands are loaded.</summary>
+    private LocalBuilder? _cin;
+
+    private LocalBuilder? _mulLo, _imulLo;
+
+    private static readonly MethodInfo BigMulUnsigned = typeof(Math).GetMethod(nameof(Math.BigMul), [typeof(ulong), typeof(ulong), typeof(ulong).MakeByRefType()])!;
+    private static readonly MethodInfo BigMulSigned = typeof(Math).GetMethod(nameof(Math.BigMul), [typeof(long), typeof(long), typeof(long).MakeByRefType()])!;
+
+    /// <summary>
+    /// One-operand MUL (<c>Sub</c> 0) or IMUL (1) as the interpreter runs it: RAX (AL, AX, EAX) times the operand into
+    /// RDX:RAX (AX for bytes); CF and OF set when the high half is significant (MUL: not 0; IMUL: not the low half's sign
+    /// extension), SF, ZF and PF from the low half, AF clear: the flags of <see cref="LzShift"/> with the low half as its
+    /// result. 64-bit products through <see cref="Math.BigMul(ulong, ulong, out ulong)"/>; smaller ones fit in 64 bits.
+    /// </summary>
+    private void EmitMul1(int i)
+    {
+        ref Op op = ref _ops[i];
+        int size = op.Size;
+        int bits = size * 8;
+        bool signed = op.Sub == 1;
+
+        // The operand first (a memory read may take its slow path's call), then RAX.
+        if (op.K0 == OpKindX.Reg)
+        {
+            GetReg(op.R0, size);
+        }
+        else
+        {
+            EmitLinear(in op);
+            EmitRead(size, i, rmw: false);
+            _il.Emit(OpCodes.Ldloc, _val);
+        }
+
+        _il.Emit(OpCodes.Stloc, _tb);
+        GetReg(0, size);
+        _il.Emit(OpCodes.Stloc, _ta);
+        if (size == 8)
+        {
+            _il.Emit(OpCodes.Ldloc, _ta);
+            _il.Emit(OpCodes.Ldloc, _tb);
+            if (signed)
+            {
+                var lo = _imulLo ??= _il.DeclareLocal(typeof(long));
+                _il.Emit(OpCodes.Ldloca, lo);
+                _il.Emit(OpCodes.Call, BigMulSigned);
+                _il.Emit(OpCodes.Stloc, _tc);
+                _il.Emit(OpCodes.Ldloc, lo);
+                _il.Emit(OpCodes.Stloc, _fr);
+            }
+            else
+            {
+                var lo = _mulLo ??= _il.DeclareLocal(typeof(ulong));
+                _il.Emit(OpCodes.Ldloca, lo);
+                _il.Emit(OpCodes.Call, BigMulUnsigned);
+                _il.Emit(OpCodes.Stloc, _tc);
+                _il.Emit(OpCodes.Ldloc, lo);
+                _il.Emit(OpCodes.Stloc, _fr);
+            }
+        }
+        else
+        {
+            // The full product in 64 bits (_tmp): low half into _fr, high half into _tc.
+            if (signed)
+            {
+                SignExtend(_ta, size);
+                SignExtend(_tb, size);
+            }
+            else
+            {
+                _il.Emit(OpCodes.Ldloc, _ta);
+                _il.Emit(OpCodes.Ldloc, _tb);
+            }
+
+            _il.Emit(OpCodes.Mul);
+            _il.Emit(OpCodes.Stloc, _tmp);
+            _il.Emit(OpCodes.Ldloc, _tmp);
+            EmitI8(unchecked((long)Mask(size)));
+            _il.Emit(OpCodes.And);
+            _il.Emit(OpCodes.Stloc, _fr);
+            _il.Emit(OpCodes.Ldloc, _tmp);
+            EmitI4(bits);
+            _il.Emit(OpCodes.Shr_Un);
+            EmitI8(unchecked((long)Mask(size)));
+            _il.Emit(OpCodes.And);
+            _il.Emit(OpCodes.Stloc, _tc);
+        }
+
+        // CF and OF (as flag bits): the high half is not 0 (MUL) or not all copies of the low half's sign (IMUL).
+        _il.Emit(OpCodes.Ldloc, _tc);
+        if (signed)
+        {
+            SignExtend(_fr, size);
+            EmitI4(63);
+            _il.Emit(OpCodes.Shr);
+            if (size < 8)
+            {
+                EmitI8(unchecked((long)Mask(size)));
+                _il.Emit(OpCodes.And);
+            }
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldc_I4_0);
+            _il.Emit(OpCodes.Conv_U8);
+        }
+
+        _il.Emit(OpCodes.Ceq);
+        _il.Emit(OpCodes.Ldc_I4_1);
+        _il.Emit(OpCodes.Xor);
+        _il.Emit(OpCodes.Conv_U8);
+        EmitI8((long)(CfBit | OfBit));
+        _il.Emit(OpCodes.Mul);
+        _il.Emit(OpCodes.Stloc, _fcf);
+        _il.Emit(OpCodes.Ldloc, _ta);
+        _il.Emit(OpCodes.Stloc, _fa);
+        SetFlags(LzShift, size);
+        _fbImm = 0;
+        if (size == 1)
+        {
+            _il.Emit(OpCodes.Ldloc, _tc);
+            _il.Emit(OpCodes.Ldc_I4_8);
+            _il.Emit(OpCodes.Shl);
+            _il.Emit(OpCodes.Ldloc, _fr);
+            _il.Emit(OpCodes.Or);
+            SetReg(0, 2);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldloc, _fr);
+            SetReg(0, size);
+            _il.Emit(OpCodes.Ldloc, _tc);
+            SetReg(2, size);
+        }
+    }
 
     /// <summary>Two-operand IMUL of <paramref name="size"/> bytes: the truncated product, CF and OF (as flag bits) set when it overflowed.</summary>
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
