@@ -389,6 +389,7 @@ public sealed class JitTierTests
         // Other sizes and forms in a loop of several blocks.
         a.mov(ecx, 700);
         a.Label(ref small);
+        a.inc(r14);
         a.adc(r8, rcx);
         a.mov(eax, ecx);
         a.imul(eax, eax, unchecked((int)0x9E3779B1));
@@ -398,10 +399,22 @@ public sealed class JitTierTests
         a.pushfq();
         a.pop(r12);
         a.add(r13, r12);
+        a.sbb(r14, r14);
+        a.adc(r14, -1);
+        a.pushfq();
+        a.pop(r12);
+        a.add(r13, r12);
+        a.sbb(r12d, r12d);
+        a.setc(r10b);
+        a.add(r13, r10);
+        a.adc(r9b, 0xFF);
+        a.sbb(r12w, r12w);
+        a.adc(r13, r12);
         a.sbb(__word_ptr[rdi + rcx * 2 + 0x1800], ax);
         a.adc(__byte_ptr[rdi + rcx + 0x1800], 0x5A);
         a.sbb(__qword_ptr[rdi + rcx * 8], -3);
         a.jc(carry);
+        a.setbe(r11b);
         a.mul(ah);
         a.jo(noOverflow);
         a.inc(r13);
@@ -412,6 +425,9 @@ public sealed class JitTierTests
         a.adc(r13d, 7);
         a.jmp(join);
         a.Label(ref carry);
+        a.adc(r13, r8);
+        a.sbb(r8, r8);
+        a.jc(join);
         a.mov(r14d, ecx);
         a.imul(r14d);
         a.cmovo(r9d, eax);
