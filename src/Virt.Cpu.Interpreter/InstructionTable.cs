@@ -120,8 +120,8 @@ internal enum InlineOp : byte
     Shift,
     Imul2,
 
-    /// <summary>One-operand MUL (<see cref="Op.Sub"/> 0) or IMUL (1): RDX:RAX (AX for bytes) from RAX times the operand.</summary>
-    Mul1,
+    /// <summary>One-operand MUL (<see cref="Op.Sub"/> 0) or IMUL (1): RDX:RAX (AX for bytes) from RAX times the operand; DIV (2) or IDIV (3) of RDX:RAX (AX) by it.</summary>
+    MulDiv,
     Movs,
     Stos,
     Lods,
@@ -190,10 +190,10 @@ internal static class InstructionTable
         (Mnemonic.Cmpxchg16b, Run(c => c.Cmpxchg16b, IsaGroup.IntegerAlu, L | F)),
 
         // Multiply and divide (MultiplyDivide.cs)
-        (Mnemonic.Mul, Form(c => c.Mul, InlineOp.Mul1, IsaGroup.MultiplyDivide, 0)),
+        (Mnemonic.Mul, Form(c => c.Mul, InlineOp.MulDiv, IsaGroup.MultiplyDivide, 0)),
         (Mnemonic.Imul, Form(c => c.Imul1, InlineOp.Imul2, IsaGroup.MultiplyDivide, 0, Shape.Imul)),
-        (Mnemonic.Div, Run(c => c.Div, IsaGroup.MultiplyDivide, F)),
-        (Mnemonic.Idiv, Run(c => c.Idiv, IsaGroup.MultiplyDivide, F)),
+        (Mnemonic.Div, Form(c => c.Div, InlineOp.MulDiv, IsaGroup.MultiplyDivide, F, Sub: 2)),
+        (Mnemonic.Idiv, Form(c => c.Idiv, InlineOp.MulDiv, IsaGroup.MultiplyDivide, F, Sub: 3)),
 
         // Shifts and rotates (Shift.cs)
         (Mnemonic.Rol, Inline(InlineOp.Shift, IsaGroup.Shift, 0, Shape.Shift, 0)),

@@ -465,7 +465,7 @@ internal sealed partial class InterpreterVcpu
                 case InlineOp.Imul2:
                     ExecImul2(ref op);
                     break;
-                case InlineOp.Mul1:
+                case InlineOp.MulDiv:
                     ExecMulDiv(ref op, op.Sub);
                     break;
                 case InlineOp.Movs:

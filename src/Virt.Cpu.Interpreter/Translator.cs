@@ -264,8 +264,8 @@ internal static class Translator
                 op.Target = ins.Immediate8_2nd;
                 break;
             case Shape.Imul:
-                op.Inline = ins.OpCount == 1 ? InlineOp.Mul1 : InlineOp.Imul2;
-                op.Sub = (byte)(ins.OpCount == 1 ? 1 : 0); // Mul1: 1 is IMUL (MUL's row leaves 0)
+                op.Inline = ins.OpCount == 1 ? InlineOp.MulDiv : InlineOp.Imul2;
+                op.Sub = (byte)(ins.OpCount == 1 ? 1 : 0); // MulDiv: 1 is IMUL
                 if (ins.OpCount == 3)
                 {
                     op.Imm = ins.GetImmediate(2) & SizeMask(op.Size);

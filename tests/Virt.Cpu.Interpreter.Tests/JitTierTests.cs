@@ -318,6 +318,7 @@ public sealed class JitTierTests
         var addmul = a.CreateLabel();
         var submul = a.CreateLabel();
         var small = a.CreateLabel();
+        var divrem = a.CreateLabel();
         var carry = a.CreateLabel();
         var noOverflow = a.CreateLabel();
         var join = a.CreateLabel();
@@ -325,7 +326,7 @@ public sealed class JitTierTests
         a.mov(rax, 0x0123456789ABCDEFL);
         a.mov(r11, 6364136223846793005L);
         a.mov(r10, 1442695040888963407L);
-        a.mov(ecx, 2 * N);
+        a.mov(ecx, 0x1000 / 8);
         a.Label(ref fill);
         a.imul(rax, r11);
         a.add(rax, r10);
@@ -338,7 +339,7 @@ public sealed class JitTierTests
         a.mov(r15d, 5);
         a.Label(ref outer);
 
-        // Sum: [Data + 0x1000] = [Data] + [Data + 0x800], the carry across the back edge through DEC.
+        // Sum: [Data + 0x1000] = [Data] + [Data + 0x800] (the fill covers both), the carry across the back edge through DEC.
         a.xor(esi, esi);
         a.mov(ecx, N);
         a.Label(ref add);
@@ -386,6 +387,23 @@ public sealed class JitTierTests
         a.jnz(submul);
         a.add(rbx, r8);
 
+        // divrem_1: [Data + 0x2000] = [Data + 0x1000] / limb from the top limb down, the remainder carried in RDX.
+        a.mov(r11, __qword_ptr[rdi + 0x808]);
+        a.xor(edx, edx);
+        a.mov(esi, N - 1);
+        a.Label(ref divrem);
+        a.mov(rax, __qword_ptr[rdi + rsi * 8 + 0x1000]);
+        a.div(r11);
+        a.mov(__qword_ptr[rdi + rsi * 8 + 0x2000], rax);
+        a.sub(rsi, 1);
+        a.jae(divrem);
+        a.add(rbx, rdx);
+        a.mov(rax, rbx);
+        a.cqo();
+        a.idiv(__qword_ptr[rdi + 0x810]);
+        a.add(rbx, rax);
+        a.xor(rbx, rdx);
+
         // Other sizes and forms in a loop of several blocks.
         a.mov(ecx, 700);
         a.Label(ref small);
@@ -423,6 +441,23 @@ public sealed class JitTierTests
         a.imul(dx);
         a.setc(r12b);
         a.adc(r13d, 7);
+        a.mov(eax, r9d);
+        a.xor(dx, dx);
+        a.div(cx);
+        a.add(r13, rdx);
+        a.movsx(eax, r13b);
+        a.mov(r14d, ecx);
+        a.and(r14d, 0x3F);
+        a.or(r14d, 0x41);
+        a.idiv(r14b);
+        a.add(r13, rax);
+        a.mov(eax, r9d);
+        a.cdq();
+        a.idiv(r14d);
+        a.movzx(eax, al);
+        a.div(r14b);
+        a.add(r13, rax);
+        a.add(r13, rdx);
         a.jmp(join);
         a.Label(ref carry);
         a.adc(r13, r8);
@@ -1311,6 +1346,69 @@ public sealed class JitTierTests
         Assert.Equal(expected.Regs, jit.Regs);
         Assert.Equal(expected.Retired, jit.Retired);
         Assert.Equal(expected.Cr2, jit.Cr2);
+        Assert.Equal(expected.Frame, jit.Frame);
+    }
+
+    /// <summary>
+    /// DIV and IDIV whose divisor is 0 or whose quotient does not fit raise #DE from compiled code as the first tier does
+    /// (RIP the division, registers and flags as before it, with flags another operation left pending, the count), after
+    /// a loop of divisions that do not fault.
+    /// </summary>
+    [Theory]
+    [InlineData("div0")]
+    [InlineData("div64overflow")]
+    [InlineData("div8overflow")]
+    [InlineData("idiv0")]
+    [InlineData("idiv64min")]
+    [InlineData("idiv32min")]
+    [InlineData("idiv16overflow")]
+    [InlineData("divmem0")]
+    public void Divide_errors_in_compiled_code_are_raised_as_the_first_tier_raises_them(string last)
+    {
+        void Program(Assembler a)
+        {
+            var loop = a.CreateLabel();
+            a.mov(edi, (int)Data);
+            a.mov(__qword_ptr[rdi], 0);
+            a.mov(ecx, 300);
+            a.xor(ebx, ebx);
+            a.mov(r11, 0x0123456789ABCDEFL);
+            a.Label(ref loop);
+            a.mov(rax, r11);
+            a.xor(edx, edx);
+            a.div(rcx);
+            a.add(rbx, rdx);
+            a.mov(rax, r11);
+            a.cqo();
+            a.idiv(rcx);
+            a.add(rbx, rax);
+            a.rol(r11, 5);
+            a.dec(ecx);
+            a.jnz(loop);
+            a.mov(rax, r11);
+            a.mov(rdx, 0x55);
+            a.xor(ecx, ecx);
+            a.add(rbx, -1);
+            switch (last)
+            {
+                case "div0": a.div(rcx); break;
+                case "div64overflow": a.mov(ecx, 0x55); a.add(rbx, -1); a.div(rcx); break;
+                case "div8overflow": a.mov(ecx, 2); a.mov(eax, 0x300); a.add(rbx, -1); a.div(cl); break;
+                case "idiv0": a.idiv(ecx); break;
+                case "idiv64min": a.mov(rcx, -1); a.mov(rdx, -1); a.mov(rax, long.MinValue); a.add(rbx, -1); a.idiv(rcx); break;
+                case "idiv32min": a.mov(ecx, -1); a.mov(edx, unchecked((int)0x80000000)); a.xor(eax, eax); a.add(rbx, -1); a.idiv(ecx); break;
+                case "idiv16overflow": a.mov(ecx, 3); a.mov(edx, 0x7000); a.add(rbx, -1); a.idiv(cx); break;
+                default: a.div(__qword_ptr[rdi]); break;
+            }
+
+            a.hlt();
+        }
+
+        var expected = RunPaged("interpreter", Program);
+        var jit = RunPaged("jit", Program);
+        Assert.Equal(0x20000UL + 1, expected.Regs.Rip); // vector 0's handler halted
+        Assert.Equal(expected.Regs, jit.Regs);
+        Assert.Equal(expected.Retired, jit.Retired);
         Assert.Equal(expected.Frame, jit.Frame);
     }
 }

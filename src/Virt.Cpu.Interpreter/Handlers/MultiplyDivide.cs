@@ -29,7 +29,7 @@ internal sealed partial class InterpreterVcpu
         return op.Next;
     }
 
-    /// <summary>The operation <see cref="ExecMulDiv"/> runs (for MUL and one-operand IMUL, <see cref="InlineOp.Mul1"/>'s <see cref="Op.Sub"/>).</summary>
+    /// <summary>The operation <see cref="ExecMulDiv"/> runs (<see cref="InlineOp.MulDiv"/>'s <see cref="Op.Sub"/>).</summary>
     private const int MulDivMul = 0, MulDivImul = 1, MulDivDiv = 2, MulDivIdiv = 3;
 
     private void ExecMulDiv(ref Op op, int kind)
@@ -144,6 +144,12 @@ internal sealed partial class InterpreterVcpu
                 {
                     long n = size == 1 ? (short)GetReg(0, 2) : SignExtend((GetReg(2, size) << (size * 8)) | GetReg(0, size), size * 2);
                     long d = SignExtend(src, size);
+                    if (n == long.MinValue && d == -1)
+                    {
+                        // EDX:EAX of 0x80000000:00000000 by -1: the quotient overflows (and the host division would throw).
+                        throw Fault(Vectors.DE, 0);
+                    }
+
                     long q = n / d;
                     long max = (long)(SignBit(size) - 1);
                     if (q > max || q < -max - 1)

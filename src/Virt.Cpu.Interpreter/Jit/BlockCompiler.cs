@@ -51,6 +51,8 @@ internal sealed partial class BlockCompiler
     private static readonly MethodInfo CarryMethod = Method(nameof(InterpreterVcpu.JitCarry));
     private static readonly MethodInfo RotateFlagsMethod = Method(nameof(InterpreterVcpu.JitRotateFlags));
     private static readonly MethodInfo CondMethod = Method(nameof(InterpreterVcpu.JitCond));
+    private static readonly MethodInfo DivideErrorMethod = Method(nameof(InterpreterVcpu.JitDivideError));
+    private static readonly MethodInfo DivideMethod = typeof(BlockCompiler).GetMethod(nameof(Divide), Any)!;
     private static readonly MethodInfo ReadSlowMethod = Method(nameof(InterpreterVcpu.JitReadSlow));
     private static readonly MethodInfo ReadRmwSlowMethod = Method(nameof(InterpreterVcpu.JitReadRmwSlow));
     private static readonly MethodInfo WriteSlowMethod = Method(nameof(InterpreterVcpu.JitWriteSlow));
@@ -411,7 +413,7 @@ internal sealed partial class BlockCompiler
             case InlineOp.Call:
             case InlineOp.Ret:
                 return last && bitness == 64 && op.Size2 == 8;
-            case InlineOp.Mul1:
+            case InlineOp.MulDiv:
                 return op.Size is 1 or 2 or 4 or 8 && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
             case InlineOp.Cmovcc:
             case InlineOp.Imul2:
@@ -1641,7 +1643,7 @@ internal sealed partial class BlockCompiler
                     }
 
                     UseOperandRegs(in ops[i], true, true);
-                    if (ops[i].Inline == InlineOp.Mul1)
+                    if (ops[i].Inline == InlineOp.MulDiv)
                     {
                         Use(0);
                         Use(2);
@@ -1797,7 +1799,7 @@ internal sealed partial class BlockCompiler
                     return !IsCarryIn(in op);
                 case InlineOp.Alu:
                     return op.K0 != OpKindX.Mem && op.K1 != OpKindX.Mem && !IsCarryIn(in op);
-                case InlineOp.Mul1:
+                case InlineOp.MulDiv when op.Sub < 2:
                     return op.K0 != OpKindX.Mem;
                 case InlineOp.Shift:
                     return op.Sub is not (0 or 1) && op.K0 == OpKindX.Reg;
@@ -1911,7 +1913,8 @@ internal sealed partial class BlockCompiler
                     // ROL/ROR merge CF and OF into the flags before them: the result is in the CPU state.
                     f = FlagState.InState;
                     break;
-                case InlineOp.Shift or InlineOp.Imul2 or InlineOp.Mul1:
+                case InlineOp.Shift or InlineOp.Imul2:
+                case InlineOp.MulDiv when op.Sub < 2:
                     f = new(LzShift, op.Size, Unknown, 0, 0);
                     break;
                 default:
@@ -2096,8 +2099,8 @@ internal sealed partial class BlockCompiler
                 case InlineOp.Imul2:
                     EmitImul(i);
                     break;
-                case InlineOp.Mul1:
-                    EmitMul1(i);
+                case InlineOp.MulDiv:
+                    EmitMulDiv(i);
                     break;
                 case InlineOp.Shift:
                     EmitShift(i);
@@ -2895,6 +2898,152 @@ internal sealed partial class BlockCompiler
 
     private LocalBuilder? _imulOut;
 
+    private LocalBuilder? _divQ, _divR;
+
+    /// <summary>
+    /// DIV (<c>Sub</c> 2) or IDIV (3) as the interpreter runs it: the operand read first, then RDX:RAX (AX for bytes)
+    /// divided by it (<see cref="Divide"/>); a divisor of 0 or a quotient that does not fit raises #DE through
+    /// <see cref="InterpreterVcpu.JitDivideError"/> with the state written back as before the instruction (a memory
+    /// fault's slow path does the same). The flags are left as they are (the interpreter leaves them).
+    /// </summary>
+    private void EmitDivide(int i)
+    {
+        ref Op op = ref _ops[i];
+        int size = op.Size;
+        if (op.K0 == OpKindX.Reg)
+        {
+            GetReg(op.R0, size);
+        }
+        else
+        {
+            EmitLinear(in op);
+            EmitRead(size, i, rmw: false);
+            _il.Emit(OpCodes.Ldloc, _val);
+        }
+
+        _il.Emit(OpCodes.Stloc, _tb);
+        var q = _divQ ??= _il.DeclareLocal(typeof(ulong));
+        var r = _divR ??= _il.DeclareLocal(typeof(ulong));
+        GetReg(0, size == 1 ? 2 : size);
+        if (size == 1)
+        {
+            _il.Emit(OpCodes.Ldc_I4_0);
+            _il.Emit(OpCodes.Conv_U8);
+        }
+        else
+        {
+            GetReg(2, size);
+        }
+
+        _il.Emit(OpCodes.Ldloc, _tb);
+        EmitI4(size);
+        _il.Emit(op.Sub == 3 ? OpCodes.Ldc_I4_1 : OpCodes.Ldc_I4_0);
+        _il.Emit(OpCodes.Ldloca, q);
+        _il.Emit(OpCodes.Ldloca, r);
+        _il.Emit(OpCodes.Call, DivideMethod);
+        var ok = _il.DefineLabel();
+        _il.Emit(OpCodes.Brtrue, ok);
+        EmitSync(i);
+        _il.Emit(OpCodes.Ldarg_1);
+        EmitSlowBlock();
+        _il.Emit(OpCodes.Call, DivideErrorMethod);
+        _il.Emit(OpCodes.Ret);
+        _il.MarkLabel(ok);
+        if (size == 1)
+        {
+            _il.Emit(OpCodes.Ldloc, q);
+            SetReg(0, 1);
+            _il.Emit(OpCodes.Ldloc, r);
+            SetReg(16, 1);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldloc, q);
+            SetReg(0, size);
+            _il.Emit(OpCodes.Ldloc, r);
+            SetReg(2, size);
+        }
+    }
+
+    /// <summary>
+    /// DIV or IDIV (<paramref name="signed"/>) of <paramref name="size"/> bytes as the interpreter computes it: the dividend
+    /// is <paramref name="hi"/>:<paramref name="lo"/> (bytes: AX in <paramref name="lo"/>). False, with nothing computed,
+    /// when the divisor is 0 or the quotient does not fit (#DE).
+    /// </summary>
+    internal static bool Divide(ulong lo, ulong hi, ulong src, int size, bool signed, out ulong q, out ulong r)
+    {
+        q = r = 0;
+        if (src == 0)
+        {
+            return false;
+        }
+
+        if (!signed)
+        {
+            if (size == 8)
+            {
+                if (hi >= src)
+                {
+                    return false;
+                }
+
+                UInt128 n = ((UInt128)hi << 64) | lo;
+                q = (ulong)(n / src);
+                r = (ulong)(n % src);
+                return true;
+            }
+
+            ulong un = size == 1 ? lo : (hi << (size * 8)) | lo;
+            ulong uq = un / src;
+            if (uq > Mask(size))
+            {
+                return false;
+            }
+
+            q = uq;
+            r = un % src;
+            return true;
+        }
+
+        if (size == 8)
+        {
+            Int128 n = (Int128)(((UInt128)hi << 64) | lo);
+            Int128 d = (long)src;
+            if (n == Int128.MinValue && d == -1)
+            {
+                return false;
+            }
+
+            Int128 sq = n / d;
+            if (sq > long.MaxValue || sq < long.MinValue)
+            {
+                return false;
+            }
+
+            q = (ulong)(long)sq;
+            r = (ulong)(long)(n % d);
+            return true;
+        }
+
+        long sn = size == 1 ? (short)lo : InterpreterVcpu.SignExtend((hi << (size * 8)) | lo, size * 2);
+        long sd = InterpreterVcpu.SignExtend(src, size);
+        if (sn == long.MinValue && sd == -1)
+        {
+            return false;
+        }
+
+        long lq = sn / sd;
+        long max = (long)((1UL << ((size * 8) - 1)) - 1);
+        if (lq > max || lq < -max - 1)
+        {
+            return false;
+        }
+
+        q = (ulong)lq & Mask(size);
+        r = (ulong)(sn % sd) & Mask(size);
+        return true;
+    }
+
     /// <summary>The carry in of an ADC/SBB, computed before its operands are loaded.</summary>
     private LocalBuilder? _cin;
 
@@ -2909,12 +3058,17 @@ internal sealed partial class BlockCompiler
     /// extension), SF, ZF and PF from the low half, AF clear: the flags of <see cref="LzShift"/> with the low half as its
     /// result. 64-bit products through <see cref="Math.BigMul(ulong, ulong, out ulong)"/>; smaller ones fit in 64 bits.
     /// </summary>
-    private void EmitMul1(int i)
+    private void EmitMulDiv(int i)
     {
         ref Op op = ref _ops[i];
         int size = op.Size;
         int bits = size * 8;
         bool signed = op.Sub == 1;
+        if (op.Sub >= 2)
+        {
+            EmitDivide(i);
+            return;
+        }
 
         // The operand first (a memory read may take its slow path's call), then RAX.
         if (op.K0 == OpKindX.Reg)

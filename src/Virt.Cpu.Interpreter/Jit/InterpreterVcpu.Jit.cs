@@ -78,6 +78,13 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Evaluates condition <paramref name="cc"/> from the lazy state.</summary>
     internal bool JitCond(int cc) => Cond(cc);
 
+    /// <summary>A compiled DIV/IDIV whose divisor is 0 or whose quotient overflows (state written back as before it): #DE, as the interpreter raises it.</summary>
+    internal void JitDivideError(Block? block)
+    {
+        SetJitBlock(block);
+        throw Fault(Vectors.DE, 0);
+    }
+
     /// <summary>Slow path of a compiled read; <paramref name="block"/>, when not null, is the block being run (a region's; a fault restarts in it).</summary>
     internal ulong JitReadSlow(ulong lin, int size, Block? block)
     {
