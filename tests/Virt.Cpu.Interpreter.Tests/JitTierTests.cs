@@ -428,9 +428,9 @@ public sealed class JitTierTests
         a.adc(r9b, 0xFF);
         a.sbb(r12w, r12w);
         a.adc(r13, r12);
+        a.sbb(__qword_ptr[rdi + rcx * 8], -3);
         a.sbb(__word_ptr[rdi + rcx * 2 + 0x1800], ax);
         a.adc(__byte_ptr[rdi + rcx + 0x1800], 0x5A);
-        a.sbb(__qword_ptr[rdi + rcx * 8], -3);
         a.jc(carry);
         a.setbe(r11b);
         a.mul(ah);
@@ -1362,6 +1362,7 @@ public sealed class JitTierTests
     [InlineData("idiv64min")]
     [InlineData("idiv32min")]
     [InlineData("idiv16overflow")]
+    [InlineData("idiv8edge")]
     [InlineData("divmem0")]
     public void Divide_errors_in_compiled_code_are_raised_as_the_first_tier_raises_them(string last)
     {
@@ -1398,6 +1399,7 @@ public sealed class JitTierTests
                 case "idiv64min": a.mov(rcx, -1); a.mov(rdx, -1); a.mov(rax, long.MinValue); a.add(rbx, -1); a.idiv(rcx); break;
                 case "idiv32min": a.mov(ecx, -1); a.mov(edx, unchecked((int)0x80000000)); a.xor(eax, eax); a.add(rbx, -1); a.idiv(ecx); break;
                 case "idiv16overflow": a.mov(ecx, 3); a.mov(edx, 0x7000); a.add(rbx, -1); a.idiv(cx); break;
+                case "idiv8edge": a.mov(ecx, 2); a.mov(eax, 256); a.add(rbx, -1); a.idiv(cl); break;
                 default: a.div(__qword_ptr[rdi]); break;
             }
 
