@@ -51,8 +51,6 @@ internal sealed partial class BlockCompiler
     private static readonly MethodInfo CarryMethod = Method(nameof(InterpreterVcpu.JitCarry));
     private static readonly MethodInfo RotateFlagsMethod = Method(nameof(InterpreterVcpu.JitRotateFlags));
     private static readonly MethodInfo CondMethod = Method(nameof(InterpreterVcpu.JitCond));
-    private static readonly MethodInfo DivideErrorMethod = Method(nameof(InterpreterVcpu.JitDivideError));
-    private static readonly MethodInfo DivideMethod = typeof(BlockCompiler).GetMethod(nameof(Divide), Any)!;
     private static readonly MethodInfo ReadSlowMethod = Method(nameof(InterpreterVcpu.JitReadSlow));
     private static readonly MethodInfo ReadRmwSlowMethod = Method(nameof(InterpreterVcpu.JitReadRmwSlow));
     private static readonly MethodInfo WriteSlowMethod = Method(nameof(InterpreterVcpu.JitWriteSlow));
@@ -3049,8 +3047,19 @@ internal sealed partial class BlockCompiler
 
     private LocalBuilder? _mulLo, _imulLo;
 
-    private static readonly MethodInfo BigMulUnsigned = typeof(Math).GetMethod(nameof(Math.BigMul), [typeof(ulong), typeof(ulong), typeof(ulong).MakeByRefType()])!;
-    private static readonly MethodInfo BigMulSigned = typeof(Math).GetMethod(nameof(Math.BigMul), [typeof(long), typeof(long), typeof(long).MakeByRefType()])!;
+    // Looked up when first needed: a reflection lookup on Math at the compiler's type initialisation would delay the
+    // first compiled block of every process.
+    private static MethodInfo? _bigMulUnsigned, _bigMulSigned, _divideMethod, _divideErrorMethod;
+
+    private static MethodInfo BigMulUnsigned =>
+        _bigMulUnsigned ??= typeof(Math).GetMethod(nameof(Math.BigMul), [typeof(ulong), typeof(ulong), typeof(ulong).MakeByRefType()])!;
+
+    private static MethodInfo BigMulSigned =>
+        _bigMulSigned ??= typeof(Math).GetMethod(nameof(Math.BigMul), [typeof(long), typeof(long), typeof(long).MakeByRefType()])!;
+
+    private static MethodInfo DivideMethod => _divideMethod ??= typeof(BlockCompiler).GetMethod(nameof(Divide), Any)!;
+
+    private static MethodInfo DivideErrorMethod => _divideErrorMethod ??= Method(nameof(InterpreterVcpu.JitDivideError));
 
     /// <summary>
     /// One-operand MUL (<c>Sub</c> 0) or IMUL (1) as the interpreter runs it: RAX (AL, AX, EAX) times the operand into
