@@ -120,7 +120,11 @@ internal enum InlineOp : byte
     Shift,
     Imul2,
 
-    /// <summary>One-operand MUL (<see cref="Op.Sub"/> 0) or IMUL (1): RDX:RAX (AX for bytes) from RAX times the operand; DIV (2) or IDIV (3) of RDX:RAX (AX) by it.</summary>
+    /// <summary>
+    /// One-operand MUL (<see cref="Op.Sub"/> 0) or IMUL (1): RDX:RAX (AX for bytes) from RAX times the operand; DIV (2) or
+    /// IDIV (3) of RDX:RAX (AX) by it. Compiled code runs it inline; the interpreter's dispatch calls the form's handler
+    /// (its default case), which keeps the hot dispatch method as it is.
+    /// </summary>
     MulDiv,
     Movs,
     Stos,

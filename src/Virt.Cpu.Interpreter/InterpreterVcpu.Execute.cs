@@ -465,9 +465,6 @@ internal sealed partial class InterpreterVcpu
                 case InlineOp.Imul2:
                     ExecImul2(ref op);
                     break;
-                case InlineOp.MulDiv:
-                    ExecMulDiv(ref op, op.Sub);
-                    break;
                 case InlineOp.Movs:
                 case InlineOp.Stos:
                 case InlineOp.Lods:
