@@ -376,13 +376,11 @@ internal sealed unsafe partial class InterpreterVcpu
 
         int off = (int)(phys & 0xFFF);
         int avail = 4096 - off;
-
-        // The decoder reads the page in place, up to its end (each byte once); a decoder per code size is kept.
-        _codeReader.Reset((byte*)(host + off), avail);
+        new ReadOnlySpan<byte>((void*)(host + off), avail).CopyTo(_fetch);
+        var reader = new ByteArrayCodeReader(_fetch, 0, avail);
         // The decoder works in CS offsets (RIP), so next-instruction and branch-target values are RIP values.
         ulong start = _cpu.Rip;
-        var decoder = PageDecoder(_cpu.Bitness);
-        decoder.IP = start;
+        var decoder = Iced.Intel.Decoder.Create(_cpu.Bitness, reader, start, DecoderOptions.None);
         int n = 0;
         bool cacheable = true;
         while (n < MaxBlockInstructions)
@@ -410,9 +408,8 @@ internal sealed unsafe partial class InterpreterVcpu
                     throw Fault(Vectors.UD, 0);
                 }
 
-                new ReadOnlySpan<byte>((void*)(host + off), avail).CopyTo(_fetch);
                 new ReadOnlySpan<byte>((void*)host2, 16).CopyTo(_fetch.AsSpan(avail));
-                var reader = new ByteArrayCodeReader(_fetch, 0, avail + 16);
+                reader = new ByteArrayCodeReader(_fetch, 0, avail + 16);
                 decoder = Iced.Intel.Decoder.Create(_cpu.Bitness, reader, start, DecoderOptions.None);
                 decoder.Decode(out ins);
                 cacheable = false;
@@ -446,37 +443,6 @@ internal sealed unsafe partial class InterpreterVcpu
         }
 
         return block;
-    }
-
-    private readonly HostCodeReader _codeReader = new();
-    private readonly Iced.Intel.Decoder?[] _pageDecoders = new Iced.Intel.Decoder?[3];
-
-    /// <summary>The decoder of <paramref name="bitness"/>-bit code over <see cref="_codeReader"/>, made on first use.</summary>
-    private Iced.Intel.Decoder PageDecoder(int bitness)
-    {
-        int i = bitness switch { 16 => 0, 32 => 1, _ => 2 };
-        return _pageDecoders[i] ??= Iced.Intel.Decoder.Create(bitness, _codeReader, DecoderOptions.None);
-    }
-
-    /// <summary>
-    /// Guest code read in place from the host mapping of its page, from a start up to a limit (the page's end), so
-    /// decoding a block copies nothing. The vCPU's thread is the only user; the page stays mapped while the
-    /// partition lives.
-    /// </summary>
-    private sealed class HostCodeReader : CodeReader
-    {
-        private byte* _start;
-        private int _position;
-        private int _limit;
-
-        public void Reset(byte* start, int limit)
-        {
-            _start = start;
-            _position = 0;
-            _limit = limit;
-        }
-
-        public override int ReadByte() => _position < _limit ? _start[_position++] : -1;
     }
 
     private static bool EndsBlock(in Instruction ins)
