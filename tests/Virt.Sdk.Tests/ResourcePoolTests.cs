@@ -168,9 +168,10 @@ public sealed class ResourcePoolTests
 
         // The halted VM gives the slot up at the first tick and, however often its timer wakes it, does not queue for
         // it again while its work stays light, so the busy VM keeps the CPU. (A VM that took the slot at every wake
-        // would preempt the busy one about ten times a second; a host so loaded that a wake-up waits three ticks for
-        // a CPU may still count as busy once or twice.)
-        Assert.True(busyUsage.Preemptions <= 4, $"busy VM preempted {busyUsage.Preemptions} times; idle VM: {idleUsage}");
+        // would preempt the busy one about ten times a second, a dozen times or more before the busy VM has had its
+        // second of CPU; a host so loaded that a wake-up waits three ticks for a CPU may still count as busy a few
+        // times: 5 were seen with two busy loops beside the test run on two cores.)
+        Assert.True(busyUsage.Preemptions <= 6, $"busy VM preempted {busyUsage.Preemptions} times; idle VM: {idleUsage}");
         Assert.True(idleUsage.SlotGrants <= 5, $"idle VM took the CPU {idleUsage.SlotGrants} times");
         Assert.True(idleUsage.CpuTime < busyUsage.CpuTime / 10, $"idle {idleUsage.CpuTime}, busy {busyUsage.CpuTime}");
     }
