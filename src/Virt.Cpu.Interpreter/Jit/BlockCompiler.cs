@@ -2908,17 +2908,7 @@ internal sealed partial class BlockCompiler
     {
         ref Op op = ref _ops[i];
         int size = op.Size;
-        if (op.K0 == OpKindX.Reg)
-        {
-            GetReg(op.R0, size);
-        }
-        else
-        {
-            EmitLinear(in op);
-            EmitRead(size, i, rmw: false);
-            _il.Emit(OpCodes.Ldloc, _val);
-        }
-
+        EmitPushRm(in op, size, i, op.K0 == OpKindX.Reg, rmw: false);
         _il.Emit(OpCodes.Stloc, _tb);
         var q = _divQ ??= _il.DeclareLocal(typeof(ulong));
         var r = _divR ??= _il.DeclareLocal(typeof(ulong));
@@ -3080,17 +3070,7 @@ internal sealed partial class BlockCompiler
         }
 
         // The operand first (a memory read may take its slow path's call), then RAX.
-        if (op.K0 == OpKindX.Reg)
-        {
-            GetReg(op.R0, size);
-        }
-        else
-        {
-            EmitLinear(in op);
-            EmitRead(size, i, rmw: false);
-            _il.Emit(OpCodes.Ldloc, _val);
-        }
-
+        EmitPushRm(in op, size, i, op.K0 == OpKindX.Reg, rmw: false);
         _il.Emit(OpCodes.Stloc, _tb);
         GetReg(0, size);
         _il.Emit(OpCodes.Stloc, _ta);
@@ -3213,6 +3193,16 @@ internal sealed partial class BlockCompiler
     /// <summary>Loads the operand of a read-modify-write instruction, register <c>R0</c> when <paramref name="reg"/>, else memory, into <c>_ta</c>.</summary>
     private void EmitLoadRmOperand(in Op op, int size, int i, bool reg)
     {
+        EmitPushRm(in op, size, i, reg, rmw: true);
+        _il.Emit(OpCodes.Stloc, _ta);
+    }
+
+    /// <summary>
+    /// Pushes operand 0: register <c>R0</c> when <paramref name="reg"/>, else the memory operand (checked for writing
+    /// first when <paramref name="rmw"/>, as a read-modify-write's read is).
+    /// </summary>
+    private void EmitPushRm(in Op op, int size, int i, bool reg, bool rmw)
+    {
         if (reg)
         {
             GetReg(op.R0, size);
@@ -3220,11 +3210,9 @@ internal sealed partial class BlockCompiler
         else
         {
             EmitLinear(in op);
-            EmitRead(size, i, rmw: true);
+            EmitRead(size, i, rmw);
             _il.Emit(OpCodes.Ldloc, _val);
         }
-
-        _il.Emit(OpCodes.Stloc, _ta);
     }
 
     /// <summary>Stores <paramref name="result"/> back to the operand <see cref="EmitLoadRmOperand"/> loaded.</summary>
