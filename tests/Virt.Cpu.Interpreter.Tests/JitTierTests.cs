@@ -1187,6 +1187,21 @@ public sealed class JitTierTests
     }
 
     /// <summary>
+    /// Runs <paramref name="program"/> with <see cref="RunPaged"/> on the first tier and on the JIT tier, asserts that both
+    /// end with the same registers, count, CR2 and exception frame, and returns the first tier's run.
+    /// </summary>
+    private static (GeneralRegisters Regs, long Retired, ulong Cr2, ulong[] Frame) AssertPagedTiersMatch(Action<Assembler> program)
+    {
+        var expected = RunPaged("interpreter", program);
+        var jit = RunPaged("jit", program);
+        Assert.Equal(expected.Regs, jit.Regs);
+        Assert.Equal(expected.Retired, jit.Retired);
+        Assert.Equal(expected.Cr2, jit.Cr2);
+        Assert.Equal(expected.Frame, jit.Frame);
+        return expected;
+    }
+
+    /// <summary>
     /// Compiled memory accesses that cross a page boundary (reads, writes and read-modify-writes of 2, 4 and 8 bytes at
     /// every offset that straddles it) take the slow path and read and write what the first tier does; the last one
     /// reaches from a page the TLB holds (a read just before) into the unmapped page above 2 MiB and faults precisely
@@ -1221,13 +1236,8 @@ public sealed class JitTierTests
             a.hlt();
         }
 
-        var expected = RunPaged("interpreter", Program);
-        var jit = RunPaged("jit", Program);
+        var expected = AssertPagedTiersMatch(Program);
         Assert.Equal(2UL << 20, expected.Cr2);
-        Assert.Equal(expected.Regs, jit.Regs);
-        Assert.Equal(expected.Retired, jit.Retired);
-        Assert.Equal(expected.Cr2, jit.Cr2);
-        Assert.Equal(expected.Frame, jit.Frame);
     }
 
     /// <summary>
@@ -1277,13 +1287,8 @@ public sealed class JitTierTests
             a.ret();
         }
 
-        var expected = RunPaged("interpreter", Program);
-        var jit = RunPaged("jit", Program);
+        var expected = AssertPagedTiersMatch(Program);
         Assert.Equal((2UL << 20) + 8, expected.Cr2);
-        Assert.Equal(expected.Regs, jit.Regs);
-        Assert.Equal(expected.Retired, jit.Retired);
-        Assert.Equal(expected.Cr2, jit.Cr2);
-        Assert.Equal(expected.Frame, jit.Frame);
     }
 
     /// <summary>
@@ -1340,13 +1345,8 @@ public sealed class JitTierTests
             a.hlt();
         }
 
-        var expected = RunPaged("interpreter", Program);
-        var jit = RunPaged("jit", Program);
+        var expected = AssertPagedTiersMatch(Program);
         Assert.Equal(2UL << 20, expected.Cr2);
-        Assert.Equal(expected.Regs, jit.Regs);
-        Assert.Equal(expected.Retired, jit.Retired);
-        Assert.Equal(expected.Cr2, jit.Cr2);
-        Assert.Equal(expected.Frame, jit.Frame);
     }
 
     /// <summary>
@@ -1406,11 +1406,7 @@ public sealed class JitTierTests
             a.hlt();
         }
 
-        var expected = RunPaged("interpreter", Program);
-        var jit = RunPaged("jit", Program);
+        var expected = AssertPagedTiersMatch(Program);
         Assert.Equal(0x20000UL + 1, expected.Regs.Rip); // vector 0's handler halted
-        Assert.Equal(expected.Regs, jit.Regs);
-        Assert.Equal(expected.Retired, jit.Retired);
-        Assert.Equal(expected.Frame, jit.Frame);
     }
 }
