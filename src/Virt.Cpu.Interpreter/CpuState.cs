@@ -90,7 +90,7 @@ internal struct CpuState
     public DebugRegisterFile Dr;
     public ulong ApicBase;
     public ulong Star, Lstar, Cstar, Fmask, KernelGsBase, TscAux, Pat, MiscEnable;
-    public ulong SysenterCs, SysenterEsp, SysenterEip, MiscFeatures;
+    public ulong SysenterCs, SysenterEsp, SysenterEip, MiscFeatures, SpecCtrl;
     public VariableMtrrFile MtrrVariable;
     public FixedMtrrFile MtrrFixed;
     public ulong MtrrDefType;

@@ -12,6 +12,10 @@ public static class MsrIndex
     public const uint Tsc = 0x10;
     /// <summary>IA32_APIC_BASE.</summary>
     public const uint ApicBase = 0x1B;
+    /// <summary>IA32_SPEC_CTRL (enumerated by CPUID.(EAX=7,ECX=0):EDX[26]): speculation controls; bit 0 (IBRS) restricts indirect branch prediction.</summary>
+    public const uint SpecCtrl = 0x48;
+    /// <summary>IA32_PRED_CMD (write-only, enumerated with IA32_SPEC_CTRL): writing bit 0 (IBPB) is an indirect branch prediction barrier.</summary>
+    public const uint PredCmd = 0x49;
     /// <summary>MSR_PLATFORM_INFO; bit 31 says the processor can make CPUID fault outside CPL 0.</summary>
     public const uint PlatformInfo = 0xCE;
     /// <summary>IA32_ARCH_CAPABILITIES (read-only, enumerated by CPUID.(EAX=7,ECX=0):EDX[29]): the processor's speculative-execution properties, such as which side channels it is not affected by.</summary>

@@ -357,6 +357,12 @@ internal sealed partial class InterpreterVcpu
     /// <summary>MSR_MISC_FEATURES_ENABLES bit 0: CPUID faults (#GP) outside CPL 0.</summary>
     private const ulong MiscFeaturesCpuidFaulting = 1;
 
+    /// <summary>IA32_SPEC_CTRL bit 0: indirect branch restricted speculation.</summary>
+    private const ulong SpecCtrlIbrs = 1;
+
+    /// <summary>IA32_PRED_CMD bit 0: indirect branch prediction barrier.</summary>
+    private const ulong PredCmdIbpb = 1;
+
     private void ExecCpuid()
     {
         if ((_cpu.MiscFeatures & MiscFeaturesCpuidFaulting) != 0 && _cpu.Cpl > 0)
@@ -511,11 +517,12 @@ internal sealed partial class InterpreterVcpu
             MsrIndex.PlatformInfo => PlatformInfoCpuidFaulting,
             MsrIndex.ArchCapabilities => Cpuid.ArchCapabilities,
             MsrIndex.MiscFeaturesEnables => _cpu.MiscFeatures,
+            MsrIndex.SpecCtrl => _cpu.SpecCtrl,
             _ => ulong.MaxValue,
         };
         return v != ulong.MaxValue || index is MsrIndex.Star or MsrIndex.Lstar or MsrIndex.Cstar or MsrIndex.Fmask
             or MsrIndex.FsBase or MsrIndex.GsBase or MsrIndex.KernelGsBase or MsrIndex.Pat or MsrIndex.MiscEnable
-            or MsrIndex.MiscFeaturesEnables;
+            or MsrIndex.MiscFeaturesEnables or MsrIndex.SpecCtrl;
     }
 
     private static bool IsCanonical(ulong v) => (ulong)(((long)v << 16) >> 16) == v;
@@ -629,6 +636,20 @@ internal sealed partial class InterpreterVcpu
             case MsrIndex.ArchCapabilities:
                 // Read-only as well; a host write of the value it read is accepted.
                 return !fromGuest && v == Cpuid.ArchCapabilities;
+            case MsrIndex.SpecCtrl:
+                // IBRS (bit 0) is the only control CPUID enumerates (no STIBP, SSBD or the later bits): setting any
+                // other bit raises #GP, as on a processor without those features. The bit changes nothing here.
+                if ((v & ~SpecCtrlIbrs) != 0)
+                {
+                    return false;
+                }
+
+                _cpu.SpecCtrl = v;
+                return true;
+            case MsrIndex.PredCmd:
+                // IBPB (bit 0): a barrier against predictions made before it; there are none to discard. Write-only:
+                // RDMSR of it raises #GP like any MSR without a read case.
+                return (v & ~PredCmdIbpb) == 0;
             case MsrIndex.MiscFeaturesEnables:
                 if ((v & ~MiscFeaturesCpuidFaulting) != 0)
                 {

@@ -194,16 +194,80 @@ public sealed class HypercallAndMsrTests
         Assert.True((r.R8 & (1UL << 29)) != 0, "CPUID.(7,0):EDX[29] enumerates IA32_ARCH_CAPABILITIES");
         Assert.True((r.R8 & (1UL << 4)) != 0 && (r.R9 & (1UL << 9)) != 0, "FSRM and ERMS");
 
-        // RDCL_NO, SSB_NO, MDS_NO, PSCHANGE_MC_NO, TAA_NO, SBDR_SSDP_NO, FBSDP_NO, PSDP_NO, BHI_NO, PBRSB_NO, GDS_NO,
-        // RFDS_NO, ITS_NO; none of the bits that claim a control or a vulnerability (IBRS_ALL, RSBA, TSX_CTRL, RRSBA).
-        foreach (int bit in new[] { 0, 4, 5, 6, 8, 13, 14, 15, 20, 24, 26, 27, 62 })
+        // RDCL_NO, IBRS_ALL, SSB_NO, MDS_NO, PSCHANGE_MC_NO, TAA_NO, SBDR_SSDP_NO, FBSDP_NO, PSDP_NO, BHI_NO, PBRSB_NO,
+        // GDS_NO, RFDS_NO, ITS_NO; none of the bits that claim a control or a vulnerability (RSBA, TSX_CTRL, RRSBA).
+        foreach (int bit in new[] { 0, 1, 4, 5, 6, 8, 13, 14, 15, 20, 24, 26, 27, 62 })
         {
             Assert.True((r.R10 & (1UL << bit)) != 0, $"IA32_ARCH_CAPABILITIES bit {bit}");
         }
 
-        foreach (int bit in new[] { 1, 2, 7, 19 })
+        foreach (int bit in new[] { 2, 7, 19 })
         {
             Assert.True((r.R10 & (1UL << bit)) == 0, $"IA32_ARCH_CAPABILITIES bit {bit}");
         }
+    }
+
+    [Fact]
+    public void Spec_ctrl_holds_ibrs_pred_cmd_takes_ibpb_and_other_bits_raise_gp()
+    {
+        // CPUID.(7,0):EDX[26] enumerates IA32_SPEC_CTRL (IBRS) and IA32_PRED_CMD (IBPB); a guest sets IBRS once and reads it back.
+        using var m = Start("interpreter", a =>
+        {
+            a.mov(eax, 7);
+            a.xor(ecx, ecx);
+            a.cpuid();
+            a.mov(r8d, edx);
+            a.mov(ecx, 0x48);
+            a.rdmsr();
+            a.mov(r9d, eax);
+            a.mov(eax, 1);
+            a.xor(edx, edx);
+            a.wrmsr();
+            a.mov(ecx, 0x49);
+            a.wrmsr();
+            a.mov(ecx, 0x48);
+            a.xor(eax, eax);
+            a.rdmsr();
+            a.mov(r10d, eax);
+        });
+        var (vector, _, r) = RunToHalt(m);
+        Assert.Equal(-1, vector);
+        Assert.True((r.R8 & (1UL << 26)) != 0, "CPUID.(7,0):EDX[26] enumerates IA32_SPEC_CTRL and IA32_PRED_CMD");
+        Assert.Equal(0UL, r.R9);
+        Assert.Equal(1UL, r.R10);
+
+        // IBRS survives a save and restore of the vCPU state, as every writable MSR does.
+        var state = m.Vcpu.GetState();
+        Assert.Contains(state.Msrs, e => e.Index == MsrIndex.SpecCtrl && e.Value == 1);
+        Assert.DoesNotContain(state.Msrs, e => e.Index == MsrIndex.PredCmd);
+    }
+
+    [Theory]
+    [InlineData(0x48u, 2u)] // STIBP: not enumerated
+    [InlineData(0x48u, 4u)] // SSBD: not enumerated
+    [InlineData(0x49u, 2u)]
+    public void Spec_ctrl_and_pred_cmd_refuse_bits_cpuid_does_not_enumerate(uint msr, uint value)
+    {
+        using var m = Start("interpreter", a =>
+        {
+            a.mov(ecx, msr);
+            a.mov(eax, value);
+            a.xor(edx, edx);
+            a.wrmsr();
+        });
+        var (vector, error, _) = RunToHalt(m);
+        Assert.Equal((13, 0UL), (vector, error));
+    }
+
+    [Fact]
+    public void Rdmsr_of_pred_cmd_raises_gp0_as_it_is_write_only()
+    {
+        using var m = Start("interpreter", a =>
+        {
+            a.mov(ecx, 0x49);
+            a.rdmsr();
+        });
+        var (vector, error, _) = RunToHalt(m);
+        Assert.Equal((13, 0UL), (vector, error));
     }
 }
