@@ -58,7 +58,6 @@ internal sealed partial class BlockCompiler
     private static readonly MethodInfo StringStepMethod = Method(nameof(InterpreterVcpu.JitStringStep));
     private static readonly MethodInfo MayIterateMethod = Method(nameof(InterpreterVcpu.JitMayIterate));
     private static readonly MethodInfo LinkedMethod = Method(nameof(InterpreterVcpu.JitLinked));
-    private static readonly FieldInfo LastBlockField = Field(typeof(InterpreterVcpu), "_lastBlock");
     private static readonly FieldInfo UsedField = Field(typeof(Block), nameof(Block.Used));
     private static readonly MethodInfo ImulMethod = typeof(BlockCompiler).GetMethod(nameof(Imul), Any)!;
     private static readonly MethodInfo InvokeMethod = typeof(CompiledBlock).GetMethod("Invoke")!;
@@ -1673,9 +1672,6 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldc_I4_0);
         _il.Emit(OpCodes.Stfld, StopField);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldarg_2);
-        _il.Emit(OpCodes.Stfld, LastBlockField);
         _il.Emit(OpCodes.Ldarg_2);
         _il.Emit(OpCodes.Ldc_I4_1);
         _il.Emit(OpCodes.Stfld, UsedField);
@@ -1966,22 +1962,13 @@ internal sealed partial class BlockCompiler
     }
 
     /// <summary>
-    /// Pushes the block argument of a memory slow path: in a region, the block being emitted (the slow path makes it
-    /// the vCPU's last block, which a fault restarts in; a field store in compiled code would take a GC write barrier,
-    /// a call across which the operand's address and value would have to be kept in memory); null in a single block,
-    /// which its prologue made the last block.
+    /// Pushes the block argument of a call that may fault (a memory slow path, a divide error): the block being
+    /// emitted, which the callee makes the vCPU's last block, the one a fault restarts in. Compiled code never stores
+    /// that field itself: a reference store takes a GC write barrier (a call), which on every entry to a compiled block
+    /// cost more than the rare slow path's argument; every call out of compiled code that can fault names its block
+    /// (these, and the interpreter steps, whose <see cref="InterpreterVcpu.JitStep"/> runs the op as the interpreter does).
     /// </summary>
-    private void EmitSlowBlock()
-    {
-        if (_region.Length > 1)
-        {
-            EmitLoadCurrentBlock();
-        }
-        else
-        {
-            _il.Emit(OpCodes.Ldnull);
-        }
-    }
+    private void EmitSlowBlock() => EmitLoadCurrentBlock();
 
     /// <summary>Pushes the block being emitted (the method's block argument, or an element of the region it is bound to).</summary>
     private void EmitLoadCurrentBlock()

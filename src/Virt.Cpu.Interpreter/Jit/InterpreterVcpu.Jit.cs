@@ -184,7 +184,8 @@ internal sealed partial class InterpreterVcpu
 
     private void RunCompiled(Block b, Jit.CompiledBlock code)
     {
-        // The compiled prologue marks the block used and makes it _lastBlock (chained blocks do the same).
+        // The compiled prologue marks the block used (chained blocks do the same); calls out of it that may fault name
+        // their block, which becomes _lastBlock then.
         _inBlock = true;
         _chainDepth = 0;
         code(this, b);
