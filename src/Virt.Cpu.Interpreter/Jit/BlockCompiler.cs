@@ -59,6 +59,7 @@ internal sealed partial class BlockCompiler
     private static readonly MethodInfo MayIterateMethod = Method(nameof(InterpreterVcpu.JitMayIterate));
     private static readonly MethodInfo LinkedMethod = Method(nameof(InterpreterVcpu.JitLinked));
     private static readonly FieldInfo UsedField = Field(typeof(Block), nameof(Block.Used));
+    private static readonly FieldInfo CompiledField = Field(typeof(Block), nameof(Block.Compiled));
     private static readonly MethodInfo ImulMethod = typeof(BlockCompiler).GetMethod(nameof(Imul), Any)!;
     private static readonly MethodInfo InvokeMethod = typeof(CompiledBlock).GetMethod("Invoke")!;
 
@@ -2122,8 +2123,9 @@ internal sealed partial class BlockCompiler
     /// The chaining tail of exit <paramref name="slot"/>: <see cref="InterpreterVcpu.JitLinked"/> checks the link (same
     /// link generation, still valid, compiled, allowed by <see cref="InterpreterVcpu.JitMayChain"/>, and for a computed
     /// target <paramref name="dynamicRip"/> its start) and names the exit for the run loop when there is none; the linked
-    /// block's code is called in tail position, else the method returns. One call instead of the checks inline keeps
-    /// each exit's IL short, and the .NET JIT's time per block grows with the IL.
+    /// block's code (read again here: the compiler may have dropped it since, and then the method returns) is called in
+    /// tail position, else the method returns. One call instead of the checks inline keeps each exit's IL short, and
+    /// the .NET JIT's time per block grows with the IL.
     /// </summary>
     private void EmitChain(int slot, LocalBuilder? dynamicRip = null, LocalBuilder? slotLocal = null)
     {
@@ -2151,10 +2153,15 @@ internal sealed partial class BlockCompiler
             _il.Emit(OpCodes.Conv_U8);
         }
 
-        _il.Emit(OpCodes.Ldloca, target);
         _il.Emit(OpCodes.Call, LinkedMethod);
-        _il.Emit(OpCodes.Stloc, code);
+        _il.Emit(OpCodes.Stloc, target);
         var ret = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, target);
+        _il.Emit(OpCodes.Brfalse, ret);
+        _il.Emit(OpCodes.Ldloc, target);
+        _il.Emit(OpCodes.Volatile);
+        _il.Emit(OpCodes.Ldfld, CompiledField);
+        _il.Emit(OpCodes.Stloc, code);
         _il.Emit(OpCodes.Ldloc, code);
         _il.Emit(OpCodes.Brfalse, ret);
         _il.Emit(OpCodes.Ldloc, code);

@@ -201,25 +201,26 @@ internal sealed partial class InterpreterVcpu
 
     /// <summary>
     /// Called by compiled code at exit <paramref name="slot"/> of <paramref name="from"/> (RIP already stored): the
-    /// compiled code of the block that runs next, with the block in <paramref name="target"/>, when it may run now
-    /// (<see cref="JitMayChain"/>); otherwise null. The exit's link is used when it was made in this link generation,
-    /// for <paramref name="rip"/> when <paramref name="dynamic"/> (a computed target), and the block is still valid and
-    /// compiled. Otherwise (a return or indirect jump to another target than last time, a link from before a flush of
-    /// the lookups) the block comes from the first-level lookup, as the run loop would find it, and the exit is linked
-    /// to it; without a compiled block there the exit is named in <see cref="_chainFrom"/>/<see cref="_chainSlot"/> so
-    /// the run loop links the block it finds.
+    /// block that runs next when it is compiled and may run now (<see cref="JitMayChain"/>); otherwise null. The caller
+    /// runs the block's <see cref="Block.Compiled"/> code, and returns instead if the compiler dropped it meanwhile.
+    /// The exit's link is used when it was made in this link generation, for <paramref name="rip"/> when
+    /// <paramref name="dynamic"/> (a computed target), and the block is still valid and compiled. Otherwise (a return
+    /// or indirect jump to another target than last time, a link from before a flush of the lookups) the block comes
+    /// from the first-level lookup, as the run loop would find it, and the exit is linked to it; without a compiled
+    /// block there the exit is named in <see cref="_chainFrom"/>/<see cref="_chainSlot"/> so the run loop links the
+    /// block it finds. The block is returned rather than stored through an <c>out</c> argument: a reference stored
+    /// through a reference takes the GC's checked write barrier, a call on every exit.
     /// </summary>
-    internal Jit.CompiledBlock? JitLinked(Block from, int slot, bool dynamic, ulong rip, out Block? target)
+    internal Block? JitLinked(Block from, int slot, bool dynamic, ulong rip)
     {
         var t = slot == 0 ? from.Link0 : from.Link1;
-        target = t;
         if (t != null && (!dynamic || t.Lin == rip) && LinkHolds(slot == 0 ? from.LinkGen0 : from.LinkGen1, t)
-            && Volatile.Read(ref t.Valid) && Volatile.Read(ref t.Compiled) is { } code)
+            && Volatile.Read(ref t.Valid) && Volatile.Read(ref t.Compiled) != null)
         {
-            return JitMayChain(t.Count) ? code : null;
+            return JitMayChain(t.Count) ? t : null;
         }
 
-        return JitLookup(from, slot, out target);
+        return JitLookup(from, slot);
     }
 
     /// <summary>Whether a link to <paramref name="target"/> made in generation <paramref name="generation"/> still holds.</summary>
@@ -229,15 +230,13 @@ internal sealed partial class InterpreterVcpu
 
     /// <summary>The slow half of <see cref="JitLinked"/>: the next block from the first-level lookup, linked to the exit.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private Jit.CompiledBlock? JitLookup(Block from, int slot, out Block? target)
+    private Block? JitLookup(Block from, int slot)
     {
-        target = null;
         if (LookupChains && CachedBlock(out _, out _, out _) is { } b && b.Cacheable && b.ModeKey == from.ModeKey
-            && b.CsBase == from.CsBase && Volatile.Read(ref b.Compiled) is { } code)
+            && b.CsBase == from.CsBase && Volatile.Read(ref b.Compiled) != null)
         {
             Link(from, slot, b);
-            target = b;
-            return JitMayChain(b.Count) ? code : null;
+            return JitMayChain(b.Count) ? b : null;
         }
 
         _chainFrom = from;
