@@ -360,6 +360,9 @@ internal sealed partial class InterpreterVcpu
     /// <summary>IA32_SPEC_CTRL bit 0: indirect branch restricted speculation.</summary>
     private const ulong SpecCtrlIbrs = 1;
 
+    /// <summary>IA32_SPEC_CTRL bits a host restore may set: IBRS, STIBP, SSBD.</summary>
+    private const ulong SpecCtrlHostBits = 7;
+
     /// <summary>IA32_PRED_CMD bit 0: indirect branch prediction barrier.</summary>
     private const ulong PredCmdIbpb = 1;
 
@@ -637,9 +640,11 @@ internal sealed partial class InterpreterVcpu
                 // Read-only as well; a host write of the value it read is accepted.
                 return !fromGuest && v == Cpuid.ArchCapabilities;
             case MsrIndex.SpecCtrl:
-                // IBRS (bit 0) is the only control CPUID enumerates (no STIBP, SSBD or the later bits): setting any
-                // other bit raises #GP, as on a processor without those features. The bit changes nothing here.
-                if ((v & ~SpecCtrlIbrs) != 0)
+                // IBRS (bit 0) is the only control CPUID enumerates (no STIBP, SSBD or the later bits): a guest that
+                // sets any other bit gets #GP, as on a processor without those features. The host may also restore
+                // STIBP and SSBD (bits 1 and 2), which a state saved on a processor that has them can hold; none of
+                // the bits changes anything here.
+                if ((v & ~(fromGuest ? SpecCtrlIbrs : SpecCtrlHostBits)) != 0)
                 {
                     return false;
                 }

@@ -240,6 +240,13 @@ public sealed class HypercallAndMsrTests
         var state = m.Vcpu.GetState();
         Assert.Contains(state.Msrs, e => e.Index == MsrIndex.SpecCtrl && e.Value == 1);
         Assert.DoesNotContain(state.Msrs, e => e.Index == MsrIndex.PredCmd);
+
+        // A state saved on a processor with STIBP and SSBD may hold them: the host restores it; bits above are refused.
+        m.Vcpu.SetMsrs([new MsrEntry(MsrIndex.SpecCtrl, 7)]);
+        Span<MsrEntry> read = [new MsrEntry(MsrIndex.SpecCtrl, 0)];
+        m.Vcpu.GetMsrs(read);
+        Assert.Equal(7UL, read[0].Value);
+        Assert.ThrowsAny<ArgumentException>(() => m.Vcpu.SetMsrs([new MsrEntry(MsrIndex.SpecCtrl, 8)]));
     }
 
     [Theory]
