@@ -126,6 +126,15 @@ internal enum InlineOp : byte
     /// (its default case), which keeps the hot dispatch method as it is.
     /// </summary>
     MulDiv,
+
+    /// <summary>NEG and NOT (<see cref="Op.Sub"/> 0 and 1) of a register or memory: compiled code runs them inline; the interpreter's dispatch calls the form's handler.</summary>
+    NegNot,
+
+    /// <summary>XCHG of two registers or of a register and memory (compiled inline; the interpreter calls the handler).</summary>
+    Xchg,
+
+    /// <summary>PUSHF/PUSHFQ (compiled inline in 64-bit mode; the interpreter calls the handler).</summary>
+    Pushf,
     Movs,
     Stos,
     Lods,
@@ -186,8 +195,8 @@ internal static class InstructionTable
         (Mnemonic.Test, Inline(InlineOp.Alu, IsaGroup.IntegerAlu, 0, Shape.Alu, Translator.AluTest)),
         (Mnemonic.Inc, Inline(InlineOp.IncDec, IsaGroup.IntegerAlu, L, Shape.IncDec, 0)),
         (Mnemonic.Dec, Inline(InlineOp.IncDec, IsaGroup.IntegerAlu, L, Shape.IncDec, 1)),
-        (Mnemonic.Neg, Run(c => c.Neg, IsaGroup.IntegerAlu, L)),
-        (Mnemonic.Not, Run(c => c.Not, IsaGroup.IntegerAlu, L)),
+        (Mnemonic.Neg, Form(c => c.Neg, InlineOp.NegNot, IsaGroup.IntegerAlu, L, Sub: 0)),
+        (Mnemonic.Not, Form(c => c.Not, InlineOp.NegNot, IsaGroup.IntegerAlu, L, Sub: 1)),
         (Mnemonic.Cmpxchg, Run(c => c.Cmpxchg, IsaGroup.IntegerAlu, L)),
         (Mnemonic.Xadd, Run(c => c.Xadd, IsaGroup.IntegerAlu, L)),
         (Mnemonic.Cmpxchg8b, Run(c => c.Cmpxchg8b, IsaGroup.IntegerAlu, L)),
@@ -242,7 +251,7 @@ internal static class InstructionTable
         (Mnemonic.Movzx, Inline(InlineOp.Movzx, IsaGroup.DataTransfer, 0, Shape.Extend)),
         (Mnemonic.Movsx, Inline(InlineOp.Movsx, IsaGroup.DataTransfer, 0, Shape.Extend)),
         (Mnemonic.Movsxd, Inline(InlineOp.Movsx, IsaGroup.DataTransfer, 0, Shape.Extend)),
-        (Mnemonic.Xchg, Run(c => c.Xchg, IsaGroup.DataTransfer, L)),
+        (Mnemonic.Xchg, Form(c => c.Xchg, InlineOp.Xchg, IsaGroup.DataTransfer, L)),
         (Mnemonic.Bswap, Run(c => c.Bswap, IsaGroup.DataTransfer, 0)),
         (Mnemonic.Cbw, Run(c => c.Cbw, IsaGroup.DataTransfer, 0, Size: 2)),
         (Mnemonic.Cwde, Run(c => c.Cbw, IsaGroup.DataTransfer, 0, Size: 4)),
@@ -287,9 +296,9 @@ internal static class InstructionTable
         // Stack (Stack.cs)
         (Mnemonic.Push, Inline(InlineOp.Push, IsaGroup.Stack, S, Shape.Push)),
         (Mnemonic.Pop, Inline(InlineOp.Pop, IsaGroup.Stack, S)),
-        (Mnemonic.Pushf, Run(c => c.Pushf, IsaGroup.Stack, F | S, Size: 2)),
-        (Mnemonic.Pushfd, Run(c => c.Pushf, IsaGroup.Stack, F | S, Size: 4)),
-        (Mnemonic.Pushfq, Run(c => c.Pushf, IsaGroup.Stack, F | S, Size: 8)),
+        (Mnemonic.Pushf, Form(c => c.Pushf, InlineOp.Pushf, IsaGroup.Stack, F | S, Size: 2)),
+        (Mnemonic.Pushfd, Form(c => c.Pushf, InlineOp.Pushf, IsaGroup.Stack, F | S, Size: 4)),
+        (Mnemonic.Pushfq, Form(c => c.Pushf, InlineOp.Pushf, IsaGroup.Stack, F | S, Size: 8)),
         (Mnemonic.Popf, Run(c => c.Popf, IsaGroup.Stack, E | F | S, Size: 2)),
         (Mnemonic.Popfd, Run(c => c.Popf, IsaGroup.Stack, E | F | S, Size: 4)),
         (Mnemonic.Popfq, Run(c => c.Popf, IsaGroup.Stack, E | F | S, Size: 8)),

@@ -10,7 +10,7 @@ namespace Virt.Cpu.Interpreter.Tests;
 /// The JIT tier against the first tier: self-modifying code, exact budgets and instruction counts, precise faults
 /// and exits requested while a compiled self-loop runs.
 /// </summary>
-public sealed class JitTierTests
+public sealed partial class JitTierTests
 {
     private const ulong Data = 0x100000;
 

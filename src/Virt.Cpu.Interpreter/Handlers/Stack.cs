@@ -14,9 +14,12 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.GP, 0);
         }
 
-        Push(GetRflags() & 0xFCFFFF & Mask(op.Size), op.Size);
+        Push(PushfImage() & Mask(op.Size), op.Size);
         return op.Next;
     }
+
+    /// <summary>The RFLAGS image PUSHF pushes (before truncation to its size): the lazy flags materialized, VM and RF clear.</summary>
+    internal ulong PushfImage() => GetRflags() & 0xFCFFFF;
 
     internal ulong Popf(ref Op op, in Instruction _)
     {

@@ -426,6 +426,12 @@ internal sealed partial class BlockCompiler
                 return op.Sub is 0 or 1 or 4 or 5 or 6 or 7 && op.K1 == OpKindX.Imm && op.Size is 1 or 2 or 4 or 8
                     && ShiftCount(in op) is var count && count != 0 && count < op.Size * 8
                     && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
+            case InlineOp.NegNot:
+                return op.Size is 1 or 2 or 4 or 8 && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
+            case InlineOp.Xchg:
+                return op.Size is 1 or 2 or 4 or 8 && op.K1 == OpKindX.Reg && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
+            case InlineOp.Pushf:
+                return bitness == 64 && op.Size is 8 or 2;
             default:
                 return false;
         }
@@ -442,7 +448,7 @@ internal sealed partial class BlockCompiler
     /// <summary>The count of a shift by an immediate, masked as the hardware masks it.</summary>
     private static int ShiftCount(in Op op) => (int)(op.Imm & (op.Size == 8 ? 0x3FUL : 0x1FUL));
 
-    private static bool UsesStack(in Op op) => op.Inline is InlineOp.Push or InlineOp.Pop or InlineOp.Call or InlineOp.Ret;
+    private static bool UsesStack(in Op op) => op.Inline is InlineOp.Push or InlineOp.Pop or InlineOp.Call or InlineOp.Ret or InlineOp.Pushf;
 
     private static bool OperandsOk(in Op op)
     {
@@ -1800,6 +1806,10 @@ internal sealed partial class BlockCompiler
                     return op.Sub is not (0 or 1) && op.K0 == OpKindX.Reg;
                 case InlineOp.Imul2:
                     return op.K1 != OpKindX.Mem;
+                case InlineOp.NegNot when op.Sub == 0:
+                    return op.K0 != OpKindX.Mem;
+                case InlineOp.NegNot or InlineOp.Xchg when op.K0 == OpKindX.Reg:
+                    break;
                 case InlineOp.Nop or InlineOp.MovRR or InlineOp.MovRI or InlineOp.Lea or InlineOp.IncDecR64:
                     break;
                 case InlineOp.IncDec or InlineOp.Movzx or InlineOp.Movsx when op.K0 == OpKindX.Reg && (op.Inline == InlineOp.IncDec || op.K1 == OpKindX.Reg):
@@ -1911,6 +1921,14 @@ internal sealed partial class BlockCompiler
                 case InlineOp.Shift or InlineOp.Imul2:
                 case InlineOp.MulDiv when op.Sub < 2:
                     f = new(LzShift, op.Size, Unknown, 0, 0);
+                    break;
+                case InlineOp.NegNot when op.Sub == 0:
+                    // NEG: SUB's flags of 0 minus the operand (in the flag locals).
+                    f = new(LzSub, op.Size, Unknown, 0, null);
+                    break;
+                case InlineOp.Pushf:
+                    // PUSHF materializes the flags into the CPU state.
+                    f = FlagState.InState;
                     break;
                 default:
                     break;
@@ -2094,6 +2112,15 @@ internal sealed partial class BlockCompiler
                 case InlineOp.Movs:
                 case InlineOp.Stos:
                     EmitRepString(i);
+                    break;
+                case InlineOp.NegNot:
+                    EmitNegNot(i);
+                    break;
+                case InlineOp.Xchg:
+                    EmitXchg(i);
+                    break;
+                case InlineOp.Pushf:
+                    EmitPushf(i);
                     break;
                 default:
                     throw new InvalidProgramException($"Op {op.Inline} marked inline without an emitter.");

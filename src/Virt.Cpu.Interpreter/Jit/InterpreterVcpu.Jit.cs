@@ -75,6 +75,9 @@ internal sealed partial class InterpreterVcpu
     /// <summary>After a compiled ROL/ROR: CF and OF from <paramref name="cfOf"/> (as flag bits), the other arithmetic flags as they were.</summary>
     internal void JitRotateFlags(ulong cfOf) => SetArith((GetRflags() & ArithFlags & ~(CF | OF)) | cfOf);
 
+    /// <summary>What a compiled PUSHF pushes outside virtual-8086 mode: <see cref="PushfImage"/>, which materializes the flags as the handler does.</summary>
+    internal ulong JitPushfValue() => PushfImage();
+
     /// <summary>Evaluates condition <paramref name="cc"/> from the lazy state.</summary>
     internal bool JitCond(int cc) => Cond(cc);
 
