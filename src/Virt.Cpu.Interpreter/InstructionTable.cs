@@ -135,6 +135,15 @@ internal enum InlineOp : byte
 
     /// <summary>PUSHF/PUSHFQ (compiled inline in 64-bit mode; the interpreter calls the handler).</summary>
     Pushf,
+
+    /// <summary>BSWAP (compiled inline; the interpreter calls the handler).</summary>
+    Bswap,
+
+    /// <summary>CBW/CWDE/CDQE (<see cref="Op.Sub"/> 0) and CWD/CDQ/CQO (1) (compiled inline; the interpreter calls the handlers).</summary>
+    AccExtend,
+
+    /// <summary>MOV from a segment register (compiled inline; the interpreter calls the handler).</summary>
+    MovFromSreg,
     Movs,
     Stos,
     Lods,
@@ -252,13 +261,13 @@ internal static class InstructionTable
         (Mnemonic.Movsx, Inline(InlineOp.Movsx, IsaGroup.DataTransfer, 0, Shape.Extend)),
         (Mnemonic.Movsxd, Inline(InlineOp.Movsx, IsaGroup.DataTransfer, 0, Shape.Extend)),
         (Mnemonic.Xchg, Form(c => c.Xchg, InlineOp.Xchg, IsaGroup.DataTransfer, L)),
-        (Mnemonic.Bswap, Run(c => c.Bswap, IsaGroup.DataTransfer, 0)),
-        (Mnemonic.Cbw, Run(c => c.Cbw, IsaGroup.DataTransfer, 0, Size: 2)),
-        (Mnemonic.Cwde, Run(c => c.Cbw, IsaGroup.DataTransfer, 0, Size: 4)),
-        (Mnemonic.Cdqe, Run(c => c.Cbw, IsaGroup.DataTransfer, 0, Size: 8)),
-        (Mnemonic.Cwd, Run(c => c.Cwd, IsaGroup.DataTransfer, 0, Size: 2)),
-        (Mnemonic.Cdq, Run(c => c.Cwd, IsaGroup.DataTransfer, 0, Size: 4)),
-        (Mnemonic.Cqo, Run(c => c.Cwd, IsaGroup.DataTransfer, 0, Size: 8)),
+        (Mnemonic.Bswap, Form(c => c.Bswap, InlineOp.Bswap, IsaGroup.DataTransfer, 0)),
+        (Mnemonic.Cbw, Form(c => c.Cbw, InlineOp.AccExtend, IsaGroup.DataTransfer, 0, Sub: 0, Size: 2)),
+        (Mnemonic.Cwde, Form(c => c.Cbw, InlineOp.AccExtend, IsaGroup.DataTransfer, 0, Sub: 0, Size: 4)),
+        (Mnemonic.Cdqe, Form(c => c.Cbw, InlineOp.AccExtend, IsaGroup.DataTransfer, 0, Sub: 0, Size: 8)),
+        (Mnemonic.Cwd, Form(c => c.Cwd, InlineOp.AccExtend, IsaGroup.DataTransfer, 0, Sub: 1, Size: 2)),
+        (Mnemonic.Cdq, Form(c => c.Cwd, InlineOp.AccExtend, IsaGroup.DataTransfer, 0, Sub: 1, Size: 4)),
+        (Mnemonic.Cqo, Form(c => c.Cwd, InlineOp.AccExtend, IsaGroup.DataTransfer, 0, Sub: 1, Size: 8)),
         (Mnemonic.Xlatb, Run(c => c.Xlat, IsaGroup.DataTransfer, 0)),
         (Mnemonic.Cmovo, Inline(InlineOp.Cmovcc, IsaGroup.DataTransfer, 0, Shape.Condition)),
         (Mnemonic.Cmovno, Inline(InlineOp.Cmovcc, IsaGroup.DataTransfer, 0, Shape.Condition)),
@@ -448,9 +457,9 @@ internal static class InstructionTable
         (Code.Mov_Sreg_rm16, Run(c => c.MovToSreg, IsaGroup.Segmentation, E | F, Shape.MovToSreg)),
         (Code.Mov_Sreg_r32m16, Run(c => c.MovToSreg, IsaGroup.Segmentation, E | F, Shape.MovToSreg)),
         (Code.Mov_Sreg_r64m16, Run(c => c.MovToSreg, IsaGroup.Segmentation, E | F, Shape.MovToSreg)),
-        (Code.Mov_rm16_Sreg, Run(c => c.MovFromSreg, IsaGroup.Segmentation, 0, Shape.MovFromSreg)),
-        (Code.Mov_r32m16_Sreg, Run(c => c.MovFromSreg, IsaGroup.Segmentation, 0, Shape.MovFromSreg)),
-        (Code.Mov_r64m16_Sreg, Run(c => c.MovFromSreg, IsaGroup.Segmentation, 0, Shape.MovFromSreg)),
+        (Code.Mov_rm16_Sreg, Form(c => c.MovFromSreg, InlineOp.MovFromSreg, IsaGroup.Segmentation, 0, Shape.MovFromSreg)),
+        (Code.Mov_r32m16_Sreg, Form(c => c.MovFromSreg, InlineOp.MovFromSreg, IsaGroup.Segmentation, 0, Shape.MovFromSreg)),
+        (Code.Mov_r64m16_Sreg, Form(c => c.MovFromSreg, InlineOp.MovFromSreg, IsaGroup.Segmentation, 0, Shape.MovFromSreg)),
         (Code.Mov_cr_r32, Run(c => c.MovToCr, IsaGroup.System, E | P | F, Shape.MovToCr)),
         (Code.Mov_cr_r64, Run(c => c.MovToCr, IsaGroup.System, E | P | F, Shape.MovToCr)),
         (Code.Mov_r32_cr, Run(c => c.MovFromCr, IsaGroup.System, P | F, Shape.MovFromCr)),

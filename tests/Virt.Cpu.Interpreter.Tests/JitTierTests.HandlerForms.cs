@@ -3,7 +3,10 @@ using static Iced.Intel.AssemblerRegisters;
 
 namespace Virt.Cpu.Interpreter.Tests;
 
-/// <summary>NEG, NOT, XCHG and PUSHF, which the first tier runs through handlers and compiled code runs inline.</summary>
+/// <summary>
+/// NEG, NOT, XCHG, PUSHF, BSWAP, CBW/CWD and their wider forms, MOV from segment registers and shifts by CL, which the
+/// first tier runs through handlers and compiled code runs inline.
+/// </summary>
 public sealed partial class JitTierTests
 {
     /// <summary>
@@ -131,6 +134,146 @@ public sealed partial class JitTierTests
         a.hlt();
     }
 
+    /// <summary>
+    /// SHL, SAL, SHR and SAR by CL of every size on registers (BH too) and memory, with counts of 0 (after a compare whose
+    /// flags must survive it, and a 32-bit register whose upper half it clears), 1, the width minus one, the width and
+    /// past it, each followed by readers of the flags (SETcc, ADC, PUSHFQ); BSWAP of 64-, 32- and 16-bit registers;
+    /// CBW, CWDE, CDQE, CWD, CDQ and CQO; MOV from segment registers to 16-, 32- and 64-bit registers and to memory.
+    /// </summary>
+    private static void ShiftsAndMoves(Assembler a)
+    {
+        var loop = a.CreateLabel();
+        a.mov(edi, (int)Data);
+        byte[] counts = [0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 5, 0, 2, 40];
+        for (int k = 0; k < counts.Length; k++)
+        {
+            a.mov(__byte_ptr[rdi + 0x200 + k], counts[k]);
+        }
+
+        a.mov(r14, 6364136223846793005L);
+        a.mov(r12, 0x0123456789ABCDEFL);
+        a.mov(r15d, 2000);
+        a.xor(r13d, r13d);
+        a.Label(ref loop);
+        a.imul(r12, r14);
+        a.add(r12, 1442695040);
+        a.mov(edx, r15d);
+        a.and(edx, 15);
+        a.movzx(ecx, __byte_ptr[rdi + rdx + 0x200]);
+        a.mov(rax, r12);
+        a.mov(__qword_ptr[rdi], r12);
+        a.mov(__qword_ptr[rdi + 8], r12);
+        a.cmp(rax, r13);
+        a.shl(rax, cl);
+        a.setb(r8b);
+        a.add(r13, r8);
+        a.seto(r8b);
+        a.add(r13, r8);
+        a.mov(r9, r12);
+        a.cmp(r9d, 1000);
+        a.shr(r9d, cl);
+        a.setl(r8b);
+        a.add(r13, r8);
+        a.add(r13, r9);
+        a.mov(r10, r12);
+        a.sar(r10w, cl);
+        a.setbe(r8b);
+        a.add(r13, r8);
+        a.add(r13, r10);
+        a.mov(r11, r12);
+        a.sar(r11b, cl);
+        a.setp(r8b);
+        a.add(r13, r8);
+        a.mov(rbx, r12);
+        a.sal(bh, cl);
+        a.seto(r8b);
+        a.add(r13, r8);
+        a.sar(rbx, cl);
+        a.adc(r13, rbx);
+        a.shr(r11, cl);
+        a.setc(r8b);
+        a.add(r13, r8);
+        a.shl(__qword_ptr[rdi], cl);
+        a.adc(r13, __qword_ptr[rdi]);
+        a.shr(__dword_ptr[rdi + 8], cl);
+        a.setc(r8b);
+        a.add(r13, r8);
+        a.sar(__word_ptr[rdi + 12], cl);
+        a.sets(r8b);
+        a.add(r13, r8);
+        a.shl(__byte_ptr[rdi + 14], cl);
+        a.seto(r8b);
+        a.add(r13, r8);
+        a.add(r13, __qword_ptr[rdi + 8]);
+        a.shr(rax, cl);
+        a.pushfq();
+        a.pop(rdx);
+        a.add(r13, rdx);
+        a.mov(rax, r12);
+        a.bswap(rax);
+        a.add(r13, rax);
+        a.bswap(r9d);
+        a.xor(r13, r9);
+        a.mov(rsi, r12);
+        a.db(0x66, 0x0F, 0xCE); // BSWAP SI
+        a.add(r13, rsi);
+        a.mov(rax, r12);
+        a.cbw();
+        a.add(r13, rax);
+        a.cwde();
+        a.add(r13, rax);
+        a.cdqe();
+        a.add(r13, rax);
+        a.mov(rax, r12);
+        a.cwd();
+        a.add(r13, rdx);
+        a.cdq();
+        a.add(r13, rdx);
+        a.cqo();
+        a.add(r13, rdx);
+        a.mov(rax, r12);
+        a.mov(ax, ds);
+        a.add(r13, rax);
+        a.mov(rax, r12);
+        a.mov(eax, ss);
+        a.add(r13, rax);
+        a.mov(rax, r12);
+        a.mov(rax, fs);
+        a.add(r13, rax);
+        a.mov(__word_ptr[rdi + 16], cs);
+        a.add(r13, __qword_ptr[rdi + 16]);
+        a.dec(r15d);
+        a.jnz(loop);
+        a.mov(rax, __qword_ptr[rdi]);
+        a.mov(rbx, __qword_ptr[rdi + 8]);
+        a.mov(rcx, __qword_ptr[rdi + 16]);
+        a.hlt();
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    [InlineData(50)]
+    public void Shifts_by_cl_bswap_sign_extensions_and_segment_moves_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
+    {
+        var expected = RunAll(TestBackends.Interpreter(), ShiftsAndMoves);
+        var jit = RunAll(TestBackends.Jit(threshold), ShiftsAndMoves);
+        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
+        Assert.Equal(expected, jit);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    public void Budgets_that_end_among_shifts_by_cl_and_segment_moves_stop_exactly_where_the_first_tier_does(int threshold)
+    {
+        using var a = Machine.Long64(ShiftsAndMoves, hypervisor: TestBackends.Interpreter());
+        using var b = Machine.Long64(ShiftsAndMoves, hypervisor: TestBackends.Jit(threshold));
+        int steps = JitLockstep.RunInBudgetSlices(a, b, new Random(37),
+            rng => rng.Next(4) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 60), _ => rng.Next(1, 8000) }, budgetSpent: true);
+        Assert.True(steps > 20, $"only {steps} budget slices");
+    }
+
     [Theory]
     [InlineData(0)]
     [InlineData(2)]
@@ -156,7 +299,8 @@ public sealed partial class JitTierTests
     }
 
     /// <summary>
-    /// NEG, NOT and XCHG of memory and PUSHF run compiled on mapped memory, then once on memory that reaches the unmapped
+    /// NEG, NOT and XCHG of memory, PUSHF, shifts of memory by CL (by 0 too, which still checks the operand for writing)
+    /// and MOV of a segment register to memory run compiled on mapped memory, then once on memory that reaches the unmapped
     /// page above 2 MiB (directly or across a page end) with flags another operation left pending: the page fault is the
     /// first tier's (CR2; the error code of a write, as a read-modify-write checks for writing before it reads; RIP, RSP,
     /// the flags and the registers as before the instruction) and so is the count.
@@ -170,6 +314,9 @@ public sealed partial class JitTierTests
     [InlineData("xchg8")]
     [InlineData("pushfq")]
     [InlineData("pushf16cross")]
+    [InlineData("shl32cl0")]
+    [InlineData("sar64clcross")]
+    [InlineData("movsreg")]
     public void Faults_of_neg_not_xchg_and_pushf_in_compiled_code_match_the_first_tier(string last)
     {
         const int Top = 2 << 20;
@@ -195,6 +342,9 @@ public sealed partial class JitTierTests
             a.pop(dx);
             a.add(rbx, rdx);
             a.rol(rax, 3);
+            a.shl(__dword_ptr[rdi + 40], cl);
+            a.sar(__qword_ptr[rdi + 48], cl);
+            a.mov(__word_ptr[rdi + 56], ss);
             a.dec(ecx);
             a.jnz(loop);
             a.mov(edi, Top);
@@ -209,6 +359,9 @@ public sealed partial class JitTierTests
                 case "xchg64cross": a.xchg(__qword_ptr[rdi - 4], rax); break;
                 case "xchg8": a.xchg(__byte_ptr[rdi], ah); break;
                 case "pushfq": a.lea(rsp, __qword_ptr[rdi + 4]); a.add(rbx, -1); a.pushfq(); break;
+                case "shl32cl0": a.xor(ecx, ecx); a.add(rbx, -1); a.shl(__dword_ptr[rdi], cl); break;
+                case "sar64clcross": a.mov(ecx, 3); a.add(rbx, -1); a.sar(__qword_ptr[rdi - 4], cl); break;
+                case "movsreg": a.mov(__word_ptr[rdi - 1], ds); break;
                 default: a.lea(rsp, __qword_ptr[rdi + 1]); a.add(rbx, -1); a.pushf(); break;
             }
 

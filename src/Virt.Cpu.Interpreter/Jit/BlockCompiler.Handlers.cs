@@ -4,7 +4,8 @@ using System.Reflection.Emit;
 namespace Virt.Cpu.Interpreter.Jit;
 
 /// <summary>
-/// Forms the interpreter runs through their handlers (<see cref="InterpreterVcpu"/>'s NEG, NOT, XCHG, PUSHF) that
+/// Forms the interpreter runs through their handlers (NEG, NOT, XCHG, PUSHF, BSWAP, CBW/CWD and their wider forms, MOV
+/// from a segment register, and SHL/SHR/SAR by CL, which its dispatch runs inline for immediate counts only) that
 /// compiled code runs inline, each doing what its handler does in the same order: a read-modify-write of memory is
 /// checked for writing before it reads, a write that faults leaves the registers as before the instruction, and
 /// anything the fast path does not cover goes to the interpreter.
@@ -13,6 +14,13 @@ internal sealed partial class BlockCompiler
 {
     private static readonly FieldInfo FlagsField = Field(typeof(CpuState), nameof(CpuState.Flags));
     private static readonly MethodInfo PushfValueMethod = Method(nameof(InterpreterVcpu.JitPushfValue));
+    private static readonly MethodInfo Reverse64 = typeof(System.Buffers.Binary.BinaryPrimitives).GetMethod(nameof(System.Buffers.Binary.BinaryPrimitives.ReverseEndianness), [typeof(ulong)])!;
+    private static readonly MethodInfo Reverse32 = typeof(System.Buffers.Binary.BinaryPrimitives).GetMethod(nameof(System.Buffers.Binary.BinaryPrimitives.ReverseEndianness), [typeof(uint)])!;
+
+    /// <summary>Byte offset in <see cref="CpuState"/> of each segment register's selector.</summary>
+    private static readonly int[] SelectorOffsets = ComputeSelectorOffsets();
+
+    private LocalBuilder? _shiftCount;
 
     /// <summary>RFLAGS.VM: PUSHF in virtual-8086 mode has IOPL rules of its own, which the interpreter applies.</summary>
     private const long RflagsVm = 1L << 17;
@@ -141,5 +149,226 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Stloc, _tmp);
         EmitRetiredAfterStep(i);
         _il.Emit(OpCodes.Ret);
+    }
+
+    /// <summary>BSWAP of a 64- or 32-bit register (the 32-bit result zero-extended); of a 16-bit one, 0 in the low word, as the handler leaves it.</summary>
+    private void EmitBswap(int i)
+    {
+        ref Op op = ref _ops[i];
+        int size = op.Size;
+        if (size == 2)
+        {
+            _il.Emit(OpCodes.Ldc_I4_0);
+            _il.Emit(OpCodes.Conv_U8);
+        }
+        else if (size == 4)
+        {
+            GetReg(op.R0, 4);
+            _il.Emit(OpCodes.Conv_U4);
+            _il.Emit(OpCodes.Call, Reverse32);
+            _il.Emit(OpCodes.Conv_U8);
+        }
+        else
+        {
+            GetReg(op.R0, 8);
+            _il.Emit(OpCodes.Call, Reverse64);
+        }
+
+        SetReg(op.R0, size);
+    }
+
+    /// <summary>CBW/CWDE/CDQE (<c>Sub</c> 0): the low half of the accumulator sign-extended into it; CWD/CDQ/CQO (1): its sign copied into every bit of RDX's part of the size.</summary>
+    private void EmitAccExtend(int i)
+    {
+        ref Op op = ref _ops[i];
+        int size = op.Size;
+        if (op.Sub == 0)
+        {
+            GetReg(0, size / 2);
+            SignExtendTop(size / 2);
+            SetReg(0, size);
+            return;
+        }
+
+        GetReg(0, size);
+        SignExtendTop(size);
+        EmitI4(63);
+        _il.Emit(OpCodes.Shr);
+        SetReg(2, size);
+    }
+
+    /// <summary>MOV from segment register <c>Sub</c>: its selector zero-extended into a register, or stored as a word to memory.</summary>
+    private void EmitMovFromSreg(int i)
+    {
+        ref Op op = ref _ops[i];
+        _il.Emit(OpCodes.Ldloc, _cpu);
+        EmitI4(SelectorOffsets[op.Sub]);
+        _il.Emit(OpCodes.Add);
+        _il.Emit(OpCodes.Ldind_U2);
+        _il.Emit(OpCodes.Conv_U8);
+        if (op.K0 == OpKindX.Reg)
+        {
+            SetReg(op.R0, op.Size);
+            return;
+        }
+
+        _il.Emit(OpCodes.Stloc, _tb);
+        EmitLinear(in op);
+        EmitWrite(2, _tb, i);
+    }
+
+    /// <summary>
+    /// SHL/SAL, SHR or SAR by CL, as the interpreter's shift runs it: the count masked (to 5 bits, 6 for 64-bit operands)
+    /// and the operand read (memory checked for writing first) before anything else; a count of 0 changes no flag and
+    /// writes nothing back but a 32-bit register (its upper half cleared); otherwise the result is written and the flags
+    /// are the shift's (SF, ZF and PF from the result, CF the last bit shifted out, OF for SHL the result's sign xor CF,
+    /// for SHR the operand's sign, for SAR 0). Counts past the width (bytes and words) shift everything out. As the two
+    /// outcomes leave different flags, both leave them in the CPU state: the pending flags are stored first.
+    /// </summary>
+    private void EmitShiftByCl(int i)
+    {
+        ref Op op = ref _ops[i];
+        int size = op.Size;
+        int bits = size * 8;
+        bool reg = op.K0 == OpKindX.Reg;
+        var count = _shiftCount ??= _il.DeclareLocal(typeof(int));
+        EmitFlagStore();
+        Flags = FlagState.InState;
+        _flagsDirty = false;
+        _il.Emit(OpCodes.Ldloc, _reg[1]!);
+        _il.Emit(OpCodes.Conv_I4);
+        EmitI4(size == 8 ? 0x3F : 0x1F);
+        _il.Emit(OpCodes.And);
+        _il.Emit(OpCodes.Stloc, count);
+        EmitLoadRmOperand(in op, size, i, reg);
+        var zero = _il.DefineLabel();
+        var done = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, count);
+        _il.Emit(OpCodes.Brfalse, zero);
+        switch (op.Sub)
+        {
+            case 5: // SHR
+                _il.Emit(OpCodes.Ldloc, _ta);
+                _il.Emit(OpCodes.Ldloc, count);
+                _il.Emit(OpCodes.Shr_Un);
+                _il.Emit(OpCodes.Stloc, _fr);
+                EmitShiftedBit(_ta, count, signed: false, size);
+                EmitBitOf(_ta, bits - 1, signed: false);
+                EmitI4(11);
+                _il.Emit(OpCodes.Shl);
+                _il.Emit(OpCodes.Or);
+                _il.Emit(OpCodes.Stloc, _fcf);
+                break;
+            case 7: // SAR
+                SignExtend(_ta, size);
+                _il.Emit(OpCodes.Ldloc, count);
+                _il.Emit(OpCodes.Shr);
+                if (size < 8)
+                {
+                    EmitI8(unchecked((long)Mask(size)));
+                    _il.Emit(OpCodes.And);
+                }
+
+                _il.Emit(OpCodes.Stloc, _fr);
+                EmitShiftedBit(_ta, count, signed: true, size);
+                _il.Emit(OpCodes.Stloc, _fcf);
+                break;
+            default: // SHL, SAL
+                _il.Emit(OpCodes.Ldloc, _ta);
+                _il.Emit(OpCodes.Ldloc, count);
+                _il.Emit(OpCodes.Shl);
+                if (size < 8)
+                {
+                    EmitI8(unchecked((long)Mask(size)));
+                    _il.Emit(OpCodes.And);
+                }
+
+                _il.Emit(OpCodes.Stloc, _fr);
+
+                // CF is the last bit shifted out: bit 64 - count of a quadword; for smaller operands, which fit in 32
+                // bits and shift by 31 at most, bit `bits` of the unmasked 64-bit shift (0 once the count passes the width).
+                _il.Emit(OpCodes.Ldloc, _ta);
+                if (size == 8)
+                {
+                    EmitI4(64);
+                    _il.Emit(OpCodes.Ldloc, count);
+                    _il.Emit(OpCodes.Sub);
+                    _il.Emit(OpCodes.Shr_Un);
+                }
+                else
+                {
+                    _il.Emit(OpCodes.Ldloc, count);
+                    _il.Emit(OpCodes.Shl);
+                    EmitI4(bits);
+                    _il.Emit(OpCodes.Shr_Un);
+                }
+
+                _il.Emit(OpCodes.Ldc_I4_1);
+                _il.Emit(OpCodes.Conv_U8);
+                _il.Emit(OpCodes.And);
+                _il.Emit(OpCodes.Stloc, _tc);
+                _il.Emit(OpCodes.Ldloc, _tc);
+                EmitBitOf(_fr, bits - 1, signed: false);
+                _il.Emit(OpCodes.Ldloc, _tc);
+                _il.Emit(OpCodes.Xor);
+                EmitI4(11);
+                _il.Emit(OpCodes.Shl);
+                _il.Emit(OpCodes.Or);
+                _il.Emit(OpCodes.Stloc, _fcf);
+                break;
+        }
+
+        _il.Emit(OpCodes.Ldloc, _ta);
+        _il.Emit(OpCodes.Stloc, _fa);
+        SetFlags(LzShift, size);
+        _fbImm = 0;
+        EmitStoreRmResult(in op, size, i, reg, _fr);
+        EmitFlagStore();
+        Flags = FlagState.InState;
+        _flagsDirty = false;
+        _il.Emit(OpCodes.Br, done);
+        _il.MarkLabel(zero);
+        if (reg && size == 4)
+        {
+            GetReg(op.R0, 4);
+            SetReg(op.R0, 4);
+        }
+
+        _il.MarkLabel(done);
+    }
+
+    /// <summary>Pushes bit <paramref name="count"/> - 1 of <paramref name="v"/> (sign-extended from <paramref name="size"/> bytes when <paramref name="signed"/>) as a ulong 0 or 1: the last bit a right shift by <paramref name="count"/> moved out.</summary>
+    private void EmitShiftedBit(LocalBuilder v, LocalBuilder count, bool signed, int size)
+    {
+        if (signed)
+        {
+            SignExtend(v, size);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldloc, v);
+        }
+
+        _il.Emit(OpCodes.Ldloc, count);
+        _il.Emit(OpCodes.Ldc_I4_1);
+        _il.Emit(OpCodes.Sub);
+        _il.Emit(signed ? OpCodes.Shr : OpCodes.Shr_Un);
+        _il.Emit(OpCodes.Ldc_I4_1);
+        _il.Emit(OpCodes.Conv_U8);
+        _il.Emit(OpCodes.And);
+    }
+
+    private static int[] ComputeSelectorOffsets()
+    {
+        var state = new CpuState();
+        var offsets = new int[6];
+        for (int s = 0; s < offsets.Length; s++)
+        {
+            offsets[s] = (int)System.Runtime.CompilerServices.Unsafe.ByteOffset(
+                ref System.Runtime.CompilerServices.Unsafe.As<CpuState, byte>(ref state),
+                ref System.Runtime.CompilerServices.Unsafe.As<ushort, byte>(ref state.Seg[s].Selector));
+        }
+
+        return offsets;
     }
 }

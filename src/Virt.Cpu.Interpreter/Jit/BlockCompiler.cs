@@ -422,16 +422,22 @@ internal sealed partial class BlockCompiler
             case InlineOp.Stos:
                 return IsRepString(in op, bitness);
             case InlineOp.Shift:
-                // SHL/SAL/SHR/SAR, and ROL/ROR (which change only CF and OF), by an immediate count.
-                return op.Sub is 0 or 1 or 4 or 5 or 6 or 7 && op.K1 == OpKindX.Imm && op.Size is 1 or 2 or 4 or 8
-                    && ShiftCount(in op) is var count && count != 0 && count < op.Size * 8
-                    && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
+                // SHL/SAL/SHR/SAR, and ROL/ROR (which change only CF and OF), by an immediate count; SHL/SAL/SHR/SAR by CL.
+                return ((op.Sub is 0 or 1 or 4 or 5 or 6 or 7 && op.K1 == OpKindX.Imm && ShiftCount(in op) is var count && count != 0 && count < op.Size * 8)
+                        || (op.Sub is 4 or 5 or 6 or 7 && op.K1 == OpKindX.Reg && op.R1 == 1))
+                    && op.Size is 1 or 2 or 4 or 8 && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
             case InlineOp.NegNot:
                 return op.Size is 1 or 2 or 4 or 8 && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
             case InlineOp.Xchg:
                 return op.Size is 1 or 2 or 4 or 8 && op.K1 == OpKindX.Reg && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
             case InlineOp.Pushf:
                 return bitness == 64 && op.Size is 8 or 2;
+            case InlineOp.Bswap:
+                return op.Size is 2 or 4 or 8 && op.K0 == OpKindX.Reg;
+            case InlineOp.AccExtend:
+                return op.Size is 2 or 4 or 8;
+            case InlineOp.MovFromSreg:
+                return op.Sub < 6 && ((op.K0 == OpKindX.Reg && op.Size is 2 or 4 or 8) || (op.K0 == OpKindX.Mem && op.Size == 2 && MemOk(in op)));
             default:
                 return false;
         }
@@ -1647,7 +1653,7 @@ internal sealed partial class BlockCompiler
                     }
 
                     UseOperandRegs(in ops[i], true, true);
-                    if (ops[i].Inline == InlineOp.MulDiv)
+                    if (ops[i].Inline is InlineOp.MulDiv or InlineOp.AccExtend)
                     {
                         Use(0);
                         Use(2);
@@ -1803,12 +1809,15 @@ internal sealed partial class BlockCompiler
                 case InlineOp.MulDiv when op.Sub < 2:
                     return op.K0 != OpKindX.Mem;
                 case InlineOp.Shift:
-                    return op.Sub is not (0 or 1) && op.K0 == OpKindX.Reg;
+                    // (By CL the count may be 0, which leaves the flags.)
+                    return op.Sub is not (0 or 1) && op.K0 == OpKindX.Reg && op.K1 == OpKindX.Imm;
                 case InlineOp.Imul2:
                     return op.K1 != OpKindX.Mem;
                 case InlineOp.NegNot when op.Sub == 0:
                     return op.K0 != OpKindX.Mem;
-                case InlineOp.NegNot or InlineOp.Xchg when op.K0 == OpKindX.Reg:
+                case InlineOp.NegNot or InlineOp.Xchg or InlineOp.MovFromSreg when op.K0 == OpKindX.Reg:
+                    break;
+                case InlineOp.Bswap or InlineOp.AccExtend:
                     break;
                 case InlineOp.Nop or InlineOp.MovRR or InlineOp.MovRI or InlineOp.Lea or InlineOp.IncDecR64:
                     break;
@@ -1914,8 +1923,9 @@ internal sealed partial class BlockCompiler
                     var (cfKind, cfSize) = CarrySource(f);
                     f = new(op.Sub == 0 ? LzInc : LzDec, op.Inline == InlineOp.IncDecR64 ? 8 : op.Size, cfKind, cfSize, f.B);
                     break;
-                case InlineOp.Shift when op.Sub is 0 or 1:
-                    // ROL/ROR merge CF and OF into the flags before them: the result is in the CPU state.
+                case InlineOp.Shift when op.Sub is 0 or 1 || op.K1 == OpKindX.Reg:
+                    // ROL/ROR merge CF and OF into the flags before them, and a shift by CL (which may be by 0) stores
+                    // its flags or keeps those before it: either way the result is in the CPU state.
                     f = FlagState.InState;
                     break;
                 case InlineOp.Shift or InlineOp.Imul2:
@@ -2121,6 +2131,15 @@ internal sealed partial class BlockCompiler
                     break;
                 case InlineOp.Pushf:
                     EmitPushf(i);
+                    break;
+                case InlineOp.Bswap:
+                    EmitBswap(i);
+                    break;
+                case InlineOp.AccExtend:
+                    EmitAccExtend(i);
+                    break;
+                case InlineOp.MovFromSreg:
+                    EmitMovFromSreg(i);
                     break;
                 default:
                     throw new InvalidProgramException($"Op {op.Inline} marked inline without an emitter.");
@@ -3257,6 +3276,12 @@ internal sealed partial class BlockCompiler
         if (op.Sub is 0 or 1)
         {
             EmitRotate(i);
+            return;
+        }
+
+        if (op.K1 == OpKindX.Reg)
+        {
+            EmitShiftByCl(i);
             return;
         }
 
