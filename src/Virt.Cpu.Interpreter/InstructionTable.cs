@@ -144,6 +144,12 @@ internal enum InlineOp : byte
 
     /// <summary>MOV from a segment register (compiled inline; the interpreter calls the handler).</summary>
     MovFromSreg,
+
+    /// <summary>BT, BTS, BTR, BTC (<see cref="Op.Sub"/> 0-3) (compiled inline; the interpreter calls the handler).</summary>
+    Bt,
+
+    /// <summary>CMPXCHG (compiled inline; the interpreter calls the handler; locked on a partition with several vCPUs).</summary>
+    Cmpxchg,
     Movs,
     Stos,
     Lods,
@@ -206,7 +212,7 @@ internal static class InstructionTable
         (Mnemonic.Dec, Inline(InlineOp.IncDec, IsaGroup.IntegerAlu, L, Shape.IncDec, 1)),
         (Mnemonic.Neg, Form(c => c.Neg, InlineOp.NegNot, IsaGroup.IntegerAlu, L, Sub: 0)),
         (Mnemonic.Not, Form(c => c.Not, InlineOp.NegNot, IsaGroup.IntegerAlu, L, Sub: 1)),
-        (Mnemonic.Cmpxchg, Run(c => c.Cmpxchg, IsaGroup.IntegerAlu, L)),
+        (Mnemonic.Cmpxchg, Form(c => c.Cmpxchg, InlineOp.Cmpxchg, IsaGroup.IntegerAlu, L)),
         (Mnemonic.Xadd, Run(c => c.Xadd, IsaGroup.IntegerAlu, L)),
         (Mnemonic.Cmpxchg8b, Run(c => c.Cmpxchg8b, IsaGroup.IntegerAlu, L)),
         (Mnemonic.Cmpxchg16b, Run(c => c.Cmpxchg16b, IsaGroup.IntegerAlu, L | F)),
@@ -230,10 +236,10 @@ internal static class InstructionTable
         (Mnemonic.Shrd, Run(c => c.Shrd, IsaGroup.Shift, 0, Shape.ShiftDouble)),
 
         // Bit tests, scans and BMI1 (Bit.cs)
-        (Mnemonic.Bt, Run(c => c.Bt, IsaGroup.Bit, 0, Sub: 0)),
-        (Mnemonic.Bts, Run(c => c.Bt, IsaGroup.Bit, L, Sub: 1)),
-        (Mnemonic.Btr, Run(c => c.Bt, IsaGroup.Bit, L, Sub: 2)),
-        (Mnemonic.Btc, Run(c => c.Bt, IsaGroup.Bit, L, Sub: 3)),
+        (Mnemonic.Bt, Form(c => c.Bt, InlineOp.Bt, IsaGroup.Bit, 0, Sub: 0)),
+        (Mnemonic.Bts, Form(c => c.Bt, InlineOp.Bt, IsaGroup.Bit, L, Sub: 1)),
+        (Mnemonic.Btr, Form(c => c.Bt, InlineOp.Bt, IsaGroup.Bit, L, Sub: 2)),
+        (Mnemonic.Btc, Form(c => c.Bt, InlineOp.Bt, IsaGroup.Bit, L, Sub: 3)),
         (Mnemonic.Bsf, Run(c => c.Bsf, IsaGroup.Bit, 0)),
         (Mnemonic.Bsr, Run(c => c.Bsr, IsaGroup.Bit, 0)),
         (Mnemonic.Tzcnt, Run(c => c.Tzcnt, IsaGroup.Bit, 0)),

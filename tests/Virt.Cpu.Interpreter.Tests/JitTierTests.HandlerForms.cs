@@ -4,8 +4,8 @@ using static Iced.Intel.AssemblerRegisters;
 namespace Virt.Cpu.Interpreter.Tests;
 
 /// <summary>
-/// NEG, NOT, XCHG, PUSHF, BSWAP, CBW/CWD and their wider forms, MOV from segment registers and shifts by CL, which the
-/// first tier runs through handlers and compiled code runs inline.
+/// NEG, NOT, XCHG, PUSHF, BSWAP, CBW/CWD and their wider forms, MOV from segment registers, shifts by CL, BT/BTS/BTR/BTC
+/// and CMPXCHG, which the first tier runs through handlers and compiled code runs inline.
 /// </summary>
 public sealed partial class JitTierTests
 {
@@ -274,6 +274,152 @@ public sealed partial class JitTierTests
         Assert.True(steps > 20, $"only {steps} budget slices");
     }
 
+    /// <summary>
+    /// BT, BTS, BTR and BTC of every size by immediates and registers on registers and memory, BT of bit strings (signed
+    /// register offsets reaching units before and after the operand), each after a compare whose flags but CF must
+    /// survive (SETZ, SETL, SETA, ADC, SBB, PUSHFQ read them); CMPXCHG of every size on registers (AH too) and memory,
+    /// equal about half the time, with readers of its flags and the accumulator and destination after it.
+    /// </summary>
+    private static void BitTestsAndCompareExchange(Assembler a)
+    {
+        var loop = a.CreateLabel();
+        var fill = a.CreateLabel();
+        a.mov(edi, (int)Data);
+        a.mov(r14, 6364136223846793005L);
+        a.mov(r12, 0x0123456789ABCDEFL);
+        a.mov(ecx, 0x1000 / 8);
+        a.Label(ref fill);
+        a.imul(r12, r14);
+        a.add(r12, 1442695040);
+        a.mov(__qword_ptr[rdi + rcx * 8 - 8], r12);
+        a.dec(ecx);
+        a.jnz(fill);
+        a.mov(r15d, 2000);
+        a.xor(r13d, r13d);
+        a.Label(ref loop);
+        a.imul(r12, r14);
+        a.add(r12, 1442695040);
+        a.mov(rax, r12);
+        a.mov(ecx, r12d);
+        a.mov(rdx, r12);
+        a.sar(rdx, 53);
+        a.mov(rbx, r12);
+        a.mov(r9, r12);
+        a.mov(r10, r12);
+        a.cmp(rax, r13);
+        a.bt(rax, 13);
+        a.setc(r8b);
+        a.add(r13, r8);
+        a.cmp(eax, r13d);
+        a.bt(eax, ecx);
+        a.setz(r8b);
+        a.add(r13, r8);
+        a.adc(r13, 0);
+        a.cmp(rbx, r13);
+        a.bts(rbx, rdx);
+        a.setl(r8b);
+        a.add(r13, r8);
+        a.add(r13, rbx);
+        a.btr(r9w, 7);
+        a.cmp(r9, rbx);
+        a.btc(r10d, edx);
+        a.seta(r8b);
+        a.add(r13, r8);
+        a.add(r13, r10);
+        a.add(r13, r9);
+        a.bt(__qword_ptr[rdi + 0x400], 35);
+        a.sbb(r13, 0);
+        a.bts(__qword_ptr[rdi + 0x408], 63);
+        a.adc(r13, 0);
+        a.btr(__dword_ptr[rdi + 0x410], 5);
+        a.adc(r13, 0);
+        a.btc(__word_ptr[rdi + 0x418], 12);
+        a.adc(r13, 0);
+        a.bt(__qword_ptr[rdi + 0x800], rdx);
+        a.adc(r13, 0);
+        a.bt(__dword_ptr[rdi + 0x800], edx);
+        a.adc(r13, 0);
+        a.bt(__word_ptr[rdi + 0x800], dx);
+        a.pushfq();
+        a.pop(r8);
+        a.add(r13, r8);
+        a.mov(rax, r12);
+        a.shr(rax, 7);
+        a.and(eax, 1);
+        a.mov(__qword_ptr[rdi + 0x700], rax);
+        a.mov(__qword_ptr[rdi + 0x708], rax);
+        a.mov(eax, r12d);
+        a.and(eax, 1);
+        a.cmpxchg(__qword_ptr[rdi + 0x700], rbx);
+        a.setz(r8b);
+        a.add(r13, r8);
+        a.add(r13, rax);
+        a.add(r13, __qword_ptr[rdi + 0x700]);
+        a.cmpxchg(__dword_ptr[rdi + 0x708], ecx);
+        a.setb(r8b);
+        a.add(r13, r8);
+        a.cmpxchg(__word_ptr[rdi + 0x70C], si);
+        a.cmpxchg(__byte_ptr[rdi + 0x70E], dl);
+        a.setg(r8b);
+        a.add(r13, r8);
+        a.add(r13, rax);
+        a.add(r13, __qword_ptr[rdi + 0x708]);
+        a.mov(r9, r12);
+        a.mov(eax, r12d);
+        a.shr(eax, 1);
+        a.and(eax, 1);
+        a.xor(eax, r9d);
+        a.cmpxchg(r9d, r10d);
+        a.setbe(r8b);
+        a.add(r13, r8);
+        a.add(r13, r9);
+        a.add(r13, rax);
+        a.mov(rbx, r12);
+        a.mov(eax, r12d);
+        a.shr(eax, 2);
+        a.and(eax, 1);
+        a.xor(eax, ebx);
+        a.cmpxchg(bl, ah);
+        a.setz(r8b);
+        a.add(r13, r8);
+        a.add(r13, rbx);
+        a.add(r13, rax);
+        a.mov(rax, r12);
+        a.cmpxchg(r11, r12);
+        a.add(r13, r11);
+        a.dec(r15d);
+        a.jnz(loop);
+        a.mov(rax, __qword_ptr[rdi + 0x400]);
+        a.mov(rbx, __qword_ptr[rdi + 0x408]);
+        a.mov(rcx, __qword_ptr[rdi + 0x410]);
+        a.mov(rdx, __qword_ptr[rdi + 0x418]);
+        a.hlt();
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    [InlineData(50)]
+    public void Bit_tests_and_compare_exchange_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
+    {
+        var expected = RunAll(TestBackends.Interpreter(), BitTestsAndCompareExchange);
+        var jit = RunAll(TestBackends.Jit(threshold), BitTestsAndCompareExchange);
+        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
+        Assert.Equal(expected, jit);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    public void Budgets_that_end_among_bit_tests_and_compare_exchange_stop_exactly_where_the_first_tier_does(int threshold)
+    {
+        using var a = Machine.Long64(BitTestsAndCompareExchange, hypervisor: TestBackends.Interpreter());
+        using var b = Machine.Long64(BitTestsAndCompareExchange, hypervisor: TestBackends.Jit(threshold));
+        int steps = JitLockstep.RunInBudgetSlices(a, b, new Random(41),
+            rng => rng.Next(4) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 60), _ => rng.Next(1, 8000) }, budgetSpent: true);
+        Assert.True(steps > 20, $"only {steps} budget slices");
+    }
+
     [Theory]
     [InlineData(0)]
     [InlineData(2)]
@@ -299,11 +445,12 @@ public sealed partial class JitTierTests
     }
 
     /// <summary>
-    /// NEG, NOT and XCHG of memory, PUSHF, shifts of memory by CL (by 0 too, which still checks the operand for writing)
-    /// and MOV of a segment register to memory run compiled on mapped memory, then once on memory that reaches the unmapped
-    /// page above 2 MiB (directly or across a page end) with flags another operation left pending: the page fault is the
-    /// first tier's (CR2; the error code of a write, as a read-modify-write checks for writing before it reads; RIP, RSP,
-    /// the flags and the registers as before the instruction) and so is the count.
+    /// NEG, NOT, XCHG, BT/BTS (of a bit string too) and CMPXCHG of memory, PUSHF, shifts of memory by CL (by 0 too,
+    /// which still checks the operand for writing) and MOV of a segment register to memory run compiled on mapped
+    /// memory, then once on memory that reaches the unmapped page above 2 MiB (directly or across a page end) with flags
+    /// another operation left pending: the page fault is the first tier's (CR2; the error code of a write, as a
+    /// read-modify-write checks for writing before it reads, or of a read for BT; RIP, RSP, the flags and the registers
+    /// as before the instruction) and so is the count.
     /// </summary>
     [Theory]
     [InlineData("neg64cross")]
@@ -317,7 +464,11 @@ public sealed partial class JitTierTests
     [InlineData("shl32cl0")]
     [InlineData("sar64clcross")]
     [InlineData("movsreg")]
-    public void Faults_of_neg_not_xchg_and_pushf_in_compiled_code_match_the_first_tier(string last)
+    [InlineData("btsimmcross")]
+    [InlineData("btstring")]
+    [InlineData("cmpxchg64cross")]
+    [InlineData("cmpxchg8")]
+    public void Faults_of_memory_forms_compiled_instead_of_handled_match_the_first_tier(string last)
     {
         const int Top = 2 << 20;
         void Program(Assembler a)
@@ -345,6 +496,10 @@ public sealed partial class JitTierTests
             a.shl(__dword_ptr[rdi + 40], cl);
             a.sar(__qword_ptr[rdi + 48], cl);
             a.mov(__word_ptr[rdi + 56], ss);
+            a.bts(__qword_ptr[rdi + 64], 9);
+            a.bt(__qword_ptr[rdi + 64], rcx);
+            a.cmpxchg(__qword_ptr[rdi + 72], rbx);
+            a.cmpxchg(__byte_ptr[rdi + 80], dl);
             a.dec(ecx);
             a.jnz(loop);
             a.mov(edi, Top);
@@ -362,6 +517,10 @@ public sealed partial class JitTierTests
                 case "shl32cl0": a.xor(ecx, ecx); a.add(rbx, -1); a.shl(__dword_ptr[rdi], cl); break;
                 case "sar64clcross": a.mov(ecx, 3); a.add(rbx, -1); a.sar(__qword_ptr[rdi - 4], cl); break;
                 case "movsreg": a.mov(__word_ptr[rdi - 1], ds); break;
+                case "btsimmcross": a.bts(__qword_ptr[rdi - 4], 3); break;
+                case "btstring": a.mov(edx, 64); a.add(rbx, -1); a.bt(__qword_ptr[rdi - 8], rdx); break;
+                case "cmpxchg64cross": a.cmpxchg(__qword_ptr[rdi - 4], rbx); break;
+                case "cmpxchg8": a.cmpxchg(__byte_ptr[rdi], dl); break;
                 default: a.lea(rsp, __qword_ptr[rdi + 1]); a.add(rbx, -1); a.pushf(); break;
             }
 
@@ -371,6 +530,6 @@ public sealed partial class JitTierTests
         var expected = AssertPagedTiersMatch(Program);
         Assert.Equal((ulong)Top, expected.Cr2);
         Assert.Equal(0x20000UL + (14 * 16) + 1, expected.Regs.Rip); // the page fault's handler halted
-        Assert.Equal(2UL, expected.Frame[0] & 2); // a write fault
+        Assert.Equal(last == "btstring" ? 0UL : 2UL, expected.Frame[0] & 2); // a write fault (BT reads)
     }
 }

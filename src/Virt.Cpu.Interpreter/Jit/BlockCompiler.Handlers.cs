@@ -5,7 +5,8 @@ namespace Virt.Cpu.Interpreter.Jit;
 
 /// <summary>
 /// Forms the interpreter runs through their handlers (NEG, NOT, XCHG, PUSHF, BSWAP, CBW/CWD and their wider forms, MOV
-/// from a segment register, and SHL/SHR/SAR by CL, which its dispatch runs inline for immediate counts only) that
+/// from a segment register, BT/BTS/BTR/BTC, CMPXCHG, and SHL/SHR/SAR by CL, which its dispatch runs inline for immediate
+/// counts only) that
 /// compiled code runs inline, each doing what its handler does in the same order: a read-modify-write of memory is
 /// checked for writing before it reads, a write that faults leaves the registers as before the instruction, and
 /// anything the fast path does not cover goes to the interpreter.
@@ -19,6 +20,8 @@ internal sealed partial class BlockCompiler
 
     /// <summary>Byte offset in <see cref="CpuState"/> of each segment register's selector.</summary>
     private static readonly int[] SelectorOffsets = ComputeSelectorOffsets();
+
+    private static readonly MethodInfo SetCarryMethod = Method(nameof(InterpreterVcpu.JitSetCarry));
 
     private LocalBuilder? _shiftCount;
 
@@ -370,5 +373,164 @@ internal sealed partial class BlockCompiler
         }
 
         return offsets;
+    }
+
+    /// <summary>
+    /// BT, BTS, BTR or BTC (<c>Sub</c> 0-3) as the handler runs it: the bit offset (an immediate or a register, masked to
+    /// the width), the operand read (memory checked for writing first unless BT; BT of memory by a register addresses a
+    /// bit string, the signed offset picking the unit beyond the operand), CF set to the bit with the other flags as they
+    /// were (<see cref="InterpreterVcpu.JitSetCarry"/>, from the pending flags stored), then the bit set, cleared or
+    /// toggled and the operand written back.
+    /// </summary>
+    private void EmitBt(int i)
+    {
+        ref Op op = ref _ops[i];
+        int size = op.Size;
+        int bits = size * 8;
+        bool reg = op.K0 == OpKindX.Reg;
+        var bit = _shiftCount ??= _il.DeclareLocal(typeof(int));
+        if (op.K1 == OpKindX.Imm)
+        {
+            EmitI4((int)(op.Imm & (ulong)(bits - 1)));
+            _il.Emit(OpCodes.Stloc, bit);
+            EmitPushRm(in op, size, i, reg, rmw: op.Sub != 0);
+            _il.Emit(OpCodes.Stloc, _ta);
+        }
+        else if (reg)
+        {
+            GetReg(op.R1, size);
+            _il.Emit(OpCodes.Conv_I4);
+            EmitI4(bits - 1);
+            _il.Emit(OpCodes.And);
+            _il.Emit(OpCodes.Stloc, bit);
+            GetReg(op.R0, size);
+            _il.Emit(OpCodes.Stloc, _ta);
+        }
+        else
+        {
+            // BT of a bit string: the operand's address plus the signed offset's unit times the size.
+            EmitLinear(in op);
+            GetReg(op.R1, size);
+            SignExtendTop(size);
+            _il.Emit(OpCodes.Stloc, _tb);
+            _il.Emit(OpCodes.Ldloc, _lin);
+            _il.Emit(OpCodes.Ldloc, _tb);
+            EmitI4(size == 8 ? 6 : size == 4 ? 5 : 4);
+            _il.Emit(OpCodes.Shr);
+            EmitI8(size);
+            _il.Emit(OpCodes.Mul);
+            _il.Emit(OpCodes.Add);
+            if (_bitness != 64)
+            {
+                EmitI8(0xFFFFFFFFL);
+                _il.Emit(OpCodes.And);
+            }
+
+            _il.Emit(OpCodes.Stloc, _lin);
+            _il.Emit(OpCodes.Ldloc, _tb);
+            _il.Emit(OpCodes.Conv_I4);
+            EmitI4(bits - 1);
+            _il.Emit(OpCodes.And);
+            _il.Emit(OpCodes.Stloc, bit);
+            EmitRead(size, i, rmw: false);
+            _il.Emit(OpCodes.Ldloc, _val);
+            _il.Emit(OpCodes.Stloc, _ta);
+        }
+
+        _il.Emit(OpCodes.Ldloc, _ta);
+        _il.Emit(OpCodes.Ldloc, bit);
+        _il.Emit(OpCodes.Shr_Un);
+        _il.Emit(OpCodes.Ldc_I4_1);
+        _il.Emit(OpCodes.Conv_U8);
+        _il.Emit(OpCodes.And);
+        _il.Emit(OpCodes.Stloc, _tc);
+        EmitFlagStore();
+        Flags = FlagState.InState;
+        _flagsDirty = false;
+        EmitCallOut(() =>
+        {
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldloc, _tc);
+            _il.Emit(OpCodes.Call, SetCarryMethod);
+        });
+        if (op.Sub == 0)
+        {
+            return;
+        }
+
+        _il.Emit(OpCodes.Ldloc, _ta);
+        _il.Emit(OpCodes.Ldc_I4_1);
+        _il.Emit(OpCodes.Conv_U8);
+        _il.Emit(OpCodes.Ldloc, bit);
+        _il.Emit(OpCodes.Shl);
+        if (op.Sub == 2)
+        {
+            _il.Emit(OpCodes.Not);
+            _il.Emit(OpCodes.And);
+        }
+        else
+        {
+            _il.Emit(op.Sub == 1 ? OpCodes.Or : OpCodes.Xor);
+        }
+
+        _il.Emit(OpCodes.Stloc, _tb);
+        EmitStoreRmResult(in op, size, i, reg, _tb);
+    }
+
+    /// <summary>
+    /// CMPXCHG as the handler runs it (not locked: a partition with several vCPUs translates it to
+    /// <see cref="InlineOp.Locked"/>): the destination read (memory checked for writing first), CMP's flags of the
+    /// accumulator and it; when equal, the source written to the destination; otherwise a memory destination written back
+    /// unchanged, then the accumulator loaded with it.
+    /// </summary>
+    private void EmitCmpxchg(int i)
+    {
+        ref Op op = ref _ops[i];
+        int size = op.Size;
+        bool reg = op.K0 == OpKindX.Reg;
+        EmitPushRm(in op, size, i, reg, rmw: true);
+        _il.Emit(OpCodes.Stloc, _tb);
+        GetReg(0, size);
+        _il.Emit(OpCodes.Stloc, _ta);
+        _il.Emit(OpCodes.Ldloc, _ta);
+        _il.Emit(OpCodes.Ldloc, _tb);
+        _il.Emit(OpCodes.Sub);
+        if (size < 8)
+        {
+            EmitI8(unchecked((long)Mask(size)));
+            _il.Emit(OpCodes.And);
+        }
+
+        _il.Emit(OpCodes.Stloc, _fr);
+        _il.Emit(OpCodes.Ldloc, _ta);
+        _il.Emit(OpCodes.Stloc, _fa);
+        _il.Emit(OpCodes.Ldloc, _tb);
+        _il.Emit(OpCodes.Stloc, _fb);
+        SetFlags(LzSub, size);
+        var differ = _il.DefineLabel();
+        var done = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, _ta);
+        _il.Emit(OpCodes.Ldloc, _tb);
+        _il.Emit(OpCodes.Bne_Un, differ);
+        GetReg(op.R1, size);
+        _il.Emit(OpCodes.Stloc, _tc);
+        EmitStoreRmResult(in op, size, i, reg, _tc);
+        _il.Emit(OpCodes.Br, done);
+        _il.MarkLabel(differ);
+        if (reg)
+        {
+            _il.Emit(OpCodes.Ldloc, _tb);
+            SetReg(0, size);
+        }
+        else
+        {
+            EmitWrite(size, _tb, i, () =>
+            {
+                _il.Emit(OpCodes.Ldloc, _tb);
+                SetReg(0, size);
+            }, op.Next);
+        }
+
+        _il.MarkLabel(done);
     }
 }

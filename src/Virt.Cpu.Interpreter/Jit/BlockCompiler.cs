@@ -436,6 +436,12 @@ internal sealed partial class BlockCompiler
                 return op.Size is 2 or 4 or 8 && op.K0 == OpKindX.Reg;
             case InlineOp.AccExtend:
                 return op.Size is 2 or 4 or 8;
+            case InlineOp.Bt:
+                // By an immediate or a register; of memory by a register (a bit string) only BT, which does not write.
+                return op.Size is 2 or 4 or 8 && ((op.K0 == OpKindX.Reg && op.K1 is OpKindX.Imm or OpKindX.Reg)
+                    || (op.K0 == OpKindX.Mem && MemOk(in op) && (op.K1 == OpKindX.Imm || (op.K1 == OpKindX.Reg && op.Sub == 0))));
+            case InlineOp.Cmpxchg:
+                return op.Size is 1 or 2 or 4 or 8 && op.K1 == OpKindX.Reg && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
             case InlineOp.MovFromSreg:
                 return op.Sub < 6 && ((op.K0 == OpKindX.Reg && op.Size is 2 or 4 or 8) || (op.K0 == OpKindX.Mem && op.Size == 2 && MemOk(in op)));
             default:
@@ -1659,6 +1665,11 @@ internal sealed partial class BlockCompiler
                         Use(2);
                     }
 
+                    if (ops[i].Inline == InlineOp.Cmpxchg)
+                    {
+                        Use(0);
+                    }
+
                     if (UsesStack(in ops[i]))
                     {
                         Use(4);
@@ -1936,9 +1947,13 @@ internal sealed partial class BlockCompiler
                     // NEG: SUB's flags of 0 minus the operand (in the flag locals).
                     f = new(LzSub, op.Size, Unknown, 0, null);
                     break;
-                case InlineOp.Pushf:
-                    // PUSHF materializes the flags into the CPU state.
+                case InlineOp.Pushf or InlineOp.Bt:
+                    // PUSHF materializes the flags into the CPU state; BT sets CF there, the others as they were.
                     f = FlagState.InState;
+                    break;
+                case InlineOp.Cmpxchg:
+                    // CMP's flags of the accumulator and the destination.
+                    f = new(LzSub, op.Size, Unknown, 0, null);
                     break;
                 default:
                     break;
@@ -2140,6 +2155,12 @@ internal sealed partial class BlockCompiler
                     break;
                 case InlineOp.MovFromSreg:
                     EmitMovFromSreg(i);
+                    break;
+                case InlineOp.Bt:
+                    EmitBt(i);
+                    break;
+                case InlineOp.Cmpxchg:
+                    EmitCmpxchg(i);
                     break;
                 default:
                     throw new InvalidProgramException($"Op {op.Inline} marked inline without an emitter.");

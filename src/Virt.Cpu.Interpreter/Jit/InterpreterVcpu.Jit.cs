@@ -78,6 +78,13 @@ internal sealed partial class InterpreterVcpu
     /// <summary>What a compiled PUSHF pushes outside virtual-8086 mode: <see cref="PushfImage"/>, which materializes the flags as the handler does.</summary>
     internal ulong JitPushfValue() => PushfImage();
 
+    /// <summary>After a compiled BT/BTS/BTR/BTC: CF from <paramref name="cf"/> (0 or 1), the other flags as they were, materialized as the handler materializes them.</summary>
+    internal void JitSetCarry(ulong cf)
+    {
+        Materialize();
+        _cpu.Flags = (_cpu.Flags & ~CF) | cf;
+    }
+
     /// <summary>Evaluates condition <paramref name="cc"/> from the lazy state.</summary>
     internal bool JitCond(int cc) => Cond(cc);
 
