@@ -150,6 +150,9 @@ internal enum InlineOp : byte
 
     /// <summary>CMPXCHG (compiled inline; the interpreter calls the handler; locked on a partition with several vCPUs).</summary>
     Cmpxchg,
+
+    /// <summary>XADD (compiled inline; the interpreter calls the handler; locked on a partition with several vCPUs).</summary>
+    Xadd,
     Movs,
     Stos,
     Lods,
@@ -213,7 +216,7 @@ internal static class InstructionTable
         (Mnemonic.Neg, Form(c => c.Neg, InlineOp.NegNot, IsaGroup.IntegerAlu, L, Sub: 0)),
         (Mnemonic.Not, Form(c => c.Not, InlineOp.NegNot, IsaGroup.IntegerAlu, L, Sub: 1)),
         (Mnemonic.Cmpxchg, Form(c => c.Cmpxchg, InlineOp.Cmpxchg, IsaGroup.IntegerAlu, L)),
-        (Mnemonic.Xadd, Run(c => c.Xadd, IsaGroup.IntegerAlu, L)),
+        (Mnemonic.Xadd, Form(c => c.Xadd, InlineOp.Xadd, IsaGroup.IntegerAlu, L)),
         (Mnemonic.Cmpxchg8b, Run(c => c.Cmpxchg8b, IsaGroup.IntegerAlu, L)),
         (Mnemonic.Cmpxchg16b, Run(c => c.Cmpxchg16b, IsaGroup.IntegerAlu, L | F)),
 

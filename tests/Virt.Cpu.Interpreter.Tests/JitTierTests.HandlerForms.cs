@@ -4,8 +4,8 @@ using static Iced.Intel.AssemblerRegisters;
 namespace Virt.Cpu.Interpreter.Tests;
 
 /// <summary>
-/// NEG, NOT, XCHG, PUSHF, BSWAP, CBW/CWD and their wider forms, MOV from segment registers, shifts by CL, BT/BTS/BTR/BTC
-/// and CMPXCHG, which the first tier runs through handlers and compiled code runs inline.
+/// NEG, NOT, XCHG, PUSHF, BSWAP, CBW/CWD and their wider forms, MOV from segment registers, shifts by CL, BT/BTS/BTR/BTC,
+/// CMPXCHG and XADD, which the first tier runs through handlers and compiled code runs inline.
 /// </summary>
 public sealed partial class JitTierTests
 {
@@ -278,9 +278,10 @@ public sealed partial class JitTierTests
     /// BT, BTS, BTR and BTC of every size by immediates and registers on registers and memory, BT of bit strings (signed
     /// register offsets reaching units before and after the operand), each after a compare whose flags but CF must
     /// survive (SETZ, SETL, SETA, ADC, SBB, PUSHFQ read them); CMPXCHG of every size on registers (AH too) and memory,
-    /// equal about half the time, with readers of its flags and the accumulator and destination after it.
+    /// equal about half the time, with readers of its flags and the accumulator and destination after it; XADD of every
+    /// size on memory and registers (the same register on both sides, AH) with readers of its flags.
     /// </summary>
-    private static void BitTestsAndCompareExchange(Assembler a)
+    private static void BitTestsAndExchanges(Assembler a)
     {
         var loop = a.CreateLabel();
         var fill = a.CreateLabel();
@@ -387,12 +388,38 @@ public sealed partial class JitTierTests
         a.mov(rax, r12);
         a.cmpxchg(r11, r12);
         a.add(r13, r11);
+        a.mov(rsi, r12);
+        a.xadd(__qword_ptr[rdi + 0x720], rsi);
+        a.setc(r8b);
+        a.add(r13, r8);
+        a.add(r13, rsi);
+        a.xadd(__dword_ptr[rdi + 0x728], esi);
+        a.seto(r8b);
+        a.add(r13, r8);
+        a.xadd(__word_ptr[rdi + 0x72C], si);
+        a.xadd(__byte_ptr[rdi + 0x72E], bh);
+        a.setbe(r8b);
+        a.add(r13, r8);
+        a.add(r13, rbx);
+        a.mov(r9, r12);
+        a.xadd(r9d, r10d);
+        a.adc(r13, r9);
+        a.add(r13, r10);
+        a.xadd(r10, r10);
+        a.setl(r8b);
+        a.add(r13, r8);
+        a.add(r13, r10);
+        a.xadd(ah, bl);
+        a.add(r13, rax);
+        a.add(r13, rbx);
         a.dec(r15d);
         a.jnz(loop);
         a.mov(rax, __qword_ptr[rdi + 0x400]);
         a.mov(rbx, __qword_ptr[rdi + 0x408]);
         a.mov(rcx, __qword_ptr[rdi + 0x410]);
         a.mov(rdx, __qword_ptr[rdi + 0x418]);
+        a.mov(rsi, __qword_ptr[rdi + 0x720]);
+        a.mov(rbp, __qword_ptr[rdi + 0x728]);
         a.hlt();
     }
 
@@ -400,10 +427,10 @@ public sealed partial class JitTierTests
     [InlineData(0)]
     [InlineData(2)]
     [InlineData(50)]
-    public void Bit_tests_and_compare_exchange_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
+    public void Bit_tests_compare_exchange_and_exchange_add_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
-        var expected = RunAll(TestBackends.Interpreter(), BitTestsAndCompareExchange);
-        var jit = RunAll(TestBackends.Jit(threshold), BitTestsAndCompareExchange);
+        var expected = RunAll(TestBackends.Interpreter(), BitTestsAndExchanges);
+        var jit = RunAll(TestBackends.Jit(threshold), BitTestsAndExchanges);
         Assert.Equal(VcpuExitReason.Halt, expected.Reason);
         Assert.Equal(expected, jit);
     }
@@ -411,10 +438,10 @@ public sealed partial class JitTierTests
     [Theory]
     [InlineData(0)]
     [InlineData(2)]
-    public void Budgets_that_end_among_bit_tests_and_compare_exchange_stop_exactly_where_the_first_tier_does(int threshold)
+    public void Budgets_that_end_among_bit_tests_compare_exchange_and_exchange_add_stop_exactly_where_the_first_tier_does(int threshold)
     {
-        using var a = Machine.Long64(BitTestsAndCompareExchange, hypervisor: TestBackends.Interpreter());
-        using var b = Machine.Long64(BitTestsAndCompareExchange, hypervisor: TestBackends.Jit(threshold));
+        using var a = Machine.Long64(BitTestsAndExchanges, hypervisor: TestBackends.Interpreter());
+        using var b = Machine.Long64(BitTestsAndExchanges, hypervisor: TestBackends.Jit(threshold));
         int steps = JitLockstep.RunInBudgetSlices(a, b, new Random(41),
             rng => rng.Next(4) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 60), _ => rng.Next(1, 8000) }, budgetSpent: true);
         Assert.True(steps > 20, $"only {steps} budget slices");
@@ -445,7 +472,7 @@ public sealed partial class JitTierTests
     }
 
     /// <summary>
-    /// NEG, NOT, XCHG, BT/BTS (of a bit string too) and CMPXCHG of memory, PUSHF, shifts of memory by CL (by 0 too,
+    /// NEG, NOT, XCHG, BT/BTS (of a bit string too), CMPXCHG and XADD of memory, PUSHF, shifts of memory by CL (by 0 too,
     /// which still checks the operand for writing) and MOV of a segment register to memory run compiled on mapped
     /// memory, then once on memory that reaches the unmapped page above 2 MiB (directly or across a page end) with flags
     /// another operation left pending: the page fault is the first tier's (CR2; the error code of a write, as a
@@ -468,6 +495,7 @@ public sealed partial class JitTierTests
     [InlineData("btstring")]
     [InlineData("cmpxchg64cross")]
     [InlineData("cmpxchg8")]
+    [InlineData("xadd32cross")]
     public void Faults_of_memory_forms_compiled_instead_of_handled_match_the_first_tier(string last)
     {
         const int Top = 2 << 20;
@@ -500,6 +528,7 @@ public sealed partial class JitTierTests
             a.bt(__qword_ptr[rdi + 64], rcx);
             a.cmpxchg(__qword_ptr[rdi + 72], rbx);
             a.cmpxchg(__byte_ptr[rdi + 80], dl);
+            a.xadd(__dword_ptr[rdi + 88], esi);
             a.dec(ecx);
             a.jnz(loop);
             a.mov(edi, Top);
@@ -521,6 +550,7 @@ public sealed partial class JitTierTests
                 case "btstring": a.mov(edx, 64); a.add(rbx, -1); a.bt(__qword_ptr[rdi - 8], rdx); break;
                 case "cmpxchg64cross": a.cmpxchg(__qword_ptr[rdi - 4], rbx); break;
                 case "cmpxchg8": a.cmpxchg(__byte_ptr[rdi], dl); break;
+                case "xadd32cross": a.xadd(__dword_ptr[rdi - 2], esi); break;
                 default: a.lea(rsp, __qword_ptr[rdi + 1]); a.add(rbx, -1); a.pushf(); break;
             }
 

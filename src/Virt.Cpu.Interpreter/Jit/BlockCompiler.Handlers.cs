@@ -5,7 +5,7 @@ namespace Virt.Cpu.Interpreter.Jit;
 
 /// <summary>
 /// Forms the interpreter runs through their handlers (NEG, NOT, XCHG, PUSHF, BSWAP, CBW/CWD and their wider forms, MOV
-/// from a segment register, BT/BTS/BTR/BTC, CMPXCHG, and SHL/SHR/SAR by CL, which its dispatch runs inline for immediate
+/// from a segment register, BT/BTS/BTR/BTC, CMPXCHG, XADD, and SHL/SHR/SAR by CL, which its dispatch runs inline for immediate
 /// counts only) that
 /// compiled code runs inline, each doing what its handler does in the same order: a read-modify-write of memory is
 /// checked for writing before it reads, a write that faults leaves the registers as before the instruction, and
@@ -532,5 +532,50 @@ internal sealed partial class BlockCompiler
         }
 
         _il.MarkLabel(done);
+    }
+
+    /// <summary>
+    /// XADD as the handler runs it (not locked, as CMPXCHG): the destination read (memory checked for writing first), ADD's
+    /// flags of it and the source register; a memory destination gets the sum, then the register the old value; with a
+    /// register destination the register gets the old value first, so with the same register on both sides the sum wins.
+    /// </summary>
+    private void EmitXadd(int i)
+    {
+        ref Op op = ref _ops[i];
+        int size = op.Size;
+        bool reg = op.K0 == OpKindX.Reg;
+        EmitLoadRmOperand(in op, size, i, reg);
+        GetReg(op.R1, size);
+        _il.Emit(OpCodes.Stloc, _tb);
+        _il.Emit(OpCodes.Ldloc, _ta);
+        _il.Emit(OpCodes.Ldloc, _tb);
+        _il.Emit(OpCodes.Add);
+        if (size < 8)
+        {
+            EmitI8(unchecked((long)Mask(size)));
+            _il.Emit(OpCodes.And);
+        }
+
+        _il.Emit(OpCodes.Stloc, _fr);
+        _il.Emit(OpCodes.Ldloc, _ta);
+        _il.Emit(OpCodes.Stloc, _fa);
+        _il.Emit(OpCodes.Ldloc, _tb);
+        _il.Emit(OpCodes.Stloc, _fb);
+        SetFlags(LzAdd, size);
+        if (reg)
+        {
+            _il.Emit(OpCodes.Ldloc, _ta);
+            SetReg(op.R1, size);
+            _il.Emit(OpCodes.Ldloc, _fr);
+            SetReg(op.R0, size);
+            return;
+        }
+
+        int r = op.R1;
+        EmitWrite(size, _fr, i, () =>
+        {
+            _il.Emit(OpCodes.Ldloc, _ta);
+            SetReg(r, size);
+        }, op.Next);
     }
 }

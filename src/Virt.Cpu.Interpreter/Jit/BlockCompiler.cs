@@ -441,6 +441,7 @@ internal sealed partial class BlockCompiler
                 return op.Size is 2 or 4 or 8 && ((op.K0 == OpKindX.Reg && op.K1 is OpKindX.Imm or OpKindX.Reg)
                     || (op.K0 == OpKindX.Mem && MemOk(in op) && (op.K1 == OpKindX.Imm || (op.K1 == OpKindX.Reg && op.Sub == 0))));
             case InlineOp.Cmpxchg:
+            case InlineOp.Xadd:
                 return op.Size is 1 or 2 or 4 or 8 && op.K1 == OpKindX.Reg && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
             case InlineOp.MovFromSreg:
                 return op.Sub < 6 && ((op.K0 == OpKindX.Reg && op.Size is 2 or 4 or 8) || (op.K0 == OpKindX.Mem && op.Size == 2 && MemOk(in op)));
@@ -1955,6 +1956,9 @@ internal sealed partial class BlockCompiler
                     // CMP's flags of the accumulator and the destination.
                     f = new(LzSub, op.Size, Unknown, 0, null);
                     break;
+                case InlineOp.Xadd:
+                    f = new(LzAdd, op.Size, Unknown, 0, null);
+                    break;
                 default:
                     break;
             }
@@ -2161,6 +2165,9 @@ internal sealed partial class BlockCompiler
                     break;
                 case InlineOp.Cmpxchg:
                     EmitCmpxchg(i);
+                    break;
+                case InlineOp.Xadd:
+                    EmitXadd(i);
                     break;
                 default:
                     throw new InvalidProgramException($"Op {op.Inline} marked inline without an emitter.");
