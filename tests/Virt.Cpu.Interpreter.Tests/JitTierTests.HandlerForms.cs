@@ -5,7 +5,8 @@ namespace Virt.Cpu.Interpreter.Tests;
 
 /// <summary>
 /// NEG, NOT, XCHG, PUSHF, BSWAP, CBW/CWD and their wider forms, MOV from segment registers, shifts by CL, BT/BTS/BTR/BTC,
-/// CMPXCHG and XADD, which the first tier runs through handlers and compiled code runs inline.
+/// CMPXCHG and XADD, which the first tier runs through handlers, and the indirect CALL, which compiled code ran through
+/// the first tier: compiled code runs them inline.
 /// </summary>
 public sealed partial class JitTierTests
 {
@@ -447,6 +448,78 @@ public sealed partial class JitTierTests
         Assert.True(steps > 20, $"only {steps} budget slices");
     }
 
+    /// <summary>
+    /// CALL through a table in memory (four entries, three functions) and through a register, with flags pending across
+    /// the call that a function reads, a function that reads its return address, and functions that return to two sites.
+    /// </summary>
+    private static void IndirectCalls(Assembler a)
+    {
+        var loop = a.CreateLabel();
+        var f0 = a.CreateLabel();
+        var f1 = a.CreateLabel();
+        var f2 = a.CreateLabel();
+        a.mov(edi, (int)Data);
+        a.lea(rax, __qword_ptr[f0]);
+        a.mov(__qword_ptr[rdi + 0x900], rax);
+        a.mov(__qword_ptr[rdi + 0x918], rax);
+        a.lea(rax, __qword_ptr[f1]);
+        a.mov(__qword_ptr[rdi + 0x908], rax);
+        a.lea(rax, __qword_ptr[f2]);
+        a.mov(__qword_ptr[rdi + 0x910], rax);
+        a.mov(ecx, 3000);
+        a.xor(eax, eax);
+        a.xor(ebx, ebx);
+        a.Label(ref loop);
+        a.mov(edx, ecx);
+        a.and(edx, 3);
+        a.cmp(ecx, 1000);
+        a.call(__qword_ptr[rdi + rdx * 8 + 0x900]);
+        a.add(rbx, rax);
+        a.mov(r8, __qword_ptr[rdi + 0x908]);
+        a.call(r8);
+        a.xor(rbx, rax);
+        a.dec(ecx);
+        a.jnz(loop);
+        a.hlt();
+        a.Label(ref f0);
+        a.setb(r9b);
+        a.add(rax, r9);
+        a.add(rax, rcx);
+        a.ret();
+        a.Label(ref f1);
+        a.mov(r10, __qword_ptr[rsp]);
+        a.add(rbx, r10);
+        a.imul(rax, rax, 3);
+        a.ret();
+        a.Label(ref f2);
+        a.neg(rax);
+        a.ret();
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    [InlineData(50)]
+    public void Indirect_calls_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
+    {
+        var expected = RunAll(TestBackends.Interpreter(), IndirectCalls);
+        var jit = RunAll(TestBackends.Jit(threshold), IndirectCalls);
+        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
+        Assert.Equal(expected, jit);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    public void Budgets_that_end_around_indirect_calls_stop_exactly_where_the_first_tier_does(int threshold)
+    {
+        using var a = Machine.Long64(IndirectCalls, hypervisor: TestBackends.Interpreter());
+        using var b = Machine.Long64(IndirectCalls, hypervisor: TestBackends.Jit(threshold));
+        int steps = JitLockstep.RunInBudgetSlices(a, b, new Random(43),
+            rng => rng.Next(4) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 60), _ => rng.Next(1, 8000) }, budgetSpent: true);
+        Assert.True(steps > 20, $"only {steps} budget slices");
+    }
+
     [Theory]
     [InlineData(0)]
     [InlineData(2)]
@@ -472,11 +545,11 @@ public sealed partial class JitTierTests
     }
 
     /// <summary>
-    /// NEG, NOT, XCHG, BT/BTS (of a bit string too), CMPXCHG and XADD of memory, PUSHF, shifts of memory by CL (by 0 too,
+    /// NEG, NOT, XCHG, BT/BTS (of a bit string too), CMPXCHG and XADD of memory, CALL through memory and a register, PUSHF, shifts of memory by CL (by 0 too,
     /// which still checks the operand for writing) and MOV of a segment register to memory run compiled on mapped
     /// memory, then once on memory that reaches the unmapped page above 2 MiB (directly or across a page end) with flags
     /// another operation left pending: the page fault is the first tier's (CR2; the error code of a write, as a
-    /// read-modify-write checks for writing before it reads, or of a read for BT; RIP, RSP, the flags and the registers
+    /// read-modify-write checks for writing before it reads, or of a read for BT and a call's target; RIP, RSP, the flags and the registers
     /// as before the instruction) and so is the count.
     /// </summary>
     [Theory]
@@ -496,17 +569,23 @@ public sealed partial class JitTierTests
     [InlineData("cmpxchg64cross")]
     [InlineData("cmpxchg8")]
     [InlineData("xadd32cross")]
+    [InlineData("callmem")]
+    [InlineData("callpush")]
     public void Faults_of_memory_forms_compiled_instead_of_handled_match_the_first_tier(string last)
     {
         const int Top = 2 << 20;
         void Program(Assembler a)
         {
             var loop = a.CreateLabel();
+            var fn = a.CreateLabel();
             a.mov(edi, (int)Data);
+            a.lea(rsi, __qword_ptr[fn]);
+            a.mov(__qword_ptr[rdi + 96], rsi);
             a.mov(rax, 0x0123456789ABCDEFL);
             a.xor(ebx, ebx);
             a.mov(ecx, 200);
             a.Label(ref loop);
+            a.call(__qword_ptr[rdi + 96]);
             a.neg(__qword_ptr[rdi]);
             a.adc(rbx, __qword_ptr[rdi]);
             a.neg(__byte_ptr[rdi + 9]);
@@ -551,15 +630,20 @@ public sealed partial class JitTierTests
                 case "cmpxchg64cross": a.cmpxchg(__qword_ptr[rdi - 4], rbx); break;
                 case "cmpxchg8": a.cmpxchg(__byte_ptr[rdi], dl); break;
                 case "xadd32cross": a.xadd(__dword_ptr[rdi - 2], esi); break;
+                case "callmem": a.call(__qword_ptr[rdi]); break;
+                case "callpush": a.lea(rsp, __qword_ptr[rdi + 4]); a.add(rbx, -1); a.call(rsi); break;
                 default: a.lea(rsp, __qword_ptr[rdi + 1]); a.add(rbx, -1); a.pushf(); break;
             }
 
             a.hlt();
+            a.Label(ref fn);
+            a.add(rbx, rcx);
+            a.ret();
         }
 
         var expected = AssertPagedTiersMatch(Program);
         Assert.Equal((ulong)Top, expected.Cr2);
         Assert.Equal(0x20000UL + (14 * 16) + 1, expected.Regs.Rip); // the page fault's handler halted
-        Assert.Equal(last == "btstring" ? 0UL : 2UL, expected.Frame[0] & 2); // a write fault (BT reads)
+        Assert.Equal(last is "btstring" or "callmem" ? 0UL : 2UL, expected.Frame[0] & 2); // a write fault (BT and the call's target read)
     }
 }

@@ -5,7 +5,7 @@ namespace Virt.Cpu.Interpreter.Jit;
 
 /// <summary>
 /// Forms the interpreter runs through their handlers (NEG, NOT, XCHG, PUSHF, BSWAP, CBW/CWD and their wider forms, MOV
-/// from a segment register, BT/BTS/BTR/BTC, CMPXCHG, XADD, and SHL/SHR/SAR by CL, which its dispatch runs inline for immediate
+/// from a segment register, BT/BTS/BTR/BTC, CMPXCHG, XADD, and SHL/SHR/SAR by CL, and the indirect CALL, which its dispatch runs inline for immediate
 /// counts only) that
 /// compiled code runs inline, each doing what its handler does in the same order: a read-modify-write of memory is
 /// checked for writing before it reads, a write that faults leaves the registers as before the instruction, and
@@ -578,4 +578,28 @@ internal sealed partial class BlockCompiler
             SetReg(r, size);
         }, op.Next);
     }
+
+    /// <summary>
+    /// CALL through a register or memory (64-bit, the block's last op) as the interpreter runs it: the target read first
+    /// (a memory fault leaves the state as before the call), then the return address pushed (RSP moves once the store
+    /// succeeded), then RIP set to the target and the method leaves through exit 0 with the target as a computed RIP, as
+    /// RET does (<see cref="EmitChain"/>).
+    /// </summary>
+    private void EmitCallInd(int i)
+    {
+        ref Op op = ref _ops[i];
+        var target = _callTarget ??= _il.DeclareLocal(typeof(ulong));
+        EmitPushRm(in op, 8, i, op.K0 == OpKindX.Reg, rmw: false);
+        _il.Emit(OpCodes.Stloc, target);
+        EmitI8(unchecked((long)op.Next));
+        _il.Emit(OpCodes.Stloc, _tb);
+        EmitStackSlot(8);
+        EmitWrite(8, _tb, i, () => EmitPushRsp(8), 0, target);
+        EmitRetire(i + 1);
+        EmitWriteBack();
+        EmitSetRip(target);
+        EmitChain(0, target);
+    }
+
+    private LocalBuilder? _callTarget;
 }

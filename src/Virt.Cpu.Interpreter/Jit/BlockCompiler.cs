@@ -256,7 +256,7 @@ internal sealed partial class BlockCompiler
                 ulong expected = slot == 0 ? last.Target : last.Next;
                 bool exitFits = slot == 0
                     ? last.Inline is InlineOp.Jcc or InlineOp.Jmp or InlineOp.Call
-                    : last.Inline is not (InlineOp.Jmp or InlineOp.Call or InlineOp.Ret);
+                    : last.Inline is not (InlineOp.Jmp or InlineOp.Call or InlineOp.Ret or InlineOp.CallInd);
                 if (y == null || !exitFits || starts.Contains(expected) || instructions + y.Count > MaxRegionInstructions
                     || region.Count >= MaxRegionBlocks || !SamePageAndMode(root, y, expected))
                 {
@@ -411,6 +411,8 @@ internal sealed partial class BlockCompiler
             case InlineOp.Call:
             case InlineOp.Ret:
                 return last && bitness == 64 && op.Size2 == 8;
+            case InlineOp.CallInd:
+                return last && bitness == 64 && op.Size2 == 8 && op.Size == 8 && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
             case InlineOp.MulDiv:
                 return op.Size is 1 or 2 or 4 or 8 && (op.K0 == OpKindX.Reg || (op.K0 == OpKindX.Mem && MemOk(in op)));
             case InlineOp.Cmovcc:
@@ -461,7 +463,7 @@ internal sealed partial class BlockCompiler
     /// <summary>The count of a shift by an immediate, masked as the hardware masks it.</summary>
     private static int ShiftCount(in Op op) => (int)(op.Imm & (op.Size == 8 ? 0x3FUL : 0x1FUL));
 
-    private static bool UsesStack(in Op op) => op.Inline is InlineOp.Push or InlineOp.Pop or InlineOp.Call or InlineOp.Ret or InlineOp.Pushf;
+    private static bool UsesStack(in Op op) => op.Inline is InlineOp.Push or InlineOp.Pop or InlineOp.Call or InlineOp.Ret or InlineOp.Pushf or InlineOp.CallInd;
 
     private static bool OperandsOk(in Op op)
     {
@@ -1533,7 +1535,7 @@ internal sealed partial class BlockCompiler
     /// done (the op's register updates, which a faulting write must not make; from registers, not from the address or
     /// the value, which the slow path does not keep) and <paramref name="ripAfter"/> the RIP after the op.
     /// </summary>
-    private void EmitWrite(int size, LocalBuilder value, int opIndex, Action? commit, ulong ripAfter)
+    private void EmitWrite(int size, LocalBuilder value, int opIndex, Action? commit, ulong ripAfter, LocalBuilder? ripAfterLocal = null)
     {
         var slow = _il.DefineLabel();
         var done = _il.DefineLabel();
@@ -1570,7 +1572,18 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Ldfld, StopField);
         _il.Emit(OpCodes.Brfalse, done);
         EmitRetire(opIndex + 1);
-        EmitLeave(ripAfter, -1, synced: commit == null);
+        if (ripAfterLocal != null)
+        {
+            // A computed RIP after the op (an indirect call's target).
+            EmitWriteBack(regsAndFlags: commit != null);
+            EmitSetRip(ripAfterLocal);
+            _il.Emit(OpCodes.Ret);
+        }
+        else
+        {
+            EmitLeave(ripAfter, -1, synced: commit == null);
+        }
+
         _il.MarkLabel(done);
     }
 
@@ -1904,7 +1917,7 @@ internal sealed partial class BlockCompiler
         {
             InlineOp.Jcc => [last.Target, last.Next],
             InlineOp.Jmp or InlineOp.Call => [last.Target],
-            InlineOp.Ret => [],
+            InlineOp.Ret or InlineOp.CallInd => [],
             _ => [last.Next],
         };
     }
@@ -2169,6 +2182,9 @@ internal sealed partial class BlockCompiler
                 case InlineOp.Xadd:
                     EmitXadd(i);
                     break;
+                case InlineOp.CallInd:
+                    EmitCallInd(i);
+                    break;
                 default:
                     throw new InvalidProgramException($"Op {op.Inline} marked inline without an emitter.");
             }
@@ -2180,7 +2196,7 @@ internal sealed partial class BlockCompiler
         }
     }
 
-    private static bool IsBranch(in Op op) => op.Inline is InlineOp.Jcc or InlineOp.Jmp or InlineOp.Call or InlineOp.Ret;
+    private static bool IsBranch(in Op op) => op.Inline is InlineOp.Jcc or InlineOp.Jmp or InlineOp.Call or InlineOp.Ret or InlineOp.CallInd;
 
     /// <summary>
     /// Leaves the block normally: state written back, <paramref name="retired"/> instructions counted, RIP set; then
