@@ -329,11 +329,12 @@ internal sealed partial class BlockCompiler
         && y.ModeKey == root.ModeKey && y.CsBase == root.CsBase && y.PhysPage == root.PhysPage
         && (y.Lin >> 12) == (root.Lin >> 12) && OpStart(in y.Ops[0]) == start && AllInline(y) && !IsSelfLoop(y);
 
+    /// <summary>Whether every op of <paramref name="b"/> runs inline and none is a form <see cref="IsHandlerForm"/> names: what a region's blocks must be.</summary>
     private static bool AllInline(Block b)
     {
         for (int i = 0; i < b.Count; i++)
         {
-            if (!IsInline(b, i))
+            if (!IsInline(b, i) || IsHandlerForm(in b.Ops[i]))
             {
                 return false;
             }
@@ -341,6 +342,17 @@ internal sealed partial class BlockCompiler
 
         return true;
     }
+
+    /// <summary>
+    /// The forms BlockCompiler.Handlers.cs compiles (which the interpreter runs through handlers). A block with one is
+    /// compiled alone, as it was while they were interpreter calls, and is not taken into a region: in Linux boots,
+    /// regions that took them in cost the compiler thread more time with no gain seen on the vCPU thread, and several of
+    /// them leave the flags in the CPU state (PUSHF, BT, shifts by CL), which a region's flag locals cannot carry.
+    /// </summary>
+    private static bool IsHandlerForm(in Op op) =>
+        op.Inline is InlineOp.NegNot or InlineOp.Xchg or InlineOp.Pushf or InlineOp.Bswap or InlineOp.AccExtend or InlineOp.MovFromSreg
+            or InlineOp.Bt or InlineOp.Cmpxchg or InlineOp.Xadd or InlineOp.CallInd
+        || (op.Inline == InlineOp.Shift && op.K1 == OpKindX.Reg);
 
     private static int ComputeGprOffset()
     {
