@@ -49,23 +49,13 @@ internal sealed partial class BlockCompiler
             return;
         }
 
+        // SUB 0 - x: the operand becomes the subtrahend.
+        _il.Emit(OpCodes.Ldloc, _ta);
+        _il.Emit(OpCodes.Stloc, _tb);
         _il.Emit(OpCodes.Ldc_I4_0);
         _il.Emit(OpCodes.Conv_U8);
-        _il.Emit(OpCodes.Ldloc, _ta);
-        _il.Emit(OpCodes.Sub);
-        if (size < 8)
-        {
-            EmitI8(unchecked((long)Mask(size)));
-            _il.Emit(OpCodes.And);
-        }
-
-        _il.Emit(OpCodes.Stloc, _fr);
-        _il.Emit(OpCodes.Ldc_I4_0);
-        _il.Emit(OpCodes.Conv_U8);
-        _il.Emit(OpCodes.Stloc, _fa);
-        _il.Emit(OpCodes.Ldloc, _ta);
-        _il.Emit(OpCodes.Stloc, _fb);
-        SetFlags(LzSub, size);
+        _il.Emit(OpCodes.Stloc, _ta);
+        EmitAddSub(sub: true, size);
         EmitStoreRmResult(in op, size, i, reg, _fr);
     }
 
@@ -90,18 +80,10 @@ internal sealed partial class BlockCompiler
             return;
         }
 
-        int r = op.R1;
-        EmitLinear(in op);
-        EmitRead(size, i, rmw: true);
-        _il.Emit(OpCodes.Ldloc, _val);
-        _il.Emit(OpCodes.Stloc, _ta);
-        GetReg(r, size);
+        EmitLoadRmOperand(in op, size, i, reg: false);
+        GetReg(op.R1, size);
         _il.Emit(OpCodes.Stloc, _tb);
-        EmitWrite(size, _tb, i, () =>
-        {
-            _il.Emit(OpCodes.Ldloc, _ta);
-            SetReg(r, size);
-        }, op.Next);
+        EmitWriteThenSetReg(in op, size, i, _tb, op.R1, _ta);
     }
 
     /// <summary>
@@ -492,21 +474,7 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Stloc, _tb);
         GetReg(0, size);
         _il.Emit(OpCodes.Stloc, _ta);
-        _il.Emit(OpCodes.Ldloc, _ta);
-        _il.Emit(OpCodes.Ldloc, _tb);
-        _il.Emit(OpCodes.Sub);
-        if (size < 8)
-        {
-            EmitI8(unchecked((long)Mask(size)));
-            _il.Emit(OpCodes.And);
-        }
-
-        _il.Emit(OpCodes.Stloc, _fr);
-        _il.Emit(OpCodes.Ldloc, _ta);
-        _il.Emit(OpCodes.Stloc, _fa);
-        _il.Emit(OpCodes.Ldloc, _tb);
-        _il.Emit(OpCodes.Stloc, _fb);
-        SetFlags(LzSub, size);
+        EmitAddSub(sub: true, size);
         var differ = _il.DefineLabel();
         var done = _il.DefineLabel();
         _il.Emit(OpCodes.Ldloc, _ta);
@@ -524,11 +492,7 @@ internal sealed partial class BlockCompiler
         }
         else
         {
-            EmitWrite(size, _tb, i, () =>
-            {
-                _il.Emit(OpCodes.Ldloc, _tb);
-                SetReg(0, size);
-            }, op.Next);
+            EmitWriteThenSetReg(in op, size, i, _tb, 0, _tb);
         }
 
         _il.MarkLabel(done);
@@ -547,9 +511,28 @@ internal sealed partial class BlockCompiler
         EmitLoadRmOperand(in op, size, i, reg);
         GetReg(op.R1, size);
         _il.Emit(OpCodes.Stloc, _tb);
+        EmitAddSub(sub: false, size);
+        if (reg)
+        {
+            _il.Emit(OpCodes.Ldloc, _ta);
+            SetReg(op.R1, size);
+            _il.Emit(OpCodes.Ldloc, _fr);
+            SetReg(op.R0, size);
+            return;
+        }
+
+        EmitWriteThenSetReg(in op, size, i, _fr, op.R1, _ta);
+    }
+
+    /// <summary>
+    /// <c>_ta + _tb</c> or <c>_ta - _tb</c> into <c>_fr</c>, cut to the operand size, with the flag operands and kind
+    /// ADD or SUB leaves (<c>_fa</c> = <c>_ta</c>, <c>_fb</c> = <c>_tb</c>): NEG, CMPXCHG's compare, XADD.
+    /// </summary>
+    private void EmitAddSub(bool sub, int size)
+    {
         _il.Emit(OpCodes.Ldloc, _ta);
         _il.Emit(OpCodes.Ldloc, _tb);
-        _il.Emit(OpCodes.Add);
+        _il.Emit(sub ? OpCodes.Sub : OpCodes.Add);
         if (size < 8)
         {
             EmitI8(unchecked((long)Mask(size)));
@@ -561,23 +544,20 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Stloc, _fa);
         _il.Emit(OpCodes.Ldloc, _tb);
         _il.Emit(OpCodes.Stloc, _fb);
-        SetFlags(LzAdd, size);
-        if (reg)
-        {
-            _il.Emit(OpCodes.Ldloc, _ta);
-            SetReg(op.R1, size);
-            _il.Emit(OpCodes.Ldloc, _fr);
-            SetReg(op.R0, size);
-            return;
-        }
+        SetFlags(sub ? LzSub : LzAdd, size);
+    }
 
-        int r = op.R1;
-        EmitWrite(size, _fr, i, () =>
+    /// <summary>
+    /// Writes <paramref name="value"/> to the memory operand of op <paramref name="i"/> (its address formed by the read
+    /// before) and, once the store succeeded, register <paramref name="r"/> from <paramref name="from"/>: XCHG, XADD
+    /// and CMPXCHG leave their register alone when the write faults.
+    /// </summary>
+    private void EmitWriteThenSetReg(in Op op, int size, int i, LocalBuilder value, int r, LocalBuilder from) =>
+        EmitWrite(size, value, i, () =>
         {
-            _il.Emit(OpCodes.Ldloc, _ta);
+            _il.Emit(OpCodes.Ldloc, from);
             SetReg(r, size);
         }, op.Next);
-    }
 
     /// <summary>
     /// CALL through a register or memory (64-bit, the block's last op) as the interpreter runs it: the target read first
