@@ -257,10 +257,7 @@ public sealed partial class JitTierTests
     [InlineData(50)]
     public void Shifts_by_cl_bswap_sign_extensions_and_segment_moves_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
-        var expected = RunAll(TestBackends.Interpreter(), ShiftsAndMoves);
-        var jit = RunAll(TestBackends.Jit(threshold), ShiftsAndMoves);
-        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
-        Assert.Equal(expected, jit);
+        AssertRunMatchesFirstTier(ShiftsAndMoves, threshold);
     }
 
     [Theory]
@@ -268,11 +265,8 @@ public sealed partial class JitTierTests
     [InlineData(2)]
     public void Budgets_that_end_among_shifts_by_cl_and_segment_moves_stop_exactly_where_the_first_tier_does(int threshold)
     {
-        using var a = Machine.Long64(ShiftsAndMoves, hypervisor: TestBackends.Interpreter());
-        using var b = Machine.Long64(ShiftsAndMoves, hypervisor: TestBackends.Jit(threshold));
-        int steps = JitLockstep.RunInBudgetSlices(a, b, new Random(37),
-            rng => rng.Next(4) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 60), _ => rng.Next(1, 8000) }, budgetSpent: true);
-        Assert.True(steps > 20, $"only {steps} budget slices");
+        AssertBudgetSlicesMatchFirstTier(ShiftsAndMoves, threshold, 37,
+            rng => rng.Next(4) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 60), _ => rng.Next(1, 8000) });
     }
 
     /// <summary>
@@ -430,10 +424,7 @@ public sealed partial class JitTierTests
     [InlineData(50)]
     public void Bit_tests_compare_exchange_and_exchange_add_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
-        var expected = RunAll(TestBackends.Interpreter(), BitTestsAndExchanges);
-        var jit = RunAll(TestBackends.Jit(threshold), BitTestsAndExchanges);
-        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
-        Assert.Equal(expected, jit);
+        AssertRunMatchesFirstTier(BitTestsAndExchanges, threshold);
     }
 
     [Theory]
@@ -441,11 +432,8 @@ public sealed partial class JitTierTests
     [InlineData(2)]
     public void Budgets_that_end_among_bit_tests_compare_exchange_and_exchange_add_stop_exactly_where_the_first_tier_does(int threshold)
     {
-        using var a = Machine.Long64(BitTestsAndExchanges, hypervisor: TestBackends.Interpreter());
-        using var b = Machine.Long64(BitTestsAndExchanges, hypervisor: TestBackends.Jit(threshold));
-        int steps = JitLockstep.RunInBudgetSlices(a, b, new Random(41),
-            rng => rng.Next(4) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 60), _ => rng.Next(1, 8000) }, budgetSpent: true);
-        Assert.True(steps > 20, $"only {steps} budget slices");
+        AssertBudgetSlicesMatchFirstTier(BitTestsAndExchanges, threshold, 41,
+            rng => rng.Next(4) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 60), _ => rng.Next(1, 8000) });
     }
 
     /// <summary>
@@ -502,10 +490,7 @@ public sealed partial class JitTierTests
     [InlineData(50)]
     public void Indirect_calls_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
-        var expected = RunAll(TestBackends.Interpreter(), IndirectCalls);
-        var jit = RunAll(TestBackends.Jit(threshold), IndirectCalls);
-        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
-        Assert.Equal(expected, jit);
+        AssertRunMatchesFirstTier(IndirectCalls, threshold);
     }
 
     [Theory]
@@ -513,11 +498,8 @@ public sealed partial class JitTierTests
     [InlineData(2)]
     public void Budgets_that_end_around_indirect_calls_stop_exactly_where_the_first_tier_does(int threshold)
     {
-        using var a = Machine.Long64(IndirectCalls, hypervisor: TestBackends.Interpreter());
-        using var b = Machine.Long64(IndirectCalls, hypervisor: TestBackends.Jit(threshold));
-        int steps = JitLockstep.RunInBudgetSlices(a, b, new Random(43),
-            rng => rng.Next(4) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 60), _ => rng.Next(1, 8000) }, budgetSpent: true);
-        Assert.True(steps > 20, $"only {steps} budget slices");
+        AssertBudgetSlicesMatchFirstTier(IndirectCalls, threshold, 43,
+            rng => rng.Next(4) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 60), _ => rng.Next(1, 8000) });
     }
 
     [Theory]
@@ -526,10 +508,7 @@ public sealed partial class JitTierTests
     [InlineData(50)]
     public void Neg_not_xchg_and_pushf_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
-        var expected = RunAll(TestBackends.Interpreter(), HandlerForms);
-        var jit = RunAll(TestBackends.Jit(threshold), HandlerForms);
-        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
-        Assert.Equal(expected, jit);
+        AssertRunMatchesFirstTier(HandlerForms, threshold);
     }
 
     [Theory]
@@ -537,11 +516,8 @@ public sealed partial class JitTierTests
     [InlineData(2)]
     public void Budgets_that_end_among_neg_not_xchg_and_pushf_stop_exactly_where_the_first_tier_does(int threshold)
     {
-        using var a = Machine.Long64(HandlerForms, hypervisor: TestBackends.Interpreter());
-        using var b = Machine.Long64(HandlerForms, hypervisor: TestBackends.Jit(threshold));
-        int steps = JitLockstep.RunInBudgetSlices(a, b, new Random(31),
-            rng => rng.Next(4) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 60), _ => rng.Next(1, 8000) }, budgetSpent: true);
-        Assert.True(steps > 20, $"only {steps} budget slices");
+        AssertBudgetSlicesMatchFirstTier(HandlerForms, threshold, 31,
+            rng => rng.Next(4) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 60), _ => rng.Next(1, 8000) });
     }
 
     /// <summary>

@@ -497,16 +497,34 @@ public sealed partial class JitTierTests
         return (m.Regs, ((IInstructionCounting)m.Vcpu).InstructionsRetired, exit.Reason);
     }
 
+    /// <summary>Runs <paramref name="program"/> to its halt in the first tier and with the JIT at <paramref name="threshold"/>: the same registers, instruction count and exit.</summary>
+    private static void AssertRunMatchesFirstTier(Action<Assembler> program, int threshold)
+    {
+        var expected = RunAll(TestBackends.Interpreter(), program);
+        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
+        Assert.Equal(expected, RunAll(TestBackends.Jit(threshold), program));
+    }
+
+    /// <summary>
+    /// Runs <paramref name="program"/> in the first tier and with the JIT at <paramref name="threshold"/> in the same
+    /// budget slices (sizes from <paramref name="slice"/>, random from <paramref name="seed"/>), each stopping both in the
+    /// same state (<see cref="JitLockstep.RunInBudgetSlices"/>); more than 20 slices.
+    /// </summary>
+    private static void AssertBudgetSlicesMatchFirstTier(Action<Assembler> program, int threshold, int seed, Func<Random, long> slice)
+    {
+        using var a = Machine.Long64(program, hypervisor: TestBackends.Interpreter());
+        using var b = Machine.Long64(program, hypervisor: TestBackends.Jit(threshold));
+        int steps = JitLockstep.RunInBudgetSlices(a, b, new Random(seed), slice, budgetSpent: true);
+        Assert.True(steps > 20, $"only {steps} budget slices");
+    }
+
     [Theory]
     [InlineData(0)]
     [InlineData(3)]
     [InlineData(50)]
     public void Whole_program_ends_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
-        var expected = RunAll(TestBackends.Interpreter(), Mixed);
-        var jit = RunAll(TestBackends.Jit(threshold), Mixed);
-        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
-        Assert.Equal(expected, jit);
+        AssertRunMatchesFirstTier(Mixed, threshold);
     }
 
     [Theory]
@@ -515,10 +533,7 @@ public sealed partial class JitTierTests
     [InlineData(50)]
     public void Stack_ops_calls_imul_setcc_cmovcc_and_shifts_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
-        var expected = RunAll(TestBackends.Interpreter(), StackAndFlags);
-        var jit = RunAll(TestBackends.Jit(threshold), StackAndFlags);
-        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
-        Assert.Equal(expected, jit);
+        AssertRunMatchesFirstTier(StackAndFlags, threshold);
     }
 
     [Theory]
@@ -527,10 +542,7 @@ public sealed partial class JitTierTests
     [InlineData(50)]
     public void Rotates_by_immediates_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
-        var expected = RunAll(TestBackends.Interpreter(), Rotates);
-        var jit = RunAll(TestBackends.Jit(threshold), Rotates);
-        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
-        Assert.Equal(expected, jit);
+        AssertRunMatchesFirstTier(Rotates, threshold);
     }
 
     [Theory]
@@ -539,10 +551,7 @@ public sealed partial class JitTierTests
     [InlineData(50)]
     public void Branching_loop_compiled_as_a_region_ends_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
-        var expected = RunAll(TestBackends.Interpreter(), Branchy);
-        var jit = RunAll(TestBackends.Jit(threshold), Branchy);
-        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
-        Assert.Equal(expected, jit);
+        AssertRunMatchesFirstTier(Branchy, threshold);
     }
 
     [Theory]
@@ -551,10 +560,7 @@ public sealed partial class JitTierTests
     [InlineData(50)]
     public void Multi_precision_adc_sbb_and_mul_loops_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
-        var expected = RunAll(TestBackends.Interpreter(), BigNumbers);
-        var jit = RunAll(TestBackends.Jit(threshold), BigNumbers);
-        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
-        Assert.Equal(expected, jit);
+        AssertRunMatchesFirstTier(BigNumbers, threshold);
     }
 
     [Fact]
@@ -587,11 +593,8 @@ public sealed partial class JitTierTests
         // At threshold 0 every block is compiled alone before its first run; at 2 the compiler thread forms
         // regions along the links the first runs recorded.
         Action<Assembler> program = name switch { "stack" => StackAndFlags, "branchy" => Branchy, "carries" => Carries, "bignum" => BigNumbers, _ => Mixed };
-        using var a = Machine.Long64(program, hypervisor: TestBackends.Interpreter());
-        using var b = Machine.Long64(program, hypervisor: TestBackends.Jit(threshold));
-        int steps = JitLockstep.RunInBudgetSlices(a, b, new Random(20),
-            rng => rng.Next(4) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 40), _ => rng.Next(1, 5000) }, budgetSpent: true);
-        Assert.True(steps > 20, $"only {steps} budget slices");
+        AssertBudgetSlicesMatchFirstTier(program, threshold, 20,
+            rng => rng.Next(4) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 40), _ => rng.Next(1, 5000) });
     }
 
     [Fact]
@@ -1059,9 +1062,7 @@ public sealed partial class JitTierTests
     [InlineData(2)]
     public void Returns_to_many_call_sites_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
-        var expected = RunAll(TestBackends.Interpreter(), ThreeCallSites);
-        Assert.Equal(VcpuExitReason.Halt, expected.Reason);
-        Assert.Equal(expected, RunAll(TestBackends.Jit(threshold), ThreeCallSites));
+        AssertRunMatchesFirstTier(ThreeCallSites, threshold);
     }
 
     [Theory]
@@ -1069,11 +1070,8 @@ public sealed partial class JitTierTests
     [InlineData(2)]
     public void Budgets_that_end_in_blocks_reached_through_looked_up_returns_stop_exactly_where_the_first_tier_does(int threshold)
     {
-        using var a = Machine.Long64(ThreeCallSites, hypervisor: TestBackends.Interpreter());
-        using var b = Machine.Long64(ThreeCallSites, hypervisor: TestBackends.Jit(threshold));
-        int steps = JitLockstep.RunInBudgetSlices(a, b, new Random(7),
-            rng => rng.Next(3) switch { 0 => rng.Next(1, 8), 1 => rng.Next(1, 200), _ => rng.Next(1, 3000) }, budgetSpent: true);
-        Assert.True(steps > 20, $"only {steps} budget slices");
+        AssertBudgetSlicesMatchFirstTier(ThreeCallSites, threshold, 7,
+            rng => rng.Next(3) switch { 0 => rng.Next(1, 8), 1 => rng.Next(1, 200), _ => rng.Next(1, 3000) });
     }
 
     [Theory]
