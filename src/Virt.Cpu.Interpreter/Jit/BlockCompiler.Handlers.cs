@@ -14,7 +14,7 @@ namespace Virt.Cpu.Interpreter.Jit;
 internal sealed partial class BlockCompiler
 {
     private static readonly FieldInfo FlagsField = Field(typeof(CpuState), nameof(CpuState.Flags));
-    private static readonly MethodInfo PushfValueMethod = Method(nameof(InterpreterVcpu.JitPushfValue));
+    private static readonly MethodInfo PushfValueMethod = Method(nameof(InterpreterVcpu.PushfImage));
     private static readonly MethodInfo Reverse64 = typeof(System.Buffers.Binary.BinaryPrimitives).GetMethod(nameof(System.Buffers.Binary.BinaryPrimitives.ReverseEndianness), [typeof(ulong)])!;
     private static readonly MethodInfo Reverse32 = typeof(System.Buffers.Binary.BinaryPrimitives).GetMethod(nameof(System.Buffers.Binary.BinaryPrimitives.ReverseEndianness), [typeof(uint)])!;
 
@@ -88,7 +88,7 @@ internal sealed partial class BlockCompiler
 
     /// <summary>
     /// PUSHF/PUSHFQ in 64-bit mode: RFLAGS (the pending flags stored, then materialized by
-    /// <see cref="InterpreterVcpu.JitPushfValue"/>, as the handler's read materializes them) pushed with VM and RF clear;
+    /// <see cref="InterpreterVcpu.PushfImage"/>, the handler's own) pushed with VM and RF clear;
     /// RSP moves once the store succeeded. With RFLAGS.VM set the interpreter runs the instruction (its IOPL check) and
     /// the method returns after it.
     /// </summary>

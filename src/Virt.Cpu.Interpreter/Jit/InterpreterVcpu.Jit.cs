@@ -75,9 +75,6 @@ internal sealed partial class InterpreterVcpu
     /// <summary>After a compiled ROL/ROR: CF and OF from <paramref name="cfOf"/> (as flag bits), the other arithmetic flags as they were.</summary>
     internal void JitRotateFlags(ulong cfOf) => SetArith((GetRflags() & ArithFlags & ~(CF | OF)) | cfOf);
 
-    /// <summary>What a compiled PUSHF pushes outside virtual-8086 mode: <see cref="PushfImage"/>, which materializes the flags as the handler does.</summary>
-    internal ulong JitPushfValue() => PushfImage();
-
     /// <summary>After a compiled BT/BTS/BTR/BTC: CF from <paramref name="cf"/> (0 or 1), the other flags as they were, materialized as the handler materializes them.</summary>
     internal void JitSetCarry(ulong cf)
     {
