@@ -248,11 +248,7 @@ internal sealed partial class BlockCompiler
                 SignExtend(_ta, size);
                 _il.Emit(OpCodes.Ldloc, count);
                 _il.Emit(OpCodes.Shr);
-                if (size < 8)
-                {
-                    EmitI8(unchecked((long)Mask(size)));
-                    _il.Emit(OpCodes.And);
-                }
+                EmitTruncate(size);
 
                 _il.Emit(OpCodes.Stloc, _fr);
                 EmitShiftedBit(_ta, count, signed: true, size);
@@ -262,11 +258,7 @@ internal sealed partial class BlockCompiler
                 _il.Emit(OpCodes.Ldloc, _ta);
                 _il.Emit(OpCodes.Ldloc, count);
                 _il.Emit(OpCodes.Shl);
-                if (size < 8)
-                {
-                    EmitI8(unchecked((long)Mask(size)));
-                    _il.Emit(OpCodes.And);
-                }
+                EmitTruncate(size);
 
                 _il.Emit(OpCodes.Stloc, _fr);
 
@@ -533,11 +525,7 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Ldloc, _ta);
         _il.Emit(OpCodes.Ldloc, _tb);
         _il.Emit(sub ? OpCodes.Sub : OpCodes.Add);
-        if (size < 8)
-        {
-            EmitI8(unchecked((long)Mask(size)));
-            _il.Emit(OpCodes.And);
-        }
+        EmitTruncate(size);
 
         _il.Emit(OpCodes.Stloc, _fr);
         _il.Emit(OpCodes.Ldloc, _ta);

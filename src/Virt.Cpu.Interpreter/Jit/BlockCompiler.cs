@@ -1163,11 +1163,7 @@ internal sealed partial class BlockCompiler
                 _il.Emit(OpCodes.Ldloc, _fa);
                 EmitLoadFb();
                 _il.Emit(OpCodes.Add);
-                if (size < 8)
-                {
-                    EmitI8(unchecked((long)Mask(size)));
-                    _il.Emit(OpCodes.And);
-                }
+                EmitTruncate(size);
             }
 
             _il.Emit(OpCodes.Ldloc, _fa);
@@ -2727,11 +2723,7 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Ldc_I4_1);
         _il.Emit(OpCodes.Conv_U8);
         _il.Emit(op.Sub == 0 ? OpCodes.Add : OpCodes.Sub);
-        if (size < 8)
-        {
-            EmitI8(unchecked((long)Mask(size)));
-            _il.Emit(OpCodes.And);
-        }
+        EmitTruncate(size);
 
         _il.Emit(OpCodes.Stloc, _fr);
         if (compute)
@@ -3228,11 +3220,7 @@ internal sealed partial class BlockCompiler
             SignExtend(_fr, size);
             EmitI4(63);
             _il.Emit(OpCodes.Shr);
-            if (size < 8)
-            {
-                EmitI8(unchecked((long)Mask(size)));
-                _il.Emit(OpCodes.And);
-            }
+            EmitTruncate(size);
         }
         else
         {
@@ -3284,6 +3272,16 @@ internal sealed partial class BlockCompiler
         ulong lo = (ulong)p & Mask(size);
         cfOf = p != InterpreterVcpu.SignExtend(lo, size) ? CfBit | OfBit : 0;
         return lo;
+    }
+
+    /// <summary>Cuts the value on the stack to an operand of <paramref name="size"/> bytes (a quadword stays whole).</summary>
+    private void EmitTruncate(int size)
+    {
+        if (size < 8)
+        {
+            EmitI8(unchecked((long)Mask(size)));
+            _il.Emit(OpCodes.And);
+        }
     }
 
     /// <summary>Loads the operand of a read-modify-write instruction, register <c>R0</c> when <paramref name="reg"/>, else memory, into <c>_ta</c>.</summary>
@@ -3364,11 +3362,7 @@ internal sealed partial class BlockCompiler
                 SignExtend(_ta, size);
                 EmitI4(count);
                 _il.Emit(OpCodes.Shr);
-                if (size < 8)
-                {
-                    EmitI8(unchecked((long)Mask(size)));
-                    _il.Emit(OpCodes.And);
-                }
+                EmitTruncate(size);
 
                 _il.Emit(OpCodes.Stloc, _fr);
                 EmitBitOf(_ta, count - 1, signed: true, size);
@@ -3378,11 +3372,7 @@ internal sealed partial class BlockCompiler
                 _il.Emit(OpCodes.Ldloc, _ta);
                 EmitI4(count);
                 _il.Emit(OpCodes.Shl);
-                if (size < 8)
-                {
-                    EmitI8(unchecked((long)Mask(size)));
-                    _il.Emit(OpCodes.And);
-                }
+                EmitTruncate(size);
 
                 _il.Emit(OpCodes.Stloc, _fr);
 
@@ -3431,11 +3421,7 @@ internal sealed partial class BlockCompiler
             EmitI4(rol ? bits - c : c);
             _il.Emit(OpCodes.Shr_Un);
             _il.Emit(OpCodes.Or);
-            if (size < 8)
-            {
-                EmitI8(unchecked((long)Mask(size)));
-                _il.Emit(OpCodes.And);
-            }
+            EmitTruncate(size);
         }
 
         _il.Emit(OpCodes.Stloc, _tb);
