@@ -8,7 +8,7 @@ if (args is ["fresh", string workload, ..])
     return;
 }
 
-// The same three workloads on qemu-system-x86_64 -accel tcg (the peer column): dotnet run -c Release --project tests/Virt.Benchmarks -- qemu-tcg [runs]
+// The same four workloads on qemu-system-x86_64 -accel tcg (the peer column): dotnet run -c Release --project tests/Virt.Benchmarks -- qemu-tcg [runs]
 if (args is ["qemu-tcg", ..])
 {
     Virt.Benchmarks.Interpreter.QemuPeer.Run(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 3);

@@ -7,7 +7,7 @@ using static Iced.Intel.AssemblerRegisters;
 
 namespace Virt.Benchmarks.Interpreter;
 
-/// <summary>The three CPU benchmark guests, run at CPL 3 on any backend.</summary>
+/// <summary>The four CPU benchmark guests, run at CPL 3 on any backend.</summary>
 internal static class GuestWorkloads
 {
     public const ulong CodeAddress = 0x10000;
@@ -26,6 +26,12 @@ internal static class GuestWorkloads
 
     /// <summary>(c) sieve size in bytes.</summary>
     public const int SieveSize = 1 << 20;
+
+    /// <summary>(d) calls of the dispatcher by the call-heavy workload.</summary>
+    public const int CallIterations = 2_000_000;
+
+    /// <summary>Where the call-heavy workload keeps its table of four function pointers.</summary>
+    public const ulong TableAddress = DataAddress + DataSize;
 
     public static byte[] TightLoop() => GuestProgram.Assemble(64, CodeAddress, a =>
     {
@@ -107,6 +113,94 @@ internal static class GuestWorkloads
         a.cmp(rbx, SieveSize);
         a.jb(loop);
         a.Label(ref done);
+        a.hlt();
+    });
+
+    /// <summary>
+    /// (d) call-heavy code shaped like an operating system's: a loop calls a dispatcher, which calls one of four small
+    /// functions through a table of pointers (an indirect call, as through an operations structure) and, on every other
+    /// pass, a fifth function directly; the functions branch, push, load a data byte and return to several call sites.
+    /// About 20 instructions per pass in blocks of two to six, so the time goes to block transitions (calls, returns
+    /// to changing targets, indirect calls), not to a loop body. The control flow does not depend on the data.
+    /// </summary>
+    public static byte[] Calls() => GuestProgram.Assemble(64, CodeAddress, a =>
+    {
+        var start = a.CreateLabel();
+        var f0 = a.CreateLabel();
+        var f1 = a.CreateLabel();
+        var f2 = a.CreateLabel();
+        var f3 = a.CreateLabel();
+        var f3Skip = a.CreateLabel();
+        var mix = a.CreateLabel();
+        var dispatch = a.CreateLabel();
+        var even = a.CreateLabel();
+        var outer = a.CreateLabel();
+        a.jmp(start);
+
+        a.Label(ref f0);
+        a.lea(rax, __[rax + rdi * 2]);
+        a.ret();
+
+        a.Label(ref f1);
+        a.mov(edx, edi);
+        a.and(edx, DataSize - 1);
+        a.movzx(edx, __byte_ptr[rdx + (int)DataAddress]);
+        a.xor(rax, rdx);
+        a.ret();
+
+        a.Label(ref f2);
+        a.rol(rax, 3);
+        a.add(rax, rdi);
+        a.ret();
+
+        a.Label(ref f3);
+        a.test(edi, 8);
+        a.jz(f3Skip);
+        a.sub(rax, rdi);
+        a.Label(ref f3Skip);
+        a.inc(rax);
+        a.ret();
+
+        a.Label(ref mix);
+        a.push(rbx);
+        a.mov(rbx, rax);
+        a.shr(rbx, 7);
+        a.add(rax, rbx);
+        a.pop(rbx);
+        a.ret();
+
+        a.Label(ref dispatch);
+        a.push(rbp);
+        a.mov(rbp, rdi);
+        a.mov(ecx, edi);
+        a.and(ecx, 3);
+        a.call(__qword_ptr[rcx * 8 + (int)TableAddress]);
+        a.test(ebp, 4);
+        a.jz(even);
+        a.mov(rdi, rbp);
+        a.call(mix);
+        a.Label(ref even);
+        a.pop(rbp);
+        a.ret();
+
+        a.Label(ref start);
+        a.lea(rcx, __[f0]);
+        a.mov(__qword_ptr[(int)TableAddress], rcx);
+        a.lea(rcx, __[f1]);
+        a.mov(__qword_ptr[(int)TableAddress + 8], rcx);
+        a.lea(rcx, __[f2]);
+        a.mov(__qword_ptr[(int)TableAddress + 16], rcx);
+        a.lea(rcx, __[f3]);
+        a.mov(__qword_ptr[(int)TableAddress + 24], rcx);
+        a.xor(eax, eax);
+        a.xor(ebx, ebx);
+        a.mov(r12d, CallIterations);
+        a.Label(ref outer);
+        a.mov(edi, ebx);
+        a.call(dispatch);
+        a.inc(ebx);
+        a.cmp(ebx, r12d);
+        a.jb(outer);
         a.hlt();
     });
 

@@ -8,7 +8,7 @@ using static Iced.Intel.AssemblerRegisters;
 namespace Virt.Benchmarks.Interpreter;
 
 /// <summary>
-/// The three CPU workloads on <c>qemu-system-x86_64 -accel tcg</c>, for the peer column of the interpreter's figures.
+/// The four CPU workloads on <c>qemu-system-x86_64 -accel tcg</c>, for the peer column of the interpreter's figures.
 /// Each workload goes into a Multiboot image: a 32-bit stub enters long mode on page tables inside the image, copies
 /// the workload to the address it was assembled for, calls it ten times (its final HLT becomes RET) and leaves through
 /// QEMU's isa-debug-exit port. QEMU's time for a workload is the wall time of a run with it less the best run of the same
@@ -34,7 +34,7 @@ internal static class QemuPeer
         string empty = Write(dir.Path, "empty", [0xC3]);
         double startup = Enumerable.Range(0, runs).Min(_ => TimeQemu(qemu, empty));
         Console.WriteLine($"qemu start-up and shutdown (empty workload): {startup * 1000:F1} ms, best of {runs}");
-        foreach (var (name, code) in new[] { ("loop", GuestWorkloads.TightLoop()), ("checksum", GuestWorkloads.Checksum()), ("sieve", GuestWorkloads.Sieve()) })
+        foreach (var (name, code) in new[] { ("loop", GuestWorkloads.TightLoop()), ("checksum", GuestWorkloads.Checksum()), ("sieve", GuestWorkloads.Sieve()), ("calls", GuestWorkloads.Calls()) })
         {
             long instructions = CountInstructions(code) * Repeats;
             byte[] callable = (byte[])code.Clone();
