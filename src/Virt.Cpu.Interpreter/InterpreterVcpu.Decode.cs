@@ -264,6 +264,7 @@ internal sealed unsafe partial class InterpreterVcpu
     {
         _remoteCodeWrites.Enqueue(pageAddress >> 12);
         _remoteCodeWritePending = true;
+        RaiseAttention();
     }
 
     private void DrainRemoteCodeWrites()

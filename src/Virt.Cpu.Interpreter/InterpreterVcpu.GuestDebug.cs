@@ -68,6 +68,7 @@ internal sealed partial class InterpreterVcpu
     {
         ulong dr7 = _cpu.Dr[7];
         _guestBreakpoints = (dr7 & Dr7Enables) != 0;
+        RaiseAttention();
         bool watch = false;
         for (int i = 0; i < 4; i++)
         {

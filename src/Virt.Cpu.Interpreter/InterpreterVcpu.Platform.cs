@@ -49,6 +49,7 @@ internal sealed partial class InterpreterVcpu
     internal void AttachPlatform(InterpreterPlatform platform, long ticksPerInstruction, bool hostClock)
     {
         _plat = platform;
+        platform.Owner = this;
         _hostClock = hostClock;
         _ticksPerStopwatchTick = (double)platform.Clock.Frequency / Stopwatch.Frequency;
         _ticksPerInstruction = Math.Max(1, ticksPerInstruction);

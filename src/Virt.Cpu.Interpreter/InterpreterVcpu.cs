@@ -92,10 +92,15 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
     public void RequestExit()
     {
         _exitRequested = true;
+        RaiseAttention();
         _plat?.Signal(); // wakes a halted vCPU at once
     }
 
-    internal void RequestWriteTlbFlush() => _writeTlbFlushRequested = true;
+    internal void RequestWriteTlbFlush()
+    {
+        _writeTlbFlushRequested = true;
+        RaiseAttention();
+    }
 
     /// <summary>Set while <see cref="Run"/> executes on some thread.</summary>
     private int _executing;
@@ -116,6 +121,7 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
     {
         long before = Interlocked.Read(ref _writeTlbFlushes);
         _writeTlbFlushRequested = true;
+        RaiseAttention();
         Interlocked.MemoryBarrier();
         var spin = new SpinWait();
         while (Volatile.Read(ref _executing) != 0 && Volatile.Read(ref _idle) == 0 && Interlocked.Read(ref _writeTlbFlushes) == before && !_disposed)
@@ -218,6 +224,7 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
         }
 
         _pendingIrq = vector;
+        RaiseAttention();
         return true;
     }
 

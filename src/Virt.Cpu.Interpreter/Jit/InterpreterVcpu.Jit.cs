@@ -29,6 +29,39 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Compiled blocks entered through links before control returns to the run loop at most.</summary>
     internal const int MaxChainDepth = 64;
 
+    /// <summary>
+    /// The chaining gate: 0 while nothing that <see cref="NeedsAttention"/> reads may have changed since it was last
+    /// found false, so a compiled exit may enter the next compiled block after checking only the budget, the timer
+    /// and the nesting (<see cref="JitMayChain"/>). Whatever can make <see cref="NeedsAttention"/> true sets it to 1:
+    /// every thread that asks something of this vCPU (an exit request, an interrupt, a code write, a write-translation
+    /// flush, a debug register change), after making its request visible (<see cref="RaiseAttention"/>), and every
+    /// call from compiled code into the interpreter (an instruction step, a memory slow path: the only ways compiled
+    /// code changes the flags, modes and exits the check reads). Only <see cref="AttentionQuiet"/> clears it, before
+    /// it evaluates the full check, so a request that arrives meanwhile is never lost.
+    /// </summary>
+    private int _attn = 1;
+
+    /// <summary>Closes the chaining gate (<see cref="_attn"/>): called after a request that the run loop must see has been made visible.</summary>
+    internal void RaiseAttention() => Volatile.Write(ref _attn, 1);
+
+    /// <summary>
+    /// The slow half of the chaining gate: clears it, then evaluates the full check (the clear first, with a full
+    /// fence, so that a request made meanwhile either is seen here or closes the gate again); true when compiled code
+    /// may chain on.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private bool AttentionQuiet()
+    {
+        Interlocked.Exchange(ref _attn, 0);
+        if (NeedsAttention() || _segCheck)
+        {
+            _attn = 1;
+            return false;
+        }
+
+        return true;
+    }
+
     /// <summary>Instructions retired so far; compiled blocks add to it as they complete iterations.</summary>
     internal long RetiredCount => _retired;
 
@@ -55,7 +88,11 @@ internal sealed partial class InterpreterVcpu
     internal long JitLoopLimit(int count) => NeedsAttention() ? long.MinValue : Math.Min(_budgetEnd - count, _timerStop - 1);
 
     /// <summary>Runs instruction <paramref name="index"/> of <paramref name="b"/> exactly as the interpreter does; returns 1 when it retired, 0 when not.</summary>
-    internal int JitStep(Block b, int index) => ExecuteOps(b, index, index + 1) - index;
+    internal int JitStep(Block b, int index)
+    {
+        _attn = 1;
+        return ExecuteOps(b, index, index + 1) - index;
+    }
 
     /// <summary>
     /// The slow path of a compiled SSE op (<see cref="Jit.BlockCompiler"/>): runs op <paramref name="index"/> of
@@ -64,6 +101,7 @@ internal sealed partial class InterpreterVcpu
     /// </summary>
     internal void JitSseStep(Block b, int index)
     {
+        _attn = 1;
         _lastBlock = b;
         ref Op op = ref b.Ops[index];
         _handlers[op.Form](ref op, in b.Instrs[index]);
@@ -95,6 +133,7 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Slow path of a compiled read; <paramref name="block"/>, when not null, is the block being run (a region's; a fault restarts in it).</summary>
     internal ulong JitReadSlow(ulong lin, int size, Block? block)
     {
+        _attn = 1;
         SetJitBlock(block);
         return ReadSlow(lin, size);
     }
@@ -102,6 +141,7 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Slow path of a compiled read-modify-write's read: the write is checked first, as the hardware does.</summary>
     internal ulong JitReadRmwSlow(ulong lin, int size, Block? block)
     {
+        _attn = 1;
         SetJitBlock(block);
         ProbeWrite(lin, size);
         return Read(lin, size);
@@ -178,6 +218,7 @@ internal sealed partial class InterpreterVcpu
     /// </summary>
     internal int JitStringStep(Block b, int index)
     {
+        _attn = 1;
         int r = ExecuteOps(b, index, index + 1) - index;
         return r == 1 && !_stop && !NeedsAttention() ? 2 : r;
     }
@@ -185,6 +226,7 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Slow path of a compiled write (<paramref name="block"/> as for <see cref="JitReadSlow"/>).</summary>
     internal void JitWriteSlow(ulong lin, int size, ulong value, Block? block)
     {
+        _attn = 1;
         SetJitBlock(block);
         WriteSlow(lin, size, value);
     }
@@ -201,10 +243,13 @@ internal sealed partial class InterpreterVcpu
 
     /// <summary>
     /// Called by compiled code at an exit with a link to a compiled block: true when that block may run now (the
-    /// budget allows it whole, nothing needs the run loop, and the nesting of linked calls is bounded).
+    /// budget allows it whole, no timer is due, nothing needs the run loop, and the nesting of linked calls is
+    /// bounded). The last is the chaining gate (<see cref="_attn"/>): the full check runs only after something may
+    /// have changed what it reads.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal bool JitMayChain(int count) => ++_chainDepth <= MaxChainDepth && _budgetEnd - _retired >= count && !NeedsAttention() && !_segCheck;
+    internal bool JitMayChain(int count) =>
+        ++_chainDepth <= MaxChainDepth && _budgetEnd - _retired >= count && _retired < _timerStop && (_attn == 0 || AttentionQuiet());
 
     /// <summary>
     /// Called by compiled code at exit <paramref name="slot"/> of <paramref name="from"/> (RIP already stored): the
@@ -273,6 +318,9 @@ internal sealed partial class InterpreterVcpu
     private void RunTiered()
     {
         _chainFrom = null;
+
+        // Whatever happened since the last run (state set, interrupts injected) is checked at the first exit.
+        _attn = 1;
         while (true)
         {
             var b = GetBlock();

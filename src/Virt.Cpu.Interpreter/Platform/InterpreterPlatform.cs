@@ -35,17 +35,28 @@ internal sealed class InterpreterPlatform : IDisposable
     /// <summary>The core crystal (and local timer) frequency CPUID leaf 0x15 reports.</summary>
     public long CrystalFrequency { get; }
 
+    /// <summary>The vCPU this platform serves: setting <see cref="Attention"/> closes its chaining gate.</summary>
+    internal InterpreterVcpu? Owner { get; set; }
+
     /// <summary>Set when an interrupt may have become pending; the vCPU reads it once per block.</summary>
     public bool Attention
     {
         get => _attention;
-        set => _attention = value;
+        set
+        {
+            _attention = value;
+            if (value)
+            {
+                Owner?.RaiseAttention();
+            }
+        }
     }
 
     /// <summary>Marks an interrupt as possibly pending and wakes a halted vCPU.</summary>
     public void Signal()
     {
         _attention = true;
+        Owner?.RaiseAttention();
         _wake.Set();
     }
 

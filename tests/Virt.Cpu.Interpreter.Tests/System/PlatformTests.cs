@@ -251,6 +251,56 @@ public sealed class PlatformTests
     }
 
     [Fact]
+    public void Local_apic_timer_interrupts_chained_compiled_blocks_at_the_same_instruction_as_the_first_tier()
+    {
+        // The busy loop calls a function on another page, so it is three compiled blocks entered through each other's
+        // links (no region, no self-loop): each exit checks the timer before it enters the next block.
+        (ulong Iterations, ulong Calls, ulong Count, long Retired) Run(bool jit)
+        {
+            using var m = new PlatformMachine(jit: jit);
+            m.Start(
+                a =>
+                {
+                    var loop = a.CreateLabel();
+                    var f = a.CreateLabel();
+                    a.xor(r15, r15);
+                    a.xor(eax, eax);
+                    a.xor(ebx, ebx);
+                    EnableApic(a);
+                    a.mov(rdi, Lapic);
+                    a.mov(__dword_ptr[rdi + 0x3E0], 0xB); // divide by 1
+                    a.mov(rdi, Lapic);
+                    a.mov(__dword_ptr[rdi + 0x320], TimerVector);
+                    a.mov(rdi, Lapic);
+                    a.mov(__dword_ptr[rdi + 0x380], 100_003);
+                    a.sti();
+                    a.Label(ref loop);
+                    a.add(rax, 1);
+                    a.call(f);
+                    a.cmp(r15, 0);
+                    a.je(loop);
+                    a.cli();
+                    a.hlt();
+                    a.db(new byte[4096]);
+                    a.Label(ref f);
+                    a.add(rbx, 1);
+                    a.ret();
+                },
+                CountAndApicEoi);
+            var exit = m.RunToExit();
+            Assert.Equal(VcpuExitReason.Halt, exit.Reason);
+            var r = m.Vcpu.GetGeneralRegisters();
+            return (r.Rax, r.Rbx, r.R15, ((IInstructionCounting)m.Vcpu).InstructionsRetired);
+        }
+
+        var first = Run(jit: false);
+        var compiled = Run(jit: true);
+        Assert.Equal(1UL, first.Count);
+        Assert.True(first.Iterations > 1000, $"{first.Iterations} iterations before the interrupt");
+        Assert.Equal(first, compiled);
+    }
+
+    [Fact]
     public void Ioapic_routes_a_device_line_raised_through_the_partition()
     {
         using var m = new PlatformMachine();
