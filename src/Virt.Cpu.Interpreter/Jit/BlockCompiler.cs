@@ -60,6 +60,15 @@ internal sealed partial class BlockCompiler
     private static readonly MethodInfo LinkedMethod = Method(nameof(InterpreterVcpu.JitLinked));
     private static readonly FieldInfo UsedField = Field(typeof(Block), nameof(Block.Used));
     private static readonly FieldInfo CompiledField = Field(typeof(Block), nameof(Block.Compiled));
+    private static readonly FieldInfo Link0Field = Field(typeof(Block), nameof(Block.Link0));
+    private static readonly FieldInfo Link1Field = Field(typeof(Block), nameof(Block.Link1));
+    private static readonly FieldInfo LinkGen0Field = Field(typeof(Block), nameof(Block.LinkGen0));
+    private static readonly FieldInfo LinkGen1Field = Field(typeof(Block), nameof(Block.LinkGen1));
+    private static readonly FieldInfo ValidField = Field(typeof(Block), nameof(Block.Valid));
+    private static readonly FieldInfo BlockLinField = Field(typeof(Block), nameof(Block.Lin));
+    private static readonly FieldInfo BlockCountField = Field(typeof(Block), nameof(Block.Count));
+    private static readonly FieldInfo LinkGenerationField = Field(typeof(InterpreterVcpu), "_linkGeneration");
+    private static readonly MethodInfo MayChainMethod = Method(nameof(InterpreterVcpu.JitMayChain));
     private static readonly MethodInfo ImulMethod = typeof(BlockCompiler).GetMethod(nameof(Imul), Any)!;
     private static readonly MethodInfo InvokeMethod = typeof(CompiledBlock).GetMethod("Invoke")!;
 
@@ -2229,6 +2238,14 @@ internal sealed partial class BlockCompiler
     {
         var target = _chainTarget ??= _il.DeclareLocal(typeof(Block));
         var code = _chainCode ??= _il.DeclareLocal(typeof(CompiledBlock));
+        var slow = _il.DefineLabel();
+        var invoke = _il.DefineLabel();
+        if (InlineLinks)
+        {
+            EmitLinkFastPath(slot, dynamicRip, slotLocal, target, code, slow, invoke);
+        }
+
+        _il.MarkLabel(slow);
         _il.Emit(OpCodes.Ldarg_1);
         EmitLoadCurrentBlock();
         if (slotLocal != null)
@@ -2262,6 +2279,7 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Stloc, code);
         _il.Emit(OpCodes.Ldloc, code);
         _il.Emit(OpCodes.Brfalse, ret);
+        _il.MarkLabel(invoke);
         _il.Emit(OpCodes.Ldloc, code);
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldloc, target);
@@ -2275,6 +2293,82 @@ internal sealed partial class BlockCompiler
         _il.MarkLabel(ret);
         _il.Emit(OpCodes.Ret);
     }
+
+    /// <summary>
+    /// The common case of <see cref="InterpreterVcpu.JitLinked"/> inline: the exit's link was made in this link
+    /// generation (for a computed target, to a block at <paramref name="dynamicRip"/>), its block is valid and compiled,
+    /// and <see cref="InterpreterVcpu.JitMayChain"/> (inlined by the .NET JIT) allows it; then it branches to
+    /// <paramref name="invoke"/>, the tail call of the block's code, or the method returns when the chaining check says
+    /// no. Anything else goes to <paramref name="slow"/>, the call of <see cref="InterpreterVcpu.JitLinked"/>, which
+    /// checks it all again (links to global code from an older generation, lookups, naming the exit for the run loop).
+    /// </summary>
+    private void EmitLinkFastPath(int slot, LocalBuilder? dynamicRip, LocalBuilder? slotLocal, LocalBuilder target, LocalBuilder code, Label slow, Label invoke)
+    {
+        var gen = _chainGen ??= _il.DeclareLocal(typeof(long));
+        if (slotLocal != null)
+        {
+            var second = _il.DefineLabel();
+            var join = _il.DefineLabel();
+            _il.Emit(OpCodes.Ldloc, slotLocal);
+            _il.Emit(OpCodes.Brtrue, second);
+            EmitLoadLink(0, target, gen);
+            _il.Emit(OpCodes.Br, join);
+            _il.MarkLabel(second);
+            EmitLoadLink(1, target, gen);
+            _il.MarkLabel(join);
+        }
+        else
+        {
+            EmitLoadLink(slot, target, gen);
+        }
+
+        _il.Emit(OpCodes.Ldloc, target);
+        _il.Emit(OpCodes.Brfalse, slow);
+        _il.Emit(OpCodes.Ldloc, gen);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldfld, LinkGenerationField);
+        _il.Emit(OpCodes.Bne_Un, slow);
+        if (dynamicRip != null)
+        {
+            _il.Emit(OpCodes.Ldloc, target);
+            _il.Emit(OpCodes.Ldfld, BlockLinField);
+            _il.Emit(OpCodes.Ldloc, dynamicRip);
+            _il.Emit(OpCodes.Bne_Un, slow);
+        }
+
+        _il.Emit(OpCodes.Ldloc, target);
+        _il.Emit(OpCodes.Volatile);
+        _il.Emit(OpCodes.Ldfld, ValidField);
+        _il.Emit(OpCodes.Brfalse, slow);
+        _il.Emit(OpCodes.Ldloc, target);
+        _il.Emit(OpCodes.Volatile);
+        _il.Emit(OpCodes.Ldfld, CompiledField);
+        _il.Emit(OpCodes.Stloc, code);
+        _il.Emit(OpCodes.Ldloc, code);
+        _il.Emit(OpCodes.Brfalse, slow);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldloc, target);
+        _il.Emit(OpCodes.Ldfld, BlockCountField);
+        _il.Emit(OpCodes.Call, MayChainMethod);
+        _il.Emit(OpCodes.Brtrue, invoke);
+        _il.Emit(OpCodes.Ret);
+    }
+
+    /// <summary>The current block's link <paramref name="slot"/> and its generation, into <paramref name="target"/> and <paramref name="gen"/>.</summary>
+    private void EmitLoadLink(int slot, LocalBuilder target, LocalBuilder gen)
+    {
+        EmitLoadCurrentBlock();
+        _il.Emit(OpCodes.Ldfld, slot == 0 ? Link0Field : Link1Field);
+        _il.Emit(OpCodes.Stloc, target);
+        EmitLoadCurrentBlock();
+        _il.Emit(OpCodes.Ldfld, slot == 0 ? LinkGen0Field : LinkGen1Field);
+        _il.Emit(OpCodes.Stloc, gen);
+    }
+
+    /// <summary>Compiled exits check their link inline (<c>VIRT_INTERPRETER_JIT_INLINE_LINKS=0</c> leaves every check to <see cref="InterpreterVcpu.JitLinked"/>, for comparison).</summary>
+    private static readonly bool InlineLinks = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT_INLINE_LINKS") != "0";
+
+    private LocalBuilder? _chainGen;
 
     /// <summary>Linked calls are emitted as tail calls (<c>VIRT_INTERPRETER_JIT_TAILCALL=0</c> makes them plain calls, for comparison).</summary>
     private static readonly bool TailCalls = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT_TAILCALL") != "0";
