@@ -80,6 +80,16 @@ internal sealed class Block
     public bool Uncompilable;
 
     /// <summary>
+    /// Times compiled code left this block through <see cref="InterpreterVcpu.JitLinked"/>: at
+    /// <see cref="Jit.JitCompilerThread.PromoteAfter"/> the block's method is compiled again with its exits' link checks
+    /// inline, when the compiler has nothing else to do.
+    /// </summary>
+    public int SlowLinks;
+
+    /// <summary>The block's method checks its exits' links inline (compiled so at once, or promoted).</summary>
+    public bool InlineLinks;
+
+    /// <summary>
     /// The blocks that followed the compiled code's exits last time (exit 0: the branch target, exit 1: the next
     /// instruction), with the vCPU's link generation they were seen under; compiled code calls such a block's
     /// compiled code directly while the generation holds and the block is valid.

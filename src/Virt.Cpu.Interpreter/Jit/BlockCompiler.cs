@@ -142,15 +142,16 @@ internal sealed partial class BlockCompiler
     /// Registers the method writes (a bit each); only these are written back to the CPU state at exits, slow paths and
     /// interpreter calls: a register the method only reads holds in its local what the state holds (loaded on entry and
     /// reloaded after every interpreter call), so storing it would change nothing. Known from a first emission of the
-    /// same method (<see cref="Compile(Block, out int)"/>); that first emission writes back every register it holds.
+    /// same method (<see cref="Compile(Block, out int, bool)"/>); that first emission writes back every register it holds.
     /// </summary>
     private readonly int _writeBack;
 
     /// <summary>Registers written by the code emitted so far (<see cref="StoreReg"/>).</summary>
     private int _written;
 
-    private BlockCompiler(Block[] region, ILGenerator il, int writeBack, Dictionary<TailKey, int>? shared = null)
+    private BlockCompiler(Block[] region, ILGenerator il, int writeBack, bool inlineLinks, Dictionary<TailKey, int>? shared = null)
     {
+        _inlineLinks = inlineLinks;
         _writeBack = writeBack;
         _shared = shared;
         var b = region[0];
@@ -186,7 +187,7 @@ internal sealed partial class BlockCompiler
     public static CompiledBlock? Compile(Block b) => Compile(b, out _);
 
     /// <summary>As <see cref="Compile(Block)"/>, with the size of the method's IL in <paramref name="ilBytes"/> (0 when nothing was compiled).</summary>
-    public static CompiledBlock? Compile(Block b, out int ilBytes)
+    public static CompiledBlock? Compile(Block b, out int ilBytes, bool inlineLinks = false)
     {
         ilBytes = 0;
         var ops = b.Ops;
@@ -216,11 +217,11 @@ internal sealed partial class BlockCompiler
         // The method is bound to the region's blocks (its first argument), so its code reaches them as constants.
         // A first emission (into a method that is never compiled; IL emission is a small part of the cost) finds the
         // registers the method writes, so the real one writes back only those.
-        var probe = new BlockCompiler(region, NewMethod(b).GetILGenerator(256 + (count * 160)), writeBack: 0xFFFF);
+        var probe = new BlockCompiler(region, NewMethod(b).GetILGenerator(256 + (count * 160)), writeBack: 0xFFFF, inlineLinks);
         probe.Emit();
         var dm = NewMethod(b);
         var il = dm.GetILGenerator(256 + (count * 160));
-        new BlockCompiler(region, il, probe._written, probe._tailUses).Emit();
+        new BlockCompiler(region, il, probe._written, inlineLinks, probe._tailUses).Emit();
         ilBytes = il.ILOffset;
         return (CompiledBlock)dm.CreateDelegate(typeof(CompiledBlock), region);
     }
@@ -2240,7 +2241,7 @@ internal sealed partial class BlockCompiler
         var code = _chainCode ??= _il.DeclareLocal(typeof(CompiledBlock));
         var slow = _il.DefineLabel();
         var invoke = _il.DefineLabel();
-        if (InlineLinks)
+        if (_inlineLinks)
         {
             EmitLinkFastPath(slot, dynamicRip, slotLocal, target, code, slow, invoke);
         }
@@ -2365,8 +2366,15 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Stloc, gen);
     }
 
-    /// <summary>Compiled exits check their link inline (<c>VIRT_INTERPRETER_JIT_INLINE_LINKS=0</c> leaves every check to <see cref="InterpreterVcpu.JitLinked"/>, for comparison).</summary>
-    private static readonly bool InlineLinks = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT_INLINE_LINKS") != "0";
+    /// <summary>
+    /// Hot methods are compiled again with their exits' link checks inline (<see cref="JitCompilerThread.PromoteAfter"/>;
+    /// <c>VIRT_INTERPRETER_JIT_INLINE_LINKS=0</c> leaves every check to <see cref="InterpreterVcpu.JitLinked"/>, for
+    /// comparison).
+    /// </summary>
+    internal static readonly bool InlineLinks = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT_INLINE_LINKS") != "0";
+
+    /// <summary>This method's exits check their links inline (<see cref="EmitLinkFastPath"/>).</summary>
+    private readonly bool _inlineLinks;
 
     private LocalBuilder? _chainGen;
 

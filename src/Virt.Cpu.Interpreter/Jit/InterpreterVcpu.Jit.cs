@@ -265,6 +265,11 @@ internal sealed partial class InterpreterVcpu
     /// </summary>
     internal Block? JitLinked(Block from, int slot, bool dynamic, ulong rip)
     {
+        if (++from.SlowLinks == Jit.JitCompilerThread.PromoteAfter)
+        {
+            Jit.JitCompilerThread.Shared.Promote(from);
+        }
+
         var t = slot == 0 ? from.Link0 : from.Link1;
         if (t != null && (!dynamic || t.Lin == rip) && LinkHolds(slot == 0 ? from.LinkGen0 : from.LinkGen1, t)
             && Volatile.Read(ref t.Valid) && Volatile.Read(ref t.Compiled) != null)

@@ -60,7 +60,22 @@ internal sealed class JitCompilerThread
     public const int Capacity = 4096;
 
     private static readonly Lazy<JitCompilerThread> Instance = new(() => new JitCompilerThread());
+    /// <summary>
+    /// Exits through <see cref="InterpreterVcpu.JitLinked"/> after which a block's method is compiled again with its
+    /// link checks inline (<see cref="BlockCompiler.InlineLinks"/>). Those checks make each method's IL about a fifth
+    /// larger, which during a boot, when the compiler is always behind, costs more blocks interpreted than the faster
+    /// transitions save; so methods are first compiled without them and only the ones that keep running are compiled
+    /// again, when no candidate waits.
+    /// </summary>
+    public const int PromoteAfter = 1 << 16;
+
+    /// <summary>Promotions waiting at most (more are dropped: the compiler is busy with new blocks anyway).</summary>
+    private const int MaxPromotions = 256;
+
     private readonly JitCandidates _candidates = new();
+    private readonly ConcurrentQueue<Block> _promotions = new();
+    private int _promotionsQueued;
+    private long _promoted;
     private readonly ConcurrentQueue<Block> _cache = new();
     private readonly Lock _cacheLock = new();
     private int _cached;
@@ -105,8 +120,32 @@ internal sealed class JitCompilerThread
     /// <summary>Blocks that became hot while every candidate was hotter, so far.</summary>
     public long Deferred => _candidates.Deferred;
 
-    /// <summary>Compiles <paramref name="b"/> on the calling thread (threshold 0).</summary>
-    public void CompileNow(Block b) => Compile(b);
+    /// <summary>Methods compiled again with their link checks inline so far (<see cref="PromoteAfter"/>).</summary>
+    public long Promoted => Interlocked.Read(ref _promoted);
+
+    /// <summary>Compiles <paramref name="b"/> on the calling thread (threshold 0), with its link checks inline at once.</summary>
+    public void CompileNow(Block b) => Compile(b, BlockCompiler.InlineLinks);
+
+    /// <summary>
+    /// Asks for <paramref name="b"/>'s method to be compiled again with its link checks inline, once no candidate
+    /// waits (called by the vCPU when the block reached <see cref="PromoteAfter"/> slow exits).
+    /// </summary>
+    public void Promote(Block b)
+    {
+        if (!BlockCompiler.InlineLinks || b.InlineLinks)
+        {
+            return;
+        }
+
+        if (Interlocked.Increment(ref _promotionsQueued) > MaxPromotions)
+        {
+            Interlocked.Decrement(ref _promotionsQueued);
+            return;
+        }
+
+        _promotions.Enqueue(b);
+        _candidates.Wake();
+    }
 
     private void Loop()
     {
@@ -116,7 +155,18 @@ internal sealed class JitCompilerThread
 
         while (true)
         {
-            Compile(_candidates.Take());
+            if (_candidates.TakeOrWoken() is { } b)
+            {
+                Compile(b, inlineLinks: false);
+                continue;
+            }
+
+            // Woken for promotions: compile them while no new block waits.
+            while (_candidates.Count == 0 && _promotions.TryDequeue(out var p))
+            {
+                Interlocked.Decrement(ref _promotionsQueued);
+                Recompile(p);
+            }
         }
     }
 
@@ -148,7 +198,28 @@ internal sealed class JitCompilerThread
         return new Block { Ops = [.. ops], Instrs = [.. instrs], Count = ops.Count, Lin = Start, PhysPage = Start, ModeKey = 64 };
     }
 
-    private void Compile(Block b)
+    /// <summary>
+    /// Compiles the method of <paramref name="b"/>, still published and valid, again with its link checks inline, and
+    /// publishes it in place of the first (the code cache counts the block once either way; eviction runs on this
+    /// thread, so the block cannot be evicted meanwhile).
+    /// </summary>
+    private void Recompile(Block b)
+    {
+        if (!b.Valid || b.Compiled == null || b.InlineLinks || b.Uncompilable)
+        {
+            return;
+        }
+
+        var code = Build(b, out _, inlineLinks: true);
+        if (code != null && b.Compiled != null)
+        {
+            b.InlineLinks = true;
+            Volatile.Write(ref b.Compiled, code);
+            Interlocked.Increment(ref _promoted);
+        }
+    }
+
+    private void Compile(Block b, bool inlineLinks)
     {
         if (!b.Valid || b.Compiled != null || b.Uncompilable)
         {
@@ -157,7 +228,7 @@ internal sealed class JitCompilerThread
 
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
         var jitStart = System.Runtime.JitInfo.GetCompilationTime(currentThread: true);
-        var code = Build(b, out int ilBytes);
+        var code = Build(b, out int ilBytes, inlineLinks);
         Interlocked.Add(ref _compileTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
         Interlocked.Add(ref _jitTicks, (System.Runtime.JitInfo.GetCompilationTime(currentThread: true) - jitStart).Ticks);
         Interlocked.Add(ref _ilBytes, ilBytes);
@@ -168,6 +239,7 @@ internal sealed class JitCompilerThread
         }
 
         Interlocked.Increment(ref _compiled);
+        b.InlineLinks = inlineLinks;
         Volatile.Write(ref b.Compiled, code);
         lock (_cacheLock)
         {
@@ -185,6 +257,8 @@ internal sealed class JitCompilerThread
 
                 Volatile.Write(ref old.Compiled, null);
                 old.Hits = 0;
+                old.SlowLinks = 0;
+                old.InlineLinks = false;
                 _cached--;
                 _evicted++;
             }
@@ -193,12 +267,12 @@ internal sealed class JitCompilerThread
 
     /// <summary>Translates and JIT-compiles <paramref name="b"/>; null when the block gains nothing or the runtime rejects the method.</summary>
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1031:Do not catch general exception types", Justification = "Compilation is an optimisation: any failure leaves the block to the interpreter instead of ending the compiler thread or the guest.")]
-    private static CompiledBlock? Build(Block b, out int ilBytes)
+    private static CompiledBlock? Build(Block b, out int ilBytes, bool inlineLinks = false)
     {
         ilBytes = 0;
         try
         {
-            var code = BlockCompiler.Compile(b, out ilBytes);
+            var code = BlockCompiler.Compile(b, out ilBytes, inlineLinks);
             if (code != null)
             {
                 // The .NET JIT compiles a dynamic method on its first call: make that call here, with no vCPU, so
@@ -243,6 +317,7 @@ internal sealed class JitCandidates
     private int _count;
     private int _taken;
     private bool _waiting;
+    private bool _wake;
     private long _deferred;
     private long _dropped;
 
@@ -328,18 +403,38 @@ internal sealed class JitCandidates
         }
     }
 
-    /// <summary>Waits for a candidate and takes the hottest.</summary>
-    public Block Take()
+    /// <summary>Waits for a candidate and takes the hottest, or returns null when <see cref="Wake"/> was called and none waits.</summary>
+    public Block? TakeOrWoken()
     {
         lock (_lock)
         {
             while (_count == 0)
             {
+                if (_wake)
+                {
+                    _wake = false;
+                    return null;
+                }
+
                 _waiting = true;
                 Monitor.Wait(_lock);
             }
 
             return TakeLocked();
+        }
+    }
+
+    /// <summary>Makes the compiler's next <see cref="TakeOrWoken"/> without candidates return (work other than candidates waits).</summary>
+    public void Wake()
+    {
+        lock (_lock)
+        {
+            _wake = true;
+            if (_waiting)
+            {
+                _waiting = false;
+                Monitor.Pulse(_lock);
+            }
         }
     }
 
