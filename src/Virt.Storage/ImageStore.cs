@@ -296,9 +296,18 @@ internal sealed class NoWaitProbe
 {
     private int _refusedReads;
     private int _refusedWrites;
+    private int _movedReads;
+    private int _movedWrites;
 
     /// <summary>Whether a no-wait transfer in this direction is worth trying.</summary>
     public bool Allows(bool write) => Volatile.Read(ref write ? ref _refusedWrites : ref _refusedReads) == 0;
+
+    /// <summary>
+    /// Whether a no-wait transfer in this direction has moved data and none was refused: only then does an io_uring
+    /// batch use RWF_NOWAIT on the file (io_uring answers EAGAIN where preadv2/pwritev2 answer EOPNOTSUPP, as for
+    /// ext4's buffered writes, so the ring alone could not tell a refusal from a miss).
+    /// </summary>
+    public bool Confirmed(bool write) => Allows(write) && Volatile.Read(ref write ? ref _movedWrites : ref _movedReads) != 0;
 
     /// <summary>One no-wait attempt on the file (nothing when the direction was refused before); true when it moved everything.</summary>
     /// <exception cref="IOException">The file failed.</exception>
@@ -313,6 +322,10 @@ internal sealed class NoWaitProbe
         if (result == NoWaitResult.Unsupported)
         {
             Volatile.Write(ref write ? ref _refusedWrites : ref _refusedReads, 1);
+        }
+        else if (result == NoWaitResult.Done && Volatile.Read(ref write ? ref _movedWrites : ref _movedReads) == 0)
+        {
+            Volatile.Write(ref write ? ref _movedWrites : ref _movedReads, 1);
         }
 
         return result == NoWaitResult.Done;

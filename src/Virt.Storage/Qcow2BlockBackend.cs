@@ -415,6 +415,47 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         return RunsIfUncontended(offset, buffers, forWrite: true, _writeRunInPlace);
     }
 
+    bool IVectoredBlockBackend.TryEnterFileMapping()
+    {
+        if (_store is not FileImageStore || !_sync.TryEnter())
+        {
+            return false;
+        }
+
+        if (Volatile.Read(ref _disposed) != 0)
+        {
+            _sync.Exit();
+            return false;
+        }
+
+        return true;
+    }
+
+    void IVectoredBlockBackend.ExitFileMapping() => _sync.Exit();
+
+    bool IVectoredBlockBackend.TryMapToFile(long offset, long length, bool write, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Microsoft.Win32.SafeHandles.SafeFileHandle? file, out long fileOffset)
+    {
+        file = null;
+        fileOffset = 0;
+        if (_store is not FileImageStore store || !store.NoWait.Confirmed(write) || (write && IsReadOnly)
+            || length <= 0 || offset < 0 || offset > Capacity - length || !L2Cached(offset, length))
+        {
+            return false;
+        }
+
+        // Only a data run that covers the whole range: one host range of the image file (for a write, clusters written
+        // in place: MapRun gives an allocating write another kind). The caller holds the lock, so the run stays put.
+        var run = MapRun(offset, length, write);
+        if (run.Kind != ClusterKind.Normal || run.Length != length)
+        {
+            return false;
+        }
+
+        file = store.Handle;
+        fileOffset = run.Host;
+        return true;
+    }
+
     /// <summary>
     /// Runs <paramref name="action"/> over the range's runs only if that needs no waiting: the image's lock is free
     /// (another thread holding it, a flush syncing the tables or an allocating write, would make this one wait) and
@@ -2110,4 +2151,24 @@ internal interface IVectoredBlockBackend
     /// <exception cref="IOException">The file failed.</exception>
     /// <exception cref="ObjectDisposedException">The backend was disposed.</exception>
     bool TryWriteInPlace(long offset, ReadOnlySpan<HostBuffer> buffers);
+
+    /// <summary>
+    /// Starts a batch of <see cref="TryMapToFile"/> lookups whose answers hold until <see cref="ExitFileMapping"/>
+    /// (qcow2: takes the image's lock, so no cluster moves meanwhile); false, holding nothing, when that would wait or
+    /// the backend has no file to map to. The caller moves the data (an io_uring batch) before it exits.
+    /// </summary>
+    bool TryEnterFileMapping();
+
+    /// <summary>Ends what <see cref="TryEnterFileMapping"/> started.</summary>
+    void ExitFileMapping();
+
+    /// <summary>
+    /// The one range of one host file that holds the guest range <paramref name="offset"/>..+<paramref name="length"/>,
+    /// when a no-wait transfer in this direction may go straight there: RWF_NOWAIT was seen to work on the file in this
+    /// direction (and was never refused), the range is in bounds, and (qcow2) it lies in data clusters contiguous in the
+    /// image file, written in place for a write, with their L2 tables in memory. False for anything else (a backing file,
+    /// zero or compressed clusters, an allocating write, damage), which then goes the single-request way. Call only
+    /// between <see cref="TryEnterFileMapping"/> and <see cref="ExitFileMapping"/>.
+    /// </summary>
+    bool TryMapToFile(long offset, long length, bool write, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Microsoft.Win32.SafeHandles.SafeFileHandle? file, out long fileOffset);
 }

@@ -169,6 +169,27 @@ public sealed class RawFileBlockBackend : IBlockBackend, IVectoredBlockBackend, 
         return true;
     }
 
+    bool IVectoredBlockBackend.TryEnterFileMapping() => true;
+
+    void IVectoredBlockBackend.ExitFileMapping()
+    {
+        // A raw image maps the guest range to the same file range always: nothing to hold.
+    }
+
+    bool IVectoredBlockBackend.TryMapToFile(long offset, long length, bool write, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out SafeFileHandle? file, out long fileOffset)
+    {
+        file = null;
+        fileOffset = 0;
+        if (!_noWait.Confirmed(write) || (write && IsReadOnly) || length <= 0 || offset < 0 || offset > Capacity - length)
+        {
+            return false;
+        }
+
+        file = _handle;
+        fileOffset = offset;
+        return true;
+    }
+
     void IBackingReader.ReadAt(long offset, Span<byte> destination)
     {
         int done = 0;

@@ -87,7 +87,7 @@ public sealed record VirtioBlockOptions
 /// image, unchanged since the save (or an overlay of the same base).
 /// </para>
 /// </remarks>
-public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
+public sealed partial class VirtioBlockDevice : VirtioDevice, IPersistentState
 {
     internal const ulong FeatureSegMax = 1UL << 2;
     internal const ulong FeatureReadOnly = 1UL << 5;
@@ -625,8 +625,32 @@ public sealed class VirtioBlockDevice : VirtioDevice, IPersistentState
 
         long budget = InlineMaxBytesPerNotification;
         int served = 0;
+        int limit = Math.Min(taken, InlineMaxRequests);
+        int noBatchBefore = 0;
         while (served < taken && served < InlineMaxRequests)
         {
+            if (served >= noBatchBefore && limit - served >= 2 && _inline == InlineMode.Cached)
+            {
+                // Two or more requests: their page-cache hits go to the kernel together, through the queue's io_uring.
+                int done = ServeBatch(context, state, queueIndex, served, limit, ref budget, out bool wouldWait, out int resumeBatchAt);
+                served += done;
+                if (wouldWait)
+                {
+                    break;
+                }
+
+                noBatchBefore = resumeBatchAt;
+                if (served >= limit)
+                {
+                    break;
+                }
+
+                if (served >= noBatchBefore)
+                {
+                    continue;
+                }
+            }
+
             var chain = state.Chains[served];
             if (!TryServeInline(context, chain, budget, out state.Written[served], out long length))
             {

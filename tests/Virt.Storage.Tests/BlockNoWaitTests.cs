@@ -440,6 +440,20 @@ public sealed partial class BlockNoWaitTests
             return true;
         }
 
+        // No file behind it: a batch never forms, every request takes the single path.
+        public bool TryEnterFileMapping() => false;
+
+        public void ExitFileMapping()
+        {
+        }
+
+        public bool TryMapToFile(long offset, long length, bool write, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Microsoft.Win32.SafeHandles.SafeFileHandle? file, out long fileOffset)
+        {
+            file = null;
+            fileOffset = 0;
+            return false;
+        }
+
         public bool TryVectorNoWait(long offset, ReadOnlySpan<HostBuffer> buffers, bool write)
         {
             lock (_sync)

@@ -126,6 +126,7 @@ internal static partial class BlockFresh
                 }
 
                 var countsBefore = inline.Device.InlineCounts;
+                var ringBefore = inline.Device.RingCounts;
                 var hostTimes = new List<double>();
                 var inlineTimes = new List<double>();
                 var workerTimes = new List<double>();
@@ -210,6 +211,7 @@ internal static partial class BlockFresh
                 }
 
                 var counts = inline.Device.InlineCounts;
+                var ring = inline.Device.RingCounts;
                 inline.Stages(type, offsets, requests, stages);
                 double hm = Median(hostTimes), im = Median(inlineTimes), wm = Median(workerTimes);
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -217,7 +219,7 @@ internal static partial class BlockFresh
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"        inline stages ns: chain {stages[0]:F0}, notify+serve {stages[1]:F0}, take used {stages[2]:F0}; backend call alone {stages[3]:F0}; slow inline writes so far {inline.Device.InlineWrites.SlowWrites}"));
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"        inline case: {counts.Served - countsBefore.Served} requests served inline, {counts.LeftToWorker - countsBefore.LeftToWorker} notifications left one to the worker, {counts.WorkerBusy - countsBefore.WorkerBusy} found the worker busy"));
+                    $"        inline case: {counts.Served - countsBefore.Served} requests served inline, {counts.LeftToWorker - countsBefore.LeftToWorker} notifications left one to the worker, {counts.WorkerBusy - countsBefore.WorkerBusy} found the worker busy; batches {inline.Device.InlineBatchPath ?? "none"}: {ring.Batches - ringBefore.Batches} batches, {ring.Requests - ringBefore.Requests} requests"));
             }
         }
         finally
