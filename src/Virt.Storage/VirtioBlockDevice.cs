@@ -144,7 +144,7 @@ public sealed partial class VirtioBlockDevice : VirtioDevice, IPersistentState
     private TokenBucket? _sharedBytes;
     private TokenBucket? _sharedOps;
     private readonly VirtqueueWorker[] _workers;
-    private readonly InlineMode _inline;
+    private InlineMode _inline;
     private readonly InlineState?[] _inlineState;
     private long _notifiedWhileWorkerBusy;
 
@@ -247,6 +247,9 @@ public sealed partial class VirtioBlockDevice : VirtioDevice, IPersistentState
 
     /// <summary>Whether requests served inline must be ones the host does without waiting for the storage device (RWF_NOWAIT).</summary>
     internal bool ServesInlineOnlyFromCache => _inline == InlineMode.Cached;
+
+    /// <summary>Tests: serve inline only what the host does without waiting, as on a disk file system, wherever the image is (tmpfs too). Call before the driver starts.</summary>
+    internal void ServeInlineOnlyFromCache() => _inline = InlineMode.Cached;
 
     /// <summary>Whether the guest sees the disk read-only.</summary>
     public bool IsReadOnly { get; }
