@@ -415,6 +415,8 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         return RunsIfUncontended(offset, buffers, forWrite: true, _writeRunInPlace);
     }
 
+    bool IVectoredBlockBackend.MayMapToFile(bool write) => _store is FileImageStore store && store.NoWait.Confirmed(write) && !(write && IsReadOnly);
+
     bool IVectoredBlockBackend.TryEnterFileMapping()
     {
         if (_store is not FileImageStore || !_sync.TryEnter())
@@ -2151,6 +2153,12 @@ internal interface IVectoredBlockBackend
     /// <exception cref="IOException">The file failed.</exception>
     /// <exception cref="ObjectDisposedException">The backend was disposed.</exception>
     bool TryWriteInPlace(long offset, ReadOnlySpan<HostBuffer> buffers);
+
+    /// <summary>
+    /// Whether <see cref="TryMapToFile"/> may map anything in this direction (RWF_NOWAIT seen to work on the file and never
+    /// refused; for a write, a writable image): a check without a lock, made before a batch is started.
+    /// </summary>
+    bool MayMapToFile(bool write);
 
     /// <summary>
     /// Starts a batch of <see cref="TryMapToFile"/> lookups whose answers hold until <see cref="ExitFileMapping"/>

@@ -169,6 +169,8 @@ public sealed class RawFileBlockBackend : IBlockBackend, IVectoredBlockBackend, 
         return true;
     }
 
+    bool IVectoredBlockBackend.MayMapToFile(bool write) => _noWait.Confirmed(write) && !(write && IsReadOnly);
+
     bool IVectoredBlockBackend.TryEnterFileMapping() => true;
 
     void IVectoredBlockBackend.ExitFileMapping()

@@ -128,7 +128,20 @@ public sealed partial class VirtioBlockDevice
     {
         wouldWait = false;
         resumeBatchAt = int.MaxValue;
-        if (_backend is not IVectoredBlockBackend vectored || Limited || RingFor(context, queueIndex) is not { } ring)
+        if (_backend is not IVectoredBlockBackend vectored || Limited)
+        {
+            return 0;
+        }
+
+        // A cheap look first, so a stream of requests no batch can take (ext4's writes) pays no lock and no resolution
+        // twice: a batch starts only with a read or write in a direction the file was seen to take RWF_NOWAIT for.
+        if (!MayStartBatch(context, state.Chains[first], vectored))
+        {
+            resumeBatchAt = first + 1;
+            return 0;
+        }
+
+        if (RingFor(context, queueIndex) is not { } ring)
         {
             return 0;
         }
@@ -264,6 +277,17 @@ public sealed partial class VirtioBlockDevice
 
         Interlocked.Add(ref _ringServed, done);
         return done;
+    }
+
+    private static bool MayStartBatch(VirtioDeviceContext context, DescriptorChain chain, IVectoredBlockBackend vectored)
+    {
+        if (chain.ReadableLength < HeaderSize || chain.WritableLength < 1)
+        {
+            return false;
+        }
+
+        ReadHeader(context.Memory, chain, out uint type, out _);
+        return type is RequestIn or RequestOut && vectored.MayMapToFile(type == RequestOut);
     }
 
     /// <summary>

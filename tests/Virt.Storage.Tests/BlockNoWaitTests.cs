@@ -441,6 +441,8 @@ public sealed partial class BlockNoWaitTests
         }
 
         // No file behind it: a batch never forms, every request takes the single path.
+        public bool MayMapToFile(bool write) => false;
+
         public bool TryEnterFileMapping() => false;
 
         public void ExitFileMapping()
