@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using Microsoft.Extensions.Logging;
+using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 using Virt.Devices.Virtio;
 
@@ -45,21 +46,24 @@ public sealed partial class VirtioBlockDevice
     /// <summary>Batches submitted through a ring and the requests they completed (tests and benchmarks).</summary>
     internal (long Batches, long Requests) RingCounts => (Interlocked.Read(ref _ringBatches), Interlocked.Read(ref _ringServed));
 
-    /// <summary>The driver reset the device: its rings go (a new activation creates new ones when needed).</summary>
-    protected override void OnReset()
+    /// <summary>
+    /// A new activation brought the queue new chain objects: the queue's ring of the last activation goes with the old
+    /// ones (the last activation's ring is released with the device, a <see cref="SafeHandle"/>). Called by the thread
+    /// holding the queue's worker, so no batch of this queue uses the ring meanwhile.
+    /// </summary>
+    private void DropRing(int queueIndex)
     {
-        IoUring?[]? rings;
+        IoUring? ring;
         lock (_ringSync)
         {
-            rings = _rings;
-            _rings = null;
+            ring = _rings?[queueIndex];
+            if (ring is not null)
+            {
+                _rings![queueIndex] = null;
+            }
         }
 
-        // A notifying thread still in a batch holds a reference: the rings are unmapped when it lets go.
-        foreach (var ring in rings ?? [])
-        {
-            ring?.Dispose();
-        }
+        ring?.Dispose();
     }
 
     /// <summary>The queue's ring, created on first use; null when the host offers none (remembered, and said once in the log).</summary>
@@ -153,7 +157,6 @@ public sealed partial class VirtioBlockDevice
         }
         catch (ObjectDisposedException)
         {
-            // A reset disposed it a moment ago.
             return 0;
         }
 

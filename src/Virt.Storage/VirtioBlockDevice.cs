@@ -615,6 +615,7 @@ public sealed partial class VirtioBlockDevice : VirtioDevice, IPersistentState
         {
             state = new InlineState(queue, state);
             _inlineState[queueIndex] = state;
+            DropRing(queueIndex);
         }
 
         // One lock round trip takes what the driver made available, one more completes what was served and decides the

@@ -301,4 +301,29 @@ public sealed partial class BlockNoWaitTests
         Assert.False(rig.NeedsReset);
         Assert.Equal(0, rig.Memory.Violations);
     }
+
+    [Fact]
+    public async Task After_a_reset_the_next_activation_batches_through_a_new_ring()
+    {
+        using var dir = new TempDir();
+        var (backend, blocks) = await BatchImageAsync(dir, "raw");
+        await using var _ = backend;
+        if (!OperatingSystem.IsLinux() || ((IVectoredBlockBackend)backend).IsInMemory || !RingAvailable())
+        {
+            return;
+        }
+
+        using var rig = new BlockRig(backend);
+        ConfirmNoWaitReads(rig);
+        ReadBatch(rig, blocks);
+        Assert.Equal((1L, 8L), rig.Device.RingCounts);
+
+        // The driver resets the device and sets it up again: the first notification of the new activation drops the
+        // old queue's ring and the batch goes through a new one.
+        rig.Driver.WriteRegister(0x70, 0);
+        rig.Driver.Initialize(ulong.MaxValue, 64);
+        ReadBatch(rig, blocks);
+        Assert.Equal((2L, 16L), rig.Device.RingCounts);
+        Assert.False(rig.NeedsReset);
+    }
 }
