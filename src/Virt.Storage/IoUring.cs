@@ -314,6 +314,8 @@ internal sealed unsafe class IoUring : SafeHandle
         }
 
         // Every entry consumed (SUBMIT_ALL) and completed; a head that disagrees means the kernel did something else.
+        // (With RWF_NOWAIT on every entry, each completes during the submission, never on a kernel worker, so a ring
+        // retired after it submitted leaves no transfer running into the buffers.)
         return Volatile.Read(ref *_sqHead) == tail + (uint)n || Break();
     }
 

@@ -25,6 +25,7 @@ public sealed partial class VirtioBlockDevice
     private bool _ringUnavailable;
     private long _ringBatches;
     private long _ringServed;
+    private readonly int[] _ringRefused = new int[2];
 
     /// <summary>Creates a queue's ring (tests replace it to make setup fail); the ring or null, and what the device uses.</summary>
     internal Func<int, (IoUring? Ring, string Status)> RingSetup { get; set; } = static entries =>
@@ -179,6 +180,8 @@ public sealed partial class VirtioBlockDevice
         resumeBatchAt = int.MaxValue;
         int count = Math.Min(limit - first, ring.Capacity);
         Span<long> lengths = stackalloc long[RingEntries];
+        Span<ulong> sectors = stackalloc ulong[RingEntries];
+        ulong writes = 0;
         Span<int> results = stackalloc int[RingEntries];
         Span<HostBuffer> buffers = stackalloc HostBuffer[SmallChain];
         if (!vectored.TryEnterFileMapping())
@@ -199,14 +202,14 @@ public sealed partial class VirtioBlockDevice
         {
             for (; k < count; k++)
             {
-                if (!TryAddToBatch(context, state.Chains[first + k], vectored, ring, pending, buffers, ref file, ref fileReferenced, out lengths[k], out bool forced))
+                if (!TryAddToBatch(context, state.Chains[first + k], vectored, ring, pending, buffers, ref file, ref fileReferenced, out lengths[k], out sectors[k], out bool write, out bool forced))
                 {
                     stoppedAtNonCandidate = true;
                     break;
                 }
 
                 forcedWouldBlock |= forced ? 1UL << k : 0;
-
+                writes |= write ? 1UL << k : 0;
                 pending -= lengths[k];
             }
 
@@ -263,13 +266,20 @@ public sealed partial class VirtioBlockDevice
                 // redoes this request whole, and every one after it, in order. Any other error: the single path redoes
                 // it and reports the file's own verdict (EOPNOTSUPP recorded per file, EIO answered with IOERR).
                 wouldWait = result >= 0 || result is -Interop.Libc.EAGAIN or -Interop.Libc.EINTR or -Interop.IoUringSys.ECANCELED;
+                if (result is -Interop.Libc.EOPNOTSUPP or -Interop.Libc.EINVAL)
+                {
+                    // The ring refuses what preadv2/pwritev2 took on this file: that direction is not batched again.
+                    Volatile.Write(ref _ringRefused[(writes >> done) & 1], 1);
+                }
+
                 resumeBatchAt = first + done + 1;
                 break;
             }
 
-            ReadHeader(context.Memory, chain, out uint type, out ulong sector);
+            // The header as it was read when the entry was made (the guest may have changed it since).
+            bool write = (writes & (1UL << done)) != 0;
             long statusOffset = chain.WritableLength - 1;
-            state.Written[first + done] = Finish(chain, type, sector, StatusOk, type == RequestIn ? lengths[done] : 0, statusOffset, context);
+            state.Written[first + done] = Finish(chain, write ? RequestOut : RequestIn, sectors[done], StatusOk, write ? 0 : lengths[done], statusOffset, context);
             budget -= lengths[done];
         }
 
@@ -282,7 +292,7 @@ public sealed partial class VirtioBlockDevice
         return done;
     }
 
-    private static bool MayStartBatch(VirtioDeviceContext context, DescriptorChain chain, IVectoredBlockBackend vectored)
+    private bool MayStartBatch(VirtioDeviceContext context, DescriptorChain chain, IVectoredBlockBackend vectored)
     {
         if (chain.ReadableLength < HeaderSize || chain.WritableLength < 1)
         {
@@ -290,7 +300,8 @@ public sealed partial class VirtioBlockDevice
         }
 
         ReadHeader(context.Memory, chain, out uint type, out _);
-        return type is RequestIn or RequestOut && vectored.MayMapToFile(type == RequestOut);
+        bool write = type == RequestOut;
+        return type is RequestIn or RequestOut && Volatile.Read(ref _ringRefused[write ? 1 : 0]) == 0 && vectored.MayMapToFile(write);
     }
 
     /// <summary>
@@ -298,19 +309,22 @@ public sealed partial class VirtioBlockDevice
     /// fits <paramref name="budget"/>, whose buffers are guest RAM (validated as on the single path) and whose range is
     /// one range of the batch's file; false, adding nothing, for anything else.
     /// </summary>
-    private bool TryAddToBatch(VirtioDeviceContext context, DescriptorChain chain, IVectoredBlockBackend vectored, IoUring ring, long budget, Span<HostBuffer> buffers, ref SafeFileHandle? file, ref bool fileReferenced, out long length, out bool forceWouldBlock)
+    private bool TryAddToBatch(VirtioDeviceContext context, DescriptorChain chain, IVectoredBlockBackend vectored, IoUring ring, long budget, Span<HostBuffer> buffers, ref SafeFileHandle? file, ref bool fileReferenced, out long length, out ulong sector, out bool write, out bool forceWouldBlock)
     {
         length = 0;
+        sector = 0;
+        write = false;
         forceWouldBlock = false;
         if (chain.ReadableLength < HeaderSize || chain.WritableLength < 1 || chain.DescriptorCount > SmallChain)
         {
             return false;
         }
 
-        ReadHeader(context.Memory, chain, out uint type, out ulong sector);
-        bool write = type == RequestOut;
+        ReadHeader(context.Memory, chain, out uint type, out sector);
+        write = type == RequestOut;
         length = write ? chain.ReadableLength - HeaderSize : chain.WritableLength - 1;
-        if (type is not (RequestIn or RequestOut) || length <= 0 || length > budget || (write && IsReadOnly) || !InBounds(sector, length))
+        if (type is not (RequestIn or RequestOut) || length <= 0 || length > budget || (write && IsReadOnly) || !InBounds(sector, length)
+            || Volatile.Read(ref _ringRefused[write ? 1 : 0]) != 0)
         {
             return false;
         }
