@@ -138,14 +138,6 @@ public sealed partial class VirtioBlockDevice
             return 0;
         }
 
-        // A cheap look first, so a stream of requests no batch can take (ext4's writes) pays no lock and no resolution
-        // twice: a batch starts only with a read or write in a direction the file was seen to take RWF_NOWAIT for.
-        if (!MayStartBatch(context, state.Chains[first], vectored))
-        {
-            resumeBatchAt = first + 1;
-            return 0;
-        }
-
         if (RingFor(context, queueIndex) is not { } ring)
         {
             return 0;
@@ -292,16 +284,16 @@ public sealed partial class VirtioBlockDevice
         return done;
     }
 
-    private bool MayStartBatch(VirtioDeviceContext context, DescriptorChain chain, IVectoredBlockBackend vectored)
+    /// <summary>
+    /// The first look, made with the header the single path reads anyway, so a stream of requests no batch can take
+    /// (ext4's writes) pays no lock and no resolution twice: a batch starts only with a read or write in a direction the
+    /// file was seen to take RWF_NOWAIT for (and the ring did not refuse).
+    /// </summary>
+    private bool MayStartBatch(uint type)
     {
-        if (chain.ReadableLength < HeaderSize || chain.WritableLength < 1)
-        {
-            return false;
-        }
-
-        ReadHeader(context.Memory, chain, out uint type, out _);
         bool write = type == RequestOut;
-        return type is RequestIn or RequestOut && Volatile.Read(ref _ringRefused[write ? 1 : 0]) == 0 && vectored.MayMapToFile(write);
+        return type is RequestIn or RequestOut && Volatile.Read(ref _ringRefused[write ? 1 : 0]) == 0
+            && _backend is IVectoredBlockBackend vectored && vectored.MayMapToFile(write);
     }
 
     /// <summary>

@@ -633,30 +633,29 @@ public sealed partial class VirtioBlockDevice : VirtioDevice, IPersistentState
         int noBatchBefore = 0;
         while (served < taken && served < InlineMaxRequests)
         {
-            if (served >= noBatchBefore && limit - served >= 2 && _inline == InlineMode.Cached)
+            var chain = state.Chains[served];
+            if (chain.ReadableLength < HeaderSize || chain.WritableLength < 1)
+            {
+                // Malformed: the worker refuses it.
+                break;
+            }
+
+            // The header is read once here, for the batch's first look and for the single path.
+            ReadHeader(context.Memory, chain, out uint type, out ulong sector);
+            if (served >= noBatchBefore && limit - served >= 2 && _inline == InlineMode.Cached && MayStartBatch(type))
             {
                 // Two or more requests: their page-cache hits go to the kernel together, through the queue's io_uring.
-                int done = ServeBatch(context, state, queueIndex, served, limit, ref budget, out bool wouldWait, out int resumeBatchAt);
-                served += done;
+                served += ServeBatch(context, state, queueIndex, served, limit, ref budget, out bool wouldWait, out noBatchBefore);
                 if (wouldWait)
                 {
                     break;
                 }
 
-                noBatchBefore = resumeBatchAt;
-                if (served >= limit)
-                {
-                    break;
-                }
-
-                if (served >= noBatchBefore)
-                {
-                    continue;
-                }
+                // What the batch left before noBatchBefore takes the single path; batching may resume there.
+                continue;
             }
 
-            var chain = state.Chains[served];
-            if (!TryServeInline(context, chain, budget, out state.Written[served], out long length))
+            if (!TryServeInline(context, chain, type, sector, budget, out state.Written[served], out long length))
             {
                 break;
             }
@@ -705,16 +704,10 @@ public sealed partial class VirtioBlockDevice : VirtioDevice, IPersistentState
     /// <see cref="InlineMaxBytesPerNotification"/>) through the zero-copy path, writing its status, and gives its data
     /// length; false, having changed nothing, for any other request (the worker serves it, and refuses it if it must).
     /// </summary>
-    private bool TryServeInline(VirtioDeviceContext context, DescriptorChain chain, long budget, out uint written, out long length)
+    private bool TryServeInline(VirtioDeviceContext context, DescriptorChain chain, uint type, ulong sector, long budget, out uint written, out long length)
     {
         written = 0;
         length = 0;
-        if (chain.ReadableLength < HeaderSize || chain.WritableLength < 1)
-        {
-            return false;
-        }
-
-        ReadHeader(context.Memory, chain, out uint type, out ulong sector);
         long statusOffset = chain.WritableLength - 1;
         length = type == RequestIn ? statusOffset : chain.ReadableLength - HeaderSize;
         if (type is not (RequestIn or RequestOut) || length > budget)
