@@ -518,6 +518,53 @@ public sealed partial class JitTierTests
         Assert.True(steps > 20, $"only {steps} budget slices");
     }
 
+    [Fact]
+    public void Methods_promoted_to_inline_link_checks_while_the_guest_runs_keep_the_first_tiers_state_in_every_slice()
+    {
+        // Blocks that call and return to each other about 150,000 times each (f returns to two call sites in turn): far
+        // past the slow exits after which their methods are compiled again with inline link checks, and published while
+        // the vCPU runs them. The
+        // promotion waits for an idle compiler (other tests' blocks may keep it busy), so rounds repeat, each on new
+        // machines and each compared with the first tier slice by slice, until one has seen a promotion.
+        static void Program(Assembler a)
+        {
+            var loop = a.CreateLabel();
+            var f = a.CreateLabel();
+            var g = a.CreateLabel();
+            var skip = a.CreateLabel();
+            var done = a.CreateLabel();
+            a.mov(ecx, 150_000);
+            a.xor(eax, eax);
+            a.Label(ref loop);
+            a.call(f);
+            a.call(g);
+            a.call(f);
+            a.dec(ecx);
+            a.jnz(loop);
+            a.jmp(done);
+            a.Label(ref f);
+            a.add(rax, rcx);
+            a.ret();
+            a.Label(ref g);
+            a.xor(rax, 0x55);
+            a.test(al, 1);
+            a.jz(skip);
+            a.inc(rax);
+            a.Label(ref skip);
+            a.ret();
+            a.Label(ref done);
+            a.hlt();
+        }
+
+        long before = Jit.JitCompilerThread.Shared.Promoted;
+        for (int round = 0; round < 20 && Jit.JitCompilerThread.Shared.Promoted == before; round++)
+        {
+            AssertBudgetSlicesMatchFirstTier(Program, threshold: 2, seed: round, slice: r => r.Next(20_000, 60_000));
+        }
+
+        Assert.True(Jit.JitCompilerThread.Shared.Promoted > before, "no method was promoted in 20 rounds");
+    }
+
     [Theory]
     [InlineData(0)]
     [InlineData(3)]
