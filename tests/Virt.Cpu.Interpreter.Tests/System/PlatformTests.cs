@@ -100,6 +100,19 @@ public sealed class PlatformTests
         a.cli();
     }
 
+    /// <summary>Enables the local APIC, arms its timer once for <paramref name="count"/> ticks (divide by 1) on <see cref="TimerVector"/>, and STI.</summary>
+    private static void ArmOneShotApicTimer(Assembler a, int count)
+    {
+        EnableApic(a);
+        a.mov(rdi, Lapic);
+        a.mov(__dword_ptr[rdi + 0x3E0], 0xB); // divide by 1
+        a.mov(rdi, Lapic);
+        a.mov(__dword_ptr[rdi + 0x320], TimerVector);
+        a.mov(rdi, Lapic);
+        a.mov(__dword_ptr[rdi + 0x380], count);
+        a.sti();
+    }
+
     private static void EnableApic(Assembler a)
     {
         a.mov(rdi, Lapic);
@@ -220,14 +233,7 @@ public sealed class PlatformTests
                 {
                     a.xor(r15, r15);
                     a.xor(eax, eax);
-                    EnableApic(a);
-                    a.mov(rdi, Lapic);
-                    a.mov(__dword_ptr[rdi + 0x3E0], 0xB); // divide by 1
-                    a.mov(rdi, Lapic);
-                    a.mov(__dword_ptr[rdi + 0x320], TimerVector);
-                    a.mov(rdi, Lapic);
-                    a.mov(__dword_ptr[rdi + 0x380], 100_000);
-                    a.sti();
+                    ArmOneShotApicTimer(a, 100_000);
                     var loop = a.CreateLabel();
                     a.Label(ref loop);
                     a.add(rax, 1);
@@ -266,14 +272,7 @@ public sealed class PlatformTests
                     a.xor(r15, r15);
                     a.xor(eax, eax);
                     a.xor(ebx, ebx);
-                    EnableApic(a);
-                    a.mov(rdi, Lapic);
-                    a.mov(__dword_ptr[rdi + 0x3E0], 0xB); // divide by 1
-                    a.mov(rdi, Lapic);
-                    a.mov(__dword_ptr[rdi + 0x320], TimerVector);
-                    a.mov(rdi, Lapic);
-                    a.mov(__dword_ptr[rdi + 0x380], 100_003);
-                    a.sti();
+                    ArmOneShotApicTimer(a, 100_003);
                     a.Label(ref loop);
                     a.add(rax, 1);
                     a.call(f);
