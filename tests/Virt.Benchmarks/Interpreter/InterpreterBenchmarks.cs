@@ -7,7 +7,7 @@ using Virt.Cpu.Kvm;
 namespace Virt.Benchmarks.Interpreter;
 
 /// <summary>
-/// Guest instructions per second of the interpreter on three CPL 3 workloads, each next to the same guest on
+/// Guest instructions per second of the interpreter on four CPL 3 workloads, each next to the same guest on
 /// KVM (the baseline of its category). Every benchmark method runs one workload once; the console prints the
 /// exact guest instruction count of each workload (counted by the interpreter), so instructions per second =
 /// count / mean time.
@@ -17,7 +17,7 @@ namespace Virt.Benchmarks.Interpreter;
 [CategoriesColumn]
 public class InterpreterBenchmarks
 {
-    private GuestWorkloads.Guest? _loopI, _sumI, _sieveI, _loopK, _sumK, _sieveK;
+    private GuestWorkloads.Guest? _loopI, _sumI, _sieveI, _callsI, _loopK, _sumK, _sieveK, _callsK;
 
     [GlobalSetup]
     public void Setup()
@@ -26,7 +26,8 @@ public class InterpreterBenchmarks
         _loopI = new GuestWorkloads.Guest(interp, GuestWorkloads.TightLoop());
         _sumI = new GuestWorkloads.Guest(interp, GuestWorkloads.Checksum());
         _sieveI = new GuestWorkloads.Guest(interp, GuestWorkloads.Sieve());
-        foreach (var (name, g) in new[] { ("loop", _loopI), ("checksum", _sumI), ("sieve", _sieveI) })
+        _callsI = new GuestWorkloads.Guest(interp, GuestWorkloads.Calls());
+        foreach (var (name, g) in new[] { ("loop", _loopI), ("checksum", _sumI), ("sieve", _sieveI), ("calls", _callsI) })
         {
             var counter = (IInstructionCounting)g.Vcpu;
             long before = counter.InstructionsRetired;
@@ -40,13 +41,14 @@ public class InterpreterBenchmarks
             _loopK = new GuestWorkloads.Guest(kvm, GuestWorkloads.TightLoop());
             _sumK = new GuestWorkloads.Guest(kvm, GuestWorkloads.Checksum());
             _sieveK = new GuestWorkloads.Guest(kvm, GuestWorkloads.Sieve());
+            _callsK = new GuestWorkloads.Guest(kvm, GuestWorkloads.Calls());
         }
     }
 
     [GlobalCleanup]
     public void Cleanup()
     {
-        foreach (var g in new[] { _loopI, _sumI, _sieveI, _loopK, _sumK, _sieveK })
+        foreach (var g in new[] { _loopI, _sumI, _sieveI, _callsI, _loopK, _sumK, _sieveK, _callsK })
         {
             g?.Dispose();
         }
@@ -69,4 +71,10 @@ public class InterpreterBenchmarks
 
     [Benchmark, BenchmarkCategory("c-sieve-1MiB")]
     public ulong Sieve_Interpreter() => _sieveI!.RunOnce();
+
+    [Benchmark(Baseline = true), BenchmarkCategory("d-calls")]
+    public ulong Calls_Kvm() => _callsK?.RunOnce() ?? 0;
+
+    [Benchmark, BenchmarkCategory("d-calls")]
+    public ulong Calls_Interpreter() => _callsI!.RunOnce();
 }
