@@ -60,6 +60,7 @@ internal sealed class JitCompilerThread
     public const int Capacity = 4096;
 
     private static readonly Lazy<JitCompilerThread> Instance = new(() => new JitCompilerThread());
+
     /// <summary>
     /// Exits through <see cref="InterpreterVcpu.JitLinked"/> after which a block's method is compiled again with its
     /// link checks inline (<see cref="BlockCompiler.InlineLinks"/>). Those checks make each method's IL about a fifth
@@ -200,22 +201,31 @@ internal sealed class JitCompilerThread
 
     /// <summary>
     /// Compiles the method of <paramref name="b"/>, still published and valid, again with its link checks inline, and
-    /// publishes it in place of the first (the code cache counts the block once either way; eviction runs on this
-    /// thread, so the block cannot be evicted meanwhile).
+    /// publishes it in place of the first. The code cache counts the block once either way: the new code is published
+    /// under the cache's lock only while the block is still in the cache (eviction, which may run on a vCPU thread that
+    /// compiles at threshold 0, clears the code under the same lock).
     /// </summary>
     private void Recompile(Block b)
     {
-        if (!b.Valid || b.Compiled == null || b.InlineLinks || b.Uncompilable)
+        if (!b.Valid || Volatile.Read(ref b.Compiled) == null || b.InlineLinks || b.Uncompilable)
         {
             return;
         }
 
         var code = Build(b, out _, inlineLinks: true);
-        if (code != null && b.Compiled != null)
+        if (code == null)
         {
-            b.InlineLinks = true;
-            Volatile.Write(ref b.Compiled, code);
-            Interlocked.Increment(ref _promoted);
+            return;
+        }
+
+        lock (_cacheLock)
+        {
+            if (b.Compiled != null)
+            {
+                b.InlineLinks = true;
+                Volatile.Write(ref b.Compiled, code);
+                Interlocked.Increment(ref _promoted);
+            }
         }
     }
 
