@@ -35,8 +35,8 @@ internal sealed partial class InterpreterVcpu
     /// and the nesting (<see cref="JitMayChain"/>). Whatever can make <see cref="NeedsAttention"/> true sets it to 1:
     /// every thread that asks something of this vCPU (an exit request, an interrupt, a code write, a write-translation
     /// flush, a debug register change), after making its request visible (<see cref="RaiseAttention"/>), and every
-    /// call from compiled code into the interpreter (an instruction step, a memory slow path: the only ways compiled
-    /// code changes the flags, modes and exits the check reads). Only <see cref="AttentionQuiet"/> clears it, before
+    /// call from compiled code into the interpreter (<see cref="EnterFromCompiled"/>: an instruction step, a memory slow
+    /// path, the only ways compiled code changes the flags, modes and exits the check reads). Only <see cref="AttentionQuiet"/> clears it, before
     /// it evaluates the full check, so a request that arrives meanwhile is never lost.
     /// </summary>
     private int _attn = 1;
@@ -90,7 +90,7 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Runs instruction <paramref name="index"/> of <paramref name="b"/> exactly as the interpreter does; returns 1 when it retired, 0 when not.</summary>
     internal int JitStep(Block b, int index)
     {
-        _attn = 1;
+        EnterFromCompiled(b);
         return ExecuteOps(b, index, index + 1) - index;
     }
 
@@ -101,8 +101,7 @@ internal sealed partial class InterpreterVcpu
     /// </summary>
     internal void JitSseStep(Block b, int index)
     {
-        _attn = 1;
-        _lastBlock = b;
+        EnterFromCompiled(b);
         ref Op op = ref b.Ops[index];
         _handlers[op.Form](ref op, in b.Instrs[index]);
     }
@@ -126,30 +125,34 @@ internal sealed partial class InterpreterVcpu
     /// <summary>A compiled DIV/IDIV whose divisor is 0 or whose quotient overflows (state written back as before it): #DE, as the interpreter raises it.</summary>
     internal void JitDivideError(Block? block)
     {
-        SetJitBlock(block);
+        EnterFromCompiled(block);
         throw Fault(Vectors.DE, 0);
     }
 
     /// <summary>Slow path of a compiled read; <paramref name="block"/>, when not null, is the block being run (a region's; a fault restarts in it).</summary>
     internal ulong JitReadSlow(ulong lin, int size, Block? block)
     {
-        _attn = 1;
-        SetJitBlock(block);
+        EnterFromCompiled(block);
         return ReadSlow(lin, size);
     }
 
     /// <summary>Slow path of a compiled read-modify-write's read: the write is checked first, as the hardware does.</summary>
     internal ulong JitReadRmwSlow(ulong lin, int size, Block? block)
     {
-        _attn = 1;
-        SetJitBlock(block);
+        EnterFromCompiled(block);
         ProbeWrite(lin, size);
         return Read(lin, size);
     }
 
+    /// <summary>
+    /// Every call from compiled code into the interpreter starts here: it closes the chaining gate (<see cref="_attn"/>:
+    /// the interpreter may change what the run loop's check reads) and names <paramref name="block"/>, when not null, as
+    /// the block being run (a fault restarts in it).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void SetJitBlock(Block? block)
+    private void EnterFromCompiled(Block? block)
     {
+        _attn = 1;
         if (block != null)
         {
             _lastBlock = block;
@@ -218,7 +221,7 @@ internal sealed partial class InterpreterVcpu
     /// </summary>
     internal int JitStringStep(Block b, int index)
     {
-        _attn = 1;
+        EnterFromCompiled(b);
         int r = ExecuteOps(b, index, index + 1) - index;
         return r == 1 && !_stop && !NeedsAttention() ? 2 : r;
     }
@@ -226,8 +229,7 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Slow path of a compiled write (<paramref name="block"/> as for <see cref="JitReadSlow"/>).</summary>
     internal void JitWriteSlow(ulong lin, int size, ulong value, Block? block)
     {
-        _attn = 1;
-        SetJitBlock(block);
+        EnterFromCompiled(block);
         WriteSlow(lin, size, value);
     }
 
