@@ -105,9 +105,7 @@ internal sealed partial class BlockCompiler
         EmitInterpreterStepAndLeave(i);
         _il.MarkLabel(fast);
 
-        EmitFlagStore();
-        Flags = FlagState.InState;
-        _flagsDirty = false;
+        EmitFlagsToState();
         EmitCallOut(() =>
         {
             _il.Emit(OpCodes.Ldarg_1);
@@ -217,9 +215,7 @@ internal sealed partial class BlockCompiler
         int bits = size * 8;
         bool reg = op.K0 == OpKindX.Reg;
         var count = _shiftCount ??= _il.DeclareLocal(typeof(int));
-        EmitFlagStore();
-        Flags = FlagState.InState;
-        _flagsDirty = false;
+        EmitFlagsToState();
         _il.Emit(OpCodes.Ldloc, _reg[1]!);
         _il.Emit(OpCodes.Conv_I4);
         EmitI4(size == 8 ? 0x3F : 0x1F);
@@ -300,9 +296,7 @@ internal sealed partial class BlockCompiler
         SetFlags(LzShift, size);
         _fbImm = 0;
         EmitStoreRmResult(in op, size, i, reg, _fr);
-        EmitFlagStore();
-        Flags = FlagState.InState;
-        _flagsDirty = false;
+        EmitFlagsToState();
         _il.Emit(OpCodes.Br, done);
         _il.MarkLabel(zero);
         if (reg && size == 4)
@@ -418,9 +412,7 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Conv_U8);
         _il.Emit(OpCodes.And);
         _il.Emit(OpCodes.Stloc, _tc);
-        EmitFlagStore();
-        Flags = FlagState.InState;
-        _flagsDirty = false;
+        EmitFlagsToState();
         EmitCallOut(() =>
         {
             _il.Emit(OpCodes.Ldarg_1);

@@ -744,6 +744,14 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Stfld, f);
     }
 
+    /// <summary>Stores the pending flags into the CPU state and from then on takes them from there (for code that leaves them in the state: handler forms, interpreter calls).</summary>
+    private void EmitFlagsToState()
+    {
+        EmitFlagStore();
+        Flags = FlagState.InState;
+        _flagsDirty = false;
+    }
+
     /// <summary>Stores the pending flags into the lazy-flag fields of <see cref="CpuState"/> (no change to what the compiler knows).</summary>
     private void EmitFlagStore()
     {
@@ -2274,12 +2282,7 @@ internal sealed partial class BlockCompiler
         var ret = _il.DefineLabel();
         _il.Emit(OpCodes.Ldloc, target);
         _il.Emit(OpCodes.Brfalse, ret);
-        _il.Emit(OpCodes.Ldloc, target);
-        _il.Emit(OpCodes.Volatile);
-        _il.Emit(OpCodes.Ldfld, CompiledField);
-        _il.Emit(OpCodes.Stloc, code);
-        _il.Emit(OpCodes.Ldloc, code);
-        _il.Emit(OpCodes.Brfalse, ret);
+        EmitLoadCode(target, code, ret);
         _il.MarkLabel(invoke);
         _il.Emit(OpCodes.Ldloc, code);
         _il.Emit(OpCodes.Ldarg_1);
@@ -2341,18 +2344,24 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Volatile);
         _il.Emit(OpCodes.Ldfld, ValidField);
         _il.Emit(OpCodes.Brfalse, slow);
-        _il.Emit(OpCodes.Ldloc, target);
-        _il.Emit(OpCodes.Volatile);
-        _il.Emit(OpCodes.Ldfld, CompiledField);
-        _il.Emit(OpCodes.Stloc, code);
-        _il.Emit(OpCodes.Ldloc, code);
-        _il.Emit(OpCodes.Brfalse, slow);
+        EmitLoadCode(target, code, slow);
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldloc, target);
         _il.Emit(OpCodes.Ldfld, BlockCountField);
         _il.Emit(OpCodes.Call, MayChainMethod);
         _il.Emit(OpCodes.Brtrue, invoke);
         _il.Emit(OpCodes.Ret);
+    }
+
+    /// <summary>The compiled code of block <paramref name="target"/> (read once, volatile) into <paramref name="code"/>; to <paramref name="whenNull"/> when it has none.</summary>
+    private void EmitLoadCode(LocalBuilder target, LocalBuilder code, Label whenNull)
+    {
+        _il.Emit(OpCodes.Ldloc, target);
+        _il.Emit(OpCodes.Volatile);
+        _il.Emit(OpCodes.Ldfld, CompiledField);
+        _il.Emit(OpCodes.Stloc, code);
+        _il.Emit(OpCodes.Ldloc, code);
+        _il.Emit(OpCodes.Brfalse, whenNull);
     }
 
     /// <summary>The current block's link <paramref name="slot"/> and its generation, into <paramref name="target"/> and <paramref name="gen"/>.</summary>
@@ -3541,9 +3550,7 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Or);
         _il.Emit(OpCodes.Stloc, _tc);
         EmitStoreRmResult(in op, size, i, reg, _tb);
-        EmitFlagStore();
-        Flags = FlagState.InState;
-        _flagsDirty = false;
+        EmitFlagsToState();
         EmitCallOut(() =>
         {
             _il.Emit(OpCodes.Ldarg_1);
