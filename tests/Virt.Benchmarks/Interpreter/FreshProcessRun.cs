@@ -55,8 +55,7 @@ internal static class FreshProcessRun
 
         if (options.EnableJit && Virt.Cpu.Interpreter.Jit.JitCompilerThread.Shared is { Compiled: > 0 } jit)
         {
-            double perBlock = (double)jit.CompileTicks / Stopwatch.Frequency / jit.Compiled * 1e6;
-            Console.WriteLine($"jit: {jit.Compiled} blocks compiled, {perBlock:F0} us per block ({(jit.Compiled == 0 ? 0 : jit.JitTicks / 10.0 / jit.Compiled):F0} us in the .NET JIT), {(jit.Compiled == 0 ? 0 : jit.IlBytes / jit.Compiled)} IL bytes per block, {jit.Cached} cached, {jit.Evicted} evicted, {jit.Deferred} deferred, {jit.Dropped} dropped as stale, {jit.Promoted} promoted to inline link checks");
+            Console.WriteLine($"jit: {jit.Describe()}");
         }
     }
 

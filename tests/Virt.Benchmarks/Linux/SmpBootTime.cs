@@ -125,9 +125,7 @@ internal static class SmpBootTime
             }
         }
 
-        var jit = Virt.Cpu.Interpreter.Jit.JitCompilerThread.Shared;
-        double perBlock = jit.Compiled == 0 ? 0 : (double)jit.CompileTicks / Stopwatch.Frequency / jit.Compiled * 1e6;
         double process = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
-        Console.WriteLine($"  CPU: process {process:F1} s, vCPU threads {vcpu:F1} s, JIT compiler thread {compiler:F1} s; jit: {jit.Compiled} blocks compiled, {perBlock:F0} us per block ({(jit.Compiled == 0 ? 0 : jit.JitTicks / 10.0 / jit.Compiled):F0} us in the .NET JIT), {(jit.Compiled == 0 ? 0 : jit.IlBytes / jit.Compiled)} IL bytes per block, {jit.Cached} cached, {jit.Evicted} evicted, {jit.Deferred} deferred, {jit.Dropped} dropped as stale, {jit.Promoted} promoted to inline link checks; managed heap {GC.GetTotalMemory(false) / 1e6:F0} MB, working set {Environment.WorkingSet / 1e6:F0} MB");
+        Console.WriteLine($"  CPU: process {process:F1} s, vCPU threads {vcpu:F1} s, JIT compiler thread {compiler:F1} s; jit: {Virt.Cpu.Interpreter.Jit.JitCompilerThread.Shared.Describe()}; managed heap {GC.GetTotalMemory(false) / 1e6:F0} MB, working set {Environment.WorkingSet / 1e6:F0} MB");
     }
 }
