@@ -189,6 +189,7 @@ internal sealed unsafe partial class InterpreterVcpu
     }
 
     /// <summary>A CR3 write: drops the lookups made through non-global translations and keeps the global ones.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void FlushBlockLookupNonGlobal()
     {
         var l1 = _l1;
@@ -222,6 +223,7 @@ internal sealed unsafe partial class InterpreterVcpu
     /// INVLPG: drops the lookups of blocks in the 1 GiB-aligned region of <paramref name="lin"/> (the largest page the
     /// invalidated translation can have) and keeps the others.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void FlushBlockLookupPage(ulong lin)
     {
         ulong region = lin >> 30;
@@ -286,6 +288,7 @@ internal sealed unsafe partial class InterpreterVcpu
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void InvalidateCodePage(ulong page)
     {
         if (_codePages.Remove(page, out var list))
@@ -306,6 +309,7 @@ internal sealed unsafe partial class InterpreterVcpu
 
     private int ModeKey => _cpu.Bitness | (int)(_userKey << 7);
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private Block GetBlock() => CachedBlock(out ulong lin, out ulong csBase, out int h) ?? GetBlockSlow(lin, csBase, h);
 
     /// <summary>
@@ -322,6 +326,7 @@ internal sealed unsafe partial class InterpreterVcpu
         return b != null && b.Lin == lin && b.Valid && b.ModeKey == ModeKey && b.CsBase == csBase ? b : null;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private Block GetBlockSlow(ulong lin, ulong csBase, int h)
     {
         if (_remoteCodeWritePending)
@@ -376,6 +381,7 @@ internal sealed unsafe partial class InterpreterVcpu
         (global ? _l1GlobalFills : _l1NonGlobalFills).Add(h);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private Block Decode(ulong lin, ulong csBase, ulong phys)
     {
         nint host = HostPage(phys & ~0xFFFUL);

@@ -90,6 +90,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>The offset (before the segment base) of the memory operand.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private ulong EaOffset(ref Op op)
     {
         ulong ea = (ulong)op.Disp;
@@ -215,7 +216,8 @@ internal sealed partial class InterpreterVcpu
     /// Returns the index after the last instruction that retired (so, from 0, the number retired).
     /// </summary>
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The hot dispatch: the common forms run inline in one switch (a jump table), measured faster than a handler call for them; every other form goes through its table row's handler.")]
-    private int ExecuteOps(Block b, int start, int end)
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal int ExecuteOps(Block b, int start, int end)
     {
         var ops = b.Ops;
         if (!ReferenceEquals(_lastBlock, b))

@@ -53,6 +53,7 @@ internal sealed partial class InterpreterVcpu
     private static ulong Szp(ulong r, int size, ulong rest) =>
         rest | Parity(r) | ((r & Mask(size)) == 0 ? ZF : 0) | ((r & SignBit(size)) != 0 ? SF : 0);
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private ulong ComputeArith()
     {
         ulong a = _cpu.LzA, b = _cpu.LzB, r = _cpu.LzR;
@@ -92,6 +93,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>Materializes the lazy flags into <see cref="CpuState.Flags"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Materialize()
     {
         if (_cpu.LzOp != LzNone)
@@ -101,6 +103,7 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal ulong GetRflags()
     {
         Materialize();

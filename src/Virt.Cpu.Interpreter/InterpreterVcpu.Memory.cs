@@ -83,6 +83,7 @@ internal sealed unsafe partial class InterpreterVcpu
     }
 
     /// <summary>Drops every cached data translation (reads and writes), not the block lookups.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void FlushDataTlb()
     {
         for (int i = 0; i < TlbSize; i++)
@@ -102,6 +103,7 @@ internal sealed unsafe partial class InterpreterVcpu
         Interlocked.Increment(ref _writeTlbFlushes);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void FlushTlbPage(ulong lin)
     {
         int i = (int)((lin >> 12) & TlbMask);
@@ -114,6 +116,7 @@ internal sealed unsafe partial class InterpreterVcpu
     /// A CR3 write: drops every cached data translation, and the block lookups except those made through global
     /// translations while CR4.PGE is set (the hardware may keep those; INVLPG or a CR4 write drops them).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal void FlushTlbForCr3()
     {
         FlushDataTlb();
@@ -222,6 +225,7 @@ internal sealed unsafe partial class InterpreterVcpu
     }
 
     /// <summary>Checks that a write of <paramref name="size"/> bytes at <paramref name="lin"/> would not fault, without writing.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal void ProbeWrite(ulong lin, int size)
     {
         if (WritePtr(lin, size) != null)
@@ -249,7 +253,7 @@ internal sealed unsafe partial class InterpreterVcpu
 
     // ---- Slow paths -------------------------------------------------------------------------------
 
-    [MethodImpl(MethodImplOptions.NoInlining)]
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private ulong ReadSlow(ulong lin, int size)
     {
         CheckCanonical(lin);
@@ -307,7 +311,7 @@ internal sealed unsafe partial class InterpreterVcpu
         return LoadHost((byte*)(host + (nint)(lin & 0xFFF)), size);
     }
 
-    [MethodImpl(MethodImplOptions.NoInlining)]
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private void WriteSlow(ulong lin, int size, ulong value)
     {
         if (_segCheck)
@@ -365,6 +369,7 @@ internal sealed unsafe partial class InterpreterVcpu
     /// physical address in <paramref name="phys"/>). Marks the page dirty, invalidates code decoded from it (on every
     /// vCPU) and caches the write translation when the page holds no code.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private nint TranslateWriteHost(ulong lin, out ulong phys)
     {
         if (_writeTlbFlushRequested)
@@ -400,6 +405,7 @@ internal sealed unsafe partial class InterpreterVcpu
     /// A write to <paramref name="page"/> (in <paramref name="region"/>) is about to happen: drops the code decoded
     /// from it here and on the other vCPUs. Returns whether the page held code (then no write translation is cached).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private bool CodeWritten(int region, ulong page)
     {
         bool local = _codePages.ContainsKey(page >> 12);
@@ -414,6 +420,7 @@ internal sealed unsafe partial class InterpreterVcpu
         return true;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static ulong LoadHost(byte* p, int size) => size switch
     {
         1 => *p,
@@ -434,6 +441,7 @@ internal sealed unsafe partial class InterpreterVcpu
         return v;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void StoreHost(byte* p, int size, ulong value)
     {
         switch (size)
@@ -503,6 +511,7 @@ internal sealed unsafe partial class InterpreterVcpu
     }
 
     /// <summary>Index of the RAM/ROM region holding <paramref name="phys"/>, or -1.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal int FindRegion(ulong phys)
     {
         var regions = _regions;
@@ -614,6 +623,7 @@ internal sealed unsafe partial class InterpreterVcpu
     // ---- Page walk --------------------------------------------------------------------------------
 
     /// <summary>Translates a linear address, setting accessed/dirty bits, or throws #PF.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal ulong Translate(ulong lin, int access, bool user)
     {
         _walkGlobal = false;
@@ -630,6 +640,7 @@ internal sealed unsafe partial class InterpreterVcpu
         return (_cpu.Cr4 & Cr4.Pae) != 0 ? WalkPae(lin, access, user) : Walk32(lin, access, user);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private ulong Walk64(ulong lin, int access, bool user)
     {
         bool nxe = (_cpu.Efer & Efer.NoExecuteEnable) != 0;
@@ -793,6 +804,7 @@ internal sealed unsafe partial class InterpreterVcpu
         return (pte & 0xFFFFF000) | (lin & 0xFFF);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void CheckRights(ulong lin, int access, bool user, ulong allowed, bool nx)
     {
         bool ok = access switch
@@ -807,6 +819,7 @@ internal sealed unsafe partial class InterpreterVcpu
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private bool SetAccessedDirty(Span<ulong> addrs, Span<ulong> entries, bool write)
     {
         for (int i = 0; i < addrs.Length; i++)
@@ -853,6 +866,7 @@ internal sealed unsafe partial class InterpreterVcpu
         return true;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private ulong ReadPhysForWalk(ulong addr)
     {
         int region = FindRegion(addr);

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Diagnostics;
 
 namespace Virt.Cpu.Interpreter;
@@ -179,6 +180,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>Clock ticks elapsed on the host since the vCPU first asked, added to the clock's value at that moment.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private long HostNow()
     {
         long stamp = Stopwatch.GetTimestamp();
@@ -192,6 +194,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>Moves the virtual clock up to the guest's time, firing due timers, and recomputes the next stop.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void SyncClock()
     {
         var clock = _plat!.Clock;
@@ -204,6 +207,7 @@ internal sealed partial class InterpreterVcpu
         UpdateTimerStop();
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void UpdateTimerStop()
     {
         long? next = _plat!.Clock.NextDeadline;
@@ -235,6 +239,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>The guest TSC: virtual clock ticks plus the guest's offset.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private ulong VirtualTsc()
     {
         if (_hostClock)

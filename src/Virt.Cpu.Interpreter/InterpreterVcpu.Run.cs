@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Virt.X86;
 
 namespace Virt.Cpu.Interpreter;
@@ -40,6 +41,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The run loop: pending exits, the budget, timers, interrupts, halts and blocks in the order they take effect in each iteration.")]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private VcpuExit RunCore()
     {
         bool replay = false;
@@ -340,6 +342,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>Runs block after block until something needs the outer loop's attention.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void RunChained()
     {
         if (_jit != null)

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Virt.Memory;
 using Virt.X86;
 
@@ -240,6 +241,7 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
     }
 
     /// <summary>Recomputes CPL and decode bitness after CS, CR0 or EFER changed.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal void UpdateMode()
     {
         for (int s = 0; s < 6; s++)

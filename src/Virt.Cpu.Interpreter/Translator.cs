@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Iced.Intel;
 
 namespace Virt.Cpu.Interpreter;
@@ -28,6 +29,7 @@ internal static class Translator
     /// <param name="ins">The decoded instruction.</param>
     /// <param name="bitness">The code size it was decoded for.</param>
     /// <param name="smp">The partition has several vCPUs: locked read-modify-writes, XCHG with memory and MFENCE run as <see cref="InlineOp.Locked"/>.</param>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static Op Translate(in Instruction ins, int bitness, bool smp = false)
     {
         var op = new Op
@@ -91,6 +93,7 @@ internal static class Translator
             && (ins.HasLockPrefix || ins.Mnemonic == Mnemonic.Xchg));
 
     /// <summary>Fills operand <paramref name="i"/> (register, memory, immediate or branch target) into <paramref name="op"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void FillOperand(ref Op op, in Instruction ins, int i, int bitness)
     {
         var kind = ins.GetOpKind(i);
@@ -169,6 +172,7 @@ internal static class Translator
 
     /// <summary>The operand details a form's <see cref="Shape"/> adds to the generic operand fill.</summary>
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per operand shape of the instruction table, each a few assignments.")]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Complete(ref Op op, in Instruction ins, int bitness, Shape shape)
     {
         switch (shape)

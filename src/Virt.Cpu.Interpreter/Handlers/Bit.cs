@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Numerics;
 using Iced.Intel;
 
@@ -6,6 +7,7 @@ namespace Virt.Cpu.Interpreter;
 /// <summary>Bit handlers: BT/BTS/BTR/BTC, BSF/BSR, TZCNT/LZCNT/POPCNT and the BMI1 and BMI2 groups.</summary>
 internal sealed partial class InterpreterVcpu
 {
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal ulong Bt(ref Op op, in Instruction _)
     {
         ExecBt(ref op);
@@ -44,6 +46,7 @@ internal sealed partial class InterpreterVcpu
         return op.Next;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void ExecBt(ref Op op)
     {
         int size = op.Size;

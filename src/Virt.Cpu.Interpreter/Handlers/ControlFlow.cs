@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Iced.Intel;
 using Virt.X86;
 
@@ -81,6 +82,7 @@ internal sealed partial class InterpreterVcpu
         return _cpu.Rip;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal ulong Iret(ref Op op, in Instruction _)
     {
         ExecIret(op.Size, op.Next);
@@ -432,6 +434,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "IRET's checks follow the SDM pseudocode (real, virtual-8086, same-level, outer-level and 64-bit returns) in the order that decides which fault is raised; split up, that order would be hidden.")]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void ExecIret(int size, ulong next)
     {
         // IRET ends NMI blocking, even when it faults later (SDM Vol. 3, 6.7.1).

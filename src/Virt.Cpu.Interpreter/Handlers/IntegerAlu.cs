@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Iced.Intel;
 
 namespace Virt.Cpu.Interpreter;
@@ -21,6 +22,7 @@ internal sealed partial class InterpreterVcpu
         return op.Next;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal ulong Cmpxchg(ref Op op, in Instruction _)
     {
         ExecCmpxchg(ref op);
@@ -53,12 +55,14 @@ internal sealed partial class InterpreterVcpu
         return op.Next;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal ulong Cmpxchg16b(ref Op op, in Instruction ins)
     {
         ExecCmpxchgWide(ref op, in ins);
         return op.Next;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void ExecCmpxchg(ref Op op)
     {
         int size = op.Size;
@@ -93,6 +97,7 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void ExecCmpxchgWide(ref Op op, in Instruction ins)
     {
         ulong ea = Ea(ref op);

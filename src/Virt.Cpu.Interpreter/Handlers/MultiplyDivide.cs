@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Iced.Intel;
 
 namespace Virt.Cpu.Interpreter;
@@ -192,6 +193,7 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void ExecImul2(ref Op op)
     {
         int size = op.Size;

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Iced.Intel;
 using Virt.X86;
 
@@ -76,6 +77,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>Reads guest memory as a supervisor (descriptor tables, TSS): no U/S check.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private ulong ReadSystem(ulong lin, int size)
     {
         // Descriptor tables and the TSS have 64-bit bases in IA-32e mode, compatibility mode included.
@@ -110,6 +112,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>Reads the 8-byte descriptor for <paramref name="sel"/> from the GDT or LDT, or #GP(selector).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private ulong ReadDescriptor(ushort sel, int vector = Vectors.GP)
     {
         ulong tableBase;
@@ -311,6 +314,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>Loads CS for a far transfer to a code segment (no gates), checking privilege.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private SegmentRegister CheckCodeSegment(ushort sel, int newCpl)
     {
         if ((sel & 0xFFFC) == 0)
@@ -345,6 +349,7 @@ internal sealed partial class InterpreterVcpu
         return s;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void SetCs(in SegmentRegister cs)
     {
         _cpu.Seg[SegCs] = cs;

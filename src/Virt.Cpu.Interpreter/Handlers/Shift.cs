@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Iced.Intel;
 
 namespace Virt.Cpu.Interpreter;
@@ -11,12 +12,14 @@ internal sealed partial class InterpreterVcpu
         return op.Next;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal ulong Shrd(ref Op op, in Instruction ins)
     {
         ExecShiftDouble(ref op, in ins);
         return op.Next;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void ExecShift(ref Op op)
     {
         int size = op.Size;
@@ -76,6 +79,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>ROL, ROR, RCL, RCR (<see cref="Op.Sub"/> 0-3) by a non-zero <paramref name="count"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Rotate(ref Op op, ulong a, ulong ea, int count)
     {
         int size = op.Size;
@@ -160,6 +164,7 @@ internal sealed partial class InterpreterVcpu
         _cpu.LzCf = cfOf;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void ExecShiftDouble(ref Op op, in Instruction ins)
     {
         int size = op.Size;

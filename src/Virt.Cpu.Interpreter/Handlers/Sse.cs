@@ -124,6 +124,7 @@ internal sealed partial class InterpreterVcpu
         return Read(Ea(ref op), size);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal ulong Sse(ref Op op, in Instruction ins)
     {
         ExecSse(ref op, in ins);

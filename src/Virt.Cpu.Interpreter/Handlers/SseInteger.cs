@@ -181,6 +181,7 @@ internal sealed partial class InterpreterVcpu
 
     /// <summary>Two-operand packed-integer and logic instructions; returns false when <paramref name="ins"/> is not one.</summary>
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per SSE2 integer instruction, each a line or two: the group's table in code form.")]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private bool ExecSseInteger(ref Op op, in Instruction ins)
     {
         var m = ins.Mnemonic;

@@ -108,6 +108,7 @@ internal sealed partial class InterpreterVcpu
         return Read(StackLin(sp), size);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void AdjustSp(long delta)
     {
         switch (StackAddrSize)
@@ -118,6 +119,7 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void ExecPop(ref Op op)
     {
         int size = op.Size;

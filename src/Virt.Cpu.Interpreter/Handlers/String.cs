@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 
 namespace Virt.Cpu.Interpreter;
 
@@ -9,6 +10,7 @@ internal sealed partial class InterpreterVcpu
 
     private ulong StrReg(int r, int addrSize) => addrSize switch { 8 => Gpr(r), 4 => (uint)Gpr(r), _ => (ushort)Gpr(r) };
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void StrAdvance(int r, int addrSize, long delta)
     {
         switch (addrSize)
@@ -19,6 +21,7 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private ulong StrLin(int seg, ulong offset)
     {
         if (_cpu.Bitness == 64)
@@ -31,6 +34,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>One step of a string instruction. Returns false when a REP form must continue.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private bool ExecString(ref Op op)
     {
         int size = op.Size;
@@ -77,6 +81,7 @@ internal sealed partial class InterpreterVcpu
     /// page boundary inside an element, a TLB miss, MMIO, a fault, source and destination overlapping) takes
     /// one element through the ordinary path, which also refills the TLB. Returns false when RCX is not yet 0.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private unsafe bool RepForwardInPages(ref Op op, int size)
     {
         long budget = RepChunk;
@@ -144,6 +149,7 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void StringOnce(ref Op op, int size, int asz, long delta)
     {
         switch (op.Inline)

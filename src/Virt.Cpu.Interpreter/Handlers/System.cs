@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Iced.Intel;
 using Virt.X86;
 
@@ -110,6 +111,7 @@ internal sealed partial class InterpreterVcpu
         return op.Next;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal ulong MovToCr(ref Op op, in Instruction _)
     {
         RequireCpl0();
@@ -211,6 +213,7 @@ internal sealed partial class InterpreterVcpu
         return op.Next;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal ulong Invlpg(ref Op op, in Instruction _)
     {
         RequireCpl0();
@@ -277,6 +280,7 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void ReadTimeStampCounter()
     {
         if ((_cpu.Cr4 & Cr4.TimeStampDisable) != 0 && _cpu.Cpl != 0 && (_cpu.Cr0 & Cr0.ProtectionEnable) != 0)
@@ -339,6 +343,7 @@ internal sealed partial class InterpreterVcpu
         _stop = true;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private ulong ReadTsc()
     {
         if (_plat != null)
@@ -406,6 +411,7 @@ internal sealed partial class InterpreterVcpu
 
     // ---- Control registers and MSRs ---------------------------------------------------------------
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void WriteCr(int cr, ulong v)
     {
         switch (cr)

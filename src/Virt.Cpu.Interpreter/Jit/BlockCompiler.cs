@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Reflection;
 using System.Reflection.Emit;
 
@@ -3157,6 +3158,7 @@ internal sealed partial class BlockCompiler
     /// is <paramref name="hi"/>:<paramref name="lo"/> (bytes: AX in <paramref name="lo"/>). False, with nothing computed,
     /// when the divisor is 0 or the quotient does not fit (#DE).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static bool Divide(ulong lo, ulong hi, ulong src, int size, bool signed, out ulong q, out ulong r)
     {
         q = r = 0;

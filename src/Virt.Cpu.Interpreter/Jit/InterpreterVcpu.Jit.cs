@@ -49,7 +49,7 @@ internal sealed partial class InterpreterVcpu
     /// fence, so that a request made meanwhile either is seen here or closes the gate again); true when compiled code
     /// may chain on.
     /// </summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private bool AttentionQuiet()
     {
         Interlocked.Exchange(ref _attn, 0);
@@ -88,6 +88,7 @@ internal sealed partial class InterpreterVcpu
     internal long JitLoopLimit(int count) => NeedsAttention() ? long.MinValue : Math.Min(_budgetEnd - count, _timerStop - 1);
 
     /// <summary>Runs instruction <paramref name="index"/> of <paramref name="b"/> exactly as the interpreter does; returns 1 when it retired, 0 when not.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal int JitStep(Block b, int index)
     {
         EnterFromCompiled(b);
@@ -166,6 +167,7 @@ internal sealed partial class InterpreterVcpu
     /// destination do not overlap, at most <see cref="RepChunk"/> of them; returns how many it moved (0 with DF set). It
     /// never faults and changes no state but guest memory: the caller advances the registers.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal unsafe ulong JitRepFast(ulong count, ulong rsi, ulong rdi, ulong rax, int size, int seg, bool movs)
     {
         if ((_cpu.Flags & DF) != 0)
@@ -233,6 +235,7 @@ internal sealed partial class InterpreterVcpu
         WriteSlow(lin, size, value);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void RunCompiled(Block b, Jit.CompiledBlock code)
     {
         // The compiled prologue marks the block used (chained blocks do the same); calls out of it that may fault name
@@ -265,6 +268,7 @@ internal sealed partial class InterpreterVcpu
     /// block it finds. The block is returned rather than stored through an <c>out</c> argument: a reference stored
     /// through a reference takes the GC's checked write barrier, a call on every exit.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal Block? JitLinked(Block from, int slot, bool dynamic, ulong rip)
     {
         if (++from.SlowLinks == Jit.JitCompilerThread.PromoteAfter)
@@ -288,7 +292,7 @@ internal sealed partial class InterpreterVcpu
         generation == _linkGeneration || (target.Global && generation >= _globalLinkFloor);
 
     /// <summary>The slow half of <see cref="JitLinked"/>: the next block from the first-level lookup, linked to the exit.</summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private Block? JitLookup(Block from, int slot)
     {
         if (LookupChains && CachedBlock(out _, out _, out _) is { } b && b.Cacheable && b.ModeKey == from.ModeKey
@@ -322,6 +326,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>The run loop with the compiled tier: counts blocks, runs compiled ones, links compiled exits to the blocks that follow them.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void RunTiered()
     {
         _chainFrom = null;
@@ -384,6 +389,7 @@ internal sealed partial class InterpreterVcpu
     /// to its target, 1 when execution goes on at the next instruction) so the run loop links the block that follows,
     /// as compiled exits do; the compiler forms regions along these links.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void NoteInterpretedExit(Block b)
     {
         ref Op last = ref b.Ops[b.Count - 1];
@@ -401,7 +407,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>Counts an interpreted run of <paramref name="b"/> towards the JIT threshold (at 0, compiles it now).</summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private void CountForJit(Block b)
     {
         if (b.Cacheable)

@@ -368,6 +368,7 @@ internal sealed class JitCandidates
     /// takes a free slot, or the slot of the coldest candidate when that one has not reached the threshold again since
     /// it was offered (its moment has passed); otherwise it is deferred and counts afresh.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Offer(Block b)
     {
         if (b.Pending)
