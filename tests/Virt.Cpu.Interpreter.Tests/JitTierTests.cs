@@ -178,6 +178,38 @@ public sealed partial class JitTierTests
     }
 
     /// <summary>
+    /// A loop of fifteen blocks in one page, each a long run of loads, adds and stores ending in a branch to the next
+    /// block: the region formed around it would hold about 400 instructions, far more IL than the .NET JIT optimises.
+    /// </summary>
+    private static void Wide(Assembler a)
+    {
+        var top = a.CreateLabel();
+        a.mov(edi, (int)Data);
+        a.mov(ecx, 100000);
+        a.xor(eax, eax);
+        a.Label(ref top);
+        for (int block = 0; block < 14; block++)
+        {
+            for (int j = 0; j < 9; j++)
+            {
+                int slot = (block * 9) + j;
+                a.mov(r8, __qword_ptr[rdi + ((slot % 32) * 8)]);
+                a.add(rax, r8);
+                a.mov(__qword_ptr[rdi + (((slot + 5) % 32) * 8)], rax);
+            }
+
+            var next = a.CreateLabel();
+            a.cmp(r8d, block);
+            a.jb(next);
+            a.Label(ref next);
+        }
+
+        a.dec(ecx);
+        a.jnz(top);
+        a.hlt();
+    }
+
+    /// <summary>
     /// INC/DEC after ADD, SUB and logic operations of several sizes, whose carry they keep, with that carry read by SETC,
     /// CMOVB, ADC (which the interpreter runs) and JB: in self-loops, in a loop of several blocks whose join the flags
     /// reach from different producers, and around memory stores (the first store to each page takes the slow path).
@@ -599,6 +631,26 @@ public sealed partial class JitTierTests
     public void Branching_loop_compiled_as_a_region_ends_in_the_same_state_and_count_as_the_first_tier(int threshold)
     {
         AssertRunMatchesFirstTier(Branchy, threshold);
+    }
+
+    [Fact]
+    public void A_region_too_large_for_the_net_jit_to_optimise_is_cut_down_and_ends_in_the_same_state_as_the_first_tier()
+    {
+        long before = Jit.JitCompilerThread.Shared.Compiled;
+        AssertRunMatchesFirstTier(Wide, threshold: 2);
+
+        // The loop as one region would be about three times the limit; cut down, it no longer loops back to its root, so
+        // its fifteen blocks are compiled one by one (the compiler thread may still be at them when the guest halts).
+        // No method may grow past the limit above which the .NET JIT compiles without optimisation.
+        var deadline = DateTime.UtcNow.AddMinutes(2);
+        while (Jit.JitCompilerThread.Shared.Compiled < before + 15 && Jit.JitCompilerThread.LargestMethodIl <= Jit.BlockCompiler.MaxMethodIl
+            && DateTime.UtcNow < deadline)
+        {
+            Thread.Sleep(10);
+        }
+
+        Assert.InRange(Jit.JitCompilerThread.LargestMethodIl, 1, Jit.BlockCompiler.MaxMethodIl);
+        Assert.True(Jit.JitCompilerThread.Shared.Compiled >= before + 15, "the loop's blocks were not compiled");
     }
 
     [Theory]

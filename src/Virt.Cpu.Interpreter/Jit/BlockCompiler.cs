@@ -209,17 +209,30 @@ internal sealed partial class BlockCompiler
         }
 
         var region = Regions ? FormRegion(b) : [b];
-        int count = 0;
-        foreach (var r in region)
+        int count;
+        BlockCompiler probe;
+        while (true)
         {
-            count += r.Count;
+            count = 0;
+            foreach (var r in region)
+            {
+                count += r.Count;
+            }
+
+            // The method is bound to the region's blocks (its first argument), so its code reaches them as constants.
+            // A first emission (into a method that is never compiled; IL emission is a small part of the cost) finds
+            // the registers the method writes, so the real one writes back only those.
+            probe = new BlockCompiler(region, NewMethod(b).GetILGenerator(256 + (count * 160)), writeBack: 0xFFFF, inlineLinks);
+            probe.Emit();
+            if (region.Length == 1 || probe._il.ILOffset <= MaxMethodIl)
+            {
+                break;
+            }
+
+            // Too large for the .NET JIT to optimise: keep the blocks formed first (the root and those nearest it).
+            region = LoopsBackToRoot([.. region[..(region.Length / 2)]]);
         }
 
-        // The method is bound to the region's blocks (its first argument), so its code reaches them as constants.
-        // A first emission (into a method that is never compiled; IL emission is a small part of the cost) finds the
-        // registers the method writes, so the real one writes back only those.
-        var probe = new BlockCompiler(region, NewMethod(b).GetILGenerator(256 + (count * 160)), writeBack: 0xFFFF, inlineLinks);
-        probe.Emit();
         var dm = NewMethod(b);
         var il = dm.GetILGenerator(256 + (count * 160));
         new BlockCompiler(region, il, probe._written, inlineLinks, probe._tailUses).Emit();
@@ -238,6 +251,15 @@ internal sealed partial class BlockCompiler
 
     /// <summary>Instructions in one region at most.</summary>
     internal const int MaxRegionInstructions = 512;
+
+    /// <summary>
+    /// Bytes of IL in a region's method at most. Past its limits (IL instructions, local references, basic blocks) the
+    /// .NET JIT compiles a method without optimisation ("switched to MinOpts": every guest register in a stack slot),
+    /// and a boot met one such region of 47 KB of IL among its hottest code; regions of up to 29 KB were still
+    /// optimised. A region over this size is cut down to the blocks formed first until it fits (a single block always
+    /// stays whole).
+    /// </summary>
+    internal const int MaxMethodIl = 24 * 1024;
 
     /// <summary>
     /// The region rooted at <paramref name="root"/>: the blocks its exits were seen to lead to (the links the run

@@ -106,6 +106,11 @@ internal sealed class JitCompilerThread
     /// <summary>Bytes of IL in the methods compiled so far (what the .NET JIT's time per block grows with).</summary>
     public long IlBytes => Interlocked.Read(ref _ilBytes);
 
+    /// <summary>Bytes of IL in the largest method compiled so far in this process (at most <see cref="BlockCompiler.MaxMethodIl"/>).</summary>
+    public static int LargestMethodIl => Volatile.Read(ref s_largestIl);
+
+    private static int s_largestIl;
+
     /// <summary>Compiled blocks dropped from the cache so far.</summary>
     public long Evicted => Interlocked.Read(ref _evicted);
 
@@ -299,6 +304,12 @@ internal sealed class JitCompilerThread
             var code = BlockCompiler.Compile(b, out ilBytes, inlineLinks);
             if (code != null)
             {
+                for (int seen = Volatile.Read(ref s_largestIl); ilBytes > seen;)
+                {
+                    int was = Interlocked.CompareExchange(ref s_largestIl, ilBytes, seen);
+                    seen = was == seen ? ilBytes : was;
+                }
+
                 // The .NET JIT compiles a dynamic method on its first call: make that call here, with no vCPU, so
                 // the machine code is built on this thread (the prologue's first access of the vCPU throws before
                 // anything else runs) and a method the JIT rejects is never published.
