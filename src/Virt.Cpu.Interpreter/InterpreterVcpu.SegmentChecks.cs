@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Iced.Intel;
 using Virt.X86;
 
@@ -36,6 +37,7 @@ internal sealed partial class InterpreterVcpu
     private bool SegmentChecksApply => (_cpu.Cr0 & Cr0.ProtectionEnable) != 0 && _cpu.Bitness != 64;
 
     /// <summary>Recomputes <see cref="_segCheck"/> after a segment register, CR0, EFER or the mode changed.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal void UpdateSegmentCheck()
     {
         _segProtected = SegmentChecksApply && (_cpu.Flags & VM) == 0;

@@ -82,88 +82,121 @@ internal sealed partial class InterpreterVcpu
                 break;
             }
 
-            case MulDivDiv:
-            {
-                if (src == 0)
-                {
-                    throw Fault(Vectors.DE, 0);
-                }
-
-                if (size == 8)
-                {
-                    UInt128 n = ((UInt128)Gpr(2) << 64) | Gpr(0);
-                    UInt128 q = n / src;
-                    if (q > ulong.MaxValue)
-                    {
-                        throw Fault(Vectors.DE, 0);
-                    }
-
-                    Gpr(0) = (ulong)q;
-                    Gpr(2) = (ulong)(n % src);
-                }
-                else
-                {
-                    ulong n = size == 1 ? GetReg(0, 2) : (GetReg(2, size) << (size * 8)) | GetReg(0, size);
-                    ulong q = n / src;
-                    if (q > Mask(size))
-                    {
-                        throw Fault(Vectors.DE, 0);
-                    }
-
-                    StoreDivResult(size, q, n % src);
-                }
-
-                break;
-            }
-
             default:
             {
-                if (src == 0)
+                // DIV (MulDivDiv) and IDIV: the dividend is DX:AX, EDX:EAX or RDX:RAX, or AX for bytes.
+                ulong lo = size == 1 ? GetReg(0, 2) : GetReg(0, size);
+                ulong hi = size == 1 ? 0 : GetReg(2, size);
+                if (!Divide(lo, hi, src, size, kind != MulDivDiv, out ulong q, out ulong r))
                 {
                     throw Fault(Vectors.DE, 0);
                 }
 
-                if (size == 8)
-                {
-                    Int128 n = (Int128)(((UInt128)Gpr(2) << 64) | Gpr(0));
-                    Int128 d = (long)src;
-                    if (n == Int128.MinValue && d == -1)
-                    {
-                        throw Fault(Vectors.DE, 0);
-                    }
-
-                    Int128 q = n / d;
-                    if (q > long.MaxValue || q < long.MinValue)
-                    {
-                        throw Fault(Vectors.DE, 0);
-                    }
-
-                    Gpr(0) = (ulong)(long)q;
-                    Gpr(2) = (ulong)(long)(n % d);
-                }
-                else
-                {
-                    long n = size == 1 ? (short)GetReg(0, 2) : SignExtend((GetReg(2, size) << (size * 8)) | GetReg(0, size), size * 2);
-                    long d = SignExtend(src, size);
-                    if (n == long.MinValue && d == -1)
-                    {
-                        // EDX:EAX of 0x80000000:00000000 by -1: the quotient overflows (and the host division would throw).
-                        throw Fault(Vectors.DE, 0);
-                    }
-
-                    long q = n / d;
-                    long max = (long)(SignBit(size) - 1);
-                    if (q > max || q < -max - 1)
-                    {
-                        throw Fault(Vectors.DE, 0);
-                    }
-
-                    StoreDivResult(size, (ulong)q & Mask(size), (ulong)(n % d) & Mask(size));
-                }
-
+                StoreDivResult(size, q, r);
                 break;
             }
         }
+    }
+
+    /// <summary>
+    /// DIV or IDIV (<paramref name="signed"/>) of <paramref name="size"/> bytes as the interpreter computes it: the dividend
+    /// is <paramref name="hi"/>:<paramref name="lo"/> (bytes: AX in <paramref name="lo"/>). False, with nothing computed,
+    /// when the divisor is 0 or the quotient does not fit (#DE).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static bool Divide(ulong lo, ulong hi, ulong src, int size, bool signed, out ulong q, out ulong r)
+    {
+        q = r = 0;
+        if (src == 0)
+        {
+            return false;
+        }
+
+        if (!signed)
+        {
+            if (size == 8)
+            {
+                if (hi >= src)
+                {
+                    return false;
+                }
+
+                if (hi == 0)
+                {
+                    // The common case (a 64-bit dividend): one host division, without the 128-bit routine.
+                    q = lo / src;
+                    r = lo % src;
+                    return true;
+                }
+
+                UInt128 n = ((UInt128)hi << 64) | lo;
+                q = (ulong)(n / src);
+                r = (ulong)(n % src);
+                return true;
+            }
+
+            ulong un = size == 1 ? lo : (hi << (size * 8)) | lo;
+            ulong uq = un / src;
+            if (uq > Mask(size))
+            {
+                return false;
+            }
+
+            q = uq;
+            r = un % src;
+            return true;
+        }
+
+        if (size == 8 && hi == (ulong)((long)lo >> 63))
+        {
+            // A sign-extended 64-bit dividend: one host division; only long.MinValue / -1 overflows.
+            if ((long)lo == long.MinValue && (long)src == -1)
+            {
+                return false;
+            }
+
+            q = (ulong)((long)lo / (long)src);
+            r = (ulong)((long)lo % (long)src);
+            return true;
+        }
+
+        if (size == 8)
+        {
+            Int128 n = (Int128)(((UInt128)hi << 64) | lo);
+            Int128 d = (long)src;
+            if (n == Int128.MinValue && d == -1)
+            {
+                return false;
+            }
+
+            Int128 sq = n / d;
+            if (sq > long.MaxValue || sq < long.MinValue)
+            {
+                return false;
+            }
+
+            q = (ulong)(long)sq;
+            r = (ulong)(long)(n % d);
+            return true;
+        }
+
+        long sn = size == 1 ? (short)lo : SignExtend((hi << (size * 8)) | lo, size * 2);
+        long sd = SignExtend(src, size);
+        if (sn == long.MinValue && sd == -1)
+        {
+            return false;
+        }
+
+        long lq = sn / sd;
+        long max = (long)((1UL << ((size * 8) - 1)) - 1);
+        if (lq > max || lq < -max - 1)
+        {
+            return false;
+        }
+
+        q = (ulong)lq & Mask(size);
+        r = (ulong)(sn % sd) & Mask(size);
+        return true;
     }
 
     private void StoreMulResult(int size, ulong lo, ulong hi)

@@ -50,7 +50,11 @@ internal sealed partial class InterpreterVcpu
         return (_cpu.SegBase[SegSs] + offset) & 0xFFFFFFFF;
     }
 
-    private int StackAddrSize => _cpu.Bitness == 64 ? 8 : _cpu.Seg[SegSs].DefaultBig ? 4 : 2;
+    private int StackAddrSize
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => _cpu.Bitness == 64 ? 8 : _cpu.Seg[SegSs].DefaultBig ? 4 : 2;
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void Push(ulong v, int size)

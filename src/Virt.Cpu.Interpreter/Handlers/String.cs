@@ -138,6 +138,7 @@ internal sealed partial class InterpreterVcpu
         return Gpr(1) == 0;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static unsafe void FillElements(byte* d, int n, int size, ulong value)
     {
         switch (size)

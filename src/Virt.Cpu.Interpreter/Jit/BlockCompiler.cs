@@ -3122,7 +3122,7 @@ internal sealed partial class BlockCompiler
 
     /// <summary>
     /// DIV (<c>Sub</c> 2) or IDIV (3) as the interpreter runs it: the operand read first, then RDX:RAX (AX for bytes)
-    /// divided by it (<see cref="Divide"/>); a divisor of 0 or a quotient that does not fit raises #DE through
+    /// divided by it (<see cref="InterpreterVcpu.Divide"/>); a divisor of 0 or a quotient that does not fit raises #DE through
     /// <see cref="InterpreterVcpu.JitDivideError"/> with the state written back as before the instruction (a memory
     /// fault's slow path does the same). The flags are left as they are (the interpreter leaves them).
     /// </summary>
@@ -3175,86 +3175,6 @@ internal sealed partial class BlockCompiler
         }
     }
 
-    /// <summary>
-    /// DIV or IDIV (<paramref name="signed"/>) of <paramref name="size"/> bytes as the interpreter computes it: the dividend
-    /// is <paramref name="hi"/>:<paramref name="lo"/> (bytes: AX in <paramref name="lo"/>). False, with nothing computed,
-    /// when the divisor is 0 or the quotient does not fit (#DE).
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static bool Divide(ulong lo, ulong hi, ulong src, int size, bool signed, out ulong q, out ulong r)
-    {
-        q = r = 0;
-        if (src == 0)
-        {
-            return false;
-        }
-
-        if (!signed)
-        {
-            if (size == 8)
-            {
-                if (hi >= src)
-                {
-                    return false;
-                }
-
-                UInt128 n = ((UInt128)hi << 64) | lo;
-                q = (ulong)(n / src);
-                r = (ulong)(n % src);
-                return true;
-            }
-
-            ulong un = size == 1 ? lo : (hi << (size * 8)) | lo;
-            ulong uq = un / src;
-            if (uq > Mask(size))
-            {
-                return false;
-            }
-
-            q = uq;
-            r = un % src;
-            return true;
-        }
-
-        if (size == 8)
-        {
-            Int128 n = (Int128)(((UInt128)hi << 64) | lo);
-            Int128 d = (long)src;
-            if (n == Int128.MinValue && d == -1)
-            {
-                return false;
-            }
-
-            Int128 sq = n / d;
-            if (sq > long.MaxValue || sq < long.MinValue)
-            {
-                return false;
-            }
-
-            q = (ulong)(long)sq;
-            r = (ulong)(long)(n % d);
-            return true;
-        }
-
-        long sn = size == 1 ? (short)lo : InterpreterVcpu.SignExtend((hi << (size * 8)) | lo, size * 2);
-        long sd = InterpreterVcpu.SignExtend(src, size);
-        if (sn == long.MinValue && sd == -1)
-        {
-            return false;
-        }
-
-        long lq = sn / sd;
-        long max = (long)((1UL << ((size * 8) - 1)) - 1);
-        if (lq > max || lq < -max - 1)
-        {
-            return false;
-        }
-
-        q = (ulong)lq & Mask(size);
-        r = (ulong)(sn % sd) & Mask(size);
-        return true;
-    }
-
     /// <summary>The carry in of an ADC/SBB, computed before its operands are loaded.</summary>
     private LocalBuilder? _cin;
 
@@ -3270,7 +3190,7 @@ internal sealed partial class BlockCompiler
     private static MethodInfo BigMulSigned =>
         _bigMulSigned ??= typeof(Math).GetMethod(nameof(Math.BigMul), [typeof(long), typeof(long), typeof(long).MakeByRefType()])!;
 
-    private static MethodInfo DivideMethod => _divideMethod ??= typeof(BlockCompiler).GetMethod(nameof(Divide), Any)!;
+    private static MethodInfo DivideMethod => _divideMethod ??= typeof(InterpreterVcpu).GetMethod(nameof(InterpreterVcpu.Divide), Any)!;
 
     private static MethodInfo DivideErrorMethod => _divideErrorMethod ??= Method(nameof(InterpreterVcpu.JitDivideError));
 
