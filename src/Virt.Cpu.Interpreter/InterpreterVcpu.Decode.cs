@@ -157,6 +157,12 @@ internal sealed unsafe partial class InterpreterVcpu
 
     private readonly Dictionary<ulong, Block> _l2 = [];
     private readonly Dictionary<ulong, List<Block>> _codePages = [];
+
+    /// <summary>Per code page, writes that overlapped none of its blocks since code was decoded from it (<see cref="InvalidateCodeBytes"/>).</summary>
+    private readonly Dictionary<ulong, int> _codePageDataWrites = [];
+
+    /// <summary>Writes beside a page's blocks after which the page is dropped whole, so that data kept on a code page is written at full speed again.</summary>
+    private const int MaxCodePageDataWrites = 64;
     private readonly ConcurrentQueue<ulong> _remoteCodeWrites = new();
     private volatile bool _remoteCodeWritePending;
     private readonly byte[] _fetch = new byte[4096 + 16];
@@ -291,6 +297,7 @@ internal sealed unsafe partial class InterpreterVcpu
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void InvalidateCodePage(ulong page)
     {
+        _codePageDataWrites.Remove(page);
         if (_codePages.Remove(page, out var list))
         {
             foreach (var b in list)
@@ -307,7 +314,95 @@ internal sealed unsafe partial class InterpreterVcpu
         }
     }
 
+    /// <summary>
+    /// A write of <paramref name="size"/> bytes at <paramref name="offset"/> into code page <paramref name="page"/>
+    /// (a single vCPU's): drops the blocks whose bytes it overlaps and the compiled regions that hold one of them (a
+    /// region's method runs its blocks inline, entered at its root), and keeps the page's other blocks and their
+    /// compiled code. A kernel patches its own text an instruction at a time (jump labels, alternatives, mostly in
+    /// code not yet run), and each patch dropped every block of the page, compiled ones included. A write beside every
+    /// block drops nothing, but each such write takes the slow path (the page holds code), so after
+    /// <see cref="MaxCodePageDataWrites"/> of them (data kept on a code page) this returns false and the caller drops
+    /// the whole page, after which writes to it run at full speed again.
+    /// </summary>
+    private bool InvalidateCodeBytes(ulong page, List<Block> blocks, int offset, int size)
+    {
+        int end = offset + size;
+        List<Block>? hit = null;
+        foreach (var b in blocks)
+        {
+            int start = (int)(b.Lin & 0xFFF);
+            ref Op first = ref b.Ops[0];
+            int length = (int)(b.Ops[b.Count - 1].Next - (first.Next - first.Len));
+            if (start < end && offset < start + length)
+            {
+                (hit ??= []).Add(b);
+            }
+        }
+
+        if (hit == null)
+        {
+            ref int writes = ref System.Runtime.InteropServices.CollectionsMarshal.GetValueRefOrAddDefault(_codePageDataWrites, page, out _);
+            return ++writes <= MaxCodePageDataWrites;
+        }
+
+        // Regions lie in one page, so their roots are in this list too. Under the compiler's lock: a region being
+        // compiled meanwhile is published either before this (and found here) or not at all (JitCompilerThread.CodeLock).
+        int direct = hit.Count;
+        lock (Jit.JitCompilerThread.CodeLock)
+        {
+            foreach (var b in hit)
+            {
+                Volatile.Write(ref b.Valid, false);
+            }
+
+            foreach (var b in blocks)
+            {
+                if (Volatile.Read(ref b.Compiled)?.Target is Block[] { Length: > 1 } region && !hit.Contains(b)
+                    && ContainsAny(region, hit, direct))
+                {
+                    Volatile.Write(ref b.Valid, false);
+                    hit.Add(b);
+                }
+            }
+        }
+
+        foreach (var b in hit)
+        {
+            ulong key = b.PhysPage + (b.Lin & 0xFFF) | ((ulong)b.ModeKey << 56);
+            if (_l2.TryGetValue(key, out var cur) && cur == b)
+            {
+                _l2.Remove(key);
+            }
+        }
+
+        blocks.RemoveAll(b => !b.Valid);
+        if (blocks.Count == 0)
+        {
+            _codePages.Remove(page);
+            _codePageDataWrites.Remove(page);
+        }
+
+        _stop = true;
+        return true;
+
+        static bool ContainsAny(Block[] region, List<Block> hit, int count)
+        {
+            for (int i = 0; i < count; i++)
+            {
+                if (Array.IndexOf(region, hit[i]) >= 0)
+                {
+                    return true;
+                }
+            }
+
+            return false;
+        }
+    }
+
     private int ModeKey => _cpu.Bitness | (int)(_userKey << 7);
+
+    /// <summary>Blocks this vCPU has decoded so far (for tests: how much code a write dropped).</summary>
+    internal long BlocksDecoded { get; private set; }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private Block GetBlock() => CachedBlock(out ulong lin, out ulong csBase, out int h) ?? GetBlockSlow(lin, csBase, h);
@@ -346,6 +441,7 @@ internal sealed unsafe partial class InterpreterVcpu
         }
 
         b = Decode(lin, csBase, phys);
+        BlocksDecoded++;
         if (b.Cacheable)
         {
             _l2[key] = b;

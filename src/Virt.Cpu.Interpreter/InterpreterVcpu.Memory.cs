@@ -354,7 +354,7 @@ internal sealed unsafe partial class InterpreterVcpu
             return;
         }
 
-        nint host = TranslateWriteHost(lin, out ulong phys);
+        nint host = TranslateWriteHost(lin, out ulong phys, size);
         if (host == 0)
         {
             Mmio(phys, size, true, value);
@@ -370,7 +370,7 @@ internal sealed unsafe partial class InterpreterVcpu
     /// vCPU) and caches the write translation when the page holds no code.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private nint TranslateWriteHost(ulong lin, out ulong phys)
+    private nint TranslateWriteHost(ulong lin, out ulong phys, int size = 0)
     {
         if (_writeTlbFlushRequested)
         {
@@ -390,7 +390,7 @@ internal sealed unsafe partial class InterpreterVcpu
         ref readonly PhysRegion r = ref _regions[region];
         nint host = r.Host + (nint)(page - r.Start);
         _partition.MarkDirty(region, (page - r.Start) >> 12);
-        if (!CodeWritten(region, page) && !_debugWatch && !_alignCheck && !_segCheck)
+        if (!CodeWritten(region, page, (int)(phys & 0xFFF), size) && !_debugWatch && !_alignCheck && !_segCheck)
         {
             ref TlbEntry e = ref _wtlb[(int)((lin >> 12) & TlbMask)];
             e.Tag = ((lin >> 11) & ~1UL) | _userKey;
@@ -404,15 +404,23 @@ internal sealed unsafe partial class InterpreterVcpu
     /// <summary>
     /// A write to <paramref name="page"/> (in <paramref name="region"/>) is about to happen: drops the code decoded
     /// from it here and on the other vCPUs. Returns whether the page held code (then no write translation is cached).
+    /// With the write's place in the page (<paramref name="size"/> bytes at <paramref name="offset"/>; 0 when not
+    /// known) and a single vCPU, a write into the bytes of decoded blocks drops only those blocks
+    /// (<see cref="InvalidateCodeBytes"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private bool CodeWritten(int region, ulong page)
+    private bool CodeWritten(int region, ulong page, int offset = 0, int size = 0)
     {
-        bool local = _codePages.ContainsKey(page >> 12);
+        bool local = _codePages.TryGetValue(page >> 12, out var blocks);
         bool shared = _smp && _partition.TakeCodePage(region, (page - _regions[region].Start) >> 12);
         if (!local && !shared)
         {
             return false;
+        }
+
+        if (size > 0 && !_smp && InvalidateCodeBytes(page >> 12, blocks!, offset, size))
+        {
+            return true;
         }
 
         InvalidateCodePage(page >> 12);
@@ -557,7 +565,7 @@ internal sealed unsafe partial class InterpreterVcpu
 
         ref readonly PhysRegion r = ref _regions[region];
         _partition.MarkDirty(region, (phys - r.Start) >> 12);
-        CodeWritten(region, phys & ~0xFFFUL);
+        CodeWritten(region, phys & ~0xFFFUL, (int)(phys & 0xFFF), size);
 
         // SAFETY: phys..phys+size lies inside the writable region's host mapping (checked above).
         StoreHost((byte*)(r.Host + (nint)(phys - r.Start)), size, value);

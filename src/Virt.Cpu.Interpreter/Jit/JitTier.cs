@@ -78,7 +78,15 @@ internal sealed class JitCompilerThread
     private int _promotionsQueued;
     private long _promoted;
     private readonly ConcurrentQueue<Block> _cache = new();
-    private readonly Lock _cacheLock = new();
+    /// <summary>
+    /// Guards the code cache and the publication of compiled code. A vCPU that drops some blocks of a page (a write into
+    /// their bytes, <c>InterpreterVcpu.InvalidateCodeBytes</c>) does so under it too, so a region's method is either
+    /// published before the drop, which then finds it on its root and drops the root as well, or after it, when
+    /// <see cref="AllValid"/> sees the dropped block and the method is not published.
+    /// </summary>
+    internal static readonly Lock CodeLock = new();
+
+    private readonly Lock _cacheLock = CodeLock;
     private int _cached;
     private long _compiled;
     private long _compileTicks;
@@ -239,7 +247,7 @@ internal sealed class JitCompilerThread
 
         lock (_cacheLock)
         {
-            if (b.Compiled != null)
+            if (b.Compiled != null && AllValid(code))
             {
                 b.InlineLinks = true;
                 Volatile.Write(ref b.Compiled, code);
@@ -268,10 +276,16 @@ internal sealed class JitCompilerThread
         }
 
         Interlocked.Increment(ref _compiled);
-        b.InlineLinks = inlineLinks;
-        Volatile.Write(ref b.Compiled, code);
         lock (_cacheLock)
         {
+            if (!AllValid(code))
+            {
+                // A block of the region was dropped by a write into its bytes while the method was built.
+                return;
+            }
+
+            b.InlineLinks = inlineLinks;
+            Volatile.Write(ref b.Compiled, code);
             _cache.Enqueue(b);
             _cached++;
             int turns = 2 * _cached;
@@ -292,6 +306,20 @@ internal sealed class JitCompilerThread
                 _evicted++;
             }
         }
+    }
+
+    /// <summary>Whether every block a compiled method runs (its region, bound as the delegate's target) is still valid.</summary>
+    private static bool AllValid(CompiledBlock code)
+    {
+        foreach (var r in (Block[])code.Target!)
+        {
+            if (!Volatile.Read(ref r.Valid))
+            {
+                return false;
+            }
+        }
+
+        return true;
     }
 
     /// <summary>Translates and JIT-compiles <paramref name="b"/>; null when the block gains nothing or the runtime rejects the method.</summary>
