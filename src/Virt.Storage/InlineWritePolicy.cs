@@ -56,7 +56,17 @@ internal sealed class InlineWritePolicy
     public long Now() => Clock.GetTimestamp();
 
     /// <summary>Whether a write may be served inline now (not inside a back-off).</summary>
-    public bool Allows() => Now() >= Volatile.Read(ref _resumeAt);
+    public bool Allows() => TryStart(out _);
+
+    /// <summary>
+    /// Whether a write may be served inline now (not inside a back-off), and if so the timestamp it starts at, for
+    /// <see cref="Record"/>: the one clock read serves both, so a write served inline reads the clock twice in all.
+    /// </summary>
+    public bool TryStart(out long started)
+    {
+        started = Now();
+        return started >= Volatile.Read(ref _resumeAt);
+    }
 
     /// <summary>Records an inline write that started at <paramref name="started"/> (a <see cref="Now"/> timestamp) and just ended.</summary>
     public void Record(long started)

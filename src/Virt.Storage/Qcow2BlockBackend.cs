@@ -53,6 +53,14 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
     private readonly long _l1Offset;
     private readonly HashSet<int> _dirtyL1 = [];
     private readonly Dictionary<long, L2Table> _l2 = [];
+
+    /// <summary>
+    /// The L2 table looked up last and its offset (0: none), so a run of requests inside one table (the usual guest
+    /// I/O) skips the dictionary; it is always <c>_l2[_lastL2Offset]</c> (every change of <see cref="_l2"/> goes
+    /// through <see cref="CacheL2"/> or <see cref="ClearL2Cache"/>).
+    /// </summary>
+    private long _lastL2Offset;
+    private L2Table? _lastL2;
     private readonly Dictionary<long, RefBlock> _refBlocks = [];
     private readonly HashSet<long> _dirtyRefTable = [];
     private readonly List<long> _pendingFree = [];
@@ -116,6 +124,9 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
 
     /// <summary>The image file.</summary>
     public string Path { get; }
+
+    /// <summary>How many bytes of L2 tables and refcount blocks stay cached before they are flushed and dropped (tests lower it).</summary>
+    internal long TableCacheLimitBytes { get; set; } = CacheLimitBytes;
 
     /// <summary>Where the image's bytes live (tests).</summary>
     internal ImageStore Store => _store;
@@ -618,7 +629,7 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             }
 
             long table = (long)(_l1[i] & Qcow2Format.OffsetMask);
-            if (table != 0 && !_l2.ContainsKey(table))
+            if (table != 0 && table != _lastL2Offset && !_l2.ContainsKey(table))
             {
                 return false;
             }
@@ -1278,10 +1289,10 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
             FlushMetadata();
         }
 
-        if (((long)_l2.Count + _refBlocks.Count) * _clusterSize > CacheLimitBytes)
+        if (((long)_l2.Count + _refBlocks.Count) * _clusterSize > TableCacheLimitBytes)
         {
             FlushMetadata();
-            _l2.Clear();
+            ClearL2Cache();
             _refBlocks.Clear();
         }
     }
@@ -1324,15 +1335,21 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
 
             long at = AllocateCluster();
             var fresh = new L2Table(new ulong[_clusterSize / 8], isNew: true);
-            _l2[at] = fresh;
+            CacheL2(at, fresh);
             _l1[l1Index] = (ulong)at | Qcow2Format.Copied;
             _dirtyL1.Add(l1Index);
             _dirtyBytes += _clusterSize;
             return fresh;
         }
 
+        if (offset == _lastL2Offset)
+        {
+            return _lastL2;
+        }
+
         if (_l2.TryGetValue(offset, out var cached))
         {
+            (_lastL2Offset, _lastL2) = (offset, cached);
             return cached;
         }
 
@@ -1349,8 +1366,22 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         var entries = new ulong[_clusterSize / 8];
         ReadTable(_store, offset, entries);
         var table = new L2Table(entries, isNew: false);
-        _l2[offset] = table;
+        CacheL2(offset, table);
         return table;
+    }
+
+    /// <summary>Keeps <paramref name="table"/> as the L2 table at <paramref name="offset"/> (and as the last one looked up).</summary>
+    private void CacheL2(long offset, L2Table table)
+    {
+        _l2[offset] = table;
+        (_lastL2Offset, _lastL2) = (offset, table);
+    }
+
+    /// <summary>Forgets every cached L2 table (they are all clean: the caller flushed them).</summary>
+    private void ClearL2Cache()
+    {
+        _l2.Clear();
+        (_lastL2Offset, _lastL2) = (0, null);
     }
 
     private RefBlock? GetRefBlock(long blockIndex)

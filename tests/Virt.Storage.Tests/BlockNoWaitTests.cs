@@ -322,6 +322,42 @@ public sealed partial class BlockNoWaitTests
     }
 
     [Fact]
+    public async Task A_write_served_inline_reads_the_clock_twice_its_backoff_check_starting_its_timing()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return;
+        }
+
+        // A clock read is a sizeable part of a 4 KiB inline write beside its page-cache copy: the read that checks the
+        // back-off is also the write's start, and the one after the write its end.
+        await using var backend = new ScriptedBackend(1 << 20) { RefuseWrites = true };
+        using var rig = new BlockRig(backend);
+        var clock = new ManualClock();
+        var policy = new InlineWritePolicy(clock);
+        rig.Device.InlineWrites = policy;
+        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+        long before = clock.Reads;
+        var w0 = Fill(25);
+        Submit(rig, Out, 8, w0, out _, out var s0);
+        rig.Driver.Notify(0);
+        Assert.True(rig.Queue.TryTakeUsed(out _));
+        Assert.Equal(0, rig.Memory.Read<byte>(s0));
+        Assert.Equal(w0, backend.Bytes.AsSpan(Block, Block).ToArray());
+        Assert.Equal(2, clock.Reads - before);
+
+        // The start is the back-off check's reading: time that passes from there to the end of the write counts.
+        backend.DuringInPlaceWrite = () => clock.Advance(policy.SlowTicks + 1);
+        Submit(rig, Out, 16, Fill(26), out _, out _);
+        rig.Driver.Notify(0);
+        Assert.True(rig.Queue.TryTakeUsed(out _));
+        Assert.Equal(1, policy.SlowWrites);
+        Assert.False(policy.TryStart(out long now));
+        Assert.Equal(clock.GetTimestamp(), now);
+        Assert.False(rig.NeedsReset);
+    }
+
+    [Fact]
     public void A_slow_write_doubles_the_backoff_up_to_the_limit_and_a_fast_one_resets_it()
     {
         var clock = new ManualClock();
@@ -383,7 +419,16 @@ public sealed partial class BlockNoWaitTests
 
         public override long TimestampFrequency => 1_000_000_000;
 
-        public override long GetTimestamp() => Volatile.Read(ref _now);
+        private long _reads;
+
+        /// <summary>How often the clock was read.</summary>
+        public long Reads => Interlocked.Read(ref _reads);
+
+        public override long GetTimestamp()
+        {
+            Interlocked.Increment(ref _reads);
+            return Volatile.Read(ref _now);
+        }
 
         public void Advance(long ticks) => Interlocked.Add(ref _now, ticks);
     }

@@ -292,6 +292,53 @@ public sealed class Qcow2Tests
     }
 
     [Fact]
+    public async Task Writes_into_an_l2_table_dropped_from_the_cache_reach_the_file_and_do_not_take_the_no_wait_path()
+    {
+        QemuImg.Require();
+        using var dir = new TempDir();
+        string path = dir.File("disk.qcow2");
+        const int size = 4 << 20;
+        const int block = 4096;
+        DiskImage.Create(path, size, DiskFormat.Qcow2);
+        var model = new byte[size];
+        await using (var disk = DiskImage.OpenQcow2(path))
+        {
+            // Every change flushes the tables and drops them from the cache, so each allocating write below looks its
+            // one L2 table up again; a table kept from before the drop (the last one looked up) would take the new
+            // entries where no flush writes them.
+            disk.TableCacheLimitBytes = 1;
+            for (int i = 0; i < 8; i++)
+            {
+                var data = new byte[block];
+                new Random(i).NextBytes(data);
+                long at = (i * 65536L) + (i * 512);
+                await disk.WriteAsync(at, data, Ct);
+                data.CopyTo(model, at);
+            }
+
+            // The table is not cached now: a write that must not wait declines (it would read the table), and the
+            // waiting write that follows it lands.
+            var again = new byte[block];
+            new Random(99).NextBytes(again);
+            unsafe
+            {
+                fixed (byte* p = again)
+                {
+                    Assert.False(((IVectoredBlockBackend)disk).TryWriteInPlace(0, [new HostBuffer((nint)p, block)]));
+                }
+            }
+
+            await disk.WriteAsync(0, again, Ct);
+            again.CopyTo(model, 0);
+            await disk.FlushAsync(Ct);
+            Assert.Equal(model, await ReadAllAsync(disk));
+        }
+
+        QemuImg.AssertClean(path);
+        Assert.Equal(model, QemuImg.ReadAll(path, dir.File("check")));
+    }
+
+    [Fact]
     public async Task Zeroed_and_discarded_clusters_read_as_zeroes_over_a_backing_file_and_free_their_space()
     {
         QemuImg.Require();
