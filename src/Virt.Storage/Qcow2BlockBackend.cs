@@ -486,7 +486,14 @@ public sealed class Qcow2BlockBackend : IBlockBackend, IVectoredBlockBackend, IB
         try
         {
             ThrowIfDisposed();
-            return L2Cached(offset, length) && ForEachRun(offset, length, buffers, forWrite, action);
+            if (!L2Cached(offset, length))
+            {
+                return false;
+            }
+
+            // The usual small request lies in one run: it goes there with the caller's buffers, without the walk.
+            var run = MapRun(offset, length, forWrite);
+            return run.Length == length ? action(run, offset, buffers) : ForEachRun(offset, length, buffers, forWrite, action);
         }
         finally
         {

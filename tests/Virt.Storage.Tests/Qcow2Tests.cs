@@ -339,6 +339,37 @@ public sealed class Qcow2Tests
     }
 
     [Fact]
+    public async Task A_write_in_place_across_clusters_stored_apart_lands_in_each()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("disk.qcow2");
+        const int cluster = 65536;
+        DiskImage.Create(path, 1 << 20, DiskFormat.Qcow2);
+        await using var disk = DiskImage.OpenQcow2(path);
+
+        // Guest cluster 1 is allocated before cluster 0, so cluster 0's host cluster follows cluster 1's: a write
+        // across their boundary is two runs, and its second half belongs before its first in the file.
+        await disk.WriteAsync(cluster, new byte[cluster], Ct);
+        await disk.WriteAsync(0, new byte[cluster], Ct);
+        var data = new byte[8192];
+        new Random(5).NextBytes(data);
+        unsafe
+        {
+            fixed (byte* p = data)
+            {
+                Assert.True(((IVectoredBlockBackend)disk).TryWriteInPlace(cluster - 4096, [new HostBuffer((nint)p, 4096), new HostBuffer((nint)(p + 4096), 4096)]));
+                Assert.True(((IVectoredBlockBackend)disk).TryWriteInPlace(cluster - 4096, [new HostBuffer((nint)p, data.Length)]));
+            }
+        }
+
+        var model = new byte[3 * cluster];
+        data.CopyTo(model, cluster - 4096);
+        var back = new byte[3 * cluster];
+        await disk.ReadAsync(0, back, Ct);
+        Assert.Equal(model, back);
+    }
+
+    [Fact]
     public async Task Zeroed_and_discarded_clusters_read_as_zeroes_over_a_backing_file_and_free_their_space()
     {
         QemuImg.Require();
