@@ -332,7 +332,13 @@ internal sealed unsafe partial class InterpreterVcpu
         {
             int start = (int)(b.Lin & 0xFFF);
             ref Op first = ref b.Ops[0];
-            int length = (int)(b.Ops[b.Count - 1].Next - (first.Next - first.Len));
+            long length = (long)(b.Ops[b.Count - 1].Next - (first.Next - first.Len));
+            if (length <= 0 || start + length > 4096)
+            {
+                // The instruction pointer wrapped inside the block (16- or 32-bit code): count the rest of the page.
+                length = 4096 - start;
+            }
+
             if (start < end && offset < start + length)
             {
                 (hit ??= []).Add(b);
