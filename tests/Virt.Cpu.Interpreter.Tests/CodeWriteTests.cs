@@ -12,6 +12,14 @@ public sealed class CodeWriteTests
 {
     private const int Passes = 300;
 
+    /// <summary>Runs <paramref name="program"/> to its HLT in the first tier (<paramref name="threshold"/> below 0) or with the JIT at that threshold.</summary>
+    private static Machine RunToHalt(Action<Assembler> program, int threshold)
+    {
+        var m = Machine.Long64(program, hypervisor: threshold < 0 ? TestBackends.Interpreter() : TestBackends.Jit(threshold));
+        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        return m;
+    }
+
     /// <summary>
     /// A loop that calls A (three blocks) and B (MOV EAX, imm32; RET) on the same page, adds B's result, then stores
     /// ECX's low byte over the low byte of B's immediate.
@@ -74,8 +82,7 @@ public sealed class CodeWriteTests
     {
         var code = GuestProgram.Assemble(64, Machine.CodeAddress, PatchOneFunction);
         Assert.True(code.AsSpan().IndexOf(new byte[] { 0xB8, 0x78, 0x56, 0x34, 0x12, 0xC3 }) > 0);
-        using var m = Machine.Long64(PatchOneFunction, hypervisor: threshold < 0 ? TestBackends.Interpreter() : TestBackends.Jit(threshold));
-        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        using var m = RunToHalt(PatchOneFunction, threshold);
         Assert.Equal(PatchOneFunctionResult(), m.Regs.Rbx);
 
         // Each store drops B's block alone (decoded again on the next call); dropping the page would decode its
@@ -126,8 +133,7 @@ public sealed class CodeWriteTests
     {
         var code = GuestProgram.Assemble(64, Machine.CodeAddress, PatchInsideRegion);
         Assert.True(code.AsSpan().IndexOf(new byte[] { 0x48, 0x05, 0x00, 0x01, 0x00, 0x00 }) > 0);
-        using var m = Machine.Long64(PatchInsideRegion, hypervisor: threshold < 0 ? TestBackends.Interpreter() : TestBackends.Jit(threshold));
-        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        using var m = RunToHalt(PatchInsideRegion, threshold);
 
         ulong expected = 0;
         for (uint c = RegionPasses; c >= 1; c--)
@@ -165,8 +171,7 @@ public sealed class CodeWriteTests
     [InlineData(2)]
     public void Data_written_beside_code_on_its_page_is_seen_and_the_page_is_dropped_only_every_so_many_writes(int threshold)
     {
-        using var m = Machine.Long64(DataOnTheCodePage, hypervisor: threshold < 0 ? TestBackends.Interpreter() : TestBackends.Jit(threshold));
-        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        using var m = RunToHalt(DataOnTheCodePage, threshold);
         Assert.Equal((ulong)DataPasses * (DataPasses + 1) / 2, m.Regs.Rax);
 
         // The page is dropped after every 64 writes beside its blocks (then its two blocks are decoded again): about 600

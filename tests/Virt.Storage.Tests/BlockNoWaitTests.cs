@@ -272,6 +272,18 @@ public sealed partial class BlockNoWaitTests
         Assert.False(rig.NeedsReset);
     }
 
+    /// <summary>A device on a backend whose file refuses no-wait writes, with an inline-write policy on a manual clock, idle.</summary>
+    private static (ScriptedBackend Backend, BlockRig Rig, ManualClock Clock, InlineWritePolicy Policy) RigRefusingNoWaitWrites()
+    {
+        var backend = new ScriptedBackend(1 << 20) { RefuseWrites = true };
+        var rig = new BlockRig(backend);
+        var clock = new ManualClock();
+        var policy = new InlineWritePolicy(clock);
+        rig.Device.InlineWrites = policy;
+        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+        return (backend, rig, clock, policy);
+    }
+
     [Fact]
     public async Task A_write_the_file_refuses_without_waiting_is_served_inline_while_writes_stay_fast()
     {
@@ -280,12 +292,9 @@ public sealed partial class BlockNoWaitTests
             return;
         }
 
-        await using var backend = new ScriptedBackend(1 << 20) { RefuseWrites = true };
-        using var rig = new BlockRig(backend);
-        var clock = new ManualClock();
-        var policy = new InlineWritePolicy(clock);
-        rig.Device.InlineWrites = policy;
-        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+        var (refusing, idle, clock, policy) = RigRefusingNoWaitWrites();
+        await using var backend = refusing;
+        using var rig = idle;
 
         // Fast writes (the clock does not move) are served on the notifying thread: used before Notify returns.
         var w0 = Fill(21);
@@ -331,12 +340,9 @@ public sealed partial class BlockNoWaitTests
 
         // A clock read is a sizeable part of a 4 KiB inline write beside its page-cache copy: the read that checks the
         // back-off is also the write's start, and the one after the write its end.
-        await using var backend = new ScriptedBackend(1 << 20) { RefuseWrites = true };
-        using var rig = new BlockRig(backend);
-        var clock = new ManualClock();
-        var policy = new InlineWritePolicy(clock);
-        rig.Device.InlineWrites = policy;
-        Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
+        var (refusing, idle, clock, policy) = RigRefusingNoWaitWrites();
+        await using var backend = refusing;
+        using var rig = idle;
         long before = clock.Reads;
         var w0 = Fill(25);
         Submit(rig, Out, 8, w0, out _, out var s0);
