@@ -62,13 +62,7 @@ internal static class HotPaths
         // so this thread compiles it while a vCPU that already runs compiles the run loop and decoder it reaches before.
         // Then the smallest first: the memory paths and page walks any guest reaches soon, before the larger handlers of
         // instruction families that only some guests use.
-        list.Sort((a, b) => (a.Name == nameof(InterpreterVcpu.ExecuteOps), b.Name == nameof(InterpreterVcpu.ExecuteOps)) switch
-        {
-            (true, false) => -1,
-            (false, true) => 1,
-            _ => ILSize(a).CompareTo(ILSize(b)),
-        });
-        return list;
+        return [.. list.OrderBy(m => m.Name != nameof(InterpreterVcpu.ExecuteOps)).ThenBy(ILSize)];
     }
 
     private static void PrepareAll()

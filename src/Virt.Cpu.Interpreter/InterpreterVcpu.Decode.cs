@@ -303,14 +303,20 @@ internal sealed unsafe partial class InterpreterVcpu
             foreach (var b in list)
             {
                 b.Valid = false;
-                ulong key = b.PhysPage + (b.Lin & 0xFFF) | ((ulong)b.ModeKey << 56);
-                if (_l2.TryGetValue(key, out var cur) && cur == b)
-                {
-                    _l2.Remove(key);
-                }
+                ForgetBlock(b);
             }
 
             _stop = true;
+        }
+    }
+
+    /// <summary>Takes an invalidated block out of the physical-address lookup when it is still the one stored there.</summary>
+    private void ForgetBlock(Block b)
+    {
+        ulong key = b.PhysPage + (b.Lin & 0xFFF) | ((ulong)b.ModeKey << 56);
+        if (_l2.TryGetValue(key, out var cur) && cur == b)
+        {
+            _l2.Remove(key);
         }
     }
 
@@ -374,11 +380,7 @@ internal sealed unsafe partial class InterpreterVcpu
 
         foreach (var b in hit)
         {
-            ulong key = b.PhysPage + (b.Lin & 0xFFF) | ((ulong)b.ModeKey << 56);
-            if (_l2.TryGetValue(key, out var cur) && cur == b)
-            {
-                _l2.Remove(key);
-            }
+            ForgetBlock(b);
         }
 
         blocks.RemoveAll(b => !b.Valid);

@@ -188,7 +188,7 @@ internal sealed partial class InterpreterVcpu
         }
 
         long lq = sn / sd;
-        long max = (long)((1UL << ((size * 8) - 1)) - 1);
+        long max = (long)(SignBit(size) - 1);
         if (lq > max || lq < -max - 1)
         {
             return false;

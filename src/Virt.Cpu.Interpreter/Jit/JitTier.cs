@@ -86,7 +86,6 @@ internal sealed class JitCompilerThread
     /// </summary>
     internal static readonly Lock CodeLock = new();
 
-    private readonly Lock _cacheLock = CodeLock;
     private int _cached;
     private long _compiled;
     private long _compileTicks;
@@ -245,7 +244,7 @@ internal sealed class JitCompilerThread
             return;
         }
 
-        lock (_cacheLock)
+        lock (CodeLock)
         {
             if (b.Compiled != null && AllValid(code))
             {
@@ -276,7 +275,7 @@ internal sealed class JitCompilerThread
         }
 
         Interlocked.Increment(ref _compiled);
-        lock (_cacheLock)
+        lock (CodeLock)
         {
             if (!AllValid(code))
             {
