@@ -77,6 +77,19 @@ public sealed partial class BlockNoWaitTests
         return (backend, blocks);
     }
 
+    /// <summary>Notifies the queue once and waits for a used entry per chain: they come back in <paramref name="heads"/>' order.</summary>
+    private static void NotifyAndExpectUsedInOrder(BlockRig rig, List<uint> heads)
+    {
+        rig.Driver.Notify(0);
+        var order = new List<uint>();
+        for (int i = 0; i < heads.Count; i++)
+        {
+            order.Add(rig.Queue.WaitUsed().Id);
+        }
+
+        Assert.Equal(heads, order);
+    }
+
     /// <summary>Makes the batch's reads available in one notification, waits for every used entry and checks order, status and data.</summary>
     private static void ReadBatch(BlockRig rig, byte[][] blocks, byte[]? expectedStatuses = null)
     {
@@ -90,14 +103,7 @@ public sealed partial class BlockNoWaitTests
             heads.Add(Submit(rig, In, (ulong)(BlockAt(i) / 512), null, out data[i], out statuses[i]));
         }
 
-        rig.Driver.Notify(0);
-        var order = new List<uint>();
-        for (int i = 0; i < BatchDepth; i++)
-        {
-            order.Add(rig.Queue.WaitUsed().Id);
-        }
-
-        Assert.Equal(heads, order);
+        NotifyAndExpectUsedInOrder(rig, heads);
         for (int i = 0; i < BatchDepth; i++)
         {
             Assert.Equal(expectedStatuses?[i] ?? 0, rig.Memory.Read<byte>(statuses[i]));
@@ -287,14 +293,7 @@ public sealed partial class BlockNoWaitTests
             heads.Add(Submit(rig, In, (ulong)(BlockAt(i) / 512), null, out data[i], out statuses[i]));
         }
 
-        rig.Driver.Notify(0);
-        var order = new List<uint>();
-        for (int i = 0; i < BatchDepth; i++)
-        {
-            order.Add(rig.Queue.WaitUsed().Id);
-        }
-
-        Assert.Equal(heads, order);
+        NotifyAndExpectUsedInOrder(rig, heads);
         for (int i = 0; i < BatchDepth; i++)
         {
             Assert.Equal(0, rig.Memory.Read<byte>(statuses[i]));
