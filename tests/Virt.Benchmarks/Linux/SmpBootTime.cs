@@ -37,7 +37,7 @@ internal static class SmpBootTime
                 baseline = best;
             }
 
-            Console.WriteLine($"{vcpus} vCPU(s): {best:F1} s to {Marker} (best of {runs}; ratio {best / baseline:F2})");
+            Console.WriteLine($"{vcpus} vCPU(s): {best:F2} s to {Marker} (best of {runs}; ratio {best / baseline:F2})");
         }
     }
 
@@ -126,6 +126,6 @@ internal static class SmpBootTime
         }
 
         double process = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
-        Console.WriteLine($"  CPU: process {process:F1} s, vCPU threads {vcpu:F1} s, JIT compiler thread {compiler:F1} s; jit: {Virt.Cpu.Interpreter.Jit.JitCompilerThread.Shared.Describe()}; managed heap {GC.GetTotalMemory(false) / 1e6:F0} MB, working set {Environment.WorkingSet / 1e6:F0} MB");
+        Console.WriteLine($"  CPU: process {process:F1} s, vCPU threads {vcpu:F2} s, JIT compiler thread {compiler:F2} s; jit: {Virt.Cpu.Interpreter.Jit.JitCompilerThread.Shared.Describe()}; managed heap {GC.GetTotalMemory(false) / 1e6:F0} MB, working set {Environment.WorkingSet / 1e6:F0} MB");
     }
 }
