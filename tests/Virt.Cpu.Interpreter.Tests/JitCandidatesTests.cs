@@ -103,45 +103,6 @@ public sealed class JitCandidatesTests
     }
 
     [Fact]
-    public void A_compiled_region_withdraws_its_other_blocks_with_their_heat_and_they_count_afresh()
-    {
-        // A loop's blocks turn hot together; once a region holding them is compiled from one of them, the others run in
-        // its code, and compiling each of them as a root of the same loop again only kept the compiler from newer code.
-        var candidates = new JitCandidates();
-        var root = NewBlock(0x1000);
-        var member = NewBlock(0x1010);
-        var counting = NewBlock(0x1020);
-        var other = NewBlock(0x2000);
-        for (int k = 0; k < 5; k++)
-        {
-            candidates.Offer(member);
-            candidates.Offer(other);
-        }
-
-        counting.Hits = 40;
-        Assert.Equal(2, candidates.Count);
-        Assert.Equal(5, member.Heat);
-
-        candidates.Withdraw([root, member, counting]);
-
-        Assert.Equal(1, candidates.Count);
-        Assert.Equal(1, candidates.Withdrawn);
-        Assert.False(member.Pending);
-        Assert.Equal(0, member.Heat);
-        Assert.Equal(0, counting.Hits);
-        Assert.True(other.Pending);
-        Assert.True(candidates.TryTake(out var next));
-        Assert.Same(other, next);
-        Assert.False(candidates.TryTake(out _));
-
-        // Entered elsewhere and hot again, a withdrawn block is offered like any other.
-        candidates.Offer(member);
-        Assert.True(member.Pending);
-        Assert.True(candidates.TryTake(out var again));
-        Assert.Same(member, again);
-    }
-
-    [Fact]
     public void Compiled_invalid_and_uncompilable_blocks_are_not_offered()
     {
         var candidates = new JitCandidates();

@@ -133,9 +133,6 @@ internal sealed class JitCompilerThread
     /// <summary>Blocks that became hot while every candidate was hotter, so far.</summary>
     public long Deferred => _candidates.Deferred;
 
-    /// <summary>Candidates withdrawn because a region holding them was compiled, so far (<see cref="JitCandidates.Withdraw"/>).</summary>
-    public long Withdrawn => _candidates.Withdrawn;
-
     /// <summary>Methods compiled again with their link checks inline so far (<see cref="PromoteAfter"/>).</summary>
     public long Promoted => Interlocked.Read(ref _promoted);
 
@@ -150,7 +147,7 @@ internal sealed class JitCompilerThread
         double jitPerBlock = n == 0 ? 0 : JitTicks / 10.0 / n;
         long il = n == 0 ? 0 : IlBytes / n;
         return FormattableString.Invariant(
-            $"{n} blocks compiled, {perBlock:F0} us per block ({jitPerBlock:F0} us in the .NET JIT), {il} IL bytes per block, {Cached} cached, {Evicted} evicted, {Deferred} deferred, {Dropped} dropped as stale, {Withdrawn} withdrawn with a region, {Promoted} promoted to inline link checks");
+            $"{n} blocks compiled, {perBlock:F0} us per block ({jitPerBlock:F0} us in the .NET JIT), {il} IL bytes per block, {Cached} cached, {Evicted} evicted, {Deferred} deferred, {Dropped} dropped as stale, {Promoted} promoted to inline link checks");
     }
 
     /// <summary>Compiles <paramref name="b"/> on the calling thread (threshold 0), with its link checks inline at once.</summary>
@@ -288,9 +285,6 @@ internal sealed class JitCompilerThread
 
             b.InlineLinks = inlineLinks;
             Volatile.Write(ref b.Compiled, code);
-
-            // The region's other blocks, entered through this one, now run in its code: what made them hot is compiled.
-            _candidates.Withdraw((Block[])code.Target!);
             _cache.Enqueue(b);
             _cached++;
             int turns = 2 * _cached;
@@ -388,7 +382,6 @@ internal sealed class JitCandidates
     private bool _wake;
     private long _deferred;
     private long _dropped;
-    private long _withdrawn;
 
     /// <summary>Candidates waiting now.</summary>
     public int Count
@@ -407,9 +400,6 @@ internal sealed class JitCandidates
 
     /// <summary>Candidates replaced by a new hot block before the compiler took them, so far.</summary>
     public long Dropped => Interlocked.Read(ref _dropped);
-
-    /// <summary>Candidates withdrawn because a region holding them was compiled, so far (<see cref="Withdraw"/>).</summary>
-    public long Withdrawn => Interlocked.Read(ref _withdrawn);
 
     /// <summary>
     /// Offers <paramref name="b"/>, which just reached the JIT threshold. A block already waiting gains heat; a new one
@@ -507,42 +497,6 @@ internal sealed class JitCandidates
             {
                 _waiting = false;
                 Monitor.Pulse(_lock);
-            }
-        }
-    }
-
-    /// <summary>
-    /// Withdraws the blocks of a region just published, its root aside, from the candidates, with the heat they gained
-    /// before: entered through the root they run in its code, so what made them hot is compiled. One entered elsewhere
-    /// counts afresh and is offered again if it stays hot.
-    /// </summary>
-    public void Withdraw(Block[] region)
-    {
-        lock (_lock)
-        {
-            for (int k = 1; k < region.Length; k++)
-            {
-                var m = region[k];
-                m.Hits = 0;
-                if (!m.Pending)
-                {
-                    continue;
-                }
-
-                for (int i = 0; i < _count; i++)
-                {
-                    if (ReferenceEquals(_slots[i], m))
-                    {
-                        _count--;
-                        _slots[i] = _slots[_count];
-                        _slots[_count] = null;
-                        break;
-                    }
-                }
-
-                m.Pending = false;
-                m.Heat = 0;
-                _withdrawn++;
             }
         }
     }
