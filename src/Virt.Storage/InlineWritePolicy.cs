@@ -55,9 +55,6 @@ internal sealed class InlineWritePolicy
     /// <summary>The clock's timestamp now.</summary>
     public long Now() => Clock.GetTimestamp();
 
-    /// <summary>Whether a write may be served inline now (not inside a back-off).</summary>
-    public bool Allows() => TryStart(out _);
-
     /// <summary>
     /// Whether a write may be served inline now (not inside a back-off), and if so the timestamp it starts at, for
     /// <see cref="Record"/>: the one clock read serves both, so a write served inline reads the clock twice in all.

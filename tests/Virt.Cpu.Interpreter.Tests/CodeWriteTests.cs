@@ -143,6 +143,7 @@ public sealed class CodeWriteTests
 
         Assert.Equal(expected, m.Regs.Rax);
     }
+
     /// <summary>A loop that keeps a counter in memory on its own code page, beside its blocks.</summary>
     private static void DataOnTheCodePage(Assembler a)
     {

@@ -245,7 +245,7 @@ public sealed partial class BlockNoWaitTests
         var clock = new ManualClock();
         rig.Device.InlineWrites = new InlineWritePolicy(clock);
         rig.Device.InlineWrites.Record(clock.GetTimestamp() - (2 * rig.Device.InlineWrites.SlowTicks));
-        Assert.False(rig.Device.InlineWrites.Allows());
+        Assert.False(rig.Device.InlineWrites.TryStart(out _));
         Assert.True(SpinWait.SpinUntil(() => !rig.Device.IsBusy, TimeSpan.FromSeconds(10)));
         var w1 = Fill(11);
         var stored = Fill(12);
@@ -284,6 +284,27 @@ public sealed partial class BlockNoWaitTests
         return (backend, rig, clock, policy);
     }
 
+    /// <summary>A write to sector 8 that takes no clock time: served on the notifying thread (used before Notify returns), with status OK, and in the file.</summary>
+    private static void AssertFastWriteServedInline(BlockRig rig, ScriptedBackend backend, int seed)
+    {
+        var data = Fill(seed);
+        Submit(rig, Out, 8, data, out _, out var status);
+        rig.Driver.Notify(0);
+        Assert.True(rig.Queue.TryTakeUsed(out _));
+        Assert.Equal(0, rig.Memory.Read<byte>(status));
+        Assert.Equal(data, backend.Bytes.AsSpan(Block, Block).ToArray());
+    }
+
+    /// <summary>A write to sector 16 during which the clock moves past the slow limit: still completed inline, and counted as the policy's first slow write.</summary>
+    private static void SlowInlineWrite(BlockRig rig, ScriptedBackend backend, ManualClock clock, InlineWritePolicy policy, int seed)
+    {
+        backend.DuringInPlaceWrite = () => clock.Advance(policy.SlowTicks + 1);
+        Submit(rig, Out, 16, Fill(seed), out _, out _);
+        rig.Driver.Notify(0);
+        Assert.True(rig.Queue.TryTakeUsed(out _));
+        Assert.Equal(1, policy.SlowWrites);
+    }
+
     [Fact]
     public async Task A_write_the_file_refuses_without_waiting_is_served_inline_while_writes_stay_fast()
     {
@@ -297,20 +318,11 @@ public sealed partial class BlockNoWaitTests
         using var rig = idle;
 
         // Fast writes (the clock does not move) are served on the notifying thread: used before Notify returns.
-        var w0 = Fill(21);
-        Submit(rig, Out, 8, w0, out _, out var s0);
-        rig.Driver.Notify(0);
-        Assert.True(rig.Queue.TryTakeUsed(out _));
-        Assert.Equal(0, rig.Memory.Read<byte>(s0));
-        Assert.Equal(w0, backend.Bytes.AsSpan(Block, Block).ToArray());
+        AssertFastWriteServedInline(rig, backend, 21);
 
         // A slow one (the clock moves past the limit during the write) is still completed inline, and sends the
         // image's writes to the worker for the back-off: the next write is served there, with no inline attempt.
-        backend.DuringInPlaceWrite = () => clock.Advance(policy.SlowTicks + 1);
-        Submit(rig, Out, 16, Fill(22), out _, out _);
-        rig.Driver.Notify(0);
-        Assert.True(rig.Queue.TryTakeUsed(out _));
-        Assert.Equal(1, policy.SlowWrites);
+        SlowInlineWrite(rig, backend, clock, policy, 22);
         backend.DuringInPlaceWrite = null;
         var w2 = Fill(23);
         Submit(rig, Out, 24, w2, out _, out var s2);
@@ -344,20 +356,11 @@ public sealed partial class BlockNoWaitTests
         await using var backend = refusing;
         using var rig = idle;
         long before = clock.Reads;
-        var w0 = Fill(25);
-        Submit(rig, Out, 8, w0, out _, out var s0);
-        rig.Driver.Notify(0);
-        Assert.True(rig.Queue.TryTakeUsed(out _));
-        Assert.Equal(0, rig.Memory.Read<byte>(s0));
-        Assert.Equal(w0, backend.Bytes.AsSpan(Block, Block).ToArray());
+        AssertFastWriteServedInline(rig, backend, 25);
         Assert.Equal(2, clock.Reads - before);
 
         // The start is the back-off check's reading: time that passes from there to the end of the write counts.
-        backend.DuringInPlaceWrite = () => clock.Advance(policy.SlowTicks + 1);
-        Submit(rig, Out, 16, Fill(26), out _, out _);
-        rig.Driver.Notify(0);
-        Assert.True(rig.Queue.TryTakeUsed(out _));
-        Assert.Equal(1, policy.SlowWrites);
+        SlowInlineWrite(rig, backend, clock, policy, 26);
         Assert.False(policy.TryStart(out long now));
         Assert.Equal(clock.GetTimestamp(), now);
         Assert.False(rig.NeedsReset);
@@ -375,11 +378,11 @@ public sealed partial class BlockNoWaitTests
             long start = clock.GetTimestamp();
             clock.Advance(slow);
             policy.Record(start);
-            Assert.False(policy.Allows());
+            Assert.False(policy.TryStart(out _));
             clock.Advance(expected - 1);
-            Assert.False(policy.Allows());
+            Assert.False(policy.TryStart(out _));
             clock.Advance(1);
-            Assert.True(policy.Allows());
+            Assert.True(policy.TryStart(out _));
             expected = Math.Min(expected * 2, policy.MaxBackoffTicks);
         }
 
@@ -389,7 +392,7 @@ public sealed partial class BlockNoWaitTests
         clock.Advance(slow);
         policy.Record(begin);
         clock.Advance(policy.FirstBackoffTicks);
-        Assert.True(policy.Allows());
+        Assert.True(policy.TryStart(out _));
         Assert.Equal(11, policy.SlowWrites);
     }
 
