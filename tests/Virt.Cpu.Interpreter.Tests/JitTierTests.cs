@@ -634,6 +634,22 @@ public sealed partial class JitTierTests
     }
 
     [Fact]
+    public void A_blocks_method_is_machine_code_when_the_compiler_hands_it_over()
+    {
+        // The compiler thread, not the vCPU that runs the method first, pays for the .NET JIT (and finds a method the
+        // JIT rejects before it is published): building a method compiles it on the building thread. The first build
+        // here compiles whatever building needs; the second compiles only the new method.
+        Assert.NotNull(Jit.JitCompilerThread.Build(Jit.JitCompilerThread.WarmUpBlock(), out _));
+        long before = System.Runtime.JitInfo.GetCompiledMethodCount(currentThread: true);
+        var code = Jit.JitCompilerThread.Build(Jit.JitCompilerThread.WarmUpBlock(), out int ilBytes);
+        long compiled = System.Runtime.JitInfo.GetCompiledMethodCount(currentThread: true) - before;
+
+        Assert.NotNull(code);
+        Assert.True(ilBytes > 0);
+        Assert.True(compiled >= 1, "the block's method was left for its first caller to compile");
+    }
+
+    [Fact]
     public void A_region_too_large_for_the_net_jit_to_optimise_is_cut_down_and_ends_in_the_same_state_as_the_first_tier()
     {
         long before = Jit.JitCompilerThread.Shared.Compiled;
