@@ -268,23 +268,54 @@ internal sealed partial class InterpreterVcpu
     /// block it finds. The block is returned rather than stored through an <c>out</c> argument: a reference stored
     /// through a reference takes the GC's checked write barrier, a call on every exit.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    /// <remarks>
+    /// Compiled code calls this at most exits, tens of millions of times in a boot, so its common path makes no call
+    /// that returns here: what it hands off (the promotion, the attention check, the lookup) it hands off in tail
+    /// position, and the method needs no stack frame or saved registers. Not inlined: the .NET JIT would otherwise copy
+    /// its body into every exit of every compiled method, which makes each compilation slower.
+    /// </remarks>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     internal Block? JitLinked(Block from, int slot, bool dynamic, ulong rip)
     {
         if (++from.SlowLinks == Jit.JitCompilerThread.PromoteAfter)
         {
-            Jit.JitCompilerThread.Shared.Promote(from);
+            return JitPromoteAndLink(from, slot, dynamic, rip);
         }
 
+        return LinkedTarget(from, slot, dynamic, rip);
+    }
+
+    /// <summary>The body of <see cref="JitLinked"/>: the linked block when the link holds and chaining may go on, else the lookup.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private Block? LinkedTarget(Block from, int slot, bool dynamic, ulong rip)
+    {
         var t = slot == 0 ? from.Link0 : from.Link1;
         if (t != null && (!dynamic || t.Lin == rip) && LinkHolds(slot == 0 ? from.LinkGen0 : from.LinkGen1, t)
             && Volatile.Read(ref t.Valid) && Volatile.Read(ref t.Compiled) != null)
         {
-            return JitMayChain(t.Count) ? t : null;
+            // JitMayChain, with the attention check's slow half called last.
+            if (++_chainDepth <= MaxChainDepth && _budgetEnd - _retired >= t.Count && _retired < _timerStop)
+            {
+                return _attn == 0 ? t : ChainIfQuiet(t);
+            }
+
+            return null;
         }
 
         return JitLookup(from, slot);
     }
+
+    /// <summary><see cref="JitLinked"/> at the exit that reaches <see cref="Jit.JitCompilerThread.PromoteAfter"/>: asks for the promotion, then links as usual.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private Block? JitPromoteAndLink(Block from, int slot, bool dynamic, ulong rip)
+    {
+        Jit.JitCompilerThread.Shared.Promote(from);
+        return LinkedTarget(from, slot, dynamic, rip);
+    }
+
+    /// <summary><paramref name="target"/> when the chaining gate's full check (<see cref="AttentionQuiet"/>) lets compiled code chain on, else null.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private Block? ChainIfQuiet(Block target) => AttentionQuiet() ? target : null;
 
     /// <summary>Whether a link to <paramref name="target"/> made in generation <paramref name="generation"/> still holds.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
