@@ -33,12 +33,13 @@ if (args is ["smp-boot", ..])
 }
 
 // The same boot on qemu-system-x86_64 -accel tcg, one process per boot, wall clock and the process's CPU seconds:
-// dotnet run -c Release --project tests/Virt.Benchmarks -- qemu-boot [runs] [vcpus]
+// dotnet run -c Release --project tests/Virt.Benchmarks -- qemu-boot [runs] [vcpus] [thp: off (default) | on]
 if (args is ["qemu-boot", ..])
 {
     Virt.Benchmarks.Linux.QemuBootTime.Run(
         args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 3,
-        args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 1);
+        args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 1,
+        thp: args.Length > 3 && args[3] == "on");
     return;
 }
 
