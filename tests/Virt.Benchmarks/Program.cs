@@ -8,10 +8,12 @@ if (args is ["fresh", string workload, ..])
     return;
 }
 
-// The same four workloads on qemu-system-x86_64 -accel tcg (the peer column): dotnet run -c Release --project tests/Virt.Benchmarks -- qemu-tcg [runs]
+// The same four workloads on qemu-system-x86_64 -accel tcg (the peer column): dotnet run -c Release --project tests/Virt.Benchmarks -- qemu-tcg [runs] [thp: off (default) | on]
 if (args is ["qemu-tcg", ..])
 {
-    Virt.Benchmarks.Interpreter.QemuPeer.Run(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 3);
+    Virt.Benchmarks.Interpreter.QemuPeer.Run(
+        args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 3,
+        thp: args.Length > 2 && args[2] == "on");
     return;
 }
 

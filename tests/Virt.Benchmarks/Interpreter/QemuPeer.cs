@@ -27,9 +27,10 @@ internal static class QemuPeer
     /// <summary>Calls of the workload per QEMU run, so that its time dwarfs the noise in QEMU's start-up.</summary>
     private const int Repeats = 10;
 
-    public static void Run(int runs)
+    public static void Run(int runs, bool thp = false)
     {
         string qemu = FindQemu() ?? throw new InvalidOperationException("qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86).");
+        Console.WriteLine(QemuHugePages.Configure(keep: thp));
         using var dir = new TempDirectory("virt-qemu-peer-");
         string empty = Write(dir.Path, "empty", [0xC3]);
         double startup = Enumerable.Range(0, runs).Min(_ => TimeQemu(qemu, empty));

@@ -10,31 +10,14 @@ namespace Virt.Benchmarks.Linux;
 /// per boot, with the CPU seconds of the whole QEMU process (all its threads) at that moment:
 /// <c>dotnet run -c Release --project tests/Virt.Benchmarks -- qemu-boot [runs] [vcpus] [thp]</c>.
 /// </summary>
-/// <remarks>
-/// QEMU asks for transparent huge pages for guest RAM (<c>MADV_HUGEPAGE</c>). Where the host compacts memory for such
-/// regions at fault time (<c>/sys/kernel/mm/transparent_hugepage/defrag</c> set to <c>madvise</c>, the default), a boot
-/// that finds no free huge pages spends about a second compacting: on the test machine 3.0-3.2 s instead of 2.0 s, and
-/// 2.0-2.5 s when another QEMU had just freed its huge pages. So by default (<c>thp</c> = <c>off</c>) QEMU runs with
-/// transparent huge pages disabled (<c>prctl(PR_SET_THP_DISABLE)</c> on this process, which QEMU inherits): its
-/// steadiest and fastest figure. <c>on</c> leaves them as QEMU asks.
-/// </remarks>
-internal static partial class QemuBootTime
+/// <remarks>QEMU runs with transparent huge pages disabled unless <c>thp</c> is <c>on</c> (<see cref="QemuHugePages"/>).</remarks>
+internal static class QemuBootTime
 {
     private const string Marker = "VIRT-INIT-READY";
 
-    private const int PrSetThpDisable = 41;
-
-    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "prctl", SetLastError = true)]
-    private static partial int Prctl(int option, nuint arg2, nuint arg3, nuint arg4, nuint arg5);
-
     public static void Run(int runs, int vcpus, bool thp = false)
     {
-        if (!thp && Prctl(PrSetThpDisable, 1, 0, 0, 0) != 0)
-        {
-            throw new InvalidOperationException($"prctl(PR_SET_THP_DISABLE) failed (errno {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}); run with thp 'on'.");
-        }
-
-        Console.WriteLine($"QEMU with transparent huge pages {(thp ? "as it asks for them" : "disabled")}");
+        Console.WriteLine(QemuHugePages.Configure(keep: thp));
         string kernel = Path.Combine(RepositoryPaths.LinuxGuestKit, "vmlinuz");
         string initrd = Path.Combine(RepositoryPaths.LinuxGuestKit, "initramfs.cpio");
         if (!File.Exists(kernel) || !File.Exists(initrd))
