@@ -271,7 +271,7 @@ internal sealed partial class InterpreterVcpu
     /// <remarks>
     /// Compiled code calls this at most exits, tens of millions of times in a boot, so its common path makes no call
     /// that returns here: what it hands off (the promotion, the attention check, the lookup) it hands off in tail
-    /// position, and the method needs no stack frame or saved registers. Not inlined: the .NET JIT would otherwise copy
+    /// position, and the method saves no registers. Not inlined: the .NET JIT would otherwise copy
     /// its body into every exit of every compiled method, which makes each compilation slower.
     /// </remarks>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]

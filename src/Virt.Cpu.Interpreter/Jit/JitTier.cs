@@ -339,8 +339,9 @@ internal sealed class JitCompilerThread
 
                 // The .NET JIT compiles a dynamic method at its first call unless asked before: ask here, so the
                 // machine code is built on this thread and a method the JIT rejects (InvalidProgramException) is
-                // never published. Calling the method with no vCPU did the same through a NullReferenceException,
-                // which cost about 30 us per method and a few milliseconds for the process's first.
+                // never published. PrepareDelegate compiles without calling the method; a call with no vCPU would
+                // raise a NullReferenceException per method (about 30 us each, a first-chance exception for
+                // debuggers and exception counters).
                 RuntimeHelpers.PrepareDelegate(code);
             }
 
