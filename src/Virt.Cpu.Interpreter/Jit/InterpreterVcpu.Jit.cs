@@ -253,8 +253,15 @@ internal sealed partial class InterpreterVcpu
     /// have changed what it reads.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal bool JitMayChain(int count) =>
-        ++_chainDepth <= MaxChainDepth && _budgetEnd - _retired >= count && _retired < _timerStop && (_attn == 0 || AttentionQuiet());
+    internal bool JitMayChain(int count) => ChainBudgetAllows(count) && (_attn == 0 || AttentionQuiet());
+
+    /// <summary>
+    /// The part of <see cref="JitMayChain"/> before the chaining gate: the nesting is bounded (counted here), the
+    /// budget allows <paramref name="count"/> instructions whole and no timer is due.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool ChainBudgetAllows(int count) =>
+        ++_chainDepth <= MaxChainDepth && _budgetEnd - _retired >= count && _retired < _timerStop;
 
     /// <summary>
     /// Called by compiled code at exit <paramref name="slot"/> of <paramref name="from"/> (RIP already stored): the
@@ -269,10 +276,11 @@ internal sealed partial class InterpreterVcpu
     /// through a reference takes the GC's checked write barrier, a call on every exit.
     /// </summary>
     /// <remarks>
-    /// Compiled code calls this at most exits, tens of millions of times in a boot, so its common path makes no call
-    /// that returns here: what it hands off (the promotion, the attention check, the lookup) it hands off in tail
-    /// position, and the method saves no registers. Not inlined: the .NET JIT would otherwise copy
-    /// its body into every exit of every compiled method, which makes each compilation slower.
+    /// Compiled code calls this at most exits, tens of millions of times in a boot, so its common path makes no call:
+    /// the promotion, the chaining gate's slow half and the lookup are separate methods, each called as the last step
+    /// of its path, so the method saves no registers (only the frame pointer). Not inlined: the .NET JIT would
+    /// otherwise copy its body into every exit of every compiled method, which makes each compilation slower. (A
+    /// method marked so is not given implicit tail calls, so those last calls are calls, not jumps.)
     /// </remarks>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     internal Block? JitLinked(Block from, int slot, bool dynamic, ulong rip)
@@ -293,8 +301,8 @@ internal sealed partial class InterpreterVcpu
         if (t != null && (!dynamic || t.Lin == rip) && LinkHolds(slot == 0 ? from.LinkGen0 : from.LinkGen1, t)
             && Volatile.Read(ref t.Valid) && Volatile.Read(ref t.Compiled) != null)
         {
-            // JitMayChain, with the attention check's slow half called last.
-            if (++_chainDepth <= MaxChainDepth && _budgetEnd - _retired >= t.Count && _retired < _timerStop)
+            // JitMayChain, with the chaining gate's slow half in a method of its own, called last.
+            if (ChainBudgetAllows(t.Count))
             {
                 return _attn == 0 ? t : ChainIfQuiet(t);
             }
