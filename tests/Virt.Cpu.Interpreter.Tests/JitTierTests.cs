@@ -1232,12 +1232,15 @@ public sealed partial class JitTierTests
     }
 
     [Theory]
-    [InlineData(0)]
-    [InlineData(2)]
-    public void Guest_rewrite_of_a_return_site_is_not_bypassed_by_a_looked_up_return(int threshold)
+    [InlineData(0, false)]
+    [InlineData(2, false)]
+    [InlineData(0, true)]
+    [InlineData(2, true)]
+    public void Guest_rewrite_of_a_return_site_is_not_bypassed_by_a_looked_up_or_expected_return(int threshold, bool samePage)
     {
-        // F (on the next page) returns to two sites. Once, the loop rewrites the second site's ADD immediate (100 -> 7):
-        // F's RET, whose next block comes from the lookup, must not enter the old block still held there.
+        // F returns to two sites. Once, the loop rewrites the second site's ADD immediate (100 -> 7): F's RET must not
+        // enter the old block, neither one the lookup still holds (F on the next page) nor one a region expects
+        // there (F in the loop's page, so that its returns are branches inside the region's method).
         byte[] site = [0x48, 0x05, 100, 0, 0, 0];
         static Action<Assembler> Padded(int pad, ulong siteImm) => a =>
         {
@@ -1268,7 +1271,7 @@ public sealed partial class JitTierTests
         int at = GuestProgram.Assemble(64, Machine.CodeAddress, Padded(0x400, 0)).AsSpan().IndexOf(site);
         Assert.True(at > 0);
         ulong imm = Machine.CodeAddress + (ulong)at + 2;
-        var program = AtNextPage(pad => Padded(pad, imm), [0x48, 0x05, 3, 0, 0, 0]);
+        var program = samePage ? Padded(0, imm) : AtNextPage(pad => Padded(pad, imm), [0x48, 0x05, 3, 0, 0, 0]);
         Assert.Equal(site, GuestProgram.Assemble(64, Machine.CodeAddress, program).AsSpan(at, site.Length).ToArray());
         var first = RunAll(TestBackends.Interpreter(), program);
         Assert.Equal(VcpuExitReason.Halt, first.Reason);
@@ -1276,6 +1279,131 @@ public sealed partial class JitTierTests
         // ECX 100..51: 3 + 1000 + 3 + 100; ECX 50..1 (the rewrite comes before the second call at 50): 3 + 1000 + 3 + 7.
         Assert.Equal((50UL * 1106) + (50UL * 1013), first.Regs.Rax);
         Assert.Equal(first, RunAll(TestBackends.Jit(threshold), program));
+    }
+
+    /// <summary>
+    /// Calls through a table of four functions (one per pass, in turn) and a direct call of a fifth from two sites, all
+    /// in one page: the shape in which regions follow computed exits (the indirect CALL to the function it went to last,
+    /// each RET to the site it returned to last), so every expected target is sometimes right and sometimes wrong.
+    /// </summary>
+    private static void TableCalls(Assembler a)
+    {
+        var start = a.CreateLabel();
+        var loop = a.CreateLabel();
+        var skip = a.CreateLabel();
+        var g = a.CreateLabel();
+        var f3Skip = a.CreateLabel();
+        Label[] f = [a.CreateLabel(), a.CreateLabel(), a.CreateLabel(), a.CreateLabel()];
+        a.jmp(start);
+        a.Label(ref f[0]);
+        a.lea(rax, __[rax + rdi * 2]);
+        a.ret();
+        a.Label(ref f[1]);
+        a.xor(rax, rdi);
+        a.add(rax, 7);
+        a.ret();
+        a.Label(ref f[2]);
+        a.rol(rax, 3);
+        a.ret();
+        a.Label(ref f[3]);
+        a.test(edi, 8);
+        a.jz(f3Skip);
+        a.sub(rax, rdi);
+        a.Label(ref f3Skip);
+        a.inc(rax);
+        a.ret();
+        a.Label(ref g);
+        a.add(rbx, rax);
+        a.ret();
+        a.Label(ref start);
+        for (int k = 0; k < 4; k++)
+        {
+            a.lea(rcx, __[f[k]]);
+            a.mov(__qword_ptr[(int)Data + (k * 8)], rcx);
+        }
+
+        a.xor(eax, eax);
+        a.xor(ebx, ebx);
+        a.mov(r12d, 3000);
+        a.Label(ref loop);
+        a.mov(edi, r12d);
+        a.mov(ecx, edi);
+        a.and(ecx, 3);
+        a.call(__qword_ptr[rcx * 8 + (int)Data]);
+        a.call(g);
+        a.test(r12d, 1);
+        a.jz(skip);
+        a.call(g);
+        a.Label(ref skip);
+        a.dec(r12d);
+        a.jnz(loop);
+        a.hlt();
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    [InlineData(50)]
+    public void Indirect_calls_and_returns_in_one_page_end_in_the_same_state_and_count_as_the_first_tier(int threshold)
+    {
+        AssertRunMatchesFirstTier(TableCalls, threshold);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    public void Budgets_that_end_in_blocks_reached_through_expected_returns_stop_exactly_where_the_first_tier_does(int threshold)
+    {
+        AssertBudgetSlicesMatchFirstTier(TableCalls, threshold, 11,
+            rng => rng.Next(3) switch { 0 => rng.Next(1, 8), 1 => rng.Next(1, 200), _ => rng.Next(1, 3000) });
+    }
+
+    [Fact]
+    public void A_region_follows_an_indirect_call_into_its_function_and_the_return_back_to_the_call_site()
+    {
+        // Once the loop has run a few times its links name where the indirect CALL and the RETs went; a region rooted in
+        // the loop then holds the CALL's block, a function from the table and the block after the CALL, reached only
+        // through the function's RET. The compiler thread may still be at it when the guest halts: wait for it.
+        using var m = Machine.Long64(TableCalls, hypervisor: TestBackends.Jit(2));
+        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        var functions = new HashSet<ulong>();
+        for (int k = 0; k < 4; k++)
+        {
+            functions.Add(m.Memory.Read<ulong>(new GuestAddress(Data + (ulong)(k * 8))));
+        }
+
+        var vcpu = (InterpreterVcpu)m.Vcpu;
+        bool Formed()
+        {
+            foreach (var b in vcpu.CachedBlocks())
+            {
+                if (b.Compiled?.Target is not Block[] region)
+                {
+                    continue;
+                }
+
+                foreach (var x in region)
+                {
+                    ref Op last = ref x.Ops[x.Count - 1];
+                    ulong site = last.Next;
+                    if (last.Inline == InlineOp.CallInd && region.Any(y => functions.Contains(y.Lin)) && region.Any(y => y.Lin == site))
+                    {
+                        return true;
+                    }
+                }
+            }
+
+            return false;
+        }
+
+        var deadline = DateTime.UtcNow.AddMinutes(2);
+        while (!Formed() && DateTime.UtcNow < deadline)
+        {
+            Thread.Sleep(10);
+        }
+
+        Assert.True(Formed(), "no region holds the indirect call, a function it calls and the block it returns to");
+        Assert.Equal(RunAll(TestBackends.Interpreter(), TableCalls), (m.Regs, ((IInstructionCounting)m.Vcpu).InstructionsRetired, VcpuExitReason.Halt));
     }
 
     /// <summary>

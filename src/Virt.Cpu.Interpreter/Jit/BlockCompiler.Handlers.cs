@@ -555,6 +555,7 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Stloc, _tb);
         EmitStackSlot(8);
         EmitWrite(8, _tb, i, () => EmitPushRsp(8), 0, target);
+        EmitExpectedTarget(i + 1, target);
         EmitRetire(i + 1);
         EmitWriteBack();
         EmitSetRip(target);

@@ -85,6 +85,9 @@ internal sealed partial class BlockCompiler
     /// <summary>The blocks compiled together (the first is <see cref="_b"/>); one block unless a region was formed.</summary>
     private readonly Block[] _region;
 
+    /// <summary>Per region block that ends in a computed exit, the target its code expects (see <see cref="FormRegion"/>).</summary>
+    private readonly Dictionary<Block, ulong> _speculated;
+
     /// <summary>Start RIP of each region block to its index.</summary>
     private readonly Dictionary<ulong, int> _regionIndex = [];
 
@@ -150,8 +153,9 @@ internal sealed partial class BlockCompiler
     /// <summary>Registers written by the code emitted so far (<see cref="StoreReg"/>).</summary>
     private int _written;
 
-    private BlockCompiler(Block[] region, ILGenerator il, int writeBack, bool inlineLinks, Dictionary<TailKey, int>? shared = null)
+    private BlockCompiler(Block[] region, Dictionary<Block, ulong> speculated, ILGenerator il, int writeBack, bool inlineLinks, Dictionary<TailKey, int>? shared = null)
     {
+        _speculated = speculated;
         _inlineLinks = inlineLinks;
         _writeBack = writeBack;
         _shared = shared;
@@ -208,7 +212,8 @@ internal sealed partial class BlockCompiler
             return null;
         }
 
-        var region = Regions ? FormRegion(b) : [b];
+        var speculated = new Dictionary<Block, ulong>(ReferenceEqualityComparer.Instance);
+        var region = Regions ? FormRegion(b, speculated) : [b];
         int count;
         BlockCompiler probe;
         while (true)
@@ -222,7 +227,7 @@ internal sealed partial class BlockCompiler
             // The method is bound to the region's blocks (its first argument), so its code reaches them as constants.
             // A first emission (into a method that is never compiled; IL emission is a small part of the cost) finds
             // the registers the method writes, so the real one writes back only those.
-            probe = new BlockCompiler(region, NewMethod(b).GetILGenerator(256 + (count * 160)), writeBack: 0xFFFF, inlineLinks);
+            probe = new BlockCompiler(region, speculated, NewMethod(b).GetILGenerator(256 + (count * 160)), writeBack: 0xFFFF, inlineLinks);
             probe.Emit();
             if (region.Length == 1 || probe._il.ILOffset <= MaxMethodIl)
             {
@@ -230,12 +235,12 @@ internal sealed partial class BlockCompiler
             }
 
             // Too large for the .NET JIT to optimise: keep the blocks formed first (the root and those nearest it).
-            region = LoopsBackToRoot([.. region[..(region.Length / 2)]]);
+            region = LoopsBackToRoot([.. region[..(region.Length / 2)]], speculated);
         }
 
         var dm = NewMethod(b);
         var il = dm.GetILGenerator(256 + (count * 160));
-        new BlockCompiler(region, il, probe._written, inlineLinks, probe._tailUses).Emit();
+        new BlockCompiler(region, speculated, il, probe._written, inlineLinks, probe._tailUses).Emit();
         ilBytes = il.ILOffset;
         return (CompiledBlock)dm.CreateDelegate(typeof(CompiledBlock), region);
     }
@@ -268,7 +273,14 @@ internal sealed partial class BlockCompiler
     /// the root runs (the root's page is mapped as when it was looked up, and a write to the page invalidates all its
     /// blocks, the root included), so the region's code branches there directly.
     /// </summary>
-    private static Block[] FormRegion(Block root)
+    /// <remarks>
+    /// A computed target (RET, CALL through a register or memory) is followed too: its block is the one its exit
+    /// was last linked to, entered in <paramref name="speculated"/> as that exit's expected target. The region's code
+    /// compares the target it computes with that block's start and branches there when they are equal, and leaves as
+    /// before otherwise, so a return to the call site it usually returns to (a function and its callers in one page)
+    /// stays in the method.
+    /// </remarks>
+    private static Block[] FormRegion(Block root, Dictionary<Block, ulong> speculated)
     {
         // A self-loop compiles better alone (its flags stay in locals from one iteration to the next).
         if (!AllInline(root) || IsSelfLoop(root))
@@ -286,12 +298,25 @@ internal sealed partial class BlockCompiler
             for (int slot = 0; slot < 2; slot++)
             {
                 var y = slot == 0 ? x.Link0 : x.Link1;
-                ulong expected = slot == 0 ? last.Target : last.Next;
+                bool computed = ExpectedTargets && slot == 0 && IsComputedExit(in last);
+                if (y == null || y.Count == 0 || y.Ops.Length < y.Count)
+                {
+                    continue;
+                }
+
+                ulong expected = computed ? OpStart(in y.Ops[0]) : slot == 0 ? last.Target : last.Next;
+                bool fits = SamePageAndMode(root, y, expected);
+                if (computed && fits)
+                {
+                    // Expected whether the block is taken in below or already was (a loop back to an earlier block).
+                    speculated[x] = expected;
+                }
+
                 bool exitFits = slot == 0
-                    ? last.Inline is InlineOp.Jcc or InlineOp.Jmp or InlineOp.Call
+                    ? last.Inline is InlineOp.Jcc or InlineOp.Jmp or InlineOp.Call || computed
                     : last.Inline is not (InlineOp.Jmp or InlineOp.Call or InlineOp.Ret or InlineOp.CallInd);
-                if (y == null || !exitFits || starts.Contains(expected) || instructions + y.Count > MaxRegionInstructions
-                    || region.Count >= MaxRegionBlocks || !SamePageAndMode(root, y, expected))
+                if (!exitFits || !fits || starts.Contains(expected) || instructions + y.Count > MaxRegionInstructions
+                    || region.Count >= MaxRegionBlocks)
                 {
                     continue;
                 }
@@ -302,8 +327,14 @@ internal sealed partial class BlockCompiler
             }
         }
 
-        return LoopsBackToRoot(region);
+        return LoopsBackToRoot(region, speculated);
     }
+
+    /// <summary>Regions follow computed exits to their expected targets (<c>VIRT_INTERPRETER_JIT_EXPECTED_TARGETS=0</c> ends them there, for comparison).</summary>
+    private static readonly bool ExpectedTargets = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT_EXPECTED_TARGETS") != "0";
+
+    /// <summary>Whether <paramref name="last"/>, a block's last op, leaves for a target it computes (RET, CALL through a register or memory).</summary>
+    private static bool IsComputedExit(in Op last) => last.Inline is InlineOp.Ret or InlineOp.CallInd;
 
     private static bool IsSelfLoop(Block b)
     {
@@ -311,8 +342,8 @@ internal sealed partial class BlockCompiler
         return last.Inline is InlineOp.Jcc or InlineOp.Jmp && last.Target == OpStart(in b.Ops[0]);
     }
 
-    /// <summary>The root and the candidates from which the root is reached again through candidates (the loop around the root).</summary>
-    private static Block[] LoopsBackToRoot(List<Block> candidates)
+    /// <summary>The root and the candidates from which the root is reached again through candidates (the loop around the root; computed exits through their expected targets).</summary>
+    private static Block[] LoopsBackToRoot(List<Block> candidates, Dictionary<Block, ulong> speculated)
     {
         var index = new Dictionary<ulong, int>();
         for (int k = 0; k < candidates.Count; k++)
@@ -332,7 +363,7 @@ internal sealed partial class BlockCompiler
                     continue;
                 }
 
-                foreach (ulong rip in Successors(candidates[k]))
+                foreach (ulong rip in Successors(candidates[k], speculated))
                 {
                     if (index.TryGetValue(rip, out int t) && reaches[t])
                     {
@@ -380,11 +411,13 @@ internal sealed partial class BlockCompiler
     /// The forms BlockCompiler.Handlers.cs compiles (which the interpreter runs through handlers). A block with one is
     /// compiled alone, as it was while they were interpreter calls, and is not taken into a region: in Linux boots,
     /// regions that took them in cost the compiler thread more time with no gain seen on the vCPU thread, and several of
-    /// them leave the flags in the CPU state (PUSHF, BT, shifts by CL), which a region's flag locals cannot carry.
+    /// them leave the flags in the CPU state (PUSHF, BT, shifts by CL), which a region's flag locals cannot carry. CALL
+    /// through a register or memory is compiled there too but is not one of them: it leaves the flags alone, and a region
+    /// follows it to the function it expects (<see cref="FormRegion"/>).
     /// </summary>
     private static bool IsHandlerForm(in Op op) =>
         op.Inline is InlineOp.NegNot or InlineOp.Xchg or InlineOp.Pushf or InlineOp.Bswap or InlineOp.AccExtend or InlineOp.MovFromSreg
-            or InlineOp.Bt or InlineOp.Cmpxchg or InlineOp.Xadd or InlineOp.CallInd
+            or InlineOp.Bt or InlineOp.Cmpxchg or InlineOp.Xadd
         || (op.Inline == InlineOp.Shift && op.K1 == OpKindX.Reg);
 
     private static int ComputeGprOffset()
@@ -1937,7 +1970,7 @@ internal sealed partial class BlockCompiler
                 }
 
                 var exit = ExitFlags(_region[k], entry[k]);
-                foreach (ulong rip in Successors(_region[k]))
+                foreach (ulong rip in Successors(_region[k], _speculated))
                 {
                     if (_regionIndex.TryGetValue(rip, out int t) && t != 0 && !_entryDead[t])
                     {
@@ -1958,15 +1991,15 @@ internal sealed partial class BlockCompiler
         _entryFlags = entry;
     }
 
-    /// <summary>The static successors of a region block (all its ops run inline).</summary>
-    private static ulong[] Successors(Block b)
+    /// <summary>The successors of a region block (all its ops run inline) inside the method: its static targets, or the expected target of a computed one (<paramref name="speculated"/>).</summary>
+    private static ulong[] Successors(Block b, Dictionary<Block, ulong> speculated)
     {
         ref Op last = ref b.Ops[b.Count - 1];
         return last.Inline switch
         {
             InlineOp.Jcc => [last.Target, last.Next],
             InlineOp.Jmp or InlineOp.Call => [last.Target],
-            InlineOp.Ret or InlineOp.CallInd => [],
+            InlineOp.Ret or InlineOp.CallInd => speculated.TryGetValue(b, out ulong rip) ? [rip] : [],
             _ => [last.Next],
         };
     }
@@ -3030,10 +3063,31 @@ internal sealed partial class BlockCompiler
         EmitI8(8 + (long)op.Imm);
         _il.Emit(OpCodes.Add);
         StoreReg(4);
+        EmitExpectedTarget(i + 1, _val);
         EmitRetire(i + 1);
         EmitWriteBack();
         EmitSetRip(_val);
         EmitChain(0, _val);
+    }
+
+    /// <summary>
+    /// At the computed exit of a region block (its <paramref name="retired"/> instructions done but not yet counted,
+    /// the target in <paramref name="target"/>): when the region expects a block there (<see cref="FormRegion"/>), a
+    /// branch into that block for an equal target; the code after it leaves the method as without a region.
+    /// </summary>
+    private void EmitExpectedTarget(int retired, LocalBuilder target)
+    {
+        if (_region.Length < 2 || !_speculated.TryGetValue(_region[_cur], out ulong rip) || !_regionIndex.TryGetValue(rip, out int k))
+        {
+            return;
+        }
+
+        var other = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, target);
+        EmitI8(unchecked((long)rip));
+        _il.Emit(OpCodes.Bne_Un, other);
+        EmitInternalEdge(retired, rip, k);
+        _il.MarkLabel(other);
     }
 
     private void EmitCmov(int i)

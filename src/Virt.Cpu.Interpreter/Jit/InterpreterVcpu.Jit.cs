@@ -425,15 +425,16 @@ internal sealed partial class InterpreterVcpu
 
     /// <summary>
     /// After <paramref name="b"/> ran whole in the interpreter: names its exit (0 when its final branch or call went
-    /// to its target, 1 when execution goes on at the next instruction) so the run loop links the block that follows,
-    /// as compiled exits do; the compiler forms regions along these links.
+    /// to its target, or it ended in a RET or a CALL through a register or memory; 1 when execution goes on at the next
+    /// instruction) so the run loop links the block that follows, as compiled exits do; the compiler forms regions
+    /// along these links (a computed exit's link is its expected target).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void NoteInterpretedExit(Block b)
     {
         ref Op last = ref b.Ops[b.Count - 1];
         ulong rip = _cpu.Rip;
-        if (last.Inline is InlineOp.Jcc or InlineOp.Jmp or InlineOp.Call && rip == last.Target)
+        if ((last.Inline is InlineOp.Jcc or InlineOp.Jmp or InlineOp.Call && rip == last.Target) || last.Inline is InlineOp.Ret or InlineOp.CallInd)
         {
             _chainFrom = b;
             _chainSlot = 0;
