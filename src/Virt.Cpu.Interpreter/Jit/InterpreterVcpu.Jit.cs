@@ -374,14 +374,26 @@ internal sealed partial class InterpreterVcpu
         _attn = 1;
         while (true)
         {
-            var b = GetBlock();
+            Block b;
             if (_chainFrom is { } from)
             {
                 _chainFrom = null;
-                if (b.Cacheable && b.ModeKey == from.ModeKey && b.CsBase == from.CsBase)
+                if (LinkedNext(from, _chainSlot) is { } linked)
                 {
-                    Link(from, _chainSlot, b);
+                    b = linked;
                 }
+                else
+                {
+                    b = GetBlock();
+                    if (b.Cacheable && b.ModeKey == from.ModeKey && b.CsBase == from.CsBase)
+                    {
+                        Link(from, _chainSlot, b);
+                    }
+                }
+            }
+            else
+            {
+                b = GetBlock();
             }
 
             var code = b.Compiled;
@@ -421,6 +433,26 @@ internal sealed partial class InterpreterVcpu
                 return;
             }
         }
+    }
+
+    /// <summary>
+    /// The block exit <paramref name="slot"/> of <paramref name="from"/> is linked to when the link holds for the
+    /// current CS:RIP: made in this link generation (see <see cref="LinkHolds"/>), still valid, starting at this linear
+    /// address, decoded in this mode with this CS base; exactly what the first-level lookup would find, without its
+    /// hashing and slot load. Null otherwise.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private Block? LinkedNext(Block from, int slot)
+    {
+        var t = slot == 0 ? from.Link0 : from.Link1;
+        if (t == null || !LinkHolds(slot == 0 ? from.LinkGen0 : from.LinkGen1, t))
+        {
+            return null;
+        }
+
+        ulong csBase = _cpu.Bitness == 64 ? 0 : _cpu.SegBase[SegCs];
+        ulong lin = _cpu.Bitness == 64 ? _cpu.Rip : (csBase + _cpu.Rip) & 0xFFFFFFFF;
+        return t.Lin == lin && t.Valid && t.ModeKey == ModeKey && t.CsBase == csBase ? t : null;
     }
 
     /// <summary>
