@@ -1306,11 +1306,11 @@ public sealed partial class JitTierTests
         a.rol(rax, 3);
         a.ret();
         a.Label(ref f[3]);
-        a.test(edi, 8);
-        a.jz(f3Skip);
-        a.sub(rax, rdi);
+        a.cmp(edi, 1500);
+        a.jb(f3Skip);
+        a.imul(rax, rax, 3);
         a.Label(ref f3Skip);
-        a.inc(rax);
+        a.sub(rax, rdi);
         a.ret();
         a.Label(ref g);
         a.add(rbx, rax);
