@@ -79,6 +79,9 @@ internal sealed class Block
     /// <summary>The compiler declined the block (nothing in it would run inline).</summary>
     public bool Uncompilable;
 
+    /// <summary>The root of the last region published with this block among its others (the compiler's: see <c>BlockCompiler.InPublishedRegion</c>).</summary>
+    public Block? CoveredBy;
+
     /// <summary>
     /// Times compiled code left this block through <see cref="InterpreterVcpu.JitLinked"/>: at
     /// <see cref="Jit.JitCompilerThread.PromoteAfter"/> the block's method is compiled again with its exits' link checks

@@ -1359,6 +1359,38 @@ public sealed partial class JitTierTests
     }
 
     [Fact]
+    public void A_block_in_a_published_region_is_compiled_alone_until_its_promotion()
+    {
+        // The branching loop runs in the first tier with a threshold it never reaches, so its links are recorded and
+        // nothing is compiled; then its blocks are compiled here, in turn, as the compiler thread would.
+        using var m = Machine.Long64(Branchy, hypervisor: TestBackends.Jit(int.MaxValue));
+        Assert.Equal(VcpuExitReason.Halt, m.Run().Reason);
+        Block[]? region = null;
+        Block? root = null;
+        foreach (var b in ((InterpreterVcpu)m.Vcpu).CachedBlocks())
+        {
+            if (Jit.BlockCompiler.Compile(b, out _)?.Target is Block[] { Length: > 1 } r)
+            {
+                (root, region) = (b, r);
+                break;
+            }
+        }
+
+        Assert.NotNull(region);
+        var code = Jit.BlockCompiler.Compile(root!, out _)!;
+        Volatile.Write(ref root!.Compiled, code);
+        Jit.JitCompilerThread.NoteRegionMembers(root, code);
+        var member = ((Block[])code.Target!)[1];
+
+        // Once the root's region is published, its other blocks are compiled alone, and as roots of regions again when
+        // promoted (compiled with their link checks inline); a block of a region that was dropped is a root at once.
+        Assert.Equal(1, ((Block[])Jit.BlockCompiler.Compile(member, out _)!.Target!).Length);
+        Assert.True(((Block[])Jit.BlockCompiler.Compile(member, out _, inlineLinks: true)!.Target!).Length > 1);
+        Volatile.Write(ref root.Compiled, null);
+        Assert.True(((Block[])Jit.BlockCompiler.Compile(member, out _)!.Target!).Length > 1);
+    }
+
+    [Fact]
     public void A_region_follows_an_indirect_call_into_its_function_and_the_return_back_to_the_call_site()
     {
         // Once the loop has run a few times its links name where the indirect CALL and the RETs went; a region rooted in

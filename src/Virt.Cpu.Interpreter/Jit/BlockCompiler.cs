@@ -213,7 +213,7 @@ internal sealed partial class BlockCompiler
         }
 
         var speculated = new Dictionary<Block, ulong>(ReferenceEqualityComparer.Instance);
-        var region = Regions ? FormRegion(b, speculated) : [b];
+        var region = Regions && (inlineLinks || !InPublishedRegion(b)) ? FormRegion(b, speculated) : [b];
         int count;
         BlockCompiler probe;
         while (true)
@@ -244,6 +244,21 @@ internal sealed partial class BlockCompiler
         ilBytes = il.ILOffset;
         return (CompiledBlock)dm.CreateDelegate(typeof(CompiledBlock), region);
     }
+
+    /// <summary>
+    /// Whether a published region other than <paramref name="b"/>'s own holds it (<see cref="Block.CoveredBy"/>, still
+    /// valid and compiled to a region with it). Such a block is compiled alone the first time, not as the root of a
+    /// region of its own: a loop's blocks turn hot together, and each would otherwise be compiled as the root of much
+    /// the same region (in a Linux boot, about a hundred such regions took an eighth of the compiler's time). Control
+    /// that enters the loop at such a block chains from its method to the region's root, and stays in the region's
+    /// code from there. A block that keeps leaving through slow exits is compiled again at its promotion, and then
+    /// as a region's root. <c>VIRT_INTERPRETER_JIT_MEMBERS_ALONE=0</c> compiles it as a root at once, for comparison.
+    /// </summary>
+    private static bool InPublishedRegion(Block b) =>
+        MembersAlone && b.CoveredBy is { } root && Volatile.Read(ref root.Valid)
+        && Volatile.Read(ref root.Compiled)?.Target is Block[] { Length: > 1 } region && Array.IndexOf(region, b) > 0;
+
+    private static readonly bool MembersAlone = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT_MEMBERS_ALONE") != "0";
 
     private static DynamicMethod NewMethod(Block b) =>
         new($"guest_{b.Lin:x}", typeof(void), [typeof(Block[]), typeof(InterpreterVcpu), typeof(Block)], typeof(InterpreterVcpu), skipVisibility: true);

@@ -250,6 +250,7 @@ internal sealed class JitCompilerThread
             {
                 b.InlineLinks = true;
                 Volatile.Write(ref b.Compiled, code);
+                NoteRegionMembers(b, code);
                 Interlocked.Increment(ref _promoted);
             }
         }
@@ -285,6 +286,7 @@ internal sealed class JitCompilerThread
 
             b.InlineLinks = inlineLinks;
             Volatile.Write(ref b.Compiled, code);
+            NoteRegionMembers(b, code);
             _cache.Enqueue(b);
             _cached++;
             int turns = 2 * _cached;
@@ -303,6 +305,18 @@ internal sealed class JitCompilerThread
                 old.InlineLinks = false;
                 _cached--;
                 _evicted++;
+            }
+        }
+    }
+
+    /// <summary>Names <paramref name="root"/> as the region that took in each other block of <paramref name="code"/>'s region (<see cref="Block.CoveredBy"/>).</summary>
+    internal static void NoteRegionMembers(Block root, CompiledBlock code)
+    {
+        foreach (var m in (Block[])code.Target!)
+        {
+            if (m != root)
+            {
+                m.CoveredBy = root;
             }
         }
     }
