@@ -162,6 +162,7 @@ internal sealed unsafe partial class InterpreterVcpu
 
     /// <summary>The blocks this vCPU keeps for lookup, copied (for tests, while the vCPU does not run: which regions the compiler formed).</summary>
     internal Block[] CachedBlocks() => [.. _l2.Values];
+
     private readonly Dictionary<ulong, List<Block>> _codePages = [];
 
     /// <summary>Per code page, writes that overlapped none of its blocks since code was decoded from it (<see cref="InvalidateCodeBytes"/>).</summary>
