@@ -85,8 +85,8 @@ internal sealed partial class BlockCompiler
     /// <summary>The blocks compiled together (the first is <see cref="_b"/>); one block unless a region was formed.</summary>
     private readonly Block[] _region;
 
-    /// <summary>Per region block that ends in a computed exit, the target its code expects (see <see cref="FormRegion"/>).</summary>
-    private readonly Dictionary<Block, ulong> _speculated;
+    /// <summary>Per region block that ends in a computed exit, the block its code expects there (see <see cref="FormRegion"/>).</summary>
+    private readonly Dictionary<Block, Block> _speculated;
 
     /// <summary>Start RIP of each region block to its index.</summary>
     private readonly Dictionary<ulong, int> _regionIndex = [];
@@ -153,7 +153,7 @@ internal sealed partial class BlockCompiler
     /// <summary>Registers written by the code emitted so far (<see cref="StoreReg"/>).</summary>
     private int _written;
 
-    private BlockCompiler(Block[] region, Dictionary<Block, ulong> speculated, ILGenerator il, int writeBack, bool inlineLinks, Dictionary<TailKey, int>? shared = null)
+    private BlockCompiler(Block[] region, Dictionary<Block, Block> speculated, ILGenerator il, int writeBack, bool inlineLinks, Dictionary<TailKey, int>? shared = null)
     {
         _speculated = speculated;
         _inlineLinks = inlineLinks;
@@ -212,7 +212,7 @@ internal sealed partial class BlockCompiler
             return null;
         }
 
-        var speculated = new Dictionary<Block, ulong>(ReferenceEqualityComparer.Instance);
+        var speculated = new Dictionary<Block, Block>(ReferenceEqualityComparer.Instance);
         var region = Regions && (inlineLinks || !InPublishedRegion(b)) ? FormRegion(b, speculated) : [b];
         int count;
         BlockCompiler probe;
@@ -290,12 +290,12 @@ internal sealed partial class BlockCompiler
     /// </summary>
     /// <remarks>
     /// A computed target (RET, CALL through a register or memory) is followed too: its block is the one its exit
-    /// was last linked to, entered in <paramref name="speculated"/> as that exit's expected target. The region's code
+    /// was last linked to, entered in <paramref name="speculated"/> as that exit's expected block. The region's code
     /// compares the target it computes with that block's start and branches there when they are equal, and leaves as
     /// before otherwise, so a return to the call site it usually returns to (a function and its callers in one page)
     /// stays in the method.
     /// </remarks>
-    private static Block[] FormRegion(Block root, Dictionary<Block, ulong> speculated)
+    private static Block[] FormRegion(Block root, Dictionary<Block, Block> speculated)
     {
         // A self-loop compiles better alone (its flags stay in locals from one iteration to the next).
         if (!AllInline(root) || IsSelfLoop(root))
@@ -324,7 +324,7 @@ internal sealed partial class BlockCompiler
                 if (computed && fits)
                 {
                     // Expected whether the block is taken in below or already was (a loop back to an earlier block).
-                    speculated[x] = expected;
+                    speculated[x] = y;
                 }
 
                 bool exitFits = slot == 0
@@ -358,7 +358,7 @@ internal sealed partial class BlockCompiler
     }
 
     /// <summary>The root and the candidates from which the root is reached again through candidates (the loop around the root; computed exits through their expected targets).</summary>
-    private static Block[] LoopsBackToRoot(List<Block> candidates, Dictionary<Block, ulong> speculated)
+    private static Block[] LoopsBackToRoot(List<Block> candidates, Dictionary<Block, Block> speculated)
     {
         var index = new Dictionary<ulong, int>();
         for (int k = 0; k < candidates.Count; k++)
@@ -979,8 +979,36 @@ internal sealed partial class BlockCompiler
 
     private const int TailExit = 0, TailLeave = 1, TailSync = 2, TailStep = 3;
 
-    /// <summary>What a shared tail is for: its kind (an exit that chains, one that returns, a slow path's sync), the block and the flags it stores.</summary>
-    internal readonly record struct TailKey(int Kind, int Block, FlagState Flags);
+    /// <summary>
+    /// What a shared tail is for: its kind (an exit that chains, one that returns, a slow path's sync), the block and the
+    /// flags it stores. A class with its own equality rather than a record struct: dictionaries keyed by a struct of this
+    /// assembly are generic code that no ReadyToRun image holds, so each process would compile about twenty
+    /// dictionary and comparer methods for it when its first block is compiled; keyed by a class they run the
+    /// framework's shared, precompiled code.
+    /// </summary>
+    internal sealed class TailKey(int kind, int block, FlagState flags) : IEquatable<TailKey>
+    {
+        public int Kind { get; } = kind;
+
+        public int Block { get; } = block;
+
+        public FlagState Flags { get; } = flags;
+
+        public bool Equals(TailKey? other) => other is not null && Kind == other.Kind && Block == other.Block && Flags == other.Flags;
+
+        public override bool Equals(object? obj) => Equals(obj as TailKey);
+
+        public override int GetHashCode()
+        {
+            long b = Flags.B.GetValueOrDefault();
+            int h = (Kind * 31) + Block;
+            h = (h * 31) + Flags.Kind;
+            h = (h * 31) + Flags.Size;
+            h = (h * 31) + Flags.CfKind;
+            h = (h * 31) + Flags.CfSize;
+            return (h * 31) + (int)b + (int)(b >> 32) + (Flags.B.HasValue ? 1 : 0);
+        }
+    }
 
     private sealed class Tail(TailKey key, Label label)
     {
@@ -1037,7 +1065,7 @@ internal sealed partial class BlockCompiler
             if (flags)
             {
                 EmitFlagStore();
-                key = key with { Flags = FlagState.InState };
+                key = new TailKey(key.Kind, key.Block, FlagState.InState);
             }
         }
 
@@ -2007,14 +2035,14 @@ internal sealed partial class BlockCompiler
     }
 
     /// <summary>The successors of a region block (all its ops run inline) inside the method: its static targets, or the expected target of a computed one (<paramref name="speculated"/>).</summary>
-    private static ulong[] Successors(Block b, Dictionary<Block, ulong> speculated)
+    private static ulong[] Successors(Block b, Dictionary<Block, Block> speculated)
     {
         ref Op last = ref b.Ops[b.Count - 1];
         return last.Inline switch
         {
             InlineOp.Jcc => [last.Target, last.Next],
             InlineOp.Jmp or InlineOp.Call => [last.Target],
-            InlineOp.Ret or InlineOp.CallInd => speculated.TryGetValue(b, out ulong rip) ? [rip] : [],
+            InlineOp.Ret or InlineOp.CallInd => speculated.TryGetValue(b, out var y) ? [OpStart(in y.Ops[0])] : [],
             _ => [last.Next],
         };
     }
@@ -3092,7 +3120,13 @@ internal sealed partial class BlockCompiler
     /// </summary>
     private void EmitExpectedTarget(int retired, LocalBuilder target)
     {
-        if (_region.Length < 2 || !_speculated.TryGetValue(_region[_cur], out ulong rip) || !_regionIndex.TryGetValue(rip, out int k))
+        if (_region.Length < 2 || !_speculated.TryGetValue(_region[_cur], out var expected))
+        {
+            return;
+        }
+
+        ulong rip = OpStart(in expected.Ops[0]);
+        if (!_regionIndex.TryGetValue(rip, out int k))
         {
             return;
         }
