@@ -80,7 +80,7 @@ internal sealed partial class InterpreterVcpu
         _ => _debugRegs.Dr3,
     };
 
-    private ulong LinearRip => _cpu.Bitness == 64 ? _cpu.Rip : (_cpu.SegBase[SegCs] + _cpu.Rip) & 0xFFFFFFFF;
+    private ulong LinearRip => CodeLinear(out _);
 
     /// <summary>Before an instruction: the DR6 bits of the host execute breakpoints at RIP (zero when none, or when resuming from one).</summary>
     private ulong CheckExecuteBreakpoints()

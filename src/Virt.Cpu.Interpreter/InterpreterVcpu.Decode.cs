@@ -429,12 +429,27 @@ internal sealed unsafe partial class InterpreterVcpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private Block? CachedBlock(out ulong lin, out ulong csBase, out int h)
     {
-        csBase = _cpu.Bitness == 64 ? 0 : _cpu.SegBase[SegCs];
-        lin = _cpu.Bitness == 64 ? _cpu.Rip : (csBase + _cpu.Rip) & 0xFFFFFFFF;
+        lin = CodeLinear(out csBase);
         h = (int)(lin ^ (lin >> L1Bits)) & L1Mask;
         var b = _l1[h];
-        return b != null && b.Lin == lin && b.Valid && b.ModeKey == ModeKey && b.CsBase == csBase ? b : null;
+        return b != null && RunsHere(b, lin, csBase) ? b : null;
     }
+
+    /// <summary>The linear address of CS:RIP, as blocks are keyed, with CS's base in <paramref name="csBase"/> (0 in 64-bit mode).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ulong CodeLinear(out ulong csBase)
+    {
+        csBase = _cpu.Bitness == 64 ? 0 : _cpu.SegBase[SegCs];
+        return _cpu.Bitness == 64 ? _cpu.Rip : (csBase + _cpu.Rip) & 0xFFFFFFFF;
+    }
+
+    /// <summary>
+    /// Whether <paramref name="b"/>, held where lookups keep blocks, is the block to run at linear address
+    /// <paramref name="lin"/> now: it starts there, is still valid, and was decoded in this mode with CS base
+    /// <paramref name="csBase"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool RunsHere(Block b, ulong lin, ulong csBase) => b.Lin == lin && b.Valid && b.ModeKey == ModeKey && b.CsBase == csBase;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private Block GetBlockSlow(ulong lin, ulong csBase, int h)

@@ -511,7 +511,7 @@ internal sealed partial class InterpreterVcpu
         int got = 0;
         try
         {
-            ulong lin = _cpu.Bitness == 64 ? _cpu.Rip : (_cpu.SegBase[SegCs] + _cpu.Rip) & 0xFFFFFFFF;
+            ulong lin = LinearRip;
             for (; got < 15; got++)
             {
                 ulong phys = Translate(lin + (ulong)got, AccRead, false);

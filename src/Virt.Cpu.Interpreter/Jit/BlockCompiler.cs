@@ -349,7 +349,7 @@ internal sealed partial class BlockCompiler
     private static readonly bool ExpectedTargets = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT_EXPECTED_TARGETS") != "0";
 
     /// <summary>Whether <paramref name="last"/>, a block's last op, leaves for a target it computes (RET, CALL through a register or memory).</summary>
-    private static bool IsComputedExit(in Op last) => last.Inline is InlineOp.Ret or InlineOp.CallInd;
+    internal static bool IsComputedExit(in Op last) => last.Inline is InlineOp.Ret or InlineOp.CallInd;
 
     private static bool IsSelfLoop(Block b)
     {

@@ -450,9 +450,8 @@ internal sealed partial class InterpreterVcpu
             return null;
         }
 
-        ulong csBase = _cpu.Bitness == 64 ? 0 : _cpu.SegBase[SegCs];
-        ulong lin = _cpu.Bitness == 64 ? _cpu.Rip : (csBase + _cpu.Rip) & 0xFFFFFFFF;
-        return t.Lin == lin && t.Valid && t.ModeKey == ModeKey && t.CsBase == csBase ? t : null;
+        ulong lin = CodeLinear(out ulong csBase);
+        return RunsHere(t, lin, csBase) ? t : null;
     }
 
     /// <summary>
@@ -466,7 +465,7 @@ internal sealed partial class InterpreterVcpu
     {
         ref Op last = ref b.Ops[b.Count - 1];
         ulong rip = _cpu.Rip;
-        if ((last.Inline is InlineOp.Jcc or InlineOp.Jmp or InlineOp.Call && rip == last.Target) || last.Inline is InlineOp.Ret or InlineOp.CallInd)
+        if ((last.Inline is InlineOp.Jcc or InlineOp.Jmp or InlineOp.Call && rip == last.Target) || Jit.BlockCompiler.IsComputedExit(in last))
         {
             _chainFrom = b;
             _chainSlot = 0;
