@@ -23,8 +23,9 @@ namespace Virt.Cpu.Interpreter;
 /// </para>
 /// <para>
 /// The price is the first call: such methods are not precompiled into ReadyToRun images and take longer to
-/// compile than tier-0 code. <see cref="Start"/> compiles them on a background thread when the first partition is
-/// created, so a short run finds most of them ready instead of compiling them on its vCPU thread.
+/// compile than tier-0 code. <see cref="Start"/> compiles them on a background thread when the first backend is
+/// created (<see cref="InterpreterHypervisor"/>'s constructor), so a short run finds most of them ready instead of compiling
+/// them on its vCPU thread.
 /// </para>
 /// </remarks>
 internal static class HotPaths
@@ -45,7 +46,7 @@ internal static class HotPaths
             return;
         }
 
-        var thread = new Thread(PrepareAll) { IsBackground = true, Name = "Virt interpreter warm-up" };
+        var thread = new Thread(PrepareAll) { IsBackground = true, Name = "Virt hot paths" };
         thread.Start();
     }
 

@@ -15,10 +15,21 @@ public sealed class InterpreterHypervisor : IHypervisor
     }
 
     /// <summary>Creates the backend with <paramref name="options"/>.</summary>
+    /// <remarks>
+    /// The first backend created in a process starts the interpreter's one-time preparation on background threads:
+    /// its hot paths are compiled, and, with the JIT tier on, the tier's compiler compiles a first block. Starting it
+    /// here, when a machine's backend is chosen, lets it overlap the rest of the machine's set-up (devices, memory,
+    /// images) instead of the guest's first instructions.
+    /// </remarks>
     public InterpreterHypervisor(InterpreterOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
         Options = options;
+        HotPaths.Start();
+        if (options.EnableJit && Jit.JitTier.Supported && options.JitThreshold > 0)
+        {
+            Jit.JitCompilerThread.Start();
+        }
     }
 
     /// <summary>The options every partition of this backend uses.</summary>

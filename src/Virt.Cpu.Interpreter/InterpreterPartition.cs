@@ -21,7 +21,6 @@ internal sealed class InterpreterPartition : IPartition, IDirtyPageLog, IGuestWr
 
     public InterpreterPartition(InterpreterHypervisor hypervisor, IGuestMemoryBacking memory, PartitionOptions options)
     {
-        HotPaths.Start();
         Hypervisor = hypervisor;
         Memory = memory;
         Options = options;

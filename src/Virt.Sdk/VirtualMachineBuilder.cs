@@ -274,8 +274,11 @@ public sealed partial class VirtualMachineBuilder
     {
         var _config = config;
         Validate(_config);
-        var devices = new DeviceManager(_config);
+
+        // The backend first: creating it may start work on background threads that the rest of the set-up overlaps
+        // (the interpreter compiles its hot paths).
         var selection = BackendSelector.Select(_config.Backend, _config.CustomBackend, RunsKernel(_config));
+        var devices = new DeviceManager(_config);
         if (_config.InstructionBudget is not null && selection.Backend.Name is "kvm" or "whp")
         {
             throw new InvalidOperationException(

@@ -88,8 +88,8 @@ internal sealed partial class BlockCompiler
     /// <summary>Per region block that ends in a computed exit, the block its code expects there (see <see cref="FormRegion"/>).</summary>
     private readonly Dictionary<Block, Block> _speculated;
 
-    /// <summary>Start RIP of each region block to its index.</summary>
-    private readonly Dictionary<ulong, int> _regionIndex = [];
+    /// <summary>Start RIP of each region block, in region order (at most <see cref="MaxRegionBlocks"/>: searched in order, see <see cref="RegionIndex"/>).</summary>
+    private readonly ulong[] _regionStarts;
 
     /// <summary>The ops of the block being emitted (<see cref="_cur"/> in <see cref="_region"/>).</summary>
     private Op[] _ops;
@@ -139,6 +139,20 @@ internal sealed partial class BlockCompiler
     internal readonly record struct FlagState(int Kind, int Size, int CfKind, int CfSize, long? B)
     {
         public static readonly FlagState InState = new(Unknown, 0, Unknown, 0, null);
+
+        // Written out: the synthesized members compare and hash the nullable through EqualityComparer<long?>, framework
+        // generic code that no ReadyToRun image holds.
+        public bool Equals(FlagState other) =>
+            Kind == other.Kind && Size == other.Size && CfKind == other.CfKind && CfSize == other.CfSize && B == other.B;
+
+        public override int GetHashCode()
+        {
+            long b = B.GetValueOrDefault();
+            int h = (Kind * 31) + Size;
+            h = (h * 31) + CfKind;
+            h = (h * 31) + CfSize;
+            return (h * 31) + (int)b + (int)(b >> 32) + (B.HasValue ? 1 : 0);
+        }
     }
     private bool _flagsDirty;
 
@@ -162,9 +176,13 @@ internal sealed partial class BlockCompiler
         var b = region[0];
         _b = b;
         _region = region;
+        _regionStarts = new ulong[region.Length];
+        _blockLabels = new Label[region.Length];
+        _entryFlags = new FlagState[region.Length];
+        _entryDead = new bool[region.Length];
         for (int k = 0; k < region.Length; k++)
         {
-            _regionIndex[OpStart(in region[k].Ops[0])] = k;
+            _regionStarts[k] = OpStart(in region[k].Ops[0]);
         }
 
         _ops = b.Ops;
@@ -360,10 +378,10 @@ internal sealed partial class BlockCompiler
     /// <summary>The root and the candidates from which the root is reached again through candidates (the loop around the root; computed exits through their expected targets).</summary>
     private static Block[] LoopsBackToRoot(List<Block> candidates, Dictionary<Block, Block> speculated)
     {
-        var index = new Dictionary<ulong, int>();
+        var starts = new ulong[candidates.Count];
         for (int k = 0; k < candidates.Count; k++)
         {
-            index[OpStart(in candidates[k].Ops[0])] = k;
+            starts[k] = OpStart(in candidates[k].Ops[0]);
         }
 
         var reaches = new bool[candidates.Count];
@@ -380,7 +398,7 @@ internal sealed partial class BlockCompiler
 
                 foreach (ulong rip in Successors(candidates[k], speculated))
                 {
-                    if (index.TryGetValue(rip, out int t) && reaches[t])
+                    if (Array.IndexOf(starts, rip) is var t && t >= 0 && reaches[t])
                     {
                         reaches[k] = true;
                         changed = true;
@@ -998,16 +1016,7 @@ internal sealed partial class BlockCompiler
 
         public override bool Equals(object? obj) => Equals(obj as TailKey);
 
-        public override int GetHashCode()
-        {
-            long b = Flags.B.GetValueOrDefault();
-            int h = (Kind * 31) + Block;
-            h = (h * 31) + Flags.Kind;
-            h = (h * 31) + Flags.Size;
-            h = (h * 31) + Flags.CfKind;
-            h = (h * 31) + Flags.CfSize;
-            return (h * 31) + (int)b + (int)(b >> 32) + (Flags.B.HasValue ? 1 : 0);
-        }
+        public override int GetHashCode() => (((Kind * 31) + Block) * 31) + Flags.GetHashCode();
     }
 
     private sealed class Tail(TailKey key, Label label)
@@ -1047,14 +1056,14 @@ internal sealed partial class BlockCompiler
         bool flags = _flagsDirty && _flagKind != Unknown;
         int block = kind == TailLeave ? 0 : _cur;
         var key = new TailKey(kind, block, flags ? Flags : FlagState.InState);
-        _tailUses[key] = _tailUses.GetValueOrDefault(key) + 1;
+        _tailUses[key] = (_tailUses.TryGetValue(key, out int uses) ? uses : 0) + 1;
         if (_shared == null || _loops)
         {
             tail = null!;
             return false;
         }
 
-        if (_shared.GetValueOrDefault(key) < 2)
+        if (!_shared.TryGetValue(key, out int shared) || shared < 2)
         {
             if (UnmatchedUses(kind, block) < 2)
             {
@@ -1086,7 +1095,8 @@ internal sealed partial class BlockCompiler
     private int UnmatchedUses(int kind, int block)
     {
         _unmatched ??= [];
-        if (!_unmatched.TryGetValue((kind, block), out int n))
+        int at = (kind * MaxRegionBlocks) + block;
+        if (!_unmatched.TryGetValue(at, out int n))
         {
             foreach (var (k, uses) in _shared!)
             {
@@ -1096,13 +1106,14 @@ internal sealed partial class BlockCompiler
                 }
             }
 
-            _unmatched[(kind, block)] = n;
+            _unmatched[at] = n;
         }
 
         return n;
     }
 
-    private Dictionary<(int Kind, int Block), int>? _unmatched;
+    /// <summary>Per tail kind and block (kind times <see cref="MaxRegionBlocks"/> plus block), <see cref="UnmatchedUses"/>'s answer.</summary>
+    private Dictionary<int, int>? _unmatched;
 
     /// <summary>The shared tails, after the method's body.</summary>
     private void EmitTails()
@@ -1824,13 +1835,13 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldflda, CpuField);
         _il.Emit(OpCodes.Stloc, _cpu);
-        foreach (var (field, local) in (ReadOnlySpan<(FieldInfo, LocalBuilder)>)[(RtlbField, _rtlb), (WtlbField, _wtlb)])
+        for (int t = 0; t < 2; t++)
         {
             _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Ldfld, field);
+            _il.Emit(OpCodes.Ldfld, t == 0 ? RtlbField : WtlbField);
             _il.Emit(OpCodes.Ldc_I4_0);
             _il.Emit(OpCodes.Ldelema, typeof(TlbEntry));
-            _il.Emit(OpCodes.Stloc, local);
+            _il.Emit(OpCodes.Stloc, t == 0 ? _rtlb : _wtlb);
         }
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldc_I4_0);
@@ -1902,7 +1913,6 @@ internal sealed partial class BlockCompiler
     /// </summary>
     private void EmitRegion(bool[][] inlines)
     {
-        _blockLabels = new Label[_region.Length];
         for (int k = 0; k < _region.Length; k++)
         {
             _blockLabels[k] = _il.DefineLabel();
@@ -1920,7 +1930,7 @@ internal sealed partial class BlockCompiler
         }
     }
 
-    private Label[] _blockLabels = [];
+    private readonly Label[] _blockLabels;
 
     /// <summary>
     /// Per region block, the flag producer (kind and size) in the flag locals on entry, or <see cref="Unknown"/> when
@@ -1928,10 +1938,10 @@ internal sealed partial class BlockCompiler
     /// producer (the root is entered from outside, so its flags are in the CPU state). Edges into a block with a
     /// known producer leave the flags in locals.
     /// </summary>
-    private FlagState[] _entryFlags = [];
+    private readonly FlagState[] _entryFlags;
 
     /// <summary>Per region block, whether it overwrites the flags before anything reads them or may write them back (see <see cref="FlagsDeadAfter"/>).</summary>
-    private bool[] _entryDead = [];
+    private readonly bool[] _entryDead;
 
     /// <summary>
     /// Whether the flags as they are after op <paramref name="i"/> (-1: on entry) of a block's <paramref name="count"/>
@@ -1988,10 +1998,9 @@ internal sealed partial class BlockCompiler
         const int Top = int.MinValue;
         var top = new FlagState(Top, 0, Unknown, 0, null);
         int m = _region.Length;
-        var entry = new FlagState[m];
+        var entry = _entryFlags;
         Array.Fill(entry, top);
         entry[0] = FlagState.InState;
-        _entryDead = new bool[m];
         for (int k = 0; k < m; k++)
         {
             // A block that overwrites the flags before reading them or writing them back starts from any: it is
@@ -2015,7 +2024,7 @@ internal sealed partial class BlockCompiler
                 var exit = ExitFlags(_region[k], entry[k]);
                 foreach (ulong rip in Successors(_region[k], _speculated))
                 {
-                    if (_regionIndex.TryGetValue(rip, out int t) && t != 0 && !_entryDead[t])
+                    if (RegionIndex(rip) is var t && t > 0 && !_entryDead[t])
                     {
                         entry[t] = entry[t].Kind == Top ? exit : entry[t] == exit ? exit : FlagState.InState;
                     }
@@ -2030,8 +2039,6 @@ internal sealed partial class BlockCompiler
                 entry[k] = FlagState.InState;
             }
         }
-
-        _entryFlags = entry;
     }
 
     /// <summary>The successors of a region block (all its ops run inline) inside the method: its static targets, or the expected target of a computed one (<paramref name="speculated"/>).</summary>
@@ -2106,10 +2113,17 @@ internal sealed partial class BlockCompiler
     }
     private int _regionMaxCount;
 
+    /// <summary>
+    /// The index in the region of the block that starts at <paramref name="rip"/>, or -1. A linear search: regions hold
+    /// at most <see cref="MaxRegionBlocks"/> blocks, and a dictionary keyed by <see langword="ulong"/> is framework generic
+    /// code that no ReadyToRun image holds (every process would compile it at its first use).
+    /// </summary>
+    private int RegionIndex(ulong rip) => Array.IndexOf(_regionStarts, rip);
+
     /// <summary>Leaves the block with <paramref name="retired"/> instructions to <paramref name="rip"/>: into a region block when that is one, else out of the method.</summary>
     private void EmitEdge(int retired, ulong rip, int slot)
     {
-        if (_region.Length > 1 && _regionIndex.TryGetValue(rip, out int k))
+        if (_region.Length > 1 && RegionIndex(rip) is var k && k >= 0)
         {
             EmitInternalEdge(retired, rip, k);
             return;
@@ -3126,7 +3140,8 @@ internal sealed partial class BlockCompiler
         }
 
         ulong rip = OpStart(in expected.Ops[0]);
-        if (!_regionIndex.TryGetValue(rip, out int k))
+        int k = RegionIndex(rip);
+        if (k < 0)
         {
             return;
         }

@@ -14,16 +14,7 @@ internal sealed class JitTier
 {
     private readonly int _threshold;
 
-    public JitTier(int threshold)
-    {
-        _threshold = threshold;
-        if (threshold > 0)
-        {
-            // Start the compiler thread (and its warm-up compilation) now, while the guest is being set up, so
-            // that the first hot block does not also wait for the compiler to be compiled.
-            _ = JitCompilerThread.Shared;
-        }
-    }
+    public JitTier(int threshold) => _threshold = threshold;
 
     /// <summary>True where the runtime compiles dynamic code (not NativeAOT, not an interpreter-only runtime).</summary>
     public static bool Supported => RuntimeFeature.IsDynamicCodeSupported && RuntimeFeature.IsDynamicCodeCompiled;
@@ -95,11 +86,18 @@ internal sealed class JitCompilerThread
 
     private JitCompilerThread()
     {
-        var thread = new Thread(Loop) { IsBackground = true, Name = "Virt interpreter JIT" };
+        var thread = new Thread(Loop) { IsBackground = true, Name = "Virt JIT" };
         thread.Start();
     }
 
     public static JitCompilerThread Shared => Instance.Value;
+
+    /// <summary>
+    /// Starts the compiler thread and its warm-up compilation, once per process (<see cref="InterpreterHypervisor"/>'s
+    /// constructor calls it): the first compilation also compiles the compiler, so it is done while the machine is being
+    /// set up rather than when the guest's first block turns hot.
+    /// </summary>
+    public static void Start() => _ = Instance.Value;
 
     /// <summary>Blocks compiled so far in this process.</summary>
     public long Compiled => Interlocked.Read(ref _compiled);
@@ -210,19 +208,20 @@ internal sealed class JitCompilerThread
             0x48, 0xFF, 0xC9,       // dec rcx
             0x75, 0xEE,             // jnz start
         ];
+        // Arrays rather than lists: List<Op> and List<Instruction> are framework generic code over this library's and
+        // Iced's structs, which no ReadyToRun image holds; the warm-up would compile them for nothing else.
+        const int Count = 6;
         var decoder = Iced.Intel.Decoder.Create(64, new Iced.Intel.ByteArrayCodeReader(code), Start);
-        var ops = new List<Op>();
-        var instrs = new List<Iced.Intel.Instruction>();
-        while (decoder.IP < Start + (ulong)code.Length)
+        var ops = new Op[Count];
+        var instrs = new Iced.Intel.Instruction[Count];
+        for (int i = 0; i < Count; i++)
         {
-            decoder.Decode(out var ins);
-            instrs.Add(ins);
-            var op = Translator.Translate(in ins, 64);
-            op.Slot = ops.Count;
-            ops.Add(op);
+            decoder.Decode(out instrs[i]);
+            ops[i] = Translator.Translate(in instrs[i], 64);
+            ops[i].Slot = i;
         }
 
-        return new Block { Ops = [.. ops], Instrs = [.. instrs], Count = ops.Count, Lin = Start, PhysPage = Start, ModeKey = 64 };
+        return new Block { Ops = ops, Instrs = instrs, Count = Count, Lin = Start, PhysPage = Start, ModeKey = 64 };
     }
 
     /// <summary>

@@ -114,7 +114,7 @@ internal static class SmpBootTime
                 {
                     vcpu += cpu;
                 }
-                else if (name.StartsWith("Virt interp", StringComparison.Ordinal))
+                else if (name == "Virt JIT")
                 {
                     compiler += cpu;
                 }
