@@ -530,6 +530,130 @@ public sealed partial class JitTierTests
     }
 
     /// <summary>Runs <paramref name="program"/> to its halt in the first tier and with the JIT at <paramref name="threshold"/>: the same registers, instruction count and exit.</summary>
+    /// <summary>
+    /// IMUL in the forms hashing and big-number code use, with flags a later op of the block overwrites (the product
+    /// alone is compiled) and with flags that are read: a limb multiply built from 32-bit halves as portable big-number
+    /// code does it (four two-operand IMULs of 64 bits, then shifts and adds, a CMP read by CMOVAE and SETB), a
+    /// multiplicative hash of 64, 32 and 16 bits with immediates and a memory source, an IMUL followed by INC (whose flags
+    /// are dead as well) before the ADD that overwrites them, and IMULs whose CF/OF JO, SETC, ADC and PUSHFQ read, on
+    /// products that overflow and products that do not.
+    /// </summary>
+    private static void ImulForms(Assembler a)
+    {
+        const int N = 48;
+        var fill = a.CreateLabel();
+        var limbs = a.CreateLabel();
+        var hash = a.CreateLabel();
+        var read = a.CreateLabel();
+        var noOverflow = a.CreateLabel();
+        var again = a.CreateLabel();
+        a.mov(edi, (int)Data);
+        a.mov(__qword_ptr[rdi + 0x3000], 12);
+        a.mov(rax, 0x0F1E2D3C4B5A6978L);
+        a.mov(r11, 6364136223846793005L);
+        a.mov(ecx, N * 2);
+        a.Label(ref fill);
+        a.imul(rax, r11);
+        a.inc(rax);
+        a.add(rax, rcx);
+        a.mov(__qword_ptr[rdi + rcx * 8 - 8], rax);
+        a.dec(ecx);
+        a.jnz(fill);
+
+        // result[i] = src[i] * limb + carry, the 64x64 product from four 32x32 ones (twelve rounds of the rest, each on the
+        // results of the round before).
+        a.Label(ref again);
+        a.mov(r9, 0x9E3779B97F4A7C15L);
+        a.mov(r10, r9);
+        a.shr(r10, 32);
+        a.mov(r9d, r9d);
+        a.mov(rbp, 0x100000000L);
+        a.xor(esi, esi);
+        a.xor(r8d, r8d);
+        a.Label(ref limbs);
+        a.mov(rcx, __qword_ptr[rdi + rsi * 8]);
+        a.mov(rdx, rcx);
+        a.mov(ecx, ecx);
+        a.shr(rdx, 32);
+        a.mov(rax, rcx);
+        a.imul(rax, r9);
+        a.mov(r13, rdx);
+        a.imul(r13, r9);
+        a.imul(rcx, r10);
+        a.imul(rdx, r10);
+        a.mov(r14, rax);
+        a.mov(eax, eax);
+        a.shr(r14, 32);
+        a.add(rcx, r13);
+        a.add(rcx, r14);
+        a.mov(r14, rdx);
+        a.add(rdx, rbp);
+        a.cmp(rcx, r13);
+        a.mov(r13, rcx);
+        a.cmovae(rdx, r14);
+        a.add(rax, r8);
+        a.shl(r13, 32);
+        a.add(rax, r13);
+        a.cmp(rax, r8);
+        a.mov(__qword_ptr[rdi + rsi * 8 + 0x1000], rax);
+        a.setb(r8b);
+        a.shr(rcx, 32);
+        a.movzx(r8d, r8b);
+        a.add(r8, rcx);
+        a.add(r8, rdx);
+        a.add(esi, 1);
+        a.cmp(esi, N);
+        a.jne(limbs);
+
+        // Hashes: three-operand IMUL with immediates, a memory source, INC between IMUL and the ADD after it.
+        a.mov(ecx, N);
+        a.xor(ebx, ebx);
+        a.Label(ref hash);
+        a.imul(rax, __qword_ptr[rdi + rcx * 8 + 0x1000 - 8], 0x61C88647);
+        a.xor(rbx, rax);
+        a.imul(edx, ebx, unchecked((int)0x9E3779B1));
+        a.inc(edx);
+        a.add(ebx, edx);
+        a.imul(r12w, bx, 0x4F1B);
+        a.sub(r12w, cx);
+        a.movzx(r12d, r12w);
+        a.imul(r12d, __dword_ptr[rdi + rcx * 4]);
+        a.add(rbx, r12);
+        a.rol(rbx, 13);
+        a.dec(ecx);
+        a.jnz(hash);
+
+        // Flags read after IMUL: products that overflow (the fill's values) and that do not (small ones).
+        a.mov(ecx, N);
+        a.xor(r15d, r15d);
+        a.Label(ref read);
+        a.mov(rax, __qword_ptr[rdi + rcx * 8 - 8]);
+        a.test(ecx, 3);
+        a.jnz(noOverflow);
+        a.movzx(eax, al);
+        a.Label(ref noOverflow);
+        a.imul(rax, rax);
+        a.setc(dl);
+        a.movzx(edx, dl);
+        a.add(r15, rdx);
+        a.imul(eax, ecx, 0x7FFF);
+        a.adc(r15, rax);
+        a.imul(ax, cx);
+        a.pushfq();
+        a.pop(rdx);
+        a.and(edx, 0x8D5);
+        a.add(r15, rdx);
+        a.imul(rdx, rcx, -3);
+        a.jo(read);
+        a.add(r15, rdx);
+        a.dec(ecx);
+        a.jnz(read);
+        a.mov(__qword_ptr[rdi], r15);
+        a.dec(__qword_ptr[rdi + 0x3000]);
+        a.jnz(again);
+        a.hlt();
+    }
+
     private static void AssertRunMatchesFirstTier(Action<Assembler> program, int threshold)
     {
         var expected = RunAll(TestBackends.Interpreter(), program);
@@ -678,6 +802,15 @@ public sealed partial class JitTierTests
         AssertRunMatchesFirstTier(BigNumbers, threshold);
     }
 
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    [InlineData(50)]
+    public void Imul_with_flags_overwritten_or_read_ends_in_the_same_state_and_count_as_the_first_tier(int threshold)
+    {
+        AssertRunMatchesFirstTier(ImulForms, threshold);
+    }
+
     [Fact]
     public void Inline_stack_ops_leave_the_same_memory_as_the_first_tier()
     {
@@ -703,11 +836,13 @@ public sealed partial class JitTierTests
     [InlineData("carries", 2)]
     [InlineData("bignum", 0)]
     [InlineData("bignum", 2)]
+    [InlineData("imul", 0)]
+    [InlineData("imul", 2)]
     public void Budgets_that_end_inside_compiled_loops_and_regions_stop_exactly_where_the_first_tier_does(string name, int threshold)
     {
         // At threshold 0 every block is compiled alone before its first run; at 2 the compiler thread forms
         // regions along the links the first runs recorded.
-        Action<Assembler> program = name switch { "stack" => StackAndFlags, "branchy" => Branchy, "carries" => Carries, "bignum" => BigNumbers, _ => Mixed };
+        Action<Assembler> program = name switch { "stack" => StackAndFlags, "branchy" => Branchy, "carries" => Carries, "bignum" => BigNumbers, "imul" => ImulForms, _ => Mixed };
         AssertBudgetSlicesMatchFirstTier(program, threshold, 20,
             rng => rng.Next(4) switch { 0 => rng.Next(1, 4), 1 => rng.Next(1, 40), _ => rng.Next(1, 5000) });
     }

@@ -3217,6 +3217,18 @@ internal sealed partial class BlockCompiler
             _il.Emit(OpCodes.Stloc, _ta);
         }
 
+        if (ImulDeadFlags && FlagsDeadAfter(_ops, _region[_cur].Count, i, _bitness))
+        {
+            // A later op of the block sets every flag before anything reads them: the product alone (its low bytes are
+            // the same signed or unsigned), without the high half that CF and OF need.
+            _il.Emit(OpCodes.Ldloc, _ta);
+            _il.Emit(OpCodes.Ldloc, _tb);
+            _il.Emit(OpCodes.Mul);
+            EmitTruncate(size);
+            SetReg(op.R0, size);
+            return;
+        }
+
         var overflow = _imulOut ??= _il.DeclareLocal(typeof(ulong));
         _il.Emit(OpCodes.Ldloc, _ta);
         _il.Emit(OpCodes.Ldloc, _tb);
@@ -3235,6 +3247,9 @@ internal sealed partial class BlockCompiler
     }
 
     private LocalBuilder? _imulOut;
+
+    /// <summary>IMUL whose flags a later op overwrites computes the product alone (<c>VIRT_INTERPRETER_JIT_IMUL_DEAD_FLAGS=0</c> always computes CF and OF, for comparison).</summary>
+    private static readonly bool ImulDeadFlags = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT_IMUL_DEAD_FLAGS") != "0";
 
     private LocalBuilder? _divQ, _divR;
 
