@@ -43,7 +43,10 @@ internal struct Op
     public int Slot;
 }
 
-/// <summary>A run of decoded instructions that starts at one guest address and lies in one page.</summary>
+/// <summary>
+/// A run of decoded instructions that starts at one guest address and lies in one page, or a single instruction whose
+/// bytes run into the next page (<see cref="Straddles"/>).
+/// </summary>
 internal sealed class Block
 {
     public Op[] Ops = [];
@@ -56,7 +59,20 @@ internal sealed class Block
     public ulong PhysPage;
     public int ModeKey;
     public bool Valid = true;
-    public bool Cacheable = true;
+
+    /// <summary>
+    /// The block is one instruction whose last bytes lie in the next page, at <see cref="TailLin"/> and
+    /// <see cref="TailPage"/>. It is kept under both physical pages (a write into either drops it), a lookup through the
+    /// physical address checks that the next page still translates to <see cref="TailPage"/>, and the lookups an INVLPG
+    /// of either page drops include it. It is never part of a region.
+    /// </summary>
+    public bool Straddles;
+
+    /// <summary>The linear address of the page a straddling block's last bytes lie in.</summary>
+    public ulong TailLin;
+
+    /// <summary>The physical page a straddling block's last bytes lie in.</summary>
+    public ulong TailPage;
 
     /// <summary>The block compiled by the JIT tier, once published; null while it is interpreted.</summary>
     public Jit.CompiledBlock? Compiled;
@@ -174,6 +190,47 @@ internal sealed unsafe partial class InterpreterVcpu
     private volatile bool _remoteCodeWritePending;
     private readonly byte[] _fetch = new byte[4096 + 16];
     private readonly Instruction[] _decodeTmp = new Instruction[MaxBlockInstructions];
+
+    /// <summary>Reads <see cref="_fetch"/> for the decoders; repositioned for each block.</summary>
+    private FetchReader? _fetchReader;
+
+    /// <summary>One decoder per operand size (16, 32, 64 bits) over <see cref="_fetchReader"/>, kept for the vCPU's life.</summary>
+    private readonly Iced.Intel.Decoder?[] _decoders = new Iced.Intel.Decoder?[3];
+
+    /// <summary>The longest run of bytes a block decodes: <see cref="MaxBlockInstructions"/> instructions of at most 15 bytes.</summary>
+    private const int MaxBlockBytes = MaxBlockInstructions * 15;
+
+    /// <summary>
+    /// A code reader over the fetched bytes that can be repositioned, so that decoding a block allocates no reader and no
+    /// decoder (a boot decodes tens of thousands of blocks).
+    /// </summary>
+    private sealed class FetchReader(byte[] buffer) : CodeReader
+    {
+        private int _pos;
+        private int _end;
+
+        /// <summary>Reads from the start of the buffer again, up to <paramref name="end"/>.</summary>
+        public void Reset(int end)
+        {
+            _pos = 0;
+            _end = end;
+        }
+
+        public override int ReadByte() => _pos < _end ? buffer[_pos++] : -1;
+    }
+
+    /// <summary>The decoder for the current operand size, reading the first <paramref name="end"/> fetched bytes from RIP <paramref name="ip"/>.</summary>
+    private Iced.Intel.Decoder FetchDecoder(int end, ulong ip)
+    {
+        var reader = _fetchReader ??= new FetchReader(_fetch);
+        reader.Reset(end);
+        int bitness = _cpu.Bitness;
+        int k = bitness == 64 ? 2 : bitness == 32 ? 1 : 0;
+        var decoder = _decoders[k] ??= Iced.Intel.Decoder.Create(bitness, reader, ip, DecoderOptions.None);
+        decoder.IP = ip;
+        return decoder;
+    }
+
     private bool _stop;
 
     private void FlushBlockLookup()
@@ -234,7 +291,8 @@ internal sealed unsafe partial class InterpreterVcpu
 
     /// <summary>
     /// INVLPG: drops the lookups of blocks in the 1 GiB-aligned region of <paramref name="lin"/> (the largest page the
-    /// invalidated translation can have) and keeps the others.
+    /// invalidated translation can have), by their first or, for a straddling block, their last bytes, and keeps the
+    /// others.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void FlushBlockLookupPage(ulong lin)
@@ -245,7 +303,7 @@ internal sealed unsafe partial class InterpreterVcpu
         {
             for (int i = 0; i < l1.Length; i++)
             {
-                if (l1[i] is { } b && b.Lin >> 30 == region)
+                if (l1[i] is { } b && InRegion(b, region))
                 {
                     l1[i] = null;
                 }
@@ -263,12 +321,14 @@ internal sealed unsafe partial class InterpreterVcpu
         {
             foreach (int f in log.Slots.AsSpan(0, log.Count))
             {
-                if (l1[f] is { } b && b.Lin >> 30 == region)
+                if (l1[f] is { } b && InRegion(b, region))
                 {
                     l1[f] = null;
                 }
             }
         }
+
+        static bool InRegion(Block b, ulong region) => b.Lin >> 30 == region || (b.Straddles && b.TailLin >> 30 == region);
     }
 
     /// <summary>
@@ -343,16 +403,7 @@ internal sealed unsafe partial class InterpreterVcpu
         List<Block>? hit = null;
         foreach (var b in blocks)
         {
-            int start = (int)(b.Lin & 0xFFF);
-            ref Op first = ref b.Ops[0];
-            long length = (long)(b.Ops[b.Count - 1].Next - (first.Next - first.Len));
-            if (length <= 0 || start + length > 4096)
-            {
-                // The instruction pointer wrapped inside the block (16- or 32-bit code): count the rest of the page.
-                length = 4096 - start;
-            }
-
-            if (start < end && offset < start + length)
+            if (Overlaps(b, page, offset, end))
             {
                 (hit ??= []).Add(b);
             }
@@ -399,6 +450,29 @@ internal sealed unsafe partial class InterpreterVcpu
 
         _stop = true;
         return true;
+
+        // Whether block b's bytes in physical page `page` overlap [offset, end): a straddling block has its first bytes up
+        // to the end of its first page and its last ones from the start of its tail page (both, when the two are one).
+        static bool Overlaps(Block b, ulong page, int offset, int end)
+        {
+            int start = (int)(b.Lin & 0xFFF);
+            ref Op first = ref b.Ops[0];
+            if (b.Straddles)
+            {
+                int tail = start + first.Len - 4096;
+                return (b.PhysPage >> 12 == page && start < end)
+                    || (b.TailPage >> 12 == page && offset < tail);
+            }
+
+            long length = (long)(b.Ops[b.Count - 1].Next - (first.Next - first.Len));
+            if (length <= 0 || start + length > 4096)
+            {
+                // The instruction pointer wrapped inside the block (16- or 32-bit code): count the rest of the page.
+                length = 4096 - start;
+            }
+
+            return start < end && offset < start + length;
+        }
 
         static bool ContainsAny(Block[] region, List<Block> hit, int count)
         {
@@ -464,40 +538,62 @@ internal sealed unsafe partial class InterpreterVcpu
         bool global = _walkGlobal;
         int mode = ModeKey;
         ulong key = phys | ((ulong)mode << 56);
-        if (_l2.TryGetValue(key, out var b) && b.Valid && b.Lin == lin && b.CsBase == csBase)
+        if (_l2.TryGetValue(key, out var b) && b.Valid && b.Lin == lin && b.CsBase == csBase
+            && (!b.Straddles || TailHolds(b, ref global)))
         {
             SetL1(h, b, global);
             return b;
         }
 
-        b = Decode(lin, csBase, phys);
+        b = Decode(lin, csBase, phys, ref global);
         BlocksDecoded++;
-        if (b.Cacheable)
+        _l2[key] = b;
+        SetL1(h, b, global);
+        AddToCodePage(phys >> 12, b);
+        if (b.Straddles && b.TailPage != (phys & ~0xFFFUL))
         {
-            _l2[key] = b;
-            SetL1(h, b, global);
-            ulong page = phys >> 12;
-            if (!_codePages.TryGetValue(page, out var list))
-            {
-                list = [];
-                _codePages[page] = list;
-                FlushWriteTlbForPhysPage(page << 12);
-                if (_smp)
-                {
-                    int region = FindRegion(page << 12);
-                    if (region >= 0)
-                    {
-                        _partition.MarkCodePage(this, region, ((page << 12) - _regions[region].Start) >> 12);
-                    }
-                }
-
-                _partition.Memory.WatchPage(new GuestAddress(page << 12));
-            }
-
-            list.Add(b);
+            AddToCodePage(b.TailPage >> 12, b);
         }
 
         return b;
+    }
+
+    /// <summary>Whether the next page still translates to straddling block <paramref name="b"/>'s tail page (a fault there is the instruction's own).</summary>
+    private bool TailHolds(Block b, ref bool global)
+    {
+        ulong tail = Translate(b.TailLin, AccExec, _cpu.Cpl == 3);
+        global &= _walkGlobal;
+        return (tail & ~0xFFFUL) == b.TailPage;
+    }
+
+    /// <summary>The linear address of the page after the one <paramref name="lin"/> is in (wrapping at 4 GiB outside 64-bit mode).</summary>
+    private ulong NextPageLinear(ulong lin)
+    {
+        ulong next = (lin | 0xFFF) + 1;
+        return _cpu.Bitness == 64 ? next : next & 0xFFFFFFFF;
+    }
+
+    /// <summary>Records that <paramref name="b"/> was decoded from physical page <paramref name="page"/> (a frame number), watching the page for writes.</summary>
+    private void AddToCodePage(ulong page, Block b)
+    {
+        if (!_codePages.TryGetValue(page, out var list))
+        {
+            list = [];
+            _codePages[page] = list;
+            FlushWriteTlbForPhysPage(page << 12);
+            if (_smp)
+            {
+                int region = FindRegion(page << 12);
+                if (region >= 0)
+                {
+                    _partition.MarkCodePage(this, region, ((page << 12) - _regions[region].Start) >> 12);
+                }
+            }
+
+            _partition.Memory.WatchPage(new GuestAddress(page << 12));
+        }
+
+        list.Add(b);
     }
 
     private void SetL1(int h, Block b, bool global)
@@ -508,7 +604,7 @@ internal sealed unsafe partial class InterpreterVcpu
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private Block Decode(ulong lin, ulong csBase, ulong phys)
+    private Block Decode(ulong lin, ulong csBase, ulong phys, ref bool global)
     {
         nint host = HostPage(phys & ~0xFFFUL);
         if (host == 0)
@@ -519,13 +615,16 @@ internal sealed unsafe partial class InterpreterVcpu
 
         int off = (int)(phys & 0xFFF);
         int avail = 4096 - off;
-        new ReadOnlySpan<byte>((void*)(host + off), avail).CopyTo(_fetch);
-        var reader = new ByteArrayCodeReader(_fetch, 0, avail);
+
+        // The block's bytes up to the end of the page, or as many as its longest decode reads.
+        int fetched = Math.Min(avail, MaxBlockBytes);
+        new ReadOnlySpan<byte>((void*)(host + off), fetched).CopyTo(_fetch);
         // The decoder works in CS offsets (RIP), so next-instruction and branch-target values are RIP values.
         ulong start = _cpu.Rip;
-        var decoder = Iced.Intel.Decoder.Create(_cpu.Bitness, reader, start, DecoderOptions.None);
+        var decoder = FetchDecoder(fetched, start);
         int n = 0;
-        bool cacheable = true;
+        bool straddles = false;
+        ulong tailLin = 0, tailPage = 0;
         while (n < MaxBlockInstructions)
         {
             ulong ip = decoder.IP;
@@ -537,25 +636,21 @@ internal sealed unsafe partial class InterpreterVcpu
                     break;
                 }
 
-                // The first instruction crosses into the next page: fetch its tail and do not cache.
-                ulong nextLin = (lin | 0xFFF) + 1;
-                if (_cpu.Bitness != 64)
-                {
-                    nextLin &= 0xFFFFFFFF;
-                }
-
-                ulong nextPhys = Translate(nextLin, AccExec, _cpu.Cpl == 3);
-                nint host2 = HostPage(nextPhys & ~0xFFFUL);
+                // The first instruction crosses into the next page: fetch its tail; the block is this instruction alone.
+                tailLin = NextPageLinear(lin);
+                ulong nextPhys = Translate(tailLin, AccExec, _cpu.Cpl == 3);
+                global &= _walkGlobal;
+                tailPage = nextPhys & ~0xFFFUL;
+                nint host2 = HostPage(tailPage);
                 if (host2 == 0)
                 {
                     throw Fault(Vectors.UD, 0);
                 }
 
                 new ReadOnlySpan<byte>((void*)host2, 16).CopyTo(_fetch.AsSpan(avail));
-                reader = new ByteArrayCodeReader(_fetch, 0, avail + 16);
-                decoder = Iced.Intel.Decoder.Create(_cpu.Bitness, reader, start, DecoderOptions.None);
+                decoder = FetchDecoder(avail + 16, start);
                 decoder.Decode(out ins);
-                cacheable = false;
+                straddles = true;
                 _decodeTmp[n++] = ins;
                 break;
             }
@@ -574,7 +669,9 @@ internal sealed unsafe partial class InterpreterVcpu
             CsBase = csBase,
             PhysPage = phys & ~0xFFFUL,
             ModeKey = ModeKey,
-            Cacheable = cacheable,
+            Straddles = straddles,
+            TailLin = tailLin,
+            TailPage = tailPage,
             Ops = new Op[n],
             Instrs = new Instruction[n],
         };

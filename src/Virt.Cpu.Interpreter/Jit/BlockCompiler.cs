@@ -206,6 +206,13 @@ internal sealed partial class BlockCompiler
         _rc = il.DeclareLocal(typeof(long));
     }
 
+    /// <summary>
+    /// The IL stream the probe emission starts with, per guest instruction: about what the methods of a Linux boot take
+    /// (about 70 bytes); a larger method grows its stream. (An estimate of twice that allocated a third of a boot's
+    /// managed memory, and collections of it paused every thread.)
+    /// </summary>
+    private const int ProbeIlPerInstruction = 80;
+
     /// <summary>Compiles <paramref name="b"/>, or returns null when no op of it would run inline (compiling would gain nothing).</summary>
     public static CompiledBlock? Compile(Block b) => Compile(b, out _);
 
@@ -245,7 +252,7 @@ internal sealed partial class BlockCompiler
             // The method is bound to the region's blocks (its first argument), so its code reaches them as constants.
             // A first emission (into a method that is never compiled; IL emission is a small part of the cost) finds
             // the registers the method writes, so the real one writes back only those.
-            probe = new BlockCompiler(region, speculated, NewMethod(b).GetILGenerator(256 + (count * 160)), writeBack: 0xFFFF, inlineLinks);
+            probe = new BlockCompiler(region, speculated, NewMethod(b).GetILGenerator(256 + (count * ProbeIlPerInstruction)), writeBack: 0xFFFF, inlineLinks);
             probe.Emit();
             if (region.Length == 1 || probe._il.ILOffset <= MaxMethodIl)
             {
@@ -257,7 +264,9 @@ internal sealed partial class BlockCompiler
         }
 
         var dm = NewMethod(b);
-        var il = dm.GetILGenerator(256 + (count * 160));
+
+        // The method writes back no more registers than the probe, so its IL is at most the probe's size.
+        var il = dm.GetILGenerator(probe._il.ILOffset);
         new BlockCompiler(region, speculated, il, probe._written, inlineLinks, probe._tailUses).Emit();
         ilBytes = il.ILOffset;
         return (CompiledBlock)dm.CreateDelegate(typeof(CompiledBlock), region);
@@ -316,7 +325,8 @@ internal sealed partial class BlockCompiler
     private static Block[] FormRegion(Block root, Dictionary<Block, Block> speculated)
     {
         // A self-loop compiles better alone (its flags stay in locals from one iteration to the next).
-        if (!AllInline(root) || IsSelfLoop(root))
+        // (A block whose instruction runs into the next page is kept under both pages; regions lie in one.)
+        if (!AllInline(root) || IsSelfLoop(root) || root.Straddles)
         {
             return [root];
         }
@@ -422,7 +432,7 @@ internal sealed partial class BlockCompiler
 
     /// <summary>Whether <paramref name="y"/> is a valid block starting at <paramref name="start"/>, in <paramref name="root"/>'s pages and mode, that runs wholly inline.</summary>
     private static bool SamePageAndMode(Block root, Block y, ulong start) =>
-        y.Valid && y.Cacheable && y.Count > 0 && y.Ops.Length >= y.Count
+        y.Valid && !y.Straddles && y.Count > 0 && y.Ops.Length >= y.Count
         && y.ModeKey == root.ModeKey && y.CsBase == root.CsBase && y.PhysPage == root.PhysPage
         && (y.Lin >> 12) == (root.Lin >> 12) && OpStart(in y.Ops[0]) == start && AllInline(y) && !IsSelfLoop(y);
 

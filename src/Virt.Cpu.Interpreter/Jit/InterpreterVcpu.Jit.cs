@@ -334,7 +334,7 @@ internal sealed partial class InterpreterVcpu
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private Block? JitLookup(Block from, int slot)
     {
-        if (LookupChains && CachedBlock(out _, out _, out _) is { } b && b.Cacheable && b.ModeKey == from.ModeKey
+        if (LookupChains && CachedBlock(out _, out _, out _) is { } b && b.ModeKey == from.ModeKey
             && b.CsBase == from.CsBase && Volatile.Read(ref b.Compiled) != null)
         {
             Link(from, slot, b);
@@ -385,7 +385,7 @@ internal sealed partial class InterpreterVcpu
                 else
                 {
                     b = GetBlock();
-                    if (b.Cacheable && b.ModeKey == from.ModeKey && b.CsBase == from.CsBase)
+                    if (b.ModeKey == from.ModeKey && b.CsBase == from.CsBase)
                     {
                         Link(from, _chainSlot, b);
                     }
@@ -421,7 +421,7 @@ internal sealed partial class InterpreterVcpu
                 int retired = ExecuteBlock(b, n);
                 _retired += retired;
                 _inBlock = false;
-                if (retired == b.Count && b.Cacheable)
+                if (retired == b.Count)
                 {
                     NoteInterpretedExit(b);
                 }
@@ -479,11 +479,5 @@ internal sealed partial class InterpreterVcpu
 
     /// <summary>Counts an interpreted run of <paramref name="b"/> towards the JIT threshold (at 0, compiles it now).</summary>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    private void CountForJit(Block b)
-    {
-        if (b.Cacheable)
-        {
-            _jit!.Count(b);
-        }
-    }
+    private void CountForJit(Block b) => _jit!.Count(b);
 }

@@ -83,6 +83,7 @@ internal sealed class JitCompilerThread
     private long _ilBytes;
     private long _evicted;
     private long _jitTicks;
+    private long _allocated;
 
     private JitCompilerThread()
     {
@@ -144,8 +145,9 @@ internal sealed class JitCompilerThread
         double perBlock = n == 0 ? 0 : (double)CompileTicks / System.Diagnostics.Stopwatch.Frequency / n * 1e6;
         double jitPerBlock = n == 0 ? 0 : JitTicks / 10.0 / n;
         long il = n == 0 ? 0 : IlBytes / n;
+        double kib = n == 0 ? 0 : Interlocked.Read(ref _allocated) / 1024.0 / n;
         return FormattableString.Invariant(
-            $"{n} blocks compiled, {perBlock:F0} us per block ({jitPerBlock:F0} us in the .NET JIT), {il} IL bytes per block, {Cached} cached, {Evicted} evicted, {Deferred} deferred, {Dropped} dropped as stale, {Promoted} promoted to inline link checks");
+            $"{n} blocks compiled, {perBlock:F0} us per block ({jitPerBlock:F0} us in the .NET JIT), {il} IL bytes per block, {kib:F0} KiB allocated per block, {Cached} cached, {Evicted} evicted, {Deferred} deferred, {Dropped} dropped as stale, {Promoted} promoted to inline link checks");
     }
 
     /// <summary>Compiles <paramref name="b"/> on the calling thread (threshold 0), with its link checks inline at once.</summary>
@@ -264,8 +266,10 @@ internal sealed class JitCompilerThread
 
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
         var jitStart = System.Runtime.JitInfo.GetCompilationTime(currentThread: true);
+        long allocStart = GC.GetAllocatedBytesForCurrentThread();
         var code = Build(b, out int ilBytes, inlineLinks);
         Interlocked.Add(ref _compileTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
+        Interlocked.Add(ref _allocated, GC.GetAllocatedBytesForCurrentThread() - allocStart);
         Interlocked.Add(ref _jitTicks, (System.Runtime.JitInfo.GetCompilationTime(currentThread: true) - jitStart).Ticks);
         Interlocked.Add(ref _ilBytes, ilBytes);
         if (code == null)
