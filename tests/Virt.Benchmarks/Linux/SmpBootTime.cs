@@ -126,6 +126,6 @@ internal static class SmpBootTime
         }
 
         double process = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
-        Console.WriteLine($"  CPU: process {process:F1} s, vCPU threads {vcpu:F2} s, JIT compiler thread {compiler:F2} s; jit: {Virt.Cpu.Interpreter.Jit.JitCompilerThread.Shared.Describe()}; managed heap {GC.GetTotalMemory(false) / 1e6:F0} MBMB; GC: {GC.CollectionCount(0)} collections ({GC.CollectionCount(1)} of gen 1, {GC.CollectionCount(2)} of gen 2), {GC.GetTotalPauseDuration().TotalMilliseconds:F0} ms paused, {GC.GetTotalAllocatedBytes() / 1e6:F0} MB allocated");
+        Console.WriteLine($"  CPU: process {process:F1} s, vCPU threads {vcpu:F2} s, JIT compiler thread {compiler:F2} s; jit: {Virt.Cpu.Interpreter.Jit.JitCompilerThread.Shared.Describe()}; managed heap {GC.GetTotalMemory(false) / 1e6:F0} MB, working set {Environment.WorkingSet / 1e6:F0} MB; GC: {GC.CollectionCount(0)} collections ({GC.CollectionCount(1)} of gen 1, {GC.CollectionCount(2)} of gen 2), {GC.GetTotalPauseDuration().TotalMilliseconds:F0} ms paused, {GC.GetTotalAllocatedBytes() / 1e6:F0} MB allocated");
     }
 }
