@@ -167,8 +167,18 @@ internal sealed partial class BlockCompiler
     /// <summary>Registers written by the code emitted so far (<see cref="StoreReg"/>).</summary>
     private int _written;
 
-    private BlockCompiler(Block[] region, Dictionary<Block, Block> speculated, ILGenerator il, int writeBack, bool inlineLinks, Dictionary<TailKey, int>? shared = null)
+    /// <summary>
+    /// The TLB references the prologue loads (1: the read TLB, 2: the write TLB): those the probe emission used (the probe
+    /// loads both). A method without memory accesses loads neither, which saves the array loads and their checks.
+    /// </summary>
+    private readonly int _tlbLoads;
+
+    /// <summary>The TLB references the code emitted so far uses (<see cref="NoteTlb"/>).</summary>
+    private int _tlbUsed;
+
+    private BlockCompiler(Block[] region, Dictionary<Block, Block> speculated, ILGenerator il, int writeBack, bool inlineLinks, Dictionary<TailKey, int>? shared = null, int tlbLoads = 3)
     {
+        _tlbLoads = tlbLoads;
         _speculated = speculated;
         _inlineLinks = inlineLinks;
         _writeBack = writeBack;
@@ -267,7 +277,14 @@ internal sealed partial class BlockCompiler
 
         // The method writes back no more registers than the probe, so its IL is at most the probe's size.
         var il = dm.GetILGenerator(probe._il.ILOffset);
-        new BlockCompiler(region, speculated, il, probe._written, inlineLinks, probe._tailUses).Emit();
+        var method = new BlockCompiler(region, speculated, il, probe._written, inlineLinks, probe._tailUses, probe._tlbUsed);
+        method.Emit();
+        if ((method._tlbUsed & ~probe._tlbUsed) != 0)
+        {
+            // Never expected (the two emissions make the same accesses); the block stays with the interpreter.
+            throw new InvalidOperationException("The method uses a TLB its probe emission did not.");
+        }
+
         ilBytes = il.ILOffset;
         return (CompiledBlock)dm.CreateDelegate(typeof(CompiledBlock), region);
     }
@@ -1577,9 +1594,13 @@ internal sealed partial class BlockCompiler
         }
     }
 
+    /// <summary>Records that the method uses <paramref name="tlb"/> (see <see cref="_tlbLoads"/>).</summary>
+    private void NoteTlb(LocalBuilder tlb) => _tlbUsed |= tlb == _rtlb ? 1 : 2;
+
     /// <summary>Branches to <paramref name="slow"/> unless the TLB entry (read or write) maps <see cref="_lin"/> for <paramref name="size"/> bytes; leaves the entry in <see cref="_entry"/>.</summary>
     private void EmitTlbCheck(LocalBuilder tlb, int size, Label slow)
     {
+        NoteTlb(tlb);
         // The entry at offset ((lin >> 12) & mask) * size from the first: the index is masked to the TLB's size, so no
         // bounds check is needed (the arrays are allocated with TlbSize entries and never replaced).
         _il.Emit(OpCodes.Ldloc, tlb);
@@ -1847,6 +1868,11 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Stloc, _cpu);
         for (int t = 0; t < 2; t++)
         {
+            if ((_tlbLoads & (1 << t)) == 0)
+            {
+                continue;
+            }
+
             _il.Emit(OpCodes.Ldarg_1);
             _il.Emit(OpCodes.Ldfld, t == 0 ? RtlbField : WtlbField);
             _il.Emit(OpCodes.Ldc_I4_0);
