@@ -275,7 +275,8 @@ internal sealed partial class BlockCompiler
 
         var dm = NewMethod(b);
 
-        // The method writes back no more registers than the probe, so its IL is at most the probe's size.
+        // The method writes back no more registers than the probe, so its IL is about the probe's size or less (a stream grows
+        // when needed).
         var il = dm.GetILGenerator(probe._il.ILOffset);
         var method = new BlockCompiler(region, speculated, il, probe._written, inlineLinks, probe._tailUses, probe._tlbUsed);
         method.Emit();
