@@ -80,7 +80,15 @@ internal sealed class DeviceManager
     private readonly AddressSpace _ports = new("ports");
     private readonly AddressSpace _mmio = new("MMIO addresses");
     private readonly Dictionary<uint, string> _lines = [];
-    private readonly Dictionary<PlatformDevice, List<(ushort Start, ushort Count, string Name)>> _platform = [];
+    /// <summary>
+    /// The port ranges reserved for platform devices, in reservation order. (A list of a class rather than a dictionary
+    /// keyed by the enum with tuples: those are framework generic code over this library's types, which no ReadyToRun
+    /// image holds and every process would compile at first use; a VM has a dozen of these ranges.)
+    /// </summary>
+    private readonly List<PlatformPorts> _platform = [];
+
+    /// <summary>Ports reserved for platform device <see cref="Which"/>.</summary>
+    private sealed record PlatformPorts(PlatformDevice Which, ushort Start, ushort Count, string Name);
     private readonly ImmutableList<DeviceSpec> _specs;
     private readonly DevicePlacement[] _placements;
 
@@ -133,10 +141,19 @@ internal sealed class DeviceManager
     /// <summary>Registers a platform device on the ports reserved for it; a device with scattered ports sees each at its distance from the first.</summary>
     public void AttachPlatform(PlatformDevice which, IPortIoDevice device)
     {
-        var ranges = _platform[which];
-        foreach (var (start, count, name) in ranges)
+        PlatformPorts? first = null;
+        foreach (var r in _platform)
         {
-            Ports.Register(start, count, device, name, (ushort)(start - ranges[0].Start));
+            if (r.Which == which)
+            {
+                first ??= r;
+                Ports.Register(r.Start, r.Count, device, r.Name, (ushort)(r.Start - first.Start));
+            }
+        }
+
+        if (first is null)
+        {
+            throw new KeyNotFoundException($"No ports were reserved for the platform device {which}.");
         }
     }
 
@@ -245,12 +262,7 @@ internal sealed class DeviceManager
     private void ReservePlatform(PlatformDevice which, ushort start, ushort count, string name)
     {
         _ports.Reserve(start, (ulong)start + count, name);
-        if (!_platform.TryGetValue(which, out var ranges))
-        {
-            _platform[which] = ranges = [];
-        }
-
-        ranges.Add((start, count, name));
+        _platform.Add(new PlatformPorts(which, start, count, name));
     }
 
     private void ReserveLine(int irq, string owner) => _lines.Add((uint)irq, owner);
@@ -368,7 +380,7 @@ internal sealed class DeviceManager
     /// <summary>Ranges of one address space (ports or guest physical addresses), each with the name of its owner.</summary>
     private sealed class AddressSpace(string what)
     {
-        private readonly List<(ulong Start, ulong End, string Owner)> _ranges = [];
+        private readonly List<Range> _ranges = [];
 
         /// <exception cref="ArgumentException">[<paramref name="start"/>, <paramref name="end"/>) overlaps a range; the message names both.</exception>
         public void Reserve(ulong start, ulong end, string owner)
@@ -382,7 +394,7 @@ internal sealed class DeviceManager
                 }
             }
 
-            _ranges.Add((start, end, owner));
+            _ranges.Add(new Range(start, end, owner));
         }
 
         /// <summary>Reserves the lowest free, aligned range of <paramref name="size"/> in [<paramref name="from"/>, <paramref name="to"/>).</summary>
@@ -393,10 +405,18 @@ internal sealed class DeviceManager
             while (size <= to && candidate <= to - size)
             {
                 ulong end = candidate + size;
-                var blocker = _ranges.Where(r => candidate < r.End && r.Start < end).Select(r => (ulong?)r.End).Max();
+                ulong? blocker = null;
+                foreach (var r in _ranges)
+                {
+                    if (candidate < r.End && r.Start < end && (blocker is null || r.End > blocker))
+                    {
+                        blocker = r.End;
+                    }
+                }
+
                 if (blocker is null)
                 {
-                    _ranges.Add((candidate, end, owner));
+                    _ranges.Add(new Range(candidate, end, owner));
                     return candidate;
                 }
 
@@ -407,5 +427,8 @@ internal sealed class DeviceManager
         }
 
         private static ulong AlignUp(ulong value, ulong alignment) => (value + alignment - 1) & ~(alignment - 1);
+
+        /// <summary>[<see cref="Start"/>, <see cref="End"/>) reserved by <see cref="Owner"/>.</summary>
+        private sealed record Range(ulong Start, ulong End, string Owner);
     }
 }
