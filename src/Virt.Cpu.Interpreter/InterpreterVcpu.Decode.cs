@@ -559,11 +559,18 @@ internal sealed unsafe partial class InterpreterVcpu
     }
 
     /// <summary>Whether the next page still translates to straddling block <paramref name="b"/>'s tail page (a fault there is the instruction's own).</summary>
-    private bool TailHolds(Block b, ref bool global)
+    private bool TailHolds(Block b, ref bool global) => TailPageOf(b.TailLin, ref global) == b.TailPage;
+
+    /// <summary>
+    /// The physical page an instruction's bytes continue in at linear page <paramref name="tailLin"/>, translated for
+    /// execution (a fault there is the instruction's own); <paramref name="global"/> stays set only when that translation
+    /// is global too.
+    /// </summary>
+    private ulong TailPageOf(ulong tailLin, ref bool global)
     {
-        ulong tail = Translate(b.TailLin, AccExec, _cpu.Cpl == 3);
+        ulong tail = Translate(tailLin, AccExec, _cpu.Cpl == 3);
         global &= _walkGlobal;
-        return (tail & ~0xFFFUL) == b.TailPage;
+        return tail & ~0xFFFUL;
     }
 
     /// <summary>The linear address of the page after the one <paramref name="lin"/> is in (wrapping at 4 GiB outside 64-bit mode).</summary>
@@ -638,9 +645,7 @@ internal sealed unsafe partial class InterpreterVcpu
 
                 // The first instruction crosses into the next page: fetch its tail; the block is this instruction alone.
                 tailLin = NextPageLinear(lin);
-                ulong nextPhys = Translate(tailLin, AccExec, _cpu.Cpl == 3);
-                global &= _walkGlobal;
-                tailPage = nextPhys & ~0xFFFUL;
+                tailPage = TailPageOf(tailLin, ref global);
                 nint host2 = HostPage(tailPage);
                 if (host2 == 0)
                 {
