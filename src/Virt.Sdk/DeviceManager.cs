@@ -387,7 +387,7 @@ internal sealed class DeviceManager
         {
             foreach (var r in _ranges)
             {
-                if (start < r.End && r.Start < end)
+                if (r.Overlaps(start, end))
                 {
                     throw new ArgumentException(
                         $"Devices '{r.Owner}' (0x{r.Start:x}-0x{r.End - 1:x}) and '{owner}' (0x{start:x}-0x{end - 1:x}) overlap in {what}. Move one of them.");
@@ -408,7 +408,7 @@ internal sealed class DeviceManager
                 ulong? blocker = null;
                 foreach (var r in _ranges)
                 {
-                    if (candidate < r.End && r.Start < end && (blocker is null || r.End > blocker))
+                    if (r.Overlaps(candidate, end) && (blocker is null || r.End > blocker))
                     {
                         blocker = r.End;
                     }
@@ -429,6 +429,10 @@ internal sealed class DeviceManager
         private static ulong AlignUp(ulong value, ulong alignment) => (value + alignment - 1) & ~(alignment - 1);
 
         /// <summary>[<see cref="Start"/>, <see cref="End"/>) reserved by <see cref="Owner"/>.</summary>
-        private sealed record Range(ulong Start, ulong End, string Owner);
+        private sealed record Range(ulong Start, ulong End, string Owner)
+        {
+            /// <summary>Whether [<paramref name="start"/>, <paramref name="end"/>) shares an address with this range.</summary>
+            public bool Overlaps(ulong start, ulong end) => start < End && Start < end;
+        }
     }
 }
