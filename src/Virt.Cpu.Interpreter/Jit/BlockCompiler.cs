@@ -3675,7 +3675,7 @@ internal sealed partial class BlockCompiler
 
     /// <summary>
     /// REP MOVS / REP STOS (64-bit addresses): <see cref="InterpreterVcpu.JitRepFast"/> moves the elements that lie in
-    /// pages the TLB maps (forward, not overlapping, bounded per call) without any state written back; the registers
+    /// pages the TLB maps (forward, bounded per call) without any state written back; the registers
     /// are advanced here by the elements it moved. When RCX is not 0 after it (DF set, a TLB miss, a page boundary inside
     /// an element, MMIO, a code page, the bound), the state is written back and the interpreter continues the
     /// instruction from there (<see cref="InterpreterVcpu.JitStringStep"/>): it faults, exits or completes exactly as

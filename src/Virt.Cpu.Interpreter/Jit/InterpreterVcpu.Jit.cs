@@ -163,8 +163,8 @@ internal sealed partial class InterpreterVcpu
     /// <summary>
     /// The fast path of a compiled REP MOVS / REP STOS with 64-bit addresses (RCX = <paramref name="count"/>, RSI =
     /// <paramref name="rsi"/>, RDI = <paramref name="rdi"/>, RAX = <paramref name="rax"/>): moves the elements that lie
-    /// wholly in pages the TLB maps for the access (so RAM, writable, dirty, no cached code), forwards, while source and
-    /// destination do not overlap, at most <see cref="RepChunk"/> of them; returns how many it moved (0 with DF set). It
+    /// wholly in pages the TLB maps for the access (so RAM, writable, dirty, no cached code), forwards, unless the
+    /// destination lies less than one element above the source (<see cref="CopyElements"/>), at most <see cref="RepChunk"/> of them; returns how many it moved (0 with DF set). It
     /// never faults and changes no state but guest memory: the caller advances the registers.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -192,14 +192,13 @@ internal sealed partial class InterpreterVcpu
                 ulong src = StrLin(seg, rsi);
                 n = Math.Min(n, (4096 - (long)(src & 0xFFF)) / size);
                 byte* s = n > 0 ? ReadPtr(src, size) : null;
-                if (s == null || Math.Abs(d - s) < n * size)
+                // SAFETY: both ranges lie in 4 KiB RAM pages the TLB maps (the destination writable, dirty, without
+                // cached code).
+                if (s == null || !CopyElements(d, s, (int)(n * size), size, down: false))
                 {
                     break;
                 }
 
-                // SAFETY: both ranges lie in 4 KiB RAM pages the TLB maps (the destination writable, dirty, without
-                // cached code) and do not overlap.
-                new ReadOnlySpan<byte>(s, (int)(n * size)).CopyTo(new Span<byte>(d, (int)(n * size)));
                 rsi += (ulong)(n * size);
             }
             else

@@ -29,7 +29,18 @@ public sealed class RepStringDifferentialTests
         ["movsb overlapping backward"] = a => { a.mov(rsi, S + 0x301); a.mov(rdi, S + 0x300); a.mov(ecx, 0x200); a.rep.movsb(); },
         ["movsb from the read-only page"] = a => { a.mov(rsi, S + 0x2000); a.mov(rdi, S + 0x80); a.mov(ecx, 0x400); a.rep.movsb(); },
         ["movsd into the read-only page"] = a => { a.mov(rsi, S); a.mov(rdi, S + 0x1F80); a.mov(ecx, 0x80); a.rep.movsd(); },
+        ["movsq overlapping, source above"] = a => { a.mov(rsi, S + 0x408); a.mov(rdi, S + 0x400); a.mov(ecx, 0x100); a.rep.movsq(); },
+        ["movsw overlapping, source one byte above"] = a => { a.mov(rsi, S + 0x601); a.mov(rdi, S + 0x600); a.mov(ecx, 0x180); a.rep.movsw(); },
+        ["movsq overlapping by 12 bytes"] = a => { a.mov(rsi, S + 0x500); a.mov(rdi, S + 0x50C); a.mov(ecx, 0x90); a.rep.movsq(); },
+        ["movsd overlapping by half an element"] = a => { a.mov(rsi, S + 0x700); a.mov(rdi, S + 0x702); a.mov(ecx, 0x100); a.rep.movsd(); },
+        ["movsb overlapping by 3 across a page"] = a => { a.mov(rsi, S + 0xE00); a.mov(rdi, S + 0xE03); a.mov(ecx, 0x400); a.rep.movsb(); },
+        ["movsb shifting down across a page"] = a => { a.mov(rsi, S + 0xF10); a.mov(rdi, S + 0xE05); a.mov(ecx, 0x600); a.rep.movsb(); },
         ["movsb downwards"] = a => { a.std(); a.mov(rsi, S + 0x1800); a.mov(rdi, S + 0x1900); a.mov(ecx, 0x300); a.rep.movsb(); a.cld(); },
+        ["movsq downwards overlapping, destination above"] = a => { a.std(); a.mov(rsi, S + 0x1A00); a.mov(rdi, S + 0x1A08); a.mov(ecx, 0x1C0); a.rep.movsq(); a.cld(); },
+        ["movsb downwards overlapping by 5 across a page"] = a => { a.std(); a.mov(rsi, S + 0x1105); a.mov(rdi, S + 0x1100); a.mov(ecx, 0x300); a.rep.movsb(); a.cld(); },
+        ["movsd downwards overlapping by half an element"] = a => { a.std(); a.mov(rsi, S + 0x1302); a.mov(rdi, S + 0x1300); a.mov(ecx, 0x80); a.rep.movsd(); a.cld(); },
+        ["movsq downwards from the read-only page"] = a => { a.std(); a.mov(rsi, S + 0x2100); a.mov(rdi, S + 0x1F00); a.mov(ecx, 0x40); a.rep.movsq(); a.cld(); },
+        ["stosd downwards across a page"] = a => { a.std(); a.mov(rdi, S + 0x1100); a.mov(ecx, 0x200); a.mov(eax, 0x600DF00D); a.rep.stosd(); a.cld(); },
         ["stosq downwards"] = a => { a.std(); a.mov(rdi, S + 0x1008); a.mov(ecx, 0x10); a.mov(rax, -1L); a.rep.stosq(); a.cld(); },
     };
 
