@@ -15,12 +15,15 @@ internal static class Cpuid
     private const uint Fpu = 1u << 0, De = 1u << 2, Pse = 1u << 3, Tsc = 1u << 4, Msr = 1u << 5, Pae = 1u << 6, Cx8 = 1u << 8, Sep = 1u << 11,
         Pge = 1u << 13, Cmov = 1u << 15, Pat = 1u << 16, Clfsh = 1u << 19, Mmx = 1u << 23, Fxsr = 1u << 24, Sse = 1u << 25, Sse2 = 1u << 26;
 
-    // Leaf 1 ECX.
-    private const uint Sse3 = 1u << 0, Ssse3 = 1u << 9, Cx16 = 1u << 13, Sse41 = 1u << 19, Sse42 = 1u << 20, Popcnt = 1u << 23, HypervisorBit = 1u << 31;
+    // Leaf 1 ECX. RDRAND (and RDSEED in leaf 7): values from the host's cryptographic generator. A guest kernel seeds its
+    // random number generator from them at once instead of gathering entropy from interrupt timings, and until it is
+    // seeded every request for random bytes (each new file's inode generation, for one) hashes its whole entropy pool.
+    private const uint Sse3 = 1u << 0, Ssse3 = 1u << 9, Cx16 = 1u << 13, Sse41 = 1u << 19, Sse42 = 1u << 20, Popcnt = 1u << 23,
+        Rdrand = 1u << 30, HypervisorBit = 1u << 31;
 
     // Leaf 7 EBX. ERMS: REP MOVSB/STOSB are the fast way to copy and fill memory (here they run as bulk copies of
     // whole pages), so guests choose them over loops of moves.
-    private const uint Bmi1 = 1u << 3, Bmi2 = 1u << 8, Erms = 1u << 9;
+    private const uint Bmi1 = 1u << 3, Bmi2 = 1u << 8, Erms = 1u << 9, Rdseed = 1u << 18;
 
     // Leaf 7 EDX. FSRM: REP MOVSB is fast for short copies too. SPEC_CTRL: IA32_SPEC_CTRL with IBRS and IA32_PRED_CMD
     // with IBPB, which together with IBRS_ALL below let a guest kernel protect its indirect branches with enhanced IBRS
@@ -58,9 +61,9 @@ internal static class Cpuid
         {
             new(0, 0, 0, 7, V(0), V(8), V(4)),
             // Family 6, model 0x3A, stepping 9; CLFLUSH line 8 qwords, 1 logical processor.
-            new(1, 0, 0, 0x000306A9, 0x00010800, Sse3 | Ssse3 | Cx16 | Sse41 | Sse42 | Popcnt | HypervisorBit,
+            new(1, 0, 0, 0x000306A9, 0x00010800, Sse3 | Ssse3 | Cx16 | Sse41 | Sse42 | Popcnt | Rdrand | HypervisorBit,
                 Fpu | De | Pse | Tsc | Msr | Pae | Cx8 | Sep | Pge | Cmov | Pat | Clfsh | Mmx | Fxsr | Sse | Sse2),
-            new(7, 0, CpuidEntry.SignificantIndex, 0, Bmi1 | Bmi2 | Erms, 0, Fsrm | SpecCtrl | ArchCapabilitiesMsr),
+            new(7, 0, CpuidEntry.SignificantIndex, 0, Bmi1 | Bmi2 | Erms | Rdseed, 0, Fsrm | SpecCtrl | ArchCapabilitiesMsr),
             new(0x80000000, 0, 0, 0x80000008, 0, 0, 0),
             new(0x80000001, 0, 0, 0, 0, LahfLm | Abm, Syscall | Nx | Page1G | Rdtscp | LongMode),
             new(0x80000002, 0, 0, B(0), B(4), B(8), B(12)),

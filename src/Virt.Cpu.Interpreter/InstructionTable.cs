@@ -415,6 +415,8 @@ internal static class InstructionTable
         (Mnemonic.Rdtsc, Run(c => c.Rdtsc, IsaGroup.System, E | F)),
         (Mnemonic.Rdtscp, Run(c => c.Rdtscp, IsaGroup.System, E | F)),
         (Mnemonic.Rdpmc, Run(c => c.Rdpmc, IsaGroup.System, F)),
+        (Mnemonic.Rdrand, Run(c => c.Rdrand, IsaGroup.System, F)),
+        (Mnemonic.Rdseed, Run(c => c.Rdrand, IsaGroup.System, F)),
         (Mnemonic.Swapgs, Run(c => c.Swapgs, IsaGroup.System, E | P | F)),
         (Mnemonic.Rdmsr, Run(c => c.Rdmsr, IsaGroup.System, E | P | F)),
         (Mnemonic.Wrmsr, Run(c => c.Wrmsr, IsaGroup.System, E | P | F)),

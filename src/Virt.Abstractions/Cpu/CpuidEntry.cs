@@ -144,6 +144,12 @@ public enum CpuidRegister
 /// <param name="Bit">Bit number 0-31.</param>
 public readonly record struct CpuidFeature(uint Function, uint Index, CpuidRegister Register, int Bit)
 {
+    /// <summary>Leaf 1 ECX bit 30: RDRAND.</summary>
+    public static CpuidFeature Rdrand => new(1, 0, CpuidRegister.Ecx, 30);
+
+    /// <summary>Leaf 7 EBX bit 18: RDSEED.</summary>
+    public static CpuidFeature Rdseed => new(7, 0, CpuidRegister.Ebx, 18);
+
     /// <summary>Leaf 1 ECX bit 26: XSAVE.</summary>
     public static CpuidFeature Xsave => new(1, 0, CpuidRegister.Ecx, 26);
     /// <summary>Leaf 1 ECX bit 28: AVX.</summary>

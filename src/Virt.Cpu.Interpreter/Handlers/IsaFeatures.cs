@@ -10,7 +10,7 @@ namespace Virt.Cpu.Interpreter;
 internal sealed partial class InterpreterVcpu
 {
     // Extension bits of IsaByCode and _isaEnabled.
-    private const byte IsaSse3 = 1, IsaSsse3 = 2, IsaSse41 = 4, IsaSse42 = 8, IsaBmi2 = 16, IsaMmx = 32;
+    private const byte IsaSse3 = 1, IsaSsse3 = 2, IsaSse41 = 4, IsaSse42 = 8, IsaBmi2 = 16, IsaMmx = 32, IsaRdrand = 64, IsaRdseed = 128;
 
     /// <summary>Per <see cref="Code"/>: the extensions (above) it needs, from Iced's CPUID feature list.</summary>
     private static readonly byte[] IsaByCode = BuildIsaByCode();
@@ -34,6 +34,8 @@ internal sealed partial class InterpreterVcpu
                     Iced.Intel.CpuidFeature.SSE4_2 => IsaSse42,
                     Iced.Intel.CpuidFeature.BMI2 => IsaBmi2,
                     Iced.Intel.CpuidFeature.MMX => IsaMmx,
+                    Iced.Intel.CpuidFeature.RDRAND => IsaRdrand,
+                    Iced.Intel.CpuidFeature.RDSEED => IsaRdseed,
                     _ => 0,
                 };
             }
@@ -68,6 +70,8 @@ internal sealed partial class InterpreterVcpu
         r |= (ecx1 & (1u << 20)) != 0 ? IsaSse42 : (byte)0;
         r |= (ebx7 & (1u << 8)) != 0 ? IsaBmi2 : (byte)0;
         r |= (edx1 & (1u << 23)) != 0 ? IsaMmx : (byte)0;
+        r |= (ecx1 & (1u << 30)) != 0 ? IsaRdrand : (byte)0;
+        r |= (ebx7 & (1u << 18)) != 0 ? IsaRdseed : (byte)0;
         _isaEnabled = r;
     }
 

@@ -70,6 +70,36 @@ internal sealed partial class InterpreterVcpu
         return op.Next;
     }
 
+    /// <summary>
+    /// RDRAND and RDSEED: a random value from the host's cryptographic generator in the destination register, CF set
+    /// (a value is always available, so a guest's retry loop never spins) and OF, SF, ZF, AF and PF cleared; #UD when the
+    /// CPUID table the guest sees does not advertise the instruction. The values are not reproducible, also under
+    /// <see cref="InterpreterClock.Virtual"/>: a machine that must run the same way every time masks both features
+    /// (<c>CpuidFeature.Rdrand</c>, <c>CpuidFeature.Rdseed</c>).
+    /// </summary>
+    internal ulong Rdrand(ref Op op, in Instruction ins)
+    {
+        CheckIsa(ins.Code);
+        if (_randomUsed + 8 > _random.Length)
+        {
+            System.Security.Cryptography.RandomNumberGenerator.Fill(_random);
+            _randomUsed = 0;
+        }
+
+        ulong v = BitConverter.ToUInt64(_random, _randomUsed);
+        _randomUsed += 8;
+        SetReg(op.R0, op.Size, v);
+        Materialize();
+        _cpu.Flags = (_cpu.Flags & ~ArithFlags) | CF;
+        return op.Next;
+    }
+
+    /// <summary>Random bytes for RDRAND and RDSEED, drawn from the host's generator a buffer at a time.</summary>
+    private readonly byte[] _random = new byte[256];
+
+    /// <summary>Bytes of <see cref="_random"/> already handed out (all of them at first, so the first use fills it).</summary>
+    private int _randomUsed = 256;
+
     /// <summary>RDPMC: there are no performance counters to read.</summary>
     internal ulong Rdpmc(ref Op op, in Instruction _) => throw Fault(Vectors.GP, 0);
 
