@@ -57,8 +57,8 @@ internal static class Cpuid
         var brand = Encoding.ASCII.GetBytes("Virt.Sdk x86-64 interpreter".PadRight(48, '\0'));
         uint B(int i) => BitConverter.ToUInt32(brand, i);
 
-        var list = new List<CpuidEntry>
-        {
+        CpuidEntry[] list =
+        [
             new(0, 0, 0, 7, V(0), V(8), V(4)),
             // Family 6, model 0x3A, stepping 9; CLFLUSH line 8 qwords, 1 logical processor.
             new(1, 0, 0, 0x000306A9, 0x00010800, Sse3 | Ssse3 | Cx16 | Sse41 | Sse42 | Popcnt | Rdrand | HypervisorBit,
@@ -70,7 +70,7 @@ internal static class Cpuid
             new(0x80000003, 0, 0, B(16), B(20), B(24), B(28)),
             new(0x80000004, 0, 0, B(32), B(36), B(40), B(44)),
             new(0x80000008, 0, 0, (uint)(PhysicalAddressBits | (LinearAddressBits << 8)), 0, 0, 0),
-        };
+        ];
 
         return CpuidEntry.WithoutAll(list, masked).AsReadOnly();
     }
@@ -79,11 +79,22 @@ internal static class Cpuid
 /// <summary>The MSRs the interpreter implements (and IA32_PRED_CMD, which is write-only and so is not listed: it holds no state).</summary>
 internal static class Msrs
 {
-    public static readonly IReadOnlyList<uint> Supported = new uint[]
+    public static readonly IReadOnlyList<uint> Supported = Array.AsReadOnly(Build());
+
+    /// <summary>The list, joined by hand: a collection expression with a spread or LINQ's Concat would build it through framework generic code over <see langword="uint"/> (compiled in every process).</summary>
+    private static uint[] Build()
     {
-        MsrIndex.Tsc, MsrIndex.ApicBase, MsrIndex.SysenterCs, MsrIndex.SysenterEsp, MsrIndex.SysenterEip,
-        MsrIndex.MiscEnable, MsrIndex.Pat, MsrIndex.Efer, MsrIndex.Star, MsrIndex.Lstar, MsrIndex.Cstar,
-        MsrIndex.Fmask, MsrIndex.FsBase, MsrIndex.GsBase, MsrIndex.KernelGsBase, MsrIndex.TscAux,
-        MsrIndex.PlatformInfo, MsrIndex.ArchCapabilities, MsrIndex.MiscFeaturesEnables, MsrIndex.SpecCtrl,
-    }.Concat(MachineCheck.MsrIndices()).ToList().AsReadOnly();
+        uint[] platform =
+        [
+            MsrIndex.Tsc, MsrIndex.ApicBase, MsrIndex.SysenterCs, MsrIndex.SysenterEsp, MsrIndex.SysenterEip,
+            MsrIndex.MiscEnable, MsrIndex.Pat, MsrIndex.Efer, MsrIndex.Star, MsrIndex.Lstar, MsrIndex.Cstar,
+            MsrIndex.Fmask, MsrIndex.FsBase, MsrIndex.GsBase, MsrIndex.KernelGsBase, MsrIndex.TscAux,
+            MsrIndex.PlatformInfo, MsrIndex.ArchCapabilities, MsrIndex.MiscFeaturesEnables, MsrIndex.SpecCtrl,
+        ];
+        var machineCheck = MachineCheck.MsrIndices();
+        var all = new uint[platform.Length + machineCheck.Length];
+        platform.CopyTo(all, 0);
+        machineCheck.CopyTo(all, platform.Length);
+        return all;
+    }
 }

@@ -22,16 +22,19 @@ internal static class MachineCheck
     public const ulong McgCap = MachineCheckBanks | McgCtlPresent;
 
     /// <summary>The MSR indices this file serves, for the supported-MSR list.</summary>
-    public static IEnumerable<uint> MsrIndices()
+    public static uint[] MsrIndices()
     {
-        yield return MsrBiosSignId;
-        yield return MsrMcgCap;
-        yield return MsrMcgStatus;
-        yield return MsrMcgCtl;
+        var list = new uint[4 + (4 * MachineCheckBanks)];
+        list[0] = MsrBiosSignId;
+        list[1] = MsrMcgCap;
+        list[2] = MsrMcgStatus;
+        list[3] = MsrMcgCtl;
         for (uint i = 0; i < 4 * MachineCheckBanks; i++)
         {
-            yield return MsrMc0Ctl + i;
+            list[4 + i] = MsrMc0Ctl + i;
         }
+
+        return list;
     }
 }
 

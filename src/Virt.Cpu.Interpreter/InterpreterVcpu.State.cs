@@ -4,10 +4,28 @@ namespace Virt.Cpu.Interpreter;
 internal sealed partial class InterpreterVcpu
 {
     /// <summary>The MSRs a whole-state save includes: every one the interpreter has but those derived from other state and the read-only capability MSRs.</summary>
-    private static readonly uint[] StateMsrs =
-    [
-        .. Msrs.Supported.Where(i => i is not (MsrIndex.Efer or MsrIndex.FsBase or MsrIndex.GsBase or MsrIndex.ApicBase or MsrIndex.PlatformInfo or MsrIndex.ArchCapabilities or MachineCheck.MsrMcgCap)),
-    ];
+    private static readonly uint[] StateMsrs = SavedMsrs();
+
+    /// <summary>
+    /// <see cref="StateMsrs"/>, with a loop: LINQ over <see langword="uint"/> is framework generic code that no ReadyToRun
+    /// image holds, which every process would compile at its first vCPU.
+    /// </summary>
+    private static uint[] SavedMsrs()
+    {
+        var all = Msrs.Supported;
+        var kept = new uint[all.Count];
+        int n = 0;
+        for (int k = 0; k < all.Count; k++)
+        {
+            if (all[k] is not (MsrIndex.Efer or MsrIndex.FsBase or MsrIndex.GsBase or MsrIndex.ApicBase or MsrIndex.PlatformInfo or MsrIndex.ArchCapabilities or MachineCheck.MsrMcgCap))
+            {
+                kept[n++] = all[k];
+            }
+        }
+
+        Array.Resize(ref kept, n);
+        return kept;
+    }
 
     public VcpuState GetState()
     {

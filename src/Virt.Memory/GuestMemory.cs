@@ -24,8 +24,13 @@ public sealed class GuestMemory : IGuestMemoryBacking, IDisposable
     private GuestMemory(Region[] regions)
     {
         _regions = regions;
-        _infos = [.. regions.Select(r => new GuestMemoryRegionInfo(new GuestAddress(r.Start), r.Size, r.IsReadOnly, r.Host))];
-        TotalSize = regions.Aggregate(0UL, (sum, r) => sum + r.Size);
+        _infos = new GuestMemoryRegionInfo[regions.Length];
+        for (int i = 0; i < regions.Length; i++)
+        {
+            var r = regions[i];
+            _infos[i] = new GuestMemoryRegionInfo(new GuestAddress(r.Start), r.Size, r.IsReadOnly, r.Host);
+            TotalSize += r.Size;
+        }
     }
 
     /// <summary>Creates guest memory with one RAM region of <paramref name="size"/> bytes at address 0.</summary>
@@ -47,7 +52,21 @@ public sealed class GuestMemory : IGuestMemoryBacking, IDisposable
             throw new ArgumentException("Guest memory needs at least one region.", nameof(specs));
         }
 
-        var sorted = specs.OrderBy(s => s.Start.Value).ToArray();
+        // By start address, stable, as an insertion sort: a machine has a handful of regions, and LINQ's or Array's sort
+        // over this struct would be framework generic code that no ReadyToRun image holds (compiled in every process).
+        var sorted = (GuestMemoryRegionSpec[])specs.Clone();
+        for (int i = 1; i < sorted.Length; i++)
+        {
+            var s = sorted[i];
+            int j = i - 1;
+            for (; j >= 0 && sorted[j].Start.Value > s.Start.Value; j--)
+            {
+                sorted[j + 1] = sorted[j];
+            }
+
+            sorted[j + 1] = s;
+        }
+
         const ulong maxPhysical = 1UL << 52;
         for (int i = 0; i < sorted.Length; i++)
         {

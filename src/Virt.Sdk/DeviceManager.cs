@@ -100,11 +100,38 @@ internal sealed class DeviceManager
         ReservePlatform(config);
         _specs = config.Devices;
         _placements = Place(_specs);
-        VirtioDevices = [.. _specs.Zip(_placements).Where(d => d.First.IsVirtio)
-            .Select(d => new VirtioDeviceInfo(d.First.Name, d.Second.MmioAddress!.Value, d.Second.MmioSize, d.Second.Irq!.Value))];
-        Devices = [.. _specs.Zip(_placements).Where(d => !d.First.IsVirtio).Select(d => d.Second)];
-        AcpiDevices = [.. _specs.Zip(_placements).Where(d => !d.First.IsVirtio && d.First.Resources.AcpiHardwareId is not null)
-            .Select(d => new AcpiDevice(d.First.Resources.AcpiHardwareId!, d.Second.Port, d.Second.PortCount, d.Second.MmioAddress, d.Second.MmioSize, (int?)d.Second.Irq))];
+        // Loops rather than LINQ over (spec, placement) pairs: that is framework generic code over value tuples and the
+        // ACPI device struct, which no ReadyToRun image holds (compiled in every process at its first machine).
+        var virtio = new List<VirtioDeviceInfo>();
+        var devices = new List<DevicePlacement>();
+        int acpiCount = 0;
+        for (int i = 0; i < _placements.Length; i++)
+        {
+            var (spec, p) = (_specs[i], _placements[i]);
+            if (spec.IsVirtio)
+            {
+                virtio.Add(new VirtioDeviceInfo(spec.Name, p.MmioAddress!.Value, p.MmioSize, p.Irq!.Value));
+            }
+            else
+            {
+                devices.Add(p);
+                acpiCount += spec.Resources.AcpiHardwareId is null ? 0 : 1;
+            }
+        }
+
+        var acpi = new AcpiDevice[acpiCount];
+        for (int i = 0, k = 0; i < _placements.Length; i++)
+        {
+            var (spec, p) = (_specs[i], _placements[i]);
+            if (!spec.IsVirtio && spec.Resources.AcpiHardwareId is { } hid)
+            {
+                acpi[k++] = new AcpiDevice(hid, p.Port, p.PortCount, p.MmioAddress, p.MmioSize, (int?)p.Irq);
+            }
+        }
+
+        VirtioDevices = virtio.AsReadOnly();
+        Devices = devices.AsReadOnly();
+        AcpiDevices = acpi;
     }
 
     private readonly List<Snapshots.IPersistentState> _persistent = [];

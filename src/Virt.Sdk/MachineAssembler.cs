@@ -118,12 +118,22 @@ internal static class MachineAssembler
             TrackDirtyPages = config.TrackDirtyPages,
             InterruptPlatform = clock,
         });
-        var missing = config.RequiredCpuidFeatures.Where(f => !CpuidEntry.AnyOffers(partition.SupportedCpuid, f)).ToArray();
-        if (missing.Length > 0)
+        var missing = new List<string>();
+        for (int i = 0; i < config.RequiredCpuidFeatures.Count; i++)
+        {
+            // A loop, not LINQ over the feature struct: that would be framework generic code compiled in every process.
+            var f = config.RequiredCpuidFeatures[i];
+            if (!CpuidEntry.AnyOffers(partition.SupportedCpuid, f))
+            {
+                missing.Add(FeatureName(f));
+            }
+        }
+
+        if (missing.Count > 0)
         {
             partition.Dispose();
             throw new InvalidOperationException(
-                $"The {selection.Name} backend cannot give the guest {string.Join(", ", missing.Select(FeatureName))}, which the VM requires "
+                $"The {selection.Name} backend cannot give the guest {string.Join(", ", missing)}, which the VM requires "
                 + "(WithCpuidFeature or WithCpuModel). Choose a lower CPU model, drop the feature, or use a backend whose processor has it.");
         }
 

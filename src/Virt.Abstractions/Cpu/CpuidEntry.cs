@@ -111,12 +111,15 @@ public readonly record struct CpuidEntry(uint Function, uint Index, uint Flags, 
     {
         ArgumentNullException.ThrowIfNull(entries);
         ArgumentNullException.ThrowIfNull(features);
-        var result = entries.ToArray();
+        // Index loops and an array copy rather than LINQ and enumerators over these structs, which would be framework
+        // generic code compiled in every process that builds a machine.
+        var result = entries is CpuidEntry[] array ? (CpuidEntry[])array.Clone() : [.. entries];
+        int count = features.Count;
         for (int i = 0; i < result.Length; i++)
         {
-            foreach (var f in features)
+            for (int k = 0; k < count; k++)
             {
-                result[i] = result[i].Without(f);
+                result[i] = result[i].Without(features[k]);
             }
         }
 
