@@ -36,7 +36,7 @@ internal sealed class ReservedRegion
     private readonly Dictionary<ulong, ulong> _bindings = [];
     private readonly bool _enabled;
     private ulong _nextTable;
-    private SortedDictionary<ulong, ulong> _reserved = [];
+    private RangeList _reserved = new();
     private HashSet<ulong> _committed = [];
     private ulong _cursor = End;
 
@@ -89,8 +89,9 @@ internal sealed class ReservedRegion
         }
 
         ulong top = End;
-        foreach (var (start, end) in _reserved.Reverse())
+        for (int k = _reserved.Count - 1; k >= 0; k--)
         {
+            var (start, end) = (_reserved.StartAt(k), _reserved.EndAt(k));
             if (top - end >= bytes)
             {
                 Add(top - bytes, bytes);
@@ -125,8 +126,9 @@ internal sealed class ReservedRegion
     {
         ulong end = address + (pages * GuestLayout.PageSize);
         ulong at = address;
-        foreach (var (start, stop) in _reserved)
+        for (int k = 0; k < _reserved.Count; k++)
         {
+            var (start, stop) = (_reserved.StartAt(k), _reserved.EndAt(k));
             if (stop <= at)
             {
                 continue;
@@ -231,8 +233,9 @@ internal sealed class ReservedRegion
     public IEnumerable<(ulong Start, ulong End, bool Committed)> Ranges()
     {
         var committed = _committed.Order().ToArray();
-        foreach (var (start, end) in _reserved)
+        for (int k = 0; k < _reserved.Count; k++)
         {
+            var (start, end) = (_reserved.StartAt(k), _reserved.EndAt(k));
             // Walk the committed pages inside the range, not the range itself (it may span terabytes).
             ulong at = start;
             int i = Array.BinarySearch(committed, start >> 12);
@@ -264,13 +267,13 @@ internal sealed class ReservedRegion
     }
 
     /// <summary>The reservation state (bindings and tables are for the sandbox's lifetime and are not part of it).</summary>
-    public State Save() => new(new SortedDictionary<ulong, ulong>(_reserved), [.. _committed], _cursor);
+    public State Save() => new(_reserved.Clone(), [.. _committed], _cursor);
 
     /// <summary>Returns to a saved state and writes every binding's entries again (a reset restores the table pages).</summary>
     public void Restore(State state)
     {
         ArgumentNullException.ThrowIfNull(state);
-        _reserved = new SortedDictionary<ulong, ulong>(state.Reserved);
+        _reserved = state.Reserved.Clone();
         _committed = [.. state.Committed];
         _cursor = state.Cursor;
         foreach (var (vpn, pa) in _bindings)
@@ -280,7 +283,7 @@ internal sealed class ReservedRegion
     }
 
     /// <summary>Saved reservation state.</summary>
-    internal sealed record State(SortedDictionary<ulong, ulong> Reserved, HashSet<ulong> Committed, ulong Cursor);
+    internal sealed record State(RangeList Reserved, HashSet<ulong> Committed, ulong Cursor);
 
     private bool Bind(ulong vpn, ulong run)
     {
@@ -381,9 +384,9 @@ internal sealed class ReservedRegion
     private bool IsFreeBytes(ulong address, ulong bytes)
     {
         ulong end = address + bytes;
-        foreach (var (start, stop) in _reserved)
+        for (int k = 0; k < _reserved.Count; k++)
         {
-            if (start < end && address < stop)
+            if (_reserved.StartAt(k) < end && address < _reserved.EndAt(k))
             {
                 return false;
             }
@@ -396,24 +399,90 @@ internal sealed class ReservedRegion
     {
         ulong start = address, end = address + bytes;
         Remove(start, end);
-        _reserved[start] = end;
+        _reserved.Insert(start, end);
         _cursor = Math.Min(_cursor, start);
     }
 
     private void Remove(ulong start, ulong end)
     {
-        foreach (var (s, e) in _reserved.Where(r => r.Key < end && start < r.Value).ToList())
+        // Ranges are disjoint and sorted: the overlapping ones are consecutive. Each is cut to what lies outside
+        // [start, end): the part below stays in its place, the part above (if any) is inserted after it.
+        for (int k = 0; k < _reserved.Count; k++)
         {
-            _reserved.Remove(s);
+            ulong s = _reserved.StartAt(k), e = _reserved.EndAt(k);
+            if (!(s < end && start < e))
+            {
+                continue;
+            }
+
+            _reserved.RemoveAt(k);
             if (s < start)
             {
-                _reserved[s] = start;
+                _reserved.Insert(s, start);
+                k++;
             }
 
             if (e > end)
             {
-                _reserved[end] = e;
+                _reserved.Insert(end, e);
+                k++;
             }
+
+            k--;
         }
+    }
+
+    /// <summary>
+    /// Disjoint ranges <c>[start, end)</c> sorted by start, in two arrays. A sorted dictionary over <see langword="ulong"/>
+    /// keys would be framework generic code over value types (its tree and nodes), which no ReadyToRun image holds and
+    /// every sandbox process would compile; a program reserves a few dozen ranges at most, so inserts that shift
+    /// elements cost nothing.
+    /// </summary>
+    internal sealed class RangeList
+    {
+        private ulong[] _starts = new ulong[8];
+        private ulong[] _ends = new ulong[8];
+
+        /// <summary>Ranges held.</summary>
+        public int Count { get; private set; }
+
+        /// <summary>Start of range <paramref name="k"/>.</summary>
+        public ulong StartAt(int k) => _starts[k];
+
+        /// <summary>End (exclusive) of range <paramref name="k"/>.</summary>
+        public ulong EndAt(int k) => _ends[k];
+
+        /// <summary>Adds <c>[start, end)</c>, which overlaps no range held, in its place.</summary>
+        public void Insert(ulong start, ulong end)
+        {
+            if (Count == _starts.Length)
+            {
+                Array.Resize(ref _starts, Count * 2);
+                Array.Resize(ref _ends, Count * 2);
+            }
+
+            int k = Count;
+            while (k > 0 && _starts[k - 1] > start)
+            {
+                _starts[k] = _starts[k - 1];
+                _ends[k] = _ends[k - 1];
+                k--;
+            }
+
+            _starts[k] = start;
+            _ends[k] = end;
+            Count++;
+        }
+
+        /// <summary>Removes range <paramref name="k"/>.</summary>
+        public void RemoveAt(int k)
+        {
+            Array.Copy(_starts, k + 1, _starts, k, Count - k - 1);
+            Array.Copy(_ends, k + 1, _ends, k, Count - k - 1);
+            Count--;
+        }
+
+        /// <summary>A copy (saved states keep their own).</summary>
+        public RangeList Clone() => new() { _starts = (ulong[])_starts.Clone(), _ends = (ulong[])_ends.Clone(), Count = Count };
     }
 }
