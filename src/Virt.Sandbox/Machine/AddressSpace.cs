@@ -152,7 +152,7 @@ internal sealed class AddressSpace
         ulong totalPages = memory.TotalSize / GuestLayout.PageSize;
 
         // Merge segment permissions per page: segments that share a page get the union.
-        var pageFlags = new SortedDictionary<ulong, PageFlags>();
+        var pageFlags = new ImagePages();
         foreach (var s in image.Segments)
         {
             var flags = PageFlags.Present | PageFlags.User | PageFlags.Accessed;
@@ -164,29 +164,7 @@ internal sealed class AddressSpace
             bool exec = (s.Flags & ElfSegmentFlags.Execute) != 0;
             for (ulong va = s.VirtualAddress & ~0xFFFUL; va < s.VirtualAddress + s.MemorySize; va += GuestLayout.PageSize)
             {
-                ulong vpn = va >> 12;
-                var f = flags | (exec ? PageFlags.None : PageFlags.NoExecute);
-                if (pageFlags.TryGetValue(vpn, out var existing))
-                {
-                    // Union of permissions: NX only when neither segment is executable.
-                    f = (existing | f) & ~PageFlags.NoExecute | (existing & f & PageFlags.NoExecute);
-                }
-
-                pageFlags[vpn] = f;
-            }
-        }
-
-        // Group into runs of consecutive pages.
-        var runs = new List<(ulong Vpn, List<PageFlags> Flags)>();
-        foreach (var (vpn, f) in pageFlags)
-        {
-            if (runs.Count > 0 && runs[^1].Vpn + (ulong)runs[^1].Flags.Count == vpn)
-            {
-                runs[^1].Flags.Add(f);
-            }
-            else
-            {
-                runs.Add((vpn, [f]));
+                pageFlags.Merge(va >> 12, flags | (exec ? PageFlags.None : PageFlags.NoExecute));
             }
         }
 
@@ -198,9 +176,10 @@ internal sealed class AddressSpace
         }
 
         ulong tablePages = 1 + TablesFor(2, supervisorPages) + TablesFor(GuestLayout.DoorbellAddress >> 12, 2);
-        foreach (var r in runs)
+        for (int i = 0, n; i < pageFlags.Count; i += n)
         {
-            tablePages += TablesFor(r.Vpn, (ulong)r.Flags.Count);
+            n = pageFlags.RunLength(i);
+            tablePages += TablesFor(pageFlags.VpnAt(i), (ulong)n);
         }
 
         // Heap and stack together never exceed the RAM left, so tables for that many pages from the arena base
@@ -232,10 +211,12 @@ internal sealed class AddressSpace
 
         ulong regionTablePool = GuestLayout.PageTablePhysical + (tablePages * GuestLayout.PageSize);
         ulong nextPhysical = regionTablePool + (regionTablePages * GuestLayout.PageSize);
-        foreach (var r in runs)
+        for (int r = 0, n; r < pageFlags.Count; r += n)
         {
-            var flags = r.Flags.ToArray();
-            ulong va = r.Vpn << 12;
+            // A run of consecutive pages of the image.
+            n = pageFlags.RunLength(r);
+            var flags = pageFlags.FlagsOf(r, n);
+            ulong va = pageFlags.VpnAt(r) << 12;
             for (int i = 0; i < flags.Length; i++)
             {
                 writer.Map(va + ((ulong)i * GuestLayout.PageSize), nextPhysical + ((ulong)i * GuestLayout.PageSize), flags[i]);
@@ -286,6 +267,91 @@ internal sealed class AddressSpace
         }
 
         return space;
+    }
+
+    /// <summary>
+    /// The image's pages and their flags, sorted by page number, in two arrays: a sorted dictionary keyed by page number
+    /// would be framework generic code over value types (its tree and nodes), which no ReadyToRun image holds and every
+    /// sandbox process would compile. Segments come in ascending order in well-formed images, so pages are appended; a
+    /// page out of order is found or inserted by binary search.
+    /// </summary>
+    internal sealed class ImagePages
+    {
+        private ulong[] _vpns = new ulong[64];
+        private PageFlags[] _flags = new PageFlags[64];
+
+        /// <summary>Pages held.</summary>
+        public int Count { get; private set; }
+
+        /// <summary>Page number of entry <paramref name="i"/>.</summary>
+        public ulong VpnAt(int i) => _vpns[i];
+
+        /// <summary>Adds page <paramref name="vpn"/> with <paramref name="f"/>, or merges <paramref name="f"/> into it: the union of the permissions, NX only when neither has execute.</summary>
+        public void Merge(ulong vpn, PageFlags f)
+        {
+            // The first entry not below vpn: the end when vpn comes after the last (the usual case), else by bisection.
+            int at = Count;
+            if (Count > 0 && _vpns[Count - 1] >= vpn)
+            {
+                int lo = 0, hi = Count - 1;
+                while (lo < hi)
+                {
+                    int mid = (lo + hi) >>> 1;
+                    if (_vpns[mid] < vpn)
+                    {
+                        lo = mid + 1;
+                    }
+                    else
+                    {
+                        hi = mid;
+                    }
+                }
+
+                at = lo;
+            }
+
+            if (at < Count && _vpns[at] == vpn)
+            {
+                var existing = _flags[at];
+                _flags[at] = ((existing | f) & ~PageFlags.NoExecute) | (existing & f & PageFlags.NoExecute);
+                return;
+            }
+
+            if (Count == _vpns.Length)
+            {
+                var vpns = new ulong[Count * 2];
+                var flags = new PageFlags[Count * 2];
+                Array.Copy(_vpns, vpns, Count);
+                Array.Copy(_flags, flags, Count);
+                (_vpns, _flags) = (vpns, flags);
+            }
+
+            Array.Copy(_vpns, at, _vpns, at + 1, Count - at);
+            Array.Copy(_flags, at, _flags, at + 1, Count - at);
+            _vpns[at] = vpn;
+            _flags[at] = f;
+            Count++;
+        }
+
+        /// <summary>How many entries from <paramref name="i"/> on are consecutive pages.</summary>
+        public int RunLength(int i)
+        {
+            int n = 1;
+            while (i + n < Count && _vpns[i + n] == _vpns[i] + (ulong)n)
+            {
+                n++;
+            }
+
+            return n;
+        }
+
+        /// <summary>The flags of entries <paramref name="i"/> to <paramref name="i"/> + <paramref name="n"/>.</summary>
+        public PageFlags[] FlagsOf(int i, int n)
+        {
+            var flags = new PageFlags[n];
+            Array.Copy(_flags, i, flags, 0, n);
+            return flags;
+        }
     }
 
     /// <summary>Upper bound of page-table pages (PT, PD, PDPT) to map <paramref name="pages"/> pages from <paramref name="vpn"/>.</summary>
