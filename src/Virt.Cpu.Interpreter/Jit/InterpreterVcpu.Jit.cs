@@ -333,8 +333,7 @@ internal sealed partial class InterpreterVcpu
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private Block? JitLookup(Block from, int slot)
     {
-        if (LookupChains && CachedBlock(out _, out _, out _) is { } b && b.ModeKey == from.ModeKey
-            && b.CsBase == from.CsBase && Volatile.Read(ref b.Compiled) != null)
+        if (LookupChains && CachedBlock(out _, out _, out _) is { } b && MayLink(from, b) && Volatile.Read(ref b.Compiled) != null)
         {
             Link(from, slot, b);
             return JitMayChain(b.Count) ? b : null;
@@ -347,6 +346,13 @@ internal sealed partial class InterpreterVcpu
 
     /// <summary>Compiled exits whose link does not hold look the next block up (<c>VIRT_INTERPRETER_JIT_LOOKUP=0</c> returns to the run loop instead, for comparison).</summary>
     private static readonly bool LookupChains = Environment.GetEnvironmentVariable("VIRT_INTERPRETER_JIT_LOOKUP") != "0";
+
+    /// <summary>
+    /// Whether an exit of <paramref name="from"/> may be linked to <paramref name="to"/>: both decoded for the same mode
+    /// and CS base (a link is followed without looking the block up again, so it must not cross a mode switch).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool MayLink(Block from, Block to) => to.ModeKey == from.ModeKey && to.CsBase == from.CsBase;
 
     /// <summary>Links exit <paramref name="slot"/> of <paramref name="from"/> to <paramref name="to"/> in the current link generation.</summary>
     private void Link(Block from, int slot, Block to)
@@ -384,7 +390,7 @@ internal sealed partial class InterpreterVcpu
                 else
                 {
                     b = GetBlock();
-                    if (b.ModeKey == from.ModeKey && b.CsBase == from.CsBase)
+                    if (MayLink(from, b))
                     {
                         Link(from, _chainSlot, b);
                     }
