@@ -23,8 +23,10 @@ internal sealed partial class InterpreterVcpu
             }
         }
 
-        Array.Resize(ref kept, n);
-        return kept;
+        // Array.Copy rather than Array.Resize, which is generic (compiled for uint in every process).
+        var saved = new uint[n];
+        Array.Copy(kept, saved, n);
+        return saved;
     }
 
     public VcpuState GetState()

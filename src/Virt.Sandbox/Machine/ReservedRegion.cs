@@ -457,8 +457,12 @@ internal sealed class ReservedRegion
         {
             if (Count == _starts.Length)
             {
-                Array.Resize(ref _starts, Count * 2);
-                Array.Resize(ref _ends, Count * 2);
+                // Array.Copy rather than Array.Resize, which is generic (compiled for ulong in every process that grows it).
+                var starts = new ulong[Count * 2];
+                var ends = new ulong[Count * 2];
+                Array.Copy(_starts, starts, Count);
+                Array.Copy(_ends, ends, Count);
+                (_starts, _ends) = (starts, ends);
             }
 
             int k = Count;
