@@ -104,6 +104,7 @@ internal sealed class DeviceManager
         // ACPI device struct, which no ReadyToRun image holds (compiled in every process at its first machine).
         var virtio = new List<VirtioDeviceInfo>();
         var devices = new List<DevicePlacement>();
+        var acpi = new AcpiDevice[_placements.Length];
         int acpiCount = 0;
         for (int i = 0; i < _placements.Length; i++)
         {
@@ -111,27 +112,21 @@ internal sealed class DeviceManager
             if (spec.IsVirtio)
             {
                 virtio.Add(new VirtioDeviceInfo(spec.Name, p.MmioAddress!.Value, p.MmioSize, p.Irq!.Value));
+                continue;
             }
-            else
-            {
-                devices.Add(p);
-                acpiCount += spec.Resources.AcpiHardwareId is null ? 0 : 1;
-            }
-        }
 
-        var acpi = new AcpiDevice[acpiCount];
-        for (int i = 0, k = 0; i < _placements.Length; i++)
-        {
-            var (spec, p) = (_specs[i], _placements[i]);
-            if (!spec.IsVirtio && spec.Resources.AcpiHardwareId is { } hid)
+            devices.Add(p);
+            if (spec.Resources.AcpiHardwareId is { } hid)
             {
-                acpi[k++] = new AcpiDevice(hid, p.Port, p.PortCount, p.MmioAddress, p.MmioSize, (int?)p.Irq);
+                acpi[acpiCount++] = new AcpiDevice(hid, p.Port, p.PortCount, p.MmioAddress, p.MmioSize, (int?)p.Irq);
             }
         }
 
         VirtioDevices = virtio.AsReadOnly();
         Devices = devices.AsReadOnly();
-        AcpiDevices = acpi;
+        var listed = new AcpiDevice[acpiCount];
+        Array.Copy(acpi, listed, acpiCount);
+        AcpiDevices = listed;
     }
 
     private readonly List<Snapshots.IPersistentState> _persistent = [];

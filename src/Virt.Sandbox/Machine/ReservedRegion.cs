@@ -386,7 +386,7 @@ internal sealed class ReservedRegion
         ulong end = address + bytes;
         for (int k = 0; k < _reserved.Count; k++)
         {
-            if (_reserved.StartAt(k) < end && address < _reserved.EndAt(k))
+            if (_reserved.Overlaps(k, address, end))
             {
                 return false;
             }
@@ -409,12 +409,12 @@ internal sealed class ReservedRegion
         // [start, end): the part below stays in its place, the part above (if any) is inserted after it.
         for (int k = 0; k < _reserved.Count; k++)
         {
-            ulong s = _reserved.StartAt(k), e = _reserved.EndAt(k);
-            if (!(s < end && start < e))
+            if (!_reserved.Overlaps(k, start, end))
             {
                 continue;
             }
 
+            ulong s = _reserved.StartAt(k), e = _reserved.EndAt(k);
             _reserved.RemoveAt(k);
             if (s < start)
             {
@@ -451,6 +451,9 @@ internal sealed class ReservedRegion
 
         /// <summary>End (exclusive) of range <paramref name="k"/>.</summary>
         public ulong EndAt(int k) => _ends[k];
+
+        /// <summary>Whether range <paramref name="k"/> shares an address with <c>[start, end)</c>.</summary>
+        public bool Overlaps(int k, ulong start, ulong end) => _starts[k] < end && start < _ends[k];
 
         /// <summary>Adds <c>[start, end)</c>, which overlaps no range held, in its place.</summary>
         public void Insert(ulong start, ulong end)
