@@ -93,6 +93,12 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.NM, 0);
         }
 
+        // An unmasked x87 exception still pending is reported first, as by a waiting x87 instruction.
+        if ((_cpu.Fpu.StatusWord & FswEs) != 0)
+        {
+            throw Fault(Vectors.MF, 0);
+        }
+
         var m = ins.Mnemonic;
         if (m == Mnemonic.Emms)
         {

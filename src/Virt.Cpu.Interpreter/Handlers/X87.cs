@@ -23,7 +23,7 @@ internal sealed partial class InterpreterVcpu
         return op.Next;
     }
 
-    /// <summary>WAIT/FWAIT: #NM when CR0.MP and CR0.TS are both set; there are no pending x87 exceptions to report.</summary>
+    /// <summary>WAIT/FWAIT: #NM when CR0.MP and CR0.TS are both set, then #MF when an unmasked x87 exception is pending.</summary>
     internal ulong Wait(ref Op op, in Instruction _)
     {
         if ((_cpu.Cr0 & (Cr0.MonitorCoprocessor | Cr0.TaskSwitched)) == (Cr0.MonitorCoprocessor | Cr0.TaskSwitched))
@@ -31,8 +31,17 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.NM, 0);
         }
 
+        if ((_cpu.Fpu.StatusWord & FswEs) != 0)
+        {
+            throw Fault(Vectors.MF, 0);
+        }
+
         return op.Next;
     }
+
+    /// <summary>The x87 instructions that do not first report a pending unmasked exception (SDM Vol. 1, 8.3.11 and 8.7).</summary>
+    private static bool IsNonWaitingX87(Mnemonic m) => m is Mnemonic.Fninit or Mnemonic.Fnclex or Mnemonic.Fnstcw or Mnemonic.Fnstsw
+        or Mnemonic.Fnstenv or Mnemonic.Fnsave or Mnemonic.Fxsave or Mnemonic.Fxsave64 or Mnemonic.Fxrstor or Mnemonic.Fxrstor64;
 
     private void ExecX87(ref Op op, in Instruction ins)
     {
@@ -42,6 +51,24 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.NM, 0);
         }
 
+        // An unmasked exception an earlier instruction raised is reported here, before this one does anything.
+        if ((_cpu.Fpu.StatusWord & FswEs) != 0 && !IsNonWaitingX87(ins.Mnemonic))
+        {
+            throw Fault(Vectors.MF, 0);
+        }
+
+        try
+        {
+            ExecX87Instruction(ref op, in ins);
+        }
+        catch (X87Abort)
+        {
+            // An unmasked exception: the flags, ES and B are set; the destination and the stack stay as they were.
+        }
+    }
+
+    private void ExecX87Instruction(ref Op op, in Instruction ins)
+    {
         switch (ins.Mnemonic)
         {
             case Mnemonic.Fxsave:
@@ -74,6 +101,7 @@ internal sealed partial class InterpreterVcpu
                 return;
             case Mnemonic.Fldcw:
                 _cpu.Fpu.ControlWord = (ushort)Read(Ea(ref op), 2);
+                UpdateFpuErrorSummary(); // unmasking a flag that is set makes it pending
                 return;
             case Mnemonic.Fnstcw:
             case Mnemonic.Fstcw:

@@ -5,9 +5,9 @@ namespace Virt.Cpu.Interpreter;
 
 /// <summary>
 /// x87 transcendental, scaling, remainder and packed-BCD instructions, and FRNDINT, FTST, FXAM, FINCSTP, FDECSTP,
-/// FFREE(P), FNOP and FCMOVcc. Like the rest of the x87 the arithmetic ones compute in
-/// binary64 (see X87Arith): results carry at most 53 significant bits. FBLD and FBSTP convert between packed BCD
-/// and the 80-bit register format exactly.
+/// FFREE(P), FNOP and FCMOVcc. FSCALE, FXTRACT, FPREM, FPREM1, FRNDINT, FTST, FBLD and FBSTP are exact on the
+/// 80-bit format (<see cref="X87Float"/>); the transcendental functions are computed in binary64, so their results
+/// carry at most 53 significant bits.
 /// </summary>
 internal sealed partial class InterpreterVcpu
 {
@@ -18,16 +18,20 @@ internal sealed partial class InterpreterVcpu
     private void SetC2(bool on) =>
         _cpu.Fpu.StatusWord = (ushort)(on ? _cpu.Fpu.StatusWord | FswC2 : _cpu.Fpu.StatusWord & ~FswC2);
 
-    /// <summary>IE for an invalid operand; masked, the result is the indefinite NaN.</summary>
+    /// <summary>IE for an invalid operand; masked, the result is the indefinite NaN, unmasked the instruction ends here.</summary>
     private double X87Invalid()
     {
-        _cpu.Fpu.StatusWord |= FswIe;
-        if ((_cpu.Fpu.ControlWord & 1) == 0)
-        {
-            throw Fault(Vectors.MF, 0);
-        }
-
+        var c = FpuContext();
+        c.Flags = X87Float.Ie;
+        X87Commit(in c, setC1: false);
         return Indefinite;
+    }
+
+    /// <summary>Commits the flags of an exact operation on ST0 and writes its result there.</summary>
+    private void X87SetSt0(Ext80 r, in X87Float.Context c, bool setC1 = true)
+    {
+        X87Commit(in c, setC1);
+        SetStX(0, r);
     }
 
     /// <summary>ln(1 + x) without the cancellation of forming 1 + x.</summary>
@@ -49,71 +53,116 @@ internal sealed partial class InterpreterVcpu
         return ((ushort)((negative ? 0x8000 : 0) | (16383 + 63 - lz)), magnitude << lz);
     }
 
-    /// <summary>ST0 rounded to an integer by the rounding control, as a magnitude; false when it is not finite or not below 2^64.</summary>
-    private bool St0ToIntegerMagnitude(out ulong magnitude, out bool negative)
+    /// <summary>ST0 rounded to an integer by the rounding control, as a magnitude; false when it is not finite or not below 2^64. PE when inexact.</summary>
+    private bool St0ToIntegerMagnitude(ref X87Float.Context c, out ulong magnitude, out bool negative)
     {
-        ref byte p = ref StSlot(0);
-        ulong mant = Unsafe.ReadUnaligned<ulong>(ref p);
-        ushort se = Unsafe.ReadUnaligned<ushort>(ref Unsafe.Add(ref p, 8));
-        negative = (se & 0x8000) != 0;
-        int exp = se & 0x7FFF;
-        magnitude = 0;
-        if (exp == 0x7FFF)
+        var v = StX(0);
+        negative = v.Negative;
+        if (!X87Float.ToIntegerMagnitude(v, false, ref c, out magnitude, out bool inexact))
         {
             return false;
         }
 
-        if (mant == 0)
+        if (inexact)
         {
-            return true;
+            c.Flags |= X87Float.Pe;
         }
 
-        int e = exp - 16383;
-        if (e > 63)
+        return true;
+    }
+
+    /// <summary>FPREM/FPREM1 on ST0 and ST1: the last three quotient bits in C0, C3 and C1, and C2 set for a partial remainder.</summary>
+    private void Fprem(bool ieee)
+    {
+        // A stack underflow, a NaN or an invalid operand leave C0 and C3 as they were and clear C1 and C2.
+        if (X87Empty(0, 1))
         {
-            return false;
+            SetStX(0, Ext80.Indefinite);
+            _cpu.Fpu.StatusWord &= unchecked((ushort)~(FswC1 | FswC2));
+            return;
         }
 
-        ulong integer, frac, half;
-        bool fracAboveHalf, fracIsHalf, fracNonZero;
-        if (e < 0)
+        var c = FpuContext();
+        var a = StX(0);
+        var b = StX(1);
+        var r = X87Float.Remainder(a, b, ieee, ref c, out ulong q, out bool partial);
+        if (!X87Writes(in c))
         {
-            integer = 0;
-            fracNonZero = true;
-            fracIsHalf = e == -1 && mant == 1UL << 63;
-            fracAboveHalf = e == -1 && mant != 1UL << 63;
+            _cpu.Fpu.StatusWord &= unchecked((ushort)~FswC2); // an unmasked exception: C2 clear (and C1, as the commit does)
+        }
+
+        X87Commit(in c, setC1: false);
+        SetStX(0, r);
+        if (r.IsNaN)
+        {
+            _cpu.Fpu.StatusWord &= unchecked((ushort)~(FswC1 | FswC2));
+            return;
+        }
+
+        // A partial remainder reports C2 alone; a complete one the quotient's last three bits.
+        ushort cc = partial ? FswC2 : (ushort)(((q & 4) != 0 ? FswC0 : 0) | ((q & 2) != 0 ? FswC3 : 0) | ((q & 1) != 0 ? FswC1 : 0));
+        _cpu.Fpu.StatusWord = (ushort)((_cpu.Fpu.StatusWord & ~(FswC0 | FswC1 | FswC2 | FswC3)) | cc);
+    }
+
+    /// <summary>FXTRACT: ST0 becomes its exponent and its significand (exponent 0) is pushed; ZE for a zero, whose exponent is -inf.</summary>
+    private void Fxtract()
+    {
+        if (X87Empty(0, 0))
+        {
+            // Underflow: C1 reports it (clear), also when the push overflows as well.
+            SetStX(0, Ext80.Indefinite);
+            FpuPushX(Ext80.Indefinite);
+            _cpu.Fpu.StatusWord &= unchecked((ushort)~FswC1);
+            return;
+        }
+
+        var v = StX(0);
+        var c = FpuContext();
+        Ext80 exponent, significand;
+        if (v.IsUnsupported || v.IsNaN)
+        {
+            exponent = significand = v.IsNaN ? X87Float.PropagateNaN(v, v, ref c) : Ext80.Indefinite;
+            if (v.IsUnsupported)
+            {
+                c.Flags |= X87Float.Ie;
+            }
+        }
+        else if (v.IsInfinity)
+        {
+            exponent = Ext80.Infinity(false);
+            significand = v;
+        }
+        else if (v.IsZero)
+        {
+            c.Flags |= X87Float.Ze;
+            exponent = Ext80.Infinity(true);
+            significand = v;
         }
         else
         {
-            int shift = 63 - e;
-            integer = shift == 0 ? mant : mant >> shift;
-            frac = shift == 0 ? 0 : mant & ((1UL << shift) - 1);
-            half = shift == 0 ? 0 : 1UL << (shift - 1);
-            fracNonZero = frac != 0;
-            fracIsHalf = shift != 0 && frac == half;
-            fracAboveHalf = shift != 0 && frac > half;
-        }
-
-        int rc = (_cpu.Fpu.ControlWord >> 10) & 3;
-        bool up = rc switch
-        {
-            0 => fracAboveHalf || (fracIsHalf && (integer & 1) != 0),
-            1 => negative && fracNonZero,
-            2 => !negative && fracNonZero,
-            _ => false,
-        };
-        if (up)
-        {
-            if (integer == ulong.MaxValue)
+            if (v.IsDenormal)
             {
-                return false;
+                c.Flags |= X87Float.De;
             }
 
-            integer++;
+            int lz = v.Exp == 0 ? System.Numerics.BitOperations.LeadingZeroCount(v.Mant) : 0;
+            int e = v.Exp == 0 ? X87Float.ExtMin - lz : v.Exp - Ext80.Bias;
+            exponent = X87Float.FromInteger(e);
+            significand = new Ext80(v.Mant << lz, (ushort)((v.Se & 0x8000) | Ext80.Bias));
         }
 
-        magnitude = integer;
-        return true;
+        if (X87Full)
+        {
+            // A stack overflow: masked, both ST0 and the pushed register hold the indefinite NaN.
+            StackFault(true);
+            SetStX(0, Ext80.Indefinite);
+            FpuPushX(Ext80.Indefinite);
+            return;
+        }
+
+        X87Commit(in c, setC1: false);
+        SetStX(0, exponent);
+        FpuPushX(significand);
     }
 
     /// <summary>FCMOVcc: copies ST(i) to ST0 (all 80 bits) when condition <paramref name="cc"/> holds; either register empty is a stack underflow.</summary>
@@ -123,7 +172,8 @@ internal sealed partial class InterpreterVcpu
         if (!StValid(0) || !StValid(i))
         {
             StackFault(false);
-            SetSt(0, Indefinite);
+            SetStX(0, Ext80.Indefinite);
+            _cpu.Fpu.AbridgedTagWord |= (byte)(1 << FpuTop);
             return true;
         }
 
@@ -189,7 +239,8 @@ internal sealed partial class InterpreterVcpu
         }
 
         ulong lo, hi;
-        if (StValid(0) && St0ToIntegerMagnitude(out ulong v, out bool neg) && v < 1_000_000_000_000_000_000UL)
+        var c = FpuContext();
+        if (StValid(0) && St0ToIntegerMagnitude(ref c, out ulong v, out bool neg) && v < 1_000_000_000_000_000_000UL)
         {
             lo = 0;
             for (int i = 0; i < 8; i++)
@@ -204,13 +255,19 @@ internal sealed partial class InterpreterVcpu
         }
         else
         {
-            X87Invalid();
+            c.Flags = X87Float.Ie;
+            c.RoundedUp = false;
             lo = 0xC000000000000000; // the packed-BCD indefinite value
             hi = 0xFFFF;
         }
 
-        Write(ea, 8, lo);
-        Write(ea + 8, 2, hi);
+        if (X87Writes(in c))
+        {
+            Write(ea, 8, lo);
+            Write(ea + 8, 2, hi);
+        }
+
+        X87Commit(in c);
         FpuPop();
     }
 
@@ -284,92 +341,54 @@ internal sealed partial class InterpreterVcpu
 
             case Mnemonic.Fscale:
             {
-                double x = St(0), s = Math.Truncate(St(1));
-                double r = double.IsNaN(s) ? s : double.IsInfinity(s) ? (x == 0 && s > 0) || (double.IsInfinity(x) && s < 0) ? X87Invalid() : s > 0 ? x * double.PositiveInfinity : x * 0.0
-                    : Math.ScaleB(x, (int)Math.Clamp(s, -100000, 100000));
-                SetSt(0, double.IsNaN(x) ? x : r);
+                if (X87Empty(0, 1))
+                {
+                    SetStX(0, Ext80.Indefinite);
+                    return true;
+                }
+
+                var c = FpuContext();
+                var r = X87Float.Scale(StX(0), StX(1), ref c);
+                X87SetSt0(r, in c);
                 return true;
             }
 
             case Mnemonic.Fprem:
             case Mnemonic.Fprem1:
-            {
-                double a = St(0), b = St(1);
-                if (double.IsNaN(a) || double.IsNaN(b) || double.IsInfinity(a) || b == 0)
-                {
-                    SetSt(0, double.IsNaN(a) ? a : double.IsNaN(b) ? b : X87Invalid());
-                    SetC2(false);
-                    return true;
-                }
-
-                if (a == 0 || double.IsInfinity(b))
-                {
-                    SetC2(false);
-                    _cpu.Fpu.StatusWord &= unchecked((ushort)~(FswC0 | FswC1 | FswC3));
-                    return true;
-                }
-
-                int d = Math.ILogB(a) - Math.ILogB(b);
-                if (d >= 64)
-                {
-                    // Incomplete: reduce the exponent difference by up to 63 and report C2 for another round.
-                    double y = Math.ScaleB(b, d - 63);
-                    SetSt(0, a % y); // partial steps chop the quotient toward zero for FPREM1 too
-                    SetC2(true);
-                    return true;
-                }
-
-                double q = ins.Mnemonic == Mnemonic.Fprem ? Math.Truncate(a / b) : Math.Round(a / b, MidpointRounding.ToEven);
-                double r = ins.Mnemonic == Mnemonic.Fprem ? a % b : Math.IEEERemainder(a, b);
-                ulong qb = (ulong)Math.Abs(q % 8);
-                ushort cc = (ushort)(((qb & 4) != 0 ? FswC0 : 0) | ((qb & 2) != 0 ? FswC3 : 0) | ((qb & 1) != 0 ? FswC1 : 0));
-                _cpu.Fpu.StatusWord = (ushort)((_cpu.Fpu.StatusWord & ~(FswC0 | FswC1 | FswC2 | FswC3)) | cc);
-                SetSt(0, r);
+                Fprem(ins.Mnemonic == Mnemonic.Fprem1);
                 return true;
-            }
 
             case Mnemonic.Fxtract:
-            {
-                double x = St(0);
-                if (double.IsNaN(x) || double.IsInfinity(x))
-                {
-                    SetSt(0, double.IsInfinity(x) ? double.PositiveInfinity : x); // the exponent of an infinity is +inf
-                    FpuPush(x);
-                    return true;
-                }
-
-                if (x == 0)
-                {
-                    // Divide-by-zero (not raised: the x87 raises only stack faults and IE here): exponent -inf.
-                    SetSt(0, double.NegativeInfinity);
-                    FpuPush(x);
-                    return true;
-                }
-
-                int e = Math.ILogB(x);
-                SetSt(0, e);
-                FpuPush(Math.ScaleB(x, -e));
+                Fxtract();
                 return true;
-            }
 
             case Mnemonic.Frndint:
             {
-                double x = St(0);
-                SetSt(0, ((_cpu.Fpu.ControlWord >> 10) & 3) switch
+                if (X87Empty(0, 0))
                 {
-                    0 => Math.Round(x, MidpointRounding.ToEven),
-                    1 => Math.Floor(x),
-                    2 => Math.Ceiling(x),
-                    _ => Math.Truncate(x),
-                });
+                    SetStX(0, Ext80.Indefinite);
+                    return true;
+                }
+
+                var c = FpuContext();
+                var r = X87Float.RoundToInteger(StX(0), ref c);
+                X87SetSt0(r, in c);
                 return true;
             }
 
             case Mnemonic.Ftst:
             {
-                double a = St(0);
-                ushort cc = double.IsNaN(a) ? (ushort)(FswC0 | FswC2 | FswC3) : a > 0 ? (ushort)0 : a < 0 ? FswC0 : FswC3;
-                _cpu.Fpu.StatusWord = (ushort)((_cpu.Fpu.StatusWord & ~(FswC0 | FswC1 | FswC2 | FswC3)) | cc);
+                if (!StValid(0))
+                {
+                    SetFpuCompare(2);
+                    StackFault(false);
+                    return true;
+                }
+
+                var c = FpuContext();
+                int r = X87Float.Compare(StX(0), Ext80.Zero(false), true, ref c);
+                SetFpuCompare(r); // also when an unmasked IE follows
+                X87Commit(in c, setC1: false);
                 return true;
             }
 
@@ -397,6 +416,7 @@ internal sealed partial class InterpreterVcpu
             case Mnemonic.Ffree:
             case Mnemonic.Ffreep:
                 _cpu.Fpu.AbridgedTagWord &= (byte)~(1 << ((FpuTop + StIndex(ins.Op0Register)) & 7));
+                _cpu.Fpu.StatusWord &= unchecked((ushort)~FswC1);
                 if (ins.Mnemonic == Mnemonic.Ffreep)
                 {
                     FpuPop();

@@ -1,3 +1,4 @@
+using Virt.Testing;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Virt.Cpu.Interpreter.Tests.Sse;
@@ -74,6 +75,96 @@ public sealed class X87Tests
         Assert.Equal(int.MinValue, BitConverter.ToInt32(r.Scratch, 0x118));
         Assert.Equal(1, BitConverter.ToUInt16(r.Scratch, 0x120) & 1);
         _ = s;
+    }
+
+    public static TheoryData<string, int, int, ulong> OneThirdCases()
+    {
+        // 1/3 = 1.0101...b x 2^-2: the 64-bit significand 0xAAAA...AAAA, then 1010..., so nearest rounds up at 64 and
+        // 24 bits and down at 53; down and toward zero truncate, up adds one unit in the last place.
+        var d = new TheoryData<string, int, int, ulong>();
+        foreach (string backend in TestBackends.Both())
+        {
+            d.Add(backend, 3, 0, 0xAAAAAAAAAAAAAAAB);
+            d.Add(backend, 3, 1, 0xAAAAAAAAAAAAAAAA);
+            d.Add(backend, 3, 2, 0xAAAAAAAAAAAAAAAB);
+            d.Add(backend, 2, 0, 0xAAAAAAAAAAAAA800);
+            d.Add(backend, 2, 2, 0xAAAAAAAAAAAAB000);
+            d.Add(backend, 0, 0, 0xAAAAAB0000000000);
+            d.Add(backend, 0, 3, 0xAAAAAA0000000000);
+        }
+
+        return d;
+    }
+
+    [Theory]
+    [MemberData(nameof(OneThirdCases))]
+    public void Division_rounds_to_the_precision_and_rounding_controls(string backend, int precision, int rounding, ulong significand)
+    {
+        ushort cw = (ushort)(0x7F | (precision << 8) | (rounding << 10));
+        var (r, _) = SseHarness.Run(backend, a =>
+        {
+            a.fninit();
+            a.fldcw(__word_ptr[rbx]);
+            a.fld1();
+            a.fild(__dword_ptr[rbx + 8]);
+            a.fdivp(st1, st0);
+            a.fnstsw(__word_ptr[rbx + 0x110]);
+            a.fstp(__tword_ptr[rbx + 0x100]);
+        }, SseHarness.Scratch(cw, 3));
+        Assert.Equal(Done, r.Vector);
+        Assert.Equal(significand, BitConverter.ToUInt64(r.Scratch, 0x100));
+        Assert.Equal(0x3FFD, BitConverter.ToUInt16(r.Scratch, 0x108));
+        ushort sw = BitConverter.ToUInt16(r.Scratch, 0x110);
+        Assert.Equal(0x20, sw & 0x3F); // PE alone
+        Assert.Equal(significand is 0xAAAAAAAAAAAAAAAB or 0xAAAAAAAAAAAAB000 or 0xAAAAAB0000000000, (sw & 0x200) != 0); // C1: rounded up
+    }
+
+    [Theory]
+    [MemberData(nameof(Backends))]
+    public void Extended_range_underflow_gives_denormals_and_reports_only_inexact_ones(string backend)
+    {
+        // The smallest normal (exponent 1) halved is an exact denormal: no UE. The denormal 3 units halved is 1.5
+        // units, rounded to even (2): DE for the operand, UE and PE for the result.
+        var scratch = SseHarness.Scratch(0x8000000000000000, 0x0001, 3, 0, BitConverter.DoubleToUInt64Bits(0.5));
+        var (r, _) = SseHarness.Run(backend, a =>
+        {
+            a.fninit();
+            a.fld(__tword_ptr[rbx]);
+            a.fmul(__qword_ptr[rbx + 32]);
+            a.fnstsw(__word_ptr[rbx + 0x110]);
+            a.fstp(__tword_ptr[rbx + 0x100]);
+            a.fld(__tword_ptr[rbx + 16]);
+            a.fmul(__qword_ptr[rbx + 32]);
+            a.fnstsw(__word_ptr[rbx + 0x130]);
+            a.fstp(__tword_ptr[rbx + 0x120]);
+        }, scratch);
+        Assert.Equal(Done, r.Vector);
+        Assert.Equal(0x4000000000000000UL, BitConverter.ToUInt64(r.Scratch, 0x100));
+        Assert.Equal(0, BitConverter.ToUInt16(r.Scratch, 0x108));
+        Assert.Equal(0, BitConverter.ToUInt16(r.Scratch, 0x110) & 0x3F);
+        Assert.Equal(2UL, BitConverter.ToUInt64(r.Scratch, 0x120));
+        Assert.Equal(0x32, BitConverter.ToUInt16(r.Scratch, 0x130) & 0x3F); // DE, UE and PE
+    }
+
+    [Theory]
+    [MemberData(nameof(Backends))]
+    public void An_unmasked_exception_is_raised_by_the_next_waiting_instruction(string backend)
+    {
+        // ZE unmasked: FDIV by zero sets ZE, ES and B and leaves ST0 alone; FNSTSW does not wait, FLD1 raises #MF.
+        var (r, _) = SseHarness.Run(backend, a =>
+        {
+            a.fninit();
+            a.fldcw(__word_ptr[rbx]);
+            a.fld1();
+            a.fldz();
+            a.fdivp(st1, st0);
+            a.fnstsw(__word_ptr[rbx + 0x100]);
+            a.fld1();
+        }, SseHarness.Scratch(0x37B));
+        Assert.Equal(16, r.Vector);
+        ushort sw = BitConverter.ToUInt16(r.Scratch, 0x100);
+        Assert.Equal(0x8084, sw & 0x80FF); // B, ES, ZE
+        Assert.Equal(6, (sw >> 11) & 7); // nothing popped
     }
 
     [Fact]
