@@ -53,11 +53,6 @@ internal sealed partial class InterpreterVcpu
         Unsafe.InitBlockUnaligned(ref Unsafe.Add(ref p, 10), 0, 6);
     }
 
-    /// <summary>ST(i) in binary64, for the transcendental instructions.</summary>
-    private double St(int i) => X87Float.ToDoubleValue(StX(i));
-
-    private void SetSt(int i, double v) => SetStX(i, X87Float.FromDoubleValue(v));
-
     private X87Float.Context FpuContext() => new(_cpu.Fpu.ControlWord);
 
     /// <summary>
@@ -146,8 +141,6 @@ internal sealed partial class InterpreterVcpu
         _cpu.Fpu.AbridgedTagWord |= (byte)(1 << top);
         SetStX(0, v);
     }
-
-    private void FpuPush(double v) => FpuPushX(X87Float.FromDoubleValue(v));
 
     /// <summary>Pushes an 80-bit constant given as sign/exponent and significand (the indefinite NaN on stack overflow, as <see cref="FpuPushX"/>).</summary>
     private void FpuPushConstant(ushort se, ulong mant) => FpuPushX(new Ext80(mant, se));

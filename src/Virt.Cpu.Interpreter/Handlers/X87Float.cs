@@ -348,7 +348,7 @@ internal static class X87Float
     /// DE for a denormal operand: after invalid operations, NaN operands and division by zero, which take precedence
     /// (SDM Vol. 1, 4.9.2). True when DE is unmasked: the operation stops there, and nothing else is reported.
     /// </summary>
-    private static bool DenormalCheck(Ext80 a, Ext80 b, ref Context c)
+    public static bool DenormalCheck(Ext80 a, Ext80 b, ref Context c)
     {
         if (a.IsDenormal || b.IsDenormal || c.DenormalOperand)
         {
@@ -984,26 +984,5 @@ internal static class X87Float
         // r counts units of b's last place; of a's when a is the smaller, and of b's scaled by the step when partial.
         int unit = (shift < 0 ? ea : partial ? ea - shift : eb) - 63;
         return r == 0 ? Ext80.Zero(a.Negative) : Round(negative, unit + 127, r, false, Format.Register, 64, ref c);
-    }
-
-    /// <summary>An approximation of <paramref name="v"/> in binary64, for the transcendental instructions.</summary>
-    public static double ToDoubleValue(Ext80 v)
-    {
-        if (v.Exp == 0x7FFF)
-        {
-            return (v.Mant << 1) == 0 ? (v.Negative ? double.NegativeInfinity : double.PositiveInfinity)
-                : BitConverter.UInt64BitsToDouble((v.Negative ? 1UL << 63 : 0) | 0x7FF8000000000000 | ((v.Mant >> 11) & 0xFFFFFFFFFFFFF));
-        }
-
-        double d = v.Mant == 0 ? 0 : Math.ScaleB((double)v.Mant, Math.Max(v.Exp, 1) - Ext80.Bias - 63);
-        return v.Negative ? -d : d;
-    }
-
-    /// <summary>A binary64 value in the register format, exactly.</summary>
-    public static Ext80 FromDoubleValue(double d)
-    {
-        var c = new Context(0x37F);
-        var v = FromDouble(BitConverter.DoubleToUInt64Bits(d), ref c);
-        return v;
     }
 }

@@ -6,39 +6,19 @@ namespace Virt.Cpu.Interpreter;
 /// <summary>
 /// x87 transcendental, scaling, remainder and packed-BCD instructions, and FRNDINT, FTST, FXAM, FINCSTP, FDECSTP,
 /// FFREE(P), FNOP and FCMOVcc. FSCALE, FXTRACT, FPREM, FPREM1, FRNDINT, FTST, FBLD and FBSTP are exact on the
-/// 80-bit format (<see cref="X87Float"/>); the transcendental functions are computed in binary64, so their results
-/// carry at most 53 significant bits.
+/// 80-bit format (<see cref="X87Float"/>); the transcendental functions are rounded from double-double results
+/// (<see cref="X87Math"/>), within one unit in the last place.
 /// </summary>
 internal sealed partial class InterpreterVcpu
 {
-    private const double TwoTo63 = 9223372036854775808.0;
-
-    private static double Indefinite => BitConverter.UInt64BitsToDouble(0xFFF8000000000000);
-
     private void SetC2(bool on) =>
         _cpu.Fpu.StatusWord = (ushort)(on ? _cpu.Fpu.StatusWord | FswC2 : _cpu.Fpu.StatusWord & ~FswC2);
-
-    /// <summary>IE for an invalid operand; masked, the result is the indefinite NaN, unmasked the instruction ends here.</summary>
-    private double X87Invalid()
-    {
-        var c = FpuContext();
-        c.Flags = X87Float.Ie;
-        X87Commit(in c, setC1: false);
-        return Indefinite;
-    }
 
     /// <summary>Commits the flags of an exact operation on ST0 and writes its result there.</summary>
     private void X87SetSt0(Ext80 r, in X87Float.Context c, bool setC1 = true)
     {
         X87Commit(in c, setC1);
         SetStX(0, r);
-    }
-
-    /// <summary>ln(1 + x) without the cancellation of forming 1 + x.</summary>
-    private static double Log1p(double x)
-    {
-        double u = 1.0 + x;
-        return u == 1.0 ? x : Math.Log(u) * x / (u - 1.0);
     }
 
     /// <summary>The 80-bit register value of an integer of magnitude below 2^64.</summary>
@@ -271,6 +251,261 @@ internal sealed partial class InterpreterVcpu
         FpuPop();
     }
 
+    /// <summary>FSIN, FCOS, FPTAN (which then pushes 1) and FSINCOS (ST1 the sine, ST0 the cosine); C2 and the operand kept for |x| of 2^63 or more.</summary>
+    private void SinCos(Mnemonic m)
+    {
+        bool pushes = m is Mnemonic.Fptan or Mnemonic.Fsincos;
+        if (X87Empty(0, 0))
+        {
+            SetStX(0, Ext80.Indefinite);
+            if (pushes)
+            {
+                FpuPushX(Ext80.Indefinite);
+            }
+
+            return;
+        }
+
+        var x = StX(0);
+        if (x.Exp != 0x7FFF && !x.IsUnsupported && x.Exp - Ext80.Bias >= 63)
+        {
+            SetC2(true); // out of range: the operand stays, as an incomplete reduction
+            return;
+        }
+
+        var c = FpuContext();
+        Ext80 first, second;
+        if (x.IsUnsupported || x.IsInfinity || x.IsNaN)
+        {
+            first = x.IsNaN ? X87Float.PropagateNaN(x, x, ref c) : Ext80.Indefinite;
+            if (!x.IsNaN)
+            {
+                c.Flags |= X87Float.Ie;
+            }
+
+            second = m == Mnemonic.Fptan && !x.IsNaN ? Ext80.Indefinite : first;
+        }
+        else if (X87Float.DenormalCheck(x, x, ref c))
+        {
+            first = second = x;
+        }
+        else
+        {
+            var sc = c;
+            var cc = c;
+            var tc = c;
+            var (sin, cos, tan) = X87Math.SinCosTan(x, ref sc, ref cc, ref tc);
+            (first, second, c) = m switch
+            {
+                Mnemonic.Fsin => (sin, default, sc),
+                Mnemonic.Fcos => (cos, default, cc),
+                Mnemonic.Fptan => (tan, new Ext80(0x8000000000000000, 0x3FFF), tc),
+                _ => (sin, cos, cc),
+            };
+            if (m == Mnemonic.Fsincos)
+            {
+                c.Flags |= sc.Flags;
+            }
+        }
+
+        if (pushes && X87Full)
+        {
+            FpuPushX(Ext80.Indefinite); // a stack overflow: nothing else is reported
+            return;
+        }
+
+        X87Commit(in c);
+        SetC2(false);
+        SetStX(0, first);
+        if (pushes)
+        {
+            FpuPushX(second);
+            if (c.RoundedUp)
+            {
+                _cpu.Fpu.StatusWord |= FswC1;
+            }
+        }
+    }
+
+    /// <summary>FPATAN: ST1 becomes the angle of (ST0, ST1), then a pop; zeros and infinities give the SDM's exact angles.</summary>
+    private void Fpatan()
+    {
+        if (X87Empty(0, 1))
+        {
+            SetStX(1, Ext80.Indefinite);
+            FpuPop();
+            return;
+        }
+
+        var x = StX(0);
+        var y = StX(1);
+        var c = FpuContext();
+        Ext80 r;
+        if (x.IsUnsupported || y.IsUnsupported || x.IsNaN || y.IsNaN)
+        {
+            r = x.IsNaN || y.IsNaN ? X87Float.PropagateNaN(y, x, ref c) : Ext80.Indefinite;
+            if (!(x.IsNaN || y.IsNaN))
+            {
+                c.Flags |= X87Float.Ie;
+            }
+        }
+        else if (X87Float.DenormalCheck(x, y, ref c))
+        {
+            r = y;
+        }
+        else if (y.IsZero)
+        {
+            r = x.Negative ? X87Math.Angle(4, y.Negative, ref c) : y;
+        }
+        else if (y.IsInfinity)
+        {
+            r = X87Math.Angle(x.IsInfinity ? (x.Negative ? 3 : 1) : 2, y.Negative, ref c);
+        }
+        else if (x.IsZero)
+        {
+            r = X87Math.Angle(2, y.Negative, ref c);
+        }
+        else if (x.IsInfinity)
+        {
+            r = x.Negative ? X87Math.Angle(4, y.Negative, ref c) : Ext80.Zero(y.Negative);
+        }
+        else
+        {
+            r = X87Math.Atan2(y, x, ref c);
+        }
+
+        X87Commit(in c);
+        SetStX(1, r);
+        FpuPop();
+    }
+
+    /// <summary>F2XM1: ST0 becomes 2^ST0 - 1.</summary>
+    private void F2xm1()
+    {
+        if (X87Empty(0, 0))
+        {
+            SetStX(0, Ext80.Indefinite);
+            return;
+        }
+
+        var x = StX(0);
+        var c = FpuContext();
+        Ext80 r;
+        if (x.IsUnsupported)
+        {
+            c.Flags |= X87Float.Ie;
+            r = Ext80.Indefinite;
+        }
+        else if (x.IsNaN)
+        {
+            r = X87Float.PropagateNaN(x, x, ref c);
+        }
+        else if (X87Float.DenormalCheck(x, x, ref c) || x.IsZero)
+        {
+            r = x;
+        }
+        else if (x.IsInfinity)
+        {
+            r = x.Negative ? new Ext80(0x8000000000000000, 0xBFFF) : x;
+        }
+        else
+        {
+            r = X87Math.Exp2M1(x, ref c);
+        }
+
+        X87Commit(in c);
+        SetStX(0, r);
+    }
+
+    /// <summary>FYL2X (ST1 × log2 ST0) and FYL2XP1 (ST1 × log2(ST0 + 1)): the result in ST1, then a pop.</summary>
+    private void Fyl2x(bool plusOne)
+    {
+        if (X87Empty(0, 1))
+        {
+            SetStX(1, Ext80.Indefinite);
+            FpuPop();
+            return;
+        }
+
+        var x = StX(0);
+        var y = StX(1);
+        var c = FpuContext();
+        Ext80 r;
+        var one = new Ext80(0x8000000000000000, 0x3FFF);
+        if (x.IsUnsupported || y.IsUnsupported || x.IsNaN || y.IsNaN)
+        {
+            r = x.IsNaN || y.IsNaN ? X87Float.PropagateNaN(x, y, ref c) : Ext80.Indefinite;
+            if (!(x.IsNaN || y.IsNaN))
+            {
+                c.Flags |= X87Float.Ie;
+            }
+        }
+        else if (plusOne ? X87Float.Compare(x, one.WithSign(true), true, ref c) < 0 : x.Negative && !x.IsZero)
+        {
+            r = Invalid(ref c); // the logarithm of a negative number
+        }
+        else
+        {
+            r = Fyl2xOperands(x, y, plusOne, ref c);
+        }
+
+        X87Commit(in c);
+        SetStX(1, r);
+        FpuPop();
+    }
+
+    /// <summary>FYL2X and FYL2XP1 on operands that are numbers: zeros and infinities by the SDM's table, the rest computed.</summary>
+    private static Ext80 Fyl2xOperands(Ext80 x, Ext80 y, bool plusOne, ref X87Float.Context c)
+    {
+        // The logarithm's sign and class: log2 x is -inf at 0, 0 at 1, +inf at +inf.
+        var one = new Ext80(0x8000000000000000, 0x3FFF);
+        bool logZero = plusOne ? x.IsZero : X87Float.Compare(x, one, true, ref c) == 0;
+        bool logInfinite = x.IsInfinity || (plusOne ? X87Float.Compare(x, one.WithSign(true), true, ref c) == 0 : x.IsZero);
+        bool logNegative = plusOne ? x.Negative : X87Float.Compare(x, one, true, ref c) < 0;
+        bool negative = y.Negative ^ logNegative;
+        if (logZero && y.IsInfinity)
+        {
+            return Invalid(ref c);
+        }
+
+        if (logInfinite)
+        {
+            if (y.IsZero)
+            {
+                return Invalid(ref c);
+            }
+
+            if (!x.IsInfinity && !y.IsInfinity)
+            {
+                c.Flags |= X87Float.Ze; // the logarithm of zero, ahead of a denormal operand
+                return Ext80.Infinity(negative);
+            }
+        }
+
+        if (X87Float.DenormalCheck(x, y, ref c))
+        {
+            return y;
+        }
+
+        if (logZero)
+        {
+            return Ext80.Zero(negative);
+        }
+
+        if (logInfinite || y.IsInfinity || y.IsZero)
+        {
+            return logInfinite || y.IsInfinity ? Ext80.Infinity(negative) : Ext80.Zero(negative);
+        }
+
+        return plusOne ? X87Math.YLog2XPlus1(y, x, ref c) : X87Math.YLog2X(y, x, ref c);
+    }
+
+    private static Ext80 Invalid(ref X87Float.Context c)
+    {
+        c.Flags |= X87Float.Ie;
+        return Ext80.Indefinite;
+    }
+
     /// <summary>x87 transcendental and related instructions; returns false when <paramref name="ins"/> is not one of them.</summary>
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per x87 instruction, each a few lines: the group's table in code form.")]
     private bool ExecX87Transcendental(ref Op op, in Instruction ins)
@@ -281,64 +516,18 @@ internal sealed partial class InterpreterVcpu
             case Mnemonic.Fcos:
             case Mnemonic.Fptan:
             case Mnemonic.Fsincos:
-            {
-                double x = St(0);
-                if (Math.Abs(x) >= TwoTo63 && !double.IsInfinity(x))
-                {
-                    SetC2(true); // out of range: the operand stays, as an incomplete reduction
-                    return true;
-                }
-
-                SetC2(false);
-                if (double.IsInfinity(x))
-                {
-                    x = X87Invalid();
-                }
-
-                switch (ins.Mnemonic)
-                {
-                    case Mnemonic.Fsin: SetSt(0, Math.Sin(x)); break;
-                    case Mnemonic.Fcos: SetSt(0, Math.Cos(x)); break;
-                    case Mnemonic.Fptan:
-                        SetSt(0, Math.Tan(x));
-                        FpuPush(double.IsNaN(x) ? x : 1.0);
-                        break;
-                    default:
-                        SetSt(0, Math.Sin(x));
-                        FpuPush(Math.Cos(x));
-                        break;
-                }
-
+                SinCos(ins.Mnemonic);
                 return true;
-            }
-
             case Mnemonic.Fpatan:
-                SetSt(1, Math.Atan2(St(1), St(0)));
-                FpuPop();
+                Fpatan();
                 return true;
             case Mnemonic.F2xm1:
-            {
-                double x = St(0);
-                SetSt(0, Math.Abs(x) < 1e-5 ? Math.Exp(x * Math.Log(2)) - 1.0 : Math.Pow(2, x) - 1.0);
+                F2xm1();
                 return true;
-            }
-
             case Mnemonic.Fyl2x:
-            {
-                double x = St(0), y = St(1);
-                SetSt(1, x < 0 && !double.IsNaN(x) ? X87Invalid() : y * Math.Log2(x));
-                FpuPop();
-                return true;
-            }
-
             case Mnemonic.Fyl2xp1:
-            {
-                double x = St(0), y = St(1);
-                SetSt(1, x < -1 ? X87Invalid() : y * Log1p(x) / Math.Log(2));
-                FpuPop();
+                Fyl2x(ins.Mnemonic == Mnemonic.Fyl2xp1);
                 return true;
-            }
-
             case Mnemonic.Fscale:
             {
                 if (X87Empty(0, 1))
