@@ -89,7 +89,7 @@ internal sealed partial class InterpreterVcpu
     /// Merges the flags of <paramref name="c"/> into the status word (C1 the round-up bit when <paramref name="setC1"/>) and
     /// ends the instruction when it must not write its result.
     /// </summary>
-    private void X87Commit(in X87Float.Context c, bool setC1 = true)
+    private void X87Commit(in X87Float.Context c, bool setC1 = true, bool clearC1OnAbort = true)
     {
         bool writes = X87Writes(in c);
         ushort sw = (ushort)(_cpu.Fpu.StatusWord | (c.Flags & 0x3F));
@@ -97,7 +97,7 @@ internal sealed partial class InterpreterVcpu
         {
             sw = (ushort)(c.RoundedUp ? sw | FswC1 : sw & ~FswC1);
         }
-        else if (!writes)
+        else if (!writes && clearC1OnAbort)
         {
             sw = (ushort)(sw & ~FswC1); // an unmasked invalid operation, denormal or division by zero clears C1
         }
@@ -135,8 +135,15 @@ internal sealed partial class InterpreterVcpu
             v = Ext80.Indefinite;
         }
 
-        Span<byte> regs = _cpu.Fpu.Registers;
-        regs[..112].CopyTo(regs[16..]);
+        // The register file is kept in stack order: the registers move up one slot, the last one comes round to ST0.
+        ref byte regs = ref StSlot(0);
+        var last = Unsafe.ReadUnaligned<System.Runtime.Intrinsics.Vector128<byte>>(ref Unsafe.Add(ref regs, 112));
+        for (int i = 112; i > 0; i -= 16)
+        {
+            Unsafe.WriteUnaligned(ref Unsafe.Add(ref regs, i), Unsafe.ReadUnaligned<System.Runtime.Intrinsics.Vector128<byte>>(ref Unsafe.Add(ref regs, i - 16)));
+        }
+
+        Unsafe.WriteUnaligned(ref regs, last);
         SetFpuTop(top);
         _cpu.Fpu.AbridgedTagWord |= (byte)(1 << top);
         SetStX(0, v);
@@ -162,11 +169,14 @@ internal sealed partial class InterpreterVcpu
         int top = FpuTop;
         _cpu.Fpu.AbridgedTagWord &= (byte)~(1 << top);
         // The popped register keeps its contents (it becomes ST7, tagged empty): MMX reads it through the aliasing.
-        Span<byte> regs = _cpu.Fpu.Registers;
-        Span<byte> old = stackalloc byte[16];
-        regs[..16].CopyTo(old);
-        regs[16..].CopyTo(regs);
-        old.CopyTo(regs[112..]);
+        ref byte regs = ref StSlot(0);
+        var first = Unsafe.ReadUnaligned<System.Runtime.Intrinsics.Vector128<byte>>(ref regs);
+        for (int i = 0; i < 112; i += 16)
+        {
+            Unsafe.WriteUnaligned(ref Unsafe.Add(ref regs, i), Unsafe.ReadUnaligned<System.Runtime.Intrinsics.Vector128<byte>>(ref Unsafe.Add(ref regs, i + 16)));
+        }
+
+        Unsafe.WriteUnaligned(ref Unsafe.Add(ref regs, 112), first);
         SetFpuTop(top + 1);
     }
 
@@ -495,7 +505,7 @@ internal sealed partial class InterpreterVcpu
                     StackFault(false);
                 }
 
-                X87Commit(in c, setC1: false);
+                X87Commit(in c, setC1: false, clearC1OnAbort: false); // an unmasked IE leaves C1 as it was
                 _cpu.Fpu.StatusWord &= unchecked((ushort)~FswC1);
                 if (m is Mnemonic.Fcomip or Mnemonic.Fucomip)
                 {

@@ -152,6 +152,11 @@ internal static class X87Float
         int lz = (int)UInt128.LeadingZeroCount(sig);
         sig <<= lz;
         e -= lz;
+        if (format == Format.Register && precision == 64 && e >= ExtMin && e < ExtMax)
+        {
+            return RoundNormal64(negative, e, (ulong)(sig >> 64), (ulong)sig, sticky, ref c);
+        }
+
         var (bits, emin, emax) = format switch
         {
             Format.Double => (53, -1022, 1023),
@@ -267,6 +272,37 @@ internal static class X87Float
         }
 
         return Encode(negative, er, (ulong)(r >> 64), format, denormal: false);
+    }
+
+    /// <summary>
+    /// The common case of <see cref="Round"/>: a register result at 64-bit precision whose exponent is inside the
+    /// range even after rounding up, in 64-bit arithmetic.
+    /// </summary>
+    private static Ext80 RoundNormal64(bool negative, int e, ulong hi, ulong lo, bool sticky, ref Context c)
+    {
+        ushort sign = negative ? (ushort)0x8000 : (ushort)0;
+        if (lo == 0 && !sticky)
+        {
+            c.RoundedUp = false;
+            return new Ext80(hi, (ushort)(sign | (e + Ext80.Bias)));
+        }
+
+        c.Flags |= Pe;
+        bool up = c.Rounding switch
+        {
+            0 => lo > 0x8000000000000000 || (lo == 0x8000000000000000 && (sticky || (hi & 1) != 0)),
+            1 => negative,
+            2 => !negative,
+            _ => false,
+        };
+        c.RoundedUp = up;
+        if (up && ++hi == 0)
+        {
+            hi = 0x8000000000000000;
+            e++;
+        }
+
+        return new Ext80(hi, (ushort)(sign | (e + Ext80.Bias)));
     }
 
     /// <summary>Encodes a rounded significand (integer bit at bit 63) with the unbiased exponent <paramref name="e"/>.</summary>
@@ -512,19 +548,70 @@ internal static class X87Float
         var (ea, ma) = Unpack(a);
         var (eb, mb) = Unpack(b);
 
-        // Two steps of 64 bits: q1 has 64 or 65 bits, q2 another 64, and the last remainder decides the sticky bit.
-        UInt128 n = (UInt128)ma << 64;
-        UInt128 q1 = n / mb;
-        UInt128 r1 = n - (q1 * mb);
-        UInt128 n2 = r1 << 64;
-        UInt128 q2 = n2 / mb;
-        bool sticky = n2 - (q2 * mb) != 0;
+        // The quotient's 64 or 65 bits, then what the remainder says about the rest: zero, exactly a half, or below or
+        // above it (a half and a sticky bit below the quotient), which is all that rounding at any position needs.
+        var (q1, r1) = DivideWide(ma, mb);
+        UInt128 r2 = (UInt128)r1 << 1;
+        ulong rest = r1 == 0 ? 0 : r2 == mb ? 2UL : r2 > mb ? 3UL : 1UL; // half bit, sticky bit
         if ((q1 >> 64) != 0)
         {
-            return Round(neg, ea - eb, (q1 << 63) | (q2 >> 1), sticky || (q2 & 1) != 0, Format.Register, c.Precision, ref c);
+            return Round(neg, ea - eb, (q1 << 63) | ((UInt128)rest << 61), false, Format.Register, c.Precision, ref c);
         }
 
-        return Round(neg, ea - eb - 1, (q1 << 64) | q2, sticky, Format.Register, c.Precision, ref c);
+        return Round(neg, ea - eb - 1, (q1 << 64) | ((UInt128)rest << 62), false, Format.Register, c.Precision, ref c);
+    }
+
+    /// <summary>(<paramref name="high"/> × 2^64) / <paramref name="divisor"/> (a normalised divisor): the quotient, of up to 65 bits, and the remainder.</summary>
+    private static (UInt128 Quotient, ulong Remainder) DivideWide(ulong high, ulong divisor)
+    {
+        UInt128 top = 0;
+        if (high >= divisor)
+        {
+            // The divisor's top bit is set, so the dividend's high half is below twice the divisor.
+            top = (UInt128)1 << 64;
+            high -= divisor;
+        }
+
+        ulong q = DivideNormalized(high, 0, divisor, out ulong r);
+        return (top + q, r);
+    }
+
+    /// <summary>
+    /// (u1 × 2^64 + u0) / v for a divisor with its top bit set and u1 below it: two steps of long division in 32-bit
+    /// digits, each quotient digit estimated from the divisor's top digit and corrected at most twice.
+    /// </summary>
+    private static ulong DivideNormalized(ulong u1, ulong u0, ulong v, out ulong remainder)
+    {
+        const ulong B = 1UL << 32;
+        ulong vn1 = v >> 32, vn0 = v & 0xFFFFFFFF;
+        ulong un1 = u0 >> 32, un0 = u0 & 0xFFFFFFFF;
+        ulong q1 = u1 / vn1;
+        ulong rhat = u1 - (q1 * vn1);
+        while (q1 >= B || q1 * vn0 > (B * rhat) + un1)
+        {
+            q1--;
+            rhat += vn1;
+            if (rhat >= B)
+            {
+                break;
+            }
+        }
+
+        ulong un21 = unchecked((u1 * B) + un1 - (q1 * v));
+        ulong q0 = un21 / vn1;
+        rhat = un21 - (q0 * vn1);
+        while (q0 >= B || q0 * vn0 > (B * rhat) + un0)
+        {
+            q0--;
+            rhat += vn1;
+            if (rhat >= B)
+            {
+                break;
+            }
+        }
+
+        remainder = unchecked((un21 * B) + un0 - (q0 * v));
+        return (q1 * B) + q0;
     }
 
     public static Ext80 Sqrt(Ext80 a, ref Context c)

@@ -55,10 +55,11 @@ internal sealed partial class InterpreterVcpu
     private void Fprem(bool ieee)
     {
         // A stack underflow, a NaN or an invalid operand leave C0 and C3 as they were and clear C1 and C2.
-        if (X87Empty(0, 1))
+        if (!StValid(0) || !StValid(1))
         {
+            _cpu.Fpu.StatusWord &= unchecked((ushort)~FswC2); // also when an unmasked IE ends the instruction here
+            StackFault(false);
             SetStX(0, Ext80.Indefinite);
-            _cpu.Fpu.StatusWord &= unchecked((ushort)~(FswC1 | FswC2));
             return;
         }
 

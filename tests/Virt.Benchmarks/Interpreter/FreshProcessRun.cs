@@ -7,7 +7,7 @@ namespace Virt.Benchmarks.Interpreter;
 /// <summary>
 /// One workload, one run, in a process that has run nothing before: what a short-lived sandbox call sees
 /// (tiered JIT at tier 0, cold block cache). Run with
-/// <c>dotnet tests/Virt.Benchmarks/bin/Release/net10.0/Virt.Benchmarks.dll fresh loop|checksum|sieve|calls [runs]</c>;
+/// <c>dotnet tests/Virt.Benchmarks/bin/Release/net10.0/Virt.Benchmarks.dll fresh loop|checksum|sieve|calls|fpu [runs]</c>;
 /// with a run count above one, the best of the further runs is printed as well (the steady state, for quick A/B
 /// comparisons of two builds run alternately on a noisy machine). <c>VIRT_INTERPRETER_JIT=0</c> turns the JIT tier off;
 /// <c>VIRT_INTERPRETER_JIT_THRESHOLD=n</c> sets its threshold.
@@ -22,7 +22,8 @@ internal static class FreshProcessRun
             "checksum" => GuestWorkloads.Checksum(),
             "sieve" => GuestWorkloads.Sieve(),
             "calls" => GuestWorkloads.Calls(),
-            _ => throw new ArgumentException($"Unknown workload '{workload}': use loop, checksum, sieve or calls.", nameof(workload)),
+            "fpu" => GuestWorkloads.Fpu(),
+            _ => throw new ArgumentException($"Unknown workload '{workload}': use loop, checksum, sieve, calls or fpu.", nameof(workload)),
         };
         var options = new InterpreterOptions();
         var hypervisor = new InterpreterHypervisor(options);

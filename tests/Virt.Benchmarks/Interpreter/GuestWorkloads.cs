@@ -7,7 +7,7 @@ using static Iced.Intel.AssemblerRegisters;
 
 namespace Virt.Benchmarks.Interpreter;
 
-/// <summary>The four CPU benchmark guests, run at CPL 3 on any backend.</summary>
+/// <summary>The CPU benchmark guests, run at CPL 3 on any backend.</summary>
 internal static class GuestWorkloads
 {
     public const ulong CodeAddress = 0x10000;
@@ -33,6 +33,9 @@ internal static class GuestWorkloads
     /// <summary>Where the call-heavy workload keeps its table of four function pointers.</summary>
     public const ulong TableAddress = DataAddress + DataSize;
 
+    /// <summary>(e) terms of the harmonic sum the x87 workload adds.</summary>
+    public const int FpuIterations = 2_000_000;
+
     public static byte[] TightLoop() => GuestProgram.Assemble(64, CodeAddress, a =>
     {
         var l = a.CreateLabel();
@@ -42,6 +45,30 @@ internal static class GuestWorkloads
         a.add(rax, rcx);
         a.dec(rcx);
         a.jnz(l);
+        a.hlt();
+    });
+
+    /// <summary>
+    /// (e) x87 arithmetic: the harmonic sum 1/1 + ... + 1/n with FILD, FLD1, FDIVRP and FADDP (7 instructions per
+    /// term), its integer part in RAX.
+    /// </summary>
+    public static byte[] Fpu() => GuestProgram.Assemble(64, CodeAddress, a =>
+    {
+        var l = a.CreateLabel();
+        a.mov(esi, (int)DataAddress);
+        a.mov(ecx, FpuIterations);
+        a.fninit();
+        a.fldz();
+        a.Label(ref l);
+        a.mov(__dword_ptr[rsi], ecx);
+        a.fild(__dword_ptr[rsi]);
+        a.fld1();
+        a.fdivrp(st1, st0);
+        a.faddp(st1, st0);
+        a.dec(ecx);
+        a.jnz(l);
+        a.fisttp(__qword_ptr[rsi]);
+        a.mov(rax, __qword_ptr[rsi]);
         a.hlt();
     });
 

@@ -35,7 +35,7 @@ internal static class QemuPeer
         string empty = Write(dir.Path, "empty", [0xC3]);
         double startup = Enumerable.Range(0, runs).Min(_ => TimeQemu(qemu, empty));
         Console.WriteLine($"qemu start-up and shutdown (empty workload): {startup * 1000:F1} ms, best of {runs}");
-        foreach (var (name, code) in new[] { ("loop", GuestWorkloads.TightLoop()), ("checksum", GuestWorkloads.Checksum()), ("sieve", GuestWorkloads.Sieve()), ("calls", GuestWorkloads.Calls()) })
+        foreach (var (name, code) in new[] { ("loop", GuestWorkloads.TightLoop()), ("checksum", GuestWorkloads.Checksum()), ("sieve", GuestWorkloads.Sieve()), ("calls", GuestWorkloads.Calls()), ("fpu", GuestWorkloads.Fpu()) })
         {
             long instructions = CountInstructions(code) * Repeats;
             byte[] callable = (byte[])code.Clone();
