@@ -155,8 +155,9 @@ internal sealed partial class InterpreterVcpu
             case Mnemonic.Fstenv:
                 StoreX87Environment(Ea(ref op), ins.MemorySize == MemorySize.FpuEnv14);
 
-                // FNSTENV then masks every x87 exception.
+                // FNSTENV then masks every x87 exception, so none is pending any more (ES and B clear).
                 _cpu.Fpu.ControlWord |= 0x3F;
+                UpdateFpuErrorSummary();
                 return true;
             case Mnemonic.Fldenv:
                 LoadX87Environment(Ea(ref op), ins.MemorySize == MemorySize.FpuEnv14);

@@ -13,7 +13,7 @@ namespace Virt.Cpu.Interpreter.Tests.Sse;
 /// exponent range), arithmetic, square roots, rounding to integers, scaling, remainders, comparisons and stores,
 /// under random rounding and precision controls, with stack overflows and underflows, and now and then an unmasked
 /// exception whose #MF the next waiting instruction raises. Compared: every store, the status word after each
-/// comparison and at the end, RFLAGS after FCOMI, and the whole FNSAVE image (control, status and full tag words and
+/// comparison and at the end, RFLAGS after FCOMI, round trips through FNSTENV/FLDENV and FNSAVE/FRSTOR, and the whole FNSAVE image (control, status and full tag words and
 /// the eight registers) or, when a sequence ends in an exception, the state the backend reports. The last x87
 /// instruction and data pointers are left out (the interpreter does not track them), and so are the transcendental
 /// instructions, which it computes in binary64.
@@ -22,7 +22,7 @@ public sealed class X87DifferentialTests
 {
     private const int DefaultSeed = 0x87_0000;
     private static readonly int PerBatch = Environment.GetEnvironmentVariable("VIRT_X87_COUNT") is { } n ? int.Parse(n, System.Globalization.CultureInfo.InvariantCulture) : 4000;
-    private const int InputM80 = 0x000, InputM64 = 0x100, InputM32 = 0x200, InputInt = 0x300, Outputs = 0x400, ControlWords = 0x900, SaveArea = 0xA00;
+    private const int InputM80 = 0x000, InputM64 = 0x100, InputM32 = 0x200, InputInt = 0x300, Outputs = 0x400, ControlWords = 0x900, SaveArea = 0xA00, EnvArea = 0xC00;
 
     public static TheoryData<int> Batches() => [0, 1, 2];
 
@@ -593,6 +593,23 @@ public sealed class X87DifferentialTests
                 break;
             case 26:
                 a.wait();
+                break;
+            case 27:
+                // A round trip through memory of the environment or the whole state (pending exceptions included);
+                // the image's instruction and data pointers are not compared.
+                if (r.Next(2) == 0)
+                {
+                    a.fnstenv(__[rbx + EnvArea]);
+                    a.fldenv(__[rbx + EnvArea]);
+                }
+                else
+                {
+                    a.fnsave(__[rbx + EnvArea]);
+                    a.frstor(__[rbx + EnvArea]);
+                }
+
+                a.mov(__qword_ptr[rbx + EnvArea + 12], 0);
+                a.mov(__qword_ptr[rbx + EnvArea + 20], 0);
                 break;
             default:
             {
