@@ -361,8 +361,8 @@ internal static class X87Float
         return Ext80.Indefinite;
     }
 
-    /// <summary>Operand checks shared by the two-operand operations: unsupported encodings and NaNs; DE for denormals.</summary>
-    private static bool Special(Ext80 a, Ext80 b, ref Context c, out Ext80 result)
+    /// <summary>The operand checks every operation starts with: an unsupported encoding is invalid (IE), a NaN propagates.</summary>
+    public static bool Special(Ext80 a, Ext80 b, ref Context c, out Ext80 result)
     {
         if (a.IsUnsupported || b.IsUnsupported)
         {

@@ -328,56 +328,65 @@ internal sealed partial class InterpreterVcpu
         }
     }
 
+    /// <summary>For the instructions that leave their result in ST1 and pop: a stack underflow (masked, ST1 becomes the indefinite NaN and the pop happens).</summary>
+    private bool BinaryPopUnderflow()
+    {
+        if (!X87Empty(0, 1))
+        {
+            return false;
+        }
+
+        SetStX(1, Ext80.Indefinite);
+        FpuPop();
+        return true;
+    }
+
     /// <summary>FPATAN: ST1 becomes the angle of (ST0, ST1), then a pop; zeros and infinities give the SDM's exact angles.</summary>
     private void Fpatan()
     {
-        if (X87Empty(0, 1))
+        if (BinaryPopUnderflow())
         {
-            SetStX(1, Ext80.Indefinite);
-            FpuPop();
             return;
         }
 
         var x = StX(0);
         var y = StX(1);
         var c = FpuContext();
-        Ext80 r;
-        if (x.IsUnsupported || y.IsUnsupported || x.IsNaN || y.IsNaN)
-        {
-            r = x.IsNaN || y.IsNaN ? X87Float.PropagateNaN(y, x, ref c) : Ext80.Indefinite;
-            if (!(x.IsNaN || y.IsNaN))
-            {
-                c.Flags |= X87Float.Ie;
-            }
-        }
-        else if (X87Float.DenormalCheck(x, y, ref c))
-        {
-            r = y;
-        }
-        else if (y.IsZero)
-        {
-            r = x.Negative ? X87Math.Angle(4, y.Negative, ref c) : y;
-        }
-        else if (y.IsInfinity)
-        {
-            r = X87Math.Angle(x.IsInfinity ? (x.Negative ? 3 : 1) : 2, y.Negative, ref c);
-        }
-        else if (x.IsZero)
-        {
-            r = X87Math.Angle(2, y.Negative, ref c);
-        }
-        else if (x.IsInfinity)
-        {
-            r = x.Negative ? X87Math.Angle(4, y.Negative, ref c) : Ext80.Zero(y.Negative);
-        }
-        else
-        {
-            r = X87Math.Atan2(y, x, ref c);
-        }
-
+        var r = X87Float.Special(x, y, ref c, out var special) ? special : FpatanOperands(x, y, ref c);
         X87Commit(in c);
         SetStX(1, r);
         FpuPop();
+    }
+
+    /// <summary>FPATAN on operands that are numbers: zeros and infinities give the SDM's exact angles, the rest computed.</summary>
+    private static Ext80 FpatanOperands(Ext80 x, Ext80 y, ref X87Float.Context c)
+    {
+        if (X87Float.DenormalCheck(x, y, ref c))
+        {
+            return y;
+        }
+
+        if (y.IsZero)
+        {
+            return x.Negative ? X87Math.Angle(4, y.Negative, ref c) : y;
+        }
+
+        if (y.IsInfinity)
+        {
+            return X87Math.Angle(x.IsInfinity ? (x.Negative ? 3 : 1) : 2, y.Negative, ref c);
+        }
+
+        if (x.IsZero)
+        {
+            return X87Math.Angle(2, y.Negative, ref c);
+        }
+
+        if (x.IsInfinity)
+        {
+            return x.Negative ? X87Math.Angle(4, y.Negative, ref c) : Ext80.Zero(y.Negative);
+        }
+
+        return X87Math.Atan2(y, x, ref c);
     }
 
     /// <summary>F2XM1: ST0 becomes 2^ST0 - 1.</summary>
@@ -421,35 +430,15 @@ internal sealed partial class InterpreterVcpu
     /// <summary>FYL2X (ST1 × log2 ST0) and FYL2XP1 (ST1 × log2(ST0 + 1)): the result in ST1, then a pop.</summary>
     private void Fyl2x(bool plusOne)
     {
-        if (X87Empty(0, 1))
+        if (BinaryPopUnderflow())
         {
-            SetStX(1, Ext80.Indefinite);
-            FpuPop();
             return;
         }
 
         var x = StX(0);
         var y = StX(1);
         var c = FpuContext();
-        Ext80 r;
-        var one = new Ext80(0x8000000000000000, 0x3FFF);
-        if (x.IsUnsupported || y.IsUnsupported || x.IsNaN || y.IsNaN)
-        {
-            r = x.IsNaN || y.IsNaN ? X87Float.PropagateNaN(x, y, ref c) : Ext80.Indefinite;
-            if (!(x.IsNaN || y.IsNaN))
-            {
-                c.Flags |= X87Float.Ie;
-            }
-        }
-        else if (plusOne ? X87Float.Compare(x, one.WithSign(true), true, ref c) < 0 : x.Negative && !x.IsZero)
-        {
-            r = Invalid(ref c); // the logarithm of a negative number
-        }
-        else
-        {
-            r = Fyl2xOperands(x, y, plusOne, ref c);
-        }
-
+        var r = X87Float.Special(x, y, ref c, out var special) ? special : Fyl2xOperands(x, y, plusOne, ref c);
         X87Commit(in c);
         SetStX(1, r);
         FpuPop();
@@ -458,8 +447,13 @@ internal sealed partial class InterpreterVcpu
     /// <summary>FYL2X and FYL2XP1 on operands that are numbers: zeros and infinities by the SDM's table, the rest computed.</summary>
     private static Ext80 Fyl2xOperands(Ext80 x, Ext80 y, bool plusOne, ref X87Float.Context c)
     {
-        // The logarithm's sign and class: log2 x is -inf at 0, 0 at 1, +inf at +inf.
         var one = new Ext80(0x8000000000000000, 0x3FFF);
+        if (plusOne ? X87Float.Compare(x, one.WithSign(true), true, ref c) < 0 : x.Negative && !x.IsZero)
+        {
+            return Invalid(ref c); // the logarithm of a negative number
+        }
+
+        // The logarithm's sign and class: log2 x is -inf at 0, 0 at 1, +inf at +inf.
         bool logZero = plusOne ? x.IsZero : X87Float.Compare(x, one, true, ref c) == 0;
         bool logInfinite = x.IsInfinity || (plusOne ? X87Float.Compare(x, one.WithSign(true), true, ref c) == 0 : x.IsZero);
         bool logNegative = plusOne ? x.Negative : X87Float.Compare(x, one, true, ref c) < 0;
