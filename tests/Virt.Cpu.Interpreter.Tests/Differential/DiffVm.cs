@@ -27,7 +27,9 @@ internal sealed class DiffVm : IDisposable
 
     private readonly SpecialRegisters _userSregs;
 
-    public DiffVm(IHypervisor hypervisor)
+    /// <param name="hypervisor">The backend.</param>
+    /// <param name="compatibility">CPL 3 code runs in 32-bit compatibility mode instead of 64-bit mode.</param>
+    public DiffVm(IHypervisor hypervisor, bool compatibility = false)
     {
         Memory = GuestMemory.CreateRam(4UL << 20);
         Partition = hypervisor.CreatePartition(Memory, new PartitionOptions());
@@ -74,7 +76,7 @@ internal sealed class DiffVm : IDisposable
 
         s.Cr3 = PageTables;
         s.Idt = new DescriptorTable { Base = IdtAddress, Limit = (32 * 16) - 1 };
-        s.Cs = ProcessorSetup.UserSegment(code: true);
+        s.Cs = ProcessorSetup.UserSegment(code: true, longMode: !compatibility);
         s.Ss = s.Ds = s.Es = ProcessorSetup.UserSegment(code: false);
         s.Fs = ProcessorSetup.UserSegment(code: false);
         s.Fs.Base = FsBase;
