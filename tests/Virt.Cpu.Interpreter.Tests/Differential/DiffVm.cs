@@ -135,6 +135,23 @@ internal sealed class DiffVm : IDisposable
         return new SequenceResult("halt", vector, error, rip, rflags, vector == 14 ? sregs.Cr2 : 0, gprs, outScratch);
     }
 
+    /// <summary>The disassembly of a sequence at <see cref="CodeAddress"/>, one instruction a line, for failure messages.</summary>
+    public static string Listing(byte[] code, int bitness = 64)
+    {
+        var decoder = Iced.Intel.Decoder.Create(bitness, new ByteArrayCodeReader(code), CodeAddress);
+        var formatter = new NasmFormatter();
+        var output = new StringOutput();
+        var sb = new System.Text.StringBuilder();
+        while (decoder.IP < CodeAddress + (ulong)code.Length)
+        {
+            decoder.Decode(out var ins);
+            formatter.Format(ins, output);
+            sb.AppendLine(System.Globalization.CultureInfo.InvariantCulture, $"  {ins.IP:x5}: {output.ToStringAndReset()}");
+        }
+
+        return sb.ToString();
+    }
+
     public void Dispose()
     {
         Vcpu.Dispose();

@@ -209,17 +209,7 @@ public sealed class DifferentialTests
         var scratch = new byte[DiffVm.ScratchSize];
         rng.NextBytes(scratch);
 
-        var listing = new StringBuilder();
-        var formatter = new NasmFormatter();
-        var decoder = Iced.Intel.Decoder.Create(64, new ByteArrayCodeReader(code), DiffVm.CodeAddress);
-        var output = new StringOutput();
-        while (decoder.IP < DiffVm.CodeAddress + (ulong)code.Length)
-        {
-            decoder.Decode(out var ins);
-            formatter.Format(ins, output);
-            listing.AppendLine($"  {ins.IP:x5}: {output.ToStringAndReset()}");
-        }
-
+        var listing = new StringBuilder(DiffVm.Listing(code));
         listing.AppendLine($"  start: {regs.ToString().Replace("\n", " ", StringComparison.Ordinal)}");
         return (code, endRip, regs, scratch, listing.ToString());
     }

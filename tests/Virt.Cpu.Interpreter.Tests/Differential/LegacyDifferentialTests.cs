@@ -100,7 +100,7 @@ public sealed class LegacyDifferentialTests
             Rax = (uint)r.Next(), Rcx = (uint)r.Next(), Rdx = (uint)r.Next(), Rbx = DiffVm.ScratchAddress, Rbp = (uint)r.Next(),
             Rsi = (uint)r.Next(), Rdi = (uint)r.Next(), Rsp = DiffVm.ScratchAddress + 0x1000, Rip = DiffVm.CodeAddress, Rflags = 0x202,
         };
-        return (code, DiffVm.CodeAddress + (ulong)code.Length - 1, regs, scratch, Listing(code));
+        return (code, DiffVm.CodeAddress + (ulong)code.Length - 1, regs, scratch, DiffVm.Listing(code, 32));
     }
 
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "A weighted menu of instruction forms.")]
@@ -242,22 +242,5 @@ public sealed class LegacyDifferentialTests
         Assert.Equal(0x004F, At(0x180).Al);
         Assert.Equal(0x0085, At(0x190).Al);
         Assert.Equal(0x80UL, At(0x190).Flags & 0xC0); // SF from AL
-    }
-
-    private static string Listing(byte[] code)
-    {
-        var decoder = Iced.Intel.Decoder.Create(32, new ByteArrayCodeReader(code));
-        decoder.IP = DiffVm.CodeAddress;
-        var formatter = new NasmFormatter();
-        var output = new StringOutput();
-        var sb = new StringBuilder();
-        while (decoder.IP < DiffVm.CodeAddress + (ulong)code.Length)
-        {
-            var ins = decoder.Decode();
-            formatter.Format(ins, output);
-            sb.Append("  ").Append(ins.IP.ToString("x", System.Globalization.CultureInfo.InvariantCulture)).Append(": ").AppendLine(output.ToStringAndReset());
-        }
-
-        return sb.ToString();
     }
 }

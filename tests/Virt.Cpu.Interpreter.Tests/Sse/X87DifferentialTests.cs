@@ -206,7 +206,7 @@ public sealed class X87DifferentialTests
             a.hlt();
         });
         var regs = new GeneralRegisters { Rip = DiffVm.CodeAddress, Rsp = DiffVm.ScratchAddress + 0x1800, Rflags = 0x202, Rbx = DiffVm.ScratchAddress };
-        string listing = $"  x {x.Se:x4}:{x.Mant:x16}, y {y.Se:x4}:{y.Mant:x16}, control {BitConverter.ToUInt16(scratch, ControlWords):x4}\n{Listing(code)}";
+        string listing = $"  x {x.Se:x4}:{x.Mant:x16}, y {y.Se:x4}:{y.Mant:x16}, control {BitConverter.ToUInt16(scratch, ControlWords):x4}\n{DiffVm.Listing(code)}";
         return (code, DiffVm.CodeAddress + (ulong)code.Length - 1, regs, scratch, listing);
     }
 
@@ -389,7 +389,7 @@ public sealed class X87DifferentialTests
             a.hlt();
         });
         var regs = new GeneralRegisters { Rip = DiffVm.CodeAddress, Rsp = DiffVm.ScratchAddress + 0x1800, Rflags = 0x202, Rbx = DiffVm.ScratchAddress };
-        return (code, DiffVm.CodeAddress + (ulong)code.Length - 1, regs, scratch, Listing(code));
+        return (code, DiffVm.CodeAddress + (ulong)code.Length - 1, regs, scratch, DiffVm.Listing(code));
     }
 
     private static AssemblerMemoryOperand Out(ref int output) => __[rbx + Outputs + (16 * (output++ % 80))];
@@ -626,22 +626,5 @@ public sealed class X87DifferentialTests
         }
 
         depth = Math.Max(depth, 0);
-    }
-
-    private static string Listing(byte[] code)
-    {
-        var decoder = Iced.Intel.Decoder.Create(64, new ByteArrayCodeReader(code));
-        decoder.IP = DiffVm.CodeAddress;
-        var formatter = new NasmFormatter();
-        var output = new StringOutput();
-        var sb = new StringBuilder();
-        while (decoder.IP < DiffVm.CodeAddress + (ulong)code.Length)
-        {
-            var ins = decoder.Decode();
-            formatter.Format(ins, output);
-            sb.Append("  ").Append(ins.IP.ToString("x", System.Globalization.CultureInfo.InvariantCulture)).Append(": ").AppendLine(output.ToStringAndReset());
-        }
-
-        return sb.ToString();
     }
 }
