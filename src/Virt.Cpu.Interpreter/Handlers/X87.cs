@@ -187,6 +187,7 @@ internal sealed partial class InterpreterVcpu
 
         _cpu.Fpu.ControlWord = Unsafe.ReadUnaligned<ushort>(ref area[FxFcw]);
         _cpu.Fpu.StatusWord = Unsafe.ReadUnaligned<ushort>(ref area[FxFsw]);
+        UpdateFpuErrorSummary(); // ES and B follow the loaded flags and masks, as after FLDENV
         _cpu.Fpu.AbridgedTagWord = area[FxFtw];
         _cpu.Fpu.LastOpcode = (ushort)(Unsafe.ReadUnaligned<ushort>(ref area[FxFop]) & 0x7FF);
         _cpu.Fpu.LastInstructionPointer = rexW ? Unsafe.ReadUnaligned<ulong>(ref area[FxFip]) : Unsafe.ReadUnaligned<uint>(ref area[FxFip]);

@@ -132,6 +132,7 @@ internal sealed partial class InterpreterVcpu
 
         _cpu.Fpu.ControlWord = fcw;
         _cpu.Fpu.StatusWord = fsw;
+        UpdateFpuErrorSummary(); // ES and B follow the loaded flags and masks, whatever the image says (measured)
         byte abridged = 0;
         for (int i = 0; i < 8; i++)
         {

@@ -167,6 +167,59 @@ public sealed class X87Tests
         Assert.Equal(6, (sw >> 11) & 7); // nothing popped
     }
 
+    public static TheoryData<string, int> LoadForms()
+    {
+        var d = new TheoryData<string, int>();
+        foreach (string backend in TestBackends.Both())
+        {
+            for (int form = 0; form < 3; form++)
+            {
+                d.Add(backend, form);
+            }
+        }
+
+        return d;
+    }
+
+    /// <summary>
+    /// FLDENV, FRSTOR and FXRSTOR of an image whose status word has IE set but ES and B clear, with IE unmasked: ES and B
+    /// follow the flags and masks (FNSTSW reads 0x8081), and the next waiting instruction raises #MF.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(LoadForms))]
+    public void Loading_an_unmasked_set_flag_makes_it_pending(string backend, int form)
+    {
+        var image = new byte[0x300];
+        if (form < 2)
+        {
+            BitConverter.TryWriteBytes(image.AsSpan(0x100), (uint)0x037E);
+            BitConverter.TryWriteBytes(image.AsSpan(0x104), (uint)0x0001);
+            BitConverter.TryWriteBytes(image.AsSpan(0x108), (uint)0xFFFF);
+        }
+        else
+        {
+            BitConverter.TryWriteBytes(image.AsSpan(0x100), (ushort)0x037E);
+            BitConverter.TryWriteBytes(image.AsSpan(0x102), (ushort)0x0001);
+            BitConverter.TryWriteBytes(image.AsSpan(0x100 + 24), 0x1F80u);
+        }
+
+        var (r, _) = SseHarness.Run(backend, a =>
+        {
+            a.fninit();
+            switch (form)
+            {
+                case 0: a.fldenv(__[rbx + 0x100]); break;
+                case 1: a.frstor(__[rbx + 0x100]); break;
+                default: a.fxrstor(__[rbx + 0x100]); break;
+            }
+
+            a.fnstsw(__word_ptr[rbx + 0x2F0]);
+            a.fld1();
+        }, image);
+        Assert.Equal(16, r.Vector);
+        Assert.Equal(0x8081, BitConverter.ToUInt16(r.Scratch, 0x2F0) & 0xC7FF);
+    }
+
     [Fact]
     public void X87_with_cr0_ts_raises_device_not_available()
     {
