@@ -94,10 +94,7 @@ internal sealed partial class InterpreterVcpu
         }
 
         // An unmasked x87 exception still pending is reported first, as by a waiting x87 instruction.
-        if ((_cpu.Fpu.StatusWord & FswEs) != 0)
-        {
-            throw Fault(Vectors.MF, 0);
-        }
+        ReportPendingX87Exception();
 
         var m = ins.Mnemonic;
         if (m == Mnemonic.Emms)

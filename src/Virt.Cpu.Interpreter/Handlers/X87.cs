@@ -31,11 +31,7 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.NM, 0);
         }
 
-        if ((_cpu.Fpu.StatusWord & FswEs) != 0)
-        {
-            throw Fault(Vectors.MF, 0);
-        }
-
+        ReportPendingX87Exception();
         return op.Next;
     }
 
@@ -54,7 +50,7 @@ internal sealed partial class InterpreterVcpu
         // An unmasked exception an earlier instruction raised is reported here, before this one does anything.
         if ((_cpu.Fpu.StatusWord & FswEs) != 0 && !IsNonWaitingX87(ins.Mnemonic))
         {
-            throw Fault(Vectors.MF, 0);
+            ReportPendingX87Exception();
         }
 
         try

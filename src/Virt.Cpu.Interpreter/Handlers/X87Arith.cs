@@ -73,6 +73,15 @@ internal sealed partial class InterpreterVcpu
     /// <summary>Whether a push would overflow the stack (ST7 in use).</summary>
     private bool X87Full => (_cpu.Fpu.AbridgedTagWord & (1 << ((FpuTop - 1) & 7))) != 0;
 
+    /// <summary>#MF when an unmasked x87 exception is pending (ES set): what WAIT, waiting x87 instructions and MMX instructions do first.</summary>
+    private void ReportPendingX87Exception()
+    {
+        if ((_cpu.Fpu.StatusWord & FswEs) != 0)
+        {
+            throw Fault(Vectors.MF, 0);
+        }
+    }
+
     /// <summary>Sets ES and B when an exception flag is set whose mask is clear, and clears them otherwise.</summary>
     private void UpdateFpuErrorSummary()
     {
@@ -148,9 +157,6 @@ internal sealed partial class InterpreterVcpu
         _cpu.Fpu.AbridgedTagWord |= (byte)(1 << top);
         SetStX(0, v);
     }
-
-    /// <summary>Pushes an 80-bit constant given as sign/exponent and significand (the indefinite NaN on stack overflow, as <see cref="FpuPushX"/>).</summary>
-    private void FpuPushConstant(ushort se, ulong mant) => FpuPushX(new Ext80(mant, se));
 
     /// <summary>
     /// Pushes one of FLDL2T, FLDL2E, FLDPI, FLDLG2 and FLDLN2: the constant's 64-bit significand rounded by the rounding

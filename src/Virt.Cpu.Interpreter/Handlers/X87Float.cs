@@ -96,7 +96,7 @@ internal static class X87Float
     }
 
     /// <summary>Splits a finite non-zero value into its normalised significand and the unbiased exponent of its top bit.</summary>
-    private static (int E, ulong Sig) Unpack(Ext80 v)
+    public static (int E, ulong Sig) Unpack(Ext80 v)
     {
         if (v.Exp == 0)
         {
@@ -107,8 +107,21 @@ internal static class X87Float
         return (v.Exp - Ext80.Bias, v.Mant);
     }
 
+    /// <summary>
+    /// Whether rounding by <paramref name="rounding"/> (the rounding control: nearest even, down, up, toward zero) adds
+    /// one unit to the magnitude kept: <paramref name="versusHalf"/> compares what is dropped with half a unit (-1, 0
+    /// or 1, sticky bits counted), <paramref name="odd"/> is the kept part's last bit.
+    /// </summary>
+    private static bool RoundsUp(int rounding, bool negative, int versusHalf, bool inexact, bool odd) => rounding switch
+    {
+        0 => versusHalf > 0 || (versusHalf == 0 && odd),
+        1 => inexact && negative,
+        2 => inexact && !negative,
+        _ => false,
+    };
+
     /// <summary>Rounds a 128-bit significand (top bit weighted 2^e, <paramref name="sticky"/> for bits below it) to <paramref name="bits"/> bits.</summary>
-    private static UInt128 RoundBits(UInt128 sig, bool sticky, int bits, bool negative, ref Context c, out bool carry, out bool inexact)
+    private static UInt128 RoundBits(UInt128 sig, bool sticky, int bits, bool negative, int rounding, out bool carry, out bool inexact, out bool up)
     {
         int drop = 128 - bits;
         UInt128 mask = (UInt128.One << drop) - 1;
@@ -116,13 +129,8 @@ internal static class X87Float
         UInt128 kept = sig & ~mask;
         inexact = rest != 0 || sticky;
         UInt128 half = UInt128.One << (drop - 1);
-        bool up = c.Rounding switch
-        {
-            0 => rest > half || (rest == half && (sticky || ((kept >> drop) & 1) != 0)),
-            1 => inexact && negative,
-            2 => inexact && !negative,
-            _ => false,
-        };
+        int versusHalf = rest > half || (rest == half && sticky) ? 1 : rest == half ? 0 : -1;
+        up = RoundsUp(rounding, negative, versusHalf, inexact, ((kept >> drop) & 1) != 0);
         carry = false;
         if (up)
         {
@@ -134,7 +142,6 @@ internal static class X87Float
             }
         }
 
-        c.RoundedUp = up;
         return kept;
     }
 
@@ -165,8 +172,7 @@ internal static class X87Float
         };
 
         // With an unbounded exponent: decides tininess, and is the result of every case but the tiny and the overflowing.
-        var probe = c;
-        UInt128 r = RoundBits(sig, sticky, bits, negative, ref probe, out bool carry, out bool inexact);
+        UInt128 r = RoundBits(sig, sticky, bits, negative, c.Rounding, out bool carry, out bool inexact, out bool roundedUp);
         int er = carry ? e + 1 : e;
         if (er < emin)
         {
@@ -190,7 +196,7 @@ internal static class X87Float
                 }
 
                 c.Flags |= Ue | (inexact ? Pe : 0);
-                c.RoundedUp = probe.RoundedUp;
+                c.RoundedUp = roundedUp;
 
                 return Encode(negative, er + BiasAdjust, (ulong)(r >> 64), format, denormal: false);
             }
@@ -209,7 +215,7 @@ internal static class X87Float
                 sig >>= shift;
             }
 
-            UInt128 d = RoundBits(sig, sticky || lost, bits, negative, ref c, out bool dcarry, out bool dinexact);
+            UInt128 d = RoundBits(sig, sticky || lost, bits, negative, c.Rounding, out bool dcarry, out bool dinexact, out c.RoundedUp);
             bool normal = dcarry || (d >> 127) != 0;
             if (dcarry)
             {
@@ -224,7 +230,7 @@ internal static class X87Float
             return Encode(negative, emin, (ulong)(d >> 64), format, denormal: !normal);
         }
 
-        c.RoundedUp = probe.RoundedUp;
+        c.RoundedUp = roundedUp;
         if (inexact)
         {
             c.Flags |= Pe;
@@ -288,13 +294,8 @@ internal static class X87Float
         }
 
         c.Flags |= Pe;
-        bool up = c.Rounding switch
-        {
-            0 => lo > 0x8000000000000000 || (lo == 0x8000000000000000 && (sticky || (hi & 1) != 0)),
-            1 => negative,
-            2 => !negative,
-            _ => false,
-        };
+        int versusHalf = lo > 0x8000000000000000 || (lo == 0x8000000000000000 && sticky) ? 1 : lo == 0x8000000000000000 ? 0 : -1;
+        bool up = RoundsUp(c.Rounding, negative, versusHalf, inexact: true, (hi & 1) != 0);
         c.RoundedUp = up;
         if (up && ++hi == 0)
         {
@@ -616,14 +617,9 @@ internal static class X87Float
 
     public static Ext80 Sqrt(Ext80 a, ref Context c)
     {
-        if (a.IsUnsupported)
+        if (Special(a, a, ref c, out var special))
         {
-            return Invalid(ref c);
-        }
-
-        if (a.IsNaN)
-        {
-            return PropagateNaN(a, a, ref c);
+            return special;
         }
 
         if (a.IsZero)
@@ -779,17 +775,18 @@ internal static class X87Float
     }
 
     /// <summary>An integer loaded exactly.</summary>
-    public static Ext80 FromInteger(long v)
+    public static Ext80 FromInteger(long v) => FromMagnitude(v < 0 ? (ulong)(-(v + 1)) + 1 : (ulong)v, v < 0);
+
+    /// <summary>The integer of <paramref name="magnitude"/> and sign <paramref name="negative"/>, exactly (a zero keeps its sign).</summary>
+    public static Ext80 FromMagnitude(ulong magnitude, bool negative)
     {
-        if (v == 0)
+        if (magnitude == 0)
         {
-            return Ext80.Zero(false);
+            return Ext80.Zero(negative);
         }
 
-        bool neg = v < 0;
-        ulong m = neg ? (ulong)(-(v + 1)) + 1 : (ulong)v;
-        int lz = BitOperations.LeadingZeroCount(m);
-        return new Ext80(m << lz, (ushort)((neg ? 0x8000 : 0) | (Ext80.Bias + 63 - lz)));
+        int lz = BitOperations.LeadingZeroCount(magnitude);
+        return new Ext80(magnitude << lz, (ushort)((negative ? 0x8000 : 0) | (Ext80.Bias + 63 - lz)));
     }
 
     /// <summary>
@@ -887,14 +884,8 @@ internal static class X87Float
         }
 
         inexact = frac != 0 || sticky;
-        int rc = truncate ? 3 : c.Rounding;
-        bool up = rc switch
-        {
-            0 => frac > 0x8000000000000000 || (frac == 0x8000000000000000 && (sticky || (ip & 1) != 0)),
-            1 => inexact && v.Negative,
-            2 => inexact && !v.Negative,
-            _ => false,
-        };
+        int versusHalf = frac > 0x8000000000000000 || (frac == 0x8000000000000000 && sticky) ? 1 : frac == 0x8000000000000000 ? 0 : -1;
+        bool up = RoundsUp(truncate ? 3 : c.Rounding, v.Negative, versusHalf, inexact, (ip & 1) != 0);
         if (up)
         {
             if (ip == ulong.MaxValue)
@@ -913,14 +904,9 @@ internal static class X87Float
     /// <summary>FRNDINT: <paramref name="v"/> rounded to an integer in the register format (PE when inexact, C1 when rounded up).</summary>
     public static Ext80 RoundToInteger(Ext80 v, ref Context c)
     {
-        if (v.IsUnsupported)
+        if (Special(v, v, ref c, out var special))
         {
-            return Invalid(ref c);
-        }
-
-        if (v.IsNaN)
-        {
-            return PropagateNaN(v, v, ref c);
+            return special;
         }
 
         if (v.IsInfinity || v.IsZero)
@@ -945,13 +931,7 @@ internal static class X87Float
             c.Flags |= Pe;
         }
 
-        if (mag == 0)
-        {
-            return Ext80.Zero(v.Negative);
-        }
-
-        int lz = BitOperations.LeadingZeroCount(mag);
-        return new Ext80(mag << lz, (ushort)((v.Negative ? 0x8000 : 0) | (Ext80.Bias + 63 - lz)));
+        return FromMagnitude(mag, v.Negative);
     }
 
     /// <summary>FSCALE: <paramref name="a"/> × 2^trunc(<paramref name="b"/>).</summary>
@@ -1034,7 +1014,6 @@ internal static class X87Float
             // The remainder is a itself, delivered as a result: a pseudo-denormal comes back normal, a tiny value reports an unmasked underflow.
             return Round(a.Negative, ea, (UInt128)ma << 64, false, Format.Register, 64, ref c);
         }
-
 
         var (eb, mb) = Unpack(b);
         int d = ea - eb;

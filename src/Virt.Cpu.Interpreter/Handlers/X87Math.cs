@@ -36,6 +36,9 @@ internal static class X87Math
 
         public static DD operator -(DD a) => new(-a.Hi, -a.Lo);
 
+        /// <summary>This value times 2^n (exact while both parts stay in the binary64 range).</summary>
+        public DD ScaleB(int n) => new(Math.ScaleB(Hi, n), Math.ScaleB(Lo, n));
+
         public static DD operator -(DD a, DD b) => a + (-b);
 
         public static DD operator *(DD a, DD b)
@@ -85,15 +88,7 @@ internal static class X87Math
     /// <summary>The significand of a finite non-zero value as a double-double in [1, 2), and its exponent.</summary>
     private static (DD M, int E) Split(Ext80 v)
     {
-        ulong m = v.Mant;
-        int e = v.Exp - Ext80.Bias;
-        if (v.Exp == 0)
-        {
-            int lz = BitOperations.LeadingZeroCount(m);
-            m <<= lz;
-            e = X87Float.ExtMin - lz;
-        }
-
+        var (e, m) = X87Float.Unpack(v);
         var d = DD.QuickTwoSum(Math.ScaleB((double)(m & 0xFFFFFFFFFFFFF800), -63), Math.ScaleB((double)(m & 0x7FF), -63));
         return (v.Negative ? -d : d, e);
     }
@@ -249,12 +244,11 @@ internal static class X87Math
             return (x, new Ext80(0x8000000000000000, 0x3FFF), x);
         }
 
-        var (_, e) = Split(x);
+        var (e, m) = X87Float.Unpack(x);
         if (e < -1000)
         {
             // sin x = x - x^3/6 and tan x = x + x^3/3 lie just inside and just outside x, cos x = 1 - x^2/2 just below 1:
             // far below the last place, they round like those neighbours.
-            ulong m = x.Exp == 0 ? x.Mant << BitOperations.LeadingZeroCount(x.Mant) : x.Mant;
             var tinySin = X87Float.Round(x.Negative, e, ((UInt128)m << 64) - 1, true, X87Float.Format.Register, 64, ref sinContext);
             var tinyTan = X87Float.Round(x.Negative, e, (UInt128)m << 64, true, X87Float.Format.Register, 64, ref tanContext);
             var tinyCos = X87Float.Round(false, -1, UInt128.MaxValue, true, X87Float.Format.Register, 64, ref cosContext);
@@ -289,7 +283,7 @@ internal static class X87Math
             return x.Negative ? new Ext80(0x8000000000000000, 0xBFFF) : Ext80.Infinity(false);
         }
 
-        DD t = new DD(Math.ScaleB(m.Hi, e), Math.ScaleB(m.Lo, e)) * Ln2;
+        DD t = m.ScaleB(e) * Ln2;
         if (e >= 0)
         {
             // |x| of 1 or more (outside the SDM's range): 2^x - 1 through e^t.
@@ -370,7 +364,7 @@ internal static class X87Math
             return Round(my * (new DD(ex, 0) + (LogSignificandAbs(mx) / Ln2)), ey, ref c);
         }
 
-        DD xv = new(Math.ScaleB(mx.Hi, ex), Math.ScaleB(mx.Lo, ex));
+        DD xv = mx.ScaleB(ex);
         DD ln;
         if (Math.Abs(xv.Hi) < 0.5)
         {
@@ -381,8 +375,7 @@ internal static class X87Math
             // Outside the SDM's range: ln(1 + x) of the sum, its significand and exponent.
             DD sum = xv + new DD(1, 0);
             int e = Math.ILogB(sum.Hi);
-            DD scaled = new(Math.ScaleB(sum.Hi, -e), Math.ScaleB(sum.Lo, -e));
-            ln = LogSignificand(scaled, ref e) + (new DD(e, 0) * Ln2);
+            ln = LogSignificand(sum.ScaleB(-e), ref e) + (new DD(e, 0) * Ln2);
         }
 
         return Round(my * (ln / Ln2), ey, ref c);
@@ -420,7 +413,7 @@ internal static class X87Math
         }
         else
         {
-            angle = Atan(new DD(Math.ScaleB(ratio.Hi, scale), Math.ScaleB(ratio.Lo, scale)));
+            angle = Atan(ratio.ScaleB(scale));
         }
 
         if (swap)

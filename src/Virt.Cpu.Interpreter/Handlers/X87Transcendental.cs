@@ -21,18 +21,6 @@ internal sealed partial class InterpreterVcpu
         SetStX(0, r);
     }
 
-    /// <summary>The 80-bit register value of an integer of magnitude below 2^64.</summary>
-    private static (ushort Se, ulong Mant) IntegerToExtended(ulong magnitude, bool negative)
-    {
-        if (magnitude == 0)
-        {
-            return (negative ? (ushort)0x8000 : (ushort)0, 0);
-        }
-
-        int lz = System.Numerics.BitOperations.LeadingZeroCount(magnitude);
-        return ((ushort)((negative ? 0x8000 : 0) | (16383 + 63 - lz)), magnitude << lz);
-    }
-
     /// <summary>ST0 rounded to an integer by the rounding control, as a magnitude; false when it is not finite or not below 2^64. PE when inexact.</summary>
     private bool St0ToIntegerMagnitude(ref X87Float.Context c, out ulong magnitude, out bool negative)
     {
@@ -100,13 +88,9 @@ internal sealed partial class InterpreterVcpu
         var v = StX(0);
         var c = FpuContext();
         Ext80 exponent, significand;
-        if (v.IsUnsupported || v.IsNaN)
+        if (X87Float.Special(v, v, ref c, out var special))
         {
-            exponent = significand = v.IsNaN ? X87Float.PropagateNaN(v, v, ref c) : Ext80.Indefinite;
-            if (v.IsUnsupported)
-            {
-                c.Flags |= X87Float.Ie;
-            }
+            exponent = significand = special;
         }
         else if (v.IsInfinity)
         {
@@ -126,10 +110,9 @@ internal sealed partial class InterpreterVcpu
                 c.Flags |= X87Float.De;
             }
 
-            int lz = v.Exp == 0 ? System.Numerics.BitOperations.LeadingZeroCount(v.Mant) : 0;
-            int e = v.Exp == 0 ? X87Float.ExtMin - lz : v.Exp - Ext80.Bias;
+            var (e, m) = X87Float.Unpack(v);
             exponent = X87Float.FromInteger(e);
-            significand = new Ext80(v.Mant << lz, (ushort)((v.Se & 0x8000) | Ext80.Bias));
+            significand = new Ext80(m, (ushort)((v.Se & 0x8000) | Ext80.Bias));
         }
 
         if (X87Full)
@@ -207,8 +190,7 @@ internal sealed partial class InterpreterVcpu
             v = (v * 100) + (ulong)((b >> 4) * 10) + (ulong)(b & 15);
         }
 
-        var (se, mant) = IntegerToExtended(v, (hi & 0x8000) != 0);
-        FpuPushConstant(se, mant);
+        FpuPushX(X87Float.FromMagnitude(v, (hi & 0x8000) != 0));
     }
 
     private void Fbstp(ulong ea)
