@@ -64,25 +64,29 @@ public sealed class DifferentialTests
     /// differences (seed, difference, listing). <paramref name="seedVariable"/> replays a run from another seed.
     /// Every <paramref name="jitEvery"/>-th sequence also runs with the JIT tier compiling everything (each one is a
     /// .NET JIT compilation of its own, a few milliseconds, where KVM and the interpreter take tens of microseconds).
+    /// <paramref name="compatibility"/> runs the sequences as 32-bit code; <paramref name="normalize"/> drops from each
+    /// outcome what the sequences leave undefined before the outcomes are compared.
     /// </summary>
     internal static void RunBatch(int batch, int perBatch, string seedVariable, int defaultSeed, string what,
-        Func<int, (byte[] Code, ulong EndRip, GeneralRegisters Regs, byte[] Scratch, string Listing)> build, int jitEvery = 1)
+        Func<int, (byte[] Code, ulong EndRip, GeneralRegisters Regs, byte[] Scratch, string Listing)> build, int jitEvery = 1,
+        bool compatibility = false, Func<SequenceResult, SequenceResult>? normalize = null)
     {
         HostRequirements.RequireKvm();
         int seedBase = SeedBase(seedVariable, defaultSeed);
-        using var kvm = new DiffVm(new KvmHypervisor());
-        using var interp = new DiffVm(TestBackends.Interpreter());
-        using var jit = new DiffVm(TestBackends.Jit());
+        normalize ??= r => r;
+        using var kvm = new DiffVm(new KvmHypervisor(), compatibility);
+        using var interp = new DiffVm(TestBackends.Interpreter(), compatibility);
+        using var jit = new DiffVm(TestBackends.Jit(), compatibility);
         var failures = new StringBuilder();
         int failed = 0;
         for (int k = 0; k < perBatch; k++)
         {
             int seed = seedBase + (batch * perBatch) + k;
             var (code, endRip, regs, scratch, listing) = build(seed);
-            var a = kvm.Run(code, endRip, regs, scratch);
-            var b = interp.Run(code, endRip, regs, scratch);
+            var a = normalize(kvm.Run(code, endRip, regs, scratch));
+            var b = normalize(interp.Run(code, endRip, regs, scratch));
             string? diff = Compare(a, b);
-            if (diff == null && k % jitEvery == 0 && Compare(a, jit.Run(code, endRip, regs, scratch)) is { } jitDiff)
+            if (diff == null && k % jitEvery == 0 && Compare(a, normalize(jit.Run(code, endRip, regs, scratch))) is { } jitDiff)
             {
                 diff = "JIT tier: " + jitDiff;
             }

@@ -1,7 +1,5 @@
-using System.Text;
 using Iced.Intel;
 using Virt.Boot;
-using Virt.Cpu.Kvm;
 using Virt.Testing;
 using static Iced.Intel.AssemblerRegisters;
 
@@ -28,36 +26,8 @@ public sealed class LegacyDifferentialTests
     [MemberData(nameof(Batches))]
     public void Random_legacy_sequences_match_kvm(int batch)
     {
-        HostRequirements.RequireKvm();
         int count = Environment.GetEnvironmentVariable("VIRT_LEGACY_COUNT") is { } n ? int.Parse(n, System.Globalization.CultureInfo.InvariantCulture) : 2000;
-        int seedBase = DifferentialTests.SeedBase("VIRT_LEGACY_SEED", 0x1E6A) + (batch * count);
-        using var kvm = new DiffVm(new KvmHypervisor(), compatibility: true);
-        using var interp = new DiffVm(TestBackends.Interpreter(), compatibility: true);
-        using var jit = new DiffVm(TestBackends.Jit(), compatibility: true);
-        var failures = new StringBuilder();
-        int failed = 0;
-        for (int k = 0; k < count; k++)
-        {
-            int seed = seedBase + k;
-            var (code, endRip, regs, scratch, listing) = Build(seed);
-            var a = Mask(kvm.Run(code, endRip, regs, scratch));
-            string? diff = DifferentialTests.Compare(a, Mask(interp.Run(code, endRip, regs, scratch)));
-            if (diff == null && k % 8 == 0 && DifferentialTests.Compare(a, Mask(jit.Run(code, endRip, regs, scratch))) is { } jd)
-            {
-                diff = "JIT tier: " + jd;
-            }
-
-            if (diff != null)
-            {
-                failed++;
-                if (failed <= 5)
-                {
-                    failures.AppendLine($"seed {seed}: {diff}\n{listing}");
-                }
-            }
-        }
-
-        Assert.True(failed == 0, $"{failed} of {count} legacy sequences differ (rerun one with VIRT_LEGACY_SEED):\n{failures}");
+        DifferentialTests.RunBatch(batch, count, "VIRT_LEGACY_SEED", 0x1E6A, "legacy sequences", Build, jitEvery: 8, compatibility: true, normalize: Mask);
     }
 
     /// <summary>The final RFLAGS keeps only what every instruction of the menu defines (DF, IF and the like).</summary>
