@@ -64,7 +64,7 @@ internal sealed partial class InterpreterVcpu
                     ax = op.Sub == 2 ? ax + 0x106 : ((ax - 6) & 0xFFFF) - 0x100;
                 }
 
-                ax = (ax & 0xFF0F) & 0xFFFF;
+                ax &= 0xFF0F;
                 SetReg(0, 2, ax);
                 SetDecimalFlags(ax & 0xFF, lowAdjust, lowAdjust);
                 break;
@@ -103,8 +103,7 @@ internal sealed partial class InterpreterVcpu
             SetReg(0, 2, al);
         }
 
-        Materialize();
-        SetDecimalFlags(al, false, false);
+        SetDecimalFlags(al, false, false); // every status flag is written: the lazy ones need not be computed first
         return op.Next;
     }
 
