@@ -106,6 +106,12 @@ internal struct CpuState
     public long TscOffset;
     public FpuState Fpu;
 
+    /// <summary>Bits 255:128 of YMM0-YMM15 (the XSAVE AVX component); bits 127:0 are <see cref="FpuState.Xmm"/>.</summary>
+    public XmmRegisterFile YmmHigh;
+
+    /// <summary>XCR0: the XSAVE components the guest enabled (bit 0, x87, is always set).</summary>
+    public ulong Xcr0;
+
     /// <summary>Current privilege level (derived).</summary>
     public int Cpl;
 
@@ -128,6 +134,7 @@ internal struct CpuState
             MtrrDefType = MtrrDefTypeReset,
             MicrocodeRevision = MachineCheck.MicrocodeRevisionReset,
             Fpu = FpuState.Initial,
+            Xcr0 = 1,
             Bitness = 16,
             Tr = new SegmentRegister { Type = 3, Present = true, Limit = 0xFFFF },
             Ldt = new SegmentRegister { Type = 2, Present = true, Limit = 0xFFFF },

@@ -18,12 +18,12 @@ internal static class Cpuid
     // Leaf 1 ECX. RDRAND (and RDSEED in leaf 7): values from the host's cryptographic generator. A guest kernel seeds its
     // random number generator from them at once instead of gathering entropy from interrupt timings, and until it is
     // seeded every request for random bytes (each new file's inode generation, for one) hashes its whole entropy pool.
-    private const uint Sse3 = 1u << 0, Ssse3 = 1u << 9, Cx16 = 1u << 13, Sse41 = 1u << 19, Sse42 = 1u << 20, Popcnt = 1u << 23,
-        Rdrand = 1u << 30, HypervisorBit = 1u << 31;
+    private const uint Sse3 = 1u << 0, Ssse3 = 1u << 9, Fma = 1u << 12, Cx16 = 1u << 13, Sse41 = 1u << 19, Sse42 = 1u << 20, Movbe = 1u << 22,
+        Popcnt = 1u << 23, Xsave = 1u << 26, Avx = 1u << 28, F16c = 1u << 29, Rdrand = 1u << 30, HypervisorBit = 1u << 31;
 
     // Leaf 7 EBX. ERMS: REP MOVSB/STOSB are the fast way to copy and fill memory (here they run as bulk copies of
     // whole pages), so guests choose them over loops of moves.
-    private const uint Bmi1 = 1u << 3, Bmi2 = 1u << 8, Erms = 1u << 9, Rdseed = 1u << 18;
+    private const uint Bmi1 = 1u << 3, Avx2 = 1u << 5, Bmi2 = 1u << 8, Erms = 1u << 9, Rdseed = 1u << 18;
 
     // Leaf 7 EDX. FSRM: REP MOVSB is fast for short copies too. SPEC_CTRL: IA32_SPEC_CTRL with IBRS and IA32_PRED_CMD
     // with IBPB, which together with IBRS_ALL below let a guest kernel protect its indirect branches with enhanced IBRS
@@ -59,11 +59,16 @@ internal static class Cpuid
 
         CpuidEntry[] list =
         [
-            new(0, 0, 0, 7, V(0), V(8), V(4)),
+            new(0, 0, 0, 0xD, V(0), V(8), V(4)),
             // Family 6, model 0x3A, stepping 9; CLFLUSH line 8 qwords, 1 logical processor.
-            new(1, 0, 0, 0x000306A9, 0x00010800, Sse3 | Ssse3 | Cx16 | Sse41 | Sse42 | Popcnt | Rdrand | HypervisorBit,
+            new(1, 0, 0, 0x000306A9, 0x00010800, Sse3 | Ssse3 | Fma | Cx16 | Sse41 | Sse42 | Movbe | Popcnt | Xsave | Avx | F16c | Rdrand | HypervisorBit,
                 Fpu | De | Pse | Tsc | Msr | Pae | Cx8 | Sep | Pge | Cmov | Pat | Clfsh | Mmx | Fxsr | Sse | Sse2),
-            new(7, 0, CpuidEntry.SignificantIndex, 0, Bmi1 | Bmi2 | Erms | Rdseed, 0, Fsrm | SpecCtrl | ArchCapabilitiesMsr),
+            new(7, 0, CpuidEntry.SignificantIndex, 0, Bmi1 | Avx2 | Bmi2 | Erms | Rdseed, 0, Fsrm | SpecCtrl | ArchCapabilitiesMsr),
+            // XSAVE: x87, SSE and AVX (XCR0 bits 0-2), 832 bytes in all (EBX follows XCR0 when executed); XSAVEOPT; the AVX
+            // component's size and offset.
+            new(0xD, 0, CpuidEntry.SignificantIndex, 7, 832, 832, 0),
+            new(0xD, 1, CpuidEntry.SignificantIndex, 1, 0, 0, 0),
+            new(0xD, 2, CpuidEntry.SignificantIndex, 256, 576, 0, 0),
             new(0x80000000, 0, 0, 0x80000008, 0, 0, 0),
             new(0x80000001, 0, 0, 0, 0, LahfLm | Abm, Syscall | Nx | Page1G | Rdtscp | LongMode),
             new(0x80000002, 0, 0, B(0), B(4), B(8), B(12)),

@@ -21,6 +21,7 @@ internal enum IsaGroup : byte
     X87,
     Sse,
     Mmx,
+    Avx,
 }
 
 /// <summary>Properties of an instruction form.</summary>
@@ -177,7 +178,7 @@ internal sealed record InstructionForm(Func<InterpreterVcpu, Handler>? Bind, Inl
 /// <see cref="Code"/> where a mnemonic has forms with different handlers) bound to its handler, the translation of
 /// its operands and its properties. Forms the table does not name are x87 (their mnemonic starts with F),
 /// MMX (a legacy encoding with an MMX register operand, and EMMS), SSE (a legacy encoding with an XMM operand,
-/// or a scalar conversion to a general register), or invalid (#UD).
+/// or a scalar conversion to a general register), AVX (a VEX encoding of AVX, AVX2, FMA or F16C), or invalid (#UD).
 /// </summary>
 internal static class InstructionTable
 {
@@ -188,6 +189,7 @@ internal static class InstructionTable
     private static readonly InstructionForm X87 = Run(c => c.X87, IsaGroup.X87, F);
     private static readonly InstructionForm Sse = Run(c => c.Sse, IsaGroup.Sse, F);
     private static readonly InstructionForm Mmx = Run(c => c.Mmx, IsaGroup.Mmx, F);
+    private static readonly InstructionForm Avx = Run(c => c.Avx, IsaGroup.Avx, F);
 
     private static InstructionForm Run(Func<InterpreterVcpu, Handler> bind, IsaGroup group, FormFlags flags, Shape shape = Shape.None, byte Sub = 0, byte Size = 0) =>
         new(bind, InlineOp.None, group, flags, shape, Sub, Size);
@@ -430,6 +432,15 @@ internal static class InstructionTable
         // System (System.cs)
         (Mnemonic.Hlt, Run(c => c.Hlt, IsaGroup.System, E | P | F)),
         (Mnemonic.Cpuid, Run(c => c.ExecuteCpuid, IsaGroup.System, E | F)),
+        (Mnemonic.Xgetbv, Run(c => c.Xsave, IsaGroup.System, F)),
+        (Mnemonic.Xsetbv, Run(c => c.Xsave, IsaGroup.System, P | F)),
+        (Mnemonic.Xsave, Run(c => c.Xsave, IsaGroup.System, F)),
+        (Mnemonic.Xsave64, Run(c => c.Xsave, IsaGroup.System, F)),
+        (Mnemonic.Xsaveopt, Run(c => c.Xsave, IsaGroup.System, F)),
+        (Mnemonic.Xsaveopt64, Run(c => c.Xsave, IsaGroup.System, F)),
+        (Mnemonic.Xrstor, Run(c => c.Xsave, IsaGroup.System, F)),
+        (Mnemonic.Xrstor64, Run(c => c.Xsave, IsaGroup.System, F)),
+        (Mnemonic.Movbe, Run(c => c.Movbe, IsaGroup.DataTransfer, F)),
         (Mnemonic.Vmcall, Run(c => c.Hypercall, IsaGroup.System, E | F)),
         (Mnemonic.Vmmcall, Run(c => c.Hypercall, IsaGroup.System, E | F)),
         (Mnemonic.Rdtsc, Run(c => c.Rdtsc, IsaGroup.System, E | F)),
@@ -566,7 +577,7 @@ internal static class InstructionTable
     private static readonly ushort[] FormIndexByMnemonic;
     private static readonly Dictionary<Code, ushort> FormIndexByCodeRow;
 
-    private const ushort InvalidIndex = 1, X87Index = 2, SseIndex = 3, MmxIndex = 4;
+    private const ushort InvalidIndex = 1, X87Index = 2, SseIndex = 3, MmxIndex = 4, AvxIndex = 5;
 
     /// <summary>The row number of an instruction form: its index in <see cref="Bind"/>'s array and in <see cref="At"/>.</summary>
     public static int IndexOf(Code code)
@@ -602,7 +613,7 @@ internal static class InstructionTable
 
     private static InstructionForm[] BuildForms(out ushort[] byMnemonic, out Dictionary<Code, ushort> byCode)
     {
-        var forms = new List<InstructionForm> { Invalid, Invalid, X87, Sse, Mmx };
+        var forms = new List<InstructionForm> { Invalid, Invalid, X87, Sse, Mmx, Avx };
         byMnemonic = new ushort[Enum.GetValues<Mnemonic>().Length];
         foreach (var (m, form) in ByMnemonic)
         {
@@ -642,6 +653,11 @@ internal static class InstructionTable
         if (m.ToString().StartsWith('F'))
         {
             return X87Index;
+        }
+
+        if (info.Encoding == EncodingKind.VEX && InterpreterVcpu.IsAvxCode(code))
+        {
+            return AvxIndex;
         }
 
         if (info.Encoding != EncodingKind.Legacy)

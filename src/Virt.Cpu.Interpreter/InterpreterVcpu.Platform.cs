@@ -111,9 +111,11 @@ internal sealed partial class InterpreterVcpu
     {
         var tscOffset = _cpu.TscOffset;
         var mtrrDefType = _cpu.MtrrDefType;
+        var xcr0 = _cpu.Xcr0;
         _cpu = CpuState.PowerOn();
         _cpu.TscOffset = tscOffset;
         _cpu.MtrrDefType = mtrrDefType;
+        _cpu.Xcr0 = xcr0; // INIT leaves XCR0 alone (SDM Vol. 3, table 10-1)
         _cpu.Seg[SegCs] = SegmentRegister.RealMode((ushort)(vector << 8), code: true);
         _cpu.Rip = 0;
         UpdateMode();

@@ -155,27 +155,12 @@ internal sealed partial class InterpreterVcpu : IVirtualCpu, IInstructionCountin
 
     public void SetFpuState(in FpuState state) => _cpu.Fpu = state;
 
-    /// <summary>The x87 and SSE components: the only XSAVE state the interpreter has.</summary>
-    private const ulong LegacyComponents = (ulong)(XsaveComponents.X87 | XsaveComponents.Sse);
-
-    public XsaveState GetXsaveState() => XsaveState.FromFpu(_cpu.Fpu, LegacyComponents);
+    public XsaveState GetXsaveState() => BuildXsaveState();
 
     public void SetXsaveState(XsaveState state)
     {
         ArgumentNullException.ThrowIfNull(state);
-        if ((state.Xcr0 & ~LegacyComponents) != 0)
-        {
-            throw new ArgumentException(
-                $"XCR0 0x{state.Xcr0:x} enables {(XsaveComponents)(state.Xcr0 & ~LegacyComponents)}; the interpreter has x87 and SSE state only.", nameof(state));
-        }
-
-        var beyond = state.StateComponents & ~(XsaveComponents)LegacyComponents;
-        if (beyond != 0 && state.Area[XsaveState.MinimumSize..].IndexOfAnyExcept((byte)0) >= 0)
-        {
-            throw new ArgumentException($"The XSAVE image holds {beyond} state; the interpreter has x87 and SSE state only.", nameof(state));
-        }
-
-        _cpu.Fpu = state.Fpu;
+        LoadXsaveState(state);
     }
 
     public DebugRegisters GetDebugRegisters() => _cpu.GetDebug();

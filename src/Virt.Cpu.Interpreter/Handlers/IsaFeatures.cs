@@ -73,6 +73,14 @@ internal sealed partial class InterpreterVcpu
         r |= (ecx1 & (1u << 30)) != 0 ? IsaRdrand : (byte)0;
         r |= (ebx7 & (1u << 18)) != 0 ? IsaRdseed : (byte)0;
         _isaEnabled = r;
+        byte avx = 0;
+        avx |= (ecx1 & (1u << 28)) != 0 ? AvxIsaAvx : (byte)0;
+        avx |= (ecx1 & (1u << 12)) != 0 ? AvxIsaFma : (byte)0;
+        avx |= (ecx1 & (1u << 29)) != 0 ? AvxIsaF16c : (byte)0;
+        avx |= (ebx7 & (1u << 5)) != 0 ? AvxIsaAvx2 : (byte)0;
+        _avxEnabled = avx;
+        _hasXsave = (ecx1 & (1u << 26)) != 0;
+        _hasMovbe = (ecx1 & (1u << 22)) != 0;
     }
 
     /// <summary>The extension bits (of <see cref="_isaEnabled"/>) <paramref name="code"/> needs; compiled code checks them as <see cref="CheckIsa"/> does.</summary>

@@ -16,6 +16,11 @@ internal sealed partial class InterpreterVcpu
     /// <summary>CR0.EM or a clear CR4.OSFXSR makes SSE undefined; CR0.TS defers the state (#NM).</summary>
     private void CheckSseEnabled()
     {
+        if (_vexLane)
+        {
+            return; // a VEX form: CheckAvxEnabled decided
+        }
+
         if ((_cpu.Cr0 & Cr0.Emulation) != 0 || (_cpu.Cr4 & Cr4.OsFxsr) == 0)
         {
             throw Fault(Vectors.UD, 0);
@@ -33,7 +38,7 @@ internal sealed partial class InterpreterVcpu
 
     private Vector128<byte> ReadXmmMem(ulong ea, int size, bool aligned)
     {
-        if (aligned && size == 16 && (ea & 15) != 0)
+        if (aligned && size == 16 && (ea & 15) != 0 && !_vexUnaligned)
         {
             throw Fault(Vectors.GP, 0);
         }
@@ -59,7 +64,7 @@ internal sealed partial class InterpreterVcpu
 
     private void WriteXmmMem(ulong ea, int size, Vector128<byte> v, bool aligned)
     {
-        if (aligned && size == 16 && (ea & 15) != 0)
+        if (aligned && size == 16 && (ea & 15) != 0 && !_vexUnaligned)
         {
             throw Fault(Vectors.GP, 0);
         }
@@ -100,9 +105,9 @@ internal sealed partial class InterpreterVcpu
     private void CommitSseFlags()
     {
         uint f = _sseFlags;
-        if (f == 0)
+        if (f == 0 || _vexLane)
         {
-            return;
+            return; // nothing raised, or a lane of a VEX form, whose flags are committed once both lanes ran
         }
 
         _sseFlags = 0;
@@ -146,6 +151,14 @@ internal sealed partial class InterpreterVcpu
         CheckIsa(ins.Code);
         CheckSseEnabled();
         _sseFlags = 0;
+        ExecSseBody(ref op, in ins);
+    }
+
+    /// <summary>An SSE instruction after the checks of its group (also one lane of a VEX form: see <see cref="ExecVexLanes"/>).</summary>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "The SSE group's dispatch on the Iced mnemonic: one case per instruction family, each a call or a line.")]
+    private void ExecSseBody(ref Op op, in Instruction ins)
+    {
+        var m = ins.Mnemonic;
         switch (m)
         {
             case Mnemonic.Movaps:

@@ -424,6 +424,12 @@ internal sealed partial class InterpreterVcpu
         if (leaf == 1)
         {
             ebx = (ebx & 0x00FFFFFF) | ((uint)Index << 24);
+            // OSXSAVE mirrors CR4.OSXSAVE.
+            ecx = (ecx & ~(1u << 27)) | ((_cpu.Cr4 & Cr4.OsXsave) != 0 ? 1u << 27 : 0);
+        }
+        else if (leaf == 0xD && sub == 0 && found is not null)
+        {
+            ebx = XsaveSizeFor(_cpu.Xcr0); // the image size for the components XCR0 enables
         }
         else if (leaf == 0xB && _plat is not null)
         {
@@ -499,7 +505,7 @@ internal sealed partial class InterpreterVcpu
             case 4:
             {
                 const ulong allowed = Cr4.Pse | Cr4.Pae | Cr4.PageGlobalEnable | Cr4.OsFxsr | Cr4.OsXmmExcpt | Cr4.TimeStampDisable | (1UL << 3) | (1UL << 8);
-                if ((v & ~allowed) != 0 || ((_cpu.Efer & Efer.LongModeActive) != 0 && (v & Cr4.Pae) == 0))
+                if ((v & ~(allowed | (_hasXsave ? Cr4.OsXsave : 0))) != 0 || ((_cpu.Efer & Efer.LongModeActive) != 0 && (v & Cr4.Pae) == 0))
                 {
                     throw Fault(Vectors.GP, 0);
                 }

@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
 using Iced.Intel;
 using Virt.X86;
@@ -132,8 +133,19 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.GP, 0);
         }
 
-        ProbeWrite(ea, FxsaveSize);
+        // Bytes 416-511 are reserved or left to software: FXSAVE does not write them.
+        ProbeWrite(ea, FxXmm + XmmImageBytes);
         Span<byte> area = stackalloc byte[FxsaveSize];
+        FillFxsaveImage(area, rexW);
+        for (int i = 0; i < FxXmm + XmmImageBytes; i += 8)
+        {
+            Write(ea + (ulong)i, 8, Unsafe.ReadUnaligned<ulong>(ref area[i]));
+        }
+    }
+
+    /// <summary>The FXSAVE image of the x87 and SSE state (the legacy region of XSAVE too); registers outside the mode's reach are zero.</summary>
+    private void FillFxsaveImage(Span<byte> area, bool rexW)
+    {
         area.Clear();
         Unsafe.WriteUnaligned(ref area[FxFcw], _cpu.Fpu.ControlWord);
         Unsafe.WriteUnaligned(ref area[FxFsw], _cpu.Fpu.StatusWord);
@@ -154,12 +166,7 @@ internal sealed partial class InterpreterVcpu
         Unsafe.WriteUnaligned(ref area[FxMxcsr], _cpu.Fpu.Mxcsr);
         Unsafe.WriteUnaligned(ref area[FxMxcsrMask], MxcsrMask);
         ((ReadOnlySpan<byte>)_cpu.Fpu.Registers).CopyTo(area[FxSt..]);
-        int xmmBytes = (_cpu.Bitness == 64 ? 16 : 8) * 16;
-        ((ReadOnlySpan<byte>)_cpu.Fpu.Xmm)[..xmmBytes].CopyTo(area[FxXmm..]);
-        for (int i = 0; i < FxsaveSize; i += 8)
-        {
-            Write(ea + (ulong)i, 8, Unsafe.ReadUnaligned<ulong>(ref area[i]));
-        }
+        ((ReadOnlySpan<byte>)_cpu.Fpu.Xmm)[..XmmImageBytes].CopyTo(area[FxXmm..]);
     }
 
     private void Fxrstor(ulong ea, bool rexW)
@@ -181,16 +188,21 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.GP, 0);
         }
 
-        _cpu.Fpu.ControlWord = Unsafe.ReadUnaligned<ushort>(ref area[FxFcw]);
-        _cpu.Fpu.StatusWord = Unsafe.ReadUnaligned<ushort>(ref area[FxFsw]);
+        LoadFxsaveX87(area, rexW);
+        _cpu.Fpu.Mxcsr = mxcsr;
+        area.Slice(FxXmm, XmmImageBytes).CopyTo(_cpu.Fpu.Xmm);
+    }
+
+    /// <summary>The x87 part of an FXSAVE image (everything but MXCSR and the XMM registers).</summary>
+    private void LoadFxsaveX87(ReadOnlySpan<byte> area, bool rexW)
+    {
+        _cpu.Fpu.ControlWord = BinaryPrimitives.ReadUInt16LittleEndian(area[FxFcw..]);
+        _cpu.Fpu.StatusWord = BinaryPrimitives.ReadUInt16LittleEndian(area[FxFsw..]);
         UpdateFpuErrorSummary(); // ES and B follow the loaded flags and masks, as after FLDENV
         _cpu.Fpu.AbridgedTagWord = area[FxFtw];
-        _cpu.Fpu.LastOpcode = (ushort)(Unsafe.ReadUnaligned<ushort>(ref area[FxFop]) & 0x7FF);
-        _cpu.Fpu.LastInstructionPointer = rexW ? Unsafe.ReadUnaligned<ulong>(ref area[FxFip]) : Unsafe.ReadUnaligned<uint>(ref area[FxFip]);
-        _cpu.Fpu.LastDataPointer = rexW ? Unsafe.ReadUnaligned<ulong>(ref area[FxFdp]) : Unsafe.ReadUnaligned<uint>(ref area[FxFdp]);
-        _cpu.Fpu.Mxcsr = mxcsr;
+        _cpu.Fpu.LastOpcode = (ushort)(BinaryPrimitives.ReadUInt16LittleEndian(area[FxFop..]) & 0x7FF);
+        _cpu.Fpu.LastInstructionPointer = rexW ? BinaryPrimitives.ReadUInt64LittleEndian(area[FxFip..]) : BinaryPrimitives.ReadUInt32LittleEndian(area[FxFip..]);
+        _cpu.Fpu.LastDataPointer = rexW ? BinaryPrimitives.ReadUInt64LittleEndian(area[FxFdp..]) : BinaryPrimitives.ReadUInt32LittleEndian(area[FxFdp..]);
         area.Slice(FxSt, 128).CopyTo(_cpu.Fpu.Registers);
-        int xmmBytes = (_cpu.Bitness == 64 ? 16 : 8) * 16;
-        area.Slice(FxXmm, xmmBytes).CopyTo(_cpu.Fpu.Xmm);
     }
 }
