@@ -56,17 +56,24 @@ public sealed class CpuModelTests
     }
 
     [Fact]
-    public async Task The_interpreter_gives_x86_64_v2_and_refuses_v3_naming_the_avx_features_it_lacks()
+    public async Task The_interpreter_gives_x86_64_v2_and_v3_and_refuses_v4_naming_the_avx512_features_it_lacks()
     {
         var seen = await GuestCpuidAsync(FlatGuestVm.Builder("interpreter").WithCpuModel(CpuModel.X64V2), 1);
         const uint v2Ecx = (1u << 0) | (1u << 9) | (1u << 13) | (1u << 19) | (1u << 20) | (1u << 23); // SSE3 SSSE3 CX16 SSE4.1 SSE4.2 POPCNT
+        const uint v3Ecx = (1u << 12) | (1u << 22) | (1u << 26) | (1u << 28) | (1u << 29); // FMA MOVBE XSAVE AVX F16C
         Assert.Equal(v2Ecx, seen[2] & v2Ecx);
+        Assert.Equal(0u, seen[2] & v3Ecx); // v2 hides the v3 features
 
-        var e = Assert.Throws<InvalidOperationException>(() => FlatGuestVm.Builder("interpreter").WithCpuModel(CpuModel.X64V3).Build());
+        var v3 = await GuestCpuidAsync(FlatGuestVm.Builder("interpreter").WithCpuModel(CpuModel.X64V3), 1);
+        Assert.Equal(v2Ecx | v3Ecx, v3[2] & (v2Ecx | v3Ecx));
+        var v3Leaf7 = await GuestCpuidAsync(FlatGuestVm.Builder("interpreter").WithCpuModel(CpuModel.X64V3), 7);
+        Assert.NotEqual(0u, v3Leaf7[1] & (1u << 5)); // AVX2
+
+        var e = Assert.Throws<InvalidOperationException>(() => FlatGuestVm.Builder("interpreter").WithCpuModel(CpuModel.X64V4).Build());
         Assert.Contains("The interpreter backend cannot give the guest", e.Message, StringComparison.Ordinal);
-        Assert.Contains("AVX", e.Message, StringComparison.Ordinal);
-        Assert.DoesNotContain("BMI2", e.Message, StringComparison.Ordinal);
-        Assert.DoesNotContain("SSE42", e.Message, StringComparison.Ordinal);
+        Assert.Contains("AVX512", e.Message, StringComparison.OrdinalIgnoreCase);
+        Assert.DoesNotContain("AVX2", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("FMA", e.Message, StringComparison.Ordinal);
     }
 
     [Fact]

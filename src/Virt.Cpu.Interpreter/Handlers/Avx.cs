@@ -157,7 +157,7 @@ internal sealed partial class InterpreterVcpu
     {
         CheckAvxEnabled(ins.Code);
         _sseFlags = 0;
-        if (!ExecAvxSpecial(ref op, in ins) && !ExecAvx2(ref op, in ins) && !ExecFma(ref op, in ins))
+        if (!ExecVexElementwise(ref op, in ins) && !ExecAvxSpecial(ref op, in ins) && !ExecAvx2(ref op, in ins) && !ExecFma(ref op, in ins))
         {
             var form = VexForms[(int)ins.Code];
             if (form.Legacy == Code.INVALID)

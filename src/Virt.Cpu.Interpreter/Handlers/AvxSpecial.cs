@@ -27,19 +27,20 @@ internal sealed partial class InterpreterVcpu
 
                 return true;
             case Mnemonic.Vmovaps or Mnemonic.Vmovapd or Mnemonic.Vmovdqa or Mnemonic.Vmovups or Mnemonic.Vmovupd or Mnemonic.Vmovdqu
-                or Mnemonic.Vmovntps or Mnemonic.Vmovntpd or Mnemonic.Vmovntdq or Mnemonic.Vmovntdqa or Mnemonic.Vlddqu
-                when IsYmm(ins.Op0Kind == OpKind.Register ? ins.Op0Register : ins.Op1Register):
+                or Mnemonic.Vmovntps or Mnemonic.Vmovntpd or Mnemonic.Vmovntdq or Mnemonic.Vmovntdqa or Mnemonic.Vlddqu:
             {
+                // Whole-register moves: 16 or 32 bytes, the aligned forms aligned to their size.
+                int size = IsYmm(ins.Op0Kind == OpKind.Register ? ins.Op0Register : ins.Op1Register) ? 32 : 16;
                 int align = m is Mnemonic.Vmovaps or Mnemonic.Vmovapd or Mnemonic.Vmovdqa or Mnemonic.Vmovntps or Mnemonic.Vmovntpd
-                    or Mnemonic.Vmovntdq or Mnemonic.Vmovntdqa ? 32 : 1;
+                    or Mnemonic.Vmovntdq or Mnemonic.Vmovntdqa ? size : 1;
                 if (ins.Op0Kind == OpKind.Register)
                 {
-                    var v = ins.Op1Kind == OpKind.Register ? GetY(VecIndex(ins.Op1Register)) : ReadVecMem(Ea(ref op), 32, align);
-                    SetY(VecIndex(ins.Op0Register), v);
+                    var v = ins.Op1Kind == OpKind.Register ? GetY(VecIndex(ins.Op1Register)) : ReadVecMem(Ea(ref op), size, align);
+                    SetVexDest(ins.Op0Register, size == 32 ? v : Vector256.Create(v.GetLower(), Vector128<byte>.Zero));
                 }
                 else
                 {
-                    WriteVecMem(Ea(ref op), 32, GetY(VecIndex(ins.Op1Register)), align);
+                    WriteVecMem(Ea(ref op), size, GetY(VecIndex(ins.Op1Register)), align);
                 }
 
                 return true;

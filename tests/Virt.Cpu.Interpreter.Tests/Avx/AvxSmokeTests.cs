@@ -50,6 +50,33 @@ public sealed class AvxSmokeTests
     }
 
     [Fact]
+    public void A_hot_loop_of_256_bit_integer_adds_gives_the_same_sums_once_compiled()
+    {
+        // 100,000 rounds: long enough for the compiled tier to take the loop over.
+        using var m = Run(a =>
+        {
+            var loop = a.CreateLabel();
+            a.mov(eax, 1);
+            a.vmovd(xmm1, eax);
+            a.vpshufd(xmm1, xmm1, 0);
+            a.vinsertf128(ymm1, ymm1, xmm1, 1);
+            a.vpxor(xmm0, xmm0, xmm0);
+            a.mov(ecx, 100_000);
+            a.Label(ref loop);
+            a.vpaddd(ymm0, ymm0, ymm1);
+            a.vpaddd(ymm1, ymm1, ymm1);
+            a.vpsrld(ymm1, ymm1, 1);
+            a.dec(ecx);
+            a.jnz(loop);
+            a.vextractf128(xmm2, ymm0, 1);
+            a.vpextrd(ebx, xmm2, 3);
+            a.vmovd(edx, xmm0);
+        });
+        Assert.Equal(100_000UL, m.Regs.Rbx);
+        Assert.Equal(100_000UL, m.Regs.Rdx);
+    }
+
+    [Fact]
     public void A_vex_instruction_without_osxsave_is_undefined()
     {
         using var m = Machine.Long64(a =>
