@@ -222,7 +222,8 @@ internal sealed partial class InterpreterVcpu
     /// element is cleared once it is done. A fault therefore leaves the elements before the faulting one loaded (or
     /// skipped) with their mask elements clear, and the rest of the destination and mask as they were (the mask's
     /// remaining elements keep their values, and nothing beyond the instruction's elements is cleared yet), so the
-    /// instruction can be restarted. Done, the whole mask register is zero and the destination's bits beyond its
+    /// instruction can be restarted (as the AMD processors KVM was compared on do; the SDM's pseudo-code would first
+    /// make each mask element all ones or zero). Done, the whole mask register is zero and the destination's bits beyond its
     /// elements are cleared (bits 255:128 of a 128-bit form, and bits 127:64 of VGATHERQPS/VPGATHERQD with XMM indices).
     /// </summary>
     private void Gather(ref Op op, in Instruction ins)

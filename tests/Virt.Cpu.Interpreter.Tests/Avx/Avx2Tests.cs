@@ -69,6 +69,14 @@ public sealed class Avx2Tests
     }
 
     [Fact]
+    public void Gather_with_an_address_size_prefix_and_no_base_wraps_at_32_bits()
+    {
+        var r = Avx2Vm.Run("interpreter", Snippets["vgather_address_size_prefix_without_base"], seed: 7);
+        Assert.Equal(-2, r.Result.Vector);
+        Assert.Equal(BinaryPrimitives.ReadUInt32LittleEndian(r.Result.Scratch.AsSpan(0x1000)), BinaryPrimitives.ReadUInt32LittleEndian(r.Ymm.AsSpan(32 + 12)));
+    }
+
+    [Fact]
     public void Gather_with_the_destination_as_its_mask_is_undefined()
     {
         var r = Avx2Vm.Run("interpreter", a => a.vpgatherdd(ymm1, __[rsi + (ymm8 * 4)], ymm1), seed: 4);
@@ -366,6 +374,16 @@ public sealed class Avx2Tests
                 a.vpgatherqq(ymm3, __qword_ptr.fs[rsi + (ymm9 * 1) + 0x20], ymm10);
                 a.vmovdqa(ymm10, ymm13);
                 a.vgatherqps(xmm4, __dword_ptr.gs[rsi + (ymm9 * 2) - 0x800], xmm10);
+            },
+            ["vgather_address_size_prefix_without_base"] = a =>
+            {
+                // vpgatherdd xmm1, [xmm8 + 0x80041000], xmm10 with an address-size prefix: the sum wraps at 32 bits to
+                // the scratch page (with 64-bit addressing it would be 0xFFFFFFFF00041000, unmapped).
+                a.mov(eax, unchecked((int)0x80000000));
+                a.vmovd(xmm8, eax);
+                a.vpbroadcastd(xmm8, xmm8);
+                a.vpcmpeqd(xmm10, xmm10, xmm10);
+                a.db(0x67, 0xC4, 0xA2, 0x29, 0x90, 0x0C, 0x05, 0x00, 0x10, 0x04, 0x80);
             },
             ["vgather_all_masked_off"] = a =>
             {
