@@ -433,7 +433,7 @@ internal static class InstructionTable
         (Mnemonic.Hlt, Run(c => c.Hlt, IsaGroup.System, E | P | F)),
         (Mnemonic.Cpuid, Run(c => c.ExecuteCpuid, IsaGroup.System, E | F)),
         (Mnemonic.Xgetbv, Run(c => c.Xsave, IsaGroup.System, F)),
-        (Mnemonic.Xsetbv, Run(c => c.Xsave, IsaGroup.System, P | F)),
+        (Mnemonic.Xsetbv, Run(c => c.Xsave, IsaGroup.System, E | P | F)),
         (Mnemonic.Xsave, Run(c => c.Xsave, IsaGroup.System, F)),
         (Mnemonic.Xsave64, Run(c => c.Xsave, IsaGroup.System, F)),
         (Mnemonic.Xsaveopt, Run(c => c.Xsave, IsaGroup.System, F)),

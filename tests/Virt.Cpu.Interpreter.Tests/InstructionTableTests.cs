@@ -32,7 +32,11 @@ public class InstructionTableTests
     [InlineData(Code.Mov_cr_r64, "System")]
     [InlineData(Code.Mov_Sreg_rm16, "Segmentation")]
     [InlineData(Code.Mov_r64_rm64, "DataTransfer")]
-    [InlineData(Code.VEX_Vaddps_xmm_xmm_xmmm128, "Invalid")]
+    [InlineData(Code.VEX_Vaddps_xmm_xmm_xmmm128, "Avx")]
+    [InlineData(Code.VEX_Vfmadd231ps_ymm_ymm_ymmm256, "Avx")]
+    [InlineData(Code.VEX_Vaesenc_xmm_xmm_xmmm128, "Invalid")]
+    [InlineData(Code.Xsetbv, "System")]
+    [InlineData(Code.Movbe_r64_m64, "DataTransfer")]
     [InlineData(Code.Paddb_mm_mmm64, "Mmx")]
     [InlineData(Code.Cvtpi2ps_xmm_mmm64, "Mmx")]
     [InlineData(Code.Emms, "Mmx")]
@@ -48,6 +52,7 @@ public class InstructionTableTests
     [InlineData(Code.Hlt)]
     [InlineData(Code.Lgdt_m1664)]
     [InlineData(Code.Invlpg_m)]
+    [InlineData(Code.Xsetbv)]
     public void Privileged_forms_end_their_block(Code code)
     {
         var row = InstructionTable.At(InstructionTable.IndexOf(code));

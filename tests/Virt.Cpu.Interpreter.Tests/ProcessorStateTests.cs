@@ -39,7 +39,7 @@ public sealed class ProcessorStateTests
     }
 
     [Fact]
-    public void Interpreter_xsave_image_carries_the_fpu_state_and_refuses_avx_state()
+    public void Interpreter_xsave_image_carries_the_fpu_and_avx_state_and_refuses_avx512_state()
     {
         using var m = new Machine();
         var fpu = FpuState.Initial;
@@ -54,13 +54,29 @@ public sealed class ProcessorStateTests
         Assert.Equal(0x3C, image.Fpu.GetXmm(5)[15]);
         Assert.Equal(XsaveComponents.X87 | XsaveComponents.Sse, image.StateComponents);
 
+        // The upper halves of the YMM registers (the AVX component at offset 576) round-trip with XCR0.
         var avx = new byte[1024];
         image.Area.CopyTo(avx);
-        avx[512] |= (byte)XsaveComponents.Avx;   // XSTATE_BV: AVX state present
-        avx[576] = 1;                            // and not all zero
-        var ex = Assert.Throws<ArgumentException>(() => m.Vcpu.SetXsaveState(new XsaveState(7, avx)));
-        Assert.Contains("Avx", ex.Message, StringComparison.Ordinal);
-        Assert.Throws<ArgumentException>(() => m.Vcpu.SetXsaveState(new XsaveState(7, image.Area)));
+        avx[512] |= (byte)XsaveComponents.Avx;
+        avx[576] = 1;
+        avx[576 + 255] = 0xAB;
+        m.Vcpu.SetXsaveState(new XsaveState(7, avx));
+        var back = m.Vcpu.GetXsaveState();
+        Assert.Equal(7UL, back.Xcr0);
+        Assert.Equal(XsaveComponents.X87 | XsaveComponents.Sse | XsaveComponents.Avx, back.StateComponents);
+        Assert.Equal(1, back.Area[576]);
+        Assert.Equal(0xAB, back.Area[576 + 255]);
+        Assert.Equal(0x3C, back.Fpu.GetXmm(5)[15]);
+
+        // AVX-512 state it does not have is refused, by XCR0 or by a present, non-zero component.
+        var k = new byte[2048];
+        back.Area.CopyTo(k);
+        k[512] |= (byte)XsaveComponents.Avx512OpMask;
+        k[1100] = 1;
+        var ex = Assert.Throws<ArgumentException>(() => m.Vcpu.SetXsaveState(new XsaveState(0xE7, k)));
+        Assert.Contains("Avx512", ex.Message, StringComparison.Ordinal);
+        ex = Assert.Throws<ArgumentException>(() => m.Vcpu.SetXsaveState(new XsaveState(7, k)));
+        Assert.Contains("Avx512OpMask", ex.Message, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -46,6 +46,36 @@ internal sealed partial class InterpreterVcpu
                 return true;
             }
 
+            case Mnemonic.Vmovss or Mnemonic.Vmovsd:
+            {
+                int size = m == Mnemonic.Vmovss ? 4 : 8;
+                if (ins.Op0Kind == OpKind.Memory)
+                {
+                    Write(Ea(ref op), size, Xr(VecIndex(ins.Op1Register)).AsUInt64().ToScalar() & (size == 4 ? 0xFFFF_FFFFUL : ulong.MaxValue));
+                }
+                else if (ins.Op1Kind == OpKind.Memory)
+                {
+                    SetVexDest(ins.Op0Register, Vector256.Create(Read(Ea(ref op), size), 0UL, 0UL, 0UL).AsByte());
+                }
+                else
+                {
+                    // Register form: the low element from the last operand, the rest of bits 127:0 from the first source.
+                    var upper = Xr(VecIndex(ins.Op1Register));
+                    var low = Xr(VecIndex(ins.Op2Register));
+                    var r = size == 4 ? upper.AsUInt32().WithElement(0, low.AsUInt32().ToScalar()).AsByte() : upper.AsUInt64().WithElement(0, low.AsUInt64().ToScalar()).AsByte();
+                    SetVexDest(ins.Op0Register, Vector256.Create(r, Vector128<byte>.Zero));
+                }
+
+                return true;
+            }
+
+            case Mnemonic.Vmovddup when IsYmm(ins.Op0Register):
+            {
+                var q = SrcY(ref op, in ins, 1).AsUInt64();
+                SetY(VecIndex(ins.Op0Register), Vector256.Create(q.GetElement(0), q.GetElement(0), q.GetElement(2), q.GetElement(2)).AsByte());
+                return true;
+            }
+
             case Mnemonic.Vbroadcastss or Mnemonic.Vbroadcastsd or Mnemonic.Vbroadcastf128:
             {
                 // AVX takes a memory source only; AVX2 adds the register forms of VBROADCASTSS/SD.
