@@ -37,6 +37,9 @@ internal sealed partial class InterpreterVcpu
     /// <summary>With <see cref="_vexLane"/>: the VEX form is not an aligned move, so 16-byte memory operands may be anywhere.</summary>
     private bool _vexUnaligned;
 
+    /// <summary>With <see cref="_vexLane"/>: the form writes a general register or RFLAGS (VCOMISS, VCVTSD2SI, ...), one lane only, so MXCSR's exceptions are decided by the SSE handler itself, before it writes.</summary>
+    private bool _vexCommitNow;
+
     /// <summary>How a VEX code runs an SSE handler.</summary>
     /// <param name="Legacy">The SSE code.</param>
     /// <param name="Flags">VexNds (the VEX form has a first source in VEX.vvvv, operand 1, that the SSE form reads from its destination), VexYmm (256-bit), VexAligned, VexCount (the last vector source is a shift count, the same for both lanes), VexOp0Source (operand 0 is not written).</param>
@@ -203,6 +206,7 @@ internal sealed partial class InterpreterVcpu
         Vector128<byte> lo = default, hi = default;
         _vexLane = true;
         _vexUnaligned = (form.Flags & VexAligned) == 0;
+        _vexCommitNow = !destVec && !ymm;
         try
         {
             for (int h = 0; h < (ymm ? 2 : 1); h++)
@@ -228,6 +232,7 @@ internal sealed partial class InterpreterVcpu
         {
             _vexLane = false;
             _vexUnaligned = false;
+            _vexCommitNow = false;
             Xr(t0) = saved0;
             Xr(t1) = saved1;
         }
@@ -260,9 +265,15 @@ internal sealed partial class InterpreterVcpu
                 var r = ins.GetOpRegister(v);
                 if (IsVec(r))
                 {
+                    // The lower lane reads the register itself (VMASKMOVDQU has two vector sources); the upper one its
+                    // upper half, through the stand-in.
                     int n = VecIndex(r);
-                    Xr(t1) = h == 0 || count ? Xr(n) : Yh(n);
-                    r = Register.XMM0 + t1;
+                    r = Register.XMM0 + n;
+                    if (h == 1 && !count)
+                    {
+                        Xr(t1) = Yh(n);
+                        r = Register.XMM0 + t1;
+                    }
                 }
 
                 li.SetOpRegister(j, r);
