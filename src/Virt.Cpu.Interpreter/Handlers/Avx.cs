@@ -37,6 +37,9 @@ internal sealed partial class InterpreterVcpu
     /// <summary>With <see cref="_vexLane"/>: the VEX form is not an aligned move, so 16-byte memory operands may be anywhere.</summary>
     private bool _vexUnaligned;
 
+    /// <summary>With <see cref="_vexLane"/>: the form writes a general register or RFLAGS (VCOMISS, VCVTSD2SI, ...), one lane only, so MXCSR's exceptions are decided by the SSE handler itself, before it writes.</summary>
+    private bool _vexCommitNow;
+
     /// <summary>How a VEX code runs an SSE handler.</summary>
     /// <param name="Legacy">The SSE code.</param>
     /// <param name="Flags">VexNds (the VEX form has a first source in VEX.vvvv, operand 1, that the SSE form reads from its destination), VexYmm (256-bit), VexAligned, VexCount (the last vector source is a shift count, the same for both lanes), VexOp0Source (operand 0 is not written).</param>
@@ -189,6 +192,11 @@ internal sealed partial class InterpreterVcpu
             }
         }
 
+        if (ymm && form.Legacy == Code.Movddup_xmm_xmmm64 && ins.Op1Kind == OpKind.Memory)
+        {
+            _ = ReadVecMem(Ea(ref op), 32, alignment: 1); // the 256-bit form reads all 32 bytes, the lanes only 8 each
+        }
+
         int t0 = BitOperations.TrailingZeroCount(~named & 0xFFFF);
         int t1 = BitOperations.TrailingZeroCount(~(named | (1u << t0)) & 0xFFFF);
         var saved0 = Xr(t0);
@@ -198,6 +206,7 @@ internal sealed partial class InterpreterVcpu
         Vector128<byte> lo = default, hi = default;
         _vexLane = true;
         _vexUnaligned = (form.Flags & VexAligned) == 0;
+        _vexCommitNow = !destVec && !ymm;
         try
         {
             for (int h = 0; h < (ymm ? 2 : 1); h++)
@@ -223,6 +232,7 @@ internal sealed partial class InterpreterVcpu
         {
             _vexLane = false;
             _vexUnaligned = false;
+            _vexCommitNow = false;
             Xr(t0) = saved0;
             Xr(t1) = saved1;
         }
@@ -255,9 +265,15 @@ internal sealed partial class InterpreterVcpu
                 var r = ins.GetOpRegister(v);
                 if (IsVec(r))
                 {
+                    // The lower lane reads the register itself (VMASKMOVDQU has two vector sources); the upper one its
+                    // upper half, through the stand-in.
                     int n = VecIndex(r);
-                    Xr(t1) = h == 0 || count ? Xr(n) : Yh(n);
-                    r = Register.XMM0 + t1;
+                    r = Register.XMM0 + n;
+                    if (h == 1 && !count)
+                    {
+                        Xr(t1) = Yh(n);
+                        r = Register.XMM0 + t1;
+                    }
                 }
 
                 li.SetOpRegister(j, r);
@@ -332,21 +348,40 @@ internal sealed partial class InterpreterVcpu
                 continue;
             }
 
-            string[] parts = name[5..].Split('_');
+            // Operand parts only: a trailing opcode part (VMOVSS's and VMOVSD's second register form, "_0F11") names no operand.
+            string[] parts = [.. name[5..].Split('_').Where(p => !char.IsAsciiDigit(p[0]))];
             string mnemonic = char.ToUpperInvariant(parts[0][0]) + parts[0][1..];
             bool ymm = name.Contains("ymm", StringComparison.Ordinal);
             string[] ops = [.. parts.Skip(1).Select(o => o.Replace("ymmm256", "xmmm128", StringComparison.Ordinal).Replace("ymm", "xmm", StringComparison.Ordinal).Replace("m256", "m128", StringComparison.Ordinal))];
             byte flags = ymm ? VexYmm : (byte)0;
             Code legacy = Code.INVALID;
-            if (names.TryGetValue(string.Join('_', [mnemonic, .. ops]), out var same))
+            bool nds = false;
+
+            // VMOVSS and VMOVSD split the SSE forms' xmm/m32 and xmm/m64 operand into a memory and a three-register form,
+            // and VMOVDDUP's 256-bit form reads a whole vector where the SSE form reads m64: try those operands widened.
+            string[] widened = mnemonic switch
             {
-                legacy = same;
-            }
-            else if (ops.Length >= 2 && names.TryGetValue(string.Join('_', [mnemonic, ops[0], .. ops.Skip(2)]), out var nds))
+                "Movss" or "Movsd" => [.. ops.Select((o, i) => o is "m32" or "m64" || (i == 2 && o == "xmm") ? "xmmm" + (mnemonic == "Movss" ? "32" : "64") : o)],
+                "Movddup" => [.. ops.Select(o => o == "xmmm128" ? "xmmm64" : o)],
+                _ => ops,
+            };
+            foreach (var candidate in new[] { ops, widened })
             {
-                legacy = nds;
-                flags |= VexNds;
+                if (names.TryGetValue(string.Join('_', [mnemonic, .. candidate]), out var same))
+                {
+                    legacy = same;
+                    break;
+                }
+
+                if (candidate.Length >= 2 && names.TryGetValue(string.Join('_', [mnemonic, candidate[0], .. candidate.Skip(2)]), out var withNds))
+                {
+                    legacy = withNds;
+                    nds = true;
+                    break;
+                }
             }
+
+            flags |= nds ? VexNds : (byte)0;
 
             if (legacy == Code.INVALID)
             {

@@ -105,14 +105,21 @@ internal sealed partial class InterpreterVcpu
     private void CommitSseFlags()
     {
         uint f = _sseFlags;
-        if (f == 0 || _vexLane)
+        if (f == 0 || (_vexLane && !_vexCommitNow))
         {
             return; // nothing raised, or a lane of a VEX form, whose flags are committed once both lanes ran
         }
 
         _sseFlags = 0;
-        _cpu.Fpu.Mxcsr |= f;
         uint unmasked = f & ~(_cpu.Fpu.Mxcsr >> 7) & 0x3F;
+        if ((unmasked & (MxIe | MxDe | MxZe)) != 0)
+        {
+            // An unmasked invalid-operation, denormal or divide-by-zero exception in any element is found before the
+            // results are computed: only those flags are set, no post-computation ones (SDM Vol. 1, 11.5.1).
+            f &= MxIe | MxDe | MxZe;
+        }
+
+        _cpu.Fpu.Mxcsr |= f;
         if (unmasked != 0)
         {
             throw Fault((_cpu.Cr4 & Cr4.OsXmmExcpt) != 0 ? Vectors.XM : Vectors.UD, 0);

@@ -142,7 +142,8 @@ internal sealed partial class InterpreterVcpu
             case Mnemonic.Cmppd:
             case Mnemonic.Cmpss:
             case Mnemonic.Cmpsd:
-                res = CompareLanes(Xr(d), SrcX(ref op, in ins, 1), ins.Immediate8 & 7, m is Mnemonic.Cmppd or Mnemonic.Cmpsd, m is Mnemonic.Cmpss or Mnemonic.Cmpsd);
+                res = CompareLanes(Xr(d), SrcX(ref op, in ins, 1), ins.Immediate8 & (_vexLane ? 0x1F : 7), // VEX: 32 predicates
+                    m is Mnemonic.Cmppd or Mnemonic.Cmpsd, m is Mnemonic.Cmpss or Mnemonic.Cmpsd);
                 break;
             case Mnemonic.Comiss:
             case Mnemonic.Ucomiss:

@@ -367,10 +367,12 @@ internal sealed partial class InterpreterVcpu
     private bool FpCompare<T>(int pred, T a, T b)
         where T : unmanaged, IBinaryFloatingPointIeee754<T>
     {
+        // Predicates 0-7 are SSE's; AVX adds 8-15 and, as 16-31, all of them with the QNaN signalling toggled.
         bool unordered = T.IsNaN(a) || T.IsNaN(b);
         if (unordered)
         {
-            if (IsSnan(a) || IsSnan(b) || pred is 1 or 2 or 5 or 6)
+            bool signalling = ((pred & 0xF) is 1 or 2 or 5 or 6 or 9 or 10 or 13 or 14) ^ ((pred & 0x10) != 0);
+            if (IsSnan(a) || IsSnan(b) || signalling)
             {
                 _sseFlags |= MxIe;
             }
@@ -381,7 +383,7 @@ internal sealed partial class InterpreterVcpu
             b = Operand(b);
         }
 
-        return pred switch
+        return (pred & 0xF) switch
         {
             0 => !unordered && a == b,
             1 => !unordered && a < b,
@@ -390,7 +392,15 @@ internal sealed partial class InterpreterVcpu
             4 => unordered || a != b,
             5 => unordered || !(a < b),
             6 => unordered || !(a <= b),
-            _ => !unordered,
+            7 => !unordered,
+            8 => unordered || a == b,
+            9 => unordered || !(a >= b),
+            10 => unordered || !(a > b),
+            11 => false,
+            12 => !unordered && a != b,
+            13 => !unordered && a >= b,
+            14 => !unordered && a > b,
+            _ => true,
         };
     }
 

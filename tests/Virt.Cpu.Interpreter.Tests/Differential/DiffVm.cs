@@ -25,7 +25,6 @@ internal sealed class DiffVm : IDisposable
     public const ulong FsBase = 0x10;
     public const ulong GsBase = 0x7F0;
 
-    private readonly SpecialRegisters _userSregs;
 
     /// <param name="hypervisor">The backend.</param>
     /// <param name="compatibility">CPL 3 code runs in 32-bit compatibility mode instead of 64-bit mode.</param>
@@ -82,8 +81,11 @@ internal sealed class DiffVm : IDisposable
         s.Fs.Base = FsBase;
         s.Gs = ProcessorSetup.UserSegment(code: false);
         s.Gs.Base = GsBase;
-        _userSregs = s;
+        UserSpecialRegisters = s;
     }
+
+    /// <summary>The special registers every <see cref="Run"/> starts with (CPL 3 segments); tests may set control-register bits in them (CR4.OSXSAVE, CR0.TS).</summary>
+    public SpecialRegisters UserSpecialRegisters { get; set; }
 
     public GuestMemory Memory { get; }
 
@@ -95,7 +97,7 @@ internal sealed class DiffVm : IDisposable
     {
         Memory.Write(new GuestAddress(CodeAddress), code);
         Memory.Write(new GuestAddress(ScratchAddress), scratch);
-        Vcpu.SetSpecialRegisters(_userSregs);
+        Vcpu.SetSpecialRegisters(UserSpecialRegisters);
         Vcpu.SetGeneralRegisters(start);
         VcpuExit exit;
         int guard = 0;
