@@ -192,11 +192,6 @@ internal sealed partial class InterpreterVcpu
             }
         }
 
-        if (ymm && form.Legacy == Code.Movddup_xmm_xmmm64 && ins.Op1Kind == OpKind.Memory)
-        {
-            _ = ReadVecMem(Ea(ref op), 32, alignment: 1); // the 256-bit form reads all 32 bytes, the lanes only 8 each
-        }
-
         int t0 = BitOperations.TrailingZeroCount(~named & 0xFFFF);
         int t1 = BitOperations.TrailingZeroCount(~(named | (1u << t0)) & 0xFFFF);
         var saved0 = Xr(t0);
@@ -348,37 +343,21 @@ internal sealed partial class InterpreterVcpu
                 continue;
             }
 
-            // Operand parts only: a trailing opcode part (VMOVSS's and VMOVSD's second register form, "_0F11") names no operand.
-            string[] parts = [.. name[5..].Split('_').Where(p => !char.IsAsciiDigit(p[0]))];
+            string[] parts = name[5..].Split('_');
             string mnemonic = char.ToUpperInvariant(parts[0][0]) + parts[0][1..];
             bool ymm = name.Contains("ymm", StringComparison.Ordinal);
             string[] ops = [.. parts.Skip(1).Select(o => o.Replace("ymmm256", "xmmm128", StringComparison.Ordinal).Replace("ymm", "xmm", StringComparison.Ordinal).Replace("m256", "m128", StringComparison.Ordinal))];
             byte flags = ymm ? VexYmm : (byte)0;
             Code legacy = Code.INVALID;
             bool nds = false;
-
-            // VMOVSS and VMOVSD split the SSE forms' xmm/m32 and xmm/m64 operand into a memory and a three-register form,
-            // and VMOVDDUP's 256-bit form reads a whole vector where the SSE form reads m64: try those operands widened.
-            string[] widened = mnemonic switch
+            if (names.TryGetValue(string.Join('_', [mnemonic, .. ops]), out var same))
             {
-                "Movss" or "Movsd" => [.. ops.Select((o, i) => o is "m32" or "m64" || (i == 2 && o == "xmm") ? "xmmm" + (mnemonic == "Movss" ? "32" : "64") : o)],
-                "Movddup" => [.. ops.Select(o => o == "xmmm128" ? "xmmm64" : o)],
-                _ => ops,
-            };
-            foreach (var candidate in new[] { ops, widened })
+                legacy = same;
+            }
+            else if (ops.Length >= 2 && names.TryGetValue(string.Join('_', [mnemonic, ops[0], .. ops.Skip(2)]), out var withNds))
             {
-                if (names.TryGetValue(string.Join('_', [mnemonic, .. candidate]), out var same))
-                {
-                    legacy = same;
-                    break;
-                }
-
-                if (candidate.Length >= 2 && names.TryGetValue(string.Join('_', [mnemonic, candidate[0], .. candidate.Skip(2)]), out var withNds))
-                {
-                    legacy = withNds;
-                    nds = true;
-                    break;
-                }
+                legacy = withNds;
+                nds = true;
             }
 
             flags |= nds ? VexNds : (byte)0;

@@ -121,7 +121,6 @@ internal sealed partial class InterpreterVcpu
 
         if (err != 0)
         {
-            _sseFlags |= MxPe;
             switch (rc)
             {
                 case RcDown when err < 0: r = T.BitDecrement(r); break;
@@ -130,10 +129,7 @@ internal sealed partial class InterpreterVcpu
                 default: break;
             }
 
-            if (T.IsInfinity(r))
-            {
-                _sseFlags |= MxOe;
-            }
+            _sseFlags |= T.IsInfinity(r) ? MxOe | MxPe : MxPe;
 
             if (T.IsSubnormal(r) || T.IsZero(r))
             {
@@ -290,12 +286,16 @@ internal sealed partial class InterpreterVcpu
                 else if (!T.IsInfinity(r))
                 {
                     err = Sign(T.FusedMultiplyAdd(a, b, -r));
-                    if (T.Abs(r) < MinNormal<T>())
+                    if (T.Abs(r) < MinNormal<T>() || T.IsSubnormal(a) || T.IsSubnormal(b))
                     {
-                        T sa = a * Scale<T>();
-                        T rs = sa * b;
+                        // A tiny product, or a denormal factor whose exact product has bits below the subnormal range
+                        // (so the residual above rounded away): both scaled up by an even power of two.
+                        // The scaled factor is the denormal one, if only one is, so the scaling cannot overflow.
+                        var (x, y) = T.IsSubnormal(b) && !T.IsSubnormal(a) ? (b, a) : (a, b);
+                        T sa = x * Scale<T>();
+                        T rs = sa * y;
                         T diff = rs - (r * Scale<T>());
-                        err = T.Abs(rs) < MinNormal<T>() ? Sign(a) * Sign(b) : !T.IsZero(diff) ? Sign(diff) : Sign(T.FusedMultiplyAdd(sa, b, -rs));
+                        err = T.Abs(rs) < MinNormal<T>() ? Sign(a) * Sign(b) : !T.IsZero(diff) ? Sign(diff) : Sign(T.FusedMultiplyAdd(sa, y, -rs));
                     }
                 }
 
