@@ -6,8 +6,13 @@ namespace Virt.Cpu.Interpreter;
 
 /// <summary>
 /// FMA (fused multiply-add) and F16C (half-precision conversions). VFMADD, VFMSUB, VFNMADD, VFNMSUB, VFMADDSUB and
-/// VFMSUBADD in their 132, 213 and 231 orders compute ±(a · b) ± c exactly and round once under MXCSR (see FmaMath.cs);
-/// the operands' roles follow the order, while a NaN result is chosen by the operands' places in the encoding.
+/// VFMSUBADD in their 132, 213 and 231 orders compute ±(a · b) ± c exactly and round once under MXCSR (see FmaMath.cs).
+/// As the processor does: a NaN operand gives the first NaN of a, b, c quietened (IE for a signalling one); an invalid
+/// operation (∞ · 0, ∞ − ∞) raises IE alone, without DE for a denormal in the same element; and when an unmasked
+/// invalid or denormal condition is found in any element, the elements are not rounded, so neither OE, UE nor PE is
+/// set. Underflow is tininess after rounding (to the precision, with an unbounded exponent), and FTZ flushes every
+/// tiny result, even one the denormal format would round up to the smallest normal. F16C's VCVTPH2PS is exact, raises
+/// no DE and ignores DAZ; VCVTPS2PH reads with DAZ and raises DE, rounds per imm8 or MXCSR.RC, and never flushes.
 /// </summary>
 internal sealed partial class InterpreterVcpu
 {
@@ -128,14 +133,15 @@ internal sealed partial class InterpreterVcpu
             z = -z;
         }
 
-        uint before = _sseFlags;
-        _sseFlags &= ~MxIe;
-        bool decided = FmaSpecial(x, y, z, out T special);
-        bool invalid = (_sseFlags & MxIe) != 0;
-        _sseFlags |= before | (denormal && !invalid ? MxDe : 0);
-        if (decided)
+        if (FmaSpecial(x, y, z, out T special))
         {
+            _sseFlags |= T.IsNaN(special) ? MxIe : denormal ? MxDe : 0;
             return special;
+        }
+
+        if (denormal)
+        {
+            _sseFlags |= MxDe;
         }
 
         var fmt = typeof(T) == typeof(float) ? SingleFormat : DoubleFormat;
@@ -146,13 +152,12 @@ internal sealed partial class InterpreterVcpu
     private static T DenormalAsZero<T>(T v)
         where T : unmanaged, IBinaryFloatingPointIeee754<T> => T.IsSubnormal(v) ? (T.IsNegative(v) ? T.NegativeZero : T.Zero) : v;
 
-    /// <summary>The product x · y plus z when an infinity or zeros decide it (invalid operations give the default NaN and IE); false for finite operands that need the exact sum.</summary>
+    /// <summary>The product x · y plus z (none of them NaN) when an infinity or zeros decide it, the default NaN for an invalid operation (∞ · 0, ∞ − ∞); false for finite operands that need the exact sum.</summary>
     private bool FmaSpecial<T>(T x, T y, T z, out T r)
         where T : unmanaged, IBinaryFloatingPointIeee754<T>
     {
         if ((T.IsInfinity(x) && T.IsZero(y)) || (T.IsZero(x) && T.IsInfinity(y)))
         {
-            _sseFlags |= MxIe;
             r = DefaultNaN<T>();
             return true;
         }
@@ -162,7 +167,6 @@ internal sealed partial class InterpreterVcpu
             T p = x * y;
             if (T.IsInfinity(z) && T.IsNegative(z) != T.IsNegative(p))
             {
-                _sseFlags |= MxIe;
                 r = DefaultNaN<T>();
                 return true;
             }

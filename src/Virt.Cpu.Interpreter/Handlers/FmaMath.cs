@@ -93,7 +93,8 @@ internal sealed partial class InterpreterVcpu
     /// Rounds ±<paramref name="m"/> · 2^<paramref name="e"/> (m nonzero, below 2^127) to <paramref name="fmt"/> in direction
     /// <paramref name="rc"/> and returns it as a double (±infinity or the largest finite value on overflow, as the direction
     /// says). PE for an inexact result; OE when the result rounded with an unbounded exponent exceeds the largest finite
-    /// value; UE when the result is tiny and inexact, or tiny at all while UE is unmasked. With <paramref name="flush"/>
+    /// value; UE when the result is tiny and inexact, or tiny at all while UE is unmasked (the value returned then is
+    /// not stored: the instruction raises #XM; nor is it with OE unmasked). With <paramref name="flush"/>
     /// (MXCSR.FTZ) and UE masked, a tiny result is a zero of its sign with UE and PE, even one that the denormal format
     /// rounds up to the smallest normal.
     /// </summary>
@@ -106,7 +107,10 @@ internal sealed partial class InterpreterVcpu
         int resultLead = q == 0 ? int.MinValue : 127 - (int)UInt128.LeadingZeroCount(q) + ulp;
         if (resultLead > fmt.MaxLead)
         {
-            _sseFlags |= MxOe | MxPe;
+            // Masked, the result is an infinity or the largest finite value, never exact; unmasked, PE says whether
+            // the result rounded to the precision alone (what a handler would see scaled) is inexact.
+            bool overflowMasked = (_cpu.Fpu.Mxcsr & (MxOe << 7)) != 0;
+            _sseFlags |= MxOe | (overflowMasked || inexact ? MxPe : 0);
             bool toInfinity = rc == RcNearest || (rc == RcUp && !neg) || (rc == RcDown && neg);
             double max = Math.ScaleB((double)((1UL << fmt.Precision) - 1), fmt.MaxLead - fmt.Precision + 1);
             double big = toInfinity ? double.PositiveInfinity : max;
@@ -125,7 +129,15 @@ internal sealed partial class InterpreterVcpu
             return neg ? -0.0 : 0.0;
         }
 
-        if (tiny && (inexact || !underflowMasked))
+        if (tiny && !underflowMasked)
+        {
+            // Unmasked, UE is raised whether or not the result is exact, and PE (as for overflow) reflects the rounding
+            // to the precision with an unbounded exponent, not to the denormal format.
+            _sseFlags |= MxUe | (RoundAt(neg, m, lead - (fmt.Precision - 1) - e, rc).Inexact ? MxPe : 0);
+            return 0;
+        }
+
+        if (tiny && inexact)
         {
             _sseFlags |= MxUe;
         }
