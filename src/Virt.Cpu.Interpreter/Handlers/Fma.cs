@@ -7,7 +7,9 @@ namespace Virt.Cpu.Interpreter;
 /// <summary>
 /// FMA (fused multiply-add) and F16C (half-precision conversions). VFMADD, VFMSUB, VFNMADD, VFNMSUB, VFMADDSUB and
 /// VFMSUBADD in their 132, 213 and 231 orders compute ±(a · b) ± c exactly and round once under MXCSR (see FmaMath.cs).
-/// As the processor does: a NaN operand gives the first NaN of a, b, c quietened (IE for a signalling one); an invalid
+/// As the processor does (an AMD EPYC under KVM was the reference): a NaN operand gives the first NaN of a, b, c,
+/// quietened, with IE for any signalling one, where a and b are the multiplicands and c the addend as the order places
+/// them (132: operand 1, operand 3, operand 2; 213: 2, 1, 3; 231: 2, 3, 1), not the encoding's operand order; an invalid
 /// operation (∞ · 0, ∞ − ∞) raises IE alone, without DE for a denormal in the same element; and when an unmasked
 /// invalid or denormal condition is found in any element, the elements are not rounded, so neither OE, UE nor PE is
 /// set. Underflow is tininess after rounding (to the precision, with an unbounded exponent), and FTZ flushes every
@@ -90,20 +92,12 @@ internal sealed partial class InterpreterVcpu
 
     /// <summary>
     /// One element: <paramref name="s1"/>, <paramref name="s2"/>, <paramref name="s3"/> are the first operand (the
-    /// destination), the second (VEX.vvvv) and the third (ModRM.rm); <paramref name="order"/> says which two are multiplied.
+    /// destination), the second (VEX.vvvv) and the third (ModRM.rm); <paramref name="order"/> says which two are multiplied
+    /// (x · y + z), and a NaN result is the first NaN of x, y, z.
     /// </summary>
     private T FmaLane<T>(T s1, T s2, T s3, int order, bool negMul, bool negAdd)
         where T : unmanaged, IBinaryFloatingPointIeee754<T>
     {
-        if (T.IsNaN(s1) || T.IsNaN(s2) || T.IsNaN(s3))
-        {
-            if (IsSnan(s1) || IsSnan(s2) || IsSnan(s3))
-            {
-                _sseFlags |= MxIe;
-            }
-
-        }
-
         var (x, y, z) = order switch
         {
             0 => (s1, s3, s2),
@@ -112,6 +106,11 @@ internal sealed partial class InterpreterVcpu
         };
         if (T.IsNaN(x) || T.IsNaN(y) || T.IsNaN(z))
         {
+            if (IsSnan(x) || IsSnan(y) || IsSnan(z))
+            {
+                _sseFlags |= MxIe;
+            }
+
             return Quiet(T.IsNaN(x) ? x : T.IsNaN(y) ? y : z);
         }
 
