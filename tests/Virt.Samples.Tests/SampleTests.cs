@@ -77,6 +77,15 @@ public sealed class SampleTests
         Assert.Contains("Hello from a Virt.Sdk guest", output, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public void VectorGuest_computes_a_dot_product_with_fma_on_ymm_registers_on_the_interpreter()
+    {
+        var (code, output) = Samples.Run("VectorGuest", "--backend", "interpreter");
+        Assert.True(code == 0, output);
+        Assert.Contains("processor model x86-64-v3", output, StringComparison.Ordinal);
+        Assert.Contains("dot product of 1024 floats: guest 4001.2188, host 4001.2188: the same bits", output, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("interpreter")]
     [InlineData("kvm")]
