@@ -107,7 +107,9 @@ internal sealed partial class InterpreterVcpu
         int rc = Rc;
         if (T.IsInfinity(r))
         {
-            _sseFlags |= MxOe | MxPe;
+            // Overflow. With OE unmasked nothing is stored, and PE says whether the exact result (with an unbounded
+            // exponent) was inexact, which err gives here; masked, the stored infinity or maximum is always inexact.
+            _sseFlags |= MxOe | (err == 0 && (_cpu.Fpu.Mxcsr & (MxOe << 7)) == 0 ? 0 : MxPe);
             bool neg = T.IsNegative(r);
             T max = T.BitDecrement(T.PositiveInfinity);
             return rc switch
@@ -144,6 +146,30 @@ internal sealed partial class InterpreterVcpu
         }
 
         return r;
+    }
+
+    /// <summary>Whether the exact a * b (or a / b) of a multiplication (division) that overflowed has more significant bits than T holds, worked out on operands scaled into range.</summary>
+    private static bool OverflowInexact<T>(T a, T b, bool divide)
+        where T : unmanaged, IBinaryFloatingPointIeee754<T>
+    {
+        double x = double.CreateTruncating(a), y = double.CreateTruncating(b);
+        if (typeof(T) == typeof(float))
+        {
+            // A product of singles is exact in a double; a quotient is exact there when its remainder is zero.
+            double d = divide ? x / y : x * y;
+            return (divide && Math.FusedMultiplyAdd(d, y, -x) != 0) || (BitConverter.DoubleToUInt64Bits(d) & 0x1FFFFFFF) != 0;
+        }
+
+        if (divide)
+        {
+            // An overflowing quotient has a >= 2^-50 and b <= 1: both scaled stay normal and the quotient finite.
+            double sa = Math.ScaleB(x, -500), sb = Math.ScaleB(y, 600), q = sa / sb;
+            return Math.FusedMultiplyAdd(-q, sb, sa) != 0;
+        }
+
+        // An overflowing product has both factors of at least 1.
+        double sx = Math.ScaleB(x, -520), sy = Math.ScaleB(y, -520), p = sx * sy;
+        return Math.FusedMultiplyAdd(sx, sy, -p) != 0;
     }
 
     /// <summary>One lane of ADD/SUB/MUL/DIV/MIN/MAX/SQRT (SQRT uses <paramref name="b"/> only).</summary>
@@ -253,6 +279,13 @@ internal sealed partial class InterpreterVcpu
                     T e = (a - (r - bb)) + (b - bb);
                     err = Sign(e);
                 }
+                else
+                {
+                    // Overflow: the halved sum's rounding error (halving is exact for operands this large).
+                    T two = T.One + T.One;
+                    T ha = a / two, hb = b / two, hs = ha + hb, hbb = hs - ha;
+                    err = Sign((ha - (hs - hbb)) + (hb - hbb));
+                }
 
                 if (T.IsZero(r) && err == 0)
                 {
@@ -298,6 +331,10 @@ internal sealed partial class InterpreterVcpu
                         err = T.Abs(rs) < MinNormal<T>() ? Sign(a) * Sign(b) : !T.IsZero(diff) ? Sign(diff) : Sign(T.FusedMultiplyAdd(sa, y, -rs));
                     }
                 }
+                else
+                {
+                    err = OverflowInexact(a, b, divide: false) ? 1 : 0;
+                }
 
                 break;
             default:
@@ -339,9 +376,10 @@ internal sealed partial class InterpreterVcpu
                     err = Sign(T.FusedMultiplyAdd(-r, b, a)) * Sign(b);
                     if (T.IsSubnormal(b) || T.Abs(a) < MinNormal<T>() * Scale<T>())
                     {
-                        // Scale so that the remainder a - r * b stays representable.
+                        // Scale so that the remainder a - r * b stays representable: a, and whichever of r and b cannot
+                        // overflow (b when the quotient is 1 or more, so b is at most a; r otherwise).
                         T sa = a * Scale<T>();
-                        T rem = T.IsSubnormal(b) ? T.FusedMultiplyAdd(-r, b * Scale<T>(), sa) : T.FusedMultiplyAdd(-(r * Scale<T>()), b, sa);
+                        T rem = T.Abs(r) >= T.One ? T.FusedMultiplyAdd(-r, b * Scale<T>(), sa) : T.FusedMultiplyAdd(-(r * Scale<T>()), b, sa);
                         if (!T.IsInfinity(sa) && !T.IsNaN(rem))
                         {
                             err = Sign(rem) * Sign(b);
@@ -355,6 +393,10 @@ internal sealed partial class InterpreterVcpu
                         T diff = qs - (r * Scale<T>());
                         err = T.Abs(qs) < MinNormal<T>() ? Sign(a) * Sign(b) : !T.IsZero(diff) ? Sign(diff) : Sign(T.FusedMultiplyAdd(-qs, b, sa)) * Sign(b);
                     }
+                }
+                else
+                {
+                    err = OverflowInexact(a, b, divide: true) ? 1 : 0;
                 }
 
                 break;
@@ -495,7 +537,7 @@ internal sealed partial class InterpreterVcpu
 
         if (float.IsInfinity(r))
         {
-            return Round(r, 0);
+            return Round(r, (BitConverter.DoubleToUInt64Bits(d) & 0x1FFFFFFF) != 0 ? 1 : 0); // inexact: bits beyond a single's
         }
 
         return Round(r, (d - r) > 0 ? 1 : (d - r) < 0 ? -1 : 0);
