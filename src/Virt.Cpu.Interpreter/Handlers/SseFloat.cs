@@ -148,28 +148,53 @@ internal sealed partial class InterpreterVcpu
         return r;
     }
 
-    /// <summary>Whether the exact a * b (or a / b) of a multiplication (division) that overflowed has more significant bits than T holds, worked out on operands scaled into range.</summary>
-    private static bool OverflowInexact<T>(T a, T b, bool divide)
+    /// <summary>
+    /// Finishes an ADD/SUB, MUL or DIV whose round-to-nearest result <paramref name="r"/> overflowed, from the exact
+    /// result worked out on operands scaled into range: x = (<paramref name="s"/> + something of sign <paramref name="e"/>)
+    /// * 2^<paramref name="k"/>. Rounding towards zero gives the largest finite value, without overflow, when x is below
+    /// the next binade (its rounding with an unbounded exponent stays finite there); otherwise it is an overflow, whose PE
+    /// says (when OE is unmasked) whether x has more significant bits than T holds.
+    /// </summary>
+    private T Overflowed<T>(T r, double s, int e, int k)
+        where T : unmanaged, IBinaryFloatingPointIeee754<T>
+    {
+        double limit = Math.ScaleB(1.0, (typeof(T) == typeof(float) ? 128 : 1024) - k);
+        bool below = Math.Abs(s) < limit || (Math.Abs(s) == limit && e * Math.Sign(s) < 0);
+        bool neg = T.IsNegative(r);
+        int rc = Rc;
+        if (below && (rc == RcZero || (rc == RcDown && !neg) || (rc == RcUp && neg)))
+        {
+            _sseFlags |= MxPe;
+            T max = T.BitDecrement(T.PositiveInfinity);
+            return neg ? -max : max;
+        }
+
+        bool inexact = e != 0 || (typeof(T) == typeof(float) && (BitConverter.DoubleToUInt64Bits(s) & 0x1FFFFFFF) != 0);
+        return Round(r, inexact ? 1 : 0);
+    }
+
+    /// <summary><see cref="Overflowed"/> for a product (<paramref name="divide"/> false) or quotient of finite operands.</summary>
+    private T OverflowedProduct<T>(T r, T a, T b, bool divide)
         where T : unmanaged, IBinaryFloatingPointIeee754<T>
     {
         double x = double.CreateTruncating(a), y = double.CreateTruncating(b);
         if (typeof(T) == typeof(float))
         {
-            // A product of singles is exact in a double; a quotient is exact there when its remainder is zero.
+            // A product of singles is exact in a double; a quotient's error has the sign of its remainder.
             double d = divide ? x / y : x * y;
-            return (divide && Math.FusedMultiplyAdd(d, y, -x) != 0) || (BitConverter.DoubleToUInt64Bits(d) & 0x1FFFFFFF) != 0;
+            return Overflowed(r, d, divide ? Math.Sign(Math.FusedMultiplyAdd(-d, y, x)) * Math.Sign(y) : 0, 0);
         }
 
         if (divide)
         {
             // An overflowing quotient has a >= 2^-50 and b <= 1: both scaled stay normal and the quotient finite.
             double sa = Math.ScaleB(x, -500), sb = Math.ScaleB(y, 600), q = sa / sb;
-            return Math.FusedMultiplyAdd(-q, sb, sa) != 0;
+            return Overflowed(r, q, Math.Sign(Math.FusedMultiplyAdd(-q, sb, sa)) * Math.Sign(sb), 1100);
         }
 
         // An overflowing product has both factors of at least 1.
         double sx = Math.ScaleB(x, -520), sy = Math.ScaleB(y, -520), p = sx * sy;
-        return Math.FusedMultiplyAdd(sx, sy, -p) != 0;
+        return Overflowed(r, p, Math.Sign(Math.FusedMultiplyAdd(sx, sy, -p)), 1040);
     }
 
     /// <summary>One lane of ADD/SUB/MUL/DIV/MIN/MAX/SQRT (SQRT uses <paramref name="b"/> only).</summary>
@@ -281,10 +306,10 @@ internal sealed partial class InterpreterVcpu
                 }
                 else
                 {
-                    // Overflow: the halved sum's rounding error (halving is exact for operands this large).
+                    // Overflow: the halved sum and its rounding error (halving is exact for operands this large).
                     T two = T.One + T.One;
                     T ha = a / two, hb = b / two, hs = ha + hb, hbb = hs - ha;
-                    err = Sign((ha - (hs - hbb)) + (hb - hbb));
+                    return Overflowed(r, double.CreateTruncating(hs), Sign((ha - (hs - hbb)) + (hb - hbb)), 1);
                 }
 
                 if (T.IsZero(r) && err == 0)
@@ -319,12 +344,12 @@ internal sealed partial class InterpreterVcpu
                 else if (!T.IsInfinity(r))
                 {
                     err = Sign(T.FusedMultiplyAdd(a, b, -r));
-                    if (T.Abs(r) < MinNormal<T>() || T.IsSubnormal(a) || T.IsSubnormal(b))
+                    if (T.Abs(r) < MinNormal<T>() * Scale<T>() || T.IsSubnormal(a) || T.IsSubnormal(b))
                     {
-                        // A tiny product, or a denormal factor whose exact product has bits below the subnormal range
-                        // (so the residual above rounded away): both scaled up by an even power of two.
-                        // The scaled factor is the denormal one, if only one is, so the scaling cannot overflow.
-                        var (x, y) = T.IsSubnormal(b) && !T.IsSubnormal(a) ? (b, a) : (a, b);
+                        // A small product, or a denormal factor: the exact residual may have bits below the subnormal
+                        // range, so the one above may have rounded away. Product and residual scaled up by an even
+                        // power of two, through the smaller factor (the denormal one, if any), so nothing overflows.
+                        var (x, y) = T.Abs(b) < T.Abs(a) ? (b, a) : (a, b);
                         T sa = x * Scale<T>();
                         T rs = sa * y;
                         T diff = rs - (r * Scale<T>());
@@ -333,7 +358,7 @@ internal sealed partial class InterpreterVcpu
                 }
                 else
                 {
-                    err = OverflowInexact(a, b, divide: false) ? 1 : 0;
+                    return OverflowedProduct(r, a, b, divide: false);
                 }
 
                 break;
@@ -396,7 +421,7 @@ internal sealed partial class InterpreterVcpu
                 }
                 else
                 {
-                    err = OverflowInexact(a, b, divide: true) ? 1 : 0;
+                    return OverflowedProduct(r, a, b, divide: true);
                 }
 
                 break;
@@ -537,7 +562,7 @@ internal sealed partial class InterpreterVcpu
 
         if (float.IsInfinity(r))
         {
-            return Round(r, (BitConverter.DoubleToUInt64Bits(d) & 0x1FFFFFFF) != 0 ? 1 : 0); // inexact: bits beyond a single's
+            return Overflowed(r, d, 0, 0);
         }
 
         return Round(r, (d - r) > 0 ? 1 : (d - r) < 0 ? -1 : 0);
