@@ -7,7 +7,7 @@ namespace Virt.Benchmarks.Interpreter;
 /// <summary>
 /// One workload, one run, in a process that has run nothing before: what a short-lived sandbox call sees
 /// (tiered JIT at tier 0, cold block cache). Run with
-/// <c>dotnet tests/Virt.Benchmarks/bin/Release/net10.0/Virt.Benchmarks.dll fresh loop|checksum|sieve|calls|fpu [runs]</c>;
+/// <c>dotnet tests/Virt.Benchmarks/bin/Release/net10.0/Virt.Benchmarks.dll fresh loop|checksum|sieve|calls|fpu|vec-sse|vec-avx [runs]</c>;
 /// with a run count above one, the best of the further runs is printed as well (the steady state, for quick A/B
 /// comparisons of two builds run alternately on a noisy machine). <c>VIRT_INTERPRETER_JIT=0</c> turns the JIT tier off;
 /// <c>VIRT_INTERPRETER_JIT_THRESHOLD=n</c> sets its threshold.
@@ -23,12 +23,14 @@ internal static class FreshProcessRun
             "sieve" => GuestWorkloads.Sieve(),
             "calls" => GuestWorkloads.Calls(),
             "fpu" => GuestWorkloads.Fpu(),
-            _ => throw new ArgumentException($"Unknown workload '{workload}': use loop, checksum, sieve, calls or fpu.", nameof(workload)),
+            "vec-sse" => GuestWorkloads.VectorSse(),
+            "vec-avx" => GuestWorkloads.VectorAvx(),
+            _ => throw new ArgumentException($"Unknown workload '{workload}': use loop, checksum, sieve, calls, fpu, vec-sse or vec-avx.", nameof(workload)),
         };
         var options = new InterpreterOptions();
         var hypervisor = new InterpreterHypervisor(options);
         Console.WriteLine(hypervisor.GetAvailability().Reason);
-        using var guest = new GuestWorkloads.Guest(hypervisor, code);
+        using var guest = new GuestWorkloads.Guest(hypervisor, code, avx: workload == "vec-avx");
         var counter = (IInstructionCounting)guest.Vcpu;
         long before = counter.InstructionsRetired;
         long start = Stopwatch.GetTimestamp();

@@ -36,6 +36,68 @@ internal static class GuestWorkloads
     /// <summary>(e) terms of the harmonic sum the x87 workload adds.</summary>
     public const int FpuIterations = 2_000_000;
 
+    /// <summary>(f, g) passes of the vector workloads over 1 MiB.</summary>
+    public const int VectorPasses = 16;
+
+    /// <summary>
+    /// (f) SSE2 vector loop over the 1 MiB of data, 16 bytes a step: the dwords summed (PADDD) and the zero bytes counted
+    /// (PCMPEQB, PMOVMSKB, POPCNT), as string and checksum routines do; 9 instructions per step, the sum of the
+    /// counts in RAX.
+    /// </summary>
+    public static byte[] VectorSse() => GuestProgram.Assemble(64, CodeAddress, a =>
+    {
+        var outer = a.CreateLabel();
+        var inner = a.CreateLabel();
+        a.xor(eax, eax);
+        a.pxor(xmm0, xmm0);
+        a.pxor(xmm3, xmm3);
+        a.mov(r8d, VectorPasses);
+        a.Label(ref outer);
+        a.mov(esi, (int)DataAddress);
+        a.mov(ecx, DataSize / 16);
+        a.Label(ref inner);
+        a.movdqu(xmm1, __xmmword_ptr[rsi]);
+        a.paddd(xmm0, xmm1);
+        a.pcmpeqb(xmm1, xmm3);
+        a.pmovmskb(edx, xmm1);
+        a.popcnt(edx, edx);
+        a.add(rax, rdx);
+        a.add(rsi, 16);
+        a.dec(ecx);
+        a.jnz(inner);
+        a.dec(r8d);
+        a.jnz(outer);
+        a.hlt();
+    });
+
+    /// <summary>(g) the same as <see cref="VectorSse"/> with AVX2 on YMM registers, 32 bytes a step (the guest needs AVX state enabled: <see cref="Guest"/>'s avx).</summary>
+    public static byte[] VectorAvx() => GuestProgram.Assemble(64, CodeAddress, a =>
+    {
+        var outer = a.CreateLabel();
+        var inner = a.CreateLabel();
+        a.xor(eax, eax);
+        a.vpxor(ymm0, ymm0, ymm0);
+        a.vpxor(ymm3, ymm3, ymm3);
+        a.mov(r8d, VectorPasses);
+        a.Label(ref outer);
+        a.mov(esi, (int)DataAddress);
+        a.mov(ecx, DataSize / 32);
+        a.Label(ref inner);
+        a.vmovdqu(ymm1, __ymmword_ptr[rsi]);
+        a.vpaddd(ymm0, ymm0, ymm1);
+        a.vpcmpeqb(ymm1, ymm1, ymm3);
+        a.vpmovmskb(edx, ymm1);
+        a.popcnt(edx, edx);
+        a.add(rax, rdx);
+        a.add(rsi, 32);
+        a.dec(ecx);
+        a.jnz(inner);
+        a.dec(r8d);
+        a.jnz(outer);
+        a.vzeroupper();
+        a.hlt();
+    });
+
     public static byte[] TightLoop() => GuestProgram.Assemble(64, CodeAddress, a =>
     {
         var l = a.CreateLabel();
@@ -237,7 +299,10 @@ internal static class GuestWorkloads
         private readonly GeneralRegisters _startRegs;
         private readonly SpecialRegisters _startSregs;
 
-        public Guest(IHypervisor hypervisor, byte[] code)
+        /// <param name="hypervisor">The backend.</param>
+        /// <param name="code">The workload.</param>
+        /// <param name="avx">Enable AVX state as an operating system would (CR4.OSXSAVE, XCR0 with x87, SSE and AVX).</param>
+        public Guest(IHypervisor hypervisor, byte[] code, bool avx = false)
         {
             Memory = GuestMemory.CreateRam(MemorySize);
             Partition = hypervisor.CreatePartition(Memory, new PartitionOptions());
@@ -260,6 +325,13 @@ internal static class GuestWorkloads
             s.Idt = new DescriptorTable { Base = IdtAddress, Limit = (32 * 16) - 1 };
             s.Cs = ProcessorSetup.UserSegment(code: true);
             s.Ss = s.Ds = s.Es = ProcessorSetup.UserSegment(code: false);
+            if (avx)
+            {
+                s.Cr4 |= 1UL << 18; // OSXSAVE
+                Vcpu.SetSpecialRegisters(s);
+                Vcpu.SetXsaveState(XsaveState.FromFpu(Vcpu.GetFpuState(), 7));
+            }
+
             _startSregs = s;
             _startRegs = new GeneralRegisters { Rip = CodeAddress, Rsp = UserStack, Rflags = 2 };
         }
