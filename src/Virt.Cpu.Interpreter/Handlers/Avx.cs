@@ -16,17 +16,12 @@ namespace Virt.Cpu.Interpreter;
 /// </summary>
 internal sealed partial class InterpreterVcpu
 {
-    // Extension bits of AvxIsaByCode and _avxEnabled.
+    // Extension bits of AvxTables.IsaByCode and _avxEnabled.
     private const byte AvxIsaAvx = 1, AvxIsaAvx2 = 2, AvxIsaFma = 4, AvxIsaF16c = 8;
 
     // VexForm flags.
     private const byte VexNds = 1, VexYmm = 2, VexAligned = 4, VexCount = 8, VexOp0Source = 16;
 
-    /// <summary>Per <see cref="Code"/>: the AVX extensions it needs (0 for codes that are not VEX vector instructions).</summary>
-    private static readonly byte[] AvxIsaByCode = BuildAvxIsaByCode();
-
-    /// <summary>Per <see cref="Code"/>: the SSE code whose handler runs a VEX form on each lane, or <see cref="Code.INVALID"/>.</summary>
-    private static readonly VexForm[] VexForms = BuildVexForms();
 
     /// <summary>The AVX extensions the vCPU's CPUID table advertises.</summary>
     private byte _avxEnabled;
@@ -45,6 +40,22 @@ internal sealed partial class InterpreterVcpu
     /// <param name="Flags">VexNds (the VEX form has a first source in VEX.vvvv, operand 1, that the SSE form reads from its destination), VexYmm (256-bit), VexAligned, VexCount (the last vector source is a shift count, the same for both lanes), VexOp0Source (operand 0 is not written).</param>
     /// <param name="ImmShift">For the upper lane, the immediate is shifted right by this many bits (blends and SHUFPD select per element).</param>
     private readonly record struct VexForm(Code Legacy, byte Flags, byte ImmShift);
+
+    /// <summary>
+    /// The AVX decode tables, built at the first VEX instruction a process meets rather than with the interpreter's
+    /// other tables: they take milliseconds that a process running no AVX code would otherwise pay at start-up.
+    /// </summary>
+    private static class AvxTables
+    {
+        /// <summary>Per <see cref="Code"/>: the AVX extensions it needs (0 for codes that are not VEX vector instructions).</summary>
+        public static readonly byte[] IsaByCode = BuildAvxIsaByCode();
+
+        /// <summary>Per <see cref="Code"/>: the SSE code whose handler runs a VEX form on each lane, or <see cref="Code.INVALID"/>.</summary>
+        public static readonly VexForm[] VexForms = BuildVexForms();
+
+        /// <summary>Per <see cref="Mnemonic"/>: the FMA form, or default (Kind 0xFF) for other mnemonics.</summary>
+        public static readonly FmaForm[] FmaForms = BuildFmaForms();
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private ref Vector128<byte> Yh(int i) => ref Unsafe.Add(ref Unsafe.As<XmmRegisterFile, Vector128<byte>>(ref _cpu.YmmHigh), i);
@@ -143,7 +154,7 @@ internal sealed partial class InterpreterVcpu
     /// <summary>#UD unless the OS enabled AVX state (CR4.OSXSAVE and XCR0 bits 1 and 2) and CPUID lists the code's extension; #NM while CR0.TS is set.</summary>
     private void CheckAvxEnabled(Code code)
     {
-        byte need = AvxIsaByCode[(int)code];
+        byte need = AvxTables.IsaByCode[(int)code];
         if (need == 0 || (need & _avxEnabled) != need || (_cpu.Cr4 & Cr4.OsXsave) == 0 || (_cpu.Xcr0 & 6) != 6)
         {
             throw Fault(Vectors.UD, 0);
@@ -162,7 +173,7 @@ internal sealed partial class InterpreterVcpu
         _sseFlags = 0;
         if (!ExecVexElementwise(ref op, in ins) && !ExecAvxSpecial(ref op, in ins) && !ExecAvx2(ref op, in ins) && !ExecFma(ref op, in ins))
         {
-            var form = VexForms[(int)ins.Code];
+            var form = AvxTables.VexForms[(int)ins.Code];
             if (form.Legacy == Code.INVALID)
             {
                 throw Fault(Vectors.UD, 0);
@@ -316,7 +327,7 @@ internal sealed partial class InterpreterVcpu
     }
 
     /// <summary>Whether <paramref name="code"/> is a VEX vector instruction of AVX, AVX2, FMA or F16C (the AVX handler's forms).</summary>
-    internal static bool IsAvxCode(Code code) => AvxIsaByCode[(int)code] != 0;
+    internal static bool IsAvxCode(Code code) => AvxTables.IsaByCode[(int)code] != 0;
 
     private static VexForm[] BuildVexForms()
     {
@@ -332,7 +343,7 @@ internal sealed partial class InterpreterVcpu
 
         foreach (var code in Enum.GetValues<Code>())
         {
-            if (AvxIsaByCode[(int)code] == 0)
+            if (AvxTables.IsaByCode[(int)code] == 0)
             {
                 continue;
             }

@@ -21,8 +21,6 @@ internal sealed partial class InterpreterVcpu
     // FMA kinds: the signs of the product and the addend, alternating per element for ADDSUB and SUBADD.
     private const byte FmaAdd = 0, FmaSub = 1, FmaNegAdd = 2, FmaNegSub = 3, FmaAddSub = 4, FmaSubAdd = 5;
 
-    /// <summary>Per <see cref="Mnemonic"/>: the FMA form, or default (Kind 0xFF) for other mnemonics.</summary>
-    private static readonly FmaForm[] FmaForms = BuildFmaForms();
 
     /// <summary>An FMA mnemonic decoded.</summary>
     /// <param name="Kind">FmaAdd ... FmaSubAdd, or 0xFF for none.</param>
@@ -47,7 +45,7 @@ internal sealed partial class InterpreterVcpu
             return true;
         }
 
-        var form = FmaForms[(int)m];
+        var form = AvxTables.FmaForms[(int)m];
         if (form.Kind == 0xFF)
         {
             return false;
