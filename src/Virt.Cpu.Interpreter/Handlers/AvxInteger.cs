@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using Iced.Intel;
 
@@ -12,6 +13,7 @@ internal sealed partial class InterpreterVcpu
 {
     /// <summary>Runs a three-operand (destination, first source, second source) VEX integer or bitwise instruction; false for any other.</summary>
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One line per instruction: the table of element-wise operations in code form.")]
+    [SkipLocalsInit]
     private bool ExecVexElementwise(ref Op op, in Instruction ins)
     {
         var m = ins.Mnemonic;

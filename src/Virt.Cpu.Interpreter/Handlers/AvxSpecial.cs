@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using Iced.Intel;
 
@@ -6,8 +7,9 @@ namespace Virt.Cpu.Interpreter;
 /// <summary>AVX instructions that are not an SSE instruction run per lane: 32-byte moves, broadcasts, 128-bit inserts, extracts and permutes, in-lane permutes by a vector, variable blends, masked moves, tests, and the 256-bit sign-mask and width-changing conversions.</summary>
 internal sealed partial class InterpreterVcpu
 {
-    /// <summary>Runs <paramref name="ins"/> when it is one of this file's instructions; false otherwise.</summary>
+    /// <summary>Runs <paramref name="ins"/> when it is one of this file's instructions; false otherwise. (Its many vector locals are not zeroed on entry: every case assigns what it reads.)</summary>
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Maintainability", "CA1502:Avoid excessive complexity", Justification = "One case per AVX instruction without an SSE counterpart, each a few lines: the group's table in code form.")]
+    [SkipLocalsInit]
     private bool ExecAvxSpecial(ref Op op, in Instruction ins)
     {
         var m = ins.Mnemonic;
