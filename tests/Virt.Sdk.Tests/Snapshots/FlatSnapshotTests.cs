@@ -106,6 +106,63 @@ public sealed class FlatSnapshotTests
         Assert.Equal(Total, restored.Memory.Read<ulong>(new GuestAddress(Counter)));
     }
 
+    /// <summary>
+    /// The interpreter's AVX state goes through a snapshot: a guest that enabled AVX (CR4.OSXSAVE, XCR0) and holds a
+    /// value in the upper half of YMM5 is saved while it polls the gate, and the restored VM finds the value there and
+    /// can still run AVX instructions.
+    /// </summary>
+    [Fact]
+    public async Task The_upper_halves_of_the_ymm_registers_and_xcr0_survive_a_snapshot_on_the_interpreter()
+    {
+        const ulong Pattern = 0x0123456789ABCDEF;
+        using var dir = new TempDirectory();
+        string path = Path.Combine(dir.Path, "avx.snap");
+        var program = GuestProgram.Assemble(64, Load, a =>
+        {
+            var wait = a.CreateLabel();
+            a.mov(rax, cr4);
+            a.or(rax, 1 << 18);
+            a.mov(cr4, rax);
+            a.xor(ecx, ecx);
+            a.mov(eax, 7);
+            a.xor(edx, edx);
+            a.xsetbv();
+            a.mov(rax, Pattern);
+            a.vmovq(xmm5, rax);
+            a.vpbroadcastq(ymm5, xmm5);
+            a.vpxor(xmm5, xmm5, xmm5); // bits 127:0 cleared, and with them (a VEX write) bits 255:128
+            a.vpbroadcastq(ymm6, __qword_ptr[Counter]);
+            a.vinserti128(ymm5, ymm5, xmm6, 1); // YMM5 = Pattern in the upper half only
+            a.mov(dx, GatePort);
+            a.Label(ref wait);
+            a.@in(al, dx);
+            a.test(al, al);
+            a.jz(wait);
+            a.vextracti128(xmm7, ymm5, 1);
+            a.vmovq(rbx, xmm7);
+            a.mov(dx, VirtualMachineBuilder.DefaultDebugExitPort);
+            a.mov(al, 7);
+            a.@out(dx, al);
+            a.hlt();
+        });
+        var gate = new PollGate(open: false, 100);
+        await using (var vm = Builder("interpreter", gate).WithFlatBinary(program, new GuestAddress(Load)).WithEntryPoint(new GuestAddress(Load), StartMode.Long64).Build())
+        {
+            vm.Memory.Write(new GuestAddress(Counter), Pattern);
+            await vm.StartAsync(Ct);
+            await gate.Polled.Task.WaitAsync(TimeSpan.FromMinutes(2), Ct);
+            await vm.PauseAsync(Ct);
+            await vm.SaveSnapshotAsync(path, Ct);
+            await vm.StopAsync(Ct);
+        }
+
+        var openGate = new PollGate(open: true, 100);
+        await using var restored = await VirtualMachine.RestoreAsync(path, b => b.WithInterpreter().WithPortIoDevice(GatePort, 1, openGate, "gate"), Ct);
+        var exit = await restored.RunAsync(Ct);
+        Assert.True(exit.Reason == StopReason.DebugExit && exit.ExitCode == 7, exit.Description);
+        Assert.Equal(Pattern, restored.GetRegisters(0).Rbx);
+    }
+
     [Fact]
     public async Task A_restore_with_other_devices_than_the_saved_vm_is_refused_naming_them()
     {
