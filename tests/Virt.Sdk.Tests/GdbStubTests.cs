@@ -14,13 +14,27 @@ public sealed class GdbStubTests
 
     /// <summary>
     /// The guest: two constants into EAX and EBX, their sum, a read of the word at <c>input</c> (which GDB writes), a store of
-    /// it at <c>output</c> (which GDB watches) and the debug-exit device with the byte read as exit code.
+    /// it at <c>output</c> (which GDB watches) and the debug-exit device with the byte read as exit code. With
+    /// <paramref name="avx"/> it first enables AVX state and sets YMM1 to all ones.
     /// </summary>
-    private static (byte[] Code, ulong Add, ulong Out, ulong Input, ulong Output) Guest()
+    private static (byte[] Code, ulong Add, ulong Out, ulong Input, ulong Output) Guest(bool avx)
     {
         const ulong input = 0x11000, output = 0x11008;
         byte[] code = GuestProgram.Assemble(64, Load, a =>
         {
+            if (avx)
+            {
+                // AVX state on (CR4.OSXSAVE, XCR0), and YMM1 all ones, upper half included.
+                a.mov(rax, cr4);
+                a.or(rax, 1 << 18);
+                a.mov(cr4, rax);
+                a.xor(ecx, ecx);
+                a.mov(eax, 7);
+                a.xor(edx, edx);
+                a.xsetbv();
+                a.vpcmpeqb(ymm1, ymm1, ymm1);
+            }
+
             a.mov(eax, 0x1111);
             a.mov(ebx, 0x2222);
             a.add(eax, ebx);
@@ -58,7 +72,9 @@ public sealed class GdbStubTests
     [MemberData(nameof(FlatGuestVm.Backends), MemberType = typeof(FlatGuestVm))]
     public async Task Gdb_breaks_steps_reads_registers_writes_memory_watches_and_continues_to_the_exit(string backend)
     {
-        var (code, add, outAt, input, output) = Guest();
+        // The interpreter's guest also shows a YMM register whole (GDB joins XMM1 and the ymm1h register of the avx feature).
+        bool avx = backend == "interpreter";
+        var (code, add, outAt, input, output) = Guest(avx);
         await using var vm = FlatGuestVm.Builder(backend)
             .WithFlatBinary(code, new GuestAddress(Load))
             .WithEntryPoint(new GuestAddress(Load), StartMode.Long64)
@@ -77,6 +93,7 @@ public sealed class GdbStubTests
             $"break *0x{add:x}",
             "continue",
             "printf \"at-break rip=%#lx rax=%#lx\\n\", $rip, $rax",
+            "printf \"ymm1 top=%d\\n\", $ymm1.v8_int32[7]",
             "stepi",
             "printf \"after-step rip=%#lx rax=%#lx\\n\", $rip, $rax",
             $"set {{unsigned long}}0x{input:x} = 42",
@@ -96,6 +113,7 @@ public sealed class GdbStubTests
 
         string gdbOutput = await Task.Run(() => HostTools.Run("gdb", $"-nx -batch -x {script}", TimeSpan.FromMinutes(2)), TestContext.Current.CancellationToken);
         Assert.Contains($"at-break rip=0x{add:x} rax=0x1111", gdbOutput, StringComparison.Ordinal);
+        Assert.Contains(avx ? "ymm1 top=-1" : "ymm1 top=0", gdbOutput, StringComparison.Ordinal);
         Assert.Contains($"after-step rip=0x{add + 2:x} rax=0x3333", gdbOutput, StringComparison.Ordinal);
         Assert.Contains("watched output=42", gdbOutput, StringComparison.Ordinal);
         Assert.Contains(backend == "kvm" && HostHasNoDataBreakpoints ? "Watchpoint 2" : "Hardware watchpoint 2", gdbOutput, StringComparison.Ordinal);

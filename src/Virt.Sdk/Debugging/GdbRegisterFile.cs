@@ -7,20 +7,24 @@ namespace Virt.Debugging;
 /// <summary>
 /// The x86-64 registers the GDB stub offers, in the order of its target description (which is the order of the
 /// <c>g</c> packet and the numbers of <c>p</c>/<c>P</c>): GDB's <c>org.gnu.gdb.i386.core</c>, <c>.sse</c> and
-/// <c>.segments</c> features, then the control registers and EFER as <c>org.virt.x86.system</c>.
+/// <c>.segments</c> features, then the control registers and EFER as <c>org.virt.x86.system</c>, then the upper halves of
+/// the YMM registers as <c>org.gnu.gdb.i386.avx</c> (GDB shows <c>$ymm0</c> to <c>$ymm15</c> from them and the XMM registers).
 /// </summary>
 internal static class GdbRegisterFile
 {
     /// <summary>One register: name, size in bits, GDB type, the feature it belongs to and its group (if not the default).</summary>
     private readonly record struct Register(string Name, int Bits, string Type, int Feature, string? Group = null);
 
-    private static readonly string[] Features = ["org.gnu.gdb.i386.core", "org.gnu.gdb.i386.sse", "org.gnu.gdb.i386.segments", "org.virt.x86.system"];
+    private static readonly string[] Features = ["org.gnu.gdb.i386.core", "org.gnu.gdb.i386.sse", "org.gnu.gdb.i386.segments", "org.virt.x86.system", "org.gnu.gdb.i386.avx"];
 
     private static readonly string[] GeneralNames = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
 
     // Register numbers (the index in Registers).
     internal const int Rip = 16, Eflags = 17, FirstSegment = 18, FirstX87 = 24, Fctrl = 32, FirstXmm = 40, Mxcsr = 56,
-        FsBase = 57, GsBase = 58, Cr0 = 59, Cr2 = 60, Cr3 = 61, Cr4 = 62, Cr8 = 63, Efer = 64;
+        FsBase = 57, GsBase = 58, Cr0 = 59, Cr2 = 60, Cr3 = 61, Cr4 = 62, Cr8 = 63, Efer = 64, FirstYmmHigh = 65;
+
+    /// <summary>Offset of the AVX component (the YMM registers' upper halves) in a standard-format XSAVE image.</summary>
+    private const int XsaveAvxOffset = 576;
 
     private static readonly Register[] Registers = Build();
 
@@ -63,6 +67,11 @@ internal static class GdbRegisterFile
         foreach (string n in new[] { "cr0", "cr2", "cr3", "cr4", "cr8", "efer" })
         {
             r.Add(new Register(n, 64, "int", 3, "system"));
+        }
+
+        for (int i = 0; i < 16; i++)
+        {
+            r.Add(new Register($"ymm{i}h", 128, "uint128", 4));
         }
 
         return [.. r];
@@ -131,6 +140,19 @@ internal static class GdbRegisterFile
     internal static void Read(IVirtualCpu vcpu, int number, Span<byte> destination)
     {
         destination.Clear();
+        if (number >= FirstYmmHigh)
+        {
+            // Zero when the vCPU has no AVX state (XCR0 without it, or the component in its initial state).
+            var x = vcpu.GetXsaveState();
+            int at = XsaveAvxOffset + ((number - FirstYmmHigh) * 16);
+            if ((x.StateComponents & XsaveComponents.Avx) != 0 && x.Size >= at + 16)
+            {
+                x.Area.Slice(at, 16).CopyTo(destination);
+            }
+
+            return;
+        }
+
         if (number < Rip)
         {
             var g = vcpu.GetGeneralRegisters();
@@ -217,9 +239,26 @@ internal static class GdbRegisterFile
         return tags;
     }
 
-    /// <summary>Writes register <paramref name="number"/> of <paramref name="vcpu"/>; false for registers the stub does not write (segment selectors, x87 stack).</summary>
+    /// <summary>Writes register <paramref name="number"/> of <paramref name="vcpu"/>; false for registers the stub does not write (segment selectors, x87 stack, YMM upper halves while XCR0 does not enable AVX state).</summary>
     internal static bool Write(IVirtualCpu vcpu, int number, ReadOnlySpan<byte> source)
     {
+        if (number >= FirstYmmHigh)
+        {
+            var x = vcpu.GetXsaveState();
+            int at = XsaveAvxOffset + ((number - FirstYmmHigh) * 16);
+            if ((x.Xcr0 & (ulong)XsaveComponents.Avx) == 0 || x.Size < at + 16)
+            {
+                return false;
+            }
+
+            var area = x.Area.ToArray();
+            source[..16].CopyTo(area.AsSpan(at));
+            ulong bv = BinaryPrimitives.ReadUInt64LittleEndian(area.AsSpan(XsaveState.LegacyRegionSize));
+            BinaryPrimitives.WriteUInt64LittleEndian(area.AsSpan(XsaveState.LegacyRegionSize), bv | (ulong)XsaveComponents.Avx);
+            vcpu.SetXsaveState(new XsaveState(x.Xcr0, area));
+            return true;
+        }
+
         if (number <= Eflags)
         {
             var g = vcpu.GetGeneralRegisters();
