@@ -101,24 +101,18 @@ internal sealed partial class InterpreterVcpu
     /// Finishes a round-to-nearest result <paramref name="r"/> whose exact value is r + (something of sign
     /// <paramref name="err"/>): directed rounding, overflow, underflow and precision flags, FTZ.
     /// </summary>
-    private T Round<T>(T r, int err)
+    private T Round<T>(T r, int err, bool tinyAtMinNormal = false)
         where T : unmanaged, IBinaryFloatingPointIeee754<T>
     {
         int rc = Rc;
+
+        // Tininess is judged as the processor does, on the exact result rounded to the precision with an unbounded
+        // exponent: a result the denormal format rounds up to the smallest normal is still tiny when the exact value
+        // lies more than a quarter unit below it (the caller works that out: tinyAtMinNormal).
+        bool edge = tinyAtMinNormal && rc == RcNearest && T.Abs(r) == MinNormal<T>();
         if (T.IsInfinity(r))
         {
-            // Overflow. With OE unmasked nothing is stored, and PE says whether the exact result (with an unbounded
-            // exponent) was inexact, which err gives here; masked, the stored infinity or maximum is always inexact.
-            _sseFlags |= MxOe | (err == 0 && (_cpu.Fpu.Mxcsr & (MxOe << 7)) == 0 ? 0 : MxPe);
-            bool neg = T.IsNegative(r);
-            T max = T.BitDecrement(T.PositiveInfinity);
-            return rc switch
-            {
-                RcZero => neg ? -max : max,
-                RcDown => neg ? r : max,
-                RcUp => neg ? -max : r,
-                _ => r,
-            };
+            return RoundOverflow(r, err, rc);
         }
 
         if (err != 0)
@@ -133,19 +127,57 @@ internal sealed partial class InterpreterVcpu
 
             _sseFlags |= T.IsInfinity(r) ? MxOe | MxPe : MxPe;
 
-            if (T.IsSubnormal(r) || T.IsZero(r))
+            if (T.IsSubnormal(r) || T.IsZero(r) || edge)
             {
                 _sseFlags |= MxUe;
             }
         }
 
-        if (T.IsSubnormal(r) && (_cpu.Fpu.Mxcsr & MxFz) != 0 && (_cpu.Fpu.Mxcsr & (MxUe << 7)) != 0)
+        if ((T.IsSubnormal(r) || edge) && (_cpu.Fpu.Mxcsr & MxFz) != 0 && (_cpu.Fpu.Mxcsr & (MxUe << 7)) != 0)
         {
             _sseFlags |= MxUe | MxPe;
             return T.IsNegative(r) ? T.NegativeZero : T.Zero;
         }
 
         return r;
+    }
+
+    /// <summary>An overflowed round-to-nearest result: the infinity or the largest finite value the rounding direction gives.</summary>
+    private T RoundOverflow<T>(T r, int err, int rc)
+        where T : unmanaged, IBinaryFloatingPointIeee754<T>
+    {
+        // With OE unmasked nothing is stored, and PE says whether the exact result (with an unbounded exponent) was
+        // inexact, which err gives here; masked, the stored infinity or maximum is always inexact.
+        _sseFlags |= MxOe | (err == 0 && (_cpu.Fpu.Mxcsr & (MxOe << 7)) == 0 ? 0 : MxPe);
+        bool neg = T.IsNegative(r);
+        T max = T.BitDecrement(T.PositiveInfinity);
+        return rc switch
+        {
+            RcZero => neg ? -max : max,
+            RcDown => neg ? r : max,
+            RcUp => neg ? -max : r,
+            _ => r,
+        };
+    }
+
+    /// <summary>Whether a single result <paramref name="r"/> of ±the smallest normal comes from <paramref name="exact"/> (a double holding the exact value, or within 2^-53 of it) more than a quarter unit below it in magnitude.</summary>
+    private static bool SingleTinyAtMinNormal(float r, double exact) =>
+        Math.Abs(r) == 1.17549435E-38f && Math.Abs((double)r) - Math.Abs(exact) > Math.ScaleB(1.0, -151);
+
+    /// <summary>
+    /// Whether a double result <paramref name="r"/> of ±the smallest normal comes from an exact value more than a quarter
+    /// unit below it in magnitude, given that value times 2^600 as <paramref name="scaled"/> plus (approximately)
+    /// <paramref name="rest"/>.
+    /// </summary>
+    private static bool DoubleTinyAtMinNormal(double r, double scaled, double rest)
+    {
+        if (Math.Abs(r) != 2.2250738585072014E-308)
+        {
+            return false;
+        }
+
+        double s = Math.Sign(r);
+        return (s * (Math.ScaleB(r, 600) - scaled)) - (s * rest) > Math.ScaleB(1.0, -1074 + 600 - 2);
     }
 
     /// <summary>
@@ -276,6 +308,7 @@ internal sealed partial class InterpreterVcpu
         b = Operand(b);
         T r;
         int err = 0;
+        bool tiny = false;
         switch (kind)
         {
             case FAdd:
@@ -339,7 +372,9 @@ internal sealed partial class InterpreterVcpu
 
                 if (typeof(T) == typeof(float) && !T.IsInfinity(r))
                 {
-                    err = Math.Sign((double.CreateTruncating(a) * double.CreateTruncating(b)) - double.CreateTruncating(r));
+                    double product = double.CreateTruncating(a) * double.CreateTruncating(b);
+                    err = Math.Sign(product - double.CreateTruncating(r));
+                    tiny = SingleTinyAtMinNormal(float.CreateTruncating(r), product);
                 }
                 else if (!T.IsInfinity(r))
                 {
@@ -353,7 +388,9 @@ internal sealed partial class InterpreterVcpu
                         T sa = x * Scale<T>();
                         T rs = sa * y;
                         T diff = rs - (r * Scale<T>());
-                        err = T.Abs(rs) < MinNormal<T>() ? Sign(a) * Sign(b) : !T.IsZero(diff) ? Sign(diff) : Sign(T.FusedMultiplyAdd(sa, y, -rs));
+                        T res = T.FusedMultiplyAdd(sa, y, -rs);
+                        err = T.Abs(rs) < MinNormal<T>() ? Sign(a) * Sign(b) : !T.IsZero(diff) ? Sign(diff) : Sign(res);
+                        tiny = DoubleTinyAtMinNormal(double.CreateTruncating(r), double.CreateTruncating(rs), double.CreateTruncating(res));
                     }
                 }
                 else
@@ -394,6 +431,8 @@ internal sealed partial class InterpreterVcpu
                 if (typeof(T) == typeof(float) && !T.IsInfinity(r))
                 {
                     // A quotient of two singles is never within a double rounding of a single it does not equal.
+                    // (A quotient never lies less than half a unit below a power of two, so it never meets the
+                    // tininess edge that products and narrowings can.)
                     err = Math.Sign((double.CreateTruncating(a) / double.CreateTruncating(b)) - double.CreateTruncating(r));
                 }
                 else if (!T.IsInfinity(r))
@@ -427,7 +466,7 @@ internal sealed partial class InterpreterVcpu
                 break;
         }
 
-        return Round(r, err);
+        return Round(r, err, tiny);
     }
 
     /// <summary>CMPPS/CMPSS predicate 0-7 on one lane; signalling predicates raise IE on any NaN.</summary>
@@ -565,7 +604,7 @@ internal sealed partial class InterpreterVcpu
             return Overflowed(r, d, 0, 0);
         }
 
-        return Round(r, (d - r) > 0 ? 1 : (d - r) < 0 ? -1 : 0);
+        return Round(r, (d - r) > 0 ? 1 : (d - r) < 0 ? -1 : 0, SingleTinyAtMinNormal(r, d));
     }
 
     /// <summary>CVTSS2SD and CVTPS2PD on one lane (exact).</summary>
