@@ -117,6 +117,9 @@ internal sealed partial class InterpreterVcpu
 
         if (err != 0)
         {
+            // A directed rounding that carries the largest subnormal up to the smallest normal leaves a tiny result
+            // (at full precision the exact value, at least half a unit below, rounds below the smallest normal).
+            bool fromSubnormal = T.IsSubnormal(r);
             switch (rc)
             {
                 case RcDown when err < 0: r = T.BitDecrement(r); break;
@@ -126,6 +129,7 @@ internal sealed partial class InterpreterVcpu
             }
 
             _sseFlags |= T.IsInfinity(r) ? MxOe | MxPe : MxPe;
+            edge |= fromSubnormal && T.Abs(r) == MinNormal<T>();
 
             if (T.IsSubnormal(r) || T.IsZero(r) || edge)
             {

@@ -59,12 +59,13 @@ public sealed class SseTininessTests
         throw new InvalidOperationException("no operands found");
     }
 
-    public static TheoryData<string, bool, bool> Cases()
+    /// <summary>Operation, case (band: tiny under round to nearest; control: not tiny; up: rounded up from the largest subnormal, tiny), FTZ.</summary>
+    public static TheoryData<string, string, bool> Cases()
     {
-        var data = new TheoryData<string, bool, bool>();
+        var data = new TheoryData<string, string, bool>();
         foreach (string op in new[] { "mulsd", "mulss", "cvtsd2ss" })
         {
-            foreach (bool band in new[] { true, false })
+            foreach (string band in new[] { "band", "control", "up" })
             {
                 foreach (bool ftz in new[] { false, true })
                 {
@@ -79,11 +80,11 @@ public sealed class SseTininessTests
     /// <summary>The result and MXCSR of <paramref name="op"/> on KVM and on the interpreter, compared.</summary>
     [Theory]
     [MemberData(nameof(Cases))]
-    public void A_result_just_below_the_smallest_normal_underflows_as_on_the_processor(string op, bool band, bool ftz)
+    public void A_result_just_below_the_smallest_normal_underflows_as_on_the_processor(string op, string band, bool ftz)
     {
         HostRequirements.RequireKvm();
-        // band: (0.25, 0.5) units below, tiny; otherwise (0, 0.25), not tiny.
-        double lo = band ? 0.26 : 0.01, hi = band ? 0.49 : 0.24;
+        // band: (0.25, 0.5) units below, tiny; control: (0, 0.25), not tiny; up: (0.5, 1), rounded up (RC = up).
+        var (lo, hi) = band switch { "band" => (0.26, 0.49), "control" => (0.01, 0.24), _ => (0.51, 0.99) };
         ulong xa, xb;
         if (op == "mulsd")
         {
@@ -102,7 +103,7 @@ public sealed class SseTininessTests
             (xa, xb) = (BitConverter.DoubleToUInt64Bits(d), 0);
         }
 
-        uint mxcsr = 0x1F80 | (ftz ? 0x8000u : 0);
+        uint mxcsr = 0x1F80 | (ftz ? 0x8000u : 0) | (band == "up" ? 0x4000u : 0);
         (SequenceResult Result, FpuState Fpu) Run(string backend) => SseHarness.Run(backend, a =>
         {
             switch (op)
@@ -130,7 +131,7 @@ public sealed class SseTininessTests
             bool single = op != "mulsd";
             Assert.Equal(single ? BitConverter.SingleToUInt32Bits(MinNormalF) : BitConverter.DoubleToUInt64Bits(MinNormalD),
                 single ? BitConverter.ToUInt32(interp.Fpu.GetXmm(0)) : BitConverter.ToUInt64(interp.Fpu.GetXmm(0)));
-            Assert.Equal(band, (interp.Fpu.Mxcsr & 0x10) != 0);
+            Assert.Equal(band != "control", (interp.Fpu.Mxcsr & 0x10) != 0);
         }
     }
 }
