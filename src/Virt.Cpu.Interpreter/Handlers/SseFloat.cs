@@ -120,13 +120,7 @@ internal sealed partial class InterpreterVcpu
             // A directed rounding that carries the largest subnormal up to the smallest normal leaves a tiny result
             // (at full precision the exact value, at least half a unit below, rounds below the smallest normal).
             bool fromSubnormal = T.IsSubnormal(r);
-            switch (rc)
-            {
-                case RcDown when err < 0: r = T.BitDecrement(r); break;
-                case RcUp when err > 0: r = T.BitIncrement(r); break;
-                case RcZero when (err < 0 && r > T.Zero) || (err > 0 && r < T.Zero): r = r > T.Zero ? T.BitDecrement(r) : T.BitIncrement(r); break;
-                default: break;
-            }
+            r = StepDirected(r, err, rc);
 
             _sseFlags |= T.IsInfinity(r) ? MxOe | MxPe : MxPe;
             edge |= fromSubnormal && T.Abs(r) == MinNormal<T>();
@@ -137,6 +131,11 @@ internal sealed partial class InterpreterVcpu
             }
         }
 
+        if (err == 0 && T.IsSubnormal(r) && (_cpu.Fpu.Mxcsr & (MxUe << 7)) == 0)
+        {
+            _sseFlags |= MxUe; // with UE unmasked a tiny result underflows even when exact
+        }
+
         if ((T.IsSubnormal(r) || edge) && (_cpu.Fpu.Mxcsr & MxFz) != 0 && (_cpu.Fpu.Mxcsr & (MxUe << 7)) != 0)
         {
             _sseFlags |= MxUe | MxPe;
@@ -145,6 +144,16 @@ internal sealed partial class InterpreterVcpu
 
         return r;
     }
+
+    /// <summary>The round-to-nearest result <paramref name="r"/> moved one unit where the rounding direction <paramref name="rc"/> takes an exact value on the side <paramref name="err"/> gives.</summary>
+    private static T StepDirected<T>(T r, int err, int rc)
+        where T : unmanaged, IBinaryFloatingPointIeee754<T> => rc switch
+        {
+            RcDown when err < 0 => T.BitDecrement(r),
+            RcUp when err > 0 => T.BitIncrement(r),
+            RcZero when (err < 0 && r > T.Zero) || (err > 0 && r < T.Zero) => r > T.Zero ? T.BitDecrement(r) : T.BitIncrement(r),
+            _ => r,
+        };
 
     /// <summary>An overflowed round-to-nearest result: the infinity or the largest finite value the rounding direction gives.</summary>
     private T RoundOverflow<T>(T r, int err, int rc)

@@ -134,4 +134,35 @@ public sealed class SseTininessTests
             Assert.Equal(band != "control", (interp.Fpu.Mxcsr & 0x10) != 0);
         }
     }
+
+    /// <summary>With UE unmasked, an exact tiny result (a product of two powers of two in the subnormal range) raises #XM, as on the processor.</summary>
+    [Theory]
+    [InlineData("mulsd")]
+    [InlineData("mulss")]
+    public void An_exact_tiny_result_underflows_with_ue_unmasked(string op)
+    {
+        HostRequirements.RequireKvm();
+        (ulong A, ulong B) operands = op == "mulsd"
+            ? (BitConverter.DoubleToUInt64Bits(Math.ScaleB(1.0, -1000)), BitConverter.DoubleToUInt64Bits(Math.ScaleB(1.0, -50)))
+            : (BitConverter.SingleToUInt32Bits(MathF.ScaleB(1f, -100)), BitConverter.SingleToUInt32Bits(MathF.ScaleB(1f, -30)));
+        int Vector(string backend) => SseHarness.Run(backend, a =>
+        {
+            if (op == "mulsd")
+            {
+                a.mulsd(xmm0, xmm1);
+            }
+            else
+            {
+                a.mulss(xmm0, xmm1);
+            }
+        }, init: s =>
+        {
+            s.Mxcsr = 0x1F80 & ~0x800u; // UM clear
+            s.SetQ(0, operands.A, 0);
+            s.SetQ(1, operands.B, 0);
+        }).Result.Vector;
+
+        Assert.Equal(Vector("kvm"), Vector("interpreter"));
+        Assert.Equal(19, Vector("interpreter")); // #XM
+    }
 }
