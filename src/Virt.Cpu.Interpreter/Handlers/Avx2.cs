@@ -4,7 +4,7 @@ using Iced.Intel;
 
 namespace Virt.Cpu.Interpreter;
 
-/// <summary>AVX2 instructions without an SSE counterpart: broadcasts, permutes across lanes, variable shifts, masked moves, gathers.</summary>
+/// <summary>AVX2 instructions without an SSE or AVX counterpart: permutes across lanes, blends of dwords, variable shifts, masked moves, 256-bit sign and zero extensions, gathers (the integer broadcasts, inserts, extracts and VPERM2I128 share AVX's cases in AvxSpecial.cs).</summary>
 internal sealed partial class InterpreterVcpu
 {
     /// <summary>Runs <paramref name="ins"/> when it is one of this file's instructions; false otherwise.</summary>
@@ -14,54 +14,6 @@ internal sealed partial class InterpreterVcpu
         var m = ins.Mnemonic;
         switch (m)
         {
-            case Mnemonic.Vpbroadcastb or Mnemonic.Vpbroadcastw or Mnemonic.Vpbroadcastd or Mnemonic.Vpbroadcastq:
-            {
-                var s = SrcY(ref op, in ins, 1).GetLower();
-                Vector256<byte> v = m switch
-                {
-                    Mnemonic.Vpbroadcastb => Vector256.Create(s.ToScalar()),
-                    Mnemonic.Vpbroadcastw => Vector256.Create(s.AsUInt16().ToScalar()).AsByte(),
-                    Mnemonic.Vpbroadcastd => Vector256.Create(s.AsUInt32().ToScalar()).AsByte(),
-                    _ => Vector256.Create(s.AsUInt64().ToScalar()).AsByte(),
-                };
-                SetVexDest(ins.Op0Register, v);
-                return true;
-            }
-
-            case Mnemonic.Vbroadcasti128:
-            {
-                var s = SrcY(ref op, in ins, 1).GetLower();
-                SetY(VecIndex(ins.Op0Register), Vector256.Create(s, s));
-                return true;
-            }
-
-            case Mnemonic.Vinserti128:
-            {
-                var a = GetY(VecIndex(ins.Op1Register));
-                var b = SrcY(ref op, in ins, 2).GetLower();
-                SetY(VecIndex(ins.Op0Register), (ins.Immediate8 & 1) == 0 ? a.WithLower(b) : a.WithUpper(b));
-                return true;
-            }
-
-            case Mnemonic.Vextracti128:
-            {
-                var s = GetY(VecIndex(ins.Op1Register));
-                var half = Vector256.Create((ins.Immediate8 & 1) == 0 ? s.GetLower() : s.GetUpper(), Vector128<byte>.Zero);
-                if (ins.Op0Kind == OpKind.Register)
-                {
-                    SetVexDest(ins.Op0Register, half);
-                }
-                else
-                {
-                    WriteVecMem(Ea(ref op), 16, half, 1);
-                }
-
-                return true;
-            }
-
-            case Mnemonic.Vperm2i128:
-                SetY(VecIndex(ins.Op0Register), Permute2x128(GetY(VecIndex(ins.Op1Register)), SrcY(ref op, in ins, 2), ins.Immediate8));
-                return true;
             case Mnemonic.Vpermq or Mnemonic.Vpermpd:
             {
                 var s = SrcY(ref op, in ins, 1).AsUInt64();

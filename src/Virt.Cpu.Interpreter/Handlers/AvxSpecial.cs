@@ -4,7 +4,7 @@ using Iced.Intel;
 
 namespace Virt.Cpu.Interpreter;
 
-/// <summary>AVX instructions that are not an SSE instruction run per lane: 32-byte moves, broadcasts, 128-bit inserts, extracts and permutes, in-lane permutes by a vector, variable blends, masked moves, tests, and the 256-bit sign-mask and width-changing conversions.</summary>
+/// <summary>AVX instructions that are not an SSE instruction run per lane (and their AVX2 integer twins): 32-byte moves, broadcasts, 128-bit inserts, extracts and permutes, in-lane permutes by a vector, variable blends, masked moves, tests, and the 256-bit sign-mask and width-changing conversions.</summary>
 internal sealed partial class InterpreterVcpu
 {
     /// <summary>Runs <paramref name="ins"/> when it is one of this file's instructions; false otherwise. (Its many vector locals are not zeroed on entry: every case assigns what it reads.)</summary>
@@ -78,21 +78,24 @@ internal sealed partial class InterpreterVcpu
                 return true;
             }
 
-            case Mnemonic.Vbroadcastss or Mnemonic.Vbroadcastsd or Mnemonic.Vbroadcastf128:
+            case Mnemonic.Vbroadcastss or Mnemonic.Vbroadcastsd or Mnemonic.Vbroadcastf128 or Mnemonic.Vpbroadcastb or Mnemonic.Vpbroadcastw
+                or Mnemonic.Vpbroadcastd or Mnemonic.Vpbroadcastq or Mnemonic.Vbroadcasti128:
             {
-                // AVX takes a memory source only; AVX2 adds the register forms of VBROADCASTSS/SD.
+                // AVX takes a memory source only; AVX2 adds the register forms of VBROADCASTSS/SD and the integer ones.
                 var s = SrcY(ref op, in ins, 1).GetLower();
                 Vector256<byte> v = m switch
                 {
-                    Mnemonic.Vbroadcastss => Vector256.Create(s.AsUInt32().ToScalar()).AsByte(),
-                    Mnemonic.Vbroadcastsd => Vector256.Create(s.AsUInt64().ToScalar()).AsByte(),
+                    Mnemonic.Vpbroadcastb => Vector256.Create(s.ToScalar()),
+                    Mnemonic.Vpbroadcastw => Vector256.Create(s.AsUInt16().ToScalar()).AsByte(),
+                    Mnemonic.Vbroadcastss or Mnemonic.Vpbroadcastd => Vector256.Create(s.AsUInt32().ToScalar()).AsByte(),
+                    Mnemonic.Vbroadcastsd or Mnemonic.Vpbroadcastq => Vector256.Create(s.AsUInt64().ToScalar()).AsByte(),
                     _ => Vector256.Create(s, s),
                 };
                 SetVexDest(ins.Op0Register, v);
                 return true;
             }
 
-            case Mnemonic.Vinsertf128:
+            case Mnemonic.Vinsertf128 or Mnemonic.Vinserti128:
             {
                 var a = GetY(VecIndex(ins.Op1Register));
                 var b = SrcY(ref op, in ins, 2).GetLower();
@@ -100,23 +103,23 @@ internal sealed partial class InterpreterVcpu
                 return true;
             }
 
-            case Mnemonic.Vextractf128:
+            case Mnemonic.Vextractf128 or Mnemonic.Vextracti128:
             {
                 var s = GetY(VecIndex(ins.Op1Register));
-                var half = (ins.Immediate8 & 1) == 0 ? s.GetLower() : s.GetUpper();
+                var half = Vector256.Create((ins.Immediate8 & 1) == 0 ? s.GetLower() : s.GetUpper(), Vector128<byte>.Zero);
                 if (ins.Op0Kind == OpKind.Register)
                 {
-                    SetVexDest(ins.Op0Register, Vector256.Create(half, Vector128<byte>.Zero));
+                    SetVexDest(ins.Op0Register, half);
                 }
                 else
                 {
-                    WriteVecMem(Ea(ref op), 16, Vector256.Create(half, Vector128<byte>.Zero), 1);
+                    WriteVecMem(Ea(ref op), 16, half, 1);
                 }
 
                 return true;
             }
 
-            case Mnemonic.Vperm2f128:
+            case Mnemonic.Vperm2f128 or Mnemonic.Vperm2i128:
                 SetY(VecIndex(ins.Op0Register), Permute2x128(GetY(VecIndex(ins.Op1Register)), SrcY(ref op, in ins, 2), ins.Immediate8));
                 return true;
             case Mnemonic.Vpermilps or Mnemonic.Vpermilpd:
