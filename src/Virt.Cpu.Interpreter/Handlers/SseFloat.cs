@@ -155,27 +155,32 @@ internal sealed partial class InterpreterVcpu
             _ => r,
         };
 
-    /// <summary>An overflowed round-to-nearest result: the infinity or the largest finite value the rounding direction gives.</summary>
-    private T RoundOverflow<T>(T r, int err, int rc)
+    /// <summary>
+    /// An overflowed round-to-nearest result: the infinity, or the largest finite value where the rounding direction is
+    /// towards zero. When the exact value is known to lie below the next binade (<paramref name="belowNextBinade"/>),
+    /// its rounding towards zero with an unbounded exponent stays finite: the largest finite value with PE, no overflow.
+    /// </summary>
+    private T RoundOverflow<T>(T r, int err, int rc, bool belowNextBinade = false)
         where T : unmanaged, IBinaryFloatingPointIeee754<T>
     {
+        bool neg = T.IsNegative(r);
+        bool towardZero = rc == RcZero || (rc == RcDown && !neg) || (rc == RcUp && neg);
+        T max = neg ? -T.BitDecrement(T.PositiveInfinity) : T.BitDecrement(T.PositiveInfinity);
+        if (towardZero && belowNextBinade)
+        {
+            _sseFlags |= MxPe;
+            return max;
+        }
+
         // With OE unmasked nothing is stored, and PE says whether the exact result (with an unbounded exponent) was
         // inexact, which err gives here; masked, the stored infinity or maximum is always inexact.
         _sseFlags |= MxOe | (err == 0 && (_cpu.Fpu.Mxcsr & (MxOe << 7)) == 0 ? 0 : MxPe);
-        bool neg = T.IsNegative(r);
-        T max = T.BitDecrement(T.PositiveInfinity);
-        return rc switch
-        {
-            RcZero => neg ? -max : max,
-            RcDown => neg ? r : max,
-            RcUp => neg ? -max : r,
-            _ => r,
-        };
+        return towardZero ? max : r;
     }
 
     /// <summary>Whether a single result <paramref name="r"/> of ±the smallest normal comes from <paramref name="exact"/> (a double holding the exact value, or within 2^-53 of it) more than a quarter unit below it in magnitude.</summary>
     private static bool SingleTinyAtMinNormal(float r, double exact) =>
-        Math.Abs(r) == 1.17549435E-38f && Math.Abs((double)r) - Math.Abs(exact) > Math.ScaleB(1.0, -151);
+        Math.Abs(r) == MinNormal<float>() && Math.Abs((double)r) - Math.Abs(exact) > Math.ScaleB(1.0, -151);
 
     /// <summary>
     /// Whether a double result <paramref name="r"/> of ±the smallest normal comes from an exact value more than a quarter
@@ -184,7 +189,7 @@ internal sealed partial class InterpreterVcpu
     /// </summary>
     private static bool DoubleTinyAtMinNormal(double r, double scaled, double rest)
     {
-        if (Math.Abs(r) != 2.2250738585072014E-308)
+        if (Math.Abs(r) != MinNormal<double>())
         {
             return false;
         }
@@ -205,17 +210,8 @@ internal sealed partial class InterpreterVcpu
     {
         double limit = Math.ScaleB(1.0, (typeof(T) == typeof(float) ? 128 : 1024) - k);
         bool below = Math.Abs(s) < limit || (Math.Abs(s) == limit && e * Math.Sign(s) < 0);
-        bool neg = T.IsNegative(r);
-        int rc = Rc;
-        if (below && (rc == RcZero || (rc == RcDown && !neg) || (rc == RcUp && neg)))
-        {
-            _sseFlags |= MxPe;
-            T max = T.BitDecrement(T.PositiveInfinity);
-            return neg ? -max : max;
-        }
-
         bool inexact = e != 0 || (typeof(T) == typeof(float) && (BitConverter.DoubleToUInt64Bits(s) & 0x1FFFFFFF) != 0);
-        return Round(r, inexact ? 1 : 0);
+        return RoundOverflow(r, inexact ? 1 : 0, Rc, below);
     }
 
     /// <summary><see cref="Overflowed"/> for a product (<paramref name="divide"/> false) or quotient of finite operands.</summary>
