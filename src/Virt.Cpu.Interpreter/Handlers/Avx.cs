@@ -20,24 +20,20 @@ internal sealed partial class InterpreterVcpu
     private const byte AvxIsaAvx = 1, AvxIsaAvx2 = 2, AvxIsaFma = 4, AvxIsaF16c = 8;
 
     // VexForm flags.
-    private const byte VexNds = 1, VexYmm = 2, VexAligned = 4, VexCount = 8, VexOp0Source = 16;
-
+    private const byte VexNds = 1, VexYmm = 2, VexCount = 4, VexOp0Source = 8;
 
     /// <summary>The AVX extensions the vCPU's CPUID table advertises.</summary>
     private byte _avxEnabled;
 
-    /// <summary>An SSE handler is running for a VEX form: no SSE enable or CPUID check of its own, no #XM yet, and memory operands unaligned unless the form is an aligned move.</summary>
+    /// <summary>An SSE handler is running for a VEX form: no SSE enable or CPUID check of its own, no #XM yet, and 16-byte memory operands may be anywhere (the aligned VEX moves are not run through SSE handlers).</summary>
     private bool _vexLane;
-
-    /// <summary>With <see cref="_vexLane"/>: the VEX form is not an aligned move, so 16-byte memory operands may be anywhere.</summary>
-    private bool _vexUnaligned;
 
     /// <summary>With <see cref="_vexLane"/>: the form writes a general register or RFLAGS (VCOMISS, VCVTSD2SI, ...), one lane only, so MXCSR's exceptions are decided by the SSE handler itself, before it writes.</summary>
     private bool _vexCommitNow;
 
     /// <summary>How a VEX code runs an SSE handler.</summary>
     /// <param name="Legacy">The SSE code.</param>
-    /// <param name="Flags">VexNds (the VEX form has a first source in VEX.vvvv, operand 1, that the SSE form reads from its destination), VexYmm (256-bit), VexAligned, VexCount (the last vector source is a shift count, the same for both lanes), VexOp0Source (operand 0 is not written).</param>
+    /// <param name="Flags">VexNds (the VEX form has a first source in VEX.vvvv, operand 1, that the SSE form reads from its destination), VexYmm (256-bit), VexCount (the last vector source is a shift count, the same for both lanes), VexOp0Source (operand 0 is not written).</param>
     /// <param name="ImmShift">For the upper lane, the immediate is shifted right by this many bits (blends and SHUFPD select per element).</param>
     private readonly record struct VexForm(Code Legacy, byte Flags, byte ImmShift);
 
@@ -112,14 +108,10 @@ internal sealed partial class InterpreterVcpu
         _alignExempt = true;
         try
         {
-            Span<ulong> q = stackalloc ulong[4];
-            q.Clear();
-            for (int k = 0; k < size / 8; k++)
-            {
-                q[k] = Read(ea + (ulong)(8 * k), 8);
-            }
-
-            return Vector256.Create(q[0], q[1], q[2], q[3]).AsByte();
+            Span<byte> bytes = stackalloc byte[32];
+            bytes.Clear();
+            ReadBytes(ea, bytes[..size]);
+            return Vector256.Create<byte>(bytes);
         }
         finally
         {
@@ -135,15 +127,13 @@ internal sealed partial class InterpreterVcpu
             throw Fault(Vectors.GP, 0);
         }
 
-        var q = v.AsUInt64();
+        Span<byte> bytes = stackalloc byte[32];
+        v.CopyTo(bytes);
         _alignExempt = true;
         try
         {
             ProbeWrite(ea, size);
-            for (int k = 0; k < size / 8; k++)
-            {
-                Write(ea + (ulong)(8 * k), 8, q.GetElement(k));
-            }
+            WriteBytes(ea, bytes[..size]);
         }
         finally
         {
@@ -211,7 +201,6 @@ internal sealed partial class InterpreterVcpu
         li.Code = form.Legacy;
         Vector128<byte> lo = default, hi = default;
         _vexLane = true;
-        _vexUnaligned = (form.Flags & VexAligned) == 0;
         _vexCommitNow = !destVec && !ymm;
         try
         {
@@ -237,7 +226,6 @@ internal sealed partial class InterpreterVcpu
         finally
         {
             _vexLane = false;
-            _vexUnaligned = false;
             _vexCommitNow = false;
             Xr(t0) = saved0;
             Xr(t1) = saved1;
@@ -379,16 +367,12 @@ internal sealed partial class InterpreterVcpu
             }
 
             var m = legacy.Mnemonic();
-            if (ymm && m is Mnemonic.Pmovmskb or Mnemonic.Movmskps or Mnemonic.Movmskpd or Mnemonic.Ptest or Mnemonic.Cvtpd2ps or Mnemonic.Cvtpd2dq
-                or Mnemonic.Cvttpd2dq or Mnemonic.Movaps or Mnemonic.Movapd or Mnemonic.Movdqa or Mnemonic.Movntps or Mnemonic.Movntpd
-                or Mnemonic.Movntdq or Mnemonic.Movntdqa or Mnemonic.Movups or Mnemonic.Movupd or Mnemonic.Movdqu or Mnemonic.Lddqu)
+            if (m is Mnemonic.Movaps or Mnemonic.Movapd or Mnemonic.Movdqa or Mnemonic.Movntps or Mnemonic.Movntpd or Mnemonic.Movntdq
+                or Mnemonic.Movntdqa or Mnemonic.Movups or Mnemonic.Movupd or Mnemonic.Movdqu or Mnemonic.Lddqu
+                || (ymm && m is Mnemonic.Pmovmskb or Mnemonic.Movmskps or Mnemonic.Movmskpd or Mnemonic.Ptest or Mnemonic.Cvtpd2ps
+                    or Mnemonic.Cvtpd2dq or Mnemonic.Cvttpd2dq))
             {
-                continue; // across the lanes, or one 32-byte access: their own cases
-            }
-
-            if (m is Mnemonic.Movaps or Mnemonic.Movapd or Mnemonic.Movdqa or Mnemonic.Movntps or Mnemonic.Movntpd or Mnemonic.Movntdq or Mnemonic.Movntdqa)
-            {
-                flags |= VexAligned;
+                continue; // whole-register moves (aligned to their size or not), and 256-bit forms across the lanes: their own cases
             }
 
             if (m is Mnemonic.Ptest or Mnemonic.Comiss or Mnemonic.Comisd or Mnemonic.Ucomiss or Mnemonic.Ucomisd

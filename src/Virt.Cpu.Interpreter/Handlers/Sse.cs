@@ -38,7 +38,7 @@ internal sealed partial class InterpreterVcpu
 
     private Vector128<byte> ReadXmmMem(ulong ea, int size, bool aligned)
     {
-        if (aligned && size == 16 && (ea & 15) != 0 && !_vexUnaligned)
+        if (aligned && size == 16 && (ea & 15) != 0 && !_vexLane)
         {
             throw Fault(Vectors.GP, 0);
         }
@@ -64,7 +64,7 @@ internal sealed partial class InterpreterVcpu
 
     private void WriteXmmMem(ulong ea, int size, Vector128<byte> v, bool aligned)
     {
-        if (aligned && size == 16 && (ea & 15) != 0 && !_vexUnaligned)
+        if (aligned && size == 16 && (ea & 15) != 0 && !_vexLane)
         {
             throw Fault(Vectors.GP, 0);
         }

@@ -137,10 +137,7 @@ internal sealed partial class InterpreterVcpu
         ProbeWrite(ea, FxXmm + XmmImageBytes);
         Span<byte> area = stackalloc byte[FxsaveSize];
         FillFxsaveImage(area, rexW);
-        for (int i = 0; i < FxXmm + XmmImageBytes; i += 8)
-        {
-            Write(ea + (ulong)i, 8, Unsafe.ReadUnaligned<ulong>(ref area[i]));
-        }
+        WriteBytes(ea, area[..(FxXmm + XmmImageBytes)]);
     }
 
     /// <summary>The FXSAVE image of the x87 and SSE state (the legacy region of XSAVE too); registers outside the mode's reach are zero.</summary>
@@ -177,11 +174,7 @@ internal sealed partial class InterpreterVcpu
         }
 
         Span<byte> area = stackalloc byte[FxsaveSize];
-        for (int i = 0; i < FxsaveSize; i += 8)
-        {
-            Unsafe.WriteUnaligned(ref area[i], Read(ea + (ulong)i, 8));
-        }
-
+        ReadBytes(ea, area);
         uint mxcsr = Unsafe.ReadUnaligned<uint>(ref area[FxMxcsr]);
         if ((mxcsr & ~MxcsrMask) != 0)
         {
