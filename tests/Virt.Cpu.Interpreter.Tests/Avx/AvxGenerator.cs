@@ -259,14 +259,7 @@ internal static class AvxGenerator
             regs.Rdx = (ulong)(long)rng.Next(-20, 21) & mask;
         }
 
-        var listing = new StringBuilder();
-        var formatter = new NasmFormatter();
-        var output = new StringOutput();
-        for (int i = first; i < last; i++)
-        {
-            formatter.Format(list[i], output);
-            listing.AppendLine($"  {output.ToStringAndReset()}");
-        }
+        var listing = DiffVm.Listing(list, first, last);
 
         listing.AppendLine($"  mxcsr {mxcsr:x}, rdi {regs.Rdi:x}, rax {regs.Rax:x}, rdx {regs.Rdx:x}");
         return (code, endRip, regs, scratch, listing.ToString());

@@ -154,6 +154,21 @@ internal sealed class DiffVm : IDisposable
         return sb.ToString();
     }
 
+    /// <summary>Instructions <paramref name="first"/> to <paramref name="last"/> (exclusive) of a generated list, one a line, for failure messages.</summary>
+    public static System.Text.StringBuilder Listing(IReadOnlyList<Instruction> list, int first, int last)
+    {
+        var formatter = new NasmFormatter();
+        var output = new StringOutput();
+        var sb = new System.Text.StringBuilder();
+        for (int i = first; i < last; i++)
+        {
+            formatter.Format(list[i], output);
+            sb.AppendLine(System.Globalization.CultureInfo.InvariantCulture, $"  {output.ToStringAndReset()}");
+        }
+
+        return sb;
+    }
+
     public void Dispose()
     {
         Vcpu.Dispose();

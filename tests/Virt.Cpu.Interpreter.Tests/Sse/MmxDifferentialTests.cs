@@ -221,14 +221,7 @@ public sealed class MmxDifferentialTests
             Rflags = 0x202 | ((ulong)rng.Next() & 0x8D5),
         };
 
-        var listing = new StringBuilder();
-        var formatter = new NasmFormatter();
-        var output = new StringOutput();
-        for (int i = first - 4; i < last; i++)
-        {
-            formatter.Format(list[i], output);
-            listing.AppendLine($"  {output.ToStringAndReset()}");
-        }
+        var listing = DiffVm.Listing(list, first - 4, last);
 
         listing.AppendLine($"  mxcsr {mxcsr:x}");
         return (code, endRip, regs, scratch, listing.ToString());

@@ -304,14 +304,7 @@ public sealed class SseDifferentialTests
             regs.Rdx = (ulong)(long)rng.Next(-20, 21);
         }
 
-        var listing = new StringBuilder();
-        var formatter = new NasmFormatter();
-        var output = new StringOutput();
-        for (int i = first; i < last; i++)
-        {
-            formatter.Format(list[i], output);
-            listing.AppendLine($"  {output.ToStringAndReset()}");
-        }
+        var listing = DiffVm.Listing(list, first, last);
 
         listing.AppendLine($"  mxcsr {mxcsr:x}");
         return (code, endRip, regs, scratch, listing.ToString());
